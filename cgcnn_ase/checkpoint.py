@@ -1,0 +1,337 @@
+"""Model files: this project's model folder, and the original authors' ``.pth.tar`` files.
+
+A model folder is self-describing and holds no pickled code::
+
+    model.json           format version, property, units, task, architecture, graph
+                         settings, target normaliser, element table fingerprint, metadata
+    weights.safetensors  the state dict (safetensors: plain tensors only)
+    atom_init.json       the element feature table, in the original format
+    README.md            the model card (written by training; optional for loading)
+
+The authors' checkpoints are legacy pickles saved on a GPU. They are read with
+``torch.load(weights_only=True, map_location="cpu")`` plus an allow-list of two harmless
+numpy globals, so no code from the file runs; anything needing more is refused unless
+the caller passes ``trusted=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cgcnn_ase.elements import ElementTable, generate_cgcnn_table, load_atom_init
+from cgcnn_ase.errors import CheckpointError, UntrustedCheckpointError
+from cgcnn_ase.graph import GraphConfig
+from cgcnn_ase.model import CrystalGraphConvNet
+
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+ELEMENTS_FILE = "atom_init.json"
+
+#: Property name and units of the authors' checkpoints, keyed by file stem.
+ORIGINAL_PROPERTIES: dict[str, tuple[str, str]] = {
+    "formation-energy-per-atom": ("formation_energy", "eV/atom"),
+    "final-energy-per-atom": ("energy_per_atom", "eV/atom"),
+    "band-gap": ("band_gap", "eV"),
+    "efermi": ("fermi_energy", "eV"),
+    "bulk-moduli": ("log10_bulk_modulus", "log10(GPa)"),
+    "shear-moduli": ("log10_shear_modulus", "log10(GPa)"),
+    "poisson-ratio": ("poisson_ratio", "dimensionless"),
+    "semi-metal-classification": ("is_metal", "probability"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything about a model except its weights.
+
+    Attributes:
+        name: model name (registry name or file stem).
+        property: predicted property, e.g. ``"formation_energy"``.
+        units: units of predictions, e.g. ``"eV/atom"``; ``"probability"`` for classifiers.
+        task: ``"regression"`` or ``"classification"``.
+        architecture: keyword arguments of :class:`CrystalGraphConvNet`.
+        graph: graph settings the model was trained with.
+        normalizer_mean: target mean (regression), in ``units``.
+        normalizer_std: target standard deviation (regression), in ``units``.
+        positive_class: name of class 1 for classifiers (e.g. ``"metal"``).
+        metadata: free-form provenance (dataset, split, metrics, source file, ...).
+    """
+
+    name: str
+    property: str
+    units: str
+    task: str
+    architecture: dict[str, Any]
+    graph: GraphConfig
+    normalizer_mean: float = 0.0
+    normalizer_std: float = 1.0
+    positive_class: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def readout(self) -> str:
+        """``"mean"`` or ``"atomwise"``."""
+        return self.architecture.get("readout", "mean")
+
+    def to_json(self, elements: ElementTable) -> dict[str, Any]:
+        """The ``model.json`` document."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "property": self.property,
+            "units": self.units,
+            "task": self.task,
+            "positive_class": self.positive_class,
+            "architecture": self.architecture,
+            "graph": self.graph.to_dict(),
+            "normalizer": {"mean": self.normalizer_mean, "std": self.normalizer_std},
+            "elements": {"file": ELEMENTS_FILE, "fingerprint": elements.fingerprint()},
+            "weights": WEIGHTS_FILE,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-run model: network (in eval mode), its spec and its element table."""
+
+    spec: ModelSpec
+    network: CrystalGraphConvNet
+    elements: ElementTable
+
+
+def save_model_folder(folder: str | os.PathLike, loaded: LoadedModel) -> Path:
+    """Write ``loaded`` as a model folder (created if needed); returns the folder path."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in loaded.network.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    (folder / ELEMENTS_FILE).write_text(json.dumps(loaded.elements.to_atom_init()))
+    (folder / MODEL_JSON).write_text(json.dumps(loaded.spec.to_json(loaded.elements), indent=2) + "\n")
+    return folder
+
+
+def _build_network(architecture: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> CrystalGraphConvNet:
+    """Instantiate the network and load ``state`` strictly; mismatches raise CheckpointError."""
+    try:
+        network = CrystalGraphConvNet(**architecture)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: invalid architecture {architecture}: {exc}") from None
+    expected = network.state_dict()
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(expected) - set(state) - {k for k in expected if k.endswith("num_batches_tracked")})
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"missing weights {missing[:4]}")
+        if unexpected:
+            details.append(f"unexpected weights {unexpected[:4]}")
+        if wrong:
+            details.append(
+                "shape mismatch " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:3])
+            )
+        raise CheckpointError(f"{source}: the architecture does not match the weights: " + "; ".join(details))
+    network.load_state_dict(state, strict=False)
+    return network.eval()
+
+
+def load_model_folder(folder: str | os.PathLike) -> LoadedModel:
+    """Load a model folder written by :func:`save_model_folder` (or by training).
+
+    Raises:
+        CheckpointError: a file is missing or corrupt, the format is newer than this
+            package, or ``model.json`` does not match the weights or element table.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta_path = folder / MODEL_JSON
+    if not meta_path.is_file():
+        raise CheckpointError(f"{folder}: not a model folder (no {MODEL_JSON})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: invalid JSON ({exc})") from None
+    try:
+        version = int(meta["format_version"])
+        if version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{folder}: model format {version} is newer than this cgcnn-ase understands ({FORMAT_VERSION}); upgrade cgcnn-ase"
+            )
+        spec = ModelSpec(
+            name=str(meta["name"]),
+            property=str(meta["property"]),
+            units=str(meta["units"]),
+            task=str(meta["task"]),
+            architecture=dict(meta["architecture"]),
+            graph=GraphConfig.from_dict(meta["graph"]),
+            normalizer_mean=float(meta["normalizer"]["mean"]),
+            normalizer_std=float(meta["normalizer"]["std"]),
+            positive_class=meta.get("positive_class"),
+            metadata=dict(meta.get("metadata", {})),
+        )
+        weights_name = meta.get("weights", WEIGHTS_FILE)
+        elements_info = meta["elements"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{meta_path}: malformed model description ({type(exc).__name__}: {exc})") from None
+    elements = load_atom_init(folder / elements_info.get("file", ELEMENTS_FILE))
+    if elements_info.get("fingerprint") and elements.fingerprint() != elements_info["fingerprint"]:
+        raise CheckpointError(f"{folder}: the element table does not match the fingerprint in {MODEL_JSON}")
+    weights_path = folder / weights_name
+    if not weights_path.is_file():
+        raise CheckpointError(f"{folder}: weights file {weights_name} is missing")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path}: unreadable weights ({exc})") from None
+    if spec.architecture.get("orig_atom_fea_len", 92) != elements.n_features:
+        raise CheckpointError(
+            f"{folder}: the element table has {elements.n_features} features but the model expects "
+            f"{spec.architecture.get('orig_atom_fea_len')}"
+        )
+    return LoadedModel(spec=spec, network=_build_network(spec.architecture, state, str(folder)), elements=elements)
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """The numpy globals legacy checkpoints pickle for scalars: plain data, no code."""
+    from numpy._core.multiarray import scalar
+
+    return [(scalar, "numpy.core.multiarray.scalar"), scalar, np.dtype, type(np.dtype(np.float64))]
+
+
+def _torch_load(path: Path, trusted: bool) -> dict[str, Any]:
+    """Load a legacy torch file on the CPU without running pickled code (unless trusted)."""
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trusted:
+            raise UntrustedCheckpointError(
+                f"{path}: the file needs arbitrary pickled objects to load ({str(exc).splitlines()[-1][:200] if str(exc) else exc}); "
+                "it was not loaded, since unpickling can run code. Pass trusted=True (CLI: --trust) only "
+                "if you trust its source."
+            ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any failure of a trusted legacy pickle
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def _architecture_from_state(state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """Infer the original network's hyper-parameters from its weight shapes."""
+    try:
+        atom_fea_len, orig_atom_fea_len = state["embedding.weight"].shape
+        n_conv = len({k.split(".")[1] for k in state if k.startswith("convs.")})
+        nbr_fea_len = state["convs.0.fc_full.weight"].shape[1] - 2 * atom_fea_len
+        h_fea_len = state["conv_to_fc.weight"].shape[0]
+        n_h = 1 + len({k.split(".")[1] for k in state if k.startswith("fcs.")})
+        n_out = state["fc_out.weight"].shape[0]
+    except (KeyError, IndexError, AttributeError) as exc:
+        raise CheckpointError(f"{source}: not a CGCNN state dict (missing {exc})") from None
+    return dict(
+        orig_atom_fea_len=int(orig_atom_fea_len), nbr_fea_len=int(nbr_fea_len), atom_fea_len=int(atom_fea_len),
+        n_conv=n_conv, h_fea_len=int(h_fea_len), n_h=n_h,
+        task="classification" if n_out == 2 else "regression", readout="mean", conv="gated",
+    )  # fmt: skip
+
+
+def _resolve_elements(atom_init: str | os.PathLike | ElementTable | None, source: str) -> ElementTable:
+    if isinstance(atom_init, ElementTable):
+        return atom_init
+    if atom_init is not None:
+        return load_atom_init(atom_init)
+    warnings.warn(
+        f"{source}: no atom_init given; using this project's generated element table, which differs from the "
+        "authors' atom_init.json for some elements (docs/elements.md). Pass atom_init=... to reproduce their numbers.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return generate_cgcnn_table()
+
+
+def load_original_checkpoint(
+    path: str | os.PathLike,
+    *,
+    atom_init: str | os.PathLike | ElementTable | None = None,
+    trusted: bool = False,
+    property: str | None = None,
+    units: str | None = None,
+) -> LoadedModel:
+    """Load one of the original CGCNN authors' ``.pth.tar`` checkpoints on the CPU.
+
+    The architecture is read from the weight shapes; graph settings are the original's
+    (8 Å, 12 neighbours, 41 Gaussians, ``neighbor_policy="original"``), which the file
+    does not store. Property and units come from the file name for the 8 published
+    models, else from ``property``/``units``.
+
+    Args:
+        path: the ``.pth.tar`` file.
+        atom_init: the element table the model was trained with (path to an original
+            ``atom_init.json`` or an :class:`ElementTable`); ``None`` uses the generated
+            table, with a warning.
+        trusted: allow full unpickling (can run code) if the safe loader refuses the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    checkpoint = _torch_load(path, trusted)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a CGCNN checkpoint (no 'state_dict')")
+    state = {k: v for k, v in checkpoint["state_dict"].items() if isinstance(v, torch.Tensor)}
+    architecture = _architecture_from_state(state, str(path))
+    stem = path.name.split(".")[0]
+    default_property, default_units = ORIGINAL_PROPERTIES.get(stem, (stem, "unknown"))
+    normalizer = checkpoint.get("normalizer") or {"mean": 0.0, "std": 1.0}
+    classification = architecture["task"] == "classification"
+    spec = ModelSpec(
+        name=stem,
+        property=property or default_property,
+        units="probability" if classification else (units or default_units),
+        task=architecture["task"],
+        architecture=architecture,
+        graph=GraphConfig(neighbor_policy="original"),
+        normalizer_mean=0.0 if classification else float(normalizer["mean"]),
+        normalizer_std=1.0 if classification else float(normalizer["std"]),
+        positive_class=("metal" if stem == "semi-metal-classification" else "class 1") if classification else None,
+        metadata={"source": str(path), "origin": "original CGCNN checkpoint (Xie & Grossman 2018)"},
+    )
+    elements = _resolve_elements(atom_init, str(path))
+    if elements.n_features != architecture["orig_atom_fea_len"]:
+        raise CheckpointError(
+            f"{path}: the model expects {architecture['orig_atom_fea_len']} element features, the table has {elements.n_features}"
+        )
+    return LoadedModel(spec=spec, network=_build_network(architecture, state, str(path)), elements=elements)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    atom_init: str | os.PathLike | ElementTable | None = None,
+    trusted: bool = False,
+) -> LoadedModel:
+    """Load a model folder, or an original ``.pth.tar`` / ``.pth`` / ``.pt`` file."""
+    path = Path(path)
+    if path.is_dir():
+        if atom_init is not None:
+            raise CheckpointError(f"{path}: a model folder carries its own element table; do not pass atom_init")
+        return load_model_folder(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model folder or checkpoint file")
+    return load_original_checkpoint(path, atom_init=atom_init, trusted=trusted)

@@ -1,0 +1,210 @@
+"""The crystal graph convolutional neural network (Xie & Grossman, PRL 120, 145301, 2018).
+
+Pure torch: this module never sees ASE or pymatgen, only :class:`~cgcnn_ase.graph.GraphBatch`.
+Parameter names match the original implementation's state dicts (``embedding``,
+``convs.{k}.fc_full``, ``convs.{k}.bn1``, ``convs.{k}.bn2``, ``conv_to_fc``, ``fcs.{k}``,
+``fc_out``), so the authors' weights load unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from cgcnn_ase.graph import GraphBatch
+
+Task = Literal["regression", "classification"]
+Readout = Literal["mean", "atomwise"]
+ConvKind = Literal["gated", "simple"]
+
+
+def _segment_mean(values: torch.Tensor, index: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Mean of ``values`` (N, ...) over rows sharing ``index`` (N,), shape (n_segments, ...)."""
+    total = values.new_zeros((n_segments, *values.shape[1:])).index_add_(0, index, values)
+    counts = torch.bincount(index, minlength=n_segments).clamp_min(1).to(values.dtype)
+    return total / counts.view(-1, *([1] * (values.dim() - 1)))
+
+
+class ConvLayer(nn.Module):
+    r"""Gated graph convolution, Eq. 5 of the paper, with the original's batch norms.
+
+    .. math::
+        z_{ij} = v_i \oplus v_j \oplus u_{ij}, \qquad
+        v_i \leftarrow g\Big(v_i + \mathrm{BN}_2\Big(\sum_j \sigma(\hat z^f_{ij}) \odot g(\hat z^s_{ij})\Big)\Big),
+        \qquad \hat z_{ij} = \mathrm{BN}_1(z_{ij} W + b) = \hat z^f_{ij} \oplus \hat z^s_{ij}
+
+    with ``g`` = softplus and σ the logistic sigmoid.
+
+    Args:
+        atom_fea_len: atom feature width A.
+        nbr_fea_len: edge feature width B (number of Gaussians).
+        split_matmul: compute ``z W`` as ``v_i W_1 + v_j W_2 + u_ij W_3`` (two per-atom
+            products and one per-edge product over the narrow edge part) instead of one
+            product over the concatenated (E, 2A + B) matrix. Same maths, different float32
+            rounding (up to ~1e-5 on the authors' models), so it is off by default; see
+            docs/performance.md for its speed.
+
+    Shapes:
+        atom_fea (N, A), edge_fea (E, B), centers/neighbors (E,) -> (N, A).
+    """
+
+    def __init__(self, atom_fea_len: int, nbr_fea_len: int, *, split_matmul: bool = False) -> None:
+        super().__init__()
+        self.atom_fea_len = atom_fea_len
+        self.nbr_fea_len = nbr_fea_len
+        self.split_matmul = split_matmul
+        self.fc_full = nn.Linear(2 * atom_fea_len + nbr_fea_len, 2 * atom_fea_len)
+        self.bn1 = nn.BatchNorm1d(2 * atom_fea_len)
+        self.bn2 = nn.BatchNorm1d(atom_fea_len)
+
+    def _edge_products(
+        self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor
+    ) -> torch.Tensor:
+        """``z_ij W + b`` for every edge, shape (E, 2A)."""
+        if not self.split_matmul:
+            z = torch.cat([atom_fea.index_select(0, centers), atom_fea.index_select(0, neighbors), edge_fea], dim=1)
+            return self.fc_full(z)
+        a = self.atom_fea_len
+        w = self.fc_full.weight
+        per_atom = atom_fea @ torch.cat([w[:, :a], w[:, a : 2 * a]], dim=0).T  # (N, 4A): [v W_1 | v W_2]
+        gated = torch.addmm(self.fc_full.bias, edge_fea, w[:, 2 * a :].T)
+        return gated + per_atom[:, : 2 * a].index_select(0, centers) + per_atom[:, 2 * a :].index_select(0, neighbors)
+
+    def forward(
+        self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor
+    ) -> torch.Tensor:
+        gated = self.bn1(self._edge_products(atom_fea, edge_fea, centers, neighbors))
+        nbr_filter, nbr_core = gated.chunk(2, dim=1)
+        messages = torch.sigmoid(nbr_filter) * nn.functional.softplus(nbr_core)
+        summed = atom_fea.new_zeros(atom_fea.shape).index_add_(0, centers, messages)
+        return nn.functional.softplus(atom_fea + self.bn2(summed))
+
+
+class SimpleConvLayer(nn.Module):
+    r"""The simpler convolution of Eq. 4 of the paper.
+
+    .. math::
+        v_i \leftarrow g\Big(\sum_j (v_j \oplus u_{ij}) W_c + v_i W_s + b\Big)
+
+    Args:
+        atom_fea_len: atom feature width A.
+        nbr_fea_len: edge feature width B.
+
+    Shapes:
+        atom_fea (N, A), edge_fea (E, B), centers/neighbors (E,) -> (N, A).
+    """
+
+    def __init__(self, atom_fea_len: int, nbr_fea_len: int) -> None:
+        super().__init__()
+        self.atom_fea_len = atom_fea_len
+        self.fc_nbr = nn.Linear(atom_fea_len + nbr_fea_len, atom_fea_len, bias=False)
+        self.fc_self = nn.Linear(atom_fea_len, atom_fea_len)
+
+    def forward(
+        self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor
+    ) -> torch.Tensor:
+        a = self.atom_fea_len
+        w = self.fc_nbr.weight
+        messages = (atom_fea @ w[:, :a].T).index_select(0, neighbors) + edge_fea @ w[:, a:].T
+        summed = atom_fea.new_zeros(atom_fea.shape).index_add_(0, centers, messages)
+        return nn.functional.softplus(summed + self.fc_self(atom_fea))
+
+
+class CrystalGraphConvNet(nn.Module):
+    """CGCNN: embedding, ``n_conv`` convolutions, pooling and a dense head.
+
+    Args:
+        orig_atom_fea_len: element feature width (92 for the paper's table).
+        nbr_fea_len: edge feature width (41 Gaussians with the default graph settings).
+        atom_fea_len: hidden atom feature width A (paper's pretrained models: 64).
+        n_conv: number of convolution layers (pretrained: 4).
+        h_fea_len: width of the hidden dense layers (pretrained: 32).
+        n_h: number of hidden dense layers.
+        task: ``"regression"`` (one output, in normalised units) or ``"classification"``
+            (two log-probabilities; class 1 is the positive class).
+        readout: ``"mean"`` pools atom features then applies the head (the paper's main
+            models); ``"atomwise"`` applies the head to each atom and averages the
+            per-atom scalars (the paper's interpretable variant; regression only).
+        conv: ``"gated"`` (Eq. 5, the paper's choice) or ``"simple"`` (Eq. 4).
+        dropout: dropout probability before the hidden layers (classification only, as
+            in the original).
+    """
+
+    def __init__(
+        self,
+        *,
+        orig_atom_fea_len: int = 92,
+        nbr_fea_len: int = 41,
+        atom_fea_len: int = 64,
+        n_conv: int = 3,
+        h_fea_len: int = 128,
+        n_h: int = 1,
+        task: Task = "regression",
+        readout: Readout = "mean",
+        conv: ConvKind = "gated",
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if task not in ("regression", "classification"):
+            raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
+        if readout not in ("mean", "atomwise"):
+            raise ValueError(f"readout must be 'mean' or 'atomwise', got {readout!r}")
+        if readout == "atomwise" and task != "regression":
+            raise ValueError("the atomwise readout is defined for regression only")
+        if conv not in ("gated", "simple"):
+            raise ValueError(f"conv must be 'gated' or 'simple', got {conv!r}")
+        self.hparams = dict(
+            orig_atom_fea_len=orig_atom_fea_len, nbr_fea_len=nbr_fea_len, atom_fea_len=atom_fea_len,
+            n_conv=n_conv, h_fea_len=h_fea_len, n_h=n_h, task=task, readout=readout, conv=conv, dropout=dropout,
+        )  # fmt: skip
+        self.task = task
+        self.readout = readout
+        layer = ConvLayer if conv == "gated" else SimpleConvLayer
+        self.embedding = nn.Linear(orig_atom_fea_len, atom_fea_len)
+        self.convs = nn.ModuleList([layer(atom_fea_len, nbr_fea_len) for _ in range(n_conv)])
+        self.conv_to_fc = nn.Linear(atom_fea_len, h_fea_len)
+        if n_h > 1:
+            self.fcs = nn.ModuleList([nn.Linear(h_fea_len, h_fea_len) for _ in range(n_h - 1)])
+        self.fc_out = nn.Linear(h_fea_len, 2 if task == "classification" else 1)
+        self.dropout = nn.Dropout(dropout) if task == "classification" else nn.Identity()
+
+    def atom_features(self, batch: GraphBatch) -> torch.Tensor:
+        """Atom feature vectors after the convolutions, shape (N_total, atom_fea_len)."""
+        atom_fea = self.embedding(batch.atom_fea)
+        for conv in self.convs:
+            atom_fea = conv(atom_fea, batch.edge_fea, batch.centers, batch.neighbors)
+        return atom_fea
+
+    def crystal_features(self, batch: GraphBatch) -> torch.Tensor:
+        """Mean-pooled crystal feature vectors, shape (n_crystals, atom_fea_len)."""
+        return _segment_mean(self.atom_features(batch), batch.crystal_index, batch.n_crystals)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Dense layers on pooled (or, atomwise, per-atom) features: (M, A) -> (M, n_out)."""
+        x = nn.functional.softplus(self.conv_to_fc(nn.functional.softplus(features)))
+        x = self.dropout(x)
+        for fc in getattr(self, "fcs", ()):
+            x = nn.functional.softplus(fc(x))
+        out = self.fc_out(x)
+        return nn.functional.log_softmax(out, dim=1) if self.task == "classification" else out
+
+    def atom_contributions(self, batch: GraphBatch) -> torch.Tensor:
+        """Per-atom scalars of the atomwise readout (normalised units), shape (N_total,).
+
+        Their mean over each crystal's atoms is :meth:`forward`'s output.
+        """
+        if self.readout != "atomwise":
+            raise ValueError("atom_contributions needs a model with readout='atomwise'")
+        return self.head(self.atom_features(batch)).squeeze(1)
+
+    def forward(self, batch: GraphBatch) -> torch.Tensor:
+        """Predict: regression -> (n_crystals,) normalised values; classification ->
+        (n_crystals, 2) log-probabilities."""
+        atom_fea = self.atom_features(batch)
+        if self.readout == "atomwise":
+            per_atom = self.head(atom_fea).squeeze(1)
+            return _segment_mean(per_atom, batch.crystal_index, batch.n_crystals)
+        out = self.head(_segment_mean(atom_fea, batch.crystal_index, batch.n_crystals))
+        return out.squeeze(1) if self.task == "regression" else out

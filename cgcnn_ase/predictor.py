@@ -1,0 +1,268 @@
+"""CGCNNPredictor: structures in, property values out, in batches.
+
+>>> from cgcnn_ase import CGCNNPredictor
+>>> predictor = CGCNNPredictor.from_pretrained("formation_energy")   # doctest: +SKIP
+>>> predictor.predict(["POSCAR", atoms, structure]).values            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from cgcnn_ase.checkpoint import LoadedModel, load_checkpoint, load_model_folder
+from cgcnn_ase.elements import ElementTable
+from cgcnn_ase.errors import CGCNNError, InvalidStructureError
+from cgcnn_ase.graph import CrystalGraph, SparsePolicy, build_graph, collate
+from cgcnn_ase.pretrained import resolve_model
+from cgcnn_ase.structures import iter_records
+
+ErrorPolicy = Literal["raise", "collect"]
+
+
+@dataclass
+class PredictionResult:
+    """Predictions for a list of inputs, in input order.
+
+    Attributes:
+        ids: one label per structure (file path, ``path@frame``, or ``input i``).
+        values: predictions, shape (n,), float64, in ``units``; for a classifier the
+            probability of ``positive_class``. NaN where ``errors`` holds a message.
+        property: predicted property name.
+        units: units of ``values``.
+        task: ``"regression"`` or ``"classification"``.
+        errors: ``None`` per successful item, else the error message (only with
+            ``errors="collect"``).
+        per_atom: per-structure arrays of per-atom contributions (``per_atom=True``).
+        n_sparse: atoms with fewer than the model's neighbour count, per structure.
+        positive_class: the class whose probability ``values`` holds (classifiers).
+    """
+
+    ids: list[str]
+    values: np.ndarray
+    property: str
+    units: str
+    task: str
+    errors: list[str | None]
+    n_sparse: np.ndarray
+    per_atom: list[np.ndarray] | None = None
+    positive_class: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Boolean mask of items that were predicted."""
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+    def to_dataframe(self) -> "pandas.DataFrame":  # noqa: F821
+        """One row per structure: ``id``, the property column, ``n_sparse`` and ``error``.
+
+        Units are in ``df.attrs["units"]`` (a dict column -> units).
+        """
+        import pandas as pd
+
+        df = pd.DataFrame({"id": self.ids, self.property: self.values, "n_sparse": self.n_sparse, "error": self.errors})
+        df.attrs["units"] = {self.property: self.units}
+        return df
+
+
+class CGCNNPredictor:
+    """Run a CGCNN model on crystals.
+
+    Args:
+        model: a loaded model (see :func:`cgcnn_ase.checkpoint.load_checkpoint`).
+        device: torch device for inference (``"cpu"``, ``"cuda"``, ...); ``None`` picks
+            CUDA when available.
+    """
+
+    def __init__(self, model: LoadedModel, *, device: str | torch.device | None = None) -> None:
+        self.model = model
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.model.network.to(self.device).eval()
+
+    # -- construction -------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        atom_init: str | os.PathLike | ElementTable | None = None,
+        trusted: bool = False,
+        device: str | torch.device | None = None,
+    ) -> CGCNNPredictor:
+        """Load a model folder or an original CGCNN ``.pth.tar`` file.
+
+        Args:
+            path: model folder, or ``.pth.tar`` checkpoint of the original code.
+            atom_init: element table for an original checkpoint (its ``atom_init.json``).
+            trusted: allow unpickling code-bearing legacy files (see checkpoint docs).
+            device: inference device.
+        """
+        return cls(load_checkpoint(path, atom_init=atom_init, trusted=trusted), device=device)
+
+    @classmethod
+    def from_pretrained(cls, name: str, *, device: str | torch.device | None = None) -> CGCNNPredictor:
+        """Load a shipped model by name or alias (see ``cgcnn-ase models``)."""
+        return cls(load_model_folder(resolve_model(name).path), device=device)
+
+    # -- properties ---------------------------------------------------------------
+    @property
+    def property_name(self) -> str:
+        """The predicted property, e.g. ``"formation_energy"``."""
+        return self.model.spec.property
+
+    @property
+    def units(self) -> str:
+        """Units of the predicted values, e.g. ``"eV/atom"``."""
+        return self.model.spec.units
+
+    # -- prediction ---------------------------------------------------------------
+    def _graphs(
+        self, structures: Any, errors: ErrorPolicy, on_sparse: SparsePolicy
+    ) -> Iterator[tuple[str, CrystalGraph | CGCNNError]]:
+        """Normalise inputs and build graphs lazily, yielding (label, graph or error)."""
+        config = self.model.spec.graph
+        for label, item in iter_records(structures):
+            try:
+                if isinstance(item, CGCNNError):
+                    raise item
+                self.model.elements.featurize(item.numbers)  # fails early on unsupported elements
+                yield label, build_graph(item, config, on_sparse=on_sparse)
+            except InvalidStructureError as exc:
+                if errors == "raise":
+                    raise
+                yield label, exc
+
+    @torch.inference_mode()
+    def _run(self, graphs: list[CrystalGraph], per_atom: bool) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Model outputs for one batch: values (len(graphs),) in model units, per-atom arrays."""
+        spec, network = self.model.spec, self.model.network
+        batch = collate(graphs, self.model.elements, spec.graph).to(self.device)
+        out = network(batch)
+        if spec.task == "classification":
+            values = out[:, 1].exp().double().cpu().numpy()
+        else:
+            values = out.double().cpu().numpy() * spec.normalizer_std + spec.normalizer_mean
+        atoms = None
+        if per_atom:
+            contributions = network.atom_contributions(batch).double().cpu().numpy()
+            contributions = contributions * spec.normalizer_std + spec.normalizer_mean
+            atoms = np.split(contributions, np.cumsum([g.n_atoms for g in graphs])[:-1])
+        return values, atoms
+
+    def predict(
+        self,
+        structures: Any,
+        *,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        progress: bool | None = None,
+        errors: ErrorPolicy = "raise",
+        on_sparse: SparsePolicy = "warn",
+        per_atom: bool = False,
+    ) -> PredictionResult:
+        """Predict the model's property for one or many structures.
+
+        Args:
+            structures: one ``ase.Atoms``, pymatgen ``Structure`` or file path, or an
+                iterable of them (consumed lazily). A file with several frames gives one
+                result per frame.
+            batch_size: crystals per forward pass; results do not depend on it.
+            device: override the predictor's device for this call.
+            progress: show a progress bar on stderr; ``None`` shows one for 100+ inputs
+                when stderr is a terminal.
+            errors: ``"raise"`` stops at the first bad input; ``"collect"`` records the
+                message in ``result.errors`` and leaves NaN in ``values`` for that item.
+            on_sparse: policy for atoms with fewer than 12 neighbours within the cutoff
+                (``"warn"``, ``"error"``, ``"ignore"``).
+            per_atom: also return per-atom contributions (atomwise-readout models: their
+                mean is the prediction).
+
+        Returns:
+            A :class:`PredictionResult` in input order.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if errors not in ("raise", "collect"):
+            raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+        if per_atom and self.model.spec.readout != "atomwise":
+            raise ValueError(
+                f"model {self.model.spec.name!r} pools atoms before its output layers, so it has no exact "
+                "per-atom contributions; use a model trained with readout='atomwise'"
+            )
+        if device is not None and torch.device(device) != self.device:
+            self.device = torch.device(device)
+            self.model.network.to(self.device)
+        total = len(structures) if isinstance(structures, (list, tuple)) else None
+        from tqdm.auto import tqdm
+
+        # tqdm's disable=None hides the bar when stderr is not a terminal
+        disable = (not progress) if progress is not None else (None if (total or 0) >= 100 else True)
+        ids: list[str] = []
+        values: list[float] = []
+        messages: list[str | None] = []
+        n_sparse: list[int] = []
+        atoms: list[np.ndarray] = []
+        stream = self._graphs(structures, errors, on_sparse)
+        with tqdm(total=total, disable=disable, unit="structure", leave=False) as bar:
+            while chunk := list(islice(stream, batch_size)):
+                good = [g for _, g in chunk if isinstance(g, CrystalGraph)]
+                batch_values, batch_atoms = self._run(good, per_atom) if good else (np.zeros(0), None)
+                k = 0
+                for label, item in chunk:
+                    ids.append(label)
+                    if isinstance(item, CrystalGraph):
+                        values.append(float(batch_values[k]))
+                        messages.append(None)
+                        n_sparse.append(item.n_sparse)
+                        if per_atom:
+                            atoms.append(batch_atoms[k])
+                        k += 1
+                    else:
+                        values.append(float("nan"))
+                        messages.append(str(item))
+                        n_sparse.append(-1)
+                        if per_atom:
+                            atoms.append(np.zeros(0))
+                bar.update(len(chunk))
+        spec = self.model.spec
+        return PredictionResult(
+            ids=ids,
+            values=np.asarray(values, dtype=np.float64),
+            property=spec.property,
+            units=spec.units,
+            task=spec.task,
+            errors=messages,
+            n_sparse=np.asarray(n_sparse, dtype=np.int64),
+            per_atom=atoms if per_atom else None,
+            positive_class=spec.positive_class,
+        )
+
+    @torch.inference_mode()
+    def embed(self, structures: Any, *, batch_size: int = 64, on_sparse: SparsePolicy = "warn") -> np.ndarray:
+        """Crystal feature vectors (the mean-pooled atom features after the convolutions).
+
+        Returns:
+            float32 array, shape (n, atom_fea_len), in input order. Bad inputs raise.
+        """
+        stream = (g for _, g in self._graphs(structures, "raise", on_sparse))
+        rows = []
+        while chunk := list(islice(stream, batch_size)):
+            batch = collate(chunk, self.model.elements, self.model.spec.graph).to(self.device)
+            rows.append(self.model.network.crystal_features(batch).cpu().numpy())
+        width = self.model.spec.architecture.get("atom_fea_len", 64)
+        return np.concatenate(rows) if rows else np.zeros((0, width), dtype=np.float32)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
