@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,11 +219,14 @@ def _torch_load(path: Path, trusted: bool) -> dict[str, Any]:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in lines if "global" in line.lower()), lines[-2] if len(lines) > 1 else str(exc))
+        if "global" not in reason.lower():  # not a refused import: the file itself is broken
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason[:200]})") from None
         if not trusted:
             raise UntrustedCheckpointError(
-                f"{path}: the file needs arbitrary pickled objects to load ({str(exc).splitlines()[-1][:200] if str(exc) else exc}); "
-                "it was not loaded, since unpickling can run code. Pass trusted=True (CLI: --trust) only "
-                "if you trust its source."
+                f"{path}: the file needs arbitrary pickled objects to load ({reason[:200]}); it was not loaded, "
+                "since unpickling can run code. Pass trusted=True (CLI: --trust) only if you trust its source."
             ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
@@ -253,17 +255,18 @@ def _architecture_from_state(state: dict[str, torch.Tensor], source: str) -> dic
 
 
 def _resolve_elements(atom_init: str | os.PathLike | ElementTable | None, source: str) -> ElementTable:
+    """The element table for an original checkpoint: a path, a table, or ``"generated"``."""
     if isinstance(atom_init, ElementTable):
         return atom_init
-    if atom_init is not None:
-        return load_atom_init(atom_init)
-    warnings.warn(
-        f"{source}: no atom_init given; using this project's generated element table, which differs from the "
-        "authors' atom_init.json for some elements (docs/elements.md). Pass atom_init=... to reproduce their numbers.",
-        UserWarning,
-        stacklevel=3,
-    )
-    return generate_cgcnn_table()
+    if atom_init is None:
+        raise CheckpointError(
+            f"{source}: an original CGCNN checkpoint needs the atom_init.json it was trained with (the file does not "
+            "store it); pass atom_init=PATH (CLI: --atom-init PATH). atom_init='generated' uses this project's table, "
+            "which differs from the authors' for 47 of 100 elements (docs/elements.md) and changes predictions."
+        )
+    if str(atom_init) == "generated":
+        return generate_cgcnn_table()
+    return load_atom_init(atom_init)
 
 
 def load_original_checkpoint(
@@ -284,8 +287,8 @@ def load_original_checkpoint(
     Args:
         path: the ``.pth.tar`` file.
         atom_init: the element table the model was trained with (path to an original
-            ``atom_init.json`` or an :class:`ElementTable`); ``None`` uses the generated
-            table, with a warning.
+            ``atom_init.json`` or an :class:`ElementTable`), or ``"generated"`` for this
+            project's table (which changes predictions); required.
         trusted: allow full unpickling (can run code) if the safe loader refuses the file.
     """
     path = Path(path)
