@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
@@ -31,13 +32,21 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _echo_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Print a warning as one line on stderr (no source line, no traceback)."""
+    click.echo(f"warning: {message}", err=True)
+
+
 def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one-line messages and exit codes (``--traceback`` shows more)."""
 
     @wraps(func)
     def wrapper(*args: Any, traceback_: bool = False, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.showwarning = _echo_warning
+                return func(*args, **kwargs)
         except (CheckpointError, UnknownModelError) as exc:
             if traceback_:
                 traceback.print_exc()
@@ -74,6 +83,8 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, o
     import pandas as pd
 
     df = pd.DataFrame(rows, columns=list(columns))
+    if fmt == "table":
+        df = df.drop(columns="error") if df["error"].isna().all() else df.fillna({"error": ""})
     if fmt == "csv":
         text = df.to_csv(index=False, float_format="%.6g")
     elif fmt == "json":
@@ -115,14 +126,17 @@ def predict(files: tuple[str, ...], models: tuple[str, ...], atom_init: str | No
         predictor = load_predictor(name, atom_init=atom_init, trusted=trust, device=device)
         results.append(predictor.predict(list(files), batch_size=batch_size, errors="collect", progress=None))
     ids = results[0].ids
-    columns = ["id"] + [f"{r.property} ({r.units})" for r in results] + ["error"]
+    headers = [f"{r.property} ({r.units})" for r in results]
+    if len(set(headers)) < len(headers):  # the same property from several models: name the model
+        headers = [f"{name}: {header}" for name, header in zip(models, headers)]
+    columns = ["id", *headers, "error"]
     rows = []
     failed = 0
     for k, label in enumerate(ids):
         messages = sorted({r.errors[k] for r in results if r.errors[k]})
         failed += bool(messages)
         row = {"id": label, "error": "; ".join(messages) or None}
-        row.update({f"{r.property} ({r.units})": (None if r.errors[k] else r.values[k]) for r in results})
+        row.update({h: (None if r.errors[k] else r.values[k]) for h, r in zip(headers, results)})
         rows.append(row)
         for message in messages:
             click.echo(f"error: {message}", err=True)

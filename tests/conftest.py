@@ -26,6 +26,8 @@ ATOM_INIT = REFERENCE / "data" / "sample-regression" / "atom_init.json"
 def require_shared(path: Path = REFERENCE) -> Path:
     """Skip the calling test when the ../shared reference assets are absent (a user's fresh clone)."""
     if not path.exists():
+        if os.environ.get("CGCNN_REQUIRE_SHARED"):
+            pytest.fail(f"reference assets required (CGCNN_REQUIRE_SHARED is set) but missing: {path}")
         pytest.skip(f"reference assets not found at {path} (they live in ../shared beside the repo; CI provides them)")
     return path
 

@@ -1,0 +1,100 @@
+"""The cgcnn-ase command line, through click's CliRunner."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from ase.io import write
+from click.testing import CliRunner
+
+from cgcnn_ase.cli import EXIT_BAD_INPUT, EXIT_MODEL, main
+from cgcnn_ase.predictor import CGCNNPredictor
+
+from .conftest import ATOM_INIT, REFERENCE, require_shared
+
+
+@pytest.fixture
+def files(crystals, tmp_path):
+    paths = []
+    for k, atoms in enumerate(crystals[:3]):
+        path = tmp_path / f"c{k}.cif"
+        write(path, atoms, format="cif")
+        paths.append(str(path))
+    return paths
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_predict_csv_matches_python_api(model_folder, files):
+    result = _run("predict", *files, "--model", model_folder)
+    assert result.exit_code == 0, result.output
+    df = pd.read_csv(io.StringIO(result.stdout))
+    assert list(df.columns) == ["id", "formation_energy (eV/atom)", "error"]
+    assert df["id"].tolist() == files
+    expected = CGCNNPredictor.from_checkpoint(model_folder).predict(files).values
+    np.testing.assert_allclose(df["formation_energy (eV/atom)"], expected, atol=1e-5)
+
+
+def test_predict_json_and_table_and_output_file(model_folder, files, tmp_path):
+    out = tmp_path / "out.json"
+    result = _run("predict", *files, "--model", model_folder, "--format", "json", "-o", out)
+    assert result.exit_code == 0 and result.stdout == ""
+    data = json.loads(out.read_text())
+    assert data["units"] == {"formation_energy": "eV/atom"}
+    assert [r["id"] for r in data["results"]] == files
+    table = _run("predict", *files, "--model", model_folder, "--format", "table")
+    assert "formation_energy (eV/atom)" in table.stdout and files[0] in table.stdout
+
+
+def test_bad_files_get_one_line_each_and_good_ones_are_predicted(model_folder, files, tmp_path):
+    empty = tmp_path / "empty.cif"
+    empty.write_text("")
+    result = _run("predict", files[0], tmp_path / "missing.cif", empty, files[1], "--model", model_folder)
+    assert result.exit_code == EXIT_BAD_INPUT
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {tmp_path / 'missing.cif'}: no such file", f"error: {empty}: the file is empty"]
+    assert "Traceback" not in result.stderr
+    df = pd.read_csv(io.StringIO(result.stdout))
+    assert df["formation_energy (eV/atom)"].notna().tolist() == [True, False, False, True]
+
+
+def test_unknown_model_is_one_line_with_exit_code(files):
+    result = _run("predict", *files, "--model", "formation_enrgy")
+    assert result.exit_code == EXIT_MODEL
+    assert result.stderr.startswith("error: unknown model 'formation_enrgy'")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_checkpoint_path(files, tmp_path):
+    result = _run("predict", *files, "--model", tmp_path / "nope.pth.tar")
+    assert result.exit_code == EXIT_MODEL and "no such" in result.stderr
+
+
+def test_original_checkpoint_with_atom_init(files):
+    checkpoint = require_shared(REFERENCE / "pre-trained" / "band-gap.pth.tar")
+    result = _run("predict", *files, "--model", checkpoint, "--atom-init", ATOM_INIT)
+    assert result.exit_code == 0, result.stderr
+    assert "band_gap (eV)" in result.stdout.splitlines()[0]
+    no_table = _run("predict", *files, "--model", checkpoint)
+    assert no_table.exit_code == EXIT_MODEL and "atom_init" in no_table.stderr
+
+
+def test_two_models_give_two_columns(model_folder, atomwise_folder, files):
+    result = _run("predict", *files, "--model", model_folder, "--model", atomwise_folder)
+    assert result.exit_code == 0
+    df = pd.read_csv(io.StringIO(result.stdout))
+    columns = [f"{model_folder}: formation_energy (eV/atom)", f"{atomwise_folder}: formation_energy (eV/atom)"]
+    assert list(df.columns) == ["id", *columns, "error"]
+    for folder, column in zip((model_folder, atomwise_folder), columns):
+        expected = CGCNNPredictor.from_checkpoint(folder).predict(files).values
+        np.testing.assert_allclose(df[column], expected, atol=1e-5)
+
+
+def test_usage_error_exit_code():
+    assert _run("predict").exit_code == 2
