@@ -199,6 +199,25 @@ class CrystalGraphConvNet(nn.Module):
             raise ValueError("atom_contributions needs a model with readout='atomwise'")
         return self.head(self.atom_features(batch)).squeeze(1)
 
+    def linear_attributions(self, batch: GraphBatch) -> torch.Tensor:
+        """Per-atom contributions of a mean-pooled model, shape (N_total,), exact in the mean.
+
+        With ``f`` the head (regression: normalised value; classification: probability of
+        class 1), pooled vector ``v̄`` and atom features ``v_i``, atom ``i`` contributes the
+        first-order expansion ``c_i = f(v̄) + ∇f(v̄) · (v_i − v̄)``. Because the ``v_i − v̄``
+        average to zero over a crystal, the mean of ``c_i`` is exactly the prediction
+        ``f(v̄)``; atoms whose environment pushes the pooled features in the direction that
+        raises ``f`` get larger values. It is a linearisation, not a unique decomposition.
+        """
+        atom_fea = self.atom_features(batch).detach()
+        with torch.enable_grad():
+            pooled = _segment_mean(atom_fea, batch.crystal_index, batch.n_crystals).requires_grad_(True)
+            out = self.head(pooled)
+            out = out[:, 1].exp() if self.task == "classification" else out.squeeze(1)
+            (grad,) = torch.autograd.grad(out.sum(), pooled)
+        index = batch.crystal_index
+        return out.detach()[index] + ((atom_fea - pooled.detach()[index]) * grad[index]).sum(dim=1)
+
     def forward(self, batch: GraphBatch) -> torch.Tensor:
         """Predict: regression -> (n_crystals,) normalised values; classification ->
         (n_crystals, 2) log-probabilities."""

@@ -142,7 +142,7 @@ class CGCNNPredictor:
                     raise
                 yield label, exc
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _run(self, graphs: list[CrystalGraph], per_atom: bool) -> tuple[np.ndarray, list[np.ndarray] | None]:
         """Model outputs for one batch: values (len(graphs),) in model units, per-atom arrays."""
         spec, network = self.model.spec, self.model.network
@@ -154,8 +154,12 @@ class CGCNNPredictor:
             values = out.double().cpu().numpy() * spec.normalizer_std + spec.normalizer_mean
         atoms = None
         if per_atom:
-            contributions = network.atom_contributions(batch).double().cpu().numpy()
-            contributions = contributions * spec.normalizer_std + spec.normalizer_mean
+            if spec.readout == "atomwise":
+                contributions = network.atom_contributions(batch).double().cpu().numpy()
+            else:
+                contributions = network.linear_attributions(batch).double().cpu().numpy()
+            if spec.task == "regression":
+                contributions = contributions * spec.normalizer_std + spec.normalizer_mean
             atoms = np.split(contributions, np.cumsum([g.n_atoms for g in graphs])[:-1])
         return values, atoms
 
@@ -184,8 +188,11 @@ class CGCNNPredictor:
                 message in ``result.errors`` and leaves NaN in ``values`` for that item.
             on_sparse: policy for atoms with fewer than 12 neighbours within the cutoff
                 (``"warn"``, ``"error"``, ``"ignore"``).
-            per_atom: also return per-atom contributions (atomwise-readout models: their
-                mean is the prediction).
+            per_atom: also return per-atom contributions, in the model's units; their mean
+                over a structure's atoms equals its prediction. Atomwise-readout models give
+                each atom's own output (exact, the paper's site energies); mean-pooled models
+                give a first-order attribution around the pooled features (see
+                :meth:`CrystalGraphConvNet.linear_attributions` and docs/per_atom.md).
 
         Returns:
             A :class:`PredictionResult` in input order.
@@ -194,11 +201,6 @@ class CGCNNPredictor:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if errors not in ("raise", "collect"):
             raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
-        if per_atom and self.model.spec.readout != "atomwise":
-            raise ValueError(
-                f"model {self.model.spec.name!r} pools atoms before its output layers, so it has no exact "
-                "per-atom contributions; use a model trained with readout='atomwise'"
-            )
         if device is not None and torch.device(device) != self.device:
             self.device = torch.device(device)
             self.model.network.to(self.device)

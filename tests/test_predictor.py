@@ -107,9 +107,24 @@ def test_per_atom_contributions_average_to_prediction(atomwise_folder, crystals)
         assert contributions.mean() == pytest.approx(value, abs=1e-6)
 
 
-def test_per_atom_is_refused_for_mean_pooled_model(predictor, crystals):
-    with pytest.raises(ValueError, match="atomwise"):
-        predictor.predict(crystals, per_atom=True)
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_mean_pooled_per_atom_attributions_average_to_prediction(crystals, task):
+    predictor = CGCNNPredictor(random_model(task=task, seed=5), device="cpu")
+    result = predictor.predict(crystals, per_atom=True, batch_size=3)
+    for atoms, contributions, value in zip(crystals, result.per_atom, result.values):
+        assert contributions.shape == (len(atoms),)
+        assert contributions.mean() == pytest.approx(value, abs=1e-6)
+        if len(set(atoms.numbers)) > 1:  # (two like atoms in a cell always share one environment)
+            assert np.ptp(contributions) > 1e-6  # they do tell atoms apart
+
+
+def test_mean_pooled_attributions_equal_prediction_for_equivalent_atoms():
+    """In a crystal whose atoms all share one environment, every contribution is the prediction."""
+    from ase.build import bulk
+
+    predictor = CGCNNPredictor(random_model(seed=5), device="cpu")
+    result = predictor.predict(bulk("Cu", "fcc", a=3.6, cubic=True), per_atom=True)
+    np.testing.assert_allclose(result.per_atom[0], result.values[0], atol=1e-6)
 
 
 def test_embed_returns_pooled_features(predictor, crystals):
