@@ -12,6 +12,7 @@ Exit codes:
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
 import warnings
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, CheckpointError, UnknownModelError
 
@@ -103,45 +105,179 @@ def main() -> None:
     """Predict crystal properties with CGCNN models (Xie & Grossman, PRL 2018)."""
 
 
+def expand_inputs(items: Sequence[str]) -> list[str]:
+    """Files as given; directories -> their files (sorted, hidden ones skipped); globs -> matches.
+
+    A pattern or path that matches nothing is kept, so it is reported as a missing file.
+    """
+    import glob
+
+    out: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            out += sorted(str(p) for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        elif not path.exists() and glob.has_magic(item):
+            out += sorted(glob.glob(item, recursive=True)) or [item]
+        else:
+            out.append(item)
+    return out
+
+
+def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
+    from cgcnn_ase.pretrained import list_models
+
+    names = list(models)
+    if use_all:
+        names += [info.aliases[0] if info.aliases else info.name for info in list_models()]
+    if not names:
+        raise click.UsageError("give --model NAME_OR_PATH (repeatable) or --all")
+    return list(dict.fromkeys(names))
+
+
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--model", "-m", "models", multiple=True, required=True, help="Shipped model name or path to a model folder / .pth.tar file. Repeat for several.")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--model", "-m", "models", multiple=True, help="Shipped model name or path to a model folder / .pth.tar file. Repeat for several.")
+@click.option("--all", "use_all", is_flag=True, help="Every shipped model.")
 @click.option("--atom-init", type=click.Path(exists=True, dir_okay=False), help="Element table (atom_init.json) for an original .pth.tar checkpoint.")
 @click.option("--trust", is_flag=True, help="Allow unpickling a legacy checkpoint that the safe loader refuses (can run code).")
+@click.option("--per-atom", is_flag=True, help="Long format: one row per atom with its contribution (mean over atoms = prediction).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "table"]), default="csv", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @_guarded
-def predict(files: tuple[str, ...], models: tuple[str, ...], atom_init: str | None, trust: bool, fmt: str,
-            output: str | None, batch_size: int, device: str | None) -> None:  # fmt: skip
-    """Predict properties of the crystals in FILES (CIF, POSCAR, extxyz, ...).
+def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,
+            per_atom: bool, fmt: str, output: str | None, batch_size: int, device: str | None) -> None:  # fmt: skip
+    """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ...),
+    directories of them, or glob patterns.
 
-    Writes one row per structure, in input order; the header names each property with
-    its units. Bad files get one 'error:' line each on stderr and an empty value; the
-    others are still predicted, and the exit code is then 1.
+    Writes one row per structure (per atom with --per-atom), in input order; the header
+    names each property with its units. Bad files get one 'error:' line each on stderr
+    and an empty value; the others are still predicted, and the exit code is then 1.
     """
-    results = []
-    for name in models:
-        predictor = load_predictor(name, atom_init=atom_init, trusted=trust, device=device)
-        results.append(predictor.predict(list(files), batch_size=batch_size, errors="collect", progress=None))
-    ids = results[0].ids
+    from cgcnn_ase.structures import iter_records
+
+    names = _model_names(models, use_all)
+    predictors = [load_predictor(name, atom_init=atom_init, trusted=trust, device=device) for name in names]
+    items = list(iter_records(expand_inputs(inputs)))  # read every file once, for all models
+    ids = [label for label, _ in items]
+    records = [item for _, item in items if not isinstance(item, CGCNNError)]
+    results = [p.predict(records, batch_size=batch_size, errors="collect", per_atom=per_atom) for p in predictors]
     headers = [f"{r.property} ({r.units})" for r in results]
     if len(set(headers)) < len(headers):  # the same property from several models: name the model
-        headers = [f"{name}: {header}" for name, header in zip(models, headers)]
-    columns = ["id", *headers, "error"]
-    rows = []
-    failed = 0
-    for k, label in enumerate(ids):
-        messages = sorted({r.errors[k] for r in results if r.errors[k]})
+        headers = [f"{name}: {header}" for name, header in zip(names, headers)]
+    rows: list[dict[str, Any]] = []
+    failed, k = 0, 0
+    for label, item in items:
+        if isinstance(item, CGCNNError):
+            messages = [str(item)]
+        else:
+            messages = sorted({r.errors[k] for r in results if r.errors[k]})
         failed += bool(messages)
-        row = {"id": label, "error": "; ".join(messages) or None}
-        row.update({h: (None if r.errors[k] else r.values[k]) for h, r in zip(headers, results)})
-        rows.append(row)
         for message in messages:
             click.echo(f"error: {message}", err=True)
-    meta = {"models": list(models), "units": {r.property: r.units for r in results}}
+        error = "; ".join(messages) or None
+        if isinstance(item, CGCNNError) or messages:
+            rows.append({"id": label, **{h: None for h in headers}, "error": error})
+        elif per_atom:
+            from ase.data import chemical_symbols
+
+            for i, z in enumerate(item.numbers):
+                rows.append({"id": label, "atom": i, "element": chemical_symbols[z],
+                             **{h: r.per_atom[k][i] for h, r in zip(headers, results)}, "error": None})  # fmt: skip
+        else:
+            rows.append({"id": label, **{h: r.values[k] for h, r in zip(headers, results)}, "error": None})
+        if not isinstance(item, CGCNNError):
+            k += 1
+    columns = ["id", *(["atom", "element"] if per_atom else []), *headers, "error"]
+    meta = {"models": names, "units": {r.property: r.units for r in results}}
     _write_table(rows, columns, fmt, output, meta)
     if failed:
         click.echo(f"{failed} of {len(ids)} structures could not be predicted", err=True)
         sys.exit(EXIT_BAD_INPUT)
+
+
+@main.command()
+@click.argument("name", required=False)
+@_guarded
+def models(name: str | None) -> None:
+    """List the shipped models, or show the model card of NAME."""
+    from cgcnn_ase.pretrained import list_models, resolve_model
+
+    if name:
+        info = resolve_model(name)
+        card = info.path / "README.md"
+        click.echo(card.read_text() if card.exists() else json.dumps(info.metadata, indent=2))
+        return
+    infos = list_models()
+    if not infos:
+        click.echo("No models are shipped in this installation (see README: load a checkpoint with --model PATH).")
+        return
+    rows = []
+    for info in infos:
+        metrics = info.metadata.get("test_metrics", {})
+        metric = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "n")
+        rows.append({"name": info.aliases[0] if info.aliases else info.name, "property": info.property,
+                     "units": info.units, "data": info.metadata.get("dataset", ""), "test": metric, "folder": info.name})  # fmt: skip
+    _write_table(rows, list(rows[0]), "table", None, {})
+
+
+@main.command()
+@click.argument("table", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), required=True, help="CSV to write.")
+@click.option("--column", default="cif", show_default=True, help="Column holding CIF text or structure file paths.")
+@click.option("--model", "-m", "models", multiple=True, help="Model name or path (repeatable).")
+@click.option("--all", "use_all", is_flag=True, help="Every shipped model.")
+@click.option("--embeddings", is_flag=True, help="Also write the crystal embedding columns.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@_guarded
+def featurize(table: str, output: str, column: str, models: tuple[str, ...], use_all: bool, embeddings: bool,
+              batch_size: int) -> None:  # fmt: skip
+    """Add CGCNN columns to a CSV of structures (CIF text or file paths in --column).
+
+    Rows whose structure cannot be used get empty values and a message in the 'error'
+    column (and one 'error:' line on stderr); the exit code is then 1.
+    """
+    import pandas as pd
+
+    from cgcnn_ase.featurizer import CGCNNFeaturizer
+
+    df = pd.read_csv(table)
+    if column not in df.columns:
+        raise click.UsageError(f"{table} has no column {column!r}; columns: {', '.join(map(str, df.columns))}")
+    featurizer = CGCNNFeaturizer(_model_names(models, use_all), embeddings=embeddings, batch_size=batch_size)
+    labels = featurizer.feature_labels()  # loads the models: model errors exit with code 3 before any work
+    parsed = [_parse_structure_cell(value, k) for k, value in enumerate(df[column])]
+    good = [k for k, item in enumerate(parsed) if not isinstance(item, Exception)]
+    rows = featurizer.featurize_many([parsed[k] for k in good], ignore_errors=True, return_errors=True, pbar=True)
+    features = np.full((len(df), len(labels)), np.nan)
+    errors: list[str | None] = [str(item) if isinstance(item, Exception) else None for item in parsed]
+    for k, row in zip(good, rows):
+        features[k] = row[:-1]
+        if isinstance(row[-1], str):
+            errors[k] = f"row {k}: " + re.sub(r"^input \d+: ", "", row[-1].strip().splitlines()[-1])
+    out = pd.concat([df, pd.DataFrame(features, columns=labels, index=df.index)], axis=1)
+    out["error"] = errors
+    out.to_csv(output, index=False)
+    bad = [e for e in errors if e]
+    for message in bad:
+        click.echo(f"error: {message}", err=True)
+    if bad:
+        click.echo(f"{len(bad)} of {len(df)} rows could not be featurized", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _parse_structure_cell(value: Any, row: int) -> Any:
+    """A table cell -> a Structure (CIF text), a path (existing file), or the error (returned, not raised)."""
+    from cgcnn_ase.errors import InvalidStructureError
+
+    text = str(value)
+    if "\n" not in text and Path(text).is_file():
+        return text
+    try:
+        from pymatgen.core import Structure
+
+        return Structure.from_str(text, fmt="cif")
+    except Exception as exc:  # noqa: BLE001 - reported per row
+        return InvalidStructureError(f"row {row}: not a readable CIF or file path ({type(exc).__name__}: {exc})")

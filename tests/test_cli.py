@@ -98,3 +98,61 @@ def test_two_models_give_two_columns(model_folder, atomwise_folder, files):
 
 def test_usage_error_exit_code():
     assert _run("predict").exit_code == 2
+
+
+def test_directories_and_globs_expand_in_sorted_order(model_folder, files, tmp_path):
+    by_dir = _run("predict", tmp_path, "--model", model_folder)
+    by_glob = _run("predict", str(tmp_path / "c*.cif"), "--model", model_folder)
+    assert by_dir.exit_code == 0 and by_glob.exit_code == 0, by_dir.stderr
+    assert pd.read_csv(io.StringIO(by_dir.stdout))["id"].tolist() == sorted(files)
+    assert by_glob.stdout == by_dir.stdout
+    none = _run("predict", str(tmp_path / "zz*.cif"), "--model", model_folder)
+    assert none.exit_code == EXIT_BAD_INPUT and "no such file" in none.stderr
+
+
+def test_mixed_directory_reports_bad_files_and_predicts_good_ones(model_folder, files, tmp_path):
+    (tmp_path / "broken.cif").write_text("data_x\n_cell_length_a 3\n")
+    (tmp_path / "notes.txt").write_bytes(b"\x00\xff" * 50)
+    result = _run("predict", tmp_path, "--model", model_folder)
+    assert result.exit_code == EXIT_BAD_INPUT
+    df = pd.read_csv(io.StringIO(result.stdout))
+    assert df["formation_energy (eV/atom)"].notna().sum() == len(files)
+    assert sum(line.startswith("error:") for line in result.stderr.splitlines()) == 2
+
+
+def test_per_atom_long_format(atomwise_folder, files):
+    result = _run("predict", files[0], "--model", atomwise_folder, "--per-atom")
+    assert result.exit_code == 0, result.stderr
+    df = pd.read_csv(io.StringIO(result.stdout))
+    assert list(df.columns[:3]) == ["id", "atom", "element"]
+    value = CGCNNPredictor.from_checkpoint(atomwise_folder).predict(files[0]).values[0]
+    assert df["formation_energy (eV/atom)"].mean() == pytest.approx(value, abs=1e-5)
+
+
+def test_models_command_without_shipped_models_or_unknown_name():
+    listing = _run("models")
+    assert listing.exit_code == 0
+    unknown = _run("models", "nonexistent_model")
+    assert unknown.exit_code == EXIT_MODEL and "unknown model" in unknown.stderr
+
+
+def test_all_without_models_is_a_usage_error(files, monkeypatch):
+    monkeypatch.setattr("cgcnn_ase.pretrained.list_models", lambda: [])
+    result = _run("predict", *files, "--all")
+    assert result.exit_code == 2 and "--model" in result.output
+
+
+def test_featurize_csv(model_folder, crystals, tmp_path):
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    cifs = [AseAtomsAdaptor.get_structure(a).to(fmt="cif") for a in crystals[:3]]
+    table = tmp_path / "in.csv"
+    pd.DataFrame({"name": ["a", "b", "c", "bad"], "cif": [*cifs, "not a cif"]}).to_csv(table, index=False)
+    out = tmp_path / "out.csv"
+    result = _run("featurize", table, "-o", out, "--model", model_folder)
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert result.stderr.count("error: row 3") == 1
+    df = pd.read_csv(out)
+    expected = CGCNNPredictor.from_checkpoint(model_folder).predict(crystals[:3]).values
+    np.testing.assert_allclose(df["formation_energy (eV/atom)"][:3], expected, atol=1e-5)
+    assert np.isnan(df["formation_energy (eV/atom)"][3]) and df["name"].tolist() == ["a", "b", "c", "bad"]
