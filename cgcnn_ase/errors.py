@@ -41,3 +41,11 @@ class UnknownModelError(CGCNNError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class UnseenElementWarning(UserWarning):
+    """A structure holds elements that the model never saw in training (an extrapolation)."""
+
+
+class SparseGraphWarning(UserWarning):
+    """Some atom has fewer than the model's neighbour count within the cutoff radius."""

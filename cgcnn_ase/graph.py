@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from cgcnn_ase.elements import ElementTable
-from cgcnn_ase.errors import InvalidStructureError, SparseGraphError
+from cgcnn_ase.errors import InvalidStructureError, SparseGraphError, SparseGraphWarning
 from cgcnn_ase.structures import StructureRecord
 
 NeighborPolicy = Literal["symmetric", "original"]
@@ -145,7 +145,7 @@ def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: Spar
         record: a validated structure.
         config: graph settings (radius in Å, neighbour count, policy).
         on_sparse: what to do when some atom has fewer than ``config.max_neighbors``
-            neighbours within the radius: ``"warn"`` (a :class:`UserWarning`),
+            neighbours within the radius: ``"warn"`` (a :class:`~cgcnn_ase.errors.SparseGraphWarning`),
             ``"error"`` (:class:`~cgcnn_ase.errors.SparseGraphError`) or ``"ignore"``.
 
     Raises:
@@ -194,7 +194,7 @@ def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: Spar
             raise SparseGraphError(message)
         if on_sparse != "warn":
             raise ValueError(f"on_sparse must be 'warn', 'error' or 'ignore', got {on_sparse!r}")
-        warnings.warn(message, UserWarning, stacklevel=2)
+        warnings.warn(message, SparseGraphWarning, stacklevel=2)
     return CrystalGraph(numbers=record.numbers, centers=i, neighbors=j, distances=d, n_sparse=n_sparse, label=record.label)
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -18,7 +19,7 @@ import torch
 
 from cgcnn_ase.checkpoint import LoadedModel, load_checkpoint, load_model_folder
 from cgcnn_ase.elements import ElementTable
-from cgcnn_ase.errors import CGCNNError, InvalidStructureError
+from cgcnn_ase.errors import CGCNNError, InvalidStructureError, UnseenElementWarning, UnsupportedElementError
 from cgcnn_ase.graph import CrystalGraph, SparsePolicy, build_graph, collate
 from cgcnn_ase.pretrained import resolve_model
 from cgcnn_ase.structures import iter_records
@@ -40,7 +41,10 @@ class PredictionResult:
         errors: ``None`` per successful item, else the error message (only with
             ``errors="collect"``).
         per_atom: per-structure arrays of per-atom contributions (``per_atom=True``).
-        n_sparse: atoms with fewer than the model's neighbour count, per structure.
+        n_sparse: atoms with fewer than the model's neighbour count, per structure
+            (-1 for failed items).
+        unseen_elements: per structure, symbols of elements absent from the model's
+            training data (empty when all were seen or the model does not record them).
         positive_class: the class whose probability ``values`` holds (classifiers).
     """
 
@@ -51,6 +55,7 @@ class PredictionResult:
     task: str
     errors: list[str | None]
     n_sparse: np.ndarray
+    unseen_elements: list[list[str]] = field(default_factory=list)
     per_atom: list[np.ndarray] | None = None
     positive_class: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -64,13 +69,21 @@ class PredictionResult:
         return np.array([e is None for e in self.errors], dtype=bool)
 
     def to_dataframe(self) -> "pandas.DataFrame":  # noqa: F821
-        """One row per structure: ``id``, the property column, ``n_sparse`` and ``error``.
+        """One row per structure: ``id``, the property column, ``n_sparse``, ``unseen_elements``, ``error``.
 
         Units are in ``df.attrs["units"]`` (a dict column -> units).
         """
         import pandas as pd
 
-        df = pd.DataFrame({"id": self.ids, self.property: self.values, "n_sparse": self.n_sparse, "error": self.errors})
+        df = pd.DataFrame(
+            {
+                "id": self.ids,
+                self.property: self.values,
+                "n_sparse": self.n_sparse,
+                "unseen_elements": [" ".join(u) for u in self.unseen_elements],
+                "error": self.errors,
+            }
+        )
         df.attrs["units"] = {self.property: self.units}
         return df
 
@@ -135,7 +148,10 @@ class CGCNNPredictor:
             try:
                 if isinstance(item, CGCNNError):
                     raise item
-                self.model.elements.featurize(item.numbers)  # fails early on unsupported elements
+                try:
+                    self.model.elements.featurize(item.numbers)  # fails early on unsupported elements
+                except UnsupportedElementError as exc:
+                    raise UnsupportedElementError(f"{item.label}: {exc}") from None
                 yield label, build_graph(item, config, on_sparse=on_sparse)
             except InvalidStructureError as exc:
                 if errors == "raise":
@@ -213,6 +229,9 @@ class CGCNNPredictor:
         values: list[float] = []
         messages: list[str | None] = []
         n_sparse: list[int] = []
+        unseen: list[list[str]] = []
+        seen = self.model.spec.metadata.get("elements_seen")
+        seen = frozenset(seen) if seen else None
         atoms: list[np.ndarray] = []
         stream = self._graphs(structures, errors, on_sparse)
         with tqdm(total=total, disable=disable, unit="structure", leave=False) as bar:
@@ -226,6 +245,7 @@ class CGCNNPredictor:
                         values.append(float(batch_values[k]))
                         messages.append(None)
                         n_sparse.append(item.n_sparse)
+                        unseen.append(self._unseen(item, seen))
                         if per_atom:
                             atoms.append(batch_atoms[k])
                         k += 1
@@ -233,6 +253,7 @@ class CGCNNPredictor:
                         values.append(float("nan"))
                         messages.append(str(item))
                         n_sparse.append(-1)
+                        unseen.append([])
                         if per_atom:
                             atoms.append(np.zeros(0))
                 bar.update(len(chunk))
@@ -245,9 +266,29 @@ class CGCNNPredictor:
             task=spec.task,
             errors=messages,
             n_sparse=np.asarray(n_sparse, dtype=np.int64),
+            unseen_elements=unseen,
             per_atom=atoms if per_atom else None,
             positive_class=spec.positive_class,
         )
+
+    @staticmethod
+    def _unseen(graph: CrystalGraph, seen: frozenset[int] | None) -> list[str]:
+        """Symbols in ``graph`` outside the training elements ``seen``; warns when there are any."""
+        if seen is None:
+            return []
+        from ase.data import chemical_symbols
+
+        missing = sorted(set(graph.numbers.tolist()) - seen)
+        if missing:
+            symbols = [chemical_symbols[z] for z in missing]
+            warnings.warn(
+                f"{graph.label}: element(s) {', '.join(symbols)} did not occur in this model's training data; "
+                "the prediction is an extrapolation",
+                UnseenElementWarning,
+                stacklevel=4,
+            )
+            return symbols
+        return []
 
     @torch.inference_mode()
     def embed(self, structures: Any, *, batch_size: int = 64, on_sparse: SparsePolicy = "warn") -> np.ndarray:

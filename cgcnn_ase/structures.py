@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -227,7 +227,7 @@ def iter_records(inputs: Any) -> Iterator[tuple[str, StructureRecord | InvalidSt
     multi-frame file) or ``input i`` for in-memory objects. A path yields one item per
     frame in the file.
     """
-    if isinstance(inputs, (str, os.PathLike, StructureRecord)) or not isinstance(inputs, Iterable) or _is_single(inputs):
+    if isinstance(inputs, (str, os.PathLike, StructureRecord, Mapping)) or not isinstance(inputs, Iterable) or _is_single(inputs):
         inputs = [inputs]
     for index, obj in enumerate(inputs):
         if isinstance(obj, (str, os.PathLike)):
