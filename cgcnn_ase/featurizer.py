@@ -23,8 +23,9 @@ class CGCNNFeaturizer(BaseFeaturizer):
     """Predict CGCNN properties of ``Structure`` / ``Atoms`` entries as features.
 
     Args:
-        properties: shipped model names (``"formation_energy"``, ...) or model folder
-            paths; one feature column each, labelled ``"<property> (<units>)"``.
+        properties: shipped model names (``"formation_energy"``, ...), model folder
+            paths or :class:`CGCNNPredictor` objects; one feature column each, labelled
+            ``"<property> (<units>)"``.
         embeddings: also add each model's crystal feature vector (the mean-pooled atom
             features after the convolutions) as columns ``"<property> embedding <k>"``.
         batch_size: structures per forward pass.
@@ -33,7 +34,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
 
     def __init__(
         self,
-        properties: str | Sequence[str] = ("formation_energy",),
+        properties: str | CGCNNPredictor | Sequence[str | CGCNNPredictor] = ("formation_energy",),
         embeddings: bool = False,
         batch_size: int = 256,
         device: str | None = None,
@@ -50,12 +51,15 @@ class CGCNNFeaturizer(BaseFeaturizer):
     def predictors(self) -> list[CGCNNPredictor]:
         """The loaded models (loaded on first use)."""
         if self._predictors is None:
-            names = [self.properties] if isinstance(self.properties, (str, os.PathLike)) else list(self.properties)
+            single = isinstance(self.properties, (str, os.PathLike, CGCNNPredictor))
+            items = [self.properties] if single else list(self.properties)
             self._predictors = [
-                CGCNNPredictor.from_checkpoint(n, device=self.device)
-                if os.path.exists(n)
-                else CGCNNPredictor.from_pretrained(str(n), device=self.device)
-                for n in names
+                item
+                if isinstance(item, CGCNNPredictor)
+                else CGCNNPredictor.from_checkpoint(item, device=self.device)
+                if os.path.exists(item)
+                else CGCNNPredictor.from_pretrained(str(item), device=self.device)
+                for item in items
             ]
         return self._predictors
 
