@@ -146,9 +146,10 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch (1 is fastest for small crystals; run several processes to use more cores).")
 @_guarded
 def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,
-            per_atom: bool, fmt: str, output: str | None, batch_size: int, device: str | None) -> None:  # fmt: skip
+            per_atom: bool, fmt: str, output: str | None, batch_size: int, device: str | None, threads: int) -> None:  # fmt: skip
     """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ...),
     directories of them, or glob patterns.
 
@@ -158,9 +159,14 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     """
     from cgcnn_ase.structures import iter_records
 
+    import torch
+
+    torch.set_num_threads(threads)  # this process is ours: the CLI may set torch's global thread count
     names = _model_names(models, use_all)
     predictors = [load_predictor(name, atom_init=atom_init, trusted=trust, device=device) for name in names]
-    items = list(iter_records(expand_inputs(inputs)))  # read every file once, for all models
+    # read every file once, for all models; CIFs as the original code did if any model needs its tie order
+    original = any(p.model.spec.graph.neighbor_policy == "original" for p in predictors)
+    items = list(iter_records(expand_inputs(inputs), cif_reader="pymatgen" if original else "gemmi"))
     ids = [label for label, _ in items]
     records = [item for _, item in items if not isinstance(item, CGCNNError)]
     results = [p.predict(records, batch_size=batch_size, errors="collect", per_atom=per_atom) for p in predictors]

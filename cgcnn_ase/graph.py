@@ -56,7 +56,8 @@ class GraphConfig:
         gaussian_width: Gaussian width σ in ``exp(-(d - μ)² / σ²)``, Å; ``None`` means
             ``gaussian_step``, as in the original.
         neighbor_policy: ``"symmetric"`` or ``"original"`` (see module docstring).
-        tie_tolerance: distances within this of the last kept one count as tied, Å
+        tie_tolerance: distances within this of the last kept one count as tied, Å; 1e-3
+            absorbs the rounding of CIFs that give fractional coordinates to 4 decimals
             (``"symmetric"`` policy only).
     """
 
@@ -66,7 +67,7 @@ class GraphConfig:
     gaussian_step: float = 0.2
     gaussian_width: float | None = None
     neighbor_policy: NeighborPolicy = "symmetric"
-    tie_tolerance: float = 1e-4
+    tie_tolerance: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.neighbor_policy not in ("symmetric", "original"):
@@ -124,18 +125,25 @@ class CrystalGraph:
 
 
 def _raw_neighbors(record: StructureRecord, config: GraphConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All (i, j, d) pairs within the radius, periodic images included, self excluded."""
-    if config.neighbor_policy == "original":
-        # pymatgen's order is what the original's stable sort saw; keep it for tie-breaking.
-        structure = record.to_pymatgen()
-        i, j, _, d = structure.get_neighbor_list(r=config.radius)
-        return i.astype(np.int64), j.astype(np.int64), d.astype(np.float64)
-    from vesin import NeighborList
+    """All (i, j, d) pairs within the radius, periodic images included, self excluded.
 
-    i, j, d = NeighborList(cutoff=config.radius, full_list=True).compute(
-        points=record.positions, box=record.cell, periodic=True, quantities="ijd"
+    Uses pymatgen's compiled ``find_points_in_spheres`` with exactly the inputs and
+    self-pair rule of ``Structure.get_neighbor_list``, so the pair order (which decides
+    ties in the ``original`` policy) is the one the original code saw.
+    """
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    coords = np.ascontiguousarray(np.dot(record.frac_coords, record.cell), dtype=float)
+    i, j, _, d = find_points_in_spheres(
+        coords,
+        coords,
+        r=float(config.radius),
+        pbc=np.ones(3, dtype=np.int64),
+        lattice=np.ascontiguousarray(record.cell, dtype=float),
+        tol=1e-8,
     )
-    return i.astype(np.int64), j.astype(np.int64), d.astype(np.float64)
+    keep = ~((i == j) & (d <= 1e-8))
+    return i[keep].astype(np.int64), j[keep].astype(np.int64), d[keep].astype(np.float64)
 
 
 def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: SparsePolicy = "warn") -> CrystalGraph:

@@ -144,7 +144,9 @@ class CGCNNPredictor:
     ) -> Iterator[tuple[str, CrystalGraph | CGCNNError]]:
         """Normalise inputs and build graphs lazily, yielding (label, graph or error)."""
         config = self.model.spec.graph
-        for label, item in iter_records(structures):
+        # The original policy breaks neighbour ties in pymatgen's site order: read CIFs as it did.
+        reader = "pymatgen" if config.neighbor_policy == "original" else "gemmi"
+        for label, item in iter_records(structures, cif_reader=reader):
             try:
                 if isinstance(item, CGCNNError):
                     raise item
