@@ -287,3 +287,57 @@ def _parse_structure_cell(value: Any, row: int) -> Any:
         return Structure.from_str(text, fmt="cif")
     except Exception as exc:  # noqa: BLE001 - reported per row
         return InvalidStructureError(f"row {row}: not a readable CIF or file path ({type(exc).__name__}: {exc})")
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config entry, e.g. --set optim.lr=0.01 (repeatable).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: the config's, else torch's).")
+@_guarded
+def train(config: str, overrides: tuple[str, ...], threads: int | None) -> None:
+    """Train a model from a YAML/TOML CONFIG (see configs/); resumes an interrupted run.
+
+    Writes the model folder (model.json, weights, model card, split, metrics, plots) to
+    the config's 'output' and prints its path.
+    """
+    from cgcnn_ase.training import load_config, train_from_config
+
+    settings = list(overrides) + ([f"threads={threads}"] if threads else [])
+    folder = train_from_config(load_config(config, settings), progress=True)
+    click.echo(str(folder))
+
+
+@main.command()
+@click.argument("model")
+@click.argument("dataset", required=False)
+@click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="test", show_default=True)
+@click.option("--output", "-o", "out_dir", type=click.Path(file_okay=False), default=None, help="Folder for metrics.json, predictions.csv and the parity/ROC plot.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@_guarded
+def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, batch_size: int) -> None:
+    """Score MODEL (a trained model folder or shipped name) on a split of its dataset
+    (default: the saved test split of the dataset it was trained on) or on DATASET."""
+    from cgcnn_ase.evaluation import evaluate_model
+
+    report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size, progress=True)
+    click.echo(json.dumps({k: report[k] for k in ("model", "split", "n", "n_failed", "property", "units", "metrics")}, indent=2, default=str))
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--model", "-m", "model", required=True, help="An atomwise-readout model (name or folder), e.g. perovskite_formation_energy.")
+@click.option("--output", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for sites.csv, by_element.csv and the maps.")
+@click.option("--allow-mean-pooled", is_flag=True, help="Accept a mean-pooled model (first-order attributions, not site energies).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@_guarded
+def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: bool, batch_size: int) -> None:
+    """Per-site contributions of an atomwise model for the crystals in INPUTS, with site
+    roles (A/B/X for ABX3 perovskites, else Wyckoff labels), per-element averages and
+    periodic-table maps of the A- and B-site energies (PNG and SVG)."""
+    from cgcnn_ase.sites import write_site_report
+
+    predictor = load_predictor(model)
+    paths = write_site_report(predictor, expand_inputs(inputs), out_dir, batch_size=batch_size,
+                              allow_mean_pooled=allow_mean_pooled, errors="skip")  # fmt: skip
+    for path in paths:
+        click.echo(str(path))

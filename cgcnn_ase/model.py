@@ -20,7 +20,7 @@ Readout = Literal["mean", "atomwise"]
 ConvKind = Literal["gated", "simple"]
 
 
-def _segment_mean(values: torch.Tensor, index: torch.Tensor, n_segments: int) -> torch.Tensor:
+def segment_mean(values: torch.Tensor, index: torch.Tensor, n_segments: int) -> torch.Tensor:
     """Mean of ``values`` (N, ...) over rows sharing ``index`` (N,), shape (n_segments, ...)."""
     total = values.new_zeros((n_segments, *values.shape[1:])).index_add_(0, index, values)
     counts = torch.bincount(index, minlength=n_segments).clamp_min(1).to(values.dtype)
@@ -179,7 +179,7 @@ class CrystalGraphConvNet(nn.Module):
 
     def crystal_features(self, batch: GraphBatch) -> torch.Tensor:
         """Mean-pooled crystal feature vectors, shape (n_crystals, atom_fea_len)."""
-        return _segment_mean(self.atom_features(batch), batch.crystal_index, batch.n_crystals)
+        return segment_mean(self.atom_features(batch), batch.crystal_index, batch.n_crystals)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """Dense layers on pooled (or, atomwise, per-atom) features: (M, A) -> (M, n_out)."""
@@ -199,8 +199,8 @@ class CrystalGraphConvNet(nn.Module):
             raise ValueError("atom_contributions needs a model with readout='atomwise'")
         return self.head(self.atom_features(batch)).squeeze(1)
 
-    def linear_attributions(self, batch: GraphBatch) -> torch.Tensor:
-        """Per-atom contributions of a mean-pooled model, shape (N_total,), exact in the mean.
+    def linear_attributions(self, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions and per-atom contributions of a mean-pooled model, exact in the mean.
 
         With ``f`` the head (regression: normalised value; classification: probability of
         class 1), pooled vector ``v̄`` and atom features ``v_i``, atom ``i`` contributes the
@@ -208,15 +208,19 @@ class CrystalGraphConvNet(nn.Module):
         average to zero over a crystal, the mean of ``c_i`` is exactly the prediction
         ``f(v̄)``; atoms whose environment pushes the pooled features in the direction that
         raises ``f`` get larger values. It is a linearisation, not a unique decomposition.
+
+        Returns:
+            ``f(v̄)`` per crystal, shape (n_crystals,), and ``c_i``, shape (N_total,).
         """
         atom_fea = self.atom_features(batch).detach()
         with torch.enable_grad():
-            pooled = _segment_mean(atom_fea, batch.crystal_index, batch.n_crystals).requires_grad_(True)
+            pooled = segment_mean(atom_fea, batch.crystal_index, batch.n_crystals).requires_grad_(True)
             out = self.head(pooled)
             out = out[:, 1].exp() if self.task == "classification" else out.squeeze(1)
             (grad,) = torch.autograd.grad(out.sum(), pooled)
         index = batch.crystal_index
-        return out.detach()[index] + ((atom_fea - pooled.detach()[index]) * grad[index]).sum(dim=1)
+        out = out.detach()
+        return out, out[index] + ((atom_fea - pooled.detach()[index]) * grad[index]).sum(dim=1)
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
         """Predict: regression -> (n_crystals,) normalised values; classification ->
@@ -224,6 +228,6 @@ class CrystalGraphConvNet(nn.Module):
         atom_fea = self.atom_features(batch)
         if self.readout == "atomwise":
             per_atom = self.head(atom_fea).squeeze(1)
-            return _segment_mean(per_atom, batch.crystal_index, batch.n_crystals)
-        out = self.head(_segment_mean(atom_fea, batch.crystal_index, batch.n_crystals))
+            return segment_mean(per_atom, batch.crystal_index, batch.n_crystals)
+        out = self.head(segment_mean(atom_fea, batch.crystal_index, batch.n_crystals))
         return out.squeeze(1) if self.task == "regression" else out

@@ -21,6 +21,7 @@ from cgcnn_ase.checkpoint import LoadedModel, load_checkpoint, load_model_folder
 from cgcnn_ase.elements import ElementTable
 from cgcnn_ase.errors import CGCNNError, InvalidStructureError, UnseenElementWarning, UnsupportedElementError
 from cgcnn_ase.graph import CrystalGraph, SparsePolicy, build_graph, collate
+from cgcnn_ase.model import segment_mean
 from cgcnn_ase.pretrained import resolve_model
 from cgcnn_ase.structures import iter_records
 
@@ -165,17 +166,20 @@ class CGCNNPredictor:
         """Model outputs for one batch: values (len(graphs),) in model units, per-atom arrays."""
         spec, network = self.model.spec, self.model.network
         batch = collate(graphs, self.model.elements, spec.graph).to(self.device)
-        out = network(batch)
-        if spec.task == "classification":
-            values = out[:, 1].exp().double().cpu().numpy()
-        else:
-            values = out.double().cpu().numpy() * spec.normalizer_std + spec.normalizer_mean
         atoms = None
+        if not per_atom:
+            out = network(batch)
+            values = out[:, 1].exp() if spec.task == "classification" else out
+        elif spec.readout == "atomwise":  # one pass: the prediction is the mean of the atom outputs
+            contributions = network.atom_contributions(batch)
+            values = segment_mean(contributions, batch.crystal_index, batch.n_crystals)
+        else:
+            values, contributions = network.linear_attributions(batch)
+        values = values.double().cpu().numpy()
+        if spec.task == "regression":
+            values = values * spec.normalizer_std + spec.normalizer_mean
         if per_atom:
-            if spec.readout == "atomwise":
-                contributions = network.atom_contributions(batch).double().cpu().numpy()
-            else:
-                contributions = network.linear_attributions(batch).double().cpu().numpy()
+            contributions = contributions.double().cpu().numpy()
             if spec.task == "regression":
                 contributions = contributions * spec.normalizer_std + spec.normalizer_mean
             atoms = np.split(contributions, np.cumsum([g.n_atoms for g in graphs])[:-1])

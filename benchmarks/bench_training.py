@@ -1,0 +1,307 @@
+"""Training speed: cgcnn_ase.training vs the original CGCNN training approach, per cached epoch.
+
+Workload (the issue's): the first ``--n`` (2000) Castelli perovskites, target ``e_form``,
+an 80/10/10 split (1600 training crystals), the original architecture (atom_fea_len 64,
+n_conv 3, h_fea_len 128, n_h 1), batches of 256, SGD (lr 0.01, momentum 0.9).
+
+Measured, all in this process and on this machine (so background load hits every row alike):
+
+* **ours, end to end**: :func:`cgcnn_ase.training.train_from_config` for ``--epochs``
+  epochs; per-epoch wall time from its ``metrics.csv`` (training steps + validation on 200
+  crystals; the checkpoint written after each epoch is not included). Epoch 1 includes
+  warm-up; the median and minimum of the later, cached epochs are reported.
+* **ours, training steps only**: the same model and batches in a bare loop, split into
+  batch assembly (``GraphBatcher.batch``), forward, backward and optimiser step; with and
+  without ``split_matmul``, with bfloat16 autocast (``precision: bf16``), and with 1 and 2
+  torch threads.
+* **original approach**: per-crystal tensors cached in memory as the original's
+  ``lru_cache``-d dataset does (atom features (n, 92), Gaussian-expanded padded neighbour
+  features (n, 12, 41), neighbour indices (n, 12)), batches built with a ``collate_pool``
+  equivalent (``torch.cat`` + per-crystal index lists), and a dense CGCNN on the padded
+  (N, 12, 2A + B) tensor written from the paper's equations (as in
+  ``original_baseline.py``), trained the same way. Graphs use the ``original`` neighbour
+  policy (exactly 12 neighbours per atom).
+
+    python benchmarks/bench_training.py [--shared ../shared] [--n 2000] [--epochs 6] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+ARCH = dict(atom_fea_len=64, n_conv=3, h_fea_len=128, n_h=1)
+BATCH = 256
+
+
+# -- the original approach, trainable ----------------------------------------------------------
+class DenseConv(nn.Module):
+    """Gated convolution on padded (N, M) neighbour arrays (paper Eq. 5, original layout)."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__()
+        self.a = a
+        self.fc_full = nn.Linear(2 * a + b, 2 * a)
+        self.bn1 = nn.BatchNorm1d(2 * a)
+        self.bn2 = nn.BatchNorm1d(a)
+
+    def forward(self, x: torch.Tensor, nbr_fea: torch.Tensor, nbr_idx: torch.Tensor) -> torch.Tensor:
+        n, m = nbr_idx.shape
+        z = torch.cat([x.unsqueeze(1).expand(n, m, self.a), x[nbr_idx, :], nbr_fea], dim=2)
+        gated = self.bn1(self.fc_full(z).view(-1, 2 * self.a)).view(n, m, 2 * self.a)
+        filt, core = gated.chunk(2, dim=2)
+        summed = torch.sum(torch.sigmoid(filt) * nn.functional.softplus(core), dim=1)
+        return nn.functional.softplus(x + self.bn2(summed))
+
+
+class DenseCGCNN(nn.Module):
+    def __init__(
+        self, orig: int = 92, b: int = 41, atom_fea_len: int = 64, n_conv: int = 3, h_fea_len: int = 128, n_h: int = 1
+    ):
+        super().__init__()
+        self.embedding = nn.Linear(orig, atom_fea_len)
+        self.convs = nn.ModuleList([DenseConv(atom_fea_len, b) for _ in range(n_conv)])
+        self.conv_to_fc = nn.Linear(atom_fea_len, h_fea_len)
+        self.fcs = nn.ModuleList([nn.Linear(h_fea_len, h_fea_len) for _ in range(n_h - 1)])
+        self.fc_out = nn.Linear(h_fea_len, 1)
+
+    def forward(self, atom_fea, nbr_fea, nbr_idx, crystal_atom_idx):
+        x = self.embedding(atom_fea)
+        for conv in self.convs:
+            x = conv(x, nbr_fea, nbr_idx)
+        crys = torch.cat([torch.mean(x[idx], dim=0, keepdim=True) for idx in crystal_atom_idx], dim=0)
+        h = nn.functional.softplus(self.conv_to_fc(nn.functional.softplus(crys)))
+        for fc in self.fcs:
+            h = nn.functional.softplus(fc(h))
+        return self.fc_out(h).squeeze(1)
+
+
+def collate_pool(items):
+    atom, nbr, idx, crys, base = [], [], [], [], 0
+    for a, f, i in items:
+        n = a.shape[0]
+        atom.append(a)
+        nbr.append(f)
+        idx.append(i + base)
+        crys.append(torch.arange(n) + base)
+        base += n
+    return torch.cat(atom), torch.cat(nbr), torch.cat(idx), crys
+
+
+def original_epoch_seconds(records, targets, elements, repeats: int) -> list[float]:
+    """Cached epochs of the original approach on ``records`` (the training crystals) and their targets."""
+    from cgcnn_ase.graph import GraphConfig, build_graph, gaussian_expand
+
+    config = GraphConfig(neighbor_policy="original")
+    cache = []
+    for record in records:  # the original's lru_cache: one tensor triple per crystal
+        g = build_graph(record, config, on_sparse="ignore")
+        n = g.n_atoms
+        cache.append(
+            (
+                torch.from_numpy(elements.featurize(g.numbers)),
+                gaussian_expand(torch.from_numpy(g.distances), config).view(n, 12, -1),
+                torch.from_numpy(g.neighbors).view(n, 12),
+            )
+        )
+    y = torch.tensor(targets, dtype=torch.float32)
+    y = (y - y.mean()) / y.std()
+    torch.manual_seed(0)
+    model = DenseCGCNN(**ARCH)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        order = torch.randperm(len(cache), generator=gen).tolist()
+        for s in range(0, len(order), BATCH):
+            chunk = order[s : s + BATCH]
+            batch = collate_pool([cache[k] for k in chunk])
+            loss = nn.functional.mse_loss(model(*batch), y[chunk])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t0)
+    return times[1:]
+
+
+# -- ours ------------------------------------------------------------------------------------------
+def ours_breakdown(
+    store, targets, train_idx, elements, *, split_matmul: bool, threads: int, repeats: int, bf16: bool = False
+) -> dict[str, float]:
+    """Median seconds per epoch of batch assembly / forward / backward / step in a bare loop."""
+    from cgcnn_ase.graph import GraphConfig
+    from cgcnn_ase.model import CrystalGraphConvNet
+    from cgcnn_ase.training import GraphBatcher, _batches, torch_threads
+
+    with torch_threads(threads):
+        batcher = GraphBatcher(store, elements, GraphConfig())
+        y = torch.tensor((targets - targets[train_idx].mean()) / targets[train_idx].std(), dtype=torch.float32)
+        torch.manual_seed(0)
+        model = CrystalGraphConvNet(**ARCH)
+        for conv in model.convs:
+            conv.split_matmul = split_matmul
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        gen = torch.Generator().manual_seed(0)
+        rows = []
+        for _ in range(repeats + 1):
+            t = dict(batch=0.0, forward=0.0, backward=0.0, step=0.0)
+            order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+            for chunk in _batches(order, BATCH):
+                t0 = time.perf_counter()
+                b = batcher.batch(chunk)
+                t1 = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = model(b)
+                loss = nn.functional.mse_loss(out.float(), y[chunk])
+                t2 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                t3 = time.perf_counter()
+                opt.step()
+                t4 = time.perf_counter()
+                t["batch"] += t1 - t0
+                t["forward"] += t2 - t1
+                t["backward"] += t3 - t2
+                t["step"] += t4 - t3
+            t["total"] = sum(t.values())
+            rows.append(t)
+        rows = rows[1:]
+        return {k: statistics.median(r[k] for r in rows) for k in rows[0]} | {"min": min(r["total"] for r in rows)}
+
+
+def ours_end_to_end(spec, cache_dir: Path, epochs: int, threads: int | None) -> tuple[list[float], float]:
+    """Per-epoch seconds from metrics.csv of a real train_from_config run, and its wall time."""
+    import pandas as pd
+
+    from cgcnn_ase.training import ModelConfig, OptimConfig, ScheduleConfig, SplitConfig, TrainConfig, train_from_config
+
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(
+            data=spec, output=str(Path(out) / "model"), units="eV", split=SplitConfig(0.8, 0.1, 0.1, seed=0),
+            model=ModelConfig(**ARCH), optim=OptimConfig(name="sgd", lr=0.01, momentum=0.9),
+            schedule=ScheduleConfig(name="multistep", milestones=[100]), epochs=epochs, batch_size=BATCH,
+            cache_dir=str(cache_dir), threads=threads, device="cpu",
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        folder = train_from_config(config, progress=False)
+        wall = time.perf_counter() - t0
+        return pd.read_csv(folder / "metrics.csv")["epoch_time_s"].tolist(), wall
+
+
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--shared", default=None, help="shared/ folder (default: ../shared next to the repo).")
+@click.option("--n", "n_crystals", default=2000, show_default=True, help="perovskites to use (first rows of the file).")
+@click.option("--epochs", default=6, show_default=True, help="epochs of the end-to-end run.")
+@click.option("--repeats", default=5, show_default=True, help="timed epochs per bare-loop variant.")
+def main(shared: str | None, n_crystals: int, epochs: int, repeats: int) -> None:
+    import os
+
+    from cgcnn_ase.datasets import DatasetSpec, load_table, parse_structures
+    from cgcnn_ase.elements import generate_cgcnn_table
+    from cgcnn_ase.graph import GraphConfig
+    from cgcnn_ase.training import build_graph_store, torch_threads
+
+    _common.quiet()
+    path = _common.shared_path(shared, _common.PEROVSKITE_CSV)
+    spec = DatasetSpec(path=str(path), target="e_form", limit=n_crystals)
+    elements = generate_cgcnn_table()
+    lines = [f"# Training speed, {n_crystals} perovskites (1600-crystal training split), batch {BATCH}", ""]
+    with tempfile.TemporaryDirectory() as cache:
+        table = load_table(spec)
+        t0 = time.perf_counter()
+        store, rows, _ = build_graph_store(table, GraphConfig(), cache_dir=cache, workers=2)
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        build_graph_store(table, GraphConfig(), cache_dir=cache, workers=2)
+        warm = time.perf_counter() - t0
+        targets = table.raw_targets[rows]
+        n_train = len(rows) - 2 * round(0.1 * len(rows))
+        train_idx = np.sort(np.random.default_rng(0).permutation(len(rows))[:n_train])
+        records = parse_structures(table, [rows[k] for k in train_idx], workers=2)
+        edges_per_atom = store.n_edges.sum() / store.n_atoms.sum()
+        lines += [
+            f"Graphs: {cold:.1f} s to parse and build {len(rows)} (cold cache), "
+            f"{warm:.2f} s to load them from the cache; "
+            f"{edges_per_atom:.2f} edges per atom (symmetric policy; the original policy has exactly 12).",
+            "",
+        ]
+
+        epoch_times, wall = ours_end_to_end(spec, Path(cache), epochs, None)
+        cached = epoch_times[1:]
+        results = []
+        for threads in (2, 1):
+            for split, bf16 in ((True, False), (False, False), (True, True)):
+                r = ours_breakdown(
+                    store, targets, train_idx, elements, split_matmul=split, threads=threads, repeats=repeats, bf16=bf16
+                )
+                results.append((threads, split, bf16, r))
+        with torch_threads(2):
+            base2 = original_epoch_seconds(records, targets[train_idx], elements, repeats)
+        with torch_threads(1):
+            base1 = original_epoch_seconds(records, targets[train_idx], elements, repeats)
+    base = {2: statistics.median(base2), 1: statistics.median(base1)}
+    lines += [
+        f"End to end (`train_from_config`, {epochs} epochs, torch default threads = {torch.get_num_threads()}): "
+        f"epoch 1 {epoch_times[0]:.3f} s; later epochs median {statistics.median(cached):.3f} s, "
+        f"min {min(cached):.3f} s (training on 1600 + validation on 200, checkpoint write not included); "
+        f"whole run {wall:.1f} s.",
+        "",
+    ]
+    header = [
+        "pipeline",
+        "threads",
+        "batch assembly",
+        "forward",
+        "backward",
+        "optimiser",
+        "epoch (median)",
+        "epoch (min)",
+        "speed-up vs original",
+    ]
+    table_rows = []
+    for threads, split, bf16, r in results:
+        name = f"ours, split_matmul={split}" + (", bf16 autocast" if bf16 else "")
+        times = [r[k] for k in ("batch", "forward", "backward", "step", "total", "min")]
+        table_rows.append([name, threads, *times, f"{base[threads] / r['total']:.2f}x"])
+    for threads, times in ((2, base2), (1, base1)):
+        table_rows.append(
+            [
+                "original approach (dense, padded)",
+                threads,
+                "",
+                "",
+                "",
+                "",
+                statistics.median(times),
+                min(times),
+                "1.00x",
+            ]
+        )
+    lines += [
+        _common.markdown_table(header, table_rows),
+        "",
+        "Seconds per epoch of 1600 training crystals (no validation).",
+        "",
+    ]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    lines += [
+        _common.machine_line(),
+        f"Load average at the end: {load[0]:.2f} (other processes share the CPU when > 0)",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
