@@ -22,7 +22,7 @@ Measured, all in this process and on this machine (so background load hits every
   ``original_baseline.py``), trained the same way. Graphs use the ``original`` neighbour
   policy (exactly 12 neighbours per atom).
 
-    python benchmarks/bench_training.py [--shared ../shared] [--n 2000] [--epochs 6] [--repeats 5]
+    python benchmarks/bench_training.py [--shared ../shared] [--n 2000] [--epochs 6] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -205,7 +205,10 @@ def ours_end_to_end(spec, cache_dir: Path, epochs: int, threads: int | None) -> 
 @click.option("--n", "n_crystals", default=2000, show_default=True, help="perovskites to use (first rows of the file).")
 @click.option("--epochs", default=6, show_default=True, help="epochs of the end-to-end run.")
 @click.option("--repeats", default=5, show_default=True, help="timed epochs per bare-loop variant.")
-def main(shared: str | None, n_crystals: int, epochs: int, repeats: int) -> None:
+@click.option(
+    "--threads", default=1, show_default=True, help="torch threads of the end-to-end run (0: torch's default)."
+)
+def main(shared: str | None, n_crystals: int, epochs: int, repeats: int, threads: int) -> None:
     import os
 
     from cgcnn_ase.datasets import DatasetSpec, load_table, parse_structures
@@ -238,22 +241,29 @@ def main(shared: str | None, n_crystals: int, epochs: int, repeats: int) -> None
             "",
         ]
 
-        epoch_times, wall = ours_end_to_end(spec, Path(cache), epochs, None)
+        end_threads = threads or torch.get_num_threads()
+        epoch_times, wall = ours_end_to_end(spec, Path(cache), epochs, end_threads)
         cached = epoch_times[1:]
         results = []
-        for threads in (2, 1):
+        baselines = {}
+        for n_threads in (1, 2):  # each thread count: ours, then the original, back to back
             for split, bf16 in ((True, False), (False, False), (True, True)):
                 r = ours_breakdown(
-                    store, targets, train_idx, elements, split_matmul=split, threads=threads, repeats=repeats, bf16=bf16
+                    store,
+                    targets,
+                    train_idx,
+                    elements,
+                    split_matmul=split,
+                    threads=n_threads,
+                    repeats=repeats,
+                    bf16=bf16,
                 )
-                results.append((threads, split, bf16, r))
-        with torch_threads(2):
-            base2 = original_epoch_seconds(records, targets[train_idx], elements, repeats)
-        with torch_threads(1):
-            base1 = original_epoch_seconds(records, targets[train_idx], elements, repeats)
-    base = {2: statistics.median(base2), 1: statistics.median(base1)}
+                results.append((n_threads, split, bf16, r))
+            with torch_threads(n_threads):
+                baselines[n_threads] = original_epoch_seconds(records, targets[train_idx], elements, repeats)
+    base = {n: statistics.median(times) for n, times in baselines.items()}
     lines += [
-        f"End to end (`train_from_config`, {epochs} epochs, torch default threads = {torch.get_num_threads()}): "
+        f"End to end (`train_from_config`, {epochs} epochs, {end_threads} torch thread(s)): "
         f"epoch 1 {epoch_times[0]:.3f} s; later epochs median {statistics.median(cached):.3f} s, "
         f"min {min(cached):.3f} s (training on 1600 + validation on 200, checkpoint write not included); "
         f"whole run {wall:.1f} s.",
@@ -271,24 +281,13 @@ def main(shared: str | None, n_crystals: int, epochs: int, repeats: int) -> None
         "speed-up vs original",
     ]
     table_rows = []
-    for threads, split, bf16, r in results:
+    for n_threads, split, bf16, r in results:
         name = f"ours, split_matmul={split}" + (", bf16 autocast" if bf16 else "")
         times = [r[k] for k in ("batch", "forward", "backward", "step", "total", "min")]
-        table_rows.append([name, threads, *times, f"{base[threads] / r['total']:.2f}x"])
-    for threads, times in ((2, base2), (1, base1)):
-        table_rows.append(
-            [
-                "original approach (dense, padded)",
-                threads,
-                "",
-                "",
-                "",
-                "",
-                statistics.median(times),
-                min(times),
-                "1.00x",
-            ]
-        )
+        table_rows.append([name, n_threads, *times, f"{base[n_threads] / r['total']:.2f}x"])
+    for n_threads, times in baselines.items():
+        original = ["original approach (dense, padded)", n_threads, "", "", "", ""]
+        table_rows.append([*original, statistics.median(times), min(times), "1.00x"])
     lines += [
         _common.markdown_table(header, table_rows),
         "",

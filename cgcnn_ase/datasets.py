@@ -1,0 +1,758 @@
+"""Labelled crystal datasets: a table of targets plus one structure per row.
+
+Four layouts are read (``DatasetSpec.format="auto"`` picks one from the path):
+
+``csv``
+    A CSV / CSV.gz table with a CIF-text column (default ``cif``) and target columns,
+    as in ``shared/data/mp_cgcnn46k_kdmsit/data.csv.gz``.
+``json``
+    A (gzipped) JSON list of objects, each holding a pymatgen ``Structure.as_dict()``
+    (default key ``structure``), an id and targets, as in
+    ``shared/data/mp_elastic_binary2025_matcalc/*.json.gz``.
+``cif_dir``
+    The original CGCNN layout: a directory of ``ID.cif`` files and an ``id_prop.csv``
+    without header (``id,target[,target_2,...]``).
+``ase``
+    An extxyz / ASE trajectory file or an ASE database (``.db``); targets are read from
+    ``atoms.info`` (and, for files, the scalar results of an attached calculator, since
+    ASE stores ``energy=`` of extxyz there) or from a database row's key-value pairs.
+
+Loading happens in two steps so that training can skip the slow one:
+
+1. :func:`load_table` reads the table, applies ``drop_ids``, ``filter`` and ``target``,
+   and drops rows whose target is missing. It does not parse structures; each row gets a
+   content hash of its raw structure (the graph cache key).
+2. :func:`parse_structures` parses the selected rows into
+   :class:`~cgcnn_ase.structures.StructureRecord` objects (pymatgen for CIF text and
+   structure dicts, normalised by :func:`cgcnn_ase.structures.to_record`), in a process
+   pool for large datasets.
+
+:func:`load_dataset` does both and applies the per-atom division and the transform
+(in that order), returning a :class:`LabelledDataset` of ``(records, targets, ids)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from cgcnn_ase.errors import CGCNNError
+from cgcnn_ase.structures import StructureRecord, to_record
+
+logger = logging.getLogger(__name__)
+
+DatasetFormat = Literal["auto", "csv", "json", "cif_dir", "ase"]
+Transform = Literal["none", "log10"]
+
+#: Id columns tried, in order, when ``DatasetSpec.id_column`` is not given.
+ID_COLUMNS = ("material_id", "mp_id", "id", "name", "db_id")
+#: Below this many structures, parsing runs in the calling process (a pool costs ~1 s to start).
+POOL_THRESHOLD = 200
+
+
+class DatasetError(CGCNNError, ValueError):
+    """A dataset file or its specification is unusable (missing column, bad filter, ...)."""
+
+
+@dataclass
+class DatasetSpec:
+    """Where a labelled dataset lives and how to turn its rows into (structure, target) pairs.
+
+    Attributes:
+        path: file or directory (relative paths resolve against the current directory).
+        target: the target column (CSV / JSON key / ``atoms.info`` key; ``target`` for
+            ``cif_dir``, whose extra columns are ``target_2``, ``target_3``, ...), or a
+            pandas expression over the columns, e.g. ``"band_gap == 0"`` (booleans become
+            0/1 labels) or ``"(3*K - 2*G) / (2*(3*K + G))"``. Column names with spaces
+            need backticks: ``"`e_form` / 5"``.
+        format: ``"auto"`` (from the path), ``"csv"``, ``"json"``, ``"cif_dir"`` or ``"ase"``.
+        id_column: column holding unique ids; default the first of ``material_id``,
+            ``mp_id``, ``id``, ``name`` (and, for ASE databases, the row id ``db_id``)
+            that exists, else the row number.
+        structure_column: column/key with the structure: CIF text for ``csv`` (default
+            ``cif``), a pymatgen structure dict for ``json`` (default ``structure``).
+        transform: ``"none"`` or ``"log10"`` (applied after ``per_atom``; non-positive
+            values are an error: filter them out first).
+        filter: pandas query selecting rows before anything else is computed, e.g.
+            ``"band_gap > 0"``.
+        per_atom: divide the target by the number of atoms in the structure.
+        drop_ids: ids to leave out (e.g. outliers listed in a dataset's README).
+        limit: keep only the first ``limit`` rows after filtering (quick experiments).
+        name: short dataset name for model cards (default: the file or folder name).
+    """
+
+    path: str
+    target: str = "target"
+    format: DatasetFormat = "auto"
+    id_column: str | None = None
+    structure_column: str | None = None
+    transform: Transform = "none"
+    filter: str | None = None
+    per_atom: bool = False
+    drop_ids: list[str] = field(default_factory=list)
+    limit: int | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        self.path = str(self.path)
+        if self.format not in ("auto", "csv", "json", "cif_dir", "ase"):
+            raise DatasetError(f"unknown dataset format {self.format!r}; choose auto, csv, json, cif_dir or ase")
+        if self.transform in (None, ""):
+            self.transform = "none"
+        if self.transform not in ("none", "log10"):
+            raise DatasetError(f"unknown target transform {self.transform!r}; choose 'none' or 'log10'")
+        self.drop_ids = [str(i) for i in (self.drop_ids or [])]
+        if self.limit is not None and int(self.limit) < 1:
+            raise DatasetError(f"limit must be a positive number of rows, got {self.limit}")
+
+    @property
+    def resolved_format(self) -> str:
+        """The format, detected from the path when ``format="auto"``."""
+        return self.format if self.format != "auto" else detect_format(self.path)
+
+    @property
+    def display_name(self) -> str:
+        """``name``, or the dataset folder / file name without extensions."""
+        if self.name:
+            return self.name
+        path = Path(self.path)
+        if path.name.startswith("data.") and path.parent.name:  # shared/data/<name>/data.csv.gz
+            return path.parent.name
+        return path.name.split(".")[0] or str(path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | str) -> DatasetSpec:
+        """From a mapping (unknown keys raise :class:`DatasetError`) or a bare path."""
+        if isinstance(data, (str, os.PathLike)):
+            return cls(path=str(data))
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise DatasetError(f"unknown dataset settings {sorted(unknown)}; known: {sorted(known)}")
+        if "path" not in data:
+            raise DatasetError("the dataset needs a 'path'")
+        return cls(**data)
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Dataset format from a path: a directory is ``cif_dir``; otherwise by extension."""
+    p = Path(path)
+    if p.is_dir():
+        return "cif_dir"
+    name = p.name.lower()
+    for suffix in (".gz", ".bz2", ".xz", ".zip"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    if name.endswith((".csv", ".tsv")):
+        return "csv"
+    if name.endswith(".json"):
+        return "json"
+    if name.endswith((".extxyz", ".xyz", ".traj", ".db")):
+        return "ase"
+    raise DatasetError(f"{path}: cannot tell the dataset format from the name; set format to csv, json, cif_dir or ase")
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 1: the table
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetTable:
+    """Selected rows of a dataset, structures not yet parsed.
+
+    Attributes:
+        spec: the specification that produced the table.
+        ids: unique row ids, as strings.
+        raw_targets: targets before ``per_atom`` and ``transform``, float64, shape (n,).
+        keys: content hash of each row's raw structure (32 hex digits), the graph cache key.
+        kind: what ``sources`` hold: ``"cif_text"``, ``"structure_dict"``, ``"cif_file"``
+            or ``"record"``.
+        sources: one raw structure per row (CIF text, dict, file path or record).
+        n_rows: rows in the file before any selection.
+        dropped: rows left out, by reason (``drop_ids``, ``filter``, ``missing_target``, ``limit``).
+    """
+
+    spec: DatasetSpec
+    ids: list[str]
+    raw_targets: np.ndarray
+    keys: list[str]
+    kind: str
+    sources: list[Any]
+    n_rows: int
+    dropped: dict[str, int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> DatasetTable:
+        """The rows at ``indices``, in that order."""
+        idx = [int(i) for i in indices]
+        return DatasetTable(
+            spec=self.spec,
+            ids=[self.ids[i] for i in idx],
+            raw_targets=self.raw_targets[idx],
+            keys=[self.keys[i] for i in idx],
+            kind=self.kind,
+            sources=[self.sources[i] for i in idx],
+            n_rows=self.n_rows,
+            dropped=dict(self.dropped),
+        )
+
+
+def _hash_text(prefix: str, data: bytes) -> str:
+    return hashlib.blake2b(prefix.encode() + b"\0" + data, digest_size=16).hexdigest()
+
+
+def _record_key(record: StructureRecord) -> str:
+    """Content hash of an in-memory crystal (atomic numbers, fractional coordinates, cell)."""
+    data = b"".join(
+        np.ascontiguousarray(a, dtype=dt).tobytes()
+        for a, dt in ((record.numbers, "<i8"), (record.frac_coords, "<f8"), (record.cell, "<f8"))
+    )
+    return _hash_text("record", data)
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt") if path.name.lower().endswith(".gz") else open(path)
+
+
+def _pick_id_column(columns: Sequence[str], requested: str | None, path: str) -> str | None:
+    if requested is not None:
+        if requested not in columns:
+            raise DatasetError(f"{path}: no id column {requested!r}; columns: {list(columns)}")
+        return requested
+    return next((c for c in ID_COLUMNS if c in columns), None)
+
+
+def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
+    import pandas as pd
+
+    path = Path(spec.path)
+    sep = "\t" if ".tsv" in path.name.lower() else ","
+    df = pd.read_csv(path, sep=sep)
+    column = spec.structure_column or "cif"
+    if column not in df.columns:
+        raise DatasetError(
+            f"{path}: no structure column {column!r} (CIF text); set structure_column to one of {list(df.columns)}"
+        )
+    sources = df[column].tolist()
+    return df.drop(columns=[column]), "cif_text", sources
+
+
+def _read_json(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
+    import pandas as pd
+
+    path = Path(spec.path)
+    with _open_text(path) as f:
+        data = json.load(f)
+    if isinstance(data, dict):  # {"id": {...}, ...} -> list
+        data = [{"id": k, **v} for k, v in data.items()] if all(isinstance(v, dict) for v in data.values()) else None
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise DatasetError(f"{path}: expected a JSON list of objects, one per crystal")
+    column = spec.structure_column or "structure"
+    missing = [i for i, d in enumerate(data) if column not in d]
+    if missing:
+        raise DatasetError(
+            f"{path}: {len(missing)} entries (first: #{missing[0]}) have no {column!r} key; "
+            f"keys of the first entry: {sorted(data[0])}; set structure_column"
+        )
+    sources = [d[column] for d in data]
+    df = pd.DataFrame([{k: v for k, v in d.items() if k != column} for d in data])
+    return df, "structure_dict", sources
+
+
+def _read_cif_dir(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
+    import pandas as pd
+
+    root = Path(spec.path)
+    table = root / "id_prop.csv"
+    if not table.is_file():
+        raise DatasetError(f"{root}: a CIF directory needs an id_prop.csv (no header: id,target)")
+    df = pd.read_csv(table, header=None, dtype={0: str})
+    if df.shape[1] < 2:
+        raise DatasetError(f"{table}: expected at least two columns (id,target)")
+    df.columns = ["id", "target"] + [f"target_{k}" for k in range(2, df.shape[1])]
+    df["id"] = df["id"].str.strip()
+    sources = [str(root / f"{i}.cif") for i in df["id"]]
+    return df, "cif_file", sources
+
+
+def _scalar_items(mapping: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if isinstance(v, (int, float, str, bool, np.number, np.bool_))}
+
+
+def _read_ase(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
+    import pandas as pd
+
+    path = Path(spec.path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    rows: list[dict[str, Any]] = []
+    records: list[Any] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if path.name.lower().endswith(".db"):
+            import ase.db
+
+            with ase.db.connect(str(path)) as db:
+                for row in db.select():
+                    info = {"db_id": row.id, **_scalar_items(dict(row.key_value_pairs))}
+                    for key in ("energy", "free_energy"):
+                        value = row.get(key)
+                        if value is not None:
+                            info.setdefault(key, value)
+                    rows.append(info)
+                    records.append(row.toatoms())
+        else:
+            import ase.io
+
+            for atoms in ase.io.read(path, index=":"):
+                info = _scalar_items(dict(atoms.info))
+                if atoms.calc is not None:  # extxyz puts energy= etc. into a SinglePointCalculator
+                    for key, value in getattr(atoms.calc, "results", {}).items():
+                        if np.ndim(value) == 0:
+                            info.setdefault(key, float(value))
+                rows.append(info)
+                records.append(atoms)
+    if not records:
+        raise DatasetError(f"{path}: holds no structures")
+    df = pd.DataFrame(rows)
+    out: list[Any] = []
+    for i, atoms in enumerate(records):
+        try:
+            out.append(to_record(atoms, label=f"{path.name}@{i}"))
+        except CGCNNError as exc:
+            out.append(exc)
+    return df, "record", out
+
+
+def _evaluate_target(df: Any, target: str, path: str) -> np.ndarray:
+    """A target column, or a pandas expression over the columns, as float64."""
+    if target in df.columns:
+        values = df[target]
+    else:
+        try:
+            values = df.eval(target, engine="python")
+        except Exception as exc:  # noqa: BLE001 - pandas raises many types for bad expressions
+            raise DatasetError(
+                f"{path}: target {target!r} is neither a column nor a valid expression "
+                f"({type(exc).__name__}: {exc}); columns: {list(df.columns)}"
+            ) from None
+    import pandas as pd
+
+    if not hasattr(values, "dtype"):  # a scalar expression
+        values = pd.Series(values, index=df.index)
+    if values.dtype == bool:
+        return values.to_numpy(dtype=np.float64)
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+
+
+def load_table(spec: DatasetSpec) -> DatasetTable:
+    """Read a dataset's table and select rows (no structure parsing, except ASE inputs).
+
+    Order: ``drop_ids``, ``filter``, target evaluation, rows with a missing/non-finite
+    target dropped (with a warning naming the first ids), ``limit``.
+
+    Raises:
+        DatasetError: unreadable file, missing column, bad filter or target, duplicate ids.
+    """
+    fmt = spec.resolved_format
+    path = Path(spec.path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such dataset file or directory (relative paths resolve against {Path.cwd()})")
+    reader = {"csv": _read_csv, "json": _read_json, "cif_dir": _read_cif_dir, "ase": _read_ase}[fmt]
+    df, kind, sources = reader(spec)
+    n_rows = len(df)
+    id_col = _pick_id_column(list(df.columns), spec.id_column, spec.path)
+    ids = df[id_col].astype(str).tolist() if id_col else [str(i) for i in range(n_rows)]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = [i for i in ids if i in seen or seen.add(i)]
+        raise DatasetError(f"{path}: ids in column {id_col!r} are not unique (e.g. {dup[:3]}); set id_column")
+    df = df.reset_index(drop=True)
+    keep = np.ones(n_rows, dtype=bool)
+    dropped: dict[str, int] = {}
+
+    if spec.drop_ids:
+        wanted = set(spec.drop_ids)
+        mask = np.array([i in wanted for i in ids])
+        missing = wanted - {i for i, m in zip(ids, mask) if m}
+        if missing:
+            warnings.warn(
+                f"{path}: drop_ids not found in the dataset: {sorted(missing)[:5]}", UserWarning, stacklevel=2
+            )
+        keep &= ~mask
+        dropped["drop_ids"] = int(mask.sum())
+    if spec.filter:
+        try:
+            selected = df.eval(spec.filter, engine="python")
+        except Exception as exc:  # noqa: BLE001
+            raise DatasetError(
+                f"{path}: invalid filter {spec.filter!r} ({type(exc).__name__}: {exc}); columns: {list(df.columns)}"
+            ) from None
+        selected = np.asarray(selected, dtype=bool).reshape(-1)
+        if selected.shape != (n_rows,):
+            raise DatasetError(f"{path}: filter {spec.filter!r} must give one True/False per row")
+        dropped["filter"] = int((keep & ~selected).sum())
+        keep &= selected
+    targets = _evaluate_target(df, spec.target, spec.path)
+    bad = keep & ~np.isfinite(targets)
+    if bad.any():
+        examples = [ids[i] for i in np.flatnonzero(bad)[:5]]
+        warnings.warn(
+            f"{path}: {int(bad.sum())} rows have no numeric {spec.target!r} and are dropped (e.g. {examples})",
+            UserWarning,
+            stacklevel=2,
+        )
+        dropped["missing_target"] = int(bad.sum())
+        keep &= ~bad
+    rows = np.flatnonzero(keep)
+    if spec.limit is not None and len(rows) > spec.limit:
+        dropped["limit"] = len(rows) - int(spec.limit)
+        rows = rows[: int(spec.limit)]
+    if len(rows) == 0:
+        raise DatasetError(f"{path}: no rows left after drop_ids/filter/missing targets ({dropped})")
+
+    chosen = [sources[i] for i in rows]
+    if kind == "cif_text":
+        keys = [_hash_text("cif", str(s).encode()) for s in chosen]
+    elif kind == "structure_dict":
+        keys = [_hash_text("pmg", json.dumps(s, sort_keys=True).encode()) for s in chosen]
+    elif kind == "cif_file":
+        keys = [
+            _hash_text("cif", Path(s).read_bytes()) if Path(s).is_file() else _hash_text("missing", s.encode())
+            for s in chosen
+        ]
+    else:
+        keys = [
+            _record_key(s) if isinstance(s, StructureRecord) else _hash_text("error", str(s).encode()) for s in chosen
+        ]
+    return DatasetTable(
+        spec=spec,
+        ids=[ids[i] for i in rows],
+        raw_targets=targets[rows].astype(np.float64),
+        keys=keys,
+        kind=kind,
+        sources=chosen,
+        n_rows=n_rows,
+        dropped=dropped,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 2: structures
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_one(kind: str, source: Any, label: str) -> StructureRecord:
+    """One raw structure (CIF text, structure dict, CIF path or record) -> validated record.
+
+    Raises:
+        InvalidStructureError (or subclass): unparsable, disordered or invalid structure.
+    """
+    from cgcnn_ase.errors import StructureReadError
+
+    if kind == "record":
+        if isinstance(source, Exception):
+            raise source
+        return source
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            from pymatgen.core import Structure
+
+            if kind == "cif_text":
+                structure = Structure.from_str(source, fmt="cif")
+            elif kind == "structure_dict":
+                structure = Structure.from_dict(source)
+            elif kind == "cif_file":
+                if not Path(source).is_file():
+                    raise StructureReadError(f"{label}: CIF file {source} is missing")
+                structure = Structure.from_file(source)
+            else:  # pragma: no cover - kinds are set by load_table
+                raise ValueError(f"unknown structure kind {kind!r}")
+        except CGCNNError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad input
+            raise StructureReadError(f"{label}: not a readable structure ({type(exc).__name__}: {exc})") from None
+    return to_record(structure, label=label)
+
+
+def _work(task: tuple[str, Any, str, Callable[[StructureRecord], Any] | None]) -> tuple[bool, Any]:
+    """Pool worker: parse (and post-process) one structure; errors come back as messages."""
+    kind, source, label, post = task
+    try:
+        record = parse_one(kind, source, label)
+        return True, post(record) if post is not None else record
+    except CGCNNError as exc:
+        return False, str(exc)
+
+
+def _start_method() -> str:
+    """``fork`` on Linux: workers only run pymatgen/numpy/vesin (never torch), and unlike
+    ``spawn``/``forkserver`` it works from notebooks and scripts without a ``__main__``
+    guard. Elsewhere ``spawn`` (fork is unsafe on macOS). ``$CGCNN_ASE_START_METHOD`` overrides."""
+    method = os.environ.get("CGCNN_ASE_START_METHOD")
+    if method:
+        return method
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+def parse_structures(
+    table: DatasetTable,
+    indices: Sequence[int] | None = None,
+    *,
+    workers: int = 2,
+    progress: bool = False,
+    postprocess: Callable[[StructureRecord], Any] | None = None,
+) -> list[Any]:
+    """Parse rows of ``table`` into records, in row order.
+
+    Args:
+        table: rows from :func:`load_table`.
+        indices: rows to parse (default: all).
+        workers: processes for parsing (1: in this process). Pools are only started for
+            at least 200 structures.
+        progress: show a tqdm bar.
+        postprocess: a picklable function applied to each record in the worker (e.g.
+            graph construction); its result replaces the record.
+
+    Returns:
+        One item per row: the record (or ``postprocess(record)``), or the error message
+        (str) of a row that could not be used.
+    """
+    from tqdm.auto import tqdm
+
+    rows = range(len(table)) if indices is None else [int(i) for i in indices]
+    tasks = [(table.kind, table.sources[i], table.ids[i], postprocess) for i in rows]
+    bar = dict(total=len(tasks), disable=not progress, unit="structure", desc="parsing structures", leave=False)
+    if workers <= 1 or len(tasks) < POOL_THRESHOLD or table.kind == "record":
+        results = [_work(t) for t in tqdm(tasks, **bar)]
+    else:
+        if table.kind in ("cif_text", "structure_dict", "cif_file"):
+            import pymatgen.core  # noqa: F401 - imported once here, inherited by forked workers
+            import pymatgen.io.cif  # noqa: F401
+        context = multiprocessing.get_context(_start_method())
+        chunk = max(1, min(64, len(tasks) // (workers * 8)))
+        with context.Pool(workers) as pool:
+            results = list(tqdm(pool.imap(_work, tasks, chunksize=chunk), **bar))
+    return [value if ok else str(value) for ok, value in results]
+
+
+@dataclass
+class LabelledDataset:
+    """Parsed crystals with their targets (what training and evaluation consume).
+
+    Attributes:
+        records: validated structures, shape-free list of length n.
+        targets: targets after ``per_atom`` and ``transform``, float64, shape (n,).
+        ids: row ids.
+        spec: the dataset specification.
+        errors: ``{id: message}`` of rows dropped because their structure was unusable.
+        dropped: rows left out before parsing, by reason (see :class:`DatasetTable`).
+    """
+
+    records: list[StructureRecord]
+    targets: np.ndarray
+    ids: list[str]
+    spec: DatasetSpec
+    errors: dict[str, str] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[Any]:  # records, targets, ids = dataset
+        return iter((self.records, self.targets, self.ids))
+
+
+def finalize_targets(spec: DatasetSpec, raw: np.ndarray, n_atoms: np.ndarray | None, ids: Sequence[str]) -> np.ndarray:
+    """Apply ``per_atom`` (needs ``n_atoms``) and ``transform`` to raw targets.
+
+    Raises:
+        DatasetError: ``log10`` of a non-positive value.
+    """
+    values = np.asarray(raw, dtype=np.float64).copy()
+    if spec.per_atom:
+        if n_atoms is None:
+            raise ValueError("per_atom needs the number of atoms of each structure")
+        values = values / np.asarray(n_atoms, dtype=np.float64)
+    if spec.transform == "log10":
+        bad = np.flatnonzero(~(values > 0))
+        if len(bad):
+            raise DatasetError(
+                f"{spec.path}: log10 needs positive targets, but {len(bad)} rows are <= 0 "
+                f"(e.g. {[ids[i] for i in bad[:5]]}); add a filter such as '{spec.target} > 0'"
+            )
+        values = np.log10(values)
+    return values
+
+
+def warn_dropped_structures(spec: DatasetSpec, errors: dict[str, str]) -> None:
+    """One warning summarising rows dropped because their structure was unusable."""
+    if errors:
+        first = next(iter(errors.items()))
+        warnings.warn(
+            f"{spec.path}: {len(errors)} structures could not be used and are left out (first: {first[0]}: {first[1]})",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def load_dataset(spec: DatasetSpec | dict | str, *, workers: int = 2, progress: bool = False) -> LabelledDataset:
+    """Load a labelled dataset: table, structures, final targets.
+
+    Rows whose structure cannot be parsed or validated are dropped with one warning
+    (their messages are in ``LabelledDataset.errors``).
+
+    >>> records, targets, ids = load_dataset(DatasetSpec("data.csv.gz", target="band_gap"))  # doctest: +SKIP
+    """
+    if not isinstance(spec, DatasetSpec):
+        spec = DatasetSpec.from_dict(spec)
+    table = load_table(spec)
+    parsed = parse_structures(table, workers=workers, progress=progress)
+    good = [i for i, r in enumerate(parsed) if isinstance(r, StructureRecord)]
+    errors = {table.ids[i]: r for i, r in enumerate(parsed) if not isinstance(r, StructureRecord)}
+    warn_dropped_structures(spec, errors)
+    records = [parsed[i] for i in good]
+    ids = [table.ids[i] for i in good]
+    n_atoms = np.array([len(r) for r in records])
+    targets = finalize_targets(spec, table.raw_targets[good], n_atoms, ids)
+    return LabelledDataset(records=records, targets=targets, ids=ids, spec=spec, errors=errors, dropped=table.dropped)
+
+
+def is_binary_labels(values: np.ndarray) -> bool:
+    """True when every value is 0 or 1 (classification targets)."""
+    values = np.asarray(values)
+    return bool(values.size) and bool(np.all((values == 0) | (values == 1))) and not any(math.isnan(v) for v in values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """Ids of the training, validation and test crystals.
+
+    Attributes:
+        train, val, test: ids (strings), disjoint.
+        seed: seed of the random permutation (``None`` for a split read from elsewhere).
+        fractions: requested (train, val, test) fractions.
+    """
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    seed: int | None = None
+    fractions: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        self.train, self.val, self.test = ([str(i) for i in part] for part in (self.train, self.val, self.test))
+        seen: set[str] = set()
+        for name in SPLIT_NAMES:
+            part = set(getattr(self, name))
+            overlap = part & seen
+            if overlap or len(part) != len(getattr(self, name)):
+                raise DatasetError(
+                    f"split: {name} repeats or shares ids with another part (e.g. {sorted(overlap)[:3]})"
+                )
+            seen |= part
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {name: len(getattr(self, name)) for name in SPLIT_NAMES}
+
+    def ids(self, name: str) -> list[str]:
+        """The ids of part ``name`` (``train``, ``val`` or ``test``)."""
+        if name not in SPLIT_NAMES:
+            raise DatasetError(f"unknown split {name!r}; choose train, val or test")
+        return list(getattr(self, name))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": "cgcnn_ase.split/1",
+            "seed": self.seed,
+            "fractions": list(self.fractions) if self.fractions is not None else None,
+            "sizes": self.sizes,
+            "train": self.train,
+            "val": self.val,
+            "test": self.test,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``split.json`` (compact: one id list per part)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Split:
+        """Read a ``split.json`` written by :meth:`save`."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                train=data["train"],
+                val=data["val"],
+                test=data["test"],
+                seed=data.get("seed"),
+                fractions=tuple(data["fractions"]) if data.get("fractions") else None,
+            )
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: no such split file") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DatasetError(f"{path}: not a split file ({type(exc).__name__}: {exc})") from None
+
+
+def make_split(ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> Split:
+    """A seeded random split of ``ids``.
+
+    ``val`` and ``test`` get ``round(fraction * n)`` crystals; ``train`` gets the rest, or
+    ``round(train * n)`` when the fractions sum to less than one (the remainder is unused).
+    The result depends only on ``len(ids)``, the order of ``ids``, ``fractions`` and ``seed``.
+    """
+    train_f, val_f, test_f = (float(f) for f in fractions)
+    if min(train_f, val_f, test_f) < 0 or train_f + val_f + test_f > 1 + 1e-9 or train_f <= 0:
+        raise DatasetError(
+            f"split fractions must be non-negative, train > 0, and sum to at most 1; got {tuple(fractions)}"
+        )
+    n = len(ids)
+    n_val, n_test = int(round(val_f * n)), int(round(test_f * n))
+    n_train = (
+        n - n_val - n_test if train_f + val_f + test_f > 1 - 1e-9 else min(int(round(train_f * n)), n - n_val - n_test)
+    )
+    if n_train < 1:
+        raise DatasetError(f"split: {n} crystals leave no training data with fractions {tuple(fractions)}")
+    order = np.random.default_rng(seed).permutation(n)
+    ids = [str(i) for i in ids]
+    return Split(
+        train=[ids[i] for i in order[:n_train]],
+        val=[ids[i] for i in order[n_train : n_train + n_val]],
+        test=[ids[i] for i in order[n_train + n_val : n_train + n_val + n_test]],
+        seed=seed,
+        fractions=(train_f, val_f, test_f),
+    )

@@ -1,0 +1,426 @@
+"""Training: config loading, graph cache, batching, the loop, resuming, model folders, evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from pymatgen.io.ase import AseAtomsAdaptor
+from pymatgen.io.cif import CifWriter
+
+from cgcnn_ase import CGCNNPredictor, datasets
+from cgcnn_ase import graph as graph_module
+from cgcnn_ase.datasets import DatasetSpec, Split, load_dataset
+from cgcnn_ase.elements import generate_cgcnn_table
+from cgcnn_ase.evaluation import evaluate_model, regression_metrics
+from cgcnn_ase.graph import GraphConfig, build_graph, collate
+from cgcnn_ase.training import (
+    ConfigError,
+    GraphBatcher,
+    GraphStore,
+    ModelConfig,
+    OptimConfig,
+    ScheduleConfig,
+    SplitConfig,
+    TrainConfig,
+    build_graph_store,
+    load_config,
+    train_from_config,
+)
+
+from .conftest import REPO, SHARED, rattled
+
+PROTOTYPES = [
+    ("Cu", "fcc", 3.61), ("Al", "fcc", 4.05), ("Ni", "fcc", 3.52), ("Na", "bcc", 4.23), ("K", "bcc", 5.23),
+    ("Fe", "bcc", 2.87), ("Si", "diamond", 5.43), ("Ge", "diamond", 5.66), ("C", "diamond", 3.57),
+    ("NaCl", "rocksalt", 5.64), ("MgO", "rocksalt", 4.21), ("LiF", "rocksalt", 4.03),
+]  # fmt: skip
+
+
+def _crystals() -> list[Atoms]:
+    out = []
+    for k, (formula, kind, a) in enumerate(PROTOTYPES):
+        atoms = bulk(formula, kind, a=a, cubic=kind in ("bcc",))
+        out.append(rattled(atoms, stdev=0.03, seed=k))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset_csv(tmp_path_factory) -> Path:
+    """12 crystals; target ``vpa`` = volume per atom (Å^3), label ``big`` = vpa > 15."""
+    crystals = _crystals()
+    vpa = np.array([a.get_volume() / len(a) for a in crystals])
+    df = pd.DataFrame(
+        {
+            "material_id": [f"c{k:02d}" for k in range(len(crystals))],
+            "vpa": vpa,
+            "big": (vpa > 15).astype(int),
+            "cif": [str(CifWriter(AseAtomsAdaptor.get_structure(a))) for a in crystals],
+        }
+    )
+    path = tmp_path_factory.mktemp("data") / "tiny.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def tiny_config(data_path: Path, root: Path, **kwargs) -> TrainConfig:
+    """A small, fast configuration (16-wide model, one thread, batches of 4)."""
+    settings = dict(
+        data=DatasetSpec(path=str(data_path), target="vpa"),
+        output=str(root / "model"),
+        units="Å^3/atom",
+        split=SplitConfig(train=8 / 12, val=2 / 12, test=2 / 12, seed=1),
+        model=ModelConfig(atom_fea_len=16, n_conv=2, h_fea_len=16, n_h=1),
+        optim=OptimConfig(name="adam", lr=0.01),
+        schedule=ScheduleConfig(name="none"),
+        epochs=3,
+        batch_size=4,
+        threads=1,
+        cache_dir=str(root.parent / "cache"),
+        aliases=["tiny"],
+        metadata={"source": "made up in a test", "licence": "CC0"},
+    )
+    settings.update(kwargs)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset_csv, tmp_path_factory) -> tuple[TrainConfig, Path]:
+    """One regression model trained long enough to overfit its 8 training crystals."""
+    root = tmp_path_factory.mktemp("overfit")
+    config = tiny_config(dataset_csv, root, epochs=150, batch_size=8)
+    return config, train_from_config(config, progress=False)
+
+
+def _history(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "metrics.csv")
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+
+def test_training_overfits_a_tiny_set(trained):
+    config, folder = trained
+    history = _history(folder)
+    assert len(history) == 150 and history["epoch"].tolist() == list(range(1, 151))
+    first, last = history["train_mae"].iloc[0], history["train_mae"].iloc[-5:].min()
+    assert last < 0.2 * first, (first, last)
+    # and in eval mode, with the selected weights, on the training crystals themselves
+    predictor = CGCNNPredictor.from_checkpoint(folder, device="cpu")
+    records, targets, ids = load_dataset(config.data)
+    train_ids = set(Split.load(folder / "split.json").train)
+    pick = [k for k, i in enumerate(ids) if i in train_ids]
+    pred = predictor.predict([records[k] for k in pick], on_sparse="ignore").values
+    assert regression_metrics(targets[pick], pred)["mae"] < 0.5 * np.mean(np.abs(targets[pick] - targets[pick].mean()))
+
+
+def test_model_folder_contents_and_card(trained):
+    config, folder = trained
+    names = {p.name for p in folder.iterdir()}
+    expected = {"model.json", "weights.safetensors", "atom_init.json", "README.md", "config.yaml", "split.json",
+                "metrics.csv", "learning_curve.png", "parity.png", "run"}  # fmt: skip
+    assert expected <= names
+    assert not any(name.endswith(".pt") for name in names)  # checkpoints stay in run/
+    assert (folder / "run" / "checkpoint_last.pt").is_file()
+    meta = json.loads((folder / "model.json").read_text())
+    md = meta["metadata"]
+    assert md["aliases"] == ["tiny"]
+    train_ids = set(Split.load(folder / "split.json").train)
+    records, _, ids = load_dataset(config.data)
+    seen = sorted({int(z) for r, i in zip(records, ids) if i in train_ids for z in r.numbers})
+    assert md["elements_seen"] == seen
+    assert md["split"]["sizes"] == {"train": 8, "val": 2, "test": 2} and md["split"]["seed"] == 1
+    assert set(md["test_metrics"]) >= {"mae", "rmse", "r2", "n", "units"} and md["test_metrics"]["units"] == "Å^3/atom"
+    training = md["training"]
+    for key in ("command", "config", "wall_time_s", "hardware", "date", "torch_version"):
+        assert key in training
+    assert training["hardware"]["cpu"] and training["torch_version"] == torch.__version__
+    assert md["dataset"]["licence"] == "CC0" and md["dataset"]["rows_used"] == 12
+    card = (folder / "README.md").read_text()
+    for text in ("made up in a test", "CC0", "| test | 2 |", "Å^3/atom", "MAE", "Wall time", training["command"]):
+        assert text in card
+    assert meta["normalizer"]["std"] > 0
+
+
+@pytest.mark.filterwarnings("ignore::cgcnn_ase.errors.UnseenElementWarning")
+def test_saved_model_reproduces_the_stored_test_metrics(trained):
+    config, folder = trained
+    meta = json.loads((folder / "model.json").read_text())
+    stored = meta["metadata"]["test_metrics"]
+    records, targets, ids = load_dataset(config.data)
+    test_ids = Split.load(folder / "split.json").test
+    pick = [ids.index(i) for i in test_ids]
+    predictor = CGCNNPredictor.from_checkpoint(folder, device="cpu")
+    pred = predictor.predict([records[k] for k in pick], on_sparse="ignore").values
+    again = regression_metrics(targets[pick], pred)
+    assert again["mae"] == pytest.approx(stored["mae"], rel=1e-5, abs=1e-7)
+    assert again["rmse"] == pytest.approx(stored["rmse"], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore::cgcnn_ase.errors.UnseenElementWarning")
+def test_evaluate_model_reproduces_the_model_card(trained, tmp_path):
+    config, folder = trained
+    stored = json.loads((folder / "model.json").read_text())["metadata"]["test_metrics"]
+    result = evaluate_model(folder, split="test", out_dir=tmp_path / "eval")
+    assert result["n"] == 2 and result["units"] == "Å^3/atom"
+    assert result["metrics"]["mae"] == pytest.approx(stored["mae"], rel=1e-5, abs=1e-7)
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == {"metrics.json", "predictions.csv", "parity.png"}
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["n"] == 2
+    train = evaluate_model(folder, str(config.data.path), split="train")  # a path reuses the trained data settings
+    assert train["n"] == 8
+
+
+@pytest.mark.filterwarnings("ignore::cgcnn_ase.errors.UnseenElementWarning")
+def test_evaluate_model_by_registry_alias(trained, tmp_path, monkeypatch):
+    import shutil
+
+    from cgcnn_ase import pretrained
+
+    config, folder = trained
+    shipped = tmp_path / "pretrained_models"
+    shutil.copytree(folder, shipped / "tiny-model-v1", ignore=shutil.ignore_patterns("run"))
+    monkeypatch.setattr(pretrained, "models_dir", lambda: shipped)
+    stored = json.loads((folder / "model.json").read_text())["metadata"]["test_metrics"]
+    result = evaluate_model("tiny", split="test")  # the alias from the config
+    assert result["metrics"]["mae"] == pytest.approx(stored["mae"], rel=1e-5, abs=1e-7)
+
+
+def test_split_is_saved_and_can_be_reused(trained, tmp_path):
+    config, folder = trained
+    saved = Split.load(folder / "split.json")
+    assert saved == Split.load(folder / "run" / "split.json")
+    assert saved.sizes == {"train": 8, "val": 2, "test": 2}
+    from cgcnn_ase.datasets import make_split
+
+    ids = load_dataset(config.data).ids
+    assert make_split(ids, (8 / 12, 2 / 12, 2 / 12), seed=1) == saved  # seeded, reproducible
+    reuse = tiny_config(
+        Path(config.data.path), tmp_path, epochs=1, split=SplitConfig(seed=99, file=str(folder / "split.json"))
+    )
+    out = train_from_config(reuse, progress=False)
+    assert Split.load(out / "split.json") == saved
+
+
+def test_graph_cache_is_used_on_the_second_run(trained, tmp_path, monkeypatch):
+    config, _ = trained
+    calls = {"graph": 0, "parse": 0}
+
+    def counting_graph(*args, **kwargs):
+        calls["graph"] += 1
+        return build_graph(*args, **kwargs)
+
+    original_parse = datasets.parse_one
+
+    def counting_parse(*args, **kwargs):
+        calls["parse"] += 1
+        return original_parse(*args, **kwargs)
+
+    monkeypatch.setattr(graph_module, "build_graph", counting_graph)
+    monkeypatch.setattr(datasets, "parse_one", counting_parse)
+    train_from_config(tiny_config(Path(config.data.path), tmp_path, epochs=1), progress=False)
+    assert calls == {"graph": 0, "parse": 0}
+    # a fresh cache folder builds every graph once
+    train_from_config(
+        tiny_config(Path(config.data.path), tmp_path, epochs=1, cache_dir=str(tmp_path / "new")), progress=False
+    )
+    assert calls == {"graph": 12, "parse": 12}
+
+
+def test_resume_continues_and_matches_an_uninterrupted_run(dataset_csv, tmp_path, caplog):
+    common = dict(
+        optim=OptimConfig(name="sgd", lr=0.02, momentum=0.9),
+        schedule=ScheduleConfig(name="multistep", milestones=[3], gamma=0.5),
+        batch_size=3,
+    )
+    straight = train_from_config(tiny_config(dataset_csv, tmp_path / "a", epochs=4, **common), progress=False)
+    interrupted = tiny_config(dataset_csv, tmp_path / "b", epochs=2, **common)
+    folder = train_from_config(interrupted, progress=False)
+    first_two = _history(folder)
+    checkpoint = torch.load(folder / "run" / "checkpoint_last.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2
+    with caplog.at_level(logging.INFO, logger="cgcnn_ase.training"):
+        folder = train_from_config(tiny_config(dataset_csv, tmp_path / "b", epochs=4, **common), progress=False)
+    assert "from epoch 2" in caplog.text
+    resumed, reference = _history(folder), _history(straight)
+    assert resumed["epoch"].tolist() == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(resumed.iloc[:2], first_two)  # epochs 1-2 were not redone
+    for column in ("train_loss", "val_mae", "lr"):
+        np.testing.assert_allclose(resumed[column], reference[column], rtol=1e-5)
+    from safetensors.torch import load_file
+
+    a, b = load_file(straight / "weights.safetensors"), load_file(folder / "weights.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    # a finished run only rewrites the model folder
+    again = train_from_config(tiny_config(dataset_csv, tmp_path / "b", epochs=4, **common), progress=False)
+    pd.testing.assert_frame_equal(_history(again), resumed)
+
+
+def test_resume_refuses_different_settings(dataset_csv, tmp_path):
+    train_from_config(tiny_config(dataset_csv, tmp_path, epochs=1), progress=False)
+    changed = tiny_config(dataset_csv, tmp_path, epochs=2, model=ModelConfig(atom_fea_len=8, n_conv=1, h_fea_len=8))
+    with pytest.raises(ConfigError, match="different settings"):
+        train_from_config(changed, progress=False)
+    changed.resume = False  # starting over is allowed
+    assert train_from_config(changed, progress=False).is_dir()
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "reduce_on_plateau"])
+def test_schedules_checkpoint_and_resume(dataset_csv, tmp_path, schedule):
+    config = tiny_config(
+        dataset_csv, tmp_path, epochs=2, schedule=ScheduleConfig(name=schedule, patience=1), patience=5
+    )
+    train_from_config(config, progress=False)
+    state = torch.load(tmp_path / "model" / "run" / "checkpoint_last.pt", weights_only=True)
+    assert state["scheduler"] is not None and len(state["history"]) == 2
+    if schedule == "reduce_on_plateau":  # epochs may grow; cosine/onecycle depend on them
+        config.epochs = 3
+        train_from_config(config, progress=False)
+        assert len(_history(tmp_path / "model")) == 3
+    else:
+        config.epochs = 3
+        with pytest.raises(ConfigError, match="different settings"):
+            train_from_config(config, progress=False)
+
+
+def test_early_stopping(dataset_csv, tmp_path):
+    config = tiny_config(dataset_csv, tmp_path, epochs=40, patience=2, optim=OptimConfig(name="sgd", lr=1e-9))
+    folder = train_from_config(config, progress=False)
+    history = _history(folder)
+    assert len(history) < 40
+    meta = json.loads((folder / "model.json").read_text())["metadata"]["training"]
+    assert meta["stopped_early"] and meta["epochs_run"] == len(history)
+    assert len(history) - meta["best_epoch"] == 2
+
+
+@pytest.mark.filterwarnings("ignore::cgcnn_ase.errors.UnseenElementWarning")
+def test_classification_gives_probabilities_and_roc_auc(dataset_csv, tmp_path):
+    labels = pd.read_csv(dataset_csv).set_index("material_id")["big"]
+    pos, neg = list(labels[labels == 1].index), list(labels[labels == 0].index)
+    split = Split(train=pos[2:] + neg[2:], val=[pos[0], neg[0]], test=[pos[1], neg[1]])
+    split.save(tmp_path / "split.json")
+    config = tiny_config(
+        dataset_csv, tmp_path, data=DatasetSpec(path=str(dataset_csv), target="vpa > 15"), task="classification",
+        positive_class="big", epochs=4, split=SplitConfig(file=str(tmp_path / "split.json")),
+    )  # fmt: skip
+    folder = train_from_config(config, progress=False)
+    assert (folder / "roc.png").is_file() and not (folder / "parity.png").exists()
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["task"] == "classification" and meta["units"] == "probability" and meta["positive_class"] == "big"
+    test = meta["metadata"]["test_metrics"]
+    assert 0.0 <= test["roc_auc"] <= 1.0 and test["n"] == 2
+    assert {"val_roc_auc", "val_accuracy"} <= set(_history(folder).columns)
+    result = evaluate_model(folder, split="test")
+    assert result["metrics"]["roc_auc"] == pytest.approx(test["roc_auc"])
+    predictor = CGCNNPredictor.from_checkpoint(folder, device="cpu")
+    p = predictor.predict(_crystals(), on_sparse="ignore").values
+    assert np.all((p >= 0) & (p <= 1))
+
+
+def test_classification_needs_binary_labels(dataset_csv, tmp_path):
+    with pytest.raises(ConfigError, match="0 or 1"):
+        train_from_config(tiny_config(dataset_csv, tmp_path, task="classification"), progress=False)
+
+
+def test_training_leaves_global_state_alone(dataset_csv, tmp_path):
+    threads = torch.get_num_threads()
+    state = torch.get_rng_state()
+    train_from_config(tiny_config(dataset_csv, tmp_path, epochs=1, threads=threads + 1), progress=False)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+# -- graphs and batching ---------------------------------------------------------------------------
+
+
+def test_batcher_matches_collate_exactly(dataset_csv, tmp_path):
+    config = GraphConfig()
+    records, _, ids = load_dataset(DatasetSpec(path=str(dataset_csv), target="vpa"))
+    table = datasets.load_table(DatasetSpec(path=str(dataset_csv), target="vpa"))
+    store, rows, errors = build_graph_store(table, config, cache_dir=tmp_path)
+    assert not errors and rows.tolist() == list(range(12))
+    elements = generate_cgcnn_table()
+    order = [5, 0, 11, 3]
+    graphs = [build_graph(records[k], config, on_sparse="ignore") for k in order]
+    expected = collate(graphs, elements, config)
+    for budget in (1 << 30, 0):  # precomputed and per-batch edge features
+        got = GraphBatcher(store, elements, config, edge_feature_bytes=budget).batch(order)
+        for name in ("atom_fea", "edge_fea", "centers", "neighbors", "crystal_index"):
+            assert torch.equal(getattr(got, name), getattr(expected, name)), name
+        assert got.n_crystals == 4
+    # the store round-trips through its file format and gives back the same graphs
+    loaded, failures = GraphStore.load(store.save(tmp_path / "s.npz", {"k" * 32: "broken"}))
+    assert failures == {"k" * 32: "broken"}
+    g = loaded.graph(5)
+    np.testing.assert_array_equal(g.neighbors, graphs[0].neighbors)
+    np.testing.assert_array_equal(g.distances, graphs[0].distances)
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def test_yaml_and_toml_configs_with_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "data:\n  path: data.csv.gz\n  target: band_gap\n  filter: band_gap > 0\n  drop_ids: [mp-1]\n"
+        "output: runs/x\nunits: eV\noptim:\n  name: adamw\n  lr: 1e-3\ngraph:\n  radius: 6\n"
+        "model:\n  readout: atomwise\nschedule:\n  name: cosine\nepochs: 10\n"
+    )
+    config = load_config(tmp_path / "c.yaml", ["optim.lr=0.005", "epochs=3", "data.drop_ids=[a, b]", "model.n_conv=4"])
+    assert config.optim.lr == 0.005 and config.optim.name == "adamw" and config.epochs == 3
+    assert config.data.drop_ids == ["a", "b"] and config.data.filter == "band_gap > 0"
+    assert config.graph == GraphConfig(radius=6.0) and config.graph.neighbor_policy == "symmetric"
+    assert config.model.n_conv == 4 and config.model.readout == "atomwise"
+    assert config.source == str(tmp_path / "c.yaml") and "--set epochs=3" in config_command(config)
+    assert load_config(tmp_path / "c.yaml").optim.lr == pytest.approx(1e-3)  # YAML reads 1e-3 as text
+
+    (tmp_path / "c.toml").write_text(
+        '[data]\npath = "d.json.gz"\ntarget = "bulk_modulus_vrh"\ntransform = "log10"\n'
+        "[optim]\nlr = 0.02\n[split]\nseed = 5\n"
+    )
+    toml = load_config(tmp_path / "c.toml", ["split.train=0.6", "split.val=0.2", "split.test=0.2"])
+    assert toml.data.transform == "log10" and toml.optim.lr == 0.02 and toml.split.seed == 5
+    assert (toml.split.train, toml.split.val) == (0.6, 0.2)
+    # the resolved config round-trips
+    assert TrainConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+
+
+def config_command(config: TrainConfig) -> str:
+    from cgcnn_ase.training import _command
+
+    return _command(config)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["optim.lrate=0.1"], "unknown optim setting"),
+        (["epochs"], "key=value"),
+        (["task=regresion"], "task must be one of"),
+        (["optim.lr=fast"], "must be a number"),
+        (["data.targte=x"], "unknown data setting"),
+        (["graph.radius=-1"], "graph"),
+        (["model.readout=atomwise", "task=classification"], "readout"),
+        (["split.train=0.9", "split.val=0.2"], "split fractions"),
+    ],
+)
+def test_bad_configs_are_refused_with_a_clear_message(tmp_path, overrides, match):
+    (tmp_path / "c.yaml").write_text("data:\n  path: x.csv\n  target: y\n")
+    with pytest.raises(ConfigError, match=match):
+        load_config(tmp_path / "c.yaml", overrides)
+
+
+def test_shipped_configs_load():
+    paths = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(paths) >= 8
+    for path in paths:
+        config = load_config(path)
+        assert config.units and config.aliases and config.metadata.get("licence")
+        if SHARED.exists():
+            assert (REPO.parent / config.data.path.removeprefix("../")).exists(), config.data.path
