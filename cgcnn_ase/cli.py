@@ -85,10 +85,10 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, o
     import pandas as pd
 
     df = pd.DataFrame(rows, columns=list(columns))
-    if fmt == "table":
+    if fmt == "table" and "error" in df.columns:
         df = df.drop(columns="error") if df["error"].isna().all() else df.fillna({"error": ""})
     if fmt == "csv":
-        text = df.to_csv(index=False, float_format="%.6g")
+        text = df.to_csv(index=False)  # full float precision
     elif fmt == "json":
         text = json.dumps({**meta, "results": json.loads(df.to_json(orient="records", double_precision=10))}, indent=2) + "\n"
     else:
@@ -224,8 +224,10 @@ def models(name: str | None) -> None:
     for info in infos:
         metrics = info.metadata.get("test_metrics", {})
         metric = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "n")
+        dataset = info.metadata.get("dataset", "")
+        dataset = dataset.get("name", "") if isinstance(dataset, dict) else dataset
         rows.append({"name": info.aliases[0] if info.aliases else info.name, "property": info.property,
-                     "units": info.units, "data": info.metadata.get("dataset", ""), "test": metric, "folder": info.name})  # fmt: skip
+                     "units": info.units, "data": str(dataset).split(" (")[0], "test": metric, "folder": info.name})  # fmt: skip
     _write_table(rows, list(rows[0]), "table", None, {})
 
 

@@ -129,9 +129,15 @@ def test_per_atom_long_format(atomwise_folder, files):
     assert df["formation_energy (eV/atom)"].mean() == pytest.approx(value, abs=1e-5)
 
 
-def test_models_command_without_shipped_models_or_unknown_name():
+def test_models_command_lists_cards_and_refuses_unknown_names():
+    from cgcnn_ase.pretrained import list_models
+
     listing = _run("models")
-    assert listing.exit_code == 0
+    assert listing.exit_code == 0, listing.output
+    for info in list_models():
+        assert info.aliases[0] in listing.stdout
+        card = _run("models", info.aliases[0])
+        assert card.exit_code == 0 and "Test metrics" in card.stdout
     unknown = _run("models", "nonexistent_model")
     assert unknown.exit_code == EXIT_MODEL and "unknown model" in unknown.stderr
 
