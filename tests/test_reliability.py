@@ -255,3 +255,36 @@ def test_sparse_policy(predictor, policy):
             warnings.simplefilter("error")
             result = predictor.predict(lonely, on_sparse="ignore")
         assert result.n_sparse.tolist() == [1]
+
+
+MODEL_CASES = {
+    "corrupted weights": lambda f: (f / "weights.safetensors").write_bytes(b"garbage" * 10),
+    "model.json does not match weights": lambda f: f.joinpath("model.json").write_text(
+        f.joinpath("model.json").read_text().replace('"atom_fea_len": 16', '"atom_fea_len": 32')
+    ),
+    "missing model.json": lambda f: (f / "model.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("name", list(MODEL_CASES))
+def test_bad_model_folder_through_every_entry_point(name, model_dir, tmp_path):
+    """A broken model is a CheckpointError in the API, calculator and featurizer, and a one-line
+    error with exit code 3 in the CLI."""
+    import shutil
+
+    from cgcnn_ase.cli import EXIT_MODEL
+    from cgcnn_ase.errors import CheckpointError
+
+    folder = Path(shutil.copytree(model_dir, tmp_path / "broken"))
+    MODEL_CASES[name](folder)
+    with pytest.raises(CheckpointError):
+        CGCNNPredictor.from_checkpoint(folder)
+    with pytest.raises(CheckpointError):
+        CGCNNCalculator(folder)
+    with pytest.raises(CheckpointError):
+        CGCNNFeaturizer([str(folder)]).feature_labels()
+    good = tmp_path / "good.cif"
+    write(good, GOOD, format="cif")
+    result = CliRunner().invoke(main, ["predict", str(good), "--model", str(folder)])
+    assert result.exit_code == EXIT_MODEL
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
