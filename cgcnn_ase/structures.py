@@ -15,13 +15,11 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError, StructureReadError
-
-StructureLike = Union["ase.Atoms", "pymatgen.core.Structure", str, os.PathLike]  # noqa: F821
 
 #: Smallest accepted cell volume, Å^3. Anything below is a degenerate cell.
 MIN_CELL_VOLUME = 1e-3
