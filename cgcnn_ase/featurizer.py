@@ -112,17 +112,13 @@ class CGCNNFeaturizer(BaseFeaturizer):
                 batch_size=self.batch_size,
                 errors="raise" if raise_errors else "collect",  # raise: the specific exception, unchanged
                 progress=progress and n >= 100,
+                embeddings=self.embeddings,  # from the same graphs: no second read or graph build
             )
             for k, message in enumerate(result.errors):
                 errors[k] = errors[k] or message
             block = [result.values[:, None]]
             if self.embeddings:
-                width = predictor.model.spec.architecture.get("atom_fea_len", 64)
-                emb = np.full((n, width), np.nan)
-                good = np.flatnonzero(result.ok)
-                if len(good):
-                    emb[good] = predictor.embed([structures[k] for k in good], batch_size=self.batch_size)
-                block.append(emb)
+                block.append(result.embeddings)
             columns.append(np.hstack(block))
         table = np.hstack(columns)
         return table.tolist(), errors

@@ -42,6 +42,8 @@ class PredictionResult:
         errors: ``None`` per successful item, else the error message (only with
             ``errors="collect"``).
         per_atom: per-structure arrays of per-atom contributions (``per_atom=True``).
+        embeddings: crystal feature vectors, shape (n, atom_fea_len), NaN rows for failed
+            items (``embeddings=True``).
         n_sparse: atoms with fewer than the model's neighbour count, per structure
             (-1 for failed items).
         unseen_elements: per structure, symbols of elements absent from the model's
@@ -58,6 +60,7 @@ class PredictionResult:
     n_sparse: np.ndarray
     unseen_elements: list[list[str]] = field(default_factory=list)
     per_atom: list[np.ndarray] | None = None
+    embeddings: np.ndarray | None = None
     positive_class: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -162,8 +165,10 @@ class CGCNNPredictor:
                 yield label, exc
 
     @torch.no_grad()
-    def _run(self, graphs: list[CrystalGraph], per_atom: bool) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        """Model outputs for one batch: values (len(graphs),) in model units, per-atom arrays."""
+    def _run(
+        self, graphs: list[CrystalGraph], per_atom: bool, embeddings: bool = False
+    ) -> tuple[np.ndarray, list[np.ndarray] | None, np.ndarray | None]:
+        """Model outputs for one batch: values (len(graphs),) in model units, per-atom arrays, embeddings."""
         spec, network = self.model.spec, self.model.network
         batch = collate(graphs, self.model.elements, spec.graph).to(self.device)
         atoms = None
@@ -183,7 +188,8 @@ class CGCNNPredictor:
             if spec.task == "regression":
                 contributions = contributions * spec.normalizer_std + spec.normalizer_mean
             atoms = np.split(contributions, np.cumsum([g.n_atoms for g in graphs])[:-1])
-        return values, atoms
+        crystal = network.crystal_features(batch).double().cpu().numpy() if embeddings else None
+        return values, atoms, crystal
 
     def predict(
         self,
@@ -195,6 +201,7 @@ class CGCNNPredictor:
         errors: ErrorPolicy = "raise",
         on_sparse: SparsePolicy = "warn",
         per_atom: bool = False,
+        embeddings: bool = False,
     ) -> PredictionResult:
         """Predict the model's property for one or many structures.
 
@@ -215,6 +222,8 @@ class CGCNNPredictor:
                 each atom's own output (exact, the paper's site energies); mean-pooled models
                 give a first-order attribution around the pooled features (see
                 :meth:`CrystalGraphConvNet.linear_attributions` and docs/per_atom.md).
+            embeddings: also return the crystal feature vectors (as :meth:`embed`), from the
+                same graphs, in ``result.embeddings``.
 
         Returns:
             A :class:`PredictionResult` in input order.
@@ -239,11 +248,13 @@ class CGCNNPredictor:
         seen = self.model.spec.metadata.get("elements_seen")
         seen = frozenset(seen) if seen else None
         atoms: list[np.ndarray] = []
+        emb_rows: list[np.ndarray] = []
+        width = self.model.spec.architecture.get("atom_fea_len", 64)
         stream = self._graphs(structures, errors, on_sparse)
         with tqdm(total=total, disable=disable, unit="structure", leave=False) as bar:
             while chunk := list(islice(stream, batch_size)):
                 good = [g for _, g in chunk if isinstance(g, CrystalGraph)]
-                batch_values, batch_atoms = self._run(good, per_atom) if good else (np.zeros(0), None)
+                batch_values, batch_atoms, batch_emb = self._run(good, per_atom, embeddings) if good else (None, None, None)
                 k = 0
                 for label, item in chunk:
                     ids.append(label)
@@ -254,6 +265,8 @@ class CGCNNPredictor:
                         unseen.append(self._unseen(item, seen))
                         if per_atom:
                             atoms.append(batch_atoms[k])
+                        if embeddings:
+                            emb_rows.append(batch_emb[k])
                         k += 1
                     else:
                         values.append(float("nan"))
@@ -262,6 +275,8 @@ class CGCNNPredictor:
                         unseen.append([])
                         if per_atom:
                             atoms.append(np.zeros(0))
+                        if embeddings:
+                            emb_rows.append(np.full(width, np.nan))
                 bar.update(len(chunk))
         spec = self.model.spec
         return PredictionResult(
@@ -274,6 +289,7 @@ class CGCNNPredictor:
             n_sparse=np.asarray(n_sparse, dtype=np.int64),
             unseen_elements=unseen,
             per_atom=atoms if per_atom else None,
+            embeddings=(np.array(emb_rows).reshape(-1, width) if embeddings else None),
             positive_class=spec.positive_class,
         )
 

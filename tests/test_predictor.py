@@ -143,3 +143,12 @@ def test_progress_bar_goes_to_stderr(predictor, crystals, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "structure" in captured.err
+
+
+def test_predict_returns_embeddings_from_the_same_pass(predictor, crystals, tmp_path):
+    empty = tmp_path / "empty.cif"
+    empty.write_text("")
+    result = predictor.predict([crystals[0], empty, crystals[1]], errors="collect", embeddings=True)
+    assert result.embeddings.shape == (3, 16)
+    assert np.isnan(result.embeddings[1]).all()
+    np.testing.assert_allclose(result.embeddings[[0, 2]], predictor.embed([crystals[0], crystals[1]]), atol=1e-6)
