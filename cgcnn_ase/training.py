@@ -195,6 +195,9 @@ class TrainConfig:
         epochs: maximum number of epochs; batch_size: crystals per training step.
         eval_batch_size: crystals per step for validation and test predictions.
         patience: stop after this many epochs without improvement (``None``: never).
+        time_limit: stop after the first epoch that ends more than this many minutes
+            after this session started (``None``: no limit); the run can be resumed
+            later with a larger limit, like any interrupted run.
         monitor: validation metric for model selection: ``"auto"`` (``val_mae`` /
             ``val_roc_auc``), ``val_mae``, ``val_rmse``, ``val_loss``, ``val_roc_auc`` or
             ``val_accuracy``.
@@ -234,6 +237,7 @@ class TrainConfig:
     batch_size: int = 256
     eval_batch_size: int = 256
     patience: int | None = None
+    time_limit: float | None = None
     monitor: str = "auto"
     seed: int = 0
     device: str = "auto"
@@ -310,6 +314,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "workers"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ConfigError(f"time_limit must be a positive number of minutes (or null), got {self.time_limit}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be at least 1 (or null), got {self.patience}")
         if not self.optim.lr > 0:
@@ -472,7 +478,7 @@ def _fingerprint(config: TrainConfig) -> str:
     """Digest of the settings a resumed run must share with the checkpoint."""
     data = config.to_dict()
     for key in ("output", "work_dir", "resume", "name", "aliases", "metadata", "command", "property", "units",
-                "positive_class", "patience", "threads", "workers", "cache_dir", "device", "precision",
+                "positive_class", "patience", "time_limit", "threads", "workers", "cache_dir", "device", "precision",
                 "eval_batch_size"):  # fmt: skip
         data.pop(key, None)
     data["data"].pop("name", None)
@@ -1231,6 +1237,10 @@ def train_from_config(config: TrainConfig, *, progress: bool = True) -> Path:
 
         def finished() -> bool:
             if epoch >= config.epochs:
+                return True
+            over_time = config.time_limit is not None and time.perf_counter() - session_start > 60 * config.time_limit
+            if over_time and epoch > first_epoch:  # each session trains at least one epoch
+                logger.info("stopping after epoch %d: the time limit of %g min is reached", epoch, config.time_limit)
                 return True
             return config.patience is not None and best["epoch"] > 0 and epoch - best["epoch"] >= config.patience
 

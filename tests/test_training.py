@@ -424,3 +424,15 @@ def test_shipped_configs_load():
         assert config.units and config.aliases and config.metadata.get("licence")
         if SHARED.exists():
             assert (REPO.parent / config.data.path.removeprefix("../")).exists(), config.data.path
+
+
+def test_time_limit_stops_the_session_and_the_run_resumes(dataset_csv, tmp_path, caplog):
+    config = tiny_config(dataset_csv, tmp_path, epochs=5, time_limit=1e-9)  # any epoch exceeds it
+    with caplog.at_level(logging.INFO, logger="cgcnn_ase.training"):
+        folder = train_from_config(config, progress=False)
+    assert "time limit" in caplog.text
+    assert len(_history(folder)) == 1  # one epoch always runs
+    config.time_limit = None  # the limit is not part of the run's identity: resuming finishes it
+    assert len(_history(train_from_config(config, progress=False))) == 5
+    with pytest.raises(ConfigError, match="time_limit"):
+        tiny_config(dataset_csv, tmp_path, time_limit=0)
