@@ -17,7 +17,13 @@ Property names:
 - ``fermi_level`` (eV) for a Fermi-energy model;
 - moduli also in GPa: ``bulk_modulus`` = 10 ** ``log10_bulk_modulus``;
 - with a band-gap model *and* a metal classifier: ``band_gap`` is 0 for predicted metals
-  (P(metal) > ``metal_threshold``, default 0.5), ``band_gap_raw`` the regression output, ``metal_probability`` P(metal).
+  (P(metal) > ``metal_threshold``, default 0.5), ``band_gap_raw`` the regression output, ``metal_probability`` P(metal);
+- for an ensemble model, ``<property>_std``: the (calibrated) standard deviation of the
+  members' predictions, in the property's own units (``log10_bulk_modulus_std`` in
+  log10(GPa); ``band_gap_std`` is that of the ungated regression output;
+  ``is_metal_std`` of the members' probabilities); the property itself is the members' mean;
+- for a model shipping a domain summary, ``<property>_domain_percentile`` (percent, 0-100;
+  near 100: the crystal lies outside the model's training domain; see docs/uncertainty.md).
 
 Forces and stress are not predicted: asking raises ``PropertyNotImplementedError``.
 """
@@ -96,6 +102,12 @@ class CGCNNCalculator(Calculator):
             spec = predictor.model.spec
             names.append(spec.property)
             self.units[spec.property] = spec.units
+            if predictor.is_ensemble:
+                names.append(f"{spec.property}_std")
+                self.units[names[-1]] = spec.units
+            if predictor.has_domain:
+                names.append(f"{spec.property}_domain_percentile")
+                self.units[names[-1]] = "percent"
             if spec.property.startswith("log10_") and spec.units == "log10(GPa)":
                 names.append(spec.property.removeprefix("log10_"))
                 self.units[names[-1]] = "GPa"
@@ -124,6 +136,10 @@ class CGCNNCalculator(Calculator):
             out = predictor.predict(self.atoms, per_atom=per_atom, on_sparse=self.on_sparse)
             value = float(out.values[0])
             results[spec.property] = value
+            if out.std is not None:
+                results[f"{spec.property}_std"] = float(out.std[0])
+            if out.domain_percentile is not None:
+                results[f"{spec.property}_domain_percentile"] = float(out.domain_percentile[0])
             if spec.property.startswith("log10_") and spec.units == "log10(GPa)":
                 results[spec.property.removeprefix("log10_")] = 10.0**value
             if per_atom:

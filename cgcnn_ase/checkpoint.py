@@ -7,6 +7,15 @@ A model folder is self-describing and holds no pickled code::
     weights.safetensors  the state dict (safetensors: plain tensors only)
     atom_init.json       the element feature table, in the original format
     README.md            the model card (written by training; optional for loading)
+    domain.safetensors   optional applicability-domain summary (:mod:`cgcnn_ase.domain`)
+
+An ensemble folder (deep ensemble: members trained with different seeds on one split)
+has the same files, with ``format_version`` 2, every member's weights in the one
+``weights.safetensors`` under ``member<k>.<parameter>`` keys, and an ``ensemble``
+section in ``model.json``: member count, each member's normaliser, seed and val/test
+metrics, and the calibration of the ensemble's standard deviation. The top-level
+normaliser is member 0's. :func:`load_model_folder` reads both kinds; ``members=1``
+loads member 0 alone, a plain single model.
 
 The authors' checkpoints are legacy pickles saved on a GPU. They are read with
 ``torch.load(weights_only=True, map_location="cpu")`` plus an allow-list of two harmless
@@ -19,19 +28,24 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from cgcnn_ase.domain import DOMAIN_FILE, DomainSummary
 from cgcnn_ase.elements import ElementTable, generate_cgcnn_table, load_atom_init
 from cgcnn_ase.errors import CheckpointError, UntrustedCheckpointError
 from cgcnn_ase.graph import GraphConfig
 from cgcnn_ase.model import CrystalGraphConvNet
 
 FORMAT_VERSION = 1
+#: model.json format of ensemble folders (older cgcnn-ase refuses them with "upgrade").
+ENSEMBLE_FORMAT_VERSION = 2
+#: Prefix of member ``k``'s parameters in an ensemble's weights file.
+MEMBER_PREFIX = "member{k}."
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 ELEMENTS_FILE = "atom_init.json"
@@ -101,24 +115,109 @@ class ModelSpec:
 
 
 @dataclass
+class EnsembleMember:
+    """One member of a deep ensemble: its network and its own target normaliser.
+
+    Attributes:
+        network: the member's network (eval mode); same architecture for all members.
+        normalizer_mean: target mean (regression), in the model's units.
+        normalizer_std: target standard deviation (regression), in the model's units.
+        info: provenance kept in ``model.json`` (``name``, ``seed``, ``val_metrics``,
+            ``test_metrics``, ``best_epoch``, ...).
+    """
+
+    network: CrystalGraphConvNet
+    normalizer_mean: float = 0.0
+    normalizer_std: float = 1.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class LoadedModel:
-    """A ready-to-run model: network (in eval mode), its spec and its element table."""
+    """A ready-to-run model: network (in eval mode), its spec and its element table.
+
+    Attributes:
+        spec: settings, units and metadata (for an ensemble: member 0's normaliser).
+        network: the network (for an ensemble: member 0's, which also gives embeddings
+            and the domain signal).
+        elements: the element feature table.
+        members: the ensemble's members (``network`` is ``members[0].network``); empty
+            for a single model.
+        calibration: for ensembles, how the standard deviation is calibrated, e.g.
+            ``{"scale": 1.4, "method": "rms_z", "split": "val", "n": 441}``; ``None``:
+            uncalibrated.
+        domain: the applicability-domain summary, if the folder ships one.
+    """
 
     spec: ModelSpec
     network: CrystalGraphConvNet
     elements: ElementTable
+    members: list[EnsembleMember] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+    domain: DomainSummary | None = None
+
+    @property
+    def is_ensemble(self) -> bool:
+        """True when several members are averaged."""
+        return len(self.members) > 1
+
+    @property
+    def n_members(self) -> int:
+        """Number of networks run per prediction (1 for a single model)."""
+        return max(1, len(self.members))
+
+    @property
+    def std_scale(self) -> float | None:
+        """Calibration factor applied to the ensemble's standard deviation (``None``: none)."""
+        if not self.is_ensemble or not self.calibration:
+            return None
+        scale = self.calibration.get("scale")
+        return float(scale) if scale is not None else None
+
+    def heads(self) -> list[tuple[CrystalGraphConvNet, float, float]]:
+        """``(network, normalizer_mean, normalizer_std)`` per member (one for a single model)."""
+        if self.members:
+            return [(m.network, m.normalizer_mean, m.normalizer_std) for m in self.members]
+        return [(self.network, self.spec.normalizer_mean, self.spec.normalizer_std)]
 
 
 def save_model_folder(folder: str | os.PathLike, loaded: LoadedModel) -> Path:
-    """Write ``loaded`` as a model folder (created if needed); returns the folder path."""
+    """Write ``loaded`` as a model folder (created if needed); returns the folder path.
+
+    A single model writes ``format_version`` 1 exactly as before; a model with two or
+    more ``members`` writes an ensemble folder (``format_version`` 2, ``member<k>.``
+    weight keys, an ``ensemble`` section). A ``domain`` summary is written to
+    ``domain.safetensors`` and described in ``model.json``.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in loaded.network.state_dict().items()}
+    document = loaded.spec.to_json(loaded.elements)
+    if loaded.is_ensemble:
+        state = {}
+        for k, member in enumerate(loaded.members):
+            prefix = MEMBER_PREFIX.format(k=k)
+            state.update({prefix + n: v.detach().cpu().contiguous() for n, v in member.network.state_dict().items()})
+        document["format_version"] = ENSEMBLE_FORMAT_VERSION
+        document["normalizer"] = {"mean": loaded.members[0].normalizer_mean, "std": loaded.members[0].normalizer_std}
+        document["ensemble"] = {
+            "n_members": len(loaded.members),
+            "weights_prefix": MEMBER_PREFIX,
+            "std": "population standard deviation (ddof=0) of the members' predictions",
+            "calibration": loaded.calibration,
+            "members": [
+                {**m.info, "normalizer": {"mean": m.normalizer_mean, "std": m.normalizer_std}} for m in loaded.members
+            ],
+        }
+    else:
+        state = {k: v.detach().cpu().contiguous() for k, v in loaded.network.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
+    if loaded.domain is not None:
+        loaded.domain.save(folder / DOMAIN_FILE)
+        document["domain"] = {"file": DOMAIN_FILE, **loaded.domain.info}
     (folder / ELEMENTS_FILE).write_text(json.dumps(loaded.elements.to_atom_init()))
-    (folder / MODEL_JSON).write_text(json.dumps(loaded.spec.to_json(loaded.elements), indent=2) + "\n")
+    (folder / MODEL_JSON).write_text(json.dumps(document, indent=2) + "\n")
     return folder
 
 
@@ -148,12 +247,21 @@ def _build_network(architecture: dict[str, Any], state: dict[str, torch.Tensor],
     return network.eval()
 
 
-def load_model_folder(folder: str | os.PathLike) -> LoadedModel:
-    """Load a model folder written by :func:`save_model_folder` (or by training).
+def load_model_folder(folder: str | os.PathLike, *, members: int | None = None) -> LoadedModel:
+    """Load a model folder written by :func:`save_model_folder` (or by training), single or ensemble.
+
+    Args:
+        folder: the model folder.
+        members: for an ensemble folder, how many members to load (the first ones):
+            ``None`` loads all; ``1`` loads member 0 alone as a plain single model (the
+            fast path: no standard deviation). Loading fewer than all members drops the
+            calibration of the standard deviation, which was fitted for the full
+            ensemble. A single-model folder accepts ``None`` or ``1``.
 
     Raises:
         CheckpointError: a file is missing or corrupt, the format is newer than this
-            package, or ``model.json`` does not match the weights or element table.
+            package, ``model.json`` does not match the weights or element table, or
+            ``members`` is out of range.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -168,9 +276,10 @@ def load_model_folder(folder: str | os.PathLike) -> LoadedModel:
         raise CheckpointError(f"{meta_path}: invalid JSON ({exc})") from None
     try:
         version = int(meta["format_version"])
-        if version > FORMAT_VERSION:
+        if version > ENSEMBLE_FORMAT_VERSION:
             raise CheckpointError(
-                f"{folder}: model format {version} is newer than this cgcnn-ase understands ({FORMAT_VERSION}); upgrade cgcnn-ase"
+                f"{folder}: model format {version} is newer than this cgcnn-ase understands "
+                f"({ENSEMBLE_FORMAT_VERSION}); upgrade cgcnn-ase"
             )
         spec = ModelSpec(
             name=str(meta["name"]),
@@ -186,8 +295,22 @@ def load_model_folder(folder: str | os.PathLike) -> LoadedModel:
         )
         weights_name = meta.get("weights", WEIGHTS_FILE)
         elements_info = meta["elements"]
-    except (KeyError, TypeError, ValueError) as exc:
+        ensemble = meta.get("ensemble")
+        member_docs = list(ensemble["members"]) if ensemble else []
+        if ensemble and int(ensemble["n_members"]) != len(member_docs):
+            raise CheckpointError(
+                f"{meta_path}: ensemble.n_members is {ensemble['n_members']} but {len(member_docs)} members are described"
+            )
+        normalizers = [(float(m["normalizer"]["mean"]), float(m["normalizer"]["std"])) for m in member_docs]
+        prefix = str(ensemble.get("weights_prefix", MEMBER_PREFIX)) if ensemble else ""
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{meta_path}: malformed model description ({type(exc).__name__}: {exc})") from None
+    if ensemble and version < ENSEMBLE_FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path}: an ensemble needs format_version {ENSEMBLE_FORMAT_VERSION}, got {version}")
+    n_total = len(member_docs) if ensemble else 1
+    if members is not None and not 1 <= int(members) <= n_total:
+        kind = f"an ensemble of {n_total} members" if ensemble else "a single model"
+        raise CheckpointError(f"{folder}: members={members} is out of range; the folder holds {kind}")
     elements = load_atom_init(folder / elements_info.get("file", ELEMENTS_FILE))
     if elements_info.get("fingerprint") and elements.fingerprint() != elements_info["fingerprint"]:
         raise CheckpointError(f"{folder}: the element table does not match the fingerprint in {MODEL_JSON}")
@@ -203,7 +326,61 @@ def load_model_folder(folder: str | os.PathLike) -> LoadedModel:
             f"{folder}: the element table has {elements.n_features} features but the model expects "
             f"{spec.architecture.get('orig_atom_fea_len')}"
         )
-    return LoadedModel(spec=spec, network=_build_network(spec.architecture, state, str(folder)), elements=elements)
+    domain = None
+    domain_info = meta.get("domain")
+    if domain_info:
+        try:
+            domain = DomainSummary.load(folder / str(domain_info.get("file", DOMAIN_FILE)))
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
+        width = spec.architecture.get("atom_fea_len", 64)
+        if domain.dim != width:
+            raise CheckpointError(f"{folder}: the domain summary has width {domain.dim}, the model's embeddings {width}")
+    if not ensemble:
+        network = _build_network(spec.architecture, state, str(folder))
+        return LoadedModel(spec=spec, network=network, elements=elements, domain=domain)
+
+    n = n_total if members is None else int(members)
+    loaded_members = []
+    for k in range(n):
+        key_prefix = prefix.format(k=k)
+        part = {name[len(key_prefix) :]: v for name, v in state.items() if name.startswith(key_prefix)}
+        if not part:
+            raise CheckpointError(f"{weights_path}: no weights for ensemble member {k} (keys {key_prefix}*)")
+        network = _build_network(spec.architecture, part, f"{folder} (member {k})")
+        info = {key: value for key, value in member_docs[k].items() if key != "normalizer"}
+        loaded_members.append(EnsembleMember(network, normalizers[k][0], normalizers[k][1], info))
+    extra = sorted({name.split(".")[0] for name in state} - {prefix.format(k=k).rstrip(".") for k in range(n_total)})
+    if extra:
+        raise CheckpointError(f"{weights_path}: unexpected weights {extra[:4]} beside the {n_total} members")
+    first = loaded_members[0]
+    spec = replace(spec, normalizer_mean=first.normalizer_mean, normalizer_std=first.normalizer_std)
+    if n == 1:  # the fast path: member 0 alone is a plain single model
+        return LoadedModel(spec=spec, network=first.network, elements=elements, domain=domain)
+    calibration = ensemble.get("calibration") if n == n_total else None
+    return LoadedModel(
+        spec=spec,
+        network=first.network,
+        elements=elements,
+        members=loaded_members,
+        calibration=dict(calibration) if calibration else None,
+        domain=domain,
+    )
+
+
+def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
+    """The raw ``model.json`` document of a model folder.
+
+    Raises:
+        CheckpointError: no such file or invalid JSON.
+    """
+    path = Path(folder) / MODEL_JSON
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: not a model folder (no {MODEL_JSON})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: invalid JSON ({exc})") from None
 
 
 def _numpy_safe_globals() -> list[Any]:
@@ -328,13 +505,17 @@ def load_checkpoint(
     *,
     atom_init: str | os.PathLike | ElementTable | None = None,
     trusted: bool = False,
+    members: int | None = None,
 ) -> LoadedModel:
-    """Load a model folder, or an original ``.pth.tar`` / ``.pth`` / ``.pt`` file."""
+    """Load a model folder (single or ensemble; ``members`` as in :func:`load_model_folder`),
+    or an original ``.pth.tar`` / ``.pth`` / ``.pt`` file."""
     path = Path(path)
     if path.is_dir():
         if atom_init is not None:
             raise CheckpointError(f"{path}: a model folder carries its own element table; do not pass atom_init")
-        return load_model_folder(path)
+        return load_model_folder(path, members=members)
     if not path.exists():
         raise CheckpointError(f"{path}: no such model folder or checkpoint file")
+    if members not in (None, 1):
+        raise CheckpointError(f"{path}: members={members} needs an ensemble model folder; this is a single checkpoint")
     return load_original_checkpoint(path, atom_init=atom_init, trusted=trusted)

@@ -25,9 +25,14 @@ class CGCNNFeaturizer(BaseFeaturizer):
     Args:
         properties: shipped model names (``"formation_energy"``, ...), model folder
             paths or :class:`CGCNNPredictor` objects; one feature column each, labelled
-            ``"<property> (<units>)"``.
+            ``"<property> (<units>)"``. An ensemble model adds a column
+            ``"<property>_std (<units>)"`` right after it: the (calibrated) standard
+            deviation of its members (the value column is their mean).
         embeddings: also add each model's crystal feature vector (the mean-pooled atom
-            features after the convolutions) as columns ``"<property> embedding <k>"``.
+            features after the convolutions; member 0's for an ensemble) as columns
+            ``"<property> embedding <k>"``.
+        domain: also add ``"<property> domain percentile (percent)"`` for models that ship
+            a domain summary (0-100; near 100: outside the training domain).
         batch_size: structures per forward pass.
         device: torch device (``None``: CUDA if available).
     """
@@ -38,9 +43,11 @@ class CGCNNFeaturizer(BaseFeaturizer):
         embeddings: bool = False,
         batch_size: int = 256,
         device: str | None = None,
+        domain: bool = False,
     ) -> None:
         self.properties = properties
         self.embeddings = embeddings
+        self.domain = domain
         self.batch_size = batch_size
         self.device = device
         self._predictors: list[CGCNNPredictor] | None = None
@@ -76,6 +83,10 @@ class CGCNNFeaturizer(BaseFeaturizer):
         for p in self.predictors:
             spec = p.model.spec
             labels.append(f"{spec.property} ({spec.units})")
+            if p.is_ensemble:
+                labels.append(f"{spec.property}_std ({spec.units})")
+            if self.domain and p.has_domain:
+                labels.append(f"{spec.property} domain percentile (percent)")
             if self.embeddings:
                 width = spec.architecture.get("atom_fea_len", 64)
                 labels += [f"{spec.property} embedding {k}" for k in range(width)]
@@ -117,6 +128,10 @@ class CGCNNFeaturizer(BaseFeaturizer):
             for k, message in enumerate(result.errors):
                 errors[k] = errors[k] or message
             block = [result.values[:, None]]
+            if predictor.is_ensemble:
+                block.append(result.std[:, None])
+            if self.domain and predictor.has_domain:
+                block.append(result.domain_percentile[:, None])
             if self.embeddings:
                 block.append(result.embeddings)
             columns.append(np.hstack(block))

@@ -1,0 +1,654 @@
+"""Deep ensembles: assemble member model folders into one ensemble folder, and measure it.
+
+Members are ordinary model folders from ``cgcnn-ase train CONFIG --set seed=K --set
+output=...``: the same data, split (``split.seed``), architecture and graph settings,
+different ``seed``. :func:`assemble_ensemble` checks that, and writes one folder::
+
+    model.json           format_version 2: the common spec, an ``ensemble`` section
+                         (member count, each member's seed, normaliser and val/test
+                         metrics, the std calibration) and a ``domain`` section
+    weights.safetensors  every member's weights, keys ``member<k>.<parameter>``
+    atom_init.json       the shared element table
+    domain.safetensors   applicability-domain summary (:mod:`cgcnn_ase.domain`)
+    split.json           the shared split
+    config.yaml          member 0's resolved training configuration
+    README.md            the model card, with ensemble and uncertainty metrics
+    parity.png / roc.png, error_vs_std.png, calibration.png   (test split)
+
+Load it like any model folder (:class:`~cgcnn_ase.predictor.CGCNNPredictor`
+``.from_checkpoint(folder)``; ``members=1`` for member 0 alone).
+
+>>> assemble_ensemble([f"runs/fe-seed{k}" for k in range(5)], "pretrained_models/formation_energy-ens",
+...                   dataset="../shared/data/mp_cgcnn46k/data.csv.gz")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cgcnn_ase.checkpoint import (
+    DOMAIN_FILE,
+    MODEL_JSON,
+    EnsembleMember,
+    LoadedModel,
+    load_model_folder,
+    read_model_json,
+    save_model_folder,
+)
+from cgcnn_ase.domain import MAX_CENTERS, DomainSummary
+from cgcnn_ase.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+#: Files copied from member 0 into the ensemble folder when present.
+SHARED_FILES = ("split.json", "config.yaml")
+
+
+class EnsembleError(CheckpointError):
+    """Member folders cannot form one ensemble (different settings, split or data)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking and assembling members
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _member_seed(loaded: LoadedModel, folder: Path) -> int | None:
+    """The training seed of a member, from its model.json, else its config.yaml."""
+    seed = ((loaded.spec.metadata.get("training") or {}).get("config") or {}).get("seed")
+    if seed is None:
+        seed = _read_yaml(folder / "config.yaml").get("seed")
+    return int(seed) if seed is not None else None
+
+
+def check_members(folders: Sequence[Path], members: Sequence[LoadedModel]) -> None:
+    """Refuse member folders that cannot be averaged into one ensemble.
+
+    Members must predict the same property in the same units and task, with the same
+    architecture, graph settings and element table, trained on the same data settings
+    and the same split, with different seeds.
+
+    Raises:
+        EnsembleError: naming the first member that differs from member 0 and how.
+    """
+    from cgcnn_ase.datasets import DatasetError, Split
+
+    if len(members) < 2:
+        raise EnsembleError(f"an ensemble needs at least 2 members, got {len(members)}")
+    ref, ref_folder = members[0], folders[0]
+    try:
+        ref_split = Split.load(ref_folder / "split.json")
+    except DatasetError:
+        raise EnsembleError(f"{ref_folder}: no readable split.json; members must be trained model folders") from None
+    ref_data = _read_yaml(ref_folder / "config.yaml").get("data") or {}
+    seeds: dict[int, Path] = {}
+    for k, (folder, member) in enumerate(zip(folders, members)):
+        a, b = ref.spec, member.spec
+        checks = [
+            ("property", a.property, b.property),
+            ("units", a.units, b.units),
+            ("task", a.task, b.task),
+            ("positive_class", a.positive_class, b.positive_class),
+            ("architecture", a.architecture, b.architecture),
+            ("graph settings", a.graph, b.graph),
+            ("element table", ref.elements.fingerprint(), member.elements.fingerprint()),
+            ("elements seen in training", a.metadata.get("elements_seen"), b.metadata.get("elements_seen")),
+        ]
+        for what, mine, theirs in checks:
+            if mine != theirs:
+                raise EnsembleError(
+                    f"member {k} ({folder}) differs from member 0 ({ref_folder}) in its {what}: {theirs!r} vs {mine!r}"
+                )
+        if k > 0:
+            try:
+                split = Split.load(folder / "split.json")
+            except DatasetError:
+                raise EnsembleError(
+                    f"{folder}: no readable split.json; members must be trained model folders"
+                ) from None
+            for part in ("train", "val", "test"):
+                if set(split.ids(part)) != set(ref_split.ids(part)):
+                    raise EnsembleError(
+                        f"member {k} ({folder}) was trained on another split than member 0 ({ref_folder}): the "
+                        f"{part} ids differ; train every member with the same split.seed (or split.file)"
+                    )
+            data = _read_yaml(folder / "config.yaml").get("data") or {}
+            differ = sorted(
+                key for key in set(ref_data) | set(data) if key != "path" and ref_data.get(key) != data.get(key)
+            )
+            if differ:
+                raise EnsembleError(
+                    f"member {k} ({folder}) was trained on other data settings than member 0 ({ref_folder}): {differ}"
+                )
+        seed = _member_seed(member, folder)
+        if seed is not None:
+            if seed in seeds:
+                raise EnsembleError(
+                    f"members {seeds[seed]} and {folder} were trained with the same seed {seed}: they are the same "
+                    "network, not independent members; train with --set seed=K"
+                )
+            seeds[seed] = folder
+
+
+def _member_info(loaded: LoadedModel, folder: Path) -> dict[str, Any]:
+    md = loaded.spec.metadata
+    training = md.get("training") or {}
+    return {
+        "name": loaded.spec.name,
+        "folder": folder.name,
+        "seed": _member_seed(loaded, folder),
+        "val_metrics": md.get("val_metrics") or {},
+        "test_metrics": md.get("test_metrics") or {},
+        "best_epoch": training.get("best_epoch"),
+        "epochs_run": training.get("epochs_run"),
+        "wall_time_s": training.get("wall_time_s"),
+        "command": training.get("command"),
+    }
+
+
+def assemble_ensemble(
+    member_folders: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    dataset: Any = None,
+    name: str | None = None,
+    aliases: Sequence[str] | None = None,
+    evaluate: bool = True,
+    domain: bool = True,
+    max_centers: int = MAX_CENTERS,
+    batch_size: int = 256,
+    device: str | None = None,
+    workers: int = 2,
+    progress: bool = False,
+) -> Path:
+    """Write an ensemble model folder from trained member folders.
+
+    Args:
+        member_folders: two or more model folders written by ``cgcnn-ase train`` (same
+            data, split, architecture and graph settings; different ``seed``). Member 0
+            gives the embeddings of the domain signal and the fast ``members=1`` path.
+        output: the ensemble folder to write (created; files of the same names replaced).
+        dataset: where the members' dataset lives on this machine: ``None`` (the path in
+            member 0's ``config.yaml``), a path (same settings, another location), or a
+            :class:`~cgcnn_ase.datasets.DatasetSpec`. Needed for the domain summary and
+            the evaluation.
+        name: the ensemble's model name (default: the output folder's name).
+        aliases: registry aliases (default: member 0's).
+        evaluate: also measure the ensemble (:func:`write_uncertainty_report`): fit the
+            std calibration on the validation split, write test metrics, uncertainty
+            metrics and plots into ``model.json`` and the card.
+        domain: compute the applicability-domain summary from the training split
+            (:func:`add_domain_summary`).
+        max_centers: at most this many training embeddings in the domain summary.
+        batch_size: crystals per forward pass.
+        device: torch device (``None``: CUDA when available).
+        workers: processes for parsing structures.
+        progress: show progress bars on stderr.
+
+    Returns:
+        The ensemble folder.
+
+    Raises:
+        EnsembleError: the members differ in settings, split, data or share a seed.
+        CheckpointError: a member folder cannot be loaded.
+    """
+    folders = [Path(f) for f in member_folders]
+    output = Path(output)
+    if output.resolve() in {f.resolve() for f in folders}:
+        raise EnsembleError(f"{output}: the ensemble folder must not be one of its members")
+    loaded = [load_model_folder(f) for f in folders]
+    check_members(folders, loaded)
+    first = loaded[0]
+    infos = [_member_info(m, f) for m, f in zip(loaded, folders)]
+    metadata = dict(first.spec.metadata)
+    if aliases is not None:
+        metadata["aliases"] = list(aliases)
+    metadata["test_metrics"], metadata["val_metrics"] = {}, {}
+    metadata["ensemble_of"] = [info["folder"] for info in infos]
+    spec = replace(first.spec, name=name or output.name, metadata=metadata)
+    ensemble = LoadedModel(
+        spec=spec,
+        network=first.network,
+        elements=first.elements,
+        members=[
+            EnsembleMember(m.network, m.spec.normalizer_mean, m.spec.normalizer_std, info)
+            for m, info in zip(loaded, infos)
+        ],
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    for stale in (DOMAIN_FILE, "parity.png", "roc.png", "error_vs_std.png", "calibration.png"):
+        (output / stale).unlink(missing_ok=True)
+    save_model_folder(output, ensemble)
+    for shared in SHARED_FILES:
+        if (folders[0] / shared).is_file():
+            shutil.copyfile(folders[0] / shared, output / shared)
+    logger.info("ensemble of %d members written to %s", len(loaded), output)
+    parts = None
+    if domain or evaluate:
+        from cgcnn_ase.evaluation import load_split_records
+
+        wanted = ("train", "val", "test") if evaluate else ("train", "val")
+        _, parts = load_split_records(output, dataset, wanted, workers=workers, progress=progress)
+    if domain:
+        add_domain_summary(
+            output, parts=parts, max_centers=max_centers, batch_size=batch_size, device=device, progress=progress
+        )
+    if evaluate:
+        write_uncertainty_report(output, parts=parts, batch_size=batch_size, device=device, progress=progress)
+    else:
+        write_card(output)
+    return output
+
+
+# ---------------------------------------------------------------------------------------------
+# Domain summary
+# ---------------------------------------------------------------------------------------------
+
+
+def add_domain_summary(
+    folder: str | os.PathLike,
+    dataset: Any = None,
+    *,
+    parts: dict[str, Any] | None = None,
+    max_centers: int = MAX_CENTERS,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | None = None,
+    workers: int = 2,
+    progress: bool = False,
+) -> DomainSummary:
+    """Compute the applicability-domain summary of a model folder (single or ensemble) and save it.
+
+    Embeds the training crystals with the model (member 0 of an ensemble), keeps a
+    k-centre subset of at most ``max_centers`` of them, and takes the nearest-neighbour
+    distances of the validation crystals as the reference distribution
+    (:class:`~cgcnn_ase.domain.DomainSummary`). Writes ``domain.safetensors`` and the
+    ``domain`` section of ``model.json``; predictions from this folder then carry
+    ``domain_distance`` and ``domain_percentile``.
+
+    Args:
+        folder: a model folder with ``split.json`` (and ``config.yaml`` unless ``dataset``
+            is a full spec).
+        dataset: as in :func:`~cgcnn_ase.evaluation.evaluate_model`.
+        parts: already parsed ``train`` and ``val`` splits (from
+            :func:`~cgcnn_ase.evaluation.load_split_records`).
+    """
+    from cgcnn_ase.evaluation import _predict_quietly, load_split_records
+    from cgcnn_ase.predictor import CGCNNPredictor
+
+    folder = Path(folder)
+    if parts is None or not {"train", "val"} <= set(parts):
+        _, parts = load_split_records(folder, dataset, ("train", "val"), workers=workers, progress=progress)
+    predictor = CGCNNPredictor(load_model_folder(folder, members=1), device=device)
+    predictor.model.domain = None  # embed only
+    embeddings = {
+        split: _predict_quietly(
+            predictor, parts[split].records, batch_size=batch_size, progress=progress, embeddings=True
+        ).embeddings
+        for split in ("train", "val")
+    }
+    summary = DomainSummary.build(
+        embeddings["train"],
+        embeddings["val"],
+        max_centers=max_centers,
+        seed=seed,
+        info={
+            "embedding": "member 0 crystal features (mean-pooled atom features after the convolutions)",
+            "train_split": "train",
+            "reference_split": "val",
+        },
+    )
+    summary.save(folder / DOMAIN_FILE)
+    document = read_model_json(folder)
+    document["domain"] = {"file": DOMAIN_FILE, **summary.info}
+    (folder / MODEL_JSON).write_text(json.dumps(document, indent=2) + "\n")
+    logger.info(
+        "domain summary of %s: %d centres, %d reference distances", folder, len(summary.centers), len(summary.reference)
+    )
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Uncertainty report and model card
+# ---------------------------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON data (NaN -> None, numpy scalars -> Python, tuples -> lists)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+def _compact(report: dict[str, Any]) -> dict[str, Any]:
+    """An uncertainty report without the calibration curves (those are in the plot)."""
+    return {k: v for k, v in report.items() if k != "calibration_curve"}
+
+
+def write_uncertainty_report(
+    folder: str | os.PathLike,
+    dataset: Any = None,
+    *,
+    parts: dict[str, Any] | None = None,
+    batch_size: int = 256,
+    device: str | None = None,
+    workers: int = 2,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Measure an ensemble folder on its validation and test splits and write the results into it.
+
+    Fits the std calibration on the validation split (:func:`~cgcnn_ase.evaluation.fit_std_scale`;
+    regression only), then on the test split measures the ensemble against each member,
+    the Spearman correlation of |error| with std, the fractions within 1 and 2 std (raw and
+    calibrated) and the error by domain percentile. Writes ``ensemble.calibration``,
+    ``metadata.test_metrics`` / ``val_metrics`` (the ensemble's) and
+    ``metadata.uncertainty`` into ``model.json``, the plots ``error_vs_std.png``,
+    ``calibration.png`` and ``parity.png`` / ``roc.png``, and rewrites ``README.md``.
+
+    Returns:
+        The report of :func:`~cgcnn_ase.evaluation.evaluate_uncertainty`.
+    """
+    from cgcnn_ase.evaluation import evaluate_uncertainty
+
+    folder = Path(folder)
+    report = evaluate_uncertainty(
+        folder,
+        dataset,
+        split="test",
+        calibration_split="val",
+        out_dir=folder,
+        parts=parts,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        progress=progress,
+    )
+    document = read_model_json(folder)
+    units = "dimensionless" if document["task"] == "classification" else document["units"]
+    document["ensemble"]["calibration"] = report["calibration"]
+    md = document["metadata"]
+    md["test_metrics"] = {**report["metrics"]["test"], "units": units}
+    md["val_metrics"] = {**report["metrics"]["val"], "units": units}
+    md["uncertainty"] = {
+        "test": _compact(report["test"]),
+        "val": _compact(report["val"]),
+        "calibration": report["calibration"],
+    }
+    (folder / MODEL_JSON).write_text(json.dumps(_json_safe(document), indent=2) + "\n")
+    write_card(folder)
+    return report
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if math.isfinite(value) else "n/a"
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def ensemble_card(document: dict[str, Any]) -> str:
+    """The ``README.md`` model card of an ensemble folder, from its ``model.json`` document."""
+    from ase.data import chemical_symbols
+
+    md, ens = document["metadata"], document["ensemble"]
+    ds, sp = md.get("dataset") or {}, md.get("split") or {}
+    classification = document["task"] == "classification"
+    units = document["units"]
+    members = ens["members"]
+    n = len(members)
+    handle = (md.get("aliases") or [document["name"]])[0]
+    calibration = ens.get("calibration")
+    metric = "roc_auc" if classification else "mae"
+    metric_label = "ROC-AUC" if classification else f"MAE ({units})"
+    lines = [
+        f"# {document['name']}",
+        "",
+        f"A deep ensemble of {n} CGCNN models (Xie & Grossman, Phys. Rev. Lett. 120, 145301 (2018)), trained with "
+        f"different seeds on one split, predicting **{document['property']}**"
+        + (
+            f" (probability that a crystal is {document.get('positive_class')})"
+            if classification
+            else f" in **{units}**"
+        )
+        + ". A prediction is the members' mean; its `std` is the members' standard deviation"
+        + (
+            f", calibrated by a factor {calibration['scale']:.3g} fitted on the {calibration['split']} split"
+            if calibration
+            else ""
+        )
+        + ".",
+        "",
+    ]
+    if md.get("aliases"):
+        lines += ["Aliases: " + ", ".join(f"`{a}`" for a in md["aliases"]), ""]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from cgcnn_ase import CGCNNPredictor",
+        f'predictor = CGCNNPredictor.from_pretrained("{handle}")  # all {n} members',
+        'result = predictor.predict(["POSCAR"])',
+        "print(result.values, result.std, result.domain_percentile)",
+        f'fast = CGCNNPredictor.from_pretrained("{handle}", members=1)  # member 0 only: no std',
+        "```",
+        "",
+        "See `docs/uncertainty.md` for what `std` and `domain_percentile` mean and how to screen with them.",
+        "",
+        "## Data",
+        "",
+    ]
+    if ds:
+        lines.append(f"- Dataset: **{ds.get('name')}** (`{ds.get('path')}`)")
+        for key, label in (("source", "Source"), ("licence", "Licence"), ("citation", "Cite")):
+            if ds.get(key):
+                lines.append(f"- {label}: {ds[key]}")
+        target = f"`{ds.get('target')}`" + (" divided by the number of atoms" if ds.get("per_atom") else "")
+        if ds.get("transform") == "log10":
+            target = f"log10 of {target}"
+        lines.append(
+            f"- Target: {target}" + (f", rows with `{ds['filter']}`" if ds.get("filter") else "") + f"; units: {units}"
+        )
+        if "rows_in_file" in ds:
+            lines.append(f"- Rows: {ds['rows_in_file']} in the file, {ds.get('rows_used')} used")
+    seen = md.get("elements_seen") or []
+    if seen:
+        lines.append(f"- Elements in the training split: {len(seen)} ({' '.join(chemical_symbols[z] for z in seen)})")
+    lines += ["", "## Split", ""]
+    if sp:
+        lines += [
+            f"Random split with seed {sp.get('seed')} (fractions {sp.get('fractions')}), shared by all members; ids in "
+            "`split.json`.",
+            "",
+            "| part | crystals |",
+            "|---|---|",
+            *[f"| {k} | {v} |" for k, v in (sp.get("sizes") or {}).items()],
+            "",
+        ]
+    unc = md.get("uncertainty") or {}
+    test = unc.get("test") or {}
+    versus = test.get("ensemble_vs_members") or {}
+    lines += ["## Test metrics", ""]
+    if versus:
+        better = "higher" if classification else "lower"
+        lines += [
+            f"On the test split ({test.get('n')} crystals, never used for training or selection); {metric_label}, "
+            f"{better} is better:",
+            "",
+            "| | " + metric_label + " |",
+            "|---|---|",
+            f"| ensemble of {n} (mean) | {_fmt(versus.get('ensemble'))} |",
+            f"| single member, mean of {n} | {_fmt(versus.get('member_mean'))} |",
+            f"| best / worst member | {_fmt(versus.get('member_best'))} / {_fmt(versus.get('member_worst'))} |",
+            "",
+        ]
+        tm = md.get("test_metrics") or {}
+        if classification:
+            lines += [f"Ensemble accuracy (p >= 0.5): {_fmt(tm.get('accuracy'))}.", ""]
+        else:
+            lines += [f"Ensemble RMSE {_fmt(tm.get('rmse'))} {units}, R² {_fmt(tm.get('r2'))}.", ""]
+    else:
+        lines += ["Not measured yet (`cgcnn_ase.ensemble.write_uncertainty_report(folder, dataset=...)`).", ""]
+    lines += [
+        "## Members",
+        "",
+        f"| member | seed | val {metric} | test {metric} | best epoch |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {k} (`{m.get('folder') or m.get('name')}`) | {m.get('seed')} | {_fmt((m.get('val_metrics') or {}).get(metric))} | "
+            f"{_fmt((m.get('test_metrics') or {}).get(metric))} | {m.get('best_epoch')} |"
+            for k, m in enumerate(members)
+        ],
+        "",
+    ]
+    lines += ["## Uncertainty (test split)", ""]
+    raw, cal = test.get("raw") or {}, test.get("calibrated") or {}
+    if classification and raw:
+        lines += [
+            "| measure | value |",
+            "|---|---|",
+            f"| Spearman correlation of \\|y - p\\| with std | {_fmt(raw.get('spearman_abs_error_std'), 3)} |",
+            f"| ROC-AUC of std for spotting misclassified crystals | {_fmt(raw.get('error_detection_auc'), 3)} |",
+            f"| mean std of member probabilities | {_fmt(raw.get('mean_std'), 3)} |",
+            "",
+            "The std of a classifier is the spread of the members' probabilities; it is not calibrated.",
+            "",
+        ]
+    elif raw:
+        lines += [
+            "| measure | raw std | calibrated std"
+            + (f" (x{calibration['scale']:.3g})" if calibration else "")
+            + " | Gaussian |",
+            "|---|---|---|---|",
+            f"| Spearman correlation of \\|error\\| with std | {_fmt(raw.get('spearman_abs_error_std'), 3)} | "
+            f"{_fmt(cal.get('spearman_abs_error_std'), 3)} | |",
+            f"| errors within 1 std | {_pct(raw.get('within_1std'))} | {_pct(cal.get('within_1std'))} | 68.3% |",
+            f"| errors within 2 std | {_pct(raw.get('within_2std'))} | {_pct(cal.get('within_2std'))} | 95.4% |",
+            f"| RMS of z = error / std | {_fmt(raw.get('rms_z'), 3)} | {_fmt(cal.get('rms_z'), 3)} | 1 |",
+            f"| mean std ({units}) | {_fmt(raw.get('mean_std'))} | {_fmt(cal.get('mean_std'))} | |",
+            "",
+        ]
+        if calibration:
+            lines += [
+                f"Calibration: `std` = {calibration['scale']:.4g} x the members' standard deviation, the factor that "
+                f"gives the {calibration['split']} split's z-scores unit root mean square ({calibration['n']} crystals); "
+                "the test numbers above were not used to fit it.",
+                "",
+            ]
+    else:
+        lines += ["Not measured yet.", ""]
+    dom = test.get("domain") or {}
+    bins = dom.get("percentile_bins") or []
+    if bins:
+        err = "mean \\|y - p\\|" if classification else f"MAE ({units})"
+        lines += [
+            "Error against the applicability-domain signal (`domain_percentile`: percentile of the distance of a "
+            "crystal's embedding to the training set, against validation crystals):",
+            "",
+            f"| domain percentile | crystals | {err} |",
+            "|---|---|---|",
+            *[f"| {b['range']} | {b['n']} | {_fmt(b.get('mean_abs_error'))} |" for b in bins],
+            "",
+            f"Spearman correlation of the error with the domain percentile: {_fmt(dom.get('spearman_abs_error_percentile'), 3)}.",
+        ]
+        if dom.get("unseen_elements", {}).get("n"):
+            lines.append(
+                f"Crystals with elements unseen in training: {dom['unseen_elements']['n']}, error "
+                f"{_fmt(dom['unseen_elements']['mean_abs_error'])} (others {_fmt(dom['all_seen']['mean_abs_error'])})."
+            )
+        lines.append("")
+    domain = document.get("domain")
+    if domain:
+        lines += [
+            "## Applicability domain",
+            "",
+            f"`domain.safetensors` holds {domain.get('n_centers')} of the {domain.get('n_train')} training crystals' "
+            f"embeddings ({domain.get('selection')}) and the nearest-neighbour distances of {domain.get('n_reference')} "
+            "validation crystals to them. Each prediction reports `domain_distance` (to the nearest stored training "
+            "embedding, standardised units) and `domain_percentile` (the share of validation crystals that were at most "
+            "as far; near 100: outside the training domain), plus `unseen_elements` and `n_sparse`.",
+            "",
+        ]
+    commands = [m.get("command") for m in members if m.get("command")]
+    lines += ["## Training", ""]
+    if commands:
+        lines += ["Each member was trained with:", "", "```", *commands, "```", ""]
+    total = sum(m.get("wall_time_s") or 0 for m in members)
+    training = md.get("training") or {}
+    hw = training.get("hardware") or {}
+    a, g = document["architecture"], document["graph"]
+    lines += [
+        f"- Architecture (every member): {a.get('n_conv')} {a.get('conv')} convolutions, atom features "
+        f"{a.get('atom_fea_len')}, {a.get('n_h')} hidden layer(s) of {a.get('h_fea_len')}, {a.get('readout')} readout",
+        f"- Graph: radius {g.get('radius')} Å, {g.get('max_neighbors')} neighbours, neighbour policy "
+        f"`{g.get('neighbor_policy')}`",
+        "- Epochs (best / run) per member: "
+        + ", ".join(f"{m.get('best_epoch')}/{m.get('epochs_run')}" for m in members),
+        f"- Wall time: {total / 60:.1f} min in total over {n} members"
+        + (
+            f" (member 0 on {hw.get('cpu')}"
+            + (f", GPU {hw['gpu']}" if hw.get("gpu") else "")
+            + f", device {hw.get('device')})"
+            if hw
+            else ""
+        ),
+    ]
+    if training.get("date"):
+        lines.append(
+            f"- Member 0 date: {training['date']}; torch {training.get('torch_version')}, Python {training.get('python')}"
+        )
+    lines.append("")
+    plots = [
+        f
+        for f in ("parity.png", "roc.png", "error_vs_std.png", "calibration.png")
+        if f in (document.get("_files") or [])
+    ]
+    lines += [
+        "Files: `model.json` (settings, each member's normaliser and metrics, calibration, uncertainty metrics), "
+        f"`weights.safetensors` (all {n} members, keys `member<k>.`), `atom_init.json`, `domain.safetensors`, "
+        "`split.json`, `config.yaml` (member 0's configuration)"
+        + (", " + ", ".join(f"`{p}`" for p in plots) + " (test split)" if plots else "")
+        + ".",
+        "",
+    ]
+    if ds.get("notes"):
+        lines += ["## Notes", "", str(ds["notes"]), ""]
+    return "\n".join(lines)
+
+
+def write_card(folder: str | os.PathLike) -> Path:
+    """(Re)write ``README.md`` of an ensemble folder from its ``model.json``."""
+    folder = Path(folder)
+    document = read_model_json(folder)
+    if not document.get("ensemble"):
+        raise EnsembleError(f"{folder}: not an ensemble folder (no 'ensemble' section in {MODEL_JSON})")
+    document["_files"] = sorted(p.name for p in folder.iterdir())
+    path = folder / "README.md"
+    path.write_text(ensemble_card(document))
+    return path
