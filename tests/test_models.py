@@ -54,7 +54,7 @@ def test_models_doc_quotes_model_json(info):
     text = (REPO / "docs" / "models.md").read_text()
     stored = info.metadata["test_metrics"]
     key = "mae" if "mae" in stored else "roc_auc"
-    row = next((line for line in text.splitlines() if f"`{info.aliases[0]}`" in line), None)
+    row = next((line for line in text.splitlines() if line.startswith(f"| `{info.aliases[0]}` |")), None)
     assert row is not None, f"docs/models.md has no row for {info.aliases[0]}"
     assert f"{stored[key]:.4f}" in row, (row, stored[key])
 
