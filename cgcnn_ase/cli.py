@@ -142,32 +142,66 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--atom-init", type=click.Path(exists=True, dir_okay=False), help="Element table (atom_init.json) for an original .pth.tar checkpoint.")
 @click.option("--trust", is_flag=True, help="Allow unpickling a legacy checkpoint that the safe loader refuses (can run code).")
 @click.option("--per-atom", is_flag=True, help="Long format: one row per atom with its contribution (mean over atoms = prediction).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json", "table"]), default="csv", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: csv; parquet when -o ends in .parquet or .pq]. csv and parquet are written chunk by chunk.")
+@click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout (for parquet: a folder of part files).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run: skip the ids already in -o and append (csv or parquet).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Structures read, predicted and written together (memory holds one chunk).")
+@click.option("--column", default="cif", show_default=True, help="Table inputs (.csv, .tsv, .parquet): column holding CIF text, pymatgen structure JSON or file paths.")
+@click.option("--id-column", default=None, help="Table inputs: column of unique ids [default: FILE@ROW].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch (1 is fastest for small crystals; run several processes to use more cores).")
 @_guarded
 def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,
-            per_atom: bool, fmt: str, output: str | None, batch_size: int, device: str | None, threads: int) -> None:  # fmt: skip
-    """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ...),
-    directories of them, or glob patterns.
+            per_atom: bool, fmt: str | None, output: str | None, resume: bool, chunk_size: int, column: str,
+            id_column: str | None, batch_size: int, device: str | None, threads: int) -> None:  # fmt: skip
+    """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ASE .db, ...),
+    directories of them, glob patterns, or tables (.csv, .tsv, .parquet) with a --column
+    of structures.
 
     Writes one row per structure (per atom with --per-atom), in input order; the header
     names each property with its units. Bad files get one 'error:' line each on stderr
     and an empty value; the others are still predicted, and the exit code is then 1.
+    csv and parquet output is written chunk by chunk (memory stays bounded), and
+    --resume continues an interrupted run without predicting its finished ids again.
     """
-    from cgcnn_ase.structures import iter_records
+    from cgcnn_ase.streaming import cif_reader_for, infer_format, iter_inputs
 
     import torch
 
+    fmt = fmt or infer_format(output)
+    if fmt == "parquet" and not output:
+        raise click.UsageError("parquet output needs -o FOLDER")
+    if resume and (not output or per_atom or fmt not in ("csv", "parquet")):
+        raise click.UsageError("--resume needs -o with csv or parquet output (and no --per-atom)")
+    if per_atom and fmt == "parquet":
+        raise click.UsageError("--per-atom writes csv, json or table output")
+    if output and fmt != "parquet" and Path(output).is_dir():
+        raise click.UsageError(f"{output} is a directory; give a file name for {fmt} output")
     torch.set_num_threads(threads)  # this process is ours: the CLI may set torch's global thread count
     names = _model_names(models, use_all)
     predictors = [load_predictor(name, atom_init=atom_init, trusted=trust, device=device) for name in names]
-    # read every file once, for all models; CIFs as the original code did if any model needs its tie order
-    original = any(p.model.spec.graph.neighbor_policy == "original" for p in predictors)
-    items = list(iter_records(expand_inputs(inputs), cif_reader="pymatgen" if original else "gemmi"))
+    if fmt in ("csv", "parquet") and not per_atom:
+        _predict_streaming(inputs, predictors, names, output, fmt, resume=resume, chunk_size=chunk_size,
+                           batch_size=batch_size, column=column, id_column=id_column)  # fmt: skip
+        return
+    # json, table and --per-atom need the whole table: read every file once, for all models;
+    # CIFs as the original code did if any model needs its tie order
+    items = list(iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors)))
     ids = [label for label, _ in items]
+    meta = {"models": names, "units": {p.property_name: p.units for p in predictors}}
+    if not per_atom:  # the streaming path's code, on one chunk holding everything
+        from cgcnn_ase.streaming import model_columns, predict_items
+
+        result = predict_items(items, predictors, columns=model_columns(predictors, names), batch_size=batch_size)
+        for messages in result.messages:
+            for message in messages:
+                click.echo(f"error: {message}", err=True)
+        _write_table(result.frame.to_dict("records"), list(result.frame.columns), fmt, output, meta)
+        if result.n_failed:
+            click.echo(f"{result.n_failed} of {len(ids)} structures could not be predicted", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        return
     records = [item for _, item in items if not isinstance(item, CGCNNError)]
     results = [p.predict(records, batch_size=batch_size, errors="collect", per_atom=per_atom) for p in predictors]
     headers = [f"{r.property} ({r.units})" for r in results]
@@ -186,21 +220,42 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         error = "; ".join(messages) or None
         if isinstance(item, CGCNNError) or messages:
             rows.append({"id": label, **{h: None for h in headers}, "error": error})
-        elif per_atom:
+        else:
             from ase.data import chemical_symbols
 
             for i, z in enumerate(item.numbers):
                 rows.append({"id": label, "atom": i, "element": chemical_symbols[z],
                              **{h: r.per_atom[k][i] for h, r in zip(headers, results)}, "error": None})  # fmt: skip
-        else:
-            rows.append({"id": label, **{h: r.values[k] for h, r in zip(headers, results)}, "error": None})
         if not isinstance(item, CGCNNError):
             k += 1
-    columns = ["id", *(["atom", "element"] if per_atom else []), *headers, "error"]
-    meta = {"models": names, "units": {r.property: r.units for r in results}}
+    columns = ["id", "atom", "element", *headers, "error"]
     _write_table(rows, columns, fmt, output, meta)
     if failed:
         click.echo(f"{failed} of {len(ids)} structures could not be predicted", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list[str], output: str | None, fmt: str,
+                       *, resume: bool, chunk_size: int, batch_size: int, column: str, id_column: str | None) -> None:  # fmt: skip
+    """``predict`` for csv/parquet: rows written chunk by chunk, one 'error:' line per bad item."""
+    from cgcnn_ase.streaming import StreamError, predict_stream
+
+    def report(result: Any) -> None:
+        for messages in result.messages:
+            for message in messages:
+                click.echo(f"error: {message}", err=True)
+
+    try:
+        summary = predict_stream(
+            list(inputs), predictors, output or sys.stdout, fmt=fmt, resume=resume, chunk_size=chunk_size,
+            batch_size=batch_size, column=column, id_column=id_column, names=names, progress=None, on_chunk=report,
+        )  # fmt: skip
+    except StreamError as exc:
+        raise click.UsageError(str(exc)) from None
+    if summary.n_skipped:
+        click.echo(f"resumed: {summary.n_skipped} structures already in {output} were skipped", err=True)
+    if summary.n_failed:
+        click.echo(f"{summary.n_failed} of {summary.n_written} structures could not be predicted", err=True)
         sys.exit(EXIT_BAD_INPUT)
 
 
@@ -322,7 +377,8 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
     from cgcnn_ase.evaluation import evaluate_model
 
     report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size, progress=True)
-    click.echo(json.dumps({k: report[k] for k in ("model", "split", "n", "n_failed", "property", "units", "metrics")}, indent=2, default=str))
+    keys = ("model", "split", "n", "n_failed", "property", "units", "metrics", "uncertainty")  # uncertainty: ensembles
+    click.echo(json.dumps({k: report[k] for k in keys if k in report}, indent=2, default=str))
 
 
 @main.command()
@@ -343,3 +399,28 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
                               allow_mean_pooled=allow_mean_pooled, errors="skip")  # fmt: skip
     for path in paths:
         click.echo(str(path))
+
+
+@main.command()
+@click.argument("members", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="The ensemble model folder to write.")
+@click.option("--dataset", default=None, help="The members' dataset on this machine (default: the path in member 0's config.yaml).")
+@click.option("--name", default=None, help="Model name (default: the output folder's name).")
+@click.option("--alias", "aliases", multiple=True, help="Registry alias (repeatable; default: member 0's aliases).")
+@click.option("--no-evaluate", is_flag=True, help="Skip calibration and the uncertainty report (domain summary only).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Processes for parsing structures.")
+@_guarded
+def ensemble(members: tuple[str, ...], output: str, dataset: str | None, name: str | None, aliases: tuple[str, ...],
+             no_evaluate: bool, batch_size: int, device: str | None, workers: int) -> None:  # fmt: skip
+    """Assemble trained MEMBERS (model folders from `cgcnn-ase train --set seed=K`, same split)
+    into one deep-ensemble folder: all weights in one file, an applicability-domain summary,
+    the std calibration fitted on the validation split, and uncertainty metrics on the test
+    split in model.json and the card. Prints the folder."""
+    from cgcnn_ase.ensemble import assemble_ensemble
+
+    folder = assemble_ensemble(list(members), output, dataset=dataset, name=name, aliases=list(aliases) or None,
+                               evaluate=not no_evaluate, batch_size=batch_size, device=device, workers=workers,
+                               progress=True)  # fmt: skip
+    click.echo(str(folder))

@@ -142,11 +142,15 @@ CifReader = Literal["gemmi", "pymatgen"]
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise StructureReadError(f"{path}: no such file")
-    if path.is_dir():
-        raise StructureReadError(f"{path}: is a directory, not a structure file")
-    if path.stat().st_size == 0:
+    try:
+        if not path.exists():
+            raise StructureReadError(f"{path}: no such file")
+        if path.is_dir():
+            raise StructureReadError(f"{path}: is a directory, not a structure file")
+        empty = path.stat().st_size == 0
+    except OSError as exc:  # e.g. a long text passed as a path: "File name too long"
+        raise StructureReadError(f"{str(path)[:80]}...: not a readable file path ({exc.strerror})") from None
+    if empty:
         raise StructureReadError(f"{path}: the file is empty")
 
 

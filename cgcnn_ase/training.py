@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from cgcnn_ase import graph as graph_module
+from cgcnn_ase import parallel_training
 from cgcnn_ase.checkpoint import LoadedModel, ModelSpec, save_model_folder
 from cgcnn_ase.datasets import (
     DatasetError,
@@ -958,17 +959,19 @@ def torch_threads(threads: int | None) -> Iterator[int]:
             torch.set_num_threads(previous)
 
 
-def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Consecutive chunks of ``order``; a last chunk of one crystal joins the previous one
-    (batch norm needs more than one value per channel)."""
+def _batches(order: np.ndarray, batch_size: int, min_last: int = 2) -> list[np.ndarray]:
+    """Consecutive chunks of ``order``; a last chunk of fewer than ``min_last`` crystals joins
+    the previous one (batch norm needs more than one value per channel; data-parallel runs
+    use ``2 * world_size`` so that every process gets at least two crystals)."""
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if len(chunks) > 1 and len(chunks[-1]) == 1:
-        chunks[-2] = np.concatenate([chunks[-2], chunks.pop()])
+    if len(chunks) > 1 and len(chunks[-1]) < min_last:
+        last = chunks.pop()  # pop first: `chunks[-2] = concat(chunks[-2], chunks.pop())` overwrote the wrong chunk
+        chunks[-1] = np.concatenate([chunks[-1], last])
     return chunks
 
 
-def _steps_per_epoch(n_train: int, batch_size: int) -> int:
-    return len(_batches(np.arange(n_train), batch_size))
+def _steps_per_epoch(n_train: int, batch_size: int, min_last: int = 2) -> int:
+    return len(_batches(np.arange(n_train), batch_size, min_last))
 
 
 def _make_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
@@ -1077,6 +1080,8 @@ def _hardware(device: torch.device, threads: int) -> dict[str, Any]:
     info: dict[str, Any] = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": threads, "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        info["processes"] = torch.distributed.get_world_size()  # data-parallel run (cgcnn_ase.parallel_training)
     return info
 
 
@@ -1129,20 +1134,37 @@ def train_from_config(config: TrainConfig, *, progress: bool = True) -> Path:
     change). A run that already reached ``epochs`` or stopped early only rewrites the
     model folder.
 
+    Launched by ``torchrun`` with more than one process (``WORLD_SIZE`` > 1), it trains
+    data-parallel with DistributedDataParallel (see :mod:`cgcnn_ase.parallel_training`):
+    ``batch_size`` is the global batch, split across the processes; only rank 0 writes
+    files; every process returns the model folder's path.
+
     Raises:
         ConfigError: bad settings, or settings that differ from the checkpoint's.
         TrainingError: the loss became NaN or infinite.
     """
+    config.validate()
+    ddp = parallel_training.start(config.device)
+    if ddp is None:
+        return _train(config, progress=progress, ddp=None)
+    try:
+        return _train(config, progress=progress and ddp.is_main, ddp=ddp)
+    finally:
+        ddp.close()
+
+
+def _train(config: TrainConfig, *, progress: bool, ddp: parallel_training.DistributedRun | None) -> Path:
+    """:func:`train_from_config` in one process (``ddp=None``) or as one rank of a data-parallel run."""
     from tqdm.auto import tqdm
 
-    config.validate()
     session_start = time.perf_counter()
     work = config.work_path
-    device = resolve_device(config.device)
+    device = ddp.device if ddp is not None else resolve_device(config.device)
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     # fork_rng: seeding for this run leaves the caller's global RNG state untouched
     with torch_threads(config.threads) as threads, torch.random.fork_rng(devices=rng_devices):
-        data = prepare_data(config, progress=progress)
+        with parallel_training.main_first(ddp):  # rank 0 builds the graph cache; the others then read it
+            data = prepare_data(config, progress=progress)
         work.mkdir(parents=True, exist_ok=True)
         checkpoint_path = work / CHECKPOINT_LAST
         fingerprint = _fingerprint(config)
@@ -1197,7 +1219,10 @@ def train_from_config(config: TrainConfig, *, progress: bool = True) -> Path:
         network.to(device)
         _set_split_matmul(network, config.model.split_matmul)
         optimizer = _make_optimizer(config, network.parameters())
-        steps = _steps_per_epoch(len(parts["train"]), config.batch_size)
+        min_last = 2 * ddp.world_size if ddp is not None else 2  # every process gets >= 2 crystals
+        if ddp is not None and len(parts["train"]) < min_last:
+            raise ConfigError(f"{ddp.world_size} processes need at least {min_last} training crystals")
+        steps = _steps_per_epoch(len(parts["train"]), config.batch_size, min_last)
         scheduler = _make_scheduler(config, optimizer, steps)
         shuffle = torch.Generator().manual_seed(config.seed)
         history: list[dict[str, Any]] = []
@@ -1215,7 +1240,12 @@ def train_from_config(config: TrainConfig, *, progress: bool = True) -> Path:
             history, best = checkpoint["history"], checkpoint["best"]
             epoch, wall_before = int(checkpoint["epoch"]), float(checkpoint["wall_time_s"])
             logger.info("resuming %s from epoch %d", checkpoint_path, epoch)
-        split.save(work / "split.json")
+        # every process has read the same checkpoint and data before rank 0 writes
+        parallel_training.check_same(ddp, epoch=epoch, crystals=len(data.ids), train=len(parts["train"]))
+        parallel_training.seed_rank(ddp, config.seed, epoch)
+        model = parallel_training.wrap(network, ddp)  # the network itself in a single process
+        if ddp is None or ddp.is_main:
+            split.save(work / "split.json")
 
         monitor = config.monitor_name
         if monitor == "val_roc_auc" and len(np.unique(y_all[parts["val"]])) < 2:
@@ -1247,32 +1277,37 @@ def train_from_config(config: TrainConfig, *, progress: bool = True) -> Path:
         first_epoch = epoch
         bar = tqdm(total=config.epochs, initial=epoch, disable=not progress, unit="epoch", desc=config.model_name)
         try:
-            while not finished():
+            while not parallel_training.agree(finished(), ddp):  # rank 0 decides for all processes
                 epoch += 1
                 t0 = time.perf_counter()
                 network.train()
                 order = parts["train"][torch.randperm(len(parts["train"]), generator=shuffle).numpy()]
                 sum_loss, sum_err, count = 0.0, 0.0, 0
-                for chunk in _batches(order, config.batch_size):
+                for chunk in _batches(order, config.batch_size, min_last):
+                    if ddp is not None:  # this process's rank-strided share of the global batch
+                        chunk, scale = parallel_training.shard(chunk, ddp)
                     batch = batcher.batch(chunk).to(device)
                     target = targets_t[chunk].to(device)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-                        out = network(batch)
+                        out = model(batch)
                     out = out.float()
                     loss = loss_fn(out, target)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (loss * scale if ddp is not None else loss).backward()
                     optimizer.step()
                     if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
                         scheduler.step()
                     loss_value = loss.item()
                     with torch.no_grad():
                         n = len(chunk)
-                        sum_loss += loss_value * n
                         if config.task == "classification":
-                            sum_err += float((out.argmax(1) == target).sum())
+                            step_err = float((out.argmax(1) == target).sum())
                         else:
-                            sum_err += float((out - target).abs().sum()) * std
+                            step_err = float((out - target).abs().sum()) * std
+                        if ddp is not None:  # the global batch's mean loss, error sum and size
+                            loss_value, step_err, n = parallel_training.step_totals(ddp, loss_value, step_err, n)
+                        sum_loss += loss_value * n
+                        sum_err += step_err
                         count += n
                     if not math.isfinite(loss_value):
                         raise TrainingError(
@@ -1282,9 +1317,14 @@ def train_from_config(config: TrainConfig, *, progress: bool = True) -> Path:
                 lr = optimizer.param_groups[0]["lr"]
                 row: dict[str, Any] = {"epoch": epoch, "train_loss": sum_loss / count}
                 row["train_accuracy" if config.task == "classification" else "train_mae"] = sum_err / count
-                values, raw = predict_store(
-                    network, batcher, parts["val"], mean=mean, std=std, batch_size=config.eval_batch_size, device=device
+                predict_val = functools.partial(
+                    predict_store, network, batcher, mean=mean, std=std, batch_size=config.eval_batch_size, device=device
                 )
+                if ddp is None:
+                    values, raw = predict_val(parts["val"])
+                else:  # identical models on every process; each predicts 1/W of the validation set
+                    parallel_training.sync_buffers(network, ddp)
+                    values, raw = parallel_training.gather_rows(predict_val, parts["val"], ddp)
                 val = _split_metrics(config.task, y_all[parts["val"]], values, raw, config.loss_name, mean, std)
                 row.update({f"val_{k}": v for k, v in val.items()})
                 row.update({"lr": lr, "epoch_time_s": time.perf_counter() - t0})
@@ -1301,6 +1341,9 @@ def train_from_config(config: TrainConfig, *, progress: bool = True) -> Path:
                 elif scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
                     scheduler.step()
                 history.append(row)
+                if ddp is not None and not ddp.is_main:  # only rank 0 writes files
+                    bar.update(1)
+                    continue
                 _save_atomic(
                     {
                         "format": CHECKPOINT_FORMAT,
@@ -1330,9 +1373,12 @@ def train_from_config(config: TrainConfig, *, progress: bool = True) -> Path:
             bar.close()
         if best["state"] is None:
             raise TrainingError("no epoch was trained; raise epochs")
+        if ddp is not None and not ddp.is_main:
+            parallel_training.barrier(ddp)  # returns once rank 0 has written the model folder
+            return Path(config.output)
         # a finished run that is only rewritten keeps the wall time of the sessions that trained
         wall = wall_before + (time.perf_counter() - session_start if epoch > first_epoch else 0.0)
-        return _write_model_folder(
+        folder = _write_model_folder(
             config,
             data,
             split,
@@ -1348,6 +1394,8 @@ def train_from_config(config: TrainConfig, *, progress: bool = True) -> Path:
             wall,
             fingerprint,
         )
+        parallel_training.barrier(ddp)  # the other processes return once the folder is complete
+        return folder
 
 
 def _set_split_matmul(network: CrystalGraphConvNet, enabled: bool) -> None:
@@ -1643,6 +1691,7 @@ def model_card(spec: ModelSpec, config: TrainConfig, metadata: dict[str, Any]) -
         + (f", early stopping patience {config.patience}" if config.patience else "")
         + f"), best epoch {tr['best_epoch']}",
         f"- Wall time: {tr['wall_time_s'] / 60:.1f} min on {hw['cpu']} ({hw['torch_threads']} torch threads"
+        + (f" in each of {hw['processes']} data-parallel processes" if hw.get("processes") else "")
         + (f", GPU {hw['gpu']}" if hw.get("gpu") else "")
         + f"), device {hw['device']}",
         f"- Date: {tr['date']}; torch {tr['torch_version']}, Python {tr['python']}",

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cgcnn_ase.cli import EXIT_BAD_INPUT, EXIT_MODEL, main
 from cgcnn_ase.predictor import CGCNNPredictor
 
-from .conftest import ATOM_INIT, REFERENCE, require_shared
+from .conftest import ATOM_INIT, REFERENCE, REPO, require_shared
 
 
 @pytest.fixture
@@ -162,3 +162,25 @@ def test_featurize_csv(model_folder, crystals, tmp_path):
     expected = CGCNNPredictor.from_checkpoint(model_folder).predict(crystals[:3]).values
     np.testing.assert_allclose(df["formation_energy (eV/atom)"][:3], expected, atol=1e-5)
     assert np.isnan(df["formation_energy (eV/atom)"][3]) and df["name"].tolist() == ["a", "b", "c", "bad"]
+
+
+def test_predict_reports_the_ensemble_std_and_domain_percentile_of_the_api():
+    """A shipped ensemble: the CLI's _std and _domain_percentile columns are the API's numbers."""
+    files = [REPO / "examples" / "NaCl.POSCAR", REPO / "examples" / "SrTiO3.cif"]
+    out = _run("predict", *files, "--model", "bulk_modulus")
+    assert out.exit_code == 0, out.output
+    table = pd.read_csv(io.StringIO(out.stdout))
+    api = CGCNNPredictor.from_pretrained("bulk_modulus", device="cpu").predict(files)
+    assert api.std is not None and api.domain_percentile is not None
+    np.testing.assert_allclose(table["log10_bulk_modulus (log10(GPa))"], api.values, rtol=1e-6)
+    np.testing.assert_allclose(table["log10_bulk_modulus_std (log10(GPa))"], api.std, rtol=1e-6)
+    np.testing.assert_allclose(table["log10_bulk_modulus_domain_percentile (percent)"], api.domain_percentile, rtol=1e-6)
+    assert (api.std > 0).all()
+
+
+def test_a_long_text_given_as_a_path_is_a_per_item_error(tmp_path):
+    """'File name too long' from the OS becomes a one-line bad-input error, not a crash."""
+    out = _run("predict", "x" * 5000, REPO / "examples" / "NaCl.POSCAR", "--model", "bulk_modulus")
+    assert out.exit_code == EXIT_BAD_INPUT
+    assert "not a readable file path" in out.output
+    assert "Traceback" not in out.output

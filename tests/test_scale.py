@@ -1,0 +1,366 @@
+"""Streaming prediction: lazy inputs, bounded chunks, CSV/Parquet outputs, exact resume, per-item errors."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from ase.build import bulk
+from ase.io import write
+from click.testing import CliRunner
+from pymatgen.io.ase import AseAtomsAdaptor
+from pymatgen.io.cif import CifWriter
+
+from cgcnn_ase import streaming
+from cgcnn_ase.cli import EXIT_BAD_INPUT, EXIT_USAGE, main
+from cgcnn_ase.errors import StructureReadError
+from cgcnn_ase.predictor import CGCNNPredictor
+from cgcnn_ase.streaming import (
+    FinishedIds,
+    StreamError,
+    iter_inputs,
+    predict_stream,
+    read_finished_ids,
+)
+
+from .conftest import perovskite, rattled
+
+COLUMN = "formation_energy (eV/atom)"
+
+
+def _crystals(n: int) -> list:
+    """``n`` small rattled crystals of four kinds (no distance ties)."""
+    kinds = [perovskite(), bulk("NaCl", "rocksalt", a=5.64), bulk("Si", "diamond", a=5.43), bulk("Cu", "fcc", a=3.6)]
+    return [rattled(kinds[k % 4], stdev=0.03, seed=k) for k in range(n)]
+
+
+def _cif(atoms) -> str:
+    return str(CifWriter(AseAtomsAdaptor.get_structure(atoms)))
+
+
+@pytest.fixture
+def predictor(model_folder) -> CGCNNPredictor:
+    return CGCNNPredictor.from_checkpoint(model_folder, device="cpu")
+
+
+class CountingPredictor(CGCNNPredictor):
+    """A predictor that records how many structures each ``predict`` call received."""
+
+    def __init__(self, base: CGCNNPredictor, on_call=None) -> None:
+        super().__init__(base.model, device="cpu")
+        self.calls: list[int] = []
+        self.on_call = on_call
+
+    def predict(self, structures, **kwargs):
+        structures = list(structures)
+        self.calls.append(len(structures))
+        if self.on_call is not None:
+            self.on_call(len(structures))
+        return super().predict(structures, **kwargs)
+
+
+def _expected(predictor: CGCNNPredictor, atoms_list) -> np.ndarray:
+    return predictor.predict(atoms_list, errors="collect").values
+
+
+# -- lazy inputs ------------------------------------------------------------------------------
+
+
+def test_directory_files_are_read_only_when_consumed(tmp_path, monkeypatch):
+    for k, atoms in enumerate(_crystals(6)):
+        write(tmp_path / f"c{k}.cif", atoms, format="cif")
+    (tmp_path / ".hidden.cif").write_text("junk")
+    reads: list[str] = []
+    original = streaming.read_structures
+
+    def counting(path, **kwargs):
+        reads.append(str(path))
+        return original(path, **kwargs)
+
+    monkeypatch.setattr(streaming, "read_structures", counting)
+    stream = iter_inputs([str(tmp_path)])
+    assert reads == []  # nothing read before iteration
+    first_two = [next(stream), next(stream)]
+    assert reads == [str(tmp_path / "c0.cif"), str(tmp_path / "c1.cif")]
+    assert [i for i, _ in first_two] == reads
+    assert len(list(stream)) == 4 and len(reads) == 6  # hidden files are skipped
+
+
+def test_globs_extxyz_frames_and_database_rows(tmp_path, predictor):
+    atoms = _crystals(5)
+    write(tmp_path / "many.extxyz", atoms[:3], format="extxyz")
+    write(tmp_path / "one.extxyz", atoms[3], format="extxyz")
+    import ase.db
+
+    with ase.db.connect(str(tmp_path / "set.db")) as db:
+        for a in atoms[3:]:
+            db.write(a)
+    items = list(iter_inputs([str(tmp_path / "*.extxyz"), str(tmp_path / "set.db")]))
+    ids = [i for i, _ in items]
+    many, one, dbp = (str(tmp_path / n) for n in ("many.extxyz", "one.extxyz", "set.db"))
+    assert ids == [f"{many}@0", f"{many}@1", f"{many}@2", one, f"{dbp}@id=1", f"{dbp}@id=2"]
+    # the same ids and values as the predictor's own reading of the same files
+    direct = predictor.predict([many, one])
+    assert direct.ids == ids[:4]
+    got = predictor.predict([record for _, record in items]).values
+    np.testing.assert_allclose(got, _expected(predictor, atoms[:4] + atoms[3:]), atol=1e-6)
+
+
+def test_corrupt_frame_ends_the_file_but_earlier_frames_stand(tmp_path):
+    path = tmp_path / "broken.extxyz"
+    write(path, _crystals(2), format="extxyz")
+    path.write_text(path.read_text() + "3\nnot an extxyz comment line\nSi 0 0\n")
+    items = list(iter_inputs(str(path)))
+    assert [type(r).__name__ for _, r in items] == ["StructureRecord", "StructureRecord", "StructureReadError"]
+    assert items[2][0] == f"{path}@2" and "could not be read by ASE" in str(items[2][1])
+
+
+def test_tables_with_cif_text_structure_json_and_paths(tmp_path, predictor):
+    atoms = _crystals(4)
+    write(tmp_path / "file.cif", atoms[3], format="cif")
+    cells = [_cif(atoms[0]), json.dumps(AseAtomsAdaptor.get_structure(atoms[1]).as_dict()), _cif(atoms[2]),
+             str(tmp_path / "file.cif")]  # fmt: skip
+    frame = pd.DataFrame({"material_id": ["a", "b", "c", "d"], "structure": cells})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_parquet(tmp_path / "t.parquet")
+    expected = _expected(predictor, atoms)
+    for name in ("t.csv", "t.parquet"):
+        items = list(iter_inputs(str(tmp_path / name), column="structure", id_column="material_id", table_chunk_rows=3))
+        assert [i for i, _ in items] == ["a", "b", "c", "d"]
+        np.testing.assert_allclose(predictor.predict([r for _, r in items]).values, expected, atol=1e-6)
+    rows = [i for i, _ in iter_inputs(str(tmp_path / "t.csv"), column="structure")]
+    assert rows == [f"{tmp_path / 't.csv'}@{k}" for k in range(4)]  # no id column: FILE@ROW
+    with pytest.raises(StreamError, match="no structure column 'cif'"):
+        list(iter_inputs(str(tmp_path / "t.csv")))
+
+
+def test_gemmi_and_pymatgen_read_cif_text_alike(predictor):
+    atoms = _crystals(4)
+    for a in atoms:
+        text = _cif(a)
+        fast = streaming.parse_cell(text, "x", cif_reader="gemmi")
+        slow = streaming.parse_cell(text, "x", cif_reader="pymatgen")
+        np.testing.assert_allclose(predictor.predict([fast]).values, predictor.predict([slow]).values, atol=1e-6)
+
+
+# -- bounded memory ---------------------------------------------------------------------------
+
+
+def test_streaming_loop_never_holds_more_than_one_chunk(predictor, tmp_path):
+    atoms = _crystals(23)
+    pulled = [0]
+    written = [0]
+    held: list[int] = []
+
+    def source():
+        for k, a in enumerate(atoms):
+            pulled[0] += 1
+            yield (f"s{k}", a)
+
+    def on_call(n):
+        held.append(pulled[0] - written[0])  # structures read but not yet written, at each model call
+
+    counting = CountingPredictor(predictor, on_call=on_call)
+
+    def on_chunk(result):
+        written[0] += len(result.frame)
+
+    out = tmp_path / "out.csv"
+    summary = predict_stream(source(), [counting], out, chunk_size=5, batch_size=2, on_chunk=on_chunk)
+    assert counting.calls == [5, 5, 5, 5, 3]  # one model call per chunk, never more than chunk_size structures
+    assert max(held) <= 5
+    assert summary.n_predicted == 23 and summary.n_chunks == 5
+    assert not hasattr(summary, "frame")  # the rows are in the file, not in memory
+    table = pd.read_csv(out)
+    assert table["id"].tolist() == [f"s{k}" for k in range(23)]
+    np.testing.assert_allclose(table[COLUMN], _expected(predictor, atoms), atol=1e-6)
+
+
+# -- outputs and resume -----------------------------------------------------------------------
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_resume_skips_finished_items_and_matches_an_uninterrupted_run(predictor, tmp_path, suffix):
+    atoms = _crystals(17)
+    table = pd.DataFrame({"id": [f"m{k:02d}" for k in range(17)], "cif": [_cif(a) for a in atoms]})
+    table.loc[6, "cif"] = "data_broken\n_cell_length_a 3\n"  # a bad row is recorded, not fatal
+    source = tmp_path / "structures.csv"
+    table.to_csv(source, index=False)
+    kwargs = {"id_column": "id", "chunk_size": 4, "batch_size": 3}
+
+    full = tmp_path / f"full{suffix}"
+    predict_stream(str(source), [predictor], full, **kwargs)
+
+    part = tmp_path / f"part{suffix}"
+    chunks = [0]
+
+    def stop_after_two(result):
+        chunks[0] += 1
+        if chunks[0] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        predict_stream(str(source), [predictor], part, on_chunk=stop_after_two, **kwargs)
+    if suffix == ".csv":  # a run killed while writing leaves a partial line: it is cut and redone
+        with open(part, "a") as f:
+            f.write("m08,-1.2")
+    assert len(read_finished_ids(part)) == 8
+
+    parsed: list[str] = []
+    original = streaming.parse_cell
+
+    def counting_parse(value, label, **kw):
+        parsed.append(label)
+        return original(value, label, **kw)
+
+    counting = CountingPredictor(predictor)
+    import unittest.mock
+
+    with unittest.mock.patch.object(streaming, "parse_cell", counting_parse):
+        summary = predict_stream(str(source), [counting], part, resume=True, **kwargs)
+    assert parsed == [f"m{k:02d}" for k in range(8, 17)]  # finished rows are not even parsed
+    assert sum(counting.calls) == 9 and summary.n_skipped == 8
+    assert summary.n_predicted == 9 and summary.n_failed == 0
+
+    read = pd.read_csv if suffix == ".csv" else pd.read_parquet
+    resumed, reference = read(part), read(full)
+    pd.testing.assert_frame_equal(resumed, reference, check_exact=True)  # same rows, order and values as uninterrupted
+    assert resumed["error"].notna().tolist() == [k == 6 for k in range(17)]
+    assert resumed.loc[6, "error"].startswith("m06: ")
+    # a second resume finds nothing to do
+    again = predict_stream(str(source), [counting], part, resume=True, **kwargs)
+    assert again.n_written == 0 and again.n_skipped == 17 and sum(counting.calls) == 9
+
+
+def test_resume_refuses_an_output_of_other_models(predictor, atomwise_folder, tmp_path):
+    path = tmp_path / "out.parquet"
+    predict_stream([("a", _crystals(1)[0])], [predictor], path)
+    other = CGCNNPredictor.from_checkpoint(atomwise_folder)
+    both = [predictor, other]
+    with pytest.raises(StreamError, match="differ from this run's"):
+        predict_stream([("b", _crystals(2)[1])], both, path, resume=True, names=["a", "b"])
+
+
+def test_parquet_output_is_a_typed_dataset_with_units(predictor, tmp_path):
+    path = tmp_path / "res.parquet"
+    items = [("ok", _crystals(1)[0]), ("bad", "missing.cif")]
+    summary = predict_stream(items, [predictor], path, chunk_size=1)
+    assert summary.n_predicted == 1 and summary.n_failed == 1
+    import pyarrow.parquet as pq
+
+    parts = sorted(p.name for p in path.iterdir())
+    assert parts == ["part-000000.parquet", "part-000001.parquet"]
+    schema = pq.read_schema(path / parts[0])
+    assert [str(t) for t in schema.types] == ["string", "double", "string"]  # error is text even when empty
+    assert json.loads(schema.metadata[b"cgcnn_ase.units"]) == {COLUMN: "eV/atom"}
+    table = pd.read_parquet(path)
+    assert table["id"].tolist() == ["ok", "bad"] and np.isnan(table[COLUMN][1])
+    assert "missing.cif: no such file" in table["error"][1]
+
+
+def test_ensembles_add_their_std_column(tmp_path):
+    from cgcnn_ase.checkpoint import EnsembleMember, LoadedModel, save_model_folder
+
+    from .conftest import random_model
+
+    nets = [random_model(seed=s) for s in (31, 32, 33)]
+    loaded = LoadedModel(
+        nets[0].spec, nets[0].network, nets[0].elements, members=[EnsembleMember(m.network) for m in nets]
+    )
+    folder = save_model_folder(tmp_path / "ensemble", loaded)
+    ensemble = CGCNNPredictor.from_checkpoint(folder, device="cpu")
+    atoms = _crystals(5)
+    expected = ensemble.predict(atoms)
+    out = tmp_path / "out.parquet"
+    predict_stream([(f"s{k}", a) for k, a in enumerate(atoms)], [ensemble], out, chunk_size=2)
+    table = pd.read_parquet(out)
+    assert list(table.columns) == ["id", COLUMN, "formation_energy_std (eV/atom)", "error"]
+    np.testing.assert_allclose(table[COLUMN], expected.values, atol=1e-6)
+    np.testing.assert_allclose(table["formation_energy_std (eV/atom)"], expected.std, atol=1e-6)
+    write(tmp_path / "a.cif", atoms[0], format="cif")
+    as_json = _run("predict", tmp_path / "a.cif", "-m", folder, "--format", "json")
+    row = json.loads(as_json.stdout)["results"][0]
+    assert row["formation_energy_std (eV/atom)"] == pytest.approx(expected.std[0], abs=1e-6)
+
+
+def test_finished_ids_are_exact():
+    ids = FinishedIds.from_ids([["a", "b"], ["mp-1", "mp-10", "ünïcode"]])
+    assert len(ids) == 5
+    assert all(i in ids for i in ("a", "mp-10", "ünïcode"))
+    assert not any(i in ids for i in ("mp-100", "mp-", "A", ""))
+    assert ids.take("a") and not ids.take("z") and ids.skipped == 1
+    assert "x" not in FinishedIds()
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_streams_tables_to_parquet_and_resumes(model_folder, predictor, tmp_path):
+    atoms = _crystals(7)
+    frame = pd.DataFrame({"mid": [f"x{k}" for k in range(7)], "cif": [_cif(a) for a in atoms]})
+    frame.loc[2, "cif"] = ""
+    frame.to_parquet(tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    args = ["predict", tmp_path / "in.parquet", "-m", model_folder, "--id-column", "mid", "-o", out, "--chunk-size", 3]
+    result = _run(*args)
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert "error: x2: the structure cell is empty" in result.stderr
+    assert "1 of 7 structures could not be predicted" in result.stderr
+    table = pd.read_parquet(out)
+    assert table["id"].tolist() == frame["mid"].tolist()
+    good = [k for k in range(7) if k != 2]
+    np.testing.assert_allclose(table[COLUMN][good], _expected(predictor, [atoms[k] for k in good]), atol=1e-6)
+    again = _run(*args, "--resume")
+    assert again.exit_code == 0 and "7 structures already in" in again.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(out), table)
+
+
+def test_cli_csv_stream_equals_the_in_memory_formats(model_folder, tmp_path):
+    atoms = _crystals(5)
+    write(tmp_path / "set.extxyz", atoms, format="extxyz")
+    inputs = [tmp_path / "set.extxyz", tmp_path / "missing.cif"]
+    streamed = _run("predict", *inputs, "-m", model_folder, "--chunk-size", 2)
+    as_json = _run("predict", *inputs, "-m", model_folder, "--format", "json")
+    assert streamed.exit_code == as_json.exit_code == EXIT_BAD_INPUT
+    csv_rows = pd.read_csv(io.StringIO(streamed.stdout))
+    json_rows = pd.DataFrame(json.loads(as_json.stdout)["results"])
+    assert (
+        csv_rows["id"].tolist() == json_rows["id"].tolist() == [f"{inputs[0]}@{k}" for k in range(5)] + [str(inputs[1])]
+    )
+    np.testing.assert_allclose(csv_rows[COLUMN], json_rows[COLUMN].astype(float), atol=1e-6)
+    assert streamed.stderr.count("error:") == as_json.stderr.count("error:") == 1
+
+
+def test_cli_usage_errors(model_folder, tmp_path):
+    write(tmp_path / "a.cif", _crystals(1)[0], format="cif")
+    assert _run("predict", tmp_path / "a.cif", "-m", model_folder, "--resume").exit_code == EXIT_USAGE
+    assert _run("predict", tmp_path / "a.cif", "-m", model_folder, "--format", "parquet").exit_code == EXIT_USAGE
+    result = _run(
+        "predict", tmp_path / "a.cif", "-m", model_folder, "--format", "json", "-o", tmp_path / "o", "--resume"
+    )
+    assert result.exit_code == EXIT_USAGE
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"structure": ["x"]}).to_csv(table, index=False)
+    result = _run("predict", table, "-m", model_folder, "-o", tmp_path / "o.csv")
+    assert result.exit_code == EXIT_USAGE and "no structure column 'cif'" in result.stderr
+
+
+def test_bad_cells_name_their_id():
+    for value, message in (
+        (None, "empty"),
+        ("{not json", "not valid structure JSON"),
+        ("no_such_file.cif", "neither CIF"),
+    ):
+        with pytest.raises(StructureReadError, match=message):
+            streaming.parse_cell(value, "row-7")
