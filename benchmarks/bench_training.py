@@ -138,7 +138,8 @@ def original_epoch_seconds(records, targets, elements, repeats: int) -> list[flo
 
 # -- ours ------------------------------------------------------------------------------------------
 def ours_breakdown(
-    store, targets, train_idx, elements, *, split_matmul: bool, threads: int, repeats: int, bf16: bool = False
+    store, targets, train_idx, elements, *, split_matmul: bool, threads: int, repeats: int, bf16: bool = False,
+    merge_edges: bool = False,
 ) -> dict[str, float]:
     """Median seconds per epoch of batch assembly / forward / backward / step in a bare loop."""
     from cgcnn_ase.graph import GraphConfig
@@ -146,7 +147,7 @@ def ours_breakdown(
     from cgcnn_ase.training import GraphBatcher, _batches, torch_threads
 
     with torch_threads(threads):
-        batcher = GraphBatcher(store, elements, GraphConfig())
+        batcher = GraphBatcher(store, elements, GraphConfig(), merge_edges=merge_edges)
         y = torch.tensor((targets - targets[train_idx].mean()) / targets[train_idx].std(), dtype=torch.float32)
         torch.manual_seed(0)
         model = CrystalGraphConvNet(**ARCH)
@@ -247,7 +248,9 @@ def main(shared: str | None, n_crystals: int, epochs: int, repeats: int, threads
         results = []
         baselines = {}
         for n_threads in (1, 2):  # each thread count: ours, then the original, back to back
-            for split, bf16 in ((True, False), (False, False), (True, True)):
+            variants = ((True, False, False), (False, False, False), (True, True, False), (True, False, True),
+                        (True, True, True))  # fmt: skip
+            for split, bf16, merge in variants:
                 r = ours_breakdown(
                     store,
                     targets,
@@ -257,8 +260,9 @@ def main(shared: str | None, n_crystals: int, epochs: int, repeats: int, threads
                     threads=n_threads,
                     repeats=repeats,
                     bf16=bf16,
+                    merge_edges=merge,
                 )
-                results.append((n_threads, split, bf16, r))
+                results.append((n_threads, split, bf16, merge, r))
             with torch_threads(n_threads):
                 baselines[n_threads] = original_epoch_seconds(records, targets[train_idx], elements, repeats)
     base = {n: statistics.median(times) for n, times in baselines.items()}
@@ -281,8 +285,8 @@ def main(shared: str | None, n_crystals: int, epochs: int, repeats: int, threads
         "speed-up vs original",
     ]
     table_rows = []
-    for n_threads, split, bf16, r in results:
-        name = f"ours, split_matmul={split}" + (", bf16 autocast" if bf16 else "")
+    for n_threads, split, bf16, merge, r in results:
+        name = f"ours, split_matmul={split}" + (", merged edges" if merge else "") + (", bf16 autocast" if bf16 else "")
         times = [r[k] for k in ("batch", "forward", "backward", "step", "total", "min")]
         table_rows.append([name, n_threads, *times, f"{base[n_threads] / r['total']:.2f}x"])
     for n_threads, times in baselines.items():

@@ -228,6 +228,11 @@ class GraphBatch:
         neighbors: global index of each edge's neighbour atom, (E_total,), int64.
         crystal_index: crystal of each atom, (N_total,), int64, values in [0, n_crystals).
         n_crystals: number of crystals in the batch.
+        edge_weight: multiplicity of each edge, (E_total,), float32, or ``None`` (every
+            edge counts once). An edge with weight ``m`` stands for ``m`` identical edges
+            (same centre, neighbour and distance: periodic images of one atom at one
+            distance); the network's sums and edge batch norm count it ``m`` times, so
+            merged graphs give the same result as unmerged ones.
     """
 
     atom_fea: torch.Tensor
@@ -236,6 +241,7 @@ class GraphBatch:
     neighbors: torch.Tensor
     crystal_index: torch.Tensor
     n_crystals: int
+    edge_weight: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> GraphBatch:
         """A copy of the batch on ``device``."""
@@ -246,6 +252,7 @@ class GraphBatch:
             neighbors=self.neighbors.to(device),
             crystal_index=self.crystal_index.to(device),
             n_crystals=self.n_crystals,
+            edge_weight=None if self.edge_weight is None else self.edge_weight.to(device),
         )
 
 

@@ -27,6 +27,36 @@ def segment_mean(values: torch.Tensor, index: torch.Tensor, n_segments: int) -> 
     return total / counts.view(-1, *([1] * (values.dim() - 1)))
 
 
+def weighted_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``bn(x)`` as if row ``k`` of ``x`` appeared ``weight[k]`` times (integer multiplicities).
+
+    In training mode the batch mean and (biased) variance are multiplicity-weighted and the
+    running statistics are updated as ``bn`` would update them on the expanded rows
+    (unbiased variance over ``sum(weight)`` rows); in eval mode each row is normalised by
+    the running statistics, so the weights do not matter.
+
+    Args:
+        bn: the batch-norm layer (its affine parameters and running statistics are used).
+        x: rows to normalise, shape (E, C); weight: multiplicities, shape (E,).
+    """
+    if not (bn.training or bn.running_mean is None):
+        return bn(x)
+    w = weight.to(x.dtype).unsqueeze(1)
+    n = w.sum()
+    mean = (w * x).sum(0) / n
+    centred = x - mean
+    var = (w * centred * centred).sum(0) / n
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked + 1)
+            bn.num_batches_tracked.add_(1)
+            bn.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+            unbiased = var.detach() * n / (n - 1).clamp(min=1)
+            bn.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+    out = centred * torch.rsqrt(var + bn.eps)
+    return out * bn.weight + bn.bias if bn.affine else out
+
+
 class ConvLayer(nn.Module):
     r"""Gated graph convolution, Eq. 5 of the paper, with the original's batch norms.
 
@@ -47,7 +77,9 @@ class ConvLayer(nn.Module):
             docs/performance.md for its speed.
 
     Shapes:
-        atom_fea (N, A), edge_fea (E, B), centers/neighbors (E,) -> (N, A).
+        atom_fea (N, A), edge_fea (E, B), centers/neighbors (E,), optional edge_weight
+        (E,) -> (N, A). An edge of weight ``m`` counts as ``m`` identical edges, in the
+        sum and in ``BN_1``'s batch statistics (see :class:`~cgcnn_ase.graph.GraphBatch`).
     """
 
     def __init__(self, atom_fea_len: int, nbr_fea_len: int, *, split_matmul: bool = False) -> None:
@@ -73,11 +105,19 @@ class ConvLayer(nn.Module):
         return gated + per_atom[:, : 2 * a].index_select(0, centers) + per_atom[:, 2 * a :].index_select(0, neighbors)
 
     def forward(
-        self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor
+        self,
+        atom_fea: torch.Tensor,
+        edge_fea: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        gated = self.bn1(self._edge_products(atom_fea, edge_fea, centers, neighbors))
+        products = self._edge_products(atom_fea, edge_fea, centers, neighbors)
+        gated = self.bn1(products) if edge_weight is None else weighted_batch_norm(self.bn1, products, edge_weight)
         nbr_filter, nbr_core = gated.chunk(2, dim=1)
         messages = torch.sigmoid(nbr_filter) * nn.functional.softplus(nbr_core)
+        if edge_weight is not None:
+            messages = messages * edge_weight.unsqueeze(1)
         summed = atom_fea.new_zeros(atom_fea.shape).index_add_(0, centers, messages)
         return nn.functional.softplus(atom_fea + self.bn2(summed))
 
@@ -103,11 +143,18 @@ class SimpleConvLayer(nn.Module):
         self.fc_self = nn.Linear(atom_fea_len, atom_fea_len)
 
     def forward(
-        self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor
+        self,
+        atom_fea: torch.Tensor,
+        edge_fea: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         a = self.atom_fea_len
         w = self.fc_nbr.weight
         messages = (atom_fea @ w[:, :a].T).index_select(0, neighbors) + edge_fea @ w[:, a:].T
+        if edge_weight is not None:
+            messages = messages * edge_weight.unsqueeze(1)
         summed = atom_fea.new_zeros(atom_fea.shape).index_add_(0, centers, messages)
         return nn.functional.softplus(summed + self.fc_self(atom_fea))
 
@@ -174,7 +221,7 @@ class CrystalGraphConvNet(nn.Module):
         """Atom feature vectors after the convolutions, shape (N_total, atom_fea_len)."""
         atom_fea = self.embedding(batch.atom_fea)
         for conv in self.convs:
-            atom_fea = conv(atom_fea, batch.edge_fea, batch.centers, batch.neighbors)
+            atom_fea = conv(atom_fea, batch.edge_fea, batch.centers, batch.neighbors, batch.edge_weight)
         return atom_fea
 
     def crystal_features(self, batch: GraphBatch) -> torch.Tensor:

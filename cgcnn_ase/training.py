@@ -129,9 +129,12 @@ class SplitConfig:
 @dataclass
 class ModelConfig:
     """Keyword arguments of :class:`~cgcnn_ase.model.CrystalGraphConvNet` (defaults: the
-    original training script's), plus ``split_matmul``: compute the gated convolution's
-    edge products in the cheaper split form during training (same maths, ~2x faster on
-    CPU; the saved model does not depend on it)."""
+    original training script's), plus two training-speed options that leave the maths
+    unchanged (the saved model does not depend on them): ``split_matmul`` computes the
+    gated convolution's edge products in the cheaper split form (~2x faster on CPU), and
+    ``merge_edges`` trains on graphs whose identical edges (periodic images of one atom at
+    one distance from the same centre) are merged into one edge with a multiplicity
+    (:func:`merge_duplicate_edges`; 2.4x fewer edges on 5-atom perovskites)."""
 
     atom_fea_len: int = 64
     n_conv: int = 3
@@ -141,6 +144,7 @@ class ModelConfig:
     conv: str = "gated"
     dropout: float = 0.5
     split_matmul: bool = True
+    merge_edges: bool = True
 
 
 @dataclass
@@ -484,6 +488,7 @@ def _fingerprint(config: TrainConfig) -> str:
         data.pop(key, None)
     data["data"].pop("name", None)
     data["model"].pop("split_matmul", None)
+    data["model"].pop("merge_edges", None)
     if config.schedule.name not in ("cosine", "onecycle"):
         data.pop("epochs")  # more epochs may be added on resume
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -805,6 +810,41 @@ def build_graph_store(
     return store, rows, errors
 
 
+def merge_duplicate_edges(store: GraphStore, *, decimals: int = 9) -> tuple[GraphStore, np.ndarray]:
+    """Merge each crystal's identical edges into one edge with a multiplicity.
+
+    Edges with the same centre, the same neighbour and the same distance (rounded to
+    ``decimals`` Å, far below float32 resolution) are periodic images of one atom seen
+    from one atom: they carry identical messages, so a network that counts each merged
+    edge ``m`` times (``GraphBatch.edge_weight``) computes the same result on fewer edges.
+
+    Returns:
+        ``(merged, weights)``: the store with merged edges (each crystal's edges sorted by
+        centre, neighbour and distance; atoms unchanged) and the multiplicity of each of
+        its edges, float32, shape (E_merged,).
+    """
+    if not len(store.distances):
+        return store, np.ones(0, dtype=np.float32)
+    crystal = np.repeat(np.arange(len(store)), store.n_edges)
+    centre = store.centers.astype(np.int64) + store.atom_offsets[:-1][crystal]  # global: sorts by crystal first
+    distance = np.round(store.distances, decimals)
+    order = np.lexsort((distance, store.neighbors, centre))
+    c, nb, d = centre[order], store.neighbors[order], distance[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (c[1:] != c[:-1]) | (nb[1:] != nb[:-1]) | (d[1:] != d[:-1])
+    starts = np.flatnonzero(first)
+    weights = np.diff(np.append(starts, len(order))).astype(np.float32)
+    keep = order[starts]
+    merged = dataclasses.replace(
+        store,
+        centers=store.centers[keep],
+        neighbors=store.neighbors[keep],
+        distances=store.distances[keep],
+        edge_offsets=_offsets(np.bincount(crystal[keep], minlength=len(store))),
+    )
+    return merged, weights
+
+
 class GraphBatcher:
     """Builds :class:`~cgcnn_ase.graph.GraphBatch` objects from a :class:`GraphStore`.
 
@@ -818,11 +858,22 @@ class GraphBatcher:
         elements: element feature table (every element in ``store`` must be supported).
         config: graph settings (Gaussian centres and width).
         edge_feature_bytes: memory allowed for precomputed edge features.
+        merge_edges: batch merged graphs (:func:`merge_duplicate_edges`) whose batches
+            carry ``edge_weight``: the same network outputs and gradients on fewer edges.
     """
 
     def __init__(
-        self, store: GraphStore, elements: ElementTable, config: GraphConfig, *, edge_feature_bytes: int = 1 << 30
+        self,
+        store: GraphStore,
+        elements: ElementTable,
+        config: GraphConfig,
+        *,
+        edge_feature_bytes: int = 1 << 30,
+        merge_edges: bool = False,
     ) -> None:
+        self.edge_weight: np.ndarray | None = None
+        if merge_edges:
+            store, self.edge_weight = merge_duplicate_edges(store)
         self.store = store
         self.elements = elements
         self.config = config
@@ -860,6 +911,7 @@ class GraphBatcher:
             neighbors=torch.from_numpy(s.neighbors[edges] + shift),
             crystal_index=torch.from_numpy(np.repeat(np.arange(len(idx), dtype=np.int64), n_at)),
             n_crystals=len(idx),
+            edge_weight=None if self.edge_weight is None else torch.from_numpy(self.edge_weight[edges]),
         )
 
 
@@ -1197,7 +1249,7 @@ def _train(config: TrainConfig, *, progress: bool, ddp: parallel_training.Distri
             mean, std = 0.0, 1.0
         if checkpoint is not None:
             mean, std = checkpoint["normalizer"]["mean"], checkpoint["normalizer"]["std"]
-        batcher = GraphBatcher(data.store, data.elements, config.graph)
+        batcher = GraphBatcher(data.store, data.elements, config.graph, merge_edges=config.model.merge_edges)
 
         torch.manual_seed(config.seed)
         architecture = dict(

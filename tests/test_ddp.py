@@ -103,7 +103,7 @@ def _reference_state(config, folder: Path, world: int, epochs: int) -> dict[str,
     y = data.targets
     mean, std = float(np.mean(y[train])), float(np.std(y[train]))
     targets = torch.as_tensor((y - mean) / std, dtype=torch.float32)
-    batcher = GraphBatcher(data.store, data.elements, config.graph)
+    batcher = GraphBatcher(data.store, data.elements, config.graph, merge_edges=config.model.merge_edges)
     architecture = load_model_folder(folder).spec.architecture
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)

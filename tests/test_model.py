@@ -121,3 +121,55 @@ def test_classification_outputs_log_probabilities():
 def test_invalid_options_are_refused(kwargs):
     with pytest.raises(ValueError):
         CrystalGraphConvNet(**kwargs)
+
+
+@pytest.mark.parametrize("conv", ["gated", "simple"])
+def test_merged_edges_give_the_unmerged_outputs_gradients_and_running_stats(conv):
+    """Edges merged with multiplicities (training's merge_edges) are the same maths as the
+    original graph: outputs, parameter gradients and batch-norm running statistics."""
+    import copy
+
+    import numpy as np
+
+    from cgcnn_ase.elements import generate_cgcnn_table
+    from cgcnn_ase.graph import GraphConfig, build_graph
+    from cgcnn_ase.structures import to_record
+    from cgcnn_ase.training import GraphBatcher, GraphStore, merge_duplicate_edges
+
+    from .conftest import perovskite, rattled
+
+    config = GraphConfig()
+    crystals = [perovskite(), rattled(perovskite(4.0).repeat((2, 1, 1)), seed=3), perovskite(3.7)]
+    graphs = [build_graph(to_record(a), config) for a in crystals]
+    store = GraphStore.from_graphs([f"k{i}" for i in range(3)], graphs)
+    merged, weights = merge_duplicate_edges(store)
+    assert merged.n_edges[0] < store.n_edges[0] / 3  # the cubic cell's tied images collapse
+    assert merged.n_edges[1] == store.n_edges[1]  # a rattled cell has no identical edges
+    assert weights.sum() == len(store.distances) and (weights >= 1).all()
+    elements = generate_cgcnn_table()
+    plain = GraphBatcher(store, elements, config).batch([0, 1, 2])
+    fewer = GraphBatcher(store, elements, config, merge_edges=True).batch([0, 1, 2])
+    assert fewer.edge_weight is not None and len(fewer.centers) == len(merged.distances)
+
+    torch.manual_seed(0)
+    net_a = CrystalGraphConvNet(orig_atom_fea_len=elements.n_features, atom_fea_len=16, n_conv=2, h_fea_len=8, conv=conv)
+    for layer in net_a.convs:
+        if hasattr(layer, "split_matmul"):
+            layer.split_matmul = True
+    net_b = copy.deepcopy(net_a)
+    for net in (net_a, net_b):
+        net.train()
+    out_a, out_b = net_a(plain), net_b(fewer)
+    torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-5)
+    out_a.sum().backward()
+    out_b.sum().backward()
+    for (name, p_a), p_b in zip(net_a.named_parameters(), net_b.parameters()):
+        torch.testing.assert_close(p_b.grad, p_a.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for (name, b_a), b_b in zip(net_a.named_buffers(), net_b.buffers()):
+        torch.testing.assert_close(b_b.float(), b_a.float(), rtol=1e-5, atol=1e-6, msg=name)
+    net_a.eval(), net_b.eval()
+    torch.testing.assert_close(net_b(fewer), net_a(plain), rtol=1e-5, atol=1e-5)
+    # negative control: dropping the multiplicities changes the answer
+    fewer.edge_weight = None
+    assert not torch.allclose(net_b(fewer), net_a(plain), rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(merged.numbers, store.numbers)

@@ -436,3 +436,26 @@ def test_time_limit_stops_the_session_and_the_run_resumes(dataset_csv, tmp_path,
     assert len(_history(train_from_config(config, progress=False))) == 5
     with pytest.raises(ConfigError, match="time_limit"):
         tiny_config(dataset_csv, tmp_path, time_limit=0)
+
+
+def test_merged_edges_train_the_same_model(dataset_csv, tmp_path):
+    """model.merge_edges (the default) is a speed option: same losses and weights as without it.
+
+    SGD, because Adam turns the rounding noise in the gradient of the bias before a batch
+    norm (exactly zero in exact arithmetic) into full-size steps of random sign: with Adam
+    any change of float rounding, e.g. the order of the edges, moves the eval-mode output."""
+    runs = {}
+    for merge in (True, False):
+        config = tiny_config(
+            dataset_csv, tmp_path / str(merge), epochs=3, optim=OptimConfig(name="sgd", lr=0.02, momentum=0.9),
+            model=ModelConfig(atom_fea_len=16, n_conv=2, h_fea_len=16, merge_edges=merge),
+        )  # fmt: skip
+        runs[merge] = train_from_config(config, progress=False)
+    merged, plain = _history(runs[True]), _history(runs[False])
+    for column in ("train_loss", "val_mae"):
+        np.testing.assert_allclose(merged[column], plain[column], rtol=1e-4)
+    from safetensors.torch import load_file
+
+    a, b = load_file(runs[True] / "weights.safetensors"), load_file(runs[False] / "weights.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5)
