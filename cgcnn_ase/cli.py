@@ -281,8 +281,10 @@ def models(name: str | None) -> None:
         metric = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "n")
         dataset = info.metadata.get("dataset", "")
         dataset = dataset.get("name", "") if isinstance(dataset, dict) else dataset
+        members = len(info.metadata.get("ensemble_of") or []) or 1
         rows.append({"name": info.aliases[0] if info.aliases else info.name, "property": info.property,
-                     "units": info.units, "data": str(dataset).split(" (")[0], "test": metric, "folder": info.name})  # fmt: skip
+                     "units": info.units, "data": str(dataset).split(" (")[0], "networks": members,
+                     "test": metric, "folder": info.name})  # fmt: skip
     _write_table(rows, list(rows[0]), "table", None, {})
 
 
