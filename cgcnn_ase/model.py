@@ -41,7 +41,8 @@ def weighted_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tenso
     """
     if not (bn.training or bn.running_mean is None):
         return bn(x)
-    w = weight.to(x.dtype).unsqueeze(1)
+    x = x.float()  # statistics in float32, also under bf16 autocast (as autocast runs batch_norm)
+    w = weight.float().unsqueeze(1)
     n = w.sum()
     mean = (w * x).sum(0) / n
     centred = x - mean
@@ -117,8 +118,8 @@ class ConvLayer(nn.Module):
         nbr_filter, nbr_core = gated.chunk(2, dim=1)
         messages = torch.sigmoid(nbr_filter) * nn.functional.softplus(nbr_core)
         if edge_weight is not None:
-            messages = messages * edge_weight.unsqueeze(1)
-        summed = atom_fea.new_zeros(atom_fea.shape).index_add_(0, centers, messages)
+            messages = messages * edge_weight.to(messages.dtype).unsqueeze(1)
+        summed = messages.new_zeros((atom_fea.shape[0], messages.shape[1])).index_add_(0, centers, messages)
         return nn.functional.softplus(atom_fea + self.bn2(summed))
 
 
@@ -154,7 +155,7 @@ class SimpleConvLayer(nn.Module):
         w = self.fc_nbr.weight
         messages = (atom_fea @ w[:, :a].T).index_select(0, neighbors) + edge_fea @ w[:, a:].T
         if edge_weight is not None:
-            messages = messages * edge_weight.unsqueeze(1)
+            messages = messages * edge_weight.to(messages.dtype).unsqueeze(1)
         summed = atom_fea.new_zeros(atom_fea.shape).index_add_(0, centers, messages)
         return nn.functional.softplus(summed + self.fc_self(atom_fea))
 

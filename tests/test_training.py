@@ -459,3 +459,19 @@ def test_merged_edges_train_the_same_model(dataset_csv, tmp_path):
     a, b = load_file(runs[True] / "weights.safetensors"), load_file(runs[False] / "weights.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_bf16_training_runs_and_learns(dataset_csv, tmp_path, merge):
+    """precision: bf16 (autocast) trains with and without merged edges; weights stay float32."""
+    config = tiny_config(
+        dataset_csv, tmp_path, epochs=4, precision="bf16",
+        model=ModelConfig(atom_fea_len=16, n_conv=2, h_fea_len=16, merge_edges=merge),
+    )  # fmt: skip
+    folder = train_from_config(config, progress=False)
+    history = _history(folder)
+    assert np.isfinite(history["train_loss"]).all()
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    from safetensors.torch import load_file
+
+    assert all(t.dtype in (torch.float32, torch.int64) for t in load_file(folder / "weights.safetensors").values())
