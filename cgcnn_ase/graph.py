@@ -256,8 +256,37 @@ class GraphBatch:
         )
 
 
-def collate(graphs: Sequence[CrystalGraph], elements: ElementTable, config: GraphConfig) -> GraphBatch:
+def merge_identical_edges(
+    centers: np.ndarray, neighbors: np.ndarray, distances: np.ndarray, *, decimals: int = 9
+) -> tuple[np.ndarray, np.ndarray]:
+    """Group edges with the same centre, neighbour and distance (rounded to ``decimals`` Å).
+
+    Such edges are periodic images of one atom at one distance from one centre and carry
+    identical messages, so one edge counted ``m`` times (``GraphBatch.edge_weight``) can
+    stand for them. ``centers`` must be global atom indices (distinct crystals never share one).
+
+    Returns:
+        ``(keep, weights)``: indices of one representative edge per group, in order of
+        (centre, neighbour, distance), and each group's size as float32.
+    """
+    if not len(distances):
+        return np.zeros(0, dtype=np.int64), np.ones(0, dtype=np.float32)
+    rounded = np.round(distances, decimals)
+    order = np.lexsort((rounded, neighbors, centers))
+    c, nb, d = centers[order], neighbors[order], rounded[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (c[1:] != c[:-1]) | (nb[1:] != nb[:-1]) | (d[1:] != d[:-1])
+    starts = np.flatnonzero(first)
+    return order[starts], np.diff(np.append(starts, len(order))).astype(np.float32)
+
+
+def collate(
+    graphs: Sequence[CrystalGraph], elements: ElementTable, config: GraphConfig, *, merge_edges: bool = False
+) -> GraphBatch:
     """Stack graphs into one :class:`GraphBatch`, looking up element features.
+
+    With ``merge_edges``, identical edges are merged (:func:`merge_identical_edges`) and
+    the batch carries ``edge_weight``: the network computes the same result on fewer edges.
 
     Raises:
         UnsupportedElementError: a graph holds an element missing from ``elements``.
@@ -268,11 +297,19 @@ def collate(graphs: Sequence[CrystalGraph], elements: ElementTable, config: Grap
     offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     edge_offsets = np.repeat(offsets, [len(g.centers) for g in graphs])
     numbers = np.concatenate([g.numbers for g in graphs])
+    centers = np.concatenate([g.centers for g in graphs]) + edge_offsets
+    neighbors = np.concatenate([g.neighbors for g in graphs]) + edge_offsets
+    distances = np.concatenate([g.distances for g in graphs])
+    weights = None
+    if merge_edges:
+        keep, weights = merge_identical_edges(centers, neighbors, distances)
+        centers, neighbors, distances = centers[keep], neighbors[keep], distances[keep]
     return GraphBatch(
         atom_fea=torch.from_numpy(elements.featurize(numbers)),
-        edge_fea=gaussian_expand(torch.from_numpy(np.concatenate([g.distances for g in graphs])), config),
-        centers=torch.from_numpy(np.concatenate([g.centers for g in graphs]) + edge_offsets),
-        neighbors=torch.from_numpy(np.concatenate([g.neighbors for g in graphs]) + edge_offsets),
+        edge_fea=gaussian_expand(torch.from_numpy(distances), config),
+        centers=torch.from_numpy(centers),
+        neighbors=torch.from_numpy(neighbors),
         crystal_index=torch.from_numpy(np.repeat(np.arange(len(graphs)), sizes)),
         n_crystals=len(graphs),
+        edge_weight=None if weights is None else torch.from_numpy(weights),
     )

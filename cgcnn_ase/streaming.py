@@ -40,8 +40,9 @@ Outputs: CSV (one header, rows appended per chunk; a partial last line left by a
 run is cut off on resume) or Parquet (a directory of ``part-NNNNNN.parquet`` files, one per
 chunk, each written to a temporary name and renamed, so a killed run never leaves a broken
 part). Columns: ``id``, one ``"<property> (<units>)"`` column per model (float64, NaN
-where the item failed; an ensemble adds ``"<property>_std (<units>)"``), ``error``
-(``None`` or the messages, joined by ``"; "``).
+where the item failed; an ensemble adds ``"<property>_std (<units>)"`` and a model
+with a domain summary ``"<property>_domain_percentile (percent)"``), ``error`` (``None``
+or the messages, joined by ``"; "``).
 """
 
 from __future__ import annotations

@@ -810,13 +810,9 @@ def build_graph_store(
     return store, rows, errors
 
 
-def merge_duplicate_edges(store: GraphStore, *, decimals: int = 9) -> tuple[GraphStore, np.ndarray]:
-    """Merge each crystal's identical edges into one edge with a multiplicity.
-
-    Edges with the same centre, the same neighbour and the same distance (rounded to
-    ``decimals`` Å, far below float32 resolution) are periodic images of one atom seen
-    from one atom: they carry identical messages, so a network that counts each merged
-    edge ``m`` times (``GraphBatch.edge_weight``) computes the same result on fewer edges.
+def merge_duplicate_edges(store: GraphStore) -> tuple[GraphStore, np.ndarray]:
+    """Merge each crystal's identical edges into one edge with a multiplicity
+    (:func:`cgcnn_ase.graph.merge_identical_edges`).
 
     Returns:
         ``(merged, weights)``: the store with merged edges (each crystal's edges sorted by
@@ -827,14 +823,7 @@ def merge_duplicate_edges(store: GraphStore, *, decimals: int = 9) -> tuple[Grap
         return store, np.ones(0, dtype=np.float32)
     crystal = np.repeat(np.arange(len(store)), store.n_edges)
     centre = store.centers.astype(np.int64) + store.atom_offsets[:-1][crystal]  # global: sorts by crystal first
-    distance = np.round(store.distances, decimals)
-    order = np.lexsort((distance, store.neighbors, centre))
-    c, nb, d = centre[order], store.neighbors[order], distance[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = (c[1:] != c[:-1]) | (nb[1:] != nb[:-1]) | (d[1:] != d[:-1])
-    starts = np.flatnonzero(first)
-    weights = np.diff(np.append(starts, len(order))).astype(np.float32)
-    keep = order[starts]
+    keep, weights = graph_module.merge_identical_edges(centre, store.neighbors, store.distances)
     merged = dataclasses.replace(
         store,
         centers=store.centers[keep],
