@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -95,8 +96,8 @@ def test_same_result_across_processes(model_folder, tmp_path):
     path = tmp_path / "gaas.extxyz"
     write(path, atoms)
     here = CGCNNPredictor.from_checkpoint(model_folder, device="cpu").predict(path).values.tolist()
-    code = (
-        "import json, sys; from cgcnn_ase import CGCNNPredictor; "
+    code = (  # same torch thread count: a different count may change float rounding (1e-7)
+        f"import json, sys, torch; torch.set_num_threads({torch.get_num_threads()}); from cgcnn_ase import CGCNNPredictor; "
         f"print(json.dumps(CGCNNPredictor.from_checkpoint({str(model_folder)!r}, device='cpu').predict({str(path)!r}).values.tolist()))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
