@@ -34,8 +34,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
+from cgcnn_ase.cards import fmt, json_safe
 from cgcnn_ase.checkpoint import (
     DOMAIN_FILE,
     MODEL_JSON,
@@ -329,18 +329,6 @@ def add_domain_summary(
 # ---------------------------------------------------------------------------------------------
 
 
-def _json_safe(value: Any) -> Any:
-    """Plain JSON data (NaN -> None, numpy scalars -> Python, tuples -> lists)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, (np.integer, np.bool_)):
-        return value.item()
-    return value
-
 
 def _compact(report: dict[str, Any]) -> dict[str, Any]:
     """An uncertainty report without the calibration curves (those are in the plot)."""
@@ -396,17 +384,10 @@ def write_uncertainty_report(
         "val": _compact(report["val"]),
         "calibration": report["calibration"],
     }
-    (folder / MODEL_JSON).write_text(json.dumps(_json_safe(document), indent=2) + "\n")
+    (folder / MODEL_JSON).write_text(json.dumps(json_safe(document), indent=2) + "\n")
     write_card(folder)
     return report
 
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if math.isfinite(value) else "n/a"
-    return str(value)
 
 
 def _pct(value: Any) -> str:
@@ -503,16 +484,16 @@ def ensemble_card(document: dict[str, Any]) -> str:
             "",
             "| | " + metric_label + " |",
             "|---|---|",
-            f"| ensemble of {n} (mean) | {_fmt(versus.get('ensemble'))} |",
-            f"| single member, mean of {n} | {_fmt(versus.get('member_mean'))} |",
-            f"| best / worst member | {_fmt(versus.get('member_best'))} / {_fmt(versus.get('member_worst'))} |",
+            f"| ensemble of {n} (mean) | {fmt(versus.get('ensemble'))} |",
+            f"| single member, mean of {n} | {fmt(versus.get('member_mean'))} |",
+            f"| best / worst member | {fmt(versus.get('member_best'))} / {fmt(versus.get('member_worst'))} |",
             "",
         ]
         tm = md.get("test_metrics") or {}
         if classification:
-            lines += [f"Ensemble accuracy (p >= 0.5): {_fmt(tm.get('accuracy'))}.", ""]
+            lines += [f"Ensemble accuracy (p >= 0.5): {fmt(tm.get('accuracy'))}.", ""]
         else:
-            lines += [f"Ensemble RMSE {_fmt(tm.get('rmse'))} {units}, R² {_fmt(tm.get('r2'))}.", ""]
+            lines += [f"Ensemble RMSE {fmt(tm.get('rmse'))} {units}, R² {fmt(tm.get('r2'))}.", ""]
     else:
         lines += ["Not measured yet (`cgcnn_ase.ensemble.write_uncertainty_report(folder, dataset=...)`).", ""]
     lines += [
@@ -521,8 +502,8 @@ def ensemble_card(document: dict[str, Any]) -> str:
         f"| member | seed | val {metric} | test {metric} | best epoch |",
         "|---|---|---|---|---|",
         *[
-            f"| {k} (`{m.get('folder') or m.get('name')}`) | {m.get('seed')} | {_fmt((m.get('val_metrics') or {}).get(metric))} | "
-            f"{_fmt((m.get('test_metrics') or {}).get(metric))} | {m.get('best_epoch')} |"
+            f"| {k} (`{m.get('folder') or m.get('name')}`) | {m.get('seed')} | {fmt((m.get('val_metrics') or {}).get(metric))} | "
+            f"{fmt((m.get('test_metrics') or {}).get(metric))} | {m.get('best_epoch')} |"
             for k, m in enumerate(members)
         ],
         "",
@@ -533,9 +514,9 @@ def ensemble_card(document: dict[str, Any]) -> str:
         lines += [
             "| measure | value |",
             "|---|---|",
-            f"| Spearman correlation of \\|y - p\\| with std | {_fmt(raw.get('spearman_abs_error_std'), 3)} |",
-            f"| ROC-AUC of std for spotting misclassified crystals | {_fmt(raw.get('error_detection_auc'), 3)} |",
-            f"| mean std of member probabilities | {_fmt(raw.get('mean_std'), 3)} |",
+            f"| Spearman correlation of \\|y - p\\| with std | {fmt(raw.get('spearman_abs_error_std'), 3)} |",
+            f"| ROC-AUC of std for spotting misclassified crystals | {fmt(raw.get('error_detection_auc'), 3)} |",
+            f"| mean std of member probabilities | {fmt(raw.get('mean_std'), 3)} |",
             "",
             "The std of a classifier is the spread of the members' probabilities; it is not calibrated.",
             "",
@@ -546,12 +527,12 @@ def ensemble_card(document: dict[str, Any]) -> str:
             + (f" (x{calibration['scale']:.3g})" if calibration else "")
             + " | Gaussian |",
             "|---|---|---|---|",
-            f"| Spearman correlation of \\|error\\| with std | {_fmt(raw.get('spearman_abs_error_std'), 3)} | "
-            f"{_fmt(cal.get('spearman_abs_error_std'), 3)} | |",
+            f"| Spearman correlation of \\|error\\| with std | {fmt(raw.get('spearman_abs_error_std'), 3)} | "
+            f"{fmt(cal.get('spearman_abs_error_std'), 3)} | |",
             f"| errors within 1 std | {_pct(raw.get('within_1std'))} | {_pct(cal.get('within_1std'))} | 68.3% |",
             f"| errors within 2 std | {_pct(raw.get('within_2std'))} | {_pct(cal.get('within_2std'))} | 95.4% |",
-            f"| RMS of z = error / std | {_fmt(raw.get('rms_z'), 3)} | {_fmt(cal.get('rms_z'), 3)} | 1 |",
-            f"| mean std ({units}) | {_fmt(raw.get('mean_std'))} | {_fmt(cal.get('mean_std'))} | |",
+            f"| RMS of z = error / std | {fmt(raw.get('rms_z'), 3)} | {fmt(cal.get('rms_z'), 3)} | 1 |",
+            f"| mean std ({units}) | {fmt(raw.get('mean_std'))} | {fmt(cal.get('mean_std'))} | |",
             "",
         ]
         if calibration:
@@ -573,14 +554,14 @@ def ensemble_card(document: dict[str, Any]) -> str:
             "",
             f"| domain percentile | crystals | {err} |",
             "|---|---|---|",
-            *[f"| {b['range']} | {b['n']} | {_fmt(b.get('mean_abs_error'))} |" for b in bins],
+            *[f"| {b['range']} | {b['n']} | {fmt(b.get('mean_abs_error'))} |" for b in bins],
             "",
-            f"Spearman correlation of the error with the domain percentile: {_fmt(dom.get('spearman_abs_error_percentile'), 3)}.",
+            f"Spearman correlation of the error with the domain percentile: {fmt(dom.get('spearman_abs_error_percentile'), 3)}.",
         ]
         if dom.get("unseen_elements", {}).get("n"):
             lines.append(
                 f"Crystals with elements unseen in training: {dom['unseen_elements']['n']}, error "
-                f"{_fmt(dom['unseen_elements']['mean_abs_error'])} (others {_fmt(dom['all_seen']['mean_abs_error'])})."
+                f"{fmt(dom['unseen_elements']['mean_abs_error'])} (others {fmt(dom['all_seen']['mean_abs_error'])})."
             )
         lines.append("")
     domain = document.get("domain")

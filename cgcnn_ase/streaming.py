@@ -556,7 +556,7 @@ def _cif_text_gemmi(text: str, label: str) -> StructureRecord | None:
     crystal of it (the caller then falls back to pymatgen)."""
     import gemmi
 
-    from cgcnn_ase.structures import _validate  # one validation for every reader
+    from cgcnn_ase.structures import gemmi_block_record
 
     try:
         blocks = [gemmi.make_small_structure_from_block(block) for block in gemmi.cif.read_string(text)]
@@ -564,22 +564,7 @@ def _cif_text_gemmi(text: str, label: str) -> StructureRecord | None:
         return None
     if len(blocks) != 1:
         return None
-    small = blocks[0]
-    sites = small.get_all_unit_cell_sites()
-    if not sites or small.cell.a <= 0:
-        return None
-    partial = [site for site in sites if site.occ < 1.0 - 1e-6]
-    if partial:
-        site = partial[0]
-        raise InvalidStructureError(
-            f"{label}: site {site.label} ({site.element.name}) is disordered (occupancy {site.occ:.3g}); "
-            "CGCNN needs an ordered structure (order it first, e.g. with pymatgen's "
-            "OrderDisorderedStructureTransformation)"
-        )
-    numbers = np.array([site.element.atomic_number for site in sites])
-    frac = np.array([[site.fract.x, site.fract.y, site.fract.z] for site in sites])
-    cell = np.array(small.cell.orth.mat, dtype=np.float64).T  # gemmi: columns are lattice vectors
-    return _validate(numbers, frac, cell, (True, True, True), label)
+    return gemmi_block_record(blocks[0], label)
 
 
 # =============================================================================================

@@ -158,6 +158,31 @@ def _is_cif(path: Path) -> bool:
     return path.name.lower().endswith((".cif", ".mcif"))
 
 
+def gemmi_block_record(small: Any, label: str) -> StructureRecord | None:
+    """The validated record of one gemmi ``SmallStructure`` (a CIF data block), or ``None``
+    when it holds no crystal (no sites or no cell), so that the caller can fall back to pymatgen.
+
+    Raises:
+        InvalidStructureError: a partially occupied (disordered) site, or what
+            :func:`to_record`'s validation refuses.
+    """
+    sites = small.get_all_unit_cell_sites()
+    if not sites or small.cell.a <= 0:
+        return None
+    partial = [site for site in sites if site.occ < 1.0 - 1e-6]
+    if partial:
+        site = partial[0]
+        raise InvalidStructureError(
+            f"{label}: site {site.label} ({site.element.name}) is disordered (occupancy {site.occ:.3g}); "
+            "CGCNN needs an ordered structure (order it first, e.g. with pymatgen's "
+            "OrderDisorderedStructureTransformation)"
+        )
+    numbers = np.array([site.element.atomic_number for site in sites])
+    frac = np.array([[site.fract.x, site.fract.y, site.fract.z] for site in sites])
+    cell = np.array(small.cell.orth.mat, dtype=np.float64).T  # gemmi: columns are lattice vectors
+    return _validate(numbers, frac, cell, (True, True, True), label)
+
+
 def _read_cif_gemmi(path: Path) -> list[StructureRecord] | None:
     """Read a CIF with gemmi (compiled, ~50x faster than pymatgen's parser).
 
@@ -174,22 +199,10 @@ def _read_cif_gemmi(path: Path) -> list[StructureRecord] | None:
         return None
     records = []
     for k, small in enumerate(blocks):
-        sites = small.get_all_unit_cell_sites()
-        if not sites or small.cell.a <= 0:
+        record = gemmi_block_record(small, str(path) if len(blocks) == 1 else f"{path}@{k}")
+        if record is None:
             return None
-        label = str(path) if len(blocks) == 1 else f"{path}@{k}"
-        partial = [site for site in sites if site.occ < 1.0 - 1e-6]
-        if partial:
-            site = partial[0]
-            raise InvalidStructureError(
-                f"{label}: site {site.label} ({site.element.name}) is disordered (occupancy {site.occ:.3g}); "
-                "CGCNN needs an ordered structure (order it first, e.g. with pymatgen's "
-                "OrderDisorderedStructureTransformation)"
-            )
-        numbers = np.array([site.element.atomic_number for site in sites])
-        frac = np.array([[site.fract.x, site.fract.y, site.fract.z] for site in sites])
-        cell = np.array(small.cell.orth.mat, dtype=np.float64).T  # gemmi: columns are lattice vectors
-        records.append(_validate(numbers, frac, cell, (True, True, True), label))
+        records.append(record)
     return records
 
 

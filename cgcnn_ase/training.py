@@ -57,6 +57,7 @@ import torch
 
 from cgcnn_ase import graph as graph_module
 from cgcnn_ase import parallel_training
+from cgcnn_ase.cards import fmt, json_safe
 from cgcnn_ase.checkpoint import LoadedModel, ModelSpec, save_model_folder
 from cgcnn_ase.datasets import (
     DatasetError,
@@ -1578,7 +1579,7 @@ def _write_model_folder(
         normalizer_mean=mean,
         normalizer_std=std,
         positive_class=(config.positive_class or "class 1") if classification else None,
-        metadata=_json_safe(metadata),
+        metadata=json_safe(metadata),
     )
     save_model_folder(output, LoadedModel(spec=spec, network=network.cpu(), elements=data.elements))
     split.save(output / "split.json")
@@ -1604,25 +1605,6 @@ def _write_model_folder(
     return output
 
 
-def _json_safe(value: Any) -> Any:
-    """Plain JSON data (NaN -> None, numpy scalars -> Python, tuples -> lists)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if math.isfinite(value) else "n/a"
-    return str(value)
 
 
 def _symbols(numbers: Sequence[int]) -> str:
@@ -1695,16 +1677,16 @@ def model_card(spec: ModelSpec, config: TrainConfig, metadata: dict[str, Any]) -
     ]
     if classification:
         lines += [
-            f"| ROC-AUC | {_fmt(test.get('roc_auc'))} | dimensionless |",
-            f"| accuracy (p >= 0.5) | {_fmt(test.get('accuracy'))} | dimensionless |",
-            f"| precision / recall ({spec.positive_class}) | {_fmt((test.get('precision') or {}).get('1'))} / "
-            f"{_fmt((test.get('recall') or {}).get('1'))} | dimensionless |",
+            f"| ROC-AUC | {fmt(test.get('roc_auc'))} | dimensionless |",
+            f"| accuracy (p >= 0.5) | {fmt(test.get('accuracy'))} | dimensionless |",
+            f"| precision / recall ({spec.positive_class}) | {fmt((test.get('precision') or {}).get('1'))} / "
+            f"{fmt((test.get('recall') or {}).get('1'))} | dimensionless |",
         ]
     else:
         lines += [
-            f"| MAE | {_fmt(test.get('mae'))} | {spec.units} |",
-            f"| RMSE | {_fmt(test.get('rmse'))} | {spec.units} |",
-            f"| R² | {_fmt(test.get('r2'))} | dimensionless |",
+            f"| MAE | {fmt(test.get('mae'))} | {spec.units} |",
+            f"| RMSE | {fmt(test.get('rmse'))} | {spec.units} |",
+            f"| R² | {fmt(test.get('r2'))} | dimensionless |",
         ]
     lines += [f"| n | {test.get('n', 0)} | crystals |", ""]
     a, g, hw = spec.architecture, spec.graph, tr["hardware"]
