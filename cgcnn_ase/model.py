@@ -42,11 +42,11 @@ def weighted_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tenso
     if not (bn.training or bn.running_mean is None):
         return bn(x)
     x = x.float()  # statistics in float32, also under bf16 autocast (as autocast runs batch_norm)
-    w = weight.float().unsqueeze(1)
+    w = weight.float()
     n = w.sum()
-    mean = (w * x).sum(0) / n
+    mean = (w @ x) / n  # weighted sums as matrix-vector products: few passes over the (E, C) rows
     centred = x - mean
-    var = (w * centred * centred).sum(0) / n
+    var = (w @ (centred * centred)) / n
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():
             momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked + 1)
@@ -54,8 +54,10 @@ def weighted_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tenso
             bn.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
             unbiased = var.detach() * n / (n - 1).clamp(min=1)
             bn.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
-    out = centred * torch.rsqrt(var + bn.eps)
-    return out * bn.weight + bn.bias if bn.affine else out
+    scale = torch.rsqrt(var + bn.eps)
+    if not bn.affine:
+        return centred * scale
+    return torch.addcmul(bn.bias, centred, bn.weight * scale)  # one fused pass: bias + centred * scale
 
 
 class ConvLayer(nn.Module):
