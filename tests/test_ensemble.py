@@ -331,7 +331,8 @@ def test_domain_percentile_low_in_training_set_high_far_outside(ensemble, test_r
     assert np.all(train.domain_distance < 0.05)  # every training crystal is a stored centre here (float16)
     assert np.all(train.domain_percentile < 5.0)
     val = predictor.predict(test_records["val"].records)
-    assert val.domain_percentile.max() == 100.0 and val.domain_percentile.min() > 0.0
+    assert val.domain_percentile.max() == pytest.approx(100.0, abs=1e-4)  # the farthest validation crystal (float rounding)
+    assert val.domain_percentile.min() > 0.0
     # uranium and plutonium at 2 Å in a 2-atom cell, and xenon gas at 9 Å: never seen, nothing like training
     weird = [
         Atoms("UPu", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]], cell=np.eye(3) * 2.3, pbc=True),
