@@ -17,15 +17,15 @@ from pymatgen.io.cif import CifWriter
 
 from cgcnn_ase.calculator import CGCNNCalculator
 from cgcnn_ase.checkpoint import EnsembleMember, LoadedModel, load_model_folder, save_model_folder
-from cgcnn_ase.datasets import DatasetSpec
 from cgcnn_ase.domain import DomainSummary, kcenter_subset
 from cgcnn_ase.ensemble import EnsembleError, assemble_ensemble
 from cgcnn_ase.errors import CheckpointError
 from cgcnn_ase.evaluation import evaluate_model, load_split_records
 from cgcnn_ase.predictor import CGCNNPredictor
-from cgcnn_ase.training import ModelConfig, OptimConfig, ScheduleConfig, SplitConfig, TrainConfig, train_from_config
+from cgcnn_ase.training import SplitConfig, TrainConfig, train_from_config
 
 from .conftest import random_model, rattled
+from .test_training import tiny_config
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::cgcnn_ase.errors.UnseenElementWarning", "ignore::cgcnn_ase.errors.SparseGraphWarning"
@@ -75,25 +75,12 @@ def data(tmp_path_factory) -> Path:
     return path
 
 
-def _config(data_path: Path, root: Path, seed: int, **kwargs) -> TrainConfig:
-    settings = dict(
-        data=DatasetSpec(path=str(data_path), target="vpa"),
-        output=str(root / f"member-seed{seed}"),
-        units="Å^3/atom",
-        split=SplitConfig(train=10 / 16, val=3 / 16, test=3 / 16, seed=7),
-        model=ModelConfig(atom_fea_len=16, n_conv=2, h_fea_len=16, n_h=1),
-        optim=OptimConfig(name="adam", lr=0.01),
-        schedule=ScheduleConfig(name="none"),
-        epochs=3,
-        batch_size=4,
-        threads=1,
-        seed=seed,
-        cache_dir=str(root / "cache"),
-        aliases=["tiny_vpa"],
-        metadata={"source": "made up in a test", "licence": "CC0"},
-    )
-    settings.update(kwargs)
-    return TrainConfig(**settings)
+def _config(data_path: Path, root: Path, seed: int) -> TrainConfig:
+    """test_training's tiny configuration: one member per seed, all on one split (seed 7)."""
+    return tiny_config(
+        data_path, root, output=str(root / f"member-seed{seed}"), split=SplitConfig(train=10 / 16, val=3 / 16, test=3 / 16, seed=7),
+        seed=seed, cache_dir=str(root / "cache"), aliases=["tiny_vpa"],
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
