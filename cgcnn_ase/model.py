@@ -23,7 +23,8 @@ ConvKind = Literal["gated", "simple"]
 def segment_mean(values: torch.Tensor, index: torch.Tensor, n_segments: int) -> torch.Tensor:
     """Mean of ``values`` (N, ...) over rows sharing ``index`` (N,), shape (n_segments, ...)."""
     total = values.new_zeros((n_segments, *values.shape[1:])).index_add_(0, index, values)
-    counts = torch.bincount(index, minlength=n_segments).clamp_min(1).to(values.dtype)
+    # index_add_ rather than bincount: its output size is known before it runs (torch.compile needs that)
+    counts = values.new_zeros(n_segments).index_add_(0, index, values.new_ones(index.shape)).clamp_min(1)
     return total / counts.view(-1, *([1] * (values.dim() - 1)))
 
 

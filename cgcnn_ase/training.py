@@ -212,6 +212,12 @@ class TrainConfig:
         precision: ``"fp32"``, or ``"bf16"`` to run training steps under bfloat16 autocast
             (weights, optimiser, validation and the final test evaluation stay float32);
             faster on CPUs with AVX512-BF16/AMX and on recent GPUs, slightly less precise.
+        compile: run training steps through ``torch.compile`` (dynamic shapes), which fuses
+            the convolutions' elementwise work into a few loops: about 1.3-1.5x faster
+            epochs on a CPU after a one-off compilation of 30-60 s (cached across runs in
+            torch's inductor cache), so worth it for runs of more than a few minutes.
+            Needs a C++ compiler on a CPU (Triton on a GPU); if compilation fails, training
+            warns and goes on without it. Validation and test predictions stay eager.
         threads: torch CPU threads during the run (``None``: leave torch's setting).
         workers: processes for parsing structures and building graphs.
         cache_dir: graph cache folder (``None``: ``$CGCNN_ASE_CACHE`` or
@@ -248,6 +254,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
+    compile: bool = False
     threads: int | None = None
     workers: int = 2
     cache_dir: str | None = None
@@ -304,6 +311,8 @@ class TrainConfig:
         choice("model.conv", self.model.conv, ("gated", "simple"))
         choice("optim.name", self.optim.name, ("sgd", "adam", "adamw"))
         choice("precision", self.precision, ("fp32", "bf16"))
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
         choice("schedule.name", self.schedule.name, ("none", "multistep", "cosine", "onecycle", "reduce_on_plateau"))
         losses = ("auto", "cross_entropy") if self.task == "classification" else ("auto", "mse", "mae")
         choice("loss", self.loss, losses)
@@ -485,7 +494,7 @@ def _fingerprint(config: TrainConfig) -> str:
     data = config.to_dict()
     for key in ("output", "work_dir", "resume", "name", "aliases", "metadata", "command", "property", "units",
                 "positive_class", "patience", "time_limit", "threads", "workers", "cache_dir", "device", "precision",
-                "eval_batch_size"):  # fmt: skip
+                "compile", "eval_batch_size"):  # fmt: skip
         data.pop(key, None)
     data["data"].pop("name", None)
     data["model"].pop("split_matmul", None)
@@ -1286,6 +1295,7 @@ def _train(config: TrainConfig, *, progress: bool, ddp: parallel_training.Distri
         parallel_training.check_same(ddp, epoch=epoch, crystals=len(data.ids), train=len(parts["train"]))
         parallel_training.seed_rank(ddp, config.seed, epoch)
         model = parallel_training.wrap(network, ddp)  # the network itself in a single process
+        forward = TrainingForward(model, compile=config.compile)
         if ddp is None or ddp.is_main:
             split.save(work / "split.json")
 
@@ -1331,7 +1341,7 @@ def _train(config: TrainConfig, *, progress: bool, ddp: parallel_training.Distri
                     batch = batcher.batch(chunk).to(device)
                     target = targets_t[chunk].to(device)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-                        out = model(batch)
+                        out = forward(batch)
                     out = out.float()
                     loss = loss_fn(out, target)
                     optimizer.zero_grad(set_to_none=True)
@@ -1438,6 +1448,39 @@ def _train(config: TrainConfig, *, progress: bool, ddp: parallel_training.Distri
         )
         parallel_training.barrier(ddp)  # the other processes return once the folder is complete
         return folder
+
+
+class TrainingForward:
+    """The forward pass of training steps: ``model`` itself, or ``torch.compile(model)``.
+
+    Compilation happens on the first call. If it fails there (no C++ compiler, an
+    unsupported backend, ...), a warning says why and every call, that one included, runs
+    ``model`` eagerly; later errors propagate.
+
+    Args:
+        model: the network (or its DistributedDataParallel wrapper) in training mode.
+        compile: use ``torch.compile(model, dynamic=True)``; batches differ in size, so the
+            compiled code takes the numbers of atoms, edges and crystals as variables.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, compile: bool) -> None:
+        self.model = model
+        self.compiled: Any = torch.compile(model, dynamic=True) if compile else None
+        self._first = True
+
+    def __call__(self, batch: GraphBatch) -> torch.Tensor:
+        if self.compiled is None:
+            return self.model(batch)
+        if not self._first:
+            return self.compiled(batch)
+        self._first = False
+        try:
+            return self.compiled(batch)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure; eager code re-raises real errors
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            logger.warning("torch.compile failed (%s: %s); training goes on without it", type(exc).__name__, first_line)
+            self.compiled = None
+            return self.model(batch)
 
 
 def _set_split_matmul(network: CrystalGraphConvNet, enabled: bool) -> None:
