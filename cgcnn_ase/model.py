@@ -8,7 +8,7 @@ Parameter names match the original implementation's state dicts (``embedding``,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -18,6 +18,57 @@ from cgcnn_ase.graph import GraphBatch
 Task = Literal["regression", "classification"]
 Readout = Literal["mean", "atomwise"]
 ConvKind = Literal["gated", "simple"]
+
+
+@torch.library.custom_op("cgcnn_ase::gather_rows", mutates_args=())
+def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values.index_select(0, index)`` as one opaque operator (see :class:`ConvLayer`'s
+    ``opaque_indexing``); its gradient is :func:`scatter_rows`."""
+    return values.index_select(0, index)
+
+
+@torch.library.custom_op("cgcnn_ase::scatter_rows", mutates_args=())
+def scatter_rows(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Row sums ``out[index[k]] += values[k]`` into ``n_rows`` zero rows, as one opaque
+    operator (aten's ``index_add_``); its gradient is :func:`gather_rows`."""
+    return values.new_zeros((n_rows, *values.shape[1:])).index_add_(0, index, values)
+
+
+@gather_rows.register_fake
+def _gather_rows_shape(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return values.new_empty((index.shape[0], *values.shape[1:]))
+
+
+@scatter_rows.register_fake
+def _scatter_rows_shape(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
+    return values.new_empty((n_rows, *values.shape[1:]))
+
+
+def _keep_index(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    ctx.save_for_backward(inputs[1])
+    ctx.n_rows = inputs[0].shape[0]
+
+
+def _gather_rows_grad(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    (index,) = ctx.saved_tensors
+    return scatter_rows(grad, index, ctx.n_rows), None
+
+
+def _scatter_rows_grad(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    (index,) = ctx.saved_tensors
+    return gather_rows(grad, index), None, None
+
+
+gather_rows.register_autograd(_gather_rows_grad, setup_context=_keep_index)
+scatter_rows.register_autograd(_scatter_rows_grad, setup_context=_keep_index)
+
+
+def _index_select_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return values.index_select(0, index)
+
+
+def _index_add_rows(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
+    return values.new_zeros((n_rows, *values.shape[1:])).index_add_(0, index, values)
 
 
 def segment_mean(values: torch.Tensor, index: torch.Tensor, n_segments: int) -> torch.Tensor:
@@ -79,6 +130,11 @@ class ConvLayer(nn.Module):
             product over the concatenated (E, 2A + B) matrix. Same maths, different float32
             rounding (up to ~1e-5 on the authors' models), so it is off by default; see
             docs/performance.md for its speed.
+        opaque_indexing: do the gathers of atom rows onto edges and the sums of edge rows
+            onto atoms with :func:`gather_rows` / :func:`scatter_rows`, operators that
+            ``torch.compile`` calls as they are. Compiled for a multi-threaded CPU, the
+            sums otherwise become atomic adds, which two threads slow down; eager results
+            are the same either way.
 
     Shapes:
         atom_fea (N, A), edge_fea (E, B), centers/neighbors (E,), optional edge_weight
@@ -86,11 +142,14 @@ class ConvLayer(nn.Module):
         sum and in ``BN_1``'s batch statistics (see :class:`~cgcnn_ase.graph.GraphBatch`).
     """
 
-    def __init__(self, atom_fea_len: int, nbr_fea_len: int, *, split_matmul: bool = False) -> None:
+    def __init__(
+        self, atom_fea_len: int, nbr_fea_len: int, *, split_matmul: bool = False, opaque_indexing: bool = False
+    ) -> None:
         super().__init__()
         self.atom_fea_len = atom_fea_len
         self.nbr_fea_len = nbr_fea_len
         self.split_matmul = split_matmul
+        self.opaque_indexing = opaque_indexing
         self.fc_full = nn.Linear(2 * atom_fea_len + nbr_fea_len, 2 * atom_fea_len)
         self.bn1 = nn.BatchNorm1d(2 * atom_fea_len)
         self.bn2 = nn.BatchNorm1d(atom_fea_len)
@@ -99,14 +158,15 @@ class ConvLayer(nn.Module):
         self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor
     ) -> torch.Tensor:
         """``z_ij W + b`` for every edge, shape (E, 2A)."""
+        gather = gather_rows if self.opaque_indexing else _index_select_rows
         if not self.split_matmul:
-            z = torch.cat([atom_fea.index_select(0, centers), atom_fea.index_select(0, neighbors), edge_fea], dim=1)
+            z = torch.cat([gather(atom_fea, centers), gather(atom_fea, neighbors), edge_fea], dim=1)
             return self.fc_full(z)
         a = self.atom_fea_len
         w = self.fc_full.weight
         per_atom = atom_fea @ torch.cat([w[:, :a], w[:, a : 2 * a]], dim=0).T  # (N, 4A): [v W_1 | v W_2]
         gated = torch.addmm(self.fc_full.bias, edge_fea, w[:, 2 * a :].T)
-        return gated + per_atom[:, : 2 * a].index_select(0, centers) + per_atom[:, 2 * a :].index_select(0, neighbors)
+        return gated + gather(per_atom[:, : 2 * a], centers) + gather(per_atom[:, 2 * a :], neighbors)
 
     def forward(
         self,
@@ -122,7 +182,8 @@ class ConvLayer(nn.Module):
         messages = torch.sigmoid(nbr_filter) * nn.functional.softplus(nbr_core)
         if edge_weight is not None:
             messages = messages * edge_weight.to(messages.dtype).unsqueeze(1)
-        summed = messages.new_zeros((atom_fea.shape[0], messages.shape[1])).index_add_(0, centers, messages)
+        scatter = scatter_rows if self.opaque_indexing else _index_add_rows
+        summed = scatter(messages, centers, atom_fea.shape[0])
         return nn.functional.softplus(atom_fea + self.bn2(summed))
 
 

@@ -1295,7 +1295,7 @@ def _train(config: TrainConfig, *, progress: bool, ddp: parallel_training.Distri
         parallel_training.check_same(ddp, epoch=epoch, crystals=len(data.ids), train=len(parts["train"]))
         parallel_training.seed_rank(ddp, config.seed, epoch)
         model = parallel_training.wrap(network, ddp)  # the network itself in a single process
-        forward = TrainingForward(model, compile=config.compile)
+        forward = TrainingForward(model, network, compile=config.compile)
         if ddp is None or ddp.is_main:
             split.save(work / "split.json")
 
@@ -1455,18 +1455,29 @@ class TrainingForward:
 
     Compilation happens on the first call. If it fails there (no C++ compiler, an
     unsupported backend, ...), a warning says why and every call, that one included, runs
-    ``model`` eagerly; later errors propagate.
+    ``model`` eagerly; later errors propagate. Compiled for a CPU with more than one
+    thread, the convolutions use opaque gather/scatter operators
+    (:class:`~cgcnn_ase.model.ConvLayer`'s ``opaque_indexing``), measured faster there.
 
     Args:
         model: the network (or its DistributedDataParallel wrapper) in training mode.
+        network: the network itself (``model`` or the module it wraps).
         compile: use ``torch.compile(model, dynamic=True)``; batches differ in size, so the
             compiled code takes the numbers of atoms, edges and crystals as variables.
     """
 
-    def __init__(self, model: torch.nn.Module, *, compile: bool) -> None:
+    def __init__(self, model: torch.nn.Module, network: CrystalGraphConvNet, *, compile: bool) -> None:
         self.model = model
+        self.network = network
         self.compiled: Any = torch.compile(model, dynamic=True) if compile else None
+        on_cpu = next(network.parameters()).device.type == "cpu"
+        self._set_opaque_indexing(compile and on_cpu and torch.get_num_threads() > 1)
         self._first = True
+
+    def _set_opaque_indexing(self, enabled: bool) -> None:
+        for conv in self.network.convs:
+            if hasattr(conv, "opaque_indexing"):
+                conv.opaque_indexing = enabled
 
     def __call__(self, batch: GraphBatch) -> torch.Tensor:
         if self.compiled is None:
@@ -1480,6 +1491,7 @@ class TrainingForward:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             logger.warning("torch.compile failed (%s: %s); training goes on without it", type(exc).__name__, first_line)
             self.compiled = None
+            self._set_opaque_indexing(False)
             return self.model(batch)
 
 

@@ -173,3 +173,31 @@ def test_merged_edges_give_the_unmerged_outputs_gradients_and_running_stats(conv
     fewer.edge_weight = None
     assert not torch.allclose(net_b(fewer), net_a(plain), rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(merged.numbers, store.numbers)
+
+
+def test_opaque_indexing_gives_the_same_outputs_and_gradients():
+    """gather_rows / scatter_rows (opaque operators for torch.compile) equal index_select / index_add_."""
+    from cgcnn_ase.model import ConvLayer
+
+    torch.manual_seed(0)
+    n, e = 7, 30
+    atom = torch.randn(n, 8, dtype=torch.float64)
+    edge = torch.randn(e, 5, dtype=torch.float64)
+    centers = torch.sort(torch.randint(0, n, (e,))).values
+    neighbors = torch.randint(0, n, (e,))
+    weight = torch.randint(1, 4, (e,))
+    layer = ConvLayer(8, 5, split_matmul=True).double().train()
+    results = []
+    for opaque in (False, True):
+        layer.opaque_indexing = opaque
+        x = atom.clone().requires_grad_(True)
+        out = layer(x, edge, centers, neighbors, weight)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        results.append((out.detach(), x.grad, layer.fc_full.weight.grad.clone()))
+        layer.zero_grad()
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+    x = atom.clone().requires_grad_(True)
+    from cgcnn_ase.model import gather_rows, scatter_rows
+
+    assert torch.autograd.gradcheck(lambda v: scatter_rows(gather_rows(v, neighbors), centers, n), (x,))

@@ -477,9 +477,13 @@ def test_bf16_training_runs_and_learns(dataset_csv, tmp_path, merge):
     assert all(t.dtype in (torch.float32, torch.int64) for t in load_file(folder / "weights.safetensors").values())
 
 
-def test_compiled_training_matches_eager(dataset_csv, tmp_path, caplog):
+@pytest.mark.parametrize("threads", [1, 2])  # with 2 CPU threads the compiled graph uses the opaque gather/scatter
+def test_compiled_training_matches_eager(dataset_csv, tmp_path, caplog, threads):
     """compile: true trains the same model as eager steps (float rounding apart), merged edges included."""
-    common = dict(epochs=3, optim=OptimConfig(name="sgd", lr=0.02, momentum=0.9), schedule=ScheduleConfig(name="none"))
+    common = dict(
+        epochs=3, threads=threads, optim=OptimConfig(name="sgd", lr=0.02, momentum=0.9),
+        schedule=ScheduleConfig(name="none"),
+    )  # fmt: skip
     eager = train_from_config(tiny_config(dataset_csv, tmp_path / "eager", **common), progress=False)
     with caplog.at_level(logging.WARNING, logger="cgcnn_ase.training"):
         compiled = train_from_config(
