@@ -7,13 +7,15 @@ n_conv 3, h_fea_len 128, n_h 1), batches of 256, SGD (lr 0.01, momentum 0.9).
 Measured, all in this process and on this machine (so background load hits every row alike):
 
 * **ours, end to end**: :func:`cgcnn_ase.training.train_from_config` for ``--epochs``
-  epochs; per-epoch wall time from its ``metrics.csv`` (training steps + validation on 200
-  crystals; the checkpoint written after each epoch is not included). Epoch 1 includes
-  warm-up; the median and minimum of the later, cached epochs are reported.
+  epochs, with ``compile: false`` (the default) and ``compile: true``; per-epoch wall time
+  from its ``metrics.csv`` (training steps + validation on 200 crystals; the checkpoint
+  written after each epoch is not included). Epoch 1 includes warm-up (and compilation);
+  the median and minimum of the later, cached epochs are reported.
 * **ours, training steps only**: the same model and batches in a bare loop, split into
-  batch assembly (``GraphBatcher.batch``), forward, backward and optimiser step; with and
-  without ``split_matmul``, with bfloat16 autocast (``precision: bf16``), and with 1 and 2
-  torch threads.
+  batch assembly (``GraphBatcher.batch``), forward, backward and optimiser step, with 1 and
+  2 torch threads: eager with and without merged edges, with bfloat16 autocast
+  (``precision: bf16``), and compiled (``compile: true``, through the training code's
+  ``TrainingForward``) in float32 and bf16.
 * **original approach**: per-crystal tensors cached in memory as the original's
   ``lru_cache``-d dataset does (atom features (n, 92), Gaussian-expanded padded neighbour
   features (n, 12, 41), neighbour indices (n, 12)), batches built with a ``collate_pool``
@@ -22,7 +24,11 @@ Measured, all in this process and on this machine (so background load hits every
   ``original_baseline.py``), trained the same way. Graphs use the ``original`` neighbour
   policy (exactly 12 neighbours per atom).
 
-    python benchmarks/bench_training.py [--shared ../shared] [--n 2000] [--epochs 6] [--repeats 5] [--threads 1]
+Rows are timed in interleaved rounds (the original, then every variant, ``--rounds`` times), and
+each speed-up is the median over rounds of the ratio within one round: the machines here are
+shared and their speed drifts by tens of percent over minutes.
+
+    python benchmarks/bench_training.py [--shared ../shared] [--n 2000] [--rounds 4] [--repeats 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -99,78 +105,92 @@ def collate_pool(items):
     return torch.cat(atom), torch.cat(nbr), torch.cat(idx), crys
 
 
-def original_epoch_seconds(records, targets, elements, repeats: int) -> list[float]:
+class OriginalLoop:
     """Cached epochs of the original approach on ``records`` (the training crystals) and their targets."""
-    from cgcnn_ase.graph import GraphConfig, build_graph, gaussian_expand
 
-    config = GraphConfig(neighbor_policy="original")
-    cache = []
-    for record in records:  # the original's lru_cache: one tensor triple per crystal
-        g = build_graph(record, config, on_sparse="ignore")
-        n = g.n_atoms
-        cache.append(
-            (
-                torch.from_numpy(elements.featurize(g.numbers)),
-                gaussian_expand(torch.from_numpy(g.distances), config).view(n, 12, -1),
-                torch.from_numpy(g.neighbors).view(n, 12),
+    def __init__(self, records, targets, elements) -> None:
+        from cgcnn_ase.graph import GraphConfig, build_graph, gaussian_expand
+
+        config = GraphConfig(neighbor_policy="original")
+        self.cache = []
+        for record in records:  # the original's lru_cache: one tensor triple per crystal
+            g = build_graph(record, config, on_sparse="ignore")
+            n = g.n_atoms
+            self.cache.append(
+                (
+                    torch.from_numpy(elements.featurize(g.numbers)),
+                    gaussian_expand(torch.from_numpy(g.distances), config).view(n, 12, -1),
+                    torch.from_numpy(g.neighbors).view(n, 12),
+                )
             )
-        )
-    y = torch.tensor(targets, dtype=torch.float32)
-    y = (y - y.mean()) / y.std()
-    torch.manual_seed(0)
-    model = DenseCGCNN(**ARCH)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    gen = torch.Generator().manual_seed(0)
-    times = []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        order = torch.randperm(len(cache), generator=gen).tolist()
-        for s in range(0, len(order), BATCH):
-            chunk = order[s : s + BATCH]
-            batch = collate_pool([cache[k] for k in chunk])
-            loss = nn.functional.mse_loss(model(*batch), y[chunk])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        times.append(time.perf_counter() - t0)
-    return times[1:]
+        y = torch.tensor(targets, dtype=torch.float32)
+        self.y = (y - y.mean()) / y.std()
+        torch.manual_seed(0)
+        self.model = DenseCGCNN(**ARCH)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.gen = torch.Generator().manual_seed(0)
+
+    def epochs(self, n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            order = torch.randperm(len(self.cache), generator=self.gen).tolist()
+            for s in range(0, len(order), BATCH):
+                chunk = order[s : s + BATCH]
+                batch = collate_pool([self.cache[k] for k in chunk])
+                loss = nn.functional.mse_loss(self.model(*batch), self.y[chunk])
+                self.opt.zero_grad()
+                loss.backward()
+                self.opt.step()
+            times.append(time.perf_counter() - t0)
+        return times
 
 
 # -- ours ------------------------------------------------------------------------------------------
-def ours_breakdown(
-    store, targets, train_idx, elements, *, split_matmul: bool, threads: int, repeats: int, bf16: bool = False,
-    merge_edges: bool = False,
-) -> dict[str, float]:
-    """Median seconds per epoch of batch assembly / forward / backward / step in a bare loop."""
-    from cgcnn_ase.graph import GraphConfig
-    from cgcnn_ase.model import CrystalGraphConvNet
-    from cgcnn_ase.training import GraphBatcher, _batches, torch_threads
+class OursLoop:
+    """Our training steps in a bare loop (one model, optimiser and shuffle stream per variant).
 
-    with torch_threads(threads):
-        batcher = GraphBatcher(store, elements, GraphConfig(), merge_edges=merge_edges)
-        y = torch.tensor((targets - targets[train_idx].mean()) / targets[train_idx].std(), dtype=torch.float32)
+    ``epochs(n)`` returns, per epoch, seconds of batch assembly / forward / backward /
+    optimiser step. Compiled variants go through :class:`cgcnn_ase.training.TrainingForward`
+    (the code ``compile: true`` runs); call it under the thread count it is timed with.
+    """
+
+    def __init__(self, store, targets, train_idx, elements, *, bf16: bool, merge_edges: bool, compile: bool) -> None:
+        from cgcnn_ase.graph import GraphConfig
+        from cgcnn_ase.model import CrystalGraphConvNet
+        from cgcnn_ase.training import GraphBatcher, TrainingForward
+
+        self.batcher = GraphBatcher(store, elements, GraphConfig(), merge_edges=merge_edges)
+        self.y = torch.tensor((targets - targets[train_idx].mean()) / targets[train_idx].std(), dtype=torch.float32)
+        self.train_idx = train_idx
+        self.bf16 = bf16
         torch.manual_seed(0)
-        model = CrystalGraphConvNet(**ARCH)
-        for conv in model.convs:
-            conv.split_matmul = split_matmul
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        gen = torch.Generator().manual_seed(0)
+        self.model = CrystalGraphConvNet(**ARCH)
+        for conv in self.model.convs:
+            conv.split_matmul = True
+        self.forward = TrainingForward(self.model, self.model, compile=compile)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.gen = torch.Generator().manual_seed(0)
+
+    def epochs(self, n: int) -> list[dict[str, float]]:
+        from cgcnn_ase.training import _batches
+
         rows = []
-        for _ in range(repeats + 1):
+        for _ in range(n):
             t = dict(batch=0.0, forward=0.0, backward=0.0, step=0.0)
-            order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+            order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen).numpy()]
             for chunk in _batches(order, BATCH):
                 t0 = time.perf_counter()
-                b = batcher.batch(chunk)
+                b = self.batcher.batch(chunk)
                 t1 = time.perf_counter()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    out = model(b)
-                loss = nn.functional.mse_loss(out.float(), y[chunk])
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    out = self.forward(b)
+                loss = nn.functional.mse_loss(out.float(), self.y[chunk])
                 t2 = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
+                self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 t3 = time.perf_counter()
-                opt.step()
+                self.opt.step()
                 t4 = time.perf_counter()
                 t["batch"] += t1 - t0
                 t["forward"] += t2 - t1
@@ -178,11 +198,10 @@ def ours_breakdown(
                 t["step"] += t4 - t3
             t["total"] = sum(t.values())
             rows.append(t)
-        rows = rows[1:]
-        return {k: statistics.median(r[k] for r in rows) for k in rows[0]} | {"min": min(r["total"] for r in rows)}
+        return rows
 
 
-def ours_end_to_end(spec, cache_dir: Path, epochs: int, threads: int | None) -> tuple[list[float], float]:
+def ours_end_to_end(spec, cache_dir: Path, epochs: int, threads: int | None, compile: bool) -> tuple[list[float], float]:
     """Per-epoch seconds from metrics.csv of a real train_from_config run, and its wall time."""
     import pandas as pd
 
@@ -193,7 +212,7 @@ def ours_end_to_end(spec, cache_dir: Path, epochs: int, threads: int | None) -> 
             data=spec, output=str(Path(out) / "model"), units="eV", split=SplitConfig(0.8, 0.1, 0.1, seed=0),
             model=ModelConfig(**ARCH), optim=OptimConfig(name="sgd", lr=0.01, momentum=0.9),
             schedule=ScheduleConfig(name="multistep", milestones=[100]), epochs=epochs, batch_size=BATCH,
-            cache_dir=str(cache_dir), threads=threads, device="cpu",
+            cache_dir=str(cache_dir), threads=threads, device="cpu", compile=compile,
         )  # fmt: skip
         t0 = time.perf_counter()
         folder = train_from_config(config, progress=False)
@@ -201,15 +220,24 @@ def ours_end_to_end(spec, cache_dir: Path, epochs: int, threads: int | None) -> 
         return pd.read_csv(folder / "metrics.csv")["epoch_time_s"].tolist(), wall
 
 
+# (label, bf16, merged edges, compile); every variant uses split_matmul, as training does
+VARIANTS = (
+    ("ours, eager, unmerged edges", False, False, False),
+    ("ours, eager (the default)", False, True, False),
+    ("ours, eager + bf16", True, True, False),
+    ("ours, compile: true", False, True, True),
+    ("ours, compile: true + bf16", True, True, True),
+)
+
+
 @click.command(help=__doc__.split("\n\n")[0])
 @click.option("--shared", default=None, help="shared/ folder (default: ../shared next to the repo).")
 @click.option("--n", "n_crystals", default=2000, show_default=True, help="perovskites to use (first rows of the file).")
-@click.option("--epochs", default=6, show_default=True, help="epochs of the end-to-end run.")
-@click.option("--repeats", default=5, show_default=True, help="timed epochs per bare-loop variant.")
-@click.option(
-    "--threads", default=1, show_default=True, help="torch threads of the end-to-end run (0: torch's default)."
-)
-def main(shared: str | None, n_crystals: int, epochs: int, repeats: int, threads: int) -> None:
+@click.option("--epochs", default=6, show_default=True, help="epochs of each end-to-end run.")
+@click.option("--rounds", default=4, show_default=True, help="interleaved rounds (original, then each variant).")
+@click.option("--repeats", default=3, show_default=True, help="timed epochs per variant and round.")
+@click.option("--threads", default=2, show_default=True, help="torch threads of the end-to-end runs.")
+def main(shared: str | None, n_crystals: int, epochs: int, rounds: int, repeats: int, threads: int) -> None:
     import os
 
     from cgcnn_ase.datasets import DatasetSpec, load_table, parse_structures
@@ -241,61 +269,49 @@ def main(shared: str | None, n_crystals: int, epochs: int, repeats: int, threads
             f"{edges_per_atom:.2f} edges per atom (symmetric policy; the original policy has exactly 12).",
             "",
         ]
+        end_to_end = {flag: ours_end_to_end(spec, Path(cache), epochs, threads, flag) for flag in (False, True)}
 
-        end_threads = threads or torch.get_num_threads()
-        epoch_times, wall = ours_end_to_end(spec, Path(cache), epochs, end_threads)
-        cached = epoch_times[1:]
-        results = []
-        baselines = {}
-        for n_threads in (1, 2):  # each thread count: ours, then the original, back to back
-            variants = ((True, False, False), (False, False, False), (True, True, False), (True, False, True),
-                        (True, True, True))  # fmt: skip
-            for split, bf16, merge in variants:
-                r = ours_breakdown(
-                    store,
-                    targets,
-                    train_idx,
-                    elements,
-                    split_matmul=split,
-                    threads=n_threads,
-                    repeats=repeats,
-                    bf16=bf16,
-                    merge_edges=merge,
-                )
-                results.append((n_threads, split, bf16, merge, r))
+        original = OriginalLoop(records, targets[train_idx], elements)
+        table_rows = []
+        for n_threads in (1, 2):
             with torch_threads(n_threads):
-                baselines[n_threads] = original_epoch_seconds(records, targets[train_idx], elements, repeats)
-    base = {n: statistics.median(times) for n, times in baselines.items()}
-    lines += [
-        f"End to end (`train_from_config`, {epochs} epochs, {end_threads} torch thread(s)): "
-        f"epoch 1 {epoch_times[0]:.3f} s; later epochs median {statistics.median(cached):.3f} s, "
-        f"min {min(cached):.3f} s (training on 1600 + validation on 200, checkpoint write not included); "
-        f"whole run {wall:.1f} s.",
-        "",
-    ]
-    header = [
-        "pipeline",
-        "threads",
-        "batch assembly",
-        "forward",
-        "backward",
-        "optimiser",
-        "epoch (median)",
-        "epoch (min)",
-        "speed-up vs original",
-    ]
-    table_rows = []
-    for n_threads, split, bf16, merge, r in results:
-        name = f"ours, split_matmul={split}" + (", merged edges" if merge else "") + (", bf16 autocast" if bf16 else "")
-        times = [r[k] for k in ("batch", "forward", "backward", "step", "total", "min")]
-        table_rows.append([name, n_threads, *times, f"{base[n_threads] / r['total']:.2f}x"])
-    for n_threads, times in baselines.items():
-        original = ["original approach (dense, padded)", n_threads, "", "", "", ""]
-        table_rows.append([*original, statistics.median(times), min(times), "1.00x"])
+                loops = {}
+                for label, bf16, merge, compile in VARIANTS:  # the first epoch warms up (and compiles)
+                    loops[label] = OursLoop(store, targets, train_idx, elements, bf16=bf16, merge_edges=merge,
+                                            compile=compile)  # fmt: skip
+                    loops[label].epochs(1)
+                original.epochs(1)
+                base_rounds, ours = [], {label: [] for label in loops}
+                for _ in range(rounds):  # interleaved, so slow spells of a shared machine hit every row alike
+                    base_rounds.append(original.epochs(repeats))
+                    for label, loop in loops.items():
+                        ours[label].append(loop.epochs(repeats))
+            base_median = [statistics.median(r) for r in base_rounds]
+            for label, per_round in ours.items():
+                epochs_ = [e for r in per_round for e in r]
+                ratios = [b / statistics.median(e["total"] for e in r) for b, r in zip(base_median, per_round)]
+                parts = [statistics.median(e[k] for e in epochs_) for k in ("batch", "forward", "backward", "step")]
+                totals = [e["total"] for e in epochs_]
+                table_rows.append([label, n_threads, *parts, statistics.median(totals), min(totals),
+                                   f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"])  # fmt: skip
+            times = [t for r in base_rounds for t in r]
+            table_rows.append(["original approach (dense, padded)", n_threads, "", "", "", "",
+                               statistics.median(times), min(times), "1.00x"])  # fmt: skip
+    for flag, (times, wall) in end_to_end.items():
+        lines += [
+            f"End to end (`train_from_config`, compile: {str(flag).lower()}, {epochs} epochs, {threads} torch "
+            f"thread(s)): epoch 1 {times[0]:.3f} s; later epochs median {statistics.median(times[1:]):.3f} s, "
+            f"min {min(times[1:]):.3f} s (training on 1600 + validation on 200, checkpoint write not included); "
+            f"whole run {wall:.1f} s.",
+            "",
+        ]
+    header = ["pipeline", "threads", "batch assembly", "forward", "backward", "optimiser", "epoch (median)",
+              "epoch (min)", "speed-up vs original: median of rounds (range)"]  # fmt: skip
     lines += [
         _common.markdown_table(header, table_rows),
         "",
-        "Seconds per epoch of 1600 training crystals (no validation).",
+        f"Seconds per epoch of 1600 training crystals (no validation); {rounds} interleaved rounds of {repeats} "
+        "epochs per row; each round's speed-up divides the original's median epoch by the row's, in that round.",
         "",
     ]
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)

@@ -96,9 +96,15 @@ def weighted_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tenso
     x = x.float()  # statistics in float32, also under bf16 autocast (as autocast runs batch_norm)
     w = weight.float()
     n = w.sum()
-    mean = (w @ x) / n  # weighted sums as matrix-vector products: few passes over the (E, C) rows
-    centred = x - mean
-    var = (w @ (centred * centred)) / n
+    if torch.compiler.is_compiling():  # elementwise products and sums, which the compiler fuses into few loops
+        share = (w / n).unsqueeze(1)
+        mean = (share * x).sum(0)
+        centred = x - mean
+        var = (share * centred * centred).sum(0)
+    else:  # eager: weighted sums as matrix-vector products, the fewest passes over the (E, C) rows
+        mean = (w @ x) / n
+        centred = x - mean
+        var = (w @ (centred * centred)) / n
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():
             momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked + 1)
