@@ -237,7 +237,9 @@ VARIANTS = (
 @click.option("--rounds", default=4, show_default=True, help="interleaved rounds (original, then each variant).")
 @click.option("--repeats", default=3, show_default=True, help="timed epochs per variant and round.")
 @click.option("--threads", default=2, show_default=True, help="torch threads of the end-to-end runs.")
-def main(shared: str | None, n_crystals: int, epochs: int, rounds: int, repeats: int, threads: int) -> None:
+@click.option("--thread-counts", default="1,2", show_default=True, help="torch threads of the bare-loop rows.")
+def main(shared: str | None, n_crystals: int, epochs: int, rounds: int, repeats: int, threads: int,
+         thread_counts: str) -> None:  # fmt: skip
     import os
 
     from cgcnn_ase.datasets import DatasetSpec, load_table, parse_structures
@@ -269,11 +271,17 @@ def main(shared: str | None, n_crystals: int, epochs: int, rounds: int, repeats:
             f"{edges_per_atom:.2f} edges per atom (symmetric policy; the original policy has exactly 12).",
             "",
         ]
-        end_to_end = {flag: ours_end_to_end(spec, Path(cache), epochs, threads, flag) for flag in (False, True)}
+        end_to_end = {}
+        for flag in (False, True):
+            torch._dynamo.reset()
+            end_to_end[flag] = ours_end_to_end(spec, Path(cache), epochs, threads, flag)
 
         original = OriginalLoop(records, targets[train_idx], elements)
         table_rows = []
-        for n_threads in (1, 2):
+        for n_threads in (int(t) for t in thread_counts.split(",")):
+            # forget earlier compilations: one function's compiled variants are capped (torch._dynamo's
+            # cache_size_limit), past which it silently runs eagerly
+            torch._dynamo.reset()
             with torch_threads(n_threads):
                 loops = {}
                 for label, bf16, merge, compile in VARIANTS:  # the first epoch warms up (and compiles)

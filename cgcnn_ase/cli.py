@@ -352,16 +352,18 @@ def _parse_structure_cell(value: Any, row: int) -> Any:
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config entry, e.g. --set optim.lr=0.01 (repeatable).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: the config's, else torch's).")
+@click.option("--compile", "compile_", is_flag=True, help="Compile the training steps with torch.compile (same as --set compile=true; about 1.3-1.5x faster epochs on a CPU after 30-60 s of compiling).")
 @_guarded
-def train(config: str, overrides: tuple[str, ...], threads: int | None) -> None:
-    """Train a model from a YAML/TOML CONFIG (see configs/); resumes an interrupted run.
+def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_: bool) -> None:
+    """Train a model from a YAML/TOML CONFIG (see configs/ and docs/training.md); resumes an
+    interrupted run.
 
     Writes the model folder (model.json, weights, model card, split, metrics, plots) to
     the config's 'output' and prints its path.
     """
     from cgcnn_ase.training import load_config, train_from_config
 
-    settings = list(overrides) + ([f"threads={threads}"] if threads else [])
+    settings = list(overrides) + ([f"threads={threads}"] if threads else []) + (["compile=true"] if compile_ else [])
     folder = train_from_config(load_config(config, settings), progress=True)
     click.echo(str(folder))
 

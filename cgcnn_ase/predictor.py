@@ -188,13 +188,19 @@ class CGCNNPredictor:
 
     @classmethod
     def from_pretrained(
-        cls, name: str, *, device: str | torch.device | None = None, members: int | None = None
+        cls, name: str | os.PathLike, *, device: str | torch.device | None = None, members: int | None = None
     ) -> CGCNNPredictor:
-        """Load a shipped model by name or alias (see ``cgcnn-ase models``).
+        """Load a shipped model by name or alias (see ``cgcnn-ase models``), or a model
+        folder written by ``cgcnn-ase train`` (a path object, or a string naming an
+        existing folder).
 
         ``members``: for an ensemble, how many members to run (``None``: all; ``1``: the
         fast single-model path).
         """
+        if isinstance(name, os.PathLike) or (isinstance(name, str) and os.path.isdir(name)):
+            return cls(load_model_folder(name, members=members), device=device)
+        if not isinstance(name, str):
+            raise TypeError(f"from_pretrained takes a model name or folder path, not {type(name).__name__}")
         return cls(load_model_folder(resolve_model(name).path, members=members), device=device)
 
     # -- properties ---------------------------------------------------------------

@@ -152,3 +152,27 @@ def test_predict_returns_embeddings_from_the_same_pass(predictor, crystals, tmp_
     assert result.embeddings.shape == (3, 16)
     assert np.isnan(result.embeddings[1]).all()
     np.testing.assert_allclose(result.embeddings[[0, 2]], predictor.embed([crystals[0], crystals[1]]), atol=1e-6)
+
+
+def test_from_pretrained_takes_a_model_folder_path(tmp_path):
+    """A pathlib.Path (or a string naming a folder) loads that model folder; the same model as by name."""
+    from pathlib import Path
+
+    from ase.build import bulk
+
+    from cgcnn_ase.errors import CheckpointError
+    from cgcnn_ase.pretrained import resolve_model
+
+    folder = resolve_model("bulk_modulus").path
+    by_name = CGCNNPredictor.from_pretrained("bulk_modulus", device="cpu", members=1)
+    atoms = bulk("Cu", "fcc", a=3.61)
+    expected = by_name.predict([atoms]).values
+    for handle in (Path(folder), str(folder)):
+        predictor = CGCNNPredictor.from_pretrained(handle, device="cpu", members=1)
+        np.testing.assert_array_equal(predictor.predict([atoms]).values, expected)
+    with pytest.raises(CheckpointError, match="not a model folder"):
+        CGCNNPredictor.from_pretrained(tmp_path)
+    with pytest.raises(TypeError, match="model name or folder path"):
+        CGCNNPredictor.from_pretrained(3)
+    with pytest.raises(UnknownModelError):
+        CGCNNPredictor.from_pretrained("bulk_moduli")

@@ -408,6 +408,7 @@ def config_command(config: TrainConfig) -> str:
         (["graph.radius=-1"], "graph"),
         (["model.readout=atomwise", "task=classification"], "readout"),
         (["split.train=0.9", "split.val=0.2"], "split fractions"),
+        (["compile=maybe"], "compile must be true or false"),
     ],
 )
 def test_bad_configs_are_refused_with_a_clear_message(tmp_path, overrides, match):
@@ -517,3 +518,24 @@ def test_failed_compilation_falls_back_to_eager(dataset_csv, tmp_path, monkeypat
     assert "torch.compile failed (RuntimeError: C++ compile error: no compiler found)" in caplog.text
     eager = train_from_config(tiny_config(dataset_csv, tmp_path / "e", **common), progress=False)
     pd.testing.assert_series_equal(_history(folder)["train_loss"], _history(eager)["train_loss"])
+
+
+def test_train_command_compile_flag(tmp_path, monkeypatch):
+    """`cgcnn-ase train CONFIG --compile --threads 2` sets compile and threads on the configuration."""
+    from click.testing import CliRunner
+
+    from cgcnn_ase.cli import main
+
+    (tmp_path / "c.yaml").write_text("data:\n  path: data.csv\n  target: y\noutput: out\n")
+    seen = []
+
+    def fake_train(config, progress):
+        seen.append(config)
+        return tmp_path / "out"
+
+    monkeypatch.setattr("cgcnn_ase.training.train_from_config", fake_train)
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "c.yaml"), "--compile", "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    assert seen[0].compile is True and seen[0].threads == 2
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "c.yaml")])
+    assert result.exit_code == 0 and seen[1].compile is False
