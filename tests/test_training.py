@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -481,6 +482,12 @@ def test_bf16_training_runs_and_learns(dataset_csv, tmp_path, merge):
 @pytest.mark.parametrize("threads", [1, 2])  # with 2 CPU threads the compiled graph uses the opaque gather/scatter
 def test_compiled_training_matches_eager(dataset_csv, tmp_path, caplog, threads):
     """compile: true trains the same model as eager steps (float rounding apart), merged edges included."""
+    import shutil
+
+    if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        if os.environ.get("CGCNN_REQUIRE_SHARED"):  # CI: every test must run
+            pytest.fail("no C++ compiler on PATH: torch.compile cannot build CPU kernels")
+        pytest.skip("no C++ compiler on PATH: torch.compile cannot build CPU kernels here")
     common = dict(
         epochs=3, threads=threads, optim=OptimConfig(name="sgd", lr=0.02, momentum=0.9),
         schedule=ScheduleConfig(name="none"),
