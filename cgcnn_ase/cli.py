@@ -352,7 +352,7 @@ def _parse_structure_cell(value: Any, row: int) -> Any:
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config entry, e.g. --set optim.lr=0.01 (repeatable).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: the config's, else torch's).")
-@click.option("--compile", "compile_", is_flag=True, help="Compile the training steps with torch.compile (same as --set compile=true; about 1.4-1.6x faster epochs on a CPU after 10-60 s of compiling).")
+@click.option("--compile", "compile_", is_flag=True, help="Compile the training steps with torch.compile (same as --set compile=true; about 1.4-1.7x faster epochs on a CPU after 10-60 s of compiling).")
 @_guarded
 def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_: bool) -> None:
     """Train a model from a YAML/TOML CONFIG (see configs/ and docs/training.md); resumes an

@@ -20,18 +20,26 @@ Readout = Literal["mean", "atomwise"]
 ConvKind = Literal["gated", "simple"]
 
 
+def _index_select_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return values.index_select(0, index)
+
+
+def _index_add_rows(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
+    return values.new_zeros((n_rows, *values.shape[1:])).index_add_(0, index, values)
+
+
 @torch.library.custom_op("cgcnn_ase::gather_rows", mutates_args=())
 def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``values.index_select(0, index)`` as one opaque operator (see :class:`ConvLayer`'s
     ``opaque_indexing``); its gradient is :func:`scatter_rows`."""
-    return values.index_select(0, index)
+    return _index_select_rows(values, index)
 
 
 @torch.library.custom_op("cgcnn_ase::scatter_rows", mutates_args=())
 def scatter_rows(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Row sums ``out[index[k]] += values[k]`` into ``n_rows`` zero rows, as one opaque
     operator (aten's ``index_add_``); its gradient is :func:`gather_rows`."""
-    return values.new_zeros((n_rows, *values.shape[1:])).index_add_(0, index, values)
+    return _index_add_rows(values, index, n_rows)
 
 
 @gather_rows.register_fake
@@ -63,19 +71,12 @@ gather_rows.register_autograd(_gather_rows_grad, setup_context=_keep_index)
 scatter_rows.register_autograd(_scatter_rows_grad, setup_context=_keep_index)
 
 
-def _index_select_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return values.index_select(0, index)
-
-
-def _index_add_rows(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
-    return values.new_zeros((n_rows, *values.shape[1:])).index_add_(0, index, values)
-
-
 def segment_mean(values: torch.Tensor, index: torch.Tensor, n_segments: int) -> torch.Tensor:
     """Mean of ``values`` (N, ...) over rows sharing ``index`` (N,), shape (n_segments, ...)."""
     total = values.new_zeros((n_segments, *values.shape[1:])).index_add_(0, index, values)
     # index_add_ rather than bincount: its output size is known before it runs (torch.compile needs that)
-    counts = values.new_zeros(n_segments).index_add_(0, index, values.new_ones(index.shape)).clamp_min(1)
+    ones = torch.ones(index.shape, dtype=torch.float32, device=index.device)
+    counts = ones.new_zeros(n_segments).index_add_(0, index, ones).clamp_min(1).to(values.dtype)
     return total / counts.view(-1, *([1] * (values.dim() - 1)))
 
 

@@ -213,7 +213,7 @@ class TrainConfig:
             (weights, optimiser, validation and the final test evaluation stay float32);
             faster on CPUs with AVX512-BF16/AMX and on recent GPUs, slightly less precise.
         compile: run training steps through ``torch.compile`` (dynamic shapes), which fuses
-            the convolutions' elementwise work into a few loops: about 1.4-1.6x faster
+            the convolutions' elementwise work into a few loops: about 1.4-1.7x faster
             epochs on a CPU after a one-off compilation of 10-60 s (cached across runs in
             torch's inductor cache), so worth it for runs of more than a few minutes.
             Needs a C++ compiler on a CPU (Triton on a GPU); if compilation fails, training
