@@ -1,0 +1,54 @@
+"""Every shipped model predicts bit for bit what it predicted before the package was reorganised.
+
+The fixture ``tests/fixtures/shipped_predictions.json`` was recorded from main before the layered
+layout (its ``recorded_at`` names the commit) by ``tests/fixtures/record_shipped_predictions.py``,
+with one torch thread and all crystals in one batch; this test repeats exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgcnn_ase import CGCNNPredictor, list_models
+from tests.fixtures.identity_structures import identity_structures
+
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "shipped_predictions.json").read_text())
+
+
+def _hex(values) -> list[str]:
+    return [float(v).hex() for v in values]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_fixture_covers_every_shipped_model():
+    assert sorted(FIXTURE["models"]) == sorted(info.name for info in list_models())
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE["models"]))
+def test_shipped_model_predictions_are_bit_identical(name, one_thread):
+    expected = FIXTURE["models"][name]
+    labels, structures = identity_structures()
+    assert labels == FIXTURE["ids"]
+    predictor = CGCNNPredictor.from_pretrained(name, device="cpu")
+    per_atom = expected["per_atom"] is not None
+    result = predictor.predict(structures, batch_size=64, per_atom=per_atom, errors="collect")
+    assert result.errors == expected["errors"]
+    assert _hex(result.values) == expected["values"]
+    if expected["member_values"] is not None:
+        assert [_hex(row) for row in result.member_values] == expected["member_values"]
+        assert _hex(result.std) == expected["std"]
+    if expected["domain_distance"] is not None:
+        assert _hex(result.domain_distance) == expected["domain_distance"]
+    if per_atom:
+        assert [_hex(a) for a in result.per_atom] == expected["per_atom"]
