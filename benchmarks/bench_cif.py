@@ -5,7 +5,7 @@ file into a validated ``StructureRecord``; then ``CGCNNPredictor.predict(records
 (authors' formation-energy checkpoint, neighbor_policy='original') does the rest
 (graph, collate, model). Readers:
 
-* ``pymatgen CifParser`` -- what ``cgcnn_ase.structures.read_structures`` does today
+* ``pymatgen CifParser`` -- what ``cgcnn_ase.io.reader.read_structures`` does today
   (``parse_structures(primitive=False)`` + ``from_pymatgen``);
 * ``pymatgen Structure.from_file`` -- the original CGCNN's reader, + ``from_pymatgen``;
 * ``ase.io.read(format="cif")`` + ``from_ase``;
@@ -35,7 +35,7 @@ import _common
 def readers() -> dict[str, Callable[[str], object]]:
     from pymatgen.core import Structure
 
-    from cgcnn_ase.structures import _validate, from_ase, from_pymatgen, read_structures
+    from cgcnn_ase.io.reader import _validate, from_ase, from_pymatgen, read_structures
 
     def pymatgen_cifparser(path: str):
         return read_structures(path)[0]
@@ -72,7 +72,7 @@ def readers() -> dict[str, Callable[[str], object]]:
 
 def tie_at_last_slot(record, k: int = 12, tol: float = 1e-4) -> bool:
     """True when some atom's k-th and (k+1)-th nearest neighbours are equally far (within ``tol`` Å)."""
-    from cgcnn_ase.graph import GraphConfig, _raw_neighbors
+    from cgcnn_ase.graph.neighbours import GraphConfig, _raw_neighbors
 
     i, _, d = _raw_neighbors(record, GraphConfig())
     order = np.lexsort((d, i))
@@ -86,7 +86,7 @@ def tie_at_last_slot(record, k: int = 12, tol: float = 1e-4) -> bool:
 def run(shared: str | None, dataset: str, n: int, repeats: int, threads: int) -> str:
     import torch
 
-    from cgcnn_ase.predictor import CGCNNPredictor
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     _common.quiet()
     if threads:

@@ -32,7 +32,7 @@ def main(shared: str | None, n: int, model: str, repeats: int) -> None:
     import torch
     from pymatgen.core import Structure
 
-    from cgcnn_ase.featurizer import CGCNNFeaturizer
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
 
     torch.set_num_threads(1)
     _common.quiet()

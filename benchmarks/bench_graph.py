@@ -1,4 +1,4 @@
-"""Graph construction per structure: cgcnn_ase.graph.build_graph vs the original CGCNN approach.
+"""Graph construction per structure: cgcnn_ase.graph.neighbours.build_graph vs the original CGCNN approach.
 
 Times, per structure (median over ``--repeats`` samples, then median over the
 structures of a size class):
@@ -38,8 +38,8 @@ def run(shared: str | None, repeats: int, count: int, sizes: tuple[int, ...]) ->
     import torch
     from original_baseline import original_graph
 
-    from cgcnn_ase.graph import GraphConfig, build_graph, gaussian_expand
-    from cgcnn_ase.structures import from_pymatgen
+    from cgcnn_ase.graph.neighbours import GraphConfig, build_graph, gaussian_expand
+    from cgcnn_ase.io.reader import from_pymatgen
 
     _common.quiet()
     torch.set_num_threads(1)  # per-structure work is single-threaded in both pipelines

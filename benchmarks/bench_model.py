@@ -56,8 +56,8 @@ def _batches(shared: str | None, dataset: str, size: int, loaded):
     from original_baseline import AtomInit, collate_pool, original_graph
     from pymatgen.core import Structure
 
-    from cgcnn_ase.graph import build_graph, collate
-    from cgcnn_ase.structures import from_pymatgen
+    from cgcnn_ase.graph.neighbours import build_graph, collate
+    from cgcnn_ase.io.reader import from_pymatgen
 
     structures = [
         Structure.from_str(cif, fmt="cif") for _, cif in _common.load_cif_strings(shared, dataset, size, seed=0)
@@ -93,7 +93,7 @@ def measure(shared: str | None, batch_size: int, repeats: int, threads: list[int
     import torch
     from original_baseline import DenseCGCNN
 
-    from cgcnn_ase.checkpoint import load_checkpoint
+    from cgcnn_ase.models.folder import load_checkpoint
 
     _common.quiet()
     loaded = load_checkpoint(

@@ -76,8 +76,8 @@ def our_stages(predictor, paths: list[str], batch_size: int = 64) -> tuple[dict[
     """One pass of the predictor's pipeline with each stage timed (same functions, same order)."""
     import torch
 
-    from cgcnn_ase.graph import _raw_neighbors, build_graph, collate
-    from cgcnn_ase.structures import _read_cif_gemmi, _read_file, to_record
+    from cgcnn_ase.graph.neighbours import _raw_neighbors, build_graph, collate
+    from cgcnn_ase.io.reader import _read_cif_gemmi, _read_file, to_record
 
     fast = predictor.model.spec.graph.neighbor_policy != "original"  # what predict() does for such models
 
@@ -155,7 +155,7 @@ def run(
         torch.set_num_threads(threads)
     from original_baseline import AtomInit, load_dense_model, predict_files
 
-    from cgcnn_ase.predictor import CGCNNPredictor
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     _common.quiet()
     model_path = _common.shared_path(shared, _common.ORIGINAL_MODEL)

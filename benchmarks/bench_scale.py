@@ -7,12 +7,12 @@
 (a) Streaming: a Parquet table of ``--n`` rows (CIF text column; the 46k Materials Project
 CIFs of ``shared/data/mp_cgcnn46k_kdmsit`` repeated with unique ids, written in row groups
 without holding them) is predicted with the shipped ``formation_energy`` model by
-:func:`cgcnn_ase.streaming.predict_stream` into a Parquet folder, in a separate process
+:func:`cgcnn_ase.inference.streaming.predict_stream` into a Parquet folder, in a separate process
 whose resident memory (RSS) is sampled after each chunk; the table reports it at the
 checkpoints and the peak (``ru_maxrss``).
 
 (b) Dask: ``--dask-n`` MP CIFs in Parquet files of ``--partition`` rows are predicted by
-:func:`cgcnn_ase.distributed.predict_dataframe` on a ``LocalCluster`` of 1 and of 2 worker
+:func:`cgcnn_ase.integrations.dask.predict_dataframe` on a ``LocalCluster`` of 1 and of 2 worker
 processes (1 thread each), alternating, ``--repeats`` times after a warm-up that loads the
 model on every worker; medians are reported, with the single-process streaming path on the
 same table for reference.
@@ -72,7 +72,7 @@ def stream_child(table: str, output: str, checkpoints: list[int], chunk_size: in
 
     torch.set_num_threads(threads)
     quiet()
-    from cgcnn_ase.streaming import load_predictors, predict_stream
+    from cgcnn_ase.inference.streaming import load_predictors, predict_stream
 
     process = psutil.Process()
     predictors = load_predictors([MODEL], device="cpu")
@@ -143,8 +143,8 @@ def run_dask(args: argparse.Namespace, folder: Path) -> str:
     import torch
     from distributed import Client, LocalCluster
 
-    from cgcnn_ase.distributed import predict_dataframe
-    from cgcnn_ase.streaming import load_predictors, predict_stream
+    from cgcnn_ase.integrations.dask import predict_dataframe
+    from cgcnn_ase.inference.streaming import load_predictors, predict_stream
 
     torch.set_num_threads(args.threads)
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -157,7 +157,7 @@ def run_dask(args: argparse.Namespace, folder: Path) -> str:
     del frame
     import dask
 
-    from cgcnn_ase.distributed import worker_config
+    from cgcnn_ase.integrations.dask import worker_config
 
     clusters = {}
     for key, workers, config in ((1, 1, worker_config()), (2, 2, worker_config()), ("default", 1, {})):
@@ -210,7 +210,7 @@ def run_dask(args: argparse.Namespace, folder: Path) -> str:
         rows.append([name, f"{m:.1f}", spread(values), f"{args.dask_n / m:.0f}", f"{base / m:.2f}x"])
     table_md = markdown_table(["run", "wall s (median)", "min–max s", "structures/s", "vs 1 worker"], rows)
     note = (f"{args.dask_n} MP CIFs in {len(list(parts.iterdir()))} Parquet files of {args.partition} rows, "
-            f"`{MODEL}` ({load_predictors([MODEL])[0].model.n_members} member(s)), 1 thread per worker, workers started with `cgcnn_ase.distributed.worker_config()` "
+            f"`{MODEL}` ({load_predictors([MODEL])[0].model.n_members} member(s)), 1 thread per worker, workers started with `cgcnn_ase.integrations.dask.worker_config()` "
             f"(except the last row), {args.repeats} repeats after a warm-up, runs alternated.")  # fmt: skip
     return f"{table_md}\n\n{note}"
 

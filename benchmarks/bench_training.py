@@ -1,4 +1,4 @@
-"""Training speed: cgcnn_ase.training vs the original CGCNN training approach, per cached epoch.
+"""Training speed: cgcnn_ase.train.trainer vs the original CGCNN training approach, per cached epoch.
 
 Workload (the issue's): the first ``--n`` (2000) Castelli perovskites, target ``e_form``,
 an 80/10/10 split (1600 training crystals), the original architecture (atom_fea_len 64,
@@ -6,7 +6,7 @@ n_conv 3, h_fea_len 128, n_h 1), batches of 256, SGD (lr 0.01, momentum 0.9).
 
 Measured, all in this process and on this machine (so background load hits every row alike):
 
-* **ours, end to end**: :func:`cgcnn_ase.training.train_from_config` for ``--epochs``
+* **ours, end to end**: :func:`cgcnn_ase.train.trainer.train_from_config` for ``--epochs``
   epochs, with ``compile: false`` (the default) and ``compile: true``; per-epoch wall time
   from its ``metrics.csv`` (training steps + validation on 200 crystals; the checkpoint
   written after each epoch is not included). Epoch 1 includes warm-up (and compilation);
@@ -109,7 +109,7 @@ class OriginalLoop:
     """Cached epochs of the original approach on ``records`` (the training crystals) and their targets."""
 
     def __init__(self, records, targets, elements) -> None:
-        from cgcnn_ase.graph import GraphConfig, build_graph, gaussian_expand
+        from cgcnn_ase.graph.neighbours import GraphConfig, build_graph, gaussian_expand
 
         config = GraphConfig(neighbor_policy="original")
         self.cache = []
@@ -151,14 +151,14 @@ class OursLoop:
     """Our training steps in a bare loop (one model, optimiser and shuffle stream per variant).
 
     ``epochs(n)`` returns, per epoch, seconds of batch assembly / forward / backward /
-    optimiser step. Compiled variants go through :class:`cgcnn_ase.training.TrainingForward`
+    optimiser step. Compiled variants go through :class:`cgcnn_ase.train.trainer.TrainingForward`
     (the code ``compile: true`` runs); call it under the thread count it is timed with.
     """
 
     def __init__(self, store, targets, train_idx, elements, *, bf16: bool, merge_edges: bool, compile: bool) -> None:
-        from cgcnn_ase.graph import GraphConfig
-        from cgcnn_ase.model import CrystalGraphConvNet
-        from cgcnn_ase.training import GraphBatcher, TrainingForward
+        from cgcnn_ase.graph.neighbours import GraphConfig
+        from cgcnn_ase.nn.network import CrystalGraphConvNet
+        from cgcnn_ase.train.trainer import GraphBatcher, TrainingForward
 
         self.batcher = GraphBatcher(store, elements, GraphConfig(), merge_edges=merge_edges)
         self.y = torch.tensor((targets - targets[train_idx].mean()) / targets[train_idx].std(), dtype=torch.float32)
@@ -173,7 +173,7 @@ class OursLoop:
         self.gen = torch.Generator().manual_seed(0)
 
     def epochs(self, n: int) -> list[dict[str, float]]:
-        from cgcnn_ase.training import _batches
+        from cgcnn_ase.train.trainer import _batches
 
         rows = []
         for _ in range(n):
@@ -205,7 +205,7 @@ def ours_end_to_end(spec, cache_dir: Path, epochs: int, threads: int | None, com
     """Per-epoch seconds from metrics.csv of a real train_from_config run, and its wall time."""
     import pandas as pd
 
-    from cgcnn_ase.training import ModelConfig, OptimConfig, ScheduleConfig, SplitConfig, TrainConfig, train_from_config
+    from cgcnn_ase.train.trainer import ModelConfig, OptimConfig, ScheduleConfig, SplitConfig, TrainConfig, train_from_config
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
@@ -242,10 +242,10 @@ def main(shared: str | None, n_crystals: int, epochs: int, rounds: int, repeats:
          thread_counts: str) -> None:  # fmt: skip
     import os
 
-    from cgcnn_ase.datasets import DatasetSpec, load_table, parse_structures
-    from cgcnn_ase.elements import generate_cgcnn_table
-    from cgcnn_ase.graph import GraphConfig
-    from cgcnn_ase.training import build_graph_store, torch_threads
+    from cgcnn_ase.train.datasets import DatasetSpec, load_table, parse_structures
+    from cgcnn_ase.graph.elements import generate_cgcnn_table
+    from cgcnn_ase.graph.neighbours import GraphConfig
+    from cgcnn_ase.train.trainer import build_graph_store, torch_threads
 
     _common.quiet()
     path = _common.shared_path(shared, _common.PEROVSKITE_CSV)

@@ -17,9 +17,9 @@ from cgcnn_ase.errors import (
     UnsupportedElementError,
     UntrustedCheckpointError,
 )
-from cgcnn_ase.graph import GraphConfig, build_graph
-from cgcnn_ase.predictor import CGCNNPredictor, PredictionResult
-from cgcnn_ase.pretrained import list_models
+from cgcnn_ase.graph.neighbours import GraphConfig, build_graph
+from cgcnn_ase.inference.predictor import CGCNNPredictor, PredictionResult
+from cgcnn_ase.models.registry import list_models
 
 try:
     __version__ = version("cgcnn-ase")

@@ -69,7 +69,7 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def load_predictor(model: str, *, atom_init: str | None = None, trusted: bool = False, device: str | None = None):
     """A predictor for a model name (shipped models) or a path (model folder or .pth.tar)."""
-    from cgcnn_ase.predictor import CGCNNPredictor
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     if Path(model).exists():
         return CGCNNPredictor.from_checkpoint(model, atom_init=atom_init, trusted=trusted, device=device)
@@ -125,7 +125,7 @@ def expand_inputs(items: Sequence[str]) -> list[str]:
 
 
 def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
-    from cgcnn_ase.pretrained import list_models
+    from cgcnn_ase.models.registry import list_models
 
     names = list(models)
     if use_all:
@@ -165,7 +165,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     csv and parquet output is written chunk by chunk (memory stays bounded), and
     --resume continues an interrupted run without predicting its finished ids again.
     """
-    from cgcnn_ase.streaming import cif_reader_for, infer_format, iter_inputs
+    from cgcnn_ase.inference.streaming import cif_reader_for, infer_format, iter_inputs
 
     import torch
 
@@ -191,7 +191,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     ids = [label for label, _ in items]
     meta = {"models": names, "units": {p.property_name: p.units for p in predictors}}
     if not per_atom:  # the streaming path's code, on one chunk holding everything
-        from cgcnn_ase.streaming import model_columns, predict_items
+        from cgcnn_ase.inference.streaming import model_columns, predict_items
 
         result = predict_items(items, predictors, columns=model_columns(predictors, names), batch_size=batch_size)
         for messages in result.messages:
@@ -238,7 +238,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
 def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list[str], output: str | None, fmt: str,
                        *, resume: bool, chunk_size: int, batch_size: int, column: str, id_column: str | None) -> None:  # fmt: skip
     """``predict`` for csv/parquet: rows written chunk by chunk, one 'error:' line per bad item."""
-    from cgcnn_ase.streaming import StreamError, predict_stream
+    from cgcnn_ase.inference.streaming import StreamError, predict_stream
 
     def report(result: Any) -> None:
         for messages in result.messages:
@@ -264,7 +264,7 @@ def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list
 @_guarded
 def models(name: str | None) -> None:
     """List the shipped models, or show the model card of NAME."""
-    from cgcnn_ase.pretrained import list_models, resolve_model
+    from cgcnn_ase.models.registry import list_models, resolve_model
 
     if name:
         info = resolve_model(name)
@@ -306,7 +306,7 @@ def featurize(table: str, output: str, column: str, models: tuple[str, ...], use
     """
     import pandas as pd
 
-    from cgcnn_ase.featurizer import CGCNNFeaturizer
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
 
     df = pd.read_csv(table)
     if column not in df.columns:
@@ -361,7 +361,7 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
     Writes the model folder (model.json, weights, model card, split, metrics, plots) to
     the config's 'output' and prints its path.
     """
-    from cgcnn_ase.training import load_config, train_from_config
+    from cgcnn_ase.train.trainer import load_config, train_from_config
 
     settings = list(overrides) + ([f"threads={threads}"] if threads else []) + (["compile=true"] if compile_ else [])
     folder = train_from_config(load_config(config, settings), progress=True)
@@ -378,7 +378,7 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
 def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, batch_size: int) -> None:
     """Score MODEL (a trained model folder or shipped name) on a split of its dataset
     (default: the saved test split of the dataset it was trained on) or on DATASET."""
-    from cgcnn_ase.evaluation import evaluate_model
+    from cgcnn_ase.analysis.evaluation import evaluate_model
 
     report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size, progress=True)
     keys = ("model", "split", "n", "n_failed", "property", "units", "metrics", "uncertainty")  # uncertainty: ensembles
@@ -396,7 +396,7 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
     """Per-site contributions of an atomwise model for the crystals in INPUTS, with site
     roles (A/B/X for ABX3 perovskites, else Wyckoff labels), per-element averages and
     periodic-table maps of the A- and B-site energies (PNG and SVG)."""
-    from cgcnn_ase.sites import write_site_report
+    from cgcnn_ase.analysis.sites import write_site_report
 
     predictor = load_predictor(model)
     paths = write_site_report(predictor, expand_inputs(inputs), out_dir, batch_size=batch_size,
@@ -422,7 +422,7 @@ def ensemble(members: tuple[str, ...], output: str, dataset: str | None, name: s
     into one deep-ensemble folder: all weights in one file, an applicability-domain summary,
     the std calibration fitted on the validation split, and uncertainty metrics on the test
     split in model.json and the card. Prints the folder."""
-    from cgcnn_ase.ensemble import assemble_ensemble
+    from cgcnn_ase.train.ensembles import assemble_ensemble
 
     folder = assemble_ensemble(list(members), output, dataset=dataset, name=name, aliases=list(aliases) or None,
                                evaluate=not no_evaluate, batch_size=batch_size, device=device, workers=workers,

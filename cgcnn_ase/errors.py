@@ -43,6 +43,34 @@ class UnknownModelError(CGCNNError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DatasetError(CGCNNError, ValueError):
+    """A dataset file or its specification is unusable (missing column, bad filter, ...)."""
+
+
+class ConfigError(CGCNNError, ValueError):
+    """A training configuration is invalid or inconsistent (e.g. with the run being resumed)."""
+
+
+class TrainingError(CGCNNError, RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class EnsembleError(CheckpointError):
+    """Member folders cannot form one ensemble (different settings, split or data)."""
+
+
+class SiteAnalysisError(CGCNNError, ValueError):
+    """The site analysis cannot be done as asked (e.g. a mean-pooled model without ``allow_mean_pooled``)."""
+
+
+class StreamError(CGCNNError, ValueError):
+    """An input table or an output cannot be used as asked (missing column, output of another run, ...)."""
+
+
+class DistributedSetupError(CGCNNError, RuntimeError):
+    """The distributed environment is unusable (torch.distributed missing, inconsistent variables)."""
+
+
 class UnseenElementWarning(UserWarning):
     """A structure holds elements that the model never saw in training (an extrapolation)."""
 

@@ -12,10 +12,10 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from cgcnn_ase.checkpoint import LoadedModel, ModelSpec, save_model_folder
-from cgcnn_ase.elements import generate_cgcnn_table
-from cgcnn_ase.graph import GraphConfig
-from cgcnn_ase.model import CrystalGraphConvNet
+from cgcnn_ase.models.folder import LoadedModel, ModelSpec, save_model_folder
+from cgcnn_ase.graph.elements import generate_cgcnn_table
+from cgcnn_ase.graph.neighbours import GraphConfig
+from cgcnn_ase.nn.network import CrystalGraphConvNet
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CGCNN_SHARED", REPO.parent / "shared"))

@@ -9,10 +9,10 @@ import pandas as pd
 from ase.io import read, write
 from click.testing import CliRunner
 
-from cgcnn_ase.calculator import CGCNNCalculator
+from cgcnn_ase.integrations.ase import CGCNNCalculator
 from cgcnn_ase.cli import main
-from cgcnn_ase.featurizer import CGCNNFeaturizer
-from cgcnn_ase.predictor import CGCNNPredictor
+from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+from cgcnn_ase.inference.predictor import CGCNNPredictor
 
 
 def test_all_four_entry_points_agree(model_folder, crystals, tmp_path):

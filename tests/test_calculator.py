@@ -8,9 +8,9 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
-from cgcnn_ase.calculator import CGCNNCalculator
-from cgcnn_ase.checkpoint import save_model_folder
-from cgcnn_ase.predictor import CGCNNPredictor
+from cgcnn_ase.integrations.ase import CGCNNCalculator
+from cgcnn_ase.models.folder import save_model_folder
+from cgcnn_ase.inference.predictor import CGCNNPredictor
 
 from .conftest import random_model
 

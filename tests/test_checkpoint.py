@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cgcnn_ase.checkpoint import load_checkpoint, load_model_folder, load_original_checkpoint, save_model_folder
+from cgcnn_ase.models.folder import load_checkpoint, load_model_folder, load_original_checkpoint, save_model_folder
 from cgcnn_ase.errors import CheckpointError, UntrustedCheckpointError
-from cgcnn_ase.predictor import CGCNNPredictor
+from cgcnn_ase.inference.predictor import CGCNNPredictor
 
 from .conftest import ATOM_INIT, REFERENCE, random_model, require_shared
 

@@ -12,7 +12,7 @@ from ase.io import write
 from click.testing import CliRunner
 
 from cgcnn_ase.cli import EXIT_BAD_INPUT, EXIT_MODEL, main
-from cgcnn_ase.predictor import CGCNNPredictor
+from cgcnn_ase.inference.predictor import CGCNNPredictor
 
 from .conftest import ATOM_INIT, REFERENCE, REPO, require_shared
 
@@ -130,7 +130,7 @@ def test_per_atom_long_format(atomwise_folder, files):
 
 
 def test_models_command_lists_cards_and_refuses_unknown_names():
-    from cgcnn_ase.pretrained import list_models
+    from cgcnn_ase.models.registry import list_models
 
     listing = _run("models")
     assert listing.exit_code == 0, listing.output
@@ -143,7 +143,7 @@ def test_models_command_lists_cards_and_refuses_unknown_names():
 
 
 def test_all_without_models_is_a_usage_error(files, monkeypatch):
-    monkeypatch.setattr("cgcnn_ase.pretrained.list_models", lambda: [])
+    monkeypatch.setattr("cgcnn_ase.models.registry.list_models", lambda: [])
     result = _run("predict", *files, "--all")
     assert result.exit_code == 2 and "--model" in result.output
 

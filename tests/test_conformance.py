@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cgcnn_ase.checkpoint import load_original_checkpoint
-from cgcnn_ase.graph import GraphConfig, build_graph
-from cgcnn_ase.predictor import CGCNNPredictor
-from cgcnn_ase.structures import read_structures
+from cgcnn_ase.models.folder import load_original_checkpoint
+from cgcnn_ase.graph.neighbours import GraphConfig, build_graph
+from cgcnn_ase.inference.predictor import CGCNNPredictor
+from cgcnn_ase.io.reader import read_structures
 
 from .conftest import ATOM_INIT, REFERENCE, require_shared
 
@@ -85,7 +85,7 @@ def test_tie_order_changes_original_predictions_but_not_symmetric_graphs(manifes
 
 
 def _record(atoms):
-    from cgcnn_ase.structures import to_record
+    from cgcnn_ase.io.reader import to_record
 
     return to_record(atoms)
 

@@ -14,9 +14,9 @@ from ase.build import bulk
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
-from cgcnn_ase import datasets
-from cgcnn_ase.datasets import DatasetError, DatasetSpec, Split, load_dataset, load_table, make_split, parse_structures
-from cgcnn_ase.structures import StructureRecord
+from cgcnn_ase.train import datasets
+from cgcnn_ase.train.datasets import DatasetError, DatasetSpec, Split, load_dataset, load_table, make_split, parse_structures
+from cgcnn_ase.io.reader import StructureRecord
 
 from .conftest import SHARED, rattled
 

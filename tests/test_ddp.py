@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from cgcnn_ase import parallel_training
-from cgcnn_ase.checkpoint import load_model_folder
-from cgcnn_ase.datasets import Split
-from cgcnn_ase.model import CrystalGraphConvNet
-from cgcnn_ase.training import (
+from cgcnn_ase.train import ddp as parallel_training
+from cgcnn_ase.models.folder import load_model_folder
+from cgcnn_ase.train.datasets import Split
+from cgcnn_ase.nn.network import CrystalGraphConvNet
+from cgcnn_ase.train.trainer import (
     GraphBatcher,
     _batches,
     _make_optimizer,
@@ -40,7 +40,7 @@ SCRIPT = """
 import json, logging, os, sys
 import torch
 torch.set_num_threads(1)
-from cgcnn_ase.training import TrainConfig, train_from_config
+from cgcnn_ase.train.trainer import TrainConfig, train_from_config
 config_path, out = sys.argv[1], sys.argv[2]
 rank = int(os.environ["RANK"])
 log = logging.getLogger("cgcnn_ase")

@@ -14,15 +14,15 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
-from cgcnn_ase.featurizer import CGCNNFeaturizer
-from cgcnn_ase.streaming import predict_stream
+from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+from cgcnn_ase.inference.streaming import predict_stream
 
 from .conftest import perovskite, rattled
 
 dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
 
-from cgcnn_ase.distributed import (
+from cgcnn_ase.integrations.dask import (
     featurize_dask,
     featurize_partition,
     model_cache_info,
@@ -60,7 +60,7 @@ def client():
 
 
 def test_workers_get_the_malloc_settings(client):
-    from cgcnn_ase.distributed import WORKER_MALLOC_THRESHOLD
+    from cgcnn_ase.integrations.dask import WORKER_MALLOC_THRESHOLD
 
     seen = client.run(lambda: (os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("MALLOC_TRIM_THRESHOLD_")))
     assert set(seen.values()) == {(str(WORKER_MALLOC_THRESHOLD), str(WORKER_MALLOC_THRESHOLD))}

@@ -1,4 +1,4 @@
-"""Tests of cgcnn_ase.elements: element feature tables, atom_init.json I/O, CGCNN-92 generation."""
+"""Tests of cgcnn_ase.graph.elements: element feature tables, atom_init.json I/O, CGCNN-92 generation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cgcnn_ase.elements import (
+from cgcnn_ase.graph.elements import (
     CGCNN92_BLOCKS,
     ElementTable,
     compare_tables,

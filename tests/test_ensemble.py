@@ -15,14 +15,14 @@ from click.testing import CliRunner
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
-from cgcnn_ase.calculator import CGCNNCalculator
-from cgcnn_ase.checkpoint import EnsembleMember, LoadedModel, load_model_folder, save_model_folder
-from cgcnn_ase.domain import DomainSummary, kcenter_subset
-from cgcnn_ase.ensemble import EnsembleError, assemble_ensemble
+from cgcnn_ase.integrations.ase import CGCNNCalculator
+from cgcnn_ase.models.folder import EnsembleMember, LoadedModel, load_model_folder, save_model_folder
+from cgcnn_ase.models.domain import DomainSummary, kcenter_subset
+from cgcnn_ase.train.ensembles import EnsembleError, assemble_ensemble
 from cgcnn_ase.errors import CheckpointError
-from cgcnn_ase.evaluation import evaluate_model, load_split_records
-from cgcnn_ase.predictor import CGCNNPredictor
-from cgcnn_ase.training import SplitConfig, TrainConfig, train_from_config
+from cgcnn_ase.analysis.evaluation import evaluate_model, load_split_records
+from cgcnn_ase.inference.predictor import CGCNNPredictor
+from cgcnn_ase.train.trainer import SplitConfig, TrainConfig, train_from_config
 
 from .conftest import random_model, rattled
 from .test_training import tiny_config
@@ -287,7 +287,7 @@ def test_corrupt_ensemble_folder_is_refused(ensemble, tmp_path):
 
 def test_predictor_calculator_featurizer_agree(ensemble):
     pytest.importorskip("matminer")
-    from cgcnn_ase.featurizer import CGCNNFeaturizer
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
 
     crystals = _crystals()[:6]
     # batches of one, as the calculator runs: vpa is ~30 Å^3, so float32 batch-composition noise alone is ~1e-6

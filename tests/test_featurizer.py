@@ -11,8 +11,8 @@ from pymatgen.io.ase import AseAtomsAdaptor  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 
 from cgcnn_ase.errors import InvalidStructureError  # noqa: E402
-from cgcnn_ase.featurizer import CGCNNFeaturizer  # noqa: E402
-from cgcnn_ase.predictor import CGCNNPredictor  # noqa: E402
+from cgcnn_ase.integrations.matminer import CGCNNFeaturizer  # noqa: E402
+from cgcnn_ase.inference.predictor import CGCNNPredictor  # noqa: E402
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from ase import Atoms
 from ase.build import make_supercell
 from scipy.spatial.transform import Rotation
 
-from cgcnn_ase.graph import GraphConfig, build_graph
-from cgcnn_ase.predictor import CGCNNPredictor
-from cgcnn_ase.structures import to_record
+from cgcnn_ase.graph.neighbours import GraphConfig, build_graph
+from cgcnn_ase.inference.predictor import CGCNNPredictor
+from cgcnn_ase.io.reader import to_record
 
 from .conftest import perovskite, random_model
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cgcnn_ase.graph import GraphBatch
-from cgcnn_ase.model import ConvLayer, CrystalGraphConvNet, SimpleConvLayer
+from cgcnn_ase.graph.neighbours import GraphBatch
+from cgcnn_ase.nn.network import ConvLayer, CrystalGraphConvNet, SimpleConvLayer
 
 A, B = 8, 5
 
@@ -131,10 +131,10 @@ def test_merged_edges_give_the_unmerged_outputs_gradients_and_running_stats(conv
 
     import numpy as np
 
-    from cgcnn_ase.elements import generate_cgcnn_table
-    from cgcnn_ase.graph import GraphConfig, build_graph
-    from cgcnn_ase.structures import to_record
-    from cgcnn_ase.training import GraphBatcher, GraphStore, merge_duplicate_edges
+    from cgcnn_ase.graph.elements import generate_cgcnn_table
+    from cgcnn_ase.graph.neighbours import GraphConfig, build_graph
+    from cgcnn_ase.io.reader import to_record
+    from cgcnn_ase.train.trainer import GraphBatcher, GraphStore, merge_duplicate_edges
 
     from .conftest import perovskite, rattled
 
@@ -177,7 +177,7 @@ def test_merged_edges_give_the_unmerged_outputs_gradients_and_running_stats(conv
 
 def test_opaque_indexing_gives_the_same_outputs_and_gradients():
     """gather_rows / scatter_rows (opaque operators for torch.compile) equal index_select / index_add_."""
-    from cgcnn_ase.model import ConvLayer
+    from cgcnn_ase.nn.network import ConvLayer
 
     torch.manual_seed(0)
     n, e = 7, 30
@@ -198,6 +198,6 @@ def test_opaque_indexing_gives_the_same_outputs_and_gradients():
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
     x = atom.clone().requires_grad_(True)
-    from cgcnn_ase.model import gather_rows, scatter_rows
+    from cgcnn_ase.nn.network import gather_rows, scatter_rows
 
     assert torch.autograd.gradcheck(lambda v: scatter_rows(gather_rows(v, neighbors), centers, n), (x,))

@@ -38,7 +38,7 @@ def test_shipped_model_loads_by_alias_and_predicts(info):
 @pytest.mark.parametrize("info", MODELS, ids=lambda i: i.name)
 def test_card_metric_is_reproduced_by_evaluate(info, monkeypatch):
     """`cgcnn-ase evaluate` on the saved test split gives the model card's metric (within rounding)."""
-    from cgcnn_ase.evaluation import evaluate_model
+    from cgcnn_ase.analysis.evaluation import evaluate_model
 
     require_shared(SHARED / "data")
     monkeypatch.chdir(REPO)  # configs hold data paths relative to the repo root

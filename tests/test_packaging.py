@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from cgcnn_ase.pretrained import list_models
+from cgcnn_ase.models.registry import list_models
 
 from .conftest import REPO
 

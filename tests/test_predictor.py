@@ -161,7 +161,7 @@ def test_from_pretrained_takes_a_model_folder_path(tmp_path):
     from ase.build import bulk
 
     from cgcnn_ase.errors import CheckpointError
-    from cgcnn_ase.pretrained import resolve_model
+    from cgcnn_ase.models.registry import resolve_model
 
     folder = resolve_model("bulk_modulus").path
     by_name = CGCNNPredictor.from_pretrained("bulk_modulus", device="cpu", members=1)

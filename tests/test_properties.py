@@ -14,7 +14,7 @@ from ase import Atoms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cgcnn_ase.predictor import CGCNNPredictor
+from cgcnn_ase.inference.predictor import CGCNNPredictor
 
 from .conftest import random_model
 

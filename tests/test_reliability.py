@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from pymatgen.core import Lattice, Molecule, Structure
 from pymatgen.core.periodic_table import DummySpecies
 
-from cgcnn_ase.calculator import CGCNNCalculator
-from cgcnn_ase.checkpoint import save_model_folder
+from cgcnn_ase.integrations.ase import CGCNNCalculator
+from cgcnn_ase.models.folder import save_model_folder
 from cgcnn_ase.cli import EXIT_BAD_INPUT, main
 from cgcnn_ase.errors import (
     InvalidStructureError,
@@ -31,8 +31,8 @@ from cgcnn_ase.errors import (
     UnseenElementWarning,
     UnsupportedElementError,
 )
-from cgcnn_ase.featurizer import CGCNNFeaturizer
-from cgcnn_ase.predictor import CGCNNPredictor
+from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+from cgcnn_ase.inference.predictor import CGCNNPredictor
 
 from .conftest import random_model
 from .test_structures import DISORDERED_CIF

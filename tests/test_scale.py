@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
-from cgcnn_ase import streaming
+from cgcnn_ase.inference import streaming
 from cgcnn_ase.cli import EXIT_BAD_INPUT, EXIT_USAGE, main
 from cgcnn_ase.errors import StructureReadError
-from cgcnn_ase.predictor import CGCNNPredictor
-from cgcnn_ase.streaming import (
+from cgcnn_ase.inference.predictor import CGCNNPredictor
+from cgcnn_ase.inference.streaming import (
     FinishedIds,
     StreamError,
     iter_inputs,
@@ -266,7 +266,7 @@ def test_parquet_output_is_a_typed_dataset_with_units(predictor, tmp_path):
 
 
 def test_ensembles_add_their_std_column(tmp_path):
-    from cgcnn_ase.checkpoint import EnsembleMember, LoadedModel, save_model_folder
+    from cgcnn_ase.models.folder import EnsembleMember, LoadedModel, save_model_folder
 
     from .conftest import random_model
 

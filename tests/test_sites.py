@@ -8,8 +8,8 @@ import pytest
 from ase import Atoms
 from ase.build import bulk, make_supercell
 
-from cgcnn_ase.predictor import CGCNNPredictor
-from cgcnn_ase.sites import (
+from cgcnn_ase.inference.predictor import CGCNNPredictor
+from cgcnn_ase.analysis.sites import (
     SITE_COLUMNS,
     SiteAnalysisError,
     aggregate_by_element,
@@ -21,7 +21,7 @@ from cgcnn_ase.sites import (
     write_site_report,
     wyckoff_labels,
 )
-from cgcnn_ase.structures import to_record
+from cgcnn_ase.io.reader import to_record
 
 from .conftest import perovskite, random_model, rattled
 

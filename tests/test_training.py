@@ -16,13 +16,14 @@ from ase.build import bulk
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
-from cgcnn_ase import CGCNNPredictor, datasets
-from cgcnn_ase import graph as graph_module
-from cgcnn_ase.datasets import DatasetSpec, Split, load_dataset
-from cgcnn_ase.elements import generate_cgcnn_table
-from cgcnn_ase.evaluation import evaluate_model, regression_metrics
-from cgcnn_ase.graph import GraphConfig, build_graph, collate
-from cgcnn_ase.training import (
+from cgcnn_ase import CGCNNPredictor
+from cgcnn_ase.train import datasets
+from cgcnn_ase.graph import neighbours as graph_module
+from cgcnn_ase.train.datasets import DatasetSpec, Split, load_dataset
+from cgcnn_ase.graph.elements import generate_cgcnn_table
+from cgcnn_ase.analysis.evaluation import evaluate_model, regression_metrics
+from cgcnn_ase.graph.neighbours import GraphConfig, build_graph, collate
+from cgcnn_ase.train.trainer import (
     ConfigError,
     GraphBatcher,
     GraphStore,
@@ -182,7 +183,7 @@ def test_evaluate_model_reproduces_the_model_card(trained, tmp_path):
 def test_evaluate_model_by_registry_alias(trained, tmp_path, monkeypatch):
     import shutil
 
-    from cgcnn_ase import pretrained
+    from cgcnn_ase.models import registry as pretrained
 
     config, folder = trained
     shipped = tmp_path / "pretrained_models"
@@ -198,7 +199,7 @@ def test_split_is_saved_and_can_be_reused(trained, tmp_path):
     saved = Split.load(folder / "split.json")
     assert saved == Split.load(folder / "run" / "split.json")
     assert saved.sizes == {"train": 8, "val": 2, "test": 2}
-    from cgcnn_ase.datasets import make_split
+    from cgcnn_ase.train.datasets import make_split
 
     ids = load_dataset(config.data).ids
     assert make_split(ids, (8 / 12, 2 / 12, 2 / 12), seed=1) == saved  # seeded, reproducible
@@ -246,7 +247,7 @@ def test_resume_continues_and_matches_an_uninterrupted_run(dataset_csv, tmp_path
     first_two = _history(folder)
     checkpoint = torch.load(folder / "run" / "checkpoint_last.pt", weights_only=True)
     assert checkpoint["epoch"] == 2
-    with caplog.at_level(logging.INFO, logger="cgcnn_ase.training"):
+    with caplog.at_level(logging.INFO, logger="cgcnn_ase.train.trainer"):
         folder = train_from_config(tiny_config(dataset_csv, tmp_path / "b", epochs=4, **common), progress=False)
     assert "from epoch 2" in caplog.text
     resumed, reference = _history(folder), _history(straight)
@@ -393,7 +394,7 @@ def test_yaml_and_toml_configs_with_overrides(tmp_path):
 
 
 def config_command(config: TrainConfig) -> str:
-    from cgcnn_ase.training import _command
+    from cgcnn_ase.train.trainer import _command
 
     return _command(config)
 
@@ -430,7 +431,7 @@ def test_shipped_configs_load():
 
 def test_time_limit_stops_the_session_and_the_run_resumes(dataset_csv, tmp_path, caplog):
     config = tiny_config(dataset_csv, tmp_path, epochs=5, time_limit=1e-9)  # any epoch exceeds it
-    with caplog.at_level(logging.INFO, logger="cgcnn_ase.training"):
+    with caplog.at_level(logging.INFO, logger="cgcnn_ase.train.trainer"):
         folder = train_from_config(config, progress=False)
     assert "time limit" in caplog.text
     assert len(_history(folder)) == 1  # one epoch always runs
@@ -493,7 +494,7 @@ def test_compiled_training_matches_eager(dataset_csv, tmp_path, caplog, threads)
         schedule=ScheduleConfig(name="none"),
     )  # fmt: skip
     eager = train_from_config(tiny_config(dataset_csv, tmp_path / "eager", **common), progress=False)
-    with caplog.at_level(logging.WARNING, logger="cgcnn_ase.training"):
+    with caplog.at_level(logging.WARNING, logger="cgcnn_ase.train.trainer"):
         compiled = train_from_config(
             tiny_config(dataset_csv, tmp_path / "compiled", compile=True, **common), progress=False
         )
@@ -520,7 +521,7 @@ def test_failed_compilation_falls_back_to_eager(dataset_csv, tmp_path, monkeypat
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     common = dict(epochs=2, schedule=ScheduleConfig(name="none"))
-    with caplog.at_level(logging.WARNING, logger="cgcnn_ase.training"):
+    with caplog.at_level(logging.WARNING, logger="cgcnn_ase.train.trainer"):
         folder = train_from_config(tiny_config(dataset_csv, tmp_path / "c", compile=True, **common), progress=False)
     assert "torch.compile failed (RuntimeError: C++ compile error: no compiler found)" in caplog.text
     eager = train_from_config(tiny_config(dataset_csv, tmp_path / "e", **common), progress=False)
@@ -540,7 +541,7 @@ def test_train_command_compile_flag(tmp_path, monkeypatch):
         seen.append(config)
         return tmp_path / "out"
 
-    monkeypatch.setattr("cgcnn_ase.training.train_from_config", fake_train)
+    monkeypatch.setattr("cgcnn_ase.train.trainer.train_from_config", fake_train)
     result = CliRunner().invoke(main, ["train", str(tmp_path / "c.yaml"), "--compile", "--threads", "2"])
     assert result.exit_code == 0, result.output
     assert seen[0].compile is True and seen[0].threads == 2

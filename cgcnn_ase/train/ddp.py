@@ -1,6 +1,6 @@
 """Data-parallel training with PyTorch DistributedDataParallel, launched by ``torchrun``.
 
-:func:`cgcnn_ase.training.train_from_config` calls these helpers; it runs data-parallel
+:func:`cgcnn_ase.train.trainer.train_from_config` calls these helpers; it runs data-parallel
 when the launcher sets ``WORLD_SIZE`` > 1 and otherwise exactly as before::
 
     torchrun --nproc_per_node=4 --no-python cgcnn-ase train configs/formation_energy.yaml
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cgcnn_ase.errors import CGCNNError
+from cgcnn_ase.errors import CGCNNError, DistributedSetupError
 
 __all__ = [
     "DistributedRun",
@@ -59,10 +59,6 @@ __all__ = [
 
 #: Default process-group timeout: long, because ranks > 0 wait while rank 0 builds the graph cache.
 DEFAULT_TIMEOUT_S = 6 * 3600.0
-
-
-class DistributedSetupError(CGCNNError, RuntimeError):
-    """The distributed environment is unusable (torch.distributed missing, inconsistent variables)."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +253,7 @@ def gather_rows(
     """Run ``predict`` on this rank's strided share of ``indices`` and gather every rank's rows
     back into the order of ``indices`` (for validation: each process predicts 1/W of the set).
 
-    ``predict`` returns two arrays with one row per index (as :func:`cgcnn_ase.training.predict_store`).
+    ``predict`` returns two arrays with one row per index (as :func:`cgcnn_ase.train.trainer.predict_store`).
     """
     import torch.distributed as dist
 

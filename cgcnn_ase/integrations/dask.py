@@ -2,7 +2,7 @@
 
 >>> from dask.distributed import Client, LocalCluster                          # doctest: +SKIP
 >>> import dask.dataframe as dd                                                # doctest: +SKIP
->>> from cgcnn_ase.distributed import predict_dataframe, write_parquet         # doctest: +SKIP
+>>> from cgcnn_ase.integrations.dask import predict_dataframe, write_parquet         # doctest: +SKIP
 >>> client = Client(LocalCluster(n_workers=4, threads_per_worker=1))           # doctest: +SKIP
 >>> table = dd.read_parquet("generated.parquet")   # a column "cif" of CIF text # doctest: +SKIP
 >>> results = predict_dataframe(table, ["formation_energy"], id_column="id")   # doctest: +SKIP
@@ -11,14 +11,14 @@
 Partitions of structures go in; a dask dataframe (one row per structure: ``id``, one
 ``"<property> (<units>)"`` column per model, ``error``) comes out, written as a Parquet
 dataset or computed into pandas. Bad items get NaN and a message in ``error``; they never
-fail a task. Each partition runs :func:`cgcnn_ase.streaming.predict_items`, the code of the
+fail a task. Each partition runs :func:`cgcnn_ase.inference.streaming.predict_items`, the code of the
 single-process streaming path, so the results are the same.
 
 Models are loaded once per worker process: the partition functions take model *names or
 paths* (small to ship) and load them through :func:`cached_predictors`, a per-process
 cache (the only module-level state here: a lock-protected ``functools.lru_cache`` of at
 most 8 model sets; :func:`clear_model_cache` empties it). The matminer
-:class:`~cgcnn_ase.featurizer.CGCNNFeaturizer` works on a dask dataframe through
+:class:`~cgcnn_ase.integrations.matminer.CGCNNFeaturizer` works on a dask dataframe through
 ``ddf.map_partitions(featurize_partition, featurizer, "structure", meta=...)``, or
 :func:`featurize_dask`, which builds ``meta``; its models are cached per worker the same way.
 
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError
-from cgcnn_ase.streaming import (
+from cgcnn_ase.inference.streaming import (
     arrow_schema,
     cif_reader_for,
     iter_file,
@@ -53,8 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import dask.dataframe as dd
     import pandas as pd
 
-    from cgcnn_ase.featurizer import CGCNNFeaturizer
-    from cgcnn_ase.predictor import CGCNNPredictor
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
 
 __all__ = [
     "WORKER_MALLOC_THRESHOLD",
@@ -229,7 +229,7 @@ def predict_paths_partition(
     on_sparse: str = "warn",
 ) -> pd.DataFrame:
     """Predict the structures in the files listed in ``frame[column]`` (a multi-frame file
-    gives one row per frame, ids as in :mod:`cgcnn_ase.streaming`)."""
+    gives one row per frame, ids as in :mod:`cgcnn_ase.inference.streaming`)."""
     _use_threads(threads)
     predictors = cached_predictors(models, device)
     columns = model_columns(predictors, list(models))

@@ -1,6 +1,6 @@
 """The crystal graph convolutional neural network (Xie & Grossman, PRL 120, 145301, 2018).
 
-Pure torch: this module never sees ASE or pymatgen, only :class:`~cgcnn_ase.graph.GraphBatch`.
+Pure torch: this module never sees ASE or pymatgen, only :class:`~cgcnn_ase.graph.neighbours.GraphBatch`.
 Parameter names match the original implementation's state dicts (``embedding``,
 ``convs.{k}.fc_full``, ``convs.{k}.bn1``, ``convs.{k}.bn2``, ``conv_to_fc``, ``fcs.{k}``,
 ``fc_out``), so the authors' weights load unchanged.
@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from cgcnn_ase.graph import GraphBatch
+from cgcnn_ase.graph.neighbours import GraphBatch
 
 Task = Literal["regression", "classification"]
 Readout = Literal["mean", "atomwise"]
@@ -146,7 +146,7 @@ class ConvLayer(nn.Module):
     Shapes:
         atom_fea (N, A), edge_fea (E, B), centers/neighbors (E,), optional edge_weight
         (E,) -> (N, A). An edge of weight ``m`` counts as ``m`` identical edges, in the
-        sum and in ``BN_1``'s batch statistics (see :class:`~cgcnn_ase.graph.GraphBatch`).
+        sum and in ``BN_1``'s batch statistics (see :class:`~cgcnn_ase.graph.neighbours.GraphBatch`).
     """
 
     def __init__(

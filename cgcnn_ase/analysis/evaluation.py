@@ -342,7 +342,7 @@ def uncertainty_report(y: Sequence[float], result: Any, *, scale: float | None =
 
     Args:
         y: true values (labels for classifiers), shape (n,), aligned with ``result``.
-        result: a :class:`~cgcnn_ase.predictor.PredictionResult` of an ensemble (needs
+        result: a :class:`~cgcnn_ase.inference.predictor.PredictionResult` of an ensemble (needs
             ``member_values`` and ``std_raw``); failed items are skipped.
         scale: calibration factor to apply to ``result.std_raw`` (``None``: the
             result's own ``std_scale``, if any).
@@ -689,7 +689,7 @@ def _model_folder(model: str | os.PathLike) -> Path:
     if path.is_dir():
         return path
     from cgcnn_ase.errors import CheckpointError
-    from cgcnn_ase.pretrained import resolve_model
+    from cgcnn_ase.models.registry import resolve_model
 
     if path.exists() or any(sep in str(model) for sep in ("/", "\\")):
         raise CheckpointError(f"{model}: not a model folder (evaluation needs a folder with model.json and split.json)")
@@ -700,7 +700,7 @@ def _dataset_spec(folder: Path, dataset: Any) -> Any:
     """The dataset to evaluate on: the training config's, possibly at another path."""
     import yaml
 
-    from cgcnn_ase.datasets import DatasetError, DatasetSpec
+    from cgcnn_ase.train.datasets import DatasetError, DatasetSpec
 
     if isinstance(dataset, DatasetSpec):
         return dataset
@@ -755,15 +755,15 @@ def load_split_records(
         splits: any of ``"train"``, ``"val"``, ``"test"``, ``"all"``.
 
     Returns:
-        The :class:`~cgcnn_ase.datasets.DatasetSpec` used and ``{split: SplitRecords}``.
+        The :class:`~cgcnn_ase.train.datasets.DatasetSpec` used and ``{split: SplitRecords}``.
 
     Raises:
         DatasetError: no dataset, no ``split.json``, or a split without rows.
     """
     import warnings
 
-    from cgcnn_ase.datasets import DatasetError, Split, finalize_targets, load_table, parse_structures
-    from cgcnn_ase.structures import StructureRecord
+    from cgcnn_ase.train.datasets import DatasetError, Split, finalize_targets, load_table, parse_structures
+    from cgcnn_ase.io.reader import StructureRecord
 
     folder = _model_folder(model)
     spec = _dataset_spec(folder, dataset)
@@ -834,7 +834,7 @@ def evaluate_model(
         model: a model folder written by training, or a shipped model's name/alias.
         dataset: ``None`` (the dataset in the model's ``config.yaml``), a path (the same
             dataset settings applied to another file, e.g. a moved copy), a
-            :class:`~cgcnn_ase.datasets.DatasetSpec` or a mapping of its fields.
+            :class:`~cgcnn_ase.train.datasets.DatasetSpec` or a mapping of its fields.
         split: ``"train"``, ``"val"`` or ``"test"`` (ids from the model folder's
             ``split.json``), or ``"all"`` (every usable row, e.g. of an external dataset).
         out_dir: where to write ``metrics.json``, ``predictions.csv`` and ``parity.png`` /
@@ -852,7 +852,7 @@ def evaluate_model(
     import warnings
 
     from cgcnn_ase.errors import UnseenElementWarning
-    from cgcnn_ase.predictor import CGCNNPredictor
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     folder = _model_folder(model)
     predictor = CGCNNPredictor.from_checkpoint(folder, device=device)
@@ -969,7 +969,7 @@ def evaluate_uncertainty(
     Raises:
         ValueError: the model is not an ensemble.
     """
-    from cgcnn_ase.predictor import CGCNNPredictor
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     folder = _model_folder(model)
     predictor = CGCNNPredictor.from_checkpoint(folder, device=device)

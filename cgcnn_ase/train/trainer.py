@@ -1,12 +1,12 @@
 """Training CGCNN models: configuration, graph cache, training loop, model folders.
 
->>> from cgcnn_ase.training import load_config, train_from_config
+>>> from cgcnn_ase.train.trainer import load_config, train_from_config
 >>> config = load_config("configs/formation_energy.yaml", ["epochs=5", "optim.lr=0.005"])  # doctest: +SKIP
 >>> folder = train_from_config(config)                                                      # doctest: +SKIP
 
 What one run does:
 
-1. Reads the dataset table (:mod:`cgcnn_ase.datasets`) and fetches the crystal graphs
+1. Reads the dataset table (:mod:`cgcnn_ase.train.datasets`) and fetches the crystal graphs
    from the on-disk graph cache; only structures missing from the cache are parsed and
    turned into graphs (in a process pool), and then added to it. Re-running never
    re-parses CIFs.
@@ -22,7 +22,7 @@ What one run does:
    and ``parity.png`` (regression) or ``roc.png`` (classification).
 
 Graph cache layout: ``<cache_dir>/graphs/<digest>/shard-<digest>.npz``. The folder digest
-covers the :class:`~cgcnn_ase.graph.GraphConfig`, the package version and the source of the
+covers the :class:`~cgcnn_ase.graph.neighbours.GraphConfig`, the package version and the source of the
 parsing and graph code, so edited code never reuses stale graphs. Each shard holds the
 concatenated atomic numbers, edge lists and distances of many crystals, with offsets,
 keyed by a hash of each crystal's raw structure text (so the cache is shared by every
@@ -55,11 +55,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cgcnn_ase import graph as graph_module
-from cgcnn_ase import parallel_training
-from cgcnn_ase.cards import fmt, json_safe
-from cgcnn_ase.checkpoint import LoadedModel, ModelSpec, save_model_folder
-from cgcnn_ase.datasets import (
+from cgcnn_ase.graph import neighbours as graph_module
+from cgcnn_ase.train import ddp as parallel_training
+from cgcnn_ase.models.cards import fmt, json_safe
+from cgcnn_ase.models.folder import LoadedModel, ModelSpec, save_model_folder
+from cgcnn_ase.train.datasets import (
     DatasetError,
     DatasetSpec,
     DatasetTable,
@@ -71,11 +71,11 @@ from cgcnn_ase.datasets import (
     parse_structures,
     warn_dropped_structures,
 )
-from cgcnn_ase.elements import ElementTable, generate_cgcnn_table, load_atom_init
-from cgcnn_ase.errors import CGCNNError
-from cgcnn_ase.graph import CrystalGraph, GraphBatch, GraphConfig, gaussian_expand
-from cgcnn_ase.model import CrystalGraphConvNet
-from cgcnn_ase.structures import StructureRecord
+from cgcnn_ase.graph.elements import ElementTable, generate_cgcnn_table, load_atom_init
+from cgcnn_ase.errors import CGCNNError, ConfigError, TrainingError
+from cgcnn_ase.graph.neighbours import CrystalGraph, GraphBatch, GraphConfig, gaussian_expand
+from cgcnn_ase.nn.network import CrystalGraphConvNet
+from cgcnn_ase.io.reader import StructureRecord
 
 __all__ = [
     "ConfigError",
@@ -103,14 +103,6 @@ CHECKPOINT_LAST = "checkpoint_last.pt"
 GRAPH_CACHE_FORMAT = 1
 
 
-class ConfigError(CGCNNError, ValueError):
-    """A training configuration is invalid or inconsistent (e.g. with the run being resumed)."""
-
-
-class TrainingError(CGCNNError, RuntimeError):
-    """Training cannot go on (e.g. the loss became NaN)."""
-
-
 # =============================================================================================
 # Configuration
 # =============================================================================================
@@ -129,7 +121,7 @@ class SplitConfig:
 
 @dataclass
 class ModelConfig:
-    """Keyword arguments of :class:`~cgcnn_ase.model.CrystalGraphConvNet` (defaults: the
+    """Keyword arguments of :class:`~cgcnn_ase.nn.network.CrystalGraphConvNet` (defaults: the
     original training script's), plus two training-speed options that leave the maths
     unchanged (the saved model does not depend on them): ``split_matmul`` computes the
     gated convolution's edge products in the cheaper split form (~2x faster on CPU), and
@@ -182,7 +174,7 @@ class TrainConfig:
     """Everything a training run needs; see ``configs/*.yaml`` for annotated examples.
 
     Attributes:
-        data: the dataset (:class:`~cgcnn_ase.datasets.DatasetSpec`).
+        data: the dataset (:class:`~cgcnn_ase.train.datasets.DatasetSpec`).
         output: the model folder to write (created).
         property: name of the predicted property (default: the target column, with
             ``log10_`` for log targets).
@@ -192,9 +184,9 @@ class TrainConfig:
             ``positive_class``).
         positive_class: name of class 1 (classification).
         split, model, optim, schedule: see their classes.
-        graph: :class:`~cgcnn_ase.graph.GraphConfig` (8 Å, 12 neighbours, 41 Gaussians,
+        graph: :class:`~cgcnn_ase.graph.neighbours.GraphConfig` (8 Å, 12 neighbours, 41 Gaussians,
             ``neighbor_policy="symmetric"``).
-        elements: ``"generated"`` (:func:`~cgcnn_ase.elements.generate_cgcnn_table`) or the
+        elements: ``"generated"`` (:func:`~cgcnn_ase.graph.elements.generate_cgcnn_table`) or the
             path of an ``atom_init.json``.
         loss: ``"auto"`` (``mse`` for regression, ``cross_entropy`` for classification),
             ``"mse"``, ``"mae"`` or ``"cross_entropy"``; computed on normalised targets.
@@ -621,7 +613,7 @@ class GraphStore:
         )
 
     def graph(self, k: int, label: str = "") -> CrystalGraph:
-        """Crystal ``k`` as a :class:`~cgcnn_ase.graph.CrystalGraph`."""
+        """Crystal ``k`` as a :class:`~cgcnn_ase.graph.neighbours.CrystalGraph`."""
         a0, a1 = self.atom_offsets[k], self.atom_offsets[k + 1]
         e0, e1 = self.edge_offsets[k], self.edge_offsets[k + 1]
         return CrystalGraph(
@@ -748,7 +740,9 @@ def _code_digest() -> str:
     construction), so that cached graphs are never reused after that code changes."""
     import inspect
 
-    from cgcnn_ase import __version__, datasets, structures
+    from cgcnn_ase import __version__
+    from cgcnn_ase.io import reader as structures
+    from cgcnn_ase.train import datasets
 
     h = hashlib.sha256(__version__.encode())
     try:
@@ -822,7 +816,7 @@ def build_graph_store(
 
 def merge_duplicate_edges(store: GraphStore) -> tuple[GraphStore, np.ndarray]:
     """Merge each crystal's identical edges into one edge with a multiplicity
-    (:func:`cgcnn_ase.graph.merge_identical_edges`).
+    (:func:`cgcnn_ase.graph.neighbours.merge_identical_edges`).
 
     Returns:
         ``(merged, weights)``: the store with merged edges (each crystal's edges sorted by
@@ -845,9 +839,9 @@ def merge_duplicate_edges(store: GraphStore) -> tuple[GraphStore, np.ndarray]:
 
 
 class GraphBatcher:
-    """Builds :class:`~cgcnn_ase.graph.GraphBatch` objects from a :class:`GraphStore`.
+    """Builds :class:`~cgcnn_ase.graph.neighbours.GraphBatch` objects from a :class:`GraphStore`.
 
-    Equivalent to :func:`cgcnn_ase.graph.collate` on the same graphs, but gathers from the
+    Equivalent to :func:`cgcnn_ase.graph.neighbours.collate` on the same graphs, but gathers from the
     concatenated arrays with vectorised index arithmetic. Gaussian edge features are
     computed once for the whole store when they fit in ``edge_feature_bytes`` (else per
     batch).
@@ -1107,7 +1101,7 @@ def _split_metrics(
     task: str, y: np.ndarray, values: np.ndarray, raw: np.ndarray, loss_name: str, mean: float, std: float
 ) -> dict[str, float]:
     """Validation/test metrics of one split, plus the loss in normalised units."""
-    from cgcnn_ase.evaluation import classification_metrics, regression_metrics
+    from cgcnn_ase.analysis.evaluation import classification_metrics, regression_metrics
 
     if len(y) == 0:
         return {}
@@ -1132,7 +1126,7 @@ def _hardware(device: torch.device, threads: int) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        info["processes"] = torch.distributed.get_world_size()  # data-parallel run (cgcnn_ase.parallel_training)
+        info["processes"] = torch.distributed.get_world_size()  # data-parallel run (cgcnn_ase.train.ddp)
     return info
 
 
@@ -1142,7 +1136,7 @@ def _command(config: TrainConfig) -> str:
     if config.source:
         parts = ["cgcnn-ase", "train", config.source] + [f"--set {o}" for o in config.overrides]
         return " ".join(parts)
-    return "cgcnn_ase.training.train_from_config(TrainConfig(...)) -- settings in config.yaml"
+    return "cgcnn_ase.train.trainer.train_from_config(TrainConfig(...)) -- settings in config.yaml"
 
 
 METRIC_COLUMNS = {
@@ -1186,7 +1180,7 @@ def train_from_config(config: TrainConfig, *, progress: bool = True) -> Path:
     model folder.
 
     Launched by ``torchrun`` with more than one process (``WORLD_SIZE`` > 1), it trains
-    data-parallel with DistributedDataParallel (see :mod:`cgcnn_ase.parallel_training`):
+    data-parallel with DistributedDataParallel (see :mod:`cgcnn_ase.train.ddp`):
     ``batch_size`` is the global batch, split across the processes; only rank 0 writes
     files; every process returns the model folder's path.
 
@@ -1457,7 +1451,7 @@ class TrainingForward:
     unsupported backend, ...), a warning says why and every call, that one included, runs
     ``model`` eagerly; later errors propagate. Compiled for a CPU with more than one
     thread, the convolutions use opaque gather/scatter operators
-    (:class:`~cgcnn_ase.model.ConvLayer`'s ``opaque_indexing``), measured faster there.
+    (:class:`~cgcnn_ase.nn.network.ConvLayer`'s ``opaque_indexing``), measured faster there.
 
     Args:
         model: the network (or its DistributedDataParallel wrapper) in training mode.
@@ -1548,7 +1542,7 @@ def _write_model_folder(
     import yaml
 
     from cgcnn_ase import __version__
-    from cgcnn_ase.evaluation import (
+    from cgcnn_ase.analysis.evaluation import (
         classification_metrics,
         learning_curve_plot,
         parity_plot,

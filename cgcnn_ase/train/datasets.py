@@ -23,8 +23,8 @@ Loading happens in two steps so that training can skip the slow one:
    and drops rows whose target is missing. It does not parse structures; each row gets a
    content hash of its raw structure (the graph cache key).
 2. :func:`parse_structures` parses the selected rows into
-   :class:`~cgcnn_ase.structures.StructureRecord` objects (pymatgen for CIF text and
-   structure dicts, normalised by :func:`cgcnn_ase.structures.to_record`), in a process
+   :class:`~cgcnn_ase.io.reader.StructureRecord` objects (pymatgen for CIF text and
+   structure dicts, normalised by :func:`cgcnn_ase.io.reader.to_record`), in a process
    pool for large datasets.
 
 :func:`load_dataset` does both and applies the per-atom division and the transform
@@ -49,8 +49,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError
-from cgcnn_ase.structures import StructureRecord, to_record
+from cgcnn_ase.errors import CGCNNError, DatasetError
+from cgcnn_ase.io.reader import StructureRecord, to_record
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,6 @@ Transform = Literal["none", "log10"]
 ID_COLUMNS = ("material_id", "mp_id", "id", "name", "db_id")
 #: Below this many structures, parsing runs in the calling process (a pool costs ~1 s to start).
 POOL_THRESHOLD = 200
-
-
-class DatasetError(CGCNNError, ValueError):
-    """A dataset file or its specification is unusable (missing column, bad filter, ...)."""
 
 
 @dataclass

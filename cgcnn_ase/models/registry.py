@@ -1,7 +1,7 @@
 """Registry of the models shipped in ``pretrained_models/`` (no network access, ever).
 
 Each sub-folder of ``pretrained_models/`` is a model folder (see
-:mod:`cgcnn_ase.checkpoint`) whose ``model.json`` may list short ``aliases`` in its
+:mod:`cgcnn_ase.models.folder`) whose ``model.json`` may list short ``aliases`` in its
 metadata (e.g. ``formation_energy``). In an installed wheel the folder sits inside the
 package (``cgcnn_ase/pretrained_models``); in a source checkout, at the repository's top.
 """
@@ -40,7 +40,7 @@ class ModelInfo:
 
 def models_dir() -> Path | None:
     """The folder holding shipped models, or ``None`` if there is none."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the cgcnn_ase package
     for candidate in (here / "pretrained_models", here.parent / "pretrained_models"):
         if candidate.is_dir():
             return candidate

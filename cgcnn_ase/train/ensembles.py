@@ -9,13 +9,13 @@ different ``seed``. :func:`assemble_ensemble` checks that, and writes one folder
                          metrics, the std calibration) and a ``domain`` section
     weights.safetensors  every member's weights, keys ``member<k>.<parameter>``
     atom_init.json       the shared element table
-    domain.safetensors   applicability-domain summary (:mod:`cgcnn_ase.domain`)
+    domain.safetensors   applicability-domain summary (:mod:`cgcnn_ase.models.domain`)
     split.json           the shared split
     config.yaml          member 0's resolved training configuration
     README.md            the model card, with ensemble and uncertainty metrics
     parity.png / roc.png, error_vs_std.png, calibration.png   (test split)
 
-Load it like any model folder (:class:`~cgcnn_ase.predictor.CGCNNPredictor`
+Load it like any model folder (:class:`~cgcnn_ase.inference.predictor.CGCNNPredictor`
 ``.from_checkpoint(folder)``; ``members=1`` for member 0 alone).
 
 >>> assemble_ensemble([f"runs/fe-seed{k}" for k in range(5)], "pretrained_models/formation_energy-ens",
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 
-from cgcnn_ase.cards import fmt, json_safe
-from cgcnn_ase.checkpoint import (
+from cgcnn_ase.models.cards import fmt, json_safe
+from cgcnn_ase.models.folder import (
     DOMAIN_FILE,
     MODEL_JSON,
     EnsembleMember,
@@ -45,17 +45,13 @@ from cgcnn_ase.checkpoint import (
     read_model_json,
     save_model_folder,
 )
-from cgcnn_ase.domain import MAX_CENTERS, DomainSummary
-from cgcnn_ase.errors import CheckpointError
+from cgcnn_ase.models.domain import MAX_CENTERS, DomainSummary
+from cgcnn_ase.errors import CheckpointError, EnsembleError
 
 logger = logging.getLogger(__name__)
 
 #: Files copied from member 0 into the ensemble folder when present.
 SHARED_FILES = ("split.json", "config.yaml")
-
-
-class EnsembleError(CheckpointError):
-    """Member folders cannot form one ensemble (different settings, split or data)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +83,7 @@ def check_members(folders: Sequence[Path], members: Sequence[LoadedModel]) -> No
     Raises:
         EnsembleError: naming the first member that differs from member 0 and how.
     """
-    from cgcnn_ase.datasets import DatasetError, Split
+    from cgcnn_ase.train.datasets import DatasetError, Split
 
     if len(members) < 2:
         raise EnsembleError(f"an ensemble needs at least 2 members, got {len(members)}")
@@ -186,7 +182,7 @@ def assemble_ensemble(
         output: the ensemble folder to write (created; files of the same names replaced).
         dataset: where the members' dataset lives on this machine: ``None`` (the path in
             member 0's ``config.yaml``), a path (same settings, another location), or a
-            :class:`~cgcnn_ase.datasets.DatasetSpec`. Needed for the domain summary and
+            :class:`~cgcnn_ase.train.datasets.DatasetSpec`. Needed for the domain summary and
             the evaluation.
         name: the ensemble's model name (default: the output folder's name).
         aliases: registry aliases (default: member 0's).
@@ -241,7 +237,7 @@ def assemble_ensemble(
     logger.info("ensemble of %d members written to %s", len(loaded), output)
     parts = None
     if domain or evaluate:
-        from cgcnn_ase.evaluation import load_split_records
+        from cgcnn_ase.analysis.evaluation import load_split_records
 
         wanted = ("train", "val", "test") if evaluate else ("train", "val")
         _, parts = load_split_records(output, dataset, wanted, workers=workers, progress=progress)
@@ -278,19 +274,19 @@ def add_domain_summary(
     Embeds the training crystals with the model (member 0 of an ensemble), keeps a
     k-centre subset of at most ``max_centers`` of them, and takes the nearest-neighbour
     distances of the validation crystals as the reference distribution
-    (:class:`~cgcnn_ase.domain.DomainSummary`). Writes ``domain.safetensors`` and the
+    (:class:`~cgcnn_ase.models.domain.DomainSummary`). Writes ``domain.safetensors`` and the
     ``domain`` section of ``model.json``; predictions from this folder then carry
     ``domain_distance`` and ``domain_percentile``.
 
     Args:
         folder: a model folder with ``split.json`` (and ``config.yaml`` unless ``dataset``
             is a full spec).
-        dataset: as in :func:`~cgcnn_ase.evaluation.evaluate_model`.
+        dataset: as in :func:`~cgcnn_ase.analysis.evaluation.evaluate_model`.
         parts: already parsed ``train`` and ``val`` splits (from
-            :func:`~cgcnn_ase.evaluation.load_split_records`).
+            :func:`~cgcnn_ase.analysis.evaluation.load_split_records`).
     """
-    from cgcnn_ase.evaluation import _predict_quietly, load_split_records
-    from cgcnn_ase.predictor import CGCNNPredictor
+    from cgcnn_ase.analysis.evaluation import _predict_quietly, load_split_records
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     folder = Path(folder)
     if parts is None or not {"train", "val"} <= set(parts):
@@ -347,7 +343,7 @@ def write_uncertainty_report(
 ) -> dict[str, Any]:
     """Measure an ensemble folder on its validation and test splits and write the results into it.
 
-    Fits the std calibration on the validation split (:func:`~cgcnn_ase.evaluation.fit_std_scale`;
+    Fits the std calibration on the validation split (:func:`~cgcnn_ase.analysis.evaluation.fit_std_scale`;
     regression only), then on the test split measures the ensemble against each member,
     the Spearman correlation of |error| with std, the fractions within 1 and 2 std (raw and
     calibrated) and the error by domain percentile. Writes ``ensemble.calibration``,
@@ -356,9 +352,9 @@ def write_uncertainty_report(
     ``calibration.png`` and ``parity.png`` / ``roc.png``, and rewrites ``README.md``.
 
     Returns:
-        The report of :func:`~cgcnn_ase.evaluation.evaluate_uncertainty`.
+        The report of :func:`~cgcnn_ase.analysis.evaluation.evaluate_uncertainty`.
     """
-    from cgcnn_ase.evaluation import evaluate_uncertainty
+    from cgcnn_ase.analysis.evaluation import evaluate_uncertainty
 
     folder = Path(folder)
     report = evaluate_uncertainty(
@@ -495,7 +491,7 @@ def ensemble_card(document: dict[str, Any]) -> str:
         else:
             lines += [f"Ensemble RMSE {fmt(tm.get('rmse'))} {units}, R² {fmt(tm.get('r2'))}.", ""]
     else:
-        lines += ["Not measured yet (`cgcnn_ase.ensemble.write_uncertainty_report(folder, dataset=...)`).", ""]
+        lines += ["Not measured yet (`cgcnn_ase.train.ensembles.write_uncertainty_report(folder, dataset=...)`).", ""]
     lines += [
         "## Members",
         "",

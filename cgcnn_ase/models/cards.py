@@ -1,5 +1,5 @@
 """Small formatting helpers shared by the writers of ``model.json`` and model cards
-(:mod:`cgcnn_ase.training` for single models, :mod:`cgcnn_ase.ensemble` for ensembles)."""
+(:mod:`cgcnn_ase.train.trainer` for single models, :mod:`cgcnn_ase.train.ensembles` for ensembles)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ A model folder is self-describing and holds no pickled code::
     weights.safetensors  the state dict (safetensors: plain tensors only)
     atom_init.json       the element feature table, in the original format
     README.md            the model card (written by training; optional for loading)
-    domain.safetensors   optional applicability-domain summary (:mod:`cgcnn_ase.domain`)
+    domain.safetensors   optional applicability-domain summary (:mod:`cgcnn_ase.models.domain`)
 
 An ensemble folder (deep ensemble: members trained with different seeds on one split)
 has the same files, with ``format_version`` 2, every member's weights in the one
@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cgcnn_ase.domain import DOMAIN_FILE, DomainSummary
-from cgcnn_ase.elements import ElementTable, generate_cgcnn_table, load_atom_init
+from cgcnn_ase.models.domain import DOMAIN_FILE, DomainSummary
+from cgcnn_ase.graph.elements import ElementTable, generate_cgcnn_table, load_atom_init
 from cgcnn_ase.errors import CheckpointError, UntrustedCheckpointError
-from cgcnn_ase.graph import GraphConfig
-from cgcnn_ase.model import CrystalGraphConvNet
+from cgcnn_ase.graph.neighbours import GraphConfig
+from cgcnn_ase.nn.network import CrystalGraphConvNet
 
 FORMAT_VERSION = 1
 #: model.json format of ensemble folders (older cgcnn-ase refuses them with "upgrade").

@@ -1,6 +1,6 @@
 """Streaming prediction: lazy inputs, bounded memory, incremental output, exact resume.
 
->>> from cgcnn_ase.streaming import predict_stream
+>>> from cgcnn_ase.inference.streaming import predict_stream
 >>> summary = predict_stream(["generated/"], ["formation_energy"], "results.parquet")   # doctest: +SKIP
 >>> summary = predict_stream(["generated/"], ["formation_energy"], "results.parquet", resume=True)  # doctest: +SKIP
 
@@ -62,13 +62,13 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError, InvalidStructureError, StructureReadError
-from cgcnn_ase.structures import CifReader, StructureRecord, read_structures, to_record
+from cgcnn_ase.errors import CGCNNError, InvalidStructureError, StreamError, StructureReadError
+from cgcnn_ase.io.reader import CifReader, StructureRecord, read_structures, to_record
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from cgcnn_ase.predictor import CGCNNPredictor
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
 
 __all__ = [
     "CSVChunkWriter",
@@ -105,10 +105,6 @@ FRAME_SUFFIXES = (".extxyz", ".xyz", ".traj")
 #: ASE databases, read row by row.
 DB_SUFFIXES = (".db",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
-
-
-class StreamError(CGCNNError, ValueError):
-    """An input table or an output cannot be used as asked (missing column, output of another run, ...)."""
 
 
 # =============================================================================================
@@ -246,7 +242,7 @@ def iter_inputs(
         column: table column holding CIF text, pymatgen structure-dict JSON, or file paths.
         id_column: table column of unique ids (``None``: ``path@row``).
         cif_reader: ``"gemmi"`` (fast) or ``"pymatgen"`` (needed by models using the
-            original neighbour policy; see :func:`cgcnn_ase.structures.read_structures`).
+            original neighbour policy; see :func:`cgcnn_ase.io.reader.read_structures`).
         sort: sort directory listings and glob matches (see :func:`iter_files`).
         table_chunk_rows: rows read from a table at a time.
         finished: ids to skip (resume); they are skipped before any parsing where the id
@@ -551,12 +547,12 @@ def _cif_text_record(text: str, label: str, cif_reader: CifReader) -> StructureR
 
 
 def _cif_text_gemmi(text: str, label: str) -> StructureRecord | None:
-    """gemmi's reading of CIF text, as :func:`cgcnn_ase.structures.read_structures` reads CIF
+    """gemmi's reading of CIF text, as :func:`cgcnn_ase.io.reader.read_structures` reads CIF
     files (symmetry applied, special positions merged); ``None`` when gemmi cannot make a
     crystal of it (the caller then falls back to pymatgen)."""
     import gemmi
 
-    from cgcnn_ase.structures import gemmi_block_record
+    from cgcnn_ase.io.reader import gemmi_block_record
 
     try:
         blocks = [gemmi.make_small_structure_from_block(block) for block in gemmi.cif.read_string(text)]
@@ -578,7 +574,7 @@ def load_predictors(
     device: str | None = None,
 ) -> list[CGCNNPredictor]:
     """Predictors for shipped model names, model folders / ``.pth.tar`` paths, or predictors (kept)."""
-    from cgcnn_ase.predictor import CGCNNPredictor
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     if isinstance(models, (str, os.PathLike, CGCNNPredictor)):
         models = [models]
@@ -617,7 +613,7 @@ def _column_blocks(predictors: Sequence[CGCNNPredictor], names: Sequence[str] | 
 def model_columns(predictors: Sequence[CGCNNPredictor], names: Sequence[str] | None = None) -> list[str]:
     """The result columns of ``predictors``: ``"<property> (<units>)"`` per model, followed for
     an ensemble by ``"<property>_std (<units>)"`` (the members' calibrated standard deviation,
-    as :class:`~cgcnn_ase.featurizer.CGCNNFeaturizer` names it) and, for a model with a domain
+    as :class:`~cgcnn_ase.integrations.matminer.CGCNNFeaturizer` names it) and, for a model with a domain
     summary, by ``"<property>_domain_percentile (percent)"`` (0-100; near 100: outside the
     training data, see docs/uncertainty.md); prefixed by the model name
     (``"<name>: ..."``) when several models predict the same property."""

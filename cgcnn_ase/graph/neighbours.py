@@ -32,9 +32,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cgcnn_ase.elements import ElementTable
+from cgcnn_ase.graph.elements import ElementTable
 from cgcnn_ase.errors import InvalidStructureError, SparseGraphError, SparseGraphWarning
-from cgcnn_ase.structures import StructureRecord
+from cgcnn_ase.io.reader import StructureRecord
 
 NeighborPolicy = Literal["symmetric", "original"]
 SparsePolicy = Literal["warn", "error", "ignore"]

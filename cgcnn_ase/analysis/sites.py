@@ -6,7 +6,7 @@ model's contribution of that atom's local environment (its "site energy" for an 
 Averaged per element over the A and B sites of ABX3 perovskites, these show which elements the
 model finds favourable on which site; adding them up screens new compositions.
 
->>> from cgcnn_ase.sites import site_contributions, aggregate_by_element, screen_perovskites
+>>> from cgcnn_ase.analysis.sites import site_contributions, aggregate_by_element, screen_perovskites
 >>> df = site_contributions(predictor, structures)                      # doctest: +SKIP
 >>> table = aggregate_by_element(df)                                    # doctest: +SKIP
 >>> screen_perovskites(table, x="O", cutoff=0.0).summary()              # doctest: +SKIP
@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError, InvalidStructureError
-from cgcnn_ase.structures import StructureRecord, iter_records
+from cgcnn_ase.errors import CGCNNError, InvalidStructureError, SiteAnalysisError
+from cgcnn_ase.io.reader import StructureRecord, iter_records
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from cgcnn_ase.predictor import CGCNNPredictor
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +46,6 @@ RoleMode = Literal["auto", "perovskite", "wyckoff"]
 
 #: Columns of :func:`site_contributions`, in order.
 SITE_COLUMNS = ("structure", "formula", "site", "element", "Z", "wyckoff", "role", "contribution", "prediction", "kind")
-
-
-class SiteAnalysisError(CGCNNError, ValueError):
-    """The site analysis cannot be done as asked (e.g. a mean-pooled model without ``allow_mean_pooled``)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +315,7 @@ def _formula(record: StructureRecord) -> str:
 
 def _as_predictor(predictor: Any) -> CGCNNPredictor:
     """A predictor from a predictor, a model folder, or a shipped model's name/alias."""
-    from cgcnn_ase.predictor import CGCNNPredictor
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     if isinstance(predictor, CGCNNPredictor):
         return predictor
@@ -367,7 +363,7 @@ def site_contributions(
     """Every site's contribution to the model's prediction, with its element, Wyckoff position and role.
 
     Args:
-        predictor: a :class:`~cgcnn_ase.predictor.CGCNNPredictor`, a model folder, or a shipped
+        predictor: a :class:`~cgcnn_ase.inference.predictor.CGCNNPredictor`, a model folder, or a shipped
             model's name. It must use the atomwise readout (see ``allow_mean_pooled``).
         structures: what :meth:`CGCNNPredictor.predict` accepts (Atoms, Structures, records, file
             paths, or an iterable of them), or a mapping ``{label: structure}``.

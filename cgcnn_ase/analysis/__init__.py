@@ -1,0 +1,1 @@
+"""Measuring models: metrics, plots, evaluation on dataset splits, and perovskite site energies."""

@@ -1,0 +1,464 @@
+"""CGCNNPredictor: structures in, property values out, in batches.
+
+>>> from cgcnn_ase import CGCNNPredictor
+>>> predictor = CGCNNPredictor.from_pretrained("formation_energy")   # doctest: +SKIP
+>>> predictor.predict(["POSCAR", atoms, structure]).values            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from cgcnn_ase.models.folder import LoadedModel, load_checkpoint, load_model_folder
+from cgcnn_ase.graph.elements import ElementTable
+from cgcnn_ase.errors import CGCNNError, InvalidStructureError, UnseenElementWarning, UnsupportedElementError
+from cgcnn_ase.graph.neighbours import CrystalGraph, SparsePolicy, build_graph, collate
+from cgcnn_ase.nn.network import segment_mean
+from cgcnn_ase.models.registry import resolve_model
+from cgcnn_ase.io.reader import iter_records
+
+ErrorPolicy = Literal["raise", "collect"]
+
+
+@dataclass
+class PredictionResult:
+    """Predictions for a list of inputs, in input order.
+
+    Attributes:
+        ids: one label per structure (file path, ``path@frame``, or ``input i``).
+        values: predictions, shape (n,), float64, in ``units``; for a classifier the
+            probability of ``positive_class``. NaN where ``errors`` holds a message.
+        property: predicted property name.
+        units: units of ``values``.
+        task: ``"regression"`` or ``"classification"``.
+        errors: ``None`` per successful item, else the error message (only with
+            ``errors="collect"``).
+        per_atom: per-structure arrays of per-atom contributions (``per_atom=True``).
+        embeddings: crystal feature vectors, shape (n, atom_fea_len), NaN rows for failed
+            items (``embeddings=True``).
+        n_sparse: atoms with fewer than the model's neighbour count, per structure
+            (-1 for failed items).
+        unseen_elements: per structure, symbols of elements absent from the model's
+            training data (empty when all were seen or the model does not record them).
+        positive_class: the class whose probability ``values`` holds (classifiers).
+        std: for an ensemble, the standard deviation of the members' predictions, shape
+            (n,), in ``units`` (classifiers: of the members' probabilities), multiplied by
+            the model's calibration factor ``std_scale`` when one was fitted (see
+            docs/uncertainty.md); ``None`` for a single model. NaN for failed items.
+        std_raw: the uncalibrated standard deviation (population, ddof=0, over members);
+            equal to ``std`` when no calibration was fitted; ``None`` for a single model.
+        std_scale: the calibration factor (``std = std_scale * std_raw``), ``None`` if none.
+        member_values: each member's prediction, shape (n, n_members), in ``units``
+            (ensembles only); ``values`` is their mean.
+        domain_distance: distance of each crystal's embedding (member 0's) to the nearest
+            stored training embedding, dimensionless (standardised embedding units); NaN
+            for failed items; ``None`` when the model ships no domain summary.
+        domain_percentile: percentage (0-100) of the model's validation crystals that lay
+            at most ``domain_distance`` from the training set: about uniform for crystals
+            like the training data, near 100 outside its domain; ``None`` as above.
+    """
+
+    ids: list[str]
+    values: np.ndarray
+    property: str
+    units: str
+    task: str
+    errors: list[str | None]
+    n_sparse: np.ndarray
+    unseen_elements: list[list[str]] = field(default_factory=list)
+    per_atom: list[np.ndarray] | None = None
+    embeddings: np.ndarray | None = None
+    positive_class: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    std: np.ndarray | None = None
+    std_raw: np.ndarray | None = None
+    std_scale: float | None = None
+    member_values: np.ndarray | None = None
+    domain_distance: np.ndarray | None = None
+    domain_percentile: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def in_domain(self, *, max_percentile: float = 95.0, allow_sparse: bool = False) -> np.ndarray:
+        """Boolean mask of predictions inside the model's applicability domain.
+
+        A crystal is inside when it was predicted, holds only elements seen in training,
+        has no sparse atom (unless ``allow_sparse``), and, when the model ships a domain
+        summary, its ``domain_percentile`` is at most ``max_percentile`` (percent).
+        """
+        mask = self.ok.copy()
+        if self.unseen_elements:
+            mask &= np.array([not u for u in self.unseen_elements], dtype=bool)
+        if not allow_sparse:
+            mask &= self.n_sparse == 0
+        if self.domain_percentile is not None:
+            with np.errstate(invalid="ignore"):
+                mask &= self.domain_percentile <= max_percentile
+        return mask
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Boolean mask of items that were predicted."""
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+    def to_dataframe(self) -> "pandas.DataFrame":  # noqa: F821
+        """One row per structure: ``id``, the property column, ``n_sparse``, ``unseen_elements``, ``error``.
+
+        Ensembles add ``<property>_std`` after the property (and ``<property>_std_raw`` when
+        the std is calibrated); models with a domain summary add ``domain_distance`` and
+        ``domain_percentile`` before ``error``. Units are in ``df.attrs["units"]`` (a dict
+        column -> units).
+        """
+        import pandas as pd
+
+        columns: dict[str, Any] = {"id": self.ids, self.property: self.values}
+        units = {self.property: self.units}
+        if self.std is not None:
+            columns[f"{self.property}_std"] = self.std
+            units[f"{self.property}_std"] = self.units
+            if self.std_scale is not None and self.std_raw is not None:
+                columns[f"{self.property}_std_raw"] = self.std_raw
+                units[f"{self.property}_std_raw"] = self.units
+        columns["n_sparse"] = self.n_sparse
+        columns["unseen_elements"] = [" ".join(u) for u in self.unseen_elements]
+        if self.domain_distance is not None:
+            columns["domain_distance"] = self.domain_distance
+            columns["domain_percentile"] = self.domain_percentile
+            units.update(domain_distance="dimensionless", domain_percentile="percent")
+        columns["error"] = self.errors
+        df = pd.DataFrame(columns)
+        df.attrs["units"] = units
+        return df
+
+
+class CGCNNPredictor:
+    """Run a CGCNN model, or a deep ensemble of them, on crystals.
+
+    An ensemble builds each batch's graphs once and runs every member on them; results
+    carry the members' mean (``values``) and standard deviation (``std``). Loading with
+    ``members=1`` runs member 0 alone, as fast as a single model.
+
+    Args:
+        model: a loaded model (see :func:`cgcnn_ase.models.folder.load_checkpoint`).
+        device: torch device for inference (``"cpu"``, ``"cuda"``, ...); ``None`` picks
+            CUDA when available.
+    """
+
+    def __init__(self, model: LoadedModel, *, device: str | torch.device | None = None) -> None:
+        self.model = model
+        self.device = torch.device(device) if device is not None else _default_device()
+        self._to_device()
+
+    def _to_device(self) -> None:
+        for network, _, _ in self.model.heads():
+            network.to(self.device).eval()
+        self.model.network.to(self.device).eval()
+
+    # -- construction -------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        atom_init: str | os.PathLike | ElementTable | None = None,
+        trusted: bool = False,
+        device: str | torch.device | None = None,
+        members: int | None = None,
+    ) -> CGCNNPredictor:
+        """Load a model folder (single or ensemble) or an original CGCNN ``.pth.tar`` file.
+
+        Args:
+            path: model folder, or ``.pth.tar`` checkpoint of the original code.
+            atom_init: element table for an original checkpoint (its ``atom_init.json``).
+            trusted: allow unpickling code-bearing legacy files (see checkpoint docs).
+            device: inference device.
+            members: for an ensemble folder, the number of members to run (``None``: all;
+                ``1``: member 0 alone, the fast single-model path, without ``std``).
+        """
+        return cls(load_checkpoint(path, atom_init=atom_init, trusted=trusted, members=members), device=device)
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str | os.PathLike, *, device: str | torch.device | None = None, members: int | None = None
+    ) -> CGCNNPredictor:
+        """Load a shipped model by name or alias (see ``cgcnn-ase models``), or a model
+        folder written by ``cgcnn-ase train`` (a path object, or a string naming an
+        existing folder).
+
+        ``members``: for an ensemble, how many members to run (``None``: all; ``1``: the
+        fast single-model path).
+        """
+        if isinstance(name, os.PathLike) or (isinstance(name, str) and os.path.isdir(name)):
+            return cls(load_model_folder(name, members=members), device=device)
+        if not isinstance(name, str):
+            raise TypeError(f"from_pretrained takes a model name or folder path, not {type(name).__name__}")
+        return cls(load_model_folder(resolve_model(name).path, members=members), device=device)
+
+    # -- properties ---------------------------------------------------------------
+    @property
+    def property_name(self) -> str:
+        """The predicted property, e.g. ``"formation_energy"``."""
+        return self.model.spec.property
+
+    @property
+    def units(self) -> str:
+        """Units of the predicted values, e.g. ``"eV/atom"``."""
+        return self.model.spec.units
+
+    @property
+    def is_ensemble(self) -> bool:
+        """True when several members are averaged (results carry ``std``)."""
+        return self.model.is_ensemble
+
+    @property
+    def has_domain(self) -> bool:
+        """True when the model ships a domain summary (results carry ``domain_percentile``)."""
+        return self.model.domain is not None
+
+    # -- prediction ---------------------------------------------------------------
+    def _graphs(
+        self, structures: Any, errors: ErrorPolicy, on_sparse: SparsePolicy
+    ) -> Iterator[tuple[str, CrystalGraph | CGCNNError]]:
+        """Normalise inputs and build graphs lazily, yielding (label, graph or error)."""
+        config = self.model.spec.graph
+        # The original policy breaks neighbour ties in pymatgen's site order: read CIFs as it did.
+        reader = "pymatgen" if config.neighbor_policy == "original" else "gemmi"
+        for label, item in iter_records(structures, cif_reader=reader):
+            try:
+                if isinstance(item, CGCNNError):
+                    raise item
+                try:
+                    self.model.elements.featurize(item.numbers)  # fails early on unsupported elements
+                except UnsupportedElementError as exc:
+                    raise UnsupportedElementError(f"{item.label}: {exc}") from None
+                yield label, build_graph(item, config, on_sparse=on_sparse)
+            except InvalidStructureError as exc:
+                if errors == "raise":
+                    raise
+                yield label, exc
+
+    @torch.no_grad()
+    def _run(
+        self, graphs: list[CrystalGraph], per_atom: bool, embeddings: bool = False
+    ) -> tuple[np.ndarray, list[np.ndarray] | None, np.ndarray | None]:
+        """Model outputs for one batch, from graphs collated once for every member.
+
+        Returns:
+            member values, shape (n_members, len(graphs)), in model units (probabilities
+            for classifiers); per-atom arrays (mean over members) or ``None``; member 0's
+            crystal features, shape (len(graphs), atom_fea_len), or ``None``.
+        """
+        spec = self.model.spec
+        # identical periodic-image edges merged into weighted ones: the same result, fewer edges
+        batch = collate(graphs, self.model.elements, spec.graph, merge_edges=True).to(self.device)
+        classification = spec.task == "classification"
+        rows, atom_sum, crystal = [], None, None
+        for k, (network, mean, std) in enumerate(self.model.heads()):
+            features = embeddings and k == 0
+            if not per_atom:
+                atom_fea = network.atom_features(batch)
+                pooled = segment_mean(atom_fea, batch.crystal_index, batch.n_crystals)
+                if spec.readout == "atomwise":
+                    out = segment_mean(network.head(atom_fea).squeeze(1), batch.crystal_index, batch.n_crystals)
+                else:
+                    out = network.head(pooled)
+                    out = out[:, 1].exp() if classification else out.squeeze(1)
+                values = out
+                if features:
+                    crystal = pooled.double().cpu().numpy()
+            elif spec.readout == "atomwise":  # one pass: the prediction is the mean of the atom outputs
+                contributions = network.atom_contributions(batch)
+                values = segment_mean(contributions, batch.crystal_index, batch.n_crystals)
+            else:
+                values, contributions = network.linear_attributions(batch)
+            values = values.double().cpu().numpy()
+            if not classification:
+                values = values * std + mean
+            rows.append(values)
+            if per_atom:
+                contributions = contributions.double().cpu().numpy()
+                if not classification:
+                    contributions = contributions * std + mean
+                atom_sum = contributions if atom_sum is None else atom_sum + contributions
+                if features:
+                    crystal = network.crystal_features(batch).double().cpu().numpy()
+        atoms = None
+        if per_atom:
+            atoms = np.split(atom_sum / len(rows), np.cumsum([g.n_atoms for g in graphs])[:-1])
+        return np.stack(rows), atoms, crystal
+
+    def predict(
+        self,
+        structures: Any,
+        *,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        progress: bool | None = None,
+        errors: ErrorPolicy = "raise",
+        on_sparse: SparsePolicy = "warn",
+        per_atom: bool = False,
+        embeddings: bool = False,
+    ) -> PredictionResult:
+        """Predict the model's property for one or many structures.
+
+        For an ensemble, each batch's graphs are built once and every member runs on them:
+        ``values`` is the members' mean, ``std`` their (calibrated) standard deviation and
+        ``member_values`` each member's prediction. Models shipping a domain summary also
+        fill ``domain_distance`` and ``domain_percentile``.
+
+        Args:
+            structures: one ``ase.Atoms``, pymatgen ``Structure`` or file path, or an
+                iterable of them (consumed lazily). A file with several frames gives one
+                result per frame.
+            batch_size: crystals per forward pass; results do not depend on it.
+            device: override the predictor's device for this call.
+            progress: show a progress bar on stderr; ``None`` shows one for 100+ inputs
+                when stderr is a terminal.
+            errors: ``"raise"`` stops at the first bad input; ``"collect"`` records the
+                message in ``result.errors`` and leaves NaN in ``values`` for that item.
+            on_sparse: policy for atoms with fewer than 12 neighbours within the cutoff
+                (``"warn"``, ``"error"``, ``"ignore"``).
+            per_atom: also return per-atom contributions, in the model's units; their mean
+                over a structure's atoms equals its prediction. Atomwise-readout models give
+                each atom's own output (exact, the paper's site energies); mean-pooled models
+                give a first-order attribution around the pooled features (see
+                :meth:`CrystalGraphConvNet.linear_attributions` and docs/per_atom.md). For an
+                ensemble, the mean of the members' contributions (so their mean over atoms
+                is still the ensemble's prediction).
+            embeddings: also return the crystal feature vectors (as :meth:`embed`; for an
+                ensemble, member 0's, the space of the domain signal), from the same graphs,
+                in ``result.embeddings``.
+
+        Returns:
+            A :class:`PredictionResult` in input order.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if errors not in ("raise", "collect"):
+            raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+        if device is not None and torch.device(device) != self.device:
+            self.device = torch.device(device)
+            self._to_device()
+        total = len(structures) if isinstance(structures, (list, tuple)) else None
+        from tqdm.auto import tqdm
+
+        # tqdm's disable=None hides the bar when stderr is not a terminal
+        disable = (not progress) if progress is not None else (None if (total or 0) >= 100 else True)
+        n_members = self.model.n_members
+        domain = self.model.domain
+        need_features = embeddings or domain is not None
+        ids: list[str] = []
+        values: list[np.ndarray] = []
+        messages: list[str | None] = []
+        n_sparse: list[int] = []
+        unseen: list[list[str]] = []
+        seen = self.model.spec.metadata.get("elements_seen")
+        seen = frozenset(seen) if seen else None
+        atoms: list[np.ndarray] = []
+        emb_rows: list[np.ndarray] = []
+        width = self.model.spec.architecture.get("atom_fea_len", 64)
+        stream = self._graphs(structures, errors, on_sparse)
+        with tqdm(total=total, disable=disable, unit="structure", leave=False) as bar:
+            while chunk := list(islice(stream, batch_size)):
+                good = [g for _, g in chunk if isinstance(g, CrystalGraph)]
+                batch_values, batch_atoms, batch_emb = (
+                    self._run(good, per_atom, need_features) if good else (None, None, None)
+                )
+                k = 0
+                for label, item in chunk:
+                    ids.append(label)
+                    if isinstance(item, CrystalGraph):
+                        values.append(batch_values[:, k])
+                        messages.append(None)
+                        n_sparse.append(item.n_sparse)
+                        unseen.append(self._unseen(item, seen))
+                        if per_atom:
+                            atoms.append(batch_atoms[k])
+                        if need_features:
+                            emb_rows.append(batch_emb[k])
+                        k += 1
+                    else:
+                        values.append(np.full(n_members, np.nan))
+                        messages.append(str(item))
+                        n_sparse.append(-1)
+                        unseen.append([])
+                        if per_atom:
+                            atoms.append(np.zeros(0))
+                        if need_features:
+                            emb_rows.append(np.full(width, np.nan))
+                bar.update(len(chunk))
+        spec = self.model.spec
+        members = np.array(values, dtype=np.float64).reshape(-1, n_members)  # (n, n_members)
+        features = np.array(emb_rows, dtype=np.float64).reshape(-1, width) if need_features else None
+        result = PredictionResult(
+            ids=ids,
+            values=members[:, 0].copy() if n_members == 1 else members.mean(axis=1),
+            property=spec.property,
+            units=spec.units,
+            task=spec.task,
+            errors=messages,
+            n_sparse=np.asarray(n_sparse, dtype=np.int64),
+            unseen_elements=unseen,
+            per_atom=atoms if per_atom else None,
+            embeddings=features if embeddings else None,
+            positive_class=spec.positive_class,
+        )
+        if self.model.is_ensemble:
+            scale = self.model.std_scale
+            result.member_values = members
+            result.std_raw = members.std(axis=1)
+            result.std_scale = scale
+            result.std = result.std_raw * scale if scale is not None else result.std_raw.copy()
+        if domain is not None:
+            result.domain_distance = domain.distances(features)
+            result.domain_percentile = domain.percentiles(result.domain_distance)
+        return result
+
+    @staticmethod
+    def _unseen(graph: CrystalGraph, seen: frozenset[int] | None) -> list[str]:
+        """Symbols in ``graph`` outside the training elements ``seen``; warns when there are any."""
+        if seen is None:
+            return []
+        from ase.data import chemical_symbols
+
+        missing = sorted(set(graph.numbers.tolist()) - seen)
+        if missing:
+            symbols = [chemical_symbols[z] for z in missing]
+            warnings.warn(
+                f"{graph.label}: element(s) {', '.join(symbols)} did not occur in this model's training data; "
+                "the prediction is an extrapolation",
+                UnseenElementWarning,
+                stacklevel=4,
+            )
+            return symbols
+        return []
+
+    @torch.inference_mode()
+    def embed(self, structures: Any, *, batch_size: int = 64, on_sparse: SparsePolicy = "warn") -> np.ndarray:
+        """Crystal feature vectors (the mean-pooled atom features after the convolutions;
+        for an ensemble, member 0's: the space of the domain signal).
+
+        Returns:
+            float32 array, shape (n, atom_fea_len), in input order. Bad inputs raise.
+        """
+        stream = (g for _, g in self._graphs(structures, "raise", on_sparse))
+        rows = []
+        while chunk := list(islice(stream, batch_size)):
+            batch = collate(chunk, self.model.elements, self.model.spec.graph, merge_edges=True).to(self.device)
+            rows.append(self.model.network.crystal_features(batch).cpu().numpy())
+        width = self.model.spec.architecture.get("atom_fea_len", 64)
+        return np.concatenate(rows) if rows else np.zeros((0, width), dtype=np.float32)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+

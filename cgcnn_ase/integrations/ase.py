@@ -1,0 +1,167 @@
+"""CGCNNCalculator: a thin ASE adapter over :class:`~cgcnn_ase.inference.predictor.CGCNNPredictor`.
+
+>>> atoms.calc = CGCNNCalculator("formation_energy")                 # doctest: +SKIP
+>>> atoms.get_potential_energy()          # eV: (eV/atom prediction) x number of atoms
+>>> atoms.calc.get_property("formation_energy", atoms)   # eV/atom
+
+Results are computed for every configured model in one pass per structure state and
+cached until positions, numbers, cell or pbc change (ASE's ``check_state``).
+
+Property names:
+
+- each model's own property (``formation_energy`` in eV/atom, ``band_gap`` in eV,
+  ``is_metal`` as P(metal), ``log10_bulk_modulus`` in log10(GPa), ...), through
+  ``calc.get_property(name, atoms)``;
+- ``energy``, ``free_energy`` (eV, per-atom value x N) and ``energies`` (eV per atom,
+  summing to ``energy``) for the first energy model (units ``eV/atom``);
+- ``fermi_level`` (eV) for a Fermi-energy model;
+- moduli also in GPa: ``bulk_modulus`` = 10 ** ``log10_bulk_modulus``;
+- with a band-gap model *and* a metal classifier: ``band_gap`` is 0 for predicted metals
+  (P(metal) > ``metal_threshold``, default 0.5), ``band_gap_raw`` the regression output, ``metal_probability`` P(metal);
+- for an ensemble model, ``<property>_std``: the (calibrated) standard deviation of the
+  members' predictions, in the property's own units (``log10_bulk_modulus_std`` in
+  log10(GPa); ``band_gap_std`` is that of the ungated regression output;
+  ``is_metal_std`` of the members' probabilities); the property itself is the members' mean;
+- for a model shipping a domain summary, ``<property>_domain_percentile`` (percent, 0-100;
+  near 100: the crystal lies outside the model's training domain; see docs/uncertainty.md).
+
+Forces and stress are not predicted: asking raises ``PropertyNotImplementedError``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from cgcnn_ase.inference.predictor import CGCNNPredictor
+from cgcnn_ase.models.registry import resolve_model
+
+#: Standard ASE property names this calculator can fill (everything else is custom).
+STANDARD_PROPERTIES = ("energy", "free_energy", "energies", "fermi_level")
+
+
+def _as_predictor(model: str | os.PathLike | CGCNNPredictor, device: str | None) -> CGCNNPredictor:
+    if isinstance(model, CGCNNPredictor):
+        return model
+    if os.path.exists(model):
+        return CGCNNPredictor.from_checkpoint(model, device=device)
+    return CGCNNPredictor.from_pretrained(str(model), device=device)
+
+
+class CGCNNCalculator(Calculator):
+    """ASE calculator predicting crystal properties with one or several CGCNN models.
+
+    Args:
+        models: a shipped model name (``"formation_energy"``), a model folder path, a
+            :class:`CGCNNPredictor`, or a sequence of them. Asking for the shipped
+            ``band_gap`` model adds the shipped ``is_metal`` classifier for gating.
+        device: torch device for the models.
+        store_in_info: also write each result to ``atoms.info["cgcnn_<name>"]`` (and
+            per-atom contributions to ``atoms.arrays["cgcnn_energies"]``) so predictions
+            survive writing to extxyz and other formats that only keep standard names.
+        on_sparse: policy for atoms with fewer than 12 neighbours (``"warn"``,
+            ``"error"``, ``"ignore"``).
+        metal_threshold: P(metal) above which the gated ``band_gap`` is 0.
+    """
+
+    implemented_properties: list[str] = []  # set per instance from the models
+
+    def __init__(
+        self,
+        models: str | os.PathLike | CGCNNPredictor | Sequence[str | os.PathLike | CGCNNPredictor] = "formation_energy",
+        *,
+        device: str | None = None,
+        store_in_info: bool = False,
+        on_sparse: str = "warn",
+        metal_threshold: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        items = [models] if isinstance(models, (str, os.PathLike, CGCNNPredictor)) else list(models)
+        if not items:
+            raise ValueError("CGCNNCalculator needs at least one model")
+        if any(isinstance(m, str) and m == "band_gap" for m in items) and not any(
+            isinstance(m, str) and m == "is_metal" for m in items
+        ):
+            try:
+                resolve_model("is_metal")
+                items.append("is_metal")
+            except KeyError:  # no shipped classifier: the band gap stays ungated
+                pass
+        self.predictors = [_as_predictor(m, device) for m in items]
+        self.store_in_info = store_in_info
+        self.on_sparse = on_sparse
+        self.metal_threshold = metal_threshold
+        self.units: dict[str, str] = {}
+        names: list[str] = []
+        for predictor in self.predictors:
+            spec = predictor.model.spec
+            names.append(spec.property)
+            self.units[spec.property] = spec.units
+            if predictor.is_ensemble:
+                names.append(f"{spec.property}_std")
+                self.units[names[-1]] = spec.units
+            if predictor.has_domain:
+                names.append(f"{spec.property}_domain_percentile")
+                self.units[names[-1]] = "percent"
+            if spec.property.startswith("log10_") and spec.units == "log10(GPa)":
+                names.append(spec.property.removeprefix("log10_"))
+                self.units[names[-1]] = "GPa"
+        self._energy_model = next((p for p in self.predictors if p.units == "eV/atom"), None)
+        if self._energy_model is not None:
+            names += ["energy", "free_energy", "energies"]
+            self.units.update(energy="eV", free_energy="eV", energies="eV")
+        if "fermi_energy" in names:
+            names.append("fermi_level")
+            self.units["fermi_level"] = "eV"
+        if "band_gap" in names and "is_metal" in names:
+            names += ["band_gap_raw", "metal_probability"]
+            self.units.update(band_gap_raw="eV", metal_probability="probability")
+        self.implemented_properties = list(dict.fromkeys(names))
+
+    def calculate(
+        self, atoms: Any = None, properties: Sequence[str] | None = None, system_changes: Sequence[str] = all_changes
+    ) -> None:
+        """Run every model once on ``atoms`` and fill ``self.results`` with all properties."""
+        super().calculate(atoms, properties, system_changes)
+        results: dict[str, Any] = {}
+        n_atoms = len(self.atoms)
+        for predictor in self.predictors:
+            spec = predictor.model.spec
+            per_atom = predictor is self._energy_model
+            out = predictor.predict(self.atoms, per_atom=per_atom, on_sparse=self.on_sparse)
+            value = float(out.values[0])
+            results[spec.property] = value
+            if out.std is not None:
+                results[f"{spec.property}_std"] = float(out.std[0])
+            if out.domain_percentile is not None:
+                results[f"{spec.property}_domain_percentile"] = float(out.domain_percentile[0])
+            if spec.property.startswith("log10_") and spec.units == "log10(GPa)":
+                results[spec.property.removeprefix("log10_")] = 10.0**value
+            if per_atom:
+                results["energy"] = results["free_energy"] = value * n_atoms
+                results["energies"] = np.asarray(out.per_atom[0], dtype=np.float64)
+        if "fermi_energy" in results:
+            results["fermi_level"] = results["fermi_energy"]
+        if "band_gap" in results and "is_metal" in results:
+            results["band_gap_raw"] = results["band_gap"]
+            results["metal_probability"] = results["is_metal"]
+            if results["is_metal"] > self.metal_threshold:
+                results["band_gap"] = 0.0
+        self.results = results
+        if self.store_in_info and atoms is not None:
+            for name, value in results.items():
+                if name == "energies":
+                    atoms.arrays["cgcnn_energies"] = value.copy()
+                elif name not in ("energy", "free_energy"):
+                    atoms.info[f"cgcnn_{name}"] = value
+
+    def export_properties(self) -> Any:
+        """ASE ``Properties`` of the standard names only (custom names are not exportable)."""
+        from ase.outputs import Properties
+
+        return Properties({k: v for k, v in self.results.items() if k in STANDARD_PROPERTIES})

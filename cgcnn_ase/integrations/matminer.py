@@ -1,0 +1,162 @@
+"""CGCNNFeaturizer: CGCNN predictions (and crystal embeddings) as matminer feature columns.
+
+>>> from cgcnn_ase.integrations.matminer import CGCNNFeaturizer                     # doctest: +SKIP
+>>> df = CGCNNFeaturizer(["formation_energy", "band_gap"]).featurize_dataframe(df, "structure")
+
+``featurize_many`` / ``featurize_dataframe`` run the network in batches (one process by
+default: the base class would otherwise pickle the models into a pool), honouring
+matminer's per-row ``ignore_errors`` / ``return_errors``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matminer.featurizers.base import BaseFeaturizer
+
+from cgcnn_ase.inference.predictor import CGCNNPredictor
+
+class CGCNNFeaturizer(BaseFeaturizer):
+    """Predict CGCNN properties of ``Structure`` / ``Atoms`` entries as features.
+
+    Args:
+        properties: shipped model names (``"formation_energy"``, ...), model folder
+            paths or :class:`CGCNNPredictor` objects; one feature column each, labelled
+            ``"<property> (<units>)"``. An ensemble model adds a column
+            ``"<property>_std (<units>)"`` right after it: the (calibrated) standard
+            deviation of its members (the value column is their mean).
+        embeddings: also add each model's crystal feature vector (the mean-pooled atom
+            features after the convolutions; member 0's for an ensemble) as columns
+            ``"<property> embedding <k>"``.
+        domain: also add ``"<property> domain percentile (percent)"`` for models that ship
+            a domain summary (0-100; near 100: outside the training domain).
+        batch_size: structures per forward pass.
+        device: torch device (``None``: CUDA if available).
+    """
+
+    def __init__(
+        self,
+        properties: str | CGCNNPredictor | Sequence[str | CGCNNPredictor] = ("formation_energy",),
+        embeddings: bool = False,
+        batch_size: int = 256,
+        device: str | None = None,
+        domain: bool = False,
+    ) -> None:
+        self.properties = properties
+        self.embeddings = embeddings
+        self.domain = domain
+        self.batch_size = batch_size
+        self.device = device
+        self._predictors: list[CGCNNPredictor] | None = None
+        self.set_n_jobs(1)
+
+    # -- set-up ----------------------------------------------------------------------
+    @property
+    def predictors(self) -> list[CGCNNPredictor]:
+        """The loaded models (loaded on first use)."""
+        if self._predictors is None:
+            single = isinstance(self.properties, (str, os.PathLike, CGCNNPredictor))
+            items = [self.properties] if single else list(self.properties)
+            self._predictors = [
+                item
+                if isinstance(item, CGCNNPredictor)
+                else CGCNNPredictor.from_checkpoint(item, device=self.device)
+                if os.path.exists(item)
+                else CGCNNPredictor.from_pretrained(str(item), device=self.device)
+                for item in items
+            ]
+        return self._predictors
+
+    def fit(self, X: Any, y: Any = None, **fit_kwargs: Any) -> CGCNNFeaturizer:
+        """No-op: the models are pretrained."""
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:  # models reload lazily after pickling/cloning
+        return {**self.__dict__, "_predictors": None}
+
+    # -- matminer API ----------------------------------------------------------------
+    def feature_labels(self) -> list[str]:
+        labels = []
+        for p in self.predictors:
+            spec = p.model.spec
+            labels.append(f"{spec.property} ({spec.units})")
+            if p.is_ensemble:
+                labels.append(f"{spec.property}_std ({spec.units})")
+            if self.domain and p.has_domain:
+                labels.append(f"{spec.property} domain percentile (percent)")
+            if self.embeddings:
+                width = spec.architecture.get("atom_fea_len", 64)
+                labels += [f"{spec.property} embedding {k}" for k in range(width)]
+        return labels
+
+    def featurize(self, structure: Any) -> list[float]:
+        """Features of one structure (prefer ``featurize_many``/``featurize_dataframe``: batched)."""
+        return self._featurize_batch([structure], raise_errors=True)[0][0]
+
+    def featurize_many(
+        self, entries: Any, ignore_errors: bool = False, return_errors: bool = False, pbar: bool = True
+    ) -> list[list[Any]]:
+        """Featurize many structures in batches; per-row error handling as in matminer."""
+        if return_errors and not ignore_errors:
+            raise ValueError("Please set ignore_errors to True to use return_errors.")
+        structures = [e[0] if isinstance(e, (tuple, list, np.ndarray)) and len(e) == 1 else e for e in list(entries)]
+        if not structures:
+            return []
+        rows, errors = self._featurize_batch(structures, raise_errors=not ignore_errors, progress=bool(pbar))
+        if return_errors:
+            return [row + [err if err is not None else float("nan")] for row, err in zip(rows, errors)]
+        return rows
+
+    def _featurize_batch(
+        self, structures: list[Any], *, raise_errors: bool, progress: bool = False
+    ) -> tuple[list[list[Any]], list[str | None]]:
+        """Rows of features (NaN for failed rows) and per-row error messages."""
+        n = len(structures)
+        columns: list[np.ndarray] = []
+        errors: list[str | None] = [None] * n
+        for predictor in self.predictors:
+            result = predictor.predict(
+                structures,
+                batch_size=self.batch_size,
+                errors="raise" if raise_errors else "collect",  # raise: the specific exception, unchanged
+                progress=progress and n >= 100,
+                embeddings=self.embeddings,  # from the same graphs: no second read or graph build
+            )
+            for k, message in enumerate(result.errors):
+                errors[k] = errors[k] or message
+            block = [result.values[:, None]]
+            if predictor.is_ensemble:
+                block.append(result.std[:, None])
+            if self.domain and predictor.has_domain:
+                block.append(result.domain_percentile[:, None])
+            if self.embeddings:
+                block.append(result.embeddings)
+            columns.append(np.hstack(block))
+        table = np.hstack(columns)
+        return table.tolist(), errors
+
+    def citations(self) -> list[str]:
+        return [
+            "@article{xie2018crystal, title={Crystal Graph Convolutional Neural Networks for an Accurate and "
+            "Interpretable Prediction of Material Properties}, author={Xie, Tian and Grossman, Jeffrey C.}, "
+            "journal={Physical Review Letters}, volume={120}, number={14}, pages={145301}, year={2018}, "
+            "doi={10.1103/PhysRevLett.120.145301}}",
+            "@article{jain2013materials, title={Commentary: The Materials Project: A materials genome approach to "
+            "accelerating materials innovation}, author={Jain, Anubhav and Ong, Shyue Ping and Hautier, Geoffroy and "
+            "Chen, Wei and Richards, William Davidson and Dacek, Stephen and Cholia, Shreyas and Gunter, Dan and "
+            "Skinner, David and Ceder, Gerbrand and Persson, Kristin A.}, journal={APL Materials}, volume={1}, "
+            "number={1}, pages={011002}, year={2013}, doi={10.1063/1.4812323}}",
+            "@article{dejong2015charting, title={Charting the complete elastic properties of inorganic crystalline "
+            "compounds}, author={de Jong, Maarten and others}, journal={Scientific Data}, volume={2}, "
+            "pages={150009}, year={2015}, doi={10.1038/sdata.2015.9}}",
+            "@article{castelli2012computational, title={Computational screening of perovskite metal oxides for "
+            "optimal solar light capture}, author={Castelli, Ivano E. and others}, journal={Energy & Environmental "
+            "Science}, volume={5}, pages={5814--5819}, year={2012}, doi={10.1039/C1EE02717D}}",
+        ]
+
+    def implementors(self) -> list[str]:
+        return ["cgcnn-ase developers"]
+
