@@ -72,7 +72,8 @@ def readers() -> dict[str, Callable[[str], object]]:
 
 def tie_at_last_slot(record, k: int = 12, tol: float = 1e-4) -> bool:
     """True when some atom's k-th and (k+1)-th nearest neighbours are equally far (within ``tol`` Å)."""
-    from cgcnn_ase.graph.neighbours import GraphConfig, _raw_neighbors
+    from cgcnn_ase.graph.neighbours import _raw_neighbors
+    from cgcnn_ase.graph.config import GraphConfig
 
     i, _, d = _raw_neighbors(record, GraphConfig())
     order = np.lexsort((d, i))

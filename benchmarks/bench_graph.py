@@ -38,7 +38,9 @@ def run(shared: str | None, repeats: int, count: int, sizes: tuple[int, ...]) ->
     import torch
     from original_baseline import original_graph
 
-    from cgcnn_ase.graph.neighbours import GraphConfig, build_graph, gaussian_expand
+    from cgcnn_ase.graph.neighbours import build_graph
+    from cgcnn_ase.graph.config import GraphConfig
+    from cgcnn_ase.graph.batch import gaussian_expand
     from cgcnn_ase.io.reader import from_pymatgen
 
     _common.quiet()

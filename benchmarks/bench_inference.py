@@ -26,7 +26,7 @@ import _common
 def _timed_predict(predictor, structures, *, merge: bool, batch_size: int) -> tuple[float, np.ndarray]:
     """Seconds for one ``predict`` pass with edge merging on or off, and its values."""
     import cgcnn_ase.inference.predictor as predictor_module
-    from cgcnn_ase.graph.neighbours import collate
+    from cgcnn_ase.graph.batch import collate
 
     predictor_module.collate = lambda graphs, elements, config, merge_edges=True: collate(
         graphs, elements, config, merge_edges=merge

@@ -56,7 +56,8 @@ def _batches(shared: str | None, dataset: str, size: int, loaded):
     from original_baseline import AtomInit, collate_pool, original_graph
     from pymatgen.core import Structure
 
-    from cgcnn_ase.graph.neighbours import build_graph, collate
+    from cgcnn_ase.graph.neighbours import build_graph
+    from cgcnn_ase.graph.batch import collate
     from cgcnn_ase.io.reader import from_pymatgen
 
     structures = [
@@ -93,7 +94,7 @@ def measure(shared: str | None, batch_size: int, repeats: int, threads: list[int
     import torch
     from original_baseline import DenseCGCNN
 
-    from cgcnn_ase.models.folder import load_checkpoint
+    from cgcnn_ase.models.registry import load_model as load_checkpoint
 
     _common.quiet()
     loaded = load_checkpoint(

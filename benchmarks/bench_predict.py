@@ -76,7 +76,8 @@ def our_stages(predictor, paths: list[str], batch_size: int = 64) -> tuple[dict[
     """One pass of the predictor's pipeline with each stage timed (same functions, same order)."""
     import torch
 
-    from cgcnn_ase.graph.neighbours import _raw_neighbors, build_graph, collate
+    from cgcnn_ase.graph.neighbours import _raw_neighbors, build_graph
+    from cgcnn_ase.graph.batch import collate
     from cgcnn_ase.io.reader import _read_cif_gemmi, _read_file, to_record
 
     fast = predictor.model.spec.graph.neighbor_policy != "original"  # what predict() does for such models

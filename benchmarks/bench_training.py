@@ -109,7 +109,9 @@ class OriginalLoop:
     """Cached epochs of the original approach on ``records`` (the training crystals) and their targets."""
 
     def __init__(self, records, targets, elements) -> None:
-        from cgcnn_ase.graph.neighbours import GraphConfig, build_graph, gaussian_expand
+        from cgcnn_ase.graph.neighbours import build_graph
+        from cgcnn_ase.graph.config import GraphConfig
+        from cgcnn_ase.graph.batch import gaussian_expand
 
         config = GraphConfig(neighbor_policy="original")
         self.cache = []
@@ -156,7 +158,7 @@ class OursLoop:
     """
 
     def __init__(self, store, targets, train_idx, elements, *, bf16: bool, merge_edges: bool, compile: bool) -> None:
-        from cgcnn_ase.graph.neighbours import GraphConfig
+        from cgcnn_ase.graph.config import GraphConfig
         from cgcnn_ase.nn.network import CrystalGraphConvNet
         from cgcnn_ase.train.trainer import GraphBatcher, TrainingForward
 
@@ -244,7 +246,7 @@ def main(shared: str | None, n_crystals: int, epochs: int, rounds: int, repeats:
 
     from cgcnn_ase.train.datasets import DatasetSpec, load_table, parse_structures
     from cgcnn_ase.graph.elements import generate_cgcnn_table
-    from cgcnn_ase.graph.neighbours import GraphConfig
+    from cgcnn_ase.graph.config import GraphConfig
     from cgcnn_ase.train.trainer import build_graph_store, torch_threads
 
     _common.quiet()

@@ -156,7 +156,7 @@ def load_dense_model(model_path: str | Path, atom_init_path: str | Path) -> tupl
     Weights are read through this project's safe loader (same tensors as a plain
     ``torch.load``), which is not part of the timed pipeline.
     """
-    from cgcnn_ase.models.folder import load_checkpoint
+    from cgcnn_ase.models.registry import load_model as load_checkpoint
 
     loaded = load_checkpoint(model_path, atom_init=atom_init_path)
     if loaded.spec.task != "regression":

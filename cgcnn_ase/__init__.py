@@ -17,7 +17,8 @@ from cgcnn_ase.errors import (
     UnsupportedElementError,
     UntrustedCheckpointError,
 )
-from cgcnn_ase.graph.neighbours import GraphConfig, build_graph
+from cgcnn_ase.graph.neighbours import build_graph
+from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.inference.predictor import CGCNNPredictor, PredictionResult
 from cgcnn_ase.models.registry import list_models
 

@@ -71,13 +71,9 @@ def load_predictor(model: str, *, atom_init: str | None = None, trusted: bool = 
     """A predictor for a model name (shipped models) or a path (model folder or .pth.tar)."""
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
-    if Path(model).exists():
-        return CGCNNPredictor.from_checkpoint(model, atom_init=atom_init, trusted=trusted, device=device)
-    if any(sep in model for sep in ("/", "\\")) or model.endswith((".tar", ".pth", ".pt", ".json")):
-        raise CheckpointError(f"{model}: no such model folder or checkpoint file")
-    if atom_init is not None:
+    if atom_init is not None and not Path(model).exists():
         raise click.UsageError("--atom-init applies to original .pth.tar checkpoints only")
-    return CGCNNPredictor.from_pretrained(model, device=device)
+    return CGCNNPredictor.load(model, atom_init=atom_init, trusted=trusted, device=device)
 
 
 def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, output: str | None, meta: dict) -> None:

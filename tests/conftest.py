@@ -14,7 +14,7 @@ from ase.build import bulk
 
 from cgcnn_ase.models.folder import LoadedModel, ModelSpec, save_model_folder
 from cgcnn_ase.graph.elements import generate_cgcnn_table
-from cgcnn_ase.graph.neighbours import GraphConfig
+from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 
 REPO = Path(__file__).resolve().parents[1]

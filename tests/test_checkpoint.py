@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cgcnn_ase.models.folder import load_checkpoint, load_model_folder, load_original_checkpoint, save_model_folder
+from cgcnn_ase.models.folder import load_model_folder, save_model_folder
+from cgcnn_ase.models.registry import load_model
+from cgcnn_ase.models.legacy import load_original_checkpoint
 from cgcnn_ase.errors import CheckpointError, UntrustedCheckpointError
 from cgcnn_ase.inference.predictor import CGCNNPredictor
 
@@ -102,10 +104,10 @@ def test_checkpoint_with_code_is_not_executed(tmp_path):
 
 def test_missing_and_garbage_checkpoint_files(tmp_path):
     with pytest.raises(CheckpointError, match="no such"):
-        load_checkpoint(tmp_path / "absent.pth.tar")
+        load_model(tmp_path / "absent.pth.tar")
     (tmp_path / "junk.pth.tar").write_bytes(b"\x00junk" * 100)
     with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
-        load_checkpoint(tmp_path / "junk.pth.tar")
+        load_model(tmp_path / "junk.pth.tar")
 
 
 def test_gpu_saved_original_checkpoint_loads_on_cpu():

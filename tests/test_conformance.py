@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cgcnn_ase.models.folder import load_original_checkpoint
-from cgcnn_ase.graph.neighbours import GraphConfig, build_graph
+from cgcnn_ase.models.legacy import load_original_checkpoint
+from cgcnn_ase.graph.neighbours import build_graph
+from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.inference.predictor import CGCNNPredictor
 from cgcnn_ase.io.reader import read_structures
 

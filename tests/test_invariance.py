@@ -10,7 +10,8 @@ from ase import Atoms
 from ase.build import make_supercell
 from scipy.spatial.transform import Rotation
 
-from cgcnn_ase.graph.neighbours import GraphConfig, build_graph
+from cgcnn_ase.graph.neighbours import build_graph
+from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.inference.predictor import CGCNNPredictor
 from cgcnn_ase.io.reader import to_record
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cgcnn_ase.graph.neighbours import GraphBatch
+from cgcnn_ase.graph.batch import GraphBatch
 from cgcnn_ase.nn.network import ConvLayer, CrystalGraphConvNet, SimpleConvLayer
 
 A, B = 8, 5
@@ -132,7 +132,8 @@ def test_merged_edges_give_the_unmerged_outputs_gradients_and_running_stats(conv
     import numpy as np
 
     from cgcnn_ase.graph.elements import generate_cgcnn_table
-    from cgcnn_ase.graph.neighbours import GraphConfig, build_graph
+    from cgcnn_ase.graph.neighbours import build_graph
+    from cgcnn_ase.graph.config import GraphConfig
     from cgcnn_ase.io.reader import to_record
     from cgcnn_ase.train.trainer import GraphBatcher, GraphStore, merge_duplicate_edges
 
@@ -198,6 +199,6 @@ def test_opaque_indexing_gives_the_same_outputs_and_gradients():
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
     x = atom.clone().requires_grad_(True)
-    from cgcnn_ase.nn.network import gather_rows, scatter_rows
+    from cgcnn_ase.nn.ops import gather_rows, scatter_rows
 
     assert torch.autograd.gradcheck(lambda v: scatter_rows(gather_rows(v, neighbors), centers, n), (x,))

@@ -10,7 +10,8 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.core.periodic_table import DummySpecies
 
 from cgcnn_ase.errors import InvalidStructureError, StructureReadError
-from cgcnn_ase.graph.neighbours import GraphConfig, build_graph
+from cgcnn_ase.graph.neighbours import build_graph
+from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.io.reader import iter_records, read_structures, to_record
 
 DISORDERED_CIF = """data_disordered

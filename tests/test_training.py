@@ -22,7 +22,9 @@ from cgcnn_ase.graph import neighbours as graph_module
 from cgcnn_ase.train.datasets import DatasetSpec, Split, load_dataset
 from cgcnn_ase.graph.elements import generate_cgcnn_table
 from cgcnn_ase.analysis.evaluation import evaluate_model, regression_metrics
-from cgcnn_ase.graph.neighbours import GraphConfig, build_graph, collate
+from cgcnn_ase.graph.neighbours import build_graph
+from cgcnn_ase.graph.config import GraphConfig
+from cgcnn_ase.graph.batch import collate
 from cgcnn_ase.train.trainer import (
     ConfigError,
     GraphBatcher,

@@ -684,16 +684,10 @@ def uncertainty_plots(
 
 
 def _model_folder(model: str | os.PathLike) -> Path:
-    """A model folder from a path or a shipped model's name/alias."""
-    path = Path(model)
-    if path.is_dir():
-        return path
-    from cgcnn_ase.errors import CheckpointError
-    from cgcnn_ase.models.registry import resolve_model
+    """A model folder from a path or a shipped model's name/alias (:func:`~cgcnn_ase.models.registry.model_folder`)."""
+    from cgcnn_ase.models.registry import model_folder
 
-    if path.exists() or any(sep in str(model) for sep in ("/", "\\")):
-        raise CheckpointError(f"{model}: not a model folder (evaluation needs a folder with model.json and split.json)")
-    return resolve_model(str(model)).path
+    return model_folder(model, purpose="evaluation needs a folder with model.json and split.json")
 
 
 def _dataset_spec(folder: Path, dataset: Any) -> Any:
@@ -855,7 +849,7 @@ def evaluate_model(
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     folder = _model_folder(model)
-    predictor = CGCNNPredictor.from_checkpoint(folder, device=device)
+    predictor = CGCNNPredictor.load(folder, device=device)
     spec, parts = load_split_records(folder, dataset, (split,), workers=workers, progress=progress)
     data = parts[split]
     ids, targets = data.ids, data.targets
@@ -972,7 +966,7 @@ def evaluate_uncertainty(
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     folder = _model_folder(model)
-    predictor = CGCNNPredictor.from_checkpoint(folder, device=device)
+    predictor = CGCNNPredictor.load(folder, device=device)
     if not predictor.is_ensemble:
         raise ValueError(f"{folder}: not an ensemble (uncertainty needs several members)")
     names = [n for n in dict.fromkeys([calibration_split, split]) if n]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, InvalidStructureError, SiteAnalysisError
+from cgcnn_ase.inference.predictor import as_predictor
 from cgcnn_ase.io.reader import StructureRecord, iter_records
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -313,19 +314,6 @@ def _formula(record: StructureRecord) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _as_predictor(predictor: Any) -> CGCNNPredictor:
-    """A predictor from a predictor, a model folder, or a shipped model's name/alias."""
-    from cgcnn_ase.inference.predictor import CGCNNPredictor
-
-    if isinstance(predictor, CGCNNPredictor):
-        return predictor
-    if isinstance(predictor, (str, os.PathLike)):
-        if Path(predictor).is_dir():
-            return CGCNNPredictor.from_checkpoint(predictor)
-        return CGCNNPredictor.from_pretrained(str(predictor))
-    raise TypeError(f"expected a CGCNNPredictor, a model folder or a model name, got {type(predictor).__name__}")
-
-
 def _records(
     structures: Any, labels: Sequence[str] | None
 ) -> list[tuple[str, StructureRecord | InvalidStructureError]]:
@@ -402,7 +390,7 @@ def site_contributions(
         raise ValueError(f"roles must be 'auto', 'perovskite', 'wyckoff', None or a callable, got {roles!r}")
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
-    predictor = _as_predictor(predictor)
+    predictor = as_predictor(predictor)
     spec = predictor.model.spec
     if spec.readout == "atomwise":
         kind = "atomwise"
@@ -901,7 +889,7 @@ def write_site_report(
     Returns:
         The written files: ``sites.csv``, ``by_element.csv``, then the maps.
     """
-    predictor = _as_predictor(predictor)
+    predictor = as_predictor(predictor)
     df = site_contributions(
         predictor, structures, batch_size=batch_size, labels=labels, symprec=symprec,
         allow_mean_pooled=allow_mean_pooled, errors=errors, on_sparse=on_sparse, progress=progress,

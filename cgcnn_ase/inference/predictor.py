@@ -12,17 +12,20 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from cgcnn_ase.models.folder import LoadedModel, load_checkpoint, load_model_folder
+from cgcnn_ase.models.folder import LoadedModel
 from cgcnn_ase.graph.elements import ElementTable
 from cgcnn_ase.errors import CGCNNError, InvalidStructureError, UnseenElementWarning, UnsupportedElementError
-from cgcnn_ase.graph.neighbours import CrystalGraph, SparsePolicy, build_graph, collate
-from cgcnn_ase.nn.network import segment_mean
-from cgcnn_ase.models.registry import resolve_model
+from cgcnn_ase.graph.neighbours import CrystalGraph, build_graph
+from cgcnn_ase.graph.config import SparsePolicy
+from cgcnn_ase.graph.batch import collate
+from cgcnn_ase.nn.ops import segment_mean
+from cgcnn_ase.models.registry import load_model, resolve_device
 from cgcnn_ase.io.reader import iter_records
 
 ErrorPolicy = Literal["raise", "collect"]
@@ -148,22 +151,34 @@ class CGCNNPredictor:
     ``members=1`` runs member 0 alone, as fast as a single model.
 
     Args:
-        model: a loaded model (see :func:`cgcnn_ase.models.folder.load_checkpoint`).
+        model: a loaded model (see :func:`cgcnn_ase.models.registry.load_model`); to load
+            one by name or path, use :meth:`load`.
         device: torch device for inference (``"cpu"``, ``"cuda"``, ...); ``None`` picks
             CUDA when available.
     """
 
     def __init__(self, model: LoadedModel, *, device: str | torch.device | None = None) -> None:
         self.model = model
-        self.device = torch.device(device) if device is not None else _default_device()
-        self._to_device()
-
-    def _to_device(self) -> None:
-        for network, _, _ in self.model.heads():
-            network.to(self.device).eval()
-        self.model.network.to(self.device).eval()
+        self.device = resolve_device(device)
+        self.model.to(self.device)
 
     # -- construction -------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        members: int | None = None,
+        atom_init: str | os.PathLike | ElementTable | None = None,
+        trusted: bool = False,
+    ) -> CGCNNPredictor:
+        """A predictor for a shipped model's name or alias, a model folder or an original
+        ``.pth.tar`` file: :func:`cgcnn_ase.models.registry.load_model`, whose arguments these are."""
+        return cls(
+            load_model(model, device=device, members=members, atom_init=atom_init, trusted=trusted), device=device
+        )
+
     @classmethod
     def from_checkpoint(
         cls,
@@ -177,14 +192,15 @@ class CGCNNPredictor:
         """Load a model folder (single or ensemble) or an original CGCNN ``.pth.tar`` file.
 
         Args:
-            path: model folder, or ``.pth.tar`` checkpoint of the original code.
+            path: model folder, or ``.pth.tar`` checkpoint of the original code (always a
+                path: a missing one is reported, never looked up as a shipped name).
             atom_init: element table for an original checkpoint (its ``atom_init.json``).
-            trusted: allow unpickling code-bearing legacy files (see checkpoint docs).
+            trusted: allow unpickling code-bearing legacy files (see :mod:`cgcnn_ase.models.legacy`).
             device: inference device.
             members: for an ensemble folder, the number of members to run (``None``: all;
                 ``1``: member 0 alone, the fast single-model path, without ``std``).
         """
-        return cls(load_checkpoint(path, atom_init=atom_init, trusted=trusted, members=members), device=device)
+        return cls.load(Path(path), device=device, members=members, atom_init=atom_init, trusted=trusted)
 
     @classmethod
     def from_pretrained(
@@ -197,11 +213,9 @@ class CGCNNPredictor:
         ``members``: for an ensemble, how many members to run (``None``: all; ``1``: the
         fast single-model path).
         """
-        if isinstance(name, os.PathLike) or (isinstance(name, str) and os.path.isdir(name)):
-            return cls(load_model_folder(name, members=members), device=device)
-        if not isinstance(name, str):
+        if not isinstance(name, (str, os.PathLike)):
             raise TypeError(f"from_pretrained takes a model name or folder path, not {type(name).__name__}")
-        return cls(load_model_folder(resolve_model(name).path, members=members), device=device)
+        return cls.load(name, device=device, members=members)
 
     # -- properties ---------------------------------------------------------------
     @property
@@ -345,9 +359,9 @@ class CGCNNPredictor:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if errors not in ("raise", "collect"):
             raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
-        if device is not None and torch.device(device) != self.device:
-            self.device = torch.device(device)
-            self._to_device()
+        if device is not None and resolve_device(device) != self.device:
+            self.device = resolve_device(device)
+            self.model.to(self.device)
         total = len(structures) if isinstance(structures, (list, tuple)) else None
         from tqdm.auto import tqdm
 
@@ -459,6 +473,19 @@ class CGCNNPredictor:
         return np.concatenate(rows) if rows else np.zeros((0, width), dtype=np.float32)
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def as_predictor(
+    model: str | os.PathLike | CGCNNPredictor,
+    *,
+    device: str | torch.device | None = None,
+    members: int | None = None,
+    atom_init: str | os.PathLike | ElementTable | None = None,
+    trusted: bool = False,
+) -> CGCNNPredictor:
+    """``model`` itself if it is a predictor, else :meth:`CGCNNPredictor.load` of it.
 
+    The calculator, featurizer, CLI, streaming, dask, evaluation and site-energy code take
+    their model argument through this function, so a name means the same model everywhere.
+    """
+    if isinstance(model, CGCNNPredictor):
+        return model
+    return CGCNNPredictor.load(model, device=device, members=members, atom_init=atom_init, trusted=trusted)

@@ -573,19 +573,13 @@ def load_predictors(
     *,
     device: str | None = None,
 ) -> list[CGCNNPredictor]:
-    """Predictors for shipped model names, model folders / ``.pth.tar`` paths, or predictors (kept)."""
-    from cgcnn_ase.inference.predictor import CGCNNPredictor
+    """Predictors for shipped model names, model folders / ``.pth.tar`` paths, or predictors (kept),
+    each through :func:`~cgcnn_ase.inference.predictor.as_predictor`."""
+    from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
 
     if isinstance(models, (str, os.PathLike, CGCNNPredictor)):
         models = [models]
-    out = []
-    for model in models:
-        if isinstance(model, CGCNNPredictor):
-            out.append(model)
-        elif os.path.exists(model):
-            out.append(CGCNNPredictor.from_checkpoint(model, device=device))
-        else:
-            out.append(CGCNNPredictor.from_pretrained(str(model), device=device))
+    out = [as_predictor(model, device=device) for model in models]
     if not out:
         raise ValueError("give at least one model")
     return out

@@ -37,19 +37,11 @@ from typing import Any
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from cgcnn_ase.inference.predictor import CGCNNPredictor
+from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
 from cgcnn_ase.models.registry import resolve_model
 
 #: Standard ASE property names this calculator can fill (everything else is custom).
 STANDARD_PROPERTIES = ("energy", "free_energy", "energies", "fermi_level")
-
-
-def _as_predictor(model: str | os.PathLike | CGCNNPredictor, device: str | None) -> CGCNNPredictor:
-    if isinstance(model, CGCNNPredictor):
-        return model
-    if os.path.exists(model):
-        return CGCNNPredictor.from_checkpoint(model, device=device)
-    return CGCNNPredictor.from_pretrained(str(model), device=device)
 
 
 class CGCNNCalculator(Calculator):
@@ -92,7 +84,7 @@ class CGCNNCalculator(Calculator):
                 items.append("is_metal")
             except KeyError:  # no shipped classifier: the band gap stays ungated
                 pass
-        self.predictors = [_as_predictor(m, device) for m in items]
+        self.predictors = [as_predictor(m, device=device) for m in items]
         self.store_in_info = store_in_info
         self.on_sparse = on_sparse
         self.metal_threshold = metal_threshold

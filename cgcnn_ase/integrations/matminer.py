@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from matminer.featurizers.base import BaseFeaturizer
 
-from cgcnn_ase.inference.predictor import CGCNNPredictor
+from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
 
 class CGCNNFeaturizer(BaseFeaturizer):
     """Predict CGCNN properties of ``Structure`` / ``Atoms`` entries as features.
@@ -60,14 +60,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
         if self._predictors is None:
             single = isinstance(self.properties, (str, os.PathLike, CGCNNPredictor))
             items = [self.properties] if single else list(self.properties)
-            self._predictors = [
-                item
-                if isinstance(item, CGCNNPredictor)
-                else CGCNNPredictor.from_checkpoint(item, device=self.device)
-                if os.path.exists(item)
-                else CGCNNPredictor.from_pretrained(str(item), device=self.device)
-                for item in items
-            ]
+            self._predictors = [as_predictor(item, device=self.device) for item in items]
         return self._predictors
 
     def fit(self, X: Any, y: Any = None, **fit_kwargs: Any) -> CGCNNFeaturizer:

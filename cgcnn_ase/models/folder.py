@@ -27,18 +27,16 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cgcnn_ase.models.domain import DOMAIN_FILE, DomainSummary
-from cgcnn_ase.graph.elements import ElementTable, generate_cgcnn_table, load_atom_init
-from cgcnn_ase.errors import CheckpointError, UntrustedCheckpointError
-from cgcnn_ase.graph.neighbours import GraphConfig
+from cgcnn_ase.graph.elements import ElementTable, load_atom_init
+from cgcnn_ase.errors import CheckpointError
+from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 
 FORMAT_VERSION = 1
@@ -49,18 +47,6 @@ MEMBER_PREFIX = "member{k}."
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 ELEMENTS_FILE = "atom_init.json"
-
-#: Property name and units of the authors' checkpoints, keyed by file stem.
-ORIGINAL_PROPERTIES: dict[str, tuple[str, str]] = {
-    "formation-energy-per-atom": ("formation_energy", "eV/atom"),
-    "final-energy-per-atom": ("energy_per_atom", "eV/atom"),
-    "band-gap": ("band_gap", "eV"),
-    "efermi": ("fermi_energy", "eV"),
-    "bulk-moduli": ("log10_bulk_modulus", "log10(GPa)"),
-    "shear-moduli": ("log10_shear_modulus", "log10(GPa)"),
-    "poisson-ratio": ("poisson_ratio", "dimensionless"),
-    "semi-metal-classification": ("is_metal", "probability"),
-}
 
 
 @dataclass(frozen=True)
@@ -179,6 +165,13 @@ class LoadedModel:
         if self.members:
             return [(m.network, m.normalizer_mean, m.normalizer_std) for m in self.members]
         return [(self.network, self.spec.normalizer_mean, self.spec.normalizer_std)]
+
+    def to(self, device: torch.device) -> LoadedModel:
+        """Move every network to ``device`` in eval mode (in place); returns ``self``."""
+        for network, _, _ in self.heads():
+            network.to(device).eval()
+        self.network.to(device).eval()
+        return self
 
 
 def save_model_folder(folder: str | os.PathLike, loaded: LoadedModel) -> Path:
@@ -381,141 +374,3 @@ def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{folder}: not a model folder (no {MODEL_JSON})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: invalid JSON ({exc})") from None
-
-
-def _numpy_safe_globals() -> list[Any]:
-    """The numpy globals legacy checkpoints pickle for scalars: plain data, no code."""
-    from numpy._core.multiarray import scalar
-
-    return [(scalar, "numpy.core.multiarray.scalar"), scalar, np.dtype, type(np.dtype(np.float64))]
-
-
-def _torch_load(path: Path, trusted: bool) -> dict[str, Any]:
-    """Load a legacy torch file on the CPU without running pickled code (unless trusted)."""
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = next((line for line in lines if "global" in line.lower()), lines[-2] if len(lines) > 1 else str(exc))
-        if "global" not in reason.lower():  # not a refused import: the file itself is broken
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason[:200]})") from None
-        if not trusted:
-            raise UntrustedCheckpointError(
-                f"{path}: the file needs arbitrary pickled objects to load ({reason[:200]}); it was not loaded, "
-                "since unpickling can run code. Pass trusted=True (CLI: --trust) only if you trust its source."
-            ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any failure of a trusted legacy pickle
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
-
-
-def _architecture_from_state(state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
-    """Infer the original network's hyper-parameters from its weight shapes."""
-    try:
-        atom_fea_len, orig_atom_fea_len = state["embedding.weight"].shape
-        n_conv = len({k.split(".")[1] for k in state if k.startswith("convs.")})
-        nbr_fea_len = state["convs.0.fc_full.weight"].shape[1] - 2 * atom_fea_len
-        h_fea_len = state["conv_to_fc.weight"].shape[0]
-        n_h = 1 + len({k.split(".")[1] for k in state if k.startswith("fcs.")})
-        n_out = state["fc_out.weight"].shape[0]
-    except (KeyError, IndexError, AttributeError) as exc:
-        raise CheckpointError(f"{source}: not a CGCNN state dict (missing {exc})") from None
-    return dict(
-        orig_atom_fea_len=int(orig_atom_fea_len), nbr_fea_len=int(nbr_fea_len), atom_fea_len=int(atom_fea_len),
-        n_conv=n_conv, h_fea_len=int(h_fea_len), n_h=n_h,
-        task="classification" if n_out == 2 else "regression", readout="mean", conv="gated",
-    )  # fmt: skip
-
-
-def _resolve_elements(atom_init: str | os.PathLike | ElementTable | None, source: str) -> ElementTable:
-    """The element table for an original checkpoint: a path, a table, or ``"generated"``."""
-    if isinstance(atom_init, ElementTable):
-        return atom_init
-    if atom_init is None:
-        raise CheckpointError(
-            f"{source}: an original CGCNN checkpoint needs the atom_init.json it was trained with (the file does not "
-            "store it); pass atom_init=PATH (CLI: --atom-init PATH). atom_init='generated' uses this project's table, "
-            "which differs from the authors' for 47 of 100 elements (docs/elements.md) and changes predictions."
-        )
-    if str(atom_init) == "generated":
-        return generate_cgcnn_table()
-    return load_atom_init(atom_init)
-
-
-def load_original_checkpoint(
-    path: str | os.PathLike,
-    *,
-    atom_init: str | os.PathLike | ElementTable | None = None,
-    trusted: bool = False,
-    property: str | None = None,
-    units: str | None = None,
-) -> LoadedModel:
-    """Load one of the original CGCNN authors' ``.pth.tar`` checkpoints on the CPU.
-
-    The architecture is read from the weight shapes; graph settings are the original's
-    (8 Å, 12 neighbours, 41 Gaussians, ``neighbor_policy="original"``), which the file
-    does not store. Property and units come from the file name for the 8 published
-    models, else from ``property``/``units``.
-
-    Args:
-        path: the ``.pth.tar`` file.
-        atom_init: the element table the model was trained with (path to an original
-            ``atom_init.json`` or an :class:`ElementTable`), or ``"generated"`` for this
-            project's table (which changes predictions); required.
-        trusted: allow full unpickling (can run code) if the safe loader refuses the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    checkpoint = _torch_load(path, trusted)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path}: not a CGCNN checkpoint (no 'state_dict')")
-    state = {k: v for k, v in checkpoint["state_dict"].items() if isinstance(v, torch.Tensor)}
-    architecture = _architecture_from_state(state, str(path))
-    stem = path.name.split(".")[0]
-    default_property, default_units = ORIGINAL_PROPERTIES.get(stem, (stem, "unknown"))
-    normalizer = checkpoint.get("normalizer") or {"mean": 0.0, "std": 1.0}
-    classification = architecture["task"] == "classification"
-    spec = ModelSpec(
-        name=stem,
-        property=property or default_property,
-        units="probability" if classification else (units or default_units),
-        task=architecture["task"],
-        architecture=architecture,
-        graph=GraphConfig(neighbor_policy="original"),
-        normalizer_mean=0.0 if classification else float(normalizer["mean"]),
-        normalizer_std=1.0 if classification else float(normalizer["std"]),
-        positive_class=("metal" if stem == "semi-metal-classification" else "class 1") if classification else None,
-        metadata={"source": str(path), "origin": "original CGCNN checkpoint (Xie & Grossman 2018)"},
-    )
-    elements = _resolve_elements(atom_init, str(path))
-    if elements.n_features != architecture["orig_atom_fea_len"]:
-        raise CheckpointError(
-            f"{path}: the model expects {architecture['orig_atom_fea_len']} element features, the table has {elements.n_features}"
-        )
-    return LoadedModel(spec=spec, network=_build_network(architecture, state, str(path)), elements=elements)
-
-
-def load_checkpoint(
-    path: str | os.PathLike,
-    *,
-    atom_init: str | os.PathLike | ElementTable | None = None,
-    trusted: bool = False,
-    members: int | None = None,
-) -> LoadedModel:
-    """Load a model folder (single or ensemble; ``members`` as in :func:`load_model_folder`),
-    or an original ``.pth.tar`` / ``.pth`` / ``.pt`` file."""
-    path = Path(path)
-    if path.is_dir():
-        if atom_init is not None:
-            raise CheckpointError(f"{path}: a model folder carries its own element table; do not pass atom_init")
-        return load_model_folder(path, members=members)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such model folder or checkpoint file")
-    if members not in (None, 1):
-        raise CheckpointError(f"{path}: members={members} needs an ensemble model folder; this is a single checkpoint")
-    return load_original_checkpoint(path, atom_init=atom_init, trusted=trusted)

@@ -1,4 +1,10 @@
-"""Registry of the models shipped in ``pretrained_models/`` (no network access, ever).
+"""The one way to load a model: the registry of shipped models, :func:`load_model` and :func:`resolve_device`.
+
+Every entry point (predictor, calculator, featurizer, CLI, streaming, dask, evaluation, site
+energies) turns a user's model argument into a :class:`~cgcnn_ase.models.folder.LoadedModel`
+through :func:`load_model`, and a device argument into a ``torch.device`` through
+:func:`resolve_device`, so the same argument means the same thing everywhere. Nothing is
+downloaded, ever.
 
 Each sub-folder of ``pretrained_models/`` is a model folder (see
 :mod:`cgcnn_ase.models.folder`) whose ``model.json`` may list short ``aliases`` in its
@@ -10,11 +16,20 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cgcnn_ase.errors import UnknownModelError
+import torch
+
+from cgcnn_ase.errors import CheckpointError, UnknownModelError
+from cgcnn_ase.graph.elements import ElementTable
+from cgcnn_ase.models.folder import LoadedModel, load_model_folder
+from cgcnn_ase.models.legacy import load_original_checkpoint
+
+#: File endings that mark a model argument as a path even when no such file exists.
+_PATH_SUFFIXES = (".tar", ".pth", ".pt", ".json", ".safetensors")
 
 
 @dataclass(frozen=True)
@@ -85,3 +100,92 @@ def resolve_model(name: str) -> ModelInfo:
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     listing = ", ".join(known) if known else "none are shipped yet; load a file with from_checkpoint(path)"
     raise UnknownModelError(f"unknown model {name!r}.{hint} Available: {listing}")
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` or ``"auto"``: CUDA when available, else the CPU; anything else: ``torch.device(device)``.
+
+    Raises:
+        ValueError: an unknown device string (torch's message, naming it).
+    """
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _looks_like_path(model: str) -> bool:
+    return any(sep in model for sep in ("/", "\\")) or model.endswith(_PATH_SUFFIXES)
+
+
+def load_model(
+    model: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    members: int | None = None,
+    atom_init: str | os.PathLike | ElementTable | None = None,
+    trusted: bool = False,
+) -> LoadedModel:
+    """Load a model from whatever names it: a shipped model's name or alias, a model folder
+    (single or ensemble), or one of the original authors' ``.pth.tar`` files.
+
+    An existing path is loaded as a folder or file; a string that is not an existing path
+    is looked up in the registry (:func:`resolve_model`), unless it looks like a path
+    (holds ``/`` or ends in ``.pth.tar``, ``.pt``, ...), which is then reported missing.
+
+    Args:
+        model: the name, alias, folder or file.
+        device: where the networks go (see :func:`resolve_device`; ``None``: CUDA when
+            available).
+        members: for an ensemble folder, how many members to load (``None``: all; ``1``:
+            member 0 alone, the fast single-model path without a std).
+        atom_init: the element table of an original ``.pth.tar`` file (its
+            ``atom_init.json``, an :class:`~cgcnn_ase.graph.elements.ElementTable`, or
+            ``"generated"``); refused for folders and shipped models, which carry their own.
+        trusted: allow full unpickling of a legacy file the safe loader refuses (can run code).
+
+    Raises:
+        UnknownModelError: no shipped model of that name (the message suggests close names).
+        CheckpointError: a missing, corrupt, inconsistent or untrusted folder or file.
+    """
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"a model is named by a string or a path, not {type(model).__name__}")
+    path = Path(model)
+    if path.exists():
+        loaded = _load_path(path, members=members, atom_init=atom_init, trusted=trusted)
+    elif isinstance(model, os.PathLike) or _looks_like_path(model):
+        raise CheckpointError(f"{model}: no such model folder or checkpoint file")
+    else:
+        if atom_init is not None:
+            raise CheckpointError(
+                f"{model}: a shipped model carries its own element table; atom_init applies to .pth.tar files only"
+            )
+        loaded = load_model_folder(resolve_model(model).path, members=members)
+    return loaded.to(resolve_device(device))
+
+
+def model_folder(model: str | os.PathLike, *, purpose: str = "a model folder is needed") -> Path:
+    """The model folder a name, alias or path stands for (shipped models: their folder in the package).
+
+    Raises:
+        CheckpointError: the path exists but is not a folder, or looks like a path and is missing.
+        UnknownModelError: no shipped model of that name.
+    """
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if path.exists() or isinstance(model, os.PathLike) or _looks_like_path(str(model)):
+        raise CheckpointError(f"{model}: not a model folder ({purpose})")
+    return resolve_model(str(model)).path
+
+
+def _load_path(
+    path: Path, *, members: int | None, atom_init: str | os.PathLike | ElementTable | None, trusted: bool
+) -> LoadedModel:
+    """A model folder, or an original ``.pth.tar`` / ``.pth`` / ``.pt`` file."""
+    if path.is_dir():
+        if atom_init is not None:
+            raise CheckpointError(f"{path}: a model folder carries its own element table; do not pass atom_init")
+        return load_model_folder(path, members=members)
+    if members not in (None, 1):
+        raise CheckpointError(f"{path}: members={members} needs an ensemble model folder; this is a single checkpoint")
+    return load_original_checkpoint(path, atom_init=atom_init, trusted=trusted)

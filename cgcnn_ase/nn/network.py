@@ -1,6 +1,6 @@
 """The crystal graph convolutional neural network (Xie & Grossman, PRL 120, 145301, 2018).
 
-Pure torch: this module never sees ASE or pymatgen, only :class:`~cgcnn_ase.graph.neighbours.GraphBatch`.
+Pure torch: this module never sees ASE or pymatgen, only :class:`~cgcnn_ase.graph.batch.GraphBatch`.
 Parameter names match the original implementation's state dicts (``embedding``,
 ``convs.{k}.fc_full``, ``convs.{k}.bn1``, ``convs.{k}.bn2``, ``conv_to_fc``, ``fcs.{k}``,
 ``fc_out``), so the authors' weights load unchanged.
@@ -8,115 +8,24 @@ Parameter names match the original implementation's state dicts (``embedding``,
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
-from cgcnn_ase.graph.neighbours import GraphBatch
+from cgcnn_ase.graph.batch import GraphBatch
+from cgcnn_ase.nn.ops import (
+    gather_rows,
+    index_add_rows,
+    index_select_rows,
+    scatter_rows,
+    segment_mean,
+    weighted_batch_norm,
+)
 
 Task = Literal["regression", "classification"]
 Readout = Literal["mean", "atomwise"]
 ConvKind = Literal["gated", "simple"]
-
-
-def _index_select_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return values.index_select(0, index)
-
-
-def _index_add_rows(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
-    return values.new_zeros((n_rows, *values.shape[1:])).index_add_(0, index, values)
-
-
-@torch.library.custom_op("cgcnn_ase::gather_rows", mutates_args=())
-def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``values.index_select(0, index)`` as one opaque operator (see :class:`ConvLayer`'s
-    ``opaque_indexing``); its gradient is :func:`scatter_rows`."""
-    return _index_select_rows(values, index)
-
-
-@torch.library.custom_op("cgcnn_ase::scatter_rows", mutates_args=())
-def scatter_rows(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Row sums ``out[index[k]] += values[k]`` into ``n_rows`` zero rows, as one opaque
-    operator (aten's ``index_add_``); its gradient is :func:`gather_rows`."""
-    return _index_add_rows(values, index, n_rows)
-
-
-@gather_rows.register_fake
-def _gather_rows_shape(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return values.new_empty((index.shape[0], *values.shape[1:]))
-
-
-@scatter_rows.register_fake
-def _scatter_rows_shape(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
-    return values.new_empty((n_rows, *values.shape[1:]))
-
-
-def _keep_index(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    ctx.save_for_backward(inputs[1])
-    ctx.n_rows = inputs[0].shape[0]
-
-
-def _gather_rows_grad(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-    (index,) = ctx.saved_tensors
-    return scatter_rows(grad, index, ctx.n_rows), None
-
-
-def _scatter_rows_grad(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-    (index,) = ctx.saved_tensors
-    return gather_rows(grad, index), None, None
-
-
-gather_rows.register_autograd(_gather_rows_grad, setup_context=_keep_index)
-scatter_rows.register_autograd(_scatter_rows_grad, setup_context=_keep_index)
-
-
-def segment_mean(values: torch.Tensor, index: torch.Tensor, n_segments: int) -> torch.Tensor:
-    """Mean of ``values`` (N, ...) over rows sharing ``index`` (N,), shape (n_segments, ...)."""
-    total = values.new_zeros((n_segments, *values.shape[1:])).index_add_(0, index, values)
-    # index_add_ rather than bincount: its output size is known before it runs (torch.compile needs that)
-    ones = torch.ones(index.shape, dtype=torch.float32, device=index.device)
-    counts = ones.new_zeros(n_segments).index_add_(0, index, ones).clamp_min(1).to(values.dtype)
-    return total / counts.view(-1, *([1] * (values.dim() - 1)))
-
-
-def weighted_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``bn(x)`` as if row ``k`` of ``x`` appeared ``weight[k]`` times (integer multiplicities).
-
-    In training mode the batch mean and (biased) variance are multiplicity-weighted and the
-    running statistics are updated as ``bn`` would update them on the expanded rows
-    (unbiased variance over ``sum(weight)`` rows); in eval mode each row is normalised by
-    the running statistics, so the weights do not matter.
-
-    Args:
-        bn: the batch-norm layer (its affine parameters and running statistics are used).
-        x: rows to normalise, shape (E, C); weight: multiplicities, shape (E,).
-    """
-    if not (bn.training or bn.running_mean is None):
-        return bn(x)
-    x = x.float()  # statistics in float32, also under bf16 autocast (as autocast runs batch_norm)
-    w = weight.float()
-    n = w.sum()
-    if torch.compiler.is_compiling():  # elementwise products and sums, which the compiler fuses into few loops
-        share = (w / n).unsqueeze(1)
-        mean = (share * x).sum(0)
-        centred = x - mean
-        var = (share * centred * centred).sum(0)
-    else:  # eager: weighted sums as matrix-vector products, the fewest passes over the (E, C) rows
-        mean = (w @ x) / n
-        centred = x - mean
-        var = (w @ (centred * centred)) / n
-    if bn.training and bn.track_running_stats and bn.running_mean is not None:
-        with torch.no_grad():
-            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked + 1)
-            bn.num_batches_tracked.add_(1)
-            bn.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
-            unbiased = var.detach() * n / (n - 1).clamp(min=1)
-            bn.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
-    scale = torch.rsqrt(var + bn.eps)
-    if not bn.affine:
-        return centred * scale
-    return torch.addcmul(bn.bias, centred, bn.weight * scale)  # one fused pass: bias + centred * scale
 
 
 class ConvLayer(nn.Module):
@@ -146,7 +55,7 @@ class ConvLayer(nn.Module):
     Shapes:
         atom_fea (N, A), edge_fea (E, B), centers/neighbors (E,), optional edge_weight
         (E,) -> (N, A). An edge of weight ``m`` counts as ``m`` identical edges, in the
-        sum and in ``BN_1``'s batch statistics (see :class:`~cgcnn_ase.graph.neighbours.GraphBatch`).
+        sum and in ``BN_1``'s batch statistics (see :class:`~cgcnn_ase.graph.batch.GraphBatch`).
     """
 
     def __init__(
@@ -165,7 +74,7 @@ class ConvLayer(nn.Module):
         self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor
     ) -> torch.Tensor:
         """``z_ij W + b`` for every edge, shape (E, 2A)."""
-        gather = gather_rows if self.opaque_indexing else _index_select_rows
+        gather = gather_rows if self.opaque_indexing else index_select_rows
         if not self.split_matmul:
             z = torch.cat([gather(atom_fea, centers), gather(atom_fea, neighbors), edge_fea], dim=1)
             return self.fc_full(z)
@@ -189,7 +98,7 @@ class ConvLayer(nn.Module):
         messages = torch.sigmoid(nbr_filter) * nn.functional.softplus(nbr_core)
         if edge_weight is not None:
             messages = messages * edge_weight.to(messages.dtype).unsqueeze(1)
-        scatter = scatter_rows if self.opaque_indexing else _index_add_rows
+        scatter = scatter_rows if self.opaque_indexing else index_add_rows
         summed = scatter(messages, centers, atom_fea.shape[0])
         return nn.functional.softplus(atom_fea + self.bn2(summed))
 
@@ -288,6 +197,26 @@ class CrystalGraphConvNet(nn.Module):
             self.fcs = nn.ModuleList([nn.Linear(h_fea_len, h_fea_len) for _ in range(n_h - 1)])
         self.fc_out = nn.Linear(h_fea_len, 2 if task == "classification" else 1)
         self.dropout = nn.Dropout(dropout) if task == "classification" else nn.Identity()
+
+    def set_execution(self, *, split_matmul: bool | None = None, opaque_indexing: bool | None = None) -> None:
+        """Choose how the gated convolutions compute, leaving the maths (and the weights) unchanged.
+
+        Args:
+            split_matmul: compute ``z W`` in the split form (see :class:`ConvLayer`); ``None``
+                leaves the current setting.
+            opaque_indexing: gather/scatter through the opaque operators of
+                :mod:`cgcnn_ase.nn.ops` (faster under ``torch.compile`` on a multi-threaded
+                CPU); ``None`` leaves the current setting.
+
+        Simple (Eq. 4) convolutions have neither option and are left as they are.
+        """
+        for conv in self.convs:
+            if not isinstance(conv, ConvLayer):
+                continue
+            if split_matmul is not None:
+                conv.split_matmul = split_matmul
+            if opaque_indexing is not None:
+                conv.opaque_indexing = opaque_indexing
 
     def atom_features(self, batch: GraphBatch) -> torch.Tensor:
         """Atom feature vectors after the convolutions, shape (N_total, atom_fea_len)."""

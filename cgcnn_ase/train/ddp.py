@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cgcnn_ase.errors import CGCNNError, DistributedSetupError
+from cgcnn_ase.models.registry import resolve_device
+from cgcnn_ase.errors import DistributedSetupError
 
 __all__ = [
     "DistributedRun",
@@ -102,9 +103,7 @@ def world_size_from_env() -> int:
 
 def _device(setting: str, local_rank: int) -> torch.device:
     """One device per process: ``cuda:LOCAL_RANK`` for ``auto`` (with CUDA) and any ``cuda`` setting."""
-    if setting == "auto":
-        setting = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(setting)
+    device = resolve_device(setting)
     if device.type == "cuda":
         return torch.device("cuda", local_rank)
     return device

@@ -22,7 +22,7 @@ What one run does:
    and ``parity.png`` (regression) or ``roc.png`` (classification).
 
 Graph cache layout: ``<cache_dir>/graphs/<digest>/shard-<digest>.npz``. The folder digest
-covers the :class:`~cgcnn_ase.graph.neighbours.GraphConfig`, the package version and the source of the
+covers the :class:`~cgcnn_ase.graph.config.GraphConfig`, the package version and the source of the
 parsing and graph code, so edited code never reuses stale graphs. Each shard holds the
 concatenated atomic numbers, edge lists and distances of many crystals, with offsets,
 keyed by a hash of each crystal's raw structure text (so the cache is shared by every
@@ -55,9 +55,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from cgcnn_ase.graph import config as graph_config
 from cgcnn_ase.graph import neighbours as graph_module
+from cgcnn_ase.graph.batch import merge_identical_edges
 from cgcnn_ase.train import ddp as parallel_training
 from cgcnn_ase.models.cards import fmt, json_safe
+from cgcnn_ase.models.registry import resolve_device
 from cgcnn_ase.models.folder import LoadedModel, ModelSpec, save_model_folder
 from cgcnn_ase.train.datasets import (
     DatasetError,
@@ -73,7 +76,9 @@ from cgcnn_ase.train.datasets import (
 )
 from cgcnn_ase.graph.elements import ElementTable, generate_cgcnn_table, load_atom_init
 from cgcnn_ase.errors import CGCNNError, ConfigError, TrainingError
-from cgcnn_ase.graph.neighbours import CrystalGraph, GraphBatch, GraphConfig, gaussian_expand
+from cgcnn_ase.graph.neighbours import CrystalGraph
+from cgcnn_ase.graph.config import GraphConfig
+from cgcnn_ase.graph.batch import GraphBatch, gaussian_expand
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.io.reader import StructureRecord
 
@@ -184,7 +189,7 @@ class TrainConfig:
             ``positive_class``).
         positive_class: name of class 1 (classification).
         split, model, optim, schedule: see their classes.
-        graph: :class:`~cgcnn_ase.graph.neighbours.GraphConfig` (8 Å, 12 neighbours, 41 Gaussians,
+        graph: :class:`~cgcnn_ase.graph.config.GraphConfig` (8 Å, 12 neighbours, 41 Gaussians,
             ``neighbor_policy="symmetric"``).
         elements: ``"generated"`` (:func:`~cgcnn_ase.graph.elements.generate_cgcnn_table`) or the
             path of an ``atom_init.json``.
@@ -747,7 +752,7 @@ def _code_digest() -> str:
     h = hashlib.sha256(__version__.encode())
     try:
         h.update(inspect.getsource(datasets.parse_one).encode())
-        for module in (structures, graph_module):
+        for module in (structures, graph_config, graph_module):
             h.update(Path(module.__file__).read_bytes())
     except (OSError, TypeError):  # no source (frozen/zipped install): the version must do
         pass
@@ -816,7 +821,7 @@ def build_graph_store(
 
 def merge_duplicate_edges(store: GraphStore) -> tuple[GraphStore, np.ndarray]:
     """Merge each crystal's identical edges into one edge with a multiplicity
-    (:func:`cgcnn_ase.graph.neighbours.merge_identical_edges`).
+    (:func:`cgcnn_ase.graph.batch.merge_identical_edges`).
 
     Returns:
         ``(merged, weights)``: the store with merged edges (each crystal's edges sorted by
@@ -827,7 +832,7 @@ def merge_duplicate_edges(store: GraphStore) -> tuple[GraphStore, np.ndarray]:
         return store, np.ones(0, dtype=np.float32)
     crystal = np.repeat(np.arange(len(store)), store.n_edges)
     centre = store.centers.astype(np.int64) + store.atom_offsets[:-1][crystal]  # global: sorts by crystal first
-    keep, weights = graph_module.merge_identical_edges(centre, store.neighbors, store.distances)
+    keep, weights = merge_identical_edges(centre, store.neighbors, store.distances)
     merged = dataclasses.replace(
         store,
         centers=store.centers[keep],
@@ -839,9 +844,9 @@ def merge_duplicate_edges(store: GraphStore) -> tuple[GraphStore, np.ndarray]:
 
 
 class GraphBatcher:
-    """Builds :class:`~cgcnn_ase.graph.neighbours.GraphBatch` objects from a :class:`GraphStore`.
+    """Builds :class:`~cgcnn_ase.graph.batch.GraphBatch` objects from a :class:`GraphStore`.
 
-    Equivalent to :func:`cgcnn_ase.graph.neighbours.collate` on the same graphs, but gathers from the
+    Equivalent to :func:`cgcnn_ase.graph.batch.collate` on the same graphs, but gathers from the
     concatenated arrays with vectorised index arithmetic. Gaussian edge features are
     computed once for the whole store when they fit in ``edge_feature_bytes`` (else per
     batch).
@@ -982,13 +987,6 @@ def prepare_data(config: TrainConfig, *, progress: bool = False) -> PreparedData
 # =============================================================================================
 # Training loop pieces
 # =============================================================================================
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @contextlib.contextmanager
@@ -1469,9 +1467,7 @@ class TrainingForward:
         self._first = True
 
     def _set_opaque_indexing(self, enabled: bool) -> None:
-        for conv in self.network.convs:
-            if hasattr(conv, "opaque_indexing"):
-                conv.opaque_indexing = enabled
+        self.network.set_execution(opaque_indexing=enabled)
 
     def __call__(self, batch: GraphBatch) -> torch.Tensor:
         if self.compiled is None:
@@ -1490,9 +1486,7 @@ class TrainingForward:
 
 
 def _set_split_matmul(network: CrystalGraphConvNet, enabled: bool) -> None:
-    for conv in network.convs:
-        if hasattr(conv, "split_matmul"):
-            conv.split_matmul = enabled
+    network.set_execution(split_matmul=enabled)
 
 
 def _loss_function(name: str) -> Any:

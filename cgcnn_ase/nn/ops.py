@@ -1,0 +1,118 @@
+"""Tensor operators of the network: row gather/scatter, segment mean, weighted batch norm.
+
+Shapes: ``N`` atoms, ``E`` edges, ``C`` channels. :func:`gather_rows` / :func:`scatter_rows` are
+``index_select`` / ``index_add_`` registered as opaque ``torch.library`` operators, which the
+compiled CPU training path uses instead of inductor's atomic adds (see
+:meth:`~cgcnn_ase.nn.network.CrystalGraphConvNet.set_execution`); :func:`index_select_rows` and
+:func:`index_add_rows` are the same maths as plain torch calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def index_select_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` along rows: (N, ...) -> (len(index), ...)."""
+    return values.index_select(0, index)
+
+
+def index_add_rows(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Row sums ``out[index[k]] += values[k]`` into ``n_rows`` zero rows: (E, ...) -> (n_rows, ...)."""
+    return values.new_zeros((n_rows, *values.shape[1:])).index_add_(0, index, values)
+
+
+@torch.library.custom_op("cgcnn_ase::gather_rows", mutates_args=())
+def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values.index_select(0, index)`` as one opaque operator (see :class:`~cgcnn_ase.nn.network.ConvLayer`'s
+    ``opaque_indexing``); its gradient is :func:`scatter_rows`."""
+    return index_select_rows(values, index)
+
+
+@torch.library.custom_op("cgcnn_ase::scatter_rows", mutates_args=())
+def scatter_rows(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Row sums ``out[index[k]] += values[k]`` into ``n_rows`` zero rows, as one opaque
+    operator (aten's ``index_add_``); its gradient is :func:`gather_rows`."""
+    return index_add_rows(values, index, n_rows)
+
+
+@gather_rows.register_fake
+def _gather_rows_shape(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return values.new_empty((index.shape[0], *values.shape[1:]))
+
+
+@scatter_rows.register_fake
+def _scatter_rows_shape(values: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
+    return values.new_empty((n_rows, *values.shape[1:]))
+
+
+def _keep_index(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    ctx.save_for_backward(inputs[1])
+    ctx.n_rows = inputs[0].shape[0]
+
+
+def _gather_rows_grad(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    (index,) = ctx.saved_tensors
+    return scatter_rows(grad, index, ctx.n_rows), None
+
+
+def _scatter_rows_grad(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    (index,) = ctx.saved_tensors
+    return gather_rows(grad, index), None, None
+
+
+gather_rows.register_autograd(_gather_rows_grad, setup_context=_keep_index)
+
+
+scatter_rows.register_autograd(_scatter_rows_grad, setup_context=_keep_index)
+
+
+def segment_mean(values: torch.Tensor, index: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Mean of ``values`` (N, ...) over rows sharing ``index`` (N,), shape (n_segments, ...)."""
+    total = values.new_zeros((n_segments, *values.shape[1:])).index_add_(0, index, values)
+    # index_add_ rather than bincount: its output size is known before it runs (torch.compile needs that)
+    ones = torch.ones(index.shape, dtype=torch.float32, device=index.device)
+    counts = ones.new_zeros(n_segments).index_add_(0, index, ones).clamp_min(1).to(values.dtype)
+    return total / counts.view(-1, *([1] * (values.dim() - 1)))
+
+
+def weighted_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``bn(x)`` as if row ``k`` of ``x`` appeared ``weight[k]`` times (integer multiplicities).
+
+    In training mode the batch mean and (biased) variance are multiplicity-weighted and the
+    running statistics are updated as ``bn`` would update them on the expanded rows
+    (unbiased variance over ``sum(weight)`` rows); in eval mode each row is normalised by
+    the running statistics, so the weights do not matter.
+
+    Args:
+        bn: the batch-norm layer (its affine parameters and running statistics are used).
+        x: rows to normalise, shape (E, C); weight: multiplicities, shape (E,).
+    """
+    if not (bn.training or bn.running_mean is None):
+        return bn(x)
+    x = x.float()  # statistics in float32, also under bf16 autocast (as autocast runs batch_norm)
+    w = weight.float()
+    n = w.sum()
+    if torch.compiler.is_compiling():  # elementwise products and sums, which the compiler fuses into few loops
+        share = (w / n).unsqueeze(1)
+        mean = (share * x).sum(0)
+        centred = x - mean
+        var = (share * centred * centred).sum(0)
+    else:  # eager: weighted sums as matrix-vector products, the fewest passes over the (E, C) rows
+        mean = (w @ x) / n
+        centred = x - mean
+        var = (w @ (centred * centred)) / n
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked + 1)
+            bn.num_batches_tracked.add_(1)
+            bn.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+            unbiased = var.detach() * n / (n - 1).clamp(min=1)
+            bn.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+    scale = torch.rsqrt(var + bn.eps)
+    if not bn.affine:
+        return centred * scale
+    return torch.addcmul(bn.bias, centred, bn.weight * scale)  # one fused pass: bias + centred * scale
