@@ -5,13 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cgcnn_ase.analysis.evaluation import (
-    classification_metrics,
-    learning_curve_plot,
-    parity_plot,
-    regression_metrics,
-    roc_plot,
-)
+from cgcnn_ase.analysis.plots import learning_curve_plot, parity_plot, roc_plot
+from cgcnn_ase.analysis.metrics import classification_metrics, regression_metrics
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -80,7 +75,7 @@ def test_plots_do_not_touch_pyplot_state(tmp_path):
 
 
 def test_spearman_and_fractions_within_k_std_by_hand():
-    from cgcnn_ase.analysis.evaluation import fit_std_scale, fraction_within, regression_uncertainty_metrics, spearman
+    from cgcnn_ase.analysis.metrics import fit_std_scale, fraction_within, regression_uncertainty_metrics, spearman
 
     assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6 * 4 / (5 * 24)
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
@@ -103,7 +98,7 @@ def test_spearman_and_fractions_within_k_std_by_hand():
 
 
 def test_calibration_curve_of_a_gaussian_follows_the_diagonal():
-    from cgcnn_ase.analysis.evaluation import calibration_curve
+    from cgcnn_ase.analysis.metrics import calibration_curve
 
     rng = np.random.default_rng(0)
     std = rng.uniform(0.1, 2.0, size=20000)
@@ -116,7 +111,7 @@ def test_calibration_curve_of_a_gaussian_follows_the_diagonal():
 
 
 def test_classifier_ensemble_and_domain_metrics_by_hand():
-    from cgcnn_ase.analysis.evaluation import classification_uncertainty_metrics, ensemble_vs_members, error_by_domain
+    from cgcnn_ase.analysis.metrics import classification_uncertainty_metrics, ensemble_vs_members, error_by_domain
 
     y = np.array([0, 0, 1, 1])
     p = np.array([0.25, 0.625, 0.375, 0.75])  # crystals 1 and 2 are misclassified (binary fractions: exact ties)
@@ -139,7 +134,7 @@ def test_classifier_ensemble_and_domain_metrics_by_hand():
 
 
 def test_uncertainty_plots_write_png_files(tmp_path):
-    from cgcnn_ase.analysis.evaluation import calibration_plot, error_vs_std_plot, reliability_plot
+    from cgcnn_ase.analysis.plots import calibration_plot, error_vs_std_plot, reliability_plot
 
     rng = np.random.default_rng(1)
     std = rng.uniform(0.1, 1.0, size=200)

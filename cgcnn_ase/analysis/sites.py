@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError, InvalidStructureError, SiteAnalysisError
+from cgcnn_ase.errors import InvalidStructureError, SiteAnalysisError
 from cgcnn_ase.inference.predictor import as_predictor
 from cgcnn_ase.io.reader import StructureRecord, iter_records
 
@@ -301,9 +301,8 @@ def perovskite_roles(
 
 
 def _formula(record: StructureRecord) -> str:
-    from pymatgen.core import Composition
-
     from ase.data import chemical_symbols
+    from pymatgen.core import Composition
 
     symbols, counts = np.unique(record.numbers, return_counts=True)
     return Composition({chemical_symbols[z]: int(c) for z, c in zip(symbols, counts)}).reduced_formula
@@ -579,10 +578,10 @@ def periodic_table_heatmap(
         ``path`` as a :class:`~pathlib.Path`.
     """
     import matplotlib
+    from ase.data import atomic_numbers, chemical_symbols
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
-    from ase.data import atomic_numbers, chemical_symbols
 
     unknown = [s for s in values if s not in atomic_numbers or atomic_numbers[s] == 0]
     if unknown:
