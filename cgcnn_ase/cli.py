@@ -12,6 +12,7 @@ Exit codes:
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import traceback
@@ -99,6 +100,9 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, o
 @click.version_option(package_name="cgcnn-ase")
 def main() -> None:
     """Predict crystal properties with CGCNN models (Xie & Grossman, PRL 2018)."""
+    # The command, unlike the library, owns its process: silence spglib's C-level stderr notes on
+    # routine symmetry fallbacks (site labels), unless the user set the variable themselves.
+    os.environ.setdefault("SPGLIB_WARNING", "OFF")
 
 
 def expand_inputs(items: Sequence[str]) -> list[str]:
@@ -392,7 +396,7 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
     """Per-site contributions of an atomwise model for the crystals in INPUTS, with site
     roles (A/B/X for ABX3 perovskites, else Wyckoff labels), per-element averages and
     periodic-table maps of the A- and B-site energies (PNG and SVG)."""
-    from cgcnn_ase.analysis.sites import write_site_report
+    from cgcnn_ase.analysis.site_maps import write_site_report
 
     predictor = load_predictor(model)
     paths = write_site_report(predictor, expand_inputs(inputs), out_dir, batch_size=batch_size,

@@ -9,18 +9,9 @@ from ase import Atoms
 from ase.build import bulk, make_supercell
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor
-from cgcnn_ase.analysis.sites import (
-    SITE_COLUMNS,
-    SiteAnalysisError,
-    aggregate_by_element,
-    periodic_table_heatmap,
-    perovskite_roles,
-    screen_perovskites,
-    site_contributions,
-    site_energy_maps,
-    write_site_report,
-    wyckoff_labels,
-)
+from cgcnn_ase.analysis.sites import SITE_COLUMNS, SiteAnalysisError, aggregate_by_element, perovskite_roles, site_contributions, wyckoff_labels
+from cgcnn_ase.analysis.site_maps import periodic_table_heatmap, site_energy_maps, write_site_report
+from cgcnn_ase.analysis.screening import screen_perovskites
 from cgcnn_ase.io.reader import to_record
 
 from .conftest import perovskite, random_model, rattled

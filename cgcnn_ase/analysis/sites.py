@@ -6,7 +6,8 @@ model's contribution of that atom's local environment (its "site energy" for an 
 Averaged per element over the A and B sites of ABX3 perovskites, these show which elements the
 model finds favourable on which site; adding them up screens new compositions.
 
->>> from cgcnn_ase.analysis.sites import site_contributions, aggregate_by_element, screen_perovskites
+>>> from cgcnn_ase.analysis.sites import site_contributions, aggregate_by_element
+>>> from cgcnn_ase.analysis.screening import screen_perovskites
 >>> df = site_contributions(predictor, structures)                      # doctest: +SKIP
 >>> table = aggregate_by_element(df)                                    # doctest: +SKIP
 >>> screen_perovskites(table, x="O", cutoff=0.0).summary()              # doctest: +SKIP
@@ -15,9 +16,8 @@ Functions:
     site_contributions: one row per site (element, Wyckoff label, role, contribution).
     perovskite_roles / wyckoff_labels: the per-site labels on their own.
     aggregate_by_element: mean, std, count per (role, element).
-    periodic_table_heatmap / site_energy_maps: periodic-table heat maps (PNG/SVG).
-    screen_perovskites: the additive combinatorial screen of A x B x X compositions.
-    write_site_report: all of the above into a folder (the ``cgcnn-ase sites`` command).
+    :mod:`.site_maps`: periodic-table heat maps and ``write_site_report`` (the ``cgcnn-ase sites`` command).
+    :mod:`.screening`: the additive combinatorial screen of A x B x X compositions.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import dataclasses
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -73,9 +72,9 @@ def wyckoff_labels(record: StructureRecord, *, symprec: float = 0.01) -> list[st
     import spglib
 
     cell = (record.cell, np.mod(record.frac_coords, 1.0), record.numbers)
-    # spglib's C code prints "spglib: ... failed." to stderr on routine fallbacks unless told not to
-    previous = os.environ.get("SPGLIB_WARNING")
-    os.environ["SPGLIB_WARNING"] = "OFF"
+    # spglib's C code may print "spglib: ... failed." to stderr on routine fallbacks; only the
+    # environment variable SPGLIB_WARNING=OFF silences it. A library must not change the process
+    # environment, so that is left to the application (the cgcnn-ase command sets it).
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -83,11 +82,6 @@ def wyckoff_labels(record: StructureRecord, *, symprec: float = 0.01) -> list[st
     except Exception as exc:  # noqa: BLE001 - spglib raises its own error types on failure in newer versions
         logger.debug("%s: symmetry analysis failed (%s)", record.label, exc)
         return None
-    finally:
-        if previous is None:
-            os.environ.pop("SPGLIB_WARNING", None)
-        else:
-            os.environ["SPGLIB_WARNING"] = previous
     if data is None:
         return None
 
@@ -137,7 +131,7 @@ def _anion_sites(numbers: np.ndarray, k: int) -> np.ndarray | None:
     return np.isin(numbers, anions)
 
 
-def _neighbour_table(record: StructureRecord, targets: np.ndarray, n_nearest: int) -> tuple[np.ndarray, np.ndarray]:
+def _neighbor_table(record: StructureRecord, targets: np.ndarray, n_nearest: int) -> tuple[np.ndarray, np.ndarray]:
     """Distances and indices (N, n_nearest) of each atom's nearest neighbours among ``targets`` (mask).
 
     Periodic images count as separate neighbours (in a 5-atom cubic cell, B's six X neighbours
@@ -225,8 +219,8 @@ def _coordination_roles(record: StructureRecord, is_x: np.ndarray, *, tol: float
     n = len(record)
     k = n // 5
     try:
-        d_x, nbr_x = _neighbour_table(record, is_x, 12)
-        d_all, nbr_all = _neighbour_table(record, np.ones(n, dtype=bool), 6)
+        d_x, nbr_x = _neighbor_table(record, is_x, 12)
+        d_all, nbr_all = _neighbor_table(record, np.ones(n, dtype=bool), 6)
     except InvalidStructureError:
         return None
     cations = np.flatnonzero(~is_x)
@@ -506,24 +500,6 @@ def aggregate_by_element(
     return out
 
 
-def _role_means(table: Any) -> dict[str, dict[str, float]]:
-    """``{role: {element: mean}}`` from a sites table, an aggregate table, or a nested mapping."""
-    import pandas as pd
-
-    if isinstance(table, pd.DataFrame):
-        if "mean" not in table.columns:
-            table = aggregate_by_element(table)
-        out: dict[str, dict[str, float]] = {}
-        for role, element, mean in zip(table["role"], table["element"], table["mean"]):
-            if role is None or (isinstance(role, float) and np.isnan(role)):
-                continue
-            out.setdefault(str(role), {})[str(element)] = float(mean)
-        return out
-    if isinstance(table, Mapping):
-        return {str(role): {str(el): float(v) for el, v in values.items()} for role, values in table.items()}
-    raise TypeError(f"expected a DataFrame or a mapping role -> element -> value, got {type(table).__name__}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Plots
 # ---------------------------------------------------------------------------------------------
@@ -533,375 +509,14 @@ def _role_means(table: Any) -> dict[str, dict[str, float]]:
 # matplotlib writes both formats on its own.
 
 
-def _table_position(z: int) -> tuple[int, int]:
-    """(row, column) of element ``z`` in the drawn table, 0-based; lanthanides/actinides in rows 7 and 8."""
-    from pymatgen.core import Element
-
-    if 57 <= z <= 71:
-        return 7, z - 57 + 2
-    if 89 <= z <= 103:
-        return 8, z - 89 + 2
-    element = Element.from_Z(z)
-    return element.row - 1, element.group - 1
-
-
-def periodic_table_heatmap(
-    values: Mapping[str, float],
-    path: str | os.PathLike,
-    *,
-    title: str | None = None,
-    units: str = "",
-    cmap: str = "coolwarm",
-    vmin: float | None = None,
-    vmax: float | None = None,
-    fmt: str = "{:.2f}",
-    max_z: int = 103,
-) -> Path:
-    """A periodic table coloured by one value per element, written as PNG or SVG (by ``path``'s suffix).
-
-    Rows and groups come from pymatgen's ``Element.row`` / ``Element.group``; the lanthanides and
-    actinides sit in two rows of their own below the table. Elements without a value (absent, or
-    NaN) are grey. Each cell shows the symbol and the value; a colour bar gives the units.
-
-    Args:
-        values: element symbol -> value.
-        path: output file; ``.png`` or ``.svg`` (anything matplotlib writes). Folders are created.
-        title: figure title.
-        units: colour-bar label.
-        cmap: matplotlib colour map name.
-        vmin: lower end of the colour range (default: the smallest value).
-        vmax: upper end of the colour range (default: the largest value).
-        fmt: format of the value printed in each cell.
-        max_z: last element drawn (103, Lr, by default).
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    import matplotlib
-    from ase.data import atomic_numbers, chemical_symbols
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    unknown = [s for s in values if s not in atomic_numbers or atomic_numbers[s] == 0]
-    if unknown:
-        raise ValueError(f"not element symbols: {unknown[:5]}")
-    finite = {s: float(v) for s, v in values.items() if v is not None and np.isfinite(float(v))}
-    data = np.array(list(finite.values()), dtype=float)
-    lo = vmin if vmin is not None else (float(data.min()) if len(data) else 0.0)
-    hi = vmax if vmax is not None else (float(data.max()) if len(data) else 1.0)
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    norm = Normalize(vmin=lo, vmax=hi)
-    colormap = matplotlib.colormaps[cmap]
-
-    fig = Figure(figsize=(13.0, 7.6), dpi=120, layout="constrained")
-    ax = fig.subplots()
-    for z in range(1, max_z + 1):
-        row, col = _table_position(z)
-        y = row + (0.4 if row >= 7 else 0.0)  # a gap above the f-block rows
-        symbol = chemical_symbols[z]
-        if symbol in finite:
-            face = colormap(norm(finite[symbol]))
-            r, g, b = face[:3]
-            ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
-        else:
-            face, ink = "#d9d9d9", "#7f7f7f"
-        ax.add_patch(Rectangle((col, y), 0.94, 0.94, facecolor=face, edgecolor="white", linewidth=0.5))
-        ax.text(col + 0.47, y + 0.36, symbol, ha="center", va="center", fontsize=9, color=ink, weight="bold")
-        if symbol in finite:
-            ax.text(col + 0.47, y + 0.72, fmt.format(finite[symbol]), ha="center", va="center", fontsize=6, color=ink)
-    for row, text in ((5, "La–Lu"), (6, "Ac–Lr")):  # placeholders in group 3 for the f-block rows
-        if (row == 5 and max_z >= 57) or (row == 6 and max_z >= 89):
-            ax.text(2 + 0.47, row + 0.47, text, ha="center", va="center", fontsize=6, color="#7f7f7f")
-    ax.set_xlim(-0.1, 18.0)
-    ax.set_ylim(9.5, -0.1)
-    ax.set_aspect("equal")
-    ax.axis("off")
-    mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=colormap)
-    fig.colorbar(mappable, ax=ax, orientation="horizontal", shrink=0.5, pad=0.01, aspect=40, label=units or None)
-    if title:
-        ax.set_title(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
-
-
-def site_energy_maps(
-    df: pd.DataFrame,
-    out_dir: str | os.PathLike,
-    *,
-    roles: Sequence[str] = ("A", "B"),
-    formats: Sequence[str] = ("png", "svg"),
-    units: str | None = None,
-    cmap: str = "coolwarm",
-    shared_scale: bool = False,
-) -> list[Path]:
-    """One periodic-table heat map per role of the mean contribution per element: ``{role}_sites.{fmt}``.
-
-    Args:
-        df: a sites table (:func:`site_contributions`) or its aggregate (:func:`aggregate_by_element`).
-        out_dir: folder to write to (created).
-        roles: roles to draw, e.g. ``("A", "B")``; a role without any site is skipped with a warning.
-        formats: file suffixes to write for each role.
-        units: colour-bar units (default: ``df.attrs["units"]``).
-        cmap: matplotlib colour map.
-        shared_scale: one colour range for all roles (compare A with B) instead of one per role
-            (contrast within a role).
-
-    Returns:
-        The written files, role by role, format by format.
-    """
-    means = _role_means(df)
-    units = units if units is not None else df.attrs.get("units", "")
-    drawn = {role: means.get(role, {}) for role in roles}
-    for role, values in drawn.items():
-        if not values:
-            warnings.warn(f"no sites with role {role!r}: its map is not written", UserWarning, stacklevel=2)
-    vmin = vmax = None
-    if shared_scale:
-        everything = [v for values in drawn.values() for v in values.values()]
-        if everything:
-            vmin, vmax = min(everything), max(everything)
-    label = df.attrs.get("property", "")
-    kind = df.attrs.get("kind") or (df["kind"].iloc[0] if "kind" in df.columns and len(df) else "atomwise")
-    what = "site contribution" if kind == "atomwise" else "first-order attribution"
-    out_dir = Path(out_dir)
-    paths = []
-    for role, values in drawn.items():
-        if not values:
-            continue
-        title = f"Mean {what} on {role} sites" + (f" ({label})" if label else "")
-        for fmt in formats:
-            paths.append(
-                periodic_table_heatmap(
-                    values, out_dir / f"{role}_sites.{fmt}", title=title, units=units, cmap=cmap, vmin=vmin, vmax=vmax
-                )
-            )
-    return paths
-
-
 # ---------------------------------------------------------------------------------------------
 # Screening
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class ScreenResult:
-    """Outcome of :func:`screen_perovskites`.
-
-    Attributes:
-        candidates: one row per composition below the cutoff, lowest first: ``A``, ``B``,
-            ``X`` (e.g. ``"O3"`` or ``"O2N"``), ``formula``, ``e_A``, ``e_B``, ``e_X`` (the mean X
-            term), ``energy`` = (e_A + e_B + 3 e_X) / 5, and ``in_input`` (the composition was among
-            the analysed structures; ``None`` when that is unknown).
-        n_space: size of the full A x B space, |elements with an A-site energy| x |with a B-site energy|.
-        n_considered: A x B combinations enumerated (A in ``a_groups``, B in ``b_groups``).
-        n_candidates: combinations with an estimate below ``cutoff``.
-        shrink_factor: ``n_space / n_considered`` (how much the group rule narrows the search).
-        cutoff: the threshold used, in ``units``.
-        units: units of the energies.
-        a_elements: the A elements enumerated.
-        b_elements: the B elements enumerated.
-    """
-
-    candidates: pd.DataFrame
-    n_space: int
-    n_considered: int
-    n_candidates: int
-    shrink_factor: float
-    cutoff: float
-    units: str
-    a_elements: list[str]
-    b_elements: list[str]
-
-    def summary(self) -> str:
-        """One line: counts and shrink factor."""
-        return (
-            f"{self.n_candidates} of {self.n_considered} A x B combinations below {self.cutoff:g} {self.units} "
-            f"({len(self.a_elements)} A x {len(self.b_elements)} B elements; full space {self.n_space}, "
-            f"shrunk {self.shrink_factor:.1f}x)"
-        )
-
-
-def screen_perovskites(
-    df_or_elements: Any,
-    *,
-    cutoff: float,
-    x: str | Mapping[str, int] = "O",
-    a_groups: Iterable[int] = (13, 14, 15),
-    b_groups: Iterable[int] = (4, 5, 6),
-    min_count: int = 1,
-    units: str | None = None,
-) -> ScreenResult:
-    """Enumerate ABX3 compositions from per-role site energies and keep those below a cutoff.
-
-    **Assumption: site energies are additive.** A candidate's energy is estimated as the mean of its
-    five site terms, ``(e_A + e_B + 3 e_X) / 5`` (eV/atom for an eV/atom model), where each term
-    is the element's mean contribution on that role over the analysed structures. This ignores
-    how a site's energy depends on its neighbours (which the model itself does not), so it is a
-    cheap pre-screen whose survivors should be predicted directly (build the structures and run
-    the model) and then checked with DFT.
-
-    Following Xie & Grossman (2018), A runs over groups 13-15 and B over groups 4-6 by default.
-
-    Args:
-        df_or_elements: per-role element means: a sites table (:func:`site_contributions`), an
-            aggregate (:func:`aggregate_by_element` with ``role`` and ``element`` keys), or a
-            mapping ``{"A": {el: e}, "B": {el: e}, "X": {el: e}}``.
-        cutoff: keep candidates with ``energy < cutoff``.
-        x: the X element (three X sites), or a mapping of X elements to counts summing to 3
-            (e.g. ``{"O": 2, "N": 1}``).
-        a_groups: periodic-table groups (pymatgen ``Element.group``) enumerated on the A site.
-        b_groups: groups enumerated on the B site.
-        min_count: ignore element means from fewer sites than this (needs a table with counts).
-        units: units of the energies (default: the table's ``attrs["units"]``, else empty).
-
-    Returns:
-        A :class:`ScreenResult` with the candidates and the counts.
-
-    Raises:
-        KeyError: an X element has no X-site energy.
-    """
-    import pandas as pd
-    from pymatgen.core import Element
-
-    if isinstance(df_or_elements, pd.DataFrame):
-        table = df_or_elements if "mean" in df_or_elements.columns else aggregate_by_element(df_or_elements)
-        if min_count > 1 and "count" in table.columns:
-            table = table[table["count"] >= min_count]
-        means = _role_means(table)
-        units = units if units is not None else df_or_elements.attrs.get("units", "")
-    else:
-        means = _role_means(df_or_elements)
-    units = units or ""
-    x_counts = {x: 3} if isinstance(x, str) else {str(k): int(v) for k, v in x.items()}
-    if sum(x_counts.values()) != 3 or any(v < 1 for v in x_counts.values()):
-        raise ValueError(f"x must be one element or counts summing to 3, got {x_counts}")
-    x_means = means.get("X", {})
-    missing = [el for el in x_counts if el not in x_means]
-    if missing:
-        raise KeyError(f"no X-site energy for {missing} (X elements with one: {sorted(x_means)})")
-    e_x = sum(x_means[el] * c for el, c in x_counts.items()) / 3.0
-    x_label = "".join(f"{el}{c if c > 1 else ''}" for el, c in x_counts.items())
-
-    def by_group(role: str, groups: Iterable[int]) -> list[str]:
-        wanted = set(groups)
-        elements = [el for el in means.get(role, {}) if Element(el).group in wanted]
-        return sorted(elements, key=lambda el: Element(el).Z)
-
-    a_all, b_all = means.get("A", {}), means.get("B", {})
-    a_sel, b_sel = by_group("A", a_groups), by_group("B", b_groups)
-    known = None
-    if isinstance(df_or_elements, pd.DataFrame) and "structure" in df_or_elements.columns:
-        known = _known_compositions(df_or_elements)
-    rows = []
-    for a in a_sel:
-        for b in b_sel:
-            energy = (a_all[a] + b_all[b] + 3.0 * e_x) / 5.0
-            if energy < cutoff:
-                rows.append(
-                    dict(
-                        A=a, B=b, X=x_label, formula=f"{a}{b}{x_label}", e_A=a_all[a], e_B=b_all[b], e_X=e_x,
-                        energy=energy, in_input=None if known is None else (a, b, frozenset(x_counts.items())) in known,
-                    )
-                )  # fmt: skip
-    columns = ["A", "B", "X", "formula", "e_A", "e_B", "e_X", "energy", "in_input"]
-    candidates = pd.DataFrame(rows, columns=columns).sort_values("energy", kind="stable").reset_index(drop=True)
-    candidates.attrs["units"] = units
-    n_space = len(a_all) * len(b_all)
-    n_considered = len(a_sel) * len(b_sel)
-    return ScreenResult(
-        candidates=candidates,
-        n_space=n_space,
-        n_considered=n_considered,
-        n_candidates=len(candidates),
-        shrink_factor=n_space / n_considered if n_considered else float("inf"),
-        cutoff=float(cutoff),
-        units=units,
-        a_elements=a_sel,
-        b_elements=b_sel,
-    )
-
-
-def _known_compositions(df: pd.DataFrame) -> set[tuple[str, str, frozenset]]:
-    """(A, B, X counts per formula unit) of the perovskites in a sites table."""
-    known = set()
-    for _, sites in df[df["role"].isin(["A", "B", "X"])].groupby("structure", sort=False):
-        a = sites.loc[sites["role"] == "A", "element"].unique()
-        b = sites.loc[sites["role"] == "B", "element"].unique()
-        k = int((sites["role"] == "A").sum())
-        if len(a) != 1 or len(b) != 1 or k == 0:
-            continue  # mixed A or B sites: not a simple ABX3
-        xs = sites.loc[sites["role"] == "X", "element"].value_counts()
-        if any(c % k for c in xs):
-            continue
-        known.add((str(a[0]), str(b[0]), frozenset((str(el), int(c) // k) for el, c in xs.items())))
-    return known
-
-
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-
-
-def write_site_report(
-    predictor: CGCNNPredictor | str | os.PathLike,
-    structures: Any,
-    out_dir: str | os.PathLike,
-    *,
-    roles: Sequence[str] = ("A", "B"),
-    batch_size: int = 64,
-    labels: Sequence[str] | None = None,
-    symprec: float = 0.01,
-    allow_mean_pooled: bool = False,
-    errors: Literal["raise", "skip"] = "raise",
-    cmap: str = "coolwarm",
-    formats: Sequence[str] = ("png", "svg"),
-    on_sparse: Literal["warn", "error", "ignore"] = "warn",
-    progress: bool | None = None,
-) -> list[Path]:
-    """Site contributions, per-element table and maps for a set of structures, written to a folder.
-
-    Writes ``sites.csv`` (:func:`site_contributions`), ``by_element.csv``
-    (:func:`aggregate_by_element`) and ``{role}_sites.png`` / ``.svg`` for each of ``roles``
-    (:func:`site_energy_maps`; a role with no sites, e.g. for non-perovskites, is skipped with a
-    warning). Contributions are in the model's units (``predictor.units``).
-
-    Args:
-        predictor: a predictor, a model folder, or a shipped model's name (atomwise readout).
-        structures: the crystals (see :func:`site_contributions`).
-        out_dir: output folder (created).
-        roles: roles to map.
-        batch_size: crystals per forward pass.
-        labels: names for the structures (see :func:`site_contributions`).
-        symprec: tolerance of the symmetry analysis, Å.
-        allow_mean_pooled: accept a mean-pooled model (first-order attributions; see
-            :func:`site_contributions`).
-        errors: ``"raise"`` or ``"skip"`` unusable structures.
-        cmap: colour map of the heat maps.
-        formats: file suffixes of the heat maps.
-        on_sparse: policy for atoms with fewer than 12 neighbours in the cutoff.
-        progress: show a progress bar.
-
-    Returns:
-        The written files: ``sites.csv``, ``by_element.csv``, then the maps.
-    """
-    predictor = as_predictor(predictor)
-    df = site_contributions(
-        predictor, structures, batch_size=batch_size, labels=labels, symprec=symprec,
-        allow_mean_pooled=allow_mean_pooled, errors=errors, on_sparse=on_sparse, progress=progress,
-    )  # fmt: skip
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sites_csv = out_dir / "sites.csv"
-    df.to_csv(sites_csv, index=False)
-    table = aggregate_by_element(df)
-    by_element_csv = out_dir / "by_element.csv"
-    table.to_csv(by_element_csv, index=False)
-    maps = site_energy_maps(table, out_dir, roles=roles, formats=formats, cmap=cmap)
-    return [sites_csv, by_element_csv, *maps]
 
 
 __all__ = [
