@@ -9,16 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cgcnn_ase.graph.elements import (
-    CGCNN92_BLOCKS,
-    ElementTable,
-    compare_tables,
-    decode_bins,
-    element_properties,
-    format_comparison,
-    generate_cgcnn_table,
-    load_atom_init,
-)
+from cgcnn_ase.graph.elements import CGCNN92_BLOCKS, compare_tables, decode_bins, element_properties, format_comparison, generate_cgcnn_table
+from cgcnn_ase.graph.element_table import ElementTable, load_atom_init
 from cgcnn_ase.errors import CheckpointError, UnsupportedElementError
 
 ORIGINAL = (

@@ -1,7 +1,7 @@
 """Batching: many crystal graphs -> one :class:`GraphBatch`, the network's input.
 
 Edge distances are expanded in Gaussians (:func:`gaussian_expand`, Eq. 2 of the paper), element
-numbers looked up in an :class:`~cgcnn_ase.graph.elements.ElementTable`, and identical periodic-image
+numbers looked up in an :class:`~cgcnn_ase.graph.element_table.ElementTable`, and identical periodic-image
 edges optionally merged into weighted edges (:func:`merge_identical_edges`).
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cgcnn_ase.graph.config import GraphConfig
-from cgcnn_ase.graph.elements import ElementTable
+from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.graph.neighbours import CrystalGraph
 
 

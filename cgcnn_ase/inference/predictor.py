@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cgcnn_ase.models.folder import LoadedModel
-from cgcnn_ase.graph.elements import ElementTable
+from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.errors import CGCNNError, InvalidStructureError, UnseenElementWarning, UnsupportedElementError
 from cgcnn_ase.graph.neighbours import CrystalGraph, build_graph
 from cgcnn_ase.graph.config import SparsePolicy

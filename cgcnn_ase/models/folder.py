@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from cgcnn_ase.models.domain import DOMAIN_FILE, DomainSummary
-from cgcnn_ase.graph.elements import ElementTable, load_atom_init
+from cgcnn_ase.graph.element_table import ElementTable, load_atom_init
 from cgcnn_ase.errors import CheckpointError
 from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.nn.network import CrystalGraphConvNet

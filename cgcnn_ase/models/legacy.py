@@ -12,7 +12,8 @@ import torch
 
 from cgcnn_ase.errors import CheckpointError, UntrustedCheckpointError
 from cgcnn_ase.graph.config import GraphConfig
-from cgcnn_ase.graph.elements import ElementTable, generate_cgcnn_table, load_atom_init
+from cgcnn_ase.graph.elements import generate_cgcnn_table
+from cgcnn_ase.graph.element_table import ElementTable, load_atom_init
 from cgcnn_ase.models.folder import LoadedModel, ModelSpec, _build_network
 
 #: Property name and units of the authors' checkpoints, keyed by file stem.

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from cgcnn_ase.errors import CheckpointError, UnknownModelError
-from cgcnn_ase.graph.elements import ElementTable
+from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.models.folder import LoadedModel, load_model_folder
 from cgcnn_ase.models.legacy import load_original_checkpoint
 
@@ -139,7 +139,7 @@ def load_model(
         members: for an ensemble folder, how many members to load (``None``: all; ``1``:
             member 0 alone, the fast single-model path without a std).
         atom_init: the element table of an original ``.pth.tar`` file (its
-            ``atom_init.json``, an :class:`~cgcnn_ase.graph.elements.ElementTable`, or
+            ``atom_init.json``, an :class:`~cgcnn_ase.graph.element_table.ElementTable`, or
             ``"generated"``); refused for folders and shipped models, which carry their own.
         trusted: allow full unpickling of a legacy file the safe loader refuses (can run code).
 
