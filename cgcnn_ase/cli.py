@@ -165,7 +165,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     csv and parquet output is written chunk by chunk (memory stays bounded), and
     --resume continues an interrupted run without predicting its finished ids again.
     """
-    from cgcnn_ase.inference.streaming import cif_reader_for, infer_format, iter_inputs
+    from cgcnn_ase.inference.streaming import cif_reader_for, infer_format
+    from cgcnn_ase.io.inputs import iter_inputs
 
     import torch
 
@@ -334,18 +335,21 @@ def featurize(table: str, output: str, column: str, models: tuple[str, ...], use
 
 
 def _parse_structure_cell(value: Any, row: int) -> Any:
-    """A table cell -> a Structure (CIF text), a path (existing file), or the error (returned, not raised)."""
-    from cgcnn_ase.errors import InvalidStructureError
+    """A table cell -> what the featurizer reads, or the error (returned, not raised).
 
-    text = str(value)
-    if "\n" not in text and Path(text).is_file():
-        return text
-    try:
-        from pymatgen.core import Structure
+    The cell's text (CIF text, pymatgen structure JSON, or the path of a file) is returned
+    as it is: each model reads it through :mod:`cgcnn_ase.io.reader` with its own CIF reader,
+    as ``predict`` reads it. Empty cells and one-line texts that name no file are errors.
+    """
+    from cgcnn_ase.errors import StructureReadError
+    from cgcnn_ase.io.reader import input_kind
 
-        return Structure.from_str(text, fmt="cif")
-    except Exception as exc:  # noqa: BLE001 - reported per row
-        return InvalidStructureError(f"row {row}: not a readable CIF or file path ({type(exc).__name__}: {exc})")
+    if input_kind(value) == "empty":
+        return StructureReadError(f"row {row}: the structure cell is empty")
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    if input_kind(text) == "path" and not Path(text).is_file():
+        return StructureReadError(f"row {row}: {text[:80]!r} is neither CIF text nor an existing structure file")
+    return text
 
 
 @main.command()

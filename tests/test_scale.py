@@ -14,17 +14,12 @@ from click.testing import CliRunner
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
-from cgcnn_ase.inference import streaming
 from cgcnn_ase.cli import EXIT_BAD_INPUT, EXIT_USAGE, main
 from cgcnn_ase.errors import StructureReadError
 from cgcnn_ase.inference.predictor import CGCNNPredictor
-from cgcnn_ase.inference.streaming import (
-    FinishedIds,
-    StreamError,
-    iter_inputs,
-    predict_stream,
-    read_finished_ids,
-)
+from cgcnn_ase.inference.streaming import StreamError, predict_stream, read_finished_ids
+from cgcnn_ase.io import inputs as io_inputs
+from cgcnn_ase.io.inputs import FinishedIds, iter_inputs
 
 from .conftest import perovskite, rattled
 
@@ -74,13 +69,13 @@ def test_directory_files_are_read_only_when_consumed(tmp_path, monkeypatch):
         write(tmp_path / f"c{k}.cif", atoms, format="cif")
     (tmp_path / ".hidden.cif").write_text("junk")
     reads: list[str] = []
-    original = streaming.read_structures
+    original = io_inputs.read_structures
 
     def counting(path, **kwargs):
         reads.append(str(path))
         return original(path, **kwargs)
 
-    monkeypatch.setattr(streaming, "read_structures", counting)
+    monkeypatch.setattr(io_inputs, "read_structures", counting)
     stream = iter_inputs([str(tmp_path)])
     assert reads == []  # nothing read before iteration
     first_two = [next(stream), next(stream)]
@@ -141,8 +136,8 @@ def test_gemmi_and_pymatgen_read_cif_text_alike(predictor):
     atoms = _crystals(4)
     for a in atoms:
         text = _cif(a)
-        fast = streaming.parse_cell(text, "x", cif_reader="gemmi")
-        slow = streaming.parse_cell(text, "x", cif_reader="pymatgen")
+        fast = io_inputs.parse_cell(text, "x", cif_reader="gemmi")
+        slow = io_inputs.parse_cell(text, "x", cif_reader="pymatgen")
         np.testing.assert_allclose(predictor.predict([fast]).values, predictor.predict([slow]).values, atol=1e-6)
 
 
@@ -214,7 +209,7 @@ def test_resume_skips_finished_items_and_matches_an_uninterrupted_run(predictor,
     assert len(read_finished_ids(part)) == 8
 
     parsed: list[str] = []
-    original = streaming.parse_cell
+    original = io_inputs.parse_cell
 
     def counting_parse(value, label, **kw):
         parsed.append(label)
@@ -223,7 +218,7 @@ def test_resume_skips_finished_items_and_matches_an_uninterrupted_run(predictor,
     counting = CountingPredictor(predictor)
     import unittest.mock
 
-    with unittest.mock.patch.object(streaming, "parse_cell", counting_parse):
+    with unittest.mock.patch.object(io_inputs, "parse_cell", counting_parse):
         summary = predict_stream(str(source), [counting], part, resume=True, **kwargs)
     assert parsed == [f"m{k:02d}" for k in range(8, 17)]  # finished rows are not even parsed
     assert sum(counting.calls) == 9 and summary.n_skipped == 8
@@ -363,4 +358,4 @@ def test_bad_cells_name_their_id():
         ("no_such_file.cif", "neither CIF"),
     ):
         with pytest.raises(StructureReadError, match=message):
-            streaming.parse_cell(value, "row-7")
+            io_inputs.parse_cell(value, "row-7")

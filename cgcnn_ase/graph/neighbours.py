@@ -31,7 +31,7 @@ import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError, SparseGraphError, SparseGraphWarning
 from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
-from cgcnn_ase.io.reader import StructureRecord
+from cgcnn_ase.io.records import StructureRecord
 
 #: Two atoms closer than this (Å) are treated as overlapping, a broken structure.
 MIN_INTERATOMIC_DISTANCE = 0.3

@@ -38,16 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError
-from cgcnn_ase.inference.streaming import (
-    arrow_schema,
-    cif_reader_for,
-    iter_file,
-    iter_files,
-    load_predictors,
-    model_columns,
-    parse_cell,
-    predict_items,
-)
+from cgcnn_ase.inference.streaming import arrow_schema, cif_reader_for, load_predictors, model_columns, predict_items
+from cgcnn_ase.io.inputs import iter_file, iter_files, parse_cell
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.dataframe as dd

@@ -1,144 +1,265 @@
-"""Turn what users hold into one internal crystal record.
+"""The one structure reader: whatever a user holds -> validated :class:`StructureRecord` objects.
 
-Accepted inputs: :class:`ase.Atoms`, pymatgen :class:`~pymatgen.core.Structure` or
-``IStructure``, or a path to any file ASE or pymatgen can read (CIF, POSCAR/CONTCAR,
-extxyz, ...). Everything is normalised once, here, into a :class:`StructureRecord`
-(atomic numbers, fractional coordinates, cell in Å), and every problem that makes a
-crystal unusable raises :class:`~cgcnn_ase.errors.InvalidStructureError` (or a
-subclass) with a message naming the input and the problem.
+:func:`read_records` is the single place that decides how each kind of input becomes
+records (:func:`input_kind` names the kinds); every entry point (``CGCNNPredictor.predict``,
+the ASE calculator, the matminer featurizer, the CLI, streaming, Dask, training datasets)
+reads through it:
+
+========================  ==================================================================
+input                     read as
+========================  ==================================================================
+file path (``Path``, or   CIF / mCIF: gemmi (default) or pymatgen, see ``cif_reader``;
+a one-line ``str``)       anything else (POSCAR, extxyz, ...): ASE; several frames or CIF
+                          data blocks give several records, labelled ``path@i``
+CIF text (``str`` with    exactly as a CIF file holding that text (the same gemmi path,
+line breaks)              the same pymatgen fallback)
+structure JSON (``str``   ``pymatgen.core.Structure.from_dict``
+starting with ``{``)
+pymatgen structure dict   ``pymatgen.core.Structure.from_dict`` (a mapping with ``lattice``
+                          and ``sites``, or ``@class``)
+``ase.Atoms``             :func:`~cgcnn_ase.io.records.from_ase`
+pymatgen ``Structure`` /  :func:`~cgcnn_ase.io.records.from_pymatgen`
+``IStructure``
+``StructureRecord``       kept (relabelled when a label is given)
+========================  ==================================================================
+
+``cif_reader``: ``"gemmi"`` (compiled, ~50x faster than pymatgen's parser; falls back to
+pymatgen for CIFs gemmi cannot make a crystal of) or ``"pymatgen"`` (the original CGCNN's
+reader: its site order decides neighbour ties in the ``original`` neighbour policy). Every
+entry point takes it from the model through :func:`cif_reader_for_policy`, so one model reads
+a CIF the same way whichever way the CIF arrives.
+
+Every problem that makes an input unusable raises
+:class:`~cgcnn_ase.errors.InvalidStructureError` (or its subclass
+:class:`~cgcnn_ase.errors.StructureReadError`) with a message naming the input.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError, StructureReadError
+from cgcnn_ase.io.records import StructureRecord, _validate, from_ase, from_pymatgen
 
-#: Smallest accepted cell volume, Å^3. Anything below is a degenerate cell.
-MIN_CELL_VOLUME = 1e-3
+__all__ = [
+    "CifReader",
+    "InputKind",
+    "cif_reader_for_policy",
+    "gemmi_block_record",
+    "input_kind",
+    "is_single_input",
+    "iter_records",
+    "read_record",
+    "read_records",
+    "read_structures",
+    "to_record",
+]
+
+CifReader = Literal["gemmi", "pymatgen"]
+InputKind = Literal["record", "path", "cif_text", "json_text", "structure_dict", "empty", "object"]
 
 
-@dataclass(frozen=True, eq=False)
-class StructureRecord:
-    """A validated, ordered, fully periodic crystal.
+def cif_reader_for_policy(neighbor_policy: str) -> CifReader:
+    """The CIF reader a model with this graph ``neighbor_policy`` needs: ``"pymatgen"`` for
+    ``"original"`` (its neighbour ties follow pymatgen's site order), ``"gemmi"`` otherwise."""
+    return "pymatgen" if neighbor_policy == "original" else "gemmi"
 
-    Attributes:
-        numbers: atomic numbers, shape (N,), int64.
-        frac_coords: fractional coordinates, shape (N, 3), float64 (not wrapped).
-        cell: lattice vectors as rows, shape (3, 3), float64, Å.
-        label: a name for messages and result tables (file path, frame, or index).
+
+def _check_reader(cif_reader: str) -> None:
+    if cif_reader not in ("gemmi", "pymatgen"):
+        raise ValueError(f"cif_reader must be 'gemmi' or 'pymatgen', got {cif_reader!r}")
+
+
+# =============================================================================================
+# Which kind of input
+# =============================================================================================
+
+
+def _is_missing(obj: Any) -> bool:
+    """``None``, a float NaN (an empty table cell) or blank text."""
+    if obj is None:
+        return True
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return True
+    return isinstance(obj, str) and not obj.strip()
+
+
+def _is_structure_dict(obj: Mapping) -> bool:
+    """A mapping that claims to be a pymatgen ``Structure.as_dict()``."""
+    return "@class" in obj or ("lattice" in obj and "sites" in obj)
+
+
+def input_kind(obj: Any) -> InputKind:
+    """What :func:`read_records` takes ``obj`` for (bytes are read as UTF-8 text).
+
+    ``"path"``: a ``PathLike`` or a one-line string that is not JSON; ``"cif_text"``: a
+    string with line breaks; ``"json_text"``: a string starting with ``{``;
+    ``"structure_dict"``: a pymatgen structure mapping; ``"empty"``: ``None``, NaN or blank
+    text; ``"record"``: a :class:`StructureRecord`; ``"object"``: anything else (``Atoms``,
+    ``Structure``, or an unsupported type that :func:`to_record` refuses).
     """
-
-    numbers: np.ndarray
-    frac_coords: np.ndarray
-    cell: np.ndarray
-    label: str
-
-    def __len__(self) -> int:
-        return len(self.numbers)
-
-    @property
-    def positions(self) -> np.ndarray:
-        """Cartesian positions, shape (N, 3), Å."""
-        return self.frac_coords @ self.cell
-
-    @property
-    def volume(self) -> float:
-        """Cell volume, Å^3 (absolute value of the determinant)."""
-        return float(abs(np.linalg.det(self.cell)))
-
-    def to_ase(self) -> "ase.Atoms":  # noqa: F821
-        """The record as a periodic :class:`ase.Atoms`."""
-        from ase import Atoms
-
-        return Atoms(numbers=self.numbers, scaled_positions=self.frac_coords, cell=self.cell, pbc=True)
-
-    def to_pymatgen(self) -> "pymatgen.core.Structure":  # noqa: F821
-        """The record as a pymatgen :class:`~pymatgen.core.Structure` (built from fractional coordinates)."""
-        from pymatgen.core import Lattice, Structure
-
-        return Structure(Lattice(self.cell), self.numbers.tolist(), self.frac_coords, coords_are_cartesian=False)
+    if isinstance(obj, bytes):
+        obj = obj.decode("utf-8", "replace")
+    if isinstance(obj, StructureRecord):
+        return "record"
+    if isinstance(obj, os.PathLike):
+        return "path"
+    if _is_missing(obj):
+        return "empty"
+    if isinstance(obj, str):
+        text = obj.strip()
+        if text.startswith("{"):
+            return "json_text"
+        return "cif_text" if "\n" in text or "\r" in text else "path"
+    if isinstance(obj, Mapping) and _is_structure_dict(obj):
+        return "structure_dict"
+    return "object"
 
 
-def _validate(numbers: np.ndarray, frac: np.ndarray, cell: np.ndarray, pbc: Iterable[bool], label: str) -> StructureRecord:
-    """Check a raw crystal and wrap it in a record; raise InvalidStructureError naming the problem."""
-    numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
-    frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3)
-    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
-    pbc = tuple(bool(p) for p in pbc)
-    if len(numbers) == 0:
-        raise InvalidStructureError(f"{label}: the structure contains no atoms")
-    if not all(pbc):
-        raise InvalidStructureError(
-            f"{label}: CGCNN needs a crystal periodic in all three directions, got pbc={pbc}; "
-            "molecules and slabs are not supported (set pbc=True and a cell if you mean a crystal)"
-        )
-    if not np.all(np.isfinite(cell)):
-        raise InvalidStructureError(f"{label}: the cell contains NaN or infinite values")
-    volume = abs(float(np.linalg.det(cell)))
-    if not np.isfinite(volume) or volume < MIN_CELL_VOLUME:
-        raise InvalidStructureError(f"{label}: the cell is degenerate (volume {volume:.3g} Å^3)")
-    if not np.all(np.isfinite(frac)):
-        bad = np.flatnonzero(~np.all(np.isfinite(frac), axis=1))
-        raise InvalidStructureError(f"{label}: atom(s) {bad[:5].tolist()} have NaN or infinite positions")
-    if np.any(numbers <= 0):
-        bad = np.flatnonzero(numbers <= 0)
-        raise InvalidStructureError(
-            f"{label}: site(s) {bad[:5].tolist()} are vacancies or dummy species (atomic number "
-            f"{int(numbers[bad[0]])}); only real elements are supported"
-        )
-    return StructureRecord(numbers=numbers, frac_coords=frac, cell=cell, label=label)
+# =============================================================================================
+# The one reader
+# =============================================================================================
 
 
-def from_ase(atoms: "ase.Atoms", label: str = "Atoms") -> StructureRecord:  # noqa: F821
-    """Validate an :class:`ase.Atoms` into a record (fractional coordinates are not wrapped)."""
-    cell = np.asarray(atoms.cell.array, dtype=np.float64)
-    if len(atoms) == 0:
-        return _validate(np.zeros(0), np.zeros((0, 3)), cell, atoms.pbc, label)
-    with np.errstate(all="ignore"):
-        try:
-            frac = np.linalg.solve(cell.T, np.asarray(atoms.positions, dtype=np.float64).T).T
-        except np.linalg.LinAlgError:
-            frac = np.full((len(atoms), 3), np.nan)
-    if not all(atoms.pbc):  # report pbc before a possibly singular cell
-        return _validate(atoms.numbers, frac, np.eye(3), atoms.pbc, label)
-    return _validate(atoms.numbers, frac, cell, atoms.pbc, label)
+def read_records(source: Any, label: str | None = None, *, cif_reader: CifReader = "gemmi") -> list[StructureRecord]:
+    """Read and validate every structure in ``source`` (any input in the module table).
 
+    Args:
+        source: a file path, CIF text, structure JSON text, pymatgen structure dict,
+            ``ase.Atoms``, pymatgen ``Structure``/``IStructure`` or record (bytes: UTF-8 text).
+        label: the name used in records and messages (``label@i`` for the i-th of several
+            structures). ``None``: the path for files, the record's own label, ``"CIF text"``,
+            ``"structure JSON"``, ``"Atoms"`` or ``"Structure"`` otherwise.
+        cif_reader: ``"gemmi"`` or ``"pymatgen"`` for CIF files and CIF text (module docstring).
 
-def from_pymatgen(structure: "pymatgen.core.IStructure", label: str = "Structure") -> StructureRecord:  # noqa: F821
-    """Validate a pymatgen Structure/IStructure into a record.
+    Returns:
+        One record per structure (most inputs hold one), in the source's order.
 
-    Disordered sites (partial occupancies, mixed species) and dummy species (vacancies,
-    ``X``) are refused with a message naming the first such sites.
+    Raises:
+        InvalidStructureError: the input is missing, unreadable, or not a usable crystal.
     """
-    from pymatgen.core.periodic_table import DummySpecies
+    _check_reader(cif_reader)
+    if isinstance(source, bytes):
+        source = source.decode("utf-8", "replace")
+    kind = input_kind(source)
+    if kind == "record":
+        return [source if label is None or label == source.label else replace(source, label=label)]
+    if kind == "empty":
+        raise StructureReadError(f"{label or 'input'}: the structure cell is empty (None, NaN or blank text)")
+    if kind == "path":
+        return _read_path(source, label, cif_reader)
+    if kind == "cif_text":
+        return _read_cif(source.strip(), label or "CIF text", cif_reader, text=True)
+    if kind == "json_text":
+        return [_structure_dict_record(_json_dict(source, label or "structure JSON"), label or "structure JSON")]
+    if kind == "structure_dict":
+        return [_structure_dict_record(source, label or "structure dict")]
+    return [to_record(source, label)]
 
-    numbers = []
-    for i, site in enumerate(structure):
-        comp = site.species
-        if len(comp) != 1 or abs(sum(comp.values()) - 1.0) > 1e-8:
-            raise InvalidStructureError(
-                f"{label}: site {i} is disordered ({comp.formula if len(comp) else 'empty'}, "
-                f"occupancy {sum(comp.values()):.3g}); CGCNN needs an ordered structure "
-                "(order it first, e.g. with pymatgen's OrderDisorderedStructureTransformation)"
-            )
-        (specie,) = comp.keys()
-        if isinstance(specie, DummySpecies):
-            raise InvalidStructureError(f"{label}: site {i} holds the dummy species {specie} (a vacancy or placeholder)")
-        numbers.append(specie.Z)
-    return _validate(
-        np.asarray(numbers), structure.frac_coords, structure.lattice.matrix, getattr(structure.lattice, "pbc", (True,) * 3), label
+
+def read_record(source: Any, label: str | None = None, *, cif_reader: CifReader = "gemmi") -> StructureRecord:
+    """The one structure of ``source`` (as :func:`read_records`), labelled ``label``.
+
+    Raises:
+        StructureReadError: ``source`` holds several structures (a multi-frame file, a CIF
+            with several data blocks); give one.
+        InvalidStructureError: as :func:`read_records`.
+    """
+    records = read_records(source, label, cif_reader=cif_reader)
+    if len(records) != 1:
+        name = label or str(source)[:80]
+        what = "the CIF text" if input_kind(source) == "cif_text" else repr(str(source)[:80])
+        raise StructureReadError(f"{name}: {what} holds {len(records)} structures; give one per item")
+    return records[0]
+
+
+def read_structures(path: str | os.PathLike, *, cif_reader: CifReader = "gemmi") -> list[StructureRecord]:
+    """Read and validate every structure in a file.
+
+    Args:
+        path: a structure file (CIF, POSCAR/CONTCAR, extxyz, ... anything ASE reads).
+        cif_reader: ``"gemmi"`` (fast; falls back to pymatgen for CIFs gemmi cannot
+            read) or ``"pymatgen"`` (the original CGCNN's reader: its site order and cell
+            orientation decide ties in the ``original`` neighbour policy).
+
+    Returns one record per frame (most files hold one); labels are the path, with
+    ``@i`` appended for multi-frame files.
+    """
+    _check_reader(cif_reader)
+    return _read_file(Path(path), None, cif_reader)
+
+
+def to_record(obj: Any, label: str | None = None) -> StructureRecord:
+    """Validate one in-memory ``ase.Atoms`` / pymatgen ``Structure`` / record.
+
+    Text, paths and dicts are not accepted here (a file may hold several structures):
+    use :func:`read_records`, :func:`read_record` or :func:`iter_records`.
+
+    Raises:
+        InvalidStructureError: an invalid crystal, a pymatgen ``Molecule``, or another type.
+    """
+    if isinstance(obj, StructureRecord):
+        return obj
+    from ase import Atoms
+
+    if isinstance(obj, Atoms):
+        return from_ase(obj, label=label or "Atoms")
+    from pymatgen.core import IStructure, Molecule
+
+    if isinstance(obj, IStructure):
+        return from_pymatgen(obj, label=label or "Structure")
+    if isinstance(obj, Molecule):
+        raise InvalidStructureError(
+            f"{label or 'Molecule'}: a pymatgen Molecule is not periodic; CGCNN needs a crystal"
+        )
+    raise InvalidStructureError(
+        f"{label or 'input'}: unsupported input type {type(obj).__name__}; expected ase.Atoms, pymatgen "
+        "Structure, a pymatgen structure dict, a path to a structure file, or CIF text"
     )
 
 
-CifReader = Literal["gemmi", "pymatgen"]
+def iter_records(
+    inputs: Any, *, cif_reader: CifReader = "gemmi"
+) -> Iterator[tuple[str, StructureRecord | InvalidStructureError]]:
+    """Lazily read one input or an iterable of inputs with :func:`read_records`.
+
+    Yields ``(label, record_or_error)``: errors are yielded, not raised, so that a caller
+    can decide per item. Labels are file paths (``path@i`` for frame ``i`` of a
+    multi-frame file), a record's own label, or ``input i`` for other items (``input i@k``
+    for the k-th data block of CIF text). A path yields one item per frame in the file.
+    """
+    if is_single_input(inputs):
+        inputs = [inputs]
+    for index, obj in enumerate(inputs):
+        kind = input_kind(obj)
+        label = None if kind in ("path", "record") else f"input {index}"
+        try:
+            for record in read_records(obj, label, cif_reader=cif_reader):
+                yield record.label, record
+        except InvalidStructureError as exc:
+            yield label or (obj.label if kind == "record" else str(obj)), exc
+
+
+def is_single_input(obj: Any) -> bool:
+    """One input rather than an iterable of them: text, a path, a mapping, a record, or a
+    structure that happens to be iterable (Atoms and Structure iterate over sites)."""
+    if isinstance(obj, (str, bytes, os.PathLike, StructureRecord, Mapping)) or not isinstance(obj, Iterable):
+        return True
+    return type(obj).__module__.startswith(("ase.", "pymatgen."))
+
+
+# =============================================================================================
+# Files
+# =============================================================================================
 
 
 def _check_file(path: Path) -> None:
@@ -158,13 +279,111 @@ def _is_cif(path: Path) -> bool:
     return path.name.lower().endswith((".cif", ".mcif"))
 
 
+def _read_path(source: str | os.PathLike, label: str | None, cif_reader: CifReader) -> list[StructureRecord]:
+    """A path given as text or ``PathLike``; a labelled one-line text that is no file is
+    reported as neither CIF text nor a file (it was meant as one of them)."""
+    path = Path(source)
+    if label is not None and isinstance(source, str) and label != source and not os.path.exists(source):
+        try:
+            _check_file(path)
+        except StructureReadError as exc:
+            reason = str(exc).rsplit(": ", 1)[-1]
+            raise StructureReadError(
+                f"{label}: {source[:80]!r} is neither CIF text nor an existing structure file ({reason})"
+            ) from None
+    return _read_file(path, label, cif_reader)
+
+
+def _labels(base: str, count: int) -> list[str]:
+    return [base] if count == 1 else [f"{base}@{k}" for k in range(count)]
+
+
+def _read_file(path: Path, label: str | None, cif_reader: CifReader) -> list[StructureRecord]:
+    """Every structure of one file: CIFs through :func:`_read_cif`, the rest through ASE."""
+    _check_file(path)
+    base = label or str(path)
+    if _is_cif(path):
+        return _read_cif(path, base, cif_reader, text=False)
+    import ase.io
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frames = ase.io.read(path, index=":")
+    except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
+        raise StructureReadError(f"{base}: could not be read by ASE ({type(exc).__name__}: {exc})") from None
+    if not frames:
+        raise StructureReadError(f"{base}: the file holds no structure")
+    return [from_ase(atoms, label=name) for atoms, name in zip(frames, _labels(base, len(frames)))]
+
+
+# =============================================================================================
+# CIF (files and text alike)
+# =============================================================================================
+
+
+def _read_cif(source: Path | str, label: str, cif_reader: CifReader, *, text: bool) -> list[StructureRecord]:
+    """Every data block of a CIF file (``text=False``: ``source`` is its path) or of CIF
+    text: gemmi first when ``cif_reader == "gemmi"``, pymatgen when gemmi cannot make a
+    crystal of it (pymatgen also gives the detailed error message)."""
+    if cif_reader == "gemmi":
+        records = _cif_gemmi(source, label, text=text)
+        if records is not None:
+            return records
+    structures = _cif_pymatgen(source, label, text=text)
+    return [from_pymatgen(s, label=name) for s, name in zip(structures, _labels(label, len(structures)))]
+
+
+def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureRecord] | None:
+    """gemmi's reading (symmetry applied, sites on special positions merged), or ``None``
+    when gemmi cannot make a crystal of every data block."""
+    import gemmi
+
+    try:
+        document = gemmi.cif.read_string(source) if text else gemmi.cif.read(str(source))
+        blocks = [gemmi.make_small_structure_from_block(block) for block in document]
+    except (RuntimeError, ValueError, IndexError):
+        return None
+    if not blocks:
+        return None
+    records = []
+    for small, name in zip(blocks, _labels(label, len(blocks))):
+        record = gemmi_block_record(small, name)
+        if record is None:
+            return None
+        records.append(record)
+    return records
+
+
+def _cif_pymatgen(source: Path | str, label: str, *, text: bool) -> list[Any]:
+    """pymatgen ``Structure`` objects of every data block (the original CGCNN's reading;
+    partial occupancies kept visible so that validation can name them)."""
+    from pymatgen.io.cif import CifParser
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parser = (
+                CifParser.from_str(source, occupancy_tolerance=1.0)
+                if text
+                else CifParser(source, occupancy_tolerance=1.0)
+            )
+            structures = parser.parse_structures(primitive=False, on_error="raise")
+    except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad CIFs
+        what = "not readable CIF text" if text else "not a readable CIF"
+        raise StructureReadError(f"{label}: {what} ({type(exc).__name__}: {exc})") from None
+    if not structures:
+        raise StructureReadError(f"{label}: the CIF holds no structure")
+    return list(structures)
+
+
 def gemmi_block_record(small: Any, label: str) -> StructureRecord | None:
     """The validated record of one gemmi ``SmallStructure`` (a CIF data block), or ``None``
     when it holds no crystal (no sites or no cell), so that the caller can fall back to pymatgen.
 
     Raises:
         InvalidStructureError: a partially occupied (disordered) site, or what
-            :func:`to_record`'s validation refuses.
+            :func:`~cgcnn_ase.io.records.from_ase`'s validation refuses.
     """
     sites = small.get_all_unit_cell_sites()
     if not sites or small.cell.a <= 0:
@@ -183,141 +402,29 @@ def gemmi_block_record(small: Any, label: str) -> StructureRecord | None:
     return _validate(numbers, frac, cell, (True, True, True), label)
 
 
-def _read_cif_gemmi(path: Path) -> list[StructureRecord] | None:
-    """Read a CIF with gemmi (compiled, ~50x faster than pymatgen's parser).
+# =============================================================================================
+# pymatgen structure dicts
+# =============================================================================================
 
-    Symmetry operations are applied and sites on special positions merged by gemmi.
-    Returns ``None`` when gemmi cannot make a crystal of it, so that the caller falls
-    back to pymatgen (which also gives the detailed error message).
-    """
-    import gemmi
 
+def _json_dict(text: str, label: str) -> dict:
     try:
-        document = gemmi.cif.read(str(path))
-        blocks = [gemmi.make_small_structure_from_block(block) for block in document]
-    except (RuntimeError, ValueError, IndexError):
-        return None
-    records = []
-    for k, small in enumerate(blocks):
-        record = gemmi_block_record(small, str(path) if len(blocks) == 1 else f"{path}@{k}")
-        if record is None:
-            return None
-        records.append(record)
-    return records
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StructureReadError(f"{label}: not valid structure JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise StructureReadError(f"{label}: structure JSON must be an object, got {type(value).__name__}")
+    return value
 
 
-def _read_file(path: Path) -> list[Any]:
-    """Read every structure in a file with pymatgen (CIF) or ASE (everything else)."""
-    _check_file(path)
-    if _is_cif(path):
-        # pymatgen reads CIFs as the original CGCNN did, and keeps partial occupancies visible.
-        from pymatgen.io.cif import CifParser
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                parser = CifParser(path, occupancy_tolerance=1.0)
-                structures = parser.parse_structures(primitive=False, on_error="raise")
-        except Exception as exc:  # pymatgen raises many types for bad CIFs
-            raise StructureReadError(f"{path}: not a readable CIF ({type(exc).__name__}: {exc})") from None
-        if not structures:
-            raise StructureReadError(f"{path}: the CIF holds no structure")
-        return list(structures)
-    import ase.io
+def _structure_dict_record(data: Mapping, label: str) -> StructureRecord:
+    """A pymatgen ``Structure.as_dict()`` mapping -> record."""
+    from pymatgen.core import Structure
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            frames = ase.io.read(path, index=":")
-    except Exception as exc:  # ASE raises many types for unreadable files
-        raise StructureReadError(f"{path}: could not be read by ASE ({type(exc).__name__}: {exc})") from None
-    if not frames:
-        raise StructureReadError(f"{path}: the file holds no structure")
-    return list(frames)
-
-
-def read_structures(path: str | os.PathLike, *, cif_reader: CifReader = "gemmi") -> list[StructureRecord]:
-    """Read and validate every structure in a file.
-
-    Args:
-        path: a structure file (CIF, POSCAR/CONTCAR, extxyz, ... anything ASE reads).
-        cif_reader: ``"gemmi"`` (fast; falls back to pymatgen for CIFs gemmi cannot
-            read) or ``"pymatgen"`` (the original CGCNN's reader: its site order and cell
-            orientation decide ties in the ``original`` neighbour policy).
-
-    Returns one record per frame (most files hold one); labels are the path, with
-    ``@i`` appended for multi-frame files.
-    """
-    path = Path(path)
-    if cif_reader == "gemmi" and _is_cif(path):
-        _check_file(path)
-        records = _read_cif_gemmi(path)
-        if records is not None:
-            return records
-    objects = _read_file(path)
-    if len(objects) == 1:
-        return [to_record(objects[0], label=str(path))]
-    return [to_record(obj, label=f"{path}@{i}") for i, obj in enumerate(objects)]
-
-
-def to_record(obj: Any, label: str | None = None) -> StructureRecord:
-    """Normalise one Atoms / Structure / record into a :class:`StructureRecord`.
-
-    Paths are not accepted here because a file may hold several structures: use
-    :func:`read_structures` or :func:`iter_records`.
-    """
-    if isinstance(obj, StructureRecord):
-        return obj
-    try:
-        from ase import Atoms
-
-        if isinstance(obj, Atoms):
-            return from_ase(obj, label=label or "Atoms")
-    except ImportError:  # pragma: no cover - ase is a dependency
-        pass
-    try:
-        from pymatgen.core import IStructure, Molecule
-
-        if isinstance(obj, IStructure):
-            return from_pymatgen(obj, label=label or "Structure")
-        if isinstance(obj, Molecule):
-            raise InvalidStructureError(f"{label or 'Molecule'}: a pymatgen Molecule is not periodic; CGCNN needs a crystal")
-    except ImportError:  # pragma: no cover - pymatgen is a dependency
-        pass
-    raise InvalidStructureError(
-        f"{label or 'input'}: unsupported input type {type(obj).__name__}; "
-        "expected ase.Atoms, pymatgen Structure, or a path to a structure file"
-    )
-
-
-def iter_records(
-    inputs: Any, *, cif_reader: CifReader = "gemmi"
-) -> Iterator[tuple[str, StructureRecord | InvalidStructureError]]:
-    """Lazily normalise one input or an iterable of inputs.
-
-    Yields ``(label, record_or_error)``: errors are yielded, not raised, so that a caller
-    can decide per item. Labels are file paths (``path@i`` for frame ``i`` of a
-    multi-frame file) or ``input i`` for in-memory objects. A path yields one item per
-    frame in the file.
-    """
-    if isinstance(inputs, (str, os.PathLike, StructureRecord, Mapping)) or not isinstance(inputs, Iterable) or _is_single(inputs):
-        inputs = [inputs]
-    for index, obj in enumerate(inputs):
-        if isinstance(obj, (str, os.PathLike)):
-            try:
-                for record in read_structures(obj, cif_reader=cif_reader):
-                    yield record.label, record
-            except InvalidStructureError as exc:
-                yield str(obj), exc
-            continue
-        label = obj.label if isinstance(obj, StructureRecord) else f"input {index}"
-        try:
-            yield label, to_record(obj, label=label)
-        except InvalidStructureError as exc:
-            yield label, exc
-
-
-def _is_single(obj: Any) -> bool:
-    """True for single structures that happen to be iterable (Atoms and Structure iterate over sites)."""
-    module = type(obj).__module__
-    return module.startswith(("ase.", "pymatgen."))
+            structure = Structure.from_dict(dict(data))
+    except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad dicts
+        raise StructureReadError(f"{label}: not a pymatgen structure dict ({type(exc).__name__}: {exc})") from None
+    return from_pymatgen(structure, label=label)

@@ -50,7 +50,8 @@ from typing import Any, Literal
 import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DatasetError
-from cgcnn_ase.io.reader import StructureRecord, to_record
+from cgcnn_ase.io.reader import CifReader, read_record, to_record
+from cgcnn_ase.io.records import StructureRecord
 
 logger = logging.getLogger(__name__)
 
@@ -457,11 +458,22 @@ def load_table(spec: DatasetSpec) -> DatasetTable:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_one(kind: str, source: Any, label: str) -> StructureRecord:
-    """One raw structure (CIF text, structure dict, CIF path or record) -> validated record.
+def parse_one(kind: str, source: Any, label: str, *, cif_reader: CifReader = "gemmi") -> StructureRecord:
+    """One raw structure (CIF text, structure dict, CIF path or record) -> validated record,
+    read by the one reader (:func:`cgcnn_ase.io.reader.read_record`) as every entry point reads it.
+
+    Args:
+        kind: ``"cif_text"``, ``"structure_dict"``, ``"cif_file"`` or ``"record"`` (set by
+            :func:`load_table`).
+        source: the raw structure of that kind.
+        label: the row id, for the record and messages.
+        cif_reader: how CIFs are read: the model's
+            :func:`~cgcnn_ase.io.reader.cif_reader_for_policy` (``"gemmi"`` for the default
+            ``symmetric`` neighbour policy, ``"pymatgen"`` for ``original``).
 
     Raises:
-        InvalidStructureError (or subclass): unparsable, disordered or invalid structure.
+        InvalidStructureError (or subclass): unparsable, disordered or invalid structure,
+            or a CIF holding several structures.
     """
     from cgcnn_ase.errors import StructureReadError
 
@@ -469,26 +481,13 @@ def parse_one(kind: str, source: Any, label: str) -> StructureRecord:
         if isinstance(source, Exception):
             raise source
         return source
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            from pymatgen.core import Structure
-
-            if kind == "cif_text":
-                structure = Structure.from_str(source, fmt="cif")
-            elif kind == "structure_dict":
-                structure = Structure.from_dict(source)
-            elif kind == "cif_file":
-                if not Path(source).is_file():
-                    raise StructureReadError(f"{label}: CIF file {source} is missing")
-                structure = Structure.from_file(source)
-            else:  # pragma: no cover - kinds are set by load_table
-                raise ValueError(f"unknown structure kind {kind!r}")
-        except CGCNNError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad input
-            raise StructureReadError(f"{label}: not a readable structure ({type(exc).__name__}: {exc})") from None
-    return to_record(structure, label=label)
+    if kind == "cif_file":
+        if not Path(source).is_file():
+            raise StructureReadError(f"{label}: CIF file {source} is missing")
+        source = Path(source)
+    elif kind not in ("cif_text", "structure_dict"):  # pragma: no cover - kinds are set by load_table
+        raise ValueError(f"unknown structure kind {kind!r}")
+    return read_record(source, label, cif_reader=cif_reader)
 
 
 def _work(task: tuple[str, Any, str, Callable[[StructureRecord], Any] | None]) -> tuple[bool, Any]:

@@ -1,0 +1,251 @@
+"""Result writers of streaming prediction: CSV appended chunk by chunk, or a Parquet dataset
+folder of one atomically written part file per chunk; and the ids already in an output (resume).
+
+CSV: one header, rows appended per chunk; a partial last line left by a killed run is cut
+off on resume. Parquet: ``part-NNNNNN.parquet`` files, each written to a temporary name and
+renamed, so a killed run never leaves a broken part.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+from cgcnn_ase.errors import StreamError
+from cgcnn_ase.io.inputs import PARQUET_SUFFIXES, FinishedIds, pyarrow_modules
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = [
+    "CSVChunkWriter",
+    "OutputFormat",
+    "ParquetChunkWriter",
+    "arrow_schema",
+    "infer_format",
+    "open_writer",
+    "read_finished_ids",
+]
+
+OutputFormat = Literal["csv", "parquet"]
+
+
+def _lower_name(path: str | os.PathLike) -> str:
+    return os.path.basename(os.fspath(path)).lower()
+
+
+def infer_format(path: str | os.PathLike | None, fmt: str | None = None) -> OutputFormat:
+    """``fmt`` if given, else ``"parquet"`` for ``.parquet``/``.pq`` paths and ``"csv"`` otherwise."""
+    if fmt is not None:
+        if fmt not in ("csv", "parquet"):
+            raise ValueError(f"output format must be 'csv' or 'parquet', got {fmt!r}")
+        return fmt  # type: ignore[return-value]
+    return "parquet" if path is not None and _lower_name(path).endswith(PARQUET_SUFFIXES) else "csv"
+
+
+def arrow_schema(columns: Sequence[str], units: Mapping[str, str] | None = None) -> Any:
+    """The pyarrow schema of a result table: ``id`` string, model columns float64, ``error`` string;
+    ``units`` ({column: units}) go into the schema metadata under ``cgcnn_ase.units``."""
+    pa, _ = pyarrow_modules()
+
+    fields = [pa.field("id", pa.string(), nullable=False)]
+    fields += [pa.field(c, pa.float64()) for c in columns if c not in ("id", "error")]
+    fields.append(pa.field("error", pa.string()))
+    metadata = {"cgcnn_ase.units": json.dumps(dict(units or {}))}
+    return pa.schema(fields, metadata=metadata)
+
+
+class CSVChunkWriter:
+    """Append result frames to a CSV file (or a text stream such as stdout).
+
+    Args:
+        target: file path, or an open text stream (never closed here).
+        columns: the full column list (``id``, model columns, ``error``).
+        append: keep an existing file's rows (resume); its header must equal ``columns``.
+    """
+
+    def __init__(self, target: str | os.PathLike | TextIO, columns: Sequence[str], *, append: bool = False) -> None:
+        self.columns = list(columns)
+        self._own = not hasattr(target, "write")
+        if not self._own:
+            self._stream = target
+            self._header = True
+            return
+        path = Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existing = append and path.is_file() and path.stat().st_size > 0
+        if existing:
+            _cut_partial_line(path)
+            header = _csv_header(path)
+            if header and header != self.columns:
+                raise StreamError(
+                    f"{path}: its columns {header} differ from this run's {self.columns}; "
+                    "resume with the same models, or write to a new file"
+                )
+            existing = bool(header)
+        self._stream = open(path, "a" if existing else "w", newline="")  # noqa: SIM115 - closed in close()
+        self._header = not existing
+
+    def write(self, frame: pd.DataFrame) -> None:
+        """Write the rows of ``frame`` (columns in ``self.columns`` order) and flush."""
+        buffer = io.StringIO()
+        frame[self.columns].to_csv(buffer, index=False, header=self._header)
+        self._stream.write(buffer.getvalue())
+        self._stream.flush()
+        self._header = False
+
+    def close(self) -> None:
+        if self._own:
+            self._stream.close()
+
+
+def _cut_partial_line(path: Path) -> None:
+    """Cut a last line without its newline (a run killed while writing)."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        block = 1 << 16
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            data = f.read(end - start)
+            k = data.rfind(b"\n")
+            if k >= 0:
+                f.truncate(start + k + 1)
+                return
+            end = start
+        f.truncate(0)
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
+class ParquetChunkWriter:
+    """Write each result frame as one part file of a Parquet dataset directory.
+
+    Part files are named ``part-NNNNNN.parquet`` and written atomically (temporary name,
+    then rename); the directory reads as one table with ``pandas.read_parquet(folder)``.
+
+    Args:
+        folder: the dataset directory (created).
+        columns: the full column list (``id``, model columns, ``error``).
+        append: keep existing part files (resume); their columns must equal ``columns``.
+        units: {column: units}, stored in each file's schema metadata.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        columns: Sequence[str],
+        *,
+        append: bool = False,
+        units: Mapping[str, str] | None = None,
+    ) -> None:
+        self.columns = list(columns)
+        self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise StreamError(
+                f"{self.folder}: exists and is not a directory (Parquet output is a folder of part files)"
+            )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.schema = arrow_schema(self.columns, units)
+        parts = _part_files(self.folder)
+        if parts and not append:
+            others = [p for p in self.folder.iterdir() if p not in parts and not p.name.startswith(".")]
+            if others:
+                raise StreamError(
+                    f"{self.folder}: holds files other than part files ({others[0].name}); choose a new folder"
+                )
+            for part in parts:
+                part.unlink()
+            parts = []
+        if parts:
+            _, pq = pyarrow_modules()
+
+            names = pq.read_schema(parts[0]).names
+            if names != self.columns:
+                raise StreamError(
+                    f"{self.folder}: its columns {names} differ from this run's {self.columns}; "
+                    "resume with the same models, or write to a new folder"
+                )
+        self._next = max((int(p.stem.split("-")[1]) for p in parts), default=-1) + 1
+
+    def write(self, frame: pd.DataFrame) -> None:
+        """Write ``frame`` as the next part file."""
+        pa, pq = pyarrow_modules()
+
+        table = pa.Table.from_pandas(frame[self.columns], schema=self.schema, preserve_index=False)
+        path = self.folder / f"part-{self._next:06d}.parquet"
+        tmp = self.folder / f".{path.name}.{os.getpid()}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        self._next += 1
+
+    def close(self) -> None:
+        """Nothing to flush: every part is complete when written."""
+
+
+def _part_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("part-*.parquet") if p.stem.split("-")[1].isdigit())
+
+
+def open_writer(
+    output: str | os.PathLike | TextIO,
+    columns: Sequence[str],
+    *,
+    fmt: OutputFormat | None = None,
+    append: bool = False,
+    units: Mapping[str, str] | None = None,
+) -> CSVChunkWriter | ParquetChunkWriter:
+    """A chunk writer for ``output`` (format from ``fmt`` or the path's suffix)."""
+    if hasattr(output, "write"):
+        if fmt == "parquet":
+            raise StreamError("Parquet output needs a folder path, not a stream")
+        return CSVChunkWriter(output, columns, append=append)
+    if infer_format(output, fmt) == "parquet":
+        return ParquetChunkWriter(output, columns, append=append, units=units)
+    return CSVChunkWriter(output, columns, append=append)
+
+
+def read_finished_ids(
+    output: str | os.PathLike, *, fmt: OutputFormat | None = None, chunk_rows: int = 1 << 16
+) -> FinishedIds:
+    """The ids already in ``output`` (a CSV file or a Parquet folder), read in chunks.
+
+    A missing or empty output gives an empty set. For CSV a partial last line (a killed
+    run) is cut off first.
+    """
+    path = Path(output)
+    if infer_format(path, fmt) == "parquet":
+        if not path.is_dir():
+            return FinishedIds()
+        _, pq = pyarrow_modules()
+
+        def parquet_batches() -> Iterator[list[str]]:
+            for part in _part_files(path):
+                for batch in pq.ParquetFile(part).iter_batches(batch_size=chunk_rows, columns=["id"]):
+                    yield batch.column(0).to_pylist()
+
+        return FinishedIds.from_ids(parquet_batches())
+    if not path.is_file() or path.stat().st_size == 0:
+        return FinishedIds()
+    _cut_partial_line(path)
+    import pandas as pd
+
+    if "id" not in _csv_header(path):
+        raise StreamError(f"{path}: has no 'id' column; it is not an output of cgcnn-ase predict")
+    reader = pd.read_csv(path, usecols=["id"], dtype=str, keep_default_na=False, na_filter=False, chunksize=chunk_rows)
+    with reader:
+        return FinishedIds.from_ids(chunk["id"].tolist() for chunk in reader)

@@ -1,0 +1,464 @@
+"""Input iteration: files, directories, globs, multi-frame files, databases, tables and objects,
+lazily, as ``(id, record | error)`` items; every structure goes through :mod:`cgcnn_ase.io.reader`.
+
+Inputs (:func:`iter_inputs`):
+
+* structure files (CIF, POSCAR, ...), directories of them (listed lazily; sorted per
+  directory unless ``sort=False``) and glob patterns;
+* multi-frame files read frame by frame: extxyz/xyz/traj with :func:`ase.io.iread`, ASE
+  databases (``.db``) row by row;
+* tables given explicitly (``.csv``, ``.csv.gz``, ``.tsv``, ``.parquet``, ``.pq``) read in
+  chunks of rows, with a column holding CIF text, a pymatgen structure dict (JSON text)
+  or a structure file path;
+* in-memory ``ase.Atoms`` / pymatgen ``Structure`` objects, CIF text, or ``(id, structure)`` pairs.
+
+Ids (``cgcnn-ase predict``'s ``id`` column; resume compares them exactly):
+
+* a file holding one structure: its path as given (``dir/name.cif`` for directory members);
+* frame ``i`` (0-based) of a multi-frame file: ``path@i``;
+* row ``N`` of an ASE database: ``path@id=N`` (the database's own row id);
+* row ``k`` (0-based data row) of a table: ``path@k``, or the value of ``id_column``;
+* in-memory objects: ``input i`` (their position), or the id of an ``(id, structure)`` pair.
+
+:class:`FinishedIds` holds the ids to skip when resuming (as 16-byte BLAKE2b digests, 16 bytes
+per id); they are skipped before their structure is parsed where the id is known beforehand.
+Errors are yielded in place of records, never raised, so one bad item never stops a run.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from itertools import chain
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cgcnn_ase.errors import InvalidStructureError, StreamError, StructureReadError
+from cgcnn_ase.io.reader import (
+    CifReader,
+    input_kind,
+    is_single_input,
+    read_record,
+    read_records,
+    read_structures,
+    to_record,
+)
+from cgcnn_ase.io.records import StructureRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = [
+    "DB_SUFFIXES",
+    "FRAME_SUFFIXES",
+    "PARQUET_SUFFIXES",
+    "TABLE_SUFFIXES",
+    "FinishedIds",
+    "Item",
+    "iter_file",
+    "iter_files",
+    "iter_inputs",
+    "iter_table",
+    "parse_cell",
+    "pyarrow_modules",
+]
+
+Item = tuple[str, "StructureRecord | InvalidStructureError"]
+
+#: Explicitly named files with these endings are tables (a column of structures).
+TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet", ".pq")
+#: Files read frame by frame with ase.io.iread (memory: one frame at a time).
+FRAME_SUFFIXES = (".extxyz", ".xyz", ".traj")
+#: ASE databases, read row by row.
+DB_SUFFIXES = (".db",)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+# =============================================================================================
+# Finished ids (resume)
+# =============================================================================================
+
+
+class FinishedIds:
+    """Ids already present in an output, compared exactly (16-byte digests, 16 bytes per id).
+
+    ``in`` tests membership; :meth:`take` also counts the hits in ``skipped``.
+    """
+
+    def __init__(self, digests: np.ndarray | None = None) -> None:
+        digests = np.zeros(0, dtype="S16") if digests is None else np.asarray(digests, dtype="S16")
+        self._digests = np.unique(digests)  # sorted, unique
+        self.skipped = 0
+
+    @staticmethod
+    def digest(item_id: str) -> bytes:
+        """The 16-byte BLAKE2b digest of an id (UTF-8)."""
+        return hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    @classmethod
+    def from_ids(cls, batches: Iterable[Iterable[str]]) -> FinishedIds:
+        """Build from batches of ids (e.g. one per file chunk), never holding the ids themselves."""
+        parts = [np.array([cls.digest(str(i)) for i in batch], dtype="S16") for batch in batches]
+        return cls(np.concatenate(parts) if parts else None)
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def __contains__(self, item_id: object) -> bool:
+        if not len(self._digests):
+            return False
+        key = np.array([self.digest(str(item_id))], dtype="S16")
+        k = int(np.searchsorted(self._digests, key[0]))
+        return k < len(self._digests) and self._digests[k] == key[0]
+
+    def take(self, item_id: str) -> bool:
+        """True if ``item_id`` is finished (and count it in ``skipped``)."""
+        if item_id in self:
+            self.skipped += 1
+            return True
+        return False
+
+
+def _skip(finished: FinishedIds | None, item_id: str) -> bool:
+    return finished is not None and finished.take(item_id)
+
+
+# =============================================================================================
+# Inputs
+# =============================================================================================
+
+
+def pyarrow_modules() -> tuple[Any, Any]:
+    """``(pyarrow, pyarrow.parquet)``, or a clear error naming the extra that installs them."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise StreamError("Parquet files need pyarrow: pip install 'cgcnn-ase[scale]' (or pyarrow)") from None
+    return pyarrow, pyarrow.parquet
+
+
+def _lower_name(path: str | os.PathLike) -> str:
+    return os.path.basename(os.fspath(path)).lower()
+
+
+def _is_table(path: str | os.PathLike) -> bool:
+    return _lower_name(path).endswith(TABLE_SUFFIXES)
+
+
+def _dir_files(folder: str, sort: bool) -> Iterator[str]:
+    """Files of ``folder`` (not recursive; hidden ones skipped): sorted by name, or in directory
+    order without holding the listing (``sort=False``)."""
+    if sort:
+        names = sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file())
+        for name in names:
+            yield os.path.join(folder, name)
+        return
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.startswith(".") and entry.is_file():
+                yield entry.path
+
+
+def iter_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, sort: bool = True) -> Iterator[str]:
+    """Expand path arguments lazily: files as given, directories to their files, globs to matches.
+
+    A path or pattern that matches nothing is yielded as is (it is then reported as a
+    missing file). With ``sort=True`` (the CLI's order) one directory's or pattern's names
+    are sorted in memory (about 100 bytes per name); ``sort=False`` streams them.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    for item in inputs:
+        item = os.fspath(item)
+        if os.path.isdir(item):
+            yield from _dir_files(item, sort)
+        elif not os.path.exists(item) and glob.has_magic(item):
+            matches = glob.iglob(item, recursive=True)
+            found = False
+            for match in sorted(matches) if sort else matches:
+                found = True
+                yield match
+            if not found:
+                yield item
+        else:
+            yield item
+
+
+def iter_inputs(
+    inputs: Any,
+    *,
+    column: str = "cif",
+    id_column: str | None = None,
+    cif_reader: CifReader = "gemmi",
+    sort: bool = True,
+    table_chunk_rows: int = 4096,
+    finished: FinishedIds | None = None,
+) -> Iterator[Item]:
+    """Lazily read structures from files, directories, globs, tables, databases and objects.
+
+    Args:
+        inputs: one input or an iterable of them: paths (files, directories, glob
+            patterns, tables), ``ase.Atoms`` / pymatgen ``Structure`` / records, or
+            ``(id, structure)`` pairs.
+        column: table column holding CIF text, pymatgen structure-dict JSON, or file paths.
+        id_column: table column of unique ids (``None``: ``path@row``).
+        cif_reader: ``"gemmi"`` (fast) or ``"pymatgen"`` (needed by models using the
+            original neighbour policy; see :func:`cgcnn_ase.io.reader.read_structures`).
+        sort: sort directory listings and glob matches (see :func:`iter_files`).
+        table_chunk_rows: rows read from a table at a time.
+        finished: ids to skip (resume); they are skipped before any parsing where the id
+            is known beforehand (files holding one structure, table rows, database rows).
+
+    Yields:
+        ``(id, record)`` or ``(id, error)``: errors (:class:`InvalidStructureError`) are
+        yielded, not raised, so that one bad item never stops a run. Ids are described in
+        the module docstring.
+    """
+    opts = {"column": column, "id_column": id_column, "cif_reader": cif_reader, "table_chunk_rows": table_chunk_rows}
+    if is_single_input(inputs):
+        inputs = [inputs]
+    for index, obj in enumerate(inputs):
+        if input_kind(obj) == "path":  # files, directories, globs, tables (text with line breaks is CIF)
+            item = os.fspath(obj)
+            explicit_table = _is_table(item) and os.path.isfile(item)
+            if explicit_table:
+                yield from iter_table(item, finished=finished, **opts)
+                continue
+            for path in iter_files([item], sort=sort):
+                if _is_table(path) and path != item and os.path.isfile(path) and glob.has_magic(item):
+                    yield from iter_table(path, finished=finished, **opts)  # tables matched by a pattern
+                else:
+                    yield from iter_file(path, cif_reader=cif_reader, finished=finished)
+        elif isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str):
+            yield from _iter_object(obj[0], obj[1], cif_reader, finished)
+        else:
+            label = obj.label if isinstance(obj, StructureRecord) else f"input {index}"
+            yield from _iter_object(label, obj, cif_reader, finished)
+
+
+def _iter_object(item_id: str, obj: Any, cif_reader: CifReader, finished: FinishedIds | None) -> Iterator[Item]:
+    """One in-memory object, CIF or JSON text, or a path given with an id; several structures
+    (frames, CIF data blocks) get ids ``item_id@k``."""
+    if input_kind(obj) == "path":
+        if _skip(finished, item_id):  # finished as a one-structure file
+            return
+        frames = iter_file(os.fspath(obj), cif_reader=cif_reader)  # yields at least one item
+        first, second = next(frames), next(frames, None)
+        if second is None:
+            yield item_id, _relabel(first[1], item_id)
+            return
+        for k, (_, record) in enumerate(chain([first, second], frames)):
+            label = f"{item_id}@{k}"
+            if not _skip(finished, label):
+                yield label, _relabel(record, label)
+        return
+    if _skip(finished, item_id):
+        return
+    try:
+        records = read_records(obj, item_id, cif_reader=cif_reader)
+    except InvalidStructureError as exc:
+        yield item_id, exc
+        return
+    for record in records:
+        if len(records) == 1 or not _skip(finished, record.label):
+            yield record.label, record
+
+
+def _relabel(item: StructureRecord | InvalidStructureError, label: str) -> StructureRecord | InvalidStructureError:
+    return replace(item, label=label) if isinstance(item, StructureRecord) else item
+
+
+def iter_file(path: str, *, cif_reader: CifReader = "gemmi", finished: FinishedIds | None = None) -> Iterator[Item]:
+    """Structures of one file: extxyz/xyz/traj frame by frame, ``.db`` row by row, others whole.
+
+    Ids: ``path`` for a file holding one structure, ``path@i`` for frame ``i``,
+    ``path@id=N`` for database rows. A file whose path is in ``finished`` is not read.
+    """
+    if _skip(finished, path):
+        return
+    name = _lower_name(path)
+    usable = os.path.isfile(path) and os.path.getsize(path) > 0
+    if usable and name.endswith(FRAME_SUFFIXES):
+        yield from _iter_frames(path, finished)
+    elif usable and name.endswith(DB_SUFFIXES):
+        yield from _iter_db(path, finished)
+    else:
+        try:
+            records = read_structures(path, cif_reader=cif_reader)
+        except InvalidStructureError as exc:
+            yield path, exc
+            return
+        for record in records:
+            if not _skip(finished, record.label):
+                yield record.label, record
+
+
+def _next_frame(frames: Iterator[Any]) -> Any:
+    """The next ASE frame or ``None`` at the end (reader warnings silenced for this call only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return next(frames, None)
+
+
+def _atoms_item(atoms: Any, label: str) -> Item:
+    try:
+        return label, to_record(atoms, label=label)
+    except InvalidStructureError as exc:
+        return label, exc
+
+
+def _safe_frames(path: str) -> Iterator[Any]:
+    """ASE frames of ``path`` one at a time; a read error is yielded (not raised) and ends the file."""
+    import ase.io
+
+    try:
+        frames = ase.io.iread(path, index=":")
+        while (frame := _next_frame(frames)) is not None:
+            yield frame
+    except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
+        yield exc
+
+
+def _iter_frames(path: str, finished: FinishedIds | None) -> Iterator[Item]:
+    """Frames read one at a time, with one frame of look-ahead to tell one-frame files apart.
+
+    A frame that cannot be read ends the file with one error item; the frames before it stand.
+    """
+    label = str(Path(path))
+    source = _safe_frames(path)
+    current = next(source, None)
+    if current is None:
+        yield path, StructureReadError(f"{path}: the file holds no structure")
+        return
+    if isinstance(current, Exception):
+        yield path, StructureReadError(f"{path}: could not be read by ASE ({type(current).__name__}: {current})")
+        return
+    ahead = next(source, None)
+    if ahead is None:
+        yield _atoms_item(current, label)
+        return
+    k = 0
+    while current is not None:
+        frame_label = f"{label}@{k}"
+        if isinstance(current, Exception):
+            yield (
+                frame_label,
+                StructureReadError(f"{frame_label}: could not be read by ASE ({type(current).__name__}: {current})"),
+            )
+            return
+        if not _skip(finished, frame_label):
+            yield _atoms_item(current, frame_label)
+        current, ahead = ahead, (next(source, None) if ahead is not None else None)
+        k += 1
+
+
+def _iter_db(path: str, finished: FinishedIds | None) -> Iterator[Item]:
+    """Rows of an ASE database, one at a time; ids ``path@id=N``."""
+    import ase.db
+
+    try:
+        connection = ase.db.connect(path)
+        rows = connection.select()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            row = next(rows, None)
+    except Exception as exc:  # noqa: BLE001 - ase.db raises many types for foreign files
+        yield path, StructureReadError(f"{path}: not a readable ASE database ({type(exc).__name__}: {exc})")
+        return
+    if row is None:
+        yield path, StructureReadError(f"{path}: the database holds no structure")
+        return
+    while row is not None:
+        label = f"{path}@id={row.id}"
+        if not _skip(finished, label):
+            yield _atoms_item(row.toatoms(), label)
+        row = next(rows, None)
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+
+def _table_columns(path: str) -> list[str]:
+    name = _lower_name(path)
+    if name.endswith(PARQUET_SUFFIXES):
+        _, pq = pyarrow_modules()
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    import pandas as pd
+
+    return [str(c) for c in pd.read_csv(path, sep="\t" if ".tsv" in name else ",", nrows=0).columns]
+
+
+def _table_chunks(path: str, columns: list[str], rows: int) -> Iterator[pd.DataFrame]:
+    """The table's ``columns`` in chunks of ``rows`` rows (text kept as text)."""
+    name = _lower_name(path)
+    if name.endswith(PARQUET_SUFFIXES):
+        _, pq = pyarrow_modules()
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
+            yield batch.to_pandas()
+        return
+    import pandas as pd
+
+    reader = pd.read_csv(
+        path, sep="\t" if ".tsv" in name else ",", usecols=columns, chunksize=rows, dtype=str,
+        keep_default_na=False, na_filter=False,
+    )  # fmt: skip
+    with reader:
+        yield from reader
+
+
+def iter_table(
+    path: str,
+    *,
+    column: str = "cif",
+    id_column: str | None = None,
+    cif_reader: CifReader = "gemmi",
+    table_chunk_rows: int = 4096,
+    finished: FinishedIds | None = None,
+) -> Iterator[Item]:
+    """Rows of a CSV/TSV/Parquet table, ``table_chunk_rows`` at a time; each row's structure is
+    parsed only when it is not in ``finished``.
+
+    Raises:
+        StreamError: the table has no ``column`` or ``id_column``.
+    """
+    available = _table_columns(path)
+    for name, what in ((column, "structure"), (id_column, "id")):
+        if name is not None and name not in available:
+            raise StreamError(f"{path}: no {what} column {name!r}; columns: {', '.join(available)}")
+    wanted = [column] + ([id_column] if id_column and id_column != column else [])
+    start = 0
+    for chunk in _table_chunks(path, wanted, table_chunk_rows):
+        ids = chunk[id_column].astype(str).tolist() if id_column else [f"{path}@{start + k}" for k in range(len(chunk))]
+        for item_id, cell in zip(ids, chunk[column].tolist()):
+            if _skip(finished, item_id):
+                continue
+            try:
+                yield item_id, parse_cell(cell, item_id, cif_reader=cif_reader)
+            except InvalidStructureError as exc:
+                yield item_id, exc
+        start += len(chunk)
+
+
+# -- one cell ----------------------------------------------------------------------------------
+
+
+def parse_cell(value: Any, label: str, *, cif_reader: CifReader = "gemmi") -> StructureRecord:
+    """One table cell or object -> the validated record labelled ``label``, through
+    :func:`cgcnn_ase.io.reader.read_record`: CIF text, a pymatgen structure dict (or its JSON
+    text), the path of a file holding one structure, or an ``ase.Atoms`` / pymatgen
+    ``Structure`` / record.
+
+    Raises:
+        InvalidStructureError: an empty, unreadable or invalid structure, or a file holding
+            several (the message names ``label``).
+    """
+    return read_record(value, label, cif_reader=cif_reader)

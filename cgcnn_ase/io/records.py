@@ -1,0 +1,148 @@
+"""The internal crystal record and its validation.
+
+A :class:`StructureRecord` is a validated, ordered, fully periodic crystal: atomic numbers,
+fractional coordinates and a cell in Å. :func:`from_ase` and :func:`from_pymatgen` check an
+``ase.Atoms`` or a pymatgen ``Structure`` and wrap it; every problem that makes a crystal
+unusable raises :class:`~cgcnn_ase.errors.InvalidStructureError` with a message naming the
+input (its label) and the problem. Reading files and text is :mod:`cgcnn_ase.io.reader`'s job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cgcnn_ase.errors import InvalidStructureError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ase
+    import pymatgen.core
+
+__all__ = ["MIN_CELL_VOLUME", "StructureRecord", "from_ase", "from_pymatgen"]
+
+#: Smallest accepted cell volume, Å^3. Anything below is a degenerate cell.
+MIN_CELL_VOLUME = 1e-3
+
+
+@dataclass(frozen=True, eq=False)
+class StructureRecord:
+    """A validated, ordered, fully periodic crystal.
+
+    Attributes:
+        numbers: atomic numbers, shape (N,), int64.
+        frac_coords: fractional coordinates, shape (N, 3), float64 (not wrapped).
+        cell: lattice vectors as rows, shape (3, 3), float64, Å.
+        label: a name for messages and result tables (file path, frame, or index).
+    """
+
+    numbers: np.ndarray
+    frac_coords: np.ndarray
+    cell: np.ndarray
+    label: str
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Cartesian positions, shape (N, 3), Å."""
+        return self.frac_coords @ self.cell
+
+    @property
+    def volume(self) -> float:
+        """Cell volume, Å^3 (absolute value of the determinant)."""
+        return float(abs(np.linalg.det(self.cell)))
+
+    def to_ase(self) -> ase.Atoms:
+        """The record as a periodic :class:`ase.Atoms`."""
+        from ase import Atoms
+
+        return Atoms(numbers=self.numbers, scaled_positions=self.frac_coords, cell=self.cell, pbc=True)
+
+    def to_pymatgen(self) -> pymatgen.core.Structure:
+        """The record as a pymatgen :class:`~pymatgen.core.Structure` (built from fractional coordinates)."""
+        from pymatgen.core import Lattice, Structure
+
+        return Structure(Lattice(self.cell), self.numbers.tolist(), self.frac_coords, coords_are_cartesian=False)
+
+
+def _validate(
+    numbers: np.ndarray, frac: np.ndarray, cell: np.ndarray, pbc: Iterable[bool], label: str
+) -> StructureRecord:
+    """Check a raw crystal and wrap it in a record; raise InvalidStructureError naming the problem."""
+    numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+    frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3)
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    pbc = tuple(bool(p) for p in pbc)
+    if len(numbers) == 0:
+        raise InvalidStructureError(f"{label}: the structure contains no atoms")
+    if not all(pbc):
+        raise InvalidStructureError(
+            f"{label}: CGCNN needs a crystal periodic in all three directions, got pbc={pbc}; "
+            "molecules and slabs are not supported (set pbc=True and a cell if you mean a crystal)"
+        )
+    if not np.all(np.isfinite(cell)):
+        raise InvalidStructureError(f"{label}: the cell contains NaN or infinite values")
+    volume = abs(float(np.linalg.det(cell)))
+    if not np.isfinite(volume) or volume < MIN_CELL_VOLUME:
+        raise InvalidStructureError(f"{label}: the cell is degenerate (volume {volume:.3g} Å^3)")
+    if not np.all(np.isfinite(frac)):
+        bad = np.flatnonzero(~np.all(np.isfinite(frac), axis=1))
+        raise InvalidStructureError(f"{label}: atom(s) {bad[:5].tolist()} have NaN or infinite positions")
+    if np.any(numbers <= 0):
+        bad = np.flatnonzero(numbers <= 0)
+        raise InvalidStructureError(
+            f"{label}: site(s) {bad[:5].tolist()} are vacancies or dummy species (atomic number "
+            f"{int(numbers[bad[0]])}); only real elements are supported"
+        )
+    return StructureRecord(numbers=numbers, frac_coords=frac, cell=cell, label=label)
+
+
+def from_ase(atoms: ase.Atoms, label: str = "Atoms") -> StructureRecord:
+    """Validate an :class:`ase.Atoms` into a record (fractional coordinates are not wrapped)."""
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    if len(atoms) == 0:
+        return _validate(np.zeros(0), np.zeros((0, 3)), cell, atoms.pbc, label)
+    with np.errstate(all="ignore"):
+        try:
+            frac = np.linalg.solve(cell.T, np.asarray(atoms.positions, dtype=np.float64).T).T
+        except np.linalg.LinAlgError:
+            frac = np.full((len(atoms), 3), np.nan)
+    if not all(atoms.pbc):  # report pbc before a possibly singular cell
+        return _validate(atoms.numbers, frac, np.eye(3), atoms.pbc, label)
+    return _validate(atoms.numbers, frac, cell, atoms.pbc, label)
+
+
+def from_pymatgen(structure: pymatgen.core.IStructure, label: str = "Structure") -> StructureRecord:
+    """Validate a pymatgen Structure/IStructure into a record.
+
+    Disordered sites (partial occupancies, mixed species) and dummy species (vacancies,
+    ``X``) are refused with a message naming the first such sites.
+    """
+    from pymatgen.core.periodic_table import DummySpecies
+
+    numbers = []
+    for i, site in enumerate(structure):
+        comp = site.species
+        if len(comp) != 1 or abs(sum(comp.values()) - 1.0) > 1e-8:
+            raise InvalidStructureError(
+                f"{label}: site {i} is disordered ({comp.formula if len(comp) else 'empty'}, "
+                f"occupancy {sum(comp.values()):.3g}); CGCNN needs an ordered structure "
+                "(order it first, e.g. with pymatgen's OrderDisorderedStructureTransformation)"
+            )
+        (specie,) = comp.keys()
+        if isinstance(specie, DummySpecies):
+            raise InvalidStructureError(
+                f"{label}: site {i} holds the dummy species {specie} (a vacancy or placeholder)"
+            )
+        numbers.append(specie.Z)
+    return _validate(
+        np.asarray(numbers),
+        structure.frac_coords,
+        structure.lattice.matrix,
+        getattr(structure.lattice, "pbc", (True,) * 3),
+        label,
+    )
