@@ -30,6 +30,8 @@ def wheel(tmp_path_factory):
 def test_wheel_contains_package_and_models(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "cgcnn_ase/predictor.py" in names and "cgcnn_ase/cli.py" in names
+    for template in ("model_card.md.j2", "ensemble_card.md.j2"):  # the model cards' Jinja2 templates
+        assert f"cgcnn_ase/models/templates/{template}" in names
     for info in list_models():
         for file in ("model.json", "weights.safetensors", "atom_init.json", "README.md"):
             assert f"cgcnn_ase/pretrained_models/{info.name}/{file}" in names

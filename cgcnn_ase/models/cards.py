@@ -1,9 +1,17 @@
-"""Small formatting helpers shared by the writers of ``model.json`` and model cards
-(:mod:`cgcnn_ase.train.trainer` for single models, :mod:`cgcnn_ase.train.ensembles` for ensembles)."""
+"""Model cards (the ``README.md`` of a model folder) and the formatting helpers of ``model.json``.
+
+The cards are Jinja2 templates kept with the package (``cgcnn_ase/models/templates/*.md.j2``),
+rendered from plain data: the ``model.json`` document of the folder (which holds the resolved
+training configuration under ``metadata.training.config``). :func:`model_card` renders a
+single trained model's card (written by :mod:`cgcnn_ase.train.export`), :func:`ensemble_card`
+an ensemble folder's (written by :mod:`cgcnn_ase.train.ensembles`).
+"""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -29,3 +37,123 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}" if math.isfinite(value) else "n/a"
     return str(value)
+
+
+def pct(value: Any) -> str:
+    """A fraction as a percentage with one decimal (``0.683`` -> ``"68.3%"``); ``"n/a"`` for None, NaN and inf."""
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def symbols(numbers: Iterable[int]) -> str:
+    """Chemical symbols of atomic numbers, space-separated (``[8, 12]`` -> ``"O Mg"``)."""
+    from ase.data import chemical_symbols
+
+    return " ".join(chemical_symbols[z] for z in numbers)
+
+
+def _nonzero_counts(counts: dict[str, int]) -> str:
+    """``{"filter": 3, "limit": 0}`` -> ``"filter: 3"``; ``"none"`` when every count is zero."""
+    return ", ".join(f"{k}: {v}" for k, v in counts.items() if v) or "none"
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> Any:
+    """The Jinja2 environment of the card templates (block tags on their own lines leave no
+    trace; a missing key is an error, not an empty string; Markdown is not HTML-escaped)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("cgcnn_ase.models", "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters.update(fmt=fmt, pct=pct, symbols=symbols, nonzero_counts=_nonzero_counts, code=lambda v: f"`{v}`")
+    return env
+
+
+def render_card(template: str, **context: Any) -> str:
+    """Render ``templates/<template>`` with ``context`` (the filters ``fmt``, ``pct``, ``symbols``,
+    ``nonzero_counts`` and ``code`` are available)."""
+    return _environment().get_template(template).render(**context)
+
+
+def model_card(document: dict[str, Any], *, loss_name: str) -> str:
+    """The ``README.md`` model card of a single trained model folder.
+
+    Args:
+        document: the folder's ``model.json`` document, as written by training: its
+            ``metadata`` holds ``dataset``, ``split``, ``training`` (with the resolved
+            configuration as ``config`` and the ``hardware``), ``test_metrics`` and
+            ``elements_seen``.
+        loss_name: the training loss as used (``mse``, ``mae`` or ``cross_entropy``; the
+            configuration may say ``auto``).
+    """
+    md = document["metadata"]
+    training = md["training"]
+    aliases = md.get("aliases") or []
+    return render_card(
+        "model_card.md.j2",
+        doc=document,
+        md=md,
+        ds=md["dataset"],
+        sp=md["split"],
+        tr=training,
+        test=md.get("test_metrics") or {},
+        config=training["config"],
+        hw=training["hardware"],
+        classification=document["task"] == "classification",
+        aliases=aliases,
+        handle=(aliases or [document["name"]])[0],
+        seen=md.get("elements_seen") or [],
+        loss_name=loss_name,
+    )
+
+
+#: Plots an ensemble card lists under "Files" when the folder holds them.
+ENSEMBLE_PLOTS = ("parity.png", "roc.png", "error_vs_std.png", "calibration.png")
+
+
+def ensemble_card(document: dict[str, Any], files: Iterable[str] = ()) -> str:
+    """The ``README.md`` model card of an ensemble folder.
+
+    Args:
+        document: the folder's ``model.json`` document (``format_version`` 2, with an
+            ``ensemble`` section; ``metadata.uncertainty`` once the ensemble was measured).
+        files: names of the files in the folder (the card lists the plots among them).
+    """
+    md, ens = document["metadata"], document["ensemble"]
+    classification = document["task"] == "classification"
+    members = ens["members"]
+    test = (md.get("uncertainty") or {}).get("test") or {}
+    training = md.get("training") or {}
+    files = set(files)
+    return render_card(
+        "ensemble_card.md.j2",
+        doc=document,
+        md=md,
+        ens=ens,
+        members=members,
+        n=len(members),
+        ds=md.get("dataset") or {},
+        sp=md.get("split") or {},
+        test=test,
+        versus=test.get("ensemble_vs_members") or {},
+        raw=test.get("raw") or {},
+        cal=test.get("calibrated") or {},
+        dom=test.get("domain") or {},
+        calibration=ens.get("calibration"),
+        classification=classification,
+        units=document["units"],
+        handle=(md.get("aliases") or [document["name"]])[0],
+        metric="roc_auc" if classification else "mae",
+        metric_label="ROC-AUC" if classification else f"MAE ({document['units']})",
+        seen=md.get("elements_seen") or [],
+        commands=[m.get("command") for m in members if m.get("command")],
+        total_wall_time_s=sum(m.get("wall_time_s") or 0 for m in members),
+        training=training,
+        hw=training.get("hardware") or {},
+        plots=[name for name in ENSEMBLE_PLOTS if name in files],
+    )

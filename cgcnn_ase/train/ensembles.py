@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -34,8 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-
-from cgcnn_ase.models.cards import fmt, json_safe
+from cgcnn_ase.models.cards import ensemble_card, json_safe
 from cgcnn_ase.models.folder import (
     DOMAIN_FILE,
     MODEL_JSON,
@@ -325,7 +323,6 @@ def add_domain_summary(
 # ---------------------------------------------------------------------------------------------
 
 
-
 def _compact(report: dict[str, Any]) -> dict[str, Any]:
     """An uncertainty report without the calibration curves (those are in the plot)."""
     return {k: v for k, v in report.items() if k != "calibration_curve"}
@@ -343,7 +340,7 @@ def write_uncertainty_report(
 ) -> dict[str, Any]:
     """Measure an ensemble folder on its validation and test splits and write the results into it.
 
-    Fits the std calibration on the validation split (:func:`~cgcnn_ase.analysis.evaluation.fit_std_scale`;
+    Fits the std calibration on the validation split (:func:`~cgcnn_ase.analysis.metrics.fit_std_scale`;
     regression only), then on the test split measures the ensemble against each member,
     the Spearman correlation of |error| with std, the fractions within 1 and 2 std (raw and
     calibrated) and the error by domain percentile. Writes ``ensemble.calibration``,
@@ -385,247 +382,12 @@ def write_uncertainty_report(
     return report
 
 
-
-def _pct(value: Any) -> str:
-    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
-
-
-def ensemble_card(document: dict[str, Any]) -> str:
-    """The ``README.md`` model card of an ensemble folder, from its ``model.json`` document."""
-    from ase.data import chemical_symbols
-
-    md, ens = document["metadata"], document["ensemble"]
-    ds, sp = md.get("dataset") or {}, md.get("split") or {}
-    classification = document["task"] == "classification"
-    units = document["units"]
-    members = ens["members"]
-    n = len(members)
-    handle = (md.get("aliases") or [document["name"]])[0]
-    calibration = ens.get("calibration")
-    metric = "roc_auc" if classification else "mae"
-    metric_label = "ROC-AUC" if classification else f"MAE ({units})"
-    lines = [
-        f"# {document['name']}",
-        "",
-        f"A deep ensemble of {n} CGCNN models (Xie & Grossman, Phys. Rev. Lett. 120, 145301 (2018)), trained with "
-        f"different seeds on one split, predicting **{document['property']}**"
-        + (
-            f" (probability that a crystal is {document.get('positive_class')})"
-            if classification
-            else f" in **{units}**"
-        )
-        + ". A prediction is the members' mean; its `std` is the members' standard deviation"
-        + (
-            f", calibrated by a factor {calibration['scale']:.3g} fitted on the {calibration['split']} split"
-            if calibration
-            else ""
-        )
-        + ".",
-        "",
-    ]
-    if md.get("aliases"):
-        lines += ["Aliases: " + ", ".join(f"`{a}`" for a in md["aliases"]), ""]
-    lines += [
-        "## Use",
-        "",
-        "```python",
-        "from cgcnn_ase import CGCNNPredictor",
-        f'predictor = CGCNNPredictor.from_pretrained("{handle}")  # all {n} members',
-        'result = predictor.predict(["POSCAR"])',
-        "print(result.values, result.std, result.domain_percentile)",
-        f'fast = CGCNNPredictor.from_pretrained("{handle}", members=1)  # member 0 only: no std',
-        "```",
-        "",
-        "See `docs/uncertainty.md` for what `std` and `domain_percentile` mean and how to screen with them.",
-        "",
-        "## Data",
-        "",
-    ]
-    if ds:
-        lines.append(f"- Dataset: **{ds.get('name')}** (`{ds.get('path')}`)")
-        for key, label in (("source", "Source"), ("licence", "Licence"), ("citation", "Cite")):
-            if ds.get(key):
-                lines.append(f"- {label}: {ds[key]}")
-        target = f"`{ds.get('target')}`" + (" divided by the number of atoms" if ds.get("per_atom") else "")
-        if ds.get("transform") == "log10":
-            target = f"log10 of {target}"
-        lines.append(
-            f"- Target: {target}" + (f", rows with `{ds['filter']}`" if ds.get("filter") else "") + f"; units: {units}"
-        )
-        if "rows_in_file" in ds:
-            lines.append(f"- Rows: {ds['rows_in_file']} in the file, {ds.get('rows_used')} used")
-    seen = md.get("elements_seen") or []
-    if seen:
-        lines.append(f"- Elements in the training split: {len(seen)} ({' '.join(chemical_symbols[z] for z in seen)})")
-    lines += ["", "## Split", ""]
-    if sp:
-        lines += [
-            f"Random split with seed {sp.get('seed')} (fractions {sp.get('fractions')}), shared by all members; ids in "
-            "`split.json`.",
-            "",
-            "| part | crystals |",
-            "|---|---|",
-            *[f"| {k} | {v} |" for k, v in (sp.get("sizes") or {}).items()],
-            "",
-        ]
-    unc = md.get("uncertainty") or {}
-    test = unc.get("test") or {}
-    versus = test.get("ensemble_vs_members") or {}
-    lines += ["## Test metrics", ""]
-    if versus:
-        better = "higher" if classification else "lower"
-        lines += [
-            f"On the test split ({test.get('n')} crystals, never used for training or selection); {metric_label}, "
-            f"{better} is better:",
-            "",
-            "| | " + metric_label + " |",
-            "|---|---|",
-            f"| ensemble of {n} (mean) | {fmt(versus.get('ensemble'))} |",
-            f"| single member, mean of {n} | {fmt(versus.get('member_mean'))} |",
-            f"| best / worst member | {fmt(versus.get('member_best'))} / {fmt(versus.get('member_worst'))} |",
-            "",
-        ]
-        tm = md.get("test_metrics") or {}
-        if classification:
-            lines += [f"Ensemble accuracy (p >= 0.5): {fmt(tm.get('accuracy'))}.", ""]
-        else:
-            lines += [f"Ensemble RMSE {fmt(tm.get('rmse'))} {units}, R² {fmt(tm.get('r2'))}.", ""]
-    else:
-        lines += ["Not measured yet (`cgcnn_ase.train.ensembles.write_uncertainty_report(folder, dataset=...)`).", ""]
-    lines += [
-        "## Members",
-        "",
-        f"| member | seed | val {metric} | test {metric} | best epoch |",
-        "|---|---|---|---|---|",
-        *[
-            f"| {k} (`{m.get('folder') or m.get('name')}`) | {m.get('seed')} | {fmt((m.get('val_metrics') or {}).get(metric))} | "
-            f"{fmt((m.get('test_metrics') or {}).get(metric))} | {m.get('best_epoch')} |"
-            for k, m in enumerate(members)
-        ],
-        "",
-    ]
-    lines += ["## Uncertainty (test split)", ""]
-    raw, cal = test.get("raw") or {}, test.get("calibrated") or {}
-    if classification and raw:
-        lines += [
-            "| measure | value |",
-            "|---|---|",
-            f"| Spearman correlation of \\|y - p\\| with std | {fmt(raw.get('spearman_abs_error_std'), 3)} |",
-            f"| ROC-AUC of std for spotting misclassified crystals | {fmt(raw.get('error_detection_auc'), 3)} |",
-            f"| mean std of member probabilities | {fmt(raw.get('mean_std'), 3)} |",
-            "",
-            "The std of a classifier is the spread of the members' probabilities; it is not calibrated.",
-            "",
-        ]
-    elif raw:
-        lines += [
-            "| measure | raw std | calibrated std"
-            + (f" (x{calibration['scale']:.3g})" if calibration else "")
-            + " | Gaussian |",
-            "|---|---|---|---|",
-            f"| Spearman correlation of \\|error\\| with std | {fmt(raw.get('spearman_abs_error_std'), 3)} | "
-            f"{fmt(cal.get('spearman_abs_error_std'), 3)} | |",
-            f"| errors within 1 std | {_pct(raw.get('within_1std'))} | {_pct(cal.get('within_1std'))} | 68.3% |",
-            f"| errors within 2 std | {_pct(raw.get('within_2std'))} | {_pct(cal.get('within_2std'))} | 95.4% |",
-            f"| RMS of z = error / std | {fmt(raw.get('rms_z'), 3)} | {fmt(cal.get('rms_z'), 3)} | 1 |",
-            f"| mean std ({units}) | {fmt(raw.get('mean_std'))} | {fmt(cal.get('mean_std'))} | |",
-            "",
-        ]
-        if calibration:
-            lines += [
-                f"Calibration: `std` = {calibration['scale']:.4g} x the members' standard deviation, the factor that "
-                f"gives the {calibration['split']} split's z-scores unit root mean square ({calibration['n']} crystals); "
-                "the test numbers above were not used to fit it.",
-                "",
-            ]
-    else:
-        lines += ["Not measured yet.", ""]
-    dom = test.get("domain") or {}
-    bins = dom.get("percentile_bins") or []
-    if bins:
-        err = "mean \\|y - p\\|" if classification else f"MAE ({units})"
-        lines += [
-            "Error against the applicability-domain signal (`domain_percentile`: percentile of the distance of a "
-            "crystal's embedding to the training set, against validation crystals):",
-            "",
-            f"| domain percentile | crystals | {err} |",
-            "|---|---|---|",
-            *[f"| {b['range']} | {b['n']} | {fmt(b.get('mean_abs_error'))} |" for b in bins],
-            "",
-            f"Spearman correlation of the error with the domain percentile: {fmt(dom.get('spearman_abs_error_percentile'), 3)}.",
-        ]
-        if dom.get("unseen_elements", {}).get("n"):
-            lines.append(
-                f"Crystals with elements unseen in training: {dom['unseen_elements']['n']}, error "
-                f"{fmt(dom['unseen_elements']['mean_abs_error'])} (others {fmt(dom['all_seen']['mean_abs_error'])})."
-            )
-        lines.append("")
-    domain = document.get("domain")
-    if domain:
-        lines += [
-            "## Applicability domain",
-            "",
-            f"`domain.safetensors` holds {domain.get('n_centers')} of the {domain.get('n_train')} training crystals' "
-            f"embeddings ({domain.get('selection')}) and the nearest-neighbour distances of {domain.get('n_reference')} "
-            "validation crystals to them. Each prediction reports `domain_distance` (to the nearest stored training "
-            "embedding, standardised units) and `domain_percentile` (the share of validation crystals that were at most "
-            "as far; near 100: outside the training domain), plus `unseen_elements` and `n_sparse`.",
-            "",
-        ]
-    commands = [m.get("command") for m in members if m.get("command")]
-    lines += ["## Training", ""]
-    if commands:
-        lines += ["Each member was trained with:", "", "```", *commands, "```", ""]
-    total = sum(m.get("wall_time_s") or 0 for m in members)
-    training = md.get("training") or {}
-    hw = training.get("hardware") or {}
-    a, g = document["architecture"], document["graph"]
-    lines += [
-        f"- Architecture (every member): {a.get('n_conv')} {a.get('conv')} convolutions, atom features "
-        f"{a.get('atom_fea_len')}, {a.get('n_h')} hidden layer(s) of {a.get('h_fea_len')}, {a.get('readout')} readout",
-        f"- Graph: radius {g.get('radius')} Å, {g.get('max_neighbors')} neighbours, neighbour policy "
-        f"`{g.get('neighbor_policy')}`",
-        "- Epochs (best / run) per member: "
-        + ", ".join(f"{m.get('best_epoch')}/{m.get('epochs_run')}" for m in members),
-        f"- Wall time: {total / 60:.1f} min in total over {n} members"
-        + (
-            f" (member 0 on {hw.get('cpu')}"
-            + (f", GPU {hw['gpu']}" if hw.get("gpu") else "")
-            + f", device {hw.get('device')})"
-            if hw
-            else ""
-        ),
-    ]
-    if training.get("date"):
-        lines.append(
-            f"- Member 0 date: {training['date']}; torch {training.get('torch_version')}, Python {training.get('python')}"
-        )
-    lines.append("")
-    plots = [
-        f
-        for f in ("parity.png", "roc.png", "error_vs_std.png", "calibration.png")
-        if f in (document.get("_files") or [])
-    ]
-    lines += [
-        "Files: `model.json` (settings, each member's normaliser and metrics, calibration, uncertainty metrics), "
-        f"`weights.safetensors` (all {n} members, keys `member<k>.`), `atom_init.json`, `domain.safetensors`, "
-        "`split.json`, `config.yaml` (member 0's configuration)"
-        + (", " + ", ".join(f"`{p}`" for p in plots) + " (test split)" if plots else "")
-        + ".",
-        "",
-    ]
-    if ds.get("notes"):
-        lines += ["## Notes", "", str(ds["notes"]), ""]
-    return "\n".join(lines)
-
-
 def write_card(folder: str | os.PathLike) -> Path:
     """(Re)write ``README.md`` of an ensemble folder from its ``model.json``."""
     folder = Path(folder)
     document = read_model_json(folder)
     if not document.get("ensemble"):
         raise EnsembleError(f"{folder}: not an ensemble folder (no 'ensemble' section in {MODEL_JSON})")
-    document["_files"] = sorted(p.name for p in folder.iterdir())
     path = folder / "README.md"
-    path.write_text(ensemble_card(document))
+    path.write_text(ensemble_card(document, files=[p.name for p in folder.iterdir()]))
     return path
