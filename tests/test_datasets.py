@@ -15,7 +15,8 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
 from cgcnn_ase.train import datasets
-from cgcnn_ase.train.datasets import DatasetError, DatasetSpec, Split, load_dataset, load_table, make_split, parse_structures
+from cgcnn_ase.train.datasets import DatasetError, DatasetSpec, load_dataset, load_table, parse_structures
+from cgcnn_ase.train.splits import Split, make_split
 from cgcnn_ase.io.reader import StructureRecord
 
 from .conftest import SHARED, rattled

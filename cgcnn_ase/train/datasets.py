@@ -33,7 +33,6 @@ Loading happens in two steps so that training can skip the slow one:
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
@@ -50,8 +49,10 @@ from typing import Any, Literal
 import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DatasetError
-from cgcnn_ase.io.reader import CifReader, read_record, to_record
+from cgcnn_ase.io.reader import CifReader, read_record
 from cgcnn_ase.io.records import StructureRecord
+from cgcnn_ase.train.splits import SPLIT_NAMES, Split, make_split  # noqa: F401 - re-exported
+from cgcnn_ase.train.table_formats import read_layout
 
 logger = logging.getLogger(__name__)
 
@@ -226,118 +227,12 @@ def _record_key(record: StructureRecord) -> str:
     return _hash_text("record", data)
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt") if path.name.lower().endswith(".gz") else open(path)
-
-
 def _pick_id_column(columns: Sequence[str], requested: str | None, path: str) -> str | None:
     if requested is not None:
         if requested not in columns:
             raise DatasetError(f"{path}: no id column {requested!r}; columns: {list(columns)}")
         return requested
     return next((c for c in ID_COLUMNS if c in columns), None)
-
-
-def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
-    import pandas as pd
-
-    path = Path(spec.path)
-    sep = "\t" if ".tsv" in path.name.lower() else ","
-    df = pd.read_csv(path, sep=sep)
-    column = spec.structure_column or "cif"
-    if column not in df.columns:
-        raise DatasetError(
-            f"{path}: no structure column {column!r} (CIF text); set structure_column to one of {list(df.columns)}"
-        )
-    sources = df[column].tolist()
-    return df.drop(columns=[column]), "cif_text", sources
-
-
-def _read_json(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
-    import pandas as pd
-
-    path = Path(spec.path)
-    with _open_text(path) as f:
-        data = json.load(f)
-    if isinstance(data, dict):  # {"id": {...}, ...} -> list
-        data = [{"id": k, **v} for k, v in data.items()] if all(isinstance(v, dict) for v in data.values()) else None
-    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
-        raise DatasetError(f"{path}: expected a JSON list of objects, one per crystal")
-    column = spec.structure_column or "structure"
-    missing = [i for i, d in enumerate(data) if column not in d]
-    if missing:
-        raise DatasetError(
-            f"{path}: {len(missing)} entries (first: #{missing[0]}) have no {column!r} key; "
-            f"keys of the first entry: {sorted(data[0])}; set structure_column"
-        )
-    sources = [d[column] for d in data]
-    df = pd.DataFrame([{k: v for k, v in d.items() if k != column} for d in data])
-    return df, "structure_dict", sources
-
-
-def _read_cif_dir(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
-    import pandas as pd
-
-    root = Path(spec.path)
-    table = root / "id_prop.csv"
-    if not table.is_file():
-        raise DatasetError(f"{root}: a CIF directory needs an id_prop.csv (no header: id,target)")
-    df = pd.read_csv(table, header=None, dtype={0: str})
-    if df.shape[1] < 2:
-        raise DatasetError(f"{table}: expected at least two columns (id,target)")
-    df.columns = ["id", "target"] + [f"target_{k}" for k in range(2, df.shape[1])]
-    df["id"] = df["id"].str.strip()
-    sources = [str(root / f"{i}.cif") for i in df["id"]]
-    return df, "cif_file", sources
-
-
-def _scalar_items(mapping: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in mapping.items() if isinstance(v, (int, float, str, bool, np.number, np.bool_))}
-
-
-def _read_ase(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
-    import pandas as pd
-
-    path = Path(spec.path)
-    if not path.exists():
-        raise DatasetError(f"{path}: no such file")
-    rows: list[dict[str, Any]] = []
-    records: list[Any] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if path.name.lower().endswith(".db"):
-            import ase.db
-
-            with ase.db.connect(str(path)) as db:
-                for row in db.select():
-                    info = {"db_id": row.id, **_scalar_items(dict(row.key_value_pairs))}
-                    for key in ("energy", "free_energy"):
-                        value = row.get(key)
-                        if value is not None:
-                            info.setdefault(key, value)
-                    rows.append(info)
-                    records.append(row.toatoms())
-        else:
-            import ase.io
-
-            for atoms in ase.io.read(path, index=":"):
-                info = _scalar_items(dict(atoms.info))
-                if atoms.calc is not None:  # extxyz puts energy= etc. into a SinglePointCalculator
-                    for key, value in getattr(atoms.calc, "results", {}).items():
-                        if np.ndim(value) == 0:
-                            info.setdefault(key, float(value))
-                rows.append(info)
-                records.append(atoms)
-    if not records:
-        raise DatasetError(f"{path}: holds no structures")
-    df = pd.DataFrame(rows)
-    out: list[Any] = []
-    for i, atoms in enumerate(records):
-        try:
-            out.append(to_record(atoms, label=f"{path.name}@{i}"))
-        except CGCNNError as exc:
-            out.append(exc)
-    return df, "record", out
 
 
 def _evaluate_target(df: Any, target: str, path: str) -> np.ndarray:
@@ -374,8 +269,7 @@ def load_table(spec: DatasetSpec) -> DatasetTable:
     path = Path(spec.path)
     if not path.exists():
         raise DatasetError(f"{path}: no such dataset file or directory (relative paths resolve against {Path.cwd()})")
-    reader = {"csv": _read_csv, "json": _read_json, "cif_dir": _read_cif_dir, "ase": _read_ase}[fmt]
-    df, kind, sources = reader(spec)
+    df, kind, sources = read_layout(spec, fmt)
     n_rows = len(df)
     id_col = _pick_id_column(list(df.columns), spec.id_column, spec.path)
     ids = df[id_col].astype(str).tolist() if id_col else [str(i) for i in range(n_rows)]
@@ -383,17 +277,37 @@ def load_table(spec: DatasetSpec) -> DatasetTable:
         seen: set[str] = set()
         dup = [i for i in ids if i in seen or seen.add(i)]
         raise DatasetError(f"{path}: ids in column {id_col!r} are not unique (e.g. {dup[:3]}); set id_column")
-    df = df.reset_index(drop=True)
-    keep = np.ones(n_rows, dtype=bool)
-    dropped: dict[str, int] = {}
+    rows, targets, dropped = _select_rows(spec, df.reset_index(drop=True), ids)
+    chosen = [sources[i] for i in rows]
+    return DatasetTable(
+        spec=spec,
+        ids=[ids[i] for i in rows],
+        raw_targets=targets[rows].astype(np.float64),
+        keys=_structure_keys(kind, chosen),
+        kind=kind,
+        sources=chosen,
+        n_rows=n_rows,
+        dropped=dropped,
+    )
 
+
+def _select_rows(spec: DatasetSpec, df: Any, ids: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """:func:`load_table`'s row selection.
+
+    Returns:
+        ``(rows, targets, dropped)``: the selected row positions, shape (n_selected,); every
+        row's raw target, float64, shape (n_rows,); rows left out, by reason.
+    """
+    path = Path(spec.path)
+    keep = np.ones(len(df), dtype=bool)
+    dropped: dict[str, int] = {}
     if spec.drop_ids:
         wanted = set(spec.drop_ids)
         mask = np.array([i in wanted for i in ids])
         missing = wanted - {i for i, m in zip(ids, mask) if m}
         if missing:
             warnings.warn(
-                f"{path}: drop_ids not found in the dataset: {sorted(missing)[:5]}", UserWarning, stacklevel=2
+                f"{path}: drop_ids not found in the dataset: {sorted(missing)[:5]}", UserWarning, stacklevel=3
             )
         keep &= ~mask
         dropped["drop_ids"] = int(mask.sum())
@@ -405,7 +319,7 @@ def load_table(spec: DatasetSpec) -> DatasetTable:
                 f"{path}: invalid filter {spec.filter!r} ({type(exc).__name__}: {exc}); columns: {list(df.columns)}"
             ) from None
         selected = np.asarray(selected, dtype=bool).reshape(-1)
-        if selected.shape != (n_rows,):
+        if selected.shape != (len(df),):
             raise DatasetError(f"{path}: filter {spec.filter!r} must give one True/False per row")
         dropped["filter"] = int((keep & ~selected).sum())
         keep &= selected
@@ -416,7 +330,7 @@ def load_table(spec: DatasetSpec) -> DatasetTable:
         warnings.warn(
             f"{path}: {int(bad.sum())} rows have no numeric {spec.target!r} and are dropped (e.g. {examples})",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         dropped["missing_target"] = int(bad.sum())
         keep &= ~bad
@@ -426,31 +340,21 @@ def load_table(spec: DatasetSpec) -> DatasetTable:
         rows = rows[: int(spec.limit)]
     if len(rows) == 0:
         raise DatasetError(f"{path}: no rows left after drop_ids/filter/missing targets ({dropped})")
+    return rows, targets, dropped
 
-    chosen = [sources[i] for i in rows]
+
+def _structure_keys(kind: str, sources: list[Any]) -> list[str]:
+    """The graph-cache key of each raw structure: a content hash (32 hex digits)."""
     if kind == "cif_text":
-        keys = [_hash_text("cif", str(s).encode()) for s in chosen]
-    elif kind == "structure_dict":
-        keys = [_hash_text("pmg", json.dumps(s, sort_keys=True).encode()) for s in chosen]
-    elif kind == "cif_file":
-        keys = [
+        return [_hash_text("cif", str(s).encode()) for s in sources]
+    if kind == "structure_dict":
+        return [_hash_text("pmg", json.dumps(s, sort_keys=True).encode()) for s in sources]
+    if kind == "cif_file":
+        return [
             _hash_text("cif", Path(s).read_bytes()) if Path(s).is_file() else _hash_text("missing", s.encode())
-            for s in chosen
+            for s in sources
         ]
-    else:
-        keys = [
-            _record_key(s) if isinstance(s, StructureRecord) else _hash_text("error", str(s).encode()) for s in chosen
-        ]
-    return DatasetTable(
-        spec=spec,
-        ids=[ids[i] for i in rows],
-        raw_targets=targets[rows].astype(np.float64),
-        keys=keys,
-        kind=kind,
-        sources=chosen,
-        n_rows=n_rows,
-        dropped=dropped,
-    )
+    return [_record_key(s) if isinstance(s, StructureRecord) else _hash_text("error", str(s).encode()) for s in sources]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -638,116 +542,3 @@ def is_binary_labels(values: np.ndarray) -> bool:
     values = np.asarray(values)
     return bool(values.size) and bool(np.all((values == 0) | (values == 1))) and not any(math.isnan(v) for v in values)
 
-
-# ---------------------------------------------------------------------------------------------
-# Splits
-# ---------------------------------------------------------------------------------------------
-
-SPLIT_NAMES = ("train", "val", "test")
-
-
-@dataclass
-class Split:
-    """Ids of the training, validation and test crystals.
-
-    Attributes:
-        train, val, test: ids (strings), disjoint.
-        seed: seed of the random permutation (``None`` for a split read from elsewhere).
-        fractions: requested (train, val, test) fractions.
-    """
-
-    train: list[str]
-    val: list[str]
-    test: list[str]
-    seed: int | None = None
-    fractions: tuple[float, float, float] | None = None
-
-    def __post_init__(self) -> None:
-        self.train, self.val, self.test = ([str(i) for i in part] for part in (self.train, self.val, self.test))
-        seen: set[str] = set()
-        for name in SPLIT_NAMES:
-            part = set(getattr(self, name))
-            overlap = part & seen
-            if overlap or len(part) != len(getattr(self, name)):
-                raise DatasetError(
-                    f"split: {name} repeats or shares ids with another part (e.g. {sorted(overlap)[:3]})"
-                )
-            seen |= part
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        return {name: len(getattr(self, name)) for name in SPLIT_NAMES}
-
-    def ids(self, name: str) -> list[str]:
-        """The ids of part ``name`` (``train``, ``val`` or ``test``)."""
-        if name not in SPLIT_NAMES:
-            raise DatasetError(f"unknown split {name!r}; choose train, val or test")
-        return list(getattr(self, name))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": "cgcnn_ase.split/1",
-            "seed": self.seed,
-            "fractions": list(self.fractions) if self.fractions is not None else None,
-            "sizes": self.sizes,
-            "train": self.train,
-            "val": self.val,
-            "test": self.test,
-        }
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``split.json`` (compact: one id list per part)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n")
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Split:
-        """Read a ``split.json`` written by :meth:`save`."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-            return cls(
-                train=data["train"],
-                val=data["val"],
-                test=data["test"],
-                seed=data.get("seed"),
-                fractions=tuple(data["fractions"]) if data.get("fractions") else None,
-            )
-        except FileNotFoundError:
-            raise DatasetError(f"{path}: no such split file") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DatasetError(f"{path}: not a split file ({type(exc).__name__}: {exc})") from None
-
-
-def make_split(ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> Split:
-    """A seeded random split of ``ids``.
-
-    ``val`` and ``test`` get ``round(fraction * n)`` crystals; ``train`` gets the rest, or
-    ``round(train * n)`` when the fractions sum to less than one (the remainder is unused).
-    The result depends only on ``len(ids)``, the order of ``ids``, ``fractions`` and ``seed``.
-    """
-    train_f, val_f, test_f = (float(f) for f in fractions)
-    if min(train_f, val_f, test_f) < 0 or train_f + val_f + test_f > 1 + 1e-9 or train_f <= 0:
-        raise DatasetError(
-            f"split fractions must be non-negative, train > 0, and sum to at most 1; got {tuple(fractions)}"
-        )
-    n = len(ids)
-    n_val, n_test = int(round(val_f * n)), int(round(test_f * n))
-    n_train = (
-        n - n_val - n_test if train_f + val_f + test_f > 1 - 1e-9 else min(int(round(train_f * n)), n - n_val - n_test)
-    )
-    if n_train < 1:
-        raise DatasetError(f"split: {n} crystals leave no training data with fractions {tuple(fractions)}")
-    order = np.random.default_rng(seed).permutation(n)
-    ids = [str(i) for i in ids]
-    return Split(
-        train=[ids[i] for i in order[:n_train]],
-        val=[ids[i] for i in order[n_train : n_train + n_val]],
-        test=[ids[i] for i in order[n_train + n_val : n_train + n_val + n_test]],
-        seed=seed,
-        fractions=(train_f, val_f, test_f),
-    )

@@ -1,0 +1,143 @@
+"""The four dataset layouts read into a table of columns plus one raw structure per row.
+
+Used by :func:`cgcnn_ase.train.datasets.load_table` (see its module for the layouts); each
+reader returns ``(frame, kind, sources)``: a pandas DataFrame of the non-structure columns,
+the kind of raw structure (``"cif_text"``, ``"structure_dict"``, ``"cif_file"`` or
+``"record"``) and one raw structure per row (for ``ase`` inputs already a record, or the
+error that made the row unusable).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cgcnn_ase.errors import CGCNNError, DatasetError
+from cgcnn_ase.io.reader import to_record
+
+if TYPE_CHECKING:
+    from cgcnn_ase.train.datasets import DatasetSpec
+
+__all__ = ["read_layout"]
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt") if path.name.lower().endswith(".gz") else open(path)
+
+
+def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
+    import pandas as pd
+
+    path = Path(spec.path)
+    sep = "\t" if ".tsv" in path.name.lower() else ","
+    df = pd.read_csv(path, sep=sep)
+    column = spec.structure_column or "cif"
+    if column not in df.columns:
+        raise DatasetError(
+            f"{path}: no structure column {column!r} (CIF text); set structure_column to one of {list(df.columns)}"
+        )
+    sources = df[column].tolist()
+    return df.drop(columns=[column]), "cif_text", sources
+
+
+def _read_json(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
+    import pandas as pd
+
+    path = Path(spec.path)
+    with _open_text(path) as f:
+        data = json.load(f)
+    if isinstance(data, dict):  # {"id": {...}, ...} -> list
+        data = [{"id": k, **v} for k, v in data.items()] if all(isinstance(v, dict) for v in data.values()) else None
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise DatasetError(f"{path}: expected a JSON list of objects, one per crystal")
+    column = spec.structure_column or "structure"
+    missing = [i for i, d in enumerate(data) if column not in d]
+    if missing:
+        raise DatasetError(
+            f"{path}: {len(missing)} entries (first: #{missing[0]}) have no {column!r} key; "
+            f"keys of the first entry: {sorted(data[0])}; set structure_column"
+        )
+    sources = [d[column] for d in data]
+    df = pd.DataFrame([{k: v for k, v in d.items() if k != column} for d in data])
+    return df, "structure_dict", sources
+
+
+def _read_cif_dir(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
+    import pandas as pd
+
+    root = Path(spec.path)
+    table = root / "id_prop.csv"
+    if not table.is_file():
+        raise DatasetError(f"{root}: a CIF directory needs an id_prop.csv (no header: id,target)")
+    df = pd.read_csv(table, header=None, dtype={0: str})
+    if df.shape[1] < 2:
+        raise DatasetError(f"{table}: expected at least two columns (id,target)")
+    df.columns = ["id", "target"] + [f"target_{k}" for k in range(2, df.shape[1])]
+    df["id"] = df["id"].str.strip()
+    sources = [str(root / f"{i}.cif") for i in df["id"]]
+    return df, "cif_file", sources
+
+
+def _scalar_items(mapping: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if isinstance(v, (int, float, str, bool, np.number, np.bool_))}
+
+
+def _read_ase(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
+    import pandas as pd
+
+    path = Path(spec.path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    rows: list[dict[str, Any]] = []
+    records: list[Any] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if path.name.lower().endswith(".db"):
+            import ase.db
+
+            with ase.db.connect(str(path)) as db:
+                for row in db.select():
+                    info = {"db_id": row.id, **_scalar_items(dict(row.key_value_pairs))}
+                    for key in ("energy", "free_energy"):
+                        value = row.get(key)
+                        if value is not None:
+                            info.setdefault(key, value)
+                    rows.append(info)
+                    records.append(row.toatoms())
+        else:
+            import ase.io
+
+            for atoms in ase.io.read(path, index=":"):
+                info = _scalar_items(dict(atoms.info))
+                if atoms.calc is not None:  # extxyz puts energy= etc. into a SinglePointCalculator
+                    for key, value in getattr(atoms.calc, "results", {}).items():
+                        if np.ndim(value) == 0:
+                            info.setdefault(key, float(value))
+                rows.append(info)
+                records.append(atoms)
+    if not records:
+        raise DatasetError(f"{path}: holds no structures")
+    df = pd.DataFrame(rows)
+    out: list[Any] = []
+    for i, atoms in enumerate(records):
+        try:
+            out.append(to_record(atoms, label=f"{path.name}@{i}"))
+        except CGCNNError as exc:
+            out.append(exc)
+    return df, "record", out
+
+
+def read_layout(spec: DatasetSpec, fmt: str) -> tuple[Any, str, list[Any]]:
+    """``(frame, kind, sources)`` of the dataset at ``spec.path`` in layout ``fmt``
+    (``csv``, ``json``, ``cif_dir`` or ``ase``).
+
+    Raises:
+        DatasetError: unreadable file or a missing structure column / key.
+    """
+    readers = {"csv": _read_csv, "json": _read_json, "cif_dir": _read_cif_dir, "ase": _read_ase}
+    return readers[fmt](spec)
