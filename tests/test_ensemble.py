@@ -259,7 +259,7 @@ def test_mismatched_members_are_refused(members, tmp_path):
         assemble_ensemble([members[0], twin], tmp_path / "out")
     regraphed = shutil.copytree(members[1], tmp_path / "regraphed", ignore=shutil.ignore_patterns("run"))
     meta = json.loads((regraphed / "model.json").read_text())
-    meta["graph"]["radius"] = 6.0
+    meta["graph"]["max_neighbors"] = 8  # (a radius change alone would also change the Gaussian count: refused at load)
     (regraphed / "model.json").write_text(json.dumps(meta))
     with pytest.raises(EnsembleError, match="graph settings"):
         assemble_ensemble([members[0], regraphed], tmp_path / "out")

@@ -6,6 +6,7 @@ with. The neighbor policies are described in :mod:`cgcnn_ase.graph.neighbours`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -44,8 +45,20 @@ class GraphConfig:
     def __post_init__(self) -> None:
         if self.neighbor_policy not in ("symmetric", "original"):
             raise ValueError(f"neighbor_policy must be 'symmetric' or 'original', got {self.neighbor_policy!r}")
+        for name in ("radius", "gaussian_dmin", "gaussian_step", "tie_tolerance"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number of Å, got {value!r}")
+        if self.gaussian_width is not None and not (
+            isinstance(self.gaussian_width, (int, float)) and math.isfinite(self.gaussian_width) and self.gaussian_width > 0
+        ):
+            raise ValueError(f"gaussian_width must be a positive number of Å or null, got {self.gaussian_width!r}")
+        if isinstance(self.max_neighbors, bool) or not isinstance(self.max_neighbors, int):
+            raise ValueError(f"max_neighbors must be an integer, got {self.max_neighbors!r}")
         if not (self.radius > 0 and self.max_neighbors > 0 and self.gaussian_step > 0):
             raise ValueError(f"radius, max_neighbors and gaussian_step must be positive: {self}")
+        if self.gaussian_dmin >= self.radius:
+            raise ValueError(f"gaussian_dmin ({self.gaussian_dmin}) must be below radius ({self.radius})")
 
     @property
     def gaussian_centers(self) -> np.ndarray:

@@ -26,6 +26,7 @@ the caller passes ``trusted=True``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -240,8 +241,193 @@ def _build_network(architecture: dict[str, Any], state: dict[str, torch.Tensor],
     return network.eval()
 
 
+@dataclass(frozen=True)
+class _Document:
+    """The checked contents of a ``model.json``: what :func:`load_model_folder` needs to load the files."""
+
+    spec: ModelSpec
+    version: int
+    weights: Path
+    elements_file: Path
+    elements_fingerprint: str | None
+    domain_file: Path | None
+    members: list[dict[str, Any]]  # ensemble members' documents (normaliser included); [] for a single model
+    prefix: str
+    calibration: dict[str, Any] | None
+
+    @property
+    def is_ensemble(self) -> bool:
+        return bool(self.members)
+
+
+def _inside(folder: Path, name: Any, field_name: str) -> Path:
+    """``folder / name`` for a plain relative file name that stays inside ``folder`` (model folders are sealed).
+
+    Raises:
+        CheckpointError: naming ``field_name`` when the name is not a string, is absolute, or leaves the folder.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise CheckpointError(f"{folder}/{MODEL_JSON}: {field_name} must be a file name, got {name!r}")
+    relative = Path(name)
+    resolved_folder = folder.resolve()
+    target = (folder / relative).resolve()
+    if relative.is_absolute() or ".." in relative.parts or not target.is_relative_to(resolved_folder):
+        raise CheckpointError(
+            f"{folder}/{MODEL_JSON}: {field_name} = {name!r} points outside the model folder; a model folder may "
+            "only name files inside itself"
+        )
+    return folder / relative
+
+
+def _finite(value: Any, field_name: str, source: Path, *, positive: bool = False) -> float:
+    """``value`` as a finite float (and > 0 with ``positive``), else CheckpointError naming ``field_name``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{source}: {field_name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise CheckpointError(f"{source}: {field_name} must be finite, got {value!r}")
+    if positive and not number > 0:
+        raise CheckpointError(f"{source}: {field_name} must be positive, got {value!r}")
+    return number
+
+
+def _normalizer(doc: Any, field_name: str, source: Path) -> tuple[float, float]:
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{source}: {field_name} must be an object with mean and std, got {doc!r}")
+    mean = _finite(doc.get("mean"), f"{field_name}.mean", source)
+    return mean, _finite(doc.get("std"), f"{field_name}.std", source, positive=True)
+
+
+def _check_architecture(architecture: dict[str, Any], graph: GraphConfig, source: Path) -> None:
+    """Positive integer sizes, and an edge-feature width equal to the graph settings' Gaussian count."""
+    for key in ("orig_atom_fea_len", "nbr_fea_len", "atom_fea_len", "n_conv", "h_fea_len", "n_h"):
+        value = architecture.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CheckpointError(f"{source}: architecture.{key} must be a positive integer, got {value!r}")
+    width = architecture.get("nbr_fea_len")
+    if width is not None and width != graph.n_gaussians:
+        raise CheckpointError(
+            f"{source}: the graph settings give {graph.n_gaussians} Gaussians per edge (radius {graph.radius}, "
+            f"gaussian_dmin {graph.gaussian_dmin}, gaussian_step {graph.gaussian_step}) but architecture.nbr_fea_len "
+            f"is {width}; the graph section does not belong to these weights"
+        )
+
+
+def _parse_document(meta: Any, folder: Path) -> _Document:
+    """Check every field of a ``model.json`` document; errors name the field.
+
+    Raises:
+        CheckpointError: a missing or malformed field, a non-finite or non-positive number
+            where a positive finite one is needed, a newer format, a file name leaving the folder.
+    """
+    source = folder / MODEL_JSON
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{source}: the document must be a JSON object")
+    try:
+        version = int(meta["format_version"])
+        if version > ENSEMBLE_FORMAT_VERSION:
+            raise CheckpointError(
+                f"{folder}: model format {version} is newer than this cgcnn-ase understands "
+                f"({ENSEMBLE_FORMAT_VERSION}); upgrade cgcnn-ase"
+            )
+        task = str(meta["task"])
+        if task not in ("regression", "classification"):
+            raise CheckpointError(f"{source}: task must be 'regression' or 'classification', got {task!r}")
+        try:
+            graph = GraphConfig.from_dict(meta["graph"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: graph: {exc}") from None
+        architecture = dict(meta["architecture"])
+        _check_architecture(architecture, graph, source)
+        mean, std = _normalizer(meta["normalizer"], "normalizer", source)
+        spec = ModelSpec(
+            name=str(meta["name"]), property=str(meta["property"]), units=str(meta["units"]), task=task,
+            architecture=architecture, graph=graph, normalizer_mean=mean, normalizer_std=std,
+            positive_class=meta.get("positive_class"), metadata=dict(meta.get("metadata", {})),
+        )  # fmt: skip
+        elements_info = dict(meta["elements"])
+        ensemble = meta.get("ensemble")
+        members = [dict(m) for m in ensemble["members"]] if ensemble else []
+        domain_info = meta.get("domain")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{source}: malformed model description ({type(exc).__name__}: {exc})") from None
+    if ensemble and version < ENSEMBLE_FORMAT_VERSION:
+        raise CheckpointError(f"{source}: an ensemble needs format_version {ENSEMBLE_FORMAT_VERSION}, got {version}")
+    if ensemble and int(ensemble.get("n_members", -1)) != len(members):
+        raise CheckpointError(
+            f"{source}: ensemble.n_members is {ensemble.get('n_members')} but {len(members)} members are described"
+        )
+    for k, member in enumerate(members):
+        member["normalizer"] = _normalizer(member.get("normalizer"), f"ensemble.members[{k}].normalizer", source)
+    calibration = dict(ensemble["calibration"]) if ensemble and ensemble.get("calibration") else None
+    if calibration and calibration.get("scale") is not None:
+        _finite(calibration["scale"], "ensemble.calibration.scale", source, positive=True)
+    return _Document(
+        spec=spec,
+        version=version,
+        weights=_inside(folder, meta.get("weights", WEIGHTS_FILE), "weights"),
+        elements_file=_inside(folder, elements_info.get("file", ELEMENTS_FILE), "elements.file"),
+        elements_fingerprint=elements_info.get("fingerprint"),
+        domain_file=_inside(folder, domain_info.get("file", DOMAIN_FILE), "domain.file") if domain_info else None,
+        members=members,
+        prefix=str(ensemble.get("weights_prefix", MEMBER_PREFIX)) if ensemble else "",
+        calibration=calibration,
+    )
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent}: weights file {path.name} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable weights ({exc})") from None
+
+
+def _load_domain(doc: _Document, folder: Path) -> DomainSummary | None:
+    if doc.domain_file is None:
+        return None
+    try:
+        domain = DomainSummary.load(doc.domain_file)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    width = doc.spec.architecture.get("atom_fea_len", 64)
+    if domain.dim != width:
+        raise CheckpointError(f"{folder}: the domain summary has width {domain.dim}, the model's embeddings {width}")
+    return domain
+
+
+def _load_members(
+    doc: _Document, state: dict[str, torch.Tensor], n: int, folder: Path, weights: Path
+) -> list[EnsembleMember]:
+    """The first ``n`` members of an ensemble from its weights (keys ``member<k>.<parameter>``)."""
+    loaded = []
+    for k in range(n):
+        key_prefix = doc.prefix.format(k=k)
+        part = {name[len(key_prefix) :]: v for name, v in state.items() if name.startswith(key_prefix)}
+        if not part:
+            raise CheckpointError(f"{weights}: no weights for ensemble member {k} (keys {key_prefix}*)")
+        network = _build_network(doc.spec.architecture, part, f"{folder} (member {k})")
+        mean, std = doc.members[k]["normalizer"]
+        info = {key: value for key, value in doc.members[k].items() if key != "normalizer"}
+        loaded.append(EnsembleMember(network, mean, std, info))
+    n_total = len(doc.members)
+    extra = sorted({name.split(".")[0] for name in state} - {doc.prefix.format(k=k).rstrip(".") for k in range(n_total)})
+    if extra:
+        raise CheckpointError(f"{weights}: unexpected weights {extra[:4]} beside the {n_total} members")
+    return loaded
+
+
 def load_model_folder(folder: str | os.PathLike, *, members: int | None = None) -> LoadedModel:
     """Load a model folder written by :func:`save_model_folder` (or by training), single or ensemble.
+
+    Every field of ``model.json`` is checked before any file is read (:func:`_parse_document`):
+    normalisers finite with a positive std, the edge-feature width equal to the graph
+    settings' Gaussian count, file names inside the folder.
 
     Args:
         folder: the model folder.
@@ -256,107 +442,38 @@ def load_model_folder(folder: str | os.PathLike, *, members: int | None = None) 
             package, ``model.json`` does not match the weights or element table, or
             ``members`` is out of range.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
-    meta_path = folder / MODEL_JSON
-    if not meta_path.is_file():
-        raise CheckpointError(f"{folder}: not a model folder (no {MODEL_JSON})")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path}: invalid JSON ({exc})") from None
-    try:
-        version = int(meta["format_version"])
-        if version > ENSEMBLE_FORMAT_VERSION:
-            raise CheckpointError(
-                f"{folder}: model format {version} is newer than this cgcnn-ase understands "
-                f"({ENSEMBLE_FORMAT_VERSION}); upgrade cgcnn-ase"
-            )
-        spec = ModelSpec(
-            name=str(meta["name"]),
-            property=str(meta["property"]),
-            units=str(meta["units"]),
-            task=str(meta["task"]),
-            architecture=dict(meta["architecture"]),
-            graph=GraphConfig.from_dict(meta["graph"]),
-            normalizer_mean=float(meta["normalizer"]["mean"]),
-            normalizer_std=float(meta["normalizer"]["std"]),
-            positive_class=meta.get("positive_class"),
-            metadata=dict(meta.get("metadata", {})),
-        )
-        weights_name = meta.get("weights", WEIGHTS_FILE)
-        elements_info = meta["elements"]
-        ensemble = meta.get("ensemble")
-        member_docs = list(ensemble["members"]) if ensemble else []
-        if ensemble and int(ensemble["n_members"]) != len(member_docs):
-            raise CheckpointError(
-                f"{meta_path}: ensemble.n_members is {ensemble['n_members']} but {len(member_docs)} members are described"
-            )
-        normalizers = [(float(m["normalizer"]["mean"]), float(m["normalizer"]["std"])) for m in member_docs]
-        prefix = str(ensemble.get("weights_prefix", MEMBER_PREFIX)) if ensemble else ""
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{meta_path}: malformed model description ({type(exc).__name__}: {exc})") from None
-    if ensemble and version < ENSEMBLE_FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: an ensemble needs format_version {ENSEMBLE_FORMAT_VERSION}, got {version}")
-    n_total = len(member_docs) if ensemble else 1
+    doc = _parse_document(read_model_json(folder), folder)
+    spec = doc.spec
+    n_total = len(doc.members) if doc.is_ensemble else 1
     if members is not None and not 1 <= int(members) <= n_total:
-        kind = f"an ensemble of {n_total} members" if ensemble else "a single model"
+        kind = f"an ensemble of {n_total} members" if doc.is_ensemble else "a single model"
         raise CheckpointError(f"{folder}: members={members} is out of range; the folder holds {kind}")
-    elements = load_atom_init(folder / elements_info.get("file", ELEMENTS_FILE))
-    if elements_info.get("fingerprint") and elements.fingerprint() != elements_info["fingerprint"]:
+    elements = load_atom_init(doc.elements_file)
+    if doc.elements_fingerprint and elements.fingerprint() != doc.elements_fingerprint:
         raise CheckpointError(f"{folder}: the element table does not match the fingerprint in {MODEL_JSON}")
-    weights_path = folder / weights_name
-    if not weights_path.is_file():
-        raise CheckpointError(f"{folder}: weights file {weights_name} is missing")
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights_path}: unreadable weights ({exc})") from None
+    state = _load_weights(doc.weights)
     if spec.architecture.get("orig_atom_fea_len", 92) != elements.n_features:
         raise CheckpointError(
             f"{folder}: the element table has {elements.n_features} features but the model expects "
             f"{spec.architecture.get('orig_atom_fea_len')}"
         )
-    domain = None
-    domain_info = meta.get("domain")
-    if domain_info:
-        try:
-            domain = DomainSummary.load(folder / str(domain_info.get("file", DOMAIN_FILE)))
-        except ValueError as exc:
-            raise CheckpointError(str(exc)) from None
-        width = spec.architecture.get("atom_fea_len", 64)
-        if domain.dim != width:
-            raise CheckpointError(f"{folder}: the domain summary has width {domain.dim}, the model's embeddings {width}")
-    if not ensemble:
+    domain = _load_domain(doc, folder)
+    if not doc.is_ensemble:
         network = _build_network(spec.architecture, state, str(folder))
         return LoadedModel(spec=spec, network=network, elements=elements, domain=domain)
-
     n = n_total if members is None else int(members)
-    loaded_members = []
-    for k in range(n):
-        key_prefix = prefix.format(k=k)
-        part = {name[len(key_prefix) :]: v for name, v in state.items() if name.startswith(key_prefix)}
-        if not part:
-            raise CheckpointError(f"{weights_path}: no weights for ensemble member {k} (keys {key_prefix}*)")
-        network = _build_network(spec.architecture, part, f"{folder} (member {k})")
-        info = {key: value for key, value in member_docs[k].items() if key != "normalizer"}
-        loaded_members.append(EnsembleMember(network, normalizers[k][0], normalizers[k][1], info))
-    extra = sorted({name.split(".")[0] for name in state} - {prefix.format(k=k).rstrip(".") for k in range(n_total)})
-    if extra:
-        raise CheckpointError(f"{weights_path}: unexpected weights {extra[:4]} beside the {n_total} members")
-    first = loaded_members[0]
+    loaded = _load_members(doc, state, n, folder, doc.weights)
+    first = loaded[0]
     spec = replace(spec, normalizer_mean=first.normalizer_mean, normalizer_std=first.normalizer_std)
     if n == 1:  # the fast path: member 0 alone is a plain single model
         return LoadedModel(spec=spec, network=first.network, elements=elements, domain=domain)
-    calibration = ensemble.get("calibration") if n == n_total else None
     return LoadedModel(
         spec=spec,
         network=first.network,
         elements=elements,
-        members=loaded_members,
-        calibration=dict(calibration) if calibration else None,
+        members=loaded,
+        calibration=doc.calibration if n == n_total else None,
         domain=domain,
     )
 
