@@ -5,8 +5,11 @@ file into a validated ``StructureRecord``; then ``CGCNNPredictor.predict(records
 (authors' formation-energy checkpoint, neighbor_policy='original') does the rest
 (graph, collate, model). Readers:
 
-* ``pymatgen CifParser`` -- what ``cgcnn_ase.io.reader.read_structures`` does today
-  (``parse_structures(primitive=False)`` + ``from_pymatgen``);
+* ``pymatgen CifParser`` -- what ``cgcnn_ase.io.reader.read_structures(path, cif_reader="pymatgen")``
+  does (``parse_structures(primitive=False)`` + ``from_pymatgen``), the reading of models
+  using the ``original`` neighbour policy;
+* ``cgcnn_ase.io.reader`` (gemmi) -- ``read_structures(path)``, the package's default reader
+  (gemmi's block reader, falling back to pymatgen), used for CIF files and CIF text alike;
 * ``pymatgen Structure.from_file`` -- the original CGCNN's reader, + ``from_pymatgen``;
 * ``ase.io.read(format="cif")`` + ``from_ase``;
 * ``gemmi.read_small_structure`` (only if ``gemmi`` is importable) -- numbers,
@@ -35,9 +38,13 @@ import _common
 def readers() -> dict[str, Callable[[str], object]]:
     from pymatgen.core import Structure
 
-    from cgcnn_ase.io.reader import _validate, from_ase, from_pymatgen, read_structures
+    from cgcnn_ase.io.reader import read_structures
+    from cgcnn_ase.io.records import _validate, from_ase, from_pymatgen
 
     def pymatgen_cifparser(path: str):
+        return read_structures(path, cif_reader="pymatgen")[0]
+
+    def package_default(path: str):
         return read_structures(path)[0]
 
     def pymatgen_from_file(path: str):
@@ -49,7 +56,8 @@ def readers() -> dict[str, Callable[[str], object]]:
         return from_ase(ase.io.read(path, format="cif"), label=path)
 
     out = {
-        "pymatgen CifParser (ours today)": pymatgen_cifparser,
+        'pymatgen CifParser (cif_reader="pymatgen")': pymatgen_cifparser,
+        "cgcnn_ase.io.reader default (gemmi)": package_default,
         "pymatgen Structure.from_file (original)": pymatgen_from_file,
         'ase.io.read(format="cif")': ase_read,
     }
@@ -72,8 +80,8 @@ def readers() -> dict[str, Callable[[str], object]]:
 
 def tie_at_last_slot(record, k: int = 12, tol: float = 1e-4) -> bool:
     """True when some atom's k-th and (k+1)-th nearest neighbours are equally far (within ``tol`` Å)."""
-    from cgcnn_ase.graph.neighbours import _raw_neighbors
     from cgcnn_ase.graph.config import GraphConfig
+    from cgcnn_ase.graph.neighbours import _raw_neighbors
 
     i, _, d = _raw_neighbors(record, GraphConfig())
     order = np.lexsort((d, i))

@@ -78,7 +78,7 @@ def our_stages(predictor, paths: list[str], batch_size: int = 64) -> tuple[dict[
 
     from cgcnn_ase.graph.neighbours import _raw_neighbors, build_graph
     from cgcnn_ase.graph.batch import collate
-    from cgcnn_ase.io.reader import _read_cif_gemmi, _read_file, to_record
+    from cgcnn_ase.io.reader import _cif_gemmi, _cif_pymatgen, to_record
 
     fast = predictor.model.spec.graph.neighbor_policy != "original"  # what predict() does for such models
 
@@ -95,10 +95,10 @@ def our_stages(predictor, paths: list[str], batch_size: int = 64) -> tuple[dict[
             for path in paths[start : start + batch_size]:
                 t0 = clock()
                 if fast:
-                    record = _read_cif_gemmi(Path(path))[0]
+                    record = _cif_gemmi(Path(path), path, text=False)[0]
                     t1 = t2 = clock()
                 else:
-                    objs = _read_file(Path(path))
+                    objs = _cif_pymatgen(Path(path), path, text=False)
                     t1 = clock()
                     record = to_record(objs[0], label=path)
                     t2 = clock()

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
+from ase.io import write as ase_write
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.periodic_table import DummySpecies
 
 from cgcnn_ase.errors import InvalidStructureError, StructureReadError
-from cgcnn_ase.graph.neighbours import build_graph
 from cgcnn_ase.graph.config import GraphConfig
-from cgcnn_ase.io.reader import iter_records, read_structures, to_record
+from cgcnn_ase.graph.neighbours import build_graph
+from cgcnn_ase.io.reader import input_kind, iter_records, read_record, read_records, read_structures, to_record
 
 DISORDERED_CIF = """data_disordered
 _cell_length_a 4.0
@@ -110,3 +111,61 @@ def test_iter_records_yields_errors_in_place(tmp_path):
     items = list(iter_records([good, tmp_path / "nope.cif", good]))
     assert [label for label, _ in items] == ["input 0", str(tmp_path / "nope.cif"), "input 2"]
     assert isinstance(items[1][1], StructureReadError)
+
+
+@pytest.mark.parametrize(
+    ("value", "label", "match"),
+    [
+        ("data_x\n_cell_length_a 1\n", None, "CIF text: not readable CIF text"),
+        ("{not json", None, "not valid structure JSON"),
+        ('{"a": 1}', None, "not a pymatgen structure dict"),
+        (None, "row 1", "row 1: the structure cell is empty"),
+        (float("nan"), "row 1", "the structure cell is empty"),
+        ("   ", "row 1", "the structure cell is empty"),
+        ("nofile.cif", "row 1", "row 1: 'nofile.cif' is neither CIF text nor an existing structure file"),
+        ("x" * 5000, None, r"not a readable file path \(File name too long\)"),
+        ({"numbers": [11]}, None, "unsupported input type dict"),
+    ],
+)
+def test_text_inputs_raise_specific_errors(value, label, match):
+    """The one reader's messages for text, cells and dicts (docs/reliability.md)."""
+    with pytest.raises(InvalidStructureError, match=match):
+        read_record(value, label)
+
+
+def test_one_reader_for_every_kind_of_input(tmp_path):
+    """A crystal as Atoms, Structure, structure dict, its JSON, CIF text and a CIF file: one record each."""
+    atoms = bulk("NaCl", "rocksalt", a=5.64)
+    structure = Structure(Lattice(atoms.cell.array), ["Na", "Cl"], atoms.get_scaled_positions(wrap=False))
+    path = tmp_path / "nacl.cif"
+    path.write_text(structure.to(fmt="cif"))
+    inputs = {
+        "atoms": atoms, "structure": structure, "dict": structure.as_dict(), "json": structure.to_json(),
+        "cif text": path.read_text(), "cif file": path, "cif path text": str(path), "bytes": path.read_bytes(),
+    }  # fmt: skip
+    kinds = {name: input_kind(value) for name, value in inputs.items()}
+    assert kinds == {
+        "atoms": "object", "structure": "object", "dict": "structure_dict", "json": "json_text",
+        "cif text": "cif_text", "cif file": "path", "cif path text": "path", "bytes": "cif_text",
+    }  # fmt: skip
+    reference = to_record(structure)
+    for name, value in inputs.items():
+        (record,) = read_records(value, "x")
+        assert record.label == "x"
+        np.testing.assert_array_equal(record.numbers, reference.numbers, err_msg=name)
+        # CIF rounds coordinates, and gemmi orients the cell its own way: compare the lattice
+        # (lengths, volume) and the fractional coordinates
+        np.testing.assert_allclose(
+            np.linalg.norm(record.cell, axis=1), np.linalg.norm(reference.cell, axis=1), atol=1e-5
+        )
+        assert record.volume == pytest.approx(reference.volume, abs=1e-4)
+        np.testing.assert_allclose(record.frac_coords % 1.0, reference.frac_coords % 1.0, atol=1e-5, err_msg=name)
+
+
+def test_a_file_of_several_structures_is_refused_where_one_is_expected(tmp_path):
+    path = tmp_path / "two.extxyz"
+    ase_write(path, [bulk("Cu", "fcc", a=3.6), bulk("Cu", "fcc", a=3.7)])
+    assert [r.label for r in read_records(path)] == [f"{path}@0", f"{path}@1"]
+    assert [r.label for r in read_records(str(path), "row 1")] == ["row 1@0", "row 1@1"]
+    with pytest.raises(StructureReadError, match="holds 2 structures; give one per item"):
+        read_record(str(path), "row 1")

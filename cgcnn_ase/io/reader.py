@@ -58,6 +58,7 @@ __all__ = [
     "input_kind",
     "is_single_input",
     "iter_records",
+    "read_frames",
     "read_record",
     "read_records",
     "read_structures",
@@ -304,6 +305,24 @@ def _read_file(path: Path, label: str | None, cif_reader: CifReader) -> list[Str
     base = label or str(path)
     if _is_cif(path):
         return _read_cif(path, base, cif_reader, text=False)
+    frames = _ase_frames(path, base)
+    return [from_ase(atoms, label=name) for atoms, name in zip(frames, _labels(base, len(frames)))]
+
+
+def read_frames(path: str | os.PathLike) -> list[Any]:
+    """The ``ase.Atoms`` frames of a non-CIF file as ASE reads them, with their ``info`` and
+    calculator results (for readers that need more than the crystal, e.g. training targets);
+    :func:`read_structures` turns the same frames into records.
+
+    Raises:
+        StructureReadError: a missing, empty or unreadable file, or one without frames.
+    """
+    path = Path(path)
+    _check_file(path)
+    return _ase_frames(path, str(path))
+
+
+def _ase_frames(path: Path, label: str) -> list[Any]:
     import ase.io
 
     try:
@@ -311,10 +330,10 @@ def _read_file(path: Path, label: str | None, cif_reader: CifReader) -> list[Str
             warnings.simplefilter("ignore")
             frames = ase.io.read(path, index=":")
     except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
-        raise StructureReadError(f"{base}: could not be read by ASE ({type(exc).__name__}: {exc})") from None
+        raise StructureReadError(f"{label}: could not be read by ASE ({type(exc).__name__}: {exc})") from None
     if not frames:
-        raise StructureReadError(f"{base}: the file holds no structure")
-    return [from_ase(atoms, label=name) for atoms, name in zip(frames, _labels(base, len(frames)))]
+        raise StructureReadError(f"{label}: the file holds no structure")
+    return list(frames)
 
 
 # =============================================================================================
