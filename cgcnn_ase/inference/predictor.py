@@ -143,6 +143,66 @@ class PredictionResult:
         return df
 
 
+
+@dataclass
+class _Rows:
+    """Per-structure outputs accumulated over the batches of one :meth:`CGCNNPredictor.predict` call."""
+
+    n_members: int
+    width: int
+    per_atom: bool
+    features: bool
+    ids: list[str] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+    messages: list[str | None] = field(default_factory=list)
+    n_sparse: list[int] = field(default_factory=list)
+    unseen: list[list[str]] = field(default_factory=list)
+    atoms: list[np.ndarray] = field(default_factory=list)
+    embeddings: list[np.ndarray] = field(default_factory=list)
+
+    def add(
+        self,
+        chunk: list[tuple[str, CrystalGraph | CGCNNError]],
+        values: np.ndarray | None,
+        atoms: list[np.ndarray] | None,
+        features: np.ndarray | None,
+        *,
+        seen: frozenset[int] | None,
+    ) -> None:
+        """Record one batch: ``values`` (n_members, n_good) etc. cover the graphs of ``chunk`` in order."""
+        k = 0
+        for label, item in chunk:
+            self.ids.append(label)
+            if isinstance(item, CrystalGraph):
+                self.values.append(values[:, k])
+                self.messages.append(None)
+                self.n_sparse.append(item.n_sparse)
+                self.unseen.append(_unseen_symbols(item, seen))
+                if self.per_atom:
+                    self.atoms.append(atoms[k])
+                if self.features:
+                    self.embeddings.append(features[k])
+                k += 1
+            else:
+                self.values.append(np.full(self.n_members, np.nan))
+                self.messages.append(str(item))
+                self.n_sparse.append(-1)
+                self.unseen.append([])
+                if self.per_atom:
+                    self.atoms.append(np.zeros(0))
+                if self.features:
+                    self.embeddings.append(np.full(self.width, np.nan))
+
+
+def _unseen_symbols(graph: CrystalGraph, seen: frozenset[int] | None) -> list[str]:
+    """Symbols of the elements in ``graph`` outside the training elements ``seen`` (sorted by Z)."""
+    if seen is None:
+        return []
+    from ase.data import chemical_symbols
+
+    return [chemical_symbols[z] for z in sorted(set(graph.numbers.tolist()) - seen)]
+
+
 class CGCNNPredictor:
     """Run a CGCNN model, or a deep ensemble of them, on crystals.
 
@@ -367,62 +427,43 @@ class CGCNNPredictor:
 
         # tqdm's disable=None hides the bar when stderr is not a terminal
         disable = (not progress) if progress is not None else (None if (total or 0) >= 100 else True)
-        n_members = self.model.n_members
-        domain = self.model.domain
-        need_features = embeddings or domain is not None
-        ids: list[str] = []
-        values: list[np.ndarray] = []
-        messages: list[str | None] = []
-        n_sparse: list[int] = []
-        unseen: list[list[str]] = []
-        seen = self.model.spec.metadata.get("elements_seen")
-        seen = frozenset(seen) if seen else None
-        atoms: list[np.ndarray] = []
-        emb_rows: list[np.ndarray] = []
-        width = self.model.spec.architecture.get("atom_fea_len", 64)
+        rows = _Rows(
+            n_members=self.model.n_members,
+            width=self.model.spec.architecture.get("atom_fea_len", 64),
+            per_atom=per_atom,
+            features=embeddings or self.model.domain is not None,
+        )
         stream = self._graphs(structures, errors, on_sparse)
         with tqdm(total=total, disable=disable, unit="structure", leave=False) as bar:
             while chunk := list(islice(stream, batch_size)):
                 good = [g for _, g in chunk if isinstance(g, CrystalGraph)]
-                batch_values, batch_atoms, batch_emb = (
-                    self._run(good, per_atom, need_features) if good else (None, None, None)
-                )
-                k = 0
-                for label, item in chunk:
-                    ids.append(label)
-                    if isinstance(item, CrystalGraph):
-                        values.append(batch_values[:, k])
-                        messages.append(None)
-                        n_sparse.append(item.n_sparse)
-                        unseen.append(self._unseen(item, seen))
-                        if per_atom:
-                            atoms.append(batch_atoms[k])
-                        if need_features:
-                            emb_rows.append(batch_emb[k])
-                        k += 1
-                    else:
-                        values.append(np.full(n_members, np.nan))
-                        messages.append(str(item))
-                        n_sparse.append(-1)
-                        unseen.append([])
-                        if per_atom:
-                            atoms.append(np.zeros(0))
-                        if need_features:
-                            emb_rows.append(np.full(width, np.nan))
+                outputs = self._run(good, per_atom, rows.features) if good else (None, None, None)
+                rows.add(chunk, *outputs, seen=self._seen_elements())
                 bar.update(len(chunk))
+        result = self._result(rows, embeddings)
+        self._warn_unseen(result)
+        return result
+
+    def _seen_elements(self) -> frozenset[int] | None:
+        """Atomic numbers of the training data, or ``None`` when the model does not record them."""
+        seen = self.model.spec.metadata.get("elements_seen")
+        return frozenset(seen) if seen else None
+
+    def _result(self, rows: _Rows, embeddings: bool) -> PredictionResult:
+        """The :class:`PredictionResult` of accumulated rows: ensemble mean, std and domain signal added."""
         spec = self.model.spec
-        members = np.array(values, dtype=np.float64).reshape(-1, n_members)  # (n, n_members)
-        features = np.array(emb_rows, dtype=np.float64).reshape(-1, width) if need_features else None
+        members = np.array(rows.values, dtype=np.float64).reshape(-1, rows.n_members)  # (n, n_members)
+        features = np.array(rows.embeddings, dtype=np.float64).reshape(-1, rows.width) if rows.features else None
         result = PredictionResult(
-            ids=ids,
-            values=members[:, 0].copy() if n_members == 1 else members.mean(axis=1),
+            ids=rows.ids,
+            values=members[:, 0].copy() if rows.n_members == 1 else members.mean(axis=1),
             property=spec.property,
             units=spec.units,
             task=spec.task,
-            errors=messages,
-            n_sparse=np.asarray(n_sparse, dtype=np.int64),
-            unseen_elements=unseen,
-            per_atom=atoms if per_atom else None,
+            errors=rows.messages,
+            n_sparse=np.asarray(rows.n_sparse, dtype=np.int64),
+            unseen_elements=rows.unseen,
+            per_atom=rows.atoms if rows.per_atom else None,
             embeddings=features if embeddings else None,
             positive_class=spec.positive_class,
         )
@@ -432,29 +473,30 @@ class CGCNNPredictor:
             result.std_raw = members.std(axis=1)
             result.std_scale = scale
             result.std = result.std_raw * scale if scale is not None else result.std_raw.copy()
-        if domain is not None:
-            result.domain_distance = domain.distances(features)
-            result.domain_percentile = domain.percentiles(result.domain_distance)
+        if self.model.domain is not None:
+            result.domain_distance = self.model.domain.distances(features)
+            result.domain_percentile = self.model.domain.percentiles(result.domain_distance)
         return result
 
-    @staticmethod
-    def _unseen(graph: CrystalGraph, seen: frozenset[int] | None) -> list[str]:
-        """Symbols in ``graph`` outside the training elements ``seen``; warns when there are any."""
-        if seen is None:
-            return []
-        from ase.data import chemical_symbols
-
-        missing = sorted(set(graph.numbers.tolist()) - seen)
-        if missing:
-            symbols = [chemical_symbols[z] for z in missing]
-            warnings.warn(
-                f"{graph.label}: element(s) {', '.join(symbols)} did not occur in this model's training data; "
-                "the prediction is an extrapolation",
-                UnseenElementWarning,
-                stacklevel=4,
-            )
-            return symbols
-        return []
+    def _warn_unseen(self, result: PredictionResult) -> None:
+        """One :class:`UnseenElementWarning` per call, naming the model, the elements and how many structures."""
+        hit = [(label, symbols) for label, symbols in zip(result.ids, result.unseen_elements) if symbols]
+        if not hit:
+            return
+        counts: dict[str, int] = {}
+        for _, symbols in hit:
+            for symbol in symbols:
+                counts[symbol] = counts.get(symbol, 0) + 1
+        ranked = sorted(counts, key=lambda s: (-counts[s], s))
+        detail = ", ".join(f"{s} in {counts[s]}" for s in ranked[:8]) + (", ..." if len(ranked) > 8 else "")
+        examples = ", ".join(label for label, _ in hit[:3]) + (", ..." if len(hit) > 3 else "")
+        warnings.warn(
+            f"model {self.model.spec.name!r}: element(s) {', '.join(ranked[:8])} did not occur in its training data; "
+            f"{len(hit)} of {len(result)} structure(s) hold them ({detail}; e.g. {examples}), and their predictions "
+            "are extrapolations (result.unseen_elements lists them per structure)",
+            UnseenElementWarning,
+            stacklevel=3,
+        )
 
     @torch.inference_mode()
     def embed(self, structures: Any, *, batch_size: int = 64, on_sparse: SparsePolicy = "warn") -> np.ndarray:
