@@ -41,7 +41,7 @@ def run(shared: str | None, repeats: int, count: int, sizes: tuple[int, ...]) ->
     from cgcnn_ase.graph.neighbours import build_graph
     from cgcnn_ase.graph.config import GraphConfig
     from cgcnn_ase.graph.batch import gaussian_expand
-    from cgcnn_ase.io.reader import from_pymatgen
+    from cgcnn_ase.io.records import from_pymatgen
 
     _common.quiet()
     torch.set_num_threads(1)  # per-structure work is single-threaded in both pipelines

@@ -58,7 +58,7 @@ def _batches(shared: str | None, dataset: str, size: int, loaded):
 
     from cgcnn_ase.graph.neighbours import build_graph
     from cgcnn_ase.graph.batch import collate
-    from cgcnn_ase.io.reader import from_pymatgen
+    from cgcnn_ase.io.records import from_pymatgen
 
     structures = [
         Structure.from_str(cif, fmt="cif") for _, cif in _common.load_cif_strings(shared, dataset, size, seed=0)

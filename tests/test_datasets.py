@@ -17,7 +17,7 @@ from pymatgen.io.cif import CifWriter
 from cgcnn_ase.train import datasets
 from cgcnn_ase.train.datasets import DatasetError, DatasetSpec, load_dataset, load_table, parse_structures
 from cgcnn_ase.train.splits import Split, make_split
-from cgcnn_ase.io.reader import StructureRecord
+from cgcnn_ase.io.records import StructureRecord
 
 from .conftest import SHARED, rattled
 

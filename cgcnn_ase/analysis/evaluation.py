@@ -105,7 +105,7 @@ def load_split_records(
     """
     import warnings
 
-    from cgcnn_ase.io.reader import StructureRecord
+    from cgcnn_ase.io.records import StructureRecord
     from cgcnn_ase.train.datasets import DatasetError, Split, finalize_targets, load_table, parse_structures
 
     folder = _model_folder(model)

@@ -33,7 +33,8 @@ import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError, SiteAnalysisError
 from cgcnn_ase.inference.predictor import as_predictor
-from cgcnn_ase.io.reader import StructureRecord, iter_records
+from cgcnn_ase.io.reader import iter_records
+from cgcnn_ase.io.records import StructureRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
