@@ -21,15 +21,12 @@ import torch
 
 from cgcnn_ase.train import ddp as parallel_training
 from cgcnn_ase.models.folder import load_model_folder
-from cgcnn_ase.train.datasets import Split
 from cgcnn_ase.nn.network import CrystalGraphConvNet
-from cgcnn_ase.train.trainer import (
-    GraphBatcher,
-    _batches,
-    _make_optimizer,
-    _set_split_matmul,
-    prepare_data,
-)
+from cgcnn_ase.train.cache import GraphBatcher
+from cgcnn_ase.train.data import prepare_data
+from cgcnn_ase.train.splits import Split
+from cgcnn_ase.train.steps import batch_chunks as _batches
+from cgcnn_ase.train.steps import make_optimizer, torch_threads
 
 from .conftest import REPO
 from .test_training import dataset_csv, tiny_config  # noqa: F401 - the tiny 12-crystal dataset fixture
@@ -40,7 +37,8 @@ SCRIPT = """
 import json, logging, os, sys
 import torch
 torch.set_num_threads(1)
-from cgcnn_ase.train.trainer import TrainConfig, train_from_config
+from cgcnn_ase.train.config import TrainConfig
+from cgcnn_ase.train.trainer import train_from_config
 config_path, out = sys.argv[1], sys.argv[2]
 rank = int(os.environ["RANK"])
 log = logging.getLogger("cgcnn_ase")
@@ -95,7 +93,15 @@ def ddp_resumed(ddp_run, dataset_csv, tmp_path_factory):  # noqa: F811 - pytest 
 def _reference_state(config, folder: Path, world: int, epochs: int) -> dict[str, torch.Tensor]:
     """Single-process training on the same global batches, each run as ``world`` rank-strided
     sub-batches with share-weighted summed gradients; batch-norm running statistics from
-    sub-batch 0 only (rank 0's, which DDP broadcasts)."""
+    sub-batch 0 only (rank 0's, which DDP broadcasts).
+
+    Runs with 1 torch thread, as the torchrun processes do (their float reductions then
+    add up in the same order), and restores the caller's thread count afterwards."""
+    with torch_threads(1):
+        return _reference_training(config, folder, world, epochs)
+
+
+def _reference_training(config, folder: Path, world: int, epochs: int) -> dict[str, torch.Tensor]:
     data = prepare_data(config)
     split = Split.load(folder / "split.json")
     position = {i: k for k, i in enumerate(data.ids)}
@@ -108,8 +114,8 @@ def _reference_state(config, folder: Path, world: int, epochs: int) -> dict[str,
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         network = CrystalGraphConvNet(**architecture)
-    _set_split_matmul(network, config.model.split_matmul)
-    optimizer = _make_optimizer(config, network.parameters())
+    network.set_execution(split_matmul=config.model.split_matmul)
+    optimizer = make_optimizer(config, network.parameters())
     shuffle = torch.Generator().manual_seed(config.seed)
     for _ in range(epochs):
         network.train()

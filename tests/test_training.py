@@ -19,25 +19,25 @@ from pymatgen.io.cif import CifWriter
 from cgcnn_ase import CGCNNPredictor
 from cgcnn_ase.train import datasets
 from cgcnn_ase.graph import neighbours as graph_module
-from cgcnn_ase.train.datasets import DatasetSpec, Split, load_dataset
+from cgcnn_ase.train.datasets import DatasetSpec, load_dataset
+from cgcnn_ase.train.splits import Split
 from cgcnn_ase.graph.elements import generate_cgcnn_table
-from cgcnn_ase.analysis.evaluation import evaluate_model, regression_metrics
+from cgcnn_ase.analysis.evaluation import evaluate_model
+from cgcnn_ase.analysis.metrics import regression_metrics
 from cgcnn_ase.graph.neighbours import build_graph
 from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.graph.batch import collate
-from cgcnn_ase.train.trainer import (
-    ConfigError,
-    GraphBatcher,
-    GraphStore,
+from cgcnn_ase.errors import ConfigError
+from cgcnn_ase.train.cache import GraphBatcher, GraphStore, build_graph_store
+from cgcnn_ase.train.config import (
     ModelConfig,
     OptimConfig,
     ScheduleConfig,
     SplitConfig,
     TrainConfig,
-    build_graph_store,
     load_config,
-    train_from_config,
 )
+from cgcnn_ase.train.trainer import train_from_config
 
 from .conftest import REPO, SHARED, rattled
 
@@ -201,7 +201,7 @@ def test_split_is_saved_and_can_be_reused(trained, tmp_path):
     saved = Split.load(folder / "split.json")
     assert saved == Split.load(folder / "run" / "split.json")
     assert saved.sizes == {"train": 8, "val": 2, "test": 2}
-    from cgcnn_ase.train.datasets import make_split
+    from cgcnn_ase.train.splits import make_split
 
     ids = load_dataset(config.data).ids
     assert make_split(ids, (8 / 12, 2 / 12, 2 / 12), seed=1) == saved  # seeded, reproducible
@@ -396,9 +396,9 @@ def test_yaml_and_toml_configs_with_overrides(tmp_path):
 
 
 def config_command(config: TrainConfig) -> str:
-    from cgcnn_ase.train.trainer import _command
+    from cgcnn_ase.train.config import command_line
 
-    return _command(config)
+    return command_line(config)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,144 @@
+"""The data of one training run: usable crystals with their graphs and final targets, the
+split, its store positions and the target normaliser."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cgcnn_ase.errors import ConfigError, DatasetError
+from cgcnn_ase.graph.element_table import ElementTable, load_atom_init
+from cgcnn_ase.graph.elements import generate_cgcnn_table
+from cgcnn_ase.train.cache import GraphStore, build_graph_store
+from cgcnn_ase.train.config import TrainConfig
+from cgcnn_ase.train.datasets import (
+    DatasetTable,
+    finalize_targets,
+    is_binary_labels,
+    load_table,
+    warn_dropped_structures,
+)
+from cgcnn_ase.train.splits import SPLIT_NAMES, Split, make_split
+
+__all__ = ["PreparedData", "load_elements", "prepare_data", "resolve_split", "split_positions", "target_normalizer"]
+
+
+@dataclass
+class PreparedData:
+    """Usable crystals of a dataset with their graphs and final targets.
+
+    Attributes:
+        ids: crystal ids, shape (n,); targets: float64 (n,) after per_atom/transform.
+        store: their graphs (same order); elements: the element table.
+        table: the dataset table (all selected rows); errors: ``{id: reason}`` of rows
+            left out because the structure or an element was unusable.
+    """
+
+    ids: list[str]
+    targets: np.ndarray
+    store: GraphStore
+    elements: ElementTable
+    table: DatasetTable
+    errors: dict[str, str]
+
+
+def load_elements(spec: str) -> ElementTable:
+    """``"generated"`` -> this project's table; else the path of an ``atom_init.json``."""
+    if spec == "generated":
+        return generate_cgcnn_table()
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"elements must be 'generated' or the path of an atom_init.json; {path} does not exist")
+    return load_atom_init(path)
+
+
+def _drop_unsupported(
+    store: GraphStore, rows: np.ndarray, table: DatasetTable, elements: ElementTable, errors: dict[str, str]
+) -> tuple[GraphStore, np.ndarray]:
+    """Leave out crystals with elements the table cannot featurise (recorded in ``errors``)."""
+    if not len(store):
+        return store, rows
+    supported = np.zeros(max(elements.max_z, int(store.numbers.max())) + 1, dtype=bool)
+    supported[sorted(elements.supported)] = True
+    bad_atom = ~supported[store.numbers]
+    crystal = np.repeat(np.arange(len(store)), store.n_atoms)
+    bad = np.bincount(crystal[bad_atom], minlength=len(store)) > 0
+    if not bad.any():
+        return store, rows
+    for k in np.flatnonzero(bad):
+        errors[table.ids[rows[k]]] = f"element(s) not in the element table {elements.name!r}"
+    keep = np.flatnonzero(~bad)
+    return store.take(keep), rows[keep]
+
+
+def prepare_data(config: TrainConfig, *, progress: bool = False) -> PreparedData:
+    """Read the dataset table, fetch/build graphs, drop unusable rows, compute targets.
+
+    Raises:
+        ConfigError: unreadable dataset, no usable crystals, bad targets or labels.
+    """
+    elements = load_elements(config.elements)
+    try:
+        table = load_table(config.data)
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+    store, rows, errors = build_graph_store(
+        table, config.graph, cache_dir=config.cache_dir, workers=config.workers, progress=progress
+    )
+    store, rows = _drop_unsupported(store, rows, table, elements, errors)
+    warn_dropped_structures(config.data, errors)
+    if not len(store):
+        raise ConfigError(f"{config.data.path}: no usable crystals")
+    ids = [table.ids[i] for i in rows]
+    try:
+        targets = finalize_targets(config.data, table.raw_targets[rows], store.n_atoms, ids)
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+    if config.task == "classification" and not is_binary_labels(targets):
+        raise ConfigError(
+            f"classification targets must be 0 or 1; {config.data.target!r} gives {np.unique(targets)[:6].tolist()} "
+            "(use an expression such as 'band_gap == 0')"
+        )
+    return PreparedData(ids=ids, targets=targets, store=store, elements=elements, table=table, errors=errors)
+
+
+def resolve_split(config: TrainConfig, work: Path, ids: list[str], *, resuming: bool) -> Split:
+    """The run's split: the work folder's ``split.json`` when resuming, else ``split.file``,
+    else a seeded random split of ``ids`` with ``config.split``'s fractions."""
+    saved = work / "split.json"
+    if resuming and saved.is_file():
+        return Split.load(saved)
+    if config.split.file:
+        try:
+            return Split.load(config.split.file)
+        except DatasetError as exc:
+            raise ConfigError(str(exc)) from None
+    try:
+        return make_split(ids, (config.split.train, config.split.val, config.split.test), config.split.seed)
+    except DatasetError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def split_positions(split: Split, ids: list[str]) -> dict[str, np.ndarray]:
+    """Store positions of each part of ``split`` (``train``, ``val``, ``test``), int64 arrays.
+
+    Raises:
+        ConfigError: ids of the split that are not usable crystals of the dataset.
+    """
+    position = {i: k for k, i in enumerate(ids)}
+    missing = [i for name in SPLIT_NAMES for i in split.ids(name) if i not in position]
+    if missing:
+        raise ConfigError(f"{len(missing)} ids of the split are not usable crystals of the dataset (e.g. {missing[:3]})")
+    return {name: np.array([position[i] for i in split.ids(name)], dtype=np.int64) for name in SPLIT_NAMES}
+
+
+def target_normalizer(task: str, train_targets: np.ndarray) -> tuple[float, float]:
+    """``(mean, std)`` of the training targets for regression (std 1 when they are all
+    equal); ``(0, 1)`` for classification."""
+    if task != "regression":
+        return 0.0, 1.0
+    mean = float(np.mean(train_targets))
+    std = float(np.std(train_targets))
+    return mean, std if std > 1e-12 else 1.0
