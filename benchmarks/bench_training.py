@@ -153,14 +153,15 @@ class OursLoop:
     """Our training steps in a bare loop (one model, optimiser and shuffle stream per variant).
 
     ``epochs(n)`` returns, per epoch, seconds of batch assembly / forward / backward /
-    optimiser step. Compiled variants go through :class:`cgcnn_ase.train.trainer.TrainingForward`
+    optimiser step. Compiled variants go through :class:`cgcnn_ase.train.steps.TrainingForward`
     (the code ``compile: true`` runs); call it under the thread count it is timed with.
     """
 
     def __init__(self, store, targets, train_idx, elements, *, bf16: bool, merge_edges: bool, compile: bool) -> None:
         from cgcnn_ase.graph.config import GraphConfig
         from cgcnn_ase.nn.network import CrystalGraphConvNet
-        from cgcnn_ase.train.trainer import GraphBatcher, TrainingForward
+        from cgcnn_ase.train.cache import GraphBatcher
+        from cgcnn_ase.train.steps import TrainingForward
 
         self.batcher = GraphBatcher(store, elements, GraphConfig(), merge_edges=merge_edges)
         self.y = torch.tensor((targets - targets[train_idx].mean()) / targets[train_idx].std(), dtype=torch.float32)
@@ -168,20 +169,19 @@ class OursLoop:
         self.bf16 = bf16
         torch.manual_seed(0)
         self.model = CrystalGraphConvNet(**ARCH)
-        for conv in self.model.convs:
-            conv.split_matmul = True
+        self.model.set_execution(split_matmul=True)
         self.forward = TrainingForward(self.model, self.model, compile=compile)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.gen = torch.Generator().manual_seed(0)
 
     def epochs(self, n: int) -> list[dict[str, float]]:
-        from cgcnn_ase.train.trainer import _batches
+        from cgcnn_ase.train.steps import batch_chunks
 
         rows = []
         for _ in range(n):
             t = dict(batch=0.0, forward=0.0, backward=0.0, step=0.0)
             order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.gen).numpy()]
-            for chunk in _batches(order, BATCH):
+            for chunk in batch_chunks(order, BATCH):
                 t0 = time.perf_counter()
                 b = self.batcher.batch(chunk)
                 t1 = time.perf_counter()
@@ -207,11 +207,12 @@ def ours_end_to_end(spec, cache_dir: Path, epochs: int, threads: int | None, com
     """Per-epoch seconds from metrics.csv of a real train_from_config run, and its wall time."""
     import pandas as pd
 
-    from cgcnn_ase.train.trainer import ModelConfig, OptimConfig, ScheduleConfig, SplitConfig, TrainConfig, train_from_config
+    from cgcnn_ase.train.config import ModelConfig, OptimConfig, ScheduleConfig, SplitConfig, TrainConfig
+    from cgcnn_ase.train.trainer import train_from_config
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
-            data=spec, output=str(Path(out) / "model"), units="eV", split=SplitConfig(0.8, 0.1, 0.1, seed=0),
+            data=spec, output=str(Path(out) / "model"), units="eV", split=SplitConfig(train=0.8, val=0.1, test=0.1, seed=0),
             model=ModelConfig(**ARCH), optim=OptimConfig(name="sgd", lr=0.01, momentum=0.9),
             schedule=ScheduleConfig(name="multistep", milestones=[100]), epochs=epochs, batch_size=BATCH,
             cache_dir=str(cache_dir), threads=threads, device="cpu", compile=compile,
@@ -247,7 +248,8 @@ def main(shared: str | None, n_crystals: int, epochs: int, rounds: int, repeats:
     from cgcnn_ase.train.datasets import DatasetSpec, load_table, parse_structures
     from cgcnn_ase.graph.elements import generate_cgcnn_table
     from cgcnn_ase.graph.config import GraphConfig
-    from cgcnn_ase.train.trainer import build_graph_store, torch_threads
+    from cgcnn_ase.train.cache import build_graph_store
+    from cgcnn_ase.train.steps import torch_threads
 
     _common.quiet()
     path = _common.shared_path(shared, _common.PEROVSKITE_CSV)
