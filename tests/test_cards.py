@@ -39,7 +39,8 @@ def _symbols(numbers: Sequence[int]) -> str:
 
 
 def legacy_model_card(spec: Any, config: Any, metadata: dict[str, Any]) -> str:
-    """The former ``cgcnn_ase.train.trainer.model_card`` (``spec`` and ``config`` by attribute)."""
+    """The former ``cgcnn_ase.train.trainer.model_card`` (``spec`` and ``config`` by attribute), kept verbatim as
+    the reference: hence its length."""
     ds, tr, sp = metadata["dataset"], metadata["training"], metadata["split"]
     test = metadata.get("test_metrics") or {}
     classification = spec.task == "classification"
@@ -160,7 +161,8 @@ def _pct(value: Any) -> str:
 
 
 def legacy_ensemble_card(document: dict[str, Any]) -> str:
-    """The former ``cgcnn_ase.train.ensembles.ensemble_card`` (``document["_files"]``: the folder's files)."""
+    """The former ``cgcnn_ase.train.ensembles.ensemble_card`` (``document["_files"]``: the folder's files), kept
+    verbatim as the reference: hence its length."""
     from ase.data import chemical_symbols
 
     md, ens = document["metadata"], document["ensemble"]

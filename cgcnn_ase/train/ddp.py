@@ -252,7 +252,7 @@ def gather_rows(
     """Run ``predict`` on this rank's strided share of ``indices`` and gather every rank's rows
     back into the order of ``indices`` (for validation: each process predicts 1/W of the set).
 
-    ``predict`` returns two arrays with one row per index (as :func:`cgcnn_ase.train.trainer.predict_store`).
+    ``predict`` returns two arrays with one row per index (as :func:`cgcnn_ase.train.steps.predict_store`).
     """
     import torch.distributed as dist
 
