@@ -130,8 +130,8 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
     names = list(models)
     if use_all:
         names += [info.aliases[0] if info.aliases else info.name for info in list_models()]
-    if not names:
-        raise click.UsageError("give --model NAME_OR_PATH (repeatable) or --all")
+        if not names:
+            raise click.UsageError("--all: no models are shipped with this installation; give --model PATH")
     return list(dict.fromkeys(names))
 
 
@@ -142,7 +142,9 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--atom-init", type=click.Path(exists=True, dir_okay=False), help="Element table (atom_init.json) for an original .pth.tar checkpoint.")
 @click.option("--trust", is_flag=True, help="Allow unpickling a legacy checkpoint that the safe loader refuses (can run code).")
 @click.option("--per-atom", is_flag=True, help="Long format: one row per atom with its contribution (mean over atoms = prediction).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: csv; parquet when -o ends in .parquet or .pq]. csv and parquet are written chunk by chunk.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: a table on a terminal, else csv; parquet when -o ends in .parquet or .pq]. With --model, csv and parquet are written chunk by chunk.")
+@click.option("--log10", "log10", is_flag=True, help="Without --model: also give the moduli's log10(GPa) columns.")
+@click.option("--metal-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Without --model: P(metal) above which the band gap is 0.")
 @click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout (for parquet: a folder of part files).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip the ids already in -o and append (csv or parquet).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Structures read, predicted and written together (memory holds one chunk).")
@@ -153,24 +155,38 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch (1 is fastest for small crystals; run several processes to use more cores).")
 @_guarded
 def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,
-            per_atom: bool, fmt: str | None, output: str | None, resume: bool, chunk_size: int, column: str,
-            id_column: str | None, batch_size: int, device: str | None, threads: int) -> None:  # fmt: skip
+            per_atom: bool, fmt: str | None, log10: bool, metal_threshold: float, output: str | None, resume: bool,
+            chunk_size: int, column: str, id_column: str | None, batch_size: int, device: str | None,
+            threads: int) -> None:  # fmt: skip
     """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ASE .db, ...),
     directories of them, glob patterns, or tables (.csv, .tsv, .parquet) with a --column
     of structures.
 
+    Without --model: formation energy (eV/atom), band gap (eV; 0 for predicted metals),
+    metal probability, Fermi energy (eV), bulk and shear moduli (GPa) and Poisson ratio,
+    each with its ensemble standard deviation. With --model NAME (repeatable) or --all:
+    those models' own outputs and units.
+
     Writes one row per structure (per atom with --per-atom), in input order; the header
     names each property with its units. Bad files get one 'error:' line each on stderr
     and an empty value; the others are still predicted, and the exit code is then 1.
-    csv and parquet output is written chunk by chunk (memory stays bounded), and
-    --resume continues an interrupted run without predicting its finished ids again.
+    With --model, csv and parquet output is written chunk by chunk (memory stays bounded),
+    and --resume continues an interrupted run without predicting its finished ids again.
     """
     from cgcnn_ase.inference.streaming import cif_reader_for, infer_format
     from cgcnn_ase.io.inputs import iter_inputs
 
     import torch
 
+    if fmt is None and output is None:
+        fmt = "table" if sys.stdout.isatty() else "csv"  # a person reads a table; a pipe gets csv
     fmt = fmt or infer_format(output)
+    if not models and not use_all:  # the headline use: the general-purpose properties in user units
+        torch.set_num_threads(threads)
+        _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10,
+                            metal_threshold=metal_threshold, column=column, id_column=id_column,
+                            batch_size=batch_size, device=device)  # fmt: skip
+        return
     if fmt == "parquet" and not output:
         raise click.UsageError("parquet output needs -o FOLDER")
     if resume and (not output or per_atom or fmt not in ("csv", "parquet")):
@@ -234,6 +250,57 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     if failed:
         click.echo(f"{failed} of {len(ids)} structures could not be predicted", err=True)
         sys.exit(EXIT_BAD_INPUT)
+
+
+def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, per_atom: bool, resume: bool,
+                        log10: bool, metal_threshold: float, column: str, id_column: str | None, batch_size: int,
+                        device: str | None) -> None:  # fmt: skip
+    """``predict`` without ``--model``: the shipped general-purpose models, in user units."""
+    from cgcnn_ase.inference.predictor import as_predictor
+    from cgcnn_ase.inference.properties import GENERAL_MODELS, compact_table, property_table
+    from cgcnn_ase.inference.streaming import cif_reader_for
+    from cgcnn_ase.io.inputs import iter_inputs
+
+    if per_atom or resume or fmt == "parquet":
+        option = "--per-atom" if per_atom else "--resume" if resume else "parquet output"
+        raise click.UsageError(f"{option} needs --model NAME (the default properties come from several models)")
+    predictors = [as_predictor(name, device=device) for name in GENERAL_MODELS]
+    items = list(iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors)))
+    good = [item for _, item in items if not isinstance(item, CGCNNError)]
+    frame, columns = property_table(good, predictors, batch_size=batch_size, metal_threshold=metal_threshold,
+                                    log10=log10)  # fmt: skip
+    frame = _with_unreadable(frame, items)
+    for label, message in zip(frame["id"], frame["error"]):
+        if message:
+            click.echo(f"error: {message}", err=True)
+    if fmt == "table":
+        text = compact_table(frame, columns, metal_threshold=metal_threshold)
+        Path(output).write_text(text) if output else click.echo(text, nl=False)
+    else:
+        meta = {"models": list(GENERAL_MODELS), "units": frame.attrs["units"], "metal_threshold": metal_threshold}
+        _write_table(frame.to_dict("records"), list(frame.columns), fmt, output, meta)
+    n_failed = int(frame["error"].notna().sum())
+    if n_failed:
+        click.echo(f"{n_failed} of {len(frame)} structures could not be predicted", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _with_unreadable(frame: Any, items: Sequence[tuple[str, Any]]) -> Any:
+    """``frame`` (rows of the readable items) with a row per unreadable item, in input order."""
+    import pandas as pd
+
+    rows, k = [], 0
+    blank = {c: np.nan for c in frame.columns if c not in ("id", "error")}
+    for label, item in items:
+        if isinstance(item, CGCNNError):
+            rows.append({"id": label, **blank, "error": str(item)})
+        else:
+            rows.append({**frame.iloc[k].to_dict(), "id": label})
+            k += 1
+    out = pd.DataFrame(rows, columns=list(frame.columns))
+    out["error"] = out["error"].astype(object).where(out["error"].notna(), None)
+    out.attrs = frame.attrs
+    return out
 
 
 def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list[str], output: str | None, fmt: str,

@@ -5,7 +5,10 @@ Each test failed on the release before the fix; the issue item it covers is name
 
 from __future__ import annotations
 
+import re
 import warnings
+
+import pytest
 
 from ase.build import bulk
 
@@ -25,3 +28,60 @@ def test_unseen_elements_give_one_summary_warning_per_call_naming_the_model():
     message = str(unseen[0].message)
     assert predictor.model.spec.name in message and "Ar" in message and "5 of 6 structure(s)" in message
     assert result.unseen_elements == [["Ar"]] * 5 + [[]]
+
+
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from cgcnn_ase.cli import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_predict_without_model_gives_the_general_properties_in_user_units(tmp_path):
+    """'cgcnn-ase predict POSCAR (no --model) exits 2 with a usage error'."""
+    import pandas as pd
+
+    from .conftest import REPO
+
+    result = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), str(REPO / "examples" / "SrTiO3.cif"))
+    assert result.exit_code == 0, result.output
+    header = result.stdout.splitlines()[0].split(",")  # not a terminal: csv
+    for column in ("formation_energy (eV/atom)", "formation_energy_std (eV/atom)", "band_gap (eV)",
+                   "band_gap_raw (eV)", "metal_probability (probability)", "fermi_energy (eV)",
+                   "bulk_modulus (GPa)", "bulk_modulus_std (GPa)", "shear_modulus (GPa)",
+                   "poisson_ratio (dimensionless)"):  # fmt: skip
+        assert column in header
+    assert not any(c.startswith("log10_") for c in header)  # only on request
+    out = tmp_path / "out.csv"
+    assert _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), "--log10", "-o", str(out)).exit_code == 0
+    frame = pd.read_csv(out)
+    assert frame.loc[0, "bulk_modulus (GPa)"] == pytest.approx(10 ** frame.loc[0, "log10_bulk_modulus (log10(GPa))"])
+    single = CGCNNPredictor.from_pretrained("formation_energy").predict(str(REPO / "examples" / "NaCl.POSCAR"))
+    assert frame.loc[0, "formation_energy (eV/atom)"] == pytest.approx(single.values[0], abs=1e-6)
+
+
+def test_compact_table_fits_100_columns(tmp_path):
+    """The readable default for a terminal: one row per structure within 100 characters."""
+    from .conftest import REPO
+
+    result = _cli("predict", str(REPO / "examples"), "--format", "table")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 100 for line in lines)
+    assert sum(bool(re.search(r"\d±\d", line)) for line in lines) == 3  # one row per example crystal
+
+
+def test_band_gap_is_gated_by_the_metal_classifier_in_the_property_table():
+    """The gated band gap is available beside the raw value, from the library (not only the calculator)."""
+    from cgcnn_ase.inference.predictor import as_predictor
+    from cgcnn_ase.inference.properties import gated_band_gap, property_table
+
+    copper, salt = bulk("Cu", "fcc", a=3.61), bulk("NaCl", "rocksalt", a=5.64)
+    predictors = [as_predictor(name, members=1) for name in ("band_gap", "is_metal")]
+    frame, _ = property_table([copper, salt], predictors)
+    p_metal = frame["metal_probability (probability)"].to_numpy()
+    assert p_metal[0] > 0.5 > p_metal[1]
+    assert frame.loc[0, "band_gap (eV)"] == 0.0 and frame.loc[0, "band_gap_raw (eV)"] != 0.0
+    assert frame.loc[1, "band_gap (eV)"] == frame.loc[1, "band_gap_raw (eV)"]
+    assert gated_band_gap([1.0, 2.0, float("nan")], [0.9, 0.1, 0.2]).tolist()[:2] == [0.0, 2.0]

@@ -1,0 +1,234 @@
+"""General-purpose properties in user units: what ``cgcnn-ase predict FILE`` gives without ``--model``.
+
+The shipped models predict some properties in the form they were trained on: the moduli as
+log10(GPa), the metal/non-metal classifier as a probability, the band gap regardless of whether
+the crystal is a metal. This module turns their outputs into what a user asks for:
+
+- **band gap, gated** (eV): 0 where the ``is_metal`` classifier gives P(metal) > ``threshold``
+  (0.5), else the regression value. The band-gap model was trained on non-metals only (as the
+  paper's), so its raw value for a metal means nothing; ``band_gap_raw`` keeps it. The ASE
+  calculator, the matminer featurizer and the CLI all gate with :func:`gated_band_gap`.
+- **moduli in GPa**: ``10**m`` of the ensemble's mean log10 value ``m`` (a geometric mean of the
+  members), with the standard deviation propagated to first order, ``ln(10) * 10**m * s``
+  for a log10 std ``s``. The log10 columns come only on request.
+- every ensemble's (calibrated) standard deviation beside its value, in the same units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
+
+#: Shipped models behind the general-purpose properties, in column order.
+GENERAL_MODELS = ("formation_energy", "band_gap", "is_metal", "fermi_energy", "bulk_modulus", "shear_modulus",
+                  "poisson_ratio")  # fmt: skip
+#: P(metal) above which the gated band gap is 0.
+METAL_THRESHOLD = 0.5
+
+_LN10 = math.log(10.0)
+
+
+def gated_band_gap(band_gap: Any, metal_probability: Any, threshold: float = METAL_THRESHOLD) -> np.ndarray:
+    """The band gap, eV, set to 0 where ``metal_probability`` > ``threshold``; NaN where either is NaN.
+
+    Args:
+        band_gap: the band-gap model's regression values, eV, shape (n,).
+        metal_probability: the ``is_metal`` classifier's P(metal), shape (n,).
+        threshold: the probability above which a crystal counts as a metal.
+    """
+    gap = np.asarray(band_gap, dtype=np.float64)
+    p = np.asarray(metal_probability, dtype=np.float64)
+    out = np.where(p > threshold, 0.0, gap)
+    return np.where(np.isnan(p) | np.isnan(gap), np.nan, out)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One output column: ``name`` (e.g. ``"bulk_modulus"``) in ``units`` (e.g. ``"GPa"``)."""
+
+    name: str
+    units: str
+
+    @property
+    def header(self) -> str:
+        return f"{self.name} ({self.units})"
+
+
+def _is_log_gpa(predictor: CGCNNPredictor) -> bool:
+    return predictor.property_name.startswith("log10_") and predictor.units == "log10(GPa)"
+
+
+def _name(predictor: CGCNNPredictor) -> str:
+    """The user-facing name: ``is_metal`` -> ``metal_probability``, ``log10_bulk_modulus`` -> ``bulk_modulus``."""
+    if predictor.property_name == "is_metal":
+        return "metal_probability"
+    return predictor.property_name.removeprefix("log10_") if _is_log_gpa(predictor) else predictor.property_name
+
+
+def property_columns(
+    predictors: Sequence[CGCNNPredictor], *, log10: bool = False, domain: bool = False
+) -> list[Column]:
+    """The columns :func:`property_table` writes for ``predictors``, in order (``id`` and ``error`` aside)."""
+    names = {p.property_name for p in predictors}
+    gate = {"band_gap", "is_metal"} <= names
+    columns: list[Column] = []
+    for p in predictors:
+        name, units = _name(p), ("GPa" if _is_log_gpa(p) else p.units)
+        columns.append(Column(name, units))
+        if p.is_ensemble:
+            columns.append(Column(f"{name}_std", units))
+        if p.property_name == "band_gap" and gate:
+            columns.append(Column("band_gap_raw", p.units))
+        if _is_log_gpa(p) and log10:
+            columns.append(Column(p.property_name, p.units))
+            if p.is_ensemble:
+                columns.append(Column(f"{p.property_name}_std", p.units))
+        if domain and p.has_domain:
+            columns.append(Column(f"{name}_domain_percentile", "percent"))
+    return columns
+
+
+def property_table(
+    structures: Any,
+    predictors: Sequence[CGCNNPredictor],
+    *,
+    batch_size: int = 64,
+    metal_threshold: float = METAL_THRESHOLD,
+    log10: bool = False,
+    domain: bool = False,
+    on_sparse: str = "warn",
+) -> tuple[pd.DataFrame, list[Column]]:
+    """Predict every model's property for ``structures`` and return them in user units.
+
+    Each structure is read and its graph built once per model; a structure that any model
+    refuses gets NaN everywhere and its message in ``error``.
+
+    Args:
+        structures: what :meth:`CGCNNPredictor.predict` accepts.
+        predictors: the models (:data:`GENERAL_MODELS` for the CLI's default).
+        batch_size: crystals per forward pass.
+        metal_threshold: see :func:`gated_band_gap` (used when both ``band_gap`` and ``is_metal`` run).
+        log10: also give the moduli's log10 columns.
+        domain: also give each model's domain percentile.
+
+    Returns:
+        ``(frame, columns)``: ``frame`` has ``id``, one column per :class:`Column` (headers
+        ``"<name> (<units>)"``) and ``error``; ``columns`` describes them.
+    """
+    import pandas as pd
+
+    results = [
+        p.predict(structures, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False)
+        for p in predictors
+    ]
+    ids = results[0].ids if results else []
+    values: dict[str, np.ndarray] = {}
+    for p, r in zip(predictors, results):
+        values.update(_user_values(p, r, log10=log10, domain=domain))
+    by_property = {p.property_name: r for p, r in zip(predictors, results)}
+    if "band_gap" in by_property and "is_metal" in by_property:
+        values["band_gap"] = gated_band_gap(values["band_gap_raw"], by_property["is_metal"].values, metal_threshold)
+    columns = property_columns(predictors, log10=log10, domain=domain)
+    frame = pd.DataFrame({"id": ids, **{c.header: values[c.name] for c in columns}})
+    errors = [sorted({r.errors[k] for r in results if r.errors[k]}) for k in range(len(ids))]
+    frame["error"] = pd.Series(["; ".join(e) if e else None for e in errors], dtype=object)
+    bad = frame["error"].notna().to_numpy()
+    frame.loc[bad, [c.header for c in columns]] = np.nan  # one refusal voids the row, as `cgcnn-ase predict --model`
+    frame.attrs["units"] = {c.header: c.units for c in columns}
+    return frame, columns
+
+
+def _user_values(predictor: CGCNNPredictor, result: Any, *, log10: bool, domain: bool) -> dict[str, np.ndarray]:
+    """One model's columns by name, converted to user units (see the module docstring)."""
+    name = _name(predictor)
+    out: dict[str, np.ndarray] = {}
+    if _is_log_gpa(predictor):
+        gpa = 10.0**result.values
+        out[name] = gpa
+        if result.std is not None:
+            out[f"{name}_std"] = _LN10 * gpa * result.std
+        if log10:
+            out[predictor.property_name] = result.values
+            if result.std is not None:
+                out[f"{predictor.property_name}_std"] = result.std
+    else:
+        out[name] = result.values
+        if result.std is not None:
+            out[f"{name}_std"] = result.std
+    if predictor.property_name == "band_gap":
+        out["band_gap_raw"] = result.values
+    if domain and result.domain_percentile is not None:
+        out[f"{name}_domain_percentile"] = result.domain_percentile
+    return out
+
+
+#: Short labels of the compact terminal table, and the legend line that explains them.
+_SHORT = {
+    "formation_energy": ("Ef", "formation energy, eV/atom"),
+    "band_gap": ("Eg", "band gap, eV (0 when P(metal) > {threshold})"),
+    "metal_probability": ("P(metal)", "probability of a metal"),
+    "fermi_energy": ("EF", "Fermi energy, eV"),
+    "bulk_modulus": ("K", "bulk modulus, GPa"),
+    "shear_modulus": ("G", "shear modulus, GPa"),
+    "poisson_ratio": ("nu", "Poisson ratio"),
+}
+
+
+def _cell(value: float, std: float | None) -> str:
+    """``value±std`` with the std to two significant digits (at most 3 decimals) and the value to match."""
+    if value is None or not np.isfinite(value):
+        return "-"
+    if std is None or not np.isfinite(std) or std <= 0:
+        return f"{value:.3g}"
+    decimals = min(3, max(0, 1 - math.floor(math.log10(std))))
+    return f"{value:.{decimals}f}±{std:.{decimals}f}"
+
+
+def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int = 100,
+                  metal_threshold: float = METAL_THRESHOLD) -> str:  # fmt: skip
+    """A terminal table of ``frame``: one row per structure, ``value±std`` cells with short
+    headers, ids shortened to fit ``width`` characters, and a legend of the headers below."""
+    shown = [c for c in columns if not c.name.endswith(("_std", "_raw", "_domain_percentile"))
+             and not c.name.startswith("log10_")]  # fmt: skip
+    headers = [_SHORT.get(c.name, (c.name, f"{c.name}, {c.units}"))[0] for c in shown]
+    names = {c.name for c in columns}
+    rows = []
+    for _, row in frame.iterrows():
+        cells = []
+        for c in shown:
+            std_name = f"{c.name}_std"
+            std = row[f"{std_name} ({c.units})"] if std_name in names else None
+            cells.append(_cell(row[c.header], std))
+        rows.append(cells)
+    widths = [max([len(h)] + [len(r[j]) for r in rows]) for j, h in enumerate(headers)]
+    room = max(8, width - sum(w + 2 for w in widths))
+    ids = [_shorten(str(i), room) for i in frame["id"]]
+    id_width = max([2] + [len(i) for i in ids])
+    lines = ["  ".join(["id".ljust(id_width)] + [h.rjust(w) for h, w in zip(headers, widths)])]
+    for label, cells, error in zip(ids, rows, frame["error"]):
+        line = "  ".join([label.ljust(id_width)] + [c.rjust(w) for c, w in zip(cells, widths)])
+        lines.append(line if not error else label.ljust(id_width) + "  error (see stderr)")
+    legend = "; ".join(
+        f"{h}: {_SHORT.get(c.name, (c.name, f'{c.name}, {c.units}'))[1].format(threshold=metal_threshold)}"
+        for h, c in zip(headers, shown)
+    )
+    return "\n".join(lines) + "\n\n" + _wrap(legend + "; ± one (calibrated) ensemble standard deviation.", width)
+
+
+def _shorten(text: str, room: int) -> str:
+    return text if len(text) <= room else "..." + text[-(room - 3) :]
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return textwrap.fill(text, width=width) + "\n"
