@@ -130,7 +130,9 @@ def split_positions(split: Split, ids: list[str]) -> dict[str, np.ndarray]:
     position = {i: k for k, i in enumerate(ids)}
     missing = [i for name in SPLIT_NAMES for i in split.ids(name) if i not in position]
     if missing:
-        raise ConfigError(f"{len(missing)} ids of the split are not usable crystals of the dataset (e.g. {missing[:3]})")
+        raise ConfigError(
+            f"{len(missing)} ids of the split are not usable crystals of the dataset (e.g. {missing[:3]})"
+        )
     return {name: np.array([position[i] for i in split.ids(name)], dtype=np.int64) for name in SPLIT_NAMES}
 
 

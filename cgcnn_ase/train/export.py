@@ -209,7 +209,9 @@ def _model_spec(config: TrainConfig, result: TrainingResult, metrics: dict[str, 
     )
 
 
-def _write_plots(output: Path, config: TrainConfig, result: TrainingResult, test_predictions: np.ndarray | None) -> None:
+def _write_plots(
+    output: Path, config: TrainConfig, result: TrainingResult, test_predictions: np.ndarray | None
+) -> None:
     """``learning_curve.png``, and ``parity.png`` or ``roc.png`` of the test split (stale ones removed)."""
     from cgcnn_ase.analysis.plots import learning_curve_plot, parity_plot, roc_plot
 

@@ -222,7 +222,8 @@ class Trainer:
         n_train = len(self.parts["train"])
         if self.ddp is not None and n_train < self.min_last:
             raise ConfigError(f"{self.ddp.world_size} processes need at least {self.min_last} training crystals")
-        self.scheduler = make_scheduler(config, self.optimizer, steps_per_epoch(n_train, config.batch_size, self.min_last))
+        steps = steps_per_epoch(n_train, config.batch_size, self.min_last)
+        self.scheduler = make_scheduler(config, self.optimizer, steps)
         self.shuffle = torch.Generator().manual_seed(config.seed)
 
     def run_epochs(self) -> None:
@@ -300,6 +301,7 @@ class Trainer:
             errors in target units (regression) or of correct labels (classification), and
             its number of crystals.
         """
+        scale = 1.0
         if self.ddp is not None:
             chunk, scale = parallel_training.shard(chunk, self.ddp)
         batch = self.batcher.batch(chunk).to(self.device)
@@ -363,7 +365,8 @@ class Trainer:
         if over_time and self.epoch > self.first_epoch:  # each session trains at least one epoch
             logger.info("stopping after epoch %d: the time limit of %g min is reached", self.epoch, config.time_limit)
             return True
-        return config.patience is not None and self.best["epoch"] > 0 and self.epoch - self.best["epoch"] >= config.patience
+        best_epoch = self.best["epoch"]
+        return config.patience is not None and best_epoch > 0 and self.epoch - best_epoch >= config.patience
 
     # -- checkpoints -----------------------------------------------------------------------
     def load_checkpoint(self) -> dict[str, Any] | None:
