@@ -85,3 +85,73 @@ def test_band_gap_is_gated_by_the_metal_classifier_in_the_property_table():
     assert frame.loc[0, "band_gap (eV)"] == 0.0 and frame.loc[0, "band_gap_raw (eV)"] != 0.0
     assert frame.loc[1, "band_gap (eV)"] == frame.loc[1, "band_gap_raw (eV)"]
     assert gated_band_gap([1.0, 2.0, float("nan")], [0.9, 0.1, 0.2]).tolist()[:2] == [0.0, 2.0]
+
+
+MULTIPLE_FEATURIZER = """
+import sys, pandas as pd
+from ase.build import bulk
+from pymatgen.io.ase import AseAtomsAdaptor
+from matminer.featurizers.base import MultipleFeaturizer
+from cgcnn_ase import CGCNNFeaturizer
+structures = [AseAtomsAdaptor.get_structure(bulk("NaCl", "rocksalt", a=5.6 + 0.01 * k)) for k in range(3)]
+df = pd.DataFrame({"structure": structures})
+featurizer = CGCNNFeaturizer(["formation_energy"])
+alone = featurizer.featurize_dataframe(df.copy(), "structure", pbar=False)  # torch has now run here
+multiple = MultipleFeaturizer([featurizer])
+if sys.argv[1] != "default":
+    multiple.set_n_jobs(int(sys.argv[1]))
+out = multiple.featurize_dataframe(df, "structure", pbar=False)
+column = "formation_energy (eV/atom)"
+assert abs(out[column] - alone[column]).max() < 1e-5, (out[column], alone[column])
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("n_jobs", ["default", "1", "2"])
+def test_multiple_featurizer_finishes_after_torch_has_run(n_jobs):
+    """'MultipleFeaturizer([CGCNNFeaturizer(...)]).featurize_dataframe never returns once torch has run'
+    (matminer forks a pool of one process per CPU; torch's threads do not survive the fork)."""
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-c", MULTIPLE_FEATURIZER, n_jobs], capture_output=True, text=True,
+                              timeout=240)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("MultipleFeaturizer hung")
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_forces_are_refused_with_an_explanation_not_asees_generic_message():
+    """'The calculator's answer to get_forces is ASE's generic message'."""
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    from cgcnn_ase import CGCNNCalculator
+
+    atoms = bulk("NaCl", "rocksalt", a=5.64)
+    atoms.calc = CGCNNCalculator("formation_energy")
+    for getter in (atoms.get_forces, atoms.get_stress):
+        with pytest.raises(PropertyNotImplementedError, match="not a potential energy surface.*force field"):
+            getter()
+    assert atoms.get_potential_energy() == pytest.approx(2 * atoms.calc.get_property("formation_energy", atoms))
+
+
+def test_featurizer_gates_the_band_gap_like_the_calculator():
+    """'The band gap is gated by the metal classifier only in the calculator'."""
+    import pandas as pd
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from cgcnn_ase import CGCNNCalculator, CGCNNFeaturizer
+
+    crystals = [bulk("Cu", "fcc", a=3.61), bulk("NaCl", "rocksalt", a=5.64)]
+    featurizer = CGCNNFeaturizer(["band_gap"])
+    frame = featurizer.featurize_dataframe(
+        pd.DataFrame({"s": [AseAtomsAdaptor.get_structure(a) for a in crystals]}), "s", pbar=False
+    )
+    assert {"band_gap (eV)", "band_gap_raw (eV)", "is_metal (probability)"} <= set(frame.columns)
+    assert frame.loc[0, "band_gap (eV)"] == 0.0 < frame.loc[0, "band_gap_raw (eV)"]
+    calc = CGCNNCalculator("band_gap")
+    for k, atoms in enumerate(crystals):
+        assert calc.get_property("band_gap", atoms) == pytest.approx(frame.loc[k, "band_gap (eV)"], abs=1e-6)
+    ungated = CGCNNFeaturizer(["band_gap"], metal_threshold=None).feature_labels()
+    assert "band_gap_raw (eV)" not in ungated

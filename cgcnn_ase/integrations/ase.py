@@ -4,6 +4,12 @@
 >>> atoms.get_potential_energy()          # eV: (eV/atom prediction) x number of atoms
 >>> atoms.calc.get_property("formation_energy", atoms)   # eV/atom
 
+**``energy`` is not a total energy.** It is the predicted *formation energy* per atom times the
+number of atoms (eV): fine for comparing compositions and polymorphs, meaningless as a potential
+energy surface. CGCNN predicts properties of a crystal, not forces or stress; asking for them
+raises ``PropertyNotImplementedError`` with that explanation. For relaxations and molecular
+dynamics use a machine-learning force field (CHGNet, MACE, M3GNet, ...) or DFT.
+
 Results are computed for every configured model in one pass per structure state and
 cached until positions, numbers, cell or pbc change (ASE's ``check_state``).
 
@@ -25,7 +31,7 @@ Property names:
 - for a model shipping a domain summary, ``<property>_domain_percentile`` (percent, 0-100;
   near 100: the crystal lies outside the model's training domain; see docs/uncertainty.md).
 
-Forces and stress are not predicted: asking raises ``PropertyNotImplementedError``.
+Forces and stress are not predicted: asking raises ``PropertyNotImplementedError`` (see above).
 """
 
 from __future__ import annotations
@@ -35,13 +41,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
+from cgcnn_ase.inference.properties import gated_band_gap
 from cgcnn_ase.models.registry import resolve_model
 
 #: Standard ASE property names this calculator can fill (everything else is custom).
 STANDARD_PROPERTIES = ("energy", "free_energy", "energies", "fermi_level")
+#: ASE properties a potential would give and CGCNN does not.
+_NOT_PREDICTED = ("forces", "stress", "stresses", "dipole", "charges", "magmom", "magmoms")
 
 
 class CGCNNCalculator(Calculator):
@@ -142,8 +151,7 @@ class CGCNNCalculator(Calculator):
         if "band_gap" in results and "is_metal" in results:
             results["band_gap_raw"] = results["band_gap"]
             results["metal_probability"] = results["is_metal"]
-            if results["is_metal"] > self.metal_threshold:
-                results["band_gap"] = 0.0
+            results["band_gap"] = float(gated_band_gap(results["band_gap"], results["is_metal"], self.metal_threshold))
         self.results = results
         if self.store_in_info and atoms is not None:
             for name, value in results.items():
@@ -151,6 +159,17 @@ class CGCNNCalculator(Calculator):
                     atoms.arrays["cgcnn_energies"] = value.copy()
                 elif name not in ("energy", "free_energy"):
                     atoms.info[f"cgcnn_{name}"] = value
+
+    def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True) -> Any:
+        """ASE's ``get_property``; forces and stress are refused with what CGCNN predicts instead."""
+        if name in _NOT_PREDICTED and name not in self.implemented_properties:
+            raise PropertyNotImplementedError(
+                f"CGCNNCalculator does not predict {name!r}: CGCNN predicts properties of a crystal "
+                f"({', '.join(self.implemented_properties)}), not a potential energy surface, so it has no forces or "
+                "stress (and 'energy' is the formation energy x N, not a total energy). For relaxations or dynamics "
+                "use a machine-learning force field (e.g. CHGNet, MACE, M3GNet) or DFT."
+            )
+        return super().get_property(name, atoms, allow_calculation)
 
     def export_properties(self) -> Any:
         """ASE ``Properties`` of the standard names only (custom names are not exportable)."""

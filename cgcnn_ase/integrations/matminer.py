@@ -10,14 +10,34 @@ matminer's per-row ``ignore_errors`` / ``return_errors``.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from matminer.featurizers.base import BaseFeaturizer
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
+from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap
+
+
+@contextlib.contextmanager
+def _fork_safe_threads(owner_pid: int) -> Iterator[None]:
+    """One torch CPU thread inside the block when this process is not the one that made the
+    featurizer (a worker that a process pool forked): torch's thread pool does not survive
+    ``fork``, and using more than one thread there hangs. The count is restored afterwards."""
+    if os.getpid() == owner_pid:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 class CGCNNFeaturizer(BaseFeaturizer):
     """Predict CGCNN properties of ``Structure`` / ``Atoms`` entries as features.
@@ -35,6 +55,18 @@ class CGCNNFeaturizer(BaseFeaturizer):
             a domain summary (0-100; near 100: outside the training domain).
         batch_size: structures per forward pass.
         device: torch device (``None``: CUDA if available).
+        metal_threshold: with both a ``band_gap`` and an ``is_metal`` model (asking for the
+            shipped ``band_gap`` adds the shipped ``is_metal``, as the ASE calculator does),
+            ``"band_gap (eV)"`` is gated: 0 where P(metal) > ``metal_threshold``
+            (:func:`cgcnn_ase.inference.properties.gated_band_gap`); the regression value stays
+            in ``"band_gap_raw (eV)"``. ``None`` turns gating off.
+
+    Runs in one process (``n_jobs=1``) and batches the network. Inside matminer's process
+    pools (``MultipleFeaturizer`` runs one by default, with one process per CPU, whatever its
+    featurizers' ``n_jobs``) it still works: a worker forked from a process where torch has
+    run uses one torch thread, since torch's thread pool does not survive ``fork`` (more
+    threads hang there). Pools are slow for this featurizer, which reloads its models in each
+    worker and cannot batch: call ``MultipleFeaturizer(...).set_n_jobs(1)``.
     """
 
     def __init__(
@@ -44,8 +76,11 @@ class CGCNNFeaturizer(BaseFeaturizer):
         batch_size: int = 256,
         device: str | None = None,
         domain: bool = False,
+        metal_threshold: float | None = METAL_THRESHOLD,
     ) -> None:
         self.properties = properties
+        self.metal_threshold = metal_threshold
+        self._owner_pid = os.getpid()
         self.embeddings = embeddings
         self.domain = domain
         self.batch_size = batch_size
@@ -60,8 +95,18 @@ class CGCNNFeaturizer(BaseFeaturizer):
         if self._predictors is None:
             single = isinstance(self.properties, (str, os.PathLike, CGCNNPredictor))
             items = [self.properties] if single else list(self.properties)
-            self._predictors = [as_predictor(item, device=self.device) for item in items]
+            if self.metal_threshold is not None and "band_gap" in items and "is_metal" not in items:
+                items.append("is_metal")  # the shipped classifier gates the shipped band gap
+            with _fork_safe_threads(self._owner_pid):
+                self._predictors = [as_predictor(item, device=self.device) for item in items]
         return self._predictors
+
+    def _gating(self) -> tuple[int, int] | None:
+        """Positions of the band-gap and metal-classifier models when the band gap is gated, else ``None``."""
+        names = [p.property_name for p in self.predictors]
+        if self.metal_threshold is None or "band_gap" not in names or "is_metal" not in names:
+            return None
+        return names.index("band_gap"), names.index("is_metal")
 
     def fit(self, X: Any, y: Any = None, **fit_kwargs: Any) -> CGCNNFeaturizer:
         """No-op: the models are pretrained."""
@@ -69,6 +114,10 @@ class CGCNNFeaturizer(BaseFeaturizer):
 
     def __getstate__(self) -> dict[str, Any]:  # models reload lazily after pickling/cloning
         return {**self.__dict__, "_predictors": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_owner_pid", os.getpid())  # objects pickled by older versions
 
     # -- matminer API ----------------------------------------------------------------
     def feature_labels(self) -> list[str]:
@@ -78,6 +127,8 @@ class CGCNNFeaturizer(BaseFeaturizer):
             labels.append(f"{spec.property} ({spec.units})")
             if p.is_ensemble:
                 labels.append(f"{spec.property}_std ({spec.units})")
+            if spec.property == "band_gap" and self._gating() is not None:
+                labels.append(f"band_gap_raw ({spec.units})")
             if self.domain and p.has_domain:
                 labels.append(f"{spec.property} domain percentile (percent)")
             if self.embeddings:
@@ -110,19 +161,29 @@ class CGCNNFeaturizer(BaseFeaturizer):
         n = len(structures)
         columns: list[np.ndarray] = []
         errors: list[str | None] = [None] * n
-        for predictor in self.predictors:
-            result = predictor.predict(
-                structures,
-                batch_size=self.batch_size,
-                errors="raise" if raise_errors else "collect",  # raise: the specific exception, unchanged
-                progress=progress and n >= 100,
-                embeddings=self.embeddings,  # from the same graphs: no second read or graph build
-            )
+        with _fork_safe_threads(self._owner_pid):
+            results = [
+                predictor.predict(
+                    structures,
+                    batch_size=self.batch_size,
+                    errors="raise" if raise_errors else "collect",  # raise: the specific exception, unchanged
+                    progress=progress and n >= 100,
+                    embeddings=self.embeddings,  # from the same graphs: no second read or graph build
+                )
+                for predictor in self.predictors
+            ]
+        gating = self._gating()
+        for j, (predictor, result) in enumerate(zip(self.predictors, results)):
             for k, message in enumerate(result.errors):
                 errors[k] = errors[k] or message
-            block = [result.values[:, None]]
+            values = result.values
+            if gating is not None and j == gating[0]:
+                values = gated_band_gap(result.values, results[gating[1]].values, self.metal_threshold)
+            block = [values[:, None]]
             if predictor.is_ensemble:
                 block.append(result.std[:, None])
+            if gating is not None and j == gating[0]:
+                block.append(result.values[:, None])
             if self.domain and predictor.has_domain:
                 block.append(result.domain_percentile[:, None])
             if self.embeddings:
