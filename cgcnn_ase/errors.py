@@ -77,3 +77,7 @@ class UnseenElementWarning(UserWarning):
 
 class SparseGraphWarning(UserWarning):
     """Some atom has fewer than the model's neighbour count within the cutoff radius."""
+
+
+class CloseAtomsWarning(UserWarning):
+    """Two atoms are far closer than their covalent radii allow (an unphysical or mis-scaled structure)."""

@@ -155,3 +155,55 @@ def test_featurizer_gates_the_band_gap_like_the_calculator():
         assert calc.get_property("band_gap", atoms) == pytest.approx(frame.loc[k, "band_gap (eV)"], abs=1e-6)
     ungated = CGCNNFeaturizer(["band_gap"], metal_threshold=None).feature_labels()
     assert "band_gap_raw (eV)" not in ungated
+
+
+def test_an_atom_a_million_cells_away_is_wrapped_before_the_neighbor_search():
+    """'one atom shifted by 10^6 lattice vectors asks for terabytes in the neighbour search'."""
+    import numpy as np
+
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    crystal = bulk("NaCl", "rocksalt", a=5.64)
+    shifted = crystal.copy()
+    frac = shifted.get_scaled_positions(wrap=False)
+    frac[1] += [1e6, -1e6, 3e6]
+    shifted.set_scaled_positions(frac)
+    wrapped = shifted.copy()
+    wrapped.wrap()
+    values = predictor.predict([shifted, wrapped, crystal]).values
+    assert np.allclose(values, values[2], atol=1e-5)  # float rounding of the 10^6 shift only
+
+
+def test_a_nearly_flat_cell_is_refused_before_searching():
+    """'A nearly flat cell (20 x 20 x 0.0001 Å) spends about 20 s in the neighbour search before its error'."""
+    import time
+
+    from ase import Atoms
+
+    from cgcnn_ase.errors import InvalidStructureError
+
+    flat = Atoms("Cu2", positions=[[0, 0, 0], [1, 1, 0]], cell=[20, 20, 0.0001], pbc=True)
+    start = time.perf_counter()
+    with pytest.raises(InvalidStructureError, match="nearly flat, 0.0001 Å thick"):
+        CGCNNPredictor.from_pretrained("formation_energy", members=1).predict(flat)
+    assert time.perf_counter() - start < 5
+    # a skewed basis of a good lattice is not flat: its reduced cell is thick
+    skewed = Atoms("Cu", positions=[[0, 0, 0]], cell=[[2.55, 0, 0], [2.55 * 60, 2.55, 0], [0, 0, 2.55]], pbc=True)
+    from cgcnn_ase.io.records import cell_thickness
+
+    assert cell_thickness(skewed.cell.array) > 2.0
+
+
+def test_atoms_far_closer_than_their_covalent_radii_are_warned_about():
+    """'fcc Cu at a = 0.707 Å gives +1.92 eV/atom' without a word (the 0.3 Å error stays)."""
+    from cgcnn_ase.errors import CloseAtomsWarning, InvalidStructureError
+
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    with pytest.warns(CloseAtomsWarning, match=r"0.500 Å apart, 0.22 x the sum of their covalent radii"):
+        predictor.predict(bulk("Cu", "fcc", a=0.707))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CloseAtomsWarning)
+        predictor.predict([bulk("Cu", "fcc", a=3.61), bulk("NaCl", "rocksalt", a=5.64)])  # ordinary: silent
+    from ase import Atoms
+
+    with pytest.raises(InvalidStructureError, match="overlapping atoms"):
+        predictor.predict(Atoms("Cu2", positions=[[0, 0, 0], [0.2, 0, 0]], cell=[5, 5, 5], pbc=True))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cgcnn_ase.errors import InvalidStructureError, SparseGraphError, SparseGraphWarning
+from cgcnn_ase.errors import CloseAtomsWarning, InvalidStructureError, SparseGraphError, SparseGraphWarning
 from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
 from cgcnn_ase.io.records import StructureRecord
 
@@ -62,6 +62,55 @@ class CrystalGraph:
         return len(self.numbers)
 
 
+#: Atoms closer than this fraction of the sum of their covalent radii trigger a CloseAtomsWarning.
+CLOSE_ATOMS_FACTOR = 0.5
+
+
+def wrapped_frac_coords(frac: np.ndarray, tol: float = 1e-8) -> np.ndarray:
+    """Fractional coordinates moved into the cell by whole lattice vectors where they lie outside it.
+
+    Coordinates within ``[-tol, 1 + tol)`` are returned bit for bit (the ``original`` policy's
+    tie order depends on them); the rest are shifted by ``floor``. The neighbor search spans the
+    coordinates' range, so an atom 10^6 cells away would otherwise need terabytes.
+    """
+    frac = np.asarray(frac, dtype=np.float64)
+    outside = (frac < -tol) | (frac >= 1.0 + tol)
+    if not outside.any():
+        return frac
+    out = frac.copy()
+    out[outside] -= np.floor(out[outside])
+    return out
+
+
+def _warn_close_atoms(record: StructureRecord, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
+    """Warn when some pair is closer than :data:`CLOSE_ATOMS_FACTOR` x the sum of its Pyykkö covalent radii."""
+    from cgcnn_ase.graph.elements import PYYKKO_COVALENT_RADII_PM
+
+    radii = np.zeros(len(PYYKKO_COVALENT_RADII_PM) + 1)
+    radii[1:] = np.asarray(PYYKKO_COVALENT_RADII_PM) / 100.0  # Å
+    z = np.minimum(record.numbers, len(radii) - 1)
+    bond = radii[z[i]] + radii[z[j]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(bond > 0, d / bond, np.inf)
+    p = int(np.argmin(ratio))
+    if ratio[p] < CLOSE_ATOMS_FACTOR:
+        from ase.data import chemical_symbols
+
+        a, b = record.numbers[i[p]], record.numbers[j[p]]
+        pair = (
+            f"atom {int(i[p])} ({chemical_symbols[a]}) and its own periodic image are"
+            if i[p] == j[p]
+            else f"atoms {int(i[p])} ({chemical_symbols[a]}) and {int(j[p])} ({chemical_symbols[b]}) are"
+        )
+        warnings.warn(
+            f"{record.label}: {pair} "
+            f"{d[p]:.3f} Å apart, {ratio[p]:.2f} x the sum of their covalent radii ({bond[p]:.2f} Å; warned below "
+            f"{CLOSE_ATOMS_FACTOR}); is the cell scaled right? The prediction is far outside the training data",
+            CloseAtomsWarning,
+            stacklevel=3,
+        )
+
+
 def _raw_neighbors(record: StructureRecord, config: GraphConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All (i, j, d) pairs within the radius, periodic images included, self excluded.
 
@@ -71,7 +120,7 @@ def _raw_neighbors(record: StructureRecord, config: GraphConfig) -> tuple[np.nda
     """
     from pymatgen.optimization.neighbors import find_points_in_spheres
 
-    coords = np.ascontiguousarray(np.dot(record.frac_coords, record.cell), dtype=float)
+    coords = np.ascontiguousarray(np.dot(wrapped_frac_coords(record.frac_coords), record.cell), dtype=float)
     i, j, _, d = find_points_in_spheres(
         coords,
         coords,
@@ -106,6 +155,8 @@ def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: Spar
         raise InvalidStructureError(
             f"{record.label}: atoms {int(i[p])} and {int(j[p])} are {d[p]:.3f} Å apart (overlapping atoms)"
         )
+    if len(d):
+        _warn_close_atoms(record, i, j, d)
     order = np.lexsort((d, i))  # stable: by centre, then distance, then input order
     i, j, d = i[order], j[order], d[order]
     counts = np.bincount(i, minlength=n_atoms)

@@ -21,10 +21,38 @@ if TYPE_CHECKING:  # pragma: no cover
     import ase
     import pymatgen.core
 
-__all__ = ["MIN_CELL_VOLUME", "StructureRecord", "from_ase", "from_pymatgen"]
+__all__ = ["MIN_CELL_THICKNESS", "MIN_CELL_VOLUME", "StructureRecord", "cell_thickness", "from_ase", "from_pymatgen"]
 
 #: Smallest accepted cell volume, Å^3. Anything below is a degenerate cell.
 MIN_CELL_VOLUME = 1e-3
+#: Smallest accepted spacing of lattice planes, Å (of the Minkowski-reduced cell, so a skewed
+#: choice of a good lattice passes). Thinner cells put an atom's periodic images closer than
+#: the 0.3 Å at which atoms count as overlapping, and would need millions of images in an 8 Å search.
+MIN_CELL_THICKNESS = 0.3
+
+
+def cell_thickness(cell: np.ndarray) -> float:
+    """Smallest distance between lattice planes, Å: ``min_k V / |a_i x a_j|`` of the reduced cell.
+
+    The given cell is reduced (``ase.geometry.minkowski_reduce``) only when its own thickness is
+    small, so an ordinary cell costs three cross products.
+    """
+
+    def thickness(c: np.ndarray) -> float:
+        volume = abs(float(np.linalg.det(c)))
+        areas = [np.linalg.norm(np.cross(c[(k + 1) % 3], c[(k + 2) % 3])) for k in range(3)]
+        return min(volume / a if a > 0 else 0.0 for a in areas)
+
+    own = thickness(cell)
+    if own >= MIN_CELL_THICKNESS:
+        return own
+    from ase.geometry import minkowski_reduce
+
+    try:
+        reduced, _ = minkowski_reduce(cell)
+    except Exception:  # noqa: BLE001 - ASE raises generic errors on singular or extreme cells
+        return own
+    return max(own, thickness(np.asarray(reduced, dtype=np.float64)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,6 +117,12 @@ def _validate(
     volume = abs(float(np.linalg.det(cell)))
     if not np.isfinite(volume) or volume < MIN_CELL_VOLUME:
         raise InvalidStructureError(f"{label}: the cell is degenerate (volume {volume:.3g} Å^3)")
+    thickness = cell_thickness(cell)
+    if thickness < MIN_CELL_THICKNESS:
+        raise InvalidStructureError(
+            f"{label}: the cell is degenerate: nearly flat, {thickness:.3g} Å thick between its closest lattice planes "
+            f"(less than {MIN_CELL_THICKNESS} Å, so periodic images of every atom overlap)"
+        )
     if not np.all(np.isfinite(frac)):
         bad = np.flatnonzero(~np.all(np.isfinite(frac), axis=1))
         raise InvalidStructureError(f"{label}: atom(s) {bad[:5].tolist()} have NaN or infinite positions")
