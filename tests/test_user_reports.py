@@ -207,3 +207,68 @@ def test_atoms_far_closer_than_their_covalent_radii_are_warned_about():
 
     with pytest.raises(InvalidStructureError, match="overlapping atoms"):
         predictor.predict(Atoms("Cu2", positions=[[0, 0, 0], [0.2, 0, 0]], cell=[5, 5, 5], pbc=True))
+
+
+DISORDER_CIF = """data_x
+_cell_length_a 4.0
+_cell_length_b 4.0
+_cell_length_c 4.0
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'P 1'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+Fe1 Fe 0 0 0 {fe}
+{co}O1 O 0.5 0.5 0.5 1.0
+"""
+
+
+def _write_cif(path, fe: float, co: float | None = None) -> str:
+    import bz2
+    import gzip
+
+    text = DISORDER_CIF.format(fe=fe, co=f"Co1 Co 0 0 0 {co}\n" if co is not None else "")
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
+    with opener(path, "wt") as f:
+        f.write(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["mixed.cif.gz", "mixed.cif.bz2", "mixed.txt"])
+@pytest.mark.parametrize("reader", ["gemmi", "pymatgen"])
+def test_a_disordered_cif_is_refused_whatever_its_name_or_compression(tmp_path, name, reader):
+    """'A disordered CIF compressed as .cif.gz ... gets a number with exit code 0'."""
+    from cgcnn_ase.errors import InvalidStructureError
+    from cgcnn_ase.io.reader import read_records
+
+    path = _write_cif(tmp_path / name, 0.5, 0.5)
+    with pytest.raises(InvalidStructureError, match="disordered"):
+        read_records(path, cif_reader=reader)
+    result = _cli("predict", path, "-m", "formation_energy")
+    assert result.exit_code == 1 and "disordered" in result.stderr
+
+
+def test_occupancy_above_one_is_an_error_and_0_9999_is_full(tmp_path):
+    """'_atom_site_occupancy 1.5 is accepted on the gemmi path'; '"disordered (occupancy 1)" is self-contradictory'."""
+    from cgcnn_ase.errors import InvalidStructureError
+    from cgcnn_ase.io.reader import read_records
+
+    over = _write_cif(tmp_path / "over.cif", 1.5)
+    with pytest.raises(InvalidStructureError, match="occupancy 1.5, above 1"):
+        read_records(over)
+    with pytest.raises(InvalidStructureError):  # pymatgen refuses it too (its own message)
+        read_records(over, cif_reader="pymatgen")
+    full = _write_cif(tmp_path / "full.cif.gz", 0.9999)
+    (gemmi_record,) = read_records(full)
+    (pymatgen_record,) = read_records(full, cif_reader="pymatgen")
+    assert gemmi_record.numbers.tolist() == pymatgen_record.numbers.tolist() == [26, 8]
+    partial = _write_cif(tmp_path / "partial.cif", 0.9)
+    with pytest.raises(InvalidStructureError, match=r"partial occupancy 0.9\b") as caught:
+        read_records(partial)
+    assert "occupancy 1)" not in str(caught.value)

@@ -276,8 +276,40 @@ def _check_file(path: Path) -> None:
         raise StructureReadError(f"{path}: the file is empty")
 
 
+#: Suffixes of compressed files and the module that opens each (ASE reads the same ones).
+_COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+#: Occupancies within this of 1 are full (CIFs often round: 0.9999); above 1 + this is an error.
+OCCUPANCY_TOLERANCE = 1e-3
+
+
 def _is_cif(path: Path) -> bool:
     return path.name.lower().endswith((".cif", ".mcif"))
+
+
+def _open_text(path: Path) -> Any:
+    """``path`` opened as text, decompressed when its suffix says gzip, bzip2 or xz."""
+    module = _COMPRESSION.get(path.suffix.lower())
+    if module is None:
+        return open(path, encoding="utf-8", errors="replace")
+    import importlib
+
+    return importlib.import_module(module).open(path, "rt", encoding="utf-8", errors="replace")
+
+
+def _looks_like_cif(path: Path) -> bool:
+    """Whether the file's first 64 kB (decompressed) are CIF: a ``data_`` block with cell or atom-site items.
+
+    Decides by content, not name, so ``x.cif.gz``, ``x.cif.bz2`` or a CIF saved as ``x.txt`` all
+    reach the CIF reader (its disorder checks included) instead of a reader that would not see them.
+    """
+    try:
+        with _open_text(path) as f:
+            head = f.read(65536)
+    except (OSError, EOFError, ValueError):  # not compressed after all, or unreadable: not for us to say
+        return False
+    lines = [line.strip() for line in head.splitlines()]
+    has_block = any(line.lower().startswith("data_") for line in lines)
+    return has_block and any(line.lower().startswith(("_cell_length_a", "_atom_site_")) for line in lines)
 
 
 def _read_path(source: str | os.PathLike, label: str | None, cif_reader: CifReader) -> list[StructureRecord]:
@@ -305,6 +337,9 @@ def _read_file(path: Path, label: str | None, cif_reader: CifReader) -> list[Str
     base = label or str(path)
     if _is_cif(path):
         return _read_cif(path, base, cif_reader, text=False)
+    if _looks_like_cif(path):  # compressed or oddly named CIF: read as CIF text
+        with _open_text(path) as f:
+            return _read_cif(f.read(), base, cif_reader, text=True)
     frames = _ase_frames(path, base)
     return [from_ase(atoms, label=name) for atoms, name in zip(frames, _labels(base, len(frames)))]
 
@@ -407,11 +442,18 @@ def gemmi_block_record(small: Any, label: str) -> StructureRecord | None:
     sites = small.get_all_unit_cell_sites()
     if not sites or small.cell.a <= 0:
         return None
-    partial = [site for site in sites if site.occ < 1.0 - 1e-6]
+    over = [site for site in sites if site.occ > 1.0 + OCCUPANCY_TOLERANCE]
+    if over:
+        site = over[0]
+        raise InvalidStructureError(
+            f"{label}: site {site.label} ({site.element.name}) has occupancy {site.occ:.4g}, above 1; "
+            "an occupancy is a fraction of a site (fix the CIF's _atom_site_occupancy)"
+        )
+    partial = [site for site in sites if site.occ < 1.0 - OCCUPANCY_TOLERANCE]
     if partial:
         site = partial[0]
         raise InvalidStructureError(
-            f"{label}: site {site.label} ({site.element.name}) is disordered (occupancy {site.occ:.3g}); "
+            f"{label}: site {site.label} ({site.element.name}) is disordered (partial occupancy {site.occ:.4g}); "
             "CGCNN needs an ordered structure (order it first, e.g. with pymatgen's "
             "OrderDisorderedStructureTransformation)"
         )

@@ -161,10 +161,19 @@ def from_pymatgen(structure: pymatgen.core.IStructure, label: str = "Structure")
     numbers = []
     for i, site in enumerate(structure):
         comp = site.species
-        if len(comp) != 1 or abs(sum(comp.values()) - 1.0) > 1e-8:
+        total = sum(comp.values())
+        if total > 1.0 + 1e-3:
             raise InvalidStructureError(
-                f"{label}: site {i} is disordered ({comp.formula if len(comp) else 'empty'}, "
-                f"occupancy {sum(comp.values()):.3g}); CGCNN needs an ordered structure "
+                f"{label}: site {i} ({comp.formula}) has occupancy {total:.4g}, above 1; an occupancy is a fraction "
+                "of a site"
+            )
+        if len(comp) != 1 or total < 1.0 - 1e-3:  # 0.9999 is full occupancy, rounded
+            what = (
+                f"mixed species {comp.formula}" if len(comp) > 1
+                else f"partial occupancy {total:.4g} of {comp.formula}" if len(comp) else "an empty site"
+            )  # fmt: skip
+            raise InvalidStructureError(
+                f"{label}: site {i} is disordered ({what}); CGCNN needs an ordered structure "
                 "(order it first, e.g. with pymatgen's OrderDisorderedStructureTransformation)"
             )
         (specie,) = comp.keys()
