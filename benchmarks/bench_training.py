@@ -245,7 +245,7 @@ def main(shared: str | None, n_crystals: int, epochs: int, rounds: int, repeats:
          thread_counts: str) -> None:  # fmt: skip
     import os
 
-    from cgcnn_ase.train.datasets import DatasetSpec, load_table, parse_structures
+    from cgcnn_ase.data.datasets import DatasetSpec, load_table, parse_structures
     from cgcnn_ase.graph.elements import generate_cgcnn_table
     from cgcnn_ase.graph.config import GraphConfig
     from cgcnn_ase.train.cache import build_graph_store

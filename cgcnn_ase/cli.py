@@ -432,7 +432,8 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
     Writes the model folder (model.json, weights, model card, split, metrics, plots) to
     the config's 'output' and prints its path.
     """
-    from cgcnn_ase.train.trainer import load_config, train_from_config
+    from cgcnn_ase.train.config import load_config
+    from cgcnn_ase.train.trainer import train_from_config
 
     settings = list(overrides) + ([f"threads={threads}"] if threads else []) + (["compile=true"] if compile_ else [])
     folder = train_from_config(load_config(config, settings), progress=True)

@@ -25,7 +25,8 @@ for job in "$@"; do
   seen[$data]=1
   python3 -c "
 import sys
-from cgcnn_ase.train.trainer import load_config, prepare_data
+from cgcnn_ase.train.config import load_config
+from cgcnn_ase.train.data import prepare_data
 prepare_data(load_config(sys.argv[1], ['workers=$workers']))
 print('graphs ready:', sys.argv[1])" "$config" &
 done

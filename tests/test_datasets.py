@@ -14,9 +14,9 @@ from ase.build import bulk
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
-from cgcnn_ase.train import datasets
-from cgcnn_ase.train.datasets import DatasetError, DatasetSpec, load_dataset, load_table, parse_structures
-from cgcnn_ase.train.splits import Split, make_split
+from cgcnn_ase.data import datasets
+from cgcnn_ase.data.datasets import DatasetError, DatasetSpec, load_dataset, load_table, parse_structures
+from cgcnn_ase.data.splits import Split, make_split
 from cgcnn_ase.io.records import StructureRecord
 
 from .conftest import SHARED, rattled

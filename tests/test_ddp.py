@@ -24,7 +24,7 @@ from cgcnn_ase.models.folder import load_model_folder
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train.cache import GraphBatcher
 from cgcnn_ase.train.data import prepare_data
-from cgcnn_ase.train.splits import Split
+from cgcnn_ase.data.splits import Split
 from cgcnn_ase.train.steps import batch_chunks as _batches
 from cgcnn_ase.train.steps import make_optimizer, torch_threads
 

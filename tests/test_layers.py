@@ -1,6 +1,6 @@
 """The package's layers import one way: a lower layer never imports a higher one.
 
-errors -> io -> graph -> nn -> models -> inference -> {integrations, analysis} -> train -> cli.
+errors -> io -> data -> graph -> nn -> models -> inference -> {integrations, analysis} -> train -> cli.
 Every import statement counts, including those inside functions and ``TYPE_CHECKING`` blocks:
 a lazy import is still a dependency. ``integrations`` and ``analysis`` are peers and must not
 import each other. The package root (``cgcnn_ase/__init__.py``, ``__main__``) and the deprecated
@@ -22,16 +22,17 @@ PACKAGE = REPO / "cgcnn_ase"
 RANKS = {
     "errors": 0,
     "io": 1,
-    "graph": 2,
-    "nn": 3,
-    "models": 4,
-    "inference": 5,
-    "integrations": 6,
-    "analysis": 6,
-    "train": 7,
-    "cli": 8,
+    "data": 2,
+    "graph": 3,
+    "nn": 4,
+    "models": 5,
+    "inference": 6,
+    "integrations": 7,
+    "analysis": 7,
+    "train": 8,
+    "cli": 9,
 }
-TOP = 9  # the package root and the deprecated re-exports (calculator.py, featurizer.py, predictor.py)
+TOP = 10  # the package root and the deprecated re-exports (calculator.py, featurizer.py, predictor.py)
 
 #: The parts every layer is documented to have; the test fails if one disappears or a new one is unranked.
 EXPECTED_PARTS = set(RANKS)

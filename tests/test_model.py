@@ -135,7 +135,7 @@ def test_merged_edges_give_the_unmerged_outputs_gradients_and_running_stats(conv
     from cgcnn_ase.graph.neighbours import build_graph
     from cgcnn_ase.graph.config import GraphConfig
     from cgcnn_ase.io.reader import to_record
-    from cgcnn_ase.train.trainer import GraphBatcher, GraphStore, merge_duplicate_edges
+    from cgcnn_ase.train.cache import GraphBatcher, GraphStore, merge_duplicate_edges
 
     from .conftest import perovskite, rattled
 

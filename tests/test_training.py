@@ -17,10 +17,10 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
 from cgcnn_ase import CGCNNPredictor
-from cgcnn_ase.train import datasets
+from cgcnn_ase.data import datasets
 from cgcnn_ase.graph import neighbours as graph_module
-from cgcnn_ase.train.datasets import DatasetSpec, load_dataset
-from cgcnn_ase.train.splits import Split
+from cgcnn_ase.data.datasets import DatasetSpec, load_dataset
+from cgcnn_ase.data.splits import Split
 from cgcnn_ase.graph.elements import generate_cgcnn_table
 from cgcnn_ase.analysis.evaluation import evaluate_model
 from cgcnn_ase.analysis.metrics import regression_metrics
@@ -201,7 +201,7 @@ def test_split_is_saved_and_can_be_reused(trained, tmp_path):
     saved = Split.load(folder / "split.json")
     assert saved == Split.load(folder / "run" / "split.json")
     assert saved.sizes == {"train": 8, "val": 2, "test": 2}
-    from cgcnn_ase.train.splits import make_split
+    from cgcnn_ase.data.splits import make_split
 
     ids = load_dataset(config.data).ids
     assert make_split(ids, (8 / 12, 2 / 12, 2 / 12), seed=1) == saved  # seeded, reproducible

@@ -43,7 +43,7 @@ def _dataset_spec(folder: Path, dataset: Any) -> Any:
     """The dataset to evaluate on: the training config's, possibly at another path."""
     import yaml
 
-    from cgcnn_ase.train.datasets import DatasetError, DatasetSpec
+    from cgcnn_ase.data.datasets import DatasetError, DatasetSpec
 
     if isinstance(dataset, DatasetSpec):
         return dataset
@@ -98,7 +98,7 @@ def load_split_records(
         splits: any of ``"train"``, ``"val"``, ``"test"``, ``"all"``.
 
     Returns:
-        The :class:`~cgcnn_ase.train.datasets.DatasetSpec` used and ``{split: SplitRecords}``.
+        The :class:`~cgcnn_ase.data.datasets.DatasetSpec` used and ``{split: SplitRecords}``.
 
     Raises:
         DatasetError: no dataset, no ``split.json``, or a split without rows.
@@ -106,7 +106,11 @@ def load_split_records(
     import warnings
 
     from cgcnn_ase.io.records import StructureRecord
-    from cgcnn_ase.train.datasets import DatasetError, Split, finalize_targets, load_table, parse_structures
+    from cgcnn_ase.data.datasets import finalize_targets, load_table, parse_structures
+    from cgcnn_ase.data.splits import Split
+    from cgcnn_ase.errors import DatasetError
+    from cgcnn_ase.io.reader import cif_reader_for_policy
+    from cgcnn_ase.models.folder import read_model_json
 
     folder = _model_folder(model)
     spec = _dataset_spec(folder, dataset)
@@ -136,7 +140,9 @@ def load_split_records(
         if not chosen[split]:
             raise DatasetError(f"no rows of {spec.path} to evaluate for split {split!r}")
     rows = sorted({r for part in chosen.values() for r in part})
-    parsed = dict(zip(rows, parse_structures(table, rows, workers=workers, progress=progress)))
+    policy = read_model_json(folder)["graph"].get("neighbor_policy", "symmetric")
+    reader = cif_reader_for_policy(policy)  # as the model's predictor reads CIFs
+    parsed = dict(zip(rows, parse_structures(table, rows, workers=workers, progress=progress, cif_reader=reader)))
     out: dict[str, SplitRecords] = {}
     for split, part in chosen.items():
         ok = [r for r in part if isinstance(parsed[r], StructureRecord)]
@@ -177,7 +183,7 @@ def evaluate_model(
         model: a model folder written by training, or a shipped model's name/alias.
         dataset: ``None`` (the dataset in the model's ``config.yaml``), a path (the same
             dataset settings applied to another file, e.g. a moved copy), a
-            :class:`~cgcnn_ase.train.datasets.DatasetSpec` or a mapping of its fields.
+            :class:`~cgcnn_ase.data.datasets.DatasetSpec` or a mapping of its fields.
         split: ``"train"``, ``"val"`` or ``"test"`` (ids from the model folder's
             ``split.json``), or ``"all"`` (every usable row, e.g. of an external dataset).
         out_dir: where to write ``metrics.json``, ``predictions.csv`` and ``parity.png`` /

@@ -26,7 +26,7 @@ from cgcnn_ase.graph.config import SparsePolicy
 from cgcnn_ase.graph.batch import collate
 from cgcnn_ase.nn.ops import segment_mean
 from cgcnn_ase.models.registry import load_model, resolve_device
-from cgcnn_ase.io.reader import iter_records
+from cgcnn_ase.io.reader import cif_reader_for_policy, iter_records
 
 ErrorPolicy = Literal["raise", "collect"]
 
@@ -305,7 +305,7 @@ class CGCNNPredictor:
         """Normalise inputs and build graphs lazily, yielding (label, graph or error)."""
         config = self.model.spec.graph
         # The original policy breaks neighbour ties in pymatgen's site order: read CIFs as it did.
-        reader = "pymatgen" if config.neighbor_policy == "original" else "gemmi"
+        reader = cif_reader_for_policy(config.neighbor_policy)
         for label, item in iter_records(structures, cif_reader=reader):
             try:
                 if isinstance(item, CGCNNError):

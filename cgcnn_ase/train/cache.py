@@ -35,7 +35,8 @@ from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.graph.neighbours import CrystalGraph
 from cgcnn_ase.io.records import StructureRecord
-from cgcnn_ase.train.datasets import DatasetTable, parse_structures
+from cgcnn_ase.data.datasets import DatasetTable, parse_structures
+from cgcnn_ase.io.reader import cif_reader_for_policy
 
 __all__ = [
     "GRAPH_CACHE_FORMAT",
@@ -294,7 +295,7 @@ def _code_digest() -> str:
     from cgcnn_ase import __version__
     from cgcnn_ase.io import reader as structures
     from cgcnn_ase.io import records
-    from cgcnn_ase.train import datasets
+    from cgcnn_ase.data import datasets
 
     h = hashlib.sha256(__version__.encode())
     try:
@@ -344,6 +345,7 @@ def build_graph_store(
             workers=workers,
             progress=progress,
             postprocess=functools.partial(_graph_of_record, config=config),
+            cif_reader=cif_reader_for_policy(config.neighbor_policy),  # as the trained model will read them
         )
         good = [(table.keys[i], r) for i, r in zip(missing, results) if isinstance(r, CrystalGraph)]
         new_failures = {table.keys[i]: r for i, r in zip(missing, results) if not isinstance(r, CrystalGraph)}

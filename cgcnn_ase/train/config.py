@@ -8,7 +8,7 @@
 Types and keys are checked by pydantic: numbers written as text (YAML reads ``1e-3`` as a
 string) become numbers, and an unknown key, a value of the wrong type or an invalid choice
 raises :class:`~cgcnn_ase.errors.ConfigError` naming the key and what it accepts. The
-dataset (:class:`~cgcnn_ase.train.datasets.DatasetSpec`) and graph
+dataset (:class:`~cgcnn_ase.data.datasets.DatasetSpec`) and graph
 (:class:`~cgcnn_ase.graph.config.GraphConfig`) sections stay dataclasses, validated the same
 way. :meth:`TrainConfig.validate` checks what depends on several settings (choices that
 depend on the task, split fractions, ranges); it runs on construction and again when a
@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cgcnn_ase.errors import ConfigError
 from cgcnn_ase.graph.config import GraphConfig
-from cgcnn_ase.train.datasets import DatasetSpec
+from cgcnn_ase.data.datasets import DatasetSpec
 
 __all__ = [
     "ConfigError",
@@ -132,7 +132,7 @@ class TrainConfig(_Settings):
     """Everything a training run needs; see ``configs/*.yaml`` for annotated examples.
 
     Attributes:
-        data: the dataset (:class:`~cgcnn_ase.train.datasets.DatasetSpec`).
+        data: the dataset (:class:`~cgcnn_ase.data.datasets.DatasetSpec`).
         output: the model folder to write (created).
         property: name of the predicted property (default: the target column, with
             ``log10_`` for log targets).
@@ -221,7 +221,7 @@ class TrainConfig(_Settings):
     @classmethod
     def _dataset_mapping(cls, value: Any) -> Any:
         """A blank ``transform`` means ``"none"`` and a path may be a ``PathLike``, as
-        :class:`~cgcnn_ase.train.datasets.DatasetSpec` itself reads them."""
+        :class:`~cgcnn_ase.data.datasets.DatasetSpec` itself reads them."""
         if isinstance(value, dict):
             value = dict(value)
             if "transform" in value and value["transform"] in (None, ""):

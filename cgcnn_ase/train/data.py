@@ -13,14 +13,14 @@ from cgcnn_ase.graph.element_table import ElementTable, load_atom_init
 from cgcnn_ase.graph.elements import generate_cgcnn_table
 from cgcnn_ase.train.cache import GraphStore, build_graph_store
 from cgcnn_ase.train.config import TrainConfig
-from cgcnn_ase.train.datasets import (
+from cgcnn_ase.data.datasets import (
     DatasetTable,
     finalize_targets,
     is_binary_labels,
     load_table,
     warn_dropped_structures,
 )
-from cgcnn_ase.train.splits import SPLIT_NAMES, Split, make_split
+from cgcnn_ase.data.splits import SPLIT_NAMES, Split, make_split
 
 __all__ = ["PreparedData", "load_elements", "prepare_data", "resolve_split", "split_positions", "target_normalizer"]
 

@@ -44,7 +44,7 @@ from cgcnn_ase.models.folder import (
     save_model_folder,
 )
 from cgcnn_ase.models.domain import MAX_CENTERS, DomainSummary
-from cgcnn_ase.errors import CheckpointError, EnsembleError
+from cgcnn_ase.errors import EnsembleError
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ def check_members(folders: Sequence[Path], members: Sequence[LoadedModel]) -> No
     Raises:
         EnsembleError: naming the first member that differs from member 0 and how.
     """
-    from cgcnn_ase.train.datasets import DatasetError, Split
+    from cgcnn_ase.data.splits import Split
+    from cgcnn_ase.errors import DatasetError
 
     if len(members) < 2:
         raise EnsembleError(f"an ensemble needs at least 2 members, got {len(members)}")
@@ -180,7 +181,7 @@ def assemble_ensemble(
         output: the ensemble folder to write (created; files of the same names replaced).
         dataset: where the members' dataset lives on this machine: ``None`` (the path in
             member 0's ``config.yaml``), a path (same settings, another location), or a
-            :class:`~cgcnn_ase.train.datasets.DatasetSpec`. Needed for the domain summary and
+            :class:`~cgcnn_ase.data.datasets.DatasetSpec`. Needed for the domain summary and
             the evaluation.
         name: the ensemble's model name (default: the output folder's name).
         aliases: registry aliases (default: member 0's).

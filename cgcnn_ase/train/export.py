@@ -28,7 +28,7 @@ from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train.cache import GraphBatcher
 from cgcnn_ase.train.config import TrainConfig, command_line
 from cgcnn_ase.train.data import PreparedData
-from cgcnn_ase.train.splits import Split
+from cgcnn_ase.data.splits import Split
 from cgcnn_ase.train.steps import predict_store
 
 __all__ = ["METRIC_COLUMNS", "TrainingResult", "hardware_info", "write_metrics_csv", "write_model_folder"]

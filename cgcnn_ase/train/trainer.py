@@ -7,7 +7,7 @@
 
 What one run does:
 
-1. Reads the dataset table (:mod:`cgcnn_ase.train.datasets`) and fetches the crystal graphs
+1. Reads the dataset table (:mod:`cgcnn_ase.data.datasets`) and fetches the crystal graphs
    from the on-disk graph cache (:mod:`cgcnn_ase.train.cache`); only structures missing from
    the cache are parsed and turned into graphs (in a process pool), and then added to it.
    Re-running never re-parses CIFs.
@@ -46,15 +46,10 @@ from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.models.registry import resolve_device
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train import ddp as parallel_training
-from cgcnn_ase.train.cache import GraphBatcher, GraphStore, build_graph_store, merge_duplicate_edges
+from cgcnn_ase.train.cache import GraphBatcher
 from cgcnn_ase.train.config import (
-    ModelConfig,
-    OptimConfig,
-    ScheduleConfig,
-    SplitConfig,
     TrainConfig,
     config_fingerprint,
-    load_config,
 )
 from cgcnn_ase.train.data import prepare_data, resolve_split, split_positions, target_normalizer
 from cgcnn_ase.train.export import TrainingResult, write_metrics_csv, write_model_folder
@@ -72,30 +67,7 @@ from cgcnn_ase.train.steps import (
     torch_threads,
 )
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_LAST",
-    "Trainer",
-    "network_architecture",
-    "train_from_config",
-    # defined in train.config, train.cache, train.data and train.steps; importable from here as before
-    "ConfigError",
-    "GraphBatcher",
-    "GraphStore",
-    "ModelConfig",
-    "OptimConfig",
-    "ScheduleConfig",
-    "SplitConfig",
-    "TrainConfig",
-    "TrainingError",
-    "TrainingForward",
-    "build_graph_store",
-    "load_config",
-    "merge_duplicate_edges",
-    "predict_store",
-    "prepare_data",
-    "torch_threads",
-]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_LAST", "Trainer", "network_architecture", "train_from_config"]
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ Loading happens in two steps so that training can skip the slow one:
    and drops rows whose target is missing. It does not parse structures; each row gets a
    content hash of its raw structure (the graph cache key).
 2. :func:`parse_structures` parses the selected rows into
-   :class:`~cgcnn_ase.io.reader.StructureRecord` objects (pymatgen for CIF text and
-   structure dicts, normalised by :func:`cgcnn_ase.io.reader.to_record`), in a process
+   :class:`~cgcnn_ase.io.records.StructureRecord` objects by the one reader
+   (:func:`cgcnn_ase.io.reader.read_record`: CIF text as CIF files are read), in a process
    pool for large datasets.
 
 :func:`load_dataset` does both and applies the per-atom division and the transform
@@ -51,8 +51,7 @@ import numpy as np
 from cgcnn_ase.errors import CGCNNError, DatasetError
 from cgcnn_ase.io.reader import CifReader, read_record
 from cgcnn_ase.io.records import StructureRecord
-from cgcnn_ase.train.splits import SPLIT_NAMES, Split, make_split  # noqa: F401 - re-exported
-from cgcnn_ase.train.table_formats import read_layout
+from cgcnn_ase.data.table_formats import read_layout
 
 logger = logging.getLogger(__name__)
 
@@ -394,11 +393,11 @@ def parse_one(kind: str, source: Any, label: str, *, cif_reader: CifReader = "ge
     return read_record(source, label, cif_reader=cif_reader)
 
 
-def _work(task: tuple[str, Any, str, Callable[[StructureRecord], Any] | None]) -> tuple[bool, Any]:
+def _work(task: tuple[str, Any, str, Callable[[StructureRecord], Any] | None, CifReader]) -> tuple[bool, Any]:
     """Pool worker: parse (and post-process) one structure; errors come back as messages."""
-    kind, source, label, post = task
+    kind, source, label, post, cif_reader = task
     try:
-        record = parse_one(kind, source, label)
+        record = parse_one(kind, source, label, cif_reader=cif_reader)
         return True, post(record) if post is not None else record
     except CGCNNError as exc:
         return False, str(exc)
@@ -421,6 +420,7 @@ def parse_structures(
     workers: int = 2,
     progress: bool = False,
     postprocess: Callable[[StructureRecord], Any] | None = None,
+    cif_reader: CifReader = "gemmi",
 ) -> list[Any]:
     """Parse rows of ``table`` into records, in row order.
 
@@ -432,6 +432,8 @@ def parse_structures(
         progress: show a tqdm bar.
         postprocess: a picklable function applied to each record in the worker (e.g.
             graph construction); its result replaces the record.
+        cif_reader: how CIFs are read: the model's
+            :func:`~cgcnn_ase.io.reader.cif_reader_for_policy`, as prediction reads them.
 
     Returns:
         One item per row: the record (or ``postprocess(record)``), or the error message
@@ -440,7 +442,7 @@ def parse_structures(
     from tqdm.auto import tqdm
 
     rows = range(len(table)) if indices is None else [int(i) for i in indices]
-    tasks = [(table.kind, table.sources[i], table.ids[i], postprocess) for i in rows]
+    tasks = [(table.kind, table.sources[i], table.ids[i], postprocess, cif_reader) for i in rows]
     bar = dict(total=len(tasks), disable=not progress, unit="structure", desc="parsing structures", leave=False)
     if workers <= 1 or len(tasks) < POOL_THRESHOLD or table.kind == "record":
         results = [_work(t) for t in tqdm(tasks, **bar)]

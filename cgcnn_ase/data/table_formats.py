@@ -1,6 +1,6 @@
 """The four dataset layouts read into a table of columns plus one raw structure per row.
 
-Used by :func:`cgcnn_ase.train.datasets.load_table` (see its module for the layouts); each
+Used by :func:`cgcnn_ase.data.datasets.load_table` (see its module for the layouts); each
 reader returns ``(frame, kind, sources)``: a pandas DataFrame of the non-structure columns,
 the kind of raw structure (``"cif_text"``, ``"structure_dict"``, ``"cif_file"`` or
 ``"record"``) and one raw structure per row (for ``ase`` inputs already a record, or the
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError, DatasetError
-from cgcnn_ase.io.reader import to_record
+from cgcnn_ase.errors import CGCNNError, DatasetError, StructureReadError
+from cgcnn_ase.io.reader import read_frames, to_record
 
 if TYPE_CHECKING:
-    from cgcnn_ase.train.datasets import DatasetSpec
+    from cgcnn_ase.data.datasets import DatasetSpec
 
 __all__ = ["read_layout"]
 
@@ -110,9 +110,11 @@ def _read_ase(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
                     rows.append(info)
                     records.append(row.toatoms())
         else:
-            import ase.io
-
-            for atoms in ase.io.read(path, index=":"):
+            try:
+                frames = read_frames(path)  # the one reader's ASE frames, with info and calculator results
+            except StructureReadError as exc:
+                raise DatasetError(str(exc)) from None
+            for atoms in frames:
                 info = _scalar_items(dict(atoms.info))
                 if atoms.calc is not None:  # extxyz puts energy= etc. into a SinglePointCalculator
                     for key, value in getattr(atoms.calc, "results", {}).items():
