@@ -204,7 +204,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         return
     # json, table and --per-atom need the whole table: read every file once, for all models;
     # CIFs as the original code did if any model needs its tie order
-    items = list(iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors)))
+    items = list(iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors),
+                             exclude=[output] if output else ()))  # fmt: skip
     ids = [label for label, _ in items]
     meta = {"models": names, "units": {p.property_name: p.units for p in predictors}}
     if not per_atom:  # the streaming path's code, on one chunk holding everything
@@ -265,7 +266,8 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
         option = "--per-atom" if per_atom else "--resume" if resume else "parquet output"
         raise click.UsageError(f"{option} needs --model NAME (the default properties come from several models)")
     predictors = [as_predictor(name, device=device) for name in GENERAL_MODELS]
-    items = list(iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors)))
+    items = list(iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors),
+                             exclude=[output] if output else ()))  # fmt: skip
     good = [item for _, item in items if not isinstance(item, CGCNNError)]
     frame, columns = property_table(good, predictors, batch_size=batch_size, metal_threshold=metal_threshold,
                                     log10=log10)  # fmt: skip

@@ -69,13 +69,13 @@ def test_directory_files_are_read_only_when_consumed(tmp_path, monkeypatch):
         write(tmp_path / f"c{k}.cif", atoms, format="cif")
     (tmp_path / ".hidden.cif").write_text("junk")
     reads: list[str] = []
-    original = io_inputs.read_structures
+    original = io_inputs.read_records
 
-    def counting(path, **kwargs):
+    def counting(path, *args, **kwargs):
         reads.append(str(path))
-        return original(path, **kwargs)
+        return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(io_inputs, "read_structures", counting)
+    monkeypatch.setattr(io_inputs, "read_records", counting)
     stream = iter_inputs([str(tmp_path)])
     assert reads == []  # nothing read before iteration
     first_two = [next(stream), next(stream)]

@@ -272,3 +272,27 @@ def test_occupancy_above_one_is_an_error_and_0_9999_is_full(tmp_path):
     with pytest.raises(InvalidStructureError, match=r"partial occupancy 0.9\b") as caught:
         read_records(partial)
     assert "occupancy 1)" not in str(caught.value)
+
+
+@pytest.mark.parametrize("model", [None, "formation_energy"])
+def test_a_second_run_over_a_folder_does_not_read_its_own_output(tmp_path, monkeypatch, model):
+    """'cgcnn-ase predict . -o out.csv reads its own output file as an input on the next run';
+    'ids should be written the same way for all inputs (./bad.cif vs NaCl.POSCAR today)'."""
+    import shutil
+
+    import pandas as pd
+
+    from .conftest import REPO
+
+    for name in ("NaCl.POSCAR", "SrTiO3.cif"):
+        shutil.copy(REPO / "examples" / name, tmp_path / name)
+    (tmp_path / "bad.cif").write_text("junk\n")
+    monkeypatch.chdir(tmp_path)
+    args = ["predict", ".", "-o", "out.csv"] + (["--model", model] if model else [])
+    first = _cli(*args)
+    second = _cli(*args)
+    assert first.exit_code == second.exit_code == 1  # bad.cif, and nothing else
+    frame = pd.read_csv("out.csv")
+    assert frame["id"].tolist() == ["NaCl.POSCAR", "SrTiO3.cif", "bad.cif"]
+    assert frame["error"].notna().tolist() == [False, False, True]
+    assert "out.csv" not in second.stderr

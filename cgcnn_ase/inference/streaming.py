@@ -338,8 +338,9 @@ def predict_stream(
     writer = open_writer(output, all_columns, fmt=out_format, append=resume, units=units)
     summary = StreamSummary(output=None if stream_output else Path(output), format=out_format, columns=all_columns)
     items = iter_inputs(
-        inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors), sort=sort, finished=finished
-    )
+        inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors), sort=sort, finished=finished,
+        exclude=() if stream_output else [output],  # never read this run's own output (or its part files)
+    )  # fmt: skip
     try:
         with tqdm(disable=None if progress is None else not progress, unit="structure", leave=False) as bar:
             for result in iter_prediction_chunks(

@@ -46,7 +46,6 @@ from cgcnn_ase.io.reader import (
     is_single_input,
     read_record,
     read_records,
-    read_structures,
     to_record,
 )
 from cgcnn_ase.io.records import StructureRecord
@@ -158,37 +157,56 @@ def _dir_files(folder: str, sort: bool) -> Iterator[str]:
     if sort:
         names = sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file())
         for name in names:
-            yield os.path.join(folder, name)
+            yield os.path.normpath(os.path.join(folder, name))  # "./x.cif" -> "x.cif", as ids everywhere
         return
     with os.scandir(folder) as entries:
         for entry in entries:
             if not entry.name.startswith(".") and entry.is_file():
-                yield entry.path
+                yield os.path.normpath(entry.path)
 
 
-def iter_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, sort: bool = True) -> Iterator[str]:
+def iter_files(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    sort: bool = True,
+    exclude: Iterable[str | os.PathLike] = (),
+) -> Iterator[str]:
     """Expand path arguments lazily: files as given, directories to their files, globs to matches.
 
     A path or pattern that matches nothing is yielded as is (it is then reported as a
     missing file). With ``sort=True`` (the CLI's order) one directory's or pattern's names
-    are sorted in memory (about 100 bytes per name); ``sort=False`` streams them.
+    are sorted in memory (about 100 bytes per name); ``sort=False`` streams them. Files that
+    are, or lie inside, a path of ``exclude`` (a run's own output file or Parquet folder) are
+    skipped, so a second run over the same folder does not read the first run's results.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    skipped = _Excluded(exclude)
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
-            yield from _dir_files(item, sort)
+            expanded: Iterable[str] = _dir_files(item, sort)
         elif not os.path.exists(item) and glob.has_magic(item):
             matches = glob.iglob(item, recursive=True)
-            found = False
-            for match in sorted(matches) if sort else matches:
-                found = True
-                yield match
-            if not found:
-                yield item
+            expanded = list(sorted(matches) if sort else matches) or [item]
         else:
-            yield item
+            expanded = [item]
+        for path in expanded:
+            if not skipped(path):
+                yield path
+
+
+class _Excluded:
+    """``exclude(path)``: whether ``path`` is one of the excluded paths or inside one of them."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike]) -> None:
+        self.paths = [os.path.realpath(os.fspath(p)) for p in paths]
+
+    def __call__(self, path: str) -> bool:
+        if not self.paths:
+            return False
+        real = os.path.realpath(path)
+        return any(real == p or real.startswith(p + os.sep) for p in self.paths)
 
 
 def iter_inputs(
@@ -200,6 +218,7 @@ def iter_inputs(
     sort: bool = True,
     table_chunk_rows: int = 4096,
     finished: FinishedIds | None = None,
+    exclude: Iterable[str | os.PathLike] = (),
 ) -> Iterator[Item]:
     """Lazily read structures from files, directories, globs, tables, databases and objects.
 
@@ -215,6 +234,7 @@ def iter_inputs(
         table_chunk_rows: rows read from a table at a time.
         finished: ids to skip (resume); they are skipped before any parsing where the id
             is known beforehand (files holding one structure, table rows, database rows).
+        exclude: paths never read when directories and globs are expanded (see :func:`iter_files`).
 
     Yields:
         ``(id, record)`` or ``(id, error)``: errors (:class:`InvalidStructureError`) are
@@ -231,7 +251,7 @@ def iter_inputs(
             if explicit_table:
                 yield from iter_table(item, finished=finished, **opts)
                 continue
-            for path in iter_files([item], sort=sort):
+            for path in iter_files([item], sort=sort, exclude=exclude):
                 if _is_table(path) and path != item and os.path.isfile(path) and glob.has_magic(item):
                     yield from iter_table(path, finished=finished, **opts)  # tables matched by a pattern
                 else:
@@ -290,8 +310,8 @@ def iter_file(path: str, *, cif_reader: CifReader = "gemmi", finished: FinishedI
     elif usable and name.endswith(DB_SUFFIXES):
         yield from _iter_db(path, finished)
     else:
-        try:
-            records = read_structures(path, cif_reader=cif_reader)
+        try:  # labelled with the path as given, so good and bad files get ids written the same way
+            records = read_records(path, path, cif_reader=cif_reader)
         except InvalidStructureError as exc:
             yield path, exc
             return
