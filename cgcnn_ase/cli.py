@@ -135,7 +135,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-@main.command()
+@main.command(short_help="Predict properties of crystal files, folders or tables.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--model", "-m", "models", multiple=True, help="Shipped model name or path to a model folder / .pth.tar file. Repeat for several.")
 @click.option("--all", "use_all", is_flag=True, help="Every shipped model.")
@@ -329,7 +329,7 @@ def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list
         sys.exit(EXIT_BAD_INPUT)
 
 
-@main.command()
+@main.command(short_help="List the shipped models, or show one's model card.")
 @click.argument("name", required=False)
 @_guarded
 def models(name: str | None) -> None:
@@ -345,20 +345,30 @@ def models(name: str | None) -> None:
     if not infos:
         click.echo("No models are shipped in this installation (see README: load a checkpoint with --model PATH).")
         return
+    click.echo(_models_table(infos))
+
+
+def _models_table(infos: Sequence[Any]) -> str:
+    """One line per shipped model within 100 columns: the name to use, what it predicts, its test error."""
     rows = []
     for info in infos:
         metrics = info.metadata.get("test_metrics", {})
-        metric = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and k != "n")
-        dataset = info.metadata.get("dataset", "")
-        dataset = dataset.get("name", "") if isinstance(dataset, dict) else dataset
         members = len(info.metadata.get("ensemble_of") or []) or 1
-        rows.append({"name": info.aliases[0] if info.aliases else info.name, "property": info.property,
-                     "units": info.units, "data": str(dataset).split(" (")[0], "networks": members,
-                     "test": metric, "folder": info.name})  # fmt: skip
-    _write_table(rows, list(rows[0]), "table", None, {})
+        if "mae" in metrics:
+            test = f"MAE {metrics['mae']:.3g} {info.units}"
+        elif "roc_auc" in metrics:
+            test = f"ROC-AUC {metrics['roc_auc']:.3f}"
+        else:
+            test = "-"
+        rows.append((info.aliases[0] if info.aliases else info.name, f"{info.property} ({info.units})",
+                     str(members), test))  # fmt: skip
+    header = ("name", "predicts", "nets", "test error")
+    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines) + "\n\n`cgcnn-ase models NAME` shows a model's card: data, split, all metrics, command.\n"
 
 
-@main.command()
+@main.command(short_help="Add CGCNN columns to a CSV of structures.")
 @click.argument("table", type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), required=True, help="CSV to write.")
 @click.option("--column", default="cif", show_default=True, help="Column holding CIF text or structure file paths.")
@@ -421,7 +431,7 @@ def _parse_structure_cell(value: Any, row: int) -> Any:
     return text
 
 
-@main.command()
+@main.command(short_help="Train a model from a YAML/TOML config.")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config entry, e.g. --set optim.lr=0.01 (repeatable).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: the config's, else torch's).")
@@ -442,24 +452,30 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
     click.echo(str(folder))
 
 
-@main.command()
+@main.command(short_help="Score a model on its dataset's test split (metrics, plots).")
 @click.argument("model")
 @click.argument("dataset", required=False)
 @click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="test", show_default=True)
-@click.option("--output", "-o", "out_dir", type=click.Path(file_okay=False), default=None, help="Folder for metrics.json, predictions.csv and the parity/ROC plot.")
+@click.option("--output", "-o", "out_dir", type=click.Path(file_okay=False), default=None, help="Folder for metrics.json, predictions.csv and the parity/ROC plot [default: evaluation/MODEL-SPLIT].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @_guarded
 def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, batch_size: int) -> None:
     """Score MODEL (a trained model folder or shipped name) on a split of its dataset
-    (default: the saved test split of the dataset it was trained on) or on DATASET."""
+    (default: the saved test split of the dataset it was trained on) or on DATASET.
+    Prints the metrics; writes them with the predictions and a parity (or ROC) plot to a folder."""
     from cgcnn_ase.analysis.evaluation import evaluate_model
+    from cgcnn_ase.models.registry import model_folder
 
+    if out_dir is None:  # never inside a model folder (a shipped one lives in the package)
+        out_dir = str(Path("evaluation") / f"{model_folder(model).name}-{split}")
     report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size, progress=True)
     keys = ("model", "split", "n", "n_failed", "property", "units", "metrics", "uncertainty")  # uncertainty: ensembles
     click.echo(json.dumps({k: report[k] for k in keys if k in report}, indent=2, default=str))
+    written = sorted(p.name for p in Path(out_dir).iterdir() if p.is_file())
+    click.echo(f"wrote {', '.join(written)} to {out_dir}", err=True)
 
 
-@main.command()
+@main.command(short_help="Per-site energies of an atomwise model, with periodic-table maps.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--model", "-m", "model", required=True, help="An atomwise-readout model (name or folder), e.g. perovskite_formation_energy.")
 @click.option("--output", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for sites.csv, by_element.csv and the maps.")
@@ -479,7 +495,7 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
         click.echo(str(path))
 
 
-@main.command()
+@main.command(short_help="Assemble trained member folders into an ensemble.")
 @click.argument("members", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="The ensemble model folder to write.")
 @click.option("--dataset", default=None, help="The members' dataset on this machine (default: the path in member 0's config.yaml).")

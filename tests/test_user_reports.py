@@ -15,6 +15,8 @@ from ase.build import bulk
 from cgcnn_ase import CGCNNPredictor
 from cgcnn_ase.errors import UnseenElementWarning
 
+from .test_training import dataset_csv, trained  # noqa: F401 - a tiny trained model folder
+
 
 def test_unseen_elements_give_one_summary_warning_per_call_naming_the_model():
     """'200 MP rows gave 58 separate unseen-element warnings that do not name the model'."""
@@ -296,3 +298,67 @@ def test_a_second_run_over_a_folder_does_not_read_its_own_output(tmp_path, monke
     assert frame["id"].tolist() == ["NaCl.POSCAR", "SrTiO3.cif", "bad.cif"]
     assert frame["error"].notna().tolist() == [False, False, True]
     assert "out.csv" not in second.stderr
+
+
+def test_model_files_get_the_users_umask_not_0600(tmp_path):
+    """'Model weights are written with mode 0600'."""
+    import os
+    import stat
+
+    from cgcnn_ase.models.domain import DomainSummary
+    from cgcnn_ase.models.folder import save_model_folder
+
+    from .conftest import random_model
+
+    folder = save_model_folder(tmp_path / "m", random_model())
+    rng = __import__("numpy").random.default_rng(0)
+    DomainSummary.build(rng.normal(size=(20, 16)), rng.normal(size=(5, 16)), max_centers=10).save(folder / "d.safetensors")
+    previous = os.umask(0)
+    os.umask(previous)
+    expected = 0o666 & ~previous
+    for name in ("weights.safetensors", "d.safetensors", "model.json"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == expected, name
+
+
+def test_models_listing_fits_100_columns_and_help_is_not_truncated():
+    """'cgcnn-ase models prints a table about 220 characters wide; --help truncates command descriptions'."""
+    listing = _cli("models")
+    assert listing.exit_code == 0 and max(len(line) for line in listing.stdout.splitlines()) <= 100
+    assert "formation_energy" in listing.stdout and "MAE" in listing.stdout
+    help_text = _cli("--help").stdout
+    commands = help_text.split("Commands:")[1].splitlines()
+    assert len([c for c in commands if c.strip()]) == 7 and not any(c.rstrip().endswith("...") for c in commands)
+
+
+def test_sites_suggests_the_command_line_flag():
+    """'cgcnn-ase sites suggests allow_mean_pooled=True instead of --allow-mean-pooled'."""
+    from .conftest import REPO
+
+    result = _cli("sites", str(REPO / "examples" / "NaCl.POSCAR"), "-m", "formation_energy", "-o", "unused")
+    assert result.exit_code != 0 and "--allow-mean-pooled" in result.stderr
+
+
+def test_a_training_run_is_named_after_its_own_folder_not_the_shipped_model(tmp_path):
+    """'a training run's folder takes the shipped model's name from the config'."""
+    from cgcnn_ase.models.registry import list_models
+    from cgcnn_ase.train.config import load_config
+
+    from .conftest import REPO
+
+    shipped = {info.name for info in list_models()}
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        config = load_config(path, [f"output={tmp_path / 'mine'}"])
+        assert config.model_name == "mine", path.name
+        default = load_config(path)
+        assert default.model_name not in shipped and not str(default.output).startswith("pretrained_models")
+
+
+def test_evaluate_writes_its_plot_without_an_output_option(trained, tmp_path, monkeypatch):
+    """'evaluate makes no plot without -o'."""
+    _, folder = trained
+    monkeypatch.chdir(tmp_path)
+    result = _cli("evaluate", str(folder))
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "evaluation" / f"{folder.name}-test"
+    assert {"metrics.json", "predictions.csv", "parity.png"} <= {p.name for p in written.iterdir()}
+    assert str(written.relative_to(tmp_path)) in result.stderr

@@ -400,7 +400,8 @@ def site_contributions(
         raise SiteAnalysisError(
             f"model {spec.name!r} uses the {spec.readout!r} readout, which has no per-site decomposition; "
             "site energies need a model trained with readout='atomwise' (the paper's Fig. 3 model). "
-            "Pass allow_mean_pooled=True to use the first-order attribution instead (kind='first-order')"
+            "Pass allow_mean_pooled=True (command line: --allow-mean-pooled) to use the first-order attribution "
+            "instead (kind='first-order')"
         )
 
     failed: dict[str, str] = {}

@@ -176,7 +176,7 @@ class DomainSummary:
     # -- files --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``domain.safetensors`` (arrays, with ``info`` as JSON metadata)."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         path = Path(path)
         arrays = {
@@ -185,7 +185,8 @@ class DomainSummary:
             "scale": np.ascontiguousarray(self.scale, dtype=np.float32),
             "reference": np.ascontiguousarray(self.reference, dtype=np.float32),
         }
-        save_file(arrays, str(path), metadata={"format": "cgcnn_ase.domain/1", "info": json.dumps(self.info)})
+        # bytes written with open(): the file gets the user's umask (safetensors' save_file makes it 0600)
+        Path(path).write_bytes(save(arrays, metadata={"format": "cgcnn_ase.domain/1", "info": json.dumps(self.info)}))
         return path
 
     @classmethod

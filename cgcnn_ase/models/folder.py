@@ -183,7 +183,7 @@ def save_model_folder(folder: str | os.PathLike, loaded: LoadedModel) -> Path:
     weight keys, an ``ensemble`` section). A ``domain`` summary is written to
     ``domain.safetensors`` and described in ``model.json``.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -206,7 +206,9 @@ def save_model_folder(folder: str | os.PathLike, loaded: LoadedModel) -> Path:
         }
     else:
         state = {k: v.detach().cpu().contiguous() for k, v in loaded.network.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE))
+    # bytes written with open(): the file gets the user's umask, readable by the group like the other
+    # files of the folder (safetensors' save_file makes it 0600)
+    (folder / WEIGHTS_FILE).write_bytes(save(state))
     if loaded.domain is not None:
         loaded.domain.save(folder / DOMAIN_FILE)
         document["domain"] = {"file": DOMAIN_FILE, **loaded.domain.info}
