@@ -220,8 +220,15 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
             click.echo(f"{result.n_failed} of {len(ids)} structures could not be predicted", err=True)
             sys.exit(EXIT_BAD_INPUT)
         return
+    _predict_per_atom(items, predictors, names, fmt=fmt, output=output, meta=meta, batch_size=batch_size)
+
+
+def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names: list[str], *, fmt: str,
+                      output: str | None, meta: dict, batch_size: int) -> None:  # fmt: skip
+    """``predict --per-atom``: one row per atom with each model's contribution (mean over atoms = prediction)."""
+    ids = [label for label, _ in items]
     records = [item for _, item in items if not isinstance(item, CGCNNError)]
-    results = [p.predict(records, batch_size=batch_size, errors="collect", per_atom=per_atom) for p in predictors]
+    results = [p.predict(records, batch_size=batch_size, errors="collect", per_atom=True) for p in predictors]
     headers = [f"{r.property} ({r.units})" for r in results]
     if len(set(headers)) < len(headers):  # the same property from several models: name the model
         headers = [f"{name}: {header}" for name, header in zip(names, headers)]

@@ -166,6 +166,40 @@ def _predict_quietly(predictor: Any, records: list[Any], *, batch_size: int, pro
         )
 
 
+def _write_evaluation(
+    out: Path, summary: dict[str, Any], ids: list[str], targets: np.ndarray, result: Any, predictor: Any, title: str
+) -> dict[str, str]:
+    """Write ``predictions.csv``, the parity (or ROC) plot, the ensemble plots and ``metrics.json``; their paths."""
+    import pandas as pd
+
+    spec_m = predictor.model.spec
+    out.mkdir(parents=True, exist_ok=True)
+    column = f"{spec_m.property} ({spec_m.units})"
+    frame = {"id": ids, f"true {column}": targets, f"predicted {column}": result.values}
+    if result.std is not None:
+        frame[f"std {column}"] = result.std
+        if result.std_scale is not None:
+            frame[f"raw std {column}"] = result.std_raw
+    frame["n_sparse"] = result.n_sparse
+    frame["unseen_elements"] = [" ".join(u) for u in result.unseen_elements] if result.unseen_elements else ""
+    if result.domain_percentile is not None:
+        frame["domain_distance"] = result.domain_distance
+        frame["domain_percentile"] = result.domain_percentile
+    frame["error"] = result.errors
+    pd.DataFrame(frame).to_csv(out / "predictions.csv", index=False, float_format="%.6g")
+    good = result.ok
+    if spec_m.task == "classification":
+        plot = roc_plot(targets[good], result.values[good], out / "roc.png", title=title)
+    else:
+        plot = parity_plot(targets[good], result.values[good], out / "parity.png", units=spec_m.units, title=title,
+                           label=spec_m.property)  # fmt: skip
+    files = {"metrics": str(out / "metrics.json"), "predictions": str(out / "predictions.csv"), "plot": str(plot)}
+    if predictor.is_ensemble:
+        files.update({k: str(v) for k, v in uncertainty_plots(targets, result, out, title=title).items()})
+    (out / "metrics.json").write_text(json.dumps({**summary, "files": files}, indent=2, default=float) + "\n")
+    return files
+
+
 def evaluate_model(
     model: str | os.PathLike,
     dataset: Any = None,
@@ -239,43 +273,8 @@ def evaluate_model(
     if predictor.is_ensemble:
         summary["uncertainty"] = uncertainty_report(targets, result)
     if out_dir is not None:
-        import pandas as pd
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        column = f"{spec_m.property} ({spec_m.units})"
-        frame = {"id": ids, f"true {column}": targets, f"predicted {column}": result.values}
-        if result.std is not None:
-            frame[f"std {column}"] = result.std
-            if result.std_scale is not None:
-                frame[f"raw std {column}"] = result.std_raw
-        frame["n_sparse"] = result.n_sparse
-        frame["unseen_elements"] = [" ".join(u) for u in result.unseen_elements] if result.unseen_elements else ""
-        if result.domain_percentile is not None:
-            frame["domain_distance"] = result.domain_distance
-            frame["domain_percentile"] = result.domain_percentile
-        frame["error"] = result.errors
-        pd.DataFrame(frame).to_csv(out / "predictions.csv", index=False, float_format="%.6g")
         title = f"{spec_m.name}: {split} split of {spec.display_name}"
-        if spec_m.task == "classification":
-            plot = roc_plot(targets[good], result.values[good], out / "roc.png", title=title)
-        else:
-            plot = parity_plot(
-                targets[good],
-                result.values[good],
-                out / "parity.png",
-                units=spec_m.units,
-                title=title,
-                label=spec_m.property,
-            )
-        summary["files"] = {
-            "metrics": str(out / "metrics.json"),
-            "predictions": str(out / "predictions.csv"),
-            "plot": str(plot),
-        }
-        if predictor.is_ensemble:
-            summary["files"].update({k: str(v) for k, v in uncertainty_plots(targets, result, out, title=title).items()})
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        summary["files"] = _write_evaluation(Path(out_dir), summary, ids, targets, result, predictor, title)
     logger.info("evaluated %s on %d %s crystals: %s", folder, summary["n"], split, metrics)
     return summary
 

@@ -329,6 +329,43 @@ def _records(
     return items
 
 
+def _contribution_kind(spec: Any, allow_mean_pooled: bool) -> str:
+    """``"atomwise"`` (site energies) or ``"first-order"`` (a mean-pooled model, when allowed; warns)."""
+    if spec.readout == "atomwise":
+        return "atomwise"
+    if allow_mean_pooled:
+        warnings.warn(
+            f"model {spec.name!r} pools before its dense layers: the contributions are a first-order "
+            "attribution (exact in the mean), not site energies; see docs/per_atom.md",
+            UserWarning,
+            stacklevel=3,
+        )
+        return "first-order"
+    raise SiteAnalysisError(
+        f"model {spec.name!r} uses the {spec.readout!r} readout, which has no per-site decomposition; "
+        "site energies need a model trained with readout='atomwise' (the paper's Fig. 3 model). "
+        "Pass allow_mean_pooled=True (command line: --allow-mean-pooled) to use the first-order attribution "
+        "instead (kind='first-order')"
+    )
+
+
+def _site_roles(record: StructureRecord, roles: Any, wyckoff: list[str] | None) -> list[Any]:
+    """One role per site: from the ``roles`` callable, perovskite A/B/X, Wyckoff labels, or ``None``s."""
+    n = len(record)
+    if roles is None:
+        return [None] * n
+    if callable(roles):
+        role = roles(record)
+        role = [None] * n if role is None else [None if r is None else str(r) for r in role]
+        if len(role) != n:
+            raise ValueError(f"{record.label}: the roles callable gave {len(role)} roles for {n} sites")
+        return role
+    role = perovskite_roles(record) if roles in ("auto", "perovskite") else None
+    if role is None:
+        role = wyckoff if roles in ("auto", "wyckoff") and wyckoff is not None else [None] * n
+    return role
+
+
 def site_contributions(
     predictor: CGCNNPredictor | str | os.PathLike,
     structures: Any,
@@ -386,23 +423,7 @@ def site_contributions(
         raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
     predictor = as_predictor(predictor)
     spec = predictor.model.spec
-    if spec.readout == "atomwise":
-        kind = "atomwise"
-    elif allow_mean_pooled:
-        kind = "first-order"
-        warnings.warn(
-            f"model {spec.name!r} pools before its dense layers: the contributions are a first-order "
-            "attribution (exact in the mean), not site energies; see docs/per_atom.md",
-            UserWarning,
-            stacklevel=2,
-        )
-    else:
-        raise SiteAnalysisError(
-            f"model {spec.name!r} uses the {spec.readout!r} readout, which has no per-site decomposition; "
-            "site energies need a model trained with readout='atomwise' (the paper's Fig. 3 model). "
-            "Pass allow_mean_pooled=True (command line: --allow-mean-pooled) to use the first-order attribution "
-            "instead (kind='first-order')"
-        )
+    kind = _contribution_kind(spec, allow_mean_pooled)
 
     failed: dict[str, str] = {}
     records: list[StructureRecord] = []
@@ -429,17 +450,7 @@ def site_contributions(
             continue
         n = len(record)
         wyckoff = wyckoff_labels(record, symprec=symprec)
-        if roles is None:
-            role: list[Any] = [None] * n
-        elif callable(roles):
-            role = roles(record)
-            role = [None] * n if role is None else [None if r is None else str(r) for r in role]
-            if len(role) != n:
-                raise ValueError(f"{record.label}: the roles callable gave {len(role)} roles for {n} sites")
-        else:
-            role = perovskite_roles(record) if roles in ("auto", "perovskite") else None
-            if role is None:
-                role = wyckoff if roles in ("auto", "wyckoff") and wyckoff is not None else [None] * n
+        role = _site_roles(record, roles, wyckoff)
         columns["structure"] += [record.label] * n
         columns["formula"] += [_formula(record)] * n
         columns["site"] += list(range(n))
