@@ -362,3 +362,14 @@ def test_evaluate_writes_its_plot_without_an_output_option(trained, tmp_path, mo
     written = tmp_path / "evaluation" / f"{folder.name}-test"
     assert {"metrics.json", "predictions.csv", "parity.png"} <= {p.name for p in written.iterdir()}
     assert str(written.relative_to(tmp_path)) in result.stderr
+
+
+def test_cif_text_is_accepted_by_predict():
+    """'CIF text passed to predict() gives "not a readable file path (File name too long)"'."""
+    from .conftest import REPO
+
+    path = REPO / "examples" / "SrTiO3.cif"
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    from_text = predictor.predict(path.read_text())
+    from_file = predictor.predict(str(path))
+    assert from_text.errors == [None] and from_text.values[0] == from_file.values[0]
