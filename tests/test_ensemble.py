@@ -384,7 +384,7 @@ def test_cli_ensemble_and_evaluate(members, data, tmp_path):
     assert meta["ensemble"]["n_members"] == 2 and meta["ensemble"]["calibration"] is None
     assert meta["metadata"]["aliases"] == ["vpa2"] and "domain" in meta
     assert "Not measured yet" in (out / "README.md").read_text()
-    result = CliRunner().invoke(main, ["evaluate", str(out), str(data)])
+    result = CliRunner().invoke(main, ["evaluate", str(out), str(data), "-o", str(tmp_path / "evaluation")])
     assert result.exit_code == 0, result.output
     assert "ensemble_vs_members" in json.loads(result.stdout)["uncertainty"]
     bad = CliRunner().invoke(main, ["ensemble", str(members[0]), "-o", str(tmp_path / "x"), "--no-evaluate"])
