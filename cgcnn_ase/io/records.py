@@ -32,16 +32,19 @@ MIN_CELL_THICKNESS = 0.3
 
 
 def cell_thickness(cell: np.ndarray) -> float:
-    """Smallest distance between lattice planes, Å: ``min_k V / |a_i x a_j|`` of the reduced cell.
+    """Smallest distance between lattice planes, Å: ``1 / max_k |b_k|`` for the reciprocal vectors
+    ``b_k`` (columns of ``inv(cell)``, without 2π) of the Minkowski-reduced cell.
 
     The given cell is reduced (``ase.geometry.minkowski_reduce``) only when its own thickness is
-    small, so an ordinary cell costs three cross products.
+    small, so an ordinary cell costs one 3x3 inverse.
     """
 
     def thickness(c: np.ndarray) -> float:
-        volume = abs(float(np.linalg.det(c)))
-        areas = [np.linalg.norm(np.cross(c[(k + 1) % 3], c[(k + 2) % 3])) for k in range(3)]
-        return min(volume / a if a > 0 else 0.0 for a in areas)
+        try:
+            reciprocal = np.linalg.inv(c)
+        except np.linalg.LinAlgError:
+            return 0.0
+        return float(1.0 / np.sqrt((reciprocal * reciprocal).sum(axis=0)).max())
 
     own = thickness(cell)
     if own >= MIN_CELL_THICKNESS:
