@@ -153,11 +153,12 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch (1 is fastest for small crystals; run several processes to use more cores).")
+@click.option("--workers", default="auto", show_default=True, help="Processes reading structures and building graphs while the main one runs the networks: a number, or auto (the CPU count, at most 8).")
 @_guarded
 def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,
             per_atom: bool, fmt: str | None, log10: bool, metal_threshold: float, output: str | None, resume: bool,
             chunk_size: int, column: str, id_column: str | None, batch_size: int, device: str | None,
-            threads: int) -> None:  # fmt: skip
+            threads: int, workers: str) -> None:  # fmt: skip
     """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ASE .db, ...),
     directories of them, glob patterns, or tables (.csv, .tsv, .parquet) with a --column
     of structures.
@@ -178,6 +179,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
 
     import torch
 
+    n_workers = _workers(workers)
     if fmt is None and output is None:
         fmt = "table" if sys.stdout.isatty() else "csv"  # a person reads a table; a pipe gets csv
     fmt = fmt or infer_format(output)
@@ -185,7 +187,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         torch.set_num_threads(threads)
         _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10,
                             metal_threshold=metal_threshold, column=column, id_column=id_column,
-                            batch_size=batch_size, device=device)  # fmt: skip
+                            batch_size=batch_size, device=device, workers=n_workers)  # fmt: skip
         return
     if fmt == "parquet" and not output:
         raise click.UsageError("parquet output needs -o FOLDER")
@@ -200,7 +202,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     predictors = [load_predictor(name, atom_init=atom_init, trusted=trust, device=device) for name in names]
     if fmt in ("csv", "parquet") and not per_atom:
         _predict_streaming(inputs, predictors, names, output, fmt, resume=resume, chunk_size=chunk_size,
-                           batch_size=batch_size, column=column, id_column=id_column)  # fmt: skip
+                           batch_size=batch_size, column=column, id_column=id_column, workers=n_workers)  # fmt: skip
         return
     # json, table and --per-atom need the whole table: read every file once, for all models;
     # CIFs as the original code did if any model needs its tie order
@@ -211,7 +213,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     if not per_atom:  # the streaming path's code, on one chunk holding everything
         from cgcnn_ase.inference.streaming import model_columns, predict_items
 
-        result = predict_items(items, predictors, columns=model_columns(predictors, names), batch_size=batch_size)
+        result = predict_items(items, predictors, columns=model_columns(predictors, names), batch_size=batch_size,
+                               workers=n_workers)  # fmt: skip
         for messages in result.messages:
             for message in messages:
                 click.echo(f"error: {message}", err=True)
@@ -220,15 +223,17 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
             click.echo(f"{result.n_failed} of {len(ids)} structures could not be predicted", err=True)
             sys.exit(EXIT_BAD_INPUT)
         return
-    _predict_per_atom(items, predictors, names, fmt=fmt, output=output, meta=meta, batch_size=batch_size)
+    _predict_per_atom(items, predictors, names, fmt=fmt, output=output, meta=meta, batch_size=batch_size,
+                      workers=n_workers)  # fmt: skip
 
 
 def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names: list[str], *, fmt: str,
-                      output: str | None, meta: dict, batch_size: int) -> None:  # fmt: skip
+                      output: str | None, meta: dict, batch_size: int, workers: int) -> None:  # fmt: skip
     """``predict --per-atom``: one row per atom with each model's contribution (mean over atoms = prediction)."""
     ids = [label for label, _ in items]
     records = [item for _, item in items if not isinstance(item, CGCNNError)]
-    results = [p.predict(records, batch_size=batch_size, errors="collect", per_atom=True) for p in predictors]
+    results = [p.predict(records, batch_size=batch_size, errors="collect", per_atom=True, workers=workers)
+               for p in predictors]  # fmt: skip
     headers = [f"{r.property} ({r.units})" for r in results]
     if len(set(headers)) < len(headers):  # the same property from several models: name the model
         headers = [f"{name}: {header}" for name, header in zip(names, headers)]
@@ -260,9 +265,22 @@ def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names
         sys.exit(EXIT_BAD_INPUT)
 
 
+def _workers(value: str) -> int:
+    """``--workers``: a positive number, or ``auto`` (the CPU count, at most 8)."""
+    if value == "auto":
+        return max(1, min(8, os.cpu_count() or 1))
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise click.BadParameter(f"must be a positive number or 'auto', got {value!r}", param_hint="--workers")
+    return number
+
+
 def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, per_atom: bool, resume: bool,
                         log10: bool, metal_threshold: float, column: str, id_column: str | None, batch_size: int,
-                        device: str | None) -> None:  # fmt: skip
+                        device: str | None, workers: int) -> None:  # fmt: skip
     """``predict`` without ``--model``: the shipped general-purpose models, in user units."""
     from cgcnn_ase.inference.predictor import as_predictor
     from cgcnn_ase.inference.properties import GENERAL_MODELS, compact_table, property_table
@@ -277,7 +295,7 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
                              exclude=[output] if output else ()))  # fmt: skip
     good = [item for _, item in items if not isinstance(item, CGCNNError)]
     frame, columns = property_table(good, predictors, batch_size=batch_size, metal_threshold=metal_threshold,
-                                    log10=log10)  # fmt: skip
+                                    log10=log10, workers=workers)  # fmt: skip
     frame = _with_unreadable(frame, items)
     for label, message in zip(frame["id"], frame["error"]):
         if message:
@@ -313,7 +331,8 @@ def _with_unreadable(frame: Any, items: Sequence[tuple[str, Any]]) -> Any:
 
 
 def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list[str], output: str | None, fmt: str,
-                       *, resume: bool, chunk_size: int, batch_size: int, column: str, id_column: str | None) -> None:  # fmt: skip
+                       *, resume: bool, chunk_size: int, batch_size: int, column: str, id_column: str | None,
+                       workers: int) -> None:  # fmt: skip
     """``predict`` for csv/parquet: rows written chunk by chunk, one 'error:' line per bad item."""
     from cgcnn_ase.inference.streaming import StreamError, predict_stream
 
@@ -326,6 +345,7 @@ def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list
         summary = predict_stream(
             list(inputs), predictors, output or sys.stdout, fmt=fmt, resume=resume, chunk_size=chunk_size,
             batch_size=batch_size, column=column, id_column=id_column, names=names, progress=None, on_chunk=report,
+            workers=workers,
         )  # fmt: skip
     except StreamError as exc:
         raise click.UsageError(str(exc)) from None

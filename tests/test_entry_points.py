@@ -27,7 +27,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import cgcnn_ase.inference.predictor as predictor_module
+import cgcnn_ase.inference.parallel as graph_building
 from cgcnn_ase.cli import main
 from cgcnn_ase.inference.predictor import CGCNNPredictor
 from cgcnn_ase.inference.streaming import predict_stream
@@ -59,15 +59,16 @@ def _same_record(a: StructureRecord, b: StructureRecord) -> bool:
 
 @pytest.fixture
 def graphs_of(monkeypatch) -> list[StructureRecord]:
-    """The records every prediction builds its graphs from (all entry points end in the predictor)."""
+    """The records every prediction builds its graphs from (all entry points end in the predictor, whose
+    graphs are built by :mod:`cgcnn_ase.inference.parallel`, in this process with the default workers=1)."""
     seen: list[StructureRecord] = []
-    build = predictor_module.build_graph
+    build = graph_building.build_graph
 
     def spy(record, *args, **kwargs):
         seen.append(record)
         return build(record, *args, **kwargs)
 
-    monkeypatch.setattr(predictor_module, "build_graph", spy)
+    monkeypatch.setattr(graph_building, "build_graph", spy)
     return seen
 
 

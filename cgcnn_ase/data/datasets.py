@@ -403,7 +403,7 @@ def _work(task: tuple[str, Any, str, Callable[[StructureRecord], Any] | None, Ci
         return False, str(exc)
 
 
-def _start_method() -> str:
+def worker_start_method() -> str:
     """``fork`` on Linux: workers only run pymatgen/numpy/vesin (never torch), and unlike
     ``spawn``/``forkserver`` it works from notebooks and scripts without a ``__main__``
     guard. Elsewhere ``spawn`` (fork is unsafe on macOS). ``$CGCNN_ASE_START_METHOD`` overrides."""
@@ -450,7 +450,7 @@ def parse_structures(
         if table.kind in ("cif_text", "structure_dict", "cif_file"):
             import pymatgen.core  # noqa: F401 - imported once here, inherited by forked workers
             import pymatgen.io.cif  # noqa: F401
-        context = multiprocessing.get_context(_start_method())
+        context = multiprocessing.get_context(worker_start_method())
         chunk = max(1, min(64, len(tasks) // (workers * 8)))
         with context.Pool(workers) as pool:
             results = list(tqdm(pool.imap(_work, tasks, chunksize=chunk), **bar))

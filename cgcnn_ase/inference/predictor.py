@@ -20,13 +20,14 @@ import torch
 
 from cgcnn_ase.models.folder import LoadedModel
 from cgcnn_ase.graph.element_table import ElementTable
-from cgcnn_ase.errors import CGCNNError, InvalidStructureError, UnseenElementWarning, UnsupportedElementError
-from cgcnn_ase.graph.neighbours import CrystalGraph, build_graph
+from cgcnn_ase.errors import CGCNNError, InvalidStructureError, UnseenElementWarning
+from cgcnn_ase.graph.neighbours import CrystalGraph
 from cgcnn_ase.graph.config import SparsePolicy
 from cgcnn_ase.graph.batch import collate
 from cgcnn_ase.nn.ops import segment_mean
 from cgcnn_ase.models.registry import load_model, resolve_device
-from cgcnn_ase.io.reader import cif_reader_for_policy, iter_records
+from cgcnn_ase.inference.parallel import iter_graphs
+from cgcnn_ase.io.reader import cif_reader_for_policy
 
 ErrorPolicy = Literal["raise", "collect"]
 
@@ -300,25 +301,19 @@ class CGCNNPredictor:
 
     # -- prediction ---------------------------------------------------------------
     def _graphs(
-        self, structures: Any, errors: ErrorPolicy, on_sparse: SparsePolicy
+        self, structures: Any, errors: ErrorPolicy, on_sparse: SparsePolicy, workers: int = 1
     ) -> Iterator[tuple[str, CrystalGraph | CGCNNError]]:
-        """Normalise inputs and build graphs lazily, yielding (label, graph or error)."""
+        """Normalise inputs and build graphs lazily (in ``workers`` processes when > 1), yielding
+        ``(label, graph or error)`` in input order; with ``errors="raise"`` the first error is raised."""
         config = self.model.spec.graph
         # The original policy breaks neighbour ties in pymatgen's site order: read CIFs as it did.
         reader = cif_reader_for_policy(config.neighbor_policy)
-        for label, item in iter_records(structures, cif_reader=reader):
-            try:
-                if isinstance(item, CGCNNError):
-                    raise item
-                try:
-                    self.model.elements.featurize(item.numbers)  # fails early on unsupported elements
-                except UnsupportedElementError as exc:
-                    raise UnsupportedElementError(f"{item.label}: {exc}") from None
-                yield label, build_graph(item, config, on_sparse=on_sparse)
-            except InvalidStructureError as exc:
-                if errors == "raise":
-                    raise
-                yield label, exc
+        graphs = iter_graphs(structures, config=config, elements=self.model.elements, cif_reader=reader,
+                             on_sparse=on_sparse, workers=workers)  # fmt: skip
+        for label, item in graphs:
+            if errors == "raise" and isinstance(item, InvalidStructureError):
+                raise item
+            yield label, item
 
     @torch.no_grad()
     def _run(
@@ -381,6 +376,7 @@ class CGCNNPredictor:
         on_sparse: SparsePolicy = "warn",
         per_atom: bool = False,
         embeddings: bool = False,
+        workers: int = 1,
     ) -> PredictionResult:
         """Predict the model's property for one or many structures.
 
@@ -411,6 +407,9 @@ class CGCNNPredictor:
             embeddings: also return the crystal feature vectors (as :meth:`embed`; for an
                 ensemble, member 0's, the space of the domain signal), from the same graphs,
                 in ``result.embeddings``.
+            workers: processes that read the inputs and build their graphs while this one runs
+                the network (:mod:`cgcnn_ase.inference.parallel`); 1 does everything here.
+                Results are the same bit for bit and in input order.
 
         Returns:
             A :class:`PredictionResult` in input order.
@@ -433,7 +432,9 @@ class CGCNNPredictor:
             per_atom=per_atom,
             features=embeddings or self.model.domain is not None,
         )
-        stream = self._graphs(structures, errors, on_sparse)
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        stream = self._graphs(structures, errors, on_sparse, workers)
         with tqdm(total=total, disable=disable, unit="structure", leave=False) as bar:
             while chunk := list(islice(stream, batch_size)):
                 good = [g for _, g in chunk if isinstance(g, CrystalGraph)]

@@ -106,6 +106,7 @@ def property_table(
     log10: bool = False,
     domain: bool = False,
     on_sparse: str = "warn",
+    workers: int = 1,
 ) -> tuple[pd.DataFrame, list[Column]]:
     """Predict every model's property for ``structures`` and return them in user units.
 
@@ -119,6 +120,7 @@ def property_table(
         metal_threshold: see :func:`gated_band_gap` (used when both ``band_gap`` and ``is_metal`` run).
         log10: also give the moduli's log10 columns.
         domain: also give each model's domain percentile.
+        workers: processes building graphs (see :meth:`CGCNNPredictor.predict`).
 
     Returns:
         ``(frame, columns)``: ``frame`` has ``id``, one column per :class:`Column` (headers
@@ -127,7 +129,8 @@ def property_table(
     import pandas as pd
 
     results = [
-        p.predict(structures, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False)
+        p.predict(structures, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False,
+                  workers=workers)
         for p in predictors
     ]
     ids = results[0].ids if results else []

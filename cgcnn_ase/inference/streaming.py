@@ -172,6 +172,7 @@ def predict_items(
     columns: Sequence[str] | None = None,
     batch_size: int = 64,
     on_sparse: str = "warn",
+    workers: int = 1,
 ) -> ChunkResult:
     """Predict a list of ``(id, record | error)`` items with every model (each structure is
     read once, by the caller, for all models).
@@ -188,7 +189,8 @@ def predict_items(
     records = [item for _, item in items if not isinstance(item, CGCNNError)]
     results = (
         [
-            p.predict(records, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False)
+            p.predict(records, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False,
+                      workers=workers)
             for p in predictors
         ]
         if records
@@ -230,6 +232,7 @@ def iter_prediction_chunks(
     batch_size: int = 64,
     columns: Sequence[str] | None = None,
     on_sparse: str = "warn",
+    workers: int = 1,
 ) -> Iterator[ChunkResult]:
     """Predict ``items`` ``chunk_size`` at a time; only one chunk is held at any moment.
 
@@ -241,7 +244,8 @@ def iter_prediction_chunks(
     columns = list(columns) if columns is not None else model_columns(predictors)
     stream = iter(items)
     while chunk := list(islice(stream, chunk_size)):
-        yield predict_items(chunk, predictors, columns=columns, batch_size=batch_size, on_sparse=on_sparse)
+        yield predict_items(chunk, predictors, columns=columns, batch_size=batch_size, on_sparse=on_sparse,
+                            workers=workers)  # fmt: skip
 
 
 # =============================================================================================
@@ -293,6 +297,7 @@ def predict_stream(
     names: Sequence[str] | None = None,
     progress: bool | None = False,
     on_chunk: Callable[[ChunkResult], None] | None = None,
+    workers: int = 1,
 ) -> StreamSummary:
     """Predict every structure in ``inputs`` with ``models``, writing rows chunk by chunk.
 
@@ -317,6 +322,8 @@ def predict_stream(
         names: model names for column headers (default: the model folders' names).
         progress: show a progress bar (structures) on stderr; ``None``: only when stderr is a terminal.
         on_chunk: called with each :class:`ChunkResult` after it is written.
+        workers: processes building graphs while this one runs the networks (see
+            :meth:`CGCNNPredictor.predict`); results are the same bit for bit.
 
     Returns:
         A :class:`StreamSummary` (counts; the rows are in ``output``).
@@ -344,8 +351,9 @@ def predict_stream(
     try:
         with tqdm(disable=None if progress is None else not progress, unit="structure", leave=False) as bar:
             for result in iter_prediction_chunks(
-                items, predictors, chunk_size=chunk_size, batch_size=batch_size, columns=columns, on_sparse=on_sparse
-            ):
+                items, predictors, chunk_size=chunk_size, batch_size=batch_size, columns=columns, on_sparse=on_sparse,
+                workers=workers,
+            ):  # fmt: skip
                 writer.write(result.frame)
                 failed = result.n_failed
                 summary.n_failed += failed

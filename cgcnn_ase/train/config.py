@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from cgcnn_ase.errors import ConfigError
 from cgcnn_ase.graph.config import GraphConfig
@@ -35,6 +35,7 @@ from cgcnn_ase.data.datasets import DatasetSpec
 
 __all__ = [
     "ConfigError",
+    "FineTuneConfig",
     "ModelConfig",
     "OptimConfig",
     "ScheduleConfig",
@@ -124,8 +125,42 @@ class ScheduleConfig(_Settings):
     patience: int = 10
 
 
+class FineTuneConfig(_Settings):
+    """How a run starts from a trained model (``init_from``); see ``docs/finetuning.md``.
+
+    The network's architecture, graph settings and element table are the base model's; the
+    target gets its own normaliser (mean and std of the new training split).
+
+    Attributes:
+        member: which member of an ensemble base model to start from (0, 1, ...), or
+            ``"all"``: one fine-tuned member per base member (seeds ``seed``, ``seed + 1``,
+            ...; each trained in ``<work_dir>/member<k>``), assembled into an ensemble
+            folder at ``output``. A single model is member 0.
+        output_layer: ``"reset"`` (a freshly initialised ``fc_out``), ``"keep"`` (the base
+            model's, rescaled to the new normaliser so that the run starts from the base
+            model's predictions in target units) or ``"auto"``: keep when the base model
+            predicts the same ``property`` in the same ``units`` and task, else reset.
+        freeze_embedding: do not train the element embedding.
+        freeze_convs: do not train the first ``k`` convolutions (weights and batch-norm
+            statistics: a frozen convolution runs in eval mode during training).
+        head_only: train the dense head only (``conv_to_fc``, ``fcs``, ``fc_out``): the
+            embedding and every convolution frozen.
+        body_lr: learning rate of the trained embedding and convolutions (``None``: ``optim.lr``).
+        head_lr: learning rate of the dense head (``None``: ``optim.lr``).
+    """
+
+    section: ClassVar[str] = "finetune"
+    member: int | str = 0
+    output_layer: str = "auto"
+    freeze_embedding: bool = False
+    freeze_convs: int = 0
+    head_only: bool = False
+    body_lr: float | None = None
+    head_lr: float | None = None
+
+
 #: Sections whose value may be left empty in a file (``optim:`` alone means the defaults).
-SECTIONS = ("split", "model", "graph", "optim", "schedule")
+SECTIONS = ("split", "model", "graph", "optim", "schedule", "finetune")
 
 
 class TrainConfig(_Settings):
@@ -180,6 +215,12 @@ class TrainConfig(_Settings):
             ``licence``, ``citation``, ``notes``, ...
         command: the command that started the run, for the model card (default: rebuilt
             from the config file and overrides given to :func:`load_config`).
+        init_from: fine-tune: start from this trained model, a shipped model's name or
+            alias, a model folder or an authors' ``.pth.tar`` (whose element table is then
+            ``elements``). Its architecture, graph settings and element table are used; a
+            ``model``, ``graph`` or ``elements`` setting given here that contradicts them is
+            refused (:mod:`cgcnn_ase.train.finetune`). ``None``: train from scratch.
+        finetune: how to fine-tune (:class:`FineTuneConfig`); only with ``init_from``.
     """
 
     data: DatasetSpec
@@ -214,8 +255,30 @@ class TrainConfig(_Settings):
     aliases: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     command: str | None = None
+    init_from: str | None = None
+    finetune: FineTuneConfig = Field(default_factory=FineTuneConfig)
     source: str | None = Field(default=None, repr=False)
     overrides: list[str] = Field(default_factory=list, repr=False)
+    #: keys of the ``graph`` section as given (all of them when a GraphConfig was passed)
+    _graph_keys: set[str] = PrivateAttr(default_factory=set)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_graph_keys(cls, data: Any, handler: Any) -> Any:
+        """Note which graph settings were given, so that fine-tuning can tell a setting that
+        contradicts the base model from a default (:mod:`cgcnn_ase.train.finetune`)."""
+        config = handler(data)
+        graph = data.get("graph") if isinstance(data, dict) else None
+        if isinstance(graph, dict):
+            config._graph_keys = {str(key) for key in graph}
+        elif isinstance(graph, GraphConfig):
+            config._graph_keys = {f.name for f in dataclasses.fields(GraphConfig)}
+        return config
+
+    @builtins.property  # the field `property` shadows the builtin here
+    def graph_keys(self) -> set[str]:
+        """The graph settings given in the configuration (not left at their defaults)."""
+        return set(self._graph_keys)
 
     @field_validator("data", mode="before")
     @classmethod
@@ -295,6 +358,28 @@ class TrainConfig(_Settings):
         if self.task == "classification" and self.data.transform != "none":
             raise ConfigError("classification targets are labels 0/1: data.transform must be 'none'")
         self._validate_ranges()
+        self._validate_finetune()
+
+    def _validate_finetune(self) -> None:
+        """The checks of ``init_from`` and the ``finetune`` section that need no base model."""
+        ft = self.finetune
+        if self.init_from is None:
+            changed = sorted(k for k in type(ft).model_fields if getattr(ft, k) != getattr(FineTuneConfig(), k))
+            if changed:
+                raise ConfigError(f"finetune settings {changed} need init_from (the model to start from)")
+            return
+        if not isinstance(self.init_from, str) or not self.init_from.strip():
+            raise ConfigError(f"init_from must name a model (shipped name, folder or .pth.tar), got {self.init_from!r}")
+        if ft.output_layer not in ("auto", "reset", "keep"):
+            raise ConfigError(f"finetune.output_layer must be one of ['auto', 'reset', 'keep'], got {ft.output_layer!r}")
+        if ft.member != "all" and not (isinstance(ft.member, int) and ft.member >= 0):
+            raise ConfigError(f"finetune.member must be a member index (0, 1, ...) or 'all', got {ft.member!r}")
+        if ft.freeze_convs < 0:
+            raise ConfigError(f"finetune.freeze_convs must be at least 0, got {ft.freeze_convs}")
+        for name in ("body_lr", "head_lr"):
+            value = getattr(ft, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"finetune.{name} must be positive (or null for optim.lr), got {value}")
 
     def _validate_ranges(self) -> None:
         """The numeric checks of :meth:`validate`."""
@@ -327,6 +412,8 @@ class TrainConfig(_Settings):
         for name in type(self).model_fields:
             if name in ("source", "overrides"):
                 continue
+            if name in ("init_from", "finetune") and self.init_from is None:
+                continue  # a run from scratch writes (and fingerprints) what it did before fine-tuning existed
             value = getattr(self, name)
             if isinstance(value, (GraphConfig, DatasetSpec)):
                 value = value.to_dict()

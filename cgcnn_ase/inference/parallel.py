@@ -1,0 +1,108 @@
+"""Reading structures and building their graphs in worker processes, in input order.
+
+:meth:`CGCNNPredictor.predict` with ``workers > 1`` hands each input (a path, CIF text, an
+``ase.Atoms`` ...) to a pool of processes that read it with the one reader, check its elements
+and build its graph (:func:`graphs_of`, the same function the serial path runs), while the calling
+process runs the network. Results come back in input order; at most ``workers * 4`` chunks are in
+flight, so memory stays bounded however long the input. Warnings raised in a worker (sparse
+graphs, atoms too close) are re-raised in the calling process. Workers never run torch, so
+forking a process in which torch has run is safe.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator, Sized
+from itertools import islice
+from typing import Any
+
+from cgcnn_ase.errors import InvalidStructureError, UnsupportedElementError
+from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
+from cgcnn_ase.graph.element_table import ElementTable
+from cgcnn_ase.graph.neighbours import CrystalGraph, build_graph
+from cgcnn_ase.io.reader import CifReader, input_kind, is_single_input, read_records
+
+#: Inputs per task sent to a worker (amortises inter-process messages).
+CHUNK = 16
+#: A list shorter than this is read in the calling process even when workers are asked for
+#: (starting a pool costs more than it saves).
+MIN_PARALLEL = 64
+
+Graphed = tuple[str, "CrystalGraph | InvalidStructureError"]
+
+
+def graphs_of(
+    index: int, obj: Any, *, config: GraphConfig, elements: ElementTable, cif_reader: CifReader,
+    on_sparse: SparsePolicy,
+) -> list[Graphed]:  # fmt: skip
+    """Read input number ``index`` and build the graph of each structure it holds.
+
+    Returns ``(label, graph)`` per structure, or ``(label, error)`` for an input or structure
+    that cannot be used (unreadable, invalid, unsupported element, sparse with
+    ``on_sparse="error"``). Labels are those of :func:`cgcnn_ase.io.reader.iter_records`.
+    """
+    kind = input_kind(obj)
+    label = None if kind in ("path", "record") else f"input {index}"
+    try:
+        records = read_records(obj, label, cif_reader=cif_reader)
+    except InvalidStructureError as exc:
+        return [(label or (obj.label if kind == "record" else str(obj)), exc)]
+    out: list[Graphed] = []
+    for record in records:
+        try:
+            try:
+                elements.featurize(record.numbers)  # fails early on unsupported elements
+            except UnsupportedElementError as exc:
+                raise UnsupportedElementError(f"{record.label}: {exc}") from None
+            out.append((record.label, build_graph(record, config, on_sparse=on_sparse)))
+        except InvalidStructureError as exc:
+            out.append((record.label, exc))
+    return out
+
+
+def iter_graphs(
+    structures: Any, *, config: GraphConfig, elements: ElementTable, cif_reader: CifReader, on_sparse: SparsePolicy,
+    workers: int = 1,
+) -> Iterator[Graphed]:  # fmt: skip
+    """``(label, graph or error)`` for every structure of ``structures``, in input order,
+    built in this process (``workers=1``, or a list of fewer than :data:`MIN_PARALLEL` inputs)
+    or in ``workers`` processes."""
+    inputs = [structures] if is_single_input(structures) else structures
+    options = dict(config=config, elements=elements, cif_reader=cif_reader, on_sparse=on_sparse)
+    if workers <= 1 or (isinstance(inputs, Sized) and len(inputs) < MIN_PARALLEL):
+        for index, obj in enumerate(inputs):
+            yield from graphs_of(index, obj, **options)
+        return
+    yield from _in_pool(enumerate(inputs), options, workers)
+
+
+def _work(task: tuple[list[tuple[int, Any]], dict[str, Any]]) -> tuple[list[Graphed], list[tuple[str, type]]]:
+    """Worker: the graphs of one chunk of inputs, and the warnings raised while building them."""
+    chunk, options = task
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graphs = [item for index, obj in chunk for item in graphs_of(index, obj, **options)]
+    return graphs, [(str(w.message), w.category) for w in caught]
+
+
+def _in_pool(inputs: Iterable[tuple[int, Any]], options: dict[str, Any], workers: int) -> Iterator[Graphed]:
+    """Ordered, bounded map of :func:`_work` over chunks of ``inputs`` in a process pool."""
+    import multiprocessing
+
+    from cgcnn_ase.data.datasets import worker_start_method
+
+    chunks = iter(lambda: list(islice(inputs, CHUNK)), [])
+    context = multiprocessing.get_context(worker_start_method())
+    with context.Pool(workers) as pool:
+        pending: deque[Any] = deque()
+        for chunk in islice(chunks, workers * 4):
+            pending.append(pool.apply_async(_work, ((chunk, options),)))
+        while pending:
+            graphs, caught = pending.popleft().get()
+            chunk = next(chunks, None)
+            if chunk is not None:
+                pending.append(pool.apply_async(_work, ((chunk, options),)))
+            for message, category in caught:
+                warnings.warn(message, category, stacklevel=4)
+            yield from graphs
