@@ -87,7 +87,9 @@ def model_card(document: dict[str, Any], *, loss_name: str) -> str:
         document: the folder's ``model.json`` document, as written by training: its
             ``metadata`` holds ``dataset``, ``split``, ``training`` (with the resolved
             configuration as ``config`` and the ``hardware``), ``test_metrics`` and
-            ``elements_seen``.
+            ``elements_seen``; a fine-tuned model's also ``finetune`` (the base model, its
+            data and the fine-tuning settings, :func:`cgcnn_ase.train.finetune.finetune_metadata`),
+            which adds the card's "Base model" section.
         loss_name: the training loss as used (``mse``, ``mae`` or ``cross_entropy``; the
             configuration may say ``auto``).
     """

@@ -94,6 +94,8 @@ class TrainingResult:
         batcher: batches of the run's graphs; device: where to evaluate.
         threads: torch threads of the run; wall_time_s: training time of all sessions, s.
         fingerprint: :func:`~cgcnn_ase.train.config.config_fingerprint` of the run.
+        finetune: ``metadata.finetune`` of a fine-tuning run (base model, its data and the
+            settings; :func:`~cgcnn_ase.train.finetune.finetune_metadata`), ``None`` otherwise.
     """
 
     data: PreparedData
@@ -109,6 +111,7 @@ class TrainingResult:
     threads: int
     wall_time_s: float
     fingerprint: str
+    finetune: dict[str, Any] | None = None
 
 
 def _evaluate(
@@ -195,6 +198,8 @@ def _model_spec(config: TrainConfig, result: TrainingResult, metrics: dict[str, 
         "val_metrics": metrics.get("val", {}),
         "training": _training_metadata(config, result),
     }
+    if result.finetune is not None:
+        metadata["finetune"] = result.finetune
     return ModelSpec(
         name=config.model_name,
         property=config.property_name,

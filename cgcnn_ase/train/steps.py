@@ -65,7 +65,8 @@ def steps_per_epoch(n_train: int, batch_size: int, min_last: int = 2) -> int:
 
 
 def make_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
-    """The optimiser of ``config.optim`` over ``params``."""
+    """The optimiser of ``config.optim`` over ``params``: parameters, or parameter groups
+    (dicts with ``params`` and their own ``lr``, as fine-tuning gives the body and the head)."""
     o = config.optim
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
@@ -76,7 +77,8 @@ def make_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
 
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps: int) -> Any:
     """The learning-rate scheduler of ``config.schedule`` (``None`` for ``none``); ``steps``:
-    optimiser steps per epoch (``onecycle`` steps every batch, the others every epoch)."""
+    optimiser steps per epoch (``onecycle`` steps every batch, the others every epoch; its
+    peak is each parameter group's learning rate)."""
     s = config.schedule
     if s.name == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(s.milestones), gamma=s.gamma)
@@ -84,7 +86,8 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps:
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=s.min_lr)
     if s.name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.optim.lr, total_steps=config.epochs * steps, pct_start=s.pct_start
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=config.epochs * steps,
+            pct_start=s.pct_start,
         )
     if s.name == "reduce_on_plateau":
         mode = "max" if config.monitor_name in ("val_roc_auc", "val_accuracy") else "min"

@@ -53,6 +53,16 @@ from cgcnn_ase.train.config import (
 )
 from cgcnn_ase.train.data import prepare_data, resolve_split, split_positions, target_normalizer
 from cgcnn_ase.train.export import TrainingResult, write_metrics_csv, write_model_folder
+from cgcnn_ase.train.finetune import (
+    FineTuneBase,
+    FineTuneState,
+    finetune_all_members,
+    finetune_metadata,
+    initialise_from_base,
+    load_base,
+    parameter_groups,
+    resolve_config,
+)
 from cgcnn_ase.train.steps import (
     TrainingForward,
     batch_chunks,
@@ -108,6 +118,10 @@ class Trainer:
     :meth:`export` (the model folder). The state of the run (network, optimiser, history,
     best epoch, ...) lives on the instance.
 
+    With ``config.init_from``, the run is a fine-tuning run (:mod:`cgcnn_ase.train.finetune`):
+    the base model is loaded here and ``self.config`` is the configuration resolved with its
+    architecture, graph settings and element table.
+
     Args:
         config: the run's settings (validated here).
         progress: show a progress bar (on rank 0 only).
@@ -119,6 +133,11 @@ class Trainer:
         self, config: TrainConfig, *, progress: bool = True, ddp: parallel_training.DistributedRun | None = None
     ) -> None:
         config.validate()
+        self.base: FineTuneBase | None = None
+        self.finetune_state: FineTuneState | None = None
+        if config.init_from is not None:
+            self.base = load_base(config)
+            config = resolve_config(config, self.base)
         self.config = config
         self.ddp = ddp
         self.is_main = ddp is None or ddp.is_main  # the process that writes files
@@ -180,7 +199,8 @@ class Trainer:
         self.targets = self._training_targets()
 
     def build_model(self) -> None:
-        """The seeded network, its optimiser and schedule, and the shuffling stream."""
+        """The seeded network (fine-tuning: with the base model's weights, parts frozen), its
+        optimiser and schedule, and the shuffling stream."""
         config = self.config
         torch.manual_seed(config.seed)
         self.architecture = network_architecture(config, self.data.elements)
@@ -188,9 +208,12 @@ class Trainer:
             self.network = CrystalGraphConvNet(**self.architecture)
         except ValueError as exc:
             raise ConfigError(f"model: {exc}") from None
+        if self.base is not None:
+            self.finetune_state = initialise_from_base(self.network, self.base, config, mean=self.mean, std=self.std)
         self.network.to(self.device)
         self.network.set_execution(split_matmul=config.model.split_matmul)
-        self.optimizer = make_optimizer(config, self.network.parameters())
+        parameters = parameter_groups(self.network, config) if self.base is not None else self.network.parameters()
+        self.optimizer = make_optimizer(config, parameters)
         n_train = len(self.parts["train"])
         if self.ddp is not None and n_train < self.min_last:
             raise ConfigError(f"{self.ddp.world_size} processes need at least {self.min_last} training crystals")
@@ -248,6 +271,9 @@ class Trainer:
             ``{"train_loss", "train_accuracy"}``: means over the epoch's crystals.
         """
         self.network.train()
+        if self.finetune_state is not None:  # frozen modules keep their batch-norm statistics
+            for module in self.finetune_state.modules(self.network):
+                module.eval()
         train = self.parts["train"]
         order = train[torch.randperm(len(train), generator=self.shuffle).numpy()]
         sum_loss, sum_err, count = 0.0, 0.0, 0
@@ -407,10 +433,17 @@ class Trainer:
             data=self.data, split=self.split, parts=self.parts, history=self.history, best=self.best,
             architecture=self.architecture, mean=self.mean, std=self.std, batcher=self.batcher, device=self.device,
             threads=self.threads, wall_time_s=self.wall_before + session, fingerprint=self.fingerprint,
+            finetune=self._finetune_metadata(),
         )  # fmt: skip
         folder = write_model_folder(self.config, result)
         parallel_training.barrier(self.ddp)  # the other processes return once the folder is complete
         return folder
+
+    def _finetune_metadata(self) -> dict[str, Any] | None:
+        """``metadata.finetune`` of a fine-tuning run (``None`` for a run from scratch)."""
+        if self.base is None or self.finetune_state is None:
+            return None
+        return finetune_metadata(self.base, self.config, self.network, self.finetune_state)
 
     # -- small pieces of setup -------------------------------------------------------------
     def _join_processes(self) -> None:
@@ -451,8 +484,16 @@ class Trainer:
             scheduler.step()
 
 
-def train_from_config(config: TrainConfig, *, progress: bool = True) -> Path:
+def train_from_config(
+    config: TrainConfig, *, progress: bool = True, init_from: str | os.PathLike | None = None
+) -> Path:
     """Train a model as ``config`` says and write its model folder; returns the folder.
+
+    With ``init_from`` (or ``config.init_from``: a shipped model's name, a model folder or an
+    authors' ``.pth.tar``), fine-tune that model instead of starting from random weights,
+    as ``config.finetune`` says (:mod:`cgcnn_ase.train.finetune`; ``docs/finetuning.md``).
+    ``finetune.member: all`` fine-tunes every member of an ensemble and writes an ensemble
+    folder.
 
     Resumes from ``<work_dir>/checkpoint_last.pt`` when it exists and ``config.resume``
     is true (the settings that shape the run must match; ``epochs`` and ``patience`` may
@@ -468,7 +509,12 @@ def train_from_config(config: TrainConfig, *, progress: bool = True) -> Path:
         ConfigError: bad settings, or settings that differ from the checkpoint's.
         TrainingError: the loss became NaN or infinite.
     """
+    if init_from is not None:
+        config = config.model_copy(deep=True)
+        config.init_from = os.fspath(init_from)
     config.validate()
+    if config.init_from is not None and config.finetune.member == "all":
+        return finetune_all_members(config, progress=progress)
     ddp = parallel_training.start(config.device)
     try:
         return Trainer(config, progress=progress, ddp=ddp).fit()

@@ -1,0 +1,418 @@
+"""Fine-tuning: start a training run from a trained model (``init_from``) instead of random weights.
+
+>>> from cgcnn_ase.train.config import load_config
+>>> from cgcnn_ase.train.trainer import train_from_config
+>>> config = load_config("my_small_set.yaml", ["finetune.freeze_convs=2"])       # doctest: +SKIP
+>>> folder = train_from_config(config, init_from="formation_energy")            # doctest: +SKIP
+
+``init_from`` names the base model as everything else in the package does: a shipped model's
+name or alias, a model folder (single or ensemble) or one of the authors' ``.pth.tar`` files,
+loaded by the one :func:`~cgcnn_ase.models.registry.load_model`. From the base model the run
+takes:
+
+- the **architecture** (``model.atom_fea_len``, ``n_conv``, ``h_fea_len``, ``n_h``,
+  ``readout``, ``conv``), the **graph settings** and the **element table**: a setting the
+  configuration gives that contradicts them is refused with a :class:`ConfigError` naming
+  it (settings left out are filled in from the base model);
+- the **weights**: all of them, except the output layer ``fc_out`` when it is reset
+  (``finetune.output_layer``; always when the task changes).
+
+The target is the configuration's, with its own normaliser (mean and std of the new
+training split). A kept output layer is rescaled to that normaliser, so that the run starts
+from the base model's predictions in target units. ``finetune`` also freezes the element
+embedding and the first ``k`` convolutions (their weights and batch-norm statistics), trains
+the dense head only, and gives the body (embedding and convolutions) and the head
+(``conv_to_fc``, ``fcs``, ``fc_out``) their own learning rates.
+
+``finetune.member: all`` fine-tunes every member of an ensemble base model (one run each,
+seeds ``seed + k``) and assembles the results into an ensemble folder
+(:func:`finetune_all_members`). The model card records the base model, its data and these
+settings (``metadata.finetune`` of ``model.json``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cgcnn_ase.errors import ConfigError
+from cgcnn_ase.graph.elements import generate_cgcnn_table
+from cgcnn_ase.models.folder import ELEMENTS_FILE, LoadedModel, read_model_json
+from cgcnn_ase.models.registry import load_model, model_folder
+from cgcnn_ase.nn.network import CrystalGraphConvNet
+from cgcnn_ase.train.config import TrainConfig
+from cgcnn_ase.train.data import load_elements
+
+__all__ = [
+    "ARCHITECTURE_KEYS",
+    "HEAD_PREFIXES",
+    "FineTuneBase",
+    "FineTuneState",
+    "finetune_all_members",
+    "finetune_metadata",
+    "initialise_from_base",
+    "load_base",
+    "parameter_groups",
+    "resolve_config",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``model`` settings that come from the base model (``dropout``, which has no weights, may differ).
+ARCHITECTURE_KEYS = ("atom_fea_len", "n_conv", "h_fea_len", "n_h", "readout", "conv")
+#: Parameter-name prefixes of the dense head; the rest (``embedding``, ``convs``) is the body.
+HEAD_PREFIXES = ("conv_to_fc.", "fcs.", "fc_out.")
+
+SHIPPED, FOLDER, CHECKPOINT = "shipped model", "model folder", "original checkpoint"
+
+
+@dataclass
+class FineTuneBase:
+    """The base model of a fine-tuning run: one network (one member of an ensemble).
+
+    Attributes:
+        init_from: the model as named in the configuration.
+        kind: ``"shipped model"``, ``"model folder"`` or ``"original checkpoint"``.
+        path: its folder (or ``.pth.tar`` file).
+        loaded: the loaded model (for an ensemble, the first ``member + 1`` members).
+        network: the member's network (eval mode, on the CPU).
+        member: the member's index (0 for a single model); n_members: members of the base model.
+        mean, std: the member's target normaliser, in the base model's units.
+        info: the member's description in the base model's ``model.json`` (``ensemble.members[k]``), or ``{}``.
+    """
+
+    init_from: str
+    kind: str
+    path: Path
+    loaded: LoadedModel
+    network: CrystalGraphConvNet
+    member: int
+    n_members: int
+    mean: float
+    std: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The base model's name (its ``model.json`` name, or the file's stem)."""
+        return self.loaded.spec.name
+
+
+@dataclass
+class FineTuneState:
+    """What :func:`initialise_from_base` did to a network.
+
+    Attributes:
+        output_layer: ``"reset"`` or ``"keep"`` (the resolved choice).
+        frozen: names of the frozen modules (``"embedding"``, ``"convs.0"``, ...), run in
+            eval mode during training.
+    """
+
+    output_layer: str
+    frozen: list[str]
+
+    def modules(self, network: CrystalGraphConvNet) -> list[torch.nn.Module]:
+        """The frozen modules of ``network``."""
+        return [network.get_submodule(name) for name in self.frozen]
+
+
+# ---------------------------------------------------------------------------------------------
+# The base model and the run's settings
+# ---------------------------------------------------------------------------------------------
+
+
+def _locate(init_from: str) -> tuple[str, Path]:
+    """``(kind, path)`` of a model argument (shipped models: their folder, found by the registry)."""
+    path = Path(init_from)
+    if path.is_dir():
+        return FOLDER, path
+    if path.exists():
+        return CHECKPOINT, path
+    return SHIPPED, model_folder(init_from, purpose="init_from names the model to start from")
+
+
+def load_base(config: TrainConfig) -> FineTuneBase:
+    """Load member ``config.finetune.member`` of ``config.init_from`` on the CPU.
+
+    Raises:
+        ConfigError: a member the model does not hold, or an authors' ``.pth.tar`` without
+            ``elements`` (the file does not store its element table).
+        UnknownModelError, CheckpointError: no such model, or an unreadable one.
+    """
+    init_from, member = str(config.init_from), config.finetune.member
+    if not isinstance(member, int):
+        raise ConfigError(f"finetune.member={member!r}: one run fine-tunes one member; 'all' is train_from_config's")
+    kind, path = _locate(init_from)
+    document = read_model_json(path) if kind != CHECKPOINT else {}
+    described = (document.get("ensemble") or {}).get("members") or []
+    n_members = max(1, len(described))
+    if member >= n_members:
+        raise ConfigError(
+            f"finetune.member={member}: the base model {init_from} holds {n_members} member(s), numbered from 0"
+        )
+    atom_init = None
+    if kind == CHECKPOINT:
+        if "elements" not in config.model_fields_set:
+            raise ConfigError(
+                f"init_from={init_from}: an authors' checkpoint does not store its element table; set elements to "
+                "the atom_init.json it was trained with ('generated' uses this project's table, which changes it)"
+            )
+        atom_init = config.elements
+    loaded = load_model(path if kind != SHIPPED else init_from, device="cpu", members=member + 1, atom_init=atom_init)
+    if loaded.is_ensemble:
+        chosen = loaded.members[member]
+        network, mean, std = chosen.network, chosen.normalizer_mean, chosen.normalizer_std
+    else:
+        network, mean, std = loaded.network, loaded.spec.normalizer_mean, loaded.spec.normalizer_std
+    info = {k: v for k, v in described[member].items() if k != "normalizer"} if described else {}
+    return FineTuneBase(init_from, kind, path, loaded, network, member, n_members, mean, std, info)
+
+
+def _refuse(setting: str, given: Any, base: FineTuneBase, theirs: Any, what: str) -> ConfigError:
+    return ConfigError(
+        f"{setting} is {given!r} but the base model {base.init_from} was trained with {theirs!r}; fine-tuning keeps "
+        f"the base model's {what}: leave {setting} out of the configuration (or set it to {theirs!r})"
+    )
+
+
+def _elements_setting(config: TrainConfig, base: FineTuneBase) -> str:
+    """The ``elements`` value of the resolved configuration; refuses a table that is not the base model's."""
+    table = base.loaded.elements
+    if base.kind == CHECKPOINT:
+        return config.elements  # the table given for the authors' file is the base model's by definition
+    if "elements" in config.model_fields_set and load_elements(config.elements).fingerprint() != table.fingerprint():
+        raise ConfigError(
+            f"elements is {config.elements!r} but the base model {base.init_from} uses another element table "
+            f"({table.name!r}); fine-tuning keeps the base model's element table: leave elements out"
+        )
+    if table.fingerprint() == generate_cgcnn_table().fingerprint():
+        return "generated"
+    document = read_model_json(base.path)
+    return str(base.path / (document.get("elements") or {}).get("file", ELEMENTS_FILE))
+
+
+def resolve_config(config: TrainConfig, base: FineTuneBase) -> TrainConfig:
+    """A copy of ``config`` with the base model's architecture, graph settings and element table.
+
+    Raises:
+        ConfigError: naming the first ``model``, ``graph``, ``elements``, ``task`` or
+            ``finetune`` setting that contradicts the base model.
+    """
+    spec = base.loaded.spec
+    architecture = spec.architecture
+    for key in ARCHITECTURE_KEYS:
+        mine, theirs = getattr(config.model, key), architecture.get(key, getattr(type(config.model)(), key))
+        if key in config.model.model_fields_set and mine != theirs:
+            raise _refuse(f"model.{key}", mine, base, theirs, "architecture")
+    for key in sorted(config.graph_keys):
+        mine, theirs = getattr(config.graph, key), getattr(spec.graph, key)
+        if mine != theirs:
+            raise _refuse(f"graph.{key}", mine, base, theirs, "graph settings (the weights were trained on them)")
+    elements = _elements_setting(config, base)
+    n_conv = int(architecture["n_conv"])
+    ft = config.finetune
+    if ft.freeze_convs > n_conv:
+        raise ConfigError(f"finetune.freeze_convs is {ft.freeze_convs} but the base model has {n_conv} convolutions")
+    if ft.output_layer == "keep" and config.task != spec.task:
+        raise ConfigError(
+            f"finetune.output_layer is 'keep' but the base model is a {spec.task} model and the task is "
+            f"{config.task}: the output layer must be reset (output_layer: reset or auto)"
+        )
+    if config.task == "classification" and architecture.get("readout") == "atomwise":
+        raise ConfigError(f"task is 'classification' but the base model {base.init_from} has the atomwise readout, "
+                          "which is for regression only")  # fmt: skip
+    settings = {key: architecture[key] for key in ARCHITECTURE_KEYS if key in architecture}
+    if "dropout" not in config.model.model_fields_set and "dropout" in architecture:
+        settings["dropout"] = architecture["dropout"]
+    resolved = config.model_copy(deep=True)
+    resolved.model = config.model.model_copy(update=settings)
+    resolved.graph = spec.graph
+    resolved.elements = elements
+    resolved.validate()
+    return resolved
+
+
+# ---------------------------------------------------------------------------------------------
+# The network of the run
+# ---------------------------------------------------------------------------------------------
+
+
+def output_layer_choice(config: TrainConfig, base: FineTuneBase) -> str:
+    """``"keep"`` or ``"reset"``: ``finetune.output_layer``, with ``auto`` keeping the layer
+    when the base model predicts the same property in the same units (and task)."""
+    setting, spec = config.finetune.output_layer, base.loaded.spec
+    if setting != "auto":
+        return setting
+    same = spec.task == config.task and spec.property == config.property_name
+    if config.task == "regression":
+        same = same and spec.units == config.units
+    return "keep" if same else "reset"
+
+
+def initialise_from_base(
+    network: CrystalGraphConvNet, base: FineTuneBase, config: TrainConfig, *, mean: float, std: float
+) -> FineTuneState:
+    """Copy the base model's weights into ``network`` (built with the resolved configuration)
+    and freeze what ``config.finetune`` says.
+
+    A reset output layer keeps ``network``'s own (seeded) initialisation. A kept one of a
+    regression model is rescaled from the base normaliser ``(m_b, s_b)`` to the run's
+    ``(mean, std)``: ``W' = W s_b / std``, ``b' = (b s_b + m_b - mean) / std``, which leaves
+    the predictions in target units unchanged.
+
+    Args:
+        network: the run's freshly built network (on the CPU).
+        base: the base model; config: the resolved configuration.
+        mean, std: the run's target normaliser, in target units.
+    """
+    choice = output_layer_choice(config, base)
+    state = {k: v.detach().clone() for k, v in base.network.state_dict().items()}
+    if choice == "reset":
+        state = {k: v for k, v in state.items() if not k.startswith("fc_out.")}
+    elif config.task == "regression":
+        scale = base.std / std
+        state["fc_out.weight"] = state["fc_out.weight"] * scale
+        state["fc_out.bias"] = (state["fc_out.bias"] * base.std + base.mean - mean) / std
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("fc_out.") for k in missing):
+        raise ConfigError(f"the base model's weights do not fit the network: missing {missing[:4]}, "
+                          f"unexpected {unexpected[:4]}")  # fmt: skip
+    ft = config.finetune
+    n_frozen = network.hparams["n_conv"] if ft.head_only else ft.freeze_convs
+    frozen = (["embedding"] if ft.freeze_embedding or ft.head_only else []) + [f"convs.{k}" for k in range(n_frozen)]
+    state_ = FineTuneState(output_layer=choice, frozen=frozen)
+    for module in state_.modules(network):
+        module.requires_grad_(False)
+    return state_
+
+
+def parameter_groups(network: CrystalGraphConvNet, config: TrainConfig) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: the head (``finetune.head_lr``), then the trained part
+    of the body (``finetune.body_lr``; left out when all of it is frozen). ``metrics.csv``'s
+    ``lr`` is the head's."""
+    ft, lr = config.finetune, config.optim.lr
+    head, body = [], []
+    for name, parameter in network.named_parameters():
+        if parameter.requires_grad:
+            (head if name.startswith(HEAD_PREFIXES) else body).append(parameter)
+    groups = [{"params": head, "lr": ft.head_lr or lr, "name": "head"}]
+    if body:
+        groups.append({"params": body, "lr": ft.body_lr or lr, "name": "body"})
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance
+# ---------------------------------------------------------------------------------------------
+
+
+def _base_description(base: FineTuneBase) -> dict[str, Any]:
+    """``metadata.finetune.base``: which model, its target and data, and its test metrics."""
+    spec = base.loaded.spec
+    dataset = spec.metadata.get("dataset") or {}
+    keys = ("name", "path", "target", "rows_used", "source", "licence", "citation")
+    test = base.info.get("test_metrics") or spec.metadata.get("test_metrics") or {}
+    return {
+        "init_from": base.init_from,
+        "name": spec.name,
+        "kind": base.kind,
+        "path": str(base.path),
+        "aliases": list(spec.metadata.get("aliases") or []),
+        "property": spec.property,
+        "units": spec.units,
+        "task": spec.task,
+        "member": base.member,
+        "n_members": base.n_members,
+        "normalizer": {"mean": base.mean, "std": base.std},
+        "dataset": {k: dataset[k] for k in keys if dataset.get(k) is not None},
+        "origin": spec.metadata.get("origin"),
+        "test_metrics": test,
+    }
+
+
+def finetune_metadata(
+    base: FineTuneBase, config: TrainConfig, network: CrystalGraphConvNet, state: FineTuneState
+) -> dict[str, Any]:
+    """``metadata.finetune`` of the fine-tuned model's ``model.json`` (rendered by its card)."""
+    ft = config.finetune
+    frozen = {id(p) for module in state.modules(network) for p in module.parameters()}
+    counts = {"trained": 0, "frozen": 0}
+    for parameter in network.parameters():
+        counts["frozen" if id(parameter) in frozen else "trained"] += parameter.numel()
+    trains_body = not ft.head_only and (len(state.frozen) < 1 + network.hparams["n_conv"])
+    return {
+        "base": _base_description(base),
+        "output_layer": state.output_layer,
+        "output_layer_setting": ft.output_layer,
+        "frozen": list(state.frozen),
+        "head_only": ft.head_only,
+        "lr": {"head": ft.head_lr or config.optim.lr, "body": (ft.body_lr or config.optim.lr) if trains_body else None},
+        "parameters": counts,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Every member of an ensemble
+# ---------------------------------------------------------------------------------------------
+
+
+def _member_config(config: TrainConfig, k: int) -> TrainConfig:
+    """Member ``k``'s run: base member ``k``, seed ``seed + k``, folders under the work folder."""
+    member = config.model_copy(deep=True)
+    member.finetune = config.finetune.model_copy(update={"member": k})
+    member.seed = config.seed + k
+    member.output = str(config.work_path / f"member{k}")
+    member.work_dir = None
+    member.name = f"{config.model_name}-member{k}"
+    return member
+
+
+def finetune_all_members(config: TrainConfig, *, progress: bool = True) -> Path:
+    """Fine-tune every member of the ensemble ``config.init_from`` (``finetune.member: all``)
+    and assemble them into the ensemble folder ``config.output``; returns it.
+
+    Member ``k`` starts from base member ``k`` with seed ``config.seed + k`` and the same split,
+    in ``<work_dir>/member<k>`` (each resumable). The ensemble is then assembled, calibrated
+    on the validation split and scored on the test split
+    (:func:`~cgcnn_ase.train.ensembles.assemble_ensemble`). A single-model base gives one run.
+    """
+    import yaml
+
+    from cgcnn_ase.train import ddp as parallel_training
+    from cgcnn_ase.train.ensembles import assemble_ensemble
+    from cgcnn_ase.train.trainer import train_from_config
+
+    if parallel_training.world_size_from_env() > 1:
+        raise ConfigError("finetune.member: all trains the members one after the other; under torchrun, fine-tune one "
+                          "member per launch (finetune.member=K) and assemble them with cgcnn-ase ensemble")  # fmt: skip
+    kind, path = _locate(str(config.init_from))
+    described = ((read_model_json(path) if kind != CHECKPOINT else {}).get("ensemble") or {}).get("members") or []
+    single = copy.deepcopy(config)
+    single.finetune = config.finetune.model_copy(update={"member": 0})
+    if len(described) < 2:
+        return train_from_config(single, progress=progress)
+    folders = [train_from_config(_member_config(config, k), progress=progress) for k in range(len(described))]
+    device = None if config.device == "auto" else config.device
+    output = assemble_ensemble(
+        folders, config.output, name=config.model_name, aliases=list(config.aliases) or None, device=device,
+        batch_size=config.eval_batch_size, workers=config.workers, progress=progress,
+    )  # fmt: skip
+    document = read_model_json(output)
+    finetune = document["metadata"].get("finetune") or {}
+    if finetune.get("base"):  # member 0's description, which holds for every member but the member index
+        finetune["base"]["member"] = "all"
+        document["metadata"]["finetune"] = finetune
+        (output / "model.json").write_text(json.dumps(document, indent=2) + "\n")
+    resolved = yaml.safe_load((folders[0] / "config.yaml").read_text())  # member 0's, with the base model's settings
+    resolved.update({k: v for k, v in config.to_dict().items() if k not in ("model", "graph", "elements")})
+    (output / "config.yaml").write_text(
+        "# resolved training configuration (cgcnn-ase); rerun with: cgcnn-ase train config.yaml\n"
+        + yaml.safe_dump(resolved, sort_keys=False)
+    )
+    return output
