@@ -18,7 +18,13 @@ from .conftest import REPO, rattled
 
 @pytest.fixture(scope="module")
 def predictor() -> CGCNNPredictor:
-    return CGCNNPredictor.from_pretrained("formation_energy", members=2, device="cpu")
+    """Two members, on the CPU, with one torch thread as the workers use (the bitwise guarantee)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield CGCNNPredictor.from_pretrained("formation_energy", members=2, device="cpu")
+    torch.set_num_threads(before)
 
 
 def _inputs(tmp_path) -> list:

@@ -21,7 +21,7 @@ from cgcnn_ase.errors import InvalidStructureError, UnsupportedElementError
 from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
 from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.graph.neighbours import CrystalGraph, build_graph
-from cgcnn_ase.io.reader import CifReader, input_kind, is_single_input, read_records
+from cgcnn_ase.io.reader import CifReader, cif_reader_for_policy, input_kind, is_single_input, read_records
 
 #: Inputs per task sent to a worker (amortises inter-process messages).
 CHUNK = 16
@@ -106,3 +106,91 @@ def _in_pool(inputs: Iterable[tuple[int, Any]], options: dict[str, Any], workers
             for message, category in caught:
                 warnings.warn(message, category, stacklevel=4)
             yield from graphs
+
+
+# -- the whole pipeline in workers (CPU) ----------------------------------------------------------
+
+#: The worker's predictor (set by :func:`_init_network_worker` in each pool process; never in the caller).
+_WORKER_PREDICTOR: Any = None
+
+
+def _init_network_worker(model: Any) -> None:
+    """Pool initializer: one torch thread (torch's thread pool does not survive ``fork``; several
+    workers share the cores anyway) and this process's own predictor on the CPU."""
+    import torch
+
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
+
+    global _WORKER_PREDICTOR
+    torch.set_num_threads(1)  # this is the worker's own process, started for this pool
+    _WORKER_PREDICTOR = CGCNNPredictor(model, device="cpu")
+
+
+def _network(task: tuple[list[CrystalGraph], bool, bool]) -> Any:
+    graphs, per_atom, features = task
+    return _WORKER_PREDICTOR._run(graphs, per_atom, features)
+
+
+def predict_batches(
+    predictor: Any, structures: Any, *, batch_size: int, per_atom: bool, features: bool, errors: str,
+    on_sparse: SparsePolicy, workers: int = 1,
+) -> Iterator[tuple[list[Graphed], Any]]:  # fmt: skip
+    """``(batch, outputs)`` in input order: ``batch_size`` graph items (graphs or errors) and the
+    predictor's ``_run`` outputs for their graphs (``(None, None, None)`` when none is usable).
+
+    ``workers <= 1`` (or a list of fewer than :data:`MIN_PARALLEL` inputs): everything in this
+    process. On a GPU: graphs built in ``workers`` processes, networks run here. On the CPU:
+    graphs *and* networks in ``workers`` processes (one torch thread each), with batches formed
+    here exactly as in this process, so the results are the same bit for bit as with one worker
+    at one torch thread.
+    """
+    inputs = [structures] if is_single_input(structures) else structures
+    serial = workers <= 1 or (isinstance(inputs, Sized) and len(inputs) < MIN_PARALLEL)
+    if serial or predictor.device.type != "cpu":
+        stream = predictor._graphs(inputs, errors, on_sparse, 1 if serial else workers)
+        while batch := list(islice(stream, batch_size)):
+            good = [g for _, g in batch if isinstance(g, CrystalGraph)]
+            yield batch, predictor._run(good, per_atom, features) if good else (None, None, None)
+        return
+    yield from _pipeline(predictor, enumerate(inputs), batch_size=batch_size, per_atom=per_atom, features=features,
+                         errors=errors, on_sparse=on_sparse, workers=workers)  # fmt: skip
+
+
+def _pipeline(
+    predictor: Any, inputs: Iterator[tuple[int, Any]], *, batch_size: int, per_atom: bool, features: bool,
+    errors: str, on_sparse: SparsePolicy, workers: int,
+) -> Iterator[tuple[list[Graphed], Any]]:  # fmt: skip
+    """Reading, graphs and networks in one pool: graph tasks feed batches formed here, in input
+    order; at most ``workers * 4`` graph tasks and ``workers * 2`` network tasks are in flight."""
+    import multiprocessing
+
+    from cgcnn_ase.data.datasets import worker_start_method
+
+    config = predictor.model.spec.graph
+    options = dict(config=config, elements=predictor.model.elements, on_sparse=on_sparse,
+                   cif_reader=cif_reader_for_policy(config.neighbor_policy))  # fmt: skip
+    chunks = iter(lambda: list(islice(inputs, CHUNK)), [])
+    context = multiprocessing.get_context(worker_start_method())
+    with context.Pool(workers, initializer=_init_network_worker, initargs=(predictor.model,)) as pool:
+        reads: deque[Any] = deque(pool.apply_async(_work, ((c, options),)) for c in islice(chunks, workers * 4))
+        nets: deque[tuple[list[Graphed], Any]] = deque()
+        buffer: list[Graphed] = []
+        while reads or buffer or nets:
+            while reads and len(buffer) < batch_size:
+                graphs, caught = reads.popleft().get()
+                chunk = next(chunks, None)
+                if chunk is not None:
+                    reads.append(pool.apply_async(_work, ((chunk, options),)))
+                for message, category in caught:
+                    warnings.warn(message, category, stacklevel=5)
+                for label, item in graphs:
+                    if errors == "raise" and isinstance(item, InvalidStructureError):
+                        raise item
+                    buffer.append((label, item))
+            if buffer:
+                batch, buffer = buffer[:batch_size], buffer[batch_size:]
+                good = [g for _, g in batch if isinstance(g, CrystalGraph)]
+                nets.append((batch, pool.apply_async(_network, ((good, per_atom, features),)) if good else None))
+            while nets and (len(nets) > workers * 2 or not (reads or buffer)):
+                batch, pending = nets.popleft()
+                yield batch, pending.get() if pending is not None else (None, None, None)

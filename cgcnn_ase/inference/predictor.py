@@ -26,7 +26,7 @@ from cgcnn_ase.graph.config import SparsePolicy
 from cgcnn_ase.graph.batch import collate
 from cgcnn_ase.nn.ops import segment_mean
 from cgcnn_ase.models.registry import load_model, resolve_device
-from cgcnn_ase.inference.parallel import iter_graphs
+from cgcnn_ase.inference.parallel import iter_graphs, predict_batches
 from cgcnn_ase.io.reader import cif_reader_for_policy
 
 ErrorPolicy = Literal["raise", "collect"]
@@ -407,9 +407,11 @@ class CGCNNPredictor:
             embeddings: also return the crystal feature vectors (as :meth:`embed`; for an
                 ensemble, member 0's, the space of the domain signal), from the same graphs,
                 in ``result.embeddings``.
-            workers: processes that read the inputs and build their graphs while this one runs
-                the network (:mod:`cgcnn_ase.inference.parallel`); 1 does everything here.
-                Results are the same bit for bit and in input order.
+            workers: processes for the work (:mod:`cgcnn_ase.inference.parallel`): on the CPU
+                they read, build graphs and run the networks (one torch thread each); on a GPU
+                they read and build graphs while this process runs the networks. 1 does
+                everything here. Results come in input order, the same bit for bit as
+                ``workers=1`` at one torch thread.
 
         Returns:
             A :class:`PredictionResult` in input order.
@@ -434,11 +436,10 @@ class CGCNNPredictor:
         )
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        stream = self._graphs(structures, errors, on_sparse, workers)
+        batches = predict_batches(self, structures, batch_size=batch_size, per_atom=per_atom, features=rows.features,
+                                  errors=errors, on_sparse=on_sparse, workers=workers)  # fmt: skip
         with tqdm(total=total, disable=disable, unit="structure", leave=False) as bar:
-            while chunk := list(islice(stream, batch_size)):
-                good = [g for _, g in chunk if isinstance(g, CrystalGraph)]
-                outputs = self._run(good, per_atom, rows.features) if good else (None, None, None)
+            for chunk, outputs in batches:
                 rows.add(chunk, *outputs, seen=self._seen_elements())
                 bar.update(len(chunk))
         result = self._result(rows, embeddings)
