@@ -463,10 +463,12 @@ def _parse_structure_cell(value: Any, row: int) -> Any:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config entry, e.g. --set optim.lr=0.01 (repeatable).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: the config's, else torch's).")
 @click.option("--compile", "compile_", is_flag=True, help="Compile the training steps with torch.compile (same as --set compile=true; about 1.4-1.7x faster epochs on a CPU after 10-60 s of compiling).")
+@click.option("--init-from", "init_from", metavar="MODEL", default=None, help="Fine-tune: start from MODEL (shipped model name, model folder or authors' .pth.tar) instead of random weights; same as --set init_from=MODEL. Its architecture, graph settings and element table are used; choose what to train with --set finetune.KEY=VALUE (docs/finetuning.md).")
 @_guarded
-def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_: bool) -> None:
+def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_: bool, init_from: str | None) -> None:
     """Train a model from a YAML/TOML CONFIG (see configs/ and docs/training.md); resumes an
-    interrupted run.
+    interrupted run. With --init-from MODEL, fine-tune MODEL on the CONFIG's data
+    (docs/finetuning.md).
 
     Writes the model folder (model.json, weights, model card, split, metrics, plots) to
     the config's 'output' and prints its path.
@@ -475,6 +477,8 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
     from cgcnn_ase.train.trainer import train_from_config
 
     settings = list(overrides) + ([f"threads={threads}"] if threads else []) + (["compile=true"] if compile_ else [])
+    if init_from is not None:  # quoted, so that a name YAML would read as a number or a boolean stays a string
+        settings.append(f"init_from={json.dumps(init_from)}")
     folder = train_from_config(load_config(config, settings), progress=True)
     click.echo(str(folder))
 

@@ -1,0 +1,309 @@
+"""Fine-tuning (``init_from``): what is frozen stays bit for bit, what is trained changes; fine-tuned
+folders load and predict; settings that contradict the base model are refused by name; resuming
+mid fine-tune equals an uninterrupted run; every member of an ensemble; the CLI's --init-from.
+
+The base models are tiny random model folders (and the shipped ``formation_energy``, member 0), the
+data the 12-crystal set of ``tests/test_training.py``: nothing here needs ../shared but the authors'
+checkpoint test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from cgcnn_ase import CGCNNPredictor
+from cgcnn_ase.cli import main
+from cgcnn_ase.data.datasets import DatasetSpec
+from cgcnn_ase.errors import ConfigError, UnknownModelError
+from cgcnn_ase.graph.config import GraphConfig
+from cgcnn_ase.models.cards import model_card
+from cgcnn_ase.models.folder import EnsembleMember, LoadedModel, load_model_folder, read_model_json, save_model_folder
+from cgcnn_ase.train.config import FineTuneConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from cgcnn_ase.train.trainer import CHECKPOINT_LAST, Trainer, train_from_config
+
+from .conftest import ATOM_INIT, REFERENCE, random_model, require_shared
+from .test_training import dataset_csv, tiny_config  # noqa: F401 - the tiny 12-crystal dataset fixture
+
+
+@pytest.fixture(scope="module")
+def base_folder(tmp_path_factory) -> Path:
+    """A random regression model (16 features, 2 convolutions, 2 hidden layers) predicting ``vpa``."""
+    loaded = random_model(seed=3)
+    return save_model_folder(tmp_path_factory.mktemp("base") / "base", loaded)
+
+
+def ft_config(data_path: Path, root: Path, base: Path | str, **kwargs) -> TrainConfig:
+    """The tiny configuration of test_training, fine-tuning ``base``: no model section (it is the base's)."""
+    settings = dict(model=ModelConfig(), init_from=str(base), epochs=1, schedule=ScheduleConfig(name="none"))
+    settings.update(kwargs)
+    return tiny_config(data_path, root, **settings)
+
+
+def _state(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "weights.safetensors"))
+
+
+# -- what is frozen stays, what is trained changes -------------------------------------------------
+
+FREEZING = {
+    "nothing": (FineTuneConfig(), []),
+    "embedding and conv 0": (FineTuneConfig(freeze_embedding=True, freeze_convs=1), ["embedding.", "convs.0."]),
+    "first two convs": (FineTuneConfig(freeze_convs=2), ["convs.0.", "convs.1."]),
+    "head only": (FineTuneConfig(head_only=True), ["embedding.", "convs."]),
+}
+
+
+@pytest.mark.parametrize("case", list(FREEZING))
+def test_one_epoch_changes_only_what_is_not_frozen(dataset_csv, base_folder, tmp_path, case):
+    finetune, frozen_prefixes = FREEZING[case]
+    config = ft_config(dataset_csv, tmp_path, base_folder, finetune=finetune, optim=OptimConfig(name="adam", lr=0.01))
+    folder = train_from_config(config, progress=False)
+    before = _state(base_folder)
+    checkpoint = torch.load(folder / "run" / CHECKPOINT_LAST, weights_only=True)
+    assert checkpoint["epoch"] == 1
+    for after in (_state(folder), checkpoint["model"]):  # the exported best epoch (= 1) and the checkpoint
+        assert set(after) - {k for k in after if k.endswith("num_batches_tracked")} <= set(before)
+        for name, value in before.items():
+            frozen = name.startswith(tuple(frozen_prefixes))
+            if frozen:  # weights and batch-norm statistics, bit for bit
+                assert torch.equal(after[name], value), f"{case}: frozen {name} changed"
+            elif name.startswith("fc_out."):
+                continue  # reset (another target): a fresh layer, checked below
+            else:
+                assert not torch.equal(after[name], value), f"{case}: trained {name} did not change"
+    if case == "nothing":  # running statistics of trained convolutions are updated
+        assert not torch.equal(checkpoint["model"]["convs.0.bn1.running_mean"], before["convs.0.bn1.running_mean"])
+    ft = read_model_json(folder)["metadata"]["finetune"]
+    expected = {"nothing": [], "embedding and conv 0": ["embedding", "convs.0"],
+                "first two convs": ["convs.0", "convs.1"], "head only": ["embedding", "convs.0", "convs.1"]}[case]  # fmt: skip
+    assert ft["frozen"] == expected and ft["output_layer"] == "reset"
+    assert ft["parameters"]["trained"] + ft["parameters"]["frozen"] == sum(v.numel() for k, v in before.items()
+                                                                              if "running" not in k and "num_batches" not in k)  # fmt: skip
+    # the optimiser holds the trained parameters only
+    optimizer_params = sum(len(group["params"]) for group in checkpoint["optimizer"]["param_groups"])
+    n_trained = sum(1 for k in before if "running" not in k and "num_batches" not in k
+                    and not k.startswith(tuple(frozen_prefixes)))  # fmt: skip
+    assert optimizer_params == n_trained
+
+
+def test_output_layer_kept_starts_from_the_base_predictions(dataset_csv, base_folder, tmp_path):
+    """Same property and units as the base: ``auto`` keeps ``fc_out``, rescaled to the new normaliser,
+    so the network before any step predicts what the base model predicts (in target units)."""
+    config = ft_config(dataset_csv, tmp_path, base_folder, property="formation_energy", units="eV/atom")
+    trainer = Trainer(config, progress=False)
+    trainer.setup()
+    assert trainer.finetune_state.output_layer == "keep"
+    assert (trainer.mean, trainer.std) != (-1.0, 0.5)  # the run's own normaliser, not the base's
+    positions = np.arange(len(trainer.data.ids))
+    values, _ = trainer.predict(positions)
+    base = CGCNNPredictor.from_checkpoint(base_folder, device="cpu")
+    crystals = {row.material_id: row.cif for row in pd.read_csv(dataset_csv).itertuples()}
+    expected = base.predict([crystals[i] for i in trainer.data.ids]).values
+    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-5)
+    # another property: reset, a fresh (seeded) layer
+    reset = Trainer(ft_config(dataset_csv, tmp_path / "b", base_folder), progress=False)
+    reset.setup()
+    assert reset.finetune_state.output_layer == "reset"
+    assert not torch.equal(reset.network.fc_out.weight.cpu(), load_model_folder(base_folder).network.fc_out.weight)
+
+
+def test_body_and_head_learning_rates(dataset_csv, base_folder, tmp_path):
+    finetune = FineTuneConfig(body_lr=1e-4, head_lr=3e-3, freeze_embedding=True)
+    trainer = Trainer(ft_config(dataset_csv, tmp_path, base_folder, finetune=finetune), progress=False)
+    trainer.setup()
+    groups = {group["name"]: group for group in trainer.optimizer.param_groups}
+    assert groups["head"]["lr"] == 3e-3 and groups["body"]["lr"] == 1e-4
+    head = {id(p) for m in (trainer.network.conv_to_fc, trainer.network.fcs, trainer.network.fc_out) for p in m.parameters()}
+    assert {id(p) for p in groups["head"]["params"]} == head
+    assert {id(p) for p in groups["body"]["params"]} == {id(p) for p in trainer.network.convs.parameters()}
+    head_only = Trainer(ft_config(dataset_csv, tmp_path / "b", base_folder, finetune=FineTuneConfig(head_only=True)),
+                        progress=False)  # fmt: skip
+    head_only.setup()
+    assert [group["name"] for group in head_only.optimizer.param_groups] == ["head"]
+
+
+# -- the fine-tuned folder ---------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::cgcnn_ase.errors.UnseenElementWarning")
+def test_finetuned_folder_loads_predicts_and_records_its_base(dataset_csv, base_folder, tmp_path):
+    config = ft_config(dataset_csv, tmp_path, base_folder, epochs=2, finetune=FineTuneConfig(freeze_convs=1))
+    folder = train_from_config(config, progress=False)
+    predictor = CGCNNPredictor.from_pretrained(folder, device="cpu")
+    values = predictor.predict(pd.read_csv(dataset_csv)["cif"].tolist()[:3]).values
+    assert values.shape == (3,) and np.isfinite(values).all() and predictor.units == "Å^3/atom"
+    document = read_model_json(folder)
+    base_doc = read_model_json(base_folder)
+    mine = {k: v for k, v in document["architecture"].items() if k != "dropout"}  # the base has no dropout key
+    assert mine == base_doc["architecture"] and document["graph"] == base_doc["graph"]
+    assert document["elements"]["fingerprint"] == base_doc["elements"]["fingerprint"]
+    base = document["metadata"]["finetune"]["base"]
+    assert base["kind"] == "model folder" and base["name"] == "random-regression-mean" and base["member"] == 0
+    assert base["property"] == "formation_energy" and base["normalizer"] == {"mean": -1.0, "std": 0.5}
+    card = (folder / "README.md").read_text()
+    assert "## Base model (fine-tuning)" in card and "random-regression-mean" in card and "`convs.0`" in card
+    assert card == model_card(document, loss_name="mse")
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    assert saved["init_from"] == str(base_folder) and saved["finetune"]["freeze_convs"] == 1
+    assert saved["model"]["n_h"] == 2 and saved["elements"] == "generated"  # the base model's, filled in
+    # a run from scratch writes neither key, and its card has no such section
+    scratch = train_from_config(tiny_config(dataset_csv, tmp_path / "scratch", epochs=1), progress=False)
+    assert "init_from" not in yaml.safe_load((scratch / "config.yaml").read_text())
+    assert "finetune" not in read_model_json(scratch)["metadata"]
+    assert "Base model" not in (scratch / "README.md").read_text()
+
+
+def test_finetune_the_shipped_formation_energy_model(dataset_csv, tmp_path):
+    """Member 0 of the shipped ensemble, on 12 crystals; the card names its data."""
+    folder = train_from_config(ft_config(dataset_csv, tmp_path, "formation_energy"), progress=False)
+    document = read_model_json(folder)
+    assert document["architecture"]["n_conv"] == 4 and document["architecture"]["atom_fea_len"] == 64
+    base = document["metadata"]["finetune"]["base"]
+    assert base["kind"] == "shipped model" and (base["member"], base["n_members"]) == (0, 5)
+    assert "mp_cgcnn46k_kdmsit" in base["dataset"]["name"]
+    card = (folder / "README.md").read_text()
+    assert "member 0 of 5" in card and "mp_cgcnn46k_kdmsit" in card
+    assert np.isfinite(CGCNNPredictor.from_pretrained(folder, device="cpu").predict(
+        pd.read_csv(dataset_csv)["cif"].tolist()[:2]).values).all()  # fmt: skip
+
+
+# -- refused -----------------------------------------------------------------------------------------
+
+REFUSED = {
+    "model.n_h": dict(model=ModelConfig(n_h=1)),
+    "model.atom_fea_len": dict(model=ModelConfig(atom_fea_len=64)),
+    "graph.radius": dict(graph=GraphConfig(radius=6.0)),
+    "graph.neighbor_policy": {"graph": {"neighbor_policy": "original"}},
+    "elements": dict(elements=str(ATOM_INIT)),
+    "finetune.freeze_convs": dict(finetune=FineTuneConfig(freeze_convs=3)),
+    "finetune.output_layer": dict(finetune=FineTuneConfig(output_layer="keep"), task="classification",
+                                  data={"target": "big"}),
+    "finetune.member": dict(finetune=FineTuneConfig(member=1)),
+}
+
+
+@pytest.mark.parametrize("setting", list(REFUSED))
+def test_a_config_contradicting_the_base_model_is_refused_by_name(dataset_csv, base_folder, tmp_path, setting):
+    settings = dict(REFUSED[setting])
+    if setting == "elements" and not ATOM_INIT.is_file():
+        require_shared(ATOM_INIT)
+    if "data" in settings:
+        settings["data"] = DatasetSpec(path=str(dataset_csv), **settings["data"])
+    if isinstance(settings.get("graph"), dict):  # given as a mapping (as from a file): only that key is "given"
+        data = ft_config(dataset_csv, tmp_path, base_folder).to_dict()
+        del data["model"]
+        data.update(settings)
+        with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+            train_from_config(TrainConfig.from_dict(data), progress=False)
+    else:
+        with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+            train_from_config(ft_config(dataset_csv, tmp_path, base_folder, **settings), progress=False)
+    assert not (tmp_path / "model").exists()  # refused before anything was written
+
+
+def test_settings_that_agree_with_the_base_model_are_accepted(dataset_csv, base_folder, tmp_path):
+    config = ft_config(dataset_csv, tmp_path, base_folder, model=ModelConfig(n_h=2, n_conv=2, dropout=0.1),
+                       graph=GraphConfig(), elements="generated")  # fmt: skip
+    trainer = Trainer(config, progress=False)
+    assert trainer.config.model.atom_fea_len == 16 and trainer.config.model.dropout == 0.1
+
+
+def test_unknown_base_model_and_finetune_settings_without_init_from(dataset_csv, tmp_path):
+    with pytest.raises(UnknownModelError, match="formation_energy"):
+        train_from_config(ft_config(dataset_csv, tmp_path, "formation_enrgy"), progress=False)
+    with pytest.raises(ConfigError, match="need init_from"):
+        tiny_config(dataset_csv, tmp_path, finetune=FineTuneConfig(head_only=True))
+
+
+def test_an_authors_checkpoint_needs_its_element_table(dataset_csv, tmp_path):
+    checkpoint = require_shared(REFERENCE / "pre-trained" / "formation-energy-per-atom.pth.tar")
+    require_shared(ATOM_INIT)
+    with pytest.raises(ConfigError, match="elements"):
+        train_from_config(ft_config(dataset_csv, tmp_path, checkpoint), progress=False)
+    folder = train_from_config(ft_config(dataset_csv, tmp_path, checkpoint, elements=str(ATOM_INIT)), progress=False)
+    document = read_model_json(folder)
+    assert document["graph"]["neighbor_policy"] == "original"  # the authors' graph settings
+    assert document["metadata"]["finetune"]["base"]["kind"] == "original checkpoint"
+
+
+# -- resuming ----------------------------------------------------------------------------------------
+
+
+def test_resume_mid_finetune_matches_an_uninterrupted_run(dataset_csv, base_folder, tmp_path, caplog):
+    common = dict(finetune=FineTuneConfig(freeze_embedding=True, body_lr=0.005, head_lr=0.02),
+                  optim=OptimConfig(name="sgd", lr=0.01, momentum=0.9), batch_size=3)  # fmt: skip
+    straight = train_from_config(ft_config(dataset_csv, tmp_path / "a", base_folder, epochs=3, **common),
+                                 progress=False)  # fmt: skip
+    train_from_config(ft_config(dataset_csv, tmp_path / "b", base_folder, epochs=1, **common), progress=False)
+    with caplog.at_level(logging.INFO, logger="cgcnn_ase.train.trainer"):
+        folder = train_from_config(ft_config(dataset_csv, tmp_path / "b", base_folder, epochs=3, **common),
+                                   progress=False)  # fmt: skip
+    assert "from epoch 1" in caplog.text
+    resumed, reference = pd.read_csv(folder / "metrics.csv"), pd.read_csv(straight / "metrics.csv")
+    assert resumed["epoch"].tolist() == [1, 2, 3]
+    for column in ("train_loss", "val_mae", "lr"):
+        np.testing.assert_allclose(resumed[column], reference[column], rtol=1e-5)
+    a, b = _state(straight), _state(folder)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert torch.equal(b["embedding.weight"], _state(base_folder)["embedding.weight"])  # still frozen after resuming
+    # another base model or other fine-tuning settings do not resume this checkpoint
+    other = dict(common, finetune=FineTuneConfig(freeze_embedding=False))
+    with pytest.raises(ConfigError, match="different settings"):
+        train_from_config(ft_config(dataset_csv, tmp_path / "b", base_folder, epochs=4, **other), progress=False)
+
+
+# -- every member of an ensemble; the command line -------------------------------------------------
+
+
+def test_every_member_of_an_ensemble_is_finetuned(dataset_csv, tmp_path):
+    members = [random_model(seed=s) for s in (5, 6)]
+    ensemble = LoadedModel(
+        spec=members[0].spec, network=members[0].network, elements=members[0].elements,
+        members=[EnsembleMember(m.network, -1.0 + k, 0.5, {"name": f"m{k}", "seed": k}) for k, m in enumerate(members)],
+    )  # fmt: skip
+    base = save_model_folder(tmp_path / "ens-base", ensemble)
+    config = ft_config(dataset_csv, tmp_path, base, finetune=FineTuneConfig(member="all", freeze_convs=1), seed=7)
+    folder = train_from_config(config, progress=False)
+    loaded = load_model_folder(folder)
+    assert loaded.n_members == 2
+    for k, member in enumerate(loaded.members):  # member k started from base member k, seed 7 + k
+        assert torch.equal(member.network.convs[0].fc_full.weight, members[k].network.convs[0].fc_full.weight)
+        assert member.info["seed"] == 7 + k
+    document = read_model_json(folder)
+    assert document["metadata"]["finetune"]["base"]["member"] == "all"
+    assert yaml.safe_load((folder / "config.yaml").read_text())["finetune"]["member"] == "all"
+    values = CGCNNPredictor.from_pretrained(folder, device="cpu").predict(pd.read_csv(dataset_csv)["cif"][:2].tolist())
+    assert np.isfinite(values.values).all() and values.std is not None
+
+
+def test_cli_init_from(dataset_csv, base_folder, tmp_path):
+    config = ft_config(dataset_csv, tmp_path, base_folder).to_dict()
+    del config["init_from"], config["finetune"], config["model"]  # a configuration without a model section
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", str(path), "--init-from", str(base_folder),
+                                  "--set", "finetune.head_only=true"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "model"
+    assert result.output.rstrip().endswith(str(folder))
+    document = read_model_json(folder)
+    assert document["metadata"]["finetune"]["head_only"] is True
+    assert "--set init_from=" in document["metadata"]["training"]["command"]
+    refused = runner.invoke(main, ["train", str(path), "--init-from", str(base_folder), "--set", "graph.radius=6",
+                                   "--set", f"output={tmp_path / 'other'}"])  # fmt: skip
+    assert refused.exit_code == 1 and "graph.radius" in refused.output, refused.output
+    unknown = runner.invoke(main, ["train", str(path), "--init-from", "formation_enrgy"])
+    assert unknown.exit_code == 3 and "formation_energy" in unknown.output
+    assert json.loads(json.dumps(document))  # plain JSON
