@@ -145,6 +145,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: a table on a terminal, else csv; parquet when -o ends in .parquet or .pq]. With --model, csv and parquet are written chunk by chunk.")
 @click.option("--log10", "log10", is_flag=True, help="Without --model: also give the moduli's log10(GPa) columns.")
 @click.option("--metal-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Without --model: P(metal) above which the band gap is 0.")
+@click.option("--coverage", type=click.FloatRange(0.5, 0.99), default=None, help="Add <property>_lower/_upper: a prediction interval holding the true value with this probability (e.g. 0.9), for the calibrated ensembles.")
 @click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout (for parquet: a folder of part files).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip the ids already in -o and append (csv or parquet).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Structures read, predicted and written together (memory holds one chunk).")
@@ -156,7 +157,8 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--workers", default="auto", show_default=True, help="Processes reading structures and building graphs while the main one runs the networks: a number, or auto (the CPU count, at most 8).")
 @_guarded
 def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,
-            per_atom: bool, fmt: str | None, log10: bool, metal_threshold: float, output: str | None, resume: bool,
+            per_atom: bool, fmt: str | None, log10: bool, metal_threshold: float, coverage: float | None,
+            output: str | None, resume: bool,
             chunk_size: int, column: str, id_column: str | None, batch_size: int, device: str | None,
             threads: int, workers: str) -> None:  # fmt: skip
     """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ASE .db, ...),
@@ -187,7 +189,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         torch.set_num_threads(threads)
         _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10,
                             metal_threshold=metal_threshold, column=column, id_column=id_column,
-                            batch_size=batch_size, device=device, workers=n_workers)  # fmt: skip
+                            batch_size=batch_size, device=device, workers=n_workers, coverage=coverage)  # fmt: skip
         return
     if fmt == "parquet" and not output:
         raise click.UsageError("parquet output needs -o FOLDER")
@@ -202,7 +204,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     predictors = [load_predictor(name, atom_init=atom_init, trusted=trust, device=device) for name in names]
     if fmt in ("csv", "parquet") and not per_atom:
         _predict_streaming(inputs, predictors, names, output, fmt, resume=resume, chunk_size=chunk_size,
-                           batch_size=batch_size, column=column, id_column=id_column, workers=n_workers)  # fmt: skip
+                           batch_size=batch_size, column=column, id_column=id_column, workers=n_workers,
+                           coverage=coverage)  # fmt: skip
         return
     # json, table and --per-atom need the whole table: read every file once, for all models;
     # CIFs as the original code did if any model needs its tie order
@@ -213,8 +216,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     if not per_atom:  # the streaming path's code, on one chunk holding everything
         from cgcnn_ase.inference.streaming import model_columns, predict_items
 
-        result = predict_items(items, predictors, columns=model_columns(predictors, names), batch_size=batch_size,
-                               workers=n_workers)  # fmt: skip
+        result = predict_items(items, predictors, columns=model_columns(predictors, names, coverage),
+                               batch_size=batch_size, workers=n_workers, coverage=coverage)  # fmt: skip
         for messages in result.messages:
             for message in messages:
                 click.echo(f"error: {message}", err=True)
@@ -280,7 +283,7 @@ def _workers(value: str) -> int:
 
 def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, per_atom: bool, resume: bool,
                         log10: bool, metal_threshold: float, column: str, id_column: str | None, batch_size: int,
-                        device: str | None, workers: int) -> None:  # fmt: skip
+                        device: str | None, workers: int, coverage: float | None = None) -> None:  # fmt: skip
     """``predict`` without ``--model``: the shipped general-purpose models, in user units."""
     from cgcnn_ase.inference.predictor import as_predictor
     from cgcnn_ase.inference.properties import GENERAL_MODELS, compact_table, property_table
@@ -295,7 +298,7 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
                              exclude=[output] if output else ()))  # fmt: skip
     good = [item for _, item in items if not isinstance(item, CGCNNError)]
     frame, columns = property_table(good, predictors, batch_size=batch_size, metal_threshold=metal_threshold,
-                                    log10=log10, workers=workers)  # fmt: skip
+                                    log10=log10, workers=workers, coverage=coverage)  # fmt: skip
     frame = _with_unreadable(frame, items)
     for label, message in zip(frame["id"], frame["error"]):
         if message:
@@ -332,7 +335,7 @@ def _with_unreadable(frame: Any, items: Sequence[tuple[str, Any]]) -> Any:
 
 def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list[str], output: str | None, fmt: str,
                        *, resume: bool, chunk_size: int, batch_size: int, column: str, id_column: str | None,
-                       workers: int) -> None:  # fmt: skip
+                       workers: int, coverage: float | None = None) -> None:  # fmt: skip
     """``predict`` for csv/parquet: rows written chunk by chunk, one 'error:' line per bad item."""
     from cgcnn_ase.inference.streaming import StreamError, predict_stream
 
@@ -345,7 +348,7 @@ def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list
         summary = predict_stream(
             list(inputs), predictors, output or sys.stdout, fmt=fmt, resume=resume, chunk_size=chunk_size,
             batch_size=batch_size, column=column, id_column=id_column, names=names, progress=None, on_chunk=report,
-            workers=workers,
+            workers=workers, coverage=coverage,
         )  # fmt: skip
     except StreamError as exc:
         raise click.UsageError(str(exc)) from None
@@ -504,6 +507,21 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
     click.echo(json.dumps({k: report[k] for k in keys if k in report}, indent=2, default=str))
     written = sorted(p.name for p in Path(out_dir).iterdir() if p.is_file())
     click.echo(f"wrote {', '.join(written)} to {out_dir}", err=True)
+
+
+@main.command(short_help="Fit prediction intervals of an ensemble on its validation split.")
+@click.argument("model")
+@click.argument("dataset", required=False)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@_guarded
+def calibrate(model: str, dataset: str | None, batch_size: int) -> None:
+    """Fit split-conformal prediction intervals of the ensemble MODEL (a folder) on its validation
+    split, measure their coverage on the test split, and store both in its model.json and card.
+    Predictions then accept --coverage (Python: predict(..., coverage=0.9))."""
+    from cgcnn_ase.analysis.intervals import calibrate_intervals
+
+    conformal = calibrate_intervals(model, dataset, batch_size=batch_size, progress=True)
+    click.echo(json.dumps(conformal, indent=2))
 
 
 @main.command(short_help="Per-site energies of an atomwise model, with periodic-table maps.")

@@ -327,7 +327,7 @@ def test_models_listing_fits_100_columns_and_help_is_not_truncated():
     assert "formation_energy" in listing.stdout and "MAE" in listing.stdout
     help_text = _cli("--help").stdout
     commands = help_text.split("Commands:")[1].splitlines()
-    assert len([c for c in commands if c.strip()]) == 7 and not any(c.rstrip().endswith("...") for c in commands)
+    assert len([c for c in commands if c.strip()]) == 8 and not any(c.rstrip().endswith("...") for c in commands)
 
 
 def test_sites_suggests_the_command_line_flag():

@@ -6,6 +6,7 @@ units, standard deviations ``std`` in those units) and returns plain dicts of fl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -366,3 +367,48 @@ def uncertainty_report(y: Sequence[float], result: Any, *, scale: float | None =
         sparse=result.n_sparse[good] > 0,
     )
     return report
+
+
+#: Coverages at which split-conformal quantiles are stored; others are interpolated between them.
+INTERVAL_LEVELS = (0.5, 0.55, 0.6, 0.65, 0.68, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
+
+
+def conformal_quantiles(
+    y: Sequence[float], yhat: Sequence[float], std: Sequence[float], levels: Sequence[float] = INTERVAL_LEVELS
+) -> list[float]:
+    """Split-conformal quantiles of the normalised scores ``|y - yhat| / std``, one per coverage level.
+
+    For ``n`` calibration crystals the quantile at level ``a`` is the ``ceil((n + 1) a)``-th
+    smallest score (infinite when that exceeds ``n``), so the interval ``yhat ± q * std`` of a new
+    crystal exchangeable with them covers its true value with probability at least ``a``
+    (Vovk et al. 2005; Lei et al. 2018). Items with ``std <= 0`` are left out.
+
+    Args:
+        y, yhat: targets and predictions of the calibration split (validation), same units.
+        std: the ensemble's raw standard deviation there, same units.
+        levels: coverages in (0, 1).
+
+    Returns:
+        One quantile (dimensionless, in units of ``std``) per level, non-decreasing.
+    """
+    y, yhat, std = uncertainty_arrays(y, yhat, std)
+    ok = std > 0
+    scores = np.sort(np.abs(yhat[ok] - y[ok]) / std[ok])
+    n = len(scores)
+    if n == 0:
+        raise ValueError("no calibration item has a positive standard deviation")
+    out = []
+    for level in levels:
+        if not 0 < level < 1:
+            raise ValueError(f"coverage levels must lie in (0, 1), got {level}")
+        k = math.ceil((n + 1) * level)
+        out.append(float(scores[k - 1]) if k <= n else float("inf"))
+    return out
+
+
+def interval_coverage(y: Sequence[float], lower: Sequence[float], upper: Sequence[float]) -> float:
+    """Fraction of targets inside ``[lower, upper]`` (NaN when there are none)."""
+    y = np.asarray(y, dtype=np.float64)
+    lower, upper = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+    ok = np.isfinite(y) & np.isfinite(lower) & np.isfinite(upper)
+    return float(np.mean((y[ok] >= lower[ok]) & (y[ok] <= upper[ok]))) if ok.any() else float("nan")

@@ -65,6 +65,10 @@ class PredictionResult:
         domain_distance: distance of each crystal's embedding (member 0's) to the nearest
             stored training embedding, dimensionless (standardised embedding units); NaN
             for failed items; ``None`` when the model ships no domain summary.
+        coverage, lower, upper: with ``predict(..., coverage=c)``, the prediction interval
+            ``[lower, upper]`` (shape (n,), in ``units``) that holds the true value with
+            probability ``c``: split-conformal, ``values ± q(c) * std_raw`` with ``q`` fitted on
+            the validation split (see docs/uncertainty.md); ``None`` otherwise.
         domain_percentile: percentage (0-100) of the model's validation crystals that lay
             at most ``domain_distance`` from the training set: about uniform for crystals
             like the training data, near 100 outside its domain; ``None`` as above.
@@ -88,6 +92,9 @@ class PredictionResult:
     member_values: np.ndarray | None = None
     domain_distance: np.ndarray | None = None
     domain_percentile: np.ndarray | None = None
+    coverage: float | None = None
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -132,6 +139,10 @@ class PredictionResult:
             if self.std_scale is not None and self.std_raw is not None:
                 columns[f"{self.property}_std_raw"] = self.std_raw
                 units[f"{self.property}_std_raw"] = self.units
+        if self.lower is not None:
+            for bound, values in (("lower", self.lower), ("upper", self.upper)):
+                columns[f"{self.property}_{bound}"] = values
+                units[f"{self.property}_{bound}"] = self.units
         columns["n_sparse"] = self.n_sparse
         columns["unseen_elements"] = [" ".join(u) for u in self.unseen_elements]
         if self.domain_distance is not None:
@@ -295,6 +306,11 @@ class CGCNNPredictor:
         return self.model.is_ensemble
 
     @property
+    def has_intervals(self) -> bool:
+        """True when ``predict(..., coverage=c)`` gives prediction intervals (a calibrated full ensemble)."""
+        return self.model.is_ensemble and bool((self.model.calibration or {}).get("conformal"))
+
+    @property
     def has_domain(self) -> bool:
         """True when the model ships a domain summary (results carry ``domain_percentile``)."""
         return self.model.domain is not None
@@ -377,6 +393,7 @@ class CGCNNPredictor:
         per_atom: bool = False,
         embeddings: bool = False,
         workers: int = 1,
+        coverage: float | None = None,
     ) -> PredictionResult:
         """Predict the model's property for one or many structures.
 
@@ -407,6 +424,9 @@ class CGCNNPredictor:
             embeddings: also return the crystal feature vectors (as :meth:`embed`; for an
                 ensemble, member 0's, the space of the domain signal), from the same graphs,
                 in ``result.embeddings``.
+            coverage: also give prediction intervals holding the true value with this
+                probability (e.g. 0.9): ``result.lower`` / ``result.upper``. Needs an ensemble
+                with its interval calibration (the shipped regression ensembles have it).
             workers: processes for the work (:mod:`cgcnn_ase.inference.parallel`): on the CPU
                 they read, build graphs and run the networks (one torch thread each); on a GPU
                 they read and build graphs while this process runs the networks. 1 does
@@ -436,6 +456,7 @@ class CGCNNPredictor:
         )
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        half_width = self.model.conformal_quantile(coverage) if coverage is not None else None  # fails early
         batches = predict_batches(self, structures, batch_size=batch_size, per_atom=per_atom, features=rows.features,
                                   errors=errors, on_sparse=on_sparse, workers=workers)  # fmt: skip
         with tqdm(total=total, disable=disable, unit="structure", leave=False) as bar:
@@ -443,6 +464,10 @@ class CGCNNPredictor:
                 rows.add(chunk, *outputs, seen=self._seen_elements())
                 bar.update(len(chunk))
         result = self._result(rows, embeddings)
+        if half_width is not None:
+            result.coverage = coverage
+            result.lower = result.values - half_width * result.std_raw
+            result.upper = result.values + half_width * result.std_raw
         self._warn_unseen(result)
         return result
 

@@ -75,7 +75,7 @@ def _name(predictor: CGCNNPredictor) -> str:
 
 
 def property_columns(
-    predictors: Sequence[CGCNNPredictor], *, log10: bool = False, domain: bool = False
+    predictors: Sequence[CGCNNPredictor], *, log10: bool = False, domain: bool = False, coverage: float | None = None
 ) -> list[Column]:
     """The columns :func:`property_table` writes for ``predictors``, in order (``id`` and ``error`` aside)."""
     names = {p.property_name for p in predictors}
@@ -86,6 +86,8 @@ def property_columns(
         columns.append(Column(name, units))
         if p.is_ensemble:
             columns.append(Column(f"{name}_std", units))
+        if coverage is not None and p.has_intervals:
+            columns += [Column(f"{name}_lower", units), Column(f"{name}_upper", units)]
         if p.property_name == "band_gap" and gate:
             columns.append(Column("band_gap_raw", p.units))
         if _is_log_gpa(p) and log10:
@@ -107,6 +109,7 @@ def property_table(
     domain: bool = False,
     on_sparse: str = "warn",
     workers: int = 1,
+    coverage: float | None = None,
 ) -> tuple[pd.DataFrame, list[Column]]:
     """Predict every model's property for ``structures`` and return them in user units.
 
@@ -121,6 +124,9 @@ def property_table(
         log10: also give the moduli's log10 columns.
         domain: also give each model's domain percentile.
         workers: processes building graphs (see :meth:`CGCNNPredictor.predict`).
+        coverage: add ``<name>_lower``/``<name>_upper`` prediction intervals of this coverage
+            for the models calibrated for them, in the same user units (GPa bounds are ``10**``
+            of the log10 bounds; a gated band gap's interval is [0, 0]).
 
     Returns:
         ``(frame, columns)``: ``frame`` has ``id``, one column per :class:`Column` (headers
@@ -130,7 +136,7 @@ def property_table(
 
     results = [
         p.predict(structures, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False,
-                  workers=workers)
+                  workers=workers, coverage=coverage if p.has_intervals else None)
         for p in predictors
     ]
     ids = results[0].ids if results else []
@@ -139,8 +145,12 @@ def property_table(
         values.update(_user_values(p, r, log10=log10, domain=domain))
     by_property = {p.property_name: r for p, r in zip(predictors, results)}
     if "band_gap" in by_property and "is_metal" in by_property:
-        values["band_gap"] = gated_band_gap(values["band_gap_raw"], by_property["is_metal"].values, metal_threshold)
-    columns = property_columns(predictors, log10=log10, domain=domain)
+        p_metal = by_property["is_metal"].values
+        values["band_gap"] = gated_band_gap(values["band_gap_raw"], p_metal, metal_threshold)
+        for bound in ("band_gap_lower", "band_gap_upper"):
+            if bound in values:
+                values[bound] = gated_band_gap(values[bound], p_metal, metal_threshold)
+    columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage)
     frame = pd.DataFrame({"id": ids, **{c.header: values[c.name] for c in columns}})
     errors = [sorted({r.errors[k] for r in results if r.errors[k]}) for k in range(len(ids))]
     frame["error"] = pd.Series(["; ".join(e) if e else None for e in errors], dtype=object)
@@ -159,6 +169,8 @@ def _user_values(predictor: CGCNNPredictor, result: Any, *, log10: bool, domain:
         out[name] = gpa
         if result.std is not None:
             out[f"{name}_std"] = _LN10 * gpa * result.std
+        if result.lower is not None:
+            out[f"{name}_lower"], out[f"{name}_upper"] = 10.0**result.lower, 10.0**result.upper
         if log10:
             out[predictor.property_name] = result.values
             if result.std is not None:
@@ -167,6 +179,8 @@ def _user_values(predictor: CGCNNPredictor, result: Any, *, log10: bool, domain:
         out[name] = result.values
         if result.std is not None:
             out[f"{name}_std"] = result.std
+        if result.lower is not None:
+            out[f"{name}_lower"], out[f"{name}_upper"] = result.lower, result.upper
     if predictor.property_name == "band_gap":
         out["band_gap_raw"] = result.values
     if domain and result.domain_percentile is not None:
@@ -200,7 +214,7 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
                   metal_threshold: float = METAL_THRESHOLD) -> str:  # fmt: skip
     """A terminal table of ``frame``: one row per structure, ``value±std`` cells with short
     headers, ids shortened to fit ``width`` characters, and a legend of the headers below."""
-    shown = [c for c in columns if not c.name.endswith(("_std", "_raw", "_domain_percentile"))
+    shown = [c for c in columns if not c.name.endswith(("_std", "_raw", "_domain_percentile", "_lower", "_upper"))
              and not c.name.startswith("log10_")]  # fmt: skip
     headers = [_SHORT.get(c.name, (c.name, f"{c.name}, {c.units}"))[0] for c in shown]
     names = {c.name for c in columns}

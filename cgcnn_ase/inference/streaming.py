@@ -105,7 +105,9 @@ def load_predictors(
     return out
 
 
-def _column_blocks(predictors: Sequence[CGCNNPredictor], names: Sequence[str] | None = None) -> list[list[str]]:
+def _column_blocks(
+    predictors: Sequence[CGCNNPredictor], names: Sequence[str] | None = None, coverage: float | None = None
+) -> list[list[str]]:
     """Per model: ``["<property> (<units>)"]``, plus ``"<property>_std (<units>)"`` for an ensemble
     and ``"<property>_domain_percentile (percent)"`` for a model with a domain summary."""
     headers = [f"{p.property_name} ({p.units})" for p in predictors]
@@ -118,20 +120,24 @@ def _column_blocks(predictors: Sequence[CGCNNPredictor], names: Sequence[str] | 
         block = [f"{prefix}{p.property_name} ({p.units})"]
         if getattr(p, "is_ensemble", False):
             block.append(f"{prefix}{p.property_name}_std ({p.units})")
+        if coverage is not None and getattr(p, "has_intervals", False):
+            block += [f"{prefix}{p.property_name}_{bound} ({p.units})" for bound in ("lower", "upper")]
         if getattr(p, "has_domain", False):
             block.append(f"{prefix}{p.property_name}_domain_percentile (percent)")
         blocks.append(block)
     return blocks
 
 
-def model_columns(predictors: Sequence[CGCNNPredictor], names: Sequence[str] | None = None) -> list[str]:
+def model_columns(
+    predictors: Sequence[CGCNNPredictor], names: Sequence[str] | None = None, coverage: float | None = None
+) -> list[str]:
     """The result columns of ``predictors``: ``"<property> (<units>)"`` per model, followed for
     an ensemble by ``"<property>_std (<units>)"`` (the members' calibrated standard deviation,
     as :class:`~cgcnn_ase.integrations.matminer.CGCNNFeaturizer` names it) and, for a model with a domain
     summary, by ``"<property>_domain_percentile (percent)"`` (0-100; near 100: outside the
     training data, see docs/uncertainty.md); prefixed by the model name
     (``"<name>: ..."``) when several models predict the same property."""
-    return [column for block in _column_blocks(predictors, names) for column in block]
+    return [column for block in _column_blocks(predictors, names, coverage) for column in block]
 
 
 def cif_reader_for(predictors: Sequence[CGCNNPredictor]) -> CifReader:
@@ -173,6 +179,7 @@ def predict_items(
     batch_size: int = 64,
     on_sparse: str = "warn",
     workers: int = 1,
+    coverage: float | None = None,
 ) -> ChunkResult:
     """Predict a list of ``(id, record | error)`` items with every model (each structure is
     read once, by the caller, for all models).
@@ -182,15 +189,15 @@ def predict_items(
     """
     import pandas as pd
 
-    columns = list(columns) if columns is not None else model_columns(predictors)
-    widths = [len(block) for block in _column_blocks(predictors)]
+    columns = list(columns) if columns is not None else model_columns(predictors, coverage=coverage)
+    widths = [len(block) for block in _column_blocks(predictors, coverage=coverage)]
     if sum(widths) != len(columns):
         raise ValueError(f"{len(columns)} column names for {sum(widths)} model columns")
     records = [item for _, item in items if not isinstance(item, CGCNNError)]
     results = (
         [
             p.predict(records, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False,
-                      workers=workers)
+                      workers=workers, coverage=coverage if p.has_intervals else None)
             for p in predictors
         ]
         if records
@@ -211,6 +218,8 @@ def predict_items(
                 cells.append(r.values[k])
                 if getattr(p, "is_ensemble", False):
                     cells.append(r.std[k])
+                if r.lower is not None:
+                    cells += [r.lower[k], r.upper[k]]
                 if getattr(p, "has_domain", False):
                     cells.append(r.domain_percentile[k])
             values[row] = cells
@@ -233,6 +242,7 @@ def iter_prediction_chunks(
     columns: Sequence[str] | None = None,
     on_sparse: str = "warn",
     workers: int = 1,
+    coverage: float | None = None,
 ) -> Iterator[ChunkResult]:
     """Predict ``items`` ``chunk_size`` at a time; only one chunk is held at any moment.
 
@@ -241,11 +251,11 @@ def iter_prediction_chunks(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    columns = list(columns) if columns is not None else model_columns(predictors)
+    columns = list(columns) if columns is not None else model_columns(predictors, coverage=coverage)
     stream = iter(items)
     while chunk := list(islice(stream, chunk_size)):
         yield predict_items(chunk, predictors, columns=columns, batch_size=batch_size, on_sparse=on_sparse,
-                            workers=workers)  # fmt: skip
+                            workers=workers, coverage=coverage)  # fmt: skip
 
 
 # =============================================================================================
@@ -298,6 +308,7 @@ def predict_stream(
     progress: bool | None = False,
     on_chunk: Callable[[ChunkResult], None] | None = None,
     workers: int = 1,
+    coverage: float | None = None,
 ) -> StreamSummary:
     """Predict every structure in ``inputs`` with ``models``, writing rows chunk by chunk.
 
@@ -324,6 +335,8 @@ def predict_stream(
         on_chunk: called with each :class:`ChunkResult` after it is written.
         workers: processes building graphs while this one runs the networks (see
             :meth:`CGCNNPredictor.predict`); results are the same bit for bit.
+        coverage: add ``<property>_lower``/``_upper`` prediction intervals of this coverage for
+            models calibrated for them.
 
     Returns:
         A :class:`StreamSummary` (counts; the rows are in ``output``).
@@ -334,14 +347,14 @@ def predict_stream(
     from tqdm.auto import tqdm
 
     predictors = load_predictors(models, device=device)
-    columns = model_columns(predictors, names)
+    columns = model_columns(predictors, names, coverage)
     all_columns = ["id", *columns, "error"]
     stream_output = hasattr(output, "write")
     out_format = infer_format(None if stream_output else output, fmt)
     if resume and stream_output:
         raise StreamError("resume needs an output file or folder, not a stream")
     finished = read_finished_ids(output, fmt=out_format) if resume else None
-    units = {c: p.units for block, p in zip(_column_blocks(predictors, names), predictors) for c in block}
+    units = {c: p.units for block, p in zip(_column_blocks(predictors, names, coverage), predictors) for c in block}
     writer = open_writer(output, all_columns, fmt=out_format, append=resume, units=units)
     summary = StreamSummary(output=None if stream_output else Path(output), format=out_format, columns=all_columns)
     items = iter_inputs(
@@ -352,7 +365,7 @@ def predict_stream(
         with tqdm(disable=None if progress is None else not progress, unit="structure", leave=False) as bar:
             for result in iter_prediction_chunks(
                 items, predictors, chunk_size=chunk_size, batch_size=batch_size, columns=columns, on_sparse=on_sparse,
-                workers=workers,
+                workers=workers, coverage=coverage,
             ):  # fmt: skip
                 writer.write(result.frame)
                 failed = result.n_failed

@@ -67,6 +67,9 @@ class CGCNNCalculator(Calculator):
         on_sparse: policy for atoms with fewer than 12 neighbours (``"warn"``,
             ``"error"``, ``"ignore"``).
         metal_threshold: P(metal) above which the gated ``band_gap`` is 0.
+        coverage: also give ``<property>_lower`` and ``<property>_upper``, a prediction interval
+            holding the true value with this probability (e.g. 0.9), for every model calibrated
+            for intervals (the shipped regression ensembles; see docs/uncertainty.md).
     """
 
     implemented_properties: list[str] = []  # set per instance from the models
@@ -79,6 +82,7 @@ class CGCNNCalculator(Calculator):
         store_in_info: bool = False,
         on_sparse: str = "warn",
         metal_threshold: float = 0.5,
+        coverage: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -97,6 +101,7 @@ class CGCNNCalculator(Calculator):
         self.store_in_info = store_in_info
         self.on_sparse = on_sparse
         self.metal_threshold = metal_threshold
+        self.coverage = coverage
         self.units: dict[str, str] = {}
         names: list[str] = []
         for predictor in self.predictors:
@@ -109,6 +114,10 @@ class CGCNNCalculator(Calculator):
             if predictor.has_domain:
                 names.append(f"{spec.property}_domain_percentile")
                 self.units[names[-1]] = "percent"
+            if coverage is not None and predictor.has_intervals:
+                for bound in ("lower", "upper"):
+                    names.append(f"{spec.property}_{bound}")
+                    self.units[names[-1]] = spec.units
             if spec.property.startswith("log10_") and spec.units == "log10(GPa)":
                 names.append(spec.property.removeprefix("log10_"))
                 self.units[names[-1]] = "GPa"
@@ -134,13 +143,17 @@ class CGCNNCalculator(Calculator):
         for predictor in self.predictors:
             spec = predictor.model.spec
             per_atom = predictor is self._energy_model
-            out = predictor.predict(self.atoms, per_atom=per_atom, on_sparse=self.on_sparse)
+            coverage = self.coverage if predictor.has_intervals else None
+            out = predictor.predict(self.atoms, per_atom=per_atom, on_sparse=self.on_sparse, coverage=coverage)
             value = float(out.values[0])
             results[spec.property] = value
             if out.std is not None:
                 results[f"{spec.property}_std"] = float(out.std[0])
             if out.domain_percentile is not None:
                 results[f"{spec.property}_domain_percentile"] = float(out.domain_percentile[0])
+            if out.lower is not None:
+                results[f"{spec.property}_lower"] = float(out.lower[0])
+                results[f"{spec.property}_upper"] = float(out.upper[0])
             if spec.property.startswith("log10_") and spec.units == "log10(GPa)":
                 results[spec.property.removeprefix("log10_")] = 10.0**value
             if per_atom:

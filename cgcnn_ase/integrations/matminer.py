@@ -60,6 +60,9 @@ class CGCNNFeaturizer(BaseFeaturizer):
             ``"band_gap (eV)"`` is gated: 0 where P(metal) > ``metal_threshold``
             (:func:`cgcnn_ase.inference.properties.gated_band_gap`); the regression value stays
             in ``"band_gap_raw (eV)"``. ``None`` turns gating off.
+        coverage: also add ``"<property>_lower (<units>)"`` and ``"<property>_upper (<units>)"``,
+            a prediction interval holding the true value with this probability, for models
+            calibrated for intervals (the shipped regression ensembles).
 
     Runs in one process (``n_jobs=1``) and batches the network. Inside matminer's process
     pools (``MultipleFeaturizer`` runs one by default, with one process per CPU, whatever its
@@ -77,9 +80,11 @@ class CGCNNFeaturizer(BaseFeaturizer):
         device: str | None = None,
         domain: bool = False,
         metal_threshold: float | None = METAL_THRESHOLD,
+        coverage: float | None = None,
     ) -> None:
         self.properties = properties
         self.metal_threshold = metal_threshold
+        self.coverage = coverage
         self._owner_pid = os.getpid()
         self.embeddings = embeddings
         self.domain = domain
@@ -129,6 +134,8 @@ class CGCNNFeaturizer(BaseFeaturizer):
                 labels.append(f"{spec.property}_std ({spec.units})")
             if spec.property == "band_gap" and self._gating() is not None:
                 labels.append(f"band_gap_raw ({spec.units})")
+            if self.coverage is not None and p.has_intervals:
+                labels += [f"{spec.property}_lower ({spec.units})", f"{spec.property}_upper ({spec.units})"]
             if self.domain and p.has_domain:
                 labels.append(f"{spec.property} domain percentile (percent)")
             if self.embeddings:
@@ -169,6 +176,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
                     errors="raise" if raise_errors else "collect",  # raise: the specific exception, unchanged
                     progress=progress and n >= 100,
                     embeddings=self.embeddings,  # from the same graphs: no second read or graph build
+                    coverage=self.coverage if predictor.has_intervals else None,
                 )
                 for predictor in self.predictors
             ]
@@ -184,6 +192,8 @@ class CGCNNFeaturizer(BaseFeaturizer):
                 block.append(result.std[:, None])
             if gating is not None and j == gating[0]:
                 block.append(result.values[:, None])
+            if result.lower is not None:
+                block += [result.lower[:, None], result.upper[:, None]]
             if self.domain and predictor.has_domain:
                 block.append(result.domain_percentile[:, None])
             if self.embeddings:

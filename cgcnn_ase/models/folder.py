@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cgcnn_ase.models.domain import DOMAIN_FILE, DomainSummary
@@ -160,6 +161,27 @@ class LoadedModel:
             return None
         scale = self.calibration.get("scale")
         return float(scale) if scale is not None else None
+
+    def conformal_quantile(self, coverage: float) -> float:
+        """The split-conformal quantile ``q`` for ``coverage``: the interval ``mean ± q * raw std``
+        covers the true value with probability ``coverage`` (interpolated linearly between the
+        stored levels; see :func:`cgcnn_ase.analysis.metrics.conformal_quantiles`).
+
+        Raises:
+            ValueError: the model has no interval calibration (a single model, fewer members than
+                were calibrated, or an ensemble calibrated before intervals existed), or
+                ``coverage`` lies outside the calibrated levels.
+        """
+        conformal = (self.calibration or {}).get("conformal") if self.is_ensemble else None
+        if not conformal:
+            raise ValueError(
+                f"model {self.spec.name!r} has no prediction-interval calibration (intervals need the full ensemble "
+                "calibrated on its validation split: cgcnn-ase calibrate MODEL_FOLDER)"
+            )
+        levels, quantiles = conformal["levels"], conformal["quantiles"]
+        if not levels[0] <= coverage <= levels[-1]:
+            raise ValueError(f"coverage must lie between {levels[0]} and {levels[-1]}, got {coverage}")
+        return float(np.interp(coverage, levels, quantiles))
 
     def heads(self) -> list[tuple[CrystalGraphConvNet, float, float]]:
         """``(network, normalizer_mean, normalizer_std)`` per member (one for a single model)."""
@@ -316,6 +338,22 @@ def _check_architecture(architecture: dict[str, Any], graph: GraphConfig, source
         )
 
 
+def _check_conformal(conformal: Any, source: Path) -> None:
+    """Levels strictly increasing in (0, 1); one non-decreasing, positive, finite quantile per level."""
+    name = "ensemble.calibration.conformal"
+    try:
+        levels = [float(v) for v in conformal["levels"]]
+        quantiles = [float(v) for v in conformal["quantiles"]]
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{source}: {name} needs lists 'levels' and 'quantiles' of numbers") from None
+    if len(levels) != len(quantiles) or not levels:
+        raise CheckpointError(f"{source}: {name}.levels and .quantiles must have the same, non-zero length")
+    if not all(0 < a < b < 1 for a, b in zip(levels, levels[1:])) or not 0 < levels[0] < 1:
+        raise CheckpointError(f"{source}: {name}.levels must increase strictly within (0, 1), got {levels}")
+    if not all(math.isfinite(q) and q > 0 for q in quantiles) or any(a > b for a, b in zip(quantiles, quantiles[1:])):
+        raise CheckpointError(f"{source}: {name}.quantiles must be positive, finite and non-decreasing")
+
+
 def _parse_document(meta: Any, folder: Path) -> _Document:
     """Check every field of a ``model.json`` document; errors name the field.
 
@@ -365,6 +403,8 @@ def _parse_document(meta: Any, folder: Path) -> _Document:
     calibration = dict(ensemble["calibration"]) if ensemble and ensemble.get("calibration") else None
     if calibration and calibration.get("scale") is not None:
         _finite(calibration["scale"], "ensemble.calibration.scale", source, positive=True)
+    if calibration and calibration.get("conformal") is not None:
+        _check_conformal(calibration["conformal"], source)
     return _Document(
         spec=spec,
         version=version,

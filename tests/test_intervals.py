@@ -1,0 +1,116 @@
+"""Prediction intervals with a stated coverage (split-conformal on the validation split)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from cgcnn_ase import CGCNNCalculator, CGCNNFeaturizer, CGCNNPredictor
+from cgcnn_ase.analysis.intervals import calibrate_intervals
+from cgcnn_ase.analysis.metrics import conformal_quantiles, interval_coverage
+from cgcnn_ase.errors import CheckpointError
+from cgcnn_ase.models.folder import load_model_folder
+
+from .conftest import REPO, SHARED, require_shared
+from .test_ensemble import data, ensemble, members  # noqa: F401 - a tiny trained ensemble and its data
+
+
+def test_conformal_quantile_is_the_finite_sample_order_statistic():
+    scores = np.arange(1, 20, dtype=float)  # 19 calibration scores 1..19, std 1
+    q = conformal_quantiles(scores, np.zeros(19), np.ones(19), levels=(0.5, 0.9, 0.95, 0.99))
+    assert q[:3] == [10.0, 18.0, 19.0]  # ceil(20 * a)-th smallest
+    assert math.isinf(q[3])  # ceil(20 * 0.99) = 20 > 19: no finite quantile
+
+
+def test_normalised_gaussian_errors_give_gaussian_quantiles_and_coverage():
+    rng = np.random.default_rng(0)
+    std = rng.uniform(0.1, 2.0, 20000)
+    y = rng.normal(scale=std)
+    q68, q90 = conformal_quantiles(y[:10000], np.zeros(10000), std[:10000], levels=(0.68, 0.9))
+    assert q68 == pytest.approx(0.994, abs=0.03) and q90 == pytest.approx(1.645, abs=0.04)
+    covered = interval_coverage(y[10000:], -q90 * std[10000:], q90 * std[10000:])
+    assert covered == pytest.approx(0.9, abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def calibrated(ensemble, data, tmp_path_factory):  # noqa: F811
+    folder = tmp_path_factory.mktemp("intervals") / "calibrated"
+    shutil.copytree(ensemble, folder)
+    conformal = calibrate_intervals(folder, str(data), workers=1)
+    return folder, conformal
+
+
+def test_calibration_is_stored_checked_and_shown_on_the_card(calibrated):
+    folder, conformal = calibrated
+    document = json.loads((folder / "model.json").read_text())
+    stored = document["ensemble"]["calibration"]["conformal"]
+    assert stored["split"] == "val" and stored["levels"] == conformal["levels"]
+    assert [row["nominal"] for row in stored["test_coverage"]] == [0.68, 0.9, 0.95]
+    assert "Prediction intervals" in (folder / "README.md").read_text()
+    assert load_model_folder(folder).conformal_quantile(stored["levels"][0]) == pytest.approx(stored["quantiles"][0])
+    stored["quantiles"] = stored["quantiles"][::-1]  # decreasing: refused at load
+    broken = folder.parent / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "model.json").write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match="conformal.quantiles must be positive, finite and non-decreasing"):
+        load_model_folder(broken)
+
+
+def test_intervals_contain_the_prediction_and_widen_with_coverage(calibrated):
+    folder, conformal = calibrated
+    predictor = CGCNNPredictor.load(folder)
+    crystals = [bulk("NaCl", "rocksalt", a=5.6), bulk("Cu", "fcc", a=3.61)]
+    levels = [c for c in (0.6, 0.68, 0.8, 0.9) if conformal["levels"][0] <= c <= conformal["levels"][-1]]
+    widths = []
+    for coverage in levels:
+        result = predictor.predict(crystals, coverage=coverage)
+        assert np.all(result.lower <= result.values) and np.all(result.values <= result.upper)
+        widths.append(result.upper - result.lower)
+        frame = result.to_dataframe()
+        assert {f"{result.property}_lower", f"{result.property}_upper"} <= set(frame.columns)
+    assert len(widths) >= 2 and all(np.all(a <= b) for a, b in zip(widths, widths[1:]))
+    with pytest.raises(ValueError, match="coverage must lie between"):
+        predictor.predict(crystals, coverage=0.999)
+    with pytest.raises(ValueError, match="no prediction-interval calibration"):
+        CGCNNPredictor.load(folder, members=1).predict(crystals, coverage=0.68)
+
+
+def test_calculator_and_featurizer_give_the_same_intervals(calibrated):
+    import pandas as pd
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    folder, conformal = calibrated
+    coverage = conformal["levels"][0]
+    atoms = bulk("NaCl", "rocksalt", a=5.6)
+    reference = CGCNNPredictor.load(folder).predict(atoms, coverage=coverage)
+    name = reference.property
+    calc = CGCNNCalculator(str(folder), coverage=coverage)
+    assert calc.get_property(f"{name}_lower", atoms) == pytest.approx(reference.lower[0], abs=1e-9)
+    frame = CGCNNFeaturizer([str(folder)], coverage=coverage).featurize_dataframe(
+        pd.DataFrame({"s": [AseAtomsAdaptor.get_structure(atoms)]}), "s", pbar=False
+    )
+    assert frame.loc[0, f"{name}_upper ({reference.units})"] == pytest.approx(reference.upper[0], abs=1e-9)
+
+
+def test_shipped_regression_ensembles_cover_close_to_nominal():
+    """Every shipped regression ensemble carries intervals, and their measured test coverage (stored by
+    `cgcnn-ase calibrate`, fitted on the validation split) is recomputed here for the elastic set."""
+    from cgcnn_ase.models.registry import list_models
+
+    for info in list_models():
+        if info.task != "regression" or not info.metadata.get("ensemble_of"):
+            continue
+        predictor = CGCNNPredictor.from_pretrained(info.name)
+        assert predictor.has_intervals, info.name
+    require_shared(SHARED / "data" / "mp_elastic3k_kdmsit")
+    conformal = calibrate_intervals(REPO / "pretrained_models" / "bulk_modulus-mp_elastic3k-v2", write=False,
+                                    workers=1)  # fmt: skip
+    stored = CGCNNPredictor.from_pretrained("bulk_modulus").model.calibration["conformal"]
+    assert conformal["quantiles"] == pytest.approx(stored["quantiles"])  # reproducible from the data
+    for row in conformal["test_coverage"]:
+        assert abs(row["conformal"] - row["nominal"]) < 0.05, row  # 441 test crystals: about ±2 points of noise
