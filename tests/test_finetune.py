@@ -221,8 +221,10 @@ def test_settings_that_agree_with_the_base_model_are_accepted(dataset_csv, base_
 def test_unknown_base_model_and_finetune_settings_without_init_from(dataset_csv, tmp_path):
     with pytest.raises(UnknownModelError, match="formation_energy"):
         train_from_config(ft_config(dataset_csv, tmp_path, "formation_enrgy"), progress=False)
+    config = tiny_config(dataset_csv, tmp_path, finetune=FineTuneConfig(head_only=True))
     with pytest.raises(ConfigError, match="need init_from"):
-        tiny_config(dataset_csv, tmp_path, finetune=FineTuneConfig(head_only=True))
+        train_from_config(config, progress=False)
+    assert not (tmp_path / "model").exists()
 
 
 def test_an_authors_checkpoint_needs_its_element_table(dataset_csv, tmp_path):

@@ -361,12 +361,10 @@ class TrainConfig(_Settings):
         self._validate_finetune()
 
     def _validate_finetune(self) -> None:
-        """The checks of ``init_from`` and the ``finetune`` section that need no base model."""
+        """The checks of ``init_from`` and the ``finetune`` section that need no base model (a run
+        refuses ``finetune`` settings without ``init_from``, which may be given when it starts)."""
         ft = self.finetune
         if self.init_from is None:
-            changed = sorted(k for k in type(ft).model_fields if getattr(ft, k) != getattr(FineTuneConfig(), k))
-            if changed:
-                raise ConfigError(f"finetune settings {changed} need init_from (the model to start from)")
             return
         if not isinstance(self.init_from, str) or not self.init_from.strip():
             raise ConfigError(f"init_from must name a model (shipped name, folder or .pth.tar), got {self.init_from!r}")

@@ -48,6 +48,7 @@ from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train import ddp as parallel_training
 from cgcnn_ase.train.cache import GraphBatcher
 from cgcnn_ase.train.config import (
+    FineTuneConfig,
     TrainConfig,
     config_fingerprint,
 )
@@ -135,6 +136,9 @@ class Trainer:
         config.validate()
         self.base: FineTuneBase | None = None
         self.finetune_state: FineTuneState | None = None
+        changed = sorted(k for k, v in config.finetune if v != getattr(FineTuneConfig(), k))
+        if config.init_from is None and changed:
+            raise ConfigError(f"finetune settings {changed} need init_from (the model to start from)")
         if config.init_from is not None:
             self.base = load_base(config)
             config = resolve_config(config, self.base)
