@@ -207,7 +207,8 @@ def ours_end_to_end(spec, cache_dir: Path, epochs: int, threads: int | None, com
     """Per-epoch seconds from metrics.csv of a real train_from_config run, and its wall time."""
     import pandas as pd
 
-    from cgcnn_ase.train.config import ModelConfig, OptimConfig, ScheduleConfig, SplitConfig, TrainConfig
+    from cgcnn_ase.train.config import TrainConfig
+    from cgcnn_ase.train.config_sections import ModelConfig, OptimConfig, ScheduleConfig, SplitConfig
     from cgcnn_ase.train.trainer import train_from_config
 
     with tempfile.TemporaryDirectory() as out:

@@ -21,7 +21,7 @@ import pytest
 from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.models.cards import ensemble_card, fmt, model_card
 from cgcnn_ase.models.folder import read_model_json
-from cgcnn_ase.train.config import ModelConfig, SplitConfig
+from cgcnn_ase.train.config_sections import ModelConfig, SplitConfig
 from cgcnn_ase.train.trainer import train_from_config
 
 from .conftest import REPO

@@ -22,7 +22,8 @@ from cgcnn_ase.train.ensembles import EnsembleError, assemble_ensemble
 from cgcnn_ase.errors import CheckpointError
 from cgcnn_ase.analysis.evaluation import evaluate_model, load_split_records
 from cgcnn_ase.inference.predictor import CGCNNPredictor
-from cgcnn_ase.train.config import SplitConfig, TrainConfig
+from cgcnn_ase.train.config import TrainConfig
+from cgcnn_ase.train.config_sections import SplitConfig
 from cgcnn_ase.train.trainer import train_from_config
 
 from .conftest import random_model, rattled

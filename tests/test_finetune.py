@@ -28,7 +28,8 @@ from cgcnn_ase.errors import ConfigError, UnknownModelError
 from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.models.cards import model_card
 from cgcnn_ase.models.folder import EnsembleMember, LoadedModel, load_model_folder, read_model_json, save_model_folder
-from cgcnn_ase.train.config import FineTuneConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from cgcnn_ase.train.config import TrainConfig
+from cgcnn_ase.train.config_sections import FineTuneConfig, ModelConfig, OptimConfig, ScheduleConfig
 from cgcnn_ase.train.trainer import CHECKPOINT_LAST, Trainer, train_from_config
 
 from .conftest import ATOM_INIT, REFERENCE, random_model, require_shared
@@ -285,6 +286,7 @@ def test_every_member_of_an_ensemble_is_finetuned(dataset_csv, tmp_path):
     document = read_model_json(folder)
     assert document["metadata"]["finetune"]["base"]["member"] == "all"
     assert yaml.safe_load((folder / "config.yaml").read_text())["finetune"]["member"] == "all"
+    assert "Each member was fine-tuned from" in (folder / "README.md").read_text()  # the ensemble card says so
     values = CGCNNPredictor.from_pretrained(folder, device="cpu").predict(pd.read_csv(dataset_csv)["cif"][:2].tolist())
     assert np.isfinite(values.values).all() and values.std is not None
 

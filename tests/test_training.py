@@ -29,14 +29,8 @@ from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.graph.batch import collate
 from cgcnn_ase.errors import ConfigError
 from cgcnn_ase.train.cache import GraphBatcher, GraphStore, build_graph_store
-from cgcnn_ase.train.config import (
-    ModelConfig,
-    OptimConfig,
-    ScheduleConfig,
-    SplitConfig,
-    TrainConfig,
-    load_config,
-)
+from cgcnn_ase.train.config import TrainConfig, load_config
+from cgcnn_ase.train.config_sections import ModelConfig, OptimConfig, ScheduleConfig, SplitConfig
 from cgcnn_ase.train.trainer import train_from_config
 
 from .conftest import REPO, SHARED, rattled

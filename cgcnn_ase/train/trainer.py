@@ -47,11 +47,8 @@ from cgcnn_ase.models.registry import resolve_device
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train import ddp as parallel_training
 from cgcnn_ase.train.cache import GraphBatcher
-from cgcnn_ase.train.config import (
-    FineTuneConfig,
-    TrainConfig,
-    config_fingerprint,
-)
+from cgcnn_ase.train.config import TrainConfig, config_fingerprint
+from cgcnn_ase.train.config_sections import FineTuneConfig
 from cgcnn_ase.train.data import prepare_data, resolve_split, split_positions, target_normalizer
 from cgcnn_ase.train.export import TrainingResult, write_metrics_csv, write_model_folder
 from cgcnn_ase.train.finetune import (
