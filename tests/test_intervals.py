@@ -114,3 +114,26 @@ def test_shipped_regression_ensembles_cover_close_to_nominal():
     assert conformal["quantiles"] == pytest.approx(stored["quantiles"])  # reproducible from the data
     for row in conformal["test_coverage"]:
         assert abs(row["conformal"] - row["nominal"]) < 0.05, row  # 441 test crystals: about ±2 points of noise
+
+
+def test_the_perovskite_model_flags_crystals_that_are_not_perovskites():
+    """'The perovskite model happily predicts NaCl (+0.59 eV/atom) with no warning': its domain summary
+    (embeddings of its training perovskites) puts NaCl, Si and Cu beyond every validation perovskite."""
+    import warnings
+
+    from ase import Atoms
+
+    def perovskite(a_el: str, b_el: str, a: float) -> Atoms:
+        fractions = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+        return Atoms(f"{a_el}{b_el}O3", scaled_positions=fractions, cell=[a, a, a], pbc=True)
+
+    predictor = CGCNNPredictor.from_pretrained("perovskite_formation_energy")
+    assert predictor.has_domain
+    others = [bulk("NaCl", "rocksalt", a=5.64), bulk("Si", "diamond", a=5.43), bulk("Cu", "fcc", a=3.61)]
+    cubic = [perovskite("Sr", "Ti", 3.905), perovskite("Ba", "Zr", 4.19), perovskite("K", "Nb", 4.02),
+             perovskite("Sr", "Ti", 3.905 * 1.02), perovskite("Sr", "Ti", 3.905 * 0.98)]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = predictor.predict(others + cubic)
+    assert np.all(result.domain_percentile[:3] > 99) and not result.in_domain()[:3].any()
+    assert np.all(result.domain_percentile[3:] < 80) and result.in_domain()[3:].all()
