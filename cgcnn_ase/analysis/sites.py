@@ -534,14 +534,9 @@ def aggregate_by_element(
 
 __all__ = [
     "SITE_COLUMNS",
-    "ScreenResult",
     "SiteAnalysisError",
     "aggregate_by_element",
-    "periodic_table_heatmap",
     "perovskite_roles",
-    "screen_perovskites",
     "site_contributions",
-    "site_energy_maps",
-    "write_site_report",
     "wyckoff_labels",
 ]

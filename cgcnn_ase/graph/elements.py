@@ -77,7 +77,6 @@ __all__ = [
     "CGCNN92_MAX_Z",
     "FeatureBlock",
     "ElementProperties",
-    "ElementTable",
     "PYYKKO_COVALENT_RADII_PM",
     "compare_tables",
     "decode_bins",
@@ -85,7 +84,6 @@ __all__ = [
     "encode_cgcnn92",
     "format_comparison",
     "generate_cgcnn_table",
-    "load_atom_init",
 ]
 
 #: Heaviest element with a generated CGCNN-92 vector (Fm), as in the original file.
