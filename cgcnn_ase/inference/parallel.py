@@ -95,17 +95,20 @@ def _in_pool(inputs: Iterable[tuple[int, Any]], options: dict[str, Any], workers
     chunks = iter(lambda: list(islice(inputs, CHUNK)), [])
     context = multiprocessing.get_context(worker_start_method())
     with context.Pool(workers) as pool:
-        pending: deque[Any] = deque()
-        for chunk in islice(chunks, workers * 4):
-            pending.append(pool.apply_async(_work, ((chunk, options),)))
+        pending: deque[Any] = deque(pool.apply_async(_work, ((c, options),)) for c in islice(chunks, workers * 4))
         while pending:
-            graphs, caught = pending.popleft().get()
-            chunk = next(chunks, None)
-            if chunk is not None:
-                pending.append(pool.apply_async(_work, ((chunk, options),)))
-            for message, category in caught:
-                warnings.warn(message, category, stacklevel=4)
-            yield from graphs
+            yield from _next_graphs(pool, pending, chunks, options)
+
+
+def _next_graphs(pool: Any, pending: deque[Any], chunks: Iterator[list[Any]], options: dict[str, Any]) -> list[Graphed]:
+    """The oldest graph task's result (its warnings re-raised here); the next chunk is submitted in its place."""
+    graphs, caught = pending.popleft().get()
+    chunk = next(chunks, None)
+    if chunk is not None:
+        pending.append(pool.apply_async(_work, ((chunk, options),)))
+    for message, category in caught:
+        warnings.warn(message, category, stacklevel=5)
+    return graphs
 
 
 # -- the whole pipeline in workers (CPU) ----------------------------------------------------------
@@ -177,13 +180,7 @@ def _pipeline(
         buffer: list[Graphed] = []
         while reads or buffer or nets:
             while reads and len(buffer) < batch_size:
-                graphs, caught = reads.popleft().get()
-                chunk = next(chunks, None)
-                if chunk is not None:
-                    reads.append(pool.apply_async(_work, ((chunk, options),)))
-                for message, category in caught:
-                    warnings.warn(message, category, stacklevel=5)
-                for label, item in graphs:
+                for label, item in _next_graphs(pool, reads, chunks, options):
                     if errors == "raise" and isinstance(item, InvalidStructureError):
                         raise item
                     buffer.append((label, item))
