@@ -24,6 +24,7 @@ Two neighbour policies decide which neighbours become edges:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -82,12 +83,20 @@ def wrapped_frac_coords(frac: np.ndarray, tol: float = 1e-8) -> np.ndarray:
     return out
 
 
-def _warn_close_atoms(record: StructureRecord, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
-    """Warn when some pair is closer than :data:`CLOSE_ATOMS_FACTOR` x the sum of its Pyykkö covalent radii."""
+@functools.cache
+def _covalent_radii() -> np.ndarray:
+    """Pyykkö covalent radii, Å, indexed by atomic number (0 for Z = 0), built once per process."""
     from cgcnn_ase.graph.elements import PYYKKO_COVALENT_RADII_PM
 
     radii = np.zeros(len(PYYKKO_COVALENT_RADII_PM) + 1)
-    radii[1:] = np.asarray(PYYKKO_COVALENT_RADII_PM) / 100.0  # Å
+    radii[1:] = np.asarray(PYYKKO_COVALENT_RADII_PM) / 100.0
+    radii.setflags(write=False)
+    return radii
+
+
+def _warn_close_atoms(record: StructureRecord, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
+    """Warn when some pair is closer than :data:`CLOSE_ATOMS_FACTOR` x the sum of its Pyykkö covalent radii."""
+    radii = _covalent_radii()
     z = np.minimum(record.numbers, len(radii) - 1)
     bond = radii[z[i]] + radii[z[j]]
     with np.errstate(divide="ignore", invalid="ignore"):

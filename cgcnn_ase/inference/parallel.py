@@ -21,7 +21,7 @@ from cgcnn_ase.errors import InvalidStructureError, UnsupportedElementError
 from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
 from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.graph.neighbours import CrystalGraph, build_graph
-from cgcnn_ase.io.reader import CifReader, cif_reader_for_policy, input_kind, is_single_input, read_records
+from cgcnn_ase.io.reader import CifReader, cif_reader_for_policy, is_single_input, read_input
 
 #: Inputs per task sent to a worker (amortises inter-process messages).
 CHUNK = 16
@@ -40,16 +40,13 @@ def graphs_of(
 
     Returns ``(label, graph)`` per structure, or ``(label, error)`` for an input or structure
     that cannot be used (unreadable, invalid, unsupported element, sparse with
-    ``on_sparse="error"``). Labels are those of :func:`cgcnn_ase.io.reader.iter_records`.
+    ``on_sparse="error"``). Labels are those of :func:`cgcnn_ase.io.reader.read_input`.
     """
-    kind = input_kind(obj)
-    label = None if kind in ("path", "record") else f"input {index}"
-    try:
-        records = read_records(obj, label, cif_reader=cif_reader)
-    except InvalidStructureError as exc:
-        return [(label or (obj.label if kind == "record" else str(obj)), exc)]
     out: list[Graphed] = []
-    for record in records:
+    for label, record in read_input(index, obj, cif_reader=cif_reader):
+        if isinstance(record, InvalidStructureError):
+            out.append((label, record))
+            continue
         try:
             try:
                 elements.featurize(record.numbers)  # fails early on unsupported elements

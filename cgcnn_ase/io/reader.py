@@ -241,13 +241,20 @@ def iter_records(
     if is_single_input(inputs):
         inputs = [inputs]
     for index, obj in enumerate(inputs):
-        kind = input_kind(obj)
-        label = None if kind in ("path", "record") else f"input {index}"
-        try:
-            for record in read_records(obj, label, cif_reader=cif_reader):
-                yield record.label, record
-        except InvalidStructureError as exc:
-            yield label or (obj.label if kind == "record" else str(obj)), exc
+        yield from read_input(index, obj, cif_reader=cif_reader)
+
+
+def read_input(
+    index: int, obj: Any, *, cif_reader: CifReader = "gemmi"
+) -> list[tuple[str, StructureRecord | InvalidStructureError]]:
+    """Input number ``index`` of a sequence, read and labelled as :func:`iter_records` labels it:
+    ``(label, record)`` per structure, or one ``(label, error)`` when it cannot be read."""
+    kind = input_kind(obj)
+    label = None if kind in ("path", "record") else f"input {index}"
+    try:
+        return [(record.label, record) for record in read_records(obj, label, cif_reader=cif_reader)]
+    except InvalidStructureError as exc:
+        return [(label or (obj.label if kind == "record" else str(obj)), exc)]
 
 
 def is_single_input(obj: Any) -> bool:
