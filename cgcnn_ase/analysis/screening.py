@@ -2,7 +2,9 @@
 
 Averages of per-site energies by element and role (:func:`~cgcnn_ase.analysis.sites.aggregate_by_element`)
 give an additive estimate for every A-B-X combination; :func:`screen_perovskites` enumerates the
-combinations the group rule allows and keeps those below a cutoff.
+combinations the group rule allows and keeps those below a cutoff. :func:`score_screen` scores a
+screen against reference (e.g. DFT) values: the hit rate of its candidates, of everything the group
+rule let through, and of the whole space.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from cgcnn_ase.analysis.site_maps import role_means
 from cgcnn_ase.analysis.sites import aggregate_by_element
@@ -35,6 +39,7 @@ class ScreenResult:
         units: units of the energies.
         a_elements: the A elements enumerated.
         b_elements: the B elements enumerated.
+        x_counts: the X elements and their counts per formula unit, e.g. ``{"O": 3}``.
     """
 
     candidates: pd.DataFrame
@@ -46,6 +51,7 @@ class ScreenResult:
     units: str
     a_elements: list[str]
     b_elements: list[str]
+    x_counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: counts and shrink factor."""
@@ -153,6 +159,7 @@ def screen_perovskites(
         units=units,
         a_elements=a_sel,
         b_elements=b_sel,
+        x_counts=dict(x_counts),
     )
 
 
@@ -170,3 +177,91 @@ def _known_compositions(df: pd.DataFrame) -> set[tuple[str, str, frozenset]]:
             continue
         known.add((str(a[0]), str(b[0]), frozenset((str(el), int(c) // k) for el, c in xs.items())))
     return known
+
+
+@dataclasses.dataclass
+class ScreenScore:
+    """Outcome of :func:`score_screen`: how often the screen's compositions are below the cutoff in the reference.
+
+    Attributes:
+        cutoff: the threshold, in the reference's (scaled) units.
+        n_candidates: candidates with a reference value; ``candidate_hits`` of them are below the cutoff.
+        n_considered: compositions the group rule let through that have a reference value;
+            ``considered_hits`` of them are below the cutoff.
+        n_all: every reference composition with the screen's X; ``all_hits`` below the cutoff.
+        candidate_rate, considered_rate, all_rate: the three hit rates (NaN when nothing to count).
+        enrichment: ``candidate_rate / all_rate``: how many times more likely a candidate is a hit
+            than a composition drawn from the whole space.
+        group_enrichment: ``considered_rate / all_rate``: the same for the group rule alone.
+        recall: the fraction of the reference hits among the considered compositions that are candidates.
+    """
+
+    cutoff: float
+    n_candidates: int
+    candidate_hits: int
+    n_considered: int
+    considered_hits: int
+    n_all: int
+    all_hits: int
+    candidate_rate: float
+    considered_rate: float
+    all_rate: float
+    enrichment: float
+    group_enrichment: float
+    recall: float
+
+    def summary(self) -> str:
+        """One line with the three hit rates and the enrichment."""
+        return (
+            f"below {self.cutoff:g} in the reference: candidates {self.candidate_hits}/{self.n_candidates} "
+            f"({self.candidate_rate:.0%}), group rule {self.considered_hits}/{self.n_considered} "
+            f"({self.considered_rate:.0%}), all {self.all_hits}/{self.n_all} ({self.all_rate:.0%}); "
+            f"enrichment {self.enrichment:.1f}x (group rule alone {self.group_enrichment:.1f}x), recall {self.recall:.0%}"
+        )
+
+
+def _rate(hits: int, n: int) -> float:
+    return hits / n if n else float("nan")
+
+
+def score_screen(
+    result: ScreenResult, reference: pd.DataFrame, *, cutoff: float | None = None, value: str = "energy",
+    scale: float = 1.0,
+) -> ScreenScore:  # fmt: skip
+    """Score a screen against reference values (e.g. DFT) of the same compositions.
+
+    Args:
+        result: a :func:`screen_perovskites` result.
+        reference: one row per composition with ``A``, ``B``, ``X`` (dict element -> count per
+            formula unit, as :func:`~cgcnn_ase.analysis.site_trends.data_cells` gives) and ``value``.
+            Duplicate compositions count once each (their mean).
+        cutoff: the reference threshold, in the reference's units after ``scale`` (default: the
+            screen's cutoff).
+        value: the reference column.
+        scale: factor applied to ``value`` first (e.g. 1/5 for eV per 5-atom cell -> eV/atom).
+
+    Returns:
+        A :class:`ScreenScore`.
+    """
+    cutoff = result.cutoff if cutoff is None else float(cutoff)
+    x_key = frozenset(result.x_counts.items())
+    values: dict[tuple[str, str], list[float]] = {}
+    for a, b, xs, v in zip(reference["A"], reference["B"], reference["X"], reference[value]):
+        if frozenset((str(el), int(round(n))) for el, n in xs.items()) == x_key and np.isfinite(v):
+            values.setdefault((str(a), str(b)), []).append(float(v) * scale)
+    by_pair = {pair: float(np.mean(v)) for pair, v in values.items()}
+    considered = {(a, b) for a in result.a_elements for b in result.b_elements}
+    candidates = set(zip(result.candidates["A"], result.candidates["B"]))
+    hits = {pair for pair, v in by_pair.items() if v < cutoff}
+    n_cand = len(candidates & by_pair.keys())
+    n_cons = len(considered & by_pair.keys())
+    cand_hits, cons_hits = len(candidates & hits), len(considered & hits)
+    all_rate = _rate(len(hits), len(by_pair))
+    return ScreenScore(
+        cutoff=cutoff, n_candidates=n_cand, candidate_hits=cand_hits, n_considered=n_cons, considered_hits=cons_hits,
+        n_all=len(by_pair), all_hits=len(hits), candidate_rate=_rate(cand_hits, n_cand),
+        considered_rate=_rate(cons_hits, n_cons), all_rate=all_rate,
+        enrichment=_rate(cand_hits, n_cand) / all_rate if all_rate else float("nan"),
+        group_enrichment=_rate(cons_hits, n_cons) / all_rate if all_rate else float("nan"),
+        recall=_rate(cand_hits, cons_hits),
+    )  # fmt: skip

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from cgcnn_ase.analysis.site_members import aggregate_members, member_site_contributions
 from cgcnn_ase.analysis.sites import aggregate_by_element, site_contributions
 from cgcnn_ase.inference.predictor import as_predictor
 
@@ -41,6 +42,19 @@ def role_means(table: Any) -> dict[str, dict[str, float]]:
     raise TypeError(f"expected a DataFrame or a mapping role -> element -> value, got {type(table).__name__}")
 
 
+def _role_spreads(table: Any) -> dict[str, dict[str, float]]:
+    """``{role: {element: seed_std}}`` of an aggregate with a ``seed_std`` column, else ``{}``."""
+    import pandas as pd
+
+    if not isinstance(table, pd.DataFrame) or "seed_std" not in table.columns:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for role, element, std in zip(table["role"], table["element"], table["seed_std"]):
+        if isinstance(role, str):
+            out.setdefault(role, {})[str(element)] = float(std)
+    return out
+
+
 def _table_position(z: int) -> tuple[int, int]:
     """(row, column) of element ``z`` in the drawn table, 0-based; lanthanides/actinides in rows 7 and 8."""
     from pymatgen.core import Element
@@ -64,6 +78,7 @@ def periodic_table_heatmap(
     vmax: float | None = None,
     fmt: str = "{:.2f}",
     max_z: int = 103,
+    spread: Mapping[str, float] | None = None,
 ) -> Path:
     """A periodic table coloured by one value per element, written as PNG or SVG (by ``path``'s suffix).
 
@@ -81,6 +96,9 @@ def periodic_table_heatmap(
         vmax: upper end of the colour range (default: the largest value).
         fmt: format of the value printed in each cell.
         max_z: last element drawn (103, Lr, by default).
+        spread: element symbol -> an uncertainty of its value (e.g. the standard deviation across
+            ensemble members), printed as ``±spread`` under the value; elements whose spread is
+            at least half the colour range get a hatched cell (their colour is not reliable).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -118,7 +136,13 @@ def periodic_table_heatmap(
         ax.add_patch(Rectangle((col, y), 0.94, 0.94, facecolor=face, edgecolor="white", linewidth=0.5))
         ax.text(col + 0.47, y + 0.36, symbol, ha="center", va="center", fontsize=9, color=ink, weight="bold")
         if symbol in finite:
-            ax.text(col + 0.47, y + 0.72, fmt.format(finite[symbol]), ha="center", va="center", fontsize=6, color=ink)
+            ax.text(col + 0.47, y + 0.66, fmt.format(finite[symbol]), ha="center", va="center", fontsize=6, color=ink)
+            error = (spread or {}).get(symbol)
+            if error is not None and np.isfinite(float(error)):
+                ax.text(col + 0.47, y + 0.84, "±" + fmt.format(float(error)), ha="center", va="center", fontsize=5,
+                        color=ink)  # fmt: skip
+                if float(error) >= 0.5 * (hi - lo):
+                    ax.add_patch(Rectangle((col, y), 0.94, 0.94, fill=False, hatch="///", edgecolor=ink, linewidth=0))
     for row, text in ((5, "La–Lu"), (6, "Ac–Lr")):  # placeholders in group 3 for the f-block rows
         if (row == 5 and max_z >= 57) or (row == 6 and max_z >= 89):
             ax.text(2 + 0.47, row + 0.47, text, ha="center", va="center", fontsize=6, color="#7f7f7f")
@@ -149,7 +173,9 @@ def site_energy_maps(
     """One periodic-table heat map per role of the mean contribution per element: ``{role}_sites.{fmt}``.
 
     Args:
-        df: a sites table (:func:`site_contributions`) or its aggregate (:func:`aggregate_by_element`).
+        df: a sites table (:func:`site_contributions`) or its aggregate (:func:`aggregate_by_element`,
+            or :func:`~cgcnn_ase.analysis.site_members.aggregate_members`, whose ``seed_std`` is
+            printed in each cell as ``±``, so the spread across seeds stays visible).
         out_dir: folder to write to (created).
         roles: roles to draw, e.g. ``("A", "B")``; a role without any site is skipped with a warning.
         formats: file suffixes to write for each role.
@@ -162,6 +188,7 @@ def site_energy_maps(
         The written files, role by role, format by format.
     """
     means = role_means(df)
+    spreads = _role_spreads(df)
     units = units if units is not None else df.attrs.get("units", "")
     drawn = {role: means.get(role, {}) for role in roles}
     for role, values in drawn.items():
@@ -181,11 +208,13 @@ def site_energy_maps(
         if not values:
             continue
         title = f"Mean {what} on {role} sites" + (f" ({label})" if label else "")
+        if spreads:
+            n_members = int(df["n_members"].max()) if "n_members" in df.columns else 0
+            title += f"\nseed mean ± seed std over {n_members} members" if n_members else "\nmean ± seed std"
         for fmt in formats:
             paths.append(
-                periodic_table_heatmap(
-                    values, out_dir / f"{role}_sites.{fmt}", title=title, units=units, cmap=cmap, vmin=vmin, vmax=vmax
-                )
+                periodic_table_heatmap(values, out_dir / f"{role}_sites.{fmt}", title=title, units=units, cmap=cmap,
+                                       vmin=vmin, vmax=vmax, spread=spreads.get(role))  # fmt: skip
             )
     return paths
 
@@ -213,6 +242,11 @@ def write_site_report(
     (:func:`site_energy_maps`; a role with no sites, e.g. for non-perovskites, is skipped with a
     warning). Contributions are in the model's units (``predictor.units``).
 
+    For an ensemble, every member runs on its own (a network's split among sites depends on its
+    seed): ``sites.csv`` holds the members' mean contribution and its standard deviation across
+    members (``seed_std``), ``by_element.csv`` is :func:`~cgcnn_ase.analysis.site_members.aggregate_members`
+    (seed mean, ``seed_std``, ...), and the maps print each element's ``± seed_std``.
+
     Args:
         predictor: a predictor, a model folder, or a shipped model's name (atomwise readout).
         structures: the crystals (see :func:`site_contributions`).
@@ -233,15 +267,23 @@ def write_site_report(
         The written files: ``sites.csv``, ``by_element.csv``, then the maps.
     """
     predictor = as_predictor(predictor)
-    df = site_contributions(
-        predictor, structures, batch_size=batch_size, labels=labels, symprec=symprec,
-        allow_mean_pooled=allow_mean_pooled, errors=errors, on_sparse=on_sparse, progress=progress,
-    )  # fmt: skip
+    options = dict(batch_size=batch_size, labels=labels, symprec=symprec, allow_mean_pooled=allow_mean_pooled,
+                   errors=errors, on_sparse=on_sparse, progress=progress)  # fmt: skip
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if predictor.is_ensemble:  # each member on its own: the seed mean and the seed spread
+        stacked = member_site_contributions(predictor, structures, **options)
+        table = aggregate_members(stacked)
+        keys = ["structure", "site"]
+        df = stacked[stacked["member"] == 0].drop(columns="member").reset_index(drop=True)
+        grouped = stacked.groupby(keys, sort=False)
+        seeds = grouped[["contribution", "prediction"]].mean().join(grouped["contribution"].std().rename("seed_std"))
+        df = df.drop(columns=["contribution", "prediction"]).join(seeds, on=keys)[[*df.columns, "seed_std"]]
+    else:
+        df = site_contributions(predictor, structures, **options)
+        table = aggregate_by_element(df)
     sites_csv = out_dir / "sites.csv"
     df.to_csv(sites_csv, index=False)
-    table = aggregate_by_element(df)
     by_element_csv = out_dir / "by_element.csv"
     table.to_csv(by_element_csv, index=False)
     maps = site_energy_maps(table, out_dir, roles=roles, formats=formats, cmap=cmap)
