@@ -23,7 +23,7 @@ def gaussian_expand(distances: torch.Tensor, config: GraphConfig) -> torch.Tenso
 
     Computed in float64 and then rounded, as the original did in numpy.
     """
-    centers = torch.from_numpy(config.gaussian_centers)
+    centers = torch.from_numpy(config.gaussian_centers).to(distances.device)
     width = config.gaussian_width if config.gaussian_width is not None else config.gaussian_step
     diff = distances.to(torch.float64).unsqueeze(1) - centers
     return torch.exp(-(diff**2) / width**2).to(torch.float32)

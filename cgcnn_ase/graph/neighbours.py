@@ -196,6 +196,24 @@ def _select_edges(
     return i, j, d, counts
 
 
+def sparse_check(
+    record: StructureRecord, n_sparse: int, config: GraphConfig, on_sparse: SparsePolicy, *, stacklevel: int = 3
+) -> None:
+    """Apply the ``on_sparse`` policy to a graph with ``n_sparse`` atoms short of ``max_neighbors``
+    neighbours: nothing, a :class:`SparseGraphWarning`, or :class:`SparseGraphError`."""
+    if not n_sparse or on_sparse == "ignore":
+        return
+    message = (
+        f"{record.label}: {n_sparse} of {len(record)} atoms have fewer than {config.max_neighbors} neighbours within "
+        f"{config.radius:g} Å (isolated or low-density structure); predictions there are extrapolations"
+    )
+    if on_sparse == "error":
+        raise SparseGraphError(message)
+    if on_sparse != "warn":
+        raise ValueError(f"on_sparse must be 'warn', 'error' or 'ignore', got {on_sparse!r}")
+    warnings.warn(message, SparseGraphWarning, stacklevel=stacklevel)
+
+
 def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: SparsePolicy = "warn") -> CrystalGraph:
     """Build the crystal graph of one structure.
 
@@ -223,16 +241,7 @@ def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: Spar
     i, j, d, counts = _select_edges(i, j, d, n_atoms, config)
     n_sparse = int(np.count_nonzero(counts < k))
 
-    if n_sparse and on_sparse != "ignore":
-        message = (
-            f"{record.label}: {n_sparse} of {n_atoms} atoms have fewer than {k} neighbours within "
-            f"{config.radius:g} Å (isolated or low-density structure); predictions there are extrapolations"
-        )
-        if on_sparse == "error":
-            raise SparseGraphError(message)
-        if on_sparse != "warn":
-            raise ValueError(f"on_sparse must be 'warn', 'error' or 'ignore', got {on_sparse!r}")
-        warnings.warn(message, SparseGraphWarning, stacklevel=2)
+    sparse_check(record, n_sparse, config, on_sparse)
     return CrystalGraph(numbers=record.numbers, centers=i, neighbors=j, distances=d, n_sparse=n_sparse, label=record.label)
 
 

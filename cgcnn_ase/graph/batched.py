@@ -1,0 +1,390 @@
+"""Batched graphs: the neighbour search and edge selection of many crystals at once, in torch.
+
+:func:`batch_edges` builds the edges of a whole batch of crystals in a few vectorised torch calls, on
+whatever device the inputs live on (a GPU's thousands of threads, or the CPU), with the edge sets of
+:func:`~cgcnn_ase.graph.neighbours.build_graph`:
+
+1. **Candidate pairs.** For every centre ``i`` and every atom ``j`` of the same crystal, only the
+   periodic images ``s`` (integer cell shifts) whose fractional offset ``f_j - f_i + s`` can lie within
+   the radius along each lattice direction are generated: ``|f + s|_k <= r / w_k`` with ``w_k`` the
+   spacing of the lattice planes. Work is chunked (``max_pairs`` centre-atom pairs,
+   ``max_candidates`` pair images), so memory stays bounded for any batch or supercell.
+2. **Distances** ``|(f_j - f_i + s) · cell|`` in float64 (Å); pairs within the radius are kept, the atom
+   itself (zero shift) excluded.
+3. **Selection** per centre: the ``k``-th smallest distance by a linear-time selection, then the
+   ``symmetric`` policy's tied shell (``d <= d_k + tie_tolerance``) or the ``original`` policy's first
+   ``k`` (padded with edges to atom 0 at ``radius + 1`` Å).
+
+Crystals this path cannot decide bit for bit are rebuilt with :func:`build_graph` (pymatgen's cell
+list) and spliced in, so results never depend on the path: ``original``-policy crystals with a
+distance tie at the ``k``-th slot (the original breaks it in pymatgen's pair order), and crystals
+that raise or warn (overlapping or very close atoms: the same exception and message as
+:func:`build_graph`). Sparse graphs are reported per crystal as by :func:`build_graph`.
+
+:func:`collate_edges` then forms the network's :class:`~cgcnn_ase.graph.batch.GraphBatch` on the same
+device: element features by table lookup, identical edges merged, Gaussian expansion.
+
+Shapes: ``B`` crystals, ``N`` atoms in all, ``M`` pairs within the radius, ``E`` edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cgcnn_ase.errors import InvalidStructureError
+from cgcnn_ase.graph.batch import GraphBatch, gaussian_expand
+from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
+from cgcnn_ase.graph.neighbours import (
+    CLOSE_ATOMS_FACTOR,
+    MIN_INTERATOMIC_DISTANCE,
+    _covalent_radii,
+    CrystalGraph,
+    build_graph,
+    sparse_check,
+    wrapped_frac_coords,
+)
+from cgcnn_ase.io.records import StructureRecord
+
+#: Distances within this of the ``k``-th one (Å) count as a tie for the ``original`` policy, whose
+#: tie order only pymatgen's pair order decides: such crystals are rebuilt by :func:`build_graph`.
+ORIGINAL_TIE = 1e-9
+#: Fractional slack on the per-direction image bound (no pair within the radius is ever missed).
+_BOUND_SLACK = 1e-9
+
+
+@dataclass(frozen=True)
+class FlatCrystals:
+    """A batch of crystals as flat arrays (the input of :func:`batch_edges`).
+
+    Attributes:
+        numbers: atomic numbers, (N,), int64.
+        frac: fractional coordinates moved into the cell (:func:`wrapped_frac_coords`), (N, 3), float64.
+        cells: lattice vectors as rows, Å, (B, 3, 3), float64.
+        sizes: atoms per crystal, (B,), int64.
+    """
+
+    numbers: torch.Tensor
+    frac: torch.Tensor
+    cells: torch.Tensor
+    sizes: torch.Tensor
+
+    @classmethod
+    def from_records(cls, records: Sequence[StructureRecord], *, pin: bool = False) -> FlatCrystals:
+        """Stack records on the CPU (``pin``: in page-locked memory, for asynchronous copies to a GPU)."""
+        arrays = (
+            np.concatenate([r.numbers for r in records]).astype(np.int64),
+            np.concatenate([wrapped_frac_coords(r.frac_coords) for r in records]),
+            np.stack([np.asarray(r.cell, dtype=np.float64) for r in records]),
+            np.array([len(r) for r in records], dtype=np.int64),
+        )
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+        if pin:
+            tensors = [t.pin_memory() for t in tensors]
+        return cls(*tensors)
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> FlatCrystals:
+        """The same arrays on ``device``."""
+        return FlatCrystals(*(t.to(device, non_blocking=non_blocking) for t in (self.numbers, self.frac, self.cells, self.sizes)))
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """Global index of each crystal's first atom, (B,)."""
+        return torch.cumsum(self.sizes, 0) - self.sizes
+
+    @property
+    def crystal_index(self) -> torch.Tensor:
+        """Crystal of each atom, (N,)."""
+        return torch.repeat_interleave(torch.arange(len(self.sizes), device=self.sizes.device), self.sizes)
+
+
+@dataclass(frozen=True)
+class BatchEdges:
+    """The edges of a batch (global atom indices), sorted by centre, then distance.
+
+    Attributes:
+        centers, neighbors: (E,), int64. distances: (E,), float64, Å.
+        n_sparse: atoms per crystal with fewer than ``max_neighbors`` neighbours in the radius, (B,), int64.
+    """
+
+    centers: torch.Tensor
+    neighbors: torch.Tensor
+    distances: torch.Tensor
+    n_sparse: torch.Tensor
+
+
+def plane_spacings(cells: torch.Tensor) -> torch.Tensor:
+    """Spacing of the lattice planes normal to each reciprocal direction, Å, (B, 3)."""
+    return 1.0 / torch.linalg.inv(cells).norm(dim=1)
+
+
+def _segments(counts: torch.Tensor, budget: int) -> list[tuple[int, int]]:
+    """Split ``range(len(counts))`` into consecutive runs whose ``counts`` sum to at most ``budget``
+    (a run holds at least one item, however large)."""
+    if int(counts.sum()) <= budget:
+        return [(0, len(counts))]
+    ends, start, total = [], 0, 0
+    for k, c in enumerate(counts.tolist()):
+        if k > start and total + c > budget:
+            ends.append((start, k))
+            start, total = k, 0
+        total += c
+    ends.append((start, len(counts)))
+    return ends
+
+
+def _expand(counts: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For items ``first + q`` repeated ``counts[q]`` times: (item index, position within the item)."""
+    total = int(counts.sum())
+    device = counts.device
+    item = torch.repeat_interleave(torch.arange(len(counts), device=device), counts, output_size=total)
+    starts = torch.cumsum(counts, 0) - counts
+    return item + first, torch.arange(total, device=device) - starts[item]
+
+
+def _image_ranges(flat: FlatCrystals, centre: torch.Tensor, other: torch.Tensor, reach: torch.Tensor):
+    """Per pair: fractional offset ``f_j - f_i`` (P, 3) and the smallest and number of integer shifts
+    per direction that can bring atom ``j`` within the radius of atom ``i`` ((P, 3) each)."""
+    f = flat.frac[other] - flat.frac[centre]
+    r = reach[centre]  # (P, 3): radius / plane spacing, in cells
+    lo = torch.ceil(-r - f)
+    n = (torch.floor(r - f) - lo + 1).clamp_min(0).to(torch.int64)
+    return f, lo, n
+
+
+def _pairs_in_radius(flat: FlatCrystals, radius: float, max_pairs: int, max_candidates: int):
+    """All ``(i, j, d)`` within ``radius`` (Å) of each other, periodic images included, self excluded,
+    grouped by centre ``i`` (ascending)."""
+    crystal = flat.crystal_index
+    reach = (radius / plane_spacings(flat.cells) * (1 + _BOUND_SLACK) + _BOUND_SLACK)[crystal]  # (N, 3)
+    per_centre = flat.sizes[crystal]
+    offsets = flat.offsets[crystal]
+    out_i, out_j, out_d = [], [], []
+    for c0, c1 in _segments(per_centre, max_pairs):
+        centre, local = _expand(per_centre[c0:c1], c0)
+        other = offsets[centre] + local
+        f, lo, n = _image_ranges(flat, centre, other, reach)
+        images = n.prod(1)
+        for p0, p1 in _segments(images, max_candidates):
+            pair, m = _expand(images[p0:p1], p0)
+            n1, n2 = n[pair, 1], n[pair, 2]
+            shift = lo[pair] + torch.stack([m // (n1 * n2), (m // n2) % n1, m % n2], dim=1).to(lo.dtype)
+            i, j = centre[pair], other[pair]
+            x = f[pair] + shift  # fractional offset of the image, (Q, 3)
+            cell = flat.cells[crystal[i]]  # (Q, 3, 3)
+            vec = x[:, :1] * cell[:, 0] + x[:, 1:2] * cell[:, 1] + x[:, 2:] * cell[:, 2]
+            d = torch.linalg.vector_norm(vec, dim=1)
+            keep = (d <= radius) & ~((i == j) & (shift == 0).all(dim=1))
+            out_i.append(i[keep])
+            out_j.append(j[keep])
+            out_d.append(d[keep])
+    return torch.cat(out_i), torch.cat(out_j), torch.cat(out_d)
+
+
+def _kth_smallest(i: torch.Tensor, d: torch.Tensor, counts: torch.Tensor, k: int) -> torch.Tensor:
+    """Per centre, the ``k``-th smallest of its pair distances (``inf`` with fewer than ``k``), (N,)."""
+    n_atoms = len(counts)
+    kth = torch.full((n_atoms,), torch.inf, dtype=d.dtype, device=d.device)
+    width = int(counts.max()) if n_atoms else 0
+    if width < k:
+        return kth
+    starts = torch.cumsum(counts, 0) - counts
+    table = torch.full((n_atoms, width), torch.inf, dtype=d.dtype, device=d.device)
+    table[i, torch.arange(len(i), device=d.device) - starts[i]] = d
+    return torch.where(counts >= k, table.kthvalue(k, dim=1).values, kth)
+
+
+def _sort_by_centre_then_distance(*arrays: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(i, j, d)`` sorted by centre, then distance (stable: two stable sorts)."""
+    i, j, d = arrays
+    order = torch.sort(d, stable=True).indices
+    order = order[torch.sort(i[order], stable=True).indices]
+    return i[order], j[order], d[order]
+
+
+def _flagged(flat: FlatCrystals, i: torch.Tensor, j: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Crystals (B,) bool that :func:`build_graph` would refuse or warn about: some pair closer than
+    :data:`MIN_INTERATOMIC_DISTANCE` or than :data:`CLOSE_ATOMS_FACTOR` x its covalent bond length."""
+    radii = torch.as_tensor(_covalent_radii(), device=d.device)
+    z = flat.numbers.clamp(max=len(radii) - 1)
+    bond = radii[z[i]] + radii[z[j]]
+    close = (d < MIN_INTERATOMIC_DISTANCE) | ((bond > 0) & (d < CLOSE_ATOMS_FACTOR * bond))
+    crystal = flat.crystal_index
+    flags = torch.zeros(len(flat.sizes), dtype=torch.bool, device=d.device)
+    flags[crystal[i[close]]] = True
+    return flags
+
+
+def _select(
+    flat: FlatCrystals, i: torch.Tensor, j: torch.Tensor, d: torch.Tensor, config: GraphConfig
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+    """The neighbour policy on all pairs in the radius: kept ``(i, j, d)`` sorted by centre and
+    distance, pairs per centre (N,), and the crystals (B,) whose ``original`` selection hangs on a tie."""
+    k = config.max_neighbors
+    n_atoms = len(flat.numbers)
+    counts = torch.bincount(i, minlength=n_atoms)
+    kth = _kth_smallest(i, d, counts, k)
+    tied = torch.zeros(len(flat.sizes), dtype=torch.bool, device=d.device)
+    if config.neighbor_policy == "symmetric":
+        keep = d <= kth[i] + config.tie_tolerance
+        return _sort_by_centre_then_distance(i[keep], j[keep], d[keep]), counts, tied
+    near = torch.bincount(i[d <= kth[i] + ORIGINAL_TIE], minlength=n_atoms)
+    tied[flat.crystal_index[(counts > k) & (near > k)]] = True
+    keep = d <= kth[i]
+    i, j, d = i[keep], j[keep], d[keep]
+    missing = (k - counts).clamp_min(0)
+    pad_i = torch.repeat_interleave(torch.arange(n_atoms, device=d.device), missing)
+    pad_j = flat.offsets[flat.crystal_index[pad_i]]  # atom 0 of the centre's crystal
+    pad_d = torch.full(pad_i.shape, config.radius + 1.0, dtype=d.dtype, device=d.device)
+    merged = (torch.cat([i, pad_i]), torch.cat([j, pad_j]), torch.cat([d, pad_d]))
+    return _sort_by_centre_then_distance(*merged), counts, tied
+
+
+def _splice(
+    flat: FlatCrystals, edges: tuple[torch.Tensor, ...], graphs: dict[int, CrystalGraph | None]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Replace the edges of crystals ``graphs`` (index -> :class:`CrystalGraph`, or ``None``: no edges) by theirs."""
+    i, j, d = edges
+    crystal = flat.crystal_index
+    redo = torch.zeros(len(flat.sizes), dtype=torch.bool, device=d.device)
+    redo[list(graphs)] = True
+    keep = ~redo[crystal[i]]
+    parts_i, parts_j, parts_d = [i[keep]], [j[keep]], [d[keep]]
+    offsets = flat.offsets.tolist()
+    for b, g in graphs.items():
+        if g is None:
+            continue
+        parts_i.append(torch.as_tensor(g.centers + offsets[b], device=d.device))
+        parts_j.append(torch.as_tensor(g.neighbors + offsets[b], device=d.device))
+        parts_d.append(torch.as_tensor(g.distances, dtype=d.dtype, device=d.device))
+    i, j, d = torch.cat(parts_i), torch.cat(parts_j), torch.cat(parts_d)
+    order = torch.sort(i, stable=True).indices  # spliced crystals' own order (centre, distance) kept
+    return i[order], j[order], d[order]
+
+
+def batch_edges(
+    records: Sequence[StructureRecord],
+    config: GraphConfig,
+    *,
+    device: torch.device | str = "cpu",
+    flat: FlatCrystals | None = None,
+    max_pairs: int = 1 << 21,
+    max_candidates: int = 1 << 21,
+) -> tuple[FlatCrystals, BatchEdges, dict[int, InvalidStructureError]]:
+    """The edges of ``records`` built together on ``device``: those of :func:`build_graph` for each.
+
+    Args:
+        records: validated structures.
+        config: graph settings (radius in Å, neighbour count, policy, tie tolerance).
+        device: where to compute (the arrays of ``flat`` when it is given).
+        flat: ``records`` already stacked (and moved) with :meth:`FlatCrystals.from_records`.
+        max_pairs, max_candidates: memory bounds (centre-atom pairs, pair images per chunk).
+
+    Returns:
+        ``(flat, edges, errors)``: the stacked crystals on ``device``, the edges of every crystal
+        that could be built, and ``{index: error}`` for the others (overlapping atoms; their edges are
+        absent). Warnings are those of :func:`build_graph` (close atoms; sparse graphs are left to
+        the caller: ``edges.n_sparse``).
+    """
+    if not records:
+        raise ValueError("batch_edges needs at least one structure")
+    if flat is None:
+        flat = FlatCrystals.from_records(records, pin=torch.device(device).type == "cuda").to(device, non_blocking=True)
+    i, j, d = _pairs_in_radius(flat, float(config.radius), max_pairs, max_candidates)
+    edges, counts, tied = _select(flat, i, j, d, config)
+    redo_mask = tied | _flagged(flat, i, j, d)
+    graphs: dict[int, CrystalGraph | None] = {}
+    errors: dict[int, InvalidStructureError] = {}
+    for b in torch.nonzero(redo_mask).flatten().tolist():
+        try:
+            graphs[b] = build_graph(records[b], config, on_sparse="ignore")
+        except InvalidStructureError as exc:
+            errors[b] = exc
+            graphs[b] = None
+    if graphs:
+        edges = _splice(flat, edges, graphs)
+    sparse_atoms = (counts < config.max_neighbors).to(torch.int64)
+    n_sparse = torch.zeros(len(flat.sizes), dtype=torch.int64, device=d.device).index_add_(0, flat.crystal_index, sparse_atoms)
+    return flat, BatchEdges(*edges, n_sparse=n_sparse), errors
+
+
+def report_sparse(
+    records: Sequence[StructureRecord], n_sparse: torch.Tensor, config: GraphConfig, on_sparse: SparsePolicy
+) -> dict[int, InvalidStructureError]:
+    """Apply ``on_sparse`` per crystal as :func:`build_graph` does: warnings issued here, and
+    ``{index: SparseGraphError}`` for the crystals refused with ``on_sparse="error"``."""
+    refused: dict[int, InvalidStructureError] = {}
+    if on_sparse == "ignore":
+        return refused
+    counts = n_sparse.tolist()
+    for b in (b for b, n in enumerate(counts) if n):
+        try:
+            sparse_check(records[b], counts[b], config, on_sparse, stacklevel=4)
+        except InvalidStructureError as exc:  # SparseGraphError
+            refused[b] = exc
+    return refused
+
+
+def graph_batch(
+    records: Sequence[StructureRecord],
+    config: GraphConfig,
+    features: torch.Tensor,
+    *,
+    on_sparse: SparsePolicy = "warn",
+    merge_edges: bool = True,
+) -> tuple[GraphBatch | None, list[int], dict[int, InvalidStructureError]]:
+    """The network input of ``records``, built on the device of ``features`` (the element table).
+
+    Returns ``(batch, used, errors)``: the batch of the usable crystals (``None`` when there is
+    none), their indices in ``records``, and ``{index: error}`` for the others (overlapping atoms,
+    or sparse graphs under ``on_sparse="error"``). Warnings as :func:`build_graph` gives them.
+    """
+    flat, edges, errors = batch_edges(records, config, device=features.device)
+    errors.update(report_sparse(records, edges.n_sparse, config, on_sparse))
+    used = [b for b in range(len(records)) if b not in errors]
+    if not used:
+        return None, used, errors
+    if errors:  # rare: build the others again without them (their edges are identical)
+        flat, edges, _ = batch_edges([records[b] for b in used], config, device=features.device)
+    return collate_edges(flat, edges, features, config, merge_edges=merge_edges), used, errors
+
+
+def collate_edges(
+    flat: FlatCrystals, edges: BatchEdges, features: torch.Tensor, config: GraphConfig, *, merge_edges: bool = True
+) -> GraphBatch:
+    """The network input of a batch from its edges, on their device.
+
+    Args:
+        flat: the crystals (on the device). edges: their edges (:func:`batch_edges`).
+        features: element feature table on the device, (max_Z + 1, n_features), float32
+            (``torch.from_numpy(ElementTable.features)``); elements must have been checked.
+        merge_edges: merge identical edges into weighted ones, as
+            :func:`~cgcnn_ase.graph.batch.merge_identical_edges` does.
+    """
+    centers, neighbors, distances = edges.centers, edges.neighbors, edges.distances
+    weights = None
+    if merge_edges and len(distances):
+        rounded = torch.round(distances, decimals=9)
+        order = torch.sort(rounded, stable=True).indices
+        order = order[torch.sort(neighbors[order], stable=True).indices]
+        order = order[torch.sort(centers[order], stable=True).indices]
+        c, nb, r = centers[order], neighbors[order], rounded[order]
+        first = torch.ones(len(order), dtype=torch.bool, device=order.device)
+        first[1:] = (c[1:] != c[:-1]) | (nb[1:] != nb[:-1]) | (r[1:] != r[:-1])
+        starts = torch.nonzero(first).flatten()
+        weights = torch.diff(starts, append=starts.new_tensor([len(order)])).to(torch.float32)
+        keep = order[starts]
+        centers, neighbors, distances = centers[keep], neighbors[keep], distances[keep]
+    return GraphBatch(
+        atom_fea=features[flat.numbers],
+        edge_fea=gaussian_expand(distances, config),
+        centers=centers,
+        neighbors=neighbors,
+        crystal_index=flat.crystal_index,
+        n_crystals=len(flat.sizes),
+        edge_weight=weights,
+    )
+
