@@ -132,11 +132,11 @@ def test_overlapping_atoms_are_a_per_crystal_error_with_build_graphs_message(dev
     bad = from_ase(Atoms("Si2", positions=[[0, 0, 0], [0.1, 0, 0]], cell=np.eye(3) * 5, pbc=True), label="overlap")
     table = generate_cgcnn_table()
     features = torch.from_numpy(table.features).to(device)
-    batch, used, errors = graph_batch([good, bad, good], GraphConfig(), features)
-    assert used == [0, 2] and list(errors) == [1]
+    batch, items = graph_batch([good, bad, good], GraphConfig(), features)
+    assert [type(x).__name__ for x in items] == ["GraphSummary", "InvalidStructureError", "GraphSummary"]
     with pytest.raises(InvalidStructureError) as expected:
         build_graph(bad, GraphConfig())
-    assert str(errors[1]) == str(expected.value)
+    assert str(items[1]) == str(expected.value)
     assert batch.n_crystals == 2
 
 
@@ -151,10 +151,10 @@ def test_sparse_policy_per_crystal():
     dense = from_ase(bulk("Cu", "fcc", a=3.6), label="Cu")
     features = torch.from_numpy(generate_cgcnn_table().features)
     with pytest.warns(SparseGraphWarning, match="odd3: 2 of 2 atoms"):
-        _, used, errors = graph_batch([dense, sparse], GraphConfig(), features)
-    assert used == [0, 1] and not errors
-    _, used, errors = graph_batch([dense, sparse], GraphConfig(), features, on_sparse="error")
-    assert used == [0] and isinstance(errors[1], SparseGraphError)
+        _, items = graph_batch([dense, sparse], GraphConfig(), features)
+    assert [x.n_sparse for x in items] == [0, 2]
+    batch, items = graph_batch([dense, sparse], GraphConfig(), features, on_sparse="error")
+    assert batch.n_crystals == 1 and isinstance(items[1], SparseGraphError)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -164,9 +164,10 @@ def test_graph_batch_equals_collate_of_build_graph(device):
     table = generate_cgcnn_table()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SparseGraphWarning)
-        batch, used, _ = graph_batch(records, config, torch.from_numpy(table.features).to(device))
-        want = collate([build_graph(r, config) for r in records], table, config, merge_edges=True)
-    assert used == list(range(len(records)))
+        batch, items = graph_batch(records, config, torch.from_numpy(table.features).to(device))
+        graphs = [build_graph(r, config) for r in records]
+        want = collate(graphs, table, config, merge_edges=True)
+    assert [x.n_sparse for x in items] == [g.n_sparse for g in graphs]
     got = batch.to("cpu")
     for name in ("centers", "neighbors", "crystal_index"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
@@ -180,3 +181,43 @@ def test_flat_crystals_wrap_atoms_outside_the_cell():
     flat = FlatCrystals.from_records([record])
     assert float(flat.frac.min()) >= 0 and float(flat.frac.max()) < 1
     assert flat.sizes.tolist() == [2] and flat.cells.shape == (1, 3, 3)
+
+
+@pytest.mark.parametrize("model", ["formation_energy", "perovskite_formation_energy"])
+def test_predictor_gives_the_same_results_with_batched_graphs(model):
+    from cgcnn_ase import CGCNNPredictor
+    from cgcnn_ase.io.records import StructureRecord
+
+    from .conftest import REPO
+
+    inputs = [str(p) for p in sorted((REPO / "examples").iterdir()) if p.suffix in (".cif", ".POSCAR", ".extxyz")]
+    overlap = Atoms("Si2", positions=[[0, 0, 0], [0.1, 0, 0]], cell=np.eye(3) * 5, pbc=True)
+    inputs += [overlap, "missing.cif", *(_odd_cells()[k] for k in (0, 3, 6, 8))]
+    assert any(isinstance(x, StructureRecord) for x in inputs)
+    predictor = CGCNNPredictor.load(model, device="cpu")
+    results = {}
+    for backend in ("per-structure", "batched"):
+        predictor.graph_backend = backend
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results[backend] = predictor.predict(inputs, errors="collect", per_atom=True, batch_size=4)
+        results[backend + " warnings"] = sorted(str(w.message) for w in caught)
+    a, b = results["per-structure"], results["batched"]
+    assert a.ids == b.ids and a.errors == b.errors and list(a.n_sparse) == list(b.n_sparse)
+    assert sum(e is not None for e in a.errors) == 2
+    np.testing.assert_allclose(b.values, a.values, atol=1e-6, rtol=0)
+    for x, y in zip(a.per_atom, b.per_atom):
+        np.testing.assert_allclose(y, x, atol=1e-6, rtol=0)
+    assert results["batched warnings"] == results["per-structure warnings"]
+    with pytest.raises(InvalidStructureError, match="overlapping"):
+        predictor.predict(inputs, batch_size=4)
+
+
+def test_graph_backend_is_checked():
+    from cgcnn_ase import CGCNNPredictor
+
+    predictor = CGCNNPredictor.load("formation_energy", members=1, device="cpu")
+    assert not predictor.batched_graphs()  # auto: per structure on the CPU
+    predictor.graph_backend = "gpu"
+    with pytest.raises(ValueError, match="graph_backend must be"):
+        predictor.predict(bulk("Si", "diamond", a=5.43))

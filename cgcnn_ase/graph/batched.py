@@ -116,6 +116,23 @@ class BatchEdges:
     n_sparse: torch.Tensor
 
 
+@dataclass(frozen=True)
+class GraphSummary:
+    """What a prediction keeps of one crystal's graph built in a batch (a :class:`CrystalGraph` without edges).
+
+    Attributes:
+        numbers: atomic numbers, (N,). n_sparse: atoms short of ``max_neighbors`` neighbours. label: its name.
+    """
+
+    numbers: np.ndarray
+    n_sparse: int
+    label: str
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+
 def plane_spacings(cells: torch.Tensor) -> torch.Tensor:
     """Spacing of the lattice planes normal to each reciprocal direction, Å, (B, 3)."""
     return 1.0 / torch.linalg.inv(cells).norm(dim=1)
@@ -208,7 +225,7 @@ def _sort_by_centre_then_distance(*arrays: torch.Tensor) -> tuple[torch.Tensor, 
 def _flagged(flat: FlatCrystals, i: torch.Tensor, j: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """Crystals (B,) bool that :func:`build_graph` would refuse or warn about: some pair closer than
     :data:`MIN_INTERATOMIC_DISTANCE` or than :data:`CLOSE_ATOMS_FACTOR` x its covalent bond length."""
-    radii = torch.as_tensor(_covalent_radii(), device=d.device)
+    radii = torch.from_numpy(_covalent_radii().copy()).to(d.device)
     z = flat.numbers.clamp(max=len(radii) - 1)
     bond = radii[z[i]] + radii[z[j]]
     close = (d < MIN_INTERATOMIC_DISTANCE) | ((bond > 0) & (d < CLOSE_ATOMS_FACTOR * bond))
@@ -335,21 +352,26 @@ def graph_batch(
     *,
     on_sparse: SparsePolicy = "warn",
     merge_edges: bool = True,
-) -> tuple[GraphBatch | None, list[int], dict[int, InvalidStructureError]]:
+) -> tuple[GraphBatch | None, list[GraphSummary | InvalidStructureError]]:
     """The network input of ``records``, built on the device of ``features`` (the element table).
 
-    Returns ``(batch, used, errors)``: the batch of the usable crystals (``None`` when there is
-    none), their indices in ``records``, and ``{index: error}`` for the others (overlapping atoms,
-    or sparse graphs under ``on_sparse="error"``). Warnings as :func:`build_graph` gives them.
+    Returns ``(batch, items)``: the batch of the usable crystals in order (``None`` when there is
+    none), and per record its :class:`GraphSummary`, or the error that made it unusable
+    (overlapping atoms, a sparse graph under ``on_sparse="error"``). Warnings as
+    :func:`build_graph` gives them.
     """
     flat, edges, errors = batch_edges(records, config, device=features.device)
     errors.update(report_sparse(records, edges.n_sparse, config, on_sparse))
+    n_sparse = edges.n_sparse.tolist()
+    items: list[GraphSummary | InvalidStructureError] = [
+        errors.get(b) or GraphSummary(numbers=r.numbers, n_sparse=n_sparse[b], label=r.label) for b, r in enumerate(records)
+    ]
     used = [b for b in range(len(records)) if b not in errors]
     if not used:
-        return None, used, errors
+        return None, items
     if errors:  # rare: build the others again without them (their edges are identical)
         flat, edges, _ = batch_edges([records[b] for b in used], config, device=features.device)
-    return collate_edges(flat, edges, features, config, merge_edges=merge_edges), used, errors
+    return collate_edges(flat, edges, features, config, merge_edges=merge_edges), items
 
 
 def collate_edges(

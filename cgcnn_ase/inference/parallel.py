@@ -20,8 +20,10 @@ from typing import Any
 from cgcnn_ase.errors import InvalidStructureError, UnsupportedElementError
 from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
 from cgcnn_ase.graph.element_table import ElementTable
+from cgcnn_ase.graph.batched import GraphSummary, graph_batch
 from cgcnn_ase.graph.neighbours import CrystalGraph, build_graph
 from cgcnn_ase.io.reader import CifReader, cif_reader_for_policy, is_single_input, read_input
+from cgcnn_ase.io.records import StructureRecord
 
 #: Inputs per task sent to a worker (amortises inter-process messages).
 CHUNK = 16
@@ -29,7 +31,23 @@ CHUNK = 16
 #: (starting a pool costs more than it saves).
 MIN_PARALLEL = 64
 
-Graphed = tuple[str, "CrystalGraph | InvalidStructureError"]
+Graphed = tuple[str, "CrystalGraph | GraphSummary | InvalidStructureError"]
+Read = tuple[str, "StructureRecord | InvalidStructureError"]
+
+
+def records_of(index: int, obj: Any, *, elements: ElementTable, cif_reader: CifReader, **_: Any) -> list[Read]:
+    """Read input number ``index``: ``(label, record)`` per structure it holds, or ``(label, error)``
+    for an input or structure that cannot be used (unreadable, invalid, unsupported element).
+    Labels are those of :func:`cgcnn_ase.io.reader.read_input`."""
+    out: list[Read] = []
+    for label, record in read_input(index, obj, cif_reader=cif_reader):
+        if isinstance(record, StructureRecord):
+            try:
+                elements.featurize(record.numbers)  # fails early on unsupported elements
+            except UnsupportedElementError as exc:
+                record = UnsupportedElementError(f"{record.label}: {exc}")
+        out.append((label, record))
+    return out
 
 
 def graphs_of(
@@ -39,47 +57,47 @@ def graphs_of(
     """Read input number ``index`` and build the graph of each structure it holds.
 
     Returns ``(label, graph)`` per structure, or ``(label, error)`` for an input or structure
-    that cannot be used (unreadable, invalid, unsupported element, sparse with
-    ``on_sparse="error"``). Labels are those of :func:`cgcnn_ase.io.reader.read_input`.
+    that cannot be used (:func:`records_of`'s errors, overlapping atoms, sparse with
+    ``on_sparse="error"``).
     """
     out: list[Graphed] = []
-    for label, record in read_input(index, obj, cif_reader=cif_reader):
-        if isinstance(record, InvalidStructureError):
-            out.append((label, record))
-            continue
-        try:
+    for label, record in records_of(index, obj, elements=elements, cif_reader=cif_reader):
+        if isinstance(record, StructureRecord):
             try:
-                elements.featurize(record.numbers)  # fails early on unsupported elements
-            except UnsupportedElementError as exc:
-                raise UnsupportedElementError(f"{record.label}: {exc}") from None
-            out.append((record.label, build_graph(record, config, on_sparse=on_sparse)))
-        except InvalidStructureError as exc:
-            out.append((record.label, exc))
+                out.append((record.label, build_graph(record, config, on_sparse=on_sparse)))
+            except InvalidStructureError as exc:
+                out.append((record.label, exc))
+        else:
+            out.append((label, record))
     return out
 
 
 def iter_graphs(
     structures: Any, *, config: GraphConfig, elements: ElementTable, cif_reader: CifReader, on_sparse: SparsePolicy,
-    workers: int = 1,
-) -> Iterator[Graphed]:  # fmt: skip
+    workers: int = 1, read_only: bool = False,
+) -> Iterator[Graphed | Read]:  # fmt: skip
     """``(label, graph or error)`` for every structure of ``structures``, in input order,
     built in this process (``workers=1``, or a list of fewer than :data:`MIN_PARALLEL` inputs)
-    or in ``workers`` processes."""
+    or in ``workers`` processes. ``read_only``: records instead of graphs (:func:`records_of`)."""
     inputs = [structures] if is_single_input(structures) else structures
-    options = dict(config=config, elements=elements, cif_reader=cif_reader, on_sparse=on_sparse)
+    options = dict(config=config, elements=elements, cif_reader=cif_reader, on_sparse=on_sparse, read_only=read_only)
     if workers <= 1 or (isinstance(inputs, Sized) and len(inputs) < MIN_PARALLEL):
         for index, obj in enumerate(inputs):
-            yield from graphs_of(index, obj, **options)
+            yield from _items_of(index, obj, **options)
         return
     yield from _in_pool(enumerate(inputs), options, workers)
 
 
-def _work(task: tuple[list[tuple[int, Any]], dict[str, Any]]) -> tuple[list[Graphed], list[tuple[str, type]]]:
-    """Worker: the graphs of one chunk of inputs, and the warnings raised while building them."""
+def _items_of(index: int, obj: Any, *, read_only: bool, **options: Any) -> list[Graphed | Read]:
+    return records_of(index, obj, **options) if read_only else graphs_of(index, obj, **options)
+
+
+def _work(task: tuple[list[tuple[int, Any]], dict[str, Any]]) -> tuple[list[Graphed | Read], list[tuple[str, type]]]:
+    """Worker: the graphs (or records) of one chunk of inputs, and the warnings raised meanwhile."""
     chunk, options = task
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        graphs = [item for index, obj in chunk for item in graphs_of(index, obj, **options)]
+        graphs = [item for index, obj in chunk for item in _items_of(index, obj, **options)]
     return graphs, [(str(w.message), w.category) for w in caught]
 
 
@@ -146,6 +164,10 @@ def predict_batches(
     """
     inputs = [structures] if is_single_input(structures) else structures
     serial = workers <= 1 or (isinstance(inputs, Sized) and len(inputs) < MIN_PARALLEL)
+    if predictor.batched_graphs():
+        yield from _batched(predictor, inputs, batch_size=batch_size, per_atom=per_atom, features=features,
+                            errors=errors, on_sparse=on_sparse, workers=1 if serial else workers)  # fmt: skip
+        return
     if serial or predictor.device.type != "cpu":
         stream = predictor._graphs(inputs, errors, on_sparse, 1 if serial else workers)
         while batch := list(islice(stream, batch_size)):
@@ -167,7 +189,7 @@ def _pipeline(
     from cgcnn_ase.data.datasets import worker_start_method
 
     config = predictor.model.spec.graph
-    options = dict(config=config, elements=predictor.model.elements, on_sparse=on_sparse,
+    options = dict(config=config, elements=predictor.model.elements, on_sparse=on_sparse, read_only=False,
                    cif_reader=cif_reader_for_policy(config.neighbor_policy))  # fmt: skip
     chunks = iter(lambda: list(islice(inputs, CHUNK)), [])
     context = multiprocessing.get_context(worker_start_method())
@@ -188,3 +210,27 @@ def _pipeline(
             while nets and (len(nets) > workers * 2 or not (reads or buffer)):
                 batch, pending = nets.popleft()
                 yield batch, pending.get() if pending is not None else (None, None, None)
+
+
+def _batched(
+    predictor: Any, inputs: Any, *, batch_size: int, per_atom: bool, features: bool, errors: str,
+    on_sparse: SparsePolicy, workers: int,
+) -> Iterator[tuple[list[Graphed], Any]]:  # fmt: skip
+    """Records read here or in ``workers`` processes, then each batch's graphs built together on the
+    inference device (:func:`~cgcnn_ase.graph.batched.graph_batch`) and the networks run there."""
+    config = predictor.model.spec.graph
+    stream = predictor._graphs(inputs, errors, on_sparse, workers, read_only=True)
+    while chunk := list(islice(stream, batch_size)):
+        records = [r for _, r in chunk if isinstance(r, StructureRecord)]
+        if not records:
+            yield chunk, (None, None, None)
+            continue
+        batch, built = graph_batch(records, config, predictor.element_features(), on_sparse=on_sparse)
+        built_items = iter(built)
+        chunk = [(label, next(built_items) if isinstance(r, StructureRecord) else r) for label, r in chunk]
+        if errors == "raise":
+            for _, item in chunk:
+                if isinstance(item, InvalidStructureError):
+                    raise item
+        good = [item.n_atoms for _, item in chunk if isinstance(item, GraphSummary)]
+        yield chunk, predictor._forward(batch, good, per_atom, features) if batch is not None else (None, None, None)

@@ -23,13 +23,15 @@ from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.errors import CGCNNError, InvalidStructureError, UnseenElementWarning
 from cgcnn_ase.graph.neighbours import CrystalGraph
 from cgcnn_ase.graph.config import SparsePolicy
-from cgcnn_ase.graph.batch import collate
+from cgcnn_ase.graph.batch import GraphBatch, collate
+from cgcnn_ase.graph.batched import GraphSummary
 from cgcnn_ase.nn.ops import segment_mean
 from cgcnn_ase.models.registry import load_model, resolve_device
 from cgcnn_ase.inference.parallel import iter_graphs, predict_batches
 from cgcnn_ase.io.reader import cif_reader_for_policy
 
 ErrorPolicy = Literal["raise", "collect"]
+GraphBackend = Literal["auto", "batched", "per-structure"]
 
 
 @dataclass
@@ -185,7 +187,7 @@ class _Rows:
         k = 0
         for label, item in chunk:
             self.ids.append(label)
-            if isinstance(item, CrystalGraph):
+            if not isinstance(item, CGCNNError):  # a CrystalGraph, or a GraphSummary of the batched path
                 self.values.append(values[:, k])
                 self.messages.append(None)
                 self.n_sparse.append(item.n_sparse)
@@ -206,7 +208,7 @@ class _Rows:
                     self.embeddings.append(np.full(self.width, np.nan))
 
 
-def _unseen_symbols(graph: CrystalGraph, seen: frozenset[int] | None) -> list[str]:
+def _unseen_symbols(graph: CrystalGraph | GraphSummary, seen: frozenset[int] | None) -> list[str]:
     """Symbols of the elements in ``graph`` outside the training elements ``seen`` (sorted by Z)."""
     if seen is None:
         return []
@@ -227,12 +229,21 @@ class CGCNNPredictor:
             one by name or path, use :meth:`load`.
         device: torch device for inference (``"cpu"``, ``"cuda"``, ...); ``None`` picks
             CUDA when available.
+
+    Attributes:
+        graph_backend: how graphs are built: ``"per-structure"`` (:func:`~cgcnn_ase.graph.neighbours.build_graph`,
+            pymatgen's compiled cell list, one structure at a time: the fastest on a CPU),
+            ``"batched"`` (:mod:`cgcnn_ase.graph.batched`: a whole batch at once, in torch, on the
+            inference device) or ``"auto"`` (the default: batched on a GPU, per structure on the
+            CPU). Both give the same edges; see docs/performance.md for the measurements.
     """
 
     def __init__(self, model: LoadedModel, *, device: str | torch.device | None = None) -> None:
         self.model = model
         self.device = resolve_device(device)
         self.model.to(self.device)
+        self.graph_backend: GraphBackend = "auto"
+        self._features_on: tuple[torch.device, torch.Tensor] | None = None
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -317,15 +328,16 @@ class CGCNNPredictor:
 
     # -- prediction ---------------------------------------------------------------
     def _graphs(
-        self, structures: Any, errors: ErrorPolicy, on_sparse: SparsePolicy, workers: int = 1
+        self, structures: Any, errors: ErrorPolicy, on_sparse: SparsePolicy, workers: int = 1, read_only: bool = False
     ) -> Iterator[tuple[str, CrystalGraph | CGCNNError]]:
         """Normalise inputs and build graphs lazily (in ``workers`` processes when > 1), yielding
-        ``(label, graph or error)`` in input order; with ``errors="raise"`` the first error is raised."""
+        ``(label, graph or error)`` in input order; with ``errors="raise"`` the first error is raised.
+        ``read_only``: validated records instead of graphs."""
         config = self.model.spec.graph
         # The original policy breaks neighbour ties in pymatgen's site order: read CIFs as it did.
         reader = cif_reader_for_policy(config.neighbor_policy)
         graphs = iter_graphs(structures, config=config, elements=self.model.elements, cif_reader=reader,
-                             on_sparse=on_sparse, workers=workers)  # fmt: skip
+                             on_sparse=on_sparse, workers=workers, read_only=read_only)  # fmt: skip
         for label, item in graphs:
             if errors == "raise" and isinstance(item, InvalidStructureError):
                 raise item
@@ -342,9 +354,29 @@ class CGCNNPredictor:
             for classifiers); per-atom arrays (mean over members) or ``None``; member 0's
             crystal features, shape (len(graphs), atom_fea_len), or ``None``.
         """
-        spec = self.model.spec
         # identical periodic-image edges merged into weighted ones: the same result, fewer edges
-        batch = collate(graphs, self.model.elements, spec.graph, merge_edges=True).to(self.device)
+        batch = collate(graphs, self.model.elements, self.model.spec.graph, merge_edges=True).to(self.device)
+        return self._forward(batch, [g.n_atoms for g in graphs], per_atom, embeddings)
+
+    def batched_graphs(self) -> bool:
+        """Whether :meth:`predict` builds graphs with :mod:`cgcnn_ase.graph.batched` (see ``graph_backend``)."""
+        if self.graph_backend not in ("auto", "batched", "per-structure"):
+            raise ValueError(f"graph_backend must be 'auto', 'batched' or 'per-structure', got {self.graph_backend!r}")
+        return self.graph_backend == "batched" or (self.graph_backend == "auto" and self.device.type == "cuda")
+
+    def element_features(self) -> torch.Tensor:
+        """The element table as a tensor on the inference device, (max_Z + 1, n_features), float32."""
+        if self._features_on is None or self._features_on[0] != self.device:
+            table = torch.from_numpy(np.array(self.model.elements.features)).to(self.device)
+            self._features_on = (self.device, table)
+        return self._features_on[1]
+
+    @torch.no_grad()
+    def _forward(
+        self, batch: GraphBatch, n_atoms: list[int], per_atom: bool, embeddings: bool = False
+    ) -> tuple[np.ndarray, list[np.ndarray] | None, np.ndarray | None]:
+        """Model outputs for one collated batch (on the device) of crystals with ``n_atoms`` atoms: see :meth:`_run`."""
+        spec = self.model.spec
         classification = spec.task == "classification"
         rows, atom_sum, crystal = [], None, None
         for k, (network, mean, std) in enumerate(self.model.heads()):
@@ -378,7 +410,7 @@ class CGCNNPredictor:
                     crystal = network.crystal_features(batch).double().cpu().numpy()
         atoms = None
         if per_atom:
-            atoms = np.split(atom_sum / len(rows), np.cumsum([g.n_atoms for g in graphs])[:-1])
+            atoms = np.split(atom_sum / len(rows), np.cumsum(n_atoms)[:-1])
         return np.stack(rows), atoms, crystal
 
     def predict(
