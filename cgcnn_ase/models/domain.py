@@ -17,6 +17,17 @@ to ``centers`` (Euclidean, in standardised embedding units: dimensionless), and
 that far: about uniform on [0, 100] for crystals like the validation set, 100 for a
 crystal farther than every validation crystal (outside the training domain).
 
+When the summary records the reference crystals' sizes (``reference_sizes``: atoms per
+formula unit, :func:`formula_size`), the percentile compares a crystal only with the
+validation crystals of its size class (:data:`SIZE_EDGES`): mean-pooled embeddings of small
+formula units lie farther from everything than those of large ones (measured on the Materials
+Project validation split: median nearest distance 3.3 for 1-2 atoms against 1.1 for 33 or more;
+docs/uncertainty.md), so one pooled reference would flag every simple binary. A class with fewer
+than :data:`MIN_CLASS` reference crystals falls back to the pooled reference.
+
+An ensemble's summary may also carry ``targets`` (the training targets of the centres) and
+an :class:`~cgcnn_ase.models.local_error.ErrorModel` (the per-crystal ``uncertainty``).
+
 The summary is saved as ``domain.safetensors`` (plain arrays, no pickled code) next to
 ``model.json``. This module only needs numpy (and safetensors for the file).
 """
@@ -24,8 +35,11 @@ The summary is saved as ``domain.safetensors`` (plain arrays, no pickled code) n
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +53,23 @@ MAX_CENTERS = 2000
 MAX_CENTER_BYTES = 400_000
 #: At most this many validation distances are kept as the reference distribution.
 MAX_REFERENCE = 4096
+#: Upper edges of the formula-unit size classes (atoms per formula unit) of the percentile:
+#: 1-2, 3-4, 5-8, 9-16 and more than 16.
+SIZE_EDGES = (2, 4, 8, 16)
+#: A size class with fewer reference crystals than this uses the pooled reference.
+MIN_CLASS = 50
+
+
+def formula_size(numbers: Sequence[int] | np.ndarray) -> int:
+    """Atoms per formula unit of a crystal with these atomic numbers (the same for any supercell).
+
+    The sum of the element counts divided by their greatest common divisor, e.g. 2 for NaCl in
+    any cell, 5 for SrTiO3, 1 for an element.
+    """
+    _, counts = np.unique(np.asarray(numbers, dtype=np.int64), return_counts=True)
+    if len(counts) == 0:
+        return 0
+    return int(counts.sum() // reduce(math.gcd, counts.tolist()))
 
 
 @dataclass(frozen=True)
@@ -53,6 +84,10 @@ class DomainSummary:
         reference: sorted nearest-neighbour distances of held-out (validation) crystals to
             ``centers``, shape (k,), float32, dimensionless.
         info: provenance (sizes, selection method, which splits were used).
+        reference_sizes: atoms per formula unit of each reference crystal (aligned with
+            ``reference``), int32; ``None``: one pooled reference.
+        targets: the training targets of the centres (model units), float32; ``None`` if not stored.
+        error_model: the per-crystal uncertainty model of an ensemble, or ``None``.
     """
 
     centers: np.ndarray
@@ -60,6 +95,9 @@ class DomainSummary:
     scale: np.ndarray
     reference: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    reference_sizes: np.ndarray | None = None
+    targets: np.ndarray | None = None
+    error_model: Any = None
 
     @property
     def dim(self) -> int:
@@ -73,10 +111,12 @@ class DomainSummary:
         train: np.ndarray,
         reference: np.ndarray,
         *,
-        max_centers: int = MAX_CENTERS,
-        max_bytes: int = MAX_CENTER_BYTES,
+        max_centers: int | None = MAX_CENTERS,
+        max_bytes: int | None = MAX_CENTER_BYTES,
         seed: int = 0,
         info: dict[str, Any] | None = None,
+        reference_sizes: Sequence[int] | None = None,
+        train_targets: Sequence[float] | None = None,
     ) -> DomainSummary:
         """Summarise training embeddings and calibrate distances on held-out embeddings.
 
@@ -85,13 +125,19 @@ class DomainSummary:
             reference: embeddings of held-out crystals (the validation split), shape
                 (n_ref, d); their distances to the stored centres become the reference
                 distribution of :meth:`percentiles`.
-            max_centers: at most this many training embeddings are stored.
-            max_bytes: and at most this many bytes of them (float16: 2 bytes per value).
+            max_centers: at most this many training embeddings are stored (``None``: no cap).
+            max_bytes: and at most this many bytes of them (float16: 2 bytes per value;
+                ``None``: no cap). With neither cap every training embedding is stored.
             seed: seeds the first k-centre pick and the reference subsample.
             info: extra provenance stored with the summary.
+            reference_sizes: atoms per formula unit of each reference crystal
+                (:func:`formula_size`): percentiles then compare within size classes.
+            train_targets: the training targets (model units), stored for the centres.
         """
-        train = _finite_rows(np.asarray(train, dtype=np.float64), "train")
-        reference = _finite_rows(np.asarray(reference, dtype=np.float64), "reference")
+        train = np.asarray(train, dtype=np.float64)
+        reference = np.asarray(reference, dtype=np.float64)
+        keep_train, keep_ref = _finite_mask(train, "train"), _finite_mask(reference, "reference")
+        train, reference = train[keep_train], reference[keep_ref]
         if train.shape[1] != reference.shape[1]:
             raise ValueError(
                 f"train and reference embeddings differ in width ({train.shape[1]} vs {reference.shape[1]})"
@@ -101,30 +147,54 @@ class DomainSummary:
         floor = max(float(np.median(std)) * 0.01, 1e-6)
         scale = np.maximum(std, floor)
         standardised = ((train - mean) / scale).astype(np.float32)
-        m = max(1, min(int(max_centers), len(train), int(max_bytes) // (2 * train.shape[1])))
-        picked = kcenter_subset(standardised, m, seed=seed)
+        m = len(train) if max_centers is None else min(int(max_centers), len(train))
+        if max_bytes is not None:
+            m = min(m, int(max_bytes) // (2 * train.shape[1]))
+        m = max(1, m)
+        picked = np.arange(len(train)) if m == len(train) else kcenter_subset(standardised, m, seed=seed)
         centers = standardised[picked].astype(np.float16)
-        summary = cls(
-            centers=centers,
-            mean=mean.astype(np.float32),
-            scale=scale.astype(np.float32),
-            reference=np.zeros(0, dtype=np.float32),
-        )
-        rng = np.random.default_rng(seed)
+        targets = None
+        if train_targets is not None:
+            targets = np.asarray(train_targets, dtype=np.float32)[keep_train][picked]
+        summary = cls(centers=centers, mean=mean.astype(np.float32), scale=scale.astype(np.float32),
+                      reference=np.zeros(0, dtype=np.float32))  # fmt: skip
+        sizes = None if reference_sizes is None else np.asarray(reference_sizes, dtype=np.int32)[keep_ref]
         if len(reference) > MAX_REFERENCE:
-            reference = reference[np.sort(rng.choice(len(reference), MAX_REFERENCE, replace=False))]
-        distances = np.sort(summary.distances(reference)).astype(np.float32)
+            chosen = np.sort(np.random.default_rng(seed).choice(len(reference), MAX_REFERENCE, replace=False))
+            reference, sizes = reference[chosen], (None if sizes is None else sizes[chosen])
+        distances = summary.distances(reference)
+        order = np.argsort(distances, kind="stable")
         details = {
             "n_train": len(train),
             "n_centers": int(m),
-            "selection": "greedy k-centre (farthest point) in standardised embedding space",
+            "selection": "all training embeddings" if m == len(train)
+            else "greedy k-centre (farthest point) in standardised embedding space",
             "n_reference": len(distances),
             "metric": "Euclidean distance between per-dimension standardised crystal embeddings",
+            "percentile": "share of validation crystals at most as far"
+            + (f", within formula-unit size classes (upper edges {list(SIZE_EDGES)} atoms)" if sizes is not None else ""),
             **(info or {}),
-        }
-        return cls(centers=centers, mean=summary.mean, scale=summary.scale, reference=distances, info=details)
+        }  # fmt: skip
+        return cls(centers=centers, mean=summary.mean, scale=summary.scale,
+                   reference=distances[order].astype(np.float32), info=details,
+                   reference_sizes=None if sizes is None else sizes[order], targets=targets)  # fmt: skip
 
     # -- queries ------------------------------------------------------------------------------
+    def standardise(self, embeddings: np.ndarray) -> np.ndarray:
+        """Embeddings in the summary's standardised units, float64, shape (n, d) (checked)."""
+        x = np.asarray(embeddings, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"embeddings must have shape (n, {self.dim}), got {x.shape}")
+        return (x - self.mean) / self.scale
+
+    def neighbours(self, embeddings: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Indices (int64) and distances (float64, dimensionless) of the ``k`` nearest centres, shape (n, k).
+
+        Rows with NaN embeddings (failed inputs) give index -1 and distance NaN.
+        """
+        z = self.standardise(embeddings)
+        return nearest_rows(z, self.centers, k)
+
     def distances(self, embeddings: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
         """Nearest-neighbour distance of each embedding to the stored training centres.
 
@@ -135,42 +205,36 @@ class DomainSummary:
         Returns:
             float64 array (n,), dimensionless (standardised embedding units).
         """
-        x = np.asarray(embeddings, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"embeddings must have shape (n, {self.dim}), got {x.shape}")
-        out = np.full(len(x), np.nan)
-        ok = np.isfinite(x).all(axis=1)
-        if not ok.any():
-            return out
-        z = (x[ok] - self.mean) / self.scale  # float64 throughout: no cancellation near the centres
-        centers = self.centers.astype(np.float64)
-        c2 = np.einsum("ij,ij->i", centers, centers)
-        best = np.empty(len(z), dtype=np.float64)
-        for start in range(0, len(z), chunk):
-            part = z[start : start + chunk]
-            d2 = np.einsum("ij,ij->i", part, part)[:, None] - 2.0 * part @ centers.T + c2[None, :]
-            best[start : start + chunk] = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
-        out[ok] = best
-        return out
+        return nearest_rows(self.standardise(embeddings), self.centers, 1, chunk=chunk)[1][:, 0]
 
-    def percentiles(self, distances: np.ndarray) -> np.ndarray:
+    def percentiles(self, distances: np.ndarray, sizes: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Percentage (0-100) of reference (validation) crystals at most as far as each distance.
 
         The empirical distribution function of the reference distances, interpolated
         linearly between them (and from 0 at distance 0), so it is continuous: at the
         ``i``-th smallest reference distance it is ``100 i / k``. About uniform on [0, 100]
         for crystals drawn like the validation set; 100 beyond all of them. NaN distances
-        give NaN.
+        give NaN. With ``sizes`` (atoms per formula unit, :func:`formula_size`) and a summary
+        that records ``reference_sizes``, each crystal is compared with the reference crystals
+        of its size class (:data:`SIZE_EDGES`; the pooled reference where a class holds fewer
+        than :data:`MIN_CLASS`).
         """
         d = np.asarray(distances, dtype=np.float64)
         out = np.full(d.shape, np.nan)
-        ok = np.isfinite(d)
-        k = len(self.reference)
-        if k == 0:
+        if len(self.reference) == 0:
             return out
-        xp = np.concatenate(([0.0], self.reference.astype(np.float64)))
-        fp = 100.0 * np.arange(k + 1) / k
-        out[ok] = np.interp(d[ok], xp, fp, left=0.0, right=100.0)
+        if sizes is None or self.reference_sizes is None:
+            classes, wanted = np.zeros(len(self.reference), dtype=np.int64), np.zeros(d.shape, dtype=np.int64)
+        else:
+            classes = np.digitize(self.reference_sizes, SIZE_EDGES, right=True)
+            wanted = np.digitize(np.asarray(sizes), SIZE_EDGES, right=True)
+        pooled = self.reference.astype(np.float64)
+        for c in np.unique(wanted):
+            sel = (wanted == c) & np.isfinite(d)
+            ref = pooled[classes == c]
+            ref = ref if len(ref) >= MIN_CLASS else pooled
+            xp = np.concatenate(([0.0], ref))
+            out[sel] = np.interp(d[sel], xp, 100.0 * np.arange(len(ref) + 1) / len(ref), left=0.0, right=100.0)
         return out
 
     # -- files --------------------------------------------------------------------------------
@@ -185,8 +249,16 @@ class DomainSummary:
             "scale": np.ascontiguousarray(self.scale, dtype=np.float32),
             "reference": np.ascontiguousarray(self.reference, dtype=np.float32),
         }
+        if self.reference_sizes is not None:
+            arrays["reference_sizes"] = np.ascontiguousarray(self.reference_sizes, dtype=np.int32)
+        if self.targets is not None:
+            arrays["targets"] = np.ascontiguousarray(self.targets, dtype=np.float32)
+        metadata = {"format": "cgcnn_ase.domain/1", "info": json.dumps(self.info)}
+        if self.error_model is not None:
+            arrays.update({f"error.{k}": v for k, v in self.error_model.arrays().items()})
+            metadata["error_model"] = json.dumps(self.error_model.metadata())
         # bytes written with open(): the file gets the user's umask (safetensors' save_file makes it 0600)
-        Path(path).write_bytes(save(arrays, metadata={"format": "cgcnn_ase.domain/1", "info": json.dumps(self.info)}))
+        Path(path).write_bytes(save(arrays, metadata=metadata))
         return path
 
     @classmethod
@@ -198,6 +270,8 @@ class DomainSummary:
         """
         from safetensors import safe_open
 
+        from cgcnn_ase.models.local_error import ErrorModel
+
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: no such domain summary file")
@@ -205,19 +279,63 @@ class DomainSummary:
             with safe_open(str(path), framework="numpy") as fh:
                 meta = fh.metadata() or {}
                 arrays = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - not a dict
+            reference, sizes = arrays["reference"], arrays.get("reference_sizes")
+            order = np.argsort(reference, kind="stable")
+            error = {k[len("error."):]: v for k, v in arrays.items() if k.startswith("error.")}
             summary = cls(
                 centers=arrays["centers"],
                 mean=arrays["mean"],
                 scale=arrays["scale"],
-                reference=np.sort(arrays["reference"]),
+                reference=reference[order],
                 info=json.loads(meta.get("info", "{}")),
+                reference_sizes=None if sizes is None else sizes[order],
+                targets=arrays.get("targets"),
+                error_model=ErrorModel.from_arrays(error, json.loads(meta["error_model"])) if error else None,
             )
         except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
             raise ValueError(f"{path}: unreadable domain summary ({type(exc).__name__}: {exc})") from None
         d = summary.centers.shape[1] if summary.centers.ndim == 2 else -1
         if d < 1 or summary.mean.shape != (d,) or summary.scale.shape != (d,):
             raise ValueError(f"{path}: inconsistent domain summary shapes")
+        if summary.reference_sizes is not None and summary.reference_sizes.shape != summary.reference.shape:
+            raise ValueError(f"{path}: reference_sizes and reference differ in length")
+        if summary.targets is not None and summary.targets.shape != (len(summary.centers),):
+            raise ValueError(f"{path}: targets and centers differ in length")
         return summary
+
+
+def nearest_rows(
+    queries: np.ndarray, points: np.ndarray, k: int, *, chunk: int = 1024, exclude_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of ``points`` to each row of ``queries`` (Euclidean), nearest first.
+
+    Args:
+        queries: shape (n, d); rows with NaN give index -1 and distance NaN.
+        points: shape (m, d) (any float dtype; computed in float64).
+        exclude_self: ``queries`` are ``points`` themselves (same order): each row's own
+            index is skipped (leave-one-out).
+
+    Returns:
+        indices (n, k) int64 and distances (n, k) float64, in the units of the inputs.
+    """
+    z = np.asarray(queries, dtype=np.float64)
+    p = np.asarray(points, dtype=np.float64)
+    k = max(1, min(int(k), len(p) - int(exclude_self)))
+    index, dist = np.full((len(z), k), -1, dtype=np.int64), np.full((len(z), k), np.nan)
+    ok = np.flatnonzero(np.isfinite(z).all(axis=1))
+    p2 = np.einsum("ij,ij->i", p, p)
+    for start in range(0, len(ok), chunk):
+        rows = ok[start : start + chunk]
+        part = z[rows]
+        d2 = np.einsum("ij,ij->i", part, part)[:, None] - 2.0 * part @ p.T + p2[None, :]
+        if exclude_self:
+            d2[np.arange(len(rows)), rows] = np.inf
+        nearest = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else np.argsort(d2, axis=1)
+        nd2 = np.take_along_axis(d2, nearest, axis=1)
+        order = np.argsort(nd2, axis=1, kind="stable")
+        index[rows] = np.take_along_axis(nearest, order, axis=1)
+        dist[rows] = np.sqrt(np.maximum(np.take_along_axis(nd2, order, axis=1), 0.0))
+    return index, dist
 
 
 def kcenter_subset(points: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
@@ -247,10 +365,11 @@ def kcenter_subset(points: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
     return chosen
 
 
-def _finite_rows(x: np.ndarray, name: str) -> np.ndarray:
+def _finite_mask(x: np.ndarray, name: str) -> np.ndarray:
+    """Boolean mask of the finite rows of an (n, d) embedding array (checked non-empty)."""
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"{name} embeddings must be a non-empty (n, d) array, got shape {x.shape}")
-    x = x[np.isfinite(x).all(axis=1)]
-    if len(x) == 0:
+    keep = np.isfinite(x).all(axis=1)
+    if not keep.any():
         raise ValueError(f"{name} embeddings hold no finite rows")
-    return x
+    return keep
