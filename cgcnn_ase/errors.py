@@ -81,3 +81,7 @@ class SparseGraphWarning(UserWarning):
 
 class CloseAtomsWarning(UserWarning):
     """Two atoms are far closer than their covalent radii allow (an unphysical or mis-scaled structure)."""
+
+
+class CompileWarning(UserWarning):
+    """``torch.compile`` failed on this machine; the code runs eagerly instead (slower, same results)."""

@@ -132,9 +132,10 @@ def _next_graphs(pool: Any, pending: deque[Any], chunks: Iterator[list[Any]], op
 _WORKER_PREDICTOR: Any = None
 
 
-def _init_network_worker(model: Any) -> None:
+def _init_network_worker(model: Any, options: dict[str, Any]) -> None:
     """Pool initializer: one torch thread (torch's thread pool does not survive ``fork``; several
-    workers share the cores anyway) and this process's own predictor on the CPU."""
+    workers share the cores anyway) and this process's own predictor on the CPU, with the
+    caller's network ``options`` (``fast_network``, ``compile``)."""
     import torch
 
     from cgcnn_ase.inference.predictor import CGCNNPredictor
@@ -142,6 +143,8 @@ def _init_network_worker(model: Any) -> None:
     global _WORKER_PREDICTOR
     torch.set_num_threads(1)  # this is the worker's own process, started for this pool
     _WORKER_PREDICTOR = CGCNNPredictor(model, device="cpu")
+    for name, value in options.items():
+        setattr(_WORKER_PREDICTOR, name, value)
 
 
 def _network(task: tuple[list[CrystalGraph], bool, bool]) -> Any:
@@ -193,7 +196,8 @@ def _pipeline(
                    cif_reader=cif_reader_for_policy(config.neighbor_policy))  # fmt: skip
     chunks = iter(lambda: list(islice(inputs, CHUNK)), [])
     context = multiprocessing.get_context(worker_start_method())
-    with context.Pool(workers, initializer=_init_network_worker, initargs=(predictor.model,)) as pool:
+    with context.Pool(workers, initializer=_init_network_worker,
+                      initargs=(predictor.model, {"fast_network": predictor.fast_network, "compile": predictor.compile})) as pool:
         reads: deque[Any] = deque(pool.apply_async(_work, ((c, options),)) for c in islice(chunks, workers * 4))
         nets: deque[tuple[list[Graphed], Any]] = deque()
         buffer: list[Graphed] = []

@@ -20,11 +20,13 @@ import torch
 
 from cgcnn_ase.models.folder import LoadedModel
 from cgcnn_ase.graph.element_table import ElementTable
-from cgcnn_ase.errors import CGCNNError, InvalidStructureError, UnseenElementWarning
+from cgcnn_ase.errors import CGCNNError, CheckpointError, InvalidStructureError, UnseenElementWarning
 from cgcnn_ase.graph.neighbours import CrystalGraph
 from cgcnn_ase.graph.config import SparsePolicy
 from cgcnn_ase.graph.batch import GraphBatch, collate
 from cgcnn_ase.graph.batched import GraphSummary
+from cgcnn_ase.nn.inference import inference_network
+from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.nn.ops import segment_mean
 from cgcnn_ase.models.registry import load_model, resolve_device
 from cgcnn_ase.inference.parallel import iter_graphs, predict_batches
@@ -71,9 +73,15 @@ class PredictionResult:
             ``[lower, upper]`` (shape (n,), in ``units``) that holds the true value with
             probability ``c``: split-conformal, ``values ± q(c) * std_raw`` with ``q`` fitted on
             the validation split (see docs/uncertainty.md); ``None`` otherwise.
-        domain_percentile: percentage (0-100) of the model's validation crystals that lay
-            at most ``domain_distance`` from the training set: about uniform for crystals
-            like the training data, near 100 outside its domain; ``None`` as above.
+        domain_percentile: percentage (0-100) of the model's validation crystals of the same
+            formula-unit size class that lay at most ``domain_distance`` from the training set
+            (see :mod:`cgcnn_ase.models.domain`): about uniform for crystals like the
+            validation data, near 100 outside its domain; ``None`` as above.
+        uncertainty: for a full ensemble whose domain summary carries an error model, the
+            estimated standard deviation of each prediction's error, shape (n,), in ``units``:
+            a validation-fitted combination of ``std_raw``, the domain distance and the errors of
+            nearby validation crystals (:mod:`cgcnn_ase.models.local_error`); it ranks errors
+            better than ``std``. ``None`` otherwise; NaN for failed items.
     """
 
     ids: list[str]
@@ -97,6 +105,7 @@ class PredictionResult:
     coverage: float | None = None
     lower: np.ndarray | None = None
     upper: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -127,7 +136,7 @@ class PredictionResult:
         """One row per structure: ``id``, the property column, ``n_sparse``, ``unseen_elements``, ``error``.
 
         Ensembles add ``<property>_std`` after the property (and ``<property>_std_raw`` when
-        the std is calibrated); models with a domain summary add ``domain_distance`` and
+        the std is calibrated, ``<property>_uncertainty`` when they carry an error model); models with a domain summary add ``domain_distance`` and
         ``domain_percentile`` before ``error``. Units are in ``df.attrs["units"]`` (a dict
         column -> units).
         """
@@ -141,6 +150,9 @@ class PredictionResult:
             if self.std_scale is not None and self.std_raw is not None:
                 columns[f"{self.property}_std_raw"] = self.std_raw
                 units[f"{self.property}_std_raw"] = self.units
+        if self.uncertainty is not None:
+            columns[f"{self.property}_uncertainty"] = self.uncertainty
+            units[f"{self.property}_uncertainty"] = self.units
         if self.lower is not None:
             for bound, values in (("lower", self.lower), ("upper", self.upper)):
                 columns[f"{self.property}_{bound}"] = values
@@ -173,6 +185,7 @@ class _Rows:
     unseen: list[list[str]] = field(default_factory=list)
     atoms: list[np.ndarray] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
+    numbers: list[np.ndarray] = field(default_factory=list)
 
     def add(
         self,
@@ -192,6 +205,7 @@ class _Rows:
                 self.messages.append(None)
                 self.n_sparse.append(item.n_sparse)
                 self.unseen.append(_unseen_symbols(item, seen))
+                self.numbers.append(np.asarray(item.numbers))
                 if self.per_atom:
                     self.atoms.append(atoms[k])
                 if self.features:
@@ -202,6 +216,7 @@ class _Rows:
                 self.messages.append(str(item))
                 self.n_sparse.append(-1)
                 self.unseen.append([])
+                self.numbers.append(np.zeros(0, dtype=np.int64))
                 if self.per_atom:
                     self.atoms.append(np.zeros(0))
                 if self.features:
@@ -236,6 +251,14 @@ class CGCNNPredictor:
             ``"batched"`` (:mod:`cgcnn_ase.graph.batched`: a whole batch at once, in torch, on the
             inference device) or ``"auto"`` (the default: batched on a GPU, per structure on the
             CPU). Both give the same edges; see docs/performance.md for the measurements.
+        fast_network: run :func:`~cgcnn_ase.nn.inference.inference_network` copies of the networks
+            (batch norms folded into the weights, the split product of training): the same maths
+            with about 1e-6 (normalised units) of float32 rounding, faster. ``None`` (default): on for
+            models with the ``symmetric`` neighbour policy (this project's, trained with the split
+            product), off for the ``original`` one (the authors' checkpoints keep the reference arithmetic).
+        compile: also ``torch.compile`` the fast networks' convolutions (one compilation, some
+            seconds, on the first batch; worth it for tens of thousands of structures; falls back to
+            eager with a :class:`~cgcnn_ase.errors.CompileWarning`).
     """
 
     def __init__(self, model: LoadedModel, *, device: str | torch.device | None = None) -> None:
@@ -243,7 +266,10 @@ class CGCNNPredictor:
         self.device = resolve_device(device)
         self.model.to(self.device)
         self.graph_backend: GraphBackend = "auto"
+        self.fast_network: bool | None = None
+        self.compile = False
         self._features_on: tuple[torch.device, torch.Tensor] | None = None
+        self._heads_for: tuple[Any, list[tuple[CrystalGraphConvNet, float, float]]] | None = None
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -371,6 +397,22 @@ class CGCNNPredictor:
             self._features_on = (self.device, table)
         return self._features_on[1]
 
+    def heads(self) -> list[tuple[CrystalGraphConvNet, float, float]]:
+        """``(network, normaliser mean, normaliser std)`` per member, as :meth:`_forward` runs them
+        (the model's own networks, or their fast copies: see ``fast_network``)."""
+        fast = self.fast_network
+        if fast is None:
+            fast = self.model.spec.graph.neighbor_policy == "symmetric"
+        heads = self.model.heads()
+        if not fast:
+            return heads
+        # rebuilt when the device, the options or any weight (in-place version counter) changed
+        key = (self.device, self.compile, tuple(p._version for net, _, _ in heads for p in net.parameters()))
+        if self._heads_for is None or self._heads_for[0] != key:
+            fast_heads = [(inference_network(net, compile=self.compile), mean, std) for net, mean, std in heads]
+            self._heads_for = (key, fast_heads)
+        return self._heads_for[1]
+
     @torch.no_grad()
     def _forward(
         self, batch: GraphBatch, n_atoms: list[int], per_atom: bool, embeddings: bool = False
@@ -379,7 +421,7 @@ class CGCNNPredictor:
         spec = self.model.spec
         classification = spec.task == "classification"
         rows, atom_sum, crystal = [], None, None
-        for k, (network, mean, std) in enumerate(self.model.heads()):
+        for k, (network, mean, std) in enumerate(self.heads()):
             features = embeddings and k == 0
             if not per_atom:
                 atom_fea = network.atom_features(batch)
@@ -497,9 +539,10 @@ class CGCNNPredictor:
                 bar.update(len(chunk))
         result = self._result(rows, embeddings)
         if half_width is not None:
+            normaliser = self._interval_normaliser(result)
             result.coverage = coverage
-            result.lower = result.values - half_width * result.std_raw
-            result.upper = result.values + half_width * result.std_raw
+            result.lower = result.values - half_width * normaliser
+            result.upper = result.values + half_width * normaliser
         self._warn_unseen(result)
         return result
 
@@ -532,10 +575,28 @@ class CGCNNPredictor:
             result.std_raw = members.std(axis=1)
             result.std_scale = scale
             result.std = result.std_raw * scale if scale is not None else result.std_raw.copy()
-        if self.model.domain is not None:
-            result.domain_distance = self.model.domain.distances(features)
-            result.domain_percentile = self.model.domain.percentiles(result.domain_distance)
+        domain = self.model.domain
+        if domain is not None:
+            from cgcnn_ase.models.domain import formula_size
+
+            sizes = np.array([formula_size(z) for z in rows.numbers], dtype=np.int64)
+            result.domain_distance = domain.distances(features)
+            result.domain_percentile = domain.percentiles(result.domain_distance, sizes)
+            full = self.model.calibration is not None  # the calibration belongs to the full ensemble only
+            if domain.error_model is not None and self.model.is_ensemble and full and len(result):
+                x = domain.error_model.features(domain, features, result.values, result.std_raw, rows.numbers)
+                result.uncertainty = domain.error_model.uncertainty(x)
         return result
+
+    def _interval_normaliser(self, result: PredictionResult) -> np.ndarray:
+        """The per-crystal scale of the conformal intervals: ``uncertainty`` or the raw std, as calibrated."""
+        conformal = self.model.calibration["conformal"]
+        if conformal.get("normaliser", "std_raw") == "uncertainty":
+            if result.uncertainty is None:
+                raise CheckpointError(f"model {self.model.spec.name!r}: its intervals need the error model of its "
+                                 "domain summary, which is missing")  # fmt: skip
+            return result.uncertainty
+        return result.std_raw
 
     def _warn_unseen(self, result: PredictionResult) -> None:
         """One :class:`UnseenElementWarning` per call, naming the model, the elements and how many structures."""
@@ -569,7 +630,7 @@ class CGCNNPredictor:
         rows = []
         while chunk := list(islice(stream, batch_size)):
             batch = collate(chunk, self.model.elements, self.model.spec.graph, merge_edges=True).to(self.device)
-            rows.append(self.model.network.crystal_features(batch).cpu().numpy())
+            rows.append(self.heads()[0][0].crystal_features(batch).cpu().numpy())  # as predict computes them
         width = self.model.spec.architecture.get("atom_fea_len", 64)
         return np.concatenate(rows) if rows else np.zeros((0, width), dtype=np.float32)
 

@@ -66,6 +66,7 @@ class ConvLayer(nn.Module):
         self.nbr_fea_len = nbr_fea_len
         self.split_matmul = split_matmul
         self.opaque_indexing = opaque_indexing
+        self.bn1_folded = False  # set by fold_batch_norm: BN_1 lives in fc_full
         self.fc_full = nn.Linear(2 * atom_fea_len + nbr_fea_len, 2 * atom_fea_len)
         self.bn1 = nn.BatchNorm1d(2 * atom_fea_len)
         self.bn2 = nn.BatchNorm1d(atom_fea_len)
@@ -84,6 +85,22 @@ class ConvLayer(nn.Module):
         gated = torch.addmm(self.fc_full.bias, edge_fea, w[:, 2 * a :].T)
         return gated + gather(per_atom[:, : 2 * a], centers) + gather(per_atom[:, 2 * a :], neighbors)
 
+    @torch.no_grad()
+    def fold_batch_norm(self) -> None:
+        """Fold ``BN_1``'s running statistics into ``fc_full`` (in place; for inference only).
+
+        In eval mode ``BN_1(z W + b) = z (W s) + (b - μ) s + β`` with ``s = γ / sqrt(σ² + ε)``, so
+        one product replaces the product and a pass over the (E, 2A) edge rows. Same maths,
+        float32 rounding of order 1e-7 relative. The layer then no longer trains like the original.
+        """
+        if self.bn1_folded:
+            return
+        bn = self.bn1
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.fc_full.weight.mul_(scale.unsqueeze(1))
+        self.fc_full.bias.copy_((self.fc_full.bias - bn.running_mean) * scale + bn.bias)
+        self.bn1_folded = True
+
     def forward(
         self,
         atom_fea: torch.Tensor,
@@ -93,7 +110,12 @@ class ConvLayer(nn.Module):
         edge_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         products = self._edge_products(atom_fea, edge_fea, centers, neighbors)
-        gated = self.bn1(products) if edge_weight is None else weighted_batch_norm(self.bn1, products, edge_weight)
+        if self.bn1_folded:
+            gated = products
+        elif edge_weight is None:
+            gated = self.bn1(products)
+        else:
+            gated = weighted_batch_norm(self.bn1, products, edge_weight)
         nbr_filter, nbr_core = gated.chunk(2, dim=1)
         messages = torch.sigmoid(nbr_filter) * nn.functional.softplus(nbr_core)
         if edge_weight is not None:

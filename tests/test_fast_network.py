@@ -1,0 +1,110 @@
+"""The inference forms of a network (cgcnn_ase.nn.inference): the same maths, float32 rounding apart."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from cgcnn_ase import CGCNNPredictor
+from cgcnn_ase.errors import CompileWarning
+from cgcnn_ase.graph.batch import collate
+from cgcnn_ase.graph.neighbours import build_graph
+from cgcnn_ase.io.records import from_ase
+from cgcnn_ase.nn import inference
+from cgcnn_ase.nn.inference import CompiledFunction, inference_network
+
+from .conftest import random_model
+
+
+def _batch(model, crystals, merge: bool):
+    graphs = [build_graph(from_ase(a), model.spec.graph) for a in crystals]
+    return collate(graphs, model.elements, model.spec.graph, merge_edges=merge)
+
+
+@pytest.mark.parametrize("readout", ["mean", "atomwise"])
+@pytest.mark.parametrize("merge", [False, True])
+def test_folded_split_network_computes_the_same_function(crystals, readout, merge):
+    model = random_model(readout=readout, seed=3)
+    batch = _batch(model, crystals, merge)
+    before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    fast = inference_network(model.network)
+    with torch.no_grad():
+        want = model.network(batch)
+        got = fast(batch)
+        atoms_want, atoms_got = model.network.atom_features(batch), fast.atom_features(batch)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(atoms_got, atoms_want, atol=1e-5, rtol=1e-5)
+    for key, value in model.network.state_dict().items():  # the original is untouched
+        assert torch.equal(value, before[key]), key
+    assert all(conv.bn1_folded and conv.split_matmul for conv in fast.convs)
+    assert not any(conv.bn1_folded for conv in model.network.convs)
+    assert not any(p.requires_grad for p in fast.parameters())
+
+
+def test_predictor_picks_the_fast_form_by_neighbour_policy(crystals):
+    symmetric = CGCNNPredictor(random_model(), device="cpu")
+    original = CGCNNPredictor(random_model(policy="original"), device="cpu")
+    assert all(net.convs[0].bn1_folded for net, _, _ in symmetric.heads())
+    assert original.heads()[0][0] is original.model.network
+    symmetric.fast_network = False
+    assert symmetric.heads()[0][0] is symmetric.model.network
+    fast = CGCNNPredictor(random_model(), device="cpu").predict(crystals).values
+    np.testing.assert_allclose(fast, symmetric.predict(crystals).values, atol=1e-5, rtol=0)
+
+
+def test_fast_copies_follow_changes_of_the_weights(crystals):
+    predictor = CGCNNPredictor(random_model(), device="cpu")
+    first = predictor.predict(crystals).values
+    with torch.no_grad():
+        predictor.model.network.fc_out.bias.add_(1.0)  # in place, as an optimiser step would
+    second = predictor.predict(crystals).values
+    np.testing.assert_allclose(second - first, 0.5, atol=1e-5)  # normaliser std 0.5
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, crystals):
+    def broken_compile(fn, **_):
+        def run(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nmore")
+
+        return run
+
+    monkeypatch.setattr(inference.torch, "compile", broken_compile)
+    calls = []
+    wrapped = CompiledFunction(lambda x: calls.append(x) or x * 2, name="double")
+    with pytest.warns(CompileWarning, match="torch.compile of double failed .RuntimeError: InvalidCxxCompiler"):
+        assert wrapped(3) == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert wrapped(4) == 8  # no second warning, eager from now on
+    assert calls == [3, 4]
+
+    predictor = CGCNNPredictor(random_model(), device="cpu")
+    predictor.compile = True
+    with pytest.warns(CompileWarning):
+        values = predictor.predict(crystals).values
+    predictor.compile = False
+    np.testing.assert_array_equal(values, predictor.predict(crystals).values)
+
+
+def test_errors_in_the_function_itself_still_propagate_after_the_first_call(monkeypatch):
+    monkeypatch.setattr(inference.torch, "compile", lambda fn, **_: fn)
+    wrapped = CompiledFunction(lambda x: 1 / x)
+    assert wrapped(2) == 0.5
+    with pytest.raises(ZeroDivisionError):
+        wrapped(0)
+
+
+def test_compiled_network_matches_eager(crystals):
+    """A real torch.compile (dynamic shapes: batches of different sizes reuse one compilation)."""
+    predictor = CGCNNPredictor(random_model(readout="atomwise", seed=5), device="cpu")
+    eager = predictor.predict(crystals, per_atom=True, batch_size=2)
+    predictor.compile = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileWarning)  # this machine has a working compiler
+        compiled = predictor.predict(crystals, per_atom=True, batch_size=2)
+    np.testing.assert_allclose(compiled.values, eager.values, atol=1e-5, rtol=0)
+    for a, b in zip(compiled.per_atom, eager.per_atom):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
