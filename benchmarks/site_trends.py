@@ -23,6 +23,7 @@ Writes markdown tables to stdout and CSVs plus maps (seed mean ± seed std) to -
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -32,7 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
 
-TREND_COLUMNS = ("spearman_data_A", "spearman_data_B", "radius_spearman_A", "contrast_B_4_6", "contrast_A_13_15")
+TREND_COLUMNS = ("spearman_data_A", "spearman_data_B", "radius_spearman_A", "contrast_B_4_6", "contrast_A_13_15",
+                 "contrast_A_13_15_large")
 
 
 def _parse(data) -> dict:
@@ -44,8 +46,8 @@ def _parse(data) -> dict:
 
 
 def _cell(mean: float, std: float | None) -> str:
-    if std is None or std != std:
-        return f"{mean:+.3f}" if mean == mean else "–"
+    if std is None or math.isnan(std):
+        return "–" if math.isnan(mean) else f"{mean:+.3f}"
     return f"{mean:+.3f} ± {std:.3f}"
 
 
@@ -57,6 +59,15 @@ def _trend_rows(name: str, summary) -> list[str]:
     return rows
 
 
+def _estimate_rank(estimates, cells) -> float:
+    """Spearman of the screen's additive estimates with DFT (e_form) over the enumerated ABO3 in the data."""
+    from scipy.stats import spearmanr
+
+    oxides = cells[[xs == {"O": 3} for xs in cells["X"]]].groupby(["A", "B"])["energy"].mean()
+    both = estimates.set_index(["A", "B"])["energy"].to_frame("estimate").join(oxides, how="inner")
+    return float(spearmanr(both["estimate"], both["energy"]).statistic)
+
+
 def _screens(name: str, energies, cells, cutoff: float) -> tuple[list[str], list[dict]]:
     from cgcnn_ase.analysis.screening import score_screen, screen_perovskites
 
@@ -66,9 +77,11 @@ def _screens(name: str, energies, cells, cutoff: float) -> tuple[list[str], list
         for member, table in block.groupby("member", sort=True):
             screen = screen_perovskites(table, cutoff=cutoff, x="O", units="eV/atom")
             score = score_screen(screen, cells, scale=0.2)
+            everything = screen_perovskites(table, cutoff=float("inf"), x="O").candidates  # no cutoff: all estimates
+            rank = _estimate_rank(everything, cells)
             records.append(dict(model=name, definition=definition, member=member, n_space=screen.n_space,
                                 n_considered=screen.n_considered, n_candidates=screen.n_candidates,
-                                n_scored=score.n_candidates,
+                                n_scored=score.n_candidates, spearman_estimate_dft=rank,
                                 **{k: getattr(score, k) for k in ("candidate_hits", "candidate_rate", "considered_rate",
                                                                   "all_rate", "enrichment", "group_enrichment",
                                                                   "recall")}))  # fmt: skip
@@ -81,7 +94,8 @@ def _screens(name: str, energies, cells, cutoff: float) -> tuple[list[str], list
             f"of {int(block['n_considered'].iloc[0])} ({block['n_scored'].mean():.1f} in the data) | "
             f"{block['candidate_rate'].mean():.0%} ± {block['candidate_rate'].std():.0%} | "
             f"{block['enrichment'].mean():.1f} ± {block['enrichment'].std():.1f} | "
-            f"{block['recall'].mean():.0%} ± {block['recall'].std():.0%} |"
+            f"{block['recall'].mean():.0%} ± {block['recall'].std():.0%} | "
+            f"{block['spearman_estimate_dft'].mean():+.3f} ± {block['spearman_estimate_dft'].std():.3f} |"
         )
     return rows, records
 
@@ -104,6 +118,7 @@ def _model(name, models, structures, reference, cells, args, out: Path) -> dict:
     energies.to_csv(out / f"{name}_site_energies.csv", index=False)
     trends = member_trends(energies, reference=reference, min_count=args.min_count)
     trends.to_csv(out / f"{name}_trends.csv", index=False)
+    atomic = member_trends(energies, reference=reference, min_count=args.min_count, radius="atomic_radius")
     flows = pd.concat([energy_flow(stacked, role=r, min_count=args.min_count).assign(role=r) for r in ("A", "B")])
     for definition in ("raw", "additive"):
         table = aggregate_members(energies[energies["definition"] == definition].rename(columns={"mean": "value"}),
@@ -114,7 +129,7 @@ def _model(name, models, structures, reference, cells, args, out: Path) -> dict:
     predictions = stacked.groupby(["member", "structure"])["prediction"].first().unstack("member")
     print(f"{name}: {stacked['member'].nunique()} members, {len(predictions)} cells, {time.perf_counter() - start:.0f} s",
           file=sys.stderr)  # fmt: skip
-    return dict(trends=summarize_trends(trends), flows=flows, energies=energies)
+    return dict(trends=summarize_trends(trends), flows=flows, energies=energies, atomic=summarize_trends(atomic))
 
 
 def main() -> None:
@@ -148,8 +163,8 @@ def main() -> None:
     structures = _parse(data)
 
     header = ("| model | definition | seeds | Spearman vs DFT, A | Spearman vs DFT, B | Spearman A vs radius | "
-              "B: groups 4-6 − others | A: groups 13-15 − others |")  # fmt: skip
-    rows = [header, "|---|---|---|---|---|---|---|---|"]
+              "B: groups 4-6 − others | A: groups 13-15 − others | A: In Sn Sb Tl Pb Bi − others |")  # fmt: skip
+    rows = [header, "|---|---|---|---|---|---|---|---|---|"]
     dft = {"mean per element": reference}
     fitted = additive_site_energies(cells)
     dft["additive fit"] = fitted[fitted["role"].isin(["A", "B"])]
@@ -163,6 +178,15 @@ def main() -> None:
             rows += _trend_rows(name, results[name]["trends"])
     print("\n".join(rows))
 
+    print("\nSpearman of the A-site values with pymatgen's atomic radius (instead of the average ionic radius):")
+    print("| model | definition | Spearman A vs atomic radius |\n|---|---|---|")
+    for label, table in dft.items():
+        t = site_trends(table, reference=reference, min_count=args.min_count, radius="atomic_radius")
+        print(f"| DFT data | {label} | {_cell(t['radius_spearman_A'], None)} |")
+    for name, result in results.items():
+        for _, row in result["atomic"].iterrows():
+            print(f"| {name} | {row['definition']} | {_cell(row['radius_spearman_A'], row['radius_spearman_A_std'])} |")
+
     print("\n| model | grouped by | part | share of the variation | spread across elements, eV |\n|---|---|---|---|---|")
     for name, result in results.items():
         flows = result["flows"].groupby(["role", "part"])[["share", "spread"]].agg(["mean", "std"])
@@ -171,7 +195,8 @@ def main() -> None:
                   f"{row[('spread', 'mean')]:.3f} |")  # fmt: skip
 
     print(f"\nScreen: A in groups 13-15, B in groups 4-6, X = O3; cutoff {args.cutoff} eV/atom (e_form / 5)")
-    print("| model | definition | candidates | hit rate (DFT) | enrichment vs all ABO3 | recall |\n|---|---|---|---|---|---|")
+    print("| model | definition | candidates | hit rate (DFT) | enrichment vs all ABO3 | recall | "
+          "Spearman estimate vs DFT, all considered |\n|---|---|---|---|---|---|---|")
     records = []
     for name, result in results.items():
         lines, recs = _screens(name, result["energies"], cells, args.cutoff)

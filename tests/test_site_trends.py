@@ -196,6 +196,9 @@ def test_data_site_means_and_trends_on_a_fixture():
     b_site = reference[reference["role"] == "B"].set_index("element")["mean"]
     assert trends["contrast_B_4_6"] == pytest.approx(b_site[["Ti", "Zr"]].mean() - b_site["Fe"])
     assert trends["contrast_A_13_15"] == pytest.approx(a_site["Bi"] - a_site[["Sr", "Ba", "Li"]].mean())
+    assert trends["contrast_A_13_15_large"] == trends["contrast_A_13_15"]  # Bi is in period 6
+    no_bi = site_trends(reference[reference["element"] != "Bi"])
+    assert np.isnan(no_bi["contrast_A_13_15_large"]) and np.isnan(no_bi["contrast_A_13_15"])
     # min_count drops elements: on A, Sr has 4 cells and the others 3; on B, Ti 5, Zr and Fe 4
     fewer = site_trends(reference, reference=reference, min_count=4)
     assert (fewer["n_A"], fewer["n_B"]) == (1, 3) and np.isnan(fewer["spearman_data_A"])

@@ -139,8 +139,8 @@ def periodic_table_heatmap(
             ax.text(col + 0.47, y + 0.66, fmt.format(finite[symbol]), ha="center", va="center", fontsize=6, color=ink)
             error = (spread or {}).get(symbol)
             if error is not None and np.isfinite(float(error)):
-                ax.text(col + 0.47, y + 0.84, "±" + fmt.format(float(error)), ha="center", va="center", fontsize=5,
-                        color=ink)  # fmt: skip
+                label = "±" + fmt.format(float(error))
+                ax.text(col + 0.47, y + 0.84, label, ha="center", va="center", fontsize=5, color=ink)
                 if float(error) >= 0.5 * (hi - lo):
                     ax.add_patch(Rectangle((col, y), 0.94, 0.94, fill=False, hatch="///", edgecolor=ink, linewidth=0))
     for row, text in ((5, "La–Lu"), (6, "Ac–Lr")):  # placeholders in group 3 for the f-block rows
@@ -212,9 +212,11 @@ def site_energy_maps(
             n_members = int(df["n_members"].max()) if "n_members" in df.columns else 0
             title += f"\nseed mean ± seed std over {n_members} members" if n_members else "\nmean ± seed std"
         for fmt in formats:
+            path = out_dir / f"{role}_sites.{fmt}"
             paths.append(
-                periodic_table_heatmap(values, out_dir / f"{role}_sites.{fmt}", title=title, units=units, cmap=cmap,
-                                       vmin=vmin, vmax=vmax, spread=spreads.get(role))  # fmt: skip
+                periodic_table_heatmap(
+                    values, path, title=title, units=units, cmap=cmap, vmin=vmin, vmax=vmax, spread=spreads.get(role)
+                )
             )
     return paths
 

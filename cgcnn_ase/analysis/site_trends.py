@@ -14,7 +14,8 @@ energies, or the data's mean heat of formation per A and per B element, :func:`d
   (:func:`radius_table`); the paper's trend is a negative correlation (larger, lower);
 - ``contrast_B_4_6``: mean of the B values of groups 4-6 minus the mean of the other B elements
   (negative: groups 4-6 more stable);
-- ``contrast_A_13_15``: the same for groups 13-15 on the A site;
+- ``contrast_A_13_15``: the same for groups 13-15 on the A site, and ``contrast_A_13_15_large``
+  for the large ones only (periods 5 and 6: In, Sn, Sb, Tl, Pb, Bi) against all other A elements;
 - ``spearman_data_A`` / ``spearman_data_B``: the rank correlation with the data's per-element means
   over the elements with at least ``min_count`` cells (how well the values track the data).
 
@@ -138,12 +139,14 @@ def _spearman(x: pd.Series, y: pd.Series) -> tuple[float, int]:
     return float(spearmanr(both["x"], both["y"]).statistic), len(both)
 
 
-def _group_contrast(values: pd.Series, groups: Iterable[int]) -> float:
-    """Mean of the elements in ``groups`` minus the mean of the others (NaN if either side is empty)."""
+def _group_contrast(values: pd.Series, groups: Iterable[int], min_row: int = 1) -> float:
+    """Mean of the elements in ``groups`` (and periods >= ``min_row``) minus the mean of the others
+    (NaN if either side is empty)."""
     from pymatgen.core import Element
 
     wanted = set(groups)
-    inside = values.index.map(lambda el: Element(el).group in wanted).to_numpy(dtype=bool)
+    inside = values.index.map(lambda el: Element(el).group in wanted and Element(el).row >= min_row)
+    inside = inside.to_numpy(dtype=bool)
     if inside.all() or not inside.any():
         return float("nan")
     return float(values[inside].mean() - values[~inside].mean())
@@ -179,7 +182,8 @@ def site_trends(
         radius: the radius table (:func:`radius_table`).
 
     Returns:
-        ``radius_spearman_A``, ``contrast_B_4_6``, ``contrast_A_13_15`` (in ``table``'s units),
+        ``radius_spearman_A``, ``contrast_B_4_6``, ``contrast_A_13_15``, ``contrast_A_13_15_large``
+        (in ``table``'s units),
         ``spearman_data_A``, ``spearman_data_B`` (NaN without ``reference``) and ``n_A``, ``n_B``
         (the elements used).
     """
@@ -196,6 +200,7 @@ def site_trends(
     out["radius_spearman_A"], _ = _spearman(a_site, radius_table(a_site.index, radius))
     out["contrast_B_4_6"] = _group_contrast(b_site, (4, 5, 6))
     out["contrast_A_13_15"] = _group_contrast(a_site, (13, 14, 15))
+    out["contrast_A_13_15_large"] = _group_contrast(a_site, (13, 14, 15), min_row=5)
     out["n_A"], out["n_B"] = float(len(a_site)), float(len(b_site))
     return out
 
