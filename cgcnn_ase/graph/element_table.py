@@ -13,18 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase.data import chemical_symbols
 
 from cgcnn_ase.errors import CheckpointError, UnsupportedElementError
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-#: Largest atomic number accepted as a key of an atom_init mapping (Og).
-MAX_KNOWN_Z = len(chemical_symbols) - 1
+#: Largest atomic number accepted as a key of an atom_init mapping (Og). The module imports ASE only
+#: for messages, so that graphs and networks run where ASE is not installed (e.g. a bare GPU machine).
+MAX_KNOWN_Z = 118
 
 
 def _symbol(z: int) -> str:
     if 1 <= z <= MAX_KNOWN_Z:
+        from ase.data import chemical_symbols
+
         return f"{chemical_symbols[z]} (Z={z})"
     return f"Z={z} (no such element)"
 

@@ -68,7 +68,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from ase.data import chemical_symbols
 
 from cgcnn_ase.graph.element_table import MAX_KNOWN_Z, ElementTable
 
@@ -408,6 +407,8 @@ def compare_tables(
     block_eq = {
         blk.name: np.all(fa[:, blk.offset : blk.stop] == fb[:, blk.offset : blk.stop], axis=1) for blk in blocks
     }
+    from ase.data import chemical_symbols
+
     exact = np.all(fa == fb, axis=1)
     mismatches = []
     for i, z in enumerate(zs):

@@ -1,0 +1,176 @@
+"""GPU throughput of the batched pipeline: neighbour search, collate and networks on the device.
+
+Two steps, because the GPU machine has torch but not ASE, pymatgen or gemmi:
+
+1. Here (any machine with ../shared): ``python benchmarks/bench_gpu.py prepare --n 4000 -o .bench/gpu_inputs.npz``
+   reads ``--n`` Materials Project CIFs and stores them as flat arrays (atomic numbers, wrapped
+   fractional coordinates, cells, sizes) with the edge count and distance sum of each crystal's
+   ``build_graph`` graph (symmetric policy), the reference for the correctness check.
+2. On the GPU machine (carry ``.bench``): ``python benchmarks/bench_gpu.py run .bench/gpu_inputs.npz``
+   times, per batch size, median of ``--repeats`` passes over all crystals (CUDA-synchronised):
+
+   * ``edges``: :func:`~cgcnn_ase.graph.batched.batch_edges` from flat arrays already on the device;
+   * ``edges + collate``: and :func:`~cgcnn_ase.graph.batched.collate_edges` (merging, Gaussians, elements);
+   * ``end to end, 1 network`` / ``5 networks``: from pinned host arrays (copy included) to
+     predictions of ``formation_energy`` (member 0 / all members, fast networks);
+   * ``network only``: the networks on batches collated beforehand.
+
+   and checks every crystal's edge count and distance sum against the reference.
+
+Results are printed as a markdown table (and written to ``--json`` if given).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+@click.group()
+def main() -> None:
+    """Prepare inputs here, run on the GPU machine."""
+
+
+@main.command()
+@click.option("--n", default=4000, show_default=True)
+@click.option("--shared", default=None)
+@click.option("-o", "--output", default=".bench/gpu_inputs.npz", show_default=True)
+def prepare(n: int, shared: str | None, output: str) -> None:
+    """Flat arrays and reference edge statistics of N MP crystals."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _common
+
+    from cgcnn_ase.graph.config import GraphConfig
+    from cgcnn_ase.graph.neighbours import build_graph, wrapped_frac_coords
+    from cgcnn_ase.io.reader import read_records
+
+    _common.quiet()
+    records = [read_records(cif)[0] for _, cif in _common.load_cif_strings(shared, "mp", n)]
+    graphs = [build_graph(r, GraphConfig(), on_sparse="ignore") for r in records]
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        output,
+        numbers=np.concatenate([r.numbers for r in records]),
+        frac=np.concatenate([wrapped_frac_coords(r.frac_coords) for r in records]),
+        cells=np.stack([r.cell for r in records]),
+        sizes=np.array([len(r) for r in records]),
+        edge_counts=np.array([len(g.distances) for g in graphs]),
+        distance_sums=np.array([g.distances.sum() for g in graphs]),
+    )
+    print(f"{len(records)} crystals, {sum(len(g.distances) for g in graphs)} edges -> {output}")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync()
+        start = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _pinned(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
+    return tensor.pin_memory() if pin else tensor
+
+
+@main.command()
+@click.argument("inputs")
+@click.option("--batch-sizes", default="256,1024", show_default=True)
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--json", "json_path", default=None)
+@click.option("--device", default="cuda", show_default=True, help="cpu: a quick check of this script where there is no GPU.")
+def run(inputs: str, batch_sizes: str, repeats: int, json_path: str | None, device: str) -> None:
+    """Time the batched pipeline on CUDA and check its edges."""
+    from cgcnn_ase.graph.batched import FlatCrystals, batch_edges, collate_edges
+    from cgcnn_ase.graph.config import GraphConfig
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
+
+    data = np.load(inputs)
+    sizes = data["sizes"]
+    starts = np.concatenate(([0], np.cumsum(sizes)))
+    device = torch.device(device)
+    pin = device.type == "cuda"
+    config = GraphConfig()
+    full = CGCNNPredictor.load("formation_energy", device=device)
+    single = CGCNNPredictor.load("formation_energy", members=1, device=device)
+    features = full.element_features()
+    rows, results = [], {}
+    for batch in (int(b) for b in batch_sizes.split(",")):
+        chunks = []
+        for k in range(0, len(sizes), batch):
+            a, b = starts[k], starts[min(k + batch, len(sizes))]
+            host = FlatCrystals(*(_pinned(torch.from_numpy(np.ascontiguousarray(x)), pin) for x in (
+                data["numbers"][a:b].astype(np.int64), data["frac"][a:b], data["cells"][k:k + batch],
+                sizes[k:k + batch].astype(np.int64))))  # fmt: skip
+            chunks.append(host)
+        on_device = [c.to(device) for c in chunks]
+
+        def edges():
+            return [batch_edges([None] * len(f.sizes), config, flat=f)[1] for f in on_device]
+
+        # correctness: edge count and distance sum per crystal
+        counts, sums = [], []
+        for f, e in zip(on_device, edges()):
+            crystal = f.crystal_index[e.centers]
+            counts.append(torch.bincount(crystal, minlength=len(f.sizes)).cpu().numpy())
+            sums.append(torch.zeros(len(f.sizes), dtype=torch.float64, device=device).index_add_(0, crystal, e.distances).cpu().numpy())
+        counts, sums = np.concatenate(counts), np.concatenate(sums)
+        exact = int(np.sum(counts == data["edge_counts"]))
+        max_sum = float(np.max(np.abs(sums - data["distance_sums"])))
+        collated = [collate_edges(f, e, features, config) for f, e in zip(on_device, edges())]
+
+        def end_to_end(predictor):
+            def go():
+                for host in chunks:
+                    f = host.to(device, non_blocking=True)
+                    e = batch_edges([None] * len(f.sizes), config, flat=f)[1]
+                    g = collate_edges(f, e, features, config)
+                    predictor._forward(g, [0] * len(f.sizes), per_atom=False)
+            return go
+
+        def network(predictor):
+            def go():
+                for g in collated:
+                    with torch.no_grad():
+                        for net, _, _ in predictor.heads():
+                            net(g)
+            return go
+
+        timings = {
+            "edges": _timed(edges, repeats),
+            "edges + collate": _timed(lambda: [collate_edges(f, e, features, config) for f, e in zip(on_device, edges())], repeats),
+            "network only, 1 network": _timed(network(single), repeats),
+            "network only, 5 networks": _timed(network(full), repeats),
+            "end to end, 1 network": _timed(end_to_end(single), repeats),
+            "end to end, 5 networks": _timed(end_to_end(full), repeats),
+        }
+        for name, seconds in timings.items():
+            rows.append([batch, name, f"{len(sizes) / seconds:,.0f}"])
+        results[batch] = {"timings_s": timings, "crystals": len(sizes), "edge_counts_equal": exact, "max_distance_sum_diff": max_sum}
+        print(f"batch {batch}: edge counts equal for {exact} of {len(sizes)} crystals; max |distance sum diff| {max_sum:.2e} Å")
+    print("| batch | stage | structures/s |\n|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(str(x) for x in row) + " |")
+    print(torch.cuda.get_device_name() if pin else "CPU", "torch", torch.__version__)
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
