@@ -509,18 +509,38 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
     click.echo(f"wrote {', '.join(written)} to {out_dir}", err=True)
 
 
-@main.command(short_help="Fit prediction intervals of an ensemble on its validation split.")
+@main.command(short_help="Fit prediction intervals, the uncertainty and the domain summary of a model.")
 @click.argument("model")
 @click.argument("dataset", required=False)
+@click.option("--domain", is_flag=True, help="First rebuild the domain summary from the training split (every training embedding and target); the only step for a single model or a classifier.")
+@click.option("--normaliser", type=click.Choice(["auto", "uncertainty", "std_raw"]), default="auto", show_default=True, help="What scales the intervals: auto chooses between the per-crystal uncertainty and the raw std by cross-fitting on the validation split.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @_guarded
-def calibrate(model: str, dataset: str | None, batch_size: int) -> None:
-    """Fit split-conformal prediction intervals of the ensemble MODEL (a folder) on its validation
-    split, measure their coverage on the test split, and store both in its model.json and card.
-    Predictions then accept --coverage (Python: predict(..., coverage=0.9))."""
-    from cgcnn_ase.analysis.intervals import calibrate_intervals
+def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, batch_size: int) -> None:
+    """Fit the per-crystal uncertainty and split-conformal prediction intervals of the ensemble
+    MODEL (a folder) on its validation split, measure them on the test split, and store both in its
+    model.json, domain.safetensors and card. Predictions then carry <property>_uncertainty and accept
+    --coverage (Python: predict(..., coverage=0.9)). With --domain the applicability-domain summary is
+    rebuilt first; for a model that is not a regression ensemble that is all it does."""
+    import torch
 
-    conformal = calibrate_intervals(model, dataset, batch_size=batch_size, progress=True)
+    from cgcnn_ase.analysis.intervals import calibrate_intervals
+    from cgcnn_ase.models.folder import load_model_folder
+    from cgcnn_ase.models.registry import model_folder
+    from cgcnn_ase.train.ensembles import add_domain_summary
+
+    torch.set_num_threads(1)  # this process is ours; one thread is fastest for small crystals
+    folder = model_folder(model, purpose="calibration needs a folder with model.json and split.json")
+    loaded = load_model_folder(folder)
+    if not (loaded.is_ensemble and loaded.spec.task == "regression"):
+        if not domain:
+            raise click.UsageError(f"{model}: intervals need a regression ensemble; use --domain to rebuild "
+                                   "the domain summary alone")  # fmt: skip
+        summary = add_domain_summary(folder, dataset, batch_size=batch_size, progress=True)
+        click.echo(json.dumps(summary.info, indent=2))
+        return
+    conformal = calibrate_intervals(folder, dataset, domain=domain, normaliser=normaliser, batch_size=batch_size,
+                                    progress=True)  # fmt: skip
     click.echo(json.dumps(conformal, indent=2))
 
 

@@ -1,7 +1,8 @@
 """Prediction intervals with a stated coverage: split-conformal calibration of an ensemble folder.
 
-The score of a validation crystal is ``|y - mean| / s``, with ``s`` the members' raw standard
-deviation. For a coverage ``c`` the interval of a new crystal is ``mean ± q(c) * s``, with ``q(c)``
+The score of a validation crystal is ``|y - mean| / s``, with ``s`` its per-crystal ``uncertainty``
+(:mod:`cgcnn_ase.models.local_error`, fitted on the same split, each crystal left out of its own
+features) or, for an ensemble without an error model, the members' raw standard deviation. For a coverage ``c`` the interval of a new crystal is ``mean ± q(c) * s``, with ``q(c)``
 the ``ceil((n + 1) c)``-th smallest of the ``n`` validation scores: it holds the true value with
 probability at least ``c`` for crystals exchangeable with the validation split (Vovk et al. 2005;
 Lei et al., JASA 113, 1094 (2018)). Normalising by ``s`` makes the intervals wider where the
@@ -17,15 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cgcnn_ase.analysis.evaluation import _model_folder, _predict_quietly, load_split_records
-from cgcnn_ase.analysis.metrics import INTERVAL_LEVELS, conformal_quantiles, interval_coverage
+from cgcnn_ase.analysis.metrics import INTERVAL_LEVELS, conformal_quantiles, interval_coverage, spearman
 from cgcnn_ase.models.cards import ensemble_card, json_safe
+from cgcnn_ase.models.domain import DOMAIN_FILE
 from cgcnn_ase.models.folder import MODEL_JSON, read_model_json
+from cgcnn_ase.models.local_error import fit_error_model
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,9 @@ def calibrate_intervals(
     *,
     split: str = "val",
     report_split: str = "test",
+    domain: bool = False,
+    uncertainty: bool = True,
+    normaliser: str = "auto",
     batch_size: int = 256,
     device: str | None = None,
     workers: int = 2,
@@ -51,70 +58,178 @@ def calibrate_intervals(
         model: an ensemble model folder (regression) with ``split.json``.
         dataset: as in :func:`~cgcnn_ase.analysis.evaluation.evaluate_model` (``None``: the
             training configuration's dataset).
-        split: the split the quantiles are fitted on (validation; never the test split).
+        split: the split the quantiles (and the error model) are fitted on (validation; never the
+            test split).
         report_split: the split their coverage is measured on.
-        write: store the quantiles and the measured coverage in ``model.json`` and re-render
-            the model card.
+        domain: first rebuild the domain summary (every training embedding and target,
+            :func:`~cgcnn_ase.train.ensembles.add_domain_summary`); needs ``write``.
+        uncertainty: fit the per-crystal error model (:func:`~cgcnn_ase.models.local_error.fit_error_model`)
+            when the domain summary stores the training targets, and normalise the conformal
+            scores by its ``uncertainty`` instead of the raw std when :func:`crossfit_coverage`
+            chooses it.
+        normaliser: ``"auto"`` (:func:`crossfit_coverage` decides, on the validation split alone),
+            ``"uncertainty"`` or ``"std_raw"`` (forced).
+        write: store the quantiles, the measured coverage and the error model in ``model.json`` /
+            ``domain.safetensors`` and re-render the model card.
 
     Returns:
-        The ``conformal`` section: ``levels``, ``quantiles`` (in units of the raw std),
-        ``split``, ``n``, ``score`` and ``test_coverage`` (nominal, conformal, Gaussian with the
-        calibrated std).
+        The ``conformal`` section: ``levels``, ``quantiles`` (in units of the normaliser),
+        ``normaliser`` (``"uncertainty"`` or ``"std_raw"``), ``split``, ``n``, ``score``,
+        ``test_coverage`` (nominal; conformal; conformal normalised by the raw std; Gaussian with the
+        calibrated std) and ``test_spearman`` (of |error| with the std and with the uncertainty).
 
     Raises:
-        ValueError: the model is not a regression ensemble.
+        ValueError: the model is not a regression ensemble, or ``domain`` without ``write``.
     """
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     folder = _model_folder(model)
+    if normaliser not in ("auto", "uncertainty", "std_raw"):
+        raise ValueError(f"normaliser must be 'auto', 'uncertainty' or 'std_raw', got {normaliser!r}")
+    if domain and not write:
+        raise ValueError("rebuilding the domain summary writes it: domain=True needs write=True")
+    wanted = ("train", split, report_split) if domain else (split, report_split)
+    _, parts = load_split_records(folder, dataset, wanted, workers=workers, progress=progress)
     predictor = CGCNNPredictor.load(folder, device=device)
     if not predictor.is_ensemble or predictor.model.spec.task != "regression":
         raise ValueError(f"{folder}: intervals need a regression ensemble")
-    _, parts = load_split_records(folder, dataset, (split, report_split), workers=workers, progress=progress)
-    results = {
-        name: _predict_quietly(predictor, parts[name].records, batch_size=batch_size, progress=progress)
-        for name in (split, report_split)
-    }
-    fit, y_fit = results[split], parts[split].targets
-    quantiles = conformal_quantiles(y_fit[fit.ok], fit.values[fit.ok], fit.std_raw[fit.ok], INTERVAL_LEVELS)
+    if domain:
+        from cgcnn_ase.train.ensembles import add_domain_summary
+
+        predictor.model.domain = add_domain_summary(folder, parts={"train": parts["train"], "val": parts[split]},
+                                                    batch_size=batch_size, device=device, progress=progress)  # fmt: skip
+    fit, test = (_Arrays.of(predictor, parts[name], batch_size, progress) for name in (split, report_split))
+    summary = predictor.model.domain
+    error = None
+    if uncertainty and summary is not None and summary.targets is not None:
+        error = fit_error_model(summary, fit.embeddings, fit.mean, fit.std_raw, fit.y, fit.elements)
+        summary = replace(summary, error_model=error)
+        fit.u = error.uncertainty(error.features(summary, fit.embeddings, fit.mean, fit.std_raw, fit.elements,
+                                                 leave_out=True))  # fmt: skip
+        test.u = error.uncertainty(error.features(summary, test.embeddings, test.mean, test.std_raw, test.elements))
+    selection = crossfit_coverage(summary, fit) if error is not None else None
+    norm = "uncertainty" if selection is not None and selection["chosen"] == "uncertainty" else "std_raw"
+    if normaliser != "auto":
+        if normaliser == "uncertainty" and error is None:
+            raise ValueError(f"{folder}: no error model (its domain summary stores no training targets; "
+                             "calibrate with domain=True)")  # fmt: skip
+        norm = normaliser
+    quantiles = conformal_quantiles(fit.y, fit.mean, fit.normaliser(norm), INTERVAL_LEVELS)
     kept = [(level, q) for level, q in zip(INTERVAL_LEVELS, quantiles) if np.isfinite(q)]  # n too small: dropped
     conformal: dict[str, Any] = {
         "method": "split conformal",
-        "score": "|y - mean| / raw ensemble std",
+        "normaliser": norm,
+        "score": f"|y - mean| / {'per-crystal uncertainty (error model)' if error else 'raw ensemble std'}",
         "split": split,
-        "n": int(fit.ok.sum()),
+        "n": len(fit.y),
         "levels": [level for level, _ in kept],
         "quantiles": [q for _, q in kept],
     }
-    conformal["test_coverage"] = _coverage(conformal, results[report_split], parts[report_split].targets,
-                                           predictor.model.std_scale or 1.0)  # fmt: skip
+    if selection is not None:
+        conformal["selection"] = selection
+    std_q = conformal_quantiles(fit.y, fit.mean, fit.std_raw, [level for level, _ in REPORTED])
+    conformal["test_coverage"] = _coverage(conformal, test, std_q, predictor.model.std_scale or 1.0)
+    conformal["test_spearman"] = {"std": spearman(np.abs(test.y - test.mean), test.std_raw)}
+    if error is not None:
+        conformal["test_spearman"]["uncertainty"] = spearman(np.abs(test.y - test.mean), test.u)
     if write:
-        _write(folder, conformal)
+        if error is not None:
+            summary.save(folder / DOMAIN_FILE)
+        _write(folder, conformal, error)
     logger.info("intervals of %s: %s", folder, conformal["test_coverage"])
     return conformal
 
 
-def _coverage(conformal: dict[str, Any], result: Any, y: np.ndarray, scale: float) -> list[dict[str, float]]:
-    """Measured coverage of the conformal and the Gaussian intervals at the :data:`REPORTED` levels."""
-    good = result.ok
-    mean, std_raw, y = result.values[good], result.std_raw[good], y[good]
+#: The uncertainty normalises the intervals when its cross-fitted validation coverage is this close to nominal.
+TOLERANCE = 0.03
+
+
+def crossfit_coverage(domain: Any, fit: _Arrays, *, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Choose the conformal normaliser on the validation split alone, by cross-fitting.
+
+    The validation crystals are cut into ``folds`` parts; for each, the error model and both sets of
+    quantiles (scores normalised by the uncertainty, and by the raw std) are fitted on the other
+    parts and the coverage measured on it at the :data:`REPORTED` levels. The uncertainty is chosen
+    when all its cross-fitted coverages lie within :data:`TOLERANCE` of nominal, else the raw std.
+
+    Returns:
+        ``{"method", "folds", "uncertainty": [coverages], "std_raw": [coverages], "chosen"}``.
+    """
+    levels = [nominal for nominal, _ in REPORTED]
+    fold = np.random.default_rng(seed).integers(0, folds, len(fit.y))
+    covered = {"uncertainty": np.zeros(len(levels)), "std_raw": np.zeros(len(levels))}
+    for f in range(folds):
+        a, b = fold != f, fold == f
+        pick = lambda x, m: x[m]  # noqa: E731
+        els = [fit.elements[i] for i in np.flatnonzero(a)], [fit.elements[i] for i in np.flatnonzero(b)]
+        model = fit_error_model(domain, fit.embeddings[a], fit.mean[a], fit.std_raw[a], fit.y[a], els[0])
+        u_a = model.uncertainty(model.features(domain, fit.embeddings[a], fit.mean[a], fit.std_raw[a], els[0],
+                                               leave_out=True))  # fmt: skip
+        u_b = model.uncertainty(model.features(domain, fit.embeddings[b], fit.mean[b], fit.std_raw[b], els[1]))
+        for name, (s_a, s_b) in (("uncertainty", (u_a, u_b)), ("std_raw", (pick(fit.std_raw, a), pick(fit.std_raw, b)))):
+            q = conformal_quantiles(fit.y[a], fit.mean[a], s_a, levels)
+            err = np.abs(fit.y[b] - fit.mean[b])
+            covered[name] += [np.sum(err <= k * s_b) for k in q]
+    out: dict[str, Any] = {"method": f"{folds}-fold cross-fitted coverage on the validation split", "folds": folds}
+    for name, hits in covered.items():
+        out[name] = (hits / len(fit.y)).tolist()
+    good = all(abs(c - nominal) <= TOLERANCE for c, nominal in zip(out["uncertainty"], levels))
+    out["chosen"] = "uncertainty" if good else "std_raw"
+    return out
+
+
+@dataclass
+class _Arrays:
+    """One split's ensemble outputs on its predicted crystals (failed ones left out)."""
+
+    y: np.ndarray
+    mean: np.ndarray
+    std_raw: np.ndarray
+    embeddings: np.ndarray
+    elements: list[np.ndarray]
+    u: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, predictor: Any, part: Any, batch_size: int, progress: bool) -> _Arrays:
+        result = _predict_quietly(predictor, part.records, batch_size=batch_size, progress=progress, embeddings=True)
+        ok = result.ok & np.isfinite(part.targets)
+        return cls(y=np.asarray(part.targets)[ok], mean=result.values[ok], std_raw=result.std_raw[ok],
+                   embeddings=result.embeddings[ok],
+                   elements=[np.asarray(r.numbers) for r, good in zip(part.records, ok) if good])  # fmt: skip
+
+    def normaliser(self, name: str) -> np.ndarray:
+        return self.u if name == "uncertainty" else self.std_raw
+
+
+def _coverage(conformal: dict[str, Any], test: _Arrays, std_q: list[float], scale: float) -> list[dict[str, float]]:
+    """Measured coverage at the :data:`REPORTED` levels: the conformal interval, the std-normalised conformal
+    interval (``std_q``, fitted on the same split) and the Gaussian interval of the calibrated std."""
     rows = []
-    for nominal, z in REPORTED:
+    for (nominal, z), q_std in zip(REPORTED, std_q):
         q = float(np.interp(nominal, conformal["levels"], conformal["quantiles"]))
+        width = q * test.normaliser(conformal["normaliser"])
         rows.append({
             "nominal": nominal,
-            "conformal": interval_coverage(y, mean - q * std_raw, mean + q * std_raw),
-            "gaussian": interval_coverage(y, mean - z * scale * std_raw, mean + z * scale * std_raw),
-            "n": int(len(y)),
+            "conformal": interval_coverage(test.y, test.mean - width, test.mean + width),
+            "conformal_std": interval_coverage(test.y, test.mean - q_std * test.std_raw, test.mean + q_std * test.std_raw),
+            "gaussian": interval_coverage(test.y, test.mean - z * scale * test.std_raw,
+                                          test.mean + z * scale * test.std_raw),
+            "n": len(test.y),
         })  # fmt: skip
     return rows
 
 
-def _write(folder: Path, conformal: dict[str, Any]) -> None:
-    """Store ``conformal`` under ``ensemble.calibration`` and re-render the card."""
+def _write(folder: Path, conformal: dict[str, Any], error: Any) -> None:
+    """Store ``conformal`` (and the error model's description) under ``ensemble.calibration``; re-render the card."""
     document = read_model_json(folder)
     calibration = document["ensemble"].get("calibration") or {}
     calibration["conformal"] = conformal
+    if error is not None:
+        calibration["uncertainty"] = {**error.metadata(), "weights": error.weights.tolist(), "file": DOMAIN_FILE}
+    else:
+        calibration.pop("uncertainty", None)
     document["ensemble"]["calibration"] = calibration
+    if error is not None and document.get("domain"):
+        document["domain"]["error_model"] = "uncertainty model stored as error.* arrays"
     (folder / MODEL_JSON).write_text(json.dumps(json_safe(document), indent=2) + "\n")
     (folder / "README.md").write_text(ensemble_card(document, files=[p.name for p in folder.iterdir()]))

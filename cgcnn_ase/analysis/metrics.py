@@ -333,7 +333,8 @@ def uncertainty_report(y: Sequence[float], result: Any, *, scale: float | None =
 
     Returns:
         ``{"n", "ensemble_vs_members", "raw": metrics of the raw std, "calibrated":
-        metrics of ``scale * std_raw`` (regression, when a scale is known), "scale",
+        metrics of ``scale * std_raw`` (regression, when a scale is known), "uncertainty":
+        metrics of ``result.uncertainty`` (when the ensemble has an error model), "scale",
         "calibration_curve": {"raw", "calibrated"}, "domain": :func:`error_by_domain`}``.
     """
     if result.member_values is None or result.std_raw is None:
@@ -359,6 +360,8 @@ def uncertainty_report(y: Sequence[float], result: Any, *, scale: float | None =
         if scale is not None:
             report["calibrated"] = regression_uncertainty_metrics(yg, mean, scale * raw)
             report["calibration_curve"]["calibrated"] = calibration_curve(yg, mean, scale * raw)
+        if getattr(result, "uncertainty", None) is not None:  # the per-crystal error model's
+            report["uncertainty"] = regression_uncertainty_metrics(yg, mean, result.uncertainty[good])
     unseen = [bool(u) for u, g in zip(result.unseen_elements, good) if g] if result.unseen_elements else None
     report["domain"] = error_by_domain(
         np.abs(yg - mean),

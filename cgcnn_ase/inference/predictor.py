@@ -136,9 +136,9 @@ class PredictionResult:
         """One row per structure: ``id``, the property column, ``n_sparse``, ``unseen_elements``, ``error``.
 
         Ensembles add ``<property>_std`` after the property (and ``<property>_std_raw`` when
-        the std is calibrated, ``<property>_uncertainty`` when they carry an error model); models with a domain summary add ``domain_distance`` and
-        ``domain_percentile`` before ``error``. Units are in ``df.attrs["units"]`` (a dict
-        column -> units).
+        the std is calibrated, ``<property>_uncertainty`` when they carry an error model);
+        models with a domain summary add ``domain_distance`` and ``domain_percentile`` before
+        ``error``. Units are in ``df.attrs["units"]`` (a dict column -> units).
         """
         import pandas as pd
 

@@ -54,8 +54,8 @@ MAX_CENTER_BYTES = 400_000
 #: At most this many validation distances are kept as the reference distribution.
 MAX_REFERENCE = 4096
 #: Upper edges of the formula-unit size classes (atoms per formula unit) of the percentile:
-#: 1-2, 3-4, 5-8, 9-16 and more than 16.
-SIZE_EDGES = (2, 4, 8, 16)
+#: 1-2, 3-8 and more than 8 (chosen by benchmarks/domain_probe.py; docs/uncertainty.md).
+SIZE_EDGES = (2, 8)
 #: A size class with fewer reference crystals than this uses the pooled reference.
 MIN_CLASS = 50
 

@@ -43,7 +43,7 @@ from cgcnn_ase.models.folder import (
     read_model_json,
     save_model_folder,
 )
-from cgcnn_ase.models.domain import MAX_CENTERS, DomainSummary
+from cgcnn_ase.models.domain import MAX_CENTER_BYTES, DomainSummary
 from cgcnn_ase.errors import EnsembleError
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def assemble_ensemble(
     aliases: Sequence[str] | None = None,
     evaluate: bool = True,
     domain: bool = True,
-    max_centers: int = MAX_CENTERS,
+    max_centers: int | None = None,
     batch_size: int = 256,
     device: str | None = None,
     workers: int = 2,
@@ -190,7 +190,7 @@ def assemble_ensemble(
             metrics and plots into ``model.json`` and the card.
         domain: compute the applicability-domain summary from the training split
             (:func:`add_domain_summary`).
-        max_centers: at most this many training embeddings in the domain summary.
+        max_centers: at most this many training embeddings in the domain summary (``None``: all).
         batch_size: crystals per forward pass.
         device: torch device (``None``: CUDA when available).
         workers: processes for parsing structures.
@@ -261,7 +261,7 @@ def add_domain_summary(
     dataset: Any = None,
     *,
     parts: dict[str, Any] | None = None,
-    max_centers: int = MAX_CENTERS,
+    max_centers: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
     device: str | None = None,
@@ -270,12 +270,13 @@ def add_domain_summary(
 ) -> DomainSummary:
     """Compute the applicability-domain summary of a model folder (single or ensemble) and save it.
 
-    Embeds the training crystals with the model (member 0 of an ensemble), keeps a
-    k-centre subset of at most ``max_centers`` of them, and takes the nearest-neighbour
-    distances of the validation crystals as the reference distribution
+    Embeds the training crystals with the model (member 0 of an ensemble) and stores them all
+    (or a k-centre subset of ``max_centers``) with their targets; the nearest-neighbour distances
+    of the validation crystals, with their formula-unit sizes, become the reference distribution
     (:class:`~cgcnn_ase.models.domain.DomainSummary`). Writes ``domain.safetensors`` and the
     ``domain`` section of ``model.json``; predictions from this folder then carry
-    ``domain_distance`` and ``domain_percentile``.
+    ``domain_distance`` and ``domain_percentile``. An error model stored in the previous summary
+    is dropped (``cgcnn-ase calibrate`` fits a new one).
 
     Args:
         folder: a model folder with ``split.json`` (and ``config.yaml`` unless ``dataset``
@@ -283,9 +284,12 @@ def add_domain_summary(
         dataset: as in :func:`~cgcnn_ase.analysis.evaluation.evaluate_model`.
         parts: already parsed ``train`` and ``val`` splits (from
             :func:`~cgcnn_ase.analysis.evaluation.load_split_records`).
+        max_centers: ``None`` (default): every training embedding (float16, 128 bytes per crystal
+            for 64-wide embeddings); a number: a greedy k-centre subset of that size.
     """
     from cgcnn_ase.analysis.evaluation import _predict_quietly, load_split_records
     from cgcnn_ase.inference.predictor import CGCNNPredictor
+    from cgcnn_ase.models.domain import formula_size
 
     folder = Path(folder)
     if parts is None or not {"train", "val"} <= set(parts):
@@ -302,7 +306,10 @@ def add_domain_summary(
         embeddings["train"],
         embeddings["val"],
         max_centers=max_centers,
+        max_bytes=None if max_centers is None else MAX_CENTER_BYTES,
         seed=seed,
+        reference_sizes=[formula_size(r.numbers) for r in parts["val"].records],
+        train_targets=parts["train"].targets,
         info={
             "embedding": "member 0 crystal features (mean-pooled atom features after the convolutions)",
             "train_split": "train",
@@ -369,13 +376,15 @@ def write_uncertainty_report(
     )
     document = read_model_json(folder)
     units = "dimensionless" if document["task"] == "classification" else document["units"]
-    document["ensemble"]["calibration"] = report["calibration"]
+    kept = {k: v for k, v in (document["ensemble"].get("calibration") or {}).items() if k in ("conformal", "uncertainty")}
+    document["ensemble"]["calibration"] = {**report["calibration"], **kept}  # intervals and error model stay
     md = document["metadata"]
     md["test_metrics"] = {**report["metrics"]["test"], "units": units}
     md["val_metrics"] = {**report["metrics"]["val"], "units": units}
     md["uncertainty"] = {
         "test": _compact(report["test"]),
-        "val": _compact(report["val"]),
+        # the error model was fitted on the validation split: its uncertainty there is not a measurement
+        "val": {k: v for k, v in _compact(report["val"]).items() if k != "uncertainty"},
         "calibration": report["calibration"],
     }
     (folder / MODEL_JSON).write_text(json.dumps(json_safe(document), indent=2) + "\n")
