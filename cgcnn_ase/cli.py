@@ -155,12 +155,13 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch (1 is fastest for small crystals; run several processes to use more cores).")
 @click.option("--workers", default="auto", show_default=True, help="Processes reading structures and building graphs while the main one runs the networks: a number, or auto (the CPU count, at most 8).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks: some seconds once, then about 1.5x faster on a CPU (pays off from a few tens of thousands of structures).")
 @_guarded
 def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,
             per_atom: bool, fmt: str | None, log10: bool, metal_threshold: float, coverage: float | None,
             output: str | None, resume: bool,
             chunk_size: int, column: str, id_column: str | None, batch_size: int, device: str | None,
-            threads: int, workers: str) -> None:  # fmt: skip
+            threads: int, workers: str, compile_: bool) -> None:  # fmt: skip
     """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ASE .db, ...),
     directories of them, glob patterns, or tables (.csv, .tsv, .parquet) with a --column
     of structures.
@@ -189,7 +190,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         torch.set_num_threads(threads)
         _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10,
                             metal_threshold=metal_threshold, column=column, id_column=id_column,
-                            batch_size=batch_size, device=device, workers=n_workers, coverage=coverage)  # fmt: skip
+                            batch_size=batch_size, device=device, workers=n_workers, coverage=coverage,
+                            compile_=compile_)  # fmt: skip
         return
     if fmt == "parquet" and not output:
         raise click.UsageError("parquet output needs -o FOLDER")
@@ -202,6 +204,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     torch.set_num_threads(threads)  # this process is ours: the CLI may set torch's global thread count
     names = _model_names(models, use_all)
     predictors = [load_predictor(name, atom_init=atom_init, trusted=trust, device=device) for name in names]
+    for predictor in predictors:
+        predictor.compile = compile_
     if fmt in ("csv", "parquet") and not per_atom:
         _predict_streaming(inputs, predictors, names, output, fmt, resume=resume, chunk_size=chunk_size,
                            batch_size=batch_size, column=column, id_column=id_column, workers=n_workers,
@@ -283,7 +287,8 @@ def _workers(value: str) -> int:
 
 def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, per_atom: bool, resume: bool,
                         log10: bool, metal_threshold: float, column: str, id_column: str | None, batch_size: int,
-                        device: str | None, workers: int, coverage: float | None = None) -> None:  # fmt: skip
+                        device: str | None, workers: int, coverage: float | None = None,
+                        compile_: bool = False) -> None:  # fmt: skip
     """``predict`` without ``--model``: the shipped general-purpose models, in user units."""
     from cgcnn_ase.inference.predictor import as_predictor
     from cgcnn_ase.inference.properties import GENERAL_MODELS, compact_table, property_table
@@ -294,6 +299,8 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
         option = "--per-atom" if per_atom else "--resume" if resume else "parquet output"
         raise click.UsageError(f"{option} needs --model NAME (the default properties come from several models)")
     predictors = [as_predictor(name, device=device) for name in GENERAL_MODELS]
+    for predictor in predictors:
+        predictor.compile = compile_
     items = list(iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors),
                              exclude=[output] if output else ()))  # fmt: skip
     good = [item for _, item in items if not isinstance(item, CGCNNError)]
@@ -514,9 +521,10 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
 @click.argument("dataset", required=False)
 @click.option("--domain", is_flag=True, help="First rebuild the domain summary from the training split (every training embedding and target); the only step for a single model or a classifier.")
 @click.option("--normaliser", type=click.Choice(["auto", "uncertainty", "std_raw"]), default="auto", show_default=True, help="What scales the intervals: auto chooses between the per-crystal uncertainty and the raw std by cross-fitting on the validation split.")
+@click.option("--report", is_flag=True, help="Also re-measure an ensemble's uncertainty report (std calibration, error by domain percentile, plots, card), e.g. after --domain.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @_guarded
-def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, batch_size: int) -> None:
+def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, report: bool, batch_size: int) -> None:
     """Fit the per-crystal uncertainty and split-conformal prediction intervals of the ensemble
     MODEL (a folder) on its validation split, measure them on the test split, and store both in its
     model.json, domain.safetensors and card. Predictions then carry <property>_uncertainty and accept
@@ -527,19 +535,27 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, ba
     from cgcnn_ase.analysis.intervals import calibrate_intervals
     from cgcnn_ase.models.folder import load_model_folder
     from cgcnn_ase.models.registry import model_folder
-    from cgcnn_ase.train.ensembles import add_domain_summary
+    from cgcnn_ase.train.ensembles import add_domain_summary, write_uncertainty_report
 
     torch.set_num_threads(1)  # this process is ours; one thread is fastest for small crystals
     folder = model_folder(model, purpose="calibration needs a folder with model.json and split.json")
     loaded = load_model_folder(folder)
+    if report and not loaded.is_ensemble:
+        raise click.UsageError(f"{model}: --report needs an ensemble")
     if not (loaded.is_ensemble and loaded.spec.task == "regression"):
-        if not domain:
+        if not domain and not report:
             raise click.UsageError(f"{model}: intervals need a regression ensemble; use --domain to rebuild "
                                    "the domain summary alone")  # fmt: skip
-        summary = add_domain_summary(folder, dataset, batch_size=batch_size, progress=True)
-        click.echo(json.dumps(summary.info, indent=2))
+        if domain:
+            click.echo(json.dumps(add_domain_summary(folder, dataset, batch_size=batch_size, progress=True).info))
+        if report:
+            write_uncertainty_report(folder, dataset, batch_size=batch_size, progress=True)
         return
-    conformal = calibrate_intervals(folder, dataset, domain=domain, normaliser=normaliser, batch_size=batch_size,
+    if domain:
+        add_domain_summary(folder, dataset, batch_size=batch_size, progress=True)
+    if report:
+        write_uncertainty_report(folder, dataset, batch_size=batch_size, progress=True)
+    conformal = calibrate_intervals(folder, dataset, normaliser=normaliser, batch_size=batch_size,
                                     progress=True)  # fmt: skip
     click.echo(json.dumps(conformal, indent=2))
 

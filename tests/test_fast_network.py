@@ -108,3 +108,20 @@ def test_compiled_network_matches_eager(crystals):
     np.testing.assert_allclose(compiled.values, eager.values, atol=1e-5, rtol=0)
     for a, b in zip(compiled.per_atom, eager.per_atom):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_cli_compile_flag_reaches_the_predictors(monkeypatch, model_folder):
+    from click.testing import CliRunner
+
+    from cgcnn_ase.cli import main
+
+    from .conftest import REPO
+
+    compiled = []
+    monkeypatch.setattr(inference.torch, "compile", lambda fn, **_: compiled.append(fn) or fn)
+    args = ["predict", str(REPO / "examples" / "SrTiO3.cif"), "--model", str(model_folder), "--format", "csv"]
+    plain = CliRunner().invoke(main, args)
+    assert plain.exit_code == 0 and not compiled
+    result = CliRunner().invoke(main, [*args, "--compile"])
+    assert result.exit_code == 0, result.output
+    assert len(compiled) == 1 and result.output == plain.output
