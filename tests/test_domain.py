@@ -165,3 +165,24 @@ def test_uncertainty_is_reported_and_intervals_widen_with_coverage(formation_ene
     np.testing.assert_array_equal(frame["formation_energy_uncertainty"], result.uncertainty)
     fast = CGCNNPredictor.from_pretrained("formation_energy", device="cpu", members=1)
     assert _quiet_predict(fast, crystals[:1]).uncertainty is None  # no ensemble: no uncertainty
+
+
+def test_error_model_leaves_each_validation_crystal_out_of_its_own_features():
+    from cgcnn_ase.models.local_error import K_VALIDATION, fit_error_model
+
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(200, 6))
+    val = rng.normal(size=(60, 6))
+    domain = DomainSummary.build(train, val, max_centers=None, max_bytes=None, train_targets=np.zeros(200))
+    y = np.zeros(60)
+    y[0] = 100.0  # one huge validation error
+    elements = [np.array([8, 12])] * 60
+    model = fit_error_model(domain, val, np.zeros(60), np.full(60, 0.1), y, elements)
+    knn, element = FEATURES.index("knn"), FEATURES.index("element")
+    out = model.features(domain, val, np.zeros(60), np.full(60, 0.1), elements, leave_out=True)
+    inside = model.features(domain, val, np.zeros(60), np.full(60, 0.1), elements)
+    assert np.exp(inside[0, knn]) == pytest.approx(100.0 / K_VALIDATION, rel=1e-3)  # its own error counts
+    assert np.exp(out[0, knn]) < 1e-3 * 100.0 / K_VALIDATION  # left out: only the others' zero errors
+    assert np.exp(out[0, element]) < np.exp(inside[0, element])
+    with pytest.raises(ValueError, match="leave_out"):
+        model.features(domain, val[:1], np.zeros(1), np.full(1, 0.1), elements[:1], leave_out=True)

@@ -3,6 +3,11 @@
 The fixture ``tests/fixtures/shipped_predictions.json`` was recorded from main before the layered
 layout (its ``recorded_at`` names the commit) by ``tests/fixtures/record_shipped_predictions.py``,
 with one torch thread and all crystals in one batch; this test repeats exactly that.
+
+When a model's domain summary is rebuilt by design (``cgcnn-ase calibrate MODEL --domain``), only its
+``domain_distance`` entries change: re-record those, and nothing else, with
+``python tests/fixtures/record_domain_fields.py [MODEL_NAME ...]`` (it refuses when the values changed).
+The domain fields were re-recorded so on 2026-11-27 (issue 18: every training embedding stored).
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def calibrate_intervals(
         domain: first rebuild the domain summary (every training embedding and target,
             :func:`~cgcnn_ase.train.ensembles.add_domain_summary`); needs ``write``.
         uncertainty: fit the per-crystal error model (:func:`~cgcnn_ase.models.local_error.fit_error_model`)
-            when the domain summary stores the training targets, and normalise the conformal
+            when the domain summary stores the training targets and ``split`` holds at least
+            :data:`MIN_ERROR_MODEL` crystals, and normalise the conformal
             scores by its ``uncertainty`` instead of the raw std when :func:`crossfit_coverage`
             chooses it.
         normaliser: ``"auto"`` (:func:`crossfit_coverage` decides, on the validation split alone),
@@ -101,7 +102,7 @@ def calibrate_intervals(
     fit, test = (_Arrays.of(predictor, parts[name], batch_size, progress) for name in (split, report_split))
     summary = predictor.model.domain
     error = None
-    if uncertainty and summary is not None and summary.targets is not None:
+    if uncertainty and summary is not None and summary.targets is not None and len(fit.y) >= MIN_ERROR_MODEL:
         error = fit_error_model(summary, fit.embeddings, fit.mean, fit.std_raw, fit.y, fit.elements)
         summary = replace(summary, error_model=error)
         fit.u = error.uncertainty(error.features(summary, fit.embeddings, fit.mean, fit.std_raw, fit.elements,
@@ -142,6 +143,8 @@ def calibrate_intervals(
 
 #: The uncertainty normalises the intervals when its cross-fitted validation coverage is this close to nominal.
 TOLERANCE = 0.03
+#: Fewer validation crystals than this: no error model (its seven weights and neighbour features need data).
+MIN_ERROR_MODEL = 100
 
 
 def crossfit_coverage(domain: Any, fit: _Arrays, *, folds: int = 5, seed: int = 0) -> dict[str, Any]:

@@ -88,6 +88,8 @@ class ErrorModel:
 
         if domain.targets is None:
             raise ValueError("the domain summary stores no training targets; the error model needs them")
+        if leave_out and len(embeddings) != len(self.val_residuals):
+            raise ValueError("leave_out needs exactly the validation crystals the model was fitted on, in order")
         z = domain.standardise(embeddings)
         mean = np.asarray(predictions, dtype=np.float64)
         idx, dist = nearest_rows(z, domain.centers, K_TRAIN)
