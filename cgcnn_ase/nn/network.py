@@ -76,6 +76,11 @@ class ConvLayer(nn.Module):
     ) -> torch.Tensor:
         """``z_ij W + b`` for every edge, shape (E, 2A)."""
         gather = gather_rows if self.opaque_indexing else index_select_rows
+        if self.bn1_folded:  # inference form: contiguous split weights, sums in place
+            out = torch.addmm(self.fc_full.bias, edge_fea, self.w_edge)
+            out += gather(atom_fea @ self.w_center, centers)
+            out += gather(atom_fea @ self.w_neighbor, neighbors)
+            return out
         if not self.split_matmul:
             z = torch.cat([gather(atom_fea, centers), gather(atom_fea, neighbors), edge_fea], dim=1)
             return self.fc_full(z)
@@ -91,7 +96,9 @@ class ConvLayer(nn.Module):
 
         In eval mode ``BN_1(z W + b) = z (W s) + (b - μ) s + β`` with ``s = γ / sqrt(σ² + ε)``, so
         one product replaces the product and a pass over the (E, 2A) edge rows. Same maths,
-        float32 rounding of order 1e-7 relative. The layer then no longer trains like the original.
+        float32 rounding of order 1e-7 relative. The products are then computed in the split form
+        from contiguous copies of ``W_1``, ``W_2``, ``W_3`` (buffers ``w_center``, ``w_neighbor``,
+        ``w_edge``, each (in, 2A)). The layer no longer trains like the original.
         """
         if self.bn1_folded:
             return
@@ -99,6 +106,9 @@ class ConvLayer(nn.Module):
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         self.fc_full.weight.mul_(scale.unsqueeze(1))
         self.fc_full.bias.copy_((self.fc_full.bias - bn.running_mean) * scale + bn.bias)
+        a, w = self.atom_fea_len, self.fc_full.weight
+        for name, block in (("w_center", w[:, :a]), ("w_neighbor", w[:, a : 2 * a]), ("w_edge", w[:, 2 * a :])):
+            self.register_buffer(name, block.T.contiguous(), persistent=False)
         self.bn1_folded = True
 
     def forward(
