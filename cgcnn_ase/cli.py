@@ -516,7 +516,7 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
     click.echo(f"wrote {', '.join(written)} to {out_dir}", err=True)
 
 
-@main.command(short_help="Fit prediction intervals, the uncertainty and the domain summary of a model.")
+@main.command(short_help="Fit uncertainty, intervals and domain summary.")
 @click.argument("model")
 @click.argument("dataset", required=False)
 @click.option("--domain", is_flag=True, help="First rebuild the domain summary from the training split (every training embedding and target); the only step for a single model or a classifier.")

@@ -43,7 +43,6 @@ def calibrate_intervals(
     *,
     split: str = "val",
     report_split: str = "test",
-    domain: bool = False,
     uncertainty: bool = True,
     normaliser: str = "auto",
     batch_size: int = 256,
@@ -61,8 +60,6 @@ def calibrate_intervals(
         split: the split the quantiles (and the error model) are fitted on (validation; never the
             test split).
         report_split: the split their coverage is measured on.
-        domain: first rebuild the domain summary (every training embedding and target,
-            :func:`~cgcnn_ase.train.ensembles.add_domain_summary`); needs ``write``.
         uncertainty: fit the per-crystal error model (:func:`~cgcnn_ase.models.local_error.fit_error_model`)
             when the domain summary stores the training targets and ``split`` holds at least
             :data:`MIN_ERROR_MODEL` crystals, and normalise the conformal
@@ -80,25 +77,17 @@ def calibrate_intervals(
         calibrated std) and ``test_spearman`` (of |error| with the std and with the uncertainty).
 
     Raises:
-        ValueError: the model is not a regression ensemble, or ``domain`` without ``write``.
+        ValueError: the model is not a regression ensemble.
     """
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     folder = _model_folder(model)
     if normaliser not in ("auto", "uncertainty", "std_raw"):
         raise ValueError(f"normaliser must be 'auto', 'uncertainty' or 'std_raw', got {normaliser!r}")
-    if domain and not write:
-        raise ValueError("rebuilding the domain summary writes it: domain=True needs write=True")
-    wanted = ("train", split, report_split) if domain else (split, report_split)
-    _, parts = load_split_records(folder, dataset, wanted, workers=workers, progress=progress)
+    _, parts = load_split_records(folder, dataset, (split, report_split), workers=workers, progress=progress)
     predictor = CGCNNPredictor.load(folder, device=device)
     if not predictor.is_ensemble or predictor.model.spec.task != "regression":
         raise ValueError(f"{folder}: intervals need a regression ensemble")
-    if domain:
-        from cgcnn_ase.train.ensembles import add_domain_summary
-
-        predictor.model.domain = add_domain_summary(folder, parts={"train": parts["train"], "val": parts[split]},
-                                                    batch_size=batch_size, device=device, progress=progress)  # fmt: skip
     fit, test = (_Arrays.of(predictor, parts[name], batch_size, progress) for name in (split, report_split))
     summary = predictor.model.domain
     error = None
@@ -113,7 +102,7 @@ def calibrate_intervals(
     if normaliser != "auto":
         if normaliser == "uncertainty" and error is None:
             raise ValueError(f"{folder}: no error model (its domain summary stores no training targets; "
-                             "calibrate with domain=True)")  # fmt: skip
+                             "rebuild it with cgcnn-ase calibrate --domain)")  # fmt: skip
         norm = normaliser
     quantiles = conformal_quantiles(fit.y, fit.mean, fit.normaliser(norm), INTERVAL_LEVELS)
     kept = [(level, q) for level, q in zip(INTERVAL_LEVELS, quantiles) if np.isfinite(q)]  # n too small: dropped
