@@ -186,7 +186,8 @@ class Trainer:
         else:
             self.mean, self.std = checkpoint["normalizer"]["mean"], checkpoint["normalizer"]["std"]
         self.batcher = GraphBatcher(
-            self.data.store, self.data.elements, config.graph, merge_edges=config.model.merge_edges
+            self.data.store, self.data.elements, config.graph, merge_edges=config.model.merge_edges,
+            device=self.device if self.device.type == "cuda" else None,  # a GPU is fed from its own memory
         )
         self.build_model()
         if checkpoint is not None:
