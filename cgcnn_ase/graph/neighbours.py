@@ -98,6 +98,10 @@ def _warn_close_atoms(record: StructureRecord, i: np.ndarray, j: np.ndarray, d: 
     """Warn when some pair is closer than :data:`CLOSE_ATOMS_FACTOR` x the sum of its Pyykkö covalent radii."""
     radii = _covalent_radii()
     z = np.minimum(record.numbers, len(radii) - 1)
+    near = d < CLOSE_ATOMS_FACTOR * 2 * radii[z].max()  # only these pairs can be too close: few or none
+    if not near.any():
+        return
+    i, j, d = i[near], j[near], d[near]
     bond = radii[z[i]] + radii[z[j]]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(bond > 0, d / bond, np.inf)
