@@ -522,9 +522,11 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
 @click.option("--domain", is_flag=True, help="First rebuild the domain summary from the training split (every training embedding and target); the only step for a single model or a classifier.")
 @click.option("--normaliser", type=click.Choice(["auto", "uncertainty", "std_raw"]), default="auto", show_default=True, help="What scales the intervals: auto chooses between the per-crystal uncertainty and the raw std by cross-fitting on the validation split.")
 @click.option("--report", is_flag=True, help="Also re-measure an ensemble's uncertainty report (std calibration, error by domain percentile, plots, card), e.g. after --domain.")
+@click.option("--max-centers", type=click.IntRange(min=1), default=None, help="With --domain: store a k-centre subset of this many training embeddings instead of all of them.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @_guarded
-def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, report: bool, batch_size: int) -> None:
+def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, report: bool, max_centers: int | None,
+              batch_size: int) -> None:  # fmt: skip
     """Fit the per-crystal uncertainty and split-conformal prediction intervals of the ensemble
     MODEL (a folder) on its validation split, measure them on the test split, and store both in its
     model.json, domain.safetensors and card. Predictions then carry <property>_uncertainty and accept
@@ -547,12 +549,13 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, re
             raise click.UsageError(f"{model}: intervals need a regression ensemble; use --domain to rebuild "
                                    "the domain summary alone")  # fmt: skip
         if domain:
-            click.echo(json.dumps(add_domain_summary(folder, dataset, batch_size=batch_size, progress=True).info))
+            summary = add_domain_summary(folder, dataset, max_centers=max_centers, batch_size=batch_size, progress=True)
+            click.echo(json.dumps(summary.info))
         if report:
             write_uncertainty_report(folder, dataset, batch_size=batch_size, progress=True)
         return
     if domain:
-        add_domain_summary(folder, dataset, batch_size=batch_size, progress=True)
+        add_domain_summary(folder, dataset, max_centers=max_centers, batch_size=batch_size, progress=True)
     if report:
         write_uncertainty_report(folder, dataset, batch_size=batch_size, progress=True)
     conformal = calibrate_intervals(folder, dataset, normaliser=normaliser, batch_size=batch_size,
