@@ -521,7 +521,7 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
 @click.argument("dataset", required=False)
 @click.option("--domain", is_flag=True, help="First rebuild the domain summary from the training split (every training embedding and target); the only step for a single model or a classifier.")
 @click.option("--normaliser", type=click.Choice(["auto", "uncertainty", "std_raw"]), default="auto", show_default=True, help="What scales the intervals: auto chooses between the per-crystal uncertainty and the raw std by cross-fitting on the validation split.")
-@click.option("--report", is_flag=True, help="Also re-measure an ensemble's uncertainty report (std calibration, error by domain percentile, plots, card), e.g. after --domain.")
+@click.option("--report", is_flag=True, help="Also re-measure the parts of an ensemble's uncertainty report that depend on the domain summary and the error model (error by domain percentile, test metrics of the uncertainty), e.g. after --domain; the std calibration is kept.")
 @click.option("--max-centers", type=click.IntRange(min=1), default=None, help="With --domain: store a k-centre subset of this many training embeddings instead of all of them.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @_guarded
@@ -537,7 +537,7 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, re
     from cgcnn_ase.analysis.intervals import calibrate_intervals
     from cgcnn_ase.models.folder import load_model_folder
     from cgcnn_ase.models.registry import model_folder
-    from cgcnn_ase.train.ensembles import add_domain_summary, write_uncertainty_report
+    from cgcnn_ase.train.ensembles import add_domain_summary, refresh_domain_report
 
     torch.set_num_threads(1)  # this process is ours; one thread is fastest for small crystals
     folder = model_folder(model, purpose="calibration needs a folder with model.json and split.json")
@@ -552,14 +552,14 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, re
             summary = add_domain_summary(folder, dataset, max_centers=max_centers, batch_size=batch_size, progress=True)
             click.echo(json.dumps(summary.info))
         if report:
-            write_uncertainty_report(folder, dataset, batch_size=batch_size, progress=True)
+            refresh_domain_report(folder, dataset, batch_size=batch_size, progress=True)
         return
     if domain:
         add_domain_summary(folder, dataset, max_centers=max_centers, batch_size=batch_size, progress=True)
-    if report:
-        write_uncertainty_report(folder, dataset, batch_size=batch_size, progress=True)
     conformal = calibrate_intervals(folder, dataset, normaliser=normaliser, batch_size=batch_size,
                                     progress=True)  # fmt: skip
+    if report:
+        refresh_domain_report(folder, dataset, batch_size=batch_size, progress=True)
     click.echo(json.dumps(conformal, indent=2))
 
 

@@ -377,7 +377,8 @@ def write_uncertainty_report(
     document = read_model_json(folder)
     units = "dimensionless" if document["task"] == "classification" else document["units"]
     kept = {k: v for k, v in (document["ensemble"].get("calibration") or {}).items() if k in ("conformal", "uncertainty")}
-    document["ensemble"]["calibration"] = {**report["calibration"], **kept}  # intervals and error model stay
+    merged = {**(report["calibration"] or {}), **kept}  # intervals and error model stay (classifiers: None)
+    document["ensemble"]["calibration"] = merged or report["calibration"]
     md = document["metadata"]
     md["test_metrics"] = {**report["metrics"]["test"], "units": units}
     md["val_metrics"] = {**report["metrics"]["val"], "units": units}
@@ -390,6 +391,63 @@ def write_uncertainty_report(
     (folder / MODEL_JSON).write_text(json.dumps(json_safe(document), indent=2) + "\n")
     write_card(folder)
     return report
+
+
+def refresh_domain_report(
+    folder: str | os.PathLike,
+    dataset: Any = None,
+    *,
+    batch_size: int = 256,
+    device: str | None = None,
+    workers: int = 2,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Re-measure the parts of an ensemble's stored uncertainty report that depend on its domain summary
+    and error model, after either was rebuilt (``cgcnn-ase calibrate --domain --report``).
+
+    Recomputes, on the splits the report holds, the error by domain percentile
+    (:func:`~cgcnn_ase.analysis.metrics.error_by_domain`) and, on the test split, the metrics of the
+    per-crystal ``uncertainty``; the std calibration, the accuracy metrics and the plots are left
+    as they are (so ``std`` stays what it was). Rewrites ``model.json`` and the card.
+
+    Returns:
+        ``metadata.uncertainty`` as written.
+
+    Raises:
+        EnsembleError: not an ensemble folder, or no stored uncertainty report.
+    """
+    import numpy as np
+
+    from cgcnn_ase.analysis.evaluation import _predict_quietly, load_split_records
+    from cgcnn_ase.analysis.metrics import error_by_domain, regression_uncertainty_metrics
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
+
+    folder = Path(folder)
+    document = read_model_json(folder)
+    stored = (document.get("metadata") or {}).get("uncertainty") or {}
+    splits = [split for split in ("test", "val") if split in stored]
+    if not document.get("ensemble") or not splits:
+        raise EnsembleError(f"{folder}: no stored uncertainty report to refresh (write_uncertainty_report first)")
+    predictor = CGCNNPredictor.load(folder, device=device)
+    _, parts = load_split_records(folder, dataset, splits, workers=workers, progress=progress)
+    for split in splits:
+        result = _predict_quietly(predictor, parts[split].records, batch_size=batch_size, progress=progress)
+        y = np.asarray(parts[split].targets, dtype=np.float64)
+        good = result.ok & np.isfinite(y)
+        error = np.abs(y[good] - result.values[good])
+        stored[split]["domain"] = error_by_domain(
+            error,
+            result.domain_percentile[good] if result.domain_percentile is not None else None,
+            unseen=[bool(u) for u, g in zip(result.unseen_elements, good) if g] if result.unseen_elements else None,
+            sparse=result.n_sparse[good] > 0,
+        )
+        if split == "test" and result.uncertainty is not None:  # validation: the error model's own data
+            stored[split]["uncertainty"] = regression_uncertainty_metrics(y[good], result.values[good],
+                                                                          result.uncertainty[good])  # fmt: skip
+    document["metadata"]["uncertainty"] = stored
+    (folder / MODEL_JSON).write_text(json.dumps(json_safe(document), indent=2) + "\n")
+    write_card(folder)
+    return stored
 
 
 def write_card(folder: str | os.PathLike) -> Path:
