@@ -221,3 +221,21 @@ def test_graph_backend_is_checked():
     predictor.graph_backend = "gpu"
     with pytest.raises(ValueError, match="graph_backend must be"):
         predictor.predict(bulk("Si", "diamond", a=5.43))
+
+
+def test_batched_graphs_with_reading_workers_keep_order_and_errors():
+    """With workers, the batched path's processes only read; results equal the serial run's."""
+    from cgcnn_ase import CGCNNPredictor
+    from cgcnn_ase.inference.parallel import MIN_PARALLEL
+
+    from .conftest import REPO
+
+    examples = [str(p) for p in sorted((REPO / "examples").iterdir()) if p.suffix in (".cif", ".POSCAR", ".extxyz")]
+    inputs = (examples + ["missing.cif"]) * (MIN_PARALLEL // len(examples) + 2)
+    predictor = CGCNNPredictor.load("formation_energy", members=1, device="cpu")
+    predictor.graph_backend = "batched"
+    serial = predictor.predict(inputs, errors="collect", batch_size=16)
+    pooled = predictor.predict(inputs, errors="collect", batch_size=16, workers=2)
+    assert pooled.ids == serial.ids and pooled.errors == serial.errors
+    np.testing.assert_array_equal(pooled.values, serial.values)
+    assert sum(e is not None for e in pooled.errors) == inputs.count("missing.cif")
