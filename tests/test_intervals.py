@@ -137,3 +137,21 @@ def test_the_perovskite_model_flags_crystals_that_are_not_perovskites():
         result = predictor.predict(others + cubic)
     assert np.all(result.domain_percentile[:3] > 99) and not result.in_domain()[:3].any()
     assert np.all(result.domain_percentile[3:] < 80) and result.in_domain()[3:].all()
+
+
+def test_refreshing_the_domain_report_keeps_the_std_calibration(ensemble, data, tmp_path):  # noqa: F811
+    """`cgcnn-ase calibrate --domain --report`: the domain summary is rebuilt and the report's domain bins
+    re-measured, while the std calibration, the metrics and therefore `std` stay exactly as they were."""
+    from cgcnn_ase.train.ensembles import add_domain_summary, refresh_domain_report
+
+    folder = tmp_path / "refreshed"
+    shutil.copytree(ensemble, folder)
+    before = json.loads((folder / "model.json").read_text())
+    add_domain_summary(folder, str(data), max_centers=3, workers=1)
+    stored = refresh_domain_report(folder, str(data), workers=1)
+    after = json.loads((folder / "model.json").read_text())
+    assert after["ensemble"]["calibration"] == before["ensemble"]["calibration"]
+    assert after["metadata"]["test_metrics"] == before["metadata"]["test_metrics"]
+    assert after["domain"]["n_centers"] == 3 and before["domain"]["n_centers"] != 3
+    bins = [b["n"] for b in after["metadata"]["uncertainty"]["test"]["domain"]["percentile_bins"]]
+    assert bins == [b["n"] for b in stored["test"]["domain"]["percentile_bins"]] and sum(bins) > 0
