@@ -214,7 +214,9 @@ def member_trends(
     Args:
         energies: :func:`~cgcnn_ase.analysis.site_members.member_site_energies` (columns
             ``member``, ``role``, ``element``, ``mean``; ``definition`` optional).
-        reference, min_count, radius: see :func:`site_trends`.
+        reference: see :func:`site_trends`.
+        min_count: see :func:`site_trends`.
+        radius: see :func:`site_trends`.
 
     Returns:
         One row per (``definition``, ``member``) with the columns of :func:`site_trends`.
