@@ -565,7 +565,7 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, re
 
 @main.command(short_help="Per-site energies of an atomwise model, with periodic-table maps.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--model", "-m", "model", required=True, help="An atomwise-readout model (name or folder), e.g. perovskite_formation_energy.")
+@click.option("--model", "-m", "model", required=True, help="An atomwise-readout model (name or folder), e.g. perovskite_site_energy.")
 @click.option("--output", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for sites.csv, by_element.csv and the maps.")
 @click.option("--allow-mean-pooled", is_flag=True, help="Accept a mean-pooled model (first-order attributions, not site energies).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
@@ -573,7 +573,9 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, re
 def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: bool, batch_size: int) -> None:
     """Per-site contributions of an atomwise model for the crystals in INPUTS, with site
     roles (A/B/X for ABX3 perovskites, else Wyckoff labels), per-element averages and
-    periodic-table maps of the A- and B-site energies (PNG and SVG)."""
+    periodic-table maps of the A- and B-site energies (PNG and SVG). For an ensemble
+    (e.g. perovskite_site_energy) every member runs on its own: the tables and maps give
+    the seed mean and its spread across seeds (seed_std); see docs/site_energies.md."""
     from cgcnn_ase.analysis.site_maps import write_site_report
 
     predictor = load_predictor(model)
