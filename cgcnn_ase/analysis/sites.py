@@ -17,7 +17,10 @@ Functions:
     perovskite_roles / wyckoff_labels: the per-site labels on their own.
     aggregate_by_element: mean, std, count per (role, element).
     :mod:`.site_maps`: periodic-table heat maps and ``write_site_report`` (the ``cgcnn-ase sites`` command).
-    :mod:`.screening`: the additive combinatorial screen of A x B x X compositions.
+    :mod:`.screening`: the additive combinatorial screen of A x B x X compositions, scored against DFT.
+    :mod:`.site_members`: every ensemble member's (seed's) site energies, their seed mean and spread,
+        and the ``x_share`` / ``additive`` site-energy definitions.
+    :mod:`.site_trends`: the paper's three trends as numbers, against the data's per-element means.
 """
 
 from __future__ import annotations
