@@ -79,7 +79,8 @@ class ErrorModel:
             domain: the :class:`~cgcnn_ase.models.domain.DomainSummary` holding the training
                 embeddings and ``targets``.
             embeddings: raw crystal embeddings (member 0), (n, d).
-            predictions, std_raw: the ensemble mean and raw std, (n,), model units.
+            predictions: the ensemble mean, (n,), model units.
+            std_raw: the members' raw standard deviation, (n,), model units.
             elements: each crystal's atomic numbers (any order, repeats allowed).
             leave_out: the inputs are the validation crystals the model was fitted on, in order:
                 each leaves itself out of ``knn`` and ``element``.
@@ -222,7 +223,9 @@ def fit_error_model(
     Args:
         domain: the domain summary with every training embedding and its ``targets``.
         embeddings: raw member-0 embeddings of the validation crystals, (n, d).
-        predictions, std_raw, targets: ensemble mean, raw std and true values, (n,), model units.
+        predictions: the ensemble mean, (n,), model units.
+        std_raw: the members' raw standard deviation, (n,), model units.
+        targets: the true values, (n,), model units.
         elements: each validation crystal's atomic numbers.
     """
     pred, y = np.asarray(predictions, dtype=np.float64), np.asarray(targets, dtype=np.float64)
