@@ -107,7 +107,7 @@ def _model(name, models, structures, reference, cells, args, out: Path) -> dict:
 
     from cgcnn_ase.analysis.site_maps import site_energy_maps
     from cgcnn_ase.analysis.site_members import aggregate_members, member_site_contributions, member_site_energies
-    from cgcnn_ase.analysis.site_trends import energy_flow, member_trends, summarize_trends
+    from cgcnn_ase.analysis.site_trends import cell_coupling, energy_flow, member_trends, summarize_trends
 
     cache = out / f"{name}_sites.parquet"
     start = time.perf_counter()
@@ -122,6 +122,7 @@ def _model(name, models, structures, reference, cells, args, out: Path) -> dict:
     trends.to_csv(out / f"{name}_trends.csv", index=False)
     atomic = member_trends(energies, reference=reference, min_count=args.min_count, radius="atomic_radius")
     flows = pd.concat([energy_flow(stacked, role=r, min_count=args.min_count).assign(role=r) for r in ("A", "B")])
+    coupling = cell_coupling(stacked[stacked["role"].isin(["A", "B", "X"])])
     for definition in ("raw", "additive"):
         table = aggregate_members(energies[energies["definition"] == definition].rename(columns={"mean": "value"}),
                                   value="value")  # fmt: skip
@@ -132,7 +133,8 @@ def _model(name, models, structures, reference, cells, args, out: Path) -> dict:
     predictions = stacked.groupby(["member", "structure"])["prediction"].first().unstack("member")
     print(f"{name}: {stacked['member'].nunique()} members, {len(predictions)} cells, {time.perf_counter() - start:.0f} s",
           file=sys.stderr)  # fmt: skip
-    return dict(trends=summarize_trends(trends), flows=flows, energies=energies, atomic=summarize_trends(atomic))
+    return dict(trends=summarize_trends(trends), flows=flows, energies=energies, atomic=summarize_trends(atomic),
+                coupling=coupling)
 
 
 def main() -> None:
@@ -198,6 +200,14 @@ def main() -> None:
         for (role, part), row in flows.iterrows():
             print(f"| {name} | {role} element | {part} sites | {_cell(row[('share', 'mean')], row[('share', 'std')])} | "
                   f"{row[('spread', 'mean')]:.3f} |")  # fmt: skip
+
+    print("\nHow a site's output follows its cell's prediction, within element and role (cell_coupling):")
+    print("| model | role | slope | R² |\n|---|---|---|---|")
+    for name, result in results.items():
+        table = result["coupling"].groupby("role")[["slope", "r2"]].agg(["mean", "std"])
+        for role, row in table.iterrows():
+            print(f"| {name} | {role} | {_cell(row[('slope', 'mean')], row[('slope', 'std')])} | "
+                  f"{_cell(row[('r2', 'mean')], row[('r2', 'std')])} |")  # fmt: skip
 
     print("\nScreen: A in groups 13-15, B in groups 4-6, X = O3; cutoffs in eV/atom (DFT: e_form / 5)")
     print("| model | definition | cutoff | candidates | hit rate (DFT) | enrichment vs all ABO3 | recall | "

@@ -21,6 +21,7 @@ from cgcnn_ase.analysis.site_members import (
     member_site_energies,
 )
 from cgcnn_ase.analysis.site_trends import (
+    cell_coupling,
     data_cells,
     data_site_means,
     energy_flow,
@@ -233,6 +234,24 @@ def test_energy_flow_finds_energy_on_the_x_sites():
     assert flow.loc["A", "spread"] == pytest.approx(0.0)
     by_b = energy_flow(pd.DataFrame(rows), role="B", min_count=1).set_index("part")
     assert by_b.loc["B", "share"] == pytest.approx(1.0)
+
+
+def test_cell_coupling_separates_cell_following_from_local_site_energies():
+    """Site outputs = element constant + the cell's prediction (slope 1) vs. outputs that ignore the cell (slope 0)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(40):
+        prediction = float(rng.normal())
+        for site, (role, el) in enumerate(zip("ABX", ["Sr", "Ti", "O"])):
+            offset = {"A": 1.0, "B": -2.0, "X": 0.5}[role]
+            follows = offset + prediction  # A and B follow the cell
+            contribution = follows if role != "X" else offset + 0.1 * rng.normal()  # X does not
+            rows.append(dict(structure=f"c{k}", site=site, role=role, element=el, contribution=contribution,
+                             prediction=prediction))  # fmt: skip
+    coupling = cell_coupling(pd.DataFrame(rows)).set_index("role")
+    assert coupling.loc["A", "slope"] == pytest.approx(1.0) and coupling.loc["A", "r2"] == pytest.approx(1.0)
+    assert coupling.loc["B", "n"] == 40
+    assert abs(coupling.loc["X", "slope"]) < 0.1 and coupling.loc["X", "r2"] < 0.2
 
 
 # -- the screen scored against reference values ---------------------------------------------------

@@ -295,8 +295,41 @@ def energy_flow(sites: pd.DataFrame, *, role: str = "A", min_count: int = 50) ->
     return pd.DataFrame(rows)
 
 
+def cell_coupling(sites: pd.DataFrame) -> pd.DataFrame:
+    """How closely each site's output follows its cell's prediction, within an element and role.
+
+    For every site, its output minus the mean output of its element on its role, regressed on its
+    cell's prediction minus the same element-and-role mean of the predictions. A slope near 1 with
+    an R² near 1 means that the site energy is an element constant plus the cell's energy per
+    atom: the site carries its cell's energy, not a local one.
+
+    Args:
+        sites: a sites table with ``role``, ``element``, ``contribution`` and ``prediction``
+            (:func:`~cgcnn_ase.analysis.sites.site_contributions`), optionally stacked with ``member``.
+
+    Returns:
+        One row per (``member``, ``role``) with ``slope`` (dimensionless), ``r2`` and ``n`` (sites).
+    """
+    import pandas as pd
+
+    if "member" not in sites.columns:
+        sites = sites.assign(member=0)
+    sites = sites[sites["role"].notna()]
+    rows = []
+    for (member, role), block in sites.groupby(["member", "role"], sort=True):
+        keys = block["element"]
+        c = block["contribution"] - block.groupby(keys)["contribution"].transform("mean")
+        p = block["prediction"] - block.groupby(keys)["prediction"].transform("mean")
+        pp, cc = float(np.dot(p, p)), float(np.dot(c, c))
+        slope = float(np.dot(c, p)) / pp if pp > 0 else float("nan")
+        r2 = float(np.dot(c, p)) ** 2 / (pp * cc) if pp > 0 and cc > 0 else float("nan")
+        rows.append({"member": member, "role": role, "slope": slope, "r2": r2, "n": len(block)})
+    return pd.DataFrame(rows)
+
+
 __all__ = [
     "RADIUS_KINDS",
+    "cell_coupling",
     "data_cells",
     "data_site_means",
     "energy_flow",
