@@ -137,6 +137,24 @@ def _model(name, models, structures, reference, cells, args, out: Path) -> dict:
                 coupling=coupling)
 
 
+def _print_energy_tables(results: dict) -> None:
+    """Where each model puts the energy (energy_flow) and how its sites follow the cell (cell_coupling)."""
+    print("\n| model | grouped by | part | share of the variation | spread across elements, eV |\n|---|---|---|---|---|")
+    for name, result in results.items():
+        flows = result["flows"].groupby(["role", "part"])[["share", "spread"]].agg(["mean", "std"])
+        for (role, part), row in flows.iterrows():
+            print(f"| {name} | {role} element | {part} sites | {_cell(row[('share', 'mean')], row[('share', 'std')])} | "
+                  f"{row[('spread', 'mean')]:.3f} |")  # fmt: skip
+
+    print("\nHow a site's output follows its cell's prediction, within element and role (cell_coupling):")
+    print("| model | role | slope | R² |\n|---|---|---|---|")
+    for name, result in results.items():
+        table = result["coupling"].groupby("role")[["slope", "r2"]].agg(["mean", "std"])
+        for role, row in table.iterrows():
+            print(f"| {name} | {role} | {_cell(row[('slope', 'mean')], row[('slope', 'std')])} | "
+                  f"{_cell(row[('r2', 'mean')], row[('r2', 'std')])} |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", default=None)
@@ -194,20 +212,7 @@ def main() -> None:
         for _, row in result["atomic"].iterrows():
             print(f"| {name} | {row['definition']} | {_cell(row['radius_spearman_A'], row['radius_spearman_A_std'])} |")
 
-    print("\n| model | grouped by | part | share of the variation | spread across elements, eV |\n|---|---|---|---|---|")
-    for name, result in results.items():
-        flows = result["flows"].groupby(["role", "part"])[["share", "spread"]].agg(["mean", "std"])
-        for (role, part), row in flows.iterrows():
-            print(f"| {name} | {role} element | {part} sites | {_cell(row[('share', 'mean')], row[('share', 'std')])} | "
-                  f"{row[('spread', 'mean')]:.3f} |")  # fmt: skip
-
-    print("\nHow a site's output follows its cell's prediction, within element and role (cell_coupling):")
-    print("| model | role | slope | R² |\n|---|---|---|---|")
-    for name, result in results.items():
-        table = result["coupling"].groupby("role")[["slope", "r2"]].agg(["mean", "std"])
-        for role, row in table.iterrows():
-            print(f"| {name} | {role} | {_cell(row[('slope', 'mean')], row[('slope', 'std')])} | "
-                  f"{_cell(row[('r2', 'mean')], row[('r2', 'std')])} |")  # fmt: skip
+    _print_energy_tables(results)
 
     print("\nScreen: A in groups 13-15, B in groups 4-6, X = O3; cutoffs in eV/atom (DFT: e_form / 5)")
     print("| model | definition | cutoff | candidates | hit rate (DFT) | enrichment vs all ABO3 | recall | "
