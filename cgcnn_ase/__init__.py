@@ -33,7 +33,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 #: Public name -> the module that defines it (imported on first access).
 _LAZY = {
     "CGCNNPredictor": "cgcnn_ase.inference.predictor",
-    "PredictionResult": "cgcnn_ase.inference.predictor",
+    "PredictionResult": "cgcnn_ase.inference.results",
     "CGCNNCalculator": "cgcnn_ase.integrations.ase",
     "CGCNNFeaturizer": "cgcnn_ase.integrations.matminer",
     "GraphConfig": "cgcnn_ase.graph.config",
@@ -45,7 +45,8 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cgcnn_ase.graph.config import GraphConfig
     from cgcnn_ase.graph.neighbours import build_graph
-    from cgcnn_ase.inference.predictor import CGCNNPredictor, PredictionResult
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
+    from cgcnn_ase.inference.results import PredictionResult
     from cgcnn_ase.integrations.ase import CGCNNCalculator
     from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
     from cgcnn_ase.models.registry import list_models, load_model

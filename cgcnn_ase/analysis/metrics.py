@@ -326,7 +326,7 @@ def uncertainty_report(y: Sequence[float], result: Any, *, scale: float | None =
 
     Args:
         y: true values (labels for classifiers), shape (n,), aligned with ``result``.
-        result: a :class:`~cgcnn_ase.inference.predictor.PredictionResult` of an ensemble (needs
+        result: a :class:`~cgcnn_ase.inference.results.PredictionResult` of an ensemble (needs
             ``member_values`` and ``std_raw``); failed items are skipped.
         scale: calibration factor to apply to ``result.std_raw`` (``None``: the
             result's own ``std_scale``, if any).

@@ -298,7 +298,8 @@ def batch_edges(
         config: graph settings (radius in Å, neighbour count, policy, tie tolerance).
         device: where to compute (the arrays of ``flat`` when it is given).
         flat: ``records`` already stacked (and moved) with :meth:`FlatCrystals.from_records`.
-        max_pairs, max_candidates: memory bounds (centre-atom pairs, pair images per chunk).
+        max_pairs: memory bound: centre-atom pairs per chunk.
+        max_candidates: memory bound: pair images per chunk.
 
     Returns:
         ``(flat, edges, errors)``: the stacked crystals on ``device``, the edges of every crystal
@@ -380,7 +381,8 @@ def collate_edges(
     """The network input of a batch from its edges, on their device.
 
     Args:
-        flat: the crystals (on the device). edges: their edges (:func:`batch_edges`).
+        flat: the crystals (on the device).
+        edges: their edges (:func:`batch_edges`).
         features: element feature table on the device, (max_Z + 1, n_features), float32
             (``torch.from_numpy(ElementTable.features)``); elements must have been checked.
         merge_edges: merge identical edges into weighted ones, as

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -24,212 +23,16 @@ from cgcnn_ase.errors import CGCNNError, CheckpointError, InvalidStructureError,
 from cgcnn_ase.graph.neighbours import CrystalGraph
 from cgcnn_ase.graph.config import SparsePolicy
 from cgcnn_ase.graph.batch import GraphBatch, collate
-from cgcnn_ase.graph.batched import GraphSummary
 from cgcnn_ase.nn.inference import inference_network
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.nn.ops import segment_mean
+from cgcnn_ase.inference.results import PredictionResult, _Rows
 from cgcnn_ase.models.registry import load_model, resolve_device
 from cgcnn_ase.inference.parallel import iter_graphs, predict_batches
 from cgcnn_ase.io.reader import cif_reader_for_policy
 
 ErrorPolicy = Literal["raise", "collect"]
 GraphBackend = Literal["auto", "batched", "per-structure"]
-
-
-@dataclass
-class PredictionResult:
-    """Predictions for a list of inputs, in input order.
-
-    Attributes:
-        ids: one label per structure (file path, ``path@frame``, or ``input i``).
-        values: predictions, shape (n,), float64, in ``units``; for a classifier the
-            probability of ``positive_class``. NaN where ``errors`` holds a message.
-        property: predicted property name.
-        units: units of ``values``.
-        task: ``"regression"`` or ``"classification"``.
-        errors: ``None`` per successful item, else the error message (only with
-            ``errors="collect"``).
-        per_atom: per-structure arrays of per-atom contributions (``per_atom=True``).
-        embeddings: crystal feature vectors, shape (n, atom_fea_len), NaN rows for failed
-            items (``embeddings=True``).
-        n_sparse: atoms with fewer than the model's neighbour count, per structure
-            (-1 for failed items).
-        unseen_elements: per structure, symbols of elements absent from the model's
-            training data (empty when all were seen or the model does not record them).
-        positive_class: the class whose probability ``values`` holds (classifiers).
-        std: for an ensemble, the standard deviation of the members' predictions, shape
-            (n,), in ``units`` (classifiers: of the members' probabilities), multiplied by
-            the model's calibration factor ``std_scale`` when one was fitted (see
-            docs/uncertainty.md); ``None`` for a single model. NaN for failed items.
-        std_raw: the uncalibrated standard deviation (population, ddof=0, over members);
-            equal to ``std`` when no calibration was fitted; ``None`` for a single model.
-        std_scale: the calibration factor (``std = std_scale * std_raw``), ``None`` if none.
-        member_values: each member's prediction, shape (n, n_members), in ``units``
-            (ensembles only); ``values`` is their mean.
-        domain_distance: distance of each crystal's embedding (member 0's) to the nearest
-            stored training embedding, dimensionless (standardised embedding units); NaN
-            for failed items; ``None`` when the model ships no domain summary.
-        coverage, lower, upper: with ``predict(..., coverage=c)``, the prediction interval
-            ``[lower, upper]`` (shape (n,), in ``units``) that holds the true value with
-            probability ``c``: split-conformal, ``values ± q(c) * std_raw`` with ``q`` fitted on
-            the validation split (see docs/uncertainty.md); ``None`` otherwise.
-        domain_percentile: percentage (0-100) of the model's validation crystals of the same
-            formula-unit size class that lay at most ``domain_distance`` from the training set
-            (see :mod:`cgcnn_ase.models.domain`): about uniform for crystals like the
-            validation data, near 100 outside its domain; ``None`` as above.
-        uncertainty: for a full ensemble whose domain summary carries an error model, the
-            estimated standard deviation of each prediction's error, shape (n,), in ``units``:
-            a validation-fitted combination of ``std_raw``, the domain distance and the errors of
-            nearby validation crystals (:mod:`cgcnn_ase.models.local_error`); it ranks errors
-            better than ``std``. ``None`` otherwise; NaN for failed items.
-    """
-
-    ids: list[str]
-    values: np.ndarray
-    property: str
-    units: str
-    task: str
-    errors: list[str | None]
-    n_sparse: np.ndarray
-    unseen_elements: list[list[str]] = field(default_factory=list)
-    per_atom: list[np.ndarray] | None = None
-    embeddings: np.ndarray | None = None
-    positive_class: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    std: np.ndarray | None = None
-    std_raw: np.ndarray | None = None
-    std_scale: float | None = None
-    member_values: np.ndarray | None = None
-    domain_distance: np.ndarray | None = None
-    domain_percentile: np.ndarray | None = None
-    coverage: float | None = None
-    lower: np.ndarray | None = None
-    upper: np.ndarray | None = None
-    uncertainty: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def in_domain(self, *, max_percentile: float = 95.0, allow_sparse: bool = False) -> np.ndarray:
-        """Boolean mask of predictions inside the model's applicability domain.
-
-        A crystal is inside when it was predicted, holds only elements seen in training,
-        has no sparse atom (unless ``allow_sparse``), and, when the model ships a domain
-        summary, its ``domain_percentile`` is at most ``max_percentile`` (percent).
-        """
-        mask = self.ok.copy()
-        if self.unseen_elements:
-            mask &= np.array([not u for u in self.unseen_elements], dtype=bool)
-        if not allow_sparse:
-            mask &= self.n_sparse == 0
-        if self.domain_percentile is not None:
-            with np.errstate(invalid="ignore"):
-                mask &= self.domain_percentile <= max_percentile
-        return mask
-
-    @property
-    def ok(self) -> np.ndarray:
-        """Boolean mask of items that were predicted."""
-        return np.array([e is None for e in self.errors], dtype=bool)
-
-    def to_dataframe(self) -> "pandas.DataFrame":  # noqa: F821
-        """One row per structure: ``id``, the property column, ``n_sparse``, ``unseen_elements``, ``error``.
-
-        Ensembles add ``<property>_std`` after the property (and ``<property>_std_raw`` when
-        the std is calibrated, ``<property>_uncertainty`` when they carry an error model);
-        models with a domain summary add ``domain_distance`` and ``domain_percentile`` before
-        ``error``. Units are in ``df.attrs["units"]`` (a dict column -> units).
-        """
-        import pandas as pd
-
-        columns: dict[str, Any] = {"id": self.ids, self.property: self.values}
-        units = {self.property: self.units}
-        if self.std is not None:
-            columns[f"{self.property}_std"] = self.std
-            units[f"{self.property}_std"] = self.units
-            if self.std_scale is not None and self.std_raw is not None:
-                columns[f"{self.property}_std_raw"] = self.std_raw
-                units[f"{self.property}_std_raw"] = self.units
-        if self.uncertainty is not None:
-            columns[f"{self.property}_uncertainty"] = self.uncertainty
-            units[f"{self.property}_uncertainty"] = self.units
-        if self.lower is not None:
-            for bound, values in (("lower", self.lower), ("upper", self.upper)):
-                columns[f"{self.property}_{bound}"] = values
-                units[f"{self.property}_{bound}"] = self.units
-        columns["n_sparse"] = self.n_sparse
-        columns["unseen_elements"] = [" ".join(u) for u in self.unseen_elements]
-        if self.domain_distance is not None:
-            columns["domain_distance"] = self.domain_distance
-            columns["domain_percentile"] = self.domain_percentile
-            units.update(domain_distance="dimensionless", domain_percentile="percent")
-        columns["error"] = self.errors
-        df = pd.DataFrame(columns)
-        df.attrs["units"] = units
-        return df
-
-
-
-@dataclass
-class _Rows:
-    """Per-structure outputs accumulated over the batches of one :meth:`CGCNNPredictor.predict` call."""
-
-    n_members: int
-    width: int
-    per_atom: bool
-    features: bool
-    ids: list[str] = field(default_factory=list)
-    values: list[np.ndarray] = field(default_factory=list)
-    messages: list[str | None] = field(default_factory=list)
-    n_sparse: list[int] = field(default_factory=list)
-    unseen: list[list[str]] = field(default_factory=list)
-    atoms: list[np.ndarray] = field(default_factory=list)
-    embeddings: list[np.ndarray] = field(default_factory=list)
-    numbers: list[np.ndarray] = field(default_factory=list)
-
-    def add(
-        self,
-        chunk: list[tuple[str, CrystalGraph | CGCNNError]],
-        values: np.ndarray | None,
-        atoms: list[np.ndarray] | None,
-        features: np.ndarray | None,
-        *,
-        seen: frozenset[int] | None,
-    ) -> None:
-        """Record one batch: ``values`` (n_members, n_good) etc. cover the graphs of ``chunk`` in order."""
-        k = 0
-        for label, item in chunk:
-            self.ids.append(label)
-            if not isinstance(item, CGCNNError):  # a CrystalGraph, or a GraphSummary of the batched path
-                self.values.append(values[:, k])
-                self.messages.append(None)
-                self.n_sparse.append(item.n_sparse)
-                self.unseen.append(_unseen_symbols(item, seen))
-                self.numbers.append(np.asarray(item.numbers))
-                if self.per_atom:
-                    self.atoms.append(atoms[k])
-                if self.features:
-                    self.embeddings.append(features[k])
-                k += 1
-            else:
-                self.values.append(np.full(self.n_members, np.nan))
-                self.messages.append(str(item))
-                self.n_sparse.append(-1)
-                self.unseen.append([])
-                self.numbers.append(np.zeros(0, dtype=np.int64))
-                if self.per_atom:
-                    self.atoms.append(np.zeros(0))
-                if self.features:
-                    self.embeddings.append(np.full(self.width, np.nan))
-
-
-def _unseen_symbols(graph: CrystalGraph | GraphSummary, seen: frozenset[int] | None) -> list[str]:
-    """Symbols of the elements in ``graph`` outside the training elements ``seen`` (sorted by Z)."""
-    if seen is None:
-        return []
-    from ase.data import chemical_symbols
-
-    return [chemical_symbols[z] for z in sorted(set(graph.numbers.tolist()) - seen)]
 
 
 class CGCNNPredictor:
