@@ -113,3 +113,34 @@ def test_unsorted_sites_equal_electronegativities_and_rounded_thirds():
 def test_blocks_the_shortcut_does_not_handle_are_left_to_pymatgen(change):
     text = change(P1.format(sites=SITES) + "\n")
     assert reader._cif_p1_as_pymatgen(text, "x", text=True) is None
+
+
+def _gemmi_records(text: str) -> list:
+    import gemmi
+
+    return [reader.gemmi_block_record(gemmi.make_small_structure_from_block(b), "x") for b in gemmi.cif.read_string(text)]
+
+
+def test_p1_shortcut_of_the_gemmi_reading_gives_gemmis_records(reference_cifs):
+    """The gemmi reading skips gemmi's structure building for plain P1 blocks; records stay identical."""
+    import gemmi
+
+    path = require_shared(SHARED / "data" / "mp_cgcnn46k_kdmsit" / "data.csv.gz")
+    texts = list(pd.read_csv(path, usecols=["cif"]).sample(n=2000, random_state=12)["cif"])
+    texts += [p.read_text() for p in sorted(reference_cifs.glob("*.cif"))]
+    shortcut = 0
+    for text in texts:
+        shortcut += reader._p1_block_as_gemmi(gemmi.cif.read_string(text)[0]) is not None
+        assert_identical(reader._cif_gemmi(text, "x", text=True), _gemmi_records(text))
+    assert 2000 <= shortcut < len(texts)
+
+
+def test_gemmi_shortcut_leaves_coordinates_outside_the_cell_to_gemmi():
+    import gemmi
+
+    text = P1.format(sites=SITES)  # holds -0.25 and 1.10
+    assert reader._p1_block_as_gemmi(gemmi.cif.read_string(text)[0]) is None
+    inside = P1.format(sites="\n".join(line for line in SITES.splitlines() if "Cu" not in line))
+    assert reader._p1_block_as_gemmi(gemmi.cif.read_string(inside)[0]) is not None
+    for t in (text, inside):
+        assert_identical(read_records(t), _gemmi_records(t))
