@@ -13,9 +13,12 @@ Two steps, because the GPU machine has torch but not ASE, pymatgen or gemmi:
    * ``edges + collate``: and :func:`~cgcnn_ase.graph.batched.collate_edges` (merging, Gaussians, elements);
    * ``end to end, 1 network`` / ``5 networks``: from pinned host arrays (copy included) to
      predictions of ``formation_energy`` (member 0 / all members, fast networks);
-   * ``network only``: the networks on batches collated beforehand.
+   * ``network only``: the networks on batches collated beforehand;
+   * ``from CIF files``: ``predict(paths, workers=16)`` on the stored CIF texts written as files, parsed
+     in worker processes (needs gemmi on that machine: carry its wheel, see the device notes).
 
-   and checks every crystal's edge count and distance sum against the reference.
+   and checks every crystal's edge count and distance sum against the reference, and the GPU
+   predictions against the CPU's (1 network and the 5-member ensemble, stored by ``prepare``).
 
 Results are printed as a markdown table (and written to ``--json`` if given).
 """
@@ -53,9 +56,27 @@ def prepare(n: int, shared: str | None, output: str) -> None:
     from cgcnn_ase.graph.neighbours import build_graph, wrapped_frac_coords
     from cgcnn_ase.io.reader import read_records
 
+    import warnings
+
+    from cgcnn_ase.errors import CloseAtomsWarning
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
+
     _common.quiet()
-    records = [read_records(cif)[0] for _, cif in _common.load_cif_strings(shared, "mp", n)]
-    graphs = [build_graph(r, GraphConfig(), on_sparse="ignore") for r in records]
+    items = _common.load_cif_strings(shared, "mp", n)
+    records, cifs, graphs = [], [], []
+    for _, cif in items:  # leave out crystals build_graph warns about (the GPU machine lacks pymatgen)
+        record = read_records(cif)[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CloseAtomsWarning)
+            try:
+                graphs.append(build_graph(record, GraphConfig(), on_sparse="ignore"))
+            except CloseAtomsWarning:
+                continue
+        records.append(record)
+        cifs.append(cif)
+    torch.set_num_threads(1)
+    single = CGCNNPredictor.load("formation_energy", members=1, device="cpu").predict(records, batch_size=256)
+    full = CGCNNPredictor.load("formation_energy", device="cpu").predict(records, batch_size=256)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         output,
@@ -65,6 +86,9 @@ def prepare(n: int, shared: str | None, output: str) -> None:
         sizes=np.array([len(r) for r in records]),
         edge_counts=np.array([len(g.distances) for g in graphs]),
         distance_sums=np.array([g.distances.sum() for g in graphs]),
+        cpu_values_1=single.values,
+        cpu_values_5=full.member_values,
+        cifs=np.array(cifs),
     )
     print(f"{len(records)} crystals, {sum(len(g.distances) for g in graphs)} edges -> {output}")
 
@@ -85,6 +109,31 @@ def _timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _from_files(data, full, single, workers: int) -> dict[str, float | str]:
+    """Structures/s from a folder of CIF files: parsed in ``workers`` processes, graphs and networks
+    on the predictor's device (needs gemmi there: carry its wheel)."""
+    try:
+        import gemmi  # noqa: F401
+    except ImportError:
+        return {"from CIF files": "skipped: gemmi is not installed on this machine"}
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="bench_gpu_cifs_"))
+    paths = []
+    for k, text in enumerate(data["cifs"]):
+        path = folder / f"{k:06d}.cif"
+        path.write_text(str(text))
+        paths.append(str(path))
+    out: dict[str, float | str] = {}
+    for name, predictor in (("from CIF files, 1 network", single), ("from CIF files, 5 networks", full)):
+        predictor.predict(paths[:512], workers=workers, batch_size=256)  # pool start and warm-up
+        start = time.perf_counter()
+        predictor.predict(paths, workers=workers, batch_size=256)
+        _sync()
+        out[name] = len(paths) / (time.perf_counter() - start)
+    return out
+
+
 def _pinned(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
     return tensor.pin_memory() if pin else tensor
 
@@ -95,7 +144,8 @@ def _pinned(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
 @click.option("--repeats", default=5, show_default=True)
 @click.option("--json", "json_path", default=None)
 @click.option("--device", default="cuda", show_default=True, help="cpu: a quick check of this script where there is no GPU.")
-def run(inputs: str, batch_sizes: str, repeats: int, json_path: str | None, device: str) -> None:
+@click.option("--workers", default=16, show_default=True, help="Processes parsing the CIF files (the files stage).")
+def run(inputs: str, batch_sizes: str, repeats: int, json_path: str | None, device: str, workers: int) -> None:
     """Time the batched pipeline on CUDA and check its edges."""
     from cgcnn_ase.graph.batched import FlatCrystals, batch_edges, collate_edges
     from cgcnn_ase.graph.config import GraphConfig
@@ -135,14 +185,23 @@ def run(inputs: str, batch_sizes: str, repeats: int, json_path: str | None, devi
         max_sum = float(np.max(np.abs(sums - data["distance_sums"])))
         collated = [collate_edges(f, e, features, config) for f, e in zip(on_device, edges())]
 
-        def end_to_end(predictor):
+        def end_to_end(predictor, out=None):
             def go():
                 for host in chunks:
                     f = host.to(device, non_blocking=True)
                     e = batch_edges([None] * len(f.sizes), config, flat=f)[1]
                     g = collate_edges(f, e, features, config)
-                    predictor._forward(g, [0] * len(f.sizes), per_atom=False)
+                    values = predictor._forward(g, [0] * len(f.sizes), per_atom=False)[0]
+                    if out is not None:
+                        out.append(values)
             return go
+
+        got_1, got_5 = [], []
+        end_to_end(single, got_1)()
+        end_to_end(full, got_5)()
+        diff_1 = float(np.max(np.abs(np.concatenate(got_1, axis=1)[0] - data["cpu_values_1"])))
+        diff_5 = float(np.max(np.abs(np.concatenate(got_5, axis=1).T - data["cpu_values_5"])))
+        print(f"batch {batch}: max |GPU - CPU| = {diff_1:.1e} (1 network), {diff_5:.1e} (5 members), model units")
 
         def network(predictor):
             def go():
@@ -162,8 +221,12 @@ def run(inputs: str, batch_sizes: str, repeats: int, json_path: str | None, devi
         }
         for name, seconds in timings.items():
             rows.append([batch, name, f"{len(sizes) / seconds:,.0f}"])
-        results[batch] = {"timings_s": timings, "crystals": len(sizes), "edge_counts_equal": exact, "max_distance_sum_diff": max_sum}
+        results[batch] = {"timings_s": timings, "crystals": len(sizes), "edge_counts_equal": exact,
+                          "max_distance_sum_diff": max_sum, "max_diff_vs_cpu": [diff_1, diff_5]}  # fmt: skip
         print(f"batch {batch}: edge counts equal for {exact} of {len(sizes)} crystals; max |distance sum diff| {max_sum:.2e} Å")
+    results["cif files"] = _from_files(data, full, single, workers)
+    for name, rate in results["cif files"].items():
+        rows.append(["files", name, f"{rate:,.0f}" if isinstance(rate, float) else rate])
     print("| batch | stage | structures/s |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(str(x) for x in row) + " |")
