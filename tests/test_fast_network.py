@@ -125,3 +125,25 @@ def test_cli_compile_flag_reaches_the_predictors(monkeypatch, model_folder):
     result = CliRunner().invoke(main, [*args, "--compile"])
     assert result.exit_code == 0, result.output
     assert len(compiled) == 1 and result.output == plain.output
+
+
+def test_a_prediction_does_not_depend_on_the_thread_that_asks(crystals):
+    """Python threads start with OpenMP's default thread count; predict gives them torch's own."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from .conftest import REPO
+
+        predictor = CGCNNPredictor.from_pretrained("formation_energy", device="cpu")
+        crystal = str(REPO / "examples" / "SrTiO3.cif")  # 5 atoms: matrix products of a few rows
+        here = predictor.predict(crystal).values
+        there: dict = {}
+        worker = threading.Thread(target=lambda: there.setdefault("values", predictor.predict(crystal).values))
+        worker.start()
+        worker.join()
+        np.testing.assert_array_equal(there["values"], here)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -315,6 +315,7 @@ class CGCNNPredictor:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        _match_thread_count()
         if errors not in ("raise", "collect"):
             raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
         if device is not None and resolve_device(device) != self.device:
@@ -429,6 +430,7 @@ class CGCNNPredictor:
         Returns:
             float32 array, shape (n, atom_fea_len), in input order. Bad inputs raise.
         """
+        _match_thread_count()
         stream = (g for _, g in self._graphs(structures, "raise", on_sparse))
         rows = []
         while chunk := list(islice(stream, batch_size)):
@@ -436,6 +438,17 @@ class CGCNNPredictor:
             rows.append(self.heads()[0][0].crystal_features(batch).cpu().numpy())  # as predict computes them
         width = self.model.spec.architecture.get("atom_fea_len", 64)
         return np.concatenate(rows) if rows else np.zeros((0, width), dtype=np.float32)
+
+
+def _match_thread_count() -> None:
+    """Give the calling thread torch's own thread count (a no-op for the process).
+
+    A Python thread starts with OpenMP's default of one thread per core, whatever
+    ``torch.set_num_threads`` said in the main thread, and a matrix product of a few rows is then
+    split (and rounded) differently: the same crystal would get a prediction differing in the last
+    float32 bits depending on the thread that asks (a Dask thread, a GUI callback).
+    """
+    torch.set_num_threads(torch.get_num_threads())
 
 
 def as_predictor(
