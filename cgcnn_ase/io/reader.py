@@ -408,18 +408,17 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
     try:
         document = gemmi.cif.read_string(source) if text else gemmi.cif.read(str(source))
         blocks = list(document)
-        records = []
-        for block, name in zip(blocks, _labels(label, len(blocks))):
-            parts = _p1_block_as_gemmi(block)  # the common plain P1 block, without building gemmi's structure
-            if parts is not None:
-                records.append(_validate(*parts, (True, True, True), name))
-                continue
-            record = gemmi_block_record(gemmi.make_small_structure_from_block(block), name)
-            if record is None:
-                return None
-            records.append(record)
+        # the common plain P1 block is read from its site loop, without building gemmi's structure
+        parsed = [_p1_block_as_gemmi(block) or gemmi.make_small_structure_from_block(block) for block in blocks]
     except (RuntimeError, ValueError, IndexError):
         return None
+    records = []
+    for parts, name in zip(parsed, _labels(label, len(blocks))):
+        # validation errors (occupancy, overlapping atoms, ...) are the answer, not a reason to try pymatgen
+        record = _validate(*parts, (True, True, True), name) if isinstance(parts, tuple) else gemmi_block_record(parts, name)
+        if record is None:
+            return None
+        records.append(record)
     return records or None
 
 
