@@ -1,4 +1,4 @@
-"""The P1 shortcut of the pymatgen CIF reading (io.reader._cif_p1_as_pymatgen) gives pymatgen's records bit for bit.
+"""The P1 shortcut of the pymatgen CIF reading (io.cif._cif_p1_as_pymatgen) gives pymatgen's records bit for bit.
 
 The authors' checkpoints break neighbour ties in pymatgen's site order, so the ``pymatgen`` reading
 must reproduce CifParser exactly: same site order, same fractional coordinates and the same cell
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cgcnn_ase.io import reader
+from cgcnn_ase.io import cif as reader
 from cgcnn_ase.io.reader import read_records
 from cgcnn_ase.io.records import from_pymatgen
 

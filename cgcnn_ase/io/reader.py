@@ -36,7 +36,6 @@ Every problem that makes an input unusable raises
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -46,16 +45,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError, StructureReadError
-from cgcnn_ase.io.records import StructureRecord, _validate, from_ase, from_pymatgen
+from cgcnn_ase.io.cif import CifReader, _labels, read_cif
+from cgcnn_ase.io.records import StructureRecord, from_ase, from_pymatgen
 
 __all__ = [
     "CifReader",
     "InputKind",
     "cif_reader_for_policy",
-    "gemmi_block_record",
     "input_kind",
     "is_single_input",
     "iter_records",
@@ -66,7 +64,6 @@ __all__ = [
     "to_record",
 ]
 
-CifReader = Literal["gemmi", "pymatgen"]
 InputKind = Literal["record", "path", "cif_text", "json_text", "structure_dict", "empty", "object"]
 
 
@@ -160,7 +157,7 @@ def read_records(source: Any, label: str | None = None, *, cif_reader: CifReader
     if kind == "path":  # text is stripped (table cells often end in a space or line break)
         return _read_path(source.strip() if isinstance(source, str) else source, label, cif_reader)
     if kind == "cif_text":
-        return _read_cif(source.strip(), label or "CIF text", cif_reader, text=True)
+        return read_cif(source.strip(), label or "CIF text", cif_reader, text=True)
     if kind == "json_text":
         return [_structure_dict_record(_json_dict(source, label or "structure JSON"), label or "structure JSON")]
     if kind == "structure_dict":
@@ -286,8 +283,6 @@ def _check_file(path: Path) -> None:
 
 #: Suffixes of compressed files and the module that opens each (ASE reads the same ones).
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
-#: Occupancies within this of 1 are full (CIFs often round: 0.9999); above 1 + this is an error.
-OCCUPANCY_TOLERANCE = 1e-3
 
 
 def _is_cif(path: Path) -> bool:
@@ -335,19 +330,15 @@ def _read_path(source: str | os.PathLike, label: str | None, cif_reader: CifRead
     return _read_file(path, label, cif_reader)
 
 
-def _labels(base: str, count: int) -> list[str]:
-    return [base] if count == 1 else [f"{base}@{k}" for k in range(count)]
-
-
 def _read_file(path: Path, label: str | None, cif_reader: CifReader) -> list[StructureRecord]:
-    """Every structure of one file: CIFs through :func:`_read_cif`, the rest through ASE."""
+    """Every structure of one file: CIFs through :func:`~cgcnn_ase.io.cif.read_cif`, the rest through ASE."""
     _check_file(path)
     base = label or str(path)
     if _is_cif(path):
-        return _read_cif(path, base, cif_reader, text=False)
+        return read_cif(path, base, cif_reader, text=False)
     if _looks_like_cif(path):  # compressed or oddly named CIF: read as CIF text
         with _open_text(path) as f:
-            return _read_cif(f.read(), base, cif_reader, text=True)
+            return read_cif(f.read(), base, cif_reader, text=True)
     frames = _ase_frames(path, base)
     return [from_ase(atoms, label=name) for atoms, name in zip(frames, _labels(base, len(frames)))]
 
@@ -377,254 +368,6 @@ def _ase_frames(path: Path, label: str) -> list[Any]:
     if not frames:
         raise StructureReadError(f"{label}: the file holds no structure")
     return list(frames)
-
-
-# =============================================================================================
-# CIF (files and text alike)
-# =============================================================================================
-
-
-def _read_cif(source: Path | str, label: str, cif_reader: CifReader, *, text: bool) -> list[StructureRecord]:
-    """Every data block of a CIF file (``text=False``: ``source`` is its path) or of CIF
-    text: gemmi first when ``cif_reader == "gemmi"``, pymatgen when gemmi cannot make a
-    crystal of it (pymatgen also gives the detailed error message)."""
-    if cif_reader == "gemmi":
-        records = _cif_gemmi(source, label, text=text)
-        if records is not None:
-            return records
-    else:
-        records = _cif_p1_as_pymatgen(source, label, text=text)
-        if records is not None:
-            return records
-    structures = _cif_pymatgen(source, label, text=text)
-    return [from_pymatgen(s, label=name) for s, name in zip(structures, _labels(label, len(structures)))]
-
-
-def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureRecord] | None:
-    """gemmi's reading (symmetry applied, sites on special positions merged), or ``None``
-    when gemmi cannot make a crystal of every data block."""
-    import gemmi
-
-    try:
-        document = gemmi.cif.read_string(source) if text else gemmi.cif.read(str(source))
-        blocks = list(document)
-        # the common plain P1 block is read from its site loop, without building gemmi's structure
-        parsed = [_p1_block_as_gemmi(block) or gemmi.make_small_structure_from_block(block) for block in blocks]
-    except (RuntimeError, ValueError, IndexError):
-        return None
-    records = []
-    for parts, name in zip(parsed, _labels(label, len(blocks))):
-        # validation errors (occupancy, overlapping atoms, ...) are the answer, not a reason to try pymatgen
-        record = _validate(*parts, (True, True, True), name) if isinstance(parts, tuple) else gemmi_block_record(parts, name)
-        if record is None:
-            return None
-        records.append(record)
-    return records or None
-
-
-#: Data-block tags the P1 shortcut of the pymatgen reading understands; any other ``_atom_site``/
-#: ``_atom_type``/symmetry tag (oxidation states, magnetic moments, ...) sends the block to pymatgen.
-_P1_SITE_TAGS = frozenset(
-    "_atom_site_" + t
-    for t in ("type_symbol", "label", "symmetry_multiplicity", "fract_x", "fract_y", "fract_z", "occupancy",
-              "wyckoff_symbol", "u_iso_or_equiv", "adp_type", "calc_flag", "refinement_flags")
-)  # fmt: skip
-#: Tags that make pymatgen read a block differently (oxidation states, magnetic moments, hydrogens).
-_NOT_PLAIN_TAGS = ("_atom_type_oxidation_number", "_atom_site_moment_label", "_atom_site_moment.label",
-                   "_space_group_magn.name_BNS", "_atom_site_attached_hydrogens")  # fmt: skip
-_SYMOP_TAGS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz")
-_CELL_TAGS = tuple("_cell_" + t for t in ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma"))
-#: pymatgen's defaults: coordinates within this (absolute, of x / (1/3) - 1) of 1/3 or 2/3 are set
-#: to them; sites closer than this (fractional) are one site.
-_PMG_FRAC_TOLERANCE = 1e-4
-_PMG_SITE_TOLERANCE = 1e-4
-
-
-def _cif_p1_as_pymatgen(source: Path | str, label: str, *, text: bool) -> list[StructureRecord] | None:
-    """pymatgen's reading of a plain P1 CIF, bit for bit, without pymatgen's parser (about 10x faster).
-
-    For a data block whose only symmetry operation is ``x, y, z``, with fully occupied sites of
-    plain element symbols and no other site information, pymatgen's ``CifParser`` gives: the
-    cell of ``Lattice.from_parameters``; each coordinate within 1e-4 (relative) of 1/3 or 2/3 set
-    to it, then wrapped as ``x - floor(x)``; sites sorted stably by Pauling electronegativity,
-    then symbol. This function builds exactly that, using gemmi to parse the file. Any other
-    block (symmetry to apply, partial occupancy, oxidation states, elements without an
-    electronegativity, sites closer than 1e-4) returns ``None``: the caller uses pymatgen itself.
-    ``tests/test_structures.py`` checks the records against pymatgen's on 2000 MP and 297 reference CIFs.
-    """
-    import gemmi
-
-    try:
-        document = gemmi.cif.read_string(source) if text else gemmi.cif.read(str(source))
-    except (RuntimeError, ValueError):
-        return None
-    blocks = list(document)
-    if not blocks:
-        return None
-    records = []
-    for block, name in zip(blocks, _labels(label, len(blocks))):
-        parts = _p1_block(block)
-        if parts is None:
-            return None
-        records.append(_validate(*parts, (True, True, True), name))
-    return records
-
-
-def _p1_columns(block: Any) -> tuple[list[str], np.ndarray, list[float]] | None:
-    """``(symbols, frac, cell parameters)`` of a plain, ordered P1 CIF block, or ``None``.
-
-    Plain: the only symmetry operation is ``x, y, z``; the site loop has only the tags of
-    :data:`_P1_SITE_TAGS` with plain element symbols; no oxidation states, moments or implicit
-    hydrogens; every occupancy is 1; at most 2000 sites. ``frac`` (n, 3) as written in the file;
-    cell lengths in Å and angles in degrees.
-    """
-    ops = [op for tag in _SYMOP_TAGS for op in block.find_values(tag)]
-    if [gemmi_unquote(op).replace(" ", "").lower() for op in ops] != ["x,y,z"]:
-        return None
-    column = block.find_loop("_atom_site_fract_x")
-    tags = set(column.get_loop().tags) if column.get_loop() is not None else set()
-    if not tags <= _P1_SITE_TAGS or "_atom_site_type_symbol" not in tags:
-        return None
-    if any(len(block.find_values(tag)) for tag in _NOT_PLAIN_TAGS):
-        return None
-    try:
-        cell = [_cif_float(gemmi_unquote(block.find_value(tag))) for tag in _CELL_TAGS]
-        symbols = [gemmi_unquote(v) for v in block.find_loop("_atom_site_type_symbol")]
-        frac = np.array([[_cif_float(v) for v in block.find_loop("_atom_site_fract_" + axis)] for axis in "xyz"]).T
-        occupancy = [_cif_float(v) for v in block.find_loop("_atom_site_occupancy")]
-    except (TypeError, ValueError, RuntimeError):
-        return None
-    if not symbols or len(symbols) > 2000 or any(o != 1 for o in occupancy) or not all(s.isalpha() for s in symbols):
-        return None
-    return symbols, frac, cell
-
-
-def _p1_block_as_gemmi(block: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(numbers, frac, cell)`` of a plain P1 block (:func:`_p1_columns`) with coordinates in
-    [0, 1), exactly as :func:`gemmi_block_record` reads it (gemmi's cell matrix, the file's site
-    order), at about half its cost; ``None`` for any other block."""
-    import gemmi
-
-    columns = _p1_columns(block)
-    if columns is None:
-        return None
-    symbols, frac, cell = columns
-    if frac.min() < 0 or frac.max() >= 1:
-        return None
-    numbers = np.array([gemmi.Element(s).atomic_number for s in symbols], dtype=np.int64)
-    if (numbers < 1).any():
-        return None
-    return numbers, frac, np.array(gemmi.UnitCell(*cell).orth.mat, dtype=np.float64).T
-
-
-def _p1_block(block: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(numbers, frac, cell)`` of one gemmi CIF block read as pymatgen reads it, or ``None``
-    when the block is not a plain, ordered P1 crystal (see :func:`_cif_p1_as_pymatgen`)."""
-    from pymatgen.core import Lattice
-
-    columns = _p1_columns(block)
-    if columns is None:
-        return None
-    symbols, frac, cell = columns
-    try:
-        z, x = np.array([_element_z_x(s) for s in symbols]).T
-    except ValueError:
-        return None
-    if np.isnan(x).any():
-        return None
-    for c in (1 / 3, 2 / 3):  # pymatgen's _sanitize_data: math.isclose(x / c, 1, abs_tol=1e-4)
-        frac[np.abs(frac / c - 1) <= _PMG_FRAC_TOLERANCE] = c
-    frac = frac - np.floor(frac)
-    delta = frac[:, None, :] - frac[None, :, :]
-    delta -= np.round(delta)
-    close = np.all(np.abs(delta) < _PMG_SITE_TOLERANCE + 1e-8, axis=2)
-    if np.count_nonzero(close) > len(frac):  # two sites pymatgen would merge into one
-        return None
-    order = sorted(range(len(symbols)), key=lambda k: (x[k], symbols[k]))  # stable: CIF order within an element
-    lattice = np.array(Lattice.from_parameters(*cell).matrix, dtype=np.float64)
-    return z[order].astype(np.int64), frac[order], lattice
-
-
-def _cif_float(text: str) -> float:
-    """A CIF number as pymatgen's ``str2float`` reads it (standard uncertainty in brackets dropped)."""
-    try:
-        return float(text)
-    except ValueError:
-        from pymatgen.io.cif import str2float
-
-        return str2float(text)
-
-
-@functools.cache
-def _element_z_x(symbol: str) -> tuple[int, float]:
-    """Atomic number and pymatgen's Pauling electronegativity (NaN where it has none) of a symbol."""
-    from pymatgen.core import Element
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pymatgen warns for elements without an electronegativity
-        element = Element(symbol)
-        return element.Z, float(element.X)
-
-
-def gemmi_unquote(value: str) -> str:
-    """A CIF value without its quotes (gemmi returns raw tokens)."""
-    import gemmi
-
-    return gemmi.cif.as_string(value)
-
-
-def _cif_pymatgen(source: Path | str, label: str, *, text: bool) -> list[Any]:
-    """pymatgen ``Structure`` objects of every data block (the original CGCNN's reading;
-    partial occupancies kept visible so that validation can name them)."""
-    from pymatgen.io.cif import CifParser
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            parser = (
-                CifParser.from_str(source, occupancy_tolerance=1.0)
-                if text
-                else CifParser(source, occupancy_tolerance=1.0)
-            )
-            structures = parser.parse_structures(primitive=False, on_error="raise")
-    except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad CIFs
-        what = "not readable CIF text" if text else "not a readable CIF"
-        raise StructureReadError(f"{label}: {what} ({type(exc).__name__}: {exc})") from None
-    if not structures:
-        raise StructureReadError(f"{label}: the CIF holds no structure")
-    return list(structures)
-
-
-def gemmi_block_record(small: Any, label: str) -> StructureRecord | None:
-    """The validated record of one gemmi ``SmallStructure`` (a CIF data block), or ``None``
-    when it holds no crystal (no sites or no cell), so that the caller can fall back to pymatgen.
-
-    Raises:
-        InvalidStructureError: a partially occupied (disordered) site, or what
-            :func:`~cgcnn_ase.io.records.from_ase`'s validation refuses.
-    """
-    sites = small.get_all_unit_cell_sites()
-    if not sites or small.cell.a <= 0:
-        return None
-    over = [site for site in sites if site.occ > 1.0 + OCCUPANCY_TOLERANCE]
-    if over:
-        site = over[0]
-        raise InvalidStructureError(
-            f"{label}: site {site.label} ({site.element.name}) has occupancy {site.occ:.4g}, above 1; "
-            "an occupancy is a fraction of a site (fix the CIF's _atom_site_occupancy)"
-        )
-    partial = [site for site in sites if site.occ < 1.0 - OCCUPANCY_TOLERANCE]
-    if partial:
-        site = partial[0]
-        raise InvalidStructureError(
-            f"{label}: site {site.label} ({site.element.name}) is disordered (partial occupancy {site.occ:.4g}); "
-            "CGCNN needs an ordered structure (order it first, e.g. with pymatgen's "
-            "OrderDisorderedStructureTransformation)"
-        )
-    numbers = np.array([site.element.atomic_number for site in sites])
-    frac = np.array([[site.fract.x, site.fract.y, site.fract.z] for site in sites])
-    cell = np.array(small.cell.orth.mat, dtype=np.float64).T  # gemmi: columns are lattice vectors
-    return _validate(numbers, frac, cell, (True, True, True), label)
 
 
 # =============================================================================================
