@@ -534,33 +534,13 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, re
     rebuilt first; for a model that is not a regression ensemble that is all it does."""
     import torch
 
-    from cgcnn_ase.analysis.intervals import calibrate_intervals
-    from cgcnn_ase.models.folder import load_model_folder
-    from cgcnn_ase.models.registry import model_folder
-    from cgcnn_ase.train.ensembles import add_domain_summary, refresh_domain_report
+    from cgcnn_ase.train.ensembles import calibrate_folder
 
     torch.set_num_threads(1)  # this process is ours; one thread is fastest for small crystals
-    folder = model_folder(model, purpose="calibration needs a folder with model.json and split.json")
-    loaded = load_model_folder(folder)
-    if report and not loaded.is_ensemble:
-        raise click.UsageError(f"{model}: --report needs an ensemble")
-    if not (loaded.is_ensemble and loaded.spec.task == "regression"):
-        if not domain and not report:
-            raise click.UsageError(f"{model}: intervals need a regression ensemble; use --domain to rebuild "
-                                   "the domain summary alone")  # fmt: skip
-        if domain:
-            summary = add_domain_summary(folder, dataset, max_centers=max_centers, batch_size=batch_size, progress=True)
-            click.echo(json.dumps(summary.info))
-        if report:
-            refresh_domain_report(folder, dataset, batch_size=batch_size, progress=True)
-        return
-    if domain:
-        add_domain_summary(folder, dataset, max_centers=max_centers, batch_size=batch_size, progress=True)
-    conformal = calibrate_intervals(folder, dataset, normaliser=normaliser, batch_size=batch_size,
-                                    progress=True)  # fmt: skip
-    if report:
-        refresh_domain_report(folder, dataset, batch_size=batch_size, progress=True)
-    click.echo(json.dumps(conformal, indent=2))
+    result = calibrate_folder(model, dataset, domain=domain, normaliser=normaliser, report=report,
+                              max_centers=max_centers, batch_size=batch_size, progress=True)  # fmt: skip
+    if result is not None:
+        click.echo(json.dumps(result, indent=2))
 
 
 @main.command(short_help="Per-site energies of an atomwise model, with periodic-table maps.")

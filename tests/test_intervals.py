@@ -155,3 +155,13 @@ def test_refreshing_the_domain_report_keeps_the_std_calibration(ensemble, data, 
     assert after["domain"]["n_centers"] == 3 and before["domain"]["n_centers"] != 3
     bins = [b["n"] for b in after["metadata"]["uncertainty"]["test"]["domain"]["percentile_bins"]]
     assert bins == [b["n"] for b in stored["test"]["domain"]["percentile_bins"]] and sum(bins) > 0
+
+
+def test_calibrate_folder_refuses_what_a_single_model_cannot_have(model_folder):
+    from cgcnn_ase.errors import EnsembleError
+    from cgcnn_ase.train.ensembles import calibrate_folder
+
+    with pytest.raises(EnsembleError, match="intervals need a regression ensemble; use --domain"):
+        calibrate_folder(model_folder)
+    with pytest.raises(EnsembleError, match="--report needs an ensemble"):
+        calibrate_folder(model_folder, report=True)

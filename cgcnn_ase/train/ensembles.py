@@ -459,3 +459,54 @@ def write_card(folder: str | os.PathLike) -> Path:
     path = folder / "README.md"
     path.write_text(ensemble_card(document, files=[p.name for p in folder.iterdir()]))
     return path
+
+
+def calibrate_folder(
+    model: str | os.PathLike,
+    dataset: str | os.PathLike | None = None,
+    *,
+    domain: bool = False,
+    normaliser: str = "auto",
+    report: bool = False,
+    max_centers: int | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict[str, Any] | None:
+    """``cgcnn-ase calibrate``: fit a model folder's uncertainty and intervals, in place.
+
+    With ``domain``, the applicability-domain summary is rebuilt first (:func:`add_domain_summary`;
+    for a single model or a classifier, the only step). A regression ensemble then gets its
+    per-crystal uncertainty and split-conformal intervals fitted on the validation split
+    (:func:`~cgcnn_ase.analysis.intervals.calibrate_intervals`), and with ``report`` the parts of its
+    uncertainty report that depend on them are re-measured (:func:`refresh_domain_report`).
+
+    Returns:
+        the interval calibration stored in ``model.json`` (a regression ensemble), the domain
+        summary's ``info`` (``domain`` on another model), or ``None``.
+
+    Raises:
+        EnsembleError: intervals or ``report`` asked of a model that cannot have them.
+    """
+    from cgcnn_ase.analysis.intervals import calibrate_intervals
+    from cgcnn_ase.models.folder import load_model_folder
+    from cgcnn_ase.models.registry import model_folder
+
+    folder = model_folder(model, purpose="calibration needs a folder with model.json and split.json")
+    loaded = load_model_folder(folder)
+    if report and not loaded.is_ensemble:
+        raise EnsembleError(f"{model}: --report needs an ensemble")
+    options = dict(batch_size=batch_size, progress=progress)
+    if not (loaded.is_ensemble and loaded.spec.task == "regression"):
+        if not domain and not report:
+            raise EnsembleError(f"{model}: intervals need a regression ensemble; use --domain to rebuild "
+                                "the domain summary alone")  # fmt: skip
+        info = add_domain_summary(folder, dataset, max_centers=max_centers, **options).info if domain else None
+        if report:
+            refresh_domain_report(folder, dataset, **options)
+        return info
+    if domain:
+        add_domain_summary(folder, dataset, max_centers=max_centers, **options)
+    conformal = calibrate_intervals(folder, dataset, normaliser=normaliser, **options)
+    if report:
+        refresh_domain_report(folder, dataset, **options)
+    return conformal
