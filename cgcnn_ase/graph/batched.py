@@ -52,6 +52,9 @@ from cgcnn_ase.io.records import StructureRecord
 #: Distances within this of the ``k``-th one (Å) count as a tie for the ``original`` policy, whose
 #: tie order only pymatgen's pair order decides: such crystals are rebuilt by :func:`build_graph`.
 ORIGINAL_TIE = 1e-9
+#: Default chunk sizes per device type: (centre-atom pairs, pair images). A pair image costs about
+#: 150 bytes of temporaries: 2^21 of them about 300 MB on a CPU, 2^24 about 2.5 GB on a GPU.
+CHUNK_LIMITS = {"cpu": (1 << 21, 1 << 21), "cuda": (1 << 24, 1 << 24)}
 #: Fractional slack on the per-direction image bound (no pair within the radius is ever missed).
 _BOUND_SLACK = 1e-9
 
@@ -288,8 +291,8 @@ def batch_edges(
     *,
     device: torch.device | str = "cpu",
     flat: FlatCrystals | None = None,
-    max_pairs: int = 1 << 21,
-    max_candidates: int = 1 << 21,
+    max_pairs: int | None = None,
+    max_candidates: int | None = None,
 ) -> tuple[FlatCrystals, BatchEdges, dict[int, InvalidStructureError]]:
     """The edges of ``records`` built together on ``device``: those of :func:`build_graph` for each.
 
@@ -298,8 +301,8 @@ def batch_edges(
         config: graph settings (radius in Å, neighbour count, policy, tie tolerance).
         device: where to compute (the arrays of ``flat`` when it is given).
         flat: ``records`` already stacked (and moved) with :meth:`FlatCrystals.from_records`.
-        max_pairs: memory bound: centre-atom pairs per chunk.
-        max_candidates: memory bound: pair images per chunk.
+        max_pairs: memory bound: centre-atom pairs per chunk (``None``: :data:`CHUNK_LIMITS` of the device).
+        max_candidates: memory bound: pair images per chunk, about 150 bytes each (``None``: as above).
 
     Returns:
         ``(flat, edges, errors)``: the stacked crystals on ``device``, the edges of every crystal
@@ -311,7 +314,8 @@ def batch_edges(
         raise ValueError("batch_edges needs at least one structure")
     if flat is None:
         flat = FlatCrystals.from_records(records, pin=torch.device(device).type == "cuda").to(device, non_blocking=True)
-    i, j, d = _pairs_in_radius(flat, float(config.radius), max_pairs, max_candidates)
+    default_pairs, default_candidates = CHUNK_LIMITS.get(flat.frac.device.type, CHUNK_LIMITS["cpu"])
+    i, j, d = _pairs_in_radius(flat, float(config.radius), max_pairs or default_pairs, max_candidates or default_candidates)
     edges, counts, tied = _select(flat, i, j, d, config)
     redo_mask = tied | _flagged(flat, i, j, d)
     graphs: dict[int, CrystalGraph | None] = {}
