@@ -543,3 +543,36 @@ def test_train_command_compile_flag(tmp_path, monkeypatch):
     assert seen[0].compile is True and seen[0].threads == 2
     result = CliRunner().invoke(main, ["train", str(tmp_path / "c.yaml")])
     assert result.exit_code == 0 and seen[1].compile is False
+
+
+def test_cosine_with_linear_warm_up(dataset_csv, tmp_path):
+    """schedule.warmup_epochs: lr rises linearly from 1% of optim.lr, then follows the cosine; resumable."""
+    config = tiny_config(dataset_csv, tmp_path, epochs=6, patience=10, optim=OptimConfig(name="adam", lr=0.01),
+                         schedule=ScheduleConfig(name="cosine", warmup_epochs=2, min_lr=0.0))  # fmt: skip
+    history = _history(train_from_config(config, progress=False))
+    lrs = history["lr"].to_numpy()  # the learning rate each epoch trained with
+    np.testing.assert_allclose(lrs[:3], [1e-4, 0.01 * (0.01 + 0.99 / 2), 0.01], rtol=1e-5)  # metrics.csv rounds
+    cosine = 0.01 * (1 + np.cos(np.pi * np.arange(1, 4) / 4)) / 2  # the remaining 4 epochs
+    np.testing.assert_allclose(lrs[3:], cosine, rtol=1e-5)
+    state = torch.load(tmp_path / "model" / "run" / "checkpoint_last.pt", weights_only=True)
+    assert state["scheduler"] is not None
+
+
+@pytest.mark.parametrize(("name", "warmup", "epochs"), [("multistep", 2, 6), ("cosine", 6, 6)])
+def test_warm_up_is_refused_where_it_is_not_defined(dataset_csv, tmp_path, name, warmup, epochs):
+    with pytest.raises(ConfigError, match="schedule.warmup_epochs"):
+        tiny_config(dataset_csv, tmp_path, epochs=epochs, schedule=ScheduleConfig(name=name, warmup_epochs=warmup))
+
+
+def test_runs_without_warm_up_keep_their_fingerprint():
+    """Adding schedule.warmup_epochs must not stop runs started before it from resuming: these
+    fingerprints were computed by the code before warm-up existed (commit e663e54)."""
+    from cgcnn_ase.train.config import TrainConfig, config_fingerprint
+
+    plain = TrainConfig(data={"path": "x.csv", "target": "y"}, output="out")
+    cosine = TrainConfig(data={"path": "x.csv", "target": "y"}, output="out", schedule={"name": "cosine"}, epochs=5)
+    assert config_fingerprint(plain) == "b33238ba0c9a7ae4"
+    assert config_fingerprint(cosine) == "c976699285023378"
+    warm = TrainConfig(data={"path": "x.csv", "target": "y"}, output="out",
+                       schedule={"name": "cosine", "warmup_epochs": 1}, epochs=5)  # fmt: skip
+    assert config_fingerprint(warm) != config_fingerprint(cosine)

@@ -239,6 +239,12 @@ class TrainConfig(Settings):
         if not isinstance(self.compile, bool):
             raise ConfigError(f"compile must be true or false, got {self.compile!r}")
         choice("schedule.name", self.schedule.name, ("none", "multistep", "cosine", "onecycle", "reduce_on_plateau"))
+        warmup = self.schedule.warmup_epochs
+        if warmup and (self.schedule.name != "cosine" or not 0 < warmup < self.epochs):
+            raise ConfigError(
+                f"schedule.warmup_epochs ({warmup}) needs schedule.name: cosine and fewer epochs than epochs "
+                f"({self.epochs}); got schedule.name: {self.schedule.name}"
+            )
         losses = ("auto", "cross_entropy") if self.task == "classification" else ("auto", "mse", "mae")
         choice("loss", self.loss, losses)
         monitors = (
@@ -434,6 +440,8 @@ def config_fingerprint(config: TrainConfig) -> str:
     data["data"].pop("name", None)
     data["model"].pop("split_matmul", None)
     data["model"].pop("merge_edges", None)
+    if not data["schedule"].get("warmup_epochs"):
+        data["schedule"].pop("warmup_epochs", None)  # runs started before warm-up existed still resume
     if config.schedule.name not in ("cosine", "onecycle"):
         data.pop("epochs")  # more epochs may be added on resume
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

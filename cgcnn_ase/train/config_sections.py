@@ -82,6 +82,8 @@ class ScheduleConfig(Settings):
     default is [100], 0.1); ``cosine`` (to ``min_lr`` over ``epochs``); ``onecycle``
     (peak ``optim.lr`` at ``pct_start`` of all steps); ``reduce_on_plateau`` (×``factor``
     after ``patience`` epochs without improvement of the monitored metric, down to ``min_lr``).
+    ``warmup_epochs`` (``cosine`` only): the learning rate first rises linearly from 1% of
+    ``optim.lr`` over this many epochs, then the cosine runs over the remaining epochs.
     """
 
     section: ClassVar[str] = "schedule"
@@ -92,6 +94,7 @@ class ScheduleConfig(Settings):
     pct_start: float = 0.3
     factor: float = 0.5
     patience: int = 10
+    warmup_epochs: int = 0
 
 
 class FineTuneConfig(Settings):

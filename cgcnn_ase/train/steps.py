@@ -82,6 +82,12 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps:
     s = config.schedule
     if s.name == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(s.milestones), gamma=s.gamma)
+    if s.name == "cosine" and s.warmup_epochs:
+        warm = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=s.warmup_epochs)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=config.epochs - s.warmup_epochs, eta_min=s.min_lr
+        )
+        return torch.optim.lr_scheduler.SequentialLR(optimizer, [warm, cosine], milestones=[s.warmup_epochs])
     if s.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=s.min_lr)
     if s.name == "onecycle":
