@@ -144,3 +144,14 @@ def test_gemmi_shortcut_leaves_coordinates_outside_the_cell_to_gemmi():
     assert reader._p1_block_as_gemmi(gemmi.cif.read_string(inside)[0]) is not None
     for t in (text, inside):
         assert_identical(read_records(t), _gemmi_records(t))
+
+
+@pytest.mark.parametrize("value", ["?", "."])
+def test_an_unknown_cell_length_is_an_error_not_a_1_angstrom_cube(value):
+    """gemmi silently builds a 1 Å cubic cell when a cell parameter is missing; the reader refuses."""
+    from cgcnn_ase.errors import StructureReadError
+
+    text = P1.format(sites=SITES).replace("_cell_length_c 5.0", f"_cell_length_c {value}")
+    for cif_reader in ("gemmi", "pymatgen"):
+        with pytest.raises(StructureReadError, match="not readable CIF text"):
+            read_records(text, cif_reader=cif_reader)

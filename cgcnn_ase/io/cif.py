@@ -18,6 +18,7 @@ times faster. ``tests/test_cif_p1.py`` checks both against the full parsers.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +64,8 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
     try:
         document = gemmi.cif.read_string(source) if text else gemmi.cif.read(str(source))
         blocks = list(document)
+        if not all(_cell_is_given(block) for block in blocks):
+            return None  # gemmi would take a 1 Å cube; pymatgen says what is missing
         # the common plain P1 block is read from its site loop, without building gemmi's structure
         parsed = [_p1_block_as_gemmi(block) or gemmi.make_small_structure_from_block(block) for block in blocks]
     except (RuntimeError, ValueError, IndexError):
@@ -123,6 +126,15 @@ def _cif_p1_as_pymatgen(source: Path | str, label: str, *, text: bool) -> list[S
             return None
         records.append(_validate(*parts, (True, True, True), name))
     return records
+
+
+def _cell_is_given(block: Any) -> bool:
+    """Whether the block gives all six cell parameters as numbers (gemmi silently uses a 1 Å cube
+    when one is missing or ``?``)."""
+    import gemmi
+
+    values = [block.find_value(tag) for tag in _CELL_TAGS]
+    return all(v is not None and math.isfinite(gemmi.cif.as_number(v)) for v in values)
 
 
 def _p1_columns(block: Any) -> tuple[list[str], np.ndarray, list[float]] | None:
