@@ -6,7 +6,11 @@ Two steps, because the GPU machine has torch but not ASE, pymatgen or gemmi:
    reads ``--n`` Materials Project CIFs and stores them as flat arrays (atomic numbers, wrapped
    fractional coordinates, cells, sizes) with the edge count and distance sum of each crystal's
    ``build_graph`` graph (symmetric policy), the reference for the correctness check.
-2. On the GPU machine (carry ``.bench``): ``python benchmarks/bench_gpu.py run .bench/gpu_inputs.npz``
+2. On the GPU machine (carry ``.bench``, and for the files stage a gemmi wheel: ``python3 -m pip download
+   --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl gemmi==0.7.5``,
+   installed there with ``pip install --no-deps --target /tmp/site .whl/*.whl`` and ``PYTHONPATH=/tmp/site``;
+   ASE, pymatgen and scipy are not needed there, ``tests/test_batched_graphs.py`` checks that):
+   ``python benchmarks/bench_gpu.py run .bench/gpu_inputs.npz``
    times, per batch size, median of ``--repeats`` passes over all crystals (CUDA-synchronised):
 
    * ``edges``: :func:`~cgcnn_ase.graph.batched.batch_edges` from flat arrays already on the device;

@@ -239,3 +239,34 @@ def test_batched_graphs_with_reading_workers_keep_order_and_errors():
     assert pooled.ids == serial.ids and pooled.errors == serial.errors
     np.testing.assert_array_equal(pooled.values, serial.values)
     assert sum(e is not None for e in pooled.errors) == inputs.count("missing.cif")
+
+
+def test_the_batched_path_needs_neither_ase_nor_pymatgen(tmp_path):
+    """A bare GPU machine has torch, numpy and gemmi: reading CIFs, batched graphs and networks run there."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("ase", "pymatgen", "spglib", "scipy"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+from cgcnn_ase.inference.predictor import CGCNNPredictor
+predictor = CGCNNPredictor.load("formation_energy", device="cpu")
+predictor.graph_backend = "batched"
+result = predictor.predict([{str(REPO / "examples" / "SrTiO3.cif")!r}] * 3, errors="collect")
+assert result.errors == [None] * 3, result.errors
+print(result.values[0])
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout, whatever is installed
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from cgcnn_ase import CGCNNPredictor
+
+    here = CGCNNPredictor.load("formation_energy", device="cpu").predict(str(REPO / "examples" / "SrTiO3.cif"))
+    assert abs(float(done.stdout.split()[-1]) - here.values[0]) < 1e-6

@@ -206,8 +206,9 @@ class _Rows:
 
 def _unseen_symbols(graph: CrystalGraph | GraphSummary, seen: frozenset[int] | None) -> list[str]:
     """Symbols of the elements in ``graph`` outside the training elements ``seen`` (sorted by Z)."""
-    if seen is None:
+    unseen = sorted(set(graph.numbers.tolist()) - seen) if seen is not None else []
+    if not unseen:
         return []
     from ase.data import chemical_symbols
 
-    return [chemical_symbols[z] for z in sorted(set(graph.numbers.tolist()) - seen)]
+    return [chemical_symbols[z] for z in unseen]
