@@ -29,6 +29,7 @@ Shapes: ``B`` crystals, ``N`` atoms in all, ``M`` pairs within the radius, ``E``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,15 +94,17 @@ class FlatCrystals:
         """The same arrays on ``device``."""
         return FlatCrystals(*(t.to(device, non_blocking=non_blocking) for t in (self.numbers, self.frac, self.cells, self.sizes)))
 
-    @property
+    @functools.cached_property
     def offsets(self) -> torch.Tensor:
         """Global index of each crystal's first atom, (B,)."""
         return torch.cumsum(self.sizes, 0) - self.sizes
 
-    @property
+    @functools.cached_property
     def crystal_index(self) -> torch.Tensor:
-        """Crystal of each atom, (N,)."""
-        return torch.repeat_interleave(torch.arange(len(self.sizes), device=self.sizes.device), self.sizes)
+        """Crystal of each atom, (N,) (computed once: on a GPU each computation waits for the device)."""
+        return torch.repeat_interleave(
+            torch.arange(len(self.sizes), device=self.sizes.device), self.sizes, output_size=len(self.numbers)
+        )
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,9 @@ def _expand(counts: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tenso
     return item + first, torch.arange(total, device=device) - starts[item]
 
 
-def _image_ranges(flat: FlatCrystals, centre: torch.Tensor, other: torch.Tensor, reach: torch.Tensor):
+def _image_ranges(
+    flat: FlatCrystals, centre: torch.Tensor, other: torch.Tensor, reach: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per pair: fractional offset ``f_j - f_i`` (P, 3) and the smallest and number of integer shifts
     per direction that can bring atom ``j`` within the radius of atom ``i`` ((P, 3) each)."""
     f = flat.frac[other] - flat.frac[centre]
@@ -175,7 +180,9 @@ def _image_ranges(flat: FlatCrystals, centre: torch.Tensor, other: torch.Tensor,
     return f, lo, n
 
 
-def _pairs_in_radius(flat: FlatCrystals, radius: float, max_pairs: int, max_candidates: int):
+def _pairs_in_radius(
+    flat: FlatCrystals, radius: float, max_pairs: int, max_candidates: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All ``(i, j, d)`` within ``radius`` (Å) of each other, periodic images included, self excluded,
     grouped by centre ``i`` (ascending)."""
     crystal = flat.crystal_index
