@@ -270,3 +270,19 @@ print(result.values[0])
 
     here = CGCNNPredictor.load("formation_energy", device="cpu").predict(str(REPO / "examples" / "SrTiO3.cif"))
     assert abs(float(done.stdout.split()[-1]) - here.values[0]) < 1e-6
+
+
+def test_embed_with_batched_graphs_equals_the_per_structure_embedding():
+    from cgcnn_ase import CGCNNPredictor
+
+    records = _odd_cells()[:3] + [from_ase(rattled(bulk("NaCl", "rocksalt", a=5.64).repeat(2)), label="NaCl8")]
+    predictor = CGCNNPredictor.load("formation_energy", members=1, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SparseGraphWarning)
+        per_structure = predictor.embed(records, batch_size=3)
+        predictor.graph_backend = "batched"
+        batched = predictor.embed(records, batch_size=3)
+    np.testing.assert_allclose(batched, per_structure, rtol=1e-6, atol=1e-6)
+    bad = from_ase(Atoms("Si2", positions=[[0, 0, 0], [0.1, 0, 0]], cell=np.eye(3) * 5, pbc=True), label="overlap")
+    with pytest.raises(InvalidStructureError, match="overlap"):
+        predictor.embed([records[0], bad])

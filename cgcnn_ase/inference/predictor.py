@@ -23,6 +23,7 @@ from cgcnn_ase.errors import CGCNNError, CheckpointError, InvalidStructureError,
 from cgcnn_ase.graph.neighbours import CrystalGraph
 from cgcnn_ase.graph.config import SparsePolicy
 from cgcnn_ase.graph.batch import GraphBatch, collate
+from cgcnn_ase.graph.batched import graph_batch
 from cgcnn_ase.nn.inference import inference_network
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.nn.ops import segment_mean
@@ -431,10 +432,17 @@ class CGCNNPredictor:
             float32 array, shape (n, atom_fea_len), in input order. Bad inputs raise.
         """
         _match_thread_count()
-        stream = (g for _, g in self._graphs(structures, "raise", on_sparse))
+        batched = self.batched_graphs()
+        stream = (g for _, g in self._graphs(structures, "raise", on_sparse, read_only=batched))
         rows = []
         while chunk := list(islice(stream, batch_size)):
-            batch = collate(chunk, self.model.elements, self.model.spec.graph, merge_edges=True).to(self.device)
+            if batched:  # graphs built on the device, as predict builds them there
+                batch, items = graph_batch(chunk, self.model.spec.graph, self.element_features(), on_sparse=on_sparse)
+                for item in items:
+                    if isinstance(item, CGCNNError):
+                        raise item
+            else:
+                batch = collate(chunk, self.model.elements, self.model.spec.graph, merge_edges=True).to(self.device)
             rows.append(self.heads()[0][0].crystal_features(batch).cpu().numpy())  # as predict computes them
         width = self.model.spec.architecture.get("atom_fea_len", 64)
         return np.concatenate(rows) if rows else np.zeros((0, width), dtype=np.float32)
