@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgcnn_ase.analysis.sites import aggregate_by_element, site_contributions
+from cgcnn_ase.analysis.sites import aggregate_by_element, site_contributions, sorted_by_element
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -157,18 +157,7 @@ def aggregate_members(
     )
     out["count"] = grouped["count"].max().astype("int64")
     out["n_members"] = grouped["member"].nunique().astype("int64")
-    out = out.reset_index()
-    keys = [c for c in by if c != "element"]
-    if "element" in by:
-        from ase.data import atomic_numbers
-
-        out["_z"] = out["element"].map(lambda s: atomic_numbers.get(str(s), 999))
-        keys.append("_z")
-    if keys:
-        out = out.sort_values(keys, kind="stable", na_position="last").drop(columns=["_z"], errors="ignore")
-    out = out.reset_index(drop=True)
-    out.attrs = dict(df.attrs)
-    return out
+    return sorted_by_element(out.reset_index(), by, attrs=df.attrs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -497,7 +497,6 @@ def aggregate_by_element(
         for a single site). Rows are sorted by the other keys, then by atomic number when
         ``element`` is a key. ``attrs`` are carried over.
     """
-    from ase.data import atomic_numbers
 
     by = list(by)
     missing = [c for c in [*by, value] if c not in df.columns]
@@ -505,14 +504,22 @@ def aggregate_by_element(
         raise KeyError(f"column(s) {missing} not in the table (columns: {list(df.columns)})")
     out = df.groupby(by, dropna=False, sort=False)[value].agg(["mean", "std", "count"]).reset_index()
     out["count"] = out["count"].astype("int64")
+    return sorted_by_element(out, by, attrs=df.attrs)
+
+
+def sorted_by_element(out: pd.DataFrame, by: Sequence[str], *, attrs: dict) -> pd.DataFrame:
+    """An aggregate sorted by its ``by`` columns, elements in order of atomic number (unknown last),
+    with a fresh index and the source table's ``attrs``."""
+    from ase.data import atomic_numbers
+
     keys = [c for c in by if c != "element"]
     if "element" in by:
-        out["_z"] = out["element"].map(lambda s: atomic_numbers.get(str(s), 999))
+        out = out.assign(_z=out["element"].map(lambda s: atomic_numbers.get(str(s), 999)))
         keys.append("_z")
     if keys:
         out = out.sort_values(keys, kind="stable", na_position="last").drop(columns=["_z"], errors="ignore")
     out = out.reset_index(drop=True)
-    out.attrs = dict(df.attrs)
+    out.attrs = dict(attrs)
     return out
 
 
@@ -541,5 +548,6 @@ __all__ = [
     "aggregate_by_element",
     "perovskite_roles",
     "site_contributions",
+    "sorted_by_element",
     "wyckoff_labels",
 ]

@@ -46,12 +46,26 @@ class CompiledFunction:
     """``torch.compile(fn, dynamic=True)``, or ``fn`` itself if compiling fails on the first call.
 
     Batches differ in size, so the compiled code takes the numbers of atoms, edges and crystals
-    as variables (``dynamic=True``): one compilation serves every batch.
+    as variables (``dynamic=True``): one compilation serves every batch. Inference and training
+    (:class:`~cgcnn_ase.train.steps.TrainingForward`) both compile through it.
+
+    Args:
+        fn: what to compile (a function or a module).
+        name: how the warning names it.
+        on_failure: called with the exception and its first line when compiling fails, before the
+            eager call; ``None`` warns with a :class:`~cgcnn_ase.errors.CompileWarning`.
     """
 
-    def __init__(self, fn: Callable[..., Any], *, name: str = "the function") -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str = "the function",
+        on_failure: Callable[[Exception, str], None] | None = None,
+    ) -> None:
         self.fn = fn
         self.name = name
+        self.on_failure = on_failure
         self.compiled: Callable[..., Any] | None = torch.compile(fn, dynamic=True)
         self._first = True
 
@@ -65,10 +79,14 @@ class CompiledFunction:
             return self.compiled(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler failure; the eager call re-raises real errors
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            warnings.warn(
-                f"torch.compile of {self.name} failed ({type(exc).__name__}: {first_line}); running it without compiling",
-                CompileWarning,
-                stacklevel=2,
-            )
             self.compiled = None
+            if self.on_failure is not None:
+                self.on_failure(exc, first_line)
+            else:
+                warnings.warn(
+                    f"torch.compile of {self.name} failed ({type(exc).__name__}: {first_line}); running it without "
+                    "compiling",
+                    CompileWarning,
+                    stacklevel=2,
+                )
             return self.fn(*args, **kwargs)

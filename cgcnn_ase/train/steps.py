@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cgcnn_ase.graph.batch import GraphBatch
+from cgcnn_ase.nn.inference import CompiledFunction
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train.cache import GraphBatcher
 from cgcnn_ase.train.config import TrainConfig
@@ -147,25 +148,16 @@ class TrainingForward:
     def __init__(self, model: torch.nn.Module, network: CrystalGraphConvNet, *, compile: bool) -> None:
         self.model = model
         self.network = network
-        self.compiled: Any = torch.compile(model, dynamic=True) if compile else None
+        self.compiled = CompiledFunction(model, name="the training step", on_failure=self._eager) if compile else None
         on_cpu = next(network.parameters()).device.type == "cpu"
         self.network.set_execution(opaque_indexing=compile and on_cpu and torch.get_num_threads() > 1)
-        self._first = True
+
+    def _eager(self, exc: Exception, first_line: str) -> None:
+        logger.warning("torch.compile failed (%s: %s); training goes on without it", type(exc).__name__, first_line)
+        self.network.set_execution(opaque_indexing=False)
 
     def __call__(self, batch: GraphBatch) -> torch.Tensor:
-        if self.compiled is None:
-            return self.model(batch)
-        if not self._first:
-            return self.compiled(batch)
-        self._first = False
-        try:
-            return self.compiled(batch)
-        except Exception as exc:  # noqa: BLE001 - any compiler failure; eager code re-raises real errors
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            logger.warning("torch.compile failed (%s: %s); training goes on without it", type(exc).__name__, first_line)
-            self.compiled = None
-            self.network.set_execution(opaque_indexing=False)
-            return self.model(batch)
+        return self.model(batch) if self.compiled is None else self.compiled(batch)
 
 
 @torch.inference_mode()
