@@ -286,3 +286,11 @@ def test_embed_with_batched_graphs_equals_the_per_structure_embedding():
     bad = from_ase(Atoms("Si2", positions=[[0, 0, 0], [0.1, 0, 0]], cell=np.eye(3) * 5, pbc=True), label="overlap")
     with pytest.raises(InvalidStructureError, match="overlap"):
         predictor.embed([records[0], bad])
+
+
+def test_chunks_are_greedy_runs_within_the_budget():
+    from cgcnn_ase.graph.batched import _segments
+
+    assert _segments(torch.tensor([3, 5, 0, 7, 1]), 8) == [(0, 3), (3, 5)]
+    assert _segments(torch.tensor([10, 1, 1]), 5) == [(0, 1), (1, 3)]  # an item over the budget runs alone
+    assert _segments(torch.tensor([2, 2]), 100) == [(0, 2)]

@@ -149,13 +149,12 @@ def _segments(counts: torch.Tensor, budget: int) -> list[tuple[int, int]]:
     (a run holds at least one item, however large)."""
     if int(counts.sum()) <= budget:
         return [(0, len(counts))]
-    ends, start, total = [], 0, 0
-    for k, c in enumerate(counts.tolist()):
-        if k > start and total + c > budget:
-            ends.append((start, k))
-            start, total = k, 0
-        total += c
-    ends.append((start, len(counts)))
+    cumulative = torch.cumsum(counts, 0).cpu().numpy()  # one loop step per run, not per item
+    ends, start, base = [], 0, 0
+    while start < len(counts):
+        stop = max(int(np.searchsorted(cumulative, base + budget, side="right")), start + 1)
+        ends.append((start, stop))
+        start, base = stop, int(cumulative[stop - 1])
     return ends
 
 
