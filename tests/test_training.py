@@ -27,13 +27,13 @@ from cgcnn_ase.analysis.metrics import regression_metrics
 from cgcnn_ase.graph.neighbours import build_graph
 from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.graph.batch import collate
-from cgcnn_ase.errors import ConfigError
+from cgcnn_ase.errors import CloseAtomsWarning, ConfigError
 from cgcnn_ase.train.cache import GraphBatcher, GraphStore, build_graph_store
 from cgcnn_ase.train.config import TrainConfig, load_config
 from cgcnn_ase.train.config_sections import ModelConfig, OptimConfig, ScheduleConfig, SplitConfig
 from cgcnn_ase.train.trainer import train_from_config
 
-from .conftest import REPO, SHARED, rattled
+from .conftest import REPO, SHARED, rattled, require_shared
 
 PROTOTYPES = [
     ("Cu", "fcc", 3.61), ("Al", "fcc", 4.05), ("Ni", "fcc", 3.52), ("Na", "bcc", 4.23), ("K", "bcc", 5.23),
@@ -336,6 +336,57 @@ def test_training_leaves_global_state_alone(dataset_csv, tmp_path):
 
 
 # -- graphs and batching ---------------------------------------------------------------------------
+
+
+def _assert_same_store(ref: GraphStore, got: GraphStore) -> None:
+    """Same crystals, atoms, edge counts and sparsity; per crystal and centre the same
+    (neighbour, distance) pairs (their order within a distance tie may differ)."""
+    assert ref.keys.tolist() == got.keys.tolist()
+    for name in ("numbers", "atom_offsets", "edge_offsets", "n_sparse", "centers"):
+        np.testing.assert_array_equal(getattr(ref, name), getattr(got, name), err_msg=name)
+    crystal = np.repeat(np.arange(len(ref)), ref.n_edges)
+    a = np.lexsort((np.round(ref.distances, 6), ref.neighbors, ref.centers, crystal))
+    b = np.lexsort((np.round(got.distances, 6), got.neighbors, got.centers, crystal))
+    np.testing.assert_array_equal(ref.neighbors[a], got.neighbors[b])
+    np.testing.assert_allclose(ref.distances[a], got.distances[b], rtol=0, atol=1e-9)
+
+
+def test_store_built_in_batches_equals_the_per_structure_one(dataset_csv, tmp_path):
+    """``build_graph_store(device=...)`` (what a GPU run uses) gives the graphs, failures and
+    rows of the per-structure path, also for close atoms (rebuilt per structure) and bad rows."""
+    def pair(x: float) -> str:  # two Cu atoms x * 3.6 Å apart
+        atoms = Atoms("Cu2", scaled_positions=[[0, 0, 0], [x, 0, 0]], cell=[3.6, 3.6, 3.6], pbc=True)
+        return str(CifWriter(AseAtomsAdaptor.get_structure(atoms)))
+
+    df = pd.read_csv(dataset_csv)
+    extra = pd.DataFrame({
+        "material_id": ["close", "overlap", "broken"], "vpa": [1.0] * 3, "big": [0] * 3,
+        "cif": [pair(0.3), pair(0.05), "data_x\n_cell_length_a 3\n"],
+    })  # fmt: skip
+    path = tmp_path / "with_bad_rows.csv"
+    pd.concat([df, extra]).to_csv(path, index=False)
+    table = datasets.load_table(DatasetSpec(path=str(path), target="vpa"))
+    config = GraphConfig()
+    with pytest.warns(CloseAtomsWarning):
+        ref, rows, errors = build_graph_store(table, config, workers=1, use_cache=False)
+    got, got_rows, got_errors = build_graph_store(table, config, workers=1, use_cache=False, device="cpu")
+    assert sorted(errors) == ["broken", "overlap"] and rows.tolist() == list(range(13))
+    assert got_rows.tolist() == rows.tolist() and got_errors == errors
+    _assert_same_store(ref, got)
+    # a store built in batches is cached like any other
+    cached, _, _ = build_graph_store(table, config, cache_dir=tmp_path / "cache", device="cpu")
+    again, _, _ = build_graph_store(table, config, cache_dir=tmp_path / "cache")
+    _assert_same_store(ref, again)
+    np.testing.assert_array_equal(cached.distances, again.distances)
+
+
+def test_store_built_in_batches_on_materials_project_crystals(tmp_path):
+    path = require_shared(SHARED / "data" / "mp_cgcnn46k_kdmsit" / "data.csv.gz")
+    table = datasets.load_table(DatasetSpec(path=str(path), target="formation_energy_per_atom", limit=1500))
+    ref, rows, errors = build_graph_store(table, GraphConfig(), workers=2, use_cache=False)
+    got, got_rows, got_errors = build_graph_store(table, GraphConfig(), workers=2, use_cache=False, device="cpu")
+    assert len(ref) == 1500 and got_rows.tolist() == rows.tolist() and got_errors == errors
+    _assert_same_store(ref, got)
 
 
 def test_batcher_matches_collate_exactly(dataset_csv, tmp_path):

@@ -447,9 +447,12 @@ def parse_structures(
     if workers <= 1 or len(tasks) < POOL_THRESHOLD or table.kind == "record":
         results = [_work(t) for t in tqdm(tasks, **bar)]
     else:
-        if table.kind in ("cif_text", "structure_dict", "cif_file"):
-            import pymatgen.core  # noqa: F401 - imported once here, inherited by forked workers
+        # the reader's modules are imported once here and inherited by forked workers
+        if table.kind == "structure_dict" or (table.kind in ("cif_text", "cif_file") and cif_reader == "pymatgen"):
+            import pymatgen.core  # noqa: F401
             import pymatgen.io.cif  # noqa: F401
+        elif table.kind in ("cif_text", "cif_file"):
+            import gemmi  # noqa: F401
         context = multiprocessing.get_context(worker_start_method())
         chunk = max(1, min(64, len(tasks) // (workers * 8)))
         with context.Pool(workers) as pool:

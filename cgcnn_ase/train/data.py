@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cgcnn_ase.errors import ConfigError, DatasetError
 from cgcnn_ase.graph.element_table import ElementTable, load_atom_init
@@ -73,8 +74,12 @@ def _drop_unsupported(
     return store.take(keep), rows[keep]
 
 
-def prepare_data(config: TrainConfig, *, progress: bool = False) -> PreparedData:
+def prepare_data(config: TrainConfig, *, progress: bool = False, graph_device: torch.device | None = None) -> PreparedData:
     """Read the dataset table, fetch/build graphs, drop unusable rows, compute targets.
+
+    ``graph_device``: build the graphs missing from the cache a batch at a time on this device
+    (a GPU: see :func:`~cgcnn_ase.train.cache.build_graph_store`); ``None``: per structure in
+    ``config.workers`` processes.
 
     Raises:
         ConfigError: unreadable dataset, no usable crystals, bad targets or labels.
@@ -85,7 +90,7 @@ def prepare_data(config: TrainConfig, *, progress: bool = False) -> PreparedData
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None
     store, rows, errors = build_graph_store(
-        table, config.graph, cache_dir=config.cache_dir, workers=config.workers, progress=progress
+        table, config.graph, cache_dir=config.cache_dir, workers=config.workers, progress=progress, device=graph_device
     )
     store, rows = _drop_unsupported(store, rows, table, elements, errors)
     warn_dropped_structures(config.data, errors)

@@ -186,11 +186,13 @@ def _elements_setting(config: TrainConfig, base: FineTuneBase) -> str:
     table = base.loaded.elements
     if base.kind == CHECKPOINT:
         return config.elements  # the table given for the authors' file is the base model's by definition
-    if "elements" in config.model_fields_set and load_elements(config.elements).fingerprint() != table.fingerprint():
-        raise ConfigError(
-            f"elements is {config.elements!r} but the base model {base.init_from} uses another element table "
-            f"({table.name!r}); fine-tuning keeps the base model's element table: leave elements out"
-        )
+    if "elements" in config.model_fields_set:
+        if load_elements(config.elements).fingerprint() != table.fingerprint():
+            raise ConfigError(
+                f"elements is {config.elements!r} but the base model {base.init_from} uses another element table "
+                f"({table.name!r}); fine-tuning keeps the base model's element table: leave elements out"
+            )
+        return config.elements  # the base model's table, named as the configuration names it
     if table.fingerprint() == generate_cgcnn_table().fingerprint():
         return "generated"
     document = read_model_json(base.path)

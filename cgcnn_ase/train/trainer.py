@@ -176,7 +176,8 @@ class Trainer:
         checkpoint when there is one; set up data-parallel training and the forward pass."""
         config = self.config
         with parallel_training.main_first(self.ddp):  # rank 0 builds the graph cache; the others then read it
-            self.data = prepare_data(config, progress=self.progress)
+            graph_device = self.device if self.device.type == "cuda" else None  # a GPU builds its own graphs
+            self.data = prepare_data(config, progress=self.progress, graph_device=graph_device)
         self.work.mkdir(parents=True, exist_ok=True)
         checkpoint = self.load_checkpoint()
         self.split = resolve_split(config, self.work, self.data.ids, resuming=checkpoint is not None)

@@ -1,0 +1,169 @@
+"""Training on one GPU: epoch time of one member and of several members trained together, then
+members trained toward convergence in what is left of a fixed time budget.
+
+Written for one device session (the GPU machine has torch but not ASE or pymatgen; carry the
+wheels of gemmi and pydantic and a copy of the dataset, see ``docs/performance.md``)::
+
+    python benchmarks/gpu_training.py session --end-at $(( $(date +%s) + 400 )) --out $OUT
+
+``session`` runs, each as ``cgcnn-ase train`` processes on ``--device``:
+
+1. ``single``: one member of ``--config`` from scratch for ``--timing-epochs`` epochs (its graphs
+   are built on the GPU into a fresh cache, timed);
+2. ``together``: ``--members`` such processes at once on the same GPU (the cache now read);
+3. ``continue``: ``--members`` processes that each continue one member of the shipped model
+   ``--base`` (``init_from``, all layers trained, AdamW with ``--lr`` and a cosine schedule
+   with ``--warmup`` epochs), with as many epochs as the measured epoch time of step 2 fits
+   before ``--end-at`` (a time limit stops them there too). Checkpoints and model folders go
+   to ``--runs`` and a ``members.tar.gz`` in ``--out``; assemble them with ``cgcnn-ase ensemble``.
+
+Writes ``gpu_training.json`` (epoch times: median over epochs after the first, in seconds,
+from each run's ``metrics.csv``; wall times of each step) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import click
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+EXTRA: list[str] = []  # --extra overrides, given to every run
+
+
+def _train(name: str, sets: list[str], runs: Path, config: str, log_dir: Path) -> subprocess.Popen:
+    """Start ``cgcnn-ase train config --set ...`` writing to ``runs/name`` (its log in ``log_dir``);
+    ``EXTRA`` (``--extra``) comes last and overrides."""
+    sets = [*sets, *EXTRA]
+    args = [sys.executable, "-m", "cgcnn_ase", "train", config, "--traceback", "--set", f"output={runs / name}",
+            "--set", f"work_dir={runs / name}-work", *[x for s in sets for x in ("--set", s)]]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    log = open(log_dir / f"{name}.log", "w")
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(processes: dict[str, subprocess.Popen], timeout: float) -> dict[str, int | None]:
+    """Wait for all until ``timeout`` seconds; kill the rest. Returns exit codes (None: killed)."""
+    end = time.time() + timeout
+    codes: dict[str, int | None] = {}
+    for name, p in processes.items():
+        try:
+            codes[name] = p.wait(timeout=max(1.0, end - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes[name] = None
+    return codes
+
+
+def _epoch_times(runs: Path, name: str) -> dict[str, float | int | None]:
+    """Epochs done, median epoch time after the first (s), last validation MAE of a run."""
+    path = runs / f"{name}-work" / "metrics.csv"
+    if not path.is_file():
+        return {"epochs": 0, "epoch_s": None, "first_epoch_s": None}
+    m = pd.read_csv(path)
+    later = m["epoch_time_s"].iloc[1:] if len(m) > 1 else m["epoch_time_s"]
+    best = m.loc[m["best"] == 1].iloc[-1] if (m["best"] == 1).any() else None
+    return {
+        "epochs": int(m["epoch"].iloc[-1]), "epoch_s": float(statistics.median(later)),
+        "first_epoch_s": float(m["epoch_time_s"].iloc[0]),
+        "best_epoch": int(best["epoch"]) if best is not None else None,
+        "best_val_mae": float(best["val_mae"]) if best is not None and "val_mae" in m else None,
+    }  # fmt: skip
+
+
+@click.group()
+def main() -> None:
+    """Epoch times on one GPU and members trained in a time budget."""
+
+
+@main.command()
+@click.option("--end-at", type=float, required=True, help="Unix time by which everything must have ended.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--runs", type=click.Path(path_type=Path), default=Path("/tmp/gpu_runs"), show_default=True)
+@click.option("--config", default="configs/formation_energy.yaml", show_default=True)
+@click.option("--base", default="formation_energy", show_default=True, help="Shipped model whose members are continued.")
+@click.option("--members", default=5, show_default=True)
+@click.option("--timing-epochs", default=4, show_default=True)
+@click.option("--lr", default=5e-4, show_default=True)
+@click.option("--warmup", default=2, show_default=True)
+@click.option("--device", default="cuda", show_default=True)
+@click.option("--extra", multiple=True, help="More --set overrides for every run (e.g. data.limit=500 for a check).")
+def session(end_at: float, out: Path, runs: Path, config: str, base: str, members: int, timing_epochs: int,
+            lr: float, warmup: int, device: str, extra: tuple[str, ...]) -> None:  # fmt: skip
+    """Steps 1-3 (see the module docstring)."""
+    EXTRA.extend(extra)
+    out.mkdir(parents=True, exist_ok=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    logs = runs / "logs"
+    logs.mkdir(exist_ok=True)
+    cache = runs / "cache"
+    common = [f"device={device}", "workers=16", f"cache_dir={cache}"]
+    result: dict = {"device": device, "members": members}
+
+    def save() -> None:
+        (out / "gpu_training.json").write_text(json.dumps(result, indent=2))
+
+    base_folder = REPO / "pretrained_models" / _folder(base)
+    common.append(f"elements={base_folder / 'atom_init.json'}")  # the base model's table (as generated)
+    scratch = [*common, f"epochs={timing_epochs}", "patience=null", "time_limit=null", "schedule.name=none"]
+    t = time.time()
+    codes = _wait({"single": _train("single", [*scratch, "seed=1"], runs, config, logs)}, end_at - time.time() - 200)
+    result["single"] = {"wall_s": time.time() - t, "exit": codes["single"], **_epoch_times(runs, "single")}
+    save()
+    print("single:", result["single"], flush=True)
+
+    t = time.time()
+    names = [f"together-{k}" for k in range(members)]
+    codes = _wait({n: _train(n, [*scratch, f"seed={k + 1}"], runs, config, logs) for k, n in enumerate(names)},
+                  end_at - time.time() - 150)  # fmt: skip
+    per = {n: {"exit": codes[n], **_epoch_times(runs, n)} for n in names}
+    times = [p["epoch_s"] for p in per.values() if p["epoch_s"]]
+    result["together"] = {"wall_s": time.time() - t, "runs": per,
+                          "epoch_s_median": statistics.median(times) if times else None}  # fmt: skip
+    save()
+    print("together:", result["together"], flush=True)
+
+    epoch_s = result["together"]["epoch_s_median"] or result["single"]["epoch_s"] or 10.0
+    startup = min(60.0, max(10.0, result["together"]["wall_s"] - timing_epochs * epoch_s))  # start and data
+    left = end_at - time.time() - 30.0  # packing up
+    epochs = max(warmup + 2, int((left - startup) / (epoch_s * 1.15)))
+    cont = [*common, f"init_from={base}", f"optim.lr={lr}", "schedule.name=cosine", f"schedule.warmup_epochs={warmup}",
+            f"epochs={epochs}", "patience=null", f"time_limit={max(0.5, (left - 5) / 60):.2f}",
+            f"split.file={base_folder / 'split.json'}"]  # fmt: skip
+    t = time.time()
+    names = [f"continue-{k}" for k in range(members)]
+    procs = {n: _train(n, [*cont, f"finetune.member={k}", f"seed={k + 1}"], runs, config, logs) for k, n in enumerate(names)}
+    codes = _wait(procs, end_at - time.time() - 20)
+    result["continue"] = {"planned_epochs": epochs, "wall_s": time.time() - t, "lr": lr, "warmup": warmup,
+                          "runs": {n: {"exit": codes[n], **_epoch_times(runs, n)} for n in names}}  # fmt: skip
+    save()
+    print("continue:", result["continue"], flush=True)
+    with tarfile.open(out / "members.tar.gz", "w:gz") as tar:
+        for n in names:
+            for suffix in ("", "-work"):
+                if (runs / f"{n}{suffix}").exists():
+                    tar.add(runs / f"{n}{suffix}", arcname=f"{n}{suffix}")
+        tar.add(logs, arcname="logs")
+        for n in ("single", *[f"together-{k}" for k in range(members)]):
+            if (runs / f"{n}-work" / "metrics.csv").exists():
+                tar.add(runs / f"{n}-work" / "metrics.csv", arcname=f"metrics/{n}.csv")
+
+
+def _folder(name: str) -> str:
+    """The shipped folder of a model name or alias."""
+    sys.path.insert(0, str(REPO))
+    from cgcnn_ase.models.registry import model_folder
+
+    return Path(model_folder(name)).name
+
+
+if __name__ == "__main__":
+    main()
