@@ -385,11 +385,11 @@ class CGCNNPredictor:
             from cgcnn_ase.models.domain import formula_size
 
             sizes = np.array([formula_size(z) for z in rows.numbers], dtype=np.int64)
-            result.domain_distance = domain.distances(features)
+            result.domain_distance = domain.distances(features, device=self.device)
             result.domain_percentile = domain.percentiles(result.domain_distance, sizes)
             full = self.model.calibration is not None  # the calibration belongs to the full ensemble only
             if domain.error_model is not None and self.model.is_ensemble and full and len(result):
-                x = domain.error_model.features(domain, features, result.values, result.std_raw, rows.numbers)
+                x = domain.error_model.features(domain, features, result.values, result.std_raw, rows.numbers, device=self.device)
                 result.uncertainty = domain.error_model.uncertainty(x)
         return result
 

@@ -72,6 +72,7 @@ class ErrorModel:
         elements: Sequence[Sequence[int]],
         *,
         leave_out: bool = False,
+        device: Any = None,
     ) -> np.ndarray:
         """The log-feature matrix, shape (n, len(FEATURES)); NaN rows for failed items.
 
@@ -84,6 +85,7 @@ class ErrorModel:
             elements: each crystal's atomic numbers (any order, repeats allowed).
             leave_out: the inputs are the validation crystals the model was fitted on, in order:
                 each leaves itself out of ``knn`` and ``element``.
+            device: where the neighbour searches run (:func:`~cgcnn_ase.models.domain.nearest_rows`).
         """
         from cgcnn_ase.models.domain import nearest_rows
 
@@ -93,10 +95,10 @@ class ErrorModel:
             raise ValueError("leave_out needs exactly the validation crystals the model was fitted on, in order")
         z = domain.standardise(embeddings)
         mean = np.asarray(predictions, dtype=np.float64)
-        idx, dist = nearest_rows(z, domain.centers, K_TRAIN)
+        idx, dist = nearest_rows(z, domain.centers, K_TRAIN, device=device)
         bad = idx[:, 0] < 0
         dev = domain.targets.astype(np.float64)[np.maximum(idx, 0)] - mean[:, None]
-        vidx, _ = nearest_rows(z, self.val_embeddings, K_VALIDATION, exclude_self=leave_out)
+        vidx, _ = nearest_rows(z, self.val_embeddings, K_VALIDATION, exclude_self=leave_out, device=device)
         knn = np.abs(self.val_residuals.astype(np.float64))[np.maximum(vidx, 0)].mean(axis=1)
         columns = [np.asarray(std_raw, dtype=np.float64), dist[:, 0], np.abs(dev[:, 0]),
                    np.sqrt((dev**2).mean(axis=1)), knn, self._element_feature(elements, leave_out)]  # fmt: skip
