@@ -93,8 +93,9 @@ def weighted_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tenso
     """
     if not (bn.training or bn.running_mean is None):
         return bn(x)
-    x = x.float()  # statistics in float32, also under bf16 autocast (as autocast runs batch_norm)
-    w = weight.float()
+    if x.dtype != torch.float64:
+        x = x.float()  # statistics in float32, also under bf16 autocast (as autocast runs batch_norm)
+    w = weight.to(x.dtype)
     n = w.sum()
     if torch.compiler.is_compiling():  # elementwise products and sums, which the compiler fuses into few loops
         share = (w / n).unsqueeze(1)

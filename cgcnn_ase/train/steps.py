@@ -137,6 +137,9 @@ class TrainingForward:
     ``model`` eagerly; later errors propagate. Compiled for a CPU with more than one
     thread, the convolutions use opaque gather/scatter operators
     (:meth:`~cgcnn_ase.nn.network.CrystalGraphConvNet.set_execution`), measured faster there.
+    Otherwise, on a CPU, the gated convolutions run their batch norm, gates and sums through
+    :class:`~cgcnn_ase.nn.fused.GatedMessages` (their default ``fused`` execution), eager or
+    compiled.
 
     Args:
         model: the network (or its DistributedDataParallel wrapper) in training mode.
