@@ -157,6 +157,73 @@ def session(end_at: float, out: Path, runs: Path, config: str, base: str, member
                 tar.add(runs / f"{n}-work" / "metrics.csv", arcname=f"metrics/{n}.csv")
 
 
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--config", default="configs/formation_energy.yaml", show_default=True)
+@click.option("--steps", default=40, show_default=True)
+@click.option("--set", "sets", multiple=True, help="--set overrides of the configuration.")
+def profile(out: Path, config: str, steps: int, sets: tuple[str, ...]) -> None:
+    """Where a training step's time goes on the device: batch assembly, forward, backward and
+    optimiser step timed apart (synchronised; medians over ``--steps`` steps), then the
+    profiler's table of one unsynchronised run of 20 steps (kernel launches, host syncs)."""
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from cgcnn_ase.train.config import load_config
+    from cgcnn_ase.train.steps import batch_chunks
+    from cgcnn_ase.train.trainer import Trainer
+
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(load_config(config, list(sets)), progress=False)
+    t = time.time()
+    trainer.setup()
+    setup_s = time.time() - t
+    device = trainer.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    chunks = batch_chunks(trainer.parts["train"], trainer.config.batch_size)
+    phases: dict[str, list[float]] = {"batch": [], "forward": [], "backward": [], "step": []}
+    trainer.network.train()
+    for k, chunk in enumerate(chunks[: steps + 5]):
+        sync(); t0 = time.perf_counter()  # noqa: E702
+        batch = trainer.batcher.batch(chunk).to(device)
+        target = trainer.targets[chunk].to(device)
+        sync(); t1 = time.perf_counter()  # noqa: E702
+        loss = trainer.loss_fn(trainer.forward(batch).float(), target)
+        sync(); t2 = time.perf_counter()  # noqa: E702
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        sync(); t3 = time.perf_counter()  # noqa: E702
+        trainer.optimizer.step()
+        sync(); t4 = time.perf_counter()  # noqa: E702
+        if k >= 5:  # after warm-up
+            for name, a, b in (("batch", t0, t1), ("forward", t1, t2), ("backward", t2, t3), ("step", t3, t4)):
+                phases[name].append(b - a)
+    result = {"setup_s": setup_s, "steps_per_epoch": len(chunks),
+              "phase_ms": {k: 1000 * statistics.median(v) for k, v in phases.items()}}  # fmt: skip
+    t = time.perf_counter()
+    trainer.train_epoch()
+    sync()
+    result["train_epoch_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    trainer.validate()
+    result["validate_s"] = time.perf_counter() - t
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for chunk in chunks[:20]:
+            trainer.train_step(chunk)
+        sync()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+    (out / "profile.txt").write_text(table)
+    events = prof.key_averages()
+    result["launches_per_step"] = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")) / 20
+    result["syncs_per_step"] = sum(e.count for e in events if "Synchronize" in e.key or e.key == "cudaMemcpyAsync") / 20
+    (out / "profile.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
 def _folder(name: str) -> str:
     """The shipped folder of a model name or alias."""
     sys.path.insert(0, str(REPO))

@@ -413,6 +413,16 @@ def test_shipped_ensemble_cards_are_reproduced_byte_for_byte(folder):
     assert card == (folder / "README.md").read_text()
 
 
+def test_ensemble_card_opens_its_training_section_with_the_training_notes():
+    folder = next(f for f in ENSEMBLES if read_model_json(f)["task"] == "regression")
+    document = read_model_json(folder)
+    document["metadata"]["training_notes"] = "Each member continued for 42 epochs on one GPU."
+    card = ensemble_card(document, _files(folder))
+    assert card[card.index("## Training") :].split("\n\n")[1] == "Each member continued for 42 epochs on one GPU."
+    document["metadata"].pop("training_notes")
+    assert "continued for 42 epochs" not in ensemble_card(document, _files(folder))
+
+
 def _not_measured(doc: dict[str, Any]) -> None:
     doc["metadata"].pop("uncertainty")
     doc["metadata"]["test_metrics"] = {}

@@ -116,14 +116,6 @@ def test_the_percentile_does_not_depend_on_the_cell(formation_energy):
     assert result.domain_percentile[0] == pytest.approx(result.domain_percentile[1], abs=0.5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured 2026-11-27: 99 of the 100 strained crystals sit below the 80th percentile; mp-675770 "
-    "strained by -2% sits at the 88th (by +2%: the 80.0th). Its embedding moves 2.2 standardised units "
-    "from the unstrained copy and the prediction by 35 meV/atom: the network itself treats the strained "
-    "cell as a different crystal. No normalisation measured (all or k-centre training embeddings, 2nd "
-    "neighbour, whitening, cosine, size classes: benchmarks/domain_probe.py; local-density ratios and "
-    "references against other formulas, tried during development) puts all 100 below 80 while keeping "
-    "the four rocksalts below 80"))
 def test_strained_training_crystals_stay_inside_the_domain(formation_energy):
     """50 training crystals strained by +2% and by -2%: all 100 below the 80th percentile (issue 18)."""
     require_shared(SHARED / "data" / "mp_cgcnn46k_kdmsit")

@@ -10,7 +10,7 @@ members disagree. The quantiles are stored in ``model.json`` (``ensemble.calibra
 for a grid of coverages; :meth:`~cgcnn_ase.models.folder.LoadedModel.conformal_quantile`
 interpolates between them.
 
->>> calibrate_intervals("pretrained_models/formation_energy-mp_cgcnn46k-v2")   # doctest: +SKIP
+>>> calibrate_intervals("pretrained_models/formation_energy-mp_cgcnn46k-v3")   # doctest: +SKIP
 """
 
 from __future__ import annotations
