@@ -182,3 +182,26 @@ def test_eval_mode_ignores_the_fused_flag():
         plain = net(batch)
         net.set_execution(fused=True)
         assert torch.equal(net(batch), plain)
+
+
+def test_fused_layer_compiles_in_one_graph():
+    """torch.compile traces the fused layer without graph breaks (fullgraph) and computes the same step."""
+    import os
+    import shutil
+
+    if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        if os.environ.get("CGCNN_REQUIRE_SHARED"):  # CI: every test must run
+            pytest.fail("no C++ compiler on PATH: torch.compile cannot build CPU kernels")
+        pytest.skip("no C++ compiler on PATH: torch.compile cannot build CPU kernels here")
+    batch = random_batch(8, weighted=True)
+    target = torch.linspace(-1, 1, batch.n_crystals)
+    eager = network()
+    eager.set_execution(fused=True)
+    compiled = copy.deepcopy(eager)
+    step = torch.compile(compiled, fullgraph=True, dynamic=True)  # a graph break raises here
+    a = one_step(eager, batch, target)
+    loss = torch.nn.functional.mse_loss(step(batch), target)
+    compiled.zero_grad()
+    loss.backward()
+    b = (loss.detach(), {k: p.grad.clone() for k, p in compiled.named_parameters()}, compiled.state_dict())
+    compare(a, b, 2e-5)
