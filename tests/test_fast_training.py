@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cgcnn_ase.graph.batch import GraphBatch
+import cgcnn_ase.nn.fused as fused_module
 from cgcnn_ase.nn.fused import GatedMessages
 from cgcnn_ase.nn.network import ConvLayer, CrystalGraphConvNet
 from cgcnn_ase.train.steps import TrainingForward
@@ -80,9 +81,12 @@ def compare(plain: tuple, fused: tuple, rtol: float) -> None:
         torch.testing.assert_close(state_b[name], value, rtol=0, atol=atol, msg=f"state {name}")
 
 
+@pytest.mark.parametrize("rows", [None, 7])  # 7: the eager passes in many row blocks, the last one partial
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
-def test_fused_step_equals_plain_step(weighted, dtype, rtol):
+def test_fused_step_equals_plain_step(weighted, dtype, rtol, rows, monkeypatch):
+    if rows is not None:
+        monkeypatch.setattr(fused_module, "ROWS", rows)
     batch = random_batch(1, weighted=weighted, dtype=dtype)
     target = torch.linspace(-1, 1, batch.n_crystals, dtype=dtype)
     plain = network(dtype)

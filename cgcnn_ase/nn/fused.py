@@ -67,32 +67,32 @@ class GatedMessages(torch.autograd.Function):
         eps: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a = p.shape[1] // 2
-        # statistics as matrix-vector products with each row's share of the batch (multiplicity counted):
-        # one read of the (E, 2A) rows each; torch.var_mean over dim 0 measured 80x slower on a CPU
+        # statistics weighted by each row's share of the batch (multiplicity counted); eagerly as
+        # matrix-vector products (torch.var_mean over dim 0 measured 80x slower on a CPU)
         if edge_weight is None:
             share = p.new_full((p.shape[0],), 1.0 / p.shape[0])
         else:
             w = edge_weight.to(p.dtype)
             share = w / w.sum()
-        if torch.compiler.is_compiling():  # elementwise weighted sums, which the compiler fuses with their producers
-            column = share.unsqueeze(1)
-            mean = (column * p).sum(0)
-            centred = p - mean
-            var = (column * centred * centred).sum(0)
-        else:
-            mean = share @ p
-            centred = p - mean
-            var = share @ (centred * centred)
+        if not torch.compiler.is_compiling():  # eager: row blocks whose temporaries stay in the CPU's cache
+            summed, mean, var, saved = _forward_blocks(p, share, gamma, beta, centers, n_atoms, edge_weight, eps)
+            ctx.save_for_backward(*saved, gamma, centers, edge_weight, share)
+            ctx.mark_non_differentiable(mean, var)
+            return summed, mean, var
+        column = share.unsqueeze(1)  # elementwise weighted sums, which the compiler fuses with their producers
+        mean = (column * p).sum(0)
+        centred = p - mean
+        var = (column * centred * centred).sum(0)
         rstd = torch.rsqrt(var + eps)
         xhat = centred.mul_(rstd)
-        gated = (xhat * gamma).add_(beta)  # not addcmul: with broadcast vectors it measured 2.6x slower
+        gated = (xhat * gamma).add_(beta)
         core = gated[:, a:]
         sig = torch.sigmoid(gated[:, :a])
         sp = torch.nn.functional.softplus(core)
         sig_core = torch.sigmoid(core)  # softplus' (sigmoid is much cheaper than exp on CPUs)
         messages = sig * sp
         if edge_weight is not None:
-            messages.mul_(w.unsqueeze(1))
+            messages.mul_(edge_weight.to(p.dtype).unsqueeze(1))
         summed = messages.new_zeros((n_atoms, a)).index_add_(0, centers, messages)
         ctx.save_for_backward(xhat, sig, sp, sig_core, rstd, gamma, centers, edge_weight, share)
         ctx.mark_non_differentiable(mean, var)
@@ -103,13 +103,15 @@ class GatedMessages(torch.autograd.Function):
         ctx: Any, grad_summed: torch.Tensor, _grad_mean: Any, _grad_var: Any
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None, None, None]:
         xhat, sig, sp, sig_core, rstd, gamma, centers, edge_weight, share = ctx.saved_tensors
+        if not torch.compiler.is_compiling():
+            grad_products, grad_gamma, grad_beta = _backward_blocks(
+                grad_summed, xhat, sig, sp, sig_core, rstd, gamma, centers, edge_weight, share
+            )
+            return grad_products.to(ctx.products_dtype), grad_gamma, grad_beta, None, None, None, None
         grad_messages = grad_summed.to(xhat.dtype).index_select(0, centers)  # (E, A)
         if edge_weight is not None:
             grad_messages.mul_(edge_weight.to(xhat.dtype).unsqueeze(1))
-        grad_filter = torch.ops.aten.sigmoid_backward(grad_messages * sp, sig)
-        grad_core = grad_messages.mul_(sig).mul_(sig_core)  # softplus' = σ
-        grad_gated = torch.cat([grad_filter, grad_core], dim=1)  # (no out= into column slices: torch.compile
-        # breaks its graph there)
+        grad_gated = _grad_gated(grad_messages, sig, sp, sig_core)
         grad_beta = grad_gated.sum(0)
         grad_gamma = (grad_gated * xhat).sum(0)
         scale = gamma * rstd
@@ -117,6 +119,96 @@ class GatedMessages(torch.autograd.Function):
         grad_products = grad_gated.mul_(scale)
         grad_products.addcmul_(correction, share.unsqueeze(1), value=-1.0)
         return grad_products.to(ctx.products_dtype), grad_gamma, grad_beta, None, None, None, None
+
+
+#: rows per block of the eager passes: a block's (ROWS, 2A) float32 temporaries (512 KiB at 2A = 128)
+#: stay in a CPU core's L2 cache; 1024 measured 6% faster eager epochs than one block (A/B, one thread)
+ROWS = 1024
+
+
+def _forward_blocks(
+    p: torch.Tensor,
+    share: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    centers: torch.Tensor,
+    n_atoms: int,
+    edge_weight: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """GatedMessages' eager forward in blocks of :data:`ROWS` rows (same sums, in the same row order).
+
+    Returns the summed messages (N, A), mean and biased variance (2A,), and the tensors the
+    backward pass needs: ``P̂`` (E, 2A), ``σ(G^f)``, ``softplus(G^s)``, ``σ(G^s)`` (E, A) each, ``r``.
+    """
+    e, a = p.shape[0], p.shape[1] // 2
+    mean = share @ p
+    centred = torch.empty_like(p)
+    var = p.new_zeros(p.shape[1])
+    for s in range(0, e, ROWS):
+        block = torch.sub(p[s : s + ROWS], mean, out=centred[s : s + ROWS])
+        var.addmv_((block * block).T, share[s : s + ROWS])
+    rstd = torch.rsqrt(var + eps)
+    sig, sp, sig_core = (p.new_empty((e, a)) for _ in range(3))
+    summed = p.new_zeros((n_atoms, a))
+    weight = None if edge_weight is None else edge_weight.to(p.dtype).unsqueeze(1)
+    for s in range(0, e, ROWS):
+        rows = slice(s, s + ROWS)
+        gated = (centred[rows].mul_(rstd) * gamma).add_(beta)  # centred becomes P̂ in place
+        torch.sigmoid(gated[:, :a], out=sig[rows])
+        torch._C._nn.softplus(gated[:, a:], 1.0, 20.0, out=sp[rows])
+        torch.sigmoid(gated[:, a:], out=sig_core[rows])  # softplus' (sigmoid is much cheaper than exp on CPUs)
+        messages = sig[rows] * sp[rows]
+        if weight is not None:
+            messages.mul_(weight[rows])
+        summed.index_add_(0, centers[rows], messages)
+    return summed, mean, var, (centred, sig, sp, sig_core, rstd)
+
+
+def _grad_gated(
+    grad_messages: torch.Tensor, sig: torch.Tensor, sp: torch.Tensor, sig_core: torch.Tensor
+) -> torch.Tensor:
+    """``[∂G^f | ∂G^s]`` from the messages' gradient (E, A) (modified in place) -> (E, 2A)."""
+    grad_filter = torch.ops.aten.sigmoid_backward(grad_messages * sp, sig)
+    grad_core = grad_messages.mul_(sig).mul_(sig_core)  # softplus' = σ
+    return torch.cat([grad_filter, grad_core], dim=1)  # (no out= into column slices: a torch.compile graph break)
+
+
+def _backward_blocks(
+    grad_summed: torch.Tensor,
+    xhat: torch.Tensor,
+    sig: torch.Tensor,
+    sp: torch.Tensor,
+    sig_core: torch.Tensor,
+    rstd: torch.Tensor,
+    gamma: torch.Tensor,
+    centers: torch.Tensor,
+    edge_weight: torch.Tensor | None,
+    share: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GatedMessages' eager backward in blocks of :data:`ROWS` rows: ``∂P`` (E, 2A), ``∂γ``, ``∂β``."""
+    e = xhat.shape[0]
+    grad_summed = grad_summed.to(xhat.dtype)
+    weight = None if edge_weight is None else edge_weight.to(xhat.dtype).unsqueeze(1)
+    grad_products = torch.empty_like(xhat)  # holds ∂G until the second sweep
+    grad_beta = xhat.new_zeros(xhat.shape[1])
+    grad_gamma = xhat.new_zeros(xhat.shape[1])
+    for s in range(0, e, ROWS):
+        rows = slice(s, s + ROWS)
+        grad_messages = grad_summed.index_select(0, centers[rows])
+        if weight is not None:
+            grad_messages.mul_(weight[rows])
+        grad_gated = _grad_gated(grad_messages, sig[rows], sp[rows], sig_core[rows])
+        grad_products[rows] = grad_gated
+        grad_beta += grad_gated.sum(0)
+        grad_gamma += (grad_gated * xhat[rows]).sum(0)
+    scale = gamma * rstd
+    beta_term, gamma_term = scale * grad_beta, scale * grad_gamma
+    for s in range(0, e, ROWS):
+        rows = slice(s, s + ROWS)
+        correction = (xhat[rows] * gamma_term).add_(beta_term)
+        grad_products[rows].mul_(scale).addcmul_(correction, share[rows].unsqueeze(1), value=-1.0)
+    return grad_products, grad_gamma, grad_beta
 
 
 def gated_messages(
