@@ -169,9 +169,10 @@ def test_mean_and_std_are_those_of_the_members(ensemble, members):
     singles = np.stack(
         [CGCNNPredictor.from_checkpoint(m, device="cpu").predict(crystals, batch_size=5).values for m in members], 1
     )
-    np.testing.assert_allclose(result.member_values, singles, atol=1e-6)
-    np.testing.assert_allclose(result.values, singles.mean(axis=1), atol=1e-6)
-    np.testing.assert_allclose(result.std_raw, singles.std(axis=1), atol=1e-6)
+    # the members run stacked in one pass (nn.stacked): float32 rounding (1e-6 normalised; the target std is ~10)
+    np.testing.assert_allclose(result.member_values, singles, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(result.values, singles.mean(axis=1), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(result.std_raw, singles.std(axis=1), atol=1e-5)
     np.testing.assert_allclose(result.std, result.std_scale * result.std_raw, rtol=1e-12)
     df = result.to_dataframe()
     assert list(df.columns) == [

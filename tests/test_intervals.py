@@ -111,7 +111,8 @@ def test_shipped_regression_ensembles_cover_close_to_nominal():
     conformal = calibrate_intervals(REPO / "pretrained_models" / "bulk_modulus-mp_elastic3k-v2", write=False,
                                     workers=1)  # fmt: skip
     stored = CGCNNPredictor.from_pretrained("bulk_modulus").model.calibration["conformal"]
-    assert conformal["quantiles"] == pytest.approx(stored["quantiles"])  # reproducible from the data
+    # reproducible from the data, to the float32 rounding of the networks (stacked members or one by one)
+    assert conformal["quantiles"] == pytest.approx(stored["quantiles"], rel=1e-4)
     for row in conformal["test_coverage"]:
         assert abs(row["conformal"] - row["nominal"]) < 0.05, row  # 441 test crystals: about ±2 points of noise
 

@@ -197,7 +197,8 @@ def _pipeline(
     chunks = iter(lambda: list(islice(inputs, CHUNK)), [])
     context = multiprocessing.get_context(worker_start_method())
     with context.Pool(workers, initializer=_init_network_worker,
-                      initargs=(predictor.model, {"fast_network": predictor.fast_network, "compile": predictor.compile})) as pool:
+                      initargs=(predictor.model, {"fast_network": predictor.fast_network, "compile": predictor.compile,
+                                                  "stack_members": predictor.stack_members})) as pool:
         reads: deque[Any] = deque(pool.apply_async(_work, ((c, options),)) for c in islice(chunks, workers * 4))
         nets: deque[tuple[list[Graphed], Any]] = deque()
         buffer: list[Graphed] = []

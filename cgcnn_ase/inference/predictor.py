@@ -24,7 +24,8 @@ from cgcnn_ase.graph.neighbours import CrystalGraph
 from cgcnn_ase.graph.config import SparsePolicy
 from cgcnn_ase.graph.batch import GraphBatch, collate
 from cgcnn_ase.graph.batched import graph_batch
-from cgcnn_ase.nn.inference import inference_network
+from cgcnn_ase.nn.inference import CompiledFunction, inference_network
+from cgcnn_ase.nn.stacked import StackedNetworks, can_stack
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.nn.ops import segment_mean
 from cgcnn_ase.inference.results import PredictionResult, _Rows
@@ -63,6 +64,10 @@ class CGCNNPredictor:
         compile: also ``torch.compile`` the fast networks' convolutions (one compilation, some
             seconds, on the first batch; worth it for tens of thousands of structures; falls back to
             eager with a :class:`~cgcnn_ase.errors.CompileWarning`).
+        stack_members: run an ensemble's fast networks as one (:class:`~cgcnn_ase.nn.stacked.StackedNetworks`:
+            shared products and gathers done once for every member; the same maths to float32
+            rounding). ``None`` (default): whenever the fast networks run and the members allow it
+            (gated convolutions); per-atom contributions always run member by member.
     """
 
     def __init__(self, model: LoadedModel, *, device: str | torch.device | None = None) -> None:
@@ -72,6 +77,8 @@ class CGCNNPredictor:
         self.graph_backend: GraphBackend = "auto"
         self.fast_network: bool | None = None
         self.compile = False
+        self.stack_members: bool | None = None
+        self._stacked_for: tuple[Any, StackedNetworks | None] | None = None
         self._features_on: tuple[torch.device, torch.Tensor] | None = None
         self._heads_for: tuple[Any, list[tuple[CrystalGraphConvNet, float, float]]] | None = None
 
@@ -217,6 +224,39 @@ class CGCNNPredictor:
             self._heads_for = (key, fast_heads)
         return self._heads_for[1]
 
+    def stacked(self) -> StackedNetworks | None:
+        """The members as one network (see ``stack_members``), or ``None`` where they run one by one."""
+        heads = self.heads()
+        if self.stack_members is False or not can_stack([net for net, _, _ in heads]):
+            return None
+        key = (self._heads_for[0] if self._heads_for is not None else None, self.compile)  # rebuilt with the heads
+        if self._stacked_for is None or self._stacked_for[0] != key:
+            stacked = StackedNetworks([net for net, _, _ in heads]).to(self.device)
+            if self.compile:
+                stacked.atom_features = CompiledFunction(stacked.atom_features, name="the stacked networks")  # type: ignore[method-assign]
+            self._stacked_for = (key, stacked)
+        return self._stacked_for[1]
+
+    def _forward_stacked(
+        self, stacked: StackedNetworks, batch: GraphBatch, embeddings: bool
+    ) -> tuple[np.ndarray, None, np.ndarray | None]:
+        """:meth:`_forward` without per-atom outputs, every member in one pass."""
+        spec = self.model.spec
+        x = stacked.atom_features(batch)  # (N, K, A)
+        pooled = segment_mean(x.reshape(x.shape[0], -1), batch.crystal_index, batch.n_crystals).view(
+            batch.n_crystals, *x.shape[1:]
+        )  # (n, K, A)
+        if spec.readout == "atomwise":
+            out = segment_mean(stacked.head(x)[:, :, 0], batch.crystal_index, batch.n_crystals)
+        else:
+            out = stacked.head(pooled)
+            out = out[:, :, 1].exp() if spec.task == "classification" else out[:, :, 0]
+        values = out.double().cpu().numpy().T  # (K, n)
+        if spec.task != "classification":
+            normalisers = np.array([(mean, std) for _, mean, std in self.heads()])
+            values = values * normalisers[:, 1:2] + normalisers[:, 0:1]
+        return values, None, pooled[:, 0].double().cpu().numpy() if embeddings else None
+
     @torch.no_grad()
     def _forward(
         self, batch: GraphBatch, n_atoms: list[int], per_atom: bool, embeddings: bool = False
@@ -224,6 +264,9 @@ class CGCNNPredictor:
         """Model outputs for one collated batch (on the device) of crystals with ``n_atoms`` atoms: see :meth:`_run`."""
         spec = self.model.spec
         classification = spec.task == "classification"
+        stacked = None if per_atom else self.stacked()
+        if stacked is not None:
+            return self._forward_stacked(stacked, batch, embeddings)
         rows, atom_sum, crystal = [], None, None
         for k, (network, mean, std) in enumerate(self.heads()):
             features = embeddings and k == 0
