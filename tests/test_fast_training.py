@@ -13,13 +13,13 @@ import copy
 import pytest
 import torch
 
-from cgcnn_ase.graph.batch import GraphBatch
 import cgcnn_ase.nn.fused as fused_module
+from cgcnn_ase.graph.batch import GraphBatch
 from cgcnn_ase.nn.fused import GatedMessages
 from cgcnn_ase.nn.network import ConvLayer, CrystalGraphConvNet
 from cgcnn_ase.train.steps import TrainingForward
 
-ARCH = dict(orig_atom_fea_len=12, nbr_fea_len=7, atom_fea_len=8, n_conv=3, h_fea_len=16, n_h=2)
+ARCH = {"orig_atom_fea_len": 12, "nbr_fea_len": 7, "atom_fea_len": 8, "n_conv": 3, "h_fea_len": 16, "n_h": 2}
 
 
 def random_batch(seed: int, *, weighted: bool, dtype: torch.dtype = torch.float32) -> GraphBatch:

@@ -10,7 +10,8 @@ with ``μ``, ``r = 1 / sqrt(var + eps)`` the (multiplicity-weighted) batch stati
 :func:`~cgcnn_ase.nn.ops.weighted_batch_norm` computes them. Autograd would keep every
 intermediate and, for the weighted statistics, compute outer products as ``K = 1`` matrix
 products; :class:`GatedMessages` keeps ``P̂``, ``σ(G^f)``, ``softplus(G^s)`` and ``σ(G^s)``
-(so the backward pass evaluates no transcendental function) and writes the batch-norm backward in closed form:
+(so the backward pass evaluates no transcendental function) and writes the batch-norm backward
+in closed form:
 
 .. math::
     \\partial P_e = r \\big(h_e - \\tfrac{w_e}{n} (\\textstyle\\sum_k h_k + \\hat P_e \\sum_k h_k \\hat P_k)\\big),
@@ -18,7 +19,13 @@ products; :class:`GatedMessages` keeps ``P̂``, ``σ(G^f)``, ``softplus(G^s)`` a
 
 (``n = Σ w``; the term autograd adds through ``∂μ`` of the variance is ``Σ w (P − μ) = 0``). Same
 maths as the plain layer; float32 rounding differs (tested against it: outputs, running
-statistics and every gradient).
+statistics and every gradient; ``tests/test_fast_training.py``).
+
+Eagerly, the passes over the edge rows run in blocks of :data:`ROWS` rows, so each block's
+temporaries stay in a core's cache (the sums onto atoms keep the row order). Under
+``torch.compile`` the same maths is written as whole-tensor operations, which inductor fuses.
+Statistics, gates and gradients are computed in float32 under bf16 autocast (float64 inputs
+stay float64).
 """
 
 from __future__ import annotations
@@ -166,11 +173,18 @@ def _forward_blocks(
 
 
 def _grad_gated(
-    grad_messages: torch.Tensor, sig: torch.Tensor, sp: torch.Tensor, sig_core: torch.Tensor
+    grad_messages: torch.Tensor,
+    sig: torch.Tensor,
+    sp: torch.Tensor,
+    sig_core: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``[∂G^f | ∂G^s]`` from the messages' gradient (E, A) (modified in place) -> (E, 2A)."""
+    """``[∂G^f | ∂G^s]`` from the messages' gradient (E, A) (modified in place) -> (E, 2A), written into
+    ``out`` (contiguous rows; eager only) when given."""
     grad_filter = torch.ops.aten.sigmoid_backward(grad_messages * sp, sig)
     grad_core = grad_messages.mul_(sig).mul_(sig_core)  # softplus' = σ
+    if out is not None:
+        return torch.cat([grad_filter, grad_core], dim=1, out=out)
     return torch.cat([grad_filter, grad_core], dim=1)  # (no out= into column slices: a torch.compile graph break)
 
 
@@ -198,8 +212,7 @@ def _backward_blocks(
         grad_messages = grad_summed.index_select(0, centers[rows])
         if weight is not None:
             grad_messages.mul_(weight[rows])
-        grad_gated = _grad_gated(grad_messages, sig[rows], sp[rows], sig_core[rows])
-        grad_products[rows] = grad_gated
+        grad_gated = _grad_gated(grad_messages, sig[rows], sp[rows], sig_core[rows], out=grad_products[rows])
         grad_beta += grad_gated.sum(0)
         grad_gamma += (grad_gated * xhat[rows]).sum(0)
     scale = gamma * rstd
