@@ -103,7 +103,7 @@ def property_table(
     structures: Any,
     predictors: Sequence[CGCNNPredictor],
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     metal_threshold: float = METAL_THRESHOLD,
     log10: bool = False,
     domain: bool = False,
