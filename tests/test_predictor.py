@@ -27,12 +27,21 @@ def test_single_item_and_list_give_same_numbers(predictor, crystals):
         assert single.values[0] == pytest.approx(many.values[k], abs=1e-6)
 
 
-@pytest.mark.parametrize("batch_size", [1, 2, 3, 64])
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 64, None])
 def test_results_do_not_depend_on_batch_size_or_composition(predictor, crystals, batch_size):
     reference = np.array([predictor.predict(a).values[0] for a in crystals])
     shuffled = [crystals[k] for k in (3, 0, 4, 1, 2)]
     result = predictor.predict(shuffled, batch_size=batch_size)
     np.testing.assert_allclose(result.values, reference[[3, 0, 4, 1, 2]], atol=1e-6)
+
+
+def test_the_default_batch_depends_on_the_device(predictor):
+    import torch
+
+    assert predictor.device.type == "cpu" and predictor.default_batch_size() == 32
+    other = CGCNNPredictor(predictor.model, device="cpu")
+    other.device = torch.device("cuda")  # only the rule is asked; nothing runs there
+    assert other.default_batch_size() == 1024
 
 
 def test_atoms_and_structure_inputs_agree(predictor, crystals):
