@@ -53,7 +53,8 @@ class CGCNNFeaturizer(BaseFeaturizer):
             ``"<property> embedding <k>"``.
         domain: also add ``"<property> domain percentile (percent)"`` for models that ship
             a domain summary (0-100; near 100: outside the training domain).
-        batch_size: structures per forward pass.
+        batch_size: structures per forward pass (``None``: the predictor's default, 32 on a CPU and
+            1024 on a GPU).
         device: torch device (``None``: CUDA if available).
         metal_threshold: with both a ``band_gap`` and an ``is_metal`` model (asking for the
             shipped ``band_gap`` adds the shipped ``is_metal``, as the ASE calculator does),
@@ -76,7 +77,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
         self,
         properties: str | CGCNNPredictor | Sequence[str | CGCNNPredictor] = ("formation_energy",),
         embeddings: bool = False,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         device: str | None = None,
         domain: bool = False,
         metal_threshold: float | None = METAL_THRESHOLD,
