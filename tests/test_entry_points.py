@@ -191,7 +191,9 @@ def test_every_entry_point_reads_and_predicts_alike(kind, predictor, dask_client
     np.testing.assert_array_equal(got.numbers, record.numbers)
     np.testing.assert_array_equal(got.cell, record.cell)
     np.testing.assert_allclose(got.frac_coords, record.frac_coords, rtol=0, atol=1e-15)  # Atoms store Cartesians
-    assert (got_value, got_std) == (value, std)
+    # the calculator also asks for per-atom energies, which run member by member, while the API runs the members
+    # stacked in one pass (cgcnn_ase.nn.stacked): the same maths, float32 rounding apart
+    assert got_value == pytest.approx(value, abs=2e-6) and got_std == pytest.approx(std, abs=2e-6)
 
 
 def test_cif_text_and_paths_mix_in_one_predict_call(predictor):
