@@ -81,7 +81,7 @@ class FlatCrystals:
         """Stack records on the CPU (``pin``: in page-locked memory, for asynchronous copies to a GPU)."""
         arrays = (
             np.concatenate([r.numbers for r in records]).astype(np.int64),
-            np.concatenate([wrapped_frac_coords(r.frac_coords) for r in records]),
+            wrapped_frac_coords(np.concatenate([r.frac_coords for r in records])),  # elementwise: one call
             np.stack([np.asarray(r.cell, dtype=np.float64) for r in records]),
             np.array([len(r) for r in records], dtype=np.int64),
         )
