@@ -100,3 +100,13 @@ def test_shipped_ensembles_predict_the_same_stacked_or_member_by_member(name):
     # per-atom contributions run member by member, and their mean is still the prediction
     c = stacked.predict(crystals[:2], per_atom=True)
     np.testing.assert_allclose([p.mean() for p in c.per_atom], c.values, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_stacked_members_equal_the_eager_ones():
+    crystals = _crystals()
+    eager = CGCNNPredictor.from_pretrained("formation_energy", device="cpu")
+    compiled = CGCNNPredictor.from_pretrained("formation_energy", device="cpu")
+    compiled.compile = True
+    got = compiled.predict(crystals)  # compiles once (or falls back with a CompileWarning)
+    assert compiled.stacked() is not None
+    np.testing.assert_allclose(got.member_values, eager.predict(crystals).member_values, rtol=1e-5, atol=2e-6)
