@@ -29,6 +29,7 @@ from cgcnn_ase.nn.stacked import StackedNetworks, can_stack
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.nn.ops import segment_mean
 from cgcnn_ase.inference.results import PredictionResult, _Rows
+from cgcnn_ase.models.local_error import K_TRAIN
 from cgcnn_ase.models.registry import load_model, resolve_device
 from cgcnn_ase.inference.parallel import iter_graphs, predict_batches
 from cgcnn_ase.io.reader import cif_reader_for_policy
@@ -440,12 +441,16 @@ class CGCNNPredictor:
             from cgcnn_ase.models.domain import formula_size
 
             sizes = np.array([formula_size(z) for z in rows.numbers], dtype=np.int64)
-            result.domain_distance = domain.distances(features, device=self.device)
-            result.domain_percentile = domain.percentiles(result.domain_distance, sizes)
             full = self.model.calibration is not None  # the calibration belongs to the full ensemble only
-            if domain.error_model is not None and self.model.is_ensemble and full and len(result):
-                x = domain.error_model.features(domain, features, result.values, result.std_raw, rows.numbers, device=self.device)
-                result.uncertainty = domain.error_model.uncertainty(x)
+            error_model = domain.error_model if self.model.is_ensemble and full and len(result) else None
+            # one search serves the domain distance (first column) and the error model's neighbours
+            neighbours = domain.neighbours(features, K_TRAIN if error_model is not None else 1, device=self.device)
+            result.domain_distance = neighbours[1][:, 0]
+            result.domain_percentile = domain.percentiles(result.domain_distance, sizes)
+            if error_model is not None:
+                x = error_model.features(domain, features, result.values, result.std_raw, rows.numbers,
+                                         device=self.device, train_neighbours=neighbours)  # fmt: skip
+                result.uncertainty = error_model.uncertainty(x)
         return result
 
     def _interval_normaliser(self, result: PredictionResult) -> np.ndarray:

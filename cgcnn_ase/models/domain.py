@@ -187,13 +187,15 @@ class DomainSummary:
             raise ValueError(f"embeddings must have shape (n, {self.dim}), got {x.shape}")
         return (x - self.mean) / self.scale
 
-    def neighbours(self, embeddings: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Indices (int64) and distances (float64, dimensionless) of the ``k`` nearest centres, shape (n, k).
+    def neighbours(self, embeddings: np.ndarray, k: int = 1, *, device: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Indices (int64) and distances (float64, dimensionless) of the ``k`` nearest centres, shape (n, k);
+        the first column's distances are :meth:`distances`.
 
-        Rows with NaN embeddings (failed inputs) give index -1 and distance NaN.
+        Rows with NaN embeddings (failed inputs) give index -1 and distance NaN. ``device``: where the
+        search runs (:func:`nearest_rows`).
         """
         z = self.standardise(embeddings)
-        return nearest_rows(z, self.centers, k)
+        return nearest_rows(z, self.centers, k, device=device)
 
     def distances(self, embeddings: np.ndarray, *, chunk: int = 1024, device: Any = None) -> np.ndarray:
         """Nearest-neighbour distance of each embedding to the stored training centres.

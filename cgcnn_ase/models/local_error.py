@@ -73,6 +73,7 @@ class ErrorModel:
         *,
         leave_out: bool = False,
         device: Any = None,
+        train_neighbours: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """The log-feature matrix, shape (n, len(FEATURES)); NaN rows for failed items.
 
@@ -86,6 +87,8 @@ class ErrorModel:
             leave_out: the inputs are the validation crystals the model was fitted on, in order:
                 each leaves itself out of ``knn`` and ``element``.
             device: where the neighbour searches run (:func:`~cgcnn_ase.models.domain.nearest_rows`).
+            train_neighbours: ``domain.neighbours(embeddings, K_TRAIN)`` when the caller has it already
+                (a prediction also needs its first column, the domain distance): not searched again.
         """
         from cgcnn_ase.models.domain import nearest_rows
 
@@ -95,7 +98,10 @@ class ErrorModel:
             raise ValueError("leave_out needs exactly the validation crystals the model was fitted on, in order")
         z = domain.standardise(embeddings)
         mean = np.asarray(predictions, dtype=np.float64)
-        idx, dist = nearest_rows(z, domain.centers, K_TRAIN, device=device)
+        if train_neighbours is not None:
+            idx, dist = train_neighbours
+        else:
+            idx, dist = nearest_rows(z, domain.centers, K_TRAIN, device=device)
         bad = idx[:, 0] < 0
         dev = domain.targets.astype(np.float64)[np.maximum(idx, 0)] - mean[:, None]
         vidx, _ = nearest_rows(z, self.val_embeddings, K_VALIDATION, exclude_self=leave_out, device=device)
