@@ -60,50 +60,37 @@ class GatedMessages(torch.autograd.Function):
         p = products if products.dtype in (torch.float32, torch.float64) else products.float()
         gamma, beta = gamma.to(p.dtype), beta.to(p.dtype)
         with torch.autocast(products.device.type, enabled=False):  # statistics and gates in float32 (or float64)
-            return GatedMessages._forward(ctx, p, gamma, beta, centers, n_atoms, edge_weight, eps)
-
-    @staticmethod
-    def _forward(
-        ctx: Any,
-        p: torch.Tensor,
-        gamma: torch.Tensor,
-        beta: torch.Tensor,
-        centers: torch.Tensor,
-        n_atoms: int,
-        edge_weight: torch.Tensor | None,
-        eps: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a = p.shape[1] // 2
-        # statistics weighted by each row's share of the batch (multiplicity counted); eagerly as
-        # matrix-vector products (torch.var_mean over dim 0 measured 80x slower on a CPU)
-        if edge_weight is None:
-            share = p.new_full((p.shape[0],), 1.0 / p.shape[0])
-        else:
-            w = edge_weight.to(p.dtype)
-            share = w / w.sum()
-        if not torch.compiler.is_compiling():  # eager: row blocks whose temporaries stay in the CPU's cache
-            summed, mean, var, saved = _forward_blocks(p, share, gamma, beta, centers, n_atoms, edge_weight, eps)
-            ctx.save_for_backward(*saved, gamma, centers, edge_weight, share)
+            a = p.shape[1] // 2
+            # statistics weighted by each row's share of the batch (multiplicity counted); eagerly as
+            # matrix-vector products (torch.var_mean over dim 0 measured 80x slower on a CPU)
+            if edge_weight is None:
+                share = p.new_full((p.shape[0],), 1.0 / p.shape[0])
+            else:
+                w = edge_weight.to(p.dtype)
+                share = w / w.sum()
+            if not torch.compiler.is_compiling():  # eager: row blocks whose temporaries stay in the CPU's cache
+                summed, mean, var, saved = _forward_blocks(p, share, gamma, beta, centers, n_atoms, edge_weight, eps)
+                ctx.save_for_backward(*saved, gamma, centers, edge_weight, share)
+                ctx.mark_non_differentiable(mean, var)
+                return summed, mean, var
+            column = share.unsqueeze(1)  # elementwise weighted sums, which the compiler fuses with their producers
+            mean = (column * p).sum(0)
+            centred = p - mean
+            var = (column * centred * centred).sum(0)
+            rstd = torch.rsqrt(var + eps)
+            xhat = centred.mul_(rstd)
+            gated = (xhat * gamma).add_(beta)
+            core = gated[:, a:]
+            sig = torch.sigmoid(gated[:, :a])
+            sp = torch.nn.functional.softplus(core)
+            sig_core = torch.sigmoid(core)  # softplus' (sigmoid is much cheaper than exp on CPUs)
+            messages = sig * sp
+            if edge_weight is not None:
+                messages.mul_(edge_weight.to(p.dtype).unsqueeze(1))
+            summed = messages.new_zeros((n_atoms, a)).index_add_(0, centers, messages)
+            ctx.save_for_backward(xhat, sig, sp, sig_core, rstd, gamma, centers, edge_weight, share)
             ctx.mark_non_differentiable(mean, var)
             return summed, mean, var
-        column = share.unsqueeze(1)  # elementwise weighted sums, which the compiler fuses with their producers
-        mean = (column * p).sum(0)
-        centred = p - mean
-        var = (column * centred * centred).sum(0)
-        rstd = torch.rsqrt(var + eps)
-        xhat = centred.mul_(rstd)
-        gated = (xhat * gamma).add_(beta)
-        core = gated[:, a:]
-        sig = torch.sigmoid(gated[:, :a])
-        sp = torch.nn.functional.softplus(core)
-        sig_core = torch.sigmoid(core)  # softplus' (sigmoid is much cheaper than exp on CPUs)
-        messages = sig * sp
-        if edge_weight is not None:
-            messages.mul_(edge_weight.to(p.dtype).unsqueeze(1))
-        summed = messages.new_zeros((n_atoms, a)).index_add_(0, centers, messages)
-        ctx.save_for_backward(xhat, sig, sp, sig_core, rstd, gamma, centers, edge_weight, share)
-        ctx.mark_non_differentiable(mean, var)
-        return summed, mean, var
 
     @staticmethod
     def backward(  # type: ignore[override]
