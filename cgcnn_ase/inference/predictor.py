@@ -504,7 +504,8 @@ class CGCNNPredictor:
                         raise item
             else:
                 batch = collate(chunk, self.model.elements, self.model.spec.graph, merge_edges=True).to(self.device)
-            rows.append(self.heads()[0][0].crystal_features(batch).cpu().numpy())  # as predict computes them
+            # member 0 alone; predict's stacked pass over all members gives the same to float32 rounding
+            rows.append(self.heads()[0][0].crystal_features(batch).cpu().numpy())
         width = self.model.spec.architecture.get("atom_fea_len", 64)
         return np.concatenate(rows) if rows else np.zeros((0, width), dtype=np.float32)
 
