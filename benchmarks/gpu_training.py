@@ -36,13 +36,10 @@ import click
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-EXTRA: list[str] = []  # --extra overrides, given to every run
 
 
 def _train(name: str, sets: list[str], runs: Path, config: str, log_dir: Path) -> subprocess.Popen:
-    """Start ``cgcnn-ase train config --set ...`` writing to ``runs/name`` (its log in ``log_dir``);
-    ``EXTRA`` (``--extra``) comes last and overrides."""
-    sets = [*sets, *EXTRA]
+    """Start ``cgcnn-ase train config --set ...`` writing to ``runs/name`` (its log in ``log_dir``)."""
     args = [sys.executable, "-m", "cgcnn_ase", "train", config, "--traceback", "--set", f"output={runs / name}",
             "--set", f"work_dir={runs / name}-work", *[x for s in sets for x in ("--set", s)]]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -99,7 +96,10 @@ def main() -> None:
 def session(end_at: float, out: Path, runs: Path, config: str, base: str, members: int, timing_epochs: int,
             lr: float, warmup: int, device: str, extra: tuple[str, ...]) -> None:  # fmt: skip
     """Steps 1-3 (see the module docstring)."""
-    EXTRA.extend(extra)
+
+    def start(name: str, sets: list[str]) -> subprocess.Popen:
+        return _train(name, [*sets, *extra], runs, config, logs)  # --extra comes last and overrides
+
     out.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
     logs = runs / "logs"
@@ -115,14 +115,14 @@ def session(end_at: float, out: Path, runs: Path, config: str, base: str, member
     common.append(f"elements={base_folder / 'atom_init.json'}")  # the base model's table (as generated)
     scratch = [*common, f"epochs={timing_epochs}", "patience=null", "time_limit=null", "schedule.name=none"]
     t = time.time()
-    codes = _wait({"single": _train("single", [*scratch, "seed=1"], runs, config, logs)}, end_at - time.time() - 200)
+    codes = _wait({"single": start("single", [*scratch, "seed=1"])}, end_at - time.time() - 200)
     result["single"] = {"wall_s": time.time() - t, "exit": codes["single"], **_epoch_times(runs, "single")}
     save()
     print("single:", result["single"], flush=True)
 
     t = time.time()
     names = [f"together-{k}" for k in range(members)]
-    codes = _wait({n: _train(n, [*scratch, f"seed={k + 1}"], runs, config, logs) for k, n in enumerate(names)},
+    codes = _wait({n: start(n, [*scratch, f"seed={k + 1}"]) for k, n in enumerate(names)},
                   end_at - time.time() - 150)  # fmt: skip
     per = {n: {"exit": codes[n], **_epoch_times(runs, n)} for n in names}
     times = [p["epoch_s"] for p in per.values() if p["epoch_s"]]
@@ -140,7 +140,7 @@ def session(end_at: float, out: Path, runs: Path, config: str, base: str, member
             f"split.file={base_folder / 'split.json'}"]  # fmt: skip
     t = time.time()
     names = [f"continue-{k}" for k in range(members)]
-    procs = {n: _train(n, [*cont, f"finetune.member={k}", f"seed={k + 1}"], runs, config, logs) for k, n in enumerate(names)}
+    procs = {n: start(n, [*cont, f"finetune.member={k}", f"seed={k + 1}"]) for k, n in enumerate(names)}
     codes = _wait(procs, end_at - time.time() - 20)
     result["continue"] = {"planned_epochs": epochs, "wall_s": time.time() - t, "lr": lr, "warmup": warmup,
                           "runs": {n: {"exit": codes[n], **_epoch_times(runs, n)} for n in names}}  # fmt: skip
