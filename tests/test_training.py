@@ -298,6 +298,33 @@ def test_early_stopping(dataset_csv, tmp_path):
     assert len(history) - meta["best_epoch"] == 2
 
 
+def test_select_last_keeps_the_final_epoch_and_says_so(dataset_csv, tmp_path):
+    """``select: last``: the folder holds the last epoch's weights whatever the validation curve did,
+    its card says no epoch was selected, and a resumed best-epoch run keeps its fingerprint."""
+    from cgcnn_ase.train.config import config_fingerprint
+
+    # a learning rate large enough that the validation MAE goes up and down between epochs
+    config = tiny_config(dataset_csv, tmp_path, epochs=11, select="last", optim=OptimConfig(name="sgd", lr=0.05))
+    folder = train_from_config(config, progress=False)
+    history = _history(folder)
+    assert history["best"].tolist() == [1] * 11  # every epoch replaced the kept weights
+    meta = json.loads((folder / "model.json").read_text())["metadata"]
+    assert meta["training"]["select"] == "last" and meta["training"]["best_epoch"] == 11
+    checkpoint = torch.load(folder / "run" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    predictor = CGCNNPredictor.from_checkpoint(folder, device="cpu")
+    for key, value in checkpoint["model"].items():
+        if key.endswith("num_batches_tracked"):
+            continue  # a counter the model folder does not store
+        assert torch.equal(predictor.model.network.state_dict()[key], value), key
+    val_mae = history["val_mae"].iloc[-1]
+    assert meta["val_metrics"]["mae"] == pytest.approx(val_mae, rel=1e-5)
+    card = (folder / "README.md").read_text()
+    assert "the validation split chose nothing" in card and "the last epoch kept" in card
+    assert history["val_mae"].idxmin() != len(history) - 1  # so the best epoch was another one
+    best = tiny_config(dataset_csv, tmp_path / "b", epochs=12)
+    assert config_fingerprint(best) == config_fingerprint(best.model_copy(update={"select": "last"}))
+
+
 @pytest.mark.filterwarnings("ignore::cgcnn_ase.errors.UnseenElementWarning")
 def test_classification_gives_probabilities_and_roc_auc(dataset_csv, tmp_path):
     labels = pd.read_csv(dataset_csv).set_index("material_id")["big"]
@@ -458,6 +485,9 @@ def config_command(config: TrainConfig) -> str:
         (["model.readout=atomwise", "task=classification"], "readout"),
         (["split.train=0.9", "split.val=0.2"], "split fractions"),
         (["compile=maybe"], "compile must be true or false"),
+        (["select=first"], "select must be one of"),
+        (["select=last", "patience=10"], "patience stops the run on it"),
+        (["select=last", "schedule.name=reduce_on_plateau"], "reduce_on_plateau steps on it"),
     ],
 )
 def test_bad_configs_are_refused_with_a_clear_message(tmp_path, overrides, match):

@@ -86,6 +86,11 @@ class TrainConfig(Settings):
         monitor: validation metric for model selection: ``"auto"`` (``val_mae`` /
             ``val_roc_auc``), ``val_mae``, ``val_rmse``, ``val_loss``, ``val_roc_auc`` or
             ``val_accuracy``.
+        select: which epoch's weights the model folder holds: ``"best"`` (the epoch with the best
+            ``monitor`` value) or ``"last"`` (the final epoch). With ``"last"`` the validation
+            split never chooses anything (it needs ``patience: null`` and a schedule that does
+            not read it, i.e. not ``reduce_on_plateau``), so its errors are those of unseen
+            crystals: what an ensemble's interval calibration on that split needs.
         seed: seeds weights, shuffling and dropout.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         precision: ``"fp32"``, or ``"bf16"`` to run training steps under bfloat16 autocast
@@ -136,6 +141,7 @@ class TrainConfig(Settings):
     patience: int | None = None
     time_limit: float | None = None
     monitor: str = "auto"
+    select: str = "best"
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
@@ -253,6 +259,13 @@ class TrainConfig(Settings):
             else ("auto", "val_mae", "val_rmse", "val_loss")
         )
         choice("monitor", self.monitor, monitors)
+        choice("select", self.select, ("best", "last"))
+        if self.select == "last" and (self.patience is not None or self.schedule.name == "reduce_on_plateau"):
+            raise ConfigError(
+                "select: last keeps the validation split out of every choice, but "
+                + ("patience stops the run on it: set patience: null" if self.patience is not None
+                   else "schedule reduce_on_plateau steps on it: use cosine, multistep, onecycle or none")
+            )
         if self.task == "classification" and self.model.readout != "mean":
             raise ConfigError("classification needs model.readout='mean' (the atomwise readout is for regression)")
         if self.task == "classification" and self.data.transform != "none":
@@ -429,12 +442,12 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Train
 def config_fingerprint(config: TrainConfig) -> str:
     """Digest of the settings a resumed run must share with its checkpoint (16 hex digits).
 
-    Left out: where files go, provenance, stopping rules, speed options and, unless the
+    Left out: where files go, provenance, stopping and selection rules, speed options and, unless the
     schedule depends on it (``cosine``, ``onecycle``), ``epochs``, which may grow on resume.
     """
     data = config.to_dict()
     for key in ("output", "work_dir", "resume", "name", "aliases", "metadata", "command", "property", "units",
-                "positive_class", "patience", "time_limit", "threads", "workers", "cache_dir", "device", "precision",
+                "positive_class", "patience", "select", "time_limit", "threads", "workers", "cache_dir", "device", "precision",
                 "compile", "eval_batch_size"):  # fmt: skip
         data.pop(key, None)
     data["data"].pop("name", None)

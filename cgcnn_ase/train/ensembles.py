@@ -152,6 +152,7 @@ def _member_info(loaded: LoadedModel, folder: Path) -> dict[str, Any]:
         "test_metrics": md.get("test_metrics") or {},
         "best_epoch": training.get("best_epoch"),
         "epochs_run": training.get("epochs_run"),
+        "select": training.get("select", "best"),
         "wall_time_s": training.get("wall_time_s"),
         "command": training.get("command"),
     }

@@ -254,7 +254,7 @@ class Trainer:
         row.update({f"val_{k}": v for k, v in self.validate().items()})
         row.update({"lr": lr, "epoch_time_s": time.perf_counter() - t0})
         value = float(row.get(self.monitor, float("nan")))
-        row["best"] = int(self.improved(value))
+        row["best"] = int(self.config.select == "last" or self.improved(value))
         if row["best"]:
             state = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
             self.best = {"epoch": self.epoch, "value": value, "state": state}
