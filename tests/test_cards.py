@@ -423,6 +423,19 @@ def test_ensemble_card_opens_its_training_section_with_the_training_notes():
     assert "continued for 42 epochs" not in ensemble_card(document, _files(folder))
 
 
+def test_ensemble_card_says_when_no_member_selected_an_epoch():
+    folder = next(f for f in ENSEMBLES if read_model_json(f)["task"] == "regression")
+    document = read_model_json(folder)
+    assert "the validation split chose nothing" not in ensemble_card(document, _files(folder))
+    for member in document["ensemble"]["members"]:
+        member["select"] = "last"
+    card = ensemble_card(document, _files(folder))
+    assert "| kept epoch |" in card and "- Epochs (kept / run) per member:" in card
+    assert "the validation split chose nothing" in card
+    document["ensemble"]["members"][0]["select"] = "best"  # one member selected: no such claim
+    assert "the validation split chose nothing" not in ensemble_card(document, _files(folder))
+
+
 def _not_measured(doc: dict[str, Any]) -> None:
     doc["metadata"].pop("uncertainty")
     doc["metadata"]["test_metrics"] = {}

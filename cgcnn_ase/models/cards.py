@@ -155,6 +155,7 @@ def ensemble_card(document: dict[str, Any], files: Iterable[str] = ()) -> str:
         seen=md.get("elements_seen") or [],
         commands=[m.get("command") for m in members if m.get("command")],
         total_wall_time_s=sum(m.get("wall_time_s") or 0 for m in members),
+        last_epoch=bool(members) and all(m.get("select") == "last" for m in members),
         training=training,
         hw=training.get("hardware") or {},
         plots=[name for name in ENSEMBLE_PLOTS if name in files],
