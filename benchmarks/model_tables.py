@@ -52,8 +52,13 @@ def _training(model: dict[str, Any]) -> str:
         epochs = [m["epochs_run"] for m in members]
         minutes = max(m["wall_time_s"] for m in members) / 60
         span = f"{min(epochs)}-{max(epochs)}" if min(epochs) != max(epochs) else str(epochs[0])
-        base = ((md.get("finetune") or {}).get("base") or {}).get("name")
-        more = f" more, continuing `{base}`'s members" if base else ""
+        base = (md.get("finetune") or {}).get("base") or {}
+        if not base:
+            more = ""
+        elif base.get("property") == model.get("property"):
+            more = f" more, continuing `{base['name']}`'s members"
+        else:
+            more = f", fine-tuned from `{base['name']}`'s members"
         return f"{len(members)} members x {span} epochs{more}, <= {minutes:.0f} min each, {where}"
     t = md["training"]
     return f"{t['epochs_run']} epochs, {t['wall_time_s'] / 60:.0f} min {where}"

@@ -1,8 +1,9 @@
 """Rewrite the before/after table of docs/uncertainty.md from the shipped ensembles' model.json files.
 
 ``cgcnn-ase calibrate MODEL`` stores, for each regression ensemble, the test-split coverage of the
-conformal intervals normalised by the per-crystal uncertainty (``conformal``) and by the raw std
-(``conformal_std``, both fitted on the validation split) and the Spearman correlation of |error| with the
+conformal intervals as shipped (``conformal``: the chosen normaliser, training-conditional rank), normalised
+by the raw std instead (``conformal_std``), and with the plain split-conformal rank (``conformal_marginal``),
+all fitted on the validation split, and the Spearman correlation of |error| with the
 std and with the uncertainty (``test_spearman``). This script only reads them:
 
     python benchmarks/uncertainty_tables.py     # also refreshes the results table (benchmarks/model_tables.py)
@@ -18,16 +19,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_tables import REPO, replace_between, uncertainty_tables  # noqa: E402
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def before_after() -> str:
     rows = [
         "| model | val / test crystals | Spearman(\\|error\\|, std) | Spearman(\\|error\\|, uncertainty) "
-        "| coverage 68/90/95, std-normalised (before) | coverage 68/90/95, uncertainty-normalised (after) "
-        "| shipped normaliser |",
-        "|---|---|---|---|---|---|---|",
+        "| coverage 68/90/95, std-normalised | coverage 68/90/95, plain split-conformal rank "
+        "| coverage 68/90/95, training-conditional rank (shipped) | shipped normaliser |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for folder in sorted((REPO / "pretrained_models").iterdir()):
         path = folder / "model.json"
@@ -38,14 +39,13 @@ def before_after() -> str:
         if not conformal or "test_spearman" not in conformal:
             continue
         cov = conformal["test_coverage"]
-        before = " / ".join(_pct(r["conformal_std"]) for r in cov)
-        after = " / ".join(_pct(r["conformal"]) for r in cov)
-        if conformal["normaliser"] != "uncertainty":
-            after = "(std kept) " + after
+        std = " / ".join(_pct(r["conformal_std"]) for r in cov)
+        marginal = " / ".join(_pct(r.get("conformal_marginal", r["conformal"])) for r in cov)
+        shipped = " / ".join(_pct(r["conformal"]) for r in cov)
         spear = conformal["test_spearman"]
         rows.append(
             f"| `{folder.name}` | {conformal['n']} / {cov[0]['n']} | {spear['std']:.2f} "
-            f"| {spear.get('uncertainty', float('nan')):.2f} | {before} | {after} | {conformal['normaliser']} |"
+            f"| {spear.get('uncertainty', float('nan')):.2f} | {std} | {marginal} | {shipped} | {conformal['normaliser']} |"
         )
     return "\n".join(rows)
 

@@ -521,12 +521,14 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
 @click.argument("dataset", required=False)
 @click.option("--domain", is_flag=True, help="First rebuild the domain summary from the training split (every training embedding and target); the only step for a single model or a classifier.")
 @click.option("--normaliser", type=click.Choice(["auto", "uncertainty", "std_raw"]), default="auto", show_default=True, help="What scales the intervals: auto chooses between the per-crystal uncertainty and the raw std by cross-fitting on the validation split.")
+@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9, show_default=True, help="Fit each interval so that its coverage is at least the nominal one with this probability over the draw of the validation split (training-conditional conformal).")
+@click.option("--marginal", is_flag=True, help="Fit the intervals with the plain split-conformal rank instead: nominal coverage only on average over validation draws (ignores --confidence).")
 @click.option("--report", is_flag=True, help="Also re-measure the parts of an ensemble's uncertainty report that depend on the domain summary and the error model (error by domain percentile, test metrics of the uncertainty), e.g. after --domain; the std calibration is kept.")
 @click.option("--max-centers", type=click.IntRange(min=1), default=None, help="With --domain: store a k-centre subset of this many training embeddings instead of all of them.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @_guarded
-def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, report: bool, max_centers: int | None,
-              batch_size: int) -> None:  # fmt: skip
+def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, confidence: float, marginal: bool,
+              report: bool, max_centers: int | None, batch_size: int) -> None:  # fmt: skip
     """Fit the per-crystal uncertainty and split-conformal prediction intervals of the ensemble
     MODEL (a folder) on its validation split, measure them on the test split, and store both in its
     model.json, domain.safetensors and card. Predictions then carry <property>_uncertainty and accept
@@ -538,6 +540,7 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, re
 
     torch.set_num_threads(1)  # this process is ours; one thread is fastest for small crystals
     result = calibrate_folder(model, dataset, domain=domain, normaliser=normaliser, report=report,
+                              confidence=None if marginal else confidence,
                               max_centers=max_centers, batch_size=batch_size, progress=True)  # fmt: skip
     if result is not None:
         click.echo(json.dumps(result, indent=2))

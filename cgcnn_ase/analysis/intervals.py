@@ -5,7 +5,10 @@ The score of a validation crystal is ``|y - mean| / s``, with ``s`` its per-crys
 features) or, for an ensemble without an error model, the members' raw standard deviation. For a coverage ``c`` the interval of a new crystal is ``mean ± q(c) * s``, with ``q(c)``
 the ``ceil((n + 1) c)``-th smallest of the ``n`` validation scores: it holds the true value with
 probability at least ``c`` for crystals exchangeable with the validation split (Vovk et al. 2005;
-Lei et al., JASA 113, 1094 (2018)). Normalising by ``s`` makes the intervals wider where the
+Lei et al., JASA 113, 1094 (2018)), on average over draws of that split. With a few hundred
+validation crystals one draw's coverage can fall several points short, so by default the rank is
+raised until the coverage is at least ``c`` with probability :data:`~cgcnn_ase.analysis.metrics.CONFIDENCE` over the draw
+(training-conditional validity, Vovk 2012). Normalising by ``s`` makes the intervals wider where the
 members disagree. The quantiles are stored in ``model.json`` (``ensemble.calibration.conformal``)
 for a grid of coverages; :meth:`~cgcnn_ase.models.folder.LoadedModel.conformal_quantile`
 interpolates between them.
@@ -25,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from cgcnn_ase.analysis.evaluation import _model_folder, _predict_quietly, load_split_records
-from cgcnn_ase.analysis.metrics import INTERVAL_LEVELS, conformal_quantiles, interval_coverage, spearman
+from cgcnn_ase.analysis.metrics import (
+    CONFIDENCE,
+    INTERVAL_LEVELS,
+    conformal_quantiles,
+    interval_coverage,
+    spearman,
+)
 from cgcnn_ase.models.cards import ensemble_card, json_safe
 from cgcnn_ase.models.domain import DOMAIN_FILE
 from cgcnn_ase.models.folder import MODEL_JSON, read_model_json
@@ -45,6 +54,7 @@ def calibrate_intervals(
     report_split: str = "test",
     uncertainty: bool = True,
     normaliser: str = "auto",
+    confidence: float | None = CONFIDENCE,
     batch_size: int = 256,
     device: str | None = None,
     workers: int = 2,
@@ -67,6 +77,10 @@ def calibrate_intervals(
             chooses it.
         normaliser: ``"auto"`` (:func:`crossfit_coverage` decides, on the validation split alone),
             ``"uncertainty"`` or ``"std_raw"`` (forced).
+        confidence: each quantile is the order statistic whose coverage of future crystals is at
+            least the nominal one with this probability over the draw of the validation split
+            (:func:`~cgcnn_ase.analysis.metrics.conformal_quantiles`); ``None``: the marginal rule,
+            whose coverage is nominal only on average over such draws.
         write: store the quantiles, the measured coverage and the error model in ``model.json`` /
             ``domain.safetensors`` and re-render the model card.
 
@@ -104,10 +118,19 @@ def calibrate_intervals(
             raise ValueError(f"{folder}: no error model (its domain summary stores no training targets; "
                              "rebuild it with cgcnn-ase calibrate --domain)")  # fmt: skip
         norm = normaliser
-    quantiles = conformal_quantiles(fit.y, fit.mean, fit.normaliser(norm), INTERVAL_LEVELS)
+    quantiles = conformal_quantiles(fit.y, fit.mean, fit.normaliser(norm), INTERVAL_LEVELS, confidence=confidence)
     kept = [(level, q) for level, q in zip(INTERVAL_LEVELS, quantiles) if np.isfinite(q)]  # n too small: dropped
+    if not kept:
+        from cgcnn_ase.errors import DatasetError
+
+        raise DatasetError(
+            f"{folder}: {len(fit.y)} validation crystals are too few for any interval from {INTERVAL_LEVELS[0]:g} to "
+            f"{INTERVAL_LEVELS[-1]:g}" + (f" at confidence {confidence:g} (confidence=None, or --marginal, asks less)"
+                                          if confidence is not None else "")
+        )
     conformal: dict[str, Any] = {
-        "method": "split conformal",
+        "method": "split conformal" if confidence is None else "split conformal, training-conditional",
+        "confidence": confidence,
         "normaliser": norm,
         "score": f"|y - mean| / {'per-crystal uncertainty (error model)' if error else 'raw ensemble std'}",
         "split": split,
@@ -117,8 +140,10 @@ def calibrate_intervals(
     }
     if selection is not None:
         conformal["selection"] = selection
-    std_q = conformal_quantiles(fit.y, fit.mean, fit.std_raw, [level for level, _ in REPORTED])
-    conformal["test_coverage"] = _coverage(conformal, test, std_q, predictor.model.std_scale or 1.0)
+    std_q = conformal_quantiles(fit.y, fit.mean, fit.std_raw, [level for level, _ in REPORTED], confidence=confidence)
+    reported = [level for level, _ in REPORTED]
+    marginal_q = conformal_quantiles(fit.y, fit.mean, fit.normaliser(norm), reported) if confidence is not None else None
+    conformal["test_coverage"] = _coverage(conformal, test, std_q, predictor.model.std_scale or 1.0, marginal_q)
     conformal["test_spearman"] = {"std": spearman(np.abs(test.y - test.mean), test.std_raw)}
     if error is not None:
         conformal["test_spearman"]["uncertainty"] = spearman(np.abs(test.y - test.mean), test.u)
@@ -193,21 +218,30 @@ class _Arrays:
         return self.u if name == "uncertainty" else self.std_raw
 
 
-def _coverage(conformal: dict[str, Any], test: _Arrays, std_q: list[float], scale: float) -> list[dict[str, float]]:
+def _coverage(
+    conformal: dict[str, Any], test: _Arrays, std_q: list[float], scale: float, marginal_q: list[float] | None = None
+) -> list[dict[str, float]]:
     """Measured coverage at the :data:`REPORTED` levels: the conformal interval, the std-normalised conformal
-    interval (``std_q``, fitted on the same split) and the Gaussian interval of the calibrated std."""
+    interval (``std_q``, fitted on the same split), the Gaussian interval of the calibrated std and, for
+    training-conditional quantiles, the same normaliser with the marginal rank (``marginal_q``)."""
     rows = []
-    for (nominal, z), q_std in zip(REPORTED, std_q):
-        q = float(np.interp(nominal, conformal["levels"], conformal["quantiles"]))
-        width = q * test.normaliser(conformal["normaliser"])
+    levels = conformal["levels"]
+    for k, ((nominal, z), q_std) in enumerate(zip(REPORTED, std_q)):
+        q = float(np.interp(nominal, levels, conformal["quantiles"])) if levels[0] <= nominal <= levels[-1] else np.inf
+        width = q * test.normaliser(conformal["normaliser"])  # infinite: no such interval (too few validation crystals)
         rows.append({
             "nominal": nominal,
-            "conformal": interval_coverage(test.y, test.mean - width, test.mean + width),
-            "conformal_std": interval_coverage(test.y, test.mean - q_std * test.std_raw, test.mean + q_std * test.std_raw),
+            "conformal": interval_coverage(test.y, test.mean - width, test.mean + width) if np.isfinite(q) else None,
+            "conformal_std": interval_coverage(test.y, test.mean - q_std * test.std_raw, test.mean + q_std * test.std_raw)
+            if np.isfinite(q_std) else None,
             "gaussian": interval_coverage(test.y, test.mean - z * scale * test.std_raw,
                                           test.mean + z * scale * test.std_raw),
             "n": len(test.y),
         })  # fmt: skip
+        if marginal_q is not None:
+            q_m = marginal_q[k] * test.normaliser(conformal["normaliser"])
+            rows[-1]["conformal_marginal"] = (interval_coverage(test.y, test.mean - q_m, test.mean + q_m)
+                                              if np.isfinite(marginal_q[k]) else None)  # fmt: skip
     return rows
 
 

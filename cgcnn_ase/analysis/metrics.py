@@ -372,24 +372,38 @@ def uncertainty_report(y: Sequence[float], result: Any, *, scale: float | None =
     return report
 
 
+#: Default ``confidence`` of fitted interval quantiles: their coverage is at least nominal for 90% of validation draws.
+CONFIDENCE = 0.9
 #: Coverages at which split-conformal quantiles are stored; others are interpolated between them.
 INTERVAL_LEVELS = (0.5, 0.55, 0.6, 0.65, 0.68, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 
 
 def conformal_quantiles(
-    y: Sequence[float], yhat: Sequence[float], std: Sequence[float], levels: Sequence[float] = INTERVAL_LEVELS
+    y: Sequence[float],
+    yhat: Sequence[float],
+    std: Sequence[float],
+    levels: Sequence[float] = INTERVAL_LEVELS,
+    *,
+    confidence: float | None = None,
 ) -> list[float]:
     """Split-conformal quantiles of the normalised scores ``|y - yhat| / std``, one per coverage level.
 
     For ``n`` calibration crystals the quantile at level ``a`` is the ``ceil((n + 1) a)``-th
     smallest score (infinite when that exceeds ``n``), so the interval ``yhat ± q * std`` of a new
     crystal exchangeable with them covers its true value with probability at least ``a``
-    (Vovk et al. 2005; Lei et al. 2018). Items with ``std <= 0`` are left out.
+    (Vovk et al. 2005; Lei et al. 2018). That probability is an average over draws of the
+    calibration split: for one split the coverage of future crystals is a random variable,
+    Beta(k, n + 1 - k) for the k-th smallest score, spread by about ``sqrt(a (1 - a) / n)``.
+    With ``confidence`` the ``k``-th smallest score is taken with the smallest ``k`` for which
+    that coverage is at least ``a`` with probability ``confidence`` (training-conditional
+    validity, Vovk 2012, "Conditional validity of inductive conformal predictors"), and never
+    a smaller ``k`` than the marginal rule's. Items with ``std <= 0`` are left out.
 
     Args:
         y, yhat: targets and predictions of the calibration split (validation), same units.
         std: the ensemble's raw standard deviation there, same units.
         levels: coverages in (0, 1).
+        confidence: in (0, 1), or ``None`` for the marginal rule.
 
     Returns:
         One quantile (dimensionless, in units of ``std``) per level, non-decreasing.
@@ -405,8 +419,21 @@ def conformal_quantiles(
         if not 0 < level < 1:
             raise ValueError(f"coverage levels must lie in (0, 1), got {level}")
         k = math.ceil((n + 1) * level)
+        if confidence is not None:
+            k = max(k, conditional_rank(n, level, confidence))
         out.append(float(scores[k - 1]) if k <= n else float("inf"))
     return out
+
+
+def conditional_rank(n: int, level: float, confidence: float) -> int:
+    """The smallest rank ``k`` (1-based; ``n + 1`` when none) such that the interval of the ``k``-th
+    smallest of ``n`` calibration scores covers at least ``level`` of future items with probability
+    at least ``confidence`` over the calibration draw: P(Binomial(n, level) <= k - 1) >= confidence."""
+    from scipy.stats import binom
+
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    return int(binom.ppf(confidence, n, level)) + 1
 
 
 def interval_coverage(y: Sequence[float], lower: Sequence[float], upper: Sequence[float]) -> float:

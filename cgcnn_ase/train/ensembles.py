@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cgcnn_ase.analysis.metrics import CONFIDENCE
 from cgcnn_ase.models.cards import ensemble_card, json_safe
 from cgcnn_ase.models.folder import (
     DOMAIN_FILE,
@@ -468,6 +469,7 @@ def calibrate_folder(
     *,
     domain: bool = False,
     normaliser: str = "auto",
+    confidence: float | None = CONFIDENCE,
     report: bool = False,
     max_centers: int | None = None,
     batch_size: int = 256,
@@ -478,7 +480,7 @@ def calibrate_folder(
     With ``domain``, the applicability-domain summary is rebuilt first (:func:`add_domain_summary`;
     for a single model or a classifier, the only step). A regression ensemble then gets its
     per-crystal uncertainty and split-conformal intervals fitted on the validation split
-    (:func:`~cgcnn_ase.analysis.intervals.calibrate_intervals`), and with ``report`` the parts of its
+    (:func:`~cgcnn_ase.analysis.intervals.calibrate_intervals`; ``confidence`` as there), and with ``report`` the parts of its
     uncertainty report that depend on them are re-measured (:func:`refresh_domain_report`).
 
     Returns:
@@ -507,7 +509,7 @@ def calibrate_folder(
         return info
     if domain:
         add_domain_summary(folder, dataset, max_centers=max_centers, **options)
-    conformal = calibrate_intervals(folder, dataset, normaliser=normaliser, **options)
+    conformal = calibrate_intervals(folder, dataset, normaliser=normaliser, confidence=confidence, **options)
     if report:
         refresh_domain_report(folder, dataset, **options)
     return conformal
