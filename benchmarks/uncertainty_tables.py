@@ -26,9 +26,10 @@ def _pct(x: float | None) -> str:
 def before_after() -> str:
     rows = [
         "| model | val / test crystals | Spearman(\\|error\\|, std) | Spearman(\\|error\\|, uncertainty) "
+        "| coverage 68/90/95, mean ± z x calibrated std (before: Gaussian) "
         "| coverage 68/90/95, std-normalised | coverage 68/90/95, plain split-conformal rank "
         "| coverage 68/90/95, training-conditional rank (shipped) | shipped normaliser |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for folder in sorted((REPO / "pretrained_models").iterdir()):
         path = folder / "model.json"
@@ -39,13 +40,14 @@ def before_after() -> str:
         if not conformal or "test_spearman" not in conformal:
             continue
         cov = conformal["test_coverage"]
+        gaussian = " / ".join(_pct(r["gaussian"]) for r in cov)
         std = " / ".join(_pct(r["conformal_std"]) for r in cov)
         marginal = " / ".join(_pct(r.get("conformal_marginal", r["conformal"])) for r in cov)
         shipped = " / ".join(_pct(r["conformal"]) for r in cov)
         spear = conformal["test_spearman"]
         rows.append(
             f"| `{folder.name}` | {conformal['n']} / {cov[0]['n']} | {spear['std']:.2f} "
-            f"| {spear.get('uncertainty', float('nan')):.2f} | {std} | {marginal} | {shipped} | {conformal['normaliser']} |"
+            f"| {spear.get('uncertainty', float('nan')):.2f} | {gaussian} | {std} | {marginal} | {shipped} | {conformal['normaliser']} |"
         )
     return "\n".join(rows)
 

@@ -149,6 +149,8 @@ def test_shipped_regression_ensembles_cover_close_to_nominal():
         assert conformal["confidence"] == 0.9 and conformal["split"] == "val", info.name
         for row in conformal["test_coverage"]:
             assert abs(row["conformal"] - row["nominal"]) <= 0.03, (info.name, row)
+        if info.name.startswith(("formation_energy-", "band_gap-")):  # issue 18: the uncertainty ranks errors
+            assert conformal["test_spearman"]["uncertainty"] >= 0.35, (info.name, conformal["test_spearman"])
         checked.append(info.name)
     assert len(checked) >= 7, checked
     require_shared(SHARED / "data" / "mp_elastic3k_kdmsit")
