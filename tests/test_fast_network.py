@@ -147,3 +147,66 @@ def test_a_prediction_does_not_depend_on_the_thread_that_asks(crystals):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _symmetric_crystals():
+    from ase.build import bulk
+
+    from .conftest import perovskite, rattled
+
+    return [perovskite(), bulk("NaCl", "rocksalt", a=5.64), bulk("Si", "diamond", a=5.43),
+            bulk("Cu", "fcc", a=3.61, cubic=True), rattled(bulk("ZnO", "wurtzite", a=3.25, c=5.2), seed=5)]  # fmt: skip
+
+
+def test_a_batch_of_distinct_distances_holds_every_edges_features():
+    model = random_model()
+    graphs = [build_graph(from_ase(a), model.spec.graph) for a in _symmetric_crystals()]
+    plain = collate(graphs, model.elements, model.spec.graph, merge_edges=True)
+    distinct = collate(graphs, model.elements, model.spec.graph, merge_edges=True, distinct_distances=True)
+    assert distinct.edge_rows is not None and plain.edge_rows is None
+    assert len(distinct.edge_fea) < len(plain.edge_fea) / 2  # symmetric crystals repeat their bond lengths
+    torch.testing.assert_close(distinct.edge_features(), plain.edge_fea, atol=1e-7, rtol=0)
+    for name in ("atom_fea", "centers", "neighbors", "crystal_index", "edge_weight"):
+        assert torch.equal(getattr(distinct, name), getattr(plain, name)), name
+
+
+@pytest.mark.parametrize("readout", ["mean", "atomwise"])
+def test_networks_give_the_same_result_on_distinct_distance_batches(readout):
+    """The folded network multiplies each distinct length once; others get one row per edge; the stacked
+    ensemble does either: all agree with the per-edge batch to float32 rounding."""
+    from cgcnn_ase.nn.stacked import StackedNetworks
+
+    models = [random_model(readout=readout, seed=s) for s in (3, 4)]
+    graphs = [build_graph(from_ase(a), models[0].spec.graph) for a in _symmetric_crystals()]
+    spec = models[0].spec.graph
+    plain = collate(graphs, models[0].elements, spec, merge_edges=True)
+    distinct = collate(graphs, models[0].elements, spec, merge_edges=True, distinct_distances=True)
+    fast = [inference_network(m.network) for m in models]
+    with torch.no_grad():
+        for network in (models[0].network.eval(), fast[0]):
+            torch.testing.assert_close(network.atom_features(distinct), network.atom_features(plain), atol=1e-5, rtol=1e-5)
+        stacked = StackedNetworks(fast)
+        torch.testing.assert_close(stacked.atom_features(distinct), stacked.atom_features(plain), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="folded inference form"):
+        models[0].network.convs[0](plain.atom_fea[:, :16], distinct.edge_fea, plain.centers, plain.neighbors, None,
+                                   distinct.edge_rows)  # fmt: skip
+
+
+def test_the_predictor_uses_distinct_distances_with_the_fast_network_only(monkeypatch):
+    from cgcnn_ase.inference import predictor as module
+
+    seen = []
+    real = module.collate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("distinct_distances"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "collate", spy)
+    crystals = _symmetric_crystals()
+    predictor = CGCNNPredictor(random_model(), device="cpu")
+    fast = predictor.predict(crystals).values
+    predictor.fast_network = False  # the reference arithmetic: one row per edge, as recorded
+    reference = predictor.predict(crystals).values
+    assert seen == [True, False]
+    np.testing.assert_allclose(fast, reference, atol=1e-5, rtol=0)

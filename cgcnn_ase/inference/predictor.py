@@ -196,9 +196,7 @@ class CGCNNPredictor:
             for classifiers); per-atom arrays (mean over members) or ``None``; member 0's
             crystal features, shape (len(graphs), atom_fea_len), or ``None``.
         """
-        # identical periodic-image edges merged into weighted ones: the same result, fewer edges
-        batch = collate(graphs, self.model.elements, self.model.spec.graph, merge_edges=True).to(self.device)
-        return self._forward(batch, [g.n_atoms for g in graphs], per_atom, embeddings)
+        return self._forward(self._collate(graphs), [g.n_atoms for g in graphs], per_atom, embeddings)
 
     def batched_graphs(self) -> bool:
         """Whether :meth:`predict` builds graphs with :mod:`cgcnn_ase.graph.batched` (see ``graph_backend``)."""
@@ -219,14 +217,27 @@ class CGCNNPredictor:
             self._features_on = (self.device, table)
         return self._features_on[1]
 
+    def uses_fast_network(self) -> bool:
+        """Whether predictions run the fast copies of the networks (``fast_network``; by default for
+        models with the ``symmetric`` neighbour policy, i.e. this project's own)."""
+        if self.fast_network is None:
+            return self.model.spec.graph.neighbor_policy == "symmetric"
+        return bool(self.fast_network)
+
+    def _collate(self, graphs: list[CrystalGraph]) -> GraphBatch:
+        """One batch on the device: identical periodic-image edges merged into weighted ones (the same
+        result, fewer edges) and, for the fast networks, one Gaussian expansion per distinct edge length
+        (their edge products are computed once per length; the reference arithmetic keeps one row per edge)."""
+        spec = self.model.spec
+        batch = collate(graphs, self.model.elements, spec.graph, merge_edges=True,
+                        distinct_distances=self.uses_fast_network())  # fmt: skip
+        return batch.to(self.device)
+
     def heads(self) -> list[tuple[CrystalGraphConvNet, float, float]]:
         """``(network, normaliser mean, normaliser std)`` per member, as :meth:`_forward` runs them
         (the model's own networks, or their fast copies: see ``fast_network``)."""
-        fast = self.fast_network
-        if fast is None:
-            fast = self.model.spec.graph.neighbor_policy == "symmetric"
         heads = self.model.heads()
-        if not fast:
+        if not self.uses_fast_network():
             return heads
         # rebuilt when the device, the options or any weight (in-place version counter) changed
         key = (self.device, self.compile, tuple(p._version for net, _, _ in heads for p in net.parameters()))
@@ -503,7 +514,7 @@ class CGCNNPredictor:
                     if isinstance(item, CGCNNError):
                         raise item
             else:
-                batch = collate(chunk, self.model.elements, self.model.spec.graph, merge_edges=True).to(self.device)
+                batch = self._collate(chunk)
             # member 0 alone; predict's stacked pass over all members gives the same to float32 rounding
             rows.append(self.heads()[0][0].crystal_features(batch).cpu().numpy())
         width = self.model.spec.architecture.get("atom_fea_len", 64)

@@ -197,7 +197,7 @@ class DomainSummary:
         z = self.standardise(embeddings)
         return nearest_rows(z, self.centers, k, device=device)
 
-    def distances(self, embeddings: np.ndarray, *, chunk: int = 1024, device: Any = None) -> np.ndarray:
+    def distances(self, embeddings: np.ndarray, *, chunk: int | None = None, device: Any = None) -> np.ndarray:
         """Nearest-neighbour distance of each embedding to the stored training centres.
 
         Args:
@@ -308,7 +308,7 @@ class DomainSummary:
 
 
 def nearest_rows(
-    queries: np.ndarray, points: np.ndarray, k: int, *, chunk: int = 1024, exclude_self: bool = False,
+    queries: np.ndarray, points: np.ndarray, k: int, *, chunk: int | None = None, exclude_self: bool = False,
     device: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of ``points`` to each row of ``queries`` (Euclidean), nearest first.
@@ -320,6 +320,9 @@ def nearest_rows(
     Args:
         queries: shape (n, d); rows with NaN give index -1 and distance NaN.
         points: shape (m, d) (any float dtype).
+        chunk: queries per float32 product; ``None``: 64 on a CPU (a (64, m) block stays in
+            memory already mapped: 1.6x faster than 1024 queries at a time against 27,387 points,
+            where fresh pages cost more than the product) and 1024 elsewhere.
         exclude_self: ``queries`` are ``points`` themselves (same order): each row's own
             index is skipped (leave-one-out).
         device: where the float32 products and the candidate search run (a torch device;
@@ -339,6 +342,7 @@ def nearest_rows(
     if not len(ok) or not len(p):
         return index, dist
     where = torch.device("cpu") if device is None else torch.device(device)
+    chunk = chunk or (64 if where.type == "cpu" else 1024)
     p32 = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)).to(where)
     p_norm = (p32 * p32).sum(1)
     n_candidates = min(k + 8, len(p) - int(exclude_self))

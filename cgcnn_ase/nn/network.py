@@ -85,12 +85,19 @@ class ConvLayer(nn.Module):
         self.bn2 = nn.BatchNorm1d(atom_fea_len)
 
     def _edge_products(
-        self, atom_fea: torch.Tensor, edge_fea: torch.Tensor, centers: torch.Tensor, neighbors: torch.Tensor
+        self,
+        atom_fea: torch.Tensor,
+        edge_fea: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        edge_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``z_ij W + b`` for every edge, shape (E, 2A)."""
         gather = gather_rows if self.opaque_indexing else index_select_rows
         if self.bn1_folded:  # inference form: contiguous split weights, sums in place
             out = torch.addmm(self.fc_full.bias, edge_fea, self.w_edge)
+            if edge_rows is not None:  # one product per distinct edge length, then one row per edge
+                out = out.index_select(0, edge_rows)
             out += gather(atom_fea @ self.w_center, centers)
             out += gather(atom_fea @ self.w_neighbor, neighbors)
             return out
@@ -137,8 +144,12 @@ class ConvLayer(nn.Module):
         centers: torch.Tensor,
         neighbors: torch.Tensor,
         edge_weight: torch.Tensor | None = None,
+        edge_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        products = self._edge_products(atom_fea, edge_fea, centers, neighbors)
+        """``edge_rows`` (folded inference form only): the row of ``edge_fea`` of each edge."""
+        if edge_rows is not None and not self.bn1_folded:
+            raise ValueError("edge_rows needs the folded inference form (fold_batch_norm)")
+        products = self._edge_products(atom_fea, edge_fea, centers, neighbors, edge_rows)
         plain = self.opaque_indexing or self.bn1_folded
         if self.fused and self.training and products.device.type == "cpu" and not plain:
             summed = gated_messages(products, self.bn1, centers, atom_fea.shape[0], edge_weight)
@@ -280,10 +291,21 @@ class CrystalGraphConvNet(nn.Module):
                 conv.fused = fused
 
     def atom_features(self, batch: GraphBatch) -> torch.Tensor:
-        """Atom feature vectors after the convolutions, shape (N_total, atom_fea_len)."""
+        """Atom feature vectors after the convolutions, shape (N_total, atom_fea_len).
+
+        A batch with ``edge_rows`` (one edge-feature row per distinct length) goes to folded gated
+        convolutions as it is, which then multiply each distinct row once; other layers get one
+        row per edge."""
         atom_fea = self.embedding(batch.atom_fea)
+        rows = batch.edge_rows
+        edge_fea = batch.edge_fea
+        if rows is not None and not all(isinstance(c, ConvLayer) and c.bn1_folded for c in self.convs):
+            edge_fea, rows = batch.edge_features(), None
         for conv in self.convs:
-            atom_fea = conv(atom_fea, batch.edge_fea, batch.centers, batch.neighbors, batch.edge_weight)
+            if rows is None:
+                atom_fea = conv(atom_fea, edge_fea, batch.centers, batch.neighbors, batch.edge_weight)
+            else:
+                atom_fea = conv(atom_fea, edge_fea, batch.centers, batch.neighbors, batch.edge_weight, rows)
         return atom_fea
 
     def crystal_features(self, batch: GraphBatch) -> torch.Tensor:

@@ -102,9 +102,15 @@ class StackedNetworks(nn.Module):
         summed = x.new_zeros(n, k * a)
         n_edges = len(batch.centers)
         step = n_edges if x.device.type != "cpu" else max(1, CPU_CHUNK_ELEMENTS // (2 * k * a))
+        bias, weight = getattr(self, f"c{i}_bias"), getattr(self, f"c{i}_edge")
+        # one product per distinct edge length (a batch with edge_rows), gathered per edge below
+        lengths = torch.addmm(bias, batch.edge_fea, weight) if batch.edge_rows is not None else None
         for lo in range(0, n_edges, step):
             centers, neighbors = batch.centers[lo : lo + step], batch.neighbors[lo : lo + step]
-            out = torch.addmm(getattr(self, f"c{i}_bias"), batch.edge_fea[lo : lo + step], getattr(self, f"c{i}_edge"))
+            if lengths is not None:
+                out = lengths.index_select(0, batch.edge_rows[lo : lo + step])
+            else:
+                out = torch.addmm(bias, batch.edge_fea[lo : lo + step], weight)
             out += center.index_select(0, centers)
             out += neighbor.index_select(0, neighbors)
             messages = torch.sigmoid(out[:, : k * a]) * nn.functional.softplus(out[:, k * a :])  # (edges, K·A)
