@@ -9,10 +9,19 @@ compiled CPU training path uses instead of inductor's atomic adds (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+#: On a CPU, inference convolutions process their edges in blocks of at most this many values of the
+#: (edges, 2 x channels) pre-activations: 1 MB in float32, so a block's intermediates stay in a core's
+#: cache. Whole-batch intermediates of several MB (and more for larger batches or stacked members) are
+#: fresh memory each time, whose page faults cost more than the arithmetic: blocks of 2^18 values made
+#: one network 1.27x faster at batch 32 and 2.5x at batch 256, and the five stacked members 1.5x
+#: (one thread, 600 MP crystals in memory; blocks of 2^21 values were what the stacked pass used before).
+CPU_BLOCK_VALUES = 1 << 18
 
 
 def index_select_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -117,3 +126,32 @@ def weighted_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tenso
     if not bn.affine:
         return centred * scale
     return torch.addcmul(bn.bias, centred, bn.weight * scale)  # one fused pass: bias + centred * scale
+
+
+def gated_sum_in_blocks(
+    preactivations: Callable[[int, int], torch.Tensor],
+    centers: torch.Tensor,
+    edge_weight: torch.Tensor | None,
+    n_atoms: int,
+    width: int,
+) -> torch.Tensor:
+    """``Σ_j σ(f_ij) ⊙ softplus(c_ij)`` onto each centre atom, (n_atoms, width): the message sum of a
+    gated convolution whose batch norm is folded (inference), computed over blocks of edges.
+
+    ``preactivations(lo, hi)`` gives edges ``lo:hi``'s rows ``[f | c]``, (hi - lo, 2·width): filters in
+    the first ``width`` columns, cores in the rest. An edge of weight ``m`` counts ``m`` times. On a CPU
+    the blocks hold at most :data:`CPU_BLOCK_VALUES` values; elsewhere all edges form one block.
+    """
+    summed = None
+    n_edges = len(centers)
+    step = max(1, CPU_BLOCK_VALUES // (2 * width)) if centers.device.type == "cpu" else max(1, n_edges)
+    for lo in range(0, n_edges, step):
+        hi = min(lo + step, n_edges)
+        out = preactivations(lo, hi)
+        messages = torch.sigmoid(out[:, :width]) * nn.functional.softplus(out[:, width:])
+        if edge_weight is not None:
+            messages = messages * edge_weight[lo:hi].to(messages.dtype).unsqueeze(1)
+        if summed is None:
+            summed = messages.new_zeros(n_atoms, width)
+        summed.index_add_(0, centers[lo:hi], messages)
+    return summed if summed is not None else torch.zeros(n_atoms, width, device=centers.device)

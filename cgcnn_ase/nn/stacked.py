@@ -25,14 +25,9 @@ from torch import nn
 
 from cgcnn_ase.graph.batch import GraphBatch
 from cgcnn_ase.nn.network import ConvLayer, CrystalGraphConvNet
+from cgcnn_ase.nn.ops import gated_sum_in_blocks
 
-__all__ = ["CPU_CHUNK_ELEMENTS", "StackedNetworks", "can_stack"]
-
-#: On a CPU the edge rows of a convolution are processed in chunks of at most this many values
-#: (8 MB in float32): a whole batch's (E, 2·K·A) intermediates run to hundreds of MB, above the
-#: size from which glibc maps fresh memory for every tensor, and the page faults of those fresh
-#: pages made the stacked pass slower than the members one by one (measured 0.53x).
-CPU_CHUNK_ELEMENTS = 1 << 21
+__all__ = ["StackedNetworks", "can_stack"]
 
 
 def can_stack(networks: Sequence[CrystalGraphConvNet]) -> bool:
@@ -99,24 +94,19 @@ class StackedNetworks(nn.Module):
         per_atom = x.transpose(0, 1)  # (K, N, A)
         center = self._per_atom(per_atom, getattr(self, f"c{i}_center"))
         neighbor = self._per_atom(per_atom, getattr(self, f"c{i}_neighbor"))
-        summed = x.new_zeros(n, k * a)
-        n_edges = len(batch.centers)
-        step = n_edges if x.device.type != "cpu" else max(1, CPU_CHUNK_ELEMENTS // (2 * k * a))
         bias, weight = getattr(self, f"c{i}_bias"), getattr(self, f"c{i}_edge")
         # one product per distinct edge length (a batch with edge_rows), gathered per edge below
         lengths = torch.addmm(bias, batch.edge_fea, weight) if batch.edge_rows is not None else None
-        for lo in range(0, n_edges, step):
-            centers, neighbors = batch.centers[lo : lo + step], batch.neighbors[lo : lo + step]
+
+        def preactivations(lo: int, hi: int) -> torch.Tensor:  # (edges, 2·K·A): [filters | cores]
             if lengths is not None:
-                out = lengths.index_select(0, batch.edge_rows[lo : lo + step])
+                out = lengths.index_select(0, batch.edge_rows[lo:hi])
             else:
-                out = torch.addmm(bias, batch.edge_fea[lo : lo + step], weight)
-            out += center.index_select(0, centers)
-            out += neighbor.index_select(0, neighbors)
-            messages = torch.sigmoid(out[:, : k * a]) * nn.functional.softplus(out[:, k * a :])  # (edges, K·A)
-            if batch.edge_weight is not None:
-                messages = messages * batch.edge_weight[lo : lo + step].to(messages.dtype).unsqueeze(1)
-            summed.index_add_(0, centers, messages)
+                out = torch.addmm(bias, batch.edge_fea[lo:hi], weight)
+            out += center.index_select(0, batch.centers[lo:hi])
+            return out.add_(neighbor.index_select(0, batch.neighbors[lo:hi]))
+
+        summed = gated_sum_in_blocks(preactivations, batch.centers, batch.edge_weight, n, k * a)
         summed = summed * getattr(self, f"c{i}_scale") + getattr(self, f"c{i}_shift")
         return nn.functional.softplus(x.reshape(n, k * a) + summed).view(n, k, a)
 
