@@ -16,7 +16,10 @@ Measured, all in this process and on this machine (so background load hits every
   2 torch threads: eager with and without merged edges, with bfloat16 autocast
   (``precision: bf16``), and compiled (``compile: true``, through the training code's
   ``TrainingForward``) in float32 and bf16; eager and compiled also with the plain gated
-  convolution (``fused`` off, :mod:`cgcnn_ase.nn.fused` is the default on CPUs).
+  convolution (``fused`` off, :mod:`cgcnn_ase.nn.fused` is the default on CPUs); and eager,
+  compiled and compiled bf16 with batches of one edge-feature row per distinct length of each
+  crystal ("distinct lengths": ``GraphBatcher(..., distinct_distances=True)``, whose split-form
+  convolutions multiply each length once; the other rows have one row per edge).
 * **original approach**: per-crystal tensors cached in memory as the original's
   ``lru_cache``-d dataset does (atom features (n, 92), Gaussian-expanded padded neighbour
   features (n, 12, 41), neighbour indices (n, 12)), batches built with a ``collate_pool``
@@ -159,14 +162,17 @@ class OursLoop:
     """
 
     def __init__(
-        self, store, targets, train_idx, elements, *, bf16: bool, merge_edges: bool, compile: bool, fused: bool = True
-    ) -> None:
+        self, store, targets, train_idx, elements, *, bf16: bool, merge_edges: bool, compile: bool, fused: bool = True,
+        distinct: bool = False,
+    ) -> None:  # fmt: skip
         from cgcnn_ase.graph.config import GraphConfig
         from cgcnn_ase.nn.network import CrystalGraphConvNet
         from cgcnn_ase.train.cache import GraphBatcher
         from cgcnn_ase.train.steps import TrainingForward
 
-        self.batcher = GraphBatcher(store, elements, GraphConfig(), merge_edges=merge_edges)
+        self.batcher = GraphBatcher(
+            store, elements, GraphConfig(), merge_edges=merge_edges, distinct_distances=distinct
+        )
         self.y = torch.tensor((targets - targets[train_idx].mean()) / targets[train_idx].std(), dtype=torch.float32)
         self.train_idx = train_idx
         self.bf16 = bf16
@@ -229,16 +235,20 @@ def ours_end_to_end(spec, cache_dir: Path, epochs: int, threads: int | None, com
         return pd.read_csv(folder / "metrics.csv")["epoch_time_s"].tolist(), wall
 
 
-# (label, bf16, merged edges, compile, fused); every variant uses split_matmul, as training does; fused
-# (cgcnn_ase.nn.fused, the default on CPUs) off gives the plain layer, for comparison
+# (label, bf16, merged edges, compile, fused, distinct lengths); every variant uses split_matmul, as training
+# does; fused (cgcnn_ase.nn.fused, the default on CPUs) off gives the plain layer, and distinct lengths
+# (GraphBatcher's distinct_distances) one edge-feature row per distinct length of each crystal
 VARIANTS = (
-    ("ours, eager, unmerged edges", False, False, False, True),
-    ("ours, eager, plain layer (fused off)", False, True, False, False),
-    ("ours, eager (the default)", False, True, False, True),
-    ("ours, eager + bf16", True, True, False, True),
-    ("ours, compile: true, plain layer (fused off)", False, True, True, False),
-    ("ours, compile: true", False, True, True, True),
-    ("ours, compile: true + bf16", True, True, True, True),
+    ("ours, eager, unmerged edges", False, False, False, True, False),
+    ("ours, eager, plain layer (fused off)", False, True, False, False, False),
+    ("ours, eager (the default)", False, True, False, True, False),
+    ("ours, eager, distinct lengths", False, True, False, True, True),
+    ("ours, eager + bf16", True, True, False, True, False),
+    ("ours, compile: true, plain layer (fused off)", False, True, True, False, False),
+    ("ours, compile: true", False, True, True, True, False),
+    ("ours, compile: true, distinct lengths", False, True, True, True, True),
+    ("ours, compile: true + bf16", True, True, True, True, False),
+    ("ours, compile: true + bf16, distinct lengths", True, True, True, True, True),
 )
 
 
@@ -293,13 +303,16 @@ def main(shared: str | None, n_crystals: int, epochs: int, rounds: int, repeats:
         table_rows = []
         for n_threads in (int(t) for t in thread_counts.split(",")):
             # forget earlier compilations: one function's compiled variants are capped (torch._dynamo's
-            # cache_size_limit), past which it silently runs eagerly
+            # recompile_limit), past which it silently runs eagerly; the compiled rows here need about 10
+            # (each compiles for batches of up to 4096 edges and for larger ones), so the cap is raised too
             torch._dynamo.reset()
+            limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+            setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 32))
             with torch_threads(n_threads):
                 loops = {}
-                for label, bf16, merge, compile, fused in VARIANTS:  # the first epoch warms up (and compiles)
+                for label, bf16, merge, compile, fused, distinct in VARIANTS:  # the first epoch warms up (and compiles)
                     loops[label] = OursLoop(store, targets, train_idx, elements, bf16=bf16, merge_edges=merge,
-                                            compile=compile, fused=fused)  # fmt: skip
+                                            compile=compile, fused=fused, distinct=distinct)  # fmt: skip
                     loops[label].epochs(1)
                 original.epochs(1)
                 base_rounds, ours = [], {label: [] for label in loops}

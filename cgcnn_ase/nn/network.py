@@ -92,7 +92,10 @@ class ConvLayer(nn.Module):
         neighbors: torch.Tensor,
         edge_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``z_ij W + b`` for every edge, shape (E, 2A)."""
+        """``z_ij W + b`` for every edge, shape (E, 2A).
+
+        With ``edge_rows`` (E,) (folded or split form), ``edge_fea`` (U, B) holds one row per distinct
+        edge length: ``u W_3 + b`` is computed once per row (U, 2A), then gathered onto the edges."""
         gather = gather_rows if self.opaque_indexing else index_select_rows
         if self.bn1_folded:  # inference form: contiguous split weights, sums in place
             out = torch.addmm(self.fc_full.bias, edge_fea, self.w_edge)
@@ -107,6 +110,8 @@ class ConvLayer(nn.Module):
         a = self.atom_fea_len
         w = self.fc_full.weight
         gated = torch.addmm(self.fc_full.bias, edge_fea, w[:, 2 * a :].T)
+        if edge_rows is not None:  # (U, 2A) -> (E, 2A); its backward sums the edges' gradients onto the U rows
+            gated = gather(gated, edge_rows)
         if self.opaque_indexing:  # out of place: what the compiled multi-threaded path was measured with
             per_atom = atom_fea @ torch.cat([w[:, :a], w[:, a : 2 * a]], dim=0).T  # (N, 4A): [v W_1 | v W_2]
             return gated + gather(per_atom[:, : 2 * a], centers) + gather(per_atom[:, 2 * a :], neighbors)
@@ -146,9 +151,9 @@ class ConvLayer(nn.Module):
         edge_weight: torch.Tensor | None = None,
         edge_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``edge_rows`` (folded inference form only): the row of ``edge_fea`` of each edge."""
-        if edge_rows is not None and not self.bn1_folded:
-            raise ValueError("edge_rows needs the folded inference form (fold_batch_norm)")
+        """``edge_rows`` (folded or split form only): the row of ``edge_fea`` of each edge."""
+        if edge_rows is not None and not (self.bn1_folded or self.split_matmul):
+            raise ValueError("edge_rows needs the folded inference form (fold_batch_norm) or split_matmul")
         products = self._edge_products(atom_fea, edge_fea, centers, neighbors, edge_rows)
         plain = self.opaque_indexing or self.bn1_folded
         if self.fused and self.training and products.device.type == "cpu" and not plain:
@@ -293,13 +298,15 @@ class CrystalGraphConvNet(nn.Module):
     def atom_features(self, batch: GraphBatch) -> torch.Tensor:
         """Atom feature vectors after the convolutions, shape (N_total, atom_fea_len).
 
-        A batch with ``edge_rows`` (one edge-feature row per distinct length) goes to folded gated
-        convolutions as it is, which then multiply each distinct row once; other layers get one
-        row per edge."""
+        A batch with ``edge_rows`` (one edge-feature row per distinct length) goes to gated
+        convolutions in the folded or split form as it is, which then multiply each distinct row
+        once; other layers get one row per edge."""
         atom_fea = self.embedding(batch.atom_fea)
         rows = batch.edge_rows
         edge_fea = batch.edge_fea
-        if rows is not None and not all(isinstance(c, ConvLayer) and c.bn1_folded for c in self.convs):
+        if rows is not None and not all(
+            isinstance(c, ConvLayer) and (c.bn1_folded or c.split_matmul) for c in self.convs
+        ):
             edge_fea, rows = batch.edge_features(), None
         for conv in self.convs:
             if rows is None:

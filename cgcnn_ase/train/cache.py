@@ -45,6 +45,7 @@ __all__ = [
     "GraphStore",
     "build_graph_store",
     "default_cache_dir",
+    "distinct_lengths",
     "merge_duplicate_edges",
 ]
 
@@ -445,6 +446,36 @@ def merge_duplicate_edges(store: GraphStore) -> tuple[GraphStore, np.ndarray]:
     return merged, weights
 
 
+def distinct_lengths(store: GraphStore, config: GraphConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each crystal's distinct edge lengths and the row of each edge among them, from one sort.
+
+    Two edges of a crystal share a row when their Gaussian features (``config``) are equal bit for
+    bit, so the rows reproduce every edge's features exactly. (Rounding lengths to
+    :data:`~cgcnn_ase.graph.batch.DISTANCE_DECIMALS` decimals, as :func:`~cgcnn_ase.graph.batch.collate`
+    does, finds as many rows on the Castelli perovskites, 24991 against 24992 for 127412 edges, but
+    moves most features by a float32 unit in the last place.)
+
+    Returns:
+        ``(lengths, length_offsets, rows)``: one length per row (that of one of its edges), Å,
+        float64, (U_total,), ascending within each crystal; crystal ``k``'s rows are
+        ``lengths[length_offsets[k]:length_offsets[k+1]]``, (n+1,), int64; and each edge's row among
+        its own crystal's, (E_total,), int64.
+    """
+    crystal = np.repeat(np.arange(len(store)), store.n_edges)
+    order = np.lexsort((store.distances, crystal))  # by crystal, then length: equal features are adjacent
+    d, c = store.distances[order], crystal[order]
+    first = np.ones(len(order), dtype=bool)  # the first edge of each row
+    first[1:] = c[1:] != c[:-1]
+    step = 1 << 18
+    for s in range(0, len(d), step):  # a new row wherever the features change (in chunks: bounded memory)
+        features = gaussian_expand(torch.from_numpy(d[max(s - 1, 0) : s + step]), config)
+        first[max(s, 1) : s + step] |= (features[1:] != features[:-1]).any(1).numpy()
+    length_offsets = _offsets(np.bincount(c[first], minlength=len(store)))
+    rows = np.empty(len(order), dtype=np.int64)
+    rows[order] = np.cumsum(first) - 1 - length_offsets[c]
+    return d[first], length_offsets, rows
+
+
 class GraphBatcher:
     """Builds :class:`~cgcnn_ase.graph.batch.GraphBatch` objects from a :class:`GraphStore`.
 
@@ -464,6 +495,10 @@ class GraphBatcher:
             the whole store there (flat tensors: numbers, offsets, edges, precomputed Gaussian
             features) and assembles each batch there by index arithmetic, so a GPU is fed without
             host work or copies. Both give the same batches bit for bit.
+        distinct_distances: batches carry one edge-feature row per distinct length of each crystal
+            and ``edge_rows`` (:func:`distinct_lengths`, computed once here; ``edge_features()``
+            gives every edge's features bit for bit); the split-form gated convolutions then
+            multiply each row once. Host batches only (``device=None``).
     """
 
     def __init__(
@@ -475,7 +510,10 @@ class GraphBatcher:
         edge_feature_bytes: int = 1 << 30,
         merge_edges: bool = False,
         device: torch.device | str | None = None,
+        distinct_distances: bool = False,
     ) -> None:
+        if distinct_distances and device is not None:
+            raise ValueError("distinct_distances batches are assembled on the host (device=None)")
         self.edge_weight: np.ndarray | None = None
         if merge_edges:
             store, self.edge_weight = merge_duplicate_edges(store)
@@ -483,11 +521,19 @@ class GraphBatcher:
         self.elements = elements
         self.config = config
         self.atom_features = torch.tensor(elements.features, dtype=torch.float32)
-        n_edges = len(store.distances)
+        # the lengths whose Gaussians batches take: one per edge, or (distinct_distances) one per
+        # distinct length of each crystal, with length_offsets and each edge's local row
+        self.distinct: tuple[np.ndarray, np.ndarray] | None = None
+        lengths = store.distances
+        if distinct_distances:
+            lengths, length_offsets, rows = distinct_lengths(store, config)
+            self.distinct = (length_offsets, rows)
+        self.lengths = lengths
+        n_edges = len(lengths)
         self.edge_features: torch.Tensor | None = None
         if n_edges * config.n_gaussians * 4 <= edge_feature_bytes:
             chunks = [
-                gaussian_expand(torch.from_numpy(store.distances[i : i + 1_000_000]), config)
+                gaussian_expand(torch.from_numpy(lengths[i : i + 1_000_000]), config)
                 for i in range(0, max(n_edges, 1), 1_000_000)
             ]
             self.edge_features = torch.cat(chunks) if chunks else torch.zeros((0, config.n_gaussians))
@@ -555,11 +601,17 @@ class GraphBatcher:
         atoms = _concat_ranges(s.atom_offsets[idx], n_at)
         edges = _concat_ranges(s.edge_offsets[idx], n_ed)
         shift = np.repeat(_offsets(n_at)[:-1], n_ed)
-        edges_t = torch.from_numpy(edges)
+        edge_rows = None
+        rows = edges  # rows of self.lengths
+        if self.distinct is not None:
+            length_offsets, local_rows = self.distinct
+            n_len = np.diff(length_offsets)[idx]
+            rows = _concat_ranges(length_offsets[idx], n_len)
+            edge_rows = torch.from_numpy(local_rows[edges] + np.repeat(_offsets(n_len)[:-1], n_ed))
         if self.edge_features is not None:
-            edge_fea = self.edge_features.index_select(0, edges_t)
+            edge_fea = self.edge_features.index_select(0, torch.from_numpy(rows))
         else:
-            edge_fea = gaussian_expand(torch.from_numpy(s.distances[edges]), self.config)
+            edge_fea = gaussian_expand(torch.from_numpy(self.lengths[rows]), self.config)
         return GraphBatch(
             atom_fea=self.atom_features.index_select(0, torch.from_numpy(s.numbers[atoms])),
             edge_fea=edge_fea,
@@ -568,4 +620,5 @@ class GraphBatcher:
             crystal_index=torch.from_numpy(np.repeat(np.arange(len(idx), dtype=np.int64), n_at)),
             n_crystals=len(idx),
             edge_weight=None if self.edge_weight is None else torch.from_numpy(self.edge_weight[edges]),
+            edge_rows=edge_rows,
         )
