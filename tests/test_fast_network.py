@@ -210,3 +210,26 @@ def test_the_predictor_uses_distinct_distances_with_the_fast_network_only(monkey
     reference = predictor.predict(crystals).values
     assert seen == [True, False]
     np.testing.assert_allclose(fast, reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_evaluation_in_blocks_of_edges_equals_one_pass(monkeypatch, fast):
+    """Eval-mode convolutions on a CPU work in cache-sized blocks of edges (nn.ops.CPU_BLOCK_VALUES):
+    the same result as one pass over all edges, bit for bit for the reference arithmetic (rows are
+    independent and each centre's sum keeps the edge order), to float32 rounding for the fast form."""
+    from cgcnn_ase.nn import ops
+
+    model = random_model(seed=5)
+    graphs = [build_graph(from_ase(a), model.spec.graph) for a in _symmetric_crystals() * 3]
+    batch = collate(graphs, model.elements, model.spec.graph, merge_edges=True, distinct_distances=fast)
+    network = inference_network(model.network) if fast else model.network.eval()
+    with torch.no_grad():
+        monkeypatch.setattr(ops, "CPU_BLOCK_VALUES", 1 << 30)  # one block
+        whole = network.atom_features(batch)
+        monkeypatch.setattr(ops, "CPU_BLOCK_VALUES", 32 * 20)  # blocks of 20 edges
+        blocks = network.atom_features(batch)
+    assert len(batch.centers) > 100
+    if fast:
+        torch.testing.assert_close(blocks, whole, atol=1e-6, rtol=1e-6)
+    else:
+        assert torch.equal(blocks, whole)

@@ -16,6 +16,7 @@ from torch import nn
 from cgcnn_ase.graph.batch import GraphBatch
 from cgcnn_ase.nn.fused import gated_messages
 from cgcnn_ase.nn.ops import (
+    gated_sum_in_blocks,
     gather_rows,
     index_add_rows,
     index_select_rows,
@@ -154,6 +155,8 @@ class ConvLayer(nn.Module):
         """``edge_rows`` (folded or split form only): the row of ``edge_fea`` of each edge."""
         if edge_rows is not None and not (self.bn1_folded or self.split_matmul):
             raise ValueError("edge_rows needs the folded inference form (fold_batch_norm) or split_matmul")
+        if not self.training and atom_fea.device.type == "cpu" and (self.bn1_folded or not self.split_matmul):
+            return self._evaluate_in_blocks(atom_fea, edge_fea, centers, neighbors, edge_weight, edge_rows)
         products = self._edge_products(atom_fea, edge_fea, centers, neighbors, edge_rows)
         plain = self.opaque_indexing or self.bn1_folded
         if self.fused and self.training and products.device.type == "cpu" and not plain:
@@ -171,6 +174,41 @@ class ConvLayer(nn.Module):
             messages = messages * edge_weight.to(messages.dtype).unsqueeze(1)
         scatter = scatter_rows if self.opaque_indexing else index_add_rows
         summed = scatter(messages, centers, atom_fea.shape[0])
+        return nn.functional.softplus(atom_fea + self.bn2(summed))
+
+
+    def _evaluate_in_blocks(
+        self,
+        atom_fea: torch.Tensor,
+        edge_fea: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        edge_weight: torch.Tensor | None,
+        edge_rows: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Eval mode on a CPU, folded or plain (unsplit) form: :meth:`forward`'s maths over blocks of
+        edges whose intermediates stay in a core's cache (:func:`~cgcnn_ase.nn.ops.gated_sum_in_blocks`)."""
+        a = self.atom_fea_len
+        if self.bn1_folded:
+            center, neighbor = atom_fea @ self.w_center, atom_fea @ self.w_neighbor  # (N, 2A) each
+            # one product per distinct edge length (a batch with edge_rows), gathered per edge below
+            lengths = torch.addmm(self.fc_full.bias, edge_fea, self.w_edge) if edge_rows is not None else None
+
+            def preactivations(lo: int, hi: int) -> torch.Tensor:
+                if lengths is not None:
+                    out = lengths.index_select(0, edge_rows[lo:hi])
+                else:
+                    out = torch.addmm(self.fc_full.bias, edge_fea[lo:hi], self.w_edge)
+                out += center.index_select(0, centers[lo:hi])
+                return out.add_(neighbor.index_select(0, neighbors[lo:hi]))
+
+        else:  # the reference arithmetic: BN_1 with running statistics acts on each row alone
+
+            def preactivations(lo: int, hi: int) -> torch.Tensor:
+                rows = edge_fea[lo:hi] if edge_rows is None else edge_fea.index_select(0, edge_rows[lo:hi])
+                return self.bn1(self._edge_products(atom_fea, rows, centers[lo:hi], neighbors[lo:hi]))
+
+        summed = gated_sum_in_blocks(preactivations, centers, edge_weight, atom_fea.shape[0], a)
         return nn.functional.softplus(atom_fea + self.bn2(summed))
 
 
