@@ -194,7 +194,7 @@ class ConvLayer(nn.Module):
             # one product per distinct edge length (a batch with edge_rows), gathered per edge below
             lengths = torch.addmm(self.fc_full.bias, edge_fea, self.w_edge) if edge_rows is not None else None
 
-            def preactivations(lo: int, hi: int) -> torch.Tensor:
+            def preactivations(lo: int | None, hi: int | None) -> torch.Tensor:
                 if lengths is not None:
                     out = lengths.index_select(0, edge_rows[lo:hi])
                 else:
@@ -204,7 +204,7 @@ class ConvLayer(nn.Module):
 
         else:  # the reference arithmetic: BN_1 with running statistics acts on each row alone
 
-            def preactivations(lo: int, hi: int) -> torch.Tensor:
+            def preactivations(lo: int | None, hi: int | None) -> torch.Tensor:
                 rows = edge_fea[lo:hi] if edge_rows is None else edge_fea.index_select(0, edge_rows[lo:hi])
                 return self.bn1(self._edge_products(atom_fea, rows, centers[lo:hi], neighbors[lo:hi]))
 

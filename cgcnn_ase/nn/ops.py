@@ -129,7 +129,7 @@ def weighted_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, weight: torch.Tenso
 
 
 def gated_sum_in_blocks(
-    preactivations: Callable[[int, int], torch.Tensor],
+    preactivations: Callable[[int | None, int | None], torch.Tensor],
     centers: torch.Tensor,
     edge_weight: torch.Tensor | None,
     n_atoms: int,
@@ -138,20 +138,27 @@ def gated_sum_in_blocks(
     """``Σ_j σ(f_ij) ⊙ softplus(c_ij)`` onto each centre atom, (n_atoms, width): the message sum of a
     gated convolution whose batch norm is folded (inference), computed over blocks of edges.
 
-    ``preactivations(lo, hi)`` gives edges ``lo:hi``'s rows ``[f | c]``, (hi - lo, 2·width): filters in
-    the first ``width`` columns, cores in the rest. An edge of weight ``m`` counts ``m`` times. On a CPU
-    the blocks hold at most :data:`CPU_BLOCK_VALUES` values; elsewhere all edges form one block.
+    ``preactivations(lo, hi)`` gives edges ``lo:hi``'s rows ``[f | c]``, (hi - lo, 2·width), filters in
+    the first ``width`` columns and cores in the rest (``lo = hi = None``: all edges). An edge of weight ``m`` counts ``m`` times. On a CPU
+    the blocks hold at most :data:`CPU_BLOCK_VALUES` values; elsewhere, and under ``torch.compile``
+    (whose fused loops need no blocks, and which would recompile for every number of blocks), all
+    edges form one block.
     """
-    summed = None
-    n_edges = len(centers)
-    step = max(1, CPU_BLOCK_VALUES // (2 * width)) if centers.device.type == "cpu" else max(1, n_edges)
-    for lo in range(0, n_edges, step):
-        hi = min(lo + step, n_edges)
+
+    def messages(lo: int | None, hi: int | None) -> torch.Tensor:
         out = preactivations(lo, hi)
-        messages = torch.sigmoid(out[:, :width]) * nn.functional.softplus(out[:, width:])
-        if edge_weight is not None:
-            messages = messages * edge_weight[lo:hi].to(messages.dtype).unsqueeze(1)
+        gated = torch.sigmoid(out[:, :width]) * nn.functional.softplus(out[:, width:])
+        return gated if edge_weight is None else gated * edge_weight[lo:hi].to(gated.dtype).unsqueeze(1)
+
+    if centers.device.type != "cpu" or torch.compiler.is_compiling():
+        first = messages(None, None)  # one pass (no Python arithmetic on the traced sizes)
+        return first.new_zeros(n_atoms, width).index_add_(0, centers, first)
+    n_edges = len(centers)
+    step = max(1, CPU_BLOCK_VALUES // (2 * width))
+    summed = None
+    for lo in range(0, n_edges, step):
+        block = messages(lo, min(lo + step, n_edges))
         if summed is None:
-            summed = messages.new_zeros(n_atoms, width)
-        summed.index_add_(0, centers[lo:hi], messages)
+            summed = block.new_zeros(n_atoms, width)
+        summed.index_add_(0, centers[lo : lo + step], block)
     return summed if summed is not None else torch.zeros(n_atoms, width, device=centers.device)

@@ -98,7 +98,7 @@ class StackedNetworks(nn.Module):
         # one product per distinct edge length (a batch with edge_rows), gathered per edge below
         lengths = torch.addmm(bias, batch.edge_fea, weight) if batch.edge_rows is not None else None
 
-        def preactivations(lo: int, hi: int) -> torch.Tensor:  # (edges, 2·K·A): [filters | cores]
+        def preactivations(lo: int | None, hi: int | None) -> torch.Tensor:  # (edges, 2·K·A): [filters | cores]
             if lengths is not None:
                 out = lengths.index_select(0, batch.edge_rows[lo:hi])
             else:
