@@ -109,7 +109,10 @@ def _reference_training(config, folder: Path, world: int, epochs: int) -> dict[s
     y = data.targets
     mean, std = float(np.mean(y[train])), float(np.std(y[train]))
     targets = torch.as_tensor((y - mean) / std, dtype=torch.float32)
-    batcher = GraphBatcher(data.store, data.elements, config.graph, merge_edges=config.model.merge_edges)
+    batcher = GraphBatcher(
+        data.store, data.elements, config.graph, merge_edges=config.model.merge_edges,
+        distinct_distances=config.model.split_matmul,  # as the trainer batches on a CPU
+    )  # fmt: skip
     architecture = load_model_folder(folder).spec.architecture
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)

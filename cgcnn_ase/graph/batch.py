@@ -104,7 +104,10 @@ def merge_identical_edges(
 
 
 #: Edge lengths that agree to this many decimals (Å) share one Gaussian expansion in a batch with
-#: ``distinct_distances``: 1e-9 Å moves no float32 feature of a Gaussian within reach of the edge.
+#: ``distinct_distances``. Rounding to 1e-9 Å moves a float32 feature by at most one rounding step
+#: (6e-8; in 80% of the rows of 300 MP crystals by that much), within the fast networks' float32
+#: tolerance; the training batches (``GraphBatcher(distinct_distances=True)``) group bit-identical
+#: features instead.
 DISTANCE_DECIMALS = 9
 
 

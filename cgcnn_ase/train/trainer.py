@@ -186,9 +186,12 @@ class Trainer:
             self.mean, self.std = target_normalizer(config.task, self.data.targets[self.parts["train"]])
         else:
             self.mean, self.std = checkpoint["normalizer"]["mean"], checkpoint["normalizer"]["std"]
+        on_gpu = self.device.type == "cuda"
         self.batcher = GraphBatcher(
             self.data.store, self.data.elements, config.graph, merge_edges=config.model.merge_edges,
-            device=self.device if self.device.type == "cuda" else None,  # a GPU is fed from its own memory
+            device=self.device if on_gpu else None,  # a GPU is fed from its own memory
+            # on a CPU, split-form convolutions multiply each distinct edge length of a crystal once
+            distinct_distances=not on_gpu and config.model.split_matmul,
         )
         self.build_model()
         if checkpoint is not None:
