@@ -95,16 +95,10 @@ class ConvLayer(nn.Module):
     ) -> torch.Tensor:
         """``z_ij W + b`` for every edge, shape (E, 2A).
 
-        With ``edge_rows`` (E,) (folded or split form), ``edge_fea`` (U, B) holds one row per distinct
-        edge length: ``u W_3 + b`` is computed once per row (U, 2A), then gathered onto the edges."""
+        With ``edge_rows`` (E,) (split form), ``edge_fea`` (U, B) holds one row per distinct edge
+        length: ``u W_3 + b`` is computed once per row (U, 2A), then gathered onto the edges. (The
+        folded inference form computes its products in :meth:`_evaluate_in_blocks`.)"""
         gather = gather_rows if self.opaque_indexing else index_select_rows
-        if self.bn1_folded:  # inference form: contiguous split weights, sums in place
-            out = torch.addmm(self.fc_full.bias, edge_fea, self.w_edge)
-            if edge_rows is not None:  # one product per distinct edge length, then one row per edge
-                out = out.index_select(0, edge_rows)
-            out += gather(atom_fea @ self.w_center, centers)
-            out += gather(atom_fea @ self.w_neighbor, neighbors)
-            return out
         if not self.split_matmul:
             z = torch.cat([gather(atom_fea, centers), gather(atom_fea, neighbors), edge_fea], dim=1)
             return self.fc_full(z)
@@ -155,16 +149,13 @@ class ConvLayer(nn.Module):
         """``edge_rows`` (folded or split form only): the row of ``edge_fea`` of each edge."""
         if edge_rows is not None and not (self.bn1_folded or self.split_matmul):
             raise ValueError("edge_rows needs the folded inference form (fold_batch_norm) or split_matmul")
-        if not self.training and atom_fea.device.type == "cpu" and (self.bn1_folded or not self.split_matmul):
+        if self.bn1_folded or (not self.training and atom_fea.device.type == "cpu" and not self.split_matmul):
             return self._evaluate_in_blocks(atom_fea, edge_fea, centers, neighbors, edge_weight, edge_rows)
         products = self._edge_products(atom_fea, edge_fea, centers, neighbors, edge_rows)
-        plain = self.opaque_indexing or self.bn1_folded
-        if self.fused and self.training and products.device.type == "cpu" and not plain:
+        if self.fused and self.training and products.device.type == "cpu" and not self.opaque_indexing:
             summed = gated_messages(products, self.bn1, centers, atom_fea.shape[0], edge_weight)
             return nn.functional.softplus(atom_fea + self.bn2(summed))
-        if self.bn1_folded:
-            gated = products
-        elif edge_weight is None:
+        if edge_weight is None:
             gated = self.bn1(products)
         else:
             gated = weighted_batch_norm(self.bn1, products, edge_weight)
@@ -176,7 +167,6 @@ class ConvLayer(nn.Module):
         summed = scatter(messages, centers, atom_fea.shape[0])
         return nn.functional.softplus(atom_fea + self.bn2(summed))
 
-
     def _evaluate_in_blocks(
         self,
         atom_fea: torch.Tensor,
@@ -186,8 +176,10 @@ class ConvLayer(nn.Module):
         edge_weight: torch.Tensor | None,
         edge_rows: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Eval mode on a CPU, folded or plain (unsplit) form: :meth:`forward`'s maths over blocks of
-        edges whose intermediates stay in a core's cache (:func:`~cgcnn_ase.nn.ops.gated_sum_in_blocks`)."""
+        """The folded inference form (``v_i W_1 + v_j W_2 + u_ij W_3 + b`` from contiguous weight copies, the
+        per-atom parts gathered and summed in place), and eval mode on a CPU in the plain (unsplit) form:
+        :meth:`forward`'s maths, on a CPU over blocks of edges whose intermediates stay in a core's cache
+        (:func:`~cgcnn_ase.nn.ops.gated_sum_in_blocks`; one pass elsewhere)."""
         a = self.atom_fea_len
         if self.bn1_folded:
             center, neighbor = atom_fea @ self.w_center, atom_fea @ self.w_neighbor  # (N, 2A) each
