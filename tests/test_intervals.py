@@ -16,7 +16,7 @@ from cgcnn_ase.analysis.metrics import conditional_rank, conformal_quantiles, in
 from cgcnn_ase.errors import CheckpointError
 from cgcnn_ase.models.folder import load_model_folder
 
-from .conftest import REPO, SHARED, require_shared
+from .conftest import SHARED, require_shared
 from .test_ensemble import data, ensemble, members  # noqa: F401 - a tiny trained ensemble and its data
 
 
