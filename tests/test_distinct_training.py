@@ -27,7 +27,7 @@ from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train.cache import GraphBatcher, GraphStore, distinct_lengths
 
 from .conftest import perovskite, rattled
-from .test_fast_training import ARCH, compare, network, one_step, random_batch
+from .test_fast_training import ARCH, bf16_step, compare, network, one_step, random_batch
 
 
 def paired_batches(seed: int, *, weighted: bool, dtype: torch.dtype) -> tuple[GraphBatch, GraphBatch]:
@@ -143,15 +143,7 @@ def test_distinct_steps_train_like_per_edge_steps():
 
 def test_distinct_step_under_bf16_autocast():
     per_edge, distinct = paired_batches(6, weighted=True, dtype=torch.float32)
-    target = torch.linspace(-1, 1, per_edge.n_crystals)
-    results = []
-    for batch in (per_edge, distinct):
-        net = network()
-        net.set_execution(fused=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = net(batch)
-        torch.nn.functional.mse_loss(out.float(), target).backward()
-        results.append((out.float().detach(), net.convs[0].fc_full.weight.grad))
+    results = [bf16_step(batch, fused=True) for batch in (per_edge, distinct)]
     torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=3e-2)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=3e-2 * results[0][1].abs().max().item())
 

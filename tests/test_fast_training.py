@@ -160,18 +160,20 @@ def test_fused_steps_train_like_plain_steps():
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=f"{name} after 5 steps")
 
 
+def bf16_step(batch: GraphBatch, *, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and first convolution's weight gradient of one MSE step of :func:`network` under bf16 autocast."""
+    net = network()
+    net.set_execution(fused=fused)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(batch)
+    torch.nn.functional.mse_loss(out.float(), torch.linspace(-1, 1, batch.n_crystals)).backward()
+    return out.float().detach(), net.convs[0].fc_full.weight.grad
+
+
 def test_fused_layer_under_bf16_autocast():
     """bf16 autocast: the fused statistics and gates run in float32, as the plain layer's batch norm does."""
     batch = random_batch(6, weighted=True)
-    target = torch.linspace(-1, 1, batch.n_crystals)
-    results = []
-    for fused in (False, True):
-        net = network()
-        net.set_execution(fused=fused)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = net(batch)
-        torch.nn.functional.mse_loss(out.float(), target).backward()
-        results.append((out.float().detach(), net.convs[0].fc_full.weight.grad))
+    results = [bf16_step(batch, fused=fused) for fused in (False, True)]
     torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=3e-2)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=3e-2 * results[0][1].abs().max().item())
 

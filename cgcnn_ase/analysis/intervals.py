@@ -35,6 +35,7 @@ from cgcnn_ase.analysis.metrics import (
     interval_coverage,
     spearman,
 )
+from cgcnn_ase.errors import DatasetError
 from cgcnn_ase.models.cards import ensemble_card, json_safe
 from cgcnn_ase.models.domain import DOMAIN_FILE
 from cgcnn_ase.models.folder import MODEL_JSON, read_model_json
@@ -121,8 +122,6 @@ def calibrate_intervals(
     quantiles = conformal_quantiles(fit.y, fit.mean, fit.normaliser(norm), INTERVAL_LEVELS, confidence=confidence)
     kept = [(level, q) for level, q in zip(INTERVAL_LEVELS, quantiles) if np.isfinite(q)]  # n too small: dropped
     if not kept:
-        from cgcnn_ase.errors import DatasetError
-
         raise DatasetError(
             f"{folder}: {len(fit.y)} validation crystals are too few for any interval from {INTERVAL_LEVELS[0]:g} to "
             f"{INTERVAL_LEVELS[-1]:g}" + (f" at confidence {confidence:g} (confidence=None, or --marginal, asks less)"

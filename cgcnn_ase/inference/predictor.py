@@ -205,9 +205,9 @@ class CGCNNPredictor:
         return self.graph_backend == "batched" or (self.graph_backend == "auto" and self.device.type == "cuda")
 
     def default_batch_size(self) -> int:
-        """Crystals per forward pass when none is given: 32 on a CPU (batches whose intermediates stay in
-        the caches: 1.1x the throughput of 64 on one thread), 1024 on a GPU (1.8x the throughput of 256 on an
-        H200). Measured in docs/performance.md."""
+        """Crystals per forward pass when none is given: 32 on a CPU, 1024 on a GPU (1.8x the throughput of 256
+        on an H200). On a CPU, since the convolutions work in cache-sized blocks of edges, 32, 64 and 128 run
+        within 10% of each other (``benchmarks/bench_cpu_pass.py``). Measured in docs/performance.md."""
         return CPU_BATCH if self.device.type == "cpu" else GPU_BATCH
 
     def element_features(self) -> torch.Tensor:

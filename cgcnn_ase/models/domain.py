@@ -321,8 +321,9 @@ def nearest_rows(
         queries: shape (n, d); rows with NaN give index -1 and distance NaN.
         points: shape (m, d) (any float dtype).
         chunk: queries per float32 product; ``None``: 64 on a CPU (a (64, m) block stays in
-            memory already mapped: 1.6x faster than 1024 queries at a time against 27,387 points,
-            where fresh pages cost more than the product) and 1024 elsewhere.
+            memory already mapped: 1.3-1.6x faster than 1024 queries at a time against 27,387
+            points, where fresh pages cost more than the product; ``benchmarks/bench_cpu_pass.py``)
+            and 1024 elsewhere.
         exclude_self: ``queries`` are ``points`` themselves (same order): each row's own
             index is skipped (leave-one-out).
         device: where the float32 products and the candidate search run (a torch device;

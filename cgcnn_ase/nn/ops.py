@@ -18,9 +18,9 @@ from torch import nn
 #: On a CPU, inference convolutions process their edges in blocks of at most this many values of the
 #: (edges, 2 x channels) pre-activations: 1 MB in float32, so a block's intermediates stay in a core's
 #: cache. Whole-batch intermediates of several MB (and more for larger batches or stacked members) are
-#: fresh memory each time, whose page faults cost more than the arithmetic: blocks of 2^18 values made
-#: one network 1.27x faster at batch 32 and 2.5x at batch 256, and the five stacked members 1.5x
-#: (one thread, 600 MP crystals in memory; blocks of 2^21 values were what the stacked pass used before).
+#: fresh memory each time, whose page faults cost more than the arithmetic: against one block, one
+#: network ran 1.04-1.12x faster at batch 32 and 2.5-2.7x at batch 256, and the five stacked members
+#: 1.6-1.7x (one thread, 1000 MP crystals in memory, ``benchmarks/bench_cpu_pass.py``).
 CPU_BLOCK_VALUES = 1 << 18
 
 
