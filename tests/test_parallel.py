@@ -27,6 +27,25 @@ def predictor() -> CGCNNPredictor:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def pool_runs(monkeypatch) -> list[str]:
+    """Workers for every list, however short (by default lists under ``MIN_PARALLEL`` run in the
+    calling process), and a record of which pool path ran: ``"pipeline"`` (one task per batch) and
+    ``"regrouped"`` (batches formed in the calling process after a multi-frame input)."""
+    from cgcnn_ase.inference import parallel
+
+    runs: list[str] = []
+    monkeypatch.setattr(parallel, "MIN_PARALLEL", 0)
+    for name, tag in (("_pipeline", "pipeline"), ("_regrouped", "regrouped")):
+
+        def spy(*args, _original=getattr(parallel, name), _tag=tag, **kwargs):
+            runs.append(_tag)
+            yield from _original(*args, **kwargs)
+
+        monkeypatch.setattr(parallel, name, spy)
+    return runs
+
+
 def _inputs(tmp_path) -> list:
     (tmp_path / "bad.cif").write_text("not a crystal\n")
     items: list = [str(REPO / "examples" / name) for name in ("NaCl.POSCAR", "SrTiO3.cif", "Si.extxyz")]
@@ -37,18 +56,66 @@ def _inputs(tmp_path) -> list:
     return items
 
 
-def test_workers_give_the_same_results_in_input_order(predictor, tmp_path):
+def test_workers_give_the_same_results_in_input_order(predictor, tmp_path, pool_runs):
     items = _inputs(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         serial = predictor.predict(items, errors="collect", batch_size=16)
+        assert pool_runs == []
         parallel = predictor.predict(items, errors="collect", batch_size=16, workers=2)
+    assert pool_runs == ["pipeline"]  # one structure per input: whole batches in the workers
     assert parallel.ids == serial.ids and len(serial) == len(items)
     assert parallel.errors == serial.errors
     assert serial.errors[7] is not None and "bad.cif" in serial.errors[7]
     np.testing.assert_array_equal(parallel.member_values, serial.member_values)  # bit for bit
     np.testing.assert_array_equal(parallel.n_sparse, serial.n_sparse)
     assert serial.ids[30] == "input 30"
+
+
+def test_multi_frame_inputs_shift_batches_as_in_one_process(predictor, tmp_path, pool_runs):
+    """A file of three frames makes three results: every later batch starts elsewhere than the
+    inputs' batches would, so from there the batches are formed in the calling process
+    (the same batches as one process forms, so the same bits)."""
+    from ase.io import write
+
+    frames = [rattled(bulk("Si", "diamond", a=5.43 + 0.01 * k), seed=k) for k in range(3)]
+    write(tmp_path / "three.extxyz", frames, format="extxyz")
+    items = _inputs(tmp_path)
+    items.insert(9, str(tmp_path / "three.extxyz"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        serial = predictor.predict(items, errors="collect", batch_size=8)
+        parallel = predictor.predict(items, errors="collect", batch_size=8, workers=2)
+        assert pool_runs == ["pipeline", "regrouped"]
+        with pytest.raises(StructureReadError, match="bad.cif"):  # after the shift, still in input order
+            predictor.predict(items, batch_size=8, workers=2)
+    assert len(serial) == len(items) + 2 and parallel.ids == serial.ids
+    assert [i for i in serial.ids if "three.extxyz" in i] == [f"{tmp_path / 'three.extxyz'}@{k}" for k in range(3)]
+    assert parallel.errors == serial.errors
+    np.testing.assert_array_equal(parallel.member_values, serial.member_values)
+    np.testing.assert_array_equal(parallel.domain_percentile, serial.domain_percentile)
+
+
+def test_ensemble_signal_from_workers_is_bitwise(tmp_path):
+    """The full ensemble's per-crystal signal (std, domain, uncertainty, intervals) is computed with
+    each batch, in the workers: the same bits as in one process."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        full = CGCNNPredictor.from_pretrained("formation_energy", device="cpu")
+        items = _inputs(tmp_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            serial = full.predict(items, errors="collect", batch_size=16, coverage=0.9)
+            parallel = full.predict(items, errors="collect", batch_size=16, coverage=0.9, workers=2)
+    finally:
+        torch.set_num_threads(before)
+    assert serial.uncertainty is not None and np.isnan(serial.uncertainty[7])  # the bad file
+    for name in ("values", "std", "domain_distance", "domain_percentile", "uncertainty", "lower", "upper"):
+        np.testing.assert_array_equal(getattr(parallel, name), getattr(serial, name), err_msg=name)
+    assert np.isfinite(np.delete(serial.uncertainty, 7)).all()
 
 
 def test_worker_warnings_reach_the_caller(predictor):

@@ -1,12 +1,21 @@
-"""Reading structures and building their graphs in worker processes, in input order.
+"""Reading structures, building their graphs and running the networks in worker processes, in input order.
 
-:meth:`CGCNNPredictor.predict` with ``workers > 1`` hands each input (a path, CIF text, an
-``ase.Atoms`` ...) to a pool of processes that read it with the one reader, check its elements
-and build its graph (:func:`graphs_of`, the same function the serial path runs), while the calling
-process runs the network. Results come back in input order; at most ``workers * 4`` chunks are in
-flight, so memory stays bounded however long the input. Warnings raised in a worker (sparse
-graphs, atoms too close) are re-raised in the calling process. Workers never run torch, so
-forking a process in which torch has run is safe.
+:meth:`CGCNNPredictor.predict` with ``workers > 1`` hands the inputs (paths, CIF text, ``ase.Atoms`` ...)
+to a pool of processes, which read them with the one reader, check their elements and build their
+graphs (:func:`graphs_of`, the same function the serial path runs).
+
+* On the CPU (:func:`_pipeline`) each task is one batch of inputs: the worker also runs the networks
+  (one torch thread) and the per-crystal domain signal on it, and only results and light
+  :class:`GraphSummary` items come back. The batches are those one process forms, so the numbers are
+  the same bit for bit as ``workers=1`` at one torch thread; after an input holding several
+  structures (a multi-frame file) the batches are formed in the calling process instead
+  (:func:`_regrouped`), which keeps that guarantee.
+* On a GPU the workers read (and, per structure, build graphs) while the calling process runs the
+  networks.
+
+Results come back in input order with at most a few tasks per worker in flight, so memory stays
+bounded however long the input. Warnings raised in a worker (sparse graphs, atoms too close) are
+re-raised in the calling process; errors stay per item.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sized
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 from cgcnn_ase.errors import InvalidStructureError, UnsupportedElementError
@@ -121,9 +130,14 @@ def _next_graphs(pool: Any, pending: deque[Any], chunks: Iterator[list[Any]], op
     chunk = next(chunks, None)
     if chunk is not None:
         pending.append(pool.apply_async(_work, ((chunk, options),)))
-    for message, category in caught:
-        warnings.warn(message, category, stacklevel=5)
+    _rewarn(caught)
     return graphs
+
+
+def _rewarn(caught: list[tuple[str, type]]) -> None:
+    """Re-raise here the warnings a worker recorded."""
+    for message, category in caught:
+        warnings.warn(message, category, stacklevel=6)
 
 
 # -- the whole pipeline in workers (CPU) ----------------------------------------------------------
@@ -157,7 +171,7 @@ def predict_batches(
     on_sparse: SparsePolicy, workers: int = 1,
 ) -> Iterator[tuple[list[Graphed], Any]]:  # fmt: skip
     """``(batch, outputs)`` in input order: ``batch_size`` graph items (graphs or errors) and the
-    predictor's ``_run`` outputs for their graphs (``(None, None, None)`` when none is usable).
+    predictor's ``_run`` outputs for their graphs (``(None, None, None, None)`` when none is usable).
 
     ``workers <= 1`` (or a list of fewer than :data:`MIN_PARALLEL` inputs): everything in this
     process. On a GPU: graphs built in ``workers`` processes, networks run here. On the CPU:
@@ -175,7 +189,7 @@ def predict_batches(
         stream = predictor._graphs(inputs, errors, on_sparse, 1 if serial else workers)
         while batch := list(islice(stream, batch_size)):
             good = [g for _, g in batch if isinstance(g, CrystalGraph)]
-            yield batch, predictor._run(good, per_atom, features) if good else (None, None, None)
+            yield batch, predictor._run(good, per_atom, features) if good else (None, None, None, None)
         return
     yield from _pipeline(predictor, enumerate(inputs), batch_size=batch_size, per_atom=per_atom, features=features,
                          errors=errors, on_sparse=on_sparse, workers=workers)  # fmt: skip
@@ -185,8 +199,14 @@ def _pipeline(
     predictor: Any, inputs: Iterator[tuple[int, Any]], *, batch_size: int, per_atom: bool, features: bool,
     errors: str, on_sparse: SparsePolicy, workers: int,
 ) -> Iterator[tuple[list[Graphed], Any]]:  # fmt: skip
-    """Reading, graphs and networks in one pool: graph tasks feed batches formed here, in input
-    order; at most ``workers * 4`` graph tasks and ``workers * 2`` network tasks are in flight."""
+    """Reading, graphs and networks in one pool, one task per batch: a worker reads ``batch_size``
+    inputs, builds their graphs and, where each input held one structure (so the items are exactly
+    the batch one process forms), runs the networks too; only the outputs and :class:`GraphSummary`
+    items come back. At most ``workers * 2`` tasks are in flight.
+
+    An input holding several structures (a multi-frame file) shifts every later batch: from that
+    task on, graphs come back and batches are formed here (:func:`_regrouped`), as one process does.
+    """
     import multiprocessing
 
     from cgcnn_ase.data.datasets import worker_start_method
@@ -194,27 +214,85 @@ def _pipeline(
     config = predictor.model.spec.graph
     options = dict(config=config, elements=predictor.model.elements, on_sparse=on_sparse, read_only=False,
                    cif_reader=cif_reader_for_policy(config.neighbor_policy))  # fmt: skip
-    chunks = iter(lambda: list(islice(inputs, CHUNK)), [])
+    tasks = iter(lambda: list(islice(inputs, batch_size)), [])
     context = multiprocessing.get_context(worker_start_method())
-    with context.Pool(workers, initializer=_init_network_worker,
-                      initargs=(predictor.model, {"fast_network": predictor.fast_network, "compile": predictor.compile,
-                                                  "stack_members": predictor.stack_members})) as pool:
-        reads: deque[Any] = deque(pool.apply_async(_work, ((c, options),)) for c in islice(chunks, workers * 4))
-        nets: deque[tuple[list[Graphed], Any]] = deque()
-        buffer: list[Graphed] = []
-        while reads or buffer or nets:
-            while reads and len(buffer) < batch_size:
-                for label, item in _next_graphs(pool, reads, chunks, options):
-                    if errors == "raise" and isinstance(item, InvalidStructureError):
-                        raise item
-                    buffer.append((label, item))
-            if buffer:
-                batch, buffer = buffer[:batch_size], buffer[batch_size:]
-                good = [g for _, g in batch if isinstance(g, CrystalGraph)]
-                nets.append((batch, pool.apply_async(_network, ((good, per_atom, features),)) if good else None))
-            while nets and (len(nets) > workers * 2 or not (reads or buffer)):
-                batch, pending = nets.popleft()
-                yield batch, pending.get() if pending is not None else (None, None, None)
+    network_options = {"fast_network": predictor.fast_network, "compile": predictor.compile,
+                       "stack_members": predictor.stack_members}  # fmt: skip
+    with context.Pool(workers, initializer=_init_network_worker, initargs=(predictor.model, network_options)) as pool:
+
+        def submit(task: list[tuple[int, Any]]) -> tuple[list[tuple[int, Any]], Any]:
+            return task, pool.apply_async(_batch, ((task, options, per_atom, features),))
+
+        pending = deque(submit(task) for task in islice(tasks, workers * 2))
+        while pending:
+            task, result = pending.popleft()
+            items, outputs, caught = result.get()
+            _rewarn(caught)
+            if outputs is None:  # the batches shift here: the rest as one process forms them
+                rest = chain((item for task, _ in pending for item in task), inputs)
+                yield from _regrouped(pool, items, rest, options, batch_size=batch_size, per_atom=per_atom,
+                                      features=features, errors=errors, workers=workers)  # fmt: skip
+                return
+            _raise_first_error(items, errors)
+            yield items, outputs
+            task = next(tasks, None)
+            if task is not None:
+                pending.append(submit(task))
+
+
+def _batch(
+    task: tuple[list[tuple[int, Any]], dict[str, Any], bool, bool],
+) -> tuple[list[Graphed], Any, list[tuple[str, type]]]:
+    """Worker: one batch of inputs read, graphed and (one structure per input) run through the
+    networks: ``(items, outputs, warnings)`` with graphs as :class:`GraphSummary` items, or
+    ``(items, None, warnings)`` with the graphs themselves when some input held another number of
+    structures than one."""
+    chunk, options, per_atom, features = task
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [item for index, obj in chunk for item in _items_of(index, obj, **options)]
+        outputs = None
+        if len(items) == len(chunk):
+            good = [g for _, g in items if isinstance(g, CrystalGraph)]
+            outputs = _WORKER_PREDICTOR._run(good, per_atom, features) if good else (None, None, None, None)
+            items = [(label, _summary(g) if isinstance(g, CrystalGraph) else g) for label, g in items]
+    return items, outputs, [(str(w.message), w.category) for w in caught]
+
+
+def _summary(graph: CrystalGraph) -> GraphSummary:
+    """What the results keep of a graph (its edges need not travel back from a worker)."""
+    return GraphSummary(numbers=graph.numbers, n_sparse=graph.n_sparse, label=graph.label)
+
+
+def _regrouped(
+    pool: Any, buffer: list[Graphed], inputs: Iterator[tuple[int, Any]], options: dict[str, Any], *,
+    batch_size: int, per_atom: bool, features: bool, errors: str, workers: int,
+) -> Iterator[tuple[list[Graphed], Any]]:  # fmt: skip
+    """Batches formed here from the graph ``buffer`` and then from graphs of ``inputs`` built by the
+    workers, the networks run by them: at most ``workers * 4`` graph tasks and ``workers * 2``
+    network tasks in flight."""
+    chunks = iter(lambda: list(islice(inputs, CHUNK)), [])
+    reads: deque[Any] = deque(pool.apply_async(_work, ((c, options),)) for c in islice(chunks, workers * 4))
+    nets: deque[tuple[list[Graphed], Any]] = deque()
+    while reads or buffer or nets:
+        while reads and len(buffer) < batch_size:
+            buffer.extend(_next_graphs(pool, reads, chunks, options))
+        if buffer:
+            batch, buffer = buffer[:batch_size], buffer[batch_size:]
+            _raise_first_error(batch, errors)
+            good = [g for _, g in batch if isinstance(g, CrystalGraph)]
+            nets.append((batch, pool.apply_async(_network, ((good, per_atom, features),)) if good else None))
+        while nets and (len(nets) > workers * 2 or not (reads or buffer)):
+            batch, pending = nets.popleft()
+            yield batch, pending.get() if pending is not None else (None, None, None, None)
+
+
+def _raise_first_error(items: list[Graphed], errors: str) -> None:
+    """With ``errors="raise"``, raise the first unusable structure of ``items``."""
+    if errors == "raise":
+        for _, item in items:
+            if isinstance(item, InvalidStructureError):
+                raise item
 
 
 def _batched(
@@ -228,14 +306,15 @@ def _batched(
     while chunk := list(islice(stream, batch_size)):
         records = [r for _, r in chunk if isinstance(r, StructureRecord)]
         if not records:
-            yield chunk, (None, None, None)
+            yield chunk, (None, None, None, None)
             continue
         batch, built = graph_batch(records, config, predictor.element_features(), on_sparse=on_sparse)
         built_items = iter(built)
         chunk = [(label, next(built_items) if isinstance(r, StructureRecord) else r) for label, r in chunk]
-        if errors == "raise":
-            for _, item in chunk:
-                if isinstance(item, InvalidStructureError):
-                    raise item
-        good = [item.n_atoms for _, item in chunk if isinstance(item, GraphSummary)]
-        yield chunk, predictor._forward(batch, good, per_atom, features) if batch is not None else (None, None, None)
+        _raise_first_error(chunk, errors)
+        good = [item for _, item in chunk if isinstance(item, GraphSummary)]
+        if batch is None:
+            yield chunk, (None, None, None, None)
+            continue
+        outputs = predictor._forward(batch, [g.n_atoms for g in good], per_atom, features)
+        yield chunk, (*outputs, predictor._domain_rows(outputs[0], outputs[2], [g.numbers for g in good]))

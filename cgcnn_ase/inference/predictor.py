@@ -194,9 +194,49 @@ class CGCNNPredictor:
         Returns:
             member values, shape (n_members, len(graphs)), in model units (probabilities
             for classifiers); per-atom arrays (mean over members) or ``None``; member 0's
-            crystal features, shape (len(graphs), atom_fea_len), or ``None``.
+            crystal features, shape (len(graphs), atom_fea_len), or ``None``; the domain
+            signal (:meth:`_domain_rows`) or ``None``.
         """
-        return self._forward(self._collate(graphs), [g.n_atoms for g in graphs], per_atom, embeddings)
+        outputs = self._forward(self._collate(graphs), [g.n_atoms for g in graphs], per_atom, embeddings)
+        return *outputs, self._domain_rows(outputs[0], outputs[2], [g.numbers for g in graphs])
+
+    def _domain_rows(
+        self, values: np.ndarray, crystal: np.ndarray | None, numbers: list[np.ndarray]
+    ) -> np.ndarray | None:
+        """The domain signal of one batch, shape (n, 3): ``domain_distance`` (standardised units),
+        ``domain_percentile`` (percent) and the error model's ``uncertainty`` (model units; NaN where
+        the model has none); ``None`` for a model without a domain summary.
+
+        Computed with the batch (in a worker process when there are workers) from the member
+        ``values`` (n_members, n), member 0's ``crystal`` features (n, width) and each crystal's
+        atomic ``numbers``: the searches are row by row, so a crystal's signal does not depend on
+        the others.
+        """
+        domain = self.model.domain
+        if domain is None or crystal is None:
+            return None
+        from cgcnn_ase.models.domain import formula_size
+
+        sizes = np.array([formula_size(z) for z in numbers], dtype=np.int64)
+        error_model = domain.error_model if self._has_error_model() else None
+        # one search serves the domain distance (first column) and the error model's neighbours
+        neighbours = domain.neighbours(crystal, K_TRAIN if error_model is not None else 1, device=self.device)
+        out = np.full((len(numbers), 3), np.nan)
+        out[:, 0] = neighbours[1][:, 0]
+        out[:, 1] = domain.percentiles(out[:, 0], sizes)
+        if error_model is not None:
+            members = np.ascontiguousarray(values.T, dtype=np.float64)  # (n, n_members), as _result holds them
+            x = error_model.features(domain, crystal, members.mean(axis=1), members.std(axis=1), numbers,
+                                     device=self.device, train_neighbours=neighbours)  # fmt: skip
+            out[:, 2] = error_model.uncertainty(x)
+        return out
+
+    def _has_error_model(self) -> bool:
+        """Whether predictions carry ``uncertainty``: a full ensemble (the calibration belongs to it
+        alone) whose domain summary holds the error model."""
+        domain = self.model.domain
+        full = self.model.calibration is not None
+        return self.model.is_ensemble and full and domain is not None and domain.error_model is not None
 
     def batched_graphs(self) -> bool:
         """Whether :meth:`predict` builds graphs with :mod:`cgcnn_ase.graph.batched` (see ``graph_backend``)."""
@@ -399,6 +439,7 @@ class CGCNNPredictor:
             width=self.model.spec.architecture.get("atom_fea_len", 64),
             per_atom=per_atom,
             features=embeddings or self.model.domain is not None,
+            domain_columns=self.model.domain is not None,
         )
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -447,21 +488,11 @@ class CGCNNPredictor:
             result.std_raw = members.std(axis=1)
             result.std_scale = scale
             result.std = result.std_raw * scale if scale is not None else result.std_raw.copy()
-        domain = self.model.domain
-        if domain is not None:
-            from cgcnn_ase.models.domain import formula_size
-
-            sizes = np.array([formula_size(z) for z in rows.numbers], dtype=np.int64)
-            full = self.model.calibration is not None  # the calibration belongs to the full ensemble only
-            error_model = domain.error_model if self.model.is_ensemble and full and len(result) else None
-            # one search serves the domain distance (first column) and the error model's neighbours
-            neighbours = domain.neighbours(features, K_TRAIN if error_model is not None else 1, device=self.device)
-            result.domain_distance = neighbours[1][:, 0]
-            result.domain_percentile = domain.percentiles(result.domain_distance, sizes)
-            if error_model is not None:
-                x = error_model.features(domain, features, result.values, result.std_raw, rows.numbers,
-                                         device=self.device, train_neighbours=neighbours)  # fmt: skip
-                result.uncertainty = error_model.uncertainty(x)
+        if rows.domain_columns:
+            signal = np.array(rows.domain, dtype=np.float64).reshape(-1, 3)
+            result.domain_distance, result.domain_percentile = signal[:, 0], signal[:, 1]
+            if self._has_error_model() and len(result):
+                result.uncertainty = signal[:, 2]
         return result
 
     def _interval_normaliser(self, result: PredictionResult) -> np.ndarray:

@@ -159,6 +159,7 @@ class _Rows:
     width: int
     per_atom: bool
     features: bool
+    domain_columns: bool = False
     ids: list[str] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
     messages: list[str | None] = field(default_factory=list)
@@ -166,7 +167,7 @@ class _Rows:
     unseen: list[list[str]] = field(default_factory=list)
     atoms: list[np.ndarray] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
-    numbers: list[np.ndarray] = field(default_factory=list)
+    domain: list[np.ndarray] = field(default_factory=list)
 
     def add(
         self,
@@ -174,10 +175,12 @@ class _Rows:
         values: np.ndarray | None,
         atoms: list[np.ndarray] | None,
         features: np.ndarray | None,
+        domain: np.ndarray | None,
         *,
         seen: frozenset[int] | None,
     ) -> None:
-        """Record one batch: ``values`` (n_members, n_good) etc. cover the graphs of ``chunk`` in order."""
+        """Record one batch: ``values`` (n_members, n_good), ``domain`` (n_good, 3) etc. cover the graphs
+        of ``chunk`` in order."""
         k = 0
         for label, item in chunk:
             self.ids.append(label)
@@ -186,7 +189,8 @@ class _Rows:
                 self.messages.append(None)
                 self.n_sparse.append(item.n_sparse)
                 self.unseen.append(_unseen_symbols(item, seen))
-                self.numbers.append(np.asarray(item.numbers))
+                if self.domain_columns:
+                    self.domain.append(domain[k])
                 if self.per_atom:
                     self.atoms.append(atoms[k])
                 if self.features:
@@ -197,7 +201,8 @@ class _Rows:
                 self.messages.append(str(item))
                 self.n_sparse.append(-1)
                 self.unseen.append([])
-                self.numbers.append(np.zeros(0, dtype=np.int64))
+                if self.domain_columns:
+                    self.domain.append(np.full(3, np.nan))
                 if self.per_atom:
                     self.atoms.append(np.zeros(0))
                 if self.features:

@@ -61,6 +61,7 @@ class ErrorModel:
     element_error: np.ndarray
     weights: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    _search: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # -- features ----------------------------------------------------------------------------
     def features(
@@ -90,7 +91,7 @@ class ErrorModel:
             train_neighbours: ``domain.neighbours(embeddings, K_TRAIN)`` when the caller has it already
                 (a prediction also needs its first column, the domain distance): not searched again.
         """
-        from cgcnn_ase.models.domain import nearest_rows
+        from cgcnn_ase.models.domain import SearchPoints, nearest_rows
 
         if domain.targets is None:
             raise ValueError("the domain summary stores no training targets; the error model needs them")
@@ -101,10 +102,11 @@ class ErrorModel:
         if train_neighbours is not None:
             idx, dist = train_neighbours
         else:
-            idx, dist = nearest_rows(z, domain.centers, K_TRAIN, device=device)
+            idx, dist = nearest_rows(z, domain.search_points(device), K_TRAIN, device=device)
         bad = idx[:, 0] < 0
         dev = domain.targets.astype(np.float64)[np.maximum(idx, 0)] - mean[:, None]
-        vidx, _ = nearest_rows(z, self.val_embeddings, K_VALIDATION, exclude_self=leave_out, device=device)
+        validation = SearchPoints.cached(self._search, self.val_embeddings, device)
+        vidx, _ = nearest_rows(z, validation, K_VALIDATION, exclude_self=leave_out, device=device)
         knn = np.abs(self.val_residuals.astype(np.float64))[np.maximum(vidx, 0)].mean(axis=1)
         columns = [np.asarray(std_raw, dtype=np.float64), dist[:, 0], np.abs(dev[:, 0]),
                    np.sqrt((dev**2).mean(axis=1)), knn, self._element_feature(elements, leave_out)]  # fmt: skip
