@@ -81,8 +81,15 @@ def table(tmp_path_factory) -> tuple[pd.DataFrame, str]:
 
 
 def _single_process(path: str, model: str, tmp_path, **kwargs) -> pd.DataFrame:
+    import torch
+
     out = tmp_path / "single.parquet"
-    predict_stream(path, [model], out, **kwargs)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the Dask workers run (bit for bit needs the same split of each product)
+    try:
+        predict_stream(path, [model], out, **kwargs)
+    finally:
+        torch.set_num_threads(before)
     return pd.read_parquet(out)
 
 

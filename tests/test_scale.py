@@ -181,6 +181,74 @@ class Interrupt(Exception):
     pass
 
 
+def _mixed_folder(tmp_path):
+    """Eight CIFs, a bad one, a CIF of two data blocks and an extxyz of two frames (13 structures or errors)."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    atoms = _crystals(12)
+    for k in range(8):
+        (folder / f"a{k:02d}.cif").write_text(_cif(atoms[k]))
+    (folder / "b_bad.cif").write_text("junk\n")
+    (folder / "c_two.cif").write_text(_cif(atoms[8]) + "\n" + _cif(atoms[9]).replace("data_", "data_second_", 1))
+    write(folder / "d_frames.extxyz", atoms[10:], format="extxyz")
+    return folder
+
+
+def test_one_model_reads_files_where_it_runs(predictor, tmp_path, monkeypatch):
+    """With one model, structure files reach the predictor unread (its workers read them, overlapping
+    the networks): the same ids, rows and errors as reading them first, the same bits with 1 and 2
+    workers, and the structures of a two-block CIF each get their row."""
+    import torch
+
+    from cgcnn_ase.inference import parallel
+
+    monkeypatch.setattr(parallel, "MIN_PARALLEL", 0)  # a pool even for this short list
+    folder = _mixed_folder(tmp_path)
+    deferred = list(iter_inputs(str(folder), defer_files=True))
+    read_first = list(iter_inputs(str(folder)))
+    assert [type(item).__name__ for _, item in deferred].count("str") == 10  # the CIFs; the frames are read
+    assert len(read_first) == 13 and len(deferred) == 12
+    kwargs = {"chunk_size": 5, "batch_size": 3}
+    texts = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the bitwise promise is at one torch thread, as each worker runs
+    read_here: list[str] = []
+    original = io_inputs.read_records
+
+    def counting_read(source, *args, **kw):
+        read_here.append(str(source))
+        return original(source, *args, **kw)
+
+    monkeypatch.setattr(io_inputs, "read_records", counting_read)
+    try:
+        for workers in (1, 2):
+            out = tmp_path / f"w{workers}.csv"
+            summary = predict_stream(str(folder), [predictor], out, workers=workers, **kwargs)
+            assert summary.n_predicted == 12 and summary.n_failed == 1
+            texts.append(out.read_text())
+    finally:
+        torch.set_num_threads(before)
+    assert texts[0] == texts[1]  # bit for bit
+    assert read_here == []  # no file was read by the input iterator: the predictor read them
+    frame = pd.read_csv(tmp_path / "w1.csv")
+    assert frame["id"].tolist() == [label for label, _ in read_first]
+    two = str(folder / "c_two.cif")
+    assert frame["id"].tolist()[9:11] == [f"{two}@0", f"{two}@1"]
+    assert frame["error"].notna().tolist() == [k == 8 for k in range(13)]
+    assert "b_bad.cif" in frame.loc[8, "error"]
+    expected = predictor.predict([item for _, item in read_first], errors="collect").values
+    np.testing.assert_allclose(frame[COLUMN], expected, atol=1e-6)
+    # resume after a run that stopped between the two blocks of c_two.cif: only the second is added
+    part = tmp_path / "part.csv"
+    lines = texts[0].splitlines(keepends=True)
+    part.write_text("".join(lines[:11]))  # the header and rows up to c_two.cif@0
+    summary = predict_stream(str(folder), [predictor], part, resume=True, workers=2, **kwargs)
+    assert summary.n_skipped == 10 and summary.n_written == 3
+    resumed = pd.read_csv(part)
+    assert resumed["id"].tolist() == frame["id"].tolist()
+    np.testing.assert_allclose(resumed[COLUMN], frame[COLUMN], atol=1e-6)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_resume_skips_finished_items_and_matches_an_uninterrupted_run(predictor, tmp_path, suffix):
     atoms = _crystals(17)

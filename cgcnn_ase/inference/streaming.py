@@ -7,8 +7,13 @@
 Data flow, one chunk at a time (memory holds one chunk of structure records and its
 result rows, whatever the input size)::
 
-    inputs --iter_inputs--> (id, record | error) --chunks of chunk_size--> predict_items
+    inputs --iter_inputs--> (id, record | error | unread path) --chunks of chunk_size--> predict_items
            --> one result frame per chunk --> ChunkWriter (CSV append / one Parquet part file)
+
+With one model, structure files travel unread (``iter_inputs(defer_files=True)``) and the
+predictor reads them where it builds their graphs, in its worker processes when there are
+workers: reading then overlaps with the networks instead of running before them in this
+process. With several models each file is read once here and the records go to every model.
 
 Inputs and their ids are :func:`cgcnn_ase.io.inputs.iter_inputs`'s (files, directories,
 globs, extxyz/traj frame by frame, ASE databases row by row, CSV/TSV/Parquet tables of CIF
@@ -54,7 +59,7 @@ from cgcnn_ase.inference.writers import (
     open_writer,
     read_finished_ids,
 )
-from cgcnn_ase.io.inputs import Item, iter_inputs
+from cgcnn_ase.io.inputs import DeferredItem, FinishedIds, Item, iter_inputs
 from cgcnn_ase.io.reader import CifReader, cif_reader_for_policy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -172,7 +177,7 @@ class ChunkResult:
 
 
 def predict_items(
-    items: Sequence[Item],
+    items: Sequence[Item | DeferredItem],
     predictors: Sequence[CGCNNPredictor],
     *,
     columns: Sequence[str] | None = None,
@@ -180,9 +185,15 @@ def predict_items(
     on_sparse: str = "warn",
     workers: int = 1,
     coverage: float | None = None,
+    finished: FinishedIds | None = None,
 ) -> ChunkResult:
     """Predict a list of ``(id, record | error)`` items with every model (each structure is
     read once, by the caller, for all models).
+
+    Items may also be ``(path, path)``, files left unread (``iter_inputs(defer_files=True)``):
+    each model's :meth:`~CGCNNPredictor.predict` reads them (in its worker processes, if any), and
+    a file of several structures gives a row per structure (ids ``path@i``; those in ``finished``
+    are left out).
 
     An item fails when it could not be read or when any model refuses it; its values are
     then NaN for all models (as ``cgcnn-ase predict`` reports it).
@@ -193,48 +204,82 @@ def predict_items(
     widths = [len(block) for block in _column_blocks(predictors, coverage=coverage)]
     if sum(widths) != len(columns):
         raise ValueError(f"{len(columns)} column names for {sum(widths)} model columns")
-    records = [item for _, item in items if not isinstance(item, CGCNNError)]
+    inputs = [item for _, item in items if not isinstance(item, CGCNNError)]
     results = (
         [
-            p.predict(records, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False,
+            p.predict(inputs, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False,
                       workers=workers, coverage=coverage if p.has_intervals else None)
             for p in predictors
         ]
-        if records
+        if inputs
         else []
     )
-    values = np.full((len(items), len(columns)), np.nan)
+    counts = iter(_rows_per_input(inputs, results[0].ids) if results else [])
+    ids: list[str] = []
+    values: list[np.ndarray] = []
     messages: list[list[str]] = []
-    k = 0
-    for row, (_, item) in enumerate(items):
+    k = 0  # the next result row
+    for item_id, item in items:
         if isinstance(item, CGCNNError):
+            ids.append(item_id)
+            values.append(np.full(len(columns), np.nan))
             messages.append([str(item)])
             continue
-        found = sorted({r.errors[k] for r in results if r.errors[k]})
-        messages.append(found)
-        if not found:
-            cells = []
-            for r, p in zip(results, predictors):
-                cells.append(r.values[k])
-                if getattr(p, "is_ensemble", False):
-                    cells.append(r.std[k])
-                if r.lower is not None:
-                    cells += [r.lower[k], r.upper[k]]
-                if getattr(p, "has_domain", False):
-                    cells.append(r.domain_percentile[k])
-            values[row] = cells
-        k += 1
-    data: dict[str, Any] = {"id": [str(i) for i, _ in items]}
+        first, k = k, k + next(counts)
+        for row in range(first, k):
+            row_id = results[0].ids[row]
+            if row_id != item_id and finished is not None and finished.take(row_id):
+                continue  # one of several structures of a deferred file, done in an earlier run
+            found = sorted({r.errors[row] for r in results if r.errors[row]})
+            ids.append(row_id)
+            messages.append(found)
+            values.append(np.full(len(columns), np.nan) if found else _cells(results, predictors, row))
+    data: dict[str, Any] = {"id": ids}
+    table = np.array(values, dtype=np.float64).reshape(len(ids), len(columns))
     for j, name in enumerate(columns):
-        data[name] = values[:, j]
+        data[name] = table[:, j]
     data["error"] = ["; ".join(m) if m else None for m in messages]
     frame = pd.DataFrame(data)
     frame["error"] = frame["error"].astype(object)
     return ChunkResult(frame=frame, messages=messages)
 
 
+def _cells(results: Sequence[Any], predictors: Sequence[CGCNNPredictor], k: int) -> np.ndarray:
+    """Row ``k`` of every model's result, in :func:`model_columns` order."""
+    cells = []
+    for r, p in zip(results, predictors):
+        cells.append(r.values[k])
+        if getattr(p, "is_ensemble", False):
+            cells.append(r.std[k])
+        if r.lower is not None:
+            cells += [r.lower[k], r.upper[k]]
+        if getattr(p, "has_domain", False):
+            cells.append(r.domain_percentile[k])
+    return np.array(cells, dtype=np.float64)
+
+
+def _rows_per_input(inputs: Sequence[Any], ids: Sequence[str]) -> list[int]:
+    """How many result rows (with ``ids``, in order) each input gave: one per record; for a file
+    left unread, one (id: its path, a structure or an error) or one per structure (``path@0``,
+    ``path@1``, ...: the ids :func:`cgcnn_ase.io.reader.read_input` gives)."""
+    counts, k = [], 0
+    for item in inputs:
+        n = 1
+        if isinstance(item, str) and k < len(ids) and ids[k] != item:
+            n = 0
+            while k + n < len(ids) and ids[k + n] == f"{item}@{n}":
+                n += 1
+        if n == 0 or k + n > len(ids):
+            raise RuntimeError(f"result ids out of step with the inputs at {item!r} (row {k})")
+        counts.append(n)
+        k += n
+    if k != len(ids):
+        raise RuntimeError(f"{len(ids) - k} result rows left over after the inputs")
+    return counts
+
+
 def iter_prediction_chunks(
-    items: Iterable[Item],
+    items: Iterable[Item | DeferredItem],
     predictors: Sequence[CGCNNPredictor],
     *,
     chunk_size: int = 1024,
@@ -243,8 +288,9 @@ def iter_prediction_chunks(
     on_sparse: str = "warn",
     workers: int = 1,
     coverage: float | None = None,
+    finished: FinishedIds | None = None,
 ) -> Iterator[ChunkResult]:
-    """Predict ``items`` ``chunk_size`` at a time; only one chunk is held at any moment.
+    """Predict ``items`` ``chunk_size`` at a time (:func:`predict_items`); only one chunk is held at any moment.
 
     Items are pulled from ``items`` lazily: chunk ``k`` is read only after chunk ``k - 1``
     has been yielded (and, in :func:`predict_stream`, written).
@@ -255,7 +301,7 @@ def iter_prediction_chunks(
     stream = iter(items)
     while chunk := list(islice(stream, chunk_size)):
         yield predict_items(chunk, predictors, columns=columns, batch_size=batch_size, on_sparse=on_sparse,
-                            workers=workers, coverage=coverage)  # fmt: skip
+                            workers=workers, coverage=coverage, finished=finished)  # fmt: skip
 
 
 # =============================================================================================
@@ -357,15 +403,18 @@ def predict_stream(
     units = {c: p.units for block, p in zip(_column_blocks(predictors, names, coverage), predictors) for c in block}
     writer = open_writer(output, all_columns, fmt=out_format, append=resume, units=units)
     summary = StreamSummary(output=None if stream_output else Path(output), format=out_format, columns=all_columns)
+    # With one model, structure files are read where the model runs (in its workers, overlapping the
+    # networks); several models share one reading here.
     items = iter_inputs(
         inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors), sort=sort, finished=finished,
         exclude=() if stream_output else [output],  # never read this run's own output (or its part files)
+        defer_files=len(predictors) == 1,
     )  # fmt: skip
     try:
         with tqdm(disable=None if progress is None else not progress, unit="structure", leave=False) as bar:
             for result in iter_prediction_chunks(
                 items, predictors, chunk_size=chunk_size, batch_size=batch_size, columns=columns, on_sparse=on_sparse,
-                workers=workers, coverage=coverage,
+                workers=workers, coverage=coverage, finished=finished,
             ):  # fmt: skip
                 writer.write(result.frame)
                 failed = result.n_failed

@@ -59,6 +59,7 @@ __all__ = [
     "PARQUET_SUFFIXES",
     "TABLE_SUFFIXES",
     "FinishedIds",
+    "DeferredItem",
     "Item",
     "iter_file",
     "iter_files",
@@ -69,6 +70,9 @@ __all__ = [
 ]
 
 Item = tuple[str, "StructureRecord | InvalidStructureError"]
+#: With ``defer_files=True``, an item may also be ``(path, path)``: a file left for the consumer to read
+#: (:func:`cgcnn_ase.io.reader.read_input` gives the same ids, and several for a file of several structures).
+DeferredItem = tuple[str, "StructureRecord | InvalidStructureError | str"]
 
 #: Explicitly named files with these endings are tables (a column of structures).
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet", ".pq")
@@ -219,7 +223,8 @@ def iter_inputs(
     table_chunk_rows: int = 4096,
     finished: FinishedIds | None = None,
     exclude: Iterable[str | os.PathLike] = (),
-) -> Iterator[Item]:
+    defer_files: bool = False,
+) -> Iterator[Item | DeferredItem]:
     """Lazily read structures from files, directories, globs, tables, databases and objects.
 
     Args:
@@ -235,6 +240,11 @@ def iter_inputs(
         finished: ids to skip (resume); they are skipped before any parsing where the id
             is known beforehand (files holding one structure, table rows, database rows).
         exclude: paths never read when directories and globs are expanded (see :func:`iter_files`).
+        defer_files: yield ``(path, path)`` for structure files read whole (not for frame files,
+            databases or tables) instead of reading them here: the consumer reads them, e.g. in
+            the worker processes of :meth:`~cgcnn_ase.inference.predictor.CGCNNPredictor.predict`,
+            where reading overlaps with the networks. A file already in ``finished`` is still
+            skipped; one holding several structures is the consumer's to expand (ids ``path@i``).
 
     Yields:
         ``(id, record)`` or ``(id, error)``: errors (:class:`InvalidStructureError`) are
@@ -255,7 +265,7 @@ def iter_inputs(
                 if _is_table(path) and path != item and os.path.isfile(path) and glob.has_magic(item):
                     yield from iter_table(path, finished=finished, **opts)  # tables matched by a pattern
                 else:
-                    yield from iter_file(path, cif_reader=cif_reader, finished=finished)
+                    yield from iter_file(path, cif_reader=cif_reader, finished=finished, defer=defer_files)
         elif isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str):
             yield from _iter_object(obj[0], obj[1], cif_reader, finished)
         else:
@@ -295,8 +305,11 @@ def _relabel(item: StructureRecord | InvalidStructureError, label: str) -> Struc
     return replace(item, label=label) if isinstance(item, StructureRecord) else item
 
 
-def iter_file(path: str, *, cif_reader: CifReader = "gemmi", finished: FinishedIds | None = None) -> Iterator[Item]:
-    """Structures of one file: extxyz/xyz/traj frame by frame, ``.db`` row by row, others whole.
+def iter_file(
+    path: str, *, cif_reader: CifReader = "gemmi", finished: FinishedIds | None = None, defer: bool = False
+) -> Iterator[Item | DeferredItem]:
+    """Structures of one file: extxyz/xyz/traj frame by frame, ``.db`` row by row, others whole
+    (``defer``: those as ``(path, path)``, unread; see :func:`iter_inputs`).
 
     Ids: ``path`` for a file holding one structure, ``path@i`` for frame ``i``,
     ``path@id=N`` for database rows. A file whose path is in ``finished`` is not read.
@@ -309,6 +322,8 @@ def iter_file(path: str, *, cif_reader: CifReader = "gemmi", finished: FinishedI
         yield from _iter_frames(path, finished)
     elif usable and name.endswith(DB_SUFFIXES):
         yield from _iter_db(path, finished)
+    elif defer:
+        yield path, path
     else:
         try:  # labelled with the path as given, so good and bad files get ids written the same way
             records = read_records(path, path, cif_reader=cif_reader)
