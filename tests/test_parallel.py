@@ -165,3 +165,61 @@ def test_cli_workers_write_the_same_file(tmp_path, model):
     assert len(outputs[0].splitlines()) == 72
     bad = CliRunner().invoke(main, ["predict", str(folder), "--workers", "none"])
     assert bad.exit_code == 2 and "--workers" in bad.output
+
+
+def test_a_kept_pool_serves_many_calls_with_the_same_bits(predictor, tmp_path, pool_runs, monkeypatch):
+    """``NetworkPool``: processes started once serve several ``predict`` calls (a stream's chunks),
+    with the results of ``workers=1``; it refuses another predictor or changed options."""
+    from cgcnn_ase.inference.parallel import NetworkPool
+
+    started: list[int] = []
+    original_init = NetworkPool.__init__
+
+    def counting_init(self, *args, **kwargs):
+        started.append(1)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(NetworkPool, "__init__", counting_init)
+    items = _inputs(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        serial = [predictor.predict(items[k : k + 15], errors="collect", batch_size=4) for k in (0, 15, 30)]
+        with NetworkPool(predictor, 2) as pool:
+            kept = [predictor.predict(items[k : k + 15], errors="collect", batch_size=4, workers=pool) for k in (0, 15, 30)]
+            assert started == [1]  # no call started processes of its own
+            other = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+            with pytest.raises(ValueError, match="another predictor"):
+                other.predict(items[:3], workers=pool)
+            predictor.fast_network = False
+            try:
+                with pytest.raises(ValueError, match="other predictor options"):
+                    predictor.predict(items[:3], workers=pool)
+            finally:
+                predictor.fast_network = None
+    assert pool_runs == ["pipeline"] * 3
+    for a, b in zip(serial, kept):
+        assert a.ids == b.ids and a.errors == b.errors
+        np.testing.assert_array_equal(a.member_values, b.member_values)
+    with pytest.raises(ValueError, match="at least 2"):
+        NetworkPool(predictor, 1)
+
+
+def test_a_stream_starts_its_workers_once(predictor, tmp_path, monkeypatch):
+    """``predict_stream`` with one model and workers: one pool for every chunk."""
+    from cgcnn_ase.inference import streaming
+
+    started: list[int] = []
+
+    class CountingPool(streaming.NetworkPool):
+        def __init__(self, *args, **kwargs):
+            started.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(streaming, "NetworkPool", CountingPool)
+    items = [(f"c{k}", rattled(bulk("NaCl", "rocksalt", a=5.5 + 0.02 * k), seed=k)) for k in range(12)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = streaming.predict_stream(items, [predictor], tmp_path / "out.csv", chunk_size=4, workers=2)
+        single = streaming.predict_stream(items, [predictor], tmp_path / "one.csv", chunk_size=4)
+    assert summary.n_chunks == 3 and summary.n_predicted == 12 and started == [1]
+    assert (tmp_path / "out.csv").read_text() == (tmp_path / "one.csv").read_text()

@@ -166,21 +166,78 @@ def _network(task: tuple[list[CrystalGraph], bool, bool]) -> Any:
     return _WORKER_PREDICTOR._run(graphs, per_atom, features)
 
 
+def _network_options(predictor: Any) -> dict[str, Any]:
+    """The predictor settings its workers' own predictors copy."""
+    return {"fast_network": predictor.fast_network, "compile": predictor.compile,
+            "stack_members": predictor.stack_members}  # fmt: skip
+
+
+class NetworkPool:
+    """Worker processes that read, build graphs and run one CPU predictor's networks, kept open
+    across :meth:`~cgcnn_ase.inference.predictor.CGCNNPredictor.predict` calls
+    (``predict(..., workers=pool)``): a stream of chunks then starts its processes once instead of
+    once per chunk (forking, then cold caches and fresh memory in every new process: about 0.17 s
+    a chunk with two workers). Results are those of ``workers=pool.processes``, bit for bit.
+
+    >>> with NetworkPool(predictor, 4) as pool:                        # doctest: +SKIP
+    ...     for chunk in chunks:
+    ...         result = predictor.predict(chunk, workers=pool)
+
+    Args:
+        predictor: the predictor (on the CPU) whose networks the workers copy; its options
+            (``fast_network``, ``compile``, ``stack_members``) must stay as they were.
+        processes: worker processes (at least 2).
+    """
+
+    def __init__(self, predictor: Any, processes: int) -> None:
+        import multiprocessing
+
+        from cgcnn_ase.data.datasets import worker_start_method
+
+        if processes < 2:
+            raise ValueError(f"a NetworkPool needs at least 2 processes, got {processes}")
+        if predictor.device.type != "cpu":
+            raise ValueError(f"a NetworkPool runs networks on the CPU; this predictor is on {predictor.device}")
+        self.predictor, self.processes, self.options = predictor, processes, _network_options(predictor)
+        context = multiprocessing.get_context(worker_start_method())
+        self.pool = context.Pool(processes, initializer=_init_network_worker, initargs=(predictor.model, self.options))
+
+    def check(self, predictor: Any) -> None:
+        """Raise ``ValueError`` unless this pool serves ``predictor`` as it is now."""
+        if predictor is not self.predictor or _network_options(predictor) != self.options:
+            raise ValueError("this NetworkPool was made for another predictor or other predictor options")
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self.pool.terminate()
+        self.pool.join()
+
+    def __enter__(self) -> NetworkPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def predict_batches(
     predictor: Any, structures: Any, *, batch_size: int, per_atom: bool, features: bool, errors: str,
-    on_sparse: SparsePolicy, workers: int = 1,
+    on_sparse: SparsePolicy, workers: int | NetworkPool = 1,
 ) -> Iterator[tuple[list[Graphed], Any]]:  # fmt: skip
     """``(batch, outputs)`` in input order: ``batch_size`` graph items (graphs or errors) and the
     predictor's ``_run`` outputs for their graphs (``(None, None, None, None)`` when none is usable).
 
     ``workers <= 1`` (or a list of fewer than :data:`MIN_PARALLEL` inputs): everything in this
     process. On a GPU: graphs built in ``workers`` processes, networks run here. On the CPU:
-    graphs *and* networks in ``workers`` processes (one torch thread each), with batches formed
-    here exactly as in this process, so the results are the same bit for bit as with one worker
-    at one torch thread.
+    graphs *and* networks in ``workers`` processes (one torch thread each; a :class:`NetworkPool`'s
+    processes, already running, whatever the length), with batches formed here exactly as in this
+    process, so the results are the same bit for bit as with one worker at one torch thread.
     """
     inputs = [structures] if is_single_input(structures) else structures
-    serial = workers <= 1 or (isinstance(inputs, Sized) and len(inputs) < MIN_PARALLEL)
+    pool = workers if isinstance(workers, NetworkPool) else None
+    if pool is not None:
+        pool.check(predictor)
+        workers = pool.processes
+    serial = workers <= 1 or (pool is None and isinstance(inputs, Sized) and len(inputs) < MIN_PARALLEL)
     if predictor.batched_graphs():
         yield from _batched(predictor, inputs, batch_size=batch_size, per_atom=per_atom, features=features,
                             errors=errors, on_sparse=on_sparse, workers=1 if serial else workers)  # fmt: skip
@@ -191,53 +248,51 @@ def predict_batches(
             good = [g for _, g in batch if isinstance(g, CrystalGraph)]
             yield batch, predictor._run(good, per_atom, features) if good else (None, None, None, None)
         return
-    yield from _pipeline(predictor, enumerate(inputs), batch_size=batch_size, per_atom=per_atom, features=features,
-                         errors=errors, on_sparse=on_sparse, workers=workers)  # fmt: skip
+    if pool is None:
+        with NetworkPool(predictor, workers) as pool:
+            yield from _pipeline(predictor, enumerate(inputs), pool, batch_size=batch_size, per_atom=per_atom,
+                                 features=features, errors=errors, on_sparse=on_sparse)  # fmt: skip
+        return
+    yield from _pipeline(predictor, enumerate(inputs), pool, batch_size=batch_size, per_atom=per_atom,
+                         features=features, errors=errors, on_sparse=on_sparse)  # fmt: skip
 
 
 def _pipeline(
-    predictor: Any, inputs: Iterator[tuple[int, Any]], *, batch_size: int, per_atom: bool, features: bool,
-    errors: str, on_sparse: SparsePolicy, workers: int,
+    predictor: Any, inputs: Iterator[tuple[int, Any]], pool: NetworkPool, *, batch_size: int, per_atom: bool,
+    features: bool, errors: str, on_sparse: SparsePolicy,
 ) -> Iterator[tuple[list[Graphed], Any]]:  # fmt: skip
-    """Reading, graphs and networks in one pool, one task per batch: a worker reads ``batch_size``
+    """Reading, graphs and networks in ``pool``, one task per batch: a worker reads ``batch_size``
     inputs, builds their graphs and, where each input held one structure (so the items are exactly
     the batch one process forms), runs the networks too; only the outputs and :class:`GraphSummary`
-    items come back. At most ``workers * 2`` tasks are in flight.
+    items come back. At most two tasks per worker are in flight.
 
     An input holding several structures (a multi-frame file) shifts every later batch: from that
     task on, graphs come back and batches are formed here (:func:`_regrouped`), as one process does.
     """
-    import multiprocessing
-
-    from cgcnn_ase.data.datasets import worker_start_method
-
     config = predictor.model.spec.graph
     options = dict(config=config, elements=predictor.model.elements, on_sparse=on_sparse, read_only=False,
                    cif_reader=cif_reader_for_policy(config.neighbor_policy))  # fmt: skip
     tasks = iter(lambda: list(islice(inputs, batch_size)), [])
-    context = multiprocessing.get_context(worker_start_method())
-    network_options = {"fast_network": predictor.fast_network, "compile": predictor.compile,
-                       "stack_members": predictor.stack_members}  # fmt: skip
-    with context.Pool(workers, initializer=_init_network_worker, initargs=(predictor.model, network_options)) as pool:
+    workers = pool.processes
 
-        def submit(task: list[tuple[int, Any]]) -> tuple[list[tuple[int, Any]], Any]:
-            return task, pool.apply_async(_batch, ((task, options, per_atom, features),))
+    def submit(task: list[tuple[int, Any]]) -> tuple[list[tuple[int, Any]], Any]:
+        return task, pool.pool.apply_async(_batch, ((task, options, per_atom, features),))
 
-        pending = deque(submit(task) for task in islice(tasks, workers * 2))
-        while pending:
-            task, result = pending.popleft()
-            items, outputs, caught = result.get()
-            _rewarn(caught)
-            if outputs is None:  # the batches shift here: the rest as one process forms them
-                rest = chain((item for task, _ in pending for item in task), inputs)
-                yield from _regrouped(pool, items, rest, options, batch_size=batch_size, per_atom=per_atom,
-                                      features=features, errors=errors, workers=workers)  # fmt: skip
-                return
-            _raise_first_error(items, errors)
-            yield items, outputs
-            task = next(tasks, None)
-            if task is not None:
-                pending.append(submit(task))
+    pending = deque(submit(task) for task in islice(tasks, workers * 2))
+    while pending:
+        task, result = pending.popleft()
+        items, outputs, caught = result.get()
+        _rewarn(caught)
+        if outputs is None:  # the batches shift here: the rest as one process forms them (pending results unused)
+            rest = chain([item for task, _ in pending for item in task], inputs)
+            yield from _regrouped(pool.pool, items, rest, options, batch_size=batch_size, per_atom=per_atom,
+                                  features=features, errors=errors, workers=workers)  # fmt: skip
+            return
+        _raise_first_error(items, errors)
+        yield items, outputs
+        task = next(tasks, None)
+        if task is not None:
+            pending.append(submit(task))
 
 
 def _batch(

@@ -31,7 +31,7 @@ from cgcnn_ase.nn.ops import segment_mean
 from cgcnn_ase.inference.results import PredictionResult, _Rows
 from cgcnn_ase.models.local_error import K_TRAIN
 from cgcnn_ase.models.registry import load_model, resolve_device
-from cgcnn_ase.inference.parallel import iter_graphs, predict_batches
+from cgcnn_ase.inference.parallel import NetworkPool, iter_graphs, predict_batches
 from cgcnn_ase.io.reader import cif_reader_for_policy
 
 ErrorPolicy = Literal["raise", "collect"]
@@ -375,7 +375,7 @@ class CGCNNPredictor:
         on_sparse: SparsePolicy = "warn",
         per_atom: bool = False,
         embeddings: bool = False,
-        workers: int = 1,
+        workers: int | NetworkPool = 1,
         coverage: float | None = None,
     ) -> PredictionResult:
         """Predict the model's property for one or many structures.
@@ -415,7 +415,8 @@ class CGCNNPredictor:
                 they read, build graphs and run the networks (one torch thread each); on a GPU
                 they read and build graphs while this process runs the networks. 1 does
                 everything here. Results come in input order, the same bit for bit as
-                ``workers=1`` at one torch thread.
+                ``workers=1`` at one torch thread. A :class:`~cgcnn_ase.inference.parallel.NetworkPool`
+                of this predictor: its processes, kept running between calls (for many calls in a row).
 
         Returns:
             A :class:`PredictionResult` in input order.
@@ -441,7 +442,7 @@ class CGCNNPredictor:
             features=embeddings or self.model.domain is not None,
             domain_columns=self.model.domain is not None,
         )
-        if workers < 1:
+        if not isinstance(workers, NetworkPool) and workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         half_width = self.model.conformal_quantile(coverage) if coverage is not None else None  # fails early
         batches = predict_batches(self, structures, batch_size=batch_size, per_atom=per_atom, features=rows.features,

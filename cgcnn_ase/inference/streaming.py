@@ -59,6 +59,7 @@ from cgcnn_ase.inference.writers import (
     open_writer,
     read_finished_ids,
 )
+from cgcnn_ase.inference.parallel import NetworkPool
 from cgcnn_ase.io.inputs import DeferredItem, FinishedIds, Item, iter_inputs
 from cgcnn_ase.io.reader import CifReader, cif_reader_for_policy
 
@@ -183,7 +184,7 @@ def predict_items(
     columns: Sequence[str] | None = None,
     batch_size: int | None = None,
     on_sparse: str = "warn",
-    workers: int = 1,
+    workers: int | NetworkPool = 1,
     coverage: float | None = None,
     finished: FinishedIds | None = None,
 ) -> ChunkResult:
@@ -286,7 +287,7 @@ def iter_prediction_chunks(
     batch_size: int | None = None,
     columns: Sequence[str] | None = None,
     on_sparse: str = "warn",
-    workers: int = 1,
+    workers: int | NetworkPool = 1,
     coverage: float | None = None,
     finished: FinishedIds | None = None,
 ) -> Iterator[ChunkResult]:
@@ -410,11 +411,14 @@ def predict_stream(
         exclude=() if stream_output else [output],  # never read this run's own output (or its part files)
         defer_files=len(predictors) == 1,
     )  # fmt: skip
+    pool = None
     try:
+        # one model on the CPU: its worker processes serve every chunk (started once, not per chunk)
+        pool = NetworkPool(predictors[0], workers) if workers > 1 and _keeps_a_pool(predictors) else None
         with tqdm(disable=None if progress is None else not progress, unit="structure", leave=False) as bar:
             for result in iter_prediction_chunks(
                 items, predictors, chunk_size=chunk_size, batch_size=batch_size, columns=columns, on_sparse=on_sparse,
-                workers=workers, coverage=coverage, finished=finished,
+                workers=pool or workers, coverage=coverage, finished=finished,
             ):  # fmt: skip
                 writer.write(result.frame)
                 failed = result.n_failed
@@ -426,5 +430,13 @@ def predict_stream(
                     on_chunk(result)
     finally:
         writer.close()
+        if pool is not None:
+            pool.close()
         summary.n_skipped = finished.skipped if finished is not None else 0
     return summary
+
+
+def _keeps_a_pool(predictors: Sequence[CGCNNPredictor]) -> bool:
+    """Whether :func:`predict_stream` keeps one :class:`NetworkPool` for all chunks: one model, on the CPU,
+    whose per-structure path runs there (several models would each hold their own processes)."""
+    return len(predictors) == 1 and predictors[0].device.type == "cpu" and not predictors[0].batched_graphs()
