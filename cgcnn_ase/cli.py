@@ -151,7 +151,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Structures read, predicted and written together (memory holds one chunk).")
 @click.option("--column", default="cif", show_default=True, help="Table inputs (.csv, .tsv, .parquet): column holding CIF text, pymatgen structure JSON or file paths.")
 @click.option("--id-column", default=None, help="Table inputs: column of unique ids [default: FILE@ROW].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Crystals per forward pass [default: 32 on a CPU, 1024 on a GPU].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Crystals per forward pass [default: 64 on a CPU, 1024 on a GPU].")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch (1 is fastest for small crystals; run several processes to use more cores).")
 @click.option("--workers", default="auto", show_default=True, help="Processes reading structures and building graphs while the main one runs the networks: a number, or auto (the CPU count, at most 8).")
@@ -551,7 +551,7 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, co
 @click.option("--model", "-m", "model", required=True, help="An atomwise-readout model (name or folder), e.g. perovskite_site_energy.")
 @click.option("--output", "-o", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for sites.csv, by_element.csv and the maps.")
 @click.option("--allow-mean-pooled", is_flag=True, help="Accept a mean-pooled model (first-order attributions, not site energies).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Crystals per forward pass [default: 32 on a CPU, 1024 on a GPU].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Crystals per forward pass [default: 64 on a CPU, 1024 on a GPU].")
 @_guarded
 def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: bool, batch_size: int) -> None:
     """Per-site contributions of an atomwise model for the crystals in INPUTS, with site

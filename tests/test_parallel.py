@@ -205,15 +205,18 @@ def test_a_kept_pool_serves_many_calls_with_the_same_bits(predictor, tmp_path, p
 
 
 def test_a_stream_starts_its_workers_once(predictor, tmp_path, monkeypatch):
-    """``predict_stream`` with one model and workers: one pool for every chunk."""
-    from cgcnn_ase.inference import streaming
+    """``predict_stream`` with one model and workers: processes started once for every chunk, and
+    none for a stream too short to be worth them (``cgcnn-ase predict POSCAR`` runs in one process)."""
+    from cgcnn_ase.inference import parallel, streaming
 
     started: list[int] = []
 
     class CountingPool(streaming.NetworkPool):
-        def __init__(self, *args, **kwargs):
-            started.append(1)
-            super().__init__(*args, **kwargs)
+        @property
+        def pool(self):
+            if not self.started:
+                started.append(1)
+            return super().pool
 
     monkeypatch.setattr(streaming, "NetworkPool", CountingPool)
     items = [(f"c{k}", rattled(bulk("NaCl", "rocksalt", a=5.5 + 0.02 * k), seed=k)) for k in range(12)]
@@ -221,5 +224,9 @@ def test_a_stream_starts_its_workers_once(predictor, tmp_path, monkeypatch):
         warnings.simplefilter("ignore")
         summary = streaming.predict_stream(items, [predictor], tmp_path / "out.csv", chunk_size=4, workers=2)
         single = streaming.predict_stream(items, [predictor], tmp_path / "one.csv", chunk_size=4)
-    assert summary.n_chunks == 3 and summary.n_predicted == 12 and started == [1]
+        assert summary.n_chunks == 3 and summary.n_predicted == 12 and single.n_predicted == 12
+        assert started == [1]
+        monkeypatch.setattr(parallel, "MIN_PARALLEL", 64)  # the library's own threshold
+        streaming.predict_stream(items[:1], [predictor], tmp_path / "short.csv", workers=2)
+    assert started == [1]  # no processes for one structure
     assert (tmp_path / "out.csv").read_text() == (tmp_path / "one.csv").read_text()

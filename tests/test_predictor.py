@@ -38,7 +38,7 @@ def test_results_do_not_depend_on_batch_size_or_composition(predictor, crystals,
 def test_the_default_batch_depends_on_the_device(predictor):
     import torch
 
-    assert predictor.device.type == "cpu" and predictor.default_batch_size() == 32
+    assert predictor.device.type == "cpu" and predictor.default_batch_size() == 64
     other = CGCNNPredictor(predictor.model, device="cpu")
     other.device = torch.device("cuda")  # only the rule is asked; nothing runs there
     assert other.default_batch_size() == 1024

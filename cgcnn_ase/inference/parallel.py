@@ -183,6 +183,10 @@ class NetworkPool:
     ...     for chunk in chunks:
     ...         result = predictor.predict(chunk, workers=pool)
 
+    The processes start with the first call that uses them: like ``workers=N``, a call with fewer
+    than :data:`MIN_PARALLEL` inputs runs in the calling process while none are running (a stream
+    of one file starts none).
+
     Args:
         predictor: the predictor (on the CPU) whose networks the workers copy; its options
             (``fast_network``, ``compile``, ``stack_members``) must stay as they were.
@@ -190,17 +194,30 @@ class NetworkPool:
     """
 
     def __init__(self, predictor: Any, processes: int) -> None:
-        import multiprocessing
-
-        from cgcnn_ase.data.datasets import worker_start_method
-
         if processes < 2:
             raise ValueError(f"a NetworkPool needs at least 2 processes, got {processes}")
         if predictor.device.type != "cpu":
             raise ValueError(f"a NetworkPool runs networks on the CPU; this predictor is on {predictor.device}")
         self.predictor, self.processes, self.options = predictor, processes, _network_options(predictor)
-        context = multiprocessing.get_context(worker_start_method())
-        self.pool = context.Pool(processes, initializer=_init_network_worker, initargs=(predictor.model, self.options))
+        self._pool: Any = None
+
+    @property
+    def started(self) -> bool:
+        """Whether the worker processes are running."""
+        return self._pool is not None
+
+    @property
+    def pool(self) -> Any:
+        """The ``multiprocessing`` pool, started on first use."""
+        if self._pool is None:
+            import multiprocessing
+
+            from cgcnn_ase.data.datasets import worker_start_method
+
+            context = multiprocessing.get_context(worker_start_method())
+            self._pool = context.Pool(self.processes, initializer=_init_network_worker,
+                                      initargs=(self.predictor.model, self.options))  # fmt: skip
+        return self._pool
 
     def check(self, predictor: Any) -> None:
         """Raise ``ValueError`` unless this pool serves ``predictor`` as it is now."""
@@ -208,9 +225,11 @@ class NetworkPool:
             raise ValueError("this NetworkPool was made for another predictor or other predictor options")
 
     def close(self) -> None:
-        """Stop the worker processes."""
-        self.pool.terminate()
-        self.pool.join()
+        """Stop the worker processes (if they were started)."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
 
     def __enter__(self) -> NetworkPool:
         return self
@@ -229,7 +248,7 @@ def predict_batches(
     ``workers <= 1`` (or a list of fewer than :data:`MIN_PARALLEL` inputs): everything in this
     process. On a GPU: graphs built in ``workers`` processes, networks run here. On the CPU:
     graphs *and* networks in ``workers`` processes (one torch thread each; a :class:`NetworkPool`'s
-    processes, already running, whatever the length), with batches formed here exactly as in this
+    processes, whatever the length once they run), with batches formed here exactly as in this
     process, so the results are the same bit for bit as with one worker at one torch thread.
     """
     inputs = [structures] if is_single_input(structures) else structures
@@ -237,7 +256,8 @@ def predict_batches(
     if pool is not None:
         pool.check(predictor)
         workers = pool.processes
-    serial = workers <= 1 or (pool is None and isinstance(inputs, Sized) and len(inputs) < MIN_PARALLEL)
+    few = isinstance(inputs, Sized) and len(inputs) < MIN_PARALLEL  # not worth starting processes for
+    serial = workers <= 1 or (few and not (pool is not None and pool.started))
     if predictor.batched_graphs():
         yield from _batched(predictor, inputs, batch_size=batch_size, per_atom=per_atom, features=features,
                             errors=errors, on_sparse=on_sparse, workers=1 if serial else workers)  # fmt: skip

@@ -39,7 +39,7 @@ GraphBackend = Literal["auto", "batched", "per-structure"]
 
 
 #: Default crystals per forward pass on a CPU and on a GPU (see :meth:`CGCNNPredictor.default_batch_size`).
-CPU_BATCH, GPU_BATCH = 32, 1024
+CPU_BATCH, GPU_BATCH = 64, 1024
 
 
 class CGCNNPredictor:
@@ -245,9 +245,11 @@ class CGCNNPredictor:
         return self.graph_backend == "batched" or (self.graph_backend == "auto" and self.device.type == "cuda")
 
     def default_batch_size(self) -> int:
-        """Crystals per forward pass when none is given: 32 on a CPU, 1024 on a GPU (1.8x the throughput of 256
-        on an H200). On a CPU, since the convolutions work in cache-sized blocks of edges, 32, 64 and 128 run
-        within 10% of each other (``benchmarks/bench_cpu_pass.py``). Measured in docs/performance.md."""
+        """Crystals per forward pass when none is given: 64 on a CPU, 1024 on a GPU (1.8x the throughput of 256
+        on an H200). On a CPU, since the convolutions work in cache-sized blocks of edges, 64 ran 2.5-9% faster
+        than 32 for one network and 2.5-4% for the five stacked members in two runs of
+        ``benchmarks/bench_cpu_pass.py`` (128: faster still for one network, not for the ensemble).
+        Measured in docs/performance.md."""
         return CPU_BATCH if self.device.type == "cpu" else GPU_BATCH
 
     def element_features(self) -> torch.Tensor:
@@ -390,7 +392,7 @@ class CGCNNPredictor:
                 iterable of them (consumed lazily). A file with several frames gives one
                 result per frame.
             batch_size: crystals per forward pass; results do not depend on it. ``None``:
-                :meth:`default_batch_size` (32 on a CPU, 1024 on a GPU).
+                :meth:`default_batch_size` (64 on a CPU, 1024 on a GPU).
             device: override the predictor's device for this call.
             progress: show a progress bar on stderr; ``None`` shows one for 100+ inputs
                 when stderr is a terminal.

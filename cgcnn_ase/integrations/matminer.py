@@ -53,7 +53,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
             ``"<property> embedding <k>"``.
         domain: also add ``"<property> domain percentile (percent)"`` for models that ship
             a domain summary (0-100; near 100: outside the training domain).
-        batch_size: structures per forward pass (``None``: the predictor's default, 32 on a CPU and
+        batch_size: structures per forward pass (``None``: the predictor's default, 64 on a CPU and
             1024 on a GPU).
         device: torch device (``None``: CUDA if available).
         metal_threshold: with both a ``band_gap`` and an ``is_metal`` model (asking for the
