@@ -79,8 +79,8 @@ def prepare(n: int, shared: str | None, output: str) -> None:
         records.append(record)
         cifs.append(cif)
     torch.set_num_threads(1)
-    single = CGCNNPredictor.load("formation_energy", members=1, device="cpu").predict(records, batch_size=256)
-    full = CGCNNPredictor.load("formation_energy", device="cpu").predict(records, batch_size=256)
+    one, five = CGCNNPredictor.load("formation_energy", members=1, device="cpu"), CGCNNPredictor.load("formation_energy", device="cpu")
+    single, full = one.predict(records, batch_size=256), five.predict(records, batch_size=256)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         output,
@@ -93,8 +93,20 @@ def prepare(n: int, shared: str | None, output: str) -> None:
         cpu_values_1=single.values,
         cpu_values_5=full.member_values,
         cifs=np.array(cifs),
+        model=np.array(_model_id(five)),  # the reference values belong to this model
     )
     print(f"{len(records)} crystals, {sum(len(g.distances) for g in graphs)} edges -> {output}")
+
+
+def _model_id(predictor) -> str:
+    """The shipped model's name and a digest of its weights: stored reference values are only comparable with it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for net, _, _ in predictor.model.heads():
+        for tensor in net.state_dict().values():
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+    return f"{predictor.model.spec.name} {digest.hexdigest()[:16]}"
 
 
 def _sync() -> None:
@@ -209,6 +221,10 @@ def run(inputs: str, batch_sizes: str, repeats: int, json_path: str | None, devi
     config = GraphConfig()
     full = CGCNNPredictor.load("formation_energy", device=device)
     single = CGCNNPredictor.load("formation_energy", members=1, device=device)
+    stored, current = str(data["model"]) if "model" in data else "unknown", _model_id(full)
+    if stored != current:
+        raise click.ClickException(f"{inputs} holds reference values of {stored}, not of the shipped "
+                                   f"formation_energy ({current}): run `bench_gpu.py prepare` again")  # fmt: skip
     full.graph_backend = single.graph_backend = "batched"  # what "auto" picks on CUDA (also on a CPU check here)
     features = full.element_features()
     rows, results = [], {}
