@@ -36,13 +36,17 @@ def pool_runs(monkeypatch) -> list[str]:
 
     runs: list[str] = []
     monkeypatch.setattr(parallel, "MIN_PARALLEL", 0)
-    for name, tag in (("_pipeline", "pipeline"), ("_regrouped", "regrouped")):
+    def spy_on(name: str, tag: str) -> None:
+        original = getattr(parallel, name)
 
-        def spy(*args, _original=getattr(parallel, name), _tag=tag, **kwargs):
-            runs.append(_tag)
-            yield from _original(*args, **kwargs)
+        def spy(*args, **kwargs):
+            runs.append(tag)
+            yield from original(*args, **kwargs)
 
         monkeypatch.setattr(parallel, name, spy)
+
+    spy_on("_pipeline", "pipeline")
+    spy_on("_regrouped", "regrouped")
     return runs
 
 

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, StreamError
+from cgcnn_ase.inference.parallel import NetworkPool
 from cgcnn_ase.inference.writers import (
     CSVChunkWriter,
     OutputFormat,
@@ -59,7 +60,6 @@ from cgcnn_ase.inference.writers import (
     open_writer,
     read_finished_ids,
 )
-from cgcnn_ase.inference.parallel import NetworkPool
 from cgcnn_ase.io.inputs import DeferredItem, FinishedIds, Item, iter_inputs
 from cgcnn_ase.io.reader import CifReader, cif_reader_for_policy
 
