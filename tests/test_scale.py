@@ -249,6 +249,23 @@ def test_one_model_reads_files_where_it_runs(predictor, tmp_path, monkeypatch):
     np.testing.assert_allclose(resumed[COLUMN], frame[COLUMN], atol=1e-6)
 
 
+def test_files_named_like_another_files_structures(predictor, tmp_path):
+    """``x.cif`` of two data blocks (ids ``x.cif@0``, ``x.cif@1``) next to a file named ``x.cif@2``:
+    the ids alone cannot say which file a row came from, so the files are read here; the rows are
+    those of reading first, each with its own structure's value."""
+    atoms = _crystals(3)
+    folder = tmp_path / "names"
+    folder.mkdir()
+    (folder / "x.cif").write_text(_cif(atoms[0]) + "\n" + _cif(atoms[1]).replace("data_", "data_second_", 1))
+    (folder / "x.cif@2").write_text(_cif(atoms[2]))
+    out = tmp_path / "out.csv"
+    summary = predict_stream(str(folder), [predictor], out)
+    frame = pd.read_csv(out)
+    x = str(folder / "x.cif")
+    assert frame["id"].tolist() == [f"{x}@0", f"{x}@1", f"{x}@2"] and summary.n_predicted == 3
+    np.testing.assert_allclose(frame[COLUMN], _expected(predictor, atoms), atol=1e-6)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_resume_skips_finished_items_and_matches_an_uninterrupted_run(predictor, tmp_path, suffix):
     atoms = _crystals(17)

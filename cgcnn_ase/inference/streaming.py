@@ -215,7 +215,13 @@ def predict_items(
         if inputs
         else []
     )
-    counts = iter(_rows_per_input(inputs, results[0].ids) if results else [])
+    try:
+        counts = iter(_rows_per_input(inputs, results[0].ids) if results else [])
+    except _OutOfStep:  # a file named like another's structure (x.cif, then x.cif@2): read the files here
+        read = [row for item_id, item in items for row in (_read_here(item, predictors, finished)
+                                                           if isinstance(item, str) else [(item_id, item)])]  # fmt: skip
+        return predict_items(read, predictors, columns=columns, batch_size=batch_size, on_sparse=on_sparse,
+                             workers=workers, coverage=coverage)  # fmt: skip
     ids: list[str] = []
     values: list[np.ndarray] = []
     messages: list[list[str]] = []
@@ -259,10 +265,22 @@ def _cells(results: Sequence[Any], predictors: Sequence[CGCNNPredictor], k: int)
     return np.array(cells, dtype=np.float64)
 
 
+class _OutOfStep(Exception):
+    """Result ids that cannot be matched to the inputs by :func:`_rows_per_input`."""
+
+
+def _read_here(path: str, predictors: Sequence[CGCNNPredictor], finished: FinishedIds | None) -> list[Item]:
+    """A deferred file's items, read in this process (as ``iter_inputs`` without ``defer_files``)."""
+    from cgcnn_ase.io.inputs import iter_file
+
+    return list(iter_file(path, cif_reader=cif_reader_for(predictors), finished=finished))
+
+
 def _rows_per_input(inputs: Sequence[Any], ids: Sequence[str]) -> list[int]:
     """How many result rows (with ``ids``, in order) each input gave: one per record; for a file
     left unread, one (id: its path, a structure or an error) or one per structure (``path@0``,
-    ``path@1``, ...: the ids :func:`cgcnn_ase.io.reader.read_input` gives)."""
+    ``path@1``, ...: the ids :func:`cgcnn_ase.io.reader.read_input` gives). Raises
+    :class:`_OutOfStep` where the ids do not match the inputs one to one."""
     counts, k = [], 0
     for item in inputs:
         n = 1
@@ -271,11 +289,11 @@ def _rows_per_input(inputs: Sequence[Any], ids: Sequence[str]) -> list[int]:
             while k + n < len(ids) and ids[k + n] == f"{item}@{n}":
                 n += 1
         if n == 0 or k + n > len(ids):
-            raise RuntimeError(f"result ids out of step with the inputs at {item!r} (row {k})")
+            raise _OutOfStep(f"result ids out of step with the inputs at {item!r} (row {k})")
         counts.append(n)
         k += n
     if k != len(ids):
-        raise RuntimeError(f"{len(ids) - k} result rows left over after the inputs")
+        raise _OutOfStep(f"{len(ids) - k} result rows left over after the inputs")
     return counts
 
 
