@@ -6,12 +6,13 @@ temporary folder. Then, interleaved for ``--repeats`` rounds:
 * CLI: ``cgcnn-ase predict FOLDER --model formation_energy --workers W -o out.csv`` in a
   subprocess (wall time; start-up and model loading included), for W = 1 and ``--workers``;
 * API: ``CGCNNPredictor.from_pretrained("formation_energy", members=1).predict(files, workers=W)``
-  in this process (model loaded once, outside the timing), structures per second.
+  in this process (model loaded once, outside the timing), structures per second; and the same with
+  the 5-member ensemble (``--ensemble``).
 
 Every process uses one torch thread. Reported: per-round times, medians and the median of the
 per-round ratios (rounds are side by side, so host load affects both alike).
 
-    python benchmarks/bench_workers.py [--n 1000] [--repeats 3] [--workers 2]
+    python benchmarks/bench_workers.py [--n 1000] [--repeats 3] [--workers 2] [--ensemble]
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _cli(folder: Path, workers: int, out: Path) -> float:
 @click.option("--repeats", default=3, show_default=True, help="Interleaved rounds.")
 @click.option("--workers", default=2, show_default=True, help="Workers compared with 1.")
 @click.option("--shared", default=None, help="The shared data folder (default: ../shared).")
-def main(n: int, repeats: int, workers: int, shared: str | None) -> None:
+@click.option("--ensemble", is_flag=True, help="Also time the API with the 5-member ensemble.")
+def main(n: int, repeats: int, workers: int, shared: str | None, ensemble: bool) -> None:
     import torch
 
     from cgcnn_ase import CGCNNPredictor
@@ -53,33 +55,35 @@ def main(n: int, repeats: int, workers: int, shared: str | None) -> None:
     _common.quiet()
     torch.set_num_threads(1)
     folder, files = _common.write_cifs(_common.load_cif_strings(shared, "mp", n), Path(tempfile.mkdtemp()) / "cifs")
-    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
-    predictor.predict(files[:16])  # lazy imports
+    predictors = {"API (members=1), structures/s": CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")}
+    if ensemble:
+        predictors["API (5-member ensemble), structures/s"] = CGCNNPredictor.from_pretrained("formation_energy", device="cpu")
+    for predictor in predictors.values():
+        predictor.predict(files[:16])  # lazy imports
     out = Path(tempfile.mkdtemp())
     rows = []
     for round_ in range(repeats):
         cli = {w: _cli(folder, w, out / f"w{w}.csv") for w in (1, workers)}
-        api = {}
-        for w in (1, workers):
-            start = time.perf_counter()
-            predictor.predict(files, workers=w)
-            api[w] = time.perf_counter() - start
+        api: dict[str, dict[int, float]] = {}
+        for name, predictor in predictors.items():
+            for w in (1, workers):
+                start = time.perf_counter()
+                predictor.predict(files, workers=w)
+                api.setdefault(name, {})[w] = time.perf_counter() - start
         rows.append((round_, cli, api))
-        print(f"round {round_}: CLI {cli[1]:.2f} s vs {cli[workers]:.2f} s; API {n / api[1]:.0f} vs "
-              f"{n / api[workers]:.0f} structures/s", file=sys.stderr)  # fmt: skip
-    cli_ratio = _common.median([r[1][1] / r[1][workers] for r in rows])
-    api_ratio = _common.median([r[2][1] / r[2][workers] for r in rows])
+        rates = "; ".join(f"{name.split(',')[0]} {n / t[1]:.0f} vs {n / t[workers]:.0f}/s" for name, t in api.items())
+        print(f"round {round_}: CLI {cli[1]:.2f} s vs {cli[workers]:.2f} s; {rates}", file=sys.stderr)
+    table = [["CLI (5-member ensemble), wall s", f"{_common.median([r[1][1] for r in rows]):.2f}",
+              f"{_common.median([r[1][workers] for r in rows]):.2f}",
+              f"{_common.median([r[1][1] / r[1][workers] for r in rows]):.2f}x"]]  # fmt: skip
+    for name in predictors:
+        times = [r[2][name] for r in rows]
+        table.append([name, f"{n / _common.median([t[1] for t in times]):.0f}",
+                      f"{n / _common.median([t[workers] for t in times]):.0f}",
+                      f"{_common.median([t[1] / t[workers] for t in times]):.2f}x"])  # fmt: skip
     print(_common.machine_line())
     print(f"{n} MP CIFs, formation_energy, 1 torch thread per process, {repeats} interleaved rounds\n")
-    print(_common.markdown_table(
-        ["pipeline", "--workers 1", f"--workers {workers}", "ratio (median of rounds)"],
-        [
-            ["CLI (5-member ensemble), wall s", f"{_common.median([r[1][1] for r in rows]):.2f}",
-             f"{_common.median([r[1][workers] for r in rows]):.2f}", f"{cli_ratio:.2f}x"],
-            ["API (members=1), structures/s", f"{n / _common.median([r[2][1] for r in rows]):.0f}",
-             f"{n / _common.median([r[2][workers] for r in rows]):.0f}", f"{api_ratio:.2f}x"],
-        ],
-    ))  # fmt: skip
+    print(_common.markdown_table(["pipeline", "--workers 1", f"--workers {workers}", "ratio (median of rounds)"], table))
 
 
 if __name__ == "__main__":
