@@ -234,3 +234,18 @@ def test_a_stream_starts_its_workers_once(predictor, tmp_path, monkeypatch):
         streaming.predict_stream(items[:1], [predictor], tmp_path / "short.csv", workers=2)
     assert started == [1]  # no processes for one structure
     assert (tmp_path / "out.csv").read_text() == (tmp_path / "one.csv").read_text()
+
+
+def test_per_atom_and_embeddings_from_workers_are_bitwise(predictor, pool_runs):
+    """Per-atom contributions, embeddings and the domain signal come back from whole-batch tasks unchanged."""
+    items = [rattled(bulk("NaCl", "rocksalt", a=5.5 + 0.02 * k), seed=k) * (1, 1, 1 + k % 2) for k in range(12)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        serial = predictor.predict(items, per_atom=True, embeddings=True, batch_size=5)
+        parallel = predictor.predict(items, per_atom=True, embeddings=True, batch_size=5, workers=2)
+    assert pool_runs == ["pipeline"]
+    assert [len(a) for a in parallel.per_atom] == [len(a) for a in items]
+    for a, b in zip(serial.per_atom, parallel.per_atom):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(serial.embeddings, parallel.embeddings)
+    np.testing.assert_array_equal(serial.domain_percentile, parallel.domain_percentile)
