@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shutil
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train.cache import GraphBatcher, GraphStore, distinct_lengths
 
 from .conftest import perovskite, rattled
-from .test_fast_training import ARCH, bf16_step, compare, network, one_step, random_batch
+from .test_fast_training import ARCH, bf16_step, compare, compiled_against_eager, network, one_step, random_batch
 
 
 def paired_batches(seed: int, *, weighted: bool, dtype: torch.dtype) -> tuple[GraphBatch, GraphBatch]:
@@ -150,17 +149,5 @@ def test_distinct_step_under_bf16_autocast():
 
 def test_distinct_step_compiles_in_one_graph():
     """torch.compile (fullgraph, dynamic, as training compiles) computes the per-edge step from distinct batches."""
-    if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
-        pytest.skip("no C++ compiler on PATH: torch.compile cannot build CPU kernels here")
     per_edge, distinct = paired_batches(8, weighted=True, dtype=torch.float32)
-    target = torch.linspace(-1, 1, per_edge.n_crystals)
-    eager = network()
-    eager.set_execution(fused=True)
-    compiled = copy.deepcopy(eager)
-    step = torch.compile(compiled, fullgraph=True, dynamic=True)  # a graph break raises here
-    a = one_step(eager, per_edge, target)
-    loss = torch.nn.functional.mse_loss(step(distinct), target)
-    compiled.zero_grad()
-    loss.backward()
-    b = (loss.detach(), {k: p.grad.clone() for k, p in compiled.named_parameters()}, compiled.state_dict())
-    compare(a, b, 2e-5)
+    compiled_against_eager(per_edge, distinct)
