@@ -93,9 +93,13 @@ def main() -> None:
 @click.option("--warmup", default=2, show_default=True)
 @click.option("--device", default="cuda", show_default=True)
 @click.option("--extra", multiple=True, help="More --set overrides for every run (e.g. data.limit=500 for a check).")
+@click.option("--steps", default="single,together,continue", show_default=True,
+              help="Which steps to run (comma-separated); the cache must exist (from `profile` with the same "
+                   "--runs) when `single` is left out.")  # fmt: skip
 def session(end_at: float, out: Path, runs: Path, config: str, base: str, members: int, timing_epochs: int,
-            lr: float, warmup: int, device: str, extra: tuple[str, ...]) -> None:  # fmt: skip
+            lr: float, warmup: int, device: str, extra: tuple[str, ...], steps: str) -> None:  # fmt: skip
     """Steps 1-3 (see the module docstring)."""
+    chosen = set(steps.split(","))
 
     def start(name: str, sets: list[str]) -> subprocess.Popen:
         return _train(name, [*sets, *extra], runs, config, logs)  # --extra comes last and overrides
@@ -114,22 +118,27 @@ def session(end_at: float, out: Path, runs: Path, config: str, base: str, member
     base_folder = REPO / "pretrained_models" / _folder(base)
     common.append(f"elements={base_folder / 'atom_init.json'}")  # the base model's table (as generated)
     scratch = [*common, f"epochs={timing_epochs}", "patience=null", "time_limit=null", "schedule.name=none"]
-    t = time.time()
-    codes = _wait({"single": start("single", [*scratch, "seed=1"])}, end_at - time.time() - 200)
-    result["single"] = {"wall_s": time.time() - t, "exit": codes["single"], **_epoch_times(runs, "single")}
-    save()
-    print("single:", result["single"], flush=True)
+    result["single"] = result["together"] = {"wall_s": 0.0, "epoch_s": None, "epoch_s_median": None}
+    if "single" in chosen:
+        t = time.time()
+        codes = _wait({"single": start("single", [*scratch, "seed=1"])}, end_at - time.time() - 200)
+        result["single"] = {"wall_s": time.time() - t, "exit": codes["single"], **_epoch_times(runs, "single")}
+        save()
+        print("single:", result["single"], flush=True)
 
-    t = time.time()
-    names = [f"together-{k}" for k in range(members)]
-    codes = _wait({n: start(n, [*scratch, f"seed={k + 1}"]) for k, n in enumerate(names)},
-                  end_at - time.time() - 150)  # fmt: skip
-    per = {n: {"exit": codes[n], **_epoch_times(runs, n)} for n in names}
-    times = [p["epoch_s"] for p in per.values() if p["epoch_s"]]
-    result["together"] = {"wall_s": time.time() - t, "runs": per,
-                          "epoch_s_median": statistics.median(times) if times else None}  # fmt: skip
-    save()
-    print("together:", result["together"], flush=True)
+    if "together" in chosen:
+        t = time.time()
+        names = [f"together-{k}" for k in range(members)]
+        codes = _wait({n: start(n, [*scratch, f"seed={k + 1}"]) for k, n in enumerate(names)},
+                      end_at - time.time() - 150)  # fmt: skip
+        per = {n: {"exit": codes[n], **_epoch_times(runs, n)} for n in names}
+        times = [p["epoch_s"] for p in per.values() if p["epoch_s"]]
+        result["together"] = {"wall_s": time.time() - t, "runs": per,
+                              "epoch_s_median": statistics.median(times) if times else None}  # fmt: skip
+        save()
+        print("together:", result["together"], flush=True)
+    if "continue" not in chosen:
+        return
 
     epoch_s = result["together"]["epoch_s_median"] or result["single"]["epoch_s"] or 10.0
     startup = min(60.0, max(10.0, result["together"]["wall_s"] - timing_epochs * epoch_s))  # start and data
@@ -161,11 +170,14 @@ def session(end_at: float, out: Path, runs: Path, config: str, base: str, member
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--config", default="configs/formation_energy.yaml", show_default=True)
 @click.option("--steps", default=40, show_default=True)
+@click.option("--epochs", "epochs_timed", default=3, show_default=True, help="Whole epochs timed (median), each with its validation.")
 @click.option("--set", "sets", multiple=True, help="--set overrides of the configuration.")
-def profile(out: Path, config: str, steps: int, sets: tuple[str, ...]) -> None:
+def profile(out: Path, config: str, steps: int, epochs_timed: int, sets: tuple[str, ...]) -> None:
     """Where a training step's time goes on the device: batch assembly, forward, backward and
-    optimiser step timed apart (synchronised; medians over ``--steps`` steps), then the
-    profiler's table of one unsynchronised run of 20 steps (kernel launches, host syncs)."""
+    optimiser step timed apart (synchronised; medians over ``--steps`` steps); on CUDA, whether one
+    whole step runs without a host sync (torch's sync debug mode); ``--epochs`` whole epochs with their
+    validation (median); then the profiler's table of one unsynchronised run of 20 steps (kernel
+    launches, host syncs)."""
     sys.path.insert(0, str(REPO))
     import torch
 
@@ -198,15 +210,27 @@ def profile(out: Path, config: str, steps: int, sets: tuple[str, ...]) -> None:
         if k >= 5:  # after warm-up
             for name, a, b in (("batch", t0, t1), ("forward", t1, t2), ("backward", t2, t3), ("step", t3, t4)):
                 phases[name].append(b - a)
-    result = {"setup_s": setup_s, "steps_per_epoch": len(chunks),
+    result = {"setup_s": setup_s, "steps_per_epoch": len(chunks), "compile": trainer.config.compile,
               "phase_ms": {k: 1000 * statistics.median(v) for k, v in phases.items()}}  # fmt: skip
-    t = time.perf_counter()
-    trainer.train_epoch()
-    sync()
-    result["train_epoch_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    trainer.validate()
-    result["validate_s"] = time.perf_counter() - t
+    if device.type == "cuda":  # does a whole step queue its work without waiting for the device?
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            trainer.train_step(chunks[0])
+            result["step_without_host_sync"] = True
+        except RuntimeError as exc:
+            result["step_without_host_sync"] = f"no: {str(exc).splitlines()[0]}"
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    epochs = []
+    for _ in range(epochs_timed):
+        sync(); t = time.perf_counter()  # noqa: E702
+        trainer.train_epoch()
+        sync(); middle = time.perf_counter()  # noqa: E702
+        trainer.validate()
+        epochs.append({"train_s": middle - t, "validate_s": time.perf_counter() - middle})
+    result["epochs"] = epochs
+    result["train_epoch_s"] = statistics.median(e["train_s"] for e in epochs)
+    result["validate_s"] = statistics.median(e["validate_s"] for e in epochs)
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 

@@ -657,3 +657,58 @@ def test_runs_without_warm_up_keep_their_fingerprint():
     warm = TrainConfig(data={"path": "x.csv", "target": "y"}, output="out",
                        schedule={"name": "cosine", "warmup_epochs": 1}, epochs=5)  # fmt: skip
     assert config_fingerprint(warm) != config_fingerprint(cosine)
+
+
+# -- a training epoch: sums on the device, read once ------------------------------------------------
+
+
+def test_epoch_metrics_are_the_means_of_its_steps(dataset_csv, tmp_path):
+    """train_epoch's loss and MAE are the crystal-weighted means of its steps' (kept on the device)."""
+    from cgcnn_ase.train.trainer import Trainer
+
+    trainer = Trainer(tiny_config(dataset_csv, tmp_path), progress=False)
+    trainer.setup()
+    seen = []
+    step = trainer.train_step
+
+    def spy(chunk):
+        out = step(chunk)
+        seen.append((float(out[0]), float(out[1]), out[2]))
+        return out
+
+    trainer.train_step = spy
+    metrics = trainer.train_epoch()
+    n = sum(s[2] for s in seen)
+    assert n == len(trainer.parts["train"]) and len(seen) == 2  # 8 crystals in batches of 4
+    assert metrics["train_loss"] == pytest.approx(sum(s[0] for s in seen) / n, rel=1e-12)
+    assert metrics["train_mae"] == pytest.approx(sum(s[1] for s in seen) / n, rel=1e-12)
+
+
+def test_a_non_finite_loss_stops_training_with_advice(dataset_csv, tmp_path):
+    from cgcnn_ase.errors import TrainingError
+    from cgcnn_ase.train.trainer import Trainer
+
+    trainer = Trainer(tiny_config(dataset_csv, tmp_path), progress=False)
+    trainer.setup()
+    trainer.targets[:] = float("nan")
+    with pytest.raises(TrainingError, match="training loss became nan; lower optim.lr"):
+        trainer.train_epoch()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the host-sync check needs one")
+def test_a_cuda_training_step_never_waits_for_the_device(dataset_csv, tmp_path):
+    """Batch assembly, targets, forward, backward and the fused optimiser step queue their kernels
+    without a host sync (torch's sync debug mode raises on any), so the host runs ahead of the GPU."""
+    from cgcnn_ase.train.trainer import Trainer
+
+    trainer = Trainer(tiny_config(dataset_csv, tmp_path, device="cuda"), progress=False)
+    trainer.setup()
+    chunk = trainer.parts["train"][:4]
+    trainer.train_step(chunk)  # first call: lazy initialisation may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss_sum, err_sum, n = trainer.train_step(chunk)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert loss_sum.device.type == "cuda" and n == 4 and torch.isfinite(err_sum)

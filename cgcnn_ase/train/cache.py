@@ -64,13 +64,23 @@ def _concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(starts, dtype=np.int64) - (ends - lengths), lengths) + np.arange(total, dtype=np.int64)
 
 
-def _concat_ranges_torch(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """:func:`_concat_ranges` in torch, on the tensors' device (one host sync for the total)."""
-    total = int(lengths.sum())
+def _concat_ranges_torch(starts: torch.Tensor, lengths: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """:func:`_concat_ranges` in torch, on the tensors' device. ``total`` is ``lengths.sum()`` when the
+    caller knows it (without it, one host sync waits for the device to compute it)."""
+    total = int(lengths.sum()) if total is None else total
     ends = torch.cumsum(lengths, 0)
     return torch.repeat_interleave(starts - (ends - lengths), lengths, output_size=total) + torch.arange(
         total, device=starts.device
     )
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without waiting for the device: on CUDA it goes through
+    page-locked memory as a non-blocking copy (a plain ``.to("cuda")`` synchronises the stream, which
+    stalls the host's queueing of kernels in every training step)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -561,14 +571,15 @@ class GraphBatcher:
             out["edge_weight"] = torch.from_numpy(self.edge_weight).to(device)
         return out
 
-    def _resident_batch(self, idx: torch.Tensor) -> GraphBatch:
-        """:meth:`batch` from the device-resident store (torch index arithmetic on its device)."""
+    def _resident_batch(self, idx: torch.Tensor, n_atoms: int, n_edges: int) -> GraphBatch:
+        """:meth:`batch` from the device-resident store (torch index arithmetic on its device);
+        ``n_atoms`` and ``n_edges``: the batch's totals, known on the host, so nothing waits for the device."""
         r = self._resident
         assert r is not None
         n_at = r["atom_offsets"][idx + 1] - r["atom_offsets"][idx]
         n_ed = r["edge_offsets"][idx + 1] - r["edge_offsets"][idx]
-        atoms = _concat_ranges_torch(r["atom_offsets"][idx], n_at)
-        edges = _concat_ranges_torch(r["edge_offsets"][idx], n_ed)
+        atoms = _concat_ranges_torch(r["atom_offsets"][idx], n_at, n_atoms)
+        edges = _concat_ranges_torch(r["edge_offsets"][idx], n_ed, n_edges)
         shift = torch.repeat_interleave(torch.cumsum(n_at, 0) - n_at, n_ed, output_size=len(edges))
         if "edge_features" in r:
             edge_fea = r["edge_features"].index_select(0, edges)
@@ -588,11 +599,12 @@ class GraphBatcher:
         """The crystals at ``indices`` (store positions), in that order, as one batch (on the
         batcher's device when it has one, else on the CPU)."""
         if self._resident is not None:
-            idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
-            idx = idx.to(self.device, torch.int64).reshape(-1)
-            if len(idx) == 0:
+            host = (indices.cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)).astype(np.int64).reshape(-1)
+            if len(host) == 0:
                 raise ValueError("a batch needs at least one crystal")
-            return self._resident_batch(idx)
+            a, e = self.store.atom_offsets, self.store.edge_offsets
+            n_atoms, n_edges = int((a[host + 1] - a[host]).sum()), int((e[host + 1] - e[host]).sum())
+            return self._resident_batch(to_device(torch.from_numpy(host), self.device), n_atoms, n_edges)
         s = self.store
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) == 0:

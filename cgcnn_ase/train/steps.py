@@ -65,15 +65,18 @@ def steps_per_epoch(n_train: int, batch_size: int, min_last: int = 2) -> int:
     return len(batch_chunks(np.arange(n_train), batch_size, min_last))
 
 
-def make_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, params: Any, *, fused: bool = False) -> torch.optim.Optimizer:
     """The optimiser of ``config.optim`` over ``params``: parameters, or parameter groups
-    (dicts with ``params`` and their own ``lr``, as fine-tuning gives the body and the head)."""
+    (dicts with ``params`` and their own ``lr``, as fine-tuning gives the body and the head).
+    ``fused``: one kernel for the whole update (parameters on a GPU; the trainer asks for it on CUDA),
+    instead of a few per parameter tensor."""
     o = config.optim
+    extra = {"fused": True} if fused else {}
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **extra)
     if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, **extra)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, **extra)
 
 
 def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps: int) -> Any:
@@ -186,12 +189,12 @@ def predict_store(
     raw = []
     try:
         for chunk in batch_chunks(np.asarray(indices), batch_size):
-            raw.append(network(batcher.batch(chunk).to(device)).double().cpu())
+            raw.append(network(batcher.batch(chunk).to(device)).double())  # read back once, at the end
     finally:
         network.train(was_training)
     if not raw:
         return np.zeros(0), np.zeros(0)
-    out = torch.cat(raw).numpy()
+    out = torch.cat(raw).cpu().numpy()
     if out.ndim == 2:
         return np.exp(out[:, 1]), out
     return out * std + mean, out

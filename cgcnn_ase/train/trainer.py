@@ -46,7 +46,7 @@ from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.models.registry import resolve_device
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train import ddp as parallel_training
-from cgcnn_ase.train.cache import GraphBatcher
+from cgcnn_ase.train.cache import GraphBatcher, to_device
 from cgcnn_ase.train.config import TrainConfig, config_fingerprint
 from cgcnn_ase.train.config_sections import FineTuneConfig
 from cgcnn_ase.train.data import prepare_data, resolve_split, split_positions, target_normalizer
@@ -219,7 +219,7 @@ class Trainer:
         self.network.to(self.device)
         self.network.set_execution(split_matmul=config.model.split_matmul)
         parameters = parameter_groups(self.network, config) if self.base is not None else self.network.parameters()
-        self.optimizer = make_optimizer(config, parameters)
+        self.optimizer = make_optimizer(config, parameters, fused=self.device.type == "cuda")
         n_train = len(self.parts["train"])
         if self.ddp is not None and n_train < self.min_last:
             raise ConfigError(f"{self.ddp.world_size} processes need at least {self.min_last} training crystals")
@@ -283,33 +283,37 @@ class Trainer:
         train = self.parts["train"]
         order = train[torch.randperm(len(train), generator=self.shuffle).numpy()]
         sum_loss, sum_err, count = 0.0, 0.0, 0
+        # sums stay on the device until the epoch ends: reading them per step would make the host wait
+        # for every step's kernels before queueing the next step's
         for chunk in batch_chunks(order, self.config.batch_size, self.min_last):
-            loss_value, step_err, n = self.train_step(chunk)
-            sum_loss += loss_value * n
-            sum_err += step_err
+            loss_sum, step_err, n = self.train_step(chunk)
+            sum_loss = sum_loss + loss_sum
+            sum_err = sum_err + step_err
             count += n
-            if not math.isfinite(loss_value):
-                raise TrainingError(
-                    f"epoch {self.epoch}: the training loss became {loss_value}; lower optim.lr "
-                    f"(now {self.optimizer.param_groups[0]['lr']:g}) or check the targets"
-                )
+        train_loss = float(sum_loss) / count
+        if not math.isfinite(train_loss):
+            raise TrainingError(
+                f"epoch {self.epoch}: the training loss became {train_loss}; lower optim.lr "
+                f"(now {self.optimizer.param_groups[0]['lr']:g}) or check the targets"
+            )
         key = "train_accuracy" if self.config.task == "classification" else "train_mae"
-        return {"train_loss": sum_loss / count, key: sum_err / count}
+        return {"train_loss": train_loss, key: float(sum_err) / count}
 
-    def train_step(self, chunk: np.ndarray) -> tuple[float, float, int]:
+    def train_step(self, chunk: np.ndarray) -> tuple[torch.Tensor | float, torch.Tensor | float, int]:
         """One optimiser step on the crystals at store positions ``chunk`` (a data-parallel
         run takes this process's rank-strided share of the global batch).
 
         Returns:
-            ``(loss, error_sum, n)`` of the (global) batch: its mean loss, its sum of absolute
-            errors in target units (regression) or of correct labels (classification), and
-            its number of crystals.
+            ``(loss_sum, error_sum, n)`` of the (global) batch: its mean loss times ``n``, its sum of
+            absolute errors in target units (regression) or of correct labels (classification), and
+            its number of crystals. The sums are float64 tensors on the training device (nothing waits
+            for the device), floats in a data-parallel run (summed over its processes).
         """
         scale = 1.0
         if self.ddp is not None:
             chunk, scale = parallel_training.shard(chunk, self.ddp)
         batch = self.batcher.batch(chunk).to(self.device)
-        target = self.targets[chunk].to(self.device)
+        target = to_device(self.targets[chunk], self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
             out = self.forward(batch)
         out = out.float()
@@ -319,16 +323,17 @@ class Trainer:
         self.optimizer.step()
         if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
             self.scheduler.step()
-        loss_value = loss.item()
         with torch.no_grad():
             n = len(chunk)
             if self.config.task == "classification":
-                step_err = float((out.argmax(1) == target).sum())
+                step_err = (out.argmax(1) == target).sum().double()
             else:
-                step_err = float((out - target).abs().sum()) * self.std
+                step_err = (out - target).abs().sum().double() * self.std
+            loss_sum = loss.detach().double() * n
             if self.ddp is not None:  # the global batch's mean loss, error sum and size
-                loss_value, step_err, n = parallel_training.step_totals(self.ddp, loss_value, step_err, n)
-        return loss_value, step_err, n
+                loss_value, err, n = parallel_training.step_totals(self.ddp, float(loss_sum) / n, float(step_err), n)
+                return loss_value * n, err, n
+        return loss_sum, step_err, n
 
     def validate(self) -> dict[str, float]:
         """Metrics of the current weights on the validation split (eval mode): ``loss`` and
