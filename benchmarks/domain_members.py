@@ -1,0 +1,87 @@
+"""The uncertainty issue's domain checks for each member of an ensemble: which member's embeddings (or all of
+them side by side) keep textbook rocksalts and strained training crystals inside the domain.
+
+``tests/test_domain.py`` asserts for the shipped ``formation_energy`` that rocksalt MgO, CaO, KCl and NaCl and 50
+training crystals strained by +2% and -2% all lie below the 80th domain percentile. The shipped summary is built
+from member 0; this script rebuilds it from each member in turn, and from all members' standardised embeddings
+placed side by side, and prints the same percentiles (needs ``../shared``: the model's training and validation
+crystals)::
+
+    python benchmarks/domain_members.py pretrained_models/formation_energy-mp_cgcnn46k-v3
+    python benchmarks/domain_members.py pretrained_models/formation_energy-mp_cgcnn46k-v3 --embedding hidden
+
+It took about 3 minutes on this 2-core machine for a 5-member formation-energy ensemble.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROCKSALTS = {"MgO": 4.21, "CaO": 4.81, "KCl": 6.29, "NaCl": 5.64}  # lattice constants, Å (as tests/test_domain.py)
+
+
+@click.command()
+@click.argument("model")
+@click.option("--strained", default=50, show_default=True, help="Training crystals strained by +2% and -2%.")
+@click.option("--embedding", type=click.Choice(["pooled", "hidden"]), default="pooled", show_default=True,
+              help="pooled: the mean-pooled atom features (what the shipped summaries use); hidden: the first "
+                   "dense layer's output, softplus(W softplus(pooled) + b), which the prediction is read from.")  # fmt: skip
+def main(model: str, strained: int, embedding: str) -> None:
+    """Domain percentiles of the rocksalts and strained training crystals, per member of MODEL (a folder)."""
+    import torch
+    from ase.build import bulk
+
+    from cgcnn_ase import CGCNNPredictor
+    from cgcnn_ase.analysis.evaluation import _predict_quietly, load_split_records
+    from cgcnn_ase.io.records import from_ase
+    from cgcnn_ase.models.domain import DomainSummary, formula_size
+    from cgcnn_ase.models.folder import load_model_folder
+
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(2)
+    _, parts = load_split_records(model, None, ("train", "val"), workers=2)
+    train = parts["train"].records
+    picked = [train[i] for i in np.random.default_rng(0).choice(len(train), strained, replace=False)]  # as the test
+    queries = [from_ase(bulk(n, "rocksalt", a=a)) for n, a in ROCKSALTS.items()]
+    queries += [replace(r, cell=r.cell * (1 + s)) for r in picked for s in (0.02, -0.02)]
+    sizes = [formula_size(r.numbers) for r in queries]
+    reference_sizes = [formula_size(r.numbers) for r in parts["val"].records]
+    full = load_model_folder(model)
+
+    def report(name: str, train_emb: np.ndarray, val_emb: np.ndarray, query_emb: np.ndarray) -> None:
+        summary = DomainSummary.build(train_emb, val_emb, max_centers=None, max_bytes=None, reference_sizes=reference_sizes)
+        pc = summary.percentiles(summary.distances(query_emb), sizes)
+        salts = ", ".join(f"{k} {v:.1f}" for k, v in zip(ROCKSALTS, pc[:4]))
+        print(f"| {name} | {salts} | {pc[4:].max():.1f} | {(pc[4:] >= 80).sum()} of {len(pc) - 4} |", flush=True)
+
+    print("| embeddings of | rocksalt percentiles | strained: highest | strained: at or above 80 |\n|---|---|---|---|")
+    standardised = []
+    for k in range(len(full.heads())):
+        one = load_model_folder(model, members=1)
+        one.heads()[0][0].load_state_dict(full.heads()[k][0].state_dict())  # member k's weights
+        predictor = CGCNNPredictor(one, device="cpu")
+        predictor.model.domain = None  # embed only
+        emb = [_predict_quietly(predictor, recs, batch_size=256, progress=False, embeddings=True).embeddings
+               for recs in (train, parts["val"].records, queries)]  # fmt: skip
+        if embedding == "hidden":
+            layer = full.heads()[k][0].conv_to_fc
+            with torch.no_grad():
+                emb = [torch.nn.functional.softplus(layer(torch.nn.functional.softplus(torch.as_tensor(e, dtype=torch.float32)))).numpy()
+                       for e in emb]  # fmt: skip
+        report(f"member {k}", *emb)
+        mean, std = emb[0].mean(0), emb[0].std(0) + 1e-12
+        standardised.append([(e - mean) / std for e in emb])
+    if len(standardised) > 1:
+        report("all members side by side", *(np.hstack([s[i] for s in standardised]) for i in range(3)))
+
+
+if __name__ == "__main__":
+    main()
