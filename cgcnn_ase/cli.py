@@ -25,9 +25,12 @@ from typing import Any
 import click
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError, CheckpointError, UnknownModelError
+from cgcnn_ase.errors import CGCNNError, CheckpointError, StreamError, UnknownModelError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERNAL = 0, 1, 2, 3, 4
+#: ``predict --chunk-size`` defaults: structures per chunk with ``--model``, and for the default command,
+#: whose seven models each start their worker processes once per chunk (measured in docs/scale.md).
+MODEL_CHUNK, DEFAULT_PROPERTIES_CHUNK = 1024, 8192
 
 
 def _fail(message: str, code: int) -> None:
@@ -142,13 +145,13 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--atom-init", type=click.Path(exists=True, dir_okay=False), help="Element table (atom_init.json) for an original .pth.tar checkpoint.")
 @click.option("--trust", is_flag=True, help="Allow unpickling a legacy checkpoint that the safe loader refuses (can run code).")
 @click.option("--per-atom", is_flag=True, help="Long format: one row per atom with its contribution (mean over atoms = prediction).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: a table on a terminal, else csv; parquet when -o ends in .parquet or .pq]. With --model, csv and parquet are written chunk by chunk.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: a table on a terminal, else csv; parquet when -o ends in .parquet or .pq]. csv and parquet are written chunk by chunk.")
 @click.option("--log10", "log10", is_flag=True, help="Without --model: also give the moduli's log10(GPa) columns.")
 @click.option("--metal-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Without --model: P(metal) above which the band gap is 0.")
 @click.option("--coverage", type=click.FloatRange(0.5, 0.99), default=None, help="Add <property>_lower/_upper: a prediction interval holding the true value with this probability (e.g. 0.9), for the calibrated ensembles.")
 @click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout (for parquet: a folder of part files).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip the ids already in -o and append (csv or parquet).")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Structures read, predicted and written together (memory holds one chunk).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Structures read, predicted and written together (memory holds one chunk) [default: 1024 with --model, 8192 without: its seven models start their worker processes once per chunk].")
 @click.option("--column", default="cif", show_default=True, help="Table inputs (.csv, .tsv, .parquet): column holding CIF text, pymatgen structure JSON or file paths.")
 @click.option("--id-column", default=None, help="Table inputs: column of unique ids [default: FILE@ROW].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Crystals per forward pass [default: 64 on a CPU, 1024 on a GPU].")
@@ -160,7 +163,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,
             per_atom: bool, fmt: str | None, log10: bool, metal_threshold: float, coverage: float | None,
             output: str | None, resume: bool,
-            chunk_size: int, column: str, id_column: str | None, batch_size: int, device: str | None,
+            chunk_size: int | None, column: str, id_column: str | None, batch_size: int, device: str | None,
             threads: int, workers: str, compile_: bool) -> None:  # fmt: skip
     """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ASE .db, ...),
     directories of them, glob patterns, or tables (.csv, .tsv, .parquet) with a --column
@@ -174,8 +177,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     Writes one row per structure (per atom with --per-atom), in input order; the header
     names each property with its units. Bad files get one 'error:' line each on stderr
     and an empty value; the others are still predicted, and the exit code is then 1.
-    With --model, csv and parquet output is written chunk by chunk (memory stays bounded),
-    and --resume continues an interrupted run without predicting its finished ids again.
+    csv and parquet output is written chunk by chunk (memory stays bounded), and --resume
+    continues an interrupted run without predicting its finished ids again.
     """
     from cgcnn_ase.inference.streaming import cif_reader_for, infer_format
     from cgcnn_ase.io.inputs import iter_inputs
@@ -191,7 +194,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10,
                             metal_threshold=metal_threshold, column=column, id_column=id_column,
                             batch_size=batch_size, device=device, workers=n_workers, coverage=coverage,
-                            compile_=compile_)  # fmt: skip
+                            compile_=compile_, chunk_size=chunk_size or DEFAULT_PROPERTIES_CHUNK)  # fmt: skip
         return
     if fmt == "parquet" and not output:
         raise click.UsageError("parquet output needs -o FOLDER")
@@ -207,7 +210,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     for predictor in predictors:
         predictor.compile = compile_
     if fmt in ("csv", "parquet") and not per_atom:
-        _predict_streaming(inputs, predictors, names, output, fmt, resume=resume, chunk_size=chunk_size,
+        _predict_streaming(inputs, predictors, names, output, fmt, resume=resume, chunk_size=chunk_size or MODEL_CHUNK,
                            batch_size=batch_size, column=column, id_column=id_column, workers=n_workers,
                            coverage=coverage)  # fmt: skip
         return
@@ -288,38 +291,105 @@ def _workers(value: str) -> int:
 def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, per_atom: bool, resume: bool,
                         log10: bool, metal_threshold: float, column: str, id_column: str | None, batch_size: int,
                         device: str | None, workers: int, coverage: float | None = None,
-                        compile_: bool = False) -> None:  # fmt: skip
-    """``predict`` without ``--model``: the shipped general-purpose models, in user units."""
+                        compile_: bool = False, chunk_size: int = DEFAULT_PROPERTIES_CHUNK) -> None:  # fmt: skip
+    """``predict`` without ``--model``: the shipped general-purpose models, in user units. csv and parquet
+    are written chunk by chunk (memory holds one chunk, and ``--resume`` continues a killed run); a table
+    or json needs every row first."""
     from cgcnn_ase.inference.predictor import as_predictor
-    from cgcnn_ase.inference.properties import GENERAL_MODELS, compact_table, property_table
+    from cgcnn_ase.inference.properties import GENERAL_MODELS, compact_table, property_columns
     from cgcnn_ase.inference.streaming import cif_reader_for
-    from cgcnn_ase.io.inputs import iter_inputs
 
-    if per_atom or resume or fmt == "parquet":
-        option = "--per-atom" if per_atom else "--resume" if resume else "parquet output"
-        raise click.UsageError(f"{option} needs --model NAME (the default properties come from several models)")
+    if per_atom:
+        raise click.UsageError("--per-atom needs --model NAME (the default properties come from several models)")
+    if fmt == "parquet" and not output:
+        raise click.UsageError("parquet output needs -o FOLDER")
+    if resume and (not output or fmt not in ("csv", "parquet")):
+        raise click.UsageError("--resume needs -o with csv or parquet output")
+    if output and fmt != "parquet" and Path(output).is_dir():
+        raise click.UsageError(f"{output} is a directory; give a file name for {fmt} output")
     predictors = [as_predictor(name, device=device) for name in GENERAL_MODELS]
     for predictor in predictors:
         predictor.compile = compile_
-    items = list(iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors),
-                             exclude=[output] if output else ()))  # fmt: skip
+    columns = property_columns(predictors, log10=log10, coverage=coverage)
+    options = dict(batch_size=batch_size, metal_threshold=metal_threshold, log10=log10, workers=workers,
+                   coverage=coverage)  # fmt: skip
+    read = dict(column=column, id_column=id_column, cif_reader=cif_reader_for(predictors),
+                exclude=[output] if output else ())  # fmt: skip
+    if fmt in ("csv", "parquet"):
+        n_failed, n_rows = _stream_properties(inputs, predictors, columns, output, fmt, resume=resume,
+                                              chunk_size=chunk_size, read=read, options=options)  # fmt: skip
+    else:
+        from cgcnn_ase.io.inputs import iter_inputs
+
+        frame = _property_rows(list(iter_inputs(inputs, **read)), predictors, columns, options)
+        if fmt == "table":
+            text = compact_table(frame, columns, metal_threshold=metal_threshold)
+            Path(output).write_text(text) if output else click.echo(text, nl=False)
+        else:
+            meta = {"models": list(GENERAL_MODELS), "units": frame.attrs["units"], "metal_threshold": metal_threshold}
+            _write_table(frame.to_dict("records"), list(frame.columns), fmt, output, meta)
+        n_failed, n_rows = int(frame["error"].notna().sum()), len(frame)
+    if n_failed:
+        click.echo(f"{n_failed} of {n_rows} structures could not be predicted", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _property_rows(items: Sequence[tuple[str, Any]], predictors: list[Any], columns: Sequence[Any],
+                   options: dict[str, Any]) -> Any:  # fmt: skip
+    """The default properties of ``items`` (id, record or reading error) as one frame in input order,
+    with one 'error:' line on stderr per item that failed."""
+    import pandas as pd
+
+    from cgcnn_ase.inference.properties import property_table
+
     good = [item for _, item in items if not isinstance(item, CGCNNError)]
-    frame, columns = property_table(good, predictors, batch_size=batch_size, metal_threshold=metal_threshold,
-                                    log10=log10, workers=workers, coverage=coverage)  # fmt: skip
+    if good:
+        frame, _ = property_table(good, predictors, **options)
+    else:
+        frame = pd.DataFrame(columns=["id", *[c.header for c in columns], "error"])
+        frame.attrs["units"] = {c.header: c.units for c in columns}
     frame = _with_unreadable(frame, items)
-    for label, message in zip(frame["id"], frame["error"]):
+    for message in frame["error"]:
         if message:
             click.echo(f"error: {message}", err=True)
-    if fmt == "table":
-        text = compact_table(frame, columns, metal_threshold=metal_threshold)
-        Path(output).write_text(text) if output else click.echo(text, nl=False)
-    else:
-        meta = {"models": list(GENERAL_MODELS), "units": frame.attrs["units"], "metal_threshold": metal_threshold}
-        _write_table(frame.to_dict("records"), list(frame.columns), fmt, output, meta)
-    n_failed = int(frame["error"].notna().sum())
-    if n_failed:
-        click.echo(f"{n_failed} of {len(frame)} structures could not be predicted", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+    return frame
+
+
+def _stream_properties(inputs: Sequence[str], predictors: list[Any], columns: Sequence[Any], output: str | None,
+                       fmt: str, *, resume: bool, chunk_size: int, read: dict[str, Any],
+                       options: dict[str, Any]) -> tuple[int, int]:  # fmt: skip
+    """The default properties written ``chunk_size`` structures at a time (csv to ``output`` or stdout, or a
+    parquet folder). With ``resume``, the ids already in ``output`` are skipped unread. Returns
+    ``(failed, written)`` row counts."""
+    from itertools import islice
+
+    from tqdm.auto import tqdm
+
+    from cgcnn_ase.inference.writers import open_writer, read_finished_ids
+    from cgcnn_ase.io.inputs import iter_inputs
+
+    headers = ["id", *[c.header for c in columns], "error"]
+    try:
+        finished = read_finished_ids(output, fmt=fmt) if resume else None
+        writer = open_writer(output or sys.stdout, headers, fmt=fmt, append=resume,
+                             units={c.header: c.units for c in columns})  # fmt: skip
+    except StreamError as exc:
+        raise click.UsageError(str(exc)) from None
+    items = iter_inputs(inputs, **read, finished=finished)
+    n_failed = n_rows = 0
+    try:
+        with tqdm(disable=None, unit="structure", leave=False) as bar:  # a bar on a terminal only
+            while chunk := list(islice(items, chunk_size)):
+                frame = _property_rows(chunk, predictors, columns, options)
+                writer.write(frame)
+                n_failed += int(frame["error"].notna().sum())
+                n_rows += len(frame)
+                bar.update(len(frame))
+    finally:
+        writer.close()
+    if finished is not None and finished.skipped:
+        click.echo(f"resumed: {finished.skipped} structures already in {output} were skipped", err=True)
+    return n_failed, n_rows
 
 
 def _with_unreadable(frame: Any, items: Sequence[tuple[str, Any]]) -> Any:
@@ -344,7 +414,7 @@ def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list
                        *, resume: bool, chunk_size: int, batch_size: int, column: str, id_column: str | None,
                        workers: int, coverage: float | None = None) -> None:  # fmt: skip
     """``predict`` for csv/parquet: rows written chunk by chunk, one 'error:' line per bad item."""
-    from cgcnn_ase.inference.streaming import StreamError, predict_stream
+    from cgcnn_ase.inference.streaming import predict_stream
 
     def report(result: Any) -> None:
         for messages in result.messages:

@@ -444,3 +444,84 @@ def test_bad_cells_name_their_id():
     ):
         with pytest.raises(StructureReadError, match=message):
             io_inputs.parse_cell(value, "row-7")
+
+
+# -- the default command (no --model: seven ensembles) streams too -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_inputs(tmp_path_factory):
+    """Seven crystals as CIF files and one unreadable file (sorted names: the bad one is 4th)."""
+    folder = tmp_path_factory.mktemp("default")
+    for k, atoms in enumerate(_crystals(7)):
+        (folder / f"{k if k < 3 else k + 1}.cif").write_text(_cif(atoms))
+    (folder / "3.cif").write_text("data_broken\n_cell_length_a oops\n")
+    return folder
+
+
+def _default(*args):
+    return CliRunner().invoke(main, ["predict", *[str(a) for a in args], "--workers", "1"], catch_exceptions=False)
+
+
+def _spy_property_table(monkeypatch) -> list[int]:
+    """Record the number of structures of each property_table call (the CLI's per-chunk work)."""
+    from cgcnn_ase.inference import properties
+
+    sizes, real = [], properties.property_table
+
+    def spy(structures, *args, **kwargs):
+        sizes.append(len(structures))
+        return real(structures, *args, **kwargs)
+
+    monkeypatch.setattr(properties, "property_table", spy)
+    return sizes
+
+
+def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert list(a.columns) == list(b.columns) and a["id"].tolist() == b["id"].tolist()
+    assert a["error"].isna().tolist() == b["error"].isna().tolist()
+    values = [c for c in a.columns if c not in ("id", "error")]
+    # other batches, other float32 rounding (about 1e-5 relative at most)
+    np.testing.assert_allclose(a[values].to_numpy(float), b[values].to_numpy(float), rtol=1e-4, atol=1e-6)
+
+
+def test_the_default_properties_are_written_chunk_by_chunk(default_inputs, tmp_path, monkeypatch):
+    whole, chunked = tmp_path / "whole.csv", tmp_path / "chunked.csv"
+    first = _default(default_inputs, "-o", whole)
+    sizes = _spy_property_table(monkeypatch)
+    second = _default(default_inputs, "-o", chunked, "--chunk-size", "3")
+    for result in (first, second):  # the unreadable file: one error line, exit code 1, the rest predicted
+        assert result.exit_code == EXIT_BAD_INPUT
+        assert result.stderr.count("error: ") == 1 and "1 of 8 structures could not be predicted" in result.stderr
+    assert sizes == [3, 2, 2]  # chunks of 3 inputs, the unreadable one never reaching the models
+    a, b = pd.read_csv(whole), pd.read_csv(chunked)
+    _same_rows(a, b)
+    assert [name.split("/")[-1] for name in b["id"]] == [f"{k}.cif" for k in range(8)]
+    assert "not a readable CIF" in b.loc[3, "error"] and b.loc[[0, 1, 2, 4], "formation_energy (eV/atom)"].notna().all()
+
+
+def test_the_default_properties_resume_where_a_killed_run_stopped(default_inputs, tmp_path, monkeypatch):
+    full, part = tmp_path / "full.csv", tmp_path / "part.csv"
+    _default(default_inputs, "-o", full, "--chunk-size", "3")
+    lines = full.read_text().splitlines(keepends=True)
+    part.write_text("".join(lines[:4]) + lines[4][:25])  # header, three rows and a torn fourth: a killed run
+    sizes = _spy_property_table(monkeypatch)
+    result = _default(default_inputs, "-o", part, "--resume", "--chunk-size", "3")
+    assert "resumed: 3 structures already in" in result.stderr
+    assert sum(sizes) == 4  # 8 inputs: 3 finished, 1 unreadable, 4 predicted
+    _same_rows(pd.read_csv(full), pd.read_csv(part))
+
+
+def test_the_default_properties_as_parquet_and_the_usage_errors(default_inputs, tmp_path):
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "screen.parquet"
+    assert _default(default_inputs, "-o", out, "--chunk-size", "4").exit_code == EXIT_BAD_INPUT
+    csv = tmp_path / "screen.csv"
+    _default(default_inputs, "-o", csv)
+    table = pd.read_parquet(out)
+    table["error"] = table["error"].where(table["error"].notna(), np.nan)
+    _same_rows(pd.read_csv(csv), table.reset_index(drop=True))
+    for args, message in ((["--resume"], "--resume needs -o"), (["--format", "parquet"], "parquet output needs -o"),
+                          (["--per-atom"], "--per-atom needs --model")):  # fmt: skip
+        result = _default(default_inputs, *args)
+        assert result.exit_code == EXIT_USAGE and message in result.output
