@@ -25,7 +25,7 @@ from typing import Any
 import click
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError, CheckpointError, StreamError, UnknownModelError
+from cgcnn_ase.errors import CGCNNError, CheckpointError, StreamError, UnknownModelError, UnseenElementWarning
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 #: ``predict --chunk-size`` defaults: structures per chunk with ``--model``, and for the default command,
@@ -38,9 +38,28 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _echo_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    """Print a warning as one line on stderr (no source line, no traceback)."""
-    click.echo(f"warning: {message}", err=True)
+class _WarningPrinter:
+    """Warnings as one line each on stderr (no source line, no traceback). A model's unseen-element
+    summary, which a streaming run repeats for every chunk, is shown once per model; :meth:`close`
+    then says how many more there were."""
+
+    def __init__(self) -> None:
+        self.unseen: dict[str, int] = {}  # "model 'NAME'" -> unseen-element warnings so far
+
+    def __call__(self, message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        text = str(message)
+        if issubclass(category, UnseenElementWarning):
+            model = text.split(":", 1)[0]
+            self.unseen[model] = self.unseen.get(model, 0) + 1
+            if self.unseen[model] > 1:
+                return
+        click.echo(f"warning: {text}", err=True)
+
+    def close(self) -> None:
+        for model, count in self.unseen.items():
+            if count > 1:
+                click.echo(f"warning: {model}: {count - 1} later chunk(s) also held elements it never saw "
+                           "(not shown again; those predictions are extrapolations too)", err=True)  # fmt: skip
 
 
 def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,11 +67,15 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(func)
     def wrapper(*args: Any, traceback_: bool = False, **kwargs: Any) -> Any:
+        printer = _WarningPrinter()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
-                warnings.showwarning = _echo_warning
-                return func(*args, **kwargs)
+                warnings.showwarning = printer
+                try:
+                    return func(*args, **kwargs)
+                finally:
+                    printer.close()
         except (CheckpointError, UnknownModelError) as exc:
             if traceback_:
                 traceback.print_exc()

@@ -525,3 +525,16 @@ def test_the_default_properties_as_parquet_and_the_usage_errors(default_inputs, 
                           (["--per-atom"], "--per-atom needs --model")):  # fmt: skip
         result = _default(default_inputs, *args)
         assert result.exit_code == EXIT_USAGE and message in result.output
+
+
+def test_a_streams_unseen_element_warning_is_shown_once_per_model(tmp_path):
+    """Each chunk's prediction warns about elements its model never saw; a long run shows the first and a count."""
+    for k in range(4):
+        (tmp_path / f"Ar{k}.cif").write_text(_cif(bulk("Ar", "fcc", a=5.26 + 0.01 * k)))
+    result = CliRunner().invoke(main, ["predict", str(tmp_path), "-m", "formation_energy", "--chunk-size", "1",
+                                       "-o", str(tmp_path / "out.csv"), "--workers", "1"], catch_exceptions=False)  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 2, lines
+    assert "element(s) Ar did not occur in its training data; 1 of 1 structure(s)" in lines[0]
+    assert lines[1].endswith("3 later chunk(s) also held elements it never saw (not shown again; those predictions are extrapolations too)")
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 4
