@@ -391,7 +391,8 @@ class CGCNNPredictor:
             structures: one ``ase.Atoms``, pymatgen ``Structure`` or file path, or an
                 iterable of them (consumed lazily). A file with several frames gives one
                 result per frame.
-            batch_size: crystals per forward pass; results do not depend on it. ``None``:
+            batch_size: crystals per forward pass; results depend on it only through float32 rounding
+                (other batches, other summation order: about 1e-5 relative at most). ``None``:
                 :meth:`default_batch_size` (64 on a CPU, 1024 on a GPU).
             device: override the predictor's device for this call.
             progress: show a progress bar on stderr; ``None`` shows one for 100+ inputs
