@@ -170,6 +170,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--per-atom", is_flag=True, help="Long format: one row per atom with its contribution (mean over atoms = prediction).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: a table on a terminal, else csv; parquet when -o ends in .parquet or .pq]. csv and parquet are written chunk by chunk.")
 @click.option("--log10", "log10", is_flag=True, help="Without --model: also give the moduli's log10(GPa) columns.")
+@click.option("--domain", "domain", is_flag=True, help="Without --model: also give each property's domain percentile (100: farther from the training data than every validation crystal; --model always gives it).")
 @click.option("--metal-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Without --model: P(metal) above which the band gap is 0.")
 @click.option("--coverage", type=click.FloatRange(0.5, 0.99), default=None, help="Add <property>_lower/_upper: a prediction interval holding the true value with this probability (e.g. 0.9), for the calibrated ensembles.")
 @click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout (for parquet: a folder of part files).")
@@ -184,7 +185,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks: some seconds once, then about 1.5x faster on a CPU (pays off from a few tens of thousands of structures).")
 @_guarded
 def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,
-            per_atom: bool, fmt: str | None, log10: bool, metal_threshold: float, coverage: float | None,
+            per_atom: bool, fmt: str | None, log10: bool, domain: bool, metal_threshold: float, coverage: float | None,
             output: str | None, resume: bool,
             chunk_size: int | None, column: str, id_column: str | None, batch_size: int, device: str | None,
             threads: int, workers: str, compile_: bool) -> None:  # fmt: skip
@@ -214,7 +215,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     fmt = fmt or infer_format(output)
     if not models and not use_all:  # the headline use: the general-purpose properties in user units
         torch.set_num_threads(threads)
-        _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10,
+        _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10, domain=domain,
                             metal_threshold=metal_threshold, column=column, id_column=id_column,
                             batch_size=batch_size, device=device, workers=n_workers, coverage=coverage,
                             compile_=compile_, chunk_size=chunk_size or DEFAULT_PROPERTIES_CHUNK)  # fmt: skip
@@ -313,6 +314,7 @@ def _workers(value: str) -> int:
 
 def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, per_atom: bool, resume: bool,
                         log10: bool, metal_threshold: float, column: str, id_column: str | None, batch_size: int,
+                        domain: bool = False,
                         device: str | None, workers: int, coverage: float | None = None,
                         compile_: bool = False, chunk_size: int = DEFAULT_PROPERTIES_CHUNK) -> None:  # fmt: skip
     """``predict`` without ``--model``: the shipped general-purpose models, in user units. csv and parquet
@@ -333,8 +335,8 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
     predictors = [as_predictor(name, device=device) for name in GENERAL_MODELS]
     for predictor in predictors:
         predictor.compile = compile_
-    columns = property_columns(predictors, log10=log10, coverage=coverage)
-    options = dict(batch_size=batch_size, metal_threshold=metal_threshold, log10=log10, workers=workers,
+    columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage)
+    options = dict(batch_size=batch_size, metal_threshold=metal_threshold, log10=log10, domain=domain, workers=workers,
                    coverage=coverage)  # fmt: skip
     read = dict(column=column, id_column=id_column, cif_reader=cif_reader_for(predictors),
                 exclude=[output] if output else ())  # fmt: skip

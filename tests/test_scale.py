@@ -538,3 +538,24 @@ def test_a_streams_unseen_element_warning_is_shown_once_per_model(tmp_path):
     assert "element(s) Ar did not occur in its training data; 1 of 1 structure(s)" in lines[0]
     assert lines[1].endswith("3 later chunk(s) also held elements it never saw (not shown again; those predictions are extrapolations too)")
     assert len(pd.read_csv(tmp_path / "out.csv")) == 4
+
+
+def test_the_default_command_gives_domain_percentiles_on_request(default_inputs, tmp_path):
+    out = tmp_path / "domain.csv"
+    _default(default_inputs, "-o", out, "--domain")
+    frame = pd.read_csv(out)
+    domain = [c for c in frame.columns if c.endswith("_domain_percentile (percent)")]
+    assert "formation_energy_domain_percentile (percent)" in domain and len(domain) == 7
+    good = frame["error"].isna()
+    assert frame.loc[good, domain].notna().all().all() and frame.loc[~good, domain].isna().all().all()
+    assert ((frame.loc[good, domain] >= 0) & (frame.loc[good, domain] <= 100)).all().all()
+    files = sorted(str(p) for p in default_inputs.iterdir() if p.name != "3.cif")
+    api = CGCNNPredictor.from_pretrained("formation_energy", device="cpu").predict(files)
+    np.testing.assert_allclose(frame.loc[good, "formation_energy_domain_percentile (percent)"], api.domain_percentile,
+                               atol=1e-6)  # fmt: skip
+    table = _default(default_inputs, "--domain", "--format", "table").stdout.splitlines()
+    assert table[0].split()[-1] == "dom%"
+    highest = frame.loc[good, domain].max(axis=1).round().astype(int).tolist()
+    rows = table[1 : table.index("")]  # the legend follows a blank line
+    assert [int(line.split()[-1]) for line in rows if "error (see stderr)" not in line] == highest
+    assert "domain_percentile" not in pd.read_csv(io.StringIO(_default(default_inputs).stdout)).columns.str.cat()

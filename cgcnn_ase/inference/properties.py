@@ -218,6 +218,9 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
              and not c.name.startswith("log10_")]  # fmt: skip
     headers = [_SHORT.get(c.name, (c.name, f"{c.name}, {c.units}"))[0] for c in shown]
     names = {c.name for c in columns}
+    domain = [c.header for c in columns if c.name.endswith("_domain_percentile")]
+    if domain:
+        headers.append("dom%")
     rows = []
     for _, row in frame.iterrows():
         cells = []
@@ -225,6 +228,9 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
             std_name = f"{c.name}_std"
             std = row[f"{std_name} ({c.units})"] if std_name in names else None
             cells.append(_cell(row[c.header], std))
+        if domain:
+            highest = np.nanmax(row[domain].to_numpy(float)) if row[domain].notna().any() else np.nan
+            cells.append(f"{highest:.0f}" if np.isfinite(highest) else "-")
         rows.append(cells)
     widths = [max([len(h)] + [len(r[j]) for r in rows]) for j, h in enumerate(headers)]
     room = max(8, width - sum(w + 2 for w in widths))
@@ -238,6 +244,8 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
         f"{h}: {_SHORT.get(c.name, (c.name, f'{c.name}, {c.units}'))[1].format(threshold=metal_threshold)}"
         for h, c in zip(headers, shown)
     )
+    if domain:
+        legend += "; dom%: the highest domain percentile over the models (near 100: far from a model's training data)"
     return "\n".join(lines) + "\n\n" + _wrap(legend + "; ± one (calibrated) ensemble standard deviation.", width)
 
 
