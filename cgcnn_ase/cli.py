@@ -336,10 +336,11 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
     for predictor in predictors:
         predictor.compile = compile_
     columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage)
-    options = dict(batch_size=batch_size, metal_threshold=metal_threshold, log10=log10, domain=domain, workers=workers,
-                   coverage=coverage)  # fmt: skip
-    read = dict(column=column, id_column=id_column, cif_reader=cif_reader_for(predictors),
-                exclude=[output] if output else ())  # fmt: skip
+    # the options of property_table and of iter_inputs, the same for every chunk
+    options = {"batch_size": batch_size, "metal_threshold": metal_threshold, "log10": log10, "domain": domain,
+               "workers": workers, "coverage": coverage}  # fmt: skip
+    read = {"column": column, "id_column": id_column, "cif_reader": cif_reader_for(predictors),
+            "exclude": [output] if output else ()}  # fmt: skip
     if fmt in ("csv", "parquet"):
         n_failed, n_rows = _stream_properties(inputs, predictors, columns, output, fmt, resume=resume,
                                               chunk_size=chunk_size, read=read, options=options)  # fmt: skip

@@ -85,7 +85,8 @@ class CSVChunkWriter:
             if header and header != self.columns:
                 raise StreamError(
                     f"{path}: its columns {header} differ from this run's {self.columns}; "
-                    "resume with the same models, or write to a new file"
+                    "resume with the same models and column options (coverage; log10 and domain for the "
+                    "default properties), or write to a new file"
                 )
             existing = bool(header)
         self._stream = open(path, "a" if existing else "w", newline="")  # noqa: SIM115 - closed in close()
@@ -178,7 +179,8 @@ class ParquetChunkWriter:
             if names != self.columns:
                 raise StreamError(
                     f"{self.folder}: its columns {names} differ from this run's {self.columns}; "
-                    "resume with the same models, or write to a new folder"
+                    "resume with the same models and column options (coverage; log10 and domain for the "
+                    "default properties), or write to a new folder"
                 )
         self._next = max((int(p.stem.split("-")[1]) for p in parts), default=-1) + 1
 
