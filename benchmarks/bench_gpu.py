@@ -151,7 +151,7 @@ def _from_files(data, full, single, workers: int, copies: int) -> dict[str, floa
     return out
 
 
-def _from_memory(data, full, single, batch: int) -> dict[str, float | str]:
+def _from_memory(data, full, single, batch: int, on_result=lambda out: None) -> dict[str, float | str]:
     """Structures/s of the public API, ``predict(structures)``, from structures in memory
     (:class:`StructureRecord` objects and ``ase.Atoms`` when ASE is there), and the largest
     difference from the CPU predictions stored by ``prepare``."""
@@ -184,6 +184,7 @@ def _from_memory(data, full, single, batch: int) -> dict[str, float | str]:
             out[f"predict({kind}), {name}"] = len(structures) / statistics.median(seconds)
             got = result.values if name == "1 network" else result.member_values
             out[f"predict({kind}), {name}: max |GPU - CPU|"] = float(np.max(np.abs(np.asarray(got) - reference)))
+            on_result(out)  # kept if a later measurement runs out of time
     return out
 
 
@@ -294,7 +295,8 @@ def run(inputs: str, batch_sizes: str, repeats: int, json_path: str | None, devi
         print(f"batch {batch}: edge counts equal for {exact} of {len(sizes)} crystals; max |distance sum diff| {max_sum:.2e} Å")
         _save(json_path, results)
     if "api" in stages:
-        results["api"] = _from_memory(data, full, single, max(int(b) for b in batch_sizes.split(",")))
+        results["api"] = _from_memory(data, full, single, max(int(b) for b in batch_sizes.split(",")),
+                                      on_result=lambda out: _save(json_path, {**results, "api": out}))  # fmt: skip
         for name, value in results["api"].items():
             rows.append(["api", name, f"{value:.1e}" if "max" in name else f"{value:,.0f}"])
         print(results["api"], flush=True)
