@@ -28,9 +28,10 @@ import numpy as np
 from cgcnn_ase.errors import CGCNNError, CheckpointError, StreamError, UnknownModelError, UnseenElementWarning
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERNAL = 0, 1, 2, 3, 4
-#: ``predict --chunk-size`` defaults: structures per chunk with ``--model``, and for the default command,
-#: whose seven models each start their worker processes once per chunk (measured in docs/scale.md).
-MODEL_CHUNK, DEFAULT_PROPERTIES_CHUNK = 1024, 8192
+#: ``predict --chunk-size`` defaults: structures per chunk with one ``--model`` (its worker processes serve
+#: every chunk), and with several models or none (the default command), where each model starts its worker
+#: processes once per chunk (measured in docs/scale.md).
+MODEL_CHUNK, MODELS_CHUNK = 1024, 8192
 
 
 def _fail(message: str, code: int) -> None:
@@ -175,7 +176,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--coverage", type=click.FloatRange(0.5, 0.99), default=None, help="Add <property>_lower/_upper: a prediction interval holding the true value with this probability (e.g. 0.9), for the calibrated ensembles.")
 @click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout (for parquet: a folder of part files).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip the ids already in -o and append (csv or parquet).")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Structures read, predicted and written together (memory holds one chunk) [default: 1024 with --model, 8192 without: its seven models start their worker processes once per chunk].")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Structures read, predicted and written together (memory holds one chunk) [default: 1024 with one --model, else 8192: several models start their worker processes once per chunk].")
 @click.option("--column", default="cif", show_default=True, help="Table inputs (.csv, .tsv, .parquet): column holding CIF text, pymatgen structure JSON or file paths.")
 @click.option("--id-column", default=None, help="Table inputs: column of unique ids [default: FILE@ROW].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Crystals per forward pass [default: 64 on a CPU, 1024 on a GPU].")
@@ -218,7 +219,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10, domain=domain,
                             metal_threshold=metal_threshold, column=column, id_column=id_column,
                             batch_size=batch_size, device=device, workers=n_workers, coverage=coverage,
-                            compile_=compile_, chunk_size=chunk_size or DEFAULT_PROPERTIES_CHUNK)  # fmt: skip
+                            compile_=compile_, chunk_size=chunk_size or MODELS_CHUNK)  # fmt: skip
         return
     if fmt == "parquet" and not output:
         raise click.UsageError("parquet output needs -o FOLDER")
@@ -234,7 +235,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     for predictor in predictors:
         predictor.compile = compile_
     if fmt in ("csv", "parquet") and not per_atom:
-        _predict_streaming(inputs, predictors, names, output, fmt, resume=resume, chunk_size=chunk_size or MODEL_CHUNK,
+        chunk_size = chunk_size or (MODEL_CHUNK if len(predictors) == 1 else MODELS_CHUNK)
+        _predict_streaming(inputs, predictors, names, output, fmt, resume=resume, chunk_size=chunk_size,
                            batch_size=batch_size, column=column, id_column=id_column, workers=n_workers,
                            coverage=coverage)  # fmt: skip
         return
@@ -316,7 +318,7 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
                         log10: bool, metal_threshold: float, column: str, id_column: str | None, batch_size: int,
                         domain: bool = False,
                         device: str | None, workers: int, coverage: float | None = None,
-                        compile_: bool = False, chunk_size: int = DEFAULT_PROPERTIES_CHUNK) -> None:  # fmt: skip
+                        compile_: bool = False, chunk_size: int = MODELS_CHUNK) -> None:  # fmt: skip
     """``predict`` without ``--model``: the shipped general-purpose models, in user units. csv and parquet
     are written chunk by chunk (memory holds one chunk, and ``--resume`` continues a killed run); a table
     or json needs every row first."""

@@ -559,3 +559,20 @@ def test_the_default_command_gives_domain_percentiles_on_request(default_inputs,
     rows = table[1 : table.index("")]  # the legend follows a blank line
     assert [int(line.split()[-1]) for line in rows if "error (see stderr)" not in line] == highest
     assert "domain_percentile" not in pd.read_csv(io.StringIO(_default(default_inputs).stdout)).columns.str.cat()
+
+
+@pytest.mark.parametrize(("models", "expected"), [(["-m", "formation_energy"], 1024),
+                                                  (["-m", "formation_energy", "-m", "band_gap"], 8192)])  # fmt: skip
+def test_the_chunk_size_default_follows_the_number_of_models(default_inputs, tmp_path, monkeypatch, models, expected):
+    """One model keeps its worker processes for the whole run; several start theirs per chunk, so chunks are larger."""
+    from cgcnn_ase.inference import streaming
+
+    seen, real = [], streaming.predict_stream
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["chunk_size"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(streaming, "predict_stream", spy)
+    _default(default_inputs, *models, "-o", tmp_path / "out.csv")
+    assert seen == [expected]
