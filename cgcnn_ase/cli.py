@@ -32,6 +32,7 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 #: every chunk), and with several models or none (the default command), where each model starts its worker
 #: processes once per chunk (measured in docs/scale.md).
 MODEL_CHUNK, MODELS_CHUNK = 1024, 8192
+NO_STRUCTURES = "warning: the inputs held no structures (an empty folder, table or database?)"
 
 
 def _fail(message: str, code: int) -> None:
@@ -357,6 +358,8 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
             meta = {"models": list(GENERAL_MODELS), "units": frame.attrs["units"], "metal_threshold": metal_threshold}
             _write_table(frame.to_dict("records"), list(frame.columns), fmt, output, meta)
         n_failed, n_rows = int(frame["error"].notna().sum()), len(frame)
+        if not n_rows:
+            click.echo(NO_STRUCTURES, err=True)
     if n_failed:
         click.echo(f"{n_failed} of {n_rows} structures could not be predicted", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -417,6 +420,8 @@ def _stream_properties(inputs: Sequence[str], predictors: list[Any], columns: Se
         writer.close()
     if finished is not None and finished.skipped:
         click.echo(f"resumed: {finished.skipped} structures already in {output} were skipped", err=True)
+    elif not n_rows:
+        click.echo(NO_STRUCTURES, err=True)
     return n_failed, n_rows
 
 
@@ -459,6 +464,8 @@ def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list
         raise click.UsageError(str(exc)) from None
     if summary.n_skipped:
         click.echo(f"resumed: {summary.n_skipped} structures already in {output} were skipped", err=True)
+    elif not summary.n_written:
+        click.echo(NO_STRUCTURES, err=True)
     if summary.n_failed:
         click.echo(f"{summary.n_failed} of {summary.n_written} structures could not be predicted", err=True)
         sys.exit(EXIT_BAD_INPUT)

@@ -101,6 +101,14 @@ class CSVChunkWriter:
         self._header = False
 
     def close(self) -> None:
+        """Finish: a run that wrote no rows still leaves the header (a table of no rows, not an empty file)."""
+        if self._header:
+            import pandas as pd
+
+            buffer = io.StringIO()
+            pd.DataFrame(columns=self.columns).to_csv(buffer, index=False)
+            self._stream.write(buffer.getvalue())
+            self._header = False
         if self._own:
             self._stream.close()
 
@@ -196,7 +204,12 @@ class ParquetChunkWriter:
         self._next += 1
 
     def close(self) -> None:
-        """Nothing to flush: every part is complete when written."""
+        """Every part is complete when written; a folder that got none gets one empty part, so that it
+        reads as a table of no rows with this run's columns."""
+        if not _part_files(self.folder):
+            import pandas as pd
+
+            self.write(pd.DataFrame({c: pd.Series(dtype=object if c in ("id", "error") else float) for c in self.columns}))
 
 
 def _part_files(folder: Path) -> list[Path]:
