@@ -41,12 +41,17 @@ def _fail(message: str, code: int) -> None:
 
 
 class _WarningPrinter:
-    """Warnings as one line each on stderr (no source line, no traceback). A model's unseen-element
+    """Warnings as one line each on stderr (no source line, no traceback), each text once: several
+    models warn alike about one structure (a sparse graph, close atoms). A model's unseen-element
     summary, which a streaming run repeats for every chunk, is shown once per model; :meth:`close`
     then says how many more there were."""
 
+    #: Texts remembered for the check against repeats (beyond it, repeats are printed again).
+    MAX_REMEMBERED = 100_000
+
     def __init__(self) -> None:
         self.unseen: dict[str, int] = {}  # "model 'NAME'" -> unseen-element warnings so far
+        self.shown: set[str] = set()
 
     def __call__(self, message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         text = str(message)
@@ -55,6 +60,10 @@ class _WarningPrinter:
             self.unseen[model] = self.unseen.get(model, 0) + 1
             if self.unseen[model] > 1:
                 return
+        if text in self.shown:
+            return
+        if len(self.shown) < self.MAX_REMEMBERED:
+            self.shown.add(text)
         click.echo(f"warning: {text}", err=True)
 
     def close(self) -> None:

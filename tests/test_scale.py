@@ -589,3 +589,16 @@ def test_inputs_without_structures_give_a_header_and_a_warning(tmp_path, models)
     csv, parquet = pd.read_csv(tmp_path / "out.csv"), pd.read_parquet(tmp_path / "out.parquet")
     assert len(csv) == len(parquet) == 0 and list(csv.columns) == list(parquet.columns)
     assert csv.columns[0] == "id" and csv.columns[1] == "formation_energy (eV/atom)" and csv.columns[-1] == "error"
+
+
+def test_a_warning_every_model_gives_about_one_structure_is_printed_once(tmp_path):
+    """A water molecule in a 20 Å box: each of the seven models finds its graph sparse; one line says so."""
+    from ase.build import molecule
+
+    water = molecule("H2O")
+    water.center(vacuum=10)
+    water.pbc = True
+    write(tmp_path / "water.cif", water)
+    result = _default(tmp_path / "water.cif", "-o", tmp_path / "out.csv")
+    sparse = [line for line in result.stderr.splitlines() if "fewer than 12 neighbours" in line]
+    assert result.exit_code == 0 and len(sparse) == 1, result.stderr
