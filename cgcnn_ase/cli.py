@@ -224,13 +224,6 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     if fmt is None and output is None:
         fmt = "table" if sys.stdout.isatty() else "csv"  # a person reads a table; a pipe gets csv
     fmt = fmt or infer_format(output)
-    if not models and not use_all:  # the headline use: the general-purpose properties in user units
-        torch.set_num_threads(threads)
-        _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10, domain=domain,
-                            metal_threshold=metal_threshold, column=column, id_column=id_column,
-                            batch_size=batch_size, device=device, workers=n_workers, coverage=coverage,
-                            compile_=compile_, chunk_size=chunk_size or MODELS_CHUNK)  # fmt: skip
-        return
     if fmt == "parquet" and not output:
         raise click.UsageError("parquet output needs -o FOLDER")
     if resume and (not output or per_atom or fmt not in ("csv", "parquet")):
@@ -240,6 +233,12 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     if output and fmt != "parquet" and Path(output).is_dir():
         raise click.UsageError(f"{output} is a directory; give a file name for {fmt} output")
     torch.set_num_threads(threads)  # this process is ours: the CLI may set torch's global thread count
+    if not models and not use_all:  # the headline use: the general-purpose properties in user units
+        _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10, domain=domain,
+                            metal_threshold=metal_threshold, column=column, id_column=id_column,
+                            batch_size=batch_size, device=device, workers=n_workers, coverage=coverage,
+                            compile_=compile_, chunk_size=chunk_size or MODELS_CHUNK)  # fmt: skip
+        return
     names = _model_names(models, use_all)
     predictors = [load_predictor(name, atom_init=atom_init, trusted=trust, device=device) for name in names]
     for predictor in predictors:
@@ -325,9 +324,8 @@ def _workers(value: str) -> int:
 
 
 def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, per_atom: bool, resume: bool,
-                        log10: bool, metal_threshold: float, column: str, id_column: str | None, batch_size: int,
-                        domain: bool = False,
-                        device: str | None, workers: int, coverage: float | None = None,
+                        log10: bool, domain: bool, metal_threshold: float, column: str, id_column: str | None,
+                        batch_size: int, device: str | None, workers: int, coverage: float | None = None,
                         compile_: bool = False, chunk_size: int = MODELS_CHUNK) -> None:  # fmt: skip
     """``predict`` without ``--model``: the shipped general-purpose models, in user units. csv and parquet
     are written chunk by chunk (memory holds one chunk, and ``--resume`` continues a killed run); a table
@@ -338,49 +336,50 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
 
     if per_atom:
         raise click.UsageError("--per-atom needs --model NAME (the default properties come from several models)")
-    if fmt == "parquet" and not output:
-        raise click.UsageError("parquet output needs -o FOLDER")
-    if resume and (not output or fmt not in ("csv", "parquet")):
-        raise click.UsageError("--resume needs -o with csv or parquet output")
-    if output and fmt != "parquet" and Path(output).is_dir():
-        raise click.UsageError(f"{output} is a directory; give a file name for {fmt} output")
     predictors = [as_predictor(name, device=device) for name in GENERAL_MODELS]
     for predictor in predictors:
         predictor.compile = compile_
     columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage)
-    # the options of property_table and of iter_inputs, the same for every chunk
     options = {"batch_size": batch_size, "metal_threshold": metal_threshold, "log10": log10, "domain": domain,
                "workers": workers, "coverage": coverage}  # fmt: skip
-    read = {"column": column, "id_column": id_column, "cif_reader": cif_reader_for(predictors),
-            "exclude": [output] if output else ()}  # fmt: skip
     if fmt in ("csv", "parquet"):
-        n_failed, n_rows = _stream_properties(inputs, predictors, columns, output, fmt, resume=resume,
-                                              chunk_size=chunk_size, read=read, options=options)  # fmt: skip
-    else:
-        from cgcnn_ase.io.inputs import iter_inputs
+        from cgcnn_ase.inference.streaming import write_chunks
 
-        frame = _property_rows(list(iter_inputs(inputs, **read)), predictors, columns, options)
-        if fmt == "table":
-            text = compact_table(frame, columns, metal_threshold=metal_threshold)
-            Path(output).write_text(text) if output else click.echo(text, nl=False)
-        else:
-            meta = {"models": list(GENERAL_MODELS), "units": frame.attrs["units"], "metal_threshold": metal_threshold}
-            _write_table(frame.to_dict("records"), list(frame.columns), fmt, output, meta)
-        n_failed, n_rows = int(frame["error"].notna().sum()), len(frame)
-        if not n_rows:
-            click.echo(NO_STRUCTURES, err=True)
-    if n_failed:
-        click.echo(f"{n_failed} of {n_rows} structures could not be predicted", err=True)
+        def rows(chunk: list[tuple[str, Any]], finished: Any) -> Any:
+            return _property_rows(chunk, predictors, columns, options)
+
+        _run_stream(write_chunks, inputs, output or sys.stdout, [c.header for c in columns], rows, fmt=fmt,
+                    resume=resume, chunk_size=chunk_size, column=column, id_column=id_column,
+                    cif_reader=cif_reader_for(predictors), units={c.header: c.units for c in columns})  # fmt: skip
+        return
+    from cgcnn_ase.io.inputs import iter_inputs
+
+    items = iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors),
+                        exclude=[output] if output else ())  # fmt: skip
+    result = _property_rows(list(items), predictors, columns, options)
+    _report_errors(result)
+    frame = result.frame
+    if fmt == "table":
+        text = compact_table(frame, columns, metal_threshold=metal_threshold)
+        Path(output).write_text(text) if output else click.echo(text, nl=False)
+    else:
+        meta = {"models": list(GENERAL_MODELS), "units": frame.attrs["units"], "metal_threshold": metal_threshold}
+        _write_table(frame.to_dict("records"), list(frame.columns), fmt, output, meta)
+    if not len(frame):
+        click.echo(NO_STRUCTURES, err=True)
+    if result.n_failed:
+        click.echo(f"{result.n_failed} of {len(frame)} structures could not be predicted", err=True)
         sys.exit(EXIT_BAD_INPUT)
 
 
 def _property_rows(items: Sequence[tuple[str, Any]], predictors: list[Any], columns: Sequence[Any],
                    options: dict[str, Any]) -> Any:  # fmt: skip
-    """The default properties of ``items`` (id, record or reading error) as one frame in input order,
-    with one 'error:' line on stderr per item that failed."""
+    """The default properties of ``items`` (id, record or reading error), in input order, as a
+    :class:`~cgcnn_ase.inference.streaming.ChunkResult`."""
     import pandas as pd
 
     from cgcnn_ase.inference.properties import property_table
+    from cgcnn_ase.inference.streaming import ChunkResult
 
     good = [item for _, item in items if not isinstance(item, CGCNNError)]
     if good:
@@ -389,49 +388,7 @@ def _property_rows(items: Sequence[tuple[str, Any]], predictors: list[Any], colu
         frame = pd.DataFrame(columns=["id", *[c.header for c in columns], "error"])
         frame.attrs["units"] = {c.header: c.units for c in columns}
     frame = _with_unreadable(frame, items)
-    for message in frame["error"]:
-        if message:
-            click.echo(f"error: {message}", err=True)
-    return frame
-
-
-def _stream_properties(inputs: Sequence[str], predictors: list[Any], columns: Sequence[Any], output: str | None,
-                       fmt: str, *, resume: bool, chunk_size: int, read: dict[str, Any],
-                       options: dict[str, Any]) -> tuple[int, int]:  # fmt: skip
-    """The default properties written ``chunk_size`` structures at a time (csv to ``output`` or stdout, or a
-    parquet folder). With ``resume``, the ids already in ``output`` are skipped unread. Returns
-    ``(failed, written)`` row counts."""
-    from itertools import islice
-
-    from tqdm.auto import tqdm
-
-    from cgcnn_ase.inference.writers import open_writer, read_finished_ids
-    from cgcnn_ase.io.inputs import iter_inputs
-
-    headers = ["id", *[c.header for c in columns], "error"]
-    try:
-        finished = read_finished_ids(output, fmt=fmt) if resume else None
-        writer = open_writer(output or sys.stdout, headers, fmt=fmt, append=resume,
-                             units={c.header: c.units for c in columns})  # fmt: skip
-    except StreamError as exc:
-        raise click.UsageError(str(exc)) from None
-    items = iter_inputs(inputs, **read, finished=finished)
-    n_failed = n_rows = 0
-    try:
-        with tqdm(disable=None, unit="structure", leave=False) as bar:  # a bar on a terminal only
-            while chunk := list(islice(items, chunk_size)):
-                frame = _property_rows(chunk, predictors, columns, options)
-                writer.write(frame)
-                n_failed += int(frame["error"].notna().sum())
-                n_rows += len(frame)
-                bar.update(len(frame))
-    finally:
-        writer.close()
-    if finished is not None and finished.skipped:
-        click.echo(f"resumed: {finished.skipped} structures already in {output} were skipped", err=True)
-    elif not n_rows:
-        click.echo(NO_STRUCTURES, err=True)
-    return n_failed, n_rows
+    return ChunkResult(frame=frame, messages=[[message] if message else [] for message in frame["error"]])
 
 
 def _with_unreadable(frame: Any, items: Sequence[tuple[str, Any]]) -> Any:
@@ -455,24 +412,30 @@ def _with_unreadable(frame: Any, items: Sequence[tuple[str, Any]]) -> Any:
 def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list[str], output: str | None, fmt: str,
                        *, resume: bool, chunk_size: int, batch_size: int, column: str, id_column: str | None,
                        workers: int, coverage: float | None = None) -> None:  # fmt: skip
-    """``predict`` for csv/parquet: rows written chunk by chunk, one 'error:' line per bad item."""
+    """``predict --model`` for csv/parquet: rows written chunk by chunk, one 'error:' line per bad item."""
     from cgcnn_ase.inference.streaming import predict_stream
 
-    def report(result: Any) -> None:
-        for messages in result.messages:
-            for message in messages:
-                click.echo(f"error: {message}", err=True)
+    _run_stream(predict_stream, list(inputs), predictors, output or sys.stdout, fmt=fmt, resume=resume,
+                chunk_size=chunk_size, batch_size=batch_size, column=column, id_column=id_column, names=names,
+                workers=workers, coverage=coverage)  # fmt: skip
 
+
+def _report_errors(result: Any) -> None:
+    """One 'error:' line on stderr per message of a :class:`ChunkResult`."""
+    for messages in result.messages:
+        for message in messages:
+            click.echo(f"error: {message}", err=True)
+
+
+def _run_stream(stream: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run ``predict_stream`` or ``write_chunks`` with the command's reporting: error lines per chunk (a
+    progress bar on a terminal), then what was resumed or found empty, and exit code 1 if items failed."""
     try:
-        summary = predict_stream(
-            list(inputs), predictors, output or sys.stdout, fmt=fmt, resume=resume, chunk_size=chunk_size,
-            batch_size=batch_size, column=column, id_column=id_column, names=names, progress=None, on_chunk=report,
-            workers=workers, coverage=coverage,
-        )  # fmt: skip
+        summary = stream(*args, progress=None, on_chunk=_report_errors, **kwargs)
     except StreamError as exc:
         raise click.UsageError(str(exc)) from None
     if summary.n_skipped:
-        click.echo(f"resumed: {summary.n_skipped} structures already in {output} were skipped", err=True)
+        click.echo(f"resumed: {summary.n_skipped} structures already in {summary.output} were skipped", err=True)
     elif not summary.n_written:
         click.echo(NO_STRUCTURES, err=True)
     if summary.n_failed:

@@ -36,6 +36,18 @@ def _cif(atoms) -> str:
     return str(CifWriter(AseAtomsAdaptor.get_structure(atoms)))
 
 
+def _record_calls(monkeypatch, owner, name: str, record) -> list:
+    """Wrap ``owner.<name>`` so that each call first appends ``record(*args, **kwargs)`` to the returned list."""
+    calls, real = [], getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(record(*args, **kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
 @pytest.fixture
 def predictor(model_folder) -> CGCNNPredictor:
     return CGCNNPredictor.from_checkpoint(model_folder, device="cpu")
@@ -68,14 +80,7 @@ def test_directory_files_are_read_only_when_consumed(tmp_path, monkeypatch):
     for k, atoms in enumerate(_crystals(6)):
         write(tmp_path / f"c{k}.cif", atoms, format="cif")
     (tmp_path / ".hidden.cif").write_text("junk")
-    reads: list[str] = []
-    original = io_inputs.read_records
-
-    def counting(path, *args, **kwargs):
-        reads.append(str(path))
-        return original(path, *args, **kwargs)
-
-    monkeypatch.setattr(io_inputs, "read_records", counting)
+    reads = _record_calls(monkeypatch, io_inputs, "read_records", lambda path, *args, **kwargs: str(path))
     stream = iter_inputs([str(tmp_path)])
     assert reads == []  # nothing read before iteration
     first_two = [next(stream), next(stream)]
@@ -212,14 +217,7 @@ def test_one_model_reads_files_where_it_runs(predictor, tmp_path, monkeypatch):
     texts = []
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the bitwise promise is at one torch thread, as each worker runs
-    read_here: list[str] = []
-    original = io_inputs.read_records
-
-    def counting_read(source, *args, **kw):
-        read_here.append(str(source))
-        return original(source, *args, **kw)
-
-    monkeypatch.setattr(io_inputs, "read_records", counting_read)
+    read_here = _record_calls(monkeypatch, io_inputs, "read_records", lambda source, *args, **kw: str(source))
     try:
         for workers in (1, 2):
             out = tmp_path / f"w{workers}.csv"
@@ -467,14 +465,7 @@ def _spy_property_table(monkeypatch) -> list[int]:
     """Record the number of structures of each property_table call (the CLI's per-chunk work)."""
     from cgcnn_ase.inference import properties
 
-    sizes, real = [], properties.property_table
-
-    def spy(structures, *args, **kwargs):
-        sizes.append(len(structures))
-        return real(structures, *args, **kwargs)
-
-    monkeypatch.setattr(properties, "property_table", spy)
-    return sizes
+    return _record_calls(monkeypatch, properties, "property_table", lambda structures, *args, **kwargs: len(structures))
 
 
 def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -567,13 +558,7 @@ def test_the_chunk_size_default_follows_the_number_of_models(default_inputs, tmp
     """One model keeps its worker processes for the whole run; several start theirs per chunk, so chunks are larger."""
     from cgcnn_ase.inference import streaming
 
-    seen, real = [], streaming.predict_stream
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["chunk_size"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(streaming, "predict_stream", spy)
+    seen = _record_calls(monkeypatch, streaming, "predict_stream", lambda *args, **kwargs: kwargs["chunk_size"])
     _default(default_inputs, *models, "-o", tmp_path / "out.csv")
     assert seen == [expected]
 

@@ -86,6 +86,7 @@ __all__ = [
     "predict_items",
     "predict_stream",
     "read_finished_ids",
+    "write_chunks",
 ]
 
 
@@ -410,35 +411,75 @@ def predict_stream(
     Raises:
         StreamError: a table lacks the column, or ``output`` holds another run's columns.
     """
-    from tqdm.auto import tqdm
-
     predictors = load_predictors(models, device=device)
     columns = model_columns(predictors, names, coverage)
+    units = {c: p.units for block, p in zip(_column_blocks(predictors, names, coverage), predictors) for c in block}
+    # one model on the CPU: its worker processes serve every chunk (started on first use, once per run)
+    pool = NetworkPool(predictors[0], workers) if workers > 1 and _keeps_a_pool(predictors) else None
+
+    def rows(chunk: list[Item | DeferredItem], finished: FinishedIds | None) -> ChunkResult:
+        return predict_items(chunk, predictors, columns=columns, batch_size=batch_size, on_sparse=on_sparse,
+                             workers=pool or workers, coverage=coverage, finished=finished)  # fmt: skip
+
+    try:
+        # With one model, structure files are read where the model runs (in its workers, overlapping the
+        # networks); several models share one reading here.
+        return write_chunks(
+            inputs, output, columns, rows, fmt=fmt, resume=resume, chunk_size=chunk_size, column=column,
+            id_column=id_column, sort=sort, cif_reader=cif_reader_for(predictors), defer_files=len(predictors) == 1,
+            units=units, progress=progress, on_chunk=on_chunk,
+        )  # fmt: skip
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def write_chunks(
+    inputs: Any,
+    output: str | os.PathLike | TextIO,
+    columns: Sequence[str],
+    rows: Callable[[list[Item | DeferredItem], FinishedIds | None], ChunkResult],
+    *,
+    fmt: OutputFormat | None = None,
+    resume: bool = False,
+    chunk_size: int = 1024,
+    column: str = "cif",
+    id_column: str | None = None,
+    sort: bool = True,
+    cif_reader: CifReader = "gemmi",
+    defer_files: bool = False,
+    units: dict[str, str] | None = None,
+    progress: bool | None = False,
+    on_chunk: Callable[[ChunkResult], None] | None = None,
+) -> StreamSummary:
+    """The streaming loop of :func:`predict_stream`, for any per-chunk computation: read ``inputs``
+    ``chunk_size`` items at a time, turn each chunk into rows with ``rows(chunk, finished)`` and
+    append them to ``output`` before reading on. ``columns`` are the value columns (``id`` and ``error``
+    aside) of every :class:`ChunkResult` frame; with ``resume`` the ids already in ``output`` are
+    skipped unread (``finished``). Arguments as in :func:`predict_stream`; ``cif_reader`` and
+    ``defer_files`` as in :func:`iter_inputs`, ``units`` as in :func:`open_writer`.
+    """
+    from tqdm.auto import tqdm
+
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     all_columns = ["id", *columns, "error"]
     stream_output = hasattr(output, "write")
     out_format = infer_format(None if stream_output else output, fmt)
     if resume and stream_output:
         raise StreamError("resume needs an output file or folder, not a stream")
     finished = read_finished_ids(output, fmt=out_format) if resume else None
-    units = {c: p.units for block, p in zip(_column_blocks(predictors, names, coverage), predictors) for c in block}
     writer = open_writer(output, all_columns, fmt=out_format, append=resume, units=units)
     summary = StreamSummary(output=None if stream_output else Path(output), format=out_format, columns=all_columns)
-    # With one model, structure files are read where the model runs (in its workers, overlapping the
-    # networks); several models share one reading here.
     items = iter_inputs(
-        inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors), sort=sort, finished=finished,
+        inputs, column=column, id_column=id_column, cif_reader=cif_reader, sort=sort, finished=finished,
         exclude=() if stream_output else [output],  # never read this run's own output (or its part files)
-        defer_files=len(predictors) == 1,
+        defer_files=defer_files,
     )  # fmt: skip
-    pool = None
     try:
-        # one model on the CPU: its worker processes serve every chunk (started once, not per chunk)
-        pool = NetworkPool(predictors[0], workers) if workers > 1 and _keeps_a_pool(predictors) else None
         with tqdm(disable=None if progress is None else not progress, unit="structure", leave=False) as bar:
-            for result in iter_prediction_chunks(
-                items, predictors, chunk_size=chunk_size, batch_size=batch_size, columns=columns, on_sparse=on_sparse,
-                workers=pool or workers, coverage=coverage, finished=finished,
-            ):  # fmt: skip
+            while chunk := list(islice(items, chunk_size)):
+                result = rows(chunk, finished)
                 writer.write(result.frame)
                 failed = result.n_failed
                 summary.n_failed += failed
@@ -449,8 +490,6 @@ def predict_stream(
                     on_chunk(result)
     finally:
         writer.close()
-        if pool is not None:
-            pool.close()
         summary.n_skipped = finished.skipped if finished is not None else 0
     return summary
 
