@@ -1,4 +1,11 @@
-"""TODO docstring (ORIGINAL_PROPERTIES, _architecture_from_state, _numpy_safe_globals, _resolve_elements, _torch_load, load_original_checkpoint)."""
+"""The authors' published checkpoints (``*.pth.tar`` of the original CGCNN code) as a :class:`LoadedModel`.
+
+:func:`load_original_checkpoint` reads the file without running pickled code (unless trusted), takes the
+architecture from the weight shapes, the property and units from the file name (:data:`ORIGINAL_PROPERTIES`)
+and the element table from the ``atom_init.json`` the checkpoint was trained with, and sets the original
+graph settings (8 Å, 12 neighbours, 41 Gaussians, the ``original`` neighbour policy). docs/compatibility.md
+describes what is and is not stored in those files.
+"""
 
 from __future__ import annotations
 
