@@ -88,6 +88,8 @@ def test_negative_determinant_cell_is_accepted():
         (DISORDERED_CIF, "disordered.cif", "disordered"),
         (DISORDERED_CIF[:120], "truncated.cif", "not a readable CIF|holds no structure"),
         (b"\x00\x01\x02\xff" * 64, "binary.xyz", "could not be read"),
+        ("heavy water\n1.0\n5 0 0\n0 5 0\n0 0 5\nO D\n1 2\nCartesian\n0 0 0\n0.96 0 0\n-0.24 0.93 0\n",
+         "POSCAR", "unknown element symbol 'D' \\(write the hydrogen isotopes D and T as H\\)"),
     ],
 )
 def test_bad_files_raise_errors_naming_the_file(tmp_path, content, name, match):

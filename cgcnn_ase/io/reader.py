@@ -364,6 +364,10 @@ def _ase_frames(path: Path, label: str) -> list[Any]:
             warnings.simplefilter("ignore")
             frames = ase.io.read(path, index=":")
     except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
+        key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
+        if isinstance(key, str) and key[:1].isupper() and key.isalpha() and len(key) <= 3:  # ASE's symbol lookup
+            hint = " (write the hydrogen isotopes D and T as H)" if key in ("D", "T") else ""
+            raise StructureReadError(f"{label}: could not be read by ASE: unknown element symbol {key!r}{hint}") from None
         raise StructureReadError(f"{label}: could not be read by ASE ({type(exc).__name__}: {exc})") from None
     if not frames:
         raise StructureReadError(f"{label}: the file holds no structure")
