@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import numpy as np
 import pytest
 
 from ase.build import bulk
@@ -87,6 +88,44 @@ def test_band_gap_is_gated_by_the_metal_classifier_in_the_property_table():
     assert frame.loc[0, "band_gap (eV)"] == 0.0 and frame.loc[0, "band_gap_raw (eV)"] != 0.0
     assert frame.loc[1, "band_gap (eV)"] == frame.loc[1, "band_gap_raw (eV)"]
     assert gated_band_gap([1.0, 2.0, float("nan")], [0.9, 0.1, 0.2]).tolist()[:2] == [0.0, 2.0]
+
+
+def test_a_gated_band_gap_has_no_std_or_interval_from_the_regression_in_every_adapter():
+    """A metal's band gap is 0 by the classifier: the band-gap ensemble's spread there (often 1-2 eV) is not its
+    uncertainty. The property table, the ASE calculator and the featurizer give std NaN and bounds 0 for it, and
+    keep the regression's std and bounds for a non-metal."""
+    import pandas as pd
+
+    from cgcnn_ase import CGCNNCalculator, CGCNNFeaturizer
+    from cgcnn_ase.inference.predictor import as_predictor
+    from cgcnn_ase.inference.properties import gated_band_gap_result, property_table
+
+    copper, salt = bulk("Cu", "fcc", a=3.61), bulk("NaCl", "rocksalt", a=5.64)
+    gap = as_predictor("band_gap")
+    raw = gap.predict([copper, salt], coverage=0.9)
+    assert raw.std[0] > 0 and raw.lower[0] < raw.upper[0]  # the regression does give a spread for the metal
+    frame, _ = property_table([copper, salt], [gap, as_predictor("is_metal")], coverage=0.9)
+    row = {name: frame[f"{name} (eV)"].to_numpy() for name in ("band_gap", "band_gap_std", "band_gap_lower", "band_gap_upper")}
+    assert row["band_gap"][0] == 0.0 and np.isnan(row["band_gap_std"][0])
+    assert row["band_gap_lower"][0] == row["band_gap_upper"][0] == 0.0
+    np.testing.assert_allclose([row[n][1] for n in row], [raw.values[1], raw.std[1], raw.lower[1], raw.upper[1]])
+
+    atoms = copper.copy()
+    atoms.calc = CGCNNCalculator("band_gap", coverage=0.9)
+    assert atoms.calc.get_property("band_gap", atoms) == 0.0 and np.isnan(atoms.calc.get_property("band_gap_std", atoms))
+    assert atoms.calc.get_property("band_gap_upper", atoms) == 0.0
+    salt_atoms = salt.copy()
+    salt_atoms.calc = CGCNNCalculator("band_gap", coverage=0.9)
+    assert salt_atoms.calc.get_property("band_gap_std", salt_atoms) == pytest.approx(raw.std[1], rel=1e-6)
+
+    table = CGCNNFeaturizer("band_gap", coverage=0.9).featurize_dataframe(
+        pd.DataFrame({"structure": [copper, salt]}), "structure", pbar=False)  # fmt: skip
+    assert table.loc[0, "band_gap (eV)"] == 0.0 and np.isnan(table.loc[0, "band_gap_std (eV)"])
+    assert table.loc[0, "band_gap_upper (eV)"] == 0.0
+    assert table.loc[1, "band_gap_std (eV)"] == pytest.approx(raw.std[1], rel=1e-6)
+
+    value, std, lower, upper = gated_band_gap_result([1.0, 2.0], None, None, None, [0.9, 0.1])
+    assert value.tolist() == [0.0, 2.0] and std is None and lower is None and upper is None
 
 
 MULTIPLE_FEATURIZER = """

@@ -6,8 +6,9 @@ the crystal is a metal. This module turns their outputs into what a user asks fo
 
 - **band gap, gated** (eV): 0 where the ``is_metal`` classifier gives P(metal) > ``threshold``
   (0.5), else the regression value. The band-gap model was trained on non-metals only (as the
-  paper's), so its raw value for a metal means nothing; ``band_gap_raw`` keeps it. The ASE
-  calculator, the matminer featurizer and the CLI all gate with :func:`gated_band_gap`.
+  paper's), so its raw value for a metal means nothing; ``band_gap_raw`` keeps it. Its std is
+  NaN there and its interval bounds 0 (:func:`gated_band_gap_result`). The ASE calculator, the
+  matminer featurizer and the CLI all gate so.
 - **moduli in GPa**: ``10**m`` of the ensemble's mean log10 value ``m`` (a geometric mean of the
   members), with the standard deviation propagated to first order, ``ln(10) * 10**m * s``
   for a log10 std ``s``. The log10 columns come only on request.
@@ -49,6 +50,25 @@ def gated_band_gap(band_gap: Any, metal_probability: Any, threshold: float = MET
     p = np.asarray(metal_probability, dtype=np.float64)
     out = np.where(p > threshold, 0.0, gap)
     return np.where(np.isnan(p) | np.isnan(gap), np.nan, out)
+
+
+def gated_band_gap_result(
+    band_gap: Any, std: Any, lower: Any, upper: Any, metal_probability: Any, threshold: float = METAL_THRESHOLD
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """A band-gap prediction gated as a whole: value, std and interval bounds (eV), each shape (n,).
+
+    Where P(metal) > ``threshold`` the value and both bounds are 0 and the std is NaN. The band-gap
+    ensemble was trained on non-metals, so its spread on a metal (often 1-2 eV) says nothing about a
+    gap the classifier has set to 0; ``metal_probability`` is that row's uncertainty. Elsewhere the
+    regression's std and bounds are returned unchanged. ``std``, ``lower``, ``upper`` may be ``None``
+    (not computed) and stay so.
+    """
+    p = np.asarray(metal_probability, dtype=np.float64)
+    value = gated_band_gap(band_gap, p, threshold)
+    std_out = None if std is None else np.where(p > threshold, np.nan, np.asarray(std, dtype=np.float64))
+    low = None if lower is None else gated_band_gap(lower, p, threshold)
+    high = None if upper is None else gated_band_gap(upper, p, threshold)
+    return value, std_out, low, high
 
 
 @dataclass(frozen=True)
@@ -145,11 +165,10 @@ def property_table(
         values.update(_user_values(p, r, log10=log10, domain=domain))
     by_property = {p.property_name: r for p, r in zip(predictors, results)}
     if "band_gap" in by_property and "is_metal" in by_property:
-        p_metal = by_property["is_metal"].values
-        values["band_gap"] = gated_band_gap(values["band_gap_raw"], p_metal, metal_threshold)
-        for bound in ("band_gap_lower", "band_gap_upper"):
-            if bound in values:
-                values[bound] = gated_band_gap(values[bound], p_metal, metal_threshold)
+        names = ("band_gap", "band_gap_std", "band_gap_lower", "band_gap_upper")
+        gated = gated_band_gap_result(values["band_gap_raw"], *(values.get(n) for n in names[1:]),
+                                      by_property["is_metal"].values, metal_threshold)  # fmt: skip
+        values.update({n: v for n, v in zip(names, gated) if v is not None})
     columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage)
     frame = pd.DataFrame({"id": ids, **{c.header: values[c.name] for c in columns}})
     errors = [sorted({r.errors[k] for r in results if r.errors[k]}) for k in range(len(ids))]

@@ -44,7 +44,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
-from cgcnn_ase.inference.properties import gated_band_gap
+from cgcnn_ase.inference.properties import gated_band_gap_result
 from cgcnn_ase.models.registry import resolve_model
 
 #: Standard ASE property names this calculator can fill (everything else is custom).
@@ -164,7 +164,9 @@ class CGCNNCalculator(Calculator):
         if "band_gap" in results and "is_metal" in results:
             results["band_gap_raw"] = results["band_gap"]
             results["metal_probability"] = results["is_metal"]
-            results["band_gap"] = float(gated_band_gap(results["band_gap"], results["is_metal"], self.metal_threshold))
+            names = ("band_gap", "band_gap_std", "band_gap_lower", "band_gap_upper")
+            gated = gated_band_gap_result(*(results.get(n) for n in names), results["is_metal"], self.metal_threshold)
+            results.update({n: float(v) for n, v in zip(names, gated) if v is not None})
         self.results = results
         if self.store_in_info and atoms is not None:
             for name, value in results.items():

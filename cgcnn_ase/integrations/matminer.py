@@ -19,7 +19,7 @@ import numpy as np
 from matminer.featurizers.base import BaseFeaturizer
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
-from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap
+from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap_result
 
 
 @contextlib.contextmanager
@@ -59,8 +59,9 @@ class CGCNNFeaturizer(BaseFeaturizer):
         metal_threshold: with both a ``band_gap`` and an ``is_metal`` model (asking for the
             shipped ``band_gap`` adds the shipped ``is_metal``, as the ASE calculator does),
             ``"band_gap (eV)"`` is gated: 0 where P(metal) > ``metal_threshold``
-            (:func:`cgcnn_ase.inference.properties.gated_band_gap`); the regression value stays
-            in ``"band_gap_raw (eV)"``. ``None`` turns gating off.
+            (:func:`cgcnn_ase.inference.properties.gated_band_gap_result`: its std NaN and its
+            interval bounds 0 there too); the regression value stays in ``"band_gap_raw (eV)"``.
+            ``None`` turns gating off.
         coverage: also add ``"<property>_lower (<units>)"`` and ``"<property>_upper (<units>)"``,
             a prediction interval holding the true value with this probability, for models
             calibrated for intervals (the shipped regression ensembles).
@@ -185,16 +186,17 @@ class CGCNNFeaturizer(BaseFeaturizer):
         for j, (predictor, result) in enumerate(zip(self.predictors, results)):
             for k, message in enumerate(result.errors):
                 errors[k] = errors[k] or message
-            values = result.values
+            values, std, lower, upper = result.values, result.std, result.lower, result.upper
             if gating is not None and j == gating[0]:
-                values = gated_band_gap(result.values, results[gating[1]].values, self.metal_threshold)
+                values, std, lower, upper = gated_band_gap_result(values, std, lower, upper,
+                                                                  results[gating[1]].values, self.metal_threshold)  # fmt: skip
             block = [values[:, None]]
             if predictor.is_ensemble:
-                block.append(result.std[:, None])
+                block.append(std[:, None])
             if gating is not None and j == gating[0]:
                 block.append(result.values[:, None])
-            if result.lower is not None:
-                block += [result.lower[:, None], result.upper[:, None]]
+            if lower is not None:
+                block += [lower[:, None], upper[:, None]]
             if self.domain and predictor.has_domain:
                 block.append(result.domain_percentile[:, None])
             if self.embeddings:
