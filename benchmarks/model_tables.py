@@ -1,4 +1,4 @@
-"""Rebuild the model tables of docs/models.md and docs/uncertainty.md from the shipped model.json files.
+"""Rebuild the model tables of docs/models.md, docs/uncertainty.md and README.md from the shipped model.json files.
 
     python benchmarks/model_tables.py          # rewrites the marked tables in place
 
@@ -91,6 +91,33 @@ def models_table() -> str:
     return "\n".join(rows)
 
 
+#: What each shipped model predicts, in a user's words (the README's table).
+DESCRIPTION: dict[str, str] = {
+    "formation_energy": "formation energy (Materials Project)",
+    "band_gap": "PBE band gap (non-metals; gated to 0 by `is_metal` in the default CLI and the calculator)",
+    "is_metal": "probability that the crystal is a metal",
+    "fermi_energy": "Fermi energy",
+    "bulk_modulus": "log10 of the VRH bulk modulus (the CLI and calculator also give GPa)",
+    "shear_modulus": "log10 of the VRH shear modulus (the CLI and calculator also give GPa)",
+    "poisson_ratio": "Poisson ratio",
+    "perovskite_formation_energy": "heat of formation of ABX3 perovskites (atomwise: site energies)",
+    "perovskite_site_energy": "the same with the paper's Eq. 4 convolution, 5 seeds: site energies that follow "
+    "the data (`docs/site_energies.md`)",
+}
+
+
+def readme_table() -> str:
+    """The README's table: each shipped model, what it predicts, its test error and the paper's."""
+    rows = ["| name | predicts | units | test error (held-out split) | paper |", "|---|---|---|---|---|"]
+    for model in _models():
+        alias, test = _alias(model), model["metadata"]["test_metrics"]
+        key = "mae" if "mae" in test else "roc_auc"
+        metric = f"ROC-AUC {test[key]:.4f}" if key == "roc_auc" else f"MAE {test[key]:.4f}"
+        paper = PAPER.get(alias, (float("nan"), "n/a"))[1].split(" (")[0]
+        rows.append(f"| `{alias}` | {DESCRIPTION.get(alias, model['property'])} | {model['units']} | {metric} | {paper} |")
+    return "\n".join(rows)
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
@@ -141,4 +168,5 @@ def replace_between(path: Path, marker: str, text: str) -> None:
 if __name__ == "__main__":
     replace_between(REPO / "docs" / "models.md", "models-table", models_table())
     replace_between(REPO / "docs" / "uncertainty.md", "uncertainty-table", uncertainty_tables())
-    print("rewrote the tables of docs/models.md and docs/uncertainty.md")
+    replace_between(REPO / "README.md", "readme-models", readme_table())
+    print("rewrote the tables of docs/models.md, docs/uncertainty.md and README.md")

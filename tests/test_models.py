@@ -49,13 +49,14 @@ def test_card_metric_is_reproduced_by_evaluate(info, monkeypatch):
     assert report["n"] == stored["n"]
 
 
+@pytest.mark.parametrize("page", ["docs/models.md", "README.md"])
 @pytest.mark.parametrize("info", MODELS, ids=lambda i: i.name)
-def test_models_doc_quotes_model_json(info):
-    text = (REPO / "docs" / "models.md").read_text()
+def test_models_doc_quotes_model_json(info, page):
+    text = (REPO / page).read_text()
     stored = info.metadata["test_metrics"]
     key = "mae" if "mae" in stored else "roc_auc"
     row = next((line for line in text.splitlines() if line.startswith(f"| `{info.aliases[0]}` |")), None)
-    assert row is not None, f"docs/models.md has no row for {info.aliases[0]}"
+    assert row is not None, f"{page} has no row for {info.aliases[0]}"
     assert f"{stored[key]:.4f}" in row, (row, stored[key])
 
 
