@@ -119,8 +119,9 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, o
     import pandas as pd
 
     df = pd.DataFrame(rows, columns=list(columns))
-    if fmt == "table" and "error" in df.columns:
-        df = df.drop(columns="error") if df["error"].isna().all() else df.fillna({"error": ""})
+    for name in ("unseen_elements", "error") if fmt == "table" else ():
+        if name in df.columns:
+            df = df.drop(columns=name) if df[name].isna().all() else df.fillna({name: ""})
     if fmt == "csv":
         text = df.to_csv(index=False)  # full float precision
     elif fmt == "json":
@@ -210,8 +211,10 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     those models' own outputs and units.
 
     Writes one row per structure (per atom with --per-atom), in input order; the header
-    names each property with its units. Bad files get one 'error:' line each on stderr
-    and an empty value; the others are still predicted, and the exit code is then 1.
+    names each property with its units. An unseen_elements column names any element a
+    model never saw in training (those predictions extrapolate). Bad files get one 'error:'
+    line each on stderr and an empty value; the others are still predicted, and the exit
+    code is then 1.
     csv and parquet output is written chunk by chunk (memory stays bounded), and --resume
     continues an interrupted run without predicting its finished ids again.
     """
@@ -379,13 +382,14 @@ def _property_rows(items: Sequence[tuple[str, Any]], predictors: list[Any], colu
     import pandas as pd
 
     from cgcnn_ase.inference.properties import property_table
+    from cgcnn_ase.inference.results import TEXT_COLUMNS
     from cgcnn_ase.inference.streaming import ChunkResult
 
     good = [item for _, item in items if not isinstance(item, CGCNNError)]
     if good:
         frame, _ = property_table(good, predictors, **options)
     else:
-        frame = pd.DataFrame(columns=["id", *[c.header for c in columns], "error"])
+        frame = pd.DataFrame(columns=["id", *[c.header for c in columns], *TEXT_COLUMNS])
         frame.attrs["units"] = {c.header: c.units for c in columns}
     frame = _with_unreadable(frame, items)
     return ChunkResult(frame=frame, messages=[[message] if message else [] for message in frame["error"]])
@@ -395,16 +399,19 @@ def _with_unreadable(frame: Any, items: Sequence[tuple[str, Any]]) -> Any:
     """``frame`` (rows of the readable items) with a row per unreadable item, in input order."""
     import pandas as pd
 
+    from cgcnn_ase.inference.results import TEXT_COLUMNS
+
     rows, k = [], 0
-    blank = {c: np.nan for c in frame.columns if c not in ("id", "error")}
+    blank = {c: np.nan for c in frame.columns if c != "id" and c not in TEXT_COLUMNS}
     for label, item in items:
         if isinstance(item, CGCNNError):
-            rows.append({"id": label, **blank, "error": str(item)})
+            rows.append({"id": label, **blank, "unseen_elements": None, "error": str(item)})
         else:
             rows.append({**frame.iloc[k].to_dict(), "id": label})
             k += 1
     out = pd.DataFrame(rows, columns=list(frame.columns))
-    out["error"] = out["error"].astype(object).where(out["error"].notna(), None)
+    for name in TEXT_COLUMNS:
+        out[name] = out[name].astype(object).where(out[name].notna(), None)
     out.attrs = frame.attrs
     return out
 

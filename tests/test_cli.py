@@ -35,7 +35,7 @@ def test_predict_csv_matches_python_api(model_folder, files):
     result = _run("predict", *files, "--model", model_folder)
     assert result.exit_code == 0, result.output
     df = pd.read_csv(io.StringIO(result.stdout))
-    assert list(df.columns) == ["id", "formation_energy (eV/atom)", "error"]
+    assert list(df.columns) == ["id", "formation_energy (eV/atom)", "unseen_elements", "error"]
     assert df["id"].tolist() == files
     expected = CGCNNPredictor.from_checkpoint(model_folder).predict(files).values
     np.testing.assert_allclose(df["formation_energy (eV/atom)"], expected, atol=1e-5)
@@ -90,7 +90,7 @@ def test_two_models_give_two_columns(model_folder, atomwise_folder, files):
     assert result.exit_code == 0
     df = pd.read_csv(io.StringIO(result.stdout))
     columns = [f"{model_folder}: formation_energy (eV/atom)", f"{atomwise_folder}: formation_energy (eV/atom)"]
-    assert list(df.columns) == ["id", *columns, "error"]
+    assert list(df.columns) == ["id", *columns, "unseen_elements", "error"]
     for folder, column in zip((model_folder, atomwise_folder), columns):
         expected = CGCNNPredictor.from_checkpoint(folder).predict(files).values
         np.testing.assert_allclose(df[column], expected, atol=1e-5)
@@ -162,6 +162,40 @@ def test_featurize_csv(model_folder, crystals, tmp_path):
     expected = CGCNNPredictor.from_checkpoint(model_folder).predict(crystals[:3]).values
     np.testing.assert_allclose(df["formation_energy (eV/atom)"][:3], expected, atol=1e-5)
     assert np.isnan(df["formation_energy (eV/atom)"][3]) and df["name"].tolist() == ["a", "b", "c", "bad"]
+
+
+def test_every_output_names_the_elements_a_model_never_saw(tmp_path):
+    """Rows whose elements a model never trained on say so in an ``unseen_elements`` column (csv, parquet, the
+    default command and --model), not only on stderr: Ra is in no training set, La in no elastic one."""
+    from ase import Atoms
+    from ase.build import bulk
+
+    cell = bulk("NaCl", "rocksalt", a=5.8).cell
+    files = {"nacl": bulk("NaCl", "rocksalt", a=5.64), "ran": Atoms("RaO", scaled_positions=[[0, 0, 0], [0.5] * 3],
+                                                                   cell=cell, pbc=True),
+             "lan": bulk("LaN", "rocksalt", a=5.3)}  # fmt: skip
+    paths = []
+    for name, atoms in files.items():
+        paths.append(tmp_path / f"{name}.cif")
+        write(paths[-1], atoms)
+    one = _run("predict", *paths, "--model", "formation_energy", "-o", tmp_path / "one.csv")
+    assert one.exit_code == 0, one.output
+    assert pd.read_csv(tmp_path / "one.csv")["unseen_elements"].fillna("").tolist() == ["", "Ra", ""]  # input order
+    default = _run("predict", *paths, "-o", tmp_path / "all.parquet")
+    assert default.exit_code == 0, default.output
+    table = pd.read_parquet(tmp_path / "all.parquet")
+    elastic = "bulk_modulus, shear_modulus, poisson_ratio"
+    assert table["unseen_elements"].tolist() == [
+        None, f"Ra (formation_energy, band_gap, metal_probability, fermi_energy, {elastic})", f"La ({elastic})",
+    ]  # fmt: skip
+
+
+def test_unseen_label_groups_models_by_their_unseen_elements():
+    from cgcnn_ase.inference.results import unseen_label
+
+    assert unseen_label([("a", [])]) is None and unseen_label([("a", ["Ra"])]) == "Ra"
+    assert unseen_label([("a", []), ("b", [])]) is None
+    assert unseen_label([("a", ["La"]), ("b", []), ("c", ["La"]), ("d", ["Ra", "La"])]) == "La (a, c); Ra La (d)"
 
 
 def test_predict_reports_the_ensemble_std_and_domain_percentile_of_the_api():

@@ -336,7 +336,7 @@ def test_parquet_output_is_a_typed_dataset_with_units(predictor, tmp_path):
     parts = sorted(p.name for p in path.iterdir())
     assert parts == ["part-000000.parquet", "part-000001.parquet"]
     schema = pq.read_schema(path / parts[0])
-    assert [str(t) for t in schema.types] == ["string", "double", "string"]  # error is text even when empty
+    assert [str(t) for t in schema.types] == ["string", "double", "string", "string"]  # text even when empty
     assert json.loads(schema.metadata[b"cgcnn_ase.units"]) == {COLUMN: "eV/atom"}
     table = pd.read_parquet(path)
     assert table["id"].tolist() == ["ok", "bad"] and np.isnan(table[COLUMN][1])
@@ -359,7 +359,7 @@ def test_ensembles_add_their_std_column(tmp_path):
     out = tmp_path / "out.parquet"
     predict_stream([(f"s{k}", a) for k, a in enumerate(atoms)], [ensemble], out, chunk_size=2)
     table = pd.read_parquet(out)
-    assert list(table.columns) == ["id", COLUMN, "formation_energy_std (eV/atom)", "error"]
+    assert list(table.columns) == ["id", COLUMN, "formation_energy_std (eV/atom)", "unseen_elements", "error"]
     np.testing.assert_allclose(table[COLUMN], expected.values, atol=1e-6)
     np.testing.assert_allclose(table["formation_energy_std (eV/atom)"], expected.std, atol=1e-6)
     write(tmp_path / "a.cif", atoms[0], format="cif")

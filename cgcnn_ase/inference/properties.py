@@ -18,11 +18,14 @@ the crystal is a metal. This module turns their outputs into what a user asks fo
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from cgcnn_ase.inference.results import UNSEEN, unseen_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -172,6 +175,10 @@ def property_table(
     columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage)
     frame = pd.DataFrame({"id": ids, **{c.header: values[c.name] for c in columns}})
     errors = [sorted({r.errors[k] for r in results if r.errors[k]}) for k in range(len(ids))]
+    labels = [_name(p) for p in predictors]
+    unseen = [None if errors[k] else unseen_label([(n, r.unseen_elements[k]) for n, r in zip(labels, results)])
+              for k in range(len(ids))]  # fmt: skip
+    frame[UNSEEN] = pd.Series(unseen, dtype=object)
     frame["error"] = pd.Series(["; ".join(e) if e else None for e in errors], dtype=object)
     bad = frame["error"].notna().to_numpy()
     frame.loc[bad, [c.header for c in columns]] = np.nan  # one refusal voids the row, as `cgcnn-ase predict --model`
@@ -229,6 +236,14 @@ def _cell(value: float, std: float | None) -> str:
     return f"{value:.{decimals}f}±{std:.{decimals}f}"
 
 
+def _unseen_symbols(cell: Any) -> str:
+    """The element symbols of an ``unseen_elements`` cell without the model names, e.g. ``"La Ra"``."""
+    if not isinstance(cell, str):
+        return ""
+    symbols = re.sub(r"\s*\([^)]*\)", "", cell).replace(";", " ").split()
+    return " ".join(dict.fromkeys(symbols))
+
+
 def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int = 100,
                   metal_threshold: float = METAL_THRESHOLD) -> str:  # fmt: skip
     """A terminal table of ``frame``: one row per structure, ``value±std`` cells with short
@@ -240,6 +255,9 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
     domain = [c.header for c in columns if c.name.endswith("_domain_percentile")]
     if domain:
         headers.append("dom%")
+    unseen = [_unseen_symbols(u) for u in frame[UNSEEN]] if UNSEEN in frame.columns else []
+    if any(unseen):
+        headers.append("unseen")
     rows = []
     for _, row in frame.iterrows():
         cells = []
@@ -250,6 +268,8 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
         if domain:
             highest = np.nanmax(row[domain].to_numpy(float)) if row[domain].notna().any() else np.nan
             cells.append(f"{highest:.0f}" if np.isfinite(highest) else "-")
+        if any(unseen):
+            cells.append(unseen[len(rows)] or "")
         rows.append(cells)
     widths = [max([len(h)] + [len(r[j]) for r in rows]) for j, h in enumerate(headers)]
     room = max(8, width - sum(w + 2 for w in widths))
@@ -265,6 +285,9 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
     )
     if domain:
         legend += "; dom%: the highest domain percentile over the models (near 100: far from a model's training data)"
+    if any(unseen):
+        legend += ("; unseen: elements absent from some model's training data, whose predictions for that crystal "
+                   "extrapolate (csv and parquet name the models in unseen_elements)")
     return "\n".join(lines) + "\n\n" + _wrap(legend + "; ± one (calibrated) ensemble standard deviation.", width)
 
 

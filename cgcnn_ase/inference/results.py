@@ -7,6 +7,7 @@ unseen elements, domain signals, per-atom contributions and embeddings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,3 +218,26 @@ def _unseen_symbols(graph: CrystalGraph | GraphSummary, seen: frozenset[int] | N
     from ase.data import chemical_symbols
 
     return [chemical_symbols[z] for z in unseen]
+
+
+#: The text columns after the model columns of every result table, in order.
+UNSEEN = "unseen_elements"
+TEXT_COLUMNS = (UNSEEN, "error")
+
+
+def unseen_label(per_model: Sequence[tuple[str, Sequence[str]]]) -> str | None:
+    """The ``unseen_elements`` cell of one row: ``None`` when every model saw all its elements;
+    with one model the symbols (``"Ra"``, ``"La Nd"``); with several, each set of symbols followed by
+    the models that lack them, e.g. ``"La (bulk_modulus, shear_modulus)"`` or
+    ``"Ra (formation_energy, band_gap); La (bulk_modulus)"``.
+
+    Args:
+        per_model: (model label, that model's unseen symbols for this row) for each model.
+    """
+    if len(per_model) == 1:
+        return " ".join(per_model[0][1]) or None
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for label, symbols in per_model:
+        if symbols:
+            groups.setdefault(tuple(symbols), []).append(label)
+    return "; ".join(f"{' '.join(symbols)} ({', '.join(labels)})" for symbols, labels in groups.items()) or None

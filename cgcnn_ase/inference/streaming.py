@@ -34,8 +34,9 @@ partial last line left by a killed run is cut off on resume) or Parquet (a direc
 so a killed run never leaves a broken part). Columns: ``id``, one ``"<property> (<units>)"``
 column per model (float64, NaN where the item failed; an ensemble adds
 ``"<property>_std (<units>)"`` and a model with a domain summary
-``"<property>_domain_percentile (percent)"``), ``error`` (``None`` or the messages, joined
-by ``"; "``).
+``"<property>_domain_percentile (percent)"``), ``unseen_elements`` (``None``, or the elements
+absent from a model's training data, :func:`unseen_label`), ``error`` (``None`` or the messages,
+joined by ``"; "``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, StreamError
 from cgcnn_ase.inference.parallel import NetworkPool
+from cgcnn_ase.inference.results import TEXT_COLUMNS, UNSEEN, unseen_label
 from cgcnn_ase.inference.writers import (
     CSVChunkWriter,
     OutputFormat,
@@ -165,8 +167,8 @@ class ChunkResult:
 
     Attributes:
         frame: ``id``, one float64 column per model (in its units, NaN where the item
-            failed; ensembles add their ``_std`` column), ``error`` (``None`` or the
-            messages joined by ``"; "``).
+            failed; ensembles add their ``_std`` column), ``unseen_elements``
+            (:func:`unseen_label`), ``error`` (``None`` or the messages joined by ``"; "``).
         messages: per row, the list of error messages (empty for predicted items).
     """
 
@@ -226,12 +228,15 @@ def predict_items(
     ids: list[str] = []
     values: list[np.ndarray] = []
     messages: list[list[str]] = []
+    unseen: list[str | None] = []
+    labels = [p.property_name for p in predictors]
     k = 0  # the next result row
     for item_id, item in items:
         if isinstance(item, CGCNNError):
             ids.append(item_id)
             values.append(np.full(len(columns), np.nan))
             messages.append([str(item)])
+            unseen.append(None)
             continue
         first, k = k, k + next(counts)
         for row in range(first, k):
@@ -242,13 +247,16 @@ def predict_items(
             ids.append(row_id)
             messages.append(found)
             values.append(np.full(len(columns), np.nan) if found else _cells(results, predictors, row))
+            unseen.append(None if found else unseen_label([(n, r.unseen_elements[row]) for n, r in zip(labels, results)]))
     data: dict[str, Any] = {"id": ids}
     table = np.array(values, dtype=np.float64).reshape(len(ids), len(columns))
     for j, name in enumerate(columns):
         data[name] = table[:, j]
+    data[UNSEEN] = unseen
     data["error"] = ["; ".join(m) if m else None for m in messages]
     frame = pd.DataFrame(data)
-    frame["error"] = frame["error"].astype(object)
+    for name in TEXT_COLUMNS:
+        frame[name] = frame[name].astype(object)
     return ChunkResult(frame=frame, messages=messages)
 
 
@@ -454,8 +462,8 @@ def write_chunks(
 ) -> StreamSummary:
     """The streaming loop of :func:`predict_stream`, for any per-chunk computation: read ``inputs``
     ``chunk_size`` items at a time, turn each chunk into rows with ``rows(chunk, finished)`` and
-    append them to ``output`` before reading on. ``columns`` are the value columns (``id`` and ``error``
-    aside) of every :class:`ChunkResult` frame; with ``resume`` the ids already in ``output`` are
+    append them to ``output`` before reading on. ``columns`` are the value columns (``id`` and
+    :data:`TEXT_COLUMNS` aside) of every :class:`ChunkResult` frame; with ``resume`` the ids already in ``output`` are
     skipped unread (``finished``). Arguments as in :func:`predict_stream`; ``cif_reader`` and
     ``defer_files`` as in :func:`iter_inputs`, ``units`` as in :func:`open_writer`.
     """
@@ -463,7 +471,7 @@ def write_chunks(
 
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    all_columns = ["id", *columns, "error"]
+    all_columns = ["id", *columns, *TEXT_COLUMNS]
     stream_output = hasattr(output, "write")
     out_format = infer_format(None if stream_output else output, fmt)
     if resume and stream_output:

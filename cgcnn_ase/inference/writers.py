@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from cgcnn_ase.errors import StreamError
+from cgcnn_ase.inference.results import TEXT_COLUMNS
 from cgcnn_ase.io.inputs import PARQUET_SUFFIXES, FinishedIds, pyarrow_modules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,13 +50,15 @@ def infer_format(path: str | os.PathLike | None, fmt: str | None = None) -> Outp
 
 
 def arrow_schema(columns: Sequence[str], units: Mapping[str, str] | None = None) -> Any:
-    """The pyarrow schema of a result table: ``id`` string, model columns float64, ``error`` string;
-    ``units`` ({column: units}) go into the schema metadata under ``cgcnn_ase.units``."""
+    """The pyarrow schema of a result table: ``id`` string, model columns float64, the text columns
+    ``unseen_elements`` and ``error`` (where present) strings; ``units`` ({column: units}) go into the
+    schema metadata under ``cgcnn_ase.units``."""
     pa, _ = pyarrow_modules()
 
+    text = TEXT_COLUMNS
     fields = [pa.field("id", pa.string(), nullable=False)]
-    fields += [pa.field(c, pa.float64()) for c in columns if c not in ("id", "error")]
-    fields.append(pa.field("error", pa.string()))
+    fields += [pa.field(c, pa.float64()) for c in columns if c != "id" and c not in text]
+    fields += [pa.field(c, pa.string()) for c in text if c in columns or c == "error"]
     metadata = {"cgcnn_ase.units": json.dumps(dict(units or {}))}
     return pa.schema(fields, metadata=metadata)
 

@@ -9,7 +9,7 @@
 >>> write_parquet(results, "results.parquet")      # or results.compute()      # doctest: +SKIP
 
 Partitions of structures go in; a dask dataframe (one row per structure: ``id``, one
-``"<property> (<units>)"`` column per model, ``error``) comes out, written as a Parquet
+``"<property> (<units>)"`` column per model, ``unseen_elements``, ``error``) comes out, written as a Parquet
 dataset or computed into pandas. Bad items get NaN and a message in ``error``; they never
 fail a task. Each partition runs :func:`cgcnn_ase.inference.streaming.predict_items`, the code of the
 single-process streaming path, so the results are the same.
@@ -38,7 +38,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError
-from cgcnn_ase.inference.streaming import arrow_schema, cif_reader_for, load_predictors, model_columns, predict_items
+from cgcnn_ase.inference.results import TEXT_COLUMNS
+from cgcnn_ase.inference.streaming import (
+    arrow_schema,
+    cif_reader_for,
+    load_predictors,
+    model_columns,
+    predict_items,
+)
 from cgcnn_ase.io.inputs import iter_file, iter_files, parse_cell
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -162,7 +169,8 @@ def _empty_result(columns: Sequence[str]) -> pd.DataFrame:
     data: dict[str, Any] = {"id": pd.Series([], dtype=object)}
     for name in columns:
         data[name] = pd.Series([], dtype=np.float64)
-    data["error"] = pd.Series([], dtype=object)
+    for name in TEXT_COLUMNS:
+        data[name] = pd.Series([], dtype=object)
     return pd.DataFrame(data)
 
 
@@ -302,9 +310,8 @@ def predict_files(
 def write_parquet(results: dd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> None:
     """Write a result dataframe as a Parquet dataset (one part per partition) with a fixed
     schema, so that partitions without any error still store ``error`` as text."""
-    columns = [c for c in results.columns if c not in ("id", "error")]
     kwargs.setdefault("write_index", False)
-    results.to_parquet(os.fspath(path), schema=arrow_schema(columns), **kwargs)
+    results.to_parquet(os.fspath(path), schema=arrow_schema(list(results.columns)), **kwargs)
 
 
 # -- matminer featurizer ---------------------------------------------------------------------
