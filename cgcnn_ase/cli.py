@@ -583,17 +583,30 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
 @click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="test", show_default=True)
 @click.option("--output", "-o", "out_dir", type=click.Path(file_okay=False), default=None, help="Folder for metrics.json, predictions.csv and the parity/ROC plot [default: evaluation/MODEL-SPLIT].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--target", default=None, help="With DATASET: its column of true values, in the units the model was trained on before its transform (e.g. GPa for the log10 moduli) [default: the training config's].")
+@click.option("--id-column", default=None, help="With DATASET: its column of unique ids [default: the training config's].")
+@click.option("--column", "structure_column", default=None, help="With DATASET: its column of structures (CIF text, ...) [default: the training config's].")
+@click.option("--filter", "row_filter", default=None, help="With DATASET: a pandas query selecting rows, replacing the training config's ('' for none).")
 @_guarded
-def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, batch_size: int) -> None:
+def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, batch_size: int, target: str | None,
+             id_column: str | None, structure_column: str | None, row_filter: str | None) -> None:  # fmt: skip
     """Score MODEL (a trained model folder or shipped name) on a split of its dataset
     (default: the saved test split of the dataset it was trained on) or on DATASET.
-    Prints the metrics; writes them with the predictions and a parity (or ROC) plot to a folder."""
+    Prints the metrics; writes them with the predictions and a parity (or ROC) plot to a folder.
+
+    For another dataset, score every row with --split all and name its columns where they differ,
+    e.g. cgcnn-ase evaluate bulk_modulus data.json.gz --split all --target bulk_modulus_vrh --id-column mp_id."""
     from cgcnn_ase.analysis.evaluation import evaluate_model
     from cgcnn_ase.models.registry import model_folder
 
+    options = {"target": target, "id_column": id_column, "structure_column": structure_column, "filter": row_filter}
+    layout = {k: (v or None) if k == "filter" else v for k, v in options.items() if v is not None}
+    if layout and dataset is None:
+        raise click.UsageError(f"--{'/--'.join(k.replace('_', '-') for k in layout)} need(s) a DATASET argument")
     if out_dir is None:  # never inside a model folder (a shipped one lives in the package)
         out_dir = str(Path("evaluation") / f"{model_folder(model).name}-{split}")
-    report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size, progress=True)
+    report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size, progress=True,
+                            layout=layout)  # fmt: skip
     keys = ("model", "split", "n", "n_failed", "property", "units", "metrics", "uncertainty")  # uncertainty: ensembles
     click.echo(json.dumps({k: report[k] for k in keys if k in report}, indent=2, default=str))
     written = sorted(p.name for p in Path(out_dir).iterdir() if p.is_file())

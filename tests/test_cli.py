@@ -218,3 +218,29 @@ def test_a_long_text_given_as_a_path_is_a_per_item_error(tmp_path):
     assert out.exit_code == EXIT_BAD_INPUT
     assert "not a readable file path" in out.output
     assert "Traceback" not in out.output
+
+
+def test_evaluate_a_shipped_model_on_a_users_dataset_with_its_own_column_names(tmp_path):
+    """A table with other column names (moduli in GPa, as measured): --target/--id-column/--column name them, the
+    model's log10 transform still applies, and --split all scores every row. The metrics equal the API's."""
+    from ase.build import bulk
+
+    crystals = {"c1": (bulk("NaCl", "rocksalt", a=5.64), 24.0), "c2": (bulk("Si", "diamond", a=5.43), 98.0),
+                "c3": (bulk("Cu", "fcc", a=3.61), 140.0)}  # fmt: skip
+    texts = []
+    for name, (atoms, _) in crystals.items():
+        write(tmp_path / f"{name}.cif", atoms)
+        texts.append((tmp_path / f"{name}.cif").read_text())
+    table = pd.DataFrame({"key": list(crystals), "K_GPa": [k for _, k in crystals.values()], "structure_cif": texts})
+    table.to_csv(tmp_path / "mine.csv", index=False)
+    out = _run("evaluate", "bulk_modulus", tmp_path / "mine.csv", "--split", "all", "--target", "K_GPa",
+               "--id-column", "key", "--column", "structure_cif", "-o", tmp_path / "ev")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    predicted = CGCNNPredictor.from_pretrained("bulk_modulus", device="cpu").predict([a for a, _ in crystals.values()])
+    truth = np.log10([k for _, k in crystals.values()])
+    assert metrics["n"] == 3 and metrics["metrics"]["mae"] == pytest.approx(np.mean(np.abs(predicted.values - truth)), abs=1e-6)
+    without = _run("evaluate", "bulk_modulus", tmp_path / "mine.csv", "--target", "K_GPa", "--id-column", "key",
+                   "--column", "structure_cif", "-o", tmp_path / "ev2")  # fmt: skip
+    assert without.exit_code != 0 and "--split all" in without.output  # the model's test ids are not in this table
+    assert "need(s) a DATASET" in _run("evaluate", "bulk_modulus", "--target", "K_GPa").output

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +39,23 @@ def _model_folder(model: str | os.PathLike) -> Path:
     return model_folder(model, purpose="evaluation needs a folder with model.json and split.json")
 
 
-def _dataset_spec(folder: Path, dataset: Any) -> Any:
-    """The dataset to evaluate on: the training config's, possibly at another path."""
+#: Dataset settings that describe a file's layout; another dataset's may differ from the training one's.
+LAYOUT_FIELDS = ("target", "id_column", "structure_column", "filter", "format")
+
+
+def _dataset_spec(folder: Path, dataset: Any, layout: Mapping[str, Any] | None = None) -> Any:
+    """The dataset to evaluate on: the training config's, possibly at another path, with the
+    ``layout`` settings (:data:`LAYOUT_FIELDS`, e.g. another target column name) replaced."""
     import yaml
 
     from cgcnn_ase.data.datasets import DatasetError, DatasetSpec
 
+    layout = dict(layout or {})
+    unknown = sorted(set(layout) - set(LAYOUT_FIELDS))
+    if unknown:
+        raise DatasetError(f"unknown dataset layout settings {unknown}; allowed: {list(LAYOUT_FIELDS)}")
+    if layout and (dataset is None or isinstance(dataset, (DatasetSpec, dict))):
+        raise DatasetError("layout settings (target, id column, ...) apply to a dataset given by its path")
     if isinstance(dataset, DatasetSpec):
         return dataset
     if isinstance(dataset, dict):
@@ -57,9 +68,11 @@ def _dataset_spec(folder: Path, dataset: Any) -> Any:
         if trained is None:
             raise DatasetError(f"{folder}: no config.yaml with a 'data' section; pass the dataset explicitly")
         return DatasetSpec.from_dict(trained)
-    if trained is not None:  # same targets / filters / transform, another location
-        return DatasetSpec.from_dict({**trained, "path": str(dataset)})
-    return DatasetSpec(path=str(dataset))
+    if trained is not None:  # same targets / filters / transform, another location (and perhaps layout)
+        if layout:  # another file: the training file's outlier ids and its name do not describe it
+            trained = {k: v for k, v in trained.items() if k not in ("drop_ids", "name")}
+        return DatasetSpec.from_dict({**trained, "path": str(dataset), **layout})
+    return DatasetSpec(path=str(dataset), **layout)
 
 
 @dataclass
@@ -87,6 +100,7 @@ def load_split_records(
     *,
     workers: int = 2,
     progress: bool = False,
+    layout: Mapping[str, Any] | None = None,
 ) -> tuple[Any, dict[str, SplitRecords]]:
     """Read and parse the crystals of some splits of a model's dataset (the file is read once).
 
@@ -96,6 +110,9 @@ def load_split_records(
         dataset: as in :func:`evaluate_model` (``None``: the training config's dataset;
             a path: the same settings applied to another location).
         splits: any of ``"train"``, ``"val"``, ``"test"``, ``"all"``.
+        layout: with ``dataset`` a path to another file, the settings of :data:`LAYOUT_FIELDS` that
+            differ from the training config's (e.g. ``{"target": "bulk_modulus_vrh", "id_column":
+            "mp_id"}``); the transform, ``per_atom`` and the rest stay the model's.
 
     Returns:
         The :class:`~cgcnn_ase.data.datasets.DatasetSpec` used and ``{split: SplitRecords}``.
@@ -113,7 +130,7 @@ def load_split_records(
     from cgcnn_ase.models.folder import read_model_json
 
     folder = _model_folder(model)
-    spec = _dataset_spec(folder, dataset)
+    spec = _dataset_spec(folder, dataset, layout)
     table = load_table(spec)
     position = {i: k for k, i in enumerate(table.ids)}
     saved = None
@@ -138,7 +155,10 @@ def load_split_records(
             )
         chosen[split] = [position[i] for i in wanted if i in position]
         if not chosen[split]:
-            raise DatasetError(f"no rows of {spec.path} to evaluate for split {split!r}")
+            raise DatasetError(
+                f"no rows of {spec.path} to evaluate for split {split!r}: none of its ids are in this dataset "
+                "(another dataset than the model's own? score every row with split='all', CLI --split all)"
+            )
     rows = sorted({r for part in chosen.values() for r in part})
     policy = read_model_json(folder)["graph"].get("neighbor_policy", "symmetric")
     reader = cif_reader_for_policy(policy)  # as the model's predictor reads CIFs
@@ -210,6 +230,7 @@ def evaluate_model(
     device: str | None = None,
     workers: int = 2,
     progress: bool = False,
+    layout: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Predict one split of a dataset with a trained model (single or ensemble) and score it.
 
@@ -225,6 +246,7 @@ def evaluate_model(
             ``None`` writes nothing.
         batch_size, device: passed to :meth:`CGCNNPredictor.predict`.
         workers: processes for parsing structures.
+        layout: as in :func:`load_split_records` (another file's column names).
 
     Returns:
         ``{"model", "dataset", "split", "n", "n_failed", "n_unseen_elements", "property",
@@ -239,7 +261,7 @@ def evaluate_model(
 
     folder = _model_folder(model)
     predictor = CGCNNPredictor.load(folder, device=device)
-    spec, parts = load_split_records(folder, dataset, (split,), workers=workers, progress=progress)
+    spec, parts = load_split_records(folder, dataset, (split,), workers=workers, progress=progress, layout=layout)
     data = parts[split]
     ids, targets = data.ids, data.targets
     result = _predict_quietly(predictor, data.records, batch_size=batch_size, progress=progress)
