@@ -236,7 +236,7 @@ def _cell(value: float, std: float | None) -> str:
     return f"{value:.{decimals}f}±{std:.{decimals}f}"
 
 
-def _unseen_symbols(cell: Any) -> str:
+def _symbols_of_unseen_cell(cell: Any) -> str:
     """The element symbols of an ``unseen_elements`` cell without the model names, e.g. ``"La Ra"``."""
     if not isinstance(cell, str):
         return ""
@@ -255,7 +255,7 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
     domain = [c.header for c in columns if c.name.endswith("_domain_percentile")]
     if domain:
         headers.append("dom%")
-    unseen = [_unseen_symbols(u) for u in frame[UNSEEN]] if UNSEEN in frame.columns else []
+    unseen = [_symbols_of_unseen_cell(u) for u in frame[UNSEEN]] if UNSEEN in frame.columns else []
     if any(unseen):
         headers.append("unseen")
     rows = []

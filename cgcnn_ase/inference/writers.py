@@ -55,10 +55,9 @@ def arrow_schema(columns: Sequence[str], units: Mapping[str, str] | None = None)
     schema metadata under ``cgcnn_ase.units``."""
     pa, _ = pyarrow_modules()
 
-    text = TEXT_COLUMNS
     fields = [pa.field("id", pa.string(), nullable=False)]
-    fields += [pa.field(c, pa.float64()) for c in columns if c != "id" and c not in text]
-    fields += [pa.field(c, pa.string()) for c in text if c in columns or c == "error"]
+    fields += [pa.field(c, pa.float64()) for c in columns if c != "id" and c not in TEXT_COLUMNS]
+    fields += [pa.field(c, pa.string()) for c in TEXT_COLUMNS if c in columns or c == "error"]
     metadata = {"cgcnn_ase.units": json.dumps(dict(units or {}))}
     return pa.schema(fields, metadata=metadata)
 
