@@ -244,3 +244,10 @@ def test_evaluate_a_shipped_model_on_a_users_dataset_with_its_own_column_names(t
                    "--column", "structure_cif", "-o", tmp_path / "ev2")  # fmt: skip
     assert without.exit_code != 0 and "--split all" in without.output  # the model's test ids are not in this table
     assert "need(s) a DATASET" in _run("evaluate", "bulk_modulus", "--target", "K_GPa").output
+    table.rename(columns={"K_GPa": "gap"}).to_csv(tmp_path / "gaps.csv", index=False)
+    layout = ("--split", "all", "--target", "gap", "--id-column", "key", "--column", "structure_cif")
+    refused = _run("evaluate", "band_gap", tmp_path / "gaps.csv", *layout, "-o", tmp_path / "ev3")
+    assert refused.exit_code != 0 and "band_gap > 0" in refused.output and "--filter" in refused.output
+    scored = _run("evaluate", "band_gap", tmp_path / "gaps.csv", *layout, "--filter", "gap > 50", "-o", tmp_path / "ev4")
+    assert scored.exit_code == 0, scored.output
+    assert json.loads((tmp_path / "ev4" / "metrics.json").read_text())["n"] == 2  # the filter replaced: 98 and 140

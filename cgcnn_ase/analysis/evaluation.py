@@ -131,7 +131,13 @@ def load_split_records(
 
     folder = _model_folder(model)
     spec = _dataset_spec(folder, dataset, layout)
-    table = load_table(spec)
+    try:
+        table = load_table(spec)
+    except DatasetError as exc:
+        if not (layout and spec.filter and "filter" not in layout and "invalid filter" in str(exc)):
+            raise
+        raise DatasetError(f"{exc}. The filter is the model's training config's: replace it for this dataset "
+                           "(layout filter=..., CLI --filter; '' for none)") from None  # fmt: skip
     position = {i: k for k, i in enumerate(table.ids)}
     saved = None
     chosen: dict[str, list[int]] = {}
