@@ -278,6 +278,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
 def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names: list[str], *, fmt: str,
                       output: str | None, meta: dict, batch_size: int, workers: int) -> None:  # fmt: skip
     """``predict --per-atom``: one row per atom with each model's contribution (mean over atoms = prediction)."""
+    from cgcnn_ase.inference.results import TEXT_COLUMNS, unseen_label
+
     ids = [label for label, _ in items]
     records = [item for _, item in items if not isinstance(item, CGCNNError)]
     results = [p.predict(records, batch_size=batch_size, errors="collect", per_atom=True, workers=workers)
@@ -297,16 +299,18 @@ def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names
             click.echo(f"error: {message}", err=True)
         error = "; ".join(messages) or None
         if isinstance(item, CGCNNError) or messages:
-            rows.append({"id": label, **{h: None for h in headers}, "error": error})
+            rows.append({"id": label, **{h: None for h in headers}, "unseen_elements": None, "error": error})
         else:
             from ase.data import chemical_symbols
 
+            unseen = unseen_label([(r.property, r.unseen_elements[k]) for r in results])
             for i, z in enumerate(item.numbers):
                 rows.append({"id": label, "atom": i, "element": chemical_symbols[z],
-                             **{h: r.per_atom[k][i] for h, r in zip(headers, results)}, "error": None})  # fmt: skip
+                             **{h: r.per_atom[k][i] for h, r in zip(headers, results)}, "unseen_elements": unseen,
+                             "error": None})  # fmt: skip
         if not isinstance(item, CGCNNError):
             k += 1
-    columns = ["id", "atom", "element", *headers, "error"]
+    columns = ["id", "atom", "element", *headers, *TEXT_COLUMNS]
     _write_table(rows, columns, fmt, output, meta)
     if failed:
         click.echo(f"{failed} of {len(ids)} structures could not be predicted", err=True)

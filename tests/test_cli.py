@@ -181,6 +181,9 @@ def test_every_output_names_the_elements_a_model_never_saw(tmp_path):
     one = _run("predict", *paths, "--model", "formation_energy", "-o", tmp_path / "one.csv")
     assert one.exit_code == 0, one.output
     assert pd.read_csv(tmp_path / "one.csv")["unseen_elements"].fillna("").tolist() == ["", "Ra", ""]  # input order
+    per_atom = _run("predict", paths[1], paths[0], "--model", "formation_energy", "--per-atom")
+    long = pd.read_csv(io.StringIO(per_atom.stdout))
+    assert long.groupby("id", sort=False)["unseen_elements"].first().fillna("").tolist() == ["Ra", ""]
     default = _run("predict", *paths, "-o", tmp_path / "all.parquet")
     assert default.exit_code == 0, default.output
     table = pd.read_parquet(tmp_path / "all.parquet")
