@@ -15,7 +15,6 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import numpy as np
 import torch
 
 torch.set_num_threads(1)
@@ -35,8 +34,7 @@ cache = tempfile.mkdtemp()
 table = load_table(spec)
 store, rows, _ = build_graph_store(table, GraphConfig(), cache_dir=cache, workers=1)
 targets = table.raw_targets[rows]
-n_train = len(rows) - 2 * round(0.1 * len(rows))
-train_idx = np.sort(np.random.default_rng(0).permutation(len(rows))[:n_train])
+train_idx = bt.train_positions(len(rows))  # the split of bench_training.py
 limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 setattr(torch._dynamo.config, limit, 32)
 orig_compile = torch.compile

@@ -118,8 +118,10 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, o
     """Write result rows as csv, json or an aligned text table, to a file or stdout."""
     import pandas as pd
 
+    from cgcnn_ase.inference.results import TEXT_COLUMNS
+
     df = pd.DataFrame(rows, columns=list(columns))
-    for name in ("unseen_elements", "error") if fmt == "table" else ():
+    for name in TEXT_COLUMNS if fmt == "table" else ():
         if name in df.columns:
             df = df.drop(columns=name) if df[name].isna().all() else df.fillna({name: ""})
     if fmt == "csv":
@@ -603,10 +605,12 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
     from cgcnn_ase.analysis.evaluation import evaluate_model
     from cgcnn_ase.models.registry import model_folder
 
-    options = {"target": target, "id_column": id_column, "structure_column": structure_column, "filter": row_filter}
-    layout = {k: (v or None) if k == "filter" else v for k, v in options.items() if v is not None}
+    given = {"--target": ("target", target), "--id-column": ("id_column", id_column),
+             "--column": ("structure_column", structure_column), "--filter": ("filter", row_filter)}  # fmt: skip
+    layout = {field: (value or None) if field == "filter" else value for field, value in given.values() if value is not None}
     if layout and dataset is None:
-        raise click.UsageError(f"--{'/--'.join(k.replace('_', '-') for k in layout)} need(s) a DATASET argument")
+        options = "/".join(option for option, (_, value) in given.items() if value is not None)
+        raise click.UsageError(f"{options} need(s) a DATASET argument")
     if out_dir is None:  # never inside a model folder (a shipped one lives in the package)
         out_dir = str(Path("evaluation") / f"{model_folder(model).name}-{split}")
     report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size, progress=True,

@@ -61,8 +61,8 @@ def gated_band_gap_result(
     """A band-gap prediction gated as a whole: value, std and interval bounds (eV), each shape (n,).
 
     Where P(metal) > ``threshold`` the value and both bounds are 0 and the std is NaN. The band-gap
-    ensemble was trained on non-metals, so its spread on a metal (often 1-2 eV) says nothing about a
-    gap the classifier has set to 0; ``metal_probability`` is that row's uncertainty. Elsewhere the
+    ensemble was trained on non-metals, so its spread on a metal (median 0.9 eV, docs/units.md) says
+    nothing about a gap the classifier has set to 0; ``metal_probability`` is that row's uncertainty. Elsewhere the
     regression's std and bounds are returned unchanged. ``std``, ``lower``, ``upper`` may be ``None``
     (not computed) and stay so.
     """

@@ -211,7 +211,8 @@ class ParquetChunkWriter:
         if not _part_files(self.folder):
             import pandas as pd
 
-            self.write(pd.DataFrame({c: pd.Series(dtype=object if c in ("id", "error") else float) for c in self.columns}))
+            self.write(pd.DataFrame({c: pd.Series(dtype=object if c == "id" or c in TEXT_COLUMNS else float)
+                                    for c in self.columns}))  # fmt: skip
 
 
 def _part_files(folder: Path) -> list[Path]:
