@@ -97,6 +97,11 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc), EXIT_BAD_INPUT)
         except (click.ClickException, click.exceptions.Exit, SystemExit, KeyboardInterrupt):
             raise
+        except OSError as exc:  # a path of the command line that cannot be used (an unwritable -o)
+            if traceback_:
+                traceback.print_exc()
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}", EXIT_USAGE)
         except Exception as exc:  # noqa: BLE001 - last resort: never a bare traceback
             if traceback_:
                 traceback.print_exc()
@@ -145,23 +150,28 @@ def main() -> None:
     os.environ.setdefault("SPGLIB_WARNING", "OFF")
 
 
-def expand_inputs(items: Sequence[str]) -> list[str]:
-    """Files as given; directories -> their files (sorted, hidden ones skipped); globs -> matches.
-
-    A pattern or path that matches nothing is kept, so it is reported as a missing file.
-    """
+def check_output(output: str, inputs: Sequence[str], fmt: str) -> None:
+    """A usage error, before anything is read or written, when ``-o`` names one of the inputs (a file
+    given or matched by a pattern, or one inside a parquet output folder: writing would destroy it)
+    or lies below a file. Members of a folder input are not inputs named here: the run leaves its own
+    output out of them."""
     import glob
 
-    out: list[str] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            out += sorted(str(p) for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        elif not path.exists() and glob.has_magic(item):
-            out += sorted(glob.glob(item, recursive=True)) or [item]
-        else:
-            out.append(item)
-    return out
+    target = os.path.realpath(output)
+    for item in inputs:
+        matches = glob.glob(item, recursive=True) if not os.path.exists(item) and glob.has_magic(item) else [item]
+        for path in matches:
+            real = os.path.realpath(path)
+            if os.path.isfile(path) and (real == target or (fmt == "parquet" and real.startswith(target + os.sep))):
+                raise click.BadParameter(f"{output} is also an input ({path}); write the results to another "
+                                         "file", param_hint="-o/--output")  # fmt: skip
+    parent = Path(target).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise click.BadParameter(f"cannot write {output}: {parent} is a file, not a folder", param_hint="-o/--output")
+    if not os.access(parent, os.W_OK):
+        raise click.BadParameter(f"cannot write {output}: {parent} is not writable", param_hint="-o/--output")
 
 
 def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
@@ -182,7 +192,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--atom-init", type=click.Path(exists=True, dir_okay=False), help="Element table (atom_init.json) for an original .pth.tar checkpoint.")
 @click.option("--trust", is_flag=True, help="Allow unpickling a legacy checkpoint that the safe loader refuses (can run code).")
 @click.option("--per-atom", is_flag=True, help="Long format: one row per atom with its contribution (mean over atoms = prediction).")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: a table on a terminal, else csv; parquet when -o ends in .parquet or .pq]. csv and parquet are written chunk by chunk.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: a table on a terminal, else csv; json when -o ends in .json, parquet when it ends in .parquet or .pq]. csv and parquet are written chunk by chunk.")
 @click.option("--log10", "log10", is_flag=True, help="Without --model: also give the moduli's log10(GPa) columns.")
 @click.option("--domain", "domain", is_flag=True, help="Without --model: also give each property's domain percentile (100: farther from the training data than every validation crystal; --model always gives it).")
 @click.option("--metal-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Without --model: P(metal) above which the band gap is 0.")
@@ -204,8 +214,9 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
             chunk_size: int | None, column: str, id_column: str | None, batch_size: int, device: str | None,
             threads: int, workers: str, compile_: bool) -> None:  # fmt: skip
     """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ASE .db, ...),
-    directories of them, glob patterns, or tables (.csv, .tsv, .parquet) with a --column
-    of structures.
+    directories of them (documents, images and the original CGCNN layout's id_prop.csv and
+    atom_init.json are left out), glob patterns, or tables (.csv, .tsv, .parquet) with a
+    --column of structures. -o must not name an input.
 
     Without --model: formation energy (eV/atom), band gap (eV; 0 for predicted metals),
     metal probability, Fermi energy (eV), bulk and shear moduli (GPa) and Poisson ratio,
@@ -228,7 +239,11 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     n_workers = _workers(workers)
     if fmt is None and output is None:
         fmt = "table" if sys.stdout.isatty() else "csv"  # a person reads a table; a pipe gets csv
+    if fmt is None and output is not None and output.lower().endswith(".json"):
+        fmt = "json"
     fmt = fmt or infer_format(output)
+    if output:
+        check_output(output, inputs, fmt)
     if fmt == "parquet" and not output:
         raise click.UsageError("parquet output needs -o FOLDER")
     if resume and (not output or per_atom or fmt not in ("csv", "parquet")):
@@ -287,7 +302,8 @@ def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names
     results = [p.predict(records, batch_size=batch_size, errors="collect", per_atom=True, workers=workers)
                for p in predictors]  # fmt: skip
     headers = [f"{r.property} ({r.units})" for r in results]
-    if len(set(headers)) < len(headers):  # the same property from several models: name the model
+    shared = len(set(headers)) < len(headers)  # the same property from several models: name the model
+    if shared:
         headers = [f"{name}: {header}" for name, header in zip(names, headers)]
     rows: list[dict[str, Any]] = []
     failed, k = 0, 0
@@ -305,7 +321,8 @@ def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names
         else:
             from ase.data import chemical_symbols
 
-            unseen = unseen_label([(r.property, r.unseen_elements[k]) for r in results])
+            unseen = unseen_label([(p.model.spec.name if shared else r.property, r.unseen_elements[k])
+                                   for p, r in zip(predictors, results)])  # fmt: skip
             for i, z in enumerate(item.numbers):
                 rows.append({"id": label, "atom": i, "element": chemical_symbols[z],
                              **{h: r.per_atom[k][i] for h, r in zip(headers, results)}, "unseen_elements": unseen,
@@ -665,9 +682,10 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
     (e.g. perovskite_site_energy) every member runs on its own: the tables and maps give
     the seed mean and its spread across seeds (seed_std); see docs/site_energies.md."""
     from cgcnn_ase.analysis.site_maps import write_site_report
+    from cgcnn_ase.io.inputs import iter_files
 
     predictor = load_predictor(model)
-    paths = write_site_report(predictor, expand_inputs(inputs), out_dir, batch_size=batch_size,
+    paths = write_site_report(predictor, list(iter_files(inputs)), out_dir, batch_size=batch_size,
                               allow_mean_pooled=allow_mean_pooled, errors="skip")  # fmt: skip
     for path in paths:
         click.echo(str(path))

@@ -83,5 +83,10 @@ class CloseAtomsWarning(UserWarning):
     """Two atoms are far closer than their covalent radii allow (an unphysical or mis-scaled structure)."""
 
 
+class SkippedFilesWarning(UserWarning):
+    """Files of a folder input that are not structure files (documents, images, the original CGCNN
+    layout's ``id_prop.csv`` and ``atom_init.json``) were left out; named on their own they are read."""
+
+
 class CompileWarning(UserWarning):
     """``torch.compile`` failed on this machine; the code runs eagerly instead (slower, same results)."""

@@ -112,12 +112,14 @@ def test_directories_and_globs_expand_in_sorted_order(model_folder, files, tmp_p
 
 def test_mixed_directory_reports_bad_files_and_predicts_good_ones(model_folder, files, tmp_path):
     (tmp_path / "broken.cif").write_text("data_x\n_cell_length_a 3\n")
-    (tmp_path / "notes.txt").write_bytes(b"\x00\xff" * 50)
+    (tmp_path / "junk.bin").write_bytes(b"\x00\xff" * 50)
+    (tmp_path / "notes.txt").write_text("not a structure")  # left out of the folder, with a warning
     result = _run("predict", tmp_path, "--model", model_folder)
     assert result.exit_code == EXIT_BAD_INPUT
     df = pd.read_csv(io.StringIO(result.stdout))
     assert df["formation_energy (eV/atom)"].notna().sum() == len(files)
     assert sum(line.startswith("error:") for line in result.stderr.splitlines()) == 2
+    assert "notes.txt" not in df["id"].str.cat() and "left out 1 file(s)" in result.stderr
 
 
 def test_per_atom_long_format(atomwise_folder, files):

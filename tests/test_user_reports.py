@@ -412,3 +412,121 @@ def test_cif_text_is_accepted_by_predict():
     from_text = predictor.predict(path.read_text())
     from_file = predictor.predict(str(path))
     assert from_text.errors == [None] and from_text.values[0] == from_file.values[0]
+
+
+# -- the second hostile-input round (2026-11-28) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["cif", "table"])
+def test_an_output_that_is_also_an_input_is_refused_before_anything_is_written(tmp_path, kind):
+    """'-o naming one of the inputs destroys it (the table was left with only the header line)'."""
+    import shutil
+
+    import pandas as pd
+
+    from cgcnn_ase.cli import EXIT_USAGE
+
+    from .conftest import REPO
+
+    path = tmp_path / ("victim.cif" if kind == "cif" else "mydata.csv")
+    if kind == "cif":
+        shutil.copy(REPO / "examples" / "SrTiO3.cif", path)
+    else:
+        pd.DataFrame({"id": ["a"], "cif": [(REPO / "examples" / "SrTiO3.cif").read_text()]}).to_csv(path, index=False)
+    before = path.read_bytes()
+    for extra in ([], ["--model", "formation_energy"], ["--model", "formation_energy", "--format", "json"]):
+        result = _cli("predict", str(path), "-o", str(path), *extra)
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert "is also an input" in result.stderr and path.read_bytes() == before
+    pattern = _cli("predict", str(tmp_path / "*"), "-o", str(path))  # a pattern that matches the output too
+    assert pattern.exit_code == EXIT_USAGE and path.read_bytes() == before
+
+
+def test_an_output_below_a_file_is_a_usage_error_not_an_internal_one(tmp_path):
+    """'-o lf.cif/out.csv: internal error (FileExistsError ...) ... report it'."""
+    from cgcnn_ase.cli import EXIT_USAGE
+
+    from .conftest import REPO
+
+    (tmp_path / "lf.cif").write_text("data_x\n")
+    for name in ("out.csv", "sub/out.parquet"):
+        result = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), "-m", "formation_energy",
+                      "-o", str(tmp_path / "lf.cif" / name))  # fmt: skip
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert "is a file, not a folder" in result.stderr and "internal error" not in result.stderr
+
+
+def test_a_json_output_name_gives_json(tmp_path):
+    """'-o results.json silently writes CSV'."""
+    import json
+
+    from .conftest import REPO
+
+    out = tmp_path / "results.json"
+    result = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), "-m", "formation_energy", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["results"][0]["id"].endswith("NaCl.POSCAR")
+
+
+def test_a_folder_in_the_original_cgcnn_layout_predicts_its_cifs(tmp_path):
+    """'the original CGCNN data folder (N.cif, id_prop.csv, atom_init.json) always exits 1; a README in a
+    folder is an error'."""
+    import shutil
+
+    import pandas as pd
+
+    from .conftest import ATOM_INIT, REPO
+
+    for k, name in enumerate(("SrTiO3.cif", "SrTiO3.cif")):
+        shutil.copy(REPO / "examples" / name, tmp_path / f"{k}.cif")
+    (tmp_path / "id_prop.csv").write_text("0,1.0\n1,2.0\n")
+    shutil.copy(ATOM_INIT, tmp_path / "atom_init.json")
+    (tmp_path / "README.md").write_text("# my crystals\n")
+    result = _cli("predict", str(tmp_path), "-m", "formation_energy")
+    assert result.exit_code == 0, result.output
+    import io
+
+    assert [p.rsplit("/", 1)[-1] for p in pd.read_csv(io.StringIO(result.stdout))["id"]] == ["0.cif", "1.cif"]
+    assert "left out 3 file(s)" in result.stderr and "README.md" in result.stderr
+    named = _cli("predict", str(tmp_path / "README.md"), "-m", "formation_energy")  # named on its own: read
+    assert named.exit_code == 1
+
+
+def test_a_missing_table_column_writes_nothing_to_stdout(tmp_path):
+    """'predict table.csv --column nosuch prints the CSV header on stdout before the usage error'."""
+    import pandas as pd
+
+    from cgcnn_ase.cli import EXIT_USAGE
+
+    from .conftest import REPO
+
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"id": ["a"], "cif": [(REPO / "examples" / "SrTiO3.cif").read_text()]}).to_csv(table, index=False)
+    for extra in ([], ["--model", "formation_energy"]):
+        result = _cli("predict", str(table), "--column", "nosuch", *extra)
+        assert result.exit_code == EXIT_USAGE and result.stdout == "", result.output
+        assert "no structure column 'nosuch'" in result.stderr
+
+
+def test_every_shipped_model_records_its_training_elements():
+    """'perovskite_formation_energy never warns about unseen elements (no elements_seen); --all labels the
+    Cl of NaCl with the other perovskite model's property name'."""
+    import io
+
+    import pandas as pd
+
+    from cgcnn_ase.models.registry import list_models
+
+    from .conftest import REPO
+
+    for info in list_models():
+        assert info.metadata.get("elements_seen"), info.name
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CGCNNPredictor.from_pretrained("perovskite_formation_energy").predict(str(REPO / "examples" / "NaCl.POSCAR"))
+    assert result.unseen_elements == [["Cl"]]
+    assert any(issubclass(w.category, UnseenElementWarning) for w in caught)
+    both = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), "-m", "perovskite_formation_energy",
+                "-m", "perovskite_site_energy")  # fmt: skip
+    cell = pd.read_csv(io.StringIO(both.stdout))["unseen_elements"][0]
+    assert cell == "Cl (perovskite_formation_energy-castelli_cmr-v1, perovskite_site_energy-castelli_cmr-v1)"

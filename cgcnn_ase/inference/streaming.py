@@ -230,6 +230,8 @@ def predict_items(
     messages: list[list[str]] = []
     unseen: list[str | None] = []
     labels = [p.property_name for p in predictors]
+    if len(set(labels)) < len(labels):  # two models of one property: unseen_elements names the models
+        labels = [p.model.spec.name for p in predictors]
     k = 0  # the next result row
     for item_id, item in items:
         if isinstance(item, CGCNNError):
@@ -496,8 +498,12 @@ def write_chunks(
                 bar.update(len(result.frame))
                 if on_chunk is not None:
                     on_chunk(result)
-    finally:
+    except BaseException:
+        writer.close(complete=False)  # no header or empty part after an error (a bad --column, Ctrl-C)
+        raise
+    else:
         writer.close()
+    finally:
         summary.n_skipped = finished.skipped if finished is not None else 0
     return summary
 

@@ -102,9 +102,10 @@ class CSVChunkWriter:
         self._stream.flush()
         self._header = False
 
-    def close(self) -> None:
-        """Finish: a run that wrote no rows still leaves the header (a table of no rows, not an empty file)."""
-        if self._header:
+    def close(self, complete: bool = True) -> None:
+        """Finish: a ``complete`` run that wrote no rows still leaves the header (a table of no rows, not
+        an empty file); a run stopped by an error (``complete=False``) adds nothing."""
+        if self._header and complete:
             import pandas as pd
 
             buffer = io.StringIO()
@@ -205,10 +206,11 @@ class ParquetChunkWriter:
         os.replace(tmp, path)
         self._next += 1
 
-    def close(self) -> None:
-        """Every part is complete when written; a folder that got none gets one empty part, so that it
-        reads as a table of no rows with this run's columns."""
-        if not _part_files(self.folder):
+    def close(self, complete: bool = True) -> None:
+        """Every part is complete when written; a ``complete`` run's folder that got none gets one empty
+        part, so that it reads as a table of no rows with this run's columns (a run stopped by an error,
+        ``complete=False``, adds nothing)."""
+        if complete and not _part_files(self.folder):
             import pandas as pd
 
             self.write(pd.DataFrame({c: pd.Series(dtype=object if c == "id" or c in TEXT_COLUMNS else float)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgcnn_ase.errors import InvalidStructureError, StreamError, StructureReadError
+from cgcnn_ase.errors import InvalidStructureError, SkippedFilesWarning, StreamError, StructureReadError
 from cgcnn_ase.io.reader import (
     CifReader,
     input_kind,
@@ -155,18 +155,44 @@ def _is_table(path: str | os.PathLike) -> bool:
     return _lower_name(path).endswith(TABLE_SUFFIXES)
 
 
+#: Names in a folder input that are never read as structures: the original CGCNN data layout's
+#: targets and element table (a folder of ``N.cif`` files beside them predicts the CIFs).
+NOT_STRUCTURE_NAMES = frozenset({"id_prop.csv", "atom_init.json"})
+#: Suffixes (lower case) of folder members that are not structure files: documents, images, code,
+#: logs and configuration. A file named on its own is read whatever its name.
+NOT_STRUCTURE_SUFFIXES = (".md", ".rst", ".txt", ".pdf", ".html", ".png", ".jpg", ".jpeg", ".svg", ".py",
+                          ".ipynb", ".sh", ".log", ".yaml", ".yml", ".toml", ".ini")  # fmt: skip
+
+
+def is_structure_name(name: str) -> bool:
+    """Whether a folder member named ``name`` is read as a structure file (not hidden, not one of
+    :data:`NOT_STRUCTURE_NAMES`, no suffix of :data:`NOT_STRUCTURE_SUFFIXES`)."""
+    return not (name.startswith(".") or name in NOT_STRUCTURE_NAMES or name.lower().endswith(NOT_STRUCTURE_SUFFIXES))
+
+
 def _dir_files(folder: str, sort: bool) -> Iterator[str]:
-    """Files of ``folder`` (not recursive; hidden ones skipped): sorted by name, or in directory
-    order without holding the listing (``sort=False``)."""
+    """Structure files of ``folder`` (not recursive; :func:`is_structure_name`): sorted by name, or
+    in directory order without holding the listing (``sort=False``). Left-out visible files are
+    named in one :class:`~cgcnn_ase.errors.SkippedFilesWarning` after the listing."""
+    skipped: list[str] = []
     if sort:
-        names = sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file())
+        names = sorted(e.name for e in os.scandir(folder) if e.is_file())
         for name in names:
-            yield os.path.normpath(os.path.join(folder, name))  # "./x.cif" -> "x.cif", as ids everywhere
-        return
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if not entry.name.startswith(".") and entry.is_file():
-                yield os.path.normpath(entry.path)
+            if is_structure_name(name):
+                yield os.path.normpath(os.path.join(folder, name))  # "./x.cif" -> "x.cif", as ids everywhere
+            elif not name.startswith("."):
+                skipped.append(name)
+    else:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_file() and is_structure_name(entry.name):
+                    yield os.path.normpath(entry.path)
+                elif entry.is_file() and not entry.name.startswith("."):
+                    skipped.append(entry.name)
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        warnings.warn(f"{folder}: left out {len(skipped)} file(s) that are not structure files ({shown}); "
+                      "name a file on its own to read it", SkippedFilesWarning, stacklevel=2)  # fmt: skip
 
 
 def iter_files(
