@@ -194,7 +194,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--per-atom", is_flag=True, help="Long format: one row per atom with its contribution (mean over atoms = prediction).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: a table on a terminal, else csv; json when -o ends in .json, parquet when it ends in .parquet or .pq]. csv and parquet are written chunk by chunk.")
 @click.option("--log10", "log10", is_flag=True, help="Without --model: also give the moduli's log10(GPa) columns.")
-@click.option("--domain", "domain", is_flag=True, help="Without --model: also give each property's domain percentile (100: farther from the training data than every validation crystal; --model always gives it).")
+@click.option("--domain", "domain", is_flag=True, help="Without --model: also give each property's domain percentile (100: farther from the training data than every validation crystal; --model always gives it, and the table always shows their median as dom%).")
 @click.option("--metal-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Without --model: P(metal) above which the band gap is 0.")
 @click.option("--coverage", type=click.FloatRange(0.5, 0.99), default=None, help="Add <property>_lower/_upper: a prediction interval holding the true value with this probability (e.g. 0.9), for the calibrated ensembles.")
 @click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout (for parquet: a folder of part files).")
@@ -362,6 +362,7 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
 
     if per_atom:
         raise click.UsageError("--per-atom needs --model NAME (the default properties come from several models)")
+    domain = domain or fmt == "table"  # a person reading the table sees a crystal far from the training data
     predictors = [as_predictor(name, device=device) for name in GENERAL_MODELS]
     for predictor in predictors:
         predictor.compile = compile_
@@ -386,7 +387,10 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
     _report_errors(result)
     frame = result.frame
     if fmt == "table":
-        text = compact_table(frame, columns, metal_threshold=metal_threshold)
+        import shutil
+
+        width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
+        text = compact_table(frame, columns, width=width, shorten_ids=not output, metal_threshold=metal_threshold)
         Path(output).write_text(text) if output else click.echo(text, nl=False)
     else:
         meta = {"models": list(GENERAL_MODELS), "units": frame.attrs["units"], "metal_threshold": metal_threshold}

@@ -530,3 +530,31 @@ def test_every_shipped_model_records_its_training_elements():
                 "-m", "perovskite_site_energy")  # fmt: skip
     cell = pd.read_csv(io.StringIO(both.stdout))["unseen_elements"][0]
     assert cell == "Cl (perovskite_formation_energy-castelli_cmr-v1, perovskite_site_energy-castelli_cmr-v1)"
+
+
+def test_table_ids_never_shorten_into_each_other():
+    """'the terminal table shows both ase_Si2.extxyz and ase_Ti2.extxyz as ...i2.extxyz'."""
+    from cgcnn_ase.inference.properties import short_ids
+
+    ids = ["data/known/ase_Si2.extxyz", "data/known/ase_Ti2.extxyz", "data/known/ase_Si2.extxyz"]
+    short = short_ids(ids, 12)
+    assert short[0] != short[1] and short[0] == short[2] and all(s.endswith(i[-14:]) for s, i in zip(short, ids))
+    deep = ["run/a/1/x.cif", "run/b/1/x.cif"]  # the same file name: kept apart by the folders
+    assert len(set(short_ids(deep, 8))) == 2
+    assert short_ids(["short.cif"], 40) == ["short.cif"]
+
+
+def test_the_default_table_shows_how_far_a_crystal_lies_from_the_training_data(tmp_path):
+    """'Diamond comes out as a metal with Eg 0 and the default table gives no hint (96-100th percentile
+    with --domain only)'."""
+    from ase.io import write
+
+    from .conftest import REPO
+
+    write(tmp_path / "diamond.cif", bulk("C", "diamond", a=3.567))
+    result = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), str(tmp_path / "diamond.cif"), "--format", "table")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[-1] == "dom%" and "median over the models" in result.stdout
+    nacl, diamond = (int(line.split()[-1]) for line in lines[1:3])
+    assert nacl < 50 and diamond >= 95

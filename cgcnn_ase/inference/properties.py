@@ -18,6 +18,7 @@ the crystal is a metal. This module turns their outputs into what a user asks fo
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -214,6 +215,8 @@ def _user_values(predictor: CGCNNPredictor, result: Any, *, log10: bool, domain:
     return out
 
 
+#: Ids of the compact terminal table keep their file name up to this many characters, however narrow the screen.
+ID_NAME_ROOM = 40
 #: Short labels of the compact terminal table, and the legend line that explains them.
 _SHORT = {
     "formation_energy": ("Ef", "formation energy, eV/atom"),
@@ -244,10 +247,11 @@ def _symbols_of_unseen_cell(cell: Any) -> str:
     return " ".join(dict.fromkeys(symbols))
 
 
-def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int = 100,
+def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int = 100, shorten_ids: bool = True,
                   metal_threshold: float = METAL_THRESHOLD) -> str:  # fmt: skip
     """A terminal table of ``frame``: one row per structure, ``value±std`` cells with short
-    headers, ids shortened to fit ``width`` characters, and a legend of the headers below."""
+    headers, ids shortened to fit ``width`` characters where ``shorten_ids`` (:func:`short_ids`:
+    never so far that different ids look alike), and a legend of the headers below."""
     shown = [c for c in columns if not c.name.endswith(("_std", "_raw", "_domain_percentile", "_lower", "_upper"))
              and not c.name.startswith("log10_")]  # fmt: skip
     headers = [_SHORT.get(c.name, (c.name, f"{c.name}, {c.units}"))[0] for c in shown]
@@ -266,14 +270,17 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
             std = row[f"{std_name} ({c.units})"] if std_name in names else None
             cells.append(_cell(row[c.header], std))
         if domain:
-            highest = np.nanmax(row[domain].to_numpy(float)) if row[domain].notna().any() else np.nan
-            cells.append(f"{highest:.0f}" if np.isfinite(highest) else "-")
+            typical = np.nanmedian(row[domain].to_numpy(float)) if row[domain].notna().any() else np.nan
+            cells.append(f"{typical:.0f}" if np.isfinite(typical) else "-")
         if any(unseen):
             cells.append(unseen[len(rows)] or "")
         rows.append(cells)
     widths = [max([len(h)] + [len(r[j]) for r in rows]) for j, h in enumerate(headers)]
+    ids, folder = [str(i) for i in frame["id"]], ""
     room = max(8, width - sum(w + 2 for w in widths))
-    ids = [_shorten(str(i), room) for i in frame["id"]]
+    if shorten_ids and any(len(i) > room for i in ids):
+        folder = _common_folder(ids)
+        ids = short_ids([i[len(folder) + 1 :] if folder else i for i in ids], room)
     id_width = max([2] + [len(i) for i in ids])
     lines = ["  ".join(["id".ljust(id_width)] + [h.rjust(w) for h, w in zip(headers, widths)])]
     for label, cells, error in zip(ids, rows, frame["error"]):
@@ -284,15 +291,49 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
         for h, c in zip(headers, shown)
     )
     if domain:
-        legend += "; dom%: the highest domain percentile over the models (near 100: far from a model's training data)"
+        legend += ("; dom%: the median over the models of the domain percentile (near 100: far from their "
+                   "training data, so the predictions extrapolate; --domain gives each model's)")
     if any(unseen):
         legend += ("; unseen: elements absent from some model's training data, whose predictions for that crystal "
                    "extrapolate (csv and parquet name the models in unseen_elements)")
-    return "\n".join(lines) + "\n\n" + _wrap(legend + "; ± one (calibrated) ensemble standard deviation.", width)
+    if folder:
+        legend = f"ids are in {folder}{os.sep}; " + legend
+    note = "; ± the calibrated ensemble standard deviation (a conservative 1-sigma: it holds 76-91% of test errors; "
+    if any(name.endswith("_lower") for name in names):
+        note += "the --coverage intervals are in the csv and json output, -o out.csv, not in this table)."
+    else:
+        note += "--coverage 0.9 gives 90% intervals)."
+    return "\n".join(lines) + "\n\n" + _wrap(legend + note, width)
 
 
-def _shorten(text: str, room: int) -> str:
-    return text if len(text) <= room else "..." + text[-(room - 3) :]
+def _common_folder(ids: Sequence[str]) -> str:
+    """The folder holding every id that is a path in a folder (``""`` if there is none), e.g.
+    ``data/run1`` for ``data/run1/a.cif`` and ``data/run1/x/b.cif``."""
+    folders = [os.path.dirname(i) for i in ids]
+    if not ids or not all(folders):
+        return ""
+    try:
+        common = os.path.commonpath(folders)
+    except ValueError:  # absolute and relative paths mixed
+        return ""
+    return common if common and common != os.sep else ""
+
+
+def short_ids(ids: Sequence[str], room: int) -> list[str]:
+    """``ids`` cut from the left to ``room`` characters (``"..."`` and the end), but never so far that
+    different ids look alike, nor shorter than the longest file name plus ``"..."`` (up to
+    :data:`ID_NAME_ROOM` characters): ``dir/sub/ase_Si2.extxyz`` and ``dir/sub/ase_Ti2.extxyz`` stay
+    apart."""
+    if all(len(i) <= room for i in ids):
+        return list(ids)
+    longest = max(len(i) for i in ids)
+    room = max(room, min(max(len(os.path.basename(i)) for i in ids) + 3, ID_NAME_ROOM))
+    distinct = len(set(ids))
+    while True:
+        short = [i if len(i) <= room else "..." + i[-(room - 3) :] for i in ids]
+        if len(set(short)) == distinct or room >= longest:
+            return short
+        room += 1
 
 
 def _wrap(text: str, width: int) -> str:
