@@ -42,24 +42,28 @@ def _fail(message: str, code: int) -> None:
 
 class _WarningPrinter:
     """Warnings as one line each on stderr (no source line, no traceback), each text once: several
-    models warn alike about one structure (a sparse graph, close atoms). A model's unseen-element
-    summary, which a streaming run repeats for every chunk, is shown once per model; :meth:`close`
-    then says how many more there were."""
+    models warn alike about one structure (a sparse graph, close atoms). Unseen-element summaries are
+    held until :meth:`close` and merged: the models that say the same (the default properties' seven
+    about one argon crystal) share one line, and a streaming run's repeats for later chunks are
+    counted, not shown."""
 
     #: Texts remembered for the check against repeats (beyond it, repeats are printed again).
     MAX_REMEMBERED = 100_000
 
     def __init__(self) -> None:
         self.unseen: dict[str, int] = {}  # "model 'NAME'" -> unseen-element warnings so far
+        self.first_unseen: dict[str, list[str]] = {}  # the first summary's text after the model -> models
         self.shown: set[str] = set()
 
     def __call__(self, message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         text = str(message)
         if issubclass(category, UnseenElementWarning):
-            model = text.split(":", 1)[0]
+            model, rest = text.split(":", 1) if ":" in text else ("", text)
             self.unseen[model] = self.unseen.get(model, 0) + 1
-            if self.unseen[model] > 1:
-                return
+            if self.unseen[model] == 1:
+                rest = rest.replace("result.unseen_elements lists", "the unseen_elements column lists")
+                self.first_unseen.setdefault(rest, []).append(model.removeprefix("model ").strip("'"))
+            return
         if text in self.shown:
             return
         if len(self.shown) < self.MAX_REMEMBERED:
@@ -67,10 +71,15 @@ class _WarningPrinter:
         click.echo(f"warning: {text}", err=True)
 
     def close(self) -> None:
+        for rest, models in self.first_unseen.items():
+            if len(models) > 1:
+                rest = rest.replace("in its training data", "in their training data")
+            click.echo(f"warning: {'models' if len(models) > 1 else 'model'} {', '.join(models)}:{rest}", err=True)
         for model, count in self.unseen.items():
             if count > 1:
                 click.echo(f"warning: {model}: {count - 1} later chunk(s) also held elements it never saw "
                            "(not shown again; those predictions are extrapolations too)", err=True)  # fmt: skip
+        self.first_unseen, self.unseen = {}, {}
 
 
 def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:

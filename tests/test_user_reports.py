@@ -558,3 +558,16 @@ def test_the_default_table_shows_how_far_a_crystal_lies_from_the_training_data(t
     assert lines[0].split()[-1] == "dom%" and "median over the models" in result.stdout
     nacl, diamond = (int(line.split()[-1]) for line in lines[1:3])
     assert nacl < 50 and diamond >= 95
+
+
+def test_models_that_agree_about_unseen_elements_share_one_warning_line(tmp_path):
+    """'one Ar crystal without --model prints 7 near-identical warnings ending "(result.unseen_elements lists
+    them per structure)", a Python attribute in command-line output'."""
+    from ase.io import write
+
+    write(tmp_path / "ar.cif", bulk("Ar", "fcc", a=5.26))
+    result = _cli("predict", str(tmp_path / "ar.cif"))
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "did not occur" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: models formation_energy-")
+    assert lines[0].count("-mp_") == 7 and "the unseen_elements column" in lines[0] and "result." not in lines[0]
