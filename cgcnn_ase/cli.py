@@ -529,13 +529,14 @@ def _models_table(infos: Sequence[Any]) -> str:
 @click.argument("table", type=click.Path(exists=True, dir_okay=False))
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), required=True, help="CSV to write.")
 @click.option("--column", default="cif", show_default=True, help="Column holding CIF text or structure file paths.")
+@click.option("--id-column", default=None, help="Column of ids naming the rows in error messages [default: TABLE@ROW, the 0-based data row, as predict names them].")
 @click.option("--model", "-m", "models", multiple=True, help="Model name or path (repeatable).")
 @click.option("--all", "use_all", is_flag=True, help="Every shipped model.")
 @click.option("--embeddings", is_flag=True, help="Also write the crystal embedding columns.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @_guarded
-def featurize(table: str, output: str, column: str, models: tuple[str, ...], use_all: bool, embeddings: bool,
-              batch_size: int) -> None:  # fmt: skip
+def featurize(table: str, output: str, column: str, id_column: str | None, models: tuple[str, ...], use_all: bool,
+              embeddings: bool, batch_size: int) -> None:  # fmt: skip
     """Add CGCNN columns to a CSV of structures (CIF text or file paths in --column).
 
     Rows whose structure cannot be used get empty values and a message in the 'error'
@@ -548,9 +549,12 @@ def featurize(table: str, output: str, column: str, models: tuple[str, ...], use
     df = pd.read_csv(table)
     if column not in df.columns:
         raise click.UsageError(f"{table} has no column {column!r}; columns: {', '.join(map(str, df.columns))}")
+    if id_column is not None and id_column not in df.columns:
+        raise click.UsageError(f"{table} has no column {id_column!r}; columns: {', '.join(map(str, df.columns))}")
+    names = [f"{table}@{k}" for k in range(len(df))] if id_column is None else [str(v) for v in df[id_column]]
     featurizer = CGCNNFeaturizer(_model_names(models, use_all), embeddings=embeddings, batch_size=batch_size)
     labels = featurizer.feature_labels()  # loads the models: model errors exit with code 3 before any work
-    parsed = [_parse_structure_cell(value, k) for k, value in enumerate(df[column])]
+    parsed = [_parse_structure_cell(value, name) for name, value in zip(names, df[column])]
     good = [k for k, item in enumerate(parsed) if not isinstance(item, Exception)]
     rows = featurizer.featurize_many([parsed[k] for k in good], ignore_errors=True, return_errors=True, pbar=True)
     features = np.full((len(df), len(labels)), np.nan)
@@ -558,7 +562,7 @@ def featurize(table: str, output: str, column: str, models: tuple[str, ...], use
     for k, row in zip(good, rows):
         features[k] = row[:-1]
         if isinstance(row[-1], str):
-            errors[k] = f"row {k}: " + re.sub(r"^input \d+: ", "", row[-1].strip().splitlines()[-1])
+            errors[k] = f"{names[k]}: " + re.sub(r"^input \d+: ", "", row[-1].strip().splitlines()[-1])
     out = pd.concat([df, pd.DataFrame(features, columns=labels, index=df.index)], axis=1)
     out["error"] = errors
     out.to_csv(output, index=False)
@@ -570,7 +574,7 @@ def featurize(table: str, output: str, column: str, models: tuple[str, ...], use
         sys.exit(EXIT_BAD_INPUT)
 
 
-def _parse_structure_cell(value: Any, row: int) -> Any:
+def _parse_structure_cell(value: Any, row: str) -> Any:
     """A table cell -> what the featurizer reads, or the error (returned, not raised).
 
     The cell's text (CIF text, pymatgen structure JSON, or the path of a file) is returned
@@ -581,10 +585,10 @@ def _parse_structure_cell(value: Any, row: int) -> Any:
     from cgcnn_ase.io.reader import input_kind
 
     if input_kind(value) == "empty":
-        return StructureReadError(f"row {row}: the structure cell is empty")
+        return StructureReadError(f"{row}: the structure cell is empty")
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     if input_kind(text) == "path" and not Path(text).is_file():
-        return StructureReadError(f"row {row}: {text[:80]!r} is neither CIF text nor an existing structure file")
+        return StructureReadError(f"{row}: {text[:80]!r} is neither CIF text nor an existing structure file")
     return text
 
 

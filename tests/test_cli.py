@@ -159,7 +159,9 @@ def test_featurize_csv(model_folder, crystals, tmp_path):
     out = tmp_path / "out.csv"
     result = _run("featurize", table, "-o", out, "--model", model_folder)
     assert result.exit_code == EXIT_BAD_INPUT
-    assert result.stderr.count("error: row 3") == 1
+    assert result.stderr.count(f"error: {table}@3:") == 1  # as predict names the row
+    named = _run("featurize", table, "-o", out, "--model", model_folder, "--id-column", "name")
+    assert named.stderr.count("error: bad:") == 1 and pd.read_csv(out)["error"].notna().sum() == 1
     df = pd.read_csv(out)
     expected = CGCNNPredictor.from_checkpoint(model_folder).predict(crystals[:3]).values
     np.testing.assert_allclose(df["formation_energy (eV/atom)"][:3], expected, atol=1e-5)
