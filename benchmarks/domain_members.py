@@ -5,7 +5,10 @@ them side by side) keep textbook rocksalts and strained training crystals inside
 training crystals strained by +2% and -2% all lie below the 80th domain percentile. The shipped summary is built
 from member 0; this script rebuilds it from each member in turn, and from all members' standardised embeddings
 placed side by side, and prints the same percentiles, with the share of test crystals above the 95th
-(needs ``../shared``: the model's splits)::
+(needs ``../shared``: the model's splits). It also lists which of 30 textbook crystals (``TEXTBOOK``: rocksalts,
+zincblendes, wurtzites, elemental metals and semiconductors at room-temperature lattice constants) reach the
+80th percentile, and gives two ensemble-wide rows: the median and the mean over the members of each crystal's
+percentile (each member's summary built as above)::
 
     python benchmarks/domain_members.py pretrained_models/formation_energy-mp_cgcnn46k-v3
     python benchmarks/domain_members.py pretrained_models/formation_energy-mp_cgcnn46k-v3 --embedding hidden
@@ -35,6 +38,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROCKSALTS = {"MgO": 4.21, "CaO": 4.81, "KCl": 6.29, "NaCl": 5.64}  # lattice constants, Å (as tests/test_domain.py)
+#: 30 textbook crystals built by ase at room-temperature lattice constants (Å): (formula, structure, a, c or None).
+TEXTBOOK = [("NaCl", "rocksalt", 5.64, None), ("LiF", "rocksalt", 4.03, None), ("MgO", "rocksalt", 4.21, None),
+            ("CaO", "rocksalt", 4.81, None), ("KCl", "rocksalt", 6.29, None), ("GaAs", "zincblende", 5.65, None),
+            ("ZnS", "zincblende", 5.41, None), ("Si", "diamond", 5.43, None), ("Ge", "diamond", 5.66, None),
+            ("C", "diamond", 3.57, None), ("CsCl", "cesiumchloride", 4.12, None), ("Cu", "fcc", 3.61, None),
+            ("Al", "fcc", 4.05, None), ("Ni", "fcc", 3.52, None), ("Ag", "fcc", 4.09, None), ("Au", "fcc", 4.08, None),
+            ("Fe", "bcc", 2.87, None), ("W", "bcc", 3.16, None), ("Mo", "bcc", 3.15, None), ("Na", "bcc", 4.29, None),
+            ("K", "bcc", 5.23, None), ("Mg", "hcp", 3.21, 5.20), ("Ti", "hcp", 2.95, 4.78), ("Zn", "hcp", 2.66, 4.95),
+            ("AlN", "wurtzite", 3.11, 4.98), ("GaN", "wurtzite", 3.19, 5.10), ("ZnO", "wurtzite", 3.25, 5.20),
+            ("BN", "zincblende", 3.62, None), ("InP", "zincblende", 5.87, None), ("CdTe", "zincblende", 6.48, None)]  # fmt: skip
 
 
 @click.command()
@@ -46,7 +59,8 @@ ROCKSALTS = {"MgO": 4.21, "CaO": 4.81, "KCl": 6.29, "NaCl": 5.64}  # lattice con
 @click.option("--strain-tolerance", default=0.0, show_default=True,
               help="Also report each member with per-training-crystal strain tolerances of this fraction (0: off).")
 def main(model: str, strained: int, embedding: str, strain_tolerance: float) -> None:
-    """Domain percentiles of the rocksalts and strained training crystals, per member of MODEL (a folder)."""
+    """Domain percentiles of the rocksalts, strained training crystals and 30 textbook crystals, per member of
+    MODEL (a folder), and their median and mean over the members."""
     import torch
     from ase.build import bulk
 
@@ -63,7 +77,8 @@ def main(model: str, strained: int, embedding: str, strain_tolerance: float) -> 
     picked = [train[i] for i in np.random.default_rng(0).choice(len(train), strained, replace=False)]  # as the test
     queries = [from_ase(bulk(n, "rocksalt", a=a)) for n, a in ROCKSALTS.items()]
     queries += [replace(r, cell=r.cell * (1 + s)) for r in picked for s in (0.02, -0.02)]
-    n_checked = len(queries)  # then the test split, for the share of it flagged above the 95th percentile
+    n_checked = len(queries)  # then the textbook crystals, then the test split (its share above the 95th)
+    queries += [from_ase(bulk(n, s, a=a, **({"c": c} if c else {}))) for n, s, a, c in TEXTBOOK]
     queries += parts["test"].records
     sizes = [formula_size(r.numbers) for r in queries]
     reference_sizes = [formula_size(r.numbers) for r in parts["val"].records]
@@ -87,14 +102,20 @@ def main(model: str, strained: int, embedding: str, strain_tolerance: float) -> 
             order = np.argsort(ref, kind="stable")
             summary = replace(summary, reference=ref[order], reference_sizes=np.asarray(reference_sizes)[order])
             pc = summary.percentiles(within(query_emb), sizes)
+        if strained_train is None:
+            percentiles.append(pc)
+        show(name, pc)
+
+    def show(name: str, pc: np.ndarray) -> None:
         salts = ", ".join(f"{k} {v:.1f}" for k, v in zip(ROCKSALTS, pc[:4]))
-        pc, test = pc[:n_checked], pc[n_checked:]
-        print(f"| {name} | {salts} | {pc[4:].max():.1f} | {(pc[4:] >= 80).sum()} of {len(pc) - 4} | "
+        pc, textbook, test = pc[:n_checked], pc[n_checked : n_checked + len(TEXTBOOK)], pc[n_checked + len(TEXTBOOK) :]
+        flagged = ", ".join(f"{t[0]} {v:.0f}" for t, v in zip(TEXTBOOK, textbook) if v >= 80) or "none"
+        print(f"| {name} | {salts} | {pc[4:].max():.1f} | {(pc[4:] >= 80).sum()} of {len(pc) - 4} | {flagged} | "
               f"{100 * np.mean(test > 95):.1f}% |", flush=True)
 
-    print("| embeddings of | rocksalt percentiles | strained: highest | strained: at or above 80 | test above 95 |\n"
-          "|---|---|---|---|---|")
-    standardised = []
+    print("| embeddings of | rocksalt percentiles | strained: highest | strained: at or above 80 | "
+          f"textbook crystals at or above 80 (of {len(TEXTBOOK)}) | test above 95 |\n|---|---|---|---|---|---|")
+    standardised, percentiles = [], []
     for k in range(len(full.heads())):
         one = load_model_folder(model, members=1)
         one.heads()[0][0].load_state_dict(full.heads()[k][0].state_dict())  # member k's weights
@@ -121,6 +142,9 @@ def main(model: str, strained: int, embedding: str, strain_tolerance: float) -> 
         mean, std = emb[0].mean(0), emb[0].std(0) + 1e-12
         standardised.append([(e - mean) / std for e in emb])
     if len(standardised) > 1:
+        members = np.stack(percentiles)
+        show("median of the members' percentiles", np.median(members, axis=0))
+        show("mean of the members' percentiles", members.mean(axis=0))
         report("all members side by side", *(np.hstack([s[i] for s in standardised]) for i in range(3)))
 
 
