@@ -171,7 +171,8 @@ def check_output(output: str, inputs: Sequence[str], fmt: str) -> None:
         matches = glob.glob(item, recursive=True) if not os.path.exists(item) and glob.has_magic(item) else [item]
         for path in matches:
             real = os.path.realpath(path)
-            if os.path.isfile(path) and (real == target or (fmt == "parquet" and real.startswith(target + os.sep))):
+            inside = fmt == "parquet" and (real == target or real.startswith(target + os.sep))  # in the part folder
+            if (os.path.isfile(path) and real == target) or (os.path.exists(path) and inside):
                 raise click.BadParameter(f"{output} is also an input ({path}); write the results to another "
                                          "file", param_hint="-o/--output")  # fmt: skip
     parent = Path(target).parent

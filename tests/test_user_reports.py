@@ -440,6 +440,8 @@ def test_an_output_that_is_also_an_input_is_refused_before_anything_is_written(t
         assert "is also an input" in result.stderr and path.read_bytes() == before
     pattern = _cli("predict", str(tmp_path / "*"), "-o", str(path))  # a pattern that matches the output too
     assert pattern.exit_code == EXIT_USAGE and path.read_bytes() == before
+    folder = _cli("predict", str(tmp_path), "-o", str(tmp_path), "--format", "parquet")  # parts among the inputs
+    assert folder.exit_code == EXIT_USAGE and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
 def test_an_output_below_a_file_is_a_usage_error_not_an_internal_one(tmp_path):
