@@ -477,12 +477,12 @@ def test_a_folder_in_the_original_cgcnn_layout_predicts_its_cifs(tmp_path):
 
     import pandas as pd
 
-    from .conftest import ATOM_INIT, REPO
+    from .conftest import REPO
 
     for k, name in enumerate(("SrTiO3.cif", "SrTiO3.cif")):
         shutil.copy(REPO / "examples" / name, tmp_path / f"{k}.cif")
     (tmp_path / "id_prop.csv").write_text("0,1.0\n1,2.0\n")
-    shutil.copy(ATOM_INIT, tmp_path / "atom_init.json")
+    (tmp_path / "atom_init.json").write_text('{"1": [0, 1], "8": [1, 0]}')  # the layout's element table
     (tmp_path / "README.md").write_text("# my crystals\n")
     result = _cli("predict", str(tmp_path), "-m", "formation_energy")
     assert result.exit_code == 0, result.output
