@@ -88,5 +88,10 @@ class SkippedFilesWarning(UserWarning):
     layout's ``id_prop.csv`` and ``atom_init.json``) were left out; named on their own they are read."""
 
 
+class DuplicateIdsWarning(UserWarning):
+    """Rows of one output share an id (two tables with the same ids, a repeated input): they cannot be told
+    apart, and ``--resume`` counts the id as done once any of them is written."""
+
+
 class CompileWarning(UserWarning):
     """``torch.compile`` failed on this machine; the code runs eagerly instead (slower, same results)."""

@@ -573,3 +573,21 @@ def test_models_that_agree_about_unseen_elements_share_one_warning_line(tmp_path
     lines = [line for line in result.stderr.splitlines() if "did not occur" in line]
     assert len(lines) == 1 and lines[0].startswith("warning: models formation_energy-")
     assert lines[0].count("-mp_") == 7 and "the unseen_elements column" in lines[0] and "result." not in lines[0]
+
+
+def test_repeated_ids_in_an_output_are_warned_about(tmp_path):
+    """'two tables with the same ids give duplicate mp-1 rows with no warning'."""
+    import pandas as pd
+
+    from .conftest import REPO
+
+    cif = (REPO / "examples" / "SrTiO3.cif").read_text()
+    for name in ("a.csv", "b.csv"):
+        pd.DataFrame({"material_id": ["mp-1"], "cif": [cif]}).to_csv(tmp_path / name, index=False)
+    result = _cli("predict", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--id-column", "material_id",
+                  "-m", "formation_energy", "-o", str(tmp_path / "out.csv"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "ids repeat in the output (mp-1)" in result.stderr
+    assert pd.read_csv(tmp_path / "out.csv")["id"].tolist() == ["mp-1", "mp-1"]
+    unique = _cli("predict", str(tmp_path / "a.csv"), "-m", "formation_energy", "-o", str(tmp_path / "one.csv"))
+    assert "ids repeat" not in unique.stderr

@@ -42,6 +42,7 @@ joined by ``"; "``).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -50,7 +51,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError, StreamError
+from cgcnn_ase.errors import CGCNNError, DuplicateIdsWarning, StreamError
 from cgcnn_ase.inference.parallel import NetworkPool
 from cgcnn_ase.inference.results import TEXT_COLUMNS, UNSEEN, unseen_label
 from cgcnn_ase.inference.writers import (
@@ -488,9 +489,12 @@ def write_chunks(
     )  # fmt: skip
     try:
         with tqdm(disable=None if progress is None else not progress, unit="structure", leave=False) as bar:
+            repeats_warned = False
             while chunk := list(islice(items, chunk_size)):
                 result = rows(chunk, finished)
                 writer.write(result.frame)
+                if not repeats_warned:
+                    repeats_warned = _warn_repeated_ids(result.frame["id"])
                 failed = result.n_failed
                 summary.n_failed += failed
                 summary.n_predicted += len(result.frame) - failed
@@ -506,6 +510,18 @@ def write_chunks(
     finally:
         summary.n_skipped = finished.skipped if finished is not None else 0
     return summary
+
+
+def _warn_repeated_ids(ids: pd.Series) -> bool:
+    """Warn (:class:`~cgcnn_ase.errors.DuplicateIdsWarning`) if ids repeat within one chunk; whether it did.
+    Only within a chunk: remembering every id of a stream of millions would cost memory per id."""
+    repeated = ids[ids.duplicated()].unique()
+    if len(repeated):
+        shown = ", ".join(map(str, repeated[:3])) + (", ..." if len(repeated) > 3 else "")
+        warnings.warn(f"ids repeat in the output ({shown}): those rows cannot be told apart by id, and --resume "
+                      "would count such an id as done once any of its rows is written; give unique ids (--id-column)",
+                      DuplicateIdsWarning, stacklevel=3)  # fmt: skip
+    return bool(len(repeated))
 
 
 def _keeps_a_pool(predictors: Sequence[CGCNNPredictor]) -> bool:
