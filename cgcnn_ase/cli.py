@@ -305,16 +305,16 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
 def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names: list[str], *, fmt: str,
                       output: str | None, meta: dict, batch_size: int, workers: int) -> None:  # fmt: skip
     """``predict --per-atom``: one row per atom with each model's contribution (mean over atoms = prediction)."""
-    from cgcnn_ase.inference.results import TEXT_COLUMNS, unseen_label
+    from cgcnn_ase.inference.results import TEXT_COLUMNS, unseen_label, unseen_labels
 
     ids = [label for label, _ in items]
     records = [item for _, item in items if not isinstance(item, CGCNNError)]
     results = [p.predict(records, batch_size=batch_size, errors="collect", per_atom=True, workers=workers)
                for p in predictors]  # fmt: skip
     headers = [f"{r.property} ({r.units})" for r in results]
-    shared = len(set(headers)) < len(headers)  # the same property from several models: name the model
-    if shared:
+    if len(set(headers)) < len(headers):  # the same property from several models: name the model
         headers = [f"{name}: {header}" for name, header in zip(names, headers)]
+    labels = unseen_labels(predictors)
     rows: list[dict[str, Any]] = []
     failed, k = 0, 0
     for label, item in items:
@@ -331,8 +331,7 @@ def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names
         else:
             from ase.data import chemical_symbols
 
-            unseen = unseen_label([(p.model.spec.name if shared else r.property, r.unseen_elements[k])
-                                   for p, r in zip(predictors, results)])  # fmt: skip
+            unseen = unseen_label([(n, r.unseen_elements[k]) for n, r in zip(labels, results)])
             for i, z in enumerate(item.numbers):
                 rows.append({"id": label, "atom": i, "element": chemical_symbols[z],
                              **{h: r.per_atom[k][i] for h, r in zip(headers, results)}, "unseen_elements": unseen,
@@ -367,7 +366,7 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
     are written chunk by chunk (memory holds one chunk, and ``--resume`` continues a killed run); a table
     or json needs every row first."""
     from cgcnn_ase.inference.predictor import as_predictor
-    from cgcnn_ase.inference.properties import GENERAL_MODELS, compact_table, property_columns
+    from cgcnn_ase.inference.properties import GENERAL_MODELS, compact_table, property_columns, std_coverage
     from cgcnn_ase.inference.streaming import cif_reader_for
 
     if per_atom:
@@ -400,7 +399,8 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
         import shutil
 
         width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
-        text = compact_table(frame, columns, width=width, shorten_ids=not output, metal_threshold=metal_threshold)
+        text = compact_table(frame, columns, width=width, shorten_ids=not output, metal_threshold=metal_threshold,
+                             coverage_of_std=std_coverage(predictors))  # fmt: skip
         Path(output).write_text(text) if output else click.echo(text, nl=False)
     else:
         meta = {"models": list(GENERAL_MODELS), "units": frame.attrs["units"], "metal_threshold": metal_threshold}
@@ -548,10 +548,9 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
     from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
 
     df = pd.read_csv(table)
-    if column not in df.columns:
-        raise click.UsageError(f"{table} has no column {column!r}; columns: {', '.join(map(str, df.columns))}")
-    if id_column is not None and id_column not in df.columns:
-        raise click.UsageError(f"{table} has no column {id_column!r}; columns: {', '.join(map(str, df.columns))}")
+    for name in (column, id_column):
+        if name is not None and name not in df.columns:
+            raise click.UsageError(f"{table} has no column {name!r}; columns: {', '.join(map(str, df.columns))}")
     names = [f"{table}@{k}" for k in range(len(df))] if id_column is None else [str(v) for v in df[id_column]]
     featurizer = CGCNNFeaturizer(_model_names(models, use_all), embeddings=embeddings, batch_size=batch_size)
     labels = featurizer.feature_labels()  # loads the models: model errors exit with code 3 before any work

@@ -132,3 +132,48 @@ def _module_available(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def test_the_uncertainty_prose_quotes_the_shipped_ensembles():
+    """The ranges docs/uncertainty.md and the README state in words (not only its generated tables) are those
+    of the shipped ensembles' model.json: coverage within 1 and 2 calibrated std, the calibration scale, the
+    ensemble's gain over its members and the test Spearman correlations."""
+    import json
+
+    tests = {}
+    for path in sorted((REPO / "pretrained_models").glob("*/model.json")):
+        document = json.loads(path.read_text())
+        test = document["metadata"].get("uncertainty", {}).get("test", {})
+        if test.get("task") == "regression":
+            tests[document["property"]] = (test, document["ensemble"]["calibration"]["conformal"]["test_spearman"])
+    assert len(tests) == 7
+
+    def span(values, fmt):
+        return f"{fmt(min(values))}-{fmt(max(values))}"
+
+    def pct(x):
+        return f"{round(100 * x)}"
+
+    page = (REPO / "docs" / "uncertainty.md").read_text()
+    within = [t["calibrated"]["within_1std"] for t, _ in tests.values()]
+    assert f"±1 `std` holds {span(within, pct)}% of the test errors" in page
+    assert f"{span(within, pct)}% fall within 1 std" in page
+    assert f"{span([t['calibrated']['within_2std'] for t, _ in tests.values()], pct)}% of test errors fall within 2" in page
+    assert f"Only {span([t['raw']['within_1std'] for t, _ in tests.values()], pct)}% of test errors" in page
+    assert f"factor of {span([t['scale'] for t, _ in tests.values()], lambda x: f'{x:.1f}')}" in page
+    gains = [t["ensemble_vs_members"]["improvement_over_member_mean"] / t["ensemble_vs_members"]["member_mean"]
+             for t, _ in tests.values()]  # fmt: skip
+    assert f"MAE is {span(gains, pct)}% below the members'" in page
+    def two(x):
+        return f"{x:.2f}"
+
+    assert f"std is {span([s['std'] for _, s in tests.values()], two)}, with the per-crystal `uncertainty` " \
+           f"{span([s['uncertainty'] for _, s in tests.values()], two)}" in page  # fmt: skip
+    for name, words in (("formation_energy", "formation energy"), ("band_gap", "band gap"),
+                        ("fermi_energy", "Fermi energy"), ("bulk_modulus", "bulk\nmodulus"),
+                        ("shear_modulus", "shear modulus"), ("poisson_ratio", "Poisson ratio")):  # fmt: skip
+        spearman = tests[("log10_" if name.endswith("modulus") else "") + name][1]
+        assert f"{spearman['uncertainty']:.2f} ({words})" in page, name
+    fe = tests["formation_energy"][1]
+    readme = (REPO / "README.md").read_text()
+    assert f"Spearman {fe['uncertainty']:.2f} vs {fe['std']:.2f} for formation energy on the test split" in readme

@@ -179,6 +179,25 @@ def test_streaming_loop_never_holds_more_than_one_chunk(predictor, tmp_path):
     np.testing.assert_allclose(table[COLUMN], _expected(predictor, atoms), atol=1e-6)
 
 
+def test_prediction_chunks_in_memory_are_the_streamed_rows(predictor, tmp_path):
+    """``iter_prediction_chunks`` (docs/scale.md's in-memory pipeline) yields the rows ``predict_stream`` writes,
+    one chunk at a time, reading lazily."""
+    from cgcnn_ase.inference.streaming import iter_prediction_chunks
+    from cgcnn_ase.io.inputs import iter_inputs
+
+    atoms = _crystals(7)
+    items = [(f"s{k}", a) for k, a in enumerate(atoms)]
+    counting = CountingPredictor(predictor)
+    chunks = list(iter_prediction_chunks(iter_inputs(items), [counting], chunk_size=3))
+    assert counting.calls == [3, 3, 1] and [len(c.frame) for c in chunks] == [3, 3, 1]
+    out = tmp_path / "out.csv"
+    predict_stream(items, [predictor], out, chunk_size=3)
+    streamed = pd.read_csv(out)
+    joined = pd.concat([c.frame for c in chunks], ignore_index=True)
+    assert joined["id"].tolist() == streamed["id"].tolist() == [f"s{k}" for k in range(7)]
+    np.testing.assert_allclose(joined[COLUMN], streamed[COLUMN], rtol=0, atol=1e-12)
+
+
 # -- outputs and resume -----------------------------------------------------------------------
 
 

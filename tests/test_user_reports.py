@@ -560,6 +560,11 @@ def test_the_default_table_shows_how_far_a_crystal_lies_from_the_training_data(t
     assert lines[0].split()[-1] == "dom%" and "median over the models" in result.stdout
     nacl, diamond = (int(line.split()[-1]) for line in lines[1:3])
     assert nacl < 50 and diamond >= 95
+    from cgcnn_ase.inference.predictor import as_predictor
+    from cgcnn_ase.inference.properties import GENERAL_MODELS, std_coverage
+
+    low, high = std_coverage([as_predictor(name) for name in GENERAL_MODELS])  # the models' own test figures
+    assert 0.68 < low < high < 1 and f"it holds {low:.0%}-{high:.0%} of test errors" in " ".join(lines)
 
 
 def test_models_that_agree_about_unseen_elements_share_one_warning_line(tmp_path):

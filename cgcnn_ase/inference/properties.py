@@ -247,11 +247,22 @@ def _symbols_of_unseen_cell(cell: Any) -> str:
     return " ".join(dict.fromkeys(symbols))
 
 
+def std_coverage(predictors: Sequence[CGCNNPredictor]) -> tuple[float, float] | None:
+    """The smallest and largest share (0-1) of test errors within ±1 calibrated std over the regression
+    ensembles among ``predictors``, as their ``model.json`` records it
+    (``metadata.uncertainty.test.calibrated.within_1std``); ``None`` if none records it."""
+    shares = [p.model.spec.metadata.get("uncertainty", {}).get("test", {}).get("calibrated", {}).get("within_1std")
+              for p in predictors]  # fmt: skip
+    shares = [s for s in shares if s is not None]
+    return (min(shares), max(shares)) if shares else None
+
+
 def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int = 100, shorten_ids: bool = True,
-                  metal_threshold: float = METAL_THRESHOLD) -> str:  # fmt: skip
+                  metal_threshold: float = METAL_THRESHOLD, coverage_of_std: tuple[float, float] | None = None) -> str:  # fmt: skip
     """A terminal table of ``frame``: one row per structure, ``value±std`` cells with short
     headers, ids shortened to fit ``width`` characters where ``shorten_ids`` (:func:`short_ids`:
-    never so far that different ids look alike), and a legend of the headers below."""
+    never so far that different ids look alike), and a legend of the headers below, which quotes
+    ``coverage_of_std`` (:func:`std_coverage` of the models) where given."""
     shown = [c for c in columns if not c.name.endswith(("_std", "_raw", "_domain_percentile", "_lower", "_upper"))
              and not c.name.startswith("log10_")]  # fmt: skip
     headers = [_SHORT.get(c.name, (c.name, f"{c.name}, {c.units}"))[0] for c in shown]
@@ -280,7 +291,7 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
     room = max(8, width - sum(w + 2 for w in widths))
     if shorten_ids and any(len(i) > room for i in ids):
         folder = _common_folder(ids)
-        ids = short_ids([i[len(folder) + 1 :] if folder else i for i in ids], room)
+        ids = short_ids([os.path.relpath(i, folder) if folder else i for i in ids], room)
     id_width = max([2] + [len(i) for i in ids])
     lines = ["  ".join(["id".ljust(id_width)] + [h.rjust(w) for h, w in zip(headers, widths)])]
     for label, cells, error in zip(ids, rows, frame["error"]):
@@ -298,7 +309,8 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
                    "extrapolate (csv and parquet name the models in unseen_elements)")
     if folder:
         legend = f"ids are in {folder}{os.sep}; " + legend
-    note = "; ± the calibrated ensemble standard deviation (a conservative 1-sigma: it holds 76-91% of test errors; "
+    held = f"it holds {coverage_of_std[0]:.0%}-{coverage_of_std[1]:.0%} of test errors; " if coverage_of_std else ""
+    note = f"; ± the calibrated ensemble standard deviation (a conservative 1-sigma: {held}"
     if any(name.endswith("_lower") for name in names):
         note += "the --coverage intervals are in the csv and json output, -o out.csv, not in this table)."
     else:

@@ -241,3 +241,12 @@ def unseen_label(per_model: Sequence[tuple[str, Sequence[str]]]) -> str | None:
         if symbols:
             groups.setdefault(tuple(symbols), []).append(label)
     return "; ".join(f"{' '.join(symbols)} ({', '.join(labels)})" for symbols, labels in groups.items()) or None
+
+
+def unseen_labels(predictors: Sequence[Any]) -> list[str]:
+    """How :func:`unseen_label` names each of ``predictors``: its property, or, where several of them
+    predict one property, the model's own name (as its unseen-element warning names it)."""
+    labels = [p.property_name for p in predictors]
+    if len(set(labels)) < len(labels):
+        labels = [p.model.spec.name for p in predictors]
+    return labels

@@ -53,7 +53,7 @@ import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DuplicateIdsWarning, StreamError
 from cgcnn_ase.inference.parallel import NetworkPool
-from cgcnn_ase.inference.results import TEXT_COLUMNS, UNSEEN, unseen_label
+from cgcnn_ase.inference.results import TEXT_COLUMNS, UNSEEN, unseen_label, unseen_labels
 from cgcnn_ase.inference.writers import (
     CSVChunkWriter,
     OutputFormat,
@@ -230,9 +230,7 @@ def predict_items(
     values: list[np.ndarray] = []
     messages: list[list[str]] = []
     unseen: list[str | None] = []
-    labels = [p.property_name for p in predictors]
-    if len(set(labels)) < len(labels):  # two models of one property: unseen_elements names the models
-        labels = [p.model.spec.name for p in predictors]
+    labels = unseen_labels(predictors)
     k = 0  # the next result row
     for item_id, item in items:
         if isinstance(item, CGCNNError):
