@@ -7,12 +7,14 @@ temporary folder. Then, interleaved for ``--repeats`` rounds:
   subprocess (wall time; start-up and model loading included), for W = 1 and ``--workers``;
 * API: ``CGCNNPredictor.from_pretrained("formation_energy", members=1).predict(files, workers=W)``
   in this process (model loaded once, outside the timing), structures per second; and the same with
-  the 5-member ensemble (``--ensemble``).
+  the 5-member ensemble (``--ensemble``);
+* ``--default-models``: also the CLI's default command (no ``--model``: the seven general-purpose
+  ensembles), in a subprocess, wall time.
 
 Every process uses one torch thread. Reported: per-round times, medians and the median of the
 per-round ratios (rounds are side by side, so host load affects both alike).
 
-    python benchmarks/bench_workers.py [--n 1000] [--repeats 3] [--workers 2] [--ensemble]
+    python benchmarks/bench_workers.py [--n 1000] [--repeats 3] [--workers 2] [--ensemble] [--default-models]
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ import _common
 CLI_CODE = "import sys; from cgcnn_ase.cli import main; sys.exit(main())"
 
 
-def _cli(folder: Path, workers: int, out: Path) -> float:
-    command = [sys.executable, "-c", CLI_CODE, "predict", str(folder), "--model", "formation_energy",
+def _cli(folder: Path, workers: int, out: Path, models: tuple[str, ...] = ("--model", "formation_energy")) -> float:
+    command = [sys.executable, "-c", CLI_CODE, "predict", str(folder), *models,
                "--workers", str(workers), "--threads", "1", "-o", str(out)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(_common.REPO_ROOT), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
@@ -47,7 +49,8 @@ def _cli(folder: Path, workers: int, out: Path) -> float:
 @click.option("--workers", default=2, show_default=True, help="Workers compared with 1.")
 @click.option("--shared", default=None, help="The shared data folder (default: ../shared).")
 @click.option("--ensemble", is_flag=True, help="Also time the API with the 5-member ensemble.")
-def main(n: int, repeats: int, workers: int, shared: str | None, ensemble: bool) -> None:
+@click.option("--default-models", is_flag=True, help="Also time the CLI's default command (seven models).")
+def main(n: int, repeats: int, workers: int, shared: str | None, ensemble: bool, default_models: bool) -> None:
     import torch
 
     from cgcnn_ase import CGCNNPredictor
@@ -64,6 +67,8 @@ def main(n: int, repeats: int, workers: int, shared: str | None, ensemble: bool)
     rows = []
     for round_ in range(repeats):
         cli = {w: _cli(folder, w, out / f"w{w}.csv") for w in (1, workers)}
+        if default_models:
+            cli.update({("default", w): _cli(folder, w, out / f"d{w}.csv", ()) for w in (1, workers)})
         api: dict[str, dict[int, float]] = {}
         for name, predictor in predictors.items():
             for w in (1, workers):
@@ -76,6 +81,11 @@ def main(n: int, repeats: int, workers: int, shared: str | None, ensemble: bool)
     table = [["CLI (5-member ensemble), wall s", f"{_common.median([r[1][1] for r in rows]):.2f}",
               f"{_common.median([r[1][workers] for r in rows]):.2f}",
               f"{_common.median([r[1][1] / r[1][workers] for r in rows]):.2f}x"]]  # fmt: skip
+    if default_models:
+        table.append(["CLI, default command (7 ensembles), wall s",
+                      f"{_common.median([r[1]['default', 1] for r in rows]):.2f}",
+                      f"{_common.median([r[1]['default', workers] for r in rows]):.2f}",
+                      f"{_common.median([r[1]['default', 1] / r[1]['default', workers] for r in rows]):.2f}x"])  # fmt: skip
     for name in predictors:
         times = [r[2][name] for r in rows]
         table.append([name, f"{n / _common.median([t[1] for t in times]):.0f}",

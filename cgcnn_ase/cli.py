@@ -215,7 +215,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Crystals per forward pass [default: 64 on a CPU, 1024 on a GPU].")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch (1 is fastest for small crystals; run several processes to use more cores).")
-@click.option("--workers", default="auto", show_default=True, help="Processes reading structures and building graphs while the main one runs the networks: a number, or auto (the CPU count, at most 8).")
+@click.option("--workers", default="auto", show_default=True, help="Worker processes: on a CPU they read structures, build graphs and run the networks; on a GPU they read and build graphs while the main process runs the networks. A number, or auto (the CPU count, at most 8).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks: some seconds once, then about 1.5x faster on a CPU (pays off from a few tens of thousands of structures).")
 @_guarded
 def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,

@@ -409,8 +409,8 @@ def predict_stream(
         names: model names for column headers (default: the model folders' names).
         progress: show a progress bar (structures) on stderr; ``None``: only when stderr is a terminal.
         on_chunk: called with each :class:`ChunkResult` after it is written.
-        workers: processes building graphs while this one runs the networks (see
-            :meth:`CGCNNPredictor.predict`); results are the same bit for bit.
+        workers: worker processes (see :meth:`CGCNNPredictor.predict`: on a CPU they read, build graphs
+            and run the networks); results are the same bit for bit.
         coverage: add ``<property>_lower``/``_upper`` prediction intervals of this coverage for
             models calibrated for them.
 
