@@ -25,7 +25,7 @@ from typing import Any
 import click
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError, CheckpointError, StreamError, UnknownModelError, UnseenElementWarning
+from cgcnn_ase.errors import UNSEEN_HINT, CGCNNError, CheckpointError, StreamError, UnknownModelError, UnseenElementWarning
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 #: ``predict --chunk-size`` defaults: structures per chunk with one ``--model`` (its worker processes serve
@@ -61,7 +61,7 @@ class _WarningPrinter:
             model, rest = text.split(":", 1) if ":" in text else ("", text)
             self.unseen[model] = self.unseen.get(model, 0) + 1
             if self.unseen[model] == 1:
-                rest = rest.replace("result.unseen_elements lists", "the unseen_elements column lists")
+                rest = rest.replace(UNSEEN_HINT, "the unseen_elements column lists them per structure")
                 self.first_unseen.setdefault(rest, []).append(model.removeprefix("model ").strip("'"))
             return
         if text in self.shown:
@@ -540,6 +540,8 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
               embeddings: bool, batch_size: int) -> None:  # fmt: skip
     """Add CGCNN columns to a CSV of structures (CIF text or file paths in --column).
 
+    Each model adds its value column (and its _std for an ensemble); an unseen_elements column
+    names the elements of a row that a model never saw in training (that value extrapolates).
     Rows whose structure cannot be used get empty values and a message in the 'error'
     column (and one 'error:' line on stderr); the exit code is then 1.
     """
@@ -552,18 +554,21 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
         if name is not None and name not in df.columns:
             raise click.UsageError(f"{table} has no column {name!r}; columns: {', '.join(map(str, df.columns))}")
     names = [f"{table}@{k}" for k in range(len(df))] if id_column is None else [str(v) for v in df[id_column]]
-    featurizer = CGCNNFeaturizer(_model_names(models, use_all), embeddings=embeddings, batch_size=batch_size)
-    labels = featurizer.feature_labels()  # loads the models: model errors exit with code 3 before any work
+    featurizer = CGCNNFeaturizer(_model_names(models, use_all), embeddings=embeddings, batch_size=batch_size,
+                                 unseen_elements=True)  # fmt: skip
+    labels = featurizer.feature_labels()[:-1]  # loads the models: model errors exit with code 3 before any work
     parsed = [_parse_structure_cell(value, name) for name, value in zip(names, df[column])]
     good = [k for k, item in enumerate(parsed) if not isinstance(item, Exception)]
     rows = featurizer.featurize_many([parsed[k] for k in good], ignore_errors=True, return_errors=True, pbar=True)
     features = np.full((len(df), len(labels)), np.nan)
+    unseen: list[str | None] = [None] * len(df)
     errors: list[str | None] = [str(item) if isinstance(item, Exception) else None for item in parsed]
     for k, row in zip(good, rows):
-        features[k] = row[:-1]
+        features[k], unseen[k] = row[:-2], row[-2]
         if isinstance(row[-1], str):
             errors[k] = f"{names[k]}: " + re.sub(r"^input \d+: ", "", row[-1].strip().splitlines()[-1])
     out = pd.concat([df, pd.DataFrame(features, columns=labels, index=df.index)], axis=1)
+    out["unseen_elements"] = unseen
     out["error"] = errors
     out.to_csv(output, index=False)
     bad = [e for e in errors if e]

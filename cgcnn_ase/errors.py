@@ -75,6 +75,11 @@ class UnseenElementWarning(UserWarning):
     """A structure holds elements that the model never saw in training (an extrapolation)."""
 
 
+#: Where an :class:`UnseenElementWarning` of ``CGCNNPredictor.predict`` says the symbols are listed; front
+#: ends that list them elsewhere (the CLI's column, the featurizer's) put their own place in its text.
+UNSEEN_HINT = "result.unseen_elements lists them per structure"
+
+
 class SparseGraphWarning(UserWarning):
     """Some atom has fewer than the model's neighbour count within the cutoff radius."""
 

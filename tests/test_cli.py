@@ -166,6 +166,21 @@ def test_featurize_csv(model_folder, crystals, tmp_path):
     expected = CGCNNPredictor.from_checkpoint(model_folder).predict(crystals[:3]).values
     np.testing.assert_allclose(df["formation_energy (eV/atom)"][:3], expected, atol=1e-5)
     assert np.isnan(df["formation_energy (eV/atom)"][3]) and df["name"].tolist() == ["a", "b", "c", "bad"]
+    assert df["unseen_elements"].isna().all()  # the test model saw every element of these crystals
+
+
+def test_featurize_names_elements_a_model_never_saw(tmp_path):
+    """featurize writes the unseen_elements column that its warning points to (as predict does)."""
+    from ase.build import bulk
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    cifs = [AseAtomsAdaptor.get_structure(bulk(*args)).to(fmt="cif") for args in (("Ar", "fcc", 5.26), ("NaCl", "rocksalt", 5.64))]
+    table = tmp_path / "in.csv"
+    pd.DataFrame({"cif": cifs}).to_csv(table, index=False)
+    result = _run("featurize", table, "-o", tmp_path / "out.csv", "--model", "formation_energy")
+    assert result.exit_code == 0, result.output
+    assert "the unseen_elements column lists them" in result.stderr and "result." not in result.stderr
+    assert pd.read_csv(tmp_path / "out.csv")["unseen_elements"].tolist()[0] == "Ar"
 
 
 def test_every_output_names_the_elements_a_model_never_saw(tmp_path):

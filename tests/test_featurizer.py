@@ -64,3 +64,30 @@ def test_per_row_errors(model_folder, frame):
     assert "periodic" in messages[1] and all(isinstance(m, float) and np.isnan(m) for k, m in enumerate(messages) if k != 1)
     with pytest.raises(ValueError, match="ignore_errors"):
         featurizer.featurize_many(list(bad["atoms"]), return_errors=True)
+
+
+def test_unseen_elements_column_and_warning_point_to_each_other():
+    """Ar occurs in no training set of the shipped models: its row says so in ``unseen_elements`` (as
+    ``cgcnn-ase predict`` writes it), and the warning names where the symbols are listed, never
+    ``result.unseen_elements``, which a featurizer user does not have."""
+    import warnings
+
+    from ase.build import bulk
+
+    from cgcnn_ase.errors import UnseenElementWarning
+
+    frame = pd.DataFrame({"structure": [AseAtomsAdaptor.get_structure(bulk("Ar", "fcc", a=5.26)),
+                                        AseAtomsAdaptor.get_structure(bulk("NaCl", "rocksalt", a=5.64))]})  # fmt: skip
+    for unseen, hint in ((False, "unseen_elements=True) adds a column"), (True, "the unseen_elements column lists")):
+        featurizer = CGCNNFeaturizer(["formation_energy", "bulk_modulus"], unseen_elements=unseen)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = featurizer.featurize_dataframe(frame, "structure", pbar=False)
+        messages = [str(w.message) for w in caught if issubclass(w.category, UnseenElementWarning)]
+        assert len(messages) == 2 and all(hint in m and "result." not in m for m in messages), messages
+        assert ("unseen_elements" in out.columns) == unseen
+        assert (featurizer.feature_labels()[-1] == "unseen_elements") == unseen
+    assert out["unseen_elements"].tolist() == ["Ar (formation_energy, log10_bulk_modulus)", None]
+    np.testing.assert_allclose(out["formation_energy (eV/atom)"],
+                               CGCNNFeaturizer("formation_energy").featurize_dataframe(frame, "structure", pbar=False)
+                               ["formation_energy (eV/atom)"])  # fmt: skip

@@ -19,7 +19,7 @@ import torch
 
 from cgcnn_ase.models.folder import LoadedModel
 from cgcnn_ase.graph.element_table import ElementTable
-from cgcnn_ase.errors import CGCNNError, CheckpointError, InvalidStructureError, UnseenElementWarning
+from cgcnn_ase.errors import UNSEEN_HINT, CGCNNError, CheckpointError, InvalidStructureError, UnseenElementWarning
 from cgcnn_ase.graph.neighbours import CrystalGraph
 from cgcnn_ase.graph.config import SparsePolicy
 from cgcnn_ase.graph.batch import GraphBatch, collate
@@ -524,7 +524,7 @@ class CGCNNPredictor:
         warnings.warn(
             f"model {self.model.spec.name!r}: element(s) {', '.join(ranked[:8])} did not occur in its training data; "
             f"{len(hit)} of {len(result)} structure(s) hold them ({detail}; e.g. {examples}), and their predictions "
-            "are extrapolations (result.unseen_elements lists them per structure)",
+            f"are extrapolations ({UNSEEN_HINT})",
             UnseenElementWarning,
             stacklevel=3,
         )

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from matminer.featurizers.base import BaseFeaturizer
 
+from cgcnn_ase.errors import UNSEEN_HINT, UnseenElementWarning
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
 from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap_result
+from cgcnn_ase.inference.results import unseen_label, unseen_labels
+
+#: The label of the column that ``unseen_elements=True`` adds (the name ``cgcnn-ase predict`` gives it too).
+UNSEEN_COLUMN = "unseen_elements"
 
 
 @contextlib.contextmanager
@@ -65,6 +71,11 @@ class CGCNNFeaturizer(BaseFeaturizer):
         coverage: also add ``"<property>_lower (<units>)"`` and ``"<property>_upper (<units>)"``,
             a prediction interval holding the true value with this probability, for models
             calibrated for intervals (the shipped regression ensembles).
+        unseen_elements: also add a last column ``"unseen_elements"`` (text, not a number):
+            ``None``, or the elements of the structure that a model never saw in training (its
+            prediction there is an extrapolation), as ``cgcnn-ase predict`` writes them: ``"Ar"``
+            with one model, ``"Ar (bulk_modulus, shear_modulus)"`` with several. Either way such
+            structures raise one :class:`~cgcnn_ase.errors.UnseenElementWarning` per model and call.
 
     Runs in one process (``n_jobs=1``) and batches the network. Inside matminer's process
     pools (``MultipleFeaturizer`` runs one by default, with one process per CPU, whatever its
@@ -83,8 +94,10 @@ class CGCNNFeaturizer(BaseFeaturizer):
         domain: bool = False,
         metal_threshold: float | None = METAL_THRESHOLD,
         coverage: float | None = None,
+        unseen_elements: bool = False,
     ) -> None:
         self.properties = properties
+        self.unseen_elements = unseen_elements
         self.metal_threshold = metal_threshold
         self.coverage = coverage
         self._owner_pid = os.getpid()
@@ -143,6 +156,8 @@ class CGCNNFeaturizer(BaseFeaturizer):
             if self.embeddings:
                 width = spec.architecture.get("atom_fea_len", 64)
                 labels += [f"{spec.property} embedding {k}" for k in range(width)]
+        if self.unseen_elements:
+            labels.append(UNSEEN_COLUMN)
         return labels
 
     def featurize(self, structure: Any) -> list[float]:
@@ -170,7 +185,8 @@ class CGCNNFeaturizer(BaseFeaturizer):
         n = len(structures)
         columns: list[np.ndarray] = []
         errors: list[str | None] = [None] * n
-        with _fork_safe_threads(self._owner_pid):
+        with _fork_safe_threads(self._owner_pid), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             results = [
                 predictor.predict(
                     structures,
@@ -182,6 +198,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
                 )
                 for predictor in self.predictors
             ]
+        self._rewarn(caught)
         gating = self._gating()
         for j, (predictor, result) in enumerate(zip(self.predictors, results)):
             for k, message in enumerate(result.errors):
@@ -202,8 +219,24 @@ class CGCNNFeaturizer(BaseFeaturizer):
             if self.embeddings:
                 block.append(result.embeddings)
             columns.append(np.hstack(block))
-        table = np.hstack(columns)
-        return table.tolist(), errors
+        rows = np.hstack(columns).tolist()
+        if self.unseen_elements:
+            labels = unseen_labels(self.predictors)
+            for k, row in enumerate(rows):
+                row.append(None if errors[k] else unseen_label([(label, r.unseen_elements[k])
+                                                                for label, r in zip(labels, results)]))  # fmt: skip
+        return rows, errors
+
+    def _rewarn(self, caught: list[warnings.WarningMessage]) -> None:
+        """Re-issue the predictors' warnings, those about unseen elements pointing to where the featurizer
+        lists them."""
+        place = (f"the {UNSEEN_COLUMN} column lists them per structure" if self.unseen_elements
+                 else f"CGCNNFeaturizer(..., unseen_elements=True) adds a column listing them per structure")  # fmt: skip
+        for w in caught:
+            message = str(w.message)
+            if issubclass(w.category, UnseenElementWarning):
+                message = message.replace(UNSEEN_HINT, place)
+            warnings.warn(message, w.category, stacklevel=4)
 
     def citations(self) -> list[str]:
         return [
