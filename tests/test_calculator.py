@@ -145,3 +145,30 @@ def test_bad_structure_raises_specific_error(folders):
     atoms.calc = CGCNNCalculator(folders["energy"])
     with pytest.raises(InvalidStructureError, match="periodic"):
         atoms.get_potential_energy()
+
+
+def test_the_calculator_names_elements_its_models_never_saw():
+    """Ar occurs in no training set: ``unseen_elements`` says so (as cgcnn-ase predict writes it), the warning
+    points there (an ASE user holds no ``result``), and a later crystal's calculation clears it."""
+    import warnings
+
+    from ase.build import bulk
+
+    from cgcnn_ase.errors import UnseenElementWarning
+
+    argon = bulk("Ar", "fcc", a=5.26)
+    argon.calc = CGCNNCalculator(["formation_energy", "bulk_modulus"], store_in_info=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        argon.get_potential_energy()
+    messages = [str(w.message) for w in caught if issubclass(w.category, UnseenElementWarning)]
+    assert len(messages) == 2 and all("calc.results['unseen_elements']" in m for m in messages), messages
+    assert argon.calc.get_property("unseen_elements", argon) == "Ar (formation_energy, log10_bulk_modulus)"
+    assert argon.info["cgcnn_unseen_elements"] == "Ar (formation_energy, log10_bulk_modulus)"
+    salt = bulk("NaCl", "rocksalt", a=5.64)
+    salt.calc = argon.calc
+    salt.info.update(argon.info)  # a copied info dict must not keep a stale value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnseenElementWarning)
+        salt.get_potential_energy()
+    assert salt.calc.results["unseen_elements"] is None and "cgcnn_unseen_elements" not in salt.info

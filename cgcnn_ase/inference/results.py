@@ -7,13 +7,14 @@ unseen elements, domain signals, per-atom contributions and embeddings.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError
+from cgcnn_ase.errors import UNSEEN_HINT, CGCNNError, UnseenElementWarning
 from cgcnn_ase.graph.batched import GraphSummary
 from cgcnn_ase.graph.neighbours import CrystalGraph
 
@@ -250,3 +251,14 @@ def unseen_labels(predictors: Sequence[Any]) -> list[str]:
     if len(set(labels)) < len(labels):
         labels = [p.model.spec.name for p in predictors]
     return labels
+
+
+def reissue_warnings(caught: Sequence[warnings.WarningMessage], unseen_place: str, *, stacklevel: int) -> None:
+    """Warn again with the warnings ``caught`` from ``predict`` calls, each unseen-element warning saying
+    ``unseen_place`` (e.g. ``"calc.results['unseen_elements'] lists them"``) instead of
+    :data:`~cgcnn_ase.errors.UNSEEN_HINT`, for front ends whose users hold no ``PredictionResult``."""
+    for caught_warning in caught:
+        message = str(caught_warning.message)
+        if issubclass(caught_warning.category, UnseenElementWarning):
+            message = message.replace(UNSEEN_HINT, unseen_place)
+        warnings.warn(message, caught_warning.category, stacklevel=stacklevel + 1)

@@ -37,6 +37,7 @@ Forces and stress are not predicted: asking raises ``PropertyNotImplementedError
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
 from cgcnn_ase.inference.properties import gated_band_gap_result
+from cgcnn_ase.inference.results import reissue_warnings, unseen_label, unseen_labels
 from cgcnn_ase.models.registry import resolve_model
 
 #: Standard ASE property names this calculator can fill (everything else is custom).
@@ -70,6 +72,11 @@ class CGCNNCalculator(Calculator):
         coverage: also give ``<property>_lower`` and ``<property>_upper``, a prediction interval
             holding the true value with this probability (e.g. 0.9), for every model calibrated
             for intervals (the shipped regression ensembles; see docs/uncertainty.md).
+
+    Every calculation also gives ``unseen_elements``: ``None``, or the elements of the crystal that a
+    model never saw in training (its prediction is then an extrapolation, and an
+    :class:`~cgcnn_ase.errors.UnseenElementWarning` says so), written as ``cgcnn-ase predict``
+    writes them (``"Ar"`` with one model, ``"Ar (formation_energy, band_gap)"`` with several).
     """
 
     implemented_properties: list[str] = []  # set per instance from the models
@@ -131,6 +138,8 @@ class CGCNNCalculator(Calculator):
         if "band_gap" in names and "is_metal" in names:
             names += ["band_gap_raw", "metal_probability"]
             self.units.update(band_gap_raw="eV", metal_probability="probability")
+        names.append("unseen_elements")
+        self.units["unseen_elements"] = "element symbols"
         self.implemented_properties = list(dict.fromkeys(names))
 
     def calculate(
@@ -140,11 +149,16 @@ class CGCNNCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         results: dict[str, Any] = {}
         n_atoms = len(self.atoms)
+        unseen = []
         for predictor in self.predictors:
             spec = predictor.model.spec
             per_atom = predictor is self._energy_model
             coverage = self.coverage if predictor.has_intervals else None
-            out = predictor.predict(self.atoms, per_atom=per_atom, on_sparse=self.on_sparse, coverage=coverage)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = predictor.predict(self.atoms, per_atom=per_atom, on_sparse=self.on_sparse, coverage=coverage)
+            reissue_warnings(caught, "calc.results['unseen_elements'] lists them", stacklevel=2)
+            unseen.append(out.unseen_elements[0])
             value = float(out.values[0])
             results[spec.property] = value
             if out.std is not None:
@@ -159,6 +173,7 @@ class CGCNNCalculator(Calculator):
             if per_atom:
                 results["energy"] = results["free_energy"] = value * n_atoms
                 results["energies"] = np.asarray(out.per_atom[0], dtype=np.float64)
+        results["unseen_elements"] = unseen_label(list(zip(unseen_labels(self.predictors), unseen)))
         if "fermi_energy" in results:
             results["fermi_level"] = results["fermi_energy"]
         if "band_gap" in results and "is_metal" in results:
@@ -172,6 +187,8 @@ class CGCNNCalculator(Calculator):
             for name, value in results.items():
                 if name == "energies":
                     atoms.arrays["cgcnn_energies"] = value.copy()
+                elif name == "unseen_elements" and value is None:
+                    atoms.info.pop("cgcnn_unseen_elements", None)  # file formats cannot hold None
                 elif name not in ("energy", "free_energy"):
                     atoms.info[f"cgcnn_{name}"] = value
 

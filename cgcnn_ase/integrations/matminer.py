@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 from matminer.featurizers.base import BaseFeaturizer
 
-from cgcnn_ase.errors import UNSEEN_HINT, UnseenElementWarning
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
 from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap_result
-from cgcnn_ase.inference.results import unseen_label, unseen_labels
+from cgcnn_ase.inference.results import reissue_warnings, unseen_label, unseen_labels
 
 #: The label of the column that ``unseen_elements=True`` adds (the name ``cgcnn-ase predict`` gives it too).
 UNSEEN_COLUMN = "unseen_elements"
@@ -198,7 +197,9 @@ class CGCNNFeaturizer(BaseFeaturizer):
                 )
                 for predictor in self.predictors
             ]
-        self._rewarn(caught)
+        place = (f"the {UNSEEN_COLUMN} column lists them per structure" if self.unseen_elements
+                 else "CGCNNFeaturizer(..., unseen_elements=True) adds a column listing them per structure")  # fmt: skip
+        reissue_warnings(caught, place, stacklevel=3)
         gating = self._gating()
         for j, (predictor, result) in enumerate(zip(self.predictors, results)):
             for k, message in enumerate(result.errors):
@@ -226,17 +227,6 @@ class CGCNNFeaturizer(BaseFeaturizer):
                 row.append(None if errors[k] else unseen_label([(label, r.unseen_elements[k])
                                                                 for label, r in zip(labels, results)]))  # fmt: skip
         return rows, errors
-
-    def _rewarn(self, caught: list[warnings.WarningMessage]) -> None:
-        """Re-issue the predictors' warnings, those about unseen elements pointing to where the featurizer
-        lists them."""
-        place = (f"the {UNSEEN_COLUMN} column lists them per structure" if self.unseen_elements
-                 else f"CGCNNFeaturizer(..., unseen_elements=True) adds a column listing them per structure")  # fmt: skip
-        for w in caught:
-            message = str(w.message)
-            if issubclass(w.category, UnseenElementWarning):
-                message = message.replace(UNSEEN_HINT, place)
-            warnings.warn(message, w.category, stacklevel=4)
 
     def citations(self) -> list[str]:
         return [
