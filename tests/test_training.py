@@ -270,6 +270,49 @@ def test_resume_refuses_different_settings(dataset_csv, tmp_path):
     assert train_from_config(changed, progress=False).is_dir()
 
 
+def test_resume_refuses_changed_data_under_the_same_file_name(dataset_csv, tmp_path):
+    """Relabelled (or re-structured) rows in a file of the same name must not resume, or re-export, the
+    model trained on the old ones (the settings' fingerprint alone did not see the change)."""
+    data = tmp_path / "data.csv"
+    table = pd.read_csv(dataset_csv)
+    table.to_csv(data, index=False)
+    train_from_config(tiny_config(data, tmp_path, epochs=1), progress=False)
+    table.assign(vpa=table["vpa"] * 1000).to_csv(data, index=False)
+    for epochs in (1, 2):  # a finished run (re-export only) and a longer one (resume)
+        with pytest.raises(ConfigError, match="trained on other data"):
+            train_from_config(tiny_config(data, tmp_path, epochs=epochs), progress=False)
+    table.assign(cif=table["cif"].iloc[::-1].tolist()).to_csv(data, index=False)  # same labels, other crystals
+    with pytest.raises(ConfigError, match="trained on other data"):
+        train_from_config(tiny_config(data, tmp_path, epochs=2), progress=False)
+    table.to_csv(data, index=False)  # the original rows resume again
+    assert train_from_config(tiny_config(data, tmp_path, epochs=2), progress=False).is_dir()
+
+
+def test_structure_paths_in_a_table_are_cached_by_their_contents(dataset_csv, tmp_path, monkeypatch):
+    """A table cell naming a structure file: the graph cache follows the file's contents (an edited file
+    is read again) and a missing file is not remembered as missing once it exists."""
+    table = pd.read_csv(dataset_csv)
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for name, cif in zip(table["material_id"], table["cif"]):
+        (folder / f"{name}.cif").write_text(cif)
+    paths = table.assign(cif=[f"cifs/{name}.cif" for name in table["material_id"]])
+    paths.to_csv(tmp_path / "paths.csv", index=False)
+    monkeypatch.chdir(tmp_path / "cifs")  # the relative paths name nothing here
+    config = tiny_config(tmp_path / "paths.csv", tmp_path / "a", epochs=1, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="no usable crystals"):
+        train_from_config(config, progress=False)
+    monkeypatch.chdir(tmp_path)
+    first = train_from_config(config, progress=False)
+    for name in table["material_id"][:4]:
+        (folder / f"{name}.cif").write_text("garbage\n")
+    with pytest.warns(UserWarning, match="left out"):
+        second = train_from_config(tiny_config(tmp_path / "paths.csv", tmp_path / "b", epochs=1,
+                                               cache_dir=str(tmp_path / "cache")), progress=False)  # fmt: skip
+    assert sum(Split.load(first / "split.json").sizes.values()) == 12
+    assert sum(Split.load(second / "split.json").sizes.values()) == 8
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle", "reduce_on_plateau"])
 def test_schedules_checkpoint_and_resume(dataset_csv, tmp_path, schedule):
     config = tiny_config(

@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DatasetError
-from cgcnn_ase.io.reader import CifReader, read_record
+from cgcnn_ase.io.reader import CifReader, input_kind, read_record
 from cgcnn_ase.io.records import StructureRecord
 from cgcnn_ase.data.table_formats import read_layout
 
@@ -217,6 +217,18 @@ def _hash_text(prefix: str, data: bytes) -> str:
     return hashlib.blake2b(prefix.encode() + b"\0" + data, digest_size=16).hexdigest()
 
 
+def _text_key(text: str) -> str:
+    """The cache key of a table cell: its CIF text; for a cell naming a file (the reader accepts paths
+    there too), the file's name and contents, so an edited file is read again; for a file that is
+    not there, its absolute path (the same relative path may name a file from another folder)."""
+    if input_kind(text) != "path":
+        return _hash_text("cif", text.encode())
+    path = Path(text.strip())
+    if path.is_file():
+        return _hash_text("file", path.name.encode() + b"\0" + path.read_bytes())
+    return _hash_text("missing", str(path.absolute()).encode())
+
+
 def _record_key(record: StructureRecord) -> str:
     """Content hash of an in-memory crystal (atomic numbers, fractional coordinates, cell)."""
     data = b"".join(
@@ -345,7 +357,7 @@ def _select_rows(spec: DatasetSpec, df: Any, ids: list[str]) -> tuple[np.ndarray
 def _structure_keys(kind: str, sources: list[Any]) -> list[str]:
     """The graph-cache key of each raw structure: a content hash (32 hex digits)."""
     if kind == "cif_text":
-        return [_hash_text("cif", str(s).encode()) for s in sources]
+        return [_text_key(str(s)) for s in sources]
     if kind == "structure_dict":
         return [_hash_text("pmg", json.dumps(s, sort_keys=True).encode()) for s in sources]
     if kind == "cif_file":

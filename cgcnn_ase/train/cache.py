@@ -412,7 +412,9 @@ def build_graph_store(
         if device is not None:
             results = _batched_graphs(results, config, torch.device(device))
         good = [(table.keys[i], r) for i, r in zip(missing, results) if isinstance(r, CrystalGraph)]
-        new_failures = {table.keys[i]: r for i, r in zip(missing, results) if not isinstance(r, CrystalGraph)}
+        # stored without the row's id: the key is the structure's content, which other rows may share
+        new_failures = {table.keys[i]: str(r).removeprefix(f"{table.ids[i]}: ")
+                        for i, r in zip(missing, results) if not isinstance(r, CrystalGraph)}  # fmt: skip
         new_store = GraphStore.from_graphs([k for k, _ in good], [g for _, g in good])
         if cache is not None:
             try:

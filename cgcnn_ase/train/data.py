@@ -3,6 +3,8 @@ split, its store positions and the target normaliser."""
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,17 @@ class PreparedData:
     elements: ElementTable
     table: DatasetTable
     errors: dict[str, str]
+
+
+def data_fingerprint(data: PreparedData) -> str:
+    """Digest of what a run trains on (16 hex digits): the ids, the final targets and each crystal's
+    structure (its graph-cache key, a hash of the structure's text, file contents or coordinates).
+    A resumed run must see the same: :func:`~cgcnn_ase.train.config.config_fingerprint` covers the
+    settings only, so edited labels or structures in a file of the same name would otherwise resume
+    (or re-export) the old model."""
+    digest = hashlib.sha256("\n".join([*data.ids, *data.store.keys.tolist()]).encode())
+    digest.update(np.ascontiguousarray(data.targets, dtype="<f8").tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_elements(spec: str) -> ElementTable:

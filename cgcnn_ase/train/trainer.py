@@ -49,7 +49,7 @@ from cgcnn_ase.train import ddp as parallel_training
 from cgcnn_ase.train.cache import GraphBatcher, to_device
 from cgcnn_ase.train.config import TrainConfig, config_fingerprint
 from cgcnn_ase.train.config_sections import FineTuneConfig
-from cgcnn_ase.train.data import prepare_data, resolve_split, split_positions, target_normalizer
+from cgcnn_ase.train.data import data_fingerprint, prepare_data, resolve_split, split_positions, target_normalizer
 from cgcnn_ase.train.export import TrainingResult, write_metrics_csv, write_model_folder
 from cgcnn_ase.train.finetune import (
     FineTuneBase,
@@ -179,6 +179,7 @@ class Trainer:
             graph_device = self.device if self.device.type == "cuda" else None  # a GPU builds its own graphs
             self.data = prepare_data(config, progress=self.progress, graph_device=graph_device)
         self.work.mkdir(parents=True, exist_ok=True)
+        self.data_fingerprint = data_fingerprint(self.data)
         checkpoint = self.load_checkpoint()
         self.split = resolve_split(config, self.work, self.data.ids, resuming=checkpoint is not None)
         self.parts = split_positions(self.split, self.data.ids)
@@ -395,6 +396,12 @@ class Trainer:
                 f"{self.checkpoint_path} was written with different settings (data, split, model, graph, optimiser or "
                 "schedule); use another output/work_dir, or set resume=false to start over"
             )
+        if checkpoint.get("data_fingerprint", self.data_fingerprint) != self.data_fingerprint:  # older ones lack it
+            raise ConfigError(
+                f"{self.checkpoint_path} was trained on other data: the ids, targets or structures of "
+                f"{self.config.data.path} changed since; use another output/work_dir, or set resume=false to "
+                "train on the new data from scratch"
+            )
         return checkpoint
 
     def resume(self, checkpoint: dict[str, Any]) -> None:
@@ -418,6 +425,7 @@ class Trainer:
         state = {
             "format": CHECKPOINT_FORMAT,
             "fingerprint": self.fingerprint,
+            "data_fingerprint": self.data_fingerprint,
             "epoch": self.epoch,
             "model": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
