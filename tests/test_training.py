@@ -531,6 +531,12 @@ def config_command(config: TrainConfig) -> str:
         (["select=first"], "select must be one of"),
         (["select=last", "patience=10"], "patience stops the run on it"),
         (["select=last", "schedule.name=reduce_on_plateau"], "reduce_on_plateau steps on it"),
+        (["model.n_conv=0"], "model.n_conv must be at least 1"),  # the model folder would refuse to load
+        (["model.n_h=0"], "model.n_h must be at least 1"),
+        (["model.atom_fea_len=0"], "model.atom_fea_len must be at least 1"),
+        (["model.dropout=2"], "model.dropout must be"),
+        (["optim.weight_decay=-1"], "optim.weight_decay must be at least 0"),
+        (["optim.momentum=5"], "optim.momentum must be"),
     ],
 )
 def test_bad_configs_are_refused_with_a_clear_message(tmp_path, overrides, match):
@@ -736,6 +742,19 @@ def test_a_non_finite_loss_stops_training_with_advice(dataset_csv, tmp_path):
     trainer.targets[:] = float("nan")
     with pytest.raises(TrainingError, match="training loss became nan; lower optim.lr"):
         trainer.train_epoch()
+
+
+def test_a_non_finite_validation_loss_stops_training(dataset_csv, tmp_path, monkeypatch):
+    """A finite training loss with NaN on validation (outlying validation crystals, a diverging optimiser)
+    must not end as a model folder whose predictions are NaN."""
+    from cgcnn_ase.errors import TrainingError
+    from cgcnn_ase.train.trainer import Trainer
+
+    trainer = Trainer(tiny_config(dataset_csv, tmp_path), progress=False)
+    trainer.setup()
+    monkeypatch.setattr(trainer, "validate", lambda: {"loss": float("nan"), "mae": float("nan"), "rmse": float("nan")})
+    with pytest.raises(TrainingError, match="validation loss became nan"):
+        trainer.run_epoch()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the host-sync check needs one")

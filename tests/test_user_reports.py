@@ -596,3 +596,32 @@ def test_repeated_ids_in_an_output_are_warned_about(tmp_path):
     assert pd.read_csv(tmp_path / "out.csv")["id"].tolist() == ["mp-1", "mp-1"]
     unique = _cli("predict", str(tmp_path / "a.csv"), "-m", "formation_energy", "-o", str(tmp_path / "one.csv"))
     assert "ids repeat" not in unique.stderr
+
+
+def test_a_model_that_outputs_nan_gives_errors_not_numbers(crystals, tmp_path):
+    """A diverged model (here: NaN output bias) must not hand out NaN as a prediction with no error: each row
+    gets an error (the CLI then exits 1), and errors="raise" raises."""
+    import torch
+
+    from ase.io import write
+    from click.testing import CliRunner
+
+    from cgcnn_ase.cli import main
+    from cgcnn_ase.errors import CheckpointError
+    from cgcnn_ase.inference.predictor import CGCNNPredictor
+    from cgcnn_ase.models.folder import save_model_folder
+
+    from .conftest import random_model
+
+    model = random_model()
+    with torch.no_grad():
+        model.heads()[0][0].fc_out.bias.fill_(float("nan"))
+    predictor = CGCNNPredictor(model, device="cpu")
+    result = predictor.predict(crystals, errors="collect")
+    assert np.isnan(result.values).all() and all("non-finite" in e for e in result.errors)
+    with pytest.raises(CheckpointError, match="non-finite"):
+        predictor.predict(crystals[:1])
+    folder = save_model_folder(tmp_path / "nan", model)
+    write(tmp_path / "nacl.cif", crystals[1])
+    cli = CliRunner().invoke(main, ["predict", str(tmp_path / "nacl.cif"), "--model", str(folder)])
+    assert cli.exit_code == 1 and "non-finite" in cli.stderr

@@ -455,6 +455,7 @@ class CGCNNPredictor:
                 rows.add(chunk, *outputs, seen=self._seen_elements())
                 bar.update(len(chunk))
         result = self._result(rows, embeddings)
+        self._refuse_non_finite(result, errors)
         if half_width is not None:
             normaliser = self._interval_normaliser(result)
             result.coverage = coverage
@@ -462,6 +463,22 @@ class CGCNNPredictor:
             result.upper = result.values + half_width * normaliser
         self._warn_unseen(result)
         return result
+
+    def _refuse_non_finite(self, result: PredictionResult, errors: ErrorPolicy) -> None:
+        """A NaN or infinite prediction without an input error (a diverged model, an overflow) becomes that
+        row's error, so it is never passed on as a number; with ``errors="raise"`` it raises."""
+        for k in np.flatnonzero(~np.isfinite(result.values)):
+            if result.errors[k]:
+                continue
+            message = (f"{result.ids[k]}: model {self.model.spec.name!r} gave a non-finite value "
+                       f"({result.values[k]}); its weights may be broken (retrain it)")  # fmt: skip
+            if errors == "raise":
+                raise CheckpointError(message)
+            result.errors[k] = message
+            for name in ("std", "std_raw", "uncertainty"):
+                column = getattr(result, name)
+                if column is not None:
+                    column[k] = np.nan
 
     def _seen_elements(self) -> frozenset[int] | None:
         """Atomic numbers of the training data, or ``None`` when the model does not record them."""

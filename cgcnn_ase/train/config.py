@@ -303,6 +303,15 @@ class TrainConfig(Settings):
             raise ConfigError(f"patience must be at least 1 (or null), got {self.patience}")
         if not self.optim.lr > 0:
             raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}")
+        if not self.optim.weight_decay >= 0:
+            raise ConfigError(f"optim.weight_decay must be at least 0, got {self.optim.weight_decay}")
+        if not 0 <= self.optim.momentum < 1:
+            raise ConfigError(f"optim.momentum must be at least 0 and below 1, got {self.optim.momentum}")
+        for name in ("atom_fea_len", "n_conv", "h_fea_len", "n_h"):  # as model.json's architecture check
+            if int(getattr(self.model, name)) < 1:
+                raise ConfigError(f"model.{name} must be at least 1, got {getattr(self.model, name)}")
+        if not 0 <= self.model.dropout < 1:
+            raise ConfigError(f"model.dropout must be at least 0 and below 1, got {self.model.dropout}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1 (or null), got {self.threads}")
         if self.device != "auto":

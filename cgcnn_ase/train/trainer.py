@@ -255,7 +255,13 @@ class Trainer:
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": self.epoch, **self.train_epoch()}
         lr = self.optimizer.param_groups[0]["lr"]
-        row.update({f"val_{k}": v for k, v in self.validate().items()})
+        validation = self.validate()
+        if len(self.parts["val"]) and not math.isfinite(float(validation.get("loss", 0.0))):
+            raise TrainingError(  # its weights would be kept (select: last) and predict NaN
+                f"epoch {self.epoch}: the validation loss became {validation['loss']} (the network gives non-finite "
+                f"values); lower optim.lr (now {lr:g}) or check optim.momentum and the targets"
+            )
+        row.update({f"val_{k}": v for k, v in validation.items()})
         row.update({"lr": lr, "epoch_time_s": time.perf_counter() - t0})
         value = float(row.get(self.monitor, float("nan")))
         row["best"] = int(self.config.select == "last" or self.improved(value))
