@@ -531,14 +531,15 @@ def _models_table(infos: Sequence[Any]) -> str:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), required=True, help="CSV to write.")
 @click.option("--column", default="cif", show_default=True, help="Column holding CIF text or structure file paths.")
 @click.option("--id-column", default=None, help="Column of ids naming the rows in error messages [default: TABLE@ROW, the 0-based data row, as predict names them].")
-@click.option("--model", "-m", "models", multiple=True, help="Model name or path (repeatable).")
+@click.option("--model", "-m", "models", multiple=True, help="Model name or path (repeatable) [default: the general-purpose models of predict].")
 @click.option("--all", "use_all", is_flag=True, help="Every shipped model.")
 @click.option("--embeddings", is_flag=True, help="Also write the crystal embedding columns.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @_guarded
 def featurize(table: str, output: str, column: str, id_column: str | None, models: tuple[str, ...], use_all: bool,
               embeddings: bool, batch_size: int) -> None:  # fmt: skip
-    """Add CGCNN columns to a CSV of structures (CIF text or file paths in --column).
+    """Add CGCNN columns to a table of structures (.csv, .tsv or .parquet; CIF text or file paths in
+    --column), written as CSV.
 
     Each model adds its value column (and its _std for an ensemble); an unseen_elements column
     names the elements of a row that a model never saw in training (that value extrapolates).
@@ -549,12 +550,19 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
 
     from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
 
-    df = pd.read_csv(table)
+    lower = table.lower()
+    if lower.endswith((".parquet", ".pq")):
+        df = pd.read_parquet(table)
+    else:
+        df = pd.read_csv(table, sep="\t" if lower.endswith((".tsv", ".tsv.gz")) else ",")
     for name in (column, id_column):
         if name is not None and name not in df.columns:
             raise click.UsageError(f"{table} has no column {name!r}; columns: {', '.join(map(str, df.columns))}")
     names = [f"{table}@{k}" for k in range(len(df))] if id_column is None else [str(v) for v in df[id_column]]
-    featurizer = CGCNNFeaturizer(_model_names(models, use_all), embeddings=embeddings, batch_size=batch_size,
+    from cgcnn_ase.inference.properties import GENERAL_MODELS
+
+    featurizer = CGCNNFeaturizer(_model_names(models, use_all) or list(GENERAL_MODELS), embeddings=embeddings,
+                                 batch_size=batch_size,
                                  unseen_elements=True)  # fmt: skip
     labels = featurizer.feature_labels()[:-1]  # loads the models: model errors exit with code 3 before any work
     parsed = [_parse_structure_cell(value, name) for name, value in zip(names, df[column])]

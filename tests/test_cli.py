@@ -273,3 +273,33 @@ def test_evaluate_a_shipped_model_on_a_users_dataset_with_its_own_column_names(t
     scored = _run("evaluate", "band_gap", tmp_path / "gaps.csv", *layout, "--filter", "gap > 50", "-o", tmp_path / "ev4")
     assert scored.exit_code == 0, scored.output
     assert json.loads((tmp_path / "ev4" / "metrics.json").read_text())["n"] == 2  # the filter replaced: 98 and 140
+
+
+def test_featurize_defaults_to_the_general_models_and_reads_tsv_and_parquet(tmp_path):
+    """Without --model, featurize adds predict's general-purpose properties (it failed with an internal
+    error), and a .tsv or .parquet table is read as such (a .tsv was parsed as CSV)."""
+    from ase.build import bulk
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    table = pd.DataFrame({"cif": [AseAtomsAdaptor.get_structure(bulk("NaCl", "rocksalt", a=5.64)).to(fmt="cif")]})
+    outputs = []
+    for name, write_table in (("t.tsv", lambda p: table.to_csv(p, sep="\t", index=False)),
+                              ("t.parquet", table.to_parquet)):  # fmt: skip
+        write_table(tmp_path / name)
+        result = _run("featurize", tmp_path / name, "-o", tmp_path / f"{name}.csv")
+        assert result.exit_code == 0, result.output
+        outputs.append(pd.read_csv(tmp_path / f"{name}.csv"))
+    for column in ("formation_energy (eV/atom)", "band_gap (eV)", "log10_bulk_modulus (log10(GPa))"):
+        assert np.isfinite(outputs[0][column]).all() and outputs[0][column].equals(outputs[1][column])
+
+
+def test_featurize_tells_apart_models_of_the_same_property(model_folder, crystals, tmp_path):
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    table = tmp_path / "in.csv"
+    pd.DataFrame({"cif": [AseAtomsAdaptor.get_structure(crystals[1]).to(fmt="cif")]}).to_csv(table, index=False)
+    result = _run("featurize", table, "-o", tmp_path / "out.csv", "-m", "formation_energy", "-m", model_folder)
+    assert result.exit_code == 0, result.output
+    columns = pd.read_csv(tmp_path / "out.csv").columns.tolist()
+    assert len(columns) == len(set(columns))
+    assert "formation_energy-mp_cgcnn46k-v3: formation_energy (eV/atom)" in columns

@@ -140,21 +140,27 @@ class CGCNNFeaturizer(BaseFeaturizer):
 
     # -- matminer API ----------------------------------------------------------------
     def feature_labels(self) -> list[str]:
+        """One label per feature column. Models that predict the same property (two perovskite models,
+        or one's own model beside a shipped one) are told apart as ``cgcnn-ase predict`` does: their
+        labels start with the model's name, e.g. ``"perovskite_site_energy-castelli_cmr-v1:
+        perovskite_formation_energy (eV/atom)"``."""
         labels = []
+        properties = [p.model.spec.property for p in self.predictors]
         for p in self.predictors:
             spec = p.model.spec
-            labels.append(f"{spec.property} ({spec.units})")
+            name = f"{spec.name}: {spec.property}" if properties.count(spec.property) > 1 else spec.property
+            labels.append(f"{name} ({spec.units})")
             if p.is_ensemble:
-                labels.append(f"{spec.property}_std ({spec.units})")
+                labels.append(f"{name}_std ({spec.units})")
             if spec.property == "band_gap" and self._gating() is not None:
-                labels.append(f"band_gap_raw ({spec.units})")
+                labels.append(f"{name}_raw ({spec.units})")
             if self.coverage is not None and p.has_intervals:
-                labels += [f"{spec.property}_lower ({spec.units})", f"{spec.property}_upper ({spec.units})"]
+                labels += [f"{name}_lower ({spec.units})", f"{name}_upper ({spec.units})"]
             if self.domain and p.has_domain:
-                labels.append(f"{spec.property} domain percentile (percent)")
+                labels.append(f"{name} domain percentile (percent)")
             if self.embeddings:
                 width = spec.architecture.get("atom_fea_len", 64)
-                labels += [f"{spec.property} embedding {k}" for k in range(width)]
+                labels += [f"{name} embedding {k}" for k in range(width)]
         if self.unseen_elements:
             labels.append(UNSEEN_COLUMN)
         return labels
