@@ -28,6 +28,8 @@ import numpy as np
 from cgcnn_ase.errors import UNSEEN_HINT, CGCNNError, CheckpointError, StreamError, UnknownModelError, UnseenElementWarning
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERNAL = 0, 1, 2, 3, 4
+#: train: the session stopped at its time_limit, the run is unfinished (sysexits' EX_TEMPFAIL: run it again).
+EXIT_UNFINISHED = 75
 #: ``predict --chunk-size`` defaults: structures per chunk with one ``--model`` (its worker processes serve
 #: every chunk), and with several models or none (the default command), where each model starts its worker
 #: processes once per chunk (measured in docs/scale.md).
@@ -618,7 +620,9 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
     (docs/finetuning.md).
 
     Writes the model folder (model.json, weights, model card, split, metrics, plots) to
-    the config's 'output' and prints its path.
+    the config's 'output' and prints its path. A session stopped by the config's time_limit
+    says so on stderr and exits with code 75: the folder holds the best epoch so far, and
+    the same command continues the run.
     """
     from cgcnn_ase.train.config import load_config
     from cgcnn_ase.train.trainer import train_from_config
@@ -628,6 +632,13 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
         settings.append(f"init_from={json.dumps(init_from)}")
     folder = train_from_config(load_config(config, settings), progress=True)
     click.echo(str(folder))
+    training = json.loads((Path(folder) / "model.json").read_text()).get("metadata", {}).get("training", {})
+    if training.get("stopped_by") == "time_limit":
+        run = training.get("config", {})
+        click.echo(f"unfinished: the time limit ({run.get('time_limit')} min) stopped this session after "
+                   f"{training.get('epochs_run')} of {run.get('epochs')} epochs; the model folder holds the best "
+                   "epoch so far. Run the same command again to continue.", err=True)  # fmt: skip
+        sys.exit(EXIT_UNFINISHED)
 
 
 @main.command(short_help="Score a model on its dataset's test split (metrics, plots).")

@@ -567,6 +567,26 @@ def test_time_limit_stops_the_session_and_the_run_resumes(dataset_csv, tmp_path,
         tiny_config(dataset_csv, tmp_path, time_limit=0)
 
 
+def test_the_command_says_when_the_time_limit_left_a_run_unfinished(dataset_csv, tmp_path):
+    """cgcnn-ase train exits 75 (EX_TEMPFAIL) with a message when time_limit stopped the session, so a job
+    script can resubmit it; the finished run exits 0. model.json records what stopped it."""
+    import yaml
+    from click.testing import CliRunner
+
+    from cgcnn_ase.cli import EXIT_UNFINISHED, main
+
+    config = tiny_config(dataset_csv, tmp_path, epochs=2, time_limit=1e-9).to_dict()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    first = CliRunner().invoke(main, ["train", str(tmp_path / "c.yaml")])
+    assert first.exit_code == EXIT_UNFINISHED, first.output
+    assert "unfinished" in first.stderr and "1 of 2 epochs" in first.stderr
+    stopped = json.loads((Path(config["output"]) / "model.json").read_text())["metadata"]["training"]["stopped_by"]
+    second = CliRunner().invoke(main, ["train", str(tmp_path / "c.yaml")])
+    assert second.exit_code == 0 and "unfinished" not in second.stderr, second.output
+    assert stopped == "time_limit"
+    assert json.loads((Path(config["output"]) / "model.json").read_text())["metadata"]["training"]["stopped_by"] == "epochs"
+
+
 def test_merged_edges_train_the_same_model(dataset_csv, tmp_path):
     """model.merge_edges (the default) is a speed option: same losses and weights as without it.
 

@@ -96,6 +96,8 @@ class TrainingResult:
         fingerprint: :func:`~cgcnn_ase.train.config.config_fingerprint` of the run.
         finetune: ``metadata.finetune`` of a fine-tuning run (base model, its data and the
             settings; :func:`~cgcnn_ase.train.finetune.finetune_metadata`), ``None`` otherwise.
+        stopped_by: what ended the last session: ``"epochs"`` (all done), ``"patience"`` or
+            ``"time_limit"`` (unfinished: running the command again continues it).
     """
 
     data: PreparedData
@@ -112,6 +114,7 @@ class TrainingResult:
     wall_time_s: float
     fingerprint: str
     finetune: dict[str, Any] | None = None
+    stopped_by: str = "epochs"
 
 
 def _evaluate(
@@ -171,6 +174,7 @@ def _training_metadata(config: TrainConfig, result: TrainingResult) -> dict[str,
         "best_epoch": result.best["epoch"],
         "select": config.select,
         "stopped_early": history[-1]["epoch"] < config.epochs if history else False,
+        "stopped_by": result.stopped_by,
         "monitor": config.monitor_name,
         "wall_time_s": round(result.wall_time_s, 1),
         "hardware": hardware_info(result.device, result.threads),

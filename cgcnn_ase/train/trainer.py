@@ -152,6 +152,7 @@ class Trainer:
         self.best: dict[str, Any] = {"epoch": 0, "value": None, "state": None}
         self.epoch = 0  # epochs done, this session and earlier ones
         self.first_epoch = 0  # epochs done when this session started
+        self.stopped_by = "epochs"  # or "patience", "time_limit": set by finished()
         self.wall_before = 0.0  # training seconds of earlier sessions
         self.session_start = time.perf_counter()
         self.threads = torch.get_num_threads()
@@ -380,9 +381,13 @@ class Trainer:
         over_time = config.time_limit is not None and time.perf_counter() - self.session_start > 60 * config.time_limit
         if over_time and self.epoch > self.first_epoch:  # each session trains at least one epoch
             logger.info("stopping after epoch %d: the time limit of %g min is reached", self.epoch, config.time_limit)
+            self.stopped_by = "time_limit"
             return True
         best_epoch = self.best["epoch"]
-        return config.patience is not None and best_epoch > 0 and self.epoch - best_epoch >= config.patience
+        if config.patience is not None and best_epoch > 0 and self.epoch - best_epoch >= config.patience:
+            self.stopped_by = "patience"
+            return True
+        return False
 
     # -- checkpoints -----------------------------------------------------------------------
     def load_checkpoint(self) -> dict[str, Any] | None:
@@ -458,7 +463,7 @@ class Trainer:
             data=self.data, split=self.split, parts=self.parts, history=self.history, best=self.best,
             architecture=self.architecture, mean=self.mean, std=self.std, batcher=self.batcher, device=self.device,
             threads=self.threads, wall_time_s=self.wall_before + session, fingerprint=self.fingerprint,
-            finetune=self._finetune_metadata(),
+            finetune=self._finetune_metadata(), stopped_by=self.stopped_by,
         )  # fmt: skip
         folder = write_model_folder(self.config, result)
         parallel_training.barrier(self.ddp)  # the other processes return once the folder is complete
