@@ -79,8 +79,9 @@ class _WarningPrinter:
             click.echo(f"warning: {'models' if len(models) > 1 else 'model'} {', '.join(models)}:{rest}", err=True)
         for model, count in self.unseen.items():
             if count > 1:
-                click.echo(f"warning: {model}: {count - 1} later chunk(s) also held elements it never saw "
-                           "(not shown again; those predictions are extrapolations too)", err=True)  # fmt: skip
+                click.echo(f"warning: {model}: {count - 1} later warning(s) about elements it never saw (from later "
+                           "chunks, or from ensemble members run one by one) are not shown; those predictions are "
+                           "extrapolations too", err=True)  # fmt: skip
         self.first_unseen, self.unseen = {}, {}
 
 
@@ -600,7 +601,7 @@ def _parse_structure_cell(value: Any, row: str) -> Any:
     from cgcnn_ase.io.reader import input_kind
 
     if input_kind(value) == "empty":
-        return StructureReadError(f"{row}: the structure cell is empty")
+        return StructureReadError(f"{row}: no structure: the value is empty (None, NaN or blank text)")
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     if input_kind(text) == "path" and not Path(text).is_file():
         return StructureReadError(f"{row}: {text[:80]!r} is neither CIF text nor an existing structure file")
@@ -632,7 +633,8 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
         settings.append(f"init_from={json.dumps(init_from)}")
     folder = train_from_config(load_config(config, settings), progress=True)
     click.echo(str(folder))
-    training = json.loads((Path(folder) / "model.json").read_text()).get("metadata", {}).get("training", {})
+    spec = Path(folder) / "model.json"
+    training = json.loads(spec.read_text()).get("metadata", {}).get("training", {}) if spec.is_file() else {}
     if training.get("stopped_by") == "time_limit":
         run = training.get("config", {})
         click.echo(f"unfinished: the time limit ({run.get('time_limit')} min) stopped this session after "

@@ -172,3 +172,13 @@ def test_the_calculator_names_elements_its_models_never_saw():
         warnings.simplefilter("error", UnseenElementWarning)
         salt.get_potential_energy()
     assert salt.calc.results["unseen_elements"] is None and "cgcnn_unseen_elements" not in salt.info
+
+
+def test_energy_without_a_formation_energy_model_says_why():
+    from ase.build import bulk
+
+    atoms = bulk("NaCl", "rocksalt", a=5.64)
+    atoms.calc = CGCNNCalculator(["bulk_modulus"])
+    with pytest.raises(PropertyNotImplementedError, match="only with a formation-energy model"):
+        atoms.get_potential_energy()
+    assert atoms.calc.get_property("bulk_modulus", atoms) > 0

@@ -412,7 +412,7 @@ def test_cli_streams_tables_to_parquet_and_resumes(model_folder, predictor, tmp_
     args = ["predict", tmp_path / "in.parquet", "-m", model_folder, "--id-column", "mid", "-o", out, "--chunk-size", 3]
     result = _run(*args)
     assert result.exit_code == EXIT_BAD_INPUT, result.output
-    assert "error: x2: the structure cell is empty" in result.stderr
+    assert "error: x2: no structure: the value is empty" in result.stderr
     assert "1 of 7 structures could not be predicted" in result.stderr
     table = pd.read_parquet(out)
     assert table["id"].tolist() == frame["mid"].tolist()
@@ -546,7 +546,8 @@ def test_a_streams_unseen_element_warning_is_shown_once_per_model(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(lines) == 2, lines
     assert "element(s) Ar did not occur in its training data; 1 of 1 structure(s)" in lines[0]
-    assert lines[1].endswith("3 later chunk(s) also held elements it never saw (not shown again; those predictions are extrapolations too)")
+    assert lines[1].endswith("3 later warning(s) about elements it never saw (from later chunks, or from ensemble "
+                             "members run one by one) are not shown; those predictions are extrapolations too")
     assert len(pd.read_csv(tmp_path / "out.csv")) == 4
 
 

@@ -794,3 +794,37 @@ def test_a_cuda_training_step_never_waits_for_the_device(dataset_csv, tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert loss_sum.device.type == "cuda" and n == 4 and torch.isfinite(err_sum)
+
+
+def test_degenerate_training_data_is_named(dataset_csv, tmp_path):
+    """Cases that trained silently: no edges at all (graph.radius too small), every target equal, an unset
+    data.target (the message named the default 'target' as if the user had)."""
+    from cgcnn_ase.graph.config import GraphConfig
+
+    with pytest.raises(ConfigError, match="no atom of any crystal has a neighbour within graph.radius"):
+        train_from_config(tiny_config(dataset_csv, tmp_path / "a", epochs=1, graph=GraphConfig(radius=1.0)),
+                          progress=False)  # fmt: skip
+    flat = tmp_path / "flat.csv"
+    pd.read_csv(dataset_csv).assign(vpa=1.0).to_csv(flat, index=False)
+    with pytest.warns(UserWarning, match="every target is 1: there is nothing to learn"):
+        train_from_config(tiny_config(flat, tmp_path / "b", epochs=1), progress=False)
+    unset = tiny_config(dataset_csv, tmp_path / "c", epochs=1, data=DatasetSpec(path=str(dataset_csv)))
+    with pytest.raises(ConfigError, match="data.target is not set"):
+        train_from_config(unset, progress=False)
+
+
+def test_the_original_layouts_atom_init_is_named_when_not_used(tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+
+    folder = tmp_path / "layout"
+    folder.mkdir()
+    rows = []
+    for k, a in enumerate(np.linspace(5.4, 5.9, 12)):
+        write(folder / f"c{k}.cif", bulk("NaCl", "rocksalt", a=a))
+        rows.append(f"c{k},{a}")
+    (folder / "id_prop.csv").write_text("\n".join(rows) + "\n")
+    (folder / "atom_init.json").write_text(json.dumps({str(z): [float(z % 2), 1.0] for z in range(1, 101)}))
+    config = tiny_config(folder, tmp_path, epochs=1, data=DatasetSpec(path=str(folder)))
+    with pytest.warns(UserWarning, match="atom_init.json is not used"):
+        train_from_config(config, progress=False)

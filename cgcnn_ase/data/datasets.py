@@ -254,6 +254,11 @@ def _evaluate_target(df: Any, target: str, path: str) -> np.ndarray:
         try:
             values = df.eval(target, engine="python")
         except Exception as exc:  # noqa: BLE001 - pandas raises many types for bad expressions
+            if target == DatasetSpec.target:  # the default: the config never named one
+                raise DatasetError(
+                    f"{path}: data.target is not set (and there is no column {target!r}); name the column or an "
+                    f"expression to learn, e.g. data.target: {list(df.columns)[-1]}; columns: {list(df.columns)}"
+                ) from None
             raise DatasetError(
                 f"{path}: target {target!r} is neither a column nor a valid expression "
                 f"({type(exc).__name__}: {exc}); columns: {list(df.columns)}"

@@ -201,6 +201,12 @@ class CGCNNCalculator(Calculator):
                 "stress (and 'energy' is the formation energy x N, not a total energy). For relaxations or dynamics "
                 "use a machine-learning force field (e.g. CHGNet, MACE, M3GNet) or DFT."
             )
+        if name in ("energy", "free_energy", "energies") and name not in self.implemented_properties:
+            raise PropertyNotImplementedError(
+                f"CGCNNCalculator gives {name!r} only with a formation-energy model (eV/atom): its value x the number "
+                f"of atoms; these models give {', '.join(self.implemented_properties)}. Add \"formation_energy\" to "
+                "the models, or read a property with calc.get_property(NAME, atoms)."
+            )
         return super().get_property(name, atoms, allow_calculation)
 
     def export_properties(self) -> Any:

@@ -153,7 +153,7 @@ def read_records(source: Any, label: str | None = None, *, cif_reader: CifReader
     if kind == "record":
         return [source if label is None or label == source.label else replace(source, label=label)]
     if kind == "empty":
-        raise StructureReadError(f"{label or 'input'}: the structure cell is empty (None, NaN or blank text)")
+        raise StructureReadError(f"{label or 'input'}: no structure: the value is empty (None, NaN or blank text)")
     if kind == "path":  # text is stripped (table cells often end in a space or line break)
         return _read_path(source.strip() if isinstance(source, str) else source, label, cif_reader)
     if kind == "cif_text":

@@ -4,6 +4,7 @@ split, its store positions and the target normaliser."""
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,21 @@ def prepare_data(config: TrainConfig, *, progress: bool = False, graph_device: t
         targets = finalize_targets(config.data, table.raw_targets[rows], store.n_atoms, ids)
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None
+    if not store.n_edges.any():
+        raise ConfigError(
+            f"{config.data.path}: no atom of any crystal has a neighbour within graph.radius = {config.graph.radius} Å, "
+            "so the convolutions would see nothing; raise graph.radius (the paper's is 8 Å)"
+        )
+    if config.task == "regression" and len(targets) > 1 and np.ptp(targets) == 0:
+        warnings.warn(f"{config.data.path}: every target is {targets[0]:g}: there is nothing to learn",
+                      UserWarning, stacklevel=3)  # fmt: skip
+    folder = Path(config.data.path)
+    if config.elements == "generated" and folder.is_dir() and (folder / "atom_init.json").is_file():
+        warnings.warn(
+            f"{folder / 'atom_init.json'} is not used: the run uses this project's element table (elements: "
+            f"generated); set elements: {folder / 'atom_init.json'} to train with the folder's own, as the original "
+            "code did", UserWarning, stacklevel=3,
+        )  # fmt: skip
     if config.task == "classification" and not is_binary_labels(targets):
         raise ConfigError(
             f"classification targets must be 0 or 1; {config.data.target!r} gives {np.unique(targets)[:6].tolist()} "
