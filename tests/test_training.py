@@ -264,8 +264,13 @@ def test_resume_continues_and_matches_an_uninterrupted_run(dataset_csv, tmp_path
 def test_resume_refuses_different_settings(dataset_csv, tmp_path):
     train_from_config(tiny_config(dataset_csv, tmp_path, epochs=1), progress=False)
     changed = tiny_config(dataset_csv, tmp_path, epochs=2, model=ModelConfig(atom_fea_len=8, n_conv=1, h_fea_len=8))
-    with pytest.raises(ConfigError, match="different settings"):
+    with pytest.raises(ConfigError, match=r"different settings \(changed: model.atom_fea_len, model.h_fea_len, "
+                                          r"model.n_conv\)"):
         train_from_config(changed, progress=False)
+    cosine = dict(schedule=ScheduleConfig(name="cosine"))
+    train_from_config(tiny_config(dataset_csv, tmp_path / "cos", epochs=1, **cosine), progress=False)
+    with pytest.raises(ConfigError, match="changed: epochs; epochs is part of a cosine"):
+        train_from_config(tiny_config(dataset_csv, tmp_path / "cos", epochs=2, **cosine), progress=False)
     changed.resume = False  # starting over is allowed
     assert train_from_config(changed, progress=False).is_dir()
 

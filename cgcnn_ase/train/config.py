@@ -449,7 +449,26 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Train
 
 
 def config_fingerprint(config: TrainConfig) -> str:
-    """Digest of the settings a resumed run must share with its checkpoint (16 hex digits).
+    """Digest of the settings a resumed run must share with its checkpoint (16 hex digits): those of
+    :func:`fingerprinted_settings`."""
+    data = fingerprinted_settings(config)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two :func:`fingerprinted_settings` dicts."""
+    names = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += changed_settings(a, b, f"{prefix}{key}.")
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            names.append(f"{prefix}{key}")
+    return names
+
+
+def fingerprinted_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with its checkpoint, as plain data.
 
     Left out: where files go, provenance, stopping and selection rules, speed options and, unless the
     schedule depends on it (``cosine``, ``onecycle``), ``epochs``, which may grow on resume.
@@ -466,7 +485,7 @@ def config_fingerprint(config: TrainConfig) -> str:
         data["schedule"].pop("warmup_epochs", None)  # runs started before warm-up existed still resume
     if config.schedule.name not in ("cosine", "onecycle"):
         data.pop("epochs")  # more epochs may be added on resume
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json.loads(json.dumps(data, default=str))
 
 
 def command_line(config: TrainConfig) -> str:

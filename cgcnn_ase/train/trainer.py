@@ -47,7 +47,7 @@ from cgcnn_ase.models.registry import resolve_device
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train import ddp as parallel_training
 from cgcnn_ase.train.cache import GraphBatcher, to_device
-from cgcnn_ase.train.config import TrainConfig, config_fingerprint
+from cgcnn_ase.train.config import TrainConfig, changed_settings, config_fingerprint, fingerprinted_settings
 from cgcnn_ase.train.config_sections import FineTuneConfig
 from cgcnn_ase.train.data import data_fingerprint, prepare_data, resolve_split, split_positions, target_normalizer
 from cgcnn_ase.train.export import TrainingResult, write_metrics_csv, write_model_folder
@@ -403,9 +403,12 @@ class Trainer:
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"{self.checkpoint_path}: not a cgcnn-ase training checkpoint")
         if checkpoint["fingerprint"] != self.fingerprint:
+            changed = changed_settings(checkpoint["settings"], fingerprinted_settings(self.config)) if "settings" in checkpoint else []
+            what = f"changed: {', '.join(changed)}" if changed else "data, split, model, graph, optimiser or schedule"
+            hint = "; epochs is part of a cosine or onecycle schedule" if "epochs" in changed else ""
             raise ConfigError(
-                f"{self.checkpoint_path} was written with different settings (data, split, model, graph, optimiser or "
-                "schedule); use another output/work_dir, or set resume=false to start over"
+                f"{self.checkpoint_path} was written with different settings ({what}{hint}); use another "
+                "output/work_dir, or set resume=false to start over"
             )
         if checkpoint.get("data_fingerprint", self.data_fingerprint) != self.data_fingerprint:  # older ones lack it
             raise ConfigError(
@@ -437,6 +440,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "fingerprint": self.fingerprint,
             "data_fingerprint": self.data_fingerprint,
+            "settings": fingerprinted_settings(self.config),
             "epoch": self.epoch,
             "model": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
