@@ -292,7 +292,9 @@ def load_table(spec: DatasetSpec) -> DatasetTable:
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = [i for i in ids if i in seen or seen.add(i)]
-        raise DatasetError(f"{path}: ids in column {id_col!r} are not unique (e.g. {dup[:3]}); set id_column")
+        advice = ("each row of id_prop.csv names one CIF file: remove the repeated rows" if fmt == "cif_dir"
+                  else "set id_column to a column of unique ids")  # fmt: skip
+        raise DatasetError(f"{path}: ids in column {id_col!r} are not unique (e.g. {dup[:3]}); {advice}")
     rows, targets, dropped = _select_rows(spec, df.reset_index(drop=True), ids)
     chosen = [sources[i] for i in rows]
     return DatasetTable(
