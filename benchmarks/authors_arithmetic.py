@@ -88,7 +88,7 @@ def main(shared: str | None) -> None:
         expected = table.loc[manifest.cif_id, "probability" if name == "semi-metal-classification" else "prediction"]
         expected = expected.to_numpy()
 
-        def predict() -> np.ndarray:
+        def predict(predictor: CGCNNPredictor = predictor) -> np.ndarray:
             return predictor.predict(records, batch_size=256, on_sparse="ignore").values
 
         got = {"reference arithmetic (default)": predict()}

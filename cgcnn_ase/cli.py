@@ -25,7 +25,14 @@ from typing import Any
 import click
 import numpy as np
 
-from cgcnn_ase.errors import UNSEEN_HINT, CGCNNError, CheckpointError, StreamError, UnknownModelError, UnseenElementWarning
+from cgcnn_ase.errors import (
+    UNSEEN_HINT,
+    CGCNNError,
+    CheckpointError,
+    StreamError,
+    UnknownModelError,
+    UnseenElementWarning,
+)
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 #: train: the session stopped at its time_limit, the run is unfinished (sysexits' EX_TEMPFAIL: run it again).
@@ -244,10 +251,10 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     csv and parquet output is written chunk by chunk (memory stays bounded), and --resume
     continues an interrupted run without predicting its finished ids again.
     """
+    import torch
+
     from cgcnn_ase.inference.streaming import cif_reader_for, infer_format
     from cgcnn_ase.io.inputs import iter_inputs
-
-    import torch
 
     n_workers = _workers(workers)
     if fmt is None and output is None:

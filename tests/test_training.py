@@ -267,7 +267,7 @@ def test_resume_refuses_different_settings(dataset_csv, tmp_path):
     with pytest.raises(ConfigError, match=r"different settings \(changed: model.atom_fea_len, model.h_fea_len, "
                                           r"model.n_conv\)"):
         train_from_config(changed, progress=False)
-    cosine = dict(schedule=ScheduleConfig(name="cosine"))
+    cosine = {"schedule": ScheduleConfig(name="cosine")}
     train_from_config(tiny_config(dataset_csv, tmp_path / "cos", epochs=1, **cosine), progress=False)
     with pytest.raises(ConfigError, match="changed: epochs; epochs is part of a cosine"):
         train_from_config(tiny_config(dataset_csv, tmp_path / "cos", epochs=2, **cosine), progress=False)

@@ -10,7 +10,6 @@ import warnings
 
 import numpy as np
 import pytest
-
 from ase.build import bulk
 
 from cgcnn_ase import CGCNNPredictor
@@ -602,7 +601,6 @@ def test_a_model_that_outputs_nan_gives_errors_not_numbers(crystals, tmp_path):
     """A diverged model (here: NaN output bias) must not hand out NaN as a prediction with no error: each row
     gets an error (the CLI then exits 1), and errors="raise" raises."""
     import torch
-
     from ase.io import write
     from click.testing import CliRunner
 
