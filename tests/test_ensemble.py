@@ -257,6 +257,11 @@ def test_mismatched_members_are_refused(members, tmp_path):
     (moved / "split.json").write_text(json.dumps(split))
     with pytest.raises(EnsembleError, match="another split"):
         assemble_ensemble([members[0], moved], tmp_path / "out")
+    spec = json.loads((moved / "model.json").read_text())  # another split usually sees other elements too:
+    spec["metadata"]["elements_seen"] = spec["metadata"]["elements_seen"][1:]  # the split is named, not them
+    (moved / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(EnsembleError, match="another split"):
+        assemble_ensemble([members[0], moved], tmp_path / "out")
     twin = shutil.copytree(members[0], tmp_path / "twin", ignore=shutil.ignore_patterns("run"))
     with pytest.raises(EnsembleError, match="same seed 0"):
         assemble_ensemble([members[0], twin], tmp_path / "out")

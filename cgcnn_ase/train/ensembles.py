@@ -104,7 +104,6 @@ def check_members(folders: Sequence[Path], members: Sequence[LoadedModel]) -> No
             ("architecture", a.architecture, b.architecture),
             ("graph settings", a.graph, b.graph),
             ("element table", ref.elements.fingerprint(), member.elements.fingerprint()),
-            ("elements seen in training", a.metadata.get("elements_seen"), b.metadata.get("elements_seen")),
         ]
         for what, mine, theirs in checks:
             if mine != theirs:
@@ -132,6 +131,10 @@ def check_members(folders: Sequence[Path], members: Sequence[LoadedModel]) -> No
                 raise EnsembleError(
                     f"member {k} ({folder}) was trained on other data settings than member 0 ({ref_folder}): {differ}"
                 )
+        # after the split: another split is the likelier cause, and its message is the clearer one
+        if (seen := b.metadata.get("elements_seen")) != (ref_seen := a.metadata.get("elements_seen")):
+            raise EnsembleError(f"member {k} ({folder}) differs from member 0 ({ref_folder}) in its elements seen in "
+                                f"training: {seen!r} vs {ref_seen!r}")  # fmt: skip
         seed = _member_seed(member, folder)
         if seed is not None:
             if seed in seeds:
