@@ -9,7 +9,8 @@ temporary folder. Then, interleaved for ``--repeats`` rounds:
   in this process (model loaded once, outside the timing), structures per second; and the same with
   the 5-member ensemble (``--ensemble``);
 * ``--default-models``: also the CLI's default command (no ``--model``: the seven general-purpose
-  ensembles), in a subprocess, wall time.
+  ensembles), in a subprocess, wall time; and the seven models in this process, the files read once
+  outside the timing and the records given to each model in turn (as the command does).
 
 Every process uses one torch thread. Reported: per-round times, medians and the median of the
 per-round ratios (rounds are side by side, so host load affects both alike).
@@ -58,11 +59,22 @@ def main(n: int, repeats: int, workers: int, shared: str | None, ensemble: bool,
     _common.quiet()
     torch.set_num_threads(1)
     folder, files = _common.write_cifs(_common.load_cif_strings(shared, "mp", n), Path(tempfile.mkdtemp()) / "cifs")
-    predictors = {"API (members=1), structures/s": CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")}
+    # name -> (the predictors run one after another, their inputs)
+    predictors = {"API (members=1), structures/s": ([CGCNNPredictor.from_pretrained("formation_energy", members=1,
+                                                                                    device="cpu")], files)}  # fmt: skip
     if ensemble:
-        predictors["API (5-member ensemble), structures/s"] = CGCNNPredictor.from_pretrained("formation_energy", device="cpu")
-    for predictor in predictors.values():
-        predictor.predict(files[:16])  # lazy imports
+        predictors["API (5-member ensemble), structures/s"] = ([CGCNNPredictor.from_pretrained("formation_energy",
+                                                                                               device="cpu")], files)  # fmt: skip
+    if default_models:  # as the default command runs them: the files read once, the records to every model
+        from cgcnn_ase.inference.properties import GENERAL_MODELS
+        from cgcnn_ase.io.reader import read_structures
+
+        records = [r for path in files for r in read_structures(path)]
+        predictors["API, the 7 default models (records read once), structures/s"] = (
+            [CGCNNPredictor.from_pretrained(name, device="cpu") for name in GENERAL_MODELS], records)
+    for models, inputs in predictors.values():
+        for predictor in models:
+            predictor.predict(inputs[:16])  # lazy imports
     out = Path(tempfile.mkdtemp())
     rows = []
     for round_ in range(repeats):
@@ -70,10 +82,11 @@ def main(n: int, repeats: int, workers: int, shared: str | None, ensemble: bool,
         if default_models:
             cli.update({("default", w): _cli(folder, w, out / f"d{w}.csv", ()) for w in (1, workers)})
         api: dict[str, dict[int, float]] = {}
-        for name, predictor in predictors.items():
+        for name, (models, inputs) in predictors.items():
             for w in (1, workers):
                 start = time.perf_counter()
-                predictor.predict(files, workers=w)
+                for predictor in models:
+                    predictor.predict(inputs, workers=w)
                 api.setdefault(name, {})[w] = time.perf_counter() - start
         rows.append((round_, cli, api))
         rates = "; ".join(f"{name.split(',')[0]} {n / t[1]:.0f} vs {n / t[workers]:.0f}/s" for name, t in api.items())

@@ -315,7 +315,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
 def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names: list[str], *, fmt: str,
                       output: str | None, meta: dict, batch_size: int, workers: int) -> None:  # fmt: skip
     """``predict --per-atom``: one row per atom with each model's contribution (mean over atoms = prediction)."""
-    from cgcnn_ase.inference.results import TEXT_COLUMNS, unseen_label, unseen_labels
+    from cgcnn_ase.inference.results import TEXT_COLUMNS, unseen_cell, unseen_labels
 
     ids = [label for label, _ in items]
     records = [item for _, item in items if not isinstance(item, CGCNNError)]
@@ -341,7 +341,7 @@ def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names
         else:
             from ase.data import chemical_symbols
 
-            unseen = unseen_label([(n, r.unseen_elements[k]) for n, r in zip(labels, results)])
+            unseen = unseen_cell(labels, results, k)
             for i, z in enumerate(item.numbers):
                 rows.append({"id": label, "atom": i, "element": chemical_symbols[z],
                              **{h: r.per_atom[k][i] for h, r in zip(headers, results)}, "unseen_elements": unseen,
@@ -558,22 +558,17 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
     """
     import pandas as pd
 
+    from cgcnn_ase.inference.properties import GENERAL_MODELS
     from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+    from cgcnn_ase.io.inputs import read_table
 
-    lower = table.lower()
-    if lower.endswith((".parquet", ".pq")):
-        df = pd.read_parquet(table)
-    else:
-        df = pd.read_csv(table, sep="\t" if lower.endswith((".tsv", ".tsv.gz")) else ",")
+    df = read_table(table)
     for name in (column, id_column):
         if name is not None and name not in df.columns:
             raise click.UsageError(f"{table} has no column {name!r}; columns: {', '.join(map(str, df.columns))}")
     names = [f"{table}@{k}" for k in range(len(df))] if id_column is None else [str(v) for v in df[id_column]]
-    from cgcnn_ase.inference.properties import GENERAL_MODELS
-
     featurizer = CGCNNFeaturizer(_model_names(models, use_all) or list(GENERAL_MODELS), embeddings=embeddings,
-                                 batch_size=batch_size,
-                                 unseen_elements=True)  # fmt: skip
+                                 batch_size=batch_size, unseen_elements=True)  # fmt: skip
     labels = featurizer.feature_labels()[:-1]  # loads the models: model errors exit with code 3 before any work
     parsed = [_parse_structure_cell(value, name) for name, value in zip(names, df[column])]
     good = [k for k, item in enumerate(parsed) if not isinstance(item, Exception)]

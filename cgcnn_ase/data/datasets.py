@@ -218,9 +218,9 @@ def _hash_text(prefix: str, data: bytes) -> str:
 
 
 def _text_key(text: str) -> str:
-    """The cache key of a table cell: its CIF text; for a cell naming a file (the reader accepts paths
-    there too), the file's name and contents, so an edited file is read again; for a file that is
-    not there, its absolute path (the same relative path may name a file from another folder)."""
+    """The cache key of a structure given as text: CIF text itself; a path (a table cell naming a file, or
+    the original layout's CIF files), the file's name and contents, so an edited file is read again; a
+    missing file, its absolute path (the same relative path may name a file in another folder)."""
     if input_kind(text) != "path":
         return _hash_text("cif", text.encode())
     path = Path(text.strip())
@@ -363,15 +363,10 @@ def _select_rows(spec: DatasetSpec, df: Any, ids: list[str]) -> tuple[np.ndarray
 
 def _structure_keys(kind: str, sources: list[Any]) -> list[str]:
     """The graph-cache key of each raw structure: a content hash (32 hex digits)."""
-    if kind == "cif_text":
+    if kind in ("cif_text", "cif_file"):
         return [_text_key(str(s)) for s in sources]
     if kind == "structure_dict":
         return [_hash_text("pmg", json.dumps(s, sort_keys=True).encode()) for s in sources]
-    if kind == "cif_file":
-        return [
-            _hash_text("cif", Path(s).read_bytes()) if Path(s).is_file() else _hash_text("missing", s.encode())
-            for s in sources
-        ]
     return [_record_key(s) if isinstance(s, StructureRecord) else _hash_text("error", str(s).encode()) for s in sources]
 
 

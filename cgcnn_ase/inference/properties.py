@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgcnn_ase.inference.results import UNSEEN, unseen_label
+from cgcnn_ase.inference.results import UNSEEN, unseen_cell
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -177,8 +177,7 @@ def property_table(
     frame = pd.DataFrame({"id": ids, **{c.header: values[c.name] for c in columns}})
     errors = [sorted({r.errors[k] for r in results if r.errors[k]}) for k in range(len(ids))]
     labels = [_name(p) for p in predictors]
-    unseen = [None if errors[k] else unseen_label([(n, r.unseen_elements[k]) for n, r in zip(labels, results)])
-              for k in range(len(ids))]  # fmt: skip
+    unseen = [None if errors[k] else unseen_cell(labels, results, k) for k in range(len(ids))]
     frame[UNSEEN] = pd.Series(unseen, dtype=object)
     frame["error"] = pd.Series(["; ".join(e) if e else None for e in errors], dtype=object)
     bad = frame["error"].notna().to_numpy()

@@ -244,6 +244,12 @@ def unseen_label(per_model: Sequence[tuple[str, Sequence[str]]]) -> str | None:
     return "; ".join(f"{' '.join(symbols)} ({', '.join(labels)})" for symbols, labels in groups.items()) or None
 
 
+def unseen_cell(labels: Sequence[str], results: Sequence[PredictionResult], row: int) -> str | None:
+    """The ``unseen_elements`` cell of row ``row`` of several models' ``results`` (one per model, named by
+    ``labels``, e.g. :func:`unseen_labels`): :func:`unseen_label` of their unseen symbols there."""
+    return unseen_label([(label, result.unseen_elements[row]) for label, result in zip(labels, results)])
+
+
 def unseen_labels(predictors: Sequence[Any]) -> list[str]:
     """How :func:`unseen_label` names each of ``predictors``: its property, or, where several of them
     predict one property, the model's own name (as its unseen-element warning names it)."""

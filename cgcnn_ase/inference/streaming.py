@@ -35,7 +35,7 @@ so a killed run never leaves a broken part). Columns: ``id``, one ``"<property> 
 column per model (float64, NaN where the item failed; an ensemble adds
 ``"<property>_std (<units>)"`` and a model with a domain summary
 ``"<property>_domain_percentile (percent)"``), ``unseen_elements`` (``None``, or the elements
-absent from a model's training data, :func:`unseen_label`), ``error`` (``None`` or the messages,
+absent from a model's training data, :func:`~cgcnn_ase.inference.results.unseen_label`), ``error`` (``None`` or the messages,
 joined by ``"; "``).
 """
 
@@ -53,7 +53,7 @@ import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DuplicateIdsWarning, StreamError
 from cgcnn_ase.inference.parallel import NetworkPool
-from cgcnn_ase.inference.results import TEXT_COLUMNS, UNSEEN, unseen_label, unseen_labels
+from cgcnn_ase.inference.results import TEXT_COLUMNS, UNSEEN, unseen_cell, unseen_labels
 from cgcnn_ase.inference.writers import (
     CSVChunkWriter,
     OutputFormat,
@@ -169,7 +169,7 @@ class ChunkResult:
     Attributes:
         frame: ``id``, one float64 column per model (in its units, NaN where the item
             failed; ensembles add their ``_std`` column), ``unseen_elements``
-            (:func:`unseen_label`), ``error`` (``None`` or the messages joined by ``"; "``).
+            (:func:`~cgcnn_ase.inference.results.unseen_label`), ``error`` (``None`` or the messages joined by ``"; "``).
         messages: per row, the list of error messages (empty for predicted items).
     """
 
@@ -248,7 +248,7 @@ def predict_items(
             ids.append(row_id)
             messages.append(found)
             values.append(np.full(len(columns), np.nan) if found else _cells(results, predictors, row))
-            unseen.append(None if found else unseen_label([(n, r.unseen_elements[row]) for n, r in zip(labels, results)]))
+            unseen.append(None if found else unseen_cell(labels, results, row))
     data: dict[str, Any] = {"id": ids}
     table = np.array(values, dtype=np.float64).reshape(len(ids), len(columns))
     for j, name in enumerate(columns):

@@ -46,7 +46,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
 from cgcnn_ase.inference.properties import gated_band_gap_result
-from cgcnn_ase.inference.results import reissue_warnings, unseen_label, unseen_labels
+from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 from cgcnn_ase.models.registry import resolve_model
 
 #: Standard ASE property names this calculator can fill (everything else is custom).
@@ -149,7 +149,7 @@ class CGCNNCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         results: dict[str, Any] = {}
         n_atoms = len(self.atoms)
-        unseen = []
+        outputs = []  # each model's result, for unseen_elements
         for predictor in self.predictors:
             spec = predictor.model.spec
             per_atom = predictor is self._energy_model
@@ -158,7 +158,7 @@ class CGCNNCalculator(Calculator):
                 warnings.simplefilter("always")
                 out = predictor.predict(self.atoms, per_atom=per_atom, on_sparse=self.on_sparse, coverage=coverage)
             reissue_warnings(caught, "calc.results['unseen_elements'] lists them", stacklevel=2)
-            unseen.append(out.unseen_elements[0])
+            outputs.append(out)
             value = float(out.values[0])
             results[spec.property] = value
             if out.std is not None:
@@ -173,7 +173,7 @@ class CGCNNCalculator(Calculator):
             if per_atom:
                 results["energy"] = results["free_energy"] = value * n_atoms
                 results["energies"] = np.asarray(out.per_atom[0], dtype=np.float64)
-        results["unseen_elements"] = unseen_label(list(zip(unseen_labels(self.predictors), unseen)))
+        results["unseen_elements"] = unseen_cell(unseen_labels(self.predictors), outputs, 0)
         if "fermi_energy" in results:
             results["fermi_level"] = results["fermi_energy"]
         if "band_gap" in results and "is_metal" in results:

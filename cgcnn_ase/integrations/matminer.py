@@ -21,7 +21,7 @@ from matminer.featurizers.base import BaseFeaturizer
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
 from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap_result
-from cgcnn_ase.inference.results import reissue_warnings, unseen_label, unseen_labels
+from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 
 #: The label of the column that ``unseen_elements=True`` adds (the name ``cgcnn-ase predict`` gives it too).
 UNSEEN_COLUMN = "unseen_elements"
@@ -140,15 +140,16 @@ class CGCNNFeaturizer(BaseFeaturizer):
 
     # -- matminer API ----------------------------------------------------------------
     def feature_labels(self) -> list[str]:
-        """One label per feature column. Models that predict the same property (two perovskite models,
-        or one's own model beside a shipped one) are told apart as ``cgcnn-ase predict`` does: their
-        labels start with the model's name, e.g. ``"perovskite_site_energy-castelli_cmr-v1:
+        """One label per feature column. When models predict the same property (two perovskite models,
+        or one's own model beside a shipped one), every label starts with its model's name, as in
+        ``cgcnn-ase predict``'s columns: e.g. ``"perovskite_site_energy-castelli_cmr-v1:
         perovskite_formation_energy (eV/atom)"``."""
         labels = []
         properties = [p.model.spec.property for p in self.predictors]
+        collide = len(set(properties)) < len(properties)
         for p in self.predictors:
             spec = p.model.spec
-            name = f"{spec.name}: {spec.property}" if properties.count(spec.property) > 1 else spec.property
+            name = f"{spec.name}: {spec.property}" if collide else spec.property
             labels.append(f"{name} ({spec.units})")
             if p.is_ensemble:
                 labels.append(f"{name}_std ({spec.units})")
@@ -230,8 +231,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
         if self.unseen_elements:
             labels = unseen_labels(self.predictors)
             for k, row in enumerate(rows):
-                row.append(None if errors[k] else unseen_label([(label, r.unseen_elements[k])
-                                                                for label, r in zip(labels, results)]))  # fmt: skip
+                row.append(None if errors[k] else unseen_cell(labels, results, k))
         return rows, errors
 
     def citations(self) -> list[str]:

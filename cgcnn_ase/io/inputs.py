@@ -446,6 +446,22 @@ def _iter_db(path: str, finished: FinishedIds | None) -> Iterator[Item]:
 # -- tables ----------------------------------------------------------------------------------
 
 
+def _separator(name: str) -> str:
+    """The field separator of a text table named ``name`` (lower case): tab for .tsv, else comma."""
+    return "\t" if ".tsv" in name else ","
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A whole CSV/TSV/Parquet table (every column, pandas' usual types), read as :func:`iter_table` reads
+    tables: by the name's suffix."""
+    import pandas as pd
+
+    name = _lower_name(os.fspath(path))
+    if name.endswith(PARQUET_SUFFIXES):
+        return pd.read_parquet(path)
+    return pd.read_csv(path, sep=_separator(name))
+
+
 def _table_columns(path: str) -> list[str]:
     name = _lower_name(path)
     if name.endswith(PARQUET_SUFFIXES):
@@ -454,7 +470,7 @@ def _table_columns(path: str) -> list[str]:
         return list(pq.ParquetFile(path).schema_arrow.names)
     import pandas as pd
 
-    return [str(c) for c in pd.read_csv(path, sep="\t" if ".tsv" in name else ",", nrows=0).columns]
+    return [str(c) for c in pd.read_csv(path, sep=_separator(name), nrows=0).columns]
 
 
 def _table_chunks(path: str, columns: list[str], rows: int) -> Iterator[pd.DataFrame]:
@@ -469,7 +485,7 @@ def _table_chunks(path: str, columns: list[str], rows: int) -> Iterator[pd.DataF
     import pandas as pd
 
     reader = pd.read_csv(
-        path, sep="\t" if ".tsv" in name else ",", usecols=columns, chunksize=rows, dtype=str,
+        path, sep=_separator(name), usecols=columns, chunksize=rows, dtype=str,
         keep_default_na=False, na_filter=False,
     )  # fmt: skip
     with reader:

@@ -147,6 +147,7 @@ class Trainer:
         self.min_last = 2 * ddp.world_size if ddp is not None else 2  # every process gets >= 2 crystals a batch
         self.work = config.work_path
         self.checkpoint_path = self.work / CHECKPOINT_LAST
+        self.settings = fingerprinted_settings(config)  # stored in checkpoints: a refusal names what changed
         self.fingerprint = config_fingerprint(config)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "value": None, "state": None}
@@ -403,7 +404,7 @@ class Trainer:
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"{self.checkpoint_path}: not a cgcnn-ase training checkpoint")
         if checkpoint["fingerprint"] != self.fingerprint:
-            changed = changed_settings(checkpoint["settings"], fingerprinted_settings(self.config)) if "settings" in checkpoint else []
+            changed = changed_settings(checkpoint["settings"], self.settings) if "settings" in checkpoint else []
             what = f"changed: {', '.join(changed)}" if changed else "data, split, model, graph, optimiser or schedule"
             hint = "; epochs is part of a cosine or onecycle schedule" if "epochs" in changed else ""
             raise ConfigError(
@@ -440,7 +441,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "fingerprint": self.fingerprint,
             "data_fingerprint": self.data_fingerprint,
-            "settings": fingerprinted_settings(self.config),
+            "settings": self.settings,
             "epoch": self.epoch,
             "model": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
