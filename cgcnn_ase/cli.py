@@ -375,6 +375,9 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
     """``predict`` without ``--model``: the shipped general-purpose models, in user units. csv and parquet
     are written chunk by chunk (memory holds one chunk, and ``--resume`` continues a killed run); a table
     or json needs every row first."""
+    from contextlib import nullcontext
+
+    from cgcnn_ase.inference.parallel import NetworkPool, shares_graphs
     from cgcnn_ase.inference.predictor import as_predictor
     from cgcnn_ase.inference.properties import GENERAL_MODELS, compact_table, property_columns, std_coverage
     from cgcnn_ase.inference.streaming import cif_reader_for
@@ -386,23 +389,27 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
     for predictor in predictors:
         predictor.compile = compile_
     columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage)
-    options = {"batch_size": batch_size, "metal_threshold": metal_threshold, "log10": log10, "domain": domain,
-               "workers": workers, "coverage": coverage}  # fmt: skip
-    if fmt in ("csv", "parquet"):
-        from cgcnn_ase.inference.streaming import write_chunks
+    # one set of worker processes runs all seven models, for every chunk; files are read in it, once
+    shared = shares_graphs(predictors)
+    with NetworkPool(predictors, workers) if workers > 1 and shared else nullcontext(workers) as pool:
+        options = {"batch_size": batch_size, "metal_threshold": metal_threshold, "log10": log10, "domain": domain,
+                   "workers": pool, "coverage": coverage}  # fmt: skip
+        reading = {"column": column, "id_column": id_column, "cif_reader": cif_reader_for(predictors),
+                   "defer_files": shared}  # fmt: skip
+        if fmt in ("csv", "parquet"):
+            from cgcnn_ase.inference.streaming import write_chunks
 
-        def rows(chunk: list[tuple[str, Any]], finished: Any) -> Any:
-            return _property_rows(chunk, predictors, columns, options)
+            def rows(chunk: list[tuple[str, Any]], finished: Any) -> Any:
+                return _property_rows(chunk, predictors, columns, options, finished)
 
-        _run_stream(write_chunks, inputs, output or sys.stdout, [c.header for c in columns], rows, fmt=fmt,
-                    resume=resume, chunk_size=chunk_size, column=column, id_column=id_column,
-                    cif_reader=cif_reader_for(predictors), units={c.header: c.units for c in columns})  # fmt: skip
-        return
-    from cgcnn_ase.io.inputs import iter_inputs
+            _run_stream(write_chunks, inputs, output or sys.stdout, [c.header for c in columns], rows, fmt=fmt,
+                        resume=resume, chunk_size=chunk_size, units={c.header: c.units for c in columns},
+                        **reading)  # fmt: skip
+            return
+        from cgcnn_ase.io.inputs import iter_inputs
 
-    items = iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors),
-                        exclude=[output] if output else ())  # fmt: skip
-    result = _property_rows(list(items), predictors, columns, options)
+        items = iter_inputs(inputs, exclude=[output] if output else (), **reading)
+        result = _property_rows(list(items), predictors, columns, options)
     _report_errors(result)
     frame = result.frame
     if fmt == "table":
@@ -423,44 +430,27 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
 
 
 def _property_rows(items: Sequence[tuple[str, Any]], predictors: list[Any], columns: Sequence[Any],
-                   options: dict[str, Any]) -> Any:  # fmt: skip
-    """The default properties of ``items`` (id, record or reading error), in input order, as a
-    :class:`~cgcnn_ase.inference.streaming.ChunkResult`."""
-    import pandas as pd
-
-    from cgcnn_ase.inference.properties import property_table
+                   options: dict[str, Any], finished: Any = None) -> Any:  # fmt: skip
+    """The default properties of ``items`` (id, record, reading error or unread file), in input order, as a
+    :class:`~cgcnn_ase.inference.streaming.ChunkResult`: a row per structure (ids ``path@i`` for a file of
+    several; those in ``finished`` left out), NaN and the message for an unreadable item."""
+    from cgcnn_ase.inference.properties import property_frame
     from cgcnn_ase.inference.results import TEXT_COLUMNS
-    from cgcnn_ase.inference.streaming import ChunkResult
+    from cgcnn_ase.inference.streaming import ChunkResult, predicted_rows
 
-    good = [item for _, item in items if not isinstance(item, CGCNNError)]
-    if good:
-        frame, _ = property_table(good, predictors, **options)
-    else:
-        frame = pd.DataFrame(columns=["id", *[c.header for c in columns], *TEXT_COLUMNS])
-        frame.attrs["units"] = {c.header: c.units for c in columns}
-    frame = _with_unreadable(frame, items)
-    return ChunkResult(frame=frame, messages=[[message] if message else [] for message in frame["error"]])
-
-
-def _with_unreadable(frame: Any, items: Sequence[tuple[str, Any]]) -> Any:
-    """``frame`` (rows of the readable items) with a row per unreadable item, in input order."""
-    import pandas as pd
-
-    from cgcnn_ase.inference.results import TEXT_COLUMNS
-
-    rows, k = [], 0
-    blank = {c: np.nan for c in frame.columns if c != "id" and c not in TEXT_COLUMNS}
-    for label, item in items:
-        if isinstance(item, CGCNNError):
-            rows.append({"id": label, **blank, "unseen_elements": None, "error": str(item)})
-        else:
-            rows.append({**frame.iloc[k].to_dict(), "id": label})
-            k += 1
-    out = pd.DataFrame(rows, columns=list(frame.columns))
+    run = {k: options[k] for k in ("batch_size", "workers", "coverage")}
+    results, rows = predicted_rows(items, predictors, finished=finished, **run)
+    frame, _ = property_frame(predictors, results, **{k: options[k] for k in ("metal_threshold", "log10", "domain",
+                                                                             "coverage")})  # fmt: skip
+    readable = [k for k, (_, row) in enumerate(rows) if not isinstance(row, CGCNNError)]
+    out = frame.iloc[[row for _, row in rows if not isinstance(row, CGCNNError)]].set_axis(readable)
+    out = out.reindex(range(len(rows)))  # NaN rows where the unreadable items go
+    out["id"] = [row_id for row_id, _ in rows]
+    out["error"] = [str(row) if isinstance(row, CGCNNError) else message for (_, row), message in zip(rows, out["error"])]
     for name in TEXT_COLUMNS:
         out[name] = out[name].astype(object).where(out[name].notna(), None)
     out.attrs = frame.attrs
-    return out
+    return ChunkResult(frame=out, messages=[[message] if message else [] for message in out["error"]])
 
 
 def _predict_streaming(inputs: Sequence[str], predictors: list[Any], names: list[str], output: str | None, fmt: str,

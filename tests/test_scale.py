@@ -481,10 +481,11 @@ def _default(*args):
 
 
 def _spy_property_table(monkeypatch) -> list[int]:
-    """Record the number of structures of each property_table call (the CLI's per-chunk work)."""
-    from cgcnn_ase.inference import properties
+    """Record the number of inputs of each predict_many call (the default command's per-chunk work: the
+    seven models together)."""
+    from cgcnn_ase.inference import predictor
 
-    return _record_calls(monkeypatch, properties, "property_table", lambda structures, *args, **kwargs: len(structures))
+    return _record_calls(monkeypatch, predictor, "predict_many", lambda models, structures, **kwargs: len(structures))
 
 
 def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -503,7 +504,7 @@ def test_the_default_properties_are_written_chunk_by_chunk(default_inputs, tmp_p
     for result in (first, second):  # the unreadable file: one error line, exit code 1, the rest predicted
         assert result.exit_code == EXIT_BAD_INPUT
         assert result.stderr.count("error: ") == 1 and "1 of 8 structures could not be predicted" in result.stderr
-    assert sizes == [3, 2, 2]  # chunks of 3 inputs, the unreadable one never reaching the models
+    assert sizes == [3, 3, 2]  # chunks of 3 inputs (files travel unread: the unreadable one fails where it is read)
     a, b = pd.read_csv(whole), pd.read_csv(chunked)
     _same_rows(a, b)
     assert [name.split("/")[-1] for name in b["id"]] == [f"{k}.cif" for k in range(8)]
@@ -518,7 +519,7 @@ def test_the_default_properties_resume_where_a_killed_run_stopped(default_inputs
     sizes = _spy_property_table(monkeypatch)
     result = _default(default_inputs, "-o", part, "--resume", "--chunk-size", "3")
     assert "resumed: 3 structures already in" in result.stderr
-    assert sum(sizes) == 4  # 8 inputs: 3 finished, 1 unreadable, 4 predicted
+    assert sum(sizes) == 5  # 8 inputs: 3 finished (skipped unread), 1 unreadable, 4 predicted
     _same_rows(pd.read_csv(full), pd.read_csv(part))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -31,8 +31,8 @@ from cgcnn_ase.nn.ops import segment_mean
 from cgcnn_ase.inference.results import PredictionResult, _Rows
 from cgcnn_ase.models.local_error import K_TRAIN
 from cgcnn_ase.models.registry import load_model, resolve_device
-from cgcnn_ase.inference.parallel import NetworkPool, iter_graphs, predict_batches
-from cgcnn_ase.io.reader import cif_reader_for_policy
+from cgcnn_ase.inference.parallel import NetworkPool, iter_graphs, predict_batches, shares_graphs
+from cgcnn_ase.io.reader import cif_reader_for_policy, is_single_input
 
 ErrorPolicy = Literal["raise", "collect"]
 GraphBackend = Literal["auto", "batched", "per-structure"]
@@ -424,44 +424,36 @@ class CGCNNPredictor:
         Returns:
             A :class:`PredictionResult` in input order.
         """
-        batch_size = self.default_batch_size() if batch_size is None else batch_size
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        _match_thread_count()
-        if errors not in ("raise", "collect"):
-            raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
         if device is not None and resolve_device(device) != self.device:
             self.device = resolve_device(device)
             self.model.to(self.device)
-        total = len(structures) if isinstance(structures, (list, tuple)) else None
-        from tqdm.auto import tqdm
+        return _predict_together([self], structures, batch_size=batch_size, progress=progress, errors=errors,
+                                 on_sparse=on_sparse, per_atom=per_atom, embeddings=embeddings, workers=workers,
+                                 coverages=[coverage])[0]  # fmt: skip
 
-        # tqdm's disable=None hides the bar when stderr is not a terminal
-        disable = (not progress) if progress is not None else (None if (total or 0) >= 100 else True)
-        rows = _Rows(
+    def _rows(self, per_atom: bool, embeddings: bool) -> _Rows:
+        """An empty accumulator of one call's outputs."""
+        return _Rows(
             n_members=self.model.n_members,
             width=self.model.spec.architecture.get("atom_fea_len", 64),
             per_atom=per_atom,
             features=embeddings or self.model.domain is not None,
             domain_columns=self.model.domain is not None,
         )
-        if not isinstance(workers, NetworkPool) and workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
-        half_width = self.model.conformal_quantile(coverage) if coverage is not None else None  # fails early
-        batches = predict_batches(self, structures, batch_size=batch_size, per_atom=per_atom, features=rows.features,
-                                  errors=errors, on_sparse=on_sparse, workers=workers)  # fmt: skip
-        with tqdm(total=total, disable=disable, unit="structure", leave=False) as bar:
-            for chunk, outputs in batches:
-                rows.add(chunk, *outputs, seen=self._seen_elements())
-                bar.update(len(chunk))
+
+    def _finish(self, rows: _Rows, *, embeddings: bool, errors: ErrorPolicy, coverage: float | None,
+                stacklevel: int) -> PredictionResult:  # fmt: skip
+        """The result of one call's accumulated ``rows``: non-finite values refused, intervals added, unseen
+        elements warned about."""
         result = self._result(rows, embeddings)
         self._refuse_non_finite(result, errors)
-        if half_width is not None:
+        if coverage is not None:
+            half_width = self.model.conformal_quantile(coverage)
             normaliser = self._interval_normaliser(result)
             result.coverage = coverage
             result.lower = result.values - half_width * normaliser
             result.upper = result.values + half_width * normaliser
-        self._warn_unseen(result)
+        self._warn_unseen(result, stacklevel=stacklevel + 1)
         return result
 
     def _refuse_non_finite(self, result: PredictionResult, errors: ErrorPolicy) -> None:
@@ -526,7 +518,7 @@ class CGCNNPredictor:
             return result.uncertainty
         return result.std_raw
 
-    def _warn_unseen(self, result: PredictionResult) -> None:
+    def _warn_unseen(self, result: PredictionResult, *, stacklevel: int = 3) -> None:
         """One :class:`UnseenElementWarning` per call, naming the model, the elements and how many structures."""
         hit = [(label, symbols) for label, symbols in zip(result.ids, result.unseen_elements) if symbols]
         if not hit:
@@ -543,7 +535,7 @@ class CGCNNPredictor:
             f"{len(hit)} of {len(result)} structure(s) hold them ({detail}; e.g. {examples}), and their predictions "
             f"are extrapolations ({UNSEEN_HINT})",
             UnseenElementWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
     @torch.inference_mode()
@@ -600,3 +592,84 @@ def as_predictor(
     if isinstance(model, CGCNNPredictor):
         return model
     return CGCNNPredictor.load(model, device=device, members=members, atom_init=atom_init, trusted=trusted)
+
+
+def predict_many(
+    predictors: Sequence[CGCNNPredictor],
+    structures: Any,
+    *,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+    errors: ErrorPolicy = "raise",
+    on_sparse: SparsePolicy = "warn",
+    per_atom: bool = False,
+    embeddings: bool = False,
+    workers: int | NetworkPool = 1,
+    coverage: float | None = None,
+) -> list[PredictionResult]:
+    """Every predictor's :meth:`~CGCNNPredictor.predict` of the same structures, with each structure
+    read once and its graph built once per distinct graph config where the predictors allow
+    (:func:`~cgcnn_ase.inference.parallel.shares_graphs`: all on the CPU, per-structure graphs, one
+    CIF reader); with ``workers``, one pool of processes runs every model on each batch.
+
+    The results are those of calling each predictor's ``predict`` in turn, bit for bit (the same
+    graphs, the same batches). Arguments as in :meth:`~CGCNNPredictor.predict`, except ``coverage``:
+    intervals for the predictors that have them (:attr:`~CGCNNPredictor.has_intervals`), none for
+    the others. ``workers`` may be a :class:`~cgcnn_ase.inference.parallel.NetworkPool` of these
+    predictors. Where they cannot share graphs (a GPU among them, mixed CIF readers), each predicts
+    in turn (an iterator of structures is then read into a list first).
+
+    >>> gaps, metals = predict_many([gap, metal], ["POSCAR", atoms])   # doctest: +SKIP
+    """
+    predictors = list(predictors)
+    coverages = [coverage if coverage is not None and (len(predictors) == 1 or p.has_intervals) else None
+                 for p in predictors]  # fmt: skip
+    options = dict(batch_size=batch_size, progress=progress, errors=errors, on_sparse=on_sparse, per_atom=per_atom,
+                   embeddings=embeddings, workers=workers)  # fmt: skip
+    sizes = {p.default_batch_size() for p in predictors}
+    if len(predictors) > 1 and shares_graphs(predictors) and (batch_size is not None or len(sizes) == 1):
+        return _predict_together(predictors, structures, coverages=coverages, **options)
+    # one predictor, or models that cannot share graphs: each predictor's own predict, in turn
+    for p, c in zip(predictors, coverages):
+        if c is not None:
+            p.model.conformal_quantile(c)  # fails before any model runs
+    if len(predictors) > 1 and not isinstance(structures, Sequence) and not is_single_input(structures):
+        structures = list(structures)
+    return [p.predict(structures, coverage=c, **options) for p, c in zip(predictors, coverages)]
+
+
+def _predict_together(
+    predictors: Sequence[CGCNNPredictor], structures: Any, *, batch_size: int | None, progress: bool | None,
+    errors: ErrorPolicy, on_sparse: SparsePolicy, per_atom: bool, embeddings: bool, workers: int | NetworkPool,
+    coverages: Sequence[float | None],
+) -> list[PredictionResult]:  # fmt: skip
+    """The predictions of ``predictors`` (one, or several that share graphs) on the same batches;
+    ``coverages[m]``: predictor ``m``'s interval coverage or ``None``. The frame below
+    :meth:`CGCNNPredictor.predict` and :func:`predict_many` (the warnings' stack level counts on it)."""
+    if errors not in ("raise", "collect"):
+        raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+    if not isinstance(workers, NetworkPool) and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    size = predictors[0].default_batch_size() if batch_size is None else batch_size
+    if size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for p, c in zip(predictors, coverages):
+        if c is not None:
+            p.model.conformal_quantile(c)  # fails early
+    _match_thread_count()
+    total = len(structures) if isinstance(structures, (list, tuple)) else None
+    from tqdm.auto import tqdm
+
+    # tqdm's disable=None hides the bar when stderr is not a terminal
+    disable = (not progress) if progress is not None else (None if (total or 0) >= 100 else True)
+    rows = [p._rows(per_atom, embeddings) for p in predictors]
+    batches = predict_batches(predictors, structures, batch_size=size, per_atom=per_atom,
+                              features=[r.features for r in rows], errors=errors, on_sparse=on_sparse,
+                              workers=workers)  # fmt: skip
+    with tqdm(total=total, disable=disable, unit="structure", leave=False) as bar:
+        for columns, outputs in batches:
+            for p, accumulated, items, out in zip(predictors, rows, columns, outputs):
+                accumulated.add(items, *out, seen=p._seen_elements())
+            bar.update(len(columns[0]))
+    return [p._finish(r, embeddings=embeddings, errors=errors, coverage=c, stacklevel=4)
+            for p, r, c in zip(predictors, rows, coverages)]  # fmt: skip

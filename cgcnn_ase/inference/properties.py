@@ -31,7 +31,9 @@ from cgcnn_ase.inference.results import UNSEEN, unseen_cell
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+    from cgcnn_ase.inference.parallel import NetworkPool
     from cgcnn_ase.inference.predictor import CGCNNPredictor
+    from cgcnn_ase.inference.results import PredictionResult
 
 #: Shipped models behind the general-purpose properties, in column order.
 GENERAL_MODELS = ("formation_energy", "band_gap", "is_metal", "fermi_energy", "bulk_modulus", "shear_modulus",
@@ -132,13 +134,14 @@ def property_table(
     log10: bool = False,
     domain: bool = False,
     on_sparse: str = "warn",
-    workers: int = 1,
+    workers: int | NetworkPool = 1,
     coverage: float | None = None,
 ) -> tuple[pd.DataFrame, list[Column]]:
     """Predict every model's property for ``structures`` and return them in user units.
 
-    Each structure is read and its graph built once per model; a structure that any model
-    refuses gets NaN everywhere and its message in ``error``.
+    Each structure is read once and its graph built once per distinct graph config
+    (:func:`~cgcnn_ase.inference.predictor.predict_many`); a structure that any model refuses gets
+    NaN everywhere and its message in ``error``.
 
     Args:
         structures: what :meth:`CGCNNPredictor.predict` accepts.
@@ -147,7 +150,9 @@ def property_table(
         metal_threshold: see :func:`gated_band_gap` (used when both ``band_gap`` and ``is_metal`` run).
         log10: also give the moduli's log10 columns.
         domain: also give each model's domain percentile.
-        workers: processes building graphs (see :meth:`CGCNNPredictor.predict`).
+        workers: processes reading, building graphs and running the networks (see
+            :meth:`CGCNNPredictor.predict`), or a :class:`~cgcnn_ase.inference.parallel.NetworkPool`
+            of ``predictors`` kept open across calls.
         coverage: add ``<name>_lower``/``<name>_upper`` prediction intervals of this coverage
             for the models calibrated for them, in the same user units (GPa bounds are ``10**``
             of the log10 bounds; a gated band gap's interval is [0, 0]).
@@ -156,13 +161,26 @@ def property_table(
         ``(frame, columns)``: ``frame`` has ``id``, one column per :class:`Column` (headers
         ``"<name> (<units>)"``) and ``error``; ``columns`` describes them.
     """
+    from cgcnn_ase.inference.predictor import predict_many
+
+    results = predict_many(predictors, structures, batch_size=batch_size, errors="collect", on_sparse=on_sparse,
+                           progress=False, workers=workers, coverage=coverage)  # fmt: skip
+    return property_frame(predictors, results, metal_threshold=metal_threshold, log10=log10, domain=domain,
+                          coverage=coverage)  # fmt: skip
+
+
+def property_frame(
+    predictors: Sequence[CGCNNPredictor],
+    results: Sequence[PredictionResult],
+    *,
+    metal_threshold: float = METAL_THRESHOLD,
+    log10: bool = False,
+    domain: bool = False,
+    coverage: float | None = None,
+) -> tuple[pd.DataFrame, list[Column]]:
+    """:func:`property_table`'s ``(frame, columns)`` from each predictor's result for the same structures."""
     import pandas as pd
 
-    results = [
-        p.predict(structures, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False,
-                  workers=workers, coverage=coverage if p.has_intervals else None)
-        for p in predictors
-    ]
     ids = results[0].ids if results else []
     values: dict[str, np.ndarray] = {}
     for p, r in zip(predictors, results):

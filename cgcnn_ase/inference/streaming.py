@@ -10,10 +10,11 @@ result rows, whatever the input size)::
     inputs --iter_inputs--> (id, record | error | unread path) --chunks of chunk_size--> predict_items
            --> one result frame per chunk --> ChunkWriter (CSV append / one Parquet part file)
 
-With one model, structure files travel unread (``iter_inputs(defer_files=True)``) and the
-predictor reads them where it builds their graphs, in its worker processes when there are
-workers: reading then overlaps with the networks instead of running before them in this
-process. With several models each file is read once here and the records go to every model.
+Structure files travel unread (``iter_inputs(defer_files=True)``) and are read where the graphs
+are built, once for all models (:func:`~cgcnn_ase.inference.predictor.predict_many`), in worker
+processes when there are workers: reading then overlaps with the networks instead of running
+before them in this process. Models that cannot share graphs (a GPU among several models) each
+predict in turn, so for them each file is read once here and the records go to every model.
 
 Inputs and their ids are :func:`cgcnn_ase.io.inputs.iter_inputs`'s (files, directories,
 globs, extxyz/traj frame by frame, ASE databases row by row, CSV/TSV/Parquet tables of CIF
@@ -52,7 +53,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DuplicateIdsWarning, StreamError
-from cgcnn_ase.inference.parallel import NetworkPool
+from cgcnn_ase.inference.parallel import NetworkPool, shares_graphs
 from cgcnn_ase.inference.results import TEXT_COLUMNS, UNSEEN, unseen_cell, unseen_labels
 from cgcnn_ase.inference.writers import (
     CSVChunkWriter,
@@ -70,6 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from cgcnn_ase.inference.predictor import CGCNNPredictor
+    from cgcnn_ase.inference.results import PredictionResult
 
 # this module's prediction of chunks and runs, and the writers of cgcnn_ase.inference.writers
 __all__ = [
@@ -192,13 +194,12 @@ def predict_items(
     coverage: float | None = None,
     finished: FinishedIds | None = None,
 ) -> ChunkResult:
-    """Predict a list of ``(id, record | error)`` items with every model (each structure is
-    read once, by the caller, for all models).
+    """Predict a list of ``(id, record | error)`` items with every model (:func:`predicted_rows`).
 
     Items may also be ``(path, path)``, files left unread (``iter_inputs(defer_files=True)``):
-    each model's :meth:`~CGCNNPredictor.predict` reads them (in its worker processes, if any), and
-    a file of several structures gives a row per structure (ids ``path@i``; those in ``finished``
-    are left out).
+    they are read where the graphs are built (in the worker processes, if any), once for all
+    models that share graphs, and a file of several structures gives a row per structure (ids
+    ``path@i``; those in ``finished`` are left out).
 
     An item fails when it could not be read or when any model refuses it; its values are
     then NaN for all models (as ``cgcnn-ase predict`` reports it).
@@ -209,46 +210,24 @@ def predict_items(
     widths = [len(block) for block in _column_blocks(predictors, coverage=coverage)]
     if sum(widths) != len(columns):
         raise ValueError(f"{len(columns)} column names for {sum(widths)} model columns")
-    inputs = [item for _, item in items if not isinstance(item, CGCNNError)]
-    results = (
-        [
-            p.predict(inputs, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False,
-                      workers=workers, coverage=coverage if p.has_intervals else None)
-            for p in predictors
-        ]
-        if inputs
-        else []
-    )
-    try:
-        counts = iter(_rows_per_input(inputs, results[0].ids) if results else [])
-    except _OutOfStep:  # a file named like another's structure (x.cif, then x.cif@2): read the files here
-        read = [row for item_id, item in items for row in (_read_here(item, predictors, finished)
-                                                           if isinstance(item, str) else [(item_id, item)])]  # fmt: skip
-        return predict_items(read, predictors, columns=columns, batch_size=batch_size, on_sparse=on_sparse,
-                             workers=workers, coverage=coverage)  # fmt: skip
+    results, rows = predicted_rows(items, predictors, batch_size=batch_size, on_sparse=on_sparse, workers=workers,
+                                   coverage=coverage, finished=finished)  # fmt: skip
     ids: list[str] = []
     values: list[np.ndarray] = []
     messages: list[list[str]] = []
     unseen: list[str | None] = []
     labels = unseen_labels(predictors)
-    k = 0  # the next result row
-    for item_id, item in items:
-        if isinstance(item, CGCNNError):
-            ids.append(item_id)
+    for row_id, row in rows:
+        ids.append(row_id)
+        if isinstance(row, CGCNNError):
             values.append(np.full(len(columns), np.nan))
-            messages.append([str(item)])
+            messages.append([str(row)])
             unseen.append(None)
             continue
-        first, k = k, k + next(counts)
-        for row in range(first, k):
-            row_id = results[0].ids[row]
-            if row_id != item_id and finished is not None and finished.take(row_id):
-                continue  # one of several structures of a deferred file, done in an earlier run
-            found = sorted({r.errors[row] for r in results if r.errors[row]})
-            ids.append(row_id)
-            messages.append(found)
-            values.append(np.full(len(columns), np.nan) if found else _cells(results, predictors, row))
-            unseen.append(None if found else unseen_cell(labels, results, row))
+        found = sorted({r.errors[row] for r in results if r.errors[row]})
+        messages.append(found)
+        values.append(np.full(len(columns), np.nan) if found else _cells(results, predictors, row))
+        unseen.append(None if found else unseen_cell(labels, results, row))
     data: dict[str, Any] = {"id": ids}
     table = np.array(values, dtype=np.float64).reshape(len(ids), len(columns))
     for j, name in enumerate(columns):
@@ -259,6 +238,54 @@ def predict_items(
     for name in TEXT_COLUMNS:
         frame[name] = frame[name].astype(object)
     return ChunkResult(frame=frame, messages=messages)
+
+
+def predicted_rows(
+    items: Sequence[Item | DeferredItem],
+    predictors: Sequence[CGCNNPredictor],
+    *,
+    batch_size: int | None = None,
+    on_sparse: str = "warn",
+    workers: int | NetworkPool = 1,
+    coverage: float | None = None,
+    finished: FinishedIds | None = None,
+) -> tuple[list[PredictionResult], list[tuple[str, int | CGCNNError]]]:
+    """Every model's predictions for the readable ``items`` (:func:`~cgcnn_ase.inference.predictor.predict_many`),
+    and the output rows in input order: ``(id, k)`` for row ``k`` of every result, or ``(id, error)``
+    for an item that could not be read.
+
+    A deferred file (``(path, path)``) gives a row per structure it holds (ids ``path@i``; those
+    in ``finished`` are left out).
+    """
+    from cgcnn_ase.inference.predictor import predict_many
+
+    inputs = [item for _, item in items if not isinstance(item, CGCNNError)]
+    results = (
+        predict_many(predictors, inputs, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False,
+                     workers=workers, coverage=coverage)
+        if inputs
+        else []
+    )  # fmt: skip
+    try:
+        counts = iter(_rows_per_input(inputs, results[0].ids) if results else [])
+    except _OutOfStep:  # a file named like another's structure (x.cif, then x.cif@2): read the files here
+        read = [row for item_id, item in items for row in (_read_here(item, predictors, finished)
+                                                           if isinstance(item, str) else [(item_id, item)])]  # fmt: skip
+        return predicted_rows(read, predictors, batch_size=batch_size, on_sparse=on_sparse, workers=workers,
+                              coverage=coverage)  # fmt: skip
+    rows: list[tuple[str, int | CGCNNError]] = []
+    k = 0  # the next result row
+    for item_id, item in items:
+        if isinstance(item, CGCNNError):
+            rows.append((item_id, item))
+            continue
+        first, k = k, k + next(counts)
+        for row in range(first, k):
+            row_id = results[0].ids[row]
+            if row_id != item_id and finished is not None and finished.take(row_id):
+                continue  # one of several structures of a deferred file, done in an earlier run
+            rows.append((row_id, row))
+    return results, rows
 
 
 def _cells(results: Sequence[Any], predictors: Sequence[CGCNNPredictor], k: int) -> np.ndarray:
@@ -423,19 +450,20 @@ def predict_stream(
     predictors = load_predictors(models, device=device)
     columns = model_columns(predictors, names, coverage)
     units = {c: p.units for block, p in zip(_column_blocks(predictors, names, coverage), predictors) for c in block}
-    # one model on the CPU: its worker processes serve every chunk (started on first use, once per run)
-    pool = NetworkPool(predictors[0], workers) if workers > 1 and _keeps_a_pool(predictors) else None
+    # models on the CPU: one set of worker processes serves every chunk (started on first use, once per run)
+    pool = NetworkPool(predictors, workers) if workers > 1 and shares_graphs(predictors) else None
 
     def rows(chunk: list[Item | DeferredItem], finished: FinishedIds | None) -> ChunkResult:
         return predict_items(chunk, predictors, columns=columns, batch_size=batch_size, on_sparse=on_sparse,
                              workers=pool or workers, coverage=coverage, finished=finished)  # fmt: skip
 
     try:
-        # With one model, structure files are read where the model runs (in its workers, overlapping the
-        # networks); several models share one reading here.
+        # Structure files are read where the models run (in their workers, overlapping the networks), once
+        # for all of them; models that cannot share graphs (a GPU among several) share one reading here.
+        defer = len(predictors) == 1 or shares_graphs(predictors)
         return write_chunks(
             inputs, output, columns, rows, fmt=fmt, resume=resume, chunk_size=chunk_size, column=column,
-            id_column=id_column, sort=sort, cif_reader=cif_reader_for(predictors), defer_files=len(predictors) == 1,
+            id_column=id_column, sort=sort, cif_reader=cif_reader_for(predictors), defer_files=defer,
             units=units, progress=progress, on_chunk=on_chunk,
         )  # fmt: skip
     finally:
@@ -520,9 +548,3 @@ def _warn_repeated_ids(ids: pd.Series) -> bool:
                       "would count such an id as done once any of its rows is written; give unique ids (--id-column)",
                       DuplicateIdsWarning, stacklevel=3)  # fmt: skip
     return bool(len(repeated))
-
-
-def _keeps_a_pool(predictors: Sequence[CGCNNPredictor]) -> bool:
-    """Whether :func:`predict_stream` keeps one :class:`NetworkPool` for all chunks: one model, on the CPU,
-    whose per-structure path runs there (several models would each hold their own processes)."""
-    return len(predictors) == 1 and predictors[0].device.type == "cpu" and not predictors[0].batched_graphs()
