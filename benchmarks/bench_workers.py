@@ -9,8 +9,8 @@ temporary folder. Then, interleaved for ``--repeats`` rounds:
   in this process (model loaded once, outside the timing), structures per second; and the same with
   the 5-member ensemble (``--ensemble``);
 * ``--default-models``: also the CLI's default command (no ``--model``: the seven general-purpose
-  ensembles), in a subprocess, wall time; and the seven models in this process, the files read once
-  outside the timing and the records given to each model in turn (as the command does).
+  ensembles), in a subprocess, wall time; and the seven models in this process, together
+  (``predict_many``: each file read once, one graph per structure, one pool), as the command runs them.
 
 Every process uses one torch thread. Reported: per-round times, medians and the median of the
 per-round ratios (rounds are side by side, so host load affects both alike).
@@ -55,6 +55,7 @@ def main(n: int, repeats: int, workers: int, shared: str | None, ensemble: bool,
     import torch
 
     from cgcnn_ase import CGCNNPredictor
+    from cgcnn_ase.inference.predictor import predict_many
 
     _common.quiet()
     torch.set_num_threads(1)
@@ -65,16 +66,13 @@ def main(n: int, repeats: int, workers: int, shared: str | None, ensemble: bool,
     if ensemble:
         predictors["API (5-member ensemble), structures/s"] = ([CGCNNPredictor.from_pretrained("formation_energy",
                                                                                                device="cpu")], files)  # fmt: skip
-    if default_models:  # as the default command runs them: the files read once, the records to every model
+    if default_models:  # as the default command runs them: together (predict_many), the files read once
         from cgcnn_ase.inference.properties import GENERAL_MODELS
-        from cgcnn_ase.io.reader import read_structures
 
-        records = [r for path in files for r in read_structures(path)]
-        predictors["API, the 7 default models (records read once), structures/s"] = (
-            [CGCNNPredictor.from_pretrained(name, device="cpu") for name in GENERAL_MODELS], records)
+        predictors["API, the 7 default models together, structures/s"] = (
+            [CGCNNPredictor.from_pretrained(name, device="cpu") for name in GENERAL_MODELS], files)
     for models, inputs in predictors.values():
-        for predictor in models:
-            predictor.predict(inputs[:16])  # lazy imports
+        predict_many(models, inputs[:16])  # lazy imports
     out = Path(tempfile.mkdtemp())
     rows = []
     for round_ in range(repeats):
@@ -85,8 +83,7 @@ def main(n: int, repeats: int, workers: int, shared: str | None, ensemble: bool,
         for name, (models, inputs) in predictors.items():
             for w in (1, workers):
                 start = time.perf_counter()
-                for predictor in models:
-                    predictor.predict(inputs, workers=w)
+                predict_many(models, inputs, workers=w)
                 api.setdefault(name, {})[w] = time.perf_counter() - start
         rows.append((round_, cli, api))
         rates = "; ".join(f"{name.split(',')[0]} {n / t[1]:.0f} vs {n / t[workers]:.0f}/s" for name, t in api.items())

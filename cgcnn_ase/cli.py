@@ -37,9 +37,9 @@ from cgcnn_ase.errors import (
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 #: train: the session stopped at its time_limit, the run is unfinished (sysexits' EX_TEMPFAIL: run it again).
 EXIT_UNFINISHED = 75
-#: ``predict --chunk-size`` defaults: structures per chunk with one ``--model`` (its worker processes serve
-#: every chunk), and with several models or none (the default command), where each model starts its worker
-#: processes once per chunk (measured in docs/scale.md).
+#: ``predict --chunk-size`` defaults: structures per chunk with one ``--model``, and with several models or none
+#: (the default command): more work per structure, where each chunk's last batches leave a worker idle and, on a
+#: GPU, each model starts its graph workers once per chunk (measured in docs/scale.md).
 MODEL_CHUNK, MODELS_CHUNK = 1024, 8192
 NO_STRUCTURES = "warning: the inputs held no structures (an empty folder, table or database?)"
 
@@ -219,7 +219,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--coverage", type=click.FloatRange(0.5, 0.99), default=None, help="Add <property>_lower/_upper: a prediction interval holding the true value with this probability (e.g. 0.9), for the calibrated ensembles.")
 @click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout (for parquet: a folder of part files).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip the ids already in -o and append (csv or parquet).")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Structures read, predicted and written together (memory holds one chunk) [default: 1024 with one --model, else 8192: several models start their worker processes once per chunk].")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Structures read, predicted and written together (memory holds one chunk) [default: 1024 with one --model, else 8192].")
 @click.option("--column", default="cif", show_default=True, help="Table inputs (.csv, .tsv, .parquet): column holding CIF text, pymatgen structure JSON or file paths.")
 @click.option("--id-column", default=None, help="Table inputs: column of unique ids [default: FILE@ROW].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Crystals per forward pass [default: 64 on a CPU, 1024 on a GPU].")
@@ -315,12 +315,12 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
 def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names: list[str], *, fmt: str,
                       output: str | None, meta: dict, batch_size: int, workers: int) -> None:  # fmt: skip
     """``predict --per-atom``: one row per atom with each model's contribution (mean over atoms = prediction)."""
+    from cgcnn_ase.inference.predictor import predict_many
     from cgcnn_ase.inference.results import TEXT_COLUMNS, unseen_cell, unseen_labels
 
     ids = [label for label, _ in items]
     records = [item for _, item in items if not isinstance(item, CGCNNError)]
-    results = [p.predict(records, batch_size=batch_size, errors="collect", per_atom=True, workers=workers)
-               for p in predictors]  # fmt: skip
+    results = predict_many(predictors, records, batch_size=batch_size, errors="collect", per_atom=True, workers=workers)
     headers = [f"{r.property} ({r.units})" for r in results]
     if len(set(headers)) < len(headers):  # the same property from several models: name the model
         headers = [f"{name}: {header}" for name, header in zip(names, headers)]

@@ -249,3 +249,113 @@ def test_per_atom_and_embeddings_from_workers_are_bitwise(predictor, pool_runs):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(serial.embeddings, parallel.embeddings)
     np.testing.assert_array_equal(serial.domain_percentile, parallel.domain_percentile)
+
+
+# -- several models together (predict_many) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models(predictor) -> list[CGCNNPredictor]:
+    """Four models on the CPU: two ensembles' members, a classifier, and one that keeps 10 neighbours (another
+    graph config, so its graphs cannot be the others')."""
+    from dataclasses import replace
+
+    gap = CGCNNPredictor.from_pretrained("band_gap", members=1, device="cpu")
+    metal = CGCNNPredictor.from_pretrained("is_metal", members=1, device="cpu")
+    narrow = CGCNNPredictor.from_pretrained("fermi_energy", members=1, device="cpu")
+    narrow.model.spec = replace(narrow.model.spec, graph=replace(narrow.model.spec.graph, max_neighbors=10))
+    return [predictor, gap, metal, narrow]
+
+
+def _count_builds(monkeypatch) -> list[int]:
+    from cgcnn_ase.inference import parallel
+
+    builds, build = [], parallel.build_graph
+
+    def counting(record, config, **kwargs):
+        builds.append(config.max_neighbors)
+        return build(record, config, **kwargs)
+
+    monkeypatch.setattr(parallel, "build_graph", counting)
+    return builds
+
+
+def _same_results(together, separate) -> None:
+    for a, b in zip(together, separate, strict=True):
+        assert a.ids == b.ids and a.errors == b.errors and a.property == b.property
+        np.testing.assert_array_equal(a.values, b.values)  # bit for bit: the same graphs, the same batches
+        np.testing.assert_array_equal(a.n_sparse, b.n_sparse)
+        np.testing.assert_array_equal(a.domain_percentile, b.domain_percentile)
+        assert a.unseen_elements == b.unseen_elements
+
+
+def test_several_models_read_once_and_share_graphs_with_the_same_bits(models, tmp_path, pool_runs, monkeypatch):
+    from cgcnn_ase.inference.predictor import predict_many
+
+    items = _inputs(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        builds = _count_builds(monkeypatch)
+        separate = [p.predict(items, errors="collect", batch_size=8) for p in models]
+        assert len(builds) == 4 * 45  # 45 structures (and an unreadable file), four models
+        builds.clear()
+        together = predict_many(models, items, errors="collect", batch_size=8)
+        assert sorted(set(builds)) == [10, 12] and builds.count(12) == builds.count(10) == 45  # one graph per config
+        parallel = predict_many(models, items, errors="collect", batch_size=8, workers=2)
+        twelve = CGCNNPredictor.from_pretrained("fermi_energy", members=1, device="cpu")
+        assert not np.array_equal(separate[3].values, twelve.predict(items, errors="collect", batch_size=8).values)
+    assert pool_runs == ["pipeline"]  # one pool ran every model, one task per batch
+    assert "bad.cif" in separate[0].errors[7] and separate[2].task == "classification"
+    _same_results(together, separate)
+    _same_results(parallel, separate)
+
+
+def test_several_models_after_a_multi_frame_input(models, tmp_path, pool_runs):
+    """A file of three frames shifts the later batches: from there the calling process forms them for all models."""
+    from ase.io import write
+
+    from cgcnn_ase.inference.predictor import predict_many
+
+    frames = [rattled(bulk("Si", "diamond", a=5.43 + 0.01 * k), seed=k) for k in range(3)]
+    write(tmp_path / "three.extxyz", frames, format="extxyz")
+    items = _inputs(tmp_path)
+    items.insert(9, str(tmp_path / "three.extxyz"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        separate = [p.predict(items, errors="collect", batch_size=8) for p in models]
+        parallel = predict_many(models, iter(items), errors="collect", batch_size=8, workers=2)  # an iterator too
+        assert pool_runs == ["pipeline", "regrouped"]
+        with pytest.raises(StructureReadError, match="bad.cif"):
+            predict_many(models, items, batch_size=8, workers=2)
+    assert len(parallel[0]) == len(items) + 2
+    _same_results(parallel, separate)
+
+
+def test_a_kept_pool_of_several_models_and_models_that_cannot_share(models, tmp_path, monkeypatch):
+    """A ``NetworkPool`` of several predictors serves several calls; models that cannot share graphs (another CIF
+    reader) each predict in turn, with the same results, and cannot share a pool."""
+    from dataclasses import replace
+
+    from cgcnn_ase.inference.parallel import NetworkPool, shares_graphs
+    from cgcnn_ase.inference.predictor import predict_many
+
+    items = _inputs(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        separate = [[p.predict(items[k : k + 20], errors="collect", batch_size=4) for p in models] for k in (0, 20)]
+        with NetworkPool(models, 2) as pool:
+            kept = [predict_many(models, items[k : k + 20], errors="collect", batch_size=4, workers=pool) for k in (0, 20)]
+            with pytest.raises(ValueError, match="another predictor"):
+                predict_many(models[:2], items[:3], workers=pool)
+        for a, b in zip(kept, separate):
+            _same_results(a, b)
+        original = CGCNNPredictor.from_pretrained("band_gap", members=1, device="cpu")
+        original.model.spec = replace(original.model.spec,
+                                      graph=replace(original.model.spec.graph, neighbor_policy="original"))  # fmt: skip
+        mixed = [models[0], original]
+        assert shares_graphs(models) and not shares_graphs(mixed)
+        with pytest.raises(ValueError, match="cannot share"):
+            NetworkPool(mixed, 2)
+        alone = [p.predict(items, errors="collect", batch_size=8) for p in mixed]
+        _same_results(predict_many(mixed, (x for x in items), errors="collect", batch_size=8, workers=2), alone)
+    assert predict_many([], items) == []

@@ -615,15 +615,14 @@ def predict_many(
     The results are those of calling each predictor's ``predict`` in turn, bit for bit (the same
     graphs, the same batches). Arguments as in :meth:`~CGCNNPredictor.predict`, except ``coverage``:
     intervals for the predictors that have them (:attr:`~CGCNNPredictor.has_intervals`), none for
-    the others. ``workers`` may be a :class:`~cgcnn_ase.inference.parallel.NetworkPool` of these
+    the others (where ``predict`` refuses). ``workers`` may be a :class:`~cgcnn_ase.inference.parallel.NetworkPool` of these
     predictors. Where they cannot share graphs (a GPU among them, mixed CIF readers), each predicts
     in turn (an iterator of structures is then read into a list first).
 
     >>> gaps, metals = predict_many([gap, metal], ["POSCAR", atoms])   # doctest: +SKIP
     """
     predictors = list(predictors)
-    coverages = [coverage if coverage is not None and (len(predictors) == 1 or p.has_intervals) else None
-                 for p in predictors]  # fmt: skip
+    coverages = [coverage if p.has_intervals else None for p in predictors]
     options = dict(batch_size=batch_size, progress=progress, errors=errors, on_sparse=on_sparse, per_atom=per_atom,
                    embeddings=embeddings, workers=workers)  # fmt: skip
     sizes = {p.default_batch_size() for p in predictors}

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from matminer.featurizers.base import BaseFeaturizer
 
-from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
+from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, predict_many
 from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap_result
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 
@@ -193,17 +193,15 @@ class CGCNNFeaturizer(BaseFeaturizer):
         errors: list[str | None] = [None] * n
         with _fork_safe_threads(self._owner_pid), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            results = [
-                predictor.predict(
-                    structures,
-                    batch_size=self.batch_size,
-                    errors="raise" if raise_errors else "collect",  # raise: the specific exception, unchanged
-                    progress=progress and n >= 100,
-                    embeddings=self.embeddings,  # from the same graphs: no second read or graph build
-                    coverage=self.coverage if predictor.has_intervals else None,
-                )
-                for predictor in self.predictors
-            ]
+            results = predict_many(  # each structure read once, its graph built once for every model
+                self.predictors,
+                structures,
+                batch_size=self.batch_size,
+                errors="raise" if raise_errors else "collect",  # raise: the specific exception, unchanged
+                progress=progress and n >= 100,
+                embeddings=self.embeddings,  # from the same graphs: no second read or graph build
+                coverage=self.coverage,  # for the models calibrated for intervals
+            )
         place = (f"the {UNSEEN_COLUMN} column lists them per structure" if self.unseen_elements
                  else "CGCNNFeaturizer(..., unseen_elements=True) adds a column listing them per structure")  # fmt: skip
         reissue_warnings(caught, place, stacklevel=3)
