@@ -289,11 +289,14 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
                            batch_size=batch_size, column=column, id_column=id_column, workers=n_workers,
                            coverage=coverage)  # fmt: skip
         return
-    # json, table and --per-atom need the whole table: read every file once, for all models;
-    # CIFs as the original code did if any model needs its tie order
+    # json, table and --per-atom need the whole table: every file read once, for all models (where the
+    # graphs are built, in the workers if any, except for --per-atom); CIFs as the original code did if
+    # any model needs its tie order
+    from cgcnn_ase.inference.parallel import shares_graphs
+
+    defer = not per_atom and (len(predictors) == 1 or shares_graphs(predictors))
     items = list(iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors),
-                             exclude=[output] if output else ()))  # fmt: skip
-    ids = [label for label, _ in items]
+                             exclude=[output] if output else (), defer_files=defer))  # fmt: skip
     meta = {"models": names, "units": {p.property_name: p.units for p in predictors}}
     if not per_atom:  # the streaming path's code, on one chunk holding everything
         from cgcnn_ase.inference.streaming import model_columns, predict_items
@@ -305,7 +308,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
                 click.echo(f"error: {message}", err=True)
         _write_table(result.frame.to_dict("records"), list(result.frame.columns), fmt, output, meta)
         if result.n_failed:
-            click.echo(f"{result.n_failed} of {len(ids)} structures could not be predicted", err=True)
+            click.echo(f"{result.n_failed} of {len(result.frame)} structures could not be predicted", err=True)
             sys.exit(EXIT_BAD_INPUT)
         return
     _predict_per_atom(items, predictors, names, fmt=fmt, output=output, meta=meta, batch_size=batch_size,
