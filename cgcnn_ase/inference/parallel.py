@@ -2,7 +2,12 @@
 
 :meth:`CGCNNPredictor.predict` with ``workers > 1`` hands the inputs (paths, CIF text, ``ase.Atoms`` ...)
 to a pool of processes, which read them with the one reader, check their elements and build their
-graphs (:func:`graphs_of`, the same function the serial path runs).
+graphs (:func:`graphs_for`, the same function the serial path runs).
+
+Several models (:func:`~cgcnn_ase.inference.predictor.predict_many`) go through the same code: each
+input is read once, each structure's graph built once per distinct graph config, and a worker runs
+every model on its batch (:class:`NetworkPool` of several predictors), so their batches, and so their
+numbers, are those of each model alone.
 
 * On the CPU (:func:`_pipeline`) each task is one batch of inputs: the worker also runs the networks
   (one torch thread) and the per-crystal domain signal on it, and only results and light
@@ -131,7 +136,7 @@ def iter_graphs(
 def _rows_of(index: int, obj: Any, *, read_only: bool = False, **options: Any) -> list[Row]:
     """:func:`graphs_for`'s rows, or (``read_only``) one-item rows of records read for the first model."""
     if read_only:
-        (config, elements), *_ = options["models"]
+        (_, elements), *_ = options["models"]
         return [(item,) for item in records_of(index, obj, elements=elements, cif_reader=options["cif_reader"])]
     return graphs_for(index, obj, **options)
 
@@ -303,7 +308,7 @@ class NetworkPool:
         self.close()
 
 
-#: Per batch, each model's items (``(label, graph, summary or error)``, in input order) and its outputs.
+#: Per batch, each model's items (``(label, graph | summary | error)``, in input order) and its outputs.
 Batch = tuple[list[list[Graphed]], list[Any]]
 
 

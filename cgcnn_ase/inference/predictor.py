@@ -623,8 +623,8 @@ def predict_many(
     """
     predictors = list(predictors)
     coverages = [coverage if p.has_intervals else None for p in predictors]
-    options = dict(batch_size=batch_size, progress=progress, errors=errors, on_sparse=on_sparse, per_atom=per_atom,
-                   embeddings=embeddings, workers=workers)  # fmt: skip
+    options = {"batch_size": batch_size, "progress": progress, "errors": errors, "on_sparse": on_sparse,
+               "per_atom": per_atom, "embeddings": embeddings, "workers": workers}  # fmt: skip
     sizes = {p.default_batch_size() for p in predictors}
     if len(predictors) > 1 and shares_graphs(predictors) and (batch_size is not None or len(sizes) == 1):
         return _predict_together(predictors, structures, coverages=coverages, **options)
