@@ -130,12 +130,18 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load_predictor(model: str, *, atom_init: str | None = None, trusted: bool = False, device: str | None = None):
-    """A predictor for a model name (shipped models) or a path (model folder or .pth.tar)."""
+    """A predictor for a model name (shipped models) or a path (model folder or .pth.tar); ``atom_init``
+    is used for a checkpoint file only (shipped models and model folders carry their element tables)."""
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
-    if atom_init is not None and not Path(model).exists():
-        raise click.UsageError("--atom-init applies to original .pth.tar checkpoints only")
-    return CGCNNPredictor.load(model, atom_init=atom_init, trusted=trusted, device=device)
+    return CGCNNPredictor.load(model, atom_init=atom_init if Path(model).is_file() else None, trusted=trusted,
+                               device=device)  # fmt: skip
+
+
+def _check_atom_init(models: Sequence[str], atom_init: str | None) -> None:
+    """A usage error when ``--atom-init`` is given but no model is a checkpoint file it could apply to."""
+    if atom_init is not None and not any(Path(m).is_file() for m in models):
+        raise click.UsageError("--atom-init applies to original .pth.tar checkpoints only (none among the models)")
 
 
 def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, output: str | None, meta: dict) -> None:
@@ -145,6 +151,8 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, o
     from cgcnn_ase.inference.results import TEXT_COLUMNS
 
     df = pd.DataFrame(rows, columns=list(columns))
+    if "atom" in df.columns:  # --per-atom: atom indices stay integers beside the rows of failed structures
+        df["atom"] = df["atom"].astype("Int64")
     for name in TEXT_COLUMNS if fmt == "table" else ():
         if name in df.columns:
             df = df.drop(columns=name) if df[name].isna().all() else df.fillna({name: ""})
@@ -172,12 +180,20 @@ def main() -> None:
 def check_output(output: str, inputs: Sequence[str], fmt: str) -> None:
     """A usage error, before anything is read or written, when ``-o`` names one of the inputs (a file
     given or matched by a pattern, or one inside a parquet output folder: writing would destroy it)
-    or lies below a file. Members of a folder input are not inputs named here: the run leaves its own
-    output out of them."""
+    or lies below a file; also when it names an existing structure file (a CIF, a POSCAR, ...) of a folder
+    input. Other members of a folder input (a table or json file, e.g. an earlier run's results) are left
+    out of the run's inputs and replaced."""
     import glob
 
+    from cgcnn_ase.io.inputs import TABLE_SUFFIXES, is_structure_name
+
     target = os.path.realpath(output)
+    name = os.path.basename(target)
+    member = os.path.isfile(target) and is_structure_name(name) and not name.lower().endswith((*TABLE_SUFFIXES, ".json"))
     for item in inputs:
+        if member and os.path.isdir(item) and os.path.realpath(item) == os.path.dirname(target):
+            raise click.BadParameter(f"{output} is a structure file of the input folder {item}: the results would "
+                                     "replace it; write them to another file", param_hint="-o/--output")  # fmt: skip
         matches = glob.glob(item, recursive=True) if not os.path.exists(item) and glob.has_magic(item) else [item]
         for path in matches:
             real = os.path.realpath(path)
@@ -272,6 +288,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         raise click.UsageError("--per-atom writes csv, json or table output")
     if output and fmt != "parquet" and Path(output).is_dir():
         raise click.UsageError(f"{output} is a directory; give a file name for {fmt} output")
+    _check_atom_init(models, atom_init)
     torch.set_num_threads(threads)  # this process is ours: the CLI may set torch's global thread count
     if not models and not use_all:  # the headline use: the general-purpose properties in user units
         _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10, domain=domain,

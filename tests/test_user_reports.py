@@ -623,3 +623,152 @@ def test_a_model_that_outputs_nan_gives_errors_not_numbers(crystals, tmp_path):
     write(tmp_path / "nacl.cif", crystals[1])
     cli = CliRunner().invoke(main, ["predict", str(tmp_path / "nacl.cif"), "--model", str(folder)])
     assert cli.exit_code == 1 and "non-finite" in cli.stderr
+
+
+# -- outside testing, round 4 (several models together) -------------------------------------------------
+
+
+def test_an_output_naming_a_structure_file_of_an_input_folder_is_refused(tmp_path):
+    """'-o folder/SrTiO3.cif silently left that crystal out and overwrote it with the csv (exit 0)'."""
+    import shutil
+
+    from .conftest import REPO
+
+    for name in ("SrTiO3.cif", "NaCl.POSCAR"):
+        shutil.copy(REPO / "examples" / name, tmp_path / name)
+    before = (tmp_path / "SrTiO3.cif").read_text()
+    for models in ([], ["-m", "formation_energy", "-m", "band_gap"]):
+        result = _cli("predict", str(tmp_path), *models, "-o", str(tmp_path / "SrTiO3.cif"), "--workers", "1")
+        assert result.exit_code == 2 and "structure file of the input folder" in result.output
+        assert (tmp_path / "SrTiO3.cif").read_text() == before
+    # a table of results inside the folder is still fine, and left out of the inputs on the next run
+    for _ in range(2):
+        result = _cli("predict", str(tmp_path), "-m", "formation_energy", "-o", str(tmp_path / "res.csv"))
+        assert result.exit_code == 0 and len((tmp_path / "res.csv").read_text().splitlines()) == 3
+
+
+def test_file_names_with_an_at_sign_are_names_not_frame_selectors(tmp_path):
+    """'Si@300K.extxyz fails with FileNotFoundError .../Si; a file x.extxyz@1 was read as frame 1 of x.extxyz'."""
+    from ase.io import write
+
+    from cgcnn_ase.io.reader import read_structures
+
+    silicon, salt, copper, aluminium = (bulk("Si"), bulk("NaCl", "rocksalt", a=5.64), bulk("Cu", "fcc", a=3.6),
+                                        bulk("Al", "fcc", a=4.05))  # fmt: skip
+    write(tmp_path / "Si@300K.extxyz", silicon, format="extxyz")
+    write(tmp_path / "NaCl@2.vasp", salt, format="vasp")
+    write(tmp_path / "x.extxyz", [copper, aluminium], format="extxyz")
+    write(tmp_path / "y@1.extxyz", silicon, format="extxyz")
+    assert read_structures(tmp_path / "Si@300K.extxyz")[0].numbers.tolist() == [14, 14]
+    assert read_structures(str(tmp_path / "NaCl@2.vasp"))[0].numbers.tolist() == [11, 17]
+    out = tmp_path / "out.csv"
+    result = _cli("predict", str(tmp_path), "-m", "formation_energy", "-m", "band_gap", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    frame = pd.read_csv(out).set_index("id")
+    ids = [str(tmp_path / n) for n in ("NaCl@2.vasp", "Si@300K.extxyz", "x.extxyz@0", "x.extxyz@1", "y@1.extxyz")]
+    assert sorted(frame.index) == ids
+    value = "formation_energy (eV/atom)"
+    assert frame.loc[ids[1], value] == frame.loc[ids[4], value]  # both silicon: the y@1 file is not frame 1 of y
+    assert frame.loc[ids[3], value] != frame.loc[ids[1], value]  # aluminium, not the silicon of another file
+
+
+def test_the_featurizer_gives_a_row_error_for_an_input_of_several_structures(tmp_path):
+    """'CGCNNFeaturizer raised IndexError on a multi-frame file or two-block CIF text, even with ignore_errors'."""
+    from ase.io import write
+
+    from cgcnn_ase import CGCNNFeaturizer
+    from cgcnn_ase.errors import StructureReadError
+
+    from .conftest import REPO
+
+    write(tmp_path / "two.extxyz", [bulk("Cu", "fcc", a=3.6), bulk("Al", "fcc", a=4.05)], format="extxyz")
+    text = (REPO / "examples" / "SrTiO3.cif").read_text()
+    two_blocks = text + "\n" + text.replace("data_", "data_second", 1)
+    featurizer = CGCNNFeaturizer([CGCNNPredictor.from_pretrained(n, members=1, device="cpu")
+                                  for n in ("formation_energy", "band_gap")])  # fmt: skip
+    inputs = [str(tmp_path / "two.extxyz"), str(REPO / "examples" / "NaCl.POSCAR"), two_blocks, bulk("Si"), text]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = featurizer.featurize_many(inputs, ignore_errors=True, return_errors=True, pbar=False)
+        alone = featurizer.featurize_many(inputs[1:2] + inputs[3:], pbar=False)
+        with pytest.raises(StructureReadError, match="holds 2 structures"):
+            featurizer.featurize(inputs[0])
+    assert "holds 2 structures" in rows[0][-1] and "input 2: the CIF text holds 2 structures" in rows[2][-1]
+    assert all(np.isnan(rows[k][:-1]).all() for k in (0, 2))
+    np.testing.assert_array_equal([rows[k][:-1] for k in (1, 3, 4)], alone)  # the others as if alone
+    assert all(isinstance(rows[k][-1], float) and np.isnan(rows[k][-1]) for k in (1, 3, 4))
+
+
+@pytest.mark.parametrize("fmt", ["json", "table", "csv"])
+def test_the_default_command_on_an_empty_folder_warns_in_every_format(tmp_path, fmt):
+    """'--format json or table on an empty folder: internal error (KeyError)'."""
+    (tmp_path / "empty").mkdir()
+    result = _cli("predict", str(tmp_path / "empty"), "--format", fmt)
+    assert result.exit_code == 0 and "held no structures" in result.stderr
+
+
+def test_atom_init_applies_to_the_checkpoints_among_several_models(tmp_path):
+    """'-m formation_energy -m X.pth.tar --atom-init A: --atom-init applies to original checkpoints only'."""
+    from .conftest import ATOM_INIT, REFERENCE, REPO, require_shared
+
+    example = str(REPO / "examples" / "NaCl.POSCAR")
+    refused = _cli("predict", example, "-m", "formation_energy", "--atom-init", str(tmp_path / "a.json"))
+    assert refused.exit_code == 2  # the file does not exist
+    (tmp_path / "a.json").write_text("{}")
+    for models in (["-m", "formation_energy"], []):
+        refused = _cli("predict", example, *models, "--atom-init", str(tmp_path / "a.json"))
+        assert refused.exit_code == 2 and "none among the models" in refused.output
+    checkpoint = require_shared(REFERENCE / "pre-trained" / "formation-energy-per-atom.pth.tar")
+    mixed = _cli("predict", example, "-m", "formation_energy", "-m", str(checkpoint), "--atom-init", str(ATOM_INIT))
+    assert mixed.exit_code == 0, mixed.output
+    header, row = mixed.stdout.splitlines()[:2]
+    values = dict(zip(header.split(","), row.split(",")))
+    ours = float(values["formation_energy: formation_energy (eV/atom)"])
+    authors = float(values[f"{checkpoint}: formation_energy (eV/atom)"])
+    assert ours == pytest.approx(-2.12, abs=0.05) and authors == pytest.approx(-2.11, abs=0.05) and ours != authors
+
+
+def test_interval_bounds_stay_within_the_physical_range():
+    """'band_gap_lower was negative for 17 of 300 crystals; poisson_ratio_upper reached 0.524'."""
+    predictor = CGCNNPredictor.from_pretrained("band_gap", device="cpu")
+    metals = [bulk(s, "fcc", a=a) for s, a in (("Cu", 3.6), ("Al", 4.05), ("Ni", 3.52), ("Ag", 4.09))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = predictor.predict(metals, coverage=0.99)
+    half = predictor.model.conformal_quantile(0.99) * predictor._interval_normaliser(result)
+    assert (result.values - half < 0).any()  # unclipped, some lower bounds would be negative
+    assert (result.lower >= 0).all() and np.array_equal(result.upper, result.values + half)
+    from cgcnn_ase.inference.predictor import PHYSICAL_RANGE
+
+    assert PHYSICAL_RANGE["poisson_ratio"] == (-1.0, 0.5)
+
+
+def test_empty_id_cells_fall_back_to_the_row_and_other_small_reports(tmp_path):
+    """'a NaN in --id-column gave the id "CIF text"'; 'workers="2": bare TypeError'; '--per-atom atom column
+    became float beside a failed row'; 'predict_stream with one model twice wrote duplicate headers'."""
+    import io
+
+    import pandas as pd
+
+    from cgcnn_ase.inference.predictor import predict_many
+    from cgcnn_ase.inference.streaming import predict_stream
+    from cgcnn_ase.io.inputs import iter_inputs
+
+    from .conftest import REPO
+
+    text = (REPO / "examples" / "SrTiO3.cif").read_text()
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"name": ["a", None, " "], "cif": [text] * 3}).to_csv(table, index=False)
+    assert [i for i, _ in iter_inputs([str(table)], id_column="name")] == ["a", f"{table}@1", f"{table}@2"]
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        predict_many([predictor], [bulk("Si")], workers="2")
+    (tmp_path / "bad.cif").write_text("junk\n")
+    out = tmp_path / "atoms.csv"
+    _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), str(tmp_path / "bad.cif"), "-m", "formation_energy",
+         "--per-atom", "-o", str(out))  # fmt: skip
+    assert out.read_text().splitlines()[1].split(",")[1] == "0"
+    with pytest.raises(ValueError, match="named alike"):
+        predict_stream([str(REPO / "examples" / "NaCl.POSCAR")], ["formation_energy", "formation_energy"], io.StringIO())

@@ -38,6 +38,10 @@ ErrorPolicy = Literal["raise", "collect"]
 GraphBackend = Literal["auto", "batched", "per-structure"]
 
 
+#: Physical range of a property in its model units (interval bounds are clipped to it): a band gap is not
+#: negative; Poisson's ratio of a stable isotropic solid lies in (-1, 0.5).
+PHYSICAL_RANGE: dict[str, tuple[float, float]] = {"band_gap": (0.0, np.inf), "poisson_ratio": (-1.0, 0.5)}
+
 #: Default crystals per forward pass on a CPU and on a GPU (see :meth:`CGCNNPredictor.default_batch_size`).
 CPU_BATCH, GPU_BATCH = 64, 1024
 
@@ -412,8 +416,9 @@ class CGCNNPredictor:
                 ensemble, member 0's, the space of the domain signal), from the same graphs,
                 in ``result.embeddings``.
             coverage: also give prediction intervals holding the true value with this
-                probability (e.g. 0.9): ``result.lower`` / ``result.upper``. Needs an ensemble
-                with its interval calibration (the shipped regression ensembles have it).
+                probability (e.g. 0.9): ``result.lower`` / ``result.upper``, clipped to the property's
+                physical range (:data:`PHYSICAL_RANGE`: a band gap's lower bound is at least 0). Needs an
+                ensemble with its interval calibration (the shipped regression ensembles have it).
             workers: processes for the work (:mod:`cgcnn_ase.inference.parallel`): on the CPU
                 they read, build graphs and run the networks (one torch thread each); on a GPU
                 they read and build graphs while this process runs the networks. 1 does
@@ -451,8 +456,10 @@ class CGCNNPredictor:
             half_width = self.model.conformal_quantile(coverage)
             normaliser = self._interval_normaliser(result)
             result.coverage = coverage
-            result.lower = result.values - half_width * normaliser
-            result.upper = result.values + half_width * normaliser
+            # clipped to the property's physical range: the true value lies there, so coverage can only grow
+            low, high = PHYSICAL_RANGE.get(self.model.spec.property, (-np.inf, np.inf))
+            result.lower = np.clip(result.values - half_width * normaliser, low, high)
+            result.upper = np.clip(result.values + half_width * normaliser, low, high)
         self._warn_unseen(result, stacklevel=stacklevel + 1)
         return result
 
@@ -647,8 +654,8 @@ def _predict_together(
     :meth:`CGCNNPredictor.predict` and :func:`predict_many` (the warnings' stack level counts on it)."""
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
-    if not isinstance(workers, NetworkPool) and workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    if not isinstance(workers, NetworkPool) and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be at least 1 (a number of processes) or a NetworkPool, got {workers!r}")
     size = predictors[0].default_batch_size() if batch_size is None else batch_size
     if size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")

@@ -192,7 +192,7 @@ def property_frame(
                                       by_property["is_metal"].values, metal_threshold)  # fmt: skip
         values.update({n: v for n, v in zip(names, gated) if v is not None})
     columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage)
-    frame = pd.DataFrame({"id": ids, **{c.header: values[c.name] for c in columns}})
+    frame = pd.DataFrame({"id": ids, **{c.header: values[c.name] if results else np.zeros(0) for c in columns}})
     errors = [sorted({r.errors[k] for r in results if r.errors[k]}) for k in range(len(ids))]
     labels = [_name(p) for p in predictors]
     unseen = [None if errors[k] else unseen_cell(labels, results, k) for k in range(len(ids))]

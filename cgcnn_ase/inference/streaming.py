@@ -127,6 +127,9 @@ def _column_blocks(
     if len(set(headers)) < len(headers):
         names = list(names) if names is not None else [p.model.spec.name for p in predictors]
         prefixes = [f"{name}: " for name in names]
+        if len(set(prefixes)) < len(prefixes):
+            raise ValueError(f"two models are named alike ({', '.join(names)}): their columns could not be told "
+                             "apart; give each model once (or distinct names)")  # fmt: skip
     blocks = []
     for prefix, p in zip(prefixes, predictors):
         block = [f"{prefix}{p.property_name} ({p.units})"]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from matminer.featurizers.base import BaseFeaturizer
 
+from cgcnn_ase.errors import InvalidStructureError
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, predict_many
 from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap_result
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
@@ -187,7 +188,48 @@ class CGCNNFeaturizer(BaseFeaturizer):
     def _featurize_batch(
         self, structures: list[Any], *, raise_errors: bool, progress: bool = False
     ) -> tuple[list[list[Any]], list[str | None]]:
-        """Rows of features (NaN for failed rows) and per-row error messages."""
+        """Rows of features (NaN for failed rows) and per-row error messages. A row is one structure: a
+        file or CIF text holding several (frames, data blocks) is that row's error."""
+        inputs, several = self._one_structure_each(structures, raise_errors)
+        kept = [k for k in range(len(inputs)) if k not in several]
+        rows, errors = self._feature_rows([inputs[k] for k in kept], raise_errors=raise_errors, progress=progress)
+        width = len(self.feature_labels())
+        out_rows: list[list[Any]] = [[float("nan")] * (width - 1) + [None] if self.unseen_elements
+                                     else [float("nan")] * width for _ in inputs]  # fmt: skip
+        out_errors: list[str | None] = [several.get(k) for k in range(len(inputs))]
+        for k, row, message in zip(kept, rows, errors):
+            out_rows[k], out_errors[k] = row, message
+        return out_rows, out_errors
+
+    def _one_structure_each(self, structures: list[Any], raise_errors: bool) -> tuple[list[Any], dict[int, str]]:
+        """Paths and text read here, so that each row is one structure: ``(inputs, several)`` with the records
+        read (other inputs as given; those that cannot be read are left to the prediction, which reports
+        them) and the messages of the rows holding several structures (raised with ``raise_errors``)."""
+        from cgcnn_ase.inference.streaming import cif_reader_for
+        from cgcnn_ase.io.reader import input_kind, read_input, read_record
+
+        reader = cif_reader_for(self.predictors)
+        inputs, several = list(structures), {}
+        for k, item in enumerate(inputs):
+            if not isinstance(item, (str, os.PathLike)):
+                continue
+            read = read_input(k, item, cif_reader=reader)  # labelled as the prediction labels it
+            if len(read) == 1:
+                if not isinstance(read[0][1], InvalidStructureError):
+                    inputs[k] = read[0][1]
+                continue  # an error: the prediction reports it, as for any input
+            try:  # its error: the message for a row of several structures
+                read_record(item, None if input_kind(item) == "path" else f"input {k}", cif_reader=reader)
+            except InvalidStructureError as exc:
+                if raise_errors:
+                    raise
+                several[k] = str(exc)
+        return inputs, several
+
+    def _feature_rows(
+        self, structures: list[Any], *, raise_errors: bool, progress: bool
+    ) -> tuple[list[list[Any]], list[str | None]]:
+        """:meth:`_featurize_batch` for inputs of one structure each."""
         n = len(structures)
         columns: list[np.ndarray] = []
         errors: list[str | None] = [None] * n

@@ -17,7 +17,7 @@ Ids (``cgcnn-ase predict``'s ``id`` column; resume compares them exactly):
 * a file holding one structure: its path as given (``dir/name.cif`` for directory members);
 * frame ``i`` (0-based) of a multi-frame file: ``path@i``;
 * row ``N`` of an ASE database: ``path@id=N`` (the database's own row id);
-* row ``k`` (0-based data row) of a table: ``path@k``, or the value of ``id_column``;
+* row ``k`` (0-based data row) of a table: ``path@k``, or the value of ``id_column`` (``path@k`` where it is empty);
 * in-memory objects: ``input i`` (their position), or the id of an ``(id, structure)`` pair.
 
 :class:`FinishedIds` holds the ids to skip when resuming (as 16-byte BLAKE2b digests, 16 bytes
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -258,7 +259,7 @@ def iter_inputs(
             patterns, tables), ``ase.Atoms`` / pymatgen ``Structure`` / records, or
             ``(id, structure)`` pairs.
         column: table column holding CIF text, pymatgen structure-dict JSON, or file paths.
-        id_column: table column of unique ids (``None``: ``path@row``).
+        id_column: table column of unique ids (``None``: ``path@row``; also for a row whose id is empty).
         cif_reader: ``"gemmi"`` (fast) or ``"pymatgen"`` (needed by models using the
             original neighbour policy; see :func:`cgcnn_ase.io.reader.read_structures`).
         sort: sort directory listings and glob matches (see :func:`iter_files`).
@@ -380,7 +381,7 @@ def _safe_frames(path: str) -> Iterator[Any]:
     import ase.io
 
     try:
-        frames = ase.io.iread(path, index=":")
+        frames = ase.io.iread(path, index=":", do_not_split_by_at_sign=True)  # "Si@300K.xyz" is a name
         while (frame := _next_frame(frames)) is not None:
             yield frame
     except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
@@ -514,7 +515,9 @@ def iter_table(
     wanted = [column] + ([id_column] if id_column and id_column != column else [])
     start = 0
     for chunk in _table_chunks(path, wanted, table_chunk_rows):
-        ids = chunk[id_column].astype(str).tolist() if id_column else [f"{path}@{start + k}" for k in range(len(chunk))]
+        ids = [f"{path}@{start + k}" for k in range(len(chunk))]  # also where the id cell is empty
+        if id_column:
+            ids = [default if _empty(v) else str(v) for default, v in zip(ids, chunk[id_column].tolist())]
         for item_id, cell in zip(ids, chunk[column].tolist()):
             if _skip(finished, item_id):
                 continue
@@ -523,6 +526,11 @@ def iter_table(
             except InvalidStructureError as exc:
                 yield item_id, exc
         start += len(chunk)
+
+
+def _empty(value: Any) -> bool:
+    """Whether a table cell holds nothing (``None``, NaN, blank text)."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
 
 
 # -- one cell ----------------------------------------------------------------------------------

@@ -362,7 +362,7 @@ def _ase_frames(path: Path, label: str) -> list[Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            frames = ase.io.read(path, index=":")
+            frames = ase.io.read(path, index=":", do_not_split_by_at_sign=True)  # "Si@300K.xyz" is a name
     except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
         key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
         if isinstance(key, str) and key[:1].isupper() and key.isalpha() and len(key) <= 3:  # ASE's symbol lookup
