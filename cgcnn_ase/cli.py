@@ -38,8 +38,8 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 #: train: the session stopped at its time_limit, the run is unfinished (sysexits' EX_TEMPFAIL: run it again).
 EXIT_UNFINISHED = 75
 #: ``predict --chunk-size`` defaults: structures per chunk with one ``--model``, and with several models or none
-#: (the default command): more work per structure, where each chunk's last batches leave a worker idle and, on a
-#: GPU, each model starts its graph workers once per chunk (measured in docs/scale.md).
+#: (the default command), where on a GPU each model starts its graph workers once per chunk (on a CPU one pool
+#: serves every chunk and the size matters little; measured in docs/scale.md).
 MODEL_CHUNK, MODELS_CHUNK = 1024, 8192
 NO_STRUCTURES = "warning: the inputs held no structures (an empty folder, table or database?)"
 
