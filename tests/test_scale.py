@@ -546,7 +546,7 @@ def test_a_streams_unseen_element_warning_is_shown_once_per_model(tmp_path):
                                        "-o", str(tmp_path / "out.csv"), "--workers", "1"], catch_exceptions=False)  # fmt: skip
     lines = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(lines) == 2, lines
-    assert "element(s) Ar did not occur in its training data; 1 of 1 structure(s)" in lines[0]
+    assert "element(s) Ar did not occur in its training data; 1 of 1 predicted structure(s)" in lines[0]
     assert lines[1].endswith("3 later warning(s) about elements it never saw (from later chunks, or from ensemble "
                              "members run one by one) are not shown; those predictions are extrapolations too")
     assert len(pd.read_csv(tmp_path / "out.csv")) == 4

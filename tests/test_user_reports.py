@@ -28,7 +28,7 @@ def test_unseen_elements_give_one_summary_warning_per_call_naming_the_model():
     unseen = [w for w in caught if issubclass(w.category, UnseenElementWarning)]
     assert len(unseen) == 1
     message = str(unseen[0].message)
-    assert predictor.model.spec.name in message and "Ar" in message and "5 of 6 structure(s)" in message
+    assert predictor.model.spec.name in message and "Ar" in message and "5 of 6 predicted structure(s)" in message
     assert result.unseen_elements == [["Ar"]] * 5 + [[]]
 
 

@@ -539,7 +539,8 @@ class CGCNNPredictor:
         examples = ", ".join(label for label, _ in hit[:3]) + (", ..." if len(hit) > 3 else "")
         warnings.warn(
             f"model {self.model.spec.name!r}: element(s) {', '.join(ranked[:8])} did not occur in its training data; "
-            f"{len(hit)} of {len(result)} structure(s) hold them ({detail}; e.g. {examples}), and their predictions "
+            f"{len(hit)} of {sum(e is None for e in result.errors)} predicted structure(s) hold them ({detail}; "
+            f"e.g. {examples}), and their predictions "
             f"are extrapolations ({UNSEEN_HINT})",
             UnseenElementWarning,
             stacklevel=stacklevel,
