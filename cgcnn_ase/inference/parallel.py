@@ -107,16 +107,6 @@ def graphs_for(
     return rows
 
 
-def graphs_of(
-    index: int, obj: Any, *, config: GraphConfig, elements: ElementTable, cif_reader: CifReader,
-    on_sparse: SparsePolicy,
-) -> list[Graphed]:  # fmt: skip
-    """Read input number ``index`` and build the graph of each structure it holds: :func:`graphs_for`
-    with one model, ``(label, graph or error)`` per structure."""
-    rows = graphs_for(index, obj, models=((config, elements),), cif_reader=cif_reader, on_sparse=on_sparse)
-    return [row[0] for row in rows]
-
-
 def iter_graphs(
     structures: Any, *, config: GraphConfig, elements: ElementTable, cif_reader: CifReader, on_sparse: SparsePolicy,
     workers: int = 1, read_only: bool = False,
