@@ -772,3 +772,22 @@ def test_empty_id_cells_fall_back_to_the_row_and_other_small_reports(tmp_path):
     assert out.read_text().splitlines()[1].split(",")[1] == "0"
     with pytest.raises(ValueError, match="named alike"):
         predict_stream([str(REPO / "examples" / "NaCl.POSCAR")], ["formation_energy", "formation_energy"], io.StringIO())
+
+
+def test_the_calculator_gates_any_band_gap_model_whatever_its_name():
+    """Round 5: 'CGCNNCalculator("band_gap-mp_cgcnn46k-v4") gave Cu a gap of 0.44 eV; "band_gap" gave 0'."""
+    from cgcnn_ase import CGCNNCalculator
+    from cgcnn_ase.models.registry import resolve_model
+
+    gaps = []
+    for name in ("band_gap", resolve_model("band_gap").path.name):
+        copper = bulk("Cu", "fcc", a=3.6)
+        copper.calc = CGCNNCalculator(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gaps.append((copper.calc.get_property("band_gap", copper), copper.calc.results.get("metal_probability")))
+    assert gaps[0] == gaps[1] and gaps[0][0] == 0.0 and gaps[0][1] > 0.5
+    with pytest.raises(ValueError, match="metal_threshold"):
+        CGCNNCalculator("band_gap", metal_threshold=1.5)
+    with pytest.raises(ValueError, match="on_sparse"):
+        CGCNNCalculator("formation_energy", on_sparse="nonsense")

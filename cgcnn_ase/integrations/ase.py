@@ -96,15 +96,18 @@ class CGCNNCalculator(Calculator):
         items = [models] if isinstance(models, (str, os.PathLike, CGCNNPredictor)) else list(models)
         if not items:
             raise ValueError("CGCNNCalculator needs at least one model")
-        if any(isinstance(m, str) and m == "band_gap" for m in items) and not any(
-            isinstance(m, str) and m == "is_metal" for m in items
-        ):
+        self.predictors = [as_predictor(m, device=device) for m in items]
+        properties = {p.property_name for p in self.predictors}
+        if "band_gap" in properties and "is_metal" not in properties:  # any band-gap model, by whatever name
             try:
                 resolve_model("is_metal")
-                items.append("is_metal")
+                self.predictors.append(as_predictor("is_metal", device=device))
             except KeyError:  # no shipped classifier: the band gap stays ungated
                 pass
-        self.predictors = [as_predictor(m, device=device) for m in items]
+        if not 0.0 <= metal_threshold <= 1.0:
+            raise ValueError(f"metal_threshold is a probability between 0 and 1, got {metal_threshold}")
+        if on_sparse not in ("warn", "error", "ignore"):
+            raise ValueError(f"on_sparse must be 'warn', 'error' or 'ignore', got {on_sparse!r}")
         self.store_in_info = store_in_info
         self.on_sparse = on_sparse
         self.metal_threshold = metal_threshold
