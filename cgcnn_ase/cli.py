@@ -138,6 +138,17 @@ def load_predictor(model: str, *, atom_init: str | None = None, trusted: bool = 
                                device=device)  # fmt: skip
 
 
+def _check_coverage(predictors: Sequence[Any], coverage: float | None) -> None:
+    """A usage error when ``--coverage`` lies beyond the levels a calibrated model holds (a small
+    validation split stops short of 0.99)."""
+    for predictor in predictors if coverage is not None else ():
+        if predictor.has_intervals:
+            try:
+                predictor.model.conformal_quantile(coverage)
+            except ValueError as exc:
+                raise click.UsageError(f"--coverage: model {predictor.model.spec.name!r}: {exc}") from None
+
+
 def _check_atom_init(models: Sequence[str], atom_init: str | None) -> None:
     """A usage error when ``--atom-init`` is given but no model is a checkpoint file it could apply to."""
     if atom_init is not None and not any(Path(m).is_file() for m in models):
@@ -298,6 +309,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         return
     names = _model_names(models, use_all)
     predictors = [load_predictor(name, atom_init=atom_init, trusted=trust, device=device) for name in names]
+    _check_coverage(predictors, coverage)
     for predictor in predictors:
         predictor.compile = compile_
     if fmt in ("csv", "parquet") and not per_atom:
@@ -406,6 +418,7 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
         raise click.UsageError("--per-atom needs --model NAME (the default properties come from several models)")
     domain = domain or fmt == "table"  # a person reading the table sees a crystal far from the training data
     predictors = [as_predictor(name, device=device) for name in GENERAL_MODELS]
+    _check_coverage(predictors, coverage)
     for predictor in predictors:
         predictor.compile = compile_
     columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage)

@@ -791,3 +791,24 @@ def test_the_calculator_gates_any_band_gap_model_whatever_its_name():
         CGCNNCalculator("band_gap", metal_threshold=1.5)
     with pytest.raises(ValueError, match="on_sparse"):
         CGCNNCalculator("formation_energy", on_sparse="nonsense")
+
+
+def test_a_coverage_beyond_a_models_calibrated_levels_is_a_usage_error(monkeypatch):
+    """Round 5: '--coverage 0.95 on a small ensemble calibrated up to 0.92: internal error, exit 4'."""
+    from cgcnn_ase.models.folder import LoadedModel
+
+    from .conftest import REPO
+
+    real = LoadedModel.conformal_quantile
+
+    def short_levels(self, coverage):  # as a model calibrated on a small validation split
+        if coverage > 0.92:
+            raise ValueError(f"coverage must lie between 0.5 and 0.92, got {coverage}")
+        return real(self, coverage)
+
+    monkeypatch.setattr(LoadedModel, "conformal_quantile", short_levels)
+    example = str(REPO / "examples" / "NaCl.POSCAR")
+    for models in (["-m", "formation_energy"], []):
+        result = _cli("predict", example, *models, "--coverage", "0.95")
+        assert result.exit_code == 2 and "between 0.5 and 0.92" in result.output
+    assert _cli("predict", example, "-m", "formation_energy", "--coverage", "0.9").exit_code == 0
