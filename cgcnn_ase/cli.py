@@ -749,14 +749,24 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
     periodic-table maps of the A- and B-site energies (PNG and SVG). For an ensemble
     (e.g. perovskite_site_energy) every member runs on its own: the tables and maps give
     the seed mean and its spread across seeds (seed_std); see docs/site_energies.md."""
+    import pandas as pd
+
     from cgcnn_ase.analysis.site_maps import write_site_report
     from cgcnn_ase.io.inputs import iter_files
 
     predictor = load_predictor(model)
-    paths = write_site_report(predictor, list(iter_files(inputs)), out_dir, batch_size=batch_size,
-                              allow_mean_pooled=allow_mean_pooled, errors="skip")  # fmt: skip
+    with warnings.catch_warnings():  # each failure gets its own error line below
+        warnings.filterwarnings("ignore", message=r"\d+ structure\(s\) skipped")
+        paths = write_site_report(predictor, list(iter_files(inputs)), out_dir, batch_size=batch_size,
+                                  allow_mean_pooled=allow_mean_pooled, errors="skip")  # fmt: skip
     for path in paths:
         click.echo(str(path))
+    if paths[-1].name == "skipped.csv":
+        skipped = pd.read_csv(paths[-1], dtype=str, keep_default_na=False)
+        for label, message in zip(skipped["structure"], skipped["error"]):
+            click.echo(f"error: {message if message.startswith(label) else f'{label}: {message}'}", err=True)
+        click.echo(f"{len(skipped)} structure(s) could not be analysed (listed in {paths[-1]})", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @main.command(short_help="Assemble trained member folders into an ensemble.")

@@ -812,3 +812,24 @@ def test_a_coverage_beyond_a_models_calibrated_levels_is_a_usage_error(monkeypat
         result = _cli("predict", example, *models, "--coverage", "0.95")
         assert result.exit_code == 2 and "between 0.5 and 0.92" in result.output
     assert _cli("predict", example, "-m", "formation_energy", "--coverage", "0.9").exit_code == 0
+
+
+def test_sites_lists_failed_inputs_and_exits_one(tmp_path):
+    """Round 5: '`cgcnn-ase sites` exits 0 when inputs fail, and its warning prints a Python tuple'."""
+    import pandas as pd
+
+    from .conftest import REPO
+
+    bad = tmp_path / "bad.cif"
+    bad.write_text("garbage\n")
+    out = tmp_path / "report"
+    result = _cli("sites", str(REPO / "examples" / "SrTiO3.cif"), str(bad), str(tmp_path / "missing.cif"),
+                  "-m", "perovskite_site_energy", "-o", str(out))  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"error: {bad}: not a readable CIF" in result.stderr and "missing.cif: no such file" in result.stderr
+    assert "('" not in result.output and "later warning(s)" not in result.stderr
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert [p.rsplit("/", 1)[-1] for p in skipped["structure"]] == ["bad.cif", "missing.cif"]
+    assert set(pd.read_csv(out / "sites.csv")["structure"].map(lambda p: p.rsplit("/", 1)[-1])) == {"SrTiO3.cif"}
+    good = _cli("sites", str(REPO / "examples" / "SrTiO3.cif"), "-m", "perovskite_site_energy", "-o", str(out))
+    assert good.exit_code == 0 and not (out / "skipped.csv").exists()  # not left over from the run before

@@ -266,7 +266,8 @@ def write_site_report(
         progress: show a progress bar.
 
     Returns:
-        The written files: ``sites.csv``, ``by_element.csv``, then the maps.
+        The written files: ``sites.csv``, ``by_element.csv``, then the maps, then (with
+        ``errors="skip"`` and structures that failed) ``skipped.csv``: columns ``structure, error``.
     """
     predictor = as_predictor(predictor)
     options = dict(batch_size=batch_size, labels=labels, symprec=symprec, allow_mean_pooled=allow_mean_pooled,
@@ -281,6 +282,7 @@ def write_site_report(
         grouped = stacked.groupby(keys, sort=False)
         seeds = grouped[["contribution", "prediction"]].mean().join(grouped["contribution"].std().rename("seed_std"))
         df = df.drop(columns=["contribution", "prediction"]).join(seeds, on=keys)[[*df.columns, "seed_std"]]
+        df.attrs = dict(stacked.attrs)
     else:
         df = site_contributions(predictor, structures, **options)
         table = aggregate_by_element(df)
@@ -289,4 +291,14 @@ def write_site_report(
     by_element_csv = out_dir / "by_element.csv"
     table.to_csv(by_element_csv, index=False)
     maps = site_energy_maps(table, out_dir, roles=roles, formats=formats, cmap=cmap)
-    return [sites_csv, by_element_csv, *maps]
+    written = [sites_csv, by_element_csv, *maps]
+    skipped_csv = out_dir / "skipped.csv"
+    failed = df.attrs.get("failed", {})
+    if failed:  # with errors="skip": which structures are missing from the tables, and why
+        import pandas as pd
+
+        pd.DataFrame({"structure": list(failed), "error": list(failed.values())}).to_csv(skipped_csv, index=False)
+        written.append(skipped_csv)
+    elif skipped_csv.exists():  # left by an earlier report into this folder
+        skipped_csv.unlink()
+    return written

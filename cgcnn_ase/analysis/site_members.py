@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgcnn_ase.analysis.sites import aggregate_by_element, site_contributions, sorted_by_element
+from cgcnn_ase.analysis.sites import aggregate_by_element, site_contributions, skipped_message, sorted_by_element
+from cgcnn_ase.errors import SparseGraphWarning, UnseenElementWarning
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -112,14 +113,17 @@ def member_site_contributions(
                                    progress=progress, **kwargs)  # fmt: skip
     failed.update(first.attrs.get("failed", {}))
     if failed:
-        warnings.warn(f"{len(failed)} structure(s) skipped, e.g. {next(iter(failed.items()))}", UserWarning, stacklevel=2)
+        warnings.warn(skipped_message(failed), UserWarning, stacklevel=2)
     blocks = [first.assign(member=0)]
     kept = list(dict.fromkeys(first["structure"]))
     for k, predictor in enumerate(predictors[1:], start=1):
         block = first.assign(member=k)
         if kept:
-            result = predictor.predict([good[label] for label in kept], batch_size=batch_size, per_atom=True,
-                                       on_sparse=on_sparse, progress=progress)  # fmt: skip
+            with warnings.catch_warnings():  # member 0 has told of unseen elements and sparse graphs
+                warnings.simplefilter("ignore", UnseenElementWarning)
+                warnings.simplefilter("ignore", SparseGraphWarning)
+                result = predictor.predict([good[label] for label in kept], batch_size=batch_size, per_atom=True,
+                                           on_sparse=on_sparse, progress=progress)  # fmt: skip
             block["contribution"] = np.concatenate(result.per_atom)
             block["prediction"] = np.repeat(result.values, [len(p) for p in result.per_atom])
         blocks.append(block)

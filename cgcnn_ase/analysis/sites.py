@@ -369,6 +369,13 @@ def _site_roles(record: StructureRecord, roles: Any, wyckoff: list[str] | None) 
     return role
 
 
+def skipped_message(failed: Mapping[str, str]) -> str:
+    """One line for the structures a site table left out: how many, and the first one's error."""
+    label, message = next(iter(failed.items()))
+    first = message if message.startswith(label) else f"{label}: {message}"
+    return f"{len(failed)} structure(s) skipped (first: {first})"
+
+
 def site_contributions(
     predictor: CGCNNPredictor | str | os.PathLike,
     structures: Any,
@@ -465,9 +472,7 @@ def site_contributions(
         columns["prediction"] += [float(value)] * n
         columns["kind"] += [kind] * n
     if failed:
-        warnings.warn(
-            f"{len(failed)} structure(s) skipped, e.g. {next(iter(failed.items()))}", UserWarning, stacklevel=2
-        )
+        warnings.warn(skipped_message(failed), UserWarning, stacklevel=2)
     df = pd.DataFrame(columns)
     df["site"] = df["site"].astype("int64")
     df["Z"] = df["Z"].astype("int64")
