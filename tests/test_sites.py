@@ -134,6 +134,29 @@ def test_perovskite_roles_of_a_displaced_castelli_cell():
     assert _roles(atoms) == ["B", "A", "X", "X", "X"]
 
 
+def test_perovskite_roles_of_a_cell_that_slid_off_the_prototype():
+    """A relaxed Castelli cell (CoCrON2): its atoms slid along x so far that the best match in 3D
+    swaps A and B; across the slide (y, z on the ideal grid) Co sits on the A column, as the database says."""
+    atoms = Atoms(
+        "CoCrN2O",
+        scaled_positions=[[0.3924, 0, 0], [0.4716, 0.5, 0.5], [0.3604, 0, 0.5], [0.3604, 0.5, 0], [0.9156, 0.5, 0.5]],
+        cell=np.eye(3) * 3.77544,
+        pbc=True,
+    )
+    assert _roles(atoms) == ["A", "B", "X", "X", "X"]
+
+
+def test_random_arrangements_of_perovskite_atoms_are_not_perovskites():
+    """Round 5: 'perovskite_roles labels 199 of 200 random 5-atom cubic ABO3 cells as perovskites'."""
+    rng = np.random.default_rng(0)
+    found = [_roles(Atoms("SrTiO3", scaled_positions=rng.random((5, 3)), cell=np.eye(3) * 3.905, pbc=True))
+             for _ in range(200)]  # fmt: skip
+    assert found.count(None) == 200
+    distorted = perovskite() * (2, 2, 2)
+    distorted.rattle(0.1, seed=3)  # a distorted perovskite still is one
+    assert _roles(distorted) == [{"Sr": "A", "Ti": "B", "O": "X"}[s] for s in distorted.get_chemical_symbols()]
+
+
 @pytest.mark.parametrize(
     "atoms",
     [
