@@ -139,14 +139,14 @@ def load_predictor(model: str, *, atom_init: str | None = None, trusted: bool = 
 
 
 def _check_coverage(predictors: Sequence[Any], coverage: float | None) -> None:
-    """A usage error when ``--coverage`` lies beyond the levels a calibrated model holds (a small
-    validation split stops short of 0.99)."""
-    for predictor in predictors if coverage is not None else ():
-        if predictor.has_intervals:
-            try:
-                predictor.model.conformal_quantile(coverage)
-            except ValueError as exc:
-                raise click.UsageError(f"--coverage: model {predictor.model.spec.name!r}: {exc}") from None
+    """A usage error when a regression model cannot give ``--coverage`` intervals (a single network,
+    or beyond the levels a small validation split calibrated)."""
+    from cgcnn_ase.inference.predictor import check_interval_models
+
+    try:
+        check_interval_models(predictors, coverage)
+    except ValueError as exc:
+        raise click.UsageError(f"--coverage {coverage}: {exc}") from None
 
 
 def _check_atom_init(models: Sequence[str], atom_init: str | None) -> None:

@@ -833,3 +833,60 @@ def test_sites_lists_failed_inputs_and_exits_one(tmp_path):
     assert set(pd.read_csv(out / "sites.csv")["structure"].map(lambda p: p.rsplit("/", 1)[-1])) == {"SrTiO3.cif"}
     good = _cli("sites", str(REPO / "examples" / "SrTiO3.cif"), "-m", "perovskite_site_energy", "-o", str(out))
     assert good.exit_code == 0 and not (out / "skipped.csv").exists()  # not left over from the run before
+
+
+def test_coverage_is_handled_alike_everywhere():
+    """Round 5: 'members=1 and is_metal point to calibrate; the calculator silently gives no bounds;
+    coverage="0.9" gives a TypeError from deep inside; calc.set(coverage=...) has no effect; calc.todict() is empty'."""
+    from cgcnn_ase import CGCNNCalculator
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+
+    from .conftest import REPO
+
+    salt = bulk("NaCl", "rocksalt", a=5.64)
+    with pytest.raises(ValueError, match="runs 1 of its 5 members.*without members="):
+        CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu").predict(salt, coverage=0.9)
+    with pytest.raises(ValueError, match="is a classifier"):
+        CGCNNPredictor.from_pretrained("is_metal", device="cpu").predict(salt, coverage=0.9)
+    with pytest.raises(TypeError, match="coverage is a probability such as 0.9, got '0.9'"):
+        CGCNNPredictor.from_pretrained("formation_energy", device="cpu").predict(salt, coverage="0.9")
+    with pytest.raises(ValueError, match="is a single network"):  # the calculator no longer drops it silently
+        CGCNNCalculator("perovskite_formation_energy", coverage=0.9)
+    with pytest.raises(ValueError, match="is a single network"):
+        CGCNNFeaturizer("perovskite_formation_energy", coverage=0.9).feature_labels()
+    result = _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "-m", "perovskite_formation_energy", "--coverage", "0.9")
+    assert result.exit_code == 2 and "single network" in result.output
+
+    calc = CGCNNCalculator("formation_energy")
+    assert calc.todict()["models"] == ["formation_energy"] and "coverage" not in calc.todict()
+    salt.calc = calc
+    calc.get_property("formation_energy", salt)
+    assert "formation_energy_lower" not in calc.results
+    assert calc.set(coverage=0.8) == {"coverage": 0.8} and calc.todict()["coverage"] == 0.8
+    salt.calc.get_property("formation_energy", salt)
+    lower, upper = calc.results["formation_energy_lower"], calc.results["formation_energy_upper"]
+    assert lower < calc.results["formation_energy"] < upper and "formation_energy_upper" in calc.implemented_properties
+    with pytest.raises(TypeError, match="no setting 'coverag'"):
+        calc.set(coverag=0.9)
+    with pytest.raises(TypeError, match="no setting 'coverag'"):
+        CGCNNCalculator("formation_energy", coverag=0.9)
+    with pytest.raises(TypeError, match="fixed"):
+        calc.set(models=["band_gap"])
+    with pytest.raises(ValueError, match="metal_threshold"):
+        calc.set(metal_threshold=2)
+    assert calc.coverage == 0.8  # a refused change leaves the settings as they were
+
+
+def test_the_featurizer_gates_any_band_gap_model_whatever_its_name():
+    """Round 5's calculator report, in the featurizer: a band-gap model named by its folder went ungated."""
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+    from cgcnn_ase.models.registry import resolve_model
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    copper = AseAtomsAdaptor.get_structure(bulk("Cu", "fcc", a=3.6))
+    for name in ("band_gap", resolve_model("band_gap").path.name):
+        featurizer = CGCNNFeaturizer(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            row = dict(zip(featurizer.feature_labels(), featurizer.featurize(copper)))
+        assert row["band_gap (eV)"] == 0.0 and row["band_gap_raw (eV)"] > 0

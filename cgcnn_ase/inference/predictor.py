@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cgcnn_ase.models.folder import LoadedModel
+from cgcnn_ase.models.folder import LoadedModel, check_coverage
 from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.errors import UNSEEN_HINT, CGCNNError, CheckpointError, InvalidStructureError, UnseenElementWarning
 from cgcnn_ase.graph.neighbours import CrystalGraph
@@ -165,7 +165,7 @@ class CGCNNPredictor:
     @property
     def has_intervals(self) -> bool:
         """True when ``predict(..., coverage=c)`` gives prediction intervals (a calibrated full ensemble)."""
-        return self.model.is_ensemble and bool((self.model.calibration or {}).get("conformal"))
+        return self.model.interval_problem() is None
 
     @property
     def has_domain(self) -> bool:
@@ -622,14 +622,15 @@ def predict_many(
 
     The results are those of calling each predictor's ``predict`` in turn, bit for bit (the same
     graphs, the same batches). Arguments as in :meth:`~CGCNNPredictor.predict`, except ``coverage``:
-    intervals for the predictors that have them (:attr:`~CGCNNPredictor.has_intervals`), none for
-    the others (where ``predict`` refuses). ``workers`` may be a :class:`~cgcnn_ase.inference.parallel.NetworkPool` of these
+    intervals for every regression model (:func:`check_interval_models` refuses one that cannot
+    give them), none for classifiers (where ``predict`` refuses). ``workers`` may be a :class:`~cgcnn_ase.inference.parallel.NetworkPool` of these
     predictors. Where they cannot share graphs (a GPU among them, mixed CIF readers), each predicts
     in turn (an iterator of structures is then read into a list first).
 
     >>> gaps, metals = predict_many([gap, metal], ["POSCAR", atoms])   # doctest: +SKIP
     """
     predictors = list(predictors)
+    check_interval_models(predictors, coverage)  # fails before any model runs
     coverages = [coverage if p.has_intervals else None for p in predictors]
     options = {"batch_size": batch_size, "progress": progress, "errors": errors, "on_sparse": on_sparse,
                "per_atom": per_atom, "embeddings": embeddings, "workers": workers}  # fmt: skip
@@ -637,12 +638,27 @@ def predict_many(
     if len(predictors) > 1 and shares_graphs(predictors) and (batch_size is not None or len(sizes) == 1):
         return _predict_together(predictors, structures, coverages=coverages, **options)
     # one predictor, or models that cannot share graphs: each predictor's own predict, in turn
-    for p, c in zip(predictors, coverages):
-        if c is not None:
-            p.model.conformal_quantile(c)  # fails before any model runs
     if len(predictors) > 1 and not isinstance(structures, Sequence) and not is_single_input(structures):
         structures = list(structures)
     return [p.predict(structures, coverage=c, **options) for p, c in zip(predictors, coverages)]
+
+
+def check_interval_models(predictors: Sequence[CGCNNPredictor], coverage: float | None) -> None:
+    """Refuse a ``coverage`` that a regression model among ``predictors`` cannot give intervals for.
+
+    A classifier gives none and passes; a regression model must be a calibrated full ensemble
+    with ``coverage`` within its calibrated levels.
+
+    Raises:
+        TypeError: ``coverage`` is not a number.
+        ValueError: which model, and why (:meth:`~cgcnn_ase.models.folder.LoadedModel.interval_problem`).
+    """
+    if coverage is None:
+        return
+    check_coverage(coverage)
+    for p in predictors:
+        if p.model.spec.task != "classification":
+            p.model.conformal_quantile(coverage)
 
 
 def _predict_together(

@@ -37,6 +37,7 @@ Forces and stress are not predicted: asking raises ``PropertyNotImplementedError
 from __future__ import annotations
 
 import os
+import numbers
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +45,7 @@ from typing import Any
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
+from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models
 from cgcnn_ase.inference.properties import gated_band_gap_result
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 from cgcnn_ase.models.registry import resolve_model
@@ -70,8 +71,14 @@ class CGCNNCalculator(Calculator):
             ``"error"``, ``"ignore"``).
         metal_threshold: P(metal) above which the gated ``band_gap`` is 0.
         coverage: also give ``<property>_lower`` and ``<property>_upper``, a prediction interval
-            holding the true value with this probability (e.g. 0.9), for every model calibrated
-            for intervals (the shipped regression ensembles; see docs/uncertainty.md).
+            holding the true value with this probability (e.g. 0.9), for every regression model
+            (the shipped regression ensembles are calibrated for them; see docs/uncertainty.md). A
+            regression model without intervals (a single network, an ensemble loaded with
+            ``members=``) is refused with the reason; the ``is_metal`` classifier gives none.
+
+    The four settings above can be changed later with ``calc.set(coverage=0.8)`` (checked, and the
+    results computed with the old settings are dropped); ``calc.todict()`` lists the models, the
+    device and the settings not at their defaults, as ASE's other calculators do.
 
     Every calculation also gives ``unseen_elements``: ``None``, or the elements of the crystal that a
     model never saw in training (its prediction is then an extrapolation, and an
@@ -80,6 +87,11 @@ class CGCNNCalculator(Calculator):
     """
 
     implemented_properties: list[str] = []  # set per instance from the models
+    #: the settings ``calc.set(...)`` changes (ASE's ``parameters``; ``todict()`` lists those not at
+    #: their default, with the models and the device, which are fixed when the calculator is built).
+    default_parameters: dict[str, Any] = {
+        "store_in_info": False, "on_sparse": "warn", "metal_threshold": 0.5, "coverage": None,
+    }  # fmt: skip
 
     def __init__(
         self,
@@ -92,7 +104,7 @@ class CGCNNCalculator(Calculator):
         coverage: float | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # ASE's own arguments (label, directory, atoms); others are refused by set()
         items = [models] if isinstance(models, (str, os.PathLike, CGCNNPredictor)) else list(models)
         if not items:
             raise ValueError("CGCNNCalculator needs at least one model")
@@ -104,14 +116,64 @@ class CGCNNCalculator(Calculator):
                 self.predictors.append(as_predictor("is_metal", device=device))
             except KeyError:  # no shipped classifier: the band gap stays ungated
                 pass
-        if not 0.0 <= metal_threshold <= 1.0:
-            raise ValueError(f"metal_threshold is a probability between 0 and 1, got {metal_threshold}")
+        self._energy_model = next((p for p in self.predictors if p.units == "eV/atom"), None)
+        self.parameters["models"] = [m if isinstance(m, str) else getattr(m, "name", None) or str(m) for m in items]
+        self.parameters["device"] = str(self.predictors[0].device)
+        self.set(store_in_info=store_in_info, on_sparse=on_sparse, metal_threshold=metal_threshold, coverage=coverage)
+
+    def set(self, **kwargs: Any) -> dict[str, Any]:
+        """Change settings (``store_in_info``, ``on_sparse``, ``metal_threshold``, ``coverage``),
+        as ASE's ``calc.set(...)``: each is checked, results computed with other settings are
+        dropped, and the changed ones are returned. The models and the device are fixed: build a
+        new calculator for others."""
+        if "models" in kwargs or "device" in kwargs:
+            raise TypeError("the models and the device are fixed when a CGCNNCalculator is built; build a new one")
+        unknown = sorted(set(kwargs) - set(self.default_parameters))
+        if unknown:
+            raise TypeError(f"CGCNNCalculator has no setting {', '.join(map(repr, unknown))}; its settings are "
+                            f"{', '.join(self.default_parameters)} (and the models and device, given when it is built)")  # fmt: skip
+        if not hasattr(self, "predictors"):  # ASE's __init__ calls set() before the models are loaded
+            return {}
+        settings = {**{k: self.parameters.get(k, v) for k, v in self.default_parameters.items()}, **kwargs}
+        self._check_settings(**settings)
+        changed = super().set(**kwargs)
+        if changed:
+            self.reset()
+        self.implemented_properties = self._property_names()
+        return changed
+
+    def _check_settings(self, *, store_in_info: Any, on_sparse: Any, metal_threshold: Any, coverage: Any) -> None:
+        """Refuse settings that would fail, or silently do nothing, at the first calculation."""
+        if not isinstance(store_in_info, (bool, np.bool_)):
+            raise TypeError(f"store_in_info is True or False, got {store_in_info!r}")
         if on_sparse not in ("warn", "error", "ignore"):
             raise ValueError(f"on_sparse must be 'warn', 'error' or 'ignore', got {on_sparse!r}")
-        self.store_in_info = store_in_info
-        self.on_sparse = on_sparse
-        self.metal_threshold = metal_threshold
-        self.coverage = coverage
+        if isinstance(metal_threshold, bool) or not isinstance(metal_threshold, numbers.Real) or not 0.0 <= metal_threshold <= 1.0:
+            raise ValueError(f"metal_threshold is a probability between 0 and 1, got {metal_threshold!r}")
+        check_interval_models(self.predictors, coverage)
+
+    @property
+    def store_in_info(self) -> bool:
+        """Also write results to ``atoms.info`` / ``atoms.arrays`` (see the class)."""
+        return bool(self.parameters["store_in_info"])
+
+    @property
+    def on_sparse(self) -> str:
+        """Policy for atoms with fewer than 12 neighbours."""
+        return str(self.parameters["on_sparse"])
+
+    @property
+    def metal_threshold(self) -> float:
+        """P(metal) above which the gated ``band_gap`` is 0."""
+        return float(self.parameters["metal_threshold"])
+
+    @property
+    def coverage(self) -> float | None:
+        """Coverage of the prediction intervals, or ``None`` (no intervals)."""
+        return self.parameters["coverage"]
+
+    def _property_names(self) -> list[str]:
+        """Every result name the models give with the current settings (``implemented_properties``)."""
         self.units: dict[str, str] = {}
         names: list[str] = []
         for predictor in self.predictors:
@@ -124,14 +186,13 @@ class CGCNNCalculator(Calculator):
             if predictor.has_domain:
                 names.append(f"{spec.property}_domain_percentile")
                 self.units[names[-1]] = "percent"
-            if coverage is not None and predictor.has_intervals:
+            if self.coverage is not None and predictor.has_intervals:
                 for bound in ("lower", "upper"):
                     names.append(f"{spec.property}_{bound}")
                     self.units[names[-1]] = spec.units
             if spec.property.startswith("log10_") and spec.units == "log10(GPa)":
                 names.append(spec.property.removeprefix("log10_"))
                 self.units[names[-1]] = "GPa"
-        self._energy_model = next((p for p in self.predictors if p.units == "eV/atom"), None)
         if self._energy_model is not None:
             names += ["energy", "free_energy", "energies"]
             self.units.update(energy="eV", free_energy="eV", energies="eV")
@@ -143,7 +204,7 @@ class CGCNNCalculator(Calculator):
             self.units.update(band_gap_raw="eV", metal_probability="probability")
         names.append("unseen_elements")
         self.units["unseen_elements"] = "element symbols"
-        self.implemented_properties = list(dict.fromkeys(names))
+        return list(dict.fromkeys(names))
 
     def calculate(
         self, atoms: Any = None, properties: Sequence[str] | None = None, system_changes: Sequence[str] = all_changes

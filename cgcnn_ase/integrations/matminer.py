@@ -20,9 +20,11 @@ import numpy as np
 from matminer.featurizers.base import BaseFeaturizer
 
 from cgcnn_ase.errors import InvalidStructureError
-from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, predict_many
+from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models, predict_many
 from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap_result
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
+from cgcnn_ase.models.folder import check_coverage
+from cgcnn_ase.models.registry import resolve_model
 
 #: The label of the column that ``unseen_elements=True`` adds (the name ``cgcnn-ase predict`` gives it too).
 UNSEEN_COLUMN = "unseen_elements"
@@ -69,8 +71,10 @@ class CGCNNFeaturizer(BaseFeaturizer):
             interval bounds 0 there too); the regression value stays in ``"band_gap_raw (eV)"``.
             ``None`` turns gating off.
         coverage: also add ``"<property>_lower (<units>)"`` and ``"<property>_upper (<units>)"``,
-            a prediction interval holding the true value with this probability, for models
-            calibrated for intervals (the shipped regression ensembles).
+            a prediction interval holding the true value with this probability, for every
+            regression model (the shipped regression ensembles are calibrated for them; one that
+            cannot give them, such as a single network, is refused with the reason when the
+            models load). The ``is_metal`` classifier gives none.
         unseen_elements: also add a last column ``"unseen_elements"`` (text, not a number):
             ``None``, or the elements of the structure that a model never saw in training (its
             prediction there is an extrapolation), as ``cgcnn-ase predict`` writes them: ``"Ar"``
@@ -99,7 +103,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
         self.properties = properties
         self.unseen_elements = unseen_elements
         self.metal_threshold = metal_threshold
-        self.coverage = coverage
+        self.coverage = None if coverage is None else check_coverage(coverage)
         self._owner_pid = os.getpid()
         self.embeddings = embeddings
         self.domain = domain
@@ -115,10 +119,17 @@ class CGCNNFeaturizer(BaseFeaturizer):
         if self._predictors is None:
             single = isinstance(self.properties, (str, os.PathLike, CGCNNPredictor))
             items = [self.properties] if single else list(self.properties)
-            if self.metal_threshold is not None and "band_gap" in items and "is_metal" not in items:
-                items.append("is_metal")  # the shipped classifier gates the shipped band gap
             with _fork_safe_threads(self._owner_pid):
-                self._predictors = [as_predictor(item, device=self.device) for item in items]
+                predictors = [as_predictor(item, device=self.device) for item in items]
+                names = {p.property_name for p in predictors}
+                if self.metal_threshold is not None and "band_gap" in names and "is_metal" not in names:
+                    try:  # any band-gap model, by whatever name, is gated by the shipped classifier
+                        resolve_model("is_metal")
+                        predictors.append(as_predictor("is_metal", device=self.device))
+                    except KeyError:  # none shipped: the band gap stays ungated
+                        pass
+            check_interval_models(predictors, self.coverage)
+            self._predictors = predictors
         return self._predictors
 
     def _gating(self) -> tuple[int, int] | None:

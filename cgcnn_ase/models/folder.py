@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -120,6 +121,20 @@ class EnsembleMember:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def check_coverage(coverage: Any) -> float:
+    """``coverage`` as a float, if it is a probability strictly between 0 and 1.
+
+    Raises:
+        TypeError: not a real number (a string such as ``"0.9"``, a bool).
+        ValueError: outside (0, 1), or NaN.
+    """
+    if isinstance(coverage, bool) or not isinstance(coverage, numbers.Real):
+        raise TypeError(f"coverage is a probability such as 0.9, got {coverage!r} ({type(coverage).__name__})")
+    if not 0.0 < coverage < 1.0:
+        raise ValueError(f"coverage is a probability between 0 and 1 (such as 0.9), got {coverage}")
+    return float(coverage)
+
+
 @dataclass
 class LoadedModel:
     """A ready-to-run model: network (in eval mode), its spec and its element table.
@@ -135,6 +150,8 @@ class LoadedModel:
             ``{"scale": 1.4, "method": "rms_z", "split": "val", "n": 441}``; ``None``:
             uncalibrated.
         domain: the applicability-domain summary, if the folder ships one.
+        members_in_folder: how many members the folder holds (more than run when loaded with
+            ``members=``; 1 for a single model).
     """
 
     spec: ModelSpec
@@ -143,6 +160,7 @@ class LoadedModel:
     members: list[EnsembleMember] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
     domain: DomainSummary | None = None
+    members_in_folder: int = 1
 
     @property
     def is_ensemble(self) -> bool:
@@ -168,20 +186,35 @@ class LoadedModel:
         stored levels; see :func:`cgcnn_ase.analysis.metrics.conformal_quantiles`).
 
         Raises:
-            ValueError: the model has no interval calibration (a single model, fewer members than
-                were calibrated, or an ensemble calibrated before intervals existed), or
-                ``coverage`` lies outside the calibrated levels.
+            TypeError: ``coverage`` is not a number.
+            ValueError: the model has no interval calibration (:meth:`interval_problem` says why),
+                or ``coverage`` lies outside the calibrated levels.
         """
-        conformal = (self.calibration or {}).get("conformal") if self.is_ensemble else None
-        if not conformal:
-            raise ValueError(
-                f"model {self.spec.name!r} has no prediction-interval calibration (intervals need the full ensemble "
-                "calibrated on its validation split: cgcnn-ase calibrate MODEL_FOLDER)"
-            )
+        coverage = check_coverage(coverage)
+        problem = self.interval_problem()
+        if problem is not None:
+            raise ValueError(problem)
+        conformal = self.calibration["conformal"]
         levels, quantiles = conformal["levels"], conformal["quantiles"]
         if not levels[0] <= coverage <= levels[-1]:
             raise ValueError(f"coverage must lie between {levels[0]} and {levels[-1]}, got {coverage}")
         return float(np.interp(coverage, levels, quantiles))
+
+    def interval_problem(self) -> str | None:
+        """Why this model gives no prediction intervals (one sentence with the remedy), or ``None``."""
+        name = self.spec.name
+        if self.spec.task == "classification":
+            return f"model {name!r} is a classifier: it gives a probability, and prediction intervals apply to regression models"
+        if self.members_in_folder > self.n_members:
+            return (f"model {name!r} runs {self.n_members} of its {self.members_in_folder} members: its prediction intervals "
+                    "are calibrated for the whole ensemble (load it without members=)")  # fmt: skip
+        if not self.is_ensemble:
+            return (f"model {name!r} is a single network: prediction intervals need an ensemble calibrated on its "
+                    "validation split (cgcnn-ase ensemble, then cgcnn-ase calibrate MODEL_FOLDER)")  # fmt: skip
+        if not (self.calibration or {}).get("conformal"):
+            return (f"model {name!r} has no prediction-interval calibration (an ensemble calibrated before intervals "
+                    "existed): cgcnn-ase calibrate MODEL_FOLDER")  # fmt: skip
+        return None
 
     def heads(self) -> list[tuple[CrystalGraphConvNet, float, float]]:
         """``(network, normalizer_mean, normalizer_std)`` per member (one for a single model)."""
@@ -509,7 +542,7 @@ def load_model_folder(folder: str | os.PathLike, *, members: int | None = None) 
     first = loaded[0]
     spec = replace(spec, normalizer_mean=first.normalizer_mean, normalizer_std=first.normalizer_std)
     if n == 1:  # the fast path: member 0 alone is a plain single model
-        return LoadedModel(spec=spec, network=first.network, elements=elements, domain=domain)
+        return LoadedModel(spec=spec, network=first.network, elements=elements, domain=domain, members_in_folder=n_total)
     return LoadedModel(
         spec=spec,
         network=first.network,
@@ -517,6 +550,7 @@ def load_model_folder(folder: str | os.PathLike, *, members: int | None = None) 
         members=loaded,
         calibration=doc.calibration if n == n_total else None,
         domain=domain,
+        members_in_folder=n_total,
     )
 
 
