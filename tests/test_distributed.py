@@ -129,11 +129,24 @@ def test_files_on_workers_equal_single_process(client, model_folder, tmp_path):
     write(tmp_path / "frames.extxyz", atoms[3:], format="extxyz")
     (tmp_path / "empty.cif").write_text("")
     single = _single_process(str(tmp_path), str(model_folder), tmp_path / "x")
-    computed = predict_files(str(tmp_path), [str(model_folder)], files_per_partition=2).compute().reset_index(drop=True)
+    computed = predict_files(str(tmp_path), [str(model_folder)], files_per_partition=2).compute()
+    assert computed.index.is_unique and computed.index.tolist() == computed["id"].tolist()  # round 5: was 0, 1, 0, 1, ...
+    computed = computed.reset_index(drop=True)
     assert computed["id"].tolist() == single["id"].tolist()
     assert computed["id"].tolist()[:2] == [f"{tmp_path / 'empty.cif'}", f"{tmp_path / 'frames.extxyz'}@0"]
     np.testing.assert_allclose(computed[COLUMN], single[COLUMN], atol=1e-6)
     assert computed["error"].tolist() == single["error"].tolist()
+
+
+def test_missing_cells_and_a_bad_id_column_are_told_plainly(client, table, model_folder):
+    """Round 5: 'pd.NA cells read "unsupported input type NAType"; a bad id_column fails inside a task'."""
+    frame, _ = table
+    holes = frame.head(3).astype({"cif": object})
+    holes.loc[holes.index[1], "cif"] = pd.NA
+    out = predict_dataframe(dd.from_pandas(holes, npartitions=1), [str(model_folder)], id_column="id").compute()
+    assert "the value is empty" in out["error"].iloc[1] and out["error"].isna().sum() == 2
+    with pytest.raises(ValueError, match="id_column: no column 'ids'"):
+        predict_dataframe(dd.from_pandas(frame, npartitions=1), [str(model_folder)], id_column="ids")
 
 
 @pytest.fixture(scope="module")

@@ -229,15 +229,20 @@ def predict_paths_partition(
     on_sparse: str = "warn",
 ) -> pd.DataFrame:
     """Predict the structures in the files listed in ``frame[column]`` (a multi-frame file
-    gives one row per frame, ids as in :mod:`cgcnn_ase.inference.streaming`)."""
+    gives one row per frame, ids as in :mod:`cgcnn_ase.inference.streaming`); the rows are
+    indexed by their ids (unique across partitions)."""
+    import pandas as pd
+
     _use_threads(threads)
     predictors = cached_predictors(models, device)
     columns = model_columns(predictors, list(models))
     reader = cif_reader_for(predictors)
     items = [item for path in frame[column].tolist() for item in iter_file(str(path), cif_reader=reader)]
     if not items:
-        return _empty_result(columns)
-    return predict_items(items, predictors, columns=columns, batch_size=batch_size, on_sparse=on_sparse).frame
+        return _empty_result(columns).set_axis(pd.Index([], dtype=object))
+    out = predict_items(items, predictors, columns=columns, batch_size=batch_size, on_sparse=on_sparse).frame
+    out.index = pd.Index(out["id"].tolist(), dtype=object)
+    return out
 
 
 def _meta(models: Sequence[str], device: str | None) -> pd.DataFrame:
@@ -265,8 +270,9 @@ def predict_dataframe(
         A dask dataframe with the index of ``ddf``: ``id``, one column per model, ``error``.
     """
     models = [os.fspath(m) for m in ([models] if isinstance(models, (str, os.PathLike)) else models)]
-    if column not in ddf.columns:
-        raise ValueError(f"no column {column!r}; columns: {list(ddf.columns)}")
+    for name, option in ((column, "column"), (id_column, "id_column")):
+        if name is not None and name not in ddf.columns:
+            raise ValueError(f"{option}: no column {name!r}; columns: {list(ddf.columns)}")
     meta = _meta(models, device)
     return ddf.map_partitions(
         predict_partition, models, column=column, id_column=id_column, batch_size=batch_size, device=device,
@@ -287,7 +293,8 @@ def predict_files(
 ) -> dd.DataFrame:
     """Lazily predict the structure files in ``inputs`` (files, directories, globs), read on
     the workers, ``files_per_partition`` files per task; a multi-frame file gives one row per
-    frame. Ids and order are those of the single-process streaming path.
+    frame. Ids and order are those of the single-process streaming path, and the result is
+    indexed by the ids (``.loc["folder/x.cif"]``).
 
     The file names (not the files) are listed here, about 100 bytes each; every worker must
     be able to read the files. For tables of structures use :func:`predict_dataframe`.
@@ -300,6 +307,7 @@ def predict_files(
     if paths.empty:
         raise ValueError(f"no files in {inputs}")
     meta = _meta(models, device)
+    meta.index = pd.Index([], dtype=object)
     table = dd.from_pandas(paths, chunksize=files_per_partition, sort=False)
     return table.map_partitions(
         predict_paths_partition, models, column="path", batch_size=batch_size, device=device, threads=threads,

@@ -39,12 +39,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError, StructureReadError
 from cgcnn_ase.io.cif import CifReader, _labels, read_cif
@@ -84,10 +86,13 @@ def _check_reader(cif_reader: str) -> None:
 
 
 def _is_missing(obj: Any) -> bool:
-    """``None``, a float NaN (an empty table cell) or blank text."""
+    """``None``, a float NaN or pandas' ``NA`` / ``NaT`` (an empty table cell), or blank text."""
     if obj is None:
         return True
-    if isinstance(obj, float) and not math.isfinite(obj):
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(obj):
+        return True
+    pandas = sys.modules.get("pandas")  # only a table can hold its missing values
+    if pandas is not None and (obj is pandas.NA or obj is pandas.NaT):
         return True
     return isinstance(obj, str) and not obj.strip()
 
