@@ -524,9 +524,18 @@ def _run_stream(stream: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
 @click.argument("name", required=False)
 @_guarded
 def models(name: str | None) -> None:
-    """List the shipped models, or show the model card of NAME."""
+    """List the shipped models, or show the model card of NAME (a shipped model or a model folder)."""
+    from cgcnn_ase.models.folder import read_model_json
     from cgcnn_ase.models.registry import list_models, resolve_model
 
+    if name and (Path(name) / "model.json").is_file():  # a model folder of one's own
+        card = Path(name) / "README.md"
+        click.echo(card.read_text() if card.exists() else json.dumps(read_model_json(name), indent=2, default=str))
+        return
+    if name and Path(name).exists():
+        from cgcnn_ase.errors import UnknownModelError
+
+        raise UnknownModelError(f"{name}: not a model folder (it has no model.json); `cgcnn-ase models` lists the shipped models")
     if name:
         info = resolve_model(name)
         card = info.path / "README.md"
@@ -701,7 +710,9 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
     report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size, progress=True,
                             layout=layout)  # fmt: skip
     keys = ("model", "split", "n", "n_failed", "property", "units", "metrics", "uncertainty")  # uncertainty: ensembles
-    click.echo(json.dumps({k: report[k] for k in keys if k in report}, indent=2, default=str))
+    from cgcnn_ase.models.cards import json_safe
+
+    click.echo(json.dumps(json_safe({k: report[k] for k in keys if k in report}), indent=2, default=str))
     written = sorted(p.name for p in Path(out_dir).iterdir() if p.is_file())
     click.echo(f"wrote {', '.join(written)} to {out_dir}", err=True)
 

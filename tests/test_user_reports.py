@@ -890,3 +890,53 @@ def test_the_featurizer_gates_any_band_gap_model_whatever_its_name():
             warnings.simplefilter("ignore")
             row = dict(zip(featurizer.feature_labels(), featurizer.featurize(copper)))
         assert row["band_gap (eV)"] == 0.0 and row["band_gap_raw (eV)"] > 0
+
+
+def test_evaluate_names_the_model_and_writes_strict_json(tmp_path):
+    """Round 5: 'the evaluate warning lacks the model name, and its metrics.json holds bare NaN'."""
+    import json
+
+    import pandas as pd
+    from ase.io import write
+
+    write(tmp_path / "ar.cif", bulk("Ar", "fcc", a=5.26))
+    table = pd.DataFrame({"id": ["ar"], "K": [3.0], "cif": [(tmp_path / "ar.cif").read_text()]})
+    table.to_csv(tmp_path / "one.csv", index=False)
+    result = _cli("evaluate", "bulk_modulus", str(tmp_path / "one.csv"), "--split", "all", "--target", "K",
+                  "--id-column", "id", "-o", str(tmp_path / "ev"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "bulk_modulus-mp_elastic3k" in result.stderr and "1 of 1 structures hold elements" in result.stderr
+
+    def refuse(constant):
+        raise AssertionError(f"metrics.json holds {constant}, which is not JSON")
+
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics["n"] == 1 and metrics["metrics"]["r2"] is None  # undefined for one crystal
+    json.loads(result.stdout, parse_constant=refuse)
+
+
+def test_small_reports_on_screening_maps_and_model_names(tmp_path):
+    """Round 5: 'screen_perovskites accepts cutoff=nan ("shrunk infx")', 'site_energy_maps({"a": 1}):
+    AttributeError', 'models <folder> says unknown model', 'the Did you mean suggestions are poor'."""
+    from cgcnn_ase.analysis.screening import screen_perovskites
+    from cgcnn_ase.analysis.site_maps import site_energy_maps
+    from cgcnn_ase.errors import UnknownModelError
+    from cgcnn_ase.models.registry import resolve_model
+
+    from .conftest import REPO
+
+    means = {"A": {"Sr": -0.1}, "B": {"Ti": -0.2}, "X": {"O": -0.3}}
+    for bad in (float("nan"), float("inf"), "0.1"):
+        with pytest.raises(ValueError, match="cutoff is a finite energy"):
+            screen_perovskites(means, cutoff=bad)
+    assert "no A or B element in the chosen groups" in screen_perovskites(means, cutoff=0.0).summary()
+    with pytest.raises(TypeError, match="takes a sites table"):
+        site_energy_maps({"a": 1}, tmp_path)
+    folder = REPO / "pretrained_models" / resolve_model("is_metal").path.name
+    shown = _cli("models", str(folder))
+    assert shown.exit_code == 0 and shown.output.startswith("# is_metal")
+    assert "not a model folder" in _cli("models", str(tmp_path)).output
+    for typed, meant in (("bulk", "bulk_modulus"), ("formation", "formation_energy"), ("bandgap", "band_gap"),
+                         ("Formation-Energy", "formation_energy")):  # fmt: skip
+        with pytest.raises(UnknownModelError, match=rf"Did you mean '{meant}'"):
+            resolve_model(typed)

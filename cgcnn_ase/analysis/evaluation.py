@@ -23,6 +23,7 @@ from cgcnn_ase.analysis.metrics import (
     uncertainty_report,
 )
 from cgcnn_ase.analysis.plots import parity_plot, roc_plot, uncertainty_plots
+from cgcnn_ase.models.cards import json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,8 @@ def _write_evaluation(
     files = {"metrics": str(out / "metrics.json"), "predictions": str(out / "predictions.csv"), "plot": str(plot)}
     if predictor.is_ensemble:
         files.update({k: str(v) for k, v in uncertainty_plots(targets, result, out, title=title).items()})
-    (out / "metrics.json").write_text(json.dumps({**summary, "files": files}, indent=2, default=float) + "\n")
+    document = json_safe({**summary, "files": files})  # NaN (e.g. R² of one crystal) as null: valid JSON
+    (out / "metrics.json").write_text(json.dumps(document, indent=2, default=float) + "\n")
     return files
 
 
@@ -275,8 +277,9 @@ def evaluate_model(
     unseen = [bool(u) for u in result.unseen_elements] if result.unseen_elements else [False] * len(ids)
     if any(unseen):
         warnings.warn(
-            f"{sum(unseen)} of {len(ids)} structures hold elements absent from the model's training data "
-            "(column 'unseen_elements' of predictions.csv)",
+            f"model {predictor.model.spec.name!r}: {sum(unseen)} of {len(ids)} structures hold elements absent "
+            "from its training data; their predictions are extrapolations, included in the metrics (column "
+            "'unseen_elements' of predictions.csv)",
             UnseenElementWarning,
             stacklevel=2,
         )

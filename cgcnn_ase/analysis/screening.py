@@ -10,6 +10,8 @@ rule let through, and of the whole space.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -55,10 +57,10 @@ class ScreenResult:
 
     def summary(self) -> str:
         """One line: counts and shrink factor."""
+        shrunk = f"shrunk {self.shrink_factor:.1f}x" if self.n_considered else "no A or B element in the chosen groups"
         return (
             f"{self.n_candidates} of {self.n_considered} A x B combinations below {self.cutoff:g} {self.units} "
-            f"({len(self.a_elements)} A x {len(self.b_elements)} B elements; full space {self.n_space}, "
-            f"shrunk {self.shrink_factor:.1f}x)"
+            f"({len(self.a_elements)} A x {len(self.b_elements)} B elements; full space {self.n_space}, {shrunk})"
         )
 
 
@@ -99,11 +101,14 @@ def screen_perovskites(
         A :class:`ScreenResult` with the candidates and the counts.
 
     Raises:
+        ValueError: ``cutoff`` is not a finite number, or ``x`` does not sum to 3.
         KeyError: an X element has no X-site energy.
     """
     import pandas as pd
     from pymatgen.core import Element
 
+    if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real) or not math.isfinite(cutoff):
+        raise ValueError(f"cutoff is a finite energy in the table's units (e.g. 0.1), got {cutoff!r}")
     if isinstance(df_or_elements, pd.DataFrame):
         table = df_or_elements if "mean" in df_or_elements.columns else aggregate_by_element(df_or_elements)
         if min_count > 1 and "count" in table.columns:

@@ -187,6 +187,11 @@ def site_energy_maps(
     Returns:
         The written files, role by role, format by format.
     """
+    import pandas as pd
+
+    if not isinstance(df, pd.DataFrame) or "element" not in df.columns or "role" not in df.columns:
+        raise TypeError("site_energy_maps takes a sites table (site_contributions) or its per-element aggregate "
+                        f"(aggregate_by_element, aggregate_members), with 'role' and 'element' columns; got {type(df).__name__}")  # fmt: skip
     means = role_means(df)
     spreads = _role_spreads(df)
     units = units if units is not None else df.attrs.get("units", "")
@@ -199,7 +204,7 @@ def site_energy_maps(
         everything = [v for values in drawn.values() for v in values.values()]
         if everything:
             vmin, vmax = min(everything), max(everything)
-    label = df.attrs.get("property", "")
+    label = ", ".join(str(df.attrs[k]) for k in ("model", "property") if df.attrs.get(k))
     kind = df.attrs.get("kind") or (df["kind"].iloc[0] if "kind" in df.columns and len(df) else "atomwise")
     what = "site contribution" if kind == "atomwise" else "first-order attribution"
     out_dir = Path(out_dir)

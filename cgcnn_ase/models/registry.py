@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,26 @@ def resolve_model(name: str) -> ModelInfo:
         if name == info.name or name in info.aliases:
             return info
     known = sorted({n for info in models for n in (info.name, *info.aliases)})
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    close = _close_names(name, known)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     listing = ", ".join(known) if known else "none are shipped yet; load a file with from_checkpoint(path)"
     raise UnknownModelError(f"unknown model {name!r}.{hint} Available: {listing}")
+
+
+def _close_names(name: str, known: Sequence[str], n: int = 3) -> list[str]:
+    """Names to suggest for a mistyped ``name``: those containing it or contained in it (ignoring
+    case, ``-`` and ``_``; shortest first, aliases before folder names), then difflib's closest."""
+    def norm(text: str) -> str:
+        return text.lower().replace("-", "_").replace(" ", "_")
+
+    query = norm(name)
+    if not query:
+        return []
+    parts = [k for k in known if query in norm(k) or (len(query) >= 4 and norm(k) in query)]
+    parts.sort(key=len)
+    fuzzy = difflib.get_close_matches(query, [norm(k) for k in known], n=n, cutoff=0.6)
+    by_norm = {norm(k): k for k in known}
+    return list(dict.fromkeys([*parts, *(by_norm[f] for f in fuzzy)]))[:n]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
