@@ -435,9 +435,11 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
             def rows(chunk: list[tuple[str, Any]], finished: Any) -> Any:
                 return _property_rows(chunk, predictors, columns, options, finished)
 
+            settings = {"models": [p.model.spec.name for p in predictors], "metal_threshold": metal_threshold,
+                        "coverage": coverage, "log10": log10, "domain": domain}  # fmt: skip
             _run_stream(write_chunks, inputs, output or sys.stdout, [c.header for c in columns], rows, fmt=fmt,
                         resume=resume, chunk_size=chunk_size, units={c.header: c.units for c in columns},
-                        **reading)  # fmt: skip
+                        settings=settings, **reading)  # fmt: skip
             return
         from cgcnn_ase.io.inputs import iter_inputs
 

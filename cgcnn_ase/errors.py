@@ -84,8 +84,17 @@ class SparseGraphWarning(UserWarning):
     """Some atom has fewer than the model's neighbour count within the cutoff radius."""
 
 
-class CloseAtomsWarning(UserWarning):
+class GeometryWarning(UserWarning):
+    """A structure's interatomic distances lie far outside those of the training crystals."""
+
+
+class CloseAtomsWarning(GeometryWarning):
     """Two atoms are far closer than their covalent radii allow (an unphysical or mis-scaled structure)."""
+
+
+class StretchedStructureWarning(GeometryWarning):
+    """No two atoms come near bonding distance: every pair lies far beyond the sum of its covalent
+    radii (a cell scaled up by mistake, or a solid of noble-gas atoms)."""
 
 
 class SkippedFilesWarning(UserWarning):

@@ -16,7 +16,14 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from cgcnn_ase.errors import CloseAtomsWarning, InvalidStructureError, SparseGraphError, SparseGraphWarning
+from cgcnn_ase.errors import (
+    CloseAtomsWarning,
+    GeometryWarning,
+    InvalidStructureError,
+    SparseGraphError,
+    SparseGraphWarning,
+    StretchedStructureWarning,
+)
 from cgcnn_ase.graph.batch import collate
 from cgcnn_ase.graph.batched import FlatCrystals, batch_edges, graph_batch
 from cgcnn_ase.graph.config import GraphConfig
@@ -144,6 +151,23 @@ def test_close_atoms_warn_as_build_graph_does():
     close = from_ase(Atoms("C2", positions=[[0, 0, 0], [0.5, 0, 0]], cell=np.eye(3) * 6, pbc=True), label="close")
     with pytest.warns(CloseAtomsWarning, match="close: atoms 0 .C. and 1 .C."):
         batch_edges([close], GraphConfig())
+
+
+def test_stretched_structures_warn_in_both_paths_and_normal_ones_do_not():
+    """Round 5: 'NaCl with its lattice doubled gets the 77th domain percentile and no word of warning'."""
+    doubled = from_ase(bulk("NaCl", "rocksalt", a=2 * 5.64), label="doubled")
+    normal = [from_ase(bulk("NaCl", "rocksalt", a=5.64), label="NaCl"), from_ase(bulk("Cu", "fcc", a=3.6), label="Cu"),
+              from_ase(bulk("Si", "diamond", a=5.43), label="Si")]  # fmt: skip
+    with pytest.warns(StretchedStructureWarning, match=r"doubled: .* 5.640 Å apart, 2.22 x the sum"):
+        build_graph(doubled, GraphConfig())
+    with pytest.warns(StretchedStructureWarning, match="doubled"):
+        batch_edges([*normal, doubled], GraphConfig())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeometryWarning)
+        batch_edges(normal, GraphConfig())
+        for record in normal:
+            build_graph(record, GraphConfig())
+        build_graph(from_ase(bulk("NaCl", "rocksalt", a=1.2 * 5.64), label="x1.2"), GraphConfig())  # within the data
 
 
 def test_sparse_policy_per_crystal():

@@ -737,7 +737,7 @@ def test_interval_bounds_stay_within_the_physical_range():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = predictor.predict(metals, coverage=0.99)
-    half = predictor.model.conformal_quantile(0.99) * predictor._interval_normaliser(result)
+    half = predictor.model.conformal_quantile(0.99) * predictor._interval_scale(result)
     assert (result.values - half < 0).any()  # unclipped, some lower bounds would be negative
     assert (result.lower >= 0).all() and np.array_equal(result.upper, result.values + half)
     from cgcnn_ase.inference.predictor import PHYSICAL_RANGE
@@ -940,3 +940,47 @@ def test_small_reports_on_screening_maps_and_model_names(tmp_path):
                          ("Formation-Energy", "formation_energy")):  # fmt: skip
         with pytest.raises(UnknownModelError, match=rf"Did you mean '{meant}'"):
             resolve_model(typed)
+
+
+def test_intervals_are_never_narrower_than_the_members_disagreement():
+    """Round 5: 'NaCl at 0.6x the lattice has std_raw 3.0 but a 90% interval of ±1.5'."""
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", device="cpu")
+    squeezed, salt = bulk("NaCl", "rocksalt", a=0.6 * 5.64), bulk("NaCl", "rocksalt", a=5.64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wide = predictor.predict([squeezed, salt], coverage=0.95)
+        ninety = predictor.predict([squeezed, salt], coverage=0.9)
+    members = wide.member_values[0]
+    assert wide.lower[0] <= members.min() + 1e-9 and wide.upper[0] >= members.max() - 1e-9
+    reach = np.abs(members - wide.values[0]).max()
+    q90, q95 = (predictor.model.conformal_quantile(c) for c in (0.9, 0.95))
+    assert ninety.upper[0] - ninety.values[0] == pytest.approx(q90 / q95 * reach)
+    # an ordinary crystal keeps its conformal interval: mean ± q(c) x uncertainty
+    assert ninety.upper[1] - ninety.values[1] == pytest.approx(q90 * ninety.uncertainty[1])
+
+
+def test_resume_refuses_an_output_written_with_other_settings(tmp_path):
+    """Round 4: '--resume with a different --metal-threshold appends rows computed with another threshold'."""
+    import pandas as pd
+
+    from .conftest import REPO
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("NaCl.POSCAR", "SrTiO3.cif"):
+        (inputs / name).write_bytes((REPO / "examples" / name).read_bytes())
+    out = tmp_path / "out.csv"
+    assert _cli("predict", str(inputs), "-o", str(out)).exit_code == 0
+    assert (tmp_path / ".out.csv.run.json").is_file()
+    refused = _cli("predict", str(inputs), "-o", str(out), "--resume", "--metal-threshold", "0.3")
+    assert refused.exit_code == 2 and "metal_threshold: 0.5 then, 0.3 now" in refused.output
+    assert len(pd.read_csv(out)) == 2  # untouched
+    same = _cli("predict", str(inputs), "-o", str(out), "--resume")
+    assert same.exit_code == 0 and "2 structures already in" in same.stderr
+    # one model: the model's name (with its version) is recorded; a record in an input folder is not read
+    (inputs / ".old.csv.run.json").write_bytes((tmp_path / ".out.csv.run.json").read_bytes())
+    table = tmp_path / "fe.parquet"
+    assert _cli("predict", str(inputs), "-m", "formation_energy", "-o", str(table)).exit_code == 0
+    assert (table / "_cgcnn_run.json").is_file() and len(pd.read_parquet(table)) == 2
+    other = _cli("predict", str(inputs), "-m", "band_gap", "-o", str(table), "--resume")
+    assert other.exit_code == 2 and "formation_energy-mp_cgcnn46k" in other.output

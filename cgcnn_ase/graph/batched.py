@@ -30,6 +30,7 @@ Shapes: ``B`` crystals, ``N`` atoms in all, ``M`` pairs within the radius, ``E``
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
 from cgcnn_ase.graph.neighbours import (
     CLOSE_ATOMS_FACTOR,
     MIN_INTERATOMIC_DISTANCE,
+    STRETCHED_FACTOR,
     _covalent_radii,
     CrystalGraph,
     build_graph,
@@ -233,7 +235,8 @@ def _sort_by_centre_then_distance(*arrays: torch.Tensor) -> tuple[torch.Tensor, 
 
 def _flagged(flat: FlatCrystals, i: torch.Tensor, j: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """Crystals (B,) bool that :func:`build_graph` would refuse or warn about: some pair closer than
-    :data:`MIN_INTERATOMIC_DISTANCE` or than :data:`CLOSE_ATOMS_FACTOR` x its covalent bond length."""
+    :data:`MIN_INTERATOMIC_DISTANCE` or than :data:`CLOSE_ATOMS_FACTOR` x its covalent bond length, or
+    the closest pair beyond :data:`STRETCHED_FACTOR` x its bond length."""
     radii = torch.from_numpy(_covalent_radii().copy()).to(d.device)
     z = flat.numbers.clamp(max=len(radii) - 1)
     bond = radii[z[i]] + radii[z[j]]
@@ -241,6 +244,10 @@ def _flagged(flat: FlatCrystals, i: torch.Tensor, j: torch.Tensor, d: torch.Tens
     crystal = flat.crystal_index
     flags = torch.zeros(len(flat.sizes), dtype=torch.bool, device=d.device)
     flags[crystal[i[close]]] = True
+    ratio = torch.where(bond > 0, d / bond.clamp(min=1e-12), torch.full_like(d, math.inf))
+    closest = torch.full((len(flat.sizes),), math.inf, dtype=d.dtype, device=d.device)
+    closest = closest.scatter_reduce(0, crystal[i], ratio, reduce="amin")
+    flags |= torch.isfinite(closest) & (closest > STRETCHED_FACTOR)
     return flags
 
 

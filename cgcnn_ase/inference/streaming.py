@@ -42,9 +42,10 @@ joined by ``"; "``).
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -468,6 +469,7 @@ def predict_stream(
             inputs, output, columns, rows, fmt=fmt, resume=resume, chunk_size=chunk_size, column=column,
             id_column=id_column, sort=sort, cif_reader=cif_reader_for(predictors), defer_files=defer,
             units=units, progress=progress, on_chunk=on_chunk,
+            settings={"models": [p.model.spec.name for p in predictors], "coverage": coverage},
         )  # fmt: skip
     finally:
         if pool is not None:
@@ -491,6 +493,7 @@ def write_chunks(
     units: dict[str, str] | None = None,
     progress: bool | None = False,
     on_chunk: Callable[[ChunkResult], None] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> StreamSummary:
     """The streaming loop of :func:`predict_stream`, for any per-chunk computation: read ``inputs``
     ``chunk_size`` items at a time, turn each chunk into rows with ``rows(chunk, finished)`` and
@@ -498,6 +501,10 @@ def write_chunks(
     :data:`TEXT_COLUMNS` aside) of every :class:`ChunkResult` frame; with ``resume`` the ids already in ``output`` are
     skipped unread (``finished``). Arguments as in :func:`predict_stream`; ``cif_reader`` and
     ``defer_files`` as in :func:`iter_inputs`, ``units`` as in :func:`open_writer`.
+
+    ``settings`` (JSON data) are what the rows depend on beyond their columns, e.g. the models' names
+    and a threshold: they are recorded next to the output (:func:`run_record_path`), and a resume
+    whose settings differ from the recorded ones is refused (rows made two ways would be mixed).
     """
     from tqdm.auto import tqdm
 
@@ -508,12 +515,17 @@ def write_chunks(
     out_format = infer_format(None if stream_output else output, fmt)
     if resume and stream_output:
         raise StreamError("resume needs an output file or folder, not a stream")
+    record = None if stream_output or settings is None else run_record_path(output, out_format)
+    if resume and record is not None:
+        _check_run_record(record, settings)
     finished = read_finished_ids(output, fmt=out_format) if resume else None
     writer = open_writer(output, all_columns, fmt=out_format, append=resume, units=units)
+    if record is not None:
+        record.write_text(json.dumps(dict(settings), indent=2, default=str) + "\n")
     summary = StreamSummary(output=None if stream_output else Path(output), format=out_format, columns=all_columns)
     items = iter_inputs(
         inputs, column=column, id_column=id_column, cif_reader=cif_reader, sort=sort, finished=finished,
-        exclude=() if stream_output else [output],  # never read this run's own output (or its part files)
+        exclude=() if stream_output else [output, *([record] if record else [])],  # never this run's own files
         defer_files=defer_files,
     )  # fmt: skip
     try:
@@ -539,6 +551,30 @@ def write_chunks(
     finally:
         summary.n_skipped = finished.skipped if finished is not None else 0
     return summary
+
+
+def run_record_path(output: str | os.PathLike, fmt: OutputFormat) -> Path:
+    """Where a stream's settings are recorded: ``_cgcnn_run.json`` inside a Parquet folder (readers skip
+    files starting with ``_``), the hidden ``.<name>.run.json`` beside a CSV file (folder inputs skip
+    hidden files)."""
+    path = Path(output)
+    return path / "_cgcnn_run.json" if fmt == "parquet" else path.with_name(f".{path.name}.run.json")
+
+
+def _check_run_record(record: Path, settings: Mapping[str, Any]) -> None:
+    """Refuse to resume an output whose recorded settings differ from ``settings`` (none recorded: allowed)."""
+    if not record.is_file():
+        return
+    try:
+        before = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return  # unreadable: nothing to compare
+    now = json.loads(json.dumps(dict(settings), default=str))
+    changed = [f"{key}: {before.get(key)!r} then, {now.get(key)!r} now" for key in sorted(set(before) | set(now))
+               if before.get(key) != now.get(key)]  # fmt: skip
+    if changed:
+        raise StreamError(f"cannot resume: the output was written with other settings ({'; '.join(changed)}; recorded in "
+                          f"{record}); rerun with the same settings, or write to a new output")  # fmt: skip
 
 
 def _warn_repeated_ids(ids: pd.Series) -> bool:

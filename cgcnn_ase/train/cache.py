@@ -342,7 +342,7 @@ def _batched_graphs(
 ) -> list[CrystalGraph | str]:
     """The graphs of parsed records built a batch at a time on ``device``; error messages
     (``str``) pass through, and a structure :func:`build_graph` refuses becomes its message."""
-    from cgcnn_ase.errors import CloseAtomsWarning
+    from cgcnn_ase.errors import GeometryWarning
     from cgcnn_ase.graph.batched import batch_edges
 
     out: list[CrystalGraph | str] = list(parsed)
@@ -351,7 +351,7 @@ def _batched_graphs(
         chunk = usable[start : start + GRAPH_BUILD_BATCH]
         records = [parsed[k] for k in chunk]
         with warnings.catch_warnings():  # as the per-structure path: warnings off, sparsity recorded
-            warnings.simplefilter("ignore", CloseAtomsWarning)
+            warnings.simplefilter("ignore", GeometryWarning)
             flat, edges, errors = batch_edges(records, config, device=device)
         offsets = flat.offsets.cpu().numpy()
         centers, neighbors = edges.centers.cpu().numpy(), edges.neighbors.cpu().numpy()

@@ -1,0 +1,69 @@
+"""How close the closest pair of atoms comes to bonding, over the training crystals (STRETCHED_FACTOR).
+
+For every crystal: the smallest ratio, over the pairs of its graph, of the distance to the sum of the
+two atoms' Pyykkö covalent radii. `build_graph` warns below CLOSE_ATOMS_FACTOR (atoms too close) and
+above STRETCHED_FACTOR (no pair near bonding: a cell scaled up by mistake). Prints percentiles and the
+highest crystals per dataset, and the ratio of a few deliberately mis-scaled crystals.
+
+    python benchmarks/bond_lengths.py [--shared ../shared]     # about 30 s at one thread; needs ../shared
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common
+
+DATASETS = ("mp_cgcnn46k_kdmsit", "mp_elastic3k_kdmsit", "perovskites_castelli_cmr")
+
+
+def closest_ratio(record) -> float:
+    from cgcnn_ase.graph.config import GraphConfig
+    from cgcnn_ase.graph.neighbours import _covalent_radii, build_graph
+
+    graph = build_graph(record, GraphConfig(), on_sparse="ignore")
+    radii = _covalent_radii()
+    z = record.numbers
+    return float(np.min(graph.distances / (radii[z[graph.centers]] + radii[z[graph.neighbors]])))
+
+
+def main() -> None:
+    import pandas as pd
+    from ase.build import bulk
+    from ase.data import chemical_symbols
+
+    from cgcnn_ase.io.reader import iter_records, to_record
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", default=None)
+    args = parser.parse_args()
+    _common.quiet()
+    warnings.simplefilter("ignore")
+    for name in DATASETS:
+        df = pd.read_csv(_common.shared_path(args.shared, f"data/{name}/data.csv.gz"))
+        ratios, formulas = [], []
+        for _, record in iter_records(list(df["cif"])):
+            if isinstance(record, Exception):
+                continue
+            ratios.append(closest_ratio(record))
+            formulas.append("".join(sorted({chemical_symbols[z] for z in record.numbers})))
+        ratios = np.asarray(ratios)
+        pct = np.percentile(ratios, [0.1, 50, 99.9, 100])
+        top = np.argsort(-ratios)[:5]
+        print(f"{name} ({len(ratios)} crystals): closest pair / covalent sum: 0.1% {pct[0]:.2f}, median {pct[1]:.2f}, "
+              f"99.9% {pct[2]:.2f}, max {pct[3]:.2f}; highest: "
+              + ", ".join(f"{formulas[k]} {ratios[k]:.2f}" for k in top))  # fmt: skip
+    for label, atoms in (("NaCl", bulk("NaCl", "rocksalt", a=5.64)), ("NaCl, lattice x1.2", bulk("NaCl", "rocksalt", a=6.77)),
+                         ("NaCl, lattice x2", bulk("NaCl", "rocksalt", a=11.28)), ("Ar fcc", bulk("Ar", "fcc", a=5.26)),
+                         ("Xe fcc", bulk("Xe", "fcc", a=6.13))):  # fmt: skip
+        print(f"{label}: {closest_ratio(to_record(atoms)):.2f}")
+
+
+if __name__ == "__main__":
+    main()
