@@ -341,6 +341,9 @@ def test_resume_refuses_an_output_of_other_models(predictor, atomwise_folder, tm
     predict_stream([("a", _crystals(1)[0])], [predictor], path)
     other = CGCNNPredictor.from_checkpoint(atomwise_folder)
     both = [predictor, other]
+    with pytest.raises(StreamError, match=r"written with other settings \(models: \['random-regression-mean'\] then"):
+        predict_stream([("b", _crystals(2)[1])], both, path, resume=True, names=["a", "b"])
+    (path / "_cgcnn_run.json").unlink()  # an output from before settings were recorded: its columns still tell
     with pytest.raises(StreamError, match="differ from this run's"):
         predict_stream([("b", _crystals(2)[1])], both, path, resume=True, names=["a", "b"])
 
@@ -353,7 +356,8 @@ def test_parquet_output_is_a_typed_dataset_with_units(predictor, tmp_path):
     import pyarrow.parquet as pq
 
     parts = sorted(p.name for p in path.iterdir())
-    assert parts == ["part-000000.parquet", "part-000001.parquet"]
+    assert parts == ["_cgcnn_run.json", "part-000000.parquet", "part-000001.parquet"]  # readers skip "_" files
+    parts = parts[1:]
     schema = pq.read_schema(path / parts[0])
     assert [str(t) for t in schema.types] == ["string", "double", "string", "string"]  # text even when empty
     assert json.loads(schema.metadata[b"cgcnn_ase.units"]) == {COLUMN: "eV/atom"}
