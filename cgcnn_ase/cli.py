@@ -188,6 +188,40 @@ def main() -> None:
     os.environ.setdefault("SPGLIB_WARNING", "OFF")
 
 
+def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
+    """INPUTS with ``-`` replaced by the structure piped to stdin (CIF, pymatgen JSON, POSCAR or extxyz text),
+    as the item ``stdin``."""
+    if "-" not in inputs:
+        return tuple(inputs)
+    stdin = click.get_text_stream("stdin")
+    if stdin.isatty():
+        raise click.UsageError("'-' reads a structure (CIF, POSCAR, extxyz or pymatgen JSON text) piped to stdin, e.g. "
+                               "`cat x.cif | cgcnn-ase predict -`; nothing is piped in")  # fmt: skip
+    if inputs.count("-") > 1:
+        raise click.UsageError("'-' (stdin) can be given once")
+    text = stdin.read()
+    structure: Any = text
+    if "data_" not in text and not text.lstrip().startswith("{"):  # not CIF or JSON: POSCAR or extxyz text?
+        import io
+
+        import ase.io
+
+        for fmt in ("vasp", "extxyz"):
+            try:
+                frames = ase.io.read(io.StringIO(text), format=fmt, index=":")
+            except Exception:  # noqa: BLE001 - not this format
+                continue
+            if len(frames) == 1:
+                structure = frames[0]
+                break
+            if len(frames) > 1:  # ase.io.read would quietly keep the last
+                raise click.UsageError(f"stdin ('-') holds {len(frames)} structures; pipe one, or name the file")
+        else:
+            raise click.UsageError("stdin ('-') holds no structure: give CIF, POSCAR, extxyz or pymatgen JSON text"
+                                   + (" (it is empty)" if not text.strip() else ""))  # fmt: skip
+    return tuple(("stdin", structure) if item == "-" else item for item in inputs)
+
+
 def check_output(output: str, inputs: Sequence[str], fmt: str) -> None:
     """A usage error, before anything is read or written, when ``-o`` names one of the inputs (a file
     given or matched by a pattern, or one inside a parquet output folder: writing would destroy it)
@@ -263,7 +297,9 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ASE .db, ...),
     directories of them (documents, images and the original CGCNN layout's id_prop.csv and
     atom_init.json are left out), glob patterns, or tables (.csv, .tsv, .parquet) with a
-    --column of structures. -o must not name an input.
+    --column of structures; '-' reads one structure piped to stdin (CIF, POSCAR, extxyz or
+    pymatgen JSON text; id 'stdin').
+    -o must not name an input.
 
     Without --model: formation energy (eV/atom), band gap (eV; 0 for predicted metals),
     metal probability, Fermi energy (eV), bulk and shear moduli (GPa) and Poisson ratio,
@@ -291,6 +327,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     fmt = fmt or infer_format(output)
     if output:
         check_output(output, inputs, fmt)
+    inputs = _with_stdin(inputs)
     if fmt == "parquet" and not output:
         raise click.UsageError("parquet output needs -o FOLDER")
     if resume and (not output or per_atom or fmt not in ("csv", "parquet")):

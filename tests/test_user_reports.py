@@ -984,3 +984,27 @@ def test_resume_refuses_an_output_written_with_other_settings(tmp_path):
     assert (table / "_cgcnn_run.json").is_file() and len(pd.read_parquet(table)) == 2
     other = _cli("predict", str(inputs), "-m", "band_gap", "-o", str(table), "--resume")
     assert other.exit_code == 2 and "formation_energy-mp_cgcnn46k" in other.output
+
+
+def test_a_dash_reads_one_structure_piped_to_stdin():
+    """click's convention: `cat x.cif | cgcnn-ase predict -` ('-' was taken for a missing file)."""
+    from click.testing import CliRunner
+
+    from cgcnn_ase.cli import main
+
+    from .conftest import REPO
+
+    def run(text: str, *args: str):
+        return CliRunner().invoke(main, ["predict", "-", *args, "-m", "formation_energy"], input=text)
+
+    expected = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), "-m", "formation_energy").stdout.splitlines()[1]
+    for name in ("NaCl.POSCAR", "SrTiO3.cif", "Si.extxyz"):
+        result = run((REPO / "examples" / name).read_text())
+        assert result.exit_code == 0 and result.stdout.splitlines()[1].startswith("stdin,"), result.output
+    piped = run((REPO / "examples" / "NaCl.POSCAR").read_text()).stdout.splitlines()[1]
+    assert piped.split(",")[1:] == expected.split(",")[1:]  # the same number as from the file
+    both = run((REPO / "examples" / "SrTiO3.cif").read_text(), str(REPO / "examples" / "NaCl.POSCAR"))
+    assert [line.split(",")[0] for line in both.stdout.splitlines()[1:]] == ["stdin", str(REPO / "examples" / "NaCl.POSCAR")]
+    frames = (REPO / "examples" / "Si.extxyz").read_text() * 2
+    assert run(frames).exit_code == 2 and "holds 2 structures" in run(frames).output
+    assert run("junk\n").exit_code == 2 and "holds no structure" in run("junk\n").output
