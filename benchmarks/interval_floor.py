@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402,F401 - puts the repository on the path
-from uncertainty_cache import CACHE, REGRESSION_ENSEMBLES  # noqa: E402
+import _common
+from uncertainty_cache import CACHE, REGRESSION_ENSEMBLES
 
 LEVELS = (0.68, 0.9, 0.95)
 

@@ -40,7 +40,7 @@ def _outputs(predictor, records, batch_size: int = 256) -> tuple[np.ndarray, np.
     good = [i for i, g in enumerate(graphs) if isinstance(g, CrystalGraph)]
     for start in range(0, len(good), batch_size):
         idx = good[start : start + batch_size]
-        member_values, _, features = predictor._run([graphs[i] for i in idx], False, True)
+        member_values, _, features, _ = predictor._run([graphs[i] for i in idx], False, True)
         values[idx] = member_values.T
         emb[idx] = features
     return values, emb

@@ -209,7 +209,7 @@ def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
         for fmt in ("vasp", "extxyz"):
             try:
                 frames = ase.io.read(io.StringIO(text), format=fmt, index=":")
-            except Exception:  # noqa: BLE001 - not this format
+            except Exception:  # noqa: BLE001, S112 - not this format
                 continue
             if len(frames) == 1:
                 structure = frames[0]

@@ -15,7 +15,7 @@ from ase.build import bulk
 from cgcnn_ase import CGCNNPredictor
 from cgcnn_ase.errors import UnseenElementWarning
 
-from .test_training import dataset_csv, trained  # noqa: F401 - a tiny trained model folder
+from .test_training import dataset_csv, trained
 
 
 def test_unseen_elements_give_one_summary_warning_per_call_naming_the_model():
@@ -879,9 +879,10 @@ def test_coverage_is_handled_alike_everywhere():
 
 def test_the_featurizer_gates_any_band_gap_model_whatever_its_name():
     """Round 5's calculator report, in the featurizer: a band-gap model named by its folder went ungated."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
     from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
     from cgcnn_ase.models.registry import resolve_model
-    from pymatgen.io.ase import AseAtomsAdaptor
 
     copper = AseAtomsAdaptor.get_structure(bulk("Cu", "fcc", a=3.6))
     for name in ("band_gap", resolve_model("band_gap").path.name):

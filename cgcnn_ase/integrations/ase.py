@@ -36,11 +36,11 @@ Forces and stress are not predicted: asking raises ``PropertyNotImplementedError
 
 from __future__ import annotations
 
-import os
 import numbers
+import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
@@ -89,7 +89,7 @@ class CGCNNCalculator(Calculator):
     implemented_properties: list[str] = []  # set per instance from the models
     #: the settings ``calc.set(...)`` changes (ASE's ``parameters``; ``todict()`` lists those not at
     #: their default, with the models and the device, which are fixed when the calculator is built).
-    default_parameters: dict[str, Any] = {
+    default_parameters: ClassVar[dict[str, Any]] = {
         "store_in_info": False, "on_sparse": "warn", "metal_threshold": 0.5, "coverage": None,
     }  # fmt: skip
 
