@@ -522,7 +522,7 @@ class CGCNNPredictor:
         at least the members' largest deviation from their mean over ``q`` at :data:`FLOOR_LEVEL`, so the
         interval at that level holds every member's prediction (far outside the validation crystals the
         error model's log-linear fit grows slower than the members' spread). On the shipped ensembles' test
-        splits the floor binds for 0-0.7% of the crystals (``benchmarks/interval_floor.py``)."""
+        splits the floor binds for 0-0.4% of the crystals (``benchmarks/interval_floor.py``)."""
         scale = self._interval_normaliser(result)
         conformal = self.model.calibration["conformal"]
         levels = conformal["levels"]
