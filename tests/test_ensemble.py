@@ -181,6 +181,7 @@ def test_mean_and_std_are_those_of_the_members(ensemble, members):
         "vpa_std",
         "vpa_std_raw",
         "n_sparse",
+        "bond_ratio",
         "unseen_elements",
         "domain_distance",
         "domain_percentile",
@@ -237,6 +238,7 @@ def test_classifier_ensemble_std_is_std_of_member_probabilities(crystals, tmp_pa
         "is_metal",
         "is_metal_std",
         "n_sparse",
+        "bond_ratio",
         "unseen_elements",
         "error",
     ]

@@ -1009,3 +1009,22 @@ def test_a_dash_reads_one_structure_piped_to_stdin():
     frames = (REPO / "examples" / "Si.extxyz").read_text() * 2
     assert run(frames).exit_code == 2 and "holds 2 structures" in run(frames).output
     assert run("junk\n").exit_code == 2 and "holds no structure" in run("junk\n").output
+
+
+def test_in_domain_leaves_out_mis_scaled_cells_by_their_bond_ratio():
+    """Round 5: 'NaCl with its lattice doubled: 77th percentile and in_domain'. The shortest edge over the
+    covalent bond length is the same from every graph path, and in_domain requires it within [0.5, 1.6]."""
+    crystals = [bulk("NaCl", "rocksalt", a=f * 5.64) for f in (1.0, 1.2, 2.0)] + [bulk("Cu", "fcc", a=3.6)]
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    ratios = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for backend, workers in (("per-structure", 1), ("per-structure", 2), ("batched", 1)):
+            predictor.graph_backend = backend
+            result = predictor.predict(crystals, workers=workers)
+            ratios.append(result.bond_ratio)
+    np.testing.assert_allclose(ratios[0], [1.11, 1.33, 2.22, 1.14], atol=0.01)
+    np.testing.assert_allclose(ratios[1], ratios[0], rtol=0, atol=0)
+    np.testing.assert_allclose(ratios[2], ratios[0], rtol=1e-12)
+    assert result.in_domain(max_percentile=100).tolist() == [True, True, False, True]
+    assert "bond_ratio" in result.to_dataframe().columns

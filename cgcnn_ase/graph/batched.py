@@ -130,11 +130,13 @@ class GraphSummary:
 
     Attributes:
         numbers: atomic numbers, (N,). n_sparse: atoms short of ``max_neighbors`` neighbours. label: its name.
+        bond_ratio: the shortest edge over its atoms' covalent bond length (:func:`~cgcnn_ase.graph.neighbours.bond_ratio`).
     """
 
     numbers: np.ndarray
     n_sparse: int
     label: str
+    bond_ratio: float = math.nan
 
     @property
     def n_atoms(self) -> int:
@@ -363,6 +365,18 @@ def report_sparse(
     return refused
 
 
+def _bond_ratios(flat: FlatCrystals, edges: BatchEdges) -> list[float]:
+    """Per crystal, the shortest edge over its atoms' covalent bond length, as
+    :func:`~cgcnn_ase.graph.neighbours.bond_ratio` computes it from a graph's edges (NaN: no edge)."""
+    radii = torch.from_numpy(_covalent_radii().copy()).to(edges.distances.device)
+    z = flat.numbers.clamp(max=len(radii) - 1)
+    bond = radii[z[edges.centers]] + radii[z[edges.neighbors]]
+    ratio = torch.where(bond > 0, edges.distances / bond.clamp(min=1e-12), torch.full_like(edges.distances, math.inf))
+    closest = torch.full((len(flat.sizes),), math.inf, dtype=ratio.dtype, device=ratio.device)
+    closest = closest.scatter_reduce(0, flat.crystal_index[edges.centers], ratio, reduce="amin")
+    return [value if math.isfinite(value) else math.nan for value in closest.tolist()]
+
+
 def graph_batch(
     records: Sequence[StructureRecord],
     config: GraphConfig,
@@ -381,8 +395,10 @@ def graph_batch(
     flat, edges, errors = batch_edges(records, config, device=features.device)
     errors.update(report_sparse(records, edges.n_sparse, config, on_sparse))
     n_sparse = edges.n_sparse.tolist()
+    ratios = _bond_ratios(flat, edges)
     items: list[GraphSummary | InvalidStructureError] = [
-        errors.get(b) or GraphSummary(numbers=r.numbers, n_sparse=n_sparse[b], label=r.label) for b, r in enumerate(records)
+        errors.get(b) or GraphSummary(numbers=r.numbers, n_sparse=n_sparse[b], label=r.label, bond_ratio=ratios[b])
+        for b, r in enumerate(records)
     ]
     used = [b for b in range(len(records)) if b not in errors]
     if not used:

@@ -25,6 +25,7 @@ Two neighbour policies decide which neighbours become edges:
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -65,6 +66,11 @@ class CrystalGraph:
     label: str
 
     @property
+    def bond_ratio(self) -> float:
+        """The shortest edge relative to its atoms' covalent bond length (:func:`bond_ratio`)."""
+        return bond_ratio(self.numbers, self.centers, self.neighbors, self.distances)
+
+    @property
     def n_atoms(self) -> int:
         return len(self.numbers)
 
@@ -103,6 +109,21 @@ def _covalent_radii() -> np.ndarray:
     radii[1:] = np.asarray(PYYKKO_COVALENT_RADII_PM) / 100.0
     radii.setflags(write=False)
     return radii
+
+
+def bond_ratio(numbers: np.ndarray, centers: np.ndarray, neighbors: np.ndarray, distances: np.ndarray) -> float:
+    """The smallest ``d / (r_i + r_j)`` over a graph's edges, with ``r`` the Pyykkö covalent radii
+    (dimensionless): about 1 for bonded atoms; below :data:`CLOSE_ATOMS_FACTOR` or above
+    :data:`STRETCHED_FACTOR` lies outside every training crystal (a mis-scaled cell). NaN without edges."""
+    if not len(distances):
+        return math.nan
+    radii = _covalent_radii()
+    z = np.minimum(np.asarray(numbers), len(radii) - 1)
+    bond = radii[z[centers]] + radii[z[neighbors]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(bond > 0, distances / bond, np.inf)
+    low = float(ratio.min())
+    return low if math.isfinite(low) else math.nan
 
 
 def _warn_close_atoms(record: StructureRecord, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:

@@ -444,7 +444,8 @@ def _network(task: tuple[list[list[CrystalGraph]], bool, Sequence[bool]]) -> lis
 def _summary(graph: CrystalGraph, done: dict[int, GraphSummary]) -> GraphSummary:
     """What the results keep of a graph (its edges need not travel back from a worker); one summary per graph object."""
     if id(graph) not in done:
-        done[id(graph)] = GraphSummary(numbers=graph.numbers, n_sparse=graph.n_sparse, label=graph.label)
+        done[id(graph)] = GraphSummary(numbers=graph.numbers, n_sparse=graph.n_sparse, label=graph.label,
+                                       bond_ratio=graph.bond_ratio)  # fmt: skip
     return done[id(graph)]
 
 

@@ -37,6 +37,10 @@ class PredictionResult:
             items (``embeddings=True``).
         n_sparse: atoms with fewer than the model's neighbour count, per structure
             (-1 for failed items).
+        bond_ratio: per structure, its shortest graph edge over the sum of the two atoms'
+            covalent radii (dimensionless; :func:`~cgcnn_ase.graph.neighbours.bond_ratio`): about 1;
+            below 0.5 or above 1.6 no training crystal lies (a cell scaled wrong). NaN for failed
+            items and crystals without edges.
         unseen_elements: per structure, symbols of elements absent from the model's
             training data (empty when all were seen or the model does not record them).
         positive_class: the class whose probability ``values`` holds (classifiers).
@@ -75,6 +79,7 @@ class PredictionResult:
     errors: list[str | None]
     n_sparse: np.ndarray
     unseen_elements: list[list[str]] = field(default_factory=list)
+    bond_ratio: np.ndarray | None = None
     per_atom: list[np.ndarray] | None = None
     embeddings: np.ndarray | None = None
     positive_class: str | None = None
@@ -97,10 +102,17 @@ class PredictionResult:
         """Boolean mask of predictions inside the model's applicability domain.
 
         A crystal is inside when it was predicted, holds only elements seen in training,
-        has no sparse atom (unless ``allow_sparse``), and, when the model ships a domain
+        has no sparse atom (unless ``allow_sparse``), has interatomic distances like the
+        training crystals' (``bond_ratio`` within [0.5, 1.6], the limits of the
+        :class:`~cgcnn_ase.errors.GeometryWarning` s), and, when the model ships a domain
         summary, its ``domain_percentile`` is at most ``max_percentile`` (percent).
         """
+        from cgcnn_ase.graph.neighbours import CLOSE_ATOMS_FACTOR, STRETCHED_FACTOR
+
         mask = self.ok.copy()
+        if self.bond_ratio is not None:
+            with np.errstate(invalid="ignore"):
+                mask &= ~((self.bond_ratio < CLOSE_ATOMS_FACTOR) | (self.bond_ratio > STRETCHED_FACTOR))
         if self.unseen_elements:
             mask &= np.array([not u for u in self.unseen_elements], dtype=bool)
         if not allow_sparse:
@@ -116,7 +128,7 @@ class PredictionResult:
         return np.array([e is None for e in self.errors], dtype=bool)
 
     def to_dataframe(self) -> "pandas.DataFrame":  # noqa: F821
-        """One row per structure: ``id``, the property column, ``n_sparse``, ``unseen_elements``, ``error``.
+        """One row per structure: ``id``, the property column, ``n_sparse``, ``bond_ratio``, ``unseen_elements``, ``error``.
 
         Ensembles add ``<property>_std`` after the property (and ``<property>_std_raw`` when
         the std is calibrated, ``<property>_uncertainty`` when they carry an error model);
@@ -141,6 +153,8 @@ class PredictionResult:
                 columns[f"{self.property}_{bound}"] = values
                 units[f"{self.property}_{bound}"] = self.units
         columns["n_sparse"] = self.n_sparse
+        if self.bond_ratio is not None:
+            columns["bond_ratio"] = self.bond_ratio
         columns["unseen_elements"] = [" ".join(u) for u in self.unseen_elements]
         if self.domain_distance is not None:
             columns["domain_distance"] = self.domain_distance
@@ -166,6 +180,7 @@ class _Rows:
     values: list[np.ndarray] = field(default_factory=list)
     messages: list[str | None] = field(default_factory=list)
     n_sparse: list[int] = field(default_factory=list)
+    bond_ratio: list[float] = field(default_factory=list)
     unseen: list[list[str]] = field(default_factory=list)
     atoms: list[np.ndarray] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
@@ -190,6 +205,7 @@ class _Rows:
                 self.values.append(values[:, k])
                 self.messages.append(None)
                 self.n_sparse.append(item.n_sparse)
+                self.bond_ratio.append(item.bond_ratio)
                 self.unseen.append(_unseen_symbols(item, seen))
                 if self.domain_columns:
                     self.domain.append(domain[k])
@@ -202,6 +218,7 @@ class _Rows:
                 self.values.append(np.full(self.n_members, np.nan))
                 self.messages.append(str(item))
                 self.n_sparse.append(-1)
+                self.bond_ratio.append(np.nan)
                 self.unseen.append([])
                 if self.domain_columns:
                     self.domain.append(np.full(3, np.nan))
