@@ -116,12 +116,15 @@ class BatchEdges:
     Attributes:
         centers, neighbors: (E,), int64. distances: (E,), float64, Å.
         n_sparse: atoms per crystal with fewer than ``max_neighbors`` neighbours in the radius, (B,), int64.
+        bond_ratio: per crystal, its shortest edge over its atoms' covalent bond length (NaN: no edge),
+            (B,), float64 (:func:`~cgcnn_ase.graph.neighbours.bond_ratio`).
     """
 
     centers: torch.Tensor
     neighbors: torch.Tensor
     distances: torch.Tensor
     n_sparse: torch.Tensor
+    bond_ratio: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -237,8 +240,7 @@ def _sort_by_centre_then_distance(*arrays: torch.Tensor) -> tuple[torch.Tensor, 
 
 def _flagged(flat: FlatCrystals, i: torch.Tensor, j: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """Crystals (B,) bool that :func:`build_graph` would refuse or warn about: some pair closer than
-    :data:`MIN_INTERATOMIC_DISTANCE` or than :data:`CLOSE_ATOMS_FACTOR` x its covalent bond length, or
-    the closest pair beyond :data:`STRETCHED_FACTOR` x its bond length."""
+    :data:`MIN_INTERATOMIC_DISTANCE` or than :data:`CLOSE_ATOMS_FACTOR` x its covalent bond length."""
     radii = torch.from_numpy(_covalent_radii().copy()).to(d.device)
     z = flat.numbers.clamp(max=len(radii) - 1)
     bond = radii[z[i]] + radii[z[j]]
@@ -246,11 +248,19 @@ def _flagged(flat: FlatCrystals, i: torch.Tensor, j: torch.Tensor, d: torch.Tens
     crystal = flat.crystal_index
     flags = torch.zeros(len(flat.sizes), dtype=torch.bool, device=d.device)
     flags[crystal[i[close]]] = True
+    return flags
+
+
+def _bond_ratios(flat: FlatCrystals, i: torch.Tensor, j: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Per crystal (B,), its shortest edge ``(i, j, d)`` over the atoms' covalent bond length, as
+    :func:`~cgcnn_ase.graph.neighbours.bond_ratio` computes it from a graph's edges (NaN: no edge)."""
+    radii = torch.from_numpy(_covalent_radii().copy()).to(d.device)
+    z = flat.numbers.clamp(max=len(radii) - 1)
+    bond = radii[z[i]] + radii[z[j]]
     ratio = torch.where(bond > 0, d / bond.clamp(min=1e-12), torch.full_like(d, math.inf))
     closest = torch.full((len(flat.sizes),), math.inf, dtype=d.dtype, device=d.device)
-    closest = closest.scatter_reduce(0, crystal[i], ratio, reduce="amin")
-    flags |= torch.isfinite(closest) & (closest > STRETCHED_FACTOR)
-    return flags
+    closest = closest.scatter_reduce(0, flat.crystal_index[i], ratio, reduce="amin")
+    return torch.where(torch.isfinite(closest), closest, torch.full_like(closest, math.nan))
 
 
 def _select(
@@ -332,7 +342,8 @@ def batch_edges(
     default_pairs, default_candidates = CHUNK_LIMITS.get(flat.frac.device.type, CHUNK_LIMITS["cpu"])
     i, j, d = _pairs_in_radius(flat, float(config.radius), max_pairs or default_pairs, max_candidates or default_candidates)
     edges, counts, tied = _select(flat, i, j, d, config)
-    redo_mask = tied | _flagged(flat, i, j, d)
+    ratios = _bond_ratios(flat, *edges)
+    redo_mask = tied | _flagged(flat, i, j, d) | (ratios > STRETCHED_FACTOR)  # build_graph warns for these
     graphs: dict[int, CrystalGraph | None] = {}
     errors: dict[int, InvalidStructureError] = {}
     for b in torch.nonzero(redo_mask).flatten().tolist():
@@ -345,7 +356,7 @@ def batch_edges(
         edges = _splice(flat, edges, graphs)
     sparse_atoms = (counts < config.max_neighbors).to(torch.int64)
     n_sparse = torch.zeros(len(flat.sizes), dtype=torch.int64, device=d.device).index_add_(0, flat.crystal_index, sparse_atoms)
-    return flat, BatchEdges(*edges, n_sparse=n_sparse), errors
+    return flat, BatchEdges(*edges, n_sparse=n_sparse, bond_ratio=ratios), errors
 
 
 def report_sparse(
@@ -363,18 +374,6 @@ def report_sparse(
         except InvalidStructureError as exc:  # SparseGraphError
             refused[b] = exc
     return refused
-
-
-def _bond_ratios(flat: FlatCrystals, edges: BatchEdges) -> list[float]:
-    """Per crystal, the shortest edge over its atoms' covalent bond length, as
-    :func:`~cgcnn_ase.graph.neighbours.bond_ratio` computes it from a graph's edges (NaN: no edge)."""
-    radii = torch.from_numpy(_covalent_radii().copy()).to(edges.distances.device)
-    z = flat.numbers.clamp(max=len(radii) - 1)
-    bond = radii[z[edges.centers]] + radii[z[edges.neighbors]]
-    ratio = torch.where(bond > 0, edges.distances / bond.clamp(min=1e-12), torch.full_like(edges.distances, math.inf))
-    closest = torch.full((len(flat.sizes),), math.inf, dtype=ratio.dtype, device=ratio.device)
-    closest = closest.scatter_reduce(0, flat.crystal_index[edges.centers], ratio, reduce="amin")
-    return [value if math.isfinite(value) else math.nan for value in closest.tolist()]
 
 
 def graph_batch(
@@ -395,7 +394,7 @@ def graph_batch(
     flat, edges, errors = batch_edges(records, config, device=features.device)
     errors.update(report_sparse(records, edges.n_sparse, config, on_sparse))
     n_sparse = edges.n_sparse.tolist()
-    ratios = _bond_ratios(flat, edges)
+    ratios = edges.bond_ratio.tolist()
     items: list[GraphSummary | InvalidStructureError] = [
         errors.get(b) or GraphSummary(numbers=r.numbers, n_sparse=n_sparse[b], label=r.label, bond_ratio=ratios[b])
         for b, r in enumerate(records)

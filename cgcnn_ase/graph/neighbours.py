@@ -64,10 +64,13 @@ class CrystalGraph:
     distances: np.ndarray
     n_sparse: int
     label: str
+    closest: float | None = None  # bond_ratio, when the builder computed it
 
     @property
     def bond_ratio(self) -> float:
         """The shortest edge relative to its atoms' covalent bond length (:func:`bond_ratio`)."""
+        if self.closest is not None:
+            return self.closest
         return bond_ratio(self.numbers, self.centers, self.neighbors, self.distances)
 
     @property
@@ -115,53 +118,68 @@ def bond_ratio(numbers: np.ndarray, centers: np.ndarray, neighbors: np.ndarray, 
     """The smallest ``d / (r_i + r_j)`` over a graph's edges, with ``r`` the Pyykkö covalent radii
     (dimensionless): about 1 for bonded atoms; below :data:`CLOSE_ATOMS_FACTOR` or above
     :data:`STRETCHED_FACTOR` lies outside every training crystal (a mis-scaled cell). NaN without edges."""
+    return _closest_edge(numbers, centers, neighbors, distances)[0]
+
+
+def _closest_edge(
+    numbers: np.ndarray, centers: np.ndarray, neighbors: np.ndarray, distances: np.ndarray
+) -> tuple[float, int]:
+    """:func:`bond_ratio` and the index of its edge (-1 without edges)."""
     if not len(distances):
-        return math.nan
+        return math.nan, -1
     radii = _covalent_radii()
     z = np.minimum(np.asarray(numbers), len(radii) - 1)
     bond = radii[z[centers]] + radii[z[neighbors]]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(bond > 0, distances / bond, np.inf)
-    low = float(ratio.min())
-    return low if math.isfinite(low) else math.nan
+    p = int(np.argmin(ratio))
+    return (float(ratio[p]) if math.isfinite(ratio[p]) else math.nan), p
+
+
+def _atoms_phrase(record: StructureRecord, i: int, j: int) -> str:
+    from ase.data import chemical_symbols
+
+    a, b = record.numbers[i], record.numbers[j]
+    if i == j:
+        return f"atom {i} ({chemical_symbols[a]}) and its own periodic image"
+    return f"atoms {i} ({chemical_symbols[a]}) and {j} ({chemical_symbols[b]})"
 
 
 def _warn_close_atoms(record: StructureRecord, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> None:
-    """Warn when some pair is closer than :data:`CLOSE_ATOMS_FACTOR` x the sum of its Pyykkö covalent
-    radii, or when the closest pair lies beyond :data:`STRETCHED_FACTOR` x that sum."""
+    """Warn when some pair is closer than :data:`CLOSE_ATOMS_FACTOR` x the sum of its Pyykkö covalent radii."""
     radii = _covalent_radii()
     z = np.minimum(record.numbers, len(radii) - 1)
+    near = d < CLOSE_ATOMS_FACTOR * 2 * radii[z].max()  # only these pairs can be too close: few or none
+    if not near.any():
+        return
+    i, j, d = i[near], j[near], d[near]
     bond = radii[z[i]] + radii[z[j]]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(bond > 0, d / bond, np.inf)
     p = int(np.argmin(ratio))
-    if not np.isfinite(ratio[p]) or CLOSE_ATOMS_FACTOR <= ratio[p] <= STRETCHED_FACTOR:
-        return
-    from ase.data import chemical_symbols
-
-    a, b = record.numbers[i[p]], record.numbers[j[p]]
-    pair = (
-        f"atom {int(i[p])} ({chemical_symbols[a]}) and its own periodic image are"
-        if i[p] == j[p]
-        else f"atoms {int(i[p])} ({chemical_symbols[a]}) and {int(j[p])} ({chemical_symbols[b]}) are"
-    )
     if ratio[p] < CLOSE_ATOMS_FACTOR:
         warnings.warn(
-            f"{record.label}: {pair} "
+            f"{record.label}: {_atoms_phrase(record, int(i[p]), int(j[p]))} are "
             f"{d[p]:.3f} Å apart, {ratio[p]:.2f} x the sum of their covalent radii ({bond[p]:.2f} Å; warned below "
             f"{CLOSE_ATOMS_FACTOR}); is the cell scaled right? The prediction is far outside the training data",
             CloseAtomsWarning,
             stacklevel=3,
         )
-    else:
-        warnings.warn(
-            f"{record.label}: no two atoms are near bonding distance: the closest, {pair.removesuffix(' are')}, lie "
-            f"{d[p]:.3f} Å apart, {ratio[p]:.2f} x the sum of their covalent radii ({bond[p]:.2f} Å; warned above "
-            f"{STRETCHED_FACTOR}, which no training crystal but solid He exceeds); is the cell scaled right (Å)? "
-            "(Solids of noble-gas atoms lie there too.) The prediction is far outside the training data",
-            StretchedStructureWarning,
-            stacklevel=3,
-        )
+
+
+def _warn_stretched(record: StructureRecord, i: np.ndarray, j: np.ndarray, d: np.ndarray, ratio: float, p: int) -> None:
+    """Warn when the closest edge (``p``, at ``ratio``) lies beyond :data:`STRETCHED_FACTOR` x its bond length."""
+    if not ratio > STRETCHED_FACTOR:
+        return
+    bond = d[p] / ratio
+    warnings.warn(
+        f"{record.label}: no two atoms are near bonding distance: the closest, {_atoms_phrase(record, int(i[p]), int(j[p]))}, "
+        f"lie {d[p]:.3f} Å apart, {ratio:.2f} x the sum of their covalent radii ({bond:.2f} Å; warned above "
+        f"{STRETCHED_FACTOR}, which no training crystal but solid He exceeds); is the cell scaled right (Å)? "
+        "(Solids of noble-gas atoms lie there too.) The prediction is far outside the training data",
+        StretchedStructureWarning,
+        stacklevel=3,
+    )
 
 
 #: The ``symmetric`` policy first searches pairs within ``FIRST_SEARCH x (V / N x k / 12)^(1/3)`` (V/N: volume
@@ -319,8 +337,11 @@ def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: Spar
         selected = _select_edges(*_raw_neighbors(record, config), n_atoms, config)
     i, j, d, counts = selected
     n_sparse = int(np.count_nonzero(counts < k))
+    closest, p = _closest_edge(record.numbers, i, j, d)
+    _warn_stretched(record, i, j, d, closest, p)
 
     sparse_check(record, n_sparse, config, on_sparse)
-    return CrystalGraph(numbers=record.numbers, centers=i, neighbors=j, distances=d, n_sparse=n_sparse, label=record.label)
+    return CrystalGraph(numbers=record.numbers, centers=i, neighbors=j, distances=d, n_sparse=n_sparse,
+                        label=record.label, closest=closest)  # fmt: skip
 
 
