@@ -346,7 +346,12 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         return
     names = _model_names(models, use_all)
     predictors = [load_predictor(name, atom_init=atom_init, trusted=trust, device=device) for name in names]
-    _check_coverage(predictors, coverage)
+    # a model named with --model must give the intervals asked for; --all gives them where it can
+    named = [p for name, p in zip(names, predictors) if name in models or p.has_intervals]
+    _check_coverage(named, coverage)
+    without = [name for name, p in zip(names, predictors) if p not in named and p.model.spec.task != "classification"]
+    if coverage is not None and without:
+        click.echo(f"note: --coverage {coverage}: no intervals from {', '.join(without)} (single networks)", err=True)
     for predictor in predictors:
         predictor.compile = compile_
     if fmt in ("csv", "parquet") and not per_atom:

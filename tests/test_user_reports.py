@@ -856,6 +856,9 @@ def test_coverage_is_handled_alike_everywhere():
         CGCNNFeaturizer("perovskite_formation_energy", coverage=0.9).feature_labels()
     result = _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "-m", "perovskite_formation_energy", "--coverage", "0.9")
     assert result.exit_code == 2 and "single network" in result.output
+    every = _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "--all", "--coverage", "0.9")  # where it can
+    assert every.exit_code == 0 and "no intervals from perovskite_formation_energy" in every.stderr
+    assert "formation_energy: formation_energy_lower" in every.stdout.splitlines()[0]
 
     calc = CGCNNCalculator("formation_energy")
     assert calc.todict()["models"] == ["formation_energy"] and "coverage" not in calc.todict()

@@ -639,15 +639,17 @@ def predict_many(
 
     The results are those of calling each predictor's ``predict`` in turn, bit for bit (the same
     graphs, the same batches). Arguments as in :meth:`~CGCNNPredictor.predict`, except ``coverage``:
-    intervals for every regression model (:func:`check_interval_models` refuses one that cannot
-    give them), none for classifiers (where ``predict`` refuses). ``workers`` may be a :class:`~cgcnn_ase.inference.parallel.NetworkPool` of these
+    intervals for the predictors that have them (:attr:`~CGCNNPredictor.has_intervals`), none for
+    the others (where ``predict`` refuses; :func:`check_interval_models` refuses them up front). ``workers`` may be a :class:`~cgcnn_ase.inference.parallel.NetworkPool` of these
     predictors. Where they cannot share graphs (a GPU among them, mixed CIF readers), each predicts
     in turn (an iterator of structures is then read into a list first).
 
     >>> gaps, metals = predict_many([gap, metal], ["POSCAR", atoms])   # doctest: +SKIP
     """
     predictors = list(predictors)
-    check_interval_models(predictors, coverage)  # fails before any model runs
+    if coverage is not None:  # fails before any model runs
+        check_coverage(coverage)
+        check_interval_models([p for p in predictors if p.has_intervals], coverage)
     coverages = [coverage if p.has_intervals else None for p in predictors]
     options = {"batch_size": batch_size, "progress": progress, "errors": errors, "on_sparse": on_sparse,
                "per_atom": per_atom, "embeddings": embeddings, "workers": workers}  # fmt: skip
