@@ -15,7 +15,7 @@ from ase.build import bulk
 from cgcnn_ase import CGCNNPredictor
 from cgcnn_ase.errors import UnseenElementWarning
 
-from .test_training import dataset_csv, trained
+from .test_training import dataset_csv, trained  # noqa: F401 - a tiny trained model folder
 
 
 def test_unseen_elements_give_one_summary_warning_per_call_naming_the_model():
