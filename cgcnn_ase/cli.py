@@ -29,6 +29,7 @@ from cgcnn_ase.errors import (
     UNSEEN_HINT,
     CGCNNError,
     CheckpointError,
+    DeviceError,
     StreamError,
     UnknownModelError,
     UnseenElementWarning,
@@ -110,6 +111,10 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             if traceback_:
                 traceback.print_exc()
             _fail(str(exc), EXIT_MODEL)
+        except DeviceError as exc:  # --device names no device this machine has: a usage error
+            if traceback_:
+                traceback.print_exc()
+            _fail(str(exc), EXIT_USAGE)
         except CGCNNError as exc:
             if traceback_:
                 traceback.print_exc()
@@ -775,7 +780,7 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
 def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, confidence: float, marginal: bool,
               report: bool, max_centers: int | None, batch_size: int) -> None:  # fmt: skip
     """Fit the per-crystal uncertainty and split-conformal prediction intervals of the ensemble
-    MODEL (a folder) on its validation split, measure them on the test split, and store both in its
+    MODEL (a folder, rewritten in place; a shipped model's name is refused) on its validation split, measure them on the test split, and store both in its
     model.json, domain.safetensors and card. Predictions then carry <property>_uncertainty and accept
     --coverage (Python: predict(..., coverage=0.9)). With --domain the applicability-domain summary is
     rebuilt first; for a model that is not a regression ensemble that is all it does."""
@@ -783,6 +788,13 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, co
 
     from cgcnn_ase.train.ensembles import calibrate_folder
 
+    if not Path(model).exists():  # a shipped model's name: its folder is part of the installation
+        from cgcnn_ase.models.registry import resolve_model
+
+        folder = resolve_model(model).path
+        raise click.UsageError(f"calibrate rewrites the model folder it is given, and {model!r} names the shipped model in "
+                               f"{folder}: copy that folder (cp -r) and calibrate the copy, or give the folder's path to "
+                               "recalibrate it in place")  # fmt: skip
     torch.set_num_threads(1)  # this process is ours; one thread is fastest for small crystals
     result = calibrate_folder(model, dataset, domain=domain, normaliser=normaliser, report=report,
                               confidence=None if marginal else confidence,

@@ -43,6 +43,10 @@ class UnknownModelError(CGCNNError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class DeviceError(CGCNNError, ValueError):
+    """A torch device that is not a device name, or that this machine or torch build does not have."""
+
+
 class DatasetError(CGCNNError, ValueError):
     """A dataset file or its specification is unusable (missing column, bad filter, ...)."""
 

@@ -1031,3 +1031,47 @@ def test_in_domain_leaves_out_mis_scaled_cells_by_their_bond_ratio():
     np.testing.assert_allclose(ratios[2], ratios[0], rtol=1e-12)
     assert result.in_domain(max_percentile=100).tolist() == [True, True, False, True]
     assert "bond_ratio" in result.to_dataframe().columns
+
+
+def test_round_6_device_training_and_calibrate_reports(tmp_path):
+    """Round 6: '--device cuda on a CPU-only torch: internal error, exit 4'; 'batch_size=1 or a one-row
+    training set: internal error from batch norm'; 'calibrate formation_energy rewrites the shipped model'."""
+    import torch
+
+    from cgcnn_ase.errors import ConfigError, DeviceError
+    from cgcnn_ase.models.registry import resolve_device
+    from cgcnn_ase.train.config import TrainConfig
+
+    from .conftest import REPO
+
+    example = str(REPO / "examples" / "SrTiO3.cif")
+    with pytest.raises(DeviceError, match="not a torch device"):
+        resolve_device("banana")
+    assert _cli("predict", example, "-m", "formation_energy", "--device", "banana").exit_code == 2
+    if not torch.cuda.is_available():
+        result = _cli("predict", example, "-m", "formation_energy", "--device", "cuda")
+        assert result.exit_code == 2 and "no CUDA GPU" in result.output
+    with pytest.raises(ConfigError, match="batch_size must be at least 2"):
+        TrainConfig.from_dict({"data": {"path": "x.csv", "target": "y"}, "batch_size": 1}).validate()
+    shipped = resolve_model_folder = REPO / "pretrained_models"
+    before = {p: p.stat().st_mtime_ns for p in shipped.rglob("*") if p.is_file()}
+    refused = _cli("calibrate", "formation_energy")
+    assert refused.exit_code == 2 and "copy that folder" in refused.output
+    assert {p: p.stat().st_mtime_ns for p in resolve_model_folder.rglob("*") if p.is_file()} == before
+
+
+def test_a_training_split_of_one_crystal_is_a_config_error(dataset_csv, tmp_path):  # noqa: F811 - the fixture
+    """Round 6: 'a one-row dataset: internal error (Expected more than 1 value per channel when training)'."""
+    import pandas as pd
+
+    from cgcnn_ase.errors import ConfigError
+    from cgcnn_ase.train.config_sections import SplitConfig
+    from cgcnn_ase.train.trainer import train_from_config
+
+    from .test_training import tiny_config
+
+    one = tmp_path / "one.csv"
+    pd.read_csv(dataset_csv).head(1).to_csv(one, index=False)
+    config = tiny_config(one, tmp_path, split=SplitConfig(train=1.0, val=0.0, test=0.0, seed=1))
+    with pytest.raises(ConfigError, match="at least 2 crystals in the training split"):
+        train_from_config(config, progress=False)

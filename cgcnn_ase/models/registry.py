@@ -123,11 +123,24 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None`` or ``"auto"``: CUDA when available, else the CPU; anything else: ``torch.device(device)``.
 
     Raises:
-        ValueError: an unknown device string (torch's message, naming it).
+        DeviceError: not a device name, or a CUDA/MPS device this machine or torch build lacks.
     """
+    from cgcnn_ase.errors import DeviceError
+
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        out = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"device {device!r} is not a torch device: give cpu, cuda, cuda:N, mps or auto") from exc
+    if out.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r}: this torch build or machine has no CUDA GPU; use cpu (or auto)")
+        if out.index is not None and out.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+    if out.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError(f"device {device!r}: MPS is not available here; use cpu (or auto)")
+    return out
 
 
 def _looks_like_path(model: str) -> bool:

@@ -297,6 +297,8 @@ class TrainConfig(Settings):
         for name in ("epochs", "batch_size", "eval_batch_size", "workers"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if int(self.batch_size) < 2:  # a batch of one single-atom crystal leaves batch norm one value per channel
+            raise ConfigError(f"batch_size must be at least 2 for training (batch normalisation), got {self.batch_size}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ConfigError(f"time_limit must be a positive number of minutes (or null), got {self.time_limit}")
         if self.patience is not None and self.patience < 1:

@@ -224,6 +224,9 @@ class Trainer:
         parameters = parameter_groups(self.network, config) if self.base is not None else self.network.parameters()
         self.optimizer = make_optimizer(config, parameters, fused=self.device.type == "cuda")
         n_train = len(self.parts["train"])
+        if n_train < 2:
+            raise ConfigError(f"training needs at least 2 crystals in the training split (batch normalisation); "
+                              f"{config.data.path} leaves {n_train} after the split and filters")  # fmt: skip
         if self.ddp is not None and n_train < self.min_last:
             raise ConfigError(f"{self.ddp.world_size} processes need at least {self.min_last} training crystals")
         steps = steps_per_epoch(n_train, config.batch_size, self.min_last)
