@@ -193,6 +193,11 @@ def main() -> None:
     os.environ.setdefault("SPGLIB_WARNING", "OFF")
 
 
+def _on_terminal() -> bool:
+    """Progress bars for a person watching: only when stderr is a terminal (not in a log or a pipe)."""
+    return sys.stderr.isatty()
+
+
 def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
     """INPUTS with ``-`` replaced by the structure piped to stdin (CIF, pymatgen JSON, POSCAR or extxyz text),
     as the item ``stdin``."""
@@ -714,7 +719,7 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
     settings = list(overrides) + ([f"threads={threads}"] if threads else []) + (["compile=true"] if compile_ else [])
     if init_from is not None:  # quoted, so that a name YAML would read as a number or a boolean stays a string
         settings.append(f"init_from={json.dumps(init_from)}")
-    folder = train_from_config(load_config(config, settings), progress=True)
+    folder = train_from_config(load_config(config, settings), progress=_on_terminal())
     click.echo(str(folder))
     spec = Path(folder) / "model.json"
     training = json.loads(spec.read_text()).get("metadata", {}).get("training", {}) if spec.is_file() else {}
@@ -756,7 +761,7 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
         raise click.UsageError(f"{options} need(s) a DATASET argument")
     if out_dir is None:  # never inside a model folder (a shipped one lives in the package)
         out_dir = str(Path("evaluation") / f"{model_folder(model).name}-{split}")
-    report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size, progress=True,
+    report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size, progress=_on_terminal(),
                             layout=layout)  # fmt: skip
     keys = ("model", "split", "n", "n_failed", "property", "units", "metrics", "uncertainty")  # uncertainty: ensembles
     from cgcnn_ase.models.cards import json_safe
@@ -798,7 +803,7 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, co
     torch.set_num_threads(1)  # this process is ours; one thread is fastest for small crystals
     result = calibrate_folder(model, dataset, domain=domain, normaliser=normaliser, report=report,
                               confidence=None if marginal else confidence,
-                              max_centers=max_centers, batch_size=batch_size, progress=True)  # fmt: skip
+                              max_centers=max_centers, batch_size=batch_size, progress=_on_terminal())  # fmt: skip
     if result is not None:
         click.echo(json.dumps(result, indent=2))
 
@@ -857,5 +862,5 @@ def ensemble(members: tuple[str, ...], output: str, dataset: str | None, name: s
 
     folder = assemble_ensemble(list(members), output, dataset=dataset, name=name, aliases=list(aliases) or None,
                                evaluate=not no_evaluate, batch_size=batch_size, device=device, workers=workers,
-                               progress=True)  # fmt: skip
+                               progress=_on_terminal())  # fmt: skip
     click.echo(str(folder))

@@ -910,6 +910,7 @@ def test_evaluate_names_the_model_and_writes_strict_json(tmp_path):
                   "--id-column", "id", "-o", str(tmp_path / "ev"))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "bulk_modulus-mp_elastic3k" in result.stderr and "1 of 1 structures hold elements" in result.stderr
+    assert "\r" not in result.stderr  # round 6: no progress bars when stderr is not a terminal
 
     def refuse(constant):
         raise AssertionError(f"metrics.json holds {constant}, which is not JSON")
