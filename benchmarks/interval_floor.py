@@ -5,7 +5,7 @@ interval, whose scale is floored so that the 95% interval holds every member's p
 validation crystals the error model's log-linear fit grows slower than the members' spread). Fitted on the validation split as shipped; this script reads
 the test split from the cache of ``benchmarks/uncertainty_cache.py`` (run that first) and prints, per model
 and level, the coverage without and with the floor, how often the floor binds (the same crystals at every
-level) and the mean width ratio.
+level) and the mean width ratio; then the squeezed and stretched NaCl of docs/uncertainty.md.
 
     python benchmarks/uncertainty_cache.py formation_energy band_gap ...   # once, ~minutes per model
     python benchmarks/interval_floor.py                                     # seconds
@@ -61,6 +61,24 @@ def main() -> None:
             after = np.mean(np.abs(y - mean) <= floored)
             print(f"| {name} | {len(y)} | {level:.2f} | {100 * before:.1f}% | {100 * after:.1f}% | "
                   f"{100 * np.mean(scale > s):.1f}% | {np.mean(floored / half):.3f} |")
+    examples()
+
+
+def examples() -> None:
+    """The report's case (docs/uncertainty.md): NaCl squeezed to 0.6x its lattice, beside NaCl and NaCl at
+    1.2x, with the formation-energy ensemble: members, calibrated std and the 90% / 95% intervals."""
+    from ase.build import bulk
+
+    from cgcnn_ase import CGCNNPredictor
+
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", device="cpu")
+    crystals = {f"NaCl, lattice x{f}": bulk("NaCl", "rocksalt", a=f * 5.64) for f in (0.6, 1.0, 1.2)}
+    wide = predictor.predict(list(crystals.values()), coverage=0.95)
+    ninety = predictor.predict(list(crystals.values()), coverage=0.9)
+    for k, label in enumerate(crystals):
+        members = ", ".join(f"{v:.2f}" for v in wide.member_values[k])
+        print(f"{label}: members {members}; std {wide.std[k]:.3f} eV/atom; 90% [{ninety.lower[k]:.2f}, "
+              f"{ninety.upper[k]:.2f}], 95% [{wide.lower[k]:.2f}, {wide.upper[k]:.2f}]")
 
 
 if __name__ == "__main__":

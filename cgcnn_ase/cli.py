@@ -361,7 +361,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     _check_coverage(named, coverage)
     without = [name for name, p in zip(names, predictors) if p not in named and p.model.spec.task != "classification"]
     if coverage is not None and without:
-        click.echo(f"note: --coverage {coverage}: no intervals from {', '.join(without)} (single networks)", err=True)
+        click.echo(f"note: --coverage {coverage}: no intervals from {', '.join(without)} (not calibrated ensembles)", err=True)
     for predictor in predictors:
         predictor.compile = compile_
     if fmt in ("csv", "parquet") and not per_atom:
@@ -824,6 +824,7 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
     import pandas as pd
 
     from cgcnn_ase.analysis.site_maps import write_site_report
+    from cgcnn_ase.analysis.sites import labelled_error
     from cgcnn_ase.io.inputs import iter_files
 
     predictor = load_predictor(model)
@@ -836,7 +837,7 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
     if paths[-1].name == "skipped.csv":
         skipped = pd.read_csv(paths[-1], dtype=str, keep_default_na=False)
         for label, message in zip(skipped["structure"], skipped["error"]):
-            click.echo(f"error: {message if message.startswith(label) else f'{label}: {message}'}", err=True)
+            click.echo(f"error: {labelled_error(label, message)}", err=True)
         click.echo(f"{len(skipped)} structure(s) could not be analysed (listed in {paths[-1]})", err=True)
         sys.exit(EXIT_BAD_INPUT)
 

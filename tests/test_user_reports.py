@@ -1076,3 +1076,21 @@ def test_a_training_split_of_one_crystal_is_a_config_error(dataset_csv, tmp_path
     config = tiny_config(one, tmp_path, split=SplitConfig(train=1.0, val=0.0, test=0.0, seed=1))
     with pytest.raises(ConfigError, match="at least 2 crystals in the training split"):
         train_from_config(config, progress=False)
+
+
+def test_the_elements_that_share_a_feature_vector_get_one_prediction():
+    """Round 6: 'Nd, Pm, Sm, Gd and Tb nitrides give the same formation energy'; docs/elements.md lists the groups."""
+    import json
+
+    from cgcnn_ase.models.registry import resolve_model
+
+    table = json.loads((resolve_model("formation_energy").path / "atom_init.json").read_text())
+    groups: dict[tuple, list[int]] = {}
+    for z, vector in table.items():
+        groups.setdefault(tuple(vector), []).append(int(z))
+    shared = sorted(sorted(g) for g in groups.values() if len(g) > 1)
+    assert shared == [[57, 58], [60, 61, 62, 64, 65], [66, 67, 68], [95, 96], [97, 98]]
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", device="cpu")
+    values = predictor.predict([bulk(f"{e}N", "rocksalt", a=5.1) for e in ("Nd", "Pm", "Sm", "Gd", "Tb")]).values
+    np.testing.assert_allclose(values, -1.652209, atol=2e-6)
+    assert np.ptp(values) < 1e-7

@@ -408,11 +408,14 @@ def _site_roles(record: StructureRecord, roles: Any, wyckoff: list[str] | None) 
     return role
 
 
+def labelled_error(label: str, message: str) -> str:
+    """``message`` naming the structure ``label`` (as it is when the reader wrote it)."""
+    return message if message.startswith(label) else f"{label}: {message}"
+
+
 def skipped_message(failed: Mapping[str, str]) -> str:
     """One line for the structures a site table left out: how many, and the first one's error."""
-    label, message = next(iter(failed.items()))
-    first = message if message.startswith(label) else f"{label}: {message}"
-    return f"{len(failed)} structure(s) skipped (first: {first})"
+    return f"{len(failed)} structure(s) skipped (first: {labelled_error(*next(iter(failed.items())))})"
 
 
 def site_contributions(

@@ -124,7 +124,7 @@ class BatchEdges:
     neighbors: torch.Tensor
     distances: torch.Tensor
     n_sparse: torch.Tensor
-    bond_ratio: torch.Tensor | None = None
+    bond_ratio: torch.Tensor
 
 
 @dataclass(frozen=True)

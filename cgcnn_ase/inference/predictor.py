@@ -49,6 +49,7 @@ CPU_BATCH, GPU_BATCH = 64, 1024
 #: The coverage at which a prediction interval holds every ensemble member's prediction (at least).
 FLOOR_LEVEL = 0.95
 
+
 class CGCNNPredictor:
     """Run a CGCNN model, or a deep ensemble of them, on crystals.
 
@@ -648,7 +649,6 @@ def predict_many(
     """
     predictors = list(predictors)
     if coverage is not None:  # fails before any model runs
-        check_coverage(coverage)
         check_interval_models([p for p in predictors if p.has_intervals], coverage)
     coverages = [coverage if p.has_intervals else None for p in predictors]
     options = {"batch_size": batch_size, "progress": progress, "errors": errors, "on_sparse": on_sparse,

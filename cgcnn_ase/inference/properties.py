@@ -89,6 +89,24 @@ class Column:
         return f"{self.name} ({self.units})"
 
 
+def with_metal_classifier(predictors: Sequence[CGCNNPredictor], device: Any = None) -> list[CGCNNPredictor]:
+    """``predictors`` plus the shipped ``is_metal`` classifier when a band-gap model (by its property,
+    whatever its name) is among them without one, so that its band gap can be gated; as given
+    when none is shipped."""
+    from cgcnn_ase.inference.predictor import as_predictor
+    from cgcnn_ase.models.registry import resolve_model
+
+    out = list(predictors)
+    properties = {p.property_name for p in out}
+    if "band_gap" in properties and "is_metal" not in properties:
+        try:
+            resolve_model("is_metal")
+        except KeyError:  # no shipped classifier: the band gap stays ungated
+            return out
+        out.append(as_predictor("is_metal", device=device))
+    return out
+
+
 def _is_log_gpa(predictor: CGCNNPredictor) -> bool:
     return predictor.property_name.startswith("log10_") and predictor.units == "log10(GPa)"
 

@@ -46,9 +46,8 @@ import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models
-from cgcnn_ase.inference.properties import gated_band_gap_result
+from cgcnn_ase.inference.properties import gated_band_gap_result, with_metal_classifier
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
-from cgcnn_ase.models.registry import resolve_model
 
 #: Standard ASE property names this calculator can fill (everything else is custom).
 STANDARD_PROPERTIES = ("energy", "free_energy", "energies", "fermi_level")
@@ -108,16 +107,9 @@ class CGCNNCalculator(Calculator):
         items = [models] if isinstance(models, (str, os.PathLike, CGCNNPredictor)) else list(models)
         if not items:
             raise ValueError("CGCNNCalculator needs at least one model")
-        self.predictors = [as_predictor(m, device=device) for m in items]
-        properties = {p.property_name for p in self.predictors}
-        if "band_gap" in properties and "is_metal" not in properties:  # any band-gap model, by whatever name
-            try:
-                resolve_model("is_metal")
-                self.predictors.append(as_predictor("is_metal", device=device))
-            except KeyError:  # no shipped classifier: the band gap stays ungated
-                pass
+        self.predictors = with_metal_classifier([as_predictor(m, device=device) for m in items], device)
         self._energy_model = next((p for p in self.predictors if p.units == "eV/atom"), None)
-        self.parameters["models"] = [m if isinstance(m, str) else getattr(m, "name", None) or str(m) for m in items]
+        self.parameters["models"] = [m.model.spec.name if isinstance(m, CGCNNPredictor) else os.fspath(m) for m in items]
         self.parameters["device"] = str(self.predictors[0].device)
         self.set(store_in_info=store_in_info, on_sparse=on_sparse, metal_threshold=metal_threshold, coverage=coverage)
 

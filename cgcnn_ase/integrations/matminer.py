@@ -21,10 +21,9 @@ from matminer.featurizers.base import BaseFeaturizer
 
 from cgcnn_ase.errors import InvalidStructureError
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models, predict_many
-from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap_result
+from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap_result, with_metal_classifier
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 from cgcnn_ase.models.folder import check_coverage
-from cgcnn_ase.models.registry import resolve_model
 
 #: The label of the column that ``unseen_elements=True`` adds (the name ``cgcnn-ase predict`` gives it too).
 UNSEEN_COLUMN = "unseen_elements"
@@ -121,13 +120,8 @@ class CGCNNFeaturizer(BaseFeaturizer):
             items = [self.properties] if single else list(self.properties)
             with _fork_safe_threads(self._owner_pid):
                 predictors = [as_predictor(item, device=self.device) for item in items]
-                names = {p.property_name for p in predictors}
-                if self.metal_threshold is not None and "band_gap" in names and "is_metal" not in names:
-                    try:  # any band-gap model, by whatever name, is gated by the shipped classifier
-                        resolve_model("is_metal")
-                        predictors.append(as_predictor("is_metal", device=self.device))
-                    except KeyError:  # none shipped: the band gap stays ungated
-                        pass
+                if self.metal_threshold is not None:  # the shipped classifier gates any band-gap model
+                    predictors = with_metal_classifier(predictors, self.device)
             check_interval_models(predictors, self.coverage)
             self._predictors = predictors
         return self._predictors
