@@ -288,7 +288,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--domain", "domain", is_flag=True, help="Without --model: also give each property's domain percentile (100: farther from the training data than every validation crystal; --model always gives it, and the table always shows their median as dom%).")
 @click.option("--metal-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Without --model: P(metal) above which the band gap is 0.")
 @click.option("--coverage", type=click.FloatRange(0.5, 0.99), default=None, help="Add <property>_lower/_upper: a prediction interval holding the true value with this probability (e.g. 0.9), for the calibrated ensembles.")
-@click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout (for parquet: a folder of part files).")
+@click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout (for parquet: a folder of part files); missing folders on the way are created.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip the ids already in -o and append (csv or parquet).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Structures read, predicted and written together (memory holds one chunk) [default: 1024 with one --model, else 8192].")
 @click.option("--column", default="cif", show_default=True, help="Table inputs (.csv, .tsv, .parquet): column holding CIF text, pymatgen structure JSON or file paths.")
@@ -334,7 +334,12 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         fmt = "table" if sys.stdout.isatty() else "csv"  # a person reads a table; a pipe gets csv
     if fmt is None and output is not None and output.lower().endswith(".json"):
         fmt = "json"
-    fmt = fmt or infer_format(output)
+    if fmt is None:
+        try:
+            fmt = infer_format(output)
+        except StreamError:
+            raise click.BadParameter(f"{output}: its suffix names a format that is not written; name it .csv, .json "
+                                     "or .parquet, or give --format csv", param_hint="-o/--output") from None  # fmt: skip
     if output:
         check_output(output, inputs, fmt)
     inputs = _with_stdin(inputs)
@@ -719,7 +724,11 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
     settings = list(overrides) + ([f"threads={threads}"] if threads else []) + (["compile=true"] if compile_ else [])
     if init_from is not None:  # quoted, so that a name YAML would read as a number or a boolean stays a string
         settings.append(f"init_from={json.dumps(init_from)}")
-    folder = train_from_config(load_config(config, settings), progress=_on_terminal())
+    run = load_config(config, settings)
+    try:
+        folder = train_from_config(run, progress=_on_terminal())
+    except KeyboardInterrupt:
+        _interrupted_training(run)
     click.echo(str(folder))
     spec = Path(folder) / "model.json"
     training = json.loads(spec.read_text()).get("metadata", {}).get("training", {}) if spec.is_file() else {}
@@ -729,6 +738,25 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
                    f"{training.get('epochs_run')} of {run.get('epochs')} epochs; the model folder holds the best "
                    "epoch so far. Run the same command again to continue.", err=True)  # fmt: skip
         sys.exit(EXIT_UNFINISHED)
+
+
+def _interrupted_training(run: Any) -> None:
+    """Ctrl-C during ``train``: say what was kept and how to continue; exit 130 (128 + SIGINT)."""
+    from cgcnn_ase.train.trainer import CHECKPOINT_LAST
+
+    checkpoint, metrics = run.work_path / CHECKPOINT_LAST, run.work_path / "metrics.csv"
+    if not run.resume:
+        hint = "resume is false, so the same command starts over"
+    elif checkpoint.is_file() and metrics.is_file():
+        epochs = max(len(metrics.read_text().splitlines()) - 1, 0)
+        hint = (f"{epochs} finished epoch(s) of {run.epochs} are saved in {checkpoint}; run the same command again to "
+                "continue from there")  # fmt: skip
+    elif run.init_from is not None and run.finetune.member == "all":  # one work folder per member
+        hint = f"the members' finished epochs are saved under {run.work_path}; run the same command again to continue"
+    else:
+        hint = "no epoch had finished, so nothing was saved to continue from"
+    click.echo(f"\ninterrupted: {hint}", err=True)
+    sys.exit(130)
 
 
 @main.command(short_help="Score a model on its dataset's test split (metrics, plots).")
@@ -791,7 +819,7 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, co
     rebuilt first; for a model that is not a regression ensemble that is all it does."""
     import torch
 
-    from cgcnn_ase.train.ensembles import calibrate_folder
+    from cgcnn_ase.train.ensembles import calibrate_folder, calibration_problem
 
     if not Path(model).exists():  # a shipped model's name: its folder is part of the installation
         from cgcnn_ase.models.registry import resolve_model
@@ -800,6 +828,9 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, co
         raise click.UsageError(f"calibrate rewrites the model folder it is given, and {model!r} names the shipped model in "
                                f"{folder}: copy that folder (cp -r) and calibrate the copy, or give the folder's path to "
                                "recalibrate it in place")  # fmt: skip
+    problem = calibration_problem(model, domain=domain, report=report)
+    if problem is not None:  # asked of a model that cannot have it: a usage error
+        raise click.UsageError(f"{model}: {problem}")
     torch.set_num_threads(1)  # this process is ours; one thread is fastest for small crystals
     result = calibrate_folder(model, dataset, domain=domain, normaliser=normaliser, report=report,
                               confidence=None if marginal else confidence,

@@ -101,6 +101,11 @@ class StretchedStructureWarning(GeometryWarning):
     radii (a cell scaled up by mistake, or a solid of noble-gas atoms)."""
 
 
+class VacuumWarning(GeometryWarning):
+    """The atoms leave an empty slab across the cell wider than the graph radius: a slab, wire or
+    molecule in a periodic box, which the models (trained on bulk crystals) see as such."""
+
+
 class SkippedFilesWarning(UserWarning):
     """Files of a folder input that are not structure files (documents, images, the original CGCNN
     layout's ``id_prop.csv`` and ``atom_init.json``) were left out; named on their own they are read."""

@@ -1094,3 +1094,155 @@ def test_the_elements_that_share_a_feature_vector_get_one_prediction():
     values = predictor.predict([bulk(f"{e}N", "rocksalt", a=5.1) for e in ("Nd", "Pm", "Sm", "Gd", "Tb")]).values
     np.testing.assert_allclose(values, -1.652209, atol=2e-6)
     assert np.ptp(values) < 1e-7
+
+
+# -- round 6, the reports left for later (2026-11-28) ------------------------------------------------------
+
+
+def test_a_resume_with_fewer_epochs_than_run_is_refused(dataset_csv, tmp_path):  # noqa: F811 - the fixture
+    """Round 6: 'resume with epochs=10 after 150 is accepted; the card says 150 run (max 10)'."""
+    from cgcnn_ase.errors import ConfigError
+    from cgcnn_ase.train.trainer import train_from_config
+
+    from .test_training import tiny_config
+
+    train_from_config(tiny_config(dataset_csv, tmp_path, epochs=3), progress=False)
+    with pytest.raises(ConfigError, match="already trained 3 epochs, more than epochs=2"):
+        train_from_config(tiny_config(dataset_csv, tmp_path, epochs=2), progress=False)
+    folder = train_from_config(tiny_config(dataset_csv, tmp_path, epochs=4), progress=False)  # more: continues
+    assert len((folder / "metrics.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_a_run_without_validation_or_test_split_has_a_true_card(dataset_csv, tmp_path):  # noqa: F811
+    """Round 6: 'the card of a run without a validation split names val_mae selection and a parity.png
+    that is not written'."""
+    from cgcnn_ase.train.config_sections import SplitConfig
+    from cgcnn_ase.train.trainer import train_from_config
+
+    from .test_training import tiny_config
+
+    split = SplitConfig(train=1.0, val=0.0, test=0.0, seed=1)
+    folder = train_from_config(tiny_config(dataset_csv, tmp_path, split=split), progress=False)
+    card = (folder / "README.md").read_text()
+    assert "val_mae" not in card and "parity.png" not in card and not (folder / "parity.png").exists()
+    assert "selected on train_loss" in card and "kept no test crystals" in card
+    split = SplitConfig(train=0.75, val=0.0, test=0.25, seed=1)
+    other = train_from_config(tiny_config(dataset_csv, tmp_path / "b", split=split), progress=False)
+    card = (other / "README.md").read_text()
+    assert "selected on train_loss for want of a validation split" in card
+    assert "`parity.png` (test split)" in card and (other / "parity.png").is_file()
+    # evaluating the empty test split names the split, not the dataset
+    result = _cli("evaluate", str(folder), "-o", str(tmp_path / "ev"))
+    assert result.exit_code == 1 and "holds no test crystals (train 12, val 0, test 0)" in result.output
+
+
+def test_training_does_not_overwrite_another_model_or_foreign_files(dataset_csv, tmp_path):  # noqa: F811
+    """Round 6: 'train overwrites an unrelated model.json in output'."""
+    import shutil
+
+    from cgcnn_ase.errors import ConfigError
+    from cgcnn_ase.models.registry import resolve_model
+    from cgcnn_ase.train.trainer import train_from_config
+
+    from .test_training import tiny_config
+
+    shipped = tmp_path / "model"
+    shutil.copytree(resolve_model("formation_energy").path, shipped)
+    before = (shipped / "model.json").read_text()
+    with pytest.raises(ConfigError, match="holds another model"):
+        train_from_config(tiny_config(dataset_csv, tmp_path), progress=False)
+    assert (shipped / "model.json").read_text() == before
+    notes = tmp_path / "notes" / "model"
+    notes.mkdir(parents=True)
+    (notes / "README.md").write_text("my notes")
+    (notes / "draft.txt").write_text("x")
+    with pytest.raises(ConfigError, match=r"files that are not a model folder \(draft.txt\)"):
+        train_from_config(tiny_config(dataset_csv, notes.parent), progress=False)
+    assert (notes / "README.md").read_text() == "my notes"
+    own = tmp_path / "own"  # an earlier run of the same configuration is rewritten
+    train_from_config(tiny_config(dataset_csv, own, epochs=2), progress=False)
+    train_from_config(tiny_config(dataset_csv, own, epochs=3, resume=False), progress=False)
+
+
+def test_ctrl_c_in_train_says_how_to_continue(dataset_csv, tmp_path, monkeypatch):  # noqa: F811
+    """Round 6: 'Ctrl-C in train gives no resume hint'."""
+    import yaml
+
+    from cgcnn_ase.train.trainer import Trainer
+
+    from .test_training import tiny_config
+
+    config = tiny_config(dataset_csv, tmp_path, epochs=5)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    run_epoch = Trainer.run_epoch
+
+    def interrupted(self):
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return run_epoch(self)
+
+    monkeypatch.setattr(Trainer, "run_epoch", interrupted)
+    result = _cli("train", str(path))
+    assert result.exit_code == 130, result.output
+    assert "2 finished epoch(s) of 5 are saved in" in result.output and "run the same command again" in result.output
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    result = _cli("train", str(path))
+    assert result.exit_code == 0 and len((tmp_path / "model" / "metrics.csv").read_text().splitlines()) == 6
+
+
+def test_calibrating_a_single_network_is_a_usage_error(trained):  # noqa: F811 - the fixture
+    """Round 6: 'calibrating a single model exits 3 (model not loadable) instead of 2'."""
+    _, folder = trained
+    result = _cli("calibrate", str(folder))
+    assert result.exit_code == 2 and "need a regression ensemble" in result.output and "a single network" in result.output
+    result = _cli("calibrate", str(folder), "--report")
+    assert result.exit_code == 2 and "needs an ensemble" in result.output
+
+
+def test_an_output_suffix_of_another_format_is_refused(tmp_path):
+    """Round 6: '-o out.xlsx writes CSV'."""
+    from cgcnn_ase.errors import StreamError
+    from cgcnn_ase.inference.writers import infer_format
+
+    from .conftest import REPO
+
+    example = str(REPO / "examples" / "SrTiO3.cif")
+    for name in ("out.xlsx", "out.tsv", "out.csv.gz"):
+        result = _cli("predict", example, "-m", "formation_energy", "-o", str(tmp_path / name))
+        assert result.exit_code == 2 and "give --format csv" in result.output and not (tmp_path / name).exists()
+    assert _cli("predict", example, "-m", "formation_energy", "-o", str(tmp_path / "o.xlsx"), "--format", "csv").exit_code == 0
+    assert (tmp_path / "o.xlsx").read_text().startswith("id,")
+    with pytest.raises(StreamError, match="'.xlsx' names a format that is not written"):
+        infer_format("a.xlsx")
+    assert infer_format("a.txt") == "csv" and infer_format("a.pq") == "parquet" and infer_format("a.xlsx", "csv") == "csv"
+
+
+def test_a_slab_or_molecule_in_a_periodic_box_is_warned_about():
+    """Round 6: 'a slab with 15 Å of vacuum and pbc=True predicts without a hint'."""
+    from ase.build import fcc111, molecule
+
+    from cgcnn_ase.errors import VacuumWarning
+    from cgcnn_ase.io.records import VACUUM_GAP, vacuum_gap
+    from cgcnn_ase.io.reader import to_record
+
+    slab = fcc111("Cu", (2, 2, 4), vacuum=7.5, periodic=True)
+    with pytest.warns(VacuumWarning, match=r"15\.0 Å wide along lattice vector c"):
+        record = to_record(slab)
+    # the gap is that of the structure, not of its description: shifted, wrapped, permuted, a supercell
+    shifted = slab.copy()
+    shifted.positions += [0.3, -1.1, 6.0]
+    for atoms in (shifted, slab[np.random.default_rng(0).permutation(len(slab))], slab.repeat((2, 1, 2))):
+        with pytest.warns(VacuumWarning):
+            other = to_record(atoms)
+        assert vacuum_gap(other.frac_coords, other.cell)[0] == pytest.approx(vacuum_gap(record.frac_coords, record.cell)[0])
+    water = molecule("H2O")
+    water.center(vacuum=5.0)
+    water.pbc = True
+    with pytest.warns(VacuumWarning, match="slab, wire or molecule"):
+        to_record(water)
+    skewed = bulk("NaCl", "rocksalt", a=5.64).repeat((4, 1, 1))  # long, but bulk: no gap
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VacuumWarning)
+        record = to_record(skewed)
+    assert vacuum_gap(record.frac_coords, record.cell)[0] < VACUUM_GAP / 2

@@ -152,6 +152,12 @@ def load_split_records(
                 raise DatasetError(f"{folder}: no split.json; use split='all' to evaluate every row")
             saved = Split.load(split_path)
         wanted = saved.ids(split)
+        if not wanted:
+            sizes = ", ".join(f"{part} {size}" for part, size in saved.sizes.items())
+            raise DatasetError(
+                f"{folder}: the model's split holds no {split} crystals ({sizes}): nothing to evaluate there; "
+                "choose another split (CLI --split val/train/all)"
+            )
         missing = [i for i in wanted if i not in position]
         if missing:
             warnings.warn(

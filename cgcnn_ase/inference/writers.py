@@ -40,13 +40,33 @@ def _lower_name(path: str | os.PathLike) -> str:
     return os.path.basename(os.fspath(path)).lower()
 
 
+#: Output names whose suffix promises a format that is not written (a CSV would be written under it).
+OTHER_FORMAT_SUFFIXES = (
+    ".xlsx", ".xls", ".ods", ".tsv", ".tab", ".json", ".jsonl", ".h5", ".hdf5", ".hdf", ".feather", ".arrow",
+    ".pkl", ".pickle", ".npy", ".npz", ".db", ".sqlite", ".zip", ".gz", ".bz2", ".xz",
+)  # fmt: skip
+
+
 def infer_format(path: str | os.PathLike | None, fmt: str | None = None) -> OutputFormat:
-    """``fmt`` if given, else ``"parquet"`` for ``.parquet``/``.pq`` paths and ``"csv"`` otherwise."""
+    """``fmt`` if given, else ``"parquet"`` for ``.parquet``/``.pq`` paths and ``"csv"`` otherwise.
+
+    Raises:
+        StreamError: without ``fmt``, a name whose suffix promises another format (``.xlsx``,
+            ``.tsv``, ``.csv.gz``, ...: :data:`OTHER_FORMAT_SUFFIXES`), which would get CSV text.
+    """
     if fmt is not None:
         if fmt not in ("csv", "parquet"):
             raise ValueError(f"output format must be 'csv' or 'parquet', got {fmt!r}")
         return fmt  # type: ignore[return-value]
-    return "parquet" if path is not None and _lower_name(path).endswith(PARQUET_SUFFIXES) else "csv"
+    name = _lower_name(path) if path is not None else ""
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(OTHER_FORMAT_SUFFIXES):
+        raise StreamError(
+            f"{path}: its suffix {os.path.splitext(name)[1]!r} names a format that is not written here; results are "
+            "written as csv (.csv) or parquet (.parquet, a folder of part files): rename it, or ask for csv by name"
+        )
+    return "csv"
 
 
 def arrow_schema(columns: Sequence[str], units: Mapping[str, str] | None = None) -> Any:

@@ -466,6 +466,20 @@ def write_card(folder: str | os.PathLike) -> Path:
     return path
 
 
+def calibration_problem(folder: str | os.PathLike, *, domain: bool = False, report: bool = False) -> str | None:
+    """Why :func:`calibrate_folder` cannot do what is asked of the model folder ``folder``
+    (intervals need a regression ensemble, ``report`` an ensemble), or ``None`` when it can."""
+    document = read_model_json(folder)
+    ensemble, regression = "ensemble" in document, document.get("task", "regression") == "regression"
+    kind = "a classifier" if not regression else "a single network" if not ensemble else "a regression ensemble"
+    if report and not ensemble:
+        return f"the uncertainty report (--report) needs an ensemble, and this model is {kind}"
+    if not (ensemble and regression) and not domain and not report:
+        return (f"prediction intervals need a regression ensemble (several members), and this model is {kind}; "
+                "--domain rebuilds its applicability-domain summary alone")
+    return None
+
+
 def calibrate_folder(
     model: str | os.PathLike,
     dataset: str | os.PathLike | None = None,
@@ -498,14 +512,12 @@ def calibrate_folder(
     from cgcnn_ase.models.registry import model_folder
 
     folder = model_folder(model, purpose="calibration needs a folder with model.json and split.json")
+    problem = calibration_problem(folder, domain=domain, report=report)
+    if problem is not None:
+        raise EnsembleError(f"{model}: {problem}")
     loaded = load_model_folder(folder)
-    if report and not loaded.is_ensemble:
-        raise EnsembleError(f"{model}: --report needs an ensemble")
     options = dict(batch_size=batch_size, progress=progress)
     if not (loaded.is_ensemble and loaded.spec.task == "regression"):
-        if not domain and not report:
-            raise EnsembleError(f"{model}: intervals need a regression ensemble; use --domain to rebuild "
-                                "the domain summary alone")  # fmt: skip
         info = add_domain_summary(folder, dataset, max_centers=max_centers, **options).info if domain else None
         if report:
             refresh_domain_report(folder, dataset, **options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import os
 import platform
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cgcnn_ase.errors import ConfigError
 from cgcnn_ase.models.cards import json_safe, model_card
 from cgcnn_ase.models.folder import LoadedModel, ModelSpec, read_model_json, save_model_folder
 from cgcnn_ase.nn.network import CrystalGraphConvNet
@@ -98,6 +100,8 @@ class TrainingResult:
             settings; :func:`~cgcnn_ase.train.finetune.finetune_metadata`), ``None`` otherwise.
         stopped_by: what ended the last session: ``"epochs"`` (all done), ``"patience"`` or
             ``"time_limit"`` (unfinished: running the command again continues it).
+        monitor: the metric that selected the best epoch as used (``train_loss`` when the run
+            had no validation split), ``None`` for ``config.monitor_name``.
     """
 
     data: PreparedData
@@ -115,6 +119,7 @@ class TrainingResult:
     fingerprint: str
     finetune: dict[str, Any] | None = None
     stopped_by: str = "epochs"
+    monitor: str | None = None
 
 
 def _evaluate(
@@ -175,7 +180,7 @@ def _training_metadata(config: TrainConfig, result: TrainingResult) -> dict[str,
         "select": config.select,
         "stopped_early": history[-1]["epoch"] < config.epochs if history else False,
         "stopped_by": result.stopped_by,
-        "monitor": config.monitor_name,
+        "monitor": result.monitor or config.monitor_name,
         "wall_time_s": round(result.wall_time_s, 1),
         "hardware": hardware_info(result.device, result.threads),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -237,6 +242,54 @@ def _write_plots(
     else:
         parity_plot(
             y, test_predictions, output / "parity.png", units=config.units, title=title, label=config.property_name
+        )
+
+
+#: What a training run writes into ``output`` (and the default work folder ``run``).
+RUN_FILES = frozenset({
+    "model.json", "weights.safetensors", "atom_init.json", "README.md", "config.yaml", "split.json", "metrics.csv",
+    "learning_curve.png", "parity.png", "roc.png", "run",
+})  # fmt: skip
+
+
+def check_output_folder(config: TrainConfig) -> None:
+    """Refuse an ``output`` that holds something other than this run's model folder: training
+    rewrites ``model.json``, ``README.md`` and the other :data:`RUN_FILES` there.
+
+    The folder may be missing or empty, hold only files of a training run that had not
+    finished, or hold a model folder trained on the same data and target under the same
+    model name (an earlier run of this configuration, e.g. with fewer epochs; the data file
+    is compared by name, as a path may be given relative to another folder).
+
+    Raises:
+        ConfigError: ``output`` is a file, holds another model, or holds files of its own.
+    """
+    output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output {output} is a file; the model folder needs a folder path")
+    if not output.is_dir():
+        return
+    names = {p.name for p in output.iterdir()}
+    spec = output / "model.json"
+    if spec.is_file():
+        try:
+            document = json.loads(spec.read_text())
+            earlier = document["metadata"]["training"]["config"]["data"]
+            same = (document.get("name") == config.model_name and earlier.get("target") == config.data.target
+                    and Path(str(earlier.get("path"))).name == Path(config.data.path).name)  # fmt: skip
+        except (ValueError, KeyError, TypeError, OSError):
+            same, document = False, {}
+        if not same:
+            name = document.get("name") if isinstance(document, dict) else None
+            raise ConfigError(
+                f"output {output} holds another model ({name or 'model.json'}, not a run of {config.model_name!r} on "
+                f"{config.data.path}:{config.data.target}); training would overwrite it: choose another output"
+            )
+    elif names - RUN_FILES:
+        shown = ", ".join(sorted(names - RUN_FILES)[:3])
+        raise ConfigError(
+            f"output {output} already holds files that are not a model folder ({shown}{', ...' if len(names - RUN_FILES) > 3 else ''}); "
+            "training writes model.json, README.md and more there: choose a new or empty folder"
         )
 
 

@@ -50,7 +50,7 @@ from cgcnn_ase.train.cache import GraphBatcher, to_device
 from cgcnn_ase.train.config import TrainConfig, changed_settings, config_fingerprint, fingerprinted_settings
 from cgcnn_ase.train.config_sections import FineTuneConfig
 from cgcnn_ase.train.data import data_fingerprint, prepare_data, resolve_split, split_positions, target_normalizer
-from cgcnn_ase.train.export import TrainingResult, write_metrics_csv, write_model_folder
+from cgcnn_ase.train.export import TrainingResult, check_output_folder, write_metrics_csv, write_model_folder
 from cgcnn_ase.train.finetune import (
     FineTuneBase,
     FineTuneState,
@@ -177,6 +177,8 @@ class Trainer:
         """Prepare data, split, normaliser, network, optimiser and schedule; resume from the
         checkpoint when there is one; set up data-parallel training and the forward pass."""
         config = self.config
+        if self.is_main:  # before any work: training would overwrite another model found there
+            check_output_folder(config)
         with parallel_training.main_first(self.ddp):  # rank 0 builds the graph cache; the others then read it
             graph_device = self.device if self.device.type == "cuda" else None  # a GPU builds its own graphs
             self.data = prepare_data(config, progress=self.progress, graph_device=graph_device)
@@ -398,7 +400,8 @@ class Trainer:
         """The work folder's ``checkpoint_last.pt`` when ``config.resume`` is set and it exists.
 
         Raises:
-            ConfigError: not a training checkpoint, or written with settings that shape the
+            ConfigError: not a training checkpoint, one that trained more than ``epochs``, or
+                written with settings that shape the
                 run differently (:func:`~cgcnn_ase.train.config.config_fingerprint`).
         """
         if not (self.config.resume and self.checkpoint_path.is_file()):
@@ -413,6 +416,12 @@ class Trainer:
             raise ConfigError(
                 f"{self.checkpoint_path} was written with different settings ({what}{hint}); use another "
                 "output/work_dir, or set resume=false to start over"
+            )
+        if int(checkpoint["epoch"]) > self.config.epochs:  # its history and best epoch lie beyond this run's end
+            raise ConfigError(
+                f"{self.checkpoint_path} has already trained {checkpoint['epoch']} epochs, more than epochs="
+                f"{self.config.epochs}: set epochs to at least {checkpoint['epoch']} to continue or rewrite that run, "
+                "or use another output/work_dir (or resume=false) for a shorter run"
             )
         if checkpoint.get("data_fingerprint", self.data_fingerprint) != self.data_fingerprint:  # older ones lack it
             raise ConfigError(
@@ -471,7 +480,7 @@ class Trainer:
             data=self.data, split=self.split, parts=self.parts, history=self.history, best=self.best,
             architecture=self.architecture, mean=self.mean, std=self.std, batcher=self.batcher, device=self.device,
             threads=self.threads, wall_time_s=self.wall_before + session, fingerprint=self.fingerprint,
-            finetune=self._finetune_metadata(), stopped_by=self.stopped_by,
+            finetune=self._finetune_metadata(), stopped_by=self.stopped_by, monitor=self.monitor,
         )  # fmt: skip
         folder = write_model_folder(self.config, result)
         parallel_training.barrier(self.ddp)  # the other processes return once the folder is complete
