@@ -561,7 +561,6 @@ def _regression_extras(doc: dict[str, Any]) -> str:
 def _parallel_gpu(doc: dict[str, Any]) -> str:
     md = doc["metadata"]
     md["training"]["hardware"].update(processes=4, gpu="NVIDIA H100", device="cuda:0")
-    md["test_metrics"] = {}
     md["elements_seen"] = []
     md["dataset"].pop("source")
     return "mse"
