@@ -1246,3 +1246,110 @@ def test_a_slab_or_molecule_in_a_periodic_box_is_warned_about():
         warnings.simplefilter("error", VacuumWarning)
         record = to_record(skewed)
     assert vacuum_gap(record.frac_coords, record.cell)[0] < VACUUM_GAP / 2
+
+
+# -- outside testing, round 7 (readers, streaming, fine-tuning, API) -----------------------------------------
+
+_STO_HEAD = """data_SrTiO3
+_cell_length_a 3.905
+_cell_length_b 3.905
+_cell_length_c 3.905
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+"""
+_STO_SITES = """loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Sr1 Sr 0 0 0
+Ti1 Ti 0.5 0.5 0.5
+O1 O 0.5 0.5 0
+"""
+_CUBIC_OPS = ["x,y,z", "-x,-y,-z", "-y,x,z", "y,-x,-z", "-x,-y,z", "x,y,-z", "y,-x,z", "-y,x,-z", "x,-y,-z", "-x,y,z",
+              "-y,-x,-z", "y,x,z", "-x,y,-z", "x,-y,z", "y,x,-z", "-y,-x,z", "z,x,y", "-z,-x,-y", "z,-y,x", "-z,y,-x",
+              "z,-x,-y", "-z,x,y", "z,y,-x", "-z,-y,x", "-z,x,-y", "z,-x,y", "-z,-y,-x", "z,y,x", "-z,-x,y", "z,x,-y",
+              "-z,y,x", "z,-y,-x", "y,z,x", "-y,-z,-x", "x,z,-y", "-x,-z,y", "-y,z,-x", "y,-z,x", "-x,z,y", "x,-z,-y",
+              "-y,-z,x", "y,z,-x", "-x,-z,-y", "x,z,y", "y,-z,-x", "-y,z,x", "x,-z,y", "-x,z,-y"]  # fmt: skip
+_BCC_FE_MCIF = """data_Fe_bcc
+_space_group_magn.number_BNS 229.1
+_space_group_magn.name_BNS "I m -3 m"
+_cell_length_a 2.8665
+_cell_length_b 2.8665
+_cell_length_c 2.8665
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+loop_
+_space_group_symop_magn_operation.id
+_space_group_symop_magn_operation.xyz
+1 x,y,z,+1
+loop_
+_space_group_symop_magn_centering.id
+_space_group_symop_magn_centering.xyz
+1 x,y,z,+1
+2 x+1/2,y+1/2,z+1/2,+1
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+Fe1 Fe 0.00000 0.00000 0.00000 1
+"""
+
+
+@pytest.mark.parametrize("reader", ["gemmi", "pymatgen"])
+def test_symmetry_given_by_number_dotted_tags_or_magnetic_operations_is_applied(tmp_path, reader):
+    """Round 7: 'a CIF giving its space group by number only, CIF2 dotted symmetry tags, or mCIF magnetic
+    operations is read as P1: SrTiO3 as SrTiO (-1.67 instead of -3.59 eV/atom), bcc Fe as one atom'."""
+    from collections import Counter
+
+    from ase.data import chemical_symbols
+
+    from cgcnn_ase.io.reader import read_structures
+
+    dotted = "loop_\n_space_group_symop.id\n_space_group_symop.operation_xyz\n" + "".join(
+        f"{k} '{op}'\n" for k, op in enumerate(_CUBIC_OPS, 1)
+    )
+    files = {
+        "number.cif": (_STO_HEAD + "_space_group_IT_number 221\n" + _STO_SITES, {"Sr": 1, "Ti": 1, "O": 3}),
+        "old_number.cif": (_STO_HEAD + "_symmetry_Int_Tables_number 221\n" + _STO_SITES, {"Sr": 1, "Ti": 1, "O": 3}),
+        "hm.cif": (_STO_HEAD + "_symmetry_space_group_name_H-M 'P m -3 m'\n" + _STO_SITES, {"Sr": 1, "Ti": 1, "O": 3}),
+        "magnetic.mcif": (_BCC_FE_MCIF, {"Fe": 2}),
+    }
+    if reader == "gemmi":  # pymatgen ignores dotted operations; its reading serves the authors' checkpoints only
+        files["dotted.cif"] = (_STO_HEAD + dotted + _STO_SITES, {"Sr": 1, "Ti": 1, "O": 3})
+    for name, (text, expected) in files.items():
+        (tmp_path / name).write_text(text)
+        (record,) = read_structures(tmp_path / name, cif_reader=reader)
+        assert dict(Counter(chemical_symbols[z] for z in record.numbers)) == expected, name
+    if reader == "pymatgen":
+        return
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    values = predictor.predict([str(tmp_path / n) for n in ("number.cif", "hm.cif", "dotted.cif")]).values
+    assert np.ptp(values) < 1e-6 and values[0] < -3  # one crystal, read alike
+
+
+def test_undecipherable_symmetry_cartesian_sites_and_metadata_blocks(tmp_path):
+    """Round 7: symmetry that cannot be applied is refused (never read as P1); 'a Cartesian-only CIF gets
+    "overlapping atoms"'; 'a CIF whose first block holds only journal metadata is refused entirely'."""
+    from cgcnn_ase.errors import StructureReadError
+    from cgcnn_ase.io.reader import read_structures
+
+    odd = tmp_path / "odd.cif"
+    odd.write_text(_STO_HEAD + "_space_group_name_H-M_alt 'Q x -9 z'\n" + _STO_SITES)
+    with pytest.raises(StructureReadError, match="declares its symmetry in a form that could not be read"):
+        read_structures(odd)
+    cartesian = tmp_path / "cartesian.cif"
+    cartesian.write_text(_STO_HEAD + _STO_SITES.replace("fract_", "Cartn_"))
+    with pytest.raises(StructureReadError, match="Cartesian coordinates only"):
+        read_structures(cartesian)
+    journal = tmp_path / "paper.cif"
+    journal.write_text("data_global\n_journal_name_full 'Some Journal'\n_publ_section_title 'A structure'\n\n"
+                       + _STO_HEAD + "_space_group_IT_number 221\n" + _STO_SITES)  # fmt: skip
+    (record,) = read_structures(journal)
+    assert len(record) == 5 and record.label == str(journal)

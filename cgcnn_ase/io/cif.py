@@ -63,15 +63,21 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
 
     try:
         document = gemmi.cif.read_string(source) if text else gemmi.cif.read(str(source))
-        blocks = list(document)
+        blocks = _structure_blocks(document, label)
         if not all(_cell_is_given(block) for block in blocks):
             return None  # gemmi would take a 1 Å cube; pymatgen says what is missing
         # the common plain P1 block is read from its site loop, without building gemmi's structure
         parsed = [_p1_block_as_gemmi(block) or gemmi.make_small_structure_from_block(block) for block in blocks]
+    except StructureReadError:
+        raise
     except (RuntimeError, ValueError, IndexError):
         return None
+    names = _labels(label, len(blocks))
+    for parts, block, name in zip(parsed, blocks, names):
+        if not isinstance(parts, tuple):
+            _apply_declared_symmetry(parts, block, name)
     records = []
-    for parts, name in zip(parsed, _labels(label, len(blocks))):
+    for parts, name in zip(parsed, names):
         # validation errors (occupancy, overlapping atoms, ...) are the answer, not a reason to try pymatgen
         record = _validate(*parts, (True, True, True), name) if isinstance(parts, tuple) else gemmi_block_record(parts, name)
         if record is None:
@@ -126,6 +132,91 @@ def _cif_p1_as_pymatgen(source: Path | str, label: str, *, text: bool) -> list[S
             return None
         records.append(_validate(*parts, (True, True, True), name))
     return records
+
+
+#: Symmetry that gemmi's small-structure reading leaves unapplied: operations in CIF2/DDLm dotted tags, magnetic
+#: (mCIF) operations and centrings, and a space group given by its number alone.
+_DOTTED_SYMOP_TAG = "_space_group_symop.operation_xyz"
+_MAGNETIC_SYMOP_TAGS = ("_space_group_symop_magn_operation.xyz", "_space_group_symop_magn_centering.xyz")
+_NUMBER_TAGS = ("_space_group_IT_number", "_symmetry_Int_Tables_number", "_space_group.IT_number")
+#: Any of these in a block whose symmetry stays unknown means symmetry was declared in a form not understood.
+_SYMMETRY_WORDS = ("symop", "space_group", "symmetry_equiv", "symmetry_space_group")
+
+
+def _structure_blocks(document: Any, label: str) -> list[Any]:
+    """The data blocks of a CIF that hold atoms: blocks of metadata alone (a journal's ``data_global``
+    of ``_journal_*`` and ``_publ_*`` items) are left out when another block holds a structure.
+
+    Raises:
+        StructureReadError: a block gives its sites in Cartesian coordinates only (``_atom_site_Cartn_*``).
+    """
+    blocks = list(document)
+    with_sites = [b for b in blocks if b.find_values("_atom_site_fract_x") or b.find_values("_atom_site_Cartn_x")]
+    for block in with_sites:
+        if not block.find_values("_atom_site_fract_x"):
+            raise StructureReadError(
+                f"{label}: data block {block.name} gives its sites in Cartesian coordinates only (_atom_site_Cartn_x, "
+                "...), which are not read; give fractional coordinates (_atom_site_fract_x, ...)"
+            )
+    return with_sites or blocks
+
+
+def _apply_declared_symmetry(small: Any, block: Any, label: str) -> None:
+    """Give gemmi's ``small`` the symmetry its block declares in a form gemmi's reading skips
+    (dotted CIF2 operations, magnetic operations times centrings with the time reversal dropped,
+    a space-group number alone: its standard setting), so that no such CIF is read as P1.
+
+    Raises:
+        StructureReadError: the block declares symmetry (some symmetry tag other than P1) that
+            none of these readings can apply; predicting its listed atoms would be another crystal.
+    """
+    import gemmi
+
+    if small.spacegroup is not None or small.symops:
+        return  # gemmi found its symmetry (H-M, Hall or operations)
+    ops = [_op_triplet(v) for v in block.find_values(_DOTTED_SYMOP_TAG)]
+    operations, centrings = ([_op_triplet(v) for v in block.find_values(tag)] for tag in _MAGNETIC_SYMOP_TAGS)
+    if operations:
+        ops = sorted({(gemmi.Op(c) * gemmi.Op(o)).wrap().triplet() for o in operations for c in centrings or ["x,y,z"]})
+    try:
+        if ops:
+            small.symops = ops
+            small.determine_and_set_spacegroup("S")
+        elif small.spacegroup_number > 1 or any(block.find_value(t) not in (None, "?", ".", "1") for t in _NUMBER_TAGS):
+            small.determine_and_set_spacegroup("N")
+    except (RuntimeError, ValueError) as exc:
+        raise StructureReadError(f"{label}: its symmetry operations could not be applied ({exc})") from None
+    if small.spacegroup is None and not small.symops and _declares_symmetry(block):
+        raise StructureReadError(
+            f"{label}: the CIF declares its symmetry in a form that could not be read (no H-M or Hall symbol, "
+            "operations or space-group number that apply); reading only its listed atoms would give another "
+            "crystal: add _symmetry_equiv_pos_as_xyz operations, or write it in P1"
+        )
+
+
+def _op_triplet(value: str) -> str:
+    """A symmetry operation of a CIF loop as gemmi reads it: unquoted, without a magnetic time-reversal part."""
+    parts = gemmi_unquote(value).replace(" ", "").split(",")
+    return ",".join(parts[:3])
+
+
+def _declares_symmetry(block: Any) -> bool:
+    """Whether a block has symmetry items that do not all say P1 (``x,y,z``, ``P 1``, number 1)."""
+    p1 = {"x,y,z", "p1", "p 1", "1", "?", ".", "'p 1'", "p_1", "-p 1", "p 1 (no. 1)"}
+    for item in block:
+        pairs = []
+        if item.pair is not None:
+            pairs = [item.pair]
+        elif item.loop is not None:
+            loop = item.loop
+            pairs = [(tag, loop[r, c]) for c, tag in enumerate(loop.tags) for r in range(loop.length())]
+        for tag, value in pairs:
+            low = tag.lower()
+            if not any(word in low for word in _SYMMETRY_WORDS) or low.endswith(("_id", ".id", "_cell_setting", "crystal_system")):
+                continue
+            if gemmi_unquote(value).replace(" ", "").lower() not in {v.replace(" ", "") for v in p1}:
+                return True
+    return False
 
 
 def _cell_is_given(block: Any) -> bool:
