@@ -38,6 +38,8 @@ from cgcnn_ase.errors import (
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 #: train: the session stopped at its time_limit, the run is unfinished (sysexits' EX_TEMPFAIL: run it again).
 EXIT_UNFINISHED = 75
+#: Ctrl-C (SIGINT): 128 + 2, as shells report a process ended by it.
+EXIT_INTERRUPTED = 130
 #: ``predict --chunk-size`` defaults: structures per chunk with one ``--model``, and with several models or none
 #: (the default command), where on a GPU each model starts its graph workers once per chunk (on a CPU one pool
 #: serves every chunk and the size matters little; measured in docs/scale.md).
@@ -119,7 +121,14 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             if traceback_:
                 traceback.print_exc()
             _fail(str(exc), EXIT_BAD_INPUT)
-        except (click.ClickException, click.exceptions.Exit, SystemExit, KeyboardInterrupt):
+        except KeyboardInterrupt:  # Ctrl-C: 130 (128 + SIGINT), as shells report it, not 1 (bad inputs)
+            output = str(kwargs.get("output") or "")
+            resumable = (func.__name__ == "predict" and output and not kwargs.get("per_atom")
+                         and kwargs.get("fmt") not in ("json", "table") and not output.lower().endswith(".json"))  # fmt: skip
+            hint = "; the rows written so far are kept: run the same command with --resume to continue" if resumable else ""
+            click.echo(f"\ninterrupted{hint}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except OSError as exc:  # a path of the command line that cannot be used (an unwritable -o)
             if traceback_:
@@ -209,7 +218,24 @@ def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
                                "`cat x.cif | cgcnn-ase predict -`; nothing is piped in")  # fmt: skip
     if inputs.count("-") > 1:
         raise click.UsageError("'-' (stdin) can be given once")
-    text = stdin.read()
+    raw = click.get_binary_stream("stdin").read()
+    if raw[:2] == b"\x1f\x8b":  # gzip-compressed (zcat's work, done here as for .gz files)
+        import gzip
+
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise click.UsageError(f"stdin ('-') holds broken gzip data ({exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        try:
+            text = raw.decode("latin-1") if b"\x00" not in raw else None
+        except UnicodeDecodeError:
+            text = None
+        if text is None:
+            raise click.UsageError("stdin ('-') holds binary data, not structure text (CIF, POSCAR, extxyz or "
+                                   "pymatgen JSON; gzip-compressed is fine)") from None  # fmt: skip
     structure: Any = text
     if "data_" not in text and not text.lstrip().startswith("{"):  # not CIF or JSON: POSCAR or extxyz text?
         import io
@@ -756,7 +782,7 @@ def _interrupted_training(run: Any) -> None:
     else:
         hint = "no epoch had finished, so nothing was saved to continue from"
     click.echo(f"\ninterrupted: {hint}", err=True)
-    sys.exit(130)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 @main.command(short_help="Score a model on its dataset's test split (metrics, plots).")

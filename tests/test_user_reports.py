@@ -1353,3 +1353,105 @@ def test_undecipherable_symmetry_cartesian_sites_and_metadata_blocks(tmp_path):
                        + _STO_HEAD + "_space_group_IT_number 221\n" + _STO_SITES)  # fmt: skip
     (record,) = read_structures(journal)
     assert len(record) == 5 and record.label == str(journal)
+
+
+def test_one_bad_frame_or_data_block_leaves_the_others(tmp_path):
+    """Round 7: 'predict(path, errors="collect") on a file of four frames, two bad, gives one NaN row';
+    'a CIF of two data blocks, one disordered, fails as a whole'."""
+    from ase.io import write
+
+    from .test_structures import DISORDERED_CIF
+
+    good = bulk("Si", "diamond", a=5.43)
+    overlapping = good.copy()
+    overlapping.positions[1] = overlapping.positions[0] + [0.1, 0, 0]
+    frames = tmp_path / "frames.extxyz"
+    write(frames, [good, overlapping, good])
+    cif = tmp_path / "two.cif"
+    write(tmp_path / "nacl.cif", bulk("NaCl", "rocksalt", a=5.64))
+    cif.write_text((tmp_path / "nacl.cif").read_text() + "\n" + DISORDERED_CIF)
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    result = predictor.predict([str(frames), str(cif)], errors="collect")
+    assert result.ids == [f"{frames}@0", f"{frames}@1", f"{frames}@2", f"{cif}@0", f"{cif}@1"]
+    ok = np.isfinite(result.values)
+    assert ok.tolist() == [True, False, True, True, False]
+    assert result.values[0] == pytest.approx(result.values[2], abs=1e-6)
+    for workers in ("1", "2"):  # the CLI reads files in its worker processes
+        out = _cli("predict", str(frames), str(cif), "-m", "formation_energy", "--workers", workers)
+        assert out.exit_code == 1 and "3 of 5" not in out.output and "2 of 5 structures could not" in out.output
+        assert [line.split(",")[0] for line in out.stdout.splitlines()[1:]] == result.ids
+
+
+def test_json_files_folders_and_gzip_on_stdin(tmp_path):
+    """Round 7: 'pymatgen JSON files are not read by path'; 'a folder whose structures lie in subfolders
+    says the inputs held no structures'; 'targets.csv in a folder counts as a failed structure';
+    'a gzipped CIF on stdin is an internal error'."""
+    import gzip
+    import json
+
+    from click.testing import CliRunner
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from cgcnn_ase.cli import main
+    from cgcnn_ase.errors import StructureReadError
+    from cgcnn_ase.io.reader import read_structures
+
+    from .conftest import REPO
+
+    structure = AseAtomsAdaptor.get_structure(bulk("NaCl", "rocksalt", a=5.64))
+    (tmp_path / "one.json").write_text(json.dumps(structure.as_dict()))
+    with gzip.open(tmp_path / "mp.json.gz", "wt") as f:  # a Materials Project style list of entries
+        json.dump([{"material_id": "mp-22862", "structure": structure.as_dict()}] * 2, f)
+    (tmp_path / "summary.json").write_text('{"mae": 0.04}')
+    assert [r.label for r in read_structures(tmp_path / "one.json")] == [str(tmp_path / "one.json")]
+    assert len(read_structures(tmp_path / "mp.json.gz")) == 2
+    with pytest.raises(StructureReadError, match="JSON that holds no structure"):
+        read_structures(tmp_path / "summary.json")
+    nacl = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), "-m", "formation_energy").stdout.splitlines()[1]
+    out = _cli("predict", str(tmp_path / "one.json"), "-m", "formation_energy")
+    assert out.exit_code == 0
+    assert float(out.stdout.splitlines()[1].split(",")[1]) == pytest.approx(float(nacl.split(",")[1]), abs=1e-5)
+    nested = tmp_path / "nested"
+    (nested / "mp-1").mkdir(parents=True)
+    (nested / "mp-1" / "POSCAR").write_text((REPO / "examples" / "NaCl.POSCAR").read_text())
+    out = _cli("predict", str(nested), "-m", "formation_energy")
+    assert "only 1 subfolder(s) (mp-1)" in out.output and "**" in out.output
+    out = _cli("predict", str(nested / "**" / "*"), "-m", "formation_energy")
+    assert out.exit_code == 0 and len(out.stdout.splitlines()) == 2
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "NaCl.POSCAR").write_text((REPO / "examples" / "NaCl.POSCAR").read_text())
+    (folder / "targets.csv").write_text("id,y\nNaCl,1\n")
+    out = _cli("predict", str(folder), "-m", "formation_energy")
+    assert out.exit_code == 0 and "left out 1 file(s)" in out.output and "targets.csv" in out.output
+    packed = gzip.compress((REPO / "examples" / "SrTiO3.cif").read_bytes())
+    piped = CliRunner().invoke(main, ["predict", "-", "-m", "formation_energy"], input=packed)
+    assert piped.exit_code == 0 and piped.stdout.splitlines()[1].startswith("stdin,-3.59")
+
+
+def test_ctrl_c_in_predict_exits_130_with_a_resume_hint(tmp_path, monkeypatch):
+    """Round 7: 'Ctrl-C exits 1, the code of failed inputs'."""
+    from cgcnn_ase.inference.predictor import CGCNNPredictor as Predictor
+
+    from .conftest import REPO
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Predictor, "predict", interrupted)
+    monkeypatch.setattr(Predictor, "predict_many", interrupted, raising=False)
+    example = str(REPO / "examples" / "SrTiO3.cif")
+    out = _cli("predict", example, "-m", "formation_energy", "-o", str(tmp_path / "o.csv"))
+    assert out.exit_code == 130 and "--resume" in out.output
+    out = _cli("predict", example, "-m", "formation_energy")
+    assert out.exit_code == 130 and "interrupted" in out.output and "--resume" not in out.output
+
+
+def test_an_uncalibrated_ensemble_says_to_run_calibrate():
+    """Round 7: 'a just fine-tuned ensemble is said to be "calibrated before intervals existed"'."""
+    from cgcnn_ase.models.registry import load_model
+
+    loaded = load_model("formation_energy")
+    loaded.calibration = {k: v for k, v in (loaded.calibration or {}).items() if k != "conformal"}
+    problem = loaded.interval_problem()
+    assert "without a prediction-interval calibration yet" in problem and "cgcnn-ase calibrate MODEL_FOLDER" in problem

@@ -46,6 +46,7 @@ from cgcnn_ase.io.reader import (
     input_kind,
     is_single_input,
     read_record,
+    read_items,
     read_records,
     to_record,
 )
@@ -162,7 +163,8 @@ NOT_STRUCTURE_NAMES = frozenset({"id_prop.csv", "atom_init.json"})
 #: Suffixes (lower case) of folder members that are not structure files: documents, images, code,
 #: logs and configuration. A file named on its own is read whatever its name.
 NOT_STRUCTURE_SUFFIXES = (".md", ".rst", ".txt", ".pdf", ".html", ".png", ".jpg", ".jpeg", ".svg", ".py",
-                          ".ipynb", ".sh", ".log", ".yaml", ".yml", ".toml", ".ini")  # fmt: skip
+                          ".ipynb", ".sh", ".log", ".yaml", ".yml", ".toml", ".ini",
+                          *TABLE_SUFFIXES, ".xlsx", ".xls", ".ods")  # tables: named on their own, or by a pattern  # fmt: skip
 
 
 def is_structure_name(name: str) -> bool:
@@ -176,24 +178,34 @@ def _dir_files(folder: str, sort: bool) -> Iterator[str]:
     in directory order without holding the listing (``sort=False``). Left-out visible files are
     named in one :class:`~cgcnn_ase.errors.SkippedFilesWarning` after the listing."""
     skipped: list[str] = []
+    subfolders: list[str] = []
+    found = 0
     if sort:
-        names = sorted(e.name for e in os.scandir(folder) if e.is_file())
-        for name in names:
-            if is_structure_name(name):
-                yield os.path.normpath(os.path.join(folder, name))  # "./x.cif" -> "x.cif", as ids everywhere
-            elif not name.startswith("."):
-                skipped.append(name)
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        for entry in entries:
+            if entry.is_file() and is_structure_name(entry.name):
+                found += 1
+                yield os.path.normpath(os.path.join(folder, entry.name))  # "./x.cif" -> "x.cif", as ids everywhere
+            elif not entry.name.startswith("."):
+                (skipped if entry.is_file() else subfolders if entry.is_dir() else []).append(entry.name)
     else:
-        with os.scandir(folder) as entries:
-            for entry in entries:
+        with os.scandir(folder) as scan:
+            for entry in scan:
                 if entry.is_file() and is_structure_name(entry.name):
+                    found += 1
                     yield os.path.normpath(entry.path)
-                elif entry.is_file() and not entry.name.startswith("."):
-                    skipped.append(entry.name)
+                elif not entry.name.startswith("."):
+                    (skipped if entry.is_file() else subfolders if entry.is_dir() else []).append(entry.name)
     if skipped:
         shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
         warnings.warn(f"{folder}: left out {len(skipped)} file(s) that are not structure files ({shown}); "
                       "name a file on its own to read it", SkippedFilesWarning, stacklevel=2)  # fmt: skip
+    if subfolders and not found:
+        shown = ", ".join(subfolders[:3]) + (f" and {len(subfolders) - 3} more" if len(subfolders) > 3 else "")
+        pattern = os.path.join(folder, "**", "*")
+        warnings.warn(f"{folder}: holds no structure files itself, only {len(subfolders)} subfolder(s) ({shown}), and "
+                      f"folders are read one level deep; to read the files below it give the pattern '{pattern}' "
+                      "(quoted)", SkippedFilesWarning, stacklevel=2)  # fmt: skip
 
 
 def iter_files(
@@ -218,7 +230,7 @@ def iter_files(
         if os.path.isdir(item):
             expanded: Iterable[str] = _dir_files(item, sort)
         elif not os.path.exists(item) and glob.has_magic(item):
-            matches = glob.iglob(item, recursive=True)
+            matches = (m for m in glob.iglob(item, recursive=True) if not os.path.isdir(m))  # '**/*' lists folders too
             expanded = list(sorted(matches) if sort else matches) or [item]
         else:
             expanded = [item]
@@ -353,13 +365,13 @@ def iter_file(
         yield path, path
     else:
         try:  # labelled with the path as given, so good and bad files get ids written the same way
-            records = read_records(path, path, cif_reader=cif_reader)
+            items = read_items(path, path, cif_reader=cif_reader)  # a bad data block leaves the others
         except InvalidStructureError as exc:
             yield path, exc
             return
-        for record in records:
-            if not _skip(finished, record.label):
-                yield record.label, record
+        for label, record in items:
+            if not _skip(finished, label):
+                yield label, record
 
 
 def _next_frame(frames: Iterator[Any]) -> Any:

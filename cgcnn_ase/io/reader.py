@@ -61,6 +61,7 @@ __all__ = [
     "iter_records",
     "read_frames",
     "read_record",
+    "read_items",
     "read_records",
     "read_structures",
     "to_record",
@@ -255,9 +256,81 @@ def read_input(
     kind = input_kind(obj)
     label = None if kind in ("path", "record") else f"input {index}"
     try:
-        return [(record.label, record) for record in read_records(obj, label, cif_reader=cif_reader)]
+        return read_items(obj, label, cif_reader=cif_reader)
     except InvalidStructureError as exc:
         return [(label or (obj.label if kind == "record" else str(obj)), exc)]
+
+
+def read_items(
+    source: Any, label: str | None = None, *, cif_reader: CifReader = "gemmi"
+) -> list[tuple[str, StructureRecord | InvalidStructureError]]:
+    """``(label, record)`` per structure of ``source``, as :func:`read_records` reads it, except that
+    in a file or CIF text of several structures (frames, data blocks) a structure that is not a usable
+    crystal gets its own ``(label@k, error)`` item instead of failing the whole source: the others
+    are still read.
+
+    Raises:
+        InvalidStructureError: ``source`` as a whole cannot be read (or holds one structure that
+            cannot be used).
+    """
+    try:
+        return [(record.label, record) for record in read_records(source, label, cif_reader=cif_reader)]
+    except InvalidStructureError:
+        items = _separately(source, label, cif_reader)
+        if items is None:
+            raise
+        return items
+
+
+def _separately(
+    source: Any, label: str | None, cif_reader: CifReader
+) -> list[tuple[str, StructureRecord | InvalidStructureError]] | None:
+    """Each structure of a file or CIF text of several read on its own (see :func:`read_items`), or
+    ``None`` when ``source`` holds fewer than two or cannot be split into them."""
+    kind = input_kind(source)
+    if kind not in ("path", "cif_text"):
+        return None
+    if kind == "cif_text":
+        text, base = str(source).strip(), label or "CIF text"
+    else:
+        path = Path(source.strip() if isinstance(source, str) else source)
+        base = label or str(path)
+        if not (path.is_file() and (_is_cif(path) or _looks_like_cif(path))):
+            return _frames_separately(path, base)
+        with _open_text(path) as f:
+            text = f.read()
+    import gemmi
+
+    try:
+        blocks = [b for b in gemmi.cif.read_string(text) if b.find_values("_atom_site_fract_x")]
+    except (RuntimeError, ValueError):
+        return None
+    if len(blocks) < 2:
+        return None
+    items: list[tuple[str, StructureRecord | InvalidStructureError]] = []
+    for block, name in zip(blocks, _labels(base, len(blocks))):
+        try:
+            items.extend((name, record) for record in read_cif(block.as_string(), name, cif_reader, text=True))
+        except InvalidStructureError as exc:
+            items.append((name, exc))
+    return items
+
+
+def _frames_separately(path: Path, base: str) -> list[tuple[str, StructureRecord | InvalidStructureError]] | None:
+    """Each ASE frame of a file of several turned into a record on its own (``None``: fewer than two frames)."""
+    try:
+        frames = _ase_frames(path, base)
+    except InvalidStructureError:
+        return None
+    if len(frames) < 2:
+        return None
+    items: list[tuple[str, StructureRecord | InvalidStructureError]] = []
+    for atoms, name in zip(frames, _labels(base, len(frames))):
+        try:
+            items.append((name, from_ase(atoms, label=name)))
+        except InvalidStructureError as exc:
+            items.append((name, exc))
+    return items
 
 
 def is_single_input(obj: Any) -> bool:
@@ -344,6 +417,10 @@ def _read_file(path: Path, label: str | None, cif_reader: CifReader) -> list[Str
     if _looks_like_cif(path):  # compressed or oddly named CIF: read as CIF text
         with _open_text(path) as f:
             return read_cif(f.read(), base, cif_reader, text=True)
+    if path.name.lower().endswith(tuple(".json" + c for c in ("", *_COMPRESSION))):  # pymatgen structure JSON
+        records = _json_file_records(path, base)
+        if records is not None:
+            return records
     frames = _ase_frames(path, base)
     return [from_ase(atoms, label=name) for atoms, name in zip(frames, _labels(base, len(frames)))]
 
@@ -382,6 +459,32 @@ def _ase_frames(path: Path, label: str) -> list[Any]:
 # =============================================================================================
 # pymatgen structure dicts
 # =============================================================================================
+
+
+def _json_file_records(path: Path, label: str) -> list[StructureRecord] | None:
+    """The structures of a JSON file of pymatgen structure dicts: one ``Structure.as_dict()``, or a
+    list of them (or of entries with such a dict under ``"structure"``, as Materials Project
+    downloads hold), labelled ``label@k``; ``None`` for other JSON (an ASE database: ASE reads it)."""
+    try:
+        with _open_text(path) as f:
+            value = json.load(f)
+    except (OSError, EOFError, ValueError):
+        return None
+    if isinstance(value, Mapping) and _is_structure_dict(value):
+        return [_structure_dict_record(value, label)]
+    if isinstance(value, Mapping) and "ids" in value:  # an ASE JSON database
+        return None
+    items = [item.get("structure", item) if isinstance(item, Mapping) else item for item in value] if isinstance(value, list) else []
+    if not (items and isinstance(items[0], Mapping) and _is_structure_dict(items[0])):
+        raise StructureReadError(f"{label}: JSON that holds no structure: neither a pymatgen structure dict (lattice "
+                                 "and sites), a list of them, nor an ASE database")  # fmt: skip
+    records = []
+    for item, name in zip(items, _labels(label, len(items))):
+        if not isinstance(item, Mapping):
+            raise StructureReadError(f"{name}: item of a JSON list of structures is a {type(item).__name__}, not a "
+                                     "pymatgen structure dict")  # fmt: skip
+        records.append(_structure_dict_record(item, name))
+    return records
 
 
 def _json_dict(text: str, label: str) -> dict:

@@ -212,8 +212,9 @@ class LoadedModel:
             return (f"model {name!r} is a single network: prediction intervals need an ensemble calibrated on its "
                     "validation split (cgcnn-ase ensemble, then cgcnn-ase calibrate MODEL_FOLDER)")  # fmt: skip
         if not (self.calibration or {}).get("conformal"):
-            return (f"model {name!r} has no prediction-interval calibration (an ensemble calibrated before intervals "
-                    "existed): cgcnn-ase calibrate MODEL_FOLDER")  # fmt: skip
+            return (f"model {name!r} is an ensemble without a prediction-interval calibration yet (assembling an "
+                    "ensemble, also by fine-tuning every member, does not fit one): run cgcnn-ase calibrate MODEL_FOLDER "
+                    "once")  # fmt: skip
         return None
 
     def heads(self) -> list[tuple[CrystalGraphConvNet, float, float]]:
