@@ -80,7 +80,7 @@ def test_directory_files_are_read_only_when_consumed(tmp_path, monkeypatch):
     for k, atoms in enumerate(_crystals(6)):
         write(tmp_path / f"c{k}.cif", atoms, format="cif")
     (tmp_path / ".hidden.cif").write_text("junk")
-    reads = _record_calls(monkeypatch, io_inputs, "read_records", lambda path, *args, **kwargs: str(path))
+    reads = _record_calls(monkeypatch, io_inputs, "read_items", lambda path, *args, **kwargs: str(path))
     stream = iter_inputs([str(tmp_path)])
     assert reads == []  # nothing read before iteration
     first_two = [next(stream), next(stream)]

@@ -32,7 +32,7 @@ import hashlib
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from itertools import chain
 from pathlib import Path
@@ -173,16 +173,19 @@ def is_structure_name(name: str) -> bool:
     return not (name.startswith(".") or name in NOT_STRUCTURE_NAMES or name.lower().endswith(NOT_STRUCTURE_SUFFIXES))
 
 
-def _dir_files(folder: str, sort: bool) -> Iterator[str]:
+def _dir_files(folder: str, sort: bool, excluded: Callable[[str], bool] = lambda path: False) -> Iterator[str]:
     """Structure files of ``folder`` (not recursive; :func:`is_structure_name`): sorted by name, or
     in directory order without holding the listing (``sort=False``). Left-out visible files are
-    named in one :class:`~cgcnn_ase.errors.SkippedFilesWarning` after the listing."""
+    named in one :class:`~cgcnn_ase.errors.SkippedFilesWarning` after the listing; ``excluded`` paths
+    (a run's own output) are passed over silently."""
     skipped: list[str] = []
     subfolders: list[str] = []
     found = 0
     if sort:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
         for entry in entries:
+            if excluded(entry.path):
+                continue
             if entry.is_file() and is_structure_name(entry.name):
                 found += 1
                 yield os.path.normpath(os.path.join(folder, entry.name))  # "./x.cif" -> "x.cif", as ids everywhere
@@ -191,6 +194,8 @@ def _dir_files(folder: str, sort: bool) -> Iterator[str]:
     else:
         with os.scandir(folder) as scan:
             for entry in scan:
+                if excluded(entry.path):
+                    continue
                 if entry.is_file() and is_structure_name(entry.name):
                     found += 1
                     yield os.path.normpath(entry.path)
@@ -228,7 +233,7 @@ def iter_files(
     for item in inputs:
         item = os.fspath(item)
         if os.path.isdir(item):
-            expanded: Iterable[str] = _dir_files(item, sort)
+            expanded: Iterable[str] = _dir_files(item, sort, skipped)
         elif not os.path.exists(item) and glob.has_magic(item):
             matches = (m for m in glob.iglob(item, recursive=True) if not os.path.isdir(m))  # '**/*' lists folders too
             expanded = list(sorted(matches) if sort else matches) or [item]

@@ -295,10 +295,15 @@ def _separately(
     else:
         path = Path(source.strip() if isinstance(source, str) else source)
         base = label or str(path)
-        if not (path.is_file() and (_is_cif(path) or _looks_like_cif(path))):
-            return _frames_separately(path, base)
-        with _open_text(path) as f:
-            text = f.read()
+        try:
+            if not path.is_file():
+                return None
+            if not (_is_cif(path) or _looks_like_cif(path)):
+                return _frames_separately(path, base)
+            with _open_text(path) as f:
+                text = f.read()
+        except (OSError, EOFError, ValueError):  # a name too long for the OS, unreadable: read_records said why
+            return None
     import gemmi
 
     try:
