@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +46,19 @@ def shared_path(shared: str | os.PathLike | None, relative: str) -> Path:
 def quiet() -> None:
     """Silence pymatgen/ASE/our sparse-graph warnings, which would swamp the timing output."""
     warnings.simplefilter("ignore")
+
+
+def usable_crystals(shared: str | None, dataset_folder: str) -> tuple[list[Any], list[str]]:
+    """The readable crystals of ``data/<dataset_folder>/data.csv.gz`` under the shared folder, as
+    records, with each one's elements as a sorted formula-like label ("ClNa")."""
+    import pandas as pd
+    from ase.data import chemical_symbols
+
+    from cgcnn_ase.io.reader import iter_records
+
+    df = pd.read_csv(shared_path(shared, f"data/{dataset_folder}/data.csv.gz"), usecols=["cif"])
+    records = [record for _, record in iter_records(list(df["cif"])) if not isinstance(record, Exception)]
+    return records, ["".join(sorted({chemical_symbols[z] for z in r.numbers})) for r in records]
 
 
 def load_cif_strings(shared: str | None, dataset: str, n: int, seed: int = 0) -> list[tuple[str, str]]:

@@ -34,11 +34,9 @@ def closest_ratio(record) -> float:
 
 
 def main() -> None:
-    import pandas as pd
     from ase.build import bulk
-    from ase.data import chemical_symbols
 
-    from cgcnn_ase.io.reader import iter_records, to_record
+    from cgcnn_ase.io.reader import to_record
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", default=None)
@@ -46,14 +44,8 @@ def main() -> None:
     _common.quiet()
     warnings.simplefilter("ignore")
     for name in DATASETS:
-        df = pd.read_csv(_common.shared_path(args.shared, f"data/{name}/data.csv.gz"))
-        ratios, formulas = [], []
-        for _, record in iter_records(list(df["cif"])):
-            if isinstance(record, Exception):
-                continue
-            ratios.append(closest_ratio(record))
-            formulas.append("".join(sorted({chemical_symbols[z] for z in record.numbers})))
-        ratios = np.asarray(ratios)
+        records, formulas = _common.usable_crystals(args.shared, name)
+        ratios = np.asarray([closest_ratio(record) for record in records])
         pct = np.percentile(ratios, [0.1, 50, 99.9, 100])
         top = np.argsort(-ratios)[:5]
         print(f"{name} ({len(ratios)} crystals): closest pair / covalent sum: 0.1% {pct[0]:.2f}, median {pct[1]:.2f}, "

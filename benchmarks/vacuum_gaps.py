@@ -24,11 +24,9 @@ DATASETS = ("mp_cgcnn46k_kdmsit", "mp_elastic3k_kdmsit", "perovskites_castelli_c
 
 
 def main() -> None:
-    import pandas as pd
     from ase.build import fcc111, graphene_nanoribbon, molecule, mx2
-    from ase.data import chemical_symbols
 
-    from cgcnn_ase.io.reader import iter_records, to_record
+    from cgcnn_ase.io.reader import to_record
     from cgcnn_ase.io.records import VACUUM_GAP, vacuum_gap
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,14 +35,8 @@ def main() -> None:
     _common.quiet()
     warnings.simplefilter("ignore")
     for name in DATASETS:
-        df = pd.read_csv(_common.shared_path(args.shared, f"data/{name}/data.csv.gz"))
-        gaps, formulas = [], []
-        for _, record in iter_records(list(df["cif"])):
-            if isinstance(record, Exception):
-                continue
-            gaps.append(vacuum_gap(record.frac_coords, record.cell)[0])
-            formulas.append("".join(sorted({chemical_symbols[z] for z in record.numbers})))
-        gaps = np.asarray(gaps)
+        records, formulas = _common.usable_crystals(args.shared, name)
+        gaps = np.asarray([vacuum_gap(record.frac_coords, record.cell)[0] for record in records])
         pct = np.percentile(gaps, [50, 99, 99.9, 100])
         top = np.argsort(-gaps)[:6]
         print(f"{name} ({len(gaps)} crystals): widest gap, Å: median {pct[0]:.2f}, 99% {pct[1]:.2f}, 99.9% {pct[2]:.2f}, "
