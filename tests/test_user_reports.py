@@ -1321,8 +1321,7 @@ def test_symmetry_given_by_number_dotted_tags_or_magnetic_operations_is_applied(
         "hm.cif": (_STO_HEAD + "_symmetry_space_group_name_H-M 'P m -3 m'\n" + _STO_SITES, {"Sr": 1, "Ti": 1, "O": 3}),
         "magnetic.mcif": (_BCC_FE_MCIF, {"Fe": 2}),
     }
-    if reader == "gemmi":  # pymatgen ignores dotted operations; its reading serves the authors' checkpoints only
-        files["dotted.cif"] = (_STO_HEAD + dotted + _STO_SITES, {"Sr": 1, "Ti": 1, "O": 3})
+    files["dotted.cif"] = (_STO_HEAD + dotted + _STO_SITES, {"Sr": 1, "Ti": 1, "O": 3})
     for name, (text, expected) in files.items():
         (tmp_path / name).write_text(text)
         (record,) = read_structures(tmp_path / name, cif_reader=reader)

@@ -336,6 +336,15 @@ def _cif_pymatgen(source: Path | str, label: str, *, text: bool) -> list[Any]:
     partial occupancies kept visible so that validation can name them)."""
     from pymatgen.io.cif import CifParser
 
+    if not text:
+        with open(source, encoding="utf-8", errors="replace") as f:
+            content = f.read()
+        if _DOTTED_SYMOP_TAG in content:  # pymatgen reads operations only under their underscore names
+            source, text = content, True
+    if text and _DOTTED_SYMOP_TAG in source:
+        source = source.replace(_DOTTED_SYMOP_TAG, "_space_group_symop_operation_xyz").replace(
+            "_space_group_symop.id", "_space_group_symop_id"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
