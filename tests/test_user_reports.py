@@ -1223,8 +1223,8 @@ def test_a_slab_or_molecule_in_a_periodic_box_is_warned_about():
     from ase.build import fcc111, molecule
 
     from cgcnn_ase.errors import VacuumWarning
-    from cgcnn_ase.io.records import VACUUM_GAP, vacuum_gap
     from cgcnn_ase.io.reader import to_record
+    from cgcnn_ase.io.records import VACUUM_GAP, vacuum_gap
 
     slab = fcc111("Cu", (2, 2, 4), vacuum=7.5, periodic=True)
     with pytest.warns(VacuumWarning, match=r"15\.0 Å wide along lattice vector c"):

@@ -45,8 +45,8 @@ from cgcnn_ase.io.reader import (
     CifReader,
     input_kind,
     is_single_input,
-    read_record,
     read_items,
+    read_record,
     read_records,
     to_record,
 )
