@@ -4,7 +4,10 @@ Two readings, chosen by the model's neighbour policy (:func:`cgcnn_ase.io.reader
 
 ``"gemmi"``
     gemmi applies the symmetry and merges sites on special positions; pymatgen is the fallback
-    (and gives the detailed message) when gemmi cannot make a crystal of a block.
+    (and gives the detailed message) when gemmi cannot make a crystal of a block. Symmetry that
+    gemmi's small-structure reading skips (a space-group number alone, CIF2 dotted operations,
+    mCIF magnetic operations and centrings) is applied here; symmetry declared in a form that
+    still cannot be applied is refused, never read as P1. Data blocks of metadata alone are left out.
 ``"pymatgen"``
     exactly pymatgen's ``CifParser`` (the authors' checkpoints break neighbour ties in its site order).
 
