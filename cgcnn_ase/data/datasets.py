@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError, DatasetError
+from cgcnn_ase.errors import CGCNNError, DatasetError, GeometryWarning
 from cgcnn_ase.io.reader import CifReader, input_kind, read_record
 from cgcnn_ase.io.records import StructureRecord
 from cgcnn_ase.data.table_formats import read_layout
@@ -411,7 +411,9 @@ def _work(task: tuple[str, Any, str, Callable[[StructureRecord], Any] | None, Ci
     """Pool worker: parse (and post-process) one structure; errors come back as messages."""
     kind, source, label, post, cif_reader = task
     try:
-        record = parse_one(kind, source, label, cif_reader=cif_reader)
+        with warnings.catch_warnings():  # as the graph cache: a dataset's geometry is its own (16 MP monolayers)
+            warnings.simplefilter("ignore", GeometryWarning)
+            record = parse_one(kind, source, label, cif_reader=cif_reader)
         return True, post(record) if post is not None else record
     except CGCNNError as exc:
         return False, str(exc)
