@@ -182,6 +182,7 @@ def test_mean_and_std_are_those_of_the_members(ensemble, members):
         "vpa_std_raw",
         "n_sparse",
         "bond_ratio",
+        "vacuum_gap",
         "unseen_elements",
         "domain_distance",
         "domain_percentile",
@@ -239,6 +240,7 @@ def test_classifier_ensemble_std_is_std_of_member_probabilities(crystals, tmp_pa
         "is_metal_std",
         "n_sparse",
         "bond_ratio",
+        "vacuum_gap",
         "unseen_elements",
         "error",
     ]

@@ -78,8 +78,8 @@ def test_results_in_input_order_with_units_and_dataframe(predictor, crystals):
     assert result.ids == [f"input {k}" for k in range(len(crystals))]
     assert result.units == "eV/atom" and result.property == "formation_energy"
     df = result.to_dataframe()
-    assert list(df.columns) == ["id", "formation_energy", "n_sparse", "bond_ratio", "unseen_elements", "error"]
-    assert df.attrs["units"] == {"formation_energy": "eV/atom"}
+    assert list(df.columns) == ["id", "formation_energy", "n_sparse", "bond_ratio", "vacuum_gap", "unseen_elements", "error"]
+    assert df.attrs["units"] == {"formation_energy": "eV/atom", "vacuum_gap": "Å"}
     np.testing.assert_array_equal(df["formation_energy"].to_numpy(), result.values)
 
 

@@ -1454,3 +1454,34 @@ def test_an_uncalibrated_ensemble_says_to_run_calibrate():
     loaded.calibration = {k: v for k, v in (loaded.calibration or {}).items() if k != "conformal"}
     problem = loaded.interval_problem()
     assert "without a prediction-interval calibration yet" in problem and "cgcnn-ase calibrate MODEL_FOLDER" in problem
+
+
+def test_the_vacuum_gap_is_a_result_column_and_leaves_slabs_out_of_the_domain():
+    """Round 7: 'a Cu(111) slab with 10 Å of vacuum, MoS2 or graphene with pbc=True: in_domain() True'."""
+    import torch
+    from ase.build import fcc111, molecule
+
+    from cgcnn_ase.graph.batched import FlatCrystals, graph_batch
+    from cgcnn_ase.graph.config import GraphConfig
+    from cgcnn_ase.graph.neighbours import build_graph
+    from cgcnn_ase.io.reader import to_record
+
+    water = molecule("H2O")
+    water.center(vacuum=5.0)
+    water.pbc = True
+    crystals = [bulk("NaCl", "rocksalt", a=5.64), fcc111("Cu", (2, 2, 4), vacuum=5.0, periodic=True), water,
+                bulk("Si", "diamond", a=5.43).repeat((1, 2, 3))]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records = [to_record(a) for a in crystals]
+        single = [build_graph(r, GraphConfig(), on_sparse="ignore").vacuum_gap for r in records]
+        features = torch.zeros((101, 4))
+        _, items = graph_batch(records, GraphConfig(), features, on_sparse="ignore")
+        result = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu").predict(crystals)
+    assert [item.vacuum_gap for item in items] == single  # both graph paths report the same number
+    assert single[1] == pytest.approx(10.0) and single[2] == pytest.approx(10.0) and max(single[0], single[3]) < 3
+    assert result.vacuum_gap.tolist() == single
+    assert result.in_domain(max_percentile=100).tolist() == [True, False, False, True]
+    df = result.to_dataframe()
+    assert df["vacuum_gap"].tolist() == single and df.attrs["units"]["vacuum_gap"] == "Å"
+    assert len(FlatCrystals.from_records(records).sizes) == 4

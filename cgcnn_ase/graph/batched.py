@@ -47,6 +47,7 @@ from cgcnn_ase.graph.neighbours import (
     _covalent_radii,
     CrystalGraph,
     build_graph,
+    rounded_gap,
     sparse_check,
     wrapped_frac_coords,
 )
@@ -134,12 +135,14 @@ class GraphSummary:
     Attributes:
         numbers: atomic numbers, (N,). n_sparse: atoms short of ``max_neighbors`` neighbours. label: its name.
         bond_ratio: the shortest edge over its atoms' covalent bond length (:func:`~cgcnn_ase.graph.neighbours.bond_ratio`).
+        vacuum_gap: the widest empty slab across the cell, Å (:func:`~cgcnn_ase.io.records.vacuum_gap`).
     """
 
     numbers: np.ndarray
     n_sparse: int
     label: str
     bond_ratio: float = math.nan
+    vacuum_gap: float = math.nan
 
     @property
     def n_atoms(self) -> int:
@@ -249,6 +252,28 @@ def _flagged(flat: FlatCrystals, i: torch.Tensor, j: torch.Tensor, d: torch.Tens
     flags = torch.zeros(len(flat.sizes), dtype=torch.bool, device=d.device)
     flags[crystal[i[close]]] = True
     return flags
+
+
+def vacuum_gaps(flat: FlatCrystals) -> torch.Tensor:
+    """Per crystal (B,), float64, Å: the widest empty slab across its cell, as
+    :func:`~cgcnn_ase.io.records.vacuum_gap` computes it for one record, for the whole batch at once
+    on its device (two stable sorts per lattice direction group the atoms by crystal, in order of
+    their fractional coordinate)."""
+    frac = torch.remainder(flat.frac, 1.0)  # (N, 3)
+    crystal = flat.crystal_index  # non-decreasing
+    by_frac = torch.argsort(frac, dim=0, stable=True)
+    order = torch.gather(by_frac, 0, torch.argsort(crystal[by_frac], dim=0, stable=True))
+    s = torch.gather(frac, 0, order)  # each crystal's rows in place, each column ascending within it
+    n_crystals = len(flat.sizes)
+    gaps = torch.zeros((n_crystals, 3), dtype=frac.dtype, device=frac.device)
+    if len(frac) > 1:
+        same = (crystal[1:] == crystal[:-1]).unsqueeze(1)
+        inner = torch.where(same, s[1:] - s[:-1], torch.zeros_like(s[1:]))
+        gaps = gaps.scatter_reduce(0, crystal[1:].unsqueeze(1).expand(-1, 3), inner, reduce="amax")
+    first, last = flat.offsets, flat.offsets + flat.sizes - 1
+    gaps = torch.maximum(gaps, s[first] + 1.0 - s[last])  # the wrap-around gap
+    spacing = 1.0 / torch.linalg.inv(flat.cells).square().sum(dim=1).sqrt()  # (B, 3): lattice-plane distances, Å
+    return (gaps * spacing).max(dim=1).values
 
 
 def _bond_ratios(flat: FlatCrystals, i: torch.Tensor, j: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -395,8 +420,10 @@ def graph_batch(
     errors.update(report_sparse(records, edges.n_sparse, config, on_sparse))
     n_sparse = edges.n_sparse.tolist()
     ratios = edges.bond_ratio.tolist()
+    gaps = [rounded_gap(g) for g in vacuum_gaps(flat).tolist()]
     items: list[GraphSummary | InvalidStructureError] = [
-        errors.get(b) or GraphSummary(numbers=r.numbers, n_sparse=n_sparse[b], label=r.label, bond_ratio=ratios[b])
+        errors.get(b)
+        or GraphSummary(numbers=r.numbers, n_sparse=n_sparse[b], label=r.label, bond_ratio=ratios[b], vacuum_gap=gaps[b])
         for b, r in enumerate(records)
     ]
     used = [b for b in range(len(records)) if b not in errors]

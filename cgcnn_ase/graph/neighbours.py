@@ -39,7 +39,7 @@ from cgcnn_ase.errors import (
     StretchedStructureWarning,
 )
 from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
-from cgcnn_ase.io.records import StructureRecord
+from cgcnn_ase.io.records import StructureRecord, vacuum_gap
 
 #: Two atoms closer than this (Å) are treated as overlapping, a broken structure.
 MIN_INTERATOMIC_DISTANCE = 0.3
@@ -65,6 +65,7 @@ class CrystalGraph:
     n_sparse: int
     label: str
     closest: float | None = None  # bond_ratio, when the builder computed it
+    vacuum_gap: float = math.nan  # Å (cgcnn_ase.io.records.vacuum_gap), when the builder computed it
 
     @property
     def bond_ratio(self) -> float:
@@ -85,6 +86,12 @@ CLOSE_ATOMS_FACTOR = 0.5
 #: pair lies at most 1.37x (99.9%: below 1.23x), except solid He (2.69x); NaCl with its lattice doubled
 #: lies at 2.1x (``benchmarks/bond_lengths.py``).
 STRETCHED_FACTOR = 1.6
+
+
+def rounded_gap(width: float) -> float:
+    """A vacuum gap (Å) rounded to 1e-6 Å, as both graph paths report it: their computations differ in
+    the last bits, and results must not depend on the path."""
+    return float(np.round(width, 6))
 
 
 def wrapped_frac_coords(frac: np.ndarray, tol: float = 1e-8) -> np.ndarray:
@@ -342,6 +349,7 @@ def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: Spar
 
     sparse_check(record, n_sparse, config, on_sparse)
     return CrystalGraph(numbers=record.numbers, centers=i, neighbors=j, distances=d, n_sparse=n_sparse,
-                        label=record.label, closest=closest)  # fmt: skip
+                        label=record.label, closest=closest,
+                        vacuum_gap=rounded_gap(vacuum_gap(record.frac_coords, record.cell)[0]))  # fmt: skip
 
 

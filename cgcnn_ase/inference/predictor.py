@@ -501,6 +501,7 @@ class CGCNNPredictor:
             errors=rows.messages,
             n_sparse=np.asarray(rows.n_sparse, dtype=np.int64),
             bond_ratio=np.asarray(rows.bond_ratio, dtype=np.float64),
+            vacuum_gap=np.asarray(rows.vacuum_gap, dtype=np.float64),
             unseen_elements=rows.unseen,
             per_atom=rows.atoms if rows.per_atom else None,
             embeddings=features if embeddings else None,

@@ -41,6 +41,9 @@ class PredictionResult:
             covalent radii (dimensionless; :func:`~cgcnn_ase.graph.neighbours.bond_ratio`): about 1;
             below 0.5 or above 1.6 no training crystal lies (a cell scaled wrong). NaN for failed
             items and crystals without edges.
+        vacuum_gap: per structure, the widest empty slab across its cell, Å
+            (:func:`~cgcnn_ase.io.records.vacuum_gap`): above 8 Å (the graph radius) the atoms
+            form a slab, wire or molecule in a periodic box, not a bulk crystal. NaN for failed items.
         unseen_elements: per structure, symbols of elements absent from the model's
             training data (empty when all were seen or the model does not record them).
         positive_class: the class whose probability ``values`` holds (classifiers).
@@ -80,6 +83,7 @@ class PredictionResult:
     n_sparse: np.ndarray
     unseen_elements: list[list[str]] = field(default_factory=list)
     bond_ratio: np.ndarray | None = None
+    vacuum_gap: np.ndarray | None = None
     per_atom: list[np.ndarray] | None = None
     embeddings: np.ndarray | None = None
     positive_class: str | None = None
@@ -103,16 +107,21 @@ class PredictionResult:
 
         A crystal is inside when it was predicted, holds only elements seen in training,
         has no sparse atom (unless ``allow_sparse``), has interatomic distances like the
-        training crystals' (``bond_ratio`` within [0.5, 1.6], the limits of the
-        :class:`~cgcnn_ase.errors.GeometryWarning` s), and, when the model ships a domain
+        training crystals' (``bond_ratio`` within [0.5, 1.6]) and no vacuum gap wider than
+        8 Å (``vacuum_gap``: not a slab or molecule in a box), the limits of the
+        :class:`~cgcnn_ase.errors.GeometryWarning` s, and, when the model ships a domain
         summary, its ``domain_percentile`` is at most ``max_percentile`` (percent).
         """
         from cgcnn_ase.graph.neighbours import CLOSE_ATOMS_FACTOR, STRETCHED_FACTOR
+        from cgcnn_ase.io.records import VACUUM_GAP
 
         mask = self.ok.copy()
         if self.bond_ratio is not None:
             with np.errstate(invalid="ignore"):
                 mask &= ~((self.bond_ratio < CLOSE_ATOMS_FACTOR) | (self.bond_ratio > STRETCHED_FACTOR))
+        if self.vacuum_gap is not None:
+            with np.errstate(invalid="ignore"):
+                mask &= ~(self.vacuum_gap > VACUUM_GAP)
         if self.unseen_elements:
             mask &= np.array([not u for u in self.unseen_elements], dtype=bool)
         if not allow_sparse:
@@ -128,7 +137,8 @@ class PredictionResult:
         return np.array([e is None for e in self.errors], dtype=bool)
 
     def to_dataframe(self) -> "pandas.DataFrame":  # noqa: F821
-        """One row per structure: ``id``, the property column, ``n_sparse``, ``bond_ratio``, ``unseen_elements``, ``error``.
+        """One row per structure: ``id``, the property column, ``n_sparse``, ``bond_ratio``, ``vacuum_gap``,
+        ``unseen_elements``, ``error``.
 
         Ensembles add ``<property>_std`` after the property (and ``<property>_std_raw`` when
         the std is calibrated, ``<property>_uncertainty`` when they carry an error model);
@@ -155,6 +165,9 @@ class PredictionResult:
         columns["n_sparse"] = self.n_sparse
         if self.bond_ratio is not None:
             columns["bond_ratio"] = self.bond_ratio
+        if self.vacuum_gap is not None:
+            columns["vacuum_gap"] = self.vacuum_gap
+            units["vacuum_gap"] = "Å"
         columns["unseen_elements"] = [" ".join(u) for u in self.unseen_elements]
         if self.domain_distance is not None:
             columns["domain_distance"] = self.domain_distance
@@ -181,6 +194,7 @@ class _Rows:
     messages: list[str | None] = field(default_factory=list)
     n_sparse: list[int] = field(default_factory=list)
     bond_ratio: list[float] = field(default_factory=list)
+    vacuum_gap: list[float] = field(default_factory=list)
     unseen: list[list[str]] = field(default_factory=list)
     atoms: list[np.ndarray] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
@@ -206,6 +220,7 @@ class _Rows:
                 self.messages.append(None)
                 self.n_sparse.append(item.n_sparse)
                 self.bond_ratio.append(item.bond_ratio)
+                self.vacuum_gap.append(item.vacuum_gap)
                 self.unseen.append(_unseen_symbols(item, seen))
                 if self.domain_columns:
                     self.domain.append(domain[k])
@@ -219,6 +234,7 @@ class _Rows:
                 self.messages.append(str(item))
                 self.n_sparse.append(-1)
                 self.bond_ratio.append(np.nan)
+                self.vacuum_gap.append(np.nan)
                 self.unseen.append([])
                 if self.domain_columns:
                     self.domain.append(np.full(3, np.nan))
