@@ -1485,3 +1485,53 @@ def test_the_vacuum_gap_is_a_result_column_and_leaves_slabs_out_of_the_domain():
     df = result.to_dataframe()
     assert df["vacuum_gap"].tolist() == single and df.attrs["units"]["vacuum_gap"] == "Å"
     assert len(FlatCrystals.from_records(records).sizes) == 4
+
+
+# -- outside testing, round 8 (claims on data, uncertainty, ASE, matminer) --------------------------------
+
+
+def test_what_users_read_stays_in_the_physical_range():
+    """Round 8: 'the default band gap can be negative (-0.131 eV, below its own interval's 0)'; 'Poisson
+    ratio 0.512 for a compressed Cu, above its interval's 0.5'."""
+    from ase.io import write
+
+    from cgcnn_ase import CGCNNCalculator
+    from cgcnn_ase.inference.properties import gated_band_gap, physical_values
+
+    np.testing.assert_array_equal(gated_band_gap([-0.13, 0.5, 1.0, np.nan], [0.47, 0.6, 0.2, 0.1]), [0, 0, 1.0, np.nan])
+    np.testing.assert_array_equal(physical_values("poisson_ratio", [0.51, 0.3, -1.2]), [0.5, 0.3, -1.0])
+    np.testing.assert_array_equal(physical_values("formation_energy", [-9.0, 3.0]), [-9.0, 3.0])
+    squeezed = bulk("Cu", "fcc", a=3.61 * 0.7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = CGCNNPredictor.from_pretrained("poisson_ratio", device="cpu").predict(squeezed).values[0]
+        squeezed.calc = CGCNNCalculator("poisson_ratio", device="cpu")
+        assert raw > 0.5 and squeezed.calc.get_property("poisson_ratio", squeezed) == 0.5  # the network's is kept
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/squeezed.cif"
+        write(path, squeezed)
+        out = _cli("predict", path, "-m", "poisson_ratio")  # one model: its own numbers
+        table = _cli("predict", path)  # the property table: what a user reads
+    assert float(out.stdout.splitlines()[1].split(",")[1]) == pytest.approx(raw, abs=1e-6)
+    header, row = table.stdout.splitlines()[:2]
+    assert float(row.split(",")[header.split(",").index("poisson_ratio (dimensionless)")]) == 0.5
+
+
+def test_get_fermi_level_and_an_evaluate_without_the_training_data(tmp_path, monkeypatch):
+    """Round 8: 'CGCNNCalculator has no get_fermi_level()'; 'evaluate NAME works only from the folder where
+    ../shared lies, and does not say to give DATASET'."""
+    from ase.calculators.calculator import CalculatorError
+
+    from cgcnn_ase import CGCNNCalculator
+
+    atoms = bulk("Cu")
+    atoms.calc = CGCNNCalculator("fermi_energy", device="cpu")
+    with pytest.raises(CalculatorError, match="no structure calculated yet|there is none yet"):
+        atoms.calc.get_fermi_level()
+    level = atoms.calc.get_property("fermi_level", atoms)
+    assert atoms.calc.get_fermi_level() == level and np.isfinite(level)
+    monkeypatch.chdir(tmp_path)
+    out = _cli("evaluate", "formation_energy", "-o", str(tmp_path / "ev"))
+    assert out.exit_code == 1 and "cgcnn-ase evaluate MODEL DATASET" in out.output

@@ -68,7 +68,13 @@ def _dataset_spec(folder: Path, dataset: Any, layout: Mapping[str, Any] | None =
     if dataset is None:
         if trained is None:
             raise DatasetError(f"{folder}: no config.yaml with a 'data' section; pass the dataset explicitly")
-        return DatasetSpec.from_dict(trained)
+        spec = DatasetSpec.from_dict(trained)
+        if not Path(spec.path).exists():  # the training run's path, relative to where it ran
+            raise DatasetError(
+                f"{folder.name} was trained on {spec.path}, which is not there from {Path.cwd()}: give the dataset's "
+                f"path on this machine (CLI: cgcnn-ase evaluate MODEL DATASET; Python: evaluate_model(model, dataset))"
+            )
+        return spec
     if trained is not None:  # same targets / filters / transform, another location (and perhaps layout)
         if layout:  # another file: the training file's outlier ids and its name do not describe it
             trained = {k: v for k, v in trained.items() if k not in ("drop_ids", "name")}

@@ -5,7 +5,8 @@ log10(GPa), the metal/non-metal classifier as a probability, the band gap regard
 the crystal is a metal. This module turns their outputs into what a user asks for:
 
 - **band gap, gated** (eV): 0 where the ``is_metal`` classifier gives P(metal) > ``threshold``
-  (0.5), else the regression value. The band-gap model was trained on non-metals only (as the
+  (0.5), else the regression value, clipped at 0 (:func:`physical_values`; Poisson's ratio is
+  clipped to [-1, 0.5] alike). The band-gap model was trained on non-metals only (as the
   paper's), so its raw value for a metal means nothing; ``band_gap_raw`` keeps it. Its std is
   NaN there and its interval bounds 0 (:func:`gated_band_gap_result`). The ASE calculator, the
   matminer featurizer and the CLI all gate so.
@@ -44,8 +45,23 @@ METAL_THRESHOLD = 0.5
 _LN10 = math.log(10.0)
 
 
+def physical_values(property_name: str, values: Any) -> np.ndarray:
+    """A model's values clipped to its property's physical range (``PHYSICAL_RANGE`` of
+    :mod:`cgcnn_ase.inference.predictor`: a band gap is not negative, Poisson's ratio lies in
+    [-1, 0.5]), as the interval bounds already are; other properties unchanged. The network
+    itself is not bounded: a non-metal near 0 eV may come out at -0.1 eV, a far extrapolation
+    above 0.5. NaN stays NaN. What users read (the CLI's table, the calculator, the featurizer)
+    is clipped; ``PredictionResult.values`` keep the network's numbers (metrics are theirs)."""
+    from cgcnn_ase.inference.predictor import PHYSICAL_RANGE
+
+    array = np.asarray(values, dtype=np.float64)
+    low, high = PHYSICAL_RANGE.get(property_name, (-np.inf, np.inf))
+    return np.clip(array, low, high)
+
+
 def gated_band_gap(band_gap: Any, metal_probability: Any, threshold: float = METAL_THRESHOLD) -> np.ndarray:
-    """The band gap, eV, set to 0 where ``metal_probability`` > ``threshold``; NaN where either is NaN.
+    """The band gap, eV, set to 0 where ``metal_probability`` > ``threshold`` and at least 0
+    elsewhere (:func:`physical_values`); NaN where either is NaN.
 
     Args:
         band_gap: the band-gap model's regression values, eV, shape (n,).
@@ -54,7 +70,7 @@ def gated_band_gap(band_gap: Any, metal_probability: Any, threshold: float = MET
     """
     gap = np.asarray(band_gap, dtype=np.float64)
     p = np.asarray(metal_probability, dtype=np.float64)
-    out = np.where(p > threshold, 0.0, gap)
+    out = np.where(p > threshold, 0.0, physical_values("band_gap", gap))
     return np.where(np.isnan(p) | np.isnan(gap), np.nan, out)
 
 
@@ -238,7 +254,7 @@ def _user_values(predictor: CGCNNPredictor, result: Any, *, log10: bool, domain:
             if result.std is not None:
                 out[f"{predictor.property_name}_std"] = result.std
     else:
-        out[name] = result.values
+        out[name] = physical_values(predictor.property_name, result.values)
         if result.std is not None:
             out[f"{name}_std"] = result.std
         if result.lower is not None:

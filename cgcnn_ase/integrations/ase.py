@@ -46,7 +46,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models
-from cgcnn_ase.inference.properties import gated_band_gap_result, with_metal_classifier
+from cgcnn_ase.inference.properties import gated_band_gap_result, physical_values, with_metal_classifier
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 
 #: Standard ASE property names this calculator can fill (everything else is custom).
@@ -206,6 +206,7 @@ class CGCNNCalculator(Calculator):
         results: dict[str, Any] = {}
         n_atoms = len(self.atoms)
         outputs = []  # each model's result, for unseen_elements
+        raw: dict[str, float] = {}  # each model's value before clipping to the physical range
         for predictor in self.predictors:
             spec = predictor.model.spec
             per_atom = predictor is self._energy_model
@@ -216,7 +217,8 @@ class CGCNNCalculator(Calculator):
             reissue_warnings(caught, "calc.results['unseen_elements'] lists them", stacklevel=2)
             outputs.append(out)
             value = float(out.values[0])
-            results[spec.property] = value
+            results[spec.property] = float(physical_values(spec.property, value))  # a gap >= 0, a Poisson ratio <= 0.5
+            raw[spec.property] = value
             if out.std is not None:
                 results[f"{spec.property}_std"] = float(out.std[0])
             if out.domain_percentile is not None:
@@ -233,10 +235,11 @@ class CGCNNCalculator(Calculator):
         if "fermi_energy" in results:
             results["fermi_level"] = results["fermi_energy"]
         if "band_gap" in results and "is_metal" in results:
-            results["band_gap_raw"] = results["band_gap"]
             results["metal_probability"] = results["is_metal"]
-            names = ("band_gap", "band_gap_std", "band_gap_lower", "band_gap_upper")
+            results["band_gap_raw"] = raw["band_gap"]
+            names = ("band_gap_raw", "band_gap_std", "band_gap_lower", "band_gap_upper")
             gated = gated_band_gap_result(*(results.get(n) for n in names), results["is_metal"], self.metal_threshold)
+            names = ("band_gap", *names[1:])
             results.update({n: float(v) for n, v in zip(names, gated) if v is not None})
         self.results = results
         if self.store_in_info and atoms is not None:
@@ -247,6 +250,16 @@ class CGCNNCalculator(Calculator):
                     atoms.info.pop("cgcnn_unseen_elements", None)  # file formats cannot hold None
                 elif name not in ("energy", "free_energy"):
                     atoms.info[f"cgcnn_{name}"] = value
+
+    def get_fermi_level(self) -> float:
+        """The Fermi energy, eV, of the Fermi-energy model (ASE's DFT calculators' method, which
+        ASE tools call) for the structure last calculated; the calculator must include that model."""
+        if self.atoms is None:
+            from ase.calculators.calculator import CalculatorError
+
+            raise CalculatorError("get_fermi_level() reads the structure last calculated, and there is none yet: "
+                                  "use calc.get_property('fermi_level', atoms), or calculate first")  # fmt: skip
+        return self.get_property("fermi_level", self.atoms)
 
     def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True) -> Any:
         """ASE's ``get_property``; forces and stress are refused with what CGCNN predicts instead."""

@@ -21,7 +21,7 @@ from matminer.featurizers.base import BaseFeaturizer
 
 from cgcnn_ase.errors import InvalidStructureError
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models, predict_many
-from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap_result, with_metal_classifier
+from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap_result, physical_values, with_metal_classifier
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 from cgcnn_ase.models.folder import check_coverage
 
@@ -256,9 +256,9 @@ class CGCNNFeaturizer(BaseFeaturizer):
         for j, (predictor, result) in enumerate(zip(self.predictors, results)):
             for k, message in enumerate(result.errors):
                 errors[k] = errors[k] or message
-            values, std, lower, upper = result.values, result.std, result.lower, result.upper
+            values, std, lower, upper = physical_values(predictor.property_name, result.values), result.std, result.lower, result.upper
             if gating is not None and j == gating[0]:
-                values, std, lower, upper = gated_band_gap_result(values, std, lower, upper,
+                values, std, lower, upper = gated_band_gap_result(result.values, std, lower, upper,
                                                                   results[gating[1]].values, self.metal_threshold)  # fmt: skip
             block = [values[:, None]]
             if predictor.is_ensemble:
