@@ -36,7 +36,8 @@ def main() -> None:
     _common.quiet()
     warnings.simplefilter("ignore")
     path = _common.shared_path(args.shared, "data/mp_elastic_binary2025_matcalc/mp-binary-pbe-elasticity-2025.1.json.gz")
-    entries = json.loads(gzip.open(path).read())
+    with gzip.open(path, "rt") as f:
+        entries = json.load(f)
     known = set(pd.read_csv(_common.shared_path(args.shared, "data/mp_elastic3k_kdmsit/data.csv.gz"),
                             usecols=["material_id"])["material_id"])  # fmt: skip
     new = [e for e in entries if e["mp_id"] not in known]

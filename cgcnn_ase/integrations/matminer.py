@@ -21,7 +21,12 @@ from matminer.featurizers.base import BaseFeaturizer
 
 from cgcnn_ase.errors import InvalidStructureError
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models, predict_many
-from cgcnn_ase.inference.properties import METAL_THRESHOLD, gated_band_gap_result, physical_values, with_metal_classifier
+from cgcnn_ase.inference.properties import (
+    METAL_THRESHOLD,
+    gated_band_gap_result,
+    physical_values,
+    with_metal_classifier,
+)
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 from cgcnn_ase.models.folder import check_coverage
 
