@@ -1535,3 +1535,30 @@ def test_get_fermi_level_and_an_evaluate_without_the_training_data(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     out = _cli("evaluate", "formation_energy", "-o", str(tmp_path / "ev"))
     assert out.exit_code == 1 and "cgcnn-ase evaluate MODEL DATASET" in out.output
+
+
+def test_the_calculator_gives_a_modulus_std_and_bounds_in_gpa_as_the_cli():
+    """Round 8: 'the calculator gives the modulus in GPa but its std and interval bounds only in log10'."""
+    import io
+
+    import pandas as pd
+    from ase.io import write
+
+    from cgcnn_ase import CGCNNCalculator
+
+    atoms = bulk("MgO", "rocksalt", a=4.21)
+    atoms.calc = CGCNNCalculator("bulk_modulus", coverage=0.9, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = {k: atoms.calc.get_property(k, atoms) for k in ("bulk_modulus", "bulk_modulus_std", "bulk_modulus_lower",
+                                                                 "bulk_modulus_upper", "log10_bulk_modulus_std")}  # fmt: skip
+    assert atoms.calc.units["bulk_modulus_std"] == "GPa" and atoms.calc.units["bulk_modulus_upper"] == "GPa"
+    assert results["bulk_modulus_lower"] < results["bulk_modulus"] < results["bulk_modulus_upper"]
+    assert results["bulk_modulus_std"] == pytest.approx(np.log(10) * results["bulk_modulus"] * results["log10_bulk_modulus_std"])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        write(f"{folder}/MgO.cif", atoms)
+        table = pd.read_csv(io.StringIO(_cli("predict", f"{folder}/MgO.cif", "--coverage", "0.9").stdout))
+    for name in ("bulk_modulus", "bulk_modulus_std", "bulk_modulus_lower", "bulk_modulus_upper"):
+        assert table[f"{name} (GPa)"].iloc[0] == pytest.approx(results[name], rel=1e-5)

@@ -21,7 +21,9 @@ Property names:
 - ``energy``, ``free_energy`` (eV, per-atom value x N) and ``energies`` (eV per atom,
   summing to ``energy``) for the first energy model (units ``eV/atom``);
 - ``fermi_level`` (eV) for a Fermi-energy model;
-- moduli also in GPa: ``bulk_modulus`` = 10 ** ``log10_bulk_modulus``;
+- moduli also in GPa, as the CLI's table gives them: ``bulk_modulus`` = 10 ** ``log10_bulk_modulus``,
+  ``bulk_modulus_std`` = ln(10) x ``bulk_modulus`` x ``log10_bulk_modulus_std`` (first order) and, with
+  ``coverage``, ``bulk_modulus_lower``/``_upper`` = 10 ** the log10 bounds;
 - with a band-gap model *and* a metal classifier: ``band_gap`` is 0 for predicted metals
   (P(metal) > ``metal_threshold``, default 0.5), ``band_gap_raw`` the regression output, ``metal_probability`` P(metal);
 - for an ensemble model, ``<property>_std``: the (calibrated) standard deviation of the
@@ -36,6 +38,7 @@ Forces and stress are not predicted: asking raises ``PropertyNotImplementedError
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import warnings
@@ -182,9 +185,14 @@ class CGCNNCalculator(Calculator):
                 for bound in ("lower", "upper"):
                     names.append(f"{spec.property}_{bound}")
                     self.units[names[-1]] = spec.units
-            if spec.property.startswith("log10_") and spec.units == "log10(GPa)":
-                names.append(spec.property.removeprefix("log10_"))
-                self.units[names[-1]] = "GPa"
+            if spec.property.startswith("log10_") and spec.units == "log10(GPa)":  # also in GPa, as the CLI gives them
+                gpa = spec.property.removeprefix("log10_")
+                names.append(gpa)
+                if predictor.is_ensemble:
+                    names.append(f"{gpa}_std")
+                if self.coverage is not None and predictor.has_intervals:
+                    names += [f"{gpa}_lower", f"{gpa}_upper"]
+                self.units.update({n: "GPa" for n in names if n.startswith(gpa)})
         if self._energy_model is not None:
             names += ["energy", "free_energy", "energies"]
             self.units.update(energy="eV", free_energy="eV", energies="eV")
@@ -226,8 +234,13 @@ class CGCNNCalculator(Calculator):
             if out.lower is not None:
                 results[f"{spec.property}_lower"] = float(out.lower[0])
                 results[f"{spec.property}_upper"] = float(out.upper[0])
-            if spec.property.startswith("log10_") and spec.units == "log10(GPa)":
-                results[spec.property.removeprefix("log10_")] = 10.0**value
+            if spec.property.startswith("log10_") and spec.units == "log10(GPa)":  # GPa, as the CLI's table
+                gpa = spec.property.removeprefix("log10_")
+                results[gpa] = 10.0**value
+                if out.std is not None:  # first-order propagation, as inference.properties does
+                    results[f"{gpa}_std"] = math.log(10.0) * 10.0**value * float(out.std[0])
+                if out.lower is not None:
+                    results[f"{gpa}_lower"], results[f"{gpa}_upper"] = 10.0 ** float(out.lower[0]), 10.0 ** float(out.upper[0])
             if per_atom:
                 results["energy"] = results["free_energy"] = value * n_atoms
                 results["energies"] = np.asarray(out.per_atom[0], dtype=np.float64)
