@@ -229,13 +229,10 @@ def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        try:
-            text = raw.decode("latin-1") if b"\x00" not in raw else None
-        except UnicodeDecodeError:
-            text = None
-        if text is None:
+        if b"\x00" in raw:
             raise click.UsageError("stdin ('-') holds binary data, not structure text (CIF, POSCAR, extxyz or "
                                    "pymatgen JSON; gzip-compressed is fine)") from None  # fmt: skip
+        text = raw.decode("latin-1")  # an old CIF's degree signs or accented names
     structure: Any = text
     if "data_" not in text and not text.lstrip().startswith("{"):  # not CIF or JSON: POSCAR or extxyz text?
         import io
@@ -266,11 +263,11 @@ def check_output(output: str, inputs: Sequence[str], fmt: str) -> None:
     out of the run's inputs and replaced."""
     import glob
 
-    from cgcnn_ase.io.inputs import TABLE_SUFFIXES, is_structure_name
+    from cgcnn_ase.io.inputs import is_structure_name
 
     target = os.path.realpath(output)
     name = os.path.basename(target)
-    member = os.path.isfile(target) and is_structure_name(name) and not name.lower().endswith((*TABLE_SUFFIXES, ".json"))
+    member = os.path.isfile(target) and is_structure_name(name) and not name.lower().endswith(".json")
     for item in inputs:
         if member and os.path.isdir(item) and os.path.realpath(item) == os.path.dirname(target):
             raise click.BadParameter(f"{output} is a structure file of the input folder {item}: the results would "

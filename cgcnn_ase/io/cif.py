@@ -141,9 +141,12 @@ def _cif_p1_as_pymatgen(source: Path | str, label: str, *, text: bool) -> list[S
 #: (mCIF) operations and centrings, and a space group given by its number alone.
 _DOTTED_SYMOP_TAG = "_space_group_symop.operation_xyz"
 _MAGNETIC_SYMOP_TAGS = ("_space_group_symop_magn_operation.xyz", "_space_group_symop_magn_centering.xyz")
-_NUMBER_TAGS = ("_space_group_IT_number", "_symmetry_Int_Tables_number", "_space_group.IT_number")
+#: gemmi reads ``_space_group_IT_number`` and ``_symmetry_Int_Tables_number`` into ``spacegroup_number``, not this.
+_DOTTED_NUMBER_TAG = "_space_group.IT_number"
 #: Any of these in a block whose symmetry stays unknown means symmetry was declared in a form not understood.
 _SYMMETRY_WORDS = ("symop", "space_group", "symmetry_equiv", "symmetry_space_group")
+#: Values of symmetry items that say P1 (unquoted, lower case, without spaces), or nothing.
+_P1_VALUES = frozenset({"x,y,z", "p1", "-p1", "p_1", "p1(no.1)", "1", "?", "."})
 
 
 def _structure_blocks(document: Any, label: str) -> list[Any]:
@@ -154,7 +157,7 @@ def _structure_blocks(document: Any, label: str) -> list[Any]:
         StructureReadError: a block gives its sites in Cartesian coordinates only (``_atom_site_Cartn_*``).
     """
     blocks = list(document)
-    with_sites = [b for b in blocks if b.find_values("_atom_site_fract_x") or b.find_values("_atom_site_Cartn_x")]
+    with_sites = [b for b in blocks if _has_sites(b)]
     for block in with_sites:
         if not block.find_values("_atom_site_fract_x"):
             raise StructureReadError(
@@ -162,6 +165,34 @@ def _structure_blocks(document: Any, label: str) -> list[Any]:
                 "...), which are not read; give fractional coordinates (_atom_site_fract_x, ...)"
             )
     return with_sites or blocks
+
+
+def _has_sites(block: Any) -> bool:
+    """Whether a data block lists atom sites (fractional or Cartesian)."""
+    return bool(block.find_values("_atom_site_fract_x") or block.find_values("_atom_site_Cartn_x"))
+
+
+def read_cif_blocks(
+    text: str, label: str, cif_reader: CifReader
+) -> list[tuple[str, StructureRecord | InvalidStructureError]] | None:
+    """Each data block of CIF ``text`` that lists atoms, read on its own as :func:`read_cif` reads
+    it and labelled as it labels them (``label@k``): ``(label@k, record)``, or ``(label@k, error)``
+    for a block that is not a usable crystal; ``None`` for text of fewer than two such blocks."""
+    import gemmi
+
+    try:
+        blocks = [b for b in gemmi.cif.read_string(text) if _has_sites(b)]
+    except (RuntimeError, ValueError):
+        return None
+    if len(blocks) < 2:
+        return None
+    items: list[tuple[str, StructureRecord | InvalidStructureError]] = []
+    for block, name in zip(blocks, _labels(label, len(blocks))):
+        try:
+            items.extend((name, record) for record in read_cif(block.as_string(), name, cif_reader, text=True))
+        except InvalidStructureError as exc:
+            items.append((name, exc))
+    return items
 
 
 def _apply_declared_symmetry(small: Any, block: Any, label: str) -> None:
@@ -181,11 +212,13 @@ def _apply_declared_symmetry(small: Any, block: Any, label: str) -> None:
     operations, centrings = ([_op_triplet(v) for v in block.find_values(tag)] for tag in _MAGNETIC_SYMOP_TAGS)
     if operations:
         ops = sorted({(gemmi.Op(c) * gemmi.Op(o)).wrap().triplet() for o in operations for c in centrings or ["x,y,z"]})
+    dotted_number = gemmi.cif.as_int(block.find_value(_DOTTED_NUMBER_TAG) or "?", 0)
     try:
         if ops:
             small.symops = ops
             small.determine_and_set_spacegroup("S")
-        elif small.spacegroup_number > 1 or any(block.find_value(t) not in (None, "?", ".", "1") for t in _NUMBER_TAGS):
+        elif max(small.spacegroup_number, dotted_number) > 1:  # a number alone: its standard setting
+            small.spacegroup_number = max(small.spacegroup_number, dotted_number)
             small.determine_and_set_spacegroup("N")
     except (RuntimeError, ValueError) as exc:
         raise StructureReadError(f"{label}: its symmetry operations could not be applied ({exc})") from None
@@ -205,19 +238,13 @@ def _op_triplet(value: str) -> str:
 
 def _declares_symmetry(block: Any) -> bool:
     """Whether a block has symmetry items that do not all say P1 (``x,y,z``, ``P 1``, number 1)."""
-    p1 = {"x,y,z", "p1", "p 1", "1", "?", ".", "'p 1'", "p_1", "-p 1", "p 1 (no. 1)"}
     for item in block:
-        pairs = []
-        if item.pair is not None:
-            pairs = [item.pair]
-        elif item.loop is not None:
-            loop = item.loop
-            pairs = [(tag, loop[r, c]) for c, tag in enumerate(loop.tags) for r in range(loop.length())]
-        for tag, value in pairs:
+        tags = [item.pair[0]] if item.pair is not None else list(item.loop.tags) if item.loop is not None else []
+        for tag in tags:
             low = tag.lower()
             if not any(word in low for word in _SYMMETRY_WORDS) or low.endswith(("_id", ".id", "_cell_setting", "crystal_system")):
                 continue
-            if gemmi_unquote(value).replace(" ", "").lower() not in {v.replace(" ", "") for v in p1}:
+            if any(gemmi_unquote(v).replace(" ", "").lower() not in _P1_VALUES for v in block.find_values(tag)):
                 return True
     return False
 
@@ -339,26 +366,20 @@ def _cif_pymatgen(source: Path | str, label: str, *, text: bool) -> list[Any]:
     partial occupancies kept visible so that validation can name them)."""
     from pymatgen.io.cif import CifParser
 
-    if not text:
+    what = "not readable CIF text" if text else "not a readable CIF"
+    if not text:  # read here (CifParser(path) reads it alike) to rename tags pymatgen does not know
         with open(source, encoding="utf-8", errors="replace") as f:
-            content = f.read()
-        if _DOTTED_SYMOP_TAG in content:  # pymatgen reads operations only under their underscore names
-            source, text = content, True
-    if text and _DOTTED_SYMOP_TAG in source:
-        source = source.replace(_DOTTED_SYMOP_TAG, "_space_group_symop_operation_xyz").replace(
-            "_space_group_symop.id", "_space_group_symop_id"
-        )
+            source = f.read()
+    # pymatgen reads symmetry operations only under their underscore names
+    source = source.replace(_DOTTED_SYMOP_TAG, "_space_group_symop_operation_xyz").replace(
+        "_space_group_symop.id", "_space_group_symop_id"
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            parser = (
-                CifParser.from_str(source, occupancy_tolerance=1.0)
-                if text
-                else CifParser(source, occupancy_tolerance=1.0)
-            )
+            parser = CifParser.from_str(source, occupancy_tolerance=1.0)
             structures = parser.parse_structures(primitive=False, on_error="raise")
     except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad CIFs
-        what = "not readable CIF text" if text else "not a readable CIF"
         raise StructureReadError(f"{label}: {what} ({type(exc).__name__}: {exc})") from None
     if not structures:
         raise StructureReadError(f"{label}: the CIF holds no structure")
@@ -397,4 +418,4 @@ def gemmi_block_record(small: Any, label: str) -> StructureRecord | None:
     return _validate(numbers, frac, cell, (True, True, True), label)
 
 
-__all__ = ["OCCUPANCY_TOLERANCE", "CifReader", "gemmi_block_record", "gemmi_unquote", "read_cif"]
+__all__ = ["OCCUPANCY_TOLERANCE", "CifReader", "gemmi_block_record", "gemmi_unquote", "read_cif", "read_cif_blocks"]

@@ -181,26 +181,15 @@ def _dir_files(folder: str, sort: bool, excluded: Callable[[str], bool] = lambda
     skipped: list[str] = []
     subfolders: list[str] = []
     found = 0
-    if sort:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        for entry in entries:
+    with os.scandir(folder) as scan:
+        for entry in sorted(scan, key=lambda e: e.name) if sort else scan:
             if excluded(entry.path):
                 continue
             if entry.is_file() and is_structure_name(entry.name):
                 found += 1
-                yield os.path.normpath(os.path.join(folder, entry.name))  # "./x.cif" -> "x.cif", as ids everywhere
+                yield os.path.normpath(entry.path)  # "./x.cif" -> "x.cif", as ids everywhere
             elif not entry.name.startswith("."):
                 (skipped if entry.is_file() else subfolders if entry.is_dir() else []).append(entry.name)
-    else:
-        with os.scandir(folder) as scan:
-            for entry in scan:
-                if excluded(entry.path):
-                    continue
-                if entry.is_file() and is_structure_name(entry.name):
-                    found += 1
-                    yield os.path.normpath(entry.path)
-                elif not entry.name.startswith("."):
-                    (skipped if entry.is_file() else subfolders if entry.is_dir() else []).append(entry.name)
     if skipped:
         shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
         warnings.warn(f"{folder}: left out {len(skipped)} file(s) that are not structure files ({shown}); "

@@ -49,7 +49,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError, StructureReadError
-from cgcnn_ase.io.cif import CifReader, _labels, read_cif
+from cgcnn_ase.io.cif import CifReader, _labels, read_cif, read_cif_blocks
 from cgcnn_ase.io.records import StructureRecord, from_ase, from_pymatgen
 
 __all__ = [
@@ -304,21 +304,7 @@ def _separately(
                 text = f.read()
         except (OSError, EOFError, ValueError):  # a name too long for the OS, unreadable: read_records said why
             return None
-    import gemmi
-
-    try:
-        blocks = [b for b in gemmi.cif.read_string(text) if b.find_values("_atom_site_fract_x")]
-    except (RuntimeError, ValueError):
-        return None
-    if len(blocks) < 2:
-        return None
-    items: list[tuple[str, StructureRecord | InvalidStructureError]] = []
-    for block, name in zip(blocks, _labels(base, len(blocks))):
-        try:
-            items.extend((name, record) for record in read_cif(block.as_string(), name, cif_reader, text=True))
-        except InvalidStructureError as exc:
-            items.append((name, exc))
-    return items
+    return read_cif_blocks(text, base, cif_reader)
 
 
 def _frames_separately(path: Path, base: str) -> list[tuple[str, StructureRecord | InvalidStructureError]] | None:
