@@ -782,6 +782,42 @@ def _interrupted_training(run: Any) -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
+def _evaluation_summary(report: dict[str, Any]) -> list[str]:
+    """The lines of an evaluation a person reads: counts, the metrics and, for an ensemble, how its members
+    compare and whether its std is calibrated (the whole report is in metrics.json)."""
+
+    def g(x: Any) -> str:
+        return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.4g}"
+
+    units = report.get("units") or ""
+    lines = [f"{Path(report['model']).name}, {report['split']} split: {report['n']} crystals"
+             f" ({report.get('n_failed', 0)} failed), {report['property']}" + (f" ({units})" if units else "")]  # fmt: skip
+    for name, value in report["metrics"].items():
+        if isinstance(value, dict):  # per-class precision/recall/f1 of a classifier
+            value = ", ".join(f"class {k}: {g(v)}" for k, v in value.items())
+        elif name == "n":  # the count heads the summary
+            continue
+        else:
+            value = g(value) + (f" {units}" if name in ("mae", "rmse") and units not in ("", "dimensionless") else "")
+        lines.append(f"  {name:<12} {value}")
+    uncertainty = report.get("uncertainty") or {}
+    members = uncertainty.get("ensemble_vs_members")
+    if members:
+        lines.append(f"ensemble of {uncertainty.get('n_members', len(members['members']))}: {members['metric']} "
+                     f"{g(members['ensemble'])}, its members' {g(members['member_mean'])} on average "
+                     f"(best {g(members['member_best'])}, worst {g(members['member_worst'])})")  # fmt: skip
+    for key, label in (("calibrated", "calibrated std"), ("uncertainty", "uncertainty")):
+        block = uncertainty.get(key)
+        if block and "within_1std" in block:
+            lines.append(f"  {label}: {block['within_1std']:.1%} of errors within 1 {label} "
+                         f"({block['expected_within_1std']:.1%} expected), {block['within_2std']:.1%} within 2 "
+                         f"({block['expected_within_2std']:.1%}); Spearman(|error|, {label}) {g(block['spearman_abs_error_std'])}")  # fmt: skip
+    metrics_file = (report.get("files") or {}).get("metrics")
+    if metrics_file:
+        lines.append(f"the whole report (calibration curves, error by domain percentile): {metrics_file}")
+    return lines
+
+
 @main.command(short_help="Score a model on its dataset's test split (metrics, plots).")
 @click.argument("model")
 @click.argument("dataset", required=False)
@@ -792,9 +828,10 @@ def _interrupted_training(run: Any) -> None:
 @click.option("--id-column", default=None, help="With DATASET: its column of unique ids [default: the training config's].")
 @click.option("--column", "structure_column", default=None, help="With DATASET: its column of structures (CIF text, ...) [default: the training config's].")
 @click.option("--filter", "row_filter", default=None, help="With DATASET: a pandas query selecting rows, replacing the training config's ('' for none).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None, help="What to print [default: a short summary on a terminal, else the report as JSON]; metrics.json always holds the whole report.")
 @_guarded
 def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, batch_size: int, target: str | None,
-             id_column: str | None, structure_column: str | None, row_filter: str | None) -> None:  # fmt: skip
+             id_column: str | None, structure_column: str | None, row_filter: str | None, fmt: str | None) -> None:  # fmt: skip
     """Score MODEL (a trained model folder or shipped name) on a split of its dataset
     (default: the saved test split of the dataset it was trained on) or on DATASET.
     Prints the metrics; writes them with the predictions and a parity (or ROC) plot to a folder.
@@ -814,10 +851,13 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
         out_dir = str(Path("evaluation") / f"{model_folder(model).name}-{split}")
     report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size, progress=_on_terminal(),
                             layout=layout)  # fmt: skip
-    keys = ("model", "split", "n", "n_failed", "property", "units", "metrics", "uncertainty")  # uncertainty: ensembles
-    from cgcnn_ase.models.cards import json_safe
+    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "table":
+        click.echo("\n".join(_evaluation_summary(report)))
+    else:
+        keys = ("model", "split", "n", "n_failed", "property", "units", "metrics", "uncertainty")  # uncertainty: ensembles
+        from cgcnn_ase.models.cards import json_safe
 
-    click.echo(json.dumps(json_safe({k: report[k] for k in keys if k in report}), indent=2, default=str))
+        click.echo(json.dumps(json_safe({k: report[k] for k in keys if k in report}), indent=2, default=str))
     written = sorted(p.name for p in Path(out_dir).iterdir() if p.is_file())
     click.echo(f"wrote {', '.join(written)} to {out_dir}", err=True)
 

@@ -397,7 +397,16 @@ def test_cli_ensemble_and_evaluate(members, data, tmp_path):
     assert "Not measured yet" in (out / "README.md").read_text()
     result = CliRunner().invoke(main, ["evaluate", str(out), str(data), "-o", str(tmp_path / "evaluation")])
     assert result.exit_code == 0, result.output
-    assert "ensemble_vs_members" in json.loads(result.stdout)["uncertainty"]
+    assert "ensemble_vs_members" in json.loads(result.stdout)["uncertainty"]  # piped: the report as JSON
+    report = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    table = CliRunner().invoke(main, ["evaluate", str(out), str(data), "-o", str(tmp_path / "ev2"), "--format", "table"])
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()  # a summary a person reads, not ~300 lines of JSON
+    assert len(lines) < 12 and lines[0].startswith(f"cli-ens, test split: {report['n']} crystals (0 failed)")
+    assert f"{report['metrics']['mae']:.4g}" in lines[1] and lines[1].split()[0] == "mae"
+    vs = report["uncertainty"]["ensemble_vs_members"]
+    assert any(line.startswith("ensemble of 2: mae") and f"{vs['member_mean']:.4g}" in line for line in lines)
+    assert lines[-1].endswith(str(tmp_path / "ev2" / "metrics.json"))
     bad = CliRunner().invoke(main, ["ensemble", str(members[0]), "-o", str(tmp_path / "x"), "--no-evaluate"])
     assert bad.exit_code == 3 and "at least 2" in bad.stderr
 
