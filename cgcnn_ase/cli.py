@@ -289,14 +289,26 @@ def check_output(output: str, inputs: Sequence[str], fmt: str) -> None:
 
 
 def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
-    from cgcnn_ase.models.registry import list_models
+    """The models asked for, each once: a name, an alias and a folder path that stand for the same model
+    count as one (the first spelling is kept; a note names the others)."""
+    from cgcnn_ase.errors import CGCNNError
+    from cgcnn_ase.models.registry import list_models, model_folder
 
     names = list(models)
     if use_all:
         names += [info.aliases[0] if info.aliases else info.name for info in list_models()]
         if not names:
             raise click.UsageError("--all: no models are shipped with this installation; give --model PATH")
-    return list(dict.fromkeys(names))
+    first: dict[str, str] = {}  # what a name stands for -> the first name given for it
+    for name in names:
+        try:
+            key = str(model_folder(name).resolve())
+        except CGCNNError:  # a checkpoint file, or a name the loader will report on
+            key = str(Path(name).resolve()) if Path(name).exists() else name
+        if key in first and first[key] != name:
+            click.echo(f"note: {name} is the model {first[key]} already names; it is predicted once", err=True)
+        first.setdefault(key, name)
+    return list(first.values())
 
 
 @main.command(short_help="Predict properties of crystal files, folders or tables.")
@@ -658,10 +670,11 @@ def _models_table(infos: Sequence[Any]) -> str:
 @click.option("--model", "-m", "models", multiple=True, help="Model name or path (repeatable) [default: the general-purpose models of predict].")
 @click.option("--all", "use_all", is_flag=True, help="Every shipped model.")
 @click.option("--embeddings", is_flag=True, help="Also write the crystal embedding columns.")
+@click.option("--overwrite", is_flag=True, help="Replace result columns the table already has (e.g. from an earlier featurize) instead of refusing.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @_guarded
 def featurize(table: str, output: str, column: str, id_column: str | None, models: tuple[str, ...], use_all: bool,
-              embeddings: bool, batch_size: int) -> None:  # fmt: skip
+              embeddings: bool, overwrite: bool, batch_size: int) -> None:  # fmt: skip
     """Add CGCNN columns to a table of structures (.csv, .tsv or .parquet; CIF text or file paths in
     --column), written as CSV.
 
@@ -676,6 +689,9 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
     from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
     from cgcnn_ase.io.inputs import read_table
 
+    if os.path.realpath(output) == os.path.realpath(table):
+        raise click.BadParameter(f"{output} is also the input table; write the result to another file",
+                                 param_hint="-o/--output")  # fmt: skip
     df = read_table(table)
     for name in (column, id_column):
         if name is not None and name not in df.columns:
@@ -684,6 +700,13 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
     featurizer = CGCNNFeaturizer(_model_names(models, use_all) or list(GENERAL_MODELS), embeddings=embeddings,
                                  batch_size=batch_size, unseen_elements=True)  # fmt: skip
     labels = featurizer.feature_labels()[:-1]  # loads the models: model errors exit with code 3 before any work
+    present = [c for c in [*labels, "unseen_elements", "error"] if c in df.columns]
+    if present and not overwrite:
+        raise click.UsageError(f"{table} already has the result column(s) {', '.join(map(repr, present))} (a featurized "
+                               "table?): give --overwrite to replace them, or featurize the original table")  # fmt: skip
+    if column in present or id_column in present:
+        raise click.UsageError(f"--column/--id-column name a result column of this run ({column!r}, {id_column!r})")
+    df = df.drop(columns=present)
     parsed = [_parse_structure_cell(value, name) for name, value in zip(names, df[column])]
     good = [k for k, item in enumerate(parsed) if not isinstance(item, Exception)]
     rows = featurizer.featurize_many([parsed[k] for k in good], ignore_errors=True, return_errors=True, pbar=True)

@@ -44,7 +44,7 @@ def legacy_model_card(spec: Any, config: Any, metadata: dict[str, Any]) -> str:
     ds, tr, sp = metadata["dataset"], metadata["training"], metadata["split"]
     test = metadata.get("test_metrics") or {}
     classification = spec.task == "classification"
-    handle = (config.aliases or [spec.name])[0]
+    handle = (config.aliases or ["path/to/this/folder"])[0]  # a name without an alias resolves nowhere
     lines = [
         f"# {spec.name}",
         "",
@@ -60,7 +60,8 @@ def legacy_model_card(spec: Any, config: Any, metadata: dict[str, Any]) -> str:
         "",
         "```python",
         "from cgcnn_ase import CGCNNPredictor",
-        f'predictor = CGCNNPredictor.from_pretrained("{handle}")  # or .from_checkpoint("path/to/this/folder")',
+        f'predictor = CGCNNPredictor.from_pretrained("{handle}")'
+        + ('  # or .from_checkpoint("path/to/this/folder")' if config.aliases else ""),
         'print(predictor.predict(["POSCAR"]).values)',
         "```",
         "",
@@ -171,7 +172,7 @@ def legacy_ensemble_card(document: dict[str, Any]) -> str:
     units = document["units"]
     members = ens["members"]
     n = len(members)
-    handle = (md.get("aliases") or [document["name"]])[0]
+    handle = (md.get("aliases") or ["path/to/this/folder"])[0]
     calibration = ens.get("calibration")
     metric = "roc_auc" if classification else "mae"
     metric_label = "ROC-AUC" if classification else f"MAE ({units})"

@@ -90,7 +90,7 @@ def test_missing_targets_are_dropped_with_a_warning(tmp_path, structures):
     df["efermi"] = ["1.5", "None", "2.0", "None", "0.1", "3"]
     path = tmp_path / "d.csv"
     df.to_csv(path, index=False)
-    with pytest.warns(UserWarning, match="2 rows have no numeric 'efermi'"):
+    with pytest.warns(UserWarning, match="2 rows have no finite numeric 'efermi'"):
         table = load_table(DatasetSpec(path=str(path), target="efermi"))
     assert table.ids == ["mp-0", "mp-2", "mp-4", "mp-5"]
     # listing them in drop_ids instead is silent

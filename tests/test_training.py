@@ -566,8 +566,10 @@ def test_time_limit_stops_the_session_and_the_run_resumes(dataset_csv, tmp_path,
         folder = train_from_config(config, progress=False)
     assert "time limit" in caplog.text
     assert len(_history(folder)) == 1  # one epoch always runs
+    assert "**Unfinished**: the time limit (1e-09 min) stopped training after 1 of 5 epochs" in (folder / "README.md").read_text()
     config.time_limit = None  # the limit is not part of the run's identity: resuming finishes it
     assert len(_history(train_from_config(config, progress=False))) == 5
+    assert "Unfinished" not in (folder / "README.md").read_text()  # round 9: the card said nothing of it
     with pytest.raises(ConfigError, match="time_limit"):
         tiny_config(dataset_csv, tmp_path, time_limit=0)
 

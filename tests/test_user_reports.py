@@ -752,6 +752,7 @@ def test_empty_id_cells_fall_back_to_the_row_and_other_small_reports(tmp_path):
 
     import pandas as pd
 
+    from cgcnn_ase.errors import StreamError
     from cgcnn_ase.inference.predictor import predict_many
     from cgcnn_ase.inference.streaming import predict_stream
     from cgcnn_ase.io.inputs import iter_inputs
@@ -770,7 +771,7 @@ def test_empty_id_cells_fall_back_to_the_row_and_other_small_reports(tmp_path):
     _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), str(tmp_path / "bad.cif"), "-m", "formation_energy",
          "--per-atom", "-o", str(out))  # fmt: skip
     assert out.read_text().splitlines()[1].split(",")[1] == "0"
-    with pytest.raises(ValueError, match="named alike"):
+    with pytest.raises(StreamError, match="named alike"):
         predict_stream([str(REPO / "examples" / "NaCl.POSCAR")], ["formation_energy", "formation_energy"], io.StringIO())
 
 
@@ -1562,3 +1563,194 @@ def test_the_calculator_gives_a_modulus_std_and_bounds_in_gpa_as_the_cli():
         table = pd.read_csv(io.StringIO(_cli("predict", f"{folder}/MgO.cif", "--coverage", "0.9").stdout))
     for name in ("bulk_modulus", "bulk_modulus_std", "bulk_modulus_lower", "bulk_modulus_upper"):
         assert table[f"{name} (GPa)"].iloc[0] == pytest.approx(results[name], rel=1e-5)
+
+
+# -- round 9: a hostile screening user (CLI, API misuse) ----------------------------------------
+
+
+def test_a_model_named_twice_by_alias_or_path_is_predicted_once(tmp_path):
+    """Round 9: '-m log10_bulk_modulus -m bulk_modulus' (one model, two names) was an internal error (exit 4)
+    and left an empty output file; featurize wrote the columns twice."""
+    import pandas as pd
+
+    from cgcnn_ase.models.registry import resolve_model
+
+    from .conftest import REPO
+
+    folder = str(resolve_model("bulk_modulus").path)
+    out = tmp_path / "out.csv"
+    result = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), "-m", "log10_bulk_modulus", "-m", "bulk_modulus",
+                  "-m", folder, "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "bulk_modulus is the model log10_bulk_modulus already names" in result.stderr
+    frame = pd.read_csv(out)
+    assert [c for c in frame.columns if c.startswith("log10_bulk_modulus (")] == ["log10_bulk_modulus (log10(GPa))"]
+    single = pd.read_csv(__import__("io").StringIO(_cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), "-m",
+                                                        "bulk_modulus").stdout))  # fmt: skip
+    assert list(frame.columns) == list(single.columns) and frame.iloc[0, 1] == single.iloc[0, 1]
+
+
+def test_featurize_refuses_its_own_input_and_existing_result_columns(tmp_path):
+    """Round 9: featurize -o TABLE overwrote the input (predict refuses); featurizing a featurized table added a
+    second column of the same name (pandas then read 'formation_energy (eV/atom).1')."""
+    import pandas as pd
+    from ase.io import write
+
+    write(tmp_path / "NaCl.cif", bulk("NaCl", "rocksalt", a=5.64))
+    table = tmp_path / "table.csv"
+    pd.DataFrame({"name": ["nacl"], "cif": [(tmp_path / "NaCl.cif").read_text()]}).to_csv(table, index=False)
+    before = table.read_text()
+    same = _cli("featurize", str(table), "-o", str(table), "-m", "formation_energy")
+    assert same.exit_code == 2 and "also the input table" in same.output and table.read_text() == before
+    first = _cli("featurize", str(table), "-o", str(tmp_path / "f1.csv"), "-m", "formation_energy",
+                 "-m", "formation_energy-mp_cgcnn46k-v3")  # fmt: skip
+    assert first.exit_code == 0, first.output
+    f1 = pd.read_csv(tmp_path / "f1.csv")
+    assert list(f1.columns) == ["name", "cif", "formation_energy (eV/atom)", "formation_energy_std (eV/atom)",
+                                "unseen_elements", "error"]  # fmt: skip
+    again = _cli("featurize", str(tmp_path / "f1.csv"), "-o", str(tmp_path / "f2.csv"), "-m", "formation_energy")
+    assert again.exit_code == 2 and "--overwrite" in again.output and not (tmp_path / "f2.csv").exists()
+    replaced = _cli("featurize", str(tmp_path / "f1.csv"), "-o", str(tmp_path / "f2.csv"), "-m", "formation_energy",
+                    "--overwrite")  # fmt: skip
+    assert replaced.exit_code == 0, replaced.output
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "f2.csv"), f1)
+
+
+def test_predict_takes_id_structure_pairs_and_a_series_index_as_ids():
+    """Round 9: predict() refused the (id, structure) pairs that predict_stream takes, named a pandas Series'
+    rows 'input k' whatever its index, and read a DataFrame's column names as file paths."""
+    import pandas as pd
+    from pymatgen.core import Lattice, Structure
+
+    from cgcnn_ase.errors import InvalidStructureError
+
+    from .conftest import REPO
+
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    nacl = bulk("NaCl", "rocksalt", a=5.64)
+    paired = predictor.predict([("mine", nacl), ("srtio3", str(REPO / "examples" / "SrTiO3.cif"))])
+    plain = predictor.predict([nacl, str(REPO / "examples" / "SrTiO3.cif")])
+    assert paired.ids == ["mine", "srtio3"] and np.array_equal(paired.values, plain.values)
+    mixed = Structure(Lattice.cubic(4.0), [{"Na": 0.5, "K": 0.5}], [[0, 0, 0]])
+    series = pd.Series([bulk("Cu", "fcc", a=3.61), mixed], index=["mp-30", "mp-bad"])
+    result = predictor.predict(series, errors="collect")
+    assert result.ids == ["mp-30", "mp-bad"] and result.errors[0] is None and result.errors[1].startswith("mp-bad: ")
+    assert predictor.predict(series.reset_index(drop=True), errors="collect").ids == ["input 0", "input 1"]
+    with pytest.raises(InvalidStructureError, match=r"give its structure column, e.g. df\['structure'\]"):
+        predictor.predict(pd.DataFrame({"structure": series}))
+
+
+def test_featurizer_row_errors_do_not_name_another_row_by_position():
+    """Round 9: on a frame indexed by ids, the error of row 'mp-bad' read 'input 1: ...' (a position counted among
+    the rows it predicted, which names another row of a filtered frame)."""
+    import pandas as pd
+    from pymatgen.core import Lattice, Structure
+
+    from cgcnn_ase import CGCNNFeaturizer
+
+    mixed = Structure(Lattice.cubic(4.0), [{"Na": 0.5, "K": 0.5}], [[0, 0, 0]])
+    frame = pd.DataFrame({"structure": [bulk("Cu", "fcc", a=3.61), None, mixed]}, index=["mp-30", "mp-none", "mp-bad"])
+    out = CGCNNFeaturizer(["formation_energy"], device="cpu").featurize_dataframe(
+        frame, "structure", ignore_errors=True, return_errors=True, pbar=False)  # fmt: skip
+    errors = out.iloc[:, -1]
+    assert errors["mp-bad"].startswith("site 0 is disordered") and not re.search(r"input \d", errors["mp-none"])
+    assert np.isfinite(out.loc["mp-30"].iloc[1]) and np.isnan(out.loc["mp-bad"].iloc[1])
+
+
+# -- round 9: a researcher retraining on their own data ------------------------------------------
+
+
+def test_a_log10_target_given_in_raw_units_is_labelled_log10(dataset_csv, tmp_path):  # noqa: F811
+    """Round 9: data.transform log10 with units GPa (the natural spelling: evaluate --help calls GPa the units
+    before the transform) gave a model whose card, columns and metrics said 'GPa' for log10 values."""
+    import json
+
+    from cgcnn_ase.train.trainer import train_from_config
+
+    from .test_training import tiny_config
+
+    config = tiny_config(dataset_csv, tmp_path, epochs=1, units="GPa", data={"path": str(dataset_csv), "target": "vpa",
+                                                                              "transform": "log10"})  # fmt: skip
+    assert config.target_units == "log10(GPa)" and config.property_name == "log10_vpa"
+    folder = train_from_config(config, progress=False)
+    assert json.loads((folder / "model.json").read_text())["units"] == "log10(GPa)"
+    card = (folder / "README.md").read_text()
+    assert "units: log10(GPa)" in card and "| GPa |" not in card
+    assert CGCNNPredictor.load(folder, device="cpu").units == "log10(GPa)"
+    for units, expected in (("log10(GPa)", "log10(GPa)"), ("log(GPa)", "log(GPa)"), ("unknown", "unknown")):
+        assert tiny_config(dataset_csv, tmp_path, units=units, data={"path": str(dataset_csv), "target": "vpa",
+                                                                     "transform": "log10"}).target_units == expected  # fmt: skip
+    assert tiny_config(dataset_csv, tmp_path, units="GPa").target_units == "GPa"  # no transform: as given
+
+
+def test_crystals_in_no_split_are_warned_about_and_counted_as_left_out(dataset_csv, tmp_path):  # noqa: F811
+    """Round 9: split fractions summing to less than 1 silently left crystals unused, and the card said
+    '12 used (left out: none)'."""
+    import json
+
+    from cgcnn_ase.train.config_sections import SplitConfig
+    from cgcnn_ase.train.trainer import train_from_config
+
+    from .test_training import tiny_config
+
+    config = tiny_config(dataset_csv, tmp_path, epochs=1, split=SplitConfig(train=0.5, val=0.25, test=0.0, seed=1))
+    with pytest.warns(UserWarning, match=r"sum to 0.75: 3 of 12 crystals are in no split"):
+        folder = train_from_config(config, progress=False)
+    dataset = json.loads((folder / "model.json").read_text())["metadata"]["dataset"]
+    assert dataset["rows_used"] == 9 and dataset["rows_dropped"]["outside_split"] == 3
+    assert "12 in the file, 9 used (left out: outside_split: 3)" in (folder / "README.md").read_text()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fractions summing to 1: no warning, nothing counted
+        whole = train_from_config(tiny_config(dataset_csv, tmp_path / "whole", epochs=1), progress=False)
+    assert "outside_split" not in json.loads((whole / "model.json").read_text())["metadata"]["dataset"]["rows_dropped"]
+
+
+def test_text_labels_get_a_hint_to_an_expression_target(tmp_path):
+    """Round 9: a classification column of 'metal'/'insulator' was dropped as '200 rows have no numeric ...'
+    with no word of how to train on it."""
+    import pandas as pd
+
+    from cgcnn_ase.data.datasets import DatasetSpec, load_table
+
+    table = pd.DataFrame({"material_id": ["a", "b", "c"], "label": ["metal", "insulator", "metal"],
+                          "cif": ["x", "y", "z"]})  # fmt: skip
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    with pytest.warns(UserWarning, match=r"""it holds text \('insulator', 'metal'\).*data.target: 'label == "insulator"'"""):
+        with pytest.raises(Exception, match="no rows left"):
+            load_table(DatasetSpec(path=str(tmp_path / "labels.csv"), target="label"))
+    loaded = load_table(DatasetSpec(path=str(tmp_path / "labels.csv"), target='label == "metal"'))
+    assert loaded.raw_targets.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_scoring_every_row_warns_when_rows_are_the_models_own_training_crystals(trained, dataset_csv, tmp_path):  # noqa: F811
+    """Round 9: 'evaluate MODEL DATASET --split all' on rows the model was trained on printed inflated metrics
+    without a word, although split.json names those ids."""
+    import pandas as pd
+
+    from cgcnn_ase.analysis.evaluation import evaluate_model
+    from cgcnn_ase.data.splits import Split
+
+    _, folder = trained
+    split = Split.load(folder / "split.json")
+    with pytest.warns(UserWarning, match=r"10 of the 12 rows scored are crystals the model was trained on \(8 of its "
+                                         r"train split\) or selected on \(2 of its val split\)"):  # fmt: skip
+        evaluate_model(folder, dataset_csv, split="all")
+    fresh = pd.read_csv(dataset_csv)
+    fresh = fresh[fresh["material_id"].isin(split.ids("test"))]
+    fresh.to_csv(tmp_path / "new.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", UnseenElementWarning)  # the test split holds an element training lacks
+        assert evaluate_model(folder, tmp_path / "new.csv", split="all")["n"] == 2
+
+
+def test_a_card_without_an_alias_loads_the_model_by_its_folder(dataset_csv, tmp_path):  # noqa: F811
+    """Round 9: the card of a user's model said from_pretrained("vbm"), which resolves to no shipped model."""
+    from cgcnn_ase.train.trainer import train_from_config
+
+    from .test_training import tiny_config
+
+    folder = train_from_config(tiny_config(dataset_csv, tmp_path, epochs=1, aliases=[]), progress=False)
+    card = (folder / "README.md").read_text()
+    assert 'CGCNNPredictor.from_pretrained("path/to/this/folder")\n' in card
+    assert f'from_pretrained("{folder.name}")' not in card

@@ -151,6 +151,7 @@ def load_split_records(
     for split in splits:
         if split == "all":
             chosen[split] = list(range(len(table)))
+            _warn_seen_rows(folder, table.ids)
             continue
         if saved is None:
             split_path = folder / "split.json"
@@ -190,6 +191,27 @@ def load_split_records(
         targets = finalize_targets(spec, table.raw_targets[ok], np.array([len(r) for r in records]), ids)
         out[split] = SplitRecords(ids=ids, records=records, targets=targets, n_unusable=len(part) - len(ok))
     return spec, out
+
+
+def _warn_seen_rows(folder: Path, ids: Sequence[str]) -> None:
+    """A warning when rows scored with ``split="all"`` carry ids of the model's own training or validation
+    crystals: their errors understate the error on new crystals."""
+    import warnings
+
+    from cgcnn_ase.data.splits import Split
+
+    if not (folder / "split.json").is_file():
+        return
+    saved = Split.load(folder / "split.json")
+    present = set(ids)
+    seen = {part: sum(1 for i in saved.ids(part) if i in present) for part in ("train", "val")}
+    if any(seen.values()):
+        warnings.warn(
+            f"{seen['train'] + seen['val']} of the {len(present)} rows scored are crystals the model was trained on "
+            f"({seen['train']} of its train split) or selected on ({seen['val']} of its val split), by id: their "
+            "errors understate the error on new crystals (score the test split, or a table of new crystals)",
+            UserWarning, stacklevel=3,
+        )  # fmt: skip
 
 
 def _predict_quietly(predictor: Any, records: list[Any], *, batch_size: int, progress: bool, **kwargs: Any) -> Any:

@@ -346,7 +346,8 @@ def _select_rows(spec: DatasetSpec, df: Any, ids: list[str]) -> tuple[np.ndarray
     if bad.any():
         examples = [ids[i] for i in np.flatnonzero(bad)[:5]]
         warnings.warn(
-            f"{path}: {int(bad.sum())} rows have no numeric {spec.target!r} and are dropped (e.g. {examples})",
+            f"{path}: {int(bad.sum())} rows have no finite numeric {spec.target!r} and are dropped (e.g. {examples})"
+            + _text_label_hint(df, spec.target, bad),
             UserWarning,
             stacklevel=3,
         )
@@ -523,6 +524,19 @@ def finalize_targets(spec: DatasetSpec, raw: np.ndarray, n_atoms: np.ndarray | N
             )
         values = np.log10(values)
     return values
+
+
+def _text_label_hint(df: Any, target: str, bad: np.ndarray) -> str:
+    """For a target column of text labels (``metal``/``insulator``): how to turn them into numbers."""
+    if target not in df.columns:
+        return ""
+    column = df[target].to_numpy()[bad]
+    text = sorted({str(v) for v in column if isinstance(v, str) and v.strip()})
+    if not text:
+        return ""
+    shown = ", ".join(repr(t) for t in text[:4]) + (", ..." if len(text) > 4 else "")
+    return (f"; it holds text ({shown}): for labels, give an expression as the target, e.g. "
+            f"data.target: '{target} == \"{text[0]}\"' (1 where true, 0 elsewhere)")
 
 
 def warn_dropped_structures(spec: DatasetSpec, errors: dict[str, str]) -> None:

@@ -37,7 +37,7 @@ from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
 from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.graph.batched import GraphSummary, graph_batch
 from cgcnn_ase.graph.neighbours import CrystalGraph, build_graph
-from cgcnn_ase.io.reader import CifReader, cif_reader_for_policy, is_single_input, read_input
+from cgcnn_ase.io.reader import CifReader, as_input_sequence, cif_reader_for_policy, read_input
 from cgcnn_ase.io.records import StructureRecord
 
 #: Inputs per task sent to a worker (amortises inter-process messages).
@@ -114,7 +114,7 @@ def iter_graphs(
     """``(label, graph or error)`` for every structure of ``structures``, in input order,
     built in this process (``workers=1``, or a list of fewer than :data:`MIN_PARALLEL` inputs)
     or in ``workers`` processes. ``read_only``: records instead of graphs (:func:`records_of`)."""
-    inputs = [structures] if is_single_input(structures) else structures
+    inputs = as_input_sequence(structures)
     options = dict(models=((config, elements),), cif_reader=cif_reader, on_sparse=on_sparse, read_only=read_only)
     if workers <= 1 or (isinstance(inputs, Sized) and len(inputs) < MIN_PARALLEL):
         for index, obj in enumerate(inputs):
@@ -321,7 +321,7 @@ def predict_batches(
     torch thread.
     """
     predictors = tuple(predictors)
-    inputs = [structures] if is_single_input(structures) else structures
+    inputs = as_input_sequence(structures)
     pool = workers if isinstance(workers, NetworkPool) else None
     if pool is not None:
         pool.check(predictors)

@@ -32,7 +32,7 @@ from cgcnn_ase.inference.results import PredictionResult, _Rows
 from cgcnn_ase.models.local_error import K_TRAIN
 from cgcnn_ase.models.registry import load_model, resolve_device
 from cgcnn_ase.inference.parallel import NetworkPool, iter_graphs, predict_batches, shares_graphs
-from cgcnn_ase.io.reader import cif_reader_for_policy, is_single_input
+from cgcnn_ase.io.reader import as_input_sequence, cif_reader_for_policy
 
 ErrorPolicy = Literal["raise", "collect"]
 GraphBackend = Literal["auto", "batched", "per-structure"]
@@ -400,7 +400,7 @@ class CGCNNPredictor:
                 iterable of them (consumed lazily). A file with several frames gives one
                 result per frame.
             batch_size: crystals per forward pass; results depend on it only through float32 rounding
-                (other batches, other summation order: about 1e-5 relative at most). ``None``:
+                (other batches, other summation order: about 1e-7 relative). ``None``:
                 :meth:`default_batch_size` (64 on a CPU, 1024 on a GPU).
             device: override the predictor's device for this call.
             progress: show a progress bar on stderr; ``None`` shows one for 100+ inputs
@@ -658,7 +658,8 @@ def predict_many(
     if len(predictors) > 1 and shares_graphs(predictors) and (batch_size is not None or len(sizes) == 1):
         return _predict_together(predictors, structures, coverages=coverages, **options)
     # one predictor, or models that cannot share graphs: each predictor's own predict, in turn
-    if len(predictors) > 1 and not isinstance(structures, Sequence) and not is_single_input(structures):
+    structures = as_input_sequence(structures)
+    if len(predictors) > 1 and not isinstance(structures, Sequence):
         structures = list(structures)
     return [p.predict(structures, coverage=c, **options) for p, c in zip(predictors, coverages)]
 
@@ -700,6 +701,7 @@ def _predict_together(
         if c is not None:
             p.model.conformal_quantile(c)  # fails early
     _match_thread_count()
+    structures = as_input_sequence(structures)
     total = len(structures) if isinstance(structures, (list, tuple)) else None
     from tqdm.auto import tqdm
 

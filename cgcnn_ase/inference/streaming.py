@@ -129,8 +129,9 @@ def _column_blocks(
         names = list(names) if names is not None else [p.model.spec.name for p in predictors]
         prefixes = [f"{name}: " for name in names]
         if len(set(prefixes)) < len(prefixes):
-            raise ValueError(f"two models are named alike ({', '.join(names)}): their columns could not be told "
-                             "apart; give each model once (or distinct names)")  # fmt: skip
+            raise StreamError(f"two models are named alike ({', '.join(names)}): their columns could not be told "
+                              "apart; give each model once (a name and its alias are the same model) or distinct "
+                              "names")  # fmt: skip
     blocks = []
     for prefix, p in zip(prefixes, predictors):
         block = [f"{prefix}{p.property_name} ({p.units})"]
@@ -432,7 +433,7 @@ def predict_stream(
             replaced.
         chunk_size: structures per chunk (read, predicted and written together).
         batch_size: crystals per forward pass (results depend on it, and on ``chunk_size``, only through
-            float32 rounding: about 1e-5 relative at most).
+            float32 rounding: about 1e-7 relative).
         column, id_column: for table inputs (see :func:`iter_inputs`).
         sort: sort directory listings and glob matches.
         device: torch device for models loaded by name or path.

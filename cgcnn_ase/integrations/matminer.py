@@ -260,7 +260,9 @@ class CGCNNFeaturizer(BaseFeaturizer):
         gating = self._gating()
         for j, (predictor, result) in enumerate(zip(self.predictors, results)):
             for k, message in enumerate(result.errors):
-                errors[k] = errors[k] or message
+                # the message sits in its row: a position ("input k", counted among the rows read here) would
+                # name another row of a filtered or re-indexed frame; a file's path stays
+                errors[k] = errors[k] or (message and message.removeprefix(f"input {k}: "))
             values, std, lower, upper = physical_values(predictor.property_name, result.values), result.std, result.lower, result.upper
             if gating is not None and j == gating[0]:
                 values, std, lower, upper = gated_band_gap_result(result.values, std, lower, upper,

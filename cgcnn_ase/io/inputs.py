@@ -43,8 +43,9 @@ import numpy as np
 from cgcnn_ase.errors import InvalidStructureError, SkippedFilesWarning, StreamError, StructureReadError
 from cgcnn_ase.io.reader import (
     CifReader,
+    as_input_sequence,
     input_kind,
-    is_single_input,
+    is_labelled_pair,
     read_items,
     read_record,
     read_records,
@@ -285,9 +286,7 @@ def iter_inputs(
         the module docstring.
     """
     opts = {"column": column, "id_column": id_column, "cif_reader": cif_reader, "table_chunk_rows": table_chunk_rows}
-    if is_single_input(inputs):
-        inputs = [inputs]
-    for index, obj in enumerate(inputs):
+    for index, obj in enumerate(as_input_sequence(inputs)):
         if input_kind(obj) == "path":  # files, directories, globs, tables (text with line breaks is CIF)
             item = os.fspath(obj)
             explicit_table = _is_table(item) and os.path.isfile(item)
@@ -299,7 +298,7 @@ def iter_inputs(
                     yield from iter_table(path, finished=finished, **opts)  # tables matched by a pattern
                 else:
                     yield from iter_file(path, cif_reader=cif_reader, finished=finished, defer=defer_files)
-        elif isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str):
+        elif is_labelled_pair(obj):
             yield from _iter_object(obj[0], obj[1], cif_reader, finished)
         else:
             label = obj.label if isinstance(obj, StructureRecord) else f"input {index}"

@@ -55,8 +55,10 @@ from cgcnn_ase.io.records import StructureRecord, from_ase, from_pymatgen
 __all__ = [
     "CifReader",
     "InputKind",
+    "as_input_sequence",
     "cif_reader_for_policy",
     "input_kind",
+    "is_labelled_pair",
     "is_single_input",
     "iter_records",
     "read_frames",
@@ -242,9 +244,7 @@ def iter_records(
     multi-frame file), a record's own label, or ``input i`` for other items (``input i@k``
     for the k-th data block of CIF text). A path yields one item per frame in the file.
     """
-    if is_single_input(inputs):
-        inputs = [inputs]
-    for index, obj in enumerate(inputs):
+    for index, obj in enumerate(as_input_sequence(inputs)):
         yield from read_input(index, obj, cif_reader=cif_reader)
 
 
@@ -253,8 +253,12 @@ def read_input(
 ) -> list[tuple[str, StructureRecord | InvalidStructureError]]:
     """Input number ``index`` of a sequence, read and labelled as :func:`iter_records` labels it:
     ``(label, record)`` per structure, or one ``(label, error)`` when it cannot be read."""
+    label = None
+    if is_labelled_pair(obj):
+        label, obj = obj
     kind = input_kind(obj)
-    label = None if kind in ("path", "record") else f"input {index}"
+    if label is None:
+        label = None if kind in ("path", "record") else f"input {index}"
     try:
         return read_items(obj, label, cif_reader=cif_reader)
     except InvalidStructureError as exc:
@@ -322,6 +326,31 @@ def _frames_separately(path: Path, base: str) -> list[tuple[str, StructureRecord
         except InvalidStructureError as exc:
             items.append((name, exc))
     return items
+
+
+def is_labelled_pair(obj: Any) -> bool:
+    """An ``(id, structure)`` pair: the id labels the structure's results and errors."""
+    return isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str)
+
+
+def as_input_sequence(obj: Any) -> Any:
+    """``obj`` as the inputs of a run: a pandas Series becomes ``(label, structure)`` pairs labelled by its
+    index (unless that is the default 0..n-1, where the ``input k`` labels already name the rows); one
+    input (:func:`is_single_input`) becomes a list of it; other iterables are kept (consumed lazily).
+
+    Raises:
+        InvalidStructureError: a pandas DataFrame (which of its columns holds the structures?).
+    """
+    module = type(obj).__module__
+    if module.startswith("pandas.") and type(obj).__name__ == "DataFrame":
+        raise InvalidStructureError(f"a pandas DataFrame is not a list of structures: give its structure column, e.g. "
+                                    f"df[{str(obj.columns[0]) if len(obj.columns) else 'column'!r}]")  # fmt: skip
+    if module.startswith("pandas.") and type(obj).__name__ == "Series":
+        index = obj.index
+        if type(index).__name__ == "RangeIndex" and index.start == 0 and index.step == 1:
+            return list(obj)
+        return [(str(label), value) for label, value in zip(index, obj)]
+    return [obj] if is_single_input(obj) else obj
 
 
 def is_single_input(obj: Any) -> bool:

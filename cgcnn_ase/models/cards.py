@@ -51,6 +51,9 @@ def symbols(numbers: Iterable[int]) -> str:
     return " ".join(chemical_symbols[z] for z in numbers)
 
 
+#: What a card's snippet loads a model without an alias by: its folder (its bare name resolves to no shipped model).
+FOLDER_HANDLE = "path/to/this/folder"
+
 def _nonzero_counts(counts: dict[str, int]) -> str:
     """``{"filter": 3, "limit": 0}`` -> ``"filter: 3"``; ``"none"`` when every count is zero."""
     return ", ".join(f"{k}: {v}" for k, v in counts.items() if v) or "none"
@@ -108,7 +111,7 @@ def model_card(document: dict[str, Any], *, loss_name: str) -> str:
         hw=training["hardware"],
         classification=document["task"] == "classification",
         aliases=aliases,
-        handle=(aliases or [document["name"]])[0],
+        handle=(aliases or [FOLDER_HANDLE])[0],
         seen=md.get("elements_seen") or [],
         loss_name=loss_name,
     )
@@ -149,7 +152,7 @@ def ensemble_card(document: dict[str, Any], files: Iterable[str] = ()) -> str:
         calibration=ens.get("calibration"),
         classification=classification,
         units=document["units"],
-        handle=(md.get("aliases") or [document["name"]])[0],
+        handle=(md.get("aliases") or [FOLDER_HANDLE])[0],
         metric="roc_auc" if classification else "mae",
         metric_label="ROC-AUC" if classification else f"MAE ({document['units']})",
         seen=md.get("elements_seen") or [],

@@ -65,11 +65,13 @@ class TrainConfig(Settings):
         output: the model folder to write (created).
         property: name of the predicted property (default: the target column, with
             ``log10_`` for log targets).
-        units: units of the (transformed) target, e.g. ``"eV/atom"`` or ``"log10(GPa)"``;
+        units: units of the target, e.g. ``"eV/atom"``; for a log10-transformed target either
+            ``"log10(GPa)"`` or the raw values' ``"GPa"`` (the model's units are then ``log10(GPa)``);
             classifiers report ``"probability"``.
         task: ``"regression"`` or ``"classification"`` (targets 0/1; class 1 is
             ``positive_class``).
-        positive_class: name of class 1 (classification).
+        positive_class: name of class 1 (classification), shown on the card; it does not map text labels
+            (for a column of ``metal``/``insulator``, give the target ``'label == "metal"'``).
         split, model, optim, schedule: see their classes.
         graph: :class:`~cgcnn_ase.graph.config.GraphConfig` (8 Å, 12 neighbours, 41 Gaussians,
             ``neighbor_policy="symmetric"``).
@@ -219,6 +221,15 @@ class TrainConfig(Settings):
         base = self.data.target if self.data.target.isidentifier() else "target"
         base = f"{base}_per_atom" if self.data.per_atom else base
         return f"log10_{base}" if self.data.transform == "log10" else base
+
+    @builtins.property  # the field `property` shadows the builtin here
+    def target_units(self) -> str:
+        """The units of what the network predicts: ``units``, or ``log10(<units>)`` for a log10-transformed
+        target whose ``units`` name the raw values (``GPa`` for a modulus: the model predicts log10(GPa))."""
+        units = self.units
+        if self.data.transform == "log10" and not units.lower().startswith(("log10", "log(", "log ")) and units != "unknown":
+            return f"log10({units})"
+        return units
 
     @builtins.property  # the field `property` shadows the builtin here
     def model_name(self) -> str:

@@ -149,10 +149,16 @@ def resolve_split(config: TrainConfig, work: Path, ids: list[str], *, resuming: 
             return Split.load(config.split.file)
         except DatasetError as exc:
             raise ConfigError(str(exc)) from None
+    fractions = (config.split.train, config.split.val, config.split.test)
     try:
-        return make_split(ids, (config.split.train, config.split.val, config.split.test), config.split.seed)
+        split = make_split(ids, fractions, config.split.seed)
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None
+    unused = len(ids) - sum(split.sizes.values())
+    if unused:  # allowed (a learning curve trains on part of the data), but never silently
+        warnings.warn(f"split fractions {fractions} sum to {sum(fractions):g}: {unused} of {len(ids)} crystals are in "
+                      "no split and are not used (the model card counts them as left out)", UserWarning, stacklevel=2)  # fmt: skip
+    return split
 
 
 def split_positions(split: Split, ids: list[str]) -> dict[str, np.ndarray]:

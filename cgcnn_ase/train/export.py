@@ -129,7 +129,7 @@ def _evaluate(
     from cgcnn_ase.analysis.metrics import classification_metrics, regression_metrics
 
     classification = config.task == "classification"
-    units = "dimensionless" if classification else config.units
+    units = "dimensionless" if classification else config.target_units
     metrics: dict[str, dict[str, Any]] = {}
     predictions: dict[str, np.ndarray] = {}
     for name in ("val", "test"):
@@ -148,8 +148,12 @@ def _evaluate(
     return metrics, predictions
 
 
-def _dataset_metadata(config: TrainConfig, data: PreparedData) -> dict[str, Any]:
-    """``metadata.dataset`` of ``model.json``: where the data came from and which rows were used."""
+def _dataset_metadata(config: TrainConfig, data: PreparedData, split: Split) -> dict[str, Any]:
+    """``metadata.dataset`` of ``model.json``: where the data came from and which rows were used (a usable
+    crystal in no part of the split, as fractions summing to less than 1 leave, counts as left out)."""
+    usable = set(data.ids)
+    in_split = sum(1 for part in ("train", "val", "test") for i in split.ids(part) if i in usable)
+    outside = {"outside_split": len(data.ids) - in_split} if in_split < len(data.ids) else {}
     return {
         "name": config.metadata.get("dataset_name") or config.data.display_name,
         "path": config.data.path,
@@ -160,8 +164,8 @@ def _dataset_metadata(config: TrainConfig, data: PreparedData) -> dict[str, Any]
         "drop_ids": list(config.data.drop_ids),
         "rows_in_file": data.table.n_rows,
         "rows_selected": len(data.table),
-        "rows_used": len(data.ids),
-        "rows_dropped": {**data.table.dropped, "unusable_structure": len(data.errors)},
+        "rows_used": in_split,
+        "rows_dropped": {**data.table.dropped, "unusable_structure": len(data.errors), **outside},
         **{k: v for k, v in config.metadata.items() if k != "dataset_name"},
     }
 
@@ -197,7 +201,7 @@ def _model_spec(config: TrainConfig, result: TrainingResult, metrics: dict[str, 
     metadata = {
         "aliases": list(config.aliases),
         "elements_seen": sorted(int(z) for z in np.unique(result.data.store.take(result.parts["train"]).numbers)),
-        "dataset": _dataset_metadata(config, result.data),
+        "dataset": _dataset_metadata(config, result.data, result.split),
         "split": {
             "seed": split.seed,
             "fractions": list(split.fractions) if split.fractions else None,
@@ -213,7 +217,7 @@ def _model_spec(config: TrainConfig, result: TrainingResult, metrics: dict[str, 
     return ModelSpec(
         name=config.model_name,
         property=config.property_name,
-        units="probability" if classification else config.units,
+        units="probability" if classification else config.target_units,
         task=config.task,
         architecture=result.architecture,
         graph=config.graph,
@@ -241,7 +245,7 @@ def _write_plots(
         roc_plot(y, test_predictions, output / "roc.png", title=title)
     else:
         parity_plot(
-            y, test_predictions, output / "parity.png", units=config.units, title=title, label=config.property_name
+            y, test_predictions, output / "parity.png", units=config.target_units, title=title, label=config.property_name
         )
 
 

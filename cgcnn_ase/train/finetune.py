@@ -253,7 +253,7 @@ def output_layer_choice(config: TrainConfig, base: FineTuneBase) -> str:
         return setting
     same = spec.task == config.task and spec.property == config.property_name
     if config.task == "regression":
-        same = same and spec.units == config.units
+        same = same and spec.units == config.target_units
     return "keep" if same else "reset"
 
 
