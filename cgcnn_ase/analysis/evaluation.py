@@ -287,7 +287,8 @@ def evaluate_model(
             ``roc.png`` (ensembles also ``error_vs_std.png`` and ``calibration.png``);
             ``None`` writes nothing.
         batch_size, device: passed to :meth:`CGCNNPredictor.predict`.
-        workers: processes for parsing structures.
+        workers: processes for parsing structures and for the prediction (see
+            :meth:`CGCNNPredictor.predict`).
         layout: as in :func:`load_split_records` (another file's column names).
 
     Returns:
@@ -306,7 +307,7 @@ def evaluate_model(
     spec, parts = load_split_records(folder, dataset, (split,), workers=workers, progress=progress, layout=layout)
     data = parts[split]
     ids, targets = data.ids, data.targets
-    result = _predict_quietly(predictor, data.records, batch_size=batch_size, progress=progress)
+    result = _predict_quietly(predictor, data.records, batch_size=batch_size, progress=progress, workers=workers)
     good = result.ok
     unseen = [bool(u) for u in result.unseen_elements] if result.unseen_elements else [False] * len(ids)
     if any(unseen):

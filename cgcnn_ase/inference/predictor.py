@@ -397,8 +397,9 @@ class CGCNNPredictor:
 
         Args:
             structures: one ``ase.Atoms``, pymatgen ``Structure`` or file path, or an
-                iterable of them (consumed lazily). A file with several frames gives one
-                result per frame.
+                iterable of them (consumed lazily), or of ``(id, structure)`` pairs (the id names
+                the result and its error); a pandas Series' index names its rows. A file with
+                several frames gives one result per frame.
             batch_size: crystals per forward pass; results depend on it only through float32 rounding
                 (other batches, other summation order: about 1e-7 relative). ``None``:
                 :meth:`default_batch_size` (64 on a CPU, 1024 on a GPU).
