@@ -166,7 +166,10 @@ def _check_coverage(predictors: Sequence[Any], coverage: float | None) -> None:
 def _check_atom_init(models: Sequence[str], atom_init: str | None) -> None:
     """A usage error when ``--atom-init`` is given but no model is a checkpoint file it could apply to."""
     if atom_init is not None and not any(Path(m).is_file() for m in models):
-        raise click.UsageError("--atom-init applies to original .pth.tar checkpoints only (none among the models)")
+        from cgcnn_ase.models.folder import checkpoint_hint
+
+        hints = "".join(checkpoint_hint(m, subject=m) for m in models if Path(m).is_dir())
+        raise click.UsageError(f"--atom-init applies to original .pth.tar checkpoints only (none among the models){hints}")
 
 
 def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, output: str | None, meta: dict) -> None:

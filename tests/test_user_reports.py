@@ -1754,3 +1754,114 @@ def test_a_card_without_an_alias_loads_the_model_by_its_folder(dataset_csv, tmp_
     card = (folder / "README.md").read_text()
     assert 'CGCNNPredictor.from_pretrained("path/to/this/folder")\n' in card
     assert f'from_pretrained("{folder.name}")' not in card
+
+
+# -- round 10: a library integrator, and a user of the authors' checkpoints -----------------------
+
+
+def _original_layout_checkpoint(path, *, nbr_fea_len=41, normalizer=True):
+    """An original-layout ``.pth.tar`` (state_dict, normalizer) of a random regression network."""
+    import torch
+
+    from cgcnn_ase.nn.network import CrystalGraphConvNet
+
+    network = CrystalGraphConvNet(orig_atom_fea_len=92, nbr_fea_len=nbr_fea_len, atom_fea_len=16, n_conv=2,
+                                  h_fea_len=16, n_h=1)  # fmt: skip
+    checkpoint = {"state_dict": network.state_dict(), "epoch": 3}
+    if normalizer:
+        checkpoint["normalizer"] = {"mean": torch.tensor(-1.5), "std": torch.tensor(0.8)}
+    torch.save(checkpoint, path)
+    return path
+
+
+def _atom_init_file(folder):
+    """This project's element table written as an original atom_init.json (the command needs a file)."""
+    import json
+
+    from cgcnn_ase.graph.elements import generate_cgcnn_table
+
+    path = folder / "atom_init.json"
+    path.write_text(json.dumps(generate_cgcnn_table().to_atom_init()))
+    return path
+
+
+def test_original_checkpoints_missing_a_normaliser_or_of_another_graph_are_refused_at_load(tmp_path):
+    """Round 10: a checkpoint without 'normalizer' silently got mean 0 / std 1 (-1.72 instead of -3.52 eV/atom);
+    one whose convolutions take 31 bond features loaded and then failed inside the network (internal error)."""
+    from cgcnn_ase.errors import CheckpointError
+    from cgcnn_ase.models.legacy import load_original_checkpoint
+
+    good = load_original_checkpoint(_original_layout_checkpoint(tmp_path / "good.pth.tar"), atom_init="generated")
+    assert (good.spec.normalizer_mean, good.spec.normalizer_std) == pytest.approx((-1.5, 0.8))
+    with pytest.raises(CheckpointError, match="without its target normaliser"):
+        load_original_checkpoint(_original_layout_checkpoint(tmp_path / "bare.pth.tar", normalizer=False),
+                                 atom_init="generated")  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"31 bond features per edge, but the original code's graph \(8 Å"):
+        load_original_checkpoint(_original_layout_checkpoint(tmp_path / "r6.pth.tar", nbr_fea_len=31), atom_init="generated")
+    from .conftest import REPO
+
+    result = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), "--model", str(tmp_path / "r6.pth.tar"),
+                  "--atom-init", str(_atom_init_file(tmp_path)))  # fmt: skip
+    assert result.exit_code == 3 and "31 bond features" in result.output and "internal error" not in result.output
+
+
+def test_checkpoint_messages_point_to_what_works(tmp_path):
+    """Round 10: from_pretrained(path.pth.tar) said 'pass atom_init=PATH', which from_pretrained does not take; a
+    folder holding only model_best.pth.tar got 'not a model folder' or 'a model folder carries its own element
+    table'; the original layout's id_prop.csv given to predict was read as a table with a header."""
+    from cgcnn_ase.errors import CheckpointError
+
+    from .conftest import REPO
+
+    (tmp_path / "run").mkdir()
+    checkpoint = _original_layout_checkpoint(tmp_path / "run" / "model_best.pth.tar")
+    with pytest.raises(CheckpointError, match=r"CGCNNPredictor.from_checkpoint\(path, atom_init=PATH\)"):
+        CGCNNPredictor.from_pretrained(str(checkpoint))
+    for options in ({}, {"atom_init": "generated"}):
+        with pytest.raises(CheckpointError, match="not a model folder .*holds the checkpoint file.s. model_best.pth.tar"):
+            CGCNNPredictor.from_checkpoint(tmp_path / "run", **options)
+    result = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), "--model", str(tmp_path / "run"), "--atom-init",
+                  str(_atom_init_file(tmp_path)))  # fmt: skip
+    assert result.exit_code == 2 and "holds the checkpoint file(s) model_best.pth.tar" in result.output
+    (tmp_path / "layout").mkdir()
+    (tmp_path / "layout" / "id_prop.csv").write_text("NaCl,1.0\n")
+    result = _cli("predict", str(tmp_path / "layout" / "id_prop.csv"), "--model", "formation_energy")
+    assert result.exit_code == 2 and "original CGCNN layout's id_prop.csv" in result.output
+
+
+def test_predict_reads_a_folder_or_a_pattern_given_alone_as_the_command_does():
+    """Round 10: predictor.predict('folder/') failed ('is a directory') although the command reads folders."""
+    from .conftest import REPO
+
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    folder = predictor.predict(str(REPO / "examples"))
+    files = sorted(str(p) for p in (REPO / "examples").iterdir() if p.suffix in (".cif", ".extxyz") or "POSCAR" in p.name)
+    assert folder.ids == files and np.array_equal(folder.values, predictor.predict(files).values)
+    assert predictor.predict(str(REPO / "examples" / "*.cif")).ids == [str(REPO / "examples" / "SrTiO3.cif")]
+
+
+def test_loading_and_predicting_leave_process_state_alone():
+    """Round 10: the first predict() fixed the multiprocessing start method (tqdm's lock, even for a hidden bar) and
+    started a monitor thread; loading a model advanced the global torch random stream."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    code = """
+import multiprocessing as mp, threading, torch
+from cgcnn_ase import CGCNNCalculator, CGCNNPredictor
+torch.manual_seed(0); expected = torch.rand(3)
+torch.manual_seed(0)
+predictor = CGCNNPredictor.from_pretrained("formation_energy")
+CGCNNCalculator("band_gap")
+predictor.predict(["examples/SrTiO3.cif"] * 120, progress=False)
+predictor.predict("examples/SrTiO3.cif")
+assert torch.equal(torch.rand(3), expected), "the random stream moved"
+assert mp.get_start_method(allow_none=True) is None, mp.get_start_method(allow_none=True)
+assert threading.active_count() == 1, threading.enumerate()
+mp.set_start_method("spawn")
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

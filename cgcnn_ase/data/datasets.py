@@ -456,13 +456,13 @@ def parse_structures(
         One item per row: the record (or ``postprocess(record)``), or the error message
         (str) of a row that could not be used.
     """
-    from tqdm.auto import tqdm
+    from cgcnn_ase.progress import progress_bar
 
     rows = range(len(table)) if indices is None else [int(i) for i in indices]
     tasks = [(table.kind, table.sources[i], table.ids[i], postprocess, cif_reader) for i in rows]
-    bar = dict(total=len(tasks), disable=not progress, unit="structure", desc="parsing structures", leave=False)
+    bar = dict(show=bool(progress), total=len(tasks), unit="structure", desc="parsing structures", leave=False)
     if workers <= 1 or len(tasks) < POOL_THRESHOLD or table.kind == "record":
-        results = [_work(t) for t in tqdm(tasks, **bar)]
+        results = [_work(t) for t in progress_bar(tasks, **bar)]
     else:
         # the reader's modules are imported once here and inherited by forked workers
         if table.kind == "structure_dict" or (table.kind in ("cif_text", "cif_file") and cif_reader == "pymatgen"):
@@ -473,7 +473,7 @@ def parse_structures(
         context = multiprocessing.get_context(worker_start_method())
         chunk = max(1, min(64, len(tasks) // (workers * 8)))
         with context.Pool(workers) as pool:
-            results = list(tqdm(pool.imap(_work, tasks, chunksize=chunk), **bar))
+            results = list(progress_bar(pool.imap(_work, tasks, chunksize=chunk), **bar))
     return [value if ok else str(value) for ok, value in results]
 
 

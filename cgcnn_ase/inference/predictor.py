@@ -17,22 +17,24 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cgcnn_ase.models.folder import LoadedModel, check_coverage
-from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.errors import UNSEEN_HINT, CGCNNError, CheckpointError, InvalidStructureError, UnseenElementWarning
-from cgcnn_ase.graph.neighbours import CrystalGraph
-from cgcnn_ase.graph.config import SparsePolicy
 from cgcnn_ase.graph.batch import GraphBatch, collate
 from cgcnn_ase.graph.batched import graph_batch
-from cgcnn_ase.nn.inference import CompiledFunction, inference_network
-from cgcnn_ase.nn.stacked import StackedNetworks, can_stack
-from cgcnn_ase.nn.network import CrystalGraphConvNet
-from cgcnn_ase.nn.ops import segment_mean
+from cgcnn_ase.graph.config import SparsePolicy
+from cgcnn_ase.graph.element_table import ElementTable
+from cgcnn_ase.graph.neighbours import CrystalGraph
+from cgcnn_ase.inference.parallel import NetworkPool, iter_graphs, predict_batches, shares_graphs
 from cgcnn_ase.inference.results import PredictionResult, _Rows
+from cgcnn_ase.io.inputs import expand_inputs
+from cgcnn_ase.io.reader import cif_reader_for_policy
+from cgcnn_ase.models.folder import LoadedModel, check_coverage
 from cgcnn_ase.models.local_error import K_TRAIN
 from cgcnn_ase.models.registry import load_model, resolve_device
-from cgcnn_ase.inference.parallel import NetworkPool, iter_graphs, predict_batches, shares_graphs
-from cgcnn_ase.io.reader import as_input_sequence, cif_reader_for_policy
+from cgcnn_ase.nn.inference import CompiledFunction, inference_network
+from cgcnn_ase.nn.network import CrystalGraphConvNet
+from cgcnn_ase.nn.ops import segment_mean
+from cgcnn_ase.nn.stacked import StackedNetworks, can_stack
+from cgcnn_ase.progress import progress_bar
 
 ErrorPolicy = Literal["raise", "collect"]
 GraphBackend = Literal["auto", "batched", "per-structure"]
@@ -659,7 +661,7 @@ def predict_many(
     if len(predictors) > 1 and shares_graphs(predictors) and (batch_size is not None or len(sizes) == 1):
         return _predict_together(predictors, structures, coverages=coverages, **options)
     # one predictor, or models that cannot share graphs: each predictor's own predict, in turn
-    structures = as_input_sequence(structures)
+    structures = expand_inputs(structures)
     if len(predictors) > 1 and not isinstance(structures, Sequence):
         structures = list(structures)
     return [p.predict(structures, coverage=c, **options) for p, c in zip(predictors, coverages)]
@@ -702,17 +704,14 @@ def _predict_together(
         if c is not None:
             p.model.conformal_quantile(c)  # fails early
     _match_thread_count()
-    structures = as_input_sequence(structures)
+    structures = expand_inputs(structures)
     total = len(structures) if isinstance(structures, (list, tuple)) else None
-    from tqdm.auto import tqdm
-
-    # tqdm's disable=None hides the bar when stderr is not a terminal
-    disable = (not progress) if progress is not None else (None if (total or 0) >= 100 else True)
+    show = progress if progress is not None else (None if (total or 0) >= 100 else False)  # None: on a terminal
     rows = [p._rows(per_atom, embeddings) for p in predictors]
     batches = predict_batches(predictors, structures, batch_size=size, per_atom=per_atom,
                               features=[r.features for r in rows], errors=errors, on_sparse=on_sparse,
                               workers=workers)  # fmt: skip
-    with tqdm(total=total, disable=disable, unit="structure", leave=False) as bar:
+    with progress_bar(show=show, total=total, unit="structure", leave=False) as bar:
         for columns, outputs in batches:
             for p, accumulated, items, out in zip(predictors, rows, columns, outputs):
                 accumulated.add(items, *out, seen=p._seen_elements())

@@ -507,7 +507,7 @@ def write_chunks(
     and a threshold: they are recorded next to the output (:func:`run_record_path`), and a resume
     whose settings differ from the recorded ones is refused (rows made two ways would be mixed).
     """
-    from tqdm.auto import tqdm
+    from cgcnn_ase.progress import progress_bar
 
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -530,7 +530,7 @@ def write_chunks(
         defer_files=defer_files,
     )  # fmt: skip
     try:
-        with tqdm(disable=None if progress is None else not progress, unit="structure", leave=False) as bar:
+        with progress_bar(show=progress, unit="structure", leave=False) as bar:
             repeats_warned = False
             while chunk := list(islice(items, chunk_size)):
                 result = rows(chunk, finished)

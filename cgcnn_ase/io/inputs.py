@@ -64,6 +64,7 @@ __all__ = [
     "DeferredItem",
     "FinishedIds",
     "Item",
+    "expand_inputs",
     "iter_file",
     "iter_files",
     "iter_inputs",
@@ -201,6 +202,16 @@ def _dir_files(folder: str, sort: bool, excluded: Callable[[str], bool] = lambda
         warnings.warn(f"{folder}: holds no structure files itself, only {len(subfolders)} subfolder(s) ({shown}), and "
                       f"folders are read one level deep; to read the files below it give the pattern '{pattern}' "
                       "(quoted)", SkippedFilesWarning, stacklevel=2)  # fmt: skip
+
+
+def expand_inputs(obj: Any) -> Any:
+    """:func:`~cgcnn_ase.io.reader.as_input_sequence` of ``obj``, except that one folder or glob pattern given
+    alone becomes its structure files (:func:`iter_files`, sorted), as the command line reads it."""
+    if isinstance(obj, (str, os.PathLike)) and input_kind(obj) == "path":
+        path = os.fspath(obj)
+        if os.path.isdir(path) or (not os.path.exists(path) and glob.has_magic(path)):
+            return list(iter_files(path))
+    return as_input_sequence(obj)
 
 
 def iter_files(
@@ -516,7 +527,10 @@ def iter_table(
     available = _table_columns(path)
     for name, what in ((column, "structure"), (id_column, "id")):
         if name is not None and name not in available:
-            raise StreamError(f"{path}: no {what} column {name!r}; columns: {', '.join(available)}")
+            layout = (f"; it looks like the original CGCNN layout's id_prop.csv (ids and targets, no header): give "
+                      f"its folder, {os.path.dirname(path) or '.'}, whose ID.cif files are then predicted"
+                      if os.path.basename(path) == "id_prop.csv" else "")  # fmt: skip
+            raise StreamError(f"{path}: no {what} column {name!r}; columns: {', '.join(available)}{layout}")
     wanted = [column] + ([id_column] if id_column and id_column != column else [])
     start = 0
     for chunk in _table_chunks(path, wanted, table_chunk_rows):

@@ -276,7 +276,8 @@ def save_model_folder(folder: str | os.PathLike, loaded: LoadedModel) -> Path:
 def _build_network(architecture: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> CrystalGraphConvNet:
     """Instantiate the network and load ``state`` strictly; mismatches raise CheckpointError."""
     try:
-        network = CrystalGraphConvNet(**architecture)
+        with torch.random.fork_rng(devices=[]):  # the random initial weights, replaced below, leave the caller's stream
+            network = CrystalGraphConvNet(**architecture)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: invalid architecture {architecture}: {exc}") from None
     expected = network.state_dict()
@@ -555,6 +556,19 @@ def load_model_folder(folder: str | os.PathLike, *, members: int | None = None) 
     )
 
 
+def checkpoint_hint(folder: str | os.PathLike, subject: str = "it") -> str:
+    """For a folder that is not a model folder but holds original checkpoint files (``model_best.pth.tar``):
+    a clause naming them, to load one of them instead; else ``""``."""
+    try:
+        files = sorted(p.name for p in Path(folder).iterdir() if p.name.endswith((".pth.tar", ".pth", ".pt")))
+    except OSError:
+        return ""
+    if not files:
+        return ""
+    return (f"; {subject} holds the checkpoint file(s) {', '.join(files[:3])}: give a file's path instead, with the "
+            "atom_init.json it was trained with (CLI --atom-init)")
+
+
 def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
     """The raw ``model.json`` document of a model folder.
 
@@ -565,6 +579,6 @@ def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{folder}: not a model folder (no {MODEL_JSON})") from None
+        raise CheckpointError(f"{folder}: not a model folder (no {MODEL_JSON}){checkpoint_hint(folder)}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: invalid JSON ({exc})") from None

@@ -91,7 +91,8 @@ def _resolve_elements(atom_init: str | os.PathLike | ElementTable | None, source
     if atom_init is None:
         raise CheckpointError(
             f"{source}: an original CGCNN checkpoint needs the atom_init.json it was trained with (the file does not "
-            "store it); pass atom_init=PATH (CLI: --atom-init PATH). atom_init='generated' uses this project's table, "
+            "store it): load it with CGCNNPredictor.from_checkpoint(path, atom_init=PATH) (CLI: --atom-init PATH; the "
+            "calculator and the featurizer take that predictor). atom_init='generated' uses this project's table, "
             "which differs from the authors' for 47 of 100 elements (docs/elements.md) and changes predictions."
         )
     if str(atom_init) == "generated":
@@ -131,17 +132,31 @@ def load_original_checkpoint(
     architecture = _architecture_from_state(state, str(path))
     stem = path.name.split(".")[0]
     default_property, default_units = ORIGINAL_PROPERTIES.get(stem, (stem, "unknown"))
-    normalizer = checkpoint.get("normalizer") or {"mean": 0.0, "std": 1.0}
     classification = architecture["task"] == "classification"
+    normalizer = checkpoint.get("normalizer")
+    if classification:
+        normalizer = {"mean": 0.0, "std": 1.0}  # the network's outputs are class log-probabilities
+    elif not (isinstance(normalizer, dict) and {"mean", "std"} <= set(normalizer)):
+        raise CheckpointError(
+            f"{path}: a regression checkpoint without its target normaliser ('normalizer' with 'mean' and 'std', "
+            "which the original code saves beside 'state_dict'): its outputs cannot be turned into values"
+        )
+    graph = GraphConfig(neighbor_policy="original")
+    if architecture["nbr_fea_len"] != graph.n_gaussians:
+        raise CheckpointError(
+            f"{path}: its convolutions take {architecture['nbr_fea_len']} bond features per edge, but the original "
+            f"code's graph ({graph.radius:g} Å, Gaussians every {graph.gaussian_step:g} Å) gives {graph.n_gaussians}: it "
+            "was trained with other graph settings, which the file does not store"
+        )
     spec = ModelSpec(
         name=stem,
         property=property or default_property,
         units="probability" if classification else (units or default_units),
         task=architecture["task"],
         architecture=architecture,
-        graph=GraphConfig(neighbor_policy="original"),
-        normalizer_mean=0.0 if classification else float(normalizer["mean"]),
-        normalizer_std=1.0 if classification else float(normalizer["std"]),
+        graph=graph,
+        normalizer_mean=float(normalizer["mean"]),
+        normalizer_std=float(normalizer["std"]),
         positive_class=("metal" if stem == "semi-metal-classification" else "class 1") if classification else None,
         metadata={"source": str(path), "origin": "original CGCNN checkpoint (Xie & Grossman 2018)"},
     )

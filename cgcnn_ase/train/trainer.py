@@ -237,13 +237,11 @@ class Trainer:
 
     def run_epochs(self) -> None:
         """Train until :meth:`finished` (rank 0 decides for every process)."""
-        from tqdm.auto import tqdm
+        from cgcnn_ase.progress import progress_bar
 
         self.first_epoch = self.epoch
-        bar = tqdm(
-            total=self.config.epochs, initial=self.epoch, disable=not self.progress, unit="epoch",
-            desc=self.config.model_name,
-        )  # fmt: skip
+        bar = progress_bar(show=bool(self.progress), total=self.config.epochs, initial=self.epoch, unit="epoch",
+                           desc=self.config.model_name)  # fmt: skip
         try:
             while not parallel_training.agree(self.finished(), self.ddp):
                 row = self.run_epoch()
