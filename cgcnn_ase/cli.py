@@ -11,6 +11,7 @@ Exit codes:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -40,6 +41,11 @@ EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 EXIT_UNFINISHED = 75
 #: Ctrl-C (SIGINT): 128 + 2, as shells report a process ended by it.
 EXIT_INTERRUPTED = 130
+#: The reader of stdout went away (``| head``): 128 + SIGPIPE, as shells report a process ended by it; no message.
+EXIT_BROKEN_PIPE = 141
+#: Writing failed for want of space or a device error (sysexits' EX_IOERR): not a usage error.
+EXIT_IO = 74
+_IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
 #: ``predict --chunk-size`` defaults: structures per chunk with one ``--model``, and with several models or none
 #: (the default command), where on a GPU each model starts its graph workers once per chunk (on a CPU one pool
 #: serves every chunk and the size matters little; measured in docs/scale.md).
@@ -64,6 +70,7 @@ class _WarningPrinter:
 
     def __init__(self) -> None:
         self.unseen: dict[str, int] = {}  # "model 'NAME'" -> unseen-element warnings so far
+        self.totals: dict[str, list[int]] = {}  # "model 'NAME'" -> [structures holding them, predicted], summed
         self.first_unseen: dict[str, list[str]] = {}  # the first summary's text after the model -> models
         self.shown: set[str] = set()
 
@@ -72,6 +79,10 @@ class _WarningPrinter:
         if issubclass(category, UnseenElementWarning):
             model, rest = text.split(":", 1) if ":" in text else ("", text)
             self.unseen[model] = self.unseen.get(model, 0) + 1
+            counted = re.search(r"(\d+) of (\d+) predicted structure", rest)
+            if counted:  # each chunk of a stream warns about its own structures: the run's totals are their sums
+                total = self.totals.setdefault(model, [0, 0])
+                total[0], total[1] = total[0] + int(counted[1]), total[1] + int(counted[2])
             if self.unseen[model] == 1:
                 rest = rest.replace(UNSEEN_HINT, "the unseen_elements column lists them per structure")
                 self.first_unseen.setdefault(rest, []).append(model.removeprefix("model ").strip("'"))
@@ -89,10 +100,20 @@ class _WarningPrinter:
             click.echo(f"warning: {'models' if len(models) > 1 else 'model'} {', '.join(models)}:{rest}", err=True)
         for model, count in self.unseen.items():
             if count > 1:
-                click.echo(f"warning: {model}: {count - 1} later warning(s) about elements it never saw (from later "
-                           "chunks, or from ensemble members run one by one) are not shown; those predictions are "
-                           "extrapolations too", err=True)  # fmt: skip
-        self.first_unseen, self.unseen = {}, {}
+                hit, predicted = self.totals.get(model, (0, 0))
+                overall = f"in all, {hit} of {predicted} predicted structures hold elements it never saw; " if predicted else ""
+                click.echo(f"warning: {model}: {overall}{count - 1} later warning(s) about them (from later chunks, or "
+                           "from ensemble members run one by one) are not shown; those predictions are extrapolations "
+                           "too", err=True)  # fmt: skip
+        self.first_unseen, self.unseen, self.totals = {}, {}, {}
+
+
+def _resume_hint(command: str, options: dict[str, Any]) -> str:
+    """For a stopped ``predict`` writing csv or parquet to ``-o``: that the rows so far are kept and how to go on."""
+    output = str(options.get("output") or "")
+    resumable = (command == "predict" and output and not options.get("per_atom")
+                 and options.get("fmt") not in ("json", "table") and not output.lower().endswith(".json"))  # fmt: skip
+    return "; the rows written so far are kept: run the same command with --resume to continue" if resumable else ""
 
 
 def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,19 +143,25 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             _fail(str(exc), EXIT_BAD_INPUT)
         except KeyboardInterrupt:  # Ctrl-C: 130 (128 + SIGINT), as shells report it, not 1 (bad inputs)
-            output = str(kwargs.get("output") or "")
-            resumable = (func.__name__ == "predict" and output and not kwargs.get("per_atom")
-                         and kwargs.get("fmt") not in ("json", "table") and not output.lower().endswith(".json"))  # fmt: skip
-            hint = "; the rows written so far are kept: run the same command with --resume to continue" if resumable else ""
-            click.echo(f"\ninterrupted{hint}", err=True)
+            click.echo(f"\ninterrupted{_resume_hint(func.__name__, kwargs)}", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
-        except OSError as exc:  # a path of the command line that cannot be used (an unwritable -o)
+        except BrokenPipeError:  # the reader of stdout left (| head): stop quietly, as a process ended by SIGPIPE
+            try:  # nothing more to flush into the closed pipe at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # stdout without a file descriptor (io.UnsupportedOperation is a ValueError)
+                pass
+            sys.exit(EXIT_BROKEN_PIPE)
+        except OSError as exc:
             if traceback_:
                 traceback.print_exc()
             where = f"{exc.filename}: " if exc.filename else ""
-            _fail(f"{where}{exc.strerror or exc}", EXIT_USAGE)
+            if exc.errno in _IO_ERRNOS or any(text in str(exc) for text in ("No space left", "Disk quota")):
+                output = kwargs.get("output") or kwargs.get("out_dir")
+                where = where or (f"writing {output}: " if output else "")
+                _fail(f"{where}{exc.strerror or exc}{_resume_hint(func.__name__, kwargs)}", EXIT_IO)
+            _fail(f"{where}{exc.strerror or exc}", EXIT_USAGE)  # a path of the command line that cannot be used
         except Exception as exc:  # noqa: BLE001 - last resort: never a bare traceback
             if traceback_:
                 traceback.print_exc()
@@ -483,9 +510,10 @@ def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names
 
 
 def _workers(value: str) -> int:
-    """``--workers``: a positive number, or ``auto`` (the CPU count, at most 8)."""
+    """``--workers``: a positive number, or ``auto`` (the CPUs this process may run on, at most 8)."""
     if value == "auto":
-        return max(1, min(8, os.cpu_count() or 1))
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, min(8, usable or 1))
     try:
         number = int(value)
     except ValueError:
@@ -598,7 +626,7 @@ def _report_errors(result: Any) -> None:
     """One 'error:' line on stderr per message of a :class:`ChunkResult`."""
     for messages in result.messages:
         for message in messages:
-            click.echo(f"error: {message}", err=True)
+            click.echo(f"error: {' '.join(message.split())}", err=True)  # one line each, for grep and wc -l
 
 
 def _run_stream(stream: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -614,6 +642,10 @@ def _run_stream(stream: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         click.echo(NO_STRUCTURES, err=True)
     if summary.n_failed:
         click.echo(f"{summary.n_failed} of {summary.n_written} structures could not be predicted", err=True)
+    if summary.n_failed_before:  # a resumed run: the failures of earlier sessions are still in the output
+        click.echo(f"{summary.n_failed_before} rows already in {summary.output} hold errors (written by earlier "
+                   "sessions of this run; their messages are in its 'error' column)", err=True)  # fmt: skip
+    if summary.n_failed or summary.n_failed_before:
         sys.exit(EXIT_BAD_INPUT)
 
 

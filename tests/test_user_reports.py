@@ -1865,3 +1865,104 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+# -- round 10: screening at scale (streams, resume, concurrent runs) ---------------------------------
+
+
+def _table_of(tmp_path, n=6, name="table.csv", **changes):
+    """A CSV of ``n`` CIF texts with ids; ``changes``: {row: (id, cif)} replacing rows."""
+    import pandas as pd
+    from ase.io import write
+
+    rows = []
+    for k in range(n):
+        write(tmp_path / "one.cif", bulk("NaCl", "rocksalt", a=5.5 + 0.02 * k))
+        rows.append((f"c{k}", (tmp_path / "one.cif").read_text()))
+    for k, row in changes.items():
+        rows[int(k.removeprefix("row"))] = row
+    pd.DataFrame(rows, columns=["key", "cif"]).to_csv(tmp_path / name, index=False)
+    return tmp_path / name
+
+
+def test_a_second_run_on_an_output_being_written_is_refused(tmp_path):
+    """Round 10: two runs writing one output both exited 0, with rows duplicated or lost."""
+    from cgcnn_ase.errors import StreamError
+    from cgcnn_ase.inference.streaming import predict_stream
+    from cgcnn_ase.inference.writers import output_lock
+
+    table = _table_of(tmp_path)
+    with output_lock(tmp_path / "out.csv"):
+        assert (tmp_path / ".out.csv.lock").read_text() == f"pid {__import__('os').getpid()}\n"
+        result = _cli("predict", str(table), "--id-column", "key", "-m", "formation_energy", "-o", str(tmp_path / "out.csv"))
+        assert result.exit_code == 2 and "is being written by another run" in result.output
+        with pytest.raises(StreamError, match="being written by another run"):
+            predict_stream([str(table)], "formation_energy", tmp_path / "out.csv", id_column="key")
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / ".out.csv.lock").exists()
+    done = _cli("predict", str(table), "--id-column", "key", "-m", "formation_energy", "-o", str(tmp_path / "out.csv"))
+    assert done.exit_code == 0 and not (tmp_path / ".out.csv.lock").exists()  # released: the lock file is gone
+
+
+def test_resume_refuses_other_ids_and_keeps_a_repeated_ids_second_row(tmp_path):
+    """Round 10: resuming without the --id-column of the first session appended every crystal again under other
+    ids; an id repeated in a later chunk was skipped on resume (a crystal lost, '101 skipped' of 100 rows)."""
+    import pandas as pd
+
+    table = _table_of(tmp_path)
+    out = tmp_path / "out.csv"
+    assert _cli("predict", str(table), "--id-column", "key", "-m", "formation_energy", "-o", str(out)).exit_code == 0
+    again = _cli("predict", str(table), "-m", "formation_energy", "-o", str(out), "--resume")
+    assert again.exit_code == 2 and "id_column: 'key' then, None now" in again.output and len(pd.read_csv(out)) == 6
+    repeated = _table_of(tmp_path, name="repeated.csv", row4=("c1", (tmp_path / "one.cif").read_text()))
+    whole = tmp_path / "whole.csv"
+    assert _cli("predict", str(repeated), "--id-column", "key", "-m", "formation_energy", "-o", str(whole),
+                "--chunk-size", "3").exit_code == 0  # fmt: skip
+    expected = pd.read_csv(whole)
+    expected.iloc[:3].to_csv(whole, index=False)  # as a run stopped after its first chunk leaves it
+    resumed = _cli("predict", str(repeated), "--id-column", "key", "-m", "formation_energy", "-o", str(whole),
+                   "--chunk-size", "3", "--resume")  # fmt: skip
+    assert resumed.exit_code == 0 and "id 'c1' occurs again among the inputs" in resumed.output
+    pd.testing.assert_frame_equal(pd.read_csv(whole), expected)  # six rows, the repeated id's second one too
+
+
+def test_a_resumed_run_reports_the_failures_already_written(tmp_path):
+    """Round 10: a resume over an output holding error rows exited 0 and said nothing of them."""
+    import pandas as pd
+
+    table = _table_of(tmp_path, row2=("c2", "garbage"))
+    out = tmp_path / "out.parquet"
+    first = _cli("predict", str(table), "--id-column", "key", "-m", "formation_energy", "-o", str(out))
+    assert first.exit_code == 1
+    resumed = _cli("predict", str(table), "--id-column", "key", "-m", "formation_energy", "-o", str(out), "--resume")
+    assert resumed.exit_code == 1 and "1 rows already in" in resumed.output and "hold errors" in resumed.output
+    rerun = _cli("predict", str(table), "--id-column", "key", "-m", "formation_energy", "-o", str(out))
+    assert rerun.exit_code == 1 and "holds files other than part files" not in rerun.output  # its own run record
+    assert len(pd.read_parquet(out)) == 6
+
+
+def test_malformed_tables_broken_pipes_and_full_disks_get_their_own_messages(tmp_path, monkeypatch):
+    """Round 10: a CSV with an unclosed quote was an 'internal error'; a full disk and a closed pipe were usage
+    errors (exit 2); an error message could span two lines."""
+    import errno
+
+    from cgcnn_ase.inference import writers
+
+    (tmp_path / "cut.csv").write_text('key,cif\nc0,"data_x\n_cell_length_a 4\n')
+    cut = _cli("predict", str(tmp_path / "cut.csv"), "--id-column", "key", "-m", "formation_energy")
+    assert cut.exit_code == 2 and "not a readable CSV table (ParserError" in cut.output
+    table = _table_of(tmp_path)
+
+    def full(self, frame):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writers.CSVChunkWriter, "write", full)
+    result = _cli("predict", str(table), "--id-column", "key", "-m", "formation_energy", "-o", str(tmp_path / "o.csv"))
+    assert result.exit_code == 74 and f"writing {tmp_path / 'o.csv'}: No space left on device" in result.output
+    assert "run the same command with --resume" in result.output
+
+    def closed(self, frame):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(writers.CSVChunkWriter, "write", closed)
+    piped = _cli("predict", str(table), "--id-column", "key", "-m", "formation_energy")
+    assert piped.exit_code == 141 and "error" not in piped.stderr

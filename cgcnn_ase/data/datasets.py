@@ -460,7 +460,7 @@ def parse_structures(
 
     rows = range(len(table)) if indices is None else [int(i) for i in indices]
     tasks = [(table.kind, table.sources[i], table.ids[i], postprocess, cif_reader) for i in rows]
-    bar = dict(show=bool(progress), total=len(tasks), unit="structure", desc="parsing structures", leave=False)
+    bar = dict(show=bool(progress), total=len(tasks), unit=" structures", desc="parsing structures", leave=False)
     if workers <= 1 or len(tasks) < POOL_THRESHOLD or table.kind == "record":
         results = [_work(t) for t in progress_bar(tasks, **bar)]
     else:

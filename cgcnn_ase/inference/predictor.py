@@ -711,7 +711,7 @@ def _predict_together(
     batches = predict_batches(predictors, structures, batch_size=size, per_atom=per_atom,
                               features=[r.features for r in rows], errors=errors, on_sparse=on_sparse,
                               workers=workers)  # fmt: skip
-    with progress_bar(show=show, total=total, unit="structure", leave=False) as bar:
+    with progress_bar(show=show, total=total, unit=" structures", leave=False) as bar:
         for columns, outputs in batches:
             for p, accumulated, items, out in zip(predictors, rows, columns, outputs):
                 accumulated.add(items, *out, seen=p._seen_elements())

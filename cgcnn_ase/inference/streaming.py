@@ -46,6 +46,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -57,12 +58,14 @@ from cgcnn_ase.errors import CGCNNError, DuplicateIdsWarning, StreamError
 from cgcnn_ase.inference.parallel import NetworkPool, shares_graphs
 from cgcnn_ase.inference.results import TEXT_COLUMNS, UNSEEN, unseen_cell, unseen_labels
 from cgcnn_ase.inference.writers import (
+    PARQUET_RUN_RECORD,
     CSVChunkWriter,
     OutputFormat,
     ParquetChunkWriter,
     arrow_schema,
     infer_format,
     open_writer,
+    output_lock,
     read_finished_ids,
 )
 from cgcnn_ase.io.inputs import DeferredItem, FinishedIds, Item, iter_inputs
@@ -381,6 +384,7 @@ class StreamSummary:
         n_predicted: items written by this call that were predicted.
         n_failed: items written by this call with an error.
         n_skipped: items skipped because the output already held them (resume).
+        n_failed_before: rows with an error that the output already held (resume: earlier sessions' failures).
         n_chunks: chunks written by this call.
     """
 
@@ -390,6 +394,7 @@ class StreamSummary:
     n_predicted: int = 0
     n_failed: int = 0
     n_skipped: int = 0
+    n_failed_before: int = 0
     n_chunks: int = 0
 
     @property
@@ -507,16 +512,35 @@ def write_chunks(
     and a threshold: they are recorded next to the output (:func:`run_record_path`), and a resume
     whose settings differ from the recorded ones is refused (rows made two ways would be mixed).
     """
-    from cgcnn_ase.progress import progress_bar
-
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    all_columns = ["id", *columns, *TEXT_COLUMNS]
     stream_output = hasattr(output, "write")
     out_format = infer_format(None if stream_output else output, fmt)
     if resume and stream_output:
         raise StreamError("resume needs an output file or folder, not a stream")
+    with nullcontext() if stream_output else output_lock(output):
+        return _write_chunks_locked(
+            inputs, output, columns, rows, out_format=out_format, resume=resume, chunk_size=chunk_size, column=column,
+            id_column=id_column, sort=sort, cif_reader=cif_reader, defer_files=defer_files, units=units,
+            progress=progress, on_chunk=on_chunk, settings=settings,
+        )  # fmt: skip
+
+
+def _write_chunks_locked(
+    inputs: Any, output: str | os.PathLike | TextIO, columns: Sequence[str],
+    rows: Callable[[list[Item | DeferredItem], FinishedIds | None], ChunkResult], *, out_format: OutputFormat,
+    resume: bool, chunk_size: int, column: str, id_column: str | None, sort: bool, cif_reader: CifReader,
+    defer_files: bool, units: dict[str, str] | None, progress: bool | None,
+    on_chunk: Callable[[ChunkResult], None] | None, settings: Mapping[str, Any] | None,
+) -> StreamSummary:  # fmt: skip
+    """:func:`write_chunks` once ``output`` is locked for this run."""
+    from cgcnn_ase.progress import progress_bar
+
+    all_columns = ["id", *columns, *TEXT_COLUMNS]
+    stream_output = hasattr(output, "write")
     record = None if stream_output or settings is None else run_record_path(output, out_format)
+    if settings is not None:  # ids made another way would not match those already written: every row again
+        settings = {**settings, "column": column, "id_column": id_column}
     if resume and record is not None:
         _check_run_record(record, settings)
     finished = read_finished_ids(output, fmt=out_format) if resume else None
@@ -530,7 +554,7 @@ def write_chunks(
         defer_files=defer_files,
     )  # fmt: skip
     try:
-        with progress_bar(show=progress, unit="structure", leave=False) as bar:
+        with progress_bar(show=progress, unit=" structures", leave=False) as bar:
             repeats_warned = False
             while chunk := list(islice(items, chunk_size)):
                 result = rows(chunk, finished)
@@ -551,6 +575,7 @@ def write_chunks(
         writer.close()
     finally:
         summary.n_skipped = finished.skipped if finished is not None else 0
+        summary.n_failed_before = finished.n_errors if finished is not None else 0
     return summary
 
 
@@ -559,7 +584,7 @@ def run_record_path(output: str | os.PathLike, fmt: OutputFormat) -> Path:
     files starting with ``_``), the hidden ``.<name>.run.json`` beside a CSV file (folder inputs skip
     hidden files)."""
     path = Path(output)
-    return path / "_cgcnn_run.json" if fmt == "parquet" else path.with_name(f".{path.name}.run.json")
+    return path / PARQUET_RUN_RECORD if fmt == "parquet" else path.with_name(f".{path.name}.run.json")
 
 
 def _check_run_record(record: Path, settings: Mapping[str, Any]) -> None:
@@ -572,7 +597,7 @@ def _check_run_record(record: Path, settings: Mapping[str, Any]) -> None:
         return  # unreadable: nothing to compare
     now = json.loads(json.dumps(dict(settings), default=str))
     changed = [f"{key}: {before.get(key)!r} then, {now.get(key)!r} now" for key in sorted(set(before) | set(now))
-               if before.get(key) != now.get(key)]  # fmt: skip
+               if before.get(key) != now.get(key) and key in before]  # fmt: skip (a record older than a key: not compared)
     if changed:
         raise StreamError(f"cannot resume: the output was written with other settings ({'; '.join(changed)}; recorded in "
                           f"{record}); rerun with the same settings, or write to a new output")  # fmt: skip

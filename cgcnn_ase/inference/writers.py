@@ -8,6 +8,7 @@ renamed, so a killed run never leaves a broken part.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -24,16 +25,64 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 __all__ = [
+    "PARQUET_RUN_RECORD",
     "CSVChunkWriter",
     "OutputFormat",
     "ParquetChunkWriter",
     "arrow_schema",
     "infer_format",
     "open_writer",
+    "output_lock",
     "read_finished_ids",
 ]
 
 OutputFormat = Literal["csv", "parquet"]
+
+#: The run record's name inside a Parquet output folder (readers skip names starting with ``_``).
+PARQUET_RUN_RECORD = "_cgcnn_run.json"
+
+
+@contextlib.contextmanager
+def output_lock(output: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``output`` (a CSV file or a Parquet folder) for one run: the hidden
+    ``.<name>.lock`` beside it, locked with ``flock`` and removed at the end. A second run on the same output
+    while the first is writing gets a :class:`StreamError` instead of mixing its rows into the first's.
+    Where ``fcntl`` is missing (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(output)
+    lock = path.with_name(f".{path.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(lock, "a+")  # noqa: SIM115 - held for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise StreamError(f"{output} is being written by another run ({holder or 'a process'}, lock {lock}): wait "
+                              "for it to end, or write to another output") from None  # fmt: skip
+        try:  # the file locked may have been removed by a run that just ended: lock the one at the path
+            held, there = os.fstat(handle.fileno()), os.stat(lock)
+            if (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        handle.close()
 
 
 def _lower_name(path: str | os.PathLike) -> str:
@@ -195,7 +244,8 @@ class ParquetChunkWriter:
         self.schema = arrow_schema(self.columns, units)
         parts = _part_files(self.folder)
         if parts and not append:
-            others = [p for p in self.folder.iterdir() if p not in parts and not p.name.startswith(".")]
+            others = [p for p in self.folder.iterdir()
+                      if p not in parts and not p.name.startswith(".") and p.name != PARQUET_RUN_RECORD]  # fmt: skip
             if others:
                 raise StreamError(
                     f"{self.folder}: holds files other than part files ({others[0].name}); choose a new folder"
@@ -272,13 +322,20 @@ def read_finished_ids(
         if not path.is_dir():
             return FinishedIds()
         _, pq = pyarrow_modules()
+        errors = [0]
 
         def parquet_batches() -> Iterator[list[str]]:
             for part in _part_files(path):
-                for batch in pq.ParquetFile(part).iter_batches(batch_size=chunk_rows, columns=["id"]):
+                file = pq.ParquetFile(part)
+                wanted = ["id", "error"] if "error" in file.schema_arrow.names else ["id"]
+                for batch in file.iter_batches(batch_size=chunk_rows, columns=wanted):
+                    if len(wanted) == 2:
+                        errors[0] += sum(1 for e in batch.column(1).to_pylist() if e)
                     yield batch.column(0).to_pylist()
 
-        return FinishedIds.from_ids(parquet_batches())
+        finished = FinishedIds.from_ids(parquet_batches())
+        finished.n_errors = errors[0]
+        return finished
     if not path.is_file() or path.stat().st_size == 0:
         return FinishedIds()
     _cut_partial_line(path)
@@ -286,6 +343,18 @@ def read_finished_ids(
 
     if "id" not in _csv_header(path):
         raise StreamError(f"{path}: has no 'id' column; it is not an output of cgcnn-ase predict")
-    reader = pd.read_csv(path, usecols=["id"], dtype=str, keep_default_na=False, na_filter=False, chunksize=chunk_rows)
+    wanted = ["id", "error"] if "error" in _csv_header(path) else ["id"]
+    reader = pd.read_csv(path, usecols=wanted, dtype=str, keep_default_na=False, na_filter=False, chunksize=chunk_rows)
+    errors = 0
+
+    def csv_batches() -> Iterator[list[str]]:
+        nonlocal errors
+        for chunk in reader:
+            if "error" in chunk:
+                errors += int((chunk["error"] != "").sum())
+            yield chunk["id"].tolist()
+
     with reader:
-        return FinishedIds.from_ids(chunk["id"].tolist() for chunk in reader)
+        finished = FinishedIds.from_ids(csv_batches())
+    finished.n_errors = errors
+    return finished

@@ -27,6 +27,7 @@ Errors are yielded in place of records, never raised, so one bad item never stop
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import math
@@ -40,7 +41,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgcnn_ase.errors import InvalidStructureError, SkippedFilesWarning, StreamError, StructureReadError
+from cgcnn_ase.errors import (
+    DuplicateIdsWarning,
+    InvalidStructureError,
+    SkippedFilesWarning,
+    StreamError,
+    StructureReadError,
+)
 from cgcnn_ase.io.reader import (
     CifReader,
     as_input_sequence,
@@ -98,10 +105,12 @@ class FinishedIds:
     ``in`` tests membership; :meth:`take` also counts the hits in ``skipped``.
     """
 
-    def __init__(self, digests: np.ndarray | None = None) -> None:
+    def __init__(self, digests: np.ndarray | None = None, n_errors: int = 0) -> None:
         digests = np.zeros(0, dtype="S16") if digests is None else np.asarray(digests, dtype="S16")
         self._digests = np.unique(digests)  # sorted, unique
+        self._taken = np.zeros(len(self._digests), dtype=bool)  # skipped once already (1 byte per id)
         self.skipped = 0
+        self.n_errors = n_errors  # rows of the output that hold an error
 
     @staticmethod
     def digest(item_id: str) -> bytes:
@@ -109,27 +118,38 @@ class FinishedIds:
         return hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
     @classmethod
-    def from_ids(cls, batches: Iterable[Iterable[str]]) -> FinishedIds:
+    def from_ids(cls, batches: Iterable[Iterable[str]], n_errors: int = 0) -> FinishedIds:
         """Build from batches of ids (e.g. one per file chunk), never holding the ids themselves."""
         parts = [np.array([cls.digest(str(i)) for i in batch], dtype="S16") for batch in batches]
-        return cls(np.concatenate(parts) if parts else None)
+        return cls(np.concatenate(parts) if parts else None, n_errors)
 
     def __len__(self) -> int:
         return len(self._digests)
 
-    def __contains__(self, item_id: object) -> bool:
+    def _position(self, item_id: object) -> int | None:
         if not len(self._digests):
-            return False
+            return None
         key = np.array([self.digest(str(item_id))], dtype="S16")
         k = int(np.searchsorted(self._digests, key[0]))
-        return k < len(self._digests) and self._digests[k] == key[0]
+        return k if k < len(self._digests) and self._digests[k] == key[0] else None
+
+    def __contains__(self, item_id: object) -> bool:
+        return self._position(item_id) is not None
 
     def take(self, item_id: str) -> bool:
-        """True if ``item_id`` is finished (and count it in ``skipped``)."""
-        if item_id in self:
-            self.skipped += 1
-            return True
-        return False
+        """True if ``item_id`` is finished (and count it in ``skipped``). An id met again among the inputs after
+        it was skipped once is not finished: the output holds one row of that id, which the first input made."""
+        k = self._position(item_id)
+        if k is None:
+            return False
+        if self._taken[k]:
+            warnings.warn(f"id {item_id!r} occurs again among the inputs: its row in the output was made by its "
+                          "first occurrence, this one is predicted again; give unique ids (--id-column)",
+                          DuplicateIdsWarning, stacklevel=3)  # fmt: skip
+            return False
+        self._taken[k] = True
+        self.skipped += 1
+        return True
 
 
 def _skip(finished: FinishedIds | None, item_id: str) -> bool:
@@ -468,18 +488,36 @@ def _separator(name: str) -> str:
     return "\t" if ".tsv" in name else ","
 
 
+@contextlib.contextmanager
+def _readable_table(path: str | os.PathLike) -> Iterator[None]:
+    """pandas' and pyarrow's parse errors (an unclosed quote, a cut file, not UTF-8, not Parquet) as a
+    :class:`StreamError` naming the table."""
+    try:
+        yield
+    except ValueError as exc:  # pandas' ParserError, UnicodeDecodeError and pyarrow's ArrowInvalid are ValueErrors
+        if isinstance(exc, StreamError):
+            raise
+        kind = "Parquet" if _lower_name(os.fspath(path)).endswith(PARQUET_SUFFIXES) else "CSV"
+        message = " ".join(str(exc).split())
+        raise StreamError(f"{path}: not a readable {kind} table ({type(exc).__name__}: {message})") from None
+
+
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """A whole CSV/TSV/Parquet table (every column, pandas' usual types), read as :func:`iter_table` reads
     tables: by the name's suffix."""
     import pandas as pd
 
     name = _lower_name(os.fspath(path))
-    if name.endswith(PARQUET_SUFFIXES):
-        return pd.read_parquet(path)
-    return pd.read_csv(path, sep=_separator(name))
+    with _readable_table(path):
+        return pd.read_parquet(path) if name.endswith(PARQUET_SUFFIXES) else pd.read_csv(path, sep=_separator(name))
 
 
 def _table_columns(path: str) -> list[str]:
+    with _readable_table(path):
+        return _columns_of(path)
+
+
+def _columns_of(path: str) -> list[str]:
     name = _lower_name(path)
     if name.endswith(PARQUET_SUFFIXES):
         _, pq = pyarrow_modules()
@@ -492,6 +530,11 @@ def _table_columns(path: str) -> list[str]:
 
 def _table_chunks(path: str, columns: list[str], rows: int) -> Iterator[pd.DataFrame]:
     """The table's ``columns`` in chunks of ``rows`` rows (text kept as text)."""
+    with _readable_table(path):
+        yield from _chunks_of(path, columns, rows)
+
+
+def _chunks_of(path: str, columns: list[str], rows: int) -> Iterator[pd.DataFrame]:
     name = _lower_name(path)
     if name.endswith(PARQUET_SUFFIXES):
         _, pq = pyarrow_modules()
