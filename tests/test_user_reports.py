@@ -1796,6 +1796,11 @@ def test_original_checkpoints_missing_a_normaliser_or_of_another_graph_are_refus
     with pytest.raises(CheckpointError, match="without its target normaliser"):
         load_original_checkpoint(_original_layout_checkpoint(tmp_path / "bare.pth.tar", normalizer=False),
                                  atom_init="generated")  # fmt: skip
+    import torch
+
+    torch.save(torch.load(tmp_path / "good.pth.tar")["state_dict"], tmp_path / "weights.pth")
+    with pytest.raises(CheckpointError, match="a bare CGCNN state dict, without the wrapper"):
+        load_original_checkpoint(tmp_path / "weights.pth", atom_init="generated")
     with pytest.raises(CheckpointError, match=r"31 bond features per edge, but the original code's graph \(8 Å"):
         load_original_checkpoint(_original_layout_checkpoint(tmp_path / "r6.pth.tar", nbr_fea_len=31), atom_init="generated")
     from .conftest import REPO

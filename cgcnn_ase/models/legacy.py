@@ -126,6 +126,12 @@ def load_original_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     checkpoint = _torch_load(path, trusted)
+    if isinstance(checkpoint, dict) and "embedding.weight" in checkpoint:
+        raise CheckpointError(
+            f"{path}: a bare CGCNN state dict, without the wrapper the original code saves (its weights under "
+            "'state_dict' and the target normaliser under 'normalizer'): save it as {'state_dict': weights, "
+            "'normalizer': {'mean': ..., 'std': ...}} (mean 0, std 1 for a classifier)"
+        )
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a CGCNN checkpoint (no 'state_dict')")
     state = {k: v for k, v in checkpoint["state_dict"].items() if isinstance(v, torch.Tensor)}
