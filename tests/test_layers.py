@@ -21,6 +21,7 @@ PACKAGE = REPO / "cgcnn_ase"
 #: Layer rank of each top-level part of the package; equal ranks in different parts are peers.
 RANKS = {
     "errors": 0,
+    "progress": 0,
     "io": 1,
     "data": 2,
     "graph": 3,

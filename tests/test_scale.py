@@ -423,7 +423,8 @@ def test_cli_streams_tables_to_parquet_and_resumes(model_folder, predictor, tmp_
     good = [k for k in range(7) if k != 2]
     np.testing.assert_allclose(table[COLUMN][good], _expected(predictor, [atoms[k] for k in good]), atol=1e-6)
     again = _run(*args, "--resume")
-    assert again.exit_code == 0 and "7 structures already in" in again.stderr
+    assert again.exit_code == EXIT_BAD_INPUT and "7 structures already in" in again.stderr  # the error row stays
+    assert "1 rows already in" in again.stderr and "hold errors" in again.stderr
     pd.testing.assert_frame_equal(pd.read_parquet(out), table)
 
 

@@ -230,7 +230,10 @@ def expand_inputs(obj: Any) -> Any:
     if isinstance(obj, (str, os.PathLike)) and input_kind(obj) == "path":
         path = os.fspath(obj)
         if os.path.isdir(path) or (not os.path.exists(path) and glob.has_magic(path)):
-            return list(iter_files(path))
+            files = list(iter_files(path))
+            if not files:  # a pattern matching nothing stays itself (then "no such file")
+                raise StructureReadError(f"{path}: is a directory holding no structure files")
+            return files
     return as_input_sequence(obj)
 
 
