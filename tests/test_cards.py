@@ -140,7 +140,7 @@ def legacy_model_card(spec: Any, config: Any, metadata: dict[str, Any]) -> str:
         f"- Epochs: {tr['epochs_run']} run (max {config.epochs}"
         + (f", early stopping patience {config.patience}" if config.patience else "")
         + f"), best epoch {tr['best_epoch']}",
-        f"- Wall time: {tr['wall_time_s'] / 60:.1f} min on {hw['cpu']} ({hw['torch_threads']} torch threads"
+        f"- Wall time: {tr['wall_time_s'] / 60:.1f} min on {hw['cpu']} ({hw['torch_threads']} torch thread{'' if hw['torch_threads'] == 1 else 's'}"
         + (f" in each of {hw['processes']} data-parallel processes" if hw.get("processes") else "")
         + (f", GPU {hw['gpu']}" if hw.get("gpu") else "")
         + f"), device {hw['device']}",
