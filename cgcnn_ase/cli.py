@@ -217,7 +217,7 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, o
     if fmt == "csv":
         text = df.to_csv(index=False)  # full float precision
     elif fmt == "json":
-        text = json.dumps({**meta, "results": json.loads(df.to_json(orient="records", double_precision=10))}, indent=2) + "\n"
+        text = json.dumps({**meta, "results": json.loads(df.to_json(orient="records", double_precision=15))}, indent=2) + "\n"
     else:
         text = df.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}") + "\n"
     if output:
