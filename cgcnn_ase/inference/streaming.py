@@ -512,71 +512,55 @@ def write_chunks(
     and a threshold: they are recorded next to the output (:func:`run_record_path`), and a resume
     whose settings differ from the recorded ones is refused (rows made two ways would be mixed).
     """
+    from cgcnn_ase.progress import progress_bar
+
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     stream_output = hasattr(output, "write")
     out_format = infer_format(None if stream_output else output, fmt)
     if resume and stream_output:
         raise StreamError("resume needs an output file or folder, not a stream")
-    with nullcontext() if stream_output else output_lock(output):
-        return _write_chunks_locked(
-            inputs, output, columns, rows, out_format=out_format, resume=resume, chunk_size=chunk_size, column=column,
-            id_column=id_column, sort=sort, cif_reader=cif_reader, defer_files=defer_files, units=units,
-            progress=progress, on_chunk=on_chunk, settings=settings,
+    with nullcontext() if stream_output else output_lock(output):  # one run writes an output at a time
+        all_columns = ["id", *columns, *TEXT_COLUMNS]
+        record = None if stream_output or settings is None else run_record_path(output, out_format)
+        if settings is not None:  # ids made another way would not match those already written: every row again
+            settings = {**settings, "column": column, "id_column": id_column}
+        if resume and record is not None:
+            _check_run_record(record, settings)
+        finished = read_finished_ids(output, fmt=out_format) if resume else None
+        writer = open_writer(output, all_columns, fmt=out_format, append=resume, units=units)
+        if record is not None:
+            record.write_text(json.dumps(dict(settings), indent=2, default=str) + "\n")
+        summary = StreamSummary(output=None if stream_output else Path(output), format=out_format, columns=all_columns)
+        items = iter_inputs(
+            inputs, column=column, id_column=id_column, cif_reader=cif_reader, sort=sort, finished=finished,
+            exclude=() if stream_output else [output, *([record] if record else [])],  # never this run's own files
+            defer_files=defer_files,
         )  # fmt: skip
-
-
-def _write_chunks_locked(
-    inputs: Any, output: str | os.PathLike | TextIO, columns: Sequence[str],
-    rows: Callable[[list[Item | DeferredItem], FinishedIds | None], ChunkResult], *, out_format: OutputFormat,
-    resume: bool, chunk_size: int, column: str, id_column: str | None, sort: bool, cif_reader: CifReader,
-    defer_files: bool, units: dict[str, str] | None, progress: bool | None,
-    on_chunk: Callable[[ChunkResult], None] | None, settings: Mapping[str, Any] | None,
-) -> StreamSummary:  # fmt: skip
-    """:func:`write_chunks` once ``output`` is locked for this run."""
-    from cgcnn_ase.progress import progress_bar
-
-    all_columns = ["id", *columns, *TEXT_COLUMNS]
-    stream_output = hasattr(output, "write")
-    record = None if stream_output or settings is None else run_record_path(output, out_format)
-    if settings is not None:  # ids made another way would not match those already written: every row again
-        settings = {**settings, "column": column, "id_column": id_column}
-    if resume and record is not None:
-        _check_run_record(record, settings)
-    finished = read_finished_ids(output, fmt=out_format) if resume else None
-    writer = open_writer(output, all_columns, fmt=out_format, append=resume, units=units)
-    if record is not None:
-        record.write_text(json.dumps(dict(settings), indent=2, default=str) + "\n")
-    summary = StreamSummary(output=None if stream_output else Path(output), format=out_format, columns=all_columns)
-    items = iter_inputs(
-        inputs, column=column, id_column=id_column, cif_reader=cif_reader, sort=sort, finished=finished,
-        exclude=() if stream_output else [output, *([record] if record else [])],  # never this run's own files
-        defer_files=defer_files,
-    )  # fmt: skip
-    try:
-        with progress_bar(show=progress, unit=" structures", leave=False) as bar:
-            repeats_warned = False
-            while chunk := list(islice(items, chunk_size)):
-                result = rows(chunk, finished)
-                writer.write(result.frame)
-                if not repeats_warned:
-                    repeats_warned = _warn_repeated_ids(result.frame["id"])
-                failed = result.n_failed
-                summary.n_failed += failed
-                summary.n_predicted += len(result.frame) - failed
-                summary.n_chunks += 1
-                bar.update(len(result.frame))
-                if on_chunk is not None:
-                    on_chunk(result)
-    except BaseException:
-        writer.close(complete=False)  # no header or empty part after an error (a bad --column, Ctrl-C)
-        raise
-    else:
-        writer.close()
-    finally:
-        summary.n_skipped = finished.skipped if finished is not None else 0
-        summary.n_failed_before = finished.n_errors if finished is not None else 0
-    return summary
+        try:
+            with progress_bar(show=progress, unit=" structures", leave=False) as bar:
+                repeats_warned = False
+                while chunk := list(islice(items, chunk_size)):
+                    result = rows(chunk, finished)
+                    writer.write(result.frame)
+                    if not repeats_warned:
+                        repeats_warned = _warn_repeated_ids(result.frame["id"])
+                    failed = result.n_failed
+                    summary.n_failed += failed
+                    summary.n_predicted += len(result.frame) - failed
+                    summary.n_chunks += 1
+                    bar.update(len(result.frame))
+                    if on_chunk is not None:
+                        on_chunk(result)
+        except BaseException:
+            writer.close(complete=False)  # no header or empty part after an error (a bad --column, Ctrl-C)
+            raise
+        else:
+            writer.close()
+        finally:
+            summary.n_skipped = finished.skipped if finished is not None else 0
+            summary.n_failed_before = finished.n_errors if finished is not None else 0
+        return summary
 
 
 def run_record_path(output: str | os.PathLike, fmt: OutputFormat) -> Path:

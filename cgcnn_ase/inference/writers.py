@@ -322,19 +322,20 @@ def read_finished_ids(
         if not path.is_dir():
             return FinishedIds()
         _, pq = pyarrow_modules()
-        errors = [0]
+        errors = 0
 
         def parquet_batches() -> Iterator[list[str]]:
+            nonlocal errors
             for part in _part_files(path):
                 file = pq.ParquetFile(part)
                 wanted = ["id", "error"] if "error" in file.schema_arrow.names else ["id"]
                 for batch in file.iter_batches(batch_size=chunk_rows, columns=wanted):
                     if len(wanted) == 2:
-                        errors[0] += sum(1 for e in batch.column(1).to_pylist() if e)
+                        errors += sum(1 for e in batch.column(1).to_pylist() if e)
                     yield batch.column(0).to_pylist()
 
         finished = FinishedIds.from_ids(parquet_batches())
-        finished.n_errors = errors[0]
+        finished.n_errors = errors
         return finished
     if not path.is_file() or path.stat().st_size == 0:
         return FinishedIds()

@@ -105,12 +105,12 @@ class FinishedIds:
     ``in`` tests membership; :meth:`take` also counts the hits in ``skipped``.
     """
 
-    def __init__(self, digests: np.ndarray | None = None, n_errors: int = 0) -> None:
+    def __init__(self, digests: np.ndarray | None = None) -> None:
         digests = np.zeros(0, dtype="S16") if digests is None else np.asarray(digests, dtype="S16")
         self._digests = np.unique(digests)  # sorted, unique
         self._taken = np.zeros(len(self._digests), dtype=bool)  # skipped once already (1 byte per id)
         self.skipped = 0
-        self.n_errors = n_errors  # rows of the output that hold an error
+        self.n_errors = 0  # rows of the output that hold an error (set by the output's reader)
 
     @staticmethod
     def digest(item_id: str) -> bytes:
@@ -118,10 +118,10 @@ class FinishedIds:
         return hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
     @classmethod
-    def from_ids(cls, batches: Iterable[Iterable[str]], n_errors: int = 0) -> FinishedIds:
+    def from_ids(cls, batches: Iterable[Iterable[str]]) -> FinishedIds:
         """Build from batches of ids (e.g. one per file chunk), never holding the ids themselves."""
         parts = [np.array([cls.digest(str(i)) for i in batch], dtype="S16") for batch in batches]
-        return cls(np.concatenate(parts) if parts else None, n_errors)
+        return cls(np.concatenate(parts) if parts else None)
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -516,43 +516,35 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _table_columns(path: str) -> list[str]:
-    with _readable_table(path):
-        return _columns_of(path)
-
-
-def _columns_of(path: str) -> list[str]:
     name = _lower_name(path)
-    if name.endswith(PARQUET_SUFFIXES):
-        _, pq = pyarrow_modules()
+    with _readable_table(path):
+        if name.endswith(PARQUET_SUFFIXES):
+            _, pq = pyarrow_modules()
 
-        return list(pq.ParquetFile(path).schema_arrow.names)
-    import pandas as pd
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        import pandas as pd
 
-    return [str(c) for c in pd.read_csv(path, sep=_separator(name), nrows=0).columns]
+        return [str(c) for c in pd.read_csv(path, sep=_separator(name), nrows=0).columns]
 
 
 def _table_chunks(path: str, columns: list[str], rows: int) -> Iterator[pd.DataFrame]:
     """The table's ``columns`` in chunks of ``rows`` rows (text kept as text)."""
-    with _readable_table(path):
-        yield from _chunks_of(path, columns, rows)
-
-
-def _chunks_of(path: str, columns: list[str], rows: int) -> Iterator[pd.DataFrame]:
     name = _lower_name(path)
-    if name.endswith(PARQUET_SUFFIXES):
-        _, pq = pyarrow_modules()
+    with _readable_table(path):  # the chunks are parsed as they are read: an error may come at any of them
+        if name.endswith(PARQUET_SUFFIXES):
+            _, pq = pyarrow_modules()
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
-            yield batch.to_pandas()
-        return
-    import pandas as pd
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
+                yield batch.to_pandas()
+            return
+        import pandas as pd
 
-    reader = pd.read_csv(
-        path, sep=_separator(name), usecols=columns, chunksize=rows, dtype=str,
-        keep_default_na=False, na_filter=False,
-    )  # fmt: skip
-    with reader:
-        yield from reader
+        reader = pd.read_csv(
+            path, sep=_separator(name), usecols=columns, chunksize=rows, dtype=str,
+            keep_default_na=False, na_filter=False,
+        )  # fmt: skip
+        with reader:
+            yield from reader
 
 
 def iter_table(

@@ -253,9 +253,7 @@ def read_input(
 ) -> list[tuple[str, StructureRecord | InvalidStructureError]]:
     """Input number ``index`` of a sequence, read and labelled as :func:`iter_records` labels it:
     ``(label, record)`` per structure, or one ``(label, error)`` when it cannot be read."""
-    label = None
-    if is_labelled_pair(obj):
-        label, obj = obj
+    label, obj = obj if is_labelled_pair(obj) else (None, obj)
     kind = input_kind(obj)
     if label is None:
         label = None if kind in ("path", "record") else f"input {index}"

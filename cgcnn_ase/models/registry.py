@@ -26,7 +26,7 @@ import torch
 
 from cgcnn_ase.errors import CheckpointError, UnknownModelError
 from cgcnn_ase.graph.element_table import ElementTable
-from cgcnn_ase.models.folder import MODEL_JSON, LoadedModel, checkpoint_hint, load_model_folder
+from cgcnn_ase.models.folder import LoadedModel, load_model_folder, read_model_json
 from cgcnn_ase.models.legacy import load_original_checkpoint
 
 #: File endings that mark a model argument as a path even when no such file exists.
@@ -214,8 +214,7 @@ def _load_path(
     """A model folder, or an original ``.pth.tar`` / ``.pth`` / ``.pt`` file."""
     if path.is_dir():
         if atom_init is not None:
-            if not (path / MODEL_JSON).is_file():  # not a model folder at all
-                raise CheckpointError(f"{path}: not a model folder (no {MODEL_JSON}){checkpoint_hint(path)}")
+            read_model_json(path)  # not a model folder at all: that error (naming checkpoint files it holds) first
             raise CheckpointError(f"{path}: a model folder carries its own element table; do not pass atom_init")
         return load_model_folder(path, members=members)
     if members not in (None, 1):
