@@ -30,6 +30,7 @@ from cgcnn_ase.errors import (
     UNSEEN_HINT,
     CGCNNError,
     CheckpointError,
+    ConfigError,
     DeviceError,
     StreamError,
     UnknownModelError,
@@ -51,6 +52,8 @@ _IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
 #: serves every chunk and the size matters little; measured in docs/scale.md).
 MODEL_CHUNK, MODELS_CHUNK = 1024, 8192
 NO_STRUCTURES = "warning: the inputs held no structures (an empty folder, table or database?)"
+#: Where ``sites`` names the elements a model never saw (its tables have no unseen_elements column).
+SITES_UNSEEN_PLACE = "the unseen column of sites.csv and by_element.csv marks their sites"
 
 
 def _fail(message: str, code: int) -> None:
@@ -68,7 +71,8 @@ class _WarningPrinter:
     #: Texts remembered for the check against repeats (beyond it, repeats are printed again).
     MAX_REMEMBERED = 100_000
 
-    def __init__(self) -> None:
+    def __init__(self, unseen_place: str = "the unseen_elements column lists them per structure") -> None:
+        self.unseen_place = unseen_place  # where the command's output names the unseen elements
         self.unseen: dict[str, int] = {}  # "model 'NAME'" -> unseen-element warnings so far
         self.totals: dict[str, list[int]] = {}  # "model 'NAME'" -> [structures holding them, predicted], summed
         self.first_unseen: dict[str, list[str]] = {}  # the first summary's text after the model -> models
@@ -84,7 +88,7 @@ class _WarningPrinter:
                 total = self.totals.setdefault(model, [0, 0])
                 total[0], total[1] = total[0] + int(counted[1]), total[1] + int(counted[2])
             if self.unseen[model] == 1:
-                rest = rest.replace(UNSEEN_HINT, "the unseen_elements column lists them per structure")
+                rest = rest.replace(UNSEEN_HINT, self.unseen_place)
                 self.first_unseen.setdefault(rest, []).append(model.removeprefix("model ").strip("'"))
             return
         if text in self.shown:
@@ -124,7 +128,7 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(func)
     def wrapper(*args: Any, traceback_: bool = False, **kwargs: Any) -> Any:
-        printer = _WarningPrinter()
+        printer = _WarningPrinter(*([SITES_UNSEEN_PLACE] if func.__name__ == "sites" else []))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
@@ -137,7 +141,7 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             if traceback_:
                 traceback.print_exc()
             _fail(str(exc), EXIT_MODEL)
-        except DeviceError as exc:  # --device names no device this machine has: a usage error
+        except (DeviceError, ConfigError) as exc:  # --device naming no device here, a bad --set or config: usage errors
             if traceback_:
                 traceback.print_exc()
             _fail(str(exc), EXIT_USAGE)
@@ -365,7 +369,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch (1 is fastest for small crystals; run several processes to use more cores).")
 @click.option("--workers", default="auto", show_default=True, help="Worker processes: on a CPU they read structures, build graphs and run the networks; on a GPU they read and build graphs while the main process runs the networks. A number, or auto (the CPU count, at most 8).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks: some seconds once, then about 1.5x faster on a CPU (pays off from a few tens of thousands of structures).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks: some seconds once, then about 1.3-1.5x faster on a CPU (pays off from a few tens of thousands of structures).")
 @_guarded
 def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,
             per_atom: bool, fmt: str | None, log10: bool, domain: bool, metal_threshold: float, coverage: float | None,
@@ -476,6 +480,12 @@ def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names
     from cgcnn_ase.inference.results import TEXT_COLUMNS, unseen_cell, unseen_labels
 
     ids = [label for label, _ in items]
+    pooled = [name for name, p in zip(names, predictors) if p.model.spec.readout != "atomwise"]
+    if pooled:
+        click.echo(f"note: {', '.join(pooled)} {'pools' if len(pooled) == 1 else 'pool'} the mean of the atoms' features: "
+                   "the per-atom values are first-order attributions (their mean is the prediction), not energies or "
+                   "properties of the atoms; an atomwise model (perovskite_site_energy) gives site energies "
+                   "(docs/per_atom.md)", err=True)  # fmt: skip
     records = [item for _, item in items if not isinstance(item, CGCNNError)]
     results = predict_many(predictors, records, batch_size=batch_size, errors="collect", per_atom=True, workers=workers)
     headers = [f"{r.property} ({r.units})" for r in results]
@@ -705,7 +715,7 @@ def _models_table(infos: Sequence[Any]) -> str:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), required=True, help="CSV to write.")
 @click.option("--column", default="cif", show_default=True, help="Column holding CIF text or structure file paths.")
 @click.option("--id-column", default=None, help="Column of ids naming the rows in error messages [default: TABLE@ROW, the 0-based data row, as predict names them].")
-@click.option("--model", "-m", "models", multiple=True, help="Model name or path (repeatable) [default: the general-purpose models of predict].")
+@click.option("--model", "-m", "models", multiple=True, help="Model name or path (repeatable) [default: the general-purpose models of predict, in the featurizer's columns: each model's own property and units, e.g. is_metal (probability), log10_bulk_modulus (log10(GPa)), band_gap gated with band_gap_raw].")
 @click.option("--all", "use_all", is_flag=True, help="Every shipped model.")
 @click.option("--embeddings", is_flag=True, help="Also write the crystal embedding columns.")
 @click.option("--overwrite", is_flag=True, help="Replace result columns the table already has (e.g. from an earlier featurize) instead of refusing.")
@@ -938,7 +948,8 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, co
               report: bool, max_centers: int | None, batch_size: int) -> None:  # fmt: skip
     """Fit the per-crystal uncertainty and split-conformal prediction intervals of the ensemble
     MODEL (a folder, rewritten in place; a shipped model's name is refused) on its validation split, measure them on the test split, and store both in its
-    model.json, domain.safetensors and card. Predictions then carry <property>_uncertainty and accept
+    model.json, domain.safetensors and card. Predictions then carry <property>_uncertainty (given at least
+    100 validation crystals; with fewer a warning says so and the std scales the intervals) and accept
     --coverage (Python: predict(..., coverage=0.9)). With --domain the applicability-domain summary is
     rebuilt first; for a model that is not a regression ensemble that is all it does."""
     import torch
@@ -989,6 +1000,8 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
                                   allow_mean_pooled=allow_mean_pooled, errors="skip")  # fmt: skip
     for path in paths:
         click.echo(str(path))
+    if len(pd.read_csv(paths[0], usecols=["structure"])) == 0 and paths[-1].name != "skipped.csv":
+        click.echo(NO_STRUCTURES, err=True)
     if paths[-1].name == "skipped.csv":
         skipped = pd.read_csv(paths[-1], dtype=str, keep_default_na=False)
         for label, message in zip(skipped["structure"], skipped["error"]):
@@ -1002,14 +1015,15 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="The ensemble model folder to write.")
 @click.option("--dataset", default=None, help="The members' dataset on this machine (default: the path in member 0's config.yaml).")
 @click.option("--name", default=None, help="Model name (default: the output folder's name).")
-@click.option("--alias", "aliases", multiple=True, help="Registry alias (repeatable; default: member 0's aliases).")
+@click.option("--alias", "aliases", multiple=True, help="Registry alias (repeatable; default: member 0's aliases): the name from_pretrained and --model find the ensemble by once it is installed in pretrained_models/ (a folder elsewhere is loaded by its path).")
 @click.option("--no-evaluate", is_flag=True, help="Skip calibration and the uncertainty report (domain summary only).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Processes for parsing structures.")
+@click.option("--overwrite", is_flag=True, help="Replace the model OUTPUT already holds (refused without it).")
 @_guarded
 def ensemble(members: tuple[str, ...], output: str, dataset: str | None, name: str | None, aliases: tuple[str, ...],
-             no_evaluate: bool, batch_size: int, device: str | None, workers: int) -> None:  # fmt: skip
+             no_evaluate: bool, batch_size: int, device: str | None, workers: int, overwrite: bool) -> None:  # fmt: skip
     """Assemble trained MEMBERS (model folders from `cgcnn-ase train --set seed=K`, same split)
     into one deep-ensemble folder: all weights in one file, an applicability-domain summary,
     the std calibration fitted on the validation split, and uncertainty metrics on the test
@@ -1018,5 +1032,5 @@ def ensemble(members: tuple[str, ...], output: str, dataset: str | None, name: s
 
     folder = assemble_ensemble(list(members), output, dataset=dataset, name=name, aliases=list(aliases) or None,
                                evaluate=not no_evaluate, batch_size=batch_size, device=device, workers=workers,
-                               progress=_on_terminal())  # fmt: skip
+                               progress=_on_terminal(), overwrite=overwrite)  # fmt: skip
     click.echo(str(folder))

@@ -535,8 +535,11 @@ def test_trained_model_card_equals_the_former_writer(tiny_model):
     config, folder = tiny_model
     document = read_model_json(folder)
     card = (folder / "README.md").read_text()
-    assert card == _legacy_single(document, config.loss_name)
-    assert card == model_card(document, loss_name=config.loss_name)
+    assert model_card(document, loss_name=config.loss_name) == _legacy_single(document, config.loss_name)
+    assert card == model_card(document, loss_name=config.loss_name, folder=folder)
+    # its alias finds no installed model, so the written card loads it by its folder (round 11)
+    assert document["metadata"]["aliases"] and 'from_pretrained("path/to/this/folder")' in card
+    assert "find another model or none" in card
 
 
 def _classification(doc: dict[str, Any]) -> str:

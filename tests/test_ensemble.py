@@ -409,6 +409,19 @@ def test_cli_ensemble_and_evaluate(members, data, tmp_path):
     assert lines[-1].endswith(str(tmp_path / "ev2" / "metrics.json"))
     bad = CliRunner().invoke(main, ["ensemble", str(members[0]), "-o", str(tmp_path / "x"), "--no-evaluate"])
     assert bad.exit_code == 3 and "at least 2" in bad.stderr
+    # round 11: an existing ensemble was replaced in silence (exit 0), its calibration lost
+    before = (out / "model.json").read_text()
+    again = CliRunner().invoke(main, ["ensemble", *map(str, members[:2]), "-o", str(out), "--dataset", str(data),
+                                      "--no-evaluate"])  # fmt: skip
+    assert again.exit_code == 3 and "already holds a model" in again.stderr and "--overwrite" in again.stderr
+    assert (out / "model.json").read_text() == before
+    replaced = CliRunner().invoke(main, ["ensemble", *map(str, members[:2]), "-o", str(out), "--dataset", str(data),
+                                         "--no-evaluate", "--overwrite"])  # fmt: skip
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((out / "model.json").read_text())["metadata"]["aliases"] != ["vpa2"]  # member 0's, as asked
+    # the alias names no installed model, so the card loads the ensemble by its folder, and says why
+    card = (out / "README.md").read_text()
+    assert 'from_pretrained("path/to/this/folder")' in card
 
 
 # -- the domain summary on its own ------------------------------------------------------------

@@ -153,7 +153,7 @@ def test_finetuned_folder_loads_predicts_and_records_its_base(dataset_csv, base_
     assert base["property"] == "formation_energy" and base["normalizer"] == {"mean": -1.0, "std": 0.5}
     card = (folder / "README.md").read_text()
     assert "## Base model (fine-tuning)" in card and "random-regression-mean" in card and "`convs.0`" in card
-    assert card == model_card(document, loss_name="mse")
+    assert card == model_card(document, loss_name="mse", folder=folder)
     saved = yaml.safe_load((folder / "config.yaml").read_text())
     assert saved["init_from"] == str(base_folder) and saved["finetune"]["freeze_convs"] == 1
     assert saved["model"]["n_h"] == 2 and saved["elements"] == "generated"  # the base model's, filled in
@@ -307,7 +307,7 @@ def test_cli_init_from(dataset_csv, base_folder, tmp_path):
     assert "--set init_from=" in document["metadata"]["training"]["command"]
     refused = runner.invoke(main, ["train", str(path), "--init-from", str(base_folder), "--set", "graph.radius=6",
                                    "--set", f"output={tmp_path / 'other'}"])  # fmt: skip
-    assert refused.exit_code == 1 and "graph.radius" in refused.output, refused.output
+    assert refused.exit_code == 2 and "graph.radius" in refused.output, refused.output
     unknown = runner.invoke(main, ["train", str(path), "--init-from", "formation_enrgy"])
     assert unknown.exit_code == 3 and "formation_energy" in unknown.output
     assert json.loads(json.dumps(document))  # plain JSON

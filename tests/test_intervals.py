@@ -81,6 +81,19 @@ def test_too_few_validation_crystals_for_the_confidence_are_refused(calibrated):
         calibrate_intervals(folder, write=False, workers=1)
 
 
+def test_an_error_model_needs_100_validation_crystals_and_says_so(calibrated):
+    """Round 11: --normaliser uncertainty on a small validation split was an internal error blaming the domain
+    summary; auto dropped the per-crystal uncertainty without a word."""
+    from cgcnn_ase.errors import DatasetError
+
+    folder, _ = calibrated
+    with pytest.raises(DatasetError, match="holds 3 usable crystals and the error model needs at least 100"):
+        calibrate_intervals(folder, write=False, workers=1, confidence=None, normaliser="uncertainty")
+    with pytest.warns(UserWarning, match="no per-crystal uncertainty .*3 usable crystals.* normalised by the ensemble's std"):
+        conformal = calibrate_intervals(folder, write=False, workers=1, confidence=None)
+    assert conformal["normaliser"] == "std_raw"
+
+
 def test_calibration_is_stored_checked_and_shown_on_the_card(calibrated):
     folder, conformal = calibrated
     document = json.loads((folder / "model.json").read_text())

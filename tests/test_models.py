@@ -42,7 +42,7 @@ def test_card_metric_is_reproduced_by_evaluate(info, monkeypatch):
 
     require_shared(SHARED / "data")
     monkeypatch.chdir(REPO)  # configs hold data paths relative to the repo root
-    report = evaluate_model(info.path, split="test")
+    report = evaluate_model(info.path, split="test", workers=2)  # CI has 2 cores; equal to workers=1 (test_parallel)
     stored = info.metadata["test_metrics"]
     key = "mae" if "mae" in stored else "roc_auc"
     assert report["metrics"][key] == pytest.approx(stored[key], abs=5e-4)

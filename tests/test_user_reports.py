@@ -1971,3 +1971,136 @@ def test_malformed_tables_broken_pipes_and_full_disks_get_their_own_messages(tmp
     monkeypatch.setattr(writers.CSVChunkWriter, "write", closed)
     piped = _cli("predict", str(table), "--id-column", "key", "-m", "formation_energy")
     assert piped.exit_code == 141 and "error" not in piped.stderr
+
+
+# -- round 11: site energies, own ensembles, docs followed verbatim, ASE/pymatgen/matminer workflows ------------
+
+
+def test_calculator_keeps_two_models_of_one_property_apart():
+    """Round 11: two perovskite models in one calculator wrote one 'perovskite_formation_energy' (the second
+    model's value) while energy/N was the first model's; one model given twice was accepted."""
+    from ase.io import read
+
+    from cgcnn_ase import CGCNNCalculator
+
+    from .conftest import REPO
+
+    atoms = read(REPO / "examples" / "SrTiO3.cif")
+    names = ["perovskite_formation_energy", "perovskite_site_energy"]
+    alone = [CGCNNPredictor.from_pretrained(n, device="cpu").predict(atoms).values[0] for n in names]
+    calc = CGCNNCalculator(names, device="cpu")
+    atoms.calc = calc
+    assert "perovskite_formation_energy" not in calc.implemented_properties
+    keys = [f"{CGCNNPredictor.from_pretrained(n).model.spec.name}:perovskite_formation_energy" for n in names]
+    got = [calc.get_property(k, atoms) for k in keys]
+    assert got == pytest.approx(alone, abs=1e-6) and got[0] != pytest.approx(got[1], abs=1e-4)
+    assert atoms.get_potential_energy() / len(atoms) == pytest.approx(alone[0], abs=1e-6)  # the first energy model
+    assert f"{keys[1]}_std" in calc.implemented_properties
+    with pytest.raises(ValueError, match="given twice"):
+        CGCNNCalculator(["formation_energy", "formation_energy"], device="cpu")
+
+
+def test_calculator_names_the_crystal_and_the_users_line_and_suggests_property_names():
+    """Round 11: messages said 'input 0', warnings pointed into ase/calculators/calculator.py, and a mistyped
+    property got ASE's bare 'bandgap property not implemented'."""
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    from cgcnn_ase import CGCNNCalculator
+    from cgcnn_ase.errors import InvalidStructureError
+
+    atoms = bulk("Ar", "fcc", a=5.2)
+    atoms.calc = CGCNNCalculator("band_gap", device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        atoms.calc.get_property("band_gap", atoms)
+    unseen = [w for w in caught if issubclass(w.category, UnseenElementWarning)]
+    assert unseen and all(w.filename == __file__ for w in unseen), [(w.filename, w.lineno) for w in unseen]
+    assert "e.g. Atoms(Ar)" in str(unseen[0].message) and "input 0" not in str(unseen[0].message)
+    with pytest.raises(PropertyNotImplementedError, match="did you mean 'band_gap'"):
+        atoms.calc.get_property("bandgap", atoms)
+    broken = bulk("Si")
+    broken.positions[1] = broken.positions[0]
+    broken.calc = CGCNNCalculator("formation_energy", device="cpu")
+    with pytest.raises(InvalidStructureError, match=r"^Atoms\(Si2\): atoms 0 and 1"):
+        broken.get_potential_energy()
+
+
+def test_featurizer_warnings_point_at_the_users_line():
+    """Round 11: the featurizer's unseen-element warning pointed into integrations/matminer.py."""
+    import pandas as pd
+
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+
+    frame = pd.DataFrame({"structure": [bulk("Ar", "fcc", a=5.2)]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        CGCNNFeaturizer("formation_energy", device="cpu").featurize_dataframe(frame, "structure", pbar=False)
+    unseen = [w for w in caught if issubclass(w.category, UnseenElementWarning)]
+    assert unseen and all(w.filename == __file__ for w in unseen), [(w.filename, w.lineno) for w in unseen]
+
+
+def test_member_site_contributions_refuse_members_of_other_models():
+    """Round 11: a list of model folders of other units or another property was averaged as seeds of one model."""
+    from cgcnn_ase.analysis.site_members import member_site_contributions
+    from cgcnn_ase.errors import SiteAnalysisError
+
+    with pytest.raises(SiteAnalysisError, match="differs from member 0 .* in its property: 'formation_energy'"):
+        member_site_contributions(["perovskite_site_energy", "formation_energy"], {"Si": bulk("Si")},
+                                  allow_mean_pooled=True)  # fmt: skip
+
+
+def test_sites_mark_unseen_elements_and_say_when_there_is_nothing(tmp_path):
+    """Round 11: 'sites' pointed to an unseen_elements column its tables lack (Pu sat in the maps unflagged), and
+    an empty folder 'succeeded' with header-only tables and no word."""
+    import pandas as pd
+    from ase.io import read, write
+
+    from .conftest import REPO
+
+    atoms = read(REPO / "examples" / "SrTiO3.cif")
+    atoms.symbols[0] = "Pu"
+    write(tmp_path / "PuTiO3.cif", atoms)
+    out = tmp_path / "report"
+    result = _cli("sites", str(tmp_path / "PuTiO3.cif"), str(REPO / "examples" / "SrTiO3.cif"), "-m",
+                  "perovskite_site_energy", "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "the unseen column of sites.csv and by_element.csv marks their sites" in result.stderr
+    assert "unseen_elements column" not in result.stderr
+    sites = pd.read_csv(out / "sites.csv")
+    assert sites.loc[sites["unseen"], "element"].tolist() == ["Pu"]
+    table = pd.read_csv(out / "by_element.csv").set_index("element")
+    assert bool(table.loc["Pu", "unseen"]) and not table.drop(index="Pu")["unseen"].any()
+    (tmp_path / "empty").mkdir()
+    empty = _cli("sites", str(tmp_path / "empty"), "-m", "perovskite_site_energy", "-o", str(tmp_path / "r2"))
+    assert "the inputs held no structures" in empty.stderr
+
+
+def test_per_atom_values_of_a_mean_pooled_model_are_called_attributions():
+    """Round 11: predict --per-atom on formation_energy printed per-atom 'eV/atom' values that read as site
+    energies, with no word that they are first-order attributions (sites says so)."""
+    from .conftest import REPO
+
+    pooled = _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "-m", "formation_energy", "--per-atom")
+    assert pooled.exit_code == 0 and "formation_energy pools the mean" in pooled.stderr
+    assert "first-order attributions" in pooled.stderr
+    atomwise = _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "-m", "perovskite_site_energy", "--per-atom")
+    assert atomwise.exit_code == 0 and "first-order" not in atomwise.stderr
+
+
+def test_a_bad_training_setting_is_a_usage_error(tmp_path):
+    """Round 11: 'train CONFIG --set optim.lrate=1' exited 1 (bad input); the README gives 2 to usage errors."""
+    from .conftest import REPO
+
+    result = _cli("train", str(REPO / "configs" / "formation_energy.yaml"), "--set", "optim.lrate=1",
+                  "--set", f"output={tmp_path / 'run'}")  # fmt: skip
+    assert result.exit_code == 2 and "lrate" in result.output
+
+
+def test_failed_rows_have_no_sparse_count():
+    """Round 11: to_dataframe() gave failed rows n_sparse = -1 where every other column is NaN."""
+    result = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu").predict(
+        [bulk("Si"), "no-such-file.cif"], errors="collect"
+    )
+    frame = result.to_dataframe()
+    assert frame["n_sparse"].iloc[0] == 0 and frame["n_sparse"].isna().tolist() == [False, True]
+    assert result.n_sparse.tolist() == [0, -1]  # the array keeps its documented sentinel

@@ -177,7 +177,8 @@ def load_split_records(
         if not chosen[split]:
             raise DatasetError(
                 f"no rows of {spec.path} to evaluate for split {split!r}: none of its ids are in this dataset "
-                "(another dataset than the model's own? score every row with split='all', CLI --split all)"
+                "(another dataset than the model's own? evaluation scores every row of one with split='all', CLI "
+                "`evaluate --split all`; calibration needs the model's own dataset)"
             )
     rows = sorted({r for part in chosen.values() for r in part})
     policy = read_model_json(folder)["graph"].get("neighbor_policy", "symmetric")

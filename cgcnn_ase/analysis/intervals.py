@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,10 @@ def calibrate_intervals(
             :data:`MIN_ERROR_MODEL` crystals, and normalise the conformal
             scores by its ``uncertainty`` instead of the raw std when :func:`crossfit_coverage`
             chooses it.
-        normaliser: ``"auto"`` (:func:`crossfit_coverage` decides, on the validation split alone),
-            ``"uncertainty"`` or ``"std_raw"`` (forced).
+        normaliser: ``"auto"`` (:func:`crossfit_coverage` decides, on the validation split alone;
+            without an error model a warning says why and the raw std normalises), ``"uncertainty"``
+            (a :class:`~cgcnn_ase.errors.DatasetError` saying why where there is no error model) or
+            ``"std_raw"`` (forced).
         confidence: each quantile is the order statistic whose coverage of future crystals is at
             least the nominal one with this probability over the draw of the validation split
             (:func:`~cgcnn_ase.analysis.metrics.conformal_quantiles`); ``None``: the marginal rule,
@@ -93,6 +96,8 @@ def calibrate_intervals(
 
     Raises:
         ValueError: the model is not a regression ensemble.
+        DatasetError: too few validation crystals for any interval; ``normaliser="uncertainty"`` without an
+            error model.
     """
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
@@ -114,10 +119,13 @@ def calibrate_intervals(
         test.u = error.uncertainty(error.features(summary, test.embeddings, test.mean, test.std_raw, test.elements))
     selection = crossfit_coverage(summary, fit) if error is not None else None
     norm = "uncertainty" if selection is not None and selection["chosen"] == "uncertainty" else "std_raw"
+    why_none = None if error is not None else _why_no_error_model(summary, len(fit.y), uncertainty)
+    if normaliser == "uncertainty" and why_none is not None:
+        raise DatasetError(f"{folder}: no per-crystal uncertainty to normalise the intervals with: {why_none}")
+    if normaliser == "auto" and why_none is not None and uncertainty:
+        warnings.warn(f"{folder}: no per-crystal uncertainty ({why_none}); the intervals are normalised by the "
+                      "ensemble's std", UserWarning, stacklevel=2)  # fmt: skip
     if normaliser != "auto":
-        if normaliser == "uncertainty" and error is None:
-            raise ValueError(f"{folder}: no error model (its domain summary stores no training targets; "
-                             "rebuild it with cgcnn-ase calibrate --domain)")  # fmt: skip
         norm = normaliser
     quantiles = conformal_quantiles(fit.y, fit.mean, fit.normaliser(norm), INTERVAL_LEVELS, confidence=confidence)
     kept = [(level, q) for level, q in zip(INTERVAL_LEVELS, quantiles) if np.isfinite(q)]  # n too small: dropped
@@ -152,6 +160,18 @@ def calibrate_intervals(
         _write(folder, conformal, error)
     logger.info("intervals of %s: %s", folder, conformal["test_coverage"])
     return conformal
+
+
+def _why_no_error_model(summary: Any, n_fit: int, uncertainty: bool) -> str:
+    """Why :func:`fit_intervals` fits no error model (the per-crystal uncertainty), in words."""
+    if not uncertainty:
+        return "uncertainty=False"
+    if summary is None:
+        return "the model has no domain summary (cgcnn-ase calibrate --domain builds it)"
+    if summary.targets is None:
+        return "its domain summary stores no training targets (cgcnn-ase calibrate --domain rebuilds it)"
+    return (f"the validation split holds {n_fit} usable crystals and the error model needs at least {MIN_ERROR_MODEL} "
+            "(train the members with a larger validation fraction)")  # fmt: skip
 
 
 #: The uncertainty normalises the intervals when its cross-fitted validation coverage is this close to nominal.
@@ -257,4 +277,4 @@ def _write(folder: Path, conformal: dict[str, Any], error: Any) -> None:
     if error is not None and document.get("domain"):
         document["domain"]["error_model"] = "uncertainty model stored as error.* arrays"
     (folder / MODEL_JSON).write_text(json.dumps(json_safe(document), indent=2) + "\n")
-    (folder / "README.md").write_text(ensemble_card(document, files=[p.name for p in folder.iterdir()]))
+    (folder / "README.md").write_text(ensemble_card(document, files=[p.name for p in folder.iterdir()], folder=folder))

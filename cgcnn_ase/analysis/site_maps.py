@@ -247,7 +247,8 @@ def write_site_report(
     Writes ``sites.csv`` (:func:`site_contributions`), ``by_element.csv``
     (:func:`aggregate_by_element`) and ``{role}_sites.png`` / ``.svg`` for each of ``roles``
     (:func:`site_energy_maps`; a role with no sites, e.g. for non-perovskites, is skipped with a
-    warning). Contributions are in the model's units (``predictor.units``).
+    warning). Contributions are in the model's units (``predictor.units``). Both tables have an
+    ``unseen`` column: the element never occurred in the model's training data.
 
     For an ensemble, every member runs on its own (a network's split among sites depends on its
     seed): ``sites.csv`` holds the members' mean contribution and its standard deviation across
@@ -291,6 +292,8 @@ def write_site_report(
     else:
         df = site_contributions(predictor, structures, **options)
         table = aggregate_by_element(df)
+    unseen = set(df.loc[df["unseen"], "element"])
+    table = table.assign(unseen=table["element"].isin(unseen))  # the element never occurred in training
     sites_csv = out_dir / "sites.csv"
     df.to_csv(sites_csv, index=False)
     by_element_csv = out_dir / "by_element.csv"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgcnn_ase.analysis.sites import aggregate_by_element, site_contributions, skipped_message, sorted_by_element
-from cgcnn_ase.errors import SparseGraphWarning, UnseenElementWarning
+from cgcnn_ase.errors import SiteAnalysisError, SparseGraphWarning, UnseenElementWarning
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,7 +49,9 @@ def member_predictors(models: Any) -> list[CGCNNPredictor]:
         The predictors, each running exactly one network with that member's own target normaliser.
     """
     if isinstance(models, (list, tuple)):
-        return [p for item in models for p in member_predictors(item)]
+        out = [p for item in models for p in member_predictors(item)]
+        _check_alike(out)
+        return out
     predictor = as_predictor(models)
     loaded = predictor.model
     if not loaded.members:
@@ -62,6 +64,28 @@ def member_predictors(models: Any) -> list[CGCNNPredictor]:
         single = dataclasses.replace(loaded, spec=spec, network=member.network, members=[], calibration=None, domain=None)
         out.append(CGCNNPredictor(single, device=predictor.device))
     return out
+
+
+def _check_alike(predictors: list[CGCNNPredictor]) -> None:
+    """Refuse members whose site contributions cannot be compared or averaged: another property, units,
+    task or readout than the first member's (``cgcnn-ase ensemble`` refuses such members alike).
+
+    Raises:
+        SiteAnalysisError: naming the first member that differs and how.
+    """
+    def traits(p: CGCNNPredictor) -> dict[str, Any]:
+        spec = p.model.spec
+        return {"property": spec.property, "units": spec.units, "task": spec.task,
+                "readout": spec.readout}  # fmt: skip
+
+    first = traits(predictors[0])
+    for k, predictor in enumerate(predictors[1:], start=1):
+        for what, theirs in traits(predictor).items():
+            if theirs != first[what]:
+                raise SiteAnalysisError(
+                    f"member {k} ({predictor.model.spec.name}) differs from member 0 ({predictors[0].model.spec.name}) "
+                    f"in its {what}: {theirs!r} vs {first[what]!r}; members of one site analysis must be seeds of one model"
+                )
 
 
 def member_site_contributions(

@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 RoleMode = Literal["auto", "perovskite", "wyckoff"]
 
 #: Columns of :func:`site_contributions`, in order.
-SITE_COLUMNS = ("structure", "formula", "site", "element", "Z", "wyckoff", "role", "contribution", "prediction", "kind")
+SITE_COLUMNS = ("structure", "formula", "site", "element", "Z", "wyckoff", "role", "contribution", "prediction", "kind",
+                "unseen")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,9 +459,10 @@ def site_contributions(
         A DataFrame with one row per site and columns ``structure`` (label), ``formula`` (reduced),
         ``site`` (0-based index in the structure), ``element``, ``Z``, ``wyckoff`` (e.g. ``"1a"``;
         ``None`` when symmetry analysis fails), ``role``, ``contribution`` (model units),
-        ``prediction`` (the structure's value, the mean of its contributions) and ``kind``
+        ``prediction`` (the structure's value, the mean of its contributions), ``kind``
         (``"atomwise"``: the model's exact site terms; ``"first-order"``: the attribution of a
-        mean-pooled model). ``df.attrs`` holds ``units``, ``property``, ``model``, ``kind`` and
+        mean-pooled model) and ``unseen`` (the element never occurred in the model's training
+        data: its value is an extrapolation; ``False`` where the model records no such list). ``df.attrs`` holds ``units``, ``property``, ``model``, ``kind`` and
         ``failed``.
 
     Raises:
@@ -496,6 +498,7 @@ def site_contributions(
         progress=progress,
     )
     columns: dict[str, list[Any]] = {name: [] for name in SITE_COLUMNS}
+    seen = set(spec.metadata["elements_seen"]) if spec.metadata.get("elements_seen") else None
     for record, value, per_atom, message in zip(records, result.values, result.per_atom, result.errors):
         if message is not None:
             failed[record.label] = message
@@ -513,6 +516,7 @@ def site_contributions(
         columns["contribution"] += per_atom.tolist()
         columns["prediction"] += [float(value)] * n
         columns["kind"] += [kind] * n
+        columns["unseen"] += [seen is not None and z not in seen for z in record.numbers.tolist()]
     if failed:
         warnings.warn(skipped_message(failed), UserWarning, stacklevel=2)
     df = pd.DataFrame(columns)
@@ -520,6 +524,7 @@ def site_contributions(
     df["Z"] = df["Z"].astype("int64")
     df["contribution"] = df["contribution"].astype("float64")
     df["prediction"] = df["prediction"].astype("float64")
+    df["unseen"] = df["unseen"].astype(bool)
     df.attrs.update(units=predictor.units, property=predictor.property_name, model=spec.name, kind=kind, failed=failed)
     return df
 

@@ -7,6 +7,7 @@ unseen elements, domain signals, per-atom contributions and embeddings.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -137,8 +138,8 @@ class PredictionResult:
         return np.array([e is None for e in self.errors], dtype=bool)
 
     def to_dataframe(self) -> "pandas.DataFrame":  # noqa: F821
-        """One row per structure: ``id``, the property column, ``n_sparse``, ``bond_ratio``, ``vacuum_gap``,
-        ``unseen_elements``, ``error``.
+        """One row per structure: ``id``, the property column, ``n_sparse`` (nullable integers, ``<NA>``
+        for failed items), ``bond_ratio``, ``vacuum_gap``, ``unseen_elements``, ``error``.
 
         Ensembles add ``<property>_std`` after the property (and ``<property>_std_raw`` when
         the std is calibrated, ``<property>_uncertainty`` when they carry an error model);
@@ -162,7 +163,8 @@ class PredictionResult:
             for bound, values in (("lower", self.lower), ("upper", self.upper)):
                 columns[f"{self.property}_{bound}"] = values
                 units[f"{self.property}_{bound}"] = self.units
-        columns["n_sparse"] = self.n_sparse
+        # a nullable integer column: <NA> for failed items (the array's -1), as every other column is NaN there
+        columns["n_sparse"] = pd.array(np.where(self.n_sparse < 0, None, self.n_sparse), dtype="Int64")
         if self.bond_ratio is not None:
             columns["bond_ratio"] = self.bond_ratio
         if self.vacuum_gap is not None:
@@ -292,12 +294,28 @@ def unseen_labels(predictors: Sequence[Any]) -> list[str]:
     return labels
 
 
-def reissue_warnings(caught: Sequence[warnings.WarningMessage], unseen_place: str, *, stacklevel: int) -> None:
+#: Modules whose frames a re-issued warning skips, so that it names the user's line: this package and the
+#: libraries whose calls reach it (ASE's get_property -> calculate, matminer's featurize_dataframe, pandas' apply).
+LIBRARY_MODULES = ("cgcnn_ase", "ase", "matminer", "pandas", "pymatgen", "tqdm")
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` with which a ``warnings.warn`` in the calling function names the first frame
+    outside :data:`LIBRARY_MODULES`: the user's line, however deep ASE or matminer called in."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] in LIBRARY_MODULES:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def reissue_warnings(caught: Sequence[warnings.WarningMessage], unseen_place: str) -> None:
     """Warn again with the warnings ``caught`` from ``predict`` calls, each unseen-element warning saying
     ``unseen_place`` (e.g. ``"calc.results['unseen_elements'] lists them"``) instead of
-    :data:`~cgcnn_ase.errors.UNSEEN_HINT`, for front ends whose users hold no ``PredictionResult``."""
+    :data:`~cgcnn_ase.errors.UNSEEN_HINT`, for front ends whose users hold no ``PredictionResult``; each
+    names the user's line that led here (:func:`user_stacklevel`)."""
+    stacklevel = user_stacklevel()
     for caught_warning in caught:
         message = str(caught_warning.message)
         if issubclass(caught_warning.category, UnseenElementWarning):
             message = message.replace(UNSEEN_HINT, unseen_place)
-        warnings.warn(message, caught_warning.category, stacklevel=stacklevel + 1)
+        warnings.warn(message, caught_warning.category, stacklevel=stacklevel)

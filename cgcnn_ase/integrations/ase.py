@@ -33,6 +33,11 @@ Property names:
 - for a model shipping a domain summary, ``<property>_domain_percentile`` (percent, 0-100;
   near 100: the crystal lies outside the model's training domain; see docs/uncertainty.md).
 
+Two models of one property (``perovskite_formation_energy`` and ``perovskite_site_energy`` both predict
+``perovskite_formation_energy``) keep their results apart under the model's name:
+``"perovskite_site_energy-castelli_cmr-v1:perovskite_formation_energy"`` and its ``_std``, ... (the
+featurizer's labels and the CLI's columns tell them apart alike); one model given twice is refused.
+
 Forces and stress are not predicted: asking raises ``PropertyNotImplementedError`` (see above).
 """
 
@@ -49,7 +54,11 @@ import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models
-from cgcnn_ase.inference.properties import gated_band_gap_result, physical_values, with_metal_classifier
+from cgcnn_ase.inference.properties import (
+    gated_band_gap_result,
+    physical_values,
+    with_metal_classifier,
+)
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 
 #: Standard ASE property names this calculator can fill (everything else is custom).
@@ -64,7 +73,8 @@ class CGCNNCalculator(Calculator):
     Args:
         models: a shipped model name (``"formation_energy"``), a model folder path, a
             :class:`CGCNNPredictor`, or a sequence of them. Asking for the shipped
-            ``band_gap`` model adds the shipped ``is_metal`` classifier for gating.
+            ``band_gap`` model, or any band-gap model (a folder, the authors' checkpoint: all were
+            trained on non-metals), adds the shipped ``is_metal`` classifier for gating.
         device: torch device for the models.
         store_in_info: also write each result to ``atoms.info["cgcnn_<name>"]`` (and
             per-atom contributions to ``atoms.arrays["cgcnn_energies"]``) so predictions
@@ -111,6 +121,15 @@ class CGCNNCalculator(Calculator):
         if not items:
             raise ValueError("CGCNNCalculator needs at least one model")
         self.predictors = with_metal_classifier([as_predictor(m, device=device) for m in items], device)
+        keys = [(p.model.spec.name, p.property_name) for p in self.predictors]
+        twice = sorted({name for name, prop in keys if keys.count((name, prop)) > 1})
+        if twice:  # their results could not be told apart
+            raise ValueError(f"model {', '.join(twice)} is given twice (or two models share its name and property); "
+                             "give each model once")  # fmt: skip
+        properties = [p.property_name for p in self.predictors]
+        #: the result-name prefix of each predictor: its model's name where two models predict one property
+        #: (as the featurizer's labels and the CLI's columns tell them apart), else nothing
+        self._prefixes = [f"{p.model.spec.name}:" if properties.count(p.property_name) > 1 else "" for p in self.predictors]
         self._energy_model = next((p for p in self.predictors if p.units == "eV/atom"), None)
         self.parameters["models"] = [m.model.spec.name if isinstance(m, CGCNNPredictor) else os.fspath(m) for m in items]
         self.parameters["device"] = str(self.predictors[0].device)
@@ -171,22 +190,23 @@ class CGCNNCalculator(Calculator):
         """Every result name the models give with the current settings (``implemented_properties``)."""
         self.units: dict[str, str] = {}
         names: list[str] = []
-        for predictor in self.predictors:
+        for predictor, prefix in zip(self.predictors, self._prefixes):
             spec = predictor.model.spec
-            names.append(spec.property)
-            self.units[spec.property] = spec.units
+            prop = prefix + spec.property
+            names.append(prop)
+            self.units[prop] = spec.units
             if predictor.is_ensemble:
-                names.append(f"{spec.property}_std")
+                names.append(f"{prop}_std")
                 self.units[names[-1]] = spec.units
             if predictor.has_domain:
-                names.append(f"{spec.property}_domain_percentile")
+                names.append(f"{prop}_domain_percentile")
                 self.units[names[-1]] = "percent"
             if self.coverage is not None and predictor.has_intervals:
                 for bound in ("lower", "upper"):
-                    names.append(f"{spec.property}_{bound}")
+                    names.append(f"{prop}_{bound}")
                     self.units[names[-1]] = spec.units
             if spec.property.startswith("log10_") and spec.units == "log10(GPa)":  # also in GPa, as the CLI gives them
-                gpa = spec.property.removeprefix("log10_")
+                gpa = prefix + spec.property.removeprefix("log10_")
                 names.append(gpa)
                 if predictor.is_ensemble:
                     names.append(f"{gpa}_std")
@@ -199,12 +219,21 @@ class CGCNNCalculator(Calculator):
         if "fermi_energy" in names:
             names.append("fermi_level")
             self.units["fermi_level"] = "eV"
-        if "band_gap" in names and "is_metal" in names:
-            names += ["band_gap_raw", "metal_probability"]
-            self.units.update(band_gap_raw="eV", metal_probability="probability")
+        for gap in self._gated_band_gaps():
+            names.append(f"{gap}_raw")
+            self.units[f"{gap}_raw"] = "eV"
+        if self._gated_band_gaps():
+            names.append("metal_probability")
+            self.units["metal_probability"] = "probability"
         names.append("unseen_elements")
         self.units["unseen_elements"] = "element symbols"
         return list(dict.fromkeys(names))
+
+    def _gated_band_gaps(self) -> list[str]:
+        """The result names of the band-gap models that the ``is_metal`` classifier gates (none without it)."""
+        if not any(p.property_name == "is_metal" and not k for p, k in zip(self.predictors, self._prefixes)):
+            return []
+        return [k + p.property_name for p, k in zip(self.predictors, self._prefixes) if p.property_name == "band_gap"]
 
     def calculate(
         self, atoms: Any = None, properties: Sequence[str] | None = None, system_changes: Sequence[str] = all_changes
@@ -214,28 +243,30 @@ class CGCNNCalculator(Calculator):
         results: dict[str, Any] = {}
         n_atoms = len(self.atoms)
         outputs = []  # each model's result, for unseen_elements
+        label = f"Atoms({self.atoms.get_chemical_formula()})"  # how messages name the crystal (not "input 0")
         raw: dict[str, float] = {}  # each model's value before clipping to the physical range
-        for predictor in self.predictors:
+        for predictor, prefix in zip(self.predictors, self._prefixes):
             spec = predictor.model.spec
+            prop = prefix + spec.property
             per_atom = predictor is self._energy_model
             coverage = self.coverage if predictor.has_intervals else None
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                out = predictor.predict(self.atoms, per_atom=per_atom, on_sparse=self.on_sparse, coverage=coverage)
-            reissue_warnings(caught, "calc.results['unseen_elements'] lists them", stacklevel=2)
+                out = predictor.predict([(label, self.atoms)], per_atom=per_atom, on_sparse=self.on_sparse, coverage=coverage)
+            reissue_warnings(caught, "calc.results['unseen_elements'] lists them")
             outputs.append(out)
             value = float(out.values[0])
-            results[spec.property] = float(physical_values(spec.property, value))  # a gap >= 0, a Poisson ratio <= 0.5
-            raw[spec.property] = value
+            results[prop] = float(physical_values(spec.property, value))  # a gap >= 0, a Poisson ratio <= 0.5
+            raw[prop] = value
             if out.std is not None:
-                results[f"{spec.property}_std"] = float(out.std[0])
+                results[f"{prop}_std"] = float(out.std[0])
             if out.domain_percentile is not None:
-                results[f"{spec.property}_domain_percentile"] = float(out.domain_percentile[0])
+                results[f"{prop}_domain_percentile"] = float(out.domain_percentile[0])
             if out.lower is not None:
-                results[f"{spec.property}_lower"] = float(out.lower[0])
-                results[f"{spec.property}_upper"] = float(out.upper[0])
+                results[f"{prop}_lower"] = float(out.lower[0])
+                results[f"{prop}_upper"] = float(out.upper[0])
             if spec.property.startswith("log10_") and spec.units == "log10(GPa)":  # GPa, as the CLI's table
-                gpa = spec.property.removeprefix("log10_")
+                gpa = prefix + spec.property.removeprefix("log10_")
                 results[gpa] = 10.0**value
                 if out.std is not None:  # first-order propagation, as inference.properties does
                     results[f"{gpa}_std"] = math.log(10.0) * 10.0**value * float(out.std[0])
@@ -247,12 +278,12 @@ class CGCNNCalculator(Calculator):
         results["unseen_elements"] = unseen_cell(unseen_labels(self.predictors), outputs, 0)
         if "fermi_energy" in results:
             results["fermi_level"] = results["fermi_energy"]
-        if "band_gap" in results and "is_metal" in results:
+        for gap in self._gated_band_gaps():
             results["metal_probability"] = results["is_metal"]
-            results["band_gap_raw"] = raw["band_gap"]
-            names = ("band_gap_raw", "band_gap_std", "band_gap_lower", "band_gap_upper")
+            results[f"{gap}_raw"] = raw[gap]
+            names = (f"{gap}_raw", f"{gap}_std", f"{gap}_lower", f"{gap}_upper")
             gated = gated_band_gap_result(*(results.get(n) for n in names), results["is_metal"], self.metal_threshold)
-            names = ("band_gap", *names[1:])
+            names = (gap, *names[1:])
             results.update({n: float(v) for n, v in zip(names, gated) if v is not None})
         self.results = results
         if self.store_in_info and atoms is not None:
@@ -288,6 +319,15 @@ class CGCNNCalculator(Calculator):
                 f"CGCNNCalculator gives {name!r} only with a formation-energy model (eV/atom): its value x the number "
                 f"of atoms; these models give {', '.join(self.implemented_properties)}. Add \"formation_energy\" to "
                 "the models, or read a property with calc.get_property(NAME, atoms)."
+            )
+        if name not in self.implemented_properties:
+            import difflib
+
+            close = difflib.get_close_matches(name, self.implemented_properties, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
+            raise PropertyNotImplementedError(
+                f"CGCNNCalculator gives no property {name!r}{hint} These models give: "
+                f"{', '.join(self.implemented_properties)}"
             )
         return super().get_property(name, atoms, allow_calculation)
 

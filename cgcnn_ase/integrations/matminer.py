@@ -68,8 +68,9 @@ class CGCNNFeaturizer(BaseFeaturizer):
         batch_size: structures per forward pass (``None``: the predictor's default, 64 on a CPU and
             1024 on a GPU).
         device: torch device (``None``: CUDA if available).
-        metal_threshold: with both a ``band_gap`` and an ``is_metal`` model (asking for the
-            shipped ``band_gap`` adds the shipped ``is_metal``, as the ASE calculator does),
+        metal_threshold: with both a band-gap model and an ``is_metal`` model (asking for any
+            band-gap model, the authors' checkpoint too, adds the shipped ``is_metal``, as the ASE
+            calculator does),
             ``"band_gap (eV)"`` is gated: 0 where P(metal) > ``metal_threshold``
             (:func:`cgcnn_ase.inference.properties.gated_band_gap_result`: its std NaN and its
             interval bounds 0 there too); the regression value stays in ``"band_gap_raw (eV)"``.
@@ -134,9 +135,10 @@ class CGCNNFeaturizer(BaseFeaturizer):
     def _gating(self) -> tuple[int, int] | None:
         """Positions of the band-gap and metal-classifier models when the band gap is gated, else ``None``."""
         names = [p.property_name for p in self.predictors]
-        if self.metal_threshold is None or "band_gap" not in names or "is_metal" not in names:
+        gated = [k for k, p in enumerate(self.predictors) if p.property_name == "band_gap"]
+        if self.metal_threshold is None or not gated or "is_metal" not in names:
             return None
-        return names.index("band_gap"), names.index("is_metal")
+        return gated[0], names.index("is_metal")
 
     def fit(self, X: Any, y: Any = None, **fit_kwargs: Any) -> CGCNNFeaturizer:
         """No-op: the models are pretrained."""
@@ -158,13 +160,14 @@ class CGCNNFeaturizer(BaseFeaturizer):
         labels = []
         properties = [p.model.spec.property for p in self.predictors]
         collide = len(set(properties)) < len(properties)
-        for p in self.predictors:
+        gating = self._gating()
+        for k, p in enumerate(self.predictors):
             spec = p.model.spec
             name = f"{spec.name}: {spec.property}" if collide else spec.property
             labels.append(f"{name} ({spec.units})")
             if p.is_ensemble:
                 labels.append(f"{name}_std ({spec.units})")
-            if spec.property == "band_gap" and self._gating() is not None:
+            if gating is not None and k == gating[0]:
                 labels.append(f"{name}_raw ({spec.units})")
             if self.coverage is not None and p.has_intervals:
                 labels += [f"{name}_lower ({spec.units})", f"{name}_upper ({spec.units})"]
@@ -256,7 +259,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
             )
         place = (f"the {UNSEEN_COLUMN} column lists them per structure" if self.unseen_elements
                  else "CGCNNFeaturizer(..., unseen_elements=True) adds a column listing them per structure")  # fmt: skip
-        reissue_warnings(caught, place, stacklevel=3)
+        reissue_warnings(caught, place)
         gating = self._gating()
         for j, (predictor, result) in enumerate(zip(self.predictors, results)):
             for k, message in enumerate(result.errors):

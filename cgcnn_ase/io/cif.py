@@ -225,7 +225,7 @@ def _apply_declared_symmetry(small: Any, block: Any, label: str) -> None:
     if small.spacegroup is None and not small.symops and _declares_symmetry(block):
         raise StructureReadError(
             f"{label}: the CIF declares its symmetry in a form that could not be read (no H-M or Hall symbol, "
-            "operations or space-group number that apply); reading only its listed atoms would give another "
+            "operations or space-group number that gemmi recognises and can apply); reading only its listed atoms would give another "
             "crystal: add _symmetry_equiv_pos_as_xyz operations, or write it in P1"
         )
 

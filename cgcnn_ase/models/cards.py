@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,30 @@ def symbols(numbers: Iterable[int]) -> str:
 #: What a card's snippet loads a model without an alias by: its folder (its bare name resolves to no shipped model).
 FOLDER_HANDLE = "path/to/this/folder"
 
+
+def card_handle(aliases: Sequence[str], folder: str | os.PathLike | None = None) -> str:
+    """What a card's snippet loads the model by: its first alias, or :data:`FOLDER_HANDLE`.
+
+    With ``folder`` (the model's own folder), an alias is used only where the registry finds this very
+    folder by it: an alias inherited from a shipped model's config (a user's retraining of
+    ``configs/perovskite_site_energy.yaml``), or given to a folder outside ``pretrained_models/``, would
+    load another model or none, so the snippet names the folder then.
+    """
+    if not aliases:
+        return FOLDER_HANDLE
+    if folder is None:
+        return aliases[0]
+    from cgcnn_ase.errors import UnknownModelError
+    from cgcnn_ase.models.registry import resolve_model
+
+    for alias in aliases:
+        try:
+            if Path(resolve_model(alias).path).resolve() == Path(folder).resolve():
+                return alias
+        except UnknownModelError:
+            continue
+    return FOLDER_HANDLE
+
 def _nonzero_counts(counts: dict[str, int]) -> str:
     """``{"filter": 3, "limit": 0}`` -> ``"filter: 3"``; ``"none"`` when every count is zero."""
     return ", ".join(f"{k}: {v}" for k, v in counts.items() if v) or "none"
@@ -83,7 +109,7 @@ def render_card(template: str, **context: Any) -> str:
     return _environment().get_template(template).render(**context)
 
 
-def model_card(document: dict[str, Any], *, loss_name: str) -> str:
+def model_card(document: dict[str, Any], *, loss_name: str, folder: str | os.PathLike | None = None) -> str:
     """The ``README.md`` model card of a single trained model folder.
 
     Args:
@@ -95,6 +121,8 @@ def model_card(document: dict[str, Any], *, loss_name: str) -> str:
             which adds the card's "Base model" section.
         loss_name: the training loss as used (``mse``, ``mae`` or ``cross_entropy``; the
             configuration may say ``auto``).
+        folder: the model's folder, where the card's snippet loads it by an alias only if the
+            registry finds this folder by it (:func:`card_handle`); ``None``: by its first alias.
     """
     md = document["metadata"]
     training = md["training"]
@@ -111,7 +139,7 @@ def model_card(document: dict[str, Any], *, loss_name: str) -> str:
         hw=training["hardware"],
         classification=document["task"] == "classification",
         aliases=aliases,
-        handle=(aliases or [FOLDER_HANDLE])[0],
+        handle=card_handle(aliases, folder),
         seen=md.get("elements_seen") or [],
         loss_name=loss_name,
     )
@@ -121,13 +149,16 @@ def model_card(document: dict[str, Any], *, loss_name: str) -> str:
 ENSEMBLE_PLOTS = ("parity.png", "roc.png", "error_vs_std.png", "calibration.png")
 
 
-def ensemble_card(document: dict[str, Any], files: Iterable[str] = ()) -> str:
+def ensemble_card(
+    document: dict[str, Any], files: Iterable[str] = (), *, folder: str | os.PathLike | None = None
+) -> str:
     """The ``README.md`` model card of an ensemble folder.
 
     Args:
         document: the folder's ``model.json`` document (``format_version`` 2, with an
             ``ensemble`` section; ``metadata.uncertainty`` once the ensemble was measured).
         files: names of the files in the folder (the card lists the plots among them).
+        folder: the ensemble's folder (see :func:`card_handle`); ``None``: loaded by its first alias.
     """
     md, ens = document["metadata"], document["ensemble"]
     classification = document["task"] == "classification"
@@ -152,7 +183,7 @@ def ensemble_card(document: dict[str, Any], files: Iterable[str] = ()) -> str:
         calibration=ens.get("calibration"),
         classification=classification,
         units=document["units"],
-        handle=(md.get("aliases") or [FOLDER_HANDLE])[0],
+        handle=card_handle(md.get("aliases") or [], folder),
         metric="roc_auc" if classification else "mae",
         metric_label="ROC-AUC" if classification else f"MAE ({document['units']})",
         seen=md.get("elements_seen") or [],

@@ -176,6 +176,7 @@ def assemble_ensemble(
     device: str | None = None,
     workers: int = 2,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write an ensemble model folder from trained member folders.
 
@@ -183,7 +184,9 @@ def assemble_ensemble(
         member_folders: two or more model folders written by ``cgcnn-ase train`` (same
             data, split, architecture and graph settings; different ``seed``). Member 0
             gives the embeddings of the domain signal and the fast ``members=1`` path.
-        output: the ensemble folder to write (created; files of the same names replaced).
+        output: the ensemble folder to write (created). A folder that already holds a model
+            (``model.json``) is refused unless ``overwrite``: its files of the same names are then
+            replaced (its calibration and domain summary with them).
         dataset: where the members' dataset lives on this machine: ``None`` (the path in
             member 0's ``config.yaml``), a path (same settings, another location), or a
             :class:`~cgcnn_ase.data.datasets.DatasetSpec`. Needed for the domain summary and
@@ -200,18 +203,23 @@ def assemble_ensemble(
         device: torch device (``None``: CUDA when available).
         workers: processes for parsing structures.
         progress: show progress bars on stderr.
+        overwrite: replace the model an existing ``output`` holds.
 
     Returns:
         The ensemble folder.
 
     Raises:
-        EnsembleError: the members differ in settings, split, data or share a seed.
+        EnsembleError: the members differ in settings, split, data or share a seed; ``output``
+            holds a model and ``overwrite`` is not set.
         CheckpointError: a member folder cannot be loaded.
     """
     folders = [Path(f) for f in member_folders]
     output = Path(output)
     if output.resolve() in {f.resolve() for f in folders}:
         raise EnsembleError(f"{output}: the ensemble folder must not be one of its members")
+    if (output / MODEL_JSON).is_file() and not overwrite:
+        raise EnsembleError(f"{output} already holds a model ({MODEL_JSON}); write the ensemble to another folder, "
+                            "or replace that model with overwrite=True (CLI --overwrite)")  # fmt: skip
     loaded = [load_model_folder(f) for f in folders]
     check_members(folders, loaded)
     first = loaded[0]
@@ -462,7 +470,7 @@ def write_card(folder: str | os.PathLike) -> Path:
     if not document.get("ensemble"):
         raise EnsembleError(f"{folder}: not an ensemble folder (no 'ensemble' section in {MODEL_JSON})")
     path = folder / "README.md"
-    path.write_text(ensemble_card(document, files=[p.name for p in folder.iterdir()]))
+    path.write_text(ensemble_card(document, files=[p.name for p in folder.iterdir()], folder=folder))
     return path
 
 

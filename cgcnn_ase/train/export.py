@@ -317,6 +317,6 @@ def write_model_folder(config: TrainConfig, result: TrainingResult) -> Path:
     )
     write_metrics_csv(output / "metrics.csv", result.history, config.task)
     _write_plots(output, config, result, predictions.get("test"))
-    (output / "README.md").write_text(model_card(read_model_json(output), loss_name=config.loss_name))
+    (output / "README.md").write_text(model_card(read_model_json(output), loss_name=config.loss_name, folder=output))
     logger.info("model folder written to %s (test: %s)", output, metrics.get("test"))
     return output
