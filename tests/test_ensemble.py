@@ -273,7 +273,7 @@ def test_mismatched_members_are_refused(members, tmp_path):
     meta = json.loads((regraphed / "model.json").read_text())
     meta["graph"]["max_neighbors"] = 8  # (a radius change alone would also change the Gaussian count: refused at load)
     (regraphed / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(EnsembleError, match="graph settings"):
+    with pytest.raises(EnsembleError, match="graph settings: max_neighbors 8 vs 12$"):  # the key that differs alone
         assemble_ensemble([members[0], regraphed], tmp_path / "out")
     with pytest.raises(EnsembleError, match="at least 2"):
         assemble_ensemble([members[0]], tmp_path / "out")

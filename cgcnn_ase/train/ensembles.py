@@ -72,6 +72,17 @@ def _member_seed(loaded: LoadedModel, folder: Path) -> int | None:
     return int(seed) if seed is not None else None
 
 
+def _difference(theirs: Any, mine: Any) -> str:
+    """``theirs`` vs ``mine``, for a mapping (or dataclass) only the keys whose values differ."""
+    import dataclasses
+
+    a, b = (dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in (theirs, mine))
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = [key for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key)]
+        return ", ".join(f"{key} {a.get(key)!r} vs {b.get(key)!r}" for key in keys)
+    return f"{theirs!r} vs {mine!r}"
+
+
 def check_members(folders: Sequence[Path], members: Sequence[LoadedModel]) -> None:
     """Refuse member folders that cannot be averaged into one ensemble.
 
@@ -108,7 +119,7 @@ def check_members(folders: Sequence[Path], members: Sequence[LoadedModel]) -> No
         for what, mine, theirs in checks:
             if mine != theirs:
                 raise EnsembleError(
-                    f"member {k} ({folder}) differs from member 0 ({ref_folder}) in its {what}: {theirs!r} vs {mine!r}"
+                    f"member {k} ({folder}) differs from member 0 ({ref_folder}) in its {what}: {_difference(theirs, mine)}"
                 )
         if k > 0:
             try:
