@@ -2104,3 +2104,20 @@ def test_failed_rows_have_no_sparse_count():
     frame = result.to_dataframe()
     assert frame["n_sparse"].iloc[0] == 0 and frame["n_sparse"].isna().tolist() == [False, True]
     assert result.n_sparse.tolist() == [0, -1]  # the array keeps its documented sentinel
+
+
+def test_additive_site_energies_warn_when_the_cells_cannot_separate_the_elements():
+    """Round 11: two cells (SrTiO3, BaZrO3) gave Sr and Ti the same term without a word."""
+    import pandas as pd
+
+    from cgcnn_ase.analysis.site_members import additive_site_energies
+
+    two = pd.DataFrame({"A": ["Sr", "Ba"], "B": ["Ti", "Zr"], "X": [{"O": 3}] * 2, "energy": [1.0, 2.0]})
+    with pytest.warns(UserWarning, match="do not separate every element's term"):
+        additive_site_energies(two)
+    four = pd.DataFrame({"A": ["Sr", "Ba", "Sr", "Ba"], "B": ["Ti", "Zr", "Zr", "Ti"], "X": [{"O": 3}] * 4,
+                         "energy": [1.0, 2.0, 1.5, 1.4]})  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only the roles' own constants are free: no warning
+        terms = additive_site_energies(four).set_index(["role", "element"])["mean"]
+    assert terms["A", "Ba"] - terms["A", "Sr"] == pytest.approx(0.45)  # differences within a role are determined

@@ -304,7 +304,17 @@ def additive_site_energies(cells: pd.DataFrame, *, value: str = "energy") -> pd.
         for key, weight in ((("A", a), 1.0), (("B", b), 1.0), *((("X", el), n) for el, n in xs.items())):
             design[i, columns[key]] += weight
             counts[columns[key]] += weight
-    coef, *_ = np.linalg.lstsq(design, cells[value].to_numpy(dtype=float), rcond=None)
+    coef, _, rank, _ = np.linalg.lstsq(design, cells[value].to_numpy(dtype=float), rcond=None)
+    # the constants the docstring names: a[A] + c, b[B] - c always; x[X] - c' with a[A] + 3c' where every cell has 3 X
+    gauge = 1 + (len({sum(xs.values()) for xs in cells["X"]}) == 1)
+    if len(columns) - rank > gauge:
+        warnings.warn(
+            f"the {len(cells)} cells do not separate every element's term ({len(columns)} terms, {rank} independent "
+            f"equations, {gauge} of the missing ones the roles' constants): elements that always occur together in "
+            "these cells get an arbitrary split of their sum; add cells that combine them with others",
+            UserWarning,
+            stacklevel=2,
+        )
     out = pd.DataFrame(
         [(role, el, float(coef[j]), int(round(counts[j]))) for (role, el), j in columns.items()],
         columns=["role", "element", "mean", "count"],
