@@ -314,7 +314,7 @@ def test_predictor_calculator_featurizer_agree(ensemble):
         assert calc.get_property("vpa_std", atoms) == pytest.approx(result.std[k], abs=1e-6)
         assert calc.get_property("vpa_domain_percentile", atoms) == pytest.approx(result.domain_percentile[k], abs=1e-6)
     featurizer = CGCNNFeaturizer([str(ensemble)], domain=True, batch_size=1)
-    assert featurizer.feature_labels() == ["vpa (Å^3/atom)", "vpa_std (Å^3/atom)", "vpa domain percentile (percent)"]
+    assert featurizer.feature_labels() == ["vpa (Å^3/atom)", "vpa_std (Å^3/atom)", "vpa_domain_percentile (percent)"]
     rows = np.array(featurizer.featurize_many(crystals, pbar=False))
     np.testing.assert_allclose(rows[:, 0], result.values, atol=1e-6)
     np.testing.assert_allclose(rows[:, 1], result.std, atol=1e-6)

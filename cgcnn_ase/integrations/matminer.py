@@ -63,8 +63,8 @@ class CGCNNFeaturizer(BaseFeaturizer):
         embeddings: also add each model's crystal feature vector (the mean-pooled atom
             features after the convolutions; member 0's for an ensemble) as columns
             ``"<property> embedding <k>"``.
-        domain: also add ``"<property> domain percentile (percent)"`` for models that ship
-            a domain summary (0-100; near 100: outside the training domain).
+        domain: also add ``"<property>_domain_percentile (percent)"`` (as ``cgcnn-ase predict`` names it) for
+            models that ship a domain summary (0-100; near 100: outside the training domain).
         batch_size: structures per forward pass (``None``: the predictor's default, 64 on a CPU and
             1024 on a GPU).
         device: torch device (``None``: CUDA if available).
@@ -82,8 +82,9 @@ class CGCNNFeaturizer(BaseFeaturizer):
             models load). The ``is_metal`` classifier gives none.
         unseen_elements: also add a last column ``"unseen_elements"`` (text, not a number):
             ``None``, or the elements of the structure that a model never saw in training (its
-            prediction there is an extrapolation), as ``cgcnn-ase predict`` writes them: ``"Ar"``
-            with one model, ``"Ar (bulk_modulus, shear_modulus)"`` with several. Either way such
+            prediction there is an extrapolation), as the ASE calculator writes them: ``"Ar"`` with
+            one model, ``"Ar (log10_bulk_modulus, log10_shear_modulus)"`` with several (each model's
+            property, as this featurizer's columns name them; the CLI's columns say ``bulk_modulus``). Either way such
             structures raise one :class:`~cgcnn_ase.errors.UnseenElementWarning` per model and call.
 
     Runs in one process (``n_jobs=1``) and batches the network. Inside matminer's process
@@ -172,7 +173,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
             if self.coverage is not None and p.has_intervals:
                 labels += [f"{name}_lower ({spec.units})", f"{name}_upper ({spec.units})"]
             if self.domain and p.has_domain:
-                labels.append(f"{name} domain percentile (percent)")
+                labels.append(f"{name}_domain_percentile (percent)")
             if self.embeddings:
                 width = spec.architecture.get("atom_fea_len", 64)
                 labels += [f"{name} embedding {k}" for k in range(width)]
