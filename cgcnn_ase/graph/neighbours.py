@@ -39,7 +39,7 @@ from cgcnn_ase.errors import (
     StretchedStructureWarning,
 )
 from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
-from cgcnn_ase.io.records import StructureRecord, vacuum_gap
+from cgcnn_ase.io.records import StructureRecord
 
 #: Two atoms closer than this (Å) are treated as overlapping, a broken structure.
 MIN_INTERATOMIC_DISTANCE = 0.3
@@ -350,6 +350,6 @@ def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: Spar
     sparse_check(record, n_sparse, config, on_sparse)
     return CrystalGraph(numbers=record.numbers, centers=i, neighbors=j, distances=d, n_sparse=n_sparse,
                         label=record.label, closest=closest,
-                        vacuum_gap=rounded_gap(vacuum_gap(record.frac_coords, record.cell)[0]))  # fmt: skip
+                        vacuum_gap=rounded_gap(record.vacuum))  # fmt: skip
 
 

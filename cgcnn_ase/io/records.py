@@ -9,6 +9,7 @@ input (its label) and the problem. Reading files and text is :mod:`cgcnn_ase.io.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterable
@@ -57,23 +58,31 @@ def vacuum_gap(frac_coords: np.ndarray, cell: np.ndarray) -> tuple[float, int]:
     gaps = frac[0] + 1.0 - frac[-1]  # the wrap-around gap, (3,): fractions of each plane spacing
     if len(frac) > 1:
         gaps = np.maximum(gaps, (frac[1:] - frac[:-1]).max(axis=0))
-    a, b, c = np.asarray(cell, dtype=np.float64).tolist()  # plain floats: a 3x3 inverse costs more in numpy
-    normals = (_cross(b, c), _cross(c, a), _cross(a, b))
-    volume = abs(sum(x * y for x, y in zip(a, normals[0])))
+    volume, normals = _volume_and_normals(cell)  # plain floats: a 3x3 inverse costs more in numpy
     widths = [g * volume / math.hypot(*n) for g, n in zip(gaps.tolist(), normals)]  # plane spacing x fraction
     k = max(range(3), key=widths.__getitem__)
     return widths[k], k
+
+
+def _volume_and_normals(cell: np.ndarray) -> tuple[float, tuple[tuple[float, float, float], ...]]:
+    """``|det(cell)|`` (Å^3) and the face normals ``b x c``, ``c x a``, ``a x b`` of a (3, 3) cell of row vectors."""
+    a, b, c = np.asarray(cell, dtype=np.float64).tolist()
+    normals = (_cross(b, c), _cross(c, a), _cross(a, b))
+    return abs(sum(x * y for x, y in zip(a, normals[0]))), normals
 
 
 def _cross(u: list[float], v: list[float]) -> tuple[float, float, float]:
     return u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]
 
 
-def _warn_vacuum(frac: np.ndarray, cell: np.ndarray, label: str) -> None:
+def _warn_vacuum(record: StructureRecord) -> None:
     """Warn (:class:`~cgcnn_ase.errors.VacuumWarning`) when the atoms leave a gap wider than :data:`VACUUM_GAP`."""
-    if max(math.hypot(*row) for row in cell.tolist()) <= VACUUM_GAP:  # no gap can be wider than the cell: most crystals
+    if max(math.hypot(*row) for row in record.cell.tolist()) <= VACUUM_GAP:  # no gap can be wider than the cell
         return
-    width, k = vacuum_gap(frac, cell)
+    if record.vacuum <= VACUUM_GAP:  # measured once: the graph reads it again
+        return
+    label = record.label
+    width, k = vacuum_gap(record.frac_coords, record.cell)
     if width > VACUUM_GAP:
         warnings.warn(
             f"{label}: the atoms leave an empty gap {width:.1f} Å wide along lattice vector {'abc'[k]} (warned above "
@@ -92,12 +101,11 @@ def cell_thickness(cell: np.ndarray) -> float:
     small, so an ordinary cell costs one 3x3 inverse.
     """
 
-    def thickness(c: np.ndarray) -> float:
-        try:
-            reciprocal = np.linalg.inv(c)
-        except np.linalg.LinAlgError:
+    def thickness(c: np.ndarray) -> float:  # volume / largest face area = 1 / max |b_k|; plain floats (a 3x3 in numpy costs more)
+        volume, normals = _volume_and_normals(c)
+        if volume == 0.0 or not math.isfinite(volume):
             return 0.0
-        return float(1.0 / np.sqrt((reciprocal * reciprocal).sum(axis=0)).max())
+        return volume / max(math.hypot(*n) for n in normals)
 
     own = thickness(cell)
     if own >= MIN_CELL_THICKNESS:
@@ -126,6 +134,12 @@ class StructureRecord:
     frac_coords: np.ndarray
     cell: np.ndarray
     label: str
+
+    @functools.cached_property
+    def vacuum(self) -> float:
+        """The widest empty gap between atom planes, Å (:func:`vacuum_gap`): measured once per record
+        (validation's check and the graph both read it; ``dataclasses.replace`` makes a new record)."""
+        return vacuum_gap(self.frac_coords, self.cell)[0]
 
     def __len__(self) -> int:
         return len(self.numbers)
@@ -168,10 +182,10 @@ def _validate(
             f"{label}: CGCNN needs a crystal periodic in all three directions, got pbc={pbc}; "
             "molecules and slabs are not supported (set pbc=True and a cell if you mean a crystal)"
         )
-    if not np.all(np.isfinite(cell)):
+    if not all(math.isfinite(v) for v in cell.ravel().tolist()):
         raise InvalidStructureError(f"{label}: the cell contains NaN or infinite values")
-    volume = abs(float(np.linalg.det(cell)))
-    if not np.isfinite(volume) or volume < MIN_CELL_VOLUME:
+    volume, _ = _volume_and_normals(cell)
+    if not math.isfinite(volume) or volume < MIN_CELL_VOLUME:
         raise InvalidStructureError(f"{label}: the cell is degenerate (volume {volume:.3g} Å^3)")
     thickness = cell_thickness(cell)
     if thickness < MIN_CELL_THICKNESS:
@@ -179,17 +193,18 @@ def _validate(
             f"{label}: the cell is degenerate: nearly flat, {thickness:.3g} Å thick between its closest lattice planes "
             f"(less than {MIN_CELL_THICKNESS} Å, so periodic images of every atom overlap)"
         )
-    if not np.all(np.isfinite(frac)):
+    if not np.isfinite(frac).all():
         bad = np.flatnonzero(~np.all(np.isfinite(frac), axis=1))
         raise InvalidStructureError(f"{label}: atom(s) {bad[:5].tolist()} have NaN or infinite positions")
-    if np.any(numbers <= 0):
+    if numbers.min() <= 0:
         bad = np.flatnonzero(numbers <= 0)
         raise InvalidStructureError(
             f"{label}: site(s) {bad[:5].tolist()} are vacancies or dummy species (atomic number "
             f"{int(numbers[bad[0]])}); only real elements are supported"
         )
-    _warn_vacuum(frac, cell, label)
-    return StructureRecord(numbers=numbers, frac_coords=frac, cell=cell, label=label)
+    record = StructureRecord(numbers=numbers, frac_coords=frac, cell=cell, label=label)
+    _warn_vacuum(record)
+    return record
 
 
 def from_ase(atoms: ase.Atoms, label: str = "Atoms") -> StructureRecord:
