@@ -54,11 +54,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models
-from cgcnn_ase.inference.properties import (
-    gated_band_gap_result,
-    physical_values,
-    with_metal_classifier,
-)
+from cgcnn_ase.inference.properties import gated_band_gap_result, physical_values, with_metal_classifier
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 
 #: Standard ASE property names this calculator can fill (everything else is custom).
