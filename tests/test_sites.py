@@ -14,7 +14,7 @@ from cgcnn_ase.analysis.site_maps import periodic_table_heatmap, site_energy_map
 from cgcnn_ase.analysis.screening import screen_perovskites
 from cgcnn_ase.io.reader import to_record
 
-from .conftest import perovskite, random_model, rattled
+from .conftest import SHARED, perovskite, random_model, rattled, require_shared
 
 EXPECTED_ROLE = {"Sr": "A", "Ti": "B", "O": "X", "N": "X"}
 
@@ -103,7 +103,7 @@ def test_mean_pooled_model_is_refused_unless_allowed(crystals):
         pytest.param(lambda: perovskite() * (2, 2, 2), id="supercell-2x2x2"),
         pytest.param(lambda: perovskite()[[3, 1, 4, 0, 2]], id="permuted"),
         pytest.param(lambda: rattled(perovskite() * (2, 1, 1), stdev=0.1, seed=7)[::-1], id="rattled-reversed"),
-        # not multiples of the cube: the coordination rule
+        # not diagonal multiples of the cube
         pytest.param(lambda: make_supercell(perovskite(), [[1, 1, 0], [-1, 1, 0], [0, 0, 2]]), id="sqrt2xsqrt2x2"),
         pytest.param(lambda: rattled(make_supercell(perovskite(), 1 - np.eye(3)), 0.1), id="fcc-cell"),
     ],
@@ -119,31 +119,91 @@ def test_perovskite_roles_mixed_anions():
     _check_roles(atoms)
 
 
+def _displaced_castelli_cell() -> Atoms:
+    """The relaxed Castelli cell of KTaO3 (entry 'TaKO3'), every atom slid along x."""
+    return Atoms(
+        "KTaO3",
+        scaled_positions=[[0.772, 0.5, 0.5], [0.272, 0, 0], [0.272, 0, 0.5], [0.272, 0.5, 0], [0.272, 0.5, 0.5]],
+        cell=np.eye(3) * 4.30223669,
+        pbc=True,
+    )
+
+
+def _slid_castelli_cell() -> Atoms:
+    """The relaxed Castelli cell of CoCrON2, slid along x off the prototype."""
+    return Atoms(
+        "CoCrN2O",
+        scaled_positions=[[0.3924, 0, 0], [0.4716, 0.5, 0.5], [0.3604, 0, 0.5], [0.3604, 0.5, 0], [0.9156, 0.5, 0.5]],
+        cell=np.eye(3) * 3.77544,
+        pbc=True,
+    )
+
+
 def test_perovskite_roles_of_a_displaced_castelli_cell():
     """A relaxed Castelli cell (KTaO3 entry 'TaKO3'): Ta on the A site, K on the B site, by the database.
 
     The relaxation slid every atom along x; the coordination of the relaxed cell no longer shows
     an octahedron, but the match to the ideal sites recovers the database's labels.
     """
-    atoms = Atoms(
-        "KTaO3",
-        scaled_positions=[[0.772, 0.5, 0.5], [0.272, 0, 0], [0.272, 0, 0.5], [0.272, 0.5, 0], [0.272, 0.5, 0.5]],
-        cell=np.eye(3) * 4.30223669,
-        pbc=True,
-    )
-    assert _roles(atoms) == ["B", "A", "X", "X", "X"]
+    assert _roles(_displaced_castelli_cell()) == ["B", "A", "X", "X", "X"]
 
 
 def test_perovskite_roles_of_a_cell_that_slid_off_the_prototype():
     """A relaxed Castelli cell (CoCrON2): its atoms slid along x so far that the best match in 3D
     swaps A and B; across the slide (y, z on the ideal grid) Co sits on the A column, as the database says."""
-    atoms = Atoms(
-        "CoCrN2O",
-        scaled_positions=[[0.3924, 0, 0], [0.4716, 0.5, 0.5], [0.3604, 0, 0.5], [0.3604, 0.5, 0], [0.9156, 0.5, 0.5]],
-        cell=np.eye(3) * 3.77544,
-        pbc=True,
-    )
-    assert _roles(atoms) == ["A", "B", "X", "X", "X"]
+    assert _roles(_slid_castelli_cell()) == ["A", "B", "X", "X", "X"]
+
+
+#: other cells of the same crystal: rows are the new cell vectors in the old ones
+SETTINGS = {
+    "sheared": [[1, 1, 0], [0, 1, 0], [0, 0, 1]],
+    "sqrt2xsqrt2": [[1, 1, 0], [-1, 1, 0], [0, 0, 1]],
+    "fcc": [[0, 1, 1], [1, 0, 1], [1, 1, 0]],
+    "skewed-left-handed": [[0, 1, 4], [1, 2, 3], [0, 0, 1]],
+}
+
+
+def _roles_in_setting(atoms: Atoms, setting: list[list[int]], seed: int = 0) -> tuple[list[str] | None, list[str]]:
+    """Roles of ``atoms`` given in another cell (``setting``), rotated and translated, and the roles
+    of the original sites the atoms of that cell sit on."""
+    cell = make_supercell(atoms, setting)
+    frac = cell.positions @ np.linalg.inv(atoms.cell)
+    offset = frac[:, None, :] - atoms.get_scaled_positions()[None, :, :]
+    site = np.argmin(np.abs(offset - np.rint(offset)).sum(axis=-1), axis=1)  # the original site of each atom
+    rng = np.random.default_rng(seed)
+    cell.rotate(rng.uniform(0, 360), v=rng.normal(size=3), rotate_cell=True)
+    cell.translate(rng.normal(size=3))
+    original = _roles(atoms)
+    assert original is not None
+    return _roles(cell), [original[i] for i in site]
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS.values()), ids=list(SETTINGS))
+@pytest.mark.parametrize("make", [_displaced_castelli_cell, _slid_castelli_cell])
+def test_roles_of_slid_cells_do_not_depend_on_the_cell(make, setting):
+    """Round 12: a sheared basis of the same 5-atom cell lost the roles of slid Castelli cells (the
+    match to the ideal perovskite was tried only in cells with near-orthogonal axes)."""
+    roles, expected = _roles_in_setting(make(), setting)
+    assert roles == expected
+
+
+def test_castelli_roles_do_not_depend_on_the_cell():
+    """Round 12: Castelli cells (GeRhO2N perov_10413 of the report; HfTeO3, ReAsO2F, ...) keep their
+    roles in a sheared basis, the sqrt2 x sqrt2 supercell and other settings, rotated and translated."""
+    import pandas as pd
+
+    from cgcnn_ase.io.reader import iter_records
+
+    path = require_shared(SHARED / "data" / "perovskites_castelli_cmr" / "data.csv.gz")
+    ids = ["perov_10413.cif", "perov_1.cif", "perov_2.cif", "perov_33.cif", "perov_44.cif", "perov_20.cif"]
+    df = pd.read_csv(path)
+    df = df[df["id"].isin(ids)]
+    assert len(df) == len(ids)
+    for seed, (ident, (_, record)) in enumerate(zip(df["id"], iter_records(list(df["cif"])))):
+        atoms = record.to_ase()
+        for name, setting in SETTINGS.items():
+            roles, expected = _roles_in_setting(atoms, setting, seed=seed)
+            assert roles == expected, (ident, name)
 
 
 def test_random_arrangements_of_perovskite_atoms_are_not_perovskites():

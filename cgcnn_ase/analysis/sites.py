@@ -177,44 +177,105 @@ _NEAR_IDEAL_RMS = 0.1
 _GRID_TOL = 0.05
 
 
+def _cube_bases(cell: np.ndarray, k: int, *, cell_tol: float) -> list[np.ndarray]:
+    """Every near-cubic lattice that holds the cell's lattice with index ``k``, as a basis (3, 3), Å.
+
+    The cube's reciprocal vectors are vectors of the cell's reciprocal lattice (the cell's lattice
+    is a sublattice of the cube's), so they are found among the reciprocal lattice vectors of
+    length about ``1/a``, with ``a = (V / k)^(1/3)`` (Å): the result does not depend on the basis,
+    supercell shape, orientation or axis order of the cell. Accepted: rows within ``cell_tol`` of
+    length ``a`` whose angles have ``|cos|`` up to ``cell_tol``. Usually one basis; coincidence
+    lattices (e.g. a 5 x 5 x 1 supercell) can give a few. ``cell`` should be reduced (short rows):
+    the search box grows with the lengths of its rows.
+    """
+    a = (abs(np.linalg.det(cell)) / k) ** (1.0 / 3.0)
+    reciprocal = np.linalg.inv(cell).T  # rows: cell[i] @ reciprocal[j] == delta_ij
+    loose = 3.0 * cell_tol  # the reciprocal of a cube within cell_tol is a cube within about 2 cell_tol
+    bound = np.ceil((1.0 + loose) / a * np.linalg.norm(cell, axis=1)).astype(int)  # |n_i| <= |g| |cell_i|
+    n = np.stack(np.meshgrid(*(np.arange(-b, b + 1) for b in bound), indexing="ij"), axis=-1).reshape(-1, 3)
+    n = n[(n[:, 0] > 0) | ((n[:, 0] == 0) & ((n[:, 1] > 0) | ((n[:, 1] == 0) & (n[:, 2] > 0))))]  # one of +-g
+    g = n @ reciprocal
+    keep = np.abs(np.linalg.norm(g, axis=1) * a - 1.0) <= loose
+    n, g = n[keep], g[keep]
+    unit = g / np.linalg.norm(g, axis=1, keepdims=True)
+    orthogonal = np.abs(unit @ unit.T) <= loose
+    bases = []
+    for i, j in zip(*np.nonzero(np.triu(orthogonal, 1))):
+        for m in np.flatnonzero(orthogonal[i] & orthogonal[j]):
+            if m <= j or round(abs(np.linalg.det(n[[i, j, m]]))) != k:
+                continue
+            cube = np.linalg.inv(g[[i, j, m]]).T
+            lengths = np.linalg.norm(cube, axis=1)
+            cosines = [cube[p] @ cube[q] / (lengths[p] * lengths[q]) for p, q in ((0, 1), (0, 2), (1, 2))]
+            if max(abs(c) for c in cosines) <= cell_tol and np.all(np.abs(lengths / a - 1.0) <= cell_tol):
+                bases.append(cube)
+    return bases
+
+
+def _cube_template(cell: np.ndarray, cube: np.ndarray) -> np.ndarray:
+    """Fractional coordinates (in ``cell``) of the ideal sites of the k cubes in the cell (5k, 3).
+
+    ``cell = M @ cube`` with integer ``M``; the k cubes are the cosets of the cell's lattice in the
+    cube's, found by stepping along the cube axes until no new cube turns up.
+    """
+    m = np.rint(cell @ np.linalg.inv(cube)).astype(int)
+    k = round(abs(float(np.linalg.det(m))))
+    inverse = np.linalg.inv(m)  # cube coordinates -> cell fractions; entries are multiples of 1/k
+    seen = {(0, 0, 0)}
+    origins, todo = [np.zeros(3, dtype=int)], [np.zeros(3, dtype=int)]
+    while todo:
+        origin = todo.pop()
+        for step in np.eye(3, dtype=int):
+            nxt = origin + step
+            key = tuple(np.mod(np.rint(nxt @ inverse * k).astype(int), k))
+            if key not in seen:
+                seen.add(key)
+                origins.append(nxt)
+                todo.append(nxt)
+    return ((np.array(origins)[:, None, :] + _IDEAL_SITES[None, :, :]) @ inverse).reshape(-1, 3)
+
+
 def _ideal_cubic_roles(
     record: StructureRecord, is_x: np.ndarray, *, cell_tol: float, max_rms: float
 ) -> list[str] | None:
     """A/B by the best match to an ideal cubic perovskite in the same cell (X fixed), or ``None``.
 
-    Applies to cells that are (near) orthogonal n1 x n2 x n3 multiples of a cube holding one
-    ABX3 unit. Atoms are assigned one-to-one to the ideal sites (Hungarian algorithm; X atoms to
-    X sites, cations to A/B sites) under the rigid translation that minimises the squared
-    displacements.
+    Applies to cells whose lattice is a sublattice of a near-cubic one holding one ABX3 unit per
+    cube (:func:`_cube_bases`), in any basis. Atoms are assigned one-to-one to the ideal sites
+    (Hungarian algorithm; X atoms to X sites, cations to A/B sites) under the rigid translation
+    that minimises the squared displacements.
     """
+    from ase.geometry.minkowski_reduction import minkowski_reduce
 
     n = len(record)
     k = n // 5
-    cell = record.cell
-    lengths = np.linalg.norm(cell, axis=1)
-    cosines = [cell[p] @ cell[q] / (lengths[p] * lengths[q]) for p, q in ((0, 1), (0, 2), (1, 2))]
-    if max(abs(c) for c in cosines) > cell_tol:
-        return None
+    # the same lattice in its most compact basis, where rounding fractional differences finds the
+    # nearest periodic image (in a sheared basis it does not)
+    cell, _ = minkowski_reduce(record.cell)
     a = (record.volume / k) ** (1.0 / 3.0)
-    mult = np.rint(lengths / a).astype(int)
-    if np.any(mult < 1) or int(np.prod(mult)) != k or np.any(np.abs(lengths / (mult * a) - 1.0) > cell_tol):
-        return None
-    grid = np.stack(np.meshgrid(*(np.arange(m) for m in mult), indexing="ij"), axis=-1).reshape(-1, 1, 3)
-    template = ((grid + _IDEAL_SITES[None, :, :]) / mult).reshape(-1, 3)
     template_roles = np.tile(_IDEAL_ROLES, k)
     forbidden = is_x[:, None] != (template_roles == "X")[None, :]
-    frac = np.mod(record.frac_coords, 1.0)
+    frac = np.mod(record.positions @ np.linalg.inv(cell), 1.0)
     first = int(np.flatnonzero(~is_x)[0])
-    total, cols = _match(frac, template, forbidden, cell @ cell.T, first)
+    best: tuple[float, Any, Any, Any] = (np.inf, None, None, None)
+    for cube in _cube_bases(cell, k, cell_tol=cell_tol):
+        template = _cube_template(cell, cube)
+        total, cols = _match(frac, template, forbidden, cell @ cell.T, first)
+        if total < best[0]:
+            best = (total, cols, cube, template)
+    total, cols, cube, template = best
+    if cols is None:
+        return None
     rms = np.sqrt(total / n)
     if rms > max_rms * a:
         return None
     if rms > _NEAR_IDEAL_RMS * a:  # only atoms that slid along one axis (see perovskite_roles)
-        on_grid = _grid_axes(frac * mult)
+        in_cubes = cell @ np.linalg.inv(cube)  # cell axes in cube axes (integers)
+        on_grid = _grid_axes(frac @ in_cubes)
         if on_grid.sum() < 2:
             return None
         if on_grid.sum() == 2:  # match across the slide: the displacements along it say nothing
-            axes = cell * on_grid[:, None]
+            axes = in_cubes @ (cube * on_grid[:, None])  # the cell axes without their part along the slide
             _, cols = _match(frac, template, forbidden, axes @ axes.T, first)
     return [str(r) for r in template_roles[cols]]
 
@@ -299,25 +360,27 @@ def perovskite_roles(
       mixed-anion ABO2N, ABOFN, ABO2S ... of the Castelli set, the two or three anions).
     - **A and B** among the remaining cations come from the geometry:
 
-      1. For cells that are near-orthogonal n1 x n2 x n3 multiples of a cube holding one ABX3 unit
-         (the 5-atom Castelli cells, cubic supercells), the cations are matched one-to-one to the
-         A sites (cube corners, 12-coordinated) and B sites (cube centres, octahedral) of the ideal
-         cubic perovskite in that cell, under the rigid translation that minimises the
-         displacements; accepted when the RMS displacement is below ``max_rms`` lattice constants
-         (the Castelli cells need up to 0.35). An RMS above 0.1 lattice constants is accepted only
-         for cells whose atoms slid along one cube axis and stay on the ideal half-cube grid along
-         the other two, as the relaxed Castelli cells do (a random arrangement is not a perovskite:
-         0 of 1000 get roles); such cells are matched across the slide, in the two grid axes only.
-         Many relaxed Castelli cells have large displacements along one axis, which make the
-         coordination of the relaxed cell misleading; this rule reproduces the database's A/B
-         labels (its formulas list A first) for 17,423 of the 17,428 cells of
-         ``perovskites_castelli_cmr`` (``benchmarks/perovskite_roles.py``). In the other 5
-         (nitrides of Be, Al, Fe) the labels are ambiguous from the structure alone (pass your own
-         ``roles`` callable to :func:`site_contributions` to impose a database's labels).
-      2. For other cells (e.g. tilted supercells): B sites are the N/5 cations with six nearest X
-         clearly closer than the next six (mean distance ratio at least ``1 + tol``; sqrt(5) in the
-         cubic cell); checked: a B site's six nearest neighbours are X, each X is shared by exactly
-         two octahedra, and each A site has at least eight X in its first shell.
+      1. For cells whose lattice is a sublattice of a near-cubic one with one ABX3 unit per cube,
+         in any basis (the 5-atom Castelli cells, sheared bases of them, cubic, sqrt2 x sqrt2 and
+         other supercells: the cube comes from the lattice, not from the cell axes), the cations
+         are matched one-to-one to the A sites (cube corners, 12-coordinated) and B sites (cube
+         centres, octahedral) of the ideal cubic perovskite in that cell, under the rigid
+         translation that minimises the displacements; accepted when the RMS displacement is below
+         ``max_rms`` lattice constants (the Castelli cells need up to 0.35). An RMS above 0.1
+         lattice constants is accepted only for cells whose atoms slid along one cube axis and stay
+         on the ideal half-cube grid along the other two, as the relaxed Castelli cells do (a random
+         arrangement is not a perovskite: 0 of 1000 get roles); such cells are matched across the
+         slide, in the two grid axes only. Many relaxed Castelli cells have large displacements
+         along one axis, which make the coordination of the relaxed cell misleading; this rule
+         reproduces the database's A/B labels (its formulas list A first) for 17,423 of the 17,428
+         cells of ``perovskites_castelli_cmr`` (``benchmarks/perovskite_roles.py``), in their own
+         cells and in sheared or sqrt2 x sqrt2 cells of them alike. In the other 5 (nitrides of Be,
+         Al, Fe) the labels are ambiguous from the structure alone (pass your own ``roles``
+         callable to :func:`site_contributions` to impose a database's labels).
+      2. For other cells (e.g. supercells with tilted octahedra): B sites are the N/5 cations with
+         six nearest X clearly closer than the next six (mean distance ratio at least ``1 + tol``;
+         sqrt(5) in the cubic cell); checked: a B site's six nearest neighbours are X, each X is
+         shared by exactly two octahedra, and each A site has at least eight X in its first shell.
 
     Args:
         record: the crystal.
