@@ -931,6 +931,10 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
         click.echo(json.dumps(json_safe({k: report[k] for k in keys if k in report}), indent=2, default=str))
     written = sorted(p.name for p in Path(out_dir).iterdir() if p.is_file())
     click.echo(f"wrote {', '.join(written)} to {out_dir}", err=True)
+    if report["n"] == 0 and report.get("n_failed"):  # nothing scored: no metric means anything
+        click.echo(f"error: none of the {report['n_failed']} crystals could be predicted (their messages are in "
+                   f"{Path(out_dir) / 'predictions.csv'}): no metrics", err=True)  # fmt: skip
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @main.command(short_help="Fit uncertainty, intervals and domain summary.")

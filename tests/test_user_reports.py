@@ -2121,3 +2121,62 @@ def test_additive_site_energies_warn_when_the_cells_cannot_separate_the_elements
         warnings.simplefilter("error")  # only the roles' own constants are free: no warning
         terms = additive_site_energies(four).set_index(["role", "element"])["mean"]
     assert terms["A", "Ba"] - terms["A", "Sr"] == pytest.approx(0.45)  # differences within a role are determined
+
+
+# -- round 12: the figures ---------------------------------------------------------------------------------------
+
+
+def test_plots_count_only_what_they_draw_and_say_when_there_is_nothing(tmp_path):
+    """Round 12: parity_plot printed 'MAE nan, n = 4' over 3 drawn points; roc_plot raised on a NaN probability;
+    reliability_plot dropped a valid crystal's bin; classification metrics of no rows were an internal error."""
+    import matplotlib
+
+    from cgcnn_ase.analysis import plots
+    from cgcnn_ase.analysis.metrics import classification_metrics
+
+    texts = []
+    original = matplotlib.axes.Axes.text
+
+    def record(self, x, y, s, *args, **kwargs):
+        texts.append(str(s))
+        return original(self, x, y, s, *args, **kwargs)
+
+    matplotlib.axes.Axes.text = record
+    try:
+        plots.parity_plot([1, 2, 3, 4], [1.1, np.nan, 2.9, 4.2], tmp_path / "p.png", units="eV")
+        assert any("MAE 0.1333 eV" in t and "n = 3" in t for t in texts), texts
+        assert any("1 non-finite rows left out" in t for t in texts)
+        texts.clear()
+        plots.parity_plot([], [], tmp_path / "p0.png")
+        assert any("no finite predictions to plot" in t for t in texts)
+        plots.roc_plot([0, 1, 0, 1], [0.1, np.nan, 0.3, 0.9], tmp_path / "r.png")  # raised ValueError: NaN
+        plots.reliability_plot([0, 1, 1], [0.1, np.nan, 0.9], tmp_path / "rel.png")
+        assert "1" in texts[-1] and "2" not in texts[-1]  # the last bin's count: the crystal at 0.9 kept
+    finally:
+        matplotlib.axes.Axes.text = original
+    assert classification_metrics([], [])["n"] == 0 and np.isnan(classification_metrics([], [])["roc_auc"])
+
+
+def test_evaluate_names_unreadable_rows_and_fails_when_none_could_be_scored(tmp_path):
+    """Round 12: evaluate of a classifier on rows that all fail was an internal error (exit 4), and rows whose
+    structure could not be read were missing from predictions.csv with nothing naming them."""
+    import pandas as pd
+
+    table = pd.DataFrame({"material_id": ["x1", "x2"], "band_gap": [0.0, 1.0], "cif": ["garbage", "garbage"]})
+    table.to_csv(tmp_path / "bad.csv", index=False)
+    result = _cli("evaluate", "is_metal", str(tmp_path / "bad.csv"), "--split", "all", "--id-column", "material_id",
+                  "-o", str(tmp_path / "ev"))  # fmt: skip
+    assert result.exit_code == 1 and "none of the 2 crystals could be predicted" in result.stderr, result.output
+    rows = pd.read_csv(tmp_path / "ev" / "predictions.csv")
+    assert rows["id"].tolist() == ["x1", "x2"] and rows["error"].str.contains("garbage").all()
+
+
+def test_the_docs_uncertainty_figures_are_the_shipped_models_own():
+    """Round 12: docs/img's formation-energy figures came from the replaced v2 model (x2.81, Spearman 0.233)."""
+    from cgcnn_ase.models.registry import resolve_model
+
+    from .conftest import REPO
+
+    folder = resolve_model("formation_energy").path
+    for name in ("calibration", "error_vs_std"):
+        assert (REPO / "docs" / "img" / f"formation_energy_{name}.png").read_bytes() == (folder / f"{name}.png").read_bytes()

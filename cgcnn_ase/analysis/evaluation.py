@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +92,14 @@ class SplitRecords:
         targets: targets after ``per_atom`` and ``transform``, float64, shape (n,), in the
             model's units (labels 0/1 for classifiers).
         n_unusable: rows of the split whose structure could not be parsed.
+        unusable: those rows' ids and why each could not be used.
     """
 
     ids: list[str]
     records: list[Any]
     targets: np.ndarray
     n_unusable: int = 0
+    unusable: dict[str, str] = field(default_factory=dict)
 
 
 def load_split_records(
@@ -190,7 +192,9 @@ def load_split_records(
         records = [parsed[r] for r in ok]
         ids = [table.ids[r] for r in ok]
         targets = finalize_targets(spec, table.raw_targets[ok], np.array([len(r) for r in records]), ids)
-        out[split] = SplitRecords(ids=ids, records=records, targets=targets, n_unusable=len(part) - len(ok))
+        unusable = {str(table.ids[r]): str(parsed[r]) for r in part if not isinstance(parsed[r], StructureRecord)}
+        out[split] = SplitRecords(ids=ids, records=records, targets=targets, n_unusable=len(part) - len(ok),
+                                  unusable=unusable)  # fmt: skip
     return spec, out
 
 
@@ -229,9 +233,11 @@ def _predict_quietly(predictor: Any, records: list[Any], *, batch_size: int, pro
 
 
 def _write_evaluation(
-    out: Path, summary: dict[str, Any], ids: list[str], targets: np.ndarray, result: Any, predictor: Any, title: str
+    out: Path, summary: dict[str, Any], ids: list[str], targets: np.ndarray, result: Any, predictor: Any, title: str,
+    unusable: dict[str, str],
 ) -> dict[str, str]:
-    """Write ``predictions.csv``, the parity (or ROC) plot, the ensemble plots and ``metrics.json``; their paths."""
+    """Write ``predictions.csv`` (a row per scored crystal, then one per unreadable row with its message), the
+    parity (or ROC) plot, the ensemble plots and ``metrics.json``; their paths."""
     import pandas as pd
 
     spec_m = predictor.model.spec
@@ -248,7 +254,11 @@ def _write_evaluation(
         frame["domain_distance"] = result.domain_distance
         frame["domain_percentile"] = result.domain_percentile
     frame["error"] = result.errors
-    pd.DataFrame(frame).to_csv(out / "predictions.csv", index=False, float_format="%.6g")
+    table = pd.DataFrame(frame)
+    if unusable:  # rows whose structure could not be read: named, with why (metrics.json counts them in n_failed)
+        table = pd.concat([table, pd.DataFrame({"id": list(unusable), "error": list(unusable.values())})],
+                          ignore_index=True)  # fmt: skip
+    table.to_csv(out / "predictions.csv", index=False, float_format="%.6g")
     good = result.ok
     if spec_m.task == "classification":
         plot = roc_plot(targets[good], result.values[good], out / "roc.png", title=title)
@@ -341,7 +351,8 @@ def evaluate_model(
         summary["uncertainty"] = uncertainty_report(targets, result)
     if out_dir is not None:
         title = f"{spec_m.name}: {split} split of {spec.display_name}"
-        summary["files"] = _write_evaluation(Path(out_dir), summary, ids, targets, result, predictor, title)
+        summary["files"] = _write_evaluation(Path(out_dir), summary, ids, targets, result, predictor, title,
+                                             data.unusable)  # fmt: skip
     logger.info("evaluated %s on %d %s crystals: %s", folder, summary["n"], split, metrics)
     return summary
 

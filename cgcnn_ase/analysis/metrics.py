@@ -64,6 +64,10 @@ def classification_metrics(y: Sequence[int], p: Sequence[float], *, threshold: f
     pred = (p >= threshold).astype(int)
     labels = y.astype(int)
     both = n > 0 and 0 < labels.sum() < n
+    if n == 0:  # nothing predicted (every structure failed): sklearn refuses empty input
+        nan = float("nan")
+        return {"roc_auc": nan, "accuracy": nan, "precision": {"0": nan, "1": nan}, "recall": {"0": nan, "1": nan},
+                "f1": {"0": nan, "1": nan}, "n": 0, "n_positive": 0}  # fmt: skip
     precision, recall, f1, _ = precision_recall_fscore_support(labels, pred, labels=[0, 1], zero_division=0)
     return {
         "roc_auc": float(roc_auc_score(labels, p)) if both else float("nan"),

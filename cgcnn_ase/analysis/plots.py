@@ -29,6 +29,31 @@ def _figure(width: float = 5.0, height: float = 5.0):
     return Figure(figsize=(width, height), dpi=120, layout="constrained")
 
 
+def _finite(*arrays: np.ndarray) -> tuple[tuple[np.ndarray, ...], int]:
+    """The rows of ``arrays`` (same length) where every array is finite, and how many were left out
+    (failed predictions are NaN: a figure's numbers count only what it draws)."""
+    keep = np.logical_and.reduce([np.isfinite(a) for a in arrays]) if arrays and len(arrays[0]) else np.zeros(0, bool)
+    return tuple(a[keep] for a in arrays), int(len(keep) - keep.sum())
+
+
+def _note(ax: Any, n: int, dropped: int) -> None:
+    """Say on an empty figure that there was nothing to draw, and on any figure how many rows were left out."""
+    if n == 0:
+        ax.text(0.5, 0.5, "no finite predictions to plot" + (f"\n({dropped} rows left out)" if dropped else ""),
+                ha="center", va="center", transform=ax.transAxes)  # fmt: skip
+    elif dropped:
+        ax.text(0.98, 0.02, f"{dropped} non-finite rows left out", ha="right", va="bottom", fontsize=7,
+                transform=ax.transAxes, color="0.4")  # fmt: skip
+
+
+def _title(ax: Any, title: str | None) -> None:
+    """A title wrapped to the figure's width (model, split and dataset names run long)."""
+    import textwrap
+
+    if title:
+        ax.set_title("\n".join(textwrap.wrap(title, 48, break_on_hyphens=False)), fontsize=10)
+
+
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,23 +81,21 @@ def parity_plot(
         title: figure title.
         label: name of the quantity, for the axis labels.
     """
-    y, yhat = paired_arrays(y, yhat)
+    (y, yhat), dropped = _finite(*paired_arrays(y, yhat))
     metrics = regression_metrics(y, yhat)
     fig = _figure()
     ax = fig.subplots()
-    finite = np.isfinite(y) & np.isfinite(yhat)
-    if finite.any():
-        lo = float(min(y[finite].min(), yhat[finite].min()))
-        hi = float(max(y[finite].max(), yhat[finite].max()))
+    _note(ax, len(y), dropped)
+    if len(y):
+        lo = float(min(y.min(), yhat.min()))
+        hi = float(max(y.max(), yhat.max()))
         pad = 0.03 * (hi - lo or 1.0)
         lo, hi = lo - pad, hi + pad
-        if finite.sum() > 2000:
-            hb = ax.hexbin(
-                y[finite], yhat[finite], gridsize=80, bins="log", mincnt=1, cmap="viridis", extent=(lo, hi, lo, hi)
-            )
+        if len(y) > 2000:
+            hb = ax.hexbin(y, yhat, gridsize=80, bins="log", mincnt=1, cmap="viridis", extent=(lo, hi, lo, hi))
             fig.colorbar(hb, ax=ax, label="crystals per bin")
         else:
-            ax.scatter(y[finite], yhat[finite], s=8, alpha=0.6, edgecolors="none")
+            ax.scatter(y, yhat, s=8, alpha=0.6, edgecolors="none")
         ax.plot([lo, hi], [lo, hi], color="k", lw=1, ls="--")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
@@ -87,8 +110,7 @@ def parity_plot(
         transform=ax.transAxes, va="top", ha="left", fontsize=9,
         bbox=dict(boxstyle="round", facecolor="white", alpha=0.8),
     )  # fmt: skip
-    if title:
-        ax.set_title(title)
+    _title(ax, title)
     return _save(fig, path)
 
 
@@ -101,23 +123,25 @@ def roc_plot(y: Sequence[int], p: Sequence[float], path: str | os.PathLike, *, t
     """
     from sklearn.metrics import roc_curve
 
-    y, p = paired_arrays(y, p)
+    (y, p), dropped = _finite(*paired_arrays(y, p))
     metrics = classification_metrics(y, p)
     fig = _figure()
     ax = fig.subplots()
     if np.isfinite(metrics["roc_auc"]):
         fpr, tpr, _ = roc_curve(y.astype(int), p)
         ax.plot(fpr, tpr, lw=1.5, label=f"ROC-AUC = {metrics['roc_auc']:.4f} (n = {metrics['n']})")
-    else:
+        _note(ax, len(y), dropped)
+    elif len(y):
         ax.text(0.5, 0.5, "one class only: ROC undefined", ha="center", transform=ax.transAxes)
+    else:
+        _note(ax, 0, dropped)
     ax.plot([0, 1], [0, 1], color="k", lw=1, ls="--", label="chance")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.legend(loc="lower right")
-    if title:
-        ax.set_title(title)
+    _title(ax, title)
     return _save(fig, path)
 
 
@@ -156,8 +180,7 @@ def learning_curve_plot(metrics_csv: str | os.PathLike, path: str | os.PathLike,
         bottom.set_yscale("log" if (df["lr"] > 0).all() else "linear")
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel("epoch")
-    if title:
-        top.set_title(title)
+    _title(top, title)
     return _save(fig, path)
 
 
@@ -188,6 +211,8 @@ def error_vs_std_plot(
     err = np.abs(yhat - y)
     fig = _figure(5.5, 4.5)
     ax = fig.subplots()
+    if not len(y):
+        _note(ax, 0, 0)
     if len(y):
         ax.scatter(std, err, s=6, alpha=0.35, edgecolors="none", label="crystals")
         order = np.argsort(std, kind="stable")
@@ -207,8 +232,7 @@ def error_vs_std_plot(
     suffix = f" ({units})" if units else ""
     ax.set_xlabel(f"predicted std{suffix}")
     ax.set_ylabel(("|y - p|" if classification else "|error|") + suffix)
-    if title:
-        ax.set_title(title)
+    _title(ax, title)
     return _save(fig, path)
 
 
@@ -231,6 +255,9 @@ def calibration_plot(
     """
     fig = _figure(5.0, 5.0)
     ax = fig.subplots()
+    (shown, _), dropped = _finite(*paired_arrays(y, yhat))
+    if not len(shown):
+        _note(ax, 0, dropped)
     ax.plot([0, 1], [0, 1], color="k", lw=1, ls="--", label="ideal")
     for k, (label, std) in enumerate(stds.items()):
         curve = calibration_curve(y, yhat, std)
@@ -245,8 +272,7 @@ def calibration_plot(
     ax.set_ylabel("observed fraction within k std")
     ax.legend(loc="lower right", fontsize=8)
     ax.text(0.04, 0.96, "dots: k = 1 and 2", transform=ax.transAxes, va="top", fontsize=8)
-    if title:
-        ax.set_title(title)
+    _title(ax, title)
     return _save(fig, path)
 
 
@@ -256,11 +282,13 @@ def reliability_plot(y: Sequence[int], p: Sequence[float], path: str | os.PathLi
 
     Args:
         y: labels 0/1, shape (n,); p: predicted probabilities of class 1, shape (n,).
-        path: PNG file to write; bins are ``n_bins`` equal-width probability bins.
+        path: PNG file to write; bins are ``n_bins`` equal-width probability bins, each point labelled
+            with its number of crystals. Non-finite pairs are left out (and counted on the figure).
     """
-    y, p = paired_arrays(y, p)
+    (y, p), dropped = _finite(*paired_arrays(y, p))
     fig = _figure(5.0, 5.0)
     ax = fig.subplots()
+    _note(ax, len(y), dropped)
     ax.plot([0, 1], [0, 1], color="k", lw=1, ls="--", label="ideal")
     edges = np.linspace(0, 1, n_bins + 1)
     index = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
@@ -272,14 +300,15 @@ def reliability_plot(y: Sequence[int], p: Sequence[float], path: str | os.PathLi
             ys.append(float(y[mask].mean()))
             ns.append(int(mask.sum()))
     ax.plot(xs, ys, "o-", color="C0", label="ensemble")
+    for x, f, n in zip(xs, ys, ns):  # crystals per bin: a point of 3 crystals says little
+        ax.annotate(str(n), (x, f), textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.35")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel("predicted probability")
     ax.set_ylabel("observed frequency")
     ax.legend(loc="lower right", fontsize=8)
-    if title:
-        ax.set_title(title)
+    _title(ax, title)
     return _save(fig, path)
 
 

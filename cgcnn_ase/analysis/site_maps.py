@@ -84,7 +84,8 @@ def periodic_table_heatmap(
 
     Rows and groups come from pymatgen's ``Element.row`` / ``Element.group``; the lanthanides and
     actinides sit in two rows of their own below the table. Elements without a value (absent, or
-    NaN) are grey. Each cell shows the symbol and the value; a colour bar gives the units.
+    NaN) are blank outlined cells. Each cell shows the symbol and the value; a colour bar gives the
+    units. Values of both signs put 0 at the colour map's centre.
 
     Args:
         values: element symbol -> value.
@@ -105,7 +106,7 @@ def periodic_table_heatmap(
     """
     import matplotlib
     from ase.data import atomic_numbers, chemical_symbols
-    from matplotlib.colors import Normalize
+    from matplotlib.colors import Normalize, TwoSlopeNorm
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
@@ -118,7 +119,8 @@ def periodic_table_heatmap(
     hi = vmax if vmax is not None else (float(data.max()) if len(data) else 1.0)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
-    norm = Normalize(vmin=lo, vmax=hi)
+    # values of both signs: 0 at the colour map's centre (white in coolwarm), so the sign reads at a glance
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=lo, vmax=hi) if lo < 0.0 < hi else Normalize(vmin=lo, vmax=hi)
     colormap = matplotlib.colormaps[cmap]
 
     fig = Figure(figsize=(13.0, 7.6), dpi=120, layout="constrained")
@@ -131,9 +133,10 @@ def periodic_table_heatmap(
             face = colormap(norm(finite[symbol]))
             r, g, b = face[:3]
             ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
-        else:
-            face, ink = "#d9d9d9", "#7f7f7f"
-        ax.add_patch(Rectangle((col, y), 0.94, 0.94, facecolor=face, edgecolor="white", linewidth=0.5))
+        else:  # no value: an outlined blank cell, never a colour of the map (coolwarm's centre is grey)
+            face, ink = "white", "#a6a6a6"
+        edge = "white" if symbol in finite else "#bfbfbf"
+        ax.add_patch(Rectangle((col, y), 0.94, 0.94, facecolor=face, edgecolor=edge, linewidth=0.5))
         ax.text(col + 0.47, y + 0.36, symbol, ha="center", va="center", fontsize=9, color=ink, weight="bold")
         if symbol in finite:
             ax.text(col + 0.47, y + 0.66, fmt.format(finite[symbol]), ha="center", va="center", fontsize=6, color=ink)
