@@ -2126,34 +2126,37 @@ def test_additive_site_energies_warn_when_the_cells_cannot_separate_the_elements
 # -- round 12: the figures ---------------------------------------------------------------------------------------
 
 
-def test_plots_count_only_what_they_draw_and_say_when_there_is_nothing(tmp_path):
+def test_plots_count_only_what_they_draw_and_say_when_there_is_nothing(tmp_path, monkeypatch):
     """Round 12: parity_plot printed 'MAE nan, n = 4' over 3 drawn points; roc_plot raised on a NaN probability;
     reliability_plot dropped a valid crystal's bin; classification metrics of no rows were an internal error."""
-    import matplotlib
+    from matplotlib.axes import Axes
 
     from cgcnn_ase.analysis import plots
     from cgcnn_ase.analysis.metrics import classification_metrics
 
     texts = []
-    original = matplotlib.axes.Axes.text
+    original_text, original_annotate = Axes.text, Axes.annotate
 
-    def record(self, x, y, s, *args, **kwargs):
+    def text(self, x, y, s, *args, **kwargs):
         texts.append(str(s))
-        return original(self, x, y, s, *args, **kwargs)
+        return original_text(self, x, y, s, *args, **kwargs)
 
-    matplotlib.axes.Axes.text = record
-    try:
-        plots.parity_plot([1, 2, 3, 4], [1.1, np.nan, 2.9, 4.2], tmp_path / "p.png", units="eV")
-        assert any("MAE 0.1333 eV" in t and "n = 3" in t for t in texts), texts
-        assert any("1 non-finite rows left out" in t for t in texts)
-        texts.clear()
-        plots.parity_plot([], [], tmp_path / "p0.png")
-        assert any("no finite predictions to plot" in t for t in texts)
-        plots.roc_plot([0, 1, 0, 1], [0.1, np.nan, 0.3, 0.9], tmp_path / "r.png")  # raised ValueError: NaN
-        plots.reliability_plot([0, 1, 1], [0.1, np.nan, 0.9], tmp_path / "rel.png")
-        assert "1" in texts[-1] and "2" not in texts[-1]  # the last bin's count: the crystal at 0.9 kept
-    finally:
-        matplotlib.axes.Axes.text = original
+    def annotate(self, s, *args, **kwargs):
+        texts.append(str(s))
+        return original_annotate(self, s, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "text", text)
+    monkeypatch.setattr(Axes, "annotate", annotate)
+    plots.parity_plot([1, 2, 3, 4], [1.1, np.nan, 2.9, 4.2], tmp_path / "p.png", units="eV")
+    assert any("MAE 0.1333 eV" in t and "n = 3" in t for t in texts), texts
+    assert any("1 non-finite rows left out" in t for t in texts)
+    texts.clear()
+    plots.parity_plot([], [], tmp_path / "p0.png")
+    assert any("no finite predictions to plot" in t for t in texts)
+    plots.roc_plot([0, 1, 0, 1], [0.1, np.nan, 0.3, 0.9], tmp_path / "r.png")  # raised ValueError: NaN
+    texts.clear()
+    plots.reliability_plot([0, 1, 1], [0.1, np.nan, 0.9], tmp_path / "rel.png")
+    assert texts[-2:] == ["1", "1"]  # two bins of one crystal each: the crystal at 0.9 is kept
     assert classification_metrics([], [])["n"] == 0 and np.isnan(classification_metrics([], [])["roc_auc"])
 
 
@@ -2180,3 +2183,27 @@ def test_the_docs_uncertainty_figures_are_the_shipped_models_own():
     folder = resolve_model("formation_energy").path
     for name in ("calibration", "error_vs_std"):
         assert (REPO / "docs" / "img" / f"formation_energy_{name}.png").read_bytes() == (folder / f"{name}.png").read_bytes()
+
+
+def test_learning_curve_axis_names_the_metric_and_its_units(tmp_path, monkeypatch):
+    """Round 12: the learning curve's error axis read 'metric (target units)' and its legend raw column names."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from cgcnn_ase.analysis import plots
+
+    pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1, 0.5, 0.3], "val_mae": [0.3, 0.2, 0.15], "lr": [1e-3] * 3,
+                  "best": [0, 1, 1]}).to_csv(tmp_path / "m.csv", index=False)  # fmt: skip
+    saved = []
+    original = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        saved.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    plots.learning_curve_plot(tmp_path / "m.csv", tmp_path / "c.png", units="eV/atom")
+    labels = [ax.get_ylabel() for ax in saved[0].axes]
+    assert "MAE, RMSE (eV/atom)" in labels
+    legend = [t.get_text() for ax in saved[0].axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert "validation MAE" in legend and "val_mae" not in legend

@@ -51,7 +51,7 @@ def _title(ax: Any, title: str | None) -> None:
     import textwrap
 
     if title:
-        ax.set_title("\n".join(textwrap.wrap(title, 48, break_on_hyphens=False)), fontsize=10)
+        ax.set_title("\n".join(textwrap.wrap(title, 48, break_long_words=False)), fontsize=10)
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
@@ -145,13 +145,21 @@ def roc_plot(y: Sequence[int], p: Sequence[float], path: str | os.PathLike, *, t
     return _save(fig, path)
 
 
-def learning_curve_plot(metrics_csv: str | os.PathLike, path: str | os.PathLike, *, title: str | None = None) -> Path:
+#: How the learning curve's legend names the metrics of ``metrics.csv``.
+_METRIC_NAMES = {"val_mae": "validation MAE", "val_rmse": "validation RMSE", "val_roc_auc": "validation ROC-AUC",
+                 "val_accuracy": "validation accuracy", "train_mae": "train MAE"}  # fmt: skip
+
+
+def learning_curve_plot(
+    metrics_csv: str | os.PathLike, path: str | os.PathLike, *, title: str | None = None, units: str = ""
+) -> Path:
     """Training loss and validation metrics per epoch (top) and learning rate (bottom).
 
     Args:
         metrics_csv: the ``metrics.csv`` written by training (columns ``epoch``,
             ``train_loss``, ``val_*``, ``lr``, ...).
         path: PNG file to write.
+        units: the target's units, for the error axis (e.g. ``eV/atom``).
     """
     import pandas as pd
 
@@ -165,10 +173,16 @@ def learning_curve_plot(metrics_csv: str | os.PathLike, path: str | os.PathLike,
     right = top.twinx()
     val_columns = [c for c in ("val_mae", "val_rmse", "val_roc_auc", "val_accuracy") if c in df and df[c].notna().any()]
     for k, column in enumerate(val_columns[:2]):
-        right.plot(epochs, df[column], label=column, color=f"C{k + 1}")
+        right.plot(epochs, df[column], label=_METRIC_NAMES[column], color=f"C{k + 1}")
     if "train_mae" in df and df["train_mae"].notna().any():
-        right.plot(epochs, df["train_mae"], label="train_mae", color="C3", ls=":")
-    right.set_ylabel("metric (target units)" if "val_mae" in df else "metric")
+        right.plot(epochs, df["train_mae"], label=_METRIC_NAMES["train_mae"], color="C3", ls=":")
+    if "val_mae" in df:
+        right.set_ylabel(f"MAE, RMSE ({units})" if units else "MAE, RMSE (target units)")
+    else:
+        right.set_ylabel("ROC-AUC, accuracy")
+    from matplotlib.ticker import MaxNLocator
+
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if "best" in df and df["best"].astype(bool).any():
         best = df[df["best"].astype(bool)]["epoch"].iloc[-1]
         top.axvline(best, color="grey", ls="--", lw=1, label=f"best epoch {best}")

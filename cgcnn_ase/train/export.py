@@ -234,7 +234,8 @@ def _write_plots(
     """``learning_curve.png``, and ``parity.png`` or ``roc.png`` of the test split (stale ones removed)."""
     from cgcnn_ase.analysis.plots import learning_curve_plot, parity_plot, roc_plot
 
-    learning_curve_plot(output / "metrics.csv", output / "learning_curve.png", title=config.model_name)
+    learning_curve_plot(output / "metrics.csv", output / "learning_curve.png", title=config.model_name,
+                        units=config.target_units)  # fmt: skip
     for stale in ("parity.png", "roc.png"):
         (output / stale).unlink(missing_ok=True)
     if test_predictions is None:
