@@ -183,9 +183,9 @@ def learning_curve_plot(
     from matplotlib.ticker import MaxNLocator
 
     bottom.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-    if "best" in df and df["best"].astype(bool).any():
+    if "best" in df and df["best"].astype(bool).any():  # the last marked epoch is the kept one (select: best or last)
         best = df[df["best"].astype(bool)]["epoch"].iloc[-1]
-        top.axvline(best, color="grey", ls="--", lw=1, label=f"best epoch {best}")
+        top.axvline(best, color="grey", ls="--", lw=1, label=f"kept model: epoch {best}")
     handles = top.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     labels = top.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
     top.legend(handles, labels, loc="upper right", fontsize=8)
