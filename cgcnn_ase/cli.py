@@ -998,13 +998,14 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
     from cgcnn_ase.io.inputs import iter_files
 
     predictor = load_predictor(model)
+    files = list(iter_files(inputs))
     with warnings.catch_warnings():  # each failure gets its own error line below
         warnings.filterwarnings("ignore", message=r"\d+ structure\(s\) skipped")
-        paths = write_site_report(predictor, list(iter_files(inputs)), out_dir, batch_size=batch_size,
+        paths = write_site_report(predictor, files, out_dir, batch_size=batch_size,
                                   allow_mean_pooled=allow_mean_pooled, errors="skip")  # fmt: skip
     for path in paths:
         click.echo(str(path))
-    if len(pd.read_csv(paths[0], usecols=["structure"])) == 0 and paths[-1].name != "skipped.csv":
+    if not files:
         click.echo(NO_STRUCTURES, err=True)
     if paths[-1].name == "skipped.csv":
         skipped = pd.read_csv(paths[-1], dtype=str, keep_default_na=False)

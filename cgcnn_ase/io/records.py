@@ -81,16 +81,14 @@ def _warn_vacuum(record: StructureRecord) -> None:
         return
     if record.vacuum <= VACUUM_GAP:  # measured once: the graph reads it again
         return
-    label = record.label
-    width, k = vacuum_gap(record.frac_coords, record.cell)
-    if width > VACUUM_GAP:
-        warnings.warn(
-            f"{label}: the atoms leave an empty gap {width:.1f} Å wide along lattice vector {'abc'[k]} (warned above "
-            f"{VACUUM_GAP:g} Å, the graph radius: nothing bonds across it): a slab, wire or molecule in a periodic "
-            "box, while the models were trained on bulk crystals; predictions are extrapolations",
-            VacuumWarning,
-            stacklevel=4,
-        )
+    width, k = vacuum_gap(record.frac_coords, record.cell)  # again for the direction, in the rare warned case
+    warnings.warn(
+        f"{record.label}: the atoms leave an empty gap {width:.1f} Å wide along lattice vector {'abc'[k]} (warned "
+        f"above {VACUUM_GAP:g} Å, the graph radius: nothing bonds across it): a slab, wire or molecule in a periodic "
+        "box, while the models were trained on bulk crystals; predictions are extrapolations",
+        VacuumWarning,
+        stacklevel=4,
+    )
 
 
 def cell_thickness(cell: np.ndarray) -> float:
@@ -101,7 +99,7 @@ def cell_thickness(cell: np.ndarray) -> float:
     small, so an ordinary cell costs one 3x3 inverse.
     """
 
-    def thickness(c: np.ndarray) -> float:  # volume / largest face area = 1 / max |b_k|; plain floats (a 3x3 in numpy costs more)
+    def thickness(c: np.ndarray) -> float:  # volume / largest face = 1 / max |b_k|, in plain floats
         volume, normals = _volume_and_normals(c)
         if volume == 0.0 or not math.isfinite(volume):
             return 0.0
