@@ -43,8 +43,9 @@ class PredictionResult:
             below 0.5 or above 1.6 no training crystal lies (a cell scaled wrong). NaN for failed
             items and crystals without edges.
         vacuum_gap: per structure, the widest empty slab across its cell, Å
-            (:func:`~cgcnn_ase.io.records.vacuum_gap`): above 8 Å (the graph radius) the atoms
-            form a slab, wire or molecule in a periodic box, not a bulk crystal. NaN for failed items.
+            (:func:`~cgcnn_ase.io.records.vacuum_gap`): above 5 Å (wider than in 99.9% of the
+            training crystals; :data:`~cgcnn_ase.io.records.VACUUM_GAP`) the atoms form a slab, wire or
+            molecule in a periodic box, not a bulk crystal. NaN for failed items.
         unseen_elements: per structure, symbols of elements absent from the model's
             training data (empty when all were seen or the model does not record them).
         positive_class: the class whose probability ``values`` holds (classifiers).
@@ -109,7 +110,7 @@ class PredictionResult:
         A crystal is inside when it was predicted, holds only elements seen in training,
         has no sparse atom (unless ``allow_sparse``), has interatomic distances like the
         training crystals' (``bond_ratio`` within [0.5, 1.6]) and no vacuum gap wider than
-        8 Å (``vacuum_gap``: not a slab or molecule in a box), the limits of the
+        5 Å (``vacuum_gap``: not a slab or molecule in a box), the limits of the
         :class:`~cgcnn_ase.errors.GeometryWarning` s, and, when the model ships a domain
         summary, its ``domain_percentile`` is at most ``max_percentile`` (percent).
         """

@@ -235,6 +235,13 @@ class CGCNNCalculator(Calculator):
         self, atoms: Any = None, properties: Sequence[str] | None = None, system_changes: Sequence[str] = all_changes
     ) -> None:
         """Run every model once on ``atoms`` and fill ``self.results`` with all properties."""
+        if atoms is None and self.atoms is None:  # ASE's own calculators fail here with an AttributeError
+            from ase.calculators.calculator import CalculatorError
+
+            raise CalculatorError(
+                "no structure to calculate: attach the calculator (atoms.calc = calc) and call "
+                "atoms.get_potential_energy(), or pass the Atoms (calc.get_potential_energy(atoms))"
+            )
         super().calculate(atoms, properties, system_changes)
         results: dict[str, Any] = {}
         n_atoms = len(self.atoms)

@@ -78,6 +78,7 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
     names = _labels(label, len(blocks))
     for parts, block, name in zip(parsed, blocks, names):
         if not isinstance(parts, tuple):
+            _check_coordinates(parts, block, name)
             _apply_declared_symmetry(parts, block, name)
     records = []
     for parts, name in zip(parsed, names):
@@ -228,6 +229,29 @@ def _apply_declared_symmetry(small: Any, block: Any, label: str) -> None:
             "operations or space-group number that gemmi recognises and can apply); reading only its listed atoms would give another "
             "crystal: add _symmetry_equiv_pos_as_xyz operations, or write it in P1"
         )
+
+
+def _check_coordinates(small: Any, block: Any, label: str) -> None:
+    """Refuse a block whose site coordinates gemmi read as NaN: text that is not a CIF number (``1/2``,
+    ``?``, ``abc``), named as written, before symmetry multiplies the site.
+
+    Raises:
+        StructureReadError: naming the item, the site and its value.
+    """
+    import gemmi
+
+    if all(math.isfinite(c) for site in small.sites for c in (site.fract.x, site.fract.y, site.fract.z)):
+        return
+    names = list(block.find_values("_atom_site_label")) or list(block.find_values("_atom_site_type_symbol"))
+    for axis in "xyz":
+        for k, value in enumerate(block.find_values("_atom_site_fract_" + axis)):
+            if not math.isfinite(gemmi.cif.as_number(value)):
+                site = gemmi_unquote(names[k]) if k < len(names) else f"#{k + 1}"
+                raise StructureReadError(
+                    f"{label}: _atom_site_fract_{axis} of site {site} is {value!r}, not a number "
+                    "(a CIF coordinate is a decimal number, e.g. 0.5 or 0.33333, optionally with its uncertainty: 0.5(1))"
+                )
+    raise StructureReadError(f"{label}: some site coordinates are not numbers")
 
 
 def _op_triplet(value: str) -> str:
