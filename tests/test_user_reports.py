@@ -2289,3 +2289,82 @@ def test_the_calculator_without_a_structure_says_so():
     with pytest.raises(CalculatorError, match="no structure to calculate"):
         calc.get_potential_energy()
     assert calc.get_potential_energy(atoms) == pytest.approx(atoms.get_potential_energy())  # both ways work
+
+
+# -- round 13: a user who pip-installed it and drives the command line -----------------------------------------
+
+
+def _ase_cif_frames(tmp_path):
+    """Three crystals written by ASE, one CIF each (every block named ``data_image0``), and the three concatenated."""
+    import ase.io
+
+    frames = [bulk("NaCl", "rocksalt", a=5.64), bulk("Si", "diamond", a=5.43), bulk("Cu", "fcc", a=3.6)]
+    paths = []
+    for k, atoms in enumerate(frames):
+        paths.append(tmp_path / f"f{k}.cif")
+        ase.io.write(paths[-1], atoms)
+    assert all("data_image0" in p.read_text() for p in paths)
+    joined = tmp_path / "same3.cif"
+    joined.write_text("".join(p.read_text() for p in paths))
+    return paths, joined
+
+
+@pytest.mark.parametrize("cif_reader", ["gemmi", "pymatgen"])
+def test_cif_blocks_that_share_a_name_are_all_read(tmp_path, cif_reader):
+    """Round 13: 'a CIF whose data blocks share a name (every ASE-written CIF starts data_image0) is predicted as
+    one structure, the last; exit 0, no warning': gemmi refused the repeated name and pymatgen kept the last block."""
+    import gzip
+
+    from cgcnn_ase.io.reader import read_records
+
+    paths, joined = _ase_cif_frames(tmp_path)
+    compressed = tmp_path / "same3.cif.gz"
+    compressed.write_bytes(gzip.compress(joined.read_bytes()))
+    single = [read_records(p, cif_reader=cif_reader)[0] for p in paths]
+    for source in (joined, compressed, joined.read_text()):
+        records = read_records(source, cif_reader=cif_reader)
+        assert len(records) == 3 and [r.label[-2:] for r in records] == ["@0", "@1", "@2"]
+        for got, want in zip(records, single):
+            np.testing.assert_array_equal(got.numbers, want.numbers)
+            np.testing.assert_allclose(got.cell, want.cell, atol=1e-12)
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    np.testing.assert_allclose(predictor.predict(joined).values, predictor.predict(paths).values, atol=1e-6)
+
+
+def test_an_unreadable_or_non_regular_file_gets_its_own_error(tmp_path, monkeypatch):
+    """Round 13: 'one CIF at mode 000 in a folder aborts the whole run (exit 2, no rows)'; 'predict <(cat x.cif)
+    says the file is empty'."""
+    import os
+
+    from cgcnn_ase.errors import StructureReadError
+    from cgcnn_ase.io import reader
+
+    paths, _ = _ase_cif_frames(tmp_path)
+    real_open = open
+
+    def refuse(path, *args, **kwargs):  # root reads any file, so mode 000 cannot be tested as such
+        if str(path) == str(paths[1]):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(reader, "open", refuse, raising=False)
+    result = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu").predict(paths, errors="collect")
+    assert result.ok.tolist() == [True, False, True]
+    assert "cannot be read (Permission denied)" in result.errors[1]
+    monkeypatch.undo()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(StructureReadError, match="not a regular file"):
+        reader.read_records(fifo)
+
+
+def test_a_bad_start_method_variable_is_a_configuration_error(monkeypatch):
+    """Round 13: CGCNN_ASE_START_METHOD=bogus with --workers 2 gave 'internal error ... report it' (exit 4)."""
+    from cgcnn_ase.data.datasets import worker_start_method
+    from cgcnn_ase.errors import ConfigError
+
+    monkeypatch.setenv("CGCNN_ASE_START_METHOD", "bogus")
+    with pytest.raises(ConfigError, match=r"CGCNN_ASE_START_METHOD is 'bogus'.*spawn"):
+        worker_start_method()
+    monkeypatch.setenv("CGCNN_ASE_START_METHOD", "spawn")
+    assert worker_start_method() == "spawn"

@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError, DatasetError, GeometryWarning
+from cgcnn_ase.errors import CGCNNError, ConfigError, DatasetError, GeometryWarning
 from cgcnn_ase.io.reader import CifReader, input_kind, read_record
 from cgcnn_ase.io.records import StructureRecord
 from cgcnn_ase.data.table_formats import read_layout
@@ -426,6 +426,13 @@ def worker_start_method() -> str:
     guard. Elsewhere ``spawn`` (fork is unsafe on macOS). ``$CGCNN_ASE_START_METHOD`` overrides."""
     method = os.environ.get("CGCNN_ASE_START_METHOD")
     if method:
+        import multiprocessing
+
+        if method not in multiprocessing.get_all_start_methods():
+            raise ConfigError(
+                f"$CGCNN_ASE_START_METHOD is {method!r}; on this system it must be one of "
+                f"{', '.join(multiprocessing.get_all_start_methods())} (or unset)"
+            )
         return method
     return "fork" if sys.platform.startswith("linux") else "spawn"
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,42 @@ CifReader = Literal["gemmi", "pymatgen"]
 
 #: Occupancies within this of 1 are full (CIFs often round: 0.9999); above 1 + this is an error.
 OCCUPANCY_TOLERANCE = 1e-3
+
+
+def unique_block_names(text: str) -> str:
+    """CIF text with repeated data-block names made unique (``data_image0`` again becomes ``data_image0__2``):
+    ASE writes every block of a multi-frame CIF as ``data_image0``, gemmi refuses a repeated name and
+    pymatgen keeps only the last block of that name, so without this all but one frame were lost."""
+    seen: dict[str, int] = {}
+
+    def rename(match: re.Match[str]) -> str:
+        name = match.group(2).lower()
+        seen[name] = seen.get(name, 0) + 1
+        return match.group(0) if seen[name] == 1 else f"{match.group(1)}{match.group(2)}__{seen[name]}"
+
+    return _BLOCK_HEADER.sub(rename, text)
+
+
+#: A data-block header at the start of a line: ``data_`` and the block's name.
+_BLOCK_HEADER = re.compile(r"(?im)^([ \t]*data_)(\S*)")
+
+
+def _read_document(source: Path | str, *, text: bool) -> Any:
+    """gemmi's CIF document of a file or of text; repeated block names made unique (:func:`unique_block_names`)."""
+    import gemmi
+
+    try:
+        return gemmi.cif.read_string(source) if text else gemmi.cif.read(str(source))
+    except (RuntimeError, ValueError) as exc:
+        if "duplicate block name" not in str(exc):
+            raise
+    if not text:
+        import gzip
+
+        opener = gzip.open if str(source).lower().endswith(".gz") else open  # gemmi reads .gz files too
+        with opener(source, "rt", encoding="utf-8", errors="replace") as f:
+            source = f.read()
+    return gemmi.cif.read_string(unique_block_names(str(source)))
 
 
 def _labels(base: str, count: int) -> list[str]:
@@ -65,7 +102,7 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
     import gemmi
 
     try:
-        document = gemmi.cif.read_string(source) if text else gemmi.cif.read(str(source))
+        document = _read_document(source, text=text)
         blocks = _structure_blocks(document, label)
         if not all(_cell_is_given(block) for block in blocks):
             return None  # gemmi would take a 1 Å cube; pymatgen says what is missing
@@ -120,10 +157,8 @@ def _cif_p1_as_pymatgen(source: Path | str, label: str, *, text: bool) -> list[S
     electronegativity, sites closer than 1e-4) returns ``None``: the caller uses pymatgen itself.
     ``tests/test_structures.py`` checks the records against pymatgen's on 2000 MP and 297 reference CIFs.
     """
-    import gemmi
-
     try:
-        document = gemmi.cif.read_string(source) if text else gemmi.cif.read(str(source))
+        document = _read_document(source, text=text)
     except (RuntimeError, ValueError):
         return None
     blocks = list(document)
@@ -179,10 +214,8 @@ def read_cif_blocks(
     """Each data block of CIF ``text`` that lists atoms, read on its own as :func:`read_cif` reads
     it and labelled as it labels them (``label@k``): ``(label@k, record)``, or ``(label@k, error)``
     for a block that is not a usable crystal; ``None`` for text of fewer than two such blocks."""
-    import gemmi
-
     try:
-        blocks = [b for b in gemmi.cif.read_string(text) if _has_sites(b)]
+        blocks = [b for b in _read_document(text, text=True) if _has_sites(b)]
     except (RuntimeError, ValueError):
         return None
     if len(blocks) < 2:
@@ -394,6 +427,7 @@ def _cif_pymatgen(source: Path | str, label: str, *, text: bool) -> list[Any]:
     if not text:  # read here (CifParser(path) reads it alike) to rename tags pymatgen does not know
         with open(source, encoding="utf-8", errors="replace") as f:
             source = f.read()
+    source = unique_block_names(source)  # pymatgen keeps only the last block of a repeated name
     # pymatgen reads symmetry operations only under their underscore names
     source = source.replace(_DOTTED_SYMOP_TAG, "_space_group_symop_operation_xyz").replace(
         "_space_group_symop.id", "_space_group_symop_id"

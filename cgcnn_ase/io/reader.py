@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -370,7 +371,16 @@ def _check_file(path: Path) -> None:
             raise StructureReadError(f"{path}: no such file")
         if path.is_dir():
             raise StructureReadError(f"{path}: is a directory, not a structure file")
-        empty = path.stat().st_size == 0
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):  # its size says nothing, and reading it twice fails
+            raise StructureReadError(
+                f"{path}: not a regular file (a pipe or a device); give a file, or '-' to read standard input"
+            )
+        empty = status.st_size == 0
+        with open(path, "rb"):  # unreadable files get their own error here, not an abort in a parser
+            pass
+    except PermissionError as exc:
+        raise StructureReadError(f"{path}: the file cannot be read ({exc.strerror})") from None
     except OSError as exc:  # e.g. a long text passed as a path: "File name too long"
         raise StructureReadError(f"{str(path)[:80]}...: not a readable file path ({exc.strerror})") from None
     if empty:
