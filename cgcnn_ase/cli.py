@@ -803,8 +803,8 @@ def _parse_structure_cell(value: Any, row: str) -> Any:
 @click.option("--init-from", "init_from", metavar="MODEL", default=None, help="Fine-tune: start from MODEL (shipped model name, model folder or authors' .pth.tar) instead of random weights; same as --set init_from=MODEL. Its architecture, graph settings and element table are used; choose what to train with --set finetune.KEY=VALUE (docs/finetuning.md).")
 @_guarded
 def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_: bool, init_from: str | None) -> None:
-    """Train a model from a YAML/TOML CONFIG (see configs/ and docs/training.md); resumes an
-    interrupted run. With --init-from MODEL, fine-tune MODEL on the CONFIG's data
+    """Train a model from a YAML/TOML CONFIG (see docs/training.md; the shipped models' own configs
+    are in configs/ of the source tree and the sdist); resumes an interrupted run. With --init-from MODEL, fine-tune MODEL on the CONFIG's data
     (docs/finetuning.md).
 
     Writes the model folder (model.json, weights, model card, split, metrics, plots) to

@@ -35,6 +35,7 @@ def test_wheel_contains_package_and_models(wheel):
     for info in list_models():
         for file in ("model.json", "weights.safetensors", "atom_init.json", "README.md"):
             assert f"cgcnn_ase/pretrained_models/{info.name}/{file}" in names
+    assert any(n.endswith("/LICENSE") for n in names if ".dist-info/" in n)  # round 13: no licence anywhere
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "cgcnn-ase = cgcnn_ase.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
