@@ -2368,3 +2368,22 @@ def test_a_bad_start_method_variable_is_a_configuration_error(monkeypatch):
         worker_start_method()
     monkeypatch.setenv("CGCNN_ASE_START_METHOD", "spawn")
     assert worker_start_method() == "spawn"
+
+
+def test_a_vasp_run_folder_predicts_its_structures_and_leaves_out_the_rest(tmp_path):
+    """Round 13: 'README, LICENSE, Makefile, INCAR, KPOINTS ... each produce an error: line, and the run exits 1, so
+    any VASP run folder exits 1'."""
+    import ase.io
+    from click.testing import CliRunner
+
+    from cgcnn_ase.cli import main
+
+    ase.io.write(tmp_path / "POSCAR", bulk("NaCl", "rocksalt", a=5.64), format="vasp")
+    ase.io.write(tmp_path / "CONTCAR", bulk("NaCl", "rocksalt", a=5.60), format="vasp")
+    for name in ("INCAR", "KPOINTS", "POTCAR", "OSZICAR", "README", "LICENSE", "Makefile"):
+        (tmp_path / name).write_text("ENCUT = 520\n")
+    result = CliRunner().invoke(main, ["predict", str(tmp_path), "-m", "formation_energy", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "INCAR" in result.stderr and "error:" not in result.stderr  # named as left out, not as bad files
+    rows = [line for line in result.stdout.splitlines()[1:] if line]
+    assert [row.split(",")[0].rsplit("/", 1)[-1] for row in rows] == ["CONTCAR", "POSCAR"]

@@ -180,8 +180,14 @@ def _is_table(path: str | os.PathLike) -> bool:
 
 
 #: Names in a folder input that are never read as structures: the original CGCNN data layout's
-#: targets and element table (a folder of ``N.cif`` files beside them predicts the CIFs).
-NOT_STRUCTURE_NAMES = frozenset({"id_prop.csv", "atom_init.json"})
+#: targets and element table (a folder of ``N.cif`` files beside them predicts the CIFs), a project's
+#: documents without a suffix, and the VASP files that hold no structure (a VASP run folder predicts its
+#: POSCAR, CONTCAR, OUTCAR, vasprun.xml, XDATCAR). Compared in upper case.
+NOT_STRUCTURE_NAMES = frozenset({
+    "ID_PROP.CSV", "ATOM_INIT.JSON", "README", "LICENSE", "LICENCE", "COPYING", "AUTHORS", "MAKEFILE", "THUMBS.DB",
+    "INCAR", "KPOINTS", "POTCAR", "OSZICAR", "EIGENVAL", "DOSCAR", "IBZKPT", "WAVECAR", "PROCAR", "PCDAT", "REPORT",
+    "WAVEDER", "CHG", "CHGCAR", "AECCAR0", "AECCAR1", "AECCAR2", "ELFCAR", "LOCPOT", "PARCHG", "vaspout.h5".upper(),
+})  # fmt: skip
 #: Suffixes (lower case) of folder members that are not structure files: documents, images, code,
 #: logs and configuration. A file named on its own is read whatever its name.
 NOT_STRUCTURE_SUFFIXES = (".md", ".rst", ".txt", ".pdf", ".html", ".png", ".jpg", ".jpeg", ".svg", ".py",
@@ -192,7 +198,7 @@ NOT_STRUCTURE_SUFFIXES = (".md", ".rst", ".txt", ".pdf", ".html", ".png", ".jpg"
 def is_structure_name(name: str) -> bool:
     """Whether a folder member named ``name`` is read as a structure file (not hidden, not one of
     :data:`NOT_STRUCTURE_NAMES`, no suffix of :data:`NOT_STRUCTURE_SUFFIXES`)."""
-    return not (name.startswith(".") or name in NOT_STRUCTURE_NAMES or name.lower().endswith(NOT_STRUCTURE_SUFFIXES))
+    return not (name.startswith(".") or name.upper() in NOT_STRUCTURE_NAMES or name.lower().endswith(NOT_STRUCTURE_SUFFIXES))
 
 
 def _dir_files(folder: str, sort: bool, excluded: Callable[[str], bool] = lambda path: False) -> Iterator[str]:
