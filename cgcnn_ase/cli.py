@@ -221,7 +221,11 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, o
     if fmt == "csv":
         text = df.to_csv(index=False)  # full float precision
     elif fmt == "json":
-        text = json.dumps({**meta, "results": json.loads(df.to_json(orient="records", double_precision=15))}, indent=2) + "\n"
+        from cgcnn_ase.models.cards import json_safe
+
+        # Python floats keep every significant digit (pandas' to_json rounds to 15 decimal places: 1e-16 -> 0)
+        records = [{k: None if v is pd.NA else v for k, v in row.items()} for row in df.to_dict(orient="records")]
+        text = json.dumps({**meta, "results": json_safe(records)}, indent=2) + "\n"
     else:
         text = df.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}") + "\n"
     if output:
@@ -360,7 +364,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--domain", "domain", is_flag=True, help="Without --model: also give each property's domain percentile (100: farther from the training data than every validation crystal; --model always gives it, and the table always shows their median as dom%).")
 @click.option("--metal-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Without --model: P(metal) above which the band gap is 0.")
 @click.option("--coverage", type=click.FloatRange(0.5, 0.99), default=None, help="Add <property>_lower/_upper: a prediction interval holding the true value with this probability (e.g. 0.9), for the calibrated ensembles.")
-@click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout (for parquet: a folder of part files); missing folders on the way are created.")
+@click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout ('-': stdout; for parquet: a folder of part files); missing folders on the way are created.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip the ids already in -o and append (csv or parquet).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Structures read, predicted and written together (memory holds one chunk) [default: 1024 with one --model, else 8192].")
 @click.option("--column", default="cif", show_default=True, help="Table inputs (.csv, .tsv, .parquet): column holding CIF text, pymatgen structure JSON or file paths.")
@@ -402,6 +406,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     from cgcnn_ase.io.inputs import iter_inputs
 
     n_workers = _workers(workers)
+    if output == "-":  # the Unix convention: standard output
+        output = None
     if fmt is None and output is None:
         fmt = "table" if sys.stdout.isatty() else "csv"  # a person reads a table; a pipe gets csv
     if fmt is None and output is not None and output.lower().endswith(".json"):
@@ -431,6 +437,10 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
                             batch_size=batch_size, device=device, workers=n_workers, coverage=coverage,
                             compile_=compile_, chunk_size=chunk_size or MODELS_CHUNK)  # fmt: skip
         return
+    ignored = [flag for flag, given in (("--log10", log10), ("--domain", domain), ("--metal-threshold", metal_threshold != 0.5)) if given]
+    if ignored:  # options of the general-purpose table: say so rather than let them look applied
+        click.echo(f"note: {', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} only without --model/--all "
+                   f"(the general-purpose properties) and {'is' if len(ignored) == 1 else 'are'} ignored here", err=True)  # fmt: skip
     names = _model_names(models, use_all)
     predictors = [load_predictor(name, atom_init=atom_init, trusted=trust, device=device) for name in names]
     # a model named with --model must give the intervals asked for; --all gives them where it can

@@ -2387,3 +2387,39 @@ def test_a_vasp_run_folder_predicts_its_structures_and_leaves_out_the_rest(tmp_p
     assert "INCAR" in result.stderr and "error:" not in result.stderr  # named as left out, not as bad files
     rows = [line for line in result.stdout.splitlines()[1:] if line]
     assert [row.split(",")[0].rsplit("/", 1)[-1] for row in rows] == ["CONTCAR", "POSCAR"]
+
+
+def test_predict_cli_conventions_from_round_13(tmp_path):
+    """Round 13: '-o - wrote a file named -'; '--format json rounded to 15 decimal places (1e-16 -> 0)';
+    '--metal-threshold/--log10/--domain with --model change nothing, silently'."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pathlib import Path
+
+    from cgcnn_ase.cli import main
+
+    from .conftest import REPO
+
+    cif = str(REPO / "examples" / "SrTiO3.cif")
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        result = runner.invoke(main, ["predict", cif, "-m", "formation_energy", "-o", "-", "--workers", "1"])
+        assert result.exit_code == 0 and result.stdout.startswith("id,formation_energy (eV/atom)")
+        assert not any(p.name in ("-", ".-.run.json") for p in Path(".").iterdir())
+    csv = float(result.stdout.splitlines()[1].split(",")[1])
+    result = runner.invoke(main, ["predict", cif, "-m", "formation_energy", "--format", "json", "--workers", "1"])
+    assert json.loads(result.stdout)["results"][0]["formation_energy (eV/atom)"] == csv  # every digit, as the CSV
+    result = runner.invoke(main, ["predict", cif, "-m", "formation_energy", "--metal-threshold", "0.9", "--workers", "1"])
+    assert result.exit_code == 0 and "note: --metal-threshold applies only without --model/--all" in result.stderr
+
+
+def test_reprs_are_short_and_say_what_they_hold():
+    """Round 13: repr(PredictionResult) printed every id and array (89 kB for 600 structures); the predictor's was
+    '<... object at 0x...>'."""
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    assert repr(predictor) == "CGCNNPredictor('formation_energy-mp_cgcnn46k-v3': formation_energy in eV/atom, device='cpu')"
+    result = predictor.predict([bulk("Cu", "fcc", a=3.6)] * 600 + ["no such file.cif"], errors="collect")
+    text = repr(result)
+    assert len(text) < 200 and "601 structures" in text and "1 failed" in text and "eV/atom" in text

@@ -152,6 +152,10 @@ class CGCNNPredictor:
             raise TypeError(f"from_pretrained takes a model name or folder path, not {type(name).__name__}")
         return cls.load(name, device=device, members=members)
 
+    def __repr__(self) -> str:
+        members = f", {self.model.n_members} members" if self.model.is_ensemble else ""
+        return f"CGCNNPredictor({self.model.spec.name!r}: {self.property_name} in {self.units}{members}, device={str(self.device)!r})"
+
     # -- properties ---------------------------------------------------------------
     @property
     def property_name(self) -> str:

@@ -104,6 +104,13 @@ class PredictionResult:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __repr__(self) -> str:  # the dataclass's own printed every id and array (89 kB for 600 crystals)
+        failed = sum(e is not None for e in self.errors)
+        parts = [f"{len(self)} structures", f"{self.property!r} in {self.units}" if self.units else repr(self.property)]
+        parts += [f"{failed} failed"] if failed else []
+        parts += [name for name in ("std", "lower", "uncertainty", "per_atom", "embeddings") if getattr(self, name) is not None]
+        return f"PredictionResult({', '.join(parts)}; .values, .to_dataframe())"
+
     def in_domain(self, *, max_percentile: float = 95.0, allow_sparse: bool = False) -> np.ndarray:
         """Boolean mask of predictions inside the model's applicability domain.
 
