@@ -594,6 +594,6 @@ def _warn_repeated_ids(ids: pd.Series) -> bool:
     if len(repeated):
         shown = ", ".join(map(str, repeated[:3])) + (", ..." if len(repeated) > 3 else "")
         warnings.warn(f"ids repeat in the output ({shown}): those rows cannot be told apart by id, and --resume "
-                      "would count such an id as done once any of its rows is written; give unique ids (--id-column)",
+                      "would count such an id as done once any of its rows is written; give unique ids (a file named once; for a table, --id-column)",
                       DuplicateIdsWarning, stacklevel=3)  # fmt: skip
     return bool(len(repeated))

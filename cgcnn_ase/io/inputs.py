@@ -144,7 +144,7 @@ class FinishedIds:
             return False
         if self._taken[k]:
             warnings.warn(f"id {item_id!r} occurs again among the inputs: its row in the output was made by its "
-                          "first occurrence, this one is predicted again; give unique ids (--id-column)",
+                          "first occurrence, this one is predicted again; give unique ids (a file named once; for a table, --id-column)",
                           DuplicateIdsWarning, stacklevel=3)  # fmt: skip
             return False
         self._taken[k] = True
