@@ -48,6 +48,18 @@ def quiet() -> None:
     warnings.simplefilter("ignore")
 
 
+def shared_only_cli(doc: str) -> str | None:
+    """For a script whose only option is ``--shared``: parse it (the help is ``doc``'s first line), silence
+    warnings (:func:`quiet`) and return the shared folder given (``None``: the default)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--shared", default=None)
+    shared = parser.parse_args().shared
+    quiet()
+    return shared
+
+
 def usable_crystals(shared: str | None, dataset_folder: str) -> tuple[list[Any], list[str]]:
     """The readable crystals of ``data/<dataset_folder>/data.csv.gz`` under the shared folder, as
     records, with each one's elements as a sorted formula-like label ("ClNa")."""

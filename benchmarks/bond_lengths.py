@@ -10,9 +10,7 @@ highest crystals per dataset, and the ratio of a few deliberately mis-scaled cry
 
 from __future__ import annotations
 
-import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +36,9 @@ def main() -> None:
 
     from cgcnn_ase.io.reader import to_record
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=None)
-    args = parser.parse_args()
-    _common.quiet()
-    warnings.simplefilter("ignore")
+    shared = _common.shared_only_cli(__doc__)
     for name in DATASETS:
-        records, formulas = _common.usable_crystals(args.shared, name)
+        records, formulas = _common.usable_crystals(shared, name)
         ratios = np.asarray([closest_ratio(record) for record in records])
         pct = np.percentile(ratios, [0.1, 50, 99.9, 100])
         top = np.argsort(-ratios)[:5]

@@ -9,11 +9,9 @@ tolerance: ``tests/test_conformance.py``).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tarfile
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +31,8 @@ def main() -> None:
     from cgcnn_ase import CGCNNPredictor
     from cgcnn_ase.io.reader import read_structures
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=None)
-    args = parser.parse_args()
-    _common.quiet()
-    warnings.simplefilter("ignore")
-    reference = _common.shared_path(args.shared, "reference/cgcnn")
+    shared = _common.shared_only_cli(__doc__)
+    reference = _common.shared_path(shared, "reference/cgcnn")
     manifest = pd.read_csv(reference / "structures" / "manifest.csv")
     with tempfile.TemporaryDirectory() as folder:
         with tarfile.open(reference / "structures" / "cifs.tar.gz") as tar:
@@ -48,7 +42,7 @@ def main() -> None:
     rows = []
     for name, units in CHECKPOINTS.items():
         predictor = CGCNNPredictor.from_checkpoint(reference / "pre-trained" / f"{name}.pth.tar",
-                                                   atom_init=_common.shared_path(args.shared, _common.ATOM_INIT),
+                                                   atom_init=_common.shared_path(shared, _common.ATOM_INIT),
                                                    device="cpu")  # fmt: skip
         values = predictor.predict(records, batch_size=256, on_sparse="ignore").values
         expected = pd.read_csv(reference / "predictions" / f"{name}.csv").set_index("cif_id")

@@ -13,9 +13,7 @@ unseen elements, and the elastic models' domain percentile of a well-predicted c
 
 from __future__ import annotations
 
-import argparse
 import sys
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,11 +27,7 @@ def main() -> None:
     from cgcnn_ase.graph.neighbours import build_graph
     from cgcnn_ase.io.reader import to_record
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=None)
-    args = parser.parse_args()
-    _common.quiet()
-    warnings.simplefilter("ignore")
+    shared = _common.shared_only_cli(__doc__)
 
     energy = CGCNNPredictor.from_pretrained("formation_energy", device="cpu")
     print("1. NaCl rattled: stdev (Å), formation_energy (eV/atom), std, edges per atom")
@@ -55,7 +49,7 @@ def main() -> None:
               f"±{half:.3f}  {result.domain_percentile[k]:.1f}")  # fmt: skip
 
     try:
-        data = _common.shared_path(args.shared, "data/mp_elastic3k_kdmsit/data.csv.gz")
+        data = _common.shared_path(shared, "data/mp_elastic3k_kdmsit/data.csv.gz")
     except SystemExit:
         print("3. skipped: ../shared is not here")
         return

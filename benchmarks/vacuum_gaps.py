@@ -10,9 +10,7 @@ few slabs and molecules in periodic boxes.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +27,9 @@ def main() -> None:
     from cgcnn_ase.io.reader import to_record
     from cgcnn_ase.io.records import VACUUM_GAP, vacuum_gap
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default=None)
-    args = parser.parse_args()
-    _common.quiet()
-    warnings.simplefilter("ignore")
+    shared = _common.shared_only_cli(__doc__)
     for name in DATASETS:
-        records, formulas = _common.usable_crystals(args.shared, name)
+        records, formulas = _common.usable_crystals(shared, name)
         gaps = np.asarray([vacuum_gap(record.frac_coords, record.cell)[0] for record in records])
         pct = np.percentile(gaps, [50, 99, 99.9, 100])
         top = np.argsort(-gaps)[:6]

@@ -2240,6 +2240,14 @@ def test_slabs_with_five_to_eight_angstrom_of_vacuum_are_warned_about_and_out_of
         warnings.simplefilter("error", VacuumWarning)
         quiet = predictor.predict([graphite, bulk("Cu", "fcc", a=3.6), bulk("NaCl", "rocksalt", a=5.64)])
     assert quiet.in_domain(max_percentile=100).all() and quiet.vacuum_gap.max() < 4
+    from cgcnn_ase.graph.config import GraphConfig
+    from cgcnn_ase.graph.neighbours import build_graph
+    from cgcnn_ase.io.reader import to_record
+
+    assert build_graph(to_record(graphite), GraphConfig()).distances.max() < 3.35  # no edge between the layers
+    with pytest.warns(VacuumWarning):
+        slab_graph = build_graph(to_record(slabs[0]), GraphConfig(), on_sparse="ignore")
+    assert slab_graph.distances.max() < 3.7 < 6.0  # the Cu slab's edges reach 3.6 Å, not across its 6 Å gap
 
 
 def test_the_vacuum_threshold_leaves_almost_every_training_crystal_alone():
@@ -2340,14 +2348,14 @@ def test_an_unreadable_or_non_regular_file_gets_its_own_error(tmp_path, monkeypa
     from cgcnn_ase.io import reader
 
     paths, _ = _ase_cif_frames(tmp_path)
-    real_open = open
+    real_read_cif = reader.read_cif
 
-    def refuse(path, *args, **kwargs):  # root reads any file, so mode 000 cannot be tested as such
+    def refuse(path, *args, **kwargs):  # root reads any file, so mode 000 cannot be tested as such; gemmi says:
         if str(path) == str(paths[1]):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_open(path, *args, **kwargs)
+            raise PermissionError(13, f"unable to open() file {path} for reading: Permission denied")
+        return real_read_cif(path, *args, **kwargs)
 
-    monkeypatch.setattr(reader, "open", refuse, raising=False)
+    monkeypatch.setattr(reader, "read_cif", refuse)
     result = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu").predict(paths, errors="collect")
     assert result.ok.tolist() == [True, False, True]
     assert "cannot be read (Permission denied)" in result.errors[1]
@@ -2423,3 +2431,22 @@ def test_reprs_are_short_and_say_what_they_hold():
     result = predictor.predict([bulk("Cu", "fcc", a=3.6)] * 600 + ["no such file.cif"], errors="collect")
     text = repr(result)
     assert len(text) < 200 and "601 structures" in text and "1 failed" in text and "eV/atom" in text
+
+
+def test_one_calculator_on_several_frames_keeps_each_frames_numbers_only_in_info(tmp_path):
+    """docs/quickstart.md: written together, frames sharing one calculator all get the last one's energy (as with
+    any ASE calculator); with store_in_info=True each frame's own value survives in extxyz."""
+    import ase.io
+
+    from cgcnn_ase import CGCNNCalculator
+
+    calc = CGCNNCalculator("formation_energy", store_in_info=True)
+    frames = [bulk("NaCl", "rocksalt", a=5.64), bulk("Cu", "fcc", a=3.6)]
+    own = []
+    for atoms in frames:
+        atoms.calc = calc
+        own.append(atoms.get_potential_energy() / len(atoms))
+    ase.io.write(tmp_path / "out.extxyz", frames)
+    back = ase.io.read(tmp_path / "out.extxyz", index=":")
+    assert [a.get_potential_energy() for a in back] == pytest.approx([own[1] * 1, own[1] * 1])  # the last one's (Cu: 1 atom)
+    assert [a.info["cgcnn_formation_energy"] for a in back] == pytest.approx(own)

@@ -186,7 +186,7 @@ def _is_table(path: str | os.PathLike) -> bool:
 NOT_STRUCTURE_NAMES = frozenset({
     "ID_PROP.CSV", "ATOM_INIT.JSON", "README", "LICENSE", "LICENCE", "COPYING", "AUTHORS", "MAKEFILE", "THUMBS.DB",
     "INCAR", "KPOINTS", "POTCAR", "OSZICAR", "EIGENVAL", "DOSCAR", "IBZKPT", "WAVECAR", "PROCAR", "PCDAT", "REPORT",
-    "WAVEDER", "CHG", "CHGCAR", "AECCAR0", "AECCAR1", "AECCAR2", "ELFCAR", "LOCPOT", "PARCHG", "vaspout.h5".upper(),
+    "WAVEDER", "CHG", "CHGCAR", "AECCAR0", "AECCAR1", "AECCAR2", "ELFCAR", "LOCPOT", "PARCHG", "VASPOUT.H5",
 })  # fmt: skip
 #: Suffixes (lower case) of folder members that are not structure files: documents, images, code,
 #: logs and configuration. A file named on its own is read whatever its name.

@@ -377,10 +377,6 @@ def _check_file(path: Path) -> None:
                 f"{path}: not a regular file (a pipe or a device); give a file, or '-' to read standard input"
             )
         empty = status.st_size == 0
-        with open(path, "rb"):  # unreadable files get their own error here, not an abort in a parser
-            pass
-    except PermissionError as exc:
-        raise StructureReadError(f"{path}: the file cannot be read ({exc.strerror})") from None
     except OSError as exc:  # e.g. a long text passed as a path: "File name too long"
         raise StructureReadError(f"{str(path)[:80]}...: not a readable file path ({exc.strerror})") from None
     if empty:
@@ -439,7 +435,14 @@ def _read_path(source: str | os.PathLike, label: str | None, cif_reader: CifRead
 def _read_file(path: Path, label: str | None, cif_reader: CifReader) -> list[StructureRecord]:
     """Every structure of one file: CIFs through :func:`~cgcnn_ase.io.cif.read_cif`, the rest through ASE."""
     _check_file(path)
-    base = label or str(path)
+    try:
+        return _parse_file(path, label or str(path), cif_reader)
+    except PermissionError as exc:  # its own error, not an abort of every input (gemmi raises it as such)
+        raise StructureReadError(f"{path}: the file cannot be read ({os.strerror(exc.errno or 13)})") from None
+
+
+def _parse_file(path: Path, base: str, cif_reader: CifReader) -> list[StructureRecord]:
+    """The structures of an existing, non-empty file, labelled from ``base``."""
     if _is_cif(path):
         return read_cif(path, base, cif_reader, text=False)
     if _looks_like_cif(path):  # compressed or oddly named CIF: read as CIF text

@@ -41,9 +41,9 @@ MIN_CELL_THICKNESS = 0.3
 #: VacuumWarning: wider than the training crystals leave. Of the 34,237 Materials Project crystals of
 #: ``mp_cgcnn46k_kdmsit`` 99.9% leave no gap above 4.2 Å and 22 (0.06%) one above 5 Å, monolayers in a box such as
 #: phosphorene (33 Å) and graphene (22 Å); the elastic set 2 of 2941, the Castelli perovskites none
-#: (``benchmarks/vacuum_gaps.py``). A crystal's 12 nearest neighbours lie within about 3-4 Å, so almost no edge
-#: crosses such a gap and a network sees a slab, a wire or a molecule in a box: a Cu(111) slab predicts the same
-#: value with 6 or 30 Å of vacuum. (It was the 8 Å graph radius until 2026-11-28, which let 5-8 Å gaps pass.)
+#: (``benchmarks/vacuum_gaps.py``). The 12 nearest neighbours rarely reach across such a gap (in Cu they lie within
+#: 3.6 Å), so a network sees a slab, a wire or a molecule in a box: a Cu(111) slab predicts the same value with 6,
+#: 7.5 or 15 Å of vacuum (``tests/test_user_reports.py``). (It was the 8 Å graph radius until 2026-11-28, which let 5-8 Å gaps pass.)
 #: Narrower gaps stay within the data: graphite's 3.35 Å interlayer gap is crossed by no edge either.
 VACUUM_GAP = 5.0
 
