@@ -32,6 +32,7 @@ from cgcnn_ase.errors import (
     CheckpointError,
     ConfigError,
     DeviceError,
+    SiteAnalysisError,
     StreamError,
     UnknownModelError,
     UnseenElementWarning,
@@ -141,7 +142,8 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             if traceback_:
                 traceback.print_exc()
             _fail(str(exc), EXIT_MODEL)
-        except (DeviceError, ConfigError) as exc:  # --device naming no device here, a bad --set or config: usage errors
+        except (DeviceError, ConfigError, SiteAnalysisError) as exc:  # usage errors: --device naming no device here, a
+            # bad --set or config, an output folder holding another model, a model that cannot do what was asked
             if traceback_:
                 traceback.print_exc()
             _fail(str(exc), EXIT_USAGE)
@@ -1045,6 +1047,8 @@ def ensemble(members: tuple[str, ...], output: str, dataset: str | None, name: s
     split in model.json and the card. Prints the folder."""
     from cgcnn_ase.train.ensembles import assemble_ensemble
 
+    if len(members) < 2:
+        raise click.UsageError(f"an ensemble needs at least 2 MEMBERS, got {len(members)}")
     folder = assemble_ensemble(list(members), output, dataset=dataset, name=name, aliases=list(aliases) or None,
                                evaluate=not no_evaluate, batch_size=batch_size, device=device, workers=workers,
                                progress=_on_terminal(), overwrite=overwrite)  # fmt: skip

@@ -52,7 +52,8 @@ class DatasetError(CGCNNError, ValueError):
 
 
 class ConfigError(CGCNNError, ValueError):
-    """A training configuration is invalid or inconsistent (e.g. with the run being resumed)."""
+    """A training configuration is invalid or inconsistent (e.g. with the run being resumed), or an
+    output folder of ``train``/``ensemble`` cannot be used (it holds another model)."""
 
 
 class TrainingError(CGCNNError, RuntimeError):

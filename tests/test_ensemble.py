@@ -408,12 +408,14 @@ def test_cli_ensemble_and_evaluate(members, data, tmp_path):
     assert any(line.startswith("ensemble of 2: mae") and f"{vs['member_mean']:.4g}" in line for line in lines)
     assert lines[-1].endswith(str(tmp_path / "ev2" / "metrics.json"))
     bad = CliRunner().invoke(main, ["ensemble", str(members[0]), "-o", str(tmp_path / "x"), "--no-evaluate"])
-    assert bad.exit_code == 3 and "at least 2" in bad.stderr
+    assert bad.exit_code == 2 and "at least 2 MEMBERS" in bad.stderr  # a usage error (was 3: model not loadable)
+    onto = CliRunner().invoke(main, ["ensemble", *map(str, members[:2]), "-o", str(members[1]), "--no-evaluate"])
+    assert onto.exit_code == 2 and "must not be one of its members" in onto.stderr
     # round 11: an existing ensemble was replaced in silence (exit 0), its calibration lost
     before = (out / "model.json").read_text()
     again = CliRunner().invoke(main, ["ensemble", *map(str, members[:2]), "-o", str(out), "--dataset", str(data),
                                       "--no-evaluate"])  # fmt: skip
-    assert again.exit_code == 3 and "already holds a model" in again.stderr and "--overwrite" in again.stderr
+    assert again.exit_code == 2 and "already holds a model" in again.stderr and "--overwrite" in again.stderr
     assert (out / "model.json").read_text() == before
     replaced = CliRunner().invoke(main, ["ensemble", *map(str, members[:2]), "-o", str(out), "--dataset", str(data),
                                          "--no-evaluate", "--overwrite"])  # fmt: skip

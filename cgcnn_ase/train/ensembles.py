@@ -45,7 +45,7 @@ from cgcnn_ase.models.folder import (
     save_model_folder,
 )
 from cgcnn_ase.models.domain import MAX_CENTER_BYTES, DomainSummary
-from cgcnn_ase.errors import EnsembleError
+from cgcnn_ase.errors import ConfigError, EnsembleError
 
 logger = logging.getLogger(__name__)
 
@@ -220,16 +220,17 @@ def assemble_ensemble(
         The ensemble folder.
 
     Raises:
-        EnsembleError: the members differ in settings, split, data or share a seed; ``output``
-            holds a model and ``overwrite`` is not set.
+        EnsembleError: the members differ in settings, split, data or share a seed.
+        ConfigError: ``output`` is one of the members, or holds a model and ``overwrite`` is not set
+            (as ``cgcnn-ase train`` refuses an output holding another model; the CLI exits 2).
         CheckpointError: a member folder cannot be loaded.
     """
     folders = [Path(f) for f in member_folders]
     output = Path(output)
     if output.resolve() in {f.resolve() for f in folders}:
-        raise EnsembleError(f"{output}: the ensemble folder must not be one of its members")
+        raise ConfigError(f"{output}: the ensemble folder must not be one of its members")
     if (output / MODEL_JSON).is_file() and not overwrite:
-        raise EnsembleError(f"{output} already holds a model ({MODEL_JSON}); write the ensemble to another folder, "
+        raise ConfigError(f"{output} already holds a model ({MODEL_JSON}); write the ensemble to another folder, "
                             "or replace that model with overwrite=True (CLI --overwrite)")  # fmt: skip
     loaded = [load_model_folder(f) for f in folders]
     check_members(folders, loaded)
