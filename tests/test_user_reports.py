@@ -5,8 +5,10 @@ Each test failed on the release before the fix; the issue item it covers is name
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -340,7 +342,6 @@ def test_a_second_run_over_a_folder_does_not_read_its_own_output(tmp_path, monke
 
 def test_model_files_get_the_users_umask_not_0600(tmp_path):
     """'Model weights are written with mode 0600'."""
-    import os
     import stat
 
     from cgcnn_ase.models.domain import DomainSummary
@@ -2342,8 +2343,6 @@ def test_cif_blocks_that_share_a_name_are_all_read(tmp_path, cif_reader):
 def test_an_unreadable_or_non_regular_file_gets_its_own_error(tmp_path, monkeypatch):
     """Round 13: 'one CIF at mode 000 in a folder aborts the whole run (exit 2, no rows)'; 'predict <(cat x.cif)
     says the file is empty'."""
-    import os
-
     from cgcnn_ase.errors import StructureReadError
     from cgcnn_ase.io import reader
 
@@ -2404,8 +2403,6 @@ def test_predict_cli_conventions_from_round_13(tmp_path):
 
     from click.testing import CliRunner
 
-    from pathlib import Path
-
     from cgcnn_ase.cli import main
 
     from .conftest import REPO
@@ -2450,3 +2447,34 @@ def test_one_calculator_on_several_frames_keeps_each_frames_numbers_only_in_info
     back = ase.io.read(tmp_path / "out.extxyz", index=":")
     assert [a.get_potential_energy() for a in back] == pytest.approx([own[1] * 1, own[1] * 1])  # the last one's (Cu: 1 atom)
     assert [a.info["cgcnn_formation_energy"] for a in back] == pytest.approx(own)
+
+
+# -- round 14 ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need a POSIX system")
+def test_an_output_that_is_a_pipe_or_device_gets_no_lock_or_record_beside_it(tmp_path):
+    """'-o /dev/null' wrote /dev/.null.run.json and /dev/.null.lock (as root; a user cannot create files in /dev, so
+    the command failed there). A device or named pipe is written like stdout: nothing beside it, no --resume."""
+    import threading
+
+    from .conftest import REPO
+
+    fifo = tmp_path / "results.pipe"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    result = _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "-m", "formation_energy", "-o", str(fifo),
+                  "--workers", "1")  # fmt: skip
+    reader.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert received and received[0].startswith("id,formation_energy (eV/atom)") and "SrTiO3.cif," in received[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.pipe"]  # no .results.pipe.run.json or .lock
+    resumed = _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "-m", "formation_energy", "-o", str(fifo),
+                   "--resume")  # fmt: skip
+    assert resumed.exit_code == 2 and "not a stream, pipe or device" in resumed.stderr
+    if os.path.exists(os.devnull):
+        assert _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "-m", "formation_energy", "-o", os.devnull,
+                    "--workers", "1").exit_code == 0  # fmt: skip
+        assert not list(Path(os.devnull).parent.glob(f".{Path(os.devnull).name}.*"))

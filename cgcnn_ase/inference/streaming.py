@@ -516,10 +516,10 @@ def write_chunks(
 
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    stream_output = hasattr(output, "write")
-    out_format = infer_format(None if stream_output else output, fmt)
+    stream_output = hasattr(output, "write") or _is_device_or_pipe(output)  # no lock or record beside /dev/null
+    out_format = infer_format(None if hasattr(output, "write") else output, fmt)
     if resume and stream_output:
-        raise StreamError("resume needs an output file or folder, not a stream")
+        raise StreamError("resume needs an output file or folder, not a stream, pipe or device")
     with nullcontext() if stream_output else output_lock(output):  # one run writes an output at a time
         all_columns = ["id", *columns, *TEXT_COLUMNS]
         record = None if stream_output or settings is None else run_record_path(output, out_format)
@@ -561,6 +561,19 @@ def write_chunks(
             summary.n_skipped = finished.skipped if finished is not None else 0
             summary.n_failed_before = finished.n_errors if finished is not None else 0
         return summary
+
+
+def _is_device_or_pipe(output: Any) -> bool:
+    """Whether ``output`` names an existing path that is neither a regular file nor a folder (``/dev/null``,
+    ``/dev/stdout``, a named pipe): written like a stream, with no lock or settings record beside it (a user
+    cannot create files in ``/dev``)."""
+    import stat
+
+    try:
+        mode = os.stat(output).st_mode
+    except (OSError, TypeError, ValueError):  # missing (a new output), or not a path
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def run_record_path(output: str | os.PathLike, fmt: OutputFormat) -> Path:
