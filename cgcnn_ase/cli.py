@@ -251,8 +251,8 @@ def _on_terminal() -> bool:
 
 
 def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
-    """INPUTS with ``-`` replaced by the structure piped to stdin (CIF, pymatgen JSON, POSCAR or extxyz text),
-    as the item ``stdin``."""
+    """INPUTS with ``-`` replaced by the text piped to stdin (CIF, pymatgen JSON, POSCAR or extxyz), as the item
+    ``stdin`` (``stdin@k`` for each of several structures, as in a file)."""
     if "-" not in inputs:
         return tuple(inputs)
     stdin = click.get_text_stream("stdin")
@@ -276,26 +276,14 @@ def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
             raise click.UsageError("stdin ('-') holds binary data, not structure text (CIF, POSCAR, extxyz or "
                                    "pymatgen JSON; gzip-compressed is fine)") from None  # fmt: skip
         text = raw.decode("latin-1")  # an old CIF's degree signs or accented names
-    structure: Any = text
-    if "data_" not in text and not text.lstrip().startswith("{"):  # not CIF or JSON: POSCAR or extxyz text?
-        import io
-
-        import ase.io
-
-        for fmt in ("vasp", "extxyz"):
-            try:
-                frames = ase.io.read(io.StringIO(text), format=fmt, index=":")
-            except Exception:  # noqa: BLE001, S112 - not this format
-                continue
-            if len(frames) == 1:
-                structure = frames[0]
-                break
-            if len(frames) > 1:  # ase.io.read would quietly keep the last
-                raise click.UsageError(f"stdin ('-') holds {len(frames)} structures; pipe one, or name the file")
-        else:
-            raise click.UsageError("stdin ('-') holds no structure: give CIF, POSCAR, extxyz or pymatgen JSON text"
-                                   + (" (it is empty)" if not text.strip() else ""))  # fmt: skip
-    return tuple(("stdin", structure) if item == "-" else item for item in inputs)
+    if not text.strip():
+        raise click.UsageError("stdin ('-') holds no structure (it is empty): give CIF, POSCAR, extxyz or pymatgen "
+                               "JSON text")  # fmt: skip
+    if len(text.strip().splitlines()) < 2 and not text.lstrip().startswith("{"):  # one line is no structure text
+        raise click.UsageError(f"stdin ('-') holds one line ({text.strip()[:60]!r}), not structure text: give CIF, "
+                               "POSCAR, extxyz or pymatgen JSON text, or name a file as an argument")  # fmt: skip
+    # the reader tells CIF, POSCAR, extxyz and JSON text apart; several structures are stdin@0, stdin@1, ...
+    return tuple(("stdin", text) if item == "-" else item for item in inputs)
 
 
 def check_output(output: str, inputs: Sequence[str], fmt: str) -> None:

@@ -101,7 +101,7 @@ CASES = [
     Case("binary file named .xyz", _file("binary.xyz", b"\x00\x13\xff\xfe" * 256), StructureReadError, "could not be read", file=True),
     Case("truncated CIF", _file("truncated.cif", DISORDERED_CIF[:150]), StructureReadError, "not a readable CIF|holds no structure", file=True),
     Case("POSCAR without species names", _file("POSCAR", POSCAR_NO_SPECIES), StructureReadError, "chemical symbols", file=True),
-    Case("text file that is no structure", _file("notes.txt", "hello world\n"), StructureReadError, "could not be read", file=True),
+    Case("text file that is no structure", _file("notes.txt", "hello world\n"), StructureReadError, "unknown format: ASE cannot tell", file=True),
     Case("nonexistent path", lambda t: str(t / "does_not_exist.cif"), StructureReadError, "no such file", file=True),
     Case("directory given as a structure", lambda t: str(t), StructureReadError, "is a directory", file=True),
 ]

@@ -1012,9 +1012,17 @@ def test_a_dash_reads_one_structure_piped_to_stdin():
     assert piped.split(",")[1:] == expected.split(",")[1:]  # the same number as from the file
     both = run((REPO / "examples" / "SrTiO3.cif").read_text(), str(REPO / "examples" / "NaCl.POSCAR"))
     assert [line.split(",")[0] for line in both.stdout.splitlines()[1:]] == ["stdin", str(REPO / "examples" / "NaCl.POSCAR")]
-    frames = (REPO / "examples" / "Si.extxyz").read_text() * 2
-    assert run(frames).exit_code == 2 and "holds 2 structures" in run(frames).output
-    assert run("junk\n").exit_code == 2 and "holds no structure" in run("junk\n").output
+    # round 14: several extxyz frames are read as a multi-block CIF is (they were refused, the CIF blocks read)
+    frames = run((REPO / "examples" / "Si.extxyz").read_text() * 2)
+    assert frames.exit_code == 0 and [line.split(",")[0] for line in frames.stdout.splitlines()[1:]] == ["stdin@0", "stdin@1"]
+    assert run("junk\n").exit_code == 2 and "holds one line" in run("junk\n").output
+    assert run("\n \n").exit_code == 2 and "it is empty" in run("\n \n").output
+    junk = run("junk\nmore junk\n")  # like a file that is no structure: its own error row
+    assert junk.exit_code == 1 and "stdin: text that is neither CIF" in junk.stderr
+    # a POSCAR whose comment line starts with data_ is no CIF (it was read as one and failed)
+    poscar = (REPO / "examples" / "NaCl.POSCAR").read_text().split("\n", 1)[1]
+    renamed = run("data_NaCl relaxed\n" + poscar).stdout.splitlines()[1]
+    assert renamed.split(",")[1:] == expected.split(",")[1:]
 
 
 def test_in_domain_leaves_out_mis_scaled_cells_by_their_bond_ratio():
@@ -2478,3 +2486,25 @@ def test_an_output_that_is_a_pipe_or_device_gets_no_lock_or_record_beside_it(tmp
         assert _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "-m", "formation_energy", "-o", os.devnull,
                     "--workers", "1").exit_code == 0  # fmt: skip
         assert not list(Path(os.devnull).parent.glob(f".{Path(os.devnull).name}.*"))
+
+
+def test_poscar_and_extxyz_text_and_files_named_without_a_format_are_read_by_content(tmp_path):
+    """Round 14 (left alone in round 13): POSCAR text given to the API or in a table cell was 'not readable CIF
+    text'; a POSCAR file named without a suffix ASE knows ('Si', 'relaxed') was 'Could not guess file type',
+    while the same text on stdin was read."""
+    from .conftest import REPO
+
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    poscar = (REPO / "examples" / "NaCl.POSCAR").read_text()
+    frames = (REPO / "examples" / "Si.extxyz").read_text() * 2
+    (tmp_path / "NaCl").write_text(poscar)
+    (tmp_path / "relaxed").write_text(frames)
+    (tmp_path / "notes").write_text("two lines\nof prose\n")
+    reference = predictor.predict([REPO / "examples" / "NaCl.POSCAR", REPO / "examples" / "Si.extxyz"]).values
+    result = predictor.predict([poscar, ("cell", frames), tmp_path / "NaCl", tmp_path / "relaxed", tmp_path / "notes"],
+                               errors="collect")  # fmt: skip
+    assert list(result.ids) == ["input 0", "cell@0", "cell@1", str(tmp_path / "NaCl"), f"{tmp_path / 'relaxed'}@0",
+                                f"{tmp_path / 'relaxed'}@1", str(tmp_path / "notes")]  # fmt: skip
+    assert result.values[[0, 3]] == pytest.approx([reference[0]] * 2, abs=1e-6)  # batches differ: float32 rounding
+    assert result.values[[1, 2, 4, 5]] == pytest.approx([reference[1]] * 4, abs=1e-6)
+    assert "unknown format: ASE cannot tell it from the name" in result.errors[6]

@@ -12,7 +12,11 @@ file path (``Path``, or   CIF / mCIF: gemmi (default) or pymatgen, see ``cif_rea
 a one-line ``str``)       anything else (POSCAR, extxyz, ...): ASE; several frames or CIF
                           data blocks give several records, labelled ``path@i``
 CIF text (``str`` with    exactly as a CIF file holding that text (the same gemmi path,
-line breaks)              the same pymatgen fallback)
+line breaks, ``data_``    the same pymatgen fallback)
+and cell or site items)
+POSCAR or extended XYZ    ASE (``vasp``, then ``extxyz``); several frames give several
+text (other ``str`` with  records, labelled ``label@i``
+line breaks)
 structure JSON (``str``   ``pymatgen.core.Structure.from_dict``
 starting with ``{``)
 pymatgen structure dict   ``pymatgen.core.Structure.from_dict`` (a mapping with ``lattice``
@@ -70,7 +74,7 @@ __all__ = [
     "to_record",
 ]
 
-InputKind = Literal["record", "path", "cif_text", "json_text", "structure_dict", "empty", "object"]
+InputKind = Literal["record", "path", "cif_text", "structure_text", "json_text", "structure_dict", "empty", "object"]
 
 
 def cif_reader_for_policy(neighbor_policy: str) -> CifReader:
@@ -101,6 +105,15 @@ def _is_missing(obj: Any) -> bool:
     return isinstance(obj, str) and not obj.strip()
 
 
+def _is_cif_text(text: str) -> bool:
+    """Whether ``text`` is CIF: a ``data_`` block header and cell or atom-site items (lines starting so, any
+    case; a POSCAR whose comment line starts with ``data_`` is not)."""
+    lines = [line.lstrip().lower() for line in text.splitlines()]
+    return any(line.startswith("data_") for line in lines) and any(
+        line.startswith(("_cell_length_a", "_cell.length_a", "_atom_site_", "_atom_site.")) for line in lines
+    )
+
+
 def _is_structure_dict(obj: Mapping) -> bool:
     """A mapping that claims to be a pymatgen ``Structure.as_dict()``."""
     return "@class" in obj or ("lattice" in obj and "sites" in obj)
@@ -110,7 +123,8 @@ def input_kind(obj: Any) -> InputKind:
     """What :func:`read_records` takes ``obj`` for (bytes are read as UTF-8 text).
 
     ``"path"``: a ``PathLike`` or a one-line string that is not JSON; ``"cif_text"``: a
-    string with line breaks; ``"json_text"``: a string starting with ``{``;
+    string with line breaks, a ``data_`` line and cell or atom-site items; ``"structure_text"``: another string
+    with line breaks (POSCAR or extended XYZ); ``"json_text"``: a string starting with ``{``;
     ``"structure_dict"``: a pymatgen structure mapping; ``"empty"``: ``None``, NaN or blank
     text; ``"record"``: a :class:`StructureRecord`; ``"object"``: anything else (``Atoms``,
     ``Structure``, or an unsupported type that :func:`to_record` refuses).
@@ -127,7 +141,9 @@ def input_kind(obj: Any) -> InputKind:
         text = obj.strip()
         if text.startswith("{"):
             return "json_text"
-        return "cif_text" if "\n" in text or "\r" in text else "path"
+        if "\n" not in text and "\r" not in text:
+            return "path"
+        return "cif_text" if _is_cif_text(text) else "structure_text"
     if isinstance(obj, Mapping) and _is_structure_dict(obj):
         return "structure_dict"
     return "object"
@@ -142,11 +158,11 @@ def read_records(source: Any, label: str | None = None, *, cif_reader: CifReader
     """Read and validate every structure in ``source`` (any input in the module table).
 
     Args:
-        source: a file path, CIF text, structure JSON text, pymatgen structure dict,
+        source: a file path, CIF text, POSCAR or extended XYZ text, structure JSON text, pymatgen structure dict,
             ``ase.Atoms``, pymatgen ``Structure``/``IStructure`` or record (bytes: UTF-8 text).
         label: the name used in records and messages (``label@i`` for the i-th of several
             structures). ``None``: the path for files, the record's own label, ``"CIF text"``,
-            ``"structure JSON"``, ``"Atoms"`` or ``"Structure"`` otherwise.
+            ``"structure text"``, ``"structure JSON"``, ``"Atoms"`` or ``"Structure"`` otherwise.
         cif_reader: ``"gemmi"`` or ``"pymatgen"`` for CIF files and CIF text (module docstring).
 
     Returns:
@@ -167,6 +183,10 @@ def read_records(source: Any, label: str | None = None, *, cif_reader: CifReader
         return _read_path(source.strip() if isinstance(source, str) else source, label, cif_reader)
     if kind == "cif_text":
         return read_cif(source.strip(), label or "CIF text", cif_reader, text=True)
+    if kind == "structure_text":
+        base = label or "structure text"
+        frames = _text_frames(source, base)
+        return [from_ase(atoms, label=name) for atoms, name in zip(frames, _labels(base, len(frames)))]
     if kind == "json_text":
         return [_structure_dict_record(_json_dict(source, label or "structure JSON"), label or "structure JSON")]
     if kind == "structure_dict":
@@ -291,8 +311,14 @@ def _separately(
     """Each structure of a file or CIF text of several read on its own (see :func:`read_items`), or
     ``None`` when ``source`` holds fewer than two or cannot be split into them."""
     kind = input_kind(source)
-    if kind not in ("path", "cif_text"):
+    if kind not in ("path", "cif_text", "structure_text"):
         return None
+    if kind == "structure_text":
+        base = label or "structure text"
+        try:
+            return _frames_separately(_text_frames(source, base), base)
+        except InvalidStructureError:
+            return None
     if kind == "cif_text":
         text, base = str(source).strip(), label or "CIF text"
     else:
@@ -302,7 +328,10 @@ def _separately(
             if not path.is_file():
                 return None
             if not (_is_cif(path) or _looks_like_cif(path)):
-                return _frames_separately(path, base)
+                try:
+                    return _frames_separately(_ase_frames(path, base), base)
+                except InvalidStructureError:
+                    return None
             with _open_text(path) as f:
                 text = f.read()
         except (OSError, EOFError, ValueError):  # a name too long for the OS, unreadable: read_records said why
@@ -310,12 +339,8 @@ def _separately(
     return read_cif_blocks(text, base, cif_reader)
 
 
-def _frames_separately(path: Path, base: str) -> list[tuple[str, StructureRecord | InvalidStructureError]] | None:
-    """Each ASE frame of a file of several turned into a record on its own (``None``: fewer than two frames)."""
-    try:
-        frames = _ase_frames(path, base)
-    except InvalidStructureError:
-        return None
+def _frames_separately(frames: list[Any], base: str) -> list[tuple[str, StructureRecord | InvalidStructureError]] | None:
+    """Each of several ASE frames (of a file or text) turned into a record on its own (``None``: fewer than two)."""
     if len(frames) < 2:
         return None
     items: list[tuple[str, StructureRecord | InvalidStructureError]] = []
@@ -412,9 +437,7 @@ def _looks_like_cif(path: Path) -> bool:
             head = f.read(65536)
     except (OSError, EOFError, ValueError):  # not compressed after all, or unreadable: not for us to say
         return False
-    lines = [line.strip() for line in head.splitlines()]
-    has_block = any(line.lower().startswith("data_") for line in lines)
-    return has_block and any(line.lower().startswith(("_cell_length_a", "_atom_site_")) for line in lines)
+    return _is_cif_text(head)
 
 
 def _read_path(source: str | os.PathLike, label: str | None, cif_reader: CifReader) -> list[StructureRecord]:
@@ -471,11 +494,20 @@ def read_frames(path: str | os.PathLike) -> list[Any]:
 
 def _ase_frames(path: Path, label: str) -> list[Any]:
     import ase.io
+    from ase.io.formats import UnknownFileTypeError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             frames = ase.io.read(path, index=":", do_not_split_by_at_sign=True)  # "Si@300K.xyz" is a name
+    except UnknownFileTypeError:  # a name ASE cannot place ("Si", "relaxed.out"): POSCAR or extxyz by content
+        with _open_text(path) as f:
+            text = f.read()
+        try:
+            return _text_frames(text, label)
+        except StructureReadError:
+            raise StructureReadError(f"{label}: unknown format: ASE cannot tell it from the name, and the text is "
+                                     "neither CIF, POSCAR nor extended XYZ (name the file .cif, .vasp, .extxyz, ...)") from None
     except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
         key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
         if isinstance(key, str) and key[:1].isupper() and key.isalpha() and len(key) <= 3:  # ASE's symbol lookup
@@ -485,6 +517,26 @@ def _ase_frames(path: Path, label: str) -> list[Any]:
     if not frames:
         raise StructureReadError(f"{label}: the file holds no structure")
     return list(frames)
+
+
+def _text_frames(text: str, label: str) -> list[Any]:
+    """The ``ase.Atoms`` frames of POSCAR or extended XYZ text (tried in that order: a POSCAR is never
+    valid XYZ), for text without a CIF data block and files whose names do not say their format."""
+    import io
+
+    import ase.io
+
+    for fmt in ("vasp", "extxyz"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                frames = ase.io.read(io.StringIO(text.rstrip() + "\n"), format=fmt, index=":")  # line 1 may be blank
+        except Exception:  # noqa: BLE001, S112 - not this format
+            continue
+        if frames:
+            return list(frames)
+    raise StructureReadError(f"{label}: text that is neither CIF (a data_ block with cell and atom-site items), POSCAR "
+                             "nor extended XYZ")
 
 
 # =============================================================================================
