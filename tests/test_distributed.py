@@ -190,7 +190,7 @@ def test_featurizer_parses_text_columns_row_by_row(client, model_folder, structu
     np.testing.assert_allclose(got[labels].to_numpy(), expected[labels].to_numpy(), atol=1e-6)
     assert got["structure"].tolist() == text["structure"].tolist()  # the input column is kept as it was
     message = got["CGCNNFeaturizer Exceptions"][3]
-    assert message.startswith("row 3: not readable CIF text") and got["CGCNNFeaturizer Exceptions"].isna().sum() == 5
+    assert message.startswith("row 3: text that is neither CIF") and got["CGCNNFeaturizer Exceptions"].isna().sum() == 5
 
 
 def test_unknown_model_fails_before_any_task(table):
