@@ -2508,3 +2508,12 @@ def test_poscar_and_extxyz_text_and_files_named_without_a_format_are_read_by_con
     assert result.values[[0, 3]] == pytest.approx([reference[0]] * 2, abs=1e-6)  # batches differ: float32 rounding
     assert result.values[[1, 2, 4, 5]] == pytest.approx([reference[1]] * 4, abs=1e-6)
     assert "unknown format: ASE cannot tell it from the name" in result.errors[6]
+
+
+def test_batch_size_must_be_a_whole_number():
+    """Round 14: batch_size=1.5 or "64" failed deep inside (islice, '<' between str and int); True ran as 1."""
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    for bad in (1.5, "64", True, 0):
+        with pytest.raises(ValueError, match="batch_size must be a whole number of at least 1"):
+            predictor.predict(bulk("Cu", "fcc", a=3.6), batch_size=bad)
+    assert np.isfinite(predictor.predict(bulk("Cu", "fcc", a=3.6), batch_size=np.int64(2)).values).all()

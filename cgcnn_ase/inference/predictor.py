@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -702,8 +703,8 @@ def _predict_together(
     if not isinstance(workers, NetworkPool) and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be at least 1 (a number of processes) or a NetworkPool, got {workers!r}")
     size = predictors[0].default_batch_size() if batch_size is None else batch_size
-    if size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:  # 1.5 and "64" failed deep inside; True ran as 1
+        raise ValueError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
     for p, c in zip(predictors, coverages):
         if c is not None:
             p.model.conformal_quantile(c)  # fails early
