@@ -2517,3 +2517,17 @@ def test_batch_size_must_be_a_whole_number():
         with pytest.raises(ValueError, match="batch_size must be a whole number of at least 1"):
             predictor.predict(bulk("Cu", "fcc", a=3.6), batch_size=bad)
     assert np.isfinite(predictor.predict(bulk("Cu", "fcc", a=3.6), batch_size=np.int64(2)).values).all()
+
+
+def test_csv_ids_keep_their_leading_zeros(tmp_path):
+    """Round 14: ids such as 0007 in a training CSV were read as numbers (drop_ids '0000' matched nothing, the
+    split held '31'); the id_prop.csv layout kept them."""
+    from cgcnn_ase.data.datasets import DatasetSpec, load_table
+
+    from .conftest import REPO
+
+    cif = (REPO / "examples" / "SrTiO3.cif").read_text().replace('"', '""')
+    rows = "".join(f'{k:04d},{-k / 10},"{cif}"\n' for k in range(3))
+    (tmp_path / "zeros.csv").write_text("id,y,cif\n" + rows)
+    table = load_table(DatasetSpec(path=str(tmp_path / "zeros.csv"), target="y"))
+    assert list(table.ids) == ["0000", "0001", "0002"]

@@ -35,7 +35,10 @@ def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
 
     path = Path(spec.path)
     sep = "\t" if ".tsv" in path.name.lower() else ","
-    df = pd.read_csv(path, sep=sep)
+    from cgcnn_ase.data.datasets import ID_COLUMNS
+
+    ids = [spec.id_column] if spec.id_column else list(ID_COLUMNS)
+    df = pd.read_csv(path, sep=sep, dtype={c: str for c in ids})  # ids as written: 0007 stays 0007, not 7
     column = spec.structure_column or "cif"
     if column not in df.columns:
         raise DatasetError(
