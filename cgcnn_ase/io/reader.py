@@ -185,8 +185,7 @@ def read_records(source: Any, label: str | None = None, *, cif_reader: CifReader
         return read_cif(source.strip(), label or "CIF text", cif_reader, text=True)
     if kind == "structure_text":
         base = label or "structure text"
-        frames = _text_frames(source, base)
-        return [from_ase(atoms, label=name) for atoms, name in zip(frames, _labels(base, len(frames)))]
+        return _frame_records(_text_frames(source, base), base)
     if kind == "json_text":
         return [_structure_dict_record(_json_dict(source, label or "structure JSON"), label or "structure JSON")]
     if kind == "structure_dict":
@@ -475,7 +474,11 @@ def _parse_file(path: Path, base: str, cif_reader: CifReader) -> list[StructureR
         records = _json_file_records(path, base)
         if records is not None:
             return records
-    frames = _ase_frames(path, base)
+    return _frame_records(_ase_frames(path, base), base)
+
+
+def _frame_records(frames: list[Any], base: str) -> list[StructureRecord]:
+    """Records of ASE frames, labelled ``base`` (one frame) or ``base@i``."""
     return [from_ase(atoms, label=name) for atoms, name in zip(frames, _labels(base, len(frames)))]
 
 
