@@ -668,13 +668,13 @@ def _run_stream(stream: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
 def models(name: str | None) -> None:
     """List the shipped models, or show the model card of NAME (a shipped model or a model folder)."""
     from cgcnn_ase.models.folder import read_model_json
-    from cgcnn_ase.models.registry import list_models, resolve_model
+    from cgcnn_ase.models.registry import list_models, resolve_model, shipped_by_name
 
-    if name and (Path(name) / "model.json").is_file():  # a model folder of one's own
+    if name and shipped_by_name(name) is None and (Path(name) / "model.json").is_file():  # a folder of one's own
         card = Path(name) / "README.md"
         click.echo(card.read_text() if card.exists() else json.dumps(read_model_json(name), indent=2, default=str))
         return
-    if name and Path(name).exists():
+    if name and shipped_by_name(name) is None and Path(name).exists():
         from cgcnn_ase.errors import UnknownModelError
 
         raise UnknownModelError(f"{name}: not a model folder (it has no model.json); `cgcnn-ase models` lists the shipped models")
@@ -960,13 +960,13 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, co
 
     from cgcnn_ase.train.ensembles import calibrate_folder, calibration_problem
 
-    if not Path(model).exists():  # a shipped model's name: its folder is part of the installation
-        from cgcnn_ase.models.registry import resolve_model
+    from cgcnn_ase.models.registry import resolve_model, shipped_by_name
 
+    if shipped_by_name(model) is not None or not Path(model).exists():  # a shipped model: part of the installation
         folder = resolve_model(model).path
         raise click.UsageError(f"calibrate rewrites the model folder it is given, and {model!r} names the shipped model in "
                                f"{folder}: copy that folder (cp -r) and calibrate the copy, or give the folder's path to "
-                               "recalibrate it in place")  # fmt: skip
+                               "recalibrate it in place (./NAME for a folder in the working directory)")  # fmt: skip
     problem = calibration_problem(model, domain=domain, report=report)
     if problem is not None:  # asked of a model that cannot have it: a usage error
         raise click.UsageError(f"{model}: {problem}")

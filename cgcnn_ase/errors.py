@@ -107,6 +107,11 @@ class VacuumWarning(GeometryWarning):
     molecule in a periodic box, which the models (trained on bulk crystals) see as such."""
 
 
+class ShadowedModelWarning(UserWarning):
+    """A file or folder in the working directory has a shipped model's name; the bare name selects the
+    shipped model, and ``./NAME`` the file or folder."""
+
+
 class SkippedFilesWarning(UserWarning):
     """Files of a folder input that are not structure files (documents, images, the original CGCNN
     layout's ``id_prop.csv`` and ``atom_init.json``) were left out; named on their own they are read."""

@@ -2531,3 +2531,32 @@ def test_csv_ids_keep_their_leading_zeros(tmp_path):
     (tmp_path / "zeros.csv").write_text("id,y,cif\n" + rows)
     table = load_table(DatasetSpec(path=str(tmp_path / "zeros.csv"), target="y"))
     assert list(table.ids) == ["0000", "0001", "0002"]
+
+
+def test_a_folder_named_like_a_shipped_model_does_not_replace_it(trained, tmp_path, monkeypatch):
+    """Round 14a: a run written to ./formation_energy became the default command's formation energy (units
+    'unknown'), and an empty ./band_gap made it exit 3. A bare shipped name selects the shipped model (warned),
+    ./NAME the folder."""
+    import shutil
+
+    from cgcnn_ase.errors import ShadowedModelWarning
+    from cgcnn_ase.models.registry import load_model, model_folder, resolve_model
+
+    _, folder = trained
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(folder, tmp_path / "formation_energy")
+    (tmp_path / "band_gap").mkdir()
+    shipped = resolve_model("formation_energy")
+    with pytest.warns(ShadowedModelWarning, match=r"give \./formation_energy to load it"):
+        assert load_model("formation_energy", device="cpu").spec.units == shipped.units
+    with pytest.warns(ShadowedModelWarning):
+        assert model_folder("band_gap") == resolve_model("band_gap").path
+    assert load_model("./formation_energy", device="cpu").spec.units == "Å^3/atom"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ShadowedModelWarning)
+        assert CGCNNPredictor.from_pretrained("formation_energy", device="cpu").units == shipped.units
+    bulk("Si").write(tmp_path / "Si.cif")
+    result = _cli("predict", "Si.cif", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert "formation_energy (eV/atom)" in result.stdout and "band_gap (eV)" in result.stdout
+    assert "the folder 'band_gap' in the working directory" in result.stderr

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from cgcnn_ase.errors import CheckpointError, UnknownModelError
+from cgcnn_ase.errors import CheckpointError, ShadowedModelWarning, UnknownModelError
 from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.models.folder import LoadedModel, load_model_folder, read_model_json
 from cgcnn_ase.models.legacy import load_original_checkpoint
@@ -147,6 +148,30 @@ def _looks_like_path(model: str) -> bool:
     return any(sep in model for sep in ("/", "\\")) or model.endswith(_PATH_SUFFIXES)
 
 
+def shipped_by_name(model: str | os.PathLike) -> ModelInfo | None:
+    """The shipped model a bare name or alias selects, or ``None`` (paths, ``os.PathLike`` and other names).
+
+    A shipped name wins over a file or folder of the same name in the working directory (a training
+    run written to ``./formation_energy`` must not silently become everyone's formation energy); that
+    file or folder is then named in a :class:`~cgcnn_ase.errors.ShadowedModelWarning`, and ``./NAME``
+    loads it.
+    """
+    if not isinstance(model, str) or _looks_like_path(model):
+        return None
+    for info in list_models():
+        if model == info.name or model in info.aliases:
+            if Path(model).exists():
+                warnings.warn(
+                    f"{model!r} is the shipped model {info.name}; the {'folder' if Path(model).is_dir() else 'file'} "
+                    f"{model!r} in the working directory ({Path(model).resolve()}) is not used: give ./{model} to "
+                    "load it",
+                    ShadowedModelWarning,
+                    stacklevel=3,
+                )
+            return info
+    return None
+
+
 def load_model(
     model: str | os.PathLike,
     *,
@@ -158,9 +183,11 @@ def load_model(
     """Load a model from whatever names it: a shipped model's name or alias, a model folder
     (single or ensemble), or one of the original authors' ``.pth.tar`` files.
 
-    An existing path is loaded as a folder or file; a string that is not an existing path
-    is looked up in the registry (:func:`resolve_model`), unless it looks like a path
-    (holds ``/`` or ends in ``.pth.tar``, ``.pt``, ...), which is then reported missing.
+    A shipped model's bare name or alias selects it, even where the working directory holds a
+    file or folder of that name (warned; give ``./NAME`` for that one). Any other existing path
+    is loaded as a folder or file; a string that is not an existing path is looked up in the
+    registry (:func:`resolve_model`), unless it looks like a path (holds ``/`` or ends in
+    ``.pth.tar``, ``.pt``, ...), which is then reported missing.
 
     Args:
         model: the name, alias, folder or file.
@@ -180,7 +207,14 @@ def load_model(
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"a model is named by a string or a path, not {type(model).__name__}")
     path = Path(model)
-    if path.exists():
+    shipped = shipped_by_name(model)
+    if shipped is not None:
+        if atom_init is not None:
+            raise CheckpointError(
+                f"{model}: a shipped model carries its own element table; atom_init applies to .pth.tar files only"
+            )
+        loaded = load_model_folder(shipped.path, members=members)
+    elif path.exists():
         loaded = _load_path(path, members=members, atom_init=atom_init, trusted=trusted)
     elif isinstance(model, os.PathLike) or _looks_like_path(model):
         raise CheckpointError(f"{model}: no such model folder or checkpoint file")
@@ -200,6 +234,9 @@ def model_folder(model: str | os.PathLike, *, purpose: str = "a model folder is 
         CheckpointError: the path exists but is not a folder, or looks like a path and is missing.
         UnknownModelError: no shipped model of that name.
     """
+    shipped = shipped_by_name(model)
+    if shipped is not None:
+        return shipped.path
     path = Path(model)
     if path.is_dir():
         return path

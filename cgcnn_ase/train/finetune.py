@@ -44,7 +44,7 @@ import torch
 from cgcnn_ase.errors import ConfigError
 from cgcnn_ase.graph.elements import generate_cgcnn_table
 from cgcnn_ase.models.folder import ELEMENTS_FILE, LoadedModel, read_model_json
-from cgcnn_ase.models.registry import load_model, model_folder
+from cgcnn_ase.models.registry import load_model, model_folder, shipped_by_name
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train.config import TrainConfig
 from cgcnn_ase.train.data import load_elements
@@ -129,6 +129,9 @@ class FineTuneState:
 
 def _locate(init_from: str) -> tuple[str, Path]:
     """``(kind, path)`` of a model argument (shipped models: their folder, found by the registry)."""
+    shipped = shipped_by_name(init_from)
+    if shipped is not None:
+        return SHIPPED, shipped.path
     path = Path(init_from)
     if path.is_dir():
         return FOLDER, path
@@ -164,7 +167,7 @@ def load_base(config: TrainConfig) -> FineTuneBase:
                 "the atom_init.json it was trained with ('generated' uses this project's table, which changes it)"
             )
         atom_init = config.elements
-    loaded = load_model(path if kind != SHIPPED else init_from, device="cpu", members=member + 1, atom_init=atom_init)
+    loaded = load_model(path, device="cpu", members=member + 1, atom_init=atom_init)
     if loaded.is_ensemble:
         chosen = loaded.members[member]
         network, mean, std = chosen.network, chosen.normalizer_mean, chosen.normalizer_std
