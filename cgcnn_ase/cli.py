@@ -899,10 +899,12 @@ def _evaluation_summary(report: dict[str, Any]) -> list[str]:
 @click.option("--id-column", default=None, help="With DATASET: its column of unique ids [default: the training config's].")
 @click.option("--column", "structure_column", default=None, help="With DATASET: its column of structures (CIF text, ...) [default: the training config's].")
 @click.option("--filter", "row_filter", default=None, help="With DATASET: a pandas query selecting rows, replacing the training config's ('' for none).")
+@click.option("--per-atom/--no-per-atom", "per_atom", default=None, help="With DATASET: divide its true values by each crystal's number of atoms (--no-per-atom: the column is per atom already) [default: the training config's per_atom].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None, help="What to print [default: a short summary on a terminal, else the report as JSON]; metrics.json always holds the whole report.")
 @_guarded
 def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, batch_size: int, target: str | None,
-             id_column: str | None, structure_column: str | None, row_filter: str | None, fmt: str | None) -> None:  # fmt: skip
+             id_column: str | None, structure_column: str | None, row_filter: str | None, per_atom: bool | None,
+             fmt: str | None) -> None:  # fmt: skip
     """Score MODEL (a trained model folder or shipped name) on a split of its dataset
     (default: the saved test split of the dataset it was trained on) or on DATASET.
     Prints the metrics; writes them with the predictions and a parity (or ROC) plot to a folder.
@@ -913,7 +915,8 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
     from cgcnn_ase.models.registry import model_folder
 
     given = {"--target": ("target", target), "--id-column": ("id_column", id_column),
-             "--column": ("structure_column", structure_column), "--filter": ("filter", row_filter)}  # fmt: skip
+             "--column": ("structure_column", structure_column), "--filter": ("filter", row_filter),
+             "--per-atom/--no-per-atom": ("per_atom", per_atom)}  # fmt: skip
     layout = {field: (value or None) if field == "filter" else value for field, value in given.values() if value is not None}
     if layout and dataset is None:
         options = "/".join(option for option, (_, value) in given.items() if value is not None)

@@ -2560,3 +2560,39 @@ def test_a_folder_named_like_a_shipped_model_does_not_replace_it(trained, tmp_pa
     assert result.exit_code == 0, result.output
     assert "formation_energy (eV/atom)" in result.stdout and "band_gap (eV)" in result.stdout
     assert "the folder 'band_gap' in the working directory" in result.stderr
+
+
+def test_evaluate_with_another_target_column_says_how_per_atom_applies(trained, tmp_path):
+    """Round 14a: evaluate MODEL DATASET --target COL divided a column that was already per atom by the number of
+    atoms again (MAE 1.290 against 1.091), silently. It is now warned, and --no-per-atom takes it as it is."""
+    import shutil
+
+    import pandas as pd
+    import yaml
+
+    from pymatgen.core import Structure
+
+    from cgcnn_ase.analysis.evaluation import evaluate_model
+
+    config, folder = trained
+    model = tmp_path / "per_atom_model"
+    shutil.copytree(folder, model)
+    settings = yaml.safe_load((model / "config.yaml").read_text())
+    settings["data"].update(target="volume", per_atom=True)  # the same model, as if trained on volume / atoms
+    (model / "config.yaml").write_text(yaml.safe_dump(settings))
+    table = pd.read_csv(config.data.path)
+    table["volume"] = [row.vpa * len(Structure.from_str(row.cif, fmt="cif")) for row in table.itertuples()]
+    table.to_csv(tmp_path / "data.csv", index=False)
+    reference = evaluate_model(model, tmp_path / "data.csv", split="all", layout={"target": "volume"}, workers=1)
+    with pytest.warns(UserWarning, match="'vpa' is divided too. If it is already per atom, say so"):
+        doubled = evaluate_model(model, tmp_path / "data.csv", split="all", layout={"target": "vpa"}, workers=1)
+    as_is = evaluate_model(model, tmp_path / "data.csv", split="all", layout={"target": "vpa", "per_atom": False},
+                           workers=1)  # fmt: skip
+    assert as_is["metrics"]["mae"] == pytest.approx(reference["metrics"]["mae"], rel=1e-9)
+    assert doubled["metrics"]["mae"] != pytest.approx(as_is["metrics"]["mae"], rel=1e-3)  # divided twice
+    cli = _cli("evaluate", str(model), str(tmp_path / "data.csv"), "--split", "all", "--target", "vpa",
+               "--no-per-atom", "--format", "json", "-o", str(tmp_path / "out"))  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    import json
+
+    assert json.loads(cli.stdout)["metrics"]["mae"] == pytest.approx(reference["metrics"]["mae"], rel=1e-9)

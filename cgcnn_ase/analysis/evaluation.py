@@ -41,7 +41,7 @@ def _model_folder(model: str | os.PathLike) -> Path:
 
 
 #: Dataset settings that describe a file's layout; another dataset's may differ from the training one's.
-LAYOUT_FIELDS = ("target", "id_column", "structure_column", "filter", "format")
+LAYOUT_FIELDS = ("target", "id_column", "structure_column", "filter", "format", "per_atom")
 
 
 def _dataset_spec(folder: Path, dataset: Any, layout: Mapping[str, Any] | None = None) -> Any:
@@ -78,6 +78,16 @@ def _dataset_spec(folder: Path, dataset: Any, layout: Mapping[str, Any] | None =
     if trained is not None:  # same targets / filters / transform, another location (and perhaps layout)
         if layout:  # another file: the training file's outlier ids and its name do not describe it
             trained = {k: v for k, v in trained.items() if k not in ("drop_ids", "name")}
+        if "target" in layout and trained.get("per_atom") and "per_atom" not in layout:
+            import warnings
+
+            warnings.warn(
+                f"{folder.name} was trained on {trained.get('target')!r} divided by each crystal's number of atoms "
+                f"(per_atom); {layout['target']!r} is divided too. If it is already per atom, say so (CLI "
+                "--no-per-atom; Python layout per_atom=False)",
+                UserWarning,
+                stacklevel=3,
+            )
         return DatasetSpec.from_dict({**trained, "path": str(dataset), **layout})
     return DatasetSpec(path=str(dataset), **layout)
 
@@ -121,7 +131,8 @@ def load_split_records(
         splits: any of ``"train"``, ``"val"``, ``"test"``, ``"all"``.
         layout: with ``dataset`` a path to another file, the settings of :data:`LAYOUT_FIELDS` that
             differ from the training config's (e.g. ``{"target": "bulk_modulus_vrh", "id_column":
-            "mp_id"}``); the transform, ``per_atom`` and the rest stay the model's.
+            "mp_id"}``, or ``per_atom`` for a column that is already per atom); the transform and
+            the rest stay the model's.
 
     Returns:
         The :class:`~cgcnn_ase.data.datasets.DatasetSpec` used and ``{split: SplitRecords}``.
