@@ -441,6 +441,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         click.echo(f"note: --coverage {coverage}: no intervals from {', '.join(without)} (not calibrated ensembles)", err=True)
     for predictor in predictors:
         predictor.compile = compile_
+    _note_ungated_band_gaps(names, predictors)
     if fmt in ("csv", "parquet") and not per_atom:
         chunk_size = chunk_size or (MODEL_CHUNK if len(predictors) == 1 else MODELS_CHUNK)
         _predict_streaming(inputs, predictors, names, output, fmt, resume=resume, chunk_size=chunk_size,
@@ -471,6 +472,18 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         return
     _predict_per_atom(items, predictors, names, fmt=fmt, output=output, meta=meta, batch_size=batch_size,
                       workers=n_workers)  # fmt: skip
+
+
+def _note_ungated_band_gaps(names: Sequence[str], predictors: Sequence[Any]) -> None:
+    """A stderr note when ``--model`` runs a band-gap model trained on non-metals: its column is the
+    regression's own value (meaningless for a metal), not the gated band gap of ``predict`` without it."""
+    from cgcnn_ase.inference.properties import trained_on_non_metals
+
+    ungated = [name for name, p in zip(names, predictors) if trained_on_non_metals(p)]
+    if ungated:
+        click.echo(f"note: {', '.join(ungated)}: band_gap is the model's own value (clipped at 0), not gated by the metal "
+                   "classifier; the model was trained on non-metals, so for a metal it means nothing. Without "
+                   "--model, band_gap is 0 for predicted metals (band_gap_raw keeps this value)", err=True)  # fmt: skip
 
 
 def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names: list[str], *, fmt: str,

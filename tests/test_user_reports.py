@@ -2596,3 +2596,62 @@ def test_evaluate_with_another_target_column_says_how_per_atom_applies(trained, 
     import json
 
     assert json.loads(cli.stdout)["metrics"]["mae"] == pytest.approx(reference["metrics"]["mae"], rel=1e-9)
+
+
+def test_a_band_gap_model_of_ones_own_is_gated_only_with_is_metal_named(tmp_path):
+    """Round 14a: the calculator gated a user's own band-gap model with the shipped is_metal (Cu 0.0 there, -0.68
+    from the API and CLI), though such a model may have learned metals. Shipped and authors' band-gap models are
+    still gated; --model band_gap says on stderr that its column is the model's own value, clipped at 0."""
+    from dataclasses import replace
+
+    from cgcnn_ase import CGCNNCalculator
+    from cgcnn_ase.models.folder import save_model_folder
+
+    from .conftest import REPO, random_model
+
+    loaded = random_model(seed=12)
+    own = save_model_folder(tmp_path / "gap", replace(loaded, spec=replace(loaded.spec, property="band_gap", units="eV")))
+    copper = bulk("Cu", "fcc", a=3.6)
+    raw = CGCNNPredictor.from_checkpoint(own, device="cpu").predict(copper).values[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = CGCNNCalculator(str(own))
+        assert [p.property_name for p in alone.predictors] == ["band_gap"]
+        assert alone.get_property("band_gap", copper) == pytest.approx(max(raw, 0.0), abs=1e-6)
+        named = CGCNNCalculator([str(own), "is_metal"])
+        assert named.get_property("band_gap", copper) == 0.0 and named.get_property("metal_probability", copper) > 0.5
+    result = _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "-m", "band_gap", "--workers", "1", "-o", "-")
+    assert result.exit_code == 0 and "band_gap is the model's own value (clipped at 0), not gated" in result.stderr
+    own_run = _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "-m", str(own), "--workers", "1", "-o", "-")
+    assert own_run.exit_code == 0 and "not gated" not in own_run.stderr
+
+
+def test_datasets_in_another_encoding_or_format_are_named_and_parquet_and_json_lines_are_read(tmp_path):
+    """Round 14a: a cp1252 CSV, Parquet given as csv and a CSV given as json were internal errors (exit 4); the
+    Parquet message suggested format=csv, which crashed. Parquet tables and JSON lines are now datasets too."""
+    import json
+
+    import pandas as pd
+
+    from cgcnn_ase.data.datasets import DatasetSpec, load_table
+    from cgcnn_ase.errors import DatasetError
+
+    from .conftest import REPO
+
+    cif = (REPO / "examples" / "SrTiO3.cif").read_text()
+    frame = pd.DataFrame({"id": ["Sé0", "007"], "y": [1.0, 2.0], "cif": [cif, cif]})
+    frame.to_csv(tmp_path / "windows.csv", index=False, encoding="cp1252")
+    frame.to_parquet(tmp_path / "table.parquet")
+    (tmp_path / "table_as.csv").write_bytes((tmp_path / "table.parquet").read_bytes())
+    frame.to_csv(tmp_path / "table.json", index=False)
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"id": i, "y": 1.0, "structure": {}}) + "\n" for i in "ab"))
+    for spec, message in [
+        (dict(path=tmp_path / "windows.csv"), "not UTF-8 text .* save the file as UTF-8"),
+        (dict(path=tmp_path / "table_as.csv"), "this is a Parquet file, not csv text; set format to parquet"),
+        (dict(path=tmp_path / "table.parquet", format="csv"), "this is a Parquet file"),
+        (dict(path=tmp_path / "table.json"), "cannot be read as json .*a CSV table needs format csv"),
+    ]:
+        with pytest.raises(DatasetError, match=message):
+            load_table(DatasetSpec(target="y", **spec))
+    assert load_table(DatasetSpec(path=str(tmp_path / "table.parquet"), target="y")).ids == ["Sé0", "007"]
+    assert load_table(DatasetSpec(path=str(tmp_path / "rows.jsonl"), target="y")).ids == ["a", "b"]

@@ -55,7 +55,7 @@ from cgcnn_ase.data.table_formats import read_layout
 
 logger = logging.getLogger(__name__)
 
-DatasetFormat = Literal["auto", "csv", "json", "cif_dir", "ase"]
+DatasetFormat = Literal["auto", "csv", "parquet", "json", "cif_dir", "ase"]
 Transform = Literal["none", "log10"]
 
 #: Id columns tried, in order, when ``DatasetSpec.id_column`` is not given.
@@ -75,12 +75,14 @@ class DatasetSpec:
             pandas expression over the columns, e.g. ``"band_gap == 0"`` (booleans become
             0/1 labels) or ``"(3*K - 2*G) / (2*(3*K + G))"``. Column names with spaces
             need backticks: ``"`e_form` / 5"``.
-        format: ``"auto"`` (from the path), ``"csv"``, ``"json"``, ``"cif_dir"`` or ``"ase"``.
+        format: ``"auto"`` (from the path), ``"csv"`` (also ``.tsv``), ``"parquet"``, ``"json"``
+            (a list of objects, or JSON lines), ``"cif_dir"`` or ``"ase"``.
         id_column: column holding unique ids; default the first of ``material_id``,
             ``mp_id``, ``id``, ``name`` (and, for ASE databases, the row id ``db_id``)
             that exists, else the row number.
-        structure_column: column/key with the structure: CIF text for ``csv`` (default
-            ``cif``), a pymatgen structure dict for ``json`` (default ``structure``).
+        structure_column: column/key with the structure: CIF (or POSCAR, extended XYZ) text for
+            ``csv`` and ``parquet`` (default ``cif``), a pymatgen structure dict for ``json``
+            (default ``structure``).
         transform: ``"none"`` or ``"log10"`` (applied after ``per_atom``; non-positive
             values are an error: filter them out first).
         filter: pandas query selecting rows before anything else is computed, e.g.
@@ -105,8 +107,8 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         self.path = str(self.path)
-        if self.format not in ("auto", "csv", "json", "cif_dir", "ase"):
-            raise DatasetError(f"unknown dataset format {self.format!r}; choose auto, csv, json, cif_dir or ase")
+        if self.format not in ("auto", "csv", "parquet", "json", "cif_dir", "ase"):
+            raise DatasetError(f"unknown dataset format {self.format!r}; choose auto, csv, parquet, json, cif_dir or ase")
         if self.transform in (None, ""):
             self.transform = "none"
         if self.transform not in ("none", "log10"):
@@ -158,11 +160,15 @@ def detect_format(path: str | os.PathLike) -> str:
             name = name[: -len(suffix)]
     if name.endswith((".csv", ".tsv")):
         return "csv"
-    if name.endswith(".json"):
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".json", ".jsonl", ".ndjson")):
         return "json"
     if name.endswith((".extxyz", ".xyz", ".traj", ".db")):
         return "ase"
-    raise DatasetError(f"{path}: cannot tell the dataset format from the name; set format to csv, json, cif_dir or ase")
+    raise DatasetError(
+        f"{path}: cannot tell the dataset format from the name; set format to csv, parquet, json, cif_dir or ase"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

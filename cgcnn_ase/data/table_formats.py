@@ -31,14 +31,18 @@ def _open_text(path: Path):
 
 
 def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
+    """A CSV (``.tsv``: tab-separated) or Parquet table with a column of structure text."""
     import pandas as pd
 
-    path = Path(spec.path)
-    sep = "\t" if ".tsv" in path.name.lower() else ","
     from cgcnn_ase.data.datasets import ID_COLUMNS
 
-    ids = [spec.id_column] if spec.id_column else list(ID_COLUMNS)
-    df = pd.read_csv(path, sep=sep, dtype={c: str for c in ids})  # ids as written: 0007 stays 0007, not 7
+    path = Path(spec.path)
+    if spec.resolved_format == "parquet":
+        df = pd.read_parquet(path)
+    else:
+        sep = "\t" if ".tsv" in path.name.lower() else ","
+        ids = [spec.id_column] if spec.id_column else list(ID_COLUMNS)
+        df = pd.read_csv(path, sep=sep, dtype={c: str for c in ids})  # ids as written: 0007 stays 0007, not 7
     column = spec.structure_column or "cif"
     if column not in df.columns:
         raise DatasetError(
@@ -53,7 +57,13 @@ def _read_json(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
 
     path = Path(spec.path)
     with _open_text(path) as f:
-        data = json.load(f)
+        text = f.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg != "Extra data":
+            raise
+        data = [json.loads(line) for line in text.splitlines() if line.strip()]  # JSON lines: one object per line
     if isinstance(data, dict):  # {"id": {...}, ...} -> list
         data = [{"id": k, **v} for k, v in data.items()] if all(isinstance(v, dict) for v in data.values()) else None
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
@@ -139,10 +149,57 @@ def _read_ase(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
 
 def read_layout(spec: DatasetSpec, fmt: str) -> tuple[Any, str, list[Any]]:
     """``(frame, kind, sources)`` of the dataset at ``spec.path`` in layout ``fmt``
-    (``csv``, ``json``, ``cif_dir`` or ``ase``).
+    (``csv``, ``parquet``, ``json``, ``cif_dir`` or ``ase``).
 
     Raises:
-        DatasetError: unreadable file or a missing structure column / key.
+        DatasetError: unreadable file (not in that format, not UTF-8 text) or a missing structure
+            column / key.
     """
-    readers = {"csv": _read_csv, "json": _read_json, "cif_dir": _read_cif_dir, "ase": _read_ase}
-    return readers[fmt](spec)
+    readers = {"csv": _read_csv, "parquet": _read_csv, "json": _read_json, "cif_dir": _read_cif_dir, "ase": _read_ase}
+    try:
+        return readers[fmt](spec)
+    except CGCNNError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{spec.path}: {_not_text(spec, fmt, exc)}") from None
+    except (ValueError, OSError, EOFError) as exc:  # pandas' parser, json, gzip, pyarrow errors
+        raise DatasetError(f"{spec.path}: cannot be read as {fmt} ({type(exc).__name__}: {_first_line(exc)}){_hint(spec, fmt)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _magic(path: Path) -> str | None:
+    """What the first bytes of a file say it is (``"parquet"``, ``"gzip"``, ``"zip"``), if anything."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head == b"PAR1":
+        return "parquet"
+    return {b"\x1f\x8b": "gzip", b"PK": "zip"}.get(head[:2])
+
+
+def _not_text(spec: DatasetSpec, fmt: str, exc: UnicodeDecodeError) -> str:
+    """Why a text format failed to decode: a binary file of another kind, or text in another encoding."""
+    magic = _magic(Path(spec.path))
+    if magic == "parquet":
+        return f"this is a Parquet file, not {fmt} text; set format to parquet (or name it .parquet)"
+    if magic:
+        return f"this is a {magic} file, not {fmt} text; name it with its suffix (.gz) or unpack it"
+    return (f"not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at position {exc.start}); save the file as "
+            "UTF-8 (e.g. from a spreadsheet: CSV UTF-8), or convert it with iconv -f cp1252 -t utf-8")  # fmt: skip
+
+
+def _hint(spec: DatasetSpec, fmt: str) -> str:
+    """What the file may be instead, for an error reading it as ``fmt``."""
+    magic = _magic(Path(spec.path))
+    if magic == "parquet" and fmt != "parquet":
+        return "; this is a Parquet file: set format to parquet"
+    if fmt == "json":
+        return "; json expects a list of objects (or one object per line); a CSV table needs format csv"
+    if fmt == "parquet":
+        return "; not a Parquet file: set format to csv for CSV text"
+    return ""

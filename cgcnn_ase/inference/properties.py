@@ -106,23 +106,37 @@ class Column:
 
 
 def with_metal_classifier(predictors: Sequence[CGCNNPredictor], device: Any = None) -> list[CGCNNPredictor]:
-    """``predictors`` plus the shipped ``is_metal`` classifier when a band-gap model (by its property,
-    whatever its name or origin) is among them without one, so that its band gap can be gated; as given
-    when none is shipped. Band-gap models are trained on non-metals (the shipped one, and the authors',
-    as the paper's 16,458 crystals: their checkpoint gives Cu 1.83 eV), so their value for a metal
-    means nothing."""
+    """``predictors`` plus the shipped ``is_metal`` classifier when a band-gap model trained on non-metals
+    only (:func:`trained_on_non_metals`) is among them without one, so that its band gap can be gated;
+    as given when none is shipped. Such a model's value for a metal means nothing (the authors'
+    checkpoint gives Cu 1.83 eV). A band-gap model of one's own is gated only when ``is_metal`` is
+    given with it: it may have been trained on metals too."""
     from cgcnn_ase.inference.predictor import as_predictor
     from cgcnn_ase.models.registry import resolve_model
 
     out = list(predictors)
     properties = {p.property_name for p in out}
-    if "band_gap" in properties and "is_metal" not in properties:
+    if "is_metal" not in properties and any(trained_on_non_metals(p) for p in out):
         try:
             resolve_model("is_metal")
         except KeyError:  # no shipped classifier: the band gap stays ungated
             return out
         out.append(as_predictor("is_metal", device=device))
     return out
+
+
+def trained_on_non_metals(predictor: CGCNNPredictor) -> bool:
+    """True for a band-gap model known to be trained on non-metals only: a shipped one (rows with
+    ``band_gap > 0``, as the paper) or one of the authors' checkpoints (the paper's 16,458 crystals).
+    A folder of one's own is not assumed to be (it says nothing of what its rows held)."""
+    from cgcnn_ase.models.registry import list_models
+
+    if predictor.property_name != "band_gap":
+        return False
+    spec = predictor.model.spec
+    if str(spec.metadata.get("origin", "")).startswith("original CGCNN checkpoint"):
+        return True
+    return any(spec.name == info.name for info in list_models())
 
 
 def _is_log_gpa(predictor: CGCNNPredictor) -> bool:

@@ -297,10 +297,13 @@ def predicted_rows(
 
 
 def _cells(results: Sequence[Any], predictors: Sequence[CGCNNPredictor], k: int) -> np.ndarray:
-    """Row ``k`` of every model's result, in :func:`model_columns` order."""
+    """Row ``k`` of every model's result, in :func:`model_columns` order; values clipped to their
+    property's physical range, as their interval bounds are (a band gap is not below 0)."""
+    from cgcnn_ase.inference.properties import physical_values
+
     cells = []
     for r, p in zip(results, predictors):
-        cells.append(r.values[k])
+        cells.append(float(physical_values(p.property_name, r.values[k])))
         if getattr(p, "is_ensemble", False):
             cells.append(r.std[k])
         if r.lower is not None:

@@ -68,9 +68,10 @@ class CGCNNCalculator(Calculator):
 
     Args:
         models: a shipped model name (``"formation_energy"``), a model folder path, a
-            :class:`CGCNNPredictor`, or a sequence of them. Asking for the shipped
-            ``band_gap`` model, or any band-gap model (a folder, the authors' checkpoint: all were
-            trained on non-metals), adds the shipped ``is_metal`` classifier for gating.
+            :class:`CGCNNPredictor`, or a sequence of them. Asking for a band-gap model trained
+            on non-metals only (the shipped ``band_gap``, the authors' checkpoint) adds the shipped
+            ``is_metal`` classifier for gating; a band-gap model of one's own is gated when
+            ``is_metal`` is given with it.
         device: torch device for the models.
         store_in_info: also write each result to ``atoms.info["cgcnn_<name>"]`` (and
             per-atom contributions to ``atoms.arrays["cgcnn_energies"]``) so predictions

@@ -127,7 +127,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
             items = [self.properties] if single else list(self.properties)
             with _fork_safe_threads(self._owner_pid):
                 predictors = [as_predictor(item, device=self.device) for item in items]
-                if self.metal_threshold is not None:  # the shipped classifier gates any band-gap model
+                if self.metal_threshold is not None:  # the shipped classifier gates those trained on non-metals
                     predictors = with_metal_classifier(predictors, self.device)
             check_interval_models(predictors, self.coverage)
             self._predictors = predictors
