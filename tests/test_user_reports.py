@@ -2655,3 +2655,15 @@ def test_datasets_in_another_encoding_or_format_are_named_and_parquet_and_json_l
             load_table(DatasetSpec(target="y", **spec))
     assert load_table(DatasetSpec(path=str(tmp_path / "table.parquet"), target="y")).ids == ["Sé0", "007"]
     assert load_table(DatasetSpec(path=str(tmp_path / "rows.jsonl"), target="y")).ids == ["a", "b"]
+
+
+def test_a_pair_of_two_structure_files_is_not_taken_for_an_id_and_its_structure(tmp_path):
+    """Round 14b: predict(list(zip(initial, relaxed))) took each (path, path) tuple as (id, structure): one row per
+    pair, the first file's name beside the second file's value, no warning."""
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    for name, crystal in (("a.cif", bulk("Cu", "fcc", a=3.6)), ("b.cif", bulk("Al", "fcc", a=4.05))):
+        crystal.write(tmp_path / name)
+    a, b = str(tmp_path / "a.cif"), str(tmp_path / "b.cif")
+    result = predictor.predict([(a, b), ("copper", a), (a, a)], errors="collect")
+    assert np.isnan(result.values[0]) and "an (id, structure) pair whose id is a structure file too" in result.errors[0]
+    assert list(result.ids[1:]) == ["copper", a] and result.values[1] == pytest.approx(result.values[2], abs=1e-6)

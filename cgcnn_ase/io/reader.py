@@ -275,12 +275,27 @@ def read_input(
     ``(label, record)`` per structure, or one ``(label, error)`` when it cannot be read."""
     label, obj = obj if is_labelled_pair(obj) else (None, obj)
     kind = input_kind(obj)
+    if label is not None and kind == "path" and _two_files(label, obj):
+        return [(label, InvalidStructureError(
+            f"({label!r}, {str(obj)!r}): an (id, structure) pair whose id is a structure file too. Both are predicted "
+            "only as separate inputs (e.g. predict([*initial, *relaxed]), not zip(initial, relaxed)); an id that is "
+            "a file name must not name an existing file other than its structure"))]  # fmt: skip
     if label is None:
         label = None if kind in ("path", "record") else f"input {index}"
     try:
         return read_items(obj, label, cif_reader=cif_reader)
     except InvalidStructureError as exc:
         return [(label or (obj.label if kind == "record" else str(obj)), exc)]
+
+
+def _two_files(label: str, source: Any) -> bool:
+    """True when an ``(id, path)`` pair's id names an existing file other than the path: a pair of two
+    structure files (``zip(initial, relaxed)``), not a labelled structure."""
+    try:
+        first, second = Path(label), Path(source)
+        return first.is_file() and second.is_file() and not first.samefile(second)
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def read_items(
