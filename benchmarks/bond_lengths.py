@@ -1,7 +1,8 @@
-"""How close the closest pair of atoms comes to bonding, over the training crystals (STRETCHED_FACTOR).
+"""How close the closest pair of atoms comes to bonding, over the training crystals (CLOSE_ATOMS_FACTOR and STRETCHED_FACTOR).
 
 For every crystal: the smallest ratio, over the pairs of its graph, of the distance to the sum of the
-two atoms' Pyykkö covalent radii. `build_graph` warns below CLOSE_ATOMS_FACTOR (atoms too close) and
+two atoms' Pyykkö covalent radii. `build_graph` warns below CLOSE_ATOMS_FACTOR (atoms too close, or a cell
+scaled down by mistake, such as Å read as Bohr) and
 above STRETCHED_FACTOR (no pair near bonding: a cell scaled up by mistake). Prints percentiles and the
 highest crystals per dataset, and the ratio of a few deliberately mis-scaled crystals.
 
@@ -40,14 +41,17 @@ def main() -> None:
     for name in DATASETS:
         records, formulas = _common.usable_crystals(shared, name)
         ratios = np.asarray([closest_ratio(record) for record in records])
-        pct = np.percentile(ratios, [0.1, 50, 99.9, 100])
-        top = np.argsort(-ratios)[:5]
-        print(f"{name} ({len(ratios)} crystals): closest pair / covalent sum: 0.1% {pct[0]:.2f}, median {pct[1]:.2f}, "
-              f"99.9% {pct[2]:.2f}, max {pct[3]:.2f}; highest: "
-              + ", ".join(f"{formulas[k]} {ratios[k]:.2f}" for k in top))  # fmt: skip
+        pct = np.percentile(ratios, [0, 0.1, 50, 99.9, 100])
+        top, bottom = np.argsort(-ratios)[:5], np.argsort(ratios)[:5]
+        print(f"{name} ({len(ratios)} crystals): closest pair / covalent sum: min {pct[0]:.3f}, 0.1% {pct[1]:.3f}, "
+              f"median {pct[2]:.2f}, 99.9% {pct[3]:.2f}, max {pct[4]:.2f}; highest: "
+              + ", ".join(f"{formulas[k]} {ratios[k]:.2f}" for k in top)
+              + "; lowest: " + ", ".join(f"{formulas[k]} {ratios[k]:.3f}" for k in bottom))  # fmt: skip
     for label, atoms in (("NaCl", bulk("NaCl", "rocksalt", a=5.64)), ("NaCl, lattice x1.2", bulk("NaCl", "rocksalt", a=6.77)),
                          ("NaCl, lattice x2", bulk("NaCl", "rocksalt", a=11.28)), ("Ar fcc", bulk("Ar", "fcc", a=5.26)),
-                         ("Xe fcc", bulk("Xe", "fcc", a=6.13))):  # fmt: skip
+                         ("Xe fcc", bulk("Xe", "fcc", a=6.13)), ("NaCl, lattice x0.8", bulk("NaCl", "rocksalt", a=4.51)),
+                         ("NaCl, Å read as Bohr (x0.529)", bulk("NaCl", "rocksalt", a=2.98)),
+                         ("Si, Å read as Bohr (x0.529)", bulk("Si", "diamond", a=2.87))):  # fmt: skip
         print(f"{label}: {closest_ratio(to_record(atoms)):.2f}")
 
 

@@ -380,7 +380,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     Without --model: formation energy (eV/atom), band gap (eV; 0 for predicted metals),
     metal probability, Fermi energy (eV), bulk and shear moduli (GPa) and Poisson ratio,
     each with its ensemble standard deviation. With --model NAME (repeatable) or --all:
-    those models' own outputs and units.
+    those models' own outputs and units (band gaps clipped at 0 and Poisson ratios to [-1, 0.5],
+    as their intervals are; the band gap is not gated).
 
     Writes one row per structure (per atom with --per-atom), in input order; the header
     names each property with its units. An unseen_elements column names any element a

@@ -1522,9 +1522,9 @@ def test_what_users_read_stays_in_the_physical_range():
     with tempfile.TemporaryDirectory() as folder:
         path = f"{folder}/squeezed.cif"
         write(path, squeezed)
-        out = _cli("predict", path, "-m", "poisson_ratio")  # one model: its own numbers
+        out = _cli("predict", path, "-m", "poisson_ratio")  # one model: its own numbers, in the physical range
         table = _cli("predict", path)  # the property table: what a user reads
-    assert float(out.stdout.splitlines()[1].split(",")[1]) == pytest.approx(raw, abs=1e-6)
+    assert float(out.stdout.splitlines()[1].split(",")[1]) == 0.5  # round 14b: was raw, outside its own interval
     header, row = table.stdout.splitlines()[:2]
     assert float(row.split(",")[header.split(",").index("poisson_ratio (dimensionless)")]) == 0.5
 
@@ -2667,3 +2667,73 @@ def test_a_pair_of_two_structure_files_is_not_taken_for_an_id_and_its_structure(
     result = predictor.predict([(a, b), ("copper", a), (a, a)], errors="collect")
     assert np.isnan(result.values[0]) and "an (id, structure) pair whose id is a structure file too" in result.errors[0]
     assert list(result.ids[1:]) == ["copper", a] and result.values[1] == pytest.approx(result.values[2], abs=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["symmetric", "original"])
+def test_a_valid_but_very_skewed_cell_is_reduced_before_the_neighbour_search(policy):
+    """Round 14b: NaCl with c + 1e4 a + 1e4 b (a valid cell of the same crystal) asked pymatgen's neighbour search
+    for 343 GB: a bare MemoryError that errors='collect' did not catch, and the CLI was killed. Such a cell is now
+    replaced by its Minkowski-reduced cell: same positions, same graph (under the original policy, the same
+    distances: which of several equidistant atoms fill the last slots follows the pair order, as in any cell)."""
+    from cgcnn_ase.graph.config import GraphConfig
+    from cgcnn_ase.graph.neighbours import build_graph
+    from cgcnn_ase.io.records import from_ase
+
+    crystal = bulk("NaCl", "rocksalt", a=5.64) * (1, 1, 2)
+    reference = build_graph(from_ase(crystal), GraphConfig(neighbor_policy=policy), on_sparse="ignore")
+    for k in (1e2, 1e4, 1e6):
+        skewed = crystal.copy()
+        cell = crystal.cell.array.copy()
+        cell[2] += k * (cell[0] + cell[1])
+        skewed.set_cell(cell, scale_atoms=False)
+        record = from_ase(skewed)
+        assert np.prod(np.linalg.norm(record.cell, axis=1)) < 2 * record.volume  # the reduced cell
+        assert record.volume == pytest.approx(crystal.get_volume(), rel=1e-9)
+        np.testing.assert_allclose(record.positions % 1, record.positions % 1)  # finite
+        graph = build_graph(record, GraphConfig(neighbor_policy=policy), on_sparse="ignore")
+        for atom in range(len(crystal)):
+            mine, theirs = graph.centers == atom, reference.centers == atom
+            np.testing.assert_allclose(np.sort(graph.distances[mine]), np.sort(reference.distances[theirs]), atol=1e-6)
+            if policy == "symmetric":  # the original policy breaks ties at the k-th slot in pymatgen's pair order
+                assert sorted(graph.neighbors[mine]) == sorted(reference.neighbors[theirs])
+
+
+def test_a_cell_read_in_bohr_as_angstrom_is_warned_about_and_out_of_the_domain():
+    """Round 14b: CloseAtomsWarning fired below 0.5 x the covalent bond length, while no training crystal lies below
+    0.64 x (benchmarks/bond_lengths.py), so SrTiO3 and NaCl at 0.529 x their size (Bohr read as Å) were predicted
+    without a word (NaCl +5.65 eV/atom, exit 0). The threshold is now 0.6."""
+    from ase.io import read
+
+    from cgcnn_ase.errors import CloseAtomsWarning
+    from cgcnn_ase.graph.neighbours import CLOSE_ATOMS_FACTOR
+
+    from .conftest import REPO
+
+    assert CLOSE_ATOMS_FACTOR == 0.6
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", device="cpu")
+    strontium_titanate = read(REPO / "examples" / "SrTiO3.cif")
+    crystals = [bulk("NaCl", "rocksalt", a=5.64), bulk("Si", "diamond", a=5.43), strontium_titanate]
+    for crystal in crystals:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CloseAtomsWarning)
+            assert predictor.predict(crystal).in_domain()[0]  # as it is: no warning, in the domain
+        squeezed = crystal.copy()
+        squeezed.set_cell(crystal.cell * 0.529, scale_atoms=True)
+        with pytest.warns(CloseAtomsWarning, match="warned below 0.6"):
+            result = predictor.predict(squeezed)
+        assert not result.in_domain()[0]
+
+
+def test_members_must_be_a_whole_number_and_a_part_of_an_ensemble_says_its_std_is_uncalibrated():
+    """Round 14b: members=1.5, True and "2" were accepted; members=2..4 of a calibrated 5-member ensemble gave an
+    uncalibrated std under the same name without a word; device="meta" ended in a bare NotImplementedError."""
+    from cgcnn_ase.errors import CheckpointError, DeviceError
+
+    for bad in (1.5, True, "2"):
+        with pytest.raises(CheckpointError, match="members must be a whole number"):
+            CGCNNPredictor.from_pretrained("formation_energy", members=bad, device="cpu")
+    with pytest.warns(UserWarning, match="members=3 of 5: the std is these members' spread, uncalibrated"):
+        three = CGCNNPredictor.from_pretrained("formation_energy", members=np.int64(3), device="cpu")
+    assert three.is_ensemble and not three.has_intervals
+    with pytest.raises(DeviceError, match="cannot run the models"):
+        CGCNNPredictor.from_pretrained("formation_energy", members=1, device="meta")

@@ -95,6 +95,12 @@ def _warn_vacuum(record: StructureRecord) -> None:
     )
 
 
+#: A cell whose edge lengths multiply to more than this many times its volume (1 for a cube, 1.15 for a
+#: hexagonal cell, 1.41 for fcc's primitive cell) is replaced by its Minkowski-reduced cell before anything
+#: else (:func:`_reduced_if_skewed`); the crystal, and so its graph, is the same.
+SKEWED_CELL_DEFECT = 20.0
+
+
 def cell_thickness(cell: np.ndarray) -> float:
     """Smallest distance between lattice planes, Å: ``1 / max_k |b_k|`` for the reciprocal vectors
     ``b_k`` (columns of ``inv(cell)``, without 2π) of the Minkowski-reduced cell.
@@ -119,6 +125,31 @@ def cell_thickness(cell: np.ndarray) -> float:
     except Exception:  # noqa: BLE001 - ASE raises generic errors on singular or extreme cells
         return own
     return max(own, thickness(np.asarray(reduced, dtype=np.float64)))
+
+
+def _reduced_if_skewed(cell: np.ndarray, frac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(cell, frac)`` of the same crystal in its Minkowski-reduced cell when the given cell is very
+    skewed (:data:`SKEWED_CELL_DEFECT`), else as given.
+
+    A neighbour search visits every periodic image the cell's plane spacings require, so a valid but
+    skewed cell (``c + 10^4 a + 10^4 b``) asked pymatgen for 343 GB. The reduced cell spans the same
+    lattice: Cartesian positions are unchanged and fractional ones are wrapped into it. The
+    ``symmetric`` policy's graph is the same; the ``original`` policy's has the same distances, but
+    which of several equidistant atoms fill its last slots follows the pair order of the new cell.
+    """
+    volume, _ = _volume_and_normals(cell)
+    lengths = [math.hypot(*row) for row in cell.tolist()]
+    if lengths[0] * lengths[1] * lengths[2] <= SKEWED_CELL_DEFECT * volume:
+        return cell, frac
+    from ase.geometry import minkowski_reduce
+
+    try:
+        reduced, op = minkowski_reduce(cell)
+    except Exception:  # noqa: BLE001 - ASE raises generic errors on extreme cells: the checks below report them
+        return cell, frac
+    inverse = np.rint(np.linalg.inv(np.asarray(op, dtype=np.float64)))
+    moved = frac @ inverse
+    return np.asarray(reduced, dtype=np.float64), moved - np.floor(moved)
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,6 +220,7 @@ def _validate(
     volume, _ = _volume_and_normals(cell)
     if not math.isfinite(volume) or volume < MIN_CELL_VOLUME:
         raise InvalidStructureError(f"{label}: the cell is degenerate (volume {volume:.3g} Å^3)")
+    cell, frac = _reduced_if_skewed(cell, frac)
     thickness = cell_thickness(cell)
     if thickness < MIN_CELL_THICKNESS:
         raise InvalidStructureError(

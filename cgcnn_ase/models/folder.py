@@ -29,6 +29,7 @@ import json
 import math
 import numbers
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -523,6 +524,8 @@ def load_model_folder(folder: str | os.PathLike, *, members: int | None = None) 
     doc = _parse_document(read_model_json(folder), folder)
     spec = doc.spec
     n_total = len(doc.members) if doc.is_ensemble else 1
+    if members is not None and (isinstance(members, bool) or not isinstance(members, numbers.Integral)):
+        raise CheckpointError(f"{folder}: members must be a whole number of members (or None for all), got {members!r}")
     if members is not None and not 1 <= int(members) <= n_total:
         kind = f"an ensemble of {n_total} members" if doc.is_ensemble else "a single model"
         raise CheckpointError(f"{folder}: members={members} is out of range; the folder holds {kind}")
@@ -545,6 +548,13 @@ def load_model_folder(folder: str | os.PathLike, *, members: int | None = None) 
     spec = replace(spec, normalizer_mean=first.normalizer_mean, normalizer_std=first.normalizer_std)
     if n == 1:  # the fast path: member 0 alone is a plain single model
         return LoadedModel(spec=spec, network=first.network, elements=elements, domain=domain, members_in_folder=n_total)
+    if n < n_total and doc.calibration is not None:
+        warnings.warn(
+            f"{folder.name}: members={n} of {n_total}: the std is these members' spread, uncalibrated (the calibration "
+            f"was fitted for all {n_total}), and gives no coverage intervals; members=None loads all",
+            UserWarning,
+            stacklevel=2,
+        )
     return LoadedModel(
         spec=spec,
         network=first.network,

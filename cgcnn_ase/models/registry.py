@@ -134,6 +134,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         out = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise DeviceError(f"device {device!r} is not a torch device: give cpu, cuda, cuda:N, mps or auto") from exc
+    if out.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {device!r} cannot run the models: give cpu, cuda, cuda:N, mps or auto")
     if out.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {device!r}: this torch build or machine has no CUDA GPU; use cpu (or auto)")
