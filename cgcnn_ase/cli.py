@@ -282,6 +282,11 @@ def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
     if len(text.strip().splitlines()) < 2 and not text.lstrip().startswith("{"):  # one line is no structure text
         raise click.UsageError(f"stdin ('-') holds one line ({text.strip()[:60]!r}), not structure text: give CIF, "
                                "POSCAR, extxyz or pymatgen JSON text, or name a file as an argument")  # fmt: skip
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) <= 100_000 and all(os.path.isfile(line) for line in lines):  # `ls *.cif | cgcnn-ase predict -`
+        raise click.UsageError(f"stdin ('-') holds {len(lines)} file names ({lines[0]}, ...), not structure text: name "
+                               "the files as arguments, e.g. `cgcnn-ase predict $(cat list.txt)`, `xargs cgcnn-ase "
+                               "predict < list.txt`, or a folder or glob pattern ('*.cif')")  # fmt: skip
     # the reader tells CIF, POSCAR, extxyz and JSON text apart; several structures are stdin@0, stdin@1, ...
     return tuple(("stdin", text) if item == "-" else item for item in inputs)
 

@@ -2737,3 +2737,53 @@ def test_members_must_be_a_whole_number_and_a_part_of_an_ensemble_says_its_std_i
     assert three.is_ensemble and not three.has_intervals
     with pytest.raises(DeviceError, match="cannot run the models"):
         CGCNNPredictor.from_pretrained("formation_energy", members=1, device="meta")
+
+
+def test_round_14b_messages_name_what_is_wrong(tmp_path, monkeypatch):
+    """Round 14b: {Fe: 0.5, Fe2+: 0.5} was 'occupancy 1.5'; CIF labels without type symbols (OW1, Oa) were
+    'vacancies or dummy species'; lower-case POSCAR species were KeyError 'na'; an open file was iterated line by
+    line; a CIF without _cell_angle_gamma was 'cannot reshape array'; a URL lost its double slash in 'no such file';
+    -o /proc/x.csv named the lock file; file names piped to 'predict -' got no hint."""
+    import io
+
+    from pymatgen.core import Element, Lattice, Species, Structure
+
+    from .conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    iron = Structure(Lattice.cubic(2.87), ["Fe", "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    valence = Structure(Lattice.cubic(2.87), [{Element("Fe"): 0.5, Species("Fe", 2): 0.5}, {Species("Fe", 3): 1}],
+                        [[0, 0, 0], [0.5, 0.5, 0.5]])  # fmt: skip
+    site_labels = "\n".join(["data_labels", *(f"_cell_length_{x} 4.0" for x in "abc"),
+                             *(f"_cell_angle_{x} 90" for x in ("alpha", "beta", "gamma")),
+                             "loop_", "_atom_site_label", "_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z",
+                             "Na1 0 0 0", "Oa 0.5 0.5 0.5", "OW1 0.5 0 0", "Cl 0 0.5 0.5", ""])  # fmt: skip
+    poscar = (REPO / "examples" / "NaCl.POSCAR").read_text()
+    lines = poscar.splitlines()
+    lines[5] = lines[5].lower()  # the species line: na cl
+    (tmp_path / "lower.vasp").write_text("\n".join(lines) + "\n")
+    (tmp_path / "nogamma.cif").write_text("".join(line for line in (REPO / "examples" / "SrTiO3.cif").open()
+                                                  if not line.startswith("_cell_angle_gamma")))  # fmt: skip
+    result = predictor.predict([valence, site_labels, "lower.vasp", "nogamma.cif", "https://example.org//x.cif"],
+                               errors="collect")  # fmt: skip
+    assert result.values[0] == pytest.approx(predictor.predict(iron).values[0], abs=1e-6)  # oxidation states dropped
+    assert result.errors[1] is None and np.isfinite(result.values[1])  # read as Na, O, O, Cl (as pymatgen reads them)
+    assert "unknown element symbol 'na' (element symbols are capitalised: Na)" in result.errors[2]
+    assert "no _cell_angle_gamma (a crystal's CIF gives all six cell parameters" in result.errors[3]
+    assert "https://example.org//x.cif: a URL; only local files are read" in result.errors[4]
+    with open(REPO / "examples" / "SrTiO3.cif") as handle:
+        from_handle = predictor.predict(handle)
+    assert len(from_handle) == 1 and from_handle.ids[0].endswith("SrTiO3.cif")
+    assert predictor.predict(io.StringIO(poscar)).values[0] == pytest.approx(
+        predictor.predict(REPO / "examples" / "NaCl.POSCAR").values[0], abs=1e-6)
+    if os.path.isdir("/proc"):
+        out = _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "-m", "formation_energy", "-o", "/proc/x.csv")
+        assert out.exit_code != 0 and "cannot write /proc/x.csv" in out.output and ".lock" not in out.output
+    from click.testing import CliRunner
+
+    from cgcnn_ase.cli import main
+
+    listing = f"{REPO / 'examples' / 'SrTiO3.cif'}\n{REPO / 'examples' / 'NaCl.POSCAR'}\n"
+    piped = CliRunner().invoke(main, ["predict", "-", "-m", "formation_energy"], input=listing)
+    assert piped.exit_code == 2 and "holds 2 file names" in piped.output and "as arguments" in piped.output

@@ -55,9 +55,12 @@ def output_lock(output: str | os.PathLike) -> Iterator[None]:
         return
     path = Path(output)
     lock = path.with_name(f".{path.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        handle = open(lock, "a+")  # noqa: SIM115 - held for the whole run
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock, "a+")  # noqa: SIM115 - held for the whole run
+        except OSError as exc:  # a folder no file can be created in (/proc, read-only): name the output
+            raise StreamError(f"cannot write {output}: {exc.strerror or exc} in {lock.parent}") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -438,15 +438,30 @@ def _cif_pymatgen(source: Path | str, label: str, *, text: bool) -> list[Any]:
             parser = CifParser.from_str(source, occupancy_tolerance=1.0)
             structures = parser.parse_structures(primitive=False, on_error="raise")
     except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad CIFs
+        missing = _missing_cell_items(source)
+        if missing:
+            raise StructureReadError(f"{label}: {what}: no {', '.join(missing)} (a crystal's CIF gives all six cell "
+                                     "parameters, _cell_length_a/b/c and _cell_angle_alpha/beta/gamma)") from None  # fmt: skip
         raise StructureReadError(f"{label}: {what} ({type(exc).__name__}: {exc})") from None
     if not structures:
         raise StructureReadError(f"{label}: the CIF holds no structure")
     return list(structures)
 
 
+_CELL_ITEMS = ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")
+
+
+def _missing_cell_items(text: str) -> list[str]:
+    """The cell parameters (``_cell_angle_gamma``, ...) that CIF text gives nowhere, in either spelling
+    (``_cell_angle_gamma``, ``_cell.angle_gamma``)."""
+    lowered = text.lower()
+    return [f"_cell_{item}" for item in _CELL_ITEMS if f"_cell_{item}" not in lowered and f"_cell.{item}" not in lowered]
+
+
 def gemmi_block_record(small: Any, label: str) -> StructureRecord | None:
     """The validated record of one gemmi ``SmallStructure`` (a CIF data block), or ``None``
-    when it holds no crystal (no sites or no cell), so that the caller can fall back to pymatgen.
+    when it holds no crystal (no sites or no cell) or a site whose element gemmi cannot tell (a
+    label such as ``OW1`` without a type symbol), so that the caller can fall back to pymatgen.
 
     Raises:
         InvalidStructureError: a partially occupied (disordered) site, or what
@@ -455,6 +470,8 @@ def gemmi_block_record(small: Any, label: str) -> StructureRecord | None:
     sites = small.get_all_unit_cell_sites()
     if not sites or small.cell.a <= 0:
         return None
+    if any(site.element.atomic_number == 0 for site in sites):
+        return None  # a label gemmi cannot place (OW1, Oa without _atom_site_type_symbol): pymatgen reads those
     over = [site for site in sites if site.occ > 1.0 + OCCUPANCY_TOLERANCE]
     if over:
         site = over[0]

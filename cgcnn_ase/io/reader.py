@@ -40,9 +40,11 @@ Every problem that makes an input unusable raises
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import re
 import stat
 import sys
 import warnings
@@ -274,6 +276,11 @@ def read_input(
     """Input number ``index`` of a sequence, read and labelled as :func:`iter_records` labels it:
     ``(label, record)`` per structure, or one ``(label, error)`` when it cannot be read."""
     label, obj = obj if is_labelled_pair(obj) else (None, obj)
+    if _is_file_object(obj):
+        try:
+            obj = _file_object_source(obj)
+        except StructureReadError as exc:
+            return [(label or f"input {index}", exc)]
     kind = input_kind(obj)
     if label is not None and kind == "path" and _two_files(label, obj):
         return [(label, InvalidStructureError(
@@ -391,10 +398,30 @@ def as_input_sequence(obj: Any) -> Any:
     return [obj] if is_single_input(obj) else obj
 
 
+def _is_file_object(obj: Any) -> bool:
+    """An open file (``open("x.cif")``, ``io.StringIO``): one input, not an iterable of lines."""
+    return isinstance(obj, io.IOBase) or (hasattr(obj, "read") and hasattr(obj, "readline"))
+
+
+def _file_object_source(obj: Any) -> Any:
+    """What an open file stands for: the path it was opened from (its name tells the format), else
+    its text (read from where it stands)."""
+    name = getattr(obj, "name", None)
+    if isinstance(name, (str, os.PathLike)) and Path(name).is_file():
+        return Path(name)
+    try:
+        text = obj.read()
+    except (OSError, ValueError) as exc:  # closed, or not readable
+        raise StructureReadError(f"{name or type(obj).__name__}: the open file cannot be read ({exc})") from None
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
 def is_single_input(obj: Any) -> bool:
-    """One input rather than an iterable of them: text, a path, a mapping, a record, or a
+    """One input rather than an iterable of them: text, a path, a mapping, a record, an open file, or a
     structure that happens to be iterable (Atoms and Structure iterate over sites)."""
     if isinstance(obj, (str, bytes, os.PathLike, StructureRecord, Mapping)) or not isinstance(obj, Iterable):
+        return True
+    if _is_file_object(obj):
         return True
     return type(obj).__module__.startswith(("ase.", "pymatgen."))
 
@@ -458,6 +485,9 @@ def _read_path(source: str | os.PathLike, label: str | None, cif_reader: CifRead
     """A path given as text or ``PathLike``; a labelled one-line text that is no file is
     reported as neither CIF text nor a file (it was meant as one of them)."""
     path = Path(source)
+    if isinstance(source, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", source) and not os.path.exists(source):
+        named = f"{label}: {source} is a URL" if label and label != source else f"{source}: a URL"
+        raise StructureReadError(f"{named}; only local files are read (nothing is downloaded): download it first")
     if label is not None and isinstance(source, str) and label != source and not os.path.exists(source):
         try:
             _check_file(path)
@@ -527,14 +557,27 @@ def _ase_frames(path: Path, label: str) -> list[Any]:
             raise StructureReadError(f"{label}: unknown format: ASE cannot tell it from the name, and the text is "
                                      "neither CIF, POSCAR nor extended XYZ (name the file .cif, .vasp, .extxyz, ...)") from None
     except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
-        key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
-        if isinstance(key, str) and key[:1].isupper() and key.isalpha() and len(key) <= 3:  # ASE's symbol lookup
-            hint = " (write the hydrogen isotopes D and T as H)" if key in ("D", "T") else ""
-            raise StructureReadError(f"{label}: could not be read by ASE: unknown element symbol {key!r}{hint}") from None
+        symbol = _unknown_symbol(exc)
+        if symbol:
+            raise StructureReadError(f"{label}: could not be read by ASE: {symbol}") from None
         raise StructureReadError(f"{label}: could not be read by ASE ({type(exc).__name__}: {exc})") from None
     if not frames:
         raise StructureReadError(f"{label}: the file holds no structure")
     return list(frames)
+
+
+def _unknown_symbol(exc: BaseException) -> str | None:
+    """``"unknown element symbol 'na' (...)"`` when ASE failed on an element symbol (its lookup raises
+    ``KeyError(symbol)``), else ``None``."""
+    key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
+    if not (isinstance(key, str) and key.isalpha() and len(key) <= 3):
+        return None
+    from ase.data import chemical_symbols
+
+    hint = (" (write the hydrogen isotopes D and T as H)" if key in ("D", "T")
+            else f" (element symbols are capitalised: {key.capitalize()})" if key.capitalize() in chemical_symbols
+            else "")  # fmt: skip
+    return f"unknown element symbol {key!r}{hint}"
 
 
 def _text_frames(text: str, label: str) -> list[Any]:
@@ -549,7 +592,10 @@ def _text_frames(text: str, label: str) -> list[Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 frames = ase.io.read(io.StringIO(text.rstrip() + "\n"), format=fmt, index=":")  # line 1 may be blank
-        except Exception:  # noqa: BLE001, S112 - not this format
+        except Exception as exc:  # noqa: BLE001 - not this format, or a POSCAR naming no element
+            symbol = _unknown_symbol(exc) if fmt == "vasp" else None
+            if symbol:
+                raise StructureReadError(f"{label}: POSCAR text with an {symbol}") from None
             continue
         if frames:
             return list(frames)

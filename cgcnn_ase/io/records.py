@@ -259,15 +259,18 @@ def from_ase(atoms: ase.Atoms, label: str = "Atoms") -> StructureRecord:
 def from_pymatgen(structure: pymatgen.core.IStructure, label: str = "Structure") -> StructureRecord:
     """Validate a pymatgen Structure/IStructure into a record.
 
-    Disordered sites (partial occupancies, mixed species) and dummy species (vacancies,
-    ``X``) are refused with a message naming the first such sites.
+    Disordered sites (partial occupancies, mixed elements) and dummy species (vacancies,
+    ``X``) are refused with a message naming the first such sites. Oxidation states are
+    dropped: a site shared by Fe2+ and Fe3+ is an Fe site.
     """
     from pymatgen.core.periodic_table import DummySpecies
 
     numbers = []
     for i, site in enumerate(structure):
-        comp = site.species
-        total = sum(comp.values())
+        # by element: oxidation states are not a CGCNN input, so Fe2+ 0.5 + Fe3+ 0.5 is a full Fe site
+        # (num_atoms: summing a Composition's values counts Fe 0.5 + Fe2+ 0.5 as 1.5, a pymatgen quirk)
+        comp = site.species.element_composition
+        total = comp.num_atoms
         if total > 1.0 + 1e-3:
             raise InvalidStructureError(
                 f"{label}: site {i} ({comp.formula}) has occupancy {total:.4g}, above 1; an occupancy is a fraction "
