@@ -1059,7 +1059,12 @@ def ensemble(members: tuple[str, ...], output: str, dataset: str | None, name: s
 
     if len(members) < 2:
         raise click.UsageError(f"an ensemble needs at least 2 MEMBERS, got {len(members)}")
-    folder = assemble_ensemble(list(members), output, dataset=dataset, name=name, aliases=list(aliases) or None,
-                               evaluate=not no_evaluate, batch_size=batch_size, device=device, workers=workers,
-                               progress=_on_terminal(), overwrite=overwrite)  # fmt: skip
+    from cgcnn_ase.errors import EnsembleError
+
+    try:
+        folder = assemble_ensemble(list(members), output, dataset=dataset, name=name, aliases=list(aliases) or None,
+                                   evaluate=not no_evaluate, batch_size=batch_size, device=device, workers=workers,
+                                   progress=_on_terminal(), overwrite=overwrite)  # fmt: skip
+    except EnsembleError as exc:  # members that cannot be averaged (other split, property, seed): the command's use
+        raise click.UsageError(str(exc)) from None
     click.echo(str(folder))

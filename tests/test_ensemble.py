@@ -278,6 +278,16 @@ def test_mismatched_members_are_refused(members, tmp_path):
     with pytest.raises(EnsembleError, match="at least 2"):
         assemble_ensemble([members[0]], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # round 14a: an ensemble folder given as a member was reported as 'the same seed 0'; other splits exited 3
+    pair = assemble_ensemble(members[:2], tmp_path / "pair", evaluate=False)
+    with pytest.raises(EnsembleError, match="is itself an ensemble of 2 members"):
+        assemble_ensemble([members[2], pair], tmp_path / "out")
+    from click.testing import CliRunner
+
+    from cgcnn_ase.cli import main
+
+    cli = CliRunner().invoke(main, ["ensemble", str(members[0]), str(moved), "-o", str(tmp_path / "out"), "--no-evaluate"])
+    assert cli.exit_code == 2 and "another split" in cli.stderr
 
 
 def test_corrupt_ensemble_folder_is_refused(ensemble, tmp_path):

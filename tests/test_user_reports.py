@@ -2787,3 +2787,88 @@ def test_round_14b_messages_name_what_is_wrong(tmp_path, monkeypatch):
     listing = f"{REPO / 'examples' / 'SrTiO3.cif'}\n{REPO / 'examples' / 'NaCl.POSCAR'}\n"
     piped = CliRunner().invoke(main, ["predict", "-", "-m", "formation_energy"], input=listing)
     assert piped.exit_code == 2 and "holds 2 file names" in piped.output and "as arguments" in piped.output
+
+
+def test_training_on_own_data_names_what_it_left_out_and_why(dataset_csv, trained, tmp_path):
+    """Round 14a: rows dropped beyond the first were named nowhere; a split file covering part of the data did not
+    warn; a reused split under one's own limit was refused without the reason; model.dropout did nothing for a
+    regression without a word; per_atom kept units 'eV'; a CSV's file names resolved against the working directory;
+    a model folder's weights.safetensors and run/checkpoint_last.pt got advice that led nowhere."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from cgcnn_ase.data.splits import Split
+    from cgcnn_ase.errors import CheckpointError, ConfigError
+    from cgcnn_ase.models.registry import load_model
+    from cgcnn_ase.train.trainer import train_from_config
+    from cgcnn_ase.train.config_sections import ModelConfig, SplitConfig
+
+    from .test_training import tiny_config
+
+    _, folder = trained
+    for part in ("weights.safetensors", "run/checkpoint_last.pt"):
+        with pytest.raises(CheckpointError, match=f"is a file of the model folder {re.escape(str(folder))}: load the"):
+            load_model(folder / part)
+    table = pd.read_csv(dataset_csv)
+    structures = tmp_path / "structures"
+    structures.mkdir()
+    (structures / "c00.cif").write_text(table.loc[0, "cif"])
+    table.loc[0, "cif"] = "structures/c00.cif"  # a file beside the table, named relative to it
+    table.loc[1, "vpa"] = float("nan")
+    table.loc[2, "cif"] = "data_broken\n_cell_length_a 3\n"
+    table.to_csv(tmp_path / "own.csv", index=False)
+    data = {"path": str(tmp_path / "own.csv"), "target": "vpa"}
+    with pytest.warns(UserWarning, match="model.dropout=0.2 has no effect"):
+        config = tiny_config(tmp_path / "own.csv", tmp_path, data=data, epochs=1, output=str(tmp_path / "run1"),
+                             model=ModelConfig(atom_fea_len=8, n_conv=1, h_fea_len=8, dropout=0.2),
+                             split=SplitConfig(train=0.6, val=0.2, test=0.2, seed=1))  # fmt: skip
+        config.validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = train_from_config(config, progress=False)
+    dropped = pd.read_csv(first / "dropped.csv", dtype=str)
+    assert dict(zip(dropped["id"], dropped["reason"]))["c01"] == "no finite numeric target"
+    assert set(dropped["id"]) == {"c01", "c02"}  # c00 was read from structures/c00.cif, beside the table
+    split = Split.load(first / "split.json")
+    part = Split(train=split.train[:3], val=split.val, test=split.test)
+    part.save(tmp_path / "part.json")
+    with pytest.warns(UserWarning, match=r"names 7 of the 10 usable crystals: the other \d+ are in no part"):
+        train_from_config(config.model_copy(update={"output": str(tmp_path / "run2"),
+                                                    "split": SplitConfig(file=str(tmp_path / "part.json"))}),
+                          progress=False)  # fmt: skip
+    limited = config.model_copy(update={"output": str(tmp_path / "run3"),
+                                        "data": config.data.__class__(**{**data, "limit": 5}),
+                                        "split": SplitConfig(file=str(first / "split.json"))})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"not among the rows this run selects .*leave out \{'limit': \d+\}"):
+        train_from_config(limited, progress=False)
+    per_atom = tiny_config(tmp_path / "own.csv", tmp_path, data={**data, "per_atom": True}, units="eV")
+    assert per_atom.target_units == "eV/atom" and json.loads(json.dumps(per_atom.units)) == "eV"
+    shutil.rmtree(tmp_path / "run1")
+
+
+def test_targets_that_are_no_numbers_get_the_right_hint(tmp_path):
+    """Round 14a: a header row in id_prop.csv, decimal commas and inf were all met with the hint for class labels."""
+    import pandas as pd
+
+    from cgcnn_ase.data.datasets import DatasetSpec, load_table
+
+    from .conftest import REPO
+
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    for name in ("a", "b"):
+        (layout / f"{name}.cif").write_text((REPO / "examples" / "SrTiO3.cif").read_text())
+    (layout / "id_prop.csv").write_text("id,target\na,1.0\nb,2.0\n")
+    cif = (REPO / "examples" / "SrTiO3.cif").read_text()
+    pd.DataFrame({"id": ["a", "b", "c"], "y": ["1,5", "2.0", "3.0"], "cif": [cif] * 3}).to_csv(tmp_path / "comma.csv",
+                                                                                                 index=False)  # fmt: skip
+    pd.DataFrame({"id": ["a", "b", "c"], "y": [1.0, float("inf"), 3.0], "cif": [cif] * 3}).to_csv(tmp_path / "inf.csv",
+                                                                                                 index=False)  # fmt: skip
+    for spec, hint in [(DatasetSpec(path=str(layout)), "looks like a header: id_prop.csv has no header row"),
+                       (DatasetSpec(path=str(tmp_path / "comma.csv"), target="y"), "'1,5' has a decimal comma"),
+                       (DatasetSpec(path=str(tmp_path / "inf.csv"), target="y"), "1 of them are infinite")]:  # fmt: skip
+        with pytest.warns(UserWarning, match=hint) as caught:
+            assert len(load_table(spec)) == 2
+        assert not any("for labels, give an expression" in str(w.message) for w in caught)

@@ -39,6 +39,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -190,6 +191,7 @@ class DatasetTable:
         sources: one raw structure per row (CIF text, dict, file path or record).
         n_rows: rows in the file before any selection.
         dropped: rows left out, by reason (``drop_ids``, ``filter``, ``missing_target``, ``limit``).
+        missing_targets: the ids of the ``missing_target`` rows (no finite numeric target).
     """
 
     spec: DatasetSpec
@@ -200,6 +202,7 @@ class DatasetTable:
     sources: list[Any]
     n_rows: int
     dropped: dict[str, int]
+    missing_targets: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -216,6 +219,7 @@ class DatasetTable:
             sources=[self.sources[i] for i in idx],
             n_rows=self.n_rows,
             dropped=dict(self.dropped),
+            missing_targets=list(self.missing_targets),
         )
 
 
@@ -301,7 +305,7 @@ def load_table(spec: DatasetSpec) -> DatasetTable:
         advice = ("each row of id_prop.csv names one CIF file: remove the repeated rows" if fmt == "cif_dir"
                   else "set id_column to a column of unique ids")  # fmt: skip
         raise DatasetError(f"{path}: ids in column {id_col!r} are not unique (e.g. {dup[:3]}); {advice}")
-    rows, targets, dropped = _select_rows(spec, df.reset_index(drop=True), ids)
+    rows, targets, dropped, missing = _select_rows(spec, df.reset_index(drop=True), ids)
     chosen = [sources[i] for i in rows]
     return DatasetTable(
         spec=spec,
@@ -312,15 +316,19 @@ def load_table(spec: DatasetSpec) -> DatasetTable:
         sources=chosen,
         n_rows=n_rows,
         dropped=dropped,
+        missing_targets=[ids[i] for i in missing],
     )
 
 
-def _select_rows(spec: DatasetSpec, df: Any, ids: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+def _select_rows(
+    spec: DatasetSpec, df: Any, ids: list[str]
+) -> tuple[np.ndarray, np.ndarray, dict[str, int], np.ndarray]:
     """:func:`load_table`'s row selection.
 
     Returns:
-        ``(rows, targets, dropped)``: the selected row positions, shape (n_selected,); every
-        row's raw target, float64, shape (n_rows,); rows left out, by reason.
+        ``(rows, targets, dropped, missing)``: the selected row positions, shape (n_selected,); every
+        row's raw target, float64, shape (n_rows,); rows left out, by reason; the positions of the
+        rows left out for want of a finite target.
     """
     path = Path(spec.path)
     keep = np.ones(len(df), dtype=bool)
@@ -359,13 +367,14 @@ def _select_rows(spec: DatasetSpec, df: Any, ids: list[str]) -> tuple[np.ndarray
         )
         dropped["missing_target"] = int(bad.sum())
         keep &= ~bad
+    missing = np.flatnonzero(bad)
     rows = np.flatnonzero(keep)
     if spec.limit is not None and len(rows) > spec.limit:
         dropped["limit"] = len(rows) - int(spec.limit)
         rows = rows[: int(spec.limit)]
     if len(rows) == 0:
         raise DatasetError(f"{path}: no rows left after drop_ids/filter/missing targets ({dropped})")
-    return rows, targets, dropped
+    return rows, targets, dropped, missing
 
 
 def _structure_keys(kind: str, sources: list[Any]) -> list[str]:
@@ -540,16 +549,35 @@ def finalize_targets(spec: DatasetSpec, raw: np.ndarray, n_atoms: np.ndarray | N
 
 
 def _text_label_hint(df: Any, target: str, bad: np.ndarray) -> str:
-    """For a target column of text labels (``metal``/``insulator``): how to turn them into numbers."""
+    """Why a target column's dropped values are not numbers, and what to do: a header row of
+    ``id_prop.csv``, decimal commas, infinities, or text labels (``metal``/``insulator``) to turn
+    into numbers with an expression."""
     if target not in df.columns:
         return ""
-    column = df[target].to_numpy()[bad]
-    text = sorted({str(v) for v in column if isinstance(v, str) and v.strip()})
+    column = df[target].to_numpy()
+    dropped = column[bad]
+    text = sorted({str(v).strip() for v in dropped if isinstance(v, str) and v.strip()})
+    if bad[:1].any() and isinstance(column[0], str) and len(text) == 1 and target == "target" and "id" in df.columns:
+        return (f"; the first row ({df['id'].iloc[0]!r}, {column[0]!r}) looks like a header: id_prop.csv has no "
+                "header row (the original CGCNN layout), so remove it")  # fmt: skip
+    commas = [t for t in text if re.fullmatch(r"[-+]?\d*,\d+", t)]
+    if commas:
+        return (f"; {commas[0]!r} has a decimal comma: write numbers with a decimal point ({commas[0].replace(',', '.')})"
+                ", e.g. save the table from a spreadsheet with an English number format")  # fmt: skip
     if not text:
-        return ""
+        values = np.asarray(_numbers(dropped), dtype=np.float64)
+        infinite = int(np.isinf(values).sum())
+        return f"; {infinite} of them are infinite (inf): leave those rows out or give finite values" if infinite else ""
     shown = ", ".join(repr(t) for t in text[:4]) + (", ..." if len(text) > 4 else "")
     return (f"; it holds text ({shown}): for labels, give an expression as the target, e.g. "
             f"data.target: '{target} == \"{text[0]}\"' (1 where true, 0 elsewhere)")
+
+
+def _numbers(values: Any) -> Any:
+    """``values`` as numbers where they are (NaN elsewhere)."""
+    import pandas as pd
+
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy()
 
 
 def warn_dropped_structures(spec: DatasetSpec, errors: dict[str, str]) -> None:

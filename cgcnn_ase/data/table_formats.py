@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DatasetError, StructureReadError
-from cgcnn_ase.io.reader import read_frames, to_record
+from cgcnn_ase.io.reader import beside_table, read_frames, to_record
 
 if TYPE_CHECKING:
     from cgcnn_ase.data.datasets import DatasetSpec
@@ -48,7 +48,7 @@ def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
         raise DatasetError(
             f"{path}: no structure column {column!r} (CIF text); set structure_column to one of {list(df.columns)}"
         )
-    sources = df[column].tolist()
+    sources = [beside_table(value, path) for value in df[column].tolist()]  # file names: beside the table
     return df.drop(columns=[column]), "cif_text", sources
 
 

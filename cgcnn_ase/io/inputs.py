@@ -51,6 +51,7 @@ from cgcnn_ase.errors import (
 from cgcnn_ase.io.reader import (
     CifReader,
     as_input_sequence,
+    beside_table,
     input_kind,
     is_labelled_pair,
     read_items,
@@ -585,7 +586,7 @@ def iter_table(
             if _skip(finished, item_id):
                 continue
             try:
-                yield item_id, parse_cell(cell, item_id, cif_reader=cif_reader)
+                yield item_id, parse_cell(beside_table(cell, path), item_id, cif_reader=cif_reader)
             except InvalidStructureError as exc:
                 yield item_id, exc
         start += len(chunk)

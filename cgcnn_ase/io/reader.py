@@ -295,6 +295,22 @@ def read_input(
         return [(label or (obj.label if kind == "record" else str(obj)), exc)]
 
 
+def beside_table(value: Any, table: str | os.PathLike) -> Any:
+    """A table cell naming a structure file by a relative path, resolved against the table's folder
+    (where the file lies beside the table, as a user writes it); any other value as it is. A relative
+    path found only from the working directory is kept, as before."""
+    if not isinstance(value, str) or "\n" in value.strip() or value.lstrip().startswith("{"):
+        return value
+    name = value.strip()
+    if not name or os.path.isabs(name):
+        return value
+    candidate = Path(table).parent / name
+    try:
+        return str(candidate) if candidate.is_file() and not Path(name).is_file() else value
+    except (OSError, ValueError):  # a name too long for the OS: the reader says so
+        return value
+
+
 def _two_files(label: str, source: Any) -> bool:
     """True when an ``(id, path)`` pair's id names an existing file other than the path: a pair of two
     structure files (``zip(initial, relaxed)``), not a labelled structure."""

@@ -256,6 +256,15 @@ def _load_path(
             read_model_json(path)  # not a model folder at all: that error (naming checkpoint files it holds) first
             raise CheckpointError(f"{path}: a model folder carries its own element table; do not pass atom_init")
         return load_model_folder(path, members=members)
+    own = path.name.endswith(".safetensors") or (path.parent.name == "run" and path.name.startswith("checkpoint"))
+    folder = next((p for p in (path.parent, path.parent.parent) if own and (p / "model.json").is_file()), None)
+    if folder is not None:  # weights.safetensors, run/checkpoint_last.pt: parts of a model folder
+        raise CheckpointError(f"{path} is a file of the model folder {folder}: load the folder itself "
+                              f"(CGCNNPredictor.from_checkpoint({str(folder)!r}), --model {folder})")  # fmt: skip
+    if path.parent.name == "run" and path.name.startswith("checkpoint"):
+        raise CheckpointError(f"{path} is the training state of an unfinished run: the model folder "
+                              f"({path.parent.parent}) is written when it ends; run the same `cgcnn-ase train` "
+                              "command again to resume it")  # fmt: skip
     if members not in (None, 1):
         raise CheckpointError(f"{path}: members={members} needs an ensemble model folder; this is a single checkpoint")
     return load_original_checkpoint(path, atom_init=atom_init, trusted=trusted)

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ class TrainConfig(Settings):
             ``log10_`` for log targets).
         units: units of the target, e.g. ``"eV/atom"``; for a log10-transformed target either
             ``"log10(GPa)"`` or the raw values' ``"GPa"`` (the model's units are then ``log10(GPa)``);
-            classifiers report ``"probability"``.
+            with ``data.per_atom`` the column's ``"eV"`` or the result's ``"eV/atom"`` (the model's
+            units are eV/atom either way); classifiers report ``"probability"``.
         task: ``"regression"`` or ``"classification"`` (targets 0/1; class 1 is
             ``positive_class``).
         positive_class: name of class 1 (classification), shown on the card; it does not map text labels
@@ -224,9 +226,13 @@ class TrainConfig(Settings):
 
     @builtins.property  # the field `property` shadows the builtin here
     def target_units(self) -> str:
-        """The units of what the network predicts: ``units``, or ``log10(<units>)`` for a log10-transformed
-        target whose ``units`` name the raw values (``GPa`` for a modulus: the model predicts log10(GPa))."""
+        """The units of what the network predicts: ``units``, with ``/atom`` added for a ``per_atom`` target
+        whose ``units`` name the column's (``eV`` per cell: the model predicts eV/atom), and as
+        ``log10(<units>)`` for a log10-transformed target whose ``units`` name the raw values (``GPa`` for a
+        modulus: the model predicts log10(GPa))."""
         units = self.units
+        if self.data.per_atom and units not in ("unknown", "dimensionless") and "/atom" not in units.replace(" ", ""):
+            units = f"{units}/atom"
         if self.data.transform == "log10" and not units.lower().startswith(("log10", "log(", "log ")) and units != "unknown":
             return f"log10({units})"
         return units
@@ -325,6 +331,10 @@ class TrainConfig(Settings):
                 raise ConfigError(f"model.{name} must be at least 1, got {getattr(self.model, name)}")
         if not 0 <= self.model.dropout < 1:
             raise ConfigError(f"model.dropout must be at least 0 and below 1, got {self.model.dropout}")
+        if self.task == "regression" and self.model.dropout not in (0, ModelConfig().dropout):
+            warnings.warn(f"model.dropout={self.model.dropout} has no effect: as in the original CGCNN, only "
+                          "classification networks have a dropout layer (optim.weight_decay regularises a regression)",
+                          UserWarning, stacklevel=2)  # fmt: skip
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1 (or null), got {self.threads}")
         if self.device != "auto":

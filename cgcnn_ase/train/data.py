@@ -161,19 +161,41 @@ def resolve_split(config: TrainConfig, work: Path, ids: list[str], *, resuming: 
     return split
 
 
-def split_positions(split: Split, ids: list[str]) -> dict[str, np.ndarray]:
-    """Store positions of each part of ``split`` (``train``, ``val``, ``test``), int64 arrays.
+def split_positions(split: Split, data: PreparedData, source: str | None = None) -> dict[str, np.ndarray]:
+    """Store positions of each part of ``split`` (``train``, ``val``, ``test``), int64 arrays; a split
+    read from a file (``source``) that leaves usable crystals out gets a warning saying how many.
 
     Raises:
-        ConfigError: ids of the split that are not usable crystals of the dataset.
+        ConfigError: ids of the split that are not usable crystals of the dataset, with the reason
+            (left out by this run's data settings, unusable, or not in the file).
     """
-    position = {i: k for k, i in enumerate(ids)}
+    position = {i: k for k, i in enumerate(data.ids)}
     missing = [i for name in SPLIT_NAMES for i in split.ids(name) if i not in position]
     if missing:
-        raise ConfigError(
-            f"{len(missing)} ids of the split are not usable crystals of the dataset (e.g. {missing[:3]})"
-        )
+        raise ConfigError(f"{len(missing)} ids of the split are not usable crystals of the dataset: "
+                          f"{_why_missing(missing, data)}")  # fmt: skip
+    used = sum(split.sizes.values())
+    if source is not None and used < len(data.ids):
+        warnings.warn(f"the split {source} names {used} of the {len(data.ids)} usable crystals: the other "
+                      f"{len(data.ids) - used} are in no part and are not used", UserWarning, stacklevel=2)  # fmt: skip
     return {name: np.array([position[i] for i in split.ids(name)], dtype=np.int64) for name in SPLIT_NAMES}
+
+
+def _why_missing(missing: list[str], data: PreparedData) -> str:
+    """Why ids of a split are not among the usable crystals, grouped by reason with examples."""
+    selected, no_target = set(data.table.ids), set(data.table.missing_targets)
+    groups: dict[str, list[str]] = {}
+    for i in missing:
+        reason = ("its structure is unusable" if i in data.errors else "it has no finite target" if i in no_target
+                  else "it is not among the rows this run selects" if i not in selected else "it is not usable")  # fmt: skip
+        groups.setdefault(reason, []).append(i)
+    parts = [f"{len(ids)} because {reason} (e.g. {ids[:3]})" for reason, ids in groups.items()]
+    chosen = {k: v for k, v in data.table.dropped.items() if k in ("drop_ids", "filter", "limit") and v}
+    if "it is not among the rows this run selects" in groups:
+        settings = f"this run's data settings leave out {chosen}" if chosen else "they are not in the dataset file"
+        parts.append(f"{settings}; a split file must name rows this run keeps: use the data settings of the run "
+                     "that wrote it, or let this run make its own split (remove split.file)")  # fmt: skip
+    return "; ".join(parts)
 
 
 def target_normalizer(task: str, train_targets: np.ndarray) -> tuple[float, float]:

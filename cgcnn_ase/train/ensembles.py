@@ -106,6 +106,10 @@ def check_members(folders: Sequence[Path], members: Sequence[LoadedModel]) -> No
     ref_data = _read_yaml(ref_folder / "config.yaml").get("data") or {}
     seeds: dict[int, Path] = {}
     for k, (folder, member) in enumerate(zip(folders, members)):
+        if member.members_in_folder > 1:
+            raise EnsembleError(f"member {k} ({folder}) is itself an ensemble of {member.members_in_folder} members: "
+                                "give the folders of single trained models (its model.json lists them under "
+                                "metadata.ensemble_of)")  # fmt: skip
         a, b = ref.spec, member.spec
         checks = [
             ("property", a.property, b.property),

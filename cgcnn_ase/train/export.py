@@ -253,7 +253,7 @@ def _write_plots(
 #: What a training run writes into ``output`` (and the default work folder ``run``).
 RUN_FILES = frozenset({
     "model.json", "weights.safetensors", "atom_init.json", "README.md", "config.yaml", "split.json", "metrics.csv",
-    "learning_curve.png", "parity.png", "roc.png", "run",
+    "learning_curve.png", "parity.png", "roc.png", "run", "dropped.csv",
 })  # fmt: skip
 
 
@@ -298,6 +298,27 @@ def check_output_folder(config: TrainConfig) -> None:
         )
 
 
+#: The rows of the dataset that training could not use, with the reason (written only when there are some).
+DROPPED_FILE = "dropped.csv"
+
+
+def _write_dropped(path: Path, data: Any) -> None:
+    """``dropped.csv`` (``id``, ``reason``): every row left out for want of a finite target or of a usable
+    structure (the warnings name only the first few); rows left out by choice (``drop_ids``, ``filter``,
+    ``limit``) are counted in ``model.json`` only. Removed when there are none (a rerun into the folder)."""
+    import csv
+
+    rows = [(i, "no finite numeric target") for i in data.table.missing_targets]
+    rows += [(i, reason) for i, reason in data.errors.items()]
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "reason"])
+        writer.writerows(rows)
+
+
 def write_model_folder(config: TrainConfig, result: TrainingResult) -> Path:
     """Score the best model on the validation and test splits and write the model folder
     ``config.output`` (see the module docstring); returns the folder."""
@@ -316,6 +337,7 @@ def write_model_folder(config: TrainConfig, result: TrainingResult) -> Path:
         "# resolved training configuration (cgcnn-ase); rerun with: cgcnn-ase train config.yaml\n"
         + yaml.safe_dump(config.to_dict(), sort_keys=False)
     )
+    _write_dropped(output / DROPPED_FILE, result.data)
     write_metrics_csv(output / "metrics.csv", result.history, config.task)
     _write_plots(output, config, result, predictions.get("test"))
     (output / "README.md").write_text(model_card(read_model_json(output), loss_name=config.loss_name, folder=output))

@@ -186,7 +186,8 @@ class Trainer:
         self.data_fingerprint = data_fingerprint(self.data)
         checkpoint = self.load_checkpoint()
         self.split = resolve_split(config, self.work, self.data.ids, resuming=checkpoint is not None)
-        self.parts = split_positions(self.split, self.data.ids)
+        self.parts = split_positions(self.split, self.data,
+                                     config.split.file if config.split.file and checkpoint is None else None)  # fmt: skip
         if checkpoint is None:
             self.mean, self.std = target_normalizer(config.task, self.data.targets[self.parts["train"]])
         else:
