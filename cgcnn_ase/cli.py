@@ -947,7 +947,7 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "table":
         click.echo("\n".join(_evaluation_summary(report)))
     else:
-        keys = ("model", "split", "n", "n_failed", "property", "units", "metrics", "uncertainty")  # uncertainty: ensembles
+        keys = ("model", "split", "n", "n_failed", "property", "units", "metrics", "uncertainty", "note")  # some: not always
         from cgcnn_ase.models.cards import json_safe
 
         click.echo(json.dumps(json_safe({k: report[k] for k in keys if k in report}), indent=2, default=str))

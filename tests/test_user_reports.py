@@ -2872,3 +2872,26 @@ def test_targets_that_are_no_numbers_get_the_right_hint(tmp_path):
         with pytest.warns(UserWarning, match=hint) as caught:
             assert len(load_table(spec)) == 2
         assert not any("for labels, give an expression" in str(w.message) for w in caught)
+
+
+def test_evaluate_notes_labels_edited_since_training(trained, tmp_path):
+    """Round 14a: evaluate on a dataset whose labels were edited after training gave other metrics than the card
+    without a word (the data digest was only in the training checkpoint)."""
+    import pandas as pd
+
+    from cgcnn_ase.analysis.evaluation import evaluate_model
+    from cgcnn_ase.data.splits import Split
+
+    config, folder = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", UnseenElementWarning)
+        assert "note" not in evaluate_model(folder, split="test", workers=1)
+    table = pd.read_csv(config.data.path)
+    test_id = Split.load(folder / "split.json").test[0]
+    table.loc[table["material_id"] == test_id, "vpa"] += 1.0
+    table.to_csv(tmp_path / "edited.csv", index=False)
+    with pytest.warns(UserWarning, match="labels of the test split differ from those the model was trained"):
+        report = evaluate_model(folder, tmp_path / "edited.csv", split="test", workers=1)
+    assert "not the model card's" in report["note"]
+    assert "note" not in evaluate_model(folder, tmp_path / "edited.csv", split="train", workers=1)

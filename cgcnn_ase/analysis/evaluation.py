@@ -358,6 +358,10 @@ def evaluate_model(
         "metrics": metrics,
         "files": {},
     }
+    changed = _labels_changed(spec_m.metadata, folder, split, ids, targets, layout)
+    if changed:
+        summary["note"] = changed
+        warnings.warn(f"model {spec_m.name!r}: {changed}", UserWarning, stacklevel=2)
     if predictor.is_ensemble:
         summary["uncertainty"] = uncertainty_report(targets, result)
     if out_dir is not None:
@@ -366,6 +370,22 @@ def evaluate_model(
                                              data.unusable)  # fmt: skip
     logger.info("evaluated %s on %d %s crystals: %s", folder, summary["n"], split, metrics)
     return summary
+
+
+def _labels_changed(metadata: Mapping[str, Any], folder: Path, split: str, ids: Sequence[str], targets: np.ndarray,
+                    layout: Mapping[str, Any] | None) -> str | None:
+    """A note when the ``split`` part's labels differ from those recorded at training (the model's
+    ``metadata.dataset.label_digests``: the file was edited since), else ``None`` (also when nothing
+    was recorded, or another layout or rows missing from the split make the comparison meaningless)."""
+    from cgcnn_ase.data.splits import Split, label_digest
+
+    recorded = ((metadata.get("dataset") or {}).get("label_digests") or {}).get(split)
+    if recorded is None or layout or label_digest(ids, targets) == recorded:
+        return None
+    if set(ids) != set(Split.load(folder / "split.json").ids(split)):  # rows missing or unusable: warned already
+        return None
+    return (f"the labels of the {split} split differ from those the model was trained and scored with (the dataset "
+            "was edited since, or another file has the same ids): these metrics are not the model card's")
 
 
 def evaluate_uncertainty(

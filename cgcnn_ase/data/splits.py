@@ -132,3 +132,14 @@ def make_split(ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1),
         seed=seed,
         fractions=(train_f, val_f, test_f),
     )
+
+
+def label_digest(ids: Sequence[str], targets: Sequence[float]) -> str:
+    """A short digest of ``(id, target)`` pairs, independent of their order (targets rounded to 8
+    significant digits, so that the same file read twice agrees): recorded per split part in a
+    trained model's ``model.json``, so that an evaluation can tell that labels changed since."""
+    import hashlib
+
+    pairs = sorted(zip((str(i) for i in ids), (float(f"{float(t):.8g}") for t in targets)))
+    return hashlib.blake2b(json.dumps(pairs).encode(), digest_size=8).hexdigest()
+

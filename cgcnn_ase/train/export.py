@@ -148,6 +148,19 @@ def _evaluate(
     return metrics, predictions
 
 
+def _label_digests(data: PreparedData, split: Split) -> dict[str, str]:
+    """Per split part, :func:`~cgcnn_ase.data.splits.label_digest` of its ids and final targets."""
+    from cgcnn_ase.data.splits import label_digest
+
+    target = dict(zip(data.ids, data.targets.tolist()))
+    out = {}
+    for part in ("train", "val", "test"):
+        ids = [i for i in split.ids(part) if i in target]
+        if ids:
+            out[part] = label_digest(ids, [target[i] for i in ids])
+    return out
+
+
 def _dataset_metadata(config: TrainConfig, data: PreparedData, split: Split) -> dict[str, Any]:
     """``metadata.dataset`` of ``model.json``: where the data came from and which rows were used (a usable
     crystal in no part of the split, as fractions summing to less than 1 leave, counts as left out)."""
@@ -166,6 +179,7 @@ def _dataset_metadata(config: TrainConfig, data: PreparedData, split: Split) -> 
         "rows_selected": len(data.table),
         "rows_used": in_split,
         "rows_dropped": {**data.table.dropped, "unusable_structure": len(data.errors), **outside},
+        "label_digests": _label_digests(data, split),
         **{k: v for k, v in config.metadata.items() if k != "dataset_name"},
     }
 
