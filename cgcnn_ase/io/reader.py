@@ -25,7 +25,13 @@ pymatgen structure dict   ``pymatgen.core.Structure.from_dict`` (a mapping with 
 pymatgen ``Structure`` /  :func:`~cgcnn_ase.io.records.from_pymatgen`
 ``IStructure``
 ``StructureRecord``       kept (relabelled when a label is given)
+open file (``open(...)``, its path when it has one (so the name tells the format), else its
+``io.StringIO``)          text; one input, not an iterable of lines
 ========================  ==================================================================
+
+Relative file names in a table's cells are looked up beside the table first
+(:func:`beside_table`). An ``(id, path)`` pair whose id is another existing structure file is
+refused (``zip(initial, relaxed)`` is two inputs per item, not an id and a structure).
 
 ``cif_reader``: ``"gemmi"`` (compiled, ~50x faster than pymatgen's parser; falls back to
 pymatgen for CIFs gemmi cannot make a crystal of) or ``"pymatgen"`` (the original CGCNN's
