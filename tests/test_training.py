@@ -299,15 +299,14 @@ def test_structure_paths_in_a_table_are_cached_by_their_contents(dataset_csv, tm
     table = pd.read_csv(dataset_csv)
     folder = tmp_path / "cifs"
     folder.mkdir()
-    for name, cif in zip(table["material_id"], table["cif"]):
-        (folder / f"{name}.cif").write_text(cif)
     paths = table.assign(cif=[f"cifs/{name}.cif" for name in table["material_id"]])
     paths.to_csv(tmp_path / "paths.csv", index=False)
-    monkeypatch.chdir(tmp_path / "cifs")  # the relative paths name nothing here
+    monkeypatch.chdir(folder)  # relative to the table's folder, not to the working directory (round 14a)
     config = tiny_config(tmp_path / "paths.csv", tmp_path / "a", epochs=1, cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(ConfigError, match="no usable crystals"):
+    with pytest.raises(ConfigError, match="no usable crystals"):  # the files are not there yet
         train_from_config(config, progress=False)
-    monkeypatch.chdir(tmp_path)
+    for name, cif in zip(table["material_id"], table["cif"]):
+        (folder / f"{name}.cif").write_text(cif)
     first = train_from_config(config, progress=False)
     for name in table["material_id"][:4]:
         (folder / f"{name}.cif").write_text("garbage\n")
