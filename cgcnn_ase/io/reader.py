@@ -320,6 +320,8 @@ def beside_table(value: Any, table: str | os.PathLike) -> Any:
 def _two_files(label: str, source: Any) -> bool:
     """True when an ``(id, path)`` pair's id names an existing file other than the path: a pair of two
     structure files (``zip(initial, relaxed)``), not a labelled structure."""
+    if label == os.fspath(source):  # a file labelled by its own path (the CLI's deferred files): no stat
+        return False
     try:
         first, second = Path(label), Path(source)
         return first.is_file() and second.is_file() and not first.samefile(second)
