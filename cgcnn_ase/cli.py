@@ -392,7 +392,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     names each property with its units. An unseen_elements column names any element a
     model never saw in training (those predictions extrapolate). Bad files get one 'error:'
     line each on stderr and an empty value; the others are still predicted, and the exit
-    code is then 1.
+    code is then 1 (also when the inputs held no structure at all).
     csv and parquet output is written chunk by chunk (memory stays bounded), and --resume
     continues an interrupted run without predicting its finished ids again.
     """
@@ -472,6 +472,9 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
             for message in messages:
                 click.echo(f"error: {message}", err=True)
         _write_table(result.frame.to_dict("records"), list(result.frame.columns), fmt, output, meta)
+        if not len(result.frame):
+            click.echo(NO_STRUCTURES, err=True)
+            sys.exit(EXIT_BAD_INPUT)
         if result.n_failed:
             click.echo(f"{result.n_failed} of {len(result.frame)} structures could not be predicted", err=True)
             sys.exit(EXIT_BAD_INPUT)
@@ -614,6 +617,7 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
         _write_table(frame.to_dict("records"), list(frame.columns), fmt, output, meta)
     if not len(frame):
         click.echo(NO_STRUCTURES, err=True)
+        sys.exit(EXIT_BAD_INPUT)  # nothing predicted: not the 0 of "all predicted"
     if result.n_failed:
         click.echo(f"{result.n_failed} of {len(frame)} structures could not be predicted", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -672,6 +676,7 @@ def _run_stream(stream: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         click.echo(f"resumed: {summary.n_skipped} structures already in {summary.output} were skipped", err=True)
     elif not summary.n_written:
         click.echo(NO_STRUCTURES, err=True)
+        sys.exit(EXIT_BAD_INPUT)  # nothing predicted: not the 0 of "all predicted"
     if summary.n_failed:
         click.echo(f"{summary.n_failed} of {summary.n_written} structures could not be predicted", err=True)
     if summary.n_failed_before:  # a resumed run: the failures of earlier sessions are still in the output
@@ -1029,6 +1034,7 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
         click.echo(str(path))
     if not files:
         click.echo(NO_STRUCTURES, err=True)
+        sys.exit(EXIT_BAD_INPUT)
     if paths[-1].name == "skipped.csv":
         skipped = pd.read_csv(paths[-1], dtype=str, keep_default_na=False)
         for label, message in zip(skipped["structure"], skipped["error"]):

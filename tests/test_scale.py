@@ -595,12 +595,13 @@ def test_the_chunk_size_default_follows_the_number_of_models(default_inputs, tmp
 
 @pytest.mark.parametrize("models", [[], ["-m", "formation_energy"]])
 def test_inputs_without_structures_give_a_header_and_a_warning(tmp_path, models):
-    """An empty folder: a table of no rows with this run's columns (csv and parquet), a warning, exit code 0."""
+    """An empty folder: a table of no rows with this run's columns (csv and parquet), a warning, exit code 1
+    (round 15: it was 0, which the README keeps for 'all predicted')."""
     pytest.importorskip("pyarrow")
     (tmp_path / "empty").mkdir()
     for name in ("out.csv", "out.parquet"):
         result = _default(tmp_path / "empty", *models, "-o", tmp_path / name)
-        assert result.exit_code == 0 and "warning: the inputs held no structures" in result.stderr
+        assert result.exit_code == 1 and "warning: the inputs held no structures" in result.stderr
     csv, parquet = pd.read_csv(tmp_path / "out.csv"), pd.read_parquet(tmp_path / "out.parquet")
     assert len(csv) == len(parquet) == 0 and list(csv.columns) == list(parquet.columns)
     assert csv.columns[0] == "id" and csv.columns[1] == "formation_energy (eV/atom)" and csv.columns[-1] == "error"

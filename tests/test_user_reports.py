@@ -707,7 +707,9 @@ def test_the_default_command_on_an_empty_folder_warns_in_every_format(tmp_path, 
     """'--format json or table on an empty folder: internal error (KeyError)'."""
     (tmp_path / "empty").mkdir()
     result = _cli("predict", str(tmp_path / "empty"), "--format", fmt)
-    assert result.exit_code == 0 and "held no structures" in result.stderr
+    assert result.exit_code == 1 and "held no structures" in result.stderr  # round 15: 0 is 'all predicted'
+    named = _cli("predict", str(tmp_path / "empty"), "--format", fmt, "-m", "formation_energy")
+    assert named.exit_code == 1 and "held no structures" in named.stderr
 
 
 def test_atom_init_applies_to_the_checkpoints_among_several_models(tmp_path):
@@ -2081,7 +2083,7 @@ def test_sites_mark_unseen_elements_and_say_when_there_is_nothing(tmp_path):
     assert bool(table.loc["Pu", "unseen"]) and not table.drop(index="Pu")["unseen"].any()
     (tmp_path / "empty").mkdir()
     empty = _cli("sites", str(tmp_path / "empty"), "-m", "perovskite_site_energy", "-o", str(tmp_path / "r2"))
-    assert "the inputs held no structures" in empty.stderr
+    assert "the inputs held no structures" in empty.stderr and empty.exit_code == 1
 
 
 def test_per_atom_values_of_a_mean_pooled_model_are_called_attributions():
@@ -2895,3 +2897,63 @@ def test_evaluate_notes_labels_edited_since_training(trained, tmp_path):
         report = evaluate_model(folder, tmp_path / "edited.csv", split="test", workers=1)
     assert "not the model card's" in report["note"]
     assert "note" not in evaluate_model(folder, tmp_path / "edited.csv", split="train", workers=1)
+
+
+# -- round 15: ASE, pymatgen and matminer users -------------------------------------------------------------------
+
+
+def test_a_disordered_cif_read_by_ase_is_refused(tmp_path):
+    """Round 15: a CIF with Fe 0.6 / Ni 0.4 on one site, read with ase.io.read, was predicted as ordered FeO (ASE
+    keeps one species per site and the occupancies in atoms.info['occupancy']); the same file by path was refused."""
+    from ase.io import read
+
+    from cgcnn_ase import CGCNNCalculator
+    from cgcnn_ase.errors import InvalidStructureError
+
+    from .conftest import REPO
+
+    cell = "".join(f"_cell_length_{x} 4.3\n" for x in "abc") + "".join(f"_cell_angle_{x} 90\n" for x in ("alpha", "beta", "gamma"))
+    loop = "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n_atom_site_occupancy\n"
+    (tmp_path / "mixed.cif").write_text(f"data_m\n{cell}{loop}Fe1 Fe 0 0 0 0.6\nNi1 Ni 0 0 0 0.4\nO1 O .5 .5 .5 1\n")
+    (tmp_path / "partial.cif").write_text(f"data_p\n{cell}{loop}Fe1 Fe 0 0 0 0.8\nO1 O .5 .5 .5 1\n")
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    for name, what in (("mixed.cif", "mixed species Fe 0.6, Ni 0.4"), ("partial.cif", "partial occupancy Fe 0.8")):
+        atoms = read(tmp_path / name)
+        with pytest.raises(InvalidStructureError, match=f"site 0 is disordered \\({what}"):
+            predictor.predict(atoms)
+        atoms.calc = CGCNNCalculator(predictor)
+        with pytest.raises(InvalidStructureError, match="disordered"):
+            atoms.get_potential_energy()
+    ordered = read(REPO / "examples" / "SrTiO3.cif")  # occupancies of 1 everywhere: predicted
+    assert ordered.info["occupancy"] and np.isfinite(predictor.predict(ordered).values[0])
+
+
+def test_store_in_info_fills_every_frame_also_when_ase_serves_the_cache():
+    """Round 15: with store_in_info=True a frame identical to the one just calculated got nothing stored (ASE's
+    check_state served the cached results), so the extxyz written afterwards lacked its values."""
+    from cgcnn_ase import CGCNNCalculator
+
+    calc = CGCNNCalculator(CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu"), store_in_info=True)
+    frames = [bulk("NaCl", "rocksalt", a=5.64), bulk("NaCl", "rocksalt", a=5.64), bulk("MgO", "rocksalt", a=4.21)]
+    for frame in frames:
+        frame.calc = calc
+        frame.get_potential_energy()
+    values = [frame.info.get("cgcnn_formation_energy") for frame in frames]
+    assert values[0] == values[1] and values[2] != values[0] and None not in values
+    assert all("cgcnn_energies" in frame.arrays for frame in frames)
+
+
+def test_ase_database_rows_have_the_same_ids_in_the_api_and_the_cli(tmp_path):
+    """Round 15: the API labelled database rows by position (path@0) while the CLI and docs/scale.md use the row's
+    own id (path@id=2); after a deletion they disagreed by more than one."""
+    import ase.db
+
+    path = tmp_path / "rows.db"
+    with ase.db.connect(path) as db:
+        for formula, a in (("NaCl", 5.64), ("MgO", 4.21), ("KCl", 6.29)):
+            db.write(bulk(formula, "rocksalt", a=a))
+    del ase.db.connect(path)[1]
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    assert list(predictor.predict(path).ids) == [f"{path}@id=2", f"{path}@id=3"]
+    cli = _cli("predict", str(path), "-m", "formation_energy", "--workers", "1", "-o", "-")
+    assert [line.split(",")[0] for line in cli.stdout.splitlines()[1:]] == [f"{path}@id=2", f"{path}@id=3"]

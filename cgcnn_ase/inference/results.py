@@ -116,7 +116,7 @@ class PredictionResult:
 
         A crystal is inside when it was predicted, holds only elements seen in training,
         has no sparse atom (unless ``allow_sparse``), has interatomic distances like the
-        training crystals' (``bond_ratio`` within [0.5, 1.6]) and no vacuum gap wider than
+        training crystals' (``bond_ratio`` within [0.6, 1.6]) and no vacuum gap wider than
         5 Å (``vacuum_gap``: not a slab or molecule in a box), the limits of the
         :class:`~cgcnn_ase.errors.GeometryWarning` s, and, when the model ships a domain
         summary, its ``domain_percentile`` is at most ``max_percentile`` (percent).

@@ -290,14 +290,21 @@ class CGCNNCalculator(Calculator):
             names = (gap, *names[1:])
             results.update({n: float(v) for n, v in zip(names, gated) if v is not None})
         self.results = results
-        if self.store_in_info and atoms is not None:
-            for name, value in results.items():
-                if name == "energies":
-                    atoms.arrays["cgcnn_energies"] = value.copy()
-                elif name == "unseen_elements" and value is None:
-                    atoms.info.pop("cgcnn_unseen_elements", None)  # file formats cannot hold None
-                elif name not in ("energy", "free_energy"):
-                    atoms.info[f"cgcnn_{name}"] = value
+        self._store(atoms)
+
+    def _store(self, atoms: Any) -> None:
+        """With ``store_in_info``, write the results into ``atoms.info["cgcnn_<name>"]`` (per-atom values into
+        ``atoms.arrays["cgcnn_energies"]``). Called for every ``Atoms`` the results are handed to, also when ASE
+        serves them from its cache (a frame identical to the one last calculated)."""
+        if not self.store_in_info or atoms is None:
+            return
+        for name, value in self.results.items():
+            if name == "energies":
+                atoms.arrays["cgcnn_energies"] = value.copy()
+            elif name == "unseen_elements" and value is None:
+                atoms.info.pop("cgcnn_unseen_elements", None)  # file formats cannot hold None
+            elif name not in ("energy", "free_energy"):
+                atoms.info[f"cgcnn_{name}"] = value
 
     def get_fermi_level(self) -> float:
         """The Fermi energy, eV, of the Fermi-energy model (ASE's DFT calculators' method, which
@@ -333,7 +340,10 @@ class CGCNNCalculator(Calculator):
                 f"CGCNNCalculator gives no property {name!r}{hint} These models give: "
                 f"{', '.join(self.implemented_properties)}"
             )
-        return super().get_property(name, atoms, allow_calculation)
+        value = super().get_property(name, atoms, allow_calculation)
+        if value is not None and atoms is not None and atoms is not self.atoms:
+            self._store(atoms)  # results from ASE's cache: this frame equals the one last calculated
+        return value
 
     def export_properties(self) -> Any:
         """ASE ``Properties`` of the standard names only (custom names are not exportable)."""

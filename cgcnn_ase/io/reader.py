@@ -374,6 +374,8 @@ def _separately(
                 return None
             if not (_is_cif(path) or _looks_like_cif(path)):
                 try:
+                    if _is_ase_db(path):
+                        return _frames_separately(*_db_frames(path, base))
                     return _frames_separately(_ase_frames(path, base), base)
                 except InvalidStructureError:
                     return None
@@ -384,12 +386,16 @@ def _separately(
     return read_cif_blocks(text, base, cif_reader)
 
 
-def _frames_separately(frames: list[Any], base: str) -> list[tuple[str, StructureRecord | InvalidStructureError]] | None:
-    """Each of several ASE frames (of a file or text) turned into a record on its own (``None``: fewer than two)."""
+def _frames_separately(
+    frames: list[Any], base: str | list[str]
+) -> list[tuple[str, StructureRecord | InvalidStructureError]] | None:
+    """Each of several ASE frames (of a file or text) turned into a record on its own, labelled ``base@i``
+    (or by the given list of labels); ``None``: fewer than two."""
     if len(frames) < 2:
         return None
+    labels = base if isinstance(base, list) else _labels(base, len(frames))
     items: list[tuple[str, StructureRecord | InvalidStructureError]] = []
-    for atoms, name in zip(frames, _labels(base, len(frames))):
+    for atoms, name in zip(frames, labels):
         try:
             items.append((name, from_ase(atoms, label=name)))
         except InvalidStructureError as exc:
@@ -543,12 +549,35 @@ def _parse_file(path: Path, base: str, cif_reader: CifReader) -> list[StructureR
         records = _json_file_records(path, base)
         if records is not None:
             return records
+    if _is_ase_db(path):
+        frames, labels = _db_frames(path, base)
+        return [from_ase(atoms, label=name) for atoms, name in zip(frames, labels)]
     return _frame_records(_ase_frames(path, base), base)
 
 
 def _frame_records(frames: list[Any], base: str) -> list[StructureRecord]:
     """Records of ASE frames, labelled ``base`` (one frame) or ``base@i``."""
     return [from_ase(atoms, label=name) for atoms, name in zip(frames, _labels(base, len(frames)))]
+
+
+def _is_ase_db(path: Path) -> bool:
+    return path.name.lower().endswith(".db")
+
+
+def _db_frames(path: Path, base: str) -> tuple[list[Any], list[str]]:
+    """The rows of an ASE database as ``Atoms``, labelled ``base@id=N`` by each row's own id (as the CLI
+    and streaming label them; a row's position would shift after a deletion)."""
+    import ase.db
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = list(ase.db.connect(str(path)).select())
+    except Exception as exc:  # noqa: BLE001 - ase.db raises many types for foreign files
+        raise StructureReadError(f"{base}: not a readable ASE database ({type(exc).__name__}: {exc})") from None
+    if not rows:
+        raise StructureReadError(f"{base}: the database holds no structure")
+    return [row.toatoms() for row in rows], [f"{base}@id={row.id}" for row in rows]
 
 
 def read_frames(path: str | os.PathLike) -> list[Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -253,7 +253,31 @@ def from_ase(atoms: ase.Atoms, label: str = "Atoms") -> StructureRecord:
             frac = np.full((len(atoms), 3), np.nan)
     if not all(atoms.pbc):  # report pbc before a possibly singular cell
         return _validate(atoms.numbers, frac, np.eye(3), atoms.pbc, label)
+    _check_ase_occupancy(atoms, label)
     return _validate(atoms.numbers, frac, cell, atoms.pbc, label)
+
+
+def _check_ase_occupancy(atoms: ase.Atoms, label: str) -> None:
+    """Refuse an ``Atoms`` that ASE's CIF reader made of a disordered CIF: it keeps one species per site
+    and records the occupancies in ``info["occupancy"]`` (by ``arrays["spacegroup_kinds"]``), so
+    Fe 0.6 / Ni 0.4 on one site would be predicted as a plain Fe site."""
+    occupancy, kinds = atoms.info.get("occupancy"), atoms.arrays.get("spacegroup_kinds")
+    if not isinstance(occupancy, Mapping) or kinds is None:
+        return
+    for i, kind in enumerate(np.asarray(kinds).tolist()):
+        shares = occupancy.get(str(kind), occupancy.get(kind))
+        if not isinstance(shares, Mapping):
+            continue
+        present = {symbol: float(share) for symbol, share in shares.items() if float(share) > 0}
+        total = sum(present.values())
+        if len(present) > 1 or total < 1.0 - 1e-3:
+            what = ", ".join(f"{symbol} {share:.4g}" for symbol, share in present.items())
+            raise InvalidStructureError(
+                f"{label}: site {i} is disordered ({'mixed species' if len(present) > 1 else 'partial occupancy'} "
+                f"{what}, from the CIF's occupancies that ASE keeps in atoms.info['occupancy']); CGCNN needs an "
+                "ordered structure (order it first, e.g. with pymatgen's OrderDisorderedStructureTransformation; "
+                "if these atoms are ordered already, del atoms.info['occupancy'])"
+            )
 
 
 def from_pymatgen(structure: pymatgen.core.IStructure, label: str = "Structure") -> StructureRecord:
