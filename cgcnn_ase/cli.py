@@ -170,6 +170,9 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
                 output = kwargs.get("output") or kwargs.get("out_dir")
                 where = where or (f"writing {output}: " if output else "")
                 _fail(f"{where}{exc.strerror or exc}{_resume_hint(func.__name__, kwargs)}", EXIT_IO)
+            output = kwargs.get("output")
+            if output and exc.filename and os.path.abspath(str(exc.filename)) == os.path.abspath(str(output)):
+                where = f"cannot write {exc.filename}: "  # as the streamed formats say it
             _fail(f"{where}{exc.strerror or exc}", EXIT_USAGE)  # a path of the command line that cannot be used
         except Exception as exc:  # noqa: BLE001 - last resort: never a bare traceback
             if traceback_:
@@ -779,7 +782,9 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
     if column in present or id_column in present:
         raise click.UsageError(f"--column/--id-column name a result column of this run ({column!r}, {id_column!r})")
     df = df.drop(columns=present)
-    parsed = [_parse_structure_cell(value, name) for name, value in zip(names, df[column])]
+    from cgcnn_ase.io.reader import beside_table
+
+    parsed = [_parse_structure_cell(beside_table(value, table), name) for name, value in zip(names, df[column])]
     good = [k for k, item in enumerate(parsed) if not isinstance(item, Exception)]
     rows = featurizer.featurize_many([parsed[k] for k in good], ignore_errors=True, return_errors=True, pbar=True)
     features = np.full((len(df), len(labels)), np.nan)

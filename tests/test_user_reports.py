@@ -2649,7 +2649,7 @@ def test_datasets_in_another_encoding_or_format_are_named_and_parquet_and_json_l
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"id": i, "y": 1.0, "structure": {}}) + "\n" for i in "ab"))
     for spec, message in [
         (dict(path=tmp_path / "windows.csv"), "not UTF-8 text .* save the file as UTF-8"),
-        (dict(path=tmp_path / "table_as.csv"), "this is a Parquet file, not csv text; set format to parquet"),
+        (dict(path=tmp_path / "table_as.csv"), "this is a Parquet file, not csv text; name it .parquet"),
         (dict(path=tmp_path / "table.parquet", format="csv"), "this is a Parquet file"),
         (dict(path=tmp_path / "table.json"), "cannot be read as json .*a CSV table needs format csv"),
     ]:
@@ -2843,7 +2843,7 @@ def test_training_on_own_data_names_what_it_left_out_and_why(dataset_csv, traine
     limited = config.model_copy(update={"output": str(tmp_path / "run3"),
                                         "data": config.data.__class__(**{**data, "limit": 5}),
                                         "split": SplitConfig(file=str(first / "split.json"))})  # fmt: skip
-    with pytest.raises(ConfigError, match=r"not among the rows this run selects .*leave out \{'limit': \d+\}"):
+    with pytest.raises(ConfigError, match=r"not among the rows this run selects .*leave out \d+ rows by limit"):
         train_from_config(limited, progress=False)
     per_atom = tiny_config(tmp_path / "own.csv", tmp_path, data={**data, "per_atom": True}, units="eV")
     assert per_atom.target_units == "eV/atom" and json.loads(json.dumps(per_atom.units)) == "eV"
@@ -2897,6 +2897,8 @@ def test_evaluate_notes_labels_edited_since_training(trained, tmp_path):
         report = evaluate_model(folder, tmp_path / "edited.csv", split="test", workers=1)
     assert "not the model card's" in report["note"]
     assert "note" not in evaluate_model(folder, tmp_path / "edited.csv", split="train", workers=1)
+    with pytest.warns(UserWarning, match="labels of the test split differ"):  # round 15: --split all checks each part
+        evaluate_model(folder, tmp_path / "edited.csv", split="all", workers=1)
 
 
 # -- round 15: ASE, pymatgen and matminer users -------------------------------------------------------------------
@@ -2957,3 +2959,68 @@ def test_ase_database_rows_have_the_same_ids_in_the_api_and_the_cli(tmp_path):
     assert list(predictor.predict(path).ids) == [f"{path}@id=2", f"{path}@id=3"]
     cli = _cli("predict", str(path), "-m", "formation_energy", "--workers", "1", "-o", "-")
     assert [line.split(",")[0] for line in cli.stdout.splitlines()[1:]] == [f"{path}@id=2", f"{path}@id=3"]
+
+
+def test_round_15_check_of_the_round_14_fixes(tmp_path, trained):
+    """A second outsider tried to break the round-14 fixes: unquoted decimal commas in id_prop.csv trained on the
+    integer parts, silently; a semicolon-separated id_prop.csv named a missing CIF; a CIF of a mixed-valence Fe site
+    (two Fe rows of 0.5) was refused though pymatgen reads it as ordered; a gzipped cp1252 CSV was 'a gzip file';
+    UTF-16 got the cp1252 hint; 'predict' on such tables gave a raw UnicodeDecodeError; model.json of a model
+    folder and a work_dir's checkpoint_last.pt led nowhere; 'featurize' did not resolve file names beside the table;
+    units eV/cell with per_atom became eV/cell/atom."""
+    import gzip
+    import shutil
+
+    import pandas as pd
+    from pymatgen.core import Lattice, Structure
+
+    from cgcnn_ase.data.datasets import DatasetSpec, load_table
+    from cgcnn_ase.errors import CheckpointError, DatasetError
+    from cgcnn_ase.models.registry import load_model
+    from cgcnn_ase.train.config import _per_atom_units
+
+    from .conftest import REPO
+
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    for name in ("mp-1", "mp-2"):
+        shutil.copy(REPO / "examples" / "SrTiO3.cif", layout / f"{name}.cif")
+    (layout / "id_prop.csv").write_text("mp-1,0,0388\nmp-2,-1,7923\n")
+    with pytest.raises(DatasetError, match="decimal commas\\? .*write 'mp-1,0.0388'"):
+        load_table(DatasetSpec(path=str(layout)))
+    (layout / "id_prop.csv").write_text("mp-1;0,0388\nmp-2;-1,7923\n")
+    with pytest.raises(DatasetError, match="looks semicolon-separated"):
+        load_table(DatasetSpec(path=str(layout)))
+    mixed = Structure(Lattice.cubic(2.87), [{"Fe": 0.5, "Fe2+": 0.5}, "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    mixed.to(filename=str(tmp_path / "mixed.cif"))
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    assert predictor.predict(tmp_path / "mixed.cif").values[0] == pytest.approx(predictor.predict(mixed).values[0],
+                                                                                 abs=1e-6)  # fmt: skip
+    cif = (REPO / "examples" / "SrTiO3.cif").read_text()
+    frame = pd.DataFrame({"id": ["Sé", "b"], "y": [1.0, 2.0], "cif": [cif, cif]})
+    (tmp_path / "w.csv.gz").write_bytes(gzip.compress(frame.to_csv(index=False).encode("cp1252")))
+    frame.to_csv(tmp_path / "u16.csv", index=False, encoding="utf-16")
+    frame.to_csv(tmp_path / "w.csv", index=False, encoding="cp1252")
+    with pytest.raises(DatasetError, match="not UTF-8 text"):
+        load_table(DatasetSpec(path=str(tmp_path / "w.csv.gz"), target="y"))
+    with pytest.raises(DatasetError, match="UTF-16 text; .*iconv -f utf-16"):
+        load_table(DatasetSpec(path=str(tmp_path / "u16.csv"), target="y"))
+    run = _cli("predict", str(tmp_path / "w.csv"), "-m", "formation_energy")
+    assert run.exit_code == 2 and "not UTF-8 text" in run.stderr and "UnicodeDecodeError" not in run.stderr
+    _, folder = trained
+    with pytest.raises(CheckpointError, match="is a file of the model folder"):
+        load_model(folder / "model.json")
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(folder / "run" / "checkpoint_last.pt", work)
+    with pytest.raises(CheckpointError, match="training state of a cgcnn-ase run"):
+        load_model(work / "checkpoint_last.pt")
+    (tmp_path / "cifs").mkdir()
+    shutil.copy(REPO / "examples" / "SrTiO3.cif", tmp_path / "cifs" / "a.cif")
+    pd.DataFrame({"id": ["a"], "file": ["cifs/a.cif"]}).to_csv(tmp_path / "files.csv", index=False)
+    featurized = _cli("featurize", str(tmp_path / "files.csv"), "--column", "file", "--id-column", "id",
+                      "-m", "formation_energy", "-o", str(tmp_path / "out.csv"))  # fmt: skip
+    assert featurized.exit_code == 0, featurized.output
+    assert pd.read_csv(tmp_path / "out.csv")["error"].isna().all()
+    assert [_per_atom_units(u) for u in ("eV", "eV/cell", "eV per cell", "eV/atom", "eV per atom")] == [
+        "eV/atom", "eV/atom", "eV/atom", "eV/atom", "eV per atom"]

@@ -379,12 +379,21 @@ def _labels_changed(metadata: Mapping[str, Any], folder: Path, split: str, ids: 
     was recorded, or another layout or rows missing from the split make the comparison meaningless)."""
     from cgcnn_ase.data.splits import Split, label_digest
 
-    recorded = ((metadata.get("dataset") or {}).get("label_digests") or {}).get(split)
-    if recorded is None or layout or label_digest(ids, targets) == recorded:
+    digests = (metadata.get("dataset") or {}).get("label_digests") or {}
+    if not digests or layout or not (folder / "split.json").is_file():
         return None
-    if set(ids) != set(Split.load(folder / "split.json").ids(split)):  # rows missing or unusable: warned already
+    saved, target = Split.load(folder / "split.json"), dict(zip(ids, np.asarray(targets).tolist()))
+    changed = []
+    for part in ((split,) if split != "all" else tuple(digests)):
+        wanted = saved.ids(part)
+        if part not in digests or not all(i in target for i in wanted):  # rows missing or unusable: warned already
+            continue
+        if label_digest(wanted, [target[i] for i in wanted]) != digests[part]:
+            changed.append(part)
+    if not changed:
         return None
-    return (f"the labels of the {split} split differ from those the model was trained and scored with (the dataset "
+    parts = " and ".join(changed)
+    return (f"the labels of the {parts} split differ from those the model was trained and scored with (the dataset "
             "was edited since, or another file has the same ids): these metrics are not the model card's")
 
 

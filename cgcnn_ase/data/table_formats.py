@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DatasetError, StructureReadError
+from cgcnn_ase.io.inputs import file_magic, undecodable_text
 from cgcnn_ase.io.reader import beside_table, read_frames, to_record
 
 if TYPE_CHECKING:
@@ -89,11 +90,38 @@ def _read_cif_dir(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
         raise DatasetError(f"{root}: a CIF directory needs an id_prop.csv (no header: id,target)")
     df = pd.read_csv(table, header=None, dtype={0: str})
     if df.shape[1] < 2:
-        raise DatasetError(f"{table}: expected at least two columns (id,target)")
+        semicolons = " (it looks semicolon-separated: id_prop.csv is comma-separated, with decimal points)" if (
+            df.shape[1] == 1 and df[0].astype(str).str.contains(";").any()) else ""
+        raise DatasetError(f"{table}: expected at least two columns (id,target){semicolons}")
+    _check_decimal_commas(table)
     df.columns = ["id", "target"] + [f"target_{k}" for k in range(2, df.shape[1])]
     df["id"] = df["id"].str.strip()
+    if len(df) and df["id"].str.contains(";").all():
+        raise DatasetError(f"{table}: every id holds a ';' ({df['id'].iloc[0]!r}): the file looks semicolon-separated, "
+                           "perhaps with decimal commas; id_prop.csv is comma-separated, with decimal points (ID,0.0388)")  # fmt: skip
     sources = [str(root / f"{i}.cif") for i in df["id"]]
     return df, "cif_file", sources
+
+
+def _check_decimal_commas(table: Path) -> None:
+    """Refuse an ``id_prop.csv`` written with decimal commas (``mp-1,0,0388``): read as written, its target
+    would be the integer part 0 and a second target 388, silently. Every row with exactly three fields, an
+    integer and then digits, and some of those digits with a leading zero (``0388``) cannot be two integer
+    targets as anyone writes them; without a leading zero the rows are only warned about."""
+    import re
+
+    lines = [line.strip() for line in table.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    pattern = re.compile(r"[^,]*,\s*[-+]?\d+\s*,\s*(\d+)\s*")
+    matches = [pattern.fullmatch(line) for line in lines]
+    if not lines or not all(matches):
+        return
+    example = lines[0]
+    fixed = re.sub(r",\s*([-+]?\d+)\s*,\s*(\d+)\s*$", r",\1.\2", example)
+    message = (f"{table}: every row looks like ID,INTEGER,DIGITS ({example!r}): numbers written with decimal commas? "
+               f"id_prop.csv is comma-separated, so the target would be the integer part; write {fixed!r}")
+    if any(len(m.group(1)) > 1 and m.group(1).startswith("0") for m in matches if m):
+        raise DatasetError(message)
+    warnings.warn(message + " (if these are two integer targets, ignore this)", UserWarning, stacklevel=4)
 
 
 def _scalar_items(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -170,32 +198,14 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
-def _magic(path: Path) -> str | None:
-    """What the first bytes of a file say it is (``"parquet"``, ``"gzip"``, ``"zip"``), if anything."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return None
-    if head == b"PAR1":
-        return "parquet"
-    return {b"\x1f\x8b": "gzip", b"PK": "zip"}.get(head[:2])
-
-
 def _not_text(spec: DatasetSpec, fmt: str, exc: UnicodeDecodeError) -> str:
     """Why a text format failed to decode: a binary file of another kind, or text in another encoding."""
-    magic = _magic(Path(spec.path))
-    if magic == "parquet":
-        return f"this is a Parquet file, not {fmt} text; set format to parquet (or name it .parquet)"
-    if magic:
-        return f"this is a {magic} file, not {fmt} text; name it with its suffix (.gz) or unpack it"
-    return (f"not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at position {exc.start}); save the file as "
-            "UTF-8 (e.g. from a spreadsheet: CSV UTF-8), or convert it with iconv -f cp1252 -t utf-8")  # fmt: skip
+    return undecodable_text(Path(spec.path), exc, fmt)
 
 
 def _hint(spec: DatasetSpec, fmt: str) -> str:
     """What the file may be instead, for an error reading it as ``fmt``."""
-    magic = _magic(Path(spec.path))
+    magic = file_magic(Path(spec.path))
     if magic == "parquet" and fmt != "parquet":
         return "; this is a Parquet file: set format to parquet"
     if fmt == "json":

@@ -458,6 +458,26 @@ def _missing_cell_items(text: str) -> list[str]:
     return [f"_cell_{item}" for item in _CELL_ITEMS if f"_cell_{item}" not in lowered and f"_cell.{item}" not in lowered]
 
 
+def _merged_shares(sites: list[Any]) -> list[Any]:
+    """``sites`` with the partial shares of one element at one position (Fe2+ 0.5 and Fe3+ 0.5 on one site,
+    as pymatgen writes a mixed-valence site) taken as one fully occupied site, as pymatgen reads them; any
+    other partial site is left for the caller to refuse."""
+    partial = [k for k, site in enumerate(sites) if site.occ < 1.0 - OCCUPANCY_TOLERANCE]
+    if len(partial) < 2:
+        return sites
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for k in partial:
+        fract = sites[k].fract.wrap_to_unit()
+        key = (sites[k].element.atomic_number, *(round(v % 1.0, 4) % 1.0 for v in (fract.x, fract.y, fract.z)))
+        groups.setdefault(key, []).append(k)
+    drop: set[int] = set()
+    for members in groups.values():
+        if len(members) > 1 and abs(sum(sites[k].occ for k in members) - 1.0) <= OCCUPANCY_TOLERANCE:
+            sites[members[0]].occ = 1.0
+            drop.update(members[1:])
+    return [site for k, site in enumerate(sites) if k not in drop]
+
+
 def gemmi_block_record(small: Any, label: str) -> StructureRecord | None:
     """The validated record of one gemmi ``SmallStructure`` (a CIF data block), or ``None``
     when it holds no crystal (no sites or no cell) or a site whose element gemmi cannot tell (a
@@ -479,6 +499,7 @@ def gemmi_block_record(small: Any, label: str) -> StructureRecord | None:
             f"{label}: site {site.label} ({site.element.name}) has occupancy {site.occ:.4g}, above 1; "
             "an occupancy is a fraction of a site (fix the CIF's _atom_site_occupancy)"
         )
+    sites = _merged_shares(sites)
     partial = [site for site in sites if site.occ < 1.0 - OCCUPANCY_TOLERANCE]
     if partial:
         site = partial[0]

@@ -498,6 +498,34 @@ def _separator(name: str) -> str:
     return "\t" if ".tsv" in name else ","
 
 
+def undecodable_text(path: Path, exc: UnicodeDecodeError, fmt: str = "csv") -> str:
+    """Why a text file (``fmt``: csv, json) did not decode: a binary file of another kind under the wrong
+    name, UTF-16 text, or text in another encoding; with what to do."""
+    magic = file_magic(path)
+    name = path.name.lower()
+    if magic == "parquet":
+        return f"this is a Parquet file, not {fmt} text; name it .parquet (a training dataset: or set format parquet)"
+    if magic and not name.endswith({"gzip": (".gz",), "zip": (".zip",)}[magic]):
+        return f"this is a {magic} file, not {fmt} text; name it with its suffix (.gz, .zip) or unpack it"
+    if exc.object[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return ("UTF-16 text; save the file as UTF-8 (e.g. from a spreadsheet: CSV UTF-8), or convert it with "
+                "iconv -f utf-16 -t utf-8")
+    return (f"not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at position {exc.start}); save the file as "
+            "UTF-8 (e.g. from a spreadsheet: CSV UTF-8), or convert it, e.g. iconv -f cp1252 -t utf-8 for a Windows file")  # fmt: skip
+
+
+def file_magic(path: Path) -> str | None:
+    """What the first bytes of a file say it is (``"parquet"``, ``"gzip"``, ``"zip"``), if anything."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head == b"PAR1":
+        return "parquet"
+    return {b"\x1f\x8b": "gzip", b"PK": "zip"}.get(head[:2])
+
+
 @contextlib.contextmanager
 def _readable_table(path: str | os.PathLike) -> Iterator[None]:
     """pandas' and pyarrow's parse errors (an unclosed quote, a cut file, not UTF-8, not Parquet) as a
@@ -508,6 +536,8 @@ def _readable_table(path: str | os.PathLike) -> Iterator[None]:
         if isinstance(exc, StreamError):
             raise
         kind = "Parquet" if _lower_name(os.fspath(path)).endswith(PARQUET_SUFFIXES) else "CSV"
+        if isinstance(exc, UnicodeDecodeError):
+            raise StreamError(f"{path}: {undecodable_text(Path(path), exc, 'CSV')}") from None
         message = " ".join(str(exc).split())
         raise StreamError(f"{path}: not a readable {kind} table ({type(exc).__name__}: {message})") from None
 

@@ -570,7 +570,8 @@ def checkpoint_hint(folder: str | os.PathLike, subject: str = "it") -> str:
     """For a folder that is not a model folder but holds original checkpoint files (``model_best.pth.tar``):
     a clause naming them, to load one of them instead; else ``""``."""
     try:
-        files = sorted(p.name for p in Path(folder).iterdir() if p.name.endswith((".pth.tar", ".pth", ".pt")))
+        files = sorted(p.name for p in Path(folder).iterdir() if p.name.endswith((".pth.tar", ".pth", ".pt"))
+                       and p.name not in ("checkpoint_last.pt", "checkpoint_best.pt"))  # a cgcnn-ase run's state
     except OSError:
         return ""
     if not files:

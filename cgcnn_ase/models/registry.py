@@ -150,6 +150,18 @@ def _looks_like_path(model: str) -> bool:
     return any(sep in model for sep in ("/", "\\")) or model.endswith(_PATH_SUFFIXES)
 
 
+def _outside_the_package() -> int:
+    """The ``stacklevel`` of a warning issued by this module's caller that names the first frame outside
+    the package (the user's line, however deep the call came in)."""
+    import sys
+
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def shipped_by_name(model: str | os.PathLike) -> ModelInfo | None:
     """The shipped model a bare name or alias selects, or ``None`` (paths, ``os.PathLike`` and other names).
 
@@ -168,7 +180,7 @@ def shipped_by_name(model: str | os.PathLike) -> ModelInfo | None:
                     f"{model!r} in the working directory ({Path(model).resolve()}) is not used: give ./{model} to "
                     "load it",
                     ShadowedModelWarning,
-                    stacklevel=3,
+                    stacklevel=_outside_the_package(),
                 )
             return info
     return None
@@ -256,15 +268,18 @@ def _load_path(
             read_model_json(path)  # not a model folder at all: that error (naming checkpoint files it holds) first
             raise CheckpointError(f"{path}: a model folder carries its own element table; do not pass atom_init")
         return load_model_folder(path, members=members)
-    own = path.name.endswith(".safetensors") or (path.parent.name == "run" and path.name.startswith("checkpoint"))
-    folder = next((p for p in (path.parent, path.parent.parent) if own and (p / "model.json").is_file()), None)
-    if folder is not None:  # weights.safetensors, run/checkpoint_last.pt: parts of a model folder
+    training_state = path.name in ("checkpoint_last.pt", "checkpoint_best.pt")  # a cgcnn-ase run's work_dir
+    own = not path.name.endswith((".pth.tar", ".pth")) and (path.parent / "model.json").is_file()
+    folder = path.parent if own else None
+    if training_state and (path.parent.parent / "model.json").is_file():  # <model folder>/run/checkpoint_last.pt
+        folder = path.parent.parent
+    if folder is not None:  # weights.safetensors, model.json, run/checkpoint_last.pt: parts of a model folder
         raise CheckpointError(f"{path} is a file of the model folder {folder}: load the folder itself "
                               f"(CGCNNPredictor.from_checkpoint({str(folder)!r}), --model {folder})")  # fmt: skip
-    if path.parent.name == "run" and path.name.startswith("checkpoint"):
-        raise CheckpointError(f"{path} is the training state of an unfinished run: the model folder "
-                              f"({path.parent.parent}) is written when it ends; run the same `cgcnn-ase train` "
-                              "command again to resume it")  # fmt: skip
+    if training_state:
+        raise CheckpointError(f"{path} is the training state of a cgcnn-ase run (its work_dir), not a model: load "
+                              "the model folder the run writes when it ends (its output), or run the same `cgcnn-ase "
+                              "train` command again to resume an unfinished run")  # fmt: skip
     if members not in (None, 1):
         raise CheckpointError(f"{path}: members={members} needs an ensemble model folder; this is a single checkpoint")
     return load_original_checkpoint(path, atom_init=atom_init, trusted=trusted)

@@ -231,8 +231,8 @@ class TrainConfig(Settings):
         ``log10(<units>)`` for a log10-transformed target whose ``units`` name the raw values (``GPa`` for a
         modulus: the model predicts log10(GPa))."""
         units = self.units
-        if self.data.per_atom and units not in ("unknown", "dimensionless") and "/atom" not in units.replace(" ", ""):
-            units = f"{units}/atom"
+        if self.data.per_atom and units not in ("unknown", "dimensionless"):
+            units = _per_atom_units(units)
         if self.data.transform == "log10" and not units.lower().startswith(("log10", "log(", "log ")) and units != "unknown":
             return f"log10({units})"
         return units
@@ -520,3 +520,15 @@ def command_line(config: TrainConfig) -> str:
         parts = ["cgcnn-ase", "train", config.source] + [f"--set {o}" for o in config.overrides]
         return " ".join(parts)
     return "cgcnn_ase.train.trainer.train_from_config(TrainConfig(...)) -- settings in config.yaml"
+
+
+def _per_atom_units(units: str) -> str:
+    """The units of a column divided by the number of atoms: ``eV`` and ``eV/cell`` -> ``eV/atom``; units that
+    are per atom already (``eV/atom``, ``eV per atom``) as they are."""
+    import re
+
+    if re.search(r"(/\s*atom|per\s+atom)\b", units, flags=re.IGNORECASE):
+        return units
+    stripped = re.sub(r"\s*(/\s*cell|per\s+cell)\s*$", "", units, flags=re.IGNORECASE)
+    return f"{stripped}/atom"
+

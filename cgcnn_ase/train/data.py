@@ -192,7 +192,8 @@ def _why_missing(missing: list[str], data: PreparedData) -> str:
     parts = [f"{len(ids)} because {reason} (e.g. {ids[:3]})" for reason, ids in groups.items()]
     chosen = {k: v for k, v in data.table.dropped.items() if k in ("drop_ids", "filter", "limit") and v}
     if "it is not among the rows this run selects" in groups:
-        settings = f"this run's data settings leave out {chosen}" if chosen else "they are not in the dataset file"
+        left = ", ".join(f"{count} rows by {setting}" for setting, count in chosen.items())
+        settings = f"this run's data settings leave out {left}" if chosen else "they are not in the dataset file"
         parts.append(f"{settings}; a split file must name rows this run keeps: use the data settings of the run "
                      "that wrote it, or let this run make its own split (remove split.file)")  # fmt: skip
     return "; ".join(parts)

@@ -83,6 +83,13 @@ def _difference(theirs: Any, mine: Any) -> str:
     return f"{theirs!r} vs {mine!r}"
 
 
+def _without_inert_dropout(spec: Any) -> dict[str, Any]:
+    """A spec's architecture, without ``dropout`` for a regression (which has no dropout layer)."""
+    if spec.task == "regression":
+        return {k: v for k, v in spec.architecture.items() if k != "dropout"}
+    return dict(spec.architecture)
+
+
 def check_members(folders: Sequence[Path], members: Sequence[LoadedModel]) -> None:
     """Refuse member folders that cannot be averaged into one ensemble.
 
@@ -116,7 +123,7 @@ def check_members(folders: Sequence[Path], members: Sequence[LoadedModel]) -> No
             ("units", a.units, b.units),
             ("task", a.task, b.task),
             ("positive_class", a.positive_class, b.positive_class),
-            ("architecture", a.architecture, b.architecture),
+            ("architecture", *(_without_inert_dropout(spec) for spec in (a, b))),
             ("graph settings", a.graph, b.graph),
             ("element table", ref.elements.fingerprint(), member.elements.fingerprint()),
         ]
