@@ -990,9 +990,8 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, co
     rebuilt first; for a model that is not a regression ensemble that is all it does."""
     import torch
 
-    from cgcnn_ase.train.ensembles import calibrate_folder, calibration_problem
-
     from cgcnn_ase.models.registry import resolve_model, shipped_by_name
+    from cgcnn_ase.train.ensembles import calibrate_folder, calibration_problem
 
     if shipped_by_name(model) is not None or not Path(model).exists():  # a shipped model: part of the installation
         folder = resolve_model(model).path

@@ -2571,7 +2571,6 @@ def test_evaluate_with_another_target_column_says_how_per_atom_applies(trained, 
 
     import pandas as pd
     import yaml
-
     from pymatgen.core import Structure
 
     from cgcnn_ase.analysis.evaluation import evaluate_model
@@ -2648,10 +2647,10 @@ def test_datasets_in_another_encoding_or_format_are_named_and_parquet_and_json_l
     frame.to_csv(tmp_path / "table.json", index=False)
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"id": i, "y": 1.0, "structure": {}}) + "\n" for i in "ab"))
     for spec, message in [
-        (dict(path=tmp_path / "windows.csv"), "not UTF-8 text .* save the file as UTF-8"),
-        (dict(path=tmp_path / "table_as.csv"), "this is a Parquet file, not csv text; name it .parquet"),
-        (dict(path=tmp_path / "table.parquet", format="csv"), "this is a Parquet file"),
-        (dict(path=tmp_path / "table.json"), "cannot be read as json .*a CSV table needs format csv"),
+        ({"path": tmp_path / "windows.csv"}, "not UTF-8 text .* save the file as UTF-8"),
+        ({"path": tmp_path / "table_as.csv"}, "this is a Parquet file, not csv text; name it .parquet"),
+        ({"path": tmp_path / "table.parquet", "format": "csv"}, "this is a Parquet file"),
+        ({"path": tmp_path / "table.json"}, "cannot be read as json .*a CSV table needs format csv"),
     ]:
         with pytest.raises(DatasetError, match=message):
             load_table(DatasetSpec(target="y", **spec))
@@ -2804,8 +2803,8 @@ def test_training_on_own_data_names_what_it_left_out_and_why(dataset_csv, traine
     from cgcnn_ase.data.splits import Split
     from cgcnn_ase.errors import CheckpointError, ConfigError
     from cgcnn_ase.models.registry import load_model
-    from cgcnn_ase.train.trainer import train_from_config
     from cgcnn_ase.train.config_sections import ModelConfig, SplitConfig
+    from cgcnn_ase.train.trainer import train_from_config
 
     from .test_training import tiny_config
 
@@ -2826,7 +2825,6 @@ def test_training_on_own_data_names_what_it_left_out_and_why(dataset_csv, traine
         config = tiny_config(tmp_path / "own.csv", tmp_path, data=data, epochs=1, output=str(tmp_path / "run1"),
                              model=ModelConfig(atom_fea_len=8, n_conv=1, h_fea_len=8, dropout=0.2),
                              split=SplitConfig(train=0.6, val=0.2, test=0.2, seed=1))  # fmt: skip
-        config.validate()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         first = train_from_config(config, progress=False)
