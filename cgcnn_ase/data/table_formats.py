@@ -189,18 +189,13 @@ def read_layout(spec: DatasetSpec, fmt: str) -> tuple[Any, str, list[Any]]:
     except CGCNNError:
         raise
     except UnicodeDecodeError as exc:
-        raise DatasetError(f"{spec.path}: {_not_text(spec, fmt, exc)}") from None
+        raise DatasetError(f"{spec.path}: {undecodable_text(Path(spec.path), exc, fmt)}") from None
     except (ValueError, OSError, EOFError) as exc:  # pandas' parser, json, gzip, pyarrow errors
         raise DatasetError(f"{spec.path}: cannot be read as {fmt} ({type(exc).__name__}: {_first_line(exc)}){_hint(spec, fmt)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
-
-
-def _not_text(spec: DatasetSpec, fmt: str, exc: UnicodeDecodeError) -> str:
-    """Why a text format failed to decode: a binary file of another kind, or text in another encoding."""
-    return undecodable_text(Path(spec.path), exc, fmt)
 
 
 def _hint(spec: DatasetSpec, fmt: str) -> str:
