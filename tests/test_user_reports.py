@@ -2562,6 +2562,10 @@ def test_a_folder_named_like_a_shipped_model_does_not_replace_it(trained, tmp_pa
     assert result.exit_code == 0, result.output
     assert "formation_energy (eV/atom)" in result.stdout and "band_gap (eV)" in result.stdout
     assert "the folder 'band_gap' in the working directory" in result.stderr
+    monkeypatch.chdir(shipped.path.parent)  # inside pretrained_models/: the folder named is the shipped one itself
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ShadowedModelWarning)
+        assert model_folder(shipped.name) == shipped.path
 
 
 def test_evaluate_with_another_target_column_says_how_per_atom_applies(trained, tmp_path):

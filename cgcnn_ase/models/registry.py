@@ -174,7 +174,7 @@ def shipped_by_name(model: str | os.PathLike) -> ModelInfo | None:
         return None
     for info in list_models():
         if model == info.name or model in info.aliases:
-            if Path(model).exists():
+            if Path(model).exists() and Path(model).resolve() != info.path.resolve():  # not the shipped folder itself
                 warnings.warn(
                     f"{model!r} is the shipped model {info.name}; the {'folder' if Path(model).is_dir() else 'file'} "
                     f"{model!r} in the working directory ({Path(model).resolve()}) is not used: give ./{model} to "
