@@ -32,6 +32,12 @@ def closest_ratio(record) -> float:
     return float(np.min(graph.distances / (radii[z[graph.centers]] + radii[z[graph.neighbors]])))
 
 
+def _bohr_as_angstrom(atoms):
+    """``atoms`` scaled by 0.529177: a cell given in Bohr and read as if in Å."""
+    atoms.set_cell(atoms.cell * 0.529177, scale_atoms=True)
+    return atoms
+
+
 def main() -> None:
     from ase.build import bulk
 
@@ -51,7 +57,9 @@ def main() -> None:
                          ("NaCl, lattice x2", bulk("NaCl", "rocksalt", a=11.28)), ("Ar fcc", bulk("Ar", "fcc", a=5.26)),
                          ("Xe fcc", bulk("Xe", "fcc", a=6.13)), ("NaCl, lattice x0.8", bulk("NaCl", "rocksalt", a=4.51)),
                          ("NaCl, Å read as Bohr (x0.529)", bulk("NaCl", "rocksalt", a=2.98)),
-                         ("Si, Å read as Bohr (x0.529)", bulk("Si", "diamond", a=2.87))):  # fmt: skip
+                         ("Si, Å read as Bohr (x0.529)", bulk("Si", "diamond", a=2.87)),
+                         *((f"{metal}, Å read as Bohr (x0.529)", _bohr_as_angstrom(bulk(metal)))
+                           for metal in ("Cu", "Al", "Na", "Au", "Pb"))):  # fmt: skip
         print(f"{label}: {closest_ratio(to_record(atoms)):.2f}")
 
 

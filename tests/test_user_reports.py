@@ -2727,6 +2727,13 @@ def test_a_cell_read_in_bohr_as_angstrom_is_warned_about_and_out_of_the_domain()
         with pytest.warns(CloseAtomsWarning, match="warned below 0.6"):
             result = predictor.predict(squeezed)
         assert not result.in_domain()[0]
+    for metal in ("Cu", "Al", "Au"):  # bonds longer than covalent: at 0.60-0.62x, not warned, but out of the domain
+        squeezed = bulk(metal)
+        squeezed.set_cell(squeezed.cell * 0.529177, scale_atoms=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CloseAtomsWarning)
+            result = predictor.predict(squeezed)
+        assert not result.in_domain()[0] and result.domain_percentile[0] > 99
 
 
 def test_members_must_be_a_whole_number_and_a_part_of_an_ensemble_says_its_std_is_uncalibrated():

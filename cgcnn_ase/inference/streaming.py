@@ -225,6 +225,9 @@ def predict_items(
     messages: list[list[str]] = []
     unseen: list[str | None] = []
     labels = unseen_labels(predictors)
+    from cgcnn_ase.inference.properties import physical_values
+
+    shown = [physical_values(p.property_name, r.values) for r, p in zip(results, predictors)]  # as the bounds are
     for row_id, row in rows:
         ids.append(row_id)
         if isinstance(row, CGCNNError):
@@ -234,7 +237,7 @@ def predict_items(
             continue
         found = sorted({r.errors[row] for r in results if r.errors[row]})
         messages.append(found)
-        values.append(np.full(len(columns), np.nan) if found else _cells(results, predictors, row))
+        values.append(np.full(len(columns), np.nan) if found else _cells(results, predictors, shown, row))
         unseen.append(None if found else unseen_cell(labels, results, row))
     data: dict[str, Any] = {"id": ids}
     table = np.array(values, dtype=np.float64).reshape(len(ids), len(columns))
@@ -296,14 +299,15 @@ def predicted_rows(
     return results, rows
 
 
-def _cells(results: Sequence[Any], predictors: Sequence[CGCNNPredictor], k: int) -> np.ndarray:
-    """Row ``k`` of every model's result, in :func:`model_columns` order; values clipped to their
-    property's physical range, as their interval bounds are (a band gap is not below 0)."""
-    from cgcnn_ase.inference.properties import physical_values
-
+def _cells(
+    results: Sequence[Any], predictors: Sequence[CGCNNPredictor], shown: Sequence[np.ndarray], k: int
+) -> np.ndarray:
+    """Row ``k`` of every model's result, in :func:`model_columns` order; the value from ``shown``: each
+    model's values clipped to their property's physical range, as their interval bounds are (a band gap
+    is not below 0)."""
     cells = []
-    for r, p in zip(results, predictors):
-        cells.append(float(physical_values(p.property_name, r.values[k])))
+    for r, p, values in zip(results, predictors, shown):
+        cells.append(values[k])
         if getattr(p, "is_ensemble", False):
             cells.append(r.std[k])
         if r.lower is not None:

@@ -341,8 +341,8 @@ class CGCNNCalculator(Calculator):
                 f"{', '.join(self.implemented_properties)}"
             )
         value = super().get_property(name, atoms, allow_calculation)
-        if value is not None and atoms is not None and atoms is not self.atoms:
-            self._store(atoms)  # results from ASE's cache: this frame equals the one last calculated
+        if value is not None:
+            self._store(atoms)  # also when ASE served its cache (this frame equals the one last calculated)
         return value
 
     def export_properties(self) -> Any:

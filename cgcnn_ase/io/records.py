@@ -127,9 +127,9 @@ def cell_thickness(cell: np.ndarray) -> float:
     return max(own, thickness(np.asarray(reduced, dtype=np.float64)))
 
 
-def _reduced_if_skewed(cell: np.ndarray, frac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(cell, frac)`` of the same crystal in its Minkowski-reduced cell when the given cell is very
-    skewed (:data:`SKEWED_CELL_DEFECT`), else as given.
+def _reduced_if_skewed(cell: np.ndarray, frac: np.ndarray, volume: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(cell, frac)`` of the same crystal in its Minkowski-reduced cell when the given cell (of
+    ``volume``, Å^3) is very skewed (:data:`SKEWED_CELL_DEFECT`), else as given.
 
     A neighbour search visits every periodic image the cell's plane spacings require, so a valid but
     skewed cell (``c + 10^4 a + 10^4 b``) asked pymatgen for 343 GB. The reduced cell spans the same
@@ -137,7 +137,6 @@ def _reduced_if_skewed(cell: np.ndarray, frac: np.ndarray) -> tuple[np.ndarray, 
     ``symmetric`` policy's graph is the same; the ``original`` policy's has the same distances, but
     which of several equidistant atoms fill its last slots follows the pair order of the new cell.
     """
-    volume, _ = _volume_and_normals(cell)
     lengths = [math.hypot(*row) for row in cell.tolist()]
     if lengths[0] * lengths[1] * lengths[2] <= SKEWED_CELL_DEFECT * volume:
         return cell, frac
@@ -220,7 +219,7 @@ def _validate(
     volume, _ = _volume_and_normals(cell)
     if not math.isfinite(volume) or volume < MIN_CELL_VOLUME:
         raise InvalidStructureError(f"{label}: the cell is degenerate (volume {volume:.3g} Å^3)")
-    cell, frac = _reduced_if_skewed(cell, frac)
+    cell, frac = _reduced_if_skewed(cell, frac, volume)
     thickness = cell_thickness(cell)
     if thickness < MIN_CELL_THICKNESS:
         raise InvalidStructureError(
