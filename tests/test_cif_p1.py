@@ -32,9 +32,10 @@ def assert_identical(fast: list, slow: list) -> None:
         assert a.cell.tobytes() == b.cell.tobytes()
 
 
-def test_2000_materials_project_cifs_read_exactly_as_pymatgen_reads_them():
+def test_800_materials_project_cifs_read_exactly_as_pymatgen_reads_them():
+    """Bit for bit on a random sample (2000 cost 24 s of the suite for no more kinds of file: every one is P1)."""
     path = require_shared(SHARED / "data" / "mp_cgcnn46k_kdmsit" / "data.csv.gz")
-    cifs = pd.read_csv(path, usecols=["cif"]).sample(n=2000, random_state=11)["cif"]
+    cifs = pd.read_csv(path, usecols=["cif"]).sample(n=800, random_state=11)["cif"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for text in cifs:

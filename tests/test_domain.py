@@ -117,13 +117,22 @@ def test_the_percentile_does_not_depend_on_the_cell(formation_energy):
 
 
 def test_strained_training_crystals_stay_inside_the_domain(formation_energy):
-    """50 training crystals strained by +2% and by -2%: all 100 below the 80th percentile (issue 18)."""
-    require_shared(SHARED / "data" / "mp_cgcnn46k_kdmsit")
-    from cgcnn_ase.analysis.evaluation import load_split_records
+    """50 training crystals strained by +2% and by -2%: all 100 below the 80th percentile (issue 18). These are
+    the 50 that docs/uncertainty.md measures (rng 0 over the training split); of 400 others, about 3% reach the
+    80th percentile when strained and none the 95th (docs/uncertainty.md). Their rows are read from the table,
+    not by parsing the whole training split (15-20 s)."""
+    import pandas as pd
 
-    _, parts = load_split_records("formation_energy", None, ("train",), workers=1)
-    records = parts["train"].records
-    picked = [records[i] for i in np.random.default_rng(0).choice(len(records), 50, replace=False)]
+    from cgcnn_ase.data.splits import Split
+    from cgcnn_ase.io.reader import read_record
+    from cgcnn_ase.models.registry import resolve_model
+
+    data = require_shared(SHARED / "data" / "mp_cgcnn46k_kdmsit" / "data.csv.gz")
+    train = Split.load(resolve_model("formation_energy").path / "split.json").ids("train")  # all usable, in order
+    picked_ids = {train[i] for i in np.random.default_rng(0).choice(len(train), 50, replace=False)}
+    table = pd.read_csv(data, usecols=["material_id", "cif"])
+    picked = [read_record(text) for text in table.loc[table["material_id"].isin(picked_ids), "cif"]]
+    assert len(picked) == 50
     strained = [replace(r, cell=r.cell * (1 + s)) for r in picked for s in (0.02, -0.02)]
     result = _quiet_predict(formation_energy, strained, on_sparse="ignore")
     assert np.all(result.domain_percentile < 80), np.sort(result.domain_percentile)[-5:]

@@ -139,29 +139,32 @@ structures = [AseAtomsAdaptor.get_structure(bulk("NaCl", "rocksalt", a=5.6 + 0.0
 df = pd.DataFrame({"structure": structures})
 featurizer = CGCNNFeaturizer(["formation_energy"])
 alone = featurizer.featurize_dataframe(df.copy(), "structure", pbar=False)  # torch has now run here
-multiple = MultipleFeaturizer([featurizer])
-if sys.argv[1] != "default":
-    multiple.set_n_jobs(int(sys.argv[1]))
-out = multiple.featurize_dataframe(df, "structure", pbar=False)
 column = "formation_energy (eV/atom)"
-assert abs(out[column] - alone[column]).max() < 1e-5, (out[column], alone[column])
-print("ok")
+for n_jobs in sys.argv[1:]:
+    multiple = MultipleFeaturizer([featurizer])
+    if n_jobs != "default":
+        multiple.set_n_jobs(int(n_jobs))
+    out = multiple.featurize_dataframe(df.copy(), "structure", pbar=False)
+    assert abs(out[column] - alone[column]).max() < 1e-5, (n_jobs, out[column], alone[column])
+    print("ok", n_jobs, flush=True)
 """
 
 
-@pytest.mark.parametrize("n_jobs", ["default", "1", "2"])
-def test_multiple_featurizer_finishes_after_torch_has_run(n_jobs):
+def test_multiple_featurizer_finishes_after_torch_has_run():
     """'MultipleFeaturizer([CGCNNFeaturizer(...)]).featurize_dataframe never returns once torch has run'
-    (matminer forks a pool of one process per CPU; torch's threads do not survive the fork)."""
+    (matminer forks a pool of one process per CPU; torch's threads do not survive the fork). One process
+    tries each n_jobs in turn, torch having run before each (one process each cost 10 s apiece)."""
     import subprocess
     import sys
 
+    runs = ["1", "2", "default"]
     try:
-        done = subprocess.run([sys.executable, "-c", MULTIPLE_FEATURIZER, n_jobs], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-c", MULTIPLE_FEATURIZER, *runs], capture_output=True, text=True,
                               timeout=240)  # fmt: skip
-    except subprocess.TimeoutExpired:
-        pytest.fail("MultipleFeaturizer hung")
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"MultipleFeaturizer hung after {exc.stdout!r}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [word for n_jobs in runs for word in ("ok", n_jobs)], done.stdout
 
 
 def test_forces_are_refused_with_an_explanation_not_asees_generic_message():
@@ -2672,6 +2675,10 @@ def test_a_pair_of_two_structure_files_is_not_taken_for_an_id_and_its_structure(
     result = predictor.predict([(a, b), ("copper", a), (a, a)], errors="collect")
     assert np.isnan(result.values[0]) and "an (id, structure) pair whose id is a structure file too" in result.errors[0]
     assert list(result.ids[1:]) == ["copper", a] and result.values[1] == pytest.approx(result.values[2], abs=1e-6)
+    # Path objects (zip of two globs) are the same pairs; they were "unsupported input type tuple"
+    paths = predictor.predict([(Path(a), Path(b)), (Path("copper"), Path(a))], errors="collect")
+    assert "an (id, structure) pair whose id is a structure file too" in paths.errors[0]
+    assert list(paths.ids) == [a, "copper"] and paths.values[1] == pytest.approx(result.values[1], abs=1e-6)
 
 
 @pytest.mark.parametrize("policy", ["symmetric", "original"])

@@ -54,6 +54,7 @@ from cgcnn_ase.io.reader import (
     beside_table,
     input_kind,
     is_labelled_pair,
+    labelled_pair,
     read_items,
     read_record,
     read_records,
@@ -340,7 +341,7 @@ def iter_inputs(
                 else:
                     yield from iter_file(path, cif_reader=cif_reader, finished=finished, defer=defer_files)
         elif is_labelled_pair(obj):
-            yield from _iter_object(obj[0], obj[1], cif_reader, finished)
+            yield from _iter_object(*labelled_pair(obj), cif_reader, finished)
         else:
             label = obj.label if isinstance(obj, StructureRecord) else f"input {index}"
             yield from _iter_object(label, obj, cif_reader, finished)

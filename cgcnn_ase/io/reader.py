@@ -72,6 +72,7 @@ __all__ = [
     "cif_reader_for_policy",
     "input_kind",
     "is_labelled_pair",
+    "labelled_pair",
     "is_single_input",
     "iter_records",
     "read_frames",
@@ -116,10 +117,12 @@ def _is_missing(obj: Any) -> bool:
 def _is_cif_text(text: str) -> bool:
     """Whether ``text`` is CIF: a ``data_`` block header and cell or atom-site items (lines starting so, any
     case; a POSCAR whose comment line starts with ``data_`` is not)."""
-    lines = [line.lstrip().lower() for line in text.splitlines()]
-    return any(line.startswith("data_") for line in lines) and any(
-        line.startswith(("_cell_length_a", "_cell.length_a", "_atom_site_", "_atom_site.")) for line in lines
-    )
+    return _CIF_BLOCK.search(text) is not None and _CIF_ITEM.search(text) is not None
+
+
+#: A line that starts (after blanks) with a CIF data block header, and one with a cell or atom-site item.
+_CIF_BLOCK = re.compile(r"(?:\A|[\r\n])\s*data_", re.IGNORECASE)
+_CIF_ITEM = re.compile(r"(?:\A|[\r\n])\s*_(?:cell[._]length_a|atom_site[._])", re.IGNORECASE)
 
 
 def _is_structure_dict(obj: Mapping) -> bool:
@@ -281,7 +284,7 @@ def read_input(
 ) -> list[tuple[str, StructureRecord | InvalidStructureError]]:
     """Input number ``index`` of a sequence, read and labelled as :func:`iter_records` labels it:
     ``(label, record)`` per structure, or one ``(label, error)`` when it cannot be read."""
-    label, obj = obj if is_labelled_pair(obj) else (None, obj)
+    label, obj = labelled_pair(obj) if is_labelled_pair(obj) else (None, obj)
     if _is_file_object(obj):
         try:
             obj = _file_object_source(obj)
@@ -404,8 +407,14 @@ def _frames_separately(
 
 
 def is_labelled_pair(obj: Any) -> bool:
-    """An ``(id, structure)`` pair: the id labels the structure's results and errors."""
-    return isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str)
+    """An ``(id, structure)`` pair: the id (a string, or a path object standing for its string)
+    labels the structure's results and errors."""
+    return isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], (str, os.PathLike))
+
+
+def labelled_pair(obj: tuple[Any, Any]) -> tuple[str, Any]:
+    """An ``(id, structure)`` pair (:func:`is_labelled_pair`) with its id as a string."""
+    return os.fspath(obj[0]), obj[1]
 
 
 def as_input_sequence(obj: Any) -> Any:
