@@ -63,6 +63,7 @@ from cgcnn_ase.inference.writers import (
     OutputFormat,
     ParquetChunkWriter,
     arrow_schema,
+    column_units,
     infer_format,
     open_writer,
     output_lock,
@@ -466,7 +467,7 @@ def predict_stream(
     """
     predictors = load_predictors(models, device=device)
     columns = model_columns(predictors, names, coverage)
-    units = {c: p.units for block, p in zip(_column_blocks(predictors, names, coverage), predictors) for c in block}
+    units = column_units(columns)
     # models on the CPU: one set of worker processes serves every chunk (started on first use, once per run)
     pool = NetworkPool(predictors, workers) if workers > 1 and shares_graphs(predictors) else None
 

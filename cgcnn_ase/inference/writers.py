@@ -30,6 +30,7 @@ __all__ = [
     "OutputFormat",
     "ParquetChunkWriter",
     "arrow_schema",
+    "column_units",
     "infer_format",
     "open_writer",
     "output_lock",
@@ -121,11 +122,25 @@ def infer_format(path: str | os.PathLike | None, fmt: str | None = None) -> Outp
     return "csv"
 
 
+def column_units(columns: Sequence[str]) -> dict[str, str]:
+    """``{column: units}`` of result columns named ``"<name> (<units>)"``, as every value column is
+    (``"band_gap (eV)"``, ``"log10_bulk_modulus (log10(GPa))"``, ``"..._domain_percentile (percent)"``);
+    columns without units (``id``, ``error``) are left out."""
+    units = {}
+    for column in columns:
+        name, sep, rest = column.rpartition(" (")
+        if sep and name and rest.endswith(")") and rest[:-1]:
+            units[column] = rest[:-1]
+    return units
+
+
 def arrow_schema(columns: Sequence[str], units: Mapping[str, str] | None = None) -> Any:
     """The pyarrow schema of a result table: ``id`` string, model columns float64, the text columns
-    ``unseen_elements`` and ``error`` (where present) strings; ``units`` ({column: units}) go into the
-    schema metadata under ``cgcnn_ase.units``."""
+    ``unseen_elements`` and ``error`` (where present) strings; ``units`` ({column: units}; default: read
+    from the column names, :func:`column_units`) go into the schema metadata under ``cgcnn_ase.units``."""
     pa, _ = pyarrow_modules()
+    if units is None:
+        units = column_units(columns)
 
     fields = [pa.field("id", pa.string(), nullable=False)]
     fields += [pa.field(c, pa.float64()) for c in columns if c != "id" and c not in TEXT_COLUMNS]
@@ -169,7 +184,7 @@ class CSVChunkWriter:
     def write(self, frame: pd.DataFrame) -> None:
         """Write the rows of ``frame`` (columns in ``self.columns`` order) and flush."""
         buffer = io.StringIO()
-        frame[self.columns].to_csv(buffer, index=False, header=self._header)
+        _one_line_errors(frame[self.columns]).to_csv(buffer, index=False, header=self._header)
         self._stream.write(buffer.getvalue())
         self._stream.flush()
         self._header = False
@@ -186,6 +201,19 @@ class CSVChunkWriter:
             self._header = False
         if self._own:
             self._stream.close()
+
+
+def _one_line_errors(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each message of its ``error`` column on one line (a reader's message may hold line
+    breaks, e.g. gemmi's CIF errors): a CSV row is then one line, for line tools and for the cut of a
+    half-written last line on resume. The caller's frame is not changed."""
+    if "error" not in frame.columns:
+        return frame
+    if not frame["error"].map(lambda e: isinstance(e, str) and ("\n" in e or "\r" in e)).any():
+        return frame
+    frame = frame.copy()
+    frame["error"] = frame["error"].map(lambda e: " ".join(e.split()) if isinstance(e, str) else e)
+    return frame
 
 
 def _cut_partial_line(path: Path) -> None:
@@ -272,7 +300,7 @@ class ParquetChunkWriter:
         """Write ``frame`` as the next part file."""
         pa, pq = pyarrow_modules()
 
-        table = pa.Table.from_pandas(frame[self.columns], schema=self.schema, preserve_index=False)
+        table = pa.Table.from_pandas(_one_line_errors(frame[self.columns]), schema=self.schema, preserve_index=False)
         path = self.folder / f"part-{self._next:06d}.parquet"
         tmp = self.folder / f".{path.name}.{os.getpid()}.tmp"
         pq.write_table(table, tmp)
@@ -359,6 +387,13 @@ def read_finished_ids(
             yield chunk["id"].tolist()
 
     with reader:
-        finished = FinishedIds.from_ids(csv_batches())
+        try:
+            finished = FinishedIds.from_ids(csv_batches())
+        except (pd.errors.ParserError, ValueError) as exc:  # a text field cut inside a quoted line break
+            raise StreamError(
+                f"{path}: cannot be resumed: it is not valid CSV ({' '.join(str(exc).split())}); an output "
+                "written by a version that kept line breaks in error messages and was cut inside one. Remove its "
+                "last, incomplete row with an editor, or write to a new output"
+            ) from exc
     finished.n_errors = errors
     return finished

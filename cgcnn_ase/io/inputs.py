@@ -544,13 +544,16 @@ def _readable_table(path: str | os.PathLike) -> Iterator[None]:
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """A whole CSV/TSV/Parquet table (every column, pandas' usual types), read as :func:`iter_table` reads
-    tables: by the name's suffix."""
+    """A whole CSV/TSV/Parquet table, read as :func:`iter_table` reads tables: by the name's suffix. CSV and
+    TSV cells are kept as text, as written (``"0001"`` stays ``"0001"``, ``"NaN"`` stays ``"NaN"``, an empty
+    cell is ``""``), so that a table written back holds the user's columns unchanged; Parquet keeps its types."""
     import pandas as pd
 
     name = _lower_name(os.fspath(path))
     with _readable_table(path):
-        return pd.read_parquet(path) if name.endswith(PARQUET_SUFFIXES) else pd.read_csv(path, sep=_separator(name))
+        if name.endswith(PARQUET_SUFFIXES):
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep=_separator(name), dtype=str, keep_default_na=False, na_filter=False)
 
 
 def _table_columns(path: str) -> list[str]:

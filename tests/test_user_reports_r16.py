@@ -1,0 +1,81 @@
+"""Round 16 of outside testing: a screening user at scale (16b) and a researcher fine-tuning and reading site
+energies (16a). Each test quotes or paraphrases what was reported and asserts the fixed behaviour."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from ase.build import bulk
+
+from cgcnn_ase import CGCNNPredictor
+
+from .conftest import REPO
+from .test_user_reports import _cli
+
+
+def test_parquet_units_of_percentile_and_std_columns(tmp_path):
+    """16b: 'the cgcnn_ase.units entry gives each *_domain_percentile (percent) column the model's own units'
+    (band_gap's percentile in 'eV'); Dask's write_parquet wrote an empty units entry."""
+    import pyarrow.parquet as pq
+
+    from cgcnn_ase.inference.writers import arrow_schema
+
+    out = tmp_path / "mp.parquet"
+    run = _cli("predict", str(REPO / "examples"), "-m", "band_gap", "-m", "is_metal", "-o", str(out))
+    assert run.exit_code == 0, run.output
+    units = json.loads(pq.read_schema(sorted(out.glob("part-*"))[0]).metadata[b"cgcnn_ase.units"])
+    assert units == {"band_gap (eV)": "eV", "band_gap_std (eV)": "eV", "band_gap_domain_percentile (percent)": "percent",
+                     "is_metal (probability)": "probability", "is_metal_std (probability)": "probability",
+                     "is_metal_domain_percentile (percent)": "percent"}  # fmt: skip
+    columns = ["id", "log10_bulk_modulus (log10(GPa))", "m (1): y_domain_percentile (percent)", "error"]
+    assert json.loads(arrow_schema(columns).metadata[b"cgcnn_ase.units"]) == {  # what Dask's write_parquet stores
+        "log10_bulk_modulus (log10(GPa))": "log10(GPa)", "m (1): y_domain_percentile (percent)": "percent"}
+
+
+def test_featurize_keeps_the_users_columns_as_written(tmp_path):
+    """16b: 'Ids "0000", "0001" come out as "0", "1"; the literal text "NaN" in another column becomes an empty
+    cell; error messages name the row "3" instead of "0003"'."""
+    import csv
+
+    cif = (REPO / "examples" / "SrTiO3.cif").read_text()
+    rows = [["sid", "cif", "note"], ["0000", cif, "1E5"], ["0001", cif, "NaN"], ["0002", "", "True"], ["0003", cif, ""]]
+    with open(tmp_path / "in.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    run = _cli("featurize", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv"), "-m", "formation_energy",
+               "--id-column", "sid")  # fmt: skip
+    assert run.exit_code == 1 and "error: 0002: no structure" in run.stderr
+    with open(tmp_path / "out.csv", newline="") as f:
+        out = list(csv.reader(f))
+    assert [r[0] for r in out[1:]] == ["0000", "0001", "0002", "0003"]
+    assert [r[1] for r in out[1:]] == [cif, cif, "", cif] and [r[2] for r in out[1:]] == ["1E5", "NaN", "True", ""]
+    values = [r[out[0].index("formation_energy (eV/atom)")] for r in out[1:]]
+    assert values[2] == "" and float(values[0]) == float(values[1]) == float(values[3])
+
+
+def test_error_messages_are_one_line_in_outputs_and_an_old_cut_file_is_refused_on_resume(tmp_path):
+    """16b: 'Some error messages contain a raw newline (gemmi's ...in CIF.\\n'_atom_site_label'); they are written
+    into the CSV error field. --resume crashes when the cut falls after the embedded newline (internal error,
+    exit 4); the newlines also break wc -l and grep on the output'."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    good = (REPO / "examples" / "SrTiO3.cif").read_text()
+    (folder / "01_good.cif").write_text(good)
+    (folder / "02_trunc.cif").write_text(good[:300])
+    (folder / "03_empty.cif").write_text("")
+    out = tmp_path / "ref.csv"
+    for output in (out, tmp_path / "ref.parquet"):
+        run = _cli("predict", str(folder), "-m", "formation_energy", "-o", str(output))
+        assert run.exit_code == 1
+    text = out.read_text()
+    assert len(text.splitlines()) == 4 and "'_atom_site_label'" in text  # a header and one line per input
+    parquet = pd.read_parquet(tmp_path / "ref.parquet")
+    assert parquet["error"].fillna("").tolist() == pd.read_csv(out, keep_default_na=False)["error"].tolist()
+    # an output of an earlier version, cut just after a line break inside a quoted message
+    header, first = text.splitlines()[:2]
+    (tmp_path / "old.csv").write_text(f'{header}\n{first}\n{folder}/02_trunc.cif,,,,,"{folder}/02: not a CIF.\n')
+    (tmp_path / ".old.csv.run.json").write_text((tmp_path / ".ref.csv.run.json").read_text())
+    resumed = _cli("predict", str(folder), "-m", "formation_energy", "-o", str(tmp_path / "old.csv"), "--resume")
+    assert resumed.exit_code == 2 and "cannot be resumed: it is not valid CSV" in resumed.stderr, resumed.output
