@@ -847,11 +847,16 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
     settings = list(overrides) + ([f"threads={threads}"] if threads else []) + (["compile=true"] if compile_ else [])
     if init_from is not None:  # quoted, so that a name YAML would read as a number or a boolean stays a string
         settings.append(f"init_from={json.dumps(init_from)}")
+    from cgcnn_ase.errors import UnfinishedRunError
+
     run = load_config(config, settings)
     try:
         folder = train_from_config(run, progress=_on_terminal())
     except KeyboardInterrupt:
         _interrupted_training(run)
+    except UnfinishedRunError as exc:  # finetune.member: all, stopped between or inside its members' runs
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_UNFINISHED)
     click.echo(str(folder))
     spec = Path(folder) / "model.json"
     training = json.loads(spec.read_text()).get("metadata", {}).get("training", {}) if spec.is_file() else {}

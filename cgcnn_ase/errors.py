@@ -60,6 +60,16 @@ class TrainingError(CGCNNError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
 
+class UnfinishedRunError(TrainingError):
+    """A session of a run of several trainings (``finetune.member: all``) was stopped by its ``time_limit``
+    before every member had finished; running it again continues (the CLI exits 75). ``folder`` is the
+    work folder that holds the members' runs."""
+
+    def __init__(self, message: str, folder: str | None = None) -> None:
+        super().__init__(message)
+        self.folder = folder
+
+
 class EnsembleError(CheckpointError):
     """Member folders cannot form one ensemble (different settings, split or data)."""
 

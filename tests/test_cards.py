@@ -344,7 +344,7 @@ def legacy_ensemble_card(document: dict[str, Any]) -> str:
             "as far; near 100: outside the training domain), plus `unseen_elements` and `n_sparse`.",
             "",
         ]
-    commands = [m.get("command") for m in members if m.get("command")]
+    commands = list(dict.fromkeys(m.get("command") for m in members if m.get("command")))  # since round 16: once each
     lines += ["## Training", ""]
     if commands:
         lines += ["Each member was trained with:", "", "```", *commands, "```", ""]

@@ -291,6 +291,53 @@ def test_every_member_of_an_ensemble_is_finetuned(dataset_csv, tmp_path):
     assert np.isfinite(values.values).all() and values.std is not None
 
 
+def _two_member_base(tmp_path: Path) -> Path:
+    members = [random_model(seed=s) for s in (5, 6)]
+    ensemble = LoadedModel(
+        spec=members[0].spec, network=members[0].network, elements=members[0].elements,
+        members=[EnsembleMember(m.network, -1.0 + k, 0.5, {"name": f"m{k}", "seed": k}) for k, m in enumerate(members)],
+        calibration={"scale": 1.0, "split": "val", "n": 2},
+    )  # fmt: skip
+    return save_model_folder(tmp_path / "ens-base", ensemble)
+
+
+def test_member_all_runs_again_continues_and_shares_one_time_limit(dataset_csv, tmp_path, recwarn):
+    """Round 16a: 'finetune.member: all cannot be resumed or re-run: the second command trains every member on,
+    then exits 2: "already holds a model ... (CLI --overwrite)", an option train does not have; with a time
+    limit, exit 75 once and 2 ever after, the folder keeping the 1-epoch ensemble'. Also: 'members=K of 5: the
+    std is uncalibrated' was warned while loading base member K, and the base's test metrics were member 0's."""
+    from cgcnn_ase.errors import UnfinishedRunError
+
+    base = _two_member_base(tmp_path)
+    config = ft_config(dataset_csv, tmp_path, base, finetune=FineTuneConfig(member="all"), seed=7)
+    folder = train_from_config(config, progress=False)
+    assert not [w for w in recwarn if "uncalibrated" in str(w.message)]
+    epochs = lambda: [m["epochs_run"] for m in read_model_json(folder)["ensemble"]["members"]]  # noqa: E731
+    assert epochs() == [1, 1]
+    assert train_from_config(config, progress=False) == folder  # the same command again: rewritten, not refused
+    config.epochs = 3
+    config.time_limit = 1e-6  # minutes: every session stops after its first epoch
+    with pytest.raises(UnfinishedRunError, match=r"stopped this session in member 0 of 0-1 \(epoch 2 of 3\); no member"):
+        train_from_config(config, progress=False)
+    assert epochs() == [1, 1]  # the output keeps the last complete ensemble until every member has finished
+    path = tmp_path / "config.yaml"
+    written = config.to_dict()
+    del written["model"]  # the base's
+    path.write_text(yaml.safe_dump(written))
+    runner = CliRunner()
+    outcomes = [runner.invoke(main, ["train", str(path)]) for _ in range(3)]
+    assert [r.exit_code for r in outcomes] == [75, 75, 0], [r.output for r in outcomes]
+    assert "before member 1 of 0-1 began; member 0 is done" in outcomes[0].output  # member 0 ended its epochs
+    assert "in member 1 of 0-1 (epoch 2 of 3); member 0 is done" in outcomes[1].output
+    assert epochs() == [3, 3]
+    document = read_model_json(folder)
+    assert document["metadata"]["finetune"]["base"]["test_metrics"] == (read_model_json(base)["metadata"].get(
+        "test_metrics") or {})  # fmt: skip
+    other = ft_config(dataset_csv, tmp_path, base, finetune=FineTuneConfig(member="all"), seed=7, name="another")
+    with pytest.raises(ConfigError, match="holds another model"):  # before any member trains
+        train_from_config(other, progress=False)
+
+
 def test_cli_init_from(dataset_csv, base_folder, tmp_path):
     config = ft_config(dataset_csv, tmp_path, base_folder).to_dict()
     del config["init_from"], config["finetune"], config["model"]  # a configuration without a model section

@@ -187,7 +187,7 @@ def ensemble_card(
         metric="roc_auc" if classification else "mae",
         metric_label="ROC-AUC" if classification else f"MAE ({document['units']})",
         seen=md.get("elements_seen") or [],
-        commands=[m.get("command") for m in members if m.get("command")],
+        commands=list(dict.fromkeys(m.get("command") for m in members if m.get("command"))),  # member: all: one
         total_wall_time_s=sum(m.get("wall_time_s") or 0 for m in members),
         last_epoch=bool(members) and all(m.get("select") == "last" for m in members),
         training=training,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,9 @@ def load_base(config: TrainConfig) -> FineTuneBase:
                 "the atom_init.json it was trained with ('generated' uses this project's table, which changes it)"
             )
         atom_init = config.elements
-    loaded = load_model(path, device="cpu", members=member + 1, atom_init=atom_init)
+    with warnings.catch_warnings():  # members 0..K are loaded for member K's network, not for a std
+        warnings.filterwarnings("ignore", message=r".*: members=\d+ of \d+: the std is", category=UserWarning)
+        loaded = load_model(path, device="cpu", members=member + 1, atom_init=atom_init)
     if loaded.is_ensemble:
         chosen = loaded.members[member]
         network, mean, std = chosen.network, chosen.normalizer_mean, chosen.normalizer_std
@@ -378,6 +381,56 @@ def _member_config(config: TrainConfig, k: int) -> TrainConfig:
     return member
 
 
+def _train_members(config: TrainConfig, n_members: int, progress: bool) -> list[Path]:
+    """Each member's run in turn (a finished one is only rewritten), within one ``time_limit`` for all.
+
+    Raises:
+        UnfinishedRunError: the time limit stopped a member, or passed before the next one began.
+    """
+    import time
+
+    from cgcnn_ase.train.trainer import train_from_config
+
+    start, folders, progressed = time.monotonic(), [], False
+    for k in range(n_members):
+        member = _member_config(config, k)
+        before = _training_record(Path(member.output)).get("epochs_run")
+        if config.time_limit is not None:
+            left = config.time_limit - (time.monotonic() - start) / 60
+            if left <= 0 and progressed:  # as a single run, a session trains at least one epoch
+                _unfinished(config, k, n_members, None)
+            member.time_limit = max(left, 1e-9)
+        folder = train_from_config(member, progress=progress)
+        training = _training_record(folder)
+        progressed = progressed or training.get("epochs_run") != before
+        if training.get("stopped_by") == "time_limit":
+            _unfinished(config, k, n_members, training)
+        folders.append(folder)
+    return folders
+
+
+def _training_record(folder: Path) -> dict[str, Any]:
+    """``metadata.training`` of the model folder at ``folder``, or ``{}`` when it holds none yet."""
+    if not (folder / "model.json").is_file():
+        return {}
+    return read_model_json(folder).get("metadata", {}).get("training", {}) or {}
+
+
+def _unfinished(config: TrainConfig, k: int, n_members: int, training: dict[str, Any] | None) -> None:
+    """Raise :class:`~cgcnn_ase.errors.UnfinishedRunError` for a session stopped in (or before) member ``k``."""
+    from cgcnn_ase.errors import UnfinishedRunError
+
+    where = (f"in member {k} of 0-{n_members - 1} (epoch {training.get('epochs_run')} of {config.epochs})"
+             if training is not None else f"before member {k} of 0-{n_members - 1} began")  # fmt: skip
+    done = f"members 0-{k - 1} are done" if k > 1 else "member 0 is done" if k == 1 else "no member is done yet"
+    raise UnfinishedRunError(
+        f"unfinished: the time limit ({config.time_limit} min) stopped this session {where}; {done} (under "
+        f"{config.work_path}). {config.output} is assembled once every member has finished: run the same command "
+        "again to continue.",
+        folder=str(config.work_path),
+    )
+
+
 def finetune_all_members(config: TrainConfig, *, progress: bool = True) -> Path:
     """Fine-tune every member of the ensemble ``config.init_from`` (``finetune.member: all``)
     and assemble them into the ensemble folder ``config.output``; returns it.
@@ -391,6 +444,7 @@ def finetune_all_members(config: TrainConfig, *, progress: bool = True) -> Path:
 
     from cgcnn_ase.train import ddp as parallel_training
     from cgcnn_ase.train.ensembles import assemble_ensemble
+    from cgcnn_ase.train.export import check_output_folder
     from cgcnn_ase.train.trainer import train_from_config
 
     if parallel_training.world_size_from_env() > 1:
@@ -402,16 +456,20 @@ def finetune_all_members(config: TrainConfig, *, progress: bool = True) -> Path:
     single.finetune = config.finetune.model_copy(update={"member": 0})
     if len(described) < 2:
         return train_from_config(single, progress=progress)
-    folders = [train_from_config(_member_config(config, k), progress=progress) for k in range(len(described))]
+    check_output_folder(config)  # another model at output is refused before any member trains
+    folders = _train_members(config, len(described), progress)
     device = None if config.device == "auto" else config.device
     output = assemble_ensemble(
         folders, config.output, name=config.model_name, aliases=list(config.aliases) or None, device=device,
         batch_size=config.eval_batch_size, workers=config.workers, progress=progress,
+        overwrite=True,  # check_output_folder passed: an earlier session's ensemble of these members, or nothing
     )  # fmt: skip
     document = read_model_json(output)
     finetune = document["metadata"].get("finetune") or {}
-    if finetune.get("base"):  # member 0's description, which holds for every member but the member index
+    if finetune.get("base"):  # member 0's description, which holds for every member but its index and metrics
         finetune["base"]["member"] = "all"
+        base_metrics = (read_model_json(path).get("metadata") or {}).get("test_metrics") if kind != CHECKPOINT else None
+        finetune["base"]["test_metrics"] = base_metrics or {}  # the base ensemble's, not its member 0's
         document["metadata"]["finetune"] = finetune
         (output / "model.json").write_text(json.dumps(document, indent=2) + "\n")
     resolved = yaml.safe_load((folders[0] / "config.yaml").read_text())  # member 0's, with the base model's settings

@@ -558,6 +558,9 @@ def train_from_config(
     Raises:
         ConfigError: bad settings, or settings that differ from the checkpoint's.
         TrainingError: the loss became NaN or infinite.
+        UnfinishedRunError: ``finetune.member: all`` whose ``time_limit`` (one for all members) stopped the
+            session before every member finished (a single run instead returns its folder with
+            ``stopped_by: time_limit`` recorded in ``model.json``).
     """
     if init_from is not None:
         config = config.model_copy(deep=True)
