@@ -29,11 +29,11 @@ from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.models.cards import model_card
 from cgcnn_ase.models.folder import EnsembleMember, LoadedModel, load_model_folder, read_model_json, save_model_folder
 from cgcnn_ase.train.config import TrainConfig
-from cgcnn_ase.train.config_sections import FineTuneConfig, ModelConfig, OptimConfig, ScheduleConfig
+from cgcnn_ase.train.config_sections import FineTuneConfig, ModelConfig, OptimConfig, ScheduleConfig, SplitConfig
 from cgcnn_ase.train.trainer import CHECKPOINT_LAST, Trainer, train_from_config
 
 from .conftest import ATOM_INIT, REFERENCE, random_model, require_shared
-from .test_training import dataset_csv, tiny_config  # noqa: F401 - the tiny 12-crystal dataset fixture
+from .test_training import dataset_csv, tiny_config, trained  # noqa: F401 - the tiny 12-crystal dataset fixture
 
 
 @pytest.fixture(scope="module")
@@ -336,6 +336,66 @@ def test_member_all_runs_again_continues_and_shares_one_time_limit(dataset_csv, 
     other = ft_config(dataset_csv, tmp_path, base, finetune=FineTuneConfig(member="all"), seed=7, name="another")
     with pytest.raises(ConfigError, match="holds another model"):  # before any member trains
         train_from_config(other, progress=False)
+
+
+def test_test_crystals_the_base_model_trained_on_are_found_by_id_and_by_structure(dataset_csv, trained, tmp_path):
+    """Round 16a: 'A fine-tuned model's test split is only checked against its own training split: 28 of the 30
+    test crystals were in the base model's train or val split; the card reports a test MAE with no warning'. Now
+    the run warns, model.json and the card record it, and evaluate notes it; ids renamed and CIF text re-indented
+    still match by structure when the base model's data are found."""
+    import shutil
+
+    from cgcnn_ase.analysis.evaluation import evaluate_model
+    from cgcnn_ase.data.splits import Split
+
+    _, base = trained
+    frame = pd.read_csv(dataset_csv)
+    renamed = frame.assign(material_id=[f"x{k:02d}" for k in range(len(frame))],
+                           cif=["\n".join("  " + line for line in c.splitlines()) for c in frame["cif"]])  # fmt: skip
+    renamed.to_csv(tmp_path / "renamed.csv", index=False)
+    hidden = tmp_path / "hidden-base"  # the same model, its data not found from here
+    shutil.copytree(base, hidden)
+    (hidden / "config.yaml").write_text((hidden / "config.yaml").read_text().replace(str(dataset_csv), "gone/x.csv"))
+    base_split = Split.load(base / "split.json")
+    for name, data, model, checked in (("same", dataset_csv, base, "ids and structures"),
+                                       ("renamed", tmp_path / "renamed.csv", base, "ids and structures"),
+                                       ("hidden", tmp_path / "renamed.csv", hidden, "ids")):  # fmt: skip
+        config = ft_config(Path(data), tmp_path / name, model, split=SplitConfig(train=8 / 12, val=2 / 12, test=2 / 12,
+                                                                                 seed=5))  # fmt: skip
+        warned = pytest.warns(UserWarning, match="test crystals of this run are crystals the base model")
+        with warned if checked != "ids" else _no_overlap_warning():  # seed 5: both splits' test crystals were seen
+            folder = train_from_config(config, progress=False)
+        overlap = read_model_json(folder)["metadata"]["finetune"]["base_overlap"]
+        assert overlap["checked"] == checked
+        test_ids = Split.load(folder / "split.json").ids("test")  # row k is crystal k in both tables
+        rows = [int(i[1:]) for i in test_ids]
+        expected = {"n": 2, "base_train": sum(f"c{r:02d}" in base_split.ids("train") for r in rows),
+                    "base_val": sum(f"c{r:02d}" in base_split.ids("val") for r in rows)}  # fmt: skip
+        if checked == "ids":
+            expected.update(base_train=0, base_val=0)  # renamed ids, structures not compared
+        assert overlap["test"] == expected, (name, overlap)
+        card = (folder / "README.md").read_text()
+        seen = expected["base_train"] + expected["base_val"]
+        assert (f"**{seen} of 2**" in card) if seen else ("none of 2" in card and "by id only" in card)
+    assert seen == 0 and overlap["test"]["n"] == 2
+    with pytest.warns(UserWarning, match="crystals its base model was trained on"):
+        report = evaluate_model(tmp_path / "same" / "model", workers=1)
+    assert "understates the error on new crystals" in report["note"]
+
+
+class _no_overlap_warning:
+    """A context that fails on a warning about test crystals the base model had seen."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catch = warnings.catch_warnings(record=True)
+        self.caught = self._catch.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc):
+        self._catch.__exit__(*exc)
+        assert not [w for w in self.caught if "base model" in str(w.message) and "test crystals" in str(w.message)]
 
 
 def test_cli_init_from(dataset_csv, base_folder, tmp_path):

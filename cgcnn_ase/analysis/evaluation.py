@@ -358,10 +358,10 @@ def evaluate_model(
         "metrics": metrics,
         "files": {},
     }
-    changed = _labels_changed(spec_m.metadata, folder, split, ids, targets, layout)
-    if changed:
-        summary["note"] = changed
-        warnings.warn(f"model {spec_m.name!r}: {changed}", UserWarning, stacklevel=2)
+    notes = [_labels_changed(spec_m.metadata, folder, split, ids, targets, layout), _base_had_seen(spec_m.metadata, split)]
+    for note in filter(None, notes):
+        summary["note"] = f"{summary['note']}; {note}" if "note" in summary else note
+        warnings.warn(f"model {spec_m.name!r}: {note}", UserWarning, stacklevel=2)
     if predictor.is_ensemble:
         summary["uncertainty"] = uncertainty_report(targets, result)
     if out_dir is not None:
@@ -370,6 +370,17 @@ def evaluate_model(
                                              data.unusable)  # fmt: skip
     logger.info("evaluated %s on %d %s crystals: %s", folder, summary["n"], split, metrics)
     return summary
+
+
+def _base_had_seen(metadata: Mapping[str, Any], split: str) -> str | None:
+    """A note when a fine-tuned model's ``test`` split holds crystals its base model trained on or selected
+    with (``metadata.finetune.base_overlap``, recorded at training), else ``None``."""
+    test = ((metadata.get("finetune") or {}).get("base_overlap") or {}).get("test") or {}
+    seen = test.get("base_train", 0) + test.get("base_val", 0)
+    if split != "test" or not seen:
+        return None
+    return (f"{seen} of the {test.get('n')} test crystals are crystals its base model was trained on or selected "
+            "with (recorded at fine-tuning): this test error understates the error on new crystals")
 
 
 def _labels_changed(metadata: Mapping[str, Any], folder: Path, split: str, ids: Sequence[str], targets: np.ndarray,

@@ -42,7 +42,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -375,6 +375,27 @@ def _select_rows(
     if len(rows) == 0:
         raise DatasetError(f"{path}: no rows left after drop_ids/filter/missing targets ({dropped})")
     return rows, targets, dropped, missing
+
+
+def content_digest(source: Any) -> str | None:
+    """A digest (16 hex digits) of a raw structure's content that does not depend on where it is kept or how it
+    is laid out: CIF or other structure text, or a structure file's text, with all whitespace collapsed (a CIF
+    copied from a table cell into a file, or re-indented, digests alike); a structure dict's sorted JSON.
+    ``None`` for parsed records, missing or unreadable files."""
+    if isinstance(source, Mapping):
+        data = json.dumps(source, sort_keys=True, default=str)
+    elif isinstance(source, (str, os.PathLike)):
+        if input_kind(source) == "path":
+            try:
+                data = Path(os.fspath(source).strip()).read_text(encoding="utf-8", errors="replace")
+            except (OSError, ValueError):
+                return None
+        else:
+            data = str(source)
+        data = " ".join(data.split())
+    else:
+        return None
+    return hashlib.blake2b(data.encode(), digest_size=8).hexdigest()
 
 
 def _structure_keys(kind: str, sources: list[Any]) -> list[str]:

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from cgcnn_ase.errors import ConfigError
+from cgcnn_ase.errors import CGCNNError, ConfigError
 from cgcnn_ase.graph.elements import generate_cgcnn_table
 from cgcnn_ase.models.folder import ELEMENTS_FILE, LoadedModel, read_model_json
 from cgcnn_ase.models.registry import load_model, model_folder, shipped_by_name
@@ -58,7 +58,9 @@ __all__ = [
     "finetune_all_members",
     "finetune_metadata",
     "initialise_from_base",
+    "base_overlap",
     "load_base",
+    "overlap_warning",
     "parameter_groups",
     "resolve_config",
 ]
@@ -344,10 +346,99 @@ def _base_description(base: FineTuneBase) -> dict[str, Any]:
     }
 
 
+def _base_dataset(base: FineTuneBase) -> Any:
+    """The base model folder's dataset specification with a path that exists here (as its ``config.yaml``
+    gives it, from the working directory or, as for the shipped models, from the folder's grandparent: the
+    folder the training ran in), or ``None``."""
+    import yaml
+
+    from cgcnn_ase.data.datasets import DatasetSpec
+
+    try:
+        data = (yaml.safe_load((base.path / "config.yaml").read_text()) or {}).get("data")
+        spec = DatasetSpec.from_dict(data)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    for candidate in (Path(spec.path), base.path.parent.parent / spec.path):
+        if candidate.exists():
+            return spec.__class__.from_dict({**spec.to_dict(), "path": str(candidate.resolve())})
+    return None
+
+
+def base_overlap(base: FineTuneBase, table: Any, split: Any) -> dict[str, Any]:
+    """Which of this run's validation and test crystals the base model trained on (its ``train`` split) or
+    selected its epoch with (``val``): the same id, or the same structure (:func:`content_digest` of the text
+    or file; only when the base model's dataset is found here). A test crystal the base model trained on makes
+    the fine-tuned model's test error optimistic.
+
+    Returns:
+        ``{"checked": "ids and structures" | "ids" | "nothing", "base_data": path or None, "val": {...},
+        "test": {...}}``, each part ``{"n", "base_train", "base_val"}`` (crystals; each counted once).
+    """
+    import warnings
+
+    from cgcnn_ase.data.datasets import content_digest, load_table
+    from cgcnn_ase.data.splits import Split
+
+    empty = {"checked": "nothing", "base_data": None}
+    if base.kind == CHECKPOINT or not (base.path / "split.json").is_file():
+        return empty  # the authors' checkpoints record no split
+    saved = Split.load(base.path / "split.json")
+    base_ids = {part: set(saved.ids(part)) for part in ("train", "val")}
+    base_digests: dict[str, set[str]] = {"train": set(), "val": set()}
+    spec = _base_dataset(base)
+    if spec is not None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the base run's dataset warnings were given when it trained
+                base_table = load_table(spec)
+        except (CGCNNError, OSError, ValueError):
+            spec = None
+        else:
+            for row_id, source in zip(base_table.ids, base_table.sources):
+                for part in ("train", "val"):
+                    if row_id in base_ids[part]:
+                        base_digests[part].add(content_digest(source))
+            for part in base_digests:
+                base_digests[part].discard(None)
+    position = {row_id: k for k, row_id in enumerate(table.ids)}
+    result: dict[str, Any] = {"checked": "ids and structures" if spec is not None else "ids",
+                              "base_data": spec.path if spec is not None else None}  # fmt: skip
+    for part in ("val", "test"):
+        counts = {"n": 0, "base_train": 0, "base_val": 0}
+        for row_id in split.ids(part):
+            counts["n"] += 1
+            digest = content_digest(table.sources[position[row_id]]) if spec is not None and row_id in position else None
+            for seen in ("train", "val"):
+                if row_id in base_ids[seen] or (digest is not None and digest in base_digests[seen]):
+                    counts[f"base_{seen}"] += 1
+                    break
+        result[part] = counts
+    return result
+
+
+def overlap_warning(base: FineTuneBase, overlap: dict[str, Any]) -> str | None:
+    """The warning for test crystals the base model had seen (:func:`base_overlap`), or ``None``."""
+    test = overlap.get("test") or {}
+    seen = test.get("base_train", 0) + test.get("base_val", 0)
+    if not seen:
+        return None
+    how = "by id or identical structure" if overlap.get("checked") == "ids and structures" else "by id"
+    return (f"{seen} of the {test['n']} test crystals of this run are crystals the base model {base.name} was trained "
+            f"on ({test['base_train']}) or selected with ({test['base_val']}), {how}: this model's test error "
+            "understates its error on new crystals. Leave them out of this run (data.drop_ids) or give a split "
+            "file whose test part holds crystals the base model has not seen (split.file)")  # fmt: skip
+
+
 def finetune_metadata(
-    base: FineTuneBase, config: TrainConfig, network: CrystalGraphConvNet, state: FineTuneState
+    base: FineTuneBase,
+    config: TrainConfig,
+    network: CrystalGraphConvNet,
+    state: FineTuneState,
+    overlap: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``metadata.finetune`` of the fine-tuned model's ``model.json`` (rendered by its card)."""
+    """``metadata.finetune`` of the fine-tuned model's ``model.json`` (rendered by its card); ``overlap``:
+    :func:`base_overlap`."""
     ft = config.finetune
     frozen = {id(p) for module in state.modules(network) for p in module.parameters()}
     counts = {"trained": 0, "frozen": 0}
@@ -362,6 +453,7 @@ def finetune_metadata(
         "head_only": ft.head_only,
         "lr": {"head": ft.head_lr or config.optim.lr, "body": (ft.body_lr or config.optim.lr) if trains_body else None},
         "parameters": counts,
+        "base_overlap": overlap or {"checked": "nothing", "base_data": None},
     }
 
 

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,12 @@ from cgcnn_ase.train.export import TrainingResult, check_output_folder, write_me
 from cgcnn_ase.train.finetune import (
     FineTuneBase,
     FineTuneState,
+    base_overlap,
     finetune_all_members,
     finetune_metadata,
     initialise_from_base,
     load_base,
+    overlap_warning,
     parameter_groups,
     resolve_config,
 )
@@ -133,6 +136,7 @@ class Trainer:
         config.validate()
         self.base: FineTuneBase | None = None
         self.finetune_state: FineTuneState | None = None
+        self.base_overlap: dict[str, Any] | None = None
         changed = sorted(k for k, v in config.finetune if v != getattr(FineTuneConfig(), k))
         if config.init_from is None and changed:
             raise ConfigError(f"finetune settings {changed} need init_from (the model to start from)")
@@ -188,6 +192,11 @@ class Trainer:
         self.split = resolve_split(config, self.work, self.data.ids, resuming=checkpoint is not None)
         self.parts = split_positions(self.split, self.data,
                                      config.split.file if config.split.file and checkpoint is None else None)  # fmt: skip
+        if self.base is not None:  # a test crystal the base model trained on makes this model's test error optimistic
+            self.base_overlap = base_overlap(self.base, self.data.table, self.split)
+            message = overlap_warning(self.base, self.base_overlap)
+            if message and self.is_main:
+                warnings.warn(message, UserWarning, stacklevel=3)
         if checkpoint is None:
             self.mean, self.std = target_normalizer(config.task, self.data.targets[self.parts["train"]])
         else:
@@ -489,7 +498,7 @@ class Trainer:
         """``metadata.finetune`` of a fine-tuning run (``None`` for a run from scratch)."""
         if self.base is None or self.finetune_state is None:
             return None
-        return finetune_metadata(self.base, self.config, self.network, self.finetune_state)
+        return finetune_metadata(self.base, self.config, self.network, self.finetune_state, self.base_overlap)
 
     # -- small pieces of setup -------------------------------------------------------------
     def _join_processes(self) -> None:
