@@ -79,3 +79,22 @@ def test_error_messages_are_one_line_in_outputs_and_an_old_cut_file_is_refused_o
     (tmp_path / ".old.csv.run.json").write_text((tmp_path / ".ref.csv.run.json").read_text())
     resumed = _cli("predict", str(folder), "-m", "formation_energy", "-o", str(tmp_path / "old.csv"), "--resume")
     assert resumed.exit_code == 2 and "cannot be resumed: it is not valid CSV" in resumed.stderr, resumed.output
+
+
+def test_site_members_of_different_networks_are_refused():
+    """16a: 'member_site_contributions([perovskite_formation_energy, perovskite_site_energy], S) returns 6
+    "members", mixing the gated Eq. 5 network with the 5 simple-conv Eq. 4 networks; seed_std then mixes
+    architectures'."""
+    from ase import Atoms
+
+    from cgcnn_ase.analysis.site_members import member_site_contributions
+    from cgcnn_ase.errors import SiteAnalysisError
+    from cgcnn_ase.models.registry import resolve_model
+
+    cubic = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    crystal = {"SrTiO3": Atoms("SrTiO3", scaled_positions=cubic, cell=[3.905] * 3, pbc=True)}
+    gated, simple = resolve_model("perovskite_formation_energy").path, resolve_model("perovskite_site_energy").path
+    with pytest.raises(SiteAnalysisError, match="in its convolution: 'simple' vs 'gated'"):
+        member_site_contributions([gated, simple], crystal)
+    stacked = member_site_contributions([simple], crystal)  # one ensemble: its own members, alike
+    assert sorted(stacked["member"].unique()) == [0, 1, 2, 3, 4] and len(stacked) == 25

@@ -68,15 +68,17 @@ def member_predictors(models: Any) -> list[CGCNNPredictor]:
 
 def _check_alike(predictors: list[CGCNNPredictor]) -> None:
     """Refuse members whose site contributions cannot be compared or averaged: another property, units,
-    task or readout than the first member's (``cgcnn-ase ensemble`` refuses such members alike).
+    task, readout, convolution or architecture than the first member's (``cgcnn-ase ensemble`` refuses such
+    members alike): a spread over different networks is not a spread over seeds.
 
     Raises:
         SiteAnalysisError: naming the first member that differs and how.
     """
     def traits(p: CGCNNPredictor) -> dict[str, Any]:
         spec = p.model.spec
-        return {"property": spec.property, "units": spec.units, "task": spec.task,
-                "readout": spec.readout}  # fmt: skip
+        return {"property": spec.property, "units": spec.units, "task": spec.task, "readout": spec.readout,
+                "convolution": spec.architecture.get("conv", "gated"), "architecture": dict(spec.architecture),
+                "graph settings": spec.graph}  # fmt: skip
 
     first = traits(predictors[0])
     for k, predictor in enumerate(predictors[1:], start=1):
