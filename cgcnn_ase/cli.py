@@ -380,9 +380,9 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
             threads: int, workers: str, compile_: bool) -> None:  # fmt: skip
     """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ASE .db, ...),
     directories of them (documents, images and the original CGCNN layout's id_prop.csv and
-    atom_init.json are left out), glob patterns, or tables (.csv, .tsv, .parquet) with a
-    --column of structures; '-' reads one structure piped to stdin (CIF, POSCAR, extxyz or
-    pymatgen JSON text; id 'stdin').
+    atom_init.json are left out, as from a pattern ending in '*'), glob patterns, or tables (.csv,
+    .tsv, .parquet) with a --column of structures; '-' reads the text piped to stdin (CIF, POSCAR,
+    extxyz or pymatgen JSON; id 'stdin', or 'stdin@0', 'stdin@1', ... for several structures).
     -o must not name an input.
 
     Without --model: formation energy (eV/atom), band gap (eV; 0 for predicted metals),

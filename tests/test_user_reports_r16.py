@@ -98,3 +98,39 @@ def test_site_members_of_different_networks_are_refused():
         member_site_contributions([gated, simple], crystal)
     stacked = member_site_contributions([simple], crystal)  # one ensemble: its own members, alike
     assert sorted(stacked["member"].unique()) == [0, 1, 2, 3, 4] and len(stacked) == 25
+
+
+def test_patterns_read_what_a_folder_reads_and_broken_links_get_their_row(tmp_path, monkeypatch):
+    """16b: "predict 'runs/**/*' (the pattern the docs recommend for subfolders) aborts with exit 2 because of an
+    id_prop.csv below it; README.md, INCAR and *.png become error rows"; "a folder input drops a broken symlink
+    with no row and no warning"; "a glob that matches nothing says 'no such file'"; "predict('sl/*.cif') expands
+    the glob but predict(['sl/*.cif']) treats it as a file"."""
+    import os
+
+    from cgcnn_ase.errors import SkippedFilesWarning
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("runs/r1", "runs/r2", "sl"):
+        os.makedirs(folder)
+    cif = (REPO / "examples" / "SrTiO3.cif").read_text()
+    for path, text in (("runs/r1/a.cif", cif), ("runs/r1/README.md", "x\n"), ("runs/r1/INCAR", "E=1\n"),
+                       ("runs/r2/id_prop.csv", "1,2\n"), ("sl/a.cif", cif)):  # fmt: skip
+        (tmp_path / path).write_text(text)
+    os.symlink("/nonexistent/x.cif", "sl/broken.cif")
+    run = _cli("predict", "runs/**/*", "-m", "formation_energy")
+    assert run.exit_code == 0, run.output
+    assert "left out 3 matched file(s) that are not structure files" in run.stderr
+    assert pd.read_csv(__import__("io").StringIO(run.stdout))["id"].tolist() == ["runs/r1/a.cif"]
+    tables = _cli("predict", "runs/**/*.csv", "-m", "formation_energy")  # a pattern naming tables reads tables
+    assert tables.exit_code == 2 and "no structure column" in tables.stderr
+    linked = _cli("predict", "sl", "nomatch/*.cif", "-m", "formation_energy")
+    assert linked.exit_code == 1
+    rows = pd.read_csv(__import__("io").StringIO(linked.stdout), keep_default_na=False)
+    assert rows["id"].tolist() == ["sl/a.cif", "sl/broken.cif", "nomatch/*.cif"]
+    assert "a broken symbolic link (to /nonexistent/x.cif" in rows["error"][1]
+    assert "no file matches this pattern" in rows["error"][2]
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    with pytest.warns(SkippedFilesWarning):
+        result = predictor.predict(["sl/*.cif", "runs/**/*", bulk("NaCl", "rocksalt", a=5.64)], errors="collect")
+    assert list(result.ids) == ["sl/a.cif", "sl/broken.cif", "runs/r1/a.cif", "input 2"]
+    assert result.values[0] == pytest.approx(result.values[2], abs=1e-6) and np.isnan(result.values[1])

@@ -215,7 +215,7 @@ def _dir_files(folder: str, sort: bool, excluded: Callable[[str], bool] = lambda
         for entry in sorted(scan, key=lambda e: e.name) if sort else scan:
             if excluded(entry.path):
                 continue
-            if entry.is_file() and is_structure_name(entry.name):
+            if (entry.is_file() or _broken_link(entry)) and is_structure_name(entry.name):  # a broken link's row says so
                 found += 1
                 yield os.path.normpath(entry.path)  # "./x.cif" -> "x.cif", as ids everywhere
             elif not entry.name.startswith("."):
@@ -232,17 +232,69 @@ def _dir_files(folder: str, sort: bool, excluded: Callable[[str], bool] = lambda
                       "(quoted)", SkippedFilesWarning, stacklevel=2)  # fmt: skip
 
 
+def _broken_link(entry: os.DirEntry) -> bool:
+    """A symbolic link whose target does not exist (``is_file`` and ``is_dir`` are both false for it)."""
+    return entry.is_symlink() and not os.path.exists(entry.path)
+
+
+def _pattern_files(pattern: str, sort: bool, excluded: Callable[[str], bool]) -> list[str]:
+    """The files a glob pattern matches (``'**/*'`` lists folders too: they are passed over). A pattern whose
+    last part is only wildcards (``'runs/**/*'``, ``'data/*'``) names no kind of file, so its matches are
+    filtered as a folder's members are (:func:`is_structure_name`; tables, documents and images left out, in one
+    :class:`~cgcnn_ase.errors.SkippedFilesWarning`); a pattern such as ``'*.csv'`` or ``'*/POSCAR'`` keeps every
+    match. A pattern that matches no file is returned as itself (the reader then says so)."""
+    matches = [m for m in glob.iglob(pattern, recursive=True) if not os.path.isdir(m)]
+    if sort:
+        matches.sort()
+    if not matches:
+        return [pattern]
+    if set(os.path.basename(pattern)) - {"*"}:
+        return matches
+    kept = [m for m in matches if is_structure_name(os.path.basename(m)) or excluded(m)]
+    left_out = sorted(set(matches) - set(kept))
+    if left_out:
+        shown = ", ".join(left_out[:3]) + (f" and {len(left_out) - 3} more" if len(left_out) > 3 else "")
+        warnings.warn(f"{pattern}: left out {len(left_out)} matched file(s) that are not structure files ({shown}), as a "
+                      "folder's are; name a file on its own, or by its suffix ('*.csv'), to read it",
+                      SkippedFilesWarning, stacklevel=3)  # fmt: skip
+    return kept
+
+
 def expand_inputs(obj: Any) -> Any:
-    """:func:`~cgcnn_ase.io.reader.as_input_sequence` of ``obj``, except that one folder or glob pattern given
-    alone becomes its structure files (:func:`iter_files`, sorted), as the command line reads it."""
-    if isinstance(obj, (str, os.PathLike)) and input_kind(obj) == "path":
+    """:func:`~cgcnn_ase.io.reader.as_input_sequence` of ``obj``, except that a folder or glob pattern, given
+    alone or as an item of a list or tuple, becomes its structure files (:func:`iter_files`, sorted), as the
+    command line reads its arguments. Other iterables are left lazy.
+
+    Raises:
+        StructureReadError: a folder given alone that holds no structure files (nothing to predict).
+    """
+    if _names_files(obj):
         path = os.fspath(obj)
-        if os.path.isdir(path) or (not os.path.exists(path) and glob.has_magic(path)):
-            files = list(iter_files(path))
-            if not files:  # a pattern matching nothing stays itself (then "no such file")
-                raise StructureReadError(f"{path}: is a directory holding no structure files")
-            return files
+        files = list(iter_files(path))
+        if not files:  # a pattern matching nothing stays itself (then "no file matches this pattern")
+            below = os.path.join(path, "**", "*")
+            raise StructureReadError(f"{path}: is a directory holding no structure files (to read the files in its "
+                                     f"subfolders, give the pattern {below!r})")  # fmt: skip
+        return files
+    if isinstance(obj, (list, tuple)) and not is_labelled_pair(obj) and any(_names_files(item) for item in obj):
+        expanded: list[Any] = []
+        for index, item in enumerate(obj):
+            if _names_files(item):
+                expanded += iter_files(os.fspath(item))
+            elif is_labelled_pair(item) or input_kind(item) in ("path", "record"):
+                expanded.append(item)
+            else:  # still "input k" by its place in the caller's list, not in the expanded one
+                expanded.append((f"input {index}", item))
+        return expanded
     return as_input_sequence(obj)
+
+
+def _names_files(obj: Any) -> bool:
+    """A folder, or a glob pattern that names no existing file, given as a path (str or PathLike)."""
+    if not isinstance(obj, (str, os.PathLike)) or input_kind(obj) != "path":
+        return False
+    path = os.fspath(obj)
+    return os.path.isdir(path) or (not os.path.exists(path) and glob.has_magic(path))
 
 
 def iter_files(
@@ -267,8 +319,7 @@ def iter_files(
         if os.path.isdir(item):
             expanded: Iterable[str] = _dir_files(item, sort, skipped)
         elif not os.path.exists(item) and glob.has_magic(item):
-            matches = (m for m in glob.iglob(item, recursive=True) if not os.path.isdir(m))  # '**/*' lists folders too
-            expanded = list(sorted(matches) if sort else matches) or [item]
+            expanded = _pattern_files(item, sort, skipped)
         else:
             expanded = [item]
         for path in expanded:

@@ -46,6 +46,7 @@ Every problem that makes an input unusable raises
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import math
@@ -473,6 +474,10 @@ def is_single_input(obj: Any) -> bool:
 def _check_file(path: Path) -> None:
     try:
         if not path.exists():
+            if path.is_symlink():
+                raise StructureReadError(f"{path}: a broken symbolic link (to {os.readlink(path)}, which does not exist)")
+            if glob.has_magic(str(path)):
+                raise StructureReadError(f"{path}: no file matches this pattern (and no file has this name)")
             raise StructureReadError(f"{path}: no such file")
         if path.is_dir():
             raise StructureReadError(f"{path}: is a directory, not a structure file")
