@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from cgcnn_ase.cli import EXIT_BAD_INPUT, EXIT_MODEL, main
 from cgcnn_ase.inference.predictor import CGCNNPredictor
+from cgcnn_ase.inference.results import FLAG_COLUMNS
 
 from .conftest import ATOM_INIT, REFERENCE, REPO, require_shared
 
@@ -35,7 +36,7 @@ def test_predict_csv_matches_python_api(model_folder, files):
     result = _run("predict", *files, "--model", model_folder)
     assert result.exit_code == 0, result.output
     df = pd.read_csv(io.StringIO(result.stdout))
-    assert list(df.columns) == ["id", "formation_energy (eV/atom)", "unseen_elements", "error"]
+    assert list(df.columns) == ["id", "formation_energy (eV/atom)", *FLAG_COLUMNS, "unseen_elements", "error"]
     assert df["id"].tolist() == files
     expected = CGCNNPredictor.from_checkpoint(model_folder).predict(files).values
     np.testing.assert_allclose(df["formation_energy (eV/atom)"], expected, atol=1e-5)
@@ -90,7 +91,7 @@ def test_two_models_give_two_columns(model_folder, atomwise_folder, files):
     assert result.exit_code == 0
     df = pd.read_csv(io.StringIO(result.stdout))
     columns = [f"{model_folder}: formation_energy (eV/atom)", f"{atomwise_folder}: formation_energy (eV/atom)"]
-    assert list(df.columns) == ["id", *columns, "unseen_elements", "error"]
+    assert list(df.columns) == ["id", *columns, *FLAG_COLUMNS, "unseen_elements", "error"]
     for folder, column in zip((model_folder, atomwise_folder), columns):
         expected = CGCNNPredictor.from_checkpoint(folder).predict(files).values
         np.testing.assert_allclose(df[column], expected, atol=1e-5)
@@ -107,7 +108,7 @@ def test_directories_and_globs_expand_in_sorted_order(model_folder, files, tmp_p
     assert pd.read_csv(io.StringIO(by_dir.stdout))["id"].tolist() == sorted(files)
     assert by_glob.stdout == by_dir.stdout
     none = _run("predict", str(tmp_path / "zz*.cif"), "--model", model_folder)
-    assert none.exit_code == EXIT_BAD_INPUT and "no such file" in none.stderr
+    assert none.exit_code == EXIT_BAD_INPUT and "no file matches this pattern" in none.stderr
 
 
 def test_mixed_directory_reports_bad_files_and_predicts_good_ones(model_folder, files, tmp_path):

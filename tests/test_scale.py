@@ -24,6 +24,7 @@ from cgcnn_ase.io.inputs import FinishedIds, iter_inputs
 from .conftest import perovskite, rattled
 
 COLUMN = "formation_energy (eV/atom)"
+FLAGS = ("n_sparse", "bond_ratio", "vacuum_gap")  # the geometry checks after the model columns
 
 
 def _crystals(n: int) -> list:
@@ -359,8 +360,10 @@ def test_parquet_output_is_a_typed_dataset_with_units(predictor, tmp_path):
     assert parts == ["_cgcnn_run.json", "part-000000.parquet", "part-000001.parquet"]  # readers skip "_" files
     parts = parts[1:]
     schema = pq.read_schema(path / parts[0])
-    assert [str(t) for t in schema.types] == ["string", "double", "string", "string"]  # text even when empty
-    assert json.loads(schema.metadata[b"cgcnn_ase.units"]) == {COLUMN: "eV/atom"}
+    assert [str(t) for t in schema.types] == ["string", "double", "int64", "double", "double", "string",
+                                              "string"]  # text even when empty; the geometry flags numbers
+    assert json.loads(schema.metadata[b"cgcnn_ase.units"]) == {COLUMN: "eV/atom", "n_sparse": "atoms",
+                                                               "bond_ratio": "dimensionless", "vacuum_gap": "Å"}
     table = pd.read_parquet(path)
     assert table["id"].tolist() == ["ok", "bad"] and np.isnan(table[COLUMN][1])
     assert "missing.cif: no such file" in table["error"][1]
@@ -382,7 +385,7 @@ def test_ensembles_add_their_std_column(tmp_path):
     out = tmp_path / "out.parquet"
     predict_stream([(f"s{k}", a) for k, a in enumerate(atoms)], [ensemble], out, chunk_size=2)
     table = pd.read_parquet(out)
-    assert list(table.columns) == ["id", COLUMN, "formation_energy_std (eV/atom)", "unseen_elements", "error"]
+    assert list(table.columns) == ["id", COLUMN, "formation_energy_std (eV/atom)", *FLAGS, "unseen_elements", "error"]
     np.testing.assert_allclose(table[COLUMN], expected.values, atol=1e-6)
     np.testing.assert_allclose(table["formation_energy_std (eV/atom)"], expected.std, atol=1e-6)
     write(tmp_path / "a.cif", atoms[0], format="cif")

@@ -29,7 +29,8 @@ def test_parquet_units_of_percentile_and_std_columns(tmp_path):
     units = json.loads(pq.read_schema(sorted(out.glob("part-*"))[0]).metadata[b"cgcnn_ase.units"])
     assert units == {"band_gap (eV)": "eV", "band_gap_std (eV)": "eV", "band_gap_domain_percentile (percent)": "percent",
                      "is_metal (probability)": "probability", "is_metal_std (probability)": "probability",
-                     "is_metal_domain_percentile (percent)": "percent"}  # fmt: skip
+                     "is_metal_domain_percentile (percent)": "percent",
+                     "n_sparse": "atoms", "bond_ratio": "dimensionless", "vacuum_gap": "Å"}  # fmt: skip
     columns = ["id", "log10_bulk_modulus (log10(GPa))", "m (1): y_domain_percentile (percent)", "error"]
     assert json.loads(arrow_schema(columns).metadata[b"cgcnn_ase.units"]) == {  # what Dask's write_parquet stores
         "log10_bulk_modulus (log10(GPa))": "log10(GPa)", "m (1): y_domain_percentile (percent)": "percent"}
@@ -134,3 +135,33 @@ def test_patterns_read_what_a_folder_reads_and_broken_links_get_their_row(tmp_pa
         result = predictor.predict(["sl/*.cif", "runs/**/*", bulk("NaCl", "rocksalt", a=5.64)], errors="collect")
     assert list(result.ids) == ["sl/a.cif", "sl/broken.cif", "runs/r1/a.cif", "input 2"]
     assert result.values[0] == pytest.approx(result.values[2], abs=1e-6) and np.isnan(result.values[1])
+
+
+def test_warned_geometry_is_flagged_in_every_output_table(tmp_path):
+    """16b: 'reliability.md says a warning means the prediction is returned "with the condition flagged in the
+    result". In the CLI, streaming and Dask outputs, vacuum gap, sparse graph and stretched cell warnings appear
+    only on stderr: a 10^5 screen cannot filter slabs or isolated atoms from the table'. The columns are the
+    API's, equal with one and two workers and in the default command's table."""
+    from ase import Atoms
+
+    lone, nacl = tmp_path / "lone.cif", tmp_path / "nacl.cif"
+    Atoms("Cu", cell=[20] * 3, pbc=True).write(lone)
+    bulk("NaCl", "rocksalt", a=5.64).write(nacl)
+    api = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    with pytest.warns(UserWarning):
+        expected = api.predict([str(lone), str(nacl)]).to_dataframe()
+    tables = []
+    for args in (["-m", "formation_energy"], ["-m", "formation_energy", "--workers", "2"], []):
+        out = tmp_path / f"out{len(tables)}.csv"
+        run = _cli("predict", str(lone), str(nacl), "missing.cif", *args, "-o", str(out))
+        assert run.exit_code == 1, run.output
+        tables.append(pd.read_csv(out))
+    for table in tables:
+        columns = list(table.columns)
+        assert columns[-5:] == ["n_sparse", "bond_ratio", "vacuum_gap", "unseen_elements", "error"]
+        assert table["n_sparse"].tolist()[:2] == expected["n_sparse"].tolist() == [1, 0]
+        np.testing.assert_allclose(table["vacuum_gap"][:2], expected["vacuum_gap"], rtol=1e-6)
+        np.testing.assert_allclose(table["bond_ratio"][:2], expected["bond_ratio"], rtol=1e-6)  # NaN for lone Cu
+        assert table.iloc[2][["n_sparse", "bond_ratio", "vacuum_gap"]].isna().all()  # the missing file's row
+    assert table["vacuum_gap"][0] == pytest.approx(20.0) and table["vacuum_gap"][1] < 5
+    pd.testing.assert_frame_equal(tables[0], tables[1])

@@ -445,7 +445,7 @@ def _summary(graph: CrystalGraph, done: dict[int, GraphSummary]) -> GraphSummary
     """What the results keep of a graph (its edges need not travel back from a worker); one summary per graph object."""
     if id(graph) not in done:
         done[id(graph)] = GraphSummary(numbers=graph.numbers, n_sparse=graph.n_sparse, label=graph.label,
-                                       bond_ratio=graph.bond_ratio)  # fmt: skip
+                                       bond_ratio=graph.bond_ratio, vacuum_gap=graph.vacuum_gap)  # fmt: skip
     return done[id(graph)]
 
 

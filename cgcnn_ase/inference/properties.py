@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgcnn_ase.inference.results import UNSEEN, unseen_cell
+from cgcnn_ase.inference.results import FLAG_UNITS, UNSEEN, add_flag_columns, flag_cells, unseen_cell
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -250,7 +250,8 @@ def property_frame(
     frame["error"] = pd.Series(["; ".join(e) if e else None for e in errors], dtype=object)
     bad = frame["error"].notna().to_numpy()
     frame.loc[bad, [c.header for c in columns]] = np.nan  # one refusal voids the row, as `cgcnn-ase predict --model`
-    frame.attrs["units"] = {c.header: c.units for c in columns}
+    add_flag_columns(frame, [None if errors[k] else flag_cells(results, k) for k in range(len(ids))])
+    frame.attrs["units"] = {c.header: c.units for c in columns} | FLAG_UNITS
     return frame, columns
 
 

@@ -11,13 +11,16 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cgcnn_ase.errors import UNSEEN_HINT, CGCNNError, UnseenElementWarning
 from cgcnn_ase.graph.batched import GraphSummary
 from cgcnn_ase.graph.neighbours import CrystalGraph
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 
 @dataclass
@@ -267,6 +270,35 @@ def _unseen_symbols(graph: CrystalGraph | GraphSummary, seen: frozenset[int] | N
 #: The text columns after the model columns of every result table, in order.
 UNSEEN = "unseen_elements"
 TEXT_COLUMNS = (UNSEEN, "error")
+#: The geometry checks between the model columns and :data:`TEXT_COLUMNS` of the command line's and the
+#: streaming tables, as :meth:`PredictionResult.to_dataframe` names them: ``n_sparse`` (atoms with fewer
+#: neighbours than the graph's count; the most over the models), ``bond_ratio`` (dimensionless) and
+#: ``vacuum_gap`` (Å); what the :class:`~cgcnn_ase.errors.GeometryWarning` s and sparse-graph warnings flag.
+#: Empty where the row failed.
+FLAG_COLUMNS = ("n_sparse", "bond_ratio", "vacuum_gap")
+#: Their units (the tables' metadata; the names carry none, as in :meth:`PredictionResult.to_dataframe`).
+FLAG_UNITS = {"n_sparse": "atoms", "bond_ratio": "dimensionless", "vacuum_gap": "Å"}
+
+
+def flag_cells(results: Sequence[PredictionResult], row: int) -> tuple[int, float, float]:
+    """The :data:`FLAG_COLUMNS` cells of row ``row`` of several models' results for the same structures."""
+    n_sparse = max(int(r.n_sparse[row]) for r in results)
+    ratio = next((float(r.bond_ratio[row]) for r in results if r.bond_ratio is not None), float("nan"))
+    gap = next((float(r.vacuum_gap[row]) for r in results if r.vacuum_gap is not None), float("nan"))
+    return n_sparse, ratio, gap
+
+
+def add_flag_columns(frame: pd.DataFrame, cells: Sequence[tuple[int, float, float] | None]) -> None:
+    """Insert :data:`FLAG_COLUMNS` into ``frame`` before its first text column (``None``: a failed row;
+    ``n_sparse`` is a nullable integer column)."""
+    import pandas as pd
+
+    at = min((frame.columns.get_loc(c) for c in TEXT_COLUMNS if c in frame.columns), default=len(frame.columns))
+    empty = (None, np.nan, np.nan)
+    columns = list(zip(*[c if c is not None else empty for c in cells])) or [(), (), ()]
+    frame.insert(at, "n_sparse", pd.array(columns[0], dtype="Int64"))
+    frame.insert(at + 1, "bond_ratio", np.asarray(columns[1], dtype=np.float64))
+    frame.insert(at + 2, "vacuum_gap", np.asarray(columns[2], dtype=np.float64))
 
 
 def unseen_label(per_model: Sequence[tuple[str, Sequence[str]]]) -> str | None:

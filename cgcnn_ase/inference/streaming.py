@@ -56,7 +56,15 @@ import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DuplicateIdsWarning, StreamError
 from cgcnn_ase.inference.parallel import NetworkPool, shares_graphs
-from cgcnn_ase.inference.results import TEXT_COLUMNS, UNSEEN, unseen_cell, unseen_labels
+from cgcnn_ase.inference.results import (
+    FLAG_COLUMNS,
+    TEXT_COLUMNS,
+    UNSEEN,
+    add_flag_columns,
+    flag_cells,
+    unseen_cell,
+    unseen_labels,
+)
 from cgcnn_ase.inference.writers import (
     PARQUET_RUN_RECORD,
     CSVChunkWriter,
@@ -229,17 +237,20 @@ def predict_items(
     from cgcnn_ase.inference.properties import physical_values
 
     shown = [physical_values(p.property_name, r.values) for r, p in zip(results, predictors)]  # as the bounds are
+    flags: list[tuple[int, float, float] | None] = []
     for row_id, row in rows:
         ids.append(row_id)
         if isinstance(row, CGCNNError):
             values.append(np.full(len(columns), np.nan))
             messages.append([str(row)])
             unseen.append(None)
+            flags.append(None)
             continue
         found = sorted({r.errors[row] for r in results if r.errors[row]})
         messages.append(found)
         values.append(np.full(len(columns), np.nan) if found else _cells(results, predictors, shown, row))
         unseen.append(None if found else unseen_cell(labels, results, row))
+        flags.append(None if found else flag_cells(results, row))
     data: dict[str, Any] = {"id": ids}
     table = np.array(values, dtype=np.float64).reshape(len(ids), len(columns))
     for j, name in enumerate(columns):
@@ -249,6 +260,7 @@ def predict_items(
     frame = pd.DataFrame(data)
     for name in TEXT_COLUMNS:
         frame[name] = frame[name].astype(object)
+    add_flag_columns(frame, flags)
     return ChunkResult(frame=frame, messages=messages)
 
 
@@ -529,13 +541,14 @@ def write_chunks(
     if resume and stream_output:
         raise StreamError("resume needs an output file or folder, not a stream, pipe or device")
     with nullcontext() if stream_output else output_lock(output):  # one run writes an output at a time
-        all_columns = ["id", *columns, *TEXT_COLUMNS]
+        all_columns = ["id", *columns, *FLAG_COLUMNS, *TEXT_COLUMNS]
         record = None if stream_output or settings is None else run_record_path(output, out_format)
         if settings is not None:  # ids made another way would not match those already written: every row again
             settings = {**settings, "column": column, "id_column": id_column}
         if resume and record is not None:
             _check_run_record(record, settings)
         finished = read_finished_ids(output, fmt=out_format) if resume else None
+        units = {**column_units(all_columns), **(units or {})}
         writer = open_writer(output, all_columns, fmt=out_format, append=resume, units=units)
         if record is not None:
             record.write_text(json.dumps(dict(settings), indent=2, default=str) + "\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from cgcnn_ase.errors import StreamError
-from cgcnn_ase.inference.results import TEXT_COLUMNS
+from cgcnn_ase.inference.results import FLAG_UNITS, TEXT_COLUMNS
 from cgcnn_ase.io.inputs import PARQUET_SUFFIXES, FinishedIds, pyarrow_modules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,8 +125,9 @@ def infer_format(path: str | os.PathLike | None, fmt: str | None = None) -> Outp
 def column_units(columns: Sequence[str]) -> dict[str, str]:
     """``{column: units}`` of result columns named ``"<name> (<units>)"``, as every value column is
     (``"band_gap (eV)"``, ``"log10_bulk_modulus (log10(GPa))"``, ``"..._domain_percentile (percent)"``);
-    columns without units (``id``, ``error``) are left out."""
-    units = {}
+    the geometry checks get :data:`~cgcnn_ase.inference.results.FLAG_UNITS`; columns without units (``id``,
+    ``error``) are left out."""
+    units = {c: FLAG_UNITS[c] for c in columns if c in FLAG_UNITS}
     for column in columns:
         name, sep, rest = column.rpartition(" (")
         if sep and name and rest.endswith(")") and rest[:-1]:
@@ -143,7 +144,8 @@ def arrow_schema(columns: Sequence[str], units: Mapping[str, str] | None = None)
         units = column_units(columns)
 
     fields = [pa.field("id", pa.string(), nullable=False)]
-    fields += [pa.field(c, pa.float64()) for c in columns if c != "id" and c not in TEXT_COLUMNS]
+    fields += [pa.field(c, pa.int64() if c == "n_sparse" else pa.float64())
+               for c in columns if c != "id" and c not in TEXT_COLUMNS]  # fmt: skip
     fields += [pa.field(c, pa.string()) for c in TEXT_COLUMNS if c in columns or c == "error"]
     metadata = {"cgcnn_ase.units": json.dumps(dict(units or {}))}
     return pa.schema(fields, metadata=metadata)
@@ -314,7 +316,8 @@ class ParquetChunkWriter:
         if complete and not _part_files(self.folder):
             import pandas as pd
 
-            self.write(pd.DataFrame({c: pd.Series(dtype=object if c == "id" or c in TEXT_COLUMNS else float)
+            self.write(pd.DataFrame({c: pd.Series(dtype=object if c == "id" or c in TEXT_COLUMNS else
+                                                  "Int64" if c == "n_sparse" else float)
                                     for c in self.columns}))  # fmt: skip
 
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError
-from cgcnn_ase.inference.results import TEXT_COLUMNS
+from cgcnn_ase.inference.results import FLAG_COLUMNS, TEXT_COLUMNS
 from cgcnn_ase.inference.streaming import (
     arrow_schema,
     cif_reader_for,
@@ -168,6 +168,9 @@ def _empty_result(columns: Sequence[str]) -> pd.DataFrame:
 
     data: dict[str, Any] = {"id": pd.Series([], dtype=object)}
     for name in columns:
+        data[name] = pd.Series([], dtype=np.float64)
+    data["n_sparse"] = pd.Series([], dtype="Int64")
+    for name in FLAG_COLUMNS[1:]:
         data[name] = pd.Series([], dtype=np.float64)
     for name in TEXT_COLUMNS:
         data[name] = pd.Series([], dtype=object)
