@@ -228,8 +228,11 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, o
     elif fmt == "json":
         from cgcnn_ase.models.cards import json_safe
 
+        from cgcnn_ase.inference.writers import column_units
+
         # Python floats keep every significant digit (pandas' to_json rounds to 15 decimal places: 1e-16 -> 0)
         records = [{k: None if v is pd.NA else v for k, v in row.items()} for row in df.to_dict(orient="records")]
+        meta = {**meta, "units": column_units(list(df.columns))}  # by column, as the Parquet metadata gives them
         text = json.dumps({**meta, "results": json_safe(records)}, indent=2) + "\n"
     else:
         text = df.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}") + "\n"
@@ -465,7 +468,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     defer = not per_atom and (len(predictors) == 1 or shares_graphs(predictors))
     items = list(iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors),
                              exclude=[output] if output else (), defer_files=defer))  # fmt: skip
-    meta = {"models": names, "units": {p.property_name: p.units for p in predictors}}
+    meta = {"models": names}
     if not per_atom:  # the streaming path's code, on one chunk holding everything
         from cgcnn_ase.inference.streaming import model_columns, predict_items
 
@@ -616,7 +619,7 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
                              coverage_of_std=std_coverage(predictors))  # fmt: skip
         Path(output).write_text(text) if output else click.echo(text, nl=False)
     else:
-        meta = {"models": list(GENERAL_MODELS), "units": frame.attrs["units"], "metal_threshold": metal_threshold}
+        meta = {"models": list(GENERAL_MODELS), "metal_threshold": metal_threshold}
         _write_table(frame.to_dict("records"), list(frame.columns), fmt, output, meta)
     if not len(frame):
         click.echo(NO_STRUCTURES, err=True)

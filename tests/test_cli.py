@@ -47,7 +47,8 @@ def test_predict_json_and_table_and_output_file(model_folder, files, tmp_path):
     result = _run("predict", *files, "--model", model_folder, "--format", "json", "-o", out)
     assert result.exit_code == 0 and result.stdout == ""
     data = json.loads(out.read_text())
-    assert data["units"] == {"formation_energy": "eV/atom"}
+    assert data["units"] == {"formation_energy (eV/atom)": "eV/atom", "n_sparse": "atoms", "bond_ratio": "dimensionless",
+                             "vacuum_gap": "Å"}  # by column, as in the Parquet metadata  # fmt: skip
     assert [r["id"] for r in data["results"]] == files
     table = _run("predict", *files, "--model", model_folder, "--format", "table")
     assert "formation_energy (eV/atom)" in table.stdout and files[0] in table.stdout
