@@ -132,9 +132,13 @@ def test_patterns_read_what_a_folder_reads_and_broken_links_get_their_row(tmp_pa
     assert "no file matches this pattern" in rows["error"][2]
     predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
     with pytest.warns(SkippedFilesWarning):
-        result = predictor.predict(["sl/*.cif", "runs/**/*", bulk("NaCl", "rocksalt", a=5.64)], errors="collect")
-    assert list(result.ids) == ["sl/a.cif", "sl/broken.cif", "runs/r1/a.cif", "input 2"]
-    assert result.values[0] == pytest.approx(result.values[2], abs=1e-6) and np.isnan(result.values[1])
+        alone = predictor.predict("runs/**/*")
+    assert list(alone.ids) == ["runs/r1/a.cif"]
+    # in a list a pattern or folder stays one item (the featurizer and others need one row per item): it says so
+    result = predictor.predict(["sl/*.cif", "runs", bulk("NaCl", "rocksalt", a=5.64)], errors="collect")
+    assert list(result.ids) == ["sl/*.cif", "runs", "input 2"] and np.isfinite(result.values[2])
+    assert "a glob pattern is expanded when it is the whole input" in result.errors[0]
+    assert "is a directory, not a structure file (a folder is read file by file when" in result.errors[1]
 
 
 def test_warned_geometry_is_flagged_in_every_output_table(tmp_path):
@@ -165,3 +169,10 @@ def test_warned_geometry_is_flagged_in_every_output_table(tmp_path):
         assert table.iloc[2][["n_sparse", "bond_ratio", "vacuum_gap"]].isna().all()  # the missing file's row
     assert table["vacuum_gap"][0] == pytest.approx(20.0) and table["vacuum_gap"][1] < 5
     pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def test_an_empty_folder_among_the_inputs_is_named(tmp_path):
+    """An input with no row must say why: an empty folder gave no row and no word."""
+    (tmp_path / "empty").mkdir()
+    run = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), str(tmp_path / "empty"), "-m", "formation_energy")
+    assert run.exit_code == 0 and f"{tmp_path / 'empty'}: an empty folder (no visible files)" in run.stderr

@@ -224,6 +224,9 @@ def _dir_files(folder: str, sort: bool, excluded: Callable[[str], bool] = lambda
         shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
         warnings.warn(f"{folder}: left out {len(skipped)} file(s) that are not structure files ({shown}); "
                       "name a file on its own to read it", SkippedFilesWarning, stacklevel=2)  # fmt: skip
+    if not (found or skipped or subfolders):
+        warnings.warn(f"{folder}: an empty folder (no visible files): nothing of it is predicted", SkippedFilesWarning,
+                      stacklevel=2)  # fmt: skip
     if subfolders and not found:
         shown = ", ".join(subfolders[:3]) + (f" and {len(subfolders) - 3} more" if len(subfolders) > 3 else "")
         pattern = os.path.join(folder, "**", "*")
@@ -261,9 +264,10 @@ def _pattern_files(pattern: str, sort: bool, excluded: Callable[[str], bool]) ->
 
 
 def expand_inputs(obj: Any) -> Any:
-    """:func:`~cgcnn_ase.io.reader.as_input_sequence` of ``obj``, except that a folder or glob pattern, given
-    alone or as an item of a list or tuple, becomes its structure files (:func:`iter_files`, sorted), as the
-    command line reads its arguments. Other iterables are left lazy.
+    """:func:`~cgcnn_ase.io.reader.as_input_sequence` of ``obj``, except that one folder or glob pattern given
+    alone becomes its structure files (:func:`iter_files`, sorted), as the command line reads it. Inside a list
+    a folder or pattern stays one input (an error row that says so): callers such as the featurizer rely on one
+    row per item.
 
     Raises:
         StructureReadError: a folder given alone that holds no structure files (nothing to predict).
@@ -276,16 +280,6 @@ def expand_inputs(obj: Any) -> Any:
             raise StructureReadError(f"{path}: is a directory holding no structure files (to read the files in its "
                                      f"subfolders, give the pattern {below!r})")  # fmt: skip
         return files
-    if isinstance(obj, (list, tuple)) and not is_labelled_pair(obj) and any(_names_files(item) for item in obj):
-        expanded: list[Any] = []
-        for index, item in enumerate(obj):
-            if _names_files(item):
-                expanded += iter_files(os.fspath(item))
-            elif is_labelled_pair(item) or input_kind(item) in ("path", "record"):
-                expanded.append(item)
-            else:  # still "input k" by its place in the caller's list, not in the expanded one
-                expanded.append((f"input {index}", item))
-        return expanded
     return as_input_sequence(obj)
 
 

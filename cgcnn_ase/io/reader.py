@@ -476,11 +476,16 @@ def _check_file(path: Path) -> None:
         if not path.exists():
             if path.is_symlink():
                 raise StructureReadError(f"{path}: a broken symbolic link (to {os.readlink(path)}, which does not exist)")
+            if glob.has_magic(str(path)) and glob.glob(str(path), recursive=True):
+                raise StructureReadError(f"{path}: a glob pattern is expanded when it is the whole input (predict('"
+                                         f"{path}')) or a command-line argument, not as an item of a list: expand it "
+                                         "there with glob.glob")  # fmt: skip
             if glob.has_magic(str(path)):
                 raise StructureReadError(f"{path}: no file matches this pattern (and no file has this name)")
             raise StructureReadError(f"{path}: no such file")
         if path.is_dir():
-            raise StructureReadError(f"{path}: is a directory, not a structure file")
+            raise StructureReadError(f"{path}: is a directory, not a structure file (a folder is read file by file when it "
+                                     "is the whole input or a command-line argument; in a list, give its files)")
         status = path.stat()
         if not stat.S_ISREG(status.st_mode):  # its size says nothing, and reading it twice fails
             raise StructureReadError(
