@@ -176,3 +176,12 @@ def test_an_empty_folder_among_the_inputs_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
     run = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), str(tmp_path / "empty"), "-m", "formation_energy")
     assert run.exit_code == 0 and f"{tmp_path / 'empty'}: an empty folder (no visible files)" in run.stderr
+
+
+def test_site_tables_name_their_units(tmp_path):
+    """16a: 'sites.csv and by_element.csv carry no units, unlike the headers from predict'."""
+    run = _cli("sites", str(REPO / "examples" / "SrTiO3.cif"), "--model", "perovskite_site_energy", "-o",
+               str(tmp_path / "report"))  # fmt: skip
+    assert run.exit_code == 0, run.output
+    for name in ("sites.csv", "by_element.csv"):
+        assert set(pd.read_csv(tmp_path / "report" / name)["units"]) == {"eV/atom"}

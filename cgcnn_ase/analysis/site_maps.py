@@ -250,8 +250,8 @@ def write_site_report(
     Writes ``sites.csv`` (:func:`site_contributions`), ``by_element.csv``
     (:func:`aggregate_by_element`) and ``{role}_sites.png`` / ``.svg`` for each of ``roles``
     (:func:`site_energy_maps`; a role with no sites, e.g. for non-perovskites, is skipped with a
-    warning). Contributions are in the model's units (``predictor.units``). Both tables have an
-    ``unseen`` column: the element never occurred in the model's training data.
+    warning). Contributions are in the model's units (``predictor.units``), named in each table's ``units``
+    column. Both tables have an ``unseen`` column: the element never occurred in the model's training data.
 
     For an ensemble, every member runs on its own (a network's split among sites depends on its
     seed): ``sites.csv`` holds the members' mean contribution and its standard deviation across
@@ -298,9 +298,9 @@ def write_site_report(
     unseen = set(df.loc[df["unseen"], "element"])
     table = table.assign(unseen=table["element"].isin(unseen))  # the element never occurred in training
     sites_csv = out_dir / "sites.csv"
-    df.to_csv(sites_csv, index=False)
+    df.assign(units=predictor.units).to_csv(sites_csv, index=False)  # the files carry their units, as predict's do
     by_element_csv = out_dir / "by_element.csv"
-    table.to_csv(by_element_csv, index=False)
+    table.assign(units=predictor.units).to_csv(by_element_csv, index=False)
     maps = site_energy_maps(table, out_dir, roles=roles, formats=formats, cmap=cmap)
     written = [sites_csv, by_element_csv, *maps]
     skipped_csv = out_dir / "skipped.csv"
