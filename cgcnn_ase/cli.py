@@ -226,9 +226,8 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, o
     if fmt == "csv":
         text = df.to_csv(index=False)  # full float precision
     elif fmt == "json":
-        from cgcnn_ase.models.cards import json_safe
-
         from cgcnn_ase.inference.writers import column_units
+        from cgcnn_ase.models.cards import json_safe
 
         # Python floats keep every significant digit (pandas' to_json rounds to 15 decimal places: 1e-16 -> 0)
         records = [{k: None if v is pd.NA else v for k, v in row.items()} for row in df.to_dict(orient="records")]

@@ -312,7 +312,9 @@ def test_member_all_runs_again_continues_and_shares_one_time_limit(dataset_csv, 
     config = ft_config(dataset_csv, tmp_path, base, finetune=FineTuneConfig(member="all"), seed=7)
     folder = train_from_config(config, progress=False)
     assert not [w for w in recwarn if "uncalibrated" in str(w.message)]
-    epochs = lambda: [m["epochs_run"] for m in read_model_json(folder)["ensemble"]["members"]]  # noqa: E731
+    def epochs() -> list[int]:
+        return [m["epochs_run"] for m in read_model_json(folder)["ensemble"]["members"]]
+
     assert epochs() == [1, 1]
     assert train_from_config(config, progress=False) == folder  # the same command again: rewritten, not refused
     config.epochs = 3

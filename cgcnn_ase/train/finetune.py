@@ -55,10 +55,10 @@ __all__ = [
     "HEAD_PREFIXES",
     "FineTuneBase",
     "FineTuneState",
+    "base_overlap",
     "finetune_all_members",
     "finetune_metadata",
     "initialise_from_base",
-    "base_overlap",
     "load_base",
     "overlap_warning",
     "parameter_groups",
@@ -399,8 +399,8 @@ def base_overlap(base: FineTuneBase, table: Any, split: Any) -> dict[str, Any]:
                 for part in ("train", "val"):
                     if row_id in base_ids[part]:
                         base_digests[part].add(content_digest(source))
-            for part in base_digests:
-                base_digests[part].discard(None)
+            for digests in base_digests.values():
+                digests.discard(None)
     position = {row_id: k for k, row_id in enumerate(table.ids)}
     result: dict[str, Any] = {"checked": "ids and structures" if spec is not None else "ids",
                               "base_data": spec.path if spec is not None else None}  # fmt: skip
