@@ -185,3 +185,15 @@ def test_site_tables_name_their_units(tmp_path):
     assert run.exit_code == 0, run.output
     for name in ("sites.csv", "by_element.csv"):
         assert set(pd.read_csv(tmp_path / "report" / name)["units"]) == {"eV/atom"}
+
+
+def test_an_output_of_the_version_before_the_geometry_columns_says_so_on_resume(tmp_path):
+    """Resuming a CSV written before n_sparse, bond_ratio and vacuum_gap were added is refused with that reason,
+    not with two column lists to compare by eye."""
+    out = tmp_path / "old.csv"
+    run = _cli("predict", str(REPO / "examples" / "NaCl.POSCAR"), "-m", "formation_energy", "-o", str(out))
+    assert run.exit_code == 0, run.output
+    old = pd.read_csv(out).drop(columns=["n_sparse", "bond_ratio", "vacuum_gap"])
+    old.to_csv(out, index=False)
+    resumed = _cli("predict", str(REPO / "examples"), "-m", "formation_energy", "-o", str(out), "--resume")
+    assert resumed.exit_code == 2 and "written by an earlier version of cgcnn-ase, without the columns" in resumed.stderr

@@ -174,11 +174,7 @@ class CSVChunkWriter:
             _cut_partial_line(path)
             header = _csv_header(path)
             if header and header != self.columns:
-                raise StreamError(
-                    f"{path}: its columns {header} differ from this run's {self.columns}; "
-                    "resume with the same models and column options (coverage; log10 and domain for the "
-                    "default properties), or write to a new file"
-                )
+                raise StreamError(_columns_differ(path, header, self.columns, "file"))
             existing = bool(header)
         self._stream = open(path, "a" if existing else "w", newline="")  # noqa: SIM115 - closed in close()
         self._header = not existing
@@ -203,6 +199,17 @@ class CSVChunkWriter:
             self._header = False
         if self._own:
             self._stream.close()
+
+
+def _columns_differ(where: Path, theirs: Sequence[str], ours: Sequence[str], kind: str) -> str:
+    """Why an output cannot be resumed: another run's columns (or an earlier version's, without the geometry
+    columns :data:`~cgcnn_ase.inference.results.FLAG_COLUMNS`)."""
+    if list(theirs) == [c for c in ours if c not in FLAG_UNITS]:
+        return (f"{where}: written by an earlier version of cgcnn-ase, without the columns n_sparse, bond_ratio and "
+                f"vacuum_gap that rows now carry; finish it with that version, or write the rest to a new {kind} "
+                "(the ids already predicted can be left out of its inputs)")
+    return (f"{where}: its columns {list(theirs)} differ from this run's {list(ours)}; resume with the same models "
+            f"and column options (coverage; log10 and domain for the default properties), or write to a new {kind}")
 
 
 def _one_line_errors(frame: pd.DataFrame) -> pd.DataFrame:
@@ -291,11 +298,7 @@ class ParquetChunkWriter:
 
             names = pq.read_schema(parts[0]).names
             if names != self.columns:
-                raise StreamError(
-                    f"{self.folder}: its columns {names} differ from this run's {self.columns}; "
-                    "resume with the same models and column options (coverage; log10 and domain for the "
-                    "default properties), or write to a new folder"
-                )
+                raise StreamError(_columns_differ(self.folder, names, self.columns, "folder"))
         self._next = max((int(p.stem.split("-")[1]) for p in parts), default=-1) + 1
 
     def write(self, frame: pd.DataFrame) -> None:
