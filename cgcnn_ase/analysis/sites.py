@@ -64,7 +64,10 @@ def wyckoff_labels(record: StructureRecord, *, symprec: float = 0.01) -> list[st
     Uses spglib's symmetry dataset (the same one pymatgen's ``SpacegroupAnalyzer`` wraps). Letters
     refer to spglib's standardised setting of the space group; the multiplicity is that of the
     Wyckoff position in the conventional cell of the International Tables, whatever the input cell
-    (a 2x2x2 supercell of cubic SrTiO3 still gives ``1a``/``1b``/``3c``, not ``8a``).
+    (a 2x2x2 supercell of cubic SrTiO3 still gives ``1a``/``1b``/``3c``, not ``8a``). Where the space group
+    has equivalent origins, the letters follow the one spglib picks for the input: rocksalt NaCl shifted by
+    half a cell puts Na on ``4b`` and Cl on ``4a`` instead of the reverse, so compare Wyckoff labels within a
+    structure, or group by element (perovskite roles do not depend on the origin).
 
     Args:
         record: the crystal.
