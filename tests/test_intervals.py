@@ -73,6 +73,20 @@ def calibrated(ensemble, data, tmp_path_factory):  # noqa: F811
     return folder, conformal
 
 
+def test_calibration_on_edited_labels_warns(ensemble, data, tmp_path):  # noqa: F811
+    """Calibrate fitted intervals to a dataset whose labels had changed since training, without a word
+    (evaluate already said so)."""
+    import pandas as pd
+
+    folder = tmp_path / "copy"
+    shutil.copytree(ensemble, folder)
+    edited = pd.read_csv(data)
+    edited["vpa"] = edited["vpa"] * 1.1
+    edited.to_csv(tmp_path / "edited.csv", index=False)
+    with pytest.warns(UserWarning, match="labels of the val split differ .*; the intervals are fitted to them"):
+        calibrate_intervals(folder, str(tmp_path / "edited.csv"), write=False, workers=1, confidence=None)
+
+
 def test_too_few_validation_crystals_for_the_confidence_are_refused(calibrated):
     from cgcnn_ase.errors import DatasetError
 

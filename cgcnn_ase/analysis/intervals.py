@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cgcnn_ase.analysis.evaluation import _model_folder, _predict_quietly, load_split_records
+from cgcnn_ase.analysis.evaluation import _labels_changed, _model_folder, _predict_quietly, load_split_records
 from cgcnn_ase.analysis.metrics import (
     CONFIDENCE,
     INTERVAL_LEVELS,
@@ -108,6 +108,11 @@ def calibrate_intervals(
     predictor = CGCNNPredictor.load(folder, device=device)
     if not predictor.is_ensemble or predictor.model.spec.task != "regression":
         raise ValueError(f"{folder}: intervals need a regression ensemble")
+    for name in dict.fromkeys((split, report_split)):  # edited labels would fit the intervals to other data
+        changed = _labels_changed(predictor.model.spec.metadata, folder, name, parts[name].ids, parts[name].targets,
+                                  None)  # fmt: skip
+        if changed:
+            warnings.warn(f"{folder}: {changed}; the intervals are fitted to them", UserWarning, stacklevel=2)
     fit, test = (_Arrays.of(predictor, parts[name], batch_size, progress) for name in (split, report_split))
     summary = predictor.model.domain
     error = None
