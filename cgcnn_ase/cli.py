@@ -218,8 +218,9 @@ def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, o
     from cgcnn_ase.inference.results import TEXT_COLUMNS
 
     df = pd.DataFrame(rows, columns=list(columns))
-    if "atom" in df.columns:  # --per-atom: atom indices stay integers beside the rows of failed structures
-        df["atom"] = df["atom"].astype("Int64")
+    for name in ("atom", "n_sparse"):  # counts stay integers beside the empty cells of failed structures
+        if name in df.columns:
+            df[name] = df[name].astype("Int64")
     for name in TEXT_COLUMNS if fmt == "table" else ():
         if name in df.columns:
             df = df.drop(columns=name) if df[name].isna().all() else df.fillna({name: ""})
@@ -382,7 +383,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
             threads: int, workers: str, compile_: bool) -> None:  # fmt: skip
     """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ASE .db, ...),
     directories of them (documents, images and the original CGCNN layout's id_prop.csv and
-    atom_init.json are left out, as from a pattern ending in '*'), glob patterns, or tables (.csv,
+    atom_init.json are left out, as from a pattern whose last part is '*'), glob patterns, or tables (.csv,
     .tsv, .parquet) with a --column of structures; '-' reads the text piped to stdin (CIF, POSCAR,
     extxyz or pymatgen JSON; id 'stdin', or 'stdin@0', 'stdin@1', ... for several structures).
     -o must not name an input.
@@ -773,7 +774,8 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
     for name in (column, id_column):
         if name is not None and name not in df.columns:
             raise click.UsageError(f"{table} has no column {name!r}; columns: {', '.join(map(str, df.columns))}")
-    names = [f"{table}@{k}" for k in range(len(df))] if id_column is None else [str(v) for v in df[id_column]]
+    names = [f"{table}@{k}" if id_column is None or not str(v).strip() else str(v)
+             for k, v in enumerate(df[id_column] if id_column is not None else range(len(df)))]  # an empty id: the row
     featurizer = CGCNNFeaturizer(_model_names(models, use_all) or list(GENERAL_MODELS), embeddings=embeddings,
                                  batch_size=batch_size, unseen_elements=True)  # fmt: skip
     labels = featurizer.feature_labels()[:-1]  # loads the models: model errors exit with code 3 before any work

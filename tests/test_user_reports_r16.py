@@ -3,6 +3,7 @@ energies (16a). Each test quotes or paraphrases what was reported and asserts th
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -121,12 +122,12 @@ def test_patterns_read_what_a_folder_reads_and_broken_links_get_their_row(tmp_pa
     run = _cli("predict", "runs/**/*", "-m", "formation_energy")
     assert run.exit_code == 0, run.output
     assert "left out 3 matched file(s) that are not structure files" in run.stderr
-    assert pd.read_csv(__import__("io").StringIO(run.stdout))["id"].tolist() == ["runs/r1/a.cif"]
+    assert pd.read_csv(io.StringIO(run.stdout))["id"].tolist() == ["runs/r1/a.cif"]
     tables = _cli("predict", "runs/**/*.csv", "-m", "formation_energy")  # a pattern naming tables reads tables
     assert tables.exit_code == 2 and "no structure column" in tables.stderr
     linked = _cli("predict", "sl", "nomatch/*.cif", "-m", "formation_energy")
     assert linked.exit_code == 1
-    rows = pd.read_csv(__import__("io").StringIO(linked.stdout), keep_default_na=False)
+    rows = pd.read_csv(io.StringIO(linked.stdout), keep_default_na=False)
     assert rows["id"].tolist() == ["sl/a.cif", "sl/broken.cif", "nomatch/*.cif"]
     assert "a broken symbolic link (to /nonexistent/x.cif" in rows["error"][1]
     assert "no file matches this pattern" in rows["error"][2]
@@ -197,3 +198,82 @@ def test_an_output_of_the_version_before_the_geometry_columns_says_so_on_resume(
     old.to_csv(out, index=False)
     resumed = _cli("predict", str(REPO / "examples"), "-m", "formation_energy", "-o", str(out), "--resume")
     assert resumed.exit_code == 2 and "written by an earlier version of cgcnn-ase, without the columns" in resumed.stderr
+
+
+def test_the_ensemble_card_of_a_finetune_names_test_crystals_the_base_saw():
+    """Round 17: 'ft/ens/model.json has base_overlap (29 of 30 test crystals) but ft/ens/README.md has no line and
+    shows its test metrics without the caveat' (each member's card had it)."""
+    import copy
+
+    from cgcnn_ase.models.cards import ensemble_card
+    from cgcnn_ase.models.folder import read_model_json
+    from cgcnn_ase.models.registry import resolve_model
+
+    document = copy.deepcopy(read_model_json(resolve_model("perovskite_site_energy").path))
+    base = {"name": "b", "kind": "shipped model", "init_from": "b", "property": "e"}
+    overlap = {"checked": "ids and structures", "test": {"n": 30, "base_train": 22, "base_val": 7}}
+    document["metadata"]["finetune"] = {"base": base, "base_overlap": overlap}
+    card = ensemble_card(document)
+    assert ("**29 of the 30 test crystals are crystals the base model was trained on (22) or selected with (7)**, "
+            "found by id and by identical structure") in card
+    overlap["test"].update(base_train=0, base_val=0)
+    assert "test crystals are crystals the base model" not in ensemble_card(document)
+
+
+def test_round_17_check_of_the_round_16_fixes(tmp_path, monkeypatch):
+    """Round 17 (a helper trying to break the round-16 fixes): a pair of two files in predict_stream gave the first
+    file's id the second file's value; units holding ' (' were cut ('RPBE)'); a symbolic link loop in a folder
+    aborted the run; a pattern given alone that matched only non-structure files was called a directory;
+    n_sparse was a float in json; an empty id cell in featurize named no row."""
+    import os
+    from pathlib import Path
+
+    from cgcnn_ase.inference.streaming import predict_stream
+    from cgcnn_ase.inference.writers import column_units
+
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("g")
+    (tmp_path / "g" / "nacl.cif").write_text((REPO / "examples" / "SrTiO3.cif").read_text())
+    sto = str(REPO / "examples" / "SrTiO3.cif")
+    predict_stream([(Path("g/nacl.cif"), Path(sto)), ("x", "g/nacl.cif")], ["formation_energy"], "ps.csv", workers=1)
+    rows = pd.read_csv("ps.csv")
+    assert np.isnan(rows.iloc[0, 1]) and "an (id, structure) pair whose id is a structure file too" in rows["error"][0]
+    assert rows["id"][1] == "x" and np.isfinite(rows.iloc[1, 1])
+    assert column_units(["e (eV/atom (RPBE))", "k (log10(GPa))", "a(b)"]) == {"e (eV/atom (RPBE))": "eV/atom (RPBE)",
+                                                                             "k (log10(GPa))": "log10(GPa)"}  # fmt: skip
+    os.symlink("self.cif", "g/self.cif")
+    run = _cli("predict", "g", "-m", "formation_energy", "--format", "json")
+    assert run.exit_code == 1, run.output
+    results = json.loads(run.stdout)["results"]
+    assert [r["id"] for r in results] == ["g/nacl.cif", "g/self.cif"] and results[0]["n_sparse"] == 0
+    assert "a symbolic link loop (to self.cif" in results[1]["error"]
+    os.makedirs("docs_only")
+    (tmp_path / "docs_only" / "README.md").write_text("x\n")
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1, device="cpu")
+    with pytest.warns(UserWarning), pytest.raises(Exception, match="none of the files this pattern matches"):
+        predictor.predict("docs_only/*")
+    with pytest.warns(UserWarning), pytest.raises(Exception, match=r"holding no structure files$"):
+        predictor.predict("docs_only")
+    pd.DataFrame({"sid": ["a", ""], "cif": ["", ""]}).to_csv("t.csv", index=False)
+    featurized = _cli("featurize", "t.csv", "-o", "o.csv", "-m", "formation_energy", "--id-column", "sid")
+    assert "error: a: no structure" in featurized.stderr and "error: t.csv@1: no structure" in featurized.stderr
+
+
+def test_site_members_may_differ_in_dropout_only():
+    """Round 17: members that differ only in dropout (no effect at inference; `cgcnn-ase ensemble` accepts them)
+    were refused as 'differs in its architecture'."""
+    import dataclasses
+
+    from cgcnn_ase.analysis.site_members import _check_alike
+    from cgcnn_ase.errors import SiteAnalysisError
+
+    first = CGCNNPredictor.from_pretrained("perovskite_site_energy", members=1, device="cpu")
+    second = CGCNNPredictor.from_pretrained("perovskite_site_energy", members=1, device="cpu")
+    spec = second.model.spec
+    second.model = dataclasses.replace(second.model, spec=dataclasses.replace(
+        spec, architecture={**spec.architecture, "dropout": 0.5}))  # fmt: skip
+    _check_alike([first, second])
+    second.model = dataclasses.replace(second.model, spec=dataclasses.replace(
+        spec, architecture={**spec.architecture, "n_conv": spec.architecture["n_conv"] + 1}))  # fmt: skip
+    with pytest.raises(SiteAnalysisError, match="in its architecture"):
+        _check_alike([first, second])

@@ -77,7 +77,8 @@ def _check_alike(predictors: list[CGCNNPredictor]) -> None:
     def traits(p: CGCNNPredictor) -> dict[str, Any]:
         spec = p.model.spec
         return {"property": spec.property, "units": spec.units, "task": spec.task, "readout": spec.readout,
-                "convolution": spec.architecture.get("conv", "gated"), "architecture": dict(spec.architecture),
+                "convolution": spec.architecture.get("conv", "gated"),
+                "architecture": {k: v for k, v in spec.architecture.items() if k != "dropout"},  # no effect here
                 "graph settings": spec.graph}  # fmt: skip
 
     first = traits(predictors[0])

@@ -192,6 +192,8 @@ class DatasetTable:
         n_rows: rows in the file before any selection.
         dropped: rows left out, by reason (``drop_ids``, ``filter``, ``missing_target``, ``limit``).
         missing_targets: the ids of the ``missing_target`` rows (no finite numeric target).
+        ids_are_rows: the ids are row numbers (no id column was found), which name no crystal outside
+            this file.
     """
 
     spec: DatasetSpec
@@ -203,6 +205,7 @@ class DatasetTable:
     n_rows: int
     dropped: dict[str, int]
     missing_targets: list[str] = field(default_factory=list)
+    ids_are_rows: bool = False
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -220,6 +223,7 @@ class DatasetTable:
             n_rows=self.n_rows,
             dropped=dict(self.dropped),
             missing_targets=list(self.missing_targets),
+            ids_are_rows=self.ids_are_rows,
         )
 
 
@@ -317,6 +321,7 @@ def load_table(spec: DatasetSpec) -> DatasetTable:
         n_rows=n_rows,
         dropped=dropped,
         missing_targets=[ids[i] for i in missing],
+        ids_are_rows=id_col is None,
     )
 
 

@@ -256,7 +256,7 @@ def predict_items(
     for j, name in enumerate(columns):
         data[name] = table[:, j]
     data[UNSEEN] = unseen
-    data["error"] = ["; ".join(m) if m else None for m in messages]
+    data["error"] = [" ".join("; ".join(m).split()) if m else None for m in messages]  # one line, in every output
     frame = pd.DataFrame(data)
     for name in TEXT_COLUMNS:
         frame[name] = frame[name].astype(object)

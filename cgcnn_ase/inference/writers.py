@@ -129,10 +129,23 @@ def column_units(columns: Sequence[str]) -> dict[str, str]:
     ``error``) are left out."""
     units = {c: FLAG_UNITS[c] for c in columns if c in FLAG_UNITS}
     for column in columns:
-        name, sep, rest = column.rpartition(" (")
-        if sep and name and rest.endswith(")") and rest[:-1]:
-            units[column] = rest[:-1]
+        found = _trailing_parenthesis(column)
+        if found:
+            units[column] = found
     return units
+
+
+def _trailing_parenthesis(column: str) -> str | None:
+    """The text of the balanced parenthesis that ends ``column`` after a space (units that hold parentheses
+    themselves, ``log10(GPa)`` or ``eV/atom (RPBE)``, stay whole), or ``None``."""
+    if not column.endswith(")"):
+        return None
+    depth = 0
+    for k in range(len(column) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(column[k], 0)
+        if depth == 0:
+            return column[k + 1 : -1] or None if k > 1 and column[k - 1] == " " else None
+    return None
 
 
 def arrow_schema(columns: Sequence[str], units: Mapping[str, str] | None = None) -> Any:
@@ -397,9 +410,9 @@ def read_finished_ids(
             finished = FinishedIds.from_ids(csv_batches())
         except (pd.errors.ParserError, ValueError) as exc:  # a text field cut inside a quoted line break
             raise StreamError(
-                f"{path}: cannot be resumed: it is not valid CSV ({' '.join(str(exc).split())}); an output "
-                "written by a version that kept line breaks in error messages and was cut inside one. Remove its "
-                "last, incomplete row with an editor, or write to a new output"
+                f"{path}: cannot be resumed: it is not valid CSV ({' '.join(str(exc).split())}): a run was cut "
+                "inside a quoted line break (of an id, or of an error message written by an earlier version). Remove "
+                "its last, incomplete row with an editor, or write to a new output"
             ) from exc
     finished.n_errors = errors
     return finished

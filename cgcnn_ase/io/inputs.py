@@ -55,6 +55,7 @@ from cgcnn_ase.io.reader import (
     input_kind,
     is_labelled_pair,
     labelled_pair,
+    pair_of_two_files,
     read_items,
     read_record,
     read_records,
@@ -215,11 +216,11 @@ def _dir_files(folder: str, sort: bool, excluded: Callable[[str], bool] = lambda
         for entry in sorted(scan, key=lambda e: e.name) if sort else scan:
             if excluded(entry.path):
                 continue
-            if (entry.is_file() or _broken_link(entry)) and is_structure_name(entry.name):  # a broken link's row says so
+            if (_is_file(entry) or _broken_link(entry)) and is_structure_name(entry.name):  # a broken link's row says so
                 found += 1
                 yield os.path.normpath(entry.path)  # "./x.cif" -> "x.cif", as ids everywhere
             elif not entry.name.startswith("."):
-                (skipped if entry.is_file() else subfolders if entry.is_dir() else []).append(entry.name)
+                (skipped if _is_file(entry) else subfolders if _is_dir(entry) else []).append(entry.name)
     if skipped:
         shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
         warnings.warn(f"{folder}: left out {len(skipped)} file(s) that are not structure files ({shown}); "
@@ -236,8 +237,24 @@ def _dir_files(folder: str, sort: bool, excluded: Callable[[str], bool] = lambda
 
 
 def _broken_link(entry: os.DirEntry) -> bool:
-    """A symbolic link whose target does not exist (``is_file`` and ``is_dir`` are both false for it)."""
+    """A symbolic link whose target does not exist or that loops (``is_file`` and ``is_dir`` are both false
+    for it, or raise)."""
     return entry.is_symlink() and not os.path.exists(entry.path)
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """``entry.is_file()``, false where it cannot be told (a symbolic link loop raises ``OSError``)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _pattern_files(pattern: str, sort: bool, excluded: Callable[[str], bool]) -> list[str]:
@@ -276,11 +293,24 @@ def expand_inputs(obj: Any) -> Any:
         path = os.fspath(obj)
         files = list(iter_files(path))
         if not files:  # a pattern matching nothing stays itself (then "no file matches this pattern")
-            below = os.path.join(path, "**", "*")
-            raise StructureReadError(f"{path}: is a directory holding no structure files (to read the files in its "
-                                     f"subfolders, give the pattern {below!r})")  # fmt: skip
+            raise StructureReadError(_nothing_to_read(path))
         return files
     return as_input_sequence(obj)
+
+
+def _nothing_to_read(path: str) -> str:
+    """Why a folder or pattern given alone yields no structure file."""
+    if not os.path.isdir(path):
+        return f"{path}: none of the files this pattern matches is a structure file (the warning names them)"
+    try:
+        subfolders = any(_is_dir(entry) for entry in os.scandir(path))
+    except OSError:
+        subfolders = False
+    if subfolders:
+        below = os.path.join(path, "**", "*")
+        return (f"{path}: is a directory holding no structure files itself (to read the files in its subfolders, "
+                f"give the pattern {below!r})")
+    return f"{path}: is a directory holding no structure files"
 
 
 def _names_files(obj: Any) -> bool:
@@ -397,6 +427,10 @@ def _iter_object(item_id: str, obj: Any, cif_reader: CifReader, finished: Finish
     (frames, CIF data blocks) get ids ``item_id@k``."""
     if input_kind(obj) == "path":
         if _skip(finished, item_id):  # finished as a one-structure file
+            return
+        refused = pair_of_two_files(item_id, obj)
+        if refused is not None:
+            yield item_id, refused
             return
         frames = iter_file(os.fspath(obj), cif_reader=cif_reader)  # yields at least one item
         first, second = next(frames), next(frames, None)

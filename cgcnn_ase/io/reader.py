@@ -46,6 +46,7 @@ Every problem that makes an input unusable raises
 
 from __future__ import annotations
 
+import errno
 import glob
 import io
 import json
@@ -76,6 +77,7 @@ __all__ = [
     "is_single_input",
     "iter_records",
     "labelled_pair",
+    "pair_of_two_files",
     "read_frames",
     "read_items",
     "read_record",
@@ -292,11 +294,9 @@ def read_input(
         except StructureReadError as exc:
             return [(label or f"input {index}", exc)]
     kind = input_kind(obj)
-    if label is not None and kind == "path" and _two_files(label, obj):
-        return [(label, InvalidStructureError(
-            f"({label!r}, {str(obj)!r}): an (id, structure) pair whose id is a structure file too. Both are predicted "
-            "only as separate inputs (e.g. predict([*initial, *relaxed]), not zip(initial, relaxed)); an id that is "
-            "a file name must not name an existing file other than its structure"))]  # fmt: skip
+    refused = pair_of_two_files(label, obj) if label is not None and kind == "path" else None
+    if refused is not None:
+        return [(label, refused)]
     if label is None:
         label = None if kind in ("path", "record") else f"input {index}"
     try:
@@ -319,6 +319,18 @@ def beside_table(value: Any, table: str | os.PathLike) -> Any:
         return str(candidate) if candidate.is_file() and not Path(name).is_file() else value
     except (OSError, ValueError):  # a name too long for the OS: the reader says so
         return value
+
+
+def pair_of_two_files(label: str, source: Any) -> InvalidStructureError | None:
+    """The error of an ``(id, path)`` pair whose id names another existing structure file (:func:`_two_files`:
+    ``zip(initial, relaxed)``), else ``None``."""
+    if not _two_files(label, source):
+        return None
+    return InvalidStructureError(
+        f"({label!r}, {str(source)!r}): an (id, structure) pair whose id is a structure file too. Both are predicted "
+        "only as separate inputs (e.g. predict([*initial, *relaxed]), not zip(initial, relaxed)); an id that is "
+        "a file name must not name an existing file other than its structure"
+    )
 
 
 def _two_files(label: str, source: Any) -> bool:
@@ -471,11 +483,21 @@ def is_single_input(obj: Any) -> bool:
 # =============================================================================================
 
 
+def _link_problem(path: Path) -> str:
+    """What is wrong with a symbolic link that leads to no file: a loop, or a missing target."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"a symbolic link loop (to {os.readlink(path)}, which leads back to itself)"
+    return f"a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+
+
 def _check_file(path: Path) -> None:
     try:
         if not path.exists():
             if path.is_symlink():
-                raise StructureReadError(f"{path}: a broken symbolic link (to {os.readlink(path)}, which does not exist)")
+                raise StructureReadError(f"{path}: {_link_problem(path)}")
             if glob.has_magic(str(path)) and glob.glob(str(path), recursive=True):
                 raise StructureReadError(f"{path}: a glob pattern is expanded when it is the whole input (predict('"
                                          f"{path}')) or a command-line argument, not as an item of a list: expand it "

@@ -367,26 +367,26 @@ def _base_dataset(base: FineTuneBase) -> Any:
 
 def base_overlap(base: FineTuneBase, table: Any, split: Any) -> dict[str, Any]:
     """Which of this run's validation and test crystals the base model trained on (its ``train`` split) or
-    selected its epoch with (``val``): the same id, or the same structure (:func:`content_digest` of the text
-    or file; only when the base model's dataset is found here). A test crystal the base model trained on makes
-    the fine-tuned model's test error optimistic.
+    selected its epoch with (``val``): the same structure (:func:`content_digest` of the text or file; when the
+    base model's dataset is found here), or the same id where both datasets have ids of their own (not row
+    numbers, which name nothing outside their file). A test crystal the base model trained on makes the
+    fine-tuned model's test error optimistic.
 
     Returns:
-        ``{"checked": "ids and structures" | "ids" | "nothing", "base_data": path or None, "val": {...},
-        "test": {...}}``, each part ``{"n", "base_train", "base_val"}`` (crystals; each counted once).
+        ``{"checked": "ids and structures" | "structures" | "ids" | "nothing", "base_data": path or None,
+        "val": {...}, "test": {...}}``, each part ``{"n", "base_train", "base_val"}`` (crystals; each counted once).
     """
     import warnings
 
     from cgcnn_ase.data.datasets import content_digest, load_table
     from cgcnn_ase.data.splits import Split
 
-    empty = {"checked": "nothing", "base_data": None}
     if base.kind == CHECKPOINT or not (base.path / "split.json").is_file():
-        return empty  # the authors' checkpoints record no split
+        return {"checked": "nothing", "base_data": None}  # the authors' checkpoints record no split
     saved = Split.load(base.path / "split.json")
     base_ids = {part: set(saved.ids(part)) for part in ("train", "val")}
     base_digests: dict[str, set[str]] = {"train": set(), "val": set()}
-    spec = _base_dataset(base)
+    spec, base_rows = _base_dataset(base), None
     if spec is not None:
         try:
             with warnings.catch_warnings():
@@ -395,22 +395,27 @@ def base_overlap(base: FineTuneBase, table: Any, split: Any) -> dict[str, Any]:
         except (CGCNNError, OSError, ValueError):
             spec = None
         else:
+            base_rows = base_table.ids_are_rows
             for row_id, source in zip(base_table.ids, base_table.sources):
                 for part in ("train", "val"):
                     if row_id in base_ids[part]:
                         base_digests[part].add(content_digest(source))
             for digests in base_digests.values():
                 digests.discard(None)
+    by_id = not table.ids_are_rows and base_rows is False  # unknown (data not found): ids checked if not digits
+    if base_rows is None and not table.ids_are_rows:
+        by_id = not all(i.isdigit() for part in base_ids.values() for i in part)
+    by_structure = spec is not None
+    checked = " and ".join(w for w, on in (("ids", by_id), ("structures", by_structure)) if on) or "nothing"
     position = {row_id: k for k, row_id in enumerate(table.ids)}
-    result: dict[str, Any] = {"checked": "ids and structures" if spec is not None else "ids",
-                              "base_data": spec.path if spec is not None else None}  # fmt: skip
+    result: dict[str, Any] = {"checked": checked, "base_data": spec.path if spec is not None else None}
     for part in ("val", "test"):
         counts = {"n": 0, "base_train": 0, "base_val": 0}
         for row_id in split.ids(part):
             counts["n"] += 1
-            digest = content_digest(table.sources[position[row_id]]) if spec is not None and row_id in position else None
+            digest = content_digest(table.sources[position[row_id]]) if by_structure and row_id in position else None
             for seen in ("train", "val"):
-                if row_id in base_ids[seen] or (digest is not None and digest in base_digests[seen]):
+                if (by_id and row_id in base_ids[seen]) or (digest is not None and digest in base_digests[seen]):
                     counts[f"base_{seen}"] += 1
                     break
         result[part] = counts
@@ -423,7 +428,8 @@ def overlap_warning(base: FineTuneBase, overlap: dict[str, Any]) -> str | None:
     seen = test.get("base_train", 0) + test.get("base_val", 0)
     if not seen:
         return None
-    how = "by id or identical structure" if overlap.get("checked") == "ids and structures" else "by id"
+    how = {"ids and structures": "by id or identical structure", "structures": "by identical structure"}.get(
+        overlap.get("checked"), "by id")
     return (f"{seen} of the {test['n']} test crystals of this run are crystals the base model {base.name} was trained "
             f"on ({test['base_train']}) or selected with ({test['base_val']}), {how}: this model's test error "
             "understates its error on new crystals. Leave them out of this run (data.drop_ids) or give a split "
