@@ -148,6 +148,12 @@ class Trainer:
         self.is_main = ddp is None or ddp.is_main  # the process that writes files
         self.progress = progress and self.is_main
         self.device = ddp.device if ddp is not None else resolve_device(config.device)
+        if config.precision == "bf16" and self.device.type == "cpu" and not _cpu_has_bf16() and self.is_main:
+            warnings.warn(
+                "precision bf16 on a CPU without native bfloat16 (AVX512-BF16 or AMX): its arithmetic is emulated, "
+                "and epochs were 3.8x slower than fp32 on such a CPU (docs/performance.md, section 4); fp32 is "
+                "faster here", UserWarning, stacklevel=3,
+            )  # fmt: skip
         self.min_last = 2 * ddp.world_size if ddp is not None else 2  # every process gets >= 2 crystals a batch
         self.work = config.work_path
         self.checkpoint_path = self.work / CHECKPOINT_LAST
@@ -541,6 +547,15 @@ class Trainer:
             scheduler.step(value if math.isfinite(value) else train_loss)
         elif scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
             scheduler.step()
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX); ``True`` when torch
+    cannot tell."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
 
 
 def train_from_config(
