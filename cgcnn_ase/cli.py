@@ -1035,10 +1035,15 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
 
     from cgcnn_ase.analysis.site_maps import write_site_report
     from cgcnn_ase.analysis.sites import labelled_error
-    from cgcnn_ase.io.inputs import iter_files
+    from cgcnn_ase.io.inputs import TABLE_SUFFIXES, iter_files
 
     predictor = load_predictor(model)
     files = list(iter_files(inputs))
+    tables = [f for f in files if f.lower().endswith(TABLE_SUFFIXES)]
+    if tables:
+        raise click.UsageError(f"{tables[0]}: a table; sites reads structure files (CIF, POSCAR, extxyz, ...). For the "
+                               "structures of a table use the Python API (site_contributions or write_site_report on "
+                               "its column of structures; docs/site_energies.md)")  # fmt: skip
     with warnings.catch_warnings():  # each failure gets its own error line below
         warnings.filterwarnings("ignore", message=r"\d+ structure\(s\) skipped")
         paths = write_site_report(predictor, files, out_dir, batch_size=batch_size,

@@ -277,3 +277,11 @@ def test_site_members_may_differ_in_dropout_only():
         spec, architecture={**spec.architecture, "n_conv": spec.architecture["n_conv"] + 1}))  # fmt: skip
     with pytest.raises(SiteAnalysisError, match="in its architecture"):
         _check_alike([first, second])
+
+
+def test_sites_given_a_table_says_so(tmp_path):
+    """Round 17: 'cgcnn-ase sites on a .csv reports "not readable CIF text (ValueError: ...)" rather than saying
+    tables are not read there'."""
+    pd.DataFrame({"id": ["a"], "cif": [(REPO / "examples" / "SrTiO3.cif").read_text()]}).to_csv(tmp_path / "t.csv")
+    run = _cli("sites", str(tmp_path / "t.csv"), "--model", "perovskite_site_energy", "-o", str(tmp_path / "r"))
+    assert run.exit_code == 2 and "a table; sites reads structure files" in run.stderr
