@@ -285,3 +285,20 @@ def test_sites_given_a_table_says_so(tmp_path):
     pd.DataFrame({"id": ["a"], "cif": [(REPO / "examples" / "SrTiO3.cif").read_text()]}).to_csv(tmp_path / "t.csv")
     run = _cli("sites", str(tmp_path / "t.csv"), "--model", "perovskite_site_energy", "-o", str(tmp_path / "r"))
     assert run.exit_code == 2 and "a table; sites reads structure files" in run.stderr
+
+
+def test_evaluating_on_another_file_does_not_apply_the_training_files_drop_ids(tmp_path):
+    """'evaluate NAME own.csv keeps the training config's drop_ids, which prints a spurious "drop_ids not found"
+    warning' (band_gap's config drops four outliers of its own file)."""
+    import warnings
+
+    from cgcnn_ase.analysis.evaluation import evaluate_model
+
+    cif = (REPO / "examples" / "SrTiO3.cif").read_text()
+    pd.DataFrame({"material_id": ["a", "b"], "band_gap": [1.8, 1.9], "cif": [cif, cif]}).to_csv(tmp_path / "own.csv",
+                                                                                               index=False)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = evaluate_model("band_gap", tmp_path / "own.csv", split="all", workers=1)
+    assert report["n"] == 2 and not report["dataset"].get("drop_ids")
+    assert not [w for w in caught if "drop_ids" in str(w.message)]

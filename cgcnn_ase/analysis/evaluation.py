@@ -76,7 +76,8 @@ def _dataset_spec(folder: Path, dataset: Any, layout: Mapping[str, Any] | None =
             )
         return spec
     if trained is not None:  # same targets / filters / transform, another location (and perhaps layout)
-        if layout:  # another file: the training file's outlier ids and its name do not describe it
+        moved_copy = Path(str(trained.get("path", ""))).name == Path(str(dataset)).name  # names compared, as training does
+        if layout or not moved_copy:  # another file: the training file's outlier ids and its name do not describe it
             trained = {k: v for k, v in trained.items() if k not in ("drop_ids", "name")}
         if "target" in layout and trained.get("per_atom") and "per_atom" not in layout:
             import warnings
