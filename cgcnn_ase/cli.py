@@ -34,6 +34,7 @@ from cgcnn_ase.errors import (
     DeviceError,
     SiteAnalysisError,
     StreamError,
+    UnfinishedRunError,
     UnknownModelError,
     UnseenElementWarning,
 )
@@ -602,8 +603,7 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
             settings = {"models": [p.model.spec.name for p in predictors], "metal_threshold": metal_threshold,
                         "coverage": coverage, "log10": log10, "domain": domain}  # fmt: skip
             _run_stream(write_chunks, inputs, output or sys.stdout, [c.header for c in columns], rows, fmt=fmt,
-                        resume=resume, chunk_size=chunk_size, units={c.header: c.units for c in columns},
-                        settings=settings, **reading)  # fmt: skip
+                        resume=resume, chunk_size=chunk_size, settings=settings, **reading)  # fmt: skip
             return
         from cgcnn_ase.io.inputs import iter_inputs
 
@@ -851,8 +851,6 @@ def train(config: str, overrides: tuple[str, ...], threads: int | None, compile_
     settings = list(overrides) + ([f"threads={threads}"] if threads else []) + (["compile=true"] if compile_ else [])
     if init_from is not None:  # quoted, so that a name YAML would read as a number or a boolean stays a string
         settings.append(f"init_from={json.dumps(init_from)}")
-    from cgcnn_ase.errors import UnfinishedRunError
-
     run = load_config(config, settings)
     try:
         folder = train_from_config(run, progress=_on_terminal())

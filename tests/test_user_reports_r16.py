@@ -302,3 +302,30 @@ def test_evaluating_on_another_file_does_not_apply_the_training_files_drop_ids(t
         report = evaluate_model("band_gap", tmp_path / "own.csv", split="all", workers=1)
     assert report["n"] == 2 and not report["dataset"].get("drop_ids")
     assert not [w for w in caught if "drop_ids" in str(w.message)]
+
+
+def test_the_shipped_perovskite_split_backs_the_finetuning_docs():
+    """docs/finetuning.md: 'perovskite_site_energy trained on 13,942 and selected with 1,743 of the 17,428 Castelli
+    cells, so ... about 9 in 10 of its test crystals' were seen."""
+    from cgcnn_ase.data.splits import Split
+    from cgcnn_ase.models.registry import resolve_model
+
+    split = Split.load(resolve_model("perovskite_site_energy").path / "split.json")
+    sizes = {part: len(split.ids(part)) for part in ("train", "val", "test")}
+    assert sizes == {"train": 13942, "val": 1743, "test": 1743}
+    assert (sizes["train"] + sizes["val"]) / 17428 == pytest.approx(0.9, abs=0.001)
+    text = (REPO / "docs" / "finetuning.md").read_text()
+    assert "trained on 13,942 and selected with 1,743 of\nthe 17,428 Castelli" in text
+
+
+def test_wyckoff_letters_follow_the_origin_as_documented():
+    """docs/site_energies.md and wyckoff_labels: 'rocksalt NaCl shifted by half a cell puts Na on 4b and Cl on 4a
+    instead of the reverse'."""
+    from cgcnn_ase.analysis.sites import wyckoff_labels
+    from cgcnn_ase.io.records import from_ase
+
+    crystal = bulk("NaCl", "rocksalt", a=5.64)
+    shifted = crystal.copy()
+    shifted.translate(0.5 * crystal.cell.sum(axis=0))
+    shifted.wrap()
+    assert wyckoff_labels(from_ase(crystal)) == ["4a", "4b"] and wyckoff_labels(from_ase(shifted)) == ["4b", "4a"]

@@ -479,7 +479,6 @@ def predict_stream(
     """
     predictors = load_predictors(models, device=device)
     columns = model_columns(predictors, names, coverage)
-    units = column_units(columns)
     # models on the CPU: one set of worker processes serves every chunk (started on first use, once per run)
     pool = NetworkPool(predictors, workers) if workers > 1 and shares_graphs(predictors) else None
 
@@ -494,7 +493,7 @@ def predict_stream(
         return write_chunks(
             inputs, output, columns, rows, fmt=fmt, resume=resume, chunk_size=chunk_size, column=column,
             id_column=id_column, sort=sort, cif_reader=cif_reader_for(predictors), defer_files=defer,
-            units=units, progress=progress, on_chunk=on_chunk,
+            progress=progress, on_chunk=on_chunk,
             settings={"models": [p.model.spec.name for p in predictors], "coverage": coverage},
         )  # fmt: skip
     finally:
@@ -526,7 +525,8 @@ def write_chunks(
     append them to ``output`` before reading on. ``columns`` are the value columns (``id`` and
     :data:`TEXT_COLUMNS` aside) of every :class:`ChunkResult` frame; with ``resume`` the ids already in ``output`` are
     skipped unread (``finished``). Arguments as in :func:`predict_stream`; ``cif_reader`` and
-    ``defer_files`` as in :func:`iter_inputs`, ``units`` as in :func:`open_writer`.
+    ``defer_files`` as in :func:`iter_inputs`; ``units`` ({column: units}) only where a column's name does not
+    end in its units (:func:`~cgcnn_ase.inference.writers.column_units` reads the others).
 
     ``settings`` (JSON data) are what the rows depend on beyond their columns, e.g. the models' names
     and a threshold: they are recorded next to the output (:func:`run_record_path`), and a resume

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from cgcnn_ase.errors import CGCNNError, ConfigError
+from cgcnn_ase.errors import CGCNNError, ConfigError, UnfinishedRunError
 from cgcnn_ase.graph.elements import generate_cgcnn_table
 from cgcnn_ase.models.folder import ELEMENTS_FILE, LoadedModel, read_model_json
 from cgcnn_ase.models.registry import load_model, model_folder, shipped_by_name
@@ -376,8 +376,6 @@ def base_overlap(base: FineTuneBase, table: Any, split: Any) -> dict[str, Any]:
         ``{"checked": "ids and structures" | "structures" | "ids" | "nothing", "base_data": path or None,
         "val": {...}, "test": {...}}``, each part ``{"n", "base_train", "base_val"}`` (crystals; each counted once).
     """
-    import warnings
-
     from cgcnn_ase.data.datasets import content_digest, load_table
     from cgcnn_ase.data.splits import Split
 
@@ -402,9 +400,12 @@ def base_overlap(base: FineTuneBase, table: Any, split: Any) -> dict[str, Any]:
                         base_digests[part].add(content_digest(source))
             for digests in base_digests.values():
                 digests.discard(None)
-    by_id = not table.ids_are_rows and base_rows is False  # unknown (data not found): ids checked if not digits
-    if base_rows is None and not table.ids_are_rows:
+    if table.ids_are_rows:
+        by_id = False
+    elif base_rows is None:  # the base's data not found: its ids are taken for row numbers if all are digits
         by_id = not all(i.isdigit() for part in base_ids.values() for i in part)
+    else:
+        by_id = not base_rows
     by_structure = spec is not None
     checked = " and ".join(w for w, on in (("ids", by_id), ("structures", by_structure)) if on) or "nothing"
     position = {row_id: k for k, row_id in enumerate(table.ids)}
@@ -516,8 +517,6 @@ def _training_record(folder: Path) -> dict[str, Any]:
 
 def _unfinished(config: TrainConfig, k: int, n_members: int, training: dict[str, Any] | None) -> None:
     """Raise :class:`~cgcnn_ase.errors.UnfinishedRunError` for a session stopped in (or before) member ``k``."""
-    from cgcnn_ase.errors import UnfinishedRunError
-
     where = (f"in member {k} of 0-{n_members - 1} (epoch {training.get('epochs_run')} of {config.epochs})"
              if training is not None else f"before member {k} of 0-{n_members - 1} began")  # fmt: skip
     done = f"members 0-{k - 1} are done" if k > 1 else "member 0 is done" if k == 1 else "no member is done yet"
@@ -549,7 +548,8 @@ def finetune_all_members(config: TrainConfig, *, progress: bool = True) -> Path:
         raise ConfigError("finetune.member: all trains the members one after the other; under torchrun, fine-tune one "
                           "member per launch (finetune.member=K) and assemble them with cgcnn-ase ensemble")  # fmt: skip
     kind, path = _locate(str(config.init_from))
-    described = ((read_model_json(path) if kind != CHECKPOINT else {}).get("ensemble") or {}).get("members") or []
+    base_document = read_model_json(path) if kind != CHECKPOINT else {}
+    described = (base_document.get("ensemble") or {}).get("members") or []
     single = copy.deepcopy(config)
     single.finetune = config.finetune.model_copy(update={"member": 0})
     if len(described) < 2:
@@ -566,8 +566,8 @@ def finetune_all_members(config: TrainConfig, *, progress: bool = True) -> Path:
     finetune = document["metadata"].get("finetune") or {}
     if finetune.get("base"):  # member 0's description, which holds for every member but its index and metrics
         finetune["base"]["member"] = "all"
-        base_metrics = (read_model_json(path).get("metadata") or {}).get("test_metrics") if kind != CHECKPOINT else None
-        finetune["base"]["test_metrics"] = base_metrics or {}  # the base ensemble's, not its member 0's
+        finetune["base"]["test_metrics"] = (base_document.get("metadata") or {}).get("test_metrics") or {}  # the
+        # base ensemble's, not its member 0's
         document["metadata"]["finetune"] = finetune
         (output / "model.json").write_text(json.dumps(document, indent=2) + "\n")
     resolved = yaml.safe_load((folders[0] / "config.yaml").read_text())  # member 0's, with the base model's settings
