@@ -113,9 +113,9 @@ class OriginalLoop:
     """Cached epochs of the original approach on ``records`` (the training crystals) and their targets."""
 
     def __init__(self, records, targets, elements) -> None:
-        from cgcnn_ase.graph.neighbours import build_graph
-        from cgcnn_ase.graph.config import GraphConfig
         from cgcnn_ase.graph.batch import gaussian_expand
+        from cgcnn_ase.graph.config import GraphConfig
+        from cgcnn_ase.graph.neighbours import build_graph
 
         config = GraphConfig(neighbor_policy="original")
         self.cache = []
@@ -271,10 +271,10 @@ def main(shared: str | None, n_crystals: int, epochs: int, rounds: int, repeats:
     import os
 
     from cgcnn_ase.data.datasets import DatasetSpec, load_table, parse_structures
-    from cgcnn_ase.graph.elements import generate_cgcnn_table
     from cgcnn_ase.graph.config import GraphConfig
+    from cgcnn_ase.graph.elements import generate_cgcnn_table
+    from cgcnn_ase.nn.threads import torch_threads
     from cgcnn_ase.train.cache import build_graph_store
-    from cgcnn_ase.train.steps import torch_threads
 
     _common.quiet()
     path = _common.shared_path(shared, _common.PEROVSKITE_CSV)

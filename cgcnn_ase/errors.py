@@ -2,10 +2,26 @@
 
 Every error the package raises on purpose derives from :class:`CGCNNError`, so a
 caller can catch all of them at once; the subclasses name the kind of problem.
-This module imports nothing from the package.
+This module imports nothing from the package. It also says where a warning points
+(:func:`user_stacklevel`).
 """
 
 from __future__ import annotations
+
+import sys
+
+#: Modules whose frames a warning skips, so that it names the user's line: this package and the libraries whose
+#: calls reach it (ASE's get_property -> calculate, matminer's featurize_dataframe, pandas' apply).
+LIBRARY_MODULES = ("cgcnn_ase", "ase", "matminer", "pandas", "pymatgen", "tqdm")
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` with which a ``warnings.warn`` in the calling function names the first frame
+    outside :data:`LIBRARY_MODULES`: the user's line, however deep ASE or matminer called in."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] in LIBRARY_MODULES:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class CGCNNError(Exception):

@@ -19,14 +19,15 @@ import numpy as np
 import pytest
 import torch
 
-from cgcnn_ase.train import ddp as parallel_training
+from cgcnn_ase.data.splits import Split
 from cgcnn_ase.models.folder import load_model_folder
 from cgcnn_ase.nn.network import CrystalGraphConvNet
+from cgcnn_ase.nn.threads import torch_threads
+from cgcnn_ase.train import ddp as parallel_training
 from cgcnn_ase.train.cache import GraphBatcher
 from cgcnn_ase.train.data import prepare_data
-from cgcnn_ase.data.splits import Split
 from cgcnn_ase.train.steps import batch_chunks as _batches
-from cgcnn_ase.train.steps import make_optimizer, torch_threads
+from cgcnn_ase.train.steps import make_optimizer
 
 from .conftest import REPO
 from .test_training import dataset_csv, tiny_config  # noqa: F401 - the tiny 12-crystal dataset fixture

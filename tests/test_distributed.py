@@ -199,3 +199,28 @@ def test_unknown_model_fails_before_any_task(table):
     frame, _ = table
     with pytest.raises(UnknownModelError):
         predict_dataframe(dd.from_pandas(frame, npartitions=1), ["formation_enrgy"])
+
+
+def test_a_partition_run_in_this_process_leaves_its_thread_count_and_the_cache_can_be_cleared(table, model_folder):
+    """Dask's threaded scheduler (or a direct call) runs partitions in the user's own process: the partition's
+    one torch thread must not stay set after it (round 18). ``clear_model_cache`` makes the next call load again."""
+    import torch
+
+    from cgcnn_ase.integrations.dask import clear_model_cache, predict_partition
+
+    frame, _ = table
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        clear_model_cache()
+        assert model_cache_info()["model_sets"] == 0
+        out = predict_partition(frame.iloc[:3], [str(model_folder)], column="cif", id_column="id", threads=1)
+        assert out["id"].tolist() == ["c0", "c1", "c2"] and out.iloc[:, 1].notna().all()
+        assert torch.get_num_threads() == 2  # restored, not left at the partition's 1
+        predict_partition(frame.iloc[:3], [str(model_folder)], column="cif", id_column="id")
+        assert model_cache_info()["model_sets"] == 1  # loaded once, then cached
+        clear_model_cache()
+        predict_partition(frame.iloc[:3], [str(model_folder)], column="cif", id_column="id")
+        assert model_cache_info()["model_sets"] == 1  # counts reset by the clear, then one new load
+    finally:
+        torch.set_num_threads(before)

@@ -1,9 +1,9 @@
 """The package's layers import one way: a lower layer never imports a higher one.
 
-errors -> io -> data -> graph -> nn -> models -> inference -> {integrations, analysis} -> train -> cli.
+errors -> io -> {data, graph} -> nn -> models -> inference -> {integrations, analysis} -> train -> cli.
 Every import statement counts, including those inside functions and ``TYPE_CHECKING`` blocks:
-a lazy import is still a dependency. ``integrations`` and ``analysis`` are peers and must not
-import each other. The package root (``cgcnn_ase/__init__.py``, ``__main__``) and the deprecated
+a lazy import is still a dependency. Peers must not import each other: ``data`` and ``graph``
+(datasets and graphs both build on records), ``integrations`` and ``analysis``. The package root (``cgcnn_ase/__init__.py``, ``__main__``) and the deprecated
 re-export modules sit above everything.
 """
 
@@ -24,7 +24,7 @@ RANKS = {
     "progress": 0,
     "io": 1,
     "data": 2,
-    "graph": 3,
+    "graph": 2,
     "nn": 4,
     "models": 5,
     "inference": 6,
@@ -55,7 +55,7 @@ def rank_of(module: str) -> int:
 def imported_modules(source: str, module: str) -> list[tuple[int, str]]:
     """``(line, module)`` of every cgcnn_ase import in ``source`` (relative imports resolved)."""
     out = []
-    package = module.rsplit(".", 1)[0] if not module.endswith("__init__") else module
+    package = module.rsplit(".", 1)[0]  # "a.b.c" and "a.b.__init__" both sit in the package "a.b"
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             out += [(node.lineno, alias.name) for alias in node.names if alias.name.startswith("cgcnn_ase")]
@@ -120,7 +120,11 @@ def test_module_imports_only_lower_layers(module, path):
         ("cgcnn_ase.analysis.sites", "from cgcnn_ase.integrations.ase import CGCNNCalculator\n"),  # peers
         ("cgcnn_ase.nn.network", "from cgcnn_ase import CGCNNPredictor\n"),  # the root re-exports everything
         ("cgcnn_ase.errors", "from cgcnn_ase import io\n"),
+        ("cgcnn_ase.graph.neighbours", "from cgcnn_ase.data.datasets import load_table\n"),  # peers
+        ("cgcnn_ase.data.splits", "from cgcnn_ase.graph.config import GraphConfig\n"),
         ("cgcnn_ase.graph.config", "from cgcnn_ase import __version__, list_models\n"),
+        ("cgcnn_ase.graph.__init__", "from ..inference.predictor import CGCNNPredictor\n"),  # relative, from an __init__
+        ("cgcnn_ase.graph.__init__", "from .. import cli\n"),
     ],
 )
 def test_the_checker_catches_upward_imports(module, source):

@@ -23,6 +23,7 @@ from cgcnn_ase.analysis.metrics import (
     uncertainty_report,
 )
 from cgcnn_ase.analysis.plots import parity_plot, roc_plot, uncertainty_plots
+from cgcnn_ase.errors import EnsembleError
 from cgcnn_ase.models.cards import json_safe
 
 logger = logging.getLogger(__name__)
@@ -452,7 +453,7 @@ def evaluate_uncertainty(
     folder = _model_folder(model)
     predictor = CGCNNPredictor.load(folder, device=device)
     if not predictor.is_ensemble:
-        raise ValueError(f"{folder}: not an ensemble (uncertainty needs several members)")
+        raise EnsembleError(f"{folder}: not an ensemble (uncertainty needs several members)")
     names = [n for n in dict.fromkeys([calibration_split, split]) if n]
     if parts is None or any(n not in parts for n in names):
         _, parts = load_split_records(folder, dataset, names, workers=workers, progress=progress)

@@ -18,7 +18,6 @@ interpolates between them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -36,10 +35,10 @@ from cgcnn_ase.analysis.metrics import (
     interval_coverage,
     spearman,
 )
-from cgcnn_ase.errors import DatasetError
-from cgcnn_ase.models.cards import ensemble_card, json_safe
+from cgcnn_ase.errors import DatasetError, EnsembleError
+from cgcnn_ase.models.cards import ensemble_card
 from cgcnn_ase.models.domain import DOMAIN_FILE
-from cgcnn_ase.models.folder import MODEL_JSON, read_model_json
+from cgcnn_ase.models.folder import read_model_json, write_model_json
 from cgcnn_ase.models.local_error import fit_error_model
 
 logger = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ def calibrate_intervals(
     _, parts = load_split_records(folder, dataset, (split, report_split), workers=workers, progress=progress)
     predictor = CGCNNPredictor.load(folder, device=device)
     if not predictor.is_ensemble or predictor.model.spec.task != "regression":
-        raise ValueError(f"{folder}: intervals need a regression ensemble")
+        raise EnsembleError(f"{folder}: intervals need a regression ensemble")
     for name in dict.fromkeys((split, report_split)):  # edited labels would fit the intervals to other data
         changed = _labels_changed(predictor.model.spec.metadata, folder, name, parts[name].ids, parts[name].targets,
                                   None)  # fmt: skip
@@ -281,5 +280,5 @@ def _write(folder: Path, conformal: dict[str, Any], error: Any) -> None:
     document["ensemble"]["calibration"] = calibration
     if error is not None and document.get("domain"):
         document["domain"]["error_model"] = "uncertainty model stored as error.* arrays"
-    (folder / MODEL_JSON).write_text(json.dumps(json_safe(document), indent=2) + "\n")
+    write_model_json(folder, document)
     (folder / "README.md").write_text(ensemble_card(document, files=[p.name for p in folder.iterdir()], folder=folder))

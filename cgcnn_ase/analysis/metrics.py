@@ -49,7 +49,8 @@ def classification_metrics(y: Sequence[int], p: Sequence[float], *, threshold: f
     Args:
         y: true labels, 0 or 1, shape (n,).
         p: predicted probability of class 1, shape (n,).
-        threshold: probability above which (``p >= threshold``) class 1 is predicted.
+        threshold: probability above which (``p > threshold``) class 1 is predicted, as the band-gap gating
+            treats P(metal) (:func:`~cgcnn_ase.inference.properties.gated_band_gap`).
 
     Returns:
         ``{"roc_auc", "accuracy", "precision": {"0", "1"}, "recall": {"0", "1"},
@@ -61,7 +62,7 @@ def classification_metrics(y: Sequence[int], p: Sequence[float], *, threshold: f
     if not np.all((y == 0) | (y == 1)):
         raise ValueError(f"classification labels must be 0 or 1, got {np.unique(y)[:5].tolist()}")
     n = len(y)
-    pred = (p >= threshold).astype(int)
+    pred = (p > threshold).astype(int)
     labels = y.astype(int)
     both = n > 0 and 0 < labels.sum() < n
     if n == 0:  # nothing predicted (every structure failed): sklearn refuses empty input
@@ -213,13 +214,13 @@ def classification_uncertainty_metrics(y: Sequence[int], p: Sequence[float], std
         ``n``; ``mean_abs_error`` (mean ``|y - p|``); ``mean_std``;
         ``spearman_abs_error_std`` (rank correlation of ``|y - p|`` with ``std``);
         ``error_detection_auc`` (ROC-AUC of ``std`` as a score for misclassified crystals,
-        ``p >= 0.5`` predicting class 1; 0.5 = no better than chance, NaN if there is no
+        ``p > 0.5`` predicting class 1; 0.5 = no better than chance, NaN if there is no
         mistake or only mistakes).
     """
     from sklearn.metrics import roc_auc_score
 
     y, p, std = uncertainty_arrays(y, p, std)
-    wrong = ((p >= 0.5).astype(int) != y.astype(int)).astype(int)
+    wrong = ((p > 0.5).astype(int) != y.astype(int)).astype(int)
     both = 0 < wrong.sum() < len(wrong)
     err = np.abs(y - p)
     return {

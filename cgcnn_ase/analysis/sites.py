@@ -619,7 +619,7 @@ def aggregate_by_element(
     by = list(by)
     missing = [c for c in [*by, value] if c not in df.columns]
     if missing:
-        raise KeyError(f"column(s) {missing} not in the table (columns: {list(df.columns)})")
+        raise SiteAnalysisError(f"column(s) {missing} not in the table (columns: {list(df.columns)})")
     out = df.groupby(by, dropna=False, sort=False)[value].agg(["mean", "std", "count"]).reset_index()
     out["count"] = out["count"].astype("int64")
     return sorted_by_element(out, by, attrs=df.attrs)

@@ -1,13 +1,15 @@
 """Labelled crystal datasets: a table of targets plus one structure per row.
 
-Four layouts are read (``DatasetSpec.format="auto"`` picks one from the path):
+Five layouts are read (``DatasetSpec.format="auto"`` picks one from the path):
 
 ``csv``
     A CSV / CSV.gz table with a CIF-text column (default ``cif``) and target columns,
     as in ``shared/data/mp_cgcnn46k_kdmsit/data.csv.gz``.
+``parquet``
+    The same table as a Parquet file (``.parquet``, ``.pq``).
 ``json``
-    A (gzipped) JSON list of objects, each holding a pymatgen ``Structure.as_dict()``
-    (default key ``structure``), an id and targets, as in
+    A JSON list of objects (or JSON lines; gzip, bzip2, xz or a zip of one file), each holding a
+    pymatgen ``Structure.as_dict()`` (default key ``structure``), an id and targets, as in
     ``shared/data/mp_elastic_binary2025_matcalc/*.json.gz``.
 ``cif_dir``
     The original CGCNN layout: a directory of ``ID.cif`` files and an ``id_prop.csv``
@@ -49,10 +51,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cgcnn_ase.data.table_formats import read_layout
 from cgcnn_ase.errors import CGCNNError, ConfigError, DatasetError, GeometryWarning
 from cgcnn_ase.io.reader import CifReader, input_kind, read_record
 from cgcnn_ase.io.records import StructureRecord
-from cgcnn_ase.data.table_formats import read_layout
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +168,8 @@ def detect_format(path: str | os.PathLike) -> str:
     if name.endswith((".json", ".jsonl", ".ndjson")):
         return "json"
     if name.endswith((".extxyz", ".xyz", ".traj", ".db")):
+        if p.name.lower().endswith(".zip"):
+            raise DatasetError(f"{path}: ASE does not read zip archives; unzip it (gzip, bzip2 and xz files are read)")
         return "ase"
     raise DatasetError(
         f"{path}: cannot tell the dataset format from the name; set format to csv, parquet, json, cif_dir or ase"
@@ -462,9 +466,10 @@ def _work(task: tuple[str, Any, str, Callable[[StructureRecord], Any] | None, Ci
 
 
 def worker_start_method() -> str:
-    """``fork`` on Linux: workers only run pymatgen/numpy/vesin (never torch), and unlike
-    ``spawn``/``forkserver`` it works from notebooks and scripts without a ``__main__``
-    guard. Elsewhere ``spawn`` (fork is unsafe on macOS). ``$CGCNN_ASE_START_METHOD`` overrides."""
+    """How the package starts worker processes (dataset parsing here, and inference's worker pools):
+    ``fork`` on Linux, which unlike ``spawn``/``forkserver`` works from notebooks and scripts without a
+    ``__main__`` guard (workers that run torch use one torch thread, as torch's thread pool does not
+    survive a fork). Elsewhere ``spawn`` (fork is unsafe on macOS). ``$CGCNN_ASE_START_METHOD`` overrides."""
     method = os.environ.get("CGCNN_ASE_START_METHOD")
     if method:
         import multiprocessing
@@ -527,7 +532,8 @@ def parse_structures(
 
 @dataclass
 class LabelledDataset:
-    """Parsed crystals with their targets (what training and evaluation consume).
+    """Parsed crystals with their targets: a whole dataset in memory, for work in Python (:func:`load_dataset`;
+    training and evaluation read the table and parse only the rows they use).
 
     Attributes:
         records: validated structures, shape-free list of length n.

@@ -1,4 +1,4 @@
-"""The four dataset layouts read into a table of columns plus one raw structure per row.
+"""The five dataset layouts read into a table of columns plus one raw structure per row.
 
 Used by :func:`cgcnn_ase.data.datasets.load_table` (see its module for the layouts); each
 reader returns ``(frame, kind, sources)``: a pandas DataFrame of the non-structure columns,
@@ -9,7 +9,6 @@ error that made the row unusable).
 
 from __future__ import annotations
 
-import gzip
 import json
 import warnings
 from pathlib import Path
@@ -18,17 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DatasetError, StructureReadError
-from cgcnn_ase.io.inputs import file_magic, undecodable_text
-from cgcnn_ase.io.reader import beside_table, read_frames, to_record
+from cgcnn_ase.io.inputs import file_magic, separator, undecodable_text
+from cgcnn_ase.io.reader import beside_table, open_text, read_db_rows, read_frames, to_record
 
 if TYPE_CHECKING:
     from cgcnn_ase.data.datasets import DatasetSpec
 
 __all__ = ["read_layout"]
-
-
-def _open_text(path: Path):
-    return gzip.open(path, "rt") if path.name.lower().endswith(".gz") else open(path)
 
 
 def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
@@ -41,7 +36,7 @@ def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
     if spec.resolved_format == "parquet":
         df = pd.read_parquet(path)
     else:
-        sep = "\t" if ".tsv" in path.name.lower() else ","
+        sep = separator(path.name.lower())
         ids = [spec.id_column] if spec.id_column else list(ID_COLUMNS)
         df = pd.read_csv(path, sep=sep, dtype={c: str for c in ids})  # ids as written: 0007 stays 0007, not 7
     column = spec.structure_column or "cif"
@@ -57,8 +52,11 @@ def _read_json(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
     import pandas as pd
 
     path = Path(spec.path)
-    with _open_text(path) as f:
-        text = f.read()
+    if path.name.lower().endswith(".zip"):
+        text = _zipped_text(path)
+    else:
+        with open_text(path, errors="strict") as f:
+            text = f.read()
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -79,6 +77,21 @@ def _read_json(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
     sources = [d[column] for d in data]
     df = pd.DataFrame([{k: v for k, v in d.items() if k != column} for d in data])
     return df, "structure_dict", sources
+
+
+def _zipped_text(path: Path) -> str:
+    """The UTF-8 text of the one file in the zip archive ``path``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+            if len(names) != 1:
+                raise DatasetError(f"{path}: a zip archive of {len(names)} files; a dataset zip must hold one file (or "
+                                   "unzip it and give the file)")  # fmt: skip
+            return archive.read(names[0]).decode("utf-8")
+    except zipfile.BadZipFile as exc:
+        raise DatasetError(f"{path}: not a readable zip archive ({exc})") from None
 
 
 def _read_cif_dir(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
@@ -138,31 +151,28 @@ def _read_ase(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
     records: list[Any] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if path.name.lower().endswith(".db"):
-            import ase.db
-
-            with ase.db.connect(str(path)) as db:
-                for row in db.select():
-                    info = {"db_id": row.id, **_scalar_items(dict(row.key_value_pairs))}
-                    for key in ("energy", "free_energy"):
-                        value = row.get(key)
-                        if value is not None:
-                            info.setdefault(key, value)
-                    rows.append(info)
-                    records.append(row.toatoms())
-        else:
-            try:
-                frames = read_frames(path)  # the one reader's ASE frames, with info and calculator results
-            except StructureReadError as exc:
-                raise DatasetError(str(exc)) from None
-            for atoms in frames:
-                info = _scalar_items(dict(atoms.info))
-                if atoms.calc is not None:  # extxyz puts energy= etc. into a SinglePointCalculator
-                    for key, value in getattr(atoms.calc, "results", {}).items():
-                        if np.ndim(value) == 0:
-                            info.setdefault(key, float(value))
-                rows.append(info)
-                records.append(atoms)
+        try:  # the one reader's rows and frames, with key-value pairs, info and calculator results
+            is_db = path.name.lower().endswith(".db")
+            db_rows = read_db_rows(path, str(path)) if is_db else []
+            frames = [] if is_db else read_frames(path)
+        except StructureReadError as exc:
+            raise DatasetError(str(exc)) from None
+        for row in db_rows:
+            info = {"db_id": row.id, **_scalar_items(dict(row.key_value_pairs))}
+            for key in ("energy", "free_energy"):
+                value = row.get(key)
+                if value is not None:
+                    info.setdefault(key, value)
+            rows.append(info)
+            records.append(row.toatoms())
+        for atoms in frames:
+            info = _scalar_items(dict(atoms.info))
+            if atoms.calc is not None:  # extxyz puts energy= etc. into a SinglePointCalculator
+                for key, value in getattr(atoms.calc, "results", {}).items():
+                    if np.ndim(value) == 0:
+                        info.setdefault(key, float(value))
+            rows.append(info)
+            records.append(atoms)
     if not records:
         raise DatasetError(f"{path}: holds no structures")
     df = pd.DataFrame(rows)

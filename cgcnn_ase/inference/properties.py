@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cgcnn_ase.errors import UnknownModelError
 from cgcnn_ase.inference.results import FLAG_UNITS, UNSEEN, add_flag_columns, flag_cells, unseen_cell
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -119,7 +120,7 @@ def with_metal_classifier(predictors: Sequence[CGCNNPredictor], device: Any = No
     if "is_metal" not in properties and any(trained_on_non_metals(p) for p in out):
         try:
             resolve_model("is_metal")
-        except KeyError:  # no shipped classifier: the band gap stays ungated
+        except UnknownModelError:  # no shipped classifier: the band gap stays ungated
             return out
         out.append(as_predictor("is_metal", device=device))
     return out

@@ -7,7 +7,6 @@ unseen elements, domain signals, per-atom contributions and embeddings.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgcnn_ase.errors import UNSEEN_HINT, CGCNNError, UnseenElementWarning
+from cgcnn_ase.errors import UNSEEN_HINT, CGCNNError, UnseenElementWarning, user_stacklevel
 from cgcnn_ase.graph.batched import GraphSummary
 from cgcnn_ase.graph.neighbours import CrystalGraph
 
@@ -332,20 +331,6 @@ def unseen_labels(predictors: Sequence[Any]) -> list[str]:
     if len(set(labels)) < len(labels):
         labels = [p.model.spec.name for p in predictors]
     return labels
-
-
-#: Modules whose frames a re-issued warning skips, so that it names the user's line: this package and the
-#: libraries whose calls reach it (ASE's get_property -> calculate, matminer's featurize_dataframe, pandas' apply).
-LIBRARY_MODULES = ("cgcnn_ase", "ase", "matminer", "pandas", "pymatgen", "tqdm")
-
-
-def user_stacklevel() -> int:
-    """The ``stacklevel`` with which a ``warnings.warn`` in the calling function names the first frame
-    outside :data:`LIBRARY_MODULES`: the user's line, however deep ASE or matminer called in."""
-    frame, level = sys._getframe(1), 1
-    while frame.f_back is not None and str(frame.f_globals.get("__name__", "")).split(".")[0] in LIBRARY_MODULES:
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def reissue_warnings(caught: Sequence[warnings.WarningMessage], unseen_place: str) -> None:

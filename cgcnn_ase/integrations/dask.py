@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgcnn_ase.errors import InvalidStructureError
+from cgcnn_ase.errors import InvalidStructureError, StreamError
 from cgcnn_ase.inference.results import FLAG_COLUMNS, TEXT_COLUMNS
 from cgcnn_ase.inference.streaming import (
     arrow_schema,
@@ -47,13 +47,14 @@ from cgcnn_ase.inference.streaming import (
     predict_items,
 )
 from cgcnn_ase.io.inputs import iter_file, iter_files, parse_cell
+from cgcnn_ase.nn.threads import torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.dataframe as dd
     import pandas as pd
 
-    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
     from cgcnn_ase.inference.predictor import CGCNNPredictor
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
 
 __all__ = [
     "WORKER_MALLOC_THRESHOLD",
@@ -151,15 +152,6 @@ def clear_model_cache() -> None:
         _load_featurizer.cache_clear()
 
 
-def _use_threads(threads: int | None) -> None:
-    """Set this worker process's torch CPU threads (``None``: leave them)."""
-    if threads is not None:
-        import torch
-
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-
-
 # -- prediction --------------------------------------------------------------------------------
 
 
@@ -196,29 +188,29 @@ def predict_partition(
         models: model names or paths (loaded once per process, see :func:`cached_predictors`).
         id_column: column of ids (``None``: the partition's index, as text).
         batch_size: crystals per forward pass.
-        device, threads: torch device and CPU threads of this worker.
+        device, threads: torch device, and CPU threads while this partition runs (the count is restored after).
         on_sparse: sparse-graph policy (warnings go to the worker's log).
 
     Returns:
         ``id``, one column per model (float64, in the model's units), ``error``; same index
         as ``frame``.
     """
-    _use_threads(threads)
-    predictors = cached_predictors(models, device)
-    reader = cif_reader_for(predictors)
-    ids = frame[id_column].astype(str).tolist() if id_column else [str(i) for i in frame.index]
-    items = []
-    for item_id, cell in zip(ids, frame[column].tolist()):
-        try:
-            items.append((item_id, parse_cell(cell, item_id, cif_reader=reader)))
-        except InvalidStructureError as exc:
-            items.append((item_id, exc))
-    if not items:
-        return _empty_result(model_columns(predictors, list(models)))
-    out = predict_items(items, predictors, columns=model_columns(predictors, list(models)), batch_size=batch_size,
-                        on_sparse=on_sparse).frame  # fmt: skip
-    out.index = frame.index
-    return out
+    with torch_threads(threads):
+        predictors = cached_predictors(models, device)
+        reader = cif_reader_for(predictors)
+        ids = frame[id_column].astype(str).tolist() if id_column else [str(i) for i in frame.index]
+        items = []
+        for item_id, cell in zip(ids, frame[column].tolist()):
+            try:
+                items.append((item_id, parse_cell(cell, item_id, cif_reader=reader)))
+            except InvalidStructureError as exc:
+                items.append((item_id, exc))
+        if not items:
+            return _empty_result(model_columns(predictors, list(models)))
+        out = predict_items(items, predictors, columns=model_columns(predictors, list(models)), batch_size=batch_size,
+                            on_sparse=on_sparse).frame  # fmt: skip
+        out.index = frame.index
+        return out
 
 
 def predict_paths_partition(
@@ -236,16 +228,16 @@ def predict_paths_partition(
     indexed by their ids (unique across partitions)."""
     import pandas as pd
 
-    _use_threads(threads)
-    predictors = cached_predictors(models, device)
-    columns = model_columns(predictors, list(models))
-    reader = cif_reader_for(predictors)
-    items = [item for path in frame[column].tolist() for item in iter_file(str(path), cif_reader=reader)]
-    if not items:
-        return _empty_result(columns).set_axis(pd.Index([], dtype=object))
-    out = predict_items(items, predictors, columns=columns, batch_size=batch_size, on_sparse=on_sparse).frame
-    out.index = pd.Index(out["id"].tolist(), dtype=object)
-    return out
+    with torch_threads(threads):
+        predictors = cached_predictors(models, device)
+        columns = model_columns(predictors, list(models))
+        reader = cif_reader_for(predictors)
+        items = [item for path in frame[column].tolist() for item in iter_file(str(path), cif_reader=reader)]
+        if not items:
+            return _empty_result(columns).set_axis(pd.Index([], dtype=object))
+        out = predict_items(items, predictors, columns=columns, batch_size=batch_size, on_sparse=on_sparse).frame
+        out.index = pd.Index(out["id"].tolist(), dtype=object)
+        return out
 
 
 def _meta(models: Sequence[str], device: str | None) -> pd.DataFrame:
@@ -275,7 +267,7 @@ def predict_dataframe(
     models = [os.fspath(m) for m in ([models] if isinstance(models, (str, os.PathLike)) else models)]
     for name, option in ((column, "column"), (id_column, "id_column")):
         if name is not None and name not in ddf.columns:
-            raise ValueError(f"{option}: no column {name!r}; columns: {list(ddf.columns)}")
+            raise StreamError(f"{option}: no column {name!r}; columns: {list(ddf.columns)}")
     meta = _meta(models, device)
     return ddf.map_partitions(
         predict_partition, models, column=column, id_column=id_column, batch_size=batch_size, device=device,
@@ -308,7 +300,7 @@ def predict_files(
     models = [os.fspath(m) for m in ([models] if isinstance(models, (str, os.PathLike)) else models)]
     paths = pd.DataFrame({"path": list(iter_files(inputs, sort=sort))})
     if paths.empty:
-        raise ValueError(f"no files in {inputs}")
+        raise StreamError(f"no files in {inputs}")
     meta = _meta(models, device)
     meta.index = pd.Index([], dtype=object)
     table = dd.from_pandas(paths, chunksize=files_per_partition, sort=False)
@@ -345,36 +337,36 @@ def featurize_partition(
     off). Text is parsed here, row by row; a row that cannot be parsed gets NaN features and
     its message in the errors column (or raises, without ``ignore_errors``).
     """
-    _use_threads(threads)
-    local = _cached_featurizer(featurizer)
-    values = frame[col_id].tolist()
-    if not any(isinstance(v, (str, bytes)) for v in values):
-        return local.featurize_dataframe(
-            frame, col_id, ignore_errors=ignore_errors, return_errors=return_errors, pbar=False
-        )
-    reader = cif_reader_for(local.predictors)
-    parsed: list[Any] = []
-    failures: dict[int, str] = {}
-    for k, (index, value) in enumerate(zip(frame.index, values)):
-        if not isinstance(value, (str, bytes)):
-            parsed.append(value)
-            continue
-        try:
-            parsed.append(parse_cell(value, f"row {index}", cif_reader=reader))
-        except InvalidStructureError as exc:
-            if not ignore_errors:
-                raise
-            parsed.append(None)  # the featurizer reports it as unusable; the message is set below
-            failures[k] = str(exc)
-    work = frame.copy()
-    work[col_id] = _object_series(parsed, frame.index)
-    out = local.featurize_dataframe(work, col_id, ignore_errors=ignore_errors, return_errors=return_errors, pbar=False)
-    out[col_id] = frame[col_id]
-    if return_errors and failures:
-        column = out.columns.get_loc(f"{type(local).__name__} Exceptions")
-        for k, message in failures.items():
-            out.iat[k, column] = message
-    return out
+    with torch_threads(threads):
+        local = _cached_featurizer(featurizer)
+        values = frame[col_id].tolist()
+        if not any(isinstance(v, (str, bytes)) for v in values):
+            return local.featurize_dataframe(
+                frame, col_id, ignore_errors=ignore_errors, return_errors=return_errors, pbar=False
+            )
+        reader = cif_reader_for(local.predictors)
+        parsed: list[Any] = []
+        failures: dict[int, str] = {}
+        for k, (index, value) in enumerate(zip(frame.index, values)):
+            if not isinstance(value, (str, bytes)):
+                parsed.append(value)
+                continue
+            try:
+                parsed.append(parse_cell(value, f"row {index}", cif_reader=reader))
+            except InvalidStructureError as exc:
+                if not ignore_errors:
+                    raise
+                parsed.append(None)  # the featurizer reports it as unusable; the message is set below
+                failures[k] = str(exc)
+        work = frame.copy()
+        work[col_id] = _object_series(parsed, frame.index)
+        out = local.featurize_dataframe(work, col_id, ignore_errors=ignore_errors, return_errors=return_errors, pbar=False)
+        out[col_id] = frame[col_id]
+        if return_errors and failures:
+            column = out.columns.get_loc(f"{type(local).__name__} Exceptions")
+            for k, message in failures.items():
+                out.iat[k, column] = message
+        return out
 
 
 def _object_series(values: list[Any], index: Any) -> pd.Series:

@@ -29,6 +29,7 @@ from cgcnn_ase.inference.properties import (
 )
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 from cgcnn_ase.models.folder import check_coverage
+from cgcnn_ase.nn.threads import torch_threads
 
 #: The label of the column that ``unseen_elements=True`` adds (the name ``cgcnn-ase predict`` gives it too).
 UNSEEN_COLUMN = "unseen_elements"
@@ -42,14 +43,8 @@ def _fork_safe_threads(owner_pid: int) -> Iterator[None]:
     if os.getpid() == owner_pid:
         yield
         return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(previous)
 
 class CGCNNFeaturizer(BaseFeaturizer):
     """Predict CGCNN properties of ``Structure`` / ``Atoms`` entries as features.

@@ -51,7 +51,9 @@ from cgcnn_ase.errors import (
 from cgcnn_ase.io.reader import (
     CifReader,
     as_input_sequence,
+    ase_read_error,
     beside_table,
+    db_read_error,
     input_kind,
     is_labelled_pair,
     labelled_pair,
@@ -526,7 +528,7 @@ def _iter_frames(path: str, finished: FinishedIds | None) -> Iterator[Item]:
         yield path, StructureReadError(f"{path}: the file holds no structure")
         return
     if isinstance(current, Exception):
-        yield path, StructureReadError(f"{path}: could not be read by ASE ({type(current).__name__}: {current})")
+        yield path, ase_read_error(path, current)
         return
     ahead = next(source, None)
     if ahead is None:
@@ -536,10 +538,7 @@ def _iter_frames(path: str, finished: FinishedIds | None) -> Iterator[Item]:
     while current is not None:
         frame_label = f"{label}@{k}"
         if isinstance(current, Exception):
-            yield (
-                frame_label,
-                StructureReadError(f"{frame_label}: could not be read by ASE ({type(current).__name__}: {current})"),
-            )
+            yield frame_label, ase_read_error(frame_label, current)
             return
         if not _skip(finished, frame_label):
             yield _atoms_item(current, frame_label)
@@ -558,7 +557,7 @@ def _iter_db(path: str, finished: FinishedIds | None) -> Iterator[Item]:
             warnings.simplefilter("ignore")
             row = next(rows, None)
     except Exception as exc:  # noqa: BLE001 - ase.db raises many types for foreign files
-        yield path, StructureReadError(f"{path}: not a readable ASE database ({type(exc).__name__}: {exc})")
+        yield path, db_read_error(path, exc)
         return
     if row is None:
         yield path, StructureReadError(f"{path}: the database holds no structure")
@@ -573,7 +572,7 @@ def _iter_db(path: str, finished: FinishedIds | None) -> Iterator[Item]:
 # -- tables ----------------------------------------------------------------------------------
 
 
-def _separator(name: str) -> str:
+def separator(name: str) -> str:
     """The field separator of a text table named ``name`` (lower case): tab for .tsv, else comma."""
     return "\t" if ".tsv" in name else ","
 
@@ -632,7 +631,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     with _readable_table(path):
         if name.endswith(PARQUET_SUFFIXES):
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep=_separator(name), dtype=str, keep_default_na=False, na_filter=False)
+        return pd.read_csv(path, sep=separator(name), dtype=str, keep_default_na=False, na_filter=False)
 
 
 def _table_columns(path: str) -> list[str]:
@@ -644,7 +643,7 @@ def _table_columns(path: str) -> list[str]:
             return list(pq.ParquetFile(path).schema_arrow.names)
         import pandas as pd
 
-        return [str(c) for c in pd.read_csv(path, sep=_separator(name), nrows=0).columns]
+        return [str(c) for c in pd.read_csv(path, sep=separator(name), nrows=0).columns]
 
 
 def _table_chunks(path: str, columns: list[str], rows: int) -> Iterator[pd.DataFrame]:
@@ -660,7 +659,7 @@ def _table_chunks(path: str, columns: list[str], rows: int) -> Iterator[pd.DataF
         import pandas as pd
 
         reader = pd.read_csv(
-            path, sep=_separator(name), usecols=columns, chunksize=rows, dtype=str,
+            path, sep=separator(name), usecols=columns, chunksize=rows, dtype=str,
             keep_default_na=False, na_filter=False,
         )  # fmt: skip
         with reader:

@@ -71,13 +71,17 @@ __all__ = [
     "CifReader",
     "InputKind",
     "as_input_sequence",
+    "ase_read_error",
     "cif_reader_for_policy",
+    "db_read_error",
     "input_kind",
     "is_labelled_pair",
     "is_single_input",
     "iter_records",
     "labelled_pair",
+    "open_text",
     "pair_of_two_files",
+    "read_db_rows",
     "read_frames",
     "read_items",
     "read_record",
@@ -395,7 +399,7 @@ def _separately(
                     return _frames_separately(_ase_frames(path, base), base)
                 except InvalidStructureError:
                     return None
-            with _open_text(path) as f:
+            with open_text(path) as f:
                 text = f.read()
         except (OSError, EOFError, ValueError):  # a name too long for the OS, unreadable: read_records said why
             return None
@@ -528,14 +532,16 @@ def _is_cif(path: Path) -> bool:
     return path.name.lower().endswith((".cif", ".mcif"))
 
 
-def _open_text(path: Path) -> Any:
-    """``path`` opened as text, decompressed when its suffix says gzip, bzip2 or xz."""
+def open_text(path: str | os.PathLike, errors: str = "replace") -> Any:
+    """``path`` opened as UTF-8 text, decompressed when its suffix says gzip, bzip2 or xz (``errors``:
+    as for :func:`open`; ``"strict"`` raises :class:`UnicodeDecodeError` on bytes that are not UTF-8)."""
+    path = Path(path)
     module = _COMPRESSION.get(path.suffix.lower())
     if module is None:
-        return open(path, encoding="utf-8", errors="replace")
+        return open(path, encoding="utf-8", errors=errors)
     import importlib
 
-    return importlib.import_module(module).open(path, "rt", encoding="utf-8", errors="replace")
+    return importlib.import_module(module).open(path, "rt", encoding="utf-8", errors=errors)
 
 
 def _looks_like_cif(path: Path) -> bool:
@@ -545,7 +551,7 @@ def _looks_like_cif(path: Path) -> bool:
     reach the CIF reader (its disorder checks included) instead of a reader that would not see them.
     """
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             head = f.read(65536)
     except (OSError, EOFError, ValueError):  # not compressed after all, or unreadable: not for us to say
         return False
@@ -584,7 +590,7 @@ def _parse_file(path: Path, base: str, cif_reader: CifReader) -> list[StructureR
     if _is_cif(path):
         return read_cif(path, base, cif_reader, text=False)
     if _looks_like_cif(path):  # compressed or oddly named CIF: read as CIF text
-        with _open_text(path) as f:
+        with open_text(path) as f:
             return read_cif(f.read(), base, cif_reader, text=True)
     if path.name.lower().endswith(tuple(".json" + c for c in ("", *_COMPRESSION))):  # pymatgen structure JSON
         records = _json_file_records(path, base)
@@ -608,6 +614,16 @@ def _is_ase_db(path: Path) -> bool:
 def _db_frames(path: Path, base: str) -> tuple[list[Any], list[str]]:
     """The rows of an ASE database as ``Atoms``, labelled ``base@id=N`` by each row's own id (as the CLI
     and streaming label them; a row's position would shift after a deletion)."""
+    rows = read_db_rows(path, base)
+    return [row.toatoms() for row in rows], [f"{base}@id={row.id}" for row in rows]
+
+
+def read_db_rows(path: str | os.PathLike, label: str) -> list[Any]:
+    """Every row of the ASE database at ``path`` (``ase.db`` row objects, with their key-value pairs).
+
+    Raises:
+        StructureReadError: not a readable ASE database, or one without rows (messages start with ``label``).
+    """
     import ase.db
 
     try:
@@ -615,10 +631,15 @@ def _db_frames(path: Path, base: str) -> tuple[list[Any], list[str]]:
             warnings.simplefilter("ignore")
             rows = list(ase.db.connect(str(path)).select())
     except Exception as exc:  # noqa: BLE001 - ase.db raises many types for foreign files
-        raise StructureReadError(f"{base}: not a readable ASE database ({type(exc).__name__}: {exc})") from None
+        raise db_read_error(label, exc) from None
     if not rows:
-        raise StructureReadError(f"{base}: the database holds no structure")
-    return [row.toatoms() for row in rows], [f"{base}@id={row.id}" for row in rows]
+        raise StructureReadError(f"{label}: the database holds no structure")
+    return rows
+
+
+def db_read_error(label: str, exc: BaseException) -> StructureReadError:
+    """The error for a file that ``ase.db`` could not open or read (``exc``: what it raised)."""
+    return StructureReadError(f"{label}: not a readable ASE database ({type(exc).__name__}: {exc})")
 
 
 def read_frames(path: str | os.PathLike) -> list[Any]:
@@ -643,7 +664,7 @@ def _ase_frames(path: Path, label: str) -> list[Any]:
             warnings.simplefilter("ignore")
             frames = ase.io.read(path, index=":", do_not_split_by_at_sign=True)  # "Si@300K.xyz" is a name
     except UnknownFileTypeError:  # a name ASE cannot place ("Si", "relaxed.out"): POSCAR or extxyz by content
-        with _open_text(path) as f:
+        with open_text(path) as f:
             text = f.read()
         try:
             return _text_frames(text, label)
@@ -651,13 +672,18 @@ def _ase_frames(path: Path, label: str) -> list[Any]:
             raise StructureReadError(f"{label}: unknown format: ASE cannot tell it from the name, and the text is "
                                      "neither CIF, POSCAR nor extended XYZ (name the file .cif, .vasp, .extxyz, ...)") from None
     except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
-        symbol = _unknown_symbol(exc)
-        if symbol:
-            raise StructureReadError(f"{label}: could not be read by ASE: {symbol}") from None
-        raise StructureReadError(f"{label}: could not be read by ASE ({type(exc).__name__}: {exc})") from None
+        raise ase_read_error(label, exc) from None
     if not frames:
         raise StructureReadError(f"{label}: the file holds no structure")
     return list(frames)
+
+
+def ase_read_error(label: str, exc: BaseException) -> StructureReadError:
+    """The error for a file ASE could not read (``exc``: what it raised), naming an unknown element symbol."""
+    symbol = _unknown_symbol(exc)
+    if symbol:
+        return StructureReadError(f"{label}: could not be read by ASE: {symbol}")
+    return StructureReadError(f"{label}: could not be read by ASE ({type(exc).__name__}: {exc})")
 
 
 def _unknown_symbol(exc: BaseException) -> str | None:
@@ -707,7 +733,7 @@ def _json_file_records(path: Path, label: str) -> list[StructureRecord] | None:
     list of them (or of entries with such a dict under ``"structure"``, as Materials Project
     downloads hold), labelled ``label@k``; ``None`` for other JSON (an ASE database: ASE reads it)."""
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             value = json.load(f)
     except (OSError, EOFError, ValueError):
         return None

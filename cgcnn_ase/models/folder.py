@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cgcnn_ase.models.cards import json_safe
 from cgcnn_ase.models.domain import DOMAIN_FILE, DomainSummary
 from cgcnn_ase.graph.element_table import ElementTable, load_atom_init
 from cgcnn_ase.errors import CheckpointError
@@ -51,6 +52,10 @@ MEMBER_PREFIX = "member{k}."
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 ELEMENTS_FILE = "atom_init.json"
+#: The training state a cgcnn-ase run keeps in its work folder after every epoch (to resume it).
+CHECKPOINT_LAST = "checkpoint_last.pt"
+#: Files of a run's work folder that are training state, not models (``checkpoint_best.pt``: older runs).
+TRAINING_STATE_FILES = (CHECKPOINT_LAST, "checkpoint_best.pt")
 
 
 @dataclass(frozen=True)
@@ -270,7 +275,7 @@ def save_model_folder(folder: str | os.PathLike, loaded: LoadedModel) -> Path:
         loaded.domain.save(folder / DOMAIN_FILE)
         document["domain"] = {"file": DOMAIN_FILE, **loaded.domain.info}
     (folder / ELEMENTS_FILE).write_text(json.dumps(loaded.elements.to_atom_init()))
-    (folder / MODEL_JSON).write_text(json.dumps(document, indent=2) + "\n")
+    write_model_json(folder, document)
     return folder
 
 
@@ -571,13 +576,23 @@ def checkpoint_hint(folder: str | os.PathLike, subject: str = "it") -> str:
     a clause naming them, to load one of them instead; else ``""``."""
     try:
         files = sorted(p.name for p in Path(folder).iterdir() if p.name.endswith((".pth.tar", ".pth", ".pt"))
-                       and p.name not in ("checkpoint_last.pt", "checkpoint_best.pt"))  # a cgcnn-ase run's state
+                       and p.name not in TRAINING_STATE_FILES)  # a cgcnn-ase run's state
     except OSError:
         return ""
     if not files:
         return ""
     return (f"; {subject} holds the checkpoint file(s) {', '.join(files[:3])}: give a file's path instead, with the "
             "atom_init.json it was trained with (CLI --atom-init)")
+
+
+def write_model_json(folder: str | os.PathLike, document: dict[str, Any]) -> Path:
+    """Write ``document`` as the ``model.json`` of ``folder`` (NaN and inf as null, numpy values as
+    Python ones), replacing the file in one step: a run stopped while writing leaves the old file whole."""
+    path = Path(folder) / MODEL_JSON
+    partial = path.with_name(f".{MODEL_JSON}.partial")
+    partial.write_text(json.dumps(json_safe(document), indent=2) + "\n")
+    os.replace(partial, path)
+    return path
 
 
 def read_model_json(folder: str | os.PathLike) -> dict[str, Any]:

@@ -25,9 +25,15 @@ from typing import Any
 
 import torch
 
-from cgcnn_ase.errors import CheckpointError, ShadowedModelWarning, UnknownModelError
+from cgcnn_ase.errors import CheckpointError, ShadowedModelWarning, UnknownModelError, user_stacklevel
 from cgcnn_ase.graph.element_table import ElementTable
-from cgcnn_ase.models.folder import LoadedModel, load_model_folder, read_model_json
+from cgcnn_ase.models.folder import (
+    MODEL_JSON,
+    TRAINING_STATE_FILES,
+    LoadedModel,
+    load_model_folder,
+    read_model_json,
+)
 from cgcnn_ase.models.legacy import load_original_checkpoint
 
 #: File endings that mark a model argument as a path even when no such file exists.
@@ -94,14 +100,19 @@ def resolve_model(name: str) -> ModelInfo:
         UnknownModelError: no such model; the message suggests close names and lists all.
     """
     models = list_models()
-    for info in models:
-        if name == info.name or name in info.aliases:
-            return info
+    info = _named(name, models)
+    if info is not None:
+        return info
     known = sorted({n for info in models for n in (info.name, *info.aliases)})
     close = _close_names(name, known)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     listing = ", ".join(known) if known else "none are shipped yet; load a file with from_checkpoint(path)"
     raise UnknownModelError(f"unknown model {name!r}.{hint} Available: {listing}")
+
+
+def _named(name: str, models: Sequence[ModelInfo]) -> ModelInfo | None:
+    """The model among ``models`` whose folder name or alias is ``name``, or ``None``."""
+    return next((info for info in models if name == info.name or name in info.aliases), None)
 
 
 def _close_names(name: str, known: Sequence[str], n: int = 3) -> list[str]:
@@ -150,18 +161,6 @@ def _looks_like_path(model: str) -> bool:
     return any(sep in model for sep in ("/", "\\")) or model.endswith(_PATH_SUFFIXES)
 
 
-def _outside_the_package() -> int:
-    """The ``stacklevel`` of a warning issued by this module's caller that names the first frame outside
-    the package (the user's line, however deep the call came in)."""
-    import sys
-
-    package = str(Path(__file__).resolve().parents[1])
-    frame, level = sys._getframe(1), 1
-    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
 def shipped_by_name(model: str | os.PathLike) -> ModelInfo | None:
     """The shipped model a bare name or alias selects, or ``None`` (paths, ``os.PathLike`` and other names).
 
@@ -172,18 +171,16 @@ def shipped_by_name(model: str | os.PathLike) -> ModelInfo | None:
     """
     if not isinstance(model, str) or _looks_like_path(model):
         return None
-    for info in list_models():
-        if model == info.name or model in info.aliases:
-            if Path(model).exists() and Path(model).resolve() != info.path.resolve():  # not the shipped folder itself
-                warnings.warn(
-                    f"{model!r} is the shipped model {info.name}; the {'folder' if Path(model).is_dir() else 'file'} "
-                    f"{model!r} in the working directory ({Path(model).resolve()}) is not used: give ./{model} to "
-                    "load it",
-                    ShadowedModelWarning,
-                    stacklevel=_outside_the_package(),
-                )
-            return info
-    return None
+    info = _named(model, list_models())
+    if info is not None and Path(model).exists() and Path(model).resolve() != info.path.resolve():  # not the
+        # shipped folder itself
+        warnings.warn(
+            f"{model!r} is the shipped model {info.name}; the {'folder' if Path(model).is_dir() else 'file'} "
+            f"{model!r} in the working directory ({Path(model).resolve()}) is not used: give ./{model} to load it",
+            ShadowedModelWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return info
 
 
 def load_model(
@@ -222,22 +219,18 @@ def load_model(
         raise TypeError(f"a model is named by a string or a path, not {type(model).__name__}")
     path = Path(model)
     shipped = shipped_by_name(model)
-    if shipped is not None:
-        if atom_init is not None:
-            raise CheckpointError(
-                f"{model}: a shipped model carries its own element table; atom_init applies to .pth.tar files only"
-            )
-        loaded = load_model_folder(shipped.path, members=members)
-    elif path.exists():
+    if shipped is None and not path.exists():
+        if isinstance(model, os.PathLike) or _looks_like_path(model):
+            raise CheckpointError(f"{model}: no such model folder or checkpoint file")
+        shipped = resolve_model(model)
+    if shipped is None:
         loaded = _load_path(path, members=members, atom_init=atom_init, trusted=trusted)
-    elif isinstance(model, os.PathLike) or _looks_like_path(model):
-        raise CheckpointError(f"{model}: no such model folder or checkpoint file")
+    elif atom_init is not None:
+        raise CheckpointError(
+            f"{model}: a shipped model carries its own element table; atom_init applies to .pth.tar files only"
+        )
     else:
-        if atom_init is not None:
-            raise CheckpointError(
-                f"{model}: a shipped model carries its own element table; atom_init applies to .pth.tar files only"
-            )
-        loaded = load_model_folder(resolve_model(model).path, members=members)
+        loaded = load_model_folder(shipped.path, members=members)
     return loaded.to(resolve_device(device))
 
 
@@ -268,10 +261,10 @@ def _load_path(
             read_model_json(path)  # not a model folder at all: that error (naming checkpoint files it holds) first
             raise CheckpointError(f"{path}: a model folder carries its own element table; do not pass atom_init")
         return load_model_folder(path, members=members)
-    training_state = path.name in ("checkpoint_last.pt", "checkpoint_best.pt")  # a cgcnn-ase run's work_dir
-    own = not path.name.endswith((".pth.tar", ".pth")) and (path.parent / "model.json").is_file()
+    training_state = path.name in TRAINING_STATE_FILES  # a cgcnn-ase run's work_dir
+    own = not path.name.endswith((".pth.tar", ".pth")) and (path.parent / MODEL_JSON).is_file()
     folder = path.parent if own else None
-    if training_state and (path.parent.parent / "model.json").is_file():  # <model folder>/run/checkpoint_last.pt
+    if training_state and (path.parent.parent / MODEL_JSON).is_file():  # <model folder>/run/checkpoint_last.pt
         folder = path.parent.parent
     if folder is not None:  # weights.safetensors, model.json, run/checkpoint_last.pt: parts of a model folder
         raise CheckpointError(f"{path} is a file of the model folder {folder}: load the folder itself "

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cgcnn_ase.graph import config as graph_config
 from cgcnn_ase.graph import neighbours as graph_module
 from cgcnn_ase.graph.batch import GraphBatch, gaussian_expand, merge_identical_edges
 from cgcnn_ase.graph.config import GraphConfig
@@ -306,22 +305,39 @@ class GraphCache:
         return store.save(self.folder / f"shard-{digest}.npz", failures)
 
 
+#: The modules whose code decides a cached graph: reading and validating structures, and building graphs on the
+#: CPU or (``graph.batched``) on a device, with what they import (a few of those, as the element tables, are
+#: used only when batches are made: listing them costs at most a rebuilt cache). ``tests/test_user_reports_r18.py`` checks that every module of ``io`` and ``graph``
+#: they import is listed, so an edit anywhere on that path makes a new cache folder.
+GRAPH_CODE_MODULES = (
+    "cgcnn_ase.io.reader",
+    "cgcnn_ase.io.cif",
+    "cgcnn_ase.io.records",
+    "cgcnn_ase.graph.config",
+    "cgcnn_ase.graph.neighbours",
+    "cgcnn_ase.graph.elements",
+    "cgcnn_ase.graph.batch",
+    "cgcnn_ase.graph.element_table",
+    "cgcnn_ase.graph.batched",
+)
+
+
 @functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
     """Digest of the code that turns raw structures into graphs (parsing, validation, graph
-    construction), so that cached graphs are never reused after that code changes."""
+    construction: :data:`GRAPH_CODE_MODULES` and the dataset's ``parse_one``), so that cached graphs are
+    never reused after that code changes."""
+    import importlib
     import inspect
 
     from cgcnn_ase import __version__
-    from cgcnn_ase.io import reader as structures
-    from cgcnn_ase.io import records
     from cgcnn_ase.data import datasets
 
     h = hashlib.sha256(__version__.encode())
     try:
         h.update(inspect.getsource(datasets.parse_one).encode())
-        for module in (structures, records, graph_config, graph_module):
-            h.update(Path(module.__file__).read_bytes())
+        for name in GRAPH_CODE_MODULES:
+            h.update(Path(importlib.import_module(name).__file__).read_bytes())
     except (OSError, TypeError):  # no source (frozen/zipped install): the version must do
         pass
     return h.hexdigest()[:16]

@@ -24,7 +24,6 @@ Load it like any model folder (:class:`~cgcnn_ase.inference.predictor.CGCNNPredi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cgcnn_ase.analysis.metrics import CONFIDENCE
-from cgcnn_ase.models.cards import ensemble_card, json_safe
+from cgcnn_ase.models.cards import ensemble_card
 from cgcnn_ase.models.folder import (
     DOMAIN_FILE,
     MODEL_JSON,
@@ -43,6 +42,7 @@ from cgcnn_ase.models.folder import (
     load_model_folder,
     read_model_json,
     save_model_folder,
+    write_model_json,
 )
 from cgcnn_ase.models.domain import MAX_CENTER_BYTES, DomainSummary
 from cgcnn_ase.errors import ConfigError, EnsembleError
@@ -355,7 +355,7 @@ def add_domain_summary(
     summary.save(folder / DOMAIN_FILE)
     document = read_model_json(folder)
     document["domain"] = {"file": DOMAIN_FILE, **summary.info}
-    (folder / MODEL_JSON).write_text(json.dumps(document, indent=2) + "\n")
+    write_model_json(folder, document)
     logger.info(
         "domain summary of %s: %d centres, %d reference distances", folder, len(summary.centers), len(summary.reference)
     )
@@ -424,7 +424,7 @@ def write_uncertainty_report(
         "val": {k: v for k, v in _compact(report["val"]).items() if k != "uncertainty"},
         "calibration": report["calibration"],
     }
-    (folder / MODEL_JSON).write_text(json.dumps(json_safe(document), indent=2) + "\n")
+    write_model_json(folder, document)
     write_card(folder)
     return report
 
@@ -481,7 +481,7 @@ def refresh_domain_report(
             stored[split]["uncertainty"] = regression_uncertainty_metrics(y[good], result.values[good],
                                                                           result.uncertainty[good])  # fmt: skip
     document["metadata"]["uncertainty"] = stored
-    (folder / MODEL_JSON).write_text(json.dumps(json_safe(document), indent=2) + "\n")
+    write_model_json(folder, document)
     write_card(folder)
     return stored
 

@@ -33,7 +33,6 @@ settings (``metadata.finetune`` of ``model.json``).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import torch
 
 from cgcnn_ase.errors import CGCNNError, ConfigError, UnfinishedRunError
 from cgcnn_ase.graph.elements import generate_cgcnn_table
-from cgcnn_ase.models.folder import ELEMENTS_FILE, LoadedModel, read_model_json
+from cgcnn_ase.models.folder import ELEMENTS_FILE, LoadedModel, read_model_json, write_model_json
 from cgcnn_ase.models.registry import load_model, model_folder, shipped_by_name
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train.config import TrainConfig
@@ -569,7 +568,7 @@ def finetune_all_members(config: TrainConfig, *, progress: bool = True) -> Path:
         finetune["base"]["test_metrics"] = (base_document.get("metadata") or {}).get("test_metrics") or {}  # the
         # base ensemble's, not its member 0's
         document["metadata"]["finetune"] = finetune
-        (output / "model.json").write_text(json.dumps(document, indent=2) + "\n")
+        write_model_json(output, document)
     resolved = yaml.safe_load((folders[0] / "config.yaml").read_text())  # member 0's, with the base model's settings
     resolved.update({k: v for k, v in config.to_dict().items() if k not in ("model", "graph", "elements")})
     (output / "config.yaml").write_text(

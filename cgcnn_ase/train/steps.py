@@ -4,10 +4,9 @@ them together."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,23 +29,9 @@ __all__ = [
     "scheduler_state",
     "split_metrics",
     "steps_per_epoch",
-    "torch_threads",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[int]:
-    """Use ``threads`` torch CPU threads inside the block, restoring the previous count after."""
-    previous = torch.get_num_threads()
-    if threads is not None and threads != previous:
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)
 
 
 def batch_chunks(order: np.ndarray, batch_size: int, min_last: int = 2) -> list[np.ndarray]:

@@ -44,8 +44,10 @@ import torch
 
 from cgcnn_ase.errors import ConfigError, TrainingError
 from cgcnn_ase.graph.element_table import ElementTable
+from cgcnn_ase.models.folder import CHECKPOINT_LAST
 from cgcnn_ase.models.registry import resolve_device
 from cgcnn_ase.nn.network import CrystalGraphConvNet
+from cgcnn_ase.nn.threads import torch_threads
 from cgcnn_ase.train import ddp as parallel_training
 from cgcnn_ase.train.cache import GraphBatcher, to_device
 from cgcnn_ase.train.config import TrainConfig, changed_settings, config_fingerprint, fingerprinted_settings
@@ -75,7 +77,6 @@ from cgcnn_ase.train.steps import (
     scheduler_state,
     split_metrics,
     steps_per_epoch,
-    torch_threads,
 )
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_LAST", "Trainer", "network_architecture", "train_from_config"]
@@ -83,7 +84,6 @@ __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_LAST", "Trainer", "network_architect
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "cgcnn_ase.training/1"
-CHECKPOINT_LAST = "checkpoint_last.pt"
 
 
 def network_architecture(config: TrainConfig, elements: ElementTable) -> dict[str, Any]:
