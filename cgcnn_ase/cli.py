@@ -370,7 +370,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip the ids already in -o and append (csv or parquet).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Structures read, predicted and written together (memory holds one chunk) [default: 1024 with one --model, else 8192].")
 @click.option("--column", default="cif", show_default=True, help="Table inputs (.csv, .tsv, .parquet): column holding CIF text, pymatgen structure JSON or file paths.")
-@click.option("--id-column", default=None, help="Table inputs: column of unique ids [default: FILE@ROW].")
+@click.option("--id-column", default=None, help="Table inputs: column of unique ids; a JSON list of entries (a structure dict under 'structure', as Materials Project downloads): the key of each entry's id, e.g. material_id [default: FILE@ROW].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Crystals per forward pass [default: 64 on a CPU, 1024 on a GPU].")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch (1 is fastest for small crystals; run several processes to use more cores).")
@@ -790,7 +790,8 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
 
     parsed = [_parse_structure_cell(beside_table(value, table), name) for name, value in zip(names, df[column])]
     good = [k for k, item in enumerate(parsed) if not isinstance(item, Exception)]
-    rows = featurizer.featurize_many([parsed[k] for k in good], ignore_errors=True, return_errors=True, pbar=True)
+    rows = featurizer.featurize_many([parsed[k] for k in good], ignore_errors=True, return_errors=True, pbar=True,
+                                     labels=[names[k] for k in good])  # warnings name the rows as the errors do
     features = np.full((len(df), len(labels)), np.nan)
     unseen: list[str | None] = [None] * len(df)
     errors: list[str | None] = [str(item) if isinstance(item, Exception) else None for item in parsed]
@@ -936,11 +937,12 @@ def _evaluation_summary(report: dict[str, Any]) -> list[str]:
 @click.option("--column", "structure_column", default=None, help="With DATASET: its column of structures (CIF text, ...) [default: the training config's].")
 @click.option("--filter", "row_filter", default=None, help="With DATASET: a pandas query selecting rows, replacing the training config's ('' for none).")
 @click.option("--per-atom/--no-per-atom", "per_atom", default=None, help="With DATASET: divide its true values by each crystal's number of atoms (--no-per-atom: the column is per atom already) [default: the training config's per_atom].")
+@click.option("--transform", type=click.Choice(["none", "log10"]), default=None, help="With DATASET: the transform of its true values (none: the column is in the model's units already, e.g. log10(GPa)) [default: the training config's].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None, help="What to print [default: a short summary on a terminal, else the report as JSON]; metrics.json always holds the whole report.")
 @_guarded
 def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, batch_size: int, target: str | None,
              id_column: str | None, structure_column: str | None, row_filter: str | None, per_atom: bool | None,
-             fmt: str | None) -> None:  # fmt: skip
+             transform: str | None, fmt: str | None) -> None:  # fmt: skip
     """Score MODEL (a trained model folder or shipped name) on a split of its dataset
     (default: the saved test split of the dataset it was trained on) or on DATASET.
     Prints the metrics; writes them with the predictions and a parity (or ROC) plot to a folder.
@@ -948,19 +950,25 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
     For another dataset, score every row with --split all and name its columns where they differ,
     e.g. cgcnn-ase evaluate bulk_modulus data.json.gz --split all --target bulk_modulus_vrh --id-column mp_id."""
     from cgcnn_ase.analysis.evaluation import evaluate_model
+    from cgcnn_ase.errors import DatasetError
     from cgcnn_ase.models.registry import model_folder
 
     given = {"--target": ("target", target), "--id-column": ("id_column", id_column),
              "--column": ("structure_column", structure_column), "--filter": ("filter", row_filter),
-             "--per-atom/--no-per-atom": ("per_atom", per_atom)}  # fmt: skip
+             "--per-atom/--no-per-atom": ("per_atom", per_atom), "--transform": ("transform", transform)}  # fmt: skip
     layout = {field: (value or None) if field == "filter" else value for field, value in given.values() if value is not None}
     if layout and dataset is None:
         options = "/".join(option for option, (_, value) in given.items() if value is not None)
         raise click.UsageError(f"{options} need(s) a DATASET argument")
     if out_dir is None:  # never inside a model folder (a shipped one lives in the package)
         out_dir = str(Path("evaluation") / f"{model_folder(model).name}-{split}")
-    report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size, progress=_on_terminal(),
-                            layout=layout)  # fmt: skip
+    try:
+        report = evaluate_model(model, dataset, split=split, out_dir=out_dir, batch_size=batch_size,
+                                progress=_on_terminal(), layout=layout)  # fmt: skip
+    except DatasetError as exc:
+        if dataset is None or not re.search(r"\bno (id |target |structure )?column\b|neither a column", str(exc)):
+            raise
+        raise DatasetError(f"{exc} (another file's columns: --target, --id-column, --column)") from None
     if (fmt or ("table" if sys.stdout.isatty() else "json")) == "table":
         click.echo("\n".join(_evaluation_summary(report)))
     else:

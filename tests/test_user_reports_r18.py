@@ -22,6 +22,7 @@ from cgcnn_ase.io.inputs import iter_file
 from cgcnn_ase.io.reader import iter_records, read_records
 
 from .conftest import REPO
+from .test_training import dataset_csv  # noqa: F401 - the tiny 12-crystal dataset fixture
 
 EXTXYZ_WITH_D = """2
 Lattice="3 0 0 0 3 0 0 0 3" Properties=species:S:1:pos:R:3 pbc="T T T"
@@ -191,3 +192,211 @@ def test_warnings_name_the_users_line_through_one_helper(tmp_path, monkeypatch):
     with pytest.warns(ShadowedModelWarning) as caught:
         assert model_folder("band_gap") == resolve_model("band_gap").path
     assert [Path(w.filename).name for w in caught] == [Path(__file__).name]
+
+
+# -- 18b: an ML researcher training moduli from the matcalc 2025 JSON ----------------------------------------------
+
+
+def test_labels_in_gpa_declared_log10_are_warned_at_training(dataset_csv, tmp_path):
+    """18b: 'labels in GPa are accepted as log10(GPa) with no warning, and the calculator then returns 2.5e139 GPa'
+    (units: log10(GPa) without data.transform: log10, targets 0.5 to 411)."""
+    from cgcnn_ase.data.datasets import log_units_problem
+    from cgcnn_ase.train.data import prepare_data
+
+    from .test_training import tiny_config
+
+    scaled = tmp_path / "gpa.csv"
+    frame = __import__("pandas").read_csv(dataset_csv)
+    frame["K"] = frame["vpa"] * 10  # 100-250 "GPa"
+    frame.to_csv(scaled, index=False)
+    config = tiny_config(scaled, tmp_path, units="log10(GPa)", property="log10_bulk_modulus",
+                         data=DatasetSpec(path=str(scaled), target="K"))  # fmt: skip
+    with pytest.warns(UserWarning, match=r"cannot be in log10\(GPa\) \(that would be 10\^\d+ GPa\).*data.transform: log10"):
+        prepare_data(config)
+    logged = tiny_config(scaled, tmp_path, units="GPa", property="log10_bulk_modulus",
+                         data=DatasetSpec(path=str(scaled), target="K", transform="log10"))  # fmt: skip
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with the transform: nothing to say
+        prepare_data(logged)
+    assert log_units_problem(np.array([0.3, 2.6]), "log10(GPa)") is None
+    assert log_units_problem(np.array([411.0]), "GPa") is None  # not log units: any value
+
+
+def test_a_log10_model_named_as_the_quantity_itself_is_warned(dataset_csv, tmp_path):
+    """18b: property bulk_modulus with units GPa and transform log10: 'the declared units are silently changed to
+    log10(GPa)', and calc.get_property('bulk_modulus') gives 2.297 where the shipped model's key gives 148 GPa."""
+    from cgcnn_ase.train.data import log_name_problem
+
+    from .test_training import tiny_config
+
+    spec = DatasetSpec(path=str(dataset_csv), target="vpa", transform="log10")
+    named = tiny_config(dataset_csv, tmp_path, units="GPa", property="bulk_modulus", data=spec)
+    assert named.target_units == "log10(GPa)"
+    problem = log_name_problem(named)
+    assert "units: GPa with data.transform: log10" in problem and "name it 'log10_bulk_modulus'" in problem
+    assert log_name_problem(tiny_config(dataset_csv, tmp_path, units="GPa", property="log10_bulk_modulus", data=spec)) is None
+    assert log_name_problem(tiny_config(dataset_csv, tmp_path, units="GPa", data=spec)) is None  # the made name: log10_vpa
+    assert log_name_problem(tiny_config(dataset_csv, tmp_path, property="volume")) is None  # not logarithmic
+
+
+def _moduli_json(path: Path) -> Path:
+    """Four crystals with their bulk moduli (GPa, roughly MP's) and those moduli's log10."""
+    from ase.build import bulk
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    crystals = {"NaCl": (bulk("NaCl", "rocksalt", a=5.64), 24.0), "MgO": (bulk("MgO", "rocksalt", a=4.21), 152.0),
+                "Si": (bulk("Si", "diamond", a=5.47), 88.0), "Cu": (bulk("Cu", "fcc", a=3.63), 140.0)}  # fmt: skip
+    entries = [{"key": name, "structure": AseAtomsAdaptor.get_structure(atoms).as_dict(), "K_GPa": k,
+                "logK": float(np.log10(k))} for name, (atoms, k) in crystals.items()]  # fmt: skip
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_evaluate_notes_labels_far_from_the_training_targets(tmp_path):
+    """18b: 'evaluate applies log10 again to a target that is already log10, with no warning': mae 1.66, r2 -298.
+    Now a note says so and names --transform none, which scores the column as it is."""
+    from .test_user_reports import _cli
+
+    data = _moduli_json(tmp_path / "moduli.json")
+    twice = _cli("evaluate", "bulk_modulus", str(data), "--split", "all", "--target", "logK", "--id-column", "key",
+                 "--format", "json", "-o", str(tmp_path / "twice"))  # fmt: skip
+    assert twice.exit_code == 0, twice.output
+    note = json.loads(twice.stdout)["note"]
+    assert "standard deviations from the training targets' mean" in note and "--transform none" in note
+    once = _cli("evaluate", "bulk_modulus", str(data), "--split", "all", "--target", "logK", "--id-column", "key",
+                "--transform", "none", "--format", "json", "-o", str(tmp_path / "once"))  # fmt: skip
+    assert once.exit_code == 0, once.output
+    report = json.loads(once.stdout)
+    assert "note" not in report and report["metrics"]["mae"] < 0.3
+    gpa = _cli("evaluate", "bulk_modulus", str(data), "--split", "all", "--target", "K_GPa", "--id-column", "key",
+               "--format", "json", "-o", str(tmp_path / "gpa"))  # fmt: skip
+    assert json.loads(gpa.stdout)["metrics"]["mae"] == pytest.approx(report["metrics"]["mae"], abs=1e-6)
+
+
+def test_evaluate_names_every_missing_column_and_the_options(tmp_path):
+    """18b: 'evaluate bulk_modulus sub300.json first reports only no id column material_id. It does not mention the
+    --id-column option, and the unknown target column is not reported in the same message'."""
+    from .test_user_reports import _cli
+
+    data = _moduli_json(tmp_path / "moduli.json")
+    run = _cli("evaluate", "bulk_modulus", str(data), "--split", "all", "-o", str(tmp_path / "e"))
+    assert run.exit_code == 1  # bad input
+    assert "no id column 'material_id', and no target column 'K_VRH'" in run.stderr
+    assert "--target, --id-column, --column" in run.stderr
+
+
+def test_a_shipped_config_pointed_at_other_data_leaves_out_its_dataset_provenance(tmp_path):
+    """18b: the card of a model trained from configs/bulk_modulus.yaml with --set data.path=<matcalc json> named
+    'mp_elastic3k_kdmsit', its source, licence and citation."""
+    from cgcnn_ase.train.config import load_config
+
+    config = REPO / "configs" / "bulk_modulus.yaml"
+    with pytest.warns(UserWarning, match=r"data.path is now mine.json.*\(dataset_name, licence, citation\)"):
+        moved = load_config(config, ["data.path=mine.json", "metadata.source=my lab"])
+    assert moved.metadata["source"] == "my lab" and "dataset_name" not in moved.metadata
+    assert "notes" in moved.metadata  # about the model, not the data
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = load_config(config, ["epochs=3"])
+    assert same.metadata["dataset_name"].startswith("mp_elastic3k_kdmsit")
+
+
+def test_a_filter_on_a_numeric_column_holding_some_text_works(tmp_path):
+    """18b: a row with bulk_modulus_vrh 'n/a' got advice to filter 'bulk_modulus_vrh > 0', which then failed with
+    "TypeError: '>' not supported between 'str' and 'int'"; and the warning offered a classification target."""
+    import warnings
+
+    data = _moduli_json(tmp_path / "moduli.json")
+    entries = json.loads(data.read_text())
+    entries[1]["K_GPa"] = "n/a"
+    entries[2]["K_GPa"] = 0
+    data.write_text(json.dumps(entries))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = load_table(DatasetSpec(path=str(data), target="K_GPa", id_column="key", filter="K_GPa > 0"))
+    assert table.ids == ["NaCl", "Cu"] and table.dropped == {"filter": 2}
+    assert any("hold text among numbers" in str(w.message) for w in caught)
+    with pytest.warns(UserWarning, match=r"it holds text \('n/a'\) among numbers: those cells are taken as missing"):
+        load_table(DatasetSpec(path=str(data), target="K_GPa", id_column="key"))
+
+
+def test_predict_names_json_entries_by_their_id_key(tmp_path):
+    """18b: 'predict --id-column is silently ignored for JSON-list input': ids stayed sub300.json@0, ..."""
+    from .test_user_reports import _cli
+
+    data = _moduli_json(tmp_path / "moduli.json")
+    for workers in ("1", "2"):
+        run = _cli("predict", str(data), "-m", "bulk_modulus", "--id-column", "key", "--workers", workers)
+        assert run.exit_code == 0, run.output
+        assert [line.split(",")[0] for line in run.stdout.splitlines()[1:]] == ["NaCl", "MgO", "Si", "Cu"]
+    wrong = _cli("predict", str(data), "-m", "bulk_modulus", "--id-column", "mp_id")
+    assert wrong.exit_code == 1
+    assert "no 'mp_id' in this entry (4 of 4 lack it); its keys: ['K_GPa', 'key', 'logK', 'structure']" in wrong.stderr
+    plain = _cli("predict", str(data), "-m", "bulk_modulus")
+    assert plain.stdout.splitlines()[1].startswith(f"{data}@0,")
+
+
+def test_featurizer_warnings_name_rows_by_the_frame_index_and_the_cli_ids(tmp_path):
+    """18b: 'warnings from the featurizer and featurize name rows as input 1, input 2; they do not use the DataFrame
+    index or the --id-column value'."""
+    import warnings
+
+    import pandas as pd
+    from ase import Atoms
+    from ase.build import bulk
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.cif import CifWriter
+
+    from cgcnn_ase.errors import VacuumWarning
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+
+    from .test_user_reports import _cli
+
+    slab = Atoms("Cu2", positions=[[0, 0, 0], [1.8, 0, 0]], cell=[3.6, 3.6, 30], pbc=True)
+    overlapping = Atoms("Cu2", positions=[[0, 0, 0], [0.1, 0, 0]], cell=[3.6, 3.6, 3.6], pbc=True)
+    structures = [AseAtomsAdaptor.get_structure(a) for a in (bulk("Cu"), slab, overlapping)]
+    frame = pd.DataFrame({"structure": structures}, index=["cu", "the slab", "bad"])
+    featurizer = CGCNNFeaturizer(["formation_energy"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = featurizer.featurize_dataframe(frame, "structure", pbar=False, ignore_errors=True, return_errors=True)
+    assert [str(w.message).split(":")[0] for w in caught if issubclass(w.category, VacuumWarning)] == ["the slab"]
+    assert out.iloc[2, -1] == "atoms 0 and 1 are 0.100 Å apart (overlapping atoms)"  # the row says which row
+    with pytest.warns(VacuumWarning, match="^input 1: "):  # the default 0..n-1 index: input k is the row
+        featurizer.featurize_dataframe(frame.reset_index(drop=True), "structure", pbar=False, ignore_errors=True)
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"key": ["cu", "s2", "b3"], "cif": [str(CifWriter(s)) for s in structures]}).to_csv(table, index=False)
+    run = _cli("featurize", str(table), "-o", str(tmp_path / "f.csv"), "--id-column", "key", "-m", "formation_energy")
+    assert run.exit_code == 1
+    assert "warning: s2: the atoms leave an empty gap" in run.stderr and "error: b3: atoms 0 and 1" in run.stderr
+
+
+def test_finetuning_warns_when_a_kept_output_layer_meets_labels_in_other_units(dataset_csv, tmp_path):
+    """18b: fine-tuning 'keeps the base model's output layer (same property and units) even though the new
+    normaliser's mean (114) is about 330 of the base model's standard deviations away from the base mean'."""
+    import warnings
+
+    from cgcnn_ase.models.folder import save_model_folder
+    from cgcnn_ase.train.trainer import Trainer
+
+    from .conftest import random_model
+    from .test_finetune import ft_config
+
+    base = save_model_folder(tmp_path / "base", random_model(seed=3))  # formation_energy, -1.0 ± 0.5 eV/atom
+    far = Trainer(ft_config(dataset_csv, tmp_path / "far", base, property="formation_energy", units="eV/atom"),
+                  progress=False)  # fmt: skip  (volumes per atom, 10-25, as if eV/atom)
+    with pytest.warns(UserWarning, match=r"the output layer of .*base is kept \(same property and units\), but this run's "
+                                         r"training labels' mean, \d+\.\d+ eV/atom, lies \d+\.\d standard deviations from the "
+                                         r"base model's training targets' mean \(-1 ± 0.5 eV/atom\)"):
+        far.setup()
+    assert far.finetune_state.output_layer == "keep"
+    near = ft_config(dataset_csv, tmp_path / "near", base, property="formation_energy", units="eV/atom",
+                     data=DatasetSpec(path=str(dataset_csv), target="(vpa - 15) / 20 - 1"))  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(near, progress=False).setup()
+    assert not [w for w in caught if "standard deviations" in str(w.message)]

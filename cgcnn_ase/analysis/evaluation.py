@@ -23,6 +23,7 @@ from cgcnn_ase.analysis.metrics import (
     uncertainty_report,
 )
 from cgcnn_ase.analysis.plots import parity_plot, roc_plot, uncertainty_plots
+from cgcnn_ase.data.datasets import label_shift_problem
 from cgcnn_ase.errors import EnsembleError
 from cgcnn_ase.models.cards import json_safe
 
@@ -42,7 +43,7 @@ def _model_folder(model: str | os.PathLike) -> Path:
 
 
 #: Dataset settings that describe a file's layout; another dataset's may differ from the training one's.
-LAYOUT_FIELDS = ("target", "id_column", "structure_column", "filter", "format", "per_atom")
+LAYOUT_FIELDS = ("target", "id_column", "structure_column", "filter", "format", "per_atom", "transform")
 
 
 def _dataset_spec(folder: Path, dataset: Any, layout: Mapping[str, Any] | None = None) -> Any:
@@ -360,7 +361,8 @@ def evaluate_model(
         "metrics": metrics,
         "files": {},
     }
-    notes = [_labels_changed(spec_m.metadata, folder, split, ids, targets, layout), _base_had_seen(spec_m.metadata, split)]
+    notes = [_labels_changed(spec_m.metadata, folder, split, ids, targets, layout), _base_had_seen(spec_m.metadata, split),
+             _labels_shifted(spec_m, spec, targets[good])]
     for note in filter(None, notes):
         summary["note"] = f"{summary['note']}; {note}" if "note" in summary else note
         warnings.warn(f"model {spec_m.name!r}: {note}", UserWarning, stacklevel=2)
@@ -372,6 +374,18 @@ def evaluate_model(
                                              data.unusable)  # fmt: skip
     logger.info("evaluated %s on %d %s crystals: %s", folder, summary["n"], split, metrics)
     return summary
+
+
+def _labels_shifted(model: Any, spec: Any, targets: np.ndarray) -> str | None:
+    """A note when a regression model's labels lie far from its training targets (other units, or a log10
+    applied to a column already in log10), else ``None``."""
+    if model.task != "regression" or not len(targets):
+        return None
+    problem = label_shift_problem(float(np.median(targets)), model.normalizer_mean, model.normalizer_std, model.units)
+    if problem and spec.transform == "log10":
+        problem += (f" (the labels are {spec.target!r} after log10, as in training: a column already in log10 needs "
+                    "transform none, CLI --transform none)")
+    return problem
 
 
 def _base_had_seen(metadata: Mapping[str, Any], split: str) -> str | None:

@@ -256,10 +256,18 @@ def _record_key(record: StructureRecord) -> str:
     return _hash_text("record", data)
 
 
-def _pick_id_column(columns: Sequence[str], requested: str | None, path: str) -> str | None:
+def _pick_id_column(columns: Sequence[str], requested: str | None, path: str, target: str | None = None) -> str | None:
+    """The id column: ``requested``, else the first of :data:`ID_COLUMNS` present (``None``: none is).
+
+    Raises:
+        DatasetError: no column ``requested``; a ``target`` that is a plain name of no column is named in the
+            same message, so that a file of another layout is described in one go.
+    """
     if requested is not None:
         if requested not in columns:
-            raise DatasetError(f"{path}: no id column {requested!r}; columns: {list(columns)}")
+            also = (f", and no target column {target!r}" if target and target.isidentifier() and target not in columns
+                    else "")  # fmt: skip
+            raise DatasetError(f"{path}: no id column {requested!r}{also}; columns: {list(columns)}")
         return requested
     return next((c for c in ID_COLUMNS if c in columns), None)
 
@@ -305,7 +313,7 @@ def load_table(spec: DatasetSpec) -> DatasetTable:
         raise DatasetError(f"{path}: no such dataset file or directory (relative paths resolve against {Path.cwd()})")
     df, kind, sources = read_layout(spec, fmt)
     n_rows = len(df)
-    id_col = _pick_id_column(list(df.columns), spec.id_column, spec.path)
+    id_col = _pick_id_column(list(df.columns), spec.id_column, spec.path, spec.target)
     ids = df[id_col].astype(str).tolist() if id_col else [str(i) for i in range(n_rows)]
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
@@ -354,7 +362,16 @@ def _select_rows(
         dropped["drop_ids"] = int(mask.sum())
     if spec.filter:
         try:
-            selected = df.eval(spec.filter, engine="python")
+            try:
+                selected = df.eval(spec.filter, engine="python")
+            except TypeError:  # '>' between str and int: a numeric column with some text in it ("n/a")
+                numeric, mixed = _numeric_columns(df)
+                if not mixed:
+                    raise
+                selected = numeric.eval(spec.filter, engine="python")
+                warnings.warn(f"{path}: filter {spec.filter!r}: column(s) {mixed} hold text among numbers; those cells "
+                              "count as missing (NaN) in the filter, so comparisons leave their rows out",
+                              UserWarning, stacklevel=3)  # fmt: skip
         except Exception as exc:  # noqa: BLE001
             raise DatasetError(
                 f"{path}: invalid filter {spec.filter!r} ({type(exc).__name__}: {exc}); columns: {list(df.columns)}"
@@ -601,8 +618,25 @@ def _text_label_hint(df: Any, target: str, bad: np.ndarray) -> str:
         infinite = int(np.isinf(values).sum())
         return f"; {infinite} of them are infinite (inf): leave those rows out or give finite values" if infinite else ""
     shown = ", ".join(repr(t) for t in text[:4]) + (", ..." if len(text) > 4 else "")
+    if np.isfinite(_numbers(column)).sum() * 2 >= len(column):  # mostly numbers: the text marks missing values
+        return f"; it holds text ({shown}) among numbers: those cells are taken as missing values"
     return (f"; it holds text ({shown}): for labels, give an expression as the target, e.g. "
             f"data.target: '{target} == \"{text[0]}\"' (1 where true, 0 elsewhere)")
+
+
+def _numeric_columns(df: Any) -> tuple[Any, list[str]]:
+    """``df`` with each text column whose cells are mostly numbers (at least half of those given) turned into
+    numbers, the rest of its cells NaN; and the names of those columns."""
+    out, mixed = df.copy(), []
+    for name in df.columns:
+        if df[name].dtype != object:
+            continue
+        given = df[name].dropna()
+        numbers = _numbers(given)
+        if len(given) and np.isfinite(numbers).sum() * 2 >= len(given):
+            out[name] = _numbers(df[name])
+            mixed.append(str(name))
+    return out, mixed
 
 
 def _numbers(values: Any) -> Any:
@@ -650,3 +684,41 @@ def is_binary_labels(values: np.ndarray) -> bool:
     values = np.asarray(values)
     return bool(values.size) and bool(np.all((values == 0) | (values == 1))) and not any(math.isnan(v) for v in values)
 
+
+
+#: |value| above which a target cannot be a log10 of anything measured in ordinary units (10^20 GPa, eV, ...).
+LOG10_LIMIT = 20.0
+#: Standard deviations of the training targets between their mean and the median of other labels beyond which
+#: those labels are taken to be in other units (or transformed twice), not merely another kind of crystal.
+SHIFT_LIMIT = 4.0
+
+
+def log_units_problem(values: np.ndarray, units: str) -> str | None:
+    """Why ``values`` cannot be in the log units ``units`` (``"log10(GPa)"``): some exceed
+    :data:`LOG10_LIMIT` in magnitude, as the raw values given for their logs do; ``None`` if they can
+    (or ``units`` are no log units)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not units.lower().startswith("log") or not values.size:
+        return None
+    largest = float(np.max(np.abs(values)))
+    if largest <= LOG10_LIMIT:
+        return None
+    inner = units[units.find("(") + 1:units.rfind(")")] if "(" in units and units.endswith(")") else "its units"
+    return (f"targets up to {largest:.4g} cannot be in {units} (that would be 10^{largest:.0f} {inner}): if they are "
+            f"raw values in {inner}, set data.transform: log10 so the model learns their log10")
+
+
+def label_shift_problem(center: float, mean: float, std: float, units: str, what: str = "the labels' median",
+                        reference: str = "the training targets") -> str | None:
+    """Why labels look like they are in other units than a model's training targets (``mean`` ± ``std``, in
+    ``units``): their ``center`` (``what``: e.g. their median) lies more than :data:`SHIFT_LIMIT` standard
+    deviations from the mean (``reference``: whose targets); ``None`` otherwise (or with nothing finite to
+    compare)."""
+    if not all(math.isfinite(v) for v in (center, mean, std)) or std <= 0:
+        return None
+    distance = abs(center - mean) / std
+    if distance <= SHIFT_LIMIT:
+        return None
+    return (f"{what}, {center:.4g} {units}, lies {distance:.1f} standard deviations from {reference}' mean "
+            f"({mean:.4g} ± {std:.4g} {units}): check that they are in the same units and transformed the same way")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -33,6 +34,10 @@ from cgcnn_ase.nn.threads import torch_threads
 
 #: The label of the column that ``unseen_elements=True`` adds (the name ``cgcnn-ase predict`` gives it too).
 UNSEEN_COLUMN = "unseen_elements"
+
+
+#: Per thread: ``(id(featurizer), labels)`` of the frame a ``featurize_dataframe`` call is featurizing.
+_ROWS = threading.local()
 
 
 @contextlib.contextmanager
@@ -180,28 +185,54 @@ class CGCNNFeaturizer(BaseFeaturizer):
         """Features of one structure (prefer ``featurize_many``/``featurize_dataframe``: batched)."""
         return self._featurize_batch([structure], raise_errors=True)[0][0]
 
+    def featurize_dataframe(self, df: Any, col_id: Any, *args: Any, **kwargs: Any) -> Any:
+        """matminer's ``featurize_dataframe``; warnings name each row by the frame's index (unless that is the
+        default 0..n-1, whose ``input k`` already names the row)."""
+        import pandas as pd
+
+        index = df.index
+        plain = isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1
+        previous = getattr(_ROWS, "labels", None)
+        _ROWS.labels = None if plain else (id(self), [str(i) for i in index])
+        try:
+            return super().featurize_dataframe(df, col_id, *args, **kwargs)
+        finally:
+            _ROWS.labels = previous
+
     def featurize_many(
-        self, entries: Any, ignore_errors: bool = False, return_errors: bool = False, pbar: bool = True
+        self, entries: Any, ignore_errors: bool = False, return_errors: bool = False, pbar: bool = True,
+        labels: Sequence[str] | None = None,
     ) -> list[list[Any]]:
-        """Featurize many structures in batches; per-row error handling as in matminer."""
+        """Featurize many structures in batches; per-row error handling as in matminer. ``labels`` (one per
+        entry; this package's addition) name the rows in warnings and messages instead of ``input k``."""
         if return_errors and not ignore_errors:
             raise ValueError("Please set ignore_errors to True to use return_errors.")
         structures = [e[0] if isinstance(e, (tuple, list, np.ndarray)) and len(e) == 1 else e for e in list(entries)]
         if not structures:
             return []
-        rows, errors = self._featurize_batch(structures, raise_errors=not ignore_errors, progress=bool(pbar))
+        owner, frame_labels = getattr(_ROWS, "labels", None) or (None, None)
+        if labels is None and owner == id(self) and frame_labels is not None and len(frame_labels) == len(structures):
+            labels = frame_labels
+        if labels is not None:
+            if len(labels) != len(structures):
+                raise ValueError(f"labels: {len(labels)} for {len(structures)} entries")
+            structures = [(str(label), item) for label, item in zip(labels, structures)]
+        rows, errors = self._featurize_batch(structures, raise_errors=not ignore_errors, progress=bool(pbar),
+                                             labels=None if labels is None else [str(label) for label in labels])
         if return_errors:
             return [row + [err if err is not None else float("nan")] for row, err in zip(rows, errors)]
         return rows
 
     def _featurize_batch(
-        self, structures: list[Any], *, raise_errors: bool, progress: bool = False
+        self, structures: list[Any], *, raise_errors: bool, progress: bool = False, labels: list[str] | None = None
     ) -> tuple[list[list[Any]], list[str | None]]:
         """Rows of features (NaN for failed rows) and per-row error messages. A row is one structure: a
-        file or CIF text holding several (frames, data blocks) is that row's error."""
+        file or CIF text holding several (frames, data blocks) is that row's error. ``labels``: the rows'
+        labels, when ``structures`` are ``(label, structure)`` pairs."""
         inputs, several = self._one_structure_each(structures, raise_errors)
         kept = [k for k in range(len(inputs)) if k not in several]
-        rows, errors = self._feature_rows([inputs[k] for k in kept], raise_errors=raise_errors, progress=progress)
+        rows, errors = self._feature_rows([inputs[k] for k in kept], raise_errors=raise_errors, progress=progress,
+                                          labels=None if labels is None else [labels[k] for k in kept])  # fmt: skip
         width = len(self.feature_labels())
         out_rows: list[list[Any]] = [[float("nan")] * (width - 1) + [None] if self.unseen_elements
                                      else [float("nan")] * width for _ in inputs]  # fmt: skip
@@ -215,12 +246,13 @@ class CGCNNFeaturizer(BaseFeaturizer):
         read (other inputs as given; those that cannot be read are left to the prediction, which reports
         them) and the messages of the rows holding several structures (raised with ``raise_errors``)."""
         from cgcnn_ase.inference.streaming import cif_reader_for
-        from cgcnn_ase.io.reader import input_kind, read_input, read_record
+        from cgcnn_ase.io.reader import input_kind, is_labelled_pair, labelled_pair, read_input, read_record
 
         reader = cif_reader_for(self.predictors)
         inputs, several = list(structures), {}
         for k, item in enumerate(inputs):
-            if not isinstance(item, (str, os.PathLike)):
+            label, obj = labelled_pair(item) if is_labelled_pair(item) else (None, item)
+            if not isinstance(obj, (str, os.PathLike)):
                 continue
             read = read_input(k, item, cif_reader=reader)  # labelled as the prediction labels it
             if len(read) == 1:
@@ -228,7 +260,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
                     inputs[k] = read[0][1]
                 continue  # an error: the prediction reports it, as for any input
             try:  # its error: the message for a row of several structures
-                read_record(item, None if input_kind(item) == "path" else f"input {k}", cif_reader=reader)
+                read_record(obj, label or (None if input_kind(obj) == "path" else f"input {k}"), cif_reader=reader)
             except InvalidStructureError as exc:
                 if raise_errors:
                     raise
@@ -236,7 +268,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
         return inputs, several
 
     def _feature_rows(
-        self, structures: list[Any], *, raise_errors: bool, progress: bool
+        self, structures: list[Any], *, raise_errors: bool, progress: bool, labels: list[str] | None = None
     ) -> tuple[list[list[Any]], list[str | None]]:
         """:meth:`_featurize_batch` for inputs of one structure each."""
         n = len(structures)
@@ -260,8 +292,10 @@ class CGCNNFeaturizer(BaseFeaturizer):
         for j, (predictor, result) in enumerate(zip(self.predictors, results)):
             for k, message in enumerate(result.errors):
                 # the message sits in its row: a position ("input k", counted among the rows read here) would
-                # name another row of a filtered or re-indexed frame; a file's path stays
-                errors[k] = errors[k] or (message and message.removeprefix(f"input {k}: "))
+                # name another row of a filtered or re-indexed frame, and a row's own label repeats it; a file's
+                # path stays
+                label = labels[k] if labels is not None else f"input {k}"
+                errors[k] = errors[k] or (message and message.removeprefix(f"{label}: "))
             values, std, lower, upper = physical_values(predictor.property_name, result.values), result.std, result.lower, result.upper
             if gating is not None and j == gating[0]:
                 values, std, lower, upper = gated_band_gap_result(result.values, std, lower, upper,

@@ -55,10 +55,12 @@ from cgcnn_ase.io.reader import (
     beside_table,
     db_read_error,
     input_kind,
+    is_json_name,
     is_labelled_pair,
     labelled_pair,
     pair_of_two_files,
     read_items,
+    read_json_entries,
     read_record,
     read_records,
     to_record,
@@ -385,7 +387,9 @@ def iter_inputs(
             patterns, tables), ``ase.Atoms`` / pymatgen ``Structure`` / records, or
             ``(id, structure)`` pairs.
         column: table column holding CIF text, pymatgen structure-dict JSON, or file paths.
-        id_column: table column of unique ids (``None``: ``path@row``; also for a row whose id is empty).
+        id_column: table column of unique ids (``None``: ``path@row``; also for a row whose id is empty); for a
+            JSON list of entries (Materials Project style: a structure dict under ``"structure"``), the key of
+            each entry's id.
         cif_reader: ``"gemmi"`` (fast) or ``"pymatgen"`` (needed by models using the
             original neighbour policy; see :func:`cgcnn_ase.io.reader.read_structures`).
         sort: sort directory listings and glob matches (see :func:`iter_files`).
@@ -415,6 +419,8 @@ def iter_inputs(
             for path in iter_files([item], sort=sort, exclude=exclude):
                 if _is_table(path) and path != item and os.path.isfile(path) and glob.has_magic(item):
                     yield from iter_table(path, finished=finished, **opts)  # tables matched by a pattern
+                elif id_column is not None and is_json_name(path) and os.path.isfile(path):
+                    yield from _iter_json_entries(path, id_column, finished)  # entries named by their own ids
                 else:
                     yield from iter_file(path, cif_reader=cif_reader, finished=finished, defer=defer_files)
         elif is_labelled_pair(obj):
@@ -422,6 +428,18 @@ def iter_inputs(
         else:
             label = obj.label if isinstance(obj, StructureRecord) else f"input {index}"
             yield from _iter_object(label, obj, cif_reader, finished)
+
+
+def _iter_json_entries(path: str, id_key: str, finished: FinishedIds | None) -> Iterator[Item]:
+    """The entries of a JSON list (Materials Project style), ids from each entry's ``id_key``."""
+    try:
+        records = read_json_entries(path, id_key)
+    except InvalidStructureError as exc:
+        yield path, exc
+        return
+    for record in records:
+        if not _skip(finished, record.label):
+            yield record.label, record
 
 
 def _iter_object(item_id: str, obj: Any, cif_reader: CifReader, finished: FinishedIds | None) -> Iterator[Item]:

@@ -75,6 +75,7 @@ __all__ = [
     "cif_reader_for_policy",
     "db_read_error",
     "input_kind",
+    "is_json_name",
     "is_labelled_pair",
     "is_single_input",
     "iter_records",
@@ -84,6 +85,7 @@ __all__ = [
     "read_db_rows",
     "read_frames",
     "read_items",
+    "read_json_entries",
     "read_record",
     "read_records",
     "read_structures",
@@ -592,7 +594,7 @@ def _parse_file(path: Path, base: str, cif_reader: CifReader) -> list[StructureR
     if _looks_like_cif(path):  # compressed or oddly named CIF: read as CIF text
         with open_text(path) as f:
             return read_cif(f.read(), base, cif_reader, text=True)
-    if path.name.lower().endswith(tuple(".json" + c for c in ("", *_COMPRESSION))):  # pymatgen structure JSON
+    if is_json_name(path):  # pymatgen structure JSON
         records = _json_file_records(path, base)
         if records is not None:
             return records
@@ -728,15 +730,38 @@ def _text_frames(text: str, label: str) -> list[Any]:
 # =============================================================================================
 
 
-def _json_file_records(path: Path, label: str) -> list[StructureRecord] | None:
+def is_json_name(path: str | os.PathLike) -> bool:
+    """Whether a file name says JSON (``.json``, compressed or not)."""
+    return Path(path).name.lower().endswith(tuple(".json" + c for c in ("", *_COMPRESSION)))
+
+
+def read_json_entries(path: str | os.PathLike, id_key: str) -> list[StructureRecord]:
+    """The structures of a JSON list of entries (objects with a pymatgen structure dict under ``"structure"``,
+    as Materials Project downloads hold), labelled by each entry's ``id_key`` (e.g. ``material_id``).
+
+    Raises:
+        StructureReadError: not such a list, or an entry without ``id_key`` (the message lists the keys).
+    """
+    path = Path(path)
+    _check_file(path)
+    records = _json_file_records(path, str(path), id_key=id_key)
+    if records is None:
+        raise StructureReadError(f"{path}: not JSON (an id key, {id_key!r}, needs a JSON list of entries)")
+    return records
+
+
+def _json_file_records(path: Path, label: str, id_key: str | None = None) -> list[StructureRecord] | None:
     """The structures of a JSON file of pymatgen structure dicts: one ``Structure.as_dict()``, or a
     list of them (or of entries with such a dict under ``"structure"``, as Materials Project
-    downloads hold), labelled ``label@k``; ``None`` for other JSON (an ASE database: ASE reads it)."""
+    downloads hold), labelled ``label@k`` (or by each entry's ``id_key``); ``None`` for other JSON (an
+    ASE database: ASE reads it)."""
     try:
         with open_text(path) as f:
             value = json.load(f)
     except (OSError, EOFError, ValueError):
         return None
+    if id_key is not None:
+        return _json_entry_records(value, label, id_key)
     if isinstance(value, Mapping) and _is_structure_dict(value):
         return [_structure_dict_record(value, label)]
     if isinstance(value, Mapping) and "ids" in value:  # an ASE JSON database
@@ -752,6 +777,19 @@ def _json_file_records(path: Path, label: str) -> list[StructureRecord] | None:
                                      "pymatgen structure dict")  # fmt: skip
         records.append(_structure_dict_record(item, name))
     return records
+
+
+def _json_entry_records(value: Any, label: str, id_key: str) -> list[StructureRecord]:
+    """Records of a JSON list of entries, each labelled by its ``id_key``."""
+    entries = value if isinstance(value, list) else []
+    if not (entries and all(isinstance(e, Mapping) and isinstance(e.get("structure"), Mapping) for e in entries)):
+        raise StructureReadError(f"{label}: an id key ({id_key!r}) needs a JSON list of entries, each with a pymatgen "
+                                 "structure dict under 'structure'")  # fmt: skip
+    missing = [k for k, entry in enumerate(entries) if entry.get(id_key) in (None, "")]
+    if missing:
+        raise StructureReadError(f"{label}@{missing[0]}: no {id_key!r} in this entry ({len(missing)} of {len(entries)} "
+                                 f"lack it); its keys: {sorted(entries[missing[0]])}")  # fmt: skip
+    return [_structure_dict_record(entry["structure"], str(entry[id_key])) for entry in entries]
 
 
 def _json_dict(text: str, label: str) -> dict:

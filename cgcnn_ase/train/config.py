@@ -459,11 +459,36 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Train
     Raises:
         ConfigError: unreadable file, unknown key, invalid value.
     """
-    data = apply_overrides(read_config_file(path), overrides)
+    written = read_config_file(path)
+    data = _without_stale_provenance(written, apply_overrides(written, overrides), path)
     config = TrainConfig.from_dict(data)
     config.source = str(path)
     config.overrides = list(overrides)
     return config
+
+
+#: ``metadata`` keys that describe the configuration file's dataset (the model card prints them as its data).
+DATASET_METADATA = ("dataset_name", "source", "licence", "citation")
+
+
+def _without_stale_provenance(written: dict[str, Any], data: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """``data`` (the configuration after overrides) without the ``metadata`` that describes the file's dataset
+    when an override points ``data.path`` at another file (warned): a card must not name a dataset the model
+    never saw. Metadata given by the overrides themselves is kept."""
+    before = (written.get("data") or {}).get("path") if isinstance(written.get("data"), dict) else None
+    after = (data.get("data") or {}).get("path") if isinstance(data.get("data"), dict) else None
+    metadata, old = data.get("metadata"), written.get("metadata")
+    if before is None or str(before) == str(after) or not isinstance(metadata, dict) or not isinstance(old, dict):
+        return data
+    stale = [k for k in DATASET_METADATA if k in metadata and metadata[k] == old.get(k)]
+    if not stale:
+        return data
+    import warnings
+
+    warnings.warn(f"{path}: data.path is now {after}, not {before}, so the file's metadata ({', '.join(stale)}) "
+                  "describes another dataset and is left out of the model card; describe yours with "
+                  f"--set metadata.{stale[0]}=...", UserWarning, stacklevel=3)  # fmt: skip
+    return {**data, "metadata": {k: v for k, v in metadata.items() if k not in stale}}
 
 
 # =============================================================================================

@@ -22,6 +22,7 @@ from cgcnn_ase.data.datasets import (
     finalize_targets,
     is_binary_labels,
     load_table,
+    log_units_problem,
     warn_dropped_structures,
 )
 from cgcnn_ase.data.splits import SPLIT_NAMES, Split, make_split
@@ -88,6 +89,21 @@ def _drop_unsupported(
     return store.take(keep), rows[keep]
 
 
+def log_name_problem(config: TrainConfig) -> str | None:
+    """Why a regression model's ``property`` misnames its log values: the model predicts log10 (``units``
+    ``log10(...)``, given or made by ``transform: log10``) under a name without ``log10_``, which reads as the
+    quantity itself (a shipped ``bulk_modulus`` gives GPa); ``None`` when the name says log10 or none was given."""
+    units = config.target_units
+    if config.task != "regression" or not config.property or not units.lower().startswith("log10("):
+        return None
+    if config.property.lower().startswith(("log10_", "log_")):
+        return None
+    made = f" (units: {config.units} with data.transform: log10)" if config.units != units else ""
+    return (f"property {config.property!r} is predicted in {units}{made}: its values are logarithms, but the name "
+            "reads as the quantity itself (the CLI, calculator and featurizer give a log10(GPa) model's values in GPa "
+            f"under the plain name only when the model's name starts with 'log10_'); name it 'log10_{config.property}'")
+
+
 def prepare_data(config: TrainConfig, *, progress: bool = False, graph_device: torch.device | None = None) -> PreparedData:
     """Read the dataset table, fetch/build graphs, drop unusable rows, compute targets.
 
@@ -120,6 +136,12 @@ def prepare_data(config: TrainConfig, *, progress: bool = False, graph_device: t
             f"{config.data.path}: no atom of any crystal has a neighbour within graph.radius = {config.graph.radius} Å, "
             "so the convolutions would see nothing; raise graph.radius (the paper's is 8 Å)"
         )
+    units_problem = log_units_problem(targets, config.target_units) if config.task == "regression" else None
+    if units_problem:
+        warnings.warn(f"{config.data.path}: {units_problem}", UserWarning, stacklevel=3)
+    log_name = log_name_problem(config)
+    if log_name:
+        warnings.warn(log_name, UserWarning, stacklevel=3)
     if config.task == "regression" and len(targets) > 1 and np.ptp(targets) == 0:
         warnings.warn(f"{config.data.path}: every target is {targets[0]:g}: there is nothing to learn",
                       UserWarning, stacklevel=3)  # fmt: skip

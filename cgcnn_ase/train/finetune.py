@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from cgcnn_ase.data.datasets import label_shift_problem
 from cgcnn_ase.errors import CGCNNError, ConfigError, UnfinishedRunError
 from cgcnn_ase.graph.elements import generate_cgcnn_table
 from cgcnn_ase.models.folder import ELEMENTS_FILE, LoadedModel, read_model_json, write_model_json
@@ -285,6 +286,11 @@ def initialise_from_base(
     if choice == "reset":
         state = {k: v for k, v in state.items() if not k.startswith("fc_out.")}
     elif config.task == "regression":
+        shift = label_shift_problem(mean, base.mean, base.std, config.target_units, "this run's training labels' mean",
+                                    "the base model's training targets")
+        if shift:  # the layer is kept for the same property in the same units: the labels say otherwise
+            warnings.warn(f"{config.data.path}: the output layer of {base.init_from} is kept (same property and units), "
+                          f"but {shift}", UserWarning, stacklevel=3)  # fmt: skip
         scale = base.std / std
         state["fc_out.weight"] = state["fc_out.weight"] * scale
         state["fc_out.bias"] = (state["fc_out.bias"] * base.std + base.mean - mean) / std
