@@ -39,7 +39,7 @@ def readers() -> dict[str, Callable[[str], object]]:
     from pymatgen.core import Structure
 
     from cgcnn_ase.io.reader import read_structures
-    from cgcnn_ase.io.records import _validate, from_ase, from_pymatgen
+    from cgcnn_ase.io.records import validate_record, from_ase, from_pymatgen
 
     def pymatgen_cifparser(path: str):
         return read_structures(path, cif_reader="pymatgen")[0]
@@ -70,7 +70,7 @@ def readers() -> dict[str, Callable[[str], object]]:
             numbers = np.array([s.element.atomic_number for s in sites])
             frac = np.array([s.fract.tolist() for s in sites])
             cell = np.array(small.cell.orth.mat.tolist()).T  # gemmi: lattice vectors as columns
-            return _validate(numbers, frac, cell, (True, True, True), path)
+            return validate_record(numbers, frac, cell, (True, True, True), path)
 
         out[f"gemmi {gemmi.__version__} read_small_structure"] = gemmi_read
     except ImportError:

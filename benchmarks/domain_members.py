@@ -76,7 +76,7 @@ def main(model: str, strained: int, embedding: str, strain_tolerance: float, str
         raise click.UsageError("--strain-directions works on the pooled embeddings only")
 
     from cgcnn_ase import CGCNNPredictor
-    from cgcnn_ase.analysis.evaluation import _predict_quietly, load_split_records
+    from cgcnn_ase.analysis.evaluation import predict_quietly, load_split_records
     from cgcnn_ase.io.records import from_ase
     from cgcnn_ase.models.domain import DomainSummary, formula_size, nearest_rows
     from cgcnn_ase.models.folder import load_model_folder
@@ -150,7 +150,7 @@ def main(model: str, strained: int, embedding: str, strain_tolerance: float, str
         one.heads()[0][0].load_state_dict(full.heads()[k][0].state_dict())  # member k's weights
         predictor = CGCNNPredictor(one, device="cpu")
         predictor.model.domain = None  # embed only
-        emb = [_predict_quietly(predictor, recs, batch_size=256, progress=False, embeddings=True).embeddings
+        emb = [predict_quietly(predictor, recs, batch_size=256, progress=False, embeddings=True).embeddings
                for recs in (train, parts["val"].records, queries)]  # fmt: skip
         if embedding == "hidden":
             layer = full.heads()[k][0].conv_to_fc
@@ -161,7 +161,7 @@ def main(model: str, strained: int, embedding: str, strain_tolerance: float, str
         if strain_tolerance > 0:
             strained_train = []
             for sign in (0.02, -0.02):
-                e = _predict_quietly(predictor, [replace(r, cell=r.cell * (1 + sign)) for r in train], batch_size=256,
+                e = predict_quietly(predictor, [replace(r, cell=r.cell * (1 + sign)) for r in train], batch_size=256,
                                      progress=False, embeddings=True).embeddings  # fmt: skip
                 if embedding == "hidden":
                     with torch.no_grad():
@@ -171,7 +171,7 @@ def main(model: str, strained: int, embedding: str, strain_tolerance: float, str
         if strain_directions > 0:
             summary = DomainSummary.build(emb[0], emb[1], max_centers=None, max_bytes=None)
             base = summary.standardise(emb[0][sample])
-            moves = np.vstack([summary.standardise(_predict_quietly(
+            moves = np.vstack([summary.standardise(predict_quietly(
                 predictor, [replace(train[i], cell=train[i].cell * (1 + sign)) for i in sample], batch_size=256,
                 progress=False, embeddings=True).embeddings) - base for sign in (0.02, -0.02)])  # fmt: skip
             moves = moves[np.isfinite(moves).all(axis=1)]

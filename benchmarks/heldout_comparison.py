@@ -55,9 +55,9 @@ def _mae(predicted: np.ndarray, target: np.ndarray) -> float:
 
 
 def _values(predictor, records) -> np.ndarray:
-    from cgcnn_ase.analysis.evaluation import _predict_quietly
+    from cgcnn_ase.analysis.evaluation import predict_quietly
 
-    return np.asarray(_predict_quietly(predictor, records, batch_size=256, progress=False).values, dtype=float)
+    return np.asarray(predict_quietly(predictor, records, batch_size=256, progress=False).values, dtype=float)
 
 
 def _authors(name: str, shared: Path):

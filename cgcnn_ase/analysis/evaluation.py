@@ -233,7 +233,7 @@ def _warn_seen_rows(folder: Path, ids: Sequence[str]) -> None:
         )  # fmt: skip
 
 
-def _predict_quietly(predictor: Any, records: list[Any], *, batch_size: int, progress: bool, **kwargs: Any) -> Any:
+def predict_quietly(predictor: Any, records: list[Any], *, batch_size: int, progress: bool, **kwargs: Any) -> Any:
     """Predict with errors collected and unseen-element warnings silenced (summarised by the caller)."""
     import warnings
 
@@ -332,7 +332,7 @@ def evaluate_model(
     spec, parts = load_split_records(folder, dataset, (split,), workers=workers, progress=progress, layout=layout)
     data = parts[split]
     ids, targets = data.ids, data.targets
-    result = _predict_quietly(predictor, data.records, batch_size=batch_size, progress=progress, workers=workers)
+    result = predict_quietly(predictor, data.records, batch_size=batch_size, progress=progress, workers=workers)
     good = result.ok
     unseen = [bool(u) for u in result.unseen_elements] if result.unseen_elements else [False] * len(ids)
     if any(unseen):
@@ -361,7 +361,7 @@ def evaluate_model(
         "metrics": metrics,
         "files": {},
     }
-    notes = [_labels_changed(spec_m.metadata, folder, split, ids, targets, layout), _base_had_seen(spec_m.metadata, split),
+    notes = [labels_changed(spec_m.metadata, folder, split, ids, targets, layout), _base_had_seen(spec_m.metadata, split),
              _labels_shifted(spec_m, spec, targets[good])]
     for note in filter(None, notes):
         summary["note"] = f"{summary['note']}; {note}" if "note" in summary else note
@@ -399,7 +399,7 @@ def _base_had_seen(metadata: Mapping[str, Any], split: str) -> str | None:
             "with (recorded at fine-tuning): this test error understates the error on new crystals")
 
 
-def _labels_changed(metadata: Mapping[str, Any], folder: Path, split: str, ids: Sequence[str], targets: np.ndarray,
+def labels_changed(metadata: Mapping[str, Any], folder: Path, split: str, ids: Sequence[str], targets: np.ndarray,
                     layout: Mapping[str, Any] | None) -> str | None:
     """A note when the ``split`` part's labels differ from those recorded at training (the model's
     ``metadata.dataset.label_digests``: the file was edited since), else ``None`` (also when nothing
@@ -473,7 +473,7 @@ def evaluate_uncertainty(
         _, parts = load_split_records(folder, dataset, names, workers=workers, progress=progress)
     spec_m = predictor.model.spec
     classification = spec_m.task == "classification"
-    results = {n: _predict_quietly(predictor, parts[n].records, batch_size=batch_size, progress=progress) for n in names}
+    results = {n: predict_quietly(predictor, parts[n].records, batch_size=batch_size, progress=progress) for n in names}
     calibration = None
     if calibration_split and not classification:
         fit = results[calibration_split]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from cgcnn_ase.analysis.evaluation import _labels_changed, _model_folder, _predict_quietly, load_split_records
+from cgcnn_ase.analysis.evaluation import labels_changed, load_split_records, predict_quietly
 from cgcnn_ase.analysis.metrics import (
     CONFIDENCE,
     INTERVAL_LEVELS,
@@ -40,6 +40,7 @@ from cgcnn_ase.models.cards import ensemble_card
 from cgcnn_ase.models.domain import DOMAIN_FILE
 from cgcnn_ase.models.folder import read_model_json, write_model_json
 from cgcnn_ase.models.local_error import fit_error_model
+from cgcnn_ase.models.registry import model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def calibrate_intervals(
     """
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
-    folder = _model_folder(model)
+    folder = model_folder(model, purpose="calibration needs a folder with model.json and split.json")
     if normaliser not in ("auto", "uncertainty", "std_raw"):
         raise ValueError(f"normaliser must be 'auto', 'uncertainty' or 'std_raw', got {normaliser!r}")
     _, parts = load_split_records(folder, dataset, (split, report_split), workers=workers, progress=progress)
@@ -108,7 +109,7 @@ def calibrate_intervals(
     if not predictor.is_ensemble or predictor.model.spec.task != "regression":
         raise EnsembleError(f"{folder}: intervals need a regression ensemble")
     for name in dict.fromkeys((split, report_split)):  # edited labels would fit the intervals to other data
-        changed = _labels_changed(predictor.model.spec.metadata, folder, name, parts[name].ids, parts[name].targets,
+        changed = labels_changed(predictor.model.spec.metadata, folder, name, parts[name].ids, parts[name].targets,
                                   None)  # fmt: skip
         if changed:
             warnings.warn(f"{folder}: {changed}; the intervals are fitted to them", UserWarning, stacklevel=2)
@@ -231,7 +232,7 @@ class _Arrays:
 
     @classmethod
     def of(cls, predictor: Any, part: Any, batch_size: int, progress: bool) -> _Arrays:
-        result = _predict_quietly(predictor, part.records, batch_size=batch_size, progress=progress, embeddings=True)
+        result = predict_quietly(predictor, part.records, batch_size=batch_size, progress=progress, embeddings=True)
         ok = result.ok & np.isfinite(part.targets)
         return cls(y=np.asarray(part.targets)[ok], mean=result.values[ok], std_raw=result.std_raw[ok],
                    embeddings=result.embeddings[ok],

@@ -121,13 +121,13 @@ def member_site_contributions(
     """
     import pandas as pd
 
-    from cgcnn_ase.analysis.sites import _records
+    from cgcnn_ase.analysis.sites import labelled_site_records
     from cgcnn_ase.io.records import StructureRecord
 
     predictors = member_predictors(models)
     good: dict[str, StructureRecord] = {}
     failed: dict[str, str] = {}
-    for label, item in _records(structures, kwargs.pop("labels", None)):
+    for label, item in labelled_site_records(structures, kwargs.pop("labels", None)):
         if isinstance(item, StructureRecord):
             good[label] = item
         elif kwargs.get("errors", "raise") == "raise":
@@ -196,7 +196,7 @@ def aggregate_members(
 # ---------------------------------------------------------------------------------------------
 
 
-def _perovskite_sites(df: pd.DataFrame) -> pd.DataFrame:
+def perovskite_sites(df: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``df`` (with a ``member`` column) whose structure has exactly the roles A, B and X,
     in the ratio 1:1:3, with one A and one B element."""
     keys = ["member", "structure"]
@@ -230,7 +230,7 @@ def cation_site_energies(df: pd.DataFrame) -> pd.DataFrame:
     if "member" not in df.columns:
         df = df.assign(member=0)
     keys = ["member", "structure"]
-    perov = _perovskite_sites(df)
+    perov = perovskite_sites(df)
     is_x = perov["role"] == "X"
     x_total = perov[is_x].groupby(keys, sort=False)["contribution"].sum()
     n_cations = perov[~is_x].groupby(keys, sort=False)["contribution"].size()
@@ -258,7 +258,7 @@ def cell_table(df: pd.DataFrame) -> pd.DataFrame:
     if "member" not in df.columns:
         df = df.assign(member=0)
     keys = ["member", "structure"]
-    perov = _perovskite_sites(df)
+    perov = perovskite_sites(df)
     energy = perov.groupby(keys, sort=False)["contribution"].sum()
     k = perov[perov["role"] == "A"].groupby(keys, sort=False).size()
     cations = perov[perov["role"] != "X"].groupby([*keys, "role"], sort=False)["element"].first().unstack("role")
@@ -342,7 +342,7 @@ def member_site_energies(df: pd.DataFrame) -> pd.DataFrame:
 
     if "member" not in df.columns:
         df = df.assign(member=0)
-    raw = aggregate_by_element(_perovskite_sites(df), by=["member", "role", "element"])
+    raw = aggregate_by_element(perovskite_sites(df), by=["member", "role", "element"])
     parts = [raw.drop(columns="std").assign(definition="raw")]
     cations = cation_site_energies(df)
     table = aggregate_by_element(cations, by=["member", "role", "element"], value="x_share")

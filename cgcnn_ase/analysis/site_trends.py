@@ -270,13 +270,13 @@ def energy_flow(sites: pd.DataFrame, *, role: str = "A", min_count: int = 50) ->
     """
     import pandas as pd
 
-    from cgcnn_ase.analysis.site_members import _perovskite_sites
+    from cgcnn_ase.analysis.site_members import perovskite_sites
 
     if role not in ("A", "B"):
         raise ValueError(f"role must be 'A' or 'B', got {role!r}")
     if "member" not in sites.columns:
         sites = sites.assign(member=0)
-    perov = _perovskite_sites(sites)
+    perov = perovskite_sites(sites)
     keys = ["member", "structure"]
     parts = perov.pivot_table(index=keys, columns="role", values="contribution", aggfunc="sum")
     label = perov[perov["role"] == role].groupby(keys, sort=False)["element"].first()

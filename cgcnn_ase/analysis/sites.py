@@ -417,7 +417,7 @@ def _formula(record: StructureRecord) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _records(
+def labelled_site_records(
     structures: Any, labels: Sequence[str] | None
 ) -> list[tuple[str, StructureRecord | InvalidStructureError]]:
     """Normalise inputs (one, many, or a mapping label -> structure) into labelled records."""
@@ -547,7 +547,7 @@ def site_contributions(
 
     failed: dict[str, str] = {}
     records: list[StructureRecord] = []
-    for label, item in _records(structures, labels):
+    for label, item in labelled_site_records(structures, labels):
         if isinstance(item, StructureRecord):
             records.append(item)
         elif errors == "raise":

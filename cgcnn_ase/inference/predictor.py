@@ -25,7 +25,7 @@ from cgcnn_ase.graph.config import SparsePolicy
 from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.graph.neighbours import CrystalGraph
 from cgcnn_ase.inference.parallel import NetworkPool, iter_graphs, predict_batches, shares_graphs
-from cgcnn_ase.inference.results import PredictionResult, _Rows
+from cgcnn_ase.inference.results import PredictionResult, ResultRows
 from cgcnn_ase.io.inputs import expand_inputs
 from cgcnn_ase.io.reader import cif_reader_for_policy
 from cgcnn_ase.models.folder import LoadedModel, check_coverage
@@ -448,9 +448,9 @@ class CGCNNPredictor:
                                  on_sparse=on_sparse, per_atom=per_atom, embeddings=embeddings, workers=workers,
                                  coverages=[coverage])[0]  # fmt: skip
 
-    def _rows(self, per_atom: bool, embeddings: bool) -> _Rows:
+    def _rows(self, per_atom: bool, embeddings: bool) -> ResultRows:
         """An empty accumulator of one call's outputs."""
-        return _Rows(
+        return ResultRows(
             n_members=self.model.n_members,
             width=self.model.spec.architecture.get("atom_fea_len", 64),
             per_atom=per_atom,
@@ -458,7 +458,7 @@ class CGCNNPredictor:
             domain_columns=self.model.domain is not None,
         )
 
-    def _finish(self, rows: _Rows, *, embeddings: bool, errors: ErrorPolicy, coverage: float | None,
+    def _finish(self, rows: ResultRows, *, embeddings: bool, errors: ErrorPolicy, coverage: float | None,
                 stacklevel: int) -> PredictionResult:  # fmt: skip
         """The result of one call's accumulated ``rows``: non-finite values refused, intervals added, unseen
         elements warned about."""
@@ -495,7 +495,7 @@ class CGCNNPredictor:
         seen = self.model.spec.metadata.get("elements_seen")
         return frozenset(seen) if seen else None
 
-    def _result(self, rows: _Rows, embeddings: bool) -> PredictionResult:
+    def _result(self, rows: ResultRows, embeddings: bool) -> PredictionResult:
         """The :class:`PredictionResult` of accumulated rows: ensemble mean, std and domain signal added."""
         spec = self.model.spec
         members = np.array(rows.values, dtype=np.float64).reshape(-1, rows.n_members)  # (n, n_members)

@@ -193,7 +193,7 @@ class PredictionResult:
 
 
 @dataclass
-class _Rows:
+class ResultRows:
     """Per-structure outputs accumulated over the batches of one :meth:`CGCNNPredictor.predict` call."""
 
     n_members: int

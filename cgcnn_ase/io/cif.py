@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError, StructureReadError
-from cgcnn_ase.io.records import StructureRecord, _validate, from_pymatgen
+from cgcnn_ase.io.records import StructureRecord, from_pymatgen, validate_record
 
 CifReader = Literal["gemmi", "pymatgen"]
 
@@ -74,7 +74,7 @@ def _read_document(source: Path | str, *, text: bool) -> Any:
     return gemmi.cif.read_string(unique_block_names(str(source)))
 
 
-def _labels(base: str, count: int) -> list[str]:
+def numbered_labels(base: str, count: int) -> list[str]:
     return [base] if count == 1 else [f"{base}@{k}" for k in range(count)]
 
 
@@ -93,7 +93,7 @@ def read_cif(source: Path | str, label: str, cif_reader: CifReader, *, text: boo
         if records is not None:
             return records
     structures = _cif_pymatgen(source, label, text=text)
-    return [from_pymatgen(s, label=name) for s, name in zip(structures, _labels(label, len(structures)))]
+    return [from_pymatgen(s, label=name) for s, name in zip(structures, numbered_labels(label, len(structures)))]
 
 
 def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureRecord] | None:
@@ -112,7 +112,7 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
         raise
     except (RuntimeError, ValueError, IndexError):
         return None
-    names = _labels(label, len(blocks))
+    names = numbered_labels(label, len(blocks))
     for parts, block, name in zip(parsed, blocks, names):
         if not isinstance(parts, tuple):
             _check_coordinates(parts, block, name)
@@ -120,7 +120,7 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
     records = []
     for parts, name in zip(parsed, names):
         # validation errors (occupancy, overlapping atoms, ...) are the answer, not a reason to try pymatgen
-        record = _validate(*parts, (True, True, True), name) if isinstance(parts, tuple) else gemmi_block_record(parts, name)
+        record = validate_record(*parts, (True, True, True), name) if isinstance(parts, tuple) else gemmi_block_record(parts, name)
         if record is None:
             return None
         records.append(record)
@@ -165,11 +165,11 @@ def _cif_p1_as_pymatgen(source: Path | str, label: str, *, text: bool) -> list[S
     if not blocks:
         return None
     records = []
-    for block, name in zip(blocks, _labels(label, len(blocks))):
+    for block, name in zip(blocks, numbered_labels(label, len(blocks))):
         parts = _p1_block(block)
         if parts is None:
             return None
-        records.append(_validate(*parts, (True, True, True), name))
+        records.append(validate_record(*parts, (True, True, True), name))
     return records
 
 
@@ -221,7 +221,7 @@ def read_cif_blocks(
     if len(blocks) < 2:
         return None
     items: list[tuple[str, StructureRecord | InvalidStructureError]] = []
-    for block, name in zip(blocks, _labels(label, len(blocks))):
+    for block, name in zip(blocks, numbered_labels(label, len(blocks))):
         try:
             items.extend((name, record) for record in read_cif(block.as_string(), name, cif_reader, text=True))
         except InvalidStructureError as exc:
@@ -511,7 +511,7 @@ def gemmi_block_record(small: Any, label: str) -> StructureRecord | None:
     numbers = np.array([site.element.atomic_number for site in sites])
     frac = np.array([[site.fract.x, site.fract.y, site.fract.z] for site in sites])
     cell = np.array(small.cell.orth.mat, dtype=np.float64).T  # gemmi: columns are lattice vectors
-    return _validate(numbers, frac, cell, (True, True, True), label)
+    return validate_record(numbers, frac, cell, (True, True, True), label)
 
 
 __all__ = ["OCCUPANCY_TOLERANCE", "CifReader", "gemmi_block_record", "gemmi_unquote", "read_cif", "read_cif_blocks"]

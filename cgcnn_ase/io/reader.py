@@ -64,7 +64,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError, StructureReadError
-from cgcnn_ase.io.cif import CifReader, _labels, read_cif, read_cif_blocks
+from cgcnn_ase.io.cif import CifReader, numbered_labels, read_cif, read_cif_blocks
 from cgcnn_ase.io.records import StructureRecord, from_ase, from_pymatgen
 
 __all__ = [
@@ -415,7 +415,7 @@ def _frames_separately(
     (or by the given list of labels); ``None``: fewer than two."""
     if len(frames) < 2:
         return None
-    labels = base if isinstance(base, list) else _labels(base, len(frames))
+    labels = base if isinstance(base, list) else numbered_labels(base, len(frames))
     items: list[tuple[str, StructureRecord | InvalidStructureError]] = []
     for atoms, name in zip(frames, labels):
         try:
@@ -606,7 +606,7 @@ def _parse_file(path: Path, base: str, cif_reader: CifReader) -> list[StructureR
 
 def _frame_records(frames: list[Any], base: str) -> list[StructureRecord]:
     """Records of ASE frames, labelled ``base`` (one frame) or ``base@i``."""
-    return [from_ase(atoms, label=name) for atoms, name in zip(frames, _labels(base, len(frames)))]
+    return [from_ase(atoms, label=name) for atoms, name in zip(frames, numbered_labels(base, len(frames)))]
 
 
 def _is_ase_db(path: Path) -> bool:
@@ -771,7 +771,7 @@ def _json_file_records(path: Path, label: str, id_key: str | None = None) -> lis
         raise StructureReadError(f"{label}: JSON that holds no structure: neither a pymatgen structure dict (lattice "
                                  "and sites), a list of them, nor an ASE database")  # fmt: skip
     records = []
-    for item, name in zip(items, _labels(label, len(items))):
+    for item, name in zip(items, numbered_labels(label, len(items))):
         if not isinstance(item, Mapping):
             raise StructureReadError(f"{name}: item of a JSON list of structures is a {type(item).__name__}, not a "
                                      "pymatgen structure dict")  # fmt: skip

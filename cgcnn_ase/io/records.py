@@ -199,7 +199,7 @@ class StructureRecord:
         return Structure(Lattice(self.cell), self.numbers.tolist(), self.frac_coords, coords_are_cartesian=False)
 
 
-def _validate(
+def validate_record(
     numbers: np.ndarray, frac: np.ndarray, cell: np.ndarray, pbc: Iterable[bool], label: str
 ) -> StructureRecord:
     """Check a raw crystal and wrap it in a record; raise InvalidStructureError naming the problem."""
@@ -244,16 +244,16 @@ def from_ase(atoms: ase.Atoms, label: str = "Atoms") -> StructureRecord:
     """Validate an :class:`ase.Atoms` into a record (fractional coordinates are not wrapped)."""
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     if len(atoms) == 0:
-        return _validate(np.zeros(0), np.zeros((0, 3)), cell, atoms.pbc, label)
+        return validate_record(np.zeros(0), np.zeros((0, 3)), cell, atoms.pbc, label)
     with np.errstate(all="ignore"):
         try:
             frac = np.linalg.solve(cell.T, np.asarray(atoms.positions, dtype=np.float64).T).T
         except np.linalg.LinAlgError:
             frac = np.full((len(atoms), 3), np.nan)
     if not all(atoms.pbc):  # report pbc before a possibly singular cell
-        return _validate(atoms.numbers, frac, np.eye(3), atoms.pbc, label)
+        return validate_record(atoms.numbers, frac, np.eye(3), atoms.pbc, label)
     _check_ase_occupancy(atoms, label)
-    return _validate(atoms.numbers, frac, cell, atoms.pbc, label)
+    return validate_record(atoms.numbers, frac, cell, atoms.pbc, label)
 
 
 def _check_ase_occupancy(atoms: ase.Atoms, label: str) -> None:
@@ -314,7 +314,7 @@ def from_pymatgen(structure: pymatgen.core.IStructure, label: str = "Structure")
                 f"{label}: site {i} holds the dummy species {specie} (a vacancy or placeholder)"
             )
         numbers.append(specie.Z)
-    return _validate(
+    return validate_record(
         np.asarray(numbers),
         structure.frac_coords,
         structure.lattice.matrix,

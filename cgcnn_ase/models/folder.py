@@ -279,7 +279,7 @@ def save_model_folder(folder: str | os.PathLike, loaded: LoadedModel) -> Path:
     return folder
 
 
-def _build_network(architecture: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> CrystalGraphConvNet:
+def build_network(architecture: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> CrystalGraphConvNet:
     """Instantiate the network and load ``state`` strictly; mismatches raise CheckpointError."""
     try:
         with torch.random.fork_rng(devices=[]):  # the random initial weights, replaced below, leave the caller's stream
@@ -494,7 +494,7 @@ def _load_members(
         part = {name[len(key_prefix) :]: v for name, v in state.items() if name.startswith(key_prefix)}
         if not part:
             raise CheckpointError(f"{weights}: no weights for ensemble member {k} (keys {key_prefix}*)")
-        network = _build_network(doc.spec.architecture, part, f"{folder} (member {k})")
+        network = build_network(doc.spec.architecture, part, f"{folder} (member {k})")
         mean, std = doc.members[k]["normalizer"]
         info = {key: value for key, value in doc.members[k].items() if key != "normalizer"}
         loaded.append(EnsembleMember(network, mean, std, info))
@@ -545,7 +545,7 @@ def load_model_folder(folder: str | os.PathLike, *, members: int | None = None) 
         )
     domain = _load_domain(doc, folder)
     if not doc.is_ensemble:
-        network = _build_network(spec.architecture, state, str(folder))
+        network = build_network(spec.architecture, state, str(folder))
         return LoadedModel(spec=spec, network=network, elements=elements, domain=domain)
     n = n_total if members is None else int(members)
     loaded = _load_members(doc, state, n, folder, doc.weights)

@@ -21,7 +21,7 @@ from cgcnn_ase.errors import CheckpointError, UntrustedCheckpointError
 from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.graph.elements import generate_cgcnn_table
 from cgcnn_ase.graph.element_table import ElementTable, load_atom_init
-from cgcnn_ase.models.folder import LoadedModel, ModelSpec, _build_network
+from cgcnn_ase.models.folder import LoadedModel, ModelSpec, build_network
 
 #: Property name and units of the authors' checkpoints, keyed by file stem.
 ORIGINAL_PROPERTIES: dict[str, tuple[str, str]] = {
@@ -171,4 +171,4 @@ def load_original_checkpoint(
         raise CheckpointError(
             f"{path}: the model expects {architecture['orig_atom_fea_len']} element features, the table has {elements.n_features}"
         )
-    return LoadedModel(spec=spec, network=_build_network(architecture, state, str(path)), elements=elements)
+    return LoadedModel(spec=spec, network=build_network(architecture, state, str(path)), elements=elements)

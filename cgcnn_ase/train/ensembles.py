@@ -323,7 +323,7 @@ def add_domain_summary(
         max_centers: ``None`` (default): every training embedding (float16, 128 bytes per crystal
             for 64-wide embeddings); a number: a greedy k-centre subset of that size.
     """
-    from cgcnn_ase.analysis.evaluation import _predict_quietly, load_split_records
+    from cgcnn_ase.analysis.evaluation import predict_quietly, load_split_records
     from cgcnn_ase.inference.predictor import CGCNNPredictor
     from cgcnn_ase.models.domain import formula_size
 
@@ -333,7 +333,7 @@ def add_domain_summary(
     predictor = CGCNNPredictor(load_model_folder(folder, members=1), device=device)
     predictor.model.domain = None  # embed only
     embeddings = {
-        split: _predict_quietly(
+        split: predict_quietly(
             predictor, parts[split].records, batch_size=batch_size, progress=progress, embeddings=True
         ).embeddings
         for split in ("train", "val")
@@ -454,7 +454,7 @@ def refresh_domain_report(
     """
     import numpy as np
 
-    from cgcnn_ase.analysis.evaluation import _predict_quietly, load_split_records
+    from cgcnn_ase.analysis.evaluation import predict_quietly, load_split_records
     from cgcnn_ase.analysis.metrics import error_by_domain, regression_uncertainty_metrics
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
@@ -467,7 +467,7 @@ def refresh_domain_report(
     predictor = CGCNNPredictor.load(folder, device=device)
     _, parts = load_split_records(folder, dataset, splits, workers=workers, progress=progress)
     for split in splits:
-        result = _predict_quietly(predictor, parts[split].records, batch_size=batch_size, progress=progress)
+        result = predict_quietly(predictor, parts[split].records, batch_size=batch_size, progress=progress)
         y = np.asarray(parts[split].targets, dtype=np.float64)
         good = result.ok & np.isfinite(y)
         error = np.abs(y[good] - result.values[good])
