@@ -63,6 +63,16 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+class _Probability(click.FloatRange):
+    """A float range that also refuses NaN (click's range lets it through: every comparison with NaN is false)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number in the range {self._describe_range()}.", param, ctx)
+        return number
+
+
 class _WarningPrinter:
     """Warnings as one line each on stderr (no source line, no traceback), each text once: several
     models warn alike about one structure (a sparse graph, close atoms). Unseen-element summaries are
@@ -360,12 +370,12 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--all", "use_all", is_flag=True, help="Every shipped model.")
 @click.option("--atom-init", type=click.Path(exists=True, dir_okay=False), help="Element table (atom_init.json) for an original .pth.tar checkpoint.")
 @click.option("--trust", is_flag=True, help="Allow unpickling a legacy checkpoint that the safe loader refuses (can run code).")
-@click.option("--per-atom", is_flag=True, help="Long format: one row per atom with its contribution (mean over atoms = prediction).")
+@click.option("--per-atom", is_flag=True, help="Long format: one row per atom with its contribution (mean over atoms = prediction; contributions are not clipped: an atom's share of a band gap may be negative).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: a table on a terminal, else csv; json when -o ends in .json, parquet when it ends in .parquet or .pq]. csv and parquet are written chunk by chunk.")
 @click.option("--log10", "log10", is_flag=True, help="Without --model: also give the moduli's log10(GPa) columns.")
 @click.option("--domain", "domain", is_flag=True, help="Without --model: also give each property's domain percentile (100: farther from the training data than every validation crystal; --model always gives it, and the table always shows their median as dom%).")
-@click.option("--metal-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Without --model: P(metal) above which the band gap is 0.")
-@click.option("--coverage", type=click.FloatRange(0.5, 0.99), default=None, help="Add <property>_lower/_upper: a prediction interval holding the true value with this probability (e.g. 0.9), for the calibrated ensembles.")
+@click.option("--metal-threshold", type=_Probability(0, 1), default=0.5, show_default=True, help="Without --model: P(metal) above which the band gap is 0.")
+@click.option("--coverage", type=_Probability(0.5, 0.99), default=None, help="Add <property>_lower/_upper: a prediction interval holding the true value with this probability (e.g. 0.9), for the calibrated ensembles.")
 @click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout ('-': stdout; for parquet: a folder of part files); missing folders on the way are created.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip the ids already in -o and append (csv or parquet).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Structures read, predicted and written together (memory holds one chunk) [default: 1024 with one --model, else 8192].")
@@ -989,7 +999,7 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
 @click.argument("dataset", required=False)
 @click.option("--domain", is_flag=True, help="First rebuild the domain summary from the training split (every training embedding and target); the only step for a single model or a classifier.")
 @click.option("--normaliser", type=click.Choice(["auto", "uncertainty", "std_raw"]), default="auto", show_default=True, help="What scales the intervals: auto chooses between the per-crystal uncertainty and the raw std by cross-fitting on the validation split.")
-@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9, show_default=True, help="Fit each interval so that its coverage is at least the nominal one with this probability over the draw of the validation split (training-conditional conformal).")
+@click.option("--confidence", type=_Probability(0, 1, min_open=True, max_open=True), default=0.9, show_default=True, help="Fit each interval so that its coverage is at least the nominal one with this probability over the draw of the validation split (training-conditional conformal).")
 @click.option("--marginal", is_flag=True, help="Fit the intervals with the plain split-conformal rank instead: nominal coverage only on average over validation draws (ignores --confidence).")
 @click.option("--report", is_flag=True, help="Also re-measure the parts of an ensemble's uncertainty report that depend on the domain summary and the error model (error by domain percentile, test metrics of the uncertainty), e.g. after --domain; the std calibration is kept.")
 @click.option("--max-centers", type=click.IntRange(min=1), default=None, help="With --domain: store a k-centre subset of this many training embeddings instead of all of them.")

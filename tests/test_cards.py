@@ -105,7 +105,7 @@ def legacy_model_card(spec: Any, config: Any, metadata: dict[str, Any]) -> str:
     if classification:
         lines += [
             f"| ROC-AUC | {fmt(test.get('roc_auc'))} | dimensionless |",
-            f"| accuracy (p >= 0.5) | {fmt(test.get('accuracy'))} | dimensionless |",
+            f"| accuracy (p > 0.5) | {fmt(test.get('accuracy'))} | dimensionless |",
             f"| precision / recall ({spec.positive_class}) | {fmt((test.get('precision') or {}).get('1'))} / "
             f"{fmt((test.get('recall') or {}).get('1'))} | dimensionless |",
         ]
@@ -259,7 +259,7 @@ def legacy_ensemble_card(document: dict[str, Any]) -> str:
         ]
         tm = md.get("test_metrics") or {}
         if classification:
-            lines += [f"Ensemble accuracy (p >= 0.5): {fmt(tm.get('accuracy'))}.", ""]
+            lines += [f"Ensemble accuracy (p > 0.5): {fmt(tm.get('accuracy'))}.", ""]
         else:
             lines += [f"Ensemble RMSE {fmt(tm.get('rmse'))} {units}, R² {fmt(tm.get('r2'))}.", ""]
     else:

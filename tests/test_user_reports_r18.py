@@ -1,6 +1,6 @@
-"""Round 18 of outside testing: a newcomer's audit of the code (18a) and an ML researcher training a new
-property from a dataset the package had not read before (18b). Each test quotes or paraphrases what was
-reported and asserts the fixed behaviour."""
+"""Rounds 18 and 19 of outside testing: a newcomer's audit of the code (18a), an ML researcher training a new
+property from a dataset the package had not read before (18b), and a materials scientist classifying metals and
+reading band gaps (19a). Each test quotes or paraphrases what was reported and asserts the fixed behaviour."""
 
 from __future__ import annotations
 
@@ -400,3 +400,127 @@ def test_finetuning_warns_when_a_kept_output_layer_meets_labels_in_other_units(d
         warnings.simplefilter("always")
         Trainer(near, progress=False).setup()
     assert not [w for w in caught if "standard deviations" in str(w.message)]
+
+
+# -- 19a: metal/non-metal classification and band gaps --------------------------------------------------------------
+
+
+def test_an_expression_over_a_missing_value_gives_a_missing_label(tmp_path):
+    """19a: 'the documented target band_gap == 0 turns a missing gap into non-metal': NaN == 0 is False (label 0),
+    silently, for 125 of 500 rows."""
+    import pandas as pd
+
+    data = _moduli_json(tmp_path / "moduli.json")
+    frame = pd.DataFrame(json.loads(data.read_text()))
+    frame["band_gap"] = [0.0, None, 1.2, 0.0]
+    frame["cif"] = [Structure.from_dict(d).to(fmt="cif") for d in frame.pop("structure")]
+    table_path = tmp_path / "gaps.csv"
+    frame.to_csv(table_path, index=False)
+    with pytest.warns(UserWarning, match=r"1 rows have no finite numeric 'band_gap == 0' and are dropped \(e.g. \['MgO'\]\)"):
+        table = load_table(DatasetSpec(path=str(table_path), target="band_gap == 0", id_column="key"))
+    assert table.ids == ["NaCl", "Si", "Cu"]
+    np.testing.assert_array_equal(table.raw_targets, [1.0, 0.0, 1.0])
+
+
+def test_a_metal_threshold_that_is_no_probability_is_refused_everywhere(tmp_path):
+    """19a: '--metal-threshold nan is accepted and silently turns the gate off' (and writes NaN into JSON); the
+    featurizer took 1.5, nan and -0.1; property_table took -1; '0.5' crashed with a numpy UFuncTypeError."""
+    from cgcnn_ase.errors import ConfigError
+    from cgcnn_ase.inference.properties import gated_band_gap
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+
+    from .test_user_reports import _cli
+
+    for value in ("nan", "1.5", "-0.1"):
+        run = _cli("predict", str(REPO / "examples"), "--metal-threshold", value)
+        assert run.exit_code == 2 and "Invalid value for '--metal-threshold'" in run.output, value
+    assert "is not a number in the range" in _cli("predict", str(REPO / "examples"), "--coverage", "nan").output
+    for value in (float("nan"), 1.5, -0.1, "0.5", True):
+        with pytest.raises(ConfigError, match="metal_threshold is a probability between 0 and 1"):
+            CGCNNFeaturizer(["band_gap"], metal_threshold=value)
+        with pytest.raises(ConfigError, match="metal_threshold is a probability between 0 and 1"):
+            gated_band_gap([1.0], [0.2], value)
+    np.testing.assert_array_equal(gated_band_gap([1.0, 2.0], [0.2, 0.7], 0.5), [1.0, 0.0])
+
+
+def test_a_classifier_of_ones_own_not_named_is_metal_is_said_not_to_gate(tmp_path):
+    """19a: 'your own classifier is silently ignored as a gate unless its property is literally is_metal'."""
+    import dataclasses
+
+    from cgcnn_ase import CGCNNCalculator
+    from cgcnn_ase.models.folder import save_model_folder
+
+    from .conftest import random_model
+
+    loaded = random_model(task="classification", seed=2)
+    loaded = dataclasses.replace(loaded, spec=dataclasses.replace(loaded.spec, property="metal", name="my-metal"))
+    folder = save_model_folder(tmp_path / "clf", loaded)
+    with pytest.warns(UserWarning, match=r"my-metal: a metal classifier gates the band gap only when its property is "
+                                         r"is_metal .*; the shipped is_metal gates the band gap instead"):
+        calc = CGCNNCalculator(["band_gap", str(folder)])
+    assert "is_metal" in [p.property_name for p in calc.predictors]
+
+
+def test_coverage_asked_of_classifiers_alone_is_refused_in_every_front_end():
+    """19a: docs/uncertainty.md says a lone classifier asked for --coverage is refused; only Python refused it."""
+    from cgcnn_ase import CGCNNCalculator
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+
+    from .test_user_reports import _cli
+
+    run = _cli("predict", str(REPO / "examples"), "--model", "is_metal", "--coverage", "0.9")
+    assert run.exit_code == 2 and "a classifier gives a probability (with the members' std), no interval" in run.output
+    with pytest.raises(ValueError, match="a classifier gives a probability"):
+        CGCNNCalculator(["is_metal"], coverage=0.9)
+    with pytest.raises(ValueError, match="a classifier gives a probability"):
+        CGCNNFeaturizer("is_metal", coverage=0.9).feature_labels()
+    assert _cli("predict", str(REPO / "examples"), "--all", "--coverage", "0.9").exit_code == 0  # beside others: quiet
+
+
+def test_class_labels_that_cannot_train_or_be_scored_are_told_plainly(dataset_csv, tmp_path):
+    """19a: a regression silently trained on 0/1 labels (no task: classification); a single-class training set
+    still produced a model; per_atom on a classifier suggested the very expression given; evaluate of a classifier
+    on a non-0/1 column was an 'internal error', exit 4."""
+    from cgcnn_ase.errors import ConfigError
+    from cgcnn_ase.train.data import prepare_data
+
+    from .test_training import tiny_config
+    from .test_user_reports import _cli
+
+    with pytest.warns(UserWarning, match=r"every target of 'big' is 0 or 1.*set task: classification"):
+        prepare_data(tiny_config(dataset_csv, tmp_path, data=DatasetSpec(path=str(dataset_csv), target="big")))
+    one = DatasetSpec(path=str(dataset_csv), target="vpa > 0")
+    with pytest.raises(ConfigError, match=r"every label of 'vpa > 0' is 1: a classifier needs crystals of both classes"):
+        prepare_data(tiny_config(dataset_csv, tmp_path, task="classification", units="probability", data=one))
+    per_atom = DatasetSpec(path=str(dataset_csv), target="big", per_atom=True)
+    with pytest.raises(ConfigError, match="per_atom divides 'big' by each crystal's number of atoms: set per_atom: false"):
+        prepare_data(tiny_config(dataset_csv, tmp_path, task="classification", units="probability", data=per_atom))
+    data = _moduli_json(tmp_path / "moduli.json")
+    run = _cli("evaluate", "is_metal", str(data), "--split", "all", "--target", "K_GPa", "--id-column", "key",
+               "-o", str(tmp_path / "e"))  # fmt: skip
+    assert run.exit_code == 1, run.output
+    assert "classification labels must be 0 or 1; 'K_GPa' gives" in run.stderr and "internal error" not in run.stderr
+
+
+def test_the_table_legend_does_not_call_a_probabilitys_spread_calibrated():
+    """19a: 'the default table calls P(metal)'s ± calibrated'; docs/uncertainty.md says the classifier's std is not."""
+    from .test_user_reports import _cli
+
+    run = _cli("predict", str(REPO / "examples" / "SrTiO3.cif"), "--format", "table")
+    assert run.exit_code == 0, run.output
+    legend = " ".join(run.stdout.split())
+    assert "the ± of a probability (P(metal)) is its members' spread, not calibrated" in legend
+    assert "± the calibrated ensemble standard deviation of the other columns" in legend
+
+
+def test_models_md_counts_the_overlap_of_the_band_gap_and_is_metal_splits():
+    """19a: 'there is no clean held-out set for the gated band gap, and the docs do not say so'."""
+    from cgcnn_ase.data.splits import Split
+    from cgcnn_ase.models.registry import resolve_model
+
+    gap, metal = (Split.load(resolve_model(n).path / "split.json") for n in ("band_gap", "is_metal"))
+    seen_by_gap, seen_by_metal = set(gap.train) | set(gap.val), set(metal.train) | set(metal.val)
+    text = " ".join((REPO / "docs" / "models.md").read_text().split())
+    assert (f"{len(set(metal.test) & seen_by_gap):,} of the {len(metal.test):,} `is_metal` test crystals are in "
+            "`band_gap`'s train or validation split") in text
+    assert f"{len(set(gap.test) & seen_by_metal):,} of the {len(gap.test):,} `band_gap` test crystals are in `is_metal`'s" in text

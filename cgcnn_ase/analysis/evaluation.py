@@ -23,8 +23,8 @@ from cgcnn_ase.analysis.metrics import (
     uncertainty_report,
 )
 from cgcnn_ase.analysis.plots import parity_plot, roc_plot, uncertainty_plots
-from cgcnn_ase.data.datasets import label_shift_problem
-from cgcnn_ase.errors import EnsembleError
+from cgcnn_ase.data.datasets import class_labels_problem, label_shift_problem
+from cgcnn_ase.errors import DatasetError, EnsembleError
 from cgcnn_ase.models.cards import json_safe
 
 logger = logging.getLogger(__name__)
@@ -345,6 +345,9 @@ def evaluate_model(
         )
     spec_m = predictor.model.spec
     if spec_m.task == "classification":
+        problem = class_labels_problem(targets, spec.target, per_atom=spec.per_atom)
+        if problem:
+            raise DatasetError(f"{spec.path}: {problem} (CLI: --target, --no-per-atom)")
         metrics = classification_metrics(targets[good], result.values[good])
     else:
         metrics = regression_metrics(targets[good], result.values[good])

@@ -294,8 +294,27 @@ def _evaluate_target(df: Any, target: str, path: str) -> np.ndarray:
     if not hasattr(values, "dtype"):  # a scalar expression
         values = pd.Series(values, index=df.index)
     if values.dtype == bool:
-        return values.to_numpy(dtype=np.float64)
-    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        out = values.to_numpy(dtype=np.float64)
+    else:
+        out = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    if target not in df.columns:  # an expression: a missing value it reads gives a missing target, not False (0)
+        out[_missing_in_expression(df, target)] = np.nan
+    return out
+
+
+def _missing_in_expression(df: Any, expression: str) -> np.ndarray:
+    """Rows where a column that ``expression`` names (plainly or in backticks) holds no value (NaN, None, blank)."""
+    import pandas as pd
+
+    missing = np.zeros(len(df), dtype=bool)
+    for name in df.columns:
+        text = str(name)
+        named = f"`{text}`" in expression or (text.isidentifier() and re.search(rf"(?<![\w.]){re.escape(text)}\b", expression))
+        if named:
+            column = df[name]
+            blank = column.map(lambda v: isinstance(v, str) and not v.strip()) if column.dtype == object else False
+            missing |= np.asarray(pd.isna(column) | blank, dtype=bool)
+    return missing
 
 
 def load_table(spec: DatasetSpec) -> DatasetTable:
@@ -677,6 +696,21 @@ def load_dataset(spec: DatasetSpec | dict | str, *, workers: int = 2, progress: 
     n_atoms = np.array([len(r) for r in records])
     targets = finalize_targets(spec, table.raw_targets[good], n_atoms, ids)
     return LabelledDataset(records=records, targets=targets, ids=ids, spec=spec, errors=errors, dropped=table.dropped)
+
+
+def class_labels_problem(targets: np.ndarray, target: str, *, per_atom: bool = False, one_class: bool = False) -> str | None:
+    """Why ``targets`` cannot be a classifier's labels (not 0 or 1; with ``one_class``, all of one class, which
+    training cannot learn from), or ``None``; ``target`` is the column or expression that made them."""
+    if per_atom and not is_binary_labels(targets):
+        return (f"classification labels must be 0 or 1, and per_atom divides {target!r} by each crystal's number of "
+                "atoms: set per_atom: false for a classifier")  # fmt: skip
+    if not is_binary_labels(targets):
+        return (f"classification labels must be 0 or 1; {target!r} gives {np.unique(targets)[:6].tolist()} (use an "
+                "expression such as 'band_gap == 0')")  # fmt: skip
+    if one_class and len(np.unique(targets)) < 2:
+        return (f"every label of {target!r} is {int(targets[0])}: a classifier needs crystals of both classes (0 and 1); "
+                "check data.target and data.filter")  # fmt: skip
+    return None
 
 
 def is_binary_labels(values: np.ndarray) -> bool:

@@ -429,8 +429,11 @@ class CGCNNPredictor:
                 in ``result.embeddings``.
             coverage: also give prediction intervals holding the true value with this
                 probability (e.g. 0.9): ``result.lower`` / ``result.upper``, clipped to the property's
-                physical range (:data:`PHYSICAL_RANGE`: a band gap's lower bound is at least 0). Needs an
-                ensemble with its interval calibration (the shipped regression ensembles have it).
+                physical range (:data:`PHYSICAL_RANGE`: a band gap's lower bound is at least 0). The
+                values are not clipped (they are the network's, which the metrics score), so a band gap
+                of -0.1 eV comes with an interval starting at 0; the CLI, the calculator and the
+                featurizer clip both. Needs an ensemble with its interval calibration (the shipped
+                regression ensembles have it).
             workers: processes for the work (:mod:`cgcnn_ase.inference.parallel`): on the CPU
                 they read, build graphs and run the networks (one torch thread each); on a GPU
                 they read and build graphs while this process runs the networks. 1 does
@@ -675,8 +678,9 @@ def predict_many(
 def check_interval_models(predictors: Sequence[CGCNNPredictor], coverage: float | None) -> None:
     """Refuse a ``coverage`` that a regression model among ``predictors`` cannot give intervals for.
 
-    A classifier gives none and passes; a regression model must be a calibrated full ensemble
-    with ``coverage`` within its calibrated levels.
+    A classifier gives none and passes beside other models, but is refused when only classifiers are
+    asked (nothing would get an interval); a regression model must be a calibrated full ensemble with
+    ``coverage`` within its calibrated levels.
 
     Raises:
         TypeError: ``coverage`` is not a number.
@@ -685,6 +689,9 @@ def check_interval_models(predictors: Sequence[CGCNNPredictor], coverage: float 
     if coverage is None:
         return
     check_coverage(coverage)
+    if predictors and all(p.model.spec.task == "classification" for p in predictors):
+        names = ", ".join(p.model.spec.name for p in predictors)
+        raise ValueError(f"{names}: a classifier gives a probability (with the members' std), no interval")
     for p in predictors:
         if p.model.spec.task != "classification":
             p.model.conformal_quantile(coverage)

@@ -19,15 +19,17 @@ the crystal is a metal. This module turns their outputs into what a user asks fo
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgcnn_ase.errors import UnknownModelError
+from cgcnn_ase.errors import ConfigError, UnknownModelError, user_stacklevel
 from cgcnn_ase.inference.results import FLAG_UNITS, UNSEEN, add_flag_columns, flag_cells, unseen_cell
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,6 +62,17 @@ def physical_values(property_name: str, values: Any) -> np.ndarray:
     return np.clip(array, low, high)
 
 
+def check_metal_threshold(threshold: Any) -> float:
+    """``threshold`` as a float, if it is a probability in [0, 1] (0: every crystal counts as a metal, 1: none).
+
+    Raises:
+        ConfigError: anything else (NaN, which would silently turn the gate off; text; a bool).
+    """
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"metal_threshold is a probability between 0 and 1, got {threshold!r}")
+    return float(threshold)
+
+
 def gated_band_gap(band_gap: Any, metal_probability: Any, threshold: float = METAL_THRESHOLD) -> np.ndarray:
     """The band gap, eV, set to 0 where ``metal_probability`` > ``threshold`` and at least 0
     elsewhere (:func:`physical_values`); NaN where either is NaN.
@@ -69,6 +82,7 @@ def gated_band_gap(band_gap: Any, metal_probability: Any, threshold: float = MET
         metal_probability: the ``is_metal`` classifier's P(metal), shape (n,).
         threshold: the probability above which a crystal counts as a metal.
     """
+    threshold = check_metal_threshold(threshold)
     gap = np.asarray(band_gap, dtype=np.float64)
     p = np.asarray(metal_probability, dtype=np.float64)
     out = np.where(p > threshold, 0.0, physical_values("band_gap", gap))
@@ -86,6 +100,7 @@ def gated_band_gap_result(
     regression's std and bounds are returned unchanged. ``std``, ``lower``, ``upper`` may be ``None``
     (not computed) and stay so.
     """
+    threshold = check_metal_threshold(threshold)
     p = np.asarray(metal_probability, dtype=np.float64)
     value = gated_band_gap(band_gap, p, threshold)
     std_out = None if std is None else np.where(p > threshold, np.nan, np.asarray(std, dtype=np.float64))
@@ -117,6 +132,13 @@ def with_metal_classifier(predictors: Sequence[CGCNNPredictor], device: Any = No
 
     out = list(predictors)
     properties = {p.property_name for p in out}
+    others = [p.model.spec.name for p in out if p.model.spec.task == "classification" and p.property_name != "is_metal"
+              and "metal" in f"{p.property_name} {p.model.spec.positive_class or ''}".lower()]  # fmt: skip
+    if others and "band_gap" in properties:
+        shipped = "is_metal" not in properties and any(trained_on_non_metals(p) for p in out)
+        instead = "the shipped is_metal gates the band gap instead" if shipped else "the band gap is not gated by it"
+        warnings.warn(f"{', '.join(others)}: a metal classifier gates the band gap only when its property is is_metal "
+                      f"(train it with property: is_metal); {instead}", UserWarning, stacklevel=user_stacklevel())
     if "is_metal" not in properties and any(trained_on_non_metals(p) for p in out):
         try:
             resolve_model("is_metal")
@@ -379,7 +401,11 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
     if folder:
         legend = f"ids are in {folder}{os.sep}; " + legend
     held = f"it holds {coverage_of_std[0]:.0%}-{coverage_of_std[1]:.0%} of test errors; " if coverage_of_std else ""
-    note = f"; ± the calibrated ensemble standard deviation (a conservative 1-sigma: {held}"
+    probability = "; the ± of a probability (P(metal)) is its members' spread, not calibrated" if any(
+        c.units == "probability" and f"{c.name}_std" in names for c in shown) else ""  # fmt: skip
+    note = f"{probability}; ± the calibrated ensemble standard deviation of the other columns (a conservative 1-sigma: {held}"
+    if not probability:
+        note = note.replace(" of the other columns", "")
     if any(name.endswith("_lower") for name in names):
         note += "the --coverage intervals are in the csv and json output, -o out.csv, not in this table)."
     else:

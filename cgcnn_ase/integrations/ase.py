@@ -44,7 +44,6 @@ Forces and stress are not predicted: asking raises ``PropertyNotImplementedError
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import warnings
 from collections.abc import Sequence
@@ -54,7 +53,12 @@ import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models
-from cgcnn_ase.inference.properties import gated_band_gap_result, physical_values, with_metal_classifier
+from cgcnn_ase.inference.properties import (
+    check_metal_threshold,
+    gated_band_gap_result,
+    physical_values,
+    with_metal_classifier,
+)
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 
 #: Standard ASE property names this calculator can fill (everything else is custom).
@@ -159,8 +163,7 @@ class CGCNNCalculator(Calculator):
             raise TypeError(f"store_in_info is True or False, got {store_in_info!r}")
         if on_sparse not in ("warn", "error", "ignore"):
             raise ValueError(f"on_sparse must be 'warn', 'error' or 'ignore', got {on_sparse!r}")
-        if isinstance(metal_threshold, bool) or not isinstance(metal_threshold, numbers.Real) or not 0.0 <= metal_threshold <= 1.0:
-            raise ValueError(f"metal_threshold is a probability between 0 and 1, got {metal_threshold!r}")
+        check_metal_threshold(metal_threshold)
         check_interval_models(self.predictors, coverage)
 
     @property

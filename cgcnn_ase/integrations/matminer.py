@@ -24,6 +24,7 @@ from cgcnn_ase.errors import InvalidStructureError
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models, predict_many
 from cgcnn_ase.inference.properties import (
     METAL_THRESHOLD,
+    check_metal_threshold,
     gated_band_gap_result,
     physical_values,
     with_metal_classifier,
@@ -108,7 +109,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
     ) -> None:
         self.properties = properties
         self.unseen_elements = unseen_elements
-        self.metal_threshold = metal_threshold
+        self.metal_threshold = None if metal_threshold is None else check_metal_threshold(metal_threshold)
         self.coverage = None if coverage is None else check_coverage(coverage)
         self._owner_pid = os.getpid()
         self.embeddings = embeddings

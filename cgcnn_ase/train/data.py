@@ -19,6 +19,7 @@ from cgcnn_ase.train.cache import GraphStore, build_graph_store
 from cgcnn_ase.train.config import TrainConfig
 from cgcnn_ase.data.datasets import (
     DatasetTable,
+    class_labels_problem,
     finalize_targets,
     is_binary_labels,
     load_table,
@@ -152,11 +153,14 @@ def prepare_data(config: TrainConfig, *, progress: bool = False, graph_device: t
             f"generated); set elements: {folder / 'atom_init.json'} to train with the folder's own, as the original "
             "code did", UserWarning, stacklevel=3,
         )  # fmt: skip
-    if config.task == "classification" and not is_binary_labels(targets):
-        raise ConfigError(
-            f"classification targets must be 0 or 1; {config.data.target!r} gives {np.unique(targets)[:6].tolist()} "
-            "(use an expression such as 'band_gap == 0')"
-        )
+    if config.task == "classification":
+        problem = class_labels_problem(targets, config.data.target, per_atom=config.data.per_atom, one_class=True)
+        if problem:
+            raise ConfigError(problem)
+    elif len(targets) > 1 and is_binary_labels(targets) and np.ptp(targets) > 0:
+        warnings.warn(f"{config.data.path}: every target of {config.data.target!r} is 0 or 1, labels of a class: this "
+                      "run trains a regression on them (task: regression); for a classifier set task: classification",
+                      UserWarning, stacklevel=3)  # fmt: skip
     return PreparedData(ids=ids, targets=targets, store=store, elements=elements, table=table, errors=errors)
 
 

@@ -523,8 +523,8 @@ class Trainer:
         monitor = self.config.monitor_name
         train_classes = np.unique(self.data.targets[self.parts["train"]])
         if self.config.task == "classification" and len(train_classes) < 2:
-            logger.warning("the training split holds one class only (%g): the classifier cannot learn to tell the "
-                           "classes apart; check data.target", train_classes[0])  # fmt: skip
+            warnings.warn(f"the training split holds one class only ({train_classes[0]:g}): the classifier cannot "
+                          "learn to tell the classes apart; check data.target and the split", UserWarning, stacklevel=2)
         if monitor == "val_roc_auc" and len(np.unique(self.data.targets[self.parts["val"]])) < 2:
             logger.warning("the validation split holds one class only; selecting the model on val_loss instead")
             monitor = "val_loss"
