@@ -264,7 +264,8 @@ def test_evaluate_notes_labels_far_from_the_training_targets(tmp_path):
                  "--format", "json", "-o", str(tmp_path / "twice"))  # fmt: skip
     assert twice.exit_code == 0, twice.output
     note = json.loads(twice.stdout)["note"]
-    assert "standard deviations from the training targets' mean" in note and "--transform none" in note
+    assert "standard deviations of the training targets (0.3455 log10(GPa)) from the predictions' median" in note
+    assert "--transform none" in note
     once = _cli("evaluate", "bulk_modulus", str(data), "--split", "all", "--target", "logK", "--id-column", "key",
                 "--transform", "none", "--format", "json", "-o", str(tmp_path / "once"))  # fmt: skip
     assert once.exit_code == 0, once.output
@@ -333,11 +334,10 @@ def test_predict_names_json_entries_by_their_id_key(tmp_path):
         run = _cli("predict", str(data), "-m", "bulk_modulus", "--id-column", "key", "--workers", workers)
         assert run.exit_code == 0, run.output
         assert [line.split(",")[0] for line in run.stdout.splitlines()[1:]] == ["NaCl", "MgO", "Si", "Cu"]
-    wrong = _cli("predict", str(data), "-m", "bulk_modulus", "--id-column", "mp_id")
-    assert wrong.exit_code == 1
-    assert "no 'mp_id' in this entry (4 of 4 lack it); its keys: ['K_GPa', 'key', 'logK', 'structure']" in wrong.stderr
     plain = _cli("predict", str(data), "-m", "bulk_modulus")
     assert plain.stdout.splitlines()[1].startswith(f"{data}@0,")
+    other = _cli("predict", str(data), "-m", "bulk_modulus", "--id-column", "mp_id")  # 19b: entries without the key
+    assert other.exit_code == 0 and other.stdout == plain.stdout  # keep the default ids, as an empty table id does
 
 
 def test_featurizer_warnings_name_rows_by_the_frame_index_and_the_cli_ids(tmp_path):
@@ -390,8 +390,9 @@ def test_finetuning_warns_when_a_kept_output_layer_meets_labels_in_other_units(d
     far = Trainer(ft_config(dataset_csv, tmp_path / "far", base, property="formation_energy", units="eV/atom"),
                   progress=False)  # fmt: skip  (volumes per atom, 10-25, as if eV/atom)
     with pytest.warns(UserWarning, match=r"the output layer of .*base is kept \(same property and units\), but this run's "
-                                         r"training labels' mean, \d+\.\d+ eV/atom, lies \d+\.\d standard deviations from the "
-                                         r"base model's training targets' mean \(-1 ± 0.5 eV/atom\)"):
+                                         r"training labels' mean, \d+\.\d+ eV/atom, lies \d+\.\d standard deviations of the "
+                                         r"training targets \(0.5 eV/atom\) from the base model's training targets' "
+                                         r"mean \(-1 eV/atom\)"):
         far.setup()
     assert far.finetune_state.output_layer == "keep"
     near = ft_config(dataset_csv, tmp_path / "near", base, property="formation_energy", units="eV/atom",
@@ -524,3 +525,147 @@ def test_models_md_counts_the_overlap_of_the_band_gap_and_is_metal_splits():
     assert (f"{len(set(metal.test) & seen_by_gap):,} of the {len(metal.test):,} `is_metal` test crystals are in "
             "`band_gap`'s train or validation split") in text
     assert f"{len(set(gap.test) & seen_by_metal):,} of the {len(gap.test):,} `band_gap` test crystals are in `is_metal`'s" in text
+
+
+# -- 19b: a second outsider tried to break the round-18 fixes ------------------------------------------------------
+
+
+def test_evaluate_refuses_a_log10_transform_for_a_model_trained_without_one(tmp_path):
+    """19b: 'evaluate --transform log10 is accepted for a model trained without a transform' (band_gap scored against
+    log10 of the gaps: mae 1.828 eV, no note)."""
+    from .test_user_reports import _cli
+
+    data = _moduli_json(tmp_path / "moduli.json")
+    run = _cli("evaluate", "formation_energy", str(data), "--split", "all", "--target", "K_GPa", "--id-column", "key",
+               "--transform", "log10", "-o", str(tmp_path / "e"))  # fmt: skip
+    assert run.exit_code == 1
+    assert "predicts its target as it is (trained without a log10 transform): --transform log10" in run.stderr
+
+
+def test_filters_and_targets_read_numbers_among_missing_value_text(tmp_path):
+    """19b: 'filter: shear_modulus_vrh != 0 keeps the n/a rows and gives no warning'; '~(x > 50)' kept them while
+    the warning said comparisons leave them out; the warning named a text column the filter never used; the
+    Poisson-ratio formula as a target, and a column 60% 'n/a', failed with a TypeError."""
+    import warnings
+
+    data = _moduli_json(tmp_path / "moduli.json")
+    entries = json.loads(data.read_text())
+    for entry, g in zip(entries, ["n/a", 60.0, 40.0, "n/a"]):
+        entry["G"], entry["note"] = g, "n/a" if g == "n/a" else 5
+    data.write_text(json.dumps(entries))
+    spec = dict(path=str(data), target="K_GPa", id_column="key")
+    for expression, kept in [("G != 0", ["MgO", "Si"]), ("~(G > 50)", ["Si"]), ("G <= 50", ["Si"])]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert load_table(DatasetSpec(**spec, filter=expression)).ids == kept, expression
+        said = [str(w.message) for w in caught if "hold text among numbers" in str(w.message)]
+        assert len(said) == 1 and "['G']" in said[0] and "note" not in said[0], said
+    poisson = "(3*K_GPa - 2*G) / (2*(3*K_GPa + G))"
+    with pytest.warns(UserWarning, match=r"2 rows have no finite numeric"):
+        table = load_table(DatasetSpec(path=str(data), target=poisson, id_column="key"))
+    assert table.ids == ["MgO", "Si"] and np.all((table.raw_targets > 0) & (table.raw_targets < 0.5))
+    for entry in entries:
+        entry["G"] = "n/a" if entry["key"] != "MgO" else 60.0  # 75% text
+    data.write_text(json.dumps(entries))
+    with pytest.warns(UserWarning, match="hold text among numbers"):
+        assert load_table(DatasetSpec(**spec, filter="G > 50")).ids == ["MgO"]
+    with pytest.warns(UserWarning, match=r"it holds text \('n/a'\) among numbers: those cells are taken as missing"):
+        load_table(DatasetSpec(path=str(data), target="G", id_column="key"))
+
+
+def test_a_foreign_sqlite_file_named_db_is_neither_read_nor_changed(tmp_path):
+    """19b: 'reading a foreign SQLite file named .db writes to it': ase.db.connect added its tables to the user's
+    own database, and the message was 'the database holds no structure'."""
+    import hashlib
+    import sqlite3
+
+    from cgcnn_ase import CGCNNPredictor
+
+    path = tmp_path / "mine.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE measurements (x REAL)")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    [(_, streamed)] = list(iter_file(str(path)))
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    result = predictor.predict([str(path)], errors="collect")
+    with pytest.raises(DatasetError, match="not a readable ASE database"):
+        load_table(DatasetSpec(path=str(path), target="x"))
+    expected = "not a readable ASE database (an SQLite file without ASE's tables: measurements); it is not read"
+    assert expected in str(streamed) and expected in result.errors[0]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_json_lists_and_frame_files_give_each_bad_item_its_own_error_everywhere(tmp_path):
+    """19b: one bad entry failed a whole JSON list (with or without --id-column); --id-column broke a plain
+    structure-dict JSON in the same run; CGCNNPredictor.predict failed a whole extxyz for one bad frame, while
+    the CLI gave that frame its own error."""
+    from ase.io import read
+
+    from cgcnn_ase import CGCNNPredictor
+
+    from .test_user_reports import _cli
+
+    data = _moduli_json(tmp_path / "moduli.json")
+    entries = json.loads(data.read_text())
+    entries[1]["structure"] = None
+    entries[2]["key"] = ""
+    data.write_text(json.dumps(entries))
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps(entries[0]["structure"]))
+    frames = tmp_path / "two.extxyz"
+    frames.write_text((REPO / "examples" / "Si.extxyz").read_text() + EXTXYZ_WITH_D)
+    assert len(read(REPO / "examples" / "Si.extxyz", index=":")) == 1
+    run = _cli("predict", str(data), str(single), str(frames), "-m", "formation_energy", "--id-column", "key")
+    assert run.exit_code == 1
+    rows = [line.split(",")[0] for line in run.stdout.splitlines()[1:]]
+    assert rows == ["NaCl", "MgO", f"{data}@2", "Cu", str(single), f"{frames}@0", f"{frames}@1"]
+    assert "MgO: item of a JSON list of structures holds a NoneType" in run.stderr
+    result = CGCNNPredictor.from_pretrained("formation_energy", members=1).predict([str(data), str(frames)],
+                                                                                   errors="collect")  # fmt: skip
+    assert [e is None for e in result.errors] == [True, False, True, True, True, False]
+    assert result.ids[-2:] == [f"{frames}@0", f"{frames}@1"]
+
+
+def test_compressed_tables_are_predicted_like_plain_ones(tmp_path):
+    """19b: 'predict does not read files that train accepts': t.csv.zip was misread as CIF text."""
+    import pandas as pd
+    from pymatgen.io.cif import CifWriter
+
+    from .test_user_reports import _cli
+
+    entries = json.loads(_moduli_json(tmp_path / "moduli.json").read_text())
+    frame = pd.DataFrame({"key": [e["key"] for e in entries],
+                          "cif": [str(CifWriter(Structure.from_dict(e["structure"]))) for e in entries]})  # fmt: skip
+    outputs = []
+    for name in ("t.csv", "t.csv.zip", "t.csv.bz2", "t.tsv.xz"):
+        frame.to_csv(tmp_path / name, index=False, sep="\t" if ".tsv" in name else ",")
+        run = _cli("predict", str(tmp_path / name), "-m", "formation_energy", "--id-column", "key")
+        assert run.exit_code == 0, (name, run.output)
+        outputs.append(run.stdout)
+    assert outputs[1:] == outputs[:1] * 3
+
+
+def test_provenance_stays_for_the_same_file_spelled_otherwise_and_bom_json_and_macos_zips_are_read(tmp_path,
+                                                                                                   monkeypatch):  # fmt: skip
+    """19b: './../shared/...', the absolute and the real path of the config's own file dropped its provenance; a
+    UTF-8 JSON with a byte-order mark, and a macOS zip (with __MACOSX/._a.json), were refused."""
+    import os
+    import warnings
+
+    from cgcnn_ase.train.config import load_config
+
+    monkeypatch.chdir(REPO)
+    original = "../shared/data/mp_elastic3k_kdmsit/data.csv.gz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for spelled in (f"./{original}", os.path.abspath(original), "../shared/data/x/../mp_elastic3k_kdmsit/data.csv.gz"):
+            assert "dataset_name" in load_config("configs/bulk_modulus.yaml", [f"data.path={spelled}"]).metadata
+    text = _json_dataset()
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    mac = tmp_path / "mac.json.zip"
+    with zipfile.ZipFile(mac, "w") as archive:
+        archive.writestr("moduli.json", text)
+        archive.writestr("__MACOSX/._moduli.json", b"\x00\x05\x16\x07")
+    for path in (bom, mac):
+        assert load_table(DatasetSpec(path=str(path), target="k")).ids == ["x0", "x1", "x2"]

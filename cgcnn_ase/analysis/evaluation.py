@@ -77,6 +77,9 @@ def _dataset_spec(folder: Path, dataset: Any, layout: Mapping[str, Any] | None =
                 f"path on this machine (CLI: cgcnn-ase evaluate MODEL DATASET; Python: evaluate_model(model, dataset))"
             )
         return spec
+    if trained is not None and layout.get("transform") == "log10" and trained.get("transform") != "log10":
+        raise DatasetError(f"{folder.name} predicts its target as it is (trained without a log10 transform): --transform "
+                           "log10 would score its values against logarithms; give the column in the model's units")  # fmt: skip
     if trained is not None:  # same targets / filters / transform, another location (and perhaps layout)
         moved_copy = Path(str(trained.get("path", ""))).name == Path(str(dataset)).name  # names compared, as training does
         if layout or not moved_copy:  # another file: the training file's outlier ids and its name do not describe it
@@ -365,7 +368,7 @@ def evaluate_model(
         "files": {},
     }
     notes = [labels_changed(spec_m.metadata, folder, split, ids, targets, layout), _base_had_seen(spec_m.metadata, split),
-             _labels_shifted(spec_m, spec, targets[good])]
+             _labels_shifted(spec_m, spec, targets[good], result.values[good])]
     for note in filter(None, notes):
         summary["note"] = f"{summary['note']}; {note}" if "note" in summary else note
         warnings.warn(f"model {spec_m.name!r}: {note}", UserWarning, stacklevel=2)
@@ -379,12 +382,20 @@ def evaluate_model(
     return summary
 
 
-def _labels_shifted(model: Any, spec: Any, targets: np.ndarray) -> str | None:
-    """A note when a regression model's labels lie far from its training targets (other units, or a log10
-    applied to a column already in log10), else ``None``."""
-    if model.task != "regression" or not len(targets):
+#: Training standard deviations between the medians of the labels and of the predictions beyond which
+#: ``evaluate`` takes the labels to be in other units (a model that predicts a dataset at all is far closer).
+PREDICTION_SHIFT_LIMIT = 3.0
+
+
+def _labels_shifted(model: Any, spec: Any, targets: np.ndarray, predictions: np.ndarray) -> str | None:
+    """A note when a regression model's labels lie far from its own predictions of them (other units, or a
+    log10 applied to a column already in log10), else ``None``."""
+    finite = np.isfinite(targets) & np.isfinite(predictions)
+    if model.task != "regression" or not finite.any():
         return None
-    problem = label_shift_problem(float(np.median(targets)), model.normalizer_mean, model.normalizer_std, model.units)
+    problem = label_shift_problem(float(np.median(targets[finite])), float(np.median(predictions[finite])),
+                                  model.normalizer_std, model.units, reference="the predictions' median",
+                                  limit=PREDICTION_SHIFT_LIMIT)  # fmt: skip
     if problem and spec.transform == "log10":
         problem += (f" (the labels are {spec.target!r} after log10, as in training: a column already in log10 needs "
                     "transform none, CLI --transform none)")

@@ -274,11 +274,12 @@ def _pick_id_column(columns: Sequence[str], requested: str | None, path: str, ta
 
 def _evaluate_target(df: Any, target: str, path: str) -> np.ndarray:
     """A target column, or a pandas expression over the columns, as float64."""
+    frame = df
     if target in df.columns:
         values = df[target]
     else:
         try:
-            values = df.eval(target, engine="python")
+            values, frame, _ = _evaluate_expression(df, target)
         except Exception as exc:  # noqa: BLE001 - pandas raises many types for bad expressions
             if target == DatasetSpec.target:  # the default: the config never named one
                 raise DatasetError(
@@ -298,8 +299,52 @@ def _evaluate_target(df: Any, target: str, path: str) -> np.ndarray:
     else:
         out = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
     if target not in df.columns:  # an expression: a missing value it reads gives a missing target, not False (0)
-        out[_missing_in_expression(df, target)] = np.nan
+        out[_missing_in_expression(frame, target)] = np.nan
     return out
+
+
+#: Text that marks a missing value in a column of numbers (compared in lower case).
+MISSING_MARKERS = frozenset({"n/a", "na", "nan", "none", "null", "-", "--", "?", "missing", "unknown"})
+
+
+def _evaluate_expression(df: Any, expression: str) -> tuple[Any, Any, list[str]]:
+    """``df.eval(expression)`` (pandas' python engine) with the text columns it reads that hold numbers among
+    missing-value text (``"n/a"``) read as numbers, that text as NaN: ``(values, frame evaluated, those
+    columns)``. A column is read so when most of its cells are numbers or its text is all missing-value
+    markers; after a ``TypeError`` (text compared with a number) also when any of its cells is a number."""
+    names = [name for name in df.columns if _names_column(expression, name)]
+    frame, coerced = _numbers_read(df, names, any_number=False)
+    try:
+        return frame.eval(expression, engine="python"), frame, coerced
+    except TypeError:
+        frame, coerced = _numbers_read(df, names, any_number=True)
+        if not coerced:
+            raise
+        return frame.eval(expression, engine="python"), frame, coerced
+
+
+def _names_column(expression: str, name: Any) -> bool:
+    """Whether ``expression`` reads the column ``name`` (plainly or in backticks)."""
+    text = str(name)
+    return f"`{text}`" in expression or bool(text.isidentifier() and re.search(rf"(?<![\w.]){re.escape(text)}\b", expression))
+
+
+def _numbers_read(df: Any, names: Sequence[Any], *, any_number: bool) -> tuple[Any, list[str]]:
+    """``df`` with the text columns among ``names`` that hold numbers turned into numbers (other cells NaN):
+    those whose cells are mostly numbers or whose text is all :data:`MISSING_MARKERS` (``any_number``: any
+    column with a number); and those columns' names."""
+    out, coerced = df, []
+    for name in names:
+        if df[name].dtype != object:
+            continue
+        given = df[name].dropna()
+        numbers = np.isfinite(_numbers(given))
+        text = {str(v).strip().lower() for v, number in zip(given, numbers) if not number}
+        if numbers.any() and text and (any_number or numbers.sum() * 2 >= len(given) or text <= MISSING_MARKERS):
+            out = out.copy() if out is df else out
+            out[name] = _numbers(df[name])
+            coerced.append(str(name))
+    return out, coerced
 
 
 def _missing_in_expression(df: Any, expression: str) -> np.ndarray:
@@ -308,9 +353,7 @@ def _missing_in_expression(df: Any, expression: str) -> np.ndarray:
 
     missing = np.zeros(len(df), dtype=bool)
     for name in df.columns:
-        text = str(name)
-        named = f"`{text}`" in expression or (text.isidentifier() and re.search(rf"(?<![\w.]){re.escape(text)}\b", expression))
-        if named:
+        if _names_column(expression, name):
             column = df[name]
             blank = column.map(lambda v: isinstance(v, str) and not v.strip()) if column.dtype == object else False
             missing |= np.asarray(pd.isna(column) | blank, dtype=bool)
@@ -381,16 +424,7 @@ def _select_rows(
         dropped["drop_ids"] = int(mask.sum())
     if spec.filter:
         try:
-            try:
-                selected = df.eval(spec.filter, engine="python")
-            except TypeError:  # '>' between str and int: a numeric column with some text in it ("n/a")
-                numeric, mixed = _numeric_columns(df)
-                if not mixed:
-                    raise
-                selected = numeric.eval(spec.filter, engine="python")
-                warnings.warn(f"{path}: filter {spec.filter!r}: column(s) {mixed} hold text among numbers; those cells "
-                              "count as missing (NaN) in the filter, so comparisons leave their rows out",
-                              UserWarning, stacklevel=3)  # fmt: skip
+            selected, frame, mixed = _evaluate_expression(df, spec.filter)
         except Exception as exc:  # noqa: BLE001
             raise DatasetError(
                 f"{path}: invalid filter {spec.filter!r} ({type(exc).__name__}: {exc}); columns: {list(df.columns)}"
@@ -398,6 +432,12 @@ def _select_rows(
         selected = np.asarray(selected, dtype=bool).reshape(-1)
         if selected.shape != (len(df),):
             raise DatasetError(f"{path}: filter {spec.filter!r} must give one True/False per row")
+        missing = _missing_in_expression(frame, spec.filter)  # a row without a value the filter reads is not chosen
+        if mixed:
+            warnings.warn(f"{path}: filter {spec.filter!r}: column(s) {mixed} hold text among numbers; those cells are "
+                          "missing values, and rows missing a value the filter reads are left out",
+                          UserWarning, stacklevel=3)  # fmt: skip
+        selected &= ~missing
         dropped["filter"] = int((keep & ~selected).sum())
         keep &= selected
     targets = _evaluate_target(df, spec.target, spec.path)
@@ -637,25 +677,10 @@ def _text_label_hint(df: Any, target: str, bad: np.ndarray) -> str:
         infinite = int(np.isinf(values).sum())
         return f"; {infinite} of them are infinite (inf): leave those rows out or give finite values" if infinite else ""
     shown = ", ".join(repr(t) for t in text[:4]) + (", ..." if len(text) > 4 else "")
-    if np.isfinite(_numbers(column)).sum() * 2 >= len(column):  # mostly numbers: the text marks missing values
+    if np.isfinite(_numbers(column)).sum() * 2 >= len(column) or {t.lower() for t in text} <= MISSING_MARKERS:
         return f"; it holds text ({shown}) among numbers: those cells are taken as missing values"
     return (f"; it holds text ({shown}): for labels, give an expression as the target, e.g. "
             f"data.target: '{target} == \"{text[0]}\"' (1 where true, 0 elsewhere)")
-
-
-def _numeric_columns(df: Any) -> tuple[Any, list[str]]:
-    """``df`` with each text column whose cells are mostly numbers (at least half of those given) turned into
-    numbers, the rest of its cells NaN; and the names of those columns."""
-    out, mixed = df.copy(), []
-    for name in df.columns:
-        if df[name].dtype != object:
-            continue
-        given = df[name].dropna()
-        numbers = _numbers(given)
-        if len(given) and np.isfinite(numbers).sum() * 2 >= len(given):
-            out[name] = _numbers(df[name])
-            mixed.append(str(name))
-    return out, mixed
 
 
 def _numbers(values: Any) -> Any:
@@ -744,15 +769,15 @@ def log_units_problem(values: np.ndarray, units: str) -> str | None:
 
 
 def label_shift_problem(center: float, mean: float, std: float, units: str, what: str = "the labels' median",
-                        reference: str = "the training targets") -> str | None:
-    """Why labels look like they are in other units than a model's training targets (``mean`` ± ``std``, in
-    ``units``): their ``center`` (``what``: e.g. their median) lies more than :data:`SHIFT_LIMIT` standard
-    deviations from the mean (``reference``: whose targets); ``None`` otherwise (or with nothing finite to
-    compare)."""
+                        reference: str = "the training targets' mean", limit: float = SHIFT_LIMIT) -> str | None:
+    """Why labels look like they are in other units than a model's: their ``center`` (``what``: e.g. their
+    median) lies more than ``limit`` training standard deviations ``std`` from ``mean`` (``reference``: e.g. the
+    training targets' mean), all in ``units``; ``None`` otherwise (or with nothing finite to compare)."""
     if not all(math.isfinite(v) for v in (center, mean, std)) or std <= 0:
         return None
     distance = abs(center - mean) / std
-    if distance <= SHIFT_LIMIT:
+    if distance <= limit:
         return None
-    return (f"{what}, {center:.4g} {units}, lies {distance:.1f} standard deviations from {reference}' mean "
-            f"({mean:.4g} ± {std:.4g} {units}): check that they are in the same units and transformed the same way")
+    return (f"{what}, {center:.4g} {units}, lies {distance:.1f} standard deviations of the training targets "
+            f"({std:.4g} {units}) from {reference} ({mean:.4g} {units}): check that they are in the same units and "
+            "transformed the same way")

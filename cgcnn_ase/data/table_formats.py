@@ -41,9 +41,8 @@ def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
         df = pd.read_csv(path, sep=sep, dtype={c: str for c in ids})  # ids as written: 0007 stays 0007, not 7
     column = spec.structure_column or "cif"
     if column not in df.columns:
-        raise DatasetError(
-            f"{path}: no structure column {column!r} (CIF text); set structure_column to one of {list(df.columns)}"
-        )
+        raise DatasetError(f"{path}: no structure column {column!r} (CIF text){_also_missing(spec, df.columns)}; set "
+                           f"structure_column to one of {list(df.columns)}")  # fmt: skip
     sources = [beside_table(value, path) for value in df[column].tolist()]  # file names: beside the table
     return df.drop(columns=[column]), "cif_text", sources
 
@@ -71,12 +70,22 @@ def _read_json(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
     missing = [i for i, d in enumerate(data) if column not in d]
     if missing:
         raise DatasetError(
-            f"{path}: {len(missing)} entries (first: #{missing[0]}) have no {column!r} key; "
-            f"keys of the first entry: {sorted(data[0])}; set structure_column"
+            f"{path}: {len(missing)} entries (first: #{missing[0]}) have no structure column {column!r} (a key)"
+            f"{_also_missing(spec, data[missing[0]])}; keys of that entry: {sorted(data[missing[0]])}; set structure_column"
         )
     sources = [d[column] for d in data]
     df = pd.DataFrame([{k: v for k, v in d.items() if k != column} for d in data])
     return df, "structure_dict", sources
+
+
+def _also_missing(spec: DatasetSpec, columns: Any) -> str:
+    """``", and no id column 'x', and no target column 'y'"`` for the id column and the target (a plain name)
+    that ``spec`` names and ``columns`` lack, so that a file of another layout is described in one message."""
+    names = {str(c) for c in columns}
+    parts = [f"no id column {spec.id_column!r}"] if spec.id_column and spec.id_column not in names else []
+    if spec.target and spec.target.isidentifier() and spec.target not in names:
+        parts.append(f"no target column {spec.target!r}")
+    return "".join(f", and {part}" for part in parts)
 
 
 def _zipped_text(path: Path) -> str:
@@ -85,11 +94,12 @@ def _zipped_text(path: Path) -> str:
 
     try:
         with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if not n.endswith("/")]
+            names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")
+                     and not Path(n).name.startswith("._")]  # macOS's resource forks are no data  # fmt: skip
             if len(names) != 1:
                 raise DatasetError(f"{path}: a zip archive of {len(names)} files; a dataset zip must hold one file (or "
                                    "unzip it and give the file)")  # fmt: skip
-            return archive.read(names[0]).decode("utf-8")
+            return archive.read(names[0]).decode("utf-8-sig")
     except zipfile.BadZipFile as exc:
         raise DatasetError(f"{path}: not a readable zip archive ({exc})") from None
 

@@ -49,18 +49,20 @@ from cgcnn_ase.errors import (
     StructureReadError,
 )
 from cgcnn_ase.io.reader import (
+    FRAME_SUFFIXES,
     CifReader,
     as_input_sequence,
-    ase_read_error,
     beside_table,
+    connect_db,
     db_read_error,
+    frame_items,
     input_kind,
     is_json_name,
     is_labelled_pair,
+    json_entry_items,
     labelled_pair,
     pair_of_two_files,
     read_items,
-    read_json_entries,
     read_record,
     read_records,
     to_record,
@@ -93,9 +95,8 @@ Item = tuple[str, "StructureRecord | InvalidStructureError"]
 DeferredItem = tuple[str, "StructureRecord | InvalidStructureError | str"]
 
 #: Explicitly named files with these endings are tables (a column of structures).
-TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".parquet", ".pq")
-#: Files read frame by frame with ase.io.iread (memory: one frame at a time).
-FRAME_SUFFIXES = (".extxyz", ".xyz", ".traj")
+TABLE_SUFFIXES = (*(f".{kind}{packed}" for kind in ("csv", "tsv") for packed in ("", ".gz", ".bz2", ".xz", ".zip")),
+                  ".parquet", ".pq")  # fmt: skip
 #: ASE databases, read row by row.
 DB_SUFFIXES = (".db",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -420,7 +421,7 @@ def iter_inputs(
                 if _is_table(path) and path != item and os.path.isfile(path) and glob.has_magic(item):
                     yield from iter_table(path, finished=finished, **opts)  # tables matched by a pattern
                 elif id_column is not None and is_json_name(path) and os.path.isfile(path):
-                    yield from _iter_json_entries(path, id_column, finished)  # entries named by their own ids
+                    yield from _iter_json_entries(path, id_column, finished, cif_reader)  # entries named by their ids
                 else:
                     yield from iter_file(path, cif_reader=cif_reader, finished=finished, defer=defer_files)
         elif is_labelled_pair(obj):
@@ -430,16 +431,20 @@ def iter_inputs(
             yield from _iter_object(label, obj, cif_reader, finished)
 
 
-def _iter_json_entries(path: str, id_key: str, finished: FinishedIds | None) -> Iterator[Item]:
-    """The entries of a JSON list (Materials Project style), ids from each entry's ``id_key``."""
+def _iter_json_entries(path: str, id_key: str, finished: FinishedIds | None, cif_reader: CifReader) -> Iterator[Item]:
+    """The entries of a JSON list (Materials Project style), ids from each entry's ``id_key`` (``path@k`` for
+    an entry without one); any other JSON file is read as without an id key."""
     try:
-        records = read_json_entries(path, id_key)
+        items = json_entry_items(path, id_key)
     except InvalidStructureError as exc:
         yield path, exc
         return
-    for record in records:
-        if not _skip(finished, record.label):
-            yield record.label, record
+    if items is None:
+        yield from iter_file(path, cif_reader=cif_reader, finished=finished)
+        return
+    for label, item in items:
+        if not _skip(finished, label):
+            yield label, item
 
 
 def _iter_object(item_id: str, obj: Any, cif_reader: CifReader, finished: FinishedIds | None) -> Iterator[Item]:
@@ -508,13 +513,6 @@ def iter_file(
                 yield label, record
 
 
-def _next_frame(frames: Iterator[Any]) -> Any:
-    """The next ASE frame or ``None`` at the end (reader warnings silenced for this call only)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return next(frames, None)
-
-
 def _atoms_item(atoms: Any, label: str) -> Item:
     try:
         return label, to_record(atoms, label=label)
@@ -522,58 +520,22 @@ def _atoms_item(atoms: Any, label: str) -> Item:
         return label, exc
 
 
-def _safe_frames(path: str) -> Iterator[Any]:
-    """ASE frames of ``path`` one at a time; a read error is yielded (not raised) and ends the file."""
-    import ase.io
-
-    try:
-        frames = ase.io.iread(path, index=":", do_not_split_by_at_sign=True)  # "Si@300K.xyz" is a name
-        while (frame := _next_frame(frames)) is not None:
-            yield frame
-    except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
-        yield exc
-
-
 def _iter_frames(path: str, finished: FinishedIds | None) -> Iterator[Item]:
-    """Frames read one at a time, with one frame of look-ahead to tell one-frame files apart.
-
-    A frame that cannot be read ends the file with one error item; the frames before it stand.
-    """
-    label = str(Path(path))
-    source = _safe_frames(path)
-    current = next(source, None)
-    if current is None:
-        yield path, StructureReadError(f"{path}: the file holds no structure")
-        return
-    if isinstance(current, Exception):
-        yield path, ase_read_error(path, current)
-        return
-    ahead = next(source, None)
-    if ahead is None:
-        yield _atoms_item(current, label)
-        return
-    k = 0
-    while current is not None:
-        frame_label = f"{label}@{k}"
-        if isinstance(current, Exception):
-            yield frame_label, ase_read_error(frame_label, current)
-            return
-        if not _skip(finished, frame_label):
-            yield _atoms_item(current, frame_label)
-        current, ahead = ahead, (next(source, None) if ahead is not None else None)
-        k += 1
+    """Frames read one at a time (:func:`~cgcnn_ase.io.reader.frame_items`), those in ``finished`` skipped."""
+    return frame_items(path, skip=None if finished is None else lambda label: _skip(finished, label))
 
 
 def _iter_db(path: str, finished: FinishedIds | None) -> Iterator[Item]:
     """Rows of an ASE database, one at a time; ids ``path@id=N``."""
-    import ase.db
-
     try:
-        connection = ase.db.connect(path)
+        connection = connect_db(path, path)
         rows = connection.select()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             row = next(rows, None)
+    except StructureReadError as exc:
+        yield path, exc
+        return
     except Exception as exc:  # noqa: BLE001 - ase.db raises many types for foreign files
         yield path, db_read_error(path, exc)
         return

@@ -46,6 +46,7 @@ Every problem that makes an input unusable raises
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import io
@@ -56,7 +57,7 @@ import re
 import stat
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -73,19 +74,21 @@ __all__ = [
     "as_input_sequence",
     "ase_read_error",
     "cif_reader_for_policy",
+    "connect_db",
     "db_read_error",
+    "frame_items",
     "input_kind",
     "is_json_name",
     "is_labelled_pair",
     "is_single_input",
     "iter_records",
+    "json_entry_items",
     "labelled_pair",
     "open_text",
     "pair_of_two_files",
     "read_db_rows",
     "read_frames",
     "read_items",
-    "read_json_entries",
     "read_record",
     "read_records",
     "read_structures",
@@ -395,12 +398,18 @@ def _separately(
             if not path.is_file():
                 return None
             if not (_is_cif(path) or _looks_like_cif(path)):
+                if is_json_name(path):
+                    items = _json_items(path, base)
+                    return items if items is not None and len(items) > 1 else None
                 try:
                     if _is_ase_db(path):
                         return _frames_separately(*_db_frames(path, base))
                     return _frames_separately(_ase_frames(path, base), base)
                 except InvalidStructureError:
-                    return None
+                    if not path.name.lower().endswith(FRAME_SUFFIXES):
+                        return None
+                items = list(frame_items(path, base=base))  # a frame ASE cannot read: the frames before it stand
+                return items if len(items) > 1 else None
             with open_text(path) as f:
                 text = f.read()
         except (OSError, EOFError, ValueError):  # a name too long for the OS, unreadable: read_records said why
@@ -526,6 +535,8 @@ def _check_file(path: Path) -> None:
         raise StructureReadError(f"{path}: the file is empty")
 
 
+#: Files of frames (read frame by frame where memory matters: :func:`frame_items`).
+FRAME_SUFFIXES = (".extxyz", ".xyz", ".traj")
 #: Suffixes of compressed files and the module that opens each (ASE reads the same ones).
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
 
@@ -540,10 +551,10 @@ def open_text(path: str | os.PathLike, errors: str = "replace") -> Any:
     path = Path(path)
     module = _COMPRESSION.get(path.suffix.lower())
     if module is None:
-        return open(path, encoding="utf-8", errors=errors)
+        return open(path, encoding="utf-8-sig", errors=errors)  # -sig: a byte-order mark (Windows editors) is dropped
     import importlib
 
-    return importlib.import_module(module).open(path, "rt", encoding="utf-8", errors=errors)
+    return importlib.import_module(module).open(path, "rt", encoding="utf-8-sig", errors=errors)
 
 
 def _looks_like_cif(path: Path) -> bool:
@@ -626,17 +637,43 @@ def read_db_rows(path: str | os.PathLike, label: str) -> list[Any]:
     Raises:
         StructureReadError: not a readable ASE database, or one without rows (messages start with ``label``).
     """
-    import ase.db
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rows = list(ase.db.connect(str(path)).select())
+            rows = list(connect_db(path, label).select())
+    except StructureReadError:
+        raise
     except Exception as exc:  # noqa: BLE001 - ase.db raises many types for foreign files
         raise db_read_error(label, exc) from None
     if not rows:
         raise StructureReadError(f"{label}: the database holds no structure")
     return rows
+
+
+def connect_db(path: str | os.PathLike, label: str) -> Any:
+    """An ``ase.db`` connection to the ASE database (SQLite) at ``path``, after checking, without writing, that
+    the file is one: ``ase.db.connect`` would add its tables to any other SQLite file it is given.
+
+    Raises:
+        StructureReadError: not an SQLite file, or one without ASE's ``systems`` table (the file is left as it was).
+    """
+    import sqlite3
+
+    import ase.db
+
+    with open(path, "rb") as f:
+        header = f.read(16)
+    if header != b"SQLite format 3\x00":
+        raise StructureReadError(f"{label}: not a readable ASE database (not an SQLite file)")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as exc:
+        raise db_read_error(label, exc) from None
+    if "systems" not in tables:
+        raise StructureReadError(f"{label}: not a readable ASE database (an SQLite file without ASE's tables: "
+                                 f"{', '.join(sorted(tables)[:5]) or 'none'}); it is not read, and not changed")  # fmt: skip
+    return ase.db.connect(str(path))
 
 
 def db_read_error(label: str, exc: BaseException) -> StructureReadError:
@@ -688,6 +725,64 @@ def ase_read_error(label: str, exc: BaseException) -> StructureReadError:
     return StructureReadError(f"{label}: could not be read by ASE ({type(exc).__name__}: {exc})")
 
 
+def _next_frame(frames: Iterator[Any]) -> Any:
+    """The next ASE frame or ``None`` at the end (reader warnings silenced for this call only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return next(frames, None)
+
+
+def _safe_frames(path: str) -> Iterator[Any]:
+    """ASE frames of ``path`` one at a time; a read error is yielded (not raised) and ends the file."""
+    import ase.io
+
+    try:
+        frames = ase.io.iread(path, index=":", do_not_split_by_at_sign=True)  # "Si@300K.xyz" is a name
+        while (frame := _next_frame(frames)) is not None:
+            yield frame
+    except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
+        yield exc
+
+
+def frame_items(path: str | os.PathLike, skip: Callable[[str], bool] | None = None, base: str | None = None) -> Iterator[
+        tuple[str, StructureRecord | InvalidStructureError]]:  # fmt: skip
+    """``(label, record or error)`` per frame of an ASE frame file (extxyz, xyz, traj), read one frame at a
+    time (memory: one frame), labelled ``base`` (default: the path) for a file of one frame, else ``base@i``.
+    A frame that cannot be read ends the file with one error item; the frames before it stand.
+    ``skip(label)``: leave that frame out (resume)."""
+    path = str(path)
+    label = base or str(Path(path))
+    source = _safe_frames(path)
+    current = next(source, None)
+    if current is None:
+        yield label, StructureReadError(f"{label}: the file holds no structure")
+        return
+    if isinstance(current, Exception):
+        yield label, ase_read_error(label, current)
+        return
+    ahead = next(source, None)
+    if ahead is None:
+        yield _frame_item(current, label)
+        return
+    k = 0
+    while current is not None:
+        frame_label = f"{label}@{k}"
+        if isinstance(current, Exception):
+            yield frame_label, ase_read_error(frame_label, current)
+            return
+        if skip is None or not skip(frame_label):
+            yield _frame_item(current, frame_label)
+        current, ahead = ahead, (next(source, None) if ahead is not None else None)
+        k += 1
+
+
+def _frame_item(atoms: Any, label: str) -> tuple[str, StructureRecord | InvalidStructureError]:
+    try:
+        return label, to_record(atoms, label=label)
+    except InvalidStructureError as exc:
+        return label, exc
+
+
 def _unknown_symbol(exc: BaseException) -> str | None:
     """``"unknown element symbol 'na' (...)"`` when ASE failed on an element symbol (its lookup raises
     ``KeyError(symbol)``), else ``None``."""
@@ -735,33 +830,62 @@ def is_json_name(path: str | os.PathLike) -> bool:
     return Path(path).name.lower().endswith(tuple(".json" + c for c in ("", *_COMPRESSION)))
 
 
-def read_json_entries(path: str | os.PathLike, id_key: str) -> list[StructureRecord]:
-    """The structures of a JSON list of entries (objects with a pymatgen structure dict under ``"structure"``,
-    as Materials Project downloads hold), labelled by each entry's ``id_key`` (e.g. ``material_id``).
+def json_entry_items(path: str | os.PathLike, id_key: str | None = None) -> list[
+        tuple[str, StructureRecord | InvalidStructureError]] | None:  # fmt: skip
+    """``(label, record or error)`` per item of a JSON list of pymatgen structure dicts or of entries holding
+    one under ``"structure"`` (as Materials Project downloads), each item on its own: a bad one is its own
+    error. Labels: each entry's ``id_key`` where it has one, else ``path@k`` (``path`` for a list of one).
+    ``None`` when the file is no such list (one structure dict, an ASE JSON database, other JSON).
 
     Raises:
-        StructureReadError: not such a list, or an entry without ``id_key`` (the message lists the keys).
+        StructureReadError: a missing, empty or unreadable file.
     """
     path = Path(path)
     _check_file(path)
-    records = _json_file_records(path, str(path), id_key=id_key)
-    if records is None:
-        raise StructureReadError(f"{path}: not JSON (an id key, {id_key!r}, needs a JSON list of entries)")
-    return records
+    return _json_items(path, str(path), id_key)
 
 
-def _json_file_records(path: Path, label: str, id_key: str | None = None) -> list[StructureRecord] | None:
-    """The structures of a JSON file of pymatgen structure dicts: one ``Structure.as_dict()``, or a
-    list of them (or of entries with such a dict under ``"structure"``, as Materials Project
-    downloads hold), labelled ``label@k`` (or by each entry's ``id_key``); ``None`` for other JSON (an
-    ASE database: ASE reads it)."""
+def _json_items(path: Path, base: str, id_key: str | None = None) -> list[
+        tuple[str, StructureRecord | InvalidStructureError]] | None:  # fmt: skip
+    """:func:`json_entry_items` of an existing file, labelled from ``base``."""
     try:
         with open_text(path) as f:
             value = json.load(f)
     except (OSError, EOFError, ValueError):
         return None
-    if id_key is not None:
-        return _json_entry_records(value, label, id_key)
+    if not isinstance(value, list) or not value:
+        return None
+
+    def structure_of(entry: Any) -> Any:
+        return entry.get("structure", entry) if isinstance(entry, Mapping) else entry
+
+    if not any(isinstance(structure_of(e), Mapping) and _is_structure_dict(structure_of(e)) for e in value):
+        return None
+    items: list[tuple[str, StructureRecord | InvalidStructureError]] = []
+    for entry, name in zip(value, numbered_labels(base, len(value))):
+        if id_key is not None and isinstance(entry, Mapping) and str(entry.get(id_key, "")).strip() not in ("", "None"):
+            name = str(entry[id_key])
+        structure = structure_of(entry)
+        if not isinstance(structure, Mapping):
+            items.append((name, StructureReadError(f"{name}: item of a JSON list of structures holds a "
+                                                   f"{type(structure).__name__}, not a pymatgen structure dict")))
+            continue
+        try:
+            items.append((name, _structure_dict_record(structure, name)))
+        except InvalidStructureError as exc:
+            items.append((name, exc))
+    return items
+
+
+def _json_file_records(path: Path, label: str) -> list[StructureRecord] | None:
+    """The structures of a JSON file of pymatgen structure dicts: one ``Structure.as_dict()``, or a
+    list of them (or of entries with such a dict under ``"structure"``, as Materials Project
+    downloads hold), labelled ``label@k``; ``None`` for other JSON (an ASE database: ASE reads it)."""
+    try:
+        with open_text(path) as f:
+            value = json.load(f)
+    except (OSError, EOFError, ValueError):
+        return None
     if isinstance(value, Mapping) and _is_structure_dict(value):
         return [_structure_dict_record(value, label)]
     if isinstance(value, Mapping) and "ids" in value:  # an ASE JSON database
@@ -777,19 +901,6 @@ def _json_file_records(path: Path, label: str, id_key: str | None = None) -> lis
                                      "pymatgen structure dict")  # fmt: skip
         records.append(_structure_dict_record(item, name))
     return records
-
-
-def _json_entry_records(value: Any, label: str, id_key: str) -> list[StructureRecord]:
-    """Records of a JSON list of entries, each labelled by its ``id_key``."""
-    entries = value if isinstance(value, list) else []
-    if not (entries and all(isinstance(e, Mapping) and isinstance(e.get("structure"), Mapping) for e in entries)):
-        raise StructureReadError(f"{label}: an id key ({id_key!r}) needs a JSON list of entries, each with a pymatgen "
-                                 "structure dict under 'structure'")  # fmt: skip
-    missing = [k for k, entry in enumerate(entries) if entry.get(id_key) in (None, "")]
-    if missing:
-        raise StructureReadError(f"{label}@{missing[0]}: no {id_key!r} in this entry ({len(missing)} of {len(entries)} "
-                                 f"lack it); its keys: {sorted(entries[missing[0]])}")  # fmt: skip
-    return [_structure_dict_record(entry["structure"], str(entry[id_key])) for entry in entries]
 
 
 def _json_dict(text: str, label: str) -> dict:

@@ -467,6 +467,14 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Train
     return config
 
 
+def _same_file(a: Any, b: Any) -> bool:
+    """Whether two ``data.path`` values name the same file (``./x``, ``x``, its absolute or real path)."""
+    try:
+        return str(a) == str(b) or os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
+    except (TypeError, ValueError):
+        return False
+
+
 #: ``metadata`` keys that describe the configuration file's dataset (the model card prints them as its data).
 DATASET_METADATA = ("dataset_name", "source", "licence", "citation")
 
@@ -478,7 +486,7 @@ def _without_stale_provenance(written: dict[str, Any], data: dict[str, Any], pat
     before = (written.get("data") or {}).get("path") if isinstance(written.get("data"), dict) else None
     after = (data.get("data") or {}).get("path") if isinstance(data.get("data"), dict) else None
     metadata, old = data.get("metadata"), written.get("metadata")
-    if before is None or str(before) == str(after) or not isinstance(metadata, dict) or not isinstance(old, dict):
+    if before is None or _same_file(before, after) or not isinstance(metadata, dict) or not isinstance(old, dict):
         return data
     stale = [k for k in DATASET_METADATA if k in metadata and metadata[k] == old.get(k)]
     if not stale:

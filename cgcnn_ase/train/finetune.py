@@ -287,7 +287,7 @@ def initialise_from_base(
         state = {k: v for k, v in state.items() if not k.startswith("fc_out.")}
     elif config.task == "regression":
         shift = label_shift_problem(mean, base.mean, base.std, config.target_units, "this run's training labels' mean",
-                                    "the base model's training targets")
+                                    "the base model's training targets' mean")
         if shift:  # the layer is kept for the same property in the same units: the labels say otherwise
             warnings.warn(f"{config.data.path}: the output layer of {base.init_from} is kept (same property and units), "
                           f"but {shift}", UserWarning, stacklevel=3)  # fmt: skip
