@@ -669,3 +669,40 @@ def test_provenance_stays_for_the_same_file_spelled_otherwise_and_bom_json_and_m
         archive.writestr("__MACOSX/._moduli.json", b"\x00\x05\x16\x07")
     for path in (bom, mac):
         assert load_table(DatasetSpec(path=str(path), target="k")).ids == ["x0", "x1", "x2"]
+
+
+def test_finetuning_a_classifier_on_inverted_labels_is_warned(tmp_path):
+    """19b: 'a classifier fine-tune with inverted labels keeps the output layer with no warning' (band_gap > 0 as
+    class 1 from is_metal, whose class 1 is metal: validation ROC-AUC 0.045)."""
+    import warnings
+
+    import pandas as pd
+    from ase.build import bulk
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.cif import CifWriter
+
+    from cgcnn_ase.train.trainer import Trainer
+
+    from .test_finetune import ft_config
+
+    metals = [bulk("Cu", a=3.61), bulk("Al", a=4.05), bulk("Ag", a=4.09), bulk("Ni", a=3.52), bulk("Na", "bcc", a=4.23),
+              bulk("Fe", "bcc", a=2.87), bulk("Au", a=4.08), bulk("Pd", a=3.89)]  # fmt: skip
+    insulators = [bulk("NaCl", "rocksalt", a=5.64), bulk("MgO", "rocksalt", a=4.21), bulk("LiF", "rocksalt", a=4.03),
+                  bulk("KCl", "rocksalt", a=6.29), bulk("CaO", "rocksalt", a=4.81), bulk("NaF", "rocksalt", a=4.63),
+                  bulk("KF", "rocksalt", a=5.35), bulk("LiCl", "rocksalt", a=5.13)]  # fmt: skip
+    crystals = metals + insulators
+    table = tmp_path / "metals.csv"
+    pd.DataFrame({"material_id": [f"m{k:02d}" for k in range(len(crystals))], "metal": [1] * 8 + [0] * 8,
+                  "cif": [str(CifWriter(AseAtomsAdaptor.get_structure(a))) for a in crystals]}).to_csv(table, index=False)
+    options = dict(task="classification", units="probability", property="is_metal", epochs=1,
+                   finetune={"member": 0})  # fmt: skip
+    inverted = ft_config(table, tmp_path / "inv", "is_metal", data=DatasetSpec(path=str(table), target="metal == 0"),
+                         **options)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"ranks this run's training labels backwards \(ROC-AUC 0\.\d\d .*'metal'"):
+        Trainer(inverted, progress=False).setup()
+    right = ft_config(table, tmp_path / "right", "is_metal", data=DatasetSpec(path=str(table), target="metal == 1"),
+                      **options)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(right, progress=False).setup()
+    assert not [w for w in caught if "backwards" in str(w.message)]

@@ -217,6 +217,8 @@ class Trainer:
         self.build_model()
         if checkpoint is not None:
             self.resume(checkpoint)
+        elif self.is_main and self.ddp is None:
+            self._check_kept_classes()
         self._join_processes()
         self.forward = TrainingForward(self.model, self.network, compile=config.compile)
         if self.is_main:
@@ -224,6 +226,25 @@ class Trainer:
         self.monitor = self._monitor()
         self.loss_fn = loss_function(config.loss_name)
         self.targets = self._training_targets()
+
+    def _check_kept_classes(self) -> None:
+        """Warn when a classifier's kept output layer ranks this run's training labels backwards (ROC-AUC of the
+        base model's probabilities below 0.3 on up to 2000 training crystals): class 1 here is likely the
+        base model's class 0 (``band_gap > 0`` labels non-metals where the base's class 1 is ``metal``)."""
+        if self.base is None or self.config.task != "classification" or self.finetune_state.output_layer != "keep":
+            return
+        from cgcnn_ase.analysis.metrics import classification_metrics
+
+        train = np.asarray(self.parts["train"])
+        sample = np.random.default_rng(0).choice(train, size=min(len(train), 2000), replace=False)
+        probabilities, _ = self.predict(np.sort(sample))
+        auc = classification_metrics(self.data.targets[np.sort(sample)], probabilities)["roc_auc"]
+        if auc < 0.3:
+            positive = self.base.loaded.spec.positive_class or "class 1"
+            warnings.warn(f"the output layer of {self.base.init_from} is kept, but it ranks this run's training labels "
+                          f"backwards (ROC-AUC {auc:.2f} on {len(sample)} training crystals): is label 1 here the base "
+                          f"model's class 1 ({positive!r})? Invert data.target, or set finetune.output_layer: reset",
+                          UserWarning, stacklevel=3)  # fmt: skip
 
     def build_model(self) -> None:
         """The seeded network (fine-tuning: with the base model's weights, parts frozen), its
