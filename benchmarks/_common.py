@@ -60,6 +60,22 @@ def shared_only_cli(doc: str) -> str | None:
     return shared
 
 
+def positional_cli(doc: str, choices: Sequence[str] = (), name: str = "ARGS") -> list[str]:
+    """For a script without options: its positional arguments, after ``-h``/``--help`` printed ``doc`` and
+    exited (so that asking for help never starts the work), and after refusing any argument not in
+    ``choices`` (when given), with the choices named."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0], epilog="\n".join(doc.strip().splitlines()[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument(name.lower(), nargs="*", metavar=name)
+    given = list(getattr(parser.parse_args(), name.lower()))
+    wrong = [value for value in given if choices and value not in choices]
+    if wrong:
+        parser.error(f"{name} {', '.join(map(repr, wrong))}: choose from {', '.join(choices)}")
+    return given
+
+
 def usable_crystals(shared: str | None, dataset_folder: str) -> tuple[list[Any], list[str]]:
     """The readable crystals of ``data/<dataset_folder>/data.csv.gz`` under the shared folder, as
     records, with each one's elements as a sorted formula-like label ("ClNa")."""

@@ -142,12 +142,17 @@ def _from_files(data, full, single, workers: int, copies: int) -> dict[str, floa
         path.write_text(str(text))
         paths.append(str(path))
     out: dict[str, float | str] = {}
-    for name, predictor in (("from CIF files, 1 network", single), ("from CIF files, 5 networks", full)):
-        predictor.predict(paths[:512], workers=workers, batch_size=256)  # pool start and warm-up
-        start = time.perf_counter()
-        predictor.predict(paths, workers=workers, batch_size=256)
-        _sync()
-        out[name] = len(paths) / (time.perf_counter() - start)
+    try:
+        for name, predictor in (("from CIF files, 1 network", single), ("from CIF files, 5 networks", full)):
+            predictor.predict(paths[:512], workers=workers, batch_size=256)  # pool start and warm-up
+            start = time.perf_counter()
+            predictor.predict(paths, workers=workers, batch_size=256)
+            _sync()
+            out[name] = len(paths) / (time.perf_counter() - start)
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)  # up to 40,000 files at the defaults
     return out
 
 
@@ -214,10 +219,12 @@ def run(inputs: str, batch_sizes: str, repeats: int, json_path: str | None, devi
     from cgcnn_ase.graph.config import GraphConfig
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException("no CUDA GPU here: give --device cpu for a check of this script")
     data = np.load(inputs)
     sizes = data["sizes"]
     starts = np.concatenate(([0], np.cumsum(sizes)))
-    device = torch.device(device)
     pin = device.type == "cuda"
     config = GraphConfig()
     full = CGCNNPredictor.load("formation_energy", device=device)

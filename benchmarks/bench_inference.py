@@ -28,8 +28,8 @@ def _timed_predict(predictor, structures, *, merge: bool, batch_size: int) -> tu
     import cgcnn_ase.inference.predictor as predictor_module
     from cgcnn_ase.graph.batch import collate
 
-    predictor_module.collate = lambda graphs, elements, config, merge_edges=True: collate(
-        graphs, elements, config, merge_edges=merge
+    predictor_module.collate = lambda graphs, elements, config, merge_edges=True, **options: collate(
+        graphs, elements, config, merge_edges=merge, **options
     )
     try:
         t0 = time.perf_counter()

@@ -78,7 +78,8 @@ def our_stages(predictor, paths: list[str], batch_size: int = 64) -> tuple[dict[
 
     from cgcnn_ase.graph.neighbours import _raw_neighbors, build_graph
     from cgcnn_ase.graph.batch import collate
-    from cgcnn_ase.io.reader import _cif_gemmi, _cif_pymatgen, to_record
+    from cgcnn_ase.io.cif import _cif_pymatgen, read_cif
+    from cgcnn_ase.io.reader import to_record
 
     fast = predictor.model.spec.graph.neighbor_policy != "original"  # what predict() does for such models
 
@@ -95,7 +96,7 @@ def our_stages(predictor, paths: list[str], batch_size: int = 64) -> tuple[dict[
             for path in paths[start : start + batch_size]:
                 t0 = clock()
                 if fast:
-                    record = _cif_gemmi(Path(path), path, text=False)[0]
+                    record = read_cif(Path(path), path, "gemmi", text=False)[0]  # gemmi, pymatgen where it cannot
                     t1 = t2 = clock()
                 else:
                     objs = _cif_pymatgen(Path(path), path, text=False)

@@ -261,7 +261,7 @@ VARIANTS = (
 @click.command(help=__doc__.split("\n\n")[0])
 @click.option("--shared", default=None, help="shared/ folder (default: ../shared next to the repo).")
 @click.option("--n", "n_crystals", default=2000, show_default=True, help="perovskites to use (first rows of the file).")
-@click.option("--epochs", default=6, show_default=True, help="epochs of each end-to-end run.")
+@click.option("--epochs", type=click.IntRange(min=2), default=6, show_default=True, help="epochs of each end-to-end run (the first compiles; the later ones are timed).")
 @click.option("--rounds", default=4, show_default=True, help="interleaved rounds (original, then each variant).")
 @click.option("--repeats", default=3, show_default=True, help="timed epochs per variant and round.")
 @click.option("--threads", default=2, show_default=True, help="torch threads of the end-to-end runs.")

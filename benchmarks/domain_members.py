@@ -66,7 +66,8 @@ TEXTBOOK = [("NaCl", "rocksalt", 5.64, None), ("LiF", "rocksalt", 4.03, None), (
               help="Also report each member with per-training-crystal strain tolerances of this fraction (0: off).")
 @click.option("--strain-directions", default=0, show_default=True,
               help="Remove this many leading directions of strain displacement from the embeddings (0: off).")
-def main(model: str, strained: int, embedding: str, strain_tolerance: float, strain_directions: int) -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch CPU threads.")
+def main(model: str, strained: int, embedding: str, strain_tolerance: float, strain_directions: int, threads: int) -> None:
     """Domain percentiles of the rocksalts, strained training crystals and 30 textbook crystals, per member of
     MODEL (a folder), and their median and mean over the members."""
     import torch
@@ -82,7 +83,7 @@ def main(model: str, strained: int, embedding: str, strain_tolerance: float, str
     from cgcnn_ase.models.folder import load_model_folder
 
     warnings.simplefilter("ignore")
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     _, parts = load_split_records(model, None, ("train", "val", "test"), workers=2)
     train = parts["train"].records
     picked_index = np.random.default_rng(0).choice(len(train), strained, replace=False)  # as the test

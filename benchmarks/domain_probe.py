@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402,F401 - puts the repository on sys.path
+import _common  # noqa: E402 - also puts the repository on sys.path
 import uncertainty_cache as cache  # noqa: E402
 from uncertainty_select import _sizes  # noqa: E402
 
@@ -126,4 +126,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    _common.positional_cli(__doc__)
     main()

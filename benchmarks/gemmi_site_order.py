@@ -6,6 +6,13 @@
 Measured 2026-11-27: same element order in 152 of 297, identical original-policy graphs in 70 of 297, so
 the original policy keeps reading CIFs with pymatgen (docs/performance.md).
 """
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common
+
+_common.positional_cli(__doc__)
 import tarfile, tempfile, numpy as np, warnings, pathlib
 warnings.simplefilter("ignore")
 from cgcnn_ase.io.reader import read_records

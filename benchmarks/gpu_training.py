@@ -100,6 +100,11 @@ def session(end_at: float, out: Path, runs: Path, config: str, base: str, member
             lr: float, warmup: int, device: str, extra: tuple[str, ...], steps: str) -> None:  # fmt: skip
     """Steps 1-3 (see the module docstring)."""
     chosen = set(steps.split(","))
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise click.ClickException("no CUDA GPU here: give --device cpu for a check of this script")
 
     def start(name: str, sets: list[str]) -> subprocess.Popen:
         return _train(name, [*sets, *extra], runs, config, logs)  # --extra comes last and overrides
@@ -185,17 +190,21 @@ def profile(out: Path, config: str, steps: int, epochs_timed: int, sets: tuple[s
     from cgcnn_ase.train.steps import batch_chunks
     from cgcnn_ase.train.trainer import Trainer
 
+    run_config = load_config(config, list(sets))
+    if str(run_config.device).startswith("cuda") and not torch.cuda.is_available():
+        raise click.ClickException("no CUDA GPU here: give --set device=cpu for a check of this script")
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(load_config(config, list(sets)), progress=False)
+    trainer = Trainer(run_config, progress=False)
     t = time.time()
     trainer.setup()
     setup_s = time.time() - t
     device = trainer.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     chunks = batch_chunks(trainer.parts["train"], trainer.config.batch_size)
+    warmup = min(5, len(chunks) - 1)  # steps left out of the medians (compiling, caches); at least one is timed
     phases: dict[str, list[float]] = {"batch": [], "forward": [], "backward": [], "step": []}
     trainer.network.train()
-    for k, chunk in enumerate(chunks[: steps + 5]):
+    for k, chunk in enumerate(chunks[: steps + warmup]):
         sync(); t0 = time.perf_counter()  # noqa: E702
         batch = trainer.batcher.batch(chunk).to(device)
         target = trainer.targets[chunk].to(device)
@@ -207,7 +216,7 @@ def profile(out: Path, config: str, steps: int, epochs_timed: int, sets: tuple[s
         sync(); t3 = time.perf_counter()  # noqa: E702
         trainer.optimizer.step()
         sync(); t4 = time.perf_counter()  # noqa: E702
-        if k >= 5:  # after warm-up
+        if k >= warmup:
             for name, a, b in (("batch", t0, t1), ("forward", t1, t2), ("backward", t2, t3), ("step", t3, t4)):
                 phases[name].append(b - a)
     result = {"setup_s": setup_s, "steps_per_epoch": len(chunks), "compile": trainer.config.compile,

@@ -148,12 +148,13 @@ def unseen_binaries(shared: Path, out: dict) -> None:
 @click.option("--train-sample", default=3000, show_default=True, help="Training crystals scored per property.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the numbers here.")
 @click.option("--part", type=click.Choice(["all", "splits", "binaries"]), default="all", show_default=True)
-def main(train_sample: int, json_out: str | None, part: str) -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch CPU threads.")
+def main(train_sample: int, json_out: str | None, part: str, threads: int) -> None:
     """Authors' checkpoints and our ensembles on our splits and on crystals neither trained on."""
     import torch
 
     shared = Path(os.environ.get("CGCNN_SHARED", _common.DEFAULT_SHARED))
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     warnings.simplefilter("ignore")
     if not (shared / "reference" / "cgcnn" / "pre-trained").is_dir():
         raise SystemExit(f"needs ../shared (looked in {shared}; CGCNN_SHARED overrides)")

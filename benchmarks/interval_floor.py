@@ -82,4 +82,5 @@ def examples() -> None:
 
 
 if __name__ == "__main__":
+    _common.positional_cli(__doc__)
     main()

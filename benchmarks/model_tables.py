@@ -1,6 +1,7 @@
 """Rebuild the model tables of docs/models.md, docs/uncertainty.md and README.md from the shipped model.json files.
 
     python benchmarks/model_tables.py          # rewrites the marked tables in place
+    python benchmarks/model_tables.py --check  # exit 1 if a page's table differs from the model.json files
 
 The tables sit between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers; everything else in the
 pages is hand-written. tests/test_models.py checks that docs/models.md quotes each model.json metric.
@@ -12,6 +13,8 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+
+import click
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,8 +100,10 @@ DESCRIPTION: dict[str, str] = {
     "band_gap": "PBE band gap (non-metals; gated to 0 by `is_metal` in the default CLI and the calculator)",
     "is_metal": "probability that the crystal is a metal",
     "fermi_energy": "Fermi energy",
-    "bulk_modulus": "log10 of the VRH bulk modulus (the CLI and calculator also give GPa)",
-    "shear_modulus": "log10 of the VRH shear modulus (the CLI and calculator also give GPa)",
+    "bulk_modulus": "log10 of the VRH bulk modulus (`cgcnn-ase predict` without `--model` and the calculator also "
+    "give GPa)",
+    "shear_modulus": "log10 of the VRH shear modulus (`cgcnn-ase predict` without `--model` and the calculator also "
+    "give GPa)",
     "poisson_ratio": "Poisson ratio",
     "perovskite_formation_energy": "heat of formation of ABX3 perovskites (atomwise: site energies)",
     "perovskite_site_energy": "the same with the paper's Eq. 4 convolution, 5 seeds: site energies that follow "
@@ -156,17 +161,34 @@ def uncertainty_tables() -> str:
     return "\n".join(reg) + "\n\n" + "\n".join(cls)
 
 
-def replace_between(path: Path, marker: str, text: str) -> None:
-    """Replace what lies between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``path``."""
+def replace_between(path: Path, marker: str, text: str, *, write: bool = True) -> bool:
+    """Replace what lies between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``path`` (``write``:
+    otherwise only compare); whether it differed."""
     page = path.read_text()
     pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
     if not pattern.search(page):
         raise SystemExit(f"{path}: no {marker} markers")
-    path.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), page))
+    new = pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), page)
+    if write and new != page:
+        path.write_text(new)
+    return new != page
+
+
+TABLES = (("docs/models.md", "models-table", models_table), ("docs/uncertainty.md", "uncertainty-table", uncertainty_tables),
+          ("README.md", "readme-models", readme_table))  # fmt: skip
+
+
+@click.command(help=__doc__.splitlines()[0])
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if a page's table differs from the model.json files.")
+def main(check: bool) -> None:
+    differ = [page for page, marker, table in TABLES if replace_between(REPO / page, marker, table(), write=not check)]
+    if check:
+        if differ:
+            raise SystemExit(f"out of date: {', '.join(differ)} (run python benchmarks/model_tables.py)")
+        print("the tables match the model.json files")
+    else:
+        print(f"rewrote the tables of {', '.join(differ) or 'no page (all were up to date)'}")
 
 
 if __name__ == "__main__":
-    replace_between(REPO / "docs" / "models.md", "models-table", models_table())
-    replace_between(REPO / "docs" / "uncertainty.md", "uncertainty-table", uncertainty_tables())
-    replace_between(REPO / "README.md", "readme-models", readme_table())
-    print("rewrote the tables of docs/models.md, docs/uncertainty.md and README.md")
+    main()

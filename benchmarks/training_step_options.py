@@ -15,10 +15,12 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common
+
+[variant] = _common.positional_cli(__doc__, ("base", "fusedsgd", "autotune"), "VARIANT")[:1] or ["base"]
 import torch
 
 torch.set_num_threads(1)
-import _common
 import bench_training as bt
 
 from cgcnn_ase.data.datasets import DatasetSpec, load_table, parse_structures
@@ -27,10 +29,9 @@ from cgcnn_ase.graph.elements import generate_cgcnn_table
 from cgcnn_ase.train.cache import build_graph_store
 
 _common.quiet()
-variant = sys.argv[1]
 spec = DatasetSpec(path=str(_common.shared_path(None, _common.PEROVSKITE_CSV)), target="e_form", limit=2000)
 elements = generate_cgcnn_table()
-cache = tempfile.mkdtemp()
+cache = tempfile.mkdtemp()  # removed at the end
 table = load_table(spec)
 store, rows, _ = build_graph_store(table, GraphConfig(), cache_dir=cache, workers=1)
 targets = table.raw_targets[rows]
@@ -55,3 +56,6 @@ for r in range(4):
     ratios.append(b / o); ours_t.append(o)
     print(variant, f"round {r}: original {b:.3f} ours {o:.3f} ratio {b/o:.2f}", flush=True)
 print(variant, "MEDIAN ratio", statistics.median(ratios), "ours", statistics.median(ours_t))
+import shutil
+
+shutil.rmtree(cache, ignore_errors=True)

@@ -92,5 +92,7 @@ def load(name: str) -> dict[str, np.ndarray]:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    for model in sys.argv[1:] or REGRESSION_ENSEMBLES:
+    import _common
+
+    for model in _common.positional_cli(__doc__, REGRESSION_ENSEMBLES, "MODEL") or REGRESSION_ENSEMBLES:
         collect(model)

@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common  # noqa: E402
 import uncertainty_cache as cache  # noqa: E402
 
 CANDIDATES = {
@@ -91,7 +92,7 @@ def main() -> None:
     from cgcnn_ase.models.local_error import FEATURES
 
     rows = []
-    for name in sys.argv[1:] or cache.REGRESSION_ENSEMBLES:
+    for name in _common.positional_cli(__doc__, cache.REGRESSION_ENSEMBLES, "MODEL") or cache.REGRESSION_ENSEMBLES:
         _, model, split = _prepare(name)
         val, test = split["val"], split["test"]
         r = val["y"] - val["mean"]

@@ -53,6 +53,9 @@ def before_after() -> str:
 
 
 if __name__ == "__main__":
+    import _common
+
+    _common.positional_cli(__doc__)
     page = REPO / "docs" / "uncertainty.md"
     replace_between(page, "intervals-table", before_after())
     replace_between(page, "uncertainty-table", uncertainty_tables())

@@ -393,10 +393,10 @@ def _labels_shifted(model: Any, spec: Any, targets: np.ndarray, predictions: np.
     finite = np.isfinite(targets) & np.isfinite(predictions)
     if model.task != "regression" or not finite.any():
         return None
-    problem = label_shift_problem(float(np.median(targets[finite])), float(np.median(predictions[finite])),
-                                  model.normalizer_std, model.units, reference="the predictions' median",
-                                  limit=PREDICTION_SHIFT_LIMIT)  # fmt: skip
-    if problem and spec.transform == "log10":
+    labels, predicted = float(np.median(targets[finite])), float(np.median(predictions[finite]))
+    problem = label_shift_problem(labels, predicted, model.normalizer_std, model.units,
+                                  reference="the predictions' median", limit=PREDICTION_SHIFT_LIMIT)  # fmt: skip
+    if problem and spec.transform == "log10" and labels < predicted:  # log10 of logs: smaller numbers
         problem += (f" (the labels are {spec.target!r} after log10, as in training: a column already in log10 needs "
                     "transform none, CLI --transform none)")
     return problem
