@@ -725,7 +725,10 @@ def load_dataset(spec: DatasetSpec | dict | str, *, workers: int = 2, progress: 
 
 def class_labels_problem(targets: np.ndarray, target: str, *, per_atom: bool = False, one_class: bool = False) -> str | None:
     """Why ``targets`` cannot be a classifier's labels (not 0 or 1; with ``one_class``, all of one class, which
-    training cannot learn from), or ``None``; ``target`` is the column or expression that made them."""
+    training cannot learn from), or ``None`` (also for no labels at all); ``target`` is the column or expression
+    that made them."""
+    if not np.size(targets):
+        return None
     if per_atom and not is_binary_labels(targets):
         return (f"classification labels must be 0 or 1, and per_atom divides {target!r} by each crystal's number of "
                 "atoms: set per_atom: false for a classifier")  # fmt: skip
