@@ -50,5 +50,5 @@ def test_the_docs_model_tables_match_the_model_json_files():
     """README.md, docs/models.md and docs/uncertainty.md hold tables that benchmarks/model_tables.py writes;
     a hand edit there (as happened to the README's moduli rows) would be undone by the next regeneration."""
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "model_tables.py"), "--check"],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+                         capture_output=True, text=True, cwd=REPO, timeout=120, check=False)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr

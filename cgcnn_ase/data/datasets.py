@@ -326,7 +326,9 @@ def _evaluate_expression(df: Any, expression: str) -> tuple[Any, Any, list[str]]
 def _names_column(expression: str, name: Any) -> bool:
     """Whether ``expression`` reads the column ``name`` (plainly or in backticks)."""
     text = str(name)
-    return f"`{text}`" in expression or bool(text.isidentifier() and re.search(rf"(?<![\w.]){re.escape(text)}\b", expression))
+    if f"`{text}`" in expression:
+        return True
+    return text.isidentifier() and re.search(rf"(?<![\w.]){re.escape(text)}\b", expression) is not None
 
 
 def _numbers_read(df: Any, names: Sequence[Any], *, any_number: bool) -> tuple[Any, list[str]]:
@@ -723,7 +725,9 @@ def load_dataset(spec: DatasetSpec | dict | str, *, workers: int = 2, progress: 
     return LabelledDataset(records=records, targets=targets, ids=ids, spec=spec, errors=errors, dropped=table.dropped)
 
 
-def class_labels_problem(targets: np.ndarray, target: str, *, per_atom: bool = False, one_class: bool = False) -> str | None:
+def class_labels_problem(
+    targets: np.ndarray, target: str, *, per_atom: bool = False, one_class: bool = False
+) -> str | None:
     """Why ``targets`` cannot be a classifier's labels (not 0 or 1; with ``one_class``, all of one class, which
     training cannot learn from), or ``None`` (also for no labels at all); ``target`` is the column or expression
     that made them."""

@@ -403,9 +403,8 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
     held = f"it holds {coverage_of_std[0]:.0%}-{coverage_of_std[1]:.0%} of test errors; " if coverage_of_std else ""
     probability = "; the ± of a probability (P(metal)) is its members' spread, not calibrated" if any(
         c.units == "probability" and f"{c.name}_std" in names for c in shown) else ""  # fmt: skip
-    note = f"{probability}; ± the calibrated ensemble standard deviation of the other columns (a conservative 1-sigma: {held}"
-    if not probability:
-        note = note.replace(" of the other columns", "")
+    which = " of the other columns" if probability else ""
+    note = f"{probability}; ± the calibrated ensemble standard deviation{which} (a conservative 1-sigma: {held}"
     if any(name.endswith("_lower") for name in names):
         note += "the --coverage intervals are in the csv and json output, -o out.csv, not in this table)."
     else:
