@@ -671,6 +671,40 @@ def test_provenance_stays_for_the_same_file_spelled_otherwise_and_bom_json_and_m
         assert load_table(DatasetSpec(path=str(path), target="k")).ids == ["x0", "x1", "x2"]
 
 
+def _metals_table(path: Path) -> Path:
+    """Eight metals and eight ionic insulators: columns material_id, metal (1/0), cif."""
+    import pandas as pd
+    from ase.build import bulk
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.cif import CifWriter
+
+    metals = [bulk("Cu", a=3.61), bulk("Al", a=4.05), bulk("Ag", a=4.09), bulk("Ni", a=3.52), bulk("Na", "bcc", a=4.23),
+              bulk("Fe", "bcc", a=2.87), bulk("Au", a=4.08), bulk("Pd", a=3.89)]  # fmt: skip
+    insulators = [bulk("NaCl", "rocksalt", a=5.64), bulk("MgO", "rocksalt", a=4.21), bulk("LiF", "rocksalt", a=4.03),
+                  bulk("KCl", "rocksalt", a=6.29), bulk("CaO", "rocksalt", a=4.81), bulk("NaF", "rocksalt", a=4.63),
+                  bulk("KF", "rocksalt", a=5.35), bulk("LiCl", "rocksalt", a=5.13)]  # fmt: skip
+    crystals = metals + insulators
+    pd.DataFrame({"material_id": [f"m{k:02d}" for k in range(len(crystals))], "metal": [1] * 8 + [0] * 8,
+                  "cif": [str(CifWriter(AseAtomsAdaptor.get_structure(a))) for a in crystals]}).to_csv(path, index=False)
+    return path
+
+
+def test_evaluate_says_when_a_classifier_ranks_the_labels_backwards(tmp_path):
+    """19a: 'with an inverted label (--target is_insulator), evaluate reports ROC-AUC 0.13 without suggesting the
+    classes are swapped'."""
+    from .test_user_reports import _cli
+
+    table = _metals_table(tmp_path / "metals.csv")
+    runs = {}
+    for target in ("metal == 0", "metal == 1"):
+        run = _cli("evaluate", "is_metal", str(table), "--split", "all", "--target", target, "--id-column",
+                   "material_id", "--column", "cif", "--format", "json", "-o", str(tmp_path / target[-1]))  # fmt: skip
+        assert run.exit_code == 0, run.output
+        runs[target] = json.loads(run.stdout)
+    assert "the model ranks these labels backwards; is label 1 here its class 1 ('metal')?" in runs["metal == 0"]["note"]
+    assert runs["metal == 1"]["metrics"]["roc_auc"] > 0.7 and "note" not in runs["metal == 1"]
+
+
 def test_finetuning_a_classifier_on_inverted_labels_is_warned(tmp_path):
     """19b: 'a classifier fine-tune with inverted labels keeps the output layer with no warning' (band_gap > 0 as
     class 1 from is_metal, whose class 1 is metal: validation ROC-AUC 0.045)."""
@@ -685,15 +719,7 @@ def test_finetuning_a_classifier_on_inverted_labels_is_warned(tmp_path):
 
     from .test_finetune import ft_config
 
-    metals = [bulk("Cu", a=3.61), bulk("Al", a=4.05), bulk("Ag", a=4.09), bulk("Ni", a=3.52), bulk("Na", "bcc", a=4.23),
-              bulk("Fe", "bcc", a=2.87), bulk("Au", a=4.08), bulk("Pd", a=3.89)]  # fmt: skip
-    insulators = [bulk("NaCl", "rocksalt", a=5.64), bulk("MgO", "rocksalt", a=4.21), bulk("LiF", "rocksalt", a=4.03),
-                  bulk("KCl", "rocksalt", a=6.29), bulk("CaO", "rocksalt", a=4.81), bulk("NaF", "rocksalt", a=4.63),
-                  bulk("KF", "rocksalt", a=5.35), bulk("LiCl", "rocksalt", a=5.13)]  # fmt: skip
-    crystals = metals + insulators
-    table = tmp_path / "metals.csv"
-    pd.DataFrame({"material_id": [f"m{k:02d}" for k in range(len(crystals))], "metal": [1] * 8 + [0] * 8,
-                  "cif": [str(CifWriter(AseAtomsAdaptor.get_structure(a))) for a in crystals]}).to_csv(table, index=False)
+    table = _metals_table(tmp_path / "metals.csv")
     options = dict(task="classification", units="probability", property="is_metal", epochs=1,
                    finetune={"member": 0})  # fmt: skip
     inverted = ft_config(table, tmp_path / "inv", "is_metal", data=DatasetSpec(path=str(table), target="metal == 0"),

@@ -368,7 +368,7 @@ def evaluate_model(
         "files": {},
     }
     notes = [labels_changed(spec_m.metadata, folder, split, ids, targets, layout), _base_had_seen(spec_m.metadata, split),
-             _labels_shifted(spec_m, spec, targets[good], result.values[good])]
+             _labels_shifted(spec_m, spec, targets[good], result.values[good]), _classes_inverted(spec_m, metrics)]
     for note in filter(None, notes):
         summary["note"] = f"{summary['note']}; {note}" if "note" in summary else note
         warnings.warn(f"model {spec_m.name!r}: {note}", UserWarning, stacklevel=2)
@@ -400,6 +400,16 @@ def _labels_shifted(model: Any, spec: Any, targets: np.ndarray, predictions: np.
         problem += (f" (the labels are {spec.target!r} after log10, as in training: a column already in log10 needs "
                     "transform none, CLI --transform none)")
     return problem
+
+
+def _classes_inverted(model: Any, metrics: Mapping[str, Any]) -> str | None:
+    """A note when a classifier ranks the labels backwards (ROC-AUC below 0.3): label 1 is likely its class 0."""
+    auc = metrics.get("roc_auc") if model.task == "classification" else None
+    if auc is None or not np.isfinite(auc) or auc >= 0.3:
+        return None
+    positive = model.positive_class or "class 1"
+    return (f"ROC-AUC {auc:.2f}: the model ranks these labels backwards; is label 1 here its class 1 ({positive!r})? "
+            "Invert the target (e.g. --target 'band_gap == 0' for metals)")
 
 
 def _base_had_seen(metadata: Mapping[str, Any], split: str) -> str | None:
