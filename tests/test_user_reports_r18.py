@@ -710,10 +710,6 @@ def test_finetuning_a_classifier_on_inverted_labels_is_warned(tmp_path):
     class 1 from is_metal, whose class 1 is metal: validation ROC-AUC 0.045)."""
     import warnings
 
-    import pandas as pd
-    from ase.build import bulk
-    from pymatgen.io.ase import AseAtomsAdaptor
-    from pymatgen.io.cif import CifWriter
 
     from cgcnn_ase.train.trainer import Trainer
 
