@@ -219,7 +219,10 @@ def run(inputs: str, batch_sizes: str, repeats: int, json_path: str | None, devi
     from cgcnn_ase.graph.config import GraphConfig
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise click.ClickException(f"--device {device!r}: give cuda, cuda:N or cpu") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise click.ClickException("no CUDA GPU here: give --device cpu for a check of this script")
     data = np.load(inputs)

@@ -191,8 +191,9 @@ def profile(out: Path, config: str, steps: int, epochs_timed: int, sets: tuple[s
     from cgcnn_ase.train.trainer import Trainer
 
     run_config = load_config(config, list(sets))
-    if str(run_config.device).startswith("cuda") and not torch.cuda.is_available():
-        raise click.ClickException("no CUDA GPU here: give --set device=cpu for a check of this script")
+    if str(run_config.device) in ("auto", "cuda") or str(run_config.device).startswith("cuda:"):
+        if not torch.cuda.is_available():  # auto would quietly profile the CPU
+            raise click.ClickException("no CUDA GPU here: give --set device=cpu for a check of this script")
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(run_config, progress=False)
     t = time.time()

@@ -336,8 +336,9 @@ def test_predict_names_json_entries_by_their_id_key(tmp_path):
         assert [line.split(",")[0] for line in run.stdout.splitlines()[1:]] == ["NaCl", "MgO", "Si", "Cu"]
     plain = _cli("predict", str(data), "-m", "bulk_modulus")
     assert plain.stdout.splitlines()[1].startswith(f"{data}@0,")
-    other = _cli("predict", str(data), "-m", "bulk_modulus", "--id-column", "mp_id")  # 19b: entries without the key
-    assert other.exit_code == 0 and other.stdout == plain.stdout  # keep the default ids, as an empty table id does
+    typo = _cli("predict", str(data), "-m", "bulk_modulus", "--id-column", "mp_id")  # 20: no entry has the key
+    assert typo.exit_code == 1
+    assert "no entry has the id key 'mp_id' (keys of the first entry: ['K_GPa', 'key', 'logK', 'structure'])" in typo.stderr
 
 
 def test_featurizer_warnings_name_rows_by_the_frame_index_and_the_cli_ids(tmp_path):
@@ -728,3 +729,93 @@ def test_finetuning_a_classifier_on_inverted_labels_is_warned(tmp_path):
         warnings.simplefilter("always")
         Trainer(right, progress=False).setup()
     assert not [w for w in caught if "backwards" in str(w.message)]
+
+
+# -- 20: a third outsider tried to break the round-19 fixes ---------------------------------------------------------
+
+
+def test_frames_after_an_unreadable_frame_are_said_to_be_unread(tmp_path):
+    """20: 'frames after an unreadable frame vanish without a word': frames @2-@4 of a 5-frame file were gone."""
+    from cgcnn_ase import CGCNNPredictor
+
+    frame = (REPO / "examples" / "Si.extxyz").read_text()
+    path = tmp_path / "five.extxyz"
+    path.write_text(frame + EXTXYZ_WITH_D + frame * 3)
+    result = CGCNNPredictor.from_pretrained("formation_energy", members=1).predict(str(path), errors="collect")
+    assert result.ids == [f"{path}@0", f"{path}@1"]
+    assert result.errors[1].endswith("; the frames after it in this file were not read")
+    [(_, first), (_, second)] = list(iter_file(str(path)))
+    assert str(second) == result.errors[1]
+
+
+def test_expressions_that_handle_missing_values_or_compare_text_are_left_as_written(tmp_path):
+    """20: '.isna() and .fillna() are defeated by the leave-out-missing rule'; 'string comparisons on text columns are
+    coerced to numbers' (sym == 'Fm-3m' chose nothing); a column name inside a quoted string counted as read;
+    numeric ids read as text broke id < 5000; 'n.a.' was not taken as a missing value."""
+    import warnings
+
+    import pandas as pd
+
+    entries = json.loads(_moduli_json(tmp_path / "m.json").read_text())
+    frame = pd.DataFrame({"id": ["1", "2", "3", "4"], "efermi": [1.0, None, 3.0, None], "sym": ["1", "Fm-3m", "3", "10"],
+                          "label": ["a", "b", "K_GPa", "c"], "gap": ["0.0", "n.a.", "1.5", "n.a."],
+                          "cif": [Structure.from_dict(e["structure"]).to(fmt="cif") for e in entries]})  # fmt: skip
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+
+    def table(**spec):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_table(DatasetSpec(path=str(path), **spec))
+
+    missing = table(target="efermi.isna()")
+    assert missing.ids == ["1", "2", "3", "4"] and missing.raw_targets.tolist() == [0, 1, 0, 1]
+    assert table(target="efermi.fillna(0) > 2").raw_targets.tolist() == [0, 0, 1, 0]
+    assert table(target="id > 0", filter="efermi.isnull()").ids == ["2", "4"]
+    assert table(target="id > 0", filter="sym == 'Fm-3m' | sym == '10'").ids == ["2", "4"]  # text compared as text
+    assert table(target="id > 0", filter='label != "K_GPa" & efermi > 0').ids == ["1"]
+    assert table(target="id > 0", filter='label != "efermi"').ids == ["1", "2", "3", "4"]  # a name in quotes: not read
+    assert table(target="id > 0", filter="id < 3").ids == ["1", "2"]  # ids read as text, compared as numbers
+    labels = table(target="gap == 0")
+    assert labels.ids == ["1", "3"] and labels.raw_targets.tolist() == [1.0, 0.0]  # n.a.: no label, not "not 0"
+
+
+def test_property_table_checks_the_threshold_and_coverage_as_the_front_ends_do():
+    """20: property_table accepted coverage asked of a classifier alone, and metal_threshold nan without both
+    band_gap and is_metal."""
+    from ase.build import bulk
+
+    from cgcnn_ase import CGCNNPredictor
+    from cgcnn_ase.errors import ConfigError
+    from cgcnn_ase.inference.properties import property_table
+
+    classifier = CGCNNPredictor.from_pretrained("is_metal", members=2)
+    with pytest.raises(ValueError, match="a classifier gives a probability"):
+        property_table([bulk("Cu")], [classifier], coverage=0.9)
+    with pytest.raises(ConfigError, match="metal_threshold is a probability"):
+        property_table([bulk("Cu")], [classifier], metal_threshold=float("nan"))
+
+
+def test_a_factor_of_ten_on_a_log10_modulus_and_odd_json_entries_are_told(tmp_path):
+    """20: 'no units note for a factor-10 error on the log10 moduli' (kbar for GPa: 2.9 training std, under the 3 of
+    then); an entry without 'structure' was 'not a pymatgen structure dict (KeyError: lattice)'; a JSON zip with a
+    .DS_Store was refused as two files."""
+    from .test_user_reports import _cli
+
+    data = _moduli_json(tmp_path / "moduli.json")
+    entries = json.loads(data.read_text())
+    for entry in entries:
+        entry["K_kbar"] = 10 * entry["K_GPa"]
+    data.write_text(json.dumps(entries))
+    run = _cli("evaluate", "bulk_modulus", str(data), "--split", "all", "--target", "K_kbar", "--id-column", "key",
+               "--format", "json", "-o", str(tmp_path / "kbar"))  # fmt: skip
+    assert "standard deviations of the training targets" in json.loads(run.stdout)["note"]
+    entries[1] = {"key": "MgO", "formula": "MgO"}
+    data.write_text(json.dumps(entries))
+    [_, (label, error), *_] = list(iter_file(str(data)))
+    assert str(error) == f"{data}@1: this entry has no 'structure' (its keys: ['formula', 'key'])"
+    packed = tmp_path / "k.json.zip"
+    with zipfile.ZipFile(packed, "w") as archive:
+        archive.writestr("k.json", _json_dataset())
+        archive.writestr(".DS_Store", b"\x00\x00\x00\x01Bud1")
+    assert load_table(DatasetSpec(path=str(packed), target="k")).ids == ["x0", "x1", "x2"]

@@ -304,14 +304,17 @@ def _evaluate_target(df: Any, target: str, path: str) -> np.ndarray:
 
 
 #: Text that marks a missing value in a column of numbers (compared in lower case).
-MISSING_MARKERS = frozenset({"n/a", "na", "nan", "none", "null", "-", "--", "?", "missing", "unknown"})
+MISSING_MARKERS = frozenset({"n/a", "n.a.", "n.a", "na", "#n/a", "nan", "none", "null", "nil", "-", "--", "?", "missing",
+                             "unknown", "not available"})  # fmt: skip
+#: Calls with which an expression deals with missing values itself (its rows are then not left out for them).
+HANDLES_MISSING = ("isna", "isnull", "notna", "notnull", "fillna")
 
 
 def _evaluate_expression(df: Any, expression: str) -> tuple[Any, Any, list[str]]:
     """``df.eval(expression)`` (pandas' python engine) with the text columns it reads that hold numbers among
     missing-value text (``"n/a"``) read as numbers, that text as NaN: ``(values, frame evaluated, those
-    columns)``. A column is read so when most of its cells are numbers or its text is all missing-value
-    markers; after a ``TypeError`` (text compared with a number) also when any of its cells is a number."""
+    columns)``. A column is read so when its text is all :data:`MISSING_MARKERS`; after a ``TypeError`` (text
+    compared with a number, e.g. ids read as text) also when any of its cells is a number."""
     names = [name for name in df.columns if _names_column(expression, name)]
     frame, coerced = _numbers_read(df, names, any_number=False)
     try:
@@ -324,8 +327,9 @@ def _evaluate_expression(df: Any, expression: str) -> tuple[Any, Any, list[str]]
 
 
 def _names_column(expression: str, name: Any) -> bool:
-    """Whether ``expression`` reads the column ``name`` (plainly or in backticks)."""
+    """Whether ``expression`` reads the column ``name`` (plainly or in backticks; not inside a quoted string)."""
     text = str(name)
+    expression = re.sub(r"'[^']*'|\"[^\"]*\"", "''", expression)
     if f"`{text}`" in expression:
         return True
     return text.isidentifier() and re.search(rf"(?<![\w.]){re.escape(text)}\b", expression) is not None
@@ -333,8 +337,8 @@ def _names_column(expression: str, name: Any) -> bool:
 
 def _numbers_read(df: Any, names: Sequence[Any], *, any_number: bool) -> tuple[Any, list[str]]:
     """``df`` with the text columns among ``names`` that hold numbers turned into numbers (other cells NaN):
-    those whose cells are mostly numbers or whose text is all :data:`MISSING_MARKERS` (``any_number``: any
-    column with a number); and those columns' names."""
+    those whose other text is all :data:`MISSING_MARKERS` (``any_number``: any column with a number); and those
+    columns' names."""
     out, coerced = df, []
     for name in names:
         if df[name].dtype != object:
@@ -342,7 +346,7 @@ def _numbers_read(df: Any, names: Sequence[Any], *, any_number: bool) -> tuple[A
         given = df[name].dropna()
         numbers = np.isfinite(_numbers(given))
         text = {str(v).strip().lower() for v, number in zip(given, numbers) if not number}
-        if numbers.any() and text and (any_number or numbers.sum() * 2 >= len(given) or text <= MISSING_MARKERS):
+        if numbers.any() and (any_number or (text and text <= MISSING_MARKERS)):
             out = out.copy() if out is df else out
             out[name] = _numbers(df[name])
             coerced.append(str(name))
@@ -350,10 +354,13 @@ def _numbers_read(df: Any, names: Sequence[Any], *, any_number: bool) -> tuple[A
 
 
 def _missing_in_expression(df: Any, expression: str) -> np.ndarray:
-    """Rows where a column that ``expression`` names (plainly or in backticks) holds no value (NaN, None, blank)."""
+    """Rows where a column that ``expression`` names (plainly or in backticks) holds no value (NaN, None, blank);
+    none for an expression that deals with missing values itself (``isna()``, ``fillna()``, ...)."""
     import pandas as pd
 
     missing = np.zeros(len(df), dtype=bool)
+    if any(re.search(rf"\.{call}\s*\(", expression) for call in HANDLES_MISSING):
+        return missing
     for name in df.columns:
         if _names_column(expression, name):
             column = df[name]

@@ -95,7 +95,7 @@ def _zipped_text(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")
-                     and not Path(n).name.startswith("._")]  # macOS's resource forks are no data  # fmt: skip
+                     and not Path(n).name.startswith(".")]  # macOS's resource forks, .DS_Store: no data  # fmt: skip
             if len(names) != 1:
                 raise DatasetError(f"{path}: a zip archive of {len(names)} files; a dataset zip must hold one file (or "
                                    "unzip it and give the file)")  # fmt: skip

@@ -234,8 +234,10 @@ def property_table(
         ``(frame, columns)``: ``frame`` has ``id``, one column per :class:`Column` (headers
         ``"<name> (<units>)"``) and ``error``; ``columns`` describes them.
     """
-    from cgcnn_ase.inference.predictor import predict_many
+    from cgcnn_ase.inference.predictor import check_interval_models, predict_many
 
+    check_metal_threshold(metal_threshold)
+    check_interval_models(predictors, coverage)
     results = predict_many(predictors, structures, batch_size=batch_size, errors="collect", on_sparse=on_sparse,
                            progress=False, workers=workers, coverage=coverage)  # fmt: skip
     return property_frame(predictors, results, metal_threshold=metal_threshold, log10=log10, domain=domain,
@@ -254,6 +256,7 @@ def property_frame(
     """:func:`property_table`'s ``(frame, columns)`` from each predictor's result for the same structures."""
     import pandas as pd
 
+    metal_threshold = check_metal_threshold(metal_threshold)
     ids = results[0].ids if results else []
     values: dict[str, np.ndarray] = {}
     for p, r in zip(predictors, results):

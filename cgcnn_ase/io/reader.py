@@ -767,8 +767,9 @@ def frame_items(path: str | os.PathLike, skip: Callable[[str], bool] | None = No
     k = 0
     while current is not None:
         frame_label = f"{label}@{k}"
-        if isinstance(current, Exception):
-            yield frame_label, ase_read_error(frame_label, current)
+        if isinstance(current, Exception):  # ASE cannot go on past it: say that the rest of the file is unread
+            error = ase_read_error(frame_label, current)
+            yield frame_label, StructureReadError(f"{error}; the frames after it in this file were not read")
             return
         if skip is None or not skip(frame_label):
             yield _frame_item(current, frame_label)
@@ -861,11 +862,17 @@ def _json_items(path: Path, base: str, id_key: str | None = None) -> list[
 
     if not any(isinstance(structure_of(e), Mapping) and _is_structure_dict(structure_of(e)) for e in value):
         return None
+    if id_key is not None and not any(isinstance(e, Mapping) and id_key in e for e in value):
+        first = next((sorted(e) for e in value if isinstance(e, Mapping)), [])
+        raise StructureReadError(f"{base}: no entry has the id key {id_key!r} (keys of the first entry: {first})")
     items: list[tuple[str, StructureRecord | InvalidStructureError]] = []
     for entry, name in zip(value, numbered_labels(base, len(value))):
         if id_key is not None and isinstance(entry, Mapping) and str(entry.get(id_key, "")).strip() not in ("", "None"):
             name = str(entry[id_key])
         structure = structure_of(entry)
+        if isinstance(entry, Mapping) and "structure" not in entry and not _is_structure_dict(entry):
+            items.append((name, StructureReadError(f"{name}: this entry has no 'structure' (its keys: {sorted(entry)})")))
+            continue
         if not isinstance(structure, Mapping):
             items.append((name, StructureReadError(f"{name}: item of a JSON list of structures holds a "
                                                    f"{type(structure).__name__}, not a pymatgen structure dict")))
