@@ -819,3 +819,17 @@ def test_a_factor_of_ten_on_a_log10_modulus_and_odd_json_entries_are_told(tmp_pa
         archive.writestr("k.json", _json_dataset())
         archive.writestr(".DS_Store", b"\x00\x00\x00\x01Bud1")
     assert load_table(DatasetSpec(path=str(packed), target="k")).ids == ["x0", "x1", "x2"]
+
+
+def test_the_calculator_names_the_metal_probabilitys_spread_as_the_probability():
+    """19a: 'the calculator gives metal_probability and is_metal_std (there is no metal_probability_std)'."""
+    from ase.build import bulk
+
+    from cgcnn_ase import CGCNNCalculator
+
+    atoms = bulk("Cu")
+    atoms.calc = CGCNNCalculator(["band_gap"])
+    assert "metal_probability_std" in atoms.calc.implemented_properties
+    assert atoms.calc.units["metal_probability_std"] == "probability"
+    spread = atoms.calc.get_property("metal_probability_std", atoms)
+    assert spread == atoms.calc.get_property("is_metal_std", atoms) and 0 <= spread < 0.5

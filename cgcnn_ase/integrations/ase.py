@@ -25,7 +25,7 @@ Property names:
   ``bulk_modulus_std`` = ln(10) x ``bulk_modulus`` x ``log10_bulk_modulus_std`` (first order) and, with
   ``coverage``, ``bulk_modulus_lower``/``_upper`` = 10 ** the log10 bounds;
 - with a band-gap model *and* a metal classifier: ``band_gap`` is 0 for predicted metals
-  (P(metal) > ``metal_threshold``, default 0.5), ``band_gap_raw`` the regression output, ``metal_probability`` P(metal);
+  (P(metal) > ``metal_threshold``, default 0.5), ``band_gap_raw`` the regression output, ``metal_probability`` P(metal) (``metal_probability_std`` its spread);
 - for an ensemble model, ``<property>_std``: the (calibrated) standard deviation of the
   members' predictions, in the property's own units (``log10_bulk_modulus_std`` in
   log10(GPa); ``band_gap_std`` is that of the ungated regression output;
@@ -225,6 +225,9 @@ class CGCNNCalculator(Calculator):
         if self._gated_band_gaps():
             names.append("metal_probability")
             self.units["metal_probability"] = "probability"
+            if "is_metal_std" in names:  # the same spread under the same name as the probability it belongs to
+                names.append("metal_probability_std")
+                self.units["metal_probability_std"] = "probability"
         names.append("unseen_elements")
         self.units["unseen_elements"] = "element symbols"
         return list(dict.fromkeys(names))
@@ -287,6 +290,8 @@ class CGCNNCalculator(Calculator):
             results["fermi_level"] = results["fermi_energy"]
         for gap in self._gated_band_gaps():
             results["metal_probability"] = results["is_metal"]
+            if "is_metal_std" in results:
+                results["metal_probability_std"] = results["is_metal_std"]
             results[f"{gap}_raw"] = raw[gap]
             names = (f"{gap}_raw", f"{gap}_std", f"{gap}_lower", f"{gap}_upper")
             gated = gated_band_gap_result(*(results.get(n) for n in names), results["is_metal"], self.metal_threshold)
