@@ -51,7 +51,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cgcnn_ase.data.table_formats import read_layout
+from cgcnn_ase.data.table_formats import also_missing, read_layout
 from cgcnn_ase.errors import CGCNNError, ConfigError, DatasetError, GeometryWarning
 from cgcnn_ase.io.reader import CifReader, input_kind, read_record
 from cgcnn_ase.io.records import StructureRecord
@@ -265,8 +265,7 @@ def _pick_id_column(columns: Sequence[str], requested: str | None, path: str, ta
     """
     if requested is not None:
         if requested not in columns:
-            also = (f", and no target column {target!r}" if target and target.isidentifier() and target not in columns
-                    else "")  # fmt: skip
+            also = also_missing(columns, target=target)
             raise DatasetError(f"{path}: no id column {requested!r}{also}; columns: {list(columns)}")
         return requested
     return next((c for c in ID_COLUMNS if c in columns), None)
@@ -758,11 +757,11 @@ def is_binary_labels(values: np.ndarray) -> bool:
     return bool(values.size) and bool(np.all((values == 0) | (values == 1))) and not any(math.isnan(v) for v in values)
 
 
-
 #: |value| above which a target cannot be a log10 of anything measured in ordinary units (10^20 GPa, eV, ...).
 LOG10_LIMIT = 20.0
-#: Standard deviations of the training targets between their mean and the median of other labels beyond which
-#: those labels are taken to be in other units (or transformed twice), not merely another kind of crystal.
+#: Standard deviations of a base model's training targets between their mean and a fine-tuning run's labels'
+#: mean beyond which those labels are taken to be in other units, not merely another kind of crystal (``evaluate``
+#: compares with the model's predictions instead, more closely: ``analysis.evaluation.PREDICTION_SHIFT_LIMIT``).
 SHIFT_LIMIT = 4.0
 
 

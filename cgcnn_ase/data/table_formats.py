@@ -23,7 +23,7 @@ from cgcnn_ase.io.reader import beside_table, open_text, read_db_rows, read_fram
 if TYPE_CHECKING:
     from cgcnn_ase.data.datasets import DatasetSpec
 
-__all__ = ["read_layout"]
+__all__ = ["also_missing", "read_layout"]
 
 
 def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
@@ -41,7 +41,7 @@ def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
         df = pd.read_csv(path, sep=sep, dtype={c: str for c in ids})  # ids as written: 0007 stays 0007, not 7
     column = spec.structure_column or "cif"
     if column not in df.columns:
-        raise DatasetError(f"{path}: no structure column {column!r} (CIF text){_also_missing(spec, df.columns)}; set "
+        raise DatasetError(f"{path}: no structure column {column!r} (CIF text){also_missing(df.columns, id_column=spec.id_column, target=spec.target)}; set "
                            f"structure_column to one of {list(df.columns)}")  # fmt: skip
     sources = [beside_table(value, path) for value in df[column].tolist()]  # file names: beside the table
     return df.drop(columns=[column]), "cif_text", sources
@@ -71,20 +71,20 @@ def _read_json(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
     if missing:
         raise DatasetError(
             f"{path}: {len(missing)} entries (first: #{missing[0]}) have no structure column {column!r} (a key)"
-            f"{_also_missing(spec, data[missing[0]])}; keys of that entry: {sorted(data[missing[0]])}; set structure_column"
+            f"{also_missing(data[missing[0]], id_column=spec.id_column, target=spec.target)}; keys of that entry: {sorted(data[missing[0]])}; set structure_column"
         )
     sources = [d[column] for d in data]
     df = pd.DataFrame([{k: v for k, v in d.items() if k != column} for d in data])
     return df, "structure_dict", sources
 
 
-def _also_missing(spec: DatasetSpec, columns: Any) -> str:
+def also_missing(columns: Any, *, id_column: str | None = None, target: str | None = None) -> str:
     """``", and no id column 'x', and no target column 'y'"`` for the id column and the target (a plain name)
-    that ``spec`` names and ``columns`` lack, so that a file of another layout is described in one message."""
+    that ``columns`` lack, so that a file of another layout is described in one message."""
     names = {str(c) for c in columns}
-    parts = [f"no id column {spec.id_column!r}"] if spec.id_column and spec.id_column not in names else []
-    if spec.target and spec.target.isidentifier() and spec.target not in names:
-        parts.append(f"no target column {spec.target!r}")
+    parts = [f"no id column {id_column!r}"] if id_column and id_column not in names else []
+    if target and target.isidentifier() and target not in names:
+        parts.append(f"no target column {target!r}")
     return "".join(f", and {part}" for part in parts)
 
 

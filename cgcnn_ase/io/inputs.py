@@ -52,6 +52,7 @@ from cgcnn_ase.io.reader import (
     FRAME_SUFFIXES,
     CifReader,
     as_input_sequence,
+    atoms_item,
     beside_table,
     connect_db,
     db_read_error,
@@ -65,7 +66,6 @@ from cgcnn_ase.io.reader import (
     read_items,
     read_record,
     read_records,
-    to_record,
 )
 from cgcnn_ase.io.records import StructureRecord
 
@@ -513,13 +513,6 @@ def iter_file(
                 yield label, record
 
 
-def _atoms_item(atoms: Any, label: str) -> Item:
-    try:
-        return label, to_record(atoms, label=label)
-    except InvalidStructureError as exc:
-        return label, exc
-
-
 def _iter_frames(path: str, finished: FinishedIds | None) -> Iterator[Item]:
     """Frames read one at a time (:func:`~cgcnn_ase.io.reader.frame_items`), those in ``finished`` skipped."""
     return frame_items(path, skip=None if finished is None else lambda label: _skip(finished, label))
@@ -545,7 +538,7 @@ def _iter_db(path: str, finished: FinishedIds | None) -> Iterator[Item]:
     while row is not None:
         label = f"{path}@id={row.id}"
         if not _skip(finished, label):
-            yield _atoms_item(row.toatoms(), label)
+            yield atoms_item(row.toatoms(), label)
         row = next(rows, None)
 
 

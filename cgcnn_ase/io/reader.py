@@ -73,6 +73,7 @@ __all__ = [
     "InputKind",
     "as_input_sequence",
     "ase_read_error",
+    "atoms_item",
     "cif_reader_for_policy",
     "connect_db",
     "db_read_error",
@@ -762,7 +763,7 @@ def frame_items(path: str | os.PathLike, skip: Callable[[str], bool] | None = No
         return
     ahead = next(source, None)
     if ahead is None:
-        yield _frame_item(current, label)
+        yield atoms_item(current, label)
         return
     k = 0
     while current is not None:
@@ -772,12 +773,13 @@ def frame_items(path: str | os.PathLike, skip: Callable[[str], bool] | None = No
             yield frame_label, StructureReadError(f"{error}; the frames after it in this file were not read")
             return
         if skip is None or not skip(frame_label):
-            yield _frame_item(current, frame_label)
+            yield atoms_item(current, frame_label)
         current, ahead = ahead, (next(source, None) if ahead is not None else None)
         k += 1
 
 
-def _frame_item(atoms: Any, label: str) -> tuple[str, StructureRecord | InvalidStructureError]:
+def atoms_item(atoms: Any, label: str) -> tuple[str, StructureRecord | InvalidStructureError]:
+    """``(label, record)`` of ``ase.Atoms``, or ``(label, error)`` when they are no usable crystal."""
     try:
         return label, to_record(atoms, label=label)
     except InvalidStructureError as exc:
@@ -846,14 +848,30 @@ def json_entry_items(path: str | os.PathLike, id_key: str | None = None) -> list
     return _json_items(path, str(path), id_key)
 
 
+#: What :func:`_load_json` returns for a file that is not JSON.
+_NOT_JSON = object()
+
+
+def _load_json(path: Path) -> Any:
+    """The parsed JSON of ``path`` (decompressed by its suffix), or :data:`_NOT_JSON`."""
+    try:
+        with open_text(path) as f:
+            return json.load(f)
+    except (OSError, EOFError, ValueError):
+        return _NOT_JSON
+
+
 def _json_items(path: Path, base: str, id_key: str | None = None) -> list[
         tuple[str, StructureRecord | InvalidStructureError]] | None:  # fmt: skip
     """:func:`json_entry_items` of an existing file, labelled from ``base``."""
-    try:
-        with open_text(path) as f:
-            value = json.load(f)
-    except (OSError, EOFError, ValueError):
-        return None
+    value = _load_json(path)
+    return None if value is _NOT_JSON else _entry_items(value, base, id_key)
+
+
+def _entry_items(value: Any, base: str, id_key: str | None = None) -> list[
+        tuple[str, StructureRecord | InvalidStructureError]] | None:  # fmt: skip
+    """``(label, record or error)`` per item of parsed JSON that is a list of structure dicts or entries (see
+    :func:`json_entry_items`), or ``None`` for other JSON."""
     if not isinstance(value, list) or not value:
         return None
 
@@ -888,26 +906,21 @@ def _json_file_records(path: Path, label: str) -> list[StructureRecord] | None:
     """The structures of a JSON file of pymatgen structure dicts: one ``Structure.as_dict()``, or a
     list of them (or of entries with such a dict under ``"structure"``, as Materials Project
     downloads hold), labelled ``label@k``; ``None`` for other JSON (an ASE database: ASE reads it)."""
-    try:
-        with open_text(path) as f:
-            value = json.load(f)
-    except (OSError, EOFError, ValueError):
+    value = _load_json(path)
+    if value is _NOT_JSON:
         return None
     if isinstance(value, Mapping) and _is_structure_dict(value):
         return [_structure_dict_record(value, label)]
     if isinstance(value, Mapping) and "ids" in value:  # an ASE JSON database
         return None
-    items = [item.get("structure", item) if isinstance(item, Mapping) else item for item in value] if isinstance(value, list) else []
-    if not (items and isinstance(items[0], Mapping) and _is_structure_dict(items[0])):
+    items = _entry_items(value, label)
+    if items is None:
         raise StructureReadError(f"{label}: JSON that holds no structure: neither a pymatgen structure dict (lattice "
                                  "and sites), a list of them, nor an ASE database")  # fmt: skip
-    records = []
-    for item, name in zip(items, numbered_labels(label, len(items))):
-        if not isinstance(item, Mapping):
-            raise StructureReadError(f"{name}: item of a JSON list of structures is a {type(item).__name__}, not a "
-                                     "pymatgen structure dict")  # fmt: skip
-        records.append(_structure_dict_record(item, name))
-    return records
+    for _, item in items:  # all or nothing here; read_items gives each item its own error
+        if isinstance(item, InvalidStructureError):
+            raise item
+    return [item for _, item in items]
 
 
 def _json_dict(text: str, label: str) -> dict:

@@ -307,8 +307,9 @@ class GraphCache:
 
 #: The modules whose code decides a cached graph: reading and validating structures, and building graphs on the
 #: CPU or (``graph.batched``) on a device, with what they import (a few of those, as the element tables, are
-#: used only when batches are made: listing them costs at most a rebuilt cache). ``tests/test_user_reports_r18.py`` checks that every module of ``io`` and ``graph``
-#: they import is listed, so an edit anywhere on that path makes a new cache folder.
+#: used only when batches are made: listing them costs at most a rebuilt cache). ``tests/test_user_reports_r18.py``
+#: checks that every module of ``io`` and ``graph`` they import is listed, so an edit anywhere on that path makes a
+#: new cache folder.
 GRAPH_CODE_MODULES = (
     "cgcnn_ase.io.reader",
     "cgcnn_ase.io.cif",

@@ -236,9 +236,9 @@ class Trainer:
         from cgcnn_ase.analysis.metrics import classification_metrics
 
         train = np.asarray(self.parts["train"])
-        sample = np.random.default_rng(0).choice(train, size=min(len(train), 2000), replace=False)
-        probabilities, _ = self.predict(np.sort(sample))
-        auc = classification_metrics(self.data.targets[np.sort(sample)], probabilities)["roc_auc"]
+        sample = np.sort(np.random.default_rng(0).choice(train, size=min(len(train), 2000), replace=False))
+        probabilities, _ = self.predict(sample)
+        auc = classification_metrics(self.data.targets[sample], probabilities)["roc_auc"]
         if auc < 0.3:
             positive = self.base.loaded.spec.positive_class or "class 1"
             warnings.warn(f"the output layer of {self.base.init_from} is kept, but it ranks this run's training labels "
