@@ -384,6 +384,11 @@ def load_table(spec: DatasetSpec) -> DatasetTable:
     df, kind, sources = read_layout(spec, fmt)
     n_rows = len(df)
     id_col = _pick_id_column(list(df.columns), spec.id_column, spec.path, spec.target)
+    if id_col:
+        no_id = np.flatnonzero(df[id_col].isna().to_numpy() | (df[id_col].astype(str).str.strip() == "").to_numpy())
+        if len(no_id):
+            raise DatasetError(f"{path}: {len(no_id)} of {n_rows} rows (first: row {no_id[0]}) have no id in column "
+                               f"{id_col!r}; give every row an id, or set id_column to a column that has them all")  # fmt: skip
     ids = df[id_col].astype(str).tolist() if id_col else [str(i) for i in range(n_rows)]
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
@@ -492,12 +497,19 @@ def content_digest(source: Any) -> str | None:
 
 
 def _structure_keys(kind: str, sources: list[Any]) -> list[str]:
-    """The graph-cache key of each raw structure: a content hash (32 hex digits)."""
-    if kind in ("cif_text", "cif_file"):
-        return [_text_key(str(s)) for s in sources]
-    if kind == "structure_dict":
-        return [_hash_text("pmg", json.dumps(s, sort_keys=True).encode()) for s in sources]
-    return [_record_key(s) if isinstance(s, StructureRecord) else _hash_text("error", str(s).encode()) for s in sources]
+    """The graph-cache key of each raw structure: a content hash (32 hex digits); a row the layout's reader
+    found unusable is keyed by its error."""
+
+    def key(source: Any) -> str:
+        if isinstance(source, Exception):
+            return _hash_text("error", str(source).encode())
+        if kind in ("cif_text", "cif_file"):
+            return _text_key(str(source))
+        if kind == "structure_dict":
+            return _hash_text("pmg", json.dumps(source, sort_keys=True).encode())
+        return _record_key(source)
+
+    return [key(s) for s in sources]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,9 +536,9 @@ def parse_one(kind: str, source: Any, label: str, *, cif_reader: CifReader = "ge
     """
     from cgcnn_ase.errors import StructureReadError
 
+    if isinstance(source, Exception):  # a row the layout's reader found unusable (no structure)
+        raise source
     if kind == "record":
-        if isinstance(source, Exception):
-            raise source
         return source
     if kind == "cif_file":
         if not Path(source).is_file():

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DatasetError, StructureReadError
-from cgcnn_ase.io.inputs import file_magic, separator, undecodable_text
+from cgcnn_ase.io.inputs import csv_source, file_magic, separator, undecodable_text
 from cgcnn_ase.io.reader import beside_table, open_text, read_db_rows, read_frames, to_record
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
     else:
         sep = separator(path.name.lower())
         ids = [spec.id_column] if spec.id_column else list(ID_COLUMNS)
-        df = pd.read_csv(path, sep=sep, dtype={c: str for c in ids})  # ids as written: 0007 stays 0007, not 7
+        with csv_source(path) as source:
+            df = pd.read_csv(source, sep=sep, dtype={c: str for c in ids})  # ids as written: 0007 stays 0007, not 7
     column = spec.structure_column or "cif"
     if column not in df.columns:
         raise DatasetError(f"{path}: no structure column {column!r} (CIF text){also_missing(df.columns, id_column=spec.id_column, target=spec.target)}; set "
@@ -51,11 +52,8 @@ def _read_json(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
     import pandas as pd
 
     path = Path(spec.path)
-    if path.name.lower().endswith(".zip"):
-        text = _zipped_text(path)
-    else:
-        with open_text(path, errors="strict") as f:
-            text = f.read()
+    with open_text(path, errors="strict") as f:
+        text = f.read()
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -68,12 +66,13 @@ def _read_json(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
         raise DatasetError(f"{path}: expected a JSON list of objects, one per crystal")
     column = spec.structure_column or "structure"
     missing = [i for i, d in enumerate(data) if column not in d]
-    if missing:
+    if len(missing) == len(data):  # another layout, or another key for the structures
         raise DatasetError(
             f"{path}: {len(missing)} entries (first: #{missing[0]}) have no structure column {column!r} (a key)"
             f"{also_missing(data[missing[0]], id_column=spec.id_column, target=spec.target)}; keys of that entry: {sorted(data[missing[0]])}; set structure_column"
         )
-    sources = [d[column] for d in data]
+    sources = [d[column] if column in d else StructureReadError(f"entry #{i} has no structure {column!r} (a key; its "
+                                                                f"keys: {sorted(d)})") for i, d in enumerate(data)]  # fmt: skip
     df = pd.DataFrame([{k: v for k, v in d.items() if k != column} for d in data])
     return df, "structure_dict", sources
 
@@ -86,22 +85,6 @@ def also_missing(columns: Any, *, id_column: str | None = None, target: str | No
     if target and target.isidentifier() and target not in names:
         parts.append(f"no target column {target!r}")
     return "".join(f", and {part}" for part in parts)
-
-
-def _zipped_text(path: Path) -> str:
-    """The UTF-8 text of the one file in the zip archive ``path``."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")
-                     and not Path(n).name.startswith(".")]  # macOS's resource forks, .DS_Store: no data  # fmt: skip
-            if len(names) != 1:
-                raise DatasetError(f"{path}: a zip archive of {len(names)} files; a dataset zip must hold one file (or "
-                                   "unzip it and give the file)")  # fmt: skip
-            return archive.read(names[0]).decode("utf-8-sig")
-    except zipfile.BadZipFile as exc:
-        raise DatasetError(f"{path}: not a readable zip archive ({exc})") from None
 
 
 def _read_cif_dir(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
@@ -206,6 +189,8 @@ def read_layout(spec: DatasetSpec, fmt: str) -> tuple[Any, str, list[Any]]:
     readers = {"csv": _read_csv, "parquet": _read_csv, "json": _read_json, "cif_dir": _read_cif_dir, "ase": _read_ase}
     try:
         return readers[fmt](spec)
+    except StructureReadError as exc:  # the file itself (a zip of several files): the dataset cannot be read
+        raise DatasetError(str(exc)) from None
     except CGCNNError:
         raise
     except UnicodeDecodeError as exc:

@@ -62,6 +62,7 @@ from cgcnn_ase.io.reader import (
     is_labelled_pair,
     json_entry_items,
     labelled_pair,
+    open_text,
     pair_of_two_files,
     read_items,
     read_record,
@@ -550,6 +551,22 @@ def separator(name: str) -> str:
     return "\t" if ".tsv" in name else ","
 
 
+@contextlib.contextmanager
+def csv_source(path: str | os.PathLike) -> Iterator[Any]:
+    """What ``pandas.read_csv`` reads for the text table ``path``: the path itself (pandas decompresses gzip,
+    bzip2 and xz by the suffix), or for a ``.zip`` its one data file as UTF-8 text through
+    :func:`~cgcnn_ase.io.reader.open_text` (pandas refuses the ``__MACOSX/`` entries macOS's Compress adds).
+
+    Raises:
+        StructureReadError: a ``.zip`` that is no readable archive, or holds no file or several.
+    """
+    if _lower_name(os.fspath(path)).endswith(".zip"):
+        with open_text(path, errors="strict") as text:
+            yield text
+    else:
+        yield path
+
+
 def undecodable_text(path: Path, exc: UnicodeDecodeError, fmt: str = "csv") -> str:
     """Why a text file (``fmt``: csv, json) did not decode: a binary file of another kind under the wrong
     name, UTF-16 text, or text in another encoding; with what to do."""
@@ -587,6 +604,8 @@ def _readable_table(path: str | os.PathLike) -> Iterator[None]:
     except ValueError as exc:  # pandas' ParserError, UnicodeDecodeError and pyarrow's ArrowInvalid are ValueErrors
         if isinstance(exc, StreamError):
             raise
+        if isinstance(exc, StructureReadError):  # a zip that is no archive or holds several files: said already
+            raise StreamError(str(exc)) from None
         kind = "Parquet" if _lower_name(os.fspath(path)).endswith(PARQUET_SUFFIXES) else "CSV"
         if isinstance(exc, UnicodeDecodeError):
             raise StreamError(f"{path}: {undecodable_text(Path(path), exc, 'CSV')}") from None
@@ -604,7 +623,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     with _readable_table(path):
         if name.endswith(PARQUET_SUFFIXES):
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep=separator(name), dtype=str, keep_default_na=False, na_filter=False)
+        with csv_source(path) as source:
+            return pd.read_csv(source, sep=separator(name), dtype=str, keep_default_na=False, na_filter=False)
 
 
 def _table_columns(path: str) -> list[str]:
@@ -616,7 +636,8 @@ def _table_columns(path: str) -> list[str]:
             return list(pq.ParquetFile(path).schema_arrow.names)
         import pandas as pd
 
-        return [str(c) for c in pd.read_csv(path, sep=separator(name), nrows=0).columns]
+        with csv_source(path) as source:
+            return [str(c) for c in pd.read_csv(source, sep=separator(name), nrows=0).columns]
 
 
 def _table_chunks(path: str, columns: list[str], rows: int) -> Iterator[pd.DataFrame]:
@@ -631,11 +652,10 @@ def _table_chunks(path: str, columns: list[str], rows: int) -> Iterator[pd.DataF
             return
         import pandas as pd
 
-        reader = pd.read_csv(
-            path, sep=separator(name), usecols=columns, chunksize=rows, dtype=str,
+        with csv_source(path) as source, pd.read_csv(
+            source, sep=separator(name), usecols=columns, chunksize=rows, dtype=str,
             keep_default_na=False, na_filter=False,
-        )  # fmt: skip
-        with reader:
+        ) as reader:  # fmt: skip
             yield from reader
 
 

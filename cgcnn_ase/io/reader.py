@@ -547,15 +547,40 @@ def _is_cif(path: Path) -> bool:
 
 
 def open_text(path: str | os.PathLike, errors: str = "replace") -> Any:
-    """``path`` opened as UTF-8 text, decompressed when its suffix says gzip, bzip2 or xz (``errors``:
-    as for :func:`open`; ``"strict"`` raises :class:`UnicodeDecodeError` on bytes that are not UTF-8)."""
+    """``path`` opened as UTF-8 text, decompressed when its suffix says gzip, bzip2, xz or zip (a zip archive
+    must hold one file, besides what macOS adds) (``errors``: as for :func:`open`; ``"strict"`` raises
+    :class:`UnicodeDecodeError` on bytes that are not UTF-8).
+
+    Raises:
+        StructureReadError: a ``.zip`` that is no readable archive, or holds no file or several.
+    """
     path = Path(path)
+    if path.suffix.lower() == ".zip":
+        return io.TextIOWrapper(_zip_member(path), encoding="utf-8-sig", errors=errors)
     module = _COMPRESSION.get(path.suffix.lower())
     if module is None:
         return open(path, encoding="utf-8-sig", errors=errors)  # -sig: a byte-order mark (Windows editors) is dropped
     import importlib
 
     return importlib.import_module(module).open(path, "rt", encoding="utf-8-sig", errors=errors)
+
+
+def _zip_member(path: Path) -> Any:
+    """The one data file of the zip archive ``path``, opened for reading in binary (macOS's ``__MACOSX/``
+    resource forks and hidden files such as ``.DS_Store`` are no data)."""
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise StructureReadError(f"{path}: not a readable zip archive ({exc})") from None
+    with archive:  # the member stays readable after the archive is closed (zipfile counts its users)
+        names = [n for n in archive.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")
+                 and not Path(n).name.startswith(".")]  # fmt: skip
+        if len(names) != 1:
+            raise StructureReadError(f"{path}: a zip archive of {len(names)} files; a zip must hold one file (or "
+                                     "unzip it and give the files)")  # fmt: skip
+        return archive.open(names[0])
 
 
 def _looks_like_cif(path: Path) -> bool:
@@ -603,6 +628,10 @@ def _parse_file(path: Path, base: str, cif_reader: CifReader) -> list[StructureR
     """The structures of an existing, non-empty file, labelled from ``base``."""
     if _is_cif(path):
         return read_cif(path, base, cif_reader, text=False)
+    zipped = path.suffix.lower() == ".zip"
+    if zipped:
+        with _zip_member(path) as member:  # an unreadable archive, or one of several files, says so here
+            inside = member.name
     if _looks_like_cif(path):  # compressed or oddly named CIF: read as CIF text
         with open_text(path) as f:
             return read_cif(f.read(), base, cif_reader, text=True)
@@ -610,6 +639,9 @@ def _parse_file(path: Path, base: str, cif_reader: CifReader) -> list[StructureR
         records = _json_file_records(path, base)
         if records is not None:
             return records
+    if zipped:
+        raise StructureReadError(f"{base}: a zip archive of {inside!r}, which is neither CIF nor pymatgen structure "
+                                 "JSON; ASE does not read zip archives: unzip it")  # fmt: skip
     if _is_ase_db(path):
         frames, labels = _db_frames(path, base)
         return [from_ase(atoms, label=name) for atoms, name in zip(frames, labels)]
@@ -830,7 +862,7 @@ def _text_frames(text: str, label: str) -> list[Any]:
 
 def is_json_name(path: str | os.PathLike) -> bool:
     """Whether a file name says JSON (``.json``, compressed or not)."""
-    return Path(path).name.lower().endswith(tuple(".json" + c for c in ("", *_COMPRESSION)))
+    return Path(path).name.lower().endswith(tuple(".json" + c for c in ("", *_COMPRESSION, ".zip")))
 
 
 def json_entry_items(path: str | os.PathLike, id_key: str | None = None) -> list[
