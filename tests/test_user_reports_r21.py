@@ -117,3 +117,18 @@ def test_rows_without_an_id_are_refused_not_named_nan(tmp_path, missing):
     path.write_text(json.dumps(entries))
     with pytest.raises(DatasetError, match=r"1 of 3 rows \(first: row 1\) have no id in column 'material_id'"):
         load_table(DatasetSpec(path=str(path), target="e", id_column="material_id"))
+
+
+def test_a_foreign_sqlite_file_in_wal_mode_gets_no_files_beside_it(tmp_path):
+    """Left open in round 20: 'a foreign SQLite file in WAL mode gets -wal/-shm files beside it when checked'."""
+    import sqlite3
+
+    path = tmp_path / "lab.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE samples (x)")
+    db.close()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    [(_, error)] = list(iter_records([str(path)]))
+    assert "an SQLite file without ASE's tables: samples" in str(error)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before == ["lab.db"]

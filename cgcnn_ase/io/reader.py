@@ -698,8 +698,12 @@ def connect_db(path: str | os.PathLike, label: str) -> Any:
         header = f.read(16)
     if header != b"SQLite format 3\x00":
         raise StructureReadError(f"{label}: not a readable ASE database (not an SQLite file)")
+    # immutable: no locks, so SQLite adds no -wal/-shm files beside a database in WAL mode; only when no -wal
+    # file exists already (one may hold changes not yet in the file, which immutable would not read)
+    resolved = Path(path).resolve()
+    query = "mode=ro" if resolved.with_name(resolved.name + "-wal").exists() else "mode=ro&immutable=1"
     try:
-        with contextlib.closing(sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)) as db:
+        with contextlib.closing(sqlite3.connect(f"{resolved.as_uri()}?{query}", uri=True)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.Error as exc:
         raise db_read_error(label, exc) from None
