@@ -8,6 +8,8 @@ When a model's domain summary is rebuilt by design (``cgcnn-ase calibrate MODEL 
 ``domain_distance`` entries change: re-record those, and nothing else, with
 ``python tests/fixtures/record_domain_fields.py [MODEL_NAME ...]`` (it refuses when the values changed).
 The domain fields were re-recorded so on 2026-11-27 (issue 18: every training embedding stored).
+Every field was re-recorded on 2026-11-29, when mean pooling began to sum in float64 (a change meant to
+alter predictions: large supercells drifted in float32); values moved by at most 7e-8.
 """
 
 from __future__ import annotations
