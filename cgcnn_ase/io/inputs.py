@@ -421,10 +421,9 @@ def iter_inputs(
             for path in iter_files([item], sort=sort, exclude=exclude):
                 if _is_table(path) and path != item and os.path.isfile(path) and glob.has_magic(item):
                     yield from iter_table(path, finished=finished, **opts)  # tables matched by a pattern
-                elif id_column is not None and is_json_name(path) and os.path.isfile(path):
-                    yield from _iter_json_entries(path, id_column, finished, cif_reader)  # entries named by their ids
                 else:
-                    yield from iter_file(path, cif_reader=cif_reader, finished=finished, defer=defer_files)
+                    yield from iter_file(path, cif_reader=cif_reader, finished=finished, defer=defer_files,
+                                         id_key=id_column)  # fmt: skip
         elif is_labelled_pair(obj):
             yield from _iter_object(*labelled_pair(obj), cif_reader, finished)
         else:
@@ -432,20 +431,15 @@ def iter_inputs(
             yield from _iter_object(label, obj, cif_reader, finished)
 
 
-def _iter_json_entries(path: str, id_key: str, finished: FinishedIds | None, cif_reader: CifReader) -> Iterator[Item]:
-    """The entries of a JSON list (Materials Project style), ids from each entry's ``id_key`` (``path@k`` for
-    an entry without one); any other JSON file is read as without an id key."""
+def _json_entries(path: str, id_key: str | None, finished: FinishedIds | None) -> Iterator[Item] | None:
+    """The entries of a JSON list (Materials Project style) one at a time, each parsed as it is reached (those
+    in ``finished`` not at all), ids from each entry's ``id_key`` (``path@k`` for an entry without one or
+    without ``id_key``); ``None`` for any other JSON file (one structure, an ASE database)."""
     try:
-        items = json_entry_items(path, id_key)
+        entries = json_entry_items(path, id_key, skip=None if finished is None else lambda label: _skip(finished, label))
     except InvalidStructureError as exc:
-        yield path, exc
-        return
-    if items is None:
-        yield from iter_file(path, cif_reader=cif_reader, finished=finished)
-        return
-    for label, item in items:
-        if not _skip(finished, label):
-            yield label, item
+        return iter([(path, exc)])
+    return entries
 
 
 def _iter_object(item_id: str, obj: Any, cif_reader: CifReader, finished: FinishedIds | None) -> Iterator[Item]:
@@ -485,19 +479,28 @@ def _relabel(item: StructureRecord | InvalidStructureError, label: str) -> Struc
 
 
 def iter_file(
-    path: str, *, cif_reader: CifReader = "gemmi", finished: FinishedIds | None = None, defer: bool = False
+    path: str,
+    *,
+    cif_reader: CifReader = "gemmi",
+    finished: FinishedIds | None = None,
+    defer: bool = False,
+    id_key: str | None = None,
 ) -> Iterator[Item | DeferredItem]:
-    """Structures of one file: extxyz/xyz/traj frame by frame, ``.db`` row by row, others whole
-    (``defer``: those as ``(path, path)``, unread; see :func:`iter_inputs`).
+    """Structures of one file: extxyz/xyz/traj frame by frame, ``.db`` row by row, a JSON list entry by
+    entry, others whole (``defer``: those as ``(path, path)``, unread; see :func:`iter_inputs`).
 
     Ids: ``path`` for a file holding one structure, ``path@i`` for frame ``i``,
-    ``path@id=N`` for database rows. A file whose path is in ``finished`` is not read.
+    ``path@id=N`` for database rows, a JSON list entry's ``id_key`` value (else ``path@i``). A file whose
+    path is in ``finished`` is not read.
     """
     if _skip(finished, path):
         return
     name = _lower_name(path)
     usable = os.path.isfile(path) and os.path.getsize(path) > 0
-    if usable and name.endswith(FRAME_SUFFIXES):
+    entries = _json_entries(path, id_key, finished) if usable and is_json_name(name) else None
+    if entries is not None:
+        yield from entries
+    elif usable and name.endswith(FRAME_SUFFIXES):
         yield from _iter_frames(path, finished)
     elif usable and name.endswith(DB_SUFFIXES):
         yield from _iter_db(path, finished)

@@ -400,7 +400,8 @@ def _separately(
                 return None
             if not (_is_cif(path) or _looks_like_cif(path)):
                 if is_json_name(path):
-                    items = _json_items(path, base)
+                    entries = _json_items(path, base)
+                    items = None if entries is None else list(entries)
                     return items if items is not None and len(items) > 1 else None
                 try:
                     if _is_ase_db(path):
@@ -869,19 +870,23 @@ def is_json_name(path: str | os.PathLike) -> bool:
     return Path(path).name.lower().endswith(tuple(".json" + c for c in ("", *_COMPRESSION, ".zip")))
 
 
-def json_entry_items(path: str | os.PathLike, id_key: str | None = None) -> list[
-        tuple[str, StructureRecord | InvalidStructureError]] | None:  # fmt: skip
+def json_entry_items(
+    path: str | os.PathLike, id_key: str | None = None, skip: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, StructureRecord | InvalidStructureError]] | None:
     """``(label, record or error)`` per item of a JSON list of pymatgen structure dicts or of entries holding
     one under ``"structure"`` (as Materials Project downloads), each item on its own: a bad one is its own
     error. Labels: each entry's ``id_key`` where it has one, else ``path@k`` (``path`` for a list of one).
     ``None`` when the file is no such list (one structure dict, an ASE JSON database, other JSON).
+
+    The file is parsed at once, each entry's structure only as the iterator reaches it (a list of 10^5
+    entries gives its first record at once); the entries whose label ``skip`` says to skip are left out unparsed.
 
     Raises:
         StructureReadError: a missing, empty or unreadable file.
     """
     path = Path(path)
     _check_file(path)
-    return _json_items(path, str(path), id_key)
+    return _json_items(path, str(path), id_key, skip)
 
 
 #: What :func:`_load_json` returns for a file that is not JSON.
@@ -897,45 +902,59 @@ def _load_json(path: Path) -> Any:
         return _NOT_JSON
 
 
-def _json_items(path: Path, base: str, id_key: str | None = None) -> list[
-        tuple[str, StructureRecord | InvalidStructureError]] | None:  # fmt: skip
+def _json_items(
+    path: Path, base: str, id_key: str | None = None, skip: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, StructureRecord | InvalidStructureError]] | None:
     """:func:`json_entry_items` of an existing file, labelled from ``base``."""
     value = _load_json(path)
-    return None if value is _NOT_JSON else _entry_items(value, base, id_key)
+    return None if value is _NOT_JSON else _entry_items(value, base, id_key, skip)
 
 
-def _entry_items(value: Any, base: str, id_key: str | None = None) -> list[
-        tuple[str, StructureRecord | InvalidStructureError]] | None:  # fmt: skip
+def _entry_items(
+    value: Any, base: str, id_key: str | None = None, skip: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, StructureRecord | InvalidStructureError]] | None:
     """``(label, record or error)`` per item of parsed JSON that is a list of structure dicts or entries (see
-    :func:`json_entry_items`), or ``None`` for other JSON."""
+    :func:`json_entry_items`), each parsed as it is reached, those ``skip`` says to skip (by label) left out
+    unparsed; ``None`` for other JSON.
+
+    Raises:
+        StructureReadError: ``id_key`` names a key no entry has (before any item is given).
+    """
     if not isinstance(value, list) or not value:
         return None
-
-    def structure_of(entry: Any) -> Any:
-        return entry.get("structure", entry) if isinstance(entry, Mapping) else entry
-
-    if not any(isinstance(structure_of(e), Mapping) and _is_structure_dict(structure_of(e)) for e in value):
+    if not any(isinstance(_entry_structure(e), Mapping) and _is_structure_dict(_entry_structure(e)) for e in value):
         return None
     if id_key is not None and not any(isinstance(e, Mapping) and id_key in e for e in value):
         first = next((sorted(e) for e in value if isinstance(e, Mapping)), [])
         raise StructureReadError(f"{base}: no entry has the id key {id_key!r} (keys of the first entry: {first})")
-    items: list[tuple[str, StructureRecord | InvalidStructureError]] = []
-    for entry, name in zip(value, numbered_labels(base, len(value))):
-        if id_key is not None and isinstance(entry, Mapping) and str(entry.get(id_key, "")).strip() not in ("", "None"):
-            name = str(entry[id_key])
-        structure = structure_of(entry)
-        if isinstance(entry, Mapping) and "structure" not in entry and not _is_structure_dict(entry):
-            items.append((name, StructureReadError(f"{name}: this entry has no 'structure' (its keys: {sorted(entry)})")))
-            continue
-        if not isinstance(structure, Mapping):
-            items.append((name, StructureReadError(f"{name}: item of a JSON list of structures holds a "
-                                                   f"{type(structure).__name__}, not a pymatgen structure dict")))
-            continue
-        try:
-            items.append((name, _structure_dict_record(structure, name)))
-        except InvalidStructureError as exc:
-            items.append((name, exc))
-    return items
+    labels = (_entry_label(entry, name, id_key) for entry, name in zip(value, numbered_labels(base, len(value))))
+    return (_entry_item(entry, label) for entry, label in zip(value, labels) if skip is None or not skip(label))
+
+
+def _entry_structure(entry: Any) -> Any:
+    """The structure dict of a JSON list's item: under ``"structure"``, or the item itself."""
+    return entry.get("structure", entry) if isinstance(entry, Mapping) else entry
+
+
+def _entry_label(entry: Any, name: str, id_key: str | None) -> str:
+    """The label of an item of a JSON list: its ``id_key`` value where it has one, else ``name`` (``path@k``)."""
+    if id_key is not None and isinstance(entry, Mapping) and str(entry.get(id_key, "")).strip() not in ("", "None"):
+        return str(entry[id_key])
+    return name
+
+
+def _entry_item(entry: Any, name: str) -> tuple[str, StructureRecord | InvalidStructureError]:
+    """``(name, record or error)`` of one item of a JSON list."""
+    structure = _entry_structure(entry)
+    if isinstance(entry, Mapping) and "structure" not in entry and not _is_structure_dict(entry):
+        return name, StructureReadError(f"{name}: this entry has no 'structure' (its keys: {sorted(entry)})")
+    if not isinstance(structure, Mapping):
+        return name, StructureReadError(f"{name}: item of a JSON list of structures holds a "
+                                        f"{type(structure).__name__}, not a pymatgen structure dict")  # fmt: skip
+    try:
+        return name, _structure_dict_record(structure, name)
+    except InvalidStructureError as exc:
+        return name, exc
 
 
 def _json_file_records(path: Path, label: str) -> list[StructureRecord] | None:
@@ -949,10 +968,11 @@ def _json_file_records(path: Path, label: str) -> list[StructureRecord] | None:
         return [_structure_dict_record(value, label)]
     if isinstance(value, Mapping) and "ids" in value:  # an ASE JSON database
         return None
-    items = _entry_items(value, label)
-    if items is None:
+    entries = _entry_items(value, label)
+    if entries is None:
         raise StructureReadError(f"{label}: JSON that holds no structure: neither a pymatgen structure dict (lattice "
                                  "and sites), a list of them, nor an ASE database")  # fmt: skip
+    items = list(entries)
     for _, item in items:  # all or nothing here; read_items gives each item its own error
         if isinstance(item, InvalidStructureError):
             raise item
