@@ -139,7 +139,7 @@ def test_a_json_list_is_read_entry_by_entry_so_a_big_one_streams_and_resumes(tmp
     was one item, read whole by one worker, so it was one chunk, written at its end; with --id-column every entry
     was parsed before the first prediction. Entries are now items, parsed as they are reached; on resume the
     finished ones are not parsed at all."""
-    import cgcnn_ase.io.reader as reader
+    from cgcnn_ase.io import reader
     from cgcnn_ase.io.inputs import FinishedIds, iter_inputs
 
     path = tmp_path / "download.json"
