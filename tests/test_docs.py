@@ -69,10 +69,16 @@ def fresh_clone(tmp_path, monkeypatch) -> Path:
 
 @pytest.mark.parametrize("path", [p for p in DOCS if _blocks(p)], ids=lambda p: p.name)
 def test_python_examples_run(path, monkeypatch):
-    """All ```python blocks of a page run in order, in one namespace, from the repo root."""
+    """All ```python blocks of a page run in order, in one namespace, from the repo root (files they write
+    there, as a user's would, are removed afterwards)."""
     require_shared(REFERENCE)
     monkeypatch.chdir(REPO)
-    _run_blocks(path, skip_shared=False)
+    before = set(REPO.iterdir())
+    try:
+        _run_blocks(path, skip_shared=False)
+    finally:
+        for written in set(REPO.iterdir()) - before:
+            shutil.rmtree(written) if written.is_dir() else written.unlink()
 
 
 @pytest.mark.parametrize("path", [p for p in DOCS if _blocks(p)], ids=lambda p: p.name)

@@ -194,3 +194,81 @@ def test_supercells_of_thousands_of_atoms_keep_the_primitive_cells_energy(tmp_pa
     assert len(big) == 4096
     assert abs(energy / len(big) - per_atom) < 2e-7
     assert abs(big.get_potential_energies().sum() - energy) < 1e-3
+
+
+def test_ase_mixing_calculators_combine_two_cgcnn_calculators(recwarn):
+    """21b: 'AverageCalculator([CGCNNCalculator("formation_energy"), CGCNNCalculator("perovskite_formation_energy")])
+    ... TypeError: unsupported operand type(s) for *: float and NoneType' (ASE's mixers add up every property
+    both list; unseen_elements is text). It is still a result, and get_property gives it."""
+    from ase.build import bulk
+    from ase.calculators.mixing import AverageCalculator, SumCalculator
+
+    from cgcnn_ase import CGCNNCalculator
+
+    salt = bulk("NaCl", "rocksalt", a=5.64)
+    first, second = CGCNNCalculator("formation_energy"), CGCNNCalculator("perovskite_formation_energy")
+    energies = []
+    for calc in (first, second):
+        salt.calc = calc
+        energies.append(salt.get_potential_energy())
+    assert "unseen_elements" not in first.implemented_properties
+    assert salt.calc.get_property("unseen_elements", salt) == "Cl"  # the perovskite model never saw Cl
+    assert first.results["unseen_elements"] is None
+    salt.calc = AverageCalculator([first, second])
+    assert salt.get_potential_energy() == pytest.approx(sum(energies) / 2, abs=1e-9)
+    salt.calc = SumCalculator([CGCNNCalculator("formation_energy"), CGCNNCalculator("formation_energy")])
+    assert salt.get_potential_energy() == pytest.approx(2 * energies[0], abs=1e-9)
+    fresh = CGCNNCalculator("formation_energy")
+    assert fresh.get_property("unseen_elements", bulk("Cu")) is None  # calculates when asked first
+
+
+def test_the_calculator_takes_members_and_todict_rebuilds_the_calculator_that_ran():
+    """21b: 'calc.todict() drops members=, so rebuilding the calculator gives a different number' (ase.db stores
+    todict() as calculator_parameters), and 'CGCNNCalculator has no members option'."""
+    from ase.build import bulk
+
+    from cgcnn_ase import CGCNNCalculator, CGCNNPredictor
+
+    salt = bulk("NaCl", "rocksalt", a=5.64)
+    values = []
+    for calc in (CGCNNCalculator(CGCNNPredictor.from_pretrained("formation_energy", members=1)),
+                 CGCNNCalculator("formation_energy", members=1)):  # fmt: skip
+        salt.calc = calc
+        values.append(salt.get_potential_energy())
+        assert calc.todict()["members"] == 1 and "formation_energy_std" not in calc.results
+        salt.calc = CGCNNCalculator(**calc.todict())
+        values.append(salt.get_potential_energy())
+    assert len(set(values)) == 1
+    whole = CGCNNCalculator("formation_energy")
+    salt.calc = whole
+    assert "members" not in whole.todict() and salt.get_potential_energy() != values[0]
+    mixed = CGCNNCalculator(["formation_energy", "band_gap"], members=[1, None])
+    assert mixed.todict()["members"] == [1, None] and "band_gap_std" in mixed.implemented_properties
+    with pytest.raises(ValueError, match="one of them per model"):
+        CGCNNCalculator(["formation_energy", "band_gap"], members=[1])
+    with pytest.raises(TypeError, match="fixed when a CGCNNCalculator is built"):
+        whole.set(members=1)
+
+
+def test_an_unseen_element_warns_once_per_calculator_not_once_per_call():
+    """21b: 'UnseenElementWarning repeats on every call with identical text' (an element-substitution loop floods
+    stderr)."""
+    import warnings
+
+    from ase.build import bulk
+
+    from cgcnn_ase import CGCNNCalculator
+    from cgcnn_ase.errors import UnseenElementWarning
+
+    calc = CGCNNCalculator("formation_energy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for k in range(3):
+            crystal = bulk("RaO", "rocksalt", a=5.5 + 0.01 * k)
+            crystal.calc = calc
+            crystal.get_potential_energy()
+        crystal = bulk("RaS", "rocksalt", a=6.0)  # another crystal: its own message
+        crystal.calc = calc
+        crystal.get_potential_energy()
+    unseen = [str(w.message) for w in caught if issubclass(w.category, UnseenElementWarning)]
+    assert len(unseen) == 2 and "Atoms(ORa)" in unseen[0] and "Atoms(RaS)" in unseen[1], unseen

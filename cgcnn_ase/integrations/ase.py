@@ -65,6 +65,10 @@ from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_la
 STANDARD_PROPERTIES = ("energy", "free_energy", "energies", "fermi_level")
 #: ASE properties a potential would give and CGCNN does not.
 _NOT_PREDICTED = ("forces", "stress", "stresses", "dipole", "charges", "magmom", "magmoms")
+#: Results that are text, not numbers: in ``calc.results`` and ``get_property``, but not in
+#: ``implemented_properties``, whose every name ASE's mixing calculators (``SumCalculator``,
+#: ``AverageCalculator``) add up across their calculators.
+_TEXT_RESULTS = ("unseen_elements",)
 
 
 class CGCNNCalculator(Calculator):
@@ -77,6 +81,10 @@ class CGCNNCalculator(Calculator):
             ``is_metal`` classifier for gating; a band-gap model of one's own is gated when
             ``is_metal`` is given with it.
         device: torch device for the models.
+        members: for the models given by name or folder that are ensembles, how many members to run
+            (``None``: all; ``1``: the first alone, about 3x faster, without ``_std``); one number for all,
+            or one per model (``None`` for a model run whole). A :class:`CGCNNPredictor` given as a model
+            runs as it was loaded.
         store_in_info: also write each result to ``atoms.info["cgcnn_<name>"]`` (and
             per-atom contributions to ``atoms.arrays["cgcnn_energies"]``) so predictions
             survive writing to extxyz and other formats that only keep standard names.
@@ -95,8 +103,10 @@ class CGCNNCalculator(Calculator):
 
     Every calculation also gives ``unseen_elements``: ``None``, or the elements of the crystal that a
     model never saw in training (its prediction is then an extrapolation, and an
-    :class:`~cgcnn_ase.errors.UnseenElementWarning` says so), written as ``cgcnn-ase predict``
-    writes them (``"Ar"`` with one model, ``"Ar (formation_energy, band_gap)"`` with several).
+    :class:`~cgcnn_ase.errors.UnseenElementWarning` says so, once per calculator and message), written as
+    ``cgcnn-ase predict`` writes them (``"Ar"`` with one model, ``"Ar (formation_energy, band_gap)"`` with
+    several). It is text: ``calc.results`` and ``get_property`` give it, ``implemented_properties`` does not
+    list it (ASE's mixing calculators add up every listed property).
     """
 
     implemented_properties: list[str] = []  # set per instance from the models
@@ -111,6 +121,7 @@ class CGCNNCalculator(Calculator):
         models: str | os.PathLike | CGCNNPredictor | Sequence[str | os.PathLike | CGCNNPredictor] = "formation_energy",
         *,
         device: str | None = None,
+        members: int | Sequence[int | None] | None = None,
         store_in_info: bool = False,
         on_sparse: str = "warn",
         metal_threshold: float = 0.5,
@@ -121,7 +132,10 @@ class CGCNNCalculator(Calculator):
         items = [models] if isinstance(models, (str, os.PathLike, CGCNNPredictor)) else list(models)
         if not items:
             raise ValueError("CGCNNCalculator needs at least one model")
-        self.predictors = with_metal_classifier([as_predictor(m, device=device) for m in items], device)
+        counts = _members_per_model(members, len(items))
+        given = [as_predictor(m, device=device, members=k) for m, k in zip(items, counts)]
+        self.predictors = with_metal_classifier(given, device)
+        self._warned: set[tuple[type, str]] = set()  # warnings given already: each once per calculator
         keys = [(p.model.spec.name, p.property_name) for p in self.predictors]
         twice = sorted({name for name, prop in keys if keys.count((name, prop)) > 1})
         if twice:  # their results could not be told apart
@@ -134,6 +148,9 @@ class CGCNNCalculator(Calculator):
         self._energy_model = next((p for p in self.predictors if p.units == "eV/atom"), None)
         self.parameters["models"] = [m.model.spec.name if isinstance(m, CGCNNPredictor) else os.fspath(m) for m in items]
         self.parameters["device"] = str(self.predictors[0].device)
+        run = [p.model.n_members if p.model.members_in_folder > p.model.n_members else None for p in given]
+        if any(k is not None for k in run):  # todict() rebuilds the calculator that ran (ase.db stores it)
+            self.parameters["members"] = run[0] if len(set(run)) == 1 else run
         self.set(store_in_info=store_in_info, on_sparse=on_sparse, metal_threshold=metal_threshold, coverage=coverage)
 
     def set(self, **kwargs: Any) -> dict[str, Any]:
@@ -141,12 +158,14 @@ class CGCNNCalculator(Calculator):
         as ASE's ``calc.set(...)``: each is checked, results computed with other settings are
         dropped, and the changed ones are returned. The models and the device are fixed: build a
         new calculator for others."""
-        if "models" in kwargs or "device" in kwargs:
-            raise TypeError("the models and the device are fixed when a CGCNNCalculator is built; build a new one")
+        if {"models", "device", "members"} & set(kwargs):
+            raise TypeError("the models, their members and the device are fixed when a CGCNNCalculator is built; "
+                            "build a new one")  # fmt: skip
         unknown = sorted(set(kwargs) - set(self.default_parameters))
         if unknown:
             raise TypeError(f"CGCNNCalculator has no setting {', '.join(map(repr, unknown))}; its settings are "
-                            f"{', '.join(self.default_parameters)} (and the models and device, given when it is built)")  # fmt: skip
+                            f"{', '.join(self.default_parameters)} (and the models, members= and device, given when it is "
+                            "built)")  # fmt: skip
         if not hasattr(self, "predictors"):  # ASE's __init__ calls set() before the models are loaded
             return {}
         settings = {**{k: self.parameters.get(k, v) for k, v in self.default_parameters.items()}, **kwargs}
@@ -228,8 +247,7 @@ class CGCNNCalculator(Calculator):
             if "is_metal_std" in names:  # the same spread under the same name as the probability it belongs to
                 names.append("metal_probability_std")
                 self.units["metal_probability_std"] = "probability"
-        names.append("unseen_elements")
-        self.units["unseen_elements"] = "element symbols"
+        self.units["unseen_elements"] = "element symbols"  # a text result (_TEXT_RESULTS), not listed
         return list(dict.fromkeys(names))
 
     def _gated_band_gaps(self) -> list[str]:
@@ -263,7 +281,9 @@ class CGCNNCalculator(Calculator):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 out = predictor.predict([(label, self.atoms)], per_atom=per_atom, on_sparse=self.on_sparse, coverage=coverage)
-            reissue_warnings(caught, "calc.results['unseen_elements'] lists them")
+            new = [w for w in caught if (w.category, str(w.message)) not in self._warned]
+            self._warned.update((w.category, str(w.message)) for w in new)  # a loop over crystals warns once each
+            reissue_warnings(new, "calc.results['unseen_elements'] lists them")
             outputs.append(out)
             value = float(out.values[0])
             results[prop] = float(physical_values(spec.property, value))  # a gap >= 0, a Poisson ratio <= 0.5
@@ -339,6 +359,10 @@ class CGCNNCalculator(Calculator):
                 f"of atoms; these models give {', '.join(self.implemented_properties)}. Add \"formation_energy\" to "
                 "the models, or read a property with calc.get_property(NAME, atoms)."
             )
+        if name in _TEXT_RESULTS:
+            if allow_calculation and (self.atoms is None or self.check_state(atoms if atoms is not None else self.atoms)):
+                self.get_property(self.implemented_properties[0], atoms, allow_calculation)
+            return self.results.get(name)
         if name not in self.implemented_properties:
             import difflib
 
@@ -353,8 +377,22 @@ class CGCNNCalculator(Calculator):
             self._store(atoms)  # also when ASE served its cache (this frame equals the one last calculated)
         return value
 
+    def todict(self, skip_default: bool = True) -> dict[str, Any]:
+        """ASE's ``todict``: the models, the device, ``members`` where a model runs part of its ensemble, and the
+        settings not at their defaults: ``CGCNNCalculator(**calc.todict())`` builds the same calculator."""
+        return super().todict(skip_default)
+
     def export_properties(self) -> Any:
         """ASE ``Properties`` of the standard names only (custom names are not exportable)."""
         from ase.outputs import Properties
 
         return Properties({k: v for k, v in self.results.items() if k in STANDARD_PROPERTIES})
+
+
+def _members_per_model(members: int | Sequence[int | None] | None, n_models: int) -> list[int | None]:
+    """``members=`` of the calculator, one entry per model (a number applies to all)."""
+    if members is None or isinstance(members, (int, np.integer)) and not isinstance(members, bool):
+        return [members] * n_models
+    if isinstance(members, Sequence) and not isinstance(members, str) and len(members) == n_models:
+        return list(members)
+    raise ValueError(f"members must be a whole number, None, or one of them per model ({n_models}); got {members!r}")
