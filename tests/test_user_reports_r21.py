@@ -139,14 +139,14 @@ def test_a_json_list_is_read_entry_by_entry_so_a_big_one_streams_and_resumes(tmp
     was one item, read whole by one worker, so it was one chunk, written at its end; with --id-column every entry
     was parsed before the first prediction. Entries are now items, parsed as they are reached; on resume the
     finished ones are not parsed at all."""
-    from cgcnn_ase.io import reader
+    from cgcnn_ase.io import formats
     from cgcnn_ase.io.inputs import FinishedIds, iter_inputs
 
     path = tmp_path / "download.json"
     path.write_text(json.dumps(_entries(5)))
     parsed = []
-    original = reader._structure_dict_record
-    monkeypatch.setattr(reader, "_structure_dict_record", lambda data, label: parsed.append(label) or original(data, label))
+    original = formats.structure_dict_record
+    monkeypatch.setattr(formats, "structure_dict_record", lambda data, label: parsed.append(label) or original(data, label))
     for id_column, ids in ((None, [f"{path}@{k}" for k in range(5)]), ("material_id", [f"mp-{k}" for k in range(5)])):
         parsed.clear()
         stream = iter_inputs([str(path)], id_column=id_column, defer_files=True)

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DatasetError, StructureReadError
+from cgcnn_ase.io.formats import open_text, read_db_rows, read_frames
 from cgcnn_ase.io.inputs import csv_source, file_magic, separator, undecodable_text
-from cgcnn_ase.io.reader import beside_table, open_text, read_db_rows, read_frames, to_record
+from cgcnn_ase.io.reader import beside_table, to_record
 
 if TYPE_CHECKING:
     from cgcnn_ase.data.datasets import DatasetSpec

@@ -48,21 +48,23 @@ from cgcnn_ase.errors import (
     StreamError,
     StructureReadError,
 )
-from cgcnn_ase.io.reader import (
+from cgcnn_ase.io.formats import (
     FRAME_SUFFIXES,
-    CifReader,
-    as_input_sequence,
     atoms_item,
-    beside_table,
     connect_db,
     db_read_error,
     frame_items,
-    input_kind,
     is_json_name,
-    is_labelled_pair,
     json_entry_items,
-    labelled_pair,
     open_text,
+)
+from cgcnn_ase.io.reader import (
+    CifReader,
+    as_input_sequence,
+    beside_table,
+    input_kind,
+    is_labelled_pair,
+    labelled_pair,
     pair_of_two_files,
     read_items,
     read_record,
@@ -518,7 +520,7 @@ def iter_file(
 
 
 def _iter_frames(path: str, finished: FinishedIds | None) -> Iterator[Item]:
-    """Frames read one at a time (:func:`~cgcnn_ase.io.reader.frame_items`), those in ``finished`` skipped."""
+    """Frames read one at a time (:func:`~cgcnn_ase.io.formats.frame_items`), those in ``finished`` skipped."""
     return frame_items(path, skip=None if finished is None else lambda label: _skip(finished, label))
 
 
@@ -558,7 +560,7 @@ def separator(name: str) -> str:
 def csv_source(path: str | os.PathLike) -> Iterator[Any]:
     """What ``pandas.read_csv`` reads for the text table ``path``: the path itself (pandas decompresses gzip,
     bzip2 and xz by the suffix), or for a ``.zip`` its one data file as UTF-8 text through
-    :func:`~cgcnn_ase.io.reader.open_text` (pandas refuses the ``__MACOSX/`` entries macOS's Compress adds).
+    :func:`~cgcnn_ase.io.formats.open_text` (pandas refuses the ``__MACOSX/`` entries macOS's Compress adds).
 
     Raises:
         StructureReadError: a ``.zip`` that is no readable archive, or holds no file or several.

@@ -312,6 +312,7 @@ class GraphCache:
 #: new cache folder.
 GRAPH_CODE_MODULES = (
     "cgcnn_ase.io.reader",
+    "cgcnn_ase.io.formats",
     "cgcnn_ase.io.cif",
     "cgcnn_ase.io.records",
     "cgcnn_ase.graph.config",
