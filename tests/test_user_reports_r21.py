@@ -336,3 +336,39 @@ def test_structure_dicts_of_materials_project_crystals_read_fast_as_pymatgen_rea
         warnings.simplefilter("ignore")
         structures = [Structure.from_str(cif, fmt="cif") for cif in frame["cif"]]
         assert {_same_record_or_error(s.as_dict()) for s in structures} == {"record"}
+
+
+def test_calibrating_without_an_error_model_drops_the_old_one(tmp_path):
+    """21c: 'calibrate falls back but leaves a stale uncertainty column': with a validation split cut to 60 crystals
+    it warned and normalised by the std, but domain.safetensors kept the earlier fit's error model, so predictions
+    still carried log10_bulk_modulus_uncertainty from it."""
+    import shutil
+    import warnings
+
+    from ase.build import bulk
+
+    from cgcnn_ase import CGCNNPredictor
+    from cgcnn_ase.analysis.intervals import calibrate_intervals
+    from cgcnn_ase.models.folder import read_model_json
+    from cgcnn_ase.models.registry import model_folder
+
+    from .conftest import SHARED, require_shared
+
+    require_shared(SHARED / "data" / "mp_elastic3k_kdmsit")
+    folder = tmp_path / "bm_small"
+    shutil.copytree(model_folder("bulk_modulus"), folder)
+    split = json.loads((folder / "split.json").read_text())
+    split["val"] = split["val"][:60]
+    split["sizes"] = {name: len(split[name]) for name in ("train", "val", "test")}
+    (folder / "split.json").write_text(json.dumps(split))
+    salt = bulk("NaCl", "rocksalt", a=5.64)
+    assert CGCNNPredictor.load(folder).predict([salt]).uncertainty is not None  # the shipped fit
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        conformal = calibrate_intervals(folder, workers=1)
+    assert any("no per-crystal uncertainty" in str(w.message) for w in caught)
+    assert conformal["normaliser"] == "std_raw"
+    result = CGCNNPredictor.load(folder).predict([salt], coverage=0.9)
+    assert result.uncertainty is None and result.lower is not None
+    document = read_model_json(folder)
+    assert "uncertainty" not in document["ensemble"]["calibration"] and "error_model" not in (document.get("domain") or {})

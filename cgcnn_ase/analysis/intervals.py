@@ -162,6 +162,8 @@ def calibrate_intervals(
     if write:
         if error is not None:
             summary.save(folder / DOMAIN_FILE)
+        elif summary is not None and summary.error_model is not None:  # an earlier fit's: its uncertainty is stale
+            replace(summary, error_model=None).save(folder / DOMAIN_FILE)
         _write(folder, conformal, error)
     logger.info("intervals of %s: %s", folder, conformal["test_coverage"])
     return conformal
@@ -281,5 +283,7 @@ def _write(folder: Path, conformal: dict[str, Any], error: Any) -> None:
     document["ensemble"]["calibration"] = calibration
     if error is not None and document.get("domain"):
         document["domain"]["error_model"] = "uncertainty model stored as error.* arrays"
+    elif document.get("domain"):
+        document["domain"].pop("error_model", None)
     write_model_json(folder, document)
     (folder / "README.md").write_text(ensemble_card(document, files=[p.name for p in folder.iterdir()], folder=folder))
