@@ -1016,10 +1016,12 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, co
     rebuilt first; for a model that is not a regression ensemble that is all it does."""
     import torch
 
-    from cgcnn_ase.models.registry import resolve_model, shipped_by_name
+    from cgcnn_ase.models.registry import model_folder, resolve_model, shipped_by_name
     from cgcnn_ase.train.ensembles import calibrate_folder, calibration_problem
 
-    if shipped_by_name(model) is not None or not Path(model).exists():  # a shipped model: part of the installation
+    if shipped_by_name(model) is None and not Path(model).exists():  # a path that is missing, or an unknown name
+        folder = model_folder(model, purpose="calibrate rewrites the model folder it is given")
+    if shipped_by_name(model) is not None:  # a shipped model: part of the installation
         folder = resolve_model(model).path
         raise click.UsageError(f"calibrate rewrites the model folder it is given, and {model!r} names the shipped model in "
                                f"{folder}: copy that folder (cp -r) and calibrate the copy, or give the folder's path to "

@@ -368,6 +368,11 @@ def test_calibrating_without_an_error_model_drops_the_old_one(tmp_path):
         conformal = calibrate_intervals(folder, workers=1)
     assert any("no per-crystal uncertainty" in str(w.message) for w in caught)
     assert conformal["normaliser"] == "std_raw"
+    # 21c: 'calibrate --confidence 0.999 silently drops the 0.99 level' (60 crystals: the highest levels too)
+    from cgcnn_ase.analysis.metrics import INTERVAL_LEVELS
+
+    missing = sorted(set(INTERVAL_LEVELS) - set(conformal["levels"]))
+    assert missing and any(f"too few for the {missing[0]:g}" in str(w.message) for w in caught), conformal["levels"]
     result = CGCNNPredictor.load(folder).predict([salt], coverage=0.9)
     assert result.uncertainty is None and result.lower is not None
     document = read_model_json(folder)

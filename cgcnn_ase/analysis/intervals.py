@@ -134,6 +134,11 @@ def calibrate_intervals(
         norm = normaliser
     quantiles = conformal_quantiles(fit.y, fit.mean, fit.normaliser(norm), INTERVAL_LEVELS, confidence=confidence)
     kept = [(level, q) for level, q in zip(INTERVAL_LEVELS, quantiles) if np.isfinite(q)]  # n too small: dropped
+    dropped = [level for level, q in zip(INTERVAL_LEVELS, quantiles) if not np.isfinite(q)]
+    if kept and dropped:
+        warnings.warn(f"{folder}: {len(fit.y)} validation crystals are too few for the {', '.join(f'{x:g}' for x in dropped)} "
+                      f"interval(s)" + (f" at confidence {confidence:g}" if confidence is not None else "")
+                      + "; they are not stored, and asking for that coverage will be refused", UserWarning, stacklevel=2)  # fmt: skip
     if not kept:
         raise DatasetError(
             f"{folder}: {len(fit.y)} validation crystals are too few for any interval from {INTERVAL_LEVELS[0]:g} to "

@@ -248,7 +248,7 @@ def model_folder(model: str | os.PathLike, *, purpose: str = "a model folder is 
     if path.is_dir():
         return path
     if path.exists() or isinstance(model, os.PathLike) or _looks_like_path(str(model)):
-        raise CheckpointError(f"{model}: not a model folder ({purpose})")
+        raise CheckpointError(f"{model}: {'not a model folder' if path.exists() else 'no such folder'} ({purpose})")
     return resolve_model(str(model)).path
 
 
