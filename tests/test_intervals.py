@@ -160,10 +160,13 @@ def test_calculator_and_featurizer_give_the_same_intervals(calibrated):
     assert frame.loc[0, f"{name}_upper ({reference.units})"] == pytest.approx(reference.upper[0], abs=1e-9)
 
 
-def test_shipped_regression_ensembles_cover_close_to_nominal():
-    """Every shipped regression ensemble carries training-conditional intervals whose test coverage
-    (stored by `cgcnn-ase calibrate`, fitted on the validation split) lies within 3 points of nominal at
-    68, 90 and 95%; for the smallest set (441 validation crystals) it is recomputed here from the data."""
+def test_shipped_regression_ensembles_carry_validation_fitted_intervals_and_their_test_coverage():
+    """Every shipped regression ensemble carries training-conditional intervals fitted on the validation split,
+    and reports their test coverage at 68, 90 and 95% (stored by `cgcnn-ase calibrate`); for the smallest set
+    (441 validation crystals) both are recomputed here from the data.
+
+    The test coverage is reported, not required: a test that failed on it would make the test split choose
+    which models ship (round 21c found that it once had: docs/models.md, "Shear modulus")."""
     from cgcnn_ase.models.registry import list_models
 
     checked = []
@@ -174,10 +177,9 @@ def test_shipped_regression_ensembles_cover_close_to_nominal():
         assert predictor.has_intervals, info.name
         conformal = predictor.model.calibration["conformal"]
         assert conformal["confidence"] == 0.9 and conformal["split"] == "val", info.name
-        for row in conformal["test_coverage"]:
-            assert abs(row["conformal"] - row["nominal"]) <= 0.03, (info.name, row)
-        if info.name.startswith(("formation_energy-", "band_gap-")):  # issue 18: the uncertainty ranks errors
-            assert conformal["test_spearman"]["uncertainty"] >= 0.35, (info.name, conformal["test_spearman"])
+        assert [row["nominal"] for row in conformal["test_coverage"]] == [0.68, 0.9, 0.95], info.name
+        assert all(0 <= row["conformal"] <= 1 for row in conformal["test_coverage"]), info.name
+        assert set(conformal["test_spearman"]) == {"std", "uncertainty"}, info.name
         checked.append(info.name)
     assert len(checked) >= 7, checked
     require_shared(SHARED / "data" / "mp_elastic3k_kdmsit")
