@@ -377,3 +377,39 @@ def test_calibrating_without_an_error_model_drops_the_old_one(tmp_path):
     assert result.uncertainty is None and result.lower is not None
     document = read_model_json(folder)
     assert "uncertainty" not in document["ensemble"]["calibration"] and "error_model" not in (document.get("domain") or {})
+
+
+def test_repeated_ids_are_warned_across_chunks_and_a_resume_adds_no_third_copy(tmp_path):
+    """21a: 'repeated ids are not caught on a fresh run (the check looks within one 1024-row chunk), and an interrupt
+    plus resume adds another copy': mp-1001016, repeated 2500 rows apart, came out three times after a resume,
+    with a warning saying its row was made by its first occurrence (both were in the output)."""
+    import pandas as pd
+
+    from .test_user_reports import _table_of
+
+    table = _table_of(tmp_path, n=8, row6=("c1", None))
+    frame = pd.read_csv(table)
+    frame.loc[6, "cif"] = frame.loc[1, "cif"]
+    frame.to_csv(table, index=False)
+    whole = tmp_path / "whole.csv"
+    fresh = _cli("predict", str(table), "--id-column", "key", "-m", "formation_energy", "-o", str(whole),
+                 "--chunk-size", "3")  # fmt: skip
+    assert fresh.exit_code == 0 and "ids repeat in the output (c1)" in fresh.output  # rows 1 and 6: other chunks
+    expected = pd.read_csv(whole)
+    assert list(expected["id"]) == ["c0", "c1", "c2", "c3", "c4", "c5", "c1", "c7"]
+    expected.iloc[:7].to_csv(whole, index=False)  # stopped after both c1 rows were written
+    resumed = _cli("predict", str(table), "--id-column", "key", "-m", "formation_energy", "-o", str(whole),
+                   "--chunk-size", "3", "--resume")  # fmt: skip
+    assert resumed.exit_code == 0 and "occurs more often" not in resumed.output, resumed.output
+    # the last row was predicted in a batch of one this time: float32 rounding of another batch, no more
+    pd.testing.assert_frame_equal(pd.read_csv(whole), expected, check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+def test_seen_ids_find_repeats_however_far_apart():
+    from cgcnn_ase.io.inputs import SeenIds
+
+    seen = SeenIds()
+    found = [seen.repeated([f"id{k}" for k in range(start, start + 100)]) for start in range(0, 10_000, 100)]
+    assert found == [[]] * 100
+    assert seen.repeated(["new", "id0", "new", "id9999", "id10000"]) == ["id0", "new", "id9999"]
+    assert len(seen._runs) <= 1 + int(np.log2(10_000 / 100)) + 1  # merged as they grow

@@ -77,7 +77,7 @@ from cgcnn_ase.inference.writers import (
     output_lock,
     read_finished_ids,
 )
-from cgcnn_ase.io.inputs import DeferredItem, FinishedIds, Item, iter_inputs
+from cgcnn_ase.io.inputs import DeferredItem, FinishedIds, Item, SeenIds, iter_inputs
 from cgcnn_ase.io.reader import CifReader, cif_reader_for_policy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -560,12 +560,13 @@ def write_chunks(
         )  # fmt: skip
         try:
             with progress_bar(show=progress, unit=" structures", leave=False) as bar:
-                repeats_warned = False
+                seen, repeats_warned = SeenIds(), False
                 while chunk := list(islice(items, chunk_size)):
                     result = rows(chunk, finished)
                     writer.write(result.frame)
-                    if not repeats_warned:
-                        repeats_warned = _warn_repeated_ids(result.frame["id"])
+                    repeated = seen.repeated(result.frame["id"])
+                    if repeated and not repeats_warned:
+                        repeats_warned = _warn_repeated_ids(repeated)
                     failed = result.n_failed
                     summary.n_failed += failed
                     summary.n_predicted += len(result.frame) - failed
@@ -621,13 +622,12 @@ def _check_run_record(record: Path, settings: Mapping[str, Any]) -> None:
                           f"{record}); rerun with the same settings, or write to a new output")  # fmt: skip
 
 
-def _warn_repeated_ids(ids: pd.Series) -> bool:
-    """Warn (:class:`~cgcnn_ase.errors.DuplicateIdsWarning`) if ids repeat within one chunk; whether it did.
-    Only within a chunk: remembering every id of a stream of millions would cost memory per id."""
-    repeated = ids[ids.duplicated()].unique()
+def _warn_repeated_ids(repeated: Sequence[str]) -> bool:
+    """Warn (:class:`~cgcnn_ase.errors.DuplicateIdsWarning`) about ids met again in a run (:class:`SeenIds`, across
+    chunks); whether it did."""
+    repeated = list(dict.fromkeys(repeated))
     if len(repeated):
         shown = ", ".join(map(str, repeated[:3])) + (", ..." if len(repeated) > 3 else "")
-        warnings.warn(f"ids repeat in the output ({shown}): those rows cannot be told apart by id, and --resume "
-                      "would count such an id as done once any of its rows is written; give unique ids (a file named once; for a table, --id-column)",
-                      DuplicateIdsWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(f"ids repeat in the output ({shown}): those rows cannot be told apart by id; give unique ids "
+                      "(a file named once; for a table, --id-column)", DuplicateIdsWarning, stacklevel=3)  # fmt: skip
     return bool(len(repeated))

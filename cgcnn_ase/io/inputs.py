@@ -83,6 +83,7 @@ __all__ = [
     "DeferredItem",
     "FinishedIds",
     "Item",
+    "SeenIds",
     "expand_inputs",
     "iter_file",
     "iter_files",
@@ -118,8 +119,9 @@ class FinishedIds:
 
     def __init__(self, digests: np.ndarray | None = None) -> None:
         digests = np.zeros(0, dtype="S16") if digests is None else np.asarray(digests, dtype="S16")
-        self._digests = np.unique(digests)  # sorted, unique
-        self._taken = np.zeros(len(self._digests), dtype=bool)  # skipped once already (1 byte per id)
+        self._digests, counts = np.unique(digests, return_counts=True)  # sorted, unique; rows per id
+        self._rows = counts.astype(np.uint32)  # an id written twice (repeated in the inputs) is skipped twice
+        self._taken = np.zeros(len(self._digests), dtype=np.uint32)  # times skipped so far
         self.skipped = 0
         self.n_errors = 0  # rows of the output that hold an error (set by the output's reader)
 
@@ -148,19 +150,45 @@ class FinishedIds:
         return self._position(item_id) is not None
 
     def take(self, item_id: str) -> bool:
-        """True if ``item_id`` is finished (and count it in ``skipped``). An id met again among the inputs after
-        it was skipped once is not finished: the output holds one row of that id, which the first input made."""
+        """True if ``item_id`` is finished (and count it in ``skipped``). An id the output holds in ``n`` rows is
+        finished for its first ``n`` occurrences among the inputs; one met more often is predicted again."""
         k = self._position(item_id)
         if k is None:
             return False
-        if self._taken[k]:
-            warnings.warn(f"id {item_id!r} occurs again among the inputs: its row in the output was made by its "
-                          "first occurrence, this one is predicted again; give unique ids (a file named once; for a table, --id-column)",
-                          DuplicateIdsWarning, stacklevel=3)  # fmt: skip
+        if self._taken[k] >= self._rows[k]:
+            rows = "its row" if self._rows[k] == 1 else f"its {self._rows[k]} rows"
+            warnings.warn(f"id {item_id!r} occurs more often among the inputs than in the output: {rows} in the output "
+                          "came from its first occurrence(s), this one is predicted again; give unique ids (a file "
+                          "named once; for a table, --id-column)", DuplicateIdsWarning, stacklevel=3)  # fmt: skip
             return False
-        self._taken[k] = True
+        self._taken[k] += 1
         self.skipped += 1
         return True
+
+
+class SeenIds:
+    """The ids met so far in a run, to find one met again however far apart (8 bytes per id: 64-bit digests in
+    sorted runs, merged as they grow, so a stream of 10^7 ids costs about 80 MB and no quadratic time)."""
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []  # sorted, unique, each at least twice as long as the next
+
+    def repeated(self, ids: Iterable[str]) -> list[str]:
+        """The ids of ``ids`` met before (in earlier calls, or earlier in ``ids``), in order; all are then met."""
+        ids = [str(i) for i in ids]
+        keys = np.array([int.from_bytes(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                                        "little") for i in ids], dtype=np.uint64)  # fmt: skip
+        seen = np.zeros(len(keys), dtype=bool)
+        for run in self._runs:
+            at = np.searchsorted(run, keys).clip(max=len(run) - 1)
+            seen |= run[at] == keys
+        _, first = np.unique(keys, return_index=True)
+        again = np.ones(len(keys), dtype=bool)
+        again[first] = False  # a repeat within this batch
+        self._runs.append(np.unique(keys))
+        while len(self._runs) > 1 and 2 * len(self._runs[-1]) >= len(self._runs[-2]):
+            self._runs[-2:] = [np.union1d(self._runs[-2], self._runs[-1])]
+        return [i for i, repeat in zip(ids, seen | again) if repeat]
 
 
 def _skip(finished: FinishedIds | None, item_id: str) -> bool:
@@ -236,12 +264,13 @@ def _dir_files(folder: str, sort: bool, excluded: Callable[[str], bool] = lambda
     if not (found or skipped or subfolders):
         warnings.warn(f"{folder}: an empty folder (no visible files): nothing of it is predicted", SkippedFilesWarning,
                       stacklevel=2)  # fmt: skip
-    if subfolders and not found:
+    if subfolders:  # left out whether or not the folder holds files itself (round 21a: silently, when it did)
         shown = ", ".join(subfolders[:3]) + (f" and {len(subfolders) - 3} more" if len(subfolders) > 3 else "")
         pattern = os.path.join(folder, "**", "*")
-        warnings.warn(f"{folder}: holds no structure files itself, only {len(subfolders)} subfolder(s) ({shown}), and "
-                      f"folders are read one level deep; to read the files below it give the pattern '{pattern}' "
-                      "(quoted)", SkippedFilesWarning, stacklevel=2)  # fmt: skip
+        what = (f"left out {len(subfolders)} subfolder(s) ({shown})" if found else
+                f"holds no structure files itself, only {len(subfolders)} subfolder(s) ({shown})")  # fmt: skip
+        warnings.warn(f"{folder}: {what}, and folders are read one level deep; to read the files below it too give "
+                      f"the pattern '{pattern}' (quoted)", SkippedFilesWarning, stacklevel=2)  # fmt: skip
 
 
 def _broken_link(entry: os.DirEntry) -> bool:
