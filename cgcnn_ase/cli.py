@@ -50,10 +50,18 @@ EXIT_BROKEN_PIPE = 141
 #: Writing failed for want of space or a device error (sysexits' EX_IOERR): not a usage error.
 EXIT_IO = 74
 _IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
-#: ``predict --chunk-size`` defaults: structures per chunk with one ``--model``, and with several models or none
-#: (the default command), where on a GPU each model starts its graph workers once per chunk (on a CPU one pool
-#: serves every chunk and the size matters little; measured in docs/scale.md).
+#: ``predict --chunk-size`` defaults: structures per chunk with one ``--model`` or on a CPU, and with several models
+#: or none (the default command) on a GPU, where each model starts its graph workers once per chunk (on a CPU one
+#: pool serves every chunk and the size matters little, measured in docs/scale.md, while an interrupted run loses
+#: the chunk in progress: 8192 structures were minutes of the default command's work, round 21a).
 MODEL_CHUNK, MODELS_CHUNK = 1024, 8192
+
+
+def _default_chunk(n_models: int, device: str | None) -> int:
+    """The ``--chunk-size`` default for ``n_models`` models (0: the default command's) on ``device``."""
+    from cgcnn_ase.models.registry import resolve_device
+
+    return MODELS_CHUNK if n_models != 1 and resolve_device(device).type != "cpu" else MODEL_CHUNK
 NO_STRUCTURES = "warning: the inputs held no structures (an empty folder, table or database?)"
 #: Where ``sites`` names the elements a model never saw (its tables have no unseen_elements column).
 SITES_UNSEEN_PLACE = "the unseen column of sites.csv and by_element.csv marks their sites"
@@ -379,7 +387,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--coverage", type=_Probability(0.5, 0.99), default=None, help="Add <property>_lower/_upper: a prediction interval holding the true value with this probability (e.g. 0.9) for crystals like the test split's, for the calibrated ensembles. The gated band gap's interval is [0, 0] for a crystal called a metal and the non-metals' interval otherwise: it holds for crystals the classifier gets right (docs/uncertainty.md).")
 @click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout ('-': stdout; for parquet: a folder of part files); missing folders on the way are created.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip the ids already in -o and append (csv or parquet).")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Structures read, predicted and written together (memory holds one chunk) [default: 1024 with one --model, else 8192].")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Structures read, predicted and written together (memory holds one chunk; an interrupted run loses the chunk in progress) [default: 1024; 8192 with several models or none on a GPU].")
 @click.option("--column", default="cif", show_default=True, help="Table inputs (.csv, .tsv, .parquet): column holding CIF text, pymatgen structure JSON or file paths.")
 @click.option("--id-column", default=None, help="Table inputs: column of unique ids; a JSON list of entries (a structure dict under 'structure', as Materials Project downloads): the key of each entry's id, e.g. material_id [default: FILE@ROW].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Crystals per forward pass [default: 64 on a CPU, 1024 on a GPU].")
@@ -449,7 +457,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10, domain=domain,
                             metal_threshold=metal_threshold, column=column, id_column=id_column,
                             batch_size=batch_size, device=device, workers=n_workers, coverage=coverage,
-                            compile_=compile_, chunk_size=chunk_size or MODELS_CHUNK)  # fmt: skip
+                            compile_=compile_, chunk_size=chunk_size or _default_chunk(0, device))  # fmt: skip
         return
     ignored = [flag for flag, given in (("--log10", log10), ("--domain", domain), ("--metal-threshold", metal_threshold != 0.5)) if given]
     if ignored:  # options of the general-purpose table: say so rather than let them look applied
@@ -467,7 +475,7 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         predictor.compile = compile_
     _note_ungated_band_gaps(names, predictors)
     if fmt in ("csv", "parquet") and not per_atom:
-        chunk_size = chunk_size or (MODEL_CHUNK if len(predictors) == 1 else MODELS_CHUNK)
+        chunk_size = chunk_size or _default_chunk(len(predictors), device)
         _predict_streaming(inputs, predictors, names, output, fmt, resume=resume, chunk_size=chunk_size,
                            batch_size=batch_size, column=column, id_column=id_column, workers=n_workers,
                            coverage=coverage)  # fmt: skip

@@ -585,15 +585,23 @@ def test_the_default_command_gives_domain_percentiles_on_request(default_inputs,
     assert "domain_percentile" not in pd.read_csv(io.StringIO(_default(default_inputs).stdout)).columns.str.cat()
 
 
-@pytest.mark.parametrize(("models", "expected"), [(["-m", "formation_energy"], 1024),
-                                                  (["-m", "formation_energy", "-m", "band_gap"], 8192)])  # fmt: skip
-def test_the_chunk_size_default_follows_the_number_of_models(default_inputs, tmp_path, monkeypatch, models, expected):
-    """One model keeps its worker processes for the whole run; several start theirs per chunk, so chunks are larger."""
-    from cgcnn_ase.inference import streaming
+@pytest.mark.parametrize(("models", "device", "expected"), [(["-m", "formation_energy"], "cpu", 1024),
+                                                            (["-m", "formation_energy", "-m", "band_gap"], "cpu", 1024),
+                                                            (["-m", "formation_energy", "-m", "band_gap"], "cuda", 8192),
+                                                            (["-m", "formation_energy"], "cuda", 1024)])  # fmt: skip
+def test_the_chunk_size_default_follows_the_number_of_models_and_the_device(models, device, expected):
+    """On a GPU several models start their worker processes per chunk, so chunks are larger there; on a CPU one
+    pool serves the whole run, and a smaller chunk loses less to an interrupt (round 21a: the default command's
+    8192 were minutes of work)."""
+    from unittest import mock
 
-    seen = _record_calls(monkeypatch, streaming, "predict_stream", lambda *args, **kwargs: kwargs["chunk_size"])
-    _default(default_inputs, *models, "-o", tmp_path / "out.csv")
-    assert seen == [expected]
+    import torch
+
+    from cgcnn_ase import cli
+
+    with mock.patch("cgcnn_ase.models.registry.resolve_device", lambda d: torch.device(d or "cpu")):
+        assert cli._default_chunk(len(models) // 2, device) == expected
+    assert cli._default_chunk(0, "cpu") == 1024
 
 
 @pytest.mark.parametrize("models", [[], ["-m", "formation_energy"]])
@@ -621,3 +629,11 @@ def test_a_warning_every_model_gives_about_one_structure_is_printed_once(tmp_pat
     result = _default(tmp_path / "water.cif", "-o", tmp_path / "out.csv")
     sparse = [line for line in result.stderr.splitlines() if "fewer than 12 neighbours" in line]
     assert result.exit_code == 0 and len(sparse) == 1, result.stderr
+
+
+def test_the_command_passes_its_chunk_size_default_to_the_stream(default_inputs, tmp_path, monkeypatch):
+    from cgcnn_ase.inference import streaming
+
+    seen = _record_calls(monkeypatch, streaming, "predict_stream", lambda *args, **kwargs: kwargs["chunk_size"])
+    _default(default_inputs, "-m", "formation_energy", "-m", "band_gap", "-o", tmp_path / "out.csv")
+    assert seen == [1024]  # two models on this CPU
