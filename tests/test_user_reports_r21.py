@@ -413,3 +413,29 @@ def test_seen_ids_find_repeats_however_far_apart():
     assert found == [[]] * 100
     assert seen.repeated(["new", "id0", "new", "id9999", "id10000"]) == ["id0", "new", "id9999"]
     assert len(seen._runs) <= 1 + int(np.log2(10_000 / 100)) + 1  # merged as they grow
+
+
+def test_a_rerun_without_resume_does_not_replace_an_interrupted_runs_rows(tmp_path):
+    """21a: 'a rerun without --resume silently replaces the existing output': after Ctrl-C the command says to
+    run it again with --resume; forgetting the flag wiped the rows written so far. A finished run's output is
+    still replaced, as any file is."""
+    import pandas as pd
+
+    from .test_user_reports import _table_of
+
+    table = _table_of(tmp_path, n=6)
+    out = tmp_path / "out.csv"
+    command = ("predict", str(table), "--id-column", "key", "-m", "formation_energy", "-o", str(out), "--chunk-size", "2")
+    assert _cli(*command).exit_code == 0
+    record = tmp_path / ".out.csv.run.json"
+    assert json.loads(record.read_text())["finished"] is True
+    whole = pd.read_csv(out)
+    whole.iloc[:4].to_csv(out, index=False)  # what Ctrl-C after two chunks leaves
+    record.write_text(json.dumps({**json.loads(record.read_text()), "finished": False}))
+    refused = _cli(*command)
+    assert refused.exit_code != 0 and "holds 4 rows of an interrupted run" in refused.output and "--resume" in refused.output
+    assert len(pd.read_csv(out)) == 4
+    resumed = _cli(*command, "--resume")
+    assert resumed.exit_code == 0 and json.loads(record.read_text())["finished"] is True
+    pd.testing.assert_frame_equal(pd.read_csv(out), whole)
+    assert _cli(*command).exit_code == 0 and len(pd.read_csv(out)) == 6  # finished: replaced

@@ -547,11 +547,13 @@ def write_chunks(
             settings = {**settings, "column": column, "id_column": id_column}
         if resume and record is not None:
             _check_run_record(record, settings)
+        if not resume and record is not None:
+            _refuse_interrupted_output(output, record, out_format)
         finished = read_finished_ids(output, fmt=out_format) if resume else None
         units = {**column_units(all_columns), **(units or {})}
         writer = open_writer(output, all_columns, fmt=out_format, append=resume, units=units)
-        if record is not None:
-            record.write_text(json.dumps(dict(settings), indent=2, default=str) + "\n")
+        if record is not None:  # finished: false until the last chunk is written
+            record.write_text(json.dumps({**dict(settings), RUN_FINISHED: False}, indent=2, default=str) + "\n")
         summary = StreamSummary(output=None if stream_output else Path(output), format=out_format, columns=all_columns)
         items = iter_inputs(
             inputs, column=column, id_column=id_column, cif_reader=cif_reader, sort=sort, finished=finished,
@@ -579,6 +581,8 @@ def write_chunks(
             raise
         else:
             writer.close()
+            if record is not None:
+                record.write_text(json.dumps({**dict(settings), RUN_FINISHED: True}, indent=2, default=str) + "\n")
         finally:
             summary.n_skipped = finished.skipped if finished is not None else 0
             summary.n_failed_before = finished.n_errors if finished is not None else 0
@@ -606,6 +610,28 @@ def run_record_path(output: str | os.PathLike, fmt: OutputFormat) -> Path:
     return path / PARQUET_RUN_RECORD if fmt == "parquet" else path.with_name(f".{path.name}.run.json")
 
 
+#: The run record's key saying whether the run wrote its last chunk (records older than it: finished).
+RUN_FINISHED = "finished"
+
+
+def _refuse_interrupted_output(output: Any, record: Path, fmt: OutputFormat) -> None:
+    """Refuse to start a run over the rows of an interrupted one (round 21a: a rerun without ``--resume`` after
+    Ctrl-C replaced hours of results without a word); a finished run's output is replaced as any file is."""
+    try:
+        finished = json.loads(record.read_text()).get(RUN_FINISHED, True)
+    except (OSError, ValueError, AttributeError):
+        return
+    if finished is not False:
+        return
+    try:
+        n_rows = len(read_finished_ids(output, fmt=fmt))
+    except CGCNNError:
+        return  # unreadable: nothing a rerun could lose
+    if n_rows:
+        raise StreamError(f"{output} holds {n_rows} rows of an interrupted run: resume it (--resume, predict_stream(..., "
+                          "resume=True)), or delete it to start again")  # fmt: skip
+
+
 def _check_run_record(record: Path, settings: Mapping[str, Any]) -> None:
     """Refuse to resume an output whose recorded settings differ from ``settings`` (none recorded: allowed)."""
     if not record.is_file():
@@ -616,7 +642,7 @@ def _check_run_record(record: Path, settings: Mapping[str, Any]) -> None:
         return  # unreadable: nothing to compare
     now = json.loads(json.dumps(dict(settings), default=str))
     changed = [f"{key}: {before.get(key)!r} then, {now.get(key)!r} now" for key in sorted(set(before) | set(now))
-               if before.get(key) != now.get(key) and key in before]  # fmt: skip (a record older than a key: not compared)
+               if before.get(key) != now.get(key) and key in before and key != RUN_FINISHED]  # fmt: skip (a record older than a key: not compared)
     if changed:
         raise StreamError(f"cannot resume: the output was written with other settings ({'; '.join(changed)}; recorded in "
                           f"{record}); rerun with the same settings, or write to a new output")  # fmt: skip
