@@ -439,3 +439,36 @@ def test_a_rerun_without_resume_does_not_replace_an_interrupted_runs_rows(tmp_pa
     assert resumed.exit_code == 0 and json.loads(record.read_text())["finished"] is True
     pd.testing.assert_frame_equal(pd.read_csv(out), whole)
     assert _cli(*command).exit_code == 0 and len(pd.read_csv(out)) == 6  # finished: replaced
+
+
+def test_id_column_names_database_rows_and_frames_by_their_own_key(tmp_path):
+    """21a: '--id-column is silently ignored for .db and extxyz inputs': rows written with name=... and frames with
+    info['name'] came out as small.db@id=1 and small.extxyz@0."""
+    import warnings
+
+    import ase.db
+    from ase.build import bulk
+    from ase.io import write
+
+    from cgcnn_ase.io.inputs import iter_inputs
+
+    crystals = [bulk("NaCl", "rocksalt", a=5.6 + 0.05 * k) for k in range(3)]
+    with ase.db.connect(tmp_path / "small.db") as db:
+        for k, atoms in enumerate(crystals):
+            db.write(atoms, name=f"cand-{k}") if k != 1 else db.write(atoms)
+    for k, atoms in enumerate(crystals):
+        atoms.info["name"] = f"frame-{k}"
+    write(tmp_path / "small.extxyz", crystals)
+    db_path, frames_path = str(tmp_path / "small.db"), str(tmp_path / "small.extxyz")
+    assert [i for i, _ in iter_inputs([db_path], id_column="name")] == ["cand-0", f"{db_path}@id=2", "cand-2"]
+    assert [i for i, _ in iter_inputs([frames_path], id_column="name")] == ["frame-0", "frame-1", "frame-2"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ids = [i for i, _ in iter_inputs([db_path, frames_path], id_column="label")]
+    assert ids == [f"{db_path}@id={k}" for k in (1, 2, 3)] + [f"{frames_path}@{k}" for k in range(3)]
+    messages = [str(w.message) for w in caught]
+    assert any("no row has the key 'label'" in m for m in messages) and any("no frame has the info key 'label'" in m
+                                                                           for m in messages)  # fmt: skip
+    run = _cli("predict", frames_path, "-m", "formation_energy", "--id-column", "name")
+    assert run.exit_code == 0 and [line.split(",")[0] for line in run.stdout.splitlines()[1:]] == ["frame-0", "frame-1",
+                                                                                                     "frame-2"]  # fmt: skip

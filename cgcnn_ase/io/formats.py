@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cgcnn_ase.errors import InvalidStructureError, StructureReadError
+from cgcnn_ase.errors import InvalidStructureError, StructureReadError, user_stacklevel
 from cgcnn_ase.io.cif import numbered_labels
 from cgcnn_ase.io.records import StructureRecord, from_ase, from_pymatgen, validate_record
 
@@ -328,14 +328,39 @@ def _safe_frames(path: str) -> Iterator[Any]:
         yield exc
 
 
-def frame_items(path: str | os.PathLike, skip: Callable[[str], bool] | None = None, base: str | None = None) -> Iterator[
-        tuple[str, StructureRecord | InvalidStructureError]]:  # fmt: skip
+def frame_items(
+    path: str | os.PathLike,
+    skip: Callable[[str], bool] | None = None,
+    base: str | None = None,
+    id_key: str | None = None,
+) -> Iterator[tuple[str, StructureRecord | InvalidStructureError]]:
     """``(label, record or error)`` per frame of an ASE frame file (extxyz, xyz, traj), read one frame at a
-    time (memory: one frame), labelled ``base`` (default: the path) for a file of one frame, else ``base@i``.
+    time (memory: one frame), labelled ``base`` (default: the path) for a file of one frame, else ``base@i``,
+    or by the frame's ``atoms.info[id_key]`` where it has one (a file where no frame has it is warned about).
     A frame that cannot be read ends the file with one error item; the frames before it stand.
     ``skip(label)``: leave that frame out (resume)."""
     path = str(path)
     label = base or str(Path(path))
+    named = 0  # frames labelled by their id_key
+
+    def own_label(atoms: Any, default: str) -> str:
+        nonlocal named
+        value = atoms.info.get(id_key) if id_key is not None else None
+        if value is None or not str(value).strip():
+            return default
+        named += 1
+        return str(value)
+
+    yield from _frames_labelled(path, label, skip, own_label)
+    if id_key is not None and not named:
+        warnings.warn(f"{label}: no frame has the info key {id_key!r}; its frames keep the ids {label}@k",
+                      UserWarning, stacklevel=user_stacklevel())  # fmt: skip
+
+
+def _frames_labelled(
+    path: str, label: str, skip: Callable[[str], bool] | None, own_label: Callable[[Any, str], str]
+) -> Iterator[tuple[str, StructureRecord | InvalidStructureError]]:
+    """:func:`frame_items`' frames, each labelled ``own_label(atoms, default label)``."""
     source = _safe_frames(path)
     current = next(source, None)
     if current is None:
@@ -346,7 +371,7 @@ def frame_items(path: str | os.PathLike, skip: Callable[[str], bool] | None = No
         return
     ahead = next(source, None)
     if ahead is None:
-        yield atoms_item(current, label)
+        yield atoms_item(current, own_label(current, label))
         return
     k = 0
     while current is not None:
@@ -355,6 +380,7 @@ def frame_items(path: str | os.PathLike, skip: Callable[[str], bool] | None = No
             error = ase_read_error(frame_label, current)
             yield frame_label, StructureReadError(f"{error}; the frames after it in this file were not read")
             return
+        frame_label = own_label(current, frame_label)
         if skip is None or not skip(frame_label):
             yield atoms_item(current, frame_label)
         current, ahead = ahead, (next(source, None) if ahead is not None else None)

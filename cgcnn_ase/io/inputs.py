@@ -532,9 +532,9 @@ def iter_file(
     if entries is not None:
         yield from entries
     elif usable and name.endswith(FRAME_SUFFIXES):
-        yield from _iter_frames(path, finished)
+        yield from _iter_frames(path, finished, id_key)
     elif usable and name.endswith(DB_SUFFIXES):
-        yield from _iter_db(path, finished)
+        yield from _iter_db(path, finished, id_key)
     elif defer:
         yield path, path
     else:
@@ -548,13 +548,14 @@ def iter_file(
                 yield label, record
 
 
-def _iter_frames(path: str, finished: FinishedIds | None) -> Iterator[Item]:
+def _iter_frames(path: str, finished: FinishedIds | None, id_key: str | None = None) -> Iterator[Item]:
     """Frames read one at a time (:func:`~cgcnn_ase.io.formats.frame_items`), those in ``finished`` skipped."""
-    return frame_items(path, skip=None if finished is None else lambda label: _skip(finished, label))
+    return frame_items(path, skip=None if finished is None else lambda label: _skip(finished, label), id_key=id_key)
 
 
-def _iter_db(path: str, finished: FinishedIds | None) -> Iterator[Item]:
-    """Rows of an ASE database, one at a time; ids ``path@id=N``."""
+def _iter_db(path: str, finished: FinishedIds | None, id_key: str | None = None) -> Iterator[Item]:
+    """Rows of an ASE database, one at a time; ids ``path@id=N``, or the row's ``id_key`` value where it has one
+    (a database where no row has it is warned about)."""
     try:
         connection = connect_db(path, path)
         rows = connection.select()
@@ -570,11 +571,18 @@ def _iter_db(path: str, finished: FinishedIds | None) -> Iterator[Item]:
     if row is None:
         yield path, StructureReadError(f"{path}: the database holds no structure")
         return
+    named = 0
     while row is not None:
         label = f"{path}@id={row.id}"
+        value = row.get(id_key) if id_key is not None else None
+        if value is not None and str(value).strip():
+            label, named = str(value), named + 1
         if not _skip(finished, label):
             yield atoms_item(row.toatoms(), label)
         row = next(rows, None)
+    if id_key is not None and not named:
+        warnings.warn(f"{path}: no row has the key {id_key!r}; its rows keep the ids {path}@id=N", UserWarning,
+                      stacklevel=2)  # fmt: skip
 
 
 # -- tables ----------------------------------------------------------------------------------
