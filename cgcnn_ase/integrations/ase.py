@@ -99,7 +99,8 @@ class CGCNNCalculator(Calculator):
 
     The four settings above can be changed later with ``calc.set(coverage=0.8)`` (checked, and the
     results computed with the old settings are dropped); ``calc.todict()`` lists the models, the
-    device and the settings not at their defaults, as ASE's other calculators do.
+    device, ``members`` where a model runs part of its ensemble, and the settings not at their defaults, as
+    ASE's other calculators do: ``CGCNNCalculator(**calc.todict())`` builds the same calculator.
 
     Every calculation also gives ``unseen_elements``: ``None``, or the elements of the crystal that a
     model never saw in training (its prediction is then an extrapolation, and an
@@ -376,11 +377,6 @@ class CGCNNCalculator(Calculator):
         if value is not None:
             self._store(atoms)  # also when ASE served its cache (this frame equals the one last calculated)
         return value
-
-    def todict(self, skip_default: bool = True) -> dict[str, Any]:
-        """ASE's ``todict``: the models, the device, ``members`` where a model runs part of its ensemble, and the
-        settings not at their defaults: ``CGCNNCalculator(**calc.todict())`` builds the same calculator."""
-        return super().todict(skip_default)
 
     def export_properties(self) -> Any:
         """ASE ``Properties`` of the standard names only (custom names are not exportable)."""
