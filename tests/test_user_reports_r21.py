@@ -317,7 +317,16 @@ def test_structure_dicts_are_read_fast_and_exactly_as_pymatgen_reads_them():
     for site in cartesian["sites"]:
         del site["abc"]
     kinds["Cartesian only"] = cartesian
+    for name, change in {"pbc one value": ("pbc", True), "pbc null": ("pbc", None), "pbc text": ("pbc", ["false"] * 3),
+                         "pbc of two": ("pbc", [True, True]), "pbc as numbers": ("pbc", [1, 1, 0])}.items():  # fmt: skip
+        kinds[name] = salt.as_dict()
+        kinds[name]["lattice"][change[0]] = change[1]  # round 22: one value crashed the whole run (TypeError)
+    kinds["oxidation state as text"] = salt.as_dict()
+    kinds["oxidation state as text"]["sites"][0]["species"][0]["oxidation_state"] = "+1"
+    kinds["huge coordinate"] = salt.as_dict()
+    kinds["huge coordinate"]["sites"][0]["abc"] = [10**400, 0, 0]
     outcomes = {name: _same_record_or_error(data) for name, data in kinds.items()}
+    assert {outcomes[name] for name in kinds if name.startswith(("pbc", "oxidation state as", "huge"))} == {"error"}
     assert outcomes["plain"] == outcomes["oxidation states"] == outcomes["skewed"] == "record"
     assert outcomes["disordered"] == outcomes["partial"] == outcomes["dummy"] == "error"
 

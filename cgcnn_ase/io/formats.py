@@ -590,6 +590,18 @@ def structure_dict_record(data: Mapping, label: str) -> StructureRecord:
 def _plain_dict_parts(data: Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[bool, ...]] | None:
     """``(numbers, frac, cell, pbc)`` of a plain ordered pymatgen structure dict as ``Structure.from_dict`` reads
     it (``abc`` and the matrix as float64; ``pbc`` as given, else periodic), or ``None`` for any other dict."""
+    try:
+        return _plain_parts_or_none(data)
+    except (TypeError, ValueError, OverflowError, AttributeError):  # pymatgen's reading says what is wrong
+        return None
+
+
+#: The keys of a plain site species entry; any other (spin, properties) leaves the dict to pymatgen.
+_PLAIN_SPECIES_KEYS = frozenset({"element", "occu", "oxidation_state"})
+
+
+def _plain_parts_or_none(data: Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[bool, ...]] | None:
+    """:func:`_plain_dict_parts`, which may raise on malformed values."""
     from ase.data import atomic_numbers
 
     lattice, sites = data.get("lattice"), data.get("sites")
@@ -602,21 +614,22 @@ def _plain_dict_parts(data: Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray
         species = site.get("species") if isinstance(site, Mapping) else None
         if not isinstance(species, list) or len(species) != 1 or not isinstance(species[0], Mapping):
             return None
-        element = species[0].get("element")
+        element, oxidation = species[0].get("element"), species[0].get("oxidation_state")
         z = atomic_numbers.get(element, 0) if isinstance(element, str) else 0
+        if not set(species[0]) <= _PLAIN_SPECIES_KEYS or isinstance(oxidation, (bool, str)):
+            return None  # pymatgen refuses an oxidation state "+1"; other keys are its to read
         if species[0].get("occu") != 1 or not 1 <= z <= 118 or "abc" not in site:
             return None  # disorder, dummy species, isotopes (D), Cartesian-only sites: pymatgen says what they are
         numbers.append(z)
         frac.append(site["abc"])
-    try:
-        frac_coords = np.array(frac, dtype=np.float64)
-        cell = np.array(lattice["matrix"], dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
+    frac_coords = np.array(frac, dtype=np.float64)
+    cell = np.array(lattice["matrix"], dtype=np.float64)
     if frac_coords.shape != (len(numbers), 3) or cell.shape != (3, 3):
         return None
-    pbc = tuple(bool(p) for p in lattice.get("pbc", (True, True, True)))
-    return np.asarray(numbers), frac_coords, cell, pbc
+    pbc = lattice.get("pbc", (True, True, True))
+    if not isinstance(pbc, (list, tuple)) or len(pbc) != 3 or not all(isinstance(p, bool) for p in pbc):
+        return None  # pymatgen: "pbc must be a tuple of three True/False values"
+    return np.asarray(numbers), frac_coords, cell, tuple(pbc)
 
 
 def _pymatgen_dict_record(data: Mapping, label: str) -> StructureRecord:
