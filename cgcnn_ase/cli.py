@@ -141,7 +141,22 @@ def _resume_hint(command: str, options: dict[str, Any]) -> str:
     output = str(options.get("output") or "")
     resumable = (command == "predict" and output and not options.get("per_atom")
                  and options.get("fmt") not in ("json", "table") and not output.lower().endswith(".json"))  # fmt: skip
-    return "; the rows written so far are kept: run the same command with --resume to continue" if resumable else ""
+    if not resumable:
+        return ""
+    from cgcnn_ase.inference.streaming import RUN_FINISHED, run_record_path
+    from cgcnn_ase.inference.writers import infer_format
+
+    try:
+        record = json.loads(run_record_path(output, infer_format(output, options.get("fmt"))).read_text())
+        started = record.get(RUN_FINISHED) is False  # this run (or an unfinished earlier one) wrote its record
+    except (OSError, ValueError, AttributeError, CGCNNError):
+        started = False
+    if started:
+        return "; the rows written so far are kept: run the same command with --resume to continue"
+    if Path(output).exists():  # stopped before writing (loading the models): the earlier run's output stands
+        return (f"; {output} was not changed: it holds an earlier run's rows, none of this run's (run the command again, "
+                "without --resume, to replace them)")  # fmt: skip
+    return "; no row was written"
 
 
 def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -481,3 +481,23 @@ def test_id_column_names_database_rows_and_frames_by_their_own_key(tmp_path):
     run = _cli("predict", frames_path, "-m", "formation_energy", "--id-column", "name")
     assert run.exit_code == 0 and [line.split(",")[0] for line in run.stdout.splitlines()[1:]] == ["frame-0", "frame-1",
                                                                                                      "frame-2"]  # fmt: skip
+
+
+def test_an_interrupt_before_any_row_does_not_point_to_resume(tmp_path):
+    """22: 'a hint after Ctrl-C leads to old predictions being kept for new structures': stopped while loading the
+    models, a rerun over a finished output said 'the rows written so far are kept: run the same command with
+    --resume', and the resume kept the earlier run's rows for re-relaxed inputs."""
+    from cgcnn_ase.cli import _resume_hint
+
+    from .test_user_reports import _table_of
+
+    out = tmp_path / "out.csv"
+    assert "no row was written" in _resume_hint("predict", {"output": str(out)})
+    table = _table_of(tmp_path, n=3)
+    assert _cli("predict", str(table), "--id-column", "key", "-m", "formation_energy", "-o", str(out)).exit_code == 0
+    hint = _resume_hint("predict", {"output": str(out)})
+    assert "was not changed" in hint and "without --resume" in hint and "run the same command with --resume" not in hint
+    record = tmp_path / ".out.csv.run.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "finished": False}))  # as a run that began writing
+    assert "run the same command with --resume to continue" in _resume_hint("predict", {"output": str(out)})
+    assert _resume_hint("predict", {"output": str(tmp_path / "out.json")}) == ""
