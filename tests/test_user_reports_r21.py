@@ -501,3 +501,27 @@ def test_an_interrupt_before_any_row_does_not_point_to_resume(tmp_path):
     record.write_text(json.dumps({**json.loads(record.read_text()), "finished": False}))  # as a run that began writing
     assert "run the same command with --resume to continue" in _resume_hint("predict", {"output": str(out)})
     assert _resume_hint("predict", {"output": str(tmp_path / "out.json")}) == ""
+
+
+def test_todict_of_a_calculator_built_from_a_loaded_folder_names_the_folder(tmp_path):
+    """22: 'CGCNNCalculator(**calc.todict()) does not rebuild a calculator made from a folder-loaded CGCNNPredictor':
+    todict gave the name in its model.json, so a recalibrated copy was rebuilt as the shipped model (other
+    intervals, silently) and a model of one's own as 'unknown model'."""
+    import shutil
+
+    from ase.build import bulk
+
+    from cgcnn_ase import CGCNNCalculator, CGCNNPredictor
+    from cgcnn_ase.models.registry import model_folder
+
+    copy = tmp_path / "my_formation_energy"
+    shutil.copytree(model_folder("formation_energy"), copy)
+    calc = CGCNNCalculator([CGCNNPredictor.load(copy, members=2)])
+    assert calc.todict()["models"] == [str(copy.resolve())] and calc.todict()["members"] == 2
+    salt = bulk("NaCl", "rocksalt", a=5.64)
+    salt.calc = calc
+    value = salt.get_potential_energy()
+    salt.calc = CGCNNCalculator(**calc.todict())
+    assert salt.get_potential_energy() == value
+    shipped = CGCNNCalculator([CGCNNPredictor.from_pretrained("formation_energy")])
+    assert shipped.todict()["models"] == [model_folder("formation_energy").name]

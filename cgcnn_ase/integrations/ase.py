@@ -147,7 +147,8 @@ class CGCNNCalculator(Calculator):
         #: (as the featurizer's labels and the CLI's columns tell them apart), else nothing
         self._prefixes = [f"{p.model.spec.name}:" if properties.count(p.property_name) > 1 else "" for p in self.predictors]
         self._energy_model = next((p for p in self.predictors if p.units == "eV/atom"), None)
-        self.parameters["models"] = [m.model.spec.name if isinstance(m, CGCNNPredictor) else os.fspath(m) for m in items]
+        self.parameters["models"] = [(m.model.source or m.model.spec.name) if isinstance(m, CGCNNPredictor) else os.fspath(m)
+                                     for m in items]  # a predictor: what loads it again (a copy's folder, not its name)
         self.parameters["device"] = str(self.predictors[0].device)
         run = [p.model.n_members if p.model.members_in_folder > p.model.n_members else None for p in given]
         if any(k is not None for k in run):  # todict() rebuilds the calculator that ran (ase.db stores it)

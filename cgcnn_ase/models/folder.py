@@ -158,6 +158,8 @@ class LoadedModel:
         domain: the applicability-domain summary, if the folder ships one.
         members_in_folder: how many members the folder holds (more than run when loaded with
             ``members=``; 1 for a single model).
+        source: what loads this model again with :func:`~cgcnn_ase.models.registry.load_model`: a shipped
+            model's name, or the absolute path of its folder or checkpoint file (``None``: built in memory).
     """
 
     spec: ModelSpec
@@ -167,6 +169,7 @@ class LoadedModel:
     calibration: dict[str, Any] | None = None
     domain: DomainSummary | None = None
     members_in_folder: int = 1
+    source: str | None = None
 
     @property
     def is_ensemble(self) -> bool:

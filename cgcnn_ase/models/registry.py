@@ -225,12 +225,14 @@ def load_model(
         shipped = resolve_model(model)
     if shipped is None:
         loaded = _load_path(path, members=members, atom_init=atom_init, trusted=trusted)
+        loaded.source = str(path.resolve())
     elif atom_init is not None:
         raise CheckpointError(
             f"{model}: a shipped model carries its own element table; atom_init applies to .pth.tar files only"
         )
     else:
         loaded = load_model_folder(shipped.path, members=members)
+        loaded.source = shipped.name
     return loaded.to(resolve_device(device))
 
 
