@@ -432,7 +432,10 @@ def test_a_rerun_without_resume_does_not_replace_an_interrupted_runs_rows(tmp_pa
 
     from .test_user_reports import _table_of
 
-    table = _table_of(tmp_path, n=6)
+    table = _table_of(tmp_path, n=6, row3=("c0", None))
+    frame = pd.read_csv(table)
+    frame.loc[3, "cif"] = frame.loc[0, "cif"]  # c0 twice: rows, not ids, are counted in the refusal (round 22)
+    frame.to_csv(table, index=False)
     out = tmp_path / "out.csv"
     command = ("predict", str(table), "--id-column", "key", "-m", "formation_energy", "-o", str(out), "--chunk-size", "2")
     assert _cli(*command).exit_code == 0
@@ -525,3 +528,11 @@ def test_todict_of_a_calculator_built_from_a_loaded_folder_names_the_folder(tmp_
     assert salt.get_potential_energy() == value
     shipped = CGCNNCalculator([CGCNNPredictor.from_pretrained("formation_energy")])
     assert shipped.todict()["models"] == [model_folder("formation_energy").name]
+
+
+def test_a_predictor_built_from_a_name_says_how_to_load_one():
+    """22: 'CGCNNPredictor("formation_energy") fails with AttributeError: str object has no attribute to'."""
+    from cgcnn_ase import CGCNNPredictor
+
+    with pytest.raises(TypeError, match=r"CGCNNPredictor.from_pretrained\(NAME\) or CGCNNPredictor.load"):
+        CGCNNPredictor("formation_energy")

@@ -87,6 +87,9 @@ class CGCNNPredictor:
     """
 
     def __init__(self, model: LoadedModel, *, device: str | torch.device | None = None) -> None:
+        if not isinstance(model, LoadedModel):  # CGCNNPredictor("formation_energy") failed with an AttributeError
+            raise TypeError(f"CGCNNPredictor takes a loaded model, not {type(model).__name__}: use "
+                            "CGCNNPredictor.from_pretrained(NAME) or CGCNNPredictor.load(NAME_OR_PATH)")  # fmt: skip
         self.model = model
         self.device = resolve_device(device)
         self.model.to(self.device)

@@ -624,7 +624,7 @@ def _refuse_interrupted_output(output: Any, record: Path, fmt: OutputFormat) -> 
     if finished is not False:
         return
     try:
-        n_rows = len(read_finished_ids(output, fmt=fmt))
+        n_rows = read_finished_ids(output, fmt=fmt).n_rows
     except CGCNNError:
         return  # unreadable: nothing a rerun could lose
     if n_rows:

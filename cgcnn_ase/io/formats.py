@@ -499,8 +499,8 @@ def _entry_items(
     :func:`json_entry_items`), each parsed as it is reached, those ``skip`` says to skip (by label) left out
     unparsed; ``None`` for other JSON.
 
-    Raises:
-        StructureReadError: ``id_key`` names a key no entry has (before any item is given).
+    An ``id_key`` no entry has is warned about, and the entries keep their ``base@k`` labels (as database rows
+    and frames do).
     """
     if not isinstance(value, list) or not value:
         return None
@@ -508,7 +508,9 @@ def _entry_items(
         return None
     if id_key is not None and not any(isinstance(e, Mapping) and id_key in e for e in value):
         first = next((sorted(e) for e in value if isinstance(e, Mapping)), [])
-        raise StructureReadError(f"{base}: no entry has the id key {id_key!r} (keys of the first entry: {first})")
+        warnings.warn(f"{base}: no entry has the id key {id_key!r} (keys of the first entry: {first}); its entries keep "
+                      f"the ids {base}@k", UserWarning, stacklevel=user_stacklevel())  # as database rows and frames  # fmt: skip
+        id_key = None
     labels = (_entry_label(entry, name, id_key) for entry, name in zip(value, numbered_labels(base, len(value))))
     return (_entry_item(entry, label) for entry, label in zip(value, labels) if skip is None or not skip(label))
 

@@ -139,6 +139,11 @@ class FinishedIds:
     def __len__(self) -> int:
         return len(self._digests)
 
+    @property
+    def n_rows(self) -> int:
+        """Rows of the output these ids came from (an id may have several)."""
+        return int(self._rows.sum())
+
     def _position(self, item_id: object) -> int | None:
         if not len(self._digests):
             return None
