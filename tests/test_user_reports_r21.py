@@ -536,3 +536,21 @@ def test_a_predictor_built_from_a_name_says_how_to_load_one():
 
     with pytest.raises(TypeError, match=r"CGCNNPredictor.from_pretrained\(NAME\) or CGCNNPredictor.load"):
         CGCNNPredictor("formation_energy")
+
+
+def test_one_materials_project_entry_saved_on_its_own_is_read(tmp_path):
+    """22: 'a single MP entry {"material_id": ..., "structure": {...}} as a file: JSON that holds no structure'."""
+    [entry] = _entries(1)
+    path = tmp_path / "mp-0.json"
+    path.write_text(json.dumps(entry))
+    [record] = read_records(str(path))
+    [reference] = read_records(str(_write_json(tmp_path / "plain.json", entry["structure"])))
+    assert record.label == str(path)
+    np.testing.assert_array_equal(record.frac_coords, reference.frac_coords)
+    run = _cli("predict", str(path), "-m", "formation_energy")
+    assert run.exit_code == 0 and run.stdout.splitlines()[1].startswith(f"{path},-")
+
+
+def _write_json(path, data):
+    path.write_text(json.dumps(data))
+    return path

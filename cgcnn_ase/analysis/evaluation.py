@@ -74,7 +74,8 @@ def _dataset_spec(folder: Path, dataset: Any, layout: Mapping[str, Any] | None =
         if not Path(spec.path).exists():  # the training run's path, relative to where it ran
             raise DatasetError(
                 f"{folder.name} was trained on {spec.path}, which is not there from {Path.cwd()}: give the dataset's "
-                f"path on this machine (CLI: cgcnn-ase evaluate MODEL DATASET; Python: evaluate_model(model, dataset))"
+                f"path on this machine (the DATASET argument of cgcnn-ase evaluate or calibrate; Python: their dataset "
+                f"argument)"
             )
         return spec
     if trained is not None and layout.get("transform") == "log10" and trained.get("transform") != "log10":
@@ -181,8 +182,8 @@ def load_split_records(
         if not wanted:
             sizes = ", ".join(f"{part} {size}" for part, size in saved.sizes.items())
             raise DatasetError(
-                f"{folder}: the model's split holds no {split} crystals ({sizes}): nothing to evaluate there; "
-                "choose another split (CLI --split val/train/all)"
+                f"{folder}: the model's split holds no {split} crystals ({sizes}): nothing to use there (evaluate: "
+                "choose another split with --split val/train/all; calibrate: the members need a validation split)"
             )
         missing = [i for i in wanted if i not in position]
         if missing:

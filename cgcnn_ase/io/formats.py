@@ -542,12 +542,15 @@ def _entry_item(entry: Any, name: str) -> tuple[str, StructureRecord | InvalidSt
 
 
 def json_file_records(path: Path, label: str) -> list[StructureRecord] | None:
-    """The structures of a JSON file of pymatgen structure dicts: one ``Structure.as_dict()``, or a
-    list of them (or of entries with such a dict under ``"structure"``, as Materials Project
-    downloads hold), labelled ``label@k``; ``None`` for other JSON (an ASE database: ASE reads it)."""
+    """The structures of a JSON file of pymatgen structure dicts: one ``Structure.as_dict()`` or one entry
+    holding it under ``"structure"`` (a Materials Project entry saved on its own), or a list of them (as
+    Materials Project downloads hold), labelled ``label@k``; ``None`` for other JSON (an ASE database: ASE
+    reads it)."""
     value = _load_json(path)
     if value is _NOT_JSON:
         return None
+    if isinstance(value, Mapping) and isinstance(value.get("structure"), Mapping) and is_structure_dict(value["structure"]):
+        value = value["structure"]  # round 22: one saved entry was "JSON that holds no structure"
     if isinstance(value, Mapping) and is_structure_dict(value):
         return [structure_dict_record(value, label)]
     if isinstance(value, Mapping) and "ids" in value:  # an ASE JSON database
