@@ -1549,7 +1549,7 @@ def test_get_fermi_level_and_an_evaluate_without_the_training_data(tmp_path, mon
     assert atoms.calc.get_fermi_level() == level and np.isfinite(level)
     monkeypatch.chdir(tmp_path)
     out = _cli("evaluate", "formation_energy", "-o", str(tmp_path / "ev"))
-    assert out.exit_code == 1 and "cgcnn-ase evaluate MODEL DATASET" in out.output
+    assert out.exit_code == 1 and "the DATASET argument of cgcnn-ase evaluate or calibrate" in out.output
 
 
 def test_the_calculator_gives_a_modulus_std_and_bounds_in_gpa_as_the_cli():
