@@ -1043,7 +1043,7 @@ def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, co
     from cgcnn_ase.train.ensembles import calibrate_folder, calibration_problem
 
     if shipped_by_name(model) is None and not Path(model).exists():  # a path that is missing, or an unknown name
-        folder = model_folder(model, purpose="calibrate rewrites the model folder it is given")
+        model_folder(model, purpose="calibrate rewrites the model folder it is given")  # raises: says which
     if shipped_by_name(model) is not None:  # a shipped model: part of the installation
         folder = resolve_model(model).path
         raise click.UsageError(f"calibrate rewrites the model folder it is given, and {model!r} names the shipped model in "

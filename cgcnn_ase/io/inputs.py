@@ -172,8 +172,8 @@ class FinishedIds:
 
 
 class SeenIds:
-    """The ids met so far in a run, to find one met again however far apart (8 bytes per id: 64-bit digests in
-    sorted runs, merged as they grow, so a stream of 10^7 ids costs about 80 MB and no quadratic time)."""
+    """The ids met so far in a run, to find one met again however far apart (8 bytes per id: the first 8 bytes of
+    :meth:`FinishedIds.digest` in sorted runs, merged as they grow, so a stream of 10^7 ids costs about 80 MB and no quadratic time)."""
 
     def __init__(self) -> None:
         self._runs: list[np.ndarray] = []  # sorted, unique, each at least twice as long as the next
@@ -181,8 +181,7 @@ class SeenIds:
     def repeated(self, ids: Iterable[str]) -> list[str]:
         """The ids of ``ids`` met before (in earlier calls, or earlier in ``ids``), in order; all are then met."""
         ids = [str(i) for i in ids]
-        keys = np.array([int.from_bytes(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
-                                        "little") for i in ids], dtype=np.uint64)  # fmt: skip
+        keys = np.array([int.from_bytes(FinishedIds.digest(i)[:8], "little") for i in ids], dtype=np.uint64)
         seen = np.zeros(len(keys), dtype=bool)
         for run in self._runs:
             at = np.searchsorted(run, keys).clip(max=len(run) - 1)
