@@ -398,6 +398,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: a table on a terminal, else csv; json when -o ends in .json, parquet when it ends in .parquet or .pq]. csv and parquet are written chunk by chunk.")
 @click.option("--log10", "log10", is_flag=True, help="Without --model: also give the moduli's log10(GPa) columns.")
 @click.option("--domain", "domain", is_flag=True, help="Without --model: also give each property's domain percentile (100: farther from the training data than every validation crystal; --model always gives it, and the table always shows their median as dom%).")
+@click.option("--uncertainty", "uncertainty", is_flag=True, help="Without --model: also give each property's <property>_uncertainty, a per-crystal estimate of its error (a standard deviation, in its units; it ranks errors better than the std, docs/uncertainty.md); --model always gives it for the calibrated ensembles.")
 @click.option("--metal-threshold", type=_Probability(0, 1), default=0.5, show_default=True, help="Without --model: P(metal) above which the band gap is 0.")
 @click.option("--coverage", type=_Probability(0.5, 0.99), default=None, help="Add <property>_lower/_upper: a prediction interval holding the true value with this probability (e.g. 0.9) for crystals like the test split's, for the calibrated ensembles. The gated band gap's interval is [0, 0] for a crystal called a metal and the non-metals' interval otherwise: it holds for crystals the classifier gets right (docs/uncertainty.md).")
 @click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout ('-': stdout; for parquet: a folder of part files); missing folders on the way are created.")
@@ -412,7 +413,8 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks: some seconds once, then about 1.3-1.5x faster on a CPU (pays off from a few tens of thousands of structures).")
 @_guarded
 def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,
-            per_atom: bool, fmt: str | None, log10: bool, domain: bool, metal_threshold: float, coverage: float | None,
+            per_atom: bool, fmt: str | None, log10: bool, domain: bool, uncertainty: bool, metal_threshold: float,
+            coverage: float | None,
             output: str | None, resume: bool,
             chunk_size: int | None, column: str, id_column: str | None, batch_size: int, device: str | None,
             threads: int, workers: str, compile_: bool) -> None:  # fmt: skip
@@ -470,11 +472,12 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     torch.set_num_threads(threads)  # this process is ours: the CLI may set torch's global thread count
     if not models and not use_all:  # the headline use: the general-purpose properties in user units
         _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10, domain=domain,
-                            metal_threshold=metal_threshold, column=column, id_column=id_column,
+                            uncertainty=uncertainty, metal_threshold=metal_threshold, column=column, id_column=id_column,
                             batch_size=batch_size, device=device, workers=n_workers, coverage=coverage,
                             compile_=compile_, chunk_size=chunk_size or _default_chunk(0, device))  # fmt: skip
         return
-    ignored = [flag for flag, given in (("--log10", log10), ("--domain", domain), ("--metal-threshold", metal_threshold != 0.5)) if given]
+    ignored = [flag for flag, given in (("--log10", log10), ("--domain", domain), ("--uncertainty", uncertainty),
+                                        ("--metal-threshold", metal_threshold != 0.5)) if given]  # fmt: skip
     if ignored:  # options of the general-purpose table: say so rather than let them look applied
         click.echo(f"note: {', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} only without --model/--all "
                    f"(the general-purpose properties) and {'is' if len(ignored) == 1 else 'are'} ignored here", err=True)  # fmt: skip
@@ -602,7 +605,8 @@ def _workers(value: str) -> int:
 def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, per_atom: bool, resume: bool,
                         log10: bool, domain: bool, metal_threshold: float, column: str, id_column: str | None,
                         batch_size: int, device: str | None, workers: int, coverage: float | None = None,
-                        compile_: bool = False, chunk_size: int = MODELS_CHUNK) -> None:  # fmt: skip
+                        uncertainty: bool = False, compile_: bool = False,
+                        chunk_size: int = MODELS_CHUNK) -> None:  # fmt: skip
     """``predict`` without ``--model``: the shipped general-purpose models, in user units. csv and parquet
     are written chunk by chunk (memory holds one chunk, and ``--resume`` continues a killed run); a table
     or json needs every row first."""
@@ -620,12 +624,12 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
     _check_coverage(predictors, coverage)
     for predictor in predictors:
         predictor.compile = compile_
-    columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage)
+    columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage, uncertainty=uncertainty)
     # one set of worker processes runs all seven models, for every chunk; files are read in it, once
     shared = shares_graphs(predictors)
     with NetworkPool(predictors, workers) if workers > 1 and shared else nullcontext(workers) as pool:
         options = {"batch_size": batch_size, "metal_threshold": metal_threshold, "log10": log10, "domain": domain,
-                   "workers": pool, "coverage": coverage}  # fmt: skip
+                   "workers": pool, "coverage": coverage, "uncertainty": uncertainty}  # fmt: skip
         reading = {"column": column, "id_column": id_column, "cif_reader": cif_reader_for(predictors),
                    "defer_files": shared}  # fmt: skip
         if fmt in ("csv", "parquet"):
@@ -635,7 +639,7 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
                 return _property_rows(chunk, predictors, columns, options, finished)
 
             settings = {"models": [p.model.spec.name for p in predictors], "metal_threshold": metal_threshold,
-                        "coverage": coverage, "log10": log10, "domain": domain}  # fmt: skip
+                        "coverage": coverage, "log10": log10, "domain": domain, "uncertainty": uncertainty}  # fmt: skip
             _run_stream(write_chunks, inputs, output or sys.stdout, [c.header for c in columns], rows, fmt=fmt,
                         resume=resume, chunk_size=chunk_size, settings=settings, **reading)  # fmt: skip
             return
@@ -675,7 +679,7 @@ def _property_rows(items: Sequence[tuple[str, Any]], predictors: list[Any], colu
     run = {k: options[k] for k in ("batch_size", "workers", "coverage")}
     results, rows = predicted_rows(items, predictors, finished=finished, **run)
     frame, _ = property_frame(predictors, results, **{k: options[k] for k in ("metal_threshold", "log10", "domain",
-                                                                             "coverage")})  # fmt: skip
+                                                                             "coverage", "uncertainty")})  # fmt: skip
     readable = [k for k, (_, row) in enumerate(rows) if not isinstance(row, CGCNNError)]
     out = frame.iloc[[row for _, row in rows if not isinstance(row, CGCNNError)]].set_axis(readable)
     out = out.reindex(range(len(rows)))  # NaN rows where the unreadable items go

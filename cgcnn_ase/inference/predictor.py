@@ -186,6 +186,14 @@ class CGCNNPredictor:
         """True when the model ships a domain summary (results carry ``domain_percentile``)."""
         return self.model.domain is not None
 
+    @property
+    def has_uncertainty(self) -> bool:
+        """True when results carry ``uncertainty``: a calibrated full ensemble (the calibration belongs
+        to it alone) whose domain summary holds the error model (``cgcnn-ase calibrate`` fits it)."""
+        domain = self.model.domain
+        full = self.model.calibration is not None
+        return self.model.is_ensemble and full and domain is not None and domain.error_model is not None
+
     # -- prediction ---------------------------------------------------------------
     def _graphs(
         self, structures: Any, errors: ErrorPolicy, on_sparse: SparsePolicy, workers: int = 1, read_only: bool = False
@@ -236,7 +244,7 @@ class CGCNNPredictor:
         from cgcnn_ase.models.domain import formula_size
 
         sizes = np.array([formula_size(z) for z in numbers], dtype=np.int64)
-        error_model = domain.error_model if self._has_error_model() else None
+        error_model = domain.error_model if self.has_uncertainty else None
         # one search serves the domain distance (first column) and the error model's neighbours
         neighbours = domain.neighbours(crystal, K_TRAIN if error_model is not None else 1, device=self.device)
         out = np.full((len(numbers), 3), np.nan)
@@ -248,13 +256,6 @@ class CGCNNPredictor:
                                      device=self.device, train_neighbours=neighbours)  # fmt: skip
             out[:, 2] = error_model.uncertainty(x)
         return out
-
-    def _has_error_model(self) -> bool:
-        """Whether predictions carry ``uncertainty``: a full ensemble (the calibration belongs to it
-        alone) whose domain summary holds the error model."""
-        domain = self.model.domain
-        full = self.model.calibration is not None
-        return self.model.is_ensemble and full and domain is not None and domain.error_model is not None
 
     def batched_graphs(self) -> bool:
         """Whether :meth:`predict` builds graphs with :mod:`cgcnn_ase.graph.batched` (see ``graph_backend``)."""
@@ -530,7 +531,7 @@ class CGCNNPredictor:
         if rows.domain_columns:
             signal = np.array(rows.domain, dtype=np.float64).reshape(-1, 3)
             result.domain_distance, result.domain_percentile = signal[:, 0], signal[:, 1]
-            if self._has_error_model() and len(result):
+            if self.has_uncertainty and len(result):
                 result.uncertainty = signal[:, 2]
         return result
 

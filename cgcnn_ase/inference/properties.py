@@ -103,10 +103,18 @@ def gated_band_gap_result(
     threshold = check_metal_threshold(threshold)
     p = np.asarray(metal_probability, dtype=np.float64)
     value = gated_band_gap(band_gap, p, threshold)
-    std_out = None if std is None else np.where(p > threshold, np.nan, np.asarray(std, dtype=np.float64))
+    std_out = None if std is None else gated_spread(std, p, threshold)
     low = None if lower is None else gated_band_gap(lower, p, threshold)
     high = None if upper is None else gated_band_gap(upper, p, threshold)
     return value, std_out, low, high
+
+
+def gated_spread(spread: Any, metal_probability: Any, threshold: float = METAL_THRESHOLD) -> np.ndarray:
+    """A band-gap spread (a std or the per-crystal ``uncertainty``, eV) set to NaN where P(metal) >
+    ``threshold``: there the gated gap is 0 and the regression's spread says nothing about it
+    (:func:`gated_band_gap_result`)."""
+    p = np.asarray(metal_probability, dtype=np.float64)
+    return np.where(p > check_metal_threshold(threshold), np.nan, np.asarray(spread, dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,12 @@ def _name(predictor: CGCNNPredictor) -> str:
 
 
 def property_columns(
-    predictors: Sequence[CGCNNPredictor], *, log10: bool = False, domain: bool = False, coverage: float | None = None
+    predictors: Sequence[CGCNNPredictor],
+    *,
+    log10: bool = False,
+    domain: bool = False,
+    coverage: float | None = None,
+    uncertainty: bool = False,
 ) -> list[Column]:
     """The columns :func:`property_table` writes for ``predictors``, in order (``id`` and ``error`` aside)."""
     names = {p.property_name for p in predictors}
@@ -185,6 +198,8 @@ def property_columns(
         columns.append(Column(name, units))
         if p.is_ensemble:
             columns.append(Column(f"{name}_std", units))
+        if uncertainty and p.has_uncertainty:
+            columns.append(Column(f"{name}_uncertainty", units))
         if coverage is not None and p.has_intervals:
             columns += [Column(f"{name}_lower", units), Column(f"{name}_upper", units)]
         if p.property_name == "band_gap" and gate:
@@ -193,6 +208,8 @@ def property_columns(
             columns.append(Column(p.property_name, p.units))
             if p.is_ensemble:
                 columns.append(Column(f"{p.property_name}_std", p.units))
+            if uncertainty and p.has_uncertainty:
+                columns.append(Column(f"{p.property_name}_uncertainty", p.units))
         if domain and p.has_domain:
             columns.append(Column(f"{name}_domain_percentile", "percent"))
     return columns
@@ -209,6 +226,7 @@ def property_table(
     on_sparse: str = "warn",
     workers: int | NetworkPool = 1,
     coverage: float | None = None,
+    uncertainty: bool = False,
 ) -> tuple[pd.DataFrame, list[Column]]:
     """Predict every model's property for ``structures`` and return them in user units.
 
@@ -229,6 +247,9 @@ def property_table(
         coverage: add ``<name>_lower``/``<name>_upper`` prediction intervals of this coverage
             for the models calibrated for them, in the same user units (GPa bounds are ``10**``
             of the log10 bounds; a gated band gap's interval is [0, 0]).
+        uncertainty: also give ``<name>_uncertainty``, the per-crystal error estimate (a standard
+            deviation, docs/uncertainty.md) of the models that carry an error model, in the same user
+            units (GPa: propagated to first order as the std; NaN for a gated band gap's metals).
 
     Returns:
         ``(frame, columns)``: ``frame`` has ``id``, one column per :class:`Column` (headers
@@ -241,7 +262,7 @@ def property_table(
     results = predict_many(predictors, structures, batch_size=batch_size, errors="collect", on_sparse=on_sparse,
                            progress=False, workers=workers, coverage=coverage)  # fmt: skip
     return property_frame(predictors, results, metal_threshold=metal_threshold, log10=log10, domain=domain,
-                          coverage=coverage)  # fmt: skip
+                          coverage=coverage, uncertainty=uncertainty)  # fmt: skip
 
 
 def property_frame(
@@ -252,6 +273,7 @@ def property_frame(
     log10: bool = False,
     domain: bool = False,
     coverage: float | None = None,
+    uncertainty: bool = False,
 ) -> tuple[pd.DataFrame, list[Column]]:
     """:func:`property_table`'s ``(frame, columns)`` from each predictor's result for the same structures."""
     import pandas as pd
@@ -267,7 +289,10 @@ def property_frame(
         gated = gated_band_gap_result(values["band_gap_raw"], *(values.get(n) for n in names[1:]),
                                       by_property["is_metal"].values, metal_threshold)  # fmt: skip
         values.update({n: v for n, v in zip(names, gated) if v is not None})
-    columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage)
+        if "band_gap_uncertainty" in values:
+            values["band_gap_uncertainty"] = gated_spread(values["band_gap_uncertainty"], by_property["is_metal"].values,
+                                                          metal_threshold)  # fmt: skip
+    columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage, uncertainty=uncertainty)
     frame = pd.DataFrame({"id": ids, **{c.header: values[c.name] if results else np.zeros(0) for c in columns}})
     errors = [sorted({r.errors[k] for r in results if r.errors[k]}) for k in range(len(ids))]
     labels = [_name(p) for p in predictors]
@@ -290,16 +315,22 @@ def _user_values(predictor: CGCNNPredictor, result: Any, *, log10: bool, domain:
         out[name] = gpa
         if result.std is not None:
             out[f"{name}_std"] = _LN10 * gpa * result.std
+        if result.uncertainty is not None:
+            out[f"{name}_uncertainty"] = _LN10 * gpa * result.uncertainty
         if result.lower is not None:
             out[f"{name}_lower"], out[f"{name}_upper"] = 10.0**result.lower, 10.0**result.upper
         if log10:
             out[predictor.property_name] = result.values
             if result.std is not None:
                 out[f"{predictor.property_name}_std"] = result.std
+            if result.uncertainty is not None:
+                out[f"{predictor.property_name}_uncertainty"] = result.uncertainty
     else:
         out[name] = physical_values(predictor.property_name, result.values)
         if result.std is not None:
             out[f"{name}_std"] = result.std
+        if result.uncertainty is not None:
+            out[f"{name}_uncertainty"] = result.uncertainty
         if result.lower is not None:
             out[f"{name}_lower"], out[f"{name}_upper"] = result.lower, result.upper
     if predictor.property_name == "band_gap":
@@ -357,7 +388,8 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
     headers, ids shortened to fit ``width`` characters where ``shorten_ids`` (:func:`short_ids`:
     never so far that different ids look alike), and a legend of the headers below, which quotes
     ``coverage_of_std`` (:func:`std_coverage` of the models) where given."""
-    shown = [c for c in columns if not c.name.endswith(("_std", "_raw", "_domain_percentile", "_lower", "_upper"))
+    shown = [c for c in columns if not c.name.endswith(("_std", "_raw", "_domain_percentile", "_lower", "_upper",
+                                                        "_uncertainty"))
              and not c.name.startswith("log10_")]  # fmt: skip
     headers = [_SHORT.get(c.name, (c.name, f"{c.name}, {c.units}"))[0] for c in shown]
     names = {c.name for c in columns}
@@ -408,8 +440,10 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
         c.units == "probability" and f"{c.name}_std" in names for c in shown) else ""  # fmt: skip
     which = " of the other columns" if probability else ""
     note = f"{probability}; ± the calibrated ensemble standard deviation{which} (a conservative 1-sigma: {held}"
-    if any(name.endswith("_lower") for name in names):
-        note += "the --coverage intervals are in the csv and json output, -o out.csv, not in this table)."
+    elsewhere = [what for what, suffix in (("the --coverage intervals", "_lower"), ("the --uncertainty columns",
+                 "_uncertainty")) if any(name.endswith(suffix) for name in names)]  # fmt: skip
+    if elsewhere:
+        note += f"{' and '.join(elsewhere)} are in the csv and json output, -o out.csv, not in this table)."
     else:
         note += "--coverage 0.9 gives 90% intervals)."
     return "\n".join(lines) + "\n\n" + _wrap(legend + note, width)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -77,7 +78,7 @@ from cgcnn_ase.inference.writers import (
     output_lock,
     read_finished_ids,
 )
-from cgcnn_ase.io.inputs import DeferredItem, FinishedIds, Item, SeenIds, iter_inputs
+from cgcnn_ase.io.inputs import DeferredItem, FinishedIds, Item, SeenIds, count_inputs, iter_inputs
 from cgcnn_ase.io.reader import CifReader, cif_reader_for_policy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -133,8 +134,9 @@ def load_predictors(
 def _column_blocks(
     predictors: Sequence[CGCNNPredictor], names: Sequence[str] | None = None, coverage: float | None = None
 ) -> list[list[str]]:
-    """Per model: ``["<property> (<units>)"]``, plus ``"<property>_std (<units>)"`` for an ensemble
-    and ``"<property>_domain_percentile (percent)"`` for a model with a domain summary."""
+    """Per model: ``["<property> (<units>)"]``, plus ``"<property>_std (<units>)"`` for an ensemble,
+    ``"<property>_uncertainty (<units>)"`` for one with an error model, the interval bounds with
+    ``coverage`` and ``"<property>_domain_percentile (percent)"`` for a model with a domain summary."""
     headers = [f"{p.property_name} ({p.units})" for p in predictors]
     prefixes = [""] * len(predictors)
     if len(set(headers)) < len(headers):
@@ -149,6 +151,8 @@ def _column_blocks(
         block = [f"{prefix}{p.property_name} ({p.units})"]
         if getattr(p, "is_ensemble", False):
             block.append(f"{prefix}{p.property_name}_std ({p.units})")
+        if getattr(p, "has_uncertainty", False):
+            block.append(f"{prefix}{p.property_name}_uncertainty ({p.units})")
         if coverage is not None and getattr(p, "has_intervals", False):
             block += [f"{prefix}{p.property_name}_{bound} ({p.units})" for bound in ("lower", "upper")]
         if getattr(p, "has_domain", False):
@@ -162,7 +166,9 @@ def model_columns(
 ) -> list[str]:
     """The result columns of ``predictors``: ``"<property> (<units>)"`` per model, followed for
     an ensemble by ``"<property>_std (<units>)"`` (the members' calibrated standard deviation,
-    as :class:`~cgcnn_ase.integrations.matminer.CGCNNFeaturizer` names it) and, for a model with a domain
+    as :class:`~cgcnn_ase.integrations.matminer.CGCNNFeaturizer` names it), for one with an error model
+    by ``"<property>_uncertainty (<units>)"`` (the per-crystal error estimate, a standard deviation;
+    docs/uncertainty.md), with ``coverage`` by ``_lower``/``_upper`` bounds and, for a model with a domain
     summary, by ``"<property>_domain_percentile (percent)"`` (0-100; near 100: outside the
     training data, see docs/uncertainty.md); prefixed by the model name
     (``"<name>: ..."``) when several models predict the same property."""
@@ -323,6 +329,8 @@ def _cells(
         cells.append(values[k])
         if getattr(p, "is_ensemble", False):
             cells.append(r.std[k])
+        if getattr(p, "has_uncertainty", False):
+            cells.append(r.uncertainty[k])
         if r.lower is not None:
             cells += [r.lower[k], r.upper[k]]
         if getattr(p, "has_domain", False):
@@ -560,9 +568,11 @@ def write_chunks(
             exclude=() if stream_output else [output, *([record] if record else [])],  # never this run's own files
             defer_files=defer_files,
         )  # fmt: skip
+        shown = progress if progress is not None else sys.stderr.isatty()
+        total = count_inputs(inputs, exclude=() if stream_output else [output]) if shown else None
         try:
-            with progress_bar(show=progress, unit=" structures", leave=False) as bar:
-                seen, repeats_warned = SeenIds(), False
+            with progress_bar(show=shown, total=total, unit=" structures", leave=False, dynamic_ncols=True) as bar:
+                seen, repeats_warned, done = SeenIds(), False, 0
                 while chunk := list(islice(items, chunk_size)):
                     result = rows(chunk, finished)
                     writer.write(result.frame)
@@ -573,7 +583,8 @@ def write_chunks(
                     summary.n_failed += failed
                     summary.n_predicted += len(result.frame) - failed
                     summary.n_chunks += 1
-                    bar.update(len(result.frame))
+                    done = _advance(bar, done, summary.n_predicted + summary.n_failed + (finished.skipped if finished
+                                                                                          else 0), total)  # fmt: skip
                     if on_chunk is not None:
                         on_chunk(result)
         except BaseException:
@@ -587,6 +598,16 @@ def write_chunks(
             summary.n_skipped = finished.skipped if finished is not None else 0
             summary.n_failed_before = finished.n_errors if finished is not None else 0
         return summary
+
+
+def _advance(bar: Any, shown: int, done: int, total: int | None) -> int:
+    """Move ``bar`` from ``shown`` to ``done`` items (rows written and finished ids skipped), raising its
+    ``total`` (an estimate, :func:`~cgcnn_ase.io.inputs.count_inputs`) when files held more structures than
+    counted; returns ``done``."""
+    if total is not None and done > total:
+        bar.total = done
+    bar.update(done - shown)
+    return done
 
 
 def _is_device_or_pipe(output: Any) -> bool:

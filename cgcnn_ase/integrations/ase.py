@@ -30,6 +30,9 @@ Property names:
   members' predictions, in the property's own units (``log10_bulk_modulus_std`` in
   log10(GPa); ``band_gap_std`` is that of the ungated regression output;
   ``is_metal_std`` of the members' probabilities); the property itself is the members' mean;
+- for a calibrated ensemble with an error model, ``<property>_uncertainty``: a per-crystal estimate of
+  the prediction's error (a standard deviation in the property's units, GPa ones propagated as the std;
+  NaN for a gated band gap's metal; it ranks errors better than the std, docs/uncertainty.md);
 - for a model shipping a domain summary, ``<property>_domain_percentile`` (percent, 0-100;
   near 100: the crystal lies outside the model's training domain; see docs/uncertainty.md).
 
@@ -56,6 +59,7 @@ from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_in
 from cgcnn_ase.inference.properties import (
     check_metal_threshold,
     gated_band_gap_result,
+    gated_spread,
     physical_values,
     with_metal_classifier,
 )
@@ -219,6 +223,9 @@ class CGCNNCalculator(Calculator):
             if predictor.is_ensemble:
                 names.append(f"{prop}_std")
                 self.units[names[-1]] = spec.units
+            if predictor.has_uncertainty:
+                names.append(f"{prop}_uncertainty")
+                self.units[names[-1]] = spec.units
             if predictor.has_domain:
                 names.append(f"{prop}_domain_percentile")
                 self.units[names[-1]] = "percent"
@@ -231,6 +238,8 @@ class CGCNNCalculator(Calculator):
                 names.append(gpa)
                 if predictor.is_ensemble:
                     names.append(f"{gpa}_std")
+                if predictor.has_uncertainty:
+                    names.append(f"{gpa}_uncertainty")
                 if self.coverage is not None and predictor.has_intervals:
                     names += [f"{gpa}_lower", f"{gpa}_upper"]
                 self.units.update({n: "GPa" for n in names if n.startswith(gpa)})
@@ -292,6 +301,8 @@ class CGCNNCalculator(Calculator):
             raw[prop] = value
             if out.std is not None:
                 results[f"{prop}_std"] = float(out.std[0])
+            if out.uncertainty is not None:
+                results[f"{prop}_uncertainty"] = float(out.uncertainty[0])
             if out.domain_percentile is not None:
                 results[f"{prop}_domain_percentile"] = float(out.domain_percentile[0])
             if out.lower is not None:
@@ -302,6 +313,8 @@ class CGCNNCalculator(Calculator):
                 results[gpa] = 10.0**value
                 if out.std is not None:  # first-order propagation, as inference.properties does
                     results[f"{gpa}_std"] = math.log(10.0) * 10.0**value * float(out.std[0])
+                if out.uncertainty is not None:
+                    results[f"{gpa}_uncertainty"] = math.log(10.0) * 10.0**value * float(out.uncertainty[0])
                 if out.lower is not None:
                     results[f"{gpa}_lower"], results[f"{gpa}_upper"] = 10.0 ** float(out.lower[0]), 10.0 ** float(out.upper[0])
             if per_atom:
@@ -319,6 +332,9 @@ class CGCNNCalculator(Calculator):
             gated = gated_band_gap_result(*(results.get(n) for n in names), results["is_metal"], self.metal_threshold)
             names = (gap, *names[1:])
             results.update({n: float(v) for n, v in zip(names, gated) if v is not None})
+            if f"{gap}_uncertainty" in results:
+                results[f"{gap}_uncertainty"] = float(gated_spread(results[f"{gap}_uncertainty"], results["is_metal"],
+                                                                   self.metal_threshold))  # fmt: skip
         self.results = results
         self._store(atoms)
 

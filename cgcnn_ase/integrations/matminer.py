@@ -26,6 +26,7 @@ from cgcnn_ase.inference.properties import (
     METAL_THRESHOLD,
     check_metal_threshold,
     gated_band_gap_result,
+    gated_spread,
     physical_values,
     with_metal_classifier,
 )
@@ -66,6 +67,10 @@ class CGCNNFeaturizer(BaseFeaturizer):
             ``"<property> embedding <k>"``.
         domain: also add ``"<property>_domain_percentile (percent)"`` (as ``cgcnn-ase predict`` names it) for
             models that ship a domain summary (0-100; near 100: outside the training domain).
+        uncertainty: also add ``"<property>_uncertainty (<units>)"`` after the std for the calibrated
+            ensembles that carry an error model: a per-crystal estimate of the error (a standard
+            deviation; it ranks errors better than the std, docs/uncertainty.md); NaN for a gated
+            band gap's metals, as its std.
         batch_size: structures per forward pass (``None``: the predictor's default, 64 on a CPU and
             1024 on a GPU).
         device: torch device (``None``: CUDA if available).
@@ -106,6 +111,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
         metal_threshold: float | None = METAL_THRESHOLD,
         coverage: float | None = None,
         unseen_elements: bool = False,
+        uncertainty: bool = False,
     ) -> None:
         self.properties = properties
         self.unseen_elements = unseen_elements
@@ -114,6 +120,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
         self._owner_pid = os.getpid()
         self.embeddings = embeddings
         self.domain = domain
+        self.uncertainty = uncertainty
         self.batch_size = batch_size
         self.device = device
         self._predictors: list[CGCNNPredictor] | None = None
@@ -169,6 +176,8 @@ class CGCNNFeaturizer(BaseFeaturizer):
             labels.append(f"{name} ({spec.units})")
             if p.is_ensemble:
                 labels.append(f"{name}_std ({spec.units})")
+            if self.uncertainty and p.has_uncertainty:
+                labels.append(f"{name}_uncertainty ({spec.units})")
             if gating is not None and k == gating[0]:
                 labels.append(f"{name}_raw ({spec.units})")
             if self.coverage is not None and p.has_intervals:
@@ -304,6 +313,11 @@ class CGCNNFeaturizer(BaseFeaturizer):
             block = [values[:, None]]
             if predictor.is_ensemble:
                 block.append(std[:, None])
+            if self.uncertainty and predictor.has_uncertainty:
+                spread = result.uncertainty
+                if gating is not None and j == gating[0]:
+                    spread = gated_spread(spread, results[gating[1]].values, self.metal_threshold)
+                block.append(spread[:, None])
             if gating is not None and j == gating[0]:
                 block.append(result.values[:, None])
             if lower is not None:

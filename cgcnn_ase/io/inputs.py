@@ -405,6 +405,34 @@ class _Excluded:
         return any(real == p or real.startswith(p + os.sep) for p in self.paths)
 
 
+def count_inputs(inputs: Any, *, exclude: Iterable[str | os.PathLike] = ()) -> int | None:
+    """How many structures :func:`iter_inputs` will yield for ``inputs``, when that is cheap to know beforehand
+    (for a progress bar's total): the files of folders and patterns are listed, not read, and a Parquet table's
+    rows come from its metadata. Each other file counts as one structure, so a CIF of several data blocks makes
+    the count low (a bar then raises its total as it goes).
+
+    ``None`` when the count would need reading: inputs that are not paths (objects, generators, which counting
+    would consume), CSV tables (a CIF cell spans lines), frame files, databases and JSON files (a list of
+    entries)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(i, (str, os.PathLike)) for i in inputs):
+        return None
+    total = 0
+    for path in iter_files(inputs, exclude=exclude):
+        name = _lower_name(path)
+        if name.endswith(PARQUET_SUFFIXES) and os.path.isfile(path):
+            try:
+                total += pyarrow_modules()[1].ParquetFile(path).metadata.num_rows
+            except Exception:  # unreadable: its error comes when it is read
+                return None
+        elif name.endswith((*TABLE_SUFFIXES, *FRAME_SUFFIXES, *DB_SUFFIXES)) or is_json_name(name):
+            return None
+        else:
+            total += 1
+    return total
+
+
 def iter_inputs(
     inputs: Any,
     *,
