@@ -28,7 +28,8 @@ def test_parquet_units_of_percentile_and_std_columns(tmp_path):
     run = _cli("predict", str(REPO / "examples"), "-m", "band_gap", "-m", "is_metal", "-o", str(out))
     assert run.exit_code == 0, run.output
     units = json.loads(pq.read_schema(min(out.glob("part-*"))).metadata[b"cgcnn_ase.units"])
-    assert units == {"band_gap (eV)": "eV", "band_gap_std (eV)": "eV", "band_gap_domain_percentile (percent)": "percent",
+    assert units == {"band_gap (eV)": "eV", "band_gap_std (eV)": "eV", "band_gap_uncertainty (eV)": "eV",
+                     "band_gap_domain_percentile (percent)": "percent",
                      "is_metal (probability)": "probability", "is_metal_std (probability)": "probability",
                      "is_metal_domain_percentile (percent)": "percent",
                      "n_sparse": "atoms", "bond_ratio": "dimensionless", "vacuum_gap": "Å"}  # fmt: skip

@@ -424,7 +424,7 @@ def count_inputs(inputs: Any, *, exclude: Iterable[str | os.PathLike] = ()) -> i
         if name.endswith(PARQUET_SUFFIXES) and os.path.isfile(path):
             try:
                 total += pyarrow_modules()[1].ParquetFile(path).metadata.num_rows
-            except Exception:  # unreadable: its error comes when it is read
+            except (StreamError, OSError, ValueError):  # no pyarrow, or unreadable: its error comes when it is read
                 return None
         elif name.endswith((*TABLE_SUFFIXES, *FRAME_SUFFIXES, *DB_SUFFIXES)) or is_json_name(name):
             return None
