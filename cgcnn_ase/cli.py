@@ -541,7 +541,9 @@ def _note_ungated_band_gaps(names: Sequence[str], predictors: Sequence[Any]) -> 
 
 def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names: list[str], *, fmt: str,
                       output: str | None, meta: dict, batch_size: int, workers: int) -> None:  # fmt: skip
-    """``predict --per-atom``: one row per atom with each model's contribution (mean over atoms = prediction)."""
+    """``predict --per-atom``: one row per atom with each model's contribution (mean over atoms = prediction) and,
+    for a model with a domain summary, its crystal's domain percentile on every row (round 23c: a non-perovskite's
+    site energies came with nothing to flag them)."""
     from cgcnn_ase.inference.predictor import predict_many
     from cgcnn_ase.inference.results import TEXT_COLUMNS, unseen_cell, unseen_labels
 
@@ -555,8 +557,12 @@ def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names
     records = [item for _, item in items if not isinstance(item, CGCNNError)]
     results = predict_many(predictors, records, batch_size=batch_size, errors="collect", per_atom=True, workers=workers)
     headers = [f"{r.property} ({r.units})" for r in results]
+    prefixes = [""] * len(results)
     if len(set(headers)) < len(headers):  # the same property from several models: name the model
-        headers = [f"{name}: {header}" for name, header in zip(names, headers)]
+        prefixes = [f"{name}: " for name in names]
+        headers = [f"{prefix}{header}" for prefix, header in zip(prefixes, headers)]
+    domains = {f"{prefix}{r.property}_domain_percentile (percent)": r for prefix, r in zip(prefixes, results)
+               if r.domain_percentile is not None}  # fmt: skip
     labels = unseen_labels(predictors)
     rows: list[dict[str, Any]] = []
     failed, k = 0, 0
@@ -570,18 +576,19 @@ def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names
             click.echo(f"error: {message}", err=True)
         error = "; ".join(messages) or None
         if isinstance(item, CGCNNError) or messages:
-            rows.append({"id": label, **{h: None for h in headers}, "unseen_elements": None, "error": error})
+            rows.append({"id": label, **{h: None for h in [*headers, *domains]}, "unseen_elements": None, "error": error})
         else:
             from ase.data import chemical_symbols
 
             unseen = unseen_cell(labels, results, k)
             for i, z in enumerate(item.numbers):
                 rows.append({"id": label, "atom": i, "element": chemical_symbols[z],
-                             **{h: r.per_atom[k][i] for h, r in zip(headers, results)}, "unseen_elements": unseen,
+                             **{h: r.per_atom[k][i] for h, r in zip(headers, results)},
+                             **{h: r.domain_percentile[k] for h, r in domains.items()}, "unseen_elements": unseen,
                              "error": None})  # fmt: skip
         if not isinstance(item, CGCNNError):
             k += 1
-    columns = ["id", "atom", "element", *headers, *TEXT_COLUMNS]
+    columns = ["id", "atom", "element", *headers, *domains, *TEXT_COLUMNS]
     _write_table(rows, columns, fmt, output, meta)
     if failed:
         click.echo(f"{failed} of {len(ids)} structures could not be predicted", err=True)

@@ -111,6 +111,12 @@ class UnseenElementWarning(UserWarning):
 UNSEEN_HINT = "result.unseen_elements lists them per structure"
 
 
+class OutOfDomainWarning(UserWarning):
+    """Structures lie farther from a model's training data than every one of its validation crystals (domain
+    percentile 100): their predictions extrapolate, e.g. a perovskite model asked about a metal
+    (docs/uncertainty.md)."""
+
+
 class SparseGraphWarning(UserWarning):
     """Some atom has fewer than the model's neighbour count within the cutoff radius."""
 
@@ -136,6 +142,12 @@ class VacuumWarning(GeometryWarning):
 class ShadowedModelWarning(UserWarning):
     """A file or folder in the working directory has a shipped model's name; the bare name selects the
     shipped model, and ``./NAME`` the file or folder."""
+
+
+class CifSymmetryWarning(UserWarning):
+    """A CIF's space-group symbol and its list of symmetry operations disagree (``F m -3 m`` with only ``x,y,z``):
+    the listed operations are applied, as the CIF standard and every reader do, so the crystal may not be the one
+    the symbol names."""
 
 
 class SkippedFilesWarning(UserWarning):

@@ -128,3 +128,81 @@ def test_progress_bar_has_a_total_where_counting_is_cheap(tmp_path, capsys):
                    progress=True)  # fmt: skip
     shown = capsys.readouterr().err.replace("\r", "\n")
     assert "| 0/5 [" in shown and "| 2/5 [" in shown  # a total from the start, rows counted chunk by chunk
+
+
+def test_atoms_spread_over_a_huge_cell_are_refused_per_item():
+    """23c: 'NaCl with its cell scaled by 1e5: MemoryError (350 TB) from pymatgen's cell list, not caught by
+    errors="collect", the good Cu result lost; the CLI exit 4 with no row'. Now a per-item refusal on both graph
+    backends; a merely large cell (NaCl x 200) is still predicted."""
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    huge, large = bulk("NaCl", "rocksalt", a=5.64), bulk("NaCl", "rocksalt", a=5.64)
+    huge.set_cell(huge.cell[:] * 1e5, scale_atoms=True)
+    large.set_cell(large.cell[:] * 200, scale_atoms=True)
+    copper = bulk("Cu", "fcc", a=3.61)
+    for backend in ("per-structure", "batched"):
+        predictor.graph_backend = backend
+        with pytest.warns(UserWarning):  # the large cell: sparse and stretched
+            result = predictor.predict([huge, copper, large], errors="collect")
+        assert "spread over 2.82e+05 x 2.82e+05 x 2.82e+05 Å" in result.errors[0] and "in Å?" in result.errors[0]
+        assert result.errors[1:] == [None, None] and np.isfinite(result.values[1:]).all()
+    with pytest.raises(Exception, match="spread over"):
+        predictor.predict(huge)
+
+
+def test_overlap_message_keeps_the_distance(tmp_path):
+    """23c: 'a Na at x = 1.00001 next to one at x = 0 (5.6e-5 Å apart) is reported as 0.000 Å apart'."""
+    from ase import Atoms
+
+    from cgcnn_ase.errors import InvalidStructureError
+
+    atoms = Atoms("Na2Cl", scaled_positions=[[0, 0, 0], [1.00001, 0, 0], [0.5, 0.5, 0.5]], cell=[5.64] * 3, pbc=True)
+    with pytest.raises(InvalidStructureError, match=r"are 5.6e-05 Å apart \(overlapping atoms\)"):
+        CGCNNPredictor.from_pretrained("formation_energy", members=1).predict(atoms)
+
+
+def test_far_out_crystals_warn_and_per_atom_rows_carry_the_domain(copper):
+    """23c: 'perovskite_site_energy answers 0.43 eV/atom for Cu with no warning (its card: cubic ABX3 only), and
+    predict --per-atom prints no domain column'. Crystals beyond every validation crystal (percentile 100) now
+    raise one OutOfDomainWarning per call and model; crystals within the data do not."""
+    from cgcnn_ase import OutOfDomainWarning
+
+    site = CGCNNPredictor.from_pretrained("perovskite_site_energy")
+    with pytest.warns(OutOfDomainWarning, match=r"perovskite_site_energy-castelli_cmr-v1': 2 of 3 predicted .* e\.g\. "
+                                                 r"input 0, input 2\)"):  # fmt: skip
+        result = site.predict([bulk("Cu", "fcc", a=3.61), EXAMPLES[1], bulk("Si", "diamond", a=5.43)])
+    assert result.domain_percentile[[0, 2]].tolist() == [100.0, 100.0] and result.domain_percentile[1] < 100
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfDomainWarning)
+        CGCNNPredictor.from_pretrained("formation_energy").predict(EXAMPLES)
+    frame = _csv(_cli("predict", EXAMPLES[0], copper, "-m", "perovskite_site_energy", "--per-atom"))
+    column = "perovskite_formation_energy_domain_percentile (percent)"
+    assert frame[column].tolist() == [100.0] * 3  # on every atom's row: Na, Cl and Cu
+    assert list(frame.columns[:4]) == ["id", "atom", "element", "perovskite_formation_energy (eV/atom)"]
+
+
+def test_a_cif_whose_symbol_and_operations_disagree_warns(tmp_path):
+    """23c: "'F m -3 m' with only 'x,y,z' listed is read as a 2-atom CsCl-type cell and predicted without mentioning
+    the conflict". The listed operations are applied (as every reader does), with a CifSymmetryWarning; symmetrised
+    CIFs whose operations match their symbol read silently."""
+    import warnings
+
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.cif import CifWriter
+
+    from cgcnn_ase.errors import CifSymmetryWarning
+    from cgcnn_ase.io.reader import read_records
+
+    salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    symmetrised = str(CifWriter(salt, symprec=0.01))
+    assert "_symmetry_space_group_name_H-M   Fm-3m" in symmetrised
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CifSymmetryWarning)
+        assert len(read_records(symmetrised)[0]) == 8
+    start = symmetrised.index("loop_\n _symmetry_equiv_pos_site_id")
+    end = symmetrised.index("loop_", start + 5)
+    conflicting = symmetrised[:start] + "loop_\n _symmetry_equiv_pos_as_xyz\n  'x, y, z'\n" + symmetrised[end:]
+    with pytest.warns(CifSymmetryWarning, match="'Fm-3m' has 192 symmetry operations but the CIF lists 1"):
+        [record] = read_records(conflicting)
+    assert len(record) == 2

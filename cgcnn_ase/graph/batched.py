@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +47,7 @@ from cgcnn_ase.graph.neighbours import (
     _covalent_radii,
     CrystalGraph,
     build_graph,
+    check_search_size,
     rounded_gap,
     sparse_check,
     wrapped_frac_coords,
@@ -356,8 +357,8 @@ def batch_edges(
 
     Returns:
         ``(flat, edges, errors)``: the stacked crystals on ``device``, the edges of every crystal
-        that could be built, and ``{index: error}`` for the others (overlapping atoms; their edges are
-        absent). Warnings are those of :func:`build_graph` (close atoms; sparse graphs are left to
+        that could be built, and ``{index: error}`` for the others (overlapping atoms, atoms spread too far
+        for the per-structure search; their edges are absent). Warnings are those of :func:`build_graph` (close atoms; sparse graphs are left to
         the caller: ``edges.n_sparse``).
     """
     if not records:
@@ -371,7 +372,14 @@ def batch_edges(
     redo_mask = tied | _flagged(flat, i, j, d) | (ratios > STRETCHED_FACTOR)  # build_graph warns for these
     graphs: dict[int, CrystalGraph | None] = {}
     errors: dict[int, InvalidStructureError] = {}
+    for b, record in enumerate(records):  # refused as build_graph refuses them, whatever their edges here
+        try:
+            check_search_size(record, float(config.radius))
+        except InvalidStructureError as exc:
+            errors[b], graphs[b] = exc, None
     for b in torch.nonzero(redo_mask).flatten().tolist():
+        if b in errors:
+            continue
         try:
             graphs[b] = build_graph(records[b], config, on_sparse="ignore")
         except InvalidStructureError as exc:
@@ -385,15 +393,20 @@ def batch_edges(
 
 
 def report_sparse(
-    records: Sequence[StructureRecord], n_sparse: torch.Tensor, config: GraphConfig, on_sparse: SparsePolicy
+    records: Sequence[StructureRecord],
+    n_sparse: torch.Tensor,
+    config: GraphConfig,
+    on_sparse: SparsePolicy,
+    refused_already: Collection[int] = (),
 ) -> dict[int, InvalidStructureError]:
     """Apply ``on_sparse`` per crystal as :func:`build_graph` does: warnings issued here, and
-    ``{index: SparseGraphError}`` for the crystals refused with ``on_sparse="error"``."""
+    ``{index: SparseGraphError}`` for the crystals refused with ``on_sparse="error"``; nothing for the crystals
+    of ``refused_already`` (their edges were left out: no sparse warning on top of their error)."""
     refused: dict[int, InvalidStructureError] = {}
     if on_sparse == "ignore":
         return refused
     counts = n_sparse.tolist()
-    for b in (b for b, n in enumerate(counts) if n):
+    for b in (b for b, n in enumerate(counts) if n and b not in refused_already):
         try:
             sparse_check(records[b], counts[b], config, on_sparse, stacklevel=4)
         except InvalidStructureError as exc:  # SparseGraphError
@@ -417,7 +430,7 @@ def graph_batch(
     :func:`build_graph` gives them.
     """
     flat, edges, errors = batch_edges(records, config, device=features.device)
-    errors.update(report_sparse(records, edges.n_sparse, config, on_sparse))
+    errors.update(report_sparse(records, edges.n_sparse, config, on_sparse, errors))
     n_sparse = edges.n_sparse.tolist()
     ratios = edges.bond_ratio.tolist()
     gaps = [rounded_gap(g) for g in vacuum_gaps(flat).tolist()]

@@ -200,14 +200,49 @@ def _warn_stretched(record: StructureRecord, i: np.ndarray, j: np.ndarray, d: np
 FIRST_SEARCH = 1.8
 
 
+#: The most cubes pymatgen's cell list may lay over a structure (cubes of the search radius over the atoms' bounding
+#: box widened by the radius on each side; about 270 bytes each): 2 million (about 0.5 GB) hold atoms spread over
+#: 1000 Å in every direction at 8 Å. Past it the search would allocate gigabytes to terabytes (round 23c: NaCl
+#: with its cell scaled by 10^5 asked for 350 TB and raised MemoryError, which no per-item error policy catches).
+MAX_SEARCH_CUBES = 2_000_000
+
+
+def search_cubes(record: StructureRecord, radius: float) -> float:
+    """How many cubes of side ``radius`` (Å) pymatgen's cell list needs for ``record`` (as a float: no overflow)."""
+    coords = wrapped_frac_coords(record.frac_coords) @ record.cell
+    extent = coords.max(axis=0) - coords.min(axis=0)
+    return float(np.prod(np.ceil((extent + 2 * radius) / radius)))
+
+
+def check_search_size(record: StructureRecord, radius: float) -> None:
+    """Refuse a structure whose atoms spread so far that a neighbour search within ``radius`` (Å) would need more
+    than :data:`MAX_SEARCH_CUBES` cubes (a cell in the wrong units, or atoms scattered over a huge box).
+
+    Raises:
+        InvalidStructureError: naming the structure, the atoms' extent and the cubes it would need.
+    """
+    cubes = search_cubes(record, radius)
+    if cubes <= MAX_SEARCH_CUBES:
+        return
+    coords = wrapped_frac_coords(record.frac_coords) @ record.cell
+    extent = " x ".join(f"{v:.3g}" for v in coords.max(axis=0) - coords.min(axis=0))
+    raise InvalidStructureError(
+        f"{record.label}: its atoms spread over {extent} Å: a neighbour search within {radius:g} Å would need "
+        f"{cubes:.2g} grid cubes (at most {MAX_SEARCH_CUBES:.0e}, atoms spread over about 1000 Å); a crystal's cell "
+        "is a few to a few hundred Å: are its lengths in Å?"
+    )
+
+
 def _first_search_radius(record: StructureRecord, config: GraphConfig) -> float:
     """The radius (Å) of the ``symmetric`` policy's first pair search (:data:`FIRST_SEARCH`); at least the
     reach of the close-atoms check, at most ``config.radius``."""
     volume = record.volume  # positive: records are validated
     radii = _covalent_radii()
     reach = 2 * CLOSE_ATOMS_FACTOR * radii[np.minimum(record.numbers, len(radii) - 1)].max()
-    first = FIRST_SEARCH * (volume / len(record) * config.max_neighbors / 12) ** (1 / 3)
-    return float(min(config.radius, max(first, reach + config.tie_tolerance)))
+    first = float(min(config.radius, max(FIRST_SEARCH * (volume / len(record) * config.max_neighbors / 12) ** (1 / 3),
+                                         reach + config.tie_tolerance)))  # fmt: skip
+    # a smaller sphere needs more cubes: a huge dense structure searches the radius at once (or is refused there)
+    return first if search_cubes(record, first) <= MAX_SEARCH_CUBES else float(config.radius)
 
 
 def _raw_neighbors(
@@ -222,6 +257,7 @@ def _raw_neighbors(
     """
     from pymatgen.optimization.neighbors import find_points_in_spheres
 
+    check_search_size(record, float(config.radius if radius is None else radius))
     coords = np.ascontiguousarray(np.dot(wrapped_frac_coords(record.frac_coords), record.cell), dtype=float)
     i, j, _, d = find_points_in_spheres(
         coords,
@@ -327,7 +363,8 @@ def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: Spar
             ``"error"`` (:class:`~cgcnn_ase.errors.SparseGraphError`) or ``"ignore"``.
 
     Raises:
-        InvalidStructureError: two atoms overlap (closer than 0.3 Å).
+        InvalidStructureError: two atoms overlap (closer than 0.3 Å), or they spread too far for a neighbour
+            search (:func:`check_search_size`).
         SparseGraphError: the graph is sparse and ``on_sparse="error"``.
     """
     n_atoms = len(record)
@@ -337,9 +374,8 @@ def build_graph(record: StructureRecord, config: GraphConfig, *, on_sparse: Spar
     i, j, d = _raw_neighbors(record, config, first)
     if len(d) and d.min() < MIN_INTERATOMIC_DISTANCE:
         p = int(np.argmin(d))
-        raise InvalidStructureError(
-            f"{record.label}: atoms {int(i[p])} and {int(j[p])} are {d[p]:.3f} Å apart (overlapping atoms)"
-        )
+        apart = f"{d[p]:.3f}" if d[p] >= 5e-4 or not d[p] else f"{d[p]:.2g}"  # 5.6e-05, not 0.000 (round 23c)
+        raise InvalidStructureError(f"{record.label}: atoms {int(i[p])} and {int(j[p])} are {apart} Å apart (overlapping atoms)")
     if len(d):
         _warn_close_atoms(record, i, j, d)
     selected = _select_edges(i, j, d, n_atoms, config, first if first < config.radius else None)

@@ -18,7 +18,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cgcnn_ase.errors import UNSEEN_HINT, CGCNNError, CheckpointError, InvalidStructureError, UnseenElementWarning
+from cgcnn_ase.errors import (
+    UNSEEN_HINT,
+    CGCNNError,
+    CheckpointError,
+    InvalidStructureError,
+    OutOfDomainWarning,
+    UnseenElementWarning,
+    user_stacklevel,
+)
 from cgcnn_ase.graph.batch import GraphBatch, collate
 from cgcnn_ase.graph.batched import graph_batch
 from cgcnn_ase.graph.config import SparsePolicy
@@ -479,6 +487,7 @@ class CGCNNPredictor:
             result.lower = np.clip(result.values - half_width, low, high)
             result.upper = np.clip(result.values + half_width, low, high)
         self._warn_unseen(result, stacklevel=stacklevel + 1)
+        self._warn_out_of_domain(result)
         return result
 
     def _refuse_non_finite(self, result: PredictionResult, errors: ErrorPolicy) -> None:
@@ -578,6 +587,25 @@ class CGCNNPredictor:
             f"are extrapolations ({UNSEEN_HINT})",
             UnseenElementWarning,
             stacklevel=stacklevel,
+        )
+
+    def _warn_out_of_domain(self, result: PredictionResult) -> None:
+        """One :class:`OutOfDomainWarning` per call when predicted structures lie beyond every validation crystal
+        (domain percentile 100), naming the model, how many and a few of them (round 23c: a perovskite model's
+        site energies of Cu and Si came without a word)."""
+        if result.domain_percentile is None:
+            return
+        far = [label for label, percentile, error in zip(result.ids, result.domain_percentile, result.errors)
+               if error is None and percentile >= 100.0]  # fmt: skip
+        if not far:
+            return
+        examples = ", ".join(far[:3]) + (", ..." if len(far) > 3 else "")
+        warnings.warn(
+            f"model {self.model.spec.name!r}: {len(far)} of {sum(e is None for e in result.errors)} predicted "
+            f"structure(s) lie farther from its training data than every validation crystal (domain percentile 100; "
+            f"e.g. {examples}): their predictions are extrapolations (docs/uncertainty.md)",
+            OutOfDomainWarning,
+            stacklevel=user_stacklevel(),
         )
 
     @torch.inference_mode()

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cgcnn_ase.errors import InvalidStructureError, StructureReadError
+from cgcnn_ase.errors import CifSymmetryWarning, InvalidStructureError, StructureReadError, user_stacklevel
 from cgcnn_ase.io.records import StructureRecord, from_pymatgen, validate_record
 
 CifReader = Literal["gemmi", "pymatgen"]
@@ -114,6 +114,7 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
         return None
     names = numbered_labels(label, len(blocks))
     for parts, block, name in zip(parsed, blocks, names):
+        warn_symmetry_conflict(block, name)
         if not isinstance(parts, tuple):
             _check_coordinates(parts, block, name)
             _apply_declared_symmetry(parts, block, name)
@@ -169,6 +170,7 @@ def _cif_p1_as_pymatgen(source: Path | str, label: str, *, text: bool) -> list[S
         parts = _p1_block(block)
         if parts is None:
             return None
+        warn_symmetry_conflict(block, name)
         records.append(validate_record(*parts, (True, True, True), name))
     return records
 
@@ -262,6 +264,30 @@ def _apply_declared_symmetry(small: Any, block: Any, label: str) -> None:
             "operations or space-group number that gemmi recognises and can apply); reading only its listed atoms would give another "
             "crystal: add _symmetry_equiv_pos_as_xyz operations, or write it in P1"
         )
+
+
+#: Tags naming a block's space group by its Hermann-Mauguin symbol (CIF1 and CIF2 spellings).
+_HM_TAGS = ("_symmetry_space_group_name_H-M", "_space_group_name_H-M_alt", "_space_group.name_H-M_alt")
+
+
+def warn_symmetry_conflict(block: Any, label: str) -> None:
+    """Warn (:class:`~cgcnn_ase.errors.CifSymmetryWarning`) when a block lists symmetry operations whose number
+    differs from that of the space group its Hermann-Mauguin symbol names (round 23c: ``F m -3 m`` with only
+    ``x,y,z`` was read as a 2-atom cell without a word). The operations are what is applied."""
+    import gemmi
+
+    ops = {gemmi_unquote(op).replace(" ", "").lower() for tag in _SYMOP_TAGS for op in block.find_values(tag)}
+    symbol = next((gemmi_unquote(v) for tag in _HM_TAGS for v in [block.find_value(tag)] if v), None)
+    if not ops or not symbol or symbol in ("?", "."):
+        return
+    group = gemmi.find_spacegroup_by_name(symbol)
+    if group is None:
+        return
+    expected = len(group.operations().sym_ops) * len(group.operations().cen_ops)
+    if expected != len(ops):
+        warnings.warn(f"{label}: its space group {symbol!r} has {expected} symmetry operations but the CIF lists "
+                      f"{len(ops)}; the listed operations were applied, so the crystal may not be the one "
+                      f"{symbol!r} names: check the file", CifSymmetryWarning, stacklevel=user_stacklevel())  # fmt: skip
 
 
 def _check_coordinates(small: Any, block: Any, label: str) -> None:
