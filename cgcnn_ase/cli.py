@@ -491,7 +491,6 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         click.echo(f"note: --coverage {coverage}: no intervals from {', '.join(without)} (not calibrated ensembles)", err=True)
     for predictor in predictors:
         predictor.compile = compile_
-    _note_ungated_band_gaps(names, predictors)
     if fmt in ("csv", "parquet") and not per_atom:
         chunk_size = chunk_size or _default_chunk(len(predictors), device)
         _predict_streaming(inputs, predictors, names, output, fmt, resume=resume, chunk_size=chunk_size,
@@ -507,6 +506,9 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     items = list(iter_inputs(inputs, column=column, id_column=id_column, cif_reader=cif_reader_for(predictors),
                              exclude=[output] if output else (), defer_files=defer))  # fmt: skip
     meta = {"models": names}
+    from cgcnn_ase.inference.properties import warn_ungated_band_gaps
+
+    warn_ungated_band_gaps(predictors, names)  # predict_stream warns so for csv and parquet
     if not per_atom:  # the streaming path's code, on one chunk holding everything
         from cgcnn_ase.inference.streaming import model_columns, predict_items
 
@@ -525,18 +527,6 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         return
     _predict_per_atom(items, predictors, names, fmt=fmt, output=output, meta=meta, batch_size=batch_size,
                       workers=n_workers)  # fmt: skip
-
-
-def _note_ungated_band_gaps(names: Sequence[str], predictors: Sequence[Any]) -> None:
-    """A stderr note when ``--model`` runs a band-gap model trained on non-metals: its column is the
-    regression's own value (meaningless for a metal), not the gated band gap of ``predict`` without it."""
-    from cgcnn_ase.inference.properties import trained_on_non_metals
-
-    ungated = [name for name, p in zip(names, predictors) if trained_on_non_metals(p)]
-    if ungated:
-        click.echo(f"note: {', '.join(ungated)}: band_gap is the model's own value (clipped at 0), not gated by the metal "
-                   "classifier; the model was trained on non-metals, so for a metal it means nothing. Without "
-                   "--model, band_gap is 0 for predicted metals (band_gap_raw keeps this value)", err=True)  # fmt: skip
 
 
 def _predict_per_atom(items: list[tuple[str, Any]], predictors: list[Any], names: list[str], *, fmt: str,

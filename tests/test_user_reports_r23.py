@@ -206,3 +206,115 @@ def test_a_cif_whose_symbol_and_operations_disagree_warns(tmp_path):
     with pytest.warns(CifSymmetryWarning, match="'Fm-3m' has 192 symmetry operations but the CIF lists 1"):
         [record] = read_records(conflicting)
     assert len(record) == 2
+
+
+def test_band_gap_columns_that_are_not_gated_say_so(tmp_path):
+    """23a: "Dask's predict_dataframe and predict_stream give the band-gap model's own value under 'band_gap (eV)',
+    the featurizer's column of that name is gated: 0.30 eV against 0 for a metal, without a word" (the CLI said
+    so). Every path that gives the model's own value now warns."""
+    import dask.dataframe as dd
+
+    from cgcnn_ase.inference.streaming import predict_stream
+    from cgcnn_ase.integrations.dask import predict_dataframe
+
+    with pytest.warns(UserWarning, match="band_gap is the model's own value .* not gated"):
+        predict_stream(EXAMPLES[:1], ["band_gap"], str(tmp_path / "out.csv"))
+    table = dd.from_pandas(pd.DataFrame({"cif": [(REPO / "examples" / "SrTiO3.cif").read_text()]}), npartitions=1)
+    with pytest.warns(UserWarning, match="not gated by the metal classifier"):
+        predict_dataframe(table, ["band_gap"])
+    run = _cli("predict", EXAMPLES[0], "-m", "band_gap", "--format", "json")
+    assert run.exit_code == 0 and run.stderr.count("not gated by the metal classifier") == 1
+
+
+def test_featurizer_reloads_its_models_after_set_params():
+    """23a: "Pipeline.set_params(f__properties='band_gap') is ignored once the featurizer has run: get_params says
+    band_gap, feature_labels and transform still give formation energies"."""
+    from pymatgen.core import Structure
+
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+
+    structure = Structure.from_file(EXAMPLES[1])
+    featurizer = CGCNNFeaturizer("formation_energy")
+    first = featurizer.featurize(structure)
+    featurizer.set_params(properties="band_gap", metal_threshold=None)
+    assert featurizer.feature_labels() == ["band_gap (eV)", "band_gap_std (eV)"]
+    gap = featurizer.featurize(structure)
+    assert gap[0] == pytest.approx(CGCNNPredictor.from_pretrained("band_gap").predict(structure).values[0], rel=1e-5)
+    assert gap[0] != pytest.approx(first[0])
+    featurizer.properties = ["formation_energy"]  # a plain assignment too
+    assert featurizer.featurize(structure) == pytest.approx(first, rel=1e-6)
+
+
+def test_inputs_pandas_and_materials_project_users_hold(tmp_path):
+    """23a: "to_dataframe() drops the Series' index (ids '500', '501' as text): df.join matches 0 rows"; "b'nofile.cif'
+    escapes errors='collect' as a bare TypeError"; "an MP document {material_id, structure} or a
+    ComputedStructureEntry is an 'unsupported input type'"; "Dask's str(Structure) text fails with a message that
+    hides the cause"."""
+    import json
+
+    from pymatgen.core import Structure
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+
+    structure = Structure.from_file(EXAMPLES[1])
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    frame = pd.DataFrame({"structure": [structure, None, structure]}, index=pd.Index([500, 501, 502], name="row"))
+    result = predictor.predict(frame["structure"], errors="collect").to_dataframe()
+    assert result.index.equals(frame.index) and result["id"].tolist() == ["500", "501", "502"]
+    joined = frame.join(result["formation_energy"])
+    assert joined["formation_energy"].notna().tolist() == [True, False, True]
+    assert predictor.predict([structure, structure]).to_dataframe().index.tolist() == [0, 1]
+
+    document = {"material_id": "mp-5229", "structure": structure.as_dict()}
+    entry = ComputedStructureEntry(structure, -40.0)
+    inputs = [structure, document, json.dumps(document), entry, b"nofile.cif", str(structure), str(bulk("Cu"))]
+    out = predictor.predict(inputs, errors="collect")
+    np.testing.assert_allclose(out.values[1:4], out.values[0], rtol=1e-6)
+    assert out.errors[:4] == [None] * 4 and out.errors[4] == "nofile.cif: no such file"
+    for message, kind in zip(out.errors[5:], ("a pymatgen Structure", "an ase.Atoms")):
+        assert f"printed form of {kind}" in message and "dataframe.convert-string" in message
+
+
+def test_dask_and_streaming_inputs_of_the_wrong_kind_and_interrupted_first_chunks(tmp_path):
+    """23a nits: predict_dataframe on a pandas DataFrame (AttributeError), a dask Series (KeyError) or with a loaded
+    predictor (TypeError); citations() naming papers of data the models never saw; Ctrl-C before the first chunk
+    leaving a 0-byte csv. An earlier run's output now stands until this run writes its first rows."""
+    import dask.dataframe as dd
+
+    from cgcnn_ase.errors import StreamError
+    from cgcnn_ase.inference.streaming import predict_stream
+    from cgcnn_ase.integrations.dask import predict_dataframe
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+
+    table = pd.DataFrame({"cif": [(REPO / "examples" / "SrTiO3.cif").read_text()]})
+    for bad, models, match in ((table, ["formation_energy"], "takes a dask DataFrame"),
+                               (dd.from_pandas(table, npartitions=1)["cif"], ["formation_energy"], "to_frame"),
+                               (dd.from_pandas(table, npartitions=1), [CGCNNPredictor.from_pretrained("formation_energy")],
+                                "not CGCNNPredictor objects")):  # fmt: skip
+        with pytest.raises(StreamError, match=match):
+            predict_dataframe(bad, models)
+    cited = CGCNNFeaturizer(["formation_energy", "band_gap"]).citations()
+    assert len(cited) == 2 and not any("de Jong" in c or "Castelli" in c for c in cited)
+    assert any("Castelli" in c for c in CGCNNFeaturizer("perovskite_site_energy").citations())
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    for name in ("new.csv", "old.csv", "old.parquet"):
+        path = tmp_path / name
+        if name.startswith("old"):
+            predict_stream(EXAMPLES, ["formation_energy"], str(path), progress=False)
+        before = pd.read_csv(path) if name.endswith(".csv") and path.exists() else None
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("cgcnn_ase.inference.streaming.predict_items", stop)
+            with pytest.raises(Stop):
+                predict_stream(EXAMPLES, ["formation_energy"], str(path), progress=False)
+        if name == "new.csv":
+            assert not path.exists()  # no 0-byte file
+        elif name == "old.csv":
+            pd.testing.assert_frame_equal(pd.read_csv(path), before)
+        else:
+            assert len(pd.read_parquet(path)) == 2
+        predict_stream(EXAMPLES, ["formation_energy"], str(path), progress=False)  # no refusal: nothing was begun

@@ -748,6 +748,9 @@ def _predict_together(
         if c is not None:
             p.model.conformal_quantile(c)  # fails early
     _match_thread_count()
+    # a Series' index is kept for to_dataframe() when each row gives one result (round 23a: a join on it matched nothing)
+    is_series = type(structures).__module__.startswith("pandas.") and type(structures).__name__ == "Series"
+    index = structures.index if is_series else None
     structures = expand_inputs(structures)
     total = len(structures) if isinstance(structures, (list, tuple)) else None
     show = progress if progress is not None else (None if (total or 0) >= 100 else False)  # None: on a terminal
@@ -760,5 +763,9 @@ def _predict_together(
             for p, accumulated, items, out in zip(predictors, rows, columns, outputs):
                 accumulated.add(items, *out, seen=p._seen_elements())
             bar.update(len(columns[0]))
-    return [p._finish(r, embeddings=embeddings, errors=errors, coverage=c, stacklevel=4)
-            for p, r, c in zip(predictors, rows, coverages)]  # fmt: skip
+    results = [p._finish(r, embeddings=embeddings, errors=errors, coverage=c, stacklevel=4)
+               for p, r, c in zip(predictors, rows, coverages)]  # fmt: skip
+    if index is not None and results and len(results[0]) == len(index):
+        for result in results:
+            result.index = index
+    return results

@@ -170,6 +170,21 @@ def trained_on_non_metals(predictor: CGCNNPredictor) -> bool:
     return any(spec.name == info.name for info in list_models())
 
 
+def warn_ungated_band_gaps(predictors: Sequence[CGCNNPredictor], names: Sequence[str] | None = None) -> None:
+    """Warn (``UserWarning``) when ``predictors`` include a band-gap model trained on non-metals
+    (:func:`trained_on_non_metals`) whose column is its own value: ``cgcnn-ase predict --model``, streaming and
+    Dask give each model's output, while :func:`property_table`, the featurizer and the calculator gate it (round
+    23a: Dask's ``band_gap (eV)`` was 0.30 eV for a metal the featurizer's column of the same name gave 0)."""
+    names = list(names) if names is not None else [p.model.spec.name for p in predictors]
+    ungated = [name for name, p in zip(names, predictors) if trained_on_non_metals(p)]
+    if ungated:
+        warnings.warn(f"{', '.join(ungated)}: band_gap is the model's own value (clipped at 0), not gated by the metal "
+                      "classifier; the model was trained on non-metals, so for a metal it means nothing. The "
+                      "general-purpose properties (cgcnn-ase predict without --model, property_table), CGCNNFeaturizer "
+                      "and CGCNNCalculator give 0 for predicted metals (band_gap_raw keeps this value)", UserWarning,
+                      stacklevel=user_stacklevel())  # fmt: skip
+
+
 def _is_log_gpa(predictor: CGCNNPredictor) -> bool:
     return predictor.property_name.startswith("log10_") and predictor.units == "log10(GPa)"
 

@@ -76,6 +76,9 @@ class PredictionResult:
             a validation-fitted combination of ``std_raw``, the domain distance and the errors of
             nearby validation crystals (:mod:`cgcnn_ase.models.local_error`); it ranks errors
             better than ``std``. ``None`` otherwise; NaN for failed items.
+        index: the pandas index of the input when it was a ``Series`` giving one structure per row (its labels
+            and dtype, which ``ids`` hold as text): :meth:`to_dataframe` keeps it, so ``df.join(result.to_dataframe())``
+            matches the rows; ``None`` otherwise.
     """
 
     ids: list[str]
@@ -102,6 +105,7 @@ class PredictionResult:
     lower: np.ndarray | None = None
     upper: np.ndarray | None = None
     uncertainty: np.ndarray | None = None
+    index: Any = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -154,7 +158,8 @@ class PredictionResult:
         Ensembles add ``<property>_std`` after the property (and ``<property>_std_raw`` when
         the std is calibrated, ``<property>_uncertainty`` when they carry an error model);
         models with a domain summary add ``domain_distance`` and ``domain_percentile`` before
-        ``error``. Units are in ``df.attrs["units"]`` (a dict column -> units).
+        ``error``. Units are in ``df.attrs["units"]`` (a dict column -> units). The frame's index is the input
+        Series' index where there was one (:attr:`index`), else 0..n-1.
         """
         import pandas as pd
 
@@ -186,7 +191,7 @@ class PredictionResult:
             columns["domain_percentile"] = self.domain_percentile
             units.update(domain_distance="dimensionless", domain_percentile="percent")
         columns["error"] = self.errors
-        df = pd.DataFrame(columns)
+        df = pd.DataFrame(columns, index=self.index)
         df.attrs["units"] = units
         return df
 

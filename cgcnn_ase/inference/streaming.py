@@ -57,6 +57,7 @@ import numpy as np
 
 from cgcnn_ase.errors import CGCNNError, DuplicateIdsWarning, StreamError
 from cgcnn_ase.inference.parallel import NetworkPool, shares_graphs
+from cgcnn_ase.inference.properties import warn_ungated_band_gaps
 from cgcnn_ase.inference.results import (
     FLAG_COLUMNS,
     TEXT_COLUMNS,
@@ -487,6 +488,7 @@ def predict_stream(
     """
     predictors = load_predictors(models, device=device)
     columns = model_columns(predictors, names, coverage)
+    warn_ungated_band_gaps(predictors, names)
     # models on the CPU: one set of worker processes serves every chunk (started on first use, once per run)
     pool = NetworkPool(predictors, workers) if workers > 1 and shares_graphs(predictors) else None
 
@@ -560,8 +562,6 @@ def write_chunks(
         finished = read_finished_ids(output, fmt=out_format) if resume else None
         units = {**column_units(all_columns), **(units or {})}
         writer = open_writer(output, all_columns, fmt=out_format, append=resume, units=units)
-        if record is not None:  # finished: false until the last chunk is written
-            record.write_text(json.dumps({**dict(settings), RUN_FINISHED: False}, indent=2, default=str) + "\n")
         summary = StreamSummary(output=None if stream_output else Path(output), format=out_format, columns=all_columns)
         items = iter_inputs(
             inputs, column=column, id_column=id_column, cif_reader=cif_reader, sort=sort, finished=finished,
@@ -575,6 +575,8 @@ def write_chunks(
                 seen, repeats_warned, done = SeenIds(), False, 0
                 while chunk := list(islice(items, chunk_size)):
                     result = rows(chunk, finished)
+                    if record is not None and not summary.n_chunks:  # finished: false from the first rows to the last
+                        record.write_text(json.dumps({**dict(settings), RUN_FINISHED: False}, indent=2, default=str) + "\n")
                     writer.write(result.frame)
                     repeated = seen.repeated(result.frame["id"])
                     if repeated and not repeats_warned:

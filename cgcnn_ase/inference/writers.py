@@ -189,11 +189,19 @@ class CSVChunkWriter:
             if header and header != self.columns:
                 raise StreamError(_columns_differ(path, header, self.columns, "file"))
             existing = bool(header)
-        self._stream = open(path, "a" if existing else "w", newline="")  # noqa: SIM115 - closed in close()
+        # opened at the first rows (round 23a: Ctrl-C before them left a 0-byte file, or an earlier run's output
+        # emptied): until then the file is as it was
+        self._path, self._mode, self._stream = path, "a" if existing else "w", None
         self._header = not existing
+
+    def _opened(self) -> TextIO:
+        if self._stream is None:
+            self._stream = open(self._path, self._mode, newline="")  # noqa: SIM115 - closed in close()
+        return self._stream
 
     def write(self, frame: pd.DataFrame) -> None:
         """Write the rows of ``frame`` (columns in ``self.columns`` order) and flush."""
+        self._opened()
         buffer = io.StringIO()
         _one_line_errors(frame[self.columns]).to_csv(buffer, index=False, header=self._header)
         self._stream.write(buffer.getvalue())
@@ -208,9 +216,9 @@ class CSVChunkWriter:
 
             buffer = io.StringIO()
             pd.DataFrame(columns=self.columns).to_csv(buffer, index=False)
-            self._stream.write(buffer.getvalue())
+            self._opened().write(buffer.getvalue())
             self._header = False
-        if self._own:
+        if self._own and self._stream is not None:
             self._stream.close()
 
 
@@ -303,9 +311,9 @@ class ParquetChunkWriter:
                 raise StreamError(
                     f"{self.folder}: holds files other than part files ({others[0].name}); choose a new folder"
                 )
-            for part in parts:
-                part.unlink()
-            parts = []
+            self._stale, parts = parts, []  # an earlier run's parts, removed at this run's first rows (as csv)
+        else:
+            self._stale = []
         if parts:
             _, pq = pyarrow_modules()
 
@@ -315,9 +323,12 @@ class ParquetChunkWriter:
         self._next = max((int(p.stem.split("-")[1]) for p in parts), default=-1) + 1
 
     def write(self, frame: pd.DataFrame) -> None:
-        """Write ``frame`` as the next part file."""
+        """Write ``frame`` as the next part file (the first removes an earlier run's parts)."""
         pa, pq = pyarrow_modules()
 
+        for part in self._stale:
+            part.unlink(missing_ok=True)
+        self._stale = []
         table = pa.Table.from_pandas(_one_line_errors(frame[self.columns]), schema=self.schema, preserve_index=False)
         path = self.folder / f"part-{self._next:06d}.parquet"
         tmp = self.folder / f".{path.name}.{os.getpid()}.tmp"
@@ -329,7 +340,7 @@ class ParquetChunkWriter:
         """Every part is complete when written; a ``complete`` run's folder that got none gets one empty
         part, so that it reads as a table of no rows with this run's columns (a run stopped by an error,
         ``complete=False``, adds nothing)."""
-        if complete and not _part_files(self.folder):
+        if complete and (self._stale or not _part_files(self.folder)):
             import pandas as pd
 
             self.write(pd.DataFrame({c: pd.Series(dtype=object if c == "id" or c in TEXT_COLUMNS else

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgcnn_ase.errors import InvalidStructureError, StreamError
+from cgcnn_ase.inference.properties import warn_ungated_band_gaps
 from cgcnn_ase.inference.results import FLAG_COLUMNS, TEXT_COLUMNS
 from cgcnn_ase.inference.streaming import (
     arrow_schema,
@@ -240,9 +241,29 @@ def predict_paths_partition(
         return out
 
 
+def _model_refs(models: Any) -> list[str]:
+    """``models`` as the names or paths each worker loads (:func:`cached_predictors`).
+
+    Raises:
+        StreamError: a model given as a loaded predictor (workers cannot load an object) or another type.
+    """
+    items = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            source = getattr(getattr(item, "model", None), "source", None)
+            hint = f" (this one loads from {source!r}; members and settings changed on it are not carried)" if source else ""
+            raise StreamError(f"models are shipped names or model folders, which each worker loads, not "
+                              f"{type(item).__name__} objects{hint}; CGCNNFeaturizer with featurize_dask takes loaded "
+                              "predictors")  # fmt: skip
+    return [os.fspath(m) for m in items]
+
+
 def _meta(models: Sequence[str], device: str | None) -> pd.DataFrame:
-    """The empty result frame (dask ``meta``); loads the models here, so bad names fail early."""
-    return _empty_result(model_columns(cached_predictors(models, device), list(models)))
+    """The empty result frame (dask ``meta``); loads the models here, so bad names fail early, and warns here
+    about a band gap that is the model's own value (:func:`~cgcnn_ase.inference.properties.warn_ungated_band_gaps`)."""
+    predictors = cached_predictors(models, device)
+    warn_ungated_band_gaps(predictors, list(models))
+    return _empty_result(model_columns(predictors, list(models)))
 
 
 def predict_dataframe(
@@ -264,7 +285,14 @@ def predict_dataframe(
     Returns:
         A dask dataframe with the index of ``ddf``: ``id``, one column per model, ``error``.
     """
-    models = [os.fspath(m) for m in ([models] if isinstance(models, (str, os.PathLike)) else models)]
+    models = _model_refs(models)
+    import dask.dataframe as dd
+
+    if not isinstance(ddf, dd.DataFrame):  # a dask Series answers .columns too
+        raise StreamError(f"predict_dataframe takes a dask DataFrame, got {type(ddf).__module__}.{type(ddf).__name__}: "
+                          "wrap a pandas table with dask.dataframe.from_pandas(df, npartitions=...) (a dask Series: "
+                          "series.to_frame()), or predict it in this process (CGCNNPredictor.predict(df[column]), "
+                          "predict_stream)")  # fmt: skip
     for name, option in ((column, "column"), (id_column, "id_column")):
         if name is not None and name not in ddf.columns:
             raise StreamError(f"{option}: no column {name!r}; columns: {list(ddf.columns)}")
@@ -297,7 +325,7 @@ def predict_files(
     import dask.dataframe as dd
     import pandas as pd
 
-    models = [os.fspath(m) for m in ([models] if isinstance(models, (str, os.PathLike)) else models)]
+    models = _model_refs(models)
     paths = pd.DataFrame({"path": list(iter_files(inputs, sort=sort))})
     if paths.empty:
         raise StreamError(f"no files in {inputs}")

@@ -53,6 +53,26 @@ def _fork_safe_threads(owner_pid: int) -> Iterator[None]:
     with torch_threads(1):
         yield
 
+#: BibTeX of the papers :meth:`CGCNNFeaturizer.citations` may name.
+_CITATIONS = {
+    "xie2018crystal": "@article{xie2018crystal, title={Crystal Graph Convolutional Neural Networks for an Accurate and "
+    "Interpretable Prediction of Material Properties}, author={Xie, Tian and Grossman, Jeffrey C.}, "
+    "journal={Physical Review Letters}, volume={120}, number={14}, pages={145301}, year={2018}, "
+    "doi={10.1103/PhysRevLett.120.145301}}",
+    "jain2013materials": "@article{jain2013materials, title={Commentary: The Materials Project: A materials genome "
+    "approach to accelerating materials innovation}, author={Jain, Anubhav and Ong, Shyue Ping and Hautier, Geoffroy "
+    "and Chen, Wei and Richards, William Davidson and Dacek, Stephen and Cholia, Shreyas and Gunter, Dan and "
+    "Skinner, David and Ceder, Gerbrand and Persson, Kristin A.}, journal={APL Materials}, volume={1}, "
+    "number={1}, pages={011002}, year={2013}, doi={10.1063/1.4812323}}",
+    "dejong2015charting": "@article{dejong2015charting, title={Charting the complete elastic properties of inorganic "
+    "crystalline compounds}, author={de Jong, Maarten and others}, journal={Scientific Data}, volume={2}, "
+    "pages={150009}, year={2015}, doi={10.1038/sdata.2015.9}}",
+    "castelli2012computational": "@article{castelli2012computational, title={Computational screening of perovskite "
+    "metal oxides for optimal solar light capture}, author={Castelli, Ivano E. and others}, journal={Energy & "
+    "Environmental Science}, volume={5}, pages={5814--5819}, year={2012}, doi={10.1039/C1EE02717D}}",
+}
+
+
 class CGCNNFeaturizer(BaseFeaturizer):
     """Predict CGCNN properties of ``Structure`` / ``Atoms`` entries as features.
 
@@ -124,21 +144,30 @@ class CGCNNFeaturizer(BaseFeaturizer):
         self.batch_size = batch_size
         self.device = device
         self._predictors: list[CGCNNPredictor] | None = None
+        self._loaded_for: tuple[Any, ...] | None = None  # the settings the models were loaded for
         self.set_n_jobs(1)
 
     # -- set-up ----------------------------------------------------------------------
+    def _model_settings(self) -> tuple[Any, ...]:
+        """What the loaded models depend on: ``properties`` (each item, as given), ``device``, ``metal_threshold``
+        and ``coverage``."""
+        single = isinstance(self.properties, (str, os.PathLike, CGCNNPredictor))
+        items = (self.properties,) if single else tuple(self.properties)
+        return items, self.device, self.metal_threshold, self.coverage
+
     @property
     def predictors(self) -> list[CGCNNPredictor]:
-        """The loaded models (loaded on first use)."""
-        if self._predictors is None:
-            single = isinstance(self.properties, (str, os.PathLike, CGCNNPredictor))
-            items = [self.properties] if single else list(self.properties)
+        """The loaded models (loaded on first use, and again after ``set_params`` or an assignment changes what
+        they depend on: round 23a, a Pipeline's ``set_params(f__properties=...)`` kept the old models)."""
+        settings = self._model_settings()
+        if self._predictors is None or getattr(self, "_loaded_for", None) != settings:
+            items = list(settings[0])
             with _fork_safe_threads(self._owner_pid):
                 predictors = [as_predictor(item, device=self.device) for item in items]
                 if self.metal_threshold is not None:  # the shipped classifier gates those trained on non-metals
                     predictors = with_metal_classifier(predictors, self.device)
             check_interval_models(predictors, self.coverage)
-            self._predictors = predictors
+            self._predictors, self._loaded_for = predictors, settings
         return self._predictors
 
     def _gating(self) -> tuple[int, int] | None:
@@ -154,7 +183,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
         return self
 
     def __getstate__(self) -> dict[str, Any]:  # models reload lazily after pickling/cloning
-        return {**self.__dict__, "_predictors": None}
+        return {**self.__dict__, "_predictors": None, "_loaded_for": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -335,23 +364,16 @@ class CGCNNFeaturizer(BaseFeaturizer):
         return rows, errors
 
     def citations(self) -> list[str]:
-        return [
-            "@article{xie2018crystal, title={Crystal Graph Convolutional Neural Networks for an Accurate and "
-            "Interpretable Prediction of Material Properties}, author={Xie, Tian and Grossman, Jeffrey C.}, "
-            "journal={Physical Review Letters}, volume={120}, number={14}, pages={145301}, year={2018}, "
-            "doi={10.1103/PhysRevLett.120.145301}}",
-            "@article{jain2013materials, title={Commentary: The Materials Project: A materials genome approach to "
-            "accelerating materials innovation}, author={Jain, Anubhav and Ong, Shyue Ping and Hautier, Geoffroy and "
-            "Chen, Wei and Richards, William Davidson and Dacek, Stephen and Cholia, Shreyas and Gunter, Dan and "
-            "Skinner, David and Ceder, Gerbrand and Persson, Kristin A.}, journal={APL Materials}, volume={1}, "
-            "number={1}, pages={011002}, year={2013}, doi={10.1063/1.4812323}}",
-            "@article{dejong2015charting, title={Charting the complete elastic properties of inorganic crystalline "
-            "compounds}, author={de Jong, Maarten and others}, journal={Scientific Data}, volume={2}, "
-            "pages={150009}, year={2015}, doi={10.1038/sdata.2015.9}}",
-            "@article{castelli2012computational, title={Computational screening of perovskite metal oxides for "
-            "optimal solar light capture}, author={Castelli, Ivano E. and others}, journal={Energy & Environmental "
-            "Science}, volume={5}, pages={5814--5819}, year={2012}, doi={10.1039/C1EE02717D}}",
-        ]
+        """The CGCNN paper, and the papers of the data the chosen models were trained on, as their model.json
+        names the dataset: the Materials Project (``mp_*``), de Jong's elastic set (``mp_elastic*``) and Castelli's
+        perovskites; a model of unknown data adds none."""
+        datasets = " ".join(str(p.model.spec.metadata.get("dataset", {}).get("name", "")).lower()
+                            for p in self.predictors)  # fmt: skip
+        wanted = ["xie2018crystal"]
+        wanted += ["jain2013materials"] if "mp_" in datasets else []
+        wanted += ["dejong2015charting"] if "elastic" in datasets else []
+        wanted += ["castelli2012computational"] if "castelli" in datasets or "perovskite" in datasets else []
+        return [_CITATIONS[key] for key in wanted]
 
     def implementors(self) -> list[str]:
         return ["cgcnn-ase developers"]

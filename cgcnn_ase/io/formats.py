@@ -429,7 +429,23 @@ def text_frames(text: str, label: str) -> list[Any]:
         if frames:
             return list(frames)
     raise StructureReadError(f"{label}: text that is neither CIF (a data_ block with cell and atom-site items), POSCAR "
-                             "nor extended XYZ")
+                             f"nor extended XYZ{printed_object_hint(text)}")
+
+
+def printed_object_hint(text: str) -> str:
+    """`` (...)``: what to do with ``text`` that is a structure object's printed form (``str(structure)``,
+    ``repr(atoms)``), which holds no readable structure; ``""`` for other text. Dask turns a column of objects into
+    such text (round 23a: every row failed with a message that hid the cause)."""
+    start = text.lstrip()[:20]
+    if start.startswith(("Full Formula", "Structure Summary")):
+        kind = "a pymatgen Structure"
+    elif start.startswith("Atoms("):
+        kind = "an ase.Atoms"
+    else:
+        return ""
+    return (f" (this is the printed form of {kind}, str(obj), which is not a file format: pass the object itself; "
+            "Dask turns a column of objects into such text unless dask.config.set({'dataframe.convert-string': "
+            "False}))")
 
 
 # =============================================================================================

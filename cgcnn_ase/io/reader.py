@@ -80,6 +80,7 @@ from cgcnn_ase.io.formats import (
     json_file_records,
     looks_like_cif,
     open_text,
+    printed_object_hint,
     structure_dict_record,
     text_frames,
     zip_member,
@@ -203,10 +204,31 @@ def read_records(source: Any, label: str | None = None, *, cif_reader: CifReader
         base = label or "structure text"
         return frame_records(text_frames(source, base), base)
     if kind == "json_text":
-        return [structure_dict_record(json_dict(source, label or "structure JSON"), label or "structure JSON")]
+        value = json_dict(source, label or "structure JSON")
+        return [structure_dict_record(entry_structure(value) or value, label or "structure JSON")]
     if kind == "structure_dict":
         return [structure_dict_record(source, label or "structure dict")]
+    inner = entry_structure(source)
+    if inner is not None:  # a Materials Project document or entry: its structure
+        return read_records(inner, label, cif_reader=cif_reader)
     return [to_record(source, label)]
+
+
+def entry_structure(obj: Any) -> Any:
+    """The structure of a Materials Project style document or entry, as a JSON file of them gives it (round 23a:
+    in memory they were 'unsupported input type dict'): a mapping's ``"structure"`` (a structure dict or pymatgen
+    ``Structure``), or an object's ``structure`` attribute holding a pymatgen ``Structure``
+    (``ComputedStructureEntry``, emmet documents); ``None`` for anything else."""
+    from pymatgen.core import IStructure
+
+    if isinstance(obj, Mapping):
+        inner = obj.get("structure")
+        usable = isinstance(inner, IStructure) or (isinstance(inner, Mapping) and is_structure_dict(inner))
+        return inner if usable else None
+    if isinstance(obj, (str, bytes, os.PathLike)):
+        return None
+    inner = getattr(obj, "structure", None)
+    return inner if isinstance(inner, IStructure) else None
 
 
 def read_record(source: Any, label: str | None = None, *, cif_reader: CifReader = "gemmi") -> StructureRecord:
@@ -266,7 +288,8 @@ def to_record(obj: Any, label: str | None = None) -> StructureRecord:
         )
     raise InvalidStructureError(
         f"{label or 'input'}: unsupported input type {type(obj).__name__}; expected ase.Atoms, pymatgen "
-        "Structure, a pymatgen structure dict, a path to a structure file, or CIF text"
+        "Structure, a pymatgen structure dict (or a Materials Project document or entry holding one under "
+        "'structure'), a path to a structure file, or CIF text"
     )
 
 
@@ -359,6 +382,8 @@ def read_items(
         InvalidStructureError: ``source`` as a whole cannot be read (or holds one structure that
             cannot be used).
     """
+    if isinstance(source, bytes):  # UTF-8 text, as read_records takes it (round 23a: b"nofile.cif" escaped as TypeError)
+        source = source.decode("utf-8", "replace")
     try:
         return [(record.label, record) for record in read_records(source, label, cif_reader=cif_reader)]
     except InvalidStructureError:
@@ -494,6 +519,9 @@ def _read_path(source: str | os.PathLike, label: str | None, cif_reader: CifRead
     if isinstance(source, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", source) and not os.path.exists(source):
         named = f"{label}: {source} is a URL" if label and label != source else f"{source}: a URL"
         raise StructureReadError(f"{named}; only local files are read (nothing is downloaded): download it first")
+    hint = printed_object_hint(source) if isinstance(source, str) and not os.path.exists(source) else ""
+    if hint:  # one line of text (an Atoms' repr) is taken for a path: say what it is instead of "no such file"
+        raise StructureReadError(f"{label or 'input'}: {source[:60]!r} is not a file name{hint}")
     if label is not None and isinstance(source, str) and label != source and not os.path.exists(source):
         try:
             check_file(path)
