@@ -318,3 +318,24 @@ def test_dask_and_streaming_inputs_of_the_wrong_kind_and_interrupted_first_chunk
         else:
             assert len(pd.read_parquet(path)) == 2
         predict_stream(EXAMPLES, ["formation_energy"], str(path), progress=False)  # no refusal: nothing was begun
+
+
+def test_repeated_ids_warn_once_in_the_api_not_in_the_featurizer():
+    """Left open in round 21: 'the API's results can share ids (a Series index with a repeated label) without a
+    word', while streaming warns. The featurizer, whose rows are positional, stays quiet."""
+    import warnings
+
+    from pymatgen.core import Structure
+
+    from cgcnn_ase.errors import DuplicateIdsWarning
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    with pytest.warns(DuplicateIdsWarning, match=r"1 id\(s\) name more than one result \('a'\)"):
+        predictor.predict(pd.Series([EXAMPLES[0]] * 3, index=["a", "a", "b"]))
+    structure = Structure.from_file(EXAMPLES[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DuplicateIdsWarning)
+        predictor.predict([("x", structure), ("y", structure)])
+        frame = pd.DataFrame({"s": [structure, structure]}, index=[1, 1])
+        assert CGCNNFeaturizer("formation_energy").featurize_dataframe(frame, "s", pbar=False).shape == (2, 3)

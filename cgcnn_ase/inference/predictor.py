@@ -22,6 +22,7 @@ from cgcnn_ase.errors import (
     UNSEEN_HINT,
     CGCNNError,
     CheckpointError,
+    DuplicateIdsWarning,
     InvalidStructureError,
     OutOfDomainWarning,
     UnseenElementWarning,
@@ -768,4 +769,19 @@ def _predict_together(
     if index is not None and results and len(results[0]) == len(index):
         for result in results:
             result.index = index
+    if results:
+        _warn_repeated_ids(results[0].ids)
     return results
+
+
+def _warn_repeated_ids(ids: Sequence[str]) -> None:
+    """One :class:`~cgcnn_ase.errors.DuplicateIdsWarning` when results share ids (pairs or a Series index that
+    repeat a label): rows joined or looked up by id would mix them (left open in round 21)."""
+    counts: dict[str, int] = {}
+    for item_id in ids:
+        counts[item_id] = counts.get(item_id, 0) + 1
+    repeated = [item_id for item_id, n in counts.items() if n > 1]
+    if repeated:
+        shown = ", ".join(repr(i) for i in repeated[:3]) + (", ..." if len(repeated) > 3 else "")
+        warnings.warn(f"{len(repeated)} id(s) name more than one result ({shown}): rows looked up or joined by id "
+                      "would be mixed; give unique labels", DuplicateIdsWarning, stacklevel=user_stacklevel())  # fmt: skip

@@ -291,12 +291,14 @@ def predicted_rows(
     from cgcnn_ase.inference.predictor import predict_many
 
     inputs = [item for _, item in items if not isinstance(item, CGCNNError)]
-    results = (
-        predict_many(predictors, inputs, batch_size=batch_size, errors="collect", on_sparse=on_sparse, progress=False,
-                     workers=workers, coverage=coverage)
-        if inputs
-        else []
-    )  # fmt: skip
+    with warnings.catch_warnings():  # a run warns of repeated ids once, across its chunks (SeenIds)
+        warnings.filterwarnings("ignore", category=DuplicateIdsWarning)
+        results = (
+            predict_many(predictors, inputs, batch_size=batch_size, errors="collect", on_sparse=on_sparse,
+                         progress=False, workers=workers, coverage=coverage)
+            if inputs
+            else []
+        )  # fmt: skip
     try:
         counts = iter(_rows_per_input(inputs, results[0].ids) if results else [])
     except _OutOfStep:  # a file named like another's structure (x.cif, then x.cif@2): read the files here

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from matminer.featurizers.base import BaseFeaturizer
 
-from cgcnn_ase.errors import InvalidStructureError
+from cgcnn_ase.errors import DuplicateIdsWarning, InvalidStructureError
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models, predict_many
 from cgcnn_ase.inference.properties import (
     METAL_THRESHOLD,
@@ -326,7 +326,8 @@ class CGCNNFeaturizer(BaseFeaturizer):
             )
         place = (f"the {UNSEEN_COLUMN} column lists them per structure" if self.unseen_elements
                  else "CGCNNFeaturizer(..., unseen_elements=True) adds a column listing them per structure")  # fmt: skip
-        reissue_warnings(caught, place)
+        # rows are positional here: a repeated dataframe label mixes nothing
+        reissue_warnings([w for w in caught if not issubclass(w.category, DuplicateIdsWarning)], place)
         gating = self._gating()
         for j, (predictor, result) in enumerate(zip(self.predictors, results)):
             for k, message in enumerate(result.errors):
