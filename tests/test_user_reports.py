@@ -1444,20 +1444,30 @@ def test_json_files_folders_and_gzip_on_stdin(tmp_path):
 
 
 def test_ctrl_c_in_predict_exits_130_with_a_resume_hint(tmp_path, monkeypatch):
-    """Round 7: 'Ctrl-C exits 1, the code of failed inputs'."""
-    from cgcnn_ase.inference.predictor import CGCNNPredictor as Predictor
+    """Round 7: 'Ctrl-C exits 1, the code of failed inputs'. The hint names --resume once rows were written
+    (round 23a: a stop before the first chunk now leaves no file, so it says that no row was written)."""
+    from cgcnn_ase.inference import predictor as predictor_module
 
     from .conftest import REPO
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    original, calls = predictor_module.predict_many, []
 
-    monkeypatch.setattr(Predictor, "predict", interrupted)
-    monkeypatch.setattr(Predictor, "predict_many", interrupted, raising=False)
-    example = str(REPO / "examples" / "SrTiO3.cif")
-    out = _cli("predict", example, "-m", "formation_energy", "-o", str(tmp_path / "o.csv"))
+    def interrupted_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "predict_many", interrupted_second)
+    examples = [str(REPO / "examples" / name) for name in ("SrTiO3.cif", "NaCl.POSCAR")]
+    out = _cli("predict", *examples, "-m", "formation_energy", "-o", str(tmp_path / "o.csv"), "--chunk-size", "1",
+               "--workers", "1")  # fmt: skip
     assert out.exit_code == 130 and "--resume" in out.output
-    out = _cli("predict", example, "-m", "formation_energy")
+    assert len((tmp_path / "o.csv").read_text().splitlines()) == 2  # the header and the first chunk's row
+    calls.append(1)  # every call from here on is interrupted
+    out = _cli("predict", examples[0], "-m", "formation_energy", "-o", str(tmp_path / "p.csv"))
+    assert out.exit_code == 130 and "no row was written" in out.output and not (tmp_path / "p.csv").exists()
+    out = _cli("predict", examples[0], "-m", "formation_energy")
     assert out.exit_code == 130 and "interrupted" in out.output and "--resume" not in out.output
 
 

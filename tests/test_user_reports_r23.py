@@ -339,3 +339,25 @@ def test_repeated_ids_warn_once_in_the_api_not_in_the_featurizer():
         predictor.predict([("x", structure), ("y", structure)])
         frame = pd.DataFrame({"s": [structure, structure]}, index=[1, 1])
         assert CGCNNFeaturizer("formation_energy").featurize_dataframe(frame, "s", pbar=False).shape == (2, 3)
+
+
+def test_an_ase_json_database_is_read_as_a_database(tmp_path):
+    """Left open in round 21: 'an ASE JSON database ignores --id-column' (its rows were read as frames, path@0).
+    Its rows now get the ids of a .db's rows (path@id=N, or the --id-column key), in the CLI and the API."""
+    from ase.db import connect
+    from pymatgen.core import Structure
+
+    path = tmp_path / "t.json"
+    with connect(str(path)) as db:
+        db.write(bulk("Cu", "fcc", a=3.61), mpid="mp-30")
+        db.write(bulk("NaCl", "rocksalt", a=5.64), mpid="mp-22862")
+    named = _csv(_cli("predict", str(path), "-m", "formation_energy", "--id-column", "mpid"))
+    plain = _csv(_cli("predict", str(path), "-m", "formation_energy"))
+    assert named["id"].tolist() == ["mp-30", "mp-22862"]
+    assert plain["id"].tolist() == [f"{path}@id=1", f"{path}@id=2"]
+    api = CGCNNPredictor.from_pretrained("formation_energy").predict(str(path))
+    assert api.ids == plain["id"].tolist()
+    np.testing.assert_allclose(named["formation_energy (eV/atom)"], api.values, rtol=1e-6)
+    plain_json = tmp_path / "s.json"  # a pymatgen structure JSON is not taken for one
+    plain_json.write_text(Structure.from_file(EXAMPLES[1]).to_json())
+    assert CGCNNPredictor.from_pretrained("formation_energy", members=1).predict(str(plain_json)).ids == [str(plain_json)]

@@ -193,9 +193,25 @@ def frame_records(frames: list[Any], base: str) -> list[StructureRecord]:
     return [from_ase(atoms, label=name) for atoms, name in zip(frames, numbered_labels(base, len(frames)))]
 
 
-def is_ase_db(path: Path) -> bool:
-    """Whether the file's name says ASE database (``.db``)."""
-    return path.name.lower().endswith(".db")
+def is_ase_db(path: str | os.PathLike) -> bool:
+    """Whether the file is an ASE database: its name says so (``.db``), or it is ASE's JSON database (a ``.json``
+    object that ends with ASE's ``"nextid"`` key; round 23: its rows were read as frames, ``path@0``, whatever
+    ``--id-column`` said)."""
+    name = Path(path).name.lower()
+    return name.endswith(".db") or (name.endswith(".json") and _is_ase_json_db(Path(path)))
+
+
+def _is_ase_json_db(path: Path) -> bool:
+    """Whether a JSON file is ASE's JSON database: an object whose last key is ``"nextid"`` (read: its first and
+    last bytes)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+            f.seek(max(0, path.stat().st_size - 64))
+            tail = f.read()
+    except OSError:
+        return False
+    return head.startswith(b"{") and b'"nextid"' in tail
 
 
 def db_frames(path: Path, base: str) -> tuple[list[Any], list[str]]:
@@ -225,8 +241,8 @@ def read_db_rows(path: str | os.PathLike, label: str) -> list[Any]:
 
 
 def connect_db(path: str | os.PathLike, label: str) -> Any:
-    """An ``ase.db`` connection to the ASE database (SQLite) at ``path``, after checking, without writing, that
-    the file is one: ``ase.db.connect`` would add its tables to any other SQLite file it is given.
+    """An ``ase.db`` connection to the ASE database at ``path``: ASE's JSON database as it is, an SQLite file after
+    checking, without writing, that it is one (``ase.db.connect`` would add its tables to any other SQLite file).
 
     Raises:
         StructureReadError: not an SQLite file, or one without ASE's ``systems`` table (the file is left as it was).
@@ -235,6 +251,8 @@ def connect_db(path: str | os.PathLike, label: str) -> Any:
 
     import ase.db
 
+    if Path(path).name.lower().endswith(".json") and _is_ase_json_db(Path(path)):
+        return ase.db.connect(str(path), type="json")  # read only by select()
     with open(path, "rb") as f:
         header = f.read(16)
     if header != b"SQLite format 3\x00":

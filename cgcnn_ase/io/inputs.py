@@ -54,6 +54,7 @@ from cgcnn_ase.io.formats import (
     connect_db,
     db_read_error,
     frame_items,
+    is_ase_db,
     is_json_name,
     json_entry_items,
     open_text,
@@ -560,12 +561,13 @@ def iter_file(
         return
     name = _lower_name(path)
     usable = os.path.isfile(path) and os.path.getsize(path) > 0
-    entries = _json_entries(path, id_key, finished) if usable and is_json_name(name) else None
+    database = usable and is_ase_db(path)  # .db, or ASE's JSON database
+    entries = _json_entries(path, id_key, finished) if usable and is_json_name(name) and not database else None
     if entries is not None:
         yield from entries
     elif usable and name.endswith(FRAME_SUFFIXES):
         yield from _iter_frames(path, finished, id_key)
-    elif usable and name.endswith(DB_SUFFIXES):
+    elif database:
         yield from _iter_db(path, finished, id_key)
     elif defer:
         yield path, path
