@@ -290,6 +290,20 @@ def test_mismatched_members_are_refused(members, tmp_path):
     assert cli.exit_code == 2 and "another split" in cli.stderr
 
 
+def test_members_trained_on_other_labels_are_refused(members, tmp_path):
+    """Round 23b: a member trained on the same ids, split and settings but doubled labels was averaged with the
+    others without a word (each member's model.json records its labels' digests per split part)."""
+    relabelled = shutil.copytree(members[1], tmp_path / "relabelled", ignore=shutil.ignore_patterns("run"))
+    meta = json.loads((relabelled / "model.json").read_text())
+    digests = meta["metadata"]["dataset"]["label_digests"]
+    assert set(digests) == {"train", "val", "test"}
+    digests["train"] = "0" * len(digests["train"])
+    (relabelled / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(EnsembleError, match="trained on other labels than member 0 .*: its train targets differ"):
+        assemble_ensemble([members[0], relabelled], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_corrupt_ensemble_folder_is_refused(ensemble, tmp_path):
     copy = shutil.copytree(ensemble, tmp_path / "copy")
     meta = json.loads((copy / "model.json").read_text())

@@ -384,3 +384,45 @@ def test_an_ase_json_database_is_read_as_a_database(tmp_path):
     plain_json = tmp_path / "s.json"  # a pymatgen structure JSON is not taken for one
     plain_json.write_text(Structure.from_file(EXAMPLES[1]).to_json())
     assert CGCNNPredictor.from_pretrained("formation_energy", members=1).predict(str(plain_json)).ids == [str(plain_json)]
+
+
+def test_training_says_when_test_crystals_are_copies_of_training_ones(tmp_path):
+    """23b: "300 perovskites plus the same 300 CIFs under new ids: 49 of the 60 test crystals have an identical
+    structure in the training split, no warning, the card says 600 used"; "a given split.file is carded as
+    'Random split with seed None'". The run warns, model.json and the card count the copies, and a given split is
+    carded as given."""
+    import json
+
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.cif import CifWriter
+
+    from cgcnn_ase.train.config_sections import SplitConfig
+    from cgcnn_ase.train.trainer import train_from_config
+
+    from .test_training import _crystals, tiny_config
+
+    crystals = _crystals()
+    cifs = [str(CifWriter(AseAtomsAdaptor.get_structure(a))) for a in crystals]
+    vpa = [a.get_volume() / len(a) for a in crystals]
+    table = pd.DataFrame({"material_id": [f"c{k:02d}" for k in range(12)] + [f"copy{k:02d}" for k in range(12)],
+                          "vpa": vpa + vpa, "cif": cifs + [" \n".join(c.splitlines()) for c in cifs]})  # re-laid out
+    path = tmp_path / "twins.csv"
+    table.to_csv(path, index=False)
+    config = tiny_config(path, tmp_path / "run", epochs=1, split=SplitConfig(train=0.5, val=0.25, test=0.25, seed=3))
+    with pytest.warns(UserWarning, match=r"12 structure\(s\) appear under more than one id \(24 rows, e\.g\. 'c\d\d' "
+                                         r"= 'copy\d\d'.*of the 6 test and .* of the 6 validation crystals"):
+        folder = train_from_config(config, progress=False)
+    twins = json.loads((folder / "model.json").read_text())["metadata"]["dataset"]["duplicate_structures"]
+    split = json.loads((folder / "split.json").read_text())
+    pairs = [(f"c{k:02d}", f"copy{k:02d}") for k in range(12)]
+    in_train = {part: sum(1 for a, b in pairs for x, y in ((a, b), (b, a)) if x in split[part] and y in split["train"])
+                for part in ("val", "test")}  # fmt: skip
+    assert (twins["groups"], twins["rows"]) == (12, 24)
+    assert (twins["val_in_train"], twins["test_in_train"]) == (in_train["val"], in_train["test"]) and in_train["test"]
+    card = (folder / "README.md").read_text()
+    assert f"**{in_train['test']} test and {in_train['val']} validation crystals** also have their structure" in card
+
+    given = tiny_config(path, tmp_path / "given", epochs=1, split=SplitConfig(file=str(folder / "split.json")))
+    with pytest.warns(UserWarning, match="appear under more than one id"):
+        again = train_from_config(given, progress=False)
+    assert f"The split given in `{folder / 'split.json'}` (not drawn here)" in (again / "README.md").read_text()

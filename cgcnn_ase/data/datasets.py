@@ -496,6 +496,20 @@ def content_digest(source: Any) -> str | None:
     return hashlib.blake2b(data.encode(), digest_size=8).hexdigest()
 
 
+def duplicate_structures(table: DatasetTable) -> list[list[str]]:
+    """The ids of rows holding the same structure, in groups of two or more, in file order: the same
+    :func:`content_digest` (text with whitespace collapsed, a file's text, a structure dict), or for parsed
+    records the same atoms, coordinates and cell. Rows whose structure could not be read are left out."""
+    groups: dict[str, list[str]] = {}
+    for row_id, source in zip(table.ids, table.sources):
+        if isinstance(source, Exception):
+            continue
+        key = _record_key(source) if isinstance(source, StructureRecord) else content_digest(source)
+        if key is not None:
+            groups.setdefault(key, []).append(row_id)
+    return [ids for ids in groups.values() if len(ids) > 1]
+
+
 def _structure_keys(kind: str, sources: list[Any]) -> list[str]:
     """The graph-cache key of each raw structure: a content hash (32 hex digits); a row the layout's reader
     found unusable is keyed by its error."""

@@ -153,6 +153,17 @@ def check_members(folders: Sequence[Path], members: Sequence[LoadedModel]) -> No
                 raise EnsembleError(
                     f"member {k} ({folder}) was trained on other data settings than member 0 ({ref_folder}): {differ}"
                 )
+            # the same settings on other labels (another file, or an edited one): round 23b averaged members trained on
+            # doubled labels with the others, and the card scored each on its own
+            mine, theirs = ((m.spec.metadata.get("dataset") or {}).get("label_digests") or {} for m in (ref, member))
+            relabelled = [part for part in ("train", "val", "test") if part in mine and part in theirs
+                          and mine[part] != theirs[part]]  # fmt: skip
+            if relabelled:
+                raise EnsembleError(
+                    f"member {k} ({folder}) was trained on other labels than member 0 ({ref_folder}): its "
+                    f"{' and '.join(relabelled)} targets differ (another file, or one edited between the runs); train "
+                    "every member on the same data"
+                )
         # after the split: another split is the likelier cause, and its message is the clearer one
         if (seen := b.metadata.get("elements_seen")) != (ref_seen := a.metadata.get("elements_seen")):
             raise EnsembleError(f"member {k} ({folder}) differs from member 0 ({ref_folder}) in its elements seen in "

@@ -102,6 +102,8 @@ class TrainingResult:
             ``"time_limit"`` (unfinished: running the command again continues it).
         monitor: the metric that selected the best epoch as used (``train_loss`` when the run
             had no validation split), ``None`` for ``config.monitor_name``.
+        twins: identical structures under several ids and how they fall across the split
+            (:func:`~cgcnn_ase.data.splits.twins_across_split`), ``None`` when not checked.
     """
 
     data: PreparedData
@@ -120,6 +122,7 @@ class TrainingResult:
     finetune: dict[str, Any] | None = None
     stopped_by: str = "epochs"
     monitor: str | None = None
+    twins: dict[str, Any] | None = None
 
 
 def _evaluate(
@@ -161,7 +164,8 @@ def _label_digests(data: PreparedData, split: Split) -> dict[str, str]:
     return out
 
 
-def _dataset_metadata(config: TrainConfig, data: PreparedData, split: Split) -> dict[str, Any]:
+def _dataset_metadata(config: TrainConfig, data: PreparedData, split: Split,
+                      twins: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """``metadata.dataset`` of ``model.json``: where the data came from and which rows were used (a usable
     crystal in no part of the split, as fractions summing to less than 1 leave, counts as left out)."""
     usable = set(data.ids)
@@ -180,6 +184,7 @@ def _dataset_metadata(config: TrainConfig, data: PreparedData, split: Split) -> 
         "rows_used": in_split,
         "rows_dropped": {**data.table.dropped, "unusable_structure": len(data.errors), **outside},
         "label_digests": _label_digests(data, split),
+        **({"duplicate_structures": twins} if twins and twins.get("groups") else {}),
         **{k: v for k, v in config.metadata.items() if k != "dataset_name"},
     }
 
@@ -215,12 +220,13 @@ def _model_spec(config: TrainConfig, result: TrainingResult, metrics: dict[str, 
     metadata = {
         "aliases": list(config.aliases),
         "elements_seen": sorted(int(z) for z in np.unique(result.data.store.take(result.parts["train"]).numbers)),
-        "dataset": _dataset_metadata(config, result.data, result.split),
+        "dataset": _dataset_metadata(config, result.data, result.split, result.twins),
         "split": {
             "seed": split.seed,
             "fractions": list(split.fractions) if split.fractions else None,
             "sizes": split.sizes,
             "file": "split.json",
+            **({"given": str(config.split.file)} if config.split.file else {}),  # not drawn here: no seed applies
         },
         "test_metrics": metrics.get("test", {}),
         "val_metrics": metrics.get("val", {}),

@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cgcnn_ase.data.datasets import duplicate_structures
+from cgcnn_ase.data.splits import twins_across_split, twins_warning
 from cgcnn_ase.errors import ConfigError, TrainingError
 from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.models.folder import CHECKPOINT_LAST
@@ -137,6 +139,7 @@ class Trainer:
         self.base: FineTuneBase | None = None
         self.finetune_state: FineTuneState | None = None
         self.base_overlap: dict[str, Any] | None = None
+        self.twins: dict[str, Any] | None = None  # identical structures under several ids (twins_across_split)
         changed = sorted(k for k, v in config.finetune if v != getattr(FineTuneConfig(), k))
         if config.init_from is None and changed:
             raise ConfigError(f"finetune settings {changed} need init_from (the model to start from)")
@@ -198,6 +201,10 @@ class Trainer:
         self.split = resolve_split(config, self.work, self.data.ids, resuming=checkpoint is not None)
         self.parts = split_positions(self.split, self.data,
                                      config.split.file if config.split.file and checkpoint is None else None)  # fmt: skip
+        self.twins = twins_across_split(duplicate_structures(self.data.table), self.split)
+        message = twins_warning(self.twins, self.split)  # a test crystal also in training: an optimistic test error
+        if message and self.is_main:
+            warnings.warn(message, UserWarning, stacklevel=3)
         if self.base is not None:  # a test crystal the base model trained on makes this model's test error optimistic
             self.base_overlap = base_overlap(self.base, self.data.table, self.split)
             message = overlap_warning(self.base, self.base_overlap)
@@ -515,7 +522,7 @@ class Trainer:
             data=self.data, split=self.split, parts=self.parts, history=self.history, best=self.best,
             architecture=self.architecture, mean=self.mean, std=self.std, batcher=self.batcher, device=self.device,
             threads=self.threads, wall_time_s=self.wall_before + session, fingerprint=self.fingerprint,
-            finetune=self._finetune_metadata(), stopped_by=self.stopped_by, monitor=self.monitor,
+            finetune=self._finetune_metadata(), stopped_by=self.stopped_by, monitor=self.monitor, twins=self.twins,
         )  # fmt: skip
         folder = write_model_folder(self.config, result)
         parallel_training.barrier(self.ddp)  # the other processes return once the folder is complete
