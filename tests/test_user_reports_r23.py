@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from ase.build import bulk
+from pymatgen.io.ase import AseAtomsAdaptor
+from pymatgen.io.cif import CifWriter
 
 from cgcnn_ase import CGCNNCalculator, CGCNNPredictor
 
@@ -426,3 +428,27 @@ def test_training_says_when_test_crystals_are_copies_of_training_ones(tmp_path):
     with pytest.warns(UserWarning, match="appear under more than one id"):
         again = train_from_config(given, progress=False)
     assert f"The split given in `{folder / 'split.json'}` (not drawn here)" in (again / "README.md").read_text()
+
+
+def test_evaluate_finds_training_crystals_under_new_ids(tmp_path):
+    """23b: "evaluate DATASET --split all on the training file shuffled and renamed X0...X599: no warning, while
+    the original file warns '540 of the 600 rows ... by id'" (docs/models.md: evaluate warns when a dataset holds
+    crystals a model trained on)."""
+    from cgcnn_ase.analysis.evaluation import evaluate_model
+    from cgcnn_ase.train.trainer import train_from_config
+
+    from .test_training import _crystals, tiny_config
+
+    crystals = _crystals()
+    table = pd.DataFrame({"material_id": [f"c{k:02d}" for k in range(12)],
+                          "vpa": [a.get_volume() / len(a) for a in crystals],
+                          "cif": [str(CifWriter(AseAtomsAdaptor.get_structure(a))) for a in crystals]})  # fmt: skip
+    path = tmp_path / "own.csv"
+    table.to_csv(path, index=False)
+    folder = train_from_config(tiny_config(path, tmp_path / "run", epochs=1), progress=False)
+    renamed = table.sample(frac=1, random_state=0).assign(material_id=[f"X{k}" for k in range(12)])
+    renamed.to_csv(tmp_path / "renamed.csv", index=False)
+    with pytest.warns(UserWarning, match=r"10 of the 12 rows scored are crystals the model was trained on \(8 of its "
+                                         r"train split\) or selected on \(2 of its val split\), by id or identical "
+                                         r"structure"):  # fmt: skip
+        evaluate_model(folder, str(tmp_path / "renamed.csv"), split="all", workers=1)

@@ -24,7 +24,7 @@ from cgcnn_ase.analysis.metrics import (
 )
 from cgcnn_ase.analysis.plots import parity_plot, roc_plot, uncertainty_plots
 from cgcnn_ase.data.datasets import class_labels_problem, label_shift_problem
-from cgcnn_ase.errors import DatasetError, EnsembleError
+from cgcnn_ase.errors import CGCNNError, DatasetError, EnsembleError
 from cgcnn_ase.models.cards import json_safe
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def load_split_records(
     for split in splits:
         if split == "all":
             chosen[split] = list(range(len(table)))
-            _warn_seen_rows(folder, table.ids)
+            _warn_seen_rows(folder, table)
             continue
         if saved is None:
             split_path = folder / "split.json"
@@ -216,25 +216,56 @@ def load_split_records(
     return spec, out
 
 
-def _warn_seen_rows(folder: Path, ids: Sequence[str]) -> None:
-    """A warning when rows scored with ``split="all"`` carry ids of the model's own training or validation
-    crystals: their errors understate the error on new crystals."""
+def _warn_seen_rows(folder: Path, table: Any) -> None:
+    """A warning when rows scored with ``split="all"`` are the model's own training or validation crystals, by id
+    or, where the model's training data is found from here, by identical structure (round 23b: the same crystals
+    shuffled and renamed passed unwarned): their errors understate the error on new crystals."""
     import warnings
 
+    from cgcnn_ase.data.datasets import structure_digest
     from cgcnn_ase.data.splits import Split
 
     if not (folder / "split.json").is_file():
         return
     saved = Split.load(folder / "split.json")
-    present = set(ids)
-    seen = {part: sum(1 for i in saved.ids(part) if i in present) for part in ("train", "val")}
+    parts = {part: set(saved.ids(part)) for part in ("train", "val")}
+    own = _own_training_digests(folder, parts)
+    seen = {"train": 0, "val": 0}
+    for row_id, source in zip(table.ids, table.sources):
+        digest = structure_digest(source) if own is not None else None
+        for part in ("train", "val"):
+            if row_id in parts[part] or (digest is not None and digest in own[part]):
+                seen[part] += 1
+                break
     if any(seen.values()):
+        how = "by id or identical structure" if own is not None else "by id (the model's training data is not found here)"
         warnings.warn(
-            f"{seen['train'] + seen['val']} of the {len(present)} rows scored are crystals the model was trained on "
-            f"({seen['train']} of its train split) or selected on ({seen['val']} of its val split), by id: their "
+            f"{seen['train'] + seen['val']} of the {len(table.ids)} rows scored are crystals the model was trained on "
+            f"({seen['train']} of its train split) or selected on ({seen['val']} of its val split), {how}: their "
             "errors understate the error on new crystals (score the test split, or a table of new crystals)",
             UserWarning, stacklevel=3,
         )  # fmt: skip
+
+
+def _own_training_digests(folder: Path, parts: dict[str, set[str]]) -> dict[str, set[str]] | None:
+    """:func:`~cgcnn_ase.data.datasets.structure_digest` of the model's own training and validation crystals, from
+    the dataset its config names; ``None`` when that is not found or cannot be read from here."""
+    import warnings
+
+    from cgcnn_ase.data.datasets import load_table, structure_digest
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its warnings were given when it trained
+            own = load_table(_dataset_spec(folder, None, None))
+    except (CGCNNError, OSError, ValueError):
+        return None
+    digests: dict[str, set[str]] = {part: set() for part in parts}
+    for row_id, source in zip(own.ids, own.sources):
+        for part, ids in parts.items():
+            if row_id in ids and (digest := structure_digest(source)) is not None:
+                digests[part].add(digest)
+    return digests
 
 
 def predict_quietly(predictor: Any, records: list[Any], *, batch_size: int, progress: bool, **kwargs: Any) -> Any:

@@ -502,12 +502,19 @@ def duplicate_structures(table: DatasetTable) -> list[list[str]]:
     records the same atoms, coordinates and cell. Rows whose structure could not be read are left out."""
     groups: dict[str, list[str]] = {}
     for row_id, source in zip(table.ids, table.sources):
-        if isinstance(source, Exception):
-            continue
-        key = _record_key(source) if isinstance(source, StructureRecord) else content_digest(source)
+        key = structure_digest(source)
         if key is not None:
             groups.setdefault(key, []).append(row_id)
     return [ids for ids in groups.values() if len(ids) > 1]
+
+
+def structure_digest(source: Any) -> str | None:
+    """A row's raw structure as a digest that two copies share however they are kept: :func:`content_digest` of
+    text, files and dicts, the atoms, coordinates and cell of a parsed record; ``None`` for a row whose structure
+    could not be read."""
+    if isinstance(source, Exception):
+        return None
+    return _record_key(source) if isinstance(source, StructureRecord) else content_digest(source)
 
 
 def _structure_keys(kind: str, sources: list[Any]) -> list[str]:
