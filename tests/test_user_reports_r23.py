@@ -452,3 +452,35 @@ def test_evaluate_finds_training_crystals_under_new_ids(tmp_path):
                                          r"train split\) or selected on \(2 of its val split\), by id or identical "
                                          r"structure"):  # fmt: skip
         evaluate_model(folder, str(tmp_path / "renamed.csv"), split="all", workers=1)
+
+
+def test_settings_a_run_does_not_use_are_named(tmp_path):
+    """23b: "schedule.milestones with cosine, optim.momentum with adamw, positive_class for a regression and a key
+    given twice in the YAML file are silently ignored"; "--set 'data.filter=`gap gllbsc` > 0' fails without saying
+    to quote"; "a target with backticks breaks the card's markdown"."""
+    from cgcnn_ase.errors import ConfigError
+    from cgcnn_ase.train.config import apply_overrides, load_config, read_config_file
+    from cgcnn_ase.train.trainer import train_from_config
+
+    from .test_training import tiny_config
+
+    base = REPO / "configs" / "perovskite_formation_energy.yaml"
+    with pytest.warns(UserWarning, match=r"schedule\.milestones \(\[2\]: schedule cosine does not use it, multistep "
+                                         r"does\); optim\.momentum \(0\.5: adamw .*; positive_class"):  # fmt: skip
+        load_config(base, ["schedule.name=cosine", "schedule.milestones=[2]", "optim.name=adamw",
+                           "optim.momentum=0.5", "positive_class=metal"])  # fmt: skip
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(base.read_text() + "\nproperty: something_else\n")
+    with pytest.raises(ConfigError, match="the key 'property' is given twice"):
+        read_config_file(twice)
+    with pytest.raises(ConfigError, match=r"quoted in YAML: data\.filter=\"`gap gllbsc` > 0\""):
+        apply_overrides({}, ["data.filter=`gap gllbsc` > 0"])
+
+    crystals = [bulk(s, "fcc", a=a) for s, a in (("Cu", 3.61), ("Al", 4.05), ("Ni", 3.52), ("Ag", 4.09))] * 2
+    table = pd.DataFrame({"material_id": [f"c{k}" for k in range(8)], "vpa": [a.get_volume() + k for k, a in enumerate(crystals)],
+                          "cif": [str(CifWriter(AseAtomsAdaptor.get_structure(a))) for a in crystals]})  # fmt: skip
+    table.to_csv(tmp_path / "t.csv", index=False)
+    config = tiny_config(tmp_path / "t.csv", tmp_path / "run", epochs=1)
+    config.data.target = "`vpa` * 1000"
+    card = (train_from_config(config, progress=False) / "README.md").read_text()
+    assert "- Target: `` `vpa` * 1000 ``;" in card

@@ -99,7 +99,7 @@ def _environment() -> Any:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(fmt=fmt, pct=pct, symbols=symbols, nonzero_counts=_nonzero_counts, code=lambda v: f"`{v}`")
+    env.filters.update(fmt=fmt, pct=pct, symbols=symbols, nonzero_counts=_nonzero_counts, code=_code)
     return env
 
 
@@ -194,3 +194,10 @@ def ensemble_card(
         hw=training.get("hardware") or {},
         plots=[name for name in ENSEMBLE_PLOTS if name in files],
     )
+
+
+def _code(value: object) -> str:
+    """Markdown inline code: ``value`` in backticks, in double backticks with spaces when it holds one (round 23b:
+    a target ```e_form (eV/atom)` * 1000`` broke the card)."""
+    text = str(value)
+    return f"`` {text} ``" if "`" in text else f"`{text}`"

@@ -26,11 +26,11 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from cgcnn_ase.errors import ConfigError
+from cgcnn_ase.errors import ConfigError, user_stacklevel
 from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.data.datasets import DatasetSpec
 from cgcnn_ase.train.config_sections import (
@@ -268,6 +268,7 @@ class TrainConfig(Settings):
                 f"schedule.warmup_epochs ({warmup}) needs schedule.name: cosine and fewer epochs than epochs "
                 f"({self.epochs}); got schedule.name: {self.schedule.name}"
             )
+        self._validate_unused()
         losses = ("auto", "cross_entropy") if self.task == "classification" else ("auto", "mse", "mae")
         choice("loss", self.loss, losses)
         monitors = (
@@ -289,6 +290,38 @@ class TrainConfig(Settings):
             raise ConfigError("classification targets are labels 0/1: data.transform must be 'none'")
         self._validate_ranges()
         self._validate_finetune()
+
+    #: The schedule settings each schedule uses (the others must keep their defaults).
+    _SCHEDULE_SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "none": (), "multistep": ("milestones", "gamma"), "cosine": ("min_lr", "warmup_epochs"),
+        "onecycle": ("pct_start",), "reduce_on_plateau": ("factor", "patience", "min_lr"),
+    }  # fmt: skip
+
+    def _validate_unused(self) -> None:
+        """Warn about a setting changed from its default that the chosen schedule, optimiser or task does not use
+        (round 23b: ``schedule.milestones`` with ``cosine``, ``optim.momentum`` with ``adamw`` and
+        ``positive_class`` for a regression ran as if they were not there). A warning, not a refusal: the saved
+        configs of two shipped models carry such a setting (``schedule.patience`` with ``cosine``) and must still
+        run again."""
+        from cgcnn_ase.train.config_sections import OptimConfig, ScheduleConfig
+
+        unused = []
+        used = self._SCHEDULE_SETTINGS.get(self.schedule.name, ())
+        defaults = ScheduleConfig()
+        for key in ("milestones", "gamma", "min_lr", "pct_start", "factor", "patience"):
+            if key not in used and getattr(self.schedule, key) != getattr(defaults, key):
+                users = [name for name, keys in self._SCHEDULE_SETTINGS.items() if key in keys]
+                unused.append(f"schedule.{key} ({getattr(self.schedule, key)!r}: schedule {self.schedule.name} does "
+                              f"not use it, {' and '.join(users)} {'do' if len(users) > 1 else 'does'})")  # fmt: skip
+        if self.optim.name != "sgd" and self.optim.momentum != OptimConfig().momentum:
+            unused.append(f"optim.momentum ({self.optim.momentum!r}: {self.optim.name} keeps its own moment estimates; "
+                          "sgd uses it)")  # fmt: skip
+        if self.task != "classification" and self.positive_class is not None:
+            unused.append(f"positive_class ({self.positive_class!r}: it names class 1 of a classifier, and this is a "
+                          f"{self.task} run)")  # fmt: skip
+        if unused:
+            warnings.warn(f"settings that this run does not use: {'; '.join(unused)}. Remove them, or choose the "
+                          "schedule, optimiser or task that uses them", UserWarning, stacklevel=user_stacklevel())  # fmt: skip
 
     def _validate_finetune(self) -> None:
         """The checks of ``init_from`` and the ``finetune`` section that need no base model (a run
@@ -416,9 +449,31 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from None
+            hint = ""
+            if text.strip()[:1] in "`@%!&*|>":  # round 23b: a pandas expression with `backticked column`
+                hint = f"; text starting with {text.strip()[0]!r} is quoted in YAML: {key}=\"{text.strip()}\""
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc}){hint}") from None
         _set_dotted(data, key, value)
     return data
+
+
+def _unique_key_loader() -> Any:
+    """A YAML ``SafeLoader`` that refuses a key given twice in one mapping (round 23b: ``property`` twice, the last
+    silently won)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                            key_node.start_mark)  # fmt: skip
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -440,7 +495,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     else:
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.load(path.read_text(), Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
