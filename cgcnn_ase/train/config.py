@@ -26,7 +26,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -291,31 +291,13 @@ class TrainConfig(Settings):
         self._validate_ranges()
         self._validate_finetune()
 
-    #: The schedule settings each schedule uses (the others must keep their defaults).
-    _SCHEDULE_SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "none": (), "multistep": ("milestones", "gamma"), "cosine": ("min_lr", "warmup_epochs"),
-        "onecycle": ("pct_start",), "reduce_on_plateau": ("factor", "patience", "min_lr"),
-    }  # fmt: skip
-
     def _validate_unused(self) -> None:
-        """Warn about a setting changed from its default that the chosen schedule, optimiser or task does not use
+        """Warn about settings changed from their defaults that the chosen schedule, optimiser or task does not use
         (round 23b: ``schedule.milestones`` with ``cosine``, ``optim.momentum`` with ``adamw`` and
         ``positive_class`` for a regression ran as if they were not there). A warning, not a refusal: the saved
         configs of two shipped models carry such a setting (``schedule.patience`` with ``cosine``) and must still
         run again."""
-        from cgcnn_ase.train.config_sections import OptimConfig, ScheduleConfig
-
-        unused = []
-        used = self._SCHEDULE_SETTINGS.get(self.schedule.name, ())
-        defaults = ScheduleConfig()
-        for key in ("milestones", "gamma", "min_lr", "pct_start", "factor", "patience"):
-            if key not in used and getattr(self.schedule, key) != getattr(defaults, key):
-                users = [name for name, keys in self._SCHEDULE_SETTINGS.items() if key in keys]
-                unused.append(f"schedule.{key} ({getattr(self.schedule, key)!r}: schedule {self.schedule.name} does "
-                              f"not use it, {' and '.join(users)} {'do' if len(users) > 1 else 'does'})")  # fmt: skip
-        if self.optim.name != "sgd" and self.optim.momentum != OptimConfig().momentum:
-            unused.append(f"optim.momentum ({self.optim.momentum!r}: {self.optim.name} keeps its own moment estimates; "
-                          "sgd uses it)")  # fmt: skip
+        unused = self.schedule.unused() + self.optim.unused()
         if self.task != "classification" and self.positive_class is not None:
             unused.append(f"positive_class ({self.positive_class!r}: it names class 1 of a classifier, and this is a "
                           f"{self.task} run)")  # fmt: skip
@@ -495,7 +477,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     else:
         try:
-            data = yaml.load(path.read_text(), Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader
+            data = yaml.load(path.read_text(), Loader=_unique_key_loader())  # a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):

@@ -74,6 +74,12 @@ class OptimConfig(Settings):
     weight_decay: float = 0.0
     momentum: float = 0.9
 
+    def unused(self) -> list[str]:
+        """Settings changed from their defaults that this optimiser does not use (``momentum`` outside ``sgd``)."""
+        if self.name != "sgd" and self.momentum != type(self)().momentum:
+            return [f"optim.momentum ({self.momentum!r}: {self.name} keeps its own moment estimates; sgd uses it)"]
+        return []
+
 
 class ScheduleConfig(Settings):
     """Learning-rate schedule.
@@ -95,6 +101,22 @@ class ScheduleConfig(Settings):
     factor: float = 0.5
     patience: int = 10
     warmup_epochs: int = 0
+
+    #: The settings each schedule uses (``warmup_epochs`` outside ``cosine`` is refused by the run's config).
+    USES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "none": (), "multistep": ("milestones", "gamma"), "cosine": ("min_lr", "warmup_epochs"),
+        "onecycle": ("pct_start",), "reduce_on_plateau": ("factor", "patience", "min_lr"),
+    }  # fmt: skip
+
+    def unused(self) -> list[str]:
+        """Settings changed from their defaults that this schedule does not use, each with the schedules that do."""
+        out, defaults = [], type(self)()
+        for key in ("milestones", "gamma", "min_lr", "pct_start", "factor", "patience"):
+            if key not in self.USES.get(self.name, ()) and getattr(self, key) != getattr(defaults, key):
+                users = [name for name, keys in self.USES.items() if key in keys]
+                out.append(f"schedule.{key} ({getattr(self, key)!r}: schedule {self.name} does not use it, "
+                           f"{' and '.join(users)} {'do' if len(users) > 1 else 'does'})")  # fmt: skip
+        return out
 
 
 class FineTuneConfig(Settings):
