@@ -388,81 +388,97 @@ def test_an_ase_json_database_is_read_as_a_database(tmp_path):
     assert CGCNNPredictor.from_pretrained("formation_energy", members=1).predict(str(plain_json)).ids == [str(plain_json)]
 
 
-def test_training_says_when_test_crystals_are_copies_of_training_ones(tmp_path):
-    """23b: "300 perovskites plus the same 300 CIFs under new ids: 49 of the 60 test crystals have an identical
-    structure in the training split, no warning, the card says 600 used"; "a given split.file is carded as
-    'Random split with seed None'". The run warns, model.json and the card count the copies, and a given split is
-    carded as given."""
-    import json
-
-    from pymatgen.io.ase import AseAtomsAdaptor
-    from pymatgen.io.cif import CifWriter
+@pytest.fixture(scope="module")
+def twins_run(tmp_path_factory):
+    """One tiny training run on 12 crystals given twice (the copies under new ids, their CIF text re-laid out),
+    with a target expression holding backticks: ``(folder, table, warning messages)``."""
+    import warnings
 
     from cgcnn_ase.train.config_sections import SplitConfig
     from cgcnn_ase.train.trainer import train_from_config
 
     from .test_training import _crystals, tiny_config
 
+    root = tmp_path_factory.mktemp("twins")
     crystals = _crystals()
     cifs = [str(CifWriter(AseAtomsAdaptor.get_structure(a))) for a in crystals]
     vpa = [a.get_volume() / len(a) for a in crystals]
     table = pd.DataFrame({"material_id": [f"c{k:02d}" for k in range(12)] + [f"copy{k:02d}" for k in range(12)],
-                          "vpa": vpa + vpa, "cif": cifs + [" \n".join(c.splitlines()) for c in cifs]})  # re-laid out
-    path = tmp_path / "twins.csv"
-    table.to_csv(path, index=False)
-    config = tiny_config(path, tmp_path / "run", epochs=1, split=SplitConfig(train=0.5, val=0.25, test=0.25, seed=3))
-    with pytest.warns(UserWarning, match=r"12 structure\(s\) appear under more than one id \(24 rows, e\.g\. 'c\d\d' "
-                                         r"= 'copy\d\d'.*of the 6 test and .* of the 6 validation crystals"):
+                          "vpa": vpa + vpa, "cif": cifs + [" \n".join(c.splitlines()) for c in cifs]})  # fmt: skip
+    table.to_csv(root / "twins.csv", index=False)
+    config = tiny_config(root / "twins.csv", root / "run", epochs=1, split=SplitConfig(train=0.5, val=0.25, test=0.25, seed=3))
+    config.data.target = "`vpa` * 1000"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         folder = train_from_config(config, progress=False)
-    twins = json.loads((folder / "model.json").read_text())["metadata"]["dataset"]["duplicate_structures"]
+    return folder, table, [str(w.message) for w in caught]
+
+
+def test_training_says_when_test_crystals_are_copies_of_training_ones(twins_run):
+    """23b: "300 perovskites plus the same 300 CIFs under new ids: 49 of the 60 test crystals have an identical
+    structure in the training split, no warning, the card says 600 used"; "a given split.file is carded as
+    'Random split with seed None'"; "a target with backticks breaks the card's markdown". The run warns, model.json
+    and the card count the copies, a given split is carded as given and backticks are quoted."""
+    import json
+
+    from cgcnn_ase.models.cards import model_card
+
+    folder, _, messages = twins_run
     split = json.loads((folder / "split.json").read_text())
     pairs = [(f"c{k:02d}", f"copy{k:02d}") for k in range(12)]
     in_train = {part: sum(1 for a, b in pairs for x, y in ((a, b), (b, a)) if x in split[part] and y in split["train"])
                 for part in ("val", "test")}  # fmt: skip
-    assert (twins["groups"], twins["rows"]) == (12, 24)
-    assert (twins["val_in_train"], twins["test_in_train"]) == (in_train["val"], in_train["test"]) and in_train["test"]
+    assert in_train["test"] and any(
+        "12 structure(s) appear under more than one id (24 rows, e.g. " in m and f"{in_train['test']} of the 6 test and "
+        f"{in_train['val']} of the 6 validation crystals have an identical structure in the training split" in m
+        for m in messages)  # fmt: skip
+    document = json.loads((folder / "model.json").read_text())
+    twins = document["metadata"]["dataset"]["duplicate_structures"]
+    assert (twins["groups"], twins["rows"], twins["val_in_train"], twins["test_in_train"]) == (
+        12, 24, in_train["val"], in_train["test"])  # fmt: skip
     card = (folder / "README.md").read_text()
     assert f"**{in_train['test']} test and {in_train['val']} validation crystals** also have their structure" in card
-
-    given = tiny_config(path, tmp_path / "given", epochs=1, split=SplitConfig(file=str(folder / "split.json")))
-    with pytest.warns(UserWarning, match="appear under more than one id"):
-        again = train_from_config(given, progress=False)
-    assert f"The split given in `{folder / 'split.json'}` (not drawn here)" in (again / "README.md").read_text()
+    assert "- Target: `` `vpa` * 1000 ``;" in card and "Random split with seed 3" in card
+    document["metadata"]["split"]["given"] = "my/split.json"  # as a run with split.file records it
+    assert "The split given in `my/split.json` (not drawn here); ids in `split.json`." in model_card(document, loss_name="mse")
 
 
-def test_evaluate_finds_training_crystals_under_new_ids(tmp_path):
+def test_evaluate_finds_training_crystals_under_new_ids(twins_run, tmp_path):
     """23b: "evaluate DATASET --split all on the training file shuffled and renamed X0...X599: no warning, while
     the original file warns '540 of the 600 rows ... by id'" (docs/models.md: evaluate warns when a dataset holds
     crystals a model trained on)."""
+    import json
+    import re
+    import warnings
+
     from cgcnn_ase.analysis.evaluation import evaluate_model
-    from cgcnn_ase.train.trainer import train_from_config
 
-    from .test_training import _crystals, tiny_config
-
-    crystals = _crystals()
-    table = pd.DataFrame({"material_id": [f"c{k:02d}" for k in range(12)],
-                          "vpa": [a.get_volume() / len(a) for a in crystals],
-                          "cif": [str(CifWriter(AseAtomsAdaptor.get_structure(a))) for a in crystals]})  # fmt: skip
-    path = tmp_path / "own.csv"
-    table.to_csv(path, index=False)
-    folder = train_from_config(tiny_config(path, tmp_path / "run", epochs=1), progress=False)
-    renamed = table.sample(frac=1, random_state=0).assign(material_id=[f"X{k}" for k in range(12)])
+    folder, table, _ = twins_run
+    split = json.loads((folder / "split.json").read_text())
+    part_of = {i: part for part in ("train", "val", "test") for i in split[part]}
+    expected = {"train": 0, "val": 0}
+    for k in range(12):  # each structure is held by c_k and copy_k
+        parts = {part_of.get(f"c{k:02d}"), part_of.get(f"copy{k:02d}")}
+        seen = "train" if "train" in parts else "val" if "val" in parts else None
+        if seen:
+            expected[seen] += 2  # both renamed rows of the structure
+    renamed = table.sample(frac=1, random_state=0).assign(material_id=[f"X{k}" for k in range(24)])
     renamed.to_csv(tmp_path / "renamed.csv", index=False)
-    with pytest.warns(UserWarning, match=r"10 of the 12 rows scored are crystals the model was trained on \(8 of its "
-                                         r"train split\) or selected on \(2 of its val split\), by id or identical "
-                                         r"structure"):  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         evaluate_model(folder, str(tmp_path / "renamed.csv"), split="all", workers=1)
+    found = [re.search(r"(\d+) of the 24 rows scored .* \((\d+) of its train split\) or selected on \((\d+) of its val "
+                       r"split\), by id or identical structure", str(w.message)) for w in caught]  # fmt: skip
+    match = next(m for m in found if m)
+    assert [int(g) for g in match.groups()] == [expected["train"] + expected["val"], expected["train"], expected["val"]]
 
 
 def test_settings_a_run_does_not_use_are_named(tmp_path):
     """23b: "schedule.milestones with cosine, optim.momentum with adamw, positive_class for a regression and a key
     given twice in the YAML file are silently ignored"; "--set 'data.filter=`gap gllbsc` > 0' fails without saying
-    to quote"; "a target with backticks breaks the card's markdown"."""
+    to quote"."""
     from cgcnn_ase.errors import ConfigError
     from cgcnn_ase.train.config import apply_overrides, load_config, read_config_file
-    from cgcnn_ase.train.trainer import train_from_config
-
-    from .test_training import tiny_config
 
     base = REPO / "configs" / "perovskite_formation_energy.yaml"
     with pytest.warns(UserWarning, match=r"schedule\.milestones \(\[2\]: schedule cosine does not use it, multistep "
@@ -475,12 +491,3 @@ def test_settings_a_run_does_not_use_are_named(tmp_path):
         read_config_file(twice)
     with pytest.raises(ConfigError, match=r"quoted in YAML: data\.filter=\"`gap gllbsc` > 0\""):
         apply_overrides({}, ["data.filter=`gap gllbsc` > 0"])
-
-    crystals = [bulk(s, "fcc", a=a) for s, a in (("Cu", 3.61), ("Al", 4.05), ("Ni", 3.52), ("Ag", 4.09))] * 2
-    table = pd.DataFrame({"material_id": [f"c{k}" for k in range(8)], "vpa": [a.get_volume() + k for k, a in enumerate(crystals)],
-                          "cif": [str(CifWriter(AseAtomsAdaptor.get_structure(a))) for a in crystals]})  # fmt: skip
-    table.to_csv(tmp_path / "t.csv", index=False)
-    config = tiny_config(tmp_path / "t.csv", tmp_path / "run", epochs=1)
-    config.data.target = "`vpa` * 1000"
-    card = (train_from_config(config, progress=False) / "README.md").read_text()
-    assert "- Target: `` `vpa` * 1000 ``;" in card
