@@ -274,20 +274,25 @@ def warn_symmetry_conflict(block: Any, label: str) -> None:
     """Warn (:class:`~cgcnn_ase.errors.CifSymmetryWarning`) when a block lists symmetry operations whose number
     differs from that of the space group its Hermann-Mauguin symbol names (round 23c: ``F m -3 m`` with only
     ``x,y,z`` was read as a 2-atom cell without a word). The operations are what is applied."""
-    import gemmi
-
     ops = {gemmi_unquote(op).replace(" ", "").lower() for tag in _SYMOP_TAGS for op in block.find_values(tag)}
     symbol = next((gemmi_unquote(v) for tag in _HM_TAGS for v in [block.find_value(tag)] if v), None)
     if not ops or not symbol or symbol in ("?", "."):
         return
-    group = gemmi.find_spacegroup_by_name(symbol)
-    if group is None:
-        return
-    expected = len(group.operations().sym_ops) * len(group.operations().cen_ops)
-    if expected != len(ops):
+    expected = _group_size(symbol)
+    if expected is not None and expected != len(ops):
         warnings.warn(f"{label}: its space group {symbol!r} has {expected} symmetry operations but the CIF lists "
                       f"{len(ops)}; the listed operations were applied, so the crystal may not be the one "
                       f"{symbol!r} names: check the file", CifSymmetryWarning, stacklevel=user_stacklevel())  # fmt: skip
+
+
+@functools.lru_cache(maxsize=512)
+def _group_size(symbol: str) -> int | None:
+    """The number of symmetry operations (centring included) of the space group named ``symbol``; ``None`` for a
+    symbol gemmi does not know. Cached: most files of a run name the same few groups."""
+    import gemmi
+
+    group = gemmi.find_spacegroup_by_name(symbol)
+    return None if group is None else len(group.operations().sym_ops) * len(group.operations().cen_ops)
 
 
 def _check_coordinates(small: Any, block: Any, label: str) -> None:
