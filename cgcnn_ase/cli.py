@@ -143,14 +143,17 @@ def _resume_hint(command: str, options: dict[str, Any]) -> str:
                  and options.get("fmt") not in ("json", "table") and not output.lower().endswith(".json"))  # fmt: skip
     if not resumable:
         return ""
-    from cgcnn_ase.inference.streaming import RUN_FINISHED, run_record_path
-    from cgcnn_ase.inference.writers import infer_format
-
-    try:
-        record = json.loads(run_record_path(output, infer_format(output, options.get("fmt"))).read_text())
-        started = record.get(RUN_FINISHED) is False  # this run (or an unfinished earlier one) wrote its record
-    except (OSError, ValueError, AttributeError, CGCNNError):
-        started = False
+    # nothing is imported here: Ctrl-C may come while torch or pandas is half imported (round 24: importing the
+    # streaming module then crashed, even with a segfault); a run that has not imported it wrote nothing yet
+    streaming = sys.modules.get("cgcnn_ase.inference.streaming")
+    writers = sys.modules.get("cgcnn_ase.inference.writers")
+    started = False
+    if all(hasattr(m, n) for m, n in ((streaming, "RUN_FINISHED"), (streaming, "run_record_path"), (writers, "infer_format"))):
+        try:
+            path = streaming.run_record_path(output, writers.infer_format(output, options.get("fmt")))
+            started = json.loads(path.read_text()).get(streaming.RUN_FINISHED) is False  # this run (or an unfinished earlier one) wrote it
+        except (OSError, ValueError, AttributeError, CGCNNError):
+            started = False
     if started:
         return "; the rows written so far are kept: run the same command with --resume to continue"
     if Path(output).exists():  # stopped before writing (loading the models): the earlier run's output stands

@@ -437,7 +437,8 @@ def test_training_says_when_test_crystals_are_copies_of_training_ones(twins_run)
     assert (twins["groups"], twins["rows"], twins["val_in_train"], twins["test_in_train"]) == (
         12, 24, in_train["val"], in_train["test"])  # fmt: skip
     card = (folder / "README.md").read_text()
-    assert f"**{in_train['test']} test and {in_train['val']} validation crystals** also have their structure" in card
+    assert f"**{in_train['test']} test and {in_train['val']} validation crystals** also have their structure in the " \
+        "training split, so the test metrics understate the error on new crystals\n- Elements in the training" in card
     assert "- Target: `` `vpa` * 1000 ``;" in card and "Random split with seed 3" in card
     document["metadata"]["split"]["given"] = "my/split.json"  # as a run with split.file records it
     assert "The split given in `my/split.json` (not drawn here); ids in `split.json`." in model_card(document, loss_name="mse")

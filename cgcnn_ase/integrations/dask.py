@@ -247,7 +247,7 @@ def _model_refs(models: Any) -> list[str]:
     Raises:
         StreamError: a model given as a loaded predictor (workers cannot load an object) or another type.
     """
-    items = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+    items = list(models) if isinstance(models, (list, tuple)) else [models]  # one name, path or (refused) object
     for item in items:
         if not isinstance(item, (str, os.PathLike)):
             source = getattr(getattr(item, "model", None), "source", None)
@@ -256,6 +256,20 @@ def _model_refs(models: Any) -> list[str]:
                               f"{type(item).__name__} objects{hint}; CGCNNFeaturizer with featurize_dask takes loaded "
                               "predictors")  # fmt: skip
     return [os.fspath(m) for m in items]
+
+
+def _check_dask_frame(ddf: Any, function: str, instead: str) -> None:
+    """Refuse anything but a dask DataFrame (a pandas frame, a dask Series, which answers ``.columns`` too).
+
+    Raises:
+        StreamError: naming what was given and how to wrap it, or ``instead``, the in-process way.
+    """
+    import dask.dataframe as dd
+
+    if not isinstance(ddf, dd.DataFrame):
+        raise StreamError(f"{function} takes a dask DataFrame, got {type(ddf).__module__}.{type(ddf).__name__}: wrap a "
+                          "pandas table with dask.dataframe.from_pandas(df, npartitions=...) (a dask Series: "
+                          f"series.to_frame()), or run it in this process ({instead})")  # fmt: skip
 
 
 def _meta(models: Sequence[str], device: str | None) -> pd.DataFrame:
@@ -286,13 +300,7 @@ def predict_dataframe(
         A dask dataframe with the index of ``ddf``: ``id``, one column per model, ``error``.
     """
     models = _model_refs(models)
-    import dask.dataframe as dd
-
-    if not isinstance(ddf, dd.DataFrame):  # a dask Series answers .columns too
-        raise StreamError(f"predict_dataframe takes a dask DataFrame, got {type(ddf).__module__}.{type(ddf).__name__}: "
-                          "wrap a pandas table with dask.dataframe.from_pandas(df, npartitions=...) (a dask Series: "
-                          "series.to_frame()), or predict it in this process (CGCNNPredictor.predict(df[column]), "
-                          "predict_stream)")  # fmt: skip
+    _check_dask_frame(ddf, "predict_dataframe", "CGCNNPredictor.predict(df[column]), predict_stream")
     for name, option in ((column, "column"), (id_column, "id_column")):
         if name is not None and name not in ddf.columns:
             raise StreamError(f"{option}: no column {name!r}; columns: {list(ddf.columns)}")
@@ -424,6 +432,9 @@ def featurize_dask(
     """
     import pandas as pd
 
+    _check_dask_frame(ddf, "featurize_dask", "featurizer.featurize_dataframe(df, col_id)")
+    if col_id not in ddf.columns:
+        raise StreamError(f"featurize_dask: no column {col_id!r}; columns: {list(ddf.columns)}")
     labels = featurizer.feature_labels()  # loads the models here: bad names fail before any task
     meta = ddf._meta.copy()
     for label in labels:
