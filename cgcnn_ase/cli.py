@@ -33,6 +33,7 @@ from cgcnn_ase.errors import (
     CheckpointError,
     ConfigError,
     DeviceError,
+    OutOfDomainWarning,
     SiteAnalysisError,
     StreamError,
     UnfinishedRunError,
@@ -97,6 +98,7 @@ class _WarningPrinter:
         self.unseen: dict[str, int] = {}  # "model 'NAME'" -> unseen-element warnings so far
         self.totals: dict[str, list[int]] = {}  # "model 'NAME'" -> [structures holding them, predicted], summed
         self.first_unseen: dict[str, list[str]] = {}  # the first summary's text after the model -> models
+        self.far: dict[str, list[int]] = {}  # "model 'NAME'" -> [out-of-domain warnings, structures they count]
         self.shown: set[str] = set()
 
     def __call__(self, message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
@@ -111,6 +113,14 @@ class _WarningPrinter:
             if self.unseen[model] == 1:
                 rest = rest.replace(UNSEEN_HINT, self.unseen_place)
                 self.first_unseen.setdefault(rest, []).append(model.removeprefix("model ").strip("'"))
+            return
+        if issubclass(category, OutOfDomainWarning):  # one per model and chunk (round 24): the first, then one sum
+            model = text.split(":", 1)[0].removeprefix("model ").strip("'")
+            counted = re.search(r"(\d+) of \d+ predicted structure", text)
+            far = self.far.setdefault(model, [0, 0])
+            far[0], far[1] = far[0] + 1, far[1] + (int(counted[1]) if counted else 0)
+            if len(self.far) == 1 and far[0] == 1:
+                click.echo(f"warning: {text}", err=True)
             return
         if text in self.shown:
             return
@@ -133,7 +143,13 @@ class _WarningPrinter:
             click.echo(f"warning: {who}: {overall}{count - 1} later warning(s) {'each ' if len(names) > 1 else ''}about "
                        "them (from later chunks, or from ensemble members run one by one) are not shown; those "
                        "predictions are extrapolations too", err=True)  # fmt: skip
-        self.first_unseen, self.unseen, self.totals = {}, {}, {}
+        later = sum(count for count, _ in self.far.values()) - 1
+        if later > 0:
+            hits = ", ".join(f"{model} {hit}" for model, (_, hit) in self.far.items())
+            click.echo(f"warning: in all, predicted structures farther from a model's training data than every validation "
+                       f"crystal (domain percentile 100): {hits}; {later} other warning(s) about them (other models, "
+                       "later chunks) are not shown", err=True)  # fmt: skip
+        self.first_unseen, self.unseen, self.totals, self.far = {}, {}, {}, {}
 
 
 def _resume_hint(command: str, options: dict[str, Any]) -> str:
@@ -323,7 +339,7 @@ def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
     if not text.strip():
         raise click.UsageError("stdin ('-') holds no structure (it is empty): give CIF, POSCAR, extxyz or pymatgen "
                                "JSON text")  # fmt: skip
-    if len(text.strip().splitlines()) < 2 and not text.lstrip().startswith("{"):  # one line is no structure text
+    if len(text.strip().splitlines()) < 2 and not text.lstrip().startswith(("{", "[")):  # one line: no structure text
         raise click.UsageError(f"stdin ('-') holds one line ({text.strip()[:60]!r}), not structure text: give CIF, "
                                "POSCAR, extxyz or pymatgen JSON text, or name a file as an argument")  # fmt: skip
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]

@@ -492,3 +492,103 @@ def test_settings_a_run_does_not_use_are_named(tmp_path):
         read_config_file(twice)
     with pytest.raises(ConfigError, match=r"quoted in YAML: data\.filter=\"`gap gllbsc` > 0\""):
         apply_overrides({}, ["data.filter=`gap gllbsc` > 0"])
+
+
+# -- round 24: an outsider tried to break the fixes above ------------------------------------------------------------
+
+
+def test_round24_inputs_and_configs(tmp_path):
+    """24: YAML merge keys (<<: *anchor) were refused by the duplicate-key check; bytearray and memoryview were
+    iterated byte by byte; a ComputedStructureEntry's as_dict() and a JSON list of MP documents given as text were
+    refused; Dask given one loaded predictor and featurize_dask given a pandas frame or a dask Series failed bare."""
+    import json
+
+    import dask.dataframe as dd
+    from pymatgen.core import Structure
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+
+    from cgcnn_ase.errors import ConfigError, StreamError
+    from cgcnn_ase.integrations.dask import featurize_dask, predict_dataframe, predict_files
+    from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
+    from cgcnn_ase.train.config import read_config_file
+
+    merged = tmp_path / "merge.yaml"
+    merged.write_text("metadata: {optim_defaults: &common {name: adamw, lr: 0.001}}\n"
+                      "optim: {<<: *common, weight_decay: 0.01}\n")  # fmt: skip
+    assert read_config_file(merged)["optim"] == {"name": "adamw", "lr": 0.001, "weight_decay": 0.01}
+    merged.write_text(merged.read_text() + "optim: {}\n")
+    with pytest.raises(ConfigError, match="the key 'optim' is given twice"):
+        read_config_file(merged)
+
+    cif = (REPO / "examples" / "SrTiO3.cif").read_bytes()
+    structure = Structure.from_file(EXAMPLES[1])
+    document = {"material_id": "mp-5229", "structure": structure.as_dict()}
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    result = predictor.predict([bytearray(cif), memoryview(cif), ComputedStructureEntry(structure, -40.0).as_dict(),
+                                json.dumps([document, document])], errors="collect")  # fmt: skip
+    assert result.ids == ["input 0", "input 1", "input 2", "input 3@0", "input 3@1"] and result.errors == [None] * 5
+    np.testing.assert_allclose(result.values, result.values[0], rtol=1e-6)
+    from click.testing import CliRunner
+
+    from cgcnn_ase.cli import main
+
+    piped = CliRunner().invoke(main, ["predict", "-", "-m", "formation_energy"], input=json.dumps([document, document]))
+    assert piped.exit_code == 0 and _csv(piped)["id"].tolist() == ["stdin@0", "stdin@1"]
+
+    table = dd.from_pandas(pd.DataFrame({"cif": [cif.decode()]}), npartitions=1)
+    for call in (lambda: predict_dataframe(table, predictor), lambda: predict_files(str(REPO / "examples"), predictor)):
+        with pytest.raises(StreamError, match="not CGCNNPredictor objects"):
+            call()
+    featurizer = CGCNNFeaturizer("formation_energy")
+    for frame, match in ((table.compute(), "takes a dask DataFrame"), (table["cif"], "takes a dask DataFrame"),
+                         (table, "no column 'structure'")):  # fmt: skip
+        with pytest.raises(StreamError, match=match):
+            featurize_dask(frame, featurizer, "structure" if match.startswith("no column") else "cif")
+
+
+def test_round24_messages_and_warnings(tmp_path, monkeypatch):
+    """24: out-of-domain warnings repeated per model and chunk (25 lines for 300 crystals); a correct rhombohedral
+    R -3 m CIF and '+x,+y,+z' beside 'x,y,z' were warned about; Ctrl-C while torch was half imported crashed in the
+    resume hint's imports; resuming an older version's --model output blamed the options."""
+    import sys
+    import warnings
+
+    from cgcnn_ase.cli import _resume_hint
+    from cgcnn_ase.errors import CifSymmetryWarning, StreamError
+    from cgcnn_ase.inference.writers import CSVChunkWriter
+    from cgcnn_ase.io.reader import read_records
+
+    folder = tmp_path / "far"
+    folder.mkdir()
+    for k, (symbol, kind, a) in enumerate((("Si", "diamond", 5.43), ("Ge", "diamond", 5.66), ("C", "diamond", 3.57))):
+        bulk(symbol, kind, a=a).write(str(folder / f"{k}.cif"))
+    run = _cli("predict", str(folder), "-m", "perovskite_site_energy", "-m", "perovskite_formation_energy",
+               "--chunk-size", "1", "-o", str(tmp_path / "far.csv"))  # fmt: skip
+    lines = [line for line in run.stderr.splitlines() if "every validation crystal" in line]
+    assert run.exit_code == 0 and len(lines) == 2, run.stderr  # the first, and one sum for the run
+    assert lines[1].startswith("warning: in all, predicted structures farther") and "perovskite_site_energy" in lines[1]
+
+    ops = ["x,y,z", "z,x,y", "y,z,x", "-y,-x,-z", "-x,-z,-y", "-z,-y,-x", "-x,-y,-z", "-z,-x,-y", "-y,-z,-x", "y,x,z",
+           "x,z,y", "z,y,x"]  # fmt: skip
+    bismuth = ("data_Bi\n_symmetry_space_group_name_H-M 'R -3 m'\n" + "".join(
+        f"_cell_length_{x} 4.746\n" for x in "abc") + "".join(f"_cell_angle_{x} 57.23\n" for x in ("alpha", "beta", "gamma"))
+        + "loop_\n_symmetry_equiv_pos_as_xyz\n{ops}\nloop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n"
+        "_atom_site_fract_y\n_atom_site_fract_z\nBi1 Bi 0.2366 0.2366 0.2366\n")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CifSymmetryWarning)
+        assert len(read_records(bismuth.format(ops="\n".join(ops)))[0]) == 2
+        assert len(read_records(bismuth.format(ops="\n".join(["+x,+y,+z", *ops])))[0]) == 2
+    with pytest.warns(CifSymmetryWarning, match="'R -3 m' has 12 or 36 symmetry operations but the CIF lists 1"):
+        read_records(bismuth.format(ops="x,y,z"))
+
+    output = tmp_path / "prev.csv"
+    output.write_text("id,x\n")
+    monkeypatch.delitem(sys.modules, "cgcnn_ase.inference.streaming")
+    assert "was not changed" in _resume_hint("predict", {"output": str(output)})
+    assert "cgcnn_ase.inference.streaming" not in sys.modules  # nothing imported while interrupted
+
+    old = ["id", "formation_energy (eV/atom)", "formation_energy_std (eV/atom)", "error"]
+    (tmp_path / "old.csv").write_text(",".join(old) + "\nx,1,0.1,\n")
+    new = [*old[:3], "formation_energy_uncertainty (eV/atom)", old[3]]
+    with pytest.raises(StreamError, match="earlier version of cgcnn-ase, without the per-crystal uncertainty columns"):
+        CSVChunkWriter(tmp_path / "old.csv", new, append=True)

@@ -239,7 +239,7 @@ def check_search_size(record: StructureRecord, radius: float) -> None:
     extent = " x ".join(f"{v:.3g}" for v in coords.max(axis=0) - coords.min(axis=0))
     raise InvalidStructureError(
         f"{record.label}: its atoms spread over {extent} Å: a neighbour search within {radius:g} Å would need "
-        f"{cubes:.2g} grid cubes (at most {MAX_SEARCH_CUBES:.0e}, atoms spread over about 1000 Å); a crystal's cell "
+        f"{cubes:,.0f} grid cubes (at most {MAX_SEARCH_CUBES:,}: atoms spread over about 1000 Å); a crystal's cell "
         "is a few to a few hundred Å: are its lengths in Å?"
     )
 

@@ -229,6 +229,11 @@ def _columns_differ(where: Path, theirs: Sequence[str], ours: Sequence[str], kin
         return (f"{where}: written by an earlier version of cgcnn-ase, without the columns n_sparse, bond_ratio and "
                 f"vacuum_gap that rows now carry; finish it with that version, or write the rest to a new {kind} "
                 "(the ids already predicted can be left out of its inputs)")
+    new = [c for c in ours if c not in theirs]
+    if new and all("_uncertainty (" in c for c in new) and list(theirs) == [c for c in ours if c not in new]:
+        return (f"{where}: written by an earlier version of cgcnn-ase, without the per-crystal uncertainty columns "
+                f"({', '.join(new)}) that --model now writes for calibrated ensembles; finish it with that version, "
+                f"or write the rest to a new {kind} (the ids already predicted can be left out of its inputs)")
     return (f"{where}: its columns {list(theirs)} differ from this run's {list(ours)}; resume with the same models "
             f"and column options (coverage; log10 and domain for the default properties), or write to a new {kind}")
 

@@ -459,6 +459,10 @@ def printed_object_hint(text: str) -> str:
         kind = "a pymatgen Structure"
     elif start.startswith("Atoms("):
         kind = "an ase.Atoms"
+    elif start.startswith(("{'", "[{'")):  # a dict's repr: single quotes, which JSON does not take
+        kind = "a Python dict"
+    elif start.startswith(("ComputedStructureEntry", "ComputedEntry", "None ComputedStructureEntry")):
+        kind = "a pymatgen entry"
     else:
         return ""
     return (f" (this is the printed form of {kind}, str(obj), which is not a file format: pass the object itself; "
@@ -581,8 +585,12 @@ def json_file_records(path: Path, label: str) -> list[StructureRecord] | None:
     Materials Project downloads hold), labelled ``label@k``; ``None`` for other JSON (an ASE database: ASE
     reads it)."""
     value = _load_json(path)
-    if value is _NOT_JSON:
-        return None
+    return None if value is _NOT_JSON else json_value_records(value, label)
+
+
+def json_value_records(value: Any, label: str) -> list[StructureRecord] | None:
+    """The structures of parsed JSON (:func:`json_file_records`; JSON text given in memory or on stdin is read by
+    it too: round 24 found a list of Materials Project entries refused as text while read as a file)."""
     if isinstance(value, Mapping) and isinstance(value.get("structure"), Mapping) and is_structure_dict(value["structure"]):
         value = value["structure"]  # round 22: one saved entry was "JSON that holds no structure"
     if isinstance(value, Mapping) and is_structure_dict(value):
@@ -600,18 +608,18 @@ def json_file_records(path: Path, label: str) -> list[StructureRecord] | None:
     return [item for _, item in items]
 
 
-def json_dict(text: str, label: str) -> dict:
-    """The JSON object in ``text`` (structure JSON given as text).
+def json_dict(text: str, label: str) -> dict | list:
+    """The JSON object, or list of them, in ``text`` (structure JSON given as text).
 
     Raises:
-        StructureReadError: not valid JSON, or JSON that is not an object.
+        StructureReadError: not valid JSON, or JSON that is neither an object nor a list.
     """
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise StructureReadError(f"{label}: not valid structure JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise StructureReadError(f"{label}: structure JSON must be an object, got {type(value).__name__}")
+        raise StructureReadError(f"{label}: not valid structure JSON ({exc}){printed_object_hint(text)}") from None
+    if not isinstance(value, (dict, list)):
+        raise StructureReadError(f"{label}: structure JSON must be an object or a list, got {type(value).__name__}")
     return value
 
 

@@ -78,6 +78,7 @@ from cgcnn_ase.io.formats import (
     json_dict,
     json_entry_items,
     json_file_records,
+    json_value_records,
     looks_like_cif,
     open_text,
     printed_object_hint,
@@ -146,8 +147,7 @@ def input_kind(obj: Any) -> InputKind:
     text; ``"record"``: a :class:`StructureRecord`; ``"object"``: anything else (``Atoms``,
     ``Structure``, or an unsupported type that :func:`to_record` refuses).
     """
-    if isinstance(obj, bytes):
-        obj = obj.decode("utf-8", "replace")
+    obj = _decoded(obj)
     if isinstance(obj, StructureRecord):
         return "record"
     if isinstance(obj, os.PathLike):
@@ -156,7 +156,7 @@ def input_kind(obj: Any) -> InputKind:
         return "empty"
     if isinstance(obj, str):
         text = obj.strip()
-        if text.startswith("{"):
+        if text.startswith("{") or (text.startswith("[") and text.endswith("]") and "{" in text):
             return "json_text"
         if "\n" not in text and "\r" not in text:
             return "path"
@@ -189,8 +189,7 @@ def read_records(source: Any, label: str | None = None, *, cif_reader: CifReader
         InvalidStructureError: the input is missing, unreadable, or not a usable crystal.
     """
     _check_reader(cif_reader)
-    if isinstance(source, bytes):
-        source = source.decode("utf-8", "replace")
+    source = _decoded(source)
     kind = input_kind(source)
     if kind == "record":
         return [source if label is None or label == source.label else replace(source, label=label)]
@@ -204,10 +203,14 @@ def read_records(source: Any, label: str | None = None, *, cif_reader: CifReader
         base = label or "structure text"
         return frame_records(text_frames(source, base), base)
     if kind == "json_text":
-        value = json_dict(source, label or "structure JSON")
-        return [structure_dict_record(entry_structure(value) or value, label or "structure JSON")]
-    if kind == "structure_dict":
-        return [structure_dict_record(source, label or "structure dict")]
+        base = label or "structure JSON"
+        records = json_value_records(json_dict(source, base), base)
+        if records is None:
+            raise StructureReadError(f"{base}: JSON that holds no structure: neither a pymatgen structure dict (lattice "
+                                     "and sites), an entry holding one under 'structure', nor a list of them")  # fmt: skip
+        return records
+    if kind == "structure_dict":  # a ComputedStructureEntry's dict claims a class too: its structure
+        return [structure_dict_record(entry_structure(source) or source, label or "structure dict")]
     inner = entry_structure(source)
     if inner is not None:  # a Materials Project document or entry: its structure
         return read_records(inner, label, cif_reader=cif_reader)
@@ -382,8 +385,7 @@ def read_items(
         InvalidStructureError: ``source`` as a whole cannot be read (or holds one structure that
             cannot be used).
     """
-    if isinstance(source, bytes):  # UTF-8 text, as read_records takes it (round 23a: b"nofile.cif" escaped as TypeError)
-        source = source.decode("utf-8", "replace")
+    source = _decoded(source)  # UTF-8 text, as read_records takes it (round 23a: b"nofile.cif" escaped as TypeError)
     try:
         return [(record.label, record) for record in read_records(source, label, cif_reader=cif_reader)]
     except InvalidStructureError:
@@ -502,10 +504,15 @@ def _file_object_source(obj: Any) -> Any:
     return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
 
 
+def _decoded(obj: Any) -> Any:
+    """Bytes (``bytes``, ``bytearray``, ``memoryview``) as UTF-8 text; anything else as given."""
+    return bytes(obj).decode("utf-8", "replace") if isinstance(obj, (bytes, bytearray, memoryview)) else obj
+
+
 def is_single_input(obj: Any) -> bool:
     """One input rather than an iterable of them: text, a path, a mapping, a record, an open file, or a
     structure that happens to be iterable (Atoms and Structure iterate over sites)."""
-    if isinstance(obj, (str, bytes, os.PathLike, StructureRecord, Mapping)) or not isinstance(obj, Iterable):
+    if isinstance(obj, (str, bytes, bytearray, memoryview, os.PathLike, StructureRecord, Mapping)) or not isinstance(obj, Iterable):
         return True
     if _is_file_object(obj):
         return True
