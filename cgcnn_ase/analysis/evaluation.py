@@ -238,7 +238,8 @@ def _warn_seen_rows(folder: Path, table: Any) -> None:
                 seen[part] += 1
                 break
     if any(seen.values()):
-        how = "by id or identical structure" if own is not None else "by id (the model's training data is not found here)"
+        how = ("by id or identical structure (the same text, file or dict; a copy written another way is not found)"
+               if own is not None else "by id (the model's training data is not found here)")
         warnings.warn(
             f"{seen['train'] + seen['val']} of the {len(table.ids)} rows scored are crystals the model was trained on "
             f"({seen['train']} of its train split) or selected on ({seen['val']} of its val split), {how}: their "
