@@ -204,7 +204,10 @@ def read_records(source: Any, label: str | None = None, *, cif_reader: CifReader
         return frame_records(text_frames(source, base), base)
     if kind == "json_text":
         base = label or "structure JSON"
-        records = json_value_records(json_dict(source, base), base)
+        value = json_dict(source, base)
+        if isinstance(value, Mapping):  # one structure dict, or an entry holding one; else pymatgen's message
+            return [structure_dict_record(entry_structure(value) or value, base)]
+        records = json_value_records(value, base)  # a list of them, as a JSON file holds
         if records is None:
             raise StructureReadError(f"{base}: JSON that holds no structure: neither a pymatgen structure dict (lattice "
                                      "and sites), an entry holding one under 'structure', nor a list of them")  # fmt: skip
