@@ -116,7 +116,7 @@ class _WarningPrinter:
             return
         if issubclass(category, OutOfDomainWarning):  # one per model and chunk (round 24): the first, then one sum
             model = text.split(":", 1)[0].removeprefix("model ").strip("'")
-            counted = re.search(r"(\d+) of \d+ predicted structure", text)
+            counted = re.search(r"(\d+) (?:of \d+|more) predicted structure", text)  # a chunk's, or a run's sum
             far = self.far.setdefault(model, [0, 0])
             far[0], far[1] = far[0] + 1, far[1] + (int(counted[1]) if counted else 0)
             if len(self.far) == 1 and far[0] == 1:

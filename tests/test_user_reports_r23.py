@@ -592,3 +592,26 @@ def test_round24_messages_and_warnings(tmp_path, monkeypatch):
     new = [*old[:3], "formation_energy_uncertainty (eV/atom)", old[3]]
     with pytest.raises(StreamError, match="earlier version of cgcnn-ase, without the per-crystal uncertainty columns"):
         CSVChunkWriter(tmp_path / "old.csv", new, append=True)
+
+
+def test_streaming_sums_out_of_domain_warnings_for_the_run(tmp_path):
+    """Round 24, in Python: predict_stream warned once per model and chunk (a million-crystal screen: a thousand
+    warnings per model). The first passes, later chunks' are summed in one warning per model at the end; other
+    warnings pass as they came."""
+    import warnings
+
+    from cgcnn_ase import OutOfDomainWarning
+    from cgcnn_ase.inference.streaming import predict_stream
+
+    files = []
+    for k, (symbol, kind, a) in enumerate((("Si", "diamond", 5.43), ("Ge", "diamond", 5.66), ("C", "diamond", 3.57))):
+        path = tmp_path / f"{k}.cif"
+        bulk(symbol, kind, a=a).write(str(path))
+        files.append(str(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predict_stream(files, ["perovskite_site_energy"], str(tmp_path / "out.csv"), chunk_size=1)
+    far = [str(w.message) for w in caught if issubclass(w.category, OutOfDomainWarning)]
+    assert len(far) == 2 and "1 of 1 predicted structure(s) lie farther" in far[0]
+    assert far[1].startswith("model 'perovskite_site_energy-castelli_cmr-v1': 2 more predicted structure(s), in later")
+    assert any("did not occur in its training data" in str(w.message) for w in caught)  # Ge, C: passed on as they came

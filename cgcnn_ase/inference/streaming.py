@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -55,7 +56,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from cgcnn_ase.errors import CGCNNError, DuplicateIdsWarning, StreamError
+from cgcnn_ase.errors import CGCNNError, DuplicateIdsWarning, OutOfDomainWarning, StreamError
 from cgcnn_ase.inference.parallel import NetworkPool, shares_graphs
 from cgcnn_ase.inference.properties import warn_ungated_band_gaps
 from cgcnn_ase.inference.results import (
@@ -574,9 +575,12 @@ def write_chunks(
         total = count_inputs(inputs, exclude=() if stream_output else [output]) if shown else None
         try:
             with progress_bar(show=shown, total=total, unit=" structures", leave=False, dynamic_ncols=True) as bar:
-                seen, repeats_warned, done = SeenIds(), False, 0
+                seen, repeats_warned, done, far = SeenIds(), False, 0, _FarTally()
                 while chunk := list(islice(items, chunk_size)):
-                    result = rows(chunk, finished)
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        result = rows(chunk, finished)
+                    far.pass_on(caught)
                     if record is not None and not summary.n_chunks:  # finished: false from the first rows to the last
                         record.write_text(json.dumps({**dict(settings), RUN_FINISHED: False}, indent=2, default=str) + "\n")
                     writer.write(result.frame)
@@ -596,12 +600,43 @@ def write_chunks(
             raise
         else:
             writer.close()
+            far.summarise()
             if record is not None:
                 record.write_text(json.dumps({**dict(settings), RUN_FINISHED: True}, indent=2, default=str) + "\n")
         finally:
             summary.n_skipped = finished.skipped if finished is not None else 0
             summary.n_failed_before = finished.n_errors if finished is not None else 0
         return summary
+
+
+class _FarTally:
+    """A run's :class:`~cgcnn_ase.errors.OutOfDomainWarning` s: each model's first is passed on, those of later chunks
+    are summed into one warning per model at the end (round 24: one per model and chunk, thousands over a screen of
+    millions). Every other warning caught in a chunk is passed on as it came."""
+
+    def __init__(self) -> None:
+        self.warned: set[str] = set()
+        self.later: dict[str, int] = {}  # model -> structures beyond every validation crystal in later chunks
+
+    def pass_on(self, caught: Sequence[warnings.WarningMessage]) -> None:
+        for w in caught:
+            text = str(w.message)
+            model = text.split(":", 1)[0]
+            if not issubclass(w.category, OutOfDomainWarning):
+                warnings.warn(w.message, stacklevel=4)
+                continue
+            if model not in self.warned:
+                self.warned.add(model)
+                warnings.warn(w.message, stacklevel=4)
+                continue
+            counted = re.search(r"(\d+) of \d+ predicted structure", text)
+            self.later[model] = self.later.get(model, 0) + (int(counted[1]) if counted else 0)
+
+    def summarise(self) -> None:
+        for model, hit in self.later.items():
+            warnings.warn(f"{model}: {hit} more predicted structure(s), in later chunks, also lie farther from its "
+                          "training data than every validation crystal (domain percentile 100; not warned chunk by "
+                          "chunk)", OutOfDomainWarning, stacklevel=4)  # fmt: skip
 
 
 def _advance(bar: Any, shown: int, done: int, total: int | None) -> int:
