@@ -42,6 +42,7 @@ from cgcnn_ase.graph.batch import GraphBatch, gaussian_expand
 from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
 from cgcnn_ase.graph.neighbours import (
     CLOSE_ATOMS_FACTOR,
+    MAX_SEARCH_CUBES,
     MIN_INTERATOMIC_DISTANCE,
     STRETCHED_FACTOR,
     _covalent_radii,
@@ -372,9 +373,11 @@ def batch_edges(
     redo_mask = tied | _flagged(flat, i, j, d) | (ratios > STRETCHED_FACTOR)  # build_graph warns for these
     graphs: dict[int, CrystalGraph | None] = {}
     errors: dict[int, InvalidStructureError] = {}
-    for b, record in enumerate(records):  # refused as build_graph refuses them, whatever their edges here
+    radius = float(config.radius)
+    bound = torch.ceil((flat.cells.abs().sum(dim=1) + 2 * radius) / radius).prod(dim=1)  # search_cubes' cell bound
+    for b in torch.nonzero(bound > MAX_SEARCH_CUBES).flatten().tolist():  # refused as build_graph refuses them
         try:
-            check_search_size(record, float(config.radius))
+            check_search_size(records[b], radius)
         except InvalidStructureError as exc:
             errors[b], graphs[b] = exc, None
     for b in torch.nonzero(redo_mask).flatten().tolist():

@@ -777,10 +777,9 @@ def _predict_together(
 def _warn_repeated_ids(ids: Sequence[str]) -> None:
     """One :class:`~cgcnn_ase.errors.DuplicateIdsWarning` when results share ids (pairs or a Series index that
     repeat a label): rows joined or looked up by id would mix them (left open in round 21)."""
-    counts: dict[str, int] = {}
-    for item_id in ids:
-        counts[item_id] = counts.get(item_id, 0) + 1
-    repeated = [item_id for item_id, n in counts.items() if n > 1]
+    from collections import Counter
+
+    repeated = [item_id for item_id, n in Counter(ids).items() if n > 1]
     if repeated:
         shown = ", ".join(repr(i) for i in repeated[:3]) + (", ..." if len(repeated) > 3 else "")
         warnings.warn(f"{len(repeated)} id(s) name more than one result ({shown}): rows looked up or joined by id "

@@ -185,6 +185,12 @@ def warn_ungated_band_gaps(predictors: Sequence[CGCNNPredictor], names: Sequence
                       stacklevel=user_stacklevel())  # fmt: skip
 
 
+def gpa_spread(log10_value: Any, spread: Any) -> np.ndarray:
+    """A spread (std or ``uncertainty``) of a log10(GPa) value, in GPa, to first order:
+    ``ln(10) * 10**log10_value * spread``."""
+    return _LN10 * 10.0 ** np.asarray(log10_value, dtype=np.float64) * np.asarray(spread, dtype=np.float64)
+
+
 def _is_log_gpa(predictor: CGCNNPredictor) -> bool:
     return predictor.property_name.startswith("log10_") and predictor.units == "log10(GPa)"
 
@@ -329,9 +335,9 @@ def _user_values(predictor: CGCNNPredictor, result: Any, *, log10: bool, domain:
         gpa = 10.0**result.values
         out[name] = gpa
         if result.std is not None:
-            out[f"{name}_std"] = _LN10 * gpa * result.std
+            out[f"{name}_std"] = gpa_spread(result.values, result.std)
         if result.uncertainty is not None:
-            out[f"{name}_uncertainty"] = _LN10 * gpa * result.uncertainty
+            out[f"{name}_uncertainty"] = gpa_spread(result.values, result.uncertainty)
         if result.lower is not None:
             out[f"{name}_lower"], out[f"{name}_upper"] = 10.0**result.lower, 10.0**result.upper
         if log10:

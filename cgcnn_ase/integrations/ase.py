@@ -46,7 +46,6 @@ Forces and stress are not predicted: asking raises ``PropertyNotImplementedError
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -60,6 +59,7 @@ from cgcnn_ase.inference.properties import (
     check_metal_threshold,
     gated_band_gap_result,
     gated_spread,
+    gpa_spread,
     physical_values,
     with_metal_classifier,
 )
@@ -312,9 +312,9 @@ class CGCNNCalculator(Calculator):
                 gpa = prefix + spec.property.removeprefix("log10_")
                 results[gpa] = 10.0**value
                 if out.std is not None:  # first-order propagation, as inference.properties does
-                    results[f"{gpa}_std"] = math.log(10.0) * 10.0**value * float(out.std[0])
+                    results[f"{gpa}_std"] = float(gpa_spread(value, out.std[0]))
                 if out.uncertainty is not None:
-                    results[f"{gpa}_uncertainty"] = math.log(10.0) * 10.0**value * float(out.uncertainty[0])
+                    results[f"{gpa}_uncertainty"] = float(gpa_spread(value, out.uncertainty[0]))
                 if out.lower is not None:
                     results[f"{gpa}_lower"], results[f"{gpa}_upper"] = 10.0 ** float(out.lower[0]), 10.0 ** float(out.upper[0])
             if per_atom:
