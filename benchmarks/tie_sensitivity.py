@@ -9,6 +9,11 @@ network (``members=1``), this script measures |prediction - prediction of the cr
 * **rounding**: fractional coordinates and cell lengths and angles rounded to 4 and 3 decimals, as CIFs written at
   that precision hold them;
 
+* **uniform scaling**: the cell scaled by 0.95 to 1.05 in steps of 0.005, the fractional coordinates kept. Scaling
+  keeps the order of every atom's neighbour distances, so the graph can change only where a shell lies within about
+  the tolerance of the 12th neighbour's distance; the script counts the crystals whose edge count changes anywhere
+  on that grid (a step in the prediction);
+
 and, per crystal, the **tie margin**: the smallest gap (Å) between any atom's neighbour distances beyond the 12th
 and its cutoff (12th distance + tolerance). An exact tie at the 12th neighbour (most high-symmetry crystals) gives
 a margin of exactly the tolerance, 1e-3 Å, so displacements of that size can split it. The table splits the
@@ -31,6 +36,7 @@ import _common
 
 SIGMAS = (1e-4, 1e-3, 1e-2)
 DECIMALS = (4, 3)
+SCALES = np.round(np.linspace(0.95, 1.05, 21), 3)
 
 
 def tie_margin(record, config) -> float:
@@ -67,6 +73,20 @@ def _rounded(record, decimals: int):
     return validate_record(record.numbers, np.round(record.frac_coords, decimals), cell, (True,) * 3, record.label)
 
 
+def _scaled(record, scale: float):
+    from cgcnn_ase.io.records import validate_record
+
+    return validate_record(record.numbers, record.frac_coords, record.cell * scale, (True,) * 3, record.label)
+
+
+def scaling_steps(record, config) -> int:
+    """How many of the scale factors in ``SCALES`` give another edge count than the crystal as given."""
+    from cgcnn_ase.graph.neighbours import build_graph
+
+    edges = {s: len(build_graph(_scaled(record, s), config, on_sparse="ignore").distances) for s in SCALES}
+    return sum(count != edges[1.0] for count in edges.values())
+
+
 def _row(label: str, delta: np.ndarray) -> list[object]:
     meV = 1000 * delta[np.isfinite(delta)]
     return [label, len(meV), f"{np.median(meV):.2f}", f"{np.mean(meV > 5):.1%}", f"{np.mean(meV > 20):.1%}",
@@ -98,6 +118,7 @@ def main(shared: str | None, n: int) -> None:
               for s in SIGMAS}  # fmt: skip
     deltas |= {f"rounded to {p} decimals": np.abs(predict([_rounded(r, p) for r in records]) - base) for p in DECIMALS}
     tied = margins <= config.tie_tolerance * (1 + 1e-6)
+    steps = np.array([scaling_steps(r, config) for r in records])
     header = ["change", "crystals", "median meV/atom", "> 5 meV/atom", "> 20 meV/atom", "max meV/atom"]
     rows = []
     for label, delta in deltas.items():
@@ -108,6 +129,9 @@ def main(shared: str | None, n: int) -> None:
           f"{config.tie_tolerance:g} Å tolerance (an exact tie at the 12th neighbour): {tied.sum()}; "
           f"margin < 0.01 Å: {(margins < 0.01).sum()}\n")  # fmt: skip
     print(_common.markdown_table(header, rows))
+    print(f"\nUniform scaling by {SCALES[0]:g} to {SCALES[-1]:g} ({len(SCALES)} factors): {(steps > 0).sum()} of "
+          f"{len(records)} crystals change their edge count somewhere on that grid "
+          f"({(steps[tied] > 0).sum()} of the {tied.sum()} with a tie margin <= tolerance)")  # fmt: skip
     print("\n" + _common.machine_line())
 
 
