@@ -329,7 +329,7 @@ def test_predictor_calculator_featurizer_agree(ensemble):
     # batches of one, as the calculator runs: vpa is ~30 Å^3, so float32 batch-composition noise alone is ~1e-6
     result = CGCNNPredictor.from_checkpoint(ensemble, device="cpu").predict(crystals, batch_size=1)
     calc = CGCNNCalculator(str(ensemble))
-    assert {"vpa", "vpa_std", "vpa_domain_percentile"} <= set(calc.implemented_properties)
+    assert {"vpa", "vpa_std", "vpa_domain_percentile"} <= set(calc.result_names)
     assert calc.units["vpa_std"] == "Å^3/atom"
     for k, atoms in enumerate(crystals):
         atoms = atoms.copy()

@@ -875,7 +875,7 @@ def test_coverage_is_handled_alike_everywhere():
     assert calc.set(coverage=0.8) == {"coverage": 0.8} and calc.todict()["coverage"] == 0.8
     salt.calc.get_property("formation_energy", salt)
     lower, upper = calc.results["formation_energy_lower"], calc.results["formation_energy_upper"]
-    assert lower < calc.results["formation_energy"] < upper and "formation_energy_upper" in calc.implemented_properties
+    assert lower < calc.results["formation_energy"] < upper and "formation_energy_upper" in calc.result_names
     with pytest.raises(TypeError, match="no setting 'coverag'"):
         calc.set(coverag=0.9)
     with pytest.raises(TypeError, match="no setting 'coverag'"):
@@ -2019,7 +2019,7 @@ def test_calculator_keeps_two_models_of_one_property_apart():
     got = [calc.get_property(k, atoms) for k in keys]
     assert got == pytest.approx(alone, abs=1e-6) and got[0] != pytest.approx(got[1], abs=1e-4)
     assert atoms.get_potential_energy() / len(atoms) == pytest.approx(alone[0], abs=1e-6)  # the first energy model
-    assert f"{keys[1]}_std" in calc.implemented_properties
+    assert f"{keys[1]}_std" in calc.result_names
     with pytest.raises(ValueError, match="given twice"):
         CGCNNCalculator(["formation_energy", "formation_energy"], device="cpu")
 

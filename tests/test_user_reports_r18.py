@@ -830,7 +830,7 @@ def test_the_calculator_names_the_metal_probabilitys_spread_as_the_probability()
 
     atoms = bulk("Cu")
     atoms.calc = CGCNNCalculator(["band_gap"])
-    assert "metal_probability_std" in atoms.calc.implemented_properties
+    assert "metal_probability_std" in atoms.calc.result_names
     assert atoms.calc.units["metal_probability_std"] == "probability"
     spread = atoms.calc.get_property("metal_probability_std", atoms)
     assert spread == atoms.calc.get_property("is_metal_std", atoms) and 0 <= spread < 0.5

@@ -243,7 +243,7 @@ def test_the_calculator_takes_members_and_todict_rebuilds_the_calculator_that_ra
     salt.calc = whole
     assert "members" not in whole.todict() and salt.get_potential_energy() != values[0]
     mixed = CGCNNCalculator(["formation_energy", "band_gap"], members=[1, None])
-    assert mixed.todict()["members"] == [1, None] and "band_gap_std" in mixed.implemented_properties
+    assert mixed.todict()["members"] == [1, None] and "band_gap_std" in mixed.result_names
     with pytest.raises(ValueError, match="one of them per model"):
         CGCNNCalculator(["formation_energy", "band_gap"], members=[1])
     with pytest.raises(TypeError, match="fixed when a CGCNNCalculator is built"):

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from ase.build import bulk
+from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
@@ -91,7 +92,7 @@ def test_featurizer_and_calculator_give_the_same_uncertainty(copper):
     assert rows["band_gap_uncertainty (eV)"].isna().tolist() == [False, False, True]
 
     calc = CGCNNCalculator(["formation_energy", "band_gap", "bulk_modulus"])
-    assert {"formation_energy_uncertainty", "bulk_modulus_uncertainty"} <= set(calc.implemented_properties)
+    assert {"formation_energy_uncertainty", "bulk_modulus_uncertainty"} <= set(calc.result_names)
     for k, structure in enumerate(structures):
         atoms = structure.to_ase_atoms()
         atoms.calc = calc
@@ -99,7 +100,7 @@ def test_featurizer_and_calculator_give_the_same_uncertainty(copper):
         assert math.isnan(calc.get_property("band_gap_uncertainty", atoms)) == (k == 2)
         gpa = calc.get_property("bulk_modulus", atoms) * math.log(10) * calc.get_property("log10_bulk_modulus_uncertainty", atoms)
         assert calc.get_property("bulk_modulus_uncertainty", atoms) == pytest.approx(gpa)
-    assert "formation_energy_uncertainty" not in CGCNNCalculator("formation_energy", members=1).implemented_properties
+    assert "formation_energy_uncertainty" not in CGCNNCalculator("formation_energy", members=1).result_names
 
 
 def test_progress_bar_has_a_total_where_counting_is_cheap(tmp_path, capsys):
@@ -394,8 +395,9 @@ def test_an_ase_json_database_is_read_as_a_database(tmp_path):
 
 @pytest.fixture(scope="module")
 def twins_run(tmp_path_factory):
-    """One tiny training run on 12 crystals given twice (the copies under new ids, their CIF text re-laid out),
-    with a target expression holding backticks: ``(folder, table, warning messages)``."""
+    """One tiny training run on 12 crystals given twice, the copies under new ids and written differently (round
+    25: CIF text re-laid out; a 2x1x1 supercell; the atoms shuffled and written at 4 significant figures), with a
+    target expression holding backticks: ``(folder, table, warning messages)``."""
     import warnings
 
     from cgcnn_ase.train.config_sections import SplitConfig
@@ -405,10 +407,20 @@ def twins_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("twins")
     crystals = _crystals()
-    cifs = [str(CifWriter(AseAtomsAdaptor.get_structure(a))) for a in crystals]
+    structures = [AseAtomsAdaptor.get_structure(a) for a in crystals]
+    cifs = [str(CifWriter(s)) for s in structures]
+
+    def copy(k: int) -> str:
+        if k % 3 == 0:
+            return " \n".join(cifs[k].splitlines())
+        if k % 3 == 1:
+            return str(CifWriter(structures[k] * (2, 1, 1)))
+        order = np.random.default_rng(k).permutation(len(structures[k]))
+        return str(CifWriter(Structure.from_sites([structures[k][i] for i in order]), significant_figures=4))
+
     vpa = [a.get_volume() / len(a) for a in crystals]
     table = pd.DataFrame({"material_id": [f"c{k:02d}" for k in range(12)] + [f"copy{k:02d}" for k in range(12)],
-                          "vpa": vpa + vpa, "cif": cifs + [" \n".join(c.splitlines()) for c in cifs]})  # fmt: skip
+                          "vpa": vpa + vpa, "cif": cifs + [copy(k) for k in range(12)]})  # fmt: skip
     table.to_csv(root / "twins.csv", index=False)
     config = tiny_config(root / "twins.csv", root / "run", epochs=1, split=SplitConfig(train=0.5, val=0.25, test=0.25, seed=3))
     config.data.target = "`vpa` * 1000"
@@ -433,8 +445,8 @@ def test_training_says_when_test_crystals_are_copies_of_training_ones(twins_run)
     in_train = {part: sum(1 for a, b in pairs for x, y in ((a, b), (b, a)) if x in split[part] and y in split["train"])
                 for part in ("val", "test")}  # fmt: skip
     assert in_train["test"] and any(
-        "12 structure(s) appear under more than one id (24 rows, e.g. " in m and f"{in_train['test']} of the 6 test and "
-        f"{in_train['val']} of the 6 validation crystals have an identical structure in the training split" in m
+        "12 crystal(s) appear under more than one id (24 rows, e.g. " in m and f"{in_train['test']} of the 6 test and "
+        f"{in_train['val']} of the 6 validation crystals have the same crystal in the training split" in m
         for m in messages)  # fmt: skip
     document = json.loads((folder / "model.json").read_text())
     twins = document["metadata"]["dataset"]["duplicate_structures"]
@@ -462,11 +474,13 @@ def test_evaluate_finds_training_crystals_under_new_ids(twins_run, tmp_path):
     split = json.loads((folder / "split.json").read_text())
     part_of = {i: part for part in ("train", "val", "test") for i in split[part]}
     expected = {"train": 0, "val": 0}
-    for k in range(12):  # each structure is held by c_k and copy_k
-        parts = {part_of.get(f"c{k:02d}"), part_of.get(f"copy{k:02d}")}
-        seen = "train" if "train" in parts else "val" if "val" in parts else None
-        if seen:
-            expected[seen] += 2  # both renamed rows of the structure
+    for k in range(12):  # each structure is held by c_k and copy_k; evaluate matches identical text only
+        same_text = k % 3 == 0  # the re-laid copies; the supercells and shuffled copies are other text
+        for row, other in ((f"c{k:02d}", f"copy{k:02d}"), (f"copy{k:02d}", f"c{k:02d}")):
+            parts = {part_of.get(row), part_of.get(other) if same_text else None}
+            seen = "train" if "train" in parts else "val" if "val" in parts else None
+            if seen:
+                expected[seen] += 1
     renamed = table.sample(frac=1, random_state=0).assign(material_id=[f"X{k}" for k in range(24)])
     renamed.to_csv(tmp_path / "renamed.csv", index=False)
     with warnings.catch_warnings(record=True) as caught:

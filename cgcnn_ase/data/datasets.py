@@ -496,18 +496,6 @@ def content_digest(source: Any) -> str | None:
     return hashlib.blake2b(data.encode(), digest_size=8).hexdigest()
 
 
-def duplicate_structures(table: DatasetTable) -> list[list[str]]:
-    """The ids of rows holding the same structure, in groups of two or more, in file order: the same
-    :func:`content_digest` (text with whitespace collapsed, a file's text, a structure dict), or for parsed
-    records the same atoms, coordinates and cell. Rows whose structure could not be read are left out."""
-    groups: dict[str, list[str]] = {}
-    for row_id, source in zip(table.ids, table.sources):
-        key = structure_digest(source)
-        if key is not None:
-            groups.setdefault(key, []).append(row_id)
-    return [ids for ids in groups.values() if len(ids) > 1]
-
-
 def structure_digest(source: Any) -> str | None:
     """A row's raw structure as a digest that two copies share however they are kept: :func:`content_digest` of
     text, files and dicts, the atoms, coordinates and cell of a parsed record; ``None`` for a row whose structure

@@ -11,7 +11,8 @@ raises ``PropertyNotImplementedError`` with that explanation. For relaxations an
 dynamics use a machine-learning force field (CHGNet, MACE, M3GNet, ...) or DFT.
 
 Results are computed for every configured model in one pass per structure state and
-cached until positions, numbers, cell or pbc change (ASE's ``check_state``).
+cached until the structure changes (ASE's ``check_state``: positions, numbers, cell, pbc, initial magnetic
+moments and charges).
 
 Property names:
 
@@ -47,6 +48,7 @@ Forces and stress are not predicted: asking raises ``PropertyNotImplementedError
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -73,6 +75,21 @@ _NOT_PREDICTED = ("forces", "stress", "stresses", "dipole", "charges", "magmom",
 #: ``implemented_properties``, whose every name ASE's mixing calculators (``SumCalculator``,
 #: ``AverageCalculator``) add up across their calculators.
 _TEXT_RESULTS = ("unseen_elements",)
+#: Endings of the results that describe a value's doubt: served like the text results and left out of
+#: ``implemented_properties`` too, since ASE's ``SumCalculator`` would add them (round 25b: two calculators'
+#: stds summed linearly, domain percentiles to 33 "percent" from 16.5 each).
+_SPREAD_ENDINGS = ("_std", "_uncertainty", "_domain_percentile", "_lower", "_upper")
+
+
+def _is_listed(name: str) -> bool:
+    """Whether a result name belongs in ``implemented_properties`` (a value that combines across calculators)."""
+    return name not in _TEXT_RESULTS and not name.endswith(_SPREAD_ENDINGS)
+
+
+def _warning_key(warning: warnings.WarningMessage) -> tuple[type, str]:
+    """A warning's category and message with its numbers blanked: a volume scan's close-atoms warnings differ only
+    in the distance, and each would otherwise be given again (round 25b)."""
+    return warning.category, re.sub(r"\d+(?:\.\d+)?(?:e-?\d+)?", "#", str(warning.message))
 
 
 class CGCNNCalculator(Calculator):
@@ -91,7 +108,8 @@ class CGCNNCalculator(Calculator):
             runs as it was loaded.
         store_in_info: also write each result to ``atoms.info["cgcnn_<name>"]`` (and
             per-atom contributions to ``atoms.arrays["cgcnn_energies"]``) so predictions
-            survive writing to extxyz and other formats that only keep standard names.
+            survive writing to extxyz (``.traj`` keeps ``info`` only, ``ase.db`` neither). A calculation
+            that fails removes the values this calculator wrote into that ``Atoms`` before.
         on_sparse: policy for atoms with fewer than 12 neighbours (``"warn"``,
             ``"error"``, ``"ignore"``).
         metal_threshold: P(metal) above which the gated ``band_gap`` is 0.
@@ -111,7 +129,11 @@ class CGCNNCalculator(Calculator):
     :class:`~cgcnn_ase.errors.UnseenElementWarning` says so, once per calculator and message), written as
     ``cgcnn-ase predict`` writes them (``"Ar"`` with one model, ``"Ar (formation_energy, band_gap)"`` with
     several). It is text: ``calc.results`` and ``get_property`` give it, ``implemented_properties`` does not
-    list it (ASE's mixing calculators add up every listed property).
+    list it. Nor does it list the spreads, percentiles and interval bounds (``_std``, ``_uncertainty``,
+    ``_domain_percentile``, ``_lower``, ``_upper``), which ``get_property`` and ``calc.results`` give as well:
+    ASE's mixing calculators (``SumCalculator``, ``AverageCalculator``) add up every listed property, and a sum
+    of standard deviations or percentiles means nothing. ``calc.result_names`` lists every name, ``calc.units``
+    their units.
     """
 
     implemented_properties: list[str] = []  # set per instance from the models
@@ -140,7 +162,8 @@ class CGCNNCalculator(Calculator):
         counts = _members_per_model(members, len(items))
         given = [as_predictor(m, device=device, members=k) for m, k in zip(items, counts)]
         self.predictors = with_metal_classifier(given, device)
-        self._warned: set[tuple[type, str]] = set()  # warnings given already: each once per calculator
+        self._warned: set[tuple[type, str]] = set()  # warnings given already (_warning_key): each once per calculator
+        self._stored: set[str] = set()  # the atoms.info / atoms.arrays keys store_in_info has written
         keys = [(p.model.spec.name, p.property_name) for p in self.predictors]
         twice = sorted({name for name, prop in keys if keys.count((name, prop)) > 1})
         if twice:  # their results could not be told apart
@@ -179,7 +202,10 @@ class CGCNNCalculator(Calculator):
         changed = super().set(**kwargs)
         if changed:
             self.reset()
-        self.implemented_properties = self._property_names()
+        #: every result name a calculation gives with these settings; ``implemented_properties`` the values among
+        #: them (see the class)
+        self.result_names = self._property_names()
+        self.implemented_properties = [n for n in self.result_names if _is_listed(n)]
         return changed
 
     def _check_settings(self, *, store_in_info: Any, on_sparse: Any, metal_threshold: Any, coverage: Any) -> None:
@@ -212,7 +238,7 @@ class CGCNNCalculator(Calculator):
         return self.parameters["coverage"]
 
     def _property_names(self) -> list[str]:
-        """Every result name the models give with the current settings (``implemented_properties``)."""
+        """Every result name the models give with the current settings (``result_names``)."""
         self.units: dict[str, str] = {}
         names: list[str] = []
         for predictor, prefix in zip(self.predictors, self._prefixes):
@@ -258,6 +284,7 @@ class CGCNNCalculator(Calculator):
             if "is_metal_std" in names:  # the same spread under the same name as the probability it belongs to
                 names.append("metal_probability_std")
                 self.units["metal_probability_std"] = "probability"
+        names.append("unseen_elements")
         self.units["unseen_elements"] = "element symbols"  # a text result (_TEXT_RESULTS), not listed
         return list(dict.fromkeys(names))
 
@@ -278,6 +305,13 @@ class CGCNNCalculator(Calculator):
                 "no structure to calculate: attach the calculator (atoms.calc = calc) and call "
                 "atoms.get_potential_energy(), or pass the Atoms (calc.get_potential_energy(atoms))"
             )
+        for name in properties or ():
+            self._check_name(name)  # ASE passes what was asked; a name no model gives is refused with the reason
+        if atoms is not None:  # a failed calculation must not leave the last crystal's values (round 25b)
+            for key in self._stored & set(atoms.info):
+                del atoms.info[key]
+            if "cgcnn_energies" in self._stored:
+                atoms.arrays.pop("cgcnn_energies", None)
         super().calculate(atoms, properties, system_changes)
         results: dict[str, Any] = {}
         n_atoms = len(self.atoms)
@@ -292,8 +326,8 @@ class CGCNNCalculator(Calculator):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 out = predictor.predict([(label, self.atoms)], per_atom=per_atom, on_sparse=self.on_sparse, coverage=coverage)
-            new = [w for w in caught if (w.category, str(w.message)) not in self._warned]
-            self._warned.update((w.category, str(w.message)) for w in new)  # a loop over crystals warns once each
+            new = [w for w in caught if _warning_key(w) not in self._warned]
+            self._warned.update(map(_warning_key, new))  # a loop over crystals or volumes warns once each
             reissue_warnings(new, "calc.results['unseen_elements'] lists them")
             outputs.append(out)
             value = float(out.values[0])
@@ -347,10 +381,12 @@ class CGCNNCalculator(Calculator):
         for name, value in self.results.items():
             if name == "energies":
                 atoms.arrays["cgcnn_energies"] = value.copy()
+                self._stored.add("cgcnn_energies")
             elif name == "unseen_elements" and value is None:
                 atoms.info.pop("cgcnn_unseen_elements", None)  # file formats cannot hold None
             elif name not in ("energy", "free_energy"):
                 atoms.info[f"cgcnn_{name}"] = value
+                self._stored.add(f"cgcnn_{name}")
 
     def get_fermi_level(self) -> float:
         """The Fermi energy, eV, of the Fermi-energy model (ASE's DFT calculators' method, which
@@ -363,37 +399,47 @@ class CGCNNCalculator(Calculator):
         return self.get_property("fermi_level", self.atoms)
 
     def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True) -> Any:
-        """ASE's ``get_property``; forces and stress are refused with what CGCNN predicts instead."""
-        if name in _NOT_PREDICTED and name not in self.implemented_properties:
+        """ASE's ``get_property``; forces and stress are refused with what CGCNN predicts instead. The names
+        outside ``implemented_properties`` (text, spreads, bounds: see the class) are served alike: ``None`` with
+        ``allow_calculation=False`` when ``atoms`` differs from the crystal last calculated."""
+        self._check_name(name)
+        if not _is_listed(name):
+            if self.atoms is None or self.check_state(atoms if atoms is not None else self.atoms):
+                if not allow_calculation:
+                    return None  # not the last crystal's value (round 25b: its unseen 'Am' was given for NaCl)
+                self.get_property(self.implemented_properties[0], atoms, allow_calculation)
+            value = self.results.get(name)
+            self._store(atoms)
+            return value
+        value = super().get_property(name, atoms, allow_calculation)
+        if value is not None:
+            self._store(atoms)  # also when ASE served its cache (this frame equals the one last calculated)
+        return value
+
+    def _check_name(self, name: str) -> None:
+        """Refuse a property no model gives: forces and stress with what CGCNN predicts instead, energy without
+        an energy model, and any other name with the nearest ones."""
+        if name in _NOT_PREDICTED and name not in self.result_names:
             raise PropertyNotImplementedError(
                 f"CGCNNCalculator does not predict {name!r}: CGCNN predicts properties of a crystal "
                 f"({', '.join(self.implemented_properties)}), not a potential energy surface, so it has no forces or "
                 "stress (and 'energy' is the formation energy x N, not a total energy). For relaxations or dynamics "
                 "use a machine-learning force field (e.g. CHGNet, MACE, M3GNet) or DFT."
             )
-        if name in ("energy", "free_energy", "energies") and name not in self.implemented_properties:
+        if name in ("energy", "free_energy", "energies") and name not in self.result_names:
             raise PropertyNotImplementedError(
                 f"CGCNNCalculator gives {name!r} only with a formation-energy model (eV/atom): its value x the number "
                 f"of atoms; these models give {', '.join(self.implemented_properties)}. Add \"formation_energy\" to "
                 "the models, or read a property with calc.get_property(NAME, atoms)."
             )
-        if name in _TEXT_RESULTS:
-            if allow_calculation and (self.atoms is None or self.check_state(atoms if atoms is not None else self.atoms)):
-                self.get_property(self.implemented_properties[0], atoms, allow_calculation)
-            return self.results.get(name)
-        if name not in self.implemented_properties:
+        if name not in self.result_names:
             import difflib
 
-            close = difflib.get_close_matches(name, self.implemented_properties, n=3, cutoff=0.6)
+            close = difflib.get_close_matches(name, self.result_names, n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
             raise PropertyNotImplementedError(
-                f"CGCNNCalculator gives no property {name!r}{hint} These models give: "
-                f"{', '.join(self.implemented_properties)}"
+                f"CGCNNCalculator gives no property {name!r}{hint} These models give: {', '.join(self.result_names)}"
             )
-        value = super().get_property(name, atoms, allow_calculation)
-        if value is not None:
-            self._store(atoms)  # also when ASE served its cache (this frame equals the one last calculated)
-        return value
 
     def export_properties(self) -> Any:
         """ASE ``Properties`` of the standard names only (custom names are not exportable)."""

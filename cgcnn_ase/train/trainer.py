@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cgcnn_ase.data.datasets import duplicate_structures
 from cgcnn_ase.data.splits import twins_across_split, twins_warning
 from cgcnn_ase.errors import ConfigError, TrainingError
 from cgcnn_ase.graph.element_table import ElementTable
+from cgcnn_ase.graph.identity import same_graph_groups
 from cgcnn_ase.models.folder import CHECKPOINT_LAST
 from cgcnn_ase.models.registry import resolve_device
 from cgcnn_ase.nn.network import CrystalGraphConvNet
@@ -139,7 +139,7 @@ class Trainer:
         self.base: FineTuneBase | None = None
         self.finetune_state: FineTuneState | None = None
         self.base_overlap: dict[str, Any] | None = None
-        self.twins: dict[str, Any] | None = None  # identical structures under several ids (twins_across_split)
+        self.twins: dict[str, Any] | None = None  # the same crystal graph under several ids (twins_across_split)
         changed = sorted(k for k, v in config.finetune if v != getattr(FineTuneConfig(), k))
         if config.init_from is None and changed:
             raise ConfigError(f"finetune settings {changed} need init_from (the model to start from)")
@@ -201,7 +201,10 @@ class Trainer:
         self.split = resolve_split(config, self.work, self.data.ids, resuming=checkpoint is not None)
         self.parts = split_positions(self.split, self.data,
                                      config.split.file if config.split.file and checkpoint is None else None)  # fmt: skip
-        self.twins = twins_across_split(duplicate_structures(self.data.table), self.split)
+        store = self.data.store  # copies written differently too: the same graph (cgcnn_ase.graph.identity)
+        groups = same_graph_groups(store.numbers, store.atom_offsets, store.centers, store.neighbors, store.distances,
+                                   store.edge_offsets)  # fmt: skip
+        self.twins = twins_across_split([[self.data.ids[k] for k in group] for group in groups], self.split)
         message = twins_warning(self.twins, self.split)  # a test crystal also in training: an optimistic test error
         if message and self.is_main:
             warnings.warn(message, UserWarning, stacklevel=3)

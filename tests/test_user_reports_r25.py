@@ -1,0 +1,132 @@
+"""Round 25 of outside testing: a user following the docs on a fresh clone (25a), an ASE user holding the
+calculator to ASE's conventions (25b), a solid-state chemist checking site energies (25c); and crystals written
+differently found as one crystal by their graphs."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from cgcnn_ase import CGCNNCalculator
+
+
+@pytest.fixture(scope="module")
+def calc_fe():
+    return CGCNNCalculator("formation_energy")
+
+
+def _graphs(items):
+    """The :class:`~cgcnn_ase.train.cache.GraphStore` of ``items`` (Atoms or Structures), default graph settings."""
+    from cgcnn_ase.graph.config import GraphConfig
+    from cgcnn_ase.graph.neighbours import build_graph
+    from cgcnn_ase.io.reader import iter_records
+    from cgcnn_ase.train.cache import GraphStore
+
+    graphs = [build_graph(record, GraphConfig(), on_sparse="ignore") for _, record in iter_records(items)]
+    return GraphStore.from_graphs([str(k) for k in range(len(graphs))], graphs)
+
+
+def test_one_crystal_written_differently_is_one_graph():
+    """Copies written another way (other cell setting, supercell, atom order, rotation, translation, coordinates at
+    4 decimals) are found as one crystal; a 0.5% strain, another element and another structure are not."""
+    from ase.build import make_supercell
+
+    from cgcnn_ase.graph.identity import same_graph_groups
+
+    nacl = bulk("NaCl", "rocksalt", a=5.64)
+    conv = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    shuffled = conv[np.random.default_rng(0).permutation(len(conv))]
+    moved = conv.copy()
+    moved.rotate(33, "x", rotate_cell=True)
+    moved.translate([0.3, -1.1, 2.0])
+    rounded = conv.copy()
+    rounded.set_scaled_positions(np.round(conv.get_scaled_positions(), 4) + 1e-4)
+    items = [nacl, conv, make_supercell(nacl, [[1, 1, 0], [0, 2, 1], [0, 0, 1]]), shuffled, moved, rounded,
+             bulk("NaCl", "rocksalt", a=5.64 * 1.005), bulk("KCl", "rocksalt", a=5.64), bulk("NaCl", "zincblende", a=5.64),
+             bulk("Si", "diamond", a=5.43), bulk("Si", "diamond", a=5.43, cubic=True)]  # fmt: skip
+    store = _graphs(items)
+    groups = same_graph_groups(store.numbers, store.atom_offsets, store.centers, store.neighbors, store.distances,
+                               store.edge_offsets)  # fmt: skip
+    assert groups == [[0, 1, 2, 3, 4, 5], [9, 10]]
+
+
+def test_calculator_mixing_adds_values_only(calc_fe):
+    """25b: "SumCalculator of two formation-energy calculators: formation_energy_std 0.1298 (2 x 0.0649),
+    domain percentile 33.06 (2 x 16.53)". The spreads are left out of implemented_properties, so ASE's mixers
+    combine values only; get_property still gives them."""
+    from ase.calculators.mixing import SumCalculator
+
+    other = CGCNNCalculator("formation_energy", members=1)
+    atoms = bulk("NaCl", "rocksalt", a=5.64)
+    atoms.calc = SumCalculator([calc_fe, other])
+    total = atoms.get_potential_energy()
+    assert total == pytest.approx(calc_fe.get_property("energy", atoms) + other.get_property("energy", atoms))
+    assert not any(k.endswith(("_std", "_domain_percentile", "_uncertainty")) for k in atoms.calc.results)
+    assert "formation_energy_std" in calc_fe.result_names and "formation_energy_std" not in calc_fe.implemented_properties
+    assert calc_fe.get_property("formation_energy_std", atoms) == calc_fe.results["formation_energy_std"] > 0
+    assert 0 <= calc_fe.get_property("formation_energy_domain_percentile", atoms) <= 100
+
+
+def test_calculator_gives_no_value_of_another_crystal(calc_fe):
+    """25b: "get_property('unseen_elements', nacl, allow_calculation=False) after an Am crystal gives 'Am'"; a
+    spread alike. ASE's convention: None for a structure other than the last calculated."""
+    americium = bulk("NaCl", "rocksalt", a=5.64)
+    americium.numbers[1] = 95
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calc_fe.get_potential_energy(americium)
+    assert calc_fe.get_property("unseen_elements", americium, allow_calculation=False) == "Am"
+    nacl = bulk("NaCl", "rocksalt", a=5.64)
+    for name in ("unseen_elements", "formation_energy_std", "formation_energy"):
+        assert calc_fe.get_property(name, nacl, allow_calculation=False) is None
+    assert calc_fe.get_property("unseen_elements", nacl) is None and calc_fe.get_property("formation_energy", nacl) < 0
+
+
+def test_calculator_refuses_properties_asked_of_calculate(calc_fe):
+    """25b: "calc.calculate(atoms, properties=['forces']) succeeds silently, so atoms.get_properties(['forces'])
+    ends in ASE's bare PropertyNotPresent"."""
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    atoms = bulk("NaCl", "rocksalt", a=5.64)
+    with pytest.raises(PropertyNotImplementedError, match="not a potential energy surface"):
+        calc_fe.calculate(atoms, properties=["forces"])
+    atoms.calc = calc_fe
+    with pytest.raises(PropertyNotImplementedError, match="not a potential energy surface"):
+        atoms.get_properties(["energy", "forces"])
+    with pytest.raises(PropertyNotImplementedError, match="did you mean 'formation_energy_std'"):
+        calc_fe.calculate(atoms, properties=["formation_energy_sdt"])
+
+
+def test_stored_values_do_not_outlive_a_failed_calculation():
+    """25b: "store_in_info values go stale: NaCl's value stays on the Atoms after it became an overlapping FNa
+    whose calculation failed, and travels into the written file"; other keys of the info are kept."""
+    from cgcnn_ase.errors import InvalidStructureError
+
+    calc = CGCNNCalculator("formation_energy", members=1, store_in_info=True)
+    atoms = bulk("NaCl", "rocksalt", a=5.64)
+    atoms.info["source"] = "mine"
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    assert atoms.info["cgcnn_formation_energy"] < 0 and "cgcnn_energies" in atoms.arrays
+    atoms.numbers[1] = 9
+    atoms.positions[1] = atoms.positions[0] + 0.1
+    with pytest.raises(InvalidStructureError):
+        atoms.get_potential_energy()
+    assert "cgcnn_formation_energy" not in atoms.info and "cgcnn_energies" not in atoms.arrays
+    assert atoms.info["source"] == "mine"
+
+
+def test_calculator_warns_once_over_a_volume_scan():
+    """25b: "in a volume scan every step warns again: the messages hold the distance (0.707, 0.714 Å ...)"."""
+    calc = CGCNNCalculator("formation_energy", members=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for a in (2.40, 2.42, 2.44):  # NaCl squeezed: its atoms closer than 0.6 x their covalent radii
+            atoms = bulk("NaCl", "rocksalt", a=a)
+            atoms.calc = calc
+            atoms.get_potential_energy()
+    close = [str(w.message) for w in caught if "sum of their covalent radii" in str(w.message)]
+    assert len(close) == 1, close
