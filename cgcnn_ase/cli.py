@@ -114,11 +114,11 @@ class _WarningPrinter:
                 rest = rest.replace(UNSEEN_HINT, self.unseen_place)
                 self.first_unseen.setdefault(rest, []).append(model.removeprefix("model ").strip("'"))
             return
-        if issubclass(category, OutOfDomainWarning):  # one per model and chunk (round 24): the first, then one sum
-            model = text.split(":", 1)[0].removeprefix("model ").strip("'")
-            counted = re.search(r"(\d+) (?:of \d+|more) predicted structure", text)  # a chunk's, or a run's sum
+        counted = re.search(r"(\d+) (?:of \d+|more) predicted structure", text)  # a chunk's, or a run's sum
+        if issubclass(category, OutOfDomainWarning) and counted:  # one per model and chunk (round 24): the first,
+            model = text.split(":", 1)[0].removeprefix("model ").strip("'")  # then one sum
             far = self.far.setdefault(model, [0, 0])
-            far[0], far[1] = far[0] + 1, far[1] + (int(counted[1]) if counted else 0)
+            far[0], far[1] = far[0] + 1, far[1] + int(counted[1])
             if len(self.far) == 1 and far[0] == 1:
                 click.echo(f"warning: {text}", err=True)
             return
@@ -146,9 +146,9 @@ class _WarningPrinter:
         later = sum(count for count, _ in self.far.values()) - 1
         if later > 0:
             hits = ", ".join(f"{model} {hit}" for model, (_, hit) in self.far.items())
-            click.echo(f"warning: in all, predicted structures farther from a model's training data than every validation "
-                       f"crystal (domain percentile 100): {hits}; {later} other warning(s) about them (other models, "
-                       "later chunks) are not shown", err=True)  # fmt: skip
+            click.echo(f"warning: in all, structures farther from a model's training data than every validation crystal "
+                       f"(domain percentile 100), per model: {hits} (the warning above was the first of "
+                       f"{later + 1}, one per model and chunk)", err=True)  # fmt: skip
         self.first_unseen, self.unseen, self.totals, self.far = {}, {}, {}, {}
 
 

@@ -102,7 +102,8 @@ def _hand_stacked() -> pd.DataFrame:
     for member, cells in values.items():
         for structure, contributions in cells.items():
             for site, (role, el, c) in enumerate(zip(roles, elements[structure], contributions)):
-                rows.append(dict(structure=structure, site=site, element=el, role=role, contribution=c, member=member))
+                rows.append(dict(structure=structure, site=site, element=el, role=role, contribution=c, member=member,
+                                 prediction=float(np.mean(contributions))))  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -155,11 +156,16 @@ def test_additive_site_energies_recover_additive_data():
 
 def test_member_site_energies_definitions():
     energies = member_site_energies(_hand_stacked())
-    assert set(energies["definition"]) == {"raw", "x_share", "additive"}
+    assert set(energies["definition"]) == {"raw", "x_share", "additive", "cell"}
     raw = energies[energies["definition"] == "raw"].set_index(["member", "role", "element"])["mean"]
     assert raw[(1, "A", "Ba")] == 1.0 and raw[(0, "X", "O")] == pytest.approx(5.0)
     share = energies[energies["definition"] == "x_share"].set_index(["member", "role", "element"])["mean"]
     assert share[(0, "A", "Ba")] == pytest.approx(-1.0 + 21.0 / 2)
+    cell = energies[energies["definition"] == "cell"].set_index(["member", "role", "element"])["mean"]
+    stacked = _hand_stacked()
+    for (member, role, element), value in cell.items():  # the mean prediction of the cells holding the element
+        holding = stacked[(stacked["member"] == member) & (stacked["role"] == role) & (stacked["element"] == element)]
+        assert value == pytest.approx(holding["prediction"].mean())
 
 
 # -- the trends -----------------------------------------------------------------------------------

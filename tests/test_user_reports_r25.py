@@ -130,3 +130,33 @@ def test_calculator_warns_once_over_a_volume_scan():
             atoms.get_potential_energy()
     close = [str(w.message) for w in caught if "sum of their covalent radii" in str(w.message)]
     assert len(close) == 1, close
+
+
+def test_site_energies_of_non_perovskites_are_flagged(tmp_path):
+    """25c: "`cgcnn-ase sites` on Si, rutile-like TiO2 and GaAs with perovskite_site_energy exits 0 with site values on
+    the Castelli scale and no warning; predict warns 'domain percentile 100' for the same Si". The site tables carry
+    the ensemble's domain percentile, member 0 keeps its out-of-domain warning, and a perovskite model warns about
+    crystals without A and B sites."""
+    from cgcnn_ase.analysis.site_members import member_site_contributions
+    from cgcnn_ase.analysis.sites import site_contributions
+    from cgcnn_ase.errors import OutOfDomainWarning
+    from cgcnn_ase import CGCNNPredictor
+
+    from .conftest import perovskite
+
+    silicon, salt, srtio3 = bulk("Si", "diamond", a=5.43), bulk("NaCl", "rocksalt", a=5.64), perovskite()
+    ensemble = CGCNNPredictor.from_pretrained("perovskite_site_energy")
+    expected = ensemble.predict([silicon, srtio3]).domain_percentile
+    with pytest.warns(OutOfDomainWarning) as caught:
+        stacked = member_site_contributions(ensemble, {"Si": silicon, "SrTiO3": srtio3}, on_sparse="ignore")
+    texts = [str(w.message) for w in caught]
+    assert any("domain percentile 100; e.g. Si" in t for t in texts), texts
+    assert any("1 of 2 structure(s) have no A and B perovskite sites (Si)" in t for t in texts), texts
+    by_structure = stacked.groupby("structure", sort=False)["domain_percentile"].agg(["min", "max"])
+    np.testing.assert_allclose(by_structure["min"], expected, rtol=1e-6)
+    np.testing.assert_allclose(by_structure["max"], expected, rtol=1e-6)
+    assert set(stacked.loc[stacked["structure"] == "SrTiO3", "role"]) == {"A", "B", "X"}
+    with warnings.catch_warnings():  # a model of other crystals does not speak of perovskites
+        warnings.simplefilter("error", OutOfDomainWarning)
+        assert site_contributions("formation_energy", [salt], allow_mean_pooled=True, roles="auto").attrs["kind"] == \
+            "first-order"  # fmt: skip

@@ -33,8 +33,8 @@ from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-#: The site-energy definitions of :func:`member_site_energies`.
-DEFINITIONS = ("raw", "x_share", "additive")
+#: The site-energy definitions of :func:`member_site_energies`; ``cell`` is the null baseline (no split at all).
+DEFINITIONS = ("raw", "x_share", "additive", "cell")
 
 
 def member_predictors(models: Any) -> list[CGCNNPredictor]:
@@ -57,11 +57,14 @@ def member_predictors(models: Any) -> list[CGCNNPredictor]:
     if not loaded.members:
         return [predictor]
     out = []
-    for member in loaded.members:
+    for k, member in enumerate(loaded.members):
         spec = dataclasses.replace(
             loaded.spec, normalizer_mean=member.normalizer_mean, normalizer_std=member.normalizer_std
         )
-        single = dataclasses.replace(loaded, spec=spec, network=member.network, members=[], calibration=None, domain=None)
+        # member 0 keeps the domain summary (its crystal features are the ensemble's domain space): its domain
+        # percentiles and out-of-domain warnings are the ensemble's (round 25c: `sites` had dropped them)
+        single = dataclasses.replace(loaded, spec=spec, network=member.network, members=[], calibration=None,
+                                     domain=loaded.domain if k == 0 else None)  # fmt: skip
         out.append(CGCNNPredictor(single, device=predictor.device))
     return out
 
@@ -334,8 +337,11 @@ def member_site_energies(df: pd.DataFrame) -> pd.DataFrame:
     Returns:
         Columns ``definition``, ``member``, ``role``, ``element``, ``mean`` and ``count``, in the
         model's units per site: ``raw`` (A, B and X: the member's mean output over the element's
-        sites), ``x_share`` (A and B, :func:`cation_site_energies`) and ``additive`` (A, B and X:
-        the fitted terms of :func:`additive_site_energies`; ``count`` in cells, X in sites).
+        sites), ``x_share`` (A and B, :func:`cation_site_energies`), ``additive`` (A, B and X:
+        the fitted terms of :func:`additive_site_energies`; ``count`` in cells, X in sites) and ``cell``
+        (A, B and X: the member's mean *prediction* over the cells holding the element, each site given its
+        cell's value: the null baseline of a decomposition, which per-element trends of a site energy must
+        beat to say anything about the site; round 25c found the raw ones do not).
         Only ABX3 cells with one A and one B element count.
     """
     import pandas as pd
@@ -344,6 +350,9 @@ def member_site_energies(df: pd.DataFrame) -> pd.DataFrame:
         df = df.assign(member=0)
     raw = aggregate_by_element(perovskite_sites(df), by=["member", "role", "element"])
     parts = [raw.drop(columns="std").assign(definition="raw")]
+    sites = perovskite_sites(df)
+    baseline = aggregate_by_element(sites.assign(contribution=sites["prediction"]), by=["member", "role", "element"])
+    parts.append(baseline.drop(columns="std").assign(definition="cell"))
     cations = cation_site_energies(df)
     table = aggregate_by_element(cations, by=["member", "role", "element"], value="x_share")
     parts.append(table.drop(columns="std").assign(definition="x_share"))

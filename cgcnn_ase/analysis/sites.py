@@ -50,7 +50,7 @@ RoleMode = Literal["auto", "perovskite", "wyckoff"]
 
 #: Columns of :func:`site_contributions`, in order.
 SITE_COLUMNS = ("structure", "formula", "site", "element", "Z", "wyckoff", "role", "contribution", "prediction", "kind",
-                "unseen")  # fmt: skip
+                "unseen", "domain_percentile")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,6 +475,28 @@ def _site_roles(record: StructureRecord, roles: Any, wyckoff: list[str] | None) 
     return role
 
 
+def trained_on_perovskites(spec: Any) -> bool:
+    """Whether a model's training dataset is one of perovskites (its recorded name says so)."""
+    dataset = spec.metadata.get("dataset") or {}
+    return "perovskite" in str(dataset.get("name", "") if isinstance(dataset, Mapping) else dataset).lower()
+
+
+def _warn_no_perovskite(spec: Any, labels: list[str], n: int) -> None:
+    """Warn when a perovskite model is asked about structures without A and B perovskite sites (round 25c: Si,
+    rutile TiO2 and an A2BX4 cell got site energies on the Castelli scale without a word)."""
+    if not labels or not trained_on_perovskites(spec):
+        return
+    from cgcnn_ase.errors import OutOfDomainWarning
+
+    shown = ", ".join(labels[:3]) + (", ..." if len(labels) > 3 else "")
+    warnings.warn(
+        f"model {spec.name!r}: {len(labels)} of {n} structure(s) have no A and B perovskite sites ({shown}), and the "
+        f"model was trained on perovskites only (dataset {spec.metadata['dataset'].get('name')}): its site values for "
+        "them are extrapolations",
+        OutOfDomainWarning, stacklevel=3,
+    )  # fmt: skip
+
+
 def labelled_error(label: str, message: str) -> str:
     """``message`` naming the structure ``label`` (as it is when the reader wrote it)."""
     return message if message.startswith(label) else f"{label}: {message}"
@@ -528,8 +550,14 @@ def site_contributions(
         ``prediction`` (the structure's value, the mean of its contributions), ``kind``
         (``"atomwise"``: the model's exact site terms; ``"first-order"``: the attribution of a
         mean-pooled model) and ``unseen`` (the element never occurred in the model's training
-        data: its value is an extrapolation; ``False`` where the model records no such list). ``df.attrs`` holds ``units``, ``property``, ``model``, ``kind`` and
-        ``failed``.
+        data: its value is an extrapolation; ``False`` where the model records no such list) and
+        ``domain_percentile`` (the structure's, percent, as ``predict`` gives it: near 100 outside the model's
+        training domain; NaN for a model without a domain summary). ``df.attrs`` holds ``units``, ``property``,
+        ``model``, ``kind`` and ``failed``.
+
+    Warns:
+        OutOfDomainWarning: structures at domain percentile 100 (from ``predict``), and, for a model trained on
+        perovskites (its dataset's name says so), structures in which no A and B perovskite sites are found.
 
     Raises:
         SiteAnalysisError: the model is mean-pooled and ``allow_mean_pooled`` is false.
@@ -565,7 +593,10 @@ def site_contributions(
     )
     columns: dict[str, list[Any]] = {name: [] for name in SITE_COLUMNS}
     seen = set(spec.metadata["elements_seen"]) if spec.metadata.get("elements_seen") else None
-    for record, value, per_atom, message in zip(records, result.values, result.per_atom, result.errors):
+    percentiles = result.domain_percentile if result.domain_percentile is not None else np.full(len(records), np.nan)
+    no_perovskite: list[str] = []
+    for record, value, per_atom, message, percentile in zip(records, result.values, result.per_atom, result.errors,
+                                                           percentiles):  # fmt: skip
         if message is not None:
             failed[record.label] = message
             continue
@@ -583,6 +614,10 @@ def site_contributions(
         columns["prediction"] += [float(value)] * n
         columns["kind"] += [kind] * n
         columns["unseen"] += [seen is not None and z not in seen for z in record.numbers.tolist()]
+        columns["domain_percentile"] += [float(percentile)] * n
+        if not {"A", "B"} <= set(role) and roles in ("auto", "perovskite"):
+            no_perovskite.append(record.label)
+    _warn_no_perovskite(spec, no_perovskite, len(records) - len(failed))
     if failed:
         warnings.warn(skipped_message(failed), UserWarning, stacklevel=2)
     df = pd.DataFrame(columns)
@@ -591,6 +626,7 @@ def site_contributions(
     df["contribution"] = df["contribution"].astype("float64")
     df["prediction"] = df["prediction"].astype("float64")
     df["unseen"] = df["unseen"].astype(bool)
+    df["domain_percentile"] = df["domain_percentile"].astype("float64")
     df.attrs.update(units=predictor.units, property=predictor.property_name, model=spec.name, kind=kind, failed=failed)
     return df
 
