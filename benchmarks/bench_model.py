@@ -150,8 +150,10 @@ def run(shared: str | None, batch_size: int, repeats: int, threads: str, malloc:
     for setting in settings:
         cmd = [sys.executable, __file__, "--batch", str(batch_size), "--repeats", str(repeats), "--threads", threads,
                "--malloc", setting, "--rows-json"] + (["--shared", shared] if shared else [])  # fmt: skip
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        rows += json.loads(out.strip().splitlines()[-1])
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:  # the child's own message (a missing ../shared file), not a CalledProcessError traceback
+            sys.exit(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"{cmd} failed ({done.returncode})")
+        rows += json.loads(done.stdout.strip().splitlines()[-1])
     rows.sort(key=lambda r: (r[0], r[4], r[3]))  # batch, threads, allocator
     header = ["batch", "atoms", "edges", "malloc", "threads", "split_matmul=False ms", "split_matmul=True ms",
               "speedup (off/on)", "dense original-style ms", "page faults/forward (off)", "page faults/forward (on)",

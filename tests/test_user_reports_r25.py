@@ -160,3 +160,36 @@ def test_site_energies_of_non_perovskites_are_flagged(tmp_path):
         warnings.simplefilter("error", OutOfDomainWarning)
         assert site_contributions("formation_energy", [salt], allow_mean_pooled=True, roles="auto").attrs["kind"] == \
             "first-order"  # fmt: skip
+
+
+def test_unchecked_base_overlap_says_why(tmp_path, monkeypatch):
+    """25a: a fine-tune card said "not checked (the base model records no split, or ...)" of a base model that ships
+    its split: the reason was that the run's ids are row numbers and the base's data are not found here."""
+    import shutil
+    import types
+
+    from cgcnn_ase.data.datasets import DatasetTable
+    from cgcnn_ase.data.splits import Split
+    from cgcnn_ase.models.cards import model_card
+    from cgcnn_ase.models.folder import read_model_json
+    from cgcnn_ase.train.finetune import base_overlap
+
+    from .conftest import REPO
+
+    shipped = REPO / "pretrained_models" / "formation_energy-mp_cgcnn46k-v3"
+    folder = tmp_path / "a" / "b" / "base"  # its config's data path is found neither from here nor from its grandparent
+    folder.mkdir(parents=True)
+    for name in ("split.json", "config.yaml", "model.json"):
+        shutil.copy(shipped / name, folder / name)
+    monkeypatch.chdir(tmp_path)
+    table = DatasetTable(spec=None, ids=["0", "1", "2"], raw_targets=np.zeros(3), keys=["k0", "k1", "k2"], kind="cif_text",
+                         sources=["x", "y", "z"], n_rows=3, dropped={}, ids_are_rows=True)  # fmt: skip
+    overlap = base_overlap(types.SimpleNamespace(kind="model folder", path=folder), table, Split(["0"], ["1"], ["2"]))
+    assert overlap["checked"] == "nothing" and "ids are row numbers" in overlap["why"]
+    none = base_overlap(types.SimpleNamespace(kind="model folder", path=tmp_path), table, Split(["0"], ["1"], ["2"]))
+    assert none["why"] == "the base model records no split"
+    document = read_model_json(shipped.parent / "perovskite_formation_energy-castelli_cmr-v1")
+    finetune = read_model_json(shipped.parent / "shear_modulus-mp_elastic3k-v3")["ensemble"]["members"][0]["finetune"]
+    document["metadata"]["finetune"] = {**finetune, "base_overlap": overlap}
+    card = model_card(document, loss_name="mse")
+    assert f"- Test crystals the base model had seen: not checked ({overlap['why']})" in card

@@ -379,13 +379,14 @@ def base_overlap(base: FineTuneBase, table: Any, split: Any) -> dict[str, Any]:
 
     Returns:
         ``{"checked": "ids and structures" | "structures" | "ids" | "nothing", "base_data": path or None,
-        "val": {...}, "test": {...}}``, each part ``{"n", "base_train", "base_val"}`` (crystals; each counted once).
+        "val": {...}, "test": {...}}``, each part ``{"n", "base_train", "base_val"}`` (crystals; each counted once);
+        with ``"nothing"`` checked, ``"why"`` says why.
     """
     from cgcnn_ase.data.datasets import content_digest, load_table
     from cgcnn_ase.data.splits import Split
 
-    if base.kind == CHECKPOINT or not (base.path / "split.json").is_file():
-        return {"checked": "nothing", "base_data": None}  # the authors' checkpoints record no split
+    if base.kind == CHECKPOINT or not (base.path / "split.json").is_file():  # the authors' checkpoints record none
+        return {"checked": "nothing", "base_data": None, "why": "the base model records no split"}
     saved = Split.load(base.path / "split.json")
     base_ids = {part: set(saved.ids(part)) for part in ("train", "val")}
     base_digests: dict[str, set[str]] = {"train": set(), "val": set()}
@@ -415,6 +416,9 @@ def base_overlap(base: FineTuneBase, table: Any, split: Any) -> dict[str, Any]:
     checked = " and ".join(w for w, on in (("ids", by_id), ("structures", by_structure)) if on) or "nothing"
     position = {row_id: k for k, row_id in enumerate(table.ids)}
     result: dict[str, Any] = {"checked": checked, "base_data": spec.path if spec is not None else None}
+    if checked == "nothing":  # round 25a: the card blamed a split the base model ships
+        result["why"] = ("this run's ids are row numbers, which cannot be matched with the base model's ids, and the "
+                         "base model's data are not found here to match structures")  # fmt: skip
     for part in ("val", "test"):
         counts = {"n": 0, "base_train": 0, "base_val": 0}
         for row_id in split.ids(part):
