@@ -189,7 +189,7 @@ def test_unchecked_base_overlap_says_why(tmp_path, monkeypatch):
     none = base_overlap(types.SimpleNamespace(kind="model folder", path=tmp_path), table, Split(["0"], ["1"], ["2"]))
     assert none["why"] == "the base model records no split"
     document = read_model_json(shipped.parent / "perovskite_formation_energy-castelli_cmr-v1")
-    finetune = read_model_json(shipped.parent / "shear_modulus-mp_elastic3k-v3")["ensemble"]["members"][0]["finetune"]
+    finetune = read_model_json(shipped.parent / "shear_modulus-mp_elastic3k-v3")["metadata"]["finetune"]
     document["metadata"]["finetune"] = {**finetune, "base_overlap": overlap}
     card = model_card(document, loss_name="mse")
     assert f"- Test crystals the base model had seen: not checked ({overlap['why']})" in card
