@@ -11,6 +11,8 @@ model; no model or setting is chosen here, so the test split is not singled out)
   B-site group 4-6 and A-site group 13-15 contrasts; mean ± std across members;
 * the same trends of the data themselves (per-element means and the additive fit of e_form);
 * where each model puts the A- and B-dependent energy (energy_flow);
+* how far one crystal's site energies agree across seeds (the order of its A and B site energies, the seed std
+  of each site against that of the cell's prediction);
 * the paper's screen (A in groups 13-15, B in groups 4-6, X = O3) per member and definition, scored
   against DFT at the cutoff, and the same screen on the DFT data's own additive terms (no model).
 
@@ -137,7 +139,21 @@ def _model(name, models, structures, reference, cells, args, out: Path) -> dict:
     print(f"{name}: {stacked['member'].nunique()} members, {len(predictions)} cells, {time.perf_counter() - start:.0f} s",
           file=sys.stderr)  # fmt: skip
     return dict(trends=summarize_trends(trends), flows=flows, energies=energies, atomic=summarize_trends(atomic),
-                coupling=coupling)
+                coupling=coupling, robustness=_seed_robustness(name, stacked) if stacked["member"].nunique() > 1 else None)
+
+
+def _seed_robustness(name: str, stacked) -> str:
+    """How far one crystal's site energies can be trusted across seeds (round 25c): the share of cells whose
+    members all agree on whether the A site lies below the B site, the median seed std of a site's output per
+    role, and that of the cell's prediction."""
+    cells = stacked[stacked["role"].isin(["A", "B"])]
+    per_site = cells.groupby(["structure", "member", "role"])["contribution"].mean().unstack("role").dropna()
+    signs = (per_site["A"] < per_site["B"]).groupby("structure").agg(["min", "max"])
+    agree = float((signs["min"] == signs["max"]).mean())
+    spreads = stacked.groupby(["structure", "site", "role"])["contribution"].std().groupby("role").median()
+    cell_spread = stacked.groupby(["structure", "member"])["prediction"].first().groupby("structure").std().median()
+    return (f"| {name} | {stacked['member'].nunique()} | {agree:.1%} of {len(signs)} | "
+            + " | ".join(f"{spreads.get(role, float('nan')):.3f}" for role in ("A", "B", "X")) + f" | {cell_spread:.3f} |")
 
 
 def _print_energy_tables(results: dict) -> None:
@@ -216,6 +232,14 @@ def main() -> None:
             print(f"| {name} | {row['definition']} | {_cell(row['radius_spearman_A'], row['radius_spearman_A_std'])} |")
 
     _print_energy_tables(results)
+
+    print("\nOne crystal's site energies across seeds: cells whose seeds all agree on the order of the A and B site "
+          "energies; median seed std of a site's output per role (model units per site) and of the cell's prediction")
+    print("| model | seeds | cells, seeds agree on A < B or A > B | A site std | B site std | X site std | cell std |\n"
+          "|---|---|---|---|---|---|---|")
+    for result in results.values():
+        if result["robustness"]:
+            print(result["robustness"])
 
     print("\nScreen: A in groups 13-15, B in groups 4-6, X = O3; cutoffs in eV/atom (DFT: e_form / 5)")
     print("| model | definition | cutoff | candidates | hit rate (DFT) | enrichment vs all ABO3 | recall | "

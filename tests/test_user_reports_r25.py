@@ -193,3 +193,59 @@ def test_unchecked_base_overlap_says_why(tmp_path, monkeypatch):
     document["metadata"]["finetune"] = {**finetune, "base_overlap": overlap}
     card = model_card(document, loss_name="mse")
     assert f"- Test crystals the base model had seen: not checked ({overlap['why']})" in card
+
+
+def test_a_tiny_cell_is_not_called_flat():
+    """25b: "predict(bulk('Cu', a=0.5)) says 'nearly flat, 0.289 Å thick': the cell is a well-shaped fcc cell, only
+    too small"."""
+    from ase import Atoms
+
+    from cgcnn_ase import CGCNNPredictor
+    from cgcnn_ase.errors import InvalidStructureError
+
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    with pytest.raises(InvalidStructureError, match=r"too small \(lattice vectors 0.354, 0.354, 0.354 Å; a cell in nm"):
+        predictor.predict(bulk("Cu", "fcc", a=0.5))
+    with pytest.raises(InvalidStructureError, match="nearly flat: 0.01 Å thick"):
+        predictor.predict(Atoms("Cu", cell=[[5, 0, 0], [0, 5, 0], [0, 0, 0.01]], pbc=True))
+
+
+def test_ase_containers_and_file_at_index_are_inputs(tmp_path):
+    """25b: "read('multi.extxyz@1'), read('multi.db@id=2'), read('multi.db@formula=MgO') work in ASE, but predict
+    and the CLI say 'no such file', although the package's own ids are written so"; "Trajectory(...), connect(...),
+    db.get(1) are refused as 'unsupported input type'"."""
+    from ase.db import connect
+    from ase.io import write
+    from ase.io.trajectory import Trajectory
+
+    from cgcnn_ase import CGCNNPredictor
+
+    from .test_user_reports import _cli
+    from .test_user_reports_r23 import _csv
+
+    crystals = [bulk("NaCl", "rocksalt", a=5.64), bulk("Cu", "fcc", a=3.61), bulk("MgO", "rocksalt", a=4.21)]
+    frames, trajectory, database = tmp_path / "multi.extxyz", tmp_path / "multi.traj", tmp_path / "multi.db"
+    write(str(frames), crystals)
+    write(str(trajectory), crystals)
+    with connect(str(database)) as db:
+        for atoms in crystals:
+            db.write(atoms)
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    whole = predictor.predict(str(frames))
+    value = dict(zip(whole.ids, whole.values))
+    one = predictor.predict(f"{frames}@1")
+    assert one.ids == [f"{frames}@1"] and one.values[0] == pytest.approx(value[f"{frames}@1"], abs=1e-6)
+    assert predictor.predict(f"{frames}@-1").values[0] == pytest.approx(value[f"{frames}@2"], abs=1e-6)
+    assert predictor.predict(f"{frames}@0:2").ids == [f"{frames}@0", f"{frames}@1"]
+    assert predictor.predict(f"{database}@formula=MgO").ids == [f"{database}@id=3"]
+    assert predictor.predict(f"{database}@id=2").values[0] == pytest.approx(value[f"{frames}@1"], abs=1e-6)
+    missing = predictor.predict(f"{frames}@7", errors="collect")
+    assert "holds no structure '7' (it holds 3; give @k or @a:b" in missing.errors[0]
+    assert predictor.predict(str(tmp_path / "nofile.cif@1"), errors="collect").errors[0].endswith("no such file")
+    run = _csv(_cli("predict", f"{frames}@1", f"{database}@formula=MgO", "-m", "formation_energy"))
+    assert run["id"].tolist() == [f"{frames}@1", f"{database}@id=3"]
+    assert predictor.predict(Trajectory(str(trajectory))).ids == [f"{trajectory}@{k}" for k in range(3)]
+    with connect(str(database)) as db:
+        assert predictor.predict(db).ids == [f"{database}@id={k}" for k in (1, 2, 3)]
+        row = predictor.predict(db.get(2))
+        assert row.values[0] == pytest.approx(value[f"{frames}@1"], abs=1e-6)

@@ -65,11 +65,13 @@ from cgcnn_ase.io.reader import (
     beside_table,
     input_kind,
     is_labelled_pair,
+    is_selection,
     labelled_pair,
     pair_of_two_files,
     read_items,
     read_record,
     read_records,
+    read_selection,
 )
 from cgcnn_ase.io.records import StructureRecord
 
@@ -478,6 +480,9 @@ def iter_inputs(
     for index, obj in enumerate(as_input_sequence(inputs)):
         if input_kind(obj) == "path":  # files, directories, globs, tables (text with line breaks is CIF)
             item = os.fspath(obj)
+            if is_selection(item):  # ASE's "file@index" (and this package's own ids, path@k, path@id=N)
+                yield from read_selection(item, cif_reader=cif_reader)
+                continue
             explicit_table = _is_table(item) and os.path.isfile(item)
             if explicit_table:
                 yield from iter_table(item, finished=finished, **opts)

@@ -67,6 +67,7 @@ from cgcnn_ase.io.formats import (
     FRAME_SUFFIXES,
     ase_frames,
     check_file,
+    connect_db,
     db_frames,
     frame_items,
     frame_records,
@@ -224,7 +225,7 @@ def entry_structure(obj: Any) -> Any:
     """The structure of a Materials Project style document or entry, as a JSON file of them gives it (round 23a:
     in memory they were 'unsupported input type dict'): a mapping's ``"structure"`` (a structure dict or pymatgen
     ``Structure``), or an object's ``structure`` attribute holding a pymatgen ``Structure``
-    (``ComputedStructureEntry``, emmet documents); ``None`` for anything else."""
+    (``ComputedStructureEntry``, emmet documents); an ``ase.db`` row's Atoms; ``None`` for anything else."""
     from pymatgen.core import IStructure
 
     if isinstance(obj, Mapping):
@@ -233,6 +234,8 @@ def entry_structure(obj: Any) -> Any:
         return inner if usable else None
     if isinstance(obj, (str, bytes, os.PathLike)):
         return None
+    if type(obj).__module__.startswith("ase.db") and callable(getattr(obj, "toatoms", None)):
+        return obj.toatoms()  # an ase.db row (db.get(...), db.select(...)): its Atoms (round 25b)
     inner = getattr(obj, "structure", None)
     return inner if isinstance(inner, IStructure) else None
 
@@ -376,6 +379,58 @@ def _two_files(label: str, source: Any) -> bool:
         return False
 
 
+def is_selection(source: Any) -> bool:
+    """``file@selection`` as ``ase.io.read`` takes it: text naming no file, whose part before the last ``@`` is a
+    file (see :func:`read_selection`)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    text = os.fspath(source)
+    if "@" not in text or "\n" in text or os.path.exists(text):
+        return False
+    path, selection = text.rsplit("@", 1)
+    return bool(selection) and os.path.isfile(path)
+
+
+def read_selection(
+    source: str | os.PathLike, *, cif_reader: CifReader = "gemmi"
+) -> list[tuple[str, StructureRecord | InvalidStructureError]]:
+    """The structures ``file@selection`` names (:func:`is_selection`): a result's own id (``path@k``,
+    ``path@id=N``, a CIF block's), an index or slice (``@1``, ``@-1``, ``@0:10:2``; 0-based over the file's
+    structures), or for an ASE database a selection (``@formula=MgO``, ``@energy<0``). One ``(id, error)`` item
+    when it names none (round 25b: results' own ids, and ASE's syntax, were "no such file")."""
+    from ase.io.formats import string2index
+
+    item = os.fspath(source)
+    path, selection = item.rsplit("@", 1)
+    try:
+        every = read_items(path, path, cif_reader=cif_reader)
+    except InvalidStructureError as exc:
+        return [(item, exc)]
+    chosen = [(label, record) for label, record in every if label == item]  # a result's own id
+    is_index = re.fullmatch(r"-?\d*(?::-?\d*){0,2}", selection) is not None
+    if not chosen and is_index:
+        index = string2index(selection)
+        if isinstance(index, slice):
+            chosen = every[index]
+        elif -len(every) <= index < len(every):
+            chosen = [(item, _relabelled(every[index][1], item))]
+    elif not chosen and is_ase_db(path):
+        try:
+            wanted = {f"{path}@id={row.id}" for row in connect_db(path, path).select(selection)}
+        except Exception as exc:  # noqa: BLE001 - ase.db raises many types for a bad selection
+            return [(item, StructureReadError(f"{item}: {selection!r} is no selection of the database {path} ({exc})"))]
+        chosen = [(label, record) for label, record in every if label in wanted]
+    if not chosen:
+        return [(item, StructureReadError(
+            f"{item}: {path} holds no structure {selection!r} (it holds {len(every)}; give @k or @a:b, 0-based, a "
+            "result's id such as path@k or path@id=N, or for a database an ase.db selection such as @formula=MgO)"))]
+    return chosen  # fmt: skip
+
+
+def _relabelled(item: StructureRecord | InvalidStructureError, label: str) -> StructureRecord | InvalidStructureError:
+    return replace(item, label=label) if isinstance(item, StructureRecord) else item
+
+
 def read_items(
     source: Any, label: str | None = None, *, cif_reader: CifReader = "gemmi"
 ) -> list[tuple[str, StructureRecord | InvalidStructureError]]:
@@ -389,6 +444,8 @@ def read_items(
             cannot be used).
     """
     source = _decoded(source)  # UTF-8 text, as read_records takes it (round 23a: b"nofile.cif" escaped as TypeError)
+    if is_selection(source):
+        return read_selection(source, cif_reader=cif_reader)
     try:
         return [(record.label, record) for record in read_records(source, label, cif_reader=cif_reader)]
     except InvalidStructureError:
@@ -472,7 +529,9 @@ def labelled_pair(obj: tuple[Any, Any]) -> tuple[str, Any]:
 def as_input_sequence(obj: Any) -> Any:
     """``obj`` as the inputs of a run: a pandas Series becomes ``(label, structure)`` pairs labelled by its
     index (unless that is the default 0..n-1, where the ``input k`` labels already name the rows); one
-    input (:func:`is_single_input`) becomes a list of it; other iterables are kept (consumed lazily).
+    input (:func:`is_single_input`) becomes a list of it; an ``ase.db`` connection its rows and an ASE
+    ``TrajectoryReader`` its frames, as ``(id, Atoms)`` pairs with the ids their files give (``name@id=N``,
+    ``name@k``); other iterables are kept (consumed lazily).
 
     Raises:
         InvalidStructureError: a pandas DataFrame (which of its columns holds the structures?).
@@ -481,6 +540,11 @@ def as_input_sequence(obj: Any) -> Any:
     if module.startswith("pandas.") and type(obj).__name__ == "DataFrame":
         raise InvalidStructureError(f"a pandas DataFrame is not a list of structures: give its structure column, e.g. "
                                     f"df[{str(obj.columns[0]) if len(obj.columns) else 'column'!r}]")  # fmt: skip
+    if module.startswith("ase.db") and callable(getattr(obj, "select", None)):  # a connection: its rows, ids as a path's
+        return ((f"{obj.filename}@id={row.id}", row.toatoms()) for row in obj.select())
+    if module.startswith("ase.io.trajectory") and hasattr(obj, "__len__"):  # a TrajectoryReader: its frames
+        name = os.fspath(getattr(obj, "filename", None) or "trajectory")
+        return ((f"{name}@{k}", obj[k]) for k in range(len(obj)))
     if module.startswith("pandas.") and type(obj).__name__ == "Series":
         index = obj.index
         if type(index).__name__ == "RangeIndex" and index.start == 0 and index.step == 1:

@@ -222,10 +222,13 @@ def validate_record(
     cell, frac = _reduced_if_skewed(cell, frac, volume)
     thickness = cell_thickness(cell)
     if thickness < MIN_CELL_THICKNESS:
+        lengths = np.linalg.norm(cell, axis=1)
+        shape = ("nearly flat: " if thickness < 0.1 * lengths.max() else
+                 f"too small (lattice vectors {', '.join(f'{v:.3g}' for v in lengths)} Å; a cell in nm or Bohr?): ")
         raise InvalidStructureError(
-            f"{label}: the cell is degenerate: nearly flat, {thickness:.3g} Å thick between its closest lattice planes "
+            f"{label}: the cell is degenerate: {shape}{thickness:.3g} Å thick between its closest lattice planes "
             f"(less than {MIN_CELL_THICKNESS} Å, so periodic images of every atom overlap)"
-        )
+        )  # fmt: skip
     if not np.isfinite(frac).all():
         bad = np.flatnonzero(~np.all(np.isfinite(frac), axis=1))
         raise InvalidStructureError(f"{label}: atom(s) {bad[:5].tolist()} have NaN or infinite positions")
