@@ -249,3 +249,23 @@ def test_ase_containers_and_file_at_index_are_inputs(tmp_path):
         assert predictor.predict(db).ids == [f"{database}@id={k}" for k in (1, 2, 3)]
         row = predictor.predict(db.get(2))
         assert row.values[0] == pytest.approx(value[f"{frames}@1"], abs=1e-6)
+
+
+def test_the_table_marks_a_model_at_the_domain_edge(tmp_path):
+    """25a: "the terminal table's dom% (the median over the 7 models) shows 10 for rocksalt LaN, which
+    bulk_modulus puts at domain percentile 100"."""
+    import re
+
+    from pymatgen.core import Lattice, Structure
+
+    from .test_user_reports import _cli
+
+    path = tmp_path / "LaN.cif"
+    Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.3), ["La", "N"], [[0, 0, 0], [0.5] * 3]).to(filename=str(path))
+    run = _cli("predict", str(path), "examples/NaCl.POSCAR", "--format", "table")
+    assert run.exit_code == 0, run.output
+    rows = {line.split()[0]: line for line in run.stdout.splitlines() if line.startswith(("...", str(tmp_path), "LaN", "examples"))}
+    lan = next(line for key, line in rows.items() if "LaN" in key)
+    nacl = next(line for key, line in rows.items() if "NaCl" in key)
+    assert re.search(r"\s\d{1,2}!\s", lan) and not re.search(r"\d!", nacl), run.stdout
+    assert "! marks a crystal some model puts beyond all its validation crystals" in " ".join(run.stdout.split())
