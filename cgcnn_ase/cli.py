@@ -236,13 +236,19 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--traceback", "traceback_", is_flag=True, help="Show the full traceback on errors.")(wrapper)
 
 
-def load_predictor(model: str, *, atom_init: str | None = None, trusted: bool = False, device: str | None = None):
+def load_predictor(model: str, *, atom_init: str | None = None, trusted: bool = False, device: str | None = None,
+                   members: int | None = None):  # fmt: skip
     """A predictor for a model name (shipped models) or a path (model folder or .pth.tar); ``atom_init``
-    is used for a checkpoint file only (shipped models and model folders carry their element tables)."""
+    is used for a checkpoint file only (shipped models and model folders carry their element tables);
+    ``members``: the first so many networks of an ensemble (``None``: all; a single network runs whole)."""
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
+    predictor = CGCNNPredictor.load(model, atom_init=atom_init if Path(model).is_file() else None, trusted=trusted,
+                                    device=device)  # fmt: skip
+    if members is None or not predictor.is_ensemble or members >= predictor.model.n_members:
+        return predictor
     return CGCNNPredictor.load(model, atom_init=atom_init if Path(model).is_file() else None, trusted=trusted,
-                               device=device)  # fmt: skip
+                               device=device, members=members)  # fmt: skip
 
 
 def _check_coverage(predictors: Sequence[Any], coverage: float | None) -> None:
@@ -430,13 +436,14 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="CPU threads for torch (1 is fastest for small crystals; run several processes to use more cores).")
 @click.option("--workers", default="auto", show_default=True, help="Worker processes: on a CPU they read structures, build graphs and run the networks; on a GPU they read and build graphs while the main process runs the networks. A number, or auto (the CPU count, at most 8).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks: some seconds once, then about 1.3-1.5x faster on a CPU (pays off from a few tens of thousands of structures).")
+@click.option("--members", type=click.IntRange(min=1), default=None, help="Run only the first N networks of each ensemble (1: about 3x faster on a CPU; fewer members give a rougher std, and no _uncertainty or intervals) [default: all].")
 @_guarded
 def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, atom_init: str | None, trust: bool,
             per_atom: bool, fmt: str | None, log10: bool, domain: bool, uncertainty: bool, metal_threshold: float,
             coverage: float | None,
             output: str | None, resume: bool,
             chunk_size: int | None, column: str, id_column: str | None, batch_size: int, device: str | None,
-            threads: int, workers: str, compile_: bool) -> None:  # fmt: skip
+            threads: int, workers: str, compile_: bool, members: int | None) -> None:  # fmt: skip
     """Predict properties of the crystals in INPUTS: files (CIF, POSCAR, extxyz, ASE .db, ...),
     directories of them (documents, images and the original CGCNN layout's id_prop.csv and
     atom_init.json are left out, as from a pattern whose last part is '*'), glob patterns, or tables (.csv,
@@ -493,7 +500,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         _predict_properties(inputs, fmt=fmt, output=output, per_atom=per_atom, resume=resume, log10=log10, domain=domain,
                             uncertainty=uncertainty, metal_threshold=metal_threshold, column=column, id_column=id_column,
                             batch_size=batch_size, device=device, workers=n_workers, coverage=coverage,
-                            compile_=compile_, chunk_size=chunk_size or _default_chunk(0, device))  # fmt: skip
+                            compile_=compile_, chunk_size=chunk_size or _default_chunk(0, device),
+                            members=members)  # fmt: skip
         return
     ignored = [flag for flag, given in (("--log10", log10), ("--domain", domain), ("--uncertainty", uncertainty),
                                         ("--metal-threshold", metal_threshold != 0.5)) if given]  # fmt: skip
@@ -501,7 +509,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         click.echo(f"note: {', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} only without --model/--all "
                    f"(the general-purpose properties) and {'is' if len(ignored) == 1 else 'are'} ignored here", err=True)  # fmt: skip
     names = _model_names(models, use_all)
-    predictors = [load_predictor(name, atom_init=atom_init, trusted=trust, device=device) for name in names]
+    predictors = [load_predictor(name, atom_init=atom_init, trusted=trust, device=device, members=members)
+                  for name in names]  # fmt: skip
     # a model named with --model must give the intervals asked for; --all gives them where it can
     named = [p for name, p in zip(names, predictors) if name in models or p.has_intervals]
     _check_coverage(named, coverage)
@@ -622,21 +631,20 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
                         log10: bool, domain: bool, metal_threshold: float, column: str, id_column: str | None,
                         batch_size: int, device: str | None, workers: int, coverage: float | None = None,
                         uncertainty: bool = False, compile_: bool = False,
-                        chunk_size: int = MODELS_CHUNK) -> None:  # fmt: skip
+                        chunk_size: int = MODELS_CHUNK, members: int | None = None) -> None:  # fmt: skip
     """``predict`` without ``--model``: the shipped general-purpose models, in user units. csv and parquet
     are written chunk by chunk (memory holds one chunk, and ``--resume`` continues a killed run); a table
     or json needs every row first."""
     from contextlib import nullcontext
 
     from cgcnn_ase.inference.parallel import NetworkPool, shares_graphs
-    from cgcnn_ase.inference.predictor import as_predictor
     from cgcnn_ase.inference.properties import GENERAL_MODELS, compact_table, property_columns, std_coverage
     from cgcnn_ase.inference.streaming import cif_reader_for
 
     if per_atom:
         raise click.UsageError("--per-atom needs --model NAME (the default properties come from several models)")
     domain = domain or fmt == "table"  # a person reading the table sees a crystal far from the training data
-    predictors = [as_predictor(name, device=device) for name in GENERAL_MODELS]
+    predictors = [load_predictor(name, device=device, members=members) for name in GENERAL_MODELS]
     _check_coverage(predictors, coverage)
     for predictor in predictors:
         predictor.compile = compile_
@@ -655,7 +663,8 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
                 return _property_rows(chunk, predictors, columns, options, finished)
 
             settings = {"models": [p.model.spec.name for p in predictors], "metal_threshold": metal_threshold,
-                        "coverage": coverage, "log10": log10, "domain": domain, "uncertainty": uncertainty}  # fmt: skip
+                        "coverage": coverage, "log10": log10, "domain": domain, "uncertainty": uncertainty,
+                        "members": [p.model.n_members for p in predictors]}  # fmt: skip
             _run_stream(write_chunks, inputs, output or sys.stdout, [c.header for c in columns], rows, fmt=fmt,
                         resume=resume, chunk_size=chunk_size, settings=settings, **reading)  # fmt: skip
             return

@@ -137,10 +137,10 @@ def test_site_energies_of_non_perovskites_are_flagged(tmp_path):
     the Castelli scale and no warning; predict warns 'domain percentile 100' for the same Si". The site tables carry
     the ensemble's domain percentile, member 0 keeps its out-of-domain warning, and a perovskite model warns about
     crystals without A and B sites."""
+    from cgcnn_ase import CGCNNPredictor
     from cgcnn_ase.analysis.site_members import member_site_contributions
     from cgcnn_ase.analysis.sites import site_contributions
     from cgcnn_ase.errors import OutOfDomainWarning
-    from cgcnn_ase import CGCNNPredictor
 
     from .conftest import perovskite
 
@@ -269,3 +269,27 @@ def test_the_table_marks_a_model_at_the_domain_edge(tmp_path):
     nacl = next(line for key, line in rows.items() if "NaCl" in key)
     assert re.search(r"\s\d{1,2}!\s", lan) and not re.search(r"\d!", nacl), run.stdout
     assert "! marks a crystal some model puts beyond all its validation crystals" in " ".join(run.stdout.split())
+
+
+def test_the_command_runs_part_of_an_ensemble(tmp_path):
+    """The README offers members=1 "when speed matters more than the error bar" in Python; a screening run from
+    the command line had no way to ask for it (round 25)."""
+    from cgcnn_ase import CGCNNPredictor
+
+    from .test_user_reports import _cli
+    from .test_user_reports_r23 import _csv
+
+    files = ["examples/NaCl.POSCAR", "examples/SrTiO3.cif"]
+    one = _csv(_cli("predict", *files, "-m", "formation_energy", "--members", "1"))
+    api = CGCNNPredictor.from_pretrained("formation_energy", members=1).predict(files)
+    np.testing.assert_allclose(one["formation_energy (eV/atom)"], api.values, rtol=1e-6)
+    assert not any(c.startswith("formation_energy_std") for c in one.columns)
+    default = _csv(_cli("predict", *files, "--members", "1"))
+    assert "formation_energy_std (eV/atom)" not in default.columns
+    np.testing.assert_allclose(default["formation_energy (eV/atom)"], api.values, rtol=1e-6)
+    out = tmp_path / "run.csv"
+    assert _cli("predict", files[0], "-m", "formation_energy", "--members", "2", "-o", str(out)).exit_code == 0
+    again = _cli("predict", *files, "-m", "formation_energy", "--members", "3", "-o", str(out), "--resume")
+    assert again.exit_code == 2 and "members: [2] then, [3] now" in again.output
+    refused = _cli("predict", files[0], "--members", "1", "--coverage", "0.9")
+    assert refused.exit_code == 2 and "runs 1 of its 5 members" in refused.output

@@ -507,7 +507,8 @@ def predict_stream(
             inputs, output, columns, rows, fmt=fmt, resume=resume, chunk_size=chunk_size, column=column,
             id_column=id_column, sort=sort, cif_reader=cif_reader_for(predictors), defer_files=defer,
             progress=progress, on_chunk=on_chunk,
-            settings={"models": [p.model.spec.name for p in predictors], "coverage": coverage},
+            settings={"models": [p.model.spec.name for p in predictors], "coverage": coverage,
+                      "members": [p.model.n_members for p in predictors]},  # fmt: skip
         )  # fmt: skip
     finally:
         if pool is not None:
