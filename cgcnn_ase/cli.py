@@ -541,7 +541,8 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         from cgcnn_ase.inference.streaming import model_columns, predict_items
 
         result = predict_items(items, predictors, columns=model_columns(predictors, names, coverage),
-                               batch_size=batch_size, workers=n_workers, coverage=coverage)  # fmt: skip
+                               batch_size=batch_size, workers=n_workers, coverage=coverage,
+                               progress=None if _on_terminal() else False)  # fmt: skip
         for messages in result.messages:
             for message in messages:
                 click.echo(f"error: {message}", err=True)
@@ -671,7 +672,7 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
         from cgcnn_ase.io.inputs import iter_inputs
 
         items = iter_inputs(inputs, exclude=[output] if output else (), **reading)
-        result = _property_rows(list(items), predictors, columns, options)
+        result = _property_rows(list(items), predictors, columns, {**options, "progress": None if _on_terminal() else False})
     _report_errors(result)
     frame = result.frame
     if fmt == "table":
@@ -702,7 +703,7 @@ def _property_rows(items: Sequence[tuple[str, Any]], predictors: list[Any], colu
     from cgcnn_ase.inference.streaming import ChunkResult, predicted_rows
 
     run = {k: options[k] for k in ("batch_size", "workers", "coverage")}
-    results, rows = predicted_rows(items, predictors, finished=finished, **run)
+    results, rows = predicted_rows(items, predictors, finished=finished, progress=options.get("progress", False), **run)
     frame, _ = property_frame(predictors, results, **{k: options[k] for k in ("metal_threshold", "log10", "domain",
                                                                              "coverage", "uncertainty")})  # fmt: skip
     readable = [k for k, (_, row) in enumerate(rows) if not isinstance(row, CGCNNError)]

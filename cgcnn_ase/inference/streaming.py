@@ -218,6 +218,7 @@ def predict_items(
     workers: int | NetworkPool = 1,
     coverage: float | None = None,
     finished: FinishedIds | None = None,
+    progress: bool | None = False,
 ) -> ChunkResult:
     """Predict a list of ``(id, record | error)`` items with every model (:func:`predicted_rows`).
 
@@ -227,7 +228,8 @@ def predict_items(
     ``path@i``; those in ``finished`` are left out).
 
     An item fails when it could not be read or when any model refuses it; its values are
-    then NaN for all models (as ``cgcnn-ase predict`` reports it).
+    then NaN for all models (as ``cgcnn-ase predict`` reports it). ``progress``: a bar over the items (``None``:
+    on a terminal, for 100 or more; a stream's chunks leave it to the stream's own bar).
     """
     import pandas as pd
 
@@ -236,7 +238,7 @@ def predict_items(
     if sum(widths) != len(columns):
         raise ValueError(f"{len(columns)} column names for {sum(widths)} model columns")
     results, rows = predicted_rows(items, predictors, batch_size=batch_size, on_sparse=on_sparse, workers=workers,
-                                   coverage=coverage, finished=finished)  # fmt: skip
+                                   coverage=coverage, finished=finished, progress=progress)  # fmt: skip
     ids: list[str] = []
     values: list[np.ndarray] = []
     messages: list[list[str]] = []
@@ -281,6 +283,7 @@ def predicted_rows(
     workers: int | NetworkPool = 1,
     coverage: float | None = None,
     finished: FinishedIds | None = None,
+    progress: bool | None = False,
 ) -> tuple[list[PredictionResult], list[tuple[str, int | CGCNNError]]]:
     """Every model's predictions for the readable ``items`` (:func:`~cgcnn_ase.inference.predictor.predict_many`),
     and the output rows in input order: ``(id, k)`` for row ``k`` of every result, or ``(id, error)``
@@ -296,7 +299,7 @@ def predicted_rows(
         warnings.filterwarnings("ignore", category=DuplicateIdsWarning)
         results = (
             predict_many(predictors, inputs, batch_size=batch_size, errors="collect", on_sparse=on_sparse,
-                         progress=False, workers=workers, coverage=coverage)
+                         progress=progress, workers=workers, coverage=coverage)
             if inputs
             else []
         )  # fmt: skip
