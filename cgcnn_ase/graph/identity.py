@@ -23,6 +23,8 @@ import numpy as np
 #: networks' Gaussian distance expansion, above what writing coordinates at 4-6 decimals changes.
 SAME_GRAPH_TOLERANCE = 0.01
 _ROUNDS = 4
+#: Clusters a crystal is compared with at most, the nearest in mean edge length first (see :func:`_clusters`).
+_MAX_COMPARED = 64
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -92,13 +94,28 @@ def same_graph_groups(
         candidates.setdefault(int(inverse[k]), []).append(int(k))
     groups: list[list[int]] = []
     for members in candidates.values():
-        clusters: list[tuple[np.ndarray, list[int]]] = []
-        for k in members:
-            lengths = np.sort(distances[edge_offsets[k]:edge_offsets[k + 1]])
-            home = next((c for c in clusters if _same_lengths(c[0], lengths, tolerance)), None)
-            if home is None:
-                clusters.append((lengths, [k]))
-            else:
-                home[1].append(k)
-        groups.extend(ids for _, ids in clusters if len(ids) > 1)
-    return sorted(groups)
+        groups.extend(_clusters(members, distances, edge_offsets, tolerance))
+    return sorted(sorted(group) for group in groups)
+
+
+def _clusters(members: list[int], distances: np.ndarray, edge_offsets: np.ndarray, tolerance: float) -> list[list[int]]:
+    """The crystals of one hash that share their edge lengths, in groups of two or more. Taken in order of their
+    mean edge length, each is compared with the latest clusters whose mean lies within ``tolerance`` (lengths within
+    it have means within it), at most :data:`_MAX_COMPARED` of them: a set of many snapshots of one crystal (one
+    hash, every mean close) stays linear in time (round 25)."""
+    lengths = [np.sort(distances[edge_offsets[k]:edge_offsets[k + 1]]) for k in members]
+    means = [float(x.mean()) if len(x) else 0.0 for x in lengths]
+    clusters: list[tuple[float, np.ndarray, list[int]]] = []  # (mean, lengths, members), means ascending
+    for j in sorted(range(len(members)), key=means.__getitem__):
+        home = None
+        for mean, reference, ids in reversed(clusters[-_MAX_COMPARED:]):
+            if mean < means[j] - tolerance:
+                break
+            if _same_lengths(reference, lengths[j], tolerance):
+                home = ids
+                break
+        if home is None:
+            clusters.append((means[j], lengths[j], [members[j]]))
+        else:
+            home.append(members[j])
+    return [ids for _, _, ids in clusters if len(ids) > 1]
