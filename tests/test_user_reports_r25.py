@@ -293,3 +293,39 @@ def test_the_command_runs_part_of_an_ensemble(tmp_path):
     assert again.exit_code == 2 and "members: [2] then, [3] now" in again.output
     refused = _cli("predict", files[0], "--members", "1", "--coverage", "0.9")
     assert refused.exit_code == 2 and "runs 1 of its 5 members" in refused.output
+
+
+def test_pymatgen_formats_entry_ids_and_series_labels(tmp_path):
+    """26b: "pymatgen-written .cssr, .yaml and PWmat .config files are refused as unknown format although the
+    README says anything ASE or pymatgen reads"; "a list of ComputedStructureEntry or MP documents comes back as
+    input 0, input 1"; "a Series indexed 101, 7 gives an id column '101', '7': df.join(out.set_index('id')) is
+    all NaN"."""
+    import pandas as pd
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+    from pymatgen.io.pwmat import AtomConfig
+
+    from cgcnn_ase import CGCNNPredictor
+
+    salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    magnesia = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], [[0, 0, 0], [0.5] * 3])
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    expected = predictor.predict(salt).values[0]
+    salt.to(filename=str(tmp_path / "salt.cssr"))
+    salt.to(filename=str(tmp_path / "salt.yaml"))
+    AtomConfig(salt).write_file(str(tmp_path / "atom.config"))
+    files = [str(tmp_path / name) for name in ("salt.cssr", "salt.yaml", "atom.config")]
+    result = predictor.predict(files, errors="collect")
+    assert result.errors == [None] * 3 and np.allclose(result.values, expected, atol=1e-6)
+    (tmp_path / "junk.xyzq").write_text("hello\nworld\n")
+    assert "unknown format" in predictor.predict(str(tmp_path / "junk.xyzq"), errors="collect").errors[0]
+
+    entries = [ComputedStructureEntry(salt, -1.0, entry_id="mp-22862"), {"material_id": "mp-1265", "structure": magnesia},
+               salt]  # fmt: skip
+    assert predictor.predict(entries).ids == ["mp-22862", "mp-1265", "input 2"]
+
+    frame = pd.DataFrame({"structure": [salt, magnesia]}, index=[101, 7])
+    out = predictor.predict(frame["structure"]).to_dataframe()
+    assert out["id"].tolist() == [101, 7]
+    joined = frame.join(out.set_index("id"))["formation_energy"]
+    assert joined.notna().all() and joined.loc[101] == pytest.approx(expected, abs=1e-6)

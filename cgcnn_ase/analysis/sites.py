@@ -556,8 +556,9 @@ def site_contributions(
         ``model``, ``kind`` and ``failed``.
 
     Warns:
-        OutOfDomainWarning: structures at domain percentile 100 (from ``predict``), and, for a model trained on
-        perovskites (its dataset's name says so), structures in which no A and B perovskite sites are found.
+        OutOfDomainWarning: structures at domain percentile 100 (from ``predict``), and, for a model trained
+            on perovskites (its dataset's name says so), structures in which no A and B perovskite sites are
+            found.
 
     Raises:
         SiteAnalysisError: the model is mean-pooled and ``allow_mean_pooled`` is false.

@@ -159,11 +159,14 @@ class PredictionResult:
         the std is calibrated, ``<property>_uncertainty`` when they carry an error model);
         models with a domain summary add ``domain_distance`` and ``domain_percentile`` before
         ``error``. Units are in ``df.attrs["units"]`` (a dict column -> units). The frame's index is the input
-        Series' index where there was one (:attr:`index`), else 0..n-1.
+        Series' index where there was one (:attr:`index`), and its ``id`` column then holds those labels as they
+        are (integers stay integers); else the index is 0..n-1 and ``id`` the text ids (:attr:`ids`).
         """
         import pandas as pd
 
-        columns: dict[str, Any] = {"id": self.ids, self.property: self.values}
+        # a Series' own labels (101, not "101"), so that the id column joins its frame (round 26b)
+        ids = list(self.index) if self.index is not None else self.ids
+        columns: dict[str, Any] = {"id": ids, self.property: self.values}
         units = {self.property: self.units}
         if self.std is not None:
             columns[f"{self.property}_std"] = self.std

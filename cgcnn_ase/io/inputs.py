@@ -63,6 +63,7 @@ from cgcnn_ase.io.reader import (
     CifReader,
     as_input_sequence,
     beside_table,
+    entry_id,
     input_kind,
     is_labelled_pair,
     is_selection,
@@ -496,7 +497,7 @@ def iter_inputs(
         elif is_labelled_pair(obj):
             yield from _iter_object(*labelled_pair(obj), cif_reader, finished)
         else:
-            label = obj.label if isinstance(obj, StructureRecord) else f"input {index}"
+            label = obj.label if isinstance(obj, StructureRecord) else (entry_id(obj) or f"input {index}")
             yield from _iter_object(label, obj, cif_reader, finished)
 
 

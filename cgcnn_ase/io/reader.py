@@ -240,6 +240,21 @@ def entry_structure(obj: Any) -> Any:
     return inner if isinstance(inner, IStructure) else None
 
 
+def entry_id(obj: Any) -> str | None:
+    """The id an entry or document holding a structure carries itself, which names its results (round 26b: a list
+    of ``ComputedStructureEntry`` came back as ``input 0``, ...): a ``ComputedStructureEntry``'s ``entry_id``, a
+    Materials Project document's ``material_id`` (also under ``entry_id`` or ``task_id``); ``None`` otherwise."""
+    if isinstance(obj, Mapping):
+        if "structure" not in obj:
+            return None
+        found = next((obj[key] for key in ("material_id", "entry_id", "task_id") if obj.get(key) is not None), None)
+    elif entry_structure(obj) is not None and not type(obj).__module__.startswith("ase."):
+        found = getattr(obj, "entry_id", None) or getattr(obj, "material_id", None)
+    else:
+        return None
+    return str(found) if found is not None and str(found).strip() else None
+
+
 def read_record(source: Any, label: str | None = None, *, cif_reader: CifReader = "gemmi") -> StructureRecord:
     """The one structure of ``source`` (as :func:`read_records`), labelled ``label``.
 
@@ -332,7 +347,7 @@ def read_input(
     if refused is not None:
         return [(label, refused)]
     if label is None:
-        label = None if kind in ("path", "record") else f"input {index}"
+        label = None if kind in ("path", "record") else (entry_id(obj) or f"input {index}")
     try:
         return read_items(obj, label, cif_reader=cif_reader)
     except InvalidStructureError as exc:
@@ -637,6 +652,28 @@ def _parse_file(path: Path, base: str, cif_reader: CifReader) -> list[StructureR
     if is_ase_db(path):
         frames, labels = db_frames(path, base)
         return [from_ase(atoms, label=name) for atoms, name in zip(frames, labels)]
-    return frame_records(ase_frames(path, base), base)
+    try:
+        frames = ase_frames(path, base)
+    except StructureReadError as exc:  # a format pymatgen reads and ASE does not (cssr, yaml, PWmat .config, ...)
+        structure = _pymatgen_file(path)
+        if structure is None:
+            raise exc from None
+        return [from_pymatgen(structure, label=base)]
+    return frame_records(frames, base)
+
+
+def _pymatgen_file(path: Path) -> Any:
+    """The structure pymatgen's ``Structure.from_file`` reads from ``path`` (which it recognises by name), or
+    ``None`` (round 26b: pymatgen-written .cssr, .yaml and PWmat .config files were refused as unknown)."""
+    import warnings
+
+    from pymatgen.core import Structure
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Structure.from_file(str(path))
+    except Exception:  # noqa: BLE001 - pymatgen raises many types for files it does not read
+        return None
 
 
