@@ -329,3 +329,20 @@ def test_pymatgen_formats_entry_ids_and_series_labels(tmp_path):
     assert out["id"].tolist() == [101, 7]
     joined = frame.join(out.set_index("id"))["formation_energy"]
     assert joined.notna().all() and joined.loc[101] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_mapping_of_ids_and_a_computed_entry():
+    """26b: "predict({'p': s1, 'c': s2}) says 'input 0: unsupported input type dict' (site_contributions takes such
+    a mapping)"; "a ComputedEntry (no structure) gets the generic unsupported-type message"."""
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    from cgcnn_ase import CGCNNPredictor
+
+    salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    result = predictor.predict({"p": salt, "c": salt.copy()})
+    assert result.ids == ["p", "c"] and result.values[0] == pytest.approx(result.values[1], abs=1e-7)
+    assert predictor.predict(salt.as_dict()).ids == ["input 0"]  # one structure dict stays one structure
+    message = predictor.predict([ComputedEntry("NaCl", -1.0)], errors="collect").errors[0]
+    assert "a ComputedEntry holds a composition and an energy, no structure; give a ComputedStructureEntry" in message

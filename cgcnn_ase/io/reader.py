@@ -310,6 +310,9 @@ def to_record(obj: Any, label: str | None = None) -> StructureRecord:
         raise InvalidStructureError(
             f"{label or 'Molecule'}: a pymatgen Molecule is not periodic; CGCNN needs a crystal"
         )
+    if type(obj).__name__ == "ComputedEntry" and type(obj).__module__.startswith("pymatgen."):
+        raise InvalidStructureError(f"{label or 'ComputedEntry'}: a ComputedEntry holds a composition and an energy, no "
+                                    "structure; give a ComputedStructureEntry, or its structure")  # fmt: skip
     raise InvalidStructureError(
         f"{label or 'input'}: unsupported input type {type(obj).__name__}; expected ase.Atoms, pymatgen "
         "Structure, a pymatgen structure dict (or a Materials Project document or entry holding one under "
@@ -544,7 +547,8 @@ def labelled_pair(obj: tuple[Any, Any]) -> tuple[str, Any]:
 def as_input_sequence(obj: Any) -> Any:
     """``obj`` as the inputs of a run: a pandas Series becomes ``(label, structure)`` pairs labelled by its
     index (unless that is the default 0..n-1, where the ``input k`` labels already name the rows); one
-    input (:func:`is_single_input`) becomes a list of it; an ``ase.db`` connection its rows and an ASE
+    input (:func:`is_single_input`) becomes a list of it; a mapping ``{id: structure}`` (no structure dict, no
+    entry) its ``(id, structure)`` pairs; an ``ase.db`` connection its rows and an ASE
     ``TrajectoryReader`` its frames, as ``(id, Atoms)`` pairs with the ids their files give (``name@id=N``,
     ``name@k``); other iterables are kept (consumed lazily).
 
@@ -560,6 +564,8 @@ def as_input_sequence(obj: Any) -> Any:
     if module.startswith("ase.io.trajectory") and hasattr(obj, "__len__"):  # a TrajectoryReader: its frames
         name = os.fspath(getattr(obj, "filename", None) or "trajectory")
         return ((f"{name}@{k}", obj[k]) for k in range(len(obj)))
+    if isinstance(obj, Mapping) and obj and not is_structure_dict(obj) and "structure" not in obj:
+        return [(str(label), value) for label, value in obj.items()]  # {id: structure}, as site_contributions takes
     if module.startswith("pandas.") and type(obj).__name__ == "Series":
         index = obj.index
         if type(index).__name__ == "RangeIndex" and index.start == 0 and index.step == 1:
