@@ -33,6 +33,7 @@ from cgcnn_ase.errors import (
     CheckpointError,
     ConfigError,
     DeviceError,
+    MissingDependencyError,
     OutOfDomainWarning,
     SiteAnalysisError,
     StreamError,
@@ -196,8 +197,9 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             if traceback_:
                 traceback.print_exc()
             _fail(str(exc), EXIT_MODEL)
-        except (DeviceError, ConfigError, SiteAnalysisError) as exc:  # usage errors: --device naming no device here, a
-            # bad --set or config, an output folder holding another model, a model that cannot do what was asked
+        except (DeviceError, ConfigError, SiteAnalysisError, MissingDependencyError) as exc:  # usage errors: --device
+            # naming no device here, an optional package not installed, a bad --set or config, an output folder
+            # holding another model, a model that cannot do what was asked
             if traceback_:
                 traceback.print_exc()
             _fail(str(exc), EXIT_USAGE)

@@ -98,6 +98,10 @@ class StreamError(CGCNNError, ValueError):
     """An input table or an output cannot be used as asked (missing column, output of another run, ...)."""
 
 
+class MissingDependencyError(CGCNNError, ImportError):
+    """A feature needs an optional package that is not installed; the message names the extra that brings it."""
+
+
 class DistributedSetupError(CGCNNError, RuntimeError):
     """The distributed environment is unusable (torch.distributed missing, inconsistent variables)."""
 

@@ -12,6 +12,8 @@ from ase.build import bulk
 
 from cgcnn_ase import CGCNNCalculator
 
+from .conftest import REPO
+
 
 @pytest.fixture(scope="module")
 def calc_fe():
@@ -346,3 +348,19 @@ def test_a_mapping_of_ids_and_a_computed_entry():
     assert predictor.predict(salt.as_dict()).ids == ["input 0"]  # one structure dict stays one structure
     message = predictor.predict([ComputedEntry("NaCl", -1.0)], errors="collect").errors[0]
     assert "a ComputedEntry holds a composition and an energy, no structure; give a ComputedStructureEntry" in message
+
+
+def test_missing_optional_packages_name_their_extra():
+    """26a: "without matminer, CGCNNFeaturizer raises a raw ModuleNotFoundError and `cgcnn-ase featurize` calls it
+    an internal error to report; without dask, the same with no hint of the [scale] extra"."""
+    import subprocess
+    import sys
+
+    hide = "import sys; sys.modules['matminer'] = None; sys.modules['dask'] = None; "
+    for statement, extra in (("from cgcnn_ase import CGCNNFeaturizer", "cgcnn-ase[matminer]"),
+                             ("import cgcnn_ase.integrations.dask", "cgcnn-ase[scale]")):  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", hide + statement], capture_output=True, text=True, check=False)
+        assert done.returncode == 1 and "MissingDependencyError" in done.stderr and extra in done.stderr, done.stderr
+    command = hide + "from cgcnn_ase.cli import main; sys.argv = ['cgcnn-ase', 'featurize', 'examples/NaCl.POSCAR', '-o', '/tmp/never.csv']; main()"
+    done = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, check=False, cwd=REPO)
+    assert done.returncode == 2 and "needs matminer: pip install 'cgcnn-ase[matminer]'" in done.stderr, done.stderr

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgcnn_ase.errors import InvalidStructureError, StreamError
+from cgcnn_ase.errors import InvalidStructureError, MissingDependencyError, StreamError
 from cgcnn_ase.inference.properties import warn_ungated_band_gaps
 from cgcnn_ase.inference.results import FLAG_COLUMNS, TEXT_COLUMNS
 from cgcnn_ase.inference.streaming import (
@@ -49,6 +49,12 @@ from cgcnn_ase.inference.streaming import (
 )
 from cgcnn_ase.io.inputs import iter_file, iter_files, parse_cell
 from cgcnn_ase.nn.threads import torch_threads
+
+try:
+    import dask  # noqa: F401 - the functions below import its parts where they use them
+except ImportError:  # round 26a: a raw ModuleNotFoundError named no extra
+    raise MissingDependencyError("cgcnn_ase.integrations.dask needs dask: pip install 'cgcnn-ase[scale]' (or "
+                                 "'dask[distributed,dataframe]')") from None  # fmt: skip
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.dataframe as dd

@@ -18,9 +18,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from matminer.featurizers.base import BaseFeaturizer
 
-from cgcnn_ase.errors import DuplicateIdsWarning, InvalidStructureError
+from cgcnn_ase.errors import DuplicateIdsWarning, InvalidStructureError, MissingDependencyError
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models, predict_many
 from cgcnn_ase.inference.properties import (
     METAL_THRESHOLD,
@@ -33,6 +32,11 @@ from cgcnn_ase.inference.properties import (
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 from cgcnn_ase.models.folder import check_coverage
 from cgcnn_ase.nn.threads import torch_threads
+
+try:
+    from matminer.featurizers.base import BaseFeaturizer
+except ImportError:  # round 26a: a raw ModuleNotFoundError, and `cgcnn-ase featurize` called it an internal error
+    raise MissingDependencyError("CGCNNFeaturizer needs matminer: pip install 'cgcnn-ase[matminer]' (or matminer)") from None
 
 #: The label of the column that ``unseen_elements=True`` adds (the name ``cgcnn-ase predict`` gives it too).
 UNSEEN_COLUMN = "unseen_elements"

@@ -320,6 +320,10 @@ def check_output_folder(config: TrainConfig) -> None:
 
 #: The rows of the dataset that training could not use, with the reason (written only when there are some).
 DROPPED_FILE = "dropped.csv"
+#: The first line of a model folder's ``config.yaml`` (round 26a: "rerun with" did not say that the paths are the
+#: training machine's, and shipped folders name /tmp and checkout paths that exist nowhere else).
+CONFIG_HEADER = ("# resolved training configuration (cgcnn-ase), paths as on the machine that trained it: rerun with "
+                 "`cgcnn-ase train config.yaml` where they exist (the model card gives the command)\n")
 
 
 def _write_dropped(path: Path, data: Any) -> None:
@@ -353,10 +357,7 @@ def write_model_folder(config: TrainConfig, result: TrainingResult) -> Path:
     spec = _model_spec(config, result, metrics)
     save_model_folder(output, LoadedModel(spec=spec, network=network.cpu(), elements=result.data.elements))
     result.split.save(output / "split.json")
-    (output / "config.yaml").write_text(
-        "# resolved training configuration (cgcnn-ase); rerun with: cgcnn-ase train config.yaml\n"
-        + yaml.safe_dump(config.to_dict(), sort_keys=False)
-    )
+    (output / "config.yaml").write_text(CONFIG_HEADER + yaml.safe_dump(config.to_dict(), sort_keys=False))
     _write_dropped(output / DROPPED_FILE, result.data)
     write_metrics_csv(output / "metrics.csv", result.history, config.task)
     _write_plots(output, config, result, predictions.get("test"))

@@ -550,7 +550,7 @@ def finetune_all_members(config: TrainConfig, *, progress: bool = True) -> Path:
 
     from cgcnn_ase.train import ddp as parallel_training
     from cgcnn_ase.train.ensembles import assemble_ensemble
-    from cgcnn_ase.train.export import check_output_folder
+    from cgcnn_ase.train.export import CONFIG_HEADER, check_output_folder
     from cgcnn_ase.train.trainer import train_from_config
 
     if parallel_training.world_size_from_env() > 1:
@@ -581,8 +581,5 @@ def finetune_all_members(config: TrainConfig, *, progress: bool = True) -> Path:
         write_model_json(output, document)
     resolved = yaml.safe_load((folders[0] / "config.yaml").read_text())  # member 0's, with the base model's settings
     resolved.update({k: v for k, v in config.to_dict().items() if k not in ("model", "graph", "elements")})
-    (output / "config.yaml").write_text(
-        "# resolved training configuration (cgcnn-ase); rerun with: cgcnn-ase train config.yaml\n"
-        + yaml.safe_dump(resolved, sort_keys=False)
-    )
+    (output / "config.yaml").write_text(CONFIG_HEADER + yaml.safe_dump(resolved, sort_keys=False))
     return output
