@@ -561,8 +561,8 @@ def test_the_default_table_shows_how_far_a_crystal_lies_from_the_training_data(t
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split()[-1] == "dom%" and "median over the models" in result.stdout
-    nacl, diamond = (int(line.split()[-1]) for line in lines[1:3])
-    assert nacl < 50 and diamond >= 95
+    nacl, diamond = (line.split()[-1] for line in lines[1:3])
+    assert int(nacl) < 50 and int(diamond.rstrip("!")) >= 95 and diamond.endswith("!")  # some model at 100 (round 25a)
     from cgcnn_ase.inference.predictor import as_predictor
     from cgcnn_ase.inference.properties import GENERAL_MODELS, std_coverage
 

@@ -289,7 +289,7 @@ def test_inputs_pandas_and_materials_project_users_hold(tmp_path):
     predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
     frame = pd.DataFrame({"structure": [structure, None, structure]}, index=pd.Index([500, 501, 502], name="row"))
     result = predictor.predict(frame["structure"], errors="collect").to_dataframe()
-    assert result.index.equals(frame.index) and result["id"].tolist() == ["500", "501", "502"]
+    assert result.index.equals(frame.index) and result["id"].tolist() == [500, 501, 502]  # round 26b: the labels as given
     joined = frame.join(result["formation_energy"])
     assert joined["formation_energy"].notna().tolist() == [True, False, True]
     assert predictor.predict([structure, structure]).to_dataframe().index.tolist() == [0, 1]
