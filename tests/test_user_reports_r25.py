@@ -364,3 +364,60 @@ def test_missing_optional_packages_name_their_extra():
     command = hide + "from cgcnn_ase.cli import main; sys.argv = ['cgcnn-ase', 'featurize', 'examples/NaCl.POSCAR', '-o', '/tmp/never.csv']; main()"
     done = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, check=False, cwd=REPO)
     assert done.returncode == 2 and "needs matminer: pip install 'cgcnn-ase[matminer]'" in done.stderr, done.stderr
+
+
+def test_hostile_structure_files_get_their_own_errors(tmp_path):
+    """26c: "a VASP 4 POSCAR whose comment is 'POSCAR' is read as phosphorus"; "'?' or '.' as a CIF type symbol drops
+    the site, 'Va' is read as vanadium"; "a 2-atom extxyz declaring 999999999999 atoms hangs; a 96-byte POSCAR
+    declaring 10^9 atoms takes 23.6 GB"; "one damaged .gz or .xz, or a CIF name with non-UTF-8 bytes, ends the whole
+    run (exit 4)"; "a CIF with a UTF-8 byte-order mark is refused"."""
+    import lzma
+    import os
+
+    from cgcnn_ase import CGCNNPredictor
+
+    from .test_user_reports import _cli
+
+    cif = (REPO / "examples" / "SrTiO3.cif").read_bytes()
+    body = "1.0\n0 2.715 2.715\n2.715 0 2.715\n2.715 2.715 0\n2\nDirect\n0 0 0\n0.25 0.25 0.25\n"
+    (tmp_path / "POSCAR_word").write_text("POSCAR\n" + body)
+    (tmp_path / "POSCAR_symbol").write_text("Si\n" + body)
+    site = "Cl4 Cl 0.5 0.5 0.5\n"
+    salt = ("data_NaCl\n" + "".join(f"_cell_length_{x} 5.64\n" for x in "abc")
+            + "".join(f"_cell_angle_{x} 90\n" for x in ("alpha", "beta", "gamma"))
+            + "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
+            + "Na1 Na 0 0 0\nNa2 Na 0 0.5 0.5\nNa3 Na 0.5 0 0.5\nNa4 Na 0.5 0.5 0\nCl1 Cl 0.5 0 0\nCl2 Cl 0 0.5 0\n"
+            + "Cl3 Cl 0 0 0.5\n" + site)  # fmt: skip
+    for name, symbol in (("unknown", "?"), ("blank", "."), ("vacancy", "Va")):
+        (tmp_path / f"{name}.cif").write_text(salt.replace(site, f"Cl4 {symbol} 0.5 0.5 0.5\n"))
+    (tmp_path / "bomb.extxyz").write_text('999999999999\nLattice="5 0 0 0 5 0 0 0 5" Properties=species:S:1:pos:R:3 '
+                                          'pbc="T T T"\nNa 0 0 0\nCl 2.5 2.5 2.5\n')  # fmt: skip
+    (tmp_path / "POSCAR_bomb").write_text("NaCl\n1.0\n5 0 0\n0 5 0\n0 0 5\nNa Cl\n1000000000 1\nDirect\n0 0 0\n0.5 0.5 0.5\n")
+    (tmp_path / "damaged.cif.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    packed = lzma.compress(cif)
+    (tmp_path / "damaged.cif.xz").write_bytes(packed[: len(packed) // 2] + b"xx" + packed[len(packed) // 2 + 2 :])
+    with open(os.path.join(os.fsencode(tmp_path), b"name_\xff\xfe.cif"), "wb") as f:
+        f.write(cif)
+    (tmp_path / "bom.cif").write_bytes(b"\xef\xbb\xbf" + cif)
+
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    reference = predictor.predict(str(REPO / "examples" / "SrTiO3.cif")).values[0]
+    expected = {"POSCAR_word": "a VASP 4 POSCAR (no species line above the counts '2') whose comment line 'POSCAR'",
+                "unknown.cif": "site Cl4 has no element (_atom_site_type_symbol is '?')",
+                "blank.cif": "site Cl4 has no element (_atom_site_type_symbol is '.')",
+                "vacancy.cif": "site Cl4 is a vacancy ('Va')",
+                "bomb.extxyz": "its header declares 999999999999 atoms, more than its",
+                "POSCAR_bomb": "its header declares 1000000001 atoms",
+                "damaged.cif.gz": "EOFError", "damaged.cif.xz": "LZMAError"}  # fmt: skip
+    for name, message in expected.items():
+        error = predictor.predict(str(tmp_path / name), errors="collect").errors[0]
+        assert error is not None and message in error, (name, error)
+    assert predictor.predict(str(tmp_path / "POSCAR_symbol")).values[0] == pytest.approx(
+        predictor.predict(bulk("Si", "diamond", a=5.43)).values[0], abs=1e-6)  # fmt: skip
+    for name in (b"name_\xff\xfe.cif", b"bom.cif"):
+        path = os.fsdecode(os.path.join(os.fsencode(tmp_path), name))
+        assert predictor.predict(path).values[0] == pytest.approx(reference, abs=1e-6)
+    os.remove(os.path.join(os.fsencode(tmp_path), b"name_\xff\xfe.cif"))  # click's test runner writes strict UTF-8
+    run = _cli("predict", str(tmp_path), "-m", "formation_energy", "--workers", "1")
+    assert run.exit_code == 1 and "internal error" not in run.output  # every file its own row, the run finished
+    assert run.stdout.count("\n") == 1 + 10 and "8 of 10 structures could not be predicted" in run.stderr, run.output

@@ -60,6 +60,8 @@ def _read_document(source: Path | str, *, text: bool) -> Any:
     """gemmi's CIF document of a file or of text; repeated block names made unique (:func:`unique_block_names`)."""
     import gemmi
 
+    if not text and not _gemmi_reads_path(Path(source)):  # a name gemmi cannot take, or a byte-order mark
+        source, text = _file_text(Path(source)), True
     try:
         return gemmi.cif.read_string(source) if text else gemmi.cif.read(str(source))
     except (RuntimeError, ValueError) as exc:
@@ -72,6 +74,26 @@ def _read_document(source: Path | str, *, text: bool) -> Any:
         with opener(source, "rt", encoding="utf-8", errors="replace") as f:
             source = f.read()
     return gemmi.cif.read_string(unique_block_names(str(source)))
+
+
+def _gemmi_reads_path(path: Path) -> bool:
+    """Whether gemmi can read the file itself: a name that is valid UTF-8 (round 26c: ``bad_\\xff.cif`` raised a
+    TypeError that ended the run) and no UTF-8 byte-order mark (which gemmi rejects: "no structures")."""
+    try:
+        str(path).encode("utf-8")
+        with open(path, "rb") as f:
+            return f.read(3) != b"\xef\xbb\xbf"
+    except (UnicodeEncodeError, OSError):
+        return False
+
+
+def _file_text(path: Path) -> str:
+    """A CIF file's text as Python reads it (decompressed, byte-order mark dropped, bytes that are not UTF-8
+    replaced)."""
+    from cgcnn_ase.io.formats import open_text
+
+    with open_text(path) as f:
+        return f.read()
 
 
 def numbered_labels(base: str, count: int) -> list[str]:
@@ -114,6 +136,7 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
         return None
     names = numbered_labels(label, len(blocks))
     for parts, block, name in zip(parsed, blocks, names):
+        _check_type_symbols(block, name)
         warn_symmetry_conflict(block, name)
         if not isinstance(parts, tuple):
             _check_coordinates(parts, block, name)
@@ -167,6 +190,7 @@ def _cif_p1_as_pymatgen(source: Path | str, label: str, *, text: bool) -> list[S
         return None
     records = []
     for block, name in zip(blocks, numbered_labels(label, len(blocks))):
+        _check_type_symbols(block, name)  # before pymatgen's reading, which drops or misreads such sites
         parts = _p1_block(block)
         if parts is None:
             return None
@@ -329,6 +353,27 @@ def _check_coordinates(small: Any, block: Any, label: str) -> None:
                     "(a CIF coordinate is a decimal number, e.g. 0.5 or 0.33333, optionally with its uncertainty: 0.5(1))"
                 )
     raise StructureReadError(f"{label}: some site coordinates are not numbers")
+
+
+def _check_type_symbols(block: Any, label: str) -> None:
+    """Refuse sites whose ``_atom_site_type_symbol`` names no element: ``?`` or ``.`` (pymatgen's reading dropped
+    such a site, so NaCl lost a Cl without a word) and ``Va`` (a vacancy, read as vanadium; round 26c).
+
+    Raises:
+        StructureReadError: naming the site and its symbol.
+    """
+    symbols = list(block.find_values("_atom_site_type_symbol"))
+    if not symbols:
+        return  # labels only (OW1, Fe2): their element comes from the label
+    names = list(block.find_values("_atom_site_label")) or [f"#{k + 1}" for k in range(len(symbols))]
+    for name, raw in zip(names, symbols):
+        value = gemmi_unquote(raw).strip()
+        if raw in ("?", ".") or not value:
+            raise StructureReadError(f"{label}: site {gemmi_unquote(name)} has no element (_atom_site_type_symbol is "
+                                     f"{raw!r}): give its element symbol")  # fmt: skip
+        if re.sub(r"[\d+-]+$", "", value).lower() in ("va", "vac"):
+            raise StructureReadError(f"{label}: site {gemmi_unquote(name)} is a vacancy ({value!r}); CGCNN needs an "
+                                     "ordered crystal of real atoms (leave the vacancy out, or order the structure)")  # fmt: skip
 
 
 def _op_triplet(value: str) -> str:

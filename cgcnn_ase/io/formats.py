@@ -178,9 +178,22 @@ def looks_like_cif(path: Path) -> bool:
     try:
         with open_text(path) as f:
             head = f.read(65536)
-    except (OSError, EOFError, ValueError):  # not compressed after all, or unreadable: not for us to say
-        return False
+    except (OSError, EOFError, ValueError, *_decompression_errors()):  # not compressed after all, damaged, or
+        return False  # unreadable: not for us to say
     return is_cif_text(head)
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged gzip, bzip2 or xz file raises besides ``OSError``/``EOFError`` (round 26c: a
+    ``zlib.error`` and an ``lzma.LZMAError`` escaped and ended the whole run)."""
+    import lzma
+    import zlib
+
+    return (zlib.error, lzma.LZMAError)
+
+
+#: Errors of a damaged compressed file (gzip, bzip2, xz): it gets its own error, the run goes on.
+DECOMPRESSION_ERRORS = (EOFError, *_decompression_errors())
 
 
 # =============================================================================================
@@ -298,8 +311,20 @@ def ase_frames(path: Path, label: str) -> list[Any]:
         StructureReadError: ASE cannot read it (the message from :func:`ase_read_error`).
     """
     import ase.io
-    from ase.io.formats import UnknownFileTypeError
+    from ase.io.formats import UnknownFileTypeError, filetype
 
+    problem = None
+    try:
+        fmt = filetype(str(path), guess=False)
+        problem = declared_atoms_problem(path, fmt)
+        if fmt == "vasp" and not problem:
+            with open_text(path) as f:
+                head = "".join(f.readline() for _ in range(7))
+            problem = vasp4_species_problem(head)
+    except Exception:  # noqa: BLE001 - a check before ASE's reading: whatever fails here, ASE decides below
+        problem = None
+    if problem:
+        raise StructureReadError(f"{label}: {problem}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -334,10 +359,49 @@ def _next_frame(frames: Iterator[Any]) -> Any:
         return next(frames, None)
 
 
+#: The fewest bytes an atom's line takes in an XYZ or POSCAR file (``H 0 0 0`` and its line break).
+_MIN_ATOM_LINE = 8
+
+
+def declared_atoms_problem(path: str | os.PathLike, fmt: str | None) -> str | None:
+    """Why ``path`` cannot hold the atoms its header declares, or ``None``: an XYZ frame's count (first line) or
+    a POSCAR's counts that need more bytes than the (uncompressed) file has. ASE would otherwise loop on the
+    missing lines or allocate for them (round 26c: ``999999999999`` atoms in a 2-atom extxyz never returned; a
+    96-byte POSCAR declaring 10^9 atoms took 23.6 GB)."""
+    name = Path(path).name.lower()
+    if fmt not in ("xyz", "extxyz", "vasp") or name.endswith(tuple(_COMPRESSION)):
+        return None
+    try:
+        size = os.path.getsize(path)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = [f.readline() for _ in range(8)]
+    except OSError:
+        return None
+    if fmt == "vasp":
+        counts = next((line.split() for line in head[5:7] if line.split() and all(t.isdigit() for t in line.split())),
+                      None)  # fmt: skip
+        declared = sum(int(t) for t in counts) if counts else 0
+    else:
+        first = head[0].split()
+        declared = int(first[0]) if first and first[0].isdigit() else 0
+    if declared * _MIN_ATOM_LINE > size:
+        return (f"its header declares {declared} atoms, more than its {size} bytes can hold (at least "
+                f"{_MIN_ATOM_LINE} bytes a line): a damaged or mistyped file")
+    return None
+
+
 def _safe_frames(path: str) -> Iterator[Any]:
     """ASE frames of ``path`` one at a time; a read error is yielded (not raised) and ends the file."""
     import ase.io
+    from ase.io.formats import filetype
 
+    try:
+        problem = declared_atoms_problem(path, filetype(path, guess=False))
+    except Exception:  # noqa: BLE001 - ASE raises many types for files it cannot place
+        problem = None
+    if problem:
+        yield StructureReadError(problem)
+        return
     try:
         frames = ase.io.iread(path, index=":", do_not_split_by_at_sign=True)  # "Si@300K.xyz" is a name
         while (frame := _next_frame(frames)) is not None:
@@ -385,7 +449,8 @@ def _frames_labelled(
         yield label, StructureReadError(f"{label}: the file holds no structure")
         return
     if isinstance(current, Exception):
-        yield label, ase_read_error(label, current)
+        yield label, (StructureReadError(f"{label}: {current}") if isinstance(current, StructureReadError)
+                      else ase_read_error(label, current))  # fmt: skip
         return
     ahead = next(source, None)
     if ahead is None:
@@ -427,6 +492,27 @@ def _unknown_symbol(exc: BaseException) -> str | None:
     return f"unknown element symbol {key!r}{hint}"
 
 
+def vasp4_species_problem(text: str) -> str | None:
+    """Why a POSCAR of VASP 4 (no species line above the counts) cannot be trusted for its elements, or ``None``.
+    ASE then takes them from the comment line by a heuristic that reads words as symbols, before any POTCAR beside
+    the file (round 26c: the comment ``POSCAR`` made diamond Si into phosphorus, ``INCAR test`` into In and C,
+    without a word). Accepted: a comment of exactly one element symbol per count."""
+    from ase.data import atomic_numbers
+
+    lines = text.splitlines()
+    if len(lines) < 7:
+        return None
+    counts = lines[5].split()
+    if not counts or not all(token.isdigit() for token in counts):
+        return None
+    names = lines[0].split()
+    if len(names) == len(counts) and all(name in atomic_numbers and name != "X" for name in names):
+        return None
+    return (f"a VASP 4 POSCAR (no species line above the counts '{' '.join(counts)}') whose comment line "
+            f"{lines[0].strip()[:60]!r} is not one element symbol per count, so its elements are unknown: add the "
+            "species line (VASP 5), or write the symbols as the comment line")
+
+
 def text_frames(text: str, label: str) -> list[Any]:
     """The ``ase.Atoms`` frames of POSCAR or extended XYZ text (tried in that order: a POSCAR is never
     valid XYZ), for text without a CIF data block and files whose names do not say their format."""
@@ -435,6 +521,9 @@ def text_frames(text: str, label: str) -> list[Any]:
     import ase.io
 
     for fmt in ("vasp", "extxyz"):
+        problem = vasp4_species_problem(text) if fmt == "vasp" else None
+        if problem:
+            raise StructureReadError(f"{label}: {problem}")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -64,6 +64,7 @@ import numpy as np
 from cgcnn_ase.errors import InvalidStructureError, StructureReadError
 from cgcnn_ase.io.cif import CifReader, numbered_labels, read_cif, read_cif_blocks
 from cgcnn_ase.io.formats import (
+    DECOMPRESSION_ERRORS,
     FRAME_SUFFIXES,
     ase_frames,
     check_file,
@@ -564,7 +565,7 @@ def as_input_sequence(obj: Any) -> Any:
     if module.startswith("ase.io.trajectory") and hasattr(obj, "__len__"):  # a TrajectoryReader: its frames
         name = os.fspath(getattr(obj, "filename", None) or "trajectory")
         return ((f"{name}@{k}", obj[k]) for k in range(len(obj)))
-    if isinstance(obj, Mapping) and obj and not is_structure_dict(obj) and "structure" not in obj:
+    if isinstance(obj, Mapping) and _labels_structures(obj):
         return [(str(label), value) for label, value in obj.items()]  # {id: structure}, as site_contributions takes
     if module.startswith("pandas.") and type(obj).__name__ == "Series":
         index = obj.index
@@ -572,6 +573,15 @@ def as_input_sequence(obj: Any) -> Any:
             return list(obj)
         return [(str(label), value) for label, value in zip(index, obj)]
     return [obj] if is_single_input(obj) else obj
+
+
+def _labels_structures(obj: Mapping[Any, Any]) -> bool:
+    """A mapping ``{id: structure}`` (round 26b), not itself a structure dict or an entry: its values are
+    structures, records, paths or text."""
+    if not obj or is_structure_dict(obj) or "structure" in obj:
+        return False
+    return all(isinstance(v, (str, os.PathLike, StructureRecord)) or type(v).__module__.startswith(("ase.", "pymatgen."))
+               or (isinstance(v, Mapping) and is_structure_dict(v)) for v in obj.values())  # fmt: skip
 
 
 def _is_file_object(obj: Any) -> bool:
@@ -635,6 +645,8 @@ def _read_file(path: Path, label: str | None, cif_reader: CifReader) -> list[Str
         return _parse_file(path, label or str(path), cif_reader)
     except PermissionError as exc:  # its own error, not an abort of every input (gemmi raises it as such)
         raise StructureReadError(f"{path}: the file cannot be read ({os.strerror(exc.errno or 13)})") from None
+    except DECOMPRESSION_ERRORS as exc:  # a damaged .gz/.bz2/.xz: its own error, not the end of the run
+        raise StructureReadError(f"{label or path}: a damaged compressed file ({type(exc).__name__}: {exc})") from None
 
 
 def _parse_file(path: Path, base: str, cif_reader: CifReader) -> list[StructureRecord]:
@@ -668,12 +680,21 @@ def _parse_file(path: Path, base: str, cif_reader: CifReader) -> list[StructureR
     return frame_records(frames, base)
 
 
+#: Name patterns of the structure formats that pymatgen reads and ASE does not (tried when ASE fails).
+PYMATGEN_ONLY = ("*.cssr*", "*.yaml*", "*.yml*", "*.config*", "*rndstr.in*", "*lat.in*", "*bestsqs*")
+
+
 def _pymatgen_file(path: Path) -> Any:
-    """The structure pymatgen's ``Structure.from_file`` reads from ``path`` (which it recognises by name), or
-    ``None`` (round 26b: pymatgen-written .cssr, .yaml and PWmat .config files were refused as unknown)."""
+    """The structure pymatgen's ``Structure.from_file`` reads from ``path``, for names of :data:`PYMATGEN_ONLY`;
+    ``None`` for other names or files it cannot read (round 26b: pymatgen-written .cssr, .yaml and PWmat .config
+    files were refused as unknown)."""
+    import fnmatch
     import warnings
 
     from pymatgen.core import Structure
+
+    if not any(fnmatch.fnmatch(path.name.lower(), pattern) for pattern in PYMATGEN_ONLY):
+        return None
 
     try:
         with warnings.catch_warnings():
