@@ -421,3 +421,35 @@ def test_hostile_structure_files_get_their_own_errors(tmp_path):
     run = _cli("predict", str(tmp_path), "-m", "formation_energy", "--workers", "1")
     assert run.exit_code == 1 and "internal error" not in run.output  # every file its own row, the run finished
     assert run.stdout.count("\n") == 1 + 10 and "8 of 10 structures could not be predicted" in run.stderr, run.output
+
+
+def test_cif_symmetry_that_cannot_be_applied_is_refused():
+    """26c: "an operation 'q,-y,z', a space-group number 'abc', or 'P 1' with number 186 read the listed atoms as P1
+    without a word (reliability.md: never read as P1)"; "'F d -3 m' with Si at (0,0,0) became 16 atoms (origin
+    choice 2), while the number 227 alone and pymatgen gave diamond's 8"."""
+    from cgcnn_ase.errors import CifSymmetryWarning, StructureReadError
+    from cgcnn_ase.io.reader import read_records
+
+    def cif(cell: str, symmetry: str, sites: str) -> str:
+        lengths, angles = cell.split("|")
+        return ("data_x\n" + "".join(f"_cell_length_{x} {v}\n" for x, v in zip("abc", lengths.split()))
+                + "".join(f"_cell_angle_{x} {v}\n" for x, v in zip(("alpha", "beta", "gamma"), angles.split()))
+                + symmetry + "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+                "_atom_site_fract_z\n" + sites)  # fmt: skip
+
+    zno = ("3.25 3.25 5.2|90 90 120", "Zn1 Zn 0.3333333 0.6666667 0.0\nO1 O 0.3333333 0.6666667 0.38\n")
+    for symmetry, message in (("loop_\n_symmetry_equiv_pos_as_xyz\nx,y,z\n-y,x-y,z\nq,-y,z\n", "operation 'q,-y,z'"),
+                              ("_space_group_IT_number abc\n", "'abc', not a space-group number"),
+                              ("_symmetry_space_group_name_H-M 'P 1'\n_space_group_IT_number 186\n",
+                               "more than one space group ('P 1' and number(s) 1, 186)")):  # fmt: skip
+        with pytest.raises(StructureReadError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            read_records(cif(zno[0], symmetry, zno[1]))
+    assert len(read_records(cif(zno[0], "_space_group_IT_number 186\n", zno[1]))[0]) == 4  # wurtzite
+    silicon = ("5.431 5.431 5.431|90 90 90", "Si1 Si 0 0 0\n")
+    for symmetry in ("_symmetry_space_group_name_H-M 'F d -3 m'\n", "_space_group_IT_number 227\n"):
+        with pytest.warns(CifSymmetryWarning, match="two origin choices and the CIF names neither"):
+            assert len(read_records(cif(silicon[0], symmetry, silicon[1]))[0]) == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CifSymmetryWarning)
+        named = cif(silicon[0], "_symmetry_space_group_name_H-M 'F d -3 m:2'\n", "Si1 Si 0.125 0.125 0.125\n")
+        assert len(read_records(named)[0]) == 8

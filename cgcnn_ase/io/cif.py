@@ -128,19 +128,22 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
         blocks = _structure_blocks(document, label)
         if not all(_cell_is_given(block) for block in blocks):
             return None  # gemmi would take a 1 Å cube; pymatgen says what is missing
+        names = numbered_labels(label, len(blocks))
+        for block, name in zip(blocks, names):  # before gemmi's reading, whose failure hands the file to pymatgen
+            _check_symmetry_items(block, name)
+            _check_type_symbols(block, name)
         # the common plain P1 block is read from its site loop, without building gemmi's structure
         parsed = [_p1_block_as_gemmi(block) or gemmi.make_small_structure_from_block(block) for block in blocks]
     except StructureReadError:
         raise
     except (RuntimeError, ValueError, IndexError):
         return None
-    names = numbered_labels(label, len(blocks))
     for parts, block, name in zip(parsed, blocks, names):
-        _check_type_symbols(block, name)
         warn_symmetry_conflict(block, name)
         if not isinstance(parts, tuple):
             _check_coordinates(parts, block, name)
             _apply_declared_symmetry(parts, block, name)
+            _resolve_origin_choice(parts, block, name)
     records = []
     for parts, name in zip(parsed, names):
         # validation errors (occupancy, overlapping atoms, ...) are the answer, not a reason to try pymatgen
@@ -190,7 +193,8 @@ def _cif_p1_as_pymatgen(source: Path | str, label: str, *, text: bool) -> list[S
         return None
     records = []
     for block, name in zip(blocks, numbered_labels(label, len(blocks))):
-        _check_type_symbols(block, name)  # before pymatgen's reading, which drops or misreads such sites
+        _check_symmetry_items(block, name)  # before pymatgen's reading, which skips what it cannot apply
+        _check_type_symbols(block, name)  # and drops or misreads such sites
         parts = _p1_block(block)
         if parts is None:
             return None
@@ -290,6 +294,37 @@ def _apply_declared_symmetry(small: Any, block: Any, label: str) -> None:
         )
 
 
+_HALL_TAGS = ("_symmetry_space_group_name_Hall", "_space_group_name_Hall", "_space_group.name_Hall")
+
+
+def _resolve_origin_choice(small: Any, block: Any, label: str) -> None:
+    """Read a group of two origin choices named without one (a Hermann-Mauguin symbol without ``:1``/``:2`` or a
+    number alone, no operations, no Hall symbol) in origin choice 1, as pymatgen reads it, and warn
+    (:class:`~cgcnn_ase.errors.CifSymmetryWarning`). Round 26c: ``F d -3 m`` with Si at (0,0,0) was read as 16 atoms
+    in origin choice 2 (gemmi's reading of the symbol), while the number 227 alone and pymatgen gave diamond's 8."""
+    import gemmi
+
+    group = small.spacegroup
+    if group is None or group.ext not in ("1", "2") or any(block.find_values(tag) for tag in (*_SYMOP_TAGS, _DOTTED_SYMOP_TAG)):
+        return
+    if any(gemmi_unquote(block.find_value(tag) or "?") not in ("", "?", ".") for tag in _HALL_TAGS):
+        return
+    symbol = next((gemmi_unquote(v) for tag in _HM_TAGS for v in [block.find_value(tag)] if v), "")
+    if ":" in symbol:
+        return  # the origin choice is named
+    first = gemmi.find_spacegroup_by_name(f"{group.hm}:1")
+    if first is None:
+        return
+    if group.ext == "2":
+        small.symops = [op.triplet() for op in first.operations()]
+        small.determine_and_set_spacegroup("S")
+    named = repr(symbol) if symbol not in ("", "?", ".") else f"number {group.number}"
+    warnings.warn(f"{label}: its space group ({named}) has two origin choices and the CIF names neither (no symmetry "
+                  f"operations, no Hall symbol): read in origin choice 1, as pymatgen reads it; if its coordinates are "
+                  f"for origin choice 2, give the operations or name it '{group.hm}:2'", CifSymmetryWarning,
+                  stacklevel=user_stacklevel())  # fmt: skip
+
+
 #: Tags naming a block's space group by its Hermann-Mauguin symbol (CIF1 and CIF2 spellings).
 _HM_TAGS = ("_symmetry_space_group_name_H-M", "_space_group_name_H-M_alt", "_space_group.name_H-M_alt")
 
@@ -353,6 +388,42 @@ def _check_coordinates(small: Any, block: Any, label: str) -> None:
                     "(a CIF coordinate is a decimal number, e.g. 0.5 or 0.33333, optionally with its uncertainty: 0.5(1))"
                 )
     raise StructureReadError(f"{label}: some site coordinates are not numbers")
+
+
+_NUMBER_TAGS = ("_space_group_IT_number", "_symmetry_Int_Tables_number", "_space_group.IT_number")
+
+
+def _check_symmetry_items(block: Any, label: str) -> None:
+    """Refuse symmetry items that cannot be applied as written, which the readings would otherwise skip and read
+    the listed atoms as P1 (round 26c: an operation ``q,-y,z``, a number ``abc``, ``'P 1'`` with number 186).
+
+    Raises:
+        StructureReadError: naming the item and its value.
+    """
+    import gemmi
+
+    for tag in (*_SYMOP_TAGS, _DOTTED_SYMOP_TAG):
+        for raw in block.find_values(tag):
+            try:
+                gemmi.Op(_op_triplet(raw))
+            except (RuntimeError, ValueError):
+                raise StructureReadError(f"{label}: its symmetry operation {gemmi_unquote(raw)!r} ({tag}) is not one: "
+                                         "fix it, or write the structure in P1") from None  # fmt: skip
+    numbers = set()
+    for tag in _NUMBER_TAGS:
+        value = gemmi_unquote(block.find_value(tag) or "?").strip()
+        if value in ("", "?", "."):
+            continue
+        if not value.isdigit() or not 1 <= int(value) <= 230:
+            raise StructureReadError(f"{label}: {tag} is {value!r}, not a space-group number (1-230)")
+        numbers.add(int(value))
+    symbol = next((gemmi_unquote(v) for t in _HM_TAGS for v in [block.find_value(t)] if v), "").strip()
+    group = gemmi.find_spacegroup_by_name(symbol) if symbol not in ("", "?", ".") else None
+    if group is not None:
+        numbers.add(group.number)
+    if len(numbers) > 1:
+        raise StructureReadError(f"{label}: the CIF names more than one space group ({symbol!r} and number(s) "
+                                 f"{', '.join(map(str, sorted(numbers)))}): fix the symmetry items")  # fmt: skip
 
 
 def _check_type_symbols(block: Any, label: str) -> None:
