@@ -154,6 +154,11 @@ class CifSymmetryWarning(UserWarning):
     the symbol names."""
 
 
+class CifContentWarning(UserWarning):
+    """The atoms read from a CIF disagree with its own ``_chemical_formula_sum`` (a file cut short at a line
+    break, a site the reading could not take): the crystal predicted may not be the one the file describes."""
+
+
 class SkippedFilesWarning(UserWarning):
     """Files of a folder input that are not structure files (documents, images, the original CGCNN
     layout's ``id_prop.csv`` and ``atom_init.json``) were left out; named on their own they are read."""

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 from ase.build import bulk
+from pymatgen.io.cif import CifWriter
 
 from cgcnn_ase import CGCNNCalculator
 
@@ -453,3 +454,27 @@ def test_cif_symmetry_that_cannot_be_applied_is_refused():
         warnings.simplefilter("error", CifSymmetryWarning)
         named = cif(silicon[0], "_symmetry_space_group_name_H-M 'F d -3 m:2'\n", "Si1 Si 0.125 0.125 0.125\n")
         assert len(read_records(named)[0]) == 8
+
+
+def test_cif_formula_and_api_responses():
+    """26c: "a CIF cut at a line break (6 of 8 atoms) is predicted, its _chemical_formula_sum 'Na4 Cl4' notwithstanding";
+    "a Materials Project API response ({'data': [...], 'meta': ...}) is refused, though the docs speak of MP downloads"."""
+    import json
+
+    from pymatgen.core import Lattice, Structure
+
+    from cgcnn_ase.errors import CifContentWarning
+    from cgcnn_ase.io.reader import read_records
+
+    salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3])
+    text = str(CifWriter(salt))
+    assert "_chemical_formula_sum   'Na4 Cl4'" in text
+    cut = "\n".join(text.rstrip().splitlines()[:-2]) + "\n"  # the last two atom lines gone
+    with pytest.warns(CifContentWarning, match=r"the atoms read \(Na4 Cl2\) disagree with its _chemical_formula_sum "
+                                               r"'Na4 Cl4'"):  # fmt: skip
+        assert len(read_records(cut)[0]) == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CifContentWarning)
+        assert len(read_records(text)[0]) == 8
+    response = json.dumps({"data": [{"material_id": "mp-22862", "structure": salt.as_dict()}], "meta": {"total_doc": 1}})
+    assert len(read_records(response)) == 1

@@ -623,12 +623,15 @@ def _entry_items(
     value: Any, base: str, id_key: str | None = None, skip: Callable[[str], bool] | None = None
 ) -> Iterator[tuple[str, StructureRecord | InvalidStructureError]] | None:
     """``(label, record or error)`` per item of parsed JSON that is a list of structure dicts or entries (see
-    :func:`json_entry_items`), each parsed as it is reached, those ``skip`` says to skip (by label) left out
+    :func:`json_entry_items`; also under ``"data"``, as a Materials Project API response holds them), each parsed as
+    it is reached, those ``skip`` says to skip (by label) left out
     unparsed; ``None`` for other JSON.
 
     An ``id_key`` no entry has is warned about, and the entries keep their ``base@k`` labels (as database rows
     and frames do).
     """
+    if isinstance(value, Mapping) and isinstance(value.get("data"), list):  # a Materials Project API response
+        value = value["data"]  # (round 26c: {"data": [...], "meta": ...} was refused as holding no structure)
     if not isinstance(value, list) or not value:
         return None
     if not any(isinstance(_entry_structure(e), Mapping) and is_structure_dict(_entry_structure(e)) for e in value):

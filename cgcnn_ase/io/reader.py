@@ -207,7 +207,8 @@ def read_records(source: Any, label: str | None = None, *, cif_reader: CifReader
     if kind == "json_text":
         base = label or "structure JSON"
         value = json_dict(source, base)
-        if isinstance(value, Mapping):  # one structure dict, or an entry holding one; else pymatgen's message
+        if isinstance(value, Mapping) and not isinstance(value.get("data"), list):  # one structure dict, or an entry
+            # holding one (else pymatgen's message); a Materials Project API response's "data" is a list
             return [structure_dict_record(entry_structure(value) or value, base)]
         records = json_value_records(value, base)  # a list of them, as a JSON file holds
         if records is None:
