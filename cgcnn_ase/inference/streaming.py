@@ -511,7 +511,7 @@ def predict_stream(
             id_column=id_column, sort=sort, cif_reader=cif_reader_for(predictors), defer_files=defer,
             progress=progress, on_chunk=on_chunk,
             settings={"models": [p.model.spec.name for p in predictors], "coverage": coverage,
-                      "members": [p.model.n_members for p in predictors]},  # fmt: skip
+                      "members": [p.model.n_members for p in predictors]},
         )  # fmt: skip
     finally:
         if pool is not None:
