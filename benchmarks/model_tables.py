@@ -106,8 +106,8 @@ DESCRIPTION: dict[str, str] = {
     "give GPa)",
     "poisson_ratio": "Poisson ratio",
     "perovskite_formation_energy": "heat of formation of ABX3 perovskites (atomwise: site energies)",
-    "perovskite_site_energy": "the same with the paper's Eq. 4 convolution, 5 seeds: site energies that follow "
-    "the data (`docs/site_energies.md`)",
+    "perovskite_site_energy": "the same with the paper's Eq. 4 convolution, 5 seeds: the paper's site energies, "
+    "measured against the data and a no-split baseline (`docs/site_energies.md`)",
 }
 
 

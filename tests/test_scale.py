@@ -342,7 +342,7 @@ def test_resume_refuses_an_output_of_other_models(predictor, atomwise_folder, tm
     predict_stream([("a", _crystals(1)[0])], [predictor], path)
     other = CGCNNPredictor.from_checkpoint(atomwise_folder)
     both = [predictor, other]
-    with pytest.raises(StreamError, match=r"written with other settings \(models: \['random-regression-mean'\] then"):
+    with pytest.raises(StreamError, match=r"written with other settings \(.*models: \['random-regression-mean'\] then"):
         predict_stream([("b", _crystals(2)[1])], both, path, resume=True, names=["a", "b"])
     (path / "_cgcnn_run.json").unlink()  # an output from before settings were recorded: its columns still tell
     with pytest.raises(StreamError, match="differ from this run's"):

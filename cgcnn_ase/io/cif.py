@@ -29,12 +29,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cgcnn_ase.errors import (
-    CifContentWarning,
-    CifSymmetryWarning,
-    InvalidStructureError,
-    StructureReadError,
-    user_stacklevel,
+from cgcnn_ase.errors import InvalidStructureError, StructureReadError
+from cgcnn_ase.io.cif_checks import (
+    DOTTED_SYMOP_TAG,
+    SYMOP_TAGS,
+    check_coordinates,
+    check_symmetry_items,
+    check_type_symbols,
+    gemmi_unquote,
+    op_triplet,
+    resolve_origin_choice,
+    warn_formula_mismatch,
+    warn_symmetry_conflict,
 )
 from cgcnn_ase.io.records import StructureRecord, from_pymatgen, validate_record
 
@@ -106,8 +112,6 @@ def numbered_labels(base: str, count: int) -> list[str]:
     return [base] if count == 1 else [f"{base}@{k}" for k in range(count)]
 
 
-
-
 def read_cif(source: Path | str, label: str, cif_reader: CifReader, *, text: bool) -> list[StructureRecord]:
     """Every data block of a CIF file (``text=False``: ``source`` is its path) or of CIF
     text: gemmi first when ``cif_reader == "gemmi"``, pymatgen when gemmi cannot make a
@@ -136,8 +140,8 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
             return None  # gemmi would take a 1 Å cube; pymatgen says what is missing
         names = numbered_labels(label, len(blocks))
         for block, name in zip(blocks, names):  # before gemmi's reading, whose failure hands the file to pymatgen
-            _check_symmetry_items(block, name)
-            _check_type_symbols(block, name)
+            check_symmetry_items(block, name)
+            check_type_symbols(block, name)
         # the common plain P1 block is read from its site loop, without building gemmi's structure
         parsed = [_p1_block_as_gemmi(block) or gemmi.make_small_structure_from_block(block) for block in blocks]
     except StructureReadError:
@@ -147,9 +151,9 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
     for parts, block, name in zip(parsed, blocks, names):
         warn_symmetry_conflict(block, name)
         if not isinstance(parts, tuple):
-            _check_coordinates(parts, block, name)
+            check_coordinates(parts, block, name)
             _apply_declared_symmetry(parts, block, name)
-            _resolve_origin_choice(parts, block, name)
+            resolve_origin_choice(parts, block, name)
     records = []
     for parts, block, name in zip(parsed, blocks, names):
         # validation errors (occupancy, overlapping atoms, ...) are the answer, not a reason to try pymatgen
@@ -159,44 +163,6 @@ def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureR
         warn_formula_mismatch(block, record.numbers, name)
         records.append(record)
     return records or None
-
-
-def _formula_counts(formula: str) -> dict[int, float] | None:
-    """``{Z: count}`` of a CIF formula such as ``'Na4 Cl4'`` or ``'Fe2 O3'``; ``None`` for one that is not a plain
-    list of element symbols and counts (charges, brackets, unknown symbols)."""
-    from ase.data import atomic_numbers
-
-    counts: dict[int, float] = {}
-    for token in formula.split():
-        match = re.fullmatch(r"([A-Z][a-z]?)(\d*(?:\.\d+)?)", token)
-        if match is None or match[1] not in atomic_numbers:
-            return None
-        z = atomic_numbers[match[1]]
-        counts[z] = counts.get(z, 0.0) + float(match[2] or 1)
-    return counts or None
-
-
-def warn_formula_mismatch(block: Any, numbers: np.ndarray, label: str) -> None:
-    """Warn (:class:`~cgcnn_ase.errors.CifContentWarning`) when the atoms read disagree with the block's own
-    ``_chemical_formula_sum`` (other elements, or other proportions beyond 1%). Round 26c: a CIF cut at a line
-    break, 6 of its 8 atoms left, was predicted as Na4Cl2 without a word, its formula saying 'Na4 Cl4'."""
-    raw = block.find_value("_chemical_formula_sum")
-    formula = _formula_counts(gemmi_unquote(raw)) if raw else None
-    if formula is None:
-        return
-    zs, found = np.unique(numbers, return_counts=True)
-    read = dict(zip(zs.tolist(), found.tolist()))
-    same = set(read) == set(formula)
-    if same:
-        ratio = np.array([read[z] for z in formula]) / np.array([formula[z] for z in formula])
-        same = bool(np.all(np.abs(ratio / ratio[0] - 1) <= 0.01))
-    if not same:
-        from ase.data import chemical_symbols
-
-        atoms = " ".join(f"{chemical_symbols[z]}{n}" for z, n in read.items())
-        warnings.warn(f"{label}: the atoms read ({atoms}) disagree with its _chemical_formula_sum "
-                      f"{gemmi_unquote(raw)!r}: a file cut short, or a site that could not be read; check the file",
-                      CifContentWarning, stacklevel=user_stacklevel())  # fmt: skip
 
 
 #: Data-block tags the P1 shortcut of the pymatgen reading understands; any other ``_atom_site``/
@@ -209,7 +175,6 @@ _P1_SITE_TAGS = frozenset(
 #: Tags that make pymatgen read a block differently (oxidation states, magnetic moments, hydrogens).
 _NOT_PLAIN_TAGS = ("_atom_type_oxidation_number", "_atom_site_moment_label", "_atom_site_moment.label",
                    "_space_group_magn.name_BNS", "_atom_site_attached_hydrogens")  # fmt: skip
-_SYMOP_TAGS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz")
 _CELL_TAGS = tuple("_cell_" + t for t in ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma"))
 #: pymatgen's defaults: coordinates within this (absolute, of x / (1/3) - 1) of 1/3 or 2/3 are set
 #: to them; sites closer than this (fractional) are one site.
@@ -238,8 +203,8 @@ def _cif_p1_as_pymatgen(source: Path | str, label: str, *, text: bool) -> list[S
         return None
     records = []
     for block, name in zip(blocks, numbered_labels(label, len(blocks))):
-        _check_symmetry_items(block, name)  # before pymatgen's reading, which skips what it cannot apply
-        _check_type_symbols(block, name)  # and drops or misreads such sites
+        check_symmetry_items(block, name)  # before pymatgen's reading, which skips what it cannot apply
+        check_type_symbols(block, name)  # and drops or misreads such sites
         parts = _p1_block(block)
         if parts is None:
             return None
@@ -248,9 +213,6 @@ def _cif_p1_as_pymatgen(source: Path | str, label: str, *, text: bool) -> list[S
     return records
 
 
-#: Symmetry that gemmi's small-structure reading leaves unapplied: operations in CIF2/DDLm dotted tags, magnetic
-#: (mCIF) operations and centrings, and a space group given by its number alone.
-_DOTTED_SYMOP_TAG = "_space_group_symop.operation_xyz"
 _MAGNETIC_SYMOP_TAGS = ("_space_group_symop_magn_operation.xyz", "_space_group_symop_magn_centering.xyz")
 #: gemmi reads ``_space_group_IT_number`` and ``_symmetry_Int_Tables_number`` into ``spacegroup_number``, not this.
 _DOTTED_NUMBER_TAG = "_space_group.IT_number"
@@ -317,8 +279,8 @@ def _apply_declared_symmetry(small: Any, block: Any, label: str) -> None:
 
     if small.spacegroup is not None or small.symops:
         return  # gemmi found its symmetry (H-M, Hall or operations)
-    ops = [_op_triplet(v) for v in block.find_values(_DOTTED_SYMOP_TAG)]
-    operations, centrings = ([_op_triplet(v) for v in block.find_values(tag)] for tag in _MAGNETIC_SYMOP_TAGS)
+    ops = [op_triplet(v) for v in block.find_values(DOTTED_SYMOP_TAG)]
+    operations, centrings = ([op_triplet(v) for v in block.find_values(tag)] for tag in _MAGNETIC_SYMOP_TAGS)
     if operations:
         ops = sorted({(gemmi.Op(c) * gemmi.Op(o)).wrap().triplet() for o in operations for c in centrings or ["x,y,z"]})
     dotted_number = gemmi.cif.as_int(block.find_value(_DOTTED_NUMBER_TAG) or "?", 0)
@@ -337,165 +299,6 @@ def _apply_declared_symmetry(small: Any, block: Any, label: str) -> None:
             "operations or space-group number that gemmi recognises and can apply); reading only its listed atoms would give another "
             "crystal: add _symmetry_equiv_pos_as_xyz operations, or write it in P1"
         )
-
-
-_HALL_TAGS = ("_symmetry_space_group_name_Hall", "_space_group_name_Hall", "_space_group.name_Hall")
-
-
-def _resolve_origin_choice(small: Any, block: Any, label: str) -> None:
-    """Read a group of two origin choices named without one (a Hermann-Mauguin symbol without ``:1``/``:2`` or a
-    number alone, no operations, no Hall symbol) in origin choice 1, as pymatgen reads it, and warn
-    (:class:`~cgcnn_ase.errors.CifSymmetryWarning`). Round 26c: ``F d -3 m`` with Si at (0,0,0) was read as 16 atoms
-    in origin choice 2 (gemmi's reading of the symbol), while the number 227 alone and pymatgen gave diamond's 8."""
-    import gemmi
-
-    group = small.spacegroup
-    if group is None or group.ext not in ("1", "2") or any(block.find_values(tag) for tag in (*_SYMOP_TAGS, _DOTTED_SYMOP_TAG)):
-        return
-    if any(gemmi_unquote(block.find_value(tag) or "?") not in ("", "?", ".") for tag in _HALL_TAGS):
-        return
-    symbol = next((gemmi_unquote(v) for tag in _HM_TAGS for v in [block.find_value(tag)] if v), "")
-    if ":" in symbol:
-        return  # the origin choice is named
-    first = gemmi.find_spacegroup_by_name(f"{group.hm}:1")
-    if first is None:
-        return
-    if group.ext == "2":
-        small.symops = [op.triplet() for op in first.operations()]
-        small.determine_and_set_spacegroup("S")
-    named = repr(symbol) if symbol not in ("", "?", ".") else f"number {group.number}"
-    warnings.warn(f"{label}: its space group ({named}) has two origin choices and the CIF names neither (no symmetry "
-                  f"operations, no Hall symbol): read in origin choice 1, as pymatgen reads it; if its coordinates are "
-                  f"for origin choice 2, give the operations or name it '{group.hm}:2'", CifSymmetryWarning,
-                  stacklevel=user_stacklevel())  # fmt: skip
-
-
-#: Tags naming a block's space group by its Hermann-Mauguin symbol (CIF1 and CIF2 spellings).
-_HM_TAGS = ("_symmetry_space_group_name_H-M", "_space_group_name_H-M_alt", "_space_group.name_H-M_alt")
-
-
-def warn_symmetry_conflict(block: Any, label: str) -> None:
-    """Warn (:class:`~cgcnn_ase.errors.CifSymmetryWarning`) when a block lists symmetry operations whose number
-    differs from that of the space group its Hermann-Mauguin symbol names (round 23c: ``F m -3 m`` with only
-    ``x,y,z`` was read as a 2-atom cell without a word). The operations are what is applied."""
-    ops = {gemmi_unquote(op).replace(" ", "").lower() for tag in _SYMOP_TAGS for op in block.find_values(tag)}
-    symbol = next((gemmi_unquote(v) for tag in _HM_TAGS for v in [block.find_value(tag)] if v), None)
-    if not ops or not symbol or symbol in ("?", "."):
-        return
-    sizes = _group_sizes(symbol)
-    if not sizes or len(ops) in sizes:
-        return
-    import gemmi
-
-    try:  # '+x,+y,+z' and 'x,y,z' are one operation (round 24)
-        ops = {gemmi.Op(op).triplet() for op in ops}
-    except (RuntimeError, ValueError):
-        return  # operations gemmi cannot read: the reading reports them
-    if len(ops) not in sizes:
-        expected = " or ".join(str(n) for n in sorted(sizes))  # (in its settings)
-        warnings.warn(f"{label}: its space group {symbol!r} has {expected} symmetry operations but the CIF lists "
-                      f"{len(ops)}; the listed operations were applied, so the crystal may not be the one "
-                      f"{symbol!r} names: check the file", CifSymmetryWarning, stacklevel=user_stacklevel())  # fmt: skip
-
-
-@functools.lru_cache(maxsize=512)
-def _group_sizes(symbol: str) -> frozenset[int]:
-    """The numbers of symmetry operations (centring included) that the space group named ``symbol`` has in any of
-    its settings (R groups: 36 hexagonal, 12 rhombohedral; round 24 found a correct rhombohedral CIF warned);
-    empty for a symbol gemmi does not know. Cached: most files of a run name the same few groups."""
-    import gemmi
-
-    group = gemmi.find_spacegroup_by_name(symbol)
-    if group is None:
-        return frozenset()
-    return frozenset(len(g.operations().sym_ops) * len(g.operations().cen_ops) for g in gemmi.spacegroup_table()
-                     if g.number == group.number)  # fmt: skip
-
-
-def _check_coordinates(small: Any, block: Any, label: str) -> None:
-    """Refuse a block whose site coordinates gemmi read as NaN: text that is not a CIF number (``1/2``,
-    ``?``, ``abc``), named as written, before symmetry multiplies the site.
-
-    Raises:
-        StructureReadError: naming the item, the site and its value.
-    """
-    import gemmi
-
-    if all(math.isfinite(c) for site in small.sites for c in (site.fract.x, site.fract.y, site.fract.z)):
-        return
-    names = list(block.find_values("_atom_site_label")) or list(block.find_values("_atom_site_type_symbol"))
-    for axis in "xyz":
-        for k, value in enumerate(block.find_values("_atom_site_fract_" + axis)):
-            if not math.isfinite(gemmi.cif.as_number(value)):
-                site = gemmi_unquote(names[k]) if k < len(names) else f"#{k + 1}"
-                raise StructureReadError(
-                    f"{label}: _atom_site_fract_{axis} of site {site} is {value!r}, not a number "
-                    "(a CIF coordinate is a decimal number, e.g. 0.5 or 0.33333, optionally with its uncertainty: 0.5(1))"
-                )
-    raise StructureReadError(f"{label}: some site coordinates are not numbers")
-
-
-_NUMBER_TAGS = ("_space_group_IT_number", "_symmetry_Int_Tables_number", "_space_group.IT_number")
-
-
-def _check_symmetry_items(block: Any, label: str) -> None:
-    """Refuse symmetry items that cannot be applied as written, which the readings would otherwise skip and read
-    the listed atoms as P1 (round 26c: an operation ``q,-y,z``, a number ``abc``, ``'P 1'`` with number 186).
-
-    Raises:
-        StructureReadError: naming the item and its value.
-    """
-    import gemmi
-
-    for tag in (*_SYMOP_TAGS, _DOTTED_SYMOP_TAG):
-        for raw in block.find_values(tag):
-            try:
-                gemmi.Op(_op_triplet(raw))
-            except (RuntimeError, ValueError):
-                raise StructureReadError(f"{label}: its symmetry operation {gemmi_unquote(raw)!r} ({tag}) is not one: "
-                                         "fix it, or write the structure in P1") from None  # fmt: skip
-    numbers = set()
-    for tag in _NUMBER_TAGS:
-        value = gemmi_unquote(block.find_value(tag) or "?").strip()
-        if value in ("", "?", "."):
-            continue
-        if not value.isdigit() or not 1 <= int(value) <= 230:
-            raise StructureReadError(f"{label}: {tag} is {value!r}, not a space-group number (1-230)")
-        numbers.add(int(value))
-    symbol = next((gemmi_unquote(v) for t in _HM_TAGS for v in [block.find_value(t)] if v), "").strip()
-    group = gemmi.find_spacegroup_by_name(symbol) if symbol not in ("", "?", ".") else None
-    if group is not None:
-        numbers.add(group.number)
-    if len(numbers) > 1:
-        raise StructureReadError(f"{label}: the CIF names more than one space group ({symbol!r} and number(s) "
-                                 f"{', '.join(map(str, sorted(numbers)))}): fix the symmetry items")  # fmt: skip
-
-
-def _check_type_symbols(block: Any, label: str) -> None:
-    """Refuse sites whose ``_atom_site_type_symbol`` names no element: ``?`` or ``.`` (pymatgen's reading dropped
-    such a site, so NaCl lost a Cl without a word) and ``Va`` (a vacancy, read as vanadium; round 26c).
-
-    Raises:
-        StructureReadError: naming the site and its symbol.
-    """
-    symbols = list(block.find_values("_atom_site_type_symbol"))
-    if not symbols:
-        return  # labels only (OW1, Fe2): their element comes from the label
-    names = list(block.find_values("_atom_site_label")) or [f"#{k + 1}" for k in range(len(symbols))]
-    for name, raw in zip(names, symbols):
-        value = gemmi_unquote(raw).strip()
-        if raw in ("?", ".") or not value:
-            raise StructureReadError(f"{label}: site {gemmi_unquote(name)} has no element (_atom_site_type_symbol is "
-                                     f"{raw!r}): give its element symbol")  # fmt: skip
-        if re.sub(r"[\d+-]+$", "", value).lower() in ("va", "vac"):
-            raise StructureReadError(f"{label}: site {gemmi_unquote(name)} is a vacancy ({value!r}); CGCNN needs an "
-                                     "ordered crystal of real atoms (leave the vacancy out, or order the structure)")  # fmt: skip
-
-
-def _op_triplet(value: str) -> str:
-    """A symmetry operation of a CIF loop as gemmi reads it: unquoted, without a magnetic time-reversal part."""
-    parts = gemmi_unquote(value).replace(" ", "").split(",")
-    return ",".join(parts[:3])
 
 
 def _declares_symmetry(block: Any) -> bool:
@@ -528,7 +331,7 @@ def _p1_columns(block: Any) -> tuple[list[str], np.ndarray, list[float]] | None:
     hydrogens; every occupancy is 1; at most 2000 sites. ``frac`` (n, 3) as written in the file;
     cell lengths in Å and angles in degrees.
     """
-    ops = [op for tag in _SYMOP_TAGS for op in block.find_values(tag)]
+    ops = [op for tag in SYMOP_TAGS for op in block.find_values(tag)]
     if [gemmi_unquote(op).replace(" ", "").lower() for op in ops] != ["x,y,z"]:
         return None
     column = block.find_loop("_atom_site_fract_x")
@@ -616,13 +419,6 @@ def _element_z_x(symbol: str) -> tuple[int, float]:
         return element.Z, float(element.X)
 
 
-def gemmi_unquote(value: str) -> str:
-    """A CIF value without its quotes (gemmi returns raw tokens)."""
-    import gemmi
-
-    return gemmi.cif.as_string(value)
-
-
 def _cif_pymatgen(source: Path | str, label: str, *, text: bool) -> list[Any]:
     """pymatgen ``Structure`` objects of every data block (the original CGCNN's reading;
     partial occupancies kept visible so that validation can name them)."""
@@ -634,7 +430,7 @@ def _cif_pymatgen(source: Path | str, label: str, *, text: bool) -> list[Any]:
             source = f.read()
     source = unique_block_names(source)  # pymatgen keeps only the last block of a repeated name
     # pymatgen reads symmetry operations only under their underscore names
-    source = source.replace(_DOTTED_SYMOP_TAG, "_space_group_symop_operation_xyz").replace(
+    source = source.replace(DOTTED_SYMOP_TAG, "_space_group_symop_operation_xyz").replace(
         "_space_group_symop.id", "_space_group_symop_id"
     )
     try:
