@@ -359,8 +359,8 @@ def _next_frame(frames: Iterator[Any]) -> Any:
         return next(frames, None)
 
 
-#: The fewest bytes an atom's line takes in an XYZ or POSCAR file (``H 0 0 0`` and its line break).
-_MIN_ATOM_LINE = 8
+#: The fewest bytes an atom's line takes: ``H 0 0 0`` and its line break in an XYZ file, ``0 0 0`` in a POSCAR.
+_MIN_ATOM_LINE = {"xyz": 8, "extxyz": 8, "vasp": 6}
 
 
 def declared_atoms_problem(path: str | os.PathLike, fmt: str | None) -> str | None:
@@ -384,9 +384,9 @@ def declared_atoms_problem(path: str | os.PathLike, fmt: str | None) -> str | No
     else:
         first = head[0].split()
         declared = int(first[0]) if first and first[0].isdigit() else 0
-    if declared * _MIN_ATOM_LINE > size:
+    if declared * _MIN_ATOM_LINE[fmt] > size:
         return (f"its header declares {declared} atoms, more than its {size} bytes can hold (at least "
-                f"{_MIN_ATOM_LINE} bytes a line): a damaged or mistyped file")
+                f"{_MIN_ATOM_LINE[fmt]} bytes a line): a damaged or mistyped file")
     return None
 
 
