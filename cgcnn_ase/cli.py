@@ -247,7 +247,10 @@ def load_predictor(model: str, *, atom_init: str | None = None, trusted: bool = 
 
     predictor = CGCNNPredictor.load(model, atom_init=atom_init if Path(model).is_file() else None, trusted=trusted,
                                     device=device)  # fmt: skip
-    if members is None or not predictor.is_ensemble or members >= predictor.model.n_members:
+    if members is not None and predictor.is_ensemble and members > predictor.model.n_members:
+        raise click.UsageError(f"--members {members}: {predictor.model.spec.name} is an ensemble of "
+                               f"{predictor.model.n_members} members")  # fmt: skip
+    if members is None or not predictor.is_ensemble or members == predictor.model.n_members:
         return predictor
     return CGCNNPredictor.load(model, atom_init=atom_init if Path(model).is_file() else None, trusted=trusted,
                                device=device, members=members)  # fmt: skip

@@ -488,3 +488,59 @@ def test_cif_formula_and_api_responses():
         assert len(read_records(text)[0]) == 8
     response = json.dumps({"data": [{"material_id": "mp-22862", "structure": salt.as_dict()}], "meta": {"total_doc": 1}})
     assert len(read_records(response)) == 1
+
+
+def test_polymorphs_and_strain_series_are_no_copies():
+    """27: "same_graph_groups calls zincblende and wurtzite CdTe, fcc and hcp Cu, and a 0.01 Å strain series 'the
+    same crystal', and training tells the user to drop them". Their graphs match (a network cannot tell them apart),
+    but only the members that pymatgen's StructureMatcher also matches at tight tolerances are copies."""
+    from ase.build import make_supercell
+
+    from cgcnn_ase.graph.identity import same_crystal_groups, same_graph_groups
+    from cgcnn_ase.io.reader import iter_records
+
+    salt = bulk("NaCl", "rocksalt", a=5.64)
+    rounded = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    rounded.set_scaled_positions(np.round(rounded.get_scaled_positions(), 4))
+    items = [bulk("Cu", "fcc", a=3.61), bulk("Cu", "hcp", a=3.61 / 2**0.5), bulk("Cu", "fcc", a=3.615),
+             bulk("ZnS", "zincblende", a=5.41), bulk("ZnS", "wurtzite", a=5.41 / 2**0.5),
+             salt, make_supercell(salt, [[1, 1, 0], [0, 2, 1], [0, 0, 1]]), rounded]  # fmt: skip
+    store = _graphs(items)
+    graphs = same_graph_groups(store.numbers, store.atom_offsets, store.centers, store.neighbors, store.distances,
+                               store.edge_offsets)  # fmt: skip
+    assert [0, 1, 2] in graphs and [5, 6, 7] in graphs  # fcc/hcp and a 0.005 Å strain share a graph
+    structures = [record.to_pymatgen() for _, record in iter_records(items)]
+    assert same_crystal_groups(graphs, structures.__getitem__) == [[5, 6, 7]]
+
+
+def test_round_27_holes_in_the_new_checks(tmp_path):
+    """27: "a VASP 4 counts line '2 ! atoms' escapes the check (read as P2)"; "a quoted '?' type symbol still drops the
+    site"; "ICSD's 'F d -3 m Z' (origin choice 2) is read in origin choice 1, 16 Si"; "--members 99 is ignored by the
+    CLI while the API refuses it"; "Fe2O3 and Fe3O4 warnings share one key once numbers are blanked"."""
+    import warnings as _warnings
+
+    from cgcnn_ase.errors import CifSymmetryWarning, StructureReadError
+    from cgcnn_ase.integrations.ase import _warning_key
+    from cgcnn_ase.io.reader import read_records
+
+    from .test_user_reports import _cli
+
+    body = "1.0\n0 2.715 2.715\n2.715 0 2.715\n2.715 2.715 0\n2 ! atoms\nDirect\n0 0 0\n0.25 0.25 0.25\n"
+    (tmp_path / "POSCAR").write_text("POSCAR\n" + body)
+    with pytest.raises(StructureReadError, match="a VASP 4 POSCAR"):
+        read_records(str(tmp_path / "POSCAR"))
+    head = "data_x\n" + "".join(f"_cell_length_{x} 5.431\n" for x in "abc") + "".join(
+        f"_cell_angle_{x} 90\n" for x in ("alpha", "beta", "gamma"))  # fmt: skip
+    loop = "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
+    with pytest.raises(StructureReadError, match="site Cl1 has no element"):
+        read_records(head + loop + "Na1 Na 0 0 0\nCl1 '?' 0.5 0.5 0.5\n")
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error", CifSymmetryWarning)
+        for symbol, site in (("F d -3 m Z", "0.125 0.125 0.125"), ("F d -3 m S", "0 0 0")):
+            text = head + f"_symmetry_space_group_name_H-M '{symbol}'\n_symmetry_Int_Tables_number 227\n" + loop
+            assert len(read_records(text + f"Si1 Si {site}\n")[0]) == 8
+    run = _cli("predict", "examples/NaCl.POSCAR", "-m", "formation_energy", "--members", "99")
+    assert run.exit_code == 2 and "is an ensemble of 5 members" in run.output
+    keys = [_warning_key(_warnings.WarningMessage(f"Atoms({f}): atoms 0 and 1 are 1.2{k} Å apart", UserWarning, "x", 1))
+            for k, f in enumerate(("Fe2O3", "Fe3O4"))]  # fmt: skip
+    assert keys[0] != keys[1] and "1.2" not in keys[0][1]

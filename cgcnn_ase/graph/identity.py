@@ -12,10 +12,20 @@ be the same here when their graphs are (:func:`same_graph_groups`):
 
 The check works on the flat arrays of :class:`~cgcnn_ase.train.cache.GraphStore` in a few numpy passes (about
 a second for 30,000 crystals). Crystals whose tied neighbour shell splits differently (a displacement near the
-1e-3 Å tie tolerance, ``benchmarks/tie_sensitivity.py``) have different edge counts and are not matched.
+1e-3 Å tie tolerance, ``benchmarks/tie_sensitivity.py``; 2.5% of MP crystals rounded to 4 decimals) have different
+edge counts and are not matched.
+
+Such groups are crystals a network cannot tell apart, not always one crystal: polymorphs whose first shells
+agree (zincblende and wurtzite, fcc and hcp, SiC polytypes) and strain series within 0.01 Å share graphs (round
+27). :func:`same_crystal_groups` keeps the members that pymatgen's ``StructureMatcher`` also finds to be one
+structure at tight tolerances (0.1% in lattice lengths, 0.1° in angles, sites within 0.002 of the cube root of the
+volume per atom): copies.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -119,3 +129,28 @@ def _clusters(members: list[int], distances: np.ndarray, edge_offsets: np.ndarra
         else:
             home.append(members[j])
     return [ids for _, _, ids in clusters if len(ids) > 1]
+
+
+#: StructureMatcher tolerances of :func:`same_crystal_groups`: copies written at another precision match, a 0.3%
+#: strain or another polymorph does not.
+MATCH_TOLERANCES = {"ltol": 1e-3, "stol": 2e-3, "angle_tol": 0.1}
+
+
+def same_crystal_groups(groups: list[list[int]], structure: Callable[[int], Any]) -> list[list[int]]:
+    """The members of each graph group (:func:`same_graph_groups`) that are one crystal: pymatgen's
+    ``StructureMatcher`` at :data:`MATCH_TOLERANCES`, any cell and setting, no scaling. ``structure(k)`` gives
+    crystal ``k`` as a pymatgen ``Structure`` (``None``: left out). Groups of two or more, as given."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    matcher = StructureMatcher(**MATCH_TOLERANCES, primitive_cell=True, scale=False, attempt_supercell=True)
+    out: list[list[int]] = []
+    for group in groups:
+        members = [(k, structure(k)) for k in group]
+        members = [(k, s) for k, s in members if s is not None]
+        if len(members) < 2:
+            continue
+        position = {id(s): k for k, s in members}
+        for matched in matcher.group_structures([s for _, s in members]):
+            if len(matched) > 1:
+                out.append(sorted(position[id(s)] for s in matched))
+    return sorted(out)

@@ -68,12 +68,20 @@ def resolve_origin_choice(small: Any, block: Any, label: str) -> None:
     in origin choice 2 (gemmi's reading of the symbol), while the number 227 alone and pymatgen gave diamond's 8."""
     import gemmi
 
+    if any(block.find_values(tag) for tag in (*SYMOP_TAGS, DOTTED_SYMOP_TAG)):
+        return
+    symbol = next((gemmi_unquote(v) for tag in HM_TAGS for v in [block.find_value(tag)] if v), "").strip()
+    icsd = re.fullmatch(r"(.+?)\s+([SZ])", symbol)  # ICSD's suffixes: S origin choice 1, Z origin choice 2 (round 27)
+    named = gemmi.find_spacegroup_by_name(f"{icsd[1]}:{'1' if icsd[2] == 'S' else '2'}") if icsd else None
+    if named is not None:
+        small.symops = [op.triplet() for op in named.operations()]
+        small.determine_and_set_spacegroup("S")
+        return
     group = small.spacegroup
-    if group is None or group.ext not in ("1", "2") or any(block.find_values(tag) for tag in (*SYMOP_TAGS, DOTTED_SYMOP_TAG)):
+    if group is None or group.ext not in ("1", "2"):
         return
     if any(gemmi_unquote(block.find_value(tag) or "?") not in ("", "?", ".") for tag in HALL_TAGS):
         return
-    symbol = next((gemmi_unquote(v) for tag in HM_TAGS for v in [block.find_value(tag)] if v), "")
     if ":" in symbol:
         return  # the origin choice is named
     first = gemmi.find_spacegroup_by_name(f"{group.hm}:1")
@@ -196,7 +204,7 @@ def check_type_symbols(block: Any, label: str) -> None:
     names = list(block.find_values("_atom_site_label")) or [f"#{k + 1}" for k in range(len(symbols))]
     for name, raw in zip(names, symbols):
         value = gemmi_unquote(raw).strip()
-        if raw in ("?", ".") or not value:
+        if raw in ("?", ".") or value in ("", "?", "."):  # also quoted: '?' (round 27)
             raise StructureReadError(f"{label}: site {gemmi_unquote(name)} has no element (_atom_site_type_symbol is "
                                      f"{raw!r}): give its element symbol")  # fmt: skip
         if re.sub(r"[\d+-]+$", "", value).lower() in ("va", "vac"):

@@ -378,8 +378,8 @@ def declared_atoms_problem(path: str | os.PathLike, fmt: str | None) -> str | No
     except OSError:
         return None
     if fmt == "vasp":
-        counts = next((line.split() for line in head[5:7] if line.split() and all(t.isdigit() for t in line.split())),
-                      None)  # fmt: skip
+        counts = next((_counts_tokens(line) for line in head[5:7]
+                       if _counts_tokens(line) and all(t.isdigit() for t in _counts_tokens(line))), None)  # fmt: skip
         declared = sum(int(t) for t in counts) if counts else 0
     else:
         first = head[0].split()
@@ -492,6 +492,12 @@ def _unknown_symbol(exc: BaseException) -> str | None:
     return f"unknown element symbol {key!r}{hint}"
 
 
+def _counts_tokens(line: str) -> list[str]:
+    """A POSCAR line's tokens before a ``!`` or ``#`` comment, which ASE drops too (round 27: ``2 ! atoms``
+    escaped the VASP 4 check)."""
+    return re.split(r"[!#]", line, maxsplit=1)[0].split()
+
+
 def vasp4_species_problem(text: str) -> str | None:
     """Why a POSCAR of VASP 4 (no species line above the counts) cannot be trusted for its elements, or ``None``.
     ASE then takes them from the comment line by a heuristic that reads words as symbols, before any POTCAR beside
@@ -502,7 +508,7 @@ def vasp4_species_problem(text: str) -> str | None:
     lines = text.splitlines()
     if len(lines) < 7:
         return None
-    counts = lines[5].split()
+    counts = _counts_tokens(lines[5])
     if not counts or not all(token.isdigit() for token in counts):
         return None
     names = lines[0].split()
@@ -510,7 +516,8 @@ def vasp4_species_problem(text: str) -> str | None:
         return None
     return (f"a VASP 4 POSCAR (no species line above the counts '{' '.join(counts)}') whose comment line "
             f"{lines[0].strip()[:60]!r} is not one element symbol per count, so its elements are unknown: add the "
-            "species line (VASP 5), or write the symbols as the comment line")
+            "species line (VASP 5), or write the symbols as the comment line (a POTCAR beside it is not enough: ASE "
+            "reads the comment first)")
 
 
 def text_frames(text: str, label: str) -> list[Any]:

@@ -164,6 +164,34 @@ def prepare_data(config: TrainConfig, *, progress: bool = False, graph_device: t
     return PreparedData(ids=ids, targets=targets, store=store, elements=elements, table=table, errors=errors)
 
 
+def copies_of_crystals(data: PreparedData) -> list[list[str]]:
+    """The ids of rows holding one crystal, in groups of two or more: the same graph
+    (:func:`~cgcnn_ase.graph.identity.same_graph_groups`) and one structure to pymatgen's ``StructureMatcher`` at
+    tight tolerances (:func:`~cgcnn_ase.graph.identity.same_crystal_groups`), however the rows write it (another
+    format, cell, supercell, atom order or precision; not a polymorph or a strained copy, round 27)."""
+    from cgcnn_ase.data.datasets import parse_one
+    from cgcnn_ase.graph.identity import same_crystal_groups, same_graph_groups
+
+    store = data.store
+    groups = same_graph_groups(store.numbers, store.atom_offsets, store.centers, store.neighbors, store.distances,
+                               store.edge_offsets)  # fmt: skip
+    if not groups:
+        return []
+    row = {row_id: k for k, row_id in enumerate(data.table.ids)}
+
+    def structure(k: int) -> object:
+        row_id = data.ids[k]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # read before, when the graphs were built
+                record = parse_one(data.table.kind, data.table.sources[row[row_id]], row_id)
+            return record.to_pymatgen()
+        except Exception:  # noqa: BLE001 - a row that cannot be read again here is left out of the check
+            return None
+
+    return [[data.ids[k] for k in group] for group in same_crystal_groups(groups, structure)]
+
+
 def resolve_split(config: TrainConfig, work: Path, ids: list[str], *, resuming: bool) -> Split:
     """The run's split: the work folder's ``split.json`` when resuming, else ``split.file``,
     else a seeded random split of ``ids`` with ``config.split``'s fractions."""

@@ -45,7 +45,6 @@ import torch
 from cgcnn_ase.data.splits import twins_across_split, twins_warning
 from cgcnn_ase.errors import ConfigError, TrainingError
 from cgcnn_ase.graph.element_table import ElementTable
-from cgcnn_ase.graph.identity import same_graph_groups
 from cgcnn_ase.models.folder import CHECKPOINT_LAST
 from cgcnn_ase.models.registry import resolve_device
 from cgcnn_ase.nn.network import CrystalGraphConvNet
@@ -54,7 +53,7 @@ from cgcnn_ase.train import ddp as parallel_training
 from cgcnn_ase.train.cache import GraphBatcher, to_device
 from cgcnn_ase.train.config import TrainConfig, changed_settings, config_fingerprint, fingerprinted_settings
 from cgcnn_ase.train.config_sections import FineTuneConfig
-from cgcnn_ase.train.data import data_fingerprint, prepare_data, resolve_split, split_positions, target_normalizer
+from cgcnn_ase.train.data import copies_of_crystals, data_fingerprint, prepare_data, resolve_split, split_positions, target_normalizer
 from cgcnn_ase.train.export import TrainingResult, check_output_folder, write_metrics_csv, write_model_folder
 from cgcnn_ase.train.finetune import (
     FineTuneBase,
@@ -201,10 +200,7 @@ class Trainer:
         self.split = resolve_split(config, self.work, self.data.ids, resuming=checkpoint is not None)
         self.parts = split_positions(self.split, self.data,
                                      config.split.file if config.split.file and checkpoint is None else None)  # fmt: skip
-        store = self.data.store  # copies written differently too: the same graph (cgcnn_ase.graph.identity)
-        groups = same_graph_groups(store.numbers, store.atom_offsets, store.centers, store.neighbors, store.distances,
-                                   store.edge_offsets)  # fmt: skip
-        self.twins = twins_across_split([[self.data.ids[k] for k in group] for group in groups], self.split)
+        self.twins = twins_across_split(copies_of_crystals(self.data), self.split)
         message = twins_warning(self.twins, self.split)  # a test crystal also in training: an optimistic test error
         if message and self.is_main:
             warnings.warn(message, UserWarning, stacklevel=3)
