@@ -146,7 +146,7 @@ def label_digest(ids: Sequence[str], targets: Sequence[float]) -> str:
 
 
 def twins_across_split(groups: Sequence[Sequence[str]], split: Split) -> dict[str, Any]:
-    """How the groups of ids holding one crystal (:func:`~cgcnn_ase.graph.identity.same_graph_groups`) fall
+    """How the groups of ids holding one crystal (:func:`~cgcnn_ase.train.data.copies_of_crystals`) fall
     across ``split``: ``{"groups", "rows", "val_in_train", "test_in_train", "examples"}``, the validation and
     test crystals counted when the same structure is also in the training split (their errors are then those of
     a crystal the model trained on: round 23b found 49 of 60 test crystals so), ``examples`` up to three groups
@@ -172,8 +172,8 @@ def twins_warning(twins: dict[str, Any], split: Split) -> str | None:
     if not (twins["val_in_train"] or twins["test_in_train"]):
         return None
     shown = "; ".join(" = ".join(repr(i) for i in ids) for ids in twins["examples"])
-    return (f"{twins['groups']} crystal(s) appear under more than one id ({twins['rows']} rows, e.g. {shown}; the "
-            "same crystal graph: elements, neighbours and bond lengths within 0.01 Å, however the file writes it): "
+    return (f"{twins['groups']} crystal(s) appear under more than one id ({twins['rows']} rows, e.g. {shown}; one "
+            "structure to 0.1%, however the file writes it): "
             f"{twins['test_in_train']} of the {len(split.test)} test and {twins['val_in_train']} of the "
             f"{len(split.val)} validation crystals have the same crystal in the training split, so their errors "
             "understate those on new crystals. Leave the copies out (data.drop_ids) or give a split.file that keeps "
