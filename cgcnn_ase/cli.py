@@ -134,13 +134,15 @@ class _WarningPrinter:
             if len(models) > 1:
                 rest = rest.replace("in its training data", "in their training data")
             click.echo(f"warning: {'models' if len(models) > 1 else 'model'} {', '.join(models)}:{rest}", err=True)
-        alike: dict[tuple[int, int, int], list[str]] = {}  # models with the same counts share one line
+        alike: dict[tuple[int, int], list[str]] = {}  # models with the same counts share one line
         for model, count in self.unseen.items():
             if count > 1:
-                alike.setdefault((*self.totals.get(model, (0, 0)), count), []).append(model)
-        for (hit, predicted, count), names in alike.items():
+                alike.setdefault((self.totals.get(model, (0, 0))[0], count), []).append(model)
+        for (hit, count), names in alike.items():
             who = names[0] if len(names) == 1 else "models " + ", ".join(n.removeprefix("model ").strip("'") for n in names)
-            overall = f"in all, {hit} of {predicted} predicted structures hold elements {'it' if len(names) == 1 else 'they'} never saw; " if predicted else ""
+            # no "of N predicted": chunks without such elements do not warn, so N would count only those that did
+            # (round 28: "18 of 32" for 50 predicted)
+            overall = f"in all, {hit} predicted structure(s) hold elements {'it' if len(names) == 1 else 'they'} never saw; " if hit else ""
             click.echo(f"warning: {who}: {overall}{count - 1} later warning(s) {'each ' if len(names) > 1 else ''}about "
                        "them (from later chunks, or from ensemble members run one by one) are not shown; those "
                        "predictions are extrapolations too", err=True)  # fmt: skip

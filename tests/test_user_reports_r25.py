@@ -544,3 +544,17 @@ def test_round_27_holes_in_the_new_checks(tmp_path):
     keys = [_warning_key(_warnings.WarningMessage(f"Atoms({f}): atoms 0 and 1 are 1.2{k} Å apart", UserWarning, "x", 1))
             for k, f in enumerate(("Fe2O3", "Fe3O4"))]  # fmt: skip
     assert keys[0] != keys[1] and "1.2" not in keys[0][1]
+
+
+def test_a_default_series_index_keeps_the_inputs_ids():
+    """28: "for a Series of file paths on a default index, result.ids are the paths but to_dataframe()'s id column
+    is 0, 1, 2: the paths are lost"."""
+    import pandas as pd
+
+    from cgcnn_ase import CGCNNPredictor
+
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    paths = ["examples/NaCl.POSCAR", "examples/SrTiO3.cif"]
+    frame = predictor.predict(pd.Series(paths)).to_dataframe()
+    assert frame["id"].tolist() == paths and frame.index.tolist() == [0, 1]
+    assert predictor.predict(pd.Series(paths, index=[5, 9])).to_dataframe()["id"].tolist() == [5, 9]

@@ -77,8 +77,9 @@ class PredictionResult:
             nearby validation crystals (:mod:`cgcnn_ase.models.local_error`); it ranks errors
             better than ``std``. ``None`` otherwise; NaN for failed items.
         index: the pandas index of the input when it was a ``Series`` giving one structure per row (its labels
-            and dtype, which ``ids`` hold as text): :meth:`to_dataframe` keeps it, so ``df.join(result.to_dataframe())``
-            matches the rows; ``None`` otherwise.
+            and dtype, which ``ids`` hold as text, except a default 0..n-1 index, which names no rows: the ids are
+            then the inputs' own): :meth:`to_dataframe` keeps it, so ``df.join(result.to_dataframe())`` matches the
+            rows; ``None`` otherwise.
     """
 
     ids: list[str]
@@ -160,12 +161,15 @@ class PredictionResult:
         models with a domain summary add ``domain_distance`` and ``domain_percentile`` before
         ``error``. Units are in ``df.attrs["units"]`` (a dict column -> units). The frame's index is the input
         Series' index where there was one (:attr:`index`), and its ``id`` column then holds those labels as they
-        are (integers stay integers); else the index is 0..n-1 and ``id`` the text ids (:attr:`ids`).
+        are (integers stay integers) unless the index is the default 0..n-1; else the index is 0..n-1 and ``id``
+        the text ids (:attr:`ids`).
         """
         import pandas as pd
 
-        # a Series' own labels (101, not "101"), so that the id column joins its frame (round 26b)
-        ids = list(self.index) if self.index is not None else self.ids
+        # a Series' own labels (101, not "101"), so that the id column joins its frame (round 26b); a default
+        # 0..n-1 index names no rows, and the ids stay the inputs' own (paths, "input k"; round 28)
+        default = type(self.index).__name__ == "RangeIndex" and self.index.start == 0 and self.index.step == 1
+        ids = list(self.index) if self.index is not None and not default else self.ids
         columns: dict[str, Any] = {"id": ids, self.property: self.values}
         units = {self.property: self.units}
         if self.std is not None:
