@@ -314,6 +314,7 @@ GRAPH_CODE_MODULES = (
     "cgcnn_ase.io.reader",
     "cgcnn_ase.io.formats",
     "cgcnn_ase.io.cif",
+    "cgcnn_ase.io.cif_checks",
     "cgcnn_ase.io.records",
     "cgcnn_ase.graph.config",
     "cgcnn_ase.graph.neighbours",
