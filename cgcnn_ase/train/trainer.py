@@ -53,7 +53,14 @@ from cgcnn_ase.train import ddp as parallel_training
 from cgcnn_ase.train.cache import GraphBatcher, to_device
 from cgcnn_ase.train.config import TrainConfig, changed_settings, config_fingerprint, fingerprinted_settings
 from cgcnn_ase.train.config_sections import FineTuneConfig
-from cgcnn_ase.train.data import copies_of_crystals, data_fingerprint, prepare_data, resolve_split, split_positions, target_normalizer
+from cgcnn_ase.train.data import (
+    copies_of_crystals,
+    data_fingerprint,
+    prepare_data,
+    resolve_split,
+    split_positions,
+    target_normalizer,
+)
 from cgcnn_ase.train.export import TrainingResult, check_output_folder, write_metrics_csv, write_model_folder
 from cgcnn_ase.train.finetune import (
     FineTuneBase,
