@@ -436,7 +436,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.option("--output", "-o", type=click.Path(path_type=str), help="Write here instead of stdout ('-': stdout; for parquet: a folder of part files); missing folders on the way are created.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: skip the ids already in -o and append (csv or parquet).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None, help="Structures read, predicted and written together (memory holds one chunk; an interrupted run loses the chunk in progress) [default: 1024; 8192 with several models or none on a GPU].")
-@click.option("--column", default="cif", show_default=True, help="Table inputs (.csv, .tsv, .parquet): column holding CIF text, pymatgen structure JSON or file paths.")
+@click.option("--column", default="cif", show_default=True, help="Table inputs (.csv, .tsv, .parquet): column holding CIF, POSCAR or extxyz text, pymatgen structure JSON or file paths.")
 @click.option("--id-column", default=None, help="Table inputs: column of unique ids; a JSON list of entries (a structure dict under 'structure', as Materials Project downloads): the key of each entry's id, e.g. material_id; an ASE database: the key of each row's id; frame files (extxyz, traj): the atoms.info key [default: FILE@ROW, FILE@id=N, FILE@FRAME].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Crystals per forward pass [default: 64 on a CPU, 1024 on a GPU].")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")

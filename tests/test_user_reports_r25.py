@@ -558,3 +558,23 @@ def test_a_default_series_index_keeps_the_inputs_ids():
     frame = predictor.predict(pd.Series(paths)).to_dataframe()
     assert frame["id"].tolist() == paths and frame.index.tolist() == [0, 1]
     assert predictor.predict(pd.Series(paths, index=[5, 9])).to_dataframe()["id"].tolist() == [5, 9]
+
+
+def test_vacancy_labels_and_the_formula_check_of_the_pymatgen_reading():
+    """27: "a CIF with the label Va1 and no type symbols is read as vanadium"; "with cif_reader='pymatgen' (models of
+    the original neighbour policy) a CIF whose atoms disagree with its formula gives no CifContentWarning"."""
+    from cgcnn_ase.errors import CifContentWarning, StructureReadError
+    from cgcnn_ase.io.reader import read_records
+
+    head = "data_x\n" + "".join(f"_cell_length_{x} 5.64\n" for x in "abc") + "".join(
+        f"_cell_angle_{x} 90\n" for x in ("alpha", "beta", "gamma"))  # fmt: skip
+    labels = "loop_\n_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
+    with pytest.raises(StructureReadError, match="site Va1 is a vacancy by its label"):
+        read_records(head + labels + "Na1 0 0 0\nVa1 0.5 0.5 0.5\n")
+    assert len(read_records(head + labels + "Na1 0 0 0\nCl1 0.5 0.5 0.5\n")[0]) == 2
+    typed = ("_chemical_formula_sum 'Na2 Cl1'\n_symmetry_space_group_name_H-M 'P 1'\nloop_\n_atom_site_label\n"
+             "_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
+             "Na1 Na 0 0 0\nCl1 Cl 0.5 0.5 0.5\n")  # fmt: skip
+    for reader in ("gemmi", "pymatgen"):
+        with pytest.warns(CifContentWarning, match=r"the atoms read \(Na1 Cl1\) disagree"):
+            read_records(head + typed, cif_reader=reader)

@@ -125,7 +125,15 @@ def read_cif(source: Path | str, label: str, cif_reader: CifReader, *, text: boo
         if records is not None:
             return records
     structures = _cif_pymatgen(source, label, text=text)
-    return [from_pymatgen(s, label=name) for s, name in zip(structures, numbered_labels(label, len(structures)))]
+    records = [from_pymatgen(s, label=name) for s, name in zip(structures, numbered_labels(label, len(structures)))]
+    try:  # the formula check of the other readings (round 27), where gemmi can pair the blocks with the structures
+        blocks = [block for block in _read_document(source, text=text) if _has_sites(block)]
+    except (RuntimeError, ValueError, OSError):
+        blocks = []
+    if len(blocks) == len(records):
+        for block, record in zip(blocks, records):
+            warn_formula_mismatch(block, record.numbers, record.label)
+    return records
 
 
 def _cif_gemmi(source: Path | str, label: str, *, text: bool) -> list[StructureRecord] | None:
@@ -210,6 +218,7 @@ def _cif_p1_as_pymatgen(source: Path | str, label: str, *, text: bool) -> list[S
             return None
         warn_symmetry_conflict(block, name)
         records.append(validate_record(*parts, (True, True, True), name))
+        warn_formula_mismatch(block, records[-1].numbers, name)  # as the gemmi reading does (round 27)
     return records
 
 

@@ -199,8 +199,12 @@ def check_type_symbols(block: Any, label: str) -> None:
         StructureReadError: naming the site and its symbol.
     """
     symbols = list(block.find_values("_atom_site_type_symbol"))
-    if not symbols:
-        return  # labels only (OW1, Fe2): their element comes from the label
+    if not symbols:  # labels only (OW1, Fe2): their element comes from the label, but Va1 is a vacancy (round 27)
+        for raw in block.find_values("_atom_site_label"):
+            if re.fullmatch(r"(?i)vac?\d*[a-z]?", gemmi_unquote(raw).strip()):
+                raise StructureReadError(f"{label}: site {gemmi_unquote(raw)} is a vacancy by its label; CGCNN needs an "
+                                         "ordered crystal of real atoms (leave the vacancy out, or give type symbols)")  # fmt: skip
+        return
     names = list(block.find_values("_atom_site_label")) or [f"#{k + 1}" for k in range(len(symbols))]
     for name, raw in zip(names, symbols):
         value = gemmi_unquote(raw).strip()
