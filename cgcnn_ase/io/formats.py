@@ -19,10 +19,12 @@ import errno
 import glob
 import io
 import json
+import lzma
 import os
 import re
 import stat
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -178,22 +180,14 @@ def looks_like_cif(path: Path) -> bool:
     try:
         with open_text(path) as f:
             head = f.read(65536)
-    except (OSError, EOFError, ValueError, *_decompression_errors()):  # not compressed after all, damaged, or
-        return False  # unreadable: not for us to say
+    except (OSError, ValueError, *DECOMPRESSION_ERRORS):  # not compressed after all, damaged, or unreadable:
+        return False  # not for us to say
     return is_cif_text(head)
 
 
-def _decompression_errors() -> tuple[type[BaseException], ...]:
-    """What reading a damaged gzip, bzip2 or xz file raises besides ``OSError``/``EOFError`` (round 26c: a
-    ``zlib.error`` and an ``lzma.LZMAError`` escaped and ended the whole run)."""
-    import lzma
-    import zlib
-
-    return (zlib.error, lzma.LZMAError)
-
-
-#: Errors of a damaged compressed file (gzip, bzip2, xz): it gets its own error, the run goes on.
-DECOMPRESSION_ERRORS = (EOFError, *_decompression_errors())
+#: Errors of a damaged compressed file (gzip, bzip2, xz) besides ``OSError``: it gets its own error, the run goes
+#: on (round 26c: a ``zlib.error`` and an ``lzma.LZMAError`` escaped and ended the whole run).
+DECOMPRESSION_ERRORS = (EOFError, zlib.error, lzma.LZMAError)
 
 
 # =============================================================================================
@@ -313,14 +307,8 @@ def ase_frames(path: Path, label: str) -> list[Any]:
     import ase.io
     from ase.io.formats import UnknownFileTypeError, filetype
 
-    problem = None
     try:
-        fmt = filetype(str(path), guess=False)
-        problem = declared_atoms_problem(path, fmt)
-        if fmt == "vasp" and not problem:
-            with open_text(path) as f:
-                head = "".join(f.readline() for _ in range(7))
-            problem = vasp4_species_problem(head)
+        problem = header_problem(path, filetype(str(path), guess=False))
     except Exception:  # noqa: BLE001 - a check before ASE's reading: whatever fails here, ASE decides below
         problem = None
     if problem:
@@ -363,20 +351,24 @@ def _next_frame(frames: Iterator[Any]) -> Any:
 _MIN_ATOM_LINE = {"xyz": 8, "extxyz": 8, "vasp": 6}
 
 
-def declared_atoms_problem(path: str | os.PathLike, fmt: str | None) -> str | None:
-    """Why ``path`` cannot hold the atoms its header declares, or ``None``: an XYZ frame's count (first line) or
-    a POSCAR's counts that need more bytes than the (uncompressed) file has. ASE would otherwise loop on the
+def header_problem(path: str | os.PathLike, fmt: str | None) -> str | None:
+    """Why the header of an XYZ or POSCAR file (``fmt``, as ASE names it) cannot be trusted, or ``None``: a VASP 4
+    POSCAR's elements (:func:`vasp4_species_problem`), or more atoms declared than the file can hold
+    (:func:`declared_atoms_problem`; not checked in a compressed file). The head is read once."""
+    if fmt not in ("xyz", "extxyz", "vasp"):
+        return None
+    with open_text(path) as f:
+        head = [f.readline() for _ in range(8)]
+    compressed = Path(path).name.lower().endswith(tuple(_COMPRESSION))
+    problem = None if compressed else declared_atoms_problem(head, os.path.getsize(path), fmt)
+    return problem or (vasp4_species_problem("".join(head)) if fmt == "vasp" else None)
+
+
+def declared_atoms_problem(head: list[str], size: int, fmt: str) -> str | None:
+    """Why a file of ``size`` bytes cannot hold the atoms its first lines ``head`` declare, or ``None``: an XYZ
+    frame's count (first line) or a POSCAR's counts needing more bytes than that. ASE would otherwise loop on the
     missing lines or allocate for them (round 26c: ``999999999999`` atoms in a 2-atom extxyz never returned; a
     96-byte POSCAR declaring 10^9 atoms took 23.6 GB)."""
-    name = Path(path).name.lower()
-    if fmt not in ("xyz", "extxyz", "vasp") or name.endswith(tuple(_COMPRESSION)):
-        return None
-    try:
-        size = os.path.getsize(path)
-        with open(path, encoding="utf-8", errors="replace") as f:
-            head = [f.readline() for _ in range(8)]
-    except OSError:
-        return None
     if fmt == "vasp":
         counts = next((_counts_tokens(line) for line in head[5:7]
                        if _counts_tokens(line) and all(t.isdigit() for t in _counts_tokens(line))), None)  # fmt: skip
@@ -396,7 +388,7 @@ def _safe_frames(path: str) -> Iterator[Any]:
     from ase.io.formats import filetype
 
     try:
-        problem = declared_atoms_problem(path, filetype(path, guess=False))
+        problem = header_problem(path, filetype(path, guess=False))
     except Exception:  # noqa: BLE001 - ASE raises many types for files it cannot place
         problem = None
     if problem:

@@ -34,7 +34,6 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +72,7 @@ from cgcnn_ase.io.reader import (
     read_record,
     read_records,
     read_selection,
+    relabelled,
 )
 from cgcnn_ase.io.records import StructureRecord
 
@@ -525,12 +525,12 @@ def _iter_object(item_id: str, obj: Any, cif_reader: CifReader, finished: Finish
         frames = iter_file(os.fspath(obj), cif_reader=cif_reader)  # yields at least one item
         first, second = next(frames), next(frames, None)
         if second is None:
-            yield item_id, _relabel(first[1], item_id)
+            yield item_id, relabelled(first[1], item_id)
             return
         for k, (_, record) in enumerate(chain([first, second], frames)):
             label = f"{item_id}@{k}"
             if not _skip(finished, label):
-                yield label, _relabel(record, label)
+                yield label, relabelled(record, label)
         return
     if _skip(finished, item_id):
         return
@@ -542,10 +542,6 @@ def _iter_object(item_id: str, obj: Any, cif_reader: CifReader, finished: Finish
     for record in records:
         if len(records) == 1 or not _skip(finished, record.label):
             yield record.label, record
-
-
-def _relabel(item: StructureRecord | InvalidStructureError, label: str) -> StructureRecord | InvalidStructureError:
-    return replace(item, label=label) if isinstance(item, StructureRecord) else item
 
 
 def iter_file(

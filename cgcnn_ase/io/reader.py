@@ -433,7 +433,7 @@ def read_selection(
         if isinstance(index, slice):
             chosen = every[index]
         elif -len(every) <= index < len(every):
-            chosen = [(item, _relabelled(every[index][1], item))]
+            chosen = [(item, relabelled(every[index][1], item))]
     elif not chosen and is_ase_db(path):
         try:
             wanted = {f"{path}@id={row.id}" for row in connect_db(path, path).select(selection)}
@@ -447,7 +447,8 @@ def read_selection(
     return chosen  # fmt: skip
 
 
-def _relabelled(item: StructureRecord | InvalidStructureError, label: str) -> StructureRecord | InvalidStructureError:
+def relabelled(item: StructureRecord | InvalidStructureError, label: str) -> StructureRecord | InvalidStructureError:
+    """``item`` under ``label``: a record relabelled, an error as it is."""
     return replace(item, label=label) if isinstance(item, StructureRecord) else item
 
 

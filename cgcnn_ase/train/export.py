@@ -102,7 +102,7 @@ class TrainingResult:
             ``"time_limit"`` (unfinished: running the command again continues it).
         monitor: the metric that selected the best epoch as used (``train_loss`` when the run
             had no validation split), ``None`` for ``config.monitor_name``.
-        twins: the same crystal graph under several ids and how they fall across the split
+        twins: one crystal under several ids and how they fall across the split
             (:func:`~cgcnn_ase.data.splits.twins_across_split`), ``None`` when not checked.
     """
 

@@ -145,7 +145,7 @@ class Trainer:
         self.base: FineTuneBase | None = None
         self.finetune_state: FineTuneState | None = None
         self.base_overlap: dict[str, Any] | None = None
-        self.twins: dict[str, Any] | None = None  # the same crystal graph under several ids (twins_across_split)
+        self.twins: dict[str, Any] | None = None  # one crystal under several ids (copies_of_crystals, twins_across_split)
         changed = sorted(k for k, v in config.finetune if v != getattr(FineTuneConfig(), k))
         if config.init_from is None and changed:
             raise ConfigError(f"finetune settings {changed} need init_from (the model to start from)")
