@@ -10,6 +10,7 @@ pages is hand-written. tests/test_models.py checks that docs/models.md quotes ea
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def _training(model: dict[str, Any]) -> str:
             more = f" more, continuing `{base['name']}`'s members"
         else:
             more = f", fine-tuned from `{base['name']}`'s members"
-        return f"{len(members)} members x {span} epochs{more}, <= {minutes:.0f} min each, {where}"
+        return f"{len(members)} members x {span} epochs{more}, <= {math.ceil(minutes)} min each, {where}"  # round 29b
     t = md["training"]
     return f"{t['epochs_run']} epochs, {t['wall_time_s'] / 60:.0f} min {where}"
 

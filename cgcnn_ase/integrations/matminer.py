@@ -191,7 +191,10 @@ class CGCNNFeaturizer(BaseFeaturizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("_owner_pid", os.getpid())  # objects pickled by older versions
+        # A pool worker forked from the featurizer's process keeps that process as owner (one torch thread there);
+        # anywhere else (a pickle or joblib file loaded by a new process, round 29c) this process owns it
+        if state.get("_owner_pid") != os.getppid():
+            self._owner_pid = os.getpid()
 
     # -- matminer API ----------------------------------------------------------------
     def feature_labels(self) -> list[str]:
@@ -243,13 +246,23 @@ class CGCNNFeaturizer(BaseFeaturizer):
             _ROWS.labels = previous
 
     def featurize_many(
-        self, entries: Any, ignore_errors: bool = False, return_errors: bool = False, pbar: bool = True,
+        self, entries: Any, ignore_errors: bool = False, return_errors: bool = False, pbar: bool | dict = True,
         labels: Sequence[str] | None = None,
     ) -> list[list[Any]]:
-        """Featurize many structures in batches; per-row error handling as in matminer. ``labels`` (one per
-        entry; this package's addition) name the rows in warnings and messages instead of ``input k``."""
+        """Featurize many structures in batches; per-row error handling as in matminer. ``entries``: a list, tuple,
+        array or pandas Series of structures, or a one-column DataFrame (its rows, as matminer takes them).
+        ``pbar``: a bar (from 100 entries on: not for single rows), or matminer's dict of tqdm options, of which
+        ``disable`` is honoured. ``labels`` (one per entry; this package's addition) name the rows in warnings and
+        messages instead of ``input k``."""
         if return_errors and not ignore_errors:
             raise ValueError("Please set ignore_errors to True to use return_errors.")
+        if type(entries).__name__ == "DataFrame" and type(entries).__module__.startswith("pandas."):
+            if entries.shape[1] != 1:  # round 29c: the column names were read as the entries (one row of NaN)
+                raise ValueError(f"CGCNNFeaturizer takes one structure per entry; the DataFrame has {entries.shape[1]} "
+                                 "columns: give its structure column")  # fmt: skip
+            entries = entries.iloc[:, 0]
+        if isinstance(pbar, dict):  # matminer's tqdm options
+            pbar = not pbar.get("disable", False)
         structures = [e[0] if isinstance(e, (tuple, list, np.ndarray)) and len(e) == 1 else e for e in list(entries)]
         if not structures:
             return []
@@ -302,12 +315,14 @@ class CGCNNFeaturizer(BaseFeaturizer):
                 if not isinstance(read[0][1], InvalidStructureError):
                     inputs[k] = read[0][1]
                 continue  # an error: the prediction reports it, as for any input
+            name = label or (None if input_kind(obj) == "path" else f"input {k}")
             try:  # its error: the message for a row of several structures
-                read_record(obj, label or (None if input_kind(obj) == "path" else f"input {k}"), cif_reader=reader)
+                read_record(obj, name, cif_reader=reader)
             except InvalidStructureError as exc:
                 if raise_errors:
                     raise
-                several[k] = str(exc)
+                # the row names itself, as in the other messages (round 29c); a file's path stays
+                several[k] = str(exc).removeprefix(f"{name}: ") if name else str(exc)
         return inputs, several
 
     def _feature_rows(

@@ -564,8 +564,12 @@ def printed_object_hint(text: str) -> str:
 
 
 def is_structure_dict(obj: Mapping) -> bool:
-    """A mapping that claims to be a pymatgen ``Structure.as_dict()``."""
-    return "@class" in obj or ("lattice" in obj and "sites" in obj)
+    """A mapping that claims to be a pymatgen ``Structure.as_dict()`` (``False`` for mappings whose keys cannot be
+    strings, such as a pymatgen ``Composition``, whose ``in`` raises a ``TypeError`` for ``"@class"``)."""
+    try:
+        return "@class" in obj or ("lattice" in obj and "sites" in obj)
+    except (TypeError, ValueError, KeyError):
+        return False
 
 
 def is_json_name(path: str | os.PathLike) -> bool:

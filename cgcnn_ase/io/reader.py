@@ -163,7 +163,7 @@ def input_kind(obj: Any) -> InputKind:
         if "\n" not in text and "\r" not in text:
             return "path"
         return "cif_text" if is_cif_text(text) else "structure_text"
-    if isinstance(obj, Mapping) and is_structure_dict(obj):
+    if _is_mapping(obj) and is_structure_dict(obj):
         return "structure_dict"
     return "object"
 
@@ -230,7 +230,7 @@ def entry_structure(obj: Any) -> Any:
     (``ComputedStructureEntry``, emmet documents); an ``ase.db`` row's Atoms; ``None`` for anything else."""
     from pymatgen.core import IStructure
 
-    if isinstance(obj, Mapping):
+    if _is_mapping(obj):
         inner = obj.get("structure")
         usable = isinstance(inner, IStructure) or (isinstance(inner, Mapping) and is_structure_dict(inner))
         return inner if usable else None
@@ -246,7 +246,7 @@ def entry_id(obj: Any) -> str | None:
     """The id an entry or document holding a structure carries itself, which names its results (round 26b: a list
     of ``ComputedStructureEntry`` came back as ``input 0``, ...): a ``ComputedStructureEntry``'s ``entry_id``, a
     Materials Project document's ``material_id`` (also under ``entry_id`` or ``task_id``); ``None`` otherwise."""
-    if isinstance(obj, Mapping):
+    if _is_mapping(obj):
         if "structure" not in obj:
             return None
         found = next((obj[key] for key in ("material_id", "entry_id", "task_id") if obj.get(key) is not None), None)
@@ -312,6 +312,9 @@ def to_record(obj: Any, label: str | None = None) -> StructureRecord:
         raise InvalidStructureError(
             f"{label or 'Molecule'}: a pymatgen Molecule is not periodic; CGCNN needs a crystal"
         )
+    if _is_composition(obj):
+        raise InvalidStructureError(f"{label or 'Composition'}: a pymatgen Composition ({obj.formula}) holds no atomic "
+                                    "positions; give the Structure it was made from")  # fmt: skip
     if type(obj).__name__ == "ComputedEntry" and type(obj).__module__.startswith("pymatgen."):
         raise InvalidStructureError(f"{label or 'ComputedEntry'}: a ComputedEntry holds a composition and an energy, no "
                                     "structure; give a ComputedStructureEntry, or its structure")  # fmt: skip
@@ -567,7 +570,7 @@ def as_input_sequence(obj: Any) -> Any:
     if module.startswith("ase.io.trajectory") and hasattr(obj, "__len__"):  # a TrajectoryReader: its frames
         name = os.fspath(getattr(obj, "filename", None) or "trajectory")
         return ((f"{name}@{k}", obj[k]) for k in range(len(obj)))
-    if isinstance(obj, Mapping) and _labels_structures(obj):
+    if _is_mapping(obj) and _labels_structures(obj):
         return [(str(label), value) for label, value in obj.items()]  # {id: structure}, as site_contributions takes
     if module.startswith("pandas.") and type(obj).__name__ == "Series":
         index = obj.index
@@ -575,6 +578,17 @@ def as_input_sequence(obj: Any) -> Any:
             return list(obj)
         return [(str(label), value) for label, value in zip(index, obj)]
     return [obj] if is_single_input(obj) else obj
+
+
+def _is_composition(obj: Any) -> bool:
+    """A pymatgen ``Composition`` (round 29c: a mapping of elements to amounts, whose ``in`` raises a ``TypeError``
+    for other keys, so that it ended whole batches, ``errors="collect"`` and ``ignore_errors`` too)."""
+    return type(obj).__name__ == "Composition" and type(obj).__module__.startswith("pymatgen.")
+
+
+def _is_mapping(obj: Any) -> bool:
+    """A mapping of names (a dict, a pymatgen structure dict, a document), not a ``Composition``."""
+    return isinstance(obj, Mapping) and not _is_composition(obj)
 
 
 def _labels_structures(obj: Mapping[Any, Any]) -> bool:

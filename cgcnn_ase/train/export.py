@@ -326,6 +326,21 @@ CONFIG_HEADER = ("# resolved training configuration (cgcnn-ase), paths as on the
                  "`cgcnn-ase train config.yaml` where they exist (the model card gives the command)\n")
 
 
+def config_text(config: TrainConfig, result: TrainingResult) -> str:
+    """``config.yaml``: :data:`CONFIG_HEADER` and the resolved configuration. A shipped base model is recorded by
+    its versioned name (round 29b: an alias such as ``formation_energy`` later names a newer model, from which a
+    rerun fine-tuned silently), with a header line naming what the run was given."""
+    import yaml
+
+    recorded, header = config.to_dict(), CONFIG_HEADER
+    base = (result.finetune or {}).get("base") or {}
+    if base.get("kind") == "shipped model" and base.get("name") and base["name"] != recorded.get("init_from"):
+        header += (f"# init_from: the base model's versioned name; the run named it {recorded.get('init_from')!r}, a "
+                   "name that may point to a newer model later\n")
+        recorded["init_from"] = base["name"]
+    return header + yaml.safe_dump(recorded, sort_keys=False)
+
+
 def _write_dropped(path: Path, data: Any) -> None:
     """``dropped.csv`` (``id``, ``reason``): every row left out for want of a finite target or of a usable
     structure (the warnings name only the first few); rows left out by choice (``drop_ids``, ``filter``,
@@ -346,8 +361,6 @@ def _write_dropped(path: Path, data: Any) -> None:
 def write_model_folder(config: TrainConfig, result: TrainingResult) -> Path:
     """Score the best model on the validation and test splits and write the model folder
     ``config.output`` (see the module docstring); returns the folder."""
-    import yaml
-
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     network = CrystalGraphConvNet(**result.architecture)
@@ -357,7 +370,7 @@ def write_model_folder(config: TrainConfig, result: TrainingResult) -> Path:
     spec = _model_spec(config, result, metrics)
     save_model_folder(output, LoadedModel(spec=spec, network=network.cpu(), elements=result.data.elements))
     result.split.save(output / "split.json")
-    (output / "config.yaml").write_text(CONFIG_HEADER + yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (output / "config.yaml").write_text(config_text(config, result))
     _write_dropped(output / DROPPED_FILE, result.data)
     write_metrics_csv(output / "metrics.csv", result.history, config.task)
     _write_plots(output, config, result, predictions.get("test"))
