@@ -11,6 +11,7 @@ Exit codes:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -19,7 +20,7 @@ import re
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,15 @@ from cgcnn_ase.errors import (
     UnknownModelError,
     UnseenElementWarning,
 )
+from cgcnn_ase.progress import is_terminal
+from cgcnn_ase.warning_blocks import catch_warnings
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERNAL = 0, 1, 2, 3, 4
 #: train: the session stopped at its time_limit, the run is unfinished (sysexits' EX_TEMPFAIL: run it again).
 EXIT_UNFINISHED = 75
 #: Ctrl-C (SIGINT): 128 + 2, as shells report a process ended by it.
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 #: The reader of stdout went away (``| head``): 128 + SIGPIPE, as shells report a process ended by it; no message.
 EXIT_BROKEN_PIPE = 141
 #: Writing failed for want of space or a device error (sysexits' EX_IOERR): not a usage error.
@@ -181,14 +185,38 @@ def _resume_hint(command: str, options: dict[str, Any]) -> str:
     return "; no row was written"
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt(received: list[int]) -> Iterator[None]:
+    """SIGTERM (a batch system's time limit, ``kill``) stops the command as Ctrl-C does, so that worker pools are
+    stopped, the rows written are kept and the resume hint is printed (round 29a: the workers were left running and
+    printed tracebacks); ``received`` then holds the signal. Only in the main thread, over the default handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one-line messages and exit codes (``--traceback`` shows more)."""
 
     @wraps(func)
     def wrapper(*args: Any, traceback_: bool = False, **kwargs: Any) -> Any:
         printer = _WarningPrinter(*([SITES_UNSEEN_PLACE] if func.__name__ == "sites" else []))
+        received: list[int] = []
         try:
-            with warnings.catch_warnings():
+            with _terminate_as_interrupt(received), catch_warnings():
                 warnings.simplefilter("always")
                 warnings.showwarning = printer
                 try:
@@ -209,9 +237,10 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             if traceback_:
                 traceback.print_exc()
             _fail(str(exc), EXIT_BAD_INPUT)
-        except KeyboardInterrupt:  # Ctrl-C: 130 (128 + SIGINT), as shells report it, not 1 (bad inputs)
-            click.echo(f"\ninterrupted{_resume_hint(func.__name__, kwargs)}", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt:  # Ctrl-C: 130 (128 + SIGINT), as shells report it, not 1 (bad inputs); SIGTERM: 143
+            what = "terminated (SIGTERM)" if received else "interrupted"
+            click.echo(f"\n{what}{_resume_hint(func.__name__, kwargs)}", err=True)
+            sys.exit(EXIT_TERMINATED if received else EXIT_INTERRUPTED)
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except BrokenPipeError:  # the reader of stdout left (| head): stop quietly, as a process ended by SIGPIPE
@@ -319,8 +348,8 @@ def main() -> None:
 
 
 def _on_terminal() -> bool:
-    """Progress bars for a person watching: only when stderr is a terminal (not in a log or a pipe)."""
-    return sys.stderr.isatty()
+    """Progress bars for a person watching: only when stderr is a terminal (not in a log or a pipe, nor closed)."""
+    return is_terminal(sys.stderr)
 
 
 def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
@@ -328,8 +357,10 @@ def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
     ``stdin`` (``stdin@k`` for each of several structures, as in a file)."""
     if "-" not in inputs:
         return tuple(inputs)
+    if sys.stdin is None:  # started with stdin closed (round 29a: an internal error)
+        raise click.UsageError("'-' reads a structure piped to stdin, and stdin is closed")
     stdin = click.get_text_stream("stdin")
-    if stdin.isatty():
+    if is_terminal(stdin):
         raise click.UsageError("'-' reads a structure (CIF, POSCAR, extxyz or pymatgen JSON text) piped to stdin, e.g. "
                                "`cat x.cif | cgcnn-ase predict -`; nothing is piped in")  # fmt: skip
     if inputs.count("-") > 1:
@@ -480,8 +511,10 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     n_workers = _workers(workers)
     if output == "-":  # the Unix convention: standard output
         output = None
+    if output is None and sys.stdout is None:  # started with stdout closed (round 29a: an internal error)
+        raise click.UsageError("standard output is closed: give -o FILE for the results")
     if fmt is None and output is None:
-        fmt = "table" if sys.stdout.isatty() else "csv"  # a person reads a table; a pipe gets csv
+        fmt = "table" if is_terminal(sys.stdout) else "csv"  # a person reads a table; a pipe gets csv
     if fmt is None and output is not None and output.lower().endswith(".json"):
         fmt = "json"
     if fmt is None:
@@ -685,7 +718,7 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
     if fmt == "table":
         import shutil
 
-        width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
+        width = shutil.get_terminal_size((100, 24)).columns if is_terminal(sys.stdout) else 100
         text = compact_table(frame, columns, width=width, shorten_ids=not output, metal_threshold=metal_threshold,
                              coverage_of_std=std_coverage(predictors))  # fmt: skip
         Path(output).write_text(text) if output else click.echo(text, nl=False)
@@ -1040,7 +1073,7 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
         if dataset is None or not re.search(r"\bno (id |target |structure )?column\b|neither a column", str(exc)):
             raise
         raise DatasetError(f"{exc} (another file's columns: --target, --id-column, --column)") from None
-    if (fmt or ("table" if sys.stdout.isatty() else "json")) == "table":
+    if (fmt or ("table" if is_terminal(sys.stdout) else "json")) == "table":
         click.echo("\n".join(_evaluation_summary(report)))
     else:
         keys = ("model", "split", "n", "n_failed", "property", "units", "metrics", "uncertainty", "note")  # some: not always
@@ -1123,7 +1156,7 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
         raise click.UsageError(f"{tables[0]}: a table; sites reads structure files (CIF, POSCAR, extxyz, ...). For the "
                                "structures of a table use the Python API (site_contributions or write_site_report on "
                                "its column of structures; docs/site_energies.md)")  # fmt: skip
-    with warnings.catch_warnings():  # each failure gets its own error line below
+    with catch_warnings():  # each failure gets its own error line below
         warnings.filterwarnings("ignore", message=r"\d+ structure\(s\) skipped")
         paths = write_site_report(predictor, files, out_dir, batch_size=batch_size,
                                   allow_mean_pooled=allow_mean_pooled, errors="skip")  # fmt: skip

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-__all__ = ["progress_bar"]
+__all__ = ["is_terminal", "progress_bar", "shown_by_default"]
 
 
 class _NoBar:
@@ -39,10 +39,25 @@ class _NoBar:
         return None
 
 
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is an open terminal: ``False`` for ``None`` (round 29a: a process started with the stream
+    closed, a daemon or ``pythonw``, has ``sys.stderr = None``, and ``isatty`` ended whole runs) and closed files."""
+    try:
+        return stream is not None and bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def shown_by_default() -> bool:
+    """Whether a bar left to the default is shown: stderr is a terminal, or a Jupyter kernel's output stream (round
+    29d: ipykernel's stream says it is no terminal, yet a notebook shows what is written to it)."""
+    return is_terminal(sys.stderr) or type(sys.stderr).__module__.split(".")[0] == "ipykernel"
+
+
 def progress_bar(iterable: Iterable[Any] | None = None, *, show: bool | None, **options: Any) -> Any:
     """A ``tqdm.auto`` bar over ``iterable`` (or to ``update`` by hand) when ``show`` is true, or is ``None`` and
-    stderr is a terminal (tqdm's own ``disable=None`` rule); otherwise a stand-in with the same methods."""
-    if not (show if show is not None else sys.stderr.isatty()):
+    :func:`shown_by_default` (a terminal or a notebook); otherwise a stand-in with the same methods."""
+    if not (show if show is not None else shown_by_default()):
         return _NoBar(iterable)
     from tqdm.auto import tqdm
 

@@ -22,6 +22,7 @@ PACKAGE = REPO / "cgcnn_ase"
 RANKS = {
     "errors": 0,
     "progress": 0,
+    "warning_blocks": 0,
     "io": 1,
     "data": 2,
     "graph": 2,

@@ -131,3 +131,105 @@ def test_models_doc_training_column_is_an_upper_bound():
         row = next(line for line in text.splitlines() if line.startswith(f"| `{alias}` |"))
         bound = int(re.search(r"<= (\d+) min each", row).group(1))
         assert max(m["wall_time_s"] for m in members) / 60 <= bound, row
+
+
+# -- 29a: an HPC and web-service integrator ---------------------------------------------------------------------
+
+
+def test_library_code_enters_warning_blocks_through_the_thread_safe_one():
+    """``warnings.catch_warnings`` saves and restores the process-wide filters: used directly, overlapping blocks of
+    two threads leave one's temporary filter behind (see the next test)."""
+    offenders = [str(path.relative_to(REPO)) for path in (REPO / "cgcnn_ase").rglob("*.py")
+                 if path.name != "warning_blocks.py" and "warnings.catch_warnings(" in path.read_text()]  # fmt: skip
+    assert not offenders
+
+
+def test_threads_sharing_a_predictor_leave_the_warning_filters_alone():
+    """One predictor shared by a thread pool (POSCAR files, read through ASE in an "ignore" block) left an "ignore"
+    filter for every warning in the process; calculators in threads lost a GeometryWarning that the user's filter
+    turns into an error (another thread's block recorded it)."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cgcnn_ase import CGCNNCalculator
+    from cgcnn_ase.errors import GeometryWarning
+
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    poscar = str(REPO / "examples" / "NaCl.POSCAR")
+    reference = predictor.predict(poscar).values[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeometryWarning)
+        before = list(warnings.filters)
+        with ThreadPoolExecutor(6) as pool:
+            values = list(pool.map(lambda _: predictor.predict(poscar).values[0], range(150)))
+        assert values == [reference] * 150
+        assert warnings.filters == before
+
+        def energy(k: int) -> str:
+            atoms = bulk("NaCl", "rocksalt", a=11.28 if k % 3 == 0 else 5.64)  # every third: stretched bonds
+            atoms.calc = CGCNNCalculator(predictor)
+            try:
+                atoms.get_potential_energy()
+            except GeometryWarning:
+                return "raised"
+            return "ok" if k % 3 else "not raised"
+
+        with ThreadPoolExecutor(6) as pool:
+            outcomes = list(pool.map(energy, range(60)))
+        assert outcomes == ["raised" if k % 3 == 0 else "ok" for k in range(60)]
+        assert warnings.filters == before
+
+
+def test_closed_standard_streams_are_no_internal_error(monkeypatch, tmp_path):
+    """A process started with stdout, stderr or stdin closed (a daemon, cron, pythonw) has ``sys.stdout = None``:
+    ``isatty`` ended predict(...) of 100 structures, and the CLI exited 4 ("internal error") even with -o."""
+    import sys
+
+    import click
+
+    from cgcnn_ase.cli import main
+    from cgcnn_ase.progress import is_terminal, progress_bar, shown_by_default
+
+    class Closed:
+        def isatty(self):
+            raise ValueError("I/O operation on closed file")
+
+    assert not is_terminal(None) and not is_terminal(Closed())
+    monkeypatch.setattr(sys, "stderr", None)
+    assert not shown_by_default() and type(progress_bar([1], show=None)).__name__ == "_NoBar"
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    assert len(predictor.predict([bulk("Cu")] * 100).values) == 100
+    notebook = type("OutStream", (), {"__module__": "ipykernel.iostream", "isatty": lambda self: False})
+    monkeypatch.setattr(sys, "stderr", notebook())  # a Jupyter kernel's stream: shown there (round 29d)
+    assert shown_by_default()
+    monkeypatch.undo()
+    poscar = str(REPO / "examples" / "NaCl.POSCAR")
+    for stream, words, message in (("stdout", [poscar], "standard output is closed: give -o FILE"),
+                                   ("stdin", ["-"], "stdin is closed")):  # fmt: skip
+        with monkeypatch.context() as patched:
+            patched.setattr(sys, stream, None)
+            with pytest.raises(click.UsageError, match=message):  # exit 2, as click's usage errors
+                main.main(["predict", *words, "-m", "formation_energy", "--members", "1"], standalone_mode=False)
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does_and_pool_workers_stay_quiet():
+    """SIGTERM to `cgcnn-ase predict --workers 2` (a batch job's time limit) left its workers running, printing
+    BrokenPipeError tracebacks; Ctrl-C printed each worker's KeyboardInterrupt traceback. The CLI now stops as for
+    Ctrl-C (exit 143, the resume hint), and pool workers ignore SIGINT and end quietly on SIGTERM."""
+    import multiprocessing
+    import signal
+
+    from cgcnn_ase.cli import _guarded
+    from cgcnn_ase.data.datasets import quiet_worker, worker_start_method
+
+    def predict(**_):  # a command that receives SIGTERM while it runs
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    with pytest.raises(SystemExit) as stopped:
+        _guarded(predict)()
+    assert stopped.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
+    with multiprocessing.get_context(worker_start_method()).Pool(1, initializer=quiet_worker) as pool:
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+        assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL

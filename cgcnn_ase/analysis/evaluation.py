@@ -26,6 +26,7 @@ from cgcnn_ase.analysis.plots import parity_plot, roc_plot, uncertainty_plots
 from cgcnn_ase.data.datasets import class_labels_problem, label_shift_problem
 from cgcnn_ase.errors import CGCNNError, DatasetError, EnsembleError
 from cgcnn_ase.models.cards import json_safe
+from cgcnn_ase.warning_blocks import catch_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -149,11 +150,11 @@ def load_split_records(
     """
     import warnings
 
-    from cgcnn_ase.io.records import StructureRecord
     from cgcnn_ase.data.datasets import finalize_targets, load_table, parse_structures
     from cgcnn_ase.data.splits import Split
     from cgcnn_ase.errors import DatasetError
     from cgcnn_ase.io.reader import cif_reader_for_policy
+    from cgcnn_ase.io.records import StructureRecord
     from cgcnn_ase.models.folder import read_model_json
 
     folder = _model_folder(model)
@@ -256,7 +257,7 @@ def _own_training_digests(folder: Path, parts: dict[str, set[str]]) -> dict[str,
     from cgcnn_ase.data.datasets import load_table, structure_digest
 
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")  # its warnings were given when it trained
             own = load_table(_dataset_spec(folder, None, None))
     except (CGCNNError, OSError, ValueError):
@@ -275,7 +276,7 @@ def predict_quietly(predictor: Any, records: list[Any], *, batch_size: int, prog
 
     from cgcnn_ase.errors import UnseenElementWarning
 
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", UnseenElementWarning)
         return predictor.predict(
             records, batch_size=batch_size, errors="collect", on_sparse="ignore", progress=progress, **kwargs

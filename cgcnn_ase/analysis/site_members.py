@@ -29,6 +29,7 @@ import numpy as np
 from cgcnn_ase.analysis.sites import aggregate_by_element, site_contributions, skipped_message, sorted_by_element
 from cgcnn_ase.errors import SiteAnalysisError, SparseGraphWarning, UnseenElementWarning
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor
+from cgcnn_ase.warning_blocks import catch_warnings
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -137,7 +138,7 @@ def member_site_contributions(
             raise item
         else:
             failed[label] = str(item)
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.filterwarnings("ignore", message=r"\d+ structure\(s\) skipped")
         first = site_contributions(predictors[0], good, batch_size=batch_size, on_sparse=on_sparse,
                                    progress=progress, **kwargs)  # fmt: skip
@@ -149,7 +150,7 @@ def member_site_contributions(
     for k, predictor in enumerate(predictors[1:], start=1):
         block = first.assign(member=k)
         if kept:
-            with warnings.catch_warnings():  # member 0 has told of unseen elements and sparse graphs
+            with catch_warnings():  # member 0 has told of unseen elements and sparse graphs
                 warnings.simplefilter("ignore", UnseenElementWarning)
                 warnings.simplefilter("ignore", SparseGraphWarning)
                 result = predictor.predict([good[label] for label in kept], batch_size=batch_size, per_atom=True,

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cgcnn_ase.warning_blocks import catch_warnings
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -120,7 +122,7 @@ def radius_table(elements: Iterable[str], kind: str = "average_ionic_radius") ->
     if kind not in RADIUS_KINDS:
         raise ValueError(f"kind must be one of {RADIUS_KINDS}, got {kind!r}")
     values = {}
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore")
         for el in elements:
             radius = getattr(Element(el), kind)

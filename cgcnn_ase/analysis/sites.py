@@ -38,6 +38,7 @@ from cgcnn_ase.errors import InvalidStructureError, SiteAnalysisError
 from cgcnn_ase.inference.predictor import as_predictor
 from cgcnn_ase.io.reader import iter_records
 from cgcnn_ase.io.records import StructureRecord
+from cgcnn_ase.warning_blocks import catch_warnings
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -84,7 +85,7 @@ def wyckoff_labels(record: StructureRecord, *, symprec: float = 0.01) -> list[st
     # environment variable SPGLIB_WARNING=OFF silences it. A library must not change the process
     # environment, so that is left to the application (the cgcnn-ase command sets it).
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")
             data = spglib.get_symmetry_dataset(cell, symprec=symprec)
     except Exception as exc:  # noqa: BLE001 - spglib raises its own error types on failure in newer versions
@@ -123,7 +124,7 @@ def _anion_sites(numbers: np.ndarray, k: int) -> np.ndarray | None:
     from pymatgen.core import Element
 
     elements, counts = np.unique(numbers, return_counts=True)
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore")  # pymatgen warns for elements without a Pauling value (He, Ne, Ar)
         negativity = np.array([Element.from_Z(int(z)).X for z in elements], dtype=float)
     negativity = np.nan_to_num(negativity, nan=0.0)  # noble gases: no Pauling value, never an anion here

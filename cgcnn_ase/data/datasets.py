@@ -55,6 +55,7 @@ from cgcnn_ase.data.table_formats import also_missing, read_layout
 from cgcnn_ase.errors import CGCNNError, ConfigError, DatasetError, GeometryWarning
 from cgcnn_ase.io.reader import CifReader, input_kind, read_record
 from cgcnn_ase.io.records import StructureRecord
+from cgcnn_ase.warning_blocks import catch_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -562,12 +563,22 @@ def _work(task: tuple[str, Any, str, Callable[[StructureRecord], Any] | None, Ci
     """Pool worker: parse (and post-process) one structure; errors come back as messages."""
     kind, source, label, post, cif_reader = task
     try:
-        with warnings.catch_warnings():  # as the graph cache: a dataset's geometry is its own (16 MP monolayers)
+        with catch_warnings():  # as the graph cache: a dataset's geometry is its own (16 MP monolayers)
             warnings.simplefilter("ignore", GeometryWarning)
             record = parse_one(kind, source, label, cif_reader=cif_reader)
         return True, post(record) if post is not None else record
     except CGCNNError as exc:
         return False, str(exc)
+
+
+def quiet_worker() -> None:
+    """Pool initializer: the worker ignores Ctrl-C (SIGINT), which a terminal sends to every process of the job, and
+    ends quietly on SIGTERM (a parent's handler, inherited through ``fork``, would not); the parent stops the pool
+    and reports the interruption once (round 29a: each worker printed a traceback)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # this is the worker's own process, started for this pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def worker_start_method() -> str:
@@ -630,7 +641,7 @@ def parse_structures(
             import gemmi  # noqa: F401
         context = multiprocessing.get_context(worker_start_method())
         chunk = max(1, min(64, len(tasks) // (workers * 8)))
-        with context.Pool(workers) as pool:
+        with context.Pool(workers, initializer=quiet_worker) as pool:
             results = list(progress_bar(pool.imap(_work, tasks, chunksize=chunk), **bar))
     return [value if ok else str(value) for ok, value in results]
 

@@ -20,6 +20,7 @@ from cgcnn_ase.errors import CGCNNError, DatasetError, StructureReadError
 from cgcnn_ase.io.formats import open_text, read_db_rows, read_frames
 from cgcnn_ase.io.inputs import csv_source, file_magic, separator, undecodable_text
 from cgcnn_ase.io.reader import beside_table, to_record
+from cgcnn_ase.warning_blocks import catch_warnings
 
 if TYPE_CHECKING:
     from cgcnn_ase.data.datasets import DatasetSpec
@@ -143,7 +144,7 @@ def _read_ase(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
         raise DatasetError(f"{path}: no such file")
     rows: list[dict[str, Any]] = []
     records: list[Any] = []
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore")
         try:  # the one reader's rows and frames, with key-value pairs, info and calculator results
             is_db = path.name.lower().endswith(".db")

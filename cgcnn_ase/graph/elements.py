@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from cgcnn_ase.graph.element_table import MAX_KNOWN_Z, ElementTable
+from cgcnn_ase.warning_blocks import catch_warnings
 
 __all__ = [
     "CGCNN92_BLOCKS",
@@ -278,7 +279,7 @@ def element_properties(z: int) -> ElementProperties:
     from pymatgen.core.periodic_table import Element
 
     el = Element.from_Z(int(z))
-    with warnings.catch_warnings():  # pymatgen warns for every missing value
+    with catch_warnings():  # pymatgen warns for every missing value
         warnings.simplefilter("ignore")
         group = int(el.group)
         # Older pymatgen releases used rows 8/9 for the f-block; the period is 6/7.

@@ -33,12 +33,13 @@ from itertools import chain, islice
 from typing import Any
 
 from cgcnn_ase.errors import InvalidStructureError, UnsupportedElementError
+from cgcnn_ase.graph.batched import GraphSummary, graph_batch
 from cgcnn_ase.graph.config import GraphConfig, SparsePolicy
 from cgcnn_ase.graph.element_table import ElementTable
-from cgcnn_ase.graph.batched import GraphSummary, graph_batch
 from cgcnn_ase.graph.neighbours import CrystalGraph, build_graph
 from cgcnn_ase.io.reader import CifReader, as_input_sequence, cif_reader_for_policy, read_input
 from cgcnn_ase.io.records import StructureRecord
+from cgcnn_ase.warning_blocks import catch_warnings
 
 #: Inputs per task sent to a worker (amortises inter-process messages).
 CHUNK = 16
@@ -135,7 +136,7 @@ def _work(task: tuple[list[tuple[int, Any]], dict[str, Any]]) -> tuple[list[Row]
     """Worker: the rows of one chunk of inputs (:func:`_rows_of`; in a :class:`NetworkPool`, with the
     worker's own models unless the options name them), and the warnings raised meanwhile."""
     chunk, options = task
-    with warnings.catch_warnings(record=True) as caught:
+    with catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rows = [row for index, obj in chunk for row in _worker_rows(index, obj, options)]
     return rows, [(str(w.message), w.category) for w in caught]
@@ -145,11 +146,11 @@ def _in_pool(inputs: Iterable[tuple[int, Any]], options: dict[str, Any], workers
     """Ordered, bounded map of :func:`_work` over chunks of ``inputs`` in a process pool."""
     import multiprocessing
 
-    from cgcnn_ase.data.datasets import worker_start_method
+    from cgcnn_ase.data.datasets import quiet_worker, worker_start_method
 
     chunks = iter(lambda: list(islice(inputs, CHUNK)), [])
     context = multiprocessing.get_context(worker_start_method())
-    with context.Pool(workers) as pool:
+    with context.Pool(workers, initializer=quiet_worker) as pool:
         pending: deque[Any] = deque(pool.apply_async(_work, ((c, options),)) for c in islice(chunks, workers * 4))
         while pending:
             yield from _next_rows(pool, pending, chunks, options)
@@ -184,12 +185,15 @@ _WORKER_PREDICTORS: list[Any] = []
 def _init_network_worker(models: Sequence[Any], options: Sequence[dict[str, Any]]) -> None:
     """Pool initializer: one torch thread (torch's thread pool does not survive ``fork``; several
     workers share the cores anyway) and this process's own predictor on the CPU for each model,
-    with the caller's network ``options`` (``fast_network``, ``compile``, ``stack_members``)."""
+    with the caller's network ``options`` (``fast_network``, ``compile``, ``stack_members``); Ctrl-C is left to the
+    parent (:func:`~cgcnn_ase.data.datasets.quiet_worker`)."""
     import torch
 
+    from cgcnn_ase.data.datasets import quiet_worker
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     torch.set_num_threads(1)  # this is the worker's own process, started for this pool
+    quiet_worker()
     _WORKER_PREDICTORS.clear()
     for model, settings in zip(models, options):
         predictor = CGCNNPredictor(model, device="cpu")
@@ -423,7 +427,7 @@ def _batch(
     ``(rows, None, warnings)`` with the graphs themselves when some input held another number of
     structures than one."""
     chunk, options, per_atom, features = task
-    with warnings.catch_warnings(record=True) as caught:
+    with catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rows = [row for index, obj in chunk for row in _worker_rows(index, obj, options)]
         outputs = None

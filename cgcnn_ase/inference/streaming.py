@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -82,6 +81,7 @@ from cgcnn_ase.inference.writers import (
 )
 from cgcnn_ase.io.inputs import DeferredItem, FinishedIds, Item, SeenIds, count_inputs, iter_inputs
 from cgcnn_ase.io.reader import CifReader, cif_reader_for_policy
+from cgcnn_ase.warning_blocks import catch_warnings
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -295,7 +295,7 @@ def predicted_rows(
     from cgcnn_ase.inference.predictor import predict_many
 
     inputs = [item for _, item in items if not isinstance(item, CGCNNError)]
-    with warnings.catch_warnings():  # a run warns of repeated ids once, across its chunks (SeenIds)
+    with catch_warnings():  # a run warns of repeated ids once, across its chunks (SeenIds)
         warnings.filterwarnings("ignore", category=DuplicateIdsWarning)
         results = (
             predict_many(predictors, inputs, batch_size=batch_size, errors="collect", on_sparse=on_sparse,
@@ -549,7 +549,7 @@ def write_chunks(
     and a threshold: they are recorded next to the output (:func:`run_record_path`), and a resume
     whose settings differ from the recorded ones is refused (rows made two ways would be mixed).
     """
-    from cgcnn_ase.progress import progress_bar
+    from cgcnn_ase.progress import progress_bar, shown_by_default
 
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -575,13 +575,13 @@ def write_chunks(
             exclude=() if stream_output else [output, *([record] if record else [])],  # never this run's own files
             defer_files=defer_files,
         )  # fmt: skip
-        shown = progress if progress is not None else sys.stderr.isatty()
+        shown = progress if progress is not None else shown_by_default()
         total = count_inputs(inputs, exclude=() if stream_output else [output]) if shown else None
         try:
             with progress_bar(show=shown, total=total, unit=" structures", leave=False, dynamic_ncols=True) as bar:
                 seen, repeats_warned, done, far = SeenIds(), False, 0, _FarTally()
                 while chunk := list(islice(items, chunk_size)):
-                    with warnings.catch_warnings(record=True) as caught:
+                    with catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
                         result = rows(chunk, finished)
                     far.pass_on(caught)

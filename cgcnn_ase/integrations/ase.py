@@ -66,6 +66,7 @@ from cgcnn_ase.inference.properties import (
     with_metal_classifier,
 )
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
+from cgcnn_ase.warning_blocks import catch_warnings
 
 #: Standard ASE property names this calculator can fill (everything else is custom).
 STANDARD_PROPERTIES = ("energy", "free_energy", "energies", "fermi_level")
@@ -324,7 +325,7 @@ class CGCNNCalculator(Calculator):
             prop = prefix + spec.property
             per_atom = predictor is self._energy_model
             coverage = self.coverage if predictor.has_intervals else None
-            with warnings.catch_warnings(record=True) as caught:
+            with catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 out = predictor.predict([(label, self.atoms)], per_atom=per_atom, on_sparse=self.on_sparse, coverage=coverage)
             new = [w for w in caught if _warning_key(w) not in self._warned]

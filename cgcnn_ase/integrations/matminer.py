@@ -32,6 +32,7 @@ from cgcnn_ase.inference.properties import (
 from cgcnn_ase.inference.results import reissue_warnings, unseen_cell, unseen_labels
 from cgcnn_ase.models.folder import check_coverage
 from cgcnn_ase.nn.threads import torch_threads
+from cgcnn_ase.warning_blocks import catch_warnings
 
 try:
     from matminer.featurizers.base import BaseFeaturizer
@@ -332,7 +333,7 @@ class CGCNNFeaturizer(BaseFeaturizer):
         n = len(structures)
         columns: list[np.ndarray] = []
         errors: list[str | None] = [None] * n
-        with _fork_safe_threads(self._owner_pid), warnings.catch_warnings(record=True) as caught:
+        with _fork_safe_threads(self._owner_pid), catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             results = predict_many(  # each structure read once, its graph built once for every model
                 self.predictors,

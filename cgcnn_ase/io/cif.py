@@ -43,6 +43,7 @@ from cgcnn_ase.io.cif_checks import (
     warn_symmetry_conflict,
 )
 from cgcnn_ase.io.records import StructureRecord, from_pymatgen, validate_record
+from cgcnn_ase.warning_blocks import catch_warnings
 
 CifReader = Literal["gemmi", "pymatgen"]
 
@@ -422,7 +423,7 @@ def _element_z_x(symbol: str) -> tuple[int, float]:
     """Atomic number and pymatgen's Pauling electronegativity (NaN where it has none) of a symbol."""
     from pymatgen.core import Element
 
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore")  # pymatgen warns for elements without an electronegativity
         element = Element(symbol)
         return element.Z, float(element.X)
@@ -443,7 +444,7 @@ def _cif_pymatgen(source: Path | str, label: str, *, text: bool) -> list[Any]:
         "_space_group_symop.id", "_space_group_symop_id"
     )
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")
             parser = CifParser.from_str(source, occupancy_tolerance=1.0)
             structures = parser.parse_structures(primitive=False, on_error="raise")

@@ -34,6 +34,7 @@ import numpy as np
 from cgcnn_ase.errors import InvalidStructureError, StructureReadError, user_stacklevel
 from cgcnn_ase.io.cif import numbered_labels
 from cgcnn_ase.io.records import StructureRecord, from_ase, from_pymatgen, validate_record
+from cgcnn_ase.warning_blocks import catch_warnings
 
 __all__ = [
     "FRAME_SUFFIXES",
@@ -235,7 +236,7 @@ def read_db_rows(path: str | os.PathLike, label: str) -> list[Any]:
         StructureReadError: not a readable ASE database, or one without rows (messages start with ``label``).
     """
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")
             rows = list(connect_db(path, label).select())
     except StructureReadError:
@@ -314,7 +315,7 @@ def ase_frames(path: Path, label: str) -> list[Any]:
     if problem:
         raise StructureReadError(f"{label}: {problem}")
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")
             frames = ase.io.read(path, index=":", do_not_split_by_at_sign=True)  # "Si@300K.xyz" is a name
     except UnknownFileTypeError:  # a name ASE cannot place ("Si", "relaxed.out"): POSCAR or extxyz by content
@@ -342,7 +343,7 @@ def ase_read_error(label: str, exc: BaseException) -> StructureReadError:
 
 def _next_frame(frames: Iterator[Any]) -> Any:
     """The next ASE frame or ``None`` at the end (reader warnings silenced for this call only)."""
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore")
         return next(frames, None)
 
@@ -524,7 +525,7 @@ def text_frames(text: str, label: str) -> list[Any]:
         if problem:
             raise StructureReadError(f"{label}: {problem}")
         try:
-            with warnings.catch_warnings():
+            with catch_warnings():
                 warnings.simplefilter("ignore")
                 frames = ase.io.read(io.StringIO(text.rstrip() + "\n"), format=fmt, index=":")  # line 1 may be blank
         except Exception as exc:  # noqa: BLE001 - not this format, or a POSCAR naming no element
@@ -779,7 +780,7 @@ def _pymatgen_dict_record(data: Mapping, label: str) -> StructureRecord:
     from pymatgen.core import Structure
 
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")
             structure = Structure.from_dict(dict(data))
     except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad dicts

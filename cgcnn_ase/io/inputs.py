@@ -75,6 +75,7 @@ from cgcnn_ase.io.reader import (
     relabelled,
 )
 from cgcnn_ase.io.records import StructureRecord
+from cgcnn_ase.warning_blocks import catch_warnings
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -595,7 +596,7 @@ def _iter_db(path: str, finished: FinishedIds | None, id_key: str | None = None)
     try:
         connection = connect_db(path, path)
         rows = connection.select()
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")
             row = next(rows, None)
     except StructureReadError as exc:

@@ -89,6 +89,7 @@ from cgcnn_ase.io.formats import (
     zip_member,
 )
 from cgcnn_ase.io.records import StructureRecord, from_ase, from_pymatgen
+from cgcnn_ase.warning_blocks import catch_warnings
 
 __all__ = [
     "CifReader",
@@ -713,7 +714,7 @@ def _pymatgen_file(path: Path) -> Any:
         return None
 
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")
             return Structure.from_file(str(path))
     except Exception:  # noqa: BLE001 - pymatgen raises many types for files it does not read

@@ -28,14 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cgcnn_ase.data.datasets import DatasetTable, parse_structures
 from cgcnn_ase.graph import neighbours as graph_module
 from cgcnn_ase.graph.batch import GraphBatch, gaussian_expand, merge_identical_edges
 from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.graph.neighbours import CrystalGraph
-from cgcnn_ase.io.records import StructureRecord
-from cgcnn_ase.data.datasets import DatasetTable, parse_structures
 from cgcnn_ase.io.reader import cif_reader_for_policy
+from cgcnn_ase.io.records import StructureRecord
+from cgcnn_ase.warning_blocks import catch_warnings
 
 __all__ = [
     "GRAPH_CACHE_FORMAT",
@@ -369,7 +370,7 @@ def _batched_graphs(
     for start in range(0, len(usable), GRAPH_BUILD_BATCH):
         chunk = usable[start : start + GRAPH_BUILD_BATCH]
         records = [parsed[k] for k in chunk]
-        with warnings.catch_warnings():  # as the per-structure path: warnings off, sparsity recorded
+        with catch_warnings():  # as the per-structure path: warnings off, sparsity recorded
             warnings.simplefilter("ignore", GeometryWarning)
             flat, edges, errors = batch_edges(records, config, device=device)
         offsets = flat.offsets.cpu().numpy()

@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cgcnn_ase.errors import ConfigError, DatasetError
-from cgcnn_ase.graph.element_table import ElementTable, load_atom_init
-from cgcnn_ase.graph.elements import generate_cgcnn_table
-from cgcnn_ase.train.cache import GraphStore, build_graph_store
-from cgcnn_ase.train.config import TrainConfig
 from cgcnn_ase.data.datasets import (
     DatasetTable,
     class_labels_problem,
@@ -27,6 +21,12 @@ from cgcnn_ase.data.datasets import (
     warn_dropped_structures,
 )
 from cgcnn_ase.data.splits import SPLIT_NAMES, Split, make_split
+from cgcnn_ase.errors import ConfigError, DatasetError
+from cgcnn_ase.graph.element_table import ElementTable, load_atom_init
+from cgcnn_ase.graph.elements import generate_cgcnn_table
+from cgcnn_ase.train.cache import GraphStore, build_graph_store
+from cgcnn_ase.train.config import TrainConfig
+from cgcnn_ase.warning_blocks import catch_warnings
 
 __all__ = ["PreparedData", "load_elements", "prepare_data", "resolve_split", "split_positions", "target_normalizer"]
 
@@ -182,7 +182,7 @@ def copies_of_crystals(data: PreparedData) -> list[list[str]]:
     def structure(k: int) -> object:
         row_id = data.ids[k]
         try:
-            with warnings.catch_warnings():
+            with catch_warnings():
                 warnings.simplefilter("ignore")  # read before, when the graphs were built
                 record = parse_one(data.table.kind, data.table.sources[row[row_id]], row_id)
             return record.to_pymatgen()

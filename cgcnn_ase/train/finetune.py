@@ -49,6 +49,7 @@ from cgcnn_ase.models.registry import load_model, model_folder, shipped_by_name
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 from cgcnn_ase.train.config import TrainConfig
 from cgcnn_ase.train.data import load_elements
+from cgcnn_ase.warning_blocks import catch_warnings
 
 __all__ = [
     "ARCHITECTURE_KEYS",
@@ -170,7 +171,7 @@ def load_base(config: TrainConfig) -> FineTuneBase:
                 "the atom_init.json it was trained with ('generated' uses this project's table, which changes it)"
             )
         atom_init = config.elements
-    with warnings.catch_warnings():  # members 0..K are loaded for member K's network, not for a std
+    with catch_warnings():  # members 0..K are loaded for member K's network, not for a std
         warnings.filterwarnings("ignore", message=r".*: members=\d+ of \d+: the std is", category=UserWarning)
         loaded = load_model(path, device="cpu", members=member + 1, atom_init=atom_init)
     if loaded.is_ensemble:
@@ -393,7 +394,7 @@ def base_overlap(base: FineTuneBase, table: Any, split: Any) -> dict[str, Any]:
     spec, base_rows = _base_dataset(base), None
     if spec is not None:
         try:
-            with warnings.catch_warnings():
+            with catch_warnings():
                 warnings.simplefilter("ignore")  # the base run's dataset warnings were given when it trained
                 base_table = load_table(spec)
         except (CGCNNError, OSError, ValueError):
