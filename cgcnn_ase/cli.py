@@ -998,8 +998,12 @@ def _evaluation_summary(report: dict[str, Any]) -> list[str]:
     """The lines of an evaluation a person reads: counts, the metrics and, for an ensemble, how its members
     compare and whether its std is calibrated (the whole report is in metrics.json)."""
 
+    from cgcnn_ase.models.cards import significant
+
     def g(x: Any) -> str:
-        return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.4g}"
+        if x is None or (isinstance(x, (float, np.floating)) and not np.isfinite(x)):
+            return "n/a"
+        return significant(float(x)) if isinstance(x, (float, np.floating)) else f"{x:.4g}"  # trailing zeros kept
 
     units = report.get("units") or ""
     lines = [f"{Path(report['model']).name}, {report['split']} split: {report['n']} crystals"
@@ -1025,8 +1029,10 @@ def _evaluation_summary(report: dict[str, Any]) -> list[str]:
                          f"({block['expected_within_1std']:.1%} expected), {block['within_2std']:.1%} within 2 "
                          f"({block['expected_within_2std']:.1%}); Spearman(|error|, {label}) {g(block['spearman_abs_error_std'])}")  # fmt: skip
     metrics_file = (report.get("files") or {}).get("metrics")
-    if metrics_file:
-        lines.append(f"the whole report (calibration curves, error by domain percentile): {metrics_file}")
+    if metrics_file:  # what it holds beyond these lines (round 29d: a single network's has no calibration curves)
+        more = [what for key, what in (("calibration_curve", "calibration curves"), ("domain", "error by domain percentile"))
+                if uncertainty.get(key)]  # fmt: skip
+        lines.append(f"the whole report{' (' + ', '.join(more) + ')' if more else ''}: {metrics_file}")
     return lines
 
 

@@ -233,3 +233,44 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_and_pool_workers_stay_quiet():
     with multiprocessing.get_context(worker_start_method()).Pool(1, initializer=quiet_worker) as pool:
         assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
         assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+
+
+# -- 29d: figures -----------------------------------------------------------------------------------------------
+
+
+def test_site_maps_use_a_linear_colour_scale_symmetric_about_zero():
+    """Values -0.01..0.43 eV: a two-slope scale gave -0.01 (zero within its seed spread) the deepest blue and
+    crowded every colour-bar tick into the red half. The scale is now linear and symmetric about 0."""
+    import matplotlib
+
+    from cgcnn_ase.analysis.site_maps import colour_range
+
+    assert colour_range(np.array([-0.0091, 0.04, 0.43])) == (-0.43, 0.43)
+    assert colour_range(np.array([-2.0, 0.5])) == (-2.0, 2.0)
+    assert colour_range(np.array([0.1, 0.5])) == (0.1, 0.5)  # one sign: the data's own range
+    assert colour_range(np.array([0.3]), vmin=None, vmax=None) == (-0.2, 0.8)  # one value: widened to a range
+    lo, hi = colour_range(np.array([-0.0091, 0.43]))
+    r, g, b, _ = matplotlib.colormaps["coolwarm"]((-0.0091 - lo) / (hi - lo))
+    assert min(r, g, b) > 0.8  # near the map's pale centre, not its deepest blue
+
+
+def test_results_name_their_interval_and_summaries_promise_only_what_metrics_json_holds():
+    """The repr listed "lower" without "upper" or the coverage, and the frame lost the coverage; the evaluate summary
+    promised calibration curves and error by domain percentile in metrics.json for a single network, whose report
+    has neither; an MAE of 0.10005 read "0.1"."""
+    from cgcnn_ase.cli import _evaluation_summary
+    from cgcnn_ase.models.cards import fmt
+
+    predictor = CGCNNPredictor.from_pretrained("bulk_modulus")
+    result = predictor.predict(bulk("Cu"), coverage=0.9)
+    assert "lower/upper (90% interval)" in repr(result)
+    assert result.to_dataframe().attrs["coverage"] == 0.9
+    assert "coverage" not in predictor.predict(bulk("Cu")).to_dataframe().attrs
+    report = {"model": "tiny", "split": "test", "n": 3, "n_failed": 0, "property": "formation_energy",
+              "units": "eV/atom", "task": "regression", "metrics": {"mae": 0.10005, "rmse": 0.1289, "r2": 0.5, "n": 3},
+              "files": {"metrics": "out/metrics.json"}}  # fmt: skip
+    lines = _evaluation_summary(report)
+    assert lines[-1] == "the whole report: out/metrics.json" and any("0.1001" in line for line in lines), lines
+    report["uncertainty"] = {"calibration_curve": [0.5], "domain": {"percentile_bins": []}}
+    assert _evaluation_summary(report)[-1].startswith("the whole report (calibration curves, error by domain")
+    assert fmt(0.10005) == "0.1001" and fmt(0.04) == "0.04000" and fmt(float("nan")) == "n/a"

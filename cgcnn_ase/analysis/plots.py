@@ -21,6 +21,7 @@ from cgcnn_ase.analysis.metrics import (
     spearman,
     uncertainty_arrays,
 )
+from cgcnn_ase.models.cards import significant
 
 
 def _figure(width: float = 5.0, height: float = 5.0):
@@ -106,7 +107,8 @@ def parity_plot(
     unit = f" {units}" if units else ""
     ax.text(
         0.04, 0.96,
-        f"MAE {metrics['mae']:.4g}{unit}\nRMSE {metrics['rmse']:.4g}{unit}\nR² {metrics['r2']:.4f}\nn = {metrics['n']}",
+        f"MAE {significant(metrics['mae'])}{unit}\nRMSE {significant(metrics['rmse'])}{unit}\nR² {metrics['r2']:.4f}\n"
+        f"n = {metrics['n']}",
         transform=ax.transAxes, va="top", ha="left", fontsize=9,
         bbox=dict(boxstyle="round", facecolor="white", alpha=0.8),
     )  # fmt: skip

@@ -67,6 +67,18 @@ def _table_position(z: int) -> tuple[int, int]:
     return element.row - 1, element.group - 1
 
 
+def colour_range(data: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> tuple[float, float]:
+    """The ends of a map's linear colour range: ``vmin``/``vmax``, by default the smallest and largest of ``data``;
+    a range that spans 0 is widened to be symmetric about it (0 at the colour map's centre, white in coolwarm, so
+    the sign reads at a glance; round 29d: a two-slope scale stretched -0.01..0 over half the colours, so a value
+    zero within its spread was the map's deepest blue)."""
+    lo = vmin if vmin is not None else (float(data.min()) if len(data) else 0.0)
+    hi = vmax if vmax is not None else (float(data.max()) if len(data) else 1.0)
+    if lo < 0.0 < hi:
+        return -max(-lo, hi), max(-lo, hi)
+    return (lo - 0.5, hi + 0.5) if hi <= lo else (lo, hi)
+
+
 def periodic_table_heatmap(
     values: Mapping[str, float],
     path: str | os.PathLike,
@@ -85,7 +97,8 @@ def periodic_table_heatmap(
     Rows and groups come from pymatgen's ``Element.row`` / ``Element.group``; the lanthanides and
     actinides sit in two rows of their own below the table. Elements without a value (absent, or
     NaN) are blank outlined cells. Each cell shows the symbol and the value; a colour bar gives the
-    units. Values of both signs put 0 at the colour map's centre.
+    units. A colour range that spans 0 is widened to be symmetric about it, so that 0 sits at the colour map's
+    centre on a linear scale.
 
     Args:
         values: element symbol -> value.
@@ -106,7 +119,7 @@ def periodic_table_heatmap(
     """
     import matplotlib
     from ase.data import atomic_numbers, chemical_symbols
-    from matplotlib.colors import Normalize, TwoSlopeNorm
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
@@ -115,12 +128,8 @@ def periodic_table_heatmap(
         raise ValueError(f"not element symbols: {unknown[:5]}")
     finite = {s: float(v) for s, v in values.items() if v is not None and np.isfinite(float(v))}
     data = np.array(list(finite.values()), dtype=float)
-    lo = vmin if vmin is not None else (float(data.min()) if len(data) else 0.0)
-    hi = vmax if vmax is not None else (float(data.max()) if len(data) else 1.0)
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    # values of both signs: 0 at the colour map's centre (white in coolwarm), so the sign reads at a glance
-    norm = TwoSlopeNorm(vcenter=0.0, vmin=lo, vmax=hi) if lo < 0.0 < hi else Normalize(vmin=lo, vmax=hi)
+    lo, hi = colour_range(data, vmin, vmax)
+    norm = Normalize(vmin=lo, vmax=hi)
     colormap = matplotlib.colormaps[cmap]
 
     fig = Figure(figsize=(13.0, 7.6), dpi=120, layout="constrained")
@@ -139,11 +148,11 @@ def periodic_table_heatmap(
         ax.add_patch(Rectangle((col, y), 0.94, 0.94, facecolor=face, edgecolor=edge, linewidth=0.5))
         ax.text(col + 0.47, y + 0.36, symbol, ha="center", va="center", fontsize=9, color=ink, weight="bold")
         if symbol in finite:
-            ax.text(col + 0.47, y + 0.66, fmt.format(finite[symbol]), ha="center", va="center", fontsize=6, color=ink)
+            ax.text(col + 0.47, y + 0.64, fmt.format(finite[symbol]), ha="center", va="center", fontsize=7, color=ink)
             error = (spread or {}).get(symbol)
             if error is not None and np.isfinite(float(error)):
                 label = "±" + fmt.format(float(error))
-                ax.text(col + 0.47, y + 0.84, label, ha="center", va="center", fontsize=5, color=ink)
+                ax.text(col + 0.47, y + 0.84, label, ha="center", va="center", fontsize=6, color=ink)
                 if float(error) >= 0.5 * (hi - lo):
                     ax.add_patch(Rectangle((col, y), 0.94, 0.94, fill=False, hatch="///", edgecolor=ink, linewidth=0))
     for row, text in ((5, "La–Lu"), (6, "Ac–Lr")):  # placeholders in group 3 for the f-block rows

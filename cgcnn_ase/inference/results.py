@@ -115,7 +115,10 @@ class PredictionResult:
         failed = sum(e is not None for e in self.errors)
         parts = [f"{len(self)} structures", f"{self.property!r} in {self.units}" if self.units else repr(self.property)]
         parts += [f"{failed} failed"] if failed else []
-        parts += [name for name in ("std", "lower", "uncertainty", "per_atom", "embeddings") if getattr(self, name) is not None]
+        parts += ["std"] if self.std is not None else []
+        if self.lower is not None:  # round 29d: "lower" alone, without "upper" or the coverage
+            parts.append(f"lower/upper ({self.coverage:.0%} interval)" if self.coverage is not None else "lower/upper")
+        parts += [name for name in ("uncertainty", "per_atom", "embeddings") if getattr(self, name) is not None]
         return f"PredictionResult({', '.join(parts)}; .values, .to_dataframe())"
 
     def in_domain(self, *, max_percentile: float = 95.0, allow_sparse: bool = False) -> np.ndarray:
@@ -159,7 +162,8 @@ class PredictionResult:
         Ensembles add ``<property>_std`` after the property (and ``<property>_std_raw`` when
         the std is calibrated, ``<property>_uncertainty`` when they carry an error model);
         models with a domain summary add ``domain_distance`` and ``domain_percentile`` before
-        ``error``. Units are in ``df.attrs["units"]`` (a dict column -> units). The frame's index is the input
+        ``error``. Units are in ``df.attrs["units"]`` (a dict column -> units), an interval's coverage in
+        ``df.attrs["coverage"]`` (a fraction). The frame's index is the input
         Series' index where there was one (:attr:`index`), and its ``id`` column then holds those labels as they
         are (integers stay integers) unless the index is the default 0..n-1; else the index is 0..n-1 and ``id``
         the text ids (:attr:`ids`).
@@ -200,6 +204,8 @@ class PredictionResult:
         columns["error"] = self.errors
         df = pd.DataFrame(columns, index=self.index)
         df.attrs["units"] = units
+        if self.coverage is not None and self.lower is not None:  # what _lower/_upper mean, kept with the frame
+            df.attrs["coverage"] = self.coverage
         return df
 
 
