@@ -18,6 +18,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from cgcnn_ase import CGCNNFeaturizer, CGCNNPredictor, InvalidStructureError
 
 from .conftest import REPO
+from .test_training import dataset_csv  # noqa: F401 - the tiny 12-crystal dataset fixture
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +275,65 @@ def test_results_name_their_interval_and_summaries_promise_only_what_metrics_jso
     report["uncertainty"] = {"calibration_curve": [0.5], "domain": {"percentile_bins": []}}
     assert _evaluation_summary(report)[-1].startswith("the whole report (calibration curves, error by domain")
     assert fmt(0.10005) == "0.1001" and fmt(0.04) == "0.04000" and fmt(float("nan")) == "n/a"
+
+
+# -- 29e: a small, messy dataset fine-tuned -------------------------------------------------------------------------
+
+
+def test_messy_label_tables_get_the_right_advice(tmp_path):
+    """'101.0 GPa' labels got the advice to build a 0/1 target from an expression; a semicolon-separated table's merged
+    header was offered as the structure column; a header-less table's first row was listed as column names."""
+    from cgcnn_ase.data.datasets import DatasetSpec, _text_label_hint, load_table
+    from cgcnn_ase.errors import DatasetError
+
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "K_VRH": ["101.0 GPa", "61 GPa", "1e2 GPa"]})
+    hint = _text_label_hint(frame, "K_VRH", np.array([True, True, True]))
+    assert "'101.0 GPa' carries a unit: write plain numbers (101.0)" in hint and "expression" not in hint
+    labels = pd.DataFrame({"id": ["a", "b"], "kind": ["metal", "insulator"]})
+    assert "give an expression as the target" in _text_label_hint(labels, "kind", np.array([True, True]))
+    cases = {"material_id;K_VRH;file\nmp-1;61,0;x.cif\n": "looks semicolon-separated",
+             "material_id, K_VRH, file\nmp-1, 61.0, x.cif\n": "remove the spaces after the commas",
+             "mp-1,61.0,x.cif\nmp-2,70.0,y.cif\n": "first row looks like data, not a header"}  # fmt: skip
+    for k, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"t{k}.csv"
+        path.write_text(text)
+        with pytest.raises(DatasetError, match=message):
+            load_table(DatasetSpec(path=str(path), target="K_VRH", structure_column="file"))
+
+
+def test_undefined_classification_metrics_are_not_zero():
+    """A test split without a metal gave 'precision / recall (class 1) | 0 / 0' on the card: undefined, so NaN
+    ("n/a"), and training warns that the split holds one class only."""
+    from types import SimpleNamespace
+
+    from cgcnn_ase.analysis.metrics import classification_metrics
+    from cgcnn_ase.train.data import one_class_warning
+
+    metrics = classification_metrics(np.array([0, 0, 0]), np.array([0.1, 0.2, 0.3]))
+    assert np.isnan(metrics["precision"]["1"]) and np.isnan(metrics["recall"]["1"]) and metrics["recall"]["0"] == 1.0
+    targets = np.array([1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    parts = {"train": np.array([0, 1]), "val": np.array([2, 3]), "test": np.array([4, 5])}
+    config = SimpleNamespace(task="classification")
+    assert "the test split's 2 crystals are all of class 0" in one_class_warning(config, targets, parts)
+    assert one_class_warning(config, targets, {**parts, "test": np.array([0, 5])}) is None
+    assert one_class_warning(SimpleNamespace(task="regression"), targets, parts) is None
+
+
+def test_a_kept_output_layer_of_another_property_is_named_as_such(dataset_csv, tmp_path):  # noqa: F811
+    """finetune.output_layer=keep from a formation-energy base for bulk moduli warned "(same property and units)",
+    with the base's eV/atom statistics labelled GPa."""
+    from cgcnn_ase.models.folder import save_model_folder
+    from cgcnn_ase.train.config import FineTuneConfig
+    from cgcnn_ase.train.trainer import Trainer
+
+    from .conftest import random_model
+    from .test_finetune import ft_config
+
+    base = save_model_folder(tmp_path / "base", random_model(seed=3))  # formation_energy, -1.0 ± 0.5 eV/atom
+    config = ft_config(dataset_csv, tmp_path / "kept", base, property="bulk_modulus", units="GPa",
+                       finetune=FineTuneConfig(output_layer="keep"))  # fmt: skip
+    with pytest.warns(UserWarning, match=r"a model of formation_energy \(eV/atom\), is kept for bulk_modulus \(GPa\) as "
+                                         r"finetune.output_layer=keep asks: .*\(mean -1, std 0.5 eV/atom\) to this run's "
+                                         r"labels \(mean [\d.]+, std [\d.]+ GPa\)") as caught:
+        Trainer(config, progress=False).setup()
+    assert not [w for w in caught if "same property and units" in str(w.message)]

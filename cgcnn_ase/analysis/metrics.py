@@ -69,7 +69,8 @@ def classification_metrics(y: Sequence[int], p: Sequence[float], *, threshold: f
         nan = float("nan")
         return {"roc_auc": nan, "accuracy": nan, "precision": {"0": nan, "1": nan}, "recall": {"0": nan, "1": nan},
                 "f1": {"0": nan, "1": nan}, "n": 0, "n_positive": 0}  # fmt: skip
-    precision, recall, f1, _ = precision_recall_fscore_support(labels, pred, labels=[0, 1], zero_division=0)
+    # undefined (no predicted or no true crystal of a class): NaN, "n/a" on cards (round 29e: shown as 0)
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, pred, labels=[0, 1], zero_division=np.nan)
     return {
         "roc_auc": float(roc_auc_score(labels, p)) if both else float("nan"),
         "accuracy": float(np.mean(pred == labels)) if n else float("nan"),

@@ -10,6 +10,7 @@ error that made the row unusable).
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,8 +45,8 @@ def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
             df = pd.read_csv(source, sep=sep, dtype={c: str for c in ids})  # ids as written: 0007 stays 0007, not 7
     column = spec.structure_column or "cif"
     if column not in df.columns:
-        raise DatasetError(f"{path}: no structure column {column!r} (CIF text){also_missing(df.columns, id_column=spec.id_column, target=spec.target)}; set "
-                           f"structure_column to one of {list(df.columns)}")  # fmt: skip
+        raise DatasetError(f"{path}: no structure column {column!r} (CIF text){also_missing(df.columns, id_column=spec.id_column, target=spec.target)}; "
+                           + (_header_problem(df.columns) or f"set structure_column to one of {list(df.columns)}"))  # fmt: skip
     sources = [beside_table(value, path) for value in df[column].tolist()]  # file names: beside the table
     return df.drop(columns=[column]), "cif_text", sources
 
@@ -77,6 +78,21 @@ def _read_json(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
                                                                 f"keys: {sorted(d)})") for i, d in enumerate(data)]  # fmt: skip
     df = pd.DataFrame([{k: v for k, v in d.items() if k != column} for d in data])
     return df, "structure_dict", sources
+
+
+def _header_problem(columns: Any) -> str | None:
+    """What is wrong with a CSV table's header, when its columns are not what was asked (round 29e: a semicolon-separated
+    table's one merged column was offered as the structure column), or ``None``."""
+    names = [str(c) for c in columns]
+    if len(names) == 1 and ";" in names[0]:
+        return (f"the file looks semicolon-separated (header {names[0]!r}): save it comma-separated, with decimal "
+                "points (a spreadsheet's English number format)")  # fmt: skip
+    padded = [n for n in names if n != n.strip()]
+    if padded:
+        return f"column names keep their spaces ({padded[0]!r}): remove the spaces after the commas of the header row"
+    if any(re.fullmatch(r"[-+]?\d*\.?\d+([eE][-+]?\d+)?(\.\d+)?", n) or n.lower().endswith(".cif") for n in names):
+        return f"its first row looks like data, not a header ({names}): the table needs a header row naming the columns"
+    return None
 
 
 def also_missing(columns: Any, *, id_column: str | None = None, target: str | None = None) -> str:

@@ -287,11 +287,21 @@ def initialise_from_base(
     if choice == "reset":
         state = {k: v for k, v in state.items() if not k.startswith("fc_out.")}
     elif config.task == "regression":
-        shift = label_shift_problem(mean, base.mean, base.std, config.target_units, "this run's training labels' mean",
-                                    "the base model's training targets' mean")
-        if shift:  # the layer is kept for the same property in the same units: the labels say otherwise
-            warnings.warn(f"{config.data.path}: the output layer of {base.init_from} is kept (same property and units), "
-                          f"but {shift}", UserWarning, stacklevel=3)  # fmt: skip
+        spec = base.loaded.spec
+        if spec.property != config.property_name or spec.units != config.target_units:
+            # kept as finetune.output_layer=keep asks (round 29e: it was called "same property and units", with the
+            # base model's eV/atom statistics labelled GPa)
+            warnings.warn(f"{config.data.path}: the output layer of {base.init_from}, a model of {spec.property} "
+                          f"({spec.units}), is kept for {config.property_name} ({config.target_units}) as "
+                          f"finetune.output_layer=keep asks: its outputs are rescaled from the base model's targets "
+                          f"(mean {base.mean:.4g}, std {base.std:.4g} {spec.units}) to this run's labels (mean "
+                          f"{mean:.4g}, std {std:.4g} {config.target_units})", UserWarning, stacklevel=3)  # fmt: skip
+        else:
+            shift = label_shift_problem(mean, base.mean, base.std, config.target_units,
+                                        "this run's training labels' mean", "the base model's training targets' mean")
+            if shift:  # the layer is kept for the same property in the same units: the labels say otherwise
+                warnings.warn(f"{config.data.path}: the output layer of {base.init_from} is kept (same property and "
+                              f"units), but {shift}", UserWarning, stacklevel=3)  # fmt: skip
         scale = base.std / std
         state["fc_out.weight"] = state["fc_out.weight"] * scale
         state["fc_out.bias"] = (state["fc_out.bias"] * base.std + base.mean - mean) / std

@@ -56,6 +56,7 @@ from cgcnn_ase.train.config_sections import FineTuneConfig
 from cgcnn_ase.train.data import (
     copies_of_crystals,
     data_fingerprint,
+    one_class_warning,
     prepare_data,
     resolve_split,
     split_positions,
@@ -216,6 +217,9 @@ class Trainer:
             message = overlap_warning(self.base, self.base_overlap)
             if message and self.is_main:
                 warnings.warn(message, UserWarning, stacklevel=3)
+        message = one_class_warning(config, self.data.targets, self.parts)
+        if message and self.is_main:
+            warnings.warn(message, UserWarning, stacklevel=3)
         if checkpoint is None:
             self.mean, self.std = target_normalizer(config.task, self.data.targets[self.parts["train"]])
         else:
