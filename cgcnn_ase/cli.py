@@ -217,7 +217,10 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
         received: list[int] = []
         try:
             with _terminate_as_interrupt(received), catch_warnings():
-                warnings.simplefilter("always")
+                warnings.simplefilter("always")  # every file's warning, not the first of each kind
+                for option in sys.warnoptions:  # PYTHONWARNINGS or -W on top (round 29a: they were overridden)
+                    with contextlib.suppress(Exception):  # as Python treats a malformed option: not applied
+                        warnings._setoption(option)  # the standard library's own parser of -W options
                 warnings.showwarning = printer
                 try:
                     return func(*args, **kwargs)

@@ -27,7 +27,14 @@ from cgcnn_ase.data.datasets import DatasetSpec
 from cgcnn_ase.errors import ConfigError, UnknownModelError
 from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.models.cards import model_card
-from cgcnn_ase.models.folder import EnsembleMember, LoadedModel, load_model_folder, read_model_json, save_model_folder
+from cgcnn_ase.models.folder import (
+    EnsembleMember,
+    LoadedModel,
+    load_model_folder,
+    read_model_json,
+    save_model_folder,
+    write_model_json,
+)
 from cgcnn_ase.train.config import TrainConfig
 from cgcnn_ase.train.config_sections import FineTuneConfig, ModelConfig, OptimConfig, ScheduleConfig, SplitConfig
 from cgcnn_ase.train.trainer import CHECKPOINT_LAST, Trainer, train_from_config
@@ -316,7 +323,11 @@ def test_member_all_runs_again_continues_and_shares_one_time_limit(dataset_csv, 
         return [m["epochs_run"] for m in read_model_json(folder)["ensemble"]["members"]]
 
     assert epochs() == [1, 1]
-    assert train_from_config(config, progress=False) == folder  # the same command again: rewritten, not refused
+    document = read_model_json(folder)
+    document["ensemble"]["calibration"]["conformal"] = {"as": "cgcnn-ase calibrate writes it"}
+    write_model_json(folder, document)
+    with pytest.warns(UserWarning, match="calibrated for prediction intervals; this one is not yet"):  # round 29e
+        assert train_from_config(config, progress=False) == folder  # the same command again: rewritten, not refused
     config.epochs = 3
     config.time_limit = 1e-6  # minutes: every session stops after its first epoch
     with pytest.raises(UnfinishedRunError, match=r"stopped this session in member 0 of 0-1 \(epoch 2 of 3\); no member"):

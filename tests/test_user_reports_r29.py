@@ -337,3 +337,30 @@ def test_a_kept_output_layer_of_another_property_is_named_as_such(dataset_csv, t
                                          r"labels \(mean [\d.]+, std [\d.]+ GPa\)") as caught:
         Trainer(config, progress=False).setup()
     assert not [w for w in caught if "same property and units" in str(w.message)]
+
+
+def test_small_messy_dataset_details(dataset_csv, tmp_path):  # noqa: F811
+    """head_only silently ignored body_lr and freeze_convs; a spreadsheet's trailing empty rows ended the run ("rows have
+    no id"); ids written with their .cif, or in another case, got only "CIF file ... is missing"."""
+    from cgcnn_ase.data.datasets import DatasetSpec, load_dataset
+    from cgcnn_ase.train.config import FineTuneConfig
+
+    from .test_finetune import ft_config
+
+    with pytest.warns(UserWarning, match=r"finetune.body_lr \(0.0001: head_only freezes the embedding and every "
+                                         r"convolution\); finetune.freeze_convs \(2: head_only"):
+        ft_config(dataset_csv, tmp_path, "formation_energy",
+                  finetune=FineTuneConfig(head_only=True, body_lr=1e-4, freeze_convs=2))  # fmt: skip
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    from pymatgen.io.cif import CifWriter
+
+    for name in ("mp-1", "MP-2"):
+        (folder / f"{name}.cif").write_text(str(CifWriter(AseAtomsAdaptor.get_structure(bulk("NaCl", "rocksalt", a=5.64)))))
+    (folder / "id_prop.csv").write_text("mp-1,1.0\nmp-2,2.0\n,\n,\n")  # trailing empty rows, as a spreadsheet saves
+    with pytest.warns(UserWarning, match="MP-2.cif is there: ids and file names must match in case"):
+        _, targets, ids = load_dataset(DatasetSpec(path=str(folder), target="target"))
+    assert ids == ["mp-1"] and list(targets) == [1.0]
+    (folder / "id_prop.csv").write_text("mp-1.cif,1.0\nMP-2,2.0\n")
+    with pytest.warns(UserWarning, match=r"the id already ends in .cif: id_prop.csv names each CIF without it, e.g. mp-1"):
+        load_dataset(DatasetSpec(path=str(folder), target="target"))

@@ -312,7 +312,7 @@ def _write_evaluation(
     table.to_csv(out / "predictions.csv", index=False, float_format="%.6g")
     good = result.ok
     if spec_m.task == "classification":
-        plot = roc_plot(targets[good], result.values[good], out / "roc.png", title=title)
+        plot = roc_plot(targets[good], result.values[good], out / "roc.png", title=title, positive=spec_m.positive_class)
     else:
         plot = parity_plot(targets[good], result.values[good], out / "parity.png", units=spec_m.units, title=title,
                            label=spec_m.property)  # fmt: skip
@@ -571,7 +571,8 @@ def evaluate_uncertainty(
         title = f"{spec_m.name}: {split} split"
         files = uncertainty_plots(y, result, out, title=title)
         if classification:
-            files["plot"] = roc_plot(y[good], result.values[good], out / "roc.png", title=title)
+            files["plot"] = roc_plot(y[good], result.values[good], out / "roc.png", title=title,
+                                     positive=spec_m.positive_class)  # fmt: skip
         else:
             files["plot"] = parity_plot(y[good], result.values[good], out / "parity.png", units=spec_m.units,
                                         title=title, label=spec_m.property)  # fmt: skip

@@ -116,12 +116,14 @@ def parity_plot(
     return _save(fig, path)
 
 
-def roc_plot(y: Sequence[int], p: Sequence[float], path: str | os.PathLike, *, title: str | None = None) -> Path:
+def roc_plot(y: Sequence[int], p: Sequence[float], path: str | os.PathLike, *, title: str | None = None,
+             positive: str | None = None) -> Path:  # fmt: skip
     """Receiver operating characteristic curve, with its area in the legend.
 
     Args:
         y: true labels (0/1), shape (n,); p: probability of class 1, shape (n,).
         path: PNG file to write.
+        positive: what class 1 is (e.g. ``"metal"``), named on the axes.
     """
     from sklearn.metrics import roc_curve
 
@@ -140,8 +142,9 @@ def roc_plot(y: Sequence[int], p: Sequence[float], path: str | os.PathLike, *, t
     ax.plot([0, 1], [0, 1], color="k", lw=1, ls="--", label="chance")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
+    positive_text = f" (positive: {positive})" if positive else ""
+    ax.set_xlabel(f"false positive rate{positive_text}")
+    ax.set_ylabel(f"true positive rate{positive_text}")
     ax.legend(loc="lower right")
     _title(ax, title)
     return _save(fig, path)
@@ -293,13 +296,14 @@ def calibration_plot(
 
 
 def reliability_plot(y: Sequence[int], p: Sequence[float], path: str | os.PathLike, *, n_bins: int = 10,
-                     title: str | None = None) -> Path:  # fmt: skip
+                     title: str | None = None, positive: str | None = None) -> Path:  # fmt: skip
     """Reliability diagram of a classifier: observed frequency of class 1 per bin of ``p``.
 
     Args:
         y: labels 0/1, shape (n,); p: predicted probabilities of class 1, shape (n,).
         path: PNG file to write; bins are ``n_bins`` equal-width probability bins, each point labelled
             with its number of crystals. Non-finite pairs are left out (and counted on the figure).
+        positive: what class 1 is (e.g. ``"metal"``), named on the axes.
     """
     (y, p), dropped = _finite(*paired_arrays(y, p))
     fig = _figure(5.0, 5.0)
@@ -315,14 +319,17 @@ def reliability_plot(y: Sequence[int], p: Sequence[float], path: str | os.PathLi
             xs.append(float(p[mask].mean()))
             ys.append(float(y[mask].mean()))
             ns.append(int(mask.sum()))
-    ax.plot(xs, ys, "o-", color="C0", label="ensemble")
+    ax.plot(xs, ys, "o-", color="C0", label="ensemble (numbers: crystals per bin)")
     for x, f, n in zip(xs, ys, ns):  # crystals per bin: a point of 3 crystals says little
-        ax.annotate(str(n), (x, f), textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.35")
+        right = x > 0.8  # labels of the last bins left of their point, inside the axes (round 29d)
+        ax.annotate(str(n), (x, f), textcoords="offset points", xytext=(-6 if right else 6, 6 if f < 0.1 else -10),
+                    ha="right" if right else "left", fontsize=7, color="0.35")  # fmt: skip
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("predicted probability")
-    ax.set_ylabel("observed frequency")
+    name = positive or "class 1"
+    ax.set_xlabel(f"predicted probability of {name}")
+    ax.set_ylabel(f"observed frequency of {name}")
     ax.legend(loc="lower right", fontsize=8)
     _title(ax, title)
     return _save(fig, path)
@@ -347,7 +354,8 @@ def uncertainty_plots(
         units=units, title=title, classification=classification,
     )  # fmt: skip
     if classification:
-        files["calibration"] = reliability_plot(y[good], result.values[good], out / "calibration.png", title=title)
+        files["calibration"] = reliability_plot(y[good], result.values[good], out / "calibration.png", title=title,
+                                                positive=result.positive_class)  # fmt: skip
     else:
         stds = {"raw ensemble std": result.std_raw[good]}
         if result.std_scale is not None:

@@ -35,6 +35,7 @@ Loading happens in two steps so that training can skip the slow one:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -552,7 +553,13 @@ def parse_one(kind: str, source: Any, label: str, *, cif_reader: CifReader = "ge
         return source
     if kind == "cif_file":
         if not Path(source).is_file():
-            raise StructureReadError(f"{label}: CIF file {source} is missing")
+            path = Path(source)
+            hint = ""
+            if path.name.lower().endswith(".cif.cif") and path.with_suffix("").is_file():  # round 29e
+                hint = f" (the id already ends in .cif: id_prop.csv names each CIF without it, e.g. {path.stem[:-4]})"
+            elif near := _names_by_case(str(path.parent)).get(path.name.lower()):
+                hint = f" ({near} is there: ids and file names must match in case)"
+            raise StructureReadError(f"{label}: CIF file {source} is missing{hint}")
         source = Path(source)
     elif kind not in ("cif_text", "structure_dict"):  # pragma: no cover - kinds are set by load_table
         raise ValueError(f"unknown structure kind {kind!r}")
@@ -579,6 +586,15 @@ def quiet_worker() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # this is the worker's own process, started for this pool
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@functools.lru_cache(maxsize=4)
+def _names_by_case(folder: str) -> dict[str, str]:
+    """The file names of ``folder`` by their lower-case form (listed once per folder, for the missing-file hint)."""
+    try:
+        return {name.lower(): name for name in os.listdir(folder)}
+    except OSError:
+        return {}
 
 
 def worker_start_method() -> str:

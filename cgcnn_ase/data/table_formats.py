@@ -43,6 +43,7 @@ def _read_csv(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
         ids = [spec.id_column] if spec.id_column else list(ID_COLUMNS)
         with csv_source(path) as source:
             df = pd.read_csv(source, sep=sep, dtype={c: str for c in ids})  # ids as written: 0007 stays 0007, not 7
+        df = df.dropna(how="all")  # a spreadsheet's trailing empty rows (",,,"; round 29e: "rows have no id")
     column = spec.structure_column or "cif"
     if column not in df.columns:
         raise DatasetError(f"{path}: no structure column {column!r} (CIF text){also_missing(df.columns, id_column=spec.id_column, target=spec.target)}; "
@@ -112,7 +113,7 @@ def _read_cif_dir(spec: DatasetSpec) -> tuple[Any, str, list[Any]]:
     table = root / "id_prop.csv"
     if not table.is_file():
         raise DatasetError(f"{root}: a CIF directory needs an id_prop.csv (no header: id,target)")
-    df = pd.read_csv(table, header=None, dtype={0: str})
+    df = pd.read_csv(table, header=None, dtype={0: str}).dropna(how="all")  # a spreadsheet's trailing empty rows
     if df.shape[1] < 2:
         semicolons = " (it looks semicolon-separated: id_prop.csv is comma-separated, with decimal points)" if (
             df.shape[1] == 1 and df[0].astype(str).str.contains(";").any()) else ""

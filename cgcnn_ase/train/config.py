@@ -298,6 +298,10 @@ class TrainConfig(Settings):
         configs of two shipped models carry such a setting (``schedule.patience`` with ``cosine``) and must still
         run again."""
         unused = self.schedule.unused() + self.optim.unused()
+        ft = self.finetune
+        if self.init_from is not None and ft.head_only:  # round 29e: ignored without a word
+            unused += [f"finetune.{name} ({getattr(ft, name)}: head_only freezes the embedding and every convolution)"
+                       for name in ("body_lr", "freeze_convs", "freeze_embedding") if getattr(ft, name)]  # fmt: skip
         if self.task != "classification" and self.positive_class is not None:
             unused.append(f"positive_class ({self.positive_class!r}: it names class 1 of a classifier, and this is a "
                           f"{self.task} run)")  # fmt: skip

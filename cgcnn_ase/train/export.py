@@ -263,7 +263,7 @@ def _write_plots(
     title = f"{config.model_name}: test split"
     y = result.data.targets[result.parts["test"]]
     if config.task == "classification":
-        roc_plot(y, test_predictions, output / "roc.png", title=title)
+        roc_plot(y, test_predictions, output / "roc.png", title=title, positive=config.positive_class)
     else:
         parity_plot(
             y, test_predictions, output / "parity.png", units=config.target_units, title=title, label=config.property_name

@@ -575,6 +575,9 @@ def finetune_all_members(config: TrainConfig, *, progress: bool = True) -> Path:
     if len(described) < 2:
         return train_from_config(single, progress=progress)
     check_output_folder(config)  # another model at output is refused before any member trains
+    earlier = Path(config.output)
+    had_intervals = (earlier / "model.json").is_file() and bool(
+        ((read_model_json(earlier).get("ensemble") or {}).get("calibration") or {}).get("conformal"))
     folders = _train_members(config, len(described), progress)
     device = None if config.device == "auto" else config.device
     output = assemble_ensemble(
@@ -590,7 +593,12 @@ def finetune_all_members(config: TrainConfig, *, progress: bool = True) -> Path:
         # base ensemble's, not its member 0's
         document["metadata"]["finetune"] = finetune
         write_model_json(output, document)
-    resolved = yaml.safe_load((folders[0] / "config.yaml").read_text())  # member 0's, with the base model's settings
-    resolved.update({k: v for k, v in config.to_dict().items() if k not in ("model", "graph", "elements")})
-    (output / "config.yaml").write_text(CONFIG_HEADER + yaml.safe_dump(resolved, sort_keys=False))
+    member_text = (folders[0] / "config.yaml").read_text()
+    resolved = yaml.safe_load(member_text)  # member 0's, with the base model's settings and its versioned name
+    resolved.update({k: v for k, v in config.to_dict().items() if k not in ("model", "graph", "elements", "init_from")})
+    header = "".join(line + "\n" for line in member_text.splitlines() if line.startswith("#")) or CONFIG_HEADER
+    (output / "config.yaml").write_text(header + yaml.safe_dump(resolved, sort_keys=False))
+    if had_intervals:  # round 29e: dropped without a word, and predict --coverage failed again
+        warnings.warn(f"{output}: the ensemble written there before was calibrated for prediction intervals; this one "
+                      f"is not yet: run `cgcnn-ase calibrate {output}` again", UserWarning, stacklevel=2)  # fmt: skip
     return output
