@@ -364,3 +364,42 @@ def test_small_messy_dataset_details(dataset_csv, tmp_path):  # noqa: F811
     (folder / "id_prop.csv").write_text("mp-1.cif,1.0\nMP-2,2.0\n")
     with pytest.warns(UserWarning, match=r"the id already ends in .cif: id_prop.csv names each CIF without it, e.g. mp-1"):
         load_dataset(DatasetSpec(path=str(folder), target="target"))
+
+
+def test_a_label_far_from_all_others_is_named():
+    """One 10^6 GPa typo among 200 moduli trained silently (normaliser mean 2.4e4, test MAE 2.2e4 GPa)."""
+    from cgcnn_ase.train.data import outlier_labels_problem
+
+    moduli = np.random.default_rng(0).lognormal(np.log(100.0), 0.6, 200)  # GPa, heavy-tailed as real moduli
+    ids = [f"mp-{k}" for k in range(200)]
+    assert outlier_labels_problem(moduli, ids, "GPa") is None
+    moduli[17] = 1e6
+    message = outlier_labels_problem(moduli, ids, "GPa")
+    assert message.startswith("1 label(s) lie more than 50 deviations") and "mp-17: 1e+06" in message
+    assert outlier_labels_problem(np.zeros(20), ids[:20], "eV") is None  # no spread: another warning's case
+
+
+def test_figures_name_their_classes_axes_and_bins(tmp_path, monkeypatch):
+    """ROC and reliability axes did not say which class is positive; the hexbin parity plot's log colour bar had one
+    labelled tick (10); the learning curve left out the validation loss and did not say which axis a curve uses."""
+    from cgcnn_ase.analysis import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    y = np.array([0, 1, 0, 1, 1, 0] * 5)
+    p = np.clip(y * 0.7 + np.linspace(0, 0.3, 30), 0, 1)
+    plots.roc_plot(y, p, tmp_path / "roc.png", positive="metal")
+    plots.reliability_plot(y, p, tmp_path / "rel.png", positive="metal")
+    assert figures[0].axes[0].get_xlabel() == "false positive rate (positive: metal)"
+    assert figures[1].axes[0].get_ylabel() == "observed frequency of metal"
+    rng = np.random.default_rng(0)
+    true = rng.normal(0, 1, 3000)
+    plots.parity_plot(true, true + rng.normal(0, 0.05, 3000), tmp_path / "parity.png", units="eV")
+    bar = figures[2].axes[1]  # the colour bar's axes
+    assert {"1", "2", "5", "10"} <= {t.get_text() for t in bar.get_yticklabels()}
+    metrics = tmp_path / "metrics.csv"
+    pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3], "val_loss": [1.2, 0.7, 0.6],
+                  "val_mae": [0.3, 0.2, 0.15], "lr": [1e-3] * 3, "best": [1, 1, 1]}).to_csv(metrics, index=False)  # fmt: skip
+    plots.learning_curve_plot(metrics, tmp_path / "lc.png", units="eV")
+    labels = [t.get_text() for t in figures[3].axes[0].get_legend().get_texts()]
+    assert "validation loss (left axis)" in labels and "validation MAE (right axis)" in labels

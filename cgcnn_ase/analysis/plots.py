@@ -84,7 +84,8 @@ def parity_plot(
     """
     (y, yhat), dropped = _finite(*paired_arrays(y, yhat))
     metrics = regression_metrics(y, yhat)
-    fig = _figure()
+    dense = len(y) > 2000  # a hexbin with its colour bar: a wider figure keeps the square axes as tall as the bar
+    fig = _figure(5.9 if dense else 5.0, 5.0)
     ax = fig.subplots()
     _note(ax, len(y), dropped)
     if len(y):
@@ -92,9 +93,12 @@ def parity_plot(
         hi = float(max(y.max(), yhat.max()))
         pad = 0.03 * (hi - lo or 1.0)
         lo, hi = lo - pad, hi + pad
-        if len(y) > 2000:
+        if dense:
             hb = ax.hexbin(y, yhat, gridsize=80, bins="log", mincnt=1, cmap="viridis", extent=(lo, hi, lo, hi))
-            fig.colorbar(hb, ax=ax, label="crystals per bin")
+            bar = fig.colorbar(hb, ax=ax, label="crystals per bin", shrink=0.82)
+            most = float(np.nanmax(hb.get_array()))
+            ticks = [t for e in range(int(np.log10(most)) + 1) for t in (10**e, 2 * 10**e, 5 * 10**e) if t <= most]
+            bar.set_ticks(ticks, labels=[str(t) for t in ticks])  # 1, 2, 5, 10, ...: not 10 alone (round 29d)
         else:
             ax.scatter(y, yhat, s=8, alpha=0.6, edgecolors="none")
         ax.plot([lo, hi], [lo, hi], color="k", lw=1, ls="--")
@@ -172,15 +176,19 @@ def learning_curve_plot(
     fig = _figure(7.0, 6.0)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     epochs = df["epoch"] if "epoch" in df else np.arange(1, len(df) + 1)
-    top.plot(epochs, df["train_loss"], label="train loss (normalised)", color="C0")
-    top.set_ylabel("train loss")
-    top.set_yscale("log" if (df["train_loss"] > 0).all() else "linear")
+    log = (df["train_loss"] > 0).all()
+    top.plot(epochs, df["train_loss"], label="train loss (normalised; left axis)", color="C0")
+    if "val_loss" in df and df["val_loss"].notna().any():  # round 29d: the validation loss was not drawn
+        top.plot(epochs, df["val_loss"], label="validation loss (left axis)", color="C0", ls="--")
+        log = log and (df["val_loss"].dropna() > 0).all()
+    top.set_ylabel("loss" + (" (log scale)" if log else ""))
+    top.set_yscale("log" if log else "linear")
     right = top.twinx()
     val_columns = [c for c in ("val_mae", "val_rmse", "val_roc_auc", "val_accuracy") if c in df and df[c].notna().any()]
     for k, column in enumerate(val_columns[:2]):
-        right.plot(epochs, df[column], label=_METRIC_NAMES[column], color=f"C{k + 1}")
+        right.plot(epochs, df[column], label=f"{_METRIC_NAMES[column]} (right axis)", color=f"C{k + 1}")
     if "train_mae" in df and df["train_mae"].notna().any():
-        right.plot(epochs, df["train_mae"], label=_METRIC_NAMES["train_mae"], color="C3", ls=":")
+        right.plot(epochs, df["train_mae"], label=f"{_METRIC_NAMES['train_mae']} (right axis)", color="C3", ls=":")
     if "val_mae" in df:
         right.set_ylabel(f"MAE, RMSE ({units})" if units else "MAE, RMSE (target units)")
     else:
@@ -193,7 +201,8 @@ def learning_curve_plot(
         top.axvline(best, color="grey", ls="--", lw=1, label=f"kept model: epoch {best}")
     handles = top.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     labels = top.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
-    top.legend(handles, labels, loc="upper right", fontsize=8)
+    top.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=8, ncols=2,
+               framealpha=0.9)  # fmt: skip  (below the curves, not over the kept epoch)
     if "lr" in df:
         bottom.plot(epochs, df["lr"], color="C4")
         bottom.set_yscale("log" if (df["lr"] > 0).all() else "linear")
