@@ -66,7 +66,8 @@ def test_several_structure_rows_name_themselves_like_the_other_rows(tmp_path, fe
     """A row holding several structures kept its label as a prefix ("11: ..."), unlike every other row's message."""
     from ase.io import write
 
-    two = tmp_path / "two.extxyz"
+    two = tmp_path / ("a_folder_name_long_enough_that_the_path_passes_eighty_characters" * 2) / "two.extxyz"
+    two.parent.mkdir()  # a path of over 80 characters was cut to 80 in the message (found under pytest-xdist)
     write(two, [bulk("Cu", cubic=True), bulk("Al", cubic=True)])
     frame = pd.DataFrame({"structure": [str(two), two.read_text()]}, index=[11, 12])
     out = featurizer.featurize_dataframe(frame, "structure", ignore_errors=True, return_errors=True, pbar=False)

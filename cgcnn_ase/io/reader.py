@@ -268,8 +268,10 @@ def read_record(source: Any, label: str | None = None, *, cif_reader: CifReader 
     """
     records = read_records(source, label, cif_reader=cif_reader)
     if len(records) != 1:
-        name = label or str(source)[:80]
-        what = "the CIF text" if input_kind(source) == "cif_text" else repr(str(source)[:80])
+        kind = input_kind(source)
+        shown = str(source) if kind == "path" else str(source)[:80]  # a path whole, however long (text: its start)
+        name = label or shown
+        what = "the CIF text" if kind == "cif_text" else repr(shown)
         raise StructureReadError(f"{name}: {what} holds {len(records)} structures; give one per item")
     return records[0]
 
