@@ -2231,7 +2231,7 @@ def test_learning_curve_axis_names_the_metric_and_its_units(tmp_path, monkeypatc
     labels = [ax.get_ylabel() for ax in saved[0].axes]
     assert "MAE, RMSE (eV/atom)" in labels
     legend = [t.get_text() for ax in saved[0].axes if ax.get_legend() for t in ax.get_legend().get_texts()]
-    assert "validation MAE" in legend and "val_mae" not in legend
+    assert "validation MAE (right axis)" in legend and not [text for text in legend if "val_mae" in text]
 
 
 # -- round 13: a physicist's audit (invariances, ASE conventions, hostile CIF text) -----------------------------
