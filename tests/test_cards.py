@@ -116,6 +116,12 @@ def legacy_model_card(spec: Any, config: Any, metadata: dict[str, Any]) -> str:
             f"| R² | {fmt(test.get('r2'))} | dimensionless |",
         ]
     lines += [f"| n | {test.get('n', 0)} | crystals |", ""]
+    n_test, n_val = test.get("n", 0), sp["sizes"].get("val") or 0
+    if n_test < 50 or 0 < n_val < 50:  # round 29e: cards of tiny datasets said nothing about it
+        rough = (f"Only {n_test} test crystals: these metrics are rough estimates (a few crystals more or less would "
+                 "move them much). ") if n_test < 50 else ""
+        selected = f"The epoch was selected on {n_val} validation crystals. " if 0 < n_val < 50 else ""
+        lines += [f"{rough}{selected}More data, or larger val/test fractions, give firmer numbers.", ""]
     a, g, hw = spec.architecture, spec.graph, tr["hardware"]
     lines += [
         "## Training",
