@@ -404,3 +404,15 @@ def test_figures_name_their_classes_axes_and_bins(tmp_path, monkeypatch):
     plots.learning_curve_plot(metrics, tmp_path / "lc.png", units="eV")
     labels = [t.get_text() for t in figures[3].axes[0].get_legend().get_texts()]
     assert "validation loss (left axis)" in labels and "validation MAE (right axis)" in labels
+
+
+def test_evaluate_scopes_the_base_models_overlap_to_what_it_scores():
+    """Scoring 7 of a fine-tuned model's 30 test crystals repeated '22 of the 30 test crystals ...' as if it held
+    for these 7."""
+    from cgcnn_ase.analysis.evaluation import _base_had_seen
+
+    metadata = {"finetune": {"base_overlap": {"test": {"n": 30, "base_train": 20, "base_val": 2}}}}
+    assert "(recorded at fine-tuning)" in _base_had_seen(metadata, "test", 30)
+    note = _base_had_seen(metadata, "test", 7)
+    assert note.startswith("22 of the 30 test crystals") and "this evaluation scores 7 of them, so it may hold fewer" in note
+    assert _base_had_seen(metadata, "val", 7) is None
