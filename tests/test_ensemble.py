@@ -19,7 +19,7 @@ from cgcnn_ase.integrations.ase import CGCNNCalculator
 from cgcnn_ase.models.folder import EnsembleMember, LoadedModel, load_model_folder, save_model_folder
 from cgcnn_ase.models.domain import DomainSummary, kcenter_subset
 from cgcnn_ase.train.ensembles import EnsembleError, assemble_ensemble
-from cgcnn_ase.errors import CheckpointError
+from cgcnn_ase.errors import CheckpointError, ConfigError
 from cgcnn_ase.analysis.evaluation import evaluate_model, load_split_records
 from cgcnn_ase.inference.predictor import CGCNNPredictor
 from cgcnn_ase.train.config import TrainConfig
@@ -203,9 +203,9 @@ def test_members_1_is_member_0_and_subsets(ensemble, members):
     two = CGCNNPredictor.from_checkpoint(ensemble, members=2, device="cpu").predict(crystals)
     assert two.member_values.shape == (5, 2) and two.std_scale is None  # calibration is for all members only
     np.testing.assert_allclose(two.std, two.std_raw)
-    with pytest.raises(CheckpointError, match="members=4 is out of range"):
+    with pytest.raises(ConfigError, match="members=4 is out of range"):  # a ValueError: an argument (round 29a)
         load_model_folder(ensemble, members=4)
-    with pytest.raises(CheckpointError, match="single model"):
+    with pytest.raises(ConfigError, match="single model"):
         load_model_folder(members[0], members=2)
 
 

@@ -2757,10 +2757,10 @@ def test_a_cell_read_in_bohr_as_angstrom_is_warned_about_and_out_of_the_domain()
 def test_members_must_be_a_whole_number_and_a_part_of_an_ensemble_says_its_std_is_uncalibrated():
     """Round 14b: members=1.5, True and "2" were accepted; members=2..4 of a calibrated 5-member ensemble gave an
     uncalibrated std under the same name without a word; device="meta" ended in a bare NotImplementedError."""
-    from cgcnn_ase.errors import CheckpointError, DeviceError
+    from cgcnn_ase.errors import ConfigError, DeviceError
 
     for bad in (1.5, True, "2"):
-        with pytest.raises(CheckpointError, match="members must be a whole number"):
+        with pytest.raises(ConfigError, match="members must be a whole number"):  # round 29a: an argument error
             CGCNNPredictor.from_pretrained("formation_energy", members=bad, device="cpu")
     with pytest.warns(UserWarning, match="members=3 of 5: the std is these members' spread, uncalibrated"):
         three = CGCNNPredictor.from_pretrained("formation_energy", members=np.int64(3), device="cpu")

@@ -40,7 +40,7 @@ import torch
 from cgcnn_ase.models.cards import json_safe
 from cgcnn_ase.models.domain import DOMAIN_FILE, DomainSummary
 from cgcnn_ase.graph.element_table import ElementTable, load_atom_init
-from cgcnn_ase.errors import CheckpointError
+from cgcnn_ase.errors import CheckpointError, ConfigError
 from cgcnn_ase.graph.config import GraphConfig
 from cgcnn_ase.nn.network import CrystalGraphConvNet
 
@@ -525,18 +525,19 @@ def load_model_folder(folder: str | os.PathLike, *, members: int | None = None) 
 
     Raises:
         CheckpointError: a file is missing or corrupt, the format is newer than this
-            package, ``model.json`` does not match the weights or element table, or
-            ``members`` is out of range.
+            package, or ``model.json`` does not match the weights or element table.
+        ConfigError: ``members`` is not a whole number or is out of range.
     """
     folder = Path(folder)
     doc = _parse_document(read_model_json(folder), folder)
     spec = doc.spec
     n_total = len(doc.members) if doc.is_ensemble else 1
     if members is not None and (isinstance(members, bool) or not isinstance(members, numbers.Integral)):
-        raise CheckpointError(f"{folder}: members must be a whole number of members (or None for all), got {members!r}")
+        # a wrong argument, not a damaged model (round 29a: "model not loadable", exit 3): a ConfigError is a ValueError
+        raise ConfigError(f"{folder}: members must be a whole number of members (or None for all), got {members!r}")
     if members is not None and not 1 <= int(members) <= n_total:
         kind = f"an ensemble of {n_total} members" if doc.is_ensemble else "a single model"
-        raise CheckpointError(f"{folder}: members={members} is out of range; the folder holds {kind}")
+        raise ConfigError(f"{folder}: members={members} is out of range; the folder holds {kind}")
     elements = load_atom_init(doc.elements_file)
     if doc.elements_fingerprint and elements.fingerprint() != doc.elements_fingerprint:
         raise CheckpointError(f"{folder}: the element table does not match the fingerprint in {MODEL_JSON}")

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from cgcnn_ase.errors import CheckpointError, ShadowedModelWarning, UnknownModelError, user_stacklevel
+from cgcnn_ase.errors import CheckpointError, ConfigError, ShadowedModelWarning, UnknownModelError, user_stacklevel
 from cgcnn_ase.graph.element_table import ElementTable
 from cgcnn_ase.models.folder import (
     MODEL_JSON,
@@ -276,5 +276,5 @@ def _load_path(
                               "the model folder the run writes when it ends (its output), or run the same `cgcnn-ase "
                               "train` command again to resume an unfinished run")  # fmt: skip
     if members not in (None, 1):
-        raise CheckpointError(f"{path}: members={members} needs an ensemble model folder; this is a single checkpoint")
+        raise ConfigError(f"{path}: members={members} needs an ensemble model folder; this is a single checkpoint")
     return load_original_checkpoint(path, atom_init=atom_init, trusted=trusted)
