@@ -834,7 +834,7 @@ def _models_table(infos: Sequence[Any]) -> str:
         metrics = info.metadata.get("test_metrics", {})
         members = len(info.metadata.get("ensemble_of") or []) or 1
         if "mae" in metrics:
-            test = f"MAE {metrics['mae']:.3g} {info.units}"
+            test = f"MAE {metrics['mae']:.3g}" + (f" {info.units}" if info.units != "dimensionless" else "")
         elif "roc_auc" in metrics:
             test = f"ROC-AUC {metrics['roc_auc']:.3f}"
         else:

@@ -416,3 +416,33 @@ def test_evaluate_scopes_the_base_models_overlap_to_what_it_scores():
     note = _base_had_seen(metadata, "test", 7)
     assert note.startswith("22 of the 30 test crystals") and "this evaluation scores 7 of them, so it may hold fewer" in note
     assert _base_had_seen(metadata, "val", 7) is None
+
+
+# -- 30b: units and physical consistency -------------------------------------------------------------------------
+
+
+def test_two_energy_models_say_whose_energy_the_calculator_gives():
+    """energy was -17.97 eV (Materials Project scale) or -0.25 eV (Castelli's) for SrTiO3 by the order of the list,
+    without a word."""
+    from ase.io import read
+
+    from cgcnn_ase import CGCNNCalculator
+
+    atoms = read(REPO / "examples" / "SrTiO3.cif")
+    with pytest.warns(UserWarning, match=r"energy, free_energy and energies come from 'perovskite_formation_energy-"
+                                         r"castelli_cmr-v1', the first eV/atom model given; 'formation_energy-"):
+        atoms.calc = CGCNNCalculator(["perovskite_formation_energy", "formation_energy"], members=1)
+    per_atom = atoms.calc.get_property("perovskite_formation_energy", atoms)
+    assert atoms.get_potential_energy() == pytest.approx(per_atom * len(atoms), rel=1e-6)
+
+
+def test_the_dask_partition_function_warns_that_its_band_gap_is_ungated():
+    """predict_partition, called on its own, gave 0.26 eV for metals under 'band_gap (eV)' without the warning
+    predict_dataframe gives."""
+    pytest.importorskip("dask")
+    from cgcnn_ase.integrations.dask import predict_partition
+
+    frame = pd.DataFrame({"cif": [(REPO / "examples" / "SrTiO3.cif").read_text()]})
+    with pytest.warns(UserWarning, match="band_gap is the model's own value"):
+        out = predict_partition(frame, ["band_gap"], column="cif")
+    assert np.isfinite(out["band_gap (eV)"]).all()

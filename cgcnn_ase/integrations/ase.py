@@ -29,7 +29,7 @@ Property names:
   (P(metal) > ``metal_threshold``, default 0.5), ``band_gap_raw`` the regression output, ``metal_probability`` P(metal) (``metal_probability_std`` its spread);
 - for an ensemble model, ``<property>_std``: the (calibrated) standard deviation of the
   members' predictions, in the property's own units (``log10_bulk_modulus_std`` in
-  log10(GPa); ``band_gap_std`` is that of the ungated regression output;
+  log10(GPa); ``band_gap_std`` is that of the regression output, NaN where the gate sets the gap to 0;
   ``is_metal_std`` of the members' probabilities); the property itself is the members' mean;
 - for a calibrated ensemble with an error model, ``<property>_uncertainty``: a per-crystal estimate of
   the prediction's error (a standard deviation in the property's units, GPa ones propagated as the std;
@@ -56,6 +56,7 @@ from typing import Any, ClassVar
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from cgcnn_ase.errors import user_stacklevel
 from cgcnn_ase.inference.predictor import CGCNNPredictor, as_predictor, check_interval_models
 from cgcnn_ase.inference.properties import (
     check_metal_threshold,
@@ -175,7 +176,14 @@ class CGCNNCalculator(Calculator):
         #: the result-name prefix of each predictor: its model's name where two models predict one property
         #: (as the featurizer's labels and the CLI's columns tell them apart), else nothing
         self._prefixes = [f"{p.model.spec.name}:" if properties.count(p.property_name) > 1 else "" for p in self.predictors]
-        self._energy_model = next((p for p in self.predictors if p.units == "eV/atom"), None)
+        energy_models = [p for p in self.predictors if p.units == "eV/atom"]
+        self._energy_model = energy_models[0] if energy_models else None
+        if len(energy_models) > 1:  # round 30b: energy was -17.97 or -0.25 eV for SrTiO3 by the order of the list
+            others = ", ".join(repr(p.model.spec.name) for p in energy_models[1:])
+            warnings.warn(f"energy, free_energy and energies come from {energy_models[0].model.spec.name!r}, the "
+                          f"first eV/atom model given; {others} stay under their own names (they may be on another "
+                          "energy scale: docs/units.md); list first the model whose energy you want",
+                          UserWarning, stacklevel=user_stacklevel())  # fmt: skip
         self.parameters["models"] = [(m.model.source or m.model.spec.name) if isinstance(m, CGCNNPredictor) else os.fspath(m)
                                      for m in items]  # a predictor: what loads it again (a copy's folder, not its name)
         self.parameters["device"] = str(self.predictors[0].device)

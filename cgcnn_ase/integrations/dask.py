@@ -204,6 +204,7 @@ def predict_partition(
     """
     with torch_threads(threads):
         predictors = cached_predictors(models, device)
+        warn_ungated_band_gaps(predictors, list(models))  # called on its own (round 30b: not only through _meta)
         reader = cif_reader_for(predictors)
         ids = frame[id_column].astype(str).tolist() if id_column else [str(i) for i in frame.index]
         items = []
@@ -237,6 +238,7 @@ def predict_paths_partition(
 
     with torch_threads(threads):
         predictors = cached_predictors(models, device)
+        warn_ungated_band_gaps(predictors, list(models))
         columns = model_columns(predictors, list(models))
         reader = cif_reader_for(predictors)
         items = [item for path in frame[column].tolist() for item in iter_file(str(path), cif_reader=reader)]
