@@ -38,6 +38,7 @@ from cgcnn_ase.errors import (
     OutOfDomainWarning,
     SiteAnalysisError,
     StreamError,
+    TerminatedError,
     UnfinishedRunError,
     UnknownModelError,
     UnseenElementWarning,
@@ -177,9 +178,12 @@ def _resume_hint(command: str, options: dict[str, Any]) -> str:
             started = json.loads(path.read_text()).get(streaming.RUN_FINISHED) is False  # this run (or an unfinished earlier one) wrote it
         except (OSError, ValueError, AttributeError, CGCNNError):
             started = False
+    folder = Path(output)
+    no_parts = folder.is_dir() and not any(folder.glob("*.parquet"))  # a Parquet folder made, no part written yet
     if started:
-        return "; the rows written so far are kept: run the same command with --resume to continue"
-    if Path(output).exists():  # stopped before writing (loading the models): the earlier run's output stands
+        return ("; no row was written yet: run the same command with --resume to continue" if no_parts
+                else "; the rows written so far are kept: run the same command with --resume to continue")  # fmt: skip
+    if folder.exists() and not no_parts:  # stopped before writing (loading the models): the earlier run's output stands
         return (f"; {output} was not changed: it holds an earlier run's rows, none of this run's (run the command again, "
                 "without --resume, to replace them)")  # fmt: skip
     return "; no row was written"
@@ -199,7 +203,7 @@ def _terminate_as_interrupt(received: list[int]) -> Iterator[None]:
 
     def stop(signum: int, frame: Any) -> None:
         received.append(signum)
-        raise KeyboardInterrupt
+        raise TerminatedError
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
@@ -244,6 +248,10 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             what = "terminated (SIGTERM)" if received else "interrupted"
             click.echo(f"\n{what}{_resume_hint(func.__name__, kwargs)}", err=True)
             sys.exit(EXIT_TERMINATED if received else EXIT_INTERRUPTED)
+        except Warning as exc:  # a warning made an error by PYTHONWARNINGS or -W (round 30a: "internal error", exit 4)
+            if traceback_:
+                traceback.print_exc()
+            _fail(f"{exc} ({type(exc).__name__}, a warning turned into an error by PYTHONWARNINGS or -W)", EXIT_BAD_INPUT)
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except BrokenPipeError:  # the reader of stdout left (| head): stop quietly, as a process ended by SIGPIPE
@@ -897,7 +905,7 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
 
     parsed = [_parse_structure_cell(beside_table(value, table), name) for name, value in zip(names, df[column])]
     good = [k for k, item in enumerate(parsed) if not isinstance(item, Exception)]
-    rows = featurizer.featurize_many([parsed[k] for k in good], ignore_errors=True, return_errors=True, pbar=True,
+    rows = featurizer.featurize_many([parsed[k] for k in good], ignore_errors=True, return_errors=True, pbar=_on_terminal(),
                                      labels=[names[k] for k in good])  # warnings name the rows as the errors do
     features = np.full((len(df), len(labels)), np.nan)
     unseen: list[str | None] = [None] * len(df)
@@ -993,8 +1001,9 @@ def _interrupted_training(run: Any) -> None:
         hint = f"the members' finished epochs are saved under {run.work_path}; run the same command again to continue"
     else:
         hint = "no epoch had finished, so nothing was saved to continue from"
-    click.echo(f"\ninterrupted: {hint}", err=True)
-    sys.exit(EXIT_INTERRUPTED)
+    terminated = isinstance(sys.exc_info()[1], TerminatedError)  # SIGTERM (round 30a: 130 and "interrupted")
+    click.echo(f"\n{'terminated (SIGTERM)' if terminated else 'interrupted'}: {hint}", err=True)
+    sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 def _evaluation_summary(report: dict[str, Any]) -> list[str]:

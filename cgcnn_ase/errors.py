@@ -106,6 +106,11 @@ class DistributedSetupError(CGCNNError, RuntimeError):
     """The distributed environment is unusable (torch.distributed missing, inconsistent variables)."""
 
 
+class TerminatedError(KeyboardInterrupt):
+    """SIGTERM received by the command line (a batch system's time limit, ``kill``): it stops the command as Ctrl-C
+    does (every ``except KeyboardInterrupt`` cleans up as for Ctrl-C), and the command exits 143."""
+
+
 class UnseenElementWarning(UserWarning):
     """A structure holds elements that the model never saw in training (an extrapolation)."""
 

@@ -57,8 +57,8 @@ def shown_by_default() -> bool:
 def progress_bar(iterable: Iterable[Any] | None = None, *, show: bool | None, **options: Any) -> Any:
     """A ``tqdm.auto`` bar over ``iterable`` (or to ``update`` by hand) when ``show`` is true, or is ``None`` and
     :func:`shown_by_default` (a terminal or a notebook); otherwise a stand-in with the same methods."""
-    if not (show if show is not None else shown_by_default()):
-        return _NoBar(iterable)
+    if not (show if show is not None else shown_by_default()) or ("file" not in options and sys.stderr is None):
+        return _NoBar(iterable)  # nowhere to draw it (round 30a: a bar asked for with stderr closed ended the run)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, **options)

@@ -199,6 +199,7 @@ def test_closed_standard_streams_are_no_internal_error(monkeypatch, tmp_path):
     assert not is_terminal(None) and not is_terminal(Closed())
     monkeypatch.setattr(sys, "stderr", None)
     assert not shown_by_default() and type(progress_bar([1], show=None)).__name__ == "_NoBar"
+    assert type(progress_bar([1], show=True)).__name__ == "_NoBar"  # round 30a: asked for, with nowhere to draw it
     predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
     assert len(predictor.predict([bulk("Cu")] * 100).values) == 100
     notebook = type("OutStream", (), {"__module__": "ipykernel.iostream", "isatty": lambda self: False})
@@ -378,6 +379,9 @@ def test_a_label_far_from_all_others_is_named():
     message = outlier_labels_problem(moduli, ids, "GPa")
     assert message.startswith("1 label(s) lie more than 50 deviations") and "mp-17: 1e+06" in message
     assert outlier_labels_problem(np.zeros(20), ids[:20], "eV") is None  # no spread: another warning's case
+    magnetisation = np.zeros(200)  # round 30a: mostly 0 with a real tail (74% of MP crystals are not magnetic)
+    magnetisation[::4] = np.random.default_rng(1).uniform(0.5, 40.0, 50)
+    assert outlier_labels_problem(magnetisation + 1e-4 * np.arange(200), ids, "mu_B") is None
 
 
 def test_figures_name_their_classes_axes_and_bins(tmp_path, monkeypatch):
@@ -446,3 +450,30 @@ def test_the_dask_partition_function_warns_that_its_band_gap_is_ungated():
     with pytest.warns(UserWarning, match="band_gap is the model's own value"):
         out = predict_partition(frame, ["band_gap"], column="cif")
     assert np.isfinite(out["band_gap (eV)"]).all()
+
+
+def test_sigterm_in_train_and_warnings_made_errors_get_their_own_exits(monkeypatch):
+    """train exited 130 "interrupted" on SIGTERM (predict gave 143); PYTHONWARNINGS=error turned a VacuumWarning into
+    "internal error", exit 4."""
+    import sys
+    import warnings
+    from types import SimpleNamespace
+
+    from cgcnn_ase.cli import _guarded, _interrupted_training
+    from cgcnn_ase.errors import TerminatedError, VacuumWarning
+
+    run = SimpleNamespace(resume=False, work_path=REPO / "no-such-work", epochs=3)
+    with pytest.raises(SystemExit) as stopped:
+        try:
+            raise TerminatedError
+        except KeyboardInterrupt:
+            _interrupted_training(run)
+    assert stopped.value.code == 143
+    monkeypatch.setattr(sys, "warnoptions", ["error"])
+
+    def predict(**_):
+        warnings.warn("slab.cif: the atoms leave an empty gap 25.0 Å wide", VacuumWarning, stacklevel=1)
+
+    with pytest.raises(SystemExit) as stopped:
+        _guarded(predict)()
+    assert stopped.value.code == 1

@@ -95,7 +95,11 @@ def parity_plot(
         lo, hi = lo - pad, hi + pad
         if dense:
             hb = ax.hexbin(y, yhat, gridsize=80, bins="log", mincnt=1, cmap="viridis", extent=(lo, hi, lo, hi))
-            bar = fig.colorbar(hb, ax=ax, label="crystals per bin", shrink=0.82)
+            from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+            # a bar axes cut from the parity axes: exactly as tall as they are (round 30a: a fixed shrink was not)
+            bar = fig.colorbar(hb, cax=make_axes_locatable(ax).append_axes("right", size="4%", pad=0.08),
+                               label="crystals per bin")  # fmt: skip
             most = float(np.nanmax(hb.get_array()))
             ticks = [t for e in range(int(np.log10(most)) + 1) for t in (10**e, 2 * 10**e, 5 * 10**e) if t <= most]
             bar.set_ticks(ticks, labels=[str(t) for t in ticks])  # 1, 2, 5, 10, ...: not 10 alone (round 29d)
@@ -111,8 +115,8 @@ def parity_plot(
     unit = f" {units}" if units else ""
     ax.text(
         0.04, 0.96,
-        f"MAE {significant(metrics['mae'])}{unit}\nRMSE {significant(metrics['rmse'])}{unit}\nR² {metrics['r2']:.4f}\n"
-        f"n = {metrics['n']}",
+        f"MAE {significant(metrics['mae'])}{unit}\nRMSE {significant(metrics['rmse'])}{unit}\n"
+        f"R² {significant(metrics['r2']) if np.isfinite(metrics['r2']) else 'n/a'}\nn = {metrics['n']}",
         transform=ax.transAxes, va="top", ha="left", fontsize=9,
         bbox=dict(boxstyle="round", facecolor="white", alpha=0.8),
     )  # fmt: skip
@@ -177,16 +181,17 @@ def learning_curve_plot(
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     epochs = df["epoch"] if "epoch" in df else np.arange(1, len(df) + 1)
     log = (df["train_loss"] > 0).all()
-    top.plot(epochs, df["train_loss"], label="train loss (normalised; left axis)", color="C0")
+    marker = "o" if len(df) <= 20 else None  # a few epochs: points, not an empty axes (round 30a: one epoch)
+    top.plot(epochs, df["train_loss"], label="train loss (normalised; left axis)", color="C0", marker=marker)
     if "val_loss" in df and df["val_loss"].notna().any():  # round 29d: the validation loss was not drawn
-        top.plot(epochs, df["val_loss"], label="validation loss (left axis)", color="C0", ls="--")
+        top.plot(epochs, df["val_loss"], label="validation loss (left axis)", color="C0", ls="--", marker=marker)
         log = log and (df["val_loss"].dropna() > 0).all()
     top.set_ylabel("loss" + (" (log scale)" if log else ""))
     top.set_yscale("log" if log else "linear")
     right = top.twinx()
     val_columns = [c for c in ("val_mae", "val_rmse", "val_roc_auc", "val_accuracy") if c in df and df[c].notna().any()]
     for k, column in enumerate(val_columns[:2]):
-        right.plot(epochs, df[column], label=f"{_METRIC_NAMES[column]} (right axis)", color=f"C{k + 1}")
+        right.plot(epochs, df[column], label=f"{_METRIC_NAMES[column]} (right axis)", color=f"C{k + 1}", marker=marker)
     if "train_mae" in df and df["train_mae"].notna().any():
         right.plot(epochs, df["train_mae"], label=f"{_METRIC_NAMES['train_mae']} (right axis)", color="C3", ls=":")
     if "val_mae" in df:
@@ -330,8 +335,8 @@ def reliability_plot(y: Sequence[int], p: Sequence[float], path: str | os.PathLi
             ns.append(int(mask.sum()))
     ax.plot(xs, ys, "o-", color="C0", label="ensemble (numbers: crystals per bin)")
     for x, f, n in zip(xs, ys, ns):  # crystals per bin: a point of 3 crystals says little
-        right = x > 0.8  # labels of the last bins left of their point, inside the axes (round 29d)
-        ax.annotate(str(n), (x, f), textcoords="offset points", xytext=(-6 if right else 6, 6 if f < 0.1 else -10),
+        right = x > 0.9  # the last bin's label left of its point, inside the axes (round 29d)
+        ax.annotate(str(n), (x, f), textcoords="offset points", xytext=(-8 if right else 8, 4 if f < 0.1 else -12),
                     ha="right" if right else "left", fontsize=7, color="0.35")  # fmt: skip
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)

@@ -271,7 +271,7 @@ def read_record(source: Any, label: str | None = None, *, cif_reader: CifReader 
         kind = input_kind(source)
         shown = str(source) if kind == "path" else str(source)[:80]  # a path whole, however long (text: its start)
         name = label or shown
-        what = "the CIF text" if kind == "cif_text" else repr(shown)
+        what = "the CIF text" if kind == "cif_text" else ("the file" if name == shown else repr(shown))
         raise StructureReadError(f"{name}: {what} holds {len(records)} structures; give one per item")
     return records[0]
 

@@ -43,9 +43,9 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def significant(value: float, digits: int = 4) -> str:
-    """``value`` to ``digits`` significant digits, trailing zeros kept (``0.10005`` -> ``"0.1000"``, ``1234.5`` ->
-    ``"1234"``, ``2e-05`` -> ``"2.000e-05"``)."""
-    return f"{value:#.{digits}g}".replace(".e", "e").rstrip(".")
+    """``value`` to ``digits`` significant digits, trailing zeros kept (``0.1`` -> ``"0.1000"``, ``1234.5`` ->
+    ``"1234"``, ``2e-05`` -> ``"2.000e-05"``; ``-0.0`` -> ``"0.000"``)."""
+    return f"{value + 0.0:#.{digits}g}".replace(".e", "e").rstrip(".")
 
 
 def pct(value: Any) -> str:
