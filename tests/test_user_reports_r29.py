@@ -477,3 +477,18 @@ def test_sigterm_in_train_and_warnings_made_errors_get_their_own_exits(monkeypat
     with pytest.raises(SystemExit) as stopped:
         _guarded(predict)()
     assert stopped.value.code == 1
+
+
+def test_one_signed_site_maps_use_a_sequential_colour_map(tmp_path, monkeypatch):
+    """All-positive A-site energies (0.13-0.45) in coolwarm centred on their middle read as negative in blue."""
+    from matplotlib.figure import Figure
+
+    from cgcnn_ase.analysis.site_maps import periodic_table_heatmap
+
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: drawn.append(fig))
+    periodic_table_heatmap({"Sr": 0.13, "Ba": 0.45}, tmp_path / "a.png")
+    periodic_table_heatmap({"Ti": -0.01, "Zr": 0.43}, tmp_path / "b.png")
+    periodic_table_heatmap({"Sr": 0.13, "Ba": 0.45}, tmp_path / "c.png", cmap="magma")
+    names = [fig.axes[-1].collections[-1].cmap.name for fig in drawn]  # the colour bar's mesh
+    assert names == ["viridis", "coolwarm", "magma"]

@@ -85,7 +85,7 @@ def periodic_table_heatmap(
     *,
     title: str | None = None,
     units: str = "",
-    cmap: str = "coolwarm",
+    cmap: str | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
     fmt: str = "{:.2f}",
@@ -105,7 +105,9 @@ def periodic_table_heatmap(
         path: output file; ``.png`` or ``.svg`` (anything matplotlib writes). Folders are created.
         title: figure title.
         units: colour-bar label.
-        cmap: matplotlib colour map name.
+        cmap: matplotlib colour map name (``None``: the diverging ``coolwarm`` for values of both signs, white at
+            0, and the sequential ``viridis`` for values of one sign, whose middle means nothing; round 30a: low
+            values of an all-positive map read as negative in coolwarm's blue).
         vmin: lower end of the colour range (default: the smallest value).
         vmax: upper end of the colour range (default: the largest value).
         fmt: format of the value printed in each cell.
@@ -130,7 +132,7 @@ def periodic_table_heatmap(
     data = np.array(list(finite.values()), dtype=float)
     lo, hi = colour_range(data, vmin, vmax)
     norm = Normalize(vmin=lo, vmax=hi)
-    colormap = matplotlib.colormaps[cmap]
+    colormap = matplotlib.colormaps[cmap or ("coolwarm" if lo < 0.0 < hi else "viridis")]
 
     fig = Figure(figsize=(13.0, 7.6), dpi=120, layout="constrained")
     ax = fig.subplots()
@@ -179,7 +181,7 @@ def site_energy_maps(
     roles: Sequence[str] = ("A", "B"),
     formats: Sequence[str] = ("png", "svg"),
     units: str | None = None,
-    cmap: str = "coolwarm",
+    cmap: str | None = None,
     shared_scale: bool = False,
 ) -> list[Path]:
     """One periodic-table heat map per role of the mean contribution per element: ``{role}_sites.{fmt}``.
@@ -192,7 +194,7 @@ def site_energy_maps(
         roles: roles to draw, e.g. ``("A", "B")``; a role without any site is skipped with a warning.
         formats: file suffixes to write for each role.
         units: colour-bar units (default: ``df.attrs["units"]``).
-        cmap: matplotlib colour map.
+        cmap: matplotlib colour map (``None``: as :func:`periodic_table_heatmap` chooses).
         shared_scale: one colour range for all roles (compare A with B) instead of one per role
             (contrast within a role).
 
@@ -249,7 +251,7 @@ def write_site_report(
     symprec: float = 0.01,
     allow_mean_pooled: bool = False,
     errors: Literal["raise", "skip"] = "raise",
-    cmap: str = "coolwarm",
+    cmap: str | None = None,
     formats: Sequence[str] = ("png", "svg"),
     on_sparse: Literal["warn", "error", "ignore"] = "warn",
     progress: bool | None = None,
