@@ -728,9 +728,10 @@ def _text_label_hint(df: Any, target: str, bad: np.ndarray) -> str:
     if commas:
         return (f"; {commas[0]!r} has a decimal comma: write numbers with a decimal point ({commas[0].replace(',', '.')})"
                 ", e.g. save the table from a spreadsheet with an English number format")  # fmt: skip
-    with_units = [t for t in text if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*[^\d\s.,;:+-][^,;]*", t)]
+    number_first = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+    with_units = [t for t in text if re.fullmatch(number_first + r"\s*[^\d\s.,;:+-][^,;]*", t)]
     if with_units and len(with_units) * 2 >= len(text):  # round 29e: '101.0 GPa' got the advice to make labels
-        number = re.match(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", with_units[0]).group(0)
+        number = re.match(number_first, with_units[0]).group(0)
         return (f"; {with_units[0]!r} carries a unit: write plain numbers ({number}), in the units the config names, "
                 "e.g. strip the unit from the column in a spreadsheet")  # fmt: skip
     if not text:

@@ -169,7 +169,8 @@ def prepare_data(config: TrainConfig, *, progress: bool = False, graph_device: t
 
 
 #: Median absolute deviations (scaled to a Gaussian's std) from the median beyond which a label is called far from
-#: the others: the shipped models' targets' farthest labels lie within 19 (a typo's 10^6 GPa among moduli: about 10^4).
+#: the others: the shipped models' targets' farthest labels lie within 19 (tests/test_user_reports_r29.py checks
+#: that none is flagged); a typo's 10^6 GPa among moduli lies at about 10^4.
 OUTLIER_MADS = 50.0
 #: At most this share of the labels (and at least 5 of them) is called far from the others: more is a target with a
 #: heavy tail or mostly one value (round 30a: the total magnetisation, 0 for 74% of the MP crystals, flagged 8,855).
