@@ -190,10 +190,11 @@ def _resume_hint(command: str, options: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt(received: list[int]) -> Iterator[None]:
+def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (a batch system's time limit, ``kill``) stops the command as Ctrl-C does, so that worker pools are
     stopped, the rows written are kept and the resume hint is printed (round 29a: the workers were left running and
-    printed tracebacks); ``received`` then holds the signal. Only in the main thread, over the default handler."""
+    printed tracebacks): it raises :class:`~cgcnn_ase.errors.TerminatedError`, a ``KeyboardInterrupt``. Only in the
+    main thread, over the default handler."""
     import signal
     import threading
 
@@ -202,7 +203,6 @@ def _terminate_as_interrupt(received: list[int]) -> Iterator[None]:
         return
 
     def stop(signum: int, frame: Any) -> None:
-        received.append(signum)
         raise TerminatedError
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -218,9 +218,8 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(func)
     def wrapper(*args: Any, traceback_: bool = False, **kwargs: Any) -> Any:
         printer = _WarningPrinter(*([SITES_UNSEEN_PLACE] if func.__name__ == "sites" else []))
-        received: list[int] = []
         try:
-            with _terminate_as_interrupt(received), catch_warnings():
+            with _terminate_as_interrupt(), catch_warnings():
                 warnings.simplefilter("always")  # every file's warning, not the first of each kind
                 for option in sys.warnoptions:  # PYTHONWARNINGS or -W on top (round 29a: they were overridden)
                     with contextlib.suppress(Exception):  # as Python treats a malformed option: not applied
@@ -244,10 +243,11 @@ def _guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             if traceback_:
                 traceback.print_exc()
             _fail(str(exc), EXIT_BAD_INPUT)
-        except KeyboardInterrupt:  # Ctrl-C: 130 (128 + SIGINT), as shells report it, not 1 (bad inputs); SIGTERM: 143
-            what = "terminated (SIGTERM)" if received else "interrupted"
+        except KeyboardInterrupt as exc:  # Ctrl-C: 130 (128 + SIGINT), as shells report it, not 1 (bad inputs)
+            terminated = isinstance(exc, TerminatedError)  # SIGTERM: 143
+            what = "terminated (SIGTERM)" if terminated else "interrupted"
             click.echo(f"\n{what}{_resume_hint(func.__name__, kwargs)}", err=True)
-            sys.exit(EXIT_TERMINATED if received else EXIT_INTERRUPTED)
+            sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
         except Warning as exc:  # a warning made an error by PYTHONWARNINGS or -W (round 30a: "internal error", exit 4)
             if traceback_:
                 traceback.print_exc()
