@@ -813,6 +813,9 @@ def _run_stream(stream: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
 def models(name: str | None) -> None:
     """List the shipped models, or show the model card of NAME (a shipped model or a model folder)."""
     from cgcnn_ase.models.folder import read_model_json
+
+    if sys.stdout is None:  # started with stdout closed: click.echo would drop the listing without a word
+        raise click.UsageError("standard output is closed: nothing can be listed")
     from cgcnn_ase.models.registry import list_models, resolve_model, shipped_by_name
 
     if name and shipped_by_name(name) is None and (Path(name) / "model.json").is_file():  # a folder of one's own

@@ -432,9 +432,8 @@ def _select_rows(
         mask = np.array([i in wanted for i in ids])
         missing = wanted - {i for i, m in zip(ids, mask) if m}
         if missing:
-            warnings.warn(
-                f"{path}: drop_ids not found in the dataset: {sorted(missing)[:5]}", UserWarning, stacklevel=3
-            )
+            warnings.warn(f"{path}: drop_ids not found in the dataset: {sorted(missing)[:5]}{_near_ids_hint(missing, ids)}",
+                          UserWarning, stacklevel=3)  # fmt: skip
         keep &= ~mask
         dropped["drop_ids"] = int(mask.sum())
     if spec.filter:
@@ -557,7 +556,7 @@ def parse_one(kind: str, source: Any, label: str, *, cif_reader: CifReader = "ge
             hint = ""
             if path.name.lower().endswith(".cif.cif") and path.with_suffix("").is_file():  # round 29e
                 hint = f" (the id already ends in .cif: id_prop.csv names each CIF without it, e.g. {path.stem[:-4]})"
-            elif near := _names_by_case(str(path.parent)).get(path.name.lower()):
+            elif near := _names_by_case(str(path.parent), _modified(path.parent)).get(path.name.lower()):
                 hint = f" ({near} is there: ids and file names must match in case)"
             raise StructureReadError(f"{label}: CIF file {source} is missing{hint}")
         source = Path(source)
@@ -588,9 +587,33 @@ def quiet_worker() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _near_ids_hint(missing: set[str], ids: Sequence[str]) -> str:
+    """For drop_ids not found: the dataset's ids they name with a file suffix or in another case, if any."""
+    by_key = {str(i).lower(): str(i) for i in ids}
+    near = {}
+    for entry in sorted(missing):
+        stem = entry.rsplit(".", 1)[0] if "." in entry and not entry.rsplit(".", 1)[1].isdigit() else entry
+        match = by_key.get(entry.lower()) or by_key.get(stem.lower())
+        if match is not None:
+            near[entry] = match
+    if not near:
+        return ""
+    pairs = ", ".join(f"{entry!r} -> {match!r}" for entry, match in list(near.items())[:5])
+    return f" (ids are matched exactly, without a file suffix; did you mean {pairs}?)"
+
+
+def _modified(folder: Path) -> int:
+    """``folder``'s modification time in ns (-1 if it cannot be read): a key that changes when files come or go."""
+    try:
+        return folder.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
 @functools.lru_cache(maxsize=4)
-def _names_by_case(folder: str) -> dict[str, str]:
-    """The file names of ``folder`` by their lower-case form (listed once per folder, for the missing-file hint)."""
+def _names_by_case(folder: str, modified: int) -> dict[str, str]:
+    """The file names of ``folder`` by their lower-case form, for the missing-file hint: listed once per folder and
+    ``modified`` time (:func:`_modified`), so a folder whose files change is listed again."""
     try:
         return {name.lower(): name for name in os.listdir(folder)}
     except OSError:

@@ -231,6 +231,8 @@ def property_columns(
                 columns.append(Column(f"{p.property_name}_std", p.units))
             if uncertainty and p.has_uncertainty:
                 columns.append(Column(f"{p.property_name}_uncertainty", p.units))
+            if coverage is not None and p.has_intervals:
+                columns += [Column(f"{p.property_name}_lower", p.units), Column(f"{p.property_name}_upper", p.units)]
         if domain and p.has_domain:
             columns.append(Column(f"{name}_domain_percentile", "percent"))
     return columns
@@ -260,7 +262,7 @@ def property_table(
         predictors: the models (:data:`GENERAL_MODELS` for the CLI's default).
         batch_size: crystals per forward pass.
         metal_threshold: see :func:`gated_band_gap` (used when both ``band_gap`` and ``is_metal`` run).
-        log10: also give the moduli's log10 columns.
+        log10: also give the moduli's log10 columns (and their log10 bounds with ``coverage``).
         domain: also give each model's domain percentile.
         workers: processes reading, building graphs and running the networks (see
             :meth:`CGCNNPredictor.predict`), or a :class:`~cgcnn_ase.inference.parallel.NetworkPool`
@@ -346,6 +348,9 @@ def _user_values(predictor: CGCNNPredictor, result: Any, *, log10: bool, domain:
                 out[f"{predictor.property_name}_std"] = result.std
             if result.uncertainty is not None:
                 out[f"{predictor.property_name}_uncertainty"] = result.uncertainty
+            if result.lower is not None:
+                out[f"{predictor.property_name}_lower"] = result.lower
+                out[f"{predictor.property_name}_upper"] = result.upper
     else:
         out[name] = physical_values(predictor.property_name, result.values)
         if result.std is not None:

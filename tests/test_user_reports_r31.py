@@ -1,0 +1,114 @@
+"""Round 31 of outside testing and items earlier rounds left open. Each test quotes or paraphrases what was
+reported and asserts the fixed behaviour."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import sys
+
+import click
+import numpy as np
+import pandas as pd
+import pytest
+
+from cgcnn_ase.cli import main
+from cgcnn_ase.data.datasets import DatasetSpec, load_table
+
+from .conftest import REPO
+from .test_datasets import csv_path, structures  # noqa: F401 - six small crystals with ids mp-0 ... mp-5
+from .test_user_reports import _cli
+
+EXAMPLES = [str(REPO / "examples" / name) for name in ("NaCl.POSCAR", "SrTiO3.cif")]
+
+
+def _csv(run) -> pd.DataFrame:
+    assert run.exit_code == 0, run.output
+    return pd.read_csv(io.StringIO(run.stdout))
+
+
+def test_log10_columns_get_their_own_interval_bounds():
+    """Left open: '--log10 --coverage gives no log10 bounds', so a user working in log10(GPa) had to take the log
+    of the GPa bounds themselves. The log10 bounds now come with the log10 columns, and the GPa ones are 10** them."""
+    frame = _csv(_cli("predict", *EXAMPLES, "--log10", "--coverage", "0.9"))
+    for name in ("bulk_modulus", "shear_modulus"):
+        lower, upper = frame[f"log10_{name}_lower (log10(GPa))"], frame[f"log10_{name}_upper (log10(GPa))"]
+        value = frame[f"log10_{name} (log10(GPa))"]
+        assert (lower < value).all() and (value < upper).all()
+        np.testing.assert_allclose(frame[f"{name}_lower (GPa)"], 10.0**lower, rtol=1e-5)
+        np.testing.assert_allclose(frame[f"{name}_upper (GPa)"], 10.0**upper, rtol=1e-5)
+    plain = _csv(_cli("predict", *EXAMPLES, "--log10"))
+    assert not any(c.endswith("_lower (log10(GPa))") for c in plain.columns)  # bounds only when asked for
+
+
+def test_models_with_stdout_closed_is_a_usage_error(monkeypatch):
+    """Left open: `cgcnn-ase models >&-` exited 0 with nothing listed (click.echo drops text when stdout is None);
+    it is a usage error now, as `predict` without -o is."""
+    monkeypatch.setattr(sys, "stdout", None)
+    with pytest.raises(click.UsageError, match="standard output is closed"):
+        main.main(["models"], standalone_mode=False)
+
+
+def test_drop_ids_given_as_file_names_or_in_another_case_get_a_hint(csv_path):  # noqa: F811
+    """Left open: drop_ids entries written as the CIF's file name ('mp-3.cif') or in another case ('MP-4') were
+    'not found' with no hint, and the rows stayed in the training data."""
+    with pytest.warns(UserWarning) as caught:
+        table = load_table(DatasetSpec(path=str(csv_path), target="energy", drop_ids=["mp-3.cif", "MP-4", "mp-9"]))
+    message = next(str(w.message) for w in caught if "drop_ids not found" in str(w.message))
+    assert "did you mean 'MP-4' -> 'mp-4', 'mp-3.cif' -> 'mp-3'?" in message and "mp-9' ->" not in message
+    assert len(table.ids) == 6  # matched exactly: nothing is dropped by a guess
+    with pytest.warns(UserWarning) as caught:
+        load_table(DatasetSpec(path=str(csv_path), target="energy", drop_ids=["mp-9"]))
+    assert not any("did you mean" in str(w.message) for w in caught)
+
+
+def test_the_case_hint_lists_a_folder_again_after_its_files_change(tmp_path):
+    """Left open: the missing-CIF case hint listed a folder once per process, so a file renamed since was hinted
+    by its old name. The listing is now keyed by the folder's modification time."""
+    from cgcnn_ase.data.datasets import load_dataset
+
+    (tmp_path / "id_prop.csv").write_text("mp-1,1.0\nmp-2,2.0\n")
+    (tmp_path / "mp-1.cif").write_text((REPO / "examples" / "SrTiO3.cif").read_text())
+    (tmp_path / "MP-2.cif").write_text((REPO / "examples" / "SrTiO3.cif").read_text())
+    with pytest.warns(UserWarning, match="MP-2.cif is there"):
+        load_dataset(DatasetSpec(path=str(tmp_path), target="target"))
+    (tmp_path / "MP-2.cif").rename(tmp_path / "Mp-2.cif")
+    with pytest.warns(UserWarning, match="Mp-2.cif is there"):
+        load_dataset(DatasetSpec(path=str(tmp_path), target="target"))
+
+
+def test_the_array_job_recipe_parts_concatenate_to_one_runs_output(tmp_path):
+    """docs/scale.md's claim that the array job's parts, 'concatenated in task order, equal the output of one run
+    over the whole list' rested on a check by hand. Its script runs here as written, in 3 tasks instead of 100
+    (one model, one network, to keep it short), on files of which two share a name in different folders."""
+    import re
+    import subprocess
+
+    text = (REPO / "docs" / "scale.md").read_text()
+    script = re.search(r"### Array jobs without Dask.*?```bash\n(.*?)```", text, re.S).group(1)
+    assert script.count("99") == 2 and script.count("100") == 1  # --array=0-99, + 99; / 100
+    script = script.replace("99", "2").replace("100", "3")
+    files = []
+    for k, name in enumerate(["NaCl.POSCAR", "SrTiO3.cif", "Si.extxyz", "NaCl.POSCAR", "SrTiO3.cif"]):
+        target = tmp_path / "generated" / f"batch{k % 2}" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((REPO / "examples" / name).read_bytes())
+        files.append(str(target))
+    (tmp_path / "files.txt").write_text("\n".join(sorted(set(files))) + "\n")
+    shell = (f'cgcnn-ase() {{ "{sys.executable}" -m cgcnn_ase "$@" --model formation_energy --members 1; }}\n'
+             + script)  # fmt: skip
+    for task in range(3):
+        run = subprocess.run(["bash", "-c", shell], cwd=tmp_path, env={**os.environ, "SLURM_ARRAY_TASK_ID": str(task)},
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+    parts = pd.concat([pd.read_csv(tmp_path / f"screen-{task:03d}.csv") for task in range(3)], ignore_index=True)
+    whole = tmp_path / "whole.csv"
+    (tmp_path / "all.csv").write_text("path\n" + (tmp_path / "files.txt").read_text())
+    run = subprocess.run([sys.executable, "-m", "cgcnn_ase", "predict", "all.csv", "--column", "path", "--id-column",
+                          "path", "-o", str(whole), "--model", "formation_energy", "--members", "1"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    whole_frame = pd.read_csv(whole)
+    assert len(parts) == 5 and parts["id"].tolist() == sorted(set(files))
+    pd.testing.assert_frame_equal(parts, whole_frame, check_exact=False, atol=1e-6, rtol=1e-6)  # float32
