@@ -3,7 +3,8 @@
 The shipped bulk and shear modulus ensembles were calibrated (split conformal) on the validation split of
 mp_elastic3k_kdmsit, and cover about 90% of its test split at `coverage=0.9`. This script measures the
 same on the crystals of mp_elastic_binary2025_matcalc that are not in mp_elastic3k (newer Materials Project
-binaries, the set docs/models.md scores), overall, inside `in_domain()` and by domain percentile.
+binaries, the set docs/models.md scores), overall, inside `in_domain()` and by domain percentile, and at the
+other calibrated levels (50, 68, 95%) beside the bands of one and two calibrated standard deviations.
 
     python benchmarks/shift_coverage.py [--shared ../shared]     # about 2 minutes at one thread; needs ../shared
 """
@@ -53,6 +54,12 @@ def main() -> None:
         domain = result.in_domain(max_percentile=95)
         print(f"{name}: n {ok.sum()}, MAE {error[ok].mean():.4f} log10(GPa), covered {inside[ok].mean():.3f}; "
               f"in_domain(95): n {(ok & domain).sum()}, covered {inside[ok & domain].mean():.3f}")
+        predictor = CGCNNPredictor.from_pretrained(name)
+        scale = (result.upper - result.lower) / 2 / predictor.model.conformal_quantile(args.coverage)  # per crystal
+        levels = ", ".join(f"{c:.0%} {(error[ok] <= predictor.model.conformal_quantile(c) * scale[ok]).mean():.3f}"
+                           for c in (0.5, 0.68, 0.9, 0.95))  # fmt: skip
+        bands = ", ".join(f"+-{k} std {(error[ok] <= k * result.std[ok]).mean():.3f}" for k in (1, 2))
+        print(f"  intervals by level: {levels}; the std's bands: {bands}")
         for low, high in ((0, 25), (25, 50), (50, 75), (75, 95), (95, 100)):
             band = ok & (result.domain_percentile >= low) & (result.domain_percentile <= high)
             if band.any():

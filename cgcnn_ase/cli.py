@@ -698,6 +698,9 @@ def _predict_properties(inputs: Sequence[str], *, fmt: str, output: str | None, 
     domain = domain or fmt == "table"  # a person reading the table sees a crystal far from the training data
     predictors = [load_predictor(name, device=device, members=members) for name in GENERAL_MODELS]
     _check_coverage(predictors, coverage)
+    if uncertainty and not any(p.has_uncertainty for p in predictors):  # asked for, and none would come (31c)
+        raise click.UsageError(f"--uncertainty with --members {members}: the per-crystal uncertainty is fitted for each "
+                               "whole ensemble (leave out --members)")  # fmt: skip
     for predictor in predictors:
         predictor.compile = compile_
     columns = property_columns(predictors, log10=log10, domain=domain, coverage=coverage, uncertainty=uncertainty)

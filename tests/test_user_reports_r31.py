@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-
 import sys
 
 import click
@@ -86,7 +85,7 @@ def test_the_array_job_recipe_parts_concatenate_to_one_runs_output(tmp_path):
     import subprocess
 
     text = (REPO / "docs" / "scale.md").read_text()
-    script = re.search(r"### Array jobs without Dask.*?```bash\n(.*?)```", text, re.S).group(1)
+    script = re.search(r"### Array jobs without Dask.*?```bash\n(.*?)```", text, re.DOTALL).group(1)
     assert script.count("99") == 2 and script.count("100") == 1  # --array=0-99, + 99; / 100
     script = script.replace("99", "2").replace("100", "3")
     files = []
@@ -100,15 +99,57 @@ def test_the_array_job_recipe_parts_concatenate_to_one_runs_output(tmp_path):
              + script)  # fmt: skip
     for task in range(3):
         run = subprocess.run(["bash", "-c", shell], cwd=tmp_path, env={**os.environ, "SLURM_ARRAY_TASK_ID": str(task)},
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+                             capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
         assert run.returncode == 0, run.stderr
     parts = pd.concat([pd.read_csv(tmp_path / f"screen-{task:03d}.csv") for task in range(3)], ignore_index=True)
     whole = tmp_path / "whole.csv"
     (tmp_path / "all.csv").write_text("path\n" + (tmp_path / "files.txt").read_text())
     run = subprocess.run([sys.executable, "-m", "cgcnn_ase", "predict", "all.csv", "--column", "path", "--id-column",
                           "path", "-o", str(whole), "--model", "formation_energy", "--members", "1"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+                         capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert run.returncode == 0, run.stderr
     whole_frame = pd.read_csv(whole)
     assert len(parts) == 5 and parts["id"].tolist() == sorted(set(files))
     pd.testing.assert_frame_equal(parts, whole_frame, check_exact=False, atol=1e-6, rtol=1e-6)  # float32
+
+
+def test_uncertainty_with_a_member_subset_is_refused_as_coverage_is():
+    """31c: `predict --uncertainty --members 1` exited 0 without the asked-for _uncertainty columns and without a
+    word, while `--coverage 0.9 --members 1` was refused."""
+    run = _cli("predict", EXAMPLES[0], "--uncertainty", "--members", "1")
+    assert run.exit_code == 2 and "--uncertainty with --members 1: the per-crystal uncertainty" in run.output
+    frame = _csv(_cli("predict", EXAMPLES[0], "--members", "1"))  # without the flag, --members 1 runs as before
+    assert "formation_energy (eV/atom)" in frame.columns
+
+
+def test_a_slab_in_a_cell_with_no_two_vectors_in_its_plane_is_still_a_slab():
+    """31c: the vacuum gap was measured across the three cell faces only, so a Cu(111) slab given in the cell
+    (a + c, b, c) of the same lattice had a 1.2 Å 'gap', no VacuumWarning and passed in_domain(); bulk crystals got
+    different gaps in their primitive and cubic cells. Every plane family with indices in {-1, 0, 1} is measured now,
+    by the per-record reader and by the batched builder alike."""
+    import warnings
+
+    from ase.build import bulk, fcc111
+
+    from cgcnn_ase import CGCNNPredictor
+    from cgcnn_ase.errors import VacuumWarning
+    from cgcnn_ase.graph.batched import FlatCrystals, vacuum_gaps
+    from cgcnn_ase.io.reader import to_record
+
+    slab = fcc111("Cu", size=(2, 2, 4), vacuum=8.0, periodic=True)
+    sheared = slab.copy()
+    cell = slab.cell.array.copy()
+    cell[0] += cell[2]
+    sheared.set_cell(cell, scale_atoms=False)  # the same lattice and atoms, another basis
+    predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
+    for atoms, where in ((slab, "along lattice vector c"), (sheared, r"normal to the lattice planes \(1 0 1\)")):
+        with pytest.warns(VacuumWarning, match=rf"empty gap 16\.0 Å wide {where}"):
+            result = predictor.predict(atoms)
+        assert result.vacuum_gap[0] == pytest.approx(16.0, abs=0.05) and not result.in_domain()[0]
+    records = [to_record(a) for a in (slab, sheared, bulk("NaCl", "rocksalt", a=5.64), bulk("NaCl", "rocksalt", a=5.64, cubic=True))]
+    batched = vacuum_gaps(FlatCrystals.from_records(records)).tolist()
+    np.testing.assert_allclose(batched, [r.vacuum for r in records], rtol=1e-9)
+    assert records[2].vacuum == pytest.approx(records[3].vacuum)  # primitive and cubic NaCl: 2.82 Å both
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VacuumWarning)
+        predictor.predict(bulk("Si", cubic=True))  # a bulk crystal is no slab

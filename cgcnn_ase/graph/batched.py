@@ -45,15 +45,15 @@ from cgcnn_ase.graph.neighbours import (
     MAX_SEARCH_CUBES,
     MIN_INTERATOMIC_DISTANCE,
     STRETCHED_FACTOR,
-    _covalent_radii,
     CrystalGraph,
+    _covalent_radii,
     build_graph,
     check_search_size,
     rounded_gap,
     sparse_check,
     wrapped_frac_coords,
 )
-from cgcnn_ase.io.records import StructureRecord
+from cgcnn_ase.io.records import PLANE_FAMILIES, StructureRecord
 
 #: Distances within this of the ``k``-th one (Å) count as a tie for the ``original`` policy, whose
 #: tie order only pymatgen's pair order decides: such crystals are rebuilt by :func:`build_graph`.
@@ -259,22 +259,23 @@ def _flagged(flat: FlatCrystals, i: torch.Tensor, j: torch.Tensor, d: torch.Tens
 def vacuum_gaps(flat: FlatCrystals) -> torch.Tensor:
     """Per crystal (B,), float64, Å: the widest empty slab across its cell, as
     :func:`~cgcnn_ase.io.records.vacuum_gap` computes it for one record, for the whole batch at once
-    on its device (two stable sorts per lattice direction group the atoms by crystal, in order of
-    their fractional coordinate)."""
-    frac = torch.remainder(flat.frac, 1.0)  # (N, 3)
+    on its device (two stable sorts per plane family group the atoms by crystal, in order of
+    their coordinate across the planes)."""
+    families = torch.as_tensor(PLANE_FAMILIES, dtype=flat.frac.dtype, device=flat.frac.device)  # (13, 3)
+    frac = torch.remainder(flat.frac @ families.T, 1.0)  # (N, 13): each atom's place in each plane family
     crystal = flat.crystal_index  # non-decreasing
     by_frac = torch.argsort(frac, dim=0, stable=True)
     order = torch.gather(by_frac, 0, torch.argsort(crystal[by_frac], dim=0, stable=True))
     s = torch.gather(frac, 0, order)  # each crystal's rows in place, each column ascending within it
     n_crystals = len(flat.sizes)
-    gaps = torch.zeros((n_crystals, 3), dtype=frac.dtype, device=frac.device)
+    gaps = torch.zeros((n_crystals, len(families)), dtype=frac.dtype, device=frac.device)
     if len(frac) > 1:
         same = (crystal[1:] == crystal[:-1]).unsqueeze(1)
         inner = torch.where(same, s[1:] - s[:-1], torch.zeros_like(s[1:]))
-        gaps = gaps.scatter_reduce(0, crystal[1:].unsqueeze(1).expand(-1, 3), inner, reduce="amax")
+        gaps = gaps.scatter_reduce(0, crystal[1:].unsqueeze(1).expand(-1, len(families)), inner, reduce="amax")
     first, last = flat.offsets, flat.offsets + flat.sizes - 1
     gaps = torch.maximum(gaps, s[first] + 1.0 - s[last])  # the wrap-around gap
-    spacing = 1.0 / torch.linalg.inv(flat.cells).square().sum(dim=1).sqrt()  # (B, 3): lattice-plane distances, Å
+    spacing = 1.0 / (torch.linalg.inv(flat.cells) @ families.T).square().sum(dim=1).sqrt()  # (B, 13): plane distances, Å
     return (gaps * spacing).max(dim=1).values
 
 

@@ -37,10 +37,10 @@ MIN_CELL_VOLUME = 1e-3
 MIN_CELL_THICKNESS = 0.3
 
 
-#: An empty slab wider than this, Å, between the atoms' planes along some lattice direction triggers a
-#: VacuumWarning: wider than the training crystals leave. Of the 34,237 Materials Project crystals of
-#: ``mp_cgcnn46k_kdmsit`` 99.9% leave no gap above 4.2 Å and 22 (0.06%) one above 5 Å, monolayers in a box such as
-#: phosphorene (33 Å) and graphene (22 Å); the elastic set 2 of 2941, the Castelli perovskites none
+#: An empty slab wider than this, Å, between the atoms' planes of some lattice-plane family (:data:`PLANE_FAMILIES`)
+#: triggers a VacuumWarning: wider than the training crystals leave. Of the 34,237 Materials Project crystals of
+#: ``mp_cgcnn46k_kdmsit`` 99.9% leave no gap above 4.5 Å and 32 (0.09%) one above 5 Å, among them monolayers in a box
+#: such as phosphorene (33 Å) and graphene (22 Å); the elastic set 2 of 2941, the Castelli perovskites none
 #: (``benchmarks/vacuum_gaps.py``). The 12 nearest neighbours rarely reach across such a gap (in Cu they lie within
 #: 3.6 Å), so a network sees a slab, a wire or a molecule in a box: a Cu(111) slab predicts the same value with 6,
 #: 7.5 or 15 Å of vacuum (``tests/test_user_reports.py``). (It was the 8 Å graph radius until 2026-11-28, which let 5-8 Å gaps pass.)
@@ -48,23 +48,37 @@ MIN_CELL_THICKNESS = 0.3
 VACUUM_GAP = 5.0
 
 
+#: The lattice-plane families :func:`vacuum_gap` measures, as Miller indices (13, 3): the three cell faces first
+#: ((1 0 0): the planes of b and c), then every other family with indices in {-1, 0, 1}, so that a slab whose cell
+#: has no two vectors in its plane (``a + c, b, c``) still shows its gap.
+PLANE_FAMILIES = np.array(
+    [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 1), (0, 1, -1), (1, 0, 1), (1, 0, -1), (1, 1, 0), (1, -1, 0),
+     (1, 1, 1), (1, 1, -1), (1, -1, 1), (-1, 1, 1)], dtype=np.float64)  # fmt: skip
+
+
 def vacuum_gap(frac_coords: np.ndarray, cell: np.ndarray) -> tuple[float, int]:
-    """The widest empty slab of a periodic structure: for each lattice vector ``a_k`` the largest
-    gap, in Å along the normal of the plane of the other two, between consecutive atoms' planes
-    (the wrap-around gap included); returns the widest and its ``k`` (0, 1 or 2).
+    """The widest empty slab of a periodic structure: for each lattice-plane family of
+    :data:`PLANE_FAMILIES` the largest gap, in Å along the planes' normal, between consecutive atoms'
+    planes (the wrap-around gap included); returns the widest and its family's row in
+    :data:`PLANE_FAMILIES` (0, 1, 2: the cell faces normal to ``b x c``, ``c x a``, ``a x b``).
 
     Args:
-        frac_coords: fractional coordinates, (N, 3), any range (taken modulo 1).
+        frac_coords: fractional coordinates, (N, 3), any range.
         cell: lattice vectors as rows, Å, (3, 3), non-degenerate.
     """
-    frac = np.sort(np.mod(frac_coords, 1.0), axis=0)
-    gaps = frac[0] + 1.0 - frac[-1]  # the wrap-around gap, (3,): fractions of each plane spacing
-    if len(frac) > 1:
-        gaps = np.maximum(gaps, (frac[1:] - frac[:-1]).max(axis=0))
+    u = PLANE_FAMILIES @ np.asarray(frac_coords, dtype=np.float64).T  # (13, N): each atom's place in each family
+    u -= np.floor(u)
+    u.sort(axis=1)
+    gaps = u[:, 0] + 1.0 - u[:, -1]  # the wrap-around gap, (13,): fractions of each family's plane spacing
+    if u.shape[1] > 1:
+        gaps = np.maximum(gaps, (u[:, 1:] - u[:, :-1]).max(axis=1))
     volume, normals = _volume_and_normals(cell)  # plain floats: a 3x3 inverse costs more in numpy
-    widths = [g * volume / math.hypot(*n) for g, n in zip(gaps.tolist(), normals)]  # plane spacing x fraction
-    k = max(range(3), key=widths.__getitem__)
-    return widths[k], k
+    reciprocal = PLANE_FAMILIES @ np.array(normals)  # (13, 3): each family's normal, times the volume
+    widths = gaps * volume / np.sqrt((reciprocal * reciprocal).sum(axis=1))  # Å: fraction x plane spacing
+    k = int(np.argmax(widths[:3]))
+    if widths[3:].max() > widths[k] + 1e-6:  # a diagonal family only when wider than the cell faces' widest
+        k = 3 + int(np.argmax(widths[3:]))
+    return float(widths[k]), k
 
 
 def _volume_and_normals(cell: np.ndarray) -> tuple[float, tuple[tuple[float, float, float], ...]]:
@@ -85,8 +99,9 @@ def _warn_vacuum(record: StructureRecord) -> None:
     if record.vacuum <= VACUUM_GAP:  # measured once: the graph reads it again
         return
     width, k = vacuum_gap(record.frac_coords, record.cell)  # again for the direction, in the rare warned case
+    where = f"along lattice vector {'abc'[k]}" if k < 3 else f"normal to the lattice planes ({' '.join(f'{h:g}' for h in PLANE_FAMILIES[k])})"
     warnings.warn(
-        f"{record.label}: the atoms leave an empty gap {width:.1f} Å wide along lattice vector {'abc'[k]} (warned "
+        f"{record.label}: the atoms leave an empty gap {width:.1f} Å wide {where} (warned "
         f"above {VACUUM_GAP:g} Å, wider than in 99.9% of the training crystals: the graph's nearest neighbours do not reach "
         "across it): a slab, wire or molecule in a periodic "
         "box, while the models were trained on bulk crystals; predictions are extrapolations",
