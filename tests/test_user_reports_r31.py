@@ -153,3 +153,46 @@ def test_a_slab_in_a_cell_with_no_two_vectors_in_its_plane_is_still_a_slab():
     with warnings.catch_warnings():
         warnings.simplefilter("error", VacuumWarning)
         predictor.predict(bulk("Si", cubic=True))  # a bulk crystal is no slab
+
+
+_GROUP_SIGTERM_SCRIPT = """
+import signal, sys, time
+from cgcnn_ase.data.datasets import WorkerPool
+
+class Stop(Exception):
+    pass
+
+def on_term(signum, frame):
+    raise Stop
+
+signal.signal(signal.SIGTERM, on_term)
+try:
+    with WorkerPool(2) as pool:
+        pool.map(abs, range(100))  # the workers are started and idle, one waiting on the task queue
+        print("ready", flush=True)
+        time.sleep(60)
+except Stop:
+    print("stopped", flush=True)
+"""
+
+
+def test_sigterm_to_the_whole_process_group_stops_worker_pools():
+    """31b: SIGTERM to the process group (a batch system's time limit) hung `predict --workers 2` until SIGKILL: the
+    workers died at once, one holding the pool's task-queue lock, and the parent's orderly stop waited for it. Pool
+    workers now leave SIGTERM to the parent until it stops them."""
+    import signal
+    import subprocess
+
+    process = subprocess.Popen([sys.executable, "-c", _GROUP_SIGTERM_SCRIPT], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        os.killpg(process.pid, signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert out.strip() == "stopped" and process.returncode == 0
+    left = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True, check=False).stdout.split()
+    assert not left  # no worker outlives the parent

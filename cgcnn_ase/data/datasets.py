@@ -577,14 +577,59 @@ def _work(task: tuple[str, Any, str, Callable[[StructureRecord], Any] | None, Ci
         return False, str(exc)
 
 
-def quiet_worker() -> None:
-    """Pool initializer: the worker ignores Ctrl-C (SIGINT), which a terminal sends to every process of the job, and
-    ends quietly on SIGTERM (a parent's handler, inherited through ``fork``, would not); the parent stops the pool
-    and reports the interruption once (round 29a: each worker printed a traceback)."""
+def quiet_worker(stop: Any = None, parent: int | None = None) -> None:
+    """Pool initializer: the worker ignores Ctrl-C (SIGINT), which a terminal sends to every process of the job; the
+    parent stops the pool and reports the interruption once (round 29a: each worker printed a traceback).
+
+    Without ``stop`` the worker ends quietly on SIGTERM (a parent's handler, inherited through ``fork``, would not).
+    With ``stop`` (an event of :class:`WorkerPool`) it ends on SIGTERM only once the parent has set ``stop`` or is gone
+    (``parent``: its pid): a SIGTERM to the whole process group, as a batch system's time limit sends, otherwise
+    killed idle workers that held the pool's queue lock, and the parent's orderly stop then waited for it forever
+    (round 31b). The parent stops the pool as for Ctrl-C and its ``terminate`` ends the workers."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # this is the worker's own process, started for this pool
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if stop is None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if stop.is_set() or os.getppid() != parent:
+            os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _start_worker(stop: Any, parent: int, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
+    """:class:`WorkerPool`'s initializer: :func:`quiet_worker`, then the pool's own."""
+    quiet_worker(stop, parent)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+class WorkerPool:
+    """A ``multiprocessing`` pool (:func:`worker_start_method`) whose workers leave Ctrl-C and SIGTERM to this
+    process (:func:`quiet_worker`): use ``with WorkerPool(n) as pool:`` (``pool`` is the ``multiprocessing.Pool``),
+    or :attr:`pool` and :meth:`close`."""
+
+    def __init__(self, processes: int, initializer: Callable[..., Any] | None = None,
+                 initargs: Sequence[Any] = ()) -> None:  # fmt: skip
+        context = multiprocessing.get_context(worker_start_method())
+        self._stop = context.Event()
+        self.pool = context.Pool(processes, initializer=_start_worker,
+                                 initargs=(self._stop, os.getpid(), initializer, tuple(initargs)))  # fmt: skip
+
+    def close(self) -> None:
+        """Stop the workers (those busy included) and wait for them."""
+        self._stop.set()
+        self.pool.terminate()
+        self.pool.join()
+
+    def __enter__(self) -> Any:
+        return self.pool
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _near_ids_hint(missing: set[str], ids: Sequence[str]) -> str:
@@ -678,9 +723,8 @@ def parse_structures(
             import pymatgen.io.cif  # noqa: F401
         elif table.kind in ("cif_text", "cif_file"):
             import gemmi  # noqa: F401
-        context = multiprocessing.get_context(worker_start_method())
         chunk = max(1, min(64, len(tasks) // (workers * 8)))
-        with context.Pool(workers, initializer=quiet_worker) as pool:
+        with WorkerPool(workers) as pool:
             results = list(progress_bar(pool.imap(_work, tasks, chunksize=chunk), **bar))
     return [value if ok else str(value) for ok, value in results]
 

@@ -144,13 +144,10 @@ def _work(task: tuple[list[tuple[int, Any]], dict[str, Any]]) -> tuple[list[Row]
 
 def _in_pool(inputs: Iterable[tuple[int, Any]], options: dict[str, Any], workers: int) -> Iterator[Row]:
     """Ordered, bounded map of :func:`_work` over chunks of ``inputs`` in a process pool."""
-    import multiprocessing
-
-    from cgcnn_ase.data.datasets import quiet_worker, worker_start_method
+    from cgcnn_ase.data.datasets import WorkerPool
 
     chunks = iter(lambda: list(islice(inputs, CHUNK)), [])
-    context = multiprocessing.get_context(worker_start_method())
-    with context.Pool(workers, initializer=quiet_worker) as pool:
+    with WorkerPool(workers) as pool:
         pending: deque[Any] = deque(pool.apply_async(_work, ((c, options),)) for c in islice(chunks, workers * 4))
         while pending:
             yield from _next_rows(pool, pending, chunks, options)
@@ -186,14 +183,12 @@ def _init_network_worker(models: Sequence[Any], options: Sequence[dict[str, Any]
     """Pool initializer: one torch thread (torch's thread pool does not survive ``fork``; several
     workers share the cores anyway) and this process's own predictor on the CPU for each model,
     with the caller's network ``options`` (``fast_network``, ``compile``, ``stack_members``); Ctrl-C is left to the
-    parent (:func:`~cgcnn_ase.data.datasets.quiet_worker`)."""
+    parent (:class:`~cgcnn_ase.data.datasets.WorkerPool`)."""
     import torch
 
-    from cgcnn_ase.data.datasets import quiet_worker
     from cgcnn_ase.inference.predictor import CGCNNPredictor
 
     torch.set_num_threads(1)  # this is the worker's own process, started for this pool
-    quiet_worker()
     _WORKER_PREDICTORS.clear()
     for model, settings in zip(models, options):
         predictor = CGCNNPredictor(model, device="cpu")
@@ -272,14 +267,11 @@ class NetworkPool:
     def pool(self) -> Any:
         """The ``multiprocessing`` pool, started on first use."""
         if self._pool is None:
-            import multiprocessing
+            from cgcnn_ase.data.datasets import WorkerPool
 
-            from cgcnn_ase.data.datasets import worker_start_method
-
-            context = multiprocessing.get_context(worker_start_method())
-            self._pool = context.Pool(self.processes, initializer=_init_network_worker,
-                                      initargs=([p.model for p in self.predictors], self.options))  # fmt: skip
-        return self._pool
+            self._pool = WorkerPool(self.processes, initializer=_init_network_worker,
+                                    initargs=([p.model for p in self.predictors], self.options))  # fmt: skip
+        return self._pool.pool
 
     def check(self, predictors: Any) -> None:
         """Raise ``ValueError`` unless this pool serves ``predictors`` (in this order) as they are now."""
@@ -291,8 +283,7 @@ class NetworkPool:
     def close(self) -> None:
         """Stop the worker processes (if they were started)."""
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.close()
             self._pool = None
 
     def __enter__(self) -> NetworkPool:
