@@ -152,7 +152,7 @@ class ConvLayer(nn.Module):
         if self.bn1_folded or (not self.training and atom_fea.device.type == "cpu" and not self.split_matmul):
             return self._evaluate_in_blocks(atom_fea, edge_fea, centers, neighbors, edge_weight, edge_rows)
         products = self._edge_products(atom_fea, edge_fea, centers, neighbors, edge_rows)
-        if self.fused and self.training and products.device.type == "cpu" and not self.opaque_indexing:
+        if self.fused and self.bn1.training and products.device.type == "cpu" and not self.opaque_indexing:
             summed = gated_messages(products, self.bn1, centers, atom_fea.shape[0], edge_weight)
             return nn.functional.softplus(atom_fea + self.bn2(summed))
         if edge_weight is None:

@@ -139,6 +139,10 @@ class FineTuneConfig(Settings):
             statistics: a frozen convolution runs in eval mode during training).
         head_only: train the dense head only (``conv_to_fc``, ``fcs``, ``fc_out``): the
             embedding and every convolution frozen.
+        freeze_batch_norm: keep every batch-norm layer's running statistics as the base model's (the
+            layers run in eval mode during training; their scale and shift are still trained). For a
+            dataset whose batches differ from the base model's training batches, whose statistics would
+            otherwise move the start far from the base model (the run warns when they do).
         body_lr: learning rate of the trained embedding and convolutions (``None``: ``optim.lr``).
         head_lr: learning rate of the dense head (``None``: ``optim.lr``).
     """
@@ -149,6 +153,7 @@ class FineTuneConfig(Settings):
     freeze_embedding: bool = False
     freeze_convs: int = 0
     head_only: bool = False
+    freeze_batch_norm: bool = False
     body_lr: float | None = None
     head_lr: float | None = None
 

@@ -116,14 +116,55 @@ class FineTuneState:
         output_layer: ``"reset"`` or ``"keep"`` (the resolved choice).
         frozen: names of the frozen modules (``"embedding"``, ``"convs.0"``, ...), run in
             eval mode during training.
+        batch_norm_frozen: every batch-norm layer keeps the base model's statistics
+            (``finetune.freeze_batch_norm``).
     """
 
     output_layer: str
     frozen: list[str]
+    batch_norm_frozen: bool = False
 
     def modules(self, network: CrystalGraphConvNet) -> list[torch.nn.Module]:
         """The frozen modules of ``network``."""
         return [network.get_submodule(name) for name in self.frozen]
+
+    def eval_modules(self, network: CrystalGraphConvNet) -> list[torch.nn.Module]:
+        """The modules that run in eval mode during training: the frozen ones, and every batch-norm layer
+        when their statistics are frozen."""
+        return self.modules(network) + (batch_norms(network) if self.batch_norm_frozen else [])
+
+
+def batch_norms(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The batch-norm layers of ``module``."""
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def batch_norm_shift(network: CrystalGraphConvNet, batches: list[Any], targets: list[torch.Tensor],
+                     eval_modules: list[torch.nn.Module]) -> tuple[float, float]:  # fmt: skip
+    """How far a regression network's outputs move in training mode, where its batch-norm layers use each batch's
+    own statistics, from eval mode, where they use their stored ones: ``(mean |moved - stored|, mean |stored -
+    target|)`` over the batches' crystals, in the network's (normalised) output units. ``eval_modules`` run in eval
+    mode, as in training; nothing of the network changes (its running statistics are restored).
+    """
+    was_training = network.training
+    saved = {k: v.clone() for k, v in network.state_dict().items() if "running_" in k or "num_batches" in k}
+    moved_sum, error_sum, count = 0.0, 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch, target in zip(batches, targets):
+                network.eval()
+                stored = network(batch).reshape(-1)
+                network.train()
+                for module in eval_modules:
+                    module.eval()
+                moved = network(batch).reshape(-1)
+                moved_sum += float((moved - stored).abs().sum())
+                error_sum += float((stored - target.reshape(-1)).abs().sum())
+                count += len(stored)
+    finally:
+        network.load_state_dict(saved, strict=False)
+        network.train(was_training)
+    return moved_sum / max(count, 1), error_sum / max(count, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +353,7 @@ def initialise_from_base(
     ft = config.finetune
     n_frozen = network.hparams["n_conv"] if ft.head_only else ft.freeze_convs
     frozen = (["embedding"] if ft.freeze_embedding or ft.head_only else []) + [f"convs.{k}" for k in range(n_frozen)]
-    state_ = FineTuneState(output_layer=choice, frozen=frozen)
+    state_ = FineTuneState(output_layer=choice, frozen=frozen, batch_norm_frozen=ft.freeze_batch_norm)
     for module in state_.modules(network):
         module.requires_grad_(False)
     return state_
@@ -478,6 +519,7 @@ def finetune_metadata(
         "output_layer_setting": ft.output_layer,
         "frozen": list(state.frozen),
         "head_only": ft.head_only,
+        "freeze_batch_norm": ft.freeze_batch_norm,
         "lr": {"head": ft.head_lr or config.optim.lr, "body": (ft.body_lr or config.optim.lr) if trains_body else None},
         "parameters": counts,
         "base_overlap": overlap or {"checked": "nothing", "base_data": None},

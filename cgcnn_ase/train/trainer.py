@@ -243,6 +243,8 @@ class Trainer:
         self.monitor = self._monitor()
         self.loss_fn = loss_function(config.loss_name)
         self.targets = self._training_targets()
+        if checkpoint is None and self.is_main and self.ddp is None:
+            self._check_batch_norm()
 
     def _check_kept_classes(self) -> None:
         """Warn when a classifier's kept output layer ranks this run's training labels backwards (ROC-AUC of the
@@ -262,6 +264,35 @@ class Trainer:
                           f"backwards (ROC-AUC {auc:.2f} on {len(sample)} training crystals): is label 1 here the base "
                           f"model's class 1 ({positive!r})? Invert data.target, or set finetune.output_layer: reset",
                           UserWarning, stacklevel=3)  # fmt: skip
+
+    def _check_batch_norm(self) -> None:
+        """Warn when a kept output layer would not start from the base model (round 31a): batch norm in training
+        mode normalises by each batch's own statistics, and batches of crystals unlike the base model's training
+        data (fewer atoms, other chemistry) move its predictions by far more than its error, in the first steps,
+        whatever the learning rate. Measured on up to 4 batches of training crystals; nothing is changed."""
+        if (self.base is None or self.config.task != "regression" or self.finetune_state.output_layer != "keep"
+                or self.finetune_state.batch_norm_frozen):  # fmt: skip
+            return
+        from cgcnn_ase.train.finetune import batch_norm_shift
+
+        size = max(2, self.config.batch_size)
+        order = np.random.default_rng(0).permutation(np.asarray(self.parts["train"]))[: 4 * size]
+        chunks = [np.sort(order[k : k + size]) for k in range(0, len(order), size) if len(order[k : k + size]) >= 2]
+        if not chunks:
+            return
+        batches = [self.batcher.batch(chunk).to(self.device) for chunk in chunks]
+        targets = [to_device(self.targets[chunk], self.device) for chunk in chunks]
+        moved, error = batch_norm_shift(self.network, batches, targets, self.finetune_state.eval_modules(self.network))
+        moved, error = moved * self.std, error * self.std  # target units
+        if moved > max(2 * error, 0.05 * self.std):
+            units = self.config.target_units
+            n = sum(len(chunk) for chunk in chunks)
+            warnings.warn(f"{self.config.data.path}: the base model's batch-norm statistics do not fit this run's "
+                          f"batches: normalised by each batch's own statistics, as training does, its predictions of "
+                          f"{n} training crystals move by {moved:.3g} {units} on average, against its error of "
+                          f"{error:.3g} {units} with its own statistics, so training starts that far from the base "
+                          f"model and moves its statistics there. finetune.freeze_batch_norm: true keeps them (the "
+                          f"layers' scale and shift are still trained)", UserWarning, stacklevel=3)  # fmt: skip
 
     def build_model(self) -> None:
         """The seeded network (fine-tuning: with the base model's weights, parts frozen), its
@@ -343,8 +374,8 @@ class Trainer:
             ``{"train_loss", "train_accuracy"}``: means over the epoch's crystals.
         """
         self.network.train()
-        if self.finetune_state is not None:  # frozen modules keep their batch-norm statistics
-            for module in self.finetune_state.modules(self.network):
+        if self.finetune_state is not None:  # frozen modules (and frozen batch norms) keep their statistics
+            for module in self.finetune_state.eval_modules(self.network):
                 module.eval()
         train = self.parts["train"]
         order = train[torch.randperm(len(train), generator=self.shuffle).numpy()]
