@@ -89,6 +89,16 @@ class _Probability(click.FloatRange):
         return number
 
 
+class _ElementTable(click.Path):
+    """``--atom-init``: an existing atom_init.json, or ``generated`` (this project's table), as the Python API's
+    ``atom_init=`` takes them (round 31a: the message naming 'generated' got "File 'generated' does not exist")."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value == "generated":
+            return value
+        return super().convert(value, param, ctx)
+
+
 class _WarningPrinter:
     """Warnings as one line each on stderr (no source line, no traceback), each text once: several
     models warn alike about one structure (a sparse graph, close atoms). Unseen-element summaries are
@@ -183,7 +193,8 @@ def _resume_hint(command: str, options: dict[str, Any]) -> str:
     if started:
         return ("; no row was written yet: run the same command with --resume to continue" if no_parts
                 else "; the rows written so far are kept: run the same command with --resume to continue")  # fmt: skip
-    if folder.exists() and not no_parts:  # stopped before writing (loading the models): the earlier run's output stands
+    if folder.is_file() or (folder.is_dir() and not no_parts):  # stopped before writing: an earlier run's output stands
+        # (a device such as /dev/full or a FIFO holds no earlier rows: round 31b)
         return (f"; {output} was not changed: it holds an earlier run's rows, none of this run's (run the command again, "
                 "without --resume, to replace them)")  # fmt: skip
     return "; no row was written"
@@ -466,7 +477,7 @@ def _model_names(models: Sequence[str], use_all: bool) -> list[str]:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--model", "-m", "models", multiple=True, help="Shipped model name or path to a model folder / .pth.tar file. Repeat for several.")
 @click.option("--all", "use_all", is_flag=True, help="Every shipped model.")
-@click.option("--atom-init", type=click.Path(exists=True, dir_okay=False), help="Element table (atom_init.json) for an original .pth.tar checkpoint.")
+@click.option("--atom-init", type=_ElementTable(exists=True, dir_okay=False), help="Element table (atom_init.json) for an original .pth.tar checkpoint, or 'generated' for this project's table (which changes the authors' predictions: docs/elements.md).")
 @click.option("--trust", is_flag=True, help="Allow unpickling a legacy checkpoint that the safe loader refuses (can run code).")
 @click.option("--per-atom", is_flag=True, help="Long format: one row per atom with its contribution (mean over atoms = prediction; contributions are not clipped: an atom's share of a band gap may be negative).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "json", "table"]), default=None, help="Output format [default: a table on a terminal, else csv; json when -o ends in .json, parquet when it ends in .parquet or .pq]. csv and parquet are written chunk by chunk.")

@@ -106,6 +106,11 @@ class DistributedSetupError(CGCNNError, RuntimeError):
     """The distributed environment is unusable (torch.distributed missing, inconsistent variables)."""
 
 
+class WorkerError(CGCNNError, RuntimeError):
+    """A worker process of a pool died (killed by a signal: the out-of-memory killer, ``kill -9``) and its task
+    with it; the run stops rather than wait for it."""
+
+
 class TerminatedError(KeyboardInterrupt):
     """SIGTERM received by the command line (a batch system's time limit, ``kill``): it stops the command as Ctrl-C
     does (every ``except KeyboardInterrupt`` cleans up as for Ctrl-C), and the command exits 143."""

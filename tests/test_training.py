@@ -171,6 +171,10 @@ def test_evaluate_model_reproduces_the_model_card(trained, tmp_path):
     assert result["metrics"]["mae"] == pytest.approx(stored["mae"], rel=1e-5, abs=1e-7)
     assert {p.name for p in (tmp_path / "eval").iterdir()} == {"metrics.json", "predictions.csv", "parity.png"}
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["n"] == 2
+    table = pd.read_csv(tmp_path / "eval" / "predictions.csv")  # full precision (31a: 6 significant digits)
+    column = f"{config.property_name} (Å^3/atom)"
+    recomputed = (table[f"true {column}"] - table[f"predicted {column}"]).abs().mean()
+    assert recomputed == pytest.approx(result["metrics"]["mae"], rel=1e-12)
     train = evaluate_model(folder, str(config.data.path), split="train")  # a path reuses the trained data settings
     assert train["n"] == 8
 

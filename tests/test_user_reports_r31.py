@@ -161,7 +161,7 @@ _GROUP_SIGTERM_SCRIPT = """
 import signal, sys, time
 from cgcnn_ase.data.datasets import WorkerPool
 
-class Stop(Exception):
+class Stop(KeyboardInterrupt):  # as the command line's TerminatedError
     pass
 
 def on_term(signum, frame):
@@ -281,3 +281,112 @@ def test_the_batch_norm_measurement_is_training_modes_and_changes_nothing():
     assert batch_norm_shift(network, [batch], [target], batch_norms(network))[0] == 0.0
     assert network.training  # its mode restored
     assert all(torch.equal(v, network.state_dict()[k]) for k, v in state.items())
+
+
+def test_cli_atom_init_takes_generated_as_the_api_does():
+    """31a: the checkpoint error says atom_init='generated' uses this project's table, but `--atom-init generated`
+    got "File 'generated' does not exist"; evaluate's predictions.csv kept 6 significant digits (tests/test_training.py)."""
+    from cgcnn_ase import CGCNNPredictor
+
+    from .conftest import REFERENCE, require_shared
+
+    checkpoint = require_shared(REFERENCE / "pre-trained" / "formation-energy-per-atom.pth.tar")
+    frame = _csv(_cli("predict", EXAMPLES[0], "-m", str(checkpoint), "--atom-init", "generated"))
+    api = CGCNNPredictor.from_checkpoint(checkpoint, atom_init="generated").predict(EXAMPLES[0])
+    np.testing.assert_allclose(frame.iloc[:, 1], api.values, rtol=1e-6)
+    run = _cli("predict", EXAMPLES[0], "-m", str(checkpoint), "--atom-init", "no-such.json")
+    assert run.exit_code == 2 and "does not exist" in run.output
+
+
+def test_two_checkpoints_of_one_file_name_are_told_apart_by_their_paths(tmp_path):
+    """31a: `-m runA/model_best.pth.tar -m runB/model_best.pth.tar` (the original code's file name for every run) was
+    refused: "two models are named alike (model_best, model_best)"; the columns now carry the paths given."""
+    import shutil
+
+    from .conftest import REFERENCE, require_shared
+
+    checkpoint = require_shared(REFERENCE / "pre-trained" / "formation-energy-per-atom.pth.tar")
+    paths = []
+    for run in ("runA", "runB"):
+        (tmp_path / run).mkdir()
+        paths.append(str(shutil.copy(checkpoint, tmp_path / run / "model_best.pth.tar")))
+    frame = _csv(_cli("predict", EXAMPLES[0], "-m", paths[0], "-m", paths[1], "--atom-init", "generated"))
+    assert [c for c in frame.columns if "model_best" in c] == [f"{p}: model_best (unknown)" for p in paths]
+    assert frame.iloc[0, 1] == frame.iloc[0, 2]
+
+
+def test_a_full_device_is_not_said_to_hold_an_earlier_runs_rows():
+    """31b: `-o /dev/full` said "/dev/full was not changed: it holds an earlier run's rows" (no earlier run exists)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    run = _cli("predict", EXAMPLES[0], "-m", "formation_energy", "--members", "1", "-o", "/dev/full")
+    assert run.exit_code == 74
+    assert "No space left on device; no row was written" in run.output and "earlier run" not in run.output
+
+
+def test_a_checkpoint_trained_with_other_graph_settings_loads_when_they_are_given(tmp_path):
+    """31a: a checkpoint trained with the original code's CIFData changed (radius 6 Å: 31 Gaussians) was refused
+    with no remedy ("which the file does not store"); load_original_checkpoint now takes graph=, and the refusal
+    says so."""
+    from ase.build import bulk
+
+    from cgcnn_ase import CGCNNPredictor
+    from cgcnn_ase.errors import CheckpointError
+    from cgcnn_ase.graph.config import GraphConfig
+    from cgcnn_ase.models.legacy import load_original_checkpoint
+
+    from .test_user_reports import _original_layout_checkpoint
+
+    path = _original_layout_checkpoint(tmp_path / "own_radius6.pth.tar", nbr_fea_len=31)
+    with pytest.raises(CheckpointError, match=r"31 bond features .* gives 41: .*graph=GraphConfig\(radius="):
+        load_original_checkpoint(path, atom_init="generated")
+    graph = GraphConfig(radius=6.0, max_neighbors=8, neighbor_policy="original")
+    model = load_original_checkpoint(path, atom_init="generated", graph=graph, property="my_energy", units="eV/atom")
+    assert model.spec.graph == graph and (model.spec.property, model.spec.units) == ("my_energy", "eV/atom")
+    result = CGCNNPredictor(model).predict(bulk("NaCl", "rocksalt", a=5.64))
+    assert np.isfinite(result.values).all() and result.units == "eV/atom"
+    with pytest.raises(CheckpointError, match="the graph settings given"):
+        load_original_checkpoint(path, atom_init="generated", graph=GraphConfig(radius=7.0))
+
+
+def test_a_killed_worker_stops_the_run_with_a_message():
+    """32a: SIGKILL of one worker of `predict --workers 2` (what the out-of-memory killer sends) hung the run forever:
+    multiprocessing replaced the worker without a word and its task was never done. Waiting for a result now checks
+    the workers and raises WorkerError (exit 1 on the command line)."""
+    import signal
+    import time
+
+    from cgcnn_ase.data.datasets import WorkerPool, result_of
+    from cgcnn_ase.errors import WorkerError
+
+    started = time.monotonic()
+    with pytest.raises(WorkerError, match=r"a worker process died (by signal 9 )?\(the out-of-memory killer"), WorkerPool(2) as pool:
+        pending = pool.apply_async(time.sleep, (60,))
+        time.sleep(0.5)
+        for process in list(pool._pool):
+            os.kill(process.pid, signal.SIGKILL)
+        result_of(pending, pool)
+    assert time.monotonic() - started < 30
+
+
+def test_a_program_without_a_sigterm_handler_loses_its_workers_quietly():
+    """32a: a user's script with Python's default SIGTERM (none of its own), predicting with workers=2, died on a
+    process-group SIGTERM and its workers, outliving it, printed BrokenPipeError tracebacks. Its workers now end as
+    it does."""
+    import signal
+    import subprocess
+
+    script = ("import time\nfrom cgcnn_ase.data.datasets import WorkerPool\nwith WorkerPool(2) as pool:\n"
+              "    pool.map(abs, range(10))\n    print('ready', flush=True)\n"
+              "    list(pool.imap(time.sleep, [0.01] * 100000))\n")  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == -signal.SIGTERM and "Traceback" not in err, err

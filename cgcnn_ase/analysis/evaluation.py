@@ -309,7 +309,7 @@ def _write_evaluation(
     if unusable:  # rows whose structure could not be read: named, with why (metrics.json counts them in n_failed)
         table = pd.concat([table, pd.DataFrame({"id": list(unusable), "error": list(unusable.values())})],
                           ignore_index=True)  # fmt: skip
-    table.to_csv(out / "predictions.csv", index=False, float_format="%.6g")
+    table.to_csv(out / "predictions.csv", index=False)  # full precision, as predict writes (31a)
     good = result.ok
     if spec_m.task == "classification":
         plot = roc_plot(targets[good], result.values[good], out / "roc.png", title=title, positive=spec_m.positive_class)

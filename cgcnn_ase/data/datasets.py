@@ -582,10 +582,10 @@ def quiet_worker(stop: Any = None, parent: int | None = None) -> None:
     parent stops the pool and reports the interruption once (round 29a: each worker printed a traceback).
 
     Without ``stop`` the worker ends quietly on SIGTERM (a parent's handler, inherited through ``fork``, would not).
-    With ``stop`` (an event of :class:`WorkerPool`) it ends on SIGTERM only once the parent has set ``stop`` or is gone
-    (``parent``: its pid): a SIGTERM to the whole process group, as a batch system's time limit sends, otherwise
-    killed idle workers that held the pool's queue lock, and the parent's orderly stop then waited for it forever
-    (round 31b). The parent stops the pool as for Ctrl-C and its ``terminate`` ends the workers."""
+    With ``stop`` (a flag of :class:`WorkerPool`, read without a lock) it ends on SIGTERM only once the parent has set
+    ``stop`` or is gone (``parent``: its pid): a SIGTERM to the whole process group, as a batch system's time limit
+    sends, otherwise killed idle workers holding the pool's task-queue lock, and the parent's orderly stop waited
+    for it forever (round 31b); the parent stops them itself (:meth:`WorkerPool.kill`)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # this is the worker's own process, started for this pool
@@ -594,8 +594,8 @@ def quiet_worker(stop: Any = None, parent: int | None = None) -> None:
         return
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        if stop.is_set() or os.getppid() != parent:
-            os._exit(128 + signum)
+        if stop.value or os.getppid() != parent:
+            raise SystemExit(128 + signum)  # unwinds the pool's `with lock` blocks (os._exit would not)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -609,27 +609,106 @@ def _start_worker(stop: Any, parent: int, initializer: Callable[..., Any] | None
 
 class WorkerPool:
     """A ``multiprocessing`` pool (:func:`worker_start_method`) whose workers leave Ctrl-C and SIGTERM to this
-    process (:func:`quiet_worker`): use ``with WorkerPool(n) as pool:`` (``pool`` is the ``multiprocessing.Pool``),
-    or :attr:`pool` and :meth:`close`."""
+    process: use ``with WorkerPool(n) as pool:`` (``pool`` is the ``multiprocessing.Pool``), or :attr:`pool` and
+    :meth:`close` / :meth:`kill`; wait for results with :func:`result_of`.
+
+    When this process stops on SIGTERM itself (Python's default, no handler), the workers do too, as it does. When it
+    handles SIGTERM (the command line, a user's handler), they leave it to this process, and an interruption
+    (``KeyboardInterrupt``, :class:`~cgcnn_ase.errors.TerminatedError`, ``SystemExit``) leaving the ``with`` block
+    kills them (:meth:`kill`) instead of the orderly stop, which a signal can leave waiting forever; so does a dead
+    worker (:func:`check_workers`).
+    """
 
     def __init__(self, processes: int, initializer: Callable[..., Any] | None = None,
                  initargs: Sequence[Any] = ()) -> None:  # fmt: skip
+        import signal
+
         context = multiprocessing.get_context(worker_start_method())
-        self._stop = context.Event()
+        handled = signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+        self._stop = context.RawValue("b", 0) if handled else None  # a lock in a signal handler can deadlock
         self.pool = context.Pool(processes, initializer=_start_worker,
                                  initargs=(self._stop, os.getpid(), initializer, tuple(initargs)))  # fmt: skip
+        self.pool._cgcnn_workers = {p.pid for p in getattr(self.pool, "_pool", ())}  # see check_workers
 
     def close(self) -> None:
-        """Stop the workers (those busy included) and wait for them."""
-        self._stop.set()
+        """Stop the workers (those busy included) and wait for them: ``multiprocessing``'s orderly ``terminate``."""
+        if self._stop is not None:
+            self._stop.value = 1
         self.pool.terminate()
         self.pool.join()
+
+    def kill(self) -> None:
+        """Kill the workers (SIGKILL) and leave the pool: for an interruption, where ``terminate`` may wait forever
+        for a lock that a worker ended by a signal held. The pool's threads are left blocked (daemon threads)."""
+        from multiprocessing import pool as mp_pool
+
+        self.pool._state = mp_pool.TERMINATE
+        handler = getattr(self.pool, "_worker_handler", None)
+        if handler is not None:  # else it starts new workers in place of the killed ones
+            handler._state = mp_pool.TERMINATE
+        workers = list(getattr(self.pool, "_pool", ()))
+        for process in workers:
+            try:
+                process.kill()
+            except OSError:  # gone meanwhile
+                pass
+        for process in workers:
+            process.join(timeout=5)
+        finalizer = getattr(self.pool, "_terminate", None)
+        if finalizer is not None:  # its orderly stop, at exit, would wait on the killed workers' locks
+            finalizer.cancel()
 
     def __enter__(self) -> Any:
         return self.pool
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.kill() if interrupted(exc_type) else self.close()
+
+
+def interrupted(exc_type: type[BaseException] | None) -> bool:
+    """Whether an exception leaving a pool's ``with`` block calls for :meth:`WorkerPool.kill`: Ctrl-C, SIGTERM
+    (:class:`~cgcnn_ase.errors.TerminatedError`), ``SystemExit`` or a dead worker (:class:`~cgcnn_ase.errors.WorkerError`)."""
+    from cgcnn_ase.errors import WorkerError
+
+    return exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit, WorkerError))
+
+
+def check_workers(pool: Any) -> None:
+    """Raise :class:`~cgcnn_ase.errors.WorkerError` when a worker of ``pool`` (a :class:`WorkerPool`'s) has died:
+    ``multiprocessing`` replaces it without a word, and its task is never done (round 32a: a run waited forever)."""
+    started = getattr(pool, "_cgcnn_workers", None)
+    workers = getattr(pool, "_pool", None)
+    if started is None or workers is None:
+        return
+    dead = [p for p in list(workers) if p.exitcode is not None and p.exitcode != 0]
+    if dead or not {p.pid for p in list(workers)} <= started:
+        from cgcnn_ase.errors import WorkerError
+
+        code = dead[0].exitcode if dead else None
+        how = f" by signal {-code}" if code is not None and code < 0 else ""
+        raise WorkerError(f"a worker process died{how} (the out-of-memory killer or `kill -9` ends one with signal 9) "
+                          "and its work with it: the run stops. Use fewer workers or smaller chunks if memory is short")  # fmt: skip
+
+
+def _checked(results: Any, pool: Any) -> Iterator[Any]:
+    """The items of ``pool.imap``'s iterator, checking every second that no worker died (:func:`check_workers`)."""
+    while True:
+        try:
+            yield results.next(timeout=1.0)
+        except StopIteration:
+            return
+        except multiprocessing.TimeoutError:
+            check_workers(pool)
+
+
+def result_of(pending: Any, pool: Any) -> Any:
+    """``pending.get()`` of an ``AsyncResult`` of ``pool``, checking every second that no worker died
+    (:func:`check_workers`)."""
+    while True:
+        try:
+            return pending.get(timeout=1.0)
+        except multiprocessing.TimeoutError:
+            check_workers(pool)
 
 
 def _near_ids_hint(missing: set[str], ids: Sequence[str]) -> str:
@@ -725,7 +804,7 @@ def parse_structures(
             import gemmi  # noqa: F401
         chunk = max(1, min(64, len(tasks) // (workers * 8)))
         with WorkerPool(workers) as pool:
-            results = list(progress_bar(pool.imap(_work, tasks, chunksize=chunk), **bar))
+            results = list(progress_bar(_checked(pool.imap(_work, tasks, chunksize=chunk), pool), **bar))
     return [value if ok else str(value) for ok, value in results]
 
 

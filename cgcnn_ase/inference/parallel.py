@@ -155,12 +155,19 @@ def _in_pool(inputs: Iterable[tuple[int, Any]], options: dict[str, Any], workers
 
 def _next_rows(pool: Any, pending: deque[Any], chunks: Iterator[list[Any]], options: dict[str, Any]) -> list[Row]:
     """The oldest graph task's rows (its warnings re-raised here); the next chunk is submitted in its place."""
-    rows, caught = pending.popleft().get()
+    rows, caught = _result(pending.popleft(), pool)
     chunk = next(chunks, None)
     if chunk is not None:
         pending.append(pool.apply_async(_work, ((chunk, options),)))
     _rewarn(caught)
     return rows
+
+
+def _result(pending: Any, pool: Any) -> Any:
+    """A task's result, or :class:`~cgcnn_ase.errors.WorkerError` if a worker died meanwhile."""
+    from cgcnn_ase.data.datasets import result_of
+
+    return result_of(pending, pool)
 
 
 def _rewarn(caught: list[tuple[str, type]]) -> None:
@@ -280,17 +287,19 @@ class NetworkPool:
         if not same or [_network_options(p) for p in predictors] != self.options:
             raise ValueError("this NetworkPool was made for another predictor (or predictors) or other predictor options")
 
-    def close(self) -> None:
-        """Stop the worker processes (if they were started)."""
+    def close(self, interrupted: bool = False) -> None:
+        """Stop the worker processes (if they were started); ``interrupted``: kill them (see ``WorkerPool.kill``)."""
         if self._pool is not None:
-            self._pool.close()
+            self._pool.kill() if interrupted else self._pool.close()
             self._pool = None
 
     def __enter__(self) -> NetworkPool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        from cgcnn_ase.data.datasets import interrupted
+
+        self.close(interrupted=interrupted(exc_type))
 
 
 #: Per batch, each model's items (``(label, graph | summary | error)``, in input order) and its outputs.
@@ -388,7 +397,7 @@ def _pipeline(
     pending = deque(submit(task) for task in islice(tasks, workers * 2))
     while pending:
         task, result = pending.popleft()
-        rows, outputs, caught = result.get()
+        rows, outputs, caught = _result(result, pool.pool)
         _rewarn(caught)
         if outputs is None:  # the batches shift here: the rest as one process forms them (pending results unused)
             rest = chain([item for task, _ in pending for item in task], inputs)
@@ -466,7 +475,7 @@ def _regrouped(
             nets.append((columns, pool.apply_async(_network, (task,)) if any(graphs) else None))
         while nets and (len(nets) > workers * 2 or not (reads or buffer)):
             columns, pending = nets.popleft()
-            yield columns, pending.get() if pending is not None else [NO_OUTPUTS] * n_models
+            yield columns, _result(pending, pool) if pending is not None else [NO_OUTPUTS] * n_models
 
 
 def _raise_first_error(rows: Sequence[Row], errors: str) -> None:

@@ -234,7 +234,9 @@ def predict_items(
     import pandas as pd
 
     columns = list(columns) if columns is not None else model_columns(predictors, coverage=coverage)
-    widths = [len(block) for block in _column_blocks(predictors, coverage=coverage)]
+    # the widths do not depend on the names (round 31a: two model_best.pth.tar files, named apart by the caller's
+    # columns, were refused here by their own names)
+    widths = [len(block) for block in _column_blocks(predictors, [str(k) for k in range(len(predictors))], coverage)]
     if sum(widths) != len(columns):
         raise ValueError(f"{len(columns)} column names for {sum(widths)} model columns")
     results, rows = predicted_rows(items, predictors, batch_size=batch_size, on_sparse=on_sparse, workers=workers,

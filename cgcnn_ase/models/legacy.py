@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ import torch
 
 from cgcnn_ase.errors import CheckpointError, UntrustedCheckpointError
 from cgcnn_ase.graph.config import GraphConfig
-from cgcnn_ase.graph.elements import generate_cgcnn_table
 from cgcnn_ase.graph.element_table import ElementTable, load_atom_init
+from cgcnn_ase.graph.elements import generate_cgcnn_table
 from cgcnn_ase.models.folder import LoadedModel, ModelSpec, build_network
 
 #: Property name and units of the authors' checkpoints, keyed by file stem.
@@ -54,9 +55,11 @@ def _torch_load(path: Path, trusted: bool) -> dict[str, Any]:
         if "global" not in reason.lower():  # not a refused import: the file itself is broken
             raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason[:200]})") from None
         if not trusted:
+            named = re.search(r"GLOBAL ([\w.]+)", reason)  # torch's text is long: name the refused object alone
+            what = f"a pickled {named.group(1)}" if named else f"arbitrary pickled objects ({reason[:200]})"
             raise UntrustedCheckpointError(
-                f"{path}: the file needs arbitrary pickled objects to load ({reason[:200]}); it was not loaded, "
-                "since unpickling can run code. Pass trusted=True (CLI: --trust) only if you trust its source."
+                f"{path}: the file needs {what} to load; it was not loaded, since unpickling can run code. Pass "
+                "trusted=True (CLI: --trust) only if you trust its source."
             ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
@@ -107,13 +110,14 @@ def load_original_checkpoint(
     trusted: bool = False,
     property: str | None = None,
     units: str | None = None,
+    graph: GraphConfig | None = None,
 ) -> LoadedModel:
     """Load one of the original CGCNN authors' ``.pth.tar`` checkpoints on the CPU.
 
     The architecture is read from the weight shapes; graph settings are the original's
     (8 Å, 12 neighbours, 41 Gaussians, ``neighbor_policy="original"``), which the file
-    does not store. Property and units come from the file name for the 8 published
-    models, else from ``property``/``units``.
+    does not store, unless ``graph`` gives those the model was trained with. Property and units
+    come from the file name for the 8 published models, else from ``property``/``units``.
 
     Args:
         path: the ``.pth.tar`` file.
@@ -121,6 +125,11 @@ def load_original_checkpoint(
             ``atom_init.json`` or an :class:`ElementTable`), or ``"generated"`` for this
             project's table (which changes predictions); required.
         trusted: allow full unpickling (can run code) if the safe loader refuses the file.
+        property: the property's name, for a file not named as a published model (else its file name).
+        units: the property's units, likewise (else ``"unknown"``).
+        graph: the graph settings of a model trained with the original code's ``CIFData`` changed
+            (``max_num_nbr``, ``radius``, ``dmin``, ``step``: ``GraphConfig(max_neighbors=..., radius=...,
+            gaussian_dmin=..., gaussian_step=..., neighbor_policy="original")``); ``None``: the original's.
     """
     path = Path(path)
     if not path.is_file():
@@ -147,12 +156,19 @@ def load_original_checkpoint(
             f"{path}: a regression checkpoint without its target normaliser ('normalizer' with 'mean' and 'std', "
             "which the original code saves beside 'state_dict'): its outputs cannot be turned into values"
         )
-    graph = GraphConfig(neighbor_policy="original")
+    given = graph is not None
+    graph = graph if given else GraphConfig(neighbor_policy="original")
+    if not isinstance(graph, GraphConfig):
+        raise TypeError(f"graph must be a GraphConfig, got {type(graph).__name__}")
     if architecture["nbr_fea_len"] != graph.n_gaussians:
+        whose = "the graph settings given" if given else "the original code's graph"
         raise CheckpointError(
-            f"{path}: its convolutions take {architecture['nbr_fea_len']} bond features per edge, but the original "
-            f"code's graph ({graph.radius:g} Å, Gaussians every {graph.gaussian_step:g} Å) gives {graph.n_gaussians}: it "
-            "was trained with other graph settings, which the file does not store"
+            f"{path}: its convolutions take {architecture['nbr_fea_len']} bond features per edge, but {whose} "
+            f"({graph.radius:g} Å, Gaussians from {graph.gaussian_dmin:g} Å every {graph.gaussian_step:g} Å) gives "
+            f"{graph.n_gaussians}: it was trained with other graph settings, which the file does not store. Give them: "
+            "load_original_checkpoint(path, atom_init=..., graph=GraphConfig(radius=..., max_neighbors=..., "
+            "gaussian_step=..., neighbor_policy='original')), then CGCNNPredictor(model) or save_model_folder(folder, "
+            "model) for the command line (docs/compatibility.md)"
         )
     spec = ModelSpec(
         name=stem,
