@@ -537,6 +537,10 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
         raise click.UsageError("standard output is closed: give -o FILE for the results")
     if fmt is None and output is None:
         fmt = "table" if is_terminal(sys.stdout) else "csv"  # a person reads a table; a pipe gets csv
+    if output is not None and output.lower().endswith((".gz", ".bz2", ".xz", ".zip")):  # round 32c: text in a .gz
+        raise click.BadParameter(f"{output}: output is written uncompressed, chunk by chunk; name it .csv (or .json) "
+                                 "and compress it afterwards, or write .parquet (compressed itself)",
+                                 param_hint="-o/--output")  # fmt: skip
     if fmt is None and output is not None and output.lower().endswith(".json"):
         fmt = "json"
     if fmt is None:
@@ -873,8 +877,8 @@ def _models_table(infos: Sequence[Any]) -> str:
 
 
 @main.command(short_help="Add CGCNN columns to a CSV of structures.")
-@click.argument("table", type=click.Path(exists=True, dir_okay=False))
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), required=True, help="CSV to write.")
+@click.argument("table", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True, allow_dash=True), required=True, help="CSV to write ('-': stdout; a name ending in .gz, .bz2, .xz or .zip is compressed).")
 @click.option("--column", default="cif", show_default=True, help="Column holding CIF text or structure file paths.")
 @click.option("--id-column", default=None, help="Column of ids naming the rows in error messages [default: TABLE@ROW, the 0-based data row, as predict names them].")
 @click.option("--model", "-m", "models", multiple=True, help="Model name or path (repeatable) [default: the general-purpose models of predict, in the featurizer's columns: each model's own property and units, e.g. is_metal (probability), log10_bulk_modulus (log10(GPa)), band_gap gated with band_gap_raw].")
@@ -886,7 +890,7 @@ def _models_table(infos: Sequence[Any]) -> str:
 def featurize(table: str, output: str, column: str, id_column: str | None, models: tuple[str, ...], use_all: bool,
               embeddings: bool, overwrite: bool, batch_size: int) -> None:  # fmt: skip
     """Add CGCNN columns to a table of structures (.csv, .tsv or .parquet; CIF text or file paths in
-    --column), written as CSV.
+    --column; '-': a CSV piped to stdin), written as CSV.
 
     Each model adds its value column (and its _std for an ensemble); an unseen_elements column
     names the elements of a row that a model never saw in training (that value extrapolates).
@@ -899,10 +903,22 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
     from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
     from cgcnn_ase.io.inputs import read_table
 
-    if os.path.realpath(output) == os.path.realpath(table):
+    plain = re.sub(r"\.(gz|bz2|xz|zip)$", "", output.lower())
+    if output != "-" and not plain.endswith((".csv", ".txt")) and Path(plain).suffix:  # round 32c: CSV in a .parquet
+        raise click.BadParameter(f"{output}: featurize writes CSV; name the output .csv (or .csv.gz), or use "
+                                 "`cgcnn-ase predict TABLE --column ... -o OUT.parquet` for Parquet", param_hint="-o/--output")  # fmt: skip
+    if output == "-" and sys.stdout is None:
+        raise click.UsageError("standard output is closed: give -o FILE for the results")
+    if output != "-" and table != "-" and os.path.realpath(output) == os.path.realpath(table):
         raise click.BadParameter(f"{output} is also the input table; write the result to another file",
                                  param_hint="-o/--output")  # fmt: skip
-    df = read_table(table)
+    if table == "-":  # a CSV piped in (round 32c: '-' was refused as a missing file); relative paths from here
+        if sys.stdin is None:
+            raise click.UsageError("'-' reads a table piped to stdin, and stdin is closed")
+        df = pd.read_csv(sys.stdin, dtype=str, keep_default_na=False, na_filter=False)
+        table = "stdin"
+    else:
+        df = read_table(table)
     for name in (column, id_column):
         if name is not None and name not in df.columns:
             raise click.UsageError(f"{table} has no column {name!r}; columns: {', '.join(map(str, df.columns))}")
@@ -934,7 +950,7 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
     out = pd.concat([df, pd.DataFrame(features, columns=labels, index=df.index)], axis=1)
     out["unseen_elements"] = unseen
     out["error"] = errors
-    out.to_csv(output, index=False)
+    out.to_csv(sys.stdout if output == "-" else output, index=False)
     bad = [e for e in errors if e]
     for message in bad:
         click.echo(f"error: {message}", err=True)

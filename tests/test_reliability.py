@@ -85,7 +85,7 @@ CASES = [
     Case("atoms 0.1 Å apart", lambda t: Atoms("Cu2", positions=[[1, 1, 1], [1, 1, 1.1]], cell=np.eye(3) * 4, pbc=True), InvalidStructureError, r"0\.100 Å apart"),
     Case("atoms closer than half their covalent radii", lambda t: Atoms("Cu2", positions=[[1, 1, 1], [1, 1, 1.8]], cell=np.eye(3) * 4, pbc=True), CloseAtomsWarning, r"0\.800 Å apart, 0\.36 x the sum"),
     Case("lattice doubled by mistake", lambda t: bulk("NaCl", "rocksalt", a=2 * 5.64), StretchedStructureWarning, "no two atoms are near bonding distance"),
-    Case("slab with 15 Å of vacuum and pbc=True", lambda t: fcc111("Cu", (2, 2, 4), vacuum=7.5, periodic=True), VacuumWarning, r"empty gap 15\.0 Å wide along lattice vector c"),
+    Case("slab with 15 Å of vacuum and pbc=True", lambda t: fcc111("Cu", (2, 2, 4), vacuum=7.5, periodic=True), VacuumWarning, r"empty gap 15\.0 Å wide across the lattice planes \(0 0 1\)"),
     Case("atomic number 0", lambda t: Atoms(numbers=[0, 11], positions=[[0, 0, 0], [2, 2, 2]], cell=np.eye(3) * 4, pbc=True), InvalidStructureError, "dummy species"),
     Case("atomic number beyond the table", lambda t: Atoms(numbers=[112], cell=np.eye(3) * 3.6, pbc=True), UnsupportedElementError, r"Cn \(Z=112\)"),
     Case("element unseen in training", lambda t: bulk("Xe", "fcc", a=6.2), UnseenElementWarning, "Xe did not occur"),

@@ -1243,7 +1243,7 @@ def test_a_slab_or_molecule_in_a_periodic_box_is_warned_about():
     from cgcnn_ase.io.records import vacuum_gap
 
     slab = fcc111("Cu", (2, 2, 4), vacuum=7.5, periodic=True)
-    with pytest.warns(VacuumWarning, match=r"15\.0 Å wide along lattice vector c"):
+    with pytest.warns(VacuumWarning, match=r"15\.0 Å wide across the lattice planes \(0 0 1\)"):
         record = to_record(slab)
     # the gap is that of the structure, not of its description: shifted, wrapped, permuted, a supercell
     shifted = slab.copy()
@@ -1261,7 +1261,7 @@ def test_a_slab_or_molecule_in_a_periodic_box_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error", VacuumWarning)
         record = to_record(skewed)
-    assert vacuum_gap(record.frac_coords, record.cell)[0] == pytest.approx(5.64 / 2)  # rocksalt's (200) spacing < 5 Å
+    assert vacuum_gap(record.frac_coords, record.cell)[0] < 3.0  # bulk: no gap near 5 Å
 
 
 # -- outside testing, round 7 (readers, streaming, fine-tuning, API) -----------------------------------------

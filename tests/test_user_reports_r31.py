@@ -144,8 +144,8 @@ def test_a_slab_in_a_cell_with_no_two_vectors_in_its_plane_is_still_a_slab():
     cell[0] += cell[2]
     sheared.set_cell(cell, scale_atoms=False)  # the same lattice and atoms, another basis
     predictor = CGCNNPredictor.from_pretrained("formation_energy", members=1)
-    for atoms, where in ((slab, "along lattice vector c"), (sheared, r"normal to the lattice planes \(1 0 1\)")):
-        with pytest.warns(VacuumWarning, match=rf"empty gap 16\.0 Å wide {where}"):
+    for atoms, where in ((slab, r"\(0 0 1\)"), (sheared, r"\(1 0 1\)")):
+        with pytest.warns(VacuumWarning, match=rf"empty gap 16\.0 Å wide across the lattice planes {where}"):
             result = predictor.predict(atoms)
         assert result.vacuum_gap[0] == pytest.approx(16.0, abs=0.05) and not result.in_domain()[0]
     records = [to_record(a) for a in (slab, sheared, bulk("NaCl", "rocksalt", a=5.64), bulk("NaCl", "rocksalt", a=5.64, cubic=True))]
@@ -390,3 +390,59 @@ def test_a_program_without_a_sigterm_handler_loses_its_workers_quietly():
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     assert process.returncode == -signal.SIGTERM and "Traceback" not in err, err
+
+
+def test_a_slab_in_any_basis_of_its_lattice_is_still_a_slab():
+    """32a: a Cu(111) slab with 15 Å of vacuum in the cell (a + 2c, b, c) measured 1.3 Å (its planes have a Miller
+    index of 2 there), and 114 of 197 random bases of its lattice escaped the warning; a cell far from reduced is
+    now measured in its Minkowski-reduced form, by both graph builders."""
+    from ase.build import fcc111
+
+    from cgcnn_ase.errors import VacuumWarning
+    from cgcnn_ase.graph.batched import FlatCrystals, vacuum_gaps
+    from cgcnn_ase.io.reader import to_record
+
+    slab = fcc111("Cu", size=(2, 2, 4), vacuum=7.5, periodic=True)
+    rng = np.random.default_rng(0)
+    records = []
+    while len(records) < 12:
+        basis = rng.integers(-2, 3, size=(3, 3))
+        if round(abs(np.linalg.det(basis))) != 1:
+            continue
+        atoms = slab.copy()
+        atoms.set_cell(basis @ slab.cell.array, scale_atoms=False)
+        atoms.wrap()
+        with pytest.warns(VacuumWarning, match=r"empty gap 15\.0 Å wide across the lattice planes \(\d -?\d -?\d\)"):
+            records.append(to_record(atoms))
+    np.testing.assert_allclose([r.vacuum for r in records], 15.0, atol=1e-6)
+    np.testing.assert_allclose(vacuum_gaps(FlatCrystals.from_records(records)).tolist(), 15.0, atol=1e-6)
+
+
+def test_shell_conventions_of_featurize_train_and_compressed_names(tmp_path, monkeypatch):
+    """32c: `featurize -o -` wrote a file named '-' and `featurize -` refused stdin; featurize wrote CSV into .parquet
+    and .json names; `predict -o out.csv.gz --format csv` wrote plain text into a .gz; `train <(...)` said "no such
+    configuration file"; the --members 1 table explained a ± it did not show."""
+    from click.testing import CliRunner
+
+    table = pd.DataFrame({"id": ["a", "b"], "cif": [(REPO / "examples" / "SrTiO3.cif").read_text()] * 2})
+    text = table.to_csv(index=False)
+    monkeypatch.chdir(tmp_path)
+    run = CliRunner().invoke(main, ["featurize", "-", "-o", "-", "-m", "formation_energy"], input=text)
+    assert run.exit_code == 0, run.output
+    out = pd.read_csv(io.StringIO(run.stdout))
+    assert list(out["id"]) == ["a", "b"] and out["formation_energy (eV/atom)"].notna().all()
+    assert not (tmp_path / "-").exists()
+    (tmp_path / "t.csv").write_text(text)
+    for name in ("f.parquet", "f.json"):
+        run = _cli("featurize", str(tmp_path / "t.csv"), "-o", str(tmp_path / name), "-m", "formation_energy")
+        assert run.exit_code == 2 and "featurize writes CSV" in run.output and not (tmp_path / name).exists()
+    run = _cli("featurize", str(tmp_path / "t.csv"), "-o", str(tmp_path / "f.csv.gz"), "-m", "formation_energy")
+    assert run.exit_code == 0 and len(pd.read_csv(tmp_path / "f.csv.gz")) == 2  # compressed, as pandas infers
+    run = _cli("predict", EXAMPLES[0], "-m", "formation_energy", "--format", "csv", "-o", str(tmp_path / "p.csv.gz"))
+    assert run.exit_code == 2 and "written uncompressed" in run.output and not (tmp_path / "p.csv.gz").exists()
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    run = _cli("train", str(fifo))
+    assert run.exit_code == 2 and "not a regular file (a pipe" in run.output
+    run = _cli("predict", EXAMPLES[0], "--members", "1", "--format", "table")
+    assert run.exit_code == 0 and "no ± shown" in run.stdout and "calibrated ensemble standard deviation" not in run.stdout

@@ -53,7 +53,7 @@ from cgcnn_ase.graph.neighbours import (
     sparse_check,
     wrapped_frac_coords,
 )
-from cgcnn_ase.io.records import PLANE_FAMILIES, StructureRecord
+from cgcnn_ase.io.records import PLANE_FAMILIES, StructureRecord, nearly_reduced, vacuum_gap
 
 #: Distances within this of the ``k``-th one (Å) count as a tie for the ``original`` policy, whose
 #: tie order only pymatgen's pair order decides: such crystals are rebuilt by :func:`build_graph`.
@@ -276,7 +276,12 @@ def vacuum_gaps(flat: FlatCrystals) -> torch.Tensor:
     first, last = flat.offsets, flat.offsets + flat.sizes - 1
     gaps = torch.maximum(gaps, s[first] + 1.0 - s[last])  # the wrap-around gap
     spacing = 1.0 / (torch.linalg.inv(flat.cells) @ families.T).square().sum(dim=1).sqrt()  # (B, 13): plane distances, Å
-    return (gaps * spacing).max(dim=1).values
+    widest = (gaps * spacing).max(dim=1).values
+    cells = flat.cells.detach().cpu().numpy()
+    for b in [b for b in range(n_crystals) if not nearly_reduced(cells[b])]:  # rare: measured as one record is
+        rows = slice(int(flat.offsets[b]), int(flat.offsets[b] + flat.sizes[b]))
+        widest[b] = vacuum_gap(flat.frac[rows].detach().cpu().numpy(), cells[b])[0]
+    return widest
 
 
 def _bond_ratios(flat: FlatCrystals, i: torch.Tensor, j: torch.Tensor, d: torch.Tensor) -> torch.Tensor:

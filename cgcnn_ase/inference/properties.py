@@ -465,6 +465,9 @@ def compact_table(frame: pd.DataFrame, columns: Sequence[Column], *, width: int 
                    "extrapolate (csv and parquet name the models in unseen_elements)")
     if folder:
         legend = f"ids are in {folder}{os.sep}; " + legend
+    if not any(f"{c.name}_std" in names for c in shown):  # single networks (--members 1): no ± to explain (32c)
+        return "\n".join(lines) + "\n\n" + _wrap(legend + "; no ± shown: one network per model (--members 1) "
+                                                  "gives no ensemble standard deviation.", width)  # fmt: skip
     held = f"it holds {coverage_of_std[0]:.0%}-{coverage_of_std[1]:.0%} of test errors; " if coverage_of_std else ""
     probability = "; the ± of a probability (P(metal)) is its members' spread, not calibrated" if any(
         c.units == "probability" and f"{c.name}_std" in names for c in shown) else ""  # fmt: skip

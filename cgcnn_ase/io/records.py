@@ -56,17 +56,31 @@ PLANE_FAMILIES = np.array(
      (1, 1, 1), (1, 1, -1), (1, -1, 1), (-1, 1, 1)], dtype=np.float64)  # fmt: skip
 
 
-def vacuum_gap(frac_coords: np.ndarray, cell: np.ndarray) -> tuple[float, int]:
+def vacuum_gap(frac_coords: np.ndarray, cell: np.ndarray) -> tuple[float, tuple[int, int, int]]:
     """The widest empty slab of a periodic structure: for each lattice-plane family of
     :data:`PLANE_FAMILIES` the largest gap, in Å along the planes' normal, between consecutive atoms'
-    planes (the wrap-around gap included); returns the widest and its family's row in
-    :data:`PLANE_FAMILIES` (0, 1, 2: the cell faces normal to ``b x c``, ``c x a``, ``a x b``).
+    planes (the wrap-around gap included); returns the widest and its family's Miller indices in the
+    given cell. A cell far from reduced (:func:`nearly_reduced`; ``a + 2c, b, c``) is measured in its
+    Minkowski-reduced form, whose short vectors span a slab's plane (round 32a).
 
     Args:
         frac_coords: fractional coordinates, (N, 3), any range.
         cell: lattice vectors as rows, Å, (3, 3), non-degenerate.
     """
-    u = PLANE_FAMILIES @ np.asarray(frac_coords, dtype=np.float64).T  # (13, N): each atom's place in each family
+    frac = np.asarray(frac_coords, dtype=np.float64)
+    cell = np.asarray(cell, dtype=np.float64)
+    to_given = None
+    if not nearly_reduced(cell):
+        from ase.geometry import minkowski_reduce
+
+        try:
+            reduced, op = minkowski_reduce(cell)
+        except Exception:  # noqa: BLE001 - ASE raises generic errors on extreme cells: measure the cell as given
+            reduced = None
+        if reduced is not None:
+            to_given = np.rint(np.linalg.inv(np.asarray(op, dtype=np.float64)))  # reduced = op @ cell
+            frac, cell = frac @ to_given, np.asarray(reduced, dtype=np.float64)
+    u = PLANE_FAMILIES @ frac.T  # (13, N): each atom's place in each family
     u -= np.floor(u)
     u.sort(axis=1)
     gaps = u[:, 0] + 1.0 - u[:, -1]  # the wrap-around gap, (13,): fractions of each family's plane spacing
@@ -78,7 +92,21 @@ def vacuum_gap(frac_coords: np.ndarray, cell: np.ndarray) -> tuple[float, int]:
     k = int(np.argmax(widths[:3]))
     if widths[3:].max() > widths[k] + 1e-6:  # a diagonal family only when wider than the cell faces' widest
         k = 3 + int(np.argmax(widths[3:]))
-    return float(widths[k]), k
+    family = PLANE_FAMILIES[k] if to_given is None else to_given @ PLANE_FAMILIES[k]
+    if family[np.flatnonzero(family)[0]] < 0:  # (-1 0 -1) and (1 0 1) are one family: its first index positive
+        family = -family
+    return float(widths[k]), tuple(round(float(h)) for h in family)  # type: ignore[return-value]
+
+
+def nearly_reduced(cell: np.ndarray) -> bool:
+    """Whether no two lattice vectors of ``cell`` (rows, Å) project onto each other by more than half the shorter's
+    length (``|a_i . a_j| <= min(|a_i|^2, |a_j|^2) / 2``, as in a reduced cell; fcc's primitive and hexagonal cells
+    lie on the bound): the cheap test that spares most cells a Minkowski reduction."""
+    a, b, c = cell.tolist()
+    aa, bb, cc = (sum(x * x for x in v) for v in (a, b, c))
+    ab, ac, bc = (sum(x * y for x, y in zip(u, v)) for u, v in ((a, b), (a, c), (b, c)))
+    slack = 1.0 + 1e-6
+    return abs(ab) <= 0.5 * min(aa, bb) * slack and abs(ac) <= 0.5 * min(aa, cc) * slack and abs(bc) <= 0.5 * min(bb, cc) * slack
 
 
 def _volume_and_normals(cell: np.ndarray) -> tuple[float, tuple[tuple[float, float, float], ...]]:
@@ -98,10 +126,10 @@ def _warn_vacuum(record: StructureRecord) -> None:
         return
     if record.vacuum <= VACUUM_GAP:  # measured once: the graph reads it again
         return
-    width, k = vacuum_gap(record.frac_coords, record.cell)  # again for the direction, in the rare warned case
-    where = f"along lattice vector {'abc'[k]}" if k < 3 else f"normal to the lattice planes ({' '.join(f'{h:g}' for h in PLANE_FAMILIES[k])})"
+    width, family = vacuum_gap(record.frac_coords, record.cell)  # again for the direction, in the rare warned case
     warnings.warn(
-        f"{record.label}: the atoms leave an empty gap {width:.1f} Å wide {where} (warned "
+        f"{record.label}: the atoms leave an empty gap {width:.1f} Å wide across the lattice planes "
+        f"({' '.join(str(h) for h in family)}) (warned "
         f"above {VACUUM_GAP:g} Å, wider than in 99.9% of the training crystals: the graph's nearest neighbours do not reach "
         "across it): a slab, wire or molecule in a periodic "
         "box, while the models were trained on bulk crystals; predictions are extrapolations",

@@ -469,6 +469,9 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     import yaml
 
     path = Path(path)
+    if path.exists() and not path.is_file():  # round 32c: a pipe (`<(...)`, /dev/stdin) was "no such file"
+        raise ConfigError(f"{path}: not a regular file (a pipe, a device or a folder): give the configuration as a "
+                          "YAML or TOML file (it is read again to resume a run, and copied beside the model)")  # fmt: skip
     if not path.is_file():
         raise ConfigError(f"{path}: no such configuration file")
     if path.suffix.lower() == ".toml":
