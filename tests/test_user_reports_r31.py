@@ -446,3 +446,53 @@ def test_shell_conventions_of_featurize_train_and_compressed_names(tmp_path, mon
     assert run.exit_code == 2 and "not a regular file (a pipe" in run.output
     run = _cli("predict", EXAMPLES[0], "--members", "1", "--format", "table")
     assert run.exit_code == 0 and "no ± shown" in run.stdout and "calibrated ensemble standard deviation" not in run.stdout
+
+
+def test_todict_rebuilds_a_calculator_of_an_original_checkpoint_and_names_versions():
+    """32b: CGCNNCalculator(**calc.todict()) of a calculator on the authors' checkpoint raised "needs the
+    atom_init.json" (todict left the table out), and a shipped model was recorded by its alias, which may name a
+    newer model later."""
+    from ase.build import bulk
+
+    from cgcnn_ase import CGCNNCalculator, CGCNNPredictor
+
+    from .conftest import ATOM_INIT, REFERENCE, require_shared
+
+    calc = CGCNNCalculator("formation_energy", members=1)
+    assert calc.todict()["models"] == ["formation_energy-mp_cgcnn46k-v3"]
+    checkpoint = require_shared(REFERENCE / "pre-trained" / "formation-energy-per-atom.pth.tar")
+    for given in (CGCNNPredictor.from_checkpoint(checkpoint, atom_init=ATOM_INIT), str(checkpoint)):
+        calc = CGCNNCalculator(given, atom_init=str(ATOM_INIT)) if isinstance(given, str) else CGCNNCalculator(given)
+        atoms = bulk("NaCl", "rocksalt", a=5.64)
+        atoms.calc = calc
+        energy = atoms.get_potential_energy()
+        settings = calc.todict()
+        assert settings["atom_init"] == str(ATOM_INIT.resolve())
+        again = bulk("NaCl", "rocksalt", a=5.64)
+        again.calc = CGCNNCalculator(**settings)
+        assert again.get_potential_energy() == pytest.approx(energy, rel=1e-6)
+
+
+def test_the_calculator_names_what_it_takes_when_given_a_pymatgen_structure():
+    """32b: calc.get_potential_energy(structure) ended in "AttributeError: 'Structure' object has no attribute
+    'info'" from the package's own code."""
+    from pymatgen.core import Lattice, Structure
+
+    from cgcnn_ase import CGCNNCalculator
+
+    structure = Structure(Lattice.cubic(4.21), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(TypeError, match="takes ase.Atoms, not Structure: convert it"):
+        CGCNNCalculator("formation_energy", members=1).get_potential_energy(structure)
+
+
+def test_the_stretched_warning_does_not_call_its_pair_the_closest():
+    """32b: for Fe-O 3.72 Å apart, the warning named Fe and its own image 4.30 Å apart "the closest" pair: it is the
+    pair nearest to bonding distance (the smallest ratio to the covalent radii), and now says so."""
+    from pymatgen.core import Lattice, Structure
+
+    from cgcnn_ase import CGCNNPredictor
+    from cgcnn_ase.errors import StretchedStructureWarning
+
+    structure = Structure(Lattice.cubic(4.3), ["Fe", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.warns(StretchedStructureWarning, match="the pair nearest to it, atom 0 \\(Fe\\) and its own periodic image"):
+        CGCNNPredictor.from_pretrained("formation_energy", members=1).predict(structure)

@@ -183,7 +183,7 @@ def _warn_stretched(record: StructureRecord, i: np.ndarray, j: np.ndarray, d: np
         return
     bond = d[p] / ratio
     warnings.warn(
-        f"{record.label}: no two atoms are near bonding distance: the closest, {_atoms_phrase(record, int(i[p]), int(j[p]))}, "
+        f"{record.label}: no two atoms are near bonding distance: the pair nearest to it, {_atoms_phrase(record, int(i[p]), int(j[p]))}, "
         f"lie {d[p]:.3f} Å apart, {ratio:.2f} x the sum of their covalent radii ({bond:.2f} Å; warned above "
         f"{STRETCHED_FACTOR}, which no training crystal but solid He exceeds); is the cell scaled right (Å)? "
         "(Solids of noble-gas atoms lie there too.) The prediction is far outside the training data",

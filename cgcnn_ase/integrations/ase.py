@@ -121,10 +121,13 @@ class CGCNNCalculator(Calculator):
             (the shipped regression ensembles are calibrated for them; see docs/uncertainty.md). A
             regression model without intervals (a single network, an ensemble loaded with
             ``members=``) is refused with the reason; the ``is_metal`` classifier gives none.
+        atom_init: the element table of an original ``.pth.tar`` checkpoint among ``models`` (see
+            :meth:`CGCNNPredictor.from_checkpoint`; ``todict()`` records it).
 
     The four settings above can be changed later with ``calc.set(coverage=0.8)`` (checked, and the
-    results computed with the old settings are dropped); ``calc.todict()`` lists the models, the
-    device, ``members`` where a model runs part of its ensemble, and the settings not at their defaults, as
+    results computed with the old settings are dropped); ``calc.todict()`` lists the models (a shipped one by its
+    versioned name), the device, ``members`` where a model runs part of its ensemble, an original checkpoint's
+    ``atom_init``, and the settings not at their defaults, as
     ASE's other calculators do: ``CGCNNCalculator(**calc.todict())`` builds the same calculator.
 
     Every calculation also gives ``unseen_elements``: ``None``, or the elements of the crystal that a
@@ -156,6 +159,7 @@ class CGCNNCalculator(Calculator):
         on_sparse: str = "warn",
         metal_threshold: float = 0.5,
         coverage: float | None = None,
+        atom_init: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)  # ASE's own arguments (label, directory, atoms); others are refused by set()
@@ -163,7 +167,8 @@ class CGCNNCalculator(Calculator):
         if not items:
             raise ValueError("CGCNNCalculator needs at least one model")
         counts = _members_per_model(members, len(items))
-        given = [as_predictor(m, device=device, members=k) for m, k in zip(items, counts)]
+        given = [as_predictor(m, device=device, members=k, atom_init=atom_init if _is_file(m) else None)
+                 for m, k in zip(items, counts)]  # fmt: skip
         self.predictors = with_metal_classifier(given, device)
         self._warned: set[tuple[type, str]] = set()  # warnings given already (_warning_key): each once per calculator
         self._stored: set[str] = set()  # the atoms.info / atoms.arrays keys store_in_info has written
@@ -184,8 +189,14 @@ class CGCNNCalculator(Calculator):
                           f"first eV/atom model given; {others} stay under their own names (they may be on another "
                           "energy scale: docs/units.md); list first the model whose energy you want",
                           UserWarning, stacklevel=user_stacklevel())  # fmt: skip
-        self.parameters["models"] = [(m.model.source or m.model.spec.name) if isinstance(m, CGCNNPredictor) else os.fspath(m)
-                                     for m in items]  # a predictor: what loads it again (a copy's folder, not its name)
+        # what loads each model again: a predictor's source (a copy's folder, not its name), a shipped model's versioned
+        # name (round 32b: an alias may name a newer model later), a path as given; and an original checkpoint's table
+        self.parameters["models"] = [(m.model.source or m.model.spec.name) if isinstance(m, CGCNNPredictor)
+                                     else os.fspath(m) if _is_file(m) or os.path.isdir(m) else p.model.spec.name
+                                     for m, p in zip(items, given)]  # fmt: skip
+        tables = {p.model.spec.metadata.get("atom_init") for p in given} - {None}
+        if len(tables) == 1:  # round 32b: CGCNNCalculator(**calc.todict()) of an original checkpoint lacked it
+            self.parameters["atom_init"] = tables.pop()
         self.parameters["device"] = str(self.predictors[0].device)
         run = [p.model.n_members if p.model.members_in_folder > p.model.n_members else None for p in given]
         if any(k is not None for k in run):  # todict() rebuilds the calculator that ran (ase.db stores it)
@@ -197,7 +208,7 @@ class CGCNNCalculator(Calculator):
         as ASE's ``calc.set(...)``: each is checked, results computed with other settings are
         dropped, and the changed ones are returned. The models and the device are fixed: build a
         new calculator for others."""
-        if {"models", "device", "members"} & set(kwargs):
+        if {"models", "device", "members", "atom_init"} & set(kwargs):
             raise TypeError("the models, their members and the device are fixed when a CGCNNCalculator is built; "
                             "build a new one")  # fmt: skip
         unknown = sorted(set(kwargs) - set(self.default_parameters))
@@ -317,6 +328,10 @@ class CGCNNCalculator(Calculator):
             )
         for name in properties or ():
             self._check_name(name)  # ASE passes what was asked; a name no model gives is refused with the reason
+        if atoms is not None and not hasattr(atoms, "info"):  # round 32b: a pymatgen Structure ended in AttributeError
+            raise TypeError(f"the calculator takes ase.Atoms, not {type(atoms).__name__}: convert it "
+                            "(pymatgen.io.ase.AseAtomsAdaptor.get_atoms), or predict it with CGCNNPredictor, which "
+                            "takes pymatgen structures as they are")  # fmt: skip
         if atoms is not None:  # a failed calculation must not leave the last crystal's values (round 25b)
             for key in self._stored & set(atoms.info):
                 del atoms.info[key]
@@ -456,6 +471,11 @@ class CGCNNCalculator(Calculator):
         from ase.outputs import Properties
 
         return Properties({k: v for k, v in self.results.items() if k in STANDARD_PROPERTIES})
+
+
+def _is_file(model: Any) -> bool:
+    """Whether a model argument names a file (an original ``.pth.tar`` checkpoint, which takes ``atom_init``)."""
+    return isinstance(model, (str, os.PathLike)) and os.path.isfile(model)
 
 
 def _members_per_model(members: int | Sequence[int | None] | None, n_models: int) -> list[int | None]:

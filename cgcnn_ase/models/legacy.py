@@ -180,7 +180,9 @@ def load_original_checkpoint(
         normalizer_mean=float(normalizer["mean"]),
         normalizer_std=float(normalizer["std"]),
         positive_class=("metal" if stem == "semi-metal-classification" else "class 1") if classification else None,
-        metadata={"source": str(path), "origin": "original CGCNN checkpoint (Xie & Grossman 2018)"},
+        metadata={"source": str(path), "origin": "original CGCNN checkpoint (Xie & Grossman 2018)",
+                  **({"atom_init": "generated" if str(atom_init) == "generated" else os.path.abspath(os.fspath(atom_init))}
+                     if isinstance(atom_init, (str, os.PathLike)) else {})},  # fmt: skip
     )
     elements = _resolve_elements(atom_init, str(path))
     if elements.n_features != architecture["orig_atom_fea_len"]:
