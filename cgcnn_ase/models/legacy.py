@@ -103,6 +103,14 @@ def _resolve_elements(atom_init: str | os.PathLike | ElementTable | None, source
     return load_atom_init(atom_init)
 
 
+def _table_source(atom_init: Any) -> dict[str, str]:
+    """``{"atom_init": ...}``: the element table given by path (absolute) or as ``"generated"``, for provenance and for
+    ``CGCNNCalculator(**calc.todict())``; nothing for a table given as an object."""
+    if not isinstance(atom_init, (str, os.PathLike)):
+        return {}
+    return {"atom_init": "generated" if str(atom_init) == "generated" else os.path.abspath(os.fspath(atom_init))}
+
+
 def load_original_checkpoint(
     path: str | os.PathLike,
     *,
@@ -180,9 +188,7 @@ def load_original_checkpoint(
         normalizer_mean=float(normalizer["mean"]),
         normalizer_std=float(normalizer["std"]),
         positive_class=("metal" if stem == "semi-metal-classification" else "class 1") if classification else None,
-        metadata={"source": str(path), "origin": "original CGCNN checkpoint (Xie & Grossman 2018)",
-                  **({"atom_init": "generated" if str(atom_init) == "generated" else os.path.abspath(os.fspath(atom_init))}
-                     if isinstance(atom_init, (str, os.PathLike)) else {})},  # fmt: skip
+        metadata={"source": str(path), "origin": "original CGCNN checkpoint (Xie & Grossman 2018)", **_table_source(atom_init)},
     )
     elements = _resolve_elements(atom_init, str(path))
     if elements.n_features != architecture["orig_atom_fea_len"]:
