@@ -691,14 +691,20 @@ def check_workers(pool: Any) -> None:
 
 
 def _checked(results: Any, pool: Any) -> Iterator[Any]:
-    """The items of ``pool.imap``'s iterator, checking every second that no worker died (:func:`check_workers`)."""
+    """The items of the lists that ``pool.imap``'s iterator (``chunksize=1``, whose ``next`` takes a timeout) gives,
+    checking every second that no worker died (:func:`check_workers`)."""
     while True:
         try:
-            yield results.next(timeout=1.0)
+            yield from results.next(timeout=1.0)
         except StopIteration:
             return
         except multiprocessing.TimeoutError:
             check_workers(pool)
+
+
+def _work_all(tasks: list[Any]) -> list[tuple[bool, Any]]:
+    """:func:`_work` on each of a chunk of tasks (one pool task)."""
+    return [_work(task) for task in tasks]
 
 
 def result_of(pending: Any, pool: Any) -> Any:
@@ -804,7 +810,8 @@ def parse_structures(
             import gemmi  # noqa: F401
         chunk = max(1, min(64, len(tasks) // (workers * 8)))
         with WorkerPool(workers) as pool:
-            results = list(progress_bar(_checked(pool.imap(_work, tasks, chunksize=chunk), pool), **bar))
+            chunks = [tasks[k : k + chunk] for k in range(0, len(tasks), chunk)]
+            results = list(progress_bar(_checked(pool.imap(_work_all, chunks), pool), **bar))
     return [value if ok else str(value) for ok, value in results]
 
 
