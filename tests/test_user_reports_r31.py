@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+from typing import Any
 
 import click
 import numpy as np
@@ -182,22 +183,30 @@ def test_sigterm_to_the_whole_process_group_stops_worker_pools():
     """31b: SIGTERM to the process group (a batch system's time limit) hung `predict --workers 2` until SIGKILL: the
     workers died at once, one holding the pool's task-queue lock, and the parent's orderly stop waited for it. Pool
     workers now leave SIGTERM to the parent until it stops them."""
+    import subprocess
+
+    process, out, _ = _sigterm_to_the_group(_GROUP_SIGTERM_SCRIPT)
+    assert out.strip() == "stopped" and process.returncode == 0
+    left = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True, check=False).stdout.split()
+    assert not left  # no worker outlives the parent
+
+
+def _sigterm_to_the_group(script: str) -> tuple[Any, str, str]:
+    """Run ``script`` in a new session, SIGTERM its process group once it prints "ready"; ``(process, out, err)``."""
     import signal
     import subprocess
 
-    process = subprocess.Popen([sys.executable, "-c", _GROUP_SIGTERM_SCRIPT], stdout=subprocess.PIPE, text=True,
-                               start_new_session=True)  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
     try:
         assert process.stdout.readline().strip() == "ready"
         os.killpg(process.pid, signal.SIGTERM)
-        out, _ = process.communicate(timeout=30)
+        out, err = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    assert out.strip() == "stopped" and process.returncode == 0
-    left = subprocess.run(["pgrep", "-s", str(process.pid)], capture_output=True, text=True, check=False).stdout.split()
-    assert not left  # no worker outlives the parent
+    return process, out, err
 
 
 def test_frozen_batch_norm_keeps_the_base_models_statistics_and_the_run_warns_without(dataset_csv, tmp_path,  # noqa: F811
@@ -374,21 +383,11 @@ def test_a_program_without_a_sigterm_handler_loses_its_workers_quietly():
     process-group SIGTERM and its workers, outliving it, printed BrokenPipeError tracebacks. Its workers now end as
     it does."""
     import signal
-    import subprocess
 
     script = ("import time\nfrom cgcnn_ase.data.datasets import WorkerPool\nwith WorkerPool(2) as pool:\n"
               "    pool.map(abs, range(10))\n    print('ready', flush=True)\n"
               "    list(pool.imap(time.sleep, [0.01] * 100000))\n")  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)  # fmt: skip
-    try:
-        assert process.stdout.readline().strip() == "ready"
-        os.killpg(process.pid, signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    process, _, err = _sigterm_to_the_group(script)
     assert process.returncode == -signal.SIGTERM and "Traceback" not in err, err
 
 

@@ -616,7 +616,9 @@ class WorkerPool:
     handles SIGTERM (the command line, a user's handler), they leave it to this process, and an interruption
     (``KeyboardInterrupt``, :class:`~cgcnn_ase.errors.TerminatedError`, ``SystemExit``) leaving the ``with`` block
     kills them (:meth:`kill`) instead of the orderly stop, which a signal can leave waiting forever; so does a dead
-    worker (:func:`check_workers`).
+    worker (:func:`check_workers`). :meth:`kill` and :func:`check_workers` read ``multiprocessing.Pool``'s private
+    ``_pool``, ``_worker_handler`` and ``_terminate`` (each through ``getattr``: without them they do less, never
+    fail); the pool has no public way to kill its workers or to tell that one died.
     """
 
     def __init__(self, processes: int, initializer: Callable[..., Any] | None = None,
