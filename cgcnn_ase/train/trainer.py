@@ -269,13 +269,15 @@ class Trainer:
         """Warn when a kept output layer would not start from the base model (round 31a): batch norm in training
         mode normalises by each batch's own statistics, and batches of crystals unlike the base model's training
         data (fewer atoms, other chemistry) move its predictions by far more than its error, in the first steps,
-        whatever the learning rate. Measured on up to 4 batches of training crystals; nothing is changed."""
+        whatever the learning rate. Measured on up to 4 batches of at least 64 training crystals; nothing is changed."""
         if (self.base is None or self.config.task != "regression" or self.finetune_state.output_layer != "keep"
                 or self.finetune_state.batch_norm_frozen):  # fmt: skip
             return
         from cgcnn_ase.train.finetune import batch_norm_shift
 
-        size = max(2, self.config.batch_size)
+        # batches of at least 64: the statistics of small ones are noisy, and their running average, which training
+        # stores, is not (round 32a: batches of 8 of the base's own data warned)
+        size = max(64, self.config.batch_size)
         order = np.random.default_rng(0).permutation(np.asarray(self.parts["train"]))[: 4 * size]
         chunks = [np.sort(order[k : k + size]) for k in range(0, len(order), size) if len(order[k : k + size]) >= 2]
         if not chunks:
