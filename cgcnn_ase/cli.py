@@ -413,6 +413,11 @@ def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
         raise click.UsageError(f"stdin ('-') holds {len(lines)} file names ({lines[0]}, ...), not structure text: name "
                                "the files as arguments, e.g. `cgcnn-ase predict $(cat list.txt)`, `xargs cgcnn-ase "
                                "predict < list.txt`, or a folder or glob pattern ('*.cif')")  # fmt: skip
+    header = lines[0].lower()
+    if ("," in header or "\t" in header) and not header.startswith(("data_", "#", "_")) and re.search(
+            r"(^|[,\t])\s*\"?(cif|structure|id|material_id)\"?\s*([,\t]|$)", header):  # round 32c
+        raise click.UsageError(f"stdin ('-') holds a table (its first line: {lines[0][:60]!r}), not structure text: "
+                               "give the table as a file, `cgcnn-ase predict TABLE.csv --column cif`")  # fmt: skip
     # the reader tells CIF, POSCAR, extxyz and JSON text apart; several structures are stdin@0, stdin@1, ...
     return tuple(("stdin", text) if item == "-" else item for item in inputs)
 

@@ -495,3 +495,16 @@ def test_the_stretched_warning_does_not_call_its_pair_the_closest():
     structure = Structure(Lattice.cubic(4.3), ["Fe", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     with pytest.warns(StretchedStructureWarning, match="the pair nearest to it, atom 0 \\(Fe\\) and its own periodic image"):
         CGCNNPredictor.from_pretrained("formation_energy", members=1).predict(structure)
+
+
+def test_a_table_piped_to_predict_stdin_is_named_as_one():
+    """32c: `cgcnn-ase predict - < table.csv` said "stdin: not readable CIF text (ValueError: zip() argument 2 is longer
+    than argument 1)"."""
+    from click.testing import CliRunner
+
+    text = pd.DataFrame({"id": ["a"], "cif": [(REPO / "examples" / "SrTiO3.cif").read_text()]}).to_csv(index=False)
+    run = CliRunner().invoke(main, ["predict", "-", "-m", "formation_energy", "--members", "1"], input=text)
+    assert run.exit_code == 2 and "holds a table (its first line: 'id,cif')" in run.output
+    cif = (REPO / "examples" / "SrTiO3.cif").read_text()
+    run = CliRunner().invoke(main, ["predict", "-", "-m", "formation_energy", "--members", "1"], input=cif)
+    assert run.exit_code == 0 and run.stdout.splitlines()[1].startswith("stdin,")
