@@ -890,7 +890,7 @@ def _models_table(infos: Sequence[Any]) -> str:
 @click.option("--all", "use_all", is_flag=True, help="Every shipped model.")
 @click.option("--embeddings", is_flag=True, help="Also write the crystal embedding columns.")
 @click.option("--overwrite", is_flag=True, help="Replace result columns the table already has (e.g. from an earlier featurize) instead of refusing.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Crystals per forward pass.")
 @_guarded
 def featurize(table: str, output: str, column: str, id_column: str | None, models: tuple[str, ...], use_all: bool,
               embeddings: bool, overwrite: bool, batch_size: int) -> None:  # fmt: skip
@@ -1089,9 +1089,9 @@ def _evaluation_summary(report: dict[str, Any]) -> list[str]:
 @main.command(short_help="Score a model on its dataset's test split (metrics, plots).")
 @click.argument("model")
 @click.argument("dataset", required=False)
-@click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="test", show_default=True, help="Which part of the model's recorded split to score (all: every row of the data).")
 @click.option("--output", "-o", "out_dir", type=click.Path(file_okay=False), default=None, help="Folder for metrics.json, predictions.csv and the parity/ROC plot [default: evaluation/MODEL-SPLIT].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Crystals per forward pass.")
 @click.option("--target", default=None, help="With DATASET: its column of true values, in the units the model was trained on before its transform (e.g. GPa for the log10 moduli) [default: the training config's].")
 @click.option("--id-column", default=None, help="With DATASET: its column of unique ids [default: the training config's].")
 @click.option("--column", "structure_column", default=None, help="With DATASET: its column of structures (CIF text, ...) [default: the training config's].")
@@ -1153,7 +1153,7 @@ def evaluate(model: str, dataset: str | None, split: str, out_dir: str | None, b
 @click.option("--marginal", is_flag=True, help="Fit the intervals with the plain split-conformal rank instead: nominal coverage only on average over validation draws (ignores --confidence).")
 @click.option("--report", is_flag=True, help="Also re-measure the parts of an ensemble's uncertainty report that depend on the domain summary and the error model (error by domain percentile, test metrics of the uncertainty), e.g. after --domain; the std calibration is kept.")
 @click.option("--max-centers", type=click.IntRange(min=1), default=None, help="With --domain: store a k-centre subset of this many training embeddings instead of all of them.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Crystals per forward pass.")
 @_guarded
 def calibrate(model: str, dataset: str | None, domain: bool, normaliser: str, confidence: float, marginal: bool,
               report: bool, max_centers: int | None, batch_size: int) -> None:  # fmt: skip
@@ -1236,7 +1236,7 @@ def sites(inputs: tuple[str, ...], model: str, out_dir: str, allow_mean_pooled: 
 @click.option("--name", default=None, help="Model name (default: the output folder's name).")
 @click.option("--alias", "aliases", multiple=True, help="Registry alias (repeatable; default: member 0's aliases): the name from_pretrained and --model find the ensemble by once it is installed in pretrained_models/ (a folder elsewhere is loaded by its path).")
 @click.option("--no-evaluate", is_flag=True, help="Skip calibration and the uncertainty report (domain summary only).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Crystals per forward pass.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Processes for parsing structures.")
 @click.option("--overwrite", is_flag=True, help="Replace the model OUTPUT already holds (refused without it).")
