@@ -89,6 +89,10 @@ class _Probability(click.FloatRange):
         return number
 
 
+#: Output names pandas would compress by: featurize writes them compressed, predict (chunk by chunk) refuses them.
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zip")
+
+
 class _ElementTable(click.Path):
     """``--atom-init``: an existing atom_init.json, or ``generated`` (this project's table), as the Python API's
     ``atom_init=`` takes them (round 31a: the message naming 'generated' got "File 'generated' does not exist")."""
@@ -374,6 +378,13 @@ def _on_terminal() -> bool:
     return is_terminal(sys.stderr)
 
 
+def _require_stdout(instead: str = "give -o FILE for the results") -> None:
+    """A usage error when the process started with stdout closed (a daemon, cron, ``>&-``): ``sys.stdout`` is then
+    ``None`` and click.echo drops the text without a word (round 29a: an internal error; 31: ``models`` exited 0)."""
+    if sys.stdout is None:
+        raise click.UsageError(f"standard output is closed: {instead}")
+
+
 def _with_stdin(inputs: Sequence[str]) -> tuple[Any, ...]:
     """INPUTS with ``-`` replaced by the text piped to stdin (CIF, pymatgen JSON, POSCAR or extxyz), as the item
     ``stdin`` (``stdin@k`` for each of several structures, as in a file)."""
@@ -538,11 +549,11 @@ def predict(inputs: tuple[str, ...], models: tuple[str, ...], use_all: bool, ato
     n_workers = _workers(workers)
     if output == "-":  # the Unix convention: standard output
         output = None
-    if output is None and sys.stdout is None:  # started with stdout closed (round 29a: an internal error)
-        raise click.UsageError("standard output is closed: give -o FILE for the results")
+    if output is None:
+        _require_stdout()
     if fmt is None and output is None:
         fmt = "table" if is_terminal(sys.stdout) else "csv"  # a person reads a table; a pipe gets csv
-    if output is not None and output.lower().endswith((".gz", ".bz2", ".xz", ".zip")):  # round 32c: text in a .gz
+    if output is not None and output.lower().endswith(COMPRESSED_SUFFIXES):  # round 32c: plain text in a .gz
         raise click.BadParameter(f"{output}: output is written uncompressed, chunk by chunk; name it .csv (or .json) "
                                  "and compress it afterwards, or write .parquet (compressed itself)",
                                  param_hint="-o/--output")  # fmt: skip
@@ -836,10 +847,9 @@ def _run_stream(stream: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
 def models(name: str | None) -> None:
     """List the shipped models, or show the model card of NAME (a shipped model or a model folder)."""
     from cgcnn_ase.models.folder import read_model_json
-
-    if sys.stdout is None:  # started with stdout closed: click.echo would drop the listing without a word
-        raise click.UsageError("standard output is closed: nothing can be listed")
     from cgcnn_ase.models.registry import list_models, resolve_model, shipped_by_name
+
+    _require_stdout("nothing can be listed")
 
     if name and shipped_by_name(name) is None and (Path(name) / "model.json").is_file():  # a folder of one's own
         card = Path(name) / "README.md"
@@ -908,22 +918,21 @@ def featurize(table: str, output: str, column: str, id_column: str | None, model
     from cgcnn_ase.integrations.matminer import CGCNNFeaturizer
     from cgcnn_ase.io.inputs import read_table
 
-    plain = re.sub(r"\.(gz|bz2|xz|zip)$", "", output.lower())
+    plain = output.lower()  # the name without its compression suffix
+    for suffix in COMPRESSED_SUFFIXES:
+        plain = plain.removesuffix(suffix)
     if output != "-" and not plain.endswith((".csv", ".txt")) and Path(plain).suffix:  # round 32c: CSV in a .parquet
         raise click.BadParameter(f"{output}: featurize writes CSV; name the output .csv (or .csv.gz), or use "
                                  "`cgcnn-ase predict TABLE --column ... -o OUT.parquet` for Parquet", param_hint="-o/--output")  # fmt: skip
-    if output == "-" and sys.stdout is None:
-        raise click.UsageError("standard output is closed: give -o FILE for the results")
+    if output == "-":
+        _require_stdout()
     if output != "-" and table != "-" and os.path.realpath(output) == os.path.realpath(table):
         raise click.BadParameter(f"{output} is also the input table; write the result to another file",
                                  param_hint="-o/--output")  # fmt: skip
-    if table == "-":  # a CSV piped in (round 32c: '-' was refused as a missing file); relative paths from here
-        if sys.stdin is None:
-            raise click.UsageError("'-' reads a table piped to stdin, and stdin is closed")
-        df = pd.read_csv(sys.stdin, dtype=str, keep_default_na=False, na_filter=False)
-        table = "stdin"
-    else:
-        df = read_table(table)
+    if table == "-" and sys.stdin is None:
+        raise click.UsageError("'-' reads a table piped to stdin, and stdin is closed")
+    df = read_table(table)  # '-': a CSV piped in (round 32c: it was refused as a missing file)
+    table = "stdin" if table == "-" else table  # its relative paths are read from here
     for name in (column, id_column):
         if name is not None and name not in df.columns:
             raise click.UsageError(f"{table} has no column {name!r}; columns: {', '.join(map(str, df.columns))}")

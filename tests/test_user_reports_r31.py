@@ -153,6 +153,8 @@ def test_a_slab_in_a_cell_with_no_two_vectors_in_its_plane_is_still_a_slab():
     batched = vacuum_gaps(FlatCrystals.from_records(records)).tolist()
     np.testing.assert_allclose(batched, [r.vacuum for r in records], rtol=1e-9)
     assert records[2].vacuum == pytest.approx(records[3].vacuum)  # primitive and cubic NaCl: 2.82 Å both
+    for name in ("Si", "Cu"):  # as docs/uncertainty.md says of NaCl, Si and Cu
+        assert to_record(bulk(name)).vacuum == pytest.approx(to_record(bulk(name, cubic=True)).vacuum)
     with warnings.catch_warnings():
         warnings.simplefilter("error", VacuumWarning)
         predictor.predict(bulk("Si", cubic=True))  # a bulk crystal is no slab
@@ -356,6 +358,12 @@ def test_a_checkpoint_trained_with_other_graph_settings_loads_when_they_are_give
     assert np.isfinite(result.values).all() and result.units == "eV/atom"
     with pytest.raises(CheckpointError, match="the graph settings given"):
         load_original_checkpoint(path, atom_init="generated", graph=GraphConfig(radius=7.0))
+    # compatibility.md: a file named as a published model brings that property, and its clipping on the command line
+    gap = _original_layout_checkpoint(tmp_path / "band-gap.pth.tar")
+    raw = CGCNNPredictor.from_checkpoint(gap, atom_init="generated").predict(EXAMPLES[0])
+    assert raw.values[0] < 0 and raw.units == "eV"  # the random network's value, as the API gives it
+    frame = _csv(_cli("predict", EXAMPLES[0], "-m", str(gap), "--atom-init", "generated"))
+    assert frame["band_gap (eV)"].tolist() == [0.0]
 
 
 def test_a_killed_worker_stops_the_run_with_a_message():

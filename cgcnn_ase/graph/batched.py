@@ -53,7 +53,7 @@ from cgcnn_ase.graph.neighbours import (
     sparse_check,
     wrapped_frac_coords,
 )
-from cgcnn_ase.io.records import PLANE_FAMILIES, StructureRecord, nearly_reduced, vacuum_gap
+from cgcnn_ase.io.records import PLANE_FAMILIES, REDUCED_SLACK, StructureRecord, vacuum_gap
 
 #: Distances within this of the ``k``-th one (Å) count as a tie for the ``original`` policy, whose
 #: tie order only pymatgen's pair order decides: such crystals are rebuilt by :func:`build_graph`.
@@ -277,10 +277,14 @@ def vacuum_gaps(flat: FlatCrystals) -> torch.Tensor:
     gaps = torch.maximum(gaps, s[first] + 1.0 - s[last])  # the wrap-around gap
     spacing = 1.0 / (torch.linalg.inv(flat.cells) @ families.T).square().sum(dim=1).sqrt()  # (B, 13): plane distances, Å
     widest = (gaps * spacing).max(dim=1).values
-    cells = flat.cells.detach().cpu().numpy()
-    for b in [b for b in range(n_crystals) if not nearly_reduced(cells[b])]:  # rare: measured as one record is
+    gram = flat.cells @ flat.cells.transpose(1, 2)  # (B, 3, 3): nearly_reduced's test for the whole batch
+    far = torch.zeros(n_crystals, dtype=torch.bool, device=gram.device)
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        bound = 0.5 * torch.minimum(gram[:, i, i], gram[:, j, j]) * (1.0 + REDUCED_SLACK)
+        far |= gram[:, i, j].abs() > bound
+    for b in far.nonzero().flatten().tolist():  # rare: measured in the reduced cell, as one record is
         rows = slice(int(flat.offsets[b]), int(flat.offsets[b] + flat.sizes[b]))
-        widest[b] = vacuum_gap(flat.frac[rows].detach().cpu().numpy(), cells[b])[0]
+        widest[b] = vacuum_gap(flat.frac[rows].detach().cpu().numpy(), flat.cells[b].detach().cpu().numpy())[0]
     return widest
 
 

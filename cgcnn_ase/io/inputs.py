@@ -32,6 +32,7 @@ import glob
 import hashlib
 import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
@@ -693,16 +694,17 @@ def _readable_table(path: str | os.PathLike) -> Iterator[None]:
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """A whole CSV/TSV/Parquet table, read as :func:`iter_table` reads tables: by the name's suffix. CSV and
-    TSV cells are kept as text, as written (``"0001"`` stays ``"0001"``, ``"NaN"`` stays ``"NaN"``, an empty
-    cell is ``""``), so that a table written back holds the user's columns unchanged; Parquet keeps its types."""
+    """A whole CSV/TSV/Parquet table, read as :func:`iter_table` reads tables: by the name's suffix (``"-"``: CSV
+    text on stdin). CSV and TSV cells are kept as text, as written (``"0001"`` stays ``"0001"``, ``"NaN"`` stays
+    ``"NaN"``, an empty cell is ``""``), so that a table written back holds the user's columns unchanged; Parquet
+    keeps its types."""
     import pandas as pd
 
     name = _lower_name(os.fspath(path))
     with _readable_table(path):
         if name.endswith(PARQUET_SUFFIXES):
             return pd.read_parquet(path)
-        with csv_source(path) as source:
+        with contextlib.nullcontext(sys.stdin) if name == "-" else csv_source(path) as source:
             return pd.read_csv(source, sep=separator(name), dtype=str, keep_default_na=False, na_filter=False)
 
 

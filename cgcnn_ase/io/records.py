@@ -69,17 +69,11 @@ def vacuum_gap(frac_coords: np.ndarray, cell: np.ndarray) -> tuple[float, tuple[
     """
     frac = np.asarray(frac_coords, dtype=np.float64)
     cell = np.asarray(cell, dtype=np.float64)
+    basis = None if nearly_reduced(cell) else _minkowski_basis(cell)  # None: measured as given
     to_given = None
-    if not nearly_reduced(cell):
-        from ase.geometry import minkowski_reduce
-
-        try:
-            reduced, op = minkowski_reduce(cell)
-        except Exception:  # noqa: BLE001 - ASE raises generic errors on extreme cells: measure the cell as given
-            reduced = None
-        if reduced is not None:
-            to_given = np.rint(np.linalg.inv(np.asarray(op, dtype=np.float64)))  # reduced = op @ cell
-            frac, cell = frac @ to_given, np.asarray(reduced, dtype=np.float64)
+    if basis is not None:
+        cell, to_given = basis
+        frac = frac @ to_given
     u = PLANE_FAMILIES @ frac.T  # (13, N): each atom's place in each family
     u -= np.floor(u)
     u.sort(axis=1)
@@ -98,6 +92,10 @@ def vacuum_gap(frac_coords: np.ndarray, cell: np.ndarray) -> tuple[float, tuple[
     return float(widths[k]), tuple(round(float(h)) for h in family)  # type: ignore[return-value]
 
 
+#: Relative slack of :func:`nearly_reduced`'s bound, for cells that lie on it (fcc's primitive cell) up to rounding.
+REDUCED_SLACK = 1e-6
+
+
 def nearly_reduced(cell: np.ndarray) -> bool:
     """Whether no two lattice vectors of ``cell`` (rows, Å) project onto each other by more than half the shorter's
     length (``|a_i . a_j| <= min(|a_i|^2, |a_j|^2) / 2``, as in a reduced cell; fcc's primitive and hexagonal cells
@@ -105,7 +103,7 @@ def nearly_reduced(cell: np.ndarray) -> bool:
     a, b, c = cell.tolist()
     aa, bb, cc = (sum(x * x for x in v) for v in (a, b, c))
     ab, ac, bc = (sum(x * y for x, y in zip(u, v)) for u, v in ((a, b), (a, c), (b, c)))
-    slack = 1.0 + 1e-6
+    slack = 1.0 + REDUCED_SLACK
     return abs(ab) <= 0.5 * min(aa, bb) * slack and abs(ac) <= 0.5 * min(aa, cc) * slack and abs(bc) <= 0.5 * min(bb, cc) * slack
 
 
@@ -183,15 +181,25 @@ def _reduced_if_skewed(cell: np.ndarray, frac: np.ndarray, volume: float) -> tup
     lengths = [math.hypot(*row) for row in cell.tolist()]
     if lengths[0] * lengths[1] * lengths[2] <= SKEWED_CELL_DEFECT * volume:
         return cell, frac
+    basis = _minkowski_basis(cell)
+    if basis is None:  # the checks below report such a cell
+        return cell, frac
+    reduced, inverse = basis
+    moved = frac @ inverse
+    return reduced, moved - np.floor(moved)
+
+
+def _minkowski_basis(cell: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(reduced, inverse)``: the Minkowski-reduced cell of the same lattice (``ase.geometry.minkowski_reduce``, rows,
+    Å) and the integer matrix that takes fractional coordinates into it (``frac @ inverse``); ``None`` for a cell ASE
+    cannot reduce (it raises generic errors on extreme cells)."""
     from ase.geometry import minkowski_reduce
 
     try:
         reduced, op = minkowski_reduce(cell)
-    except Exception:  # noqa: BLE001 - ASE raises generic errors on extreme cells: the checks below report them
-        return cell, frac
-    inverse = np.rint(np.linalg.inv(np.asarray(op, dtype=np.float64)))
-    moved = frac @ inverse
-    return np.asarray(reduced, dtype=np.float64), moved - np.floor(moved)
+    except Exception:  # noqa: BLE001 - see above
+        return None
+    return np.asarray(reduced, dtype=np.float64), np.rint(np.linalg.inv(np.asarray(op, dtype=np.float64)))
 
 
 @dataclass(frozen=True, eq=False)

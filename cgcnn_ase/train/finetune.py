@@ -134,6 +134,13 @@ class FineTuneState:
         return self.modules(network) + (batch_norms(network) if self.batch_norm_frozen else [])
 
 
+def training_mode(network: torch.nn.Module, eval_modules: list[torch.nn.Module]) -> None:
+    """``network`` in training mode, but ``eval_modules`` (:meth:`FineTuneState.eval_modules`) in eval mode."""
+    network.train()
+    for module in eval_modules:
+        module.eval()
+
+
 def batch_norms(module: torch.nn.Module) -> list[torch.nn.Module]:
     """The batch-norm layers of ``module``."""
     return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -154,9 +161,7 @@ def batch_norm_shift(network: CrystalGraphConvNet, batches: list[Any], targets: 
             for batch, target in zip(batches, targets):
                 network.eval()
                 stored = network(batch).reshape(-1)
-                network.train()
-                for module in eval_modules:
-                    module.eval()
+                training_mode(network, eval_modules)
                 moved = network(batch).reshape(-1)
                 moved_sum += float((moved - stored).abs().sum())
                 error_sum += float((stored - target.reshape(-1)).abs().sum())

@@ -74,6 +74,7 @@ from cgcnn_ase.train.finetune import (
     overlap_warning,
     parameter_groups,
     resolve_config,
+    training_mode,
 )
 from cgcnn_ase.train.steps import (
     TrainingForward,
@@ -375,10 +376,8 @@ class Trainer:
             ``{"train_loss", "train_mae"}`` (regression; MAE in target units) or
             ``{"train_loss", "train_accuracy"}``: means over the epoch's crystals.
         """
-        self.network.train()
-        if self.finetune_state is not None:  # frozen modules (and frozen batch norms) keep their statistics
-            for module in self.finetune_state.eval_modules(self.network):
-                module.eval()
+        # frozen modules (and frozen batch norms) keep their statistics
+        training_mode(self.network, self.finetune_state.eval_modules(self.network) if self.finetune_state else [])
         train = self.parts["train"]
         order = train[torch.randperm(len(train), generator=self.shuffle).numpy()]
         sum_loss, sum_err, count = 0.0, 0.0, 0
